@@ -1,0 +1,4 @@
+namespace KimiLinear;
+
+/// <summary>Temporary.</summary>
+public static class Placeholder { }
