@@ -1,0 +1,22 @@
+using KimiLinear.Configuration;
+
+namespace KimiLinear;
+
+/// <summary>A loaded Kimi Linear checkpoint. Thread-safe: sessions created from it may run concurrently.</summary>
+public sealed partial class KimiModel : IDisposable
+{
+    /// <summary>The checkpoint's configuration.</summary>
+    public KimiConfig Config { get; }
+
+    private KimiModel(KimiConfig config) => Config = config;
+
+    /// <summary>Loads the checkpoint in <paramref name="modelDirectory"/> (config.json + safetensors).</summary>
+    public static KimiModel Load(string modelDirectory, KimiModelOptions? options = null) =>
+        throw new NotImplementedException("foundation in progress");
+
+    /// <summary>Starts an empty sequence.</summary>
+    public KimiSession CreateSession() => throw new NotImplementedException("foundation in progress");
+
+    /// <inheritdoc />
+    public void Dispose() { }
+}

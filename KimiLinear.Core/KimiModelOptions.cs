@@ -1,0 +1,31 @@
+namespace KimiLinear;
+
+/// <summary>Where a model's layers run.</summary>
+public enum KimiDevice
+{
+    /// <summary>The GPU when one is present and a GPU backend is referenced, otherwise the CPU.</summary>
+    Auto,
+    /// <summary>The CPU engine (the executable specification).</summary>
+    Cpu,
+    /// <summary>An NVIDIA GPU through KimiLinear.Cuda.</summary>
+    Cuda,
+}
+
+/// <summary>Options for <see cref="KimiModel.Load(string, KimiModelOptions?)"/>.</summary>
+public sealed record KimiModelOptions
+{
+    /// <summary>Where the model runs. Default <see cref="KimiDevice.Cpu"/>.</summary>
+    public KimiDevice Device { get; init; } = KimiDevice.Cpu;
+
+    /// <summary>Largest number of tokens a session may hold; null = the checkpoint's <c>model_max_length</c>.</summary>
+    public int? MaxSequenceLength { get; init; }
+
+    /// <summary>
+    /// Route with the HF remote code's biased weights (the correction bias also scales the chosen experts) instead of the
+    /// plain sigmoid scores that vLLM, SGLang and the transformers-native port use. Expert selection is the same either way.
+    /// </summary>
+    public bool BiasedRoutingWeights { get; init; }
+
+    /// <summary>Threads the CPU engine may use for matrix work; null = all cores.</summary>
+    public int? CpuThreads { get; init; }
+}

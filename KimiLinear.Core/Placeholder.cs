@@ -1,4 +1,0 @@
-namespace KimiLinear;
-
-/// <summary>Temporary.</summary>
-public static class Placeholder { }
