@@ -14,6 +14,11 @@ public sealed partial class KimiModel : IDisposable
     public static KimiModel Load(string modelDirectory, KimiModelOptions? options = null) =>
         throw new NotImplementedException("foundation in progress");
 
+    /// <summary>Loads a checkpoint off the calling thread, reporting progress; cancellation leaves nothing behind.</summary>
+    public static Task<KimiModel> LoadAsync(string modelDirectory, KimiModelOptions? options = null,
+        IProgress<KimiLoadProgress>? progress = null, CancellationToken cancellationToken = default) =>
+        throw new NotImplementedException("foundation in progress");
+
     /// <summary>Starts an empty sequence.</summary>
     public KimiSession CreateSession() => throw new NotImplementedException("foundation in progress");
 

@@ -28,4 +28,13 @@ public sealed record KimiModelOptions
 
     /// <summary>Threads the CPU engine may use for matrix work; null = all cores.</summary>
     public int? CpuThreads { get; init; }
+
+    /// <summary>Where loading and generation report what they do; null = nowhere.</summary>
+    public Microsoft.Extensions.Logging.ILogger? Logger { get; init; }
 }
+
+/// <summary>Progress of <see cref="KimiModel.LoadAsync"/>: bytes of tensor data mapped/uploaded so far.</summary>
+/// <param name="Stage">What is being done ("reading config", "mapping weights", "uploading to GPU", ...).</param>
+/// <param name="BytesDone">Bytes of weights processed.</param>
+/// <param name="BytesTotal">Bytes of weights in the checkpoint.</param>
+public readonly record struct KimiLoadProgress(string Stage, long BytesDone, long BytesTotal);

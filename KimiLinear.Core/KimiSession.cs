@@ -4,7 +4,7 @@ namespace KimiLinear;
 /// One sequence's state on a model: KDA conv windows and recurrent states, MLA latent caches. Not thread-safe; use one
 /// session per thread.
 /// </summary>
-public sealed class KimiSession : IDisposable
+public sealed partial class KimiSession : IDisposable
 {
     /// <summary>The model this session runs on.</summary>
     public KimiModel Model { get; }
