@@ -3,12 +3,16 @@ using BenchmarkDotNet.Jobs;
 using BenchmarkDotNet.Running;
 using BenchmarkDotNet.Toolchains.InProcess.Emit;
 
+// `gpu [report.md]` times the CUDA kernels with CUDA events (see GpuKernelBenchmarks); anything else goes to BenchmarkDotNet.
+if (args.Length > 0 && args[0] == "gpu") return KimiLinear.Benchmarks.GpuKernelBenchmarks.Run(args);
+
 // Runs the benchmarks named on the command line (BenchmarkDotNet's --filter etc.). Where no .NET SDK is installed
 // (the GPU machine ships only a runtime) BenchmarkDotNet cannot build its generated project, so it runs in-process.
 var config = DefaultConfig.Instance;
 if (!SdkPresent())
     config = config.AddJob(Job.Default.WithToolchain(InProcessEmitToolchain.Instance)).WithOptions(ConfigOptions.DisableOptimizationsValidator);
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args, config);
+return 0;
 
 static bool SdkPresent()
 {

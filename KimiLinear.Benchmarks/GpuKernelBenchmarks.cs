@@ -1,0 +1,191 @@
+using System.Globalization;
+using System.Text;
+using KimiLinear.Cuda;
+using KimiLinear.Cuda.Kernels;
+using KimiLinear.Cuda.Memory;
+using KimiLinear.Numerics;
+
+namespace KimiLinear.Benchmarks;
+
+/// <summary>
+/// <c>dotnet KimiLinear.Benchmarks.dll gpu [report.md]</c>: times the CUDA kernels on the GPU with CUDA events
+/// (median of 50 timed runs after warm-up, random data) and prints one table with the fraction of each ceiling:
+/// the device-to-device copy bandwidth measured in the same run for memory-bound kernels, the H100's ~798 TFLOP/s
+/// bf16 rate for GEMMs. Kernels whose working set would fit in L2 rotate over enough copies of their inputs to
+/// exceed it, so the numbers are DRAM numbers. Runs of short kernels are captured in a CUDA graph, as decode will be.
+/// </summary>
+internal static class GpuKernelBenchmarks
+{
+    private const int Runs = 50;
+    private const double Bf16PeakTflops = 798; // H100 SXM, measured with PyTorch on the GPU machine (TARGETS.md)
+
+    private sealed record Row(string Kernel, string Shape, double MedianUs, string Rate, double Fraction, string Ceiling);
+
+    public static int Run(string[] args)
+    {
+        if (!CudaDevice.IsAvailable(out string reason))
+        {
+            Console.Error.WriteLine(reason);
+            return 1;
+        }
+        using CudaContext gpu = CudaContext.Create(0);
+        using CudaStream stream = gpu.CreateStream();
+        int driver = CudaDevice.DriverVersion;
+        string header = $"{gpu.Device}, driver CUDA {driver / 1000}.{driver % 1000 / 10}, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC";
+        Console.WriteLine(header);
+        var rows = new List<Row>();
+        var random = new Random(42);
+
+        double copyGBs = CopyBandwidth(gpu, stream, rows);
+        foreach ((int n, int k) in new[] { (4096, 2304), (2304, 4096), (6144, 2304), (163_840, 2304) })
+            rows.Add(Gemv(gpu, stream, random, n, k, copyGBs));
+        rows.AddRange(Gemm(gpu, stream, random, 32_768, 4096, 2304));
+        rows.AddRange(RowKernels(gpu, stream, random, copyGBs));
+
+        var table = new StringBuilder();
+        table.AppendLine($"Card: {header}");
+        table.AppendLine();
+        table.AppendLine("| kernel | shape | median | rate | of ceiling |");
+        table.AppendLine("|---|---|---|---|---|");
+        foreach (Row row in rows)
+            table.AppendLine(string.Create(CultureInfo.InvariantCulture,
+                $"| {row.Kernel} | {row.Shape} | {row.MedianUs:F1} µs | {row.Rate} | {row.Fraction:P0} of {row.Ceiling} |"));
+        Console.WriteLine();
+        Console.Write(table);
+        if (args.Length > 1) File.WriteAllText(args[1], table.ToString());
+        return 0;
+    }
+
+    /// <summary>Median milliseconds of <paramref name="work"/> over <see cref="Runs"/> event-timed runs, after warm-up.</summary>
+    private static double MedianMs(CudaContext gpu, CudaStream stream, Action work)
+    {
+        using CudaEvent start = gpu.CreateEvent(), end = gpu.CreateEvent();
+        for (int i = 0; i < 5; i++) work();
+        stream.Synchronize();
+        var times = new double[Runs];
+        for (int i = 0; i < Runs; i++)
+        {
+            start.Record(stream);
+            work();
+            end.Record(stream);
+            end.Synchronize();
+            times[i] = end.ElapsedMillisecondsSince(start);
+        }
+        Array.Sort(times);
+        return times[Runs / 2];
+    }
+
+    private static double CopyBandwidth(CudaContext gpu, CudaStream stream, List<Row> rows)
+    {
+        const long Bytes = 1L << 30;
+        using DeviceBuffer<byte> a = gpu.Allocate<byte>(Bytes), b = gpu.Allocate<byte>(Bytes);
+        a.Span.Fill(0x5A, stream);
+        double ms = MedianMs(gpu, stream, () => b.Span.CopyFrom(a.Span, stream));
+        double gbs = 2.0 * Bytes / (ms * 1e6); // bytes read plus bytes written
+        rows.Add(new Row("device-to-device copy", "1 GiB", ms * 1000, $"{gbs:F0} GB/s", 1, "itself"));
+        return gbs;
+    }
+
+    /// <summary>Fills a device buffer with random bf16, repeating one random 16 Mi-element block (uploading 755 MB element by element would be slow).</summary>
+    private static DeviceBuffer<ushort> RandomBf16(CudaContext gpu, CudaStream stream, Random random, long length)
+    {
+        int blockLength = (int)Math.Min(length, 1 << 24);
+        var block = new ushort[blockLength];
+        for (int i = 0; i < blockLength; i++) block[i] = BFloat16.FromSingle((float)(random.NextDouble() * 2 - 1));
+        DeviceBuffer<ushort> buffer = gpu.Allocate<ushort>(length);
+        for (long offset = 0; offset < length; offset += blockLength)
+            buffer.Slice(offset, Math.Min(blockLength, length - offset)).CopyFrom(block.AsSpan(0, (int)Math.Min(blockLength, length - offset)), stream);
+        return buffer;
+    }
+
+    private static Row Gemv(CudaContext gpu, CudaStream stream, Random random, int n, int k, double copyGBs)
+    {
+        long bytes = 2L * n * k;
+        // Enough weight copies to exceed the L2 cache (50 MB on H100) several times over.
+        int copies = (int)Math.Clamp(256L * 1024 * 1024 / bytes, 1, 32);
+        var weights = Enumerable.Range(0, copies).Select(_ => RandomBf16(gpu, stream, random, (long)n * k)).ToArray();
+        using DeviceBuffer<ushort> x = RandomBf16(gpu, stream, random, k);
+        using DeviceBuffer<ushort> y = gpu.Allocate<ushort>(n);
+        int launches = Math.Max(copies, 8);
+        using CudaGraph graph = stream.Capture(s =>
+        {
+            for (int i = 0; i < launches; i++) MatmulKernels.Gemv(s, y, weights[i % copies], x, n, k);
+        });
+        double ms = MedianMs(gpu, stream, () => graph.Launch(stream)) / launches;
+        foreach (DeviceBuffer<ushort> w in weights) w.Dispose();
+        double gbs = (bytes + 2.0 * k + 2.0 * n) / (ms * 1e6);
+        return new Row("bf16 GEMV", $"[{n}×{k}]", ms * 1000, $"{gbs:F0} GB/s", gbs / copyGBs, "D2D copy");
+    }
+
+    private static IEnumerable<Row> Gemm(CudaContext gpu, CudaStream stream, Random random, int m, int n, int k)
+    {
+        using DeviceBuffer<ushort> a = RandomBf16(gpu, stream, random, (long)m * k), b = RandomBf16(gpu, stream, random, (long)n * k);
+        using DeviceBuffer<ushort> c = gpu.Allocate<ushort>((long)m * n);
+        double flops = 2.0 * m * n * k;
+        string shape = $"[{m}×{k}]·[{k}×{n}]";
+        double ms = MedianMs(gpu, stream, () => MatmulKernels.Gemm(stream, c, a, b, m, n, k));
+        var rows = new List<Row> { GemmRow("bf16 GEMM, hand-written mma.sync", shape, ms, flops) };
+        using CublasLtGemm? cublas = CublasLtGemm.TryCreate(gpu, out string reason);
+        if (cublas is null)
+        {
+            Console.WriteLine("cuBLASLt GEMM not timed: " + reason);
+            return rows;
+        }
+        Console.WriteLine("cuBLASLt: " + reason);
+        ms = MedianMs(gpu, stream, () => cublas.Run(stream, c, a, b, m, n, k));
+        rows.Add(GemmRow("bf16 GEMM, cuBLASLt", shape, ms, flops));
+        return rows;
+    }
+
+    private static Row GemmRow(string kernel, string shape, double ms, double flops)
+    {
+        double tflops = flops / (ms * 1e9);
+        return new Row(kernel, shape, ms * 1000, $"{tflops:F0} TFLOP/s", tflops / Bf16PeakTflops, "bf16 peak");
+    }
+
+    private static IEnumerable<Row> RowKernels(CudaContext gpu, CudaStream stream, Random random, double copyGBs)
+    {
+        const int Tokens = 4096, Hidden = 2304, Ffn = 9216, Vocab = 163_840, Batch = 8;
+        var rows = new List<Row>();
+        Row MemoryRow(string kernel, string shape, double ms, double bytes) =>
+            new(kernel, shape, ms * 1000, $"{bytes / (ms * 1e6):F0} GB/s", bytes / (ms * 1e6) / copyGBs, "D2D copy");
+
+        using (DeviceBuffer<ushort> x = RandomBf16(gpu, stream, random, (long)Tokens * Hidden), w = RandomBf16(gpu, stream, random, Hidden),
+               o = gpu.Allocate<ushort>((long)Tokens * Hidden))
+        using (DeviceBuffer<float> residual = gpu.Allocate<float>((long)Tokens * Hidden))
+        {
+            residual.Span.Fill(0.5f, stream);
+            double ms = MedianMs(gpu, stream, () => ElementwiseKernels.RmsNormResidual(stream, o, residual, x.Span, w, Tokens, Hidden, 1e-5f));
+            rows.Add(MemoryRow("RMSNorm + residual", $"T={Tokens}, D={Hidden}", ms, (long)Tokens * Hidden * (2 + 4 + 4 + 2)));
+        }
+        using (DeviceBuffer<ushort> gu = RandomBf16(gpu, stream, random, 2L * 1024 * Ffn), o = gpu.Allocate<ushort>(1024L * Ffn))
+        {
+            double ms = MedianMs(gpu, stream, () => ElementwiseKernels.SwiGlu(stream, o, gu, gu.Span.Slice(Ffn), 1024, Ffn, 2 * Ffn, 2 * Ffn));
+            rows.Add(MemoryRow("SwiGLU", $"T=1024, F={Ffn}", ms, 1024L * Ffn * 6));
+        }
+        using (DeviceBuffer<ushort> table = RandomBf16(gpu, stream, random, (long)Vocab * Hidden), o = gpu.Allocate<ushort>((long)Tokens * Hidden))
+        using (DeviceBuffer<int> ids = gpu.Allocate<int>(Tokens))
+        {
+            ids.CopyFrom(Enumerable.Range(0, Tokens).Select(_ => random.Next(Vocab)).ToArray(), stream);
+            double ms = MedianMs(gpu, stream, () => ElementwiseKernels.EmbeddingGather(stream, o, table, ids, Tokens, Hidden, Vocab));
+            rows.Add(MemoryRow("embedding gather", $"T={Tokens}, D={Hidden}", ms, 4L * Tokens * Hidden));
+        }
+        using (DeviceBuffer<float> logits = gpu.Allocate<float>((long)Batch * Vocab), probs = gpu.Allocate<float>((long)Batch * Vocab),
+               u = gpu.Allocate<float>(Batch))
+        using (DeviceBuffer<int> tokens = gpu.Allocate<int>(Batch))
+        {
+            var host = new float[(long)Batch * Vocab];
+            for (int i = 0; i < host.Length; i++) host[i] = (float)(random.NextDouble() * 8 - 4);
+            logits.CopyFrom(host, stream);
+            u.CopyFrom([0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f, 0.7f, 0.8f], stream);
+            string shape = $"T={Batch}, V={Vocab}";
+            double ms = MedianMs(gpu, stream, () => SamplingKernels.Softmax(stream, probs, logits, Batch, Vocab));
+            rows.Add(MemoryRow("softmax", shape, ms, 8.0 * Batch * Vocab));
+            ms = MedianMs(gpu, stream, () => SamplingKernels.Argmax(stream, tokens, logits, Batch, Vocab));
+            rows.Add(MemoryRow("argmax", shape, ms, 4.0 * Batch * Vocab));
+            ms = MedianMs(gpu, stream, () => SamplingKernels.SampleTopKTopP(stream, tokens, logits, u, Batch, Vocab, 50, 0.8f, 0.95f));
+            rows.Add(MemoryRow("top-k/top-p sample (k=50)", shape, ms, 4.0 * Batch * Vocab));
+        }
+        return rows;
+    }
+}

@@ -1,0 +1,91 @@
+using KimiLinear.Cuda;
+using KimiLinear.Cuda.Kernels;
+using KimiLinear.Cuda.Memory;
+using KimiLinear.Numerics;
+
+namespace KimiLinear.Tests.Cuda;
+
+/// <summary>bf16 GEMV and GEMM against a double-precision reference on random data, odd sizes, poisoned tails.</summary>
+[Collection("GPU")]
+public sealed class MatmulKernelTests
+{
+    // fp32 accumulation over K terms: error grows with Σ|w·x|; bf16 output adds one rounding of the result.
+    private const double AccumulationError = 1e-5;
+    private const double Bf16Rounding = 1.0 / 256;
+
+    [Theory]
+    [InlineData(1000, 2303)] // odd K: scalar path
+    [InlineData(1001, 2304)] // model K, N not a multiple of the rows per block
+    [InlineData(2304, 4096)]
+    [InlineData(1, 8)]
+    [InlineData(7, 5)]
+    public void Gemv_Bf16AndF32Outputs_MatchReference(int n, int k)
+    {
+        CudaContext gpu = Gpu.Require();
+        var random = new Random(n + k);
+        ushort[] w = Gpu.RandomBf16(random, (long)n * k), x = Gpu.RandomBf16(random, k);
+        double[] expected = CpuReference.MatMulTransposed(x, w, 1, n, k, out double[] magnitude);
+        using CudaStream stream = gpu.CreateStream();
+        using DeviceBuffer<ushort> dW = gpu.Upload(stream, w), dX = gpu.Upload(stream, x);
+        using DeviceBuffer<ushort> dY16 = gpu.Poisoned(stream, n, BFloat16.NaN);
+        using DeviceBuffer<float> dY32 = gpu.Poisoned(stream, n, float.NaN);
+        MatmulKernels.Gemv(stream, dY16, dW, dX, n, k);
+        MatmulKernels.Gemv(stream, dY32, dW, dX, n, k);
+        ushort[] y16 = dY16.ToArray(stream);
+        float[] y32 = dY32.ToArray(stream);
+        TensorAssert.Close(expected, y32, i => AccumulationError * magnitude[i] + 1e-6, "GEMV fp32 out");
+        TensorAssert.Close(expected, Gpu.Widen(y16, n), i => AccumulationError * magnitude[i] + Bf16Rounding * Math.Abs(expected[i]) + 1e-6, "GEMV bf16 out");
+        Gpu.AssertTailUntouched(y16, n, BFloat16.NaN);
+        for (int i = n; i < y32.Length; i++) Assert.True(float.IsNaN(y32[i]), $"fp32 output tail element {i} overwritten");
+    }
+
+    public static TheoryData<int, int, int> GemmShapes => new()
+    {
+        { 257, 1000, 2296 }, // odd M and N, K a multiple of 8 but not of the 64-wide k tile
+        { 128, 128, 64 },    // exactly one tile
+        { 1, 33, 8 },
+        { 200, 520, 2304 },  // model K
+        { 131, 2304, 512 },
+    };
+
+    [Theory]
+    [MemberData(nameof(GemmShapes))]
+    public void Gemm_HandWritten_MatchesReference(int m, int n, int k) =>
+        CheckGemm(m, n, k, (stream, c, a, b) => MatmulKernels.Gemm(stream, c, a, b, m, n, k));
+
+    [Theory]
+    [MemberData(nameof(GemmShapes))]
+    public void Gemm_CublasLt_MatchesReference(int m, int n, int k)
+    {
+        CudaContext gpu = Gpu.Require();
+        using CublasLtGemm? cublas = CublasLtGemm.TryCreate(gpu, out string reason);
+        if (cublas is null) Assert.Skip(reason);
+        CheckGemm(m, n, k, (stream, c, a, b) => cublas.Run(stream, c, a, b, m, n, k));
+    }
+
+    [Fact]
+    public void Gemm_RejectsKNotAMultipleOf8()
+    {
+        CudaContext gpu = Gpu.Require();
+        using CudaStream stream = gpu.CreateStream();
+        using DeviceBuffer<ushort> buffer = gpu.Allocate<ushort>(1000);
+        var error = Assert.Throws<ArgumentException>(() => MatmulKernels.Gemm(stream, buffer, buffer, buffer, 2, 2, 7));
+        Assert.Contains("multiple of 8", error.Message);
+    }
+
+    private static void CheckGemm(int m, int n, int k, Action<CudaStream, DeviceSpan<ushort>, DeviceSpan<ushort>, DeviceSpan<ushort>> gemm)
+    {
+        CudaContext gpu = Gpu.Require();
+        var random = new Random(m * 3 + n * 5 + k);
+        ushort[] a = Gpu.RandomBf16(random, (long)m * k), b = Gpu.RandomBf16(random, (long)n * k);
+        double[] expected = CpuReference.MatMulTransposed(a, b, m, n, k, out double[] magnitude);
+        using CudaStream stream = gpu.CreateStream();
+        using DeviceBuffer<ushort> dA = gpu.Upload(stream, a), dB = gpu.Upload(stream, b);
+        using DeviceBuffer<ushort> dC = gpu.Poisoned(stream, (long)m * n, BFloat16.NaN);
+        gemm(stream, dC, dA, dB);
+        ushort[] c = dC.ToArray(stream);
+        TensorAssert.Close(expected, Gpu.Widen(c, (long)m * n),
+            i => AccumulationError * magnitude[i] + Bf16Rounding * Math.Abs(expected[i]) + 1e-6, $"GEMM {m}x{n}x{k}");
+        Gpu.AssertTailUntouched(c, (long)m * n, BFloat16.NaN);
+    }
+}

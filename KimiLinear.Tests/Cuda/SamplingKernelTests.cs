@@ -1,0 +1,104 @@
+using KimiLinear.Cuda;
+using KimiLinear.Cuda.Kernels;
+using KimiLinear.Cuda.Memory;
+
+namespace KimiLinear.Tests.Cuda;
+
+/// <summary>Softmax, argmax and top-k/top-p sampling on the GPU against the CPU reference.</summary>
+[Collection("GPU")]
+public sealed class SamplingKernelTests
+{
+    private const int Vocabulary = 163_840;
+
+    [Theory]
+    [InlineData(3, Vocabulary)]
+    [InlineData(2, 1001)]
+    [InlineData(1, 1)]
+    public void Softmax_MatchesReference(int t, int v)
+    {
+        CudaContext gpu = Gpu.Require();
+        float[] logits = Gpu.RandomF32(new Random(v + t), (long)t * v, 4f);
+        using CudaStream stream = gpu.CreateStream();
+        using DeviceBuffer<float> dLogits = gpu.Upload(stream, logits), dOut = gpu.Poisoned(stream, (long)t * v, float.NaN);
+        SamplingKernels.Softmax(stream, dOut, dLogits, t, v);
+        float[] got = dOut.ToArray(stream);
+        TensorAssert.Close(CpuReference.Softmax(logits, t, v), got, 1e-5, 1e-12, "softmax");
+        for (long i = (long)t * v; i < got.Length; i++) Assert.True(float.IsNaN(got[i]), $"tail element {i} overwritten");
+    }
+
+    [Theory]
+    [InlineData(4, Vocabulary)]
+    [InlineData(3, 1001)]
+    public void Argmax_TakesTheFirstMaximumAndSkipsNaN(int t, int v)
+    {
+        CudaContext gpu = Gpu.Require();
+        var random = new Random(v - t);
+        float[] logits = Gpu.RandomF32(random, (long)t * v);
+        // Row 0: a tie for the maximum (the lower index must win); row 1: NaN before the maximum; row 2: all -inf.
+        logits[17] = logits[v - 3] = 50f;
+        logits[v + 2] = float.NaN;
+        logits[v + 900] = 60f;
+        for (int i = 0; i < v; i++) logits[2L * v + i] = float.NegativeInfinity;
+        using CudaStream stream = gpu.CreateStream();
+        using DeviceBuffer<float> dLogits = gpu.Upload(stream, logits);
+        using DeviceBuffer<int> dOut = gpu.Poisoned(stream, t, -7);
+        SamplingKernels.Argmax(stream, dOut, dLogits, t, v);
+        int[] got = dOut.ToArray(stream);
+        for (int r = 0; r < t; r++) Assert.Equal(CpuReference.Argmax(logits.AsSpan(r * v, v)), got[r]);
+        Assert.Equal(17, got[0]);
+        Assert.Equal(0, got[2]);
+        Gpu.AssertTailUntouched(got, t, -7);
+    }
+
+    [Theory]
+    [InlineData(1, 1.0f, 1.0f)]     // top-1: must be the argmax
+    [InlineData(50, 0.7f, 0.9f)]
+    [InlineData(1000, 1.3f, 0.95f)]
+    [InlineData(1024, 1.0f, 1.0f)]  // the largest k, no top-p cut
+    [InlineData(7, 2.0f, 0.3f)]     // a tight top-p
+    public void SampleTopKTopP_PicksTheReferenceToken(int k, float temperature, float topP)
+    {
+        CudaContext gpu = Gpu.Require();
+        const int T = 8;
+        int v = Vocabulary;
+        var random = new Random(k * 13 + (int)(topP * 100));
+        float[] logits = Gpu.RandomF32(random, (long)T * v, 2f);
+        // Ties at the k-th place: the kernel must take the tied entries with the lowest indices, as the reference does.
+        for (int r = 0; r < T; r += 2)
+        {
+            Span<float> row = logits.AsSpan(r * v, v);
+            float kth = row.ToArray().OrderDescending().ElementAt(k - 1);
+            for (int j = 0; j < 3; j++) row[random.Next(v)] = kth;
+        }
+        var uniforms = new float[T];
+        var expected = new int[T];
+        for (int r = 0; r < T; r++)
+        {
+            bool ambiguous;
+            do
+            {
+                uniforms[r] = random.NextSingle();
+                expected[r] = CpuReference.SampleTopKTopP(logits.AsSpan(r * v, v), k, temperature, topP, uniforms[r], out ambiguous);
+            } while (ambiguous);
+        }
+        using CudaStream stream = gpu.CreateStream();
+        using DeviceBuffer<float> dLogits = gpu.Upload(stream, logits), dU = gpu.Upload(stream, uniforms);
+        using DeviceBuffer<int> dOut = gpu.Poisoned(stream, T, -7);
+        SamplingKernels.SampleTopKTopP(stream, dOut, dLogits, dU, T, v, k, temperature, topP);
+        int[] got = dOut.ToArray(stream);
+        Assert.Equal(expected, got[..T]);
+        Gpu.AssertTailUntouched(got, T, -7);
+    }
+
+    [Fact]
+    public void SampleTopKTopP_RejectsBadSettings()
+    {
+        CudaContext gpu = Gpu.Require();
+        using CudaStream stream = gpu.CreateStream();
+        using DeviceBuffer<float> logits = gpu.Allocate<float>(2000);
+        using DeviceBuffer<int> tokens = gpu.Allocate<int>(1);
+        Assert.Throws<ArgumentOutOfRangeException>(() => SamplingKernels.SampleTopKTopP(stream, tokens, logits, logits, 1, 2000, 1025, 1f, 1f));
+        Assert.Throws<ArgumentOutOfRangeException>(() => SamplingKernels.SampleTopKTopP(stream, tokens, logits, logits, 1, 2000, 5, 0f, 1f));
+        Assert.Throws<ArgumentOutOfRangeException>(() => SamplingKernels.SampleTopKTopP(stream, tokens, logits, logits, 1, 2000, 5, 1f, 0f));
+    }
+}

@@ -1,0 +1,103 @@
+// bf16 GEMV for decode: y[n] = sum_k W[n, k] * x[k], fp32 accumulation.
+//   W [N, K] bf16, row-major (nn.Linear weight: out_features x in_features)
+//   x [K]    bf16
+//   y [N]    bf16 (kimi_gemv_bf16) or fp32 (kimi_gemv_bf16_f32, e.g. logits)
+// Memory-bound: every weight byte is read once, so the goal is the copy bandwidth. Each warp owns GEMV_ROWS rows and
+// keeps GEMV_ROWS x GEMV_UNROLL 16-byte weight loads in flight per lane (streaming hint: weights are read once, x stays
+// in L1); lanes reduce with shuffles at the end.
+// Launch: grid ceil(N / (GEMV_WARPS * GEMV_ROWS)) blocks of GEMV_WARPS * 32 threads.
+// Vector path when K % 8 == 0 and W, x are 16-byte aligned (every row then starts aligned); otherwise a scalar path
+// (correct for any K, e.g. odd K in tests, but slow).
+#include "common.cuh"
+
+constexpr int GEMV_WARPS = 4;
+constexpr int GEMV_ROWS = 2;
+constexpr int GEMV_UNROLL = 4;
+
+__device__ __forceinline__ float dot8(uint4 w, uint4 x, float acc)
+{
+    acc = fmaf(bf16_lo(w.x), bf16_lo(x.x), acc);
+    acc = fmaf(bf16_hi(w.x), bf16_hi(x.x), acc);
+    acc = fmaf(bf16_lo(w.y), bf16_lo(x.y), acc);
+    acc = fmaf(bf16_hi(w.y), bf16_hi(x.y), acc);
+    acc = fmaf(bf16_lo(w.z), bf16_lo(x.z), acc);
+    acc = fmaf(bf16_hi(w.z), bf16_hi(x.z), acc);
+    acc = fmaf(bf16_lo(w.w), bf16_lo(x.w), acc);
+    acc = fmaf(bf16_hi(w.w), bf16_hi(x.w), acc);
+    return acc;
+}
+
+__device__ __forceinline__ void store_out(float* y, int i, float v) { y[i] = v; }
+__device__ __forceinline__ void store_out(uint16_t* y, int i, float v) { y[i] = f32_to_bf16(v); }
+
+template <typename OutT>
+__device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __restrict__ W, const uint16_t* __restrict__ x,
+                                     int N, int K)
+{
+    const int lane = threadIdx.x & 31;
+    const int row0 = (blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5)) * GEMV_ROWS;
+    if (row0 >= N) return;
+
+    float acc[GEMV_ROWS];
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++) acc[r] = 0.0f;
+
+    if ((K & 7) == 0 && aligned16(W) && aligned16(x))
+    {
+        const int K8 = K >> 3;
+        const uint4* x8 = reinterpret_cast<const uint4*>(x);
+        const uint4* w8[GEMV_ROWS];
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++)
+            // Rows past N re-read the last row; their sums are never stored. Keeps the loads unconditional.
+            w8[r] = reinterpret_cast<const uint4*>(W + static_cast<size_t>(min(row0 + r, N - 1)) * K);
+
+        for (int k = lane; k < K8; k += 32 * GEMV_UNROLL)
+        {
+            uint4 wv[GEMV_ROWS][GEMV_UNROLL];
+            uint4 xv[GEMV_UNROLL];
+#pragma unroll
+            for (int u = 0; u < GEMV_UNROLL; u++)
+            {
+                const int kk = k + u * 32;
+                const bool ok = kk < K8;
+                xv[u] = ok ? __ldg(x8 + kk) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+                for (int r = 0; r < GEMV_ROWS; r++) wv[r][u] = ok ? __ldcs(w8[r] + kk) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int u = 0; u < GEMV_UNROLL; u++)
+#pragma unroll
+                for (int r = 0; r < GEMV_ROWS; r++) acc[r] = dot8(wv[r][u], xv[u], acc[r]);
+        }
+    }
+    else
+    {
+        for (int k = lane; k < K; k += 32)
+        {
+            const float xk = bf16_to_f32(x[k]);
+#pragma unroll
+            for (int r = 0; r < GEMV_ROWS; r++)
+                acc[r] = fmaf(bf16_to_f32(W[static_cast<size_t>(min(row0 + r, N - 1)) * K + k]), xk, acc[r]);
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++)
+    {
+        const float s = warp_sum(acc[r]);
+        if (lane == 0 && row0 + r < N) store_out(y, row0 + r, s);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
+kimi_gemv_bf16(uint16_t* __restrict__ y, const uint16_t* __restrict__ W, const uint16_t* __restrict__ x, int N, int K)
+{
+    gemv(y, W, x, N, K);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
+kimi_gemv_bf16_f32(float* __restrict__ y, const uint16_t* __restrict__ W, const uint16_t* __restrict__ x, int N, int K)
+{
+    gemv(y, W, x, N, K);
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The GPU workflow, GPU-machine half (docs/gpu.md). Run from the repository root there as `bash STAGE/remote.sh`:
+#   1. unpacks the .NET runtime,  2. builds kernels/*.cu with nvcc (kernels/build.sh) into /tmp/ptx,
+#   3. runs the CUDA tests against that fresh PTX (KIMILINEAR_KERNEL_DIR),  4. times the kernels (Benchmarks `gpu`),
+#   5. leaves in $OUT: build.log, tests.log, bench.log, bench.md, ptx.tgz (commit its contents to KimiLinear.Cuda/Kernels/ptx).
+# Set SKIP_BENCH=1 to stop after the tests. Exit status: nonzero if the build or a test failed.
+set -uo pipefail
+stage=$(cd "$(dirname "$0")" && pwd)
+out=${OUT:-/tmp/gpu-out}
+mkdir -p "$out" /tmp/dn /tmp/ptx
+tar xf "$stage/dotnet-runtime.txz" -C /tmp/dn
+export DOTNET_ROOT=/tmp/dn DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt"
+
+echo "== building kernels"
+bash "$stage/kernels/build.sh" /tmp/ptx > "$out/build.log" 2>&1
+build=$?
+grep -E "FAILED|error|registers|spill" "$out/build.log" | head -40
+tar czf "$out/ptx.tgz" -C /tmp/ptx .
+export KIMILINEAR_KERNEL_DIR=/tmp/ptx
+
+# cuBLASLt is optional: point the library at it where the toolkit or PyTorch installed it.
+lt=$(ls /usr/local/cuda/lib64/libcublasLt.so.* 2>/dev/null | head -n 1)
+[ -n "$lt" ] || lt=$(find / -xdev -name 'libcublasLt.so.1[0-9]*' 2>/dev/null | head -n 1)
+[ -n "$lt" ] && export KIMILINEAR_CUBLASLT=$lt && echo "cuBLASLt: $lt"
+
+echo "== tests"
+/tmp/dn/dotnet "$stage/tests/KimiLinear.Tests.dll" -namespace 'KimiLinear.Tests.Cuda' -noColor > "$out/tests.log" 2>&1
+tests=$?
+grep -E "\[FAIL\]|Total:" "$out/tests.log"
+
+bench=0
+if [ -z "${SKIP_BENCH:-}" ]; then
+    echo "== benchmarks"
+    /tmp/dn/dotnet "$stage/bench/KimiLinear.Benchmarks.dll" gpu "$out/bench.md" > "$out/bench.log" 2>&1
+    bench=$?
+    cat "$out/bench.log"
+fi
+echo "build=$build tests=$tests bench=$bench"
+[ $build -eq 0 ] && [ $tests -eq 0 ] && [ $bench -eq 0 ]

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The GPU workflow, local half (docs/gpu.md): stages into STAGE everything one call of the GPU machine needs —
+# the packed .NET runtime, the built tests and benchmarks, the kernel sources and remote.sh — and prints the call.
+# The device tool is not a shell command, so the call itself is made by whoever runs this script.
+#   tools/gpu/run-gpu.sh [STAGE]     STAGE: a git-ignored folder inside the checkout that travels (default .gpu)
+# On the GPU machine, remote.sh then builds the PTX with nvcc, runs the GPU tests against it, times the kernels and
+# prints a short table; logs, the table and the built PTX come back through $OUT.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+stage=$(mkdir -p "${1:-$repo/.gpu}" && cd "${1:-$repo/.gpu}" && pwd)
+pack=${PACK_DOTNET:-$repo/../shared/device/pack-dotnet-runtime.sh}
+
+if [ ! -f "$stage/dotnet-runtime.txz" ]; then
+    [ -x "$pack" ] || pack=/work/shared/device/pack-dotnet-runtime.sh
+    "$pack" "$stage"
+    # xz saves ~10 MB of the 64 MiB a call may carry.
+    gunzip -c "$stage/dotnet-runtime.tgz" | xz -9 -T2 > "$stage/dotnet-runtime.txz" && rm "$stage/dotnet-runtime.tgz"
+fi
+dotnet build "$repo/KimiLinear.Tests" -c Release -v q -nologo
+dotnet build "$repo/KimiLinear.Benchmarks" -c Release -v q -nologo
+rm -rf "$stage/tests" "$stage/bench" "$stage/kernels"
+# Test fixtures stay behind: only the CUDA tests run there.
+cp -r "$repo/KimiLinear.Tests/bin/Release/net10.0" "$stage/tests" && rm -rf "$stage/tests/Fixtures"
+cp -r "$repo/KimiLinear.Benchmarks/bin/Release/net10.0" "$stage/bench"
+# The `gpu` mode never runs BenchmarkDotNet's disassembler, tracing or code generation: leave their 25 MB behind.
+(cd "$stage/bench" && rm -rf runtimes x86 amd64 arm64 Microsoft.CodeAnalysis*.dll Microsoft.Diagnostics.*.dll Iced.dll)
+cp -r "$repo/kernels" "$stage/kernels"
+cp "$repo/tools/gpu/remote.sh" "$stage/remote.sh"
+du -sh "$stage"
+echo "Next: device run with command 'bash <STAGE>/remote.sh' and carry ['<STAGE>'] (STAGE relative to the repo root that travels)."
