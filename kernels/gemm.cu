@@ -14,6 +14,7 @@
 
 constexpr int BM = 128, BN = 128, BK = 64, STAGES = 3, THREADS = 256;
 constexpr int GEMM_SMEM_BYTES = STAGES * (BM + BN) * BK * 2;
+static_assert(GEMM_SMEM_BYTES == 96 * 1024, "MatmulKernels.GemmSharedBytes (C#) launches with 96 KiB");
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
 

@@ -2,17 +2,20 @@
 //   W [N, K] bf16, row-major (nn.Linear weight: out_features x in_features)
 //   x [K]    bf16
 //   y [N]    bf16 (kimi_gemv_bf16) or fp32 (kimi_gemv_bf16_f32, e.g. logits)
-// Memory-bound: every weight byte is read once, so the goal is the copy bandwidth. Each warp owns GEMV_ROWS rows and
-// keeps GEMV_ROWS x GEMV_UNROLL 16-byte weight loads in flight per lane (streaming hint: weights are read once, x stays
-// in L1); lanes reduce with shuffles at the end.
-// Launch: grid ceil(N / (GEMV_WARPS * GEMV_ROWS)) blocks of GEMV_WARPS * 32 threads.
+// Memory-bound: every weight byte is read once, so the goal is the copy bandwidth. A block of GEMV_THREADS threads
+// owns GEMV_ROWS rows and splits K among all its threads, so each thread issues its GEMV_ROWS x GEMV_UNROLL 16-byte
+// loads (streaming hint: weights are read once; x stays in L1) before using any; warps reduce with shuffles, then
+// through shared memory. Splitting K inside the block (rather than one warp per row) gives the decode shapes
+// (N = 2304..6144) enough blocks and bytes in flight to fill all SMs evenly (one warp per row reached only 58-78%
+// of the copy bandwidth there on an H100).
+// Launch: grid ceil(N / GEMV_ROWS) blocks of GEMV_THREADS threads.
 // Vector path when K % 8 == 0 and W, x are 16-byte aligned (every row then starts aligned); otherwise a scalar path
 // (correct for any K, e.g. odd K in tests, but slow).
 #include "common.cuh"
 
-constexpr int GEMV_WARPS = 4;
-constexpr int GEMV_ROWS = 2;
-constexpr int GEMV_UNROLL = 4;
+constexpr int GEMV_THREADS = 256;
+constexpr int GEMV_ROWS = 4;
+constexpr int GEMV_UNROLL = 2;
 
 __device__ __forceinline__ float dot8(uint4 w, uint4 x, float acc)
 {
@@ -34,9 +37,10 @@ template <typename OutT>
 __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __restrict__ W, const uint16_t* __restrict__ x,
                                      int N, int K)
 {
-    const int lane = threadIdx.x & 31;
-    const int row0 = (blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5)) * GEMV_ROWS;
+    __shared__ float partial[GEMV_ROWS][GEMV_THREADS / 32];
+    const int row0 = blockIdx.x * GEMV_ROWS;
     if (row0 >= N) return;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
     float acc[GEMV_ROWS];
 #pragma unroll
@@ -52,14 +56,14 @@ __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __res
             // Rows past N re-read the last row; their sums are never stored. Keeps the loads unconditional.
             w8[r] = reinterpret_cast<const uint4*>(W + static_cast<size_t>(min(row0 + r, N - 1)) * K);
 
-        for (int k = lane; k < K8; k += 32 * GEMV_UNROLL)
+        for (int k = tid; k < K8; k += GEMV_THREADS * GEMV_UNROLL)
         {
             uint4 wv[GEMV_ROWS][GEMV_UNROLL];
             uint4 xv[GEMV_UNROLL];
 #pragma unroll
             for (int u = 0; u < GEMV_UNROLL; u++)
             {
-                const int kk = k + u * 32;
+                const int kk = k + u * GEMV_THREADS;
                 const bool ok = kk < K8;
                 xv[u] = ok ? __ldg(x8 + kk) : make_uint4(0, 0, 0, 0);
 #pragma unroll
@@ -73,7 +77,7 @@ __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __res
     }
     else
     {
-        for (int k = lane; k < K; k += 32)
+        for (int k = tid; k < K; k += GEMV_THREADS)
         {
             const float xk = bf16_to_f32(x[k]);
 #pragma unroll
@@ -86,17 +90,27 @@ __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __res
     for (int r = 0; r < GEMV_ROWS; r++)
     {
         const float s = warp_sum(acc[r]);
-        if (lane == 0 && row0 + r < N) store_out(y, row0 + r, s);
+        if (lane == 0) partial[r][warp] = s;
+    }
+    __syncthreads();
+    if (warp == 0)
+    {
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++)
+        {
+            const float s = warp_sum(lane < GEMV_THREADS / 32 ? partial[r][lane] : 0.0f);
+            if (lane == 0 && row0 + r < N) store_out(y, row0 + r, s);
+        }
     }
 }
 
-extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
 kimi_gemv_bf16(uint16_t* __restrict__ y, const uint16_t* __restrict__ W, const uint16_t* __restrict__ x, int N, int K)
 {
     gemv(y, W, x, N, K);
 }
 
-extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
 kimi_gemv_bf16_f32(float* __restrict__ y, const uint16_t* __restrict__ W, const uint16_t* __restrict__ x, int N, int K)
 {
     gemv(y, W, x, N, K);

@@ -47,7 +47,8 @@ public sealed class CudaStream : IDisposable
     /// <summary>
     /// Records the work <paramref name="enqueue"/> queues on this stream into a graph instead of running it, and returns
     /// the graph ready to replay. The capture is thread-local: <paramref name="enqueue"/> must queue its work
-    /// synchronously on the calling thread, and must not allocate or synchronise (the driver rejects both while capturing).
+    /// synchronously on the calling thread, and must not allocate or synchronise (the driver rejects both while capturing);
+    /// kernels it launches must be loaded beforehand (<c>Kernels.LoadAll()</c>), as loading a module synchronises.
     /// </summary>
     public CudaGraph Capture(Action<CudaStream> enqueue)
     {

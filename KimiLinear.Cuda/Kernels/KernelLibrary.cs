@@ -51,6 +51,15 @@ internal sealed unsafe partial class KernelLibrary : IDisposable
             (uint)sharedBytes, stream.Raw, args, null), KernelCatalog.Of(id).Name);
     }
 
+    /// <summary>
+    /// Loads every shipped kernel now. Call before capturing a graph: loading a module synchronises the context,
+    /// which a stream capture forbids.
+    /// </summary>
+    public void LoadAll()
+    {
+        foreach (KernelId id in KernelCatalog.All) Function(id);
+    }
+
     /// <summary>The <c>CUfunction</c> of <paramref name="id"/>, loading its module if needed.</summary>
     public nint Function(KernelId id)
     {

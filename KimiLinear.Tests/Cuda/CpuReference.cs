@@ -96,11 +96,14 @@ internal static class CpuReference
 
     /// <summary>
     /// Top-k, temperature, top-p, then the draw <paramref name="u"/>, as <c>kimi_sample_topk_topp_f32</c> defines them.
-    /// <paramref name="ambiguous"/> is set when a top-p or draw boundary lies within float rounding of the decision,
-    /// where a float32 kernel may legitimately differ; tests then redraw.
+    /// <paramref name="cutAmbiguous"/> / <paramref name="drawAmbiguous"/> are set when the top-p boundary / the draw lies
+    /// within float32 rounding (1e-5 of the mass; the kernel's prefix sum of ≤ 1,024 terms errs by ~1e-6) of a
+    /// decision, where the kernel may legitimately differ; tests then draw new logits / a new uniform.
     /// </summary>
-    public static int SampleTopKTopP(ReadOnlySpan<float> row, int k, float temperature, float topP, float u, out bool ambiguous)
+    public static int SampleTopKTopP(ReadOnlySpan<float> row, int k, float temperature, float topP, float u,
+        out bool cutAmbiguous, out bool drawAmbiguous)
     {
+        const double Margin = 1e-5;
         float[] values = row.ToArray();
         int[] order = Enumerable.Range(0, values.Length).ToArray();
         Array.Sort(order, (x, y) => values[x] != values[y] ? values[y].CompareTo(values[x]) : x.CompareTo(y));
@@ -109,18 +112,17 @@ internal static class CpuReference
         for (int i = 0; i < k; i++)
             cum[i] = (i > 0 ? cum[i - 1] : 0) + Math.Exp((values[order[i]] - values[order[0]]) * invTemp);
         double total = cum[k - 1], limit = topP * total;
-        const double Margin = 1e-4;
-        ambiguous = false;
+        cutAmbiguous = drawAmbiguous = false;
         int kept = 1;
         for (int i = 1; i < k; i++)
         {
-            if (Math.Abs(cum[i - 1] - limit) <= Margin * total) ambiguous = true;
+            if (Math.Abs(cum[i - 1] - limit) <= Margin * total) cutAmbiguous = true;
             if (cum[i - 1] < limit) kept = i + 1;
         }
         double r = u * cum[kept - 1];
         for (int i = 0; i < kept; i++)
         {
-            if (Math.Abs(cum[i] - r) <= Margin * total) ambiguous = true;
+            if (Math.Abs(cum[i] - r) <= Margin * total) drawAmbiguous = true;
             if (cum[i] > r) return order[i];
         }
         return order[kept - 1];

@@ -126,6 +126,7 @@ public sealed class CudaRuntimeTests
         using DeviceBuffer<float> dResidual = gpu.Upload(stream, residual);
         using DeviceBuffer<ushort> dX = gpu.Upload(stream, x), dWeight = gpu.Upload(stream, weight), dOut = gpu.Allocate<ushort>(T * D);
         // The residual add accumulates, so each replay must really run the kernel again.
+        gpu.Kernels.LoadAll(); // module loading synchronises, which a capture forbids
         using CudaGraph graph = stream.Capture(s => ElementwiseKernels.RmsNormResidual(s, dOut, dResidual, dX.Span, dWeight, T, D, 1e-6f));
         const int Replays = 4;
         for (int i = 0; i < Replays; i++) graph.Launch(stream);

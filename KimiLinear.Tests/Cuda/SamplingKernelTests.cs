@@ -62,24 +62,32 @@ public sealed class SamplingKernelTests
         const int T = 8;
         int v = Vocabulary;
         var random = new Random(k * 13 + (int)(topP * 100));
-        float[] logits = Gpu.RandomF32(random, (long)T * v, 2f);
-        // Ties at the k-th place: the kernel must take the tied entries with the lowest indices, as the reference does.
-        for (int r = 0; r < T; r += 2)
-        {
-            Span<float> row = logits.AsSpan(r * v, v);
-            float kth = row.ToArray().OrderDescending().ElementAt(k - 1);
-            for (int j = 0; j < 3; j++) row[random.Next(v)] = kth;
-        }
+        var logits = new float[(long)T * v];
         var uniforms = new float[T];
         var expected = new int[T];
         for (int r = 0; r < T; r++)
         {
-            bool ambiguous;
-            do
+            Span<float> row = logits.AsSpan(r * v, v);
+            for (int attempt = 0; ; attempt++)
             {
+                Assert.True(attempt < 20, "could not draw an unambiguous row (is the reference's margin too wide?)");
+                for (int i = 0; i < v; i++) row[i] = Gpu.Normal(random) * 2f;
+                if (r % 2 == 0)
+                {
+                    // Ties at the k-th place: the kernel must take the tied entries with the lowest indices, as the reference does.
+                    float kth = row.ToArray().OrderDescending().ElementAt(k - 1);
+                    for (int j = 0; j < 3; j++) row[random.Next(v)] = kth;
+                }
                 uniforms[r] = random.NextSingle();
-                expected[r] = CpuReference.SampleTopKTopP(logits.AsSpan(r * v, v), k, temperature, topP, uniforms[r], out ambiguous);
-            } while (ambiguous);
+                expected[r] = CpuReference.SampleTopKTopP(row, k, temperature, topP, uniforms[r], out bool cutAmbiguous, out bool drawAmbiguous);
+                if (cutAmbiguous) continue;
+                for (int draw = 0; drawAmbiguous && draw < 20; draw++)
+                {
+                    uniforms[r] = random.NextSingle();
+                    expected[r] = CpuReference.SampleTopKTopP(row, k, temperature, topP, uniforms[r], out _, out drawAmbiguous);
+                }
+                if (!drawAmbiguous) break;
+            }
         }
         using CudaStream stream = gpu.CreateStream();
         using DeviceBuffer<float> dLogits = gpu.Upload(stream, logits), dU = gpu.Upload(stream, uniforms);
