@@ -8,6 +8,9 @@ public sealed partial class KimiModel : IDisposable
     /// <summary>The checkpoint's configuration.</summary>
     public KimiConfig Config { get; }
 
+    /// <summary>The checkpoint directory this model was loaded from.</summary>
+    public string ModelDirectory { get; } = "";
+
     private KimiModel(KimiConfig config) => Config = config;
 
     /// <summary>Loads the checkpoint in <paramref name="modelDirectory"/> (config.json + safetensors).</summary>
