@@ -1,4 +1,5 @@
 using KimiLinear.Backends.Cpu;
+using KimiLinear.Loading;
 
 namespace KimiLinear.Tests.Kda;
 
@@ -20,6 +21,47 @@ public sealed class KdaCoreTests
         Realistic,
         /// <summary>Realistic, plus near-total forgetting: g = −60 in every channel every 17th step and in 2 % of entries.</summary>
         Harsh,
+    }
+
+    /// <summary>
+    /// The six <c>kda_ops</c> fixture cases, (B, T, H, K, V) = (2,1,2,64,64), (1,63,2,64,64), (2,64,2,64,64),
+    /// (1,65,3,64,32), (1,300,2,128,128), (1,200,1,128,128) with g = −60 every 17th step in case 5, against a float64
+    /// token-by-token recurrence; each batch element is its own sequence.
+    /// </summary>
+    [Theory]
+    [InlineData(0, false)]
+    [InlineData(1, false)]
+    [InlineData(2, false)]
+    [InlineData(3, false)]
+    [InlineData(4, false)]
+    [InlineData(5, false)]
+    [InlineData(0, true)]
+    [InlineData(1, true)]
+    [InlineData(2, true)]
+    [InlineData(3, true)]
+    [InlineData(4, true)]
+    [InlineData(5, true)]
+    public void Matches_float64_golden(int caseIndex, bool chunked)
+    {
+        using var file = SafeTensorFile.Open(Path.Combine(AppContext.BaseDirectory, "Fixtures", "kda_ops", "kda_ops.safetensors"));
+        string name = $"kda{caseIndex}";
+        long[] shape = file.Tensors[$"{name}.q"].Shape; // [B, T, H, K]
+        int batch = (int)shape[0], tokens = (int)shape[1], heads = (int)shape[2], keyDim = (int)shape[3];
+        int valueDim = (int)file.Tensors[$"{name}.v"].Shape[3];
+        float[] Read(string tensor) => file.ReadFloat32($"{name}.{tensor}");
+        float[] q = Read("q"), k = Read("k"), v = Read("v"), g = Read("g"), beta = Read("beta"), s0 = Read("initial_state");
+        float[] oRef = Read("o"), sRef = Read("final_state");
+
+        int tk = tokens * heads * keyDim, tv = tokens * heads * valueDim, th = tokens * heads, kv = heads * keyDim * valueDim;
+        for (int b = 0; b < batch; b++)
+        {
+            var x = new KdaInputs(tokens, heads, keyDim, valueDim, q[(b * tk)..((b + 1) * tk)], k[(b * tk)..((b + 1) * tk)],
+                v[(b * tv)..((b + 1) * tv)], g[(b * tk)..((b + 1) * tk)], beta[(b * th)..((b + 1) * th)], s0[(b * kv)..((b + 1) * kv)]);
+            var (o, s) = chunked ? x.RunChunked(0, tokens) : x.RunRecurrent(0, tokens);
+            string path = chunked ? "chunked" : "recurrent";
+            TensorAssert.Close(o, oRef.AsSpan(b * tv, tv), Tolerance, $"{name} batch {b} o ({path} vs float64)");
+            TensorAssert.Close(s, sRef.AsSpan(b * kv, kv), Tolerance, $"{name} batch {b} final state ({path} vs float64)");
+        }
     }
 
     [Theory]

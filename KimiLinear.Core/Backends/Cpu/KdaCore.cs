@@ -156,32 +156,43 @@ internal static unsafe class KdaCore
     /// (|g| goes up to ~50 per step in the real model, and a chunk sums 64 steps), so the textbook factorisation
     /// exp(G_r)·exp(−G_s) overflows fp32 to ∞ and yields ∞·0 = NaN; products of two factors ≤ 1 can only underflow, and
     /// only where the true value is below fp32's range as well.
+    /// <para>
+    /// G itself is kept in double: it is a running sum that reaches hundreds below zero, where an fp32 ulp is ~3e-5, and
+    /// two such sums subtracted in fp32 put that absolute error into every decay factor (on the golden cases that made the
+    /// chunked output 10× less accurate than the recurrent one). Differences are rounded to fp32 only after subtracting,
+    /// which makes each decay factor as exact as the recurrent path's per-step exp(g); it costs one conversion per K-row.
+    /// </para>
     /// </summary>
     private static void ChunkedHead(in Problem p, int h, int chunkSize)
     {
         int kd = p.KeyDim, vd = p.ValueDim, c = chunkSize;
         var layout = new ChunkScratch(c, kd, vd);
         float[] rented = ArrayPool<float>.Shared.Rent(layout.Length);
+        double[] rentedGates = ArrayPool<double>.Shared.Rent((c + 1) * kd);
         try
         {
             Span<float> all = rented.AsSpan(0, layout.Length);
+            Span<double> cg = rentedGates.AsSpan(0, c * kd);  // [C, K] G
+            Span<double> work = rentedGates.AsSpan(c * kd, kd); // [K]
             Span<float> s = p.State(h); // [K, V]
             for (int t0 = 0; t0 < p.Tokens; t0 += c)
-                ChunkStep(p, h, t0, Math.Min(c, p.Tokens - t0), layout, all, s);
+                ChunkStep(p, h, t0, Math.Min(c, p.Tokens - t0), layout, all, cg, work, s);
         }
         finally
         {
+            ArrayPool<double>.Shared.Return(rentedGates);
             ArrayPool<float>.Shared.Return(rented);
         }
     }
 
     /// <summary>Tokens [t0, t0 + n) of head h: outputs, and the state carried to the next chunk.</summary>
-    private static void ChunkStep(in Problem p, int h, int t0, int n, in ChunkScratch at, Span<float> scratch, Span<float> s)
+    private static void ChunkStep(in Problem p, int h, int t0, int n, in ChunkScratch at, Span<float> scratch,
+        Span<double> cg, Span<double> work, Span<float> s)
     {
         int kd = p.KeyDim, vd = p.ValueDim, c = at.Chunk;
+        // cg [C, K]: G, the chunk-local cumulative log-decay (≤ 0, non-increasing down each column), in double.
         Span<float> qn = at.Queries(scratch);   // [C, K] q̂, later q̂ ⊙ exp(G)
         Span<float> kn = at.Keys(scratch);      // [C, K] k̂
-        Span<float> cg = at.CumGate(scratch);   // [C, K] G, chunk-local cumulative log-decay (≤ 0, non-increasing)
         Span<float> w = at.W(scratch);          // [C, K] W = (I + L)⁻¹·Diag(β)·(k̂ ⊙ exp(G))
         Span<float> u = at.U(scratch);          // [C, V] U = (I + L)⁻¹·Diag(β)·v, then V_new = U − W·S
         Span<float> kk = at.KK(scratch);        // [C, C] L, strictly lower, row r scaled by β_r
@@ -189,18 +200,16 @@ internal static unsafe class KdaCore
         Span<float> qRef = at.QueryRef(scratch);// [SubChunk, K] q̂_r ⊙ exp(G_r − G_ref)
         Span<float> kRef = at.KeyRef(scratch);  // [SubChunk, K] k̂_r ⊙ exp(G_r − G_ref)
         Span<float> tmp = at.Temp(scratch);     // [K]
-        Span<float> tmp2 = at.Temp2(scratch);   // [K]
 
         float queryScale = 1f / MathF.Sqrt(kd);
         for (int r = 0; r < n; r++)
         {
             L2Normalize(p.Query(t0 + r, h), qn.Slice(r * kd, kd), queryScale);
             L2Normalize(p.Key(t0 + r, h), kn.Slice(r * kd, kd), 1f);
-            Span<float> gr = cg.Slice(r * kd, kd);
-            if (r == 0)
-                p.Gate(t0, h).CopyTo(gr);
-            else
-                TensorPrimitives.Add(cg.Slice((r - 1) * kd, kd), p.Gate(t0 + r, h), gr);
+            Span<double> gr = cg.Slice(r * kd, kd);
+            TensorPrimitives.ConvertTruncating(p.Gate(t0 + r, h), gr); // float → double is exact
+            if (r > 0)
+                TensorPrimitives.Add(gr, cg.Slice((r - 1) * kd, kd), gr);
         }
 
         // Intra-chunk matrices L[r, s] = β_r Σ_d k̂_r k̂_s e^{G_r − G_s} (s < r) and A_qk[r, s] = Σ_d q̂_r k̂_s e^{G_r − G_s}
@@ -210,19 +219,17 @@ internal static unsafe class KdaCore
         for (int r0 = 0; r0 < n; r0 += SubChunk)
         {
             int rows = Math.Min(SubChunk, n - r0);
-            ReadOnlySpan<float> gRef = cg.Slice(r0 * kd, kd);
+            ReadOnlySpan<double> gRef = cg.Slice(r0 * kd, kd);
             for (int i = 0; i < rows; i++)
             {
                 int r = r0 + i;
-                TensorPrimitives.Subtract(cg.Slice(r * kd, kd), gRef, tmp);
-                TensorPrimitives.Exp(tmp, tmp);
+                Decay(cg.Slice(r * kd, kd), gRef, work, tmp);
                 TensorPrimitives.Multiply(qn.Slice(r * kd, kd), tmp, qRef.Slice(i * kd, kd));
                 TensorPrimitives.Multiply(kn.Slice(r * kd, kd), tmp, kRef.Slice(i * kd, kd));
             }
             for (int sIdx = 0; sIdx < r0; sIdx++)
             {
-                TensorPrimitives.Subtract(gRef, cg.Slice(sIdx * kd, kd), tmp);
-                TensorPrimitives.Exp(tmp, tmp);
+                Decay(gRef, cg.Slice(sIdx * kd, kd), work, tmp);
                 TensorPrimitives.Multiply(kn.Slice(sIdx * kd, kd), tmp, tmp); // k̂_s ⊙ e^{G_n0 − G_s}
                 for (int i = 0; i < rows; i++)
                 {
@@ -234,12 +241,11 @@ internal static unsafe class KdaCore
             for (int i = 0; i < rows; i++)
             {
                 int r = r0 + i;
-                ReadOnlySpan<float> gr = cg.Slice(r * kd, kd);
+                ReadOnlySpan<double> gr = cg.Slice(r * kd, kd);
                 float br = p.Beta(t0 + r, h);
                 for (int sIdx = r0; sIdx <= r; sIdx++)
                 {
-                    TensorPrimitives.Subtract(gr, cg.Slice(sIdx * kd, kd), tmp);
-                    TensorPrimitives.Exp(tmp, tmp);
+                    Decay(gr, cg.Slice(sIdx * kd, kd), work, tmp);
                     TensorPrimitives.Multiply(kn.Slice(sIdx * kd, kd), tmp, tmp); // k̂_s ⊙ e^{G_r − G_s}
                     qk[r * c + sIdx] = TensorPrimitives.Dot(qn.Slice(r * kd, kd), tmp);
                     if (sIdx < r)
@@ -254,7 +260,7 @@ internal static unsafe class KdaCore
         {
             float br = p.Beta(t0 + r, h);
             Span<float> wr = w.Slice(r * kd, kd), ur = u.Slice(r * vd, vd);
-            TensorPrimitives.Exp(cg.Slice(r * kd, kd), tmp);
+            Decay(cg.Slice(r * kd, kd), tmp);
             TensorPrimitives.Multiply(kn.Slice(r * kd, kd), tmp, wr);
             TensorPrimitives.Multiply(wr, br, wr);
             TensorPrimitives.Multiply(p.Value(t0 + r, h), br, ur);
@@ -273,7 +279,7 @@ internal static unsafe class KdaCore
         for (int r = 0; r < n; r++)
         {
             Span<float> qr = qn.Slice(r * kd, kd);
-            TensorPrimitives.Exp(cg.Slice(r * kd, kd), tmp);
+            Decay(cg.Slice(r * kd, kd), tmp);
             TensorPrimitives.Multiply(qr, tmp, qr);
             Span<float> orow = p.Output(t0 + r, h);
             orow.Clear();
@@ -284,8 +290,8 @@ internal static unsafe class KdaCore
         }
 
         // S ← Diag(e^{G_last})·S + Σ_r (k̂_r ⊙ e^{G_last − G_r}) ⊗ V_new[r].
-        ReadOnlySpan<float> gLast = cg.Slice((n - 1) * kd, kd);
-        TensorPrimitives.Exp(gLast, tmp);
+        ReadOnlySpan<double> gLast = cg.Slice((n - 1) * kd, kd);
+        Decay(gLast, tmp);
         for (int d = 0; d < kd; d++)
         {
             Span<float> row = s.Slice(d * vd, vd);
@@ -293,16 +299,29 @@ internal static unsafe class KdaCore
         }
         for (int r = 0; r < n; r++)
         {
-            TensorPrimitives.Subtract(gLast, cg.Slice(r * kd, kd), tmp2);
-            TensorPrimitives.Exp(tmp2, tmp2);
-            TensorPrimitives.Multiply(kn.Slice(r * kd, kd), tmp2, tmp2);
+            Decay(gLast, cg.Slice(r * kd, kd), work, tmp);
+            TensorPrimitives.Multiply(kn.Slice(r * kd, kd), tmp, tmp);
             ReadOnlySpan<float> vr = u.Slice(r * vd, vd);
             for (int d = 0; d < kd; d++)
             {
                 Span<float> row = s.Slice(d * vd, vd);
-                TensorPrimitives.MultiplyAdd(vr, tmp2[d], row, row);
+                TensorPrimitives.MultiplyAdd(vr, tmp[d], row, row);
             }
         }
+    }
+
+    /// <summary>dst = exp(later − earlier): the decay between two tokens of a chunk, ≤ 1 when later is not earlier.</summary>
+    private static void Decay(ReadOnlySpan<double> later, ReadOnlySpan<double> earlier, Span<double> work, Span<float> dst)
+    {
+        TensorPrimitives.Subtract(later, earlier, work);
+        Decay(work, dst);
+    }
+
+    /// <summary>dst = exp(cumulative) ≤ 1: the decay from the chunk start (or an exponent already formed in double).</summary>
+    private static void Decay(ReadOnlySpan<double> cumulative, Span<float> dst)
+    {
+        TensorPrimitives.ConvertTruncating(cumulative, dst); // double → float rounds to nearest
+        TensorPrimitives.Exp(dst, dst);
     }
 
     /// <summary>c[m, n] += alpha · a[m, inner] · b[inner, n], all row-major; one row update per (row, inner) pair.</summary>
@@ -378,18 +397,16 @@ internal static unsafe class KdaCore
         public readonly int Chunk = chunk;
         private readonly int _ck = chunk * keyDim, _cv = chunk * valueDim, _cc = chunk * chunk, _sk = SubChunk * keyDim, _k = keyDim;
 
-        public int Length => 4 * _ck + _cv + 2 * _cc + 2 * _sk + 2 * _k;
+        public int Length => 3 * _ck + _cv + 2 * _cc + 2 * _sk + _k;
 
         public Span<float> Queries(Span<float> all) => all.Slice(0, _ck);
         public Span<float> Keys(Span<float> all) => all.Slice(_ck, _ck);
-        public Span<float> CumGate(Span<float> all) => all.Slice(2 * _ck, _ck);
-        public Span<float> W(Span<float> all) => all.Slice(3 * _ck, _ck);
-        public Span<float> U(Span<float> all) => all.Slice(4 * _ck, _cv);
-        public Span<float> KK(Span<float> all) => all.Slice(4 * _ck + _cv, _cc);
-        public Span<float> QK(Span<float> all) => all.Slice(4 * _ck + _cv + _cc, _cc);
-        public Span<float> QueryRef(Span<float> all) => all.Slice(4 * _ck + _cv + 2 * _cc, _sk);
-        public Span<float> KeyRef(Span<float> all) => all.Slice(4 * _ck + _cv + 2 * _cc + _sk, _sk);
-        public Span<float> Temp(Span<float> all) => all.Slice(4 * _ck + _cv + 2 * _cc + 2 * _sk, _k);
-        public Span<float> Temp2(Span<float> all) => all.Slice(4 * _ck + _cv + 2 * _cc + 2 * _sk + _k, _k);
+        public Span<float> W(Span<float> all) => all.Slice(2 * _ck, _ck);
+        public Span<float> U(Span<float> all) => all.Slice(3 * _ck, _cv);
+        public Span<float> KK(Span<float> all) => all.Slice(3 * _ck + _cv, _cc);
+        public Span<float> QK(Span<float> all) => all.Slice(3 * _ck + _cv + _cc, _cc);
+        public Span<float> QueryRef(Span<float> all) => all.Slice(3 * _ck + _cv + 2 * _cc, _sk);
+        public Span<float> KeyRef(Span<float> all) => all.Slice(3 * _ck + _cv + 2 * _cc + _sk, _sk);
+        public Span<float> Temp(Span<float> all) => all.Slice(3 * _ck + _cv + 2 * _cc + 2 * _sk, _k);
     }
 }
