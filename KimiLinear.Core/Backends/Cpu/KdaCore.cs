@@ -1,5 +1,7 @@
 using System.Buffers;
+using System.Numerics;
 using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
 
 namespace KimiLinear.Backends.Cpu;
 
@@ -122,30 +124,65 @@ internal static unsafe class KdaCore
                 TensorPrimitives.Exp(p.Gate(t, h), decay);
                 float b = p.Beta(t, h);
 
-                // Decay each key row, and accumulate r = v − Σ_d k̂[d]·S[d, :] from the decayed rows.
+                // Two sweeps over S, each reading and writing every row once: decay the rows while accumulating
+                // r = v − Σ_d k̂[d]·S[d, :]; then write S[d, :] += β·k̂[d]·r while accumulating o = Σ_d q̂[d]·S[d, :].
                 p.Value(t, h).CopyTo(r);
                 for (int d = 0; d < kd; d++)
-                {
-                    Span<float> row = s.Slice(d * vd, vd);
-                    TensorPrimitives.Multiply(row, decay[d], row);
-                    TensorPrimitives.MultiplyAdd(row, -kn[d], r, r);
-                }
-
-                // Rank-1 write S[d, :] += β·k̂[d]·r, then read the updated row into o = Sᵀq̂.
+                    DecayRowAndPredict(s.Slice(d * vd, vd), decay[d], -kn[d], r);
                 Span<float> o = p.Output(t, h);
                 o.Clear();
                 for (int d = 0; d < kd; d++)
-                {
-                    Span<float> row = s.Slice(d * vd, vd);
-                    TensorPrimitives.MultiplyAdd(r, b * kn[d], row, row);
-                    TensorPrimitives.MultiplyAdd(row, qn[d], o, o);
-                }
+                    WriteRowAndRead(s.Slice(d * vd, vd), b * kn[d], r, qn[d], o);
             }
         }
         finally
         {
             if (rented is not null)
                 ArrayPool<float>.Shared.Return(rented);
+        }
+    }
+
+    /// <summary>row ← decay·row; r += key·row (key is −k̂[d]). One pass instead of two library calls: at V = 128 a row
+    /// is only a few vectors, and the per-call cost of separate calls outweighed the arithmetic.</summary>
+    private static void DecayRowAndPredict(Span<float> row, float decay, float key, Span<float> r)
+    {
+        Span<Vector<float>> rowV = MemoryMarshal.Cast<float, Vector<float>>(row);
+        Span<Vector<float>> rV = MemoryMarshal.Cast<float, Vector<float>>(r)[..rowV.Length];
+        var dv = new Vector<float>(decay);
+        var kv = new Vector<float>(key);
+        for (int j = 0; j < rowV.Length; j++)
+        {
+            var x = rowV[j] * dv;
+            rowV[j] = x;
+            rV[j] = TileGemm.MulAdd(kv, x, rV[j]);
+        }
+        for (int j = rowV.Length * Vector<float>.Count; j < row.Length; j++)
+        {
+            float x = row[j] * decay;
+            row[j] = x;
+            r[j] += key * x;
+        }
+    }
+
+    /// <summary>row += keyBeta·r; o += query·row (the updated row), in one pass.</summary>
+    private static void WriteRowAndRead(Span<float> row, float keyBeta, ReadOnlySpan<float> r, float query, Span<float> o)
+    {
+        Span<Vector<float>> rowV = MemoryMarshal.Cast<float, Vector<float>>(row);
+        ReadOnlySpan<Vector<float>> rV = MemoryMarshal.Cast<float, Vector<float>>(r)[..rowV.Length];
+        Span<Vector<float>> oV = MemoryMarshal.Cast<float, Vector<float>>(o)[..rowV.Length];
+        var kv = new Vector<float>(keyBeta);
+        var qv = new Vector<float>(query);
+        for (int j = 0; j < rowV.Length; j++)
+        {
+            var x = TileGemm.MulAdd(kv, rV[j], rowV[j]);
+            rowV[j] = x;
+            oV[j] = TileGemm.MulAdd(qv, x, oV[j]);
+        }
+        for (int j = rowV.Length * Vector<float>.Count; j < row.Length; j++)
+        {
+            float x = row[j] + keyBeta * r[j];
+            row[j] = x;
+            o[j] += query * x;
         }
     }
 
@@ -191,15 +228,16 @@ internal static unsafe class KdaCore
     {
         int kd = p.KeyDim, vd = p.ValueDim, c = at.Chunk;
         // cg [C, K]: G, the chunk-local cumulative log-decay (≤ 0, non-increasing down each column), in double.
-        Span<float> qn = at.Queries(scratch);   // [C, K] q̂, later q̂ ⊙ exp(G)
-        Span<float> kn = at.Keys(scratch);      // [C, K] k̂
-        Span<float> w = at.W(scratch);          // [C, K] W = (I + L)⁻¹·Diag(β)·(k̂ ⊙ exp(G))
-        Span<float> u = at.U(scratch);          // [C, V] U = (I + L)⁻¹·Diag(β)·v, then V_new = U − W·S
-        Span<float> kk = at.KK(scratch);        // [C, C] L, strictly lower, row r scaled by β_r
-        Span<float> qk = at.QK(scratch);        // [C, C] A_qk, lower including the diagonal
-        Span<float> qRef = at.QueryRef(scratch);// [SubChunk, K] q̂_r ⊙ exp(G_r − G_ref)
-        Span<float> kRef = at.KeyRef(scratch);  // [SubChunk, K] k̂_r ⊙ exp(G_r − G_ref)
-        Span<float> tmp = at.Temp(scratch);     // [K]
+        Span<float> qn = at.Queries(scratch);    // [C, K] q̂, then q̂ ⊙ exp(G)
+        Span<float> kn = at.Keys(scratch);       // [C, K] k̂
+        Span<float> w = at.W(scratch);           // [C, K] W = (I + L)⁻¹·Diag(β)·(k̂ ⊙ exp(G)), then k̂ ⊙ exp(G_last − G)
+        Span<float> u = at.U(scratch);           // [C, V] U = (I + L)⁻¹·Diag(β)·v, then V_new = U − W·S
+        Span<float> kk = at.KK(scratch);         // [C, C] L, strictly lower, row r scaled by β_r
+        Span<float> qk = at.QK(scratch);         // [C, C] A_qk, lower including the diagonal
+        Span<float> qRef = at.QueryRef(scratch); // [SubChunk, K] q̂_r ⊙ exp(G_r − G_ref)
+        Span<float> kRef = at.KeyRef(scratch);   // [SubChunk, K] k̂_r ⊙ exp(G_r − G_ref)
+        Span<float> colRef = at.ColumnRef(scratch); // [K, SubChunk] (k̂_s ⊙ exp(G_ref − G_s))ᵀ for one block of columns
+        Span<float> tmp = at.Temp(scratch);      // [K]
 
         float queryScale = 1f / MathF.Sqrt(kd);
         for (int r = 0; r < n; r++)
@@ -214,82 +252,100 @@ internal static unsafe class KdaCore
 
         // Intra-chunk matrices L[r, s] = β_r Σ_d k̂_r k̂_s e^{G_r − G_s} (s < r) and A_qk[r, s] = Σ_d q̂_r k̂_s e^{G_r − G_s}
         // (s ≤ r), by blocks of SubChunk rows. Off-diagonal blocks split each decay at the block's first row n0
-        // (s < n0 ≤ r): e^{G_r − G_s} = e^{G_r − G_n0}·e^{G_n0 − G_s}, both factors ≤ 1, one exponential per row and column.
-        // The diagonal block has no such reference row, so it exponentiates each difference, always with s ≤ r.
+        // (s < n0 ≤ r): e^{G_r − G_s} = e^{G_r − G_n0}·e^{G_n0 − G_s}, both factors ≤ 1, one exponential per row and
+        // column, and the block is a small matrix product. The diagonal block has no such reference row, so it
+        // exponentiates each difference, always with s ≤ r. The zeros above the diagonal are read by the triangular
+        // products below.
+        kk[..(c * c)].Clear();
+        qk[..(c * c)].Clear();
         for (int r0 = 0; r0 < n; r0 += SubChunk)
         {
             int rows = Math.Min(SubChunk, n - r0);
             ReadOnlySpan<double> gRef = cg.Slice(r0 * kd, kd);
-            for (int i = 0; i < rows; i++)
+            if (r0 > 0)
             {
-                int r = r0 + i;
-                Decay(cg.Slice(r * kd, kd), gRef, work, tmp);
-                TensorPrimitives.Multiply(qn.Slice(r * kd, kd), tmp, qRef.Slice(i * kd, kd));
-                TensorPrimitives.Multiply(kn.Slice(r * kd, kd), tmp, kRef.Slice(i * kd, kd));
-            }
-            for (int sIdx = 0; sIdx < r0; sIdx++)
-            {
-                Decay(gRef, cg.Slice(sIdx * kd, kd), work, tmp);
-                TensorPrimitives.Multiply(kn.Slice(sIdx * kd, kd), tmp, tmp); // k̂_s ⊙ e^{G_n0 − G_s}
                 for (int i = 0; i < rows; i++)
                 {
                     int r = r0 + i;
-                    kk[r * c + sIdx] = p.Beta(t0 + r, h) * TensorPrimitives.Dot(kRef.Slice(i * kd, kd), tmp);
-                    qk[r * c + sIdx] = TensorPrimitives.Dot(qRef.Slice(i * kd, kd), tmp);
+                    Decay(cg.Slice(r * kd, kd), gRef, work, tmp);
+                    TensorPrimitives.Multiply(qn.Slice(r * kd, kd), tmp, qRef.Slice(i * kd, kd));
+                    TensorPrimitives.Multiply(kn.Slice(r * kd, kd), tmp, kRef.Slice(i * kd, kd));
                 }
             }
-            for (int i = 0; i < rows; i++)
+            for (int s0 = 0; s0 < r0; s0 += SubChunk) // blocks before r0 are full
             {
-                int r = r0 + i;
+                for (int j = 0; j < SubChunk; j++)
+                {
+                    Decay(gRef, cg.Slice((s0 + j) * kd, kd), work, tmp);
+                    ReadOnlySpan<float> ks = kn.Slice((s0 + j) * kd, kd);
+                    for (int d = 0; d < kd; d++)
+                        colRef[d * SubChunk + j] = ks[d] * tmp[d];
+                }
+                TileGemm.MultiplyAccumulate(kRef, kd, 1, colRef, SubChunk, kk[(r0 * c + s0)..], c, rows, SubChunk, kd);
+                TileGemm.MultiplyAccumulate(qRef, kd, 1, colRef, SubChunk, qk[(r0 * c + s0)..], c, rows, SubChunk, kd);
+            }
+            for (int r = r0; r < r0 + rows; r++)
+            {
                 ReadOnlySpan<double> gr = cg.Slice(r * kd, kd);
-                float br = p.Beta(t0 + r, h);
                 for (int sIdx = r0; sIdx <= r; sIdx++)
                 {
                     Decay(gr, cg.Slice(sIdx * kd, kd), work, tmp);
                     TensorPrimitives.Multiply(kn.Slice(sIdx * kd, kd), tmp, tmp); // k̂_s ⊙ e^{G_r − G_s}
                     qk[r * c + sIdx] = TensorPrimitives.Dot(qn.Slice(r * kd, kd), tmp);
                     if (sIdx < r)
-                        kk[r * c + sIdx] = br * TensorPrimitives.Dot(kn.Slice(r * kd, kd), tmp);
+                        kk[r * c + sIdx] = TensorPrimitives.Dot(kn.Slice(r * kd, kd), tmp);
+                }
+            }
+        }
+        for (int r = 1; r < n; r++)
+            TensorPrimitives.Multiply(kk.Slice(r * c, r), p.Beta(t0 + r, h), kk.Slice(r * c, r));
+
+        // (I + L)·[W | U] = Diag(β)·[k̂ ⊙ e^G | v] by forward substitution (I + L is unit lower triangular: no inverse is
+        // formed, nothing is divided), a block of SubChunk rows at a time: subtract the earlier blocks' contribution as
+        // one product, then substitute row by row inside the block.
+        for (int r = 0; r < n; r++)
+        {
+            float br = p.Beta(t0 + r, h);
+            Span<float> wr = w.Slice(r * kd, kd);
+            Decay(cg.Slice(r * kd, kd), tmp);
+            TensorPrimitives.Multiply(kn.Slice(r * kd, kd), tmp, wr);
+            TensorPrimitives.Multiply(wr, br, wr);
+            TensorPrimitives.Multiply(p.Value(t0 + r, h), br, u.Slice(r * vd, vd));
+        }
+        for (int r0 = 0; r0 < n; r0 += SubChunk)
+        {
+            int rows = Math.Min(SubChunk, n - r0);
+            TileGemm.MultiplyAccumulate(kk[(r0 * c)..], c, 1, w, kd, w[(r0 * kd)..], kd, rows, kd, r0, -1f);
+            TileGemm.MultiplyAccumulate(kk[(r0 * c)..], c, 1, u, vd, u[(r0 * vd)..], vd, rows, vd, r0, -1f);
+            for (int r = r0 + 1; r < r0 + rows; r++)
+            {
+                Span<float> wr = w.Slice(r * kd, kd), ur = u.Slice(r * vd, vd);
+                for (int x = r0; x < r; x++)
+                {
+                    float l = kk[r * c + x];
+                    TensorPrimitives.MultiplyAdd(w.Slice(x * kd, kd), -l, wr, wr);
+                    TensorPrimitives.MultiplyAdd(u.Slice(x * vd, vd), -l, ur, ur);
                 }
             }
         }
 
-        // (I + L)·[W | U] = Diag(β)·[k̂ ⊙ e^G | v], solved row by row (forward substitution; I + L is unit lower
-        // triangular, so no inverse is formed and nothing is divided).
-        for (int r = 0; r < n; r++)
-        {
-            float br = p.Beta(t0 + r, h);
-            Span<float> wr = w.Slice(r * kd, kd), ur = u.Slice(r * vd, vd);
-            Decay(cg.Slice(r * kd, kd), tmp);
-            TensorPrimitives.Multiply(kn.Slice(r * kd, kd), tmp, wr);
-            TensorPrimitives.Multiply(wr, br, wr);
-            TensorPrimitives.Multiply(p.Value(t0 + r, h), br, ur);
-            for (int sIdx = 0; sIdx < r; sIdx++)
-            {
-                float l = kk[r * c + sIdx];
-                TensorPrimitives.MultiplyAdd(w.Slice(sIdx * kd, kd), -l, wr, wr);
-                TensorPrimitives.MultiplyAdd(u.Slice(sIdx * vd, vd), -l, ur, ur);
-            }
-        }
-
         // Pseudo-values V_new = U − W·S: what each token writes once the incoming state's prediction is removed.
-        AddProduct(w, n, kd, s, vd, u, -1f);
+        TileGemm.MultiplyAccumulate(w, kd, 1, s, vd, u, vd, n, vd, kd, -1f);
 
         // O = (q̂ ⊙ e^G)·S + A_qk·V_new: the incoming state decayed to each row, plus this chunk's own writes.
+        Span<float> o = p.OutputRows(t0, h, n);
+        int ldo = p.Heads * vd;
         for (int r = 0; r < n; r++)
         {
             Span<float> qr = qn.Slice(r * kd, kd);
             Decay(cg.Slice(r * kd, kd), tmp);
             TensorPrimitives.Multiply(qr, tmp, qr);
-            Span<float> orow = p.Output(t0 + r, h);
-            orow.Clear();
-            for (int d = 0; d < kd; d++)
-                TensorPrimitives.MultiplyAdd(s.Slice(d * vd, vd), qr[d], orow, orow);
-            for (int sIdx = 0; sIdx <= r; sIdx++)
-                TensorPrimitives.MultiplyAdd(u.Slice(sIdx * vd, vd), qk[r * c + sIdx], orow, orow);
+            o.Slice(r * ldo, vd).Clear();
         }
+        TileGemm.MultiplyAccumulate(qn, kd, 1, s, vd, o, ldo, n, vd, kd);
+        TileGemm.MultiplyAccumulate(qk, c, 1, u, vd, o, ldo, n, vd, n, lowerTriangular: true);
 
-        // S ← Diag(e^{G_last})·S + Σ_r (k̂_r ⊙ e^{G_last − G_r}) ⊗ V_new[r].
+        // S ← Diag(e^{G_last})·S + (k̂ ⊙ e^{G_last − G})ᵀ·V_new.
         ReadOnlySpan<double> gLast = cg.Slice((n - 1) * kd, kd);
         Decay(gLast, tmp);
         for (int d = 0; d < kd; d++)
@@ -300,14 +356,9 @@ internal static unsafe class KdaCore
         for (int r = 0; r < n; r++)
         {
             Decay(gLast, cg.Slice(r * kd, kd), work, tmp);
-            TensorPrimitives.Multiply(kn.Slice(r * kd, kd), tmp, tmp);
-            ReadOnlySpan<float> vr = u.Slice(r * vd, vd);
-            for (int d = 0; d < kd; d++)
-            {
-                Span<float> row = s.Slice(d * vd, vd);
-                TensorPrimitives.MultiplyAdd(vr, tmp[d], row, row);
-            }
+            TensorPrimitives.Multiply(kn.Slice(r * kd, kd), tmp, w.Slice(r * kd, kd));
         }
+        TileGemm.MultiplyAccumulate(w, 1, kd, u, vd, s, vd, kd, vd, n);
     }
 
     /// <summary>dst = exp(later − earlier): the decay between two tokens of a chunk, ≤ 1 when later is not earlier.</summary>
@@ -322,18 +373,6 @@ internal static unsafe class KdaCore
     {
         TensorPrimitives.ConvertTruncating(cumulative, dst); // double → float rounds to nearest
         TensorPrimitives.Exp(dst, dst);
-    }
-
-    /// <summary>c[m, n] += alpha · a[m, inner] · b[inner, n], all row-major; one row update per (row, inner) pair.</summary>
-    private static void AddProduct(ReadOnlySpan<float> a, int m, int inner, ReadOnlySpan<float> b, int n, Span<float> c, float alpha)
-    {
-        for (int i = 0; i < m; i++)
-        {
-            Span<float> ci = c.Slice(i * n, n);
-            ReadOnlySpan<float> ai = a.Slice(i * inner, inner);
-            for (int x = 0; x < inner; x++)
-                TensorPrimitives.MultiplyAdd(b.Slice(x * n, n), alpha * ai[x], ci, ci);
-        }
     }
 
     /// <summary>dst = x / sqrt(Σ x² + 1e-6) · scale (FLA's l2norm, eps inside the square root).</summary>
@@ -385,6 +424,8 @@ internal static unsafe class KdaCore
         public ReadOnlySpan<float> Gate(int t, int h) => new(_g + Row(t, h) * KeyDim, KeyDim);
         public ReadOnlySpan<float> Value(int t, int h) => new(_v + Row(t, h) * ValueDim, ValueDim);
         public Span<float> Output(int t, int h) => new(_o + Row(t, h) * ValueDim, ValueDim);
+        /// <summary>Outputs of tokens [t, t + n) of head h: rows of V at a stride of H·V.</summary>
+        public Span<float> OutputRows(int t, int h, int n) => new(_o + Row(t, h) * ValueDim, ((n - 1) * Heads + 1) * ValueDim);
         public float Beta(int t, int h) => _beta[Row(t, h)];
         public Span<float> State(int h) => new(_state + (long)h * KeyDim * ValueDim, KeyDim * ValueDim);
 
@@ -397,7 +438,7 @@ internal static unsafe class KdaCore
         public readonly int Chunk = chunk;
         private readonly int _ck = chunk * keyDim, _cv = chunk * valueDim, _cc = chunk * chunk, _sk = SubChunk * keyDim, _k = keyDim;
 
-        public int Length => 3 * _ck + _cv + 2 * _cc + 2 * _sk + _k;
+        public int Length => 3 * _ck + _cv + 2 * _cc + 3 * _sk + _k;
 
         public Span<float> Queries(Span<float> all) => all.Slice(0, _ck);
         public Span<float> Keys(Span<float> all) => all.Slice(_ck, _ck);
@@ -407,6 +448,7 @@ internal static unsafe class KdaCore
         public Span<float> QK(Span<float> all) => all.Slice(3 * _ck + _cv + _cc, _cc);
         public Span<float> QueryRef(Span<float> all) => all.Slice(3 * _ck + _cv + 2 * _cc, _sk);
         public Span<float> KeyRef(Span<float> all) => all.Slice(3 * _ck + _cv + 2 * _cc + _sk, _sk);
-        public Span<float> Temp(Span<float> all) => all.Slice(3 * _ck + _cv + 2 * _cc + 2 * _sk, _k);
+        public Span<float> ColumnRef(Span<float> all) => all.Slice(3 * _ck + _cv + 2 * _cc + 2 * _sk, _sk);
+        public Span<float> Temp(Span<float> all) => all.Slice(3 * _ck + _cv + 2 * _cc + 3 * _sk, _k);
     }
 }
