@@ -1,7 +1,6 @@
 using System.Buffers;
 using System.Numerics;
 using System.Numerics.Tensors;
-using System.Runtime.InteropServices;
 
 namespace KimiLinear.Backends.Cpu;
 
@@ -124,15 +123,9 @@ internal static unsafe class KdaCore
                 TensorPrimitives.Exp(p.Gate(t, h), decay);
                 float b = p.Beta(t, h);
 
-                // Two sweeps over S, each reading and writing every row once: decay the rows while accumulating
-                // r = v − Σ_d k̂[d]·S[d, :]; then write S[d, :] += β·k̂[d]·r while accumulating o = Σ_d q̂[d]·S[d, :].
                 p.Value(t, h).CopyTo(r);
-                for (int d = 0; d < kd; d++)
-                    DecayRowAndPredict(s.Slice(d * vd, vd), decay[d], -kn[d], r);
-                Span<float> o = p.Output(t, h);
-                o.Clear();
-                for (int d = 0; d < kd; d++)
-                    WriteRowAndRead(s.Slice(d * vd, vd), b * kn[d], r, qn[d], o);
+                DecayAndPredict(s, decay, kn, r, vd);
+                WriteAndRead(s, kn, b, r, qn, p.Output(t, h), vd);
             }
         }
         finally
@@ -142,47 +135,109 @@ internal static unsafe class KdaCore
         }
     }
 
-    /// <summary>row ← decay·row; r += key·row (key is −k̂[d]). One pass instead of two library calls: at V = 128 a row
-    /// is only a few vectors, and the per-call cost of separate calls outweighed the arithmetic.</summary>
-    private static void DecayRowAndPredict(Span<float> row, float decay, float key, Span<float> r)
+    // The two sweeps of a recurrent step each read and write every element of S once. They walk S in strips of four
+    // vectors of columns, top to bottom, so that the strip's accumulators (r, o) and operands stay in registers: per
+    // vector of S one load and one store, where row-at-a-time library calls would also load and store r or o each time
+    // and pay a call per 128-float row. Columns past the last whole strip go element by element.
+    private const int StripVectors = 4;
+
+    /// <summary>S ← Diag(decay)·S and r ← r − Σ_d k̂[d]·S[d, :] (on the decayed rows): r enters as v, leaves as v − Sᵀk̂.</summary>
+    private static void DecayAndPredict(Span<float> state, ReadOnlySpan<float> decay, ReadOnlySpan<float> kn, Span<float> r, int vd)
     {
-        Span<Vector<float>> rowV = MemoryMarshal.Cast<float, Vector<float>>(row);
-        Span<Vector<float>> rV = MemoryMarshal.Cast<float, Vector<float>>(r)[..rowV.Length];
-        var dv = new Vector<float>(decay);
-        var kv = new Vector<float>(key);
-        for (int j = 0; j < rowV.Length; j++)
+        int kd = kn.Length, w = Vector<float>.Count, j = 0;
+        fixed (float* s = state, a = decay, k = kn, pr = r)
         {
-            var x = rowV[j] * dv;
-            rowV[j] = x;
-            rV[j] = TileGemm.MulAdd(kv, x, rV[j]);
-        }
-        for (int j = rowV.Length * Vector<float>.Count; j < row.Length; j++)
-        {
-            float x = row[j] * decay;
-            row[j] = x;
-            r[j] += key * x;
+            for (; j + StripVectors * w <= vd; j += StripVectors * w)
+            {
+                var r0 = Vector.Load(pr + j);
+                var r1 = Vector.Load(pr + j + w);
+                var r2 = Vector.Load(pr + j + 2 * w);
+                var r3 = Vector.Load(pr + j + 3 * w);
+                for (int d = 0; d < kd; d++)
+                {
+                    float* row = s + (long)d * vd + j;
+                    var av = new Vector<float>(a[d]);
+                    var kv = new Vector<float>(-k[d]);
+                    var x0 = Vector.Load(row) * av;
+                    var x1 = Vector.Load(row + w) * av;
+                    var x2 = Vector.Load(row + 2 * w) * av;
+                    var x3 = Vector.Load(row + 3 * w) * av;
+                    Vector.Store(x0, row);
+                    Vector.Store(x1, row + w);
+                    Vector.Store(x2, row + 2 * w);
+                    Vector.Store(x3, row + 3 * w);
+                    r0 = TileGemm.MulAdd(kv, x0, r0);
+                    r1 = TileGemm.MulAdd(kv, x1, r1);
+                    r2 = TileGemm.MulAdd(kv, x2, r2);
+                    r3 = TileGemm.MulAdd(kv, x3, r3);
+                }
+                Vector.Store(r0, pr + j);
+                Vector.Store(r1, pr + j + w);
+                Vector.Store(r2, pr + j + 2 * w);
+                Vector.Store(r3, pr + j + 3 * w);
+            }
+            for (; j < vd; j++)
+            {
+                float acc = pr[j];
+                for (int d = 0; d < kd; d++)
+                {
+                    float x = s[(long)d * vd + j] * a[d];
+                    s[(long)d * vd + j] = x;
+                    acc -= k[d] * x;
+                }
+                pr[j] = acc;
+            }
         }
     }
 
-    /// <summary>row += keyBeta·r; o += query·row (the updated row), in one pass.</summary>
-    private static void WriteRowAndRead(Span<float> row, float keyBeta, ReadOnlySpan<float> r, float query, Span<float> o)
+    /// <summary>S ← S + β·k̂ ⊗ r, and o = Sᵀq̂ on the updated rows.</summary>
+    private static void WriteAndRead(Span<float> state, ReadOnlySpan<float> kn, float beta, ReadOnlySpan<float> r,
+        ReadOnlySpan<float> qn, Span<float> o, int vd)
     {
-        Span<Vector<float>> rowV = MemoryMarshal.Cast<float, Vector<float>>(row);
-        ReadOnlySpan<Vector<float>> rV = MemoryMarshal.Cast<float, Vector<float>>(r)[..rowV.Length];
-        Span<Vector<float>> oV = MemoryMarshal.Cast<float, Vector<float>>(o)[..rowV.Length];
-        var kv = new Vector<float>(keyBeta);
-        var qv = new Vector<float>(query);
-        for (int j = 0; j < rowV.Length; j++)
+        int kd = kn.Length, w = Vector<float>.Count, j = 0;
+        fixed (float* s = state, k = kn, pr = r, q = qn, po = o)
         {
-            var x = TileGemm.MulAdd(kv, rV[j], rowV[j]);
-            rowV[j] = x;
-            oV[j] = TileGemm.MulAdd(qv, x, oV[j]);
-        }
-        for (int j = rowV.Length * Vector<float>.Count; j < row.Length; j++)
-        {
-            float x = row[j] + keyBeta * r[j];
-            row[j] = x;
-            o[j] += query * x;
+            for (; j + StripVectors * w <= vd; j += StripVectors * w)
+            {
+                var r0 = Vector.Load(pr + j);
+                var r1 = Vector.Load(pr + j + w);
+                var r2 = Vector.Load(pr + j + 2 * w);
+                var r3 = Vector.Load(pr + j + 3 * w);
+                Vector<float> o0 = default, o1 = default, o2 = default, o3 = default;
+                for (int d = 0; d < kd; d++)
+                {
+                    float* row = s + (long)d * vd + j;
+                    var kv = new Vector<float>(beta * k[d]);
+                    var qv = new Vector<float>(q[d]);
+                    var x0 = TileGemm.MulAdd(kv, r0, Vector.Load(row));
+                    var x1 = TileGemm.MulAdd(kv, r1, Vector.Load(row + w));
+                    var x2 = TileGemm.MulAdd(kv, r2, Vector.Load(row + 2 * w));
+                    var x3 = TileGemm.MulAdd(kv, r3, Vector.Load(row + 3 * w));
+                    Vector.Store(x0, row);
+                    Vector.Store(x1, row + w);
+                    Vector.Store(x2, row + 2 * w);
+                    Vector.Store(x3, row + 3 * w);
+                    o0 = TileGemm.MulAdd(qv, x0, o0);
+                    o1 = TileGemm.MulAdd(qv, x1, o1);
+                    o2 = TileGemm.MulAdd(qv, x2, o2);
+                    o3 = TileGemm.MulAdd(qv, x3, o3);
+                }
+                Vector.Store(o0, po + j);
+                Vector.Store(o1, po + j + w);
+                Vector.Store(o2, po + j + 2 * w);
+                Vector.Store(o3, po + j + 3 * w);
+            }
+            for (; j < vd; j++)
+            {
+                float acc = 0;
+                for (int d = 0; d < kd; d++)
+                {
+                    float x = s[(long)d * vd + j] + beta * k[d] * pr[j];
+                    s[(long)d * vd + j] = x;
+                    acc += q[d] * x;
+                }
+                po[j] = acc;
+            }
         }
     }
 
