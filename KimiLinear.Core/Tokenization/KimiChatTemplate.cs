@@ -18,7 +18,8 @@ namespace KimiLinear.Tokenization;
 /// follow its content as <c>&lt;|tool_calls_section_begin|&gt;</c>, per call
 /// <c>&lt;|tool_call_begin|&gt;{id}&lt;|tool_call_argument_begin|&gt;{arguments}&lt;|tool_call_end|&gt;</c>, then
 /// <c>&lt;|tool_calls_section_end|&gt;</c>; a tool result's content is <c>## Return of {tool_call_id}\n{content}</c>;
-/// and every message, the last included, is closed with <c>&lt;|im_end|&gt;</c>.</para>
+/// and the last message is closed with <c>&lt;|im_end|&gt;</c> only when a generation prompt follows (Kimi-K2-Instruct-0905,
+/// whose first 19 lines match Kimi Linear's), so that without one the model continues the last message.</para>
 /// </remarks>
 internal sealed class KimiChatTemplate
 {
@@ -78,7 +79,8 @@ internal sealed class KimiChatTemplate
                 Text($"## Return of {message.ToolCallId}\n{message.Content}");
             else if (message.Content is not null)
                 Text(message.Content);
-            ids.Add(_imEnd);
+            if (i < messages.Count - 1 || addGenerationPrompt)
+                ids.Add(_imEnd);
         }
 
         if (addGenerationPrompt)

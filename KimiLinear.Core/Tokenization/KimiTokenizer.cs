@@ -163,7 +163,8 @@ public sealed class KimiTokenizer
     /// </summary>
     /// <param name="messages">The conversation. Roles "user" and "assistant" get their own markers; every other role
     /// (system, tool, …) is rendered under <c>&lt;|im_system|&gt;</c>.</param>
-    /// <param name="addGenerationPrompt">Append <c>&lt;|im_assistant|&gt;assistant&lt;|im_middle|&gt;</c> so the model answers next.</param>
+    /// <param name="addGenerationPrompt">Close the last message and append <c>&lt;|im_assistant|&gt;assistant&lt;|im_middle|&gt;</c>
+    /// so the model answers next. Without it the last message is left open (no <c>&lt;|im_end|&gt;</c>), for the model to continue.</param>
     /// <param name="toolsJson">A JSON array of tool declarations (OpenAI style), or null; written as compact JSON.</param>
     /// <param name="allowSpecialTokensInContent">Whether special token names inside message text become special ids.
     /// Off by default, so user text cannot inject a turn marker.</param>
