@@ -31,6 +31,15 @@ public class TokenizerBenchmarks
     [Benchmark]
     public int EncodeEnglishProse() => _tokenizer.Encode(_english).Length;
 
+    /// <summary>The pre-tokenizer alone on tinyshakespeare: the share of <see cref="EncodeEnglishProse"/> that is our splitting.</summary>
+    [Benchmark]
+    public int SplitEnglishProse()
+    {
+        int pieces = 0;
+        foreach (var _ in KimiPreTokenizer.Instance.PreTokenize(_english)) pieces++;
+        return pieces;
+    }
+
     /// <summary>Chinese, Japanese and Korean sentences with emoji (ZWJ sequences included) and some Latin, ~1 M chars.</summary>
     [Benchmark]
     public int EncodeMixedCjkEmoji() => _tokenizer.Encode(_mixed).Length;
