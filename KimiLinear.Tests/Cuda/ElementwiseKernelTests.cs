@@ -48,13 +48,13 @@ public sealed class ElementwiseKernelTests
         using CudaStream stream = gpu.CreateStream();
         using DeviceBuffer<float> dResidual = gpu.Upload(stream, residual);
         using DeviceBuffer<ushort> dX = gpu.Upload(stream, x), dWeight = gpu.Upload(stream, weight);
-        using DeviceBuffer<ushort> dOut = gpu.Poisoned(stream, (long)t * d, BFloat16.NaN);
+        using DeviceBuffer<ushort> dOut = gpu.Poisoned(stream, (long)t * d, Gpu.Bf16NaN);
         ElementwiseKernels.RmsNormResidual(stream, dOut, dResidual, withX ? dX.Span : null, dWeight, t, d, 1e-5f);
         double[] expected = CpuReference.RmsNormResidual(residual, withX ? x : null, weight, t, d, 1e-5f);
         ushort[] got = dOut.ToArray(stream);
         Assert.Equal(residual, dResidual.ToArray(stream)); // the same fp32 additions in the same order
         TensorAssert.Close(expected, Gpu.Widen(got, (long)t * d), 2 * Bf16Rounding, 1e-6, "RMSNorm output");
-        Gpu.AssertTailUntouched(got, (long)t * d, BFloat16.NaN);
+        Gpu.AssertTailUntouched(got, (long)t * d, Gpu.Bf16NaN);
     }
 
     [Theory]
@@ -68,7 +68,7 @@ public sealed class ElementwiseKernelTests
         using CudaStream stream = gpu.CreateStream();
         ushort[] gate, up;
         int gateStride, upStride;
-        using DeviceBuffer<ushort> dOut = gpu.Poisoned(stream, (long)t * f, BFloat16.NaN);
+        using DeviceBuffer<ushort> dOut = gpu.Poisoned(stream, (long)t * f, Gpu.Bf16NaN);
         DeviceSpan<ushort> dGate, dUp;
         var owned = new List<DeviceBuffer<ushort>>();
         if (fused)
@@ -96,6 +96,6 @@ public sealed class ElementwiseKernelTests
         ushort[] got = dOut.ToArray(stream);
         owned.ForEach(b => b.Dispose());
         TensorAssert.Close(CpuReference.SwiGlu(gate, up, t, f, gateStride, upStride), Gpu.Widen(got, (long)t * f), 2 * Bf16Rounding, 1e-6, "SwiGLU");
-        Gpu.AssertTailUntouched(got, (long)t * f, BFloat16.NaN);
+        Gpu.AssertTailUntouched(got, (long)t * f, Gpu.Bf16NaN);
     }
 }

@@ -18,6 +18,9 @@ internal static class Gpu
         return Shared.Value!;
     }
 
+    /// <summary>The bits of a quiet bf16 NaN, the poison for bf16 outputs.</summary>
+    public const ushort Bf16NaN = 0x7FC0;
+
     /// <summary>Extra elements past every kernel output, poisoned with NaN and checked untouched afterwards.</summary>
     public const int Tail = 37;
 

@@ -27,7 +27,7 @@ public sealed class MatmulKernelTests
         double[] expected = CpuReference.MatMulTransposed(x, w, 1, n, k, out double[] magnitude);
         using CudaStream stream = gpu.CreateStream();
         using DeviceBuffer<ushort> dW = gpu.Upload(stream, w), dX = gpu.Upload(stream, x);
-        using DeviceBuffer<ushort> dY16 = gpu.Poisoned(stream, n, BFloat16.NaN);
+        using DeviceBuffer<ushort> dY16 = gpu.Poisoned(stream, n, Gpu.Bf16NaN);
         using DeviceBuffer<float> dY32 = gpu.Poisoned(stream, n, float.NaN);
         MatmulKernels.Gemv(stream, dY16, dW, dX, n, k);
         MatmulKernels.Gemv(stream, dY32, dW, dX, n, k);
@@ -35,7 +35,7 @@ public sealed class MatmulKernelTests
         float[] y32 = dY32.ToArray(stream);
         TensorAssert.Close(expected, y32, i => AccumulationError * magnitude[i] + 1e-6, "GEMV fp32 out");
         TensorAssert.Close(expected, Gpu.Widen(y16, n), i => AccumulationError * magnitude[i] + Bf16Rounding * Math.Abs(expected[i]) + 1e-6, "GEMV bf16 out");
-        Gpu.AssertTailUntouched(y16, n, BFloat16.NaN);
+        Gpu.AssertTailUntouched(y16, n, Gpu.Bf16NaN);
         for (int i = n; i < y32.Length; i++) Assert.True(float.IsNaN(y32[i]), $"fp32 output tail element {i} overwritten");
     }
 
@@ -81,11 +81,11 @@ public sealed class MatmulKernelTests
         double[] expected = CpuReference.MatMulTransposed(a, b, m, n, k, out double[] magnitude);
         using CudaStream stream = gpu.CreateStream();
         using DeviceBuffer<ushort> dA = gpu.Upload(stream, a), dB = gpu.Upload(stream, b);
-        using DeviceBuffer<ushort> dC = gpu.Poisoned(stream, (long)m * n, BFloat16.NaN);
+        using DeviceBuffer<ushort> dC = gpu.Poisoned(stream, (long)m * n, Gpu.Bf16NaN);
         gemm(stream, dC, dA, dB);
         ushort[] c = dC.ToArray(stream);
         TensorAssert.Close(expected, Gpu.Widen(c, (long)m * n),
             i => AccumulationError * magnitude[i] + Bf16Rounding * Math.Abs(expected[i]) + 1e-6, $"GEMM {m}x{n}x{k}");
-        Gpu.AssertTailUntouched(c, (long)m * n, BFloat16.NaN);
+        Gpu.AssertTailUntouched(c, (long)m * n, Gpu.Bf16NaN);
     }
 }
