@@ -38,8 +38,12 @@ internal static class GpuKernelBenchmarks
         var random = new Random(42);
 
         double copyGBs = CopyBandwidth(gpu, stream, rows);
-        foreach ((int n, int k) in new[] { (4096, 2304), (2304, 4096), (6144, 2304), (163_840, 2304) })
-            rows.Add(Gemv(gpu, stream, random, n, k, copyGBs));
+        foreach (bool programmatic in new[] { false, true })
+        {
+            gpu.Kernels.ProgrammaticLaunch = programmatic;
+            foreach ((int n, int k) in new[] { (4096, 2304), (2304, 4096), (6144, 2304), (163_840, 2304) })
+                rows.Add(Gemv(gpu, stream, random, n, k, copyGBs, programmatic));
+        }
         rows.AddRange(Gemm(gpu, stream, random, 32_768, 4096, 2304));
         rows.AddRange(RowKernels(gpu, stream, random, copyGBs));
 
@@ -99,7 +103,7 @@ internal static class GpuKernelBenchmarks
         return buffer;
     }
 
-    private static Row Gemv(CudaContext gpu, CudaStream stream, Random random, int n, int k, double copyGBs)
+    private static Row Gemv(CudaContext gpu, CudaStream stream, Random random, int n, int k, double copyGBs, bool programmatic)
     {
         long bytes = 2L * n * k;
         // Enough weight copies to exceed the L2 cache (50 MB on H100) several times over.
@@ -115,7 +119,7 @@ internal static class GpuKernelBenchmarks
         double ms = MedianMs(gpu, stream, () => graph.Launch(stream)) / launches;
         foreach (DeviceBuffer<ushort> w in weights) w.Dispose();
         double gbs = (bytes + 2.0 * k + 2.0 * n) / (ms * 1e6);
-        return new Row("bf16 GEMV", $"[{n}×{k}]", ms * 1000, $"{gbs:F0} GB/s", gbs / copyGBs, "D2D copy");
+        return new Row(programmatic ? "bf16 GEMV, programmatic launch" : "bf16 GEMV", $"[{n}×{k}]", ms * 1000, $"{gbs:F0} GB/s", gbs / copyGBs, "D2D copy");
     }
 
     private static IEnumerable<Row> Gemm(CudaContext gpu, CudaStream stream, Random random, int m, int n, int k)

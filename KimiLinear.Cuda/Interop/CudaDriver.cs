@@ -65,6 +65,8 @@ internal static unsafe partial class CudaDriver
     internal static partial CuResult cuLaunchKernel(nint function, uint gridX, uint gridY, uint gridZ, uint blockX, uint blockY, uint blockZ,
         uint sharedBytes, nint stream, void** parameters, void** extra);
 
+    [LibraryImport(Library)] internal static partial CuResult cuLaunchKernelEx(LaunchConfig* config, nint function, void** parameters, void** extra);
+
     // Streams, events, graphs
     [LibraryImport(Library)] internal static partial CuResult cuStreamCreate(out nint stream, uint flags);
     [LibraryImport(Library)] internal static partial CuResult cuStreamDestroy_v2(nint stream);
@@ -81,6 +83,27 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(Library)] internal static partial CuResult cuGraphLaunch(nint graphExec, nint stream);
     [LibraryImport(Library)] internal static partial CuResult cuGraphExecDestroy(nint graphExec);
     [LibraryImport(Library)] internal static partial CuResult cuGraphDestroy(nint graph);
+}
+
+/// <summary><c>CUlaunchConfig</c>: launch geometry plus attributes, for <c>cuLaunchKernelEx</c>.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct LaunchConfig
+{
+    public uint GridX, GridY, GridZ, BlockX, BlockY, BlockZ, SharedBytes;
+    public nint Stream;
+    public LaunchAttribute* Attributes;
+    public uint AttributeCount;
+}
+
+/// <summary><c>CUlaunchAttribute</c>: an id, padding to 8 bytes, and a 64-byte value union (its first int is enough here).</summary>
+[StructLayout(LayoutKind.Explicit, Size = 72)]
+internal struct LaunchAttribute
+{
+    /// <summary>CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION.</summary>
+    public const int ProgrammaticStreamSerialization = 6;
+
+    [FieldOffset(0)] public int Id;
+    [FieldOffset(8)] public int Value;
 }
 
 /// <summary><c>CUdevice_attribute</c> values used here.</summary>

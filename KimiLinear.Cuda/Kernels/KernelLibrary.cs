@@ -26,6 +26,13 @@ internal sealed unsafe partial class KernelLibrary : IDisposable
     /// <summary>The PTX target used on this device: <c>sm90</c> (Hopper and newer) or <c>sm80</c> (Ampere, Ada).</summary>
     public string Target { get; }
 
+    /// <summary>
+    /// Whether kernels that support it (<see cref="KernelCatalog.Entry.Programmatic"/>) are launched with programmatic
+    /// dependent launch. On by default where the device has it (compute capability 9.0+); off, every launch waits for
+    /// the previous one to finish, which is useful for timing kernels alone.
+    /// </summary>
+    public bool ProgrammaticLaunch { get; set; }
+
     public KernelLibrary(CudaContext context)
     {
         _context = context;
@@ -35,6 +42,7 @@ internal sealed unsafe partial class KernelLibrary : IDisposable
                 $"{context.Device.Name} has compute capability {major}.{minor}; the kernels need 8.0 or newer (bf16 tensor cores).",
                 CuResult.NoBinaryForGpu, "KernelLibrary");
         Target = major >= 9 ? "sm90" : "sm80";
+        ProgrammaticLaunch = major >= 9;
     }
 
     /// <summary>Queues kernel <paramref name="id"/> on <paramref name="stream"/>; <paramref name="args"/> points at each argument in order.</summary>
@@ -47,8 +55,20 @@ internal sealed unsafe partial class KernelLibrary : IDisposable
             _sharedLimits[(int)id] = sharedBytes;
         }
         _context.Bind();
+        KernelCatalog.Entry entry = KernelCatalog.Of(id);
+        if (ProgrammaticLaunch && entry.Programmatic)
+        {
+            var attribute = new LaunchAttribute { Id = LaunchAttribute.ProgrammaticStreamSerialization, Value = 1 };
+            var config = new LaunchConfig
+            {
+                GridX = grid.X, GridY = grid.Y, GridZ = grid.Z, BlockX = block.X, BlockY = block.Y, BlockZ = block.Z,
+                SharedBytes = (uint)sharedBytes, Stream = stream.Raw, Attributes = &attribute, AttributeCount = 1,
+            };
+            CudaException.ThrowIfFailed(CudaDriver.cuLaunchKernelEx(&config, function, args, null), entry.Name);
+            return;
+        }
         CudaException.ThrowIfFailed(CudaDriver.cuLaunchKernel(function, grid.X, grid.Y, grid.Z, block.X, block.Y, block.Z,
-            (uint)sharedBytes, stream.Raw, args, null), KernelCatalog.Of(id).Name);
+            (uint)sharedBytes, stream.Raw, args, null), entry.Name);
     }
 
     /// <summary>

@@ -8,8 +8,8 @@ namespace KimiLinear.Cuda.Kernels;
 /// </summary>
 internal static unsafe class MatmulKernels
 {
-    private const int GemvRowsPerBlock = 4;      // GEMV_ROWS in gemv.cu
-    private const int GemvThreads = 256;         // GEMV_THREADS in gemv.cu
+    private const int GemvRowsPerBlock = 4 * 2;  // GEMV_WARPS x GEMV_ROWS in gemv.cu
+    private const int GemvThreads = 4 * 32;
     private const int GemmTile = 128;            // BM = BN in gemm.cu
     private const int GemmThreads = 256;
     private const int GemmSharedBytes = 3 * (128 + 128) * 64 * 2; // GEMM_SMEM_BYTES in gemm.cu

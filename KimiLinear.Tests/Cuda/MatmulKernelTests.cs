@@ -39,6 +39,36 @@ public sealed class MatmulKernelTests
         for (int i = n; i < y32.Length; i++) Assert.True(float.IsNaN(y32[i]), $"fp32 output tail element {i} overwritten");
     }
 
+    [Fact]
+    public void Gemv_ChainedWithProgrammaticLaunch_ReadsEachPredecessorsOutput()
+    {
+        // Each GEMV's x is the previous GEMV's y, so a kernel that read x before its predecessor finished would
+        // change the result; with and without programmatic launch the chain must agree bit for bit.
+        CudaContext gpu = Gpu.Require();
+        const int D = 2304, Steps = 12;
+        var random = new Random(3);
+        ushort[] w = Gpu.RandomBf16(random, (long)D * D, 1f / 48), x = Gpu.RandomBf16(random, D);
+        using CudaStream stream = gpu.CreateStream();
+        using DeviceBuffer<ushort> dW = gpu.Upload(stream, w), a = gpu.Allocate<ushort>(D), b = gpu.Allocate<ushort>(D);
+        ushort[] Chain(bool programmatic)
+        {
+            gpu.Kernels.ProgrammaticLaunch = programmatic;
+            try
+            {
+                a.CopyFrom(x, stream);
+                for (int i = 0; i < Steps; i++) MatmulKernels.Gemv(stream, i % 2 == 0 ? b : a, dW, i % 2 == 0 ? a : b, D, D);
+                return (Steps % 2 == 0 ? a : b).ToArray(stream);
+            }
+            finally
+            {
+                gpu.Kernels.ProgrammaticLaunch = gpu.Device.ComputeCapability.Major >= 9;
+            }
+        }
+        ushort[] serial = Chain(false);
+        Assert.Contains(serial, v => v != 0);
+        for (int repeat = 0; repeat < 5; repeat++) Assert.Equal(serial, Chain(true));
+    }
+
     public static TheoryData<int, int, int> GemmShapes => new()
     {
         { 257, 1000, 2296 }, // odd M and N, K a multiple of 8 but not of the 64-wide k tile
