@@ -58,7 +58,8 @@ public sealed class ElementwiseKernelTests
     }
 
     [Theory]
-    [InlineData(3, 1001, true)]   // fused gate‖up rows of 2F
+    [InlineData(3, 1001, true)]   // fused gate‖up rows of 2F, odd F: one value per step
+    [InlineData(2, 2048, true)]   // fused, 16-byte steps
     [InlineData(2, 4096, false)]  // separate gate and up buffers
     [InlineData(1, 1, false)]
     public void SwiGlu_MatchesReference(int t, int f, bool fused)
