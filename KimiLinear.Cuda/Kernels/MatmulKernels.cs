@@ -8,7 +8,7 @@ namespace KimiLinear.Cuda.Kernels;
 /// </summary>
 internal static unsafe class MatmulKernels
 {
-    private const int GemvRowsPerBlock = 4;      // GEMV_WARPS in gemv.cu: one row per warp
+    private const int GemvRowsPerBlock = 4 * 2;  // GEMV_WARPS x GEMV_ROWS in gemv.cu
     private const int GemvThreads = 4 * 32;
     private const int GemmTile = 128;            // BM = BN in gemm.cu
     private const int GemmThreads = 256;

@@ -3,7 +3,7 @@
 #   1. unpacks the .NET runtime,  2. builds kernels/*.cu with nvcc (kernels/build.sh) into /tmp/ptx,
 #   3. runs the CUDA tests against that fresh PTX (KIMILINEAR_KERNEL_DIR),  4. times the kernels (Benchmarks `gpu`),
 #   5. leaves in $OUT: build.log, tests.log, bench.log, bench.md, ptx.tgz (commit its contents to KimiLinear.Cuda/Kernels/ptx).
-# Set SKIP_BENCH=1 to stop after the tests. Exit status: nonzero if the build or a test failed.
+# Set SKIP_BENCH=1 to stop after the tests, BENCH_RUNS=n to repeat the benchmarks. Exit status: nonzero if the build or a test failed.
 set -uo pipefail
 stage=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-/tmp/gpu-out}
@@ -39,9 +39,12 @@ grep -E "\[FAIL\]|Total:|TIMEOUT" "$out/tests.log"
 bench=0
 if [ -z "${SKIP_BENCH:-}" ]; then
     echo "== benchmarks"
-    timeout "${BENCH_TIMEOUT:-180}" /tmp/dn/dotnet "$stage/bench/KimiLinear.Benchmarks.dll" gpu "$out/bench.md" > "$out/bench.log" 2>&1
-    bench=$?
-    cat "$out/bench.log"
+    # BENCH_RUNS=n repeats the whole benchmark to show the run-to-run spread; bench.md keeps the last run.
+    for run in $(seq "${BENCH_RUNS:-1}"); do
+        timeout "${BENCH_TIMEOUT:-180}" /tmp/dn/dotnet "$stage/bench/KimiLinear.Benchmarks.dll" gpu "$out/bench.md" >> "$out/bench.log" 2>&1
+        bench=$?
+        cat "$out/bench.md"
+    done
 fi
 echo "build=$build tests=$tests bench=$bench"
 [ $build -eq 0 ] && [ $tests -eq 0 ] && [ $bench -eq 0 ]
