@@ -4,7 +4,7 @@
 //   y [N]    bf16 (kimi_gemv_bf16) or fp32 (kimi_gemv_bf16_f32, e.g. logits)
 // Memory-bound: every weight byte is read once, so the goal is the copy bandwidth. Each warp owns GEMV_ROWS rows and
 // keeps GEMV_ROWS x GEMV_UNROLL 16-byte weight loads in flight per lane (streaming hint: weights are read once, x stays
-// in L1), and requests the next chunk before using the current one; lanes reduce with shuffles at the end.
+// in L1), and keeps the next chunk requested while it uses the current one; lanes reduce with shuffles at the end.
 // (Measured on an H100, decode shapes: K split across a whole block reached 57-61 % of the copy bandwidth; one warp
 // per row requesting its whole share of the row at once, 61-62 %; this layout, 72-74 %.)
 // Programmatic dependent launch (sm_90+): a decode-shaped GEMV moves only ~20 MB, so launch latency and the ramp at
@@ -87,15 +87,17 @@ __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __res
             // Rows past N re-read the last row; their sums are never stored. Keeps the loads unconditional.
             w8[r] = reinterpret_cast<const uint4*>(W + static_cast<size_t>(min(row0 + r, N - 1)) * K);
 
-        uint4 wv[GEMV_ROWS][GEMV_UNROLL];
-        load_weights(wv, w8, lane, K8);
+        // Two chunks of weights in flight at all times: the current one and the next, both requested before the
+        // wait for the predecessor, so a whole row pair (K = 2304: 9 vectors a lane) is mostly on its way by then.
+        constexpr int STEP = 32 * GEMV_UNROLL;
+        uint4 wv[GEMV_ROWS][GEMV_UNROLL], next[GEMV_ROWS][GEMV_UNROLL];
+        int k = lane;
+        load_weights(wv, w8, k, K8);
+        bool more = k + STEP < K8;
+        if (more) load_weights(next, w8, k + STEP, K8);
         wait_for_predecessor();
-        for (int k = lane; k < K8; k += 32 * GEMV_UNROLL)
+        for (;;)
         {
-            // The next batch of weights is requested before this batch is used, so loads stay in flight.
-            uint4 next[GEMV_ROWS][GEMV_UNROLL];
-            const bool more = k + 32 * GEMV_UNROLL < K8;
-            if (more) load_weights(next, w8, k + 32 * GEMV_UNROLL, K8);
             uint4 xv[GEMV_UNROLL];
 #pragma unroll
             for (int u = 0; u < GEMV_UNROLL; u++)
@@ -107,11 +109,14 @@ __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __res
             for (int u = 0; u < GEMV_UNROLL; u++)
 #pragma unroll
                 for (int r = 0; r < GEMV_ROWS; r++) acc[r] = dot8(wv[r][u], xv[u], acc[r]);
-            if (more)
+            if (!more) break;
+            k += STEP;
 #pragma unroll
-                for (int u = 0; u < GEMV_UNROLL; u++)
+            for (int u = 0; u < GEMV_UNROLL; u++)
 #pragma unroll
-                    for (int r = 0; r < GEMV_ROWS; r++) wv[r][u] = next[r][u];
+                for (int r = 0; r < GEMV_ROWS; r++) wv[r][u] = next[r][u];
+            more = k + STEP < K8;
+            if (more) load_weights(next, w8, k + STEP, K8);
         }
     }
     else
