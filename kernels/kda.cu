@@ -1,0 +1,558 @@
+// kda.cu — Kimi Delta Attention (KDA) kernels: the fused decode step and the chunked prefill (spec §2.2, §2.4, §2.5).
+//
+// MATH (per sequence, per head h; S is the fp32 recurrent state [K, V], row = key channel d, column = value channel j)
+//   per token:  S ← Diag(exp g)·S;  r = v − Sᵀk̂;  S ← S + k̂ ⊗ (β r);  o = Sᵀq̂   (o uses the updated state)
+//   q̂ = q / sqrt(Σq² + 1e-6) · K^-½,  k̂ = k / sqrt(Σk² + 1e-6),  g ≤ 0 the log-decay per key channel,
+//   β = sigmoid(b).  Decode additionally fuses, per channel c, the causal depthwise conv (4 taps, tap 3 = current
+//   token) + SiLU of q, k, v (result rounded to the input dtype, as FLA stores it), the gate
+//   g = −exp(A_log[h])·softplus(f + dt_bias) (softplus linear above 20), and the gated RMSNorm of the output
+//   y = o·rsqrt(mean_j o² + eps)·w_norm·sigmoid(z).
+//
+// CHUNKED PREFILL (C = 64 tokens per chunk; G = chunk-local cumulative g, kept in log2 units; every exponent used is
+// ≤ 0, so nothing overflows with the unbounded softplus gate):
+//   kimi_kda_chunk_intra_*   one block per (chunk, head), independent chunks, all in fp32; q̂, k̂ are normalised here
+//                            from the raw (post-conv) q, k, exactly as the decode step does:
+//     L[r,s]   = β_r Σ_d k̂_r[d] k̂_s[d] 2^(G_r[d]−G_s[d])   (s < r)      A[r,s] = Σ_d q̂_r[d] k̂_s[d] 2^(G_r[d]−G_s[d])  (s ≤ r)
+//     (I + L)·W = β ⊙ (k̂ ⊙ 2^G)   and   (I + L)·U = β ⊙ v            (forward substitution: W = (I+L)⁻¹Diag(β)(k̂⊙2^G))
+//     QG = q̂ ⊙ 2^G,  KG = k̂ ⊙ 2^(G_last − G),  γ = 2^G_last
+//   kimi_kda_chunk_prefill_* one block per (32-column slice of V, head, sequence), walks the sequence's chunks:
+//     Vn = U − W·S;   O = QG·S + A·Vn;   S ← Diag(γ)·S + KGᵀ·Vn
+//   The state's columns never mix (every product above is column-separable in V), which is why a V slice is a unit of
+//   work: B·H·V/32 blocks keep the card busy even at B = 1 without a two-pass split of the sequence.
+//
+// LAYOUTS (row-major; T = total packed tokens, N = sequences, H heads, K key dim, V value dim, NC = total chunks)
+//   decode:  pq, pk, pf [N, H·K], pv, pz [N, H·V], pb [N, H]   projection outputs of the new token (pre-conv)
+//            wq, wk [H·K, 4], wv [H·V, 4]                       conv taps (checkpoint [C, 1, 4]), tap 3 = current token
+//            a_log [H] fp32, dt_bias [H·K] fp32, w_norm [V]     gate parameters, o_norm weight
+//            conv_q, conv_k [N, 3, H·K], conv_v [N, 3, H·V]     last 3 pre-conv inputs, oldest first (read and updated)
+//            state [N, H, K, V] fp32 (read and updated),  y [N, H·V]
+//   prefill: q, k [T, H, K] raw (after conv + SiLU; normalised in the kernel), v [T, H, V], g [T, H, K] fp32 log-decay,
+//            beta [T, H] fp32 (after the sigmoid), cu_seqlens [N+1] token offsets, chunk_offsets [N+1] where
+//            chunk_offsets[n] = Σ_{m<n} ceil(len_m / 64) (the host derives it from the lengths),
+//            scratch (fp32, written by intra, read by prefill): W, QG, KG [NC, H, 64, K], U [NC, H, 64, V],
+//            A [NC, H, 64, 64], gamma [NC, H, K];  state [N, H, K, V] fp32 (initial in, final out), o [T, H, V].
+//
+// LAUNCH GEOMETRY
+//   decode_step:   grid (4, H, N), block 128, dynamic smem kDecodeSmemBytes; a cluster of the 4 blocks of one head
+//                  (compiled in, __cluster_dims__) each owns V/4 state columns and shares the RMSNorm sum through
+//                  distributed shared memory. Capturable in a CUDA graph (no host sync, no atomics, no scratch).
+//   chunk_intra:   grid (NC, H), block 256, dynamic smem chunk_intra_smem_bytes(K) (> 48 KiB: raise the limit).
+//   chunk_prefill: grid (V/32, H, N), block 128, dynamic smem chunk_prefill_smem_bytes(K) (> 48 KiB).
+//
+// PRECONDITIONS (the caller checks them; kernels do not)
+//   decode: K ≤ 128; V ∈ {16, 32, 64, 128}. prefill: K ≤ 128, K % 4 == 0, V % 32 == 0, K + V ≤ 256.
+//   All pointers 16-byte aligned; state rows start 16-byte aligned (V % 4 == 0). Inputs are finite. Buffers do not
+//   alias except where marked "read and updated". Tokens past cu_seqlens[N] are never read (they may hold NaN).
+#ifdef KDA_EMULATE
+#include "tests/cuda_emu.h"
+#else
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#endif
+#include <stdint.h>
+
+namespace kda {
+
+constexpr int kChunk = 64;               // tokens per chunk (FLA's C)
+constexpr float kL2Eps = 1e-6f;          // inside the sqrt of the q/k L2 norm
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr int kDecodeThreads = 128;
+constexpr int kDecodeSlices = 4;         // blocks (= cluster size, __cluster_dims__ below) per head in the decode step
+constexpr int kIntraThreads = 256;
+constexpr int kPrefillThreads = 128;
+constexpr int kPrefillCols = 32;         // state columns per prefill block
+
+// Dynamic shared memory, in floats: decode (q̂, k̂, decay [128] each, warp partials [4][32], slice vector [32], v [32],
+// z [32], the RMSNorm partial [4]); intra (k̂, q̂, G [64][K+1] each, L [64][64], β [64]); prefill (S slice [K][32],
+// stage [64][K+4], A [64][68], U then Vn [64][32], γ [K]); intra also keeps the row norms [128].
+constexpr int kDecodeSmemFloats = 3 * 128 + 4 * 32 + 32 + 32 + 32 + 4;
+constexpr size_t kDecodeSmemBytes = kDecodeSmemFloats * sizeof(float);
+__host__ __device__ constexpr size_t chunk_intra_smem_bytes(int K) {
+    return sizeof(float) * (3 * kChunk * (K + 1) + kChunk * kChunk + 3 * kChunk);
+}
+__host__ __device__ constexpr size_t chunk_prefill_smem_bytes(int K) {
+    return sizeof(float) * (K * kPrefillCols + kChunk * (K + 4) + kChunk * 68 + kChunk * kPrefillCols + K);
+}
+
+__device__ __forceinline__ float ld(float x) { return x; }
+__device__ __forceinline__ float ld(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ void st(float* p, float x) { *p = x; }
+__device__ __forceinline__ void st(__nv_bfloat16* p, float x) { *p = __float2bfloat16_rn(x); }
+// The value as stored in the input dtype (FLA keeps conv outputs in the model dtype before the KDA core).
+__device__ __forceinline__ float stored(float x, const float*) { return x; }
+__device__ __forceinline__ float stored(float x, const __nv_bfloat16*) { return __bfloat162float(__float2bfloat16_rn(x)); }
+
+__device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+__device__ __forceinline__ float siluf_(float x) { return x / (1.0f + expf(-x)); }
+__device__ __forceinline__ float softplusf_(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+__device__ __forceinline__ float* smem() {
+#ifdef KDA_EMULATE
+    return reinterpret_cast<float*>(emu_dynamic_smem);
+#else
+    extern __shared__ float4 kda_smem_[];
+    return reinterpret_cast<float*>(kda_smem_);
+#endif
+}
+
+#ifdef KDA_EMULATE
+__device__ __forceinline__ void cluster_sync() { emu_cluster_sync(); }
+__device__ __forceinline__ float* cluster_map(float* p, unsigned rank) { return emu_cluster_map(p, rank); }
+#else
+__device__ __forceinline__ void cluster_sync() { cooperative_groups::this_cluster().sync(); }
+__device__ __forceinline__ float* cluster_map(float* p, unsigned rank) {
+    return cooperative_groups::this_cluster().map_shared_rank(p, rank);
+}
+#endif
+
+// One token of the causal depthwise conv (taps w[0..3], w[3] on the current input x3) + SiLU, as stored.
+template <typename Tin>
+__device__ __forceinline__ float conv_silu(const Tin* w, float x0, float x1, float x2, float x3) {
+    float acc = ld(w[0]) * x0 + ld(w[1]) * x1 + ld(w[2]) * x2 + ld(w[3]) * x3;
+    return stored(siluf_(acc), w);
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Fused decode step. Block (slice, h, n) owns state columns [slice·V/4, (slice+1)·V/4) of head h of sequence n.
+// Thread layout over its K × V/4 slice: ncg = V/16 column groups of 4 (one float4), 128/ncg row groups; thread
+// (rg, cg) holds rows rg, rg + nrg, … (≤ 8 of them) in registers, loaded first so their latency hides the prologue.
+template <typename Tin>
+__device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, const Tin* __restrict__ pq,
+    const Tin* __restrict__ pk, const Tin* __restrict__ pv, const Tin* __restrict__ pf, const Tin* __restrict__ pb,
+    const Tin* __restrict__ pz, const Tin* __restrict__ wq, const Tin* __restrict__ wk, const Tin* __restrict__ wv,
+    const float* __restrict__ a_log, const float* __restrict__ dt_bias, const Tin* __restrict__ w_norm, Tin* conv_q,
+    Tin* conv_k, Tin* conv_v, float* state, Tin* __restrict__ y) {
+    const int slice = blockIdx.x, h = blockIdx.y, n = blockIdx.z;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int VS = V / kDecodeSlices, ncg = VS / 4, nrg = kDecodeThreads / ncg;
+    const int cg = tid % ncg, rg = tid / ncg, j0 = slice * VS;
+    const int HK = H * K, HV = H * V;
+
+    float* sm = smem();
+    float* sq = sm;                 // [128] q̂
+    float* sk = sm + 128;           // [128] k̂
+    float* sa = sm + 256;           // [128] exp(g)
+    float* sred = sm + 384;         // [4 warps][32] partial sums
+    float* sx = sm + 512;           // [32] β·r for the slice's columns
+    float* sv = sm + 544;           // [32] v after conv
+    float* sz = sm + 576;           // [32] output-gate logits
+    float* ssq = sm + 608;          // [1] Σ o² over the slice (read by the cluster)
+
+    float* S = state + ((size_t)n * H + h) * K * V;
+    float4 s[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const int d = rg + i * nrg;
+        s[i] = d < K ? *reinterpret_cast<const float4*>(S + (size_t)d * V + j0 + 4 * cg) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+
+    // Prologue: conv + SiLU of q and k (all K channels of the head: the L2 norm needs them), gate, v and z of the slice.
+    Tin* cq = conv_q + (size_t)n * 3 * HK;
+    Tin* ck = conv_k + (size_t)n * 3 * HK;
+    Tin* cv = conv_v + (size_t)n * 3 * HV;
+    float qv = 0.f, kv = 0.f, q1 = 0.f, q2 = 0.f, q3 = 0.f, k1 = 0.f, k2 = 0.f, k3 = 0.f;
+    if (tid < K) {
+        const int c = h * K + tid;
+        const float q0 = ld(cq[c]);
+        q1 = ld(cq[HK + c]); q2 = ld(cq[2 * HK + c]); q3 = ld(pq[(size_t)n * HK + c]);
+        const float k0 = ld(ck[c]);
+        k1 = ld(ck[HK + c]); k2 = ld(ck[2 * HK + c]); k3 = ld(pk[(size_t)n * HK + c]);
+        qv = conv_silu(wq + 4 * c, q0, q1, q2, q3);
+        kv = conv_silu(wk + 4 * c, k0, k1, k2, k3);
+        const float gate = -expf(a_log[h]) * softplusf_(ld(pf[(size_t)n * HK + c]) + dt_bias[c]);
+        sa[tid] = expf(gate);
+    }
+    float v1 = 0.f, v2 = 0.f, v3 = 0.f;
+    if (tid < VS) {
+        const int c = h * V + j0 + tid;
+        const float v0 = ld(cv[c]);
+        v1 = ld(cv[HV + c]); v2 = ld(cv[2 * HV + c]); v3 = ld(pv[(size_t)n * HV + c]);
+        sv[tid] = conv_silu(wv + 4 * c, v0, v1, v2, v3);
+        sz[tid] = ld(pz[(size_t)n * HV + c]);
+    }
+    const float beta = sigmoidf_(ld(pb[(size_t)n * H + h]));
+    float qq = qv * qv, kk = kv * kv;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        qq += __shfl_xor_sync(0xffffffffu, qq, off);
+        kk += __shfl_xor_sync(0xffffffffu, kk, off);
+    }
+    if (lane == 0) { sred[warp] = qq; sred[4 + warp] = kk; }
+    __syncthreads();
+    if (tid < K) {
+        const float qn = sred[0] + sred[1] + sred[2] + sred[3], kn = sred[4] + sred[5] + sred[6] + sred[7];
+        sq[tid] = qv / sqrtf(qn + kL2Eps) * (1.0f / sqrtf((float)K));
+        sk[tid] = kv / sqrtf(kn + kL2Eps);
+    }
+    __syncthreads();
+
+    // r = v − (Diag(α)S)ᵀ k̂ over the slice's columns.
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const int d = rg + i * nrg;
+        if (d < K) {
+            const float a = sa[d], kd = sk[d];
+            s[i].x *= a; s[i].y *= a; s[i].z *= a; s[i].w *= a;
+            acc.x += s[i].x * kd; acc.y += s[i].y * kd; acc.z += s[i].z * kd; acc.w += s[i].w * kd;
+        }
+    }
+    for (int off = ncg; off < 32; off <<= 1) {
+        acc.x += __shfl_xor_sync(0xffffffffu, acc.x, off);
+        acc.y += __shfl_xor_sync(0xffffffffu, acc.y, off);
+        acc.z += __shfl_xor_sync(0xffffffffu, acc.z, off);
+        acc.w += __shfl_xor_sync(0xffffffffu, acc.w, off);
+    }
+    if (lane < ncg) {
+        sred[warp * 32 + 4 * lane + 0] = acc.x; sred[warp * 32 + 4 * lane + 1] = acc.y;
+        sred[warp * 32 + 4 * lane + 2] = acc.z; sred[warp * 32 + 4 * lane + 3] = acc.w;
+    }
+    __syncthreads();
+    if (tid < VS) sx[tid] = beta * (sv[tid] - (sred[tid] + sred[32 + tid] + sred[64 + tid] + sred[96 + tid]));
+    __syncthreads();
+
+    // S += k̂ ⊗ βr, write the state back, o = Sᵀq̂.
+    const float4 br = reinterpret_cast<const float4*>(sx)[cg];
+    acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const int d = rg + i * nrg;
+        if (d < K) {
+            const float kd = sk[d], qd = sq[d];
+            s[i].x += kd * br.x; s[i].y += kd * br.y; s[i].z += kd * br.z; s[i].w += kd * br.w;
+            *reinterpret_cast<float4*>(S + (size_t)d * V + j0 + 4 * cg) = s[i];
+            acc.x += s[i].x * qd; acc.y += s[i].y * qd; acc.z += s[i].z * qd; acc.w += s[i].w * qd;
+        }
+    }
+    for (int off = ncg; off < 32; off <<= 1) {
+        acc.x += __shfl_xor_sync(0xffffffffu, acc.x, off);
+        acc.y += __shfl_xor_sync(0xffffffffu, acc.y, off);
+        acc.z += __shfl_xor_sync(0xffffffffu, acc.z, off);
+        acc.w += __shfl_xor_sync(0xffffffffu, acc.w, off);
+    }
+    if (lane < ncg) {
+        sred[warp * 32 + 4 * lane + 0] = acc.x; sred[warp * 32 + 4 * lane + 1] = acc.y;
+        sred[warp * 32 + 4 * lane + 2] = acc.z; sred[warp * 32 + 4 * lane + 3] = acc.w;
+    }
+    __syncthreads();
+
+    // Gated RMSNorm over all V columns: the slice's Σo² goes to the cluster through distributed shared memory.
+    float o = 0.f;
+    if (warp == 0) {
+        if (tid < VS) o = sred[tid] + sred[32 + tid] + sred[64 + tid] + sred[96 + tid];
+        float oo = o * o;
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) oo += __shfl_xor_sync(0xffffffffu, oo, off);
+        if (lane == 0) ssq[0] = oo;
+    }
+    cluster_sync();   // every block's Σo² is written, and every block has read its conv windows
+    if (tid < VS) {
+        float total = 0.f;
+#pragma unroll
+        for (int r = 0; r < kDecodeSlices; ++r) total += *cluster_map(ssq, r);
+        const int j = j0 + tid;
+        const float out = o * (1.0f / sqrtf(total / (float)V + rms_eps)) * ld(w_norm[j]) * sigmoidf_(sz[tid]);
+        st(y + (size_t)n * HV + h * V + j, out);
+        const int c = h * V + j;   // shift this block's v conv windows
+        st(cv + c, v1); st(cv + HV + c, v2); st(cv + 2 * HV + c, v3);
+    }
+    if (tid < K && tid % kDecodeSlices == slice) {   // q/k windows: each channel written by exactly one block
+        const int c = h * K + tid;
+        st(cq + c, q1); st(cq + HK + c, q2); st(cq + 2 * HK + c, q3);
+        st(ck + c, k1); st(ck + HK + c, k2); st(ck + 2 * HK + c, k3);
+    }
+    cluster_sync();   // no block leaves while another may still read its shared memory
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Chunk-local work (see MATH). Block (c, h); the chunk's sequence is found by binary search over chunk_offsets.
+template <typename Tin>
+__device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, const int* __restrict__ cu_seqlens,
+    const int* __restrict__ chunk_offsets, const Tin* __restrict__ q, const Tin* __restrict__ k,
+    const Tin* __restrict__ v, const float* __restrict__ g, const float* __restrict__ beta, float* __restrict__ w_out,
+    float* __restrict__ u_out, float* __restrict__ a_out, float* __restrict__ qg_out, float* __restrict__ kg_out,
+    float* __restrict__ gamma_out) {
+    const int c = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
+    int lo = 0, hi = num_seqs - 1;   // the last sequence whose first chunk is ≤ c (skips empty sequences)
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (chunk_offsets[mid] <= c) lo = mid; else hi = mid - 1;
+    }
+    const int t0 = cu_seqlens[lo] + (c - chunk_offsets[lo]) * kChunk;
+    const int len = min(kChunk, cu_seqlens[lo + 1] - t0);
+    const int LD = K + 1;   // odd row stride: the pair loop reads 8 rows at once without bank conflicts
+
+    float* sk = smem();                  // [64][LD] k̂
+    float* sq = sk + kChunk * LD;        // [64][LD] q̂
+    float* sg = sq + kChunk * LD;        // [64][LD] g, then G (log2 units); rows ≥ len hold G_last
+    float* sl = sg + kChunk * LD;        // [64][64] L
+    float* sb = sl + kChunk * kChunk;    // [64] β (0 past the end)
+    float* snorm = sb + kChunk;          // [128] 1/‖q_r‖·K^-½, then 1/‖k_r‖
+
+    for (int i = tid; i < kChunk * K; i += kIntraThreads) {
+        const int r = i / K, d = i % K;
+        const bool in = r < len;
+        const size_t x = ((size_t)(t0 + r) * H + h) * K + d;
+        sk[r * LD + d] = in ? ld(k[x]) : 0.f;
+        sq[r * LD + d] = in ? ld(q[x]) : 0.f;
+        sg[r * LD + d] = in ? g[x] * kLog2e : 0.f;
+    }
+    if (tid < kChunk) sb[tid] = tid < len ? beta[(size_t)(t0 + tid) * H + h] : 0.f;
+    __syncthreads();
+    // L2-normalise the rows (q also scaled by K^-½) in fp32, like the decode step, so prefill and decode agree.
+    if (tid < 2 * kChunk) {
+        float* row = (tid < kChunk ? sq : sk) + (tid % kChunk) * LD;
+        float ss = 0.f;
+        for (int d = 0; d < K; ++d) ss += row[d] * row[d];
+        snorm[tid] = 1.0f / sqrtf(ss + kL2Eps) * (tid < kChunk ? 1.0f / sqrtf((float)K) : 1.0f);
+    }
+    __syncthreads();
+    for (int i = tid; i < kChunk * K; i += kIntraThreads) {
+        const int r = i / K, d = i % K;
+        sq[r * LD + d] *= snorm[r];
+        sk[r * LD + d] *= snorm[kChunk + r];
+    }
+    if (tid < K) {
+        float run = 0.f;
+        for (int r = 0; r < kChunk; ++r) {
+            run += sg[r * LD + tid];   // rows ≥ len add 0
+            sg[r * LD + tid] = run;
+        }
+    }
+    __syncthreads();
+
+    const size_t cc = (size_t)c * H + h;
+    // QG, KG, γ (rows ≥ len are 0 because q̂, k̂ are).
+    for (int i = tid; i < kChunk * K; i += kIntraThreads) {
+        const int r = i / K, d = i % K;
+        const float G = sg[r * LD + d], Gl = sg[(kChunk - 1) * LD + d];
+        qg_out[cc * kChunk * K + i] = sq[r * LD + d] * exp2f(G);
+        kg_out[cc * kChunk * K + i] = sk[r * LD + d] * exp2f(Gl - G);
+    }
+    if (tid < K) gamma_out[cc * K + tid] = exp2f(sg[(kChunk - 1) * LD + tid]);
+
+    // L and A, one 2^(G_r − G_s) per (r, s, d) shared by both. Thread: rows r1 and 63 − r1 (balances the triangle),
+    // columns s ≡ tid (mod 8).
+    {
+        const int r1 = tid >> 3, s0 = tid & 7;
+        float* a_blk = a_out + cc * kChunk * kChunk;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int r = half ? kChunk - 1 - r1 : r1;
+#pragma unroll
+            for (int m = 0; m < 8; ++m) {
+                const int s = s0 + 8 * m;
+                float kk = 0.f, qk = 0.f;
+                if (s <= r) {
+                    for (int d = 0; d < K; ++d) {
+                        const float ks = sk[s * LD + d] * exp2f(sg[r * LD + d] - sg[s * LD + d]);
+                        kk += sk[r * LD + d] * ks;
+                        qk += sq[r * LD + d] * ks;
+                    }
+                }
+                sl[r * kChunk + s] = s < r ? sb[r] * kk : 0.f;
+                a_blk[r * kChunk + s] = qk;   // 0 above the diagonal
+            }
+        }
+    }
+    __syncthreads();
+
+    // Forward substitution, one column per thread: columns [0, K) solve W, [K, K+V) solve U.
+    if (tid < K + V) {
+        const bool is_w = tid < K;
+        const int col = is_w ? tid : tid - K;
+        float x[kChunk];
+#pragma unroll
+        for (int r = 0; r < kChunk; ++r) {
+            if (is_w) x[r] = sb[r] * sk[r * LD + col] * exp2f(sg[r * LD + col]);
+            else x[r] = r < len ? sb[r] * ld(v[((size_t)(t0 + r) * H + h) * V + col]) : 0.f;
+        }
+#pragma unroll
+        for (int r = 1; r < kChunk; ++r) {
+            float acc = x[r];
+#pragma unroll
+            for (int s = 0; s < r; ++s) acc = fmaf(-sl[r * kChunk + s], x[s], acc);
+            x[r] = acc;
+        }
+        float* dst = is_w ? w_out + cc * kChunk * K : u_out + cc * kChunk * V;
+        const int ld_dst = is_w ? K : V;
+#pragma unroll
+        for (int r = 0; r < kChunk; ++r) dst[r * ld_dst + col] = x[r];
+    }
+}
+
+// Copies a [rows][cols] fp32 tile (cols % 4 == 0) from global (row stride src_ld) into shared (row stride dst_ld).
+__device__ __forceinline__ void load_tile(float* dst, int dst_ld, const float* __restrict__ src, int src_ld, int rows,
+    int cols, int tid, int nthreads) {
+    const int c4 = cols / 4;
+    for (int i = tid; i < rows * c4; i += nthreads) {
+        const int r = i / c4, c = (i % c4) * 4;
+        *reinterpret_cast<float4*>(dst + r * dst_ld + c) = *reinterpret_cast<const float4*>(src + (size_t)r * src_ld + c);
+    }
+}
+
+// The sequential scan over one sequence's chunks for a 32-column slice of one head's state (see MATH).
+template <typename Tin>
+__device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __restrict__ cu_seqlens,
+    const int* __restrict__ chunk_offsets, const float* __restrict__ w_in, const float* __restrict__ u_in,
+    const float* __restrict__ a_in, const float* __restrict__ qg_in, const float* __restrict__ kg_in,
+    const float* __restrict__ gamma_in, float* state, Tin* __restrict__ o) {
+    const int slice = blockIdx.x, h = blockIdx.y, n = blockIdx.z, tid = threadIdx.x;
+    const int j0 = slice * kPrefillCols;
+    const int tok0 = cu_seqlens[n], T = cu_seqlens[n + 1] - tok0;
+    const int c0 = chunk_offsets[n], nchunks = chunk_offsets[n + 1] - c0;
+    const int SLD = K + 4, ALD = kChunk + 4;
+
+    float* ss = smem();                        // [K][32] state slice
+    float* stg = ss + K * kPrefillCols;        // [64][K+4] W, then QG, then KG
+    float* sa = stg + kChunk * SLD;            // [64][68] A
+    float* sv = sa + kChunk * ALD;             // [64][32] U, then Vn
+    float* sgam = sv + kChunk * kPrefillCols;  // [K] γ
+
+    float* S = state + ((size_t)n * H + h) * K * V + j0;
+    float srow[kPrefillCols];   // thread d < K keeps state row d of the slice
+    if (tid < K) {
+#pragma unroll
+        for (int j = 0; j < kPrefillCols; j += 4) {
+            const float4 t = *reinterpret_cast<const float4*>(S + (size_t)tid * V + j);
+            srow[j] = t.x; srow[j + 1] = t.y; srow[j + 2] = t.z; srow[j + 3] = t.w;
+            *reinterpret_cast<float4*>(ss + tid * kPrefillCols + j) = t;
+        }
+    }
+    const int r = tid >> 1, jh = (tid & 1) * 16;   // (a), (b): row r, 16 columns from jh
+
+    for (int ci = 0; ci < nchunks; ++ci) {
+        const size_t cc = (size_t)(c0 + ci) * H + h;
+        const int len = min(kChunk, T - ci * kChunk);
+        __syncthreads();   // the previous chunk is done with every shared buffer
+        load_tile(stg, SLD, w_in + cc * kChunk * K, K, kChunk, K, tid, kPrefillThreads);
+        load_tile(sv, kPrefillCols, u_in + cc * kChunk * V + j0, V, kChunk, kPrefillCols, tid, kPrefillThreads);
+        load_tile(sa, ALD, a_in + cc * kChunk * kChunk, kChunk, kChunk, kChunk, tid, kPrefillThreads);
+        __syncthreads();
+
+        // (a) Vn = U − W·S
+        float acc[16];
+#pragma unroll
+        for (int j = 0; j < 16; ++j) acc[j] = sv[r * kPrefillCols + jh + j];
+        for (int d = 0; d < K; d += 4) {
+            const float4 w4 = *reinterpret_cast<const float4*>(stg + r * SLD + d);
+            const float wv[4] = {w4.x, w4.y, w4.z, w4.w};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float* srw = ss + (d + e) * kPrefillCols + jh;
+#pragma unroll
+                for (int j = 0; j < 16; j += 4) {
+                    const float4 s4 = *reinterpret_cast<const float4*>(srw + j);
+                    acc[j] -= wv[e] * s4.x; acc[j + 1] -= wv[e] * s4.y;
+                    acc[j + 2] -= wv[e] * s4.z; acc[j + 3] -= wv[e] * s4.w;
+                }
+            }
+        }
+        __syncthreads();   // everyone has read U and W
+#pragma unroll
+        for (int j = 0; j < 16; ++j) sv[r * kPrefillCols + jh + j] = acc[j];
+        load_tile(stg, SLD, qg_in + cc * kChunk * K, K, kChunk, K, tid, kPrefillThreads);
+        __syncthreads();
+
+        // (b) O = QG·S + A·Vn
+#pragma unroll
+        for (int j = 0; j < 16; ++j) acc[j] = 0.f;
+        for (int d = 0; d < K; d += 4) {
+            const float4 q4 = *reinterpret_cast<const float4*>(stg + r * SLD + d);
+            const float qv[4] = {q4.x, q4.y, q4.z, q4.w};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float* srw = ss + (d + e) * kPrefillCols + jh;
+#pragma unroll
+                for (int j = 0; j < 16; j += 4) {
+                    const float4 s4 = *reinterpret_cast<const float4*>(srw + j);
+                    acc[j] += qv[e] * s4.x; acc[j + 1] += qv[e] * s4.y;
+                    acc[j + 2] += qv[e] * s4.z; acc[j + 3] += qv[e] * s4.w;
+                }
+            }
+        }
+        for (int s = 0; s <= r; s += 4) {   // A is 0 above the diagonal, so whole groups of 4 are safe
+            const float4 a4 = *reinterpret_cast<const float4*>(sa + r * ALD + s);
+            const float av[4] = {a4.x, a4.y, a4.z, a4.w};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float* vrw = sv + (s + e) * kPrefillCols + jh;
+#pragma unroll
+                for (int j = 0; j < 16; j += 4) {
+                    const float4 v4 = *reinterpret_cast<const float4*>(vrw + j);
+                    acc[j] += av[e] * v4.x; acc[j + 1] += av[e] * v4.y;
+                    acc[j + 2] += av[e] * v4.z; acc[j + 3] += av[e] * v4.w;
+                }
+            }
+        }
+        if (r < len) {
+            Tin* orow = o + ((size_t)(tok0 + ci * kChunk + r) * H + h) * V + j0 + jh;
+#pragma unroll
+            for (int j = 0; j < 16; ++j) st(orow + j, acc[j]);
+        }
+        __syncthreads();   // everyone has read QG and the old state
+        load_tile(stg, SLD, kg_in + cc * kChunk * K, K, kChunk, K, tid, kPrefillThreads);
+        if (tid < K) sgam[tid] = gamma_in[cc * K + tid];
+        __syncthreads();
+
+        // (c) S ← Diag(γ)·S + KGᵀ·Vn, row d = tid
+        if (tid < K) {
+            const float gm = sgam[tid];
+#pragma unroll
+            for (int j = 0; j < kPrefillCols; ++j) srow[j] *= gm;
+            for (int rr = 0; rr < kChunk; ++rr) {
+                const float kgv = stg[rr * SLD + tid];
+                const float* vrw = sv + rr * kPrefillCols;
+#pragma unroll
+                for (int j = 0; j < kPrefillCols; j += 4) {
+                    const float4 v4 = *reinterpret_cast<const float4*>(vrw + j);
+                    srow[j] += kgv * v4.x; srow[j + 1] += kgv * v4.y;
+                    srow[j + 2] += kgv * v4.z; srow[j + 3] += kgv * v4.w;
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < kPrefillCols; j += 4)
+                *reinterpret_cast<float4*>(ss + tid * kPrefillCols + j) = make_float4(srow[j], srow[j + 1], srow[j + 2], srow[j + 3]);
+        }
+    }
+    if (tid < K) {
+#pragma unroll
+        for (int j = 0; j < kPrefillCols; j += 4)
+            *reinterpret_cast<float4*>(S + (size_t)tid * V + j) = make_float4(srow[j], srow[j + 1], srow[j + 2], srow[j + 3]);
+    }
+}
+
+}  // namespace kda
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Entry points: kimi_kda_<op>_<dtype>. bf16 = bf16 activations and weights with fp32 gate parameters, gates and state;
+// f32 = everything fp32 (the accuracy reference path).
+#define KDA_DECODE_ENTRY(NAME, T)                                                                                      \
+    extern "C" __global__ void __cluster_dims__(4, 1, 1) __launch_bounds__(kda::kDecodeThreads)     \
+        NAME(int H, int K, int V, float rms_eps, const T* pq, const T* pk, const T* pv, const T* pf, const T* pb,      \
+            const T* pz, const T* wq, const T* wk, const T* wv, const float* a_log, const float* dt_bias,              \
+            const T* w_norm, T* conv_q, T* conv_k, T* conv_v, float* state, T* y) {                                   \
+        kda::decode_step<T>(H, K, V, rms_eps, pq, pk, pv, pf, pb, pz, wq, wk, wv, a_log, dt_bias, w_norm, conv_q,     \
+            conv_k, conv_v, state, y);                                                                                 \
+    }
+KDA_DECODE_ENTRY(kimi_kda_decode_step_bf16, __nv_bfloat16)
+KDA_DECODE_ENTRY(kimi_kda_decode_step_f32, float)
+
+#define KDA_INTRA_ENTRY(NAME, T)                                                                                       \
+    extern "C" __global__ void __launch_bounds__(kda::kIntraThreads) NAME(int H, int K, int V, int num_seqs,          \
+        const int* cu_seqlens, const int* chunk_offsets, const T* q, const T* k, const T* v, const float* g,          \
+        const float* beta, float* w_out, float* u_out, float* a_out, float* qg_out, float* kg_out, float* gamma_out) { \
+        kda::chunk_intra<T>(H, K, V, num_seqs, cu_seqlens, chunk_offsets, q, k, v, g, beta, w_out, u_out, a_out,      \
+            qg_out, kg_out, gamma_out);                                                                                \
+    }
+KDA_INTRA_ENTRY(kimi_kda_chunk_intra_bf16, __nv_bfloat16)
+KDA_INTRA_ENTRY(kimi_kda_chunk_intra_f32, float)
+
+#define KDA_PREFILL_ENTRY(NAME, T)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(kda::kPrefillThreads) NAME(int H, int K, int V,                      \
+        const int* cu_seqlens, const int* chunk_offsets, const float* w_in, const float* u_in, const float* a_in,     \
+        const float* qg_in, const float* kg_in, const float* gamma_in, float* state, T* o) {                          \
+        kda::chunk_prefill<T>(H, K, V, cu_seqlens, chunk_offsets, w_in, u_in, a_in, qg_in, kg_in, gamma_in, state, o); \
+    }
+KDA_PREFILL_ENTRY(kimi_kda_chunk_prefill_bf16, __nv_bfloat16)
+KDA_PREFILL_ENTRY(kimi_kda_chunk_prefill_f32, float)
