@@ -15,6 +15,8 @@
 //     L[r,s]   = β_r Σ_d k̂_r[d] k̂_s[d] 2^(G_r[d]−G_s[d])   (s < r)      A[r,s] = Σ_d q̂_r[d] k̂_s[d] 2^(G_r[d]−G_s[d])  (s ≤ r)
 //     (I + L)·W = β ⊙ (k̂ ⊙ 2^G)   and   (I + L)·U = β ⊙ v            (forward substitution: W = (I+L)⁻¹Diag(β)(k̂⊙2^G))
 //     QG = q̂ ⊙ 2^G,  KG = k̂ ⊙ 2^(G_last − G),  γ = 2^G_last
+//   kimi_kda_prepare_*       per token: conv + SiLU of q, k, v (carried window for the first 3 tokens), gate, β;
+//   kimi_kda_conv_window_update_*   then each sequence's window ← its last 3 pre-conv inputs;
 //   kimi_kda_chunk_prefill_* one block per (32-column slice of V, head, sequence), walks the sequence's chunks:
 //     Vn = U − W·S;   O = QG·S + A·Vn;   S ← Diag(γ)·S + KGᵀ·Vn
 //   The state's columns never mix (every product above is column-separable in V), which is why a V slice is a unit of
@@ -26,6 +28,9 @@
 //            a_log [H] fp32, dt_bias [H·K] fp32, w_norm [V]     gate parameters, o_norm weight
 //            conv_q, conv_k [N, 3, H·K], conv_v [N, 3, H·V]     last 3 pre-conv inputs, oldest first (read and updated)
 //            state [N, H, K, V] fp32 (read and updated),  y [N, H·V]
+//   prepare: pq, pk, pf [T, H·K], pv [T, H·V], pb [T, H] projection outputs (pre-conv), conv taps / a_log / dt_bias
+//            as for decode, conv_q, conv_k [N, 3, H·K], conv_v [N, 3, H·V] windows (read by prepare, rewritten by
+//            conv_window_update) → q, k [T, H, K], v [T, H, V] (as stored), g [T, H, K] fp32, beta [T, H] fp32.
 //   prefill: q, k [T, H, K] raw (after conv + SiLU; normalised in the kernel), v [T, H, V], g [T, H, K] fp32 log-decay,
 //            beta [T, H] fp32 (after the sigmoid), cu_seqlens [N+1] token offsets, chunk_offsets [N+1] where
 //            chunk_offsets[n] = Σ_{m<n} ceil(len_m / 64) (the host derives it from the lengths),
@@ -36,6 +41,7 @@
 //   decode_step:   grid (4, H, N), block 128, dynamic smem kDecodeSmemBytes; a cluster of the 4 blocks of one head
 //                  (compiled in, __cluster_dims__) each owns V/4 state columns and shares the RMSNorm sum through
 //                  distributed shared memory. Capturable in a CUDA graph (no host sync, no atomics, no scratch).
+//   prepare:       grid (T), block 256;  conv_window_update: grid (ceil(max(H·K, H·V) / 256), N), block 256.
 //   chunk_intra:   grid (NC, H), block 256, dynamic smem chunk_intra_smem_bytes(K) (> 48 KiB: raise the limit).
 //   chunk_prefill: grid (V/32, H, N), block 128, dynamic smem chunk_prefill_smem_bytes(K) (> 48 KiB).
 //
@@ -61,6 +67,7 @@ constexpr int kDecodeSlices = 4;         // blocks (= cluster size, __cluster_di
 constexpr int kIntraThreads = 256;
 constexpr int kPrefillThreads = 128;
 constexpr int kPrefillCols = 32;         // state columns per prefill block
+constexpr int kPrepareThreads = 256;
 
 // Dynamic shared memory, in floats: decode (q̂, k̂, decay [128] each, warp partials [4][32], slice vector [32], v [32],
 // z [32], the RMSNorm partial [4]); intra (k̂, q̂, G [64][K+1] each, L [64][64], β [64]); prefill (S slice [K][32],
@@ -522,6 +529,63 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
     }
 }
 
+// ---------------------------------------------------------------------------------------------------------------------
+// Prefill pre-kernel: per token, the causal conv (+ SiLU, as stored) of q, k, v from the projection outputs, with the
+// sequence's carried window for its first 3 tokens; the gate g in fp32; β = sigmoid(b). Block t = one token.
+template <typename Tin>
+__device__ __forceinline__ void prepare(int H, int K, int V, int num_seqs, const int* __restrict__ cu_seqlens,
+    const Tin* __restrict__ pq, const Tin* __restrict__ pk, const Tin* __restrict__ pv, const Tin* __restrict__ pf,
+    const Tin* __restrict__ pb, const Tin* __restrict__ wq, const Tin* __restrict__ wk, const Tin* __restrict__ wv,
+    const float* __restrict__ a_log, const float* __restrict__ dt_bias, const Tin* __restrict__ conv_q,
+    const Tin* __restrict__ conv_k, const Tin* __restrict__ conv_v, Tin* __restrict__ q, Tin* __restrict__ k,
+    Tin* __restrict__ v, float* __restrict__ g, float* __restrict__ beta) {
+    const int t = blockIdx.x, tid = threadIdx.x, nthreads = blockDim.x;
+    int n = 0, hi = num_seqs - 1;   // the last sequence starting at or before t (skips empty sequences)
+    while (n < hi) {
+        const int mid = (n + hi + 1) >> 1;
+        if (cu_seqlens[mid] <= t) n = mid; else hi = mid - 1;
+    }
+    const int p = t - cu_seqlens[n];   // position inside the sequence
+    const int HK = H * K, HV = H * V;
+    // Input i steps back: from the batch, or from window slot 3 + p − i (slot 2 = the newest carried input).
+    auto back = [&](const Tin* x, const Tin* win, int C, int c, int i) {
+        return p >= i ? ld(x[(size_t)(t - i) * C + c]) : ld(win[((size_t)n * 3 + 3 + p - i) * C + c]);
+    };
+    for (int c = tid; c < HK; c += nthreads) {
+        const size_t x = (size_t)t * HK + c;
+        st(q + x, conv_silu(wq + 4 * c, back(pq, conv_q, HK, c, 3), back(pq, conv_q, HK, c, 2), back(pq, conv_q, HK, c, 1), ld(pq[x])));
+        st(k + x, conv_silu(wk + 4 * c, back(pk, conv_k, HK, c, 3), back(pk, conv_k, HK, c, 2), back(pk, conv_k, HK, c, 1), ld(pk[x])));
+        g[x] = -expf(a_log[c / K]) * softplusf_(ld(pf[x]) + dt_bias[c]);
+    }
+    for (int c = tid; c < HV; c += nthreads) {
+        const size_t x = (size_t)t * HV + c;
+        st(v + x, conv_silu(wv + 4 * c, back(pv, conv_v, HV, c, 3), back(pv, conv_v, HV, c, 2), back(pv, conv_v, HV, c, 1), ld(pv[x])));
+    }
+    for (int h = tid; h < H; h += nthreads) beta[(size_t)t * H + h] = sigmoidf_(ld(pb[(size_t)t * H + h]));
+}
+
+// After prepare (a separate launch, since prepare reads the old windows): each sequence's window becomes its last 3
+// pre-conv inputs, reaching back into the old window when the sequence is shorter than 3. Block (x, n), thread = channel.
+template <typename Tin>
+__device__ __forceinline__ void conv_window_update(int H, int K, int V, const int* __restrict__ cu_seqlens,
+    const Tin* __restrict__ pq, const Tin* __restrict__ pk, const Tin* __restrict__ pv, Tin* conv_q, Tin* conv_k,
+    Tin* conv_v) {
+    const int n = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+    const int t0 = cu_seqlens[n], len = cu_seqlens[n + 1] - t0;
+    auto update = [&](const Tin* x, Tin* win, int C) {
+        if (c >= C) return;
+#pragma unroll
+        for (int w = 0; w < 3; ++w) {   // slot w reads slot len + w > w of the old window: not yet overwritten
+            const int pos = len - 3 + w;
+            const Tin val = pos >= 0 ? x[(size_t)(t0 + pos) * C + c] : win[((size_t)n * 3 + len + w) * C + c];
+            win[((size_t)n * 3 + w) * C + c] = val;
+        }
+    };
+    update(pq, conv_q, H * K);
+    update(pk, conv_k, H * K);
+    update(pv, conv_v, H * V);
+}
+
 }  // namespace kda
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -556,3 +620,22 @@ KDA_INTRA_ENTRY(kimi_kda_chunk_intra_f32, float)
     }
 KDA_PREFILL_ENTRY(kimi_kda_chunk_prefill_bf16, __nv_bfloat16)
 KDA_PREFILL_ENTRY(kimi_kda_chunk_prefill_f32, float)
+
+#define KDA_PREPARE_ENTRY(NAME, T)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(kda::kPrepareThreads) NAME(int H, int K, int V, int num_seqs,        \
+        const int* cu_seqlens, const T* pq, const T* pk, const T* pv, const T* pf, const T* pb, const T* wq,          \
+        const T* wk, const T* wv, const float* a_log, const float* dt_bias, const T* conv_q, const T* conv_k,         \
+        const T* conv_v, T* q, T* k, T* v, float* g, float* beta) {                                                   \
+        kda::prepare<T>(H, K, V, num_seqs, cu_seqlens, pq, pk, pv, pf, pb, wq, wk, wv, a_log, dt_bias, conv_q, conv_k, \
+            conv_v, q, k, v, g, beta);                                                                                 \
+    }
+KDA_PREPARE_ENTRY(kimi_kda_prepare_bf16, __nv_bfloat16)
+KDA_PREPARE_ENTRY(kimi_kda_prepare_f32, float)
+
+#define KDA_WINDOW_ENTRY(NAME, T)                                                                                      \
+    extern "C" __global__ void __launch_bounds__(kda::kPrepareThreads) NAME(int H, int K, int V,                      \
+        const int* cu_seqlens, const T* pq, const T* pk, const T* pv, T* conv_q, T* conv_k, T* conv_v) {              \
+        kda::conv_window_update<T>(H, K, V, cu_seqlens, pq, pk, pv, conv_q, conv_k, conv_v);                           \
+    }
+KDA_WINDOW_ENTRY(kimi_kda_conv_window_update_bf16, __nv_bfloat16)
+KDA_WINDOW_ENTRY(kimi_kda_conv_window_update_f32, float)

@@ -251,11 +251,15 @@ template <> struct Kern<bf16> {
     static constexpr auto decode = kimi_kda_decode_step_bf16;
     static constexpr auto intra = kimi_kda_chunk_intra_bf16;
     static constexpr auto prefill = kimi_kda_chunk_prefill_bf16;
+    static constexpr auto prepare = kimi_kda_prepare_bf16;
+    static constexpr auto window = kimi_kda_conv_window_update_bf16;
 };
 template <> struct Kern<float> {
     static constexpr auto decode = kimi_kda_decode_step_f32;
     static constexpr auto intra = kimi_kda_chunk_intra_f32;
     static constexpr auto prefill = kimi_kda_chunk_prefill_f32;
+    static constexpr auto prepare = kimi_kda_prepare_f32;
+    static constexpr auto window = kimi_kda_conv_window_update_f32;
 };
 
 // Device-side prefill problem: offsets, inputs with NaN tails, NaN-filled scratch, NaN-poisoned output tail.
@@ -434,6 +438,28 @@ template <typename Tin> struct DecodeDev {
         CHECK_LAUNCH();
     }
 };
+// The pre-kernel and the window update on device: raw projections [T, ·] of a packed batch → prefill inputs in `pre`
+// (q, k, v, g, beta), windows of `dec` advanced past the batch.
+template <typename Tin> static void gpu_prepare(DevPool& pool, PrefillDev<Tin>& pre, DecodeDev<Tin>& dec,
+    const std::vector<float>& rq, const std::vector<float>& rk, const std::vector<float>& rv, const std::vector<float>& rf,
+    const std::vector<float>& rb) {
+    const int H = pre.H, K = pre.K, V = pre.V;
+    Tin *pq = pool.upload<Tin>(rq), *pk = pool.upload<Tin>(rk), *pv = pool.upload<Tin>(rv), *pf = pool.upload<Tin>(rf), *pb = pool.upload<Tin>(rb);
+    auto prepare = Kern<Tin>::prepare;
+    auto window = Kern<Tin>::window;
+    if (pre.T > 0) {
+        LAUNCH(prepare, 1, dim3(pre.T), dim3(kda::kPrepareThreads), 0, H, K, V, pre.N, (const int*)pre.cu, (const Tin*)pq,
+            (const Tin*)pk, (const Tin*)pv, (const Tin*)pf, (const Tin*)pb, (const Tin*)dec.wq, (const Tin*)dec.wk,
+            (const Tin*)dec.wv, (const float*)dec.a_log, (const float*)dec.dt_bias, (const Tin*)dec.cq, (const Tin*)dec.ck,
+            (const Tin*)dec.cv, pre.q, pre.k, pre.v, pre.g, pre.beta);
+        CHECK_LAUNCH();
+    }
+    const int C = std::max(H * K, H * V);
+    LAUNCH(window, 1, dim3((C + kda::kPrepareThreads - 1) / kda::kPrepareThreads, pre.N), dim3(kda::kPrepareThreads), 0,
+        H, K, V, (const int*)pre.cu, (const Tin*)pq, (const Tin*)pk, (const Tin*)pv, dec.cq, dec.ck, dec.cv);
+    CHECK_LAUNCH();
+}
+
 template <typename Tin> static LayerParams random_params(int H, int K, int V) {
     LayerParams P{H, K, V};
     P.wq = randn(size_t(H) * K * 4, 0.5); P.wk = randn(size_t(H) * K * 4, 0.5); P.wv = randn(size_t(H) * V * 4, 0.5);
@@ -494,18 +520,20 @@ template <typename Tin> static void test_decode(int N, int H, int K, int V, int 
     check_bool(name, gq == cq && gk == ck && gv == cv);
 }
 
-// Prefill of T0 tokens then `steps` fused decode steps == the reference, and == one prefill of all T0 + steps tokens.
+// Continuing sequences (random carried windows and state): prefill of T0 tokens from raw projections (pre-kernel,
+// window update, chunked prefill) then `steps` fused decode steps == the reference, and the state == one prefill of all
+// T0 + steps tokens (host-prepared inputs). The pre-kernel's outputs are checked against the reference too.
 template <typename Tin> static void test_prefill_then_decode(int N, int H, int K, int V, int T0, int steps) {
     const LayerParams P = random_params<Tin>(H, K, V);
     const size_t HK = size_t(H) * K, HV = size_t(H) * V;
     const int T = T0 + steps;
-    // Raw projections per sequence and token; windows start at zero (sequence start).
-    std::vector<TokenInputs> raw;
+    std::vector<float> w0q = randn(N * 3 * HK), w0k = randn(N * 3 * HK), w0v = randn(N * 3 * HV), s0 = randn(size_t(N) * HV * K, 0.3);
+    quant_all<Tin>(w0q); quant_all<Tin>(w0k); quant_all<Tin>(w0v);
+    std::vector<TokenInputs> raw;   // raw[t]: token t of every sequence
     for (int t = 0; t < T; ++t) raw.push_back(random_token<Tin>(N, H, K, V));
-    // Prefill inputs for all T tokens (conv + SiLU as stored, gate, β) exactly as the decode kernel forms them; the
-    // windows left after T0 tokens seed the decode steps.
+    // Host preparation of all T tokens (conv + SiLU as stored, gate, β) and the windows after T0 tokens.
     std::vector<float> pq(size_t(N) * T * HK), pk(pq.size()), pv(size_t(N) * T * HV), pg(pq.size()), pb(size_t(N) * T * H);
-    std::vector<float> win_q_end(N * 3 * HK), win_k_end(N * 3 * HK), win_v_end(N * 3 * HV);
+    std::vector<float> win_q(w0q), win_k(w0k), win_v(w0v);
     auto conv = [&](const std::vector<float>& w, std::vector<float>& win, const float* x, int C, float* out) {
         for (int c = 0; c < C; ++c) {
             const double acc = double(w[4 * c]) * win[c] + double(w[4 * c + 1]) * win[C + c] + double(w[4 * c + 2]) * win[2 * C + c] + double(w[4 * c + 3]) * x[c];
@@ -514,7 +542,7 @@ template <typename Tin> static void test_prefill_then_decode(int N, int H, int K
         }
     };
     for (int n = 0; n < N; ++n) {
-        std::vector<float> wq(3 * HK, 0.f), wk(3 * HK, 0.f), wv(3 * HV, 0.f);
+        std::vector<float> wq(&w0q[n * 3 * HK], &w0q[(n + 1) * 3 * HK]), wk(&w0k[n * 3 * HK], &w0k[(n + 1) * 3 * HK]), wv(&w0v[n * 3 * HV], &w0v[(n + 1) * 3 * HV]);
         for (int t = 0; t < T; ++t) {
             const TokenInputs& x = raw[t];
             const size_t row = size_t(n) * T + t;   // packed token index (sequence-major)
@@ -525,9 +553,9 @@ template <typename Tin> static void test_prefill_then_decode(int N, int H, int K
                 pg[row * HK + c] = float(-std::exp(double(P.a_log[c / K])) * softplus(double(x.f[n * HK + c]) + P.dt_bias[c]));
             for (int h = 0; h < H; ++h) pb[row * H + h] = float(sigm(x.b[size_t(n) * H + h]));
             if (t == T0 - 1) {
-                std::copy(wq.begin(), wq.end(), &win_q_end[n * 3 * HK]);
-                std::copy(wk.begin(), wk.end(), &win_k_end[n * 3 * HK]);
-                std::copy(wv.begin(), wv.end(), &win_v_end[n * 3 * HV]);
+                std::copy(wq.begin(), wq.end(), &win_q[n * 3 * HK]);
+                std::copy(wk.begin(), wk.end(), &win_k[n * 3 * HK]);
+                std::copy(wv.begin(), wv.end(), &win_v[n * 3 * HV]);
             }
         }
     }
@@ -536,14 +564,19 @@ template <typename Tin> static void test_prefill_then_decode(int N, int H, int K
         for (int n = 0; n < N; ++n) out.insert(out.end(), x.begin() + size_t(n) * T * w, x.begin() + (size_t(n) * T + Tn) * w);
         return out;
     };
-    const std::vector<float> zero_state(size_t(N) * HV * K, 0.f);
+    auto raw_first = [&](std::vector<float> TokenInputs::*field, size_t w) {   // raw inputs of the first T0 tokens, packed
+        std::vector<float> out;
+        for (int n = 0; n < N; ++n)
+            for (int t = 0; t < T0; ++t) out.insert(out.end(), (raw[t].*field).begin() + n * w, (raw[t].*field).begin() + (n + 1) * w);
+        return out;
+    };
     // Reference: the recurrence over the first T0 prepared tokens, then the fused-step reference for the rest.
-    std::vector<double> S_ref(zero_state.size(), 0.0), o_pre(size_t(N) * T0 * HV), y_ref(size_t(N) * steps * HV);
+    std::vector<double> S_ref(s0.begin(), s0.end()), o_pre(size_t(N) * T0 * HV), y_ref(size_t(N) * steps * HV);
     ref_core(std::vector<int>(N, T0), H, K, V, first(pq, HK, T0), first(pk, HK, T0), first(pv, HV, T0), first(pg, HK, T0),
         first(pb, H, T0), S_ref, o_pre);
     for (int n = 0; n < N; ++n) {
-        std::vector<float> wq(&win_q_end[n * 3 * HK], &win_q_end[(n + 1) * 3 * HK]), wk(&win_k_end[n * 3 * HK], &win_k_end[(n + 1) * 3 * HK]),
-            wv(&win_v_end[n * 3 * HV], &win_v_end[(n + 1) * 3 * HV]);
+        std::vector<float> wq(&win_q[n * 3 * HK], &win_q[(n + 1) * 3 * HK]), wk(&win_k[n * 3 * HK], &win_k[(n + 1) * 3 * HK]),
+            wv(&win_v[n * 3 * HV], &win_v[(n + 1) * 3 * HV]);
         for (int s = 0; s < steps; ++s) {
             const TokenInputs& x = raw[T0 + s];
             ref_decode_token<Tin>(P, &x.q[n * HK], &x.k[n * HK], &x.v[n * HV], &x.f[n * HK], &x.b[size_t(n) * H], &x.z[n * HV],
@@ -551,13 +584,33 @@ template <typename Tin> static void test_prefill_then_decode(int N, int H, int K
         }
     }
     DevPool pool;
-    // A: prefill T0 tokens, then decode steps with the windows the prefill leaves.
+    // A: pre-kernel + window update + chunked prefill over T0 tokens, then decode steps.
     PrefillDev<Tin> pre(pool, std::vector<int>(N, T0), H, K, V);
-    pre.load(first(pq, HK, T0), first(pk, HK, T0), first(pv, HV, T0), first(pg, HK, T0), first(pb, H, T0), zero_state);
+    DecodeDev<Tin> dec(pool, P, N, w0q, w0k, w0v, s0);
+    CK(cudaMemcpy(pre.state, dec.state, s0.size() * 4, cudaMemcpyDeviceToDevice));
+    gpu_prepare(pool, pre, dec, raw_first(&TokenInputs::q, HK), raw_first(&TokenInputs::k, HK), raw_first(&TokenInputs::v, HV),
+        raw_first(&TokenInputs::f, HK), raw_first(&TokenInputs::b, H));
     pre.run();
     CK(cudaDeviceSynchronize());
-    DecodeDev<Tin> dec(pool, P, N, win_q_end, win_k_end, win_v_end, zero_state);
-    CK(cudaMemcpy(dec.state, pre.state, zero_state.size() * 4, cudaMemcpyDeviceToDevice));
+    char name[128];
+    std::snprintf(name, sizeof name, "prepare %s N%d T0=%d H%d K%d V%d: conv q, k, v as stored", tname<Tin>(), N, T0, H, K, V);
+    {
+        const size_t nk = size_t(N) * T0 * HK, nv = size_t(N) * T0 * HV;
+        std::vector<float> gq = download(pre.q, nk), gk = download(pre.k, nk), gv = download(pre.v, nv);
+        gq.insert(gq.end(), gk.begin(), gk.end()); gq.insert(gq.end(), gv.begin(), gv.end());
+        std::vector<float> rq = first(pq, HK, T0), rk = first(pk, HK, T0), rv = first(pv, HV, T0);
+        rq.insert(rq.end(), rk.begin(), rk.end()); rq.insert(rq.end(), rv.begin(), rv.end());
+        check(name, rel_err_f(gq, rq), tol<Tin>());
+        std::snprintf(name, sizeof name, "prepare %s: gate g and beta", tname<Tin>());
+        std::vector<float> gg = download(pre.g, nk), gb = download(pre.beta, size_t(N) * T0 * H);
+        gg.insert(gg.end(), gb.begin(), gb.end());
+        std::vector<float> rg = first(pg, HK, T0), rb = first(pb, H, T0);
+        rg.insert(rg.end(), rb.begin(), rb.end());
+        check(name, rel_err_f(gg, rg), 1e-5);
+        std::snprintf(name, sizeof name, "conv window update %s: windows after T0 tokens exact", tname<Tin>());
+        check_bool(name, download(dec.cq, win_q.size()) == win_q && download(dec.ck, win_k.size()) == win_k && download(dec.cv, win_v.size()) == win_v);
+    }
+    CK(cudaMemcpy(dec.state, pre.state, s0.size() * 4, cudaMemcpyDeviceToDevice));
     double worst = 0;
     for (int s = 0; s < steps; ++s) {
         const TokenInputs& x = raw[T0 + s];
@@ -570,14 +623,13 @@ template <typename Tin> static void test_prefill_then_decode(int N, int H, int K
         const double e = rel_err(y, std::is_same<Tin, bf16>::value ? as_stored<Tin>(yr) : yr);
         worst = (std::isnan(e) || e > worst) ? e : worst;
     }
-    const std::vector<float> sA = download(dec.state, zero_state.size());
-    // B: one prefill of all T tokens.
+    const std::vector<float> sA = download(dec.state, s0.size());
+    // B: one prefill of all T tokens from the same initial state.
     PrefillDev<Tin> all(pool, std::vector<int>(N, T), H, K, V);
-    all.load(pq, pk, pv, pg, pb, zero_state);
+    all.load(pq, pk, pv, pg, pb, s0);
     all.run();
     CK(cudaDeviceSynchronize());
-    const std::vector<float> sB = download(all.state, zero_state.size());
-    char name[128];
+    const std::vector<float> sB = download(all.state, s0.size());
     std::snprintf(name, sizeof name, "prefill(%d)+%d decode %s N%d H%d K%d V%d: decode y", T0, steps, tname<Tin>(), N, H, K, V);
     check(name, worst, tol<Tin>());
     std::snprintf(name, sizeof name, "prefill(%d)+%d decode %s: state vs reference", T0, steps, tname<Tin>());
@@ -710,6 +762,7 @@ int main(int argc, char** argv) {
     test_prefill_then_decode<float>(2, 2, 128, 128, 70, 3);
     test_prefill_then_decode<bf16>(2, 2, 128, 128, 70, 3);
     test_prefill_then_decode<float>(1, 2, 64, 64, 37, 2);
+    test_prefill_then_decode<bf16>(3, 2, 64, 64, 2, 2);   // sequences shorter than the conv window
     if (!quick) test_prefill_random<bf16>(32, 128, 128, {4096}, false);   // the benchmark's B=1 shape, validated
     std::printf("%d passed, %d failed\n", g_pass, g_fail);
 
