@@ -65,20 +65,20 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kDecodeThreads = 128;
 constexpr int kDecodeSlices = 4;         // blocks (= cluster size, __cluster_dims__ below) per head in the decode step
 constexpr int kIntraThreads = 256;
-constexpr int kPrefillThreads = 128;
+constexpr int kPrefillThreads = 128;      // the scan's thread tiles below assume 128 threads and 32 columns
 constexpr int kPrefillCols = 32;         // state columns per prefill block
 constexpr int kPrepareThreads = 256;
 
-// Dynamic shared memory, in floats: decode (q̂, k̂, decay [128] each, warp partials [4][32], slice vector [32], v [32],
-// z [32], the RMSNorm partial [4]); intra (k̂, q̂, G [64][K+1] each, L [64][64], β [64]); prefill (S slice [K][32],
-// stage [64][K+4], A [64][68], U then Vn [64][32], γ [K]); intra also keeps the row norms [128].
-constexpr int kDecodeSmemFloats = 3 * 128 + 4 * 32 + 32 + 32 + 32 + 4;
+// Dynamic shared memory, in floats: decode (state slice [128][32], q̂, k̂, decay [128] each, warp partials [4][32],
+// slice vector [32], v [32], gate·weight [32], the RMSNorm partial [4]); intra (k̂, q̂, G [64][K+1] each, L [64][64], β [64]); prefill (S slice [K][32],
+// two stages [64][K+4], A [64][68], U and Vn [64][32], γ [K]); intra also keeps the row norms [128].
+constexpr int kDecodeSmemFloats = 128 * 32 + 3 * 128 + 4 * 32 + 32 + 32 + 32 + 4;
 constexpr size_t kDecodeSmemBytes = kDecodeSmemFloats * sizeof(float);
 __host__ __device__ constexpr size_t chunk_intra_smem_bytes(int K) {
     return sizeof(float) * (3 * kChunk * (K + 1) + kChunk * kChunk + 3 * kChunk);
 }
 __host__ __device__ constexpr size_t chunk_prefill_smem_bytes(int K) {
-    return sizeof(float) * (K * kPrefillCols + kChunk * (K + 4) + kChunk * 68 + kChunk * kPrefillCols + K);
+    return sizeof(float) * (K * kPrefillCols + 2 * kChunk * (K + 4) + kChunk * 68 + 2 * kChunk * kPrefillCols + K);
 }
 
 __device__ __forceinline__ float ld(float x) { return x; }
@@ -112,6 +112,31 @@ __device__ __forceinline__ float* cluster_map(float* p, unsigned rank) {
 }
 #endif
 
+// cp.async (16 bytes, global → shared, bypassing registers and L1): many copies in flight per thread, completion
+// awaited per commit group.
+__device__ __forceinline__ void cp_async16(float* dst_shared, const float* src) {
+#ifdef KDA_EMULATE
+    emu_cp_async16(dst_shared, src);
+#else
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst_shared);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef KDA_EMULATE
+    emu_cp_async_commit();
+#else
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+template <int N> __device__ __forceinline__ void cp_async_wait() {   // until at most N groups are pending
+#ifdef KDA_EMULATE
+    emu_cp_async_wait(N);
+#else
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
 // One token of the causal depthwise conv (taps w[0..3], w[3] on the current input x3) + SiLU, as stored.
 template <typename Tin>
 __device__ __forceinline__ float conv_silu(const Tin* w, float x0, float x1, float x2, float x3) {
@@ -121,8 +146,9 @@ __device__ __forceinline__ float conv_silu(const Tin* w, float x0, float x1, flo
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Fused decode step. Block (slice, h, n) owns state columns [slice·V/4, (slice+1)·V/4) of head h of sequence n.
-// Thread layout over its K × V/4 slice: ncg = V/16 column groups of 4 (one float4), 128/ncg row groups; thread
-// (rg, cg) holds rows rg, rg + nrg, … (≤ 8 of them) in registers, loaded first so their latency hides the prologue.
+// Its K × V/4 slice is copied to shared memory with cp.async first (so its latency hides the prologue, and registers
+// stay few enough for ~12 blocks per SM: at large B the step is a pure stream of the state). Thread layout over the
+// slice: ncg = V/16 column groups of 4 (one float4), 128/ncg row groups; thread (rg, cg) works on rows rg, rg + nrg, …
 template <typename Tin>
 __device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, const Tin* __restrict__ pq,
     const Tin* __restrict__ pk, const Tin* __restrict__ pv, const Tin* __restrict__ pf, const Tin* __restrict__ pb,
@@ -136,22 +162,23 @@ __device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, 
     const int HK = H * K, HV = H * V;
 
     float* sm = smem();
-    float* sq = sm;                 // [128] q̂
-    float* sk = sm + 128;           // [128] k̂
-    float* sa = sm + 256;           // [128] exp(g)
-    float* sred = sm + 384;         // [4 warps][32] partial sums
-    float* sx = sm + 512;           // [32] β·r for the slice's columns
-    float* sv = sm + 544;           // [32] v after conv
-    float* sz = sm + 576;           // [32] output-gate logits
-    float* ssq = sm + 608;          // [1] Σ o² over the slice (read by the cluster)
+    float* sst = sm;                // [K][VS] the state slice
+    float* sq = sm + 128 * 32;      // [128] q̂
+    float* sk = sq + 128;           // [128] k̂
+    float* sa = sk + 128;           // [128] exp(g)
+    float* sred = sa + 128;         // [4 warps][32] partial sums
+    float* sx = sred + 128;         // [32] β·r for the slice's columns
+    float* sv = sx + 32;            // [32] v after conv
+    float* sz = sv + 32;            // [32] sigmoid(z)·w_norm: the output gate and norm weight
+    float* ssq = sz + 32;           // [1] Σ o² over the slice (read by the cluster)
 
-    float* S = state + ((size_t)n * H + h) * K * V;
-    float4 s[8];
+    float* S = state + ((size_t)n * H + h) * K * V + j0;
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
         const int d = rg + i * nrg;
-        s[i] = d < K ? *reinterpret_cast<const float4*>(S + (size_t)d * V + j0 + 4 * cg) : make_float4(0.f, 0.f, 0.f, 0.f);
+        if (d < K) cp_async16(sst + d * VS + 4 * cg, S + (size_t)d * V + 4 * cg);
     }
+    cp_async_commit();
 
     // Prologue: conv + SiLU of q and k (all K channels of the head: the L2 norm needs them), gate, v and z of the slice.
     Tin* cq = conv_q + (size_t)n * 3 * HK;
@@ -175,7 +202,7 @@ __device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, 
         const float v0 = ld(cv[c]);
         v1 = ld(cv[HV + c]); v2 = ld(cv[2 * HV + c]); v3 = ld(pv[(size_t)n * HV + c]);
         sv[tid] = conv_silu(wv + 4 * c, v0, v1, v2, v3);
-        sz[tid] = ld(pz[(size_t)n * HV + c]);
+        sz[tid] = sigmoidf_(ld(pz[(size_t)n * HV + c])) * ld(w_norm[j0 + tid]);
     }
     const float beta = sigmoidf_(ld(pb[(size_t)n * H + h]));
     float qq = qv * qv, kk = kv * kv;
@@ -191,6 +218,7 @@ __device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, 
         sq[tid] = qv / sqrtf(qn + kL2Eps) * (1.0f / sqrtf((float)K));
         sk[tid] = kv / sqrtf(kn + kL2Eps);
     }
+    cp_async_wait<0>();   // this thread's state rows (it reads only what it copied)
     __syncthreads();
 
     // r = v − (Diag(α)S)ᵀ k̂ over the slice's columns.
@@ -199,9 +227,9 @@ __device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, 
     for (int i = 0; i < 8; ++i) {
         const int d = rg + i * nrg;
         if (d < K) {
+            const float4 s4 = *reinterpret_cast<const float4*>(sst + d * VS + 4 * cg);
             const float a = sa[d], kd = sk[d];
-            s[i].x *= a; s[i].y *= a; s[i].z *= a; s[i].w *= a;
-            acc.x += s[i].x * kd; acc.y += s[i].y * kd; acc.z += s[i].z * kd; acc.w += s[i].w * kd;
+            acc.x += (s4.x * a) * kd; acc.y += (s4.y * a) * kd; acc.z += (s4.z * a) * kd; acc.w += (s4.w * a) * kd;
         }
     }
     for (int off = ncg; off < 32; off <<= 1) {
@@ -218,17 +246,18 @@ __device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, 
     if (tid < VS) sx[tid] = beta * (sv[tid] - (sred[tid] + sred[32 + tid] + sred[64 + tid] + sred[96 + tid]));
     __syncthreads();
 
-    // S += k̂ ⊗ βr, write the state back, o = Sᵀq̂.
+    // S = Diag(α)S + k̂ ⊗ βr, written straight back to global; o = Sᵀq̂.
     const float4 br = reinterpret_cast<const float4*>(sx)[cg];
     acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
         const int d = rg + i * nrg;
         if (d < K) {
-            const float kd = sk[d], qd = sq[d];
-            s[i].x += kd * br.x; s[i].y += kd * br.y; s[i].z += kd * br.z; s[i].w += kd * br.w;
-            *reinterpret_cast<float4*>(S + (size_t)d * V + j0 + 4 * cg) = s[i];
-            acc.x += s[i].x * qd; acc.y += s[i].y * qd; acc.z += s[i].z * qd; acc.w += s[i].w * qd;
+            float4 s4 = *reinterpret_cast<const float4*>(sst + d * VS + 4 * cg);
+            const float a = sa[d], kd = sk[d], qd = sq[d];
+            s4.x = s4.x * a + kd * br.x; s4.y = s4.y * a + kd * br.y; s4.z = s4.z * a + kd * br.z; s4.w = s4.w * a + kd * br.w;
+            *reinterpret_cast<float4*>(S + (size_t)d * V + 4 * cg) = s4;
+            acc.x += s4.x * qd; acc.y += s4.y * qd; acc.z += s4.z * qd; acc.w += s4.w * qd;
         }
     }
     for (int off = ncg; off < 32; off <<= 1) {
@@ -258,8 +287,7 @@ __device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, 
 #pragma unroll
         for (int r = 0; r < kDecodeSlices; ++r) total += *cluster_map(ssq, r);
         const int j = j0 + tid;
-        const float out = o * (1.0f / sqrtf(total / (float)V + rms_eps)) * ld(w_norm[j]) * sigmoidf_(sz[tid]);
-        st(y + (size_t)n * HV + h * V + j, out);
+        st(y + (size_t)n * HV + h * V + j, o * (1.0f / sqrtf(total / (float)V + rms_eps)) * sz[tid]);
         const int c = h * V + j;   // shift this block's v conv windows
         st(cv + c, v1); st(cv + HV + c, v2); st(cv + 2 * HV + c, v3);
     }
@@ -296,13 +324,23 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     float* sb = sl + kChunk * kChunk;    // [64] β (0 past the end)
     float* snorm = sb + kChunk;          // [128] 1/‖q_r‖·K^-½, then 1/‖k_r‖
 
-    for (int i = tid; i < kChunk * K; i += kIntraThreads) {
-        const int r = i / K, d = i % K;
-        const bool in = r < len;
-        const size_t x = ((size_t)(t0 + r) * H + h) * K + d;
-        sk[r * LD + d] = in ? ld(k[x]) : 0.f;
-        sq[r * LD + d] = in ? ld(q[x]) : 0.f;
-        sg[r * LD + d] = in ? g[x] * kLog2e : 0.f;
+    // Loads in batches of 8 per thread, all issued before the first shared store: latency, not bandwidth, bounds this.
+    for (int i0 = 0; i0 < kChunk * K; i0 += 8 * kIntraThreads) {
+        float kx[8], qx[8], gx[8];
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+            const int i = i0 + u * kIntraThreads + tid, r = i / K;
+            const bool in = i < kChunk * K && r < len;
+            const size_t x = ((size_t)(t0 + r) * H + h) * K + i % K;
+            kx[u] = in ? ld(k[x]) : 0.f;
+            qx[u] = in ? ld(q[x]) : 0.f;
+            gx[u] = in ? g[x] * kLog2e : 0.f;
+        }
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+            const int i = i0 + u * kIntraThreads + tid, r = i / K, d = i % K;
+            if (i < kChunk * K) { sk[r * LD + d] = kx[u]; sq[r * LD + d] = qx[u]; sg[r * LD + d] = gx[u]; }
+        }
     }
     if (tid < kChunk) sb[tid] = tid < len ? beta[(size_t)(t0 + tid) * H + h] : 0.f;
     __syncthreads();
@@ -338,28 +376,58 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     }
     if (tid < K) gamma_out[cc * K + tid] = exp2f(sg[(kChunk - 1) * LD + tid]);
 
-    // L and A, one 2^(G_r − G_s) per (r, s, d) shared by both. Thread: rows r1 and 63 − r1 (balances the triangle),
-    // columns s ≡ tid (mod 8).
+    // L and A, one 2^(G_r − G_s) per (r, s, d) shared by both. The 64×64 pairs form 16×16 tiles of 4×4: thread
+    // t < 136 computes the lower-triangle tile t (a-major: rows 4a.., columns 4b.., b ≤ a), loading 20 values per d for
+    // 16 pairs; the other 120 threads zero the strictly-upper tiles. On the diagonal tiles the exponent of the masked
+    // pairs (s > r) is clamped to 0 so nothing overflows (for s ≤ r it is ≤ 0 already: G never increases along a chunk).
+    static_assert(kIntraThreads == 136 + 120, "one thread per 4x4 tile of the 64x64 pair matrix");
     {
-        const int r1 = tid >> 3, s0 = tid & 7;
         float* a_blk = a_out + cc * kChunk * kChunk;
+        if (tid < 136) {
+            int ta = 0;
+            while ((ta + 1) * (ta + 2) / 2 <= tid) ++ta;
+            const int tb = tid - ta * (ta + 1) / 2;
+            float kk[4][4], qk[4][4];
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int r = half ? kChunk - 1 - r1 : r1;
+            for (int i = 0; i < 4; ++i)
 #pragma unroll
-            for (int m = 0; m < 8; ++m) {
-                const int s = s0 + 8 * m;
-                float kk = 0.f, qk = 0.f;
-                if (s <= r) {
-                    for (int d = 0; d < K; ++d) {
-                        const float ks = sk[s * LD + d] * exp2f(sg[r * LD + d] - sg[s * LD + d]);
-                        kk += sk[r * LD + d] * ks;
-                        qk += sq[r * LD + d] * ks;
-                    }
+                for (int j = 0; j < 4; ++j) { kk[i][j] = 0.f; qk[i][j] = 0.f; }
+            for (int d = 0; d < K; ++d) {
+                float kr[4], qr[4], gr[4], ks[4], gs[4];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    kr[i] = sk[(4 * ta + i) * LD + d]; qr[i] = sq[(4 * ta + i) * LD + d]; gr[i] = sg[(4 * ta + i) * LD + d];
+                    ks[i] = sk[(4 * tb + i) * LD + d]; gs[i] = sg[(4 * tb + i) * LD + d];
                 }
-                sl[r * kChunk + s] = s < r ? sb[r] * kk : 0.f;
-                a_blk[r * kChunk + s] = qk;   // 0 above the diagonal
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        const float e = ks[j] * exp2f(fminf(gr[i] - gs[j], 0.f));
+                        kk[i][j] += kr[i] * e;
+                        qk[i][j] += qr[i] * e;
+                    }
             }
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int r = 4 * ta + i, sc = 4 * tb + j;
+                    sl[r * kChunk + sc] = sc < r ? sb[r] * kk[i][j] : 0.f;
+                    a_blk[r * kChunk + sc] = sc <= r ? qk[i][j] : 0.f;
+                }
+        } else {   // strictly-upper tile (row tile ub, column tile ua > ub)
+            const int u = tid - 136;
+            int ua = 1;
+            while (ua * (ua + 1) / 2 <= u) ++ua;
+            const int ub = u - ua * (ua - 1) / 2;
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    sl[(4 * ub + i) * kChunk + 4 * ua + j] = 0.f;
+                    a_blk[(4 * ub + i) * kChunk + 4 * ua + j] = 0.f;
+                }
         }
     }
     __syncthreads();
@@ -388,144 +456,196 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     }
 }
 
-// Copies a [rows][cols] fp32 tile (cols % 4 == 0) from global (row stride src_ld) into shared (row stride dst_ld).
-__device__ __forceinline__ void load_tile(float* dst, int dst_ld, const float* __restrict__ src, int src_ld, int rows,
-    int cols, int tid, int nthreads) {
+// Starts copying a [rows][cols] fp32 tile (cols % 4 == 0) from global (row stride src_ld) into shared (row stride
+// dst_ld) with cp.async; the caller commits and waits.
+__device__ __forceinline__ void copy_tile_async(float* dst, int dst_ld, const float* __restrict__ src, int src_ld,
+    int rows, int cols, int tid, int nthreads) {
     const int c4 = cols / 4;
     for (int i = tid; i < rows * c4; i += nthreads) {
         const int r = i / c4, c = (i % c4) * 4;
-        *reinterpret_cast<float4*>(dst + r * dst_ld + c) = *reinterpret_cast<const float4*>(src + (size_t)r * src_ld + c);
+        cp_async16(dst + r * dst_ld + c, src + (size_t)r * src_ld + c);
     }
 }
 
 // The sequential scan over one sequence's chunks for a 32-column slice of one head's state (see MATH).
+// Per chunk i the three products run as phases (a) Vn = U − W·S, (b) O = QG·S + A·Vn, (c) S ← Diag(γ)S + KGᵀVn,
+// and each phase's cp.async prefetch of the next operand overlaps the current one:
+//   during (a): QG_i → stage Y;   during (b): KG_i → stage X (W_i is done), γ_i;
+//   during (c): W_{i+1} → stage Y, U_{i+1}, A_{i+1}   (X and Y swap roles every chunk).
+// Thread tiles: (a), (b) rows rg + 16m (m < 4, rg = tid / 8) × columns 4·(tid % 8) + 0..3; (c) state rows
+// dg + 32m (dg = tid / 4) × columns 8·(tid % 4) + 0..7, kept in registers across chunks.
 template <typename Tin>
 __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __restrict__ cu_seqlens,
     const int* __restrict__ chunk_offsets, const float* __restrict__ w_in, const float* __restrict__ u_in,
     const float* __restrict__ a_in, const float* __restrict__ qg_in, const float* __restrict__ kg_in,
     const float* __restrict__ gamma_in, float* state, Tin* __restrict__ o) {
+    constexpr int NT = kPrefillThreads, VC = kPrefillCols;
     const int slice = blockIdx.x, h = blockIdx.y, n = blockIdx.z, tid = threadIdx.x;
-    const int j0 = slice * kPrefillCols;
+    const int j0 = slice * VC;
     const int tok0 = cu_seqlens[n], T = cu_seqlens[n + 1] - tok0;
     const int c0 = chunk_offsets[n], nchunks = chunk_offsets[n + 1] - c0;
-    const int SLD = K + 4, ALD = kChunk + 4;
+    const int SLD = K + 4, ALD = kChunk + 4;   // padded rows: 4 consecutive rows hit 4 different bank quads
 
-    float* ss = smem();                        // [K][32] state slice
-    float* stg = ss + K * kPrefillCols;        // [64][K+4] W, then QG, then KG
-    float* sa = stg + kChunk * SLD;            // [64][68] A
-    float* sv = sa + kChunk * ALD;             // [64][32] U, then Vn
-    float* sgam = sv + kChunk * kPrefillCols;  // [K] γ
+    float* ss = smem();                  // [K][32] state slice
+    float* stx = ss + K * VC;            // [64][K+4] stage X
+    float* sty = stx + kChunk * SLD;     // [64][K+4] stage Y
+    float* sa = sty + kChunk * SLD;      // [64][68] A
+    float* su = sa + kChunk * ALD;       // [64][32] U
+    float* svn = su + kChunk * VC;       // [64][32] Vn
+    float* sgam = svn + kChunk * VC;     // [K] γ
 
     float* S = state + ((size_t)n * H + h) * K * V + j0;
-    float srow[kPrefillCols];   // thread d < K keeps state row d of the slice
-    if (tid < K) {
-#pragma unroll
-        for (int j = 0; j < kPrefillCols; j += 4) {
-            const float4 t = *reinterpret_cast<const float4*>(S + (size_t)tid * V + j);
-            srow[j] = t.x; srow[j + 1] = t.y; srow[j + 2] = t.z; srow[j + 3] = t.w;
-            *reinterpret_cast<float4*>(ss + tid * kPrefillCols + j) = t;
-        }
-    }
-    const int r = tid >> 1, jh = (tid & 1) * 16;   // (a), (b): row r, 16 columns from jh
+    for (int i = tid; i < K * (VC / 4); i += NT) cp_async16(ss + (i / 8) * VC + (i % 8) * 4, S + (size_t)(i / 8) * V + (i % 8) * 4);
+    auto prefetch_a = [&](int ci, float* stage) {   // W, U, A of chunk ci
+        const size_t cc = (size_t)(c0 + ci) * H + h;
+        copy_tile_async(stage, SLD, w_in + cc * kChunk * K, K, kChunk, K, tid, NT);
+        copy_tile_async(su, VC, u_in + cc * kChunk * V + j0, V, kChunk, VC, tid, NT);
+        copy_tile_async(sa, ALD, a_in + cc * kChunk * kChunk, kChunk, kChunk, kChunk, tid, NT);
+    };
+    if (nchunks > 0) prefetch_a(0, stx);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
 
+    const int dg = tid >> 2, cc8 = (tid & 3) * 8;   // (c) tile
+    float srow[4][8];
+#pragma unroll
+    for (int m = 0; m < 4; ++m)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) srow[m][j] = dg + 32 * m < K ? ss[(dg + 32 * m) * VC + cc8 + j] : 0.f;
+    const int rg = tid >> 3, cg4 = (tid & 7) * 4;    // (a), (b) tile
+
+    float* bx = stx;   // holds W_i at the top of iteration i
+    float* by = sty;
     for (int ci = 0; ci < nchunks; ++ci) {
         const size_t cc = (size_t)(c0 + ci) * H + h;
         const int len = min(kChunk, T - ci * kChunk);
-        __syncthreads();   // the previous chunk is done with every shared buffer
-        load_tile(stg, SLD, w_in + cc * kChunk * K, K, kChunk, K, tid, kPrefillThreads);
-        load_tile(sv, kPrefillCols, u_in + cc * kChunk * V + j0, V, kChunk, kPrefillCols, tid, kPrefillThreads);
-        load_tile(sa, ALD, a_in + cc * kChunk * kChunk, kChunk, kChunk, kChunk, tid, kPrefillThreads);
+        cp_async_wait<0>();   // W_i, U_i, A_i (and the state's previous update is in ss)
         __syncthreads();
+        copy_tile_async(by, SLD, qg_in + cc * kChunk * K, K, kChunk, K, tid, NT);
+        cp_async_commit();
 
         // (a) Vn = U − W·S
-        float acc[16];
+        float acc[4][4];
 #pragma unroll
-        for (int j = 0; j < 16; ++j) acc[j] = sv[r * kPrefillCols + jh + j];
+        for (int m = 0; m < 4; ++m)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) acc[m][c] = su[(rg + 16 * m) * VC + cg4 + c];
         for (int d = 0; d < K; d += 4) {
-            const float4 w4 = *reinterpret_cast<const float4*>(stg + r * SLD + d);
-            const float wv[4] = {w4.x, w4.y, w4.z, w4.w};
+            float w[4][4];
+#pragma unroll
+            for (int m = 0; m < 4; ++m) {
+                const float4 t = *reinterpret_cast<const float4*>(bx + (rg + 16 * m) * SLD + d);
+                w[m][0] = t.x; w[m][1] = t.y; w[m][2] = t.z; w[m][3] = t.w;
+            }
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const float* srw = ss + (d + e) * kPrefillCols + jh;
+                const float4 s4 = *reinterpret_cast<const float4*>(ss + (d + e) * VC + cg4);
 #pragma unroll
-                for (int j = 0; j < 16; j += 4) {
-                    const float4 s4 = *reinterpret_cast<const float4*>(srw + j);
-                    acc[j] -= wv[e] * s4.x; acc[j + 1] -= wv[e] * s4.y;
-                    acc[j + 2] -= wv[e] * s4.z; acc[j + 3] -= wv[e] * s4.w;
+                for (int m = 0; m < 4; ++m) {
+                    acc[m][0] -= w[m][e] * s4.x; acc[m][1] -= w[m][e] * s4.y;
+                    acc[m][2] -= w[m][e] * s4.z; acc[m][3] -= w[m][e] * s4.w;
                 }
             }
         }
-        __syncthreads();   // everyone has read U and W
 #pragma unroll
-        for (int j = 0; j < 16; ++j) sv[r * kPrefillCols + jh + j] = acc[j];
-        load_tile(stg, SLD, qg_in + cc * kChunk * K, K, kChunk, K, tid, kPrefillThreads);
-        __syncthreads();
+        for (int m = 0; m < 4; ++m)
+            *reinterpret_cast<float4*>(svn + (rg + 16 * m) * VC + cg4) = make_float4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
+        cp_async_wait<0>();   // QG_i
+        __syncthreads();      // Vn complete; W_i and U_i no longer needed
+        copy_tile_async(bx, SLD, kg_in + cc * kChunk * K, K, kChunk, K, tid, NT);
+        for (int i = tid; i < K / 4; i += NT) cp_async16(sgam + 4 * i, gamma_in + cc * K + 4 * i);
+        cp_async_commit();
 
-        // (b) O = QG·S + A·Vn
+        // (b) O = QG·S + A·Vn (A is 0 above the diagonal and in rows past the end)
 #pragma unroll
-        for (int j = 0; j < 16; ++j) acc[j] = 0.f;
+        for (int m = 0; m < 4; ++m)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) acc[m][c] = 0.f;
         for (int d = 0; d < K; d += 4) {
-            const float4 q4 = *reinterpret_cast<const float4*>(stg + r * SLD + d);
-            const float qv[4] = {q4.x, q4.y, q4.z, q4.w};
+            float w[4][4];
+#pragma unroll
+            for (int m = 0; m < 4; ++m) {
+                const float4 t = *reinterpret_cast<const float4*>(by + (rg + 16 * m) * SLD + d);
+                w[m][0] = t.x; w[m][1] = t.y; w[m][2] = t.z; w[m][3] = t.w;
+            }
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const float* srw = ss + (d + e) * kPrefillCols + jh;
+                const float4 s4 = *reinterpret_cast<const float4*>(ss + (d + e) * VC + cg4);
 #pragma unroll
-                for (int j = 0; j < 16; j += 4) {
-                    const float4 s4 = *reinterpret_cast<const float4*>(srw + j);
-                    acc[j] += qv[e] * s4.x; acc[j + 1] += qv[e] * s4.y;
-                    acc[j + 2] += qv[e] * s4.z; acc[j + 3] += qv[e] * s4.w;
+                for (int m = 0; m < 4; ++m) {
+                    acc[m][0] += w[m][e] * s4.x; acc[m][1] += w[m][e] * s4.y;
+                    acc[m][2] += w[m][e] * s4.z; acc[m][3] += w[m][e] * s4.w;
                 }
             }
         }
-        for (int s = 0; s <= r; s += 4) {   // A is 0 above the diagonal, so whole groups of 4 are safe
-            const float4 a4 = *reinterpret_cast<const float4*>(sa + r * ALD + s);
-            const float av[4] = {a4.x, a4.y, a4.z, a4.w};
+        for (int s = 0; s <= rg + 48; s += 4) {
+            float a[4][4];
+#pragma unroll
+            for (int m = 0; m < 4; ++m) {
+                const float4 t = *reinterpret_cast<const float4*>(sa + (rg + 16 * m) * ALD + s);
+                a[m][0] = t.x; a[m][1] = t.y; a[m][2] = t.z; a[m][3] = t.w;
+            }
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const float* vrw = sv + (s + e) * kPrefillCols + jh;
+                const float4 v4 = *reinterpret_cast<const float4*>(svn + (s + e) * VC + cg4);
 #pragma unroll
-                for (int j = 0; j < 16; j += 4) {
-                    const float4 v4 = *reinterpret_cast<const float4*>(vrw + j);
-                    acc[j] += av[e] * v4.x; acc[j + 1] += av[e] * v4.y;
-                    acc[j + 2] += av[e] * v4.z; acc[j + 3] += av[e] * v4.w;
+                for (int m = 0; m < 4; ++m) {
+                    acc[m][0] += a[m][e] * v4.x; acc[m][1] += a[m][e] * v4.y;
+                    acc[m][2] += a[m][e] * v4.z; acc[m][3] += a[m][e] * v4.w;
                 }
             }
         }
-        if (r < len) {
-            Tin* orow = o + ((size_t)(tok0 + ci * kChunk + r) * H + h) * V + j0 + jh;
 #pragma unroll
-            for (int j = 0; j < 16; ++j) st(orow + j, acc[j]);
+        for (int m = 0; m < 4; ++m) {
+            const int r = rg + 16 * m;
+            if (r < len) {
+                Tin* orow = o + ((size_t)(tok0 + ci * kChunk + r) * H + h) * V + j0 + cg4;
+#pragma unroll
+                for (int c = 0; c < 4; ++c) st(orow + c, acc[m][c]);
+            }
         }
-        __syncthreads();   // everyone has read QG and the old state
-        load_tile(stg, SLD, kg_in + cc * kChunk * K, K, kChunk, K, tid, kPrefillThreads);
-        if (tid < K) sgam[tid] = gamma_in[cc * K + tid];
-        __syncthreads();
+        cp_async_wait<0>();   // KG_i, γ_i
+        __syncthreads();      // QG_i, A_i and the old state are no longer needed
+        if (ci + 1 < nchunks) prefetch_a(ci + 1, by);
+        cp_async_commit();
 
-        // (c) S ← Diag(γ)·S + KGᵀ·Vn, row d = tid
-        if (tid < K) {
-            const float gm = sgam[tid];
+        // (c) S ← Diag(γ)·S + KGᵀ·Vn
 #pragma unroll
-            for (int j = 0; j < kPrefillCols; ++j) srow[j] *= gm;
-            for (int rr = 0; rr < kChunk; ++rr) {
-                const float kgv = stg[rr * SLD + tid];
-                const float* vrw = sv + rr * kPrefillCols;
+        for (int m = 0; m < 4; ++m) {
+            const int d = dg + 32 * m;
+            const float gm = d < K ? sgam[d] : 0.f;
 #pragma unroll
-                for (int j = 0; j < kPrefillCols; j += 4) {
-                    const float4 v4 = *reinterpret_cast<const float4*>(vrw + j);
-                    srow[j] += kgv * v4.x; srow[j + 1] += kgv * v4.y;
-                    srow[j + 2] += kgv * v4.z; srow[j + 3] += kgv * v4.w;
-                }
-            }
-#pragma unroll
-            for (int j = 0; j < kPrefillCols; j += 4)
-                *reinterpret_cast<float4*>(ss + tid * kPrefillCols + j) = make_float4(srow[j], srow[j + 1], srow[j + 2], srow[j + 3]);
+            for (int j = 0; j < 8; ++j) srow[m][j] *= gm;
         }
+        for (int r = 0; r < kChunk; ++r) {
+            const float4 v0 = *reinterpret_cast<const float4*>(svn + r * VC + cc8);
+            const float4 v1 = *reinterpret_cast<const float4*>(svn + r * VC + cc8 + 4);
+#pragma unroll
+            for (int m = 0; m < 4; ++m) {
+                const int d = dg + 32 * m;
+                const float kgv = d < K ? bx[r * SLD + d] : 0.f;
+                srow[m][0] += kgv * v0.x; srow[m][1] += kgv * v0.y; srow[m][2] += kgv * v0.z; srow[m][3] += kgv * v0.w;
+                srow[m][4] += kgv * v1.x; srow[m][5] += kgv * v1.y; srow[m][6] += kgv * v1.z; srow[m][7] += kgv * v1.w;
+            }
+        }
+#pragma unroll
+        for (int m = 0; m < 4; ++m) {
+            const int d = dg + 32 * m;
+            if (d < K) {
+                *reinterpret_cast<float4*>(ss + d * VC + cc8) = make_float4(srow[m][0], srow[m][1], srow[m][2], srow[m][3]);
+                *reinterpret_cast<float4*>(ss + d * VC + cc8 + 4) = make_float4(srow[m][4], srow[m][5], srow[m][6], srow[m][7]);
+            }
+        }
+        float* t = bx; bx = by; by = t;
     }
-    if (tid < K) {
 #pragma unroll
-        for (int j = 0; j < kPrefillCols; j += 4)
-            *reinterpret_cast<float4*>(S + (size_t)tid * V + j) = make_float4(srow[j], srow[j + 1], srow[j + 2], srow[j + 3]);
+    for (int m = 0; m < 4; ++m) {
+        const int d = dg + 32 * m;
+        if (d < K) {
+            *reinterpret_cast<float4*>(S + (size_t)d * V + cc8) = make_float4(srow[m][0], srow[m][1], srow[m][2], srow[m][3]);
+            *reinterpret_cast<float4*>(S + (size_t)d * V + cc8 + 4) = make_float4(srow[m][4], srow[m][5], srow[m][6], srow[m][7]);
+        }
     }
 }
 

@@ -60,6 +60,9 @@ struct Fiber {
     Wait wait = None;
     uint32_t shfl_val = 0, shfl_res = 0;
     int shfl_src = 0;
+    struct Copy { void* dst; const void* src; };
+    std::vector<Copy> pending;                 // cp.async issued since the last commit
+    std::vector<std::vector<Copy>> groups;     // committed, not yet waited for
 };
 struct State {
     ucontext_t sched;
@@ -166,6 +169,8 @@ inline void emu_launch(void (*k)(P...), int cluster_x, dim3 grid, dim3 block, si
                         emu::Fiber& f = s.fibers[size_t(b) * threads + t];
                         f.stack.resize(64 * 1024);
                         f.wait = emu::None;
+                        f.pending.clear();
+                        f.groups.clear();
                         f.tid = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
                         f.bid = dim3(bx0 + b, by, bz);
                         f.block = b;
@@ -177,6 +182,22 @@ inline void emu_launch(void (*k)(P...), int cluster_x, dim3 grid, dim3 block, si
                     }
                 emu::run_cluster(cluster_x, threads);
             }
+}
+
+// cp.async: copies are deferred until a cp.async.wait_group retires their group, so a kernel that reads shared memory
+// before waiting sees stale bytes here too.
+inline void emu_cp_async16(void* dst, const void* src) { emu::st().fibers[emu::st().cur].pending.push_back({dst, src}); }
+inline void emu_cp_async_commit() {
+    emu::Fiber& f = emu::st().fibers[emu::st().cur];
+    f.groups.push_back(f.pending);
+    f.pending.clear();
+}
+inline void emu_cp_async_wait(int n) {
+    emu::Fiber& f = emu::st().fibers[emu::st().cur];
+    while (int(f.groups.size()) > n) {
+        for (auto& c : f.groups.front()) std::memcpy(c.dst, c.src, 16);
+        f.groups.erase(f.groups.begin());
+    }
 }
 
 // Cluster API subset (cooperative_groups::this_cluster()).

@@ -293,13 +293,16 @@ template <typename Tin> struct PrefillDev {
         const std::vector<float>& hg, const std::vector<float>& hb, const std::vector<float>& hstate) {
         copy_in(q, hq); copy_in(k, hk); copy_in(v, hv); copy_in(g, hg); copy_in(beta, hb); copy_in(state, hstate);
     }
-    void run() {
+    void run() { run_intra(); run_scan(); }
+    void run_intra() {
         if (NC > 0) {
             auto intra = Kern<Tin>::intra;
             LAUNCH(intra, 1, dim3(NC, H), dim3(kda::kIntraThreads), kda::chunk_intra_smem_bytes(K), H, K, V, N,
                 (const int*)cu, (const int*)co, (const Tin*)q, (const Tin*)k, (const Tin*)v, (const float*)g, (const float*)beta, w, u, a, qg, kg, gam);
             CHECK_LAUNCH();
         }
+    }
+    void run_scan() {
         auto prefill = Kern<Tin>::prefill;
         LAUNCH(prefill, 1, dim3(V / kda::kPrefillCols, H, N), dim3(kda::kPrefillThreads), kda::chunk_prefill_smem_bytes(K),
             H, K, V, (const int*)cu, (const int*)co, (const float*)w, (const float*)u, (const float*)a, (const float*)qg,
@@ -730,8 +733,37 @@ static void bench_prefill(int B, int T) {
     fill(dev.g, Tt * H * K, -0.5f, -0.001f); fill(dev.beta, Tt * H, 0.05f, 0.95f); fill(dev.state, size_t(B) * H * K * V, -0.3f, 0.3f);
     CK(cudaDeviceSynchronize());
     const float ms = time_ms([&] { dev.run(); }, 3, 50);
+    const float ms_intra = time_ms([&] { dev.run_intra(); }, 2, 20), ms_scan = time_ms([&] { dev.run_scan(); }, 2, 20);
     const double bytes = double(Tt) * H * (K * 2 * 2 + V * 2 * 2 + K * 4 + 4) + 2.0 * B * H * K * V * 4;
-    std::printf("BENCH chunk_prefill bf16 B=%d T=%-6d H=32 K=V=128: %9.3f ms, %7.1f GB/s, %5.1f%% of 3.0 TB/s (min bytes)\n",
+    std::printf("BENCH chunk_prefill bf16 B=%d T=%-6d H=32 K=V=128: %9.3f ms (intra %.3f + scan %.3f), %7.1f GB/s, %5.1f%% of 3.0 TB/s (min bytes)\n",
+        B, T, ms, ms_intra, ms_scan, bytes / (ms * 1e-3) / 1e9, 100.0 * bytes / (ms * 1e-3) / kPeakBytesPerSec);
+}
+
+// Pre-kernel + window update, H = 32, K = V = 128, bf16: bytes = raw projections in, q/k/v (bf16), g, β (fp32) out.
+static void bench_prepare(int B, int T) {
+    const int H = 32, K = 128, V = 128, HK = H * K, HV = H * V;
+    const size_t Tt = size_t(B) * T;
+    DevPool pool;
+    PrefillDev<bf16> pre(pool, std::vector<int>(B, T), H, K, V);
+    const LayerParams P = random_params<bf16>(H, K, V);
+    DecodeDev<bf16> dec(pool, P, B, std::vector<float>(size_t(B) * 3 * HK), std::vector<float>(size_t(B) * 3 * HK),
+        std::vector<float>(size_t(B) * 3 * HV), std::vector<float>(size_t(B) * HV * K));
+    bf16 *pq = pool.alloc<bf16>(Tt * HK), *pk = pool.alloc<bf16>(Tt * HK), *pv = pool.alloc<bf16>(Tt * HV), *pf = pool.alloc<bf16>(Tt * HK), *pb = pool.alloc<bf16>(Tt * H);
+    fill(pq, Tt * HK, -1, 1); fill(pk, Tt * HK, -1, 1); fill(pv, Tt * HV, -1, 1); fill(pf, Tt * HK, -2, 2); fill(pb, Tt * H, -2, 2);
+    CK(cudaDeviceSynchronize());
+    auto prepare = Kern<bf16>::prepare;
+    auto window = Kern<bf16>::window;
+    const float ms = time_ms([&] {
+        LAUNCH(prepare, 1, dim3(pre.T), dim3(kda::kPrepareThreads), 0, H, K, V, pre.N, (const int*)pre.cu, (const bf16*)pq,
+            (const bf16*)pk, (const bf16*)pv, (const bf16*)pf, (const bf16*)pb, (const bf16*)dec.wq, (const bf16*)dec.wk,
+            (const bf16*)dec.wv, (const float*)dec.a_log, (const float*)dec.dt_bias, (const bf16*)dec.cq, (const bf16*)dec.ck,
+            (const bf16*)dec.cv, pre.q, pre.k, pre.v, pre.g, pre.beta);
+        LAUNCH(window, 1, dim3(HK / kda::kPrepareThreads, B), dim3(kda::kPrepareThreads), 0, H, K, V, (const int*)pre.cu,
+            (const bf16*)pq, (const bf16*)pk, (const bf16*)pv, dec.cq, dec.ck, dec.cv);
+    }, 3, 50);
+    CHECK_LAUNCH();
+    const double bytes = double(Tt) * ((3.0 * HK + HV + H) * 2 + (2.0 * HK + HV) * 2 + HK * 4 + H * 4);
+    std::printf("BENCH prepare+window bf16 B=%d T=%-6d H=32 K=V=128: %9.3f ms, %7.1f GB/s, %5.1f%% of 3.0 TB/s\n",
         B, T, ms, bytes / (ms * 1e-3) / 1e9, 100.0 * bytes / (ms * 1e-3) / kPeakBytesPerSec);
 }
 
@@ -772,6 +804,8 @@ int main(int argc, char** argv) {
         bench_prefill(1, 16384);
         bench_prefill(1, 65536);
         bench_prefill(8, 8192);
+        bench_prepare(1, 4096);
+        bench_prepare(1, 65536);
     }
     CK(cudaStreamDestroy(g_stream));
     return g_fail ? 1 : 0;
