@@ -1,4 +1,4 @@
-// cuda_emu.h — a tiny CPU emulator of the CUDA subset used by kernels/kda.cu, for developing without a GPU.
+// cuda_emu.h — a tiny CPU emulator of the CUDA subset used by kernels/kda/kda.cu, for developing without a GPU.
 //
 // Why: nvcc exists only on the lent GPU machine, and device time is scarce. Compiling kda.cu and its harness with
 // `g++ -DKDA_EMULATE -x c++` checks the C++ and runs every kernel on the CPU with real CUDA semantics for what the

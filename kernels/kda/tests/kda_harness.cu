@@ -1,9 +1,9 @@
-// kda_harness.cu — development harness for kernels/kda.cu (llm.c dev/cuda style): validate every kernel against a
+// kda_harness.cu — development harness for kernels/kda/kda.cu (llm.c dev/cuda style): validate every kernel against a
 // float64 CPU reference of the same math, then time it with CUDA events.
 //
 //   GPU:  nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xcompiler -fopenmp -o kda_harness
-//              kernels/tests/kda_harness.cu && ./kda_harness [--bench] [fixture dir]
-//   CPU:  g++ -O2 -std=c++17 -fopenmp -DKDA_EMULATE -x c++ -o kda_emu kernels/tests/kda_harness.cu && ./kda_emu
+//              kernels/kda/tests/kda_harness.cu && ./kda_harness [--bench] [fixture dir]
+//   CPU:  g++ -O2 -std=c++17 -fopenmp -DKDA_EMULATE -x c++ -o kda_emu kernels/kda/tests/kda_harness.cu && ./kda_emu
 //         (runs the kernels on the CUDA emulator of cuda_emu.h: checks logic, barriers and indexing, not speed)
 //
 // Checks: the golden kda_ops cases (fp32, ≤ 1e-5 relative), random packed variable-length batches with odd lengths
