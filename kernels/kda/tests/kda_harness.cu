@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <random>
 #include <string>
 #include <type_traits>
@@ -687,16 +688,16 @@ static const double kPeakBytesPerSec = 3.0e12;
 static void bench_decode(int B, int L) {
     const int H = 32, K = 128, V = 128, HK = H * K, HV = H * V;
     DevPool pool;
-    std::vector<DecodeDev<bf16>*> layers;
+    std::vector<std::unique_ptr<DecodeDev<bf16>>> layers;
     const LayerParams P = random_params<bf16>(H, K, V);
     for (int l = 0; l < L; ++l) {
-        auto* d = new DecodeDev<bf16>(pool, P, B, std::vector<float>(size_t(B) * 3 * HK), std::vector<float>(size_t(B) * 3 * HK),
+        auto d = std::make_unique<DecodeDev<bf16>>(pool, P, B, std::vector<float>(size_t(B) * 3 * HK), std::vector<float>(size_t(B) * 3 * HK),
             std::vector<float>(size_t(B) * 3 * HV), std::vector<float>(size_t(B) * HV * K));
         fill(d->state, size_t(B) * HV * K, -0.3f, 0.3f);
         fill(d->cq, size_t(B) * 3 * HK, -1, 1); fill(d->ck, size_t(B) * 3 * HK, -1, 1); fill(d->cv, size_t(B) * 3 * HV, -1, 1);
         fill(d->pq, size_t(B) * HK, -1, 1); fill(d->pk, size_t(B) * HK, -1, 1); fill(d->pv, size_t(B) * HV, -1, 1);
         fill(d->pf, size_t(B) * HK, -2, 2); fill(d->pb, size_t(B) * H, -2, 2); fill(d->pz, size_t(B) * HV, -2, 2);
-        layers.push_back(d);
+        layers.push_back(std::move(d));
     }
     CK(cudaDeviceSynchronize());
     auto graph_of = [&](int count) {
@@ -717,7 +718,6 @@ static void bench_decode(int B, int L) {
     const double per = msL / L * 1e-3;
     std::printf("BENCH decode_step bf16 B=%-3d H=32 K=V=128: %8.2f us/layer (graph of %d layers), %7.1f GB/s, %5.1f%% of 3.0 TB/s; single-layer graph %7.2f us\n",
         B, per * 1e6, L, bytes / per / 1e9, 100.0 * bytes / per / kPeakBytesPerSec, ms1 * 1e3);
-    for (auto* d : layers) delete d;
 }
 
 // Chunked prefill (intra + scan), H = 32, K = V = 128, bf16 q/k/v/o, fp32 g/β/state. Bytes: the minimum the op must
