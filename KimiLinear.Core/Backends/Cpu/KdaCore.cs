@@ -245,7 +245,7 @@ internal static unsafe class KdaCore
     /// One head over all chunks. Within a chunk of n tokens, G is the running sum of g from the chunk start (inclusive),
     /// so the decay between tokens s ≤ r is exp(G_r − G_s) and every exponential evaluated here has the form exp(x ≤ 0):
     /// exp(G_r − G_s) for s ≤ r, exp(G_r), exp(G_n − G_r). G reaches hundreds or thousands below zero within one chunk
-    /// (|g| goes up to ~50 per step in the real model, and a chunk sums 64 steps), so the textbook factorisation
+    /// (exp(A_log) is up to 16, softplus is unbounded, and a chunk sums 64 steps), so the textbook factorisation
     /// exp(G_r)·exp(−G_s) overflows fp32 to ∞ and yields ∞·0 = NaN; products of two factors ≤ 1 can only underflow, and
     /// only where the true value is below fp32's range as well.
     /// <para>
