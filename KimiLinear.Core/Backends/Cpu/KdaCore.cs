@@ -71,6 +71,11 @@ internal static unsafe class KdaCore
     /// Chunkwise-parallel form of the same rule (spec §2.4, FLA <c>chunk_kda</c>): equal to <see cref="Recurrent"/> up to
     /// fp32 rounding, with most of the work in small matrix products. The last chunk may be partial.
     /// </summary>
+    /// <remarks>
+    /// On a CPU this is not the faster path: it performs about as many multiply-adds per token as the recurrence and
+    /// measures ~2× slower per token-head (docs/performance.md), so CPU prefill is best served by <see cref="Recurrent"/>.
+    /// It is the executable reference for the GPU chunk kernel, which has the same algorithm and block structure.
+    /// </remarks>
     /// <param name="q">Raw queries [T, H, K].</param>
     /// <param name="k">Raw keys [T, H, K].</param>
     /// <param name="v">Values [T, H, V].</param>
