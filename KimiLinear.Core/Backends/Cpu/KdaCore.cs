@@ -60,7 +60,7 @@ internal static unsafe class KdaCore
         {
             var p = new Problem(pq, pk, pv, pg, pb, ps, po, tokens, heads, keyDim, valueDim);
             if (p.WorthParallel)
-                Parallel.For(0, heads, h => RecurrentHead(p, h));
+                RecurrentInParallel(p);
             else
                 for (int h = 0; h < heads; h++)
                     RecurrentHead(p, h);
@@ -100,12 +100,17 @@ internal static unsafe class KdaCore
         {
             var p = new Problem(pq, pk, pv, pg, pb, ps, po, tokens, heads, keyDim, valueDim);
             if (p.WorthParallel)
-                Parallel.For(0, heads, h => ChunkedHead(p, h, chunkSize));
+                ChunkedInParallel(p, chunkSize);
             else
                 for (int h = 0; h < heads; h++)
                     ChunkedHead(p, h, chunkSize);
         }
     }
+
+    // The lambdas' closures live in these helpers so that the serial path allocates nothing.
+    private static void RecurrentInParallel(Problem p) => Parallel.For(0, p.Heads, h => RecurrentHead(p, h));
+
+    private static void ChunkedInParallel(Problem p, int chunkSize) => Parallel.For(0, p.Heads, h => ChunkedHead(p, h, chunkSize));
 
     private static void RecurrentHead(in Problem p, int h)
     {
