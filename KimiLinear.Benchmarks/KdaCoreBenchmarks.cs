@@ -5,10 +5,11 @@ namespace KimiLinear.Benchmarks;
 
 /// <summary>
 /// The CPU KDA core at the real model's shapes (H = 32, K = V = 128): one decode step, and prefill of 1024 / 4096 tokens
-/// by the chunked and (for comparison) the recurrent path. Inputs are random with realistic gates; the state is
-/// carried from one invocation to the next, as in a session.
+/// by the chunked and (for comparison) the recurrent path, and both paths on one head (one thread). Inputs are random
+/// with realistic gates; the state is carried from one invocation to the next, as in a session.
 /// </summary>
 [MemoryDiagnoser]
+[MedianColumn]
 [SimpleJob(launchCount: 1, warmupCount: 3, iterationCount: 10)]
 public class KdaCoreBenchmarks
 {
@@ -38,25 +39,34 @@ public class KdaCoreBenchmarks
     }
 
     [Benchmark(Description = "Recurrent T=1 (decode step)")]
-    public void DecodeStep() => Run(1, chunked: false);
+    public void DecodeStep() => Run(1, Heads, chunked: false);
 
     [Benchmark(Description = "Chunked T=1024")]
-    public void Chunked1024() => Run(1024, chunked: true);
+    public void Chunked1024() => Run(1024, Heads, chunked: true);
 
     [Benchmark(Description = "Chunked T=4096")]
-    public void Chunked4096() => Run(4096, chunked: true);
+    public void Chunked4096() => Run(4096, Heads, chunked: true);
 
     [Benchmark(Description = "Recurrent T=1024")]
-    public void Recurrent1024() => Run(1024, chunked: false);
+    public void Recurrent1024() => Run(1024, Heads, chunked: false);
 
-    private void Run(int tokens, bool chunked)
+    // One head runs on the calling thread alone: the cost per token-head of each path, without thread scheduling.
+    [Benchmark(Description = "Chunked T=1024, one head")]
+    public void ChunkedOneHead() => Run(1024, 1, chunked: true);
+
+    [Benchmark(Description = "Recurrent T=1024, one head")]
+    public void RecurrentOneHead() => Run(1024, 1, chunked: false);
+
+    private void Run(int tokens, int heads, bool chunked)
     {
-        int tk = tokens * Heads * KeyDim, tv = tokens * Heads * ValueDim;
+        // Any prefix of the random inputs is a valid [tokens, heads, ·] problem.
+        int tk = tokens * heads * KeyDim, tv = tokens * heads * ValueDim, th = tokens * heads;
+        Span<float> state = _state.AsSpan(0, heads * KeyDim * ValueDim);
         if (chunked)
-            KdaCore.Chunked(_q.AsSpan(0, tk), _k.AsSpan(0, tk), _v.AsSpan(0, tv), _g.AsSpan(0, tk), _beta.AsSpan(0, tokens * Heads),
-                _state, _o.AsSpan(0, tv), tokens, Heads, KeyDim, ValueDim);
+            KdaCore.Chunked(_q.AsSpan(0, tk), _k.AsSpan(0, tk), _v.AsSpan(0, tv), _g.AsSpan(0, tk), _beta.AsSpan(0, th),
+                state, _o.AsSpan(0, tv), tokens, heads, KeyDim, ValueDim);
         else
-            KdaCore.Recurrent(_q.AsSpan(0, tk), _k.AsSpan(0, tk), _v.AsSpan(0, tv), _g.AsSpan(0, tk), _beta.AsSpan(0, tokens * Heads),
-                _state, _o.AsSpan(0, tv), tokens, Heads, KeyDim, ValueDim);
+            KdaCore.Recurrent(_q.AsSpan(0, tk), _k.AsSpan(0, tk), _v.AsSpan(0, tv), _g.AsSpan(0, tk), _beta.AsSpan(0, th),
+                state, _o.AsSpan(0, tv), tokens, heads, KeyDim, ValueDim);
     }
 }

@@ -89,6 +89,23 @@ public sealed class KdaCoreTests
     }
 
     [Theory]
+    [InlineData(1)]
+    [InlineData(16)]
+    [InlineData(17)]
+    [InlineData(100)]
+    public void Chunked_with_other_chunk_sizes_matches_recurrent(int chunkSize)
+    {
+        // Sizes that are not a multiple of the 16-row blocks leave partial blocks inside every chunk.
+        var x = KdaInputs.Random(seed: chunkSize, tokens: 150, heads: 2, keyDim: 60, valueDim: 36, Gates.Harsh);
+
+        var (oRec, sRec) = x.RunRecurrent(0, 150);
+        var (oChunk, sChunk) = x.RunChunked(0, 150, chunkSize: chunkSize);
+
+        TensorAssert.Close(oChunk, oRec, Tolerance, $"o (chunk {chunkSize} vs recurrent)");
+        TensorAssert.Close(sChunk, sRec, Tolerance, $"final state (chunk {chunkSize} vs recurrent)");
+    }
+
+    [Theory]
     [InlineData(150, 7, Gates.Realistic)]
     [InlineData(64, 1, Gates.Harsh)]
     [InlineData(1, 20, Gates.Realistic)]

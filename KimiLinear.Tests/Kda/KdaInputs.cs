@@ -54,11 +54,13 @@ internal sealed class KdaInputs
         return new KdaInputs(tokens, heads, keyDim, valueDim, q, k, v, g, beta, state);
     }
 
-    public (float[] O, float[] State) RunRecurrent(int start, int count, float[]? state = null) => Run(start, count, state, chunked: false);
+    public (float[] O, float[] State) RunRecurrent(int start, int count, float[]? state = null) => Run(start, count, state, chunkSize: 0);
 
-    public (float[] O, float[] State) RunChunked(int start, int count, float[]? state = null) => Run(start, count, state, chunked: true);
+    public (float[] O, float[] State) RunChunked(int start, int count, float[]? state = null, int chunkSize = 64) =>
+        Run(start, count, state, chunkSize);
 
-    private (float[] O, float[] State) Run(int start, int count, float[]? state, bool chunked)
+    /// <summary>Tokens [start, start + count) from <paramref name="state"/> (default: the initial state); chunkSize 0 = recurrent.</summary>
+    private (float[] O, float[] State) Run(int start, int count, float[]? state, int chunkSize)
     {
         int hk = Heads * KeyDim, hv = Heads * ValueDim;
         var q = Padded(Q.AsSpan(start * hk, count * hk));
@@ -69,8 +71,8 @@ internal sealed class KdaInputs
         var s = Padded(state ?? InitialState);
         var o = Padded(new float[count * hv]);
 
-        if (chunked)
-            KdaCore.Chunked(Inner(q), Inner(k), Inner(v), Inner(g), Inner(beta), Inner(s), Inner(o), count, Heads, KeyDim, ValueDim);
+        if (chunkSize > 0)
+            KdaCore.Chunked(Inner(q), Inner(k), Inner(v), Inner(g), Inner(beta), Inner(s), Inner(o), count, Heads, KeyDim, ValueDim, chunkSize);
         else
             KdaCore.Recurrent(Inner(q), Inner(k), Inner(v), Inner(g), Inner(beta), Inner(s), Inner(o), count, Heads, KeyDim, ValueDim);
 

@@ -60,7 +60,7 @@ internal static unsafe class KdaCore
         {
             var p = new Problem(pq, pk, pv, pg, pb, ps, po, tokens, heads, keyDim, valueDim);
             if (p.WorthParallel)
-                Parallel.For(0, heads, h => RecurrentHead(p, h));
+                RecurrentInParallel(p);
             else
                 for (int h = 0; h < heads; h++)
                     RecurrentHead(p, h);
@@ -71,6 +71,11 @@ internal static unsafe class KdaCore
     /// Chunkwise-parallel form of the same rule (spec §2.4, FLA <c>chunk_kda</c>): equal to <see cref="Recurrent"/> up to
     /// fp32 rounding, with most of the work in small matrix products. The last chunk may be partial.
     /// </summary>
+    /// <remarks>
+    /// On a CPU this is not the faster path: it performs about as many multiply-adds per token as the recurrence and
+    /// measures ~2× slower per token-head (docs/performance.md), so CPU prefill is best served by <see cref="Recurrent"/>.
+    /// It is the executable reference for the GPU chunk kernel, which has the same algorithm and block structure.
+    /// </remarks>
     /// <param name="q">Raw queries [T, H, K].</param>
     /// <param name="k">Raw keys [T, H, K].</param>
     /// <param name="v">Values [T, H, V].</param>
@@ -95,12 +100,17 @@ internal static unsafe class KdaCore
         {
             var p = new Problem(pq, pk, pv, pg, pb, ps, po, tokens, heads, keyDim, valueDim);
             if (p.WorthParallel)
-                Parallel.For(0, heads, h => ChunkedHead(p, h, chunkSize));
+                ChunkedInParallel(p, chunkSize);
             else
                 for (int h = 0; h < heads; h++)
                     ChunkedHead(p, h, chunkSize);
         }
     }
+
+    // The lambdas' closures live in these helpers so that the serial path allocates nothing.
+    private static void RecurrentInParallel(Problem p) => Parallel.For(0, p.Heads, h => RecurrentHead(p, h));
+
+    private static void ChunkedInParallel(Problem p, int chunkSize) => Parallel.For(0, p.Heads, h => ChunkedHead(p, h, chunkSize));
 
     private static void RecurrentHead(in Problem p, int h)
     {
@@ -245,7 +255,7 @@ internal static unsafe class KdaCore
     /// One head over all chunks. Within a chunk of n tokens, G is the running sum of g from the chunk start (inclusive),
     /// so the decay between tokens s ≤ r is exp(G_r − G_s) and every exponential evaluated here has the form exp(x ≤ 0):
     /// exp(G_r − G_s) for s ≤ r, exp(G_r), exp(G_n − G_r). G reaches hundreds or thousands below zero within one chunk
-    /// (|g| goes up to ~50 per step in the real model, and a chunk sums 64 steps), so the textbook factorisation
+    /// (exp(A_log) is up to 16, softplus is unbounded, and a chunk sums 64 steps), so the textbook factorisation
     /// exp(G_r)·exp(−G_s) overflows fp32 to ∞ and yields ∞·0 = NaN; products of two factors ≤ 1 can only underflow, and
     /// only where the true value is below fp32's range as well.
     /// <para>

@@ -1,0 +1,248 @@
+// cuda_emu.h — a tiny CPU emulator of the CUDA subset used by kernels/kda/kda.cu, for developing without a GPU.
+//
+// Why: nvcc exists only on the lent GPU machine, and device time is scarce. Compiling kda.cu and its harness with
+// `g++ -DKDA_EMULATE -x c++` checks the C++ and runs every kernel on the CPU with real CUDA semantics for what the
+// kernels use: each CUDA thread is a ucontext fiber; __syncthreads, warp shuffles and cluster barriers are
+// rendezvous points (a fiber blocks until every thread of its block / warp / cluster has arrived, so a missing
+// barrier or a divergent shuffle shows up as a deadlock report or a wrong result); dynamic shared memory is per block;
+// a cluster's blocks run together so distributed shared memory (map_shared_rank) works.
+// Not emulated: timing, memory-model races between blocks, anything kda.cu does not use.
+#pragma once
+#ifdef KDA_EMULATE
+#include <ucontext.h>
+#include <math.h>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <vector>
+
+using std::min;
+using std::max;
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __restrict__ __restrict
+#define __launch_bounds__(...)
+#define __cluster_dims__(...)
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+    dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
+};
+struct float4 { float x, y, z, w; };
+inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
+struct alignas(2) __nv_bfloat16 { uint16_t bits; };
+inline float __bfloat162float(__nv_bfloat16 h) {
+    uint32_t u = uint32_t(h.bits) << 16; float f; std::memcpy(&f, &u, 4); return f;
+}
+inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+    uint32_t u; std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return {uint16_t((u >> 16) | 0x40)};   // NaN stays NaN
+    u += 0x7fffu + ((u >> 16) & 1u);                                            // round to nearest even
+    return {uint16_t(u >> 16)};
+}
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline float __expf(float x) { return std::exp(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+
+namespace emu {
+enum Wait { None, Block, Warp, Cluster, Done };
+struct Fiber {
+    ucontext_t ctx;
+    std::vector<char> stack;
+    dim3 tid, bid;
+    int block;            // index of the block inside the running cluster
+    Wait wait = None;
+    uint32_t shfl_val = 0, shfl_res = 0;
+    int shfl_src = 0;
+    struct Copy { void* dst; const void* src; };
+    std::vector<Copy> pending;                 // cp.async issued since the last commit
+    std::vector<std::vector<Copy>> groups;     // committed, not yet waited for
+};
+struct State {
+    ucontext_t sched;
+    std::vector<Fiber> fibers;
+    std::vector<std::vector<unsigned char>> smem;   // per block of the cluster
+    int cur = -1;
+    dim3 grid, block;
+    std::function<void()> body;
+};
+inline State& st() { static State s; return s; }
+inline void yield(Wait w) {
+    State& s = st();
+    Fiber& f = s.fibers[s.cur];
+    f.wait = w;
+    swapcontext(&f.ctx, &s.sched);
+}
+inline void trampoline() {
+    st().body();
+    yield(Done);
+}
+}  // namespace emu
+
+// Per-fiber built-in variables (the scheduler points these at the running fiber's values).
+inline dim3 threadIdx, blockIdx, blockDim, gridDim;
+inline unsigned char* emu_dynamic_smem = nullptr;
+
+inline void __syncthreads() { emu::yield(emu::Block); }
+template <typename T> inline T emu_shfl(T v, int src) {
+    static_assert(sizeof(T) == 4, "4-byte shuffles only");
+    emu::Fiber& f = emu::st().fibers[emu::st().cur];
+    std::memcpy(&f.shfl_val, &v, 4);
+    f.shfl_src = src;
+    emu::yield(emu::Warp);
+    emu::Fiber& g = emu::st().fibers[emu::st().cur];
+    T r; std::memcpy(&r, &g.shfl_res, 4); return r;
+}
+template <typename T> inline T __shfl_xor_sync(unsigned, T v, int m) { return emu_shfl(v, int(threadIdx.x % 32) ^ m); }
+template <typename T> inline T __shfl_sync(unsigned, T v, int l) { return emu_shfl(v, l & 31); }
+
+namespace emu {
+// Runs the fibers of one cluster until all are done: run every runnable fiber until it blocks, then release each
+// barrier whose participants all wait at it (a warp for shuffles, a block for __syncthreads, the cluster for
+// cluster.sync); if nothing can be released, the kernel would hang on a GPU too.
+inline void run_cluster(int nblocks, int threads) {
+    State& s = st();
+    int n = nblocks * threads;
+    for (;;) {
+        for (int i = 0; i < n; ++i) {
+            Fiber& f = s.fibers[i];
+            if (f.wait != None) continue;
+            s.cur = i;
+            threadIdx = f.tid; blockIdx = f.bid; blockDim = s.block; gridDim = s.grid;
+            emu_dynamic_smem = s.smem[f.block].data();
+            swapcontext(&s.sched, &f.ctx);
+        }
+        int done = 0;
+        for (int i = 0; i < n; ++i) done += s.fibers[i].wait == Done;
+        if (done == n) return;
+        bool released = false;
+        for (int w0 = 0; w0 < n; w0 += 32) {
+            int waiting = 0;
+            for (int i = w0; i < w0 + 32; ++i) waiting += s.fibers[i].wait == Warp;
+            if (waiting == 32) {
+                for (int i = w0; i < w0 + 32; ++i) s.fibers[i].shfl_res = s.fibers[w0 + s.fibers[i].shfl_src].shfl_val;
+                for (int i = w0; i < w0 + 32; ++i) s.fibers[i].wait = None;
+                released = true;
+            }
+        }
+        for (int b = 0; b < nblocks; ++b) {
+            int waiting = 0;
+            for (int i = b * threads; i < (b + 1) * threads; ++i) waiting += s.fibers[i].wait == Block;
+            if (waiting == threads) {
+                for (int i = b * threads; i < (b + 1) * threads; ++i) s.fibers[i].wait = None;
+                released = true;
+            }
+        }
+        int cw = 0;
+        for (int i = 0; i < n; ++i) cw += s.fibers[i].wait == Cluster;
+        if (cw == n) { for (int i = 0; i < n; ++i) s.fibers[i].wait = None; released = true; }
+        if (!released) {
+            std::fprintf(stderr, "emu: deadlock (block %u,%u,%u): waits", s.fibers[0].bid.x, s.fibers[0].bid.y, s.fibers[0].bid.z);
+            for (int i = 0; i < n; i += 32) std::fprintf(stderr, " %d", int(s.fibers[i].wait));
+            std::fprintf(stderr, "\n");
+            std::abort();
+        }
+    }
+}
+}  // namespace emu
+
+// Launch: every cluster of `cluster_x` consecutive blocks along x runs as one group of fibers.
+template <typename... P, typename... A>
+inline void emu_launch(void (*k)(P...), int cluster_x, dim3 grid, dim3 block, size_t smem, A... args) {
+    emu::State& s = emu::st();
+    int threads = int(block.x * block.y * block.z);
+    s.grid = grid; s.block = block;
+    s.body = [&]() { k(P(args)...); };
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+            for (unsigned bx0 = 0; bx0 < grid.x; bx0 += cluster_x) {
+                s.fibers.resize(size_t(cluster_x) * threads);
+                s.smem.assign(cluster_x, std::vector<unsigned char>(smem + 16, 0xA5));   // garbage, not zeros
+                for (int b = 0; b < cluster_x; ++b)
+                    for (int t = 0; t < threads; ++t) {
+                        emu::Fiber& f = s.fibers[size_t(b) * threads + t];
+                        f.stack.resize(64 * 1024);
+                        f.wait = emu::None;
+                        f.pending.clear();
+                        f.groups.clear();
+                        f.tid = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+                        f.bid = dim3(bx0 + b, by, bz);
+                        f.block = b;
+                        getcontext(&f.ctx);
+                        f.ctx.uc_stack.ss_sp = f.stack.data();
+                        f.ctx.uc_stack.ss_size = f.stack.size();
+                        f.ctx.uc_link = nullptr;
+                        makecontext(&f.ctx, emu::trampoline, 0);
+                    }
+                emu::run_cluster(cluster_x, threads);
+            }
+}
+
+// cp.async: copies are deferred until a cp.async.wait_group retires their group, so a kernel that reads shared memory
+// before waiting sees stale bytes here too.
+inline void emu_cp_async16(void* dst, const void* src) { emu::st().fibers[emu::st().cur].pending.push_back({dst, src}); }
+inline void emu_cp_async_commit() {
+    emu::Fiber& f = emu::st().fibers[emu::st().cur];
+    f.groups.push_back(f.pending);
+    f.pending.clear();
+}
+inline void emu_cp_async_wait(int n) {
+    emu::Fiber& f = emu::st().fibers[emu::st().cur];
+    while (int(f.groups.size()) > n) {
+        for (auto& c : f.groups.front()) std::memcpy(c.dst, c.src, 16);
+        f.groups.erase(f.groups.begin());
+    }
+}
+
+// Cluster API subset (cooperative_groups::this_cluster()).
+inline unsigned emu_cluster_rank() { return emu::st().fibers[emu::st().cur].block; }
+inline void emu_cluster_sync() { emu::yield(emu::Cluster); }
+template <typename T> inline T* emu_cluster_map(T* p, unsigned rank) {
+    emu::State& s = emu::st();
+    unsigned char* mine = s.smem[s.fibers[s.cur].block].data();
+    return reinterpret_cast<T*>(s.smem[rank].data() + (reinterpret_cast<unsigned char*>(p) - mine));
+}
+
+// Runtime API subset: device memory is host memory; streams, events and graphs are absent (no timing here).
+typedef int cudaError_t;
+typedef void* cudaStream_t;
+enum { cudaSuccess = 0 };
+enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
+inline cudaError_t cudaMalloc(void** p, size_t n) { *p = std::malloc(n ? n : 1); return 0; }
+template <typename T> inline cudaError_t cudaMalloc(T** p, size_t n) { return cudaMalloc(reinterpret_cast<void**>(p), n); }
+inline cudaError_t cudaFree(void* p) { std::free(p); return 0; }
+inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) { std::memcpy(d, s, n); return 0; }
+inline cudaError_t cudaMemset(void* d, int v, size_t n) { std::memset(d, v, n); return 0; }
+inline cudaError_t cudaDeviceSynchronize() { return 0; }
+inline cudaError_t cudaGetLastError() { return 0; }
+inline const char* cudaGetErrorString(cudaError_t) { return "emu"; }
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
+template <typename F> inline cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) { return 0; }
+// Streams, events and graphs exist only so that the benchmark code compiles here; it runs on the GPU alone.
+typedef void* cudaEvent_t;
+typedef void* cudaGraph_t;
+typedef void* cudaGraphExec_t;
+enum cudaStreamCaptureMode { cudaStreamCaptureModeGlobal };
+inline cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = nullptr; return 0; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return 0; }
+inline cudaError_t cudaStreamDestroy(cudaStream_t) { return 0; }
+inline cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = nullptr; return 0; }
+inline cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t = nullptr) { return 0; }
+inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return 0; }
+inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) { *ms = 0; return 0; }
+inline cudaError_t cudaEventDestroy(cudaEvent_t) { return 0; }
+inline cudaError_t cudaStreamBeginCapture(cudaStream_t, cudaStreamCaptureMode) { return 0; }
+inline cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t* g) { *g = nullptr; return 0; }
+inline cudaError_t cudaGraphInstantiate(cudaGraphExec_t* e, cudaGraph_t, unsigned long long) { *e = nullptr; return 0; }
+inline cudaError_t cudaGraphLaunch(cudaGraphExec_t, cudaStream_t) { return 0; }
+inline cudaError_t cudaGraphExecDestroy(cudaGraphExec_t) { return 0; }
+inline cudaError_t cudaGraphDestroy(cudaGraph_t) { return 0; }
+struct cudaDeviceProp { char name[256]; int multiProcessorCount; int l2CacheSize; };
+inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) { std::strcpy(p->name, "CPU emulator"); p->multiProcessorCount = 1; p->l2CacheSize = 0; return 0; }
+#endif
