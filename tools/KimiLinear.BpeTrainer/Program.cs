@@ -3,11 +3,13 @@
 //   dotnet run -c Release --project tools/KimiLinear.BpeTrainer -- \
 //       --corpus ../shared/corpus/tinyshakespeare.txt \
 //       --regex KimiLinear.Tests/Fixtures/tokenizer/kimi-pretokenizer-dotnet-bmp.regex.txt \
-//       --ranks 3072 --model-dir models/kimi-linear-demo --data-dir .gpu-demo/data
+//       --ranks 3072 --model-dir models/kimi-linear-demo --data-dir .gpu-demo/data \
+//       --prompts tools/demo_prompts.json
 //
 // The vocabulary is learned from the training split only (the first 90 % of the characters), so the validation
 // split (the last 10 %) stays unseen. Writes tiktoken.model and tokenizer_config.json to --model-dir, and
-// train.ids / val.ids (int32 little-endian) and split.json (character and token counts) to --data-dir.
+// train.ids / val.ids (int32 little-endian), split.json (character and token counts) and, given --prompts (a JSON
+// array of strings), prompts.json ([{text, ids}], the reference prompts encoded the same way) to --data-dir.
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
@@ -72,7 +74,17 @@ foreach (var (name, part) in new[] { ("train", train), ("val", validation) })
     split[$"{name}_tokens"] = ids.Count;
     Console.WriteLine($"{name}: {part.Length:N0} chars → {ids.Count:N0} tokens ({(double)part.Length / ids.Count:F3} chars/token)");
 }
-File.WriteAllText(Path.Combine(dataDir, "split.json"), JsonSerializer.Serialize(split, new JsonSerializerOptions { WriteIndented = true }) + "\n");
+var indented = new JsonSerializerOptions { WriteIndented = true };
+File.WriteAllText(Path.Combine(dataDir, "split.json"), JsonSerializer.Serialize(split, indented) + "\n");
+
+if (options.TryGetValue("prompts", out var promptsPath))
+{
+    var prompts = JsonSerializer.Deserialize<string[]>(File.ReadAllText(promptsPath))
+        ?? throw new InvalidDataException($"{promptsPath}: expected a JSON array of strings.");
+    var encoded = prompts.Select(p => new { text = p, ids = tokenizer.EncodeToIds(p) }).ToArray();
+    File.WriteAllText(Path.Combine(dataDir, "prompts.json"), JsonSerializer.Serialize(encoded, indented) + "\n");
+    Console.WriteLine($"prompts: {string.Join(", ", encoded.Select(e => e.ids.Count))} tokens");
+}
 return 0;
 
 static Dictionary<string, string> ParseArguments(string[] args)
@@ -82,13 +94,13 @@ static Dictionary<string, string> ParseArguments(string[] args)
     for (int i = 0; i < args.Length; i++)
     {
         if (!args[i].StartsWith("--", StringComparison.Ordinal) || i + 1 >= args.Length)
-            throw new ArgumentException($"Expected '--name value' pairs, got '{args[i]}'. Options: --{string.Join(" --", required)} [--model-max-length N].");
+            throw new ArgumentException($"Expected '--name value' pairs, got '{args[i]}'. Options: --{string.Join(" --", required)} [--model-max-length N] [--prompts FILE].");
         options[args[i][2..]] = args[++i];
     }
     foreach (var name in required)
     {
         if (!options.ContainsKey(name))
-            throw new ArgumentException($"Missing --{name}. Options: --{string.Join(" --", required)} [--model-max-length N].");
+            throw new ArgumentException($"Missing --{name}. Options: --{string.Join(" --", required)} [--model-max-length N] [--prompts FILE].");
     }
     return options;
 }
