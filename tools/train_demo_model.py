@@ -503,7 +503,7 @@ def main():
     ap.add_argument("--tiny", type=Path, required=True, help="KimiLinear.Tests/Fixtures/tiny (published-format fixture)")
     ap.add_argument("--pat-file", type=Path, required=True, help="JSON with the upstream pre-tokenizer regex under 'pat_str'")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--train-seconds", type=float, default=200.0, help="wall-clock budget of the training loop, evaluations included")
+    ap.add_argument("--train-seconds", type=float, default=220.0, help="wall-clock budget of the training loop, evaluations included")
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--min-lr-ratio", type=float, default=0.1)
