@@ -15,6 +15,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using KimiLinear.BpeTrainer;
+using KimiLinear.Tokenization;
 using Microsoft.ML.Tokenizers;
 
 var options = ParseArguments(args);
@@ -50,8 +51,8 @@ TiktokenFile.Write(tiktokenPath, trainer.Tokens);
 File.WriteAllText(Path.Combine(modelDir, "tokenizer_config.json"), KimiSpecialTokens.TokenizerConfigJson(rankCount, modelMaxLength));
 Console.WriteLine($"wrote {rankCount} ranks to {tiktokenPath}; longest token {trainer.Tokens.Max(t => t.Length)} bytes");
 
-// Encode with the library the engine uses, over the written file, so the ids are what the engine will produce.
-var tokenizer = TiktokenTokenizer.Create(tiktokenPath, preTokenizer, normalizer: null, KimiSpecialTokens.All(rankCount));
+// Encode with the engine's own tokenizer over the written files, so the ids are exactly what the engine will produce.
+var tokenizer = KimiTokenizer.Load(modelDir);
 var split = new Dictionary<string, object>
 {
     ["corpus"] = Path.GetFileName(corpusPath),
@@ -62,17 +63,17 @@ var split = new Dictionary<string, object>
 };
 foreach (var (name, part) in new[] { ("train", train), ("val", validation) })
 {
-    var ids = tokenizer.EncodeToIds(part);
+    var ids = tokenizer.Encode(part, allowSpecialTokens: false);
     string decoded = tokenizer.Decode(ids);
     if (decoded != part)
         throw new InvalidOperationException($"The {name} split does not survive encode + decode: the BPE file or the pre-tokenizer is broken.");
-    var bytes = new byte[ids.Count * 4];
-    for (int i = 0; i < ids.Count; i++)
+    var bytes = new byte[ids.Length * 4];
+    for (int i = 0; i < ids.Length; i++)
         System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(bytes.AsSpan(i * 4), ids[i]);
     File.WriteAllBytes(Path.Combine(dataDir, $"{name}.ids"), bytes);
     split[$"{name}_chars"] = part.Length;
-    split[$"{name}_tokens"] = ids.Count;
-    Console.WriteLine($"{name}: {part.Length:N0} chars → {ids.Count:N0} tokens ({(double)part.Length / ids.Count:F3} chars/token)");
+    split[$"{name}_tokens"] = ids.Length;
+    Console.WriteLine($"{name}: {part.Length:N0} chars → {ids.Length:N0} tokens ({(double)part.Length / ids.Length:F3} chars/token)");
 }
 var indented = new JsonSerializerOptions { WriteIndented = true };
 File.WriteAllText(Path.Combine(dataDir, "split.json"), JsonSerializer.Serialize(split, indented) + "\n");
@@ -81,9 +82,9 @@ if (options.TryGetValue("prompts", out var promptsPath))
 {
     var prompts = JsonSerializer.Deserialize<string[]>(File.ReadAllText(promptsPath))
         ?? throw new InvalidDataException($"{promptsPath}: expected a JSON array of strings.");
-    var encoded = prompts.Select(p => new { text = p, ids = tokenizer.EncodeToIds(p) }).ToArray();
+    var encoded = prompts.Select(p => new { text = p, ids = tokenizer.Encode(p, allowSpecialTokens: false) }).ToArray();
     File.WriteAllText(Path.Combine(dataDir, "prompts.json"), JsonSerializer.Serialize(encoded, indented) + "\n");
-    Console.WriteLine($"prompts: {string.Join(", ", encoded.Select(e => e.ids.Count))} tokens");
+    Console.WriteLine($"prompts: {string.Join(", ", encoded.Select(e => e.ids.Length))} tokens");
 }
 return 0;
 
