@@ -1,27 +1,187 @@
+using KimiLinear.Backends;
+using KimiLinear.Backends.Cpu;
 using KimiLinear.Configuration;
+using KimiLinear.Layers;
+using KimiLinear.Loading;
+using KimiLinear.State;
+using Microsoft.Extensions.Logging;
 
 namespace KimiLinear;
 
-/// <summary>A loaded Kimi Linear checkpoint. Thread-safe: sessions created from it may run concurrently.</summary>
+/// <summary>
+/// A loaded Kimi Linear checkpoint: embeddings → decoder layers (KDA or MLA token mixer, dense MLP or MoE) → final norm →
+/// lm_head. Immutable after loading, so sessions created from it may run concurrently on different threads.
+/// </summary>
 public sealed partial class KimiModel : IDisposable
 {
+    /// <summary>Rows of the MLA latent cache a new session starts with; it doubles as the sequence grows.</summary>
+    private const int InitialCacheRows = 256;
+
+    private readonly Checkpoint _checkpoint;
+    private readonly WeightMatrix _embedding;   // embed_tokens [vocab, D]
+    private readonly DecoderLayer[] _layers;
+    private readonly float[] _finalNorm;        // model.norm [D]
+    private readonly WeightMatrix _lmHead;      // lm_head [vocab, D] (the embedding when tied)
+    private bool _disposed;
+
     /// <summary>The checkpoint's configuration.</summary>
     public KimiConfig Config { get; }
 
-    private KimiModel(KimiConfig config) => Config = config;
+    /// <summary>The checkpoint directory this model was loaded from.</summary>
+    public string ModelDirectory { get; }
+
+    /// <summary>The options the model was loaded with.</summary>
+    public KimiModelOptions Options { get; }
+
+    /// <summary>Longest sequence a session may hold.</summary>
+    public int MaxSequenceLength { get; }
+
+    internal IKimiBackend Backend { get; }
+
+    private KimiModel(string directory, KimiConfig config, KimiModelOptions options, IKimiBackend backend, Checkpoint checkpoint,
+        IProgress<KimiLoadProgress>? progress, CancellationToken cancellationToken)
+    {
+        (ModelDirectory, Config, Options, Backend, _checkpoint) = (directory, config, options, backend, checkpoint);
+        MaxSequenceLength = options.MaxSequenceLength ?? config.MaxSequenceLength;
+        var weights = new WeightLoader(checkpoint);
+        long total = checkpoint.TotalBytes;
+        void Report(string stage) => progress?.Report(new KimiLoadProgress(stage, weights.BytesBound, total));
+
+        int d = config.HiddenSize;
+        _embedding = weights.Matrix("model.embed_tokens.weight", config.VocabSize, d);
+        Report("embeddings");
+        _layers = new DecoderLayer[config.NumLayers];
+        for (int i = 0; i < _layers.Length; i++)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            _layers[i] = new DecoderLayer(weights, i, config, options);
+            Report($"layer {i + 1}/{_layers.Length}");
+        }
+        _finalNorm = weights.Floats("model.norm.weight", d);
+        _lmHead = config.TieWordEmbeddings ? _embedding : weights.Matrix("lm_head.weight", config.VocabSize, d);
+        Report("done");
+
+        var unused = weights.UnusedTensors.Take(10).ToList();
+        if (unused.Count > 0)
+            options.Logger?.LogWarning("Checkpoint '{Directory}' has tensors the model does not use, e.g. {Names}", directory, string.Join(", ", unused));
+        options.Logger?.LogInformation("Loaded {Layers}-layer Kimi Linear model from '{Directory}' ({Bytes:N0} bytes of weights) on the CPU",
+            config.NumLayers, directory, weights.BytesBound);
+    }
 
     /// <summary>Loads the checkpoint in <paramref name="modelDirectory"/> (config.json + safetensors).</summary>
+    /// <exception cref="FileNotFoundException">config.json, the safetensors file or a shard is missing.</exception>
+    /// <exception cref="InvalidDataException">A config field, tensor dtype or shape, or a file is malformed; the message names it.</exception>
+    /// <exception cref="NotSupportedException">The requested device cannot run the whole model.</exception>
     public static KimiModel Load(string modelDirectory, KimiModelOptions? options = null) =>
-        throw new NotImplementedException("foundation in progress");
+        LoadCore(modelDirectory, options ?? new KimiModelOptions(), null, CancellationToken.None);
 
     /// <summary>Loads a checkpoint off the calling thread, reporting progress; cancellation leaves nothing behind.</summary>
     public static Task<KimiModel> LoadAsync(string modelDirectory, KimiModelOptions? options = null,
         IProgress<KimiLoadProgress>? progress = null, CancellationToken cancellationToken = default) =>
-        throw new NotImplementedException("foundation in progress");
+        Task.Run(() => LoadCore(modelDirectory, options ?? new KimiModelOptions(), progress, cancellationToken), cancellationToken);
+
+    private static KimiModel LoadCore(string directory, KimiModelOptions options, IProgress<KimiLoadProgress>? progress, CancellationToken cancellationToken)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(directory);
+        if (!System.IO.Directory.Exists(directory))
+            throw new DirectoryNotFoundException($"Model directory '{directory}' does not exist.");
+        if (options.MaxSequenceLength is < 1)
+            throw new ArgumentOutOfRangeException(nameof(options), options.MaxSequenceLength, "KimiModelOptions.MaxSequenceLength must be at least 1.");
+        if (options.CpuThreads is < 1)
+            throw new ArgumentOutOfRangeException(nameof(options), options.CpuThreads, "KimiModelOptions.CpuThreads must be at least 1.");
+        if (options.Device == KimiDevice.Cuda)
+            throw new NotSupportedException("Running a whole model on CUDA is not available yet; use KimiDevice.Cpu or KimiDevice.Auto.");
+
+        var config = KimiConfig.Load(directory);
+        var checkpoint = Checkpoint.Open(directory);
+        try
+        {
+            return new KimiModel(directory, config, options, new CpuBackend(options.CpuThreads), checkpoint, progress, cancellationToken);
+        }
+        catch
+        {
+            checkpoint.Dispose();
+            throw;
+        }
+    }
 
     /// <summary>Starts an empty sequence.</summary>
-    public KimiSession CreateSession() => throw new NotImplementedException("foundation in progress");
+    public KimiSession CreateSession()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        return new KimiSession(this);
+    }
+
+    internal SessionState CreateState()
+    {
+        var kda = new KdaLayerState?[_layers.Length];
+        var mla = new MlaLayerState?[_layers.Length];
+        int capacity = Math.Min(InitialCacheRows, MaxSequenceLength);
+        for (int i = 0; i < _layers.Length; i++)
+        {
+            kda[i] = _layers[i].Kda?.CreateState(Backend);
+            mla[i] = _layers[i].Mla?.CreateState(Backend, capacity);
+        }
+        return new SessionState(kda, mla);
+    }
+
+    /// <summary>
+    /// Runs <paramref name="tokens"/> (already validated) through the model on <paramref name="state"/> and returns the
+    /// logits [T, vocab]. <paramref name="attention"/> picks the MLA form; <paramref name="onHidden"/> sees the residual
+    /// stream after the embedding (0), after each layer (1..N−1) and after the final norm (N).
+    /// </summary>
+    internal float[] Forward(SessionState state, ReadOnlySpan<int> tokens, MlaForm attention = MlaForm.Auto, Action<int, float[]>? onHidden = null)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var backend = Backend;
+        int count = tokens.Length;
+        var hidden = backend.Allocate(count, Config.HiddenSize); // [T, D] residual stream, fp32
+        backend.Embed(_embedding, tokens, hidden);
+        Capture(onHidden, 0, hidden);
+        bool absorbed = attention switch { MlaForm.Absorbed => true, MlaForm.Expanded => false, _ => count == 1 };
+        for (int i = 0; i < _layers.Length; i++)
+        {
+            _layers[i].Forward(backend, hidden, state.Kda[i], state.Mla[i], absorbed);
+            if (i < _layers.Length - 1)
+                Capture(onHidden, i + 1, hidden);
+        }
+        var normed = backend.Allocate(count, Config.HiddenSize);
+        backend.RmsNorm(hidden, _finalNorm, Config.RmsNormEps, normed);
+        Capture(onHidden, _layers.Length, normed);
+        var logits = backend.Allocate(count, Config.VocabSize); // [T, vocab]
+        backend.MatMul(normed, _lmHead, logits);
+        state.Length += count;
+        var result = new float[logits.Length];
+        backend.Download(logits, result);
+        return result;
+    }
+
+    private void Capture(Action<int, float[]>? onHidden, int index, Tensor hidden)
+    {
+        if (onHidden is null)
+            return;
+        var copy = new float[hidden.Length];
+        Backend.Download(hidden, copy);
+        onHidden(index, copy);
+    }
 
     /// <inheritdoc />
-    public void Dispose() { }
+    public void Dispose()
+    {
+        if (_disposed)
+            return;
+        _disposed = true;
+        _checkpoint.Dispose();
+    }
+}
+
+/// <summary>Which form of MLA attention to run.</summary>
+internal enum MlaForm
+{
+    /// <summary>Expanded for prefill, absorbed for single-token decode.</summary>
+    Auto,
+    /// <summary>Per-head keys and values expanded from the latent cache.</summary>
+    Expanded,
+    /// <summary>kv_b_proj folded into the query and output: attention over the latent itself.</summary>
+    Absorbed,
 }

@@ -1,34 +1,80 @@
+using KimiLinear.State;
+
 namespace KimiLinear;
 
 /// <summary>
 /// One sequence's state on a model: KDA conv windows and recurrent states, MLA latent caches. Not thread-safe; use one
-/// session per thread.
+/// session per thread (sessions of one model may run concurrently).
 /// </summary>
 public sealed partial class KimiSession : IDisposable
 {
+    private SessionState _state;
+    private bool _disposed;
+
     /// <summary>The model this session runs on.</summary>
     public KimiModel Model { get; }
 
     /// <summary>Tokens held so far.</summary>
-    public int Length { get; private set; }
+    public int Length => _state.Length;
 
-    internal KimiSession(KimiModel model) => Model = model;
+    internal KimiSession(KimiModel model)
+    {
+        Model = model;
+        _state = model.CreateState();
+    }
+
+    internal SessionState State => _state;
 
     /// <summary>
     /// Appends <paramref name="tokens"/> to the sequence and returns the logits of every new position,
     /// row-major [tokens.Length, vocab].
     /// </summary>
-    public float[] Forward(ReadOnlySpan<int> tokens) => throw new NotImplementedException("foundation in progress");
+    /// <exception cref="ArgumentException">No tokens, a token id outside [0, vocab), or the sequence would exceed the
+    /// model's maximum length. The session is unchanged.</exception>
+    public float[] Forward(ReadOnlySpan<int> tokens) => Forward(tokens, MlaForm.Auto);
+
+    internal float[] Forward(ReadOnlySpan<int> tokens, MlaForm attention, Action<int, float[]>? onHidden = null)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        Validate(tokens);
+        return Model.Forward(_state, tokens, attention, onHidden);
+    }
+
+    private void Validate(ReadOnlySpan<int> tokens)
+    {
+        if (tokens.IsEmpty)
+            throw new ArgumentException("No tokens to process: pass at least one token id.", nameof(tokens));
+        int vocab = Model.Config.VocabSize;
+        for (int i = 0; i < tokens.Length; i++)
+            if ((uint)tokens[i] >= (uint)vocab)
+                throw new ArgumentException($"Token id {tokens[i]} at position {i} is outside the model's vocabulary [0, {vocab}).", nameof(tokens));
+        long total = (long)_state.Length + tokens.Length;
+        if (total > Model.MaxSequenceLength)
+            throw new ArgumentException($"The session holds {_state.Length} tokens; {tokens.Length} more would make {total}, past the model's maximum length of {Model.MaxSequenceLength}.", nameof(tokens));
+    }
 
     /// <summary>Empties the sequence.</summary>
-    public void Reset() => Length = 0;
+    public void Reset()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        _state = Model.CreateState();
+    }
 
     /// <summary>Writes the whole state (KDA conv windows and recurrent states, MLA latent caches) to a stream.</summary>
-    public void SaveState(Stream stream) => throw new NotImplementedException("foundation in progress");
+    public void SaveState(Stream stream)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        SessionStateFile.Write(stream, Model, _state);
+    }
 
     /// <summary>Replaces this session's state with one written by <see cref="SaveState"/> for the same model.</summary>
-    public void RestoreState(Stream stream) => throw new NotImplementedException("foundation in progress");
+    /// <exception cref="InvalidDataException">The stream is not a saved state of this model; the session is unchanged.</exception>
+    public void RestoreState(Stream stream)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        _state = SessionStateFile.Read(stream, Model);
+    }
 
     /// <inheritdoc />
-    public void Dispose() { }
+    public void Dispose() => _disposed = true;
 }

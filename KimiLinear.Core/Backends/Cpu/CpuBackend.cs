@@ -1,0 +1,308 @@
+using System.Numerics.Tensors;
+using KimiLinear.Loading;
+
+namespace KimiLinear.Backends.Cpu;
+
+/// <summary>
+/// The CPU implementation of every kernel: fp32 activations and state, bf16 weights read from the mapped checkpoint.
+/// This is the executable specification the GPU backend is tested against, so each method is the plain math of the spec
+/// (`spec/kimi-linear.md`), vectorised with TensorPrimitives and parallel over rows or heads where the work is large.
+/// Stateless apart from its options, so sessions may call it from several threads at once.
+/// </summary>
+internal sealed class CpuBackend(int? threads = null) : IKimiBackend
+{
+    private readonly ParallelOptions _parallel = new() { MaxDegreeOfParallelism = threads ?? Environment.ProcessorCount };
+
+    private static CpuTensor Cpu(Tensor t) => t as CpuTensor
+        ?? throw new ArgumentException($"Tensor {t} belongs to another backend; the CPU backend takes only its own tensors.");
+
+    public Tensor Allocate(int rows, int cols) => new CpuTensor(rows, cols);
+
+    public void Upload(ReadOnlySpan<float> source, Tensor destination) => source.CopyTo(Cpu(destination).Span);
+
+    public void Download(Tensor source, Span<float> destination) => Cpu(source).Span.CopyTo(destination);
+
+    public void CopyRows(Tensor source, int rows, Tensor destination, int destinationRow)
+    {
+        var (s, d) = (Cpu(source), Cpu(destination));
+        if (s.Cols != d.Cols || destinationRow + rows > d.Rows || rows > s.Rows)
+            throw new ArgumentException($"CopyRows: {rows} rows of {s} into {d} at row {destinationRow}.");
+        s.Span[..(rows * s.Cols)].CopyTo(d.Span[(destinationRow * d.Cols)..]);
+    }
+
+    public void WriteConcatenatedRows(Tensor left, Tensor right, Tensor destination, int row)
+    {
+        var (l, r, d) = (Cpu(left), Cpu(right), Cpu(destination));
+        if (l.Rows != r.Rows || l.Cols + r.Cols != d.Cols || row + l.Rows > d.Rows)
+            throw new ArgumentException($"WriteConcatenatedRows: {l} | {r} into {d} at row {row}.");
+        for (int t = 0; t < l.Rows; t++)
+        {
+            l.Row(t).CopyTo(d.Row(row + t));
+            r.Row(t).CopyTo(d.Row(row + t)[l.Cols..]);
+        }
+    }
+
+    public void Embed(WeightMatrix table, ReadOnlySpan<int> ids, Tensor x)
+    {
+        var output = Cpu(x);
+        for (int t = 0; t < ids.Length; t++)
+            table.RowToSingle(ids[t], output.Row(t));
+    }
+
+    public void RmsNorm(Tensor x, float[] weight, float eps, Tensor y)
+    {
+        var (input, output) = (Cpu(x), Cpu(y));
+        for (int t = 0; t < input.Rows; t++)
+            RmsNormRow(input.Row(t), weight, eps, output.Row(t));
+    }
+
+    private static void RmsNormRow(ReadOnlySpan<float> x, ReadOnlySpan<float> weight, float eps, Span<float> y)
+    {
+        float meanSquare = TensorPrimitives.SumOfSquares(x) / x.Length;
+        float inverse = 1f / MathF.Sqrt(meanSquare + eps);
+        TensorPrimitives.Multiply(x, inverse, y);
+        TensorPrimitives.Multiply(y, weight, y);
+    }
+
+    public void Add(Tensor accumulator, Tensor x) => TensorPrimitives.Add(Cpu(accumulator).Span, Cpu(x).Span, Cpu(accumulator).Span);
+
+    public void MatMul(Tensor x, WeightMatrix w, Tensor y)
+    {
+        var (input, output) = (Cpu(x), Cpu(y));
+        if (input.Cols != w.Cols || output.Cols != w.Rows || output.Rows != input.Rows)
+            throw new ArgumentException($"MatMul '{w.Name}' [{w.Rows}, {w.Cols}]: x {input} and y {output} do not fit.");
+        CpuMatMul.Multiply(input.Data, input.Rows, w, output.Data, _parallel);
+    }
+
+    public void SwiGlu(Tensor gate, Tensor up, Tensor output)
+    {
+        // Element-wise, so output may alias gate or up.
+        Span<float> g = Cpu(gate).Span, u = Cpu(up).Span, o = Cpu(output).Span;
+        for (int i = 0; i < o.Length; i++)
+            o[i] = g[i] / (1f + MathF.Exp(-g[i])) * u[i];
+    }
+
+    public void Sigmoid(Tensor x) => TensorPrimitives.Sigmoid(Cpu(x).Span, Cpu(x).Span);
+
+    public void ShortConvSilu(Tensor x, float[] taps, Tensor window, Tensor y)
+    {
+        var (input, state, output) = (Cpu(x), Cpu(window), Cpu(y));
+        int tokens = input.Rows, channels = input.Cols, history = state.Cols, width = history + 1;
+        Parallel.For(0, channels, _parallel, () => new float[history + tokens], (c, _, sequence) =>
+        {
+            // sequence = the carried inputs (oldest first) followed by this call's inputs for channel c
+            var carried = state.Row(c);
+            carried.CopyTo(sequence);
+            for (int t = 0; t < tokens; t++)
+                sequence[history + t] = input.Data[t * channels + c];
+            var channelTaps = taps.AsSpan(c * width, width);
+            for (int t = 0; t < tokens; t++)
+            {
+                float sum = TensorPrimitives.Dot(channelTaps, sequence.AsSpan(t, width));
+                output.Data[t * channels + c] = sum / (1f + MathF.Exp(-sum));
+            }
+            sequence.AsSpan(tokens, history).CopyTo(carried);
+            return sequence;
+        }, _ => { });
+    }
+
+    public void KdaGate(Tensor f, float[] aLog, float[] dtBias, Tensor g)
+    {
+        var (input, output) = (Cpu(f), Cpu(g));
+        int width = dtBias.Length, headDim = width / aLog.Length;
+        for (int t = 0; t < input.Rows; t++)
+        {
+            var fr = input.Row(t);
+            var gr = output.Row(t);
+            for (int c = 0; c < width; c++)
+            {
+                float z = fr[c] + dtBias[c];
+                float softplus = z > 20f ? z : MathF.Log(1f + MathF.Exp(z));  // PyTorch's threshold: linear above 20
+                gr[c] = -MathF.Exp(aLog[c / headDim]) * softplus;
+            }
+        }
+    }
+
+    public void KdaCore(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor state, Tensor o, int heads, int keyDim, int valueDim, bool chunked)
+    {
+        int tokens = Cpu(q).Rows;
+        if (chunked)
+            global::KimiLinear.Backends.Cpu.KdaCore.Chunked(Cpu(q).Data, Cpu(k).Data, Cpu(v).Data, Cpu(g).Data, Cpu(beta).Data,
+                Cpu(state).Data, Cpu(o).Data, tokens, heads, keyDim, valueDim);
+        else
+            global::KimiLinear.Backends.Cpu.KdaCore.Recurrent(Cpu(q).Data, Cpu(k).Data, Cpu(v).Data, Cpu(g).Data, Cpu(beta).Data,
+                Cpu(state).Data, Cpu(o).Data, tokens, heads, keyDim, valueDim);
+    }
+
+    public void GatedRmsNorm(Tensor o, Tensor z, float[] weight, float eps, Tensor y)
+    {
+        var (input, gate, output) = (Cpu(o), Cpu(z), Cpu(y));
+        int width = weight.Length, groups = input.Cols / width;
+        for (int t = 0; t < input.Rows; t++)
+            for (int h = 0; h < groups; h++)
+            {
+                var span = output.Data.AsSpan(t * input.Cols + h * width, width);
+                RmsNormRow(input.Data.AsSpan(t * input.Cols + h * width, width), weight, eps, span);
+                var zs = gate.Data.AsSpan(t * input.Cols + h * width, width);
+                for (int i = 0; i < width; i++)
+                    span[i] *= 1f / (1f + MathF.Exp(-zs[i]));
+            }
+    }
+
+    public void MlaAttention(Tensor q, Tensor latent, int start, WeightMatrix kvB, Tensor o, int heads, int nopeDim, int ropeDim, int valueDim, bool absorbed)
+    {
+        var (queries, cache, output) = (Cpu(q), Cpu(latent), Cpu(o));
+        float scale = 1f / MathF.Sqrt(nopeDim + ropeDim); // no YaRN/mscale factor: nothing is rotated
+        if (absorbed)
+            MlaAbsorbed(queries, cache, start, kvB, output, heads, nopeDim, ropeDim, valueDim, kvB.Cols, scale);
+        else
+            MlaExpanded(queries, cache, start, kvB, output, heads, nopeDim, ropeDim, valueDim, kvB.Cols, scale);
+    }
+
+    /// <summary>Expand every cached latent into per-head keys and values (the MHA form), then causal softmax attention.</summary>
+    private void MlaExpanded(CpuTensor queries, CpuTensor cache, int start, WeightMatrix kvB, CpuTensor output,
+        int heads, int nopeDim, int ropeDim, int valueDim, int rank, float scale)
+    {
+        int tokens = queries.Rows, length = start + tokens, perHead = nopeDim + valueDim, qkDim = nopeDim + ropeDim;
+        var compressed = new CpuTensor(length, rank);            // [L, R] c_n
+        for (int s = 0; s < length; s++)
+            cache.Row(s)[..rank].CopyTo(compressed.Row(s));
+        var keysValues = new CpuTensor(length, heads * perHead); // [L, H·(nope + V)]
+        MatMul(compressed, kvB, keysValues);
+        Parallel.For(0, heads * tokens, _parallel, () => new float[length], (work, _, scores) =>
+        {
+            int h = work / tokens, t = work % tokens, visible = start + t + 1;
+            var qRow = queries.Row(t).Slice(h * qkDim, qkDim);
+            for (int s = 0; s < visible; s++)
+            {
+                var kv = keysValues.Row(s).Slice(h * perHead, perHead);
+                scores[s] = scale * (TensorPrimitives.Dot(qRow[..nopeDim], kv[..nopeDim])
+                                     + TensorPrimitives.Dot(qRow[nopeDim..], cache.Row(s).Slice(rank, ropeDim)));
+            }
+            var p = scores.AsSpan(0, visible);
+            TensorPrimitives.SoftMax(p, p);
+            var outRow = output.Row(t).Slice(h * valueDim, valueDim);
+            outRow.Clear();
+            for (int s = 0; s < visible; s++)
+                TensorPrimitives.MultiplyAdd(keysValues.Row(s).Slice(h * perHead + nopeDim, valueDim), p[s], outRow, outRow);
+            return scores;
+        }, _ => { });
+    }
+
+    /// <summary>
+    /// Weight absorption (exact because nothing rotates the keys): q_lat = W_UKᵀ q_nope scores against the cached latent
+    /// directly, the softmax mixes latents, and W_UV maps the mixture to the head's output. MQA over 576-wide keys.
+    /// </summary>
+    private void MlaAbsorbed(CpuTensor queries, CpuTensor cache, int start, WeightMatrix kvB, CpuTensor output,
+        int heads, int nopeDim, int ropeDim, int valueDim, int rank, float scale)
+    {
+        int tokens = queries.Rows, length = start + tokens, perHead = nopeDim + valueDim, qkDim = nopeDim + ropeDim;
+        Parallel.For(0, heads, _parallel, h =>
+        {
+            var upKeys = new float[nopeDim * rank];     // W_UK_h [nope, R]
+            var upValues = new float[valueDim * rank];  // W_UV_h [V, R]
+            for (int i = 0; i < nopeDim; i++)
+                kvB.RowToSingle(h * perHead + i, upKeys.AsSpan(i * rank, rank));
+            for (int i = 0; i < valueDim; i++)
+                kvB.RowToSingle(h * perHead + nopeDim + i, upValues.AsSpan(i * rank, rank));
+            var queryLatent = new float[rank];
+            var mixedLatent = new float[rank];
+            var scores = new float[length];
+            for (int t = 0; t < tokens; t++)
+            {
+                int visible = start + t + 1;
+                var qRow = queries.Row(t).Slice(h * qkDim, qkDim);
+                Array.Clear(queryLatent);
+                for (int i = 0; i < nopeDim; i++)
+                    TensorPrimitives.MultiplyAdd(upKeys.AsSpan(i * rank, rank), qRow[i], queryLatent, queryLatent);
+                for (int s = 0; s < visible; s++)
+                {
+                    var row = cache.Row(s);
+                    scores[s] = scale * (TensorPrimitives.Dot(queryLatent, row[..rank]) + TensorPrimitives.Dot(qRow[nopeDim..], row.Slice(rank, ropeDim)));
+                }
+                var p = scores.AsSpan(0, visible);
+                TensorPrimitives.SoftMax(p, p);
+                Array.Clear(mixedLatent);
+                for (int s = 0; s < visible; s++)
+                    TensorPrimitives.MultiplyAdd(cache.Row(s)[..rank], p[s], mixedLatent, mixedLatent);
+                var outRow = output.Row(t).Slice(h * valueDim, valueDim);
+                for (int i = 0; i < valueDim; i++)
+                    outRow[i] = TensorPrimitives.Dot(upValues.AsSpan(i * rank, rank), mixedLatent);
+            }
+        });
+    }
+
+    public void MoeRoute(Tensor logits, float[] bias, MoeRouting routing, Span<int> experts, Span<float> weights)
+    {
+        var input = Cpu(logits);
+        int count = input.Cols, active = routing.ExpertsPerToken, perGroup = count / routing.Groups;
+        var scores = new float[count];
+        var selection = new float[count];
+        var groupScores = new float[routing.Groups];
+        for (int t = 0; t < input.Rows; t++)
+        {
+            TensorPrimitives.Sigmoid(input.Row(t), scores);
+            TensorPrimitives.Add(scores, bias, selection);
+            if (routing.Groups > 1)
+            {
+                // DeepSeek-V3 grouped top-k: a group's score is the sum of its two best selection scores; only the
+                // best TopKGroups groups stay eligible.
+                for (int g = 0; g < routing.Groups; g++)
+                {
+                    var group = selection.AsSpan(g * perGroup, perGroup);
+                    int best = TensorPrimitives.IndexOfMax(group);
+                    float second = float.NegativeInfinity;
+                    for (int i = 0; i < perGroup; i++)
+                        if (i != best && group[i] > second)
+                            second = group[i];
+                    groupScores[g] = group[best] + (perGroup > 1 ? second : 0f);
+                }
+                var keep = TopIndices(groupScores, routing.TopKGroups);
+                for (int g = 0; g < routing.Groups; g++)
+                    if (Array.IndexOf(keep, g) < 0)
+                        selection.AsSpan(g * perGroup, perGroup).Fill(float.NegativeInfinity);
+            }
+            var chosen = TopIndices(selection, active);
+            var rowWeights = weights.Slice(t * active, active);
+            for (int a = 0; a < active; a++)
+            {
+                experts[t * active + a] = chosen[a];
+                rowWeights[a] = routing.BiasedWeights ? selection[chosen[a]] : scores[chosen[a]];
+            }
+            if (routing.Renormalize)
+                TensorPrimitives.Divide(rowWeights, TensorPrimitives.Sum(rowWeights) + 1e-20f, rowWeights);
+            TensorPrimitives.Multiply(rowWeights, routing.ScalingFactor, rowWeights);
+        }
+    }
+
+    /// <summary>Indices of the <paramref name="k"/> largest values, best first; ties go to the lower index.</summary>
+    private static int[] TopIndices(ReadOnlySpan<float> values, int k)
+    {
+        var result = new int[k];
+        var taken = new bool[values.Length];
+        for (int j = 0; j < k; j++)
+        {
+            int best = -1;
+            for (int i = 0; i < values.Length; i++)
+                if (!taken[i] && (best < 0 || values[i] > values[best]))
+                    best = i;
+            taken[best] = true;
+            result[j] = best;
+        }
+        return result;
+    }
+
+    public void GatherRows(Tensor x, ReadOnlySpan<int> rows, Tensor y)
+    {
+        var (input, output) = (Cpu(x), Cpu(y));
+        for (int i = 0; i < rows.Length; i++)
+            input.Row(rows[i]).CopyTo(output.Row(i));
+    }
+
+    public void ScatterAddRows(Tensor x, ReadOnlySpan<int> rows, ReadOnlySpan<float> scales, Tensor accumulator)
+    {
+        var (input, output) = (Cpu(x), Cpu(accumulator));
+        for (int i = 0; i < rows.Length; i++)
+            TensorPrimitives.MultiplyAdd(input.Row(i), scales[i], output.Row(rows[i]), output.Row(rows[i]));
+    }
+}

@@ -1,0 +1,55 @@
+using KimiLinear.Backends;
+using KimiLinear.Configuration;
+using KimiLinear.Loading;
+using KimiLinear.State;
+
+namespace KimiLinear.Layers;
+
+/// <summary>
+/// One pre-norm block: h += mixer(RMSNorm(h)); h += ffn(RMSNorm(h)). The token mixer is KDA or MLA, the channel mixer
+/// the dense MLP (first layers) or MoE. The residual stream stays fp32.
+/// </summary>
+internal sealed class DecoderLayer
+{
+    private readonly float _eps;
+    private readonly float[] _inputNorm;          // input_layernorm [D]
+    private readonly float[] _postAttentionNorm;  // post_attention_layernorm [D]
+    private readonly DenseMlp? _mlp;
+    private readonly MoeBlock? _moe;
+
+    /// <summary>The KDA token mixer, or null for an MLA layer.</summary>
+    public KdaLayer? Kda { get; }
+    /// <summary>The MLA token mixer, or null for a KDA layer.</summary>
+    public MlaLayer? Mla { get; }
+
+    public DecoderLayer(WeightLoader weights, int index, KimiConfig config, KimiModelOptions options)
+    {
+        string prefix = $"model.layers.{index}.";
+        int d = config.HiddenSize;
+        _eps = config.RmsNormEps;
+        _inputNorm = weights.Floats(prefix + "input_layernorm.weight", d);
+        _postAttentionNorm = weights.Floats(prefix + "post_attention_layernorm.weight", d);
+        if (config.LayerKinds[index] == LayerKind.Kda)
+            Kda = new KdaLayer(weights, prefix + "self_attn.", config);
+        else
+            Mla = new MlaLayer(weights, prefix + "self_attn.", config);
+        if (config.IsMoeLayer(index))
+            _moe = new MoeBlock(weights, prefix + "block_sparse_moe.", config, options.BiasedRoutingWeights);
+        else
+            _mlp = DenseMlp.Load(weights, prefix + "mlp.", d, config.IntermediateSize);
+    }
+
+    /// <summary>Updates the residual stream <paramref name="hidden"/> [T, D] in place and this layer's state.</summary>
+    public void Forward(IKimiBackend backend, Tensor hidden, KdaLayerState? kdaState, MlaLayerState? mlaState, bool absorbedAttention)
+    {
+        var normed = backend.Allocate(hidden.Rows, hidden.Cols);
+        backend.RmsNorm(hidden, _inputNorm, _eps, normed);
+        var mixed = Kda is not null
+            ? Kda.Forward(backend, normed, kdaState!)
+            : Mla!.Forward(backend, normed, mlaState!, absorbedAttention);
+        backend.Add(hidden, mixed);
+
+        backend.RmsNorm(hidden, _postAttentionNorm, _eps, normed);
+        backend.Add(hidden, _moe is not null ? _moe.Forward(backend, normed) : _mlp!.Forward(backend, normed));
+    }
+}

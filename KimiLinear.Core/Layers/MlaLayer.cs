@@ -1,0 +1,79 @@
+using KimiLinear.Backends;
+using KimiLinear.Configuration;
+using KimiLinear.Loading;
+using KimiLinear.State;
+
+namespace KimiLinear.Layers;
+
+/// <summary>
+/// Multi-head latent attention without positional encoding (spec §3): per token a 576-wide latent (c_n | k_pe) is
+/// cached; queries attend to it through kv_b_proj, either expanded into per-head keys and values (prefill) or absorbed
+/// into the query and output (decode, MQA over the latent).
+/// </summary>
+internal sealed class MlaLayer
+{
+    /// <summary>The HF reference builds kv_a_layernorm with the RMSNorm default, not rms_norm_eps.</summary>
+    private const float LatentNormEps = 1e-6f;
+
+    private readonly int _heads, _nopeDim, _ropeDim, _valueDim, _rank;
+
+    private readonly WeightMatrix _queryProjection;  // [H·(nope + rope), D]
+    private readonly WeightMatrix _latentProjection; // kv_a_proj_with_mqa rows [0, R): [R, D]
+    private readonly WeightMatrix _sharedKeyProjection; // kv_a_proj_with_mqa rows [R, R + rope): [rope, D]
+    private readonly float[] _latentNorm;            // kv_a_layernorm [R]
+    private readonly WeightMatrix _keyValueUp;       // kv_b_proj [H·(nope + V), R]: per head nope key rows, then V value rows
+    private readonly WeightMatrix _outputProjection; // [D, H·V]
+
+    public MlaLayer(WeightLoader weights, string prefix, KimiConfig config)
+    {
+        (_heads, _nopeDim, _ropeDim, _valueDim, _rank) =
+            (config.MlaHeads, config.QkNopeHeadDim, config.QkRopeHeadDim, config.VHeadDim, config.KvLoraRank);
+        int d = config.HiddenSize;
+        _queryProjection = weights.Matrix(prefix + "q_proj.weight", _heads * config.QkHeadDim, d);
+        var kvA = weights.Matrix(prefix + "kv_a_proj_with_mqa.weight", _rank + _ropeDim, d);
+        _latentProjection = kvA.RowRange(0, _rank);
+        _sharedKeyProjection = kvA.RowRange(_rank, _ropeDim);
+        _latentNorm = weights.Floats(prefix + "kv_a_layernorm.weight", _rank);
+        _keyValueUp = weights.Matrix(prefix + "kv_b_proj.weight", _heads * (_nopeDim + _valueDim), _rank);
+        _outputProjection = weights.Matrix(prefix + "o_proj.weight", d, _heads * _valueDim);
+    }
+
+    public MlaLayerState CreateState(IKimiBackend backend, int initialCapacity) =>
+        new(backend.Allocate(initialCapacity, _rank + _ropeDim));
+
+    /// <summary>x: [T, D] → [T, D]; appends T latents to the cache. <paramref name="absorbed"/> picks the attention form.</summary>
+    public Tensor Forward(IKimiBackend backend, Tensor x, MlaLayerState state, bool absorbed)
+    {
+        int tokens = x.Rows, start = state.Length;
+        var q = backend.Allocate(tokens, _queryProjection.Rows);       // [T, H·(nope + rope)]
+        backend.MatMul(x, _queryProjection, q);
+
+        var compressed = backend.Allocate(tokens, _rank);              // [T, R]
+        backend.MatMul(x, _latentProjection, compressed);
+        var normalised = backend.Allocate(tokens, _rank);              // [T, R] c_n
+        backend.RmsNorm(compressed, _latentNorm, LatentNormEps, normalised);
+        var sharedKey = backend.Allocate(tokens, _ropeDim);            // [T, rope] k_pe, never rotated
+        backend.MatMul(x, _sharedKeyProjection, sharedKey);
+        Append(backend, state, normalised, sharedKey);
+
+        var o = backend.Allocate(tokens, _heads * _valueDim);          // [T, H·V]
+        backend.MlaAttention(q, state.Latent, start, _keyValueUp, o, _heads, _nopeDim, _ropeDim, _valueDim, absorbed);
+        var output = backend.Allocate(tokens, _outputProjection.Rows);
+        backend.MatMul(o, _outputProjection, output);
+        return output;
+    }
+
+    /// <summary>Writes rows (c_n | k_pe) at the end of the cache, doubling its capacity when full.</summary>
+    private void Append(IKimiBackend backend, MlaLayerState state, Tensor normalised, Tensor sharedKey)
+    {
+        int tokens = normalised.Rows, needed = state.Length + tokens;
+        if (needed > state.Latent.Rows)
+        {
+            var grown = backend.Allocate(Math.Max(needed, 2 * state.Latent.Rows), state.Latent.Cols);
+            backend.CopyRows(state.Latent, state.Length, grown, 0);
+            state.Latent = grown;
+        }
+        backend.WriteConcatenatedRows(normalised, sharedKey, state.Latent, state.Length);
+        state.Length = needed;
+    }
+}

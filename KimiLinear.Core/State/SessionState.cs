@@ -1,0 +1,15 @@
+using KimiLinear.Backends;
+
+namespace KimiLinear.State;
+
+/// <summary>All per-sequence state of a model: one entry per decoder layer (KDA state or MLA cache).</summary>
+internal sealed class SessionState(KdaLayerState?[] kda, MlaLayerState?[] mla)
+{
+    /// <summary>Per layer: the KDA state, or null for MLA layers.</summary>
+    public KdaLayerState?[] Kda { get; } = kda;
+    /// <summary>Per layer: the MLA cache, or null for KDA layers.</summary>
+    public MlaLayerState?[] Mla { get; } = mla;
+
+    /// <summary>Tokens in the sequence.</summary>
+    public int Length { get; set; }
+}

@@ -1,0 +1,100 @@
+using KimiLinear.Backends;
+using KimiLinear.State;
+
+namespace KimiLinear.Tests.Model;
+
+/// <summary>
+/// The engine's two paths must agree with each other: a long prefill (chunked KDA, expanded MLA) against a shorter
+/// prefill followed by single-token decode steps (recurrent KDA, absorbed MLA), for the logits and every carried state;
+/// and the two MLA forms on the same input.
+/// </summary>
+public sealed class ConsistencyTests(TinyModelFixture fixture) : IClassFixture<TinyModelFixture>
+{
+    /// <summary>Both sides are fp32 computations of the same math in a different order; 1e-5 leaves room for that only.</summary>
+    private const double Tolerance = 1e-5;
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(7)]
+    [InlineData(64)]
+    public void PrefillEqualsShorterPrefillThenDecodeSteps(int steps)
+    {
+        var ids = fixture.Golden.ReadInt32("case4.input_ids"); // T = 150
+        int vocab = fixture.Model.Config.VocabSize, prefix = ids.Length - steps;
+
+        using var whole = fixture.Model.CreateSession();
+        var expected = whole.Forward(ids);
+
+        using var stepped = fixture.Model.CreateSession();
+        stepped.Forward(ids.AsSpan(0, prefix));
+        for (int t = prefix; t < ids.Length; t++)
+        {
+            var logits = stepped.Forward(ids.AsSpan(t, 1));
+            TensorAssert.Close(logits, expected.AsSpan(t * vocab, vocab), Tolerance, $"logits at position {t}");
+        }
+        Assert.Equal(whole.Length, stepped.Length);
+        AssertStatesClose(whole.State, stepped.State, fixture.Model.Backend);
+    }
+
+    [Fact]
+    public void PrefillInTwoPartsEqualsOnePrefill()
+    {
+        var ids = fixture.Golden.ReadInt32("case4.input_ids");
+        using var whole = fixture.Model.CreateSession();
+        var expected = whole.Forward(ids);
+        using var split = fixture.Model.CreateSession();
+        split.Forward(ids.AsSpan(0, 37));
+        var tail = split.Forward(ids.AsSpan(37));
+        int vocab = fixture.Model.Config.VocabSize;
+        TensorAssert.Close(tail, expected.AsSpan(37 * vocab), Tolerance, "logits of the second part");
+        AssertStatesClose(whole.State, split.State, fixture.Model.Backend);
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(65)]
+    [InlineData(150)]
+    public void AbsorbedAttentionEqualsExpandedAttention(int tokens)
+    {
+        var all = fixture.Golden.ReadInt32("case4.input_ids");
+        var ids = all.AsSpan(0, tokens).ToArray();
+        var more = all.AsSpan(0, 3).ToArray(); // three more tokens after the prefix
+        using var expanded = fixture.Model.CreateSession();
+        using var absorbed = fixture.Model.CreateSession();
+        var a = expanded.Forward(ids, MlaForm.Expanded);
+        var b = absorbed.Forward(ids, MlaForm.Absorbed);
+        TensorAssert.Close(b, a, Tolerance, $"absorbed vs expanded logits, T = {tokens}");
+        // and continuing after a cached prefix
+        TensorAssert.Close(absorbed.Forward(more, MlaForm.Absorbed), expanded.Forward(more, MlaForm.Expanded),
+            Tolerance, "absorbed vs expanded with a cached prefix");
+    }
+
+    private static void AssertStatesClose(SessionState expected, SessionState actual, IKimiBackend backend)
+    {
+        for (int layer = 0; layer < expected.Kda.Length; layer++)
+        {
+            if (expected.Kda[layer] is { } kda)
+            {
+                var pairs = kda.Tensors.Zip(actual.Kda[layer]!.Tensors, (e, a) => (e, a)).ToArray();
+                string[] names = ["q conv window", "k conv window", "v conv window", "recurrent state"];
+                for (int i = 0; i < pairs.Length; i++)
+                    TensorAssert.Close(Download(backend, pairs[i].a), Download(backend, pairs[i].e), Tolerance, $"layer {layer} {names[i]}");
+            }
+            if (expected.Mla[layer] is { } mla)
+            {
+                var other = actual.Mla[layer]!;
+                Assert.Equal(mla.Length, other.Length);
+                int valid = mla.Length * mla.Latent.Cols;
+                TensorAssert.Close(Download(backend, other.Latent).AsSpan(0, valid), Download(backend, mla.Latent).AsSpan(0, valid),
+                    Tolerance, $"layer {layer} latent cache");
+            }
+        }
+    }
+
+    private static float[] Download(IKimiBackend backend, Tensor t)
+    {
+        var values = new float[t.Length];
+        backend.Download(t, values);
+        return values;
+    }
+}

@@ -1,0 +1,96 @@
+namespace KimiLinear.Tests.Model;
+
+/// <summary>Bad input to a session is an ArgumentException naming the value, and the session stays usable and unchanged.</summary>
+public sealed class SessionInputTests(TinyModelFixture fixture) : IClassFixture<TinyModelFixture>
+{
+    private static readonly int[] Prompt = [3, 14, 159, 265, 35];
+
+    [Theory]
+    [InlineData(-1)]
+    [InlineData(512)]
+    [InlineData(int.MaxValue)]
+    public void TokenOutsideVocabularyIsRejectedAndSessionStaysUsable(int bad)
+    {
+        using var session = fixture.Model.CreateSession();
+        session.Forward(Prompt.AsSpan(0, 2));
+        var error = Assert.Throws<ArgumentException>(() => session.Forward([7, bad]));
+        Assert.Contains(bad.ToString(System.Globalization.CultureInfo.InvariantCulture), error.Message);
+        Assert.Contains("position 1", error.Message);
+        Assert.Equal(2, session.Length);
+        AssertContinuesLikeAFreshSession(session);
+    }
+
+    [Fact]
+    public void EmptyInputIsRejected()
+    {
+        using var session = fixture.Model.CreateSession();
+        Assert.Contains("No tokens", Assert.Throws<ArgumentException>(() => session.Forward([])).Message);
+        Assert.Equal(0, session.Length);
+    }
+
+    [Fact]
+    public void SequencePastTheMaximumLengthIsRejected()
+    {
+        using var model = KimiModel.Load(FixturePaths.TinyModel, new KimiModelOptions { MaxSequenceLength = 4 });
+        using var session = model.CreateSession();
+        session.Forward([1, 2, 3]);
+        var error = Assert.Throws<ArgumentException>(() => session.Forward([4, 5]));
+        Assert.Contains("maximum length of 4", error.Message);
+        Assert.Equal(3, session.Length);
+        session.Forward([4]);
+        Assert.Equal(4, session.Length);
+    }
+
+    [Fact]
+    public void ResetStartsAnEmptySequence()
+    {
+        using var session = fixture.Model.CreateSession();
+        session.Forward([9, 9, 9, 9]);
+        session.Reset();
+        Assert.Equal(0, session.Length);
+        using var fresh = fixture.Model.CreateSession();
+        TensorAssert.Close(session.Forward(Prompt), fresh.Forward(Prompt), 0, "after Reset vs fresh");
+    }
+
+    [Fact]
+    public void SavedStateRestoresIdenticalNextLogits()
+    {
+        using var session = fixture.Model.CreateSession();
+        session.Forward(Prompt);
+        using var saved = new MemoryStream();
+        session.SaveState(saved);
+        var expected = session.Forward([42]);
+
+        using var restored = fixture.Model.CreateSession();
+        saved.Position = 0;
+        restored.RestoreState(saved);
+        Assert.Equal(Prompt.Length, restored.Length);
+        TensorAssert.Close(restored.Forward([42]), expected, 0, "next-token logits after restore");
+    }
+
+    [Fact]
+    public void CorruptSavedStateIsRejectedAndSessionUnchanged()
+    {
+        using var session = fixture.Model.CreateSession();
+        session.Forward(Prompt);
+        using var saved = new MemoryStream();
+        session.SaveState(saved);
+        byte[] bytes = saved.ToArray();
+
+        using var target = fixture.Model.CreateSession();
+        target.Forward(Prompt.AsSpan(0, 2));
+        Assert.Contains("truncated", Assert.Throws<InvalidDataException>(() => target.RestoreState(new MemoryStream(bytes[..^10]))).Message);
+        Assert.Contains("magic", Assert.Throws<InvalidDataException>(() => target.RestoreState(new MemoryStream(new byte[64]))).Message);
+        Assert.Equal(2, target.Length);
+        AssertContinuesLikeAFreshSession(target);
+    }
+
+    /// <summary>After a rejected call the session must compute exactly what an untouched session with the same history does.</summary>
+    private void AssertContinuesLikeAFreshSession(KimiSession session)
+    {
+        int held = session.Length;
+        using var fresh = fixture.Model.CreateSession();
+        fresh.Forward(Prompt.AsSpan(0, held));
+        TensorAssert.Close(session.Forward(Prompt.AsSpan(held)), fresh.Forward(Prompt.AsSpan(held)), 0, "continuation");
+    }
+}
