@@ -6,7 +6,7 @@ namespace KimiLinear.Chat;
 
 /// <summary>
 /// The file a <see cref="ChatSession"/> is saved to. Layout: magic <c>KIMICHAT</c>, format version (int32), SHA-256 of the
-/// body (32 bytes), then the body: the model's fingerprint, the messages, the pending messages, the tokens fed, whether the
+/// body (32 bytes), then the body: the messages, the pending messages, the tokens fed, whether the
 /// last turn is open, and last <see cref="KimiSession.SaveState"/>'s bytes (KDA states of fixed size plus the MLA latent
 /// cache, which grows with the conversation). The checksum is verified before anything is parsed, so a damaged file is
 /// reported as such instead of as a confusing parse error.
@@ -30,7 +30,6 @@ internal static class ChatSessionFile
                 writer.Write(Magic);
                 writer.Write(Version);
                 writer.Write(new byte[SHA256.HashSizeInBytes]);
-                writer.Write(Fingerprint(chat.Model));
                 WriteMessages(writer, chat.Messages);
                 WriteMessages(writer, chat.PendingMessages);
                 writer.Write(chat.Tokens.Count);
@@ -65,21 +64,26 @@ internal static class ChatSessionFile
                 throw Corrupt(path, "its checksum does not match its contents (the file is damaged or truncated)");
 
             file.Position = BodyOffset;
-            var fingerprint = reader.ReadString();
-            if (fingerprint != Fingerprint(model))
-                throw Corrupt(path, $"it was saved for a different model ({fingerprint}) than '{model.ModelDirectory}' ({Fingerprint(model)})");
             var messages = ReadMessages(reader, path);
             var pending = ReadMessages(reader, path);
             var tokenCount = reader.ReadInt32();
-            if (tokenCount < 0 || tokenCount > model.ContextLength)
-                throw Corrupt(path, $"it holds {tokenCount} tokens; the model's context is {model.ContextLength}");
+            if (tokenCount < 0 || tokenCount > model.MaxSequenceLength)
+                throw Corrupt(path, $"it holds {tokenCount} tokens; the model's context is {model.MaxSequenceLength}");
             var tokens = new int[tokenCount];
             for (var i = 0; i < tokens.Length; i++)
                 tokens[i] = reader.ReadInt32();
             var turnOpen = reader.ReadBoolean();
             return ChatSession.Restore(model, messages, pending, tokens, turnOpen, session =>
             {
-                session.RestoreState(file);
+                // The state checks that it belongs to a model of this shape.
+                try
+                {
+                    session.RestoreState(file);
+                }
+                catch (InvalidDataException e)
+                {
+                    throw new InvalidDataException($"Cannot resume the chat session in '{path}': {e.Message}", e);
+                }
                 if (session.Length != tokenCount)
                     throw Corrupt(path, $"its model state holds {session.Length} tokens but its transcript {tokenCount}");
             });
@@ -88,14 +92,6 @@ internal static class ChatSessionFile
         {
             throw new InvalidDataException($"Cannot resume the chat session in '{path}': it ends early.", e);
         }
-    }
-
-    /// <summary>What must match between the saving and the loading model: the shapes of the state and the vocabulary.</summary>
-    private static string Fingerprint(KimiModel model)
-    {
-        var c = model.Config;
-        return $"vocab {c.VocabSize}, hidden {c.HiddenSize}, layers {string.Concat(c.LayerKinds.Select(k => k == Configuration.LayerKind.Kda ? 'K' : 'M'))}, " +
-               $"KDA {c.KdaHeads}x{c.KdaHeadDim} conv {c.KdaConvSize}, MLA {c.MlaHeads} heads latent {c.MlaLatentSize}";
     }
 
     private static void WriteMessages(BinaryWriter writer, IReadOnlyList<KimiChatMessage> messages)

@@ -22,9 +22,6 @@ public sealed partial class KimiModel
             $"The checkpoint in '{ModelDirectory}' has no tiktoken.model, so text generation and chat are unavailable. " +
             "Add the checkpoint's tiktoken.model and tokenizer_config.json, or use the token-level methods (GenerateTokens).");
 
-    /// <summary>Longest sequence a session may hold.</summary>
-    internal int ContextLength => Config.MaxSequenceLength;
-
     /// <summary>Stop tokens used when <see cref="Generation.GenerationOptions.StopTokenIds"/> is null: the tokenizer's
     /// end-of-turn tokens and config.json's <c>eos_token_id</c>, those the model can emit.</summary>
     internal IEnumerable<int> DefaultStopTokenIds =>

@@ -36,11 +36,11 @@ internal sealed class TokenGeneration : IDisposable
             if ((uint)prompt[i] >= (uint)vocab)
                 throw new ArgumentOutOfRangeException(nameof(prompt), prompt[i], $"Prompt token {i} is {prompt[i]}, outside the model's vocabulary [0, {vocab}).");
         // One position beyond the prompt must stay free: the first generated token is fed before the run ends.
-        var room = model.ContextLength - session.Length - 1;
+        var room = model.MaxSequenceLength - session.Length - 1;
         if (prompt.Length > room)
             throw new ArgumentException(
                 $"The prompt has {prompt.Length} tokens but only {Math.Max(room, 0)} fit: the session holds {session.Length} of the model's " +
-                $"{model.ContextLength}-token context and one position is kept for the answer. Shorten the prompt or reset the session.",
+                $"{model.MaxSequenceLength}-token context and one position is kept for the answer. Shorten the prompt or reset the session.",
                 nameof(prompt));
 
         _stopTokens = [.. _options.StopTokenIds ?? model.DefaultStopTokenIds];
@@ -89,7 +89,7 @@ internal sealed class TokenGeneration : IDisposable
 
         if (GeneratedTokenCount == _options.MaxTokens)
             return Finish(GenerationFinishReason.MaxTokens);
-        if (_session.Length >= _session.Model.ContextLength)
+        if (_session.Length >= _session.Model.MaxSequenceLength)
             return Finish(GenerationFinishReason.ContextFull);
 
         token = _sampler.Sample(_logits, _seen);

@@ -31,7 +31,7 @@ public class ChatSessionTests
         chat.Send("Hi there", Reply(1));
         chat.Send("And then?", Reply(2));
         Assert.Equal(chat.Tokens.Count, chat.Session.Length);
-        Assert.Equal(6, chat.Messages.Count); // system, user, assistant, user, assistant... plus nothing pending
+        Assert.Equal(["system", "user", "assistant", "user", "assistant"], chat.Messages.Select(m => m.Role));
         var tokenizer = Model.Tokenizer!;
         // The first turn is exactly the chat template's encoding of the first two messages.
         var opening = tokenizer.EncodeChat([chat.Messages[0], chat.Messages[1]]);
