@@ -17,7 +17,7 @@ public sealed partial class KimiModel : IDisposable
     /// <summary>Rows of the MLA latent cache a new session starts with; it doubles as the sequence grows.</summary>
     private const int InitialCacheRows = 256;
 
-    private readonly Checkpoint _checkpoint;
+    private readonly IWeightSource _weights;
     private readonly WeightMatrix _embedding;   // embed_tokens [vocab, D]
     private readonly DecoderLayer[] _layers;
     private readonly float[] _finalNorm;        // model.norm [D]
@@ -38,13 +38,12 @@ public sealed partial class KimiModel : IDisposable
 
     internal IKimiBackend Backend { get; }
 
-    private KimiModel(string directory, KimiConfig config, KimiModelOptions options, IKimiBackend backend, Checkpoint checkpoint,
+    private KimiModel(string directory, KimiConfig config, KimiModelOptions options, IKimiBackend backend, IWeightSource weights,
         IProgress<KimiLoadProgress>? progress, CancellationToken cancellationToken)
     {
-        (ModelDirectory, Config, Options, Backend, _checkpoint) = (directory, config, options, backend, checkpoint);
+        (ModelDirectory, Config, Options, Backend, _weights) = (directory, config, options, backend, weights);
         MaxSequenceLength = options.MaxSequenceLength ?? config.MaxSequenceLength;
-        var weights = new WeightLoader(checkpoint);
-        long total = checkpoint.TotalBytes;
+        long total = weights.TotalBytes;
         void Report(string stage) => progress?.Report(new KimiLoadProgress(stage, weights.BytesBound, total));
 
         int d = config.HiddenSize;
@@ -64,7 +63,7 @@ public sealed partial class KimiModel : IDisposable
         var unused = weights.UnusedTensors.Take(10).ToList();
         if (unused.Count > 0)
             options.Logger?.LogWarning("Checkpoint '{Directory}' has tensors the model does not use, e.g. {Names}", directory, string.Join(", ", unused));
-        options.Logger?.LogInformation("Loaded {Layers}-layer Kimi Linear model from '{Directory}' ({Bytes:N0} bytes of weights) on the CPU",
+        options.Logger?.LogInformation("Loaded {Layers}-layer Kimi Linear model from '{Directory}' ({Bytes:N0} bytes of weights) for the CPU",
             config.NumLayers, directory, weights.BytesBound);
     }
 
@@ -93,14 +92,26 @@ public sealed partial class KimiModel : IDisposable
             throw new NotSupportedException("Running a whole model on CUDA is not available yet; use KimiDevice.Cpu or KimiDevice.Auto.");
 
         var config = KimiConfig.Load(directory);
-        var checkpoint = Checkpoint.Open(directory);
+        return Create(directory, config, options, new CheckpointWeights(Checkpoint.Open(directory)), progress, cancellationToken);
+    }
+
+    /// <summary>
+    /// A model of <paramref name="config"/> with random weights (see <see cref="SyntheticWeights"/>), for benchmarks of
+    /// configurations without a checkpoint at hand.
+    /// </summary>
+    internal static KimiModel CreateSynthetic(KimiConfig config, KimiModelOptions? options = null, int seed = 0) =>
+        Create("(synthetic)", config, options ?? new KimiModelOptions(), new SyntheticWeights(seed), null, CancellationToken.None);
+
+    private static KimiModel Create(string directory, KimiConfig config, KimiModelOptions options, IWeightSource weights,
+        IProgress<KimiLoadProgress>? progress, CancellationToken cancellationToken)
+    {
         try
         {
-            return new KimiModel(directory, config, options, new CpuBackend(options.CpuThreads), checkpoint, progress, cancellationToken);
+            return new KimiModel(directory, config, options, new CpuBackend(options.CpuThreads), weights, progress, cancellationToken);
         }
         catch
         {
-            checkpoint.Dispose();
+            weights.Dispose();
             throw;
         }
     }
@@ -171,7 +182,7 @@ public sealed partial class KimiModel : IDisposable
         if (_disposed)
             return;
         _disposed = true;
-        _checkpoint.Dispose();
+        _weights.Dispose();
     }
 }
 

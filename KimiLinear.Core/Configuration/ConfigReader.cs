@@ -52,10 +52,12 @@ internal sealed class ConfigReader
         int topK = Int("num_experts_per_token", min: 1);
         if (topK > experts)
             throw Error("num_experts_per_token", topK, $"at most num_experts = {experts}");
-        int groups = Int("num_expert_group", fallback: 1, min: 1);
+        // Without use_grouped_topk the group fields are ignored: plain top-k over all experts.
+        bool grouped = Bool("use_grouped_topk", fallback: true);
+        int groups = grouped ? Int("num_expert_group", fallback: 1, min: 1) : 1;
         if (experts % groups != 0)
             throw Error("num_expert_group", groups, $"a divisor of num_experts = {experts}");
-        int topKGroups = Int("topk_group", fallback: groups, min: 1);
+        int topKGroups = grouped ? Int("topk_group", fallback: groups, min: 1) : 1;
         if (topKGroups > groups)
             throw Error("topk_group", topKGroups, $"at most num_expert_group = {groups}");
         if (groups > 1 && topK > topKGroups * (experts / groups))

@@ -22,7 +22,7 @@ internal sealed class DecoderLayer
     /// <summary>The MLA token mixer, or null for a KDA layer.</summary>
     public MlaLayer? Mla { get; }
 
-    public DecoderLayer(WeightLoader weights, int index, KimiConfig config, KimiModelOptions options)
+    public DecoderLayer(IWeightSource weights, int index, KimiConfig config, KimiModelOptions options)
     {
         string prefix = $"model.layers.{index}.";
         int d = config.HiddenSize;

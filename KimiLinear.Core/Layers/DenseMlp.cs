@@ -13,7 +13,7 @@ internal sealed class DenseMlp
     public DenseMlp(WeightMatrix gate, WeightMatrix up, WeightMatrix down) => (_gate, _up, _down) = (gate, up, down);
 
     /// <summary>The published names gate_proj / up_proj / down_proj under <paramref name="prefix"/>.</summary>
-    public static DenseMlp Load(WeightLoader weights, string prefix, int hidden, int width) => new(
+    public static DenseMlp Load(IWeightSource weights, string prefix, int hidden, int width) => new(
         weights.Matrix(prefix + "gate_proj.weight", width, hidden),
         weights.Matrix(prefix + "up_proj.weight", width, hidden),
         weights.Matrix(prefix + "down_proj.weight", hidden, width));

@@ -31,7 +31,7 @@ internal sealed class KdaLayer
     private readonly float[] _outputNorm;            // o_norm [V], shared by all heads
     private readonly WeightMatrix _outputProjection; // [D, H·V]
 
-    public KdaLayer(WeightLoader weights, string prefix, KimiConfig config)
+    public KdaLayer(IWeightSource weights, string prefix, KimiConfig config)
     {
         (_heads, _headDim, _convSize, _eps) = (config.KdaHeads, config.KdaHeadDim, config.KdaConvSize, config.RmsNormEps);
         int d = config.HiddenSize, width = config.KdaProjectionSize;

@@ -24,7 +24,7 @@ internal sealed class MlaLayer
     private readonly WeightMatrix _keyValueUp;       // kv_b_proj [H·(nope + V), R]: per head nope key rows, then V value rows
     private readonly WeightMatrix _outputProjection; // [D, H·V]
 
-    public MlaLayer(WeightLoader weights, string prefix, KimiConfig config)
+    public MlaLayer(IWeightSource weights, string prefix, KimiConfig config)
     {
         (_heads, _nopeDim, _ropeDim, _valueDim, _rank) =
             (config.MlaHeads, config.QkNopeHeadDim, config.QkRopeHeadDim, config.VHeadDim, config.KvLoraRank);

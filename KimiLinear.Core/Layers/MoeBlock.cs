@@ -17,7 +17,7 @@ internal sealed class MoeBlock
     private readonly DenseMlp? _sharedExpert;    // width S·F
     private readonly MoeRouting _routing;
 
-    public MoeBlock(WeightLoader weights, string prefix, KimiConfig config, bool biasedRoutingWeights)
+    public MoeBlock(IWeightSource weights, string prefix, KimiConfig config, bool biasedRoutingWeights)
     {
         int d = config.HiddenSize, e = config.NumExperts, f = config.MoeIntermediateSize;
         _router = weights.Matrix(prefix + "gate.weight", e, d);

@@ -3,13 +3,17 @@ namespace KimiLinear.Loading;
 /// <summary>
 /// Binds checkpoint tensors to the engine's weights by their published names, checking each one's dtype and shape
 /// against what the configuration implies. Errors name the tensor, the file, what was expected and what was found.
+/// BF16 matrices stay in the mapped files, so this owns the checkpoint.
 /// </summary>
-internal sealed unsafe class WeightLoader(Checkpoint checkpoint)
+internal sealed unsafe class CheckpointWeights(Checkpoint checkpoint) : IWeightSource
 {
     private readonly HashSet<string> _used = new(StringComparer.Ordinal);
 
     /// <summary>Bytes of the tensors bound so far.</summary>
     public long BytesBound { get; private set; }
+
+    /// <summary>Bytes of tensor data in the checkpoint.</summary>
+    public long TotalBytes { get; } = checkpoint.TotalBytes;
 
     /// <summary>Tensors in the checkpoint that no layer asked for.</summary>
     public IEnumerable<string> UnusedTensors => checkpoint.TensorNames.Where(n => !_used.Contains(n));
@@ -44,4 +48,7 @@ internal sealed unsafe class WeightLoader(Checkpoint checkpoint)
     }
 
     private static string Text(long[] shape) => "[" + string.Join(", ", shape) + "]";
+
+    /// <inheritdoc />
+    public void Dispose() => checkpoint.Dispose();
 }
