@@ -1,4 +1,6 @@
+using System.Diagnostics;
 using KimiLinear.Sampling;
+using Microsoft.Extensions.Logging;
 
 namespace KimiLinear.Generation;
 
@@ -21,6 +23,8 @@ internal sealed class TokenGeneration : IDisposable
     private readonly List<int> _output = [];
     private float[]? _logits; // [vocab] logits of the next position, null until the prompt is prefilled
     private int? _unfed;      // the last token returned, not yet fed to the session
+    private long _startedAt;  // Stopwatch timestamp of the prefill's start
+    private bool _disposed;
 
     /// <summary>Validates the arguments; nothing touches the session before the first <see cref="TryNext"/>.</summary>
     public TokenGeneration(KimiSession session, int[] prompt, GenerationOptions? options)
@@ -80,7 +84,10 @@ internal sealed class TokenGeneration : IDisposable
             return false;
         cancellationToken.ThrowIfCancellationRequested();
         if (_logits is null)
+        {
+            _startedAt = Stopwatch.GetTimestamp();
             _logits = _session.NextTokenLogits(_prompt);
+        }
         else if (_unfed is { } previous)
         {
             _unfed = null;
@@ -106,7 +113,20 @@ internal sealed class TokenGeneration : IDisposable
     public void Stop(GenerationFinishReason reason) => FinishReason ??= reason;
 
     /// <summary>Feeds the last returned token so that the session holds everything this run produced.</summary>
-    public void Dispose() => FeedUnfed();
+    public void Dispose()
+    {
+        if (_disposed)
+            return;
+        _disposed = true;
+        FeedUnfed();
+        if (Started && _session.Model.Options.Logger is { } logger && logger.IsEnabled(LogLevel.Debug))
+        {
+            var elapsed = Stopwatch.GetElapsedTime(_startedAt);
+            logger.LogDebug("Generated {Generated} tokens after a {Prompt}-token prompt in {Milliseconds:F0} ms ({TokensPerSecond:F1} tokens/s); ended by {Reason}",
+                GeneratedTokenCount, PromptTokenCount, elapsed.TotalMilliseconds, GeneratedTokenCount / elapsed.TotalSeconds,
+                FinishReason?.ToString() ?? "the caller");
+        }
+    }
 
     private void FeedUnfed()
     {

@@ -2,6 +2,7 @@
 #pragma warning disable xUnit1051
 
 using KimiLinear.Generation;
+using Microsoft.Extensions.Logging;
 
 namespace KimiLinear.Tests.Generation;
 
@@ -213,5 +214,24 @@ public class GenerationTests
         Assert.Contains("tiktoken.model", Assert.Throws<InvalidOperationException>(() => session.Generate("hi")).Message);
         Assert.Throws<InvalidOperationException>(() => model.AsChatClient());
         Assert.Equal(2, session.GenerateTokens([1, 2], Greedy(2)).Length);
+    }
+
+    [Fact]
+    public void Generation_reports_to_the_model_logger()
+    {
+        var logger = new ListLogger();
+        using var model = KimiModel.Load(TinyChatModel.Directory, new KimiModelOptions { Logger = logger });
+        using var session = model.CreateSession();
+        session.GenerateTokens([1, 2, 3, 4], Sampled(1, maxTokens: 3));
+        Assert.Contains(logger.Messages, m => m.StartsWith("Generated 3 tokens after a 4-token prompt", StringComparison.Ordinal) && m.EndsWith("MaxTokens", StringComparison.Ordinal));
+    }
+
+    private sealed class ListLogger : ILogger
+    {
+        public List<string> Messages { get; } = [];
+        public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+        public bool IsEnabled(LogLevel logLevel) => true;
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
+            Messages.Add(formatter(state, exception));
     }
 }
