@@ -2,7 +2,8 @@ namespace KimiLinear.Samples;
 
 /// <summary>
 /// Draws load progress on one line of stderr, synchronously (so reports never arrive out of order), and ends the line when
-/// disposed. Nothing is drawn when stderr is redirected except the final line.
+/// disposed. Nothing is drawn when stderr is redirected except the final line, and nothing at all if loading failed
+/// before its first report.
 /// </summary>
 internal sealed class ConsoleProgressBar(string label) : IProgress<KimiLoadProgress>, IDisposable
 {
@@ -24,7 +25,8 @@ internal sealed class ConsoleProgressBar(string label) : IProgress<KimiLoadProgr
     public void Dispose()
     {
         lock (_lock)
-            Console.Error.WriteLine($"{(Console.IsErrorRedirected ? "" : "\r")}{Render(_last)} in {_watch.Elapsed.TotalSeconds:F1} s");
+            if (_last.Stage is not null)
+                Console.Error.WriteLine($"{(Console.IsErrorRedirected ? "" : "\r")}{Render(_last)} in {_watch.Elapsed.TotalSeconds:F1} s");
     }
 
     private string Render(KimiLoadProgress p)
