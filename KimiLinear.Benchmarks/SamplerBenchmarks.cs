@@ -10,6 +10,7 @@ namespace KimiLinear.Benchmarks;
 /// like a trained model's (a few strong candidates over a long tail).
 /// </summary>
 [SimpleJob(launchCount: 1, warmupCount: 3, iterationCount: 10)]
+[MedianColumn]
 public class SamplerBenchmarks
 {
     private const int Vocab = 163_840;

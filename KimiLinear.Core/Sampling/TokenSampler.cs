@@ -82,7 +82,6 @@ internal sealed class TokenSampler
         int[] ids;
         float[] weights;
         int count;
-        double total;
         if (_options.TopK > 0 && _options.TopK < logits.Length)
         {
             count = SelectTopK(logits, _options.TopK);
@@ -90,7 +89,8 @@ internal sealed class TokenSampler
             for (var i = 0; i < count; i++)
                 _weights[i] = MathF.Exp((logits[_ids[i]] - max) * invTemperature);
             (ids, weights) = (_ids, _weights);
-            total = SumInDouble(_weights.AsSpan(0, count));
+            if (_options.TopP < 1)
+                count = KeepTopP(weights, count, SumInDouble(weights.AsSpan(0, count)));
         }
         else
         {
@@ -99,15 +99,13 @@ internal sealed class TokenSampler
             TensorPrimitives.Multiply(_all, invTemperature, _all);
             TensorPrimitives.Exp(_all, _all);
             (ids, weights, count) = (_identity, _all, logits.Length);
-            total = SumInDouble(_all);
             if (_options.TopP < 1)
             {
-                count = GatherTopMass(total);
+                var total = SumInDouble(_all);
+                count = KeepTopP(_weights, GatherTopMass(total), total);
                 (ids, weights) = (_ids, _weights);
             }
         }
-        if (_options.TopP < 1)
-            count = KeepTopP(weights, count, total);
         if (_options.MinP > 0)
         {
             count = KeepMinP(ids, weights, count);
