@@ -185,6 +185,7 @@ public sealed class ChatSession : IDisposable
         }
     }
 
+    /// <summary>Rebuilds a conversation from the parts of a saved file; <paramref name="restoreState"/> fills its session.</summary>
     internal static ChatSession Restore(KimiModel model, IEnumerable<KimiChatMessage> messages, IEnumerable<KimiChatMessage> pending,
         IEnumerable<int> tokens, bool turnOpen, Action<KimiSession> restoreState)
     {

@@ -36,6 +36,7 @@ internal sealed class TokenGeneration : IDisposable
         var vocab = model.Config.VocabSize;
         if (prompt.Length == 0)
             throw new ArgumentException("The prompt is empty: give at least one token to condition the generation on.", nameof(prompt));
+        // Forward checks ids too, but only when the (lazy) prefill runs: check here so a bad call fails when it is made.
         for (var i = 0; i < prompt.Length; i++)
             if ((uint)prompt[i] >= (uint)vocab)
                 throw new ArgumentOutOfRangeException(nameof(prompt), prompt[i], $"Prompt token {i} is {prompt[i]}, outside the model's vocabulary [0, {vocab}).");
