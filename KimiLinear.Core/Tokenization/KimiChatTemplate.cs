@@ -5,21 +5,8 @@ namespace KimiLinear.Tokenization;
 /// <summary>
 /// Kimi Linear's chat template (<c>chat_template.jinja</c> of Kimi-Linear-48B-A3B-Instruct), rendered straight to ids:
 /// markers are added as special ids and only the text between them is encoded, so text cannot smuggle in a marker.
+/// The format, and which parts of it are verified, is documented on <see cref="KimiTokenizer.EncodeChat"/>.
 /// </summary>
-/// <remarks>
-/// <para><b>Verified</b> against the template's published lines 1–25 and a llama.cpp prompt-token count of the real
-/// model (the <c>chat_prompt_check</c> reference case): no BOS; no default system prompt; the tool declaration
-/// <c>&lt;|im_system|&gt;tool_declare&lt;|im_middle|&gt;{tools as compact JSON}&lt;|im_end|&gt;</c> first when tools are given;
-/// each message as <c>&lt;|im_user|&gt;</c>, <c>&lt;|im_assistant|&gt;</c> or (system, tool and any other role)
-/// <c>&lt;|im_system|&gt;</c>, then the name (<c>message.name</c> or the role), <c>&lt;|im_middle|&gt;</c>, the content and
-/// <c>&lt;|im_end|&gt;</c>, with nothing between messages; and the generation prompt
-/// <c>&lt;|im_assistant|&gt;assistant&lt;|im_middle|&gt;</c>.</para>
-/// <para><b>Taken from the Kimi K2 template</b> (lines 26–48 of Kimi Linear's are not public): an assistant's tool calls
-/// follow its content as <c>&lt;|tool_calls_section_begin|&gt;</c>, per call
-/// <c>&lt;|tool_call_begin|&gt;{id}&lt;|tool_call_argument_begin|&gt;{arguments}&lt;|tool_call_end|&gt;</c>, then
-/// <c>&lt;|tool_calls_section_end|&gt;</c>; a tool result's content is <c>## Return of {tool_call_id}\n{content}</c>;
-/// and every message, the last included, is closed with <c>&lt;|im_end|&gt;</c>.</para>
-/// </remarks>
 internal sealed class KimiChatTemplate
 {
     private readonly KimiTokenizer _tokenizer;
@@ -78,7 +65,8 @@ internal sealed class KimiChatTemplate
                 Text($"## Return of {message.ToolCallId}\n{message.Content}");
             else if (message.Content is not null)
                 Text(message.Content);
-            ids.Add(_imEnd);
+            if (i < messages.Count - 1 || addGenerationPrompt)
+                ids.Add(_imEnd);
         }
 
         if (addGenerationPrompt)

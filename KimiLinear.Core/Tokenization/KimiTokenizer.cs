@@ -159,11 +159,30 @@ public sealed class KimiTokenizer
 
     /// <summary>
     /// Renders a conversation to ids exactly as Kimi Linear's chat template followed by <see cref="Encode"/> would
-    /// (see <see cref="KimiChatTemplate"/> for what is verified and what follows the Kimi K2 template).
+    /// (markers are added as ids and only the text between them is encoded).
     /// </summary>
+    /// <remarks>
+    /// <para><b>Verified</b> against the template's published lines 1–25 and a llama.cpp prompt-token count of the real
+    /// model (the <c>chat_prompt_check</c> reference case): no BOS; no default system prompt; the tool declaration
+    /// <c>&lt;|im_system|&gt;tool_declare&lt;|im_middle|&gt;{tools as compact JSON}&lt;|im_end|&gt;</c> first when tools are given;
+    /// each message as <c>&lt;|im_user|&gt;</c>, <c>&lt;|im_assistant|&gt;</c> or (system, tool and any other role)
+    /// <c>&lt;|im_system|&gt;</c>, then the name (<c>message.name</c> or the role), <c>&lt;|im_middle|&gt;</c>, the content and
+    /// <c>&lt;|im_end|&gt;</c>, with nothing between messages; and the generation prompt
+    /// <c>&lt;|im_assistant|&gt;assistant&lt;|im_middle|&gt;</c>.</para>
+    /// <para><b>Taken from the Kimi K2 template</b> (lines 26–48 of Kimi Linear's are not public): an assistant's tool calls
+    /// follow its content as <c>&lt;|tool_calls_section_begin|&gt;</c>, per call
+    /// <c>&lt;|tool_call_begin|&gt;{id}&lt;|tool_call_argument_begin|&gt;{arguments}&lt;|tool_call_end|&gt;</c>, then
+    /// <c>&lt;|tool_calls_section_end|&gt;</c>; a tool result's content is <c>## Return of {tool_call_id}\n{content}</c>;
+    /// and the last message is closed with <c>&lt;|im_end|&gt;</c> only when a generation prompt follows (Kimi-K2-Instruct-0905,
+    /// whose first 19 lines match Kimi Linear's), so that without one the model continues the last message.</para>
+    /// <para><b>Assumed</b> from Hugging Face transformers, which renders the template: the tools JSON is spelled as its
+    /// <c>tojson</c> writes it (Python <c>json.dumps</c>, <c>ensure_ascii=False</c>, key order kept, floats as Python's
+    /// <c>repr</c>).</para>
+    /// </remarks>
     /// <param name="messages">The conversation. Roles "user" and "assistant" get their own markers; every other role
     /// (system, tool, …) is rendered under <c>&lt;|im_system|&gt;</c>.</param>
-    /// <param name="addGenerationPrompt">Append <c>&lt;|im_assistant|&gt;assistant&lt;|im_middle|&gt;</c> so the model answers next.</param>
+    /// <param name="addGenerationPrompt">Close the last message and append <c>&lt;|im_assistant|&gt;assistant&lt;|im_middle|&gt;</c>
+    /// so the model answers next. Without it the last message is left open (no <c>&lt;|im_end|&gt;</c>), for the model to continue.</param>
     /// <param name="toolsJson">A JSON array of tool declarations (OpenAI style), or null; written as compact JSON.</param>
     /// <param name="allowSpecialTokensInContent">Whether special token names inside message text become special ids.
     /// Off by default, so user text cannot inject a turn marker.</param>

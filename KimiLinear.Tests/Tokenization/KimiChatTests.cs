@@ -43,7 +43,7 @@ public class KimiChatTests
             "<|im_assistant|>assistant<|im_middle|>Let me check.<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0" +
             "<|tool_call_argument_begin|>{\"city\": \"Paris\"}<|tool_call_end|><|tool_calls_section_end|><|im_end|>" +
             "<|im_system|>get_weather<|im_middle|>## Return of functions.get_weather:0\n{\"temp\": 21}<|im_end|>" +
-            "<|im_assistant|>assistant<|im_middle|>It is 21 °C.<|im_end|>";
+            "<|im_assistant|>assistant<|im_middle|>It is 21 °C.";   // last message open: no generation prompt follows
         Assert.Equal(Kimi.Encode(expected), Kimi.EncodeChat(messages, addGenerationPrompt: false, toolsJson: tools));
     }
 
@@ -51,7 +51,7 @@ public class KimiChatTests
     public void EmptyToolsAndNullContent_RenderNothing()
     {
         int[] ids = Kimi.EncodeChat([new KimiChatMessage("assistant", null)], addGenerationPrompt: false, toolsJson: "[]");
-        Assert.Equal(Kimi.Encode("<|im_assistant|>assistant<|im_middle|><|im_end|>"), ids);
+        Assert.Equal(Kimi.Encode("<|im_assistant|>assistant<|im_middle|>"), ids);
     }
 
     [Fact]
@@ -73,7 +73,7 @@ public class KimiChatTests
     public void NameOverridesRole_AndOtherRolesUseTheSystemMarker()
     {
         int[] ids = Kimi.EncodeChat([new KimiChatMessage("user", "x") { Name = "alice" }, new KimiChatMessage("developer", "y")], addGenerationPrompt: false);
-        Assert.Equal(Kimi.Encode("<|im_user|>alice<|im_middle|>x<|im_end|><|im_system|>developer<|im_middle|>y<|im_end|>"), ids);
+        Assert.Equal(Kimi.Encode("<|im_user|>alice<|im_middle|>x<|im_end|><|im_system|>developer<|im_middle|>y"), ids);
     }
 
     [Theory]

@@ -14,11 +14,19 @@ public class ReferenceCaseTests
     [InlineData("published")]
     [InlineData("fuzz")]
     [InlineData("suppfuzz")]
-    public void Group_MatchesReferenceIdsAndRoundTrips(string group)
+    public void Group_MatchesReferenceIdsAndRoundTrips(string group) => AssertGroup(Reference, group);
+
+    /// <summary>Our extra cases from the same engine: contractions with ſ, K and marks; random text over all planes.</summary>
+    [Theory]
+    [InlineData("contractions")]
+    [InlineData("random")]
+    public void ExtraGroup_MatchesReferenceIdsAndRoundTrips(string group) => AssertGroup(ExtraReference, group);
+
+    private static void AssertGroup(System.Text.Json.JsonElement file, string group)
     {
         var failures = new List<string>();
         int count = 0;
-        foreach (var (text, expected, _) in Cases(group))
+        foreach (var (text, expected, _) in Cases(file, group))
         {
             count++;
             int[] actual = Kimi.Encode(text);

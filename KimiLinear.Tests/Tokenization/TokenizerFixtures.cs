@@ -11,14 +11,22 @@ internal static class TokenizerFixtures
     private static readonly Lazy<KimiTokenizer> LazyKimi = new(() => KimiTokenizer.Load(FixtureDirectory));
     private static readonly Lazy<JsonDocument> LazyReference = new(() =>
         JsonDocument.Parse(File.ReadAllBytes(Path.Combine(FixtureDirectory, "reference-cases.json"))));
+    private static readonly Lazy<JsonDocument> LazyExtraReference = new(() =>
+        JsonDocument.Parse(File.ReadAllBytes(Path.Combine(FixtureDirectory, "extra-reference-cases.json"))));
 
     public static KimiTokenizer Kimi => LazyKimi.Value;
 
     public static JsonElement Reference => LazyReference.Value.RootElement;
 
+    /// <summary>Our own extra cases from the same engine (see make-extra-reference-cases.mjs).</summary>
+    public static JsonElement ExtraReference => LazyExtraReference.Value.RootElement;
+
     /// <summary>(text, ids) of a reference group such as "fixed" or "fuzz".</summary>
-    public static IEnumerable<(string Text, int[] Ids, JsonElement Case)> Cases(string group) =>
-        Reference.GetProperty(group).EnumerateArray().Select(c => (c.GetProperty("text").GetString()!, Ids(c.GetProperty("ids")), c));
+    public static IEnumerable<(string Text, int[] Ids, JsonElement Case)> Cases(string group) => Cases(Reference, group);
+
+    /// <summary>(text, ids) of a group in <paramref name="file"/>.</summary>
+    public static IEnumerable<(string Text, int[] Ids, JsonElement Case)> Cases(JsonElement file, string group) =>
+        file.GetProperty(group).EnumerateArray().Select(c => (c.GetProperty("text").GetString()!, Ids(c.GetProperty("ids")), c));
 
     public static int[] Ids(JsonElement array) => array.EnumerateArray().Select(e => e.GetInt32()).ToArray();
 
