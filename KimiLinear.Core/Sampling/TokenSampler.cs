@@ -6,14 +6,14 @@ namespace KimiLinear.Sampling;
 /// <summary>
 /// Picks the next token from one row of logits: repetition penalty, then greedy at temperature 0, otherwise temperature,
 /// top-k, top-p and min-p, then a draw from a seeded <see cref="Random"/>. One instance per generation call: it owns the
-/// random stream, so the same seed and logits give the same tokens. Whole-vocabulary passes are vectorised
-/// (TensorPrimitives) and nothing sorts the whole vocabulary, because this runs once per token beside a GPU decode step
-/// of about 2 ms on a 163,840-token vocabulary.
+/// random stream, so the same seed and logits give the same tokens. This runs once per token beside a GPU decode step of
+/// about 2 ms on a 163,840-token vocabulary, so whole-vocabulary passes are vectorised (TensorPrimitives) where they can
+/// be, and nothing sorts the vocabulary: top-k keeps a heap of k, top-p gathers the likely tokens before sorting.
 /// </summary>
 internal sealed class TokenSampler
 {
     /// <summary>Weight floors (relative to the best token) tried in turn when gathering the top-p candidates.</summary>
-    private static readonly float[] s_gatherFloors = [1e-2f, 1e-4f, 1e-6f, 0f];
+    private static readonly float[] s_weightFloors = [1e-2f, 1e-4f, 1e-6f, 0f];
 
     private readonly GenerationOptions _options;
     private readonly Random _random;
@@ -85,9 +85,10 @@ internal sealed class TokenSampler
         if (_options.TopK > 0 && _options.TopK < logits.Length)
         {
             count = SelectTopK(logits, _options.TopK);
-            var max = logits[_ids[0]];
+            // _weights holds the k logits, descending: turn them into weights relative to the best.
+            var max = _weights[0];
             for (var i = 0; i < count; i++)
-                _weights[i] = MathF.Exp((logits[_ids[i]] - max) * invTemperature);
+                _weights[i] = MathF.Exp((_weights[i] - max) * invTemperature);
             (ids, weights) = (_ids, _weights);
             if (_options.TopP < 1)
                 count = KeepTopP(weights, count, SumInDouble(weights.AsSpan(0, count)));
@@ -114,10 +115,14 @@ internal sealed class TokenSampler
         return (ids, weights, count);
     }
 
-    /// <summary>Writes the ids of the <paramref name="k"/> largest logits to <see cref="_ids"/>, descending.</summary>
+    /// <summary>
+    /// Writes the ids of the <paramref name="k"/> largest logits to <see cref="_ids"/> and the logits to
+    /// <see cref="_weights"/>, descending. A min-heap of the best k so far costs one comparison per further logit unless
+    /// it enters the heap; gathering above a margin and sorting (as top-p does) degrades to sorting the whole vocabulary
+    /// when a few strong tokens stand far above the rest.
+    /// </summary>
     private int SelectTopK(ReadOnlySpan<float> logits, int k)
     {
-        // A min-heap of the best k so far: each further logit costs one comparison unless it enters the heap.
         _heap.Clear();
         for (var i = 0; i < k; i++)
             _heap.Enqueue(i, logits[i]);
@@ -128,41 +133,57 @@ internal sealed class TokenSampler
                 _heap.EnqueueDequeue(i, logits[i]);
         }
         for (var i = k - 1; i >= 0; i--)
-            _ids[i] = _heap.Dequeue();
+        {
+            _heap.TryDequeue(out var id, out var logit);
+            (_ids[i], _weights[i]) = (id, logit);
+        }
         return k;
     }
 
     /// <summary>
-    /// Gathers the tokens of <see cref="_all"/> at or above a weight floor into <see cref="_ids"/>/<see cref="_weights"/>,
-    /// lowering the floor until they hold TopP of <paramref name="total"/>, and sorts them by descending weight. Tokens
-    /// above a floor are a prefix of the descending order, so the top-p prefix lies inside them; usually the first floor
-    /// leaves a few hundred tokens to sort instead of the whole vocabulary.
+    /// Gathers the tokens of <see cref="_all"/> at or above a weight floor, lowering the floor until they hold TopP of
+    /// <paramref name="total"/>, and sorts them by descending weight. Tokens above a floor are a prefix of the descending
+    /// order, so the top-p prefix lies inside them; usually the first floor leaves a few hundred tokens to sort instead
+    /// of the whole vocabulary.
     /// </summary>
     private int GatherTopMass(double total)
     {
         var count = 0;
-        foreach (var floor in s_gatherFloors)
+        foreach (var floor in s_weightFloors)
         {
-            count = 0;
-            double mass = 0;
-            for (var i = 0; i < _all.Length; i++)
-            {
-                var w = _all[i];
-                if (w < floor)
-                    continue;
-                _ids[count] = i;
-                _weights[count++] = w;
-                mass += w;
-            }
+            count = Gather(_all, floor, out var mass);
             if (mass >= _options.TopP * total)
                 break;
         }
-        var weights = _weights.AsSpan(0, count);
-        var ids = _ids.AsSpan(0, count);
-        weights.Sort(ids);
-        weights.Reverse();
-        ids.Reverse();
+        SortDescending(count);
         return count;
+    }
+
+    /// <summary>Copies the ids and values of <paramref name="values"/> at or above <paramref name="floor"/> to <see cref="_ids"/>/<see cref="_weights"/>.</summary>
+    private int Gather(ReadOnlySpan<float> values, float floor, out double sum)
+    {
+        var count = 0;
+        sum = 0;
+        for (var i = 0; i < values.Length; i++)
+        {
+            var v = values[i];
+            if (v < floor)
+                continue;
+            _ids[count] = i;
+            _weights[count++] = v;
+            sum += v;
+        }
+        return count;
+    }
+
+    /// <summary>Sorts the first <paramref name="count"/> gathered candidates by descending value.</summary>
+    private void SortDescending(int count)
+    {
+        var values = _weights.AsSpan(0, count);
+        var ids = _ids.AsSpan(0, count);
+        values.Sort(ids);
+        values.Reverse();
+        ids.Reverse();
     }
 
     /// <summary>Keeps the shortest prefix of the sorted candidates whose weights reach TopP of <paramref name="total"/>.</summary>

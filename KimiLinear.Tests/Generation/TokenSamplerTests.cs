@@ -45,6 +45,7 @@ public class TokenSamplerTests
     [Theory]
     [InlineData(7, 1.0f, 0, 1.0f, 0f, 4f)]           // plain softmax
     [InlineData(7, 0.5f, 3, 1.0f, 0f, 4f)]           // top-k
+    [InlineData(1001, 1.0f, 500, 1.0f, 0f, 20f)]     // top-k wider than the first logit margins catch
     [InlineData(1001, 1.3f, 0, 0.9f, 0f, 8f)]        // top-p, mass concentrated (first selection of 64 suffices)
     [InlineData(5003, 1.0f, 0, 0.5f, 0f, 0.1f)]      // top-p over a flat distribution: the selection must grow
     [InlineData(1001, 0.7f, 50, 0.8f, 0.05f, 6f)]    // all three filters
