@@ -97,6 +97,7 @@ internal sealed class KimiPreTokenizer : PreTokenizer
         int lastLineBreak = -1;
         for (; runEnd < text.Length && (Of(text[runEnd]) & Space) != 0; runEnd++)
             if (text[runEnd] is '\r' or '\n') lastLineBreak = runEnd;
+        System.Diagnostics.Debug.Assert(runEnd > start, "every code point is Han, a letter, a number, a symbol or white space");
         if (lastLineBreak >= 0)
             return lastLineBreak + 1 - start;                  // 6: through the last line break
         if (runEnd == text.Length || runEnd - start == 1)

@@ -9,10 +9,13 @@ namespace KimiLinear.Tokenization;
 /// character is classed by its own Unicode category, never as two surrogates.
 /// </summary>
 /// <remarks>
-/// General categories come from the runtime's Unicode data (<see cref="CharUnicodeInfo"/>); on .NET 10 they agree with
-/// the exact regex translation shipped beside the reference data for every supplementary code point (a test checks
-/// this). .NET has no script property, so Script=Han is the explicit range list below, the same ranges as in that
-/// translation.
+/// General categories come from the runtime's Unicode data (<see cref="CharUnicodeInfo"/>). .NET has no script
+/// property, so Script=Han is the explicit range list below. Both follow Unicode 16.0, the version of the reference
+/// engine (npm tiktoken 1.0.22) and of .NET 10: every code point splits there as in that engine (checked exhaustively
+/// while building this; the reference tests keep the cases that tell versions apart). The shipped .NET regex
+/// translation instead lists Unicode 17's new Han code points (U+16FF2.., U+2B73A.., U+2CEA2.., U+323B0..), which the
+/// engine treats as unassigned symbols. On .NET 8 (Unicode 15.0) characters added in 15.1 and 16.0 are classed as
+/// unassigned.
 /// </remarks>
 internal static class PieceCharClass
 {
@@ -31,13 +34,14 @@ internal static class PieceCharClass
     /// <summary><c>[\r\n]</c>.</summary>
     public const byte LineBreak = 64;
 
-    /// <summary>Script=Han, inclusive ranges (Unicode Scripts.txt as in the reference regex translation).</summary>
+    /// <summary>Script=Han, inclusive ranges (Unicode 16.0 Scripts.txt).</summary>
     private static readonly (int First, int Last)[] HanRanges =
     [
         (0x2E80, 0x2E99), (0x2E9B, 0x2EF3), (0x2F00, 0x2FD5), (0x3005, 0x3005), (0x3007, 0x3007), (0x3021, 0x3029),
         (0x3038, 0x303B), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFA6D), (0xFA70, 0xFAD9),
-        (0x16FE2, 0x16FE3), (0x16FF0, 0x16FF6), (0x20000, 0x2A6DF), (0x2A700, 0x2B81D), (0x2B820, 0x2CEAD),
-        (0x2CEB0, 0x2EBE0), (0x2EBF0, 0x2EE5D), (0x2F800, 0x2FA1D), (0x30000, 0x3134A), (0x31350, 0x33479),
+        (0x16FE2, 0x16FE3), (0x16FF0, 0x16FF1), (0x20000, 0x2A6DF), (0x2A700, 0x2B739), (0x2B740, 0x2B81D),
+        (0x2B820, 0x2CEA1), (0x2CEB0, 0x2EBE0), (0x2EBF0, 0x2EE5D), (0x2F800, 0x2FA1D), (0x30000, 0x3134A),
+        (0x31350, 0x323AF),
     ];
 
     // One byte per BMP code unit: the splitter's hot loop is a table load. Surrogates get the class of U+FFFD, which is

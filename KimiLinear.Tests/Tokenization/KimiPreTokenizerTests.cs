@@ -8,8 +8,10 @@ namespace KimiLinear.Tests.Tokenization;
 /// <summary>
 /// The hand-written splitter against the exact .NET translation of Kimi's regex (kimi-pretokenizer-dotnet-exact, which
 /// scored 100% on the Rust reference but runs at ~2 M chars/s): same pieces on every code point and on random text
-/// built from the characters where the regex's classes and backtracking matter. One correction is made to that
-/// translation: .NET's case-insensitive 's' misses U+017F (ſ), which Rust's simple case folding includes.
+/// built from the characters where the regex's classes and backtracking matter. Two things in that translation differ
+/// from the Rust engine and are allowed for: .NET's case-insensitive 's' misses U+017F (ſ), which Rust's simple case
+/// folding includes (the oracle is corrected), and its Han list has Unicode 17's additions, which the engine (Unicode
+/// 16) treats as unassigned (those code points are left out here and covered by the extra reference cases).
 /// </summary>
 public class KimiPreTokenizerTests
 {
@@ -66,7 +68,7 @@ public class KimiPreTokenizerTests
         int n = 0;
         for (int cp = 0; cp <= 0x10FFFF; cp++)
         {
-            if (cp is >= 0xD800 and <= 0xDFFF) continue;
+            if (cp is >= 0xD800 and <= 0xDFFF || IsUnicode17Han(cp)) continue;
             text.Append(char.ConvertFromUtf32(cp)).Append(joiners[n++ % joiners.Length]);
             if (text.Length > 200_000)
             {
@@ -76,6 +78,9 @@ public class KimiPreTokenizerTests
         }
         AssertSameAsRegex(text.ToString());
     }
+
+    private static bool IsUnicode17Han(int cp) =>
+        cp is (>= 0x16FF2 and <= 0x16FF6) or (>= 0x2B73A and <= 0x2B73F) or (>= 0x2CEA2 and <= 0x2CEAD) or (>= 0x323B0 and <= 0x33479);
 
     [Fact]
     public void RandomTextFromTrickyCharacters_SplitsAsTheExactRegex()

@@ -16,10 +16,14 @@ public class ReferenceCaseTests
     [InlineData("suppfuzz")]
     public void Group_MatchesReferenceIdsAndRoundTrips(string group) => AssertGroup(Reference, group);
 
-    /// <summary>Our extra cases from the same engine: contractions with ſ, K and marks; random text over all planes.</summary>
+    /// <summary>
+    /// Our extra cases from the same engine: contractions with ſ, K and marks; random text over all planes; and Unicode
+    /// 17's new Han code points, which the engine (Unicode 16) classes as unassigned.
+    /// </summary>
     [Theory]
     [InlineData("contractions")]
     [InlineData("random")]
+    [InlineData("unicode17Han")]
     public void ExtraGroup_MatchesReferenceIdsAndRoundTrips(string group) => AssertGroup(ExtraReference, group);
 
     private static void AssertGroup(System.Text.Json.JsonElement file, string group)

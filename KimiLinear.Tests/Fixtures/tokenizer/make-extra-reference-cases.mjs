@@ -1,6 +1,7 @@
 // Writes extra-reference-cases.json: ids from the Rust tiktoken core (npm tiktoken 1.0.22, the engine Python tiktoken
 // wraps) for text the shipped reference cases do not stress: contractions next to ſ, K (Kelvin), marks and other
-// scripts, and random strings over every Unicode plane mixed with the characters where Kimi's regex is subtle.
+// scripts, random strings over every Unicode plane mixed with the characters where Kimi's regex is subtle, and the
+// code points whose class depends on the Unicode version.
 // Usage, from a folder where `npm install tiktoken@1.0.22` was run:
 //   node <repo>/KimiLinear.Tests/Fixtures/tokenizer/make-extra-reference-cases.mjs
 import { createRequire } from "module";
@@ -39,10 +40,22 @@ for (let i = 0; i < 5000; i++) {
   random.push(text);
 }
 
+// Code points that are Han in Unicode 17 but unassigned in the engine's Unicode 16 tables, between letters: split
+// differently under the two versions, and BPE merges across the boundary make the ids differ.
+const unicode17Han = [];
+for (const [first, last] of [[0x16fe0, 0x16fff], [0x2b720, 0x2b75f], [0x2cea0, 0x2cebf], [0x323a0, 0x3347f]])
+  for (let base = first; base <= last; base += 32)
+    for (const [before, after] of [["a", ""], ["A", "a"]]) {
+      let text = "";
+      for (let cp = base; cp < base + 32 && cp <= last; cp++) text += before + String.fromCodePoint(cp) + after;
+      unicode17Han.push(text);
+    }
+
 const cases = texts => texts.map(text => ({ text, ids: Array.from(enc.encode(text, "all")) }));
 fs.writeFileSync(path.join(dir, "extra-reference-cases.json"), JSON.stringify({
   about: "Ids from npm tiktoken 1.0.22 (the Rust tiktoken core) with reference-cases.json's pat_str and the 258 special " +
     "tokens (allowed_special='all'); made by make-extra-reference-cases.mjs.",
   contractions: cases(contractions),
   random: cases(random),
+  unicode17Han: cases(unicode17Han),
 }));
