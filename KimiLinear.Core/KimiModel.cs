@@ -138,10 +138,12 @@ public sealed partial class KimiModel : IDisposable
 
     /// <summary>
     /// Runs <paramref name="tokens"/> (already validated) through the model on <paramref name="state"/> and returns the
-    /// logits [T, vocab]. <paramref name="attention"/> picks the MLA form; <paramref name="onHidden"/> sees the residual
-    /// stream after the embedding (0), after each layer (1..N−1) and after the final norm (N).
+    /// logits [T, vocab], or only the last position's [vocab] when <paramref name="lastOnly"/> (generation needs no more,
+    /// and the lm_head is the largest matrix). <paramref name="attention"/> picks the MLA form; <paramref name="onHidden"/>
+    /// sees the residual stream after the embedding (0), after each layer (1..N−1) and after the final norm (N).
     /// </summary>
-    internal float[] Forward(SessionState state, ReadOnlySpan<int> tokens, MlaForm attention = MlaForm.Auto, Action<int, float[]>? onHidden = null)
+    internal float[] Forward(SessionState state, ReadOnlySpan<int> tokens, bool lastOnly = false, MlaForm attention = MlaForm.Auto,
+        Action<int, float[]>? onHidden = null)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         var backend = Backend;
@@ -156,12 +158,19 @@ public sealed partial class KimiModel : IDisposable
             if (i < _layers.Length - 1)
                 Capture(onHidden, i + 1, hidden);
         }
-        var normed = backend.Allocate(count, Config.HiddenSize);
+        state.Length += count;
+
+        if (lastOnly && count > 1)
+        {
+            var last = backend.Allocate(1, Config.HiddenSize);   // [1, D]
+            backend.GatherRows(hidden, [count - 1], last);
+            hidden = last;
+        }
+        var normed = backend.Allocate(hidden.Rows, Config.HiddenSize);
         backend.RmsNorm(hidden, _finalNorm, Config.RmsNormEps, normed);
         Capture(onHidden, _layers.Length, normed);
-        var logits = backend.Allocate(count, Config.VocabSize); // [T, vocab]
+        var logits = backend.Allocate(hidden.Rows, Config.VocabSize); // [T or 1, vocab]
         backend.MatMul(normed, _lmHead, logits);
-        state.Length += count;
         var result = new float[logits.Length];
         backend.Download(logits, result);
         return result;

@@ -33,11 +33,23 @@ public sealed partial class KimiSession : IDisposable
     /// model's maximum length. The session is unchanged.</exception>
     public float[] Forward(ReadOnlySpan<int> tokens) => Forward(tokens, MlaForm.Auto);
 
+    /// <summary>
+    /// Appends <paramref name="tokens"/> like <see cref="Forward(ReadOnlySpan{int})"/> but returns only the logits of the
+    /// last position, [vocab]: what generation needs, without projecting every prompt position onto the vocabulary.
+    /// </summary>
+    /// <exception cref="ArgumentException">As for <see cref="Forward(ReadOnlySpan{int})"/>; the session is unchanged.</exception>
+    public float[] ForwardLast(ReadOnlySpan<int> tokens)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        Validate(tokens);
+        return Model.Forward(_state, tokens, lastOnly: true);
+    }
+
     internal float[] Forward(ReadOnlySpan<int> tokens, MlaForm attention, Action<int, float[]>? onHidden = null)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         Validate(tokens);
-        return Model.Forward(_state, tokens, attention, onHidden);
+        return Model.Forward(_state, tokens, lastOnly: false, attention, onHidden);
     }
 
     private void Validate(ReadOnlySpan<int> tokens)

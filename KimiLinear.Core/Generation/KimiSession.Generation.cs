@@ -57,13 +57,6 @@ public sealed partial class KimiSession
         return StreamAsync<int>(run, run.TryNext, cancellationToken);
     }
 
-    /// <summary>Feeds <paramref name="tokens"/> and returns the logits of the position after them [vocab].</summary>
-    internal float[] NextTokenLogits(ReadOnlySpan<int> tokens)
-    {
-        var logits = Forward(tokens);
-        return logits.AsSpan(logits.Length - Model.Config.VocabSize).ToArray();
-    }
-
     private TextGeneration StartText(string prompt, GenerationOptions? options)
     {
         ArgumentNullException.ThrowIfNull(prompt);

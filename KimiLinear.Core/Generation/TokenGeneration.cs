@@ -87,12 +87,12 @@ internal sealed class TokenGeneration : IDisposable
         if (_logits is null)
         {
             _startedAt = Stopwatch.GetTimestamp();
-            _logits = _session.NextTokenLogits(_prompt);
+            _logits = _session.ForwardLast(_prompt);
         }
         else if (_unfed is { } previous)
         {
             _unfed = null;
-            _logits = _session.NextTokenLogits([previous]);
+            _logits = _session.ForwardLast([previous]);
         }
 
         if (GeneratedTokenCount == _options.MaxTokens)
@@ -134,7 +134,7 @@ internal sealed class TokenGeneration : IDisposable
         if (_unfed is not { } token)
             return;
         _unfed = null;
-        _session.NextTokenLogits([token]);
+        _session.ForwardLast([token]);
     }
 
     private bool Finish(GenerationFinishReason reason)

@@ -42,6 +42,20 @@ public sealed class SessionInputTests(TinyModelFixture fixture) : IClassFixture<
     }
 
     [Fact]
+    public void ForwardLastEqualsTheLastRowOfForward()
+    {
+        using var all = fixture.Model.CreateSession();
+        using var last = fixture.Model.CreateSession();
+        var logits = all.Forward(Prompt);
+        int vocab = fixture.Model.Config.VocabSize;
+        // One row goes through the fused decode dot product, many rows through the blocked one: same math, another
+        // summation order, so equal to fp32 rounding rather than bit for bit.
+        TensorAssert.Close(last.ForwardLast(Prompt), logits.AsSpan(logits.Length - vocab), 1e-6, "last-position logits");
+        Assert.Equal(all.Length, last.Length);
+        TensorAssert.Close(last.ForwardLast([7]), all.Forward([7]), 1e-6, "next step after ForwardLast");
+    }
+
+    [Fact]
     public void ResetStartsAnEmptySequence()
     {
         using var session = fixture.Model.CreateSession();
