@@ -15,4 +15,12 @@ internal static class KernelChecks
         if (span.Length < needed)
             throw new ArgumentException($"{name} holds {span.Length:N0} elements but the kernel needs {needed:N0}", name);
     }
+
+    /// <summary><see cref="Holds"/>, and the span starts 16-byte aligned (for kernels that move 16-byte vectors).</summary>
+    public static void HoldsAligned<T>(DeviceSpan<T> span, long needed, string name) where T : unmanaged
+    {
+        Holds(span, needed, name);
+        if (span.Pointer % 16 != 0)
+            throw new ArgumentException($"{name} must start 16-byte aligned, but starts at device address 0x{span.Pointer:x}", name);
+    }
 }

@@ -15,6 +15,16 @@ internal enum KernelId
     SoftmaxF32,
     ArgmaxF32,
     SampleTopKTopPF32,
+    KdaDecodeStepF32,
+    KdaDecodeStepBf16,
+    KdaPrepareF32,
+    KdaPrepareBf16,
+    KdaConvWindowUpdateF32,
+    KdaConvWindowUpdateBf16,
+    KdaChunkIntraF32,
+    KdaChunkIntraBf16,
+    KdaChunkPrefillF32,
+    KdaChunkPrefillBf16,
 }
 
 /// <summary>Where each <see cref="KernelId"/> lives: its module (the <c>.cu</c> file's name) and its <c>extern "C"</c> name.</summary>
@@ -38,8 +48,52 @@ internal static class KernelCatalog
         KernelId.SoftmaxF32 => new("sampling", "kimi_softmax_f32"),
         KernelId.ArgmaxF32 => new("sampling", "kimi_argmax_f32"),
         KernelId.SampleTopKTopPF32 => new("sampling", "kimi_sample_topk_topp_f32"),
+        KernelId.KdaDecodeStepF32 => new("kda", "kimi_kda_decode_step_f32"),
+        KernelId.KdaDecodeStepBf16 => new("kda", "kimi_kda_decode_step_bf16"),
+        KernelId.KdaPrepareF32 => new("kda", "kimi_kda_prepare_f32"),
+        KernelId.KdaPrepareBf16 => new("kda", "kimi_kda_prepare_bf16"),
+        KernelId.KdaConvWindowUpdateF32 => new("kda", "kimi_kda_conv_window_update_f32"),
+        KernelId.KdaConvWindowUpdateBf16 => new("kda", "kimi_kda_conv_window_update_bf16"),
+        KernelId.KdaChunkIntraF32 => new("kda", "kimi_kda_chunk_intra_f32"),
+        KernelId.KdaChunkIntraBf16 => new("kda", "kimi_kda_chunk_intra_bf16"),
+        KernelId.KdaChunkPrefillF32 => new("kda", "kimi_kda_chunk_prefill_f32"),
+        KernelId.KdaChunkPrefillBf16 => new("kda", "kimi_kda_chunk_prefill_bf16"),
         _ => throw new ArgumentOutOfRangeException(nameof(id), id, "no catalog entry for this kernel id"),
     };
 
     public static IReadOnlyList<KernelId> All { get; } = Enum.GetValues<KernelId>();
+
+    /// <summary>The PTX target a device of compute capability <paramref name="capability"/> loads: <c>sm90</c> (Hopper and newer) or <c>sm80</c> (Ampere, Ada).</summary>
+    public static string TargetFor((int Major, int Minor) capability) => capability.Major >= 9 ? "sm90" : "sm80";
+
+    /// <summary>The PTX targets every module is built for unless its source says otherwise.</summary>
+    public static IReadOnlyList<string> DefaultTargets { get; } = ["sm90", "sm80"];
+
+    /// <summary>A module built for fewer targets than the default: its targets, what it is, and the feature that needs them.</summary>
+    private readonly record struct Restricted(string[] Targets, string Description, string Feature);
+
+    private static readonly Dictionary<string, Restricted> RestrictedModules = new()
+    {
+        ["kda"] = new(["sm90"], "The KDA kernels (kernels/kda/kda.cu)", "thread-block clusters"),
+    };
+
+    /// <summary>
+    /// The PTX targets <paramref name="module"/> is built for, newest first: those on its source's
+    /// <c>// KIMI_PTX_TARGETS:</c> line, which <c>kernels/build.sh</c> reads (the freshness tests check that the two
+    /// agree), or <see cref="DefaultTargets"/>.
+    /// </summary>
+    public static IReadOnlyList<string> TargetsOf(string module) =>
+        RestrictedModules.TryGetValue(module, out Restricted restricted) ? restricted.Targets : DefaultTargets;
+
+    /// <summary>
+    /// Why <paramref name="module"/> cannot run on a device of compute capability <paramref name="capability"/> (it has
+    /// no image for that device's target), or null when it can.
+    /// </summary>
+    public static string? Unsupported(string module, string deviceName, (int Major, int Minor) capability)
+    {
+        if (!RestrictedModules.TryGetValue(module, out Restricted restricted) || restricted.Targets.Contains(TargetFor(capability))) return null;
+        string oldest = restricted.Targets[^1]; // "sm90" → 9.0
+        return $"{restricted.Description} need compute capability {oldest[2..^1]}.{oldest[^1]} or newer ({restricted.Feature}); " +
+               $"{deviceName} has compute capability {capability.Major}.{capability.Minor}.";
+    }
 }

@@ -41,7 +41,7 @@ internal sealed unsafe partial class KernelLibrary : IDisposable
             throw new CudaUnavailableException(
                 $"{context.Device.Name} has compute capability {major}.{minor}; the kernels need 8.0 or newer (bf16 tensor cores).",
                 CuResult.NoBinaryForGpu, "KernelLibrary");
-        Target = major >= 9 ? "sm90" : "sm80";
+        Target = KernelCatalog.TargetFor((major, minor));
         ProgrammaticLaunch = major >= 9;
     }
 
@@ -72,12 +72,15 @@ internal sealed unsafe partial class KernelLibrary : IDisposable
     }
 
     /// <summary>
-    /// Loads every shipped kernel now. Call before capturing a graph: loading a module synchronises the context,
-    /// which a stream capture forbids.
+    /// Loads every shipped kernel this device can run now (a module built only for newer devices, see
+    /// <see cref="KernelCatalog.TargetsOf"/>, is left out: launching it throws). Call before capturing a graph: loading
+    /// a module synchronises the context, which a stream capture forbids.
     /// </summary>
     public void LoadAll()
     {
-        foreach (KernelId id in KernelCatalog.All) Function(id);
+        foreach (KernelId id in KernelCatalog.All)
+            if (KernelCatalog.Unsupported(KernelCatalog.Of(id).Module, _context.Device.Name, _context.Device.ComputeCapability) is null)
+                Function(id);
     }
 
     /// <summary>The <c>CUfunction</c> of <paramref name="id"/>, loading its module if needed.</summary>
@@ -105,6 +108,8 @@ internal sealed unsafe partial class KernelLibrary : IDisposable
 
     private CudaModuleHandle LoadShippedModule(string module)
     {
+        if (KernelCatalog.Unsupported(module, _context.Device.Name, _context.Device.ComputeCapability) is { } reason)
+            throw new CudaUnavailableException(reason, CuResult.NoBinaryForGpu, "KernelLibrary");
         // Hopper-only kernels ship as sm_90a cubin, which runs on compute capability 9.0 exactly.
         if (_context.Device.ComputeCapability == (9, 0) && KernelImages.TryLoad(KernelImages.FileName(module, "sm90a")) is { } cubin)
             return LoadImage(KernelImages.FileName(module, "sm90a"), cubin);

@@ -49,6 +49,10 @@
 //   decode: K ≤ 128; V ∈ {16, 32, 64, 128}. prefill: K ≤ 128, K % 4 == 0, V % 32 == 0, K + V ≤ 256.
 //   All pointers 16-byte aligned; state rows start 16-byte aligned (V % 4 == 0). Inputs are finite. Buffers do not
 //   alias except where marked "read and updated". Tokens past cu_seqlens[N] are never read (they may hold NaN).
+//
+// BUILD (kernels/build.sh): compute_90 PTX only, since the decode step uses thread-block clusters (Ampere and Ada have
+// none); the C# side refuses older cards with a message saying so (KernelCatalog.TargetsOf).
+// KIMI_PTX_TARGETS: sm90
 #ifdef KDA_EMULATE
 #include "tests/cuda_emu.h"
 #else

@@ -1,0 +1,220 @@
+using KimiLinear.Cuda.Memory;
+
+namespace KimiLinear.Cuda.Kernels;
+
+/// <summary>
+/// Kimi Delta Attention on the GPU (<c>kernels/kda/kda.cu</c>; its opening comment has the math): the fused decode step,
+/// the prefill's pre-kernel (short convs, gate, β) with the conv-window update, and the chunked prefill over packed
+/// variable-length sequences. T is the activation dtype: <see cref="float"/> (everything fp32, the accuracy reference)
+/// or bf16 as <see cref="ushort"/> bits (bf16 activations and weights; gate parameters, g, β and the state stay fp32).
+/// The kernels need compute capability 9.0 (thread-block clusters): on older cards the first launch throws
+/// <see cref="Interop.CudaUnavailableException"/> saying so.
+/// </summary>
+/// <remarks>
+/// A layer's prefill is <see cref="Prepare{T}"/> then <see cref="ChunkedPrefill{T}"/>; each decoded token is one
+/// <see cref="DecodeStep{T}"/>. Both paths keep the same <see cref="KdaLayerCache{T}"/>, so a sequence may be prefilled
+/// in pieces and decoded in between. Tokens past a batch's last one are never read, and outputs are written only up to
+/// their shapes.
+/// </remarks>
+internal static unsafe class KdaKernels
+{
+    /// <summary>Tokens per prefill chunk (FLA's C).</summary>
+    public const int ChunkTokens = 64;
+
+    // Launch geometry and dynamic shared memory, as kernels/kda/kda.cu defines them (kDecode*, kIntra*, kPrefill*,
+    // kPrepareThreads, chunk_intra_smem_bytes, chunk_prefill_smem_bytes).
+    private const int DecodeSlices = 4;   // blocks per head = the compiled-in cluster size
+    private const int DecodeThreads = 128;
+    private const int DecodeSharedBytes = (128 * 32 + 3 * 128 + 4 * 32 + 32 + 32 + 32 + 4) * sizeof(float);
+    private const int PrepareThreads = 256;
+    private const int IntraThreads = 256;
+    private const int PrefillThreads = 128;
+    private const int PrefillColumns = 32; // state columns per scan block
+    private const int MaxKeyDim = 128;
+
+    private static int IntraSharedBytes(int k) => sizeof(float) * (3 * ChunkTokens * (k + 1) + ChunkTokens * ChunkTokens + 3 * ChunkTokens);
+
+    private static int PrefillSharedBytes(int k) =>
+        sizeof(float) * (k * PrefillColumns + 2 * ChunkTokens * (k + 4) + ChunkTokens * 68 + 2 * ChunkTokens * PrefillColumns + k);
+
+    /// <summary>
+    /// One token of <paramref name="sequences"/> sequences through a KDA layer's core, fused: per channel the short
+    /// conv + SiLU of q, k, v over the carried window (then the window shifts), the gate g and β; L2-normalised q̂, k̂;
+    /// the delta-rule update of the fp32 state; o = Sᵀq̂; and the sigmoid-gated RMSNorm y = o·rsqrt(mean o² + eps)·w·σ(z).
+    /// </summary>
+    /// <param name="stream">Where to queue it (capturable in a CUDA graph: no host sync, no scratch).</param>
+    /// <param name="shape">K ≤ 128; V one of 16, 32, 64, 128.</param>
+    /// <param name="sequences">N, one new token each.</param>
+    /// <param name="rmsEps">The output RMSNorm's epsilon (≥ 0).</param>
+    /// <param name="token">The new token's projections, one row per sequence: [N, H·K], [N, H·K], [N, H·V], [N, H·K], [N, H].</param>
+    /// <param name="outputGate">z [N, H·V], g_b_proj's output, before the sigmoid.</param>
+    /// <param name="layer">Conv taps, A_log, dt_bias, o_norm weight.</param>
+    /// <param name="cache">Windows and state of the N sequences, advanced by one token.</param>
+    /// <param name="y">[N, H·V] the gated, normalised output (the input of o_proj).</param>
+    public static void DecodeStep<T>(CudaStream stream, KdaShape shape, int sequences, float rmsEps, KdaProjections<T> token,
+        DeviceSpan<T> outputGate, KdaLayerParameters<T> layer, KdaLayerCache<T> cache, DeviceSpan<T> y) where T : unmanaged
+    {
+        KernelId id = Pick<T>(KernelId.KdaDecodeStepF32, KernelId.KdaDecodeStepBf16);
+        CheckShape(shape);
+        if (shape.KeyDim > MaxKeyDim) throw new ArgumentException($"the KDA decode step needs K ≤ {MaxKeyDim}, got K = {shape.KeyDim}", nameof(shape));
+        if (shape.ValueDim is not (16 or 32 or 64 or 128))
+            throw new ArgumentException($"the KDA decode step needs V to be 16, 32, 64 or 128, got V = {shape.ValueDim}", nameof(shape));
+        KernelChecks.Positive(sequences, nameof(sequences));
+        if (!(rmsEps >= 0)) throw new ArgumentOutOfRangeException(nameof(rmsEps), rmsEps, "rmsEps must be a non-negative number");
+        CheckProjections(token, shape, sequences, nameof(token));
+        KernelChecks.HoldsAligned(outputGate, (long)sequences * shape.ValueWidth, nameof(outputGate));
+        CheckLayer(layer, shape, nameof(layer));
+        KernelChecks.HoldsAligned(layer.NormWeight, shape.ValueDim, "layer.NormWeight");
+        CheckWindows(cache, shape, sequences, nameof(cache));
+        KernelChecks.HoldsAligned(cache.State, (long)sequences * shape.Heads * shape.StateSize, "cache.State");
+        KernelChecks.HoldsAligned(y, (long)sequences * shape.ValueWidth, nameof(y));
+
+        int h = shape.Heads, k = shape.KeyDim, v = shape.ValueDim;
+        ulong pq = token.Query.Pointer, pk = token.Key.Pointer, pv = token.Value.Pointer, pf = token.Forget.Pointer, pb = token.Beta.Pointer;
+        ulong pz = outputGate.Pointer, wq = layer.QueryConv.Pointer, wk = layer.KeyConv.Pointer, wv = layer.ValueConv.Pointer;
+        ulong aLog = layer.ALog.Pointer, dtBias = layer.DtBias.Pointer, wNorm = layer.NormWeight.Pointer;
+        ulong cq = cache.QueryWindow.Pointer, ck = cache.KeyWindow.Pointer, cv = cache.ValueWindow.Pointer, state = cache.State.Pointer;
+        ulong py = y.Pointer;
+        void** args = stackalloc void*[]
+        {
+            &h, &k, &v, &rmsEps, &pq, &pk, &pv, &pf, &pb, &pz, &wq, &wk, &wv, &aLog, &dtBias, &wNorm, &cq, &ck, &cv, &state, &py,
+        };
+        stream.Context.Kernels.Launch(id, new Dim3(DecodeSlices, (uint)h, (uint)sequences), new Dim3(DecodeThreads), DecodeSharedBytes, stream, args);
+    }
+
+    /// <summary>
+    /// The prefill's pre-kernel over a packed batch: per token, the short conv + SiLU of q, k, v (reaching into each
+    /// sequence's carried window for its first 3 tokens; results rounded to T as stored), the gate g and β = σ(b). Then
+    /// each sequence's windows become its last 3 pre-conv inputs. The state in <paramref name="cache"/> is not touched.
+    /// </summary>
+    /// <param name="stream">Where to queue it (two launches).</param>
+    /// <param name="shape">Any positive H, K, V.</param>
+    /// <param name="batch">The sequences' lengths and offsets (T tokens).</param>
+    /// <param name="projections">The batch's projections: [T, H·K], [T, H·K], [T, H·V], [T, H·K], [T, H].</param>
+    /// <param name="layer">Conv taps, A_log, dt_bias (the norm weight is not read).</param>
+    /// <param name="cache">The N sequences' windows: read, then advanced past the batch.</param>
+    /// <param name="output">The core's inputs for the T tokens.</param>
+    public static void Prepare<T>(CudaStream stream, KdaShape shape, KdaBatch batch, KdaProjections<T> projections,
+        KdaLayerParameters<T> layer, KdaLayerCache<T> cache, KdaCoreInputs<T> output) where T : unmanaged
+    {
+        KernelId prepare = Pick<T>(KernelId.KdaPrepareF32, KernelId.KdaPrepareBf16);
+        KernelId window = Pick<T>(KernelId.KdaConvWindowUpdateF32, KernelId.KdaConvWindowUpdateBf16);
+        CheckShape(shape);
+        CheckProjections(projections, shape, batch.Tokens, nameof(projections));
+        CheckLayer(layer, shape, nameof(layer));
+        CheckWindows(cache, shape, batch.Sequences, nameof(cache));
+        CheckCoreInputs(output, shape, batch.Tokens, nameof(output));
+        if (batch.Tokens == 0) return; // nothing to convolve, and the windows stay as they are
+
+        int h = shape.Heads, k = shape.KeyDim, v = shape.ValueDim, n = batch.Sequences;
+        ulong cu = batch.TokenOffsets.Pointer;
+        ulong pq = projections.Query.Pointer, pk = projections.Key.Pointer, pv = projections.Value.Pointer;
+        ulong pf = projections.Forget.Pointer, pb = projections.Beta.Pointer;
+        ulong wq = layer.QueryConv.Pointer, wk = layer.KeyConv.Pointer, wv = layer.ValueConv.Pointer;
+        ulong aLog = layer.ALog.Pointer, dtBias = layer.DtBias.Pointer;
+        ulong cq = cache.QueryWindow.Pointer, ck = cache.KeyWindow.Pointer, cv = cache.ValueWindow.Pointer;
+        ulong q = output.Query.Pointer, kk = output.Key.Pointer, vv = output.Value.Pointer, g = output.Gate.Pointer, beta = output.Beta.Pointer;
+        void** prepareArgs = stackalloc void*[]
+        {
+            &h, &k, &v, &n, &cu, &pq, &pk, &pv, &pf, &pb, &wq, &wk, &wv, &aLog, &dtBias, &cq, &ck, &cv, &q, &kk, &vv, &g, &beta,
+        };
+        stream.Context.Kernels.Launch(prepare, new Dim3((uint)batch.Tokens), new Dim3(PrepareThreads), 0, stream, prepareArgs);
+
+        // A second launch: the window update overwrites what every token of the pre-kernel may still read.
+        void** windowArgs = stackalloc void*[] { &h, &k, &v, &cu, &pq, &pk, &pv, &cq, &ck, &cv };
+        int channels = Math.Max(shape.KeyWidth, shape.ValueWidth);
+        stream.Context.Kernels.Launch(window, new Dim3((uint)((channels + PrepareThreads - 1) / PrepareThreads), (uint)n),
+            new Dim3(PrepareThreads), 0, stream, windowArgs);
+    }
+
+    /// <summary>
+    /// The chunked prefill of the KDA core over a packed batch, from each sequence's state in <paramref name="state"/>
+    /// (updated to the state after its last token): the intra-chunk kernel (one block per chunk and head) writes
+    /// <paramref name="scratch"/>, then the scan walks each sequence's chunks. Equal to the token-by-token recurrence up
+    /// to fp32 rounding.
+    /// </summary>
+    /// <param name="stream">Where to queue it (two launches).</param>
+    /// <param name="shape">K ≤ 128 and a multiple of 4; V a multiple of 32; K + V ≤ 256.</param>
+    /// <param name="batch">The sequences' lengths and offsets (T tokens, NC chunks).</param>
+    /// <param name="input">q, k raw (normalised here), v, g, β for the T tokens (what <see cref="Prepare{T}"/> writes).</param>
+    /// <param name="scratch">Room for at least <see cref="KdaBatch.Chunks"/> chunks of this shape.</param>
+    /// <param name="state">[N, H, K, V] fp32: initial in, final out.</param>
+    /// <param name="o">[T, H, V] the core's output (before the output norm).</param>
+    public static void ChunkedPrefill<T>(CudaStream stream, KdaShape shape, KdaBatch batch, KdaCoreInputs<T> input, KdaPrefillScratch scratch,
+        DeviceSpan<float> state, DeviceSpan<T> o) where T : unmanaged
+    {
+        KernelId intra = Pick<T>(KernelId.KdaChunkIntraF32, KernelId.KdaChunkIntraBf16);
+        KernelId scan = Pick<T>(KernelId.KdaChunkPrefillF32, KernelId.KdaChunkPrefillBf16);
+        CheckShape(shape);
+        if (shape.KeyDim > MaxKeyDim || shape.KeyDim % 4 != 0 || shape.ValueDim % PrefillColumns != 0 || shape.KeyDim + shape.ValueDim > 256)
+            throw new ArgumentException(
+                $"the KDA chunked prefill needs K ≤ {MaxKeyDim} and a multiple of 4, V a multiple of {PrefillColumns}, and K + V ≤ 256; got K = {shape.KeyDim}, V = {shape.ValueDim}",
+                nameof(shape));
+        CheckCoreInputs(input, shape, batch.Tokens, nameof(input));
+        if (scratch.Shape != shape)
+            throw new ArgumentException($"the scratch is laid out for {scratch.Shape}, not {shape}", nameof(scratch));
+        if (scratch.Chunks < batch.Chunks)
+            throw new ArgumentException($"the scratch has room for {scratch.Chunks} chunks but the batch has {batch.Chunks}", nameof(scratch));
+        KernelChecks.HoldsAligned(state, (long)batch.Sequences * shape.Heads * shape.StateSize, nameof(state));
+        KernelChecks.HoldsAligned(o, (long)batch.Tokens * shape.ValueWidth, nameof(o));
+        if (batch.Tokens == 0) return; // every state stays as it is
+
+        int h = shape.Heads, k = shape.KeyDim, v = shape.ValueDim, n = batch.Sequences;
+        ulong cu = batch.TokenOffsets.Pointer, co = batch.ChunkOffsets.Pointer;
+        ulong q = input.Query.Pointer, kk = input.Key.Pointer, vv = input.Value.Pointer, g = input.Gate.Pointer, beta = input.Beta.Pointer;
+        ulong w = scratch.W.Pointer, u = scratch.U.Pointer, a = scratch.A.Pointer, qg = scratch.QueryDecayed.Pointer;
+        ulong kg = scratch.KeyDecayed.Pointer, gamma = scratch.Gamma.Pointer, s = state.Pointer, po = o.Pointer;
+        void** intraArgs = stackalloc void*[] { &h, &k, &v, &n, &cu, &co, &q, &kk, &vv, &g, &beta, &w, &u, &a, &qg, &kg, &gamma };
+        stream.Context.Kernels.Launch(intra, new Dim3((uint)batch.Chunks, (uint)h), new Dim3(IntraThreads), IntraSharedBytes(k), stream, intraArgs);
+        void** scanArgs = stackalloc void*[] { &h, &k, &v, &cu, &co, &w, &u, &a, &qg, &kg, &gamma, &s, &po };
+        stream.Context.Kernels.Launch(scan, new Dim3((uint)(v / PrefillColumns), (uint)h, (uint)n), new Dim3(PrefillThreads),
+            PrefillSharedBytes(k), stream, scanArgs);
+    }
+
+    /// <summary>The f32 or bf16 entry point for activation dtype <typeparamref name="T"/>.</summary>
+    private static KernelId Pick<T>(KernelId f32, KernelId bf16) where T : unmanaged =>
+        typeof(T) == typeof(float) ? f32
+        : typeof(T) == typeof(ushort) ? bf16
+        : throw new NotSupportedException($"the KDA kernels take float or bf16 (as ushort) activations, not {typeof(T).Name}");
+
+    private static void CheckShape(KdaShape shape)
+    {
+        KernelChecks.Positive(shape.Heads, "shape.Heads");
+        KernelChecks.Positive(shape.KeyDim, "shape.KeyDim");
+        KernelChecks.Positive(shape.ValueDim, "shape.ValueDim");
+    }
+
+    private static void CheckProjections<T>(KdaProjections<T> p, KdaShape shape, long rows, string name) where T : unmanaged
+    {
+        KernelChecks.HoldsAligned(p.Query, rows * shape.KeyWidth, name + ".Query");
+        KernelChecks.HoldsAligned(p.Key, rows * shape.KeyWidth, name + ".Key");
+        KernelChecks.HoldsAligned(p.Value, rows * shape.ValueWidth, name + ".Value");
+        KernelChecks.HoldsAligned(p.Forget, rows * shape.KeyWidth, name + ".Forget");
+        KernelChecks.HoldsAligned(p.Beta, rows * shape.Heads, name + ".Beta");
+    }
+
+    private static void CheckLayer<T>(KdaLayerParameters<T> layer, KdaShape shape, string name) where T : unmanaged
+    {
+        KernelChecks.HoldsAligned(layer.QueryConv, 4L * shape.KeyWidth, name + ".QueryConv");
+        KernelChecks.HoldsAligned(layer.KeyConv, 4L * shape.KeyWidth, name + ".KeyConv");
+        KernelChecks.HoldsAligned(layer.ValueConv, 4L * shape.ValueWidth, name + ".ValueConv");
+        KernelChecks.HoldsAligned(layer.ALog, shape.Heads, name + ".ALog");
+        KernelChecks.HoldsAligned(layer.DtBias, shape.KeyWidth, name + ".DtBias");
+    }
+
+    private static void CheckWindows<T>(KdaLayerCache<T> cache, KdaShape shape, long sequences, string name) where T : unmanaged
+    {
+        KernelChecks.HoldsAligned(cache.QueryWindow, sequences * 3 * shape.KeyWidth, name + ".QueryWindow");
+        KernelChecks.HoldsAligned(cache.KeyWindow, sequences * 3 * shape.KeyWidth, name + ".KeyWindow");
+        KernelChecks.HoldsAligned(cache.ValueWindow, sequences * 3 * shape.ValueWidth, name + ".ValueWindow");
+    }
+
+    private static void CheckCoreInputs<T>(KdaCoreInputs<T> x, KdaShape shape, long tokens, string name) where T : unmanaged
+    {
+        KernelChecks.HoldsAligned(x.Query, tokens * shape.KeyWidth, name + ".Query");
+        KernelChecks.HoldsAligned(x.Key, tokens * shape.KeyWidth, name + ".Key");
+        KernelChecks.HoldsAligned(x.Value, tokens * shape.ValueWidth, name + ".Value");
+        KernelChecks.HoldsAligned(x.Gate, tokens * shape.KeyWidth, name + ".Gate");
+        KernelChecks.HoldsAligned(x.Beta, tokens * shape.Heads, name + ".Beta");
+    }
+}

@@ -1,0 +1,58 @@
+using KimiLinear.Cuda.Memory;
+
+namespace KimiLinear.Cuda.Kernels;
+
+/// <summary>
+/// The fp32 intermediates the chunked prefill passes from its intra-chunk kernel to its scan (kernels/kda/kda.cu,
+/// CHUNKED PREFILL), for up to <see cref="Chunks"/> chunks of one layer shape. One allocation, reusable across calls.
+/// </summary>
+internal sealed class KdaPrefillScratch : IDisposable
+{
+    private const int C = KdaKernels.ChunkTokens;
+
+    private readonly DeviceBuffer<float> _storage; // the six tensors below, one after another (each a multiple of 64 floats but γ, which is last)
+
+    /// <summary>Chunks of room: at least the <see cref="KdaBatch.Chunks"/> of a batch it serves.</summary>
+    public int Chunks { get; }
+
+    /// <summary>The layer shape it is laid out for.</summary>
+    public KdaShape Shape { get; }
+
+    /// <summary>[NC, H, 64, K] W = (I + L)⁻¹·Diag(β)·(k̂ ⊙ 2^G).</summary>
+    public DeviceSpan<float> W => Part(0, KeyRows);
+
+    /// <summary>[NC, H, 64, K] QG = q̂ ⊙ 2^G.</summary>
+    public DeviceSpan<float> QueryDecayed => Part(KeyRows, KeyRows);
+
+    /// <summary>[NC, H, 64, K] KG = k̂ ⊙ 2^(G_last − G).</summary>
+    public DeviceSpan<float> KeyDecayed => Part(2 * KeyRows, KeyRows);
+
+    /// <summary>[NC, H, 64, V] U = (I + L)⁻¹·Diag(β)·v.</summary>
+    public DeviceSpan<float> U => Part(3 * KeyRows, ValueRows);
+
+    /// <summary>[NC, H, 64, 64] A, the causal intra-chunk attention.</summary>
+    public DeviceSpan<float> A => Part(3 * KeyRows + ValueRows, PairRows);
+
+    /// <summary>[NC, H, K] γ = 2^G_last, the decay across the whole chunk.</summary>
+    public DeviceSpan<float> Gamma => Part(3 * KeyRows + ValueRows + PairRows, (long)Chunks * Shape.KeyWidth);
+
+    private long KeyRows => (long)Chunks * Shape.Heads * C * Shape.KeyDim;
+    private long ValueRows => (long)Chunks * Shape.Heads * C * Shape.ValueDim;
+    private long PairRows => (long)Chunks * Shape.Heads * C * C;
+
+    /// <summary>Allocates room for <paramref name="chunks"/> chunks of layers of <paramref name="shape"/>.</summary>
+    public KdaPrefillScratch(CudaContext context, KdaShape shape, int chunks)
+    {
+        KernelChecks.Positive(chunks, nameof(chunks));
+        KernelChecks.Positive(shape.Heads, "shape.Heads");
+        KernelChecks.Positive(shape.KeyDim, "shape.KeyDim");
+        KernelChecks.Positive(shape.ValueDim, "shape.ValueDim");
+        (Shape, Chunks) = (shape, chunks);
+        _storage = context.Allocate<float>(3 * KeyRows + ValueRows + PairRows + (long)chunks * shape.KeyWidth);
+    }
+
+    private DeviceSpan<float> Part(long start, long length) => _storage.Slice(start, length);
+
+    /// <inheritdoc />
+    public void Dispose() => _storage.Dispose();
+}
