@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU workflow, GPU-machine half (docs/gpu.md). Run from the repository root there as `bash STAGE/remote.sh`:
-#   1. unpacks the .NET runtime,  2. builds kernels/*.cu with nvcc (kernels/build.sh) into /tmp/ptx,
+#   1. unpacks the .NET runtime,  2. builds the kernels with nvcc (kernels/build.sh) into /tmp/ptx,
 #   3. runs the CUDA tests against that fresh PTX (KIMILINEAR_KERNEL_DIR),  4. times the kernels (Benchmarks `gpu`),
 #   5. leaves in $OUT: build.log, tests.log, bench.log, bench.md, ptx.tgz (commit its contents to KimiLinear.Cuda/Kernels/ptx).
 # Set SKIP_BENCH=1 to stop after the tests, BENCH_RUNS=n to repeat the benchmarks. Exit status: nonzero if the build or a test failed.
@@ -28,7 +28,7 @@ echo "== tests"
 # One process per test class, each under a time limit, so a hung kernel cannot eat the whole call.
 tests=0
 : > "$out/tests.log"
-for class in CudaRuntimeTests ElementwiseKernelTests MatmulKernelTests SamplingKernelTests KernelFreshnessTests; do
+for class in CudaRuntimeTests ElementwiseKernelTests MatmulKernelTests SamplingKernelTests KdaKernelTests KernelFreshnessTests; do
     timeout "${TEST_TIMEOUT:-150}" /tmp/dn/dotnet "$stage/tests/KimiLinear.Tests.dll" -class "KimiLinear.Tests.Cuda.$class" -noColor >> "$out/tests.log" 2>&1
     rc=$?
     [ $rc -eq 124 ] && echo "TIMEOUT: $class" | tee -a "$out/tests.log"
