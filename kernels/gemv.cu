@@ -2,24 +2,33 @@
 //   W [N, K] bf16, row-major (nn.Linear weight: out_features x in_features)
 //   x [K]    bf16
 //   y [N]    bf16 (kimi_gemv_bf16) or fp32 (kimi_gemv_bf16_f32, e.g. logits)
-// Memory-bound: every weight byte is read once, so the goal is the copy bandwidth. Each warp owns GEMV_ROWS rows and
-// keeps GEMV_ROWS x GEMV_UNROLL 16-byte weight loads in flight per lane (streaming hint: weights are read once, x stays
-// in L1), and keeps the next chunk requested while it uses the current one; lanes reduce with shuffles at the end.
-// (Measured on an H100, decode shapes: K split across a whole block reached 57-61 % of the copy bandwidth; one warp
-// per row requesting its whole share of the row at once, 61-62 %; this layout, 72-74 %.)
-// Programmatic dependent launch (sm_90+): a decode-shaped GEMV moves only ~20 MB, so launch latency and the ramp at
-// each end cost as much as a third of its time. The kernel lets its successor launch at once
-// (griddepcontrol.launch_dependents) and issues its first weight loads before waiting for its predecessor to finish
+// Memory-bound: every weight byte is read once, so the goal is the copy bandwidth. What decides the time at the decode
+// shapes (~20 MB a kernel) is how much of each kernel's weights is already requested when it starts waiting for its
+// predecessor (programmatic dependent launch, below): those bytes stream during the predecessor's tail.
+// Layout: a block of GEMV_WARPS warps owns GEMV_ROWS_PER_BLOCK consecutive rows. Each group of GEMV_SPLIT warps shares
+// GEMV_ROWS rows and splits K between its warps: K is cut into column slots of 32 16-byte vectors (one per lane), and
+// warp s of the group takes slots s, s + GEMV_SPLIT, ... Each lane keeps a ring of GEMV_DEPTH chunks of GEMV_UNROLL
+// vectors a row in registers, requests all of them before the wait, and refills each chunk as soon as it is used. At
+// the model's K (2304, 4096) the ring holds a warp's whole share of its rows, so everything is requested before the
+// wait. Lanes reduce with shuffles, the group's warps through shared memory. (kernels/tests/gemv_sweep.cu times this
+// layout against 21 others on the GPU machine; docs/performance.md has the numbers: on an H100 the previous layout, a
+// warp per 2 rows with 2 chunks of 4 vectors in flight, left half of a K = 4096 row for after the wait.)
+// Programmatic dependent launch (sm_90+): the kernel lets its successor launch at once
+// (griddepcontrol.launch_dependents) and issues its weight loads before waiting for its predecessor to finish
 // (griddepcontrol.wait): weights never depend on earlier kernels, x and y do. Launched without the attribute, the
 // wait returns at once. The host launches it with CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION.
-// Launch: grid ceil(N / (GEMV_WARPS * GEMV_ROWS)) blocks of GEMV_WARPS * 32 threads.
+// Launch: grid ceil(N / GEMV_ROWS_PER_BLOCK) blocks of GEMV_WARPS * 32 threads.
 // Vector path when K % 8 == 0 and W, x are 16-byte aligned (every row then starts aligned); otherwise a scalar path
 // (correct for any K, e.g. odd K in tests, but slow).
 #include "common.cuh"
 
-constexpr int GEMV_WARPS = 4;
-constexpr int GEMV_ROWS = 2;
-constexpr int GEMV_UNROLL = 4;
+constexpr int GEMV_WARPS = 4;  // warps a block
+constexpr int GEMV_SPLIT = 2;  // warps splitting K in a row group
+constexpr int GEMV_ROWS = 2;   // rows a row group
+constexpr int GEMV_UNROLL = 2; // 16-byte vectors a lane a row in one chunk
+constexpr int GEMV_DEPTH = 4;  // chunks in flight a lane: DEPTH x UNROLL x 32 x SPLIT vectors cover K = 4096
+constexpr int GEMV_GROUPS = GEMV_WARPS / GEMV_SPLIT;
+constexpr int GEMV_ROWS_PER_BLOCK = GEMV_GROUPS * GEMV_ROWS; // MatmulKernels.GemvRowsPerBlock
 
 __device__ __forceinline__ float dot8(uint4 w, uint4 x, float acc)
 {
@@ -37,13 +46,17 @@ __device__ __forceinline__ float dot8(uint4 w, uint4 x, float acc)
 __device__ __forceinline__ void store_out(float* y, int i, float v) { y[i] = v; }
 __device__ __forceinline__ void store_out(uint16_t* y, int i, float v) { y[i] = f32_to_bf16(v); }
 
-// Loads the GEMV_UNROLL vectors of each row starting at vector k (zeros past the row's end).
-__device__ __forceinline__ void load_weights(uint4 (&wv)[GEMV_ROWS][GEMV_UNROLL], const uint4* const (&w8)[GEMV_ROWS], int k, int K8)
+// The 16-byte vector of column slot j that this lane reads.
+__device__ __forceinline__ int slot_vector(int j, int s, int lane) { return (j * GEMV_SPLIT + s) * 32 + lane; }
+
+// Loads chunk c of warp s's share of each row (slots c * GEMV_UNROLL + u of the warp; zeros past the row's end).
+__device__ __forceinline__ void load_chunk(uint4 (&wv)[GEMV_ROWS][GEMV_UNROLL], const uint4* const (&w8)[GEMV_ROWS], int c, int s,
+                                           int lane, int K8)
 {
 #pragma unroll
     for (int u = 0; u < GEMV_UNROLL; u++)
     {
-        const int kk = k + u * 32;
+        const int kk = slot_vector(c * GEMV_UNROLL + u, s, lane);
 #pragma unroll
         for (int r = 0; r < GEMV_ROWS; r++) wv[r][u] = kk < K8 ? __ldcs(w8[r] + kk) : make_uint4(0, 0, 0, 0);
     }
@@ -68,11 +81,13 @@ template <typename OutT>
 __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __restrict__ W, const uint16_t* __restrict__ x,
                                      int N, int K)
 {
-    const int lane = threadIdx.x & 31;
-    const int row0 = (blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5)) * GEMV_ROWS;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int group = warp / GEMV_SPLIT, s = warp % GEMV_SPLIT;
+    const int row0 = (blockIdx.x * GEMV_GROUPS + group) * GEMV_ROWS;
     allow_successor();
-    if (row0 >= N) return;
 
+    // Rows past N re-read the last row; their sums are never stored. Keeps the loads unconditional, and every warp
+    // reaches the barrier below.
     float acc[GEMV_ROWS];
 #pragma unroll
     for (int r = 0; r < GEMV_ROWS; r++) acc[r] = 0.0f;
@@ -83,46 +98,45 @@ __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __res
         const uint4* x8 = reinterpret_cast<const uint4*>(x);
         const uint4* w8[GEMV_ROWS];
 #pragma unroll
-        for (int r = 0; r < GEMV_ROWS; r++)
-            // Rows past N re-read the last row; their sums are never stored. Keeps the loads unconditional.
-            w8[r] = reinterpret_cast<const uint4*>(W + static_cast<size_t>(min(row0 + r, N - 1)) * K);
+        for (int r = 0; r < GEMV_ROWS; r++) w8[r] = reinterpret_cast<const uint4*>(W + static_cast<size_t>(min(row0 + r, N - 1)) * K);
+        // This warp's slots are s, s + GEMV_SPLIT, ... below ceil(K8 / 32); a chunk holds GEMV_UNROLL of them.
+        const int slots = (K8 + 31) >> 5;
+        const int mine = slots > s ? (slots - s + GEMV_SPLIT - 1) / GEMV_SPLIT : 0;
+        const int chunks = (mine + GEMV_UNROLL - 1) / GEMV_UNROLL;
 
-        // Two chunks of weights in flight at all times: the current one and the next, both requested before the
-        // wait for the predecessor, so a whole row pair (K = 2304: 9 vectors a lane) is mostly on its way by then.
-        constexpr int STEP = 32 * GEMV_UNROLL;
-        uint4 wv[GEMV_ROWS][GEMV_UNROLL], next[GEMV_ROWS][GEMV_UNROLL];
-        int k = lane;
-        load_weights(wv, w8, k, K8);
-        bool more = k + STEP < K8;
-        if (more) load_weights(next, w8, k + STEP, K8);
+        uint4 wv[GEMV_DEPTH][GEMV_ROWS][GEMV_UNROLL];
+#pragma unroll
+        for (int d = 0; d < GEMV_DEPTH; d++) load_chunk(wv[d], w8, d, s, lane, K8);
         wait_for_predecessor();
-        for (;;)
+        // Ring slot d holds chunk c0 + d; once used it is refilled with chunk c0 + d + GEMV_DEPTH.
+        for (int c0 = 0; c0 < chunks; c0 += GEMV_DEPTH)
         {
-            uint4 xv[GEMV_UNROLL];
 #pragma unroll
-            for (int u = 0; u < GEMV_UNROLL; u++)
+            for (int d = 0; d < GEMV_DEPTH; d++)
             {
-                const int kk = k + u * 32;
-                xv[u] = kk < K8 ? __ldg(x8 + kk) : make_uint4(0, 0, 0, 0);
+                const int c = c0 + d;
+                if (c < chunks)
+                {
+                    uint4 xv[GEMV_UNROLL];
+#pragma unroll
+                    for (int u = 0; u < GEMV_UNROLL; u++)
+                    {
+                        const int kk = slot_vector(c * GEMV_UNROLL + u, s, lane);
+                        xv[u] = kk < K8 ? __ldg(x8 + kk) : make_uint4(0, 0, 0, 0);
+                    }
+#pragma unroll
+                    for (int u = 0; u < GEMV_UNROLL; u++)
+#pragma unroll
+                        for (int r = 0; r < GEMV_ROWS; r++) acc[r] = dot8(wv[d][r][u], xv[u], acc[r]);
+                    if (c + GEMV_DEPTH < chunks) load_chunk(wv[d], w8, c + GEMV_DEPTH, s, lane, K8);
+                }
             }
-#pragma unroll
-            for (int u = 0; u < GEMV_UNROLL; u++)
-#pragma unroll
-                for (int r = 0; r < GEMV_ROWS; r++) acc[r] = dot8(wv[r][u], xv[u], acc[r]);
-            if (!more) break;
-            k += STEP;
-#pragma unroll
-            for (int u = 0; u < GEMV_UNROLL; u++)
-#pragma unroll
-                for (int r = 0; r < GEMV_ROWS; r++) wv[r][u] = next[r][u];
-            more = k + STEP < K8;
-            if (more) load_weights(next, w8, k + STEP, K8);
         }
     }
     else
     {
         wait_for_predecessor();
-        for (int k = lane; k < K; k += 32)
+        for (int k = s * 32 + lane; k < K; k += GEMV_SPLIT * 32)
         {
             const float xk = bf16_to_f32(x[k]);
 #pragma unroll
@@ -131,11 +145,21 @@ __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __res
         }
     }
 
+    __shared__ float partial[GEMV_WARPS][GEMV_ROWS];
 #pragma unroll
     for (int r = 0; r < GEMV_ROWS; r++)
     {
-        const float s = warp_sum(acc[r]);
-        if (lane == 0 && row0 + r < N) store_out(y, row0 + r, s);
+        const float sum = warp_sum(acc[r]);
+        if (lane == 0) partial[warp][r] = sum;
+    }
+    __syncthreads();
+    // Lane r of the group's first warp adds the group's partial sums of row r (in warp order: deterministic).
+    if (s == 0 && lane < GEMV_ROWS && row0 + lane < N)
+    {
+        float sum = 0.0f;
+#pragma unroll
+        for (int q = 0; q < GEMV_SPLIT; q++) sum += partial[group * GEMV_SPLIT + q][lane];
+        store_out(y, row0 + lane, sum);
     }
 }
 

@@ -8,7 +8,7 @@ namespace KimiLinear.Cuda.Kernels;
 /// </summary>
 internal static unsafe class MatmulKernels
 {
-    private const int GemvRowsPerBlock = 4 * 2;  // GEMV_WARPS x GEMV_ROWS in gemv.cu
+    private const int GemvRowsPerBlock = 2 * 2;  // GEMV_ROWS_PER_BLOCK in gemv.cu: 2 row groups of 2 rows
     private const int GemvThreads = 4 * 32;
     private const int GemmTile = 128;            // BM = BN in gemm.cu
     private const int GemmThreads = 256;

@@ -3,7 +3,6 @@ using KimiLinear.Cuda.Kernels;
 using KimiLinear.Cuda.Memory;
 using KimiLinear.Loading;
 using KimiLinear.Numerics;
-using NormAssert = KimiLinear.Tests.TensorAssert;
 
 namespace KimiLinear.Tests.Cuda;
 
@@ -48,8 +47,8 @@ public sealed class KdaKernelTests
         var (o, state) = device.Prefill(shape, Enumerable.Repeat(tokens, batch).ToArray(), Read("q"), Read("k"), Read("v"), Read("g"),
             Read("beta"), Read("initial_state"));
 
-        NormAssert.Close(o, Read("o"), F32Tolerance, $"{name} (B {batch}, T {tokens}, {shape}) o vs float64");
-        NormAssert.Close(state, Read("final_state"), F32Tolerance, $"{name} final state vs float64");
+        TensorAssert.Close(o, Read("o"), F32Tolerance, $"{name} (B {batch}, T {tokens}, {shape}) o vs float64");
+        TensorAssert.Close(state, Read("final_state"), F32Tolerance, $"{name} final state vs float64");
     }
 
     [Theory]
@@ -144,8 +143,8 @@ public sealed class KdaKernelTests
         using var device = new Device<T>(gpu);
         var (o, state) = device.Prefill(shape, lengths, q, k, v, g, beta, s0);
         string what = $"prefill {typeof(T).Name} K = V = {dim}, lengths {string.Join(", ", lengths)}";
-        NormAssert.Close(o, KdaReference.Stored(expectedO, bf16), Tolerance(bf16), what + ": o vs KdaCore");
-        NormAssert.Close(state, expectedState, Tolerance(bf16), what + ": final state vs KdaCore");
+        TensorAssert.Close(o, KdaReference.Stored(expectedO, bf16), Tolerance(bf16), what + ": o vs KdaCore");
+        TensorAssert.Close(state, expectedState, Tolerance(bf16), what + ": final state vs KdaCore");
 
         int t0 = 0, stateSize = heads * dim * dim;
         for (int n = 0; n < lengths.Length; n++)
@@ -181,11 +180,11 @@ public sealed class KdaKernelTests
             KdaKernels.DecodeStep(device.Stream, shape, sequences, RmsEps, device.Upload(token), device.Upload(token.Z), parameters, cache, y);
             float[] expected = DecodeReference(layer, shape, token, reference, bf16);
             float[] actual = device.Read(y);
-            NormAssert.Close(actual.AsSpan(0, expected.Length), KdaReference.Stored(expected, bf16), Tolerance(bf16), $"{what}, step {step}: y");
+            TensorAssert.Close(actual.AsSpan(0, expected.Length), KdaReference.Stored(expected, bf16), Tolerance(bf16), $"{what}, step {step}: y");
             AssertNaN(actual.AsSpan(expected.Length), $"{what}: y past its end");
         }
         float[] state = device.Read(stateBuffer);
-        NormAssert.Close(state.AsSpan(0, reference.State.Length), reference.State, Tolerance(bf16), $"{what}: state after {steps} steps");
+        TensorAssert.Close(state.AsSpan(0, reference.State.Length), reference.State, Tolerance(bf16), $"{what}: state after {steps} steps");
         AssertNaN(state.AsSpan(reference.State.Length), $"{what}: state past its end");
         AssertWindows(device, windowBuffers, reference, what + $": conv windows after {steps} steps");
     }
@@ -227,11 +226,11 @@ public sealed class KdaKernelTests
         int[] prefillRows = RowsOf(total, prefill, 0);
         TokenHost preparedA = device.PrepareAndPrefill(shape, prefill, raw.Rows(prefillRows, shape), parameters, cacheA);
         string preparedWhat = $"{what}: prepared";
-        NormAssert.Close(preparedA.Q, Gather(prepared.Q, prefillRows, hk), Tolerance(bf16), preparedWhat + " q");
-        NormAssert.Close(preparedA.K, Gather(prepared.K, prefillRows, hk), Tolerance(bf16), preparedWhat + " k");
-        NormAssert.Close(preparedA.V, Gather(prepared.V, prefillRows, hv), Tolerance(bf16), preparedWhat + " v");
-        NormAssert.Close(preparedA.F, Gather(prepared.F, prefillRows, hk), F32Tolerance, preparedWhat + " g");
-        NormAssert.Close(preparedA.B, Gather(prepared.B, prefillRows, heads), F32Tolerance, preparedWhat + " β");
+        TensorAssert.Close(preparedA.Q, Gather(prepared.Q, prefillRows, hk), Tolerance(bf16), preparedWhat + " q");
+        TensorAssert.Close(preparedA.K, Gather(prepared.K, prefillRows, hk), Tolerance(bf16), preparedWhat + " k");
+        TensorAssert.Close(preparedA.V, Gather(prepared.V, prefillRows, hv), Tolerance(bf16), preparedWhat + " v");
+        TensorAssert.Close(preparedA.F, Gather(prepared.F, prefillRows, hk), F32Tolerance, preparedWhat + " g");
+        TensorAssert.Close(preparedA.B, Gather(prepared.B, prefillRows, heads), F32Tolerance, preparedWhat + " β");
         AssertWindows(device, windowsA, afterPrefill, $"{what}: conv windows after the prefill");
 
         DeviceBuffer<T> y = device.Upload([], (long)sequences * hv + Gpu.Tail);
@@ -244,17 +243,17 @@ public sealed class KdaKernelTests
             for (int n = 0; n < sequences; n++)
                 KdaReference.GatedRmsNorm(o.AsSpan(rows[n] * hv, hv), raw.Z.AsSpan(rows[n] * hv, hv), layer.NormWeight, RmsEps).CopyTo(expected, n * hv);
             float[] actual = device.Read(y);
-            NormAssert.Close(actual.AsSpan(0, expected.Length), KdaReference.Stored(expected, bf16), Tolerance(bf16), $"{what}: y of decode step {step}");
+            TensorAssert.Close(actual.AsSpan(0, expected.Length), KdaReference.Stored(expected, bf16), Tolerance(bf16), $"{what}: y of decode step {step}");
             AssertNaN(actual.AsSpan(expected.Length), $"{what}: y past its end");
         }
         float[] finalA = device.Read(stateA)[..expectedState.Length];
-        NormAssert.Close(finalA, expectedState, Tolerance(bf16), $"{what}: final state vs KdaCore");
+        TensorAssert.Close(finalA, expectedState, Tolerance(bf16), $"{what}: final state vs KdaCore");
         AssertWindows(device, windowsA, windows, $"{what}: conv windows after the decode steps");
 
         // B: one Prepare and ChunkedPrefill over all the tokens, from the same start.
         var (cacheB, windowsB, stateB) = device.Upload(start);
         device.PrepareAndPrefill(shape, total, raw.Rows(RowsOf(total, total, 0), shape), parameters, cacheB);
-        NormAssert.Close(finalA, device.Read(stateB)[..expectedState.Length], Tolerance(bf16), $"{what}: final state vs one prefill of every token");
+        TensorAssert.Close(finalA, device.Read(stateB)[..expectedState.Length], Tolerance(bf16), $"{what}: final state vs one prefill of every token");
         AssertWindows(device, windowsB, windows, $"{what}: conv windows after one prefill of every token");
     }
 

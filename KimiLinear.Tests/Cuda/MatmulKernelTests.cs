@@ -17,6 +17,7 @@ public sealed class MatmulKernelTests
     [InlineData(1000, 2303)] // odd K: scalar path
     [InlineData(1001, 2304)] // model K, N not a multiple of the rows per block
     [InlineData(2304, 4096)]
+    [InlineData(37, 8200)]   // K past one ring of chunks (refills), last column slot partial
     [InlineData(1, 8)]
     [InlineData(7, 5)]
     public void Gemv_Bf16AndF32Outputs_MatchReference(int n, int k)

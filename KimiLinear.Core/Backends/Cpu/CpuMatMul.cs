@@ -9,8 +9,8 @@ namespace KimiLinear.Backends.Cpu;
 /// <summary>
 /// y = x · wᵀ on the CPU with bf16 (mapped) or float weights and fp32 accumulation, split over output rows across cores.
 /// With one or two input rows (decode) each weight row is streamed once through a fused bf16→fp32 dot product, so the
-/// time is the weight bytes over memory bandwidth; with more rows a block of weight rows is widened once and reused for
-/// every input row.
+/// time is the weight bytes over memory bandwidth; with more rows a block of weight rows is widened once and multiplied
+/// with all input rows in register tiles.
 /// </summary>
 internal static unsafe class CpuMatMul
 {
@@ -40,18 +40,25 @@ internal static unsafe class CpuMatMul
                 });
                 return;
             }
-            Parallel.For(0, blocks, parallel, () => ArrayPool<float>.Shared.Rent(RowsPerBlock * inputs), (block, _, scratch) =>
+            int yLength = y.Length;
+            Parallel.For(0, blocks, parallel, () => ArrayPool<float>.Shared.Rent(RowsPerBlock * inputs + inputs), (block, _, scratch) =>
             {
+                // Widen this block of weight rows once, transposed to [K, RowsPerBlock], so that TileGemm's register
+                // tiles (4 tokens × 16 outputs) reuse every loaded weight vector for four tokens.
                 int start = block * RowsPerBlock, count = Math.Min(RowsPerBlock, outputs - start);
+                var row = scratch.AsSpan(RowsPerBlock * inputs, inputs);
+                var transposed = scratch.AsSpan(0, RowsPerBlock * inputs);
                 for (int r = 0; r < count; r++)
-                    w.RowToSingle(start + r, scratch.AsSpan(r * inputs, inputs));
-                for (int t = 0; t < tokens; t++)
                 {
-                    var xRow = new ReadOnlySpan<float>(xPtr + (long)t * inputs, inputs);
-                    float* yRow = yPtr + (long)t * outputs + start;
-                    for (int r = 0; r < count; r++)
-                        yRow[r] = TensorPrimitives.Dot(scratch.AsSpan(r * inputs, inputs), xRow);
+                    w.RowToSingle(start + r, row);
+                    for (int k = 0; k < inputs; k++)
+                        transposed[k * RowsPerBlock + r] = row[k];
                 }
+                var output = new Span<float>(yPtr, yLength);
+                for (int t = 0; t < tokens; t++)
+                    output.Slice(t * outputs + start, count).Clear();
+                TileGemm.MultiplyAccumulate(new ReadOnlySpan<float>(xPtr, tokens * inputs), inputs, 1, transposed, RowsPerBlock,
+                    output[start..], outputs, tokens, count, inputs);
                 return scratch;
             }, scratch => ArrayPool<float>.Shared.Return(scratch));
         }
