@@ -41,12 +41,17 @@
 //   decode_step:   grid (4, H, N), block 128, dynamic smem kDecodeSmemBytes; a cluster of the 4 blocks of one head
 //                  (compiled in, __cluster_dims__) each owns V/4 state columns and shares the RMSNorm sum through
 //                  distributed shared memory. Capturable in a CUDA graph (no host sync, no atomics, no scratch).
+//                  May be launched with programmatic dependent launch: it copies its state slice and reads the conv
+//                  windows and parameters before griddepcontrol.wait, and the new token's projections after it.
 //   prepare:       grid (T), block 256;  conv_window_update: grid (ceil(max(H·K, H·V) / 256), N), block 256.
 //   chunk_intra:   grid (NC, H), block 256, dynamic smem chunk_intra_smem_bytes(K) (> 48 KiB: raise the limit).
-//   chunk_prefill: grid (V/32, H, N), block 128, dynamic smem chunk_prefill_smem_bytes(K) (> 48 KiB).
+//   chunk_prefill: grid (V/32, H, N), block 256, dynamic smem chunk_prefill_smem_bytes(K) (> 48 KiB).
 //
 // PRECONDITIONS (the caller checks them; kernels do not)
 //   decode: K ≤ 128; V ∈ {16, 32, 64, 128}. prefill: K ≤ 128, K % 4 == 0, V % 32 == 0, K + V ≤ 256.
+//   decode with programmatic dependent launch: the kernel that last wrote this layer's state and windows (its
+//   previous step) has finished once the kernel launched just before this one has passed its griddepcontrol.wait
+//   (so at least one kernel that waits before triggering its dependents runs in between, as in a layer stack).
 //   All pointers 16-byte aligned; state rows start 16-byte aligned (V % 4 == 0). Inputs are finite. Buffers do not
 //   alias except where marked "read and updated". Tokens past cu_seqlens[N] are never read (they may hold NaN).
 //
@@ -69,23 +74,31 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kDecodeThreads = 128;
 constexpr int kDecodeSlices = 4;         // blocks (= cluster size, __cluster_dims__ below) per head in the decode step
 constexpr int kIntraThreads = 256;
-constexpr int kPrefillThreads = 128;      // the scan's thread tiles below assume 128 threads and 32 columns
+constexpr int kPrefillThreads = 256;     // the scan's thread tiles below assume 256 threads and 32 columns
 constexpr int kPrefillCols = 32;         // state columns per prefill block
 constexpr int kPrepareThreads = 256;
 
 // Dynamic shared memory, in floats: decode (state slice [128][32], q̂, k̂, decay [128] each, warp partials [4][32],
-// slice vector [32], v [32], gate·weight [32], the RMSNorm partial [4]); intra (k̂, q̂, G [64][K+1] each, L [64][64], β [64]); prefill (S slice [K][32],
-// two stages [64][K+4], A [64][68], U and Vn [64][32], γ [K]); intra also keeps the row norms [128].
+// slice vector [32], v [32], gate·weight [32], the cluster's RMSNorm partials [4]); intra (k̂, q̂, G [64][K+1] each,
+// L and A [64][64] each, diagonal-tile partials [3][16][32], β [64], row norms [128]); prefill (S slice [K][32],
+// two stages [64][K+4], A [64][68], U and Vn [64][32], γ [K]).
 constexpr int kDecodeSmemFloats = 128 * 32 + 3 * 128 + 4 * 32 + 32 + 32 + 32 + 4;
 constexpr size_t kDecodeSmemBytes = kDecodeSmemFloats * sizeof(float);
 __host__ __device__ constexpr size_t chunk_intra_smem_bytes(int K) {
-    return sizeof(float) * (3 * kChunk * (K + 1) + kChunk * kChunk + 3 * kChunk);
+    return sizeof(float) * (3 * kChunk * (K + 1) + 2 * kChunk * kChunk + 3 * 16 * 32 + 3 * kChunk);
 }
 __host__ __device__ constexpr size_t chunk_prefill_smem_bytes(int K) {
     return sizeof(float) * (K * kPrefillCols + 2 * kChunk * (K + 4) + kChunk * 68 + 2 * kChunk * kPrefillCols + K);
 }
 
 __device__ __forceinline__ float ld(float x) { return x; }
+// Four consecutive values as floats (p 16-byte aligned for fp32, 8-byte for bf16).
+__device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ float4 ld4(const __nv_bfloat16* p) {
+    const uint2 u = *reinterpret_cast<const uint2*>(p);   // bf16 → fp32 is a 16-bit shift
+    return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+        __uint_as_float(u.y & 0xffff0000u));
+}
 __device__ __forceinline__ float ld(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ void st(float* p, float x) { *p = x; }
 __device__ __forceinline__ void st(__nv_bfloat16* p, float x) { *p = __float2bfloat16_rn(x); }
@@ -96,6 +109,19 @@ __device__ __forceinline__ float stored(float x, const __nv_bfloat16*) { return 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
 __device__ __forceinline__ float siluf_(float x) { return x / (1.0f + expf(-x)); }
 __device__ __forceinline__ float softplusf_(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+// 2^x as the one MUFU.EX2 instruction (ex2.approx.ftz: about 2 ulp, subnormal results flushed to 0). Every exponent
+// the prefill takes is ≤ 0, so the flush only drops values below 2^-126 of a term of magnitude ≤ 1.
+__device__ __forceinline__ float ex2(float x) {
+#ifdef KDA_EMULATE
+    const float y = std::exp2(x);
+    return y < 1.17549435e-38f ? 0.f : y;
+#else
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#endif
+}
 
 __device__ __forceinline__ float* smem() {
 #ifdef KDA_EMULATE
@@ -108,9 +134,20 @@ __device__ __forceinline__ float* smem() {
 
 #ifdef KDA_EMULATE
 __device__ __forceinline__ void cluster_sync() { emu_cluster_sync(); }
+__device__ __forceinline__ void cluster_arrive_relaxed() {}   // the emulator's wait is a full rendezvous
+__device__ __forceinline__ void cluster_wait() { emu_cluster_sync(); }
+__device__ __forceinline__ void grid_dependency_wait() {}
+__device__ __forceinline__ void grid_launch_dependents() {}
 __device__ __forceinline__ float* cluster_map(float* p, unsigned rank) { return emu_cluster_map(p, rank); }
 #else
 __device__ __forceinline__ void cluster_sync() { cooperative_groups::this_cluster().sync(); }
+// Split cluster barrier: arrive early (relaxed: it orders no memory), wait later, so the wait costs nothing.
+__device__ __forceinline__ void cluster_arrive_relaxed() { asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory"); }
+// Programmatic dependent launch: wait until the preceding kernel has finished and its writes are visible (a no-op when
+// launched without the attribute), then let the next kernel start its own prologue.
+__device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+__device__ __forceinline__ void grid_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
 __device__ __forceinline__ float* cluster_map(float* p, unsigned rank) {
     return cooperative_groups::this_cluster().map_shared_rank(p, rank);
 }
@@ -174,8 +211,9 @@ __device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, 
     float* sx = sred + 128;         // [32] β·r for the slice's columns
     float* sv = sx + 32;            // [32] v after conv
     float* sz = sv + 32;            // [32] sigmoid(z)·w_norm: the output gate and norm weight
-    float* ssq = sz + 32;           // [1] Σ o² over the slice (read by the cluster)
+    float* ssq = sz + 32;           // [4] Σ o² over each slice of the head, pushed here by the cluster's blocks
 
+    cluster_arrive_relaxed();   // this block has started: the others may write its shared memory after cluster_wait
     float* S = state + ((size_t)n * H + h) * K * V + j0;
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
@@ -185,28 +223,41 @@ __device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, 
     cp_async_commit();
 
     // Prologue: conv + SiLU of q and k (all K channels of the head: the L2 norm needs them), gate, v and z of the slice.
+    // Windows and parameters are loaded before grid_dependency_wait, the new token's projections after it.
     Tin* cq = conv_q + (size_t)n * 3 * HK;
     Tin* ck = conv_k + (size_t)n * 3 * HK;
     Tin* cv = conv_v + (size_t)n * 3 * HV;
-    float qv = 0.f, kv = 0.f, q1 = 0.f, q2 = 0.f, q3 = 0.f, k1 = 0.f, k2 = 0.f, k3 = 0.f;
+    float q0 = 0.f, q1 = 0.f, q2 = 0.f, k0 = 0.f, k1 = 0.f, k2 = 0.f, dtb = 0.f, v0 = 0.f, v1 = 0.f, v2 = 0.f, wn = 0.f;
     if (tid < K) {
         const int c = h * K + tid;
-        const float q0 = ld(cq[c]);
-        q1 = ld(cq[HK + c]); q2 = ld(cq[2 * HK + c]); q3 = ld(pq[(size_t)n * HK + c]);
-        const float k0 = ld(ck[c]);
-        k1 = ld(ck[HK + c]); k2 = ld(ck[2 * HK + c]); k3 = ld(pk[(size_t)n * HK + c]);
-        qv = conv_silu(wq + 4 * c, q0, q1, q2, q3);
-        kv = conv_silu(wk + 4 * c, k0, k1, k2, k3);
-        const float gate = -expf(a_log[h]) * softplusf_(ld(pf[(size_t)n * HK + c]) + dt_bias[c]);
-        sa[tid] = expf(gate);
+        q0 = ld(cq[c]); q1 = ld(cq[HK + c]); q2 = ld(cq[2 * HK + c]);
+        k0 = ld(ck[c]); k1 = ld(ck[HK + c]); k2 = ld(ck[2 * HK + c]);
+        dtb = dt_bias[c];
     }
-    float v1 = 0.f, v2 = 0.f, v3 = 0.f;
     if (tid < VS) {
         const int c = h * V + j0 + tid;
-        const float v0 = ld(cv[c]);
-        v1 = ld(cv[HV + c]); v2 = ld(cv[2 * HV + c]); v3 = ld(pv[(size_t)n * HV + c]);
+        v0 = ld(cv[c]); v1 = ld(cv[HV + c]); v2 = ld(cv[2 * HV + c]);
+        wn = ld(w_norm[j0 + tid]);
+    }
+    const float decay_rate = expf(a_log[h]);
+    grid_dependency_wait();
+    grid_launch_dependents();
+    float qv = 0.f, kv = 0.f, q3 = 0.f, k3 = 0.f;
+    if (tid < K) {
+        const int c = h * K + tid;
+        q3 = ld(pq[(size_t)n * HK + c]);
+        k3 = ld(pk[(size_t)n * HK + c]);
+        qv = conv_silu(wq + 4 * c, q0, q1, q2, q3);
+        kv = conv_silu(wk + 4 * c, k0, k1, k2, k3);
+        const float gate = -decay_rate * softplusf_(ld(pf[(size_t)n * HK + c]) + dtb);
+        sa[tid] = expf(gate);
+    }
+    float v3 = 0.f;
+    if (tid < VS) {
+        const int c = h * V + j0 + tid;
+        v3 = ld(pv[(size_t)n * HV + c]);
         sv[tid] = conv_silu(wv + 4 * c, v0, v1, v2, v3);
-        sz[tid] = sigmoidf_(ld(pz[(size_t)n * HV + c])) * ld(w_norm[j0 + tid]);
+        sz[tid] = sigmoidf_(ld(pz[(size_t)n * HV + c])) * wn;
     }
     const float beta = sigmoidf_(ld(pb[(size_t)n * H + h]));
     float qq = qv * qv, kk = kv * kv;
@@ -276,20 +327,22 @@ __device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, 
     }
     __syncthreads();
 
-    // Gated RMSNorm over all V columns: the slice's Σo² goes to the cluster through distributed shared memory.
-    float o = 0.f;
+    // Gated RMSNorm over all V columns: each block pushes its slice's Σo² into every block of the cluster through
+    // distributed shared memory, so one full cluster barrier suffices (after it nobody touches another block's memory).
+    float o = 0.f, oo = 0.f;
     if (warp == 0) {
         if (tid < VS) o = sred[tid] + sred[32 + tid] + sred[64 + tid] + sred[96 + tid];
-        float oo = o * o;
+        oo = o * o;
 #pragma unroll
         for (int off = 16; off > 0; off >>= 1) oo += __shfl_xor_sync(0xffffffffu, oo, off);
-        if (lane == 0) ssq[0] = oo;
     }
-    cluster_sync();   // every block's Σo² is written, and every block has read its conv windows
+    cluster_wait();   // pairs with the arrive at the start: every block of the cluster is running
+    if (warp == 0 && lane < kDecodeSlices) *cluster_map(ssq + slice, lane) = oo;
+    cluster_sync();   // every block's Σo² has arrived, and every block has read its conv windows
     if (tid < VS) {
         float total = 0.f;
 #pragma unroll
-        for (int r = 0; r < kDecodeSlices; ++r) total += *cluster_map(ssq, r);
+        for (int r = 0; r < kDecodeSlices; ++r) total += ssq[r];
         const int j = j0 + tid;
         st(y + (size_t)n * HV + h * V + j, o * (1.0f / sqrtf(total / (float)V + rms_eps)) * sz[tid]);
         const int c = h * V + j;   // shift this block's v conv windows
@@ -300,7 +353,6 @@ __device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, 
         st(cq + c, q1); st(cq + HK + c, q2); st(cq + 2 * HK + c, q3);
         st(ck + c, k1); st(ck + HK + c, k2); st(ck + 2 * HK + c, k3);
     }
-    cluster_sync();   // no block leaves while another may still read its shared memory
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -324,26 +376,35 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     float* sk = smem();                  // [64][LD] k̂
     float* sq = sk + kChunk * LD;        // [64][LD] q̂
     float* sg = sq + kChunk * LD;        // [64][LD] g, then G (log2 units); rows ≥ len hold G_last
-    float* sl = sg + kChunk * LD;        // [64][64] L
-    float* sb = sl + kChunk * kChunk;    // [64] β (0 past the end)
+    float* sl = sg + kChunk * LD;        // [64][64] L (below the diagonal)
+    float* sa = sl + kChunk * kChunk;    // [64][64] A (on and below the diagonal)
+    float* sred = sa + kChunk * kChunk;  // [3][16][32] the diagonal tiles' partial sums of warps 5-7
+    float* sb = sred + 3 * 16 * 32;      // [64] β (0 past the end)
     float* snorm = sb + kChunk;          // [128] 1/‖q_r‖·K^-½, then 1/‖k_r‖
 
-    // Loads in batches of 8 per thread, all issued before the first shared store: latency, not bandwidth, bounds this.
-    for (int i0 = 0; i0 < kChunk * K; i0 += 8 * kIntraThreads) {
-        float kx[8], qx[8], gx[8];
+    // Loads of 4 consecutive channels each (8 bytes of bf16, 16 of fp32; K % 4 == 0 keeps them aligned), 8 quads of each
+    // of k, q, g per thread, all issued before the first shared store: one latency round for K = 128.
+    for (int i0 = 0; i0 < kChunk * K / 4; i0 += 8 * kIntraThreads) {
+        float4 kx[8], qx[8], gx[8];
 #pragma unroll
         for (int u = 0; u < 8; ++u) {
-            const int i = i0 + u * kIntraThreads + tid, r = i / K;
-            const bool in = i < kChunk * K && r < len;
-            const size_t x = ((size_t)(t0 + r) * H + h) * K + i % K;
-            kx[u] = in ? ld(k[x]) : 0.f;
-            qx[u] = in ? ld(q[x]) : 0.f;
-            gx[u] = in ? g[x] * kLog2e : 0.f;
+            const int i = i0 + u * kIntraThreads + tid, r = 4 * i / K;
+            const bool in = i < kChunk * K / 4 && r < len;
+            const size_t x = ((size_t)(t0 + r) * H + h) * K + 4 * i % K;
+            const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+            kx[u] = in ? ld4(k + x) : zero;
+            qx[u] = in ? ld4(q + x) : zero;
+            gx[u] = in ? *reinterpret_cast<const float4*>(g + x) : zero;
         }
 #pragma unroll
         for (int u = 0; u < 8; ++u) {
-            const int i = i0 + u * kIntraThreads + tid, r = i / K, d = i % K;
-            if (i < kChunk * K) { sk[r * LD + d] = kx[u]; sq[r * LD + d] = qx[u]; sg[r * LD + d] = gx[u]; }
+            const int i = i0 + u * kIntraThreads + tid, r = 4 * i / K, d = 4 * i % K;
+            if (i < kChunk * K / 4) {
+                float* rk = sk + r * LD + d; float* rq = sq + r * LD + d; float* rg = sg + r * LD + d;
+                rk[0] = kx[u].x; rk[1] = kx[u].y; rk[2] = kx[u].z; rk[3] = kx[u].w;
+                rq[0] = qx[u].x; rq[1] = qx[u].y; rq[2] = qx[u].z; rq[3] = qx[u].w;
+                rg[0] = gx[u].x * kLog2e; rg[1] = gx[u].y * kLog2e; rg[2] = gx[u].z * kLog2e; rg[3] = gx[u].w * kLog2e;
+            }
         }
     }
     if (tid < kChunk) sb[tid] = tid < len ? beta[(size_t)(t0 + tid) * H + h] : 0.f;
@@ -361,10 +422,14 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
         sq[r * LD + d] *= snorm[r];
         sk[r * LD + d] *= snorm[kChunk + r];
     }
-    if (tid < K) {
+    if (tid < K) {   // the column is read into registers first, so the running sum waits on no shared-memory load
+        float col[kChunk];
+#pragma unroll
+        for (int r = 0; r < kChunk; ++r) col[r] = sg[r * LD + tid];
         float run = 0.f;
+#pragma unroll
         for (int r = 0; r < kChunk; ++r) {
-            run += sg[r * LD + tid];   // rows ≥ len add 0
+            run += col[r];   // rows ≥ len add 0
             sg[r * LD + tid] = run;
         }
     }
@@ -375,28 +440,60 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     for (int i = tid; i < kChunk * K; i += kIntraThreads) {
         const int r = i / K, d = i % K;
         const float G = sg[r * LD + d], Gl = sg[(kChunk - 1) * LD + d];
-        qg_out[cc * kChunk * K + i] = sq[r * LD + d] * exp2f(G);
-        kg_out[cc * kChunk * K + i] = sk[r * LD + d] * exp2f(Gl - G);
+        qg_out[cc * kChunk * K + i] = sq[r * LD + d] * ex2(G);
+        kg_out[cc * kChunk * K + i] = sk[r * LD + d] * ex2(Gl - G);
     }
-    if (tid < K) gamma_out[cc * K + tid] = exp2f(sg[(kChunk - 1) * LD + tid]);
+    if (tid < K) gamma_out[cc * K + tid] = ex2(sg[(kChunk - 1) * LD + tid]);
 
-    // L and A, one 2^(G_r − G_s) per (r, s, d) shared by both. The 64×64 pairs form 16×16 tiles of 4×4: thread
-    // t < 136 computes the lower-triangle tile t (a-major: rows 4a.., columns 4b.., b ≤ a), loading 20 values per d for
-    // 16 pairs; the other 120 threads zero the strictly-upper tiles. On the diagonal tiles the exponent of the masked
-    // pairs (s > r) is clamped to 0 so nothing overflows (for s ≤ r it is ≤ 0 already: G never increases along a chunk).
-    static_assert(kIntraThreads == 136 + 120, "one thread per 4x4 tile of the 64x64 pair matrix");
+    // L and A over the 64×64 pairs in 4×4 tiles, one 2^(G_r − G_s) per (r, s, d) shared by both. Only the lower
+    // triangle (s ≤ r) is computed: the substitution reads L below the diagonal only, and A is written from sA with
+    // the upper triangle zeroed.
+    //   Off-diagonal tile (row tile ta > column tile tb), threads 0..119, all of d: with n = 4·tb + 3 (the tile's last
+    //   column) 2^(G_r − G_s) = 2^(G_r − G_n) · 2^(G_n − G_s), both exponents ≤ 0 (G never increases along a chunk),
+    //   so 7 exponentials per d serve the tile's 16 pairs, whose products are then plain FMAs.
+    //   Diagonal tile (ta = tb): 2^(G_r − G_s) element-wise with the exponent clamped to 0 (masked pairs s > r would
+    //   overflow otherwise); 16 tiles × 8 parts of the d range on threads 128..255, parts summed by shuffle and sred.
+    static_assert(kIntraThreads == 256, "120 off-diagonal tiles on warps 0-3, 16 diagonal tiles × 8 d parts on warps 4-7");
     {
-        float* a_blk = a_out + cc * kChunk * kChunk;
-        if (tid < 136) {
-            int ta = 0;
-            while ((ta + 1) * (ta + 2) / 2 <= tid) ++ta;
-            const int tb = tid - ta * (ta + 1) / 2;
-            float kk[4][4], qk[4][4];
+        float kk[4][4], qk[4][4];
 #pragma unroll
-            for (int i = 0; i < 4; ++i)
+        for (int i = 0; i < 4; ++i)
 #pragma unroll
-                for (int j = 0; j < 4; ++j) { kk[i][j] = 0.f; qk[i][j] = 0.f; }
-            for (int d = 0; d < K; ++d) {
+            for (int j = 0; j < 4; ++j) { kk[i][j] = 0.f; qk[i][j] = 0.f; }
+        int ta, tb, d0, d1;
+        const bool diag = tid >= 128;
+        if (!diag) {
+            ta = 1;
+            while ((ta + 1) * ta / 2 <= tid) ++ta;
+            tb = tid - ta * (ta - 1) / 2;
+            d0 = 0; d1 = tid < 120 ? K : 0;
+        } else {
+            const int part = (tid - 128) / 16;   // warp 4 + w holds parts 2w (lanes 0-15) and 2w + 1 (lanes 16-31)
+            ta = tb = tid % 16;
+            d0 = part * K / 8; d1 = (part + 1) * K / 8;
+        }
+        if (!diag) {
+            for (int d = d0; d < d1; ++d) {
+                float kr[4], qr[4], gr[4], ks[4], gs[4];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    kr[i] = sk[(4 * ta + i) * LD + d]; qr[i] = sq[(4 * ta + i) * LD + d]; gr[i] = sg[(4 * ta + i) * LD + d];
+                    ks[i] = sk[(4 * tb + i) * LD + d]; gs[i] = sg[(4 * tb + i) * LD + d];
+                }
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const float er = ex2(gr[i] - gs[3]);
+                    kr[i] *= er; qr[i] *= er;
+                }
+#pragma unroll
+                for (int j = 0; j < 3; ++j) ks[j] *= ex2(gs[3] - gs[j]);
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) { kk[i][j] += kr[i] * ks[j]; qk[i][j] += qr[i] * ks[j]; }
+            }
+        } else {
+            for (int d = d0; d < d1; ++d) {
                 float kr[4], qr[4], gr[4], ks[4], gs[4];
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
@@ -407,7 +504,7 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
                 for (int i = 0; i < 4; ++i)
 #pragma unroll
                     for (int j = 0; j < 4; ++j) {
-                        const float e = ks[j] * exp2f(fminf(gr[i] - gs[j], 0.f));
+                        const float e = ks[j] * ex2(fminf(gr[i] - gs[j], 0.f));
                         kk[i][j] += kr[i] * e;
                         qk[i][j] += qr[i] * e;
                     }
@@ -415,23 +512,48 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
 #pragma unroll
             for (int i = 0; i < 4; ++i)
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const int r = 4 * ta + i, sc = 4 * tb + j;
-                    sl[r * kChunk + sc] = sc < r ? sb[r] * kk[i][j] : 0.f;
-                    a_blk[r * kChunk + sc] = sc <= r ? qk[i][j] : 0.f;
+                for (int j = 0; j < 4; ++j) {   // parts 2w and 2w + 1 of a warp meet by shuffle
+                    kk[i][j] += __shfl_xor_sync(0xffffffffu, kk[i][j], 16);
+                    qk[i][j] += __shfl_xor_sync(0xffffffffu, qk[i][j], 16);
                 }
-        } else {   // strictly-upper tile (row tile ub, column tile ua > ub)
-            const int u = tid - 136;
-            int ua = 1;
-            while (ua * (ua + 1) / 2 <= u) ++ua;
-            const int ub = u - ua * (ua - 1) / 2;
+            if (tid >= 160 && tid % 32 < 16) {   // warps 5-7 hand their sums to warp 4
+                float* red = sred + ((tid - 160) / 32 * 16 + ta) * 32;
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) { red[4 * i + j] = kk[i][j]; red[16 + 4 * i + j] = qk[i][j]; }
+            }
+        }
+        __syncthreads();
+        if (tid < 120 || (tid >= 128 && tid < 144)) {
+            if (diag) {
+#pragma unroll
+                for (int w = 0; w < 3; ++w) {
+                    const float* red = sred + (w * 16 + ta) * 32;
+#pragma unroll
+                    for (int i = 0; i < 4; ++i)
+#pragma unroll
+                        for (int j = 0; j < 4; ++j) { kk[i][j] += red[4 * i + j]; qk[i][j] += red[16 + 4 * i + j]; }
+                }
+            }
 #pragma unroll
             for (int i = 0; i < 4; ++i)
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
-                    sl[(4 * ub + i) * kChunk + 4 * ua + j] = 0.f;
-                    a_blk[(4 * ub + i) * kChunk + 4 * ua + j] = 0.f;
+                    const int r = 4 * ta + i, sc = 4 * tb + j;
+                    sl[r * kChunk + sc] = sb[r] * kk[i][j];
+                    sa[r * kChunk + sc] = qk[i][j];
                 }
+        }
+    }
+    __syncthreads();
+    {   // A, coalesced, with the upper triangle (s > r) zero
+        float4* a_blk = reinterpret_cast<float4*>(a_out + cc * kChunk * kChunk);
+        for (int i = tid; i < kChunk * kChunk / 4; i += kIntraThreads) {
+            const int r = i / (kChunk / 4), s = 4 * (i % (kChunk / 4));
+            const float* src = sa + r * kChunk + s;
+            a_blk[i] = make_float4(s <= r ? src[0] : 0.f, s + 1 <= r ? src[1] : 0.f, s + 2 <= r ? src[2] : 0.f,
+                s + 3 <= r ? src[3] : 0.f);
         }
     }
     __syncthreads();
@@ -443,7 +565,7 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
         float x[kChunk];
 #pragma unroll
         for (int r = 0; r < kChunk; ++r) {
-            if (is_w) x[r] = sb[r] * sk[r * LD + col] * exp2f(sg[r * LD + col]);
+            if (is_w) x[r] = sb[r] * sk[r * LD + col] * ex2(sg[r * LD + col]);
             else x[r] = r < len ? sb[r] * ld(v[((size_t)(t0 + r) * H + h) * V + col]) : 0.f;
         }
 #pragma unroll
@@ -476,8 +598,9 @@ __device__ __forceinline__ void copy_tile_async(float* dst, int dst_ld, const fl
 // and each phase's cp.async prefetch of the next operand overlaps the current one:
 //   during (a): QG_i → stage Y;   during (b): KG_i → stage X (W_i is done), γ_i;
 //   during (c): W_{i+1} → stage Y, U_{i+1}, A_{i+1}   (X and Y swap roles every chunk).
-// Thread tiles: (a), (b) rows rg + 16m (m < 4, rg = tid / 8) × columns 4·(tid % 8) + 0..3; (c) state rows
-// dg + 32m (dg = tid / 4) × columns 8·(tid % 4) + 0..7, kept in registers across chunks.
+// Thread tiles: (a), (b) rows rg + 32m (m < 2, rg = tid / 8) × columns 4·(tid % 8) + 0..3; (c) state rows
+// dg + 64m (dg = tid / 4) × columns 8·(tid % 4) + 0..7, kept in registers across chunks (256 threads: 8 warps on the
+// SM, 2 per scheduler, so shared-memory latency hides behind the other warp).
 template <typename Tin>
 __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __restrict__ cu_seqlens,
     const int* __restrict__ chunk_offsets, const float* __restrict__ w_in, const float* __restrict__ u_in,
@@ -511,13 +634,13 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
     cp_async_wait<0>();
     __syncthreads();
 
-    const int dg = tid >> 2, cc8 = (tid & 3) * 8;   // (c) tile
-    float srow[4][8];
+    const int dg = tid >> 2, cc8 = (tid & 3) * 8;   // (c) tile: rows dg + 64m
+    float srow[2][8];
 #pragma unroll
-    for (int m = 0; m < 4; ++m)
+    for (int m = 0; m < 2; ++m)
 #pragma unroll
-        for (int j = 0; j < 8; ++j) srow[m][j] = dg + 32 * m < K ? ss[(dg + 32 * m) * VC + cc8 + j] : 0.f;
-    const int rg = tid >> 3, cg4 = (tid & 7) * 4;    // (a), (b) tile
+        for (int j = 0; j < 8; ++j) srow[m][j] = dg + 64 * m < K ? ss[(dg + 64 * m) * VC + cc8 + j] : 0.f;
+    const int rg = tid >> 3, cg4 = (tid & 7) * 4;    // (a), (b) tile: rows rg + 32m
 
     float* bx = stx;   // holds W_i at the top of iteration i
     float* by = sty;
@@ -530,31 +653,31 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
         cp_async_commit();
 
         // (a) Vn = U − W·S
-        float acc[4][4];
+        float acc[2][4];
 #pragma unroll
-        for (int m = 0; m < 4; ++m)
+        for (int m = 0; m < 2; ++m)
 #pragma unroll
-            for (int c = 0; c < 4; ++c) acc[m][c] = su[(rg + 16 * m) * VC + cg4 + c];
+            for (int c = 0; c < 4; ++c) acc[m][c] = su[(rg + 32 * m) * VC + cg4 + c];
         for (int d = 0; d < K; d += 4) {
-            float w[4][4];
+            float w[2][4];
 #pragma unroll
-            for (int m = 0; m < 4; ++m) {
-                const float4 t = *reinterpret_cast<const float4*>(bx + (rg + 16 * m) * SLD + d);
+            for (int m = 0; m < 2; ++m) {
+                const float4 t = *reinterpret_cast<const float4*>(bx + (rg + 32 * m) * SLD + d);
                 w[m][0] = t.x; w[m][1] = t.y; w[m][2] = t.z; w[m][3] = t.w;
             }
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const float4 s4 = *reinterpret_cast<const float4*>(ss + (d + e) * VC + cg4);
 #pragma unroll
-                for (int m = 0; m < 4; ++m) {
+                for (int m = 0; m < 2; ++m) {
                     acc[m][0] -= w[m][e] * s4.x; acc[m][1] -= w[m][e] * s4.y;
                     acc[m][2] -= w[m][e] * s4.z; acc[m][3] -= w[m][e] * s4.w;
                 }
             }
         }
 #pragma unroll
-        for (int m = 0; m < 4; ++m)
-            *reinterpret_cast<float4*>(svn + (rg + 16 * m) * VC + cg4) = make_float4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
+        for (int m = 0; m < 2; ++m)
+            *reinterpret_cast<float4*>(svn + (rg + 32 * m) * VC + cg4) = make_float4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
         cp_async_wait<0>();   // QG_i
         __syncthreads();      // Vn complete; W_i and U_i no longer needed
         copy_tile_async(bx, SLD, kg_in + cc * kChunk * K, K, kChunk, K, tid, NT);
@@ -563,46 +686,46 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
 
         // (b) O = QG·S + A·Vn (A is 0 above the diagonal and in rows past the end)
 #pragma unroll
-        for (int m = 0; m < 4; ++m)
+        for (int m = 0; m < 2; ++m)
 #pragma unroll
             for (int c = 0; c < 4; ++c) acc[m][c] = 0.f;
         for (int d = 0; d < K; d += 4) {
-            float w[4][4];
+            float w[2][4];
 #pragma unroll
-            for (int m = 0; m < 4; ++m) {
-                const float4 t = *reinterpret_cast<const float4*>(by + (rg + 16 * m) * SLD + d);
+            for (int m = 0; m < 2; ++m) {
+                const float4 t = *reinterpret_cast<const float4*>(by + (rg + 32 * m) * SLD + d);
                 w[m][0] = t.x; w[m][1] = t.y; w[m][2] = t.z; w[m][3] = t.w;
             }
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const float4 s4 = *reinterpret_cast<const float4*>(ss + (d + e) * VC + cg4);
 #pragma unroll
-                for (int m = 0; m < 4; ++m) {
+                for (int m = 0; m < 2; ++m) {
                     acc[m][0] += w[m][e] * s4.x; acc[m][1] += w[m][e] * s4.y;
                     acc[m][2] += w[m][e] * s4.z; acc[m][3] += w[m][e] * s4.w;
                 }
             }
         }
-        for (int s = 0; s <= rg + 48; s += 4) {
-            float a[4][4];
+        for (int s = 0; s <= rg + 32; s += 4) {
+            float a[2][4];
 #pragma unroll
-            for (int m = 0; m < 4; ++m) {
-                const float4 t = *reinterpret_cast<const float4*>(sa + (rg + 16 * m) * ALD + s);
+            for (int m = 0; m < 2; ++m) {
+                const float4 t = *reinterpret_cast<const float4*>(sa + (rg + 32 * m) * ALD + s);
                 a[m][0] = t.x; a[m][1] = t.y; a[m][2] = t.z; a[m][3] = t.w;
             }
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const float4 v4 = *reinterpret_cast<const float4*>(svn + (s + e) * VC + cg4);
 #pragma unroll
-                for (int m = 0; m < 4; ++m) {
+                for (int m = 0; m < 2; ++m) {
                     acc[m][0] += a[m][e] * v4.x; acc[m][1] += a[m][e] * v4.y;
                     acc[m][2] += a[m][e] * v4.z; acc[m][3] += a[m][e] * v4.w;
                 }
             }
         }
 #pragma unroll
-        for (int m = 0; m < 4; ++m) {
-            const int r = rg + 16 * m;
+        for (int m = 0; m < 2; ++m) {
+            const int r = rg + 32 * m;
             if (r < len) {
                 Tin* orow = o + ((size_t)(tok0 + ci * kChunk + r) * H + h) * V + j0 + cg4;
 #pragma unroll
@@ -616,8 +739,8 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
 
         // (c) S ← Diag(γ)·S + KGᵀ·Vn
 #pragma unroll
-        for (int m = 0; m < 4; ++m) {
-            const int d = dg + 32 * m;
+        for (int m = 0; m < 2; ++m) {
+            const int d = dg + 64 * m;
             const float gm = d < K ? sgam[d] : 0.f;
 #pragma unroll
             for (int j = 0; j < 8; ++j) srow[m][j] *= gm;
@@ -626,16 +749,16 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
             const float4 v0 = *reinterpret_cast<const float4*>(svn + r * VC + cc8);
             const float4 v1 = *reinterpret_cast<const float4*>(svn + r * VC + cc8 + 4);
 #pragma unroll
-            for (int m = 0; m < 4; ++m) {
-                const int d = dg + 32 * m;
+            for (int m = 0; m < 2; ++m) {
+                const int d = dg + 64 * m;
                 const float kgv = d < K ? bx[r * SLD + d] : 0.f;
                 srow[m][0] += kgv * v0.x; srow[m][1] += kgv * v0.y; srow[m][2] += kgv * v0.z; srow[m][3] += kgv * v0.w;
                 srow[m][4] += kgv * v1.x; srow[m][5] += kgv * v1.y; srow[m][6] += kgv * v1.z; srow[m][7] += kgv * v1.w;
             }
         }
 #pragma unroll
-        for (int m = 0; m < 4; ++m) {
-            const int d = dg + 32 * m;
+        for (int m = 0; m < 2; ++m) {
+            const int d = dg + 64 * m;
             if (d < K) {
                 *reinterpret_cast<float4*>(ss + d * VC + cc8) = make_float4(srow[m][0], srow[m][1], srow[m][2], srow[m][3]);
                 *reinterpret_cast<float4*>(ss + d * VC + cc8 + 4) = make_float4(srow[m][4], srow[m][5], srow[m][6], srow[m][7]);
@@ -644,8 +767,8 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
         float* t = bx; bx = by; by = t;
     }
 #pragma unroll
-    for (int m = 0; m < 4; ++m) {
-        const int d = dg + 32 * m;
+    for (int m = 0; m < 2; ++m) {
+        const int d = dg + 64 * m;
         if (d < K) {
             *reinterpret_cast<float4*>(S + (size_t)d * V + cc8) = make_float4(srow[m][0], srow[m][1], srow[m][2], srow[m][3]);
             *reinterpret_cast<float4*>(S + (size_t)d * V + cc8 + 4) = make_float4(srow[m][4], srow[m][5], srow[m][6], srow[m][7]);

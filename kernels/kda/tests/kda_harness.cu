@@ -441,6 +441,25 @@ template <typename Tin> struct DecodeDev {
             (const Tin*)wq, (const Tin*)wk, (const Tin*)wv, (const float*)a_log, (const float*)dt_bias, (const Tin*)wnorm, cq, ck, cv, state, y);
         CHECK_LAUNCH();
     }
+#ifndef KDA_EMULATE
+    // The same step with programmatic dependent launch: its prologue (state copy, windows, parameters) may overlap the
+    // previous kernel in the stream, and it waits for that kernel only before reading the new token's projections.
+    void run_pdl() {
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3(kda::kDecodeSlices, H, N);
+        cfg.blockDim = dim3(kda::kDecodeThreads);
+        cfg.dynamicSmemBytes = kda::kDecodeSmemBytes;
+        cfg.stream = g_stream;
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        CK(cudaLaunchKernelEx(&cfg, Kern<Tin>::decode, H, K, V, rms_eps, (const Tin*)pq, (const Tin*)pk, (const Tin*)pv,
+            (const Tin*)pf, (const Tin*)pb, (const Tin*)pz, (const Tin*)wq, (const Tin*)wk, (const Tin*)wv,
+            (const float*)a_log, (const float*)dt_bias, (const Tin*)wnorm, cq, ck, cv, state, y));
+    }
+#endif
 };
 // The pre-kernel and the window update on device: raw projections [T, ·] of a packed batch → prefill inputs in `pre`
 // (q, k, v, g, beta), windows of `dec` advanced past the batch.
@@ -700,24 +719,60 @@ static void bench_decode(int B, int L) {
         layers.push_back(std::move(d));
     }
     CK(cudaDeviceSynchronize());
-    auto graph_of = [&](int count) {
+    auto graph_of = [&](int count, bool pdl) {
         cudaGraph_t g; cudaGraphExec_t e;
         CK(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeGlobal));
-        for (int l = 0; l < count; ++l) layers[l]->run();
+#ifndef KDA_EMULATE
+        for (int l = 0; l < count; ++l) { if (pdl) layers[l]->run_pdl(); else layers[l]->run(); }
+#endif
         CK(cudaStreamEndCapture(g_stream, &g));
         CK(cudaGraphInstantiate(&e, g, 0));
         CK(cudaGraphDestroy(g));
         return e;
     };
-    cudaGraphExec_t gL = graph_of(L), g1 = graph_of(1);
+    cudaGraphExec_t gL = graph_of(L, false), g1 = graph_of(1, false), gP = graph_of(L, true);
+    {   // the PDL graph must give bit-identical windows, states and outputs: run both once from the same start
+        std::vector<float*> saved;
+        auto snap = [&](bool restore) {
+            size_t i = 0;
+            for (auto& d : layers) {
+                const size_t ns = size_t(B) * HV * K, nk = size_t(B) * 3 * HK, nv = size_t(B) * 3 * HV;
+                if (!restore) { saved.push_back(pool.alloc<float>(ns)); saved.push_back(pool.alloc<float>(nk)); saved.push_back(pool.alloc<float>(nk)); saved.push_back(pool.alloc<float>(nv)); }
+                auto cp = [&](void* a, void* b, size_t bytes) { CK(cudaMemcpy(restore ? a : b, restore ? b : a, bytes, cudaMemcpyDeviceToDevice)); };
+                cp(d->state, saved[i], ns * 4); cp(d->cq, saved[i + 1], nk * 2); cp(d->ck, saved[i + 2], nk * 2); cp(d->cv, saved[i + 3], nv * 2);
+                i += 4;
+            }
+        };
+        auto result = [&] {
+            std::vector<float> r;
+            for (auto& d : layers) {
+                const std::vector<float> s = download(d->state, size_t(B) * HV * K), yy = download(d->y, size_t(B) * HV),
+                    c = download(d->cq, size_t(B) * 3 * HK);
+                r.insert(r.end(), s.begin(), s.end()); r.insert(r.end(), yy.begin(), yy.end()); r.insert(r.end(), c.begin(), c.end());
+            }
+            return r;
+        };
+        snap(false);
+        CK(cudaGraphLaunch(gL, g_stream)); CK(cudaStreamSynchronize(g_stream));
+        const std::vector<float> plain = result();
+        snap(true);
+        CK(cudaGraphLaunch(gP, g_stream)); CK(cudaStreamSynchronize(g_stream));
+        const std::vector<float> pdl = result();
+        check_bool("decode B=" + std::to_string(B) + " graph of " + std::to_string(L) + " layers with PDL bit-identical to without",
+            plain.size() == pdl.size() && std::memcmp(plain.data(), pdl.data(), plain.size() * 4) == 0);
+    }
     const float msL = time_ms([&] { CK(cudaGraphLaunch(gL, g_stream)); }, 10, 60);
     const float ms1 = time_ms([&] { CK(cudaGraphLaunch(g1, g_stream)); }, 20, 200);
-    CK(cudaGraphExecDestroy(gL)); CK(cudaGraphExecDestroy(g1));
+    const float msP = time_ms([&] { CK(cudaGraphLaunch(gP, g_stream)); }, 10, 60);
+    CK(cudaGraphExecDestroy(gL)); CK(cudaGraphExecDestroy(g1)); CK(cudaGraphExecDestroy(gP));
     const double bytes = double(B) * (2.0 * HV * K * 4 + 2.0 * 3 * (2 * HK + HV) * 2 + (3 * HK + 2 * HV + H) * 2 + HV * 2) +
                          (2 * HK + HV) * 4 * 2 + HK * 4 + H * 4 + V * 2;
     const double per = msL / L * 1e-3;
+    const double perP = msP / L * 1e-3;
     std::printf("BENCH decode_step bf16 B=%-3d H=32 K=V=128: %8.2f us/layer (graph of %d layers), %7.1f GB/s, %5.1f%% of 3.0 TB/s; single-layer graph %7.2f us\n",
         B, per * 1e6, L, bytes / per / 1e9, 100.0 * bytes / per / kPeakBytesPerSec, ms1 * 1e3);
+    std::printf("BENCH decode_step bf16 B=%-3d H=32 K=V=128: %8.2f us/layer (graph of %d layers, programmatic dependent launch), %7.1f GB/s, %5.1f%% of 3.0 TB/s\n",
+        B, perP * 1e6, L, bytes / perP / 1e9, 100.0 * bytes / perP / kPeakBytesPerSec);
 }
 
 // Chunked prefill (intra + scan), H = 32, K = V = 128, bf16 q/k/v/o, fp32 g/β/state. Bytes: the minimum the op must
@@ -767,19 +822,37 @@ static void bench_prepare(int B, int T) {
         B, T, ms, bytes / (ms * 1e-3) / 1e9, 100.0 * bytes / (ms * 1e-3) / kPeakBytesPerSec);
 }
 
+// One plain launch of each kernel at the benchmark shapes (decode B=1, prefill B=1 T=4,096), for ncu -k ... -c 1.
+static void profile_once() {
+    const int H = 32, K = 128, V = 128, HK = H * K, HV = H * V, T = 4096;
+    DevPool pool;
+    PrefillDev<bf16> dev(pool, {T}, H, K, V);
+    const float sc = 1.0f / std::sqrt(float(K));
+    fill(dev.q, size_t(T) * HK, -sc * 1.7f, sc * 1.7f); fill(dev.k, size_t(T) * HK, -sc * 1.7f, sc * 1.7f); fill(dev.v, size_t(T) * HV, -1, 1);
+    fill(dev.g, size_t(T) * HK, -0.5f, -0.001f); fill(dev.beta, size_t(T) * H, 0.05f, 0.95f); fill(dev.state, size_t(H) * K * V, -0.3f, 0.3f);
+    dev.run();
+    const LayerParams P = random_params<bf16>(H, K, V);
+    DecodeDev<bf16> d(pool, P, 1, std::vector<float>(3 * HK), std::vector<float>(3 * HK), std::vector<float>(3 * HV), std::vector<float>(size_t(HV) * K));
+    fill(d.pq, HK, -1, 1); fill(d.pk, HK, -1, 1); fill(d.pv, HV, -1, 1); fill(d.pf, HK, -2, 2); fill(d.pb, H, -2, 2); fill(d.pz, HV, -2, 2);
+    d.run();
+    CK(cudaDeviceSynchronize());
+}
+
 int main(int argc, char** argv) {
-    bool bench = false, quick = false;
+    bool bench = false, quick = false, profile = false;
     std::string fixtures = "KimiLinear.Tests/Fixtures/kda_ops";
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--bench") bench = true;
         else if (a == "--quick") quick = true;
+        else if (a == "--profile") profile = true;
         else fixtures = a;
     }
     CK(cudaStreamCreate(&g_stream));
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     std::printf("device: %s, %d SMs, L2 %d MiB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
+    if (profile) { profile_once(); return 0; }
 
     test_golden(fixtures);
     const std::vector<int> odd = {1, 63, 64, 65, 130, 17, 300};
