@@ -28,11 +28,12 @@ internal static unsafe class KdaKernels
     private const int DecodeSharedBytes = (128 * 32 + 3 * 128 + 4 * 32 + 32 + 32 + 32 + 4) * sizeof(float);
     private const int PrepareThreads = 256;
     private const int IntraThreads = 256;
-    private const int PrefillThreads = 256;
+    private const int PrefillThreads = 128;
     private const int PrefillColumns = 32; // state columns per scan block
     private const int MaxKeyDim = 128;
 
-    private static int IntraSharedBytes(int k) => sizeof(float) * (3 * ChunkTokens * (k + 1) + 2 * ChunkTokens * ChunkTokens + 3 * 16 * 32 + 3 * ChunkTokens);
+    private static int IntraSharedBytes(int k) =>
+        sizeof(float) * (2 * ChunkTokens * (k + 1) + Math.Max(ChunkTokens * (k + 1), 2 * ChunkTokens * ChunkTokens) + 3 * 16 * 32 + 3 * ChunkTokens);
 
     private static int PrefillSharedBytes(int k) =>
         sizeof(float) * (k * PrefillColumns + 2 * ChunkTokens * (k + 4) + ChunkTokens * 68 + 2 * ChunkTokens * PrefillColumns + k);

@@ -45,7 +45,7 @@
 //                  windows and parameters before griddepcontrol.wait, and the new token's projections after it.
 //   prepare:       grid (T), block 256;  conv_window_update: grid (ceil(max(H·K, H·V) / 256), N), block 256.
 //   chunk_intra:   grid (NC, H), block 256, dynamic smem chunk_intra_smem_bytes(K) (> 48 KiB: raise the limit).
-//   chunk_prefill: grid (V/32, H, N), block 256, dynamic smem chunk_prefill_smem_bytes(K) (> 48 KiB).
+//   chunk_prefill: grid (V/32, H, N), block 128, dynamic smem chunk_prefill_smem_bytes(K) (> 48 KiB).
 //
 // PRECONDITIONS (the caller checks them; kernels do not)
 //   decode: K ≤ 128; V ∈ {16, 32, 64, 128}. prefill: K ≤ 128, K % 4 == 0, V % 32 == 0, K + V ≤ 256.
@@ -74,18 +74,22 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kDecodeThreads = 128;
 constexpr int kDecodeSlices = 4;         // blocks (= cluster size, __cluster_dims__ below) per head in the decode step
 constexpr int kIntraThreads = 256;
-constexpr int kPrefillThreads = 256;     // the scan's thread tiles below assume 256 threads and 32 columns
+constexpr int kPrefillThreads = 128;      // the scan's thread tiles below assume 128 threads and 32 columns
 constexpr int kPrefillCols = 32;         // state columns per prefill block
 constexpr int kPrepareThreads = 256;
 
 // Dynamic shared memory, in floats: decode (state slice [128][32], q̂, k̂, decay [128] each, warp partials [4][32],
-// slice vector [32], v [32], gate·weight [32], the cluster's RMSNorm partials [4]); intra (k̂, q̂, G [64][K+1] each,
-// L and A [64][64] each, diagonal-tile partials [3][16][32], β [64], row norms [128]); prefill (S slice [K][32],
+// slice vector [32], v [32], gate·weight [32], the cluster's RMSNorm partials [4]); intra (k̂, G [64][K+1] each, q̂
+// [64][K+1] later reused for L and A [64][64] each, diagonal-tile partials [3][16][32], β [64], row norms [128]);
+// prefill (S slice [K][32],
 // two stages [64][K+4], A [64][68], U and Vn [64][32], γ [K]).
 constexpr int kDecodeSmemFloats = 128 * 32 + 3 * 128 + 4 * 32 + 32 + 32 + 32 + 4;
 constexpr size_t kDecodeSmemBytes = kDecodeSmemFloats * sizeof(float);
+__host__ __device__ constexpr int chunk_intra_q_floats(int K) {   // q̂ [64][K+1], later L and A [64][64] each
+    return kChunk * (K + 1) > 2 * kChunk * kChunk ? kChunk * (K + 1) : 2 * kChunk * kChunk;
+}
 __host__ __device__ constexpr size_t chunk_intra_smem_bytes(int K) {
-    return sizeof(float) * (3 * kChunk * (K + 1) + 2 * kChunk * kChunk + 3 * 16 * 32 + 3 * kChunk);
+    return sizeof(float) * (2 * kChunk * (K + 1) + chunk_intra_q_floats(K) + 3 * 16 * 32 + 3 * kChunk);
 }
 __host__ __device__ constexpr size_t chunk_prefill_smem_bytes(int K) {
     return sizeof(float) * (K * kPrefillCols + 2 * kChunk * (K + 4) + kChunk * 68 + 2 * kChunk * kPrefillCols + K);
@@ -373,21 +377,24 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     const int len = min(kChunk, cu_seqlens[lo + 1] - t0);
     const int LD = K + 1;   // odd row stride: the pair loop reads 8 rows at once without bank conflicts
 
+    // q̂ is dead once the pair tiles are summed, so L and A then take its place: 103.5 KiB in all for K = 128, which
+    // lets 2 blocks share an SM (with ≤ 128 registers, __launch_bounds__ below) and hide each other's serial phases.
     float* sk = smem();                  // [64][LD] k̂
-    float* sq = sk + kChunk * LD;        // [64][LD] q̂
-    float* sg = sq + kChunk * LD;        // [64][LD] g, then G (log2 units); rows ≥ len hold G_last
-    float* sl = sg + kChunk * LD;        // [64][64] L (below the diagonal)
-    float* sa = sl + kChunk * kChunk;    // [64][64] A (on and below the diagonal)
-    float* sred = sa + kChunk * kChunk;  // [3][16][32] the diagonal tiles' partial sums of warps 5-7
+    float* sg = sk + kChunk * LD;        // [64][LD] g, then G (log2 units); rows ≥ len hold G_last
+    float* sq = sg + kChunk * LD;        // [64][LD] q̂, until the pair tiles are summed
+    float* sl = sq;                      // [64][64] L (below the diagonal), after the pair tiles
+    float* sa = sl + kChunk * kChunk;    // [64][64] A (on and below the diagonal), after the pair tiles
+    float* sred = sq + chunk_intra_q_floats(K);   // [3][16][32] the diagonal tiles' partial sums of warps 5-7
     float* sb = sred + 3 * 16 * 32;      // [64] β (0 past the end)
     float* snorm = sb + kChunk;          // [128] 1/‖q_r‖·K^-½, then 1/‖k_r‖
 
-    // Loads of 4 consecutive channels each (8 bytes of bf16, 16 of fp32; K % 4 == 0 keeps them aligned), 8 quads of each
-    // of k, q, g per thread, all issued before the first shared store: one latency round for K = 128.
-    for (int i0 = 0; i0 < kChunk * K / 4; i0 += 8 * kIntraThreads) {
-        float4 kx[8], qx[8], gx[8];
+    // Loads of 4 consecutive channels each (8 bytes of bf16, 16 of fp32; K % 4 == 0 keeps them aligned), 4 quads of each
+    // of k, q, g per thread issued before the first shared store: two latency rounds for K = 128 (eight would cost
+    // registers that the second block per SM needs; that block hides the rounds instead).
+    for (int i0 = 0; i0 < kChunk * K / 4; i0 += 4 * kIntraThreads) {
+        float4 kx[4], qx[4], gx[4];
 #pragma unroll
-        for (int u = 0; u < 8; ++u) {
+        for (int u = 0; u < 4; ++u) {
             const int i = i0 + u * kIntraThreads + tid, r = 4 * i / K;
             const bool in = i < kChunk * K / 4 && r < len;
             const size_t x = ((size_t)(t0 + r) * H + h) * K + 4 * i % K;
@@ -397,7 +404,7 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
             gx[u] = in ? *reinterpret_cast<const float4*>(g + x) : zero;
         }
 #pragma unroll
-        for (int u = 0; u < 8; ++u) {
+        for (int u = 0; u < 4; ++u) {
             const int i = i0 + u * kIntraThreads + tid, r = 4 * i / K, d = 4 * i % K;
             if (i < kChunk * K / 4) {
                 float* rk = sk + r * LD + d; float* rq = sq + r * LD + d; float* rg = sg + r * LD + d;
@@ -598,9 +605,9 @@ __device__ __forceinline__ void copy_tile_async(float* dst, int dst_ld, const fl
 // and each phase's cp.async prefetch of the next operand overlaps the current one:
 //   during (a): QG_i → stage Y;   during (b): KG_i → stage X (W_i is done), γ_i;
 //   during (c): W_{i+1} → stage Y, U_{i+1}, A_{i+1}   (X and Y swap roles every chunk).
-// Thread tiles: (a), (b) rows rg + 32m (m < 2, rg = tid / 8) × columns 4·(tid % 8) + 0..3; (c) state rows
-// dg + 64m (dg = tid / 4) × columns 8·(tid % 4) + 0..7, kept in registers across chunks (256 threads: 8 warps on the
-// SM, 2 per scheduler, so shared-memory latency hides behind the other warp).
+// Thread tiles: (a), (b) rows rg + 16m (m < 4, rg = tid / 8) × columns 4·(tid % 8) + 0..3; (c) state rows
+// dg + 32m (dg = tid / 4) × columns 8·(tid % 4) + 0..7, kept in registers across chunks. (256 threads with half the
+// tile each measured 4 % slower on the H100, 2026-11-27 run 4.)
 template <typename Tin>
 __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __restrict__ cu_seqlens,
     const int* __restrict__ chunk_offsets, const float* __restrict__ w_in, const float* __restrict__ u_in,
@@ -634,13 +641,13 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
     cp_async_wait<0>();
     __syncthreads();
 
-    const int dg = tid >> 2, cc8 = (tid & 3) * 8;   // (c) tile: rows dg + 64m
-    float srow[2][8];
+    const int dg = tid >> 2, cc8 = (tid & 3) * 8;   // (c) tile
+    float srow[4][8];
 #pragma unroll
-    for (int m = 0; m < 2; ++m)
+    for (int m = 0; m < 4; ++m)
 #pragma unroll
-        for (int j = 0; j < 8; ++j) srow[m][j] = dg + 64 * m < K ? ss[(dg + 64 * m) * VC + cc8 + j] : 0.f;
-    const int rg = tid >> 3, cg4 = (tid & 7) * 4;    // (a), (b) tile: rows rg + 32m
+        for (int j = 0; j < 8; ++j) srow[m][j] = dg + 32 * m < K ? ss[(dg + 32 * m) * VC + cc8 + j] : 0.f;
+    const int rg = tid >> 3, cg4 = (tid & 7) * 4;    // (a), (b) tile
 
     float* bx = stx;   // holds W_i at the top of iteration i
     float* by = sty;
@@ -653,31 +660,31 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
         cp_async_commit();
 
         // (a) Vn = U − W·S
-        float acc[2][4];
+        float acc[4][4];
 #pragma unroll
-        for (int m = 0; m < 2; ++m)
+        for (int m = 0; m < 4; ++m)
 #pragma unroll
-            for (int c = 0; c < 4; ++c) acc[m][c] = su[(rg + 32 * m) * VC + cg4 + c];
+            for (int c = 0; c < 4; ++c) acc[m][c] = su[(rg + 16 * m) * VC + cg4 + c];
         for (int d = 0; d < K; d += 4) {
-            float w[2][4];
+            float w[4][4];
 #pragma unroll
-            for (int m = 0; m < 2; ++m) {
-                const float4 t = *reinterpret_cast<const float4*>(bx + (rg + 32 * m) * SLD + d);
+            for (int m = 0; m < 4; ++m) {
+                const float4 t = *reinterpret_cast<const float4*>(bx + (rg + 16 * m) * SLD + d);
                 w[m][0] = t.x; w[m][1] = t.y; w[m][2] = t.z; w[m][3] = t.w;
             }
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const float4 s4 = *reinterpret_cast<const float4*>(ss + (d + e) * VC + cg4);
 #pragma unroll
-                for (int m = 0; m < 2; ++m) {
+                for (int m = 0; m < 4; ++m) {
                     acc[m][0] -= w[m][e] * s4.x; acc[m][1] -= w[m][e] * s4.y;
                     acc[m][2] -= w[m][e] * s4.z; acc[m][3] -= w[m][e] * s4.w;
                 }
             }
         }
 #pragma unroll
-        for (int m = 0; m < 2; ++m)
-            *reinterpret_cast<float4*>(svn + (rg + 32 * m) * VC + cg4) = make_float4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
+        for (int m = 0; m < 4; ++m)
+            *reinterpret_cast<float4*>(svn + (rg + 16 * m) * VC + cg4) = make_float4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
         cp_async_wait<0>();   // QG_i
         __syncthreads();      // Vn complete; W_i and U_i no longer needed
         copy_tile_async(bx, SLD, kg_in + cc * kChunk * K, K, kChunk, K, tid, NT);
@@ -686,46 +693,46 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
 
         // (b) O = QG·S + A·Vn (A is 0 above the diagonal and in rows past the end)
 #pragma unroll
-        for (int m = 0; m < 2; ++m)
+        for (int m = 0; m < 4; ++m)
 #pragma unroll
             for (int c = 0; c < 4; ++c) acc[m][c] = 0.f;
         for (int d = 0; d < K; d += 4) {
-            float w[2][4];
+            float w[4][4];
 #pragma unroll
-            for (int m = 0; m < 2; ++m) {
-                const float4 t = *reinterpret_cast<const float4*>(by + (rg + 32 * m) * SLD + d);
+            for (int m = 0; m < 4; ++m) {
+                const float4 t = *reinterpret_cast<const float4*>(by + (rg + 16 * m) * SLD + d);
                 w[m][0] = t.x; w[m][1] = t.y; w[m][2] = t.z; w[m][3] = t.w;
             }
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const float4 s4 = *reinterpret_cast<const float4*>(ss + (d + e) * VC + cg4);
 #pragma unroll
-                for (int m = 0; m < 2; ++m) {
+                for (int m = 0; m < 4; ++m) {
                     acc[m][0] += w[m][e] * s4.x; acc[m][1] += w[m][e] * s4.y;
                     acc[m][2] += w[m][e] * s4.z; acc[m][3] += w[m][e] * s4.w;
                 }
             }
         }
-        for (int s = 0; s <= rg + 32; s += 4) {
-            float a[2][4];
+        for (int s = 0; s <= rg + 48; s += 4) {
+            float a[4][4];
 #pragma unroll
-            for (int m = 0; m < 2; ++m) {
-                const float4 t = *reinterpret_cast<const float4*>(sa + (rg + 32 * m) * ALD + s);
+            for (int m = 0; m < 4; ++m) {
+                const float4 t = *reinterpret_cast<const float4*>(sa + (rg + 16 * m) * ALD + s);
                 a[m][0] = t.x; a[m][1] = t.y; a[m][2] = t.z; a[m][3] = t.w;
             }
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const float4 v4 = *reinterpret_cast<const float4*>(svn + (s + e) * VC + cg4);
 #pragma unroll
-                for (int m = 0; m < 2; ++m) {
+                for (int m = 0; m < 4; ++m) {
                     acc[m][0] += a[m][e] * v4.x; acc[m][1] += a[m][e] * v4.y;
                     acc[m][2] += a[m][e] * v4.z; acc[m][3] += a[m][e] * v4.w;
                 }
             }
         }
 #pragma unroll
-        for (int m = 0; m < 2; ++m) {
-            const int r = rg + 32 * m;
+        for (int m = 0; m < 4; ++m) {
+            const int r = rg + 16 * m;
             if (r < len) {
                 Tin* orow = o + ((size_t)(tok0 + ci * kChunk + r) * H + h) * V + j0 + cg4;
 #pragma unroll
@@ -739,8 +746,8 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
 
         // (c) S ← Diag(γ)·S + KGᵀ·Vn
 #pragma unroll
-        for (int m = 0; m < 2; ++m) {
-            const int d = dg + 64 * m;
+        for (int m = 0; m < 4; ++m) {
+            const int d = dg + 32 * m;
             const float gm = d < K ? sgam[d] : 0.f;
 #pragma unroll
             for (int j = 0; j < 8; ++j) srow[m][j] *= gm;
@@ -749,16 +756,16 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
             const float4 v0 = *reinterpret_cast<const float4*>(svn + r * VC + cc8);
             const float4 v1 = *reinterpret_cast<const float4*>(svn + r * VC + cc8 + 4);
 #pragma unroll
-            for (int m = 0; m < 2; ++m) {
-                const int d = dg + 64 * m;
+            for (int m = 0; m < 4; ++m) {
+                const int d = dg + 32 * m;
                 const float kgv = d < K ? bx[r * SLD + d] : 0.f;
                 srow[m][0] += kgv * v0.x; srow[m][1] += kgv * v0.y; srow[m][2] += kgv * v0.z; srow[m][3] += kgv * v0.w;
                 srow[m][4] += kgv * v1.x; srow[m][5] += kgv * v1.y; srow[m][6] += kgv * v1.z; srow[m][7] += kgv * v1.w;
             }
         }
 #pragma unroll
-        for (int m = 0; m < 2; ++m) {
-            const int d = dg + 64 * m;
+        for (int m = 0; m < 4; ++m) {
+            const int d = dg + 32 * m;
             if (d < K) {
                 *reinterpret_cast<float4*>(ss + d * VC + cc8) = make_float4(srow[m][0], srow[m][1], srow[m][2], srow[m][3]);
                 *reinterpret_cast<float4*>(ss + d * VC + cc8 + 4) = make_float4(srow[m][4], srow[m][5], srow[m][6], srow[m][7]);
@@ -767,8 +774,8 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
         float* t = bx; bx = by; by = t;
     }
 #pragma unroll
-    for (int m = 0; m < 2; ++m) {
-        const int d = dg + 64 * m;
+    for (int m = 0; m < 4; ++m) {
+        const int d = dg + 32 * m;
         if (d < K) {
             *reinterpret_cast<float4*>(S + (size_t)d * V + cc8) = make_float4(srow[m][0], srow[m][1], srow[m][2], srow[m][3]);
             *reinterpret_cast<float4*>(S + (size_t)d * V + cc8 + 4) = make_float4(srow[m][4], srow[m][5], srow[m][6], srow[m][7]);
@@ -850,7 +857,7 @@ KDA_DECODE_ENTRY(kimi_kda_decode_step_bf16, __nv_bfloat16)
 KDA_DECODE_ENTRY(kimi_kda_decode_step_f32, float)
 
 #define KDA_INTRA_ENTRY(NAME, T)                                                                                       \
-    extern "C" __global__ void __launch_bounds__(kda::kIntraThreads) NAME(int H, int K, int V, int num_seqs,          \
+    extern "C" __global__ void __launch_bounds__(kda::kIntraThreads, 2) NAME(int H, int K, int V, int num_seqs,       \
         const int* cu_seqlens, const int* chunk_offsets, const T* q, const T* k, const T* v, const float* g,          \
         const float* beta, float* w_out, float* u_out, float* a_out, float* qg_out, float* kg_out, float* gamma_out) { \
         kda::chunk_intra<T>(H, K, V, num_seqs, cu_seqlens, chunk_offsets, q, k, v, g, beta, w_out, u_out, a_out,      \
