@@ -11,6 +11,12 @@ namespace KimiLinear.Backends.Cpu;
 /// </summary>
 internal sealed class CpuBackend(int? threads = null) : IKimiBackend
 {
+    /// <summary>Multiply-adds below which an element-wise kernel runs on the calling thread rather than the pool.</summary>
+    private const long SerialWorkLimit = 1 << 16;
+
+    /// <summary>Floats of per-call scratch that may live on the stack.</summary>
+    private const int StackScratchLimit = 1024;
+
     private readonly ParallelOptions _parallel = new() { MaxDegreeOfParallelism = threads ?? Environment.ProcessorCount };
 
     private static CpuTensor Cpu(Tensor t) => t as CpuTensor
@@ -87,23 +93,41 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
     public void ShortConvSilu(Tensor x, float[] taps, Tensor window, Tensor y)
     {
         var (input, state, output) = (Cpu(x), Cpu(window), Cpu(y));
-        int tokens = input.Rows, channels = input.Cols, history = state.Cols, width = history + 1;
+        int tokens = input.Rows, channels = input.Cols, history = state.Cols;
+        if ((long)tokens * channels * (history + 1) < SerialWorkLimit)
+        {
+            // Decode: a few thousand multiply-adds, less than the cost of waking a pool thread.
+            Span<float> sequence = history + tokens <= StackScratchLimit ? stackalloc float[history + tokens] : new float[history + tokens];
+            for (int c = 0; c < channels; c++)
+                ShortConvSiluChannel(input, taps, state, output, c, sequence);
+            return;
+        }
         Parallel.For(0, channels, _parallel, () => new float[history + tokens], (c, _, sequence) =>
         {
-            // sequence = the carried inputs (oldest first) followed by this call's inputs for channel c
-            var carried = state.Row(c);
-            carried.CopyTo(sequence);
-            for (int t = 0; t < tokens; t++)
-                sequence[history + t] = input.Data[t * channels + c];
-            var channelTaps = taps.AsSpan(c * width, width);
-            for (int t = 0; t < tokens; t++)
-            {
-                float sum = TensorPrimitives.Dot(channelTaps, sequence.AsSpan(t, width));
-                output.Data[t * channels + c] = sum / (1f + MathF.Exp(-sum));
-            }
-            sequence.AsSpan(tokens, history).CopyTo(carried);
+            ShortConvSiluChannel(input, taps, state, output, c, sequence);
             return sequence;
         }, _ => { });
+    }
+
+    /// <summary>Channel <paramref name="c"/> of <see cref="ShortConvSilu"/>; <paramref name="sequence"/> is scratch of W−1+T floats.</summary>
+    private static void ShortConvSiluChannel(CpuTensor input, float[] taps, CpuTensor state, CpuTensor output, int c, Span<float> sequence)
+    {
+        int tokens = input.Rows, channels = input.Cols, history = state.Cols, width = history + 1;
+        // sequence = the carried inputs (oldest first) followed by this call's inputs for channel c
+        var carried = state.Row(c);
+        carried.CopyTo(sequence);
+        for (int t = 0; t < tokens; t++)
+            sequence[history + t] = input.Data[t * channels + c];
+        var channelTaps = taps.AsSpan(c * width, width);
+        for (int t = 0; t < tokens; t++)
+        {
+            // a plain loop: the window is a handful of taps, shorter than a vector
+            float sum = 0;
+            for (int i = 0; i < width; i++)
+                sum += channelTaps[i] * sequence[t + i];
+            output.Data[t * channels + c] = sum / (1f + MathF.Exp(-sum));
+        }
+        sequence.Slice(tokens, history).CopyTo(carried);
     }
 
     public void KdaGate(Tensor f, float[] aLog, float[] dtBias, Tensor g)
@@ -199,12 +223,9 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
         int tokens = queries.Rows, length = start + tokens, perHead = nopeDim + valueDim, qkDim = nopeDim + ropeDim;
         Parallel.For(0, heads, _parallel, h =>
         {
-            var upKeys = new float[nopeDim * rank];     // W_UK_h [nope, R]
-            var upValues = new float[valueDim * rank];  // W_UV_h [V, R]
-            for (int i = 0; i < nopeDim; i++)
-                kvB.RowToSingle(h * perHead + i, upKeys.AsSpan(i * rank, rank));
-            for (int i = 0; i < valueDim; i++)
-                kvB.RowToSingle(h * perHead + nopeDim + i, upValues.AsSpan(i * rank, rank));
+            // W_UK_h = kvB rows [h·perHead, h·perHead + nope), W_UV_h = the next V rows, both [·, R]: read in place
+            // (a widened per-head copy would cost more than the products themselves at decode).
+            int upKeys = h * perHead, upValues = upKeys + nopeDim;
             var queryLatent = new float[rank];
             var mixedLatent = new float[rank];
             var scores = new float[length];
@@ -214,7 +235,7 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
                 var qRow = queries.Row(t).Slice(h * qkDim, qkDim);
                 Array.Clear(queryLatent);
                 for (int i = 0; i < nopeDim; i++)
-                    TensorPrimitives.MultiplyAdd(upKeys.AsSpan(i * rank, rank), qRow[i], queryLatent, queryLatent);
+                    CpuMatMul.MultiplyAddRow(kvB, upKeys + i, qRow[i], queryLatent);
                 for (int s = 0; s < visible; s++)
                 {
                     var row = cache.Row(s);
@@ -227,7 +248,7 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
                     TensorPrimitives.MultiplyAdd(cache.Row(s)[..rank], p[s], mixedLatent, mixedLatent);
                 var outRow = output.Row(t).Slice(h * valueDim, valueDim);
                 for (int i = 0; i < valueDim; i++)
-                    outRow[i] = TensorPrimitives.Dot(upValues.AsSpan(i * rank, rank), mixedLatent);
+                    outRow[i] = CpuMatMul.DotRow(kvB, upValues + i, mixedLatent);
             }
         });
     }
