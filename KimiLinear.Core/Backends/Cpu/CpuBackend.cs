@@ -14,7 +14,7 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
     /// <summary>Multiply-adds below which an element-wise kernel runs on the calling thread rather than the pool.</summary>
     private const long SerialWorkLimit = 1 << 16;
 
-    /// <summary>Floats of per-call scratch that may live on the stack.</summary>
+    /// <summary>Floats of scratch that may live on the stack.</summary>
     private const int StackScratchLimit = 1024;
 
     private readonly ParallelOptions _parallel = new() { MaxDegreeOfParallelism = threads ?? Environment.ProcessorCount };
@@ -93,41 +93,50 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
     public void ShortConvSilu(Tensor x, float[] taps, Tensor window, Tensor y)
     {
         var (input, state, output) = (Cpu(x), Cpu(window), Cpu(y));
-        int tokens = input.Rows, channels = input.Cols, history = state.Cols;
-        if ((long)tokens * channels * (history + 1) < SerialWorkLimit)
-        {
-            // Decode: a few thousand multiply-adds, less than the cost of waking a pool thread.
-            Span<float> sequence = history + tokens <= StackScratchLimit ? stackalloc float[history + tokens] : new float[history + tokens];
+        int tokens = input.Rows, channels = input.Cols, width = state.Cols + 1;
+        // Decode is a few thousand multiply-adds, less than the cost of waking a pool thread.
+        if ((long)tokens * channels * width < SerialWorkLimit)
             for (int c = 0; c < channels; c++)
-                ShortConvSiluChannel(input, taps, state, output, c, sequence);
-            return;
-        }
-        Parallel.For(0, channels, _parallel, () => new float[history + tokens], (c, _, sequence) =>
-        {
-            ShortConvSiluChannel(input, taps, state, output, c, sequence);
-            return sequence;
-        }, _ => { });
+                ShortConvChannel(input, taps, state, output, c);
+        else
+            Parallel.For(0, channels, _parallel, c => ShortConvChannel(input, taps, state, output, c));
+        SiluInPlace(output.Span);
     }
 
-    /// <summary>Channel <paramref name="c"/> of <see cref="ShortConvSilu"/>; <paramref name="sequence"/> is scratch of W−1+T floats.</summary>
-    private static void ShortConvSiluChannel(CpuTensor input, float[] taps, CpuTensor state, CpuTensor output, int c, Span<float> sequence)
+    /// <summary>
+    /// Channel <paramref name="c"/> of <see cref="ShortConvSilu"/> before the SiLU (applied to the whole output at once,
+    /// vectorised). Position p of the channel's sequence is carried input p for p &lt; W−1, else this call's input p − (W−1).
+    /// </summary>
+    private static void ShortConvChannel(CpuTensor input, float[] taps, CpuTensor state, CpuTensor output, int c)
     {
         int tokens = input.Rows, channels = input.Cols, history = state.Cols, width = history + 1;
-        // sequence = the carried inputs (oldest first) followed by this call's inputs for channel c
-        var carried = state.Row(c);
-        carried.CopyTo(sequence);
-        for (int t = 0; t < tokens; t++)
-            sequence[history + t] = input.Data[t * channels + c];
-        var channelTaps = taps.AsSpan(c * width, width);
+        float[] carried = state.Data, x = input.Data;
+        int window = c * history, channelTaps = c * width;
+        float At(int p) => p < history ? carried[window + p] : x[(p - history) * channels + c];
         for (int t = 0; t < tokens; t++)
         {
             // a plain loop: the window is a handful of taps, shorter than a vector
             float sum = 0;
             for (int i = 0; i < width; i++)
-                sum += channelTaps[i] * sequence[t + i];
-            output.Data[t * channels + c] = sum / (1f + MathF.Exp(-sum));
+                sum += taps[channelTaps + i] * At(t + i);
+            output.Data[t * channels + c] = sum;
         }
-        sequence.Slice(tokens, history).CopyTo(carried);
+        // The new window is positions [T, T + W−1); in place, since slot i reads position T + i > i, not yet overwritten.
+        for (int i = 0; i < history; i++)
+            carried[window + i] = At(tokens + i);
+    }
+
+    /// <summary>x ← SiLU(x) = x · sigmoid(x), a stack buffer of sigmoids at a time.</summary>
+    private static void SiluInPlace(Span<float> x)
+    {
+        Span<float> sigmoid = stackalloc float[StackScratchLimit];
+        for (int i = 0; i < x.Length; i += sigmoid.Length)
+        {
+            var chunk = x.Slice(i, Math.Min(sigmoid.Length, x.Length - i));
+            var s = sigmoid[..chunk.Length];
+            TensorPrimitives.Sigmoid(chunk, s);
+            TensorPrimitives.Multiply(chunk, s, chunk);
+        }
     }
 
     public void KdaGate(Tensor f, float[] aLog, float[] dtBias, Tensor g)
