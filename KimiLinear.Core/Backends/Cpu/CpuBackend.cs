@@ -234,7 +234,7 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
         {
             // W_UK_h = kvB rows [h·perHead, h·perHead + nope), W_UV_h = the next V rows, both [·, R]: read in place
             // (a widened per-head copy would cost more than the products themselves at decode).
-            int upKeys = h * perHead, upValues = upKeys + nopeDim;
+            int firstKeyRow = h * perHead, firstValueRow = firstKeyRow + nopeDim;
             var queryLatent = new float[rank];
             var mixedLatent = new float[rank];
             var scores = new float[length];
@@ -244,7 +244,7 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
                 var qRow = queries.Row(t).Slice(h * qkDim, qkDim);
                 Array.Clear(queryLatent);
                 for (int i = 0; i < nopeDim; i++)
-                    CpuMatMul.MultiplyAddRow(kvB, upKeys + i, qRow[i], queryLatent);
+                    CpuMatMul.MultiplyAddRow(kvB, firstKeyRow + i, qRow[i], queryLatent);
                 for (int s = 0; s < visible; s++)
                 {
                     var row = cache.Row(s);
@@ -257,7 +257,7 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
                     TensorPrimitives.MultiplyAdd(cache.Row(s)[..rank], p[s], mixedLatent, mixedLatent);
                 var outRow = output.Row(t).Slice(h * valueDim, valueDim);
                 for (int i = 0; i < valueDim; i++)
-                    outRow[i] = CpuMatMul.DotRow(kvB, upValues + i, mixedLatent);
+                    outRow[i] = CpuMatMul.DotRow(kvB, firstValueRow + i, mixedLatent);
             }
         });
     }
