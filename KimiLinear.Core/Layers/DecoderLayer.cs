@@ -19,6 +19,8 @@ internal sealed class DecoderLayer
 
     /// <summary>The KDA token mixer, or null for an MLA layer.</summary>
     public KdaLayer? Kda { get; }
+    /// <summary>The routed experts, or null for a dense-MLP layer.</summary>
+    public MoeExperts? Experts => _moe?.Experts;
     /// <summary>The MLA token mixer, or null for a KDA layer.</summary>
     public MlaLayer? Mla { get; }
 

@@ -39,7 +39,7 @@ internal sealed class MlaLayer
     }
 
     public MlaLayerState CreateState(IKimiBackend backend, int initialCapacity) =>
-        new(backend.Allocate(initialCapacity, _rank + _ropeDim));
+        new(backend.AllocateState(initialCapacity, _rank + _ropeDim));
 
     /// <summary>x: [T, D] → [T, D]; appends T latents to the cache. <paramref name="absorbed"/> picks the attention form.</summary>
     public Tensor Forward(IKimiBackend backend, Tensor x, MlaLayerState state, bool absorbed)
@@ -63,16 +63,12 @@ internal sealed class MlaLayer
         return output;
     }
 
-    /// <summary>Writes rows (c_n | k_pe) at the end of the cache, doubling its capacity when full.</summary>
+    /// <summary>Writes rows (c_n | k_pe) at the end of the cache, growing its capacity (at least doubling) when full.</summary>
     private void Append(IKimiBackend backend, MlaLayerState state, Tensor normalised, Tensor sharedKey)
     {
         int tokens = normalised.Rows, needed = state.Length + tokens;
         if (needed > state.Latent.Rows)
-        {
-            var grown = backend.Allocate(Math.Max(needed, 2 * state.Latent.Rows), state.Latent.Cols);
-            backend.CopyRows(state.Latent, state.Length, grown, 0);
-            state.Latent = grown;
-        }
+            state.Latent = backend.GrowRows(state.Latent, state.Length, Math.Max(needed, 2 * state.Latent.Rows));
         backend.WriteConcatenatedRows(normalised, sharedKey, state.Latent, state.Length);
         state.Length = needed;
     }

@@ -12,7 +12,7 @@ namespace KimiLinear.State;
 internal static class SessionStateFile
 {
     private static readonly byte[] Magic = "KIMISTATE"u8.ToArray();
-    private const int Version = 1;
+    private const int Version = 2; // 2: conv windows stored [W−1, C] (1 was [C, W−1])
 
     public static void Write(Stream stream, KimiModel model, SessionState state)
     {
@@ -59,7 +59,7 @@ internal static class SessionStateFile
                 if (state.Mla[i] is { } mla)
                 {
                     if (length > mla.Latent.Rows)
-                        mla.Latent = backend.Allocate(length, mla.Latent.Cols);
+                        mla.Latent = backend.AllocateState(length, mla.Latent.Cols);
                     ReadRows(reader, backend, mla.Latent, length);
                     mla.Length = length;
                 }
