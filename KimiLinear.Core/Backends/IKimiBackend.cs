@@ -27,13 +27,24 @@ internal interface IKimiBackend
     /// fit its memory (a clear error if not) and uploads them, reporting bytes done.
     /// </summary>
     void PrepareWeights(IReadOnlyList<WeightMatrix> matrices, IReadOnlyList<MoeExperts> experts, IProgress<long> uploaded, CancellationToken cancellationToken);
-    /// <summary>A zeroed tensor for activations of the current forward step (a GPU may reuse its memory afterwards).</summary>
+    /// <summary>
+    /// A tensor for activations of the current forward step (a GPU reuses its memory afterwards). Its contents are
+    /// undefined until written: every kernel writes its whole output, and <see cref="Clear"/> zeroes an accumulator.
+    /// </summary>
     Tensor Allocate(int rows, int cols);
-    /// <summary>A zeroed tensor that outlives forward steps (session state: KDA windows and state, the MLA cache).</summary>
+    /// <summary>Sets every element of <paramref name="tensor"/> to zero.</summary>
+    void Clear(Tensor tensor);
+    /// <summary>A zeroed fp32 tensor that outlives forward steps (session state: KDA windows and state).</summary>
     Tensor AllocateState(int rows, int cols);
     /// <summary>
+    /// A zeroed tensor for attention cache rows that outlive forward steps (the MLA latent cache). A GPU backend keeps it
+    /// in bf16 (half the memory and bandwidth of a long context); values read back are what it stores.
+    /// </summary>
+    Tensor AllocateCache(int rows, int cols);
+    /// <summary>
     /// <paramref name="tensor"/> with room for <paramref name="rows"/> rows, its first <paramref name="validRows"/> kept:
-    /// the same tensor when it can grow in place, else a new state tensor holding a copy.
+    /// the same tensor when it can grow in place, else a new tensor of the same kind holding a copy (the old one is then
+    /// invalid).
     /// </summary>
     Tensor GrowRows(Tensor tensor, int validRows, int rows);
     /// <summary>

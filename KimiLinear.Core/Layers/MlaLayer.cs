@@ -39,7 +39,7 @@ internal sealed class MlaLayer
     }
 
     public MlaLayerState CreateState(IKimiBackend backend, int initialCapacity) =>
-        new(backend.AllocateState(initialCapacity, _rank + _ropeDim));
+        new(backend.AllocateCache(initialCapacity, _rank + _ropeDim));
 
     /// <summary>x: [T, D] → [T, D]; appends T latents to the cache. <paramref name="absorbed"/> picks the attention form.</summary>
     public Tensor Forward(IKimiBackend backend, Tensor x, MlaLayerState state, bool absorbed)

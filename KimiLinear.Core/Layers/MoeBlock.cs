@@ -42,8 +42,15 @@ internal sealed class MoeBlock
     {
         var logits = backend.Allocate(x.Rows, _router.Rows); // [T, E]
         backend.MatMul(x, _router, logits);
-        var output = _sharedExpert?.Forward(backend, x) ?? backend.Allocate(x.Rows, x.Cols); // [T, D]
+        var output = _sharedExpert?.Forward(backend, x) ?? Zeros(backend, x.Rows, x.Cols); // [T, D]
         backend.MoeExperts(x, logits, _experts, output);
         return output;
+    }
+
+    private static Tensor Zeros(IKimiBackend backend, int rows, int cols)
+    {
+        var zeros = backend.Allocate(rows, cols);
+        backend.Clear(zeros);
+        return zeros;
     }
 }

@@ -49,23 +49,31 @@ internal static class SessionStateFile
             if (length < 0 || length > model.MaxSequenceLength)
                 throw new InvalidDataException($"Saved state holds {length} tokens; expected 0..{model.MaxSequenceLength}.");
             var state = model.CreateState();
-            state.Length = length;
-            var backend = model.Backend;
-            for (int i = 0; i < state.Kda.Length; i++)
+            try
             {
-                if (state.Kda[i] is { } kda)
-                    foreach (var t in kda.Tensors)
-                        ReadRows(reader, backend, t, t.Rows);
-                if (state.Mla[i] is { } mla)
+                state.Length = length;
+                var backend = model.Backend;
+                for (int i = 0; i < state.Kda.Length; i++)
                 {
-                    if (length > mla.Latent.Rows)
-                        mla.Latent = backend.AllocateState(length, mla.Latent.Cols);
-                    ReadRows(reader, backend, mla.Latent, length);
-                    mla.Length = length;
+                    if (state.Kda[i] is { } kda)
+                        foreach (var t in kda.Tensors)
+                            ReadRows(reader, backend, t, t.Rows);
+                    if (state.Mla[i] is { } mla)
+                    {
+                        if (length > mla.Latent.Rows)
+                            mla.Latent = backend.GrowRows(mla.Latent, 0, length);
+                        ReadRows(reader, backend, mla.Latent, length);
+                        mla.Length = length;
+                    }
                 }
+                if (stream.CanSeek && stream.Position != stream.Length)
+                    throw new InvalidDataException($"Saved state has {stream.Length - stream.Position} unexpected bytes after its end.");
             }
-            if (stream.CanSeek && stream.Position != stream.Length)
-                throw new InvalidDataException($"Saved state has {stream.Length - stream.Position} unexpected bytes after its end.");
+            catch
+            {
+                state.Dispose(); // a GPU state's buffers go back at once
+                throw;
+            }
             return state;
         }
         catch (EndOfStreamException e)

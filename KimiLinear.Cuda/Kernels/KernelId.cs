@@ -25,6 +25,7 @@ internal enum KernelId
     KdaChunkIntraBf16,
     KdaChunkPrefillF32,
     KdaChunkPrefillBf16,
+    FillUniformBf16,
 }
 
 /// <summary>Where each <see cref="KernelId"/> lives: its module (the <c>.cu</c> file's name) and its <c>extern "C"</c> name.</summary>
@@ -58,6 +59,7 @@ internal static class KernelCatalog
         KernelId.KdaChunkIntraBf16 => new("kda", "kimi_kda_chunk_intra_bf16"),
         KernelId.KdaChunkPrefillF32 => new("kda", "kimi_kda_chunk_prefill_f32"),
         KernelId.KdaChunkPrefillBf16 => new("kda", "kimi_kda_chunk_prefill_bf16"),
+        KernelId.FillUniformBf16 => new("synthetic", "kimi_fill_uniform_bf16"),
         _ => throw new ArgumentOutOfRangeException(nameof(id), id, "no catalog entry for this kernel id"),
     };
 

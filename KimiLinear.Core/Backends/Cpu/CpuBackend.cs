@@ -32,7 +32,11 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
 
     public Tensor Allocate(int rows, int cols) => new CpuTensor(rows, cols);
 
+    public void Clear(Tensor tensor) => Cpu(tensor).Span.Clear();
+
     public Tensor AllocateState(int rows, int cols) => new CpuTensor(rows, cols);
+
+    public Tensor AllocateCache(int rows, int cols) => new CpuTensor(rows, cols);
 
     public Tensor GrowRows(Tensor tensor, int validRows, int rows)
     {
