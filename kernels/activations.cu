@@ -175,14 +175,15 @@ kimi_scatter_add_rows_f32(float* __restrict__ accumulator, const float* __restri
 
 // latent[*firstRow + i, :] = bf16(left[i, :] | right[i, :]).  latent [capacity, A + B] bf16 (the MLA cache rows of
 // c_n | k_pe); left [T, A], right [T, B] fp32; firstRow: one int32 in device memory, so a captured decode graph
-// writes the row the step's position says. Rows at or past capacity (or a negative first row) are not written.
+// writes the row the step's position says. A first row that would put any of the T rows outside [0, capacity) writes
+// nothing (all or nothing: a graph replayed past the cache's end leaves the cache as it was).
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
 kimi_write_latent_rows_f32(uint16_t* __restrict__ latent, const float* __restrict__ left, const float* __restrict__ right,
                            int T, int A, int B, const int* __restrict__ firstRow, int capacity)
 {
     const int i = blockIdx.x;
     const int first = *firstRow;
-    if (i >= T || first < 0 || first >= capacity - i) return;
+    if (i >= T || first < 0 || first > capacity - T) return;
     uint16_t* dst = latent + static_cast<size_t>(first + i) * (A + B);
     const float* l = left + static_cast<size_t>(i) * A;
     const float* r = right + static_cast<size_t>(i) * B;
