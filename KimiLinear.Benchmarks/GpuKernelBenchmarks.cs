@@ -43,7 +43,10 @@ internal static class GpuKernelBenchmarks
         {
             gpu.Kernels.ProgrammaticLaunch = programmatic;
             foreach ((int n, int k) in new[] { (4096, 2304), (2304, 4096), (6144, 2304), (163_840, 2304) })
-                rows.Add(Gemv(gpu, stream, random, n, k, copyGBs, programmatic));
+                rows.Add(Gemv(gpu, stream, random, n, k, copyGBs, programmatic, f32Activations: false));
+            // The CUDA backend's GEMV: fp32 x in, fp32 y out, the same bf16 weight stream.
+            foreach ((int n, int k) in new[] { (4096, 2304), (2304, 4096), (163_840, 2304) })
+                rows.Add(Gemv(gpu, stream, random, n, k, copyGBs, programmatic, f32Activations: true));
         }
         rows.AddRange(Gemm(gpu, stream, random, 32_768, 4096, 2304));
         rows.AddRange(RowKernels(gpu, stream, random, copyGBs));
@@ -104,7 +107,8 @@ internal static class GpuKernelBenchmarks
         return buffer;
     }
 
-    private static Row Gemv(CudaContext gpu, CudaStream stream, Random random, int n, int k, double copyGBs, bool programmatic)
+    /// <summary>bf16 x and y, or (<paramref name="f32Activations"/>) fp32 x and y as the CUDA backend runs it.</summary>
+    private static Row Gemv(CudaContext gpu, CudaStream stream, Random random, int n, int k, double copyGBs, bool programmatic, bool f32Activations)
     {
         long bytes = 2L * n * k;
         // Enough weight copies to exceed the L2 cache (50 MB on H100) several times over.
@@ -112,16 +116,22 @@ internal static class GpuKernelBenchmarks
         var weights = Enumerable.Range(0, copies).Select(_ => RandomBf16(gpu, stream, random, (long)n * k)).ToArray();
         using DeviceBuffer<ushort> x = RandomBf16(gpu, stream, random, k);
         using DeviceBuffer<ushort> y = gpu.Allocate<ushort>(n);
+        using DeviceBuffer<float> x32 = gpu.Allocate<float>(k), y32 = gpu.Allocate<float>(n);
+        x32.CopyFrom(Enumerable.Range(0, k).Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray(), stream);
         // Many launches per graph, as in a decode step (hundreds of kernels): the graph's own launch cost is paid once.
         const int launches = 64;
         using CudaGraph graph = stream.Capture(s =>
         {
-            for (int i = 0; i < launches; i++) MatmulKernels.Gemv(s, y, weights[i % copies], x, n, k);
+            for (int i = 0; i < launches; i++)
+                if (f32Activations) MatmulKernels.Gemv(s, y32, weights[i % copies], x32, n, k);
+                else MatmulKernels.Gemv(s, y, weights[i % copies], x, n, k);
         });
         double ms = MedianMs(gpu, stream, () => graph.Launch(stream)) / launches;
         foreach (DeviceBuffer<ushort> w in weights) w.Dispose();
-        double gbs = (bytes + 2.0 * k + 2.0 * n) / (ms * 1e6);
-        return new Row(programmatic ? "bf16 GEMV, programmatic launch" : "bf16 GEMV", $"[{n}×{k}]", ms * 1000, $"{gbs:F0} GB/s", gbs / copyGBs, "D2D copy");
+        int activationBytes = f32Activations ? 4 : 2;
+        double gbs = (bytes + activationBytes * ((double)k + n)) / (ms * 1e6);
+        string kernel = (f32Activations ? "fp32-activation GEMV" : "bf16 GEMV") + (programmatic ? ", programmatic launch" : "");
+        return new Row(kernel, $"[{n}×{k}]", ms * 1000, $"{gbs:F0} GB/s", gbs / copyGBs, "D2D copy");
     }
 
     private static IEnumerable<Row> Gemm(CudaContext gpu, CudaStream stream, Random random, int m, int n, int k)

@@ -1,7 +1,8 @@
-// bf16 GEMV for decode: y[n] = sum_k W[n, k] * x[k], fp32 accumulation.
+// GEMV for decode against bf16 weights: y[n] = sum_k W[n, k] * x[k], fp32 accumulation.
 //   W [N, K] bf16, row-major (nn.Linear weight: out_features x in_features)
-//   x [K]    bf16
-//   y [N]    bf16 (kimi_gemv_bf16) or fp32 (kimi_gemv_bf16_f32, e.g. logits)
+//   x [K]    bf16 (kimi_gemv_bf16, kimi_gemv_bf16_f32) or fp32 (kimi_gemv_f32: the CUDA backend's fp32 activations)
+//   y [N]    bf16 (kimi_gemv_bf16) or fp32 (kimi_gemv_bf16_f32, e.g. logits; kimi_gemv_f32)
+// The three share one layout; an fp32 x only doubles the bytes of x each lane reads (from L1/L2: x is a few KB).
 // Memory-bound: every weight byte is read once, so the goal is the copy bandwidth. What decides the time at the decode
 // shapes (~20 MB a kernel) is how much of each kernel's weights is already requested when it starts waiting for its
 // predecessor (programmatic dependent launch, below): those bytes stream during the predecessor's tail.
@@ -43,6 +44,39 @@ __device__ __forceinline__ float dot8(uint4 w, uint4 x, float acc)
     return acc;
 }
 
+// The 8 values of x under 16-byte weight vector kk (zeros when `in` is false): bf16 as one uint4, fp32 as two float4.
+struct f32x8
+{
+    float4 lo, hi;
+};
+
+__device__ __forceinline__ uint4 load_x8(const uint16_t* __restrict__ x, int kk, bool in)
+{
+    return in ? __ldg(reinterpret_cast<const uint4*>(x) + kk) : make_uint4(0, 0, 0, 0);
+}
+
+__device__ __forceinline__ f32x8 load_x8(const float* __restrict__ x, int kk, bool in)
+{
+    const float4* x4 = reinterpret_cast<const float4*>(x) + 2 * kk;
+    return in ? f32x8{__ldg(x4), __ldg(x4 + 1)} : f32x8{make_float4(0, 0, 0, 0), make_float4(0, 0, 0, 0)};
+}
+
+__device__ __forceinline__ float dot8(uint4 w, f32x8 x, float acc)
+{
+    acc = fmaf(bf16_lo(w.x), x.lo.x, acc);
+    acc = fmaf(bf16_hi(w.x), x.lo.y, acc);
+    acc = fmaf(bf16_lo(w.y), x.lo.z, acc);
+    acc = fmaf(bf16_hi(w.y), x.lo.w, acc);
+    acc = fmaf(bf16_lo(w.z), x.hi.x, acc);
+    acc = fmaf(bf16_hi(w.z), x.hi.y, acc);
+    acc = fmaf(bf16_lo(w.w), x.hi.z, acc);
+    acc = fmaf(bf16_hi(w.w), x.hi.w, acc);
+    return acc;
+}
+
+__device__ __forceinline__ float load_x1(const uint16_t* x, int k) { return bf16_to_f32(x[k]); }
+__device__ __forceinline__ float load_x1(const float* x, int k) { return x[k]; }
+
 __device__ __forceinline__ void store_out(float* y, int i, float v) { y[i] = v; }
 __device__ __forceinline__ void store_out(uint16_t* y, int i, float v) { y[i] = f32_to_bf16(v); }
 
@@ -77,8 +111,8 @@ __device__ __forceinline__ void wait_for_predecessor()
 #endif
 }
 
-template <typename OutT>
-__device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __restrict__ W, const uint16_t* __restrict__ x,
+template <typename OutT, typename InT>
+__device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __restrict__ W, const InT* __restrict__ x,
                                      int N, int K)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -95,7 +129,6 @@ __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __res
     if ((K & 7) == 0 && aligned16(W) && aligned16(x))
     {
         const int K8 = K >> 3;
-        const uint4* x8 = reinterpret_cast<const uint4*>(x);
         const uint4* w8[GEMV_ROWS];
 #pragma unroll
         for (int r = 0; r < GEMV_ROWS; r++) w8[r] = reinterpret_cast<const uint4*>(W + static_cast<size_t>(min(row0 + r, N - 1)) * K);
@@ -117,12 +150,12 @@ __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __res
                 const int c = c0 + d;
                 if (c < chunks)
                 {
-                    uint4 xv[GEMV_UNROLL];
+                    decltype(load_x8(x, 0, false)) xv[GEMV_UNROLL];
 #pragma unroll
                     for (int u = 0; u < GEMV_UNROLL; u++)
                     {
                         const int kk = slot_vector(c * GEMV_UNROLL + u, s, lane);
-                        xv[u] = kk < K8 ? __ldg(x8 + kk) : make_uint4(0, 0, 0, 0);
+                        xv[u] = load_x8(x, kk, kk < K8);
                     }
 #pragma unroll
                     for (int u = 0; u < GEMV_UNROLL; u++)
@@ -138,7 +171,7 @@ __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __res
         wait_for_predecessor();
         for (int k = s * 32 + lane; k < K; k += GEMV_SPLIT * 32)
         {
-            const float xk = bf16_to_f32(x[k]);
+            const float xk = load_x1(x, k);
 #pragma unroll
             for (int r = 0; r < GEMV_ROWS; r++)
                 acc[r] = fmaf(bf16_to_f32(W[static_cast<size_t>(min(row0 + r, N - 1)) * K + k]), xk, acc[r]);
@@ -171,6 +204,12 @@ kimi_gemv_bf16(uint16_t* __restrict__ y, const uint16_t* __restrict__ W, const u
 
 extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
 kimi_gemv_bf16_f32(float* __restrict__ y, const uint16_t* __restrict__ W, const uint16_t* __restrict__ x, int N, int K)
+{
+    gemv(y, W, x, N, K);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
+kimi_gemv_f32(float* __restrict__ y, const uint16_t* __restrict__ W, const float* __restrict__ x, int N, int K)
 {
     gemv(y, W, x, N, K);
 }
