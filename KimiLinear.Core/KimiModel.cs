@@ -181,21 +181,48 @@ public sealed partial class KimiModel : IDisposable
     private float[] ForwardPiece(SessionState state, ReadOnlySpan<int> tokens, Logits wanted, MlaForm attention, Action<int, float[]>? onHidden)
     {
         var backend = Backend;
+        int count = tokens.Length, position = state.Length;
+        bool absorbed = attention switch { MlaForm.Absorbed => true, MlaForm.Expanded => false, _ => count == 1 };
+        for (int i = 0; i < _layers.Length; i++)
+            _layers[i].Mla?.Reserve(backend, state.Mla[i]!, position, position + count);
+
         using var step = backend.BeginForward();
+        Tensor? logits;
+        if (count == 1 && wanted != Logits.None && onHidden is null)
+        {
+            // A decode step: the same work every token, so a backend may record it once and replay it.
+            int token = tokens[0];
+            logits = backend.RunDecodeStep(state, token, position, () => Compute(state, [token], position, wanted, absorbed, null)!);
+        }
+        else
+            logits = Compute(state, tokens, position, wanted, absorbed, onHidden);
+        state.Length += count;
+        if (logits is null)
+            return [];
+        var result = new float[logits.Length];
+        backend.Download(logits, result);
+        return result;
+    }
+
+    /// <summary>
+    /// Queues the layers over <paramref name="tokens"/> at <paramref name="position"/> and returns the logits tensor
+    /// (null for <see cref="Logits.None"/>). Reads the state and writes it; <see cref="SessionState.Length"/> is the caller's.
+    /// </summary>
+    private Tensor? Compute(SessionState state, ReadOnlySpan<int> tokens, int position, Logits wanted, bool absorbed, Action<int, float[]>? onHidden)
+    {
+        var backend = Backend;
         int count = tokens.Length;
         var hidden = backend.Allocate(count, Config.HiddenSize); // [T, D] residual stream, fp32
         backend.Embed(_embedding, tokens, hidden);
         Capture(onHidden, 0, hidden);
-        bool absorbed = attention switch { MlaForm.Absorbed => true, MlaForm.Expanded => false, _ => count == 1 };
         for (int i = 0; i < _layers.Length; i++)
         {
-            _layers[i].Forward(backend, hidden, state.Kda[i], state.Mla[i], absorbed);
+            _layers[i].Forward(backend, hidden, state.Kda[i], state.Mla[i], position, absorbed);
             if (i < _layers.Length - 1)
                 Capture(onHidden, i + 1, hidden);
         }
-        state.Length += count;
         if (wanted == Logits.None)
-            return [];
+            return null;
 
         if (wanted == Logits.Last && count > 1)
         {
@@ -208,9 +235,7 @@ public sealed partial class KimiModel : IDisposable
         Capture(onHidden, _layers.Length, normed);
         var logits = backend.Allocate(hidden.Rows, Config.VocabSize); // [T or 1, vocab]
         backend.MatMul(normed, _lmHead, logits);
-        var result = new float[logits.Length];
-        backend.Download(logits, result);
-        return result;
+        return logits;
     }
 
     private void Capture(Action<int, float[]>? onHidden, int index, Tensor hidden)

@@ -52,6 +52,15 @@ internal interface IKimiBackend
     /// device's work in order serialises steps here.
     /// </summary>
     IDisposable BeginForward();
+    /// <summary>
+    /// Runs one decode step of <paramref name="state"/>'s session: <paramref name="step"/> queues the whole step for
+    /// <paramref name="token"/> at <paramref name="position"/> and returns the logits tensor. A backend may record the
+    /// work the first time and replay the recording on later steps without calling <paramref name="step"/> (a CUDA
+    /// graph), kept in <see cref="SessionState.DecodeRecording"/>: so the step queues the same work every token, and
+    /// the token and position reach kernels only through <see cref="Embed"/>, the cache row of
+    /// <see cref="WriteConcatenatedRows"/> and the start of <see cref="MlaAttention"/>.
+    /// </summary>
+    Tensor RunDecodeStep(SessionState state, int token, int position, Func<Tensor> step);
     /// <summary>Most tokens one forward step takes; a longer prompt is run in pieces of this size (bounded activation memory).</summary>
     int MaxTokensPerForward { get; }
     /// <summary>Copies host floats into <paramref name="destination"/> (row-major, whole tensor).</summary>

@@ -28,7 +28,7 @@ internal static class SessionStateFile
                 foreach (var t in kda.Tensors)
                     WriteRows(writer, backend, t, t.Rows);
             if (state.Mla[i] is { } mla)
-                WriteRows(writer, backend, mla.Latent, mla.Length);
+                WriteRows(writer, backend, mla.Latent, state.Length);
         }
     }
 
@@ -63,7 +63,6 @@ internal static class SessionStateFile
                         if (length > mla.Latent.Rows)
                             mla.Latent = backend.GrowRows(mla.Latent, 0, length);
                         ReadRows(reader, backend, mla.Latent, length);
-                        mla.Length = length;
                     }
                 }
                 if (stream.CanSeek && stream.Position != stream.Length)

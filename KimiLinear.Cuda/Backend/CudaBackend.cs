@@ -37,6 +37,13 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
     private MoeDecodeScratch? _moeDecodeScratch;
     private MoePrefillScratch? _moePrefillScratch;
 
+    // The decode step being run: its token and position live in device memory, so that a recorded step (a CUDA graph)
+    // replays with new ones: two memsets before the launch set them.
+    private readonly DeviceBuffer<int> _stepInputs; // [2]: token, position
+    private bool _inDecodeStep;
+    private int _stepPosition;
+    private bool _decodeWarm;                       // a decode step ran unrecorded: every lazy allocation is done
+
     public CudaBackend(CudaContext context)
     {
         _context = context;
@@ -44,11 +51,64 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
         _arena = new StepArena(context);
         _weights = new DeviceWeights(context, _stream);
         _cublas = CublasLtGemm.TryCreate(context, out _);
+        _stepInputs = context.Allocate<int>(2);
+        // Module loads synchronise, which a graph capture forbids: load every kernel now. Programmatic dependent launch
+        // lets each GEMV stream its weights while its predecessor drains (kernels/gemv.cu).
+        context.Kernels.LoadAll();
+        context.Kernels.ProgrammaticLaunch = true;
     }
 
     public string DeviceName => _context.Device.Name;
 
     public int MaxTokensPerForward => PrefillPieceTokens;
+
+    public Tensor RunDecodeStep(SessionState state, int token, int position, Func<Tensor> step)
+    {
+        _stepInputs.Slice(0, 1).Fill(token, _stream);
+        _stepInputs.Slice(1, 1).Fill(position, _stream);
+        var caches = state.Mla.OfType<MlaLayerState>().Select(m => m.Latent).ToArray();
+        if (state.DecodeRecording is DecodeRecording recording && recording.Fits(_arena.Generation, caches))
+        {
+            recording.Graph.Launch(_stream);
+            return recording.Logits;
+        }
+        state.DecodeRecording?.Dispose();
+        state.DecodeRecording = null;
+        (_inDecodeStep, _stepPosition) = (true, position);
+        try
+        {
+            if (!_decodeWarm)
+            {
+                // The first decode step runs as it is: it uploads parameters and sizes scratch, which a capture forbids.
+                var logits = step();
+                _decodeWarm = true;
+                return logits;
+            }
+            Tensor? result = null;
+            var graph = _stream.Capture(_ => result = step());
+            state.DecodeRecording = new DecodeRecording(graph, result!, _arena.Generation, caches);
+            graph.Launch(_stream);
+            return result!;
+        }
+        finally
+        {
+            _inDecodeStep = false;
+        }
+    }
+
+    /// <summary>A session's recorded decode step and what its addresses depend on.</summary>
+    private sealed class DecodeRecording(CudaGraph graph, Tensor logits, int arenaGeneration, Tensor[] caches) : IDisposable
+    {
+        public CudaGraph Graph { get; } = graph;
+        /// <summary>[1, vocab] where a replay leaves the logits.</summary>
+        public Tensor Logits { get; } = logits;
+
+        /// <summary>Whether the step memory and the caches are where they were when recorded.</summary>
+        public bool Fits(int generation, Tensor[] current) =>
+            generation == arenaGeneration && current.Length == caches.Length && current.Zip(caches).All(p => ReferenceEquals(p.First, p.Second));
+
+        public void Dispose() => Graph.Dispose();
+    }
 
     public void PrepareWeights(IReadOnlyList<WeightMatrix> matrices, IReadOnlyList<MoeExperts> experts, IProgress<long> uploaded,
         CancellationToken cancellationToken)
@@ -177,7 +237,8 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
     // ---- dense layers ----
 
     public void Embed(WeightMatrix table, ReadOnlySpan<int> ids, Tensor x) =>
-        ActivationKernels.Embed(_stream, Device(x).F32, _weights.Of(table), Indices(ids), ids.Length, table.Cols, table.Rows);
+        ActivationKernels.Embed(_stream, Device(x).F32, _weights.Of(table), _inDecodeStep ? _stepInputs.Slice(0, 1) : Indices(ids),
+            ids.Length, table.Cols, table.Rows);
 
     public void RmsNorm(Tensor x, float[] weight, float eps, Tensor y) =>
         ActivationKernels.RmsNorm(_stream, Device(y).F32, Device(x).F32, _weights.Of(weight), x.Rows, x.Cols, eps);
@@ -352,11 +413,14 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
     }
 
     /// <summary>
-    /// A device int holding <paramref name="value"/>, set by a memset on the stream: kernels that a replayed graph runs
-    /// with a different value each step (cache rows, positions) read it from device memory.
+    /// A device int holding the position <paramref name="value"/>: kernels that a replayed decode step runs with a new
+    /// position each token (cache rows, attention starts) read it from device memory.
     /// </summary>
     private DeviceSpan<int> Scalar(int value)
     {
+        if (_inDecodeStep)
+            return value == _stepPosition ? _stepInputs.Slice(1, 1)
+                : throw new InvalidOperationException($"A decode step at position {_stepPosition} asked for position {value}; a recorded step can only vary its own position.");
         var span = _arena.Rent<int>(1);
         span.Fill(value, _stream);
         return span;
@@ -374,6 +438,7 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
             _cublas?.Dispose();
             _weights.Dispose();
             _arena.Dispose();
+            _stepInputs.Dispose();
             _stream.Dispose();
         }
     }

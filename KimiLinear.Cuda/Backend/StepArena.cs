@@ -14,6 +14,9 @@ internal sealed class StepArena(CudaContext context) : IDisposable
     private readonly List<DeviceArena> _blocks = [];
     private long _peak;
 
+    /// <summary>Changes whenever memory rented before may have moved: a recording of rented addresses is stale then.</summary>
+    public int Generation { get; private set; }
+
     /// <summary>Rents <paramref name="length"/> elements, valid until the next <see cref="Reset"/>.</summary>
     public DeviceSpan<T> Rent<T>(long length) where T : unmanaged
     {
@@ -36,6 +39,7 @@ internal sealed class StepArena(CudaContext context) : IDisposable
                 block.Dispose();
             _blocks.Clear();
             _blocks.Add(new DeviceArena(context, Math.Max(MinimumBlockBytes, _peak)));
+            Generation++;
         }
         foreach (var block in _blocks)
             block.Reset();
