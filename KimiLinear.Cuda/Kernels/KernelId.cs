@@ -25,6 +25,12 @@ internal enum KernelId
     KdaChunkIntraBf16,
     KdaChunkPrefillF32,
     KdaChunkPrefillBf16,
+    MlaAbsorbQuery,
+    MlaAbsorbOutput,
+    MlaDecodePartial,
+    MlaDecodeCombine,
+    MlaPrefillD192V128,
+    MlaPrefillGeneral,
 }
 
 /// <summary>Where each <see cref="KernelId"/> lives: its module (the <c>.cu</c> file's name) and its <c>extern "C"</c> name.</summary>
@@ -58,6 +64,12 @@ internal static class KernelCatalog
         KernelId.KdaChunkIntraBf16 => new("kda", "kimi_kda_chunk_intra_bf16"),
         KernelId.KdaChunkPrefillF32 => new("kda", "kimi_kda_chunk_prefill_f32"),
         KernelId.KdaChunkPrefillBf16 => new("kda", "kimi_kda_chunk_prefill_bf16"),
+        KernelId.MlaAbsorbQuery => new("mla", "kimi_mla_absorb_query"),
+        KernelId.MlaAbsorbOutput => new("mla", "kimi_mla_absorb_output"),
+        KernelId.MlaDecodePartial => new("mla", "kimi_mla_decode_partial"),
+        KernelId.MlaDecodeCombine => new("mla", "kimi_mla_decode_combine"),
+        KernelId.MlaPrefillD192V128 => new("mla", "kimi_mla_prefill_d192_v128"),
+        KernelId.MlaPrefillGeneral => new("mla", "kimi_mla_prefill_general"),
         _ => throw new ArgumentOutOfRangeException(nameof(id), id, "no catalog entry for this kernel id"),
     };
 
