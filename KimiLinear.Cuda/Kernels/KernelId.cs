@@ -39,6 +39,12 @@ internal enum KernelId
     Bf16ToF32,
     GemvF32,
     GemmBf16F32,
+    MlaAbsorbQuery,
+    MlaAbsorbOutput,
+    MlaDecodePartial,
+    MlaDecodeCombine,
+    MlaPrefillD192V128,
+    MlaPrefillGeneral,
 }
 
 /// <summary>Where each <see cref="KernelId"/> lives: its module (the <c>.cu</c> file's name) and its <c>extern "C"</c> name.</summary>
@@ -86,6 +92,12 @@ internal static class KernelCatalog
         KernelId.Bf16ToF32 => new("activations", "kimi_bf16_to_f32"),
         KernelId.GemvF32 => new("gemv", "kimi_gemv_f32", Programmatic: true),
         KernelId.GemmBf16F32 => new("gemm", "kimi_gemm_bf16_f32"),
+        KernelId.MlaAbsorbQuery => new("mla", "kimi_mla_absorb_query"),
+        KernelId.MlaAbsorbOutput => new("mla", "kimi_mla_absorb_output"),
+        KernelId.MlaDecodePartial => new("mla", "kimi_mla_decode_partial"),
+        KernelId.MlaDecodeCombine => new("mla", "kimi_mla_decode_combine"),
+        KernelId.MlaPrefillD192V128 => new("mla", "kimi_mla_prefill_d192_v128"),
+        KernelId.MlaPrefillGeneral => new("mla", "kimi_mla_prefill_general"),
         _ => throw new ArgumentOutOfRangeException(nameof(id), id, "no catalog entry for this kernel id"),
     };
 
