@@ -45,6 +45,15 @@ internal enum KernelId
     MlaDecodeCombine,
     MlaPrefillD192V128,
     MlaPrefillGeneral,
+    MoeRouteF32,
+    MoeDecodeGateUp,
+    MoeDecodeDown,
+    MoePrefillCount,
+    MoePrefillSchedule,
+    MoePrefillPlace,
+    MoePrefillGateUp,
+    MoePrefillDown,
+    MoePrefillCombine,
 }
 
 /// <summary>Where each <see cref="KernelId"/> lives: its module (the <c>.cu</c> file's name) and its <c>extern "C"</c> name.</summary>
@@ -98,6 +107,15 @@ internal static class KernelCatalog
         KernelId.MlaDecodeCombine => new("mla", "kimi_mla_decode_combine"),
         KernelId.MlaPrefillD192V128 => new("mla", "kimi_mla_prefill_d192_v128"),
         KernelId.MlaPrefillGeneral => new("mla", "kimi_mla_prefill_general"),
+        KernelId.MoeRouteF32 => new("moe", "kimi_moe_route_f32", Programmatic: true),
+        KernelId.MoeDecodeGateUp => new("moe", "kimi_moe_decode_gate_up", Programmatic: true),
+        KernelId.MoeDecodeDown => new("moe", "kimi_moe_decode_down", Programmatic: true),
+        KernelId.MoePrefillCount => new("moe", "kimi_moe_prefill_count"),
+        KernelId.MoePrefillSchedule => new("moe", "kimi_moe_prefill_schedule"),
+        KernelId.MoePrefillPlace => new("moe", "kimi_moe_prefill_place"),
+        KernelId.MoePrefillGateUp => new("moe", "kimi_moe_prefill_gate_up"),
+        KernelId.MoePrefillDown => new("moe", "kimi_moe_prefill_down"),
+        KernelId.MoePrefillCombine => new("moe", "kimi_moe_prefill_combine"),
         _ => throw new ArgumentOutOfRangeException(nameof(id), id, "no catalog entry for this kernel id"),
     };
 

@@ -29,6 +29,9 @@ using std::max;
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
 #define __cluster_dims__(...)
+// Static __shared__ arrays (common.cuh's block reductions): one copy, which is right while one block runs at a time
+// (clusters of 1 block); dynamic shared memory is per block.
+#define __shared__ static
 
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
@@ -52,6 +55,11 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
     return {uint16_t(u >> 16)};
 }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+// Used by kernels/common.cuh, moe.cu and mla.cu.
+inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
+template <typename T> inline T __ldg(const T* p) { return *p; }
+template <typename T> inline T __ldcs(const T* p) { return *p; }
+inline int atomicAdd(int* p, int v) { int old = *p; *p += v; return old; }   // fibers never run at the same time
 inline float __expf(float x) { return std::exp(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 inline uint16_t __bfloat16_as_ushort(__nv_bfloat16 h) { return h.bits; }
