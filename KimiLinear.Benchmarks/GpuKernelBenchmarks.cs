@@ -8,12 +8,13 @@ using KimiLinear.Numerics;
 namespace KimiLinear.Benchmarks;
 
 /// <summary>
-/// <c>dotnet KimiLinear.Benchmarks.dll gpu [report.md]</c>: times the CUDA kernels on the GPU with CUDA events
+/// <c>dotnet KimiLinear.Benchmarks.dll gpu [report.md [moe]]</c>: times the CUDA kernels on the GPU with CUDA events
 /// (median of 50 timed runs after warm-up, random data) and prints one table with the fraction of each ceiling:
 /// the device-to-device copy bandwidth measured in the same run for memory-bound kernels, the H100's ~798 TFLOP/s
 /// bf16 rate for GEMMs. Kernels whose working set would fit in L2 rotate over enough copies of their inputs to
 /// exceed it, so the numbers are DRAM numbers. GEMVs are timed as 64 launches captured in one CUDA graph, as decode
-/// will run them, with and without programmatic dependent launch; the table gives the time per GEMV.
+/// will run them, with and without programmatic dependent launch; the table gives the time per GEMV. A third argument
+/// <c>moe</c> times only the copy and the MoE kernels (<see cref="Moe"/>).
 /// </summary>
 internal static class GpuKernelBenchmarks
 {
@@ -39,6 +40,11 @@ internal static class GpuKernelBenchmarks
         var random = new Random(42);
 
         double copyGBs = CopyBandwidth(gpu, stream, rows);
+        if (args.Length > 2 && args[2] == "moe")
+        {
+            rows.AddRange(Moe(gpu, stream, random, copyGBs));
+            return Report(args, header, rows);
+        }
         foreach (bool programmatic in new[] { false, true })
         {
             gpu.Kernels.ProgrammaticLaunch = programmatic;
@@ -50,7 +56,12 @@ internal static class GpuKernelBenchmarks
         }
         rows.AddRange(Gemm(gpu, stream, random, 32_768, 4096, 2304));
         rows.AddRange(RowKernels(gpu, stream, random, copyGBs));
+        rows.AddRange(Moe(gpu, stream, random, copyGBs));
+        return Report(args, header, rows);
+    }
 
+    private static int Report(string[] args, string header, List<Row> rows)
+    {
         var table = new StringBuilder();
         table.AppendLine($"Card: {header}");
         table.AppendLine();
@@ -202,6 +213,92 @@ internal static class GpuKernelBenchmarks
             rows.Add(MemoryRow("argmax", shape, ms, 4.0 * Batch * Vocab));
             ms = MedianMs(gpu, stream, () => SamplingKernels.SampleTopKTopP(stream, tokens, logits, u, Batch, Vocab, 50, 0.8f, 0.95f));
             rows.Add(MemoryRow("top-k/top-p sample (k=50)", shape, ms, 4.0 * Batch * Vocab));
+        }
+        return rows;
+    }
+
+    /// <summary>
+    /// The MoE kernels at the model's expert shape (D = 2304, F = 1024, A = 8): the router (decode, E = 256; prefill,
+    /// E = 64); the decode experts at E = 256, 16 calls with different expert sets captured in one graph (the weights
+    /// they read, 8 × 3 × 4.7 MB a token, far exceed L2), against the copy bandwidth; the prefill experts at E = 64
+    /// for T = 1K and 32K with routed ids, against the bf16 peak (FLOPs = T·A·3·2·F·D).
+    /// </summary>
+    private static IEnumerable<Row> Moe(CudaContext gpu, CudaStream stream, Random random, double copyGBs)
+    {
+        const int D = 2304, F = 1024, A = 8;
+        var rows = new List<Row>();
+        var rule = new MoeRoutingRule(1, 1, true, 2.446f, false);
+        // The router reads T·E logits and writes T·A ids and weights.
+        Row RouteRow(int t, int e, double ms)
+        {
+            double gbs = ((double)t * e * 4 + (double)t * A * 8) / (ms * 1e6);
+            return new Row("MoE route", $"T={t}, E={e}, A={A}", ms * 1000, $"{gbs:F0} GB/s", gbs / copyGBs, "D2D copy");
+        }
+        DeviceBuffer<float> RandomF32(long length, float scale)
+        {
+            var host = new float[length];
+            for (long i = 0; i < length; i++) host[i] = (float)(random.NextDouble() * 2 - 1) * scale;
+            DeviceBuffer<float> buffer = gpu.Allocate<float>(length);
+            buffer.CopyFrom(host, stream);
+            return buffer;
+        }
+
+        // Decode: E = 256 (the real model).
+        {
+            const int E = 256, Sets = 16;
+            var shape = new MoeShape(D, E, A, F);
+            using DeviceBuffer<ushort> gateUp = RandomBf16(gpu, stream, random, 2L * E * F * D), down = RandomBf16(gpu, stream, random, (long)E * D * F);
+            using DeviceBuffer<float> logits = RandomF32(E, 4), bias = RandomF32(E, 0.1f), weights = gpu.Allocate<float>(A);
+            using DeviceBuffer<int> route = gpu.Allocate<int>(A);
+            double ms = MedianMs(gpu, stream, () => MoeKernels.Route(stream, route, weights, logits, bias, shape, rule, 1));
+            rows.Add(RouteRow(1, E, ms));
+
+            foreach (int t in new[] { 1, 4 })
+            {
+                // Sets of distinct experts per token, so that consecutive calls in the graph read different weights.
+                var ids = new int[Sets * t * A];
+                for (int i = 0; i < Sets * t; i++)
+                    Enumerable.Range(0, E).OrderBy(_ => random.Next()).Take(A).ToArray().CopyTo(ids, i * A);
+                int unique = Enumerable.Range(0, Sets).Sum(set => ids.AsSpan(set * t * A, t * A).ToArray().Distinct().Count()) / Sets;
+                using DeviceBuffer<int> dIds = gpu.Allocate<int>(ids.Length);
+                dIds.CopyFrom(ids, stream);
+                using DeviceBuffer<float> x = RandomF32((long)t * D, 1), w = RandomF32(Sets * t * A, 1), output = gpu.Allocate<float>((long)t * D);
+                using var scratch = new MoeDecodeScratch(gpu, shape, t);
+                foreach (bool programmatic in new[] { false, true })
+                {
+                    gpu.Kernels.ProgrammaticLaunch = programmatic;
+                    using CudaGraph graph = stream.Capture(s =>
+                    {
+                        for (int set = 0; set < Sets; set++)
+                            MoeKernels.DecodeExperts(s, output, x, dIds.Span.Slice(set * t * A, t * A), w.Span.Slice(set * t * A, t * A), gateUp, down, scratch, shape, t);
+                    });
+                    ms = MedianMs(gpu, stream, () => graph.Launch(stream)) / Sets;
+                    double bytes = unique * 3.0 * F * D * 2;
+                    double gbs = bytes / (ms * 1e6);
+                    rows.Add(new Row(programmatic ? "MoE decode experts, programmatic launch" : "MoE decode experts",
+                        $"T={t}, E={E}, A={A}, D={D}, F={F} ({unique} experts, {bytes / 1e6:F0} MB)", ms * 1000, $"{gbs:F0} GB/s", gbs / copyGBs, "D2D copy"));
+                }
+                gpu.Kernels.ProgrammaticLaunch = gpu.Device.ComputeCapability.Major >= 9;
+            }
+        }
+
+        // Prefill: E = 64 (the proxy), ids from the router on random logits.
+        {
+            const int E = 64;
+            var shape = new MoeShape(D, E, A, F);
+            using DeviceBuffer<ushort> gateUp = RandomBf16(gpu, stream, random, 2L * E * F * D), down = RandomBf16(gpu, stream, random, (long)E * D * F);
+            using DeviceBuffer<float> bias = RandomF32(E, 0.1f);
+            foreach (int t in new[] { 1024, 32_768 })
+            {
+                using DeviceBuffer<float> logits = RandomF32((long)t * E, 4), weights = gpu.Allocate<float>((long)t * A);
+                using DeviceBuffer<float> x = RandomF32((long)t * D, 1), output = gpu.Allocate<float>((long)t * D);
+                using DeviceBuffer<int> ids = gpu.Allocate<int>((long)t * A);
+                double ms = MedianMs(gpu, stream, () => MoeKernels.Route(stream, ids, weights, logits, bias, shape, rule, t));
+                rows.Add(RouteRow(t, E, ms));
+                using var scratch = new MoePrefillScratch(gpu, shape, t);
+                ms = MedianMs(gpu, stream, () => MoeKernels.PrefillExperts(stream, output, x, ids, weights, gateUp, down, scratch, shape, t));
+                rows.Add(GemmRow("MoE prefill experts (grouped mma.sync)", $"T={t}, E={E}, A={A}, D={D}, F={F}", ms, (double)t * A * 6 * F * D));
+            }
         }
         return rows;
     }

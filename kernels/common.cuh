@@ -59,3 +59,19 @@ __device__ __forceinline__ float block_max(float v)
     v = lane < (blockDim.x >> 5) ? scratch[lane] : -INFINITY;
     return warp_max(v);
 }
+
+// Programmatic dependent launch (sm_90+; see gemv.cu): let the next kernel launch now, and wait until the previous
+// kernel has finished and its writes are visible. Launched without the attribute, the wait returns at once.
+__device__ __forceinline__ void allow_successor()
+{
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wait_for_predecessor()
+{
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}

@@ -4,49 +4,17 @@
 //   B [N, K] bf16, row-major (nn.Linear weight, so this is x @ W^T)
 //   C [M, N] row-major: bf16 (kimi_gemm_bf16) or fp32 (kimi_gemm_bf16_f32: the CUDA backend's fp32 activations)
 // Tiles: block 128 x 128 x 64, 256 threads = 8 warps as 2 (M) x 4 (N), each warp 64 x 32 through
-// mma.sync.m16n8k16 (bf16 -> fp32). A three-stage cp.async pipeline feeds shared memory; in shared memory the 16-byte
-// chunk c of tile row r is stored at position c ^ (r & 7), so the eight row addresses of each ldmatrix phase fall in
-// eight different bank groups.
+// mma.sync.m16n8k16 (bf16 -> fp32). A three-stage cp.async pipeline feeds shared memory, in the swizzled tile layout
+// of mma.cuh (shared with the grouped GEMMs of moe.cu).
 // Launch: grid (ceil(N / 128), ceil(M / 128)) — consecutive blocks share an A tile and sweep B, which stays in L2;
 // 256 threads; GEMM_SMEM_BYTES (96 KiB) of dynamic shared memory, so the caller raises the function's limit first.
 // Preconditions: K % 8 == 0, lda % 8 == 0, lda >= K, and A, B 16-byte aligned (cp.async moves 16-byte chunks). M, N,
 // and K % 64 are free: edge chunks are zero-filled and edge stores predicated.
-#include "common.cuh"
+#include "mma.cuh"
 
-constexpr int BM = 128, BN = 128, BK = 64, STAGES = 3, THREADS = 256;
+constexpr int BM = 128, BN = 128, BK = TILE_K, STAGES = 3, THREADS = 256;
 constexpr int GEMM_SMEM_BYTES = STAGES * (BM + BN) * BK * 2;
 static_assert(GEMM_SMEM_BYTES == 96 * 1024, "MatmulKernels.GemmSharedBytes (C#) launches with 96 KiB");
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
-
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool pred)
-{
-    // src-size 0 zero-fills the 16 bytes without reading global memory.
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 16 : 0));
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
-{
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-                 "{%0, %1, %2, %3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Offset (in elements) of chunk `chunk` of row `row` in a swizzled [rows][BK] tile.
-__device__ __forceinline__ int swizzled(int row, int chunk) { return row * BK + ((chunk ^ (row & 7)) << 3); }
 
 // Copies the 128 x 64 tile of `src` ([rows, K] row-major, rows ld elements apart) starting at (row0, k0) into `tile`;
 // 4 chunks per thread.

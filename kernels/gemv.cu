@@ -113,21 +113,6 @@ __device__ __forceinline__ void load_chunk(uint4 (&wv)[L::ROWS][L::UNROLL], cons
     }
 }
 
-// Let the next kernel launch now, then wait until the previous kernel has finished and its writes are visible.
-__device__ __forceinline__ void allow_successor()
-{
-#if __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void wait_for_predecessor()
-{
-#if __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-
 template <typename L, typename OutT, typename InT>
 __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __restrict__ W, const InT* __restrict__ x,
                                      int N, int K)

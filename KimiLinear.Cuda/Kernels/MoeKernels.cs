@@ -1,0 +1,317 @@
+using KimiLinear.Cuda.Memory;
+
+namespace KimiLinear.Cuda.Kernels;
+
+/// <summary>The expert geometry of one MoE layer.</summary>
+/// <param name="Hidden">D, the model width (a multiple of 8).</param>
+/// <param name="Experts">E, the routed experts (at most <see cref="MoeKernels.MaxExperts"/>).</param>
+/// <param name="ExpertsPerToken">A, the experts each token uses (at most E and <see cref="MoeKernels.MaxExpertsPerToken"/>).</param>
+/// <param name="Intermediate">F, each expert's width (a multiple of 8).</param>
+internal readonly record struct MoeShape(int Hidden, int Experts, int ExpertsPerToken, int Intermediate);
+
+/// <summary>How the router turns scores into choices and weights (spec §4; CpuBackend.MoeRoute has the same rule).</summary>
+/// <param name="Groups">Expert groups (1: plain top-k); at most <see cref="MoeKernels.MaxGroups"/>, dividing E.</param>
+/// <param name="TopKGroups">Groups that stay eligible when <paramref name="Groups"/> &gt; 1 (1..Groups).</param>
+/// <param name="Renormalize">Divide the chosen weights by their sum (+1e-20).</param>
+/// <param name="ScalingFactor">Multiplies every weight last.</param>
+/// <param name="BiasedWeights">Weights from the bias-corrected scores instead of the plain sigmoid scores.</param>
+internal readonly record struct MoeRoutingRule(int Groups, int TopKGroups, bool Renormalize, float ScalingFactor, bool BiasedWeights);
+
+/// <summary>
+/// The routed experts of an MoE layer on the GPU (<c>kernels/moe.cu</c>; its opening comment has the math and the
+/// launch geometry): the router's choice, the experts for decode (GEMVs over only the chosen experts' weights) and for
+/// prefill (tokens grouped per expert, grouped GEMMs on the tensor cores). The shared expert is not part of these.
+/// </summary>
+/// <remarks>
+/// Activations are fp32, weights bf16 (<see cref="ushort"/> bits) stacked per expert: <c>gateUp</c> [E, 2F, D] (rows
+/// [0, F) of expert e are w1, the gate; [F, 2F) are w3, the up projection) and <c>down</c> [E, D, F] (w2). Both expert
+/// paths compute output[t] += Σ_a weights[t, a] · w2·(silu(w1·x̃) ⊙ (w3·x̃)) with x̃ = x rounded to bf16 and the hidden
+/// rounded to bf16 before w2, in fp32, summing over a in a fixed order: the results are deterministic, and decode and
+/// prefill agree up to fp32 rounding. A token's A expert ids must be distinct (as <see cref="Route"/> makes them); an id
+/// outside [0, E) makes that token's output NaN instead of reading out of bounds. Every span must start 16-byte aligned
+/// (whole buffers and arena spans are).
+/// </remarks>
+internal static unsafe class MoeKernels
+{
+    /// <summary>Most experts a layer may have (the router keeps a token's E scores in one warp's registers).</summary>
+    public const int MaxExperts = 1024;          // MOE_MAX_EXPERTS in moe.cu
+
+    /// <summary>Most experts a token may use (one lane of a warp each).</summary>
+    public const int MaxExpertsPerToken = 32;
+
+    /// <summary>Most expert groups (one lane of a warp each).</summary>
+    public const int MaxGroups = 32;
+
+    /// <summary>Most tokens <see cref="DecodeExperts"/> takes in one call (a token set is one bit mask of a word).</summary>
+    public const int MaxDecodeTokens = 16;       // MOE_MAX_DECODE_TOKENS in moe.cu
+
+    // Launch geometry, as kernels/moe.cu defines it.
+    private const int RouteWarps = 4;            // MOE_ROUTE_WARPS
+    private const int DecodeWarps = 4;           // MOE_DECODE_WARPS: one row a warp
+    internal const int GemmTileRows = 128;       // MOE_TILE_M: sorted rows a grouped-GEMM tile
+    internal const int MaxGridY = 65535;         // a launch's largest grid height
+    private const int GemmTileColumns = 128;     // MOE_TILE_N
+    private const int GemmThreads = 256;
+    private const int GemmSharedBytes = 3 * (128 + 128) * 64 * 2; // MOE_GEMM_SMEM_BYTES
+    private const int ElementwiseThreads = 256;  // MOE_ELEMENTWISE_THREADS
+    private const int CountBlocks = 1024;        // the count kernel's grid-stride loops need no more
+
+    /// <summary>
+    /// Chooses <c>shape.ExpertsPerToken</c> experts per token from the router logits, exactly as CpuBackend.MoeRoute
+    /// does (the same ids in the same order, best first; weights equal up to fp32 rounding).
+    /// </summary>
+    /// <param name="s">Where to queue it (one launch, graph-capturable, programmatic dependent launch).</param>
+    /// <param name="experts">[T, A] the chosen expert ids, best first.</param>
+    /// <param name="weights">[T, A] their weights.</param>
+    /// <param name="logits">[T, E] router logits.</param>
+    /// <param name="bias">[E] the score-correction bias (selection only unless <c>rule.BiasedWeights</c>).</param>
+    /// <param name="shape">E and A are read.</param>
+    /// <param name="rule">Grouping, renormalisation, scaling.</param>
+    /// <param name="t">T, the tokens (≥ 1).</param>
+    public static void Route(CudaStream s, DeviceSpan<int> experts, DeviceSpan<float> weights, DeviceSpan<float> logits,
+        DeviceSpan<float> bias, MoeShape shape, MoeRoutingRule rule, int t)
+    {
+        CheckRouting(shape, rule);
+        KernelChecks.Positive(t, nameof(t));
+        int e = shape.Experts, a = shape.ExpertsPerToken;
+        KernelChecks.Holds(experts, (long)t * a, nameof(experts));
+        KernelChecks.Holds(weights, (long)t * a, nameof(weights));
+        KernelChecks.Holds(logits, (long)t * e, nameof(logits));
+        KernelChecks.Holds(bias, e, nameof(bias));
+        ulong pIds = experts.Pointer, pWeights = weights.Pointer, pLogits = logits.Pointer, pBias = bias.Pointer;
+        int groups = rule.Groups, topk = rule.TopKGroups, renormalize = rule.Renormalize ? 1 : 0, biased = rule.BiasedWeights ? 1 : 0;
+        float scale = rule.ScalingFactor;
+        void** args = stackalloc void*[] { &pIds, &pWeights, &pLogits, &pBias, &t, &e, &a, &groups, &topk, &renormalize, &scale, &biased };
+        s.Context.Kernels.Launch(KernelId.MoeRouteF32, new Dim3((uint)((t + RouteWarps - 1) / RouteWarps)), new Dim3(RouteWarps * 32), 0, s, args);
+    }
+
+    /// <summary>
+    /// The routed experts for a few tokens (decode): output[t] += Σ_a weights[t, a] · expert_{experts[t, a]}(x[t]).
+    /// Reads each chosen expert's weights once (tokens sharing an expert share the read), at GEMV speed.
+    /// </summary>
+    /// <param name="s">Where to queue it (two launches, graph-capturable: the ids are read on the device; programmatic dependent launch).</param>
+    /// <param name="output">[T, D] accumulated into.</param>
+    /// <param name="x">[T, D] the layer input (after post_attention_layernorm).</param>
+    /// <param name="experts">[T, A] expert ids, e.g. from <see cref="Route"/>.</param>
+    /// <param name="weights">[T, A] their weights.</param>
+    /// <param name="gateUp">[E, 2F, D] w1 then w3 of every expert.</param>
+    /// <param name="down">[E, D, F] w2 of every expert.</param>
+    /// <param name="scratch">Holds the [T, A, F] hidden between the two kernels; laid out for <paramref name="shape"/>.</param>
+    /// <param name="shape">The layer's geometry.</param>
+    /// <param name="t">T, 1 to <see cref="MaxDecodeTokens"/>.</param>
+    public static void DecodeExperts(CudaStream s, DeviceSpan<float> output, DeviceSpan<float> x, DeviceSpan<int> experts,
+        DeviceSpan<float> weights, DeviceSpan<ushort> gateUp, DeviceSpan<ushort> down, MoeDecodeScratch scratch, MoeShape shape, int t)
+    {
+        CheckExpertCall(output, x, experts, weights, gateUp, down, shape, t);
+        ArgumentNullException.ThrowIfNull(scratch);
+        if (t > MaxDecodeTokens)
+            throw new ArgumentOutOfRangeException(nameof(t), t, $"DecodeExperts takes at most {MaxDecodeTokens} tokens a call; use PrefillExperts for more");
+        CheckScratch(scratch.Shape, scratch.MaxTokens, shape, t, nameof(scratch));
+
+        int d = shape.Hidden, e = shape.Experts, a = shape.ExpertsPerToken, f = shape.Intermediate;
+        ulong pOut = output.Pointer, pX = x.Pointer, pIds = experts.Pointer, pWeights = weights.Pointer;
+        ulong pGateUp = gateUp.Pointer, pDown = down.Pointer, pHidden = scratch.Hidden.Pointer;
+        void** gateUpArgs = stackalloc void*[] { &pHidden, &pX, &pIds, &pGateUp, &t, &d, &e, &a, &f };
+        s.Context.Kernels.Launch(KernelId.MoeDecodeGateUp, new Dim3((uint)((f + DecodeWarps - 1) / DecodeWarps), (uint)(t * a)),
+            new Dim3(DecodeWarps * 32), 0, s, gateUpArgs);
+        void** downArgs = stackalloc void*[] { &pOut, &pHidden, &pIds, &pWeights, &pDown, &t, &d, &e, &a, &f };
+        s.Context.Kernels.Launch(KernelId.MoeDecodeDown, new Dim3((uint)((d + DecodeWarps - 1) / DecodeWarps)), new Dim3(DecodeWarps * 32), 0, s, downArgs);
+    }
+
+    /// <summary>
+    /// The routed experts for many tokens (prefill): the T·A (token, slot) pairs are grouped by expert on the device,
+    /// each expert multiplies all its rows at once on the tensor cores (gate-up with SwiGLU, then down), and the results
+    /// are combined per token: output[t] += Σ_a weights[t, a] · expert_{experts[t, a]}(x[t]). No host sync: the grids
+    /// are sized for the worst case and surplus blocks exit.
+    /// </summary>
+    /// <param name="s">Where to queue it (a memset and six launches).</param>
+    /// <param name="output">[T, D] accumulated into.</param>
+    /// <param name="x">[T, D] the layer input.</param>
+    /// <param name="experts">[T, A] expert ids.</param>
+    /// <param name="weights">[T, A] their weights.</param>
+    /// <param name="gateUp">[E, 2F, D] w1 then w3 of every expert.</param>
+    /// <param name="down">[E, D, F] w2 of every expert.</param>
+    /// <param name="scratch">Room for at least T tokens of <paramref name="shape"/>.</param>
+    /// <param name="shape">The layer's geometry.</param>
+    /// <param name="t">T, 1 to <c>scratch.MaxTokens</c>.</param>
+    public static void PrefillExperts(CudaStream s, DeviceSpan<float> output, DeviceSpan<float> x, DeviceSpan<int> experts,
+        DeviceSpan<float> weights, DeviceSpan<ushort> gateUp, DeviceSpan<ushort> down, MoePrefillScratch scratch, MoeShape shape, int t)
+    {
+        CheckExpertCall(output, x, experts, weights, gateUp, down, shape, t);
+        ArgumentNullException.ThrowIfNull(scratch);
+        CheckScratch(scratch.Shape, scratch.MaxTokens, shape, t, nameof(scratch));
+
+        int d = shape.Hidden, e = shape.Experts, a = shape.ExpertsPerToken, f = shape.Intermediate, pairs = t * a;
+        int tiles = (pairs + GemmTileRows - 1) / GemmTileRows + e; // Σ_e ceil(count_e / 128) never exceeds this
+        ulong pOut = output.Pointer, pX = x.Pointer, pIds = experts.Pointer, pWeights = weights.Pointer;
+        ulong pGateUp = gateUp.Pointer, pDown = down.Pointer;
+        ulong counts = scratch.Counts.Pointer, rank = scratch.Rank.Pointer, offsets = scratch.Offsets.Pointer, tileStart = scratch.TileStart.Pointer;
+        ulong tokenOfRow = scratch.TokenOfRow.Pointer, pairOfRow = scratch.PairOfRow.Pointer;
+        ulong xb = scratch.RoundedInput.Pointer, hidden = scratch.Hidden.Pointer, y = scratch.ExpertOutput.Pointer;
+        KernelLibrary kernels = s.Context.Kernels;
+
+        scratch.Counts.Fill(0, s);
+        int countBlocks = (int)Math.Min(CountBlocks, Math.Max((pairs + ElementwiseThreads - 1) / ElementwiseThreads, ((long)t * d / 4 + ElementwiseThreads - 1) / ElementwiseThreads));
+        void** countArgs = stackalloc void*[] { &counts, &rank, &xb, &pX, &pIds, &t, &d, &e, &a };
+        kernels.Launch(KernelId.MoePrefillCount, new Dim3((uint)countBlocks), new Dim3(ElementwiseThreads), 0, s, countArgs);
+        void** scheduleArgs = stackalloc void*[] { &offsets, &tileStart, &counts, &e };
+        kernels.Launch(KernelId.MoePrefillSchedule, new Dim3(1), new Dim3(32), 0, s, scheduleArgs);
+        void** placeArgs = stackalloc void*[] { &tokenOfRow, &pairOfRow, &pIds, &rank, &offsets, &pairs, &e, &a };
+        kernels.Launch(KernelId.MoePrefillPlace, new Dim3((uint)((pairs + ElementwiseThreads - 1) / ElementwiseThreads)), new Dim3(ElementwiseThreads), 0, s, placeArgs);
+        void** gateUpArgs = stackalloc void*[] { &hidden, &xb, &tokenOfRow, &offsets, &tileStart, &pGateUp, &d, &e, &f };
+        kernels.Launch(KernelId.MoePrefillGateUp, new Dim3((uint)((f + GemmTileColumns / 2 - 1) / (GemmTileColumns / 2)), (uint)tiles),
+            new Dim3(GemmThreads), GemmSharedBytes, s, gateUpArgs);
+        void** downArgs = stackalloc void*[] { &y, &hidden, &pairOfRow, &offsets, &tileStart, &pDown, &d, &e, &f };
+        kernels.Launch(KernelId.MoePrefillDown, new Dim3((uint)((d + GemmTileColumns - 1) / GemmTileColumns), (uint)tiles),
+            new Dim3(GemmThreads), GemmSharedBytes, s, downArgs);
+        long quads = (long)t * d / 4;
+        void** combineArgs = stackalloc void*[] { &pOut, &y, &pIds, &pWeights, &t, &d, &e, &a };
+        kernels.Launch(KernelId.MoePrefillCombine, new Dim3((uint)((quads + ElementwiseThreads - 1) / ElementwiseThreads)), new Dim3(ElementwiseThreads), 0, s, combineArgs);
+    }
+
+    /// <summary>The shape rules every MoE kernel relies on.</summary>
+    internal static void CheckShape(MoeShape shape, string name = "shape")
+    {
+        if (shape.Hidden <= 0 || shape.Hidden % 8 != 0)
+            throw new ArgumentException($"{name}.Hidden (D) must be a positive multiple of 8 (16-byte rows), got {shape.Hidden}", name);
+        if (shape.Intermediate <= 0 || shape.Intermediate % 8 != 0)
+            throw new ArgumentException($"{name}.Intermediate (F) must be a positive multiple of 8 (16-byte rows), got {shape.Intermediate}", name);
+        if (shape.Experts is <= 0 or > MaxExperts)
+            throw new ArgumentException($"{name}.Experts (E) must be 1 to {MaxExperts}, got {shape.Experts}", name);
+        if (shape.ExpertsPerToken <= 0 || shape.ExpertsPerToken > Math.Min(shape.Experts, MaxExpertsPerToken))
+            throw new ArgumentException(
+                $"{name}.ExpertsPerToken (A) must be 1 to min(E = {shape.Experts}, {MaxExpertsPerToken}), got {shape.ExpertsPerToken}", name);
+    }
+
+    private static void CheckRouting(MoeShape shape, MoeRoutingRule rule)
+    {
+        CheckShape(shape);
+        if (rule.Groups is <= 0 or > MaxGroups || shape.Experts % rule.Groups != 0)
+            throw new ArgumentException($"rule.Groups must be 1 to {MaxGroups} and divide E = {shape.Experts}, got {rule.Groups}", nameof(rule));
+        if (rule.TopKGroups <= 0 || rule.TopKGroups > rule.Groups)
+            throw new ArgumentException($"rule.TopKGroups must be 1 to Groups = {rule.Groups}, got {rule.TopKGroups}", nameof(rule));
+        if (!float.IsFinite(rule.ScalingFactor))
+            throw new ArgumentException($"rule.ScalingFactor must be finite, got {rule.ScalingFactor}", nameof(rule));
+    }
+
+    private static void CheckExpertCall(DeviceSpan<float> output, DeviceSpan<float> x, DeviceSpan<int> experts, DeviceSpan<float> weights,
+        DeviceSpan<ushort> gateUp, DeviceSpan<ushort> down, MoeShape shape, int t)
+    {
+        CheckShape(shape);
+        KernelChecks.Positive(t, nameof(t));
+        long d = shape.Hidden, f = shape.Intermediate, e = shape.Experts, a = shape.ExpertsPerToken;
+        KernelChecks.HoldsAligned(output, t * d, nameof(output));
+        KernelChecks.HoldsAligned(x, t * d, nameof(x));
+        KernelChecks.Holds(experts, t * a, nameof(experts));
+        KernelChecks.Holds(weights, t * a, nameof(weights));
+        KernelChecks.HoldsAligned(gateUp, e * 2 * f * d, nameof(gateUp));
+        KernelChecks.HoldsAligned(down, e * d * f, nameof(down));
+    }
+
+    private static void CheckScratch(MoeShape laidOutFor, int maxTokens, MoeShape shape, int t, string name)
+    {
+        if (laidOutFor != shape)
+            throw new ArgumentException($"{name} is laid out for {laidOutFor}, but the call is for {shape}", name);
+        if (t > maxTokens)
+            throw new ArgumentException($"{name} has room for {maxTokens} tokens, but the call has T = {t}", name);
+    }
+}
+
+/// <summary>The [T, A, F] bf16 hidden that <see cref="MoeKernels.DecodeExperts"/> passes between its two kernels, for up to <see cref="MaxTokens"/> tokens.</summary>
+internal sealed class MoeDecodeScratch : IDisposable
+{
+    private readonly DeviceBuffer<ushort> _hidden; // [T, A, F] bf16 silu(w1·x) ⊙ (w3·x)
+
+    /// <summary>The layer geometry it is laid out for.</summary>
+    public MoeShape Shape { get; }
+
+    /// <summary>Tokens of room (at most <see cref="MoeKernels.MaxDecodeTokens"/>).</summary>
+    public int MaxTokens { get; }
+
+    /// <summary>Allocates room for <paramref name="maxTokens"/> tokens of layers of <paramref name="shape"/>.</summary>
+    public MoeDecodeScratch(CudaContext context, MoeShape shape, int maxTokens)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        MoeKernels.CheckShape(shape, nameof(shape));
+        if (maxTokens is <= 0 or > MoeKernels.MaxDecodeTokens)
+            throw new ArgumentOutOfRangeException(nameof(maxTokens), maxTokens, $"maxTokens must be 1 to {MoeKernels.MaxDecodeTokens}");
+        (Shape, MaxTokens) = (shape, maxTokens);
+        _hidden = context.Allocate<ushort>((long)maxTokens * shape.ExpertsPerToken * shape.Intermediate);
+    }
+
+    internal DeviceSpan<ushort> Hidden => _hidden.Span;
+
+    /// <inheritdoc />
+    public void Dispose() => _hidden.Dispose();
+}
+
+/// <summary>
+/// What <see cref="MoeKernels.PrefillExperts"/> keeps between its kernels, for up to <see cref="MaxTokens"/> tokens
+/// (P = MaxTokens·A pairs). The fp32 expert outputs dominate: P·D·4 bytes (2.4 GB at 32K tokens, D = 2304, A = 8).
+/// One set of allocations, reusable across calls and layers of the same shape.
+/// </summary>
+internal sealed class MoePrefillScratch : IDisposable
+{
+    private readonly DeviceBuffer<int> _indices;   // the index arrays below, one after another
+    private readonly DeviceBuffer<ushort> _rounded; // [T, D] bf16(x)
+    private readonly DeviceBuffer<ushort> _hidden;  // [P, F] bf16 hidden, rows sorted by expert
+    private readonly DeviceBuffer<float> _output;   // [P, D] fp32 expert outputs, rows in pair order (t·A + a)
+
+    /// <summary>The layer geometry it is laid out for.</summary>
+    public MoeShape Shape { get; }
+
+    /// <summary>Tokens of room.</summary>
+    public int MaxTokens { get; }
+
+    /// <summary>Allocates room for <paramref name="maxTokens"/> tokens of layers of <paramref name="shape"/>.</summary>
+    public MoePrefillScratch(CudaContext context, MoeShape shape, int maxTokens)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        MoeKernels.CheckShape(shape, nameof(shape));
+        KernelChecks.Positive(maxTokens, nameof(maxTokens));
+        if ((long)maxTokens * shape.ExpertsPerToken / MoeKernels.GemmTileRows + shape.Experts >= MoeKernels.MaxGridY)
+            throw new ArgumentOutOfRangeException(nameof(maxTokens), maxTokens,
+                $"maxTokens · A / {MoeKernels.GemmTileRows} + E must stay below {MoeKernels.MaxGridY} (the grouped GEMMs' grid height)");
+        (Shape, MaxTokens) = (shape, maxTokens);
+        _indices = context.Allocate<int>(3 * (shape.Experts + 1) + 3L * Pairs);
+        try
+        {
+            _rounded = context.Allocate<ushort>((long)maxTokens * shape.Hidden);
+            _hidden = context.Allocate<ushort>(Pairs * shape.Intermediate);
+            _output = context.Allocate<float>(Pairs * shape.Hidden);
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    private long Pairs => (long)MaxTokens * Shape.ExpertsPerToken;
+    private int E => Shape.Experts;
+
+    /// <summary>[E] pairs per expert.</summary>
+    internal DeviceSpan<int> Counts => _indices.Slice(0, E);
+    /// <summary>[E + 1] first sorted row of each expert; entry E = all rows.</summary>
+    internal DeviceSpan<int> Offsets => _indices.Slice(E + 1, E + 1);
+    /// <summary>[E + 1] first 128-row GEMM tile of each expert; entry E = all tiles.</summary>
+    internal DeviceSpan<int> TileStart => _indices.Slice(2 * (E + 1), E + 1);
+    /// <summary>[P] each pair's place among its expert's rows.</summary>
+    internal DeviceSpan<int> Rank => _indices.Slice(3 * (E + 1), Pairs);
+    /// <summary>[P] the token of each sorted row.</summary>
+    internal DeviceSpan<int> TokenOfRow => _indices.Slice(3 * (E + 1) + Pairs, Pairs);
+    /// <summary>[P] the pair t·A + a of each sorted row.</summary>
+    internal DeviceSpan<int> PairOfRow => _indices.Slice(3 * (E + 1) + 2 * Pairs, Pairs);
+    internal DeviceSpan<ushort> RoundedInput => _rounded.Span;
+    internal DeviceSpan<ushort> Hidden => _hidden.Span;
+    internal DeviceSpan<float> ExpertOutput => _output.Span;
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        _output?.Dispose();
+        _hidden?.Dispose();
+        _rounded?.Dispose();
+        _indices.Dispose();
+    }
+}

@@ -1,0 +1,279 @@
+using KimiLinear.Backends;
+using KimiLinear.Backends.Cpu;
+using KimiLinear.Cuda;
+using KimiLinear.Cuda.Kernels;
+using KimiLinear.Cuda.Memory;
+using KimiLinear.Numerics;
+
+namespace KimiLinear.Tests.Cuda;
+
+/// <summary>
+/// The MoE kernels (kernels/moe.cu): the router against CpuBackend.MoeRoute (same ids, same order), the decode and
+/// prefill experts against a double reference from the same bf16 weights on odd sizes, prefill against decode, and
+/// the determinism, graph capture and bad-id behaviour the wrappers promise.
+/// </summary>
+[Collection("GPU")]
+public sealed class MoeKernelTests
+{
+    // x and the hidden are rounded to bf16 by the kernels and by the reference alike; what is left is fp32 accumulation
+    // and the occasional hidden value whose bf16 rounding flips between fp32 and double sums.
+    private const double ExpertTolerance = 1e-3;
+    // Decode and prefill compute the same roundings, summed in different orders.
+    private const double PathTolerance = 1e-4;
+    private const float Scale = 2.5f;
+
+    public static TheoryData<int, int, int, int, int, bool, bool, bool> RouteCases => new()
+    {
+        // T, E, A, groups, top-k groups, renormalize, biased weights, tied logits
+        { 37, 64, 8, 1, 1, true, false, false },
+        { 37, 64, 8, 1, 1, true, true, false },
+        { 37, 64, 8, 4, 2, true, false, false },
+        { 37, 64, 8, 4, 2, false, true, false },
+        { 19, 64, 8, 4, 2, true, false, true },   // many exact ties: the lower index must win, in groups and experts
+        { 1, 256, 8, 1, 1, true, false, false },  // the model's decode shape
+        { 5, 8, 2, 4, 2, true, true, false },     // groups of 2: the group score is both members
+        { 3, 64, 8, 8, 1, true, false, false },   // A larger than one group: the rest are -inf, lowest index first
+    };
+
+    [Theory]
+    [MemberData(nameof(RouteCases))]
+    public void Route_MatchesCpuBackend(int t, int e, int a, int groups, int topk, bool renormalize, bool biased, bool tied)
+    {
+        CudaContext gpu = Gpu.Require();
+        var random = new Random(t * 31 + e + groups * 7 + (biased ? 1 : 0) + (tied ? 2 : 0));
+        float[] logits = tied
+            ? Enumerable.Range(0, t * e).Select(_ => random.Next(4) * 0.5f).ToArray()
+            : Gpu.RandomF32(random, (long)t * e, 2f);
+        float[] bias = tied ? new float[e] : Gpu.RandomF32(random, e, 0.1f);
+
+        var cpu = new CpuBackend(1);
+        Tensor cpuLogits = cpu.Allocate(t, e);
+        cpu.Upload(logits, cpuLogits);
+        var expectedIds = new int[t * a];
+        var expectedWeights = new float[t * a];
+        cpu.MoeRoute(cpuLogits, bias, new MoeRouting(a, groups, topk, renormalize, Scale, biased), expectedIds, expectedWeights);
+
+        using CudaStream stream = gpu.CreateStream();
+        using DeviceBuffer<float> dLogits = gpu.Upload(stream, logits), dBias = gpu.Upload(stream, bias);
+        using DeviceBuffer<int> ids = gpu.Poisoned(stream, (long)t * a, -7);
+        using DeviceBuffer<float> weights = gpu.Poisoned(stream, (long)t * a, float.NaN);
+        MoeKernels.Route(stream, ids, weights, dLogits, dBias, new MoeShape(8, e, a, 8), new MoeRoutingRule(groups, topk, renormalize, Scale, biased), t);
+        int[] actualIds = ids.ToArray(stream);
+        float[] actualWeights = weights.ToArray(stream);
+
+        Assert.Equal(expectedIds, actualIds[..(t * a)]);
+        for (int i = 0; i < t * a; i++)
+            Assert.True(Math.Abs(actualWeights[i] - expectedWeights[i]) <= 1e-6 * Math.Abs(expectedWeights[i]),
+                $"weight {i} (token {i / a}, slot {i % a}): {actualWeights[i]:R}, CpuBackend {expectedWeights[i]:R}");
+        Gpu.AssertTailUntouched(actualIds, (long)t * a, -7);
+        for (int i = t * a; i < actualWeights.Length; i++) Assert.True(float.IsNaN(actualWeights[i]), $"weights tail element {i} overwritten");
+    }
+
+    [Theory]
+    [InlineData(1, 40, 8, 2, 24)]
+    [InlineData(3, 40, 8, 2, 24)]
+    [InlineData(16, 40, 8, 2, 24)]    // every token of the largest decode batch; experts shared between tokens
+    [InlineData(2, 2304, 4, 2, 1024)] // the model's D and F: the gate-up ring holds whole rows, down a full chunk
+    [InlineData(2, 4096, 5, 3, 1040)] // ring refills, two down chunks, a partial batch of pairs
+    public void DecodeExperts_MatchReference(int t, int d, int e, int a, int f)
+    {
+        CudaContext gpu = Gpu.Require();
+        var moe = new MoeCase(new Random(t + d + e + f), t, new MoeShape(d, e, a, f));
+        using CudaStream stream = gpu.CreateStream();
+        using MoeCase.Device dev = moe.Upload(gpu, stream);
+        using var scratch = new MoeDecodeScratch(gpu, moe.Shape, t);
+        MoeKernels.DecodeExperts(stream, dev.Output, dev.X, dev.Experts, dev.Weights, dev.GateUp, dev.Down, scratch, moe.Shape, t);
+        float[] output = dev.Output.ToArray(stream);
+        TensorAssert.Close(output.AsSpan(0, t * d), moe.Reference(), ExpertTolerance, $"decode experts T={t} D={d} E={e} A={a} F={f}");
+        for (int i = t * d; i < output.Length; i++) Assert.True(float.IsNaN(output[i]), $"output tail element {i} overwritten");
+    }
+
+    [Theory]
+    [InlineData(1, 40, 8, 2, 24)]
+    [InlineData(3, 40, 8, 2, 24)]
+    [InlineData(77, 40, 8, 2, 24)]
+    [InlineData(300, 200, 4, 2, 136)] // experts past one 128-row tile, several k tiles, partial column tiles
+    [InlineData(5, 2304, 3, 2, 1024)] // the model's D and F, one partial tile per expert
+    public void PrefillExperts_MatchReference(int t, int d, int e, int a, int f)
+    {
+        CudaContext gpu = Gpu.Require();
+        var moe = new MoeCase(new Random(t * 3 + d + e + f), t, new MoeShape(d, e, a, f));
+        using CudaStream stream = gpu.CreateStream();
+        using MoeCase.Device dev = moe.Upload(gpu, stream);
+        using var scratch = new MoePrefillScratch(gpu, moe.Shape, t + 5); // more room than needed: the grids follow t
+        MoeKernels.PrefillExperts(stream, dev.Output, dev.X, dev.Experts, dev.Weights, dev.GateUp, dev.Down, scratch, moe.Shape, t);
+        float[] output = dev.Output.ToArray(stream);
+        TensorAssert.Close(output.AsSpan(0, t * d), moe.Reference(), ExpertTolerance, $"prefill experts T={t} D={d} E={e} A={a} F={f}");
+        for (int i = t * d; i < output.Length; i++) Assert.True(float.IsNaN(output[i]), $"output tail element {i} overwritten");
+    }
+
+    [Theory]
+    [InlineData(3)]
+    [InlineData(16)]
+    public void PrefillExperts_EqualsDecodeExperts_AndRepeatsBitForBit(int t)
+    {
+        CudaContext gpu = Gpu.Require();
+        var moe = new MoeCase(new Random(t), t, new MoeShape(2304, 8, 4, 1024));
+        using CudaStream stream = gpu.CreateStream();
+        using MoeCase.Device dev = moe.Upload(gpu, stream);
+        using var decodeScratch = new MoeDecodeScratch(gpu, moe.Shape, MoeKernels.MaxDecodeTokens);
+        using var prefillScratch = new MoePrefillScratch(gpu, moe.Shape, t);
+        MoeKernels.DecodeExperts(stream, dev.Output, dev.X, dev.Experts, dev.Weights, dev.GateUp, dev.Down, decodeScratch, moe.Shape, t);
+        float[] decoded = dev.Output.ToArray(stream)[..(t * moe.Shape.Hidden)];
+        float[] Prefill()
+        {
+            dev.Output.CopyFrom(moe.Base, stream);
+            MoeKernels.PrefillExperts(stream, dev.Output, dev.X, dev.Experts, dev.Weights, dev.GateUp, dev.Down, prefillScratch, moe.Shape, t);
+            return dev.Output.ToArray(stream)[..(t * moe.Shape.Hidden)];
+        }
+        float[] prefilled = Prefill();
+        TensorAssert.Close(prefilled, decoded, PathTolerance, $"prefill vs decode, T={t}");
+        Assert.Equal(prefilled, Prefill()); // the expert grouping uses atomics, the arithmetic does not depend on it
+    }
+
+    [Fact]
+    public void DecodeExperts_InAGraph_ReadsTheExpertIdsWhenReplayed()
+    {
+        CudaContext gpu = Gpu.Require();
+        const int T = 2;
+        var shape = new MoeShape(64, 8, 2, 32);
+        var first = new MoeCase(new Random(11), T, shape);
+        var second = first with { Experts = [5, 0, 7, 6] };
+        using CudaStream stream = gpu.CreateStream();
+        using MoeCase.Device dev = first.Upload(gpu, stream);
+        using var scratch = new MoeDecodeScratch(gpu, shape, T);
+        gpu.Kernels.LoadAll(); // loading a module synchronises, which a capture forbids
+        using CudaGraph graph = stream.Capture(s =>
+            MoeKernels.DecodeExperts(s, dev.Output, dev.X, dev.Experts, dev.Weights, dev.GateUp, dev.Down, scratch, shape, T));
+        graph.Launch(stream);
+        TensorAssert.Close(dev.Output.ToArray(stream).AsSpan(0, T * shape.Hidden), first.Reference(), ExpertTolerance, "graph, first ids");
+        dev.Output.CopyFrom(second.Base, stream);
+        dev.Experts.CopyFrom(second.Experts, stream);
+        graph.Launch(stream);
+        TensorAssert.Close(dev.Output.ToArray(stream).AsSpan(0, T * shape.Hidden), second.Reference(), ExpertTolerance, "graph, new ids");
+    }
+
+    [Fact]
+    public void ExpertIdOutOfRange_PoisonsOnlyItsToken()
+    {
+        CudaContext gpu = Gpu.Require();
+        const int T = 3;
+        var shape = new MoeShape(40, 8, 2, 24);
+        var moe = new MoeCase(new Random(5), T, shape);
+        moe.Experts[3] = 8; // token 1, slot 1
+        using CudaStream stream = gpu.CreateStream();
+        using MoeCase.Device dev = moe.Upload(gpu, stream);
+        using var decodeScratch = new MoeDecodeScratch(gpu, shape, T);
+        using var prefillScratch = new MoePrefillScratch(gpu, shape, T);
+        foreach (bool decode in new[] { true, false })
+        {
+            dev.Output.CopyFrom(moe.Base, stream);
+            if (decode) MoeKernels.DecodeExperts(stream, dev.Output, dev.X, dev.Experts, dev.Weights, dev.GateUp, dev.Down, decodeScratch, shape, T);
+            else MoeKernels.PrefillExperts(stream, dev.Output, dev.X, dev.Experts, dev.Weights, dev.GateUp, dev.Down, prefillScratch, shape, T);
+            float[] output = dev.Output.ToArray(stream);
+            Assert.All(output.AsSpan(shape.Hidden, shape.Hidden).ToArray(), v => Assert.True(float.IsNaN(v), "token 1 should be NaN"));
+            Assert.All(output.AsSpan(0, shape.Hidden).ToArray(), v => Assert.True(float.IsFinite(v), "token 0 should be finite"));
+            Assert.All(output.AsSpan(2 * shape.Hidden, shape.Hidden).ToArray(), v => Assert.True(float.IsFinite(v), "token 2 should be finite"));
+        }
+    }
+
+    [Fact]
+    public void Wrappers_RejectBadShapesAndScratch()
+    {
+        CudaContext gpu = Gpu.Require();
+        using CudaStream stream = gpu.CreateStream();
+        using DeviceBuffer<float> f32 = gpu.Allocate<float>(1 << 16);
+        using DeviceBuffer<int> ids = gpu.Allocate<int>(1024);
+        using DeviceBuffer<ushort> bf16 = gpu.Allocate<ushort>(1 << 16);
+        var shape = new MoeShape(40, 8, 2, 24);
+        var error = Assert.Throws<ArgumentException>(() =>
+            MoeKernels.Route(stream, ids, f32, f32, f32, shape, new MoeRoutingRule(3, 1, true, 1f, false), 4));
+        Assert.Contains("divide E = 8", error.Message);
+        error = Assert.Throws<ArgumentException>(() => new MoeDecodeScratch(gpu, shape with { Hidden = 42 }, 1));
+        Assert.Contains("multiple of 8", error.Message);
+        using var scratch = new MoeDecodeScratch(gpu, shape, 4);
+        Assert.Throws<ArgumentOutOfRangeException>(() =>
+            MoeKernels.DecodeExperts(stream, f32, f32, ids, f32, bf16, bf16, scratch, shape, MoeKernels.MaxDecodeTokens + 1));
+        error = Assert.Throws<ArgumentException>(() =>
+            MoeKernels.DecodeExperts(stream, f32, f32, ids, f32, bf16, bf16, scratch, shape with { Intermediate = 32 }, 1));
+        Assert.Contains("laid out for", error.Message);
+        error = Assert.Throws<ArgumentException>(() => MoeKernels.DecodeExperts(stream, f32, f32, ids, f32, bf16, bf16, scratch, shape, 5));
+        Assert.Contains("room for 4 tokens", error.Message);
+        error = Assert.Throws<ArgumentException>(() =>
+            MoeKernels.DecodeExperts(stream, f32, f32, ids, f32, bf16.Span.Slice(0, 100), bf16, scratch, shape, 1));
+        Assert.Contains("gateUp", error.Message);
+    }
+
+    /// <summary>Random inputs of one expert call and its double reference.</summary>
+    private sealed record MoeCase(MoeShape Shape, int T, float[] X, float[] Base, int[] Experts, float[] Weights, ushort[] GateUp, ushort[] Down)
+    {
+        public MoeCase(Random random, int t, MoeShape shape) : this(shape, t,
+            Gpu.RandomF32(random, (long)t * shape.Hidden), Gpu.RandomF32(random, (long)t * shape.Hidden),
+            DistinctExperts(random, t, shape), Enumerable.Range(0, t * shape.ExpertsPerToken).Select(_ => 0.2f + random.NextSingle()).ToArray(),
+            Gpu.RandomBf16(random, 2L * shape.Experts * shape.Intermediate * shape.Hidden, 1 / MathF.Sqrt(shape.Hidden)),
+            Gpu.RandomBf16(random, (long)shape.Experts * shape.Hidden * shape.Intermediate, 1 / MathF.Sqrt(shape.Intermediate)))
+        {
+        }
+
+        private static int[] DistinctExperts(Random random, int t, MoeShape shape) =>
+            Enumerable.Range(0, t).SelectMany(_ => Enumerable.Range(0, shape.Experts).OrderBy(_ => random.Next()).Take(shape.ExpertsPerToken)).ToArray();
+
+        /// <summary>Base + Σ_a w·w2·bf16(silu(w1·x̃) ⊙ (w3·x̃)), x̃ = bf16(x), in double.</summary>
+        public float[] Reference()
+        {
+            int d = Shape.Hidden, f = Shape.Intermediate, a = Shape.ExpertsPerToken;
+            var output = new double[T * d];
+            for (int i = 0; i < output.Length; i++) output[i] = Base[i];
+            Parallel.For(0, T, t =>
+            {
+                var x = new double[d];
+                for (int k = 0; k < d; k++) x[k] = BFloat16.ToSingle(BFloat16.FromSingle(X[t * d + k]));
+                var h = new double[f];
+                for (int slot = 0; slot < a; slot++)
+                {
+                    long e = Experts[t * a + slot];
+                    for (int j = 0; j < f; j++)
+                    {
+                        double g = 0, u = 0;
+                        for (int k = 0; k < d; k++)
+                        {
+                            g += BFloat16.ToSingle(GateUp[(e * 2 * f + j) * d + k]) * x[k];
+                            u += BFloat16.ToSingle(GateUp[(e * 2 * f + f + j) * d + k]) * x[k];
+                        }
+                        h[j] = BFloat16.ToSingle(BFloat16.FromSingle((float)(g / (1 + Math.Exp(-g)) * u)));
+                    }
+                    for (int i = 0; i < d; i++)
+                    {
+                        double y = 0;
+                        for (int j = 0; j < f; j++) y += BFloat16.ToSingle(Down[(e * d + i) * f + j]) * h[j];
+                        output[t * d + i] += Weights[t * a + slot] * y;
+                    }
+                }
+            });
+            return output.Select(v => (float)v).ToArray();
+        }
+
+        public Device Upload(CudaContext gpu, CudaStream stream)
+        {
+            DeviceBuffer<float> output = gpu.Poisoned(stream, (long)T * Shape.Hidden, float.NaN);
+            output.CopyFrom(Base, stream);
+            return new Device(output, gpu.Upload(stream, X), gpu.Upload(stream, Experts), gpu.Upload(stream, Weights),
+                gpu.Upload(stream, GateUp), gpu.Upload(stream, Down));
+        }
+
+        /// <summary>The case on the GPU; output starts as Base (followed by a NaN tail).</summary>
+        public sealed record Device(DeviceBuffer<float> Output, DeviceBuffer<float> X, DeviceBuffer<int> Experts, DeviceBuffer<float> Weights,
+            DeviceBuffer<ushort> GateUp, DeviceBuffer<ushort> Down) : IDisposable
+        {
+            public void Dispose()
+            {
+                Output.Dispose();
+                X.Dispose();
+                Experts.Dispose();
+                Weights.Dispose();
+                GateUp.Dispose();
+                Down.Dispose();
+            }
+        }
+    }
+}
