@@ -1,5 +1,6 @@
 // activations_harness.cu — CPU-emulator checks of kernels/activations.cu and the fp32-x GEMV of kernels/gemv.cu,
-// for developing them without a GPU (nvcc and the device are on the lent GPU machine only). Run by emu_check.sh:
+// for developing them without a GPU (nvcc and the device are on the lent GPU machine only). Run by
+// activations_emu_check.sh, and so by ActivationKernelEmulatorTests in CI:
 //   g++ -O1 -std=c++17 -I kernels/tests/emu -x c++ kernels/tests/activations_harness.cu && ./a.out
 // Every kernel runs on the fiber emulator (kernels/kda/tests/cuda_emu.h: real __syncthreads and warp-shuffle
 // semantics) against a double-precision reference of the same contract, at odd sizes, through both the 16-byte and
