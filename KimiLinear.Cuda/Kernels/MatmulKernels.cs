@@ -9,28 +9,31 @@ namespace KimiLinear.Cuda.Kernels;
 /// </summary>
 internal static unsafe class MatmulKernels
 {
-    private const int GemvRowsPerBlock = 2 * 2;  // GEMV_ROWS_PER_BLOCK in gemv.cu: 2 row groups of 2 rows
-    private const int GemvThreads = 4 * 32;
+    /// <summary>A GEMV kernel's block: the rows it owns and its threads (GemvLayout in gemv.cu).</summary>
+    private readonly record struct GemvGeometry(int RowsPerBlock, int Threads);
+
+    private static readonly GemvGeometry GemvBf16Geometry = new(RowsPerBlock: 2 * 2, Threads: 4 * 32); // GemvBf16Layout: 2 groups of 2 rows
+    private static readonly GemvGeometry GemvF32Geometry = new(RowsPerBlock: 4 * 4, Threads: 8 * 32);  // GemvF32Layout: 4 groups of 4 rows
     private const int GemmTile = 128;            // BM = BN in gemm.cu
     private const int GemmThreads = 256;
     private const int GemmSharedBytes = 3 * (128 + 128) * 64 * 2; // GEMM_SMEM_BYTES in gemm.cu
 
     /// <summary>y[N] = W[N, K] · x[K], bf16 x, bf16 out.</summary>
     public static void Gemv(CudaStream stream, DeviceSpan<ushort> y, DeviceSpan<ushort> weight, DeviceSpan<ushort> x, int n, int k) =>
-        Gemv(stream, KernelId.GemvBf16, y.Pointer, y.Length, weight, x.Pointer, x.Length, n, k);
+        Gemv(stream, KernelId.GemvBf16, GemvBf16Geometry, y.Pointer, y.Length, weight, x.Pointer, x.Length, n, k);
 
     /// <summary>y[N] = W[N, K] · x[K], bf16 x, fp32 out (logits).</summary>
     public static void Gemv(CudaStream stream, DeviceSpan<float> y, DeviceSpan<ushort> weight, DeviceSpan<ushort> x, int n, int k) =>
-        Gemv(stream, KernelId.GemvBf16F32, y.Pointer, y.Length, weight, x.Pointer, x.Length, n, k);
+        Gemv(stream, KernelId.GemvBf16F32, GemvBf16Geometry, y.Pointer, y.Length, weight, x.Pointer, x.Length, n, k);
 
     /// <summary>
-    /// y[N] = W[N, K] · x[K], fp32 x, fp32 out (the CUDA backend's activations): the bf16-x kernel's layout and
-    /// programmatic dependent launch, reading x as fp32.
+    /// y[N] = W[N, K] · x[K], fp32 x, fp32 out (the CUDA backend's activations): the bf16-x kernel's design and
+    /// programmatic dependent launch, with 4 rows a warp group sharing each (twice as large) load of x.
     /// </summary>
     public static void Gemv(CudaStream stream, DeviceSpan<float> y, DeviceSpan<ushort> weight, DeviceSpan<float> x, int n, int k) =>
-        Gemv(stream, KernelId.GemvF32, y.Pointer, y.Length, weight, x.Pointer, x.Length, n, k);
+        Gemv(stream, KernelId.GemvF32, GemvF32Geometry, y.Pointer, y.Length, weight, x.Pointer, x.Length, n, k);
 
-    private static void Gemv(CudaStream stream, KernelId id, ulong yPointer, long yLength, DeviceSpan<ushort> weight, ulong xPointer, long xLength,
+    private static void Gemv(CudaStream stream, KernelId id, GemvGeometry geometry, ulong yPointer, long yLength, DeviceSpan<ushort> weight, ulong xPointer, long xLength,
         int n, int k)
     {
         KernelChecks.Positive(n, nameof(n));
@@ -40,7 +43,8 @@ internal static unsafe class MatmulKernels
         if (xLength < k) throw new ArgumentException($"x holds {xLength:N0} elements but the kernel needs {k:N0}", "x");
         ulong pY = yPointer, pW = weight.Pointer, pX = xPointer;
         void** args = stackalloc void*[] { &pY, &pW, &pX, &n, &k };
-        stream.Context.Kernels.Launch(id, new Dim3((uint)((n + GemvRowsPerBlock - 1) / GemvRowsPerBlock)), new Dim3(GemvThreads), 0, stream, args);
+        var grid = new Dim3((uint)((n + geometry.RowsPerBlock - 1) / geometry.RowsPerBlock));
+        stream.Context.Kernels.Launch(id, grid, new Dim3((uint)geometry.Threads), 0, stream, args);
     }
 
     /// <summary>

@@ -183,8 +183,8 @@ public sealed class MatmulKernelTests
         using DeviceBuffer<float> c = gpu.Allocate<float>(100);
         Assert.Equal("lda", Assert.Throws<ArgumentOutOfRangeException>(() => MatmulKernels.Gemm(stream, c, buffer, 8, buffer, 2, 2, 16)).ParamName);
         Assert.Equal("lda", Assert.Throws<ArgumentOutOfRangeException>(() => MatmulKernels.Gemm(stream, c, buffer, 20, buffer, 2, 2, 16)).ParamName);
-        // A's last row ends at (M − 1)·lda + K: 9·100 + 104 > 1000.
-        Assert.Equal("a", Assert.Throws<ArgumentException>(() => MatmulKernels.Gemm(stream, c, buffer, 100, buffer, 10, 2, 104)).ParamName);
+        // A's last row ends at (M − 1)·lda + K: 9·104 + 104 > 1000.
+        Assert.Equal("a", Assert.Throws<ArgumentException>(() => MatmulKernels.Gemm(stream, c, buffer, 104, buffer, 10, 2, 104)).ParamName);
     }
 
     [Fact]

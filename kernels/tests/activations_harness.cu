@@ -1,5 +1,6 @@
 // activations_harness.cu — CPU-emulator checks of kernels/activations.cu and the fp32-x GEMV of kernels/gemv.cu,
-// for developing them without a GPU (nvcc and the device are on the lent GPU machine only). Run by emu_check.sh:
+// for developing them without a GPU (nvcc and the device are on the lent GPU machine only). Run by
+// activations_emu_check.sh, and so by ActivationKernelEmulatorTests in CI:
 //   g++ -O1 -std=c++17 -I kernels/tests/emu -x c++ kernels/tests/activations_harness.cu && ./a.out
 // Every kernel runs on the fiber emulator (kernels/kda/tests/cuda_emu.h: real __syncthreads and warp-shuffle
 // semantics) against a double-precision reference of the same contract, at odd sizes, through both the 16-byte and
@@ -239,7 +240,7 @@ static void test_gemv(int N, int K)
         want[n] = s;
     }
     std::vector<float> y = poisoned(N, 0);
-    emu_launch(kimi_gemv_f32, 1, dim3((N + GEMV_ROWS_PER_BLOCK - 1) / GEMV_ROWS_PER_BLOCK), dim3(GEMV_WARPS * 32), 0, y.data(),
+    emu_launch(kimi_gemv_f32, 1, dim3((N + GemvF32Layout::ROWS_PER_BLOCK - 1) / GemvF32Layout::ROWS_PER_BLOCK), dim3(GemvF32Layout::WARPS * 32), 0, y.data(),
                (const uint16_t*)w.data(), (const float*)x.data(), N, K);
     check(("gemv fp32 x N=" + std::to_string(N) + " K=" + std::to_string(K)).c_str(), y.data(), want, 1e-5);
 }
@@ -268,6 +269,7 @@ int main()
     test_gemv(37, 2304);
     test_gemv(9, 4104);  // K past one ring of chunks, partial last slot
     test_gemv(7, 37);    // odd K: scalar path
+    test_gemv(33, 1032); // rows not a multiple of the 16 a block
     std::printf("%d passed, %d failed\n", g_passed, g_failed);
     return g_failed ? 1 : 0;
 }

@@ -36,7 +36,7 @@ echo "== tests"
 tests=0
 : > "$out/tests.log"
 # TEST_CLASSES="A B" runs only those classes of KimiLinear.Tests.Cuda (default: all of them below).
-for class in ${TEST_CLASSES:-CudaRuntimeTests ElementwiseKernelTests MatmulKernelTests SamplingKernelTests KdaKernelTests KernelFreshnessTests}; do
+for class in ${TEST_CLASSES:-CudaRuntimeTests ElementwiseKernelTests ActivationKernelTests MatmulKernelTests SamplingKernelTests KdaKernelTests KernelFreshnessTests}; do
     timeout "${TEST_TIMEOUT:-150}" /tmp/dn/dotnet "$apps/tests/KimiLinear.Tests.dll" -class "KimiLinear.Tests.Cuda.$class" -noColor >> "$out/tests.log" 2>&1
     rc=$?
     [ $rc -eq 124 ] && echo "TIMEOUT: $class" | tee -a "$out/tests.log"
