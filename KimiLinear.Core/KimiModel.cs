@@ -38,6 +38,9 @@ public sealed partial class KimiModel : IDisposable
 
     internal IKimiBackend Backend { get; }
 
+    /// <summary>The decoder layers (for tests that run one layer kind on two backends).</summary>
+    internal IReadOnlyList<DecoderLayer> Layers => _layers;
+
     private KimiModel(string directory, KimiConfig config, KimiModelOptions options, IKimiBackend backend, IWeightSource weights,
         IProgress<KimiLoadProgress>? progress, CancellationToken cancellationToken)
     {
@@ -170,7 +173,8 @@ public sealed partial class KimiModel : IDisposable
             var part = tokens.Slice(start, Math.Min(piece, tokens.Length - start));
             bool final = start + part.Length == tokens.Length;
             logits = ForwardPiece(state, part, lastOnly ? (final ? Logits.Last : Logits.None) : Logits.All, attention, null);
-            logits.CopyTo(all.AsSpan(start * Config.VocabSize));
+            if (all is not null)
+                logits.CopyTo(all, (long)start * Config.VocabSize);
         }
         return all ?? logits;
     }
