@@ -94,14 +94,6 @@ __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) {
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(static_cast<unsigned>(__cvta_generic_to_shared(p))));
 #endif
 }
-__device__ __forceinline__ void ldsm_x2(uint32_t (&r)[4], const uint16_t* p) {   // fills r[0], r[1]
-#ifdef KDA_EMULATE
-    emu_ldmatrix(r, 2, p, false);
-#else
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
-                 : "=r"(r[0]), "=r"(r[1]) : "r"(static_cast<unsigned>(__cvta_generic_to_shared(p))));
-#endif
-}
 __device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const uint16_t* p) {
 #ifdef KDA_EMULATE
     emu_ldmatrix(r, 4, p, true);
