@@ -245,21 +245,24 @@ kimi_mla_absorb_output(float* __restrict__ o, const float* __restrict__ out_lat,
 
 // ---- absorbed decode: flash-decoding over the latent cache ----------------------------------------------------------
 //
-// Block (slice s, token t), 8 warps. Heads pad to MT = ceil(H/16) m16 tiles (H ≤ 32). Per tile of 32 cache rows:
-//   A. S = Q·Kᵀ [MT·16, 32] on the tensor cores: warp w takes m-tile w / KS and every KS-th k16 step from w % KS
+// Block (slice s, token t), 8 warps. Heads pad to MT = ceil(H/16) m16 tiles (H ≤ 32). Per tile of 64 cache rows:
+//   A. S = Q·Kᵀ [MT·16, 64] on the tensor cores: warp w takes m-tile w / KS and every KS-th k16 step from w % KS
 //      (KS = 8 / MT), holding its q_lat fragments (fp16) in registers for the whole slice; partial S per warp go to
 //      shared memory.
 //   B. Online softmax, one thread group per head: sums the KS partials, masks rows past the slice, updates (m, l),
 //      writes p as fp16 and the rescale factor α.
 //   C. O = α·O + P·V [MT·16, R]: warp w owns output columns [w·R/8, (w+1)·R/8) for all heads.
-// The cache rows stream through a 4-stage cp.async ring; rows past the slice are zero-filled.
-constexpr int kDecodeThreads = 256, kDecodeWarps = 8, kDecodeRows = 32, kDecodeStages = 4;
+// The cache rows stream through a 2-stage cp.async ring (the next 64-row tile loads while this one is used; 64-row
+// tiles halve the barriers and softmax passes per row against 32-row ones); rows past the slice are
+// zero-filled.
+constexpr int kDecodeThreads = 256, kDecodeWarps = 8, kDecodeRows = 64, kDecodeStages = 2;
+constexpr int kDecodeRowTiles = kDecodeRows / 8;   // n8 tiles of scores per warp
 constexpr int kDecodeMaxQSteps = 9;     // k16 steps of q a warp holds: D ≤ 16·9·KS (576 at H ≤ 32)
 constexpr int kDecodeMaxOutTiles = 8;   // n8 output tiles per warp: R ≤ 512
 constexpr int kDecodeSRow = kDecodeRows + 4, kDecodePRow = kDecodeRows + 8;   // padded shared rows (bank spread)
 
-// Dynamic shared memory, bytes: the ring [stages][32][D + 8] bf16, S partials [8 warps][16][36] f32,
-// P [MT·16][40] fp16, α [MT·16] f32.
+// Dynamic shared memory, bytes: the ring [stages][64][D + 8] bf16, S partials [8 warps][16][68] f32,
+// P [MT·16][72] fp16, α [MT·16] f32.
 __host__ __device__ constexpr size_t decode_smem_bytes(int D, int MT) {
     return static_cast<size_t>(kDecodeStages) * kDecodeRows * (D + 8) * 2 + kDecodeWarps * 16 * kDecodeSRow * 4 +
            MT * 16 * kDecodePRow * 2 + MT * 16 * 4;
@@ -285,8 +288,8 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
 
     const int stride = D + 8;
     uint16_t* ring = dynamic_smem();
-    float* s_part = reinterpret_cast<float*>(ring + kDecodeStages * kDecodeRows * stride);   // [8][16][36]
-    uint16_t* p_sh = reinterpret_cast<uint16_t*>(s_part + kDecodeWarps * 16 * kDecodeSRow);    // [MT·16][40] fp16
+    float* s_part = reinterpret_cast<float*>(ring + kDecodeStages * kDecodeRows * stride);   // [8][16][rows + 4]
+    uint16_t* p_sh = reinterpret_cast<uint16_t*>(s_part + kDecodeWarps * 16 * kDecodeSRow);    // [MT·16][rows + 8] fp16
     float* alpha_sh = reinterpret_cast<float*>(p_sh + MT * 16 * kDecodePRow);                  // [MT·16]
 
     const int chunks = D / 8, tiles = (end - begin + kDecodeRows - 1) / kDecodeRows;
@@ -320,7 +323,7 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
         }
     }
 
-    // Softmax ownership: head hh = tid / TPH, columns [sub·CPT, +CPT) of each 32-row tile.
+    // Softmax ownership: head hh = tid / TPH, columns [sub·CPT, +CPT) of each 64-row tile.
     const int TPH = kDecodeThreads / (MT * 16), CPT = kDecodeRows / TPH, hh = tid / TPH, sub = tid % TPH;
     float m_run = kNegInf, l_run = 0.0f;
     // Output ownership: columns [warp·R/8, +R/8), NTW n8 tiles, all MT m-tiles.
@@ -335,14 +338,14 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
         const uint16_t* tile = ring + (i % kDecodeStages) * kDecodeRows * stride;
         const int row0 = begin + i * kDecodeRows;
 
-        // A. partial scores of this warp's k steps: 16 heads × 32 rows.
-        float sacc[4][4] = {};
+        // A. partial scores of this warp's k steps: 16 heads × 64 rows.
+        float sacc[kDecodeRowTiles][4] = {};
 #pragma unroll
         for (int j = 0; j < kDecodeMaxQSteps; j++) {
             const int ks = ks0 + j * KS;
             if (ks >= ksteps) break;
 #pragma unroll
-            for (int np = 0; np < 2; np++) {
+            for (int np = 0; np < kDecodeRowTiles / 2; np++) {
                 uint32_t b[4];
                 ldsm_x4(b, tile + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * stride + ks * 16 + ((lane >> 3) & 1) * 8);
                 to_f16(b);
@@ -352,7 +355,7 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
         }
         float* mine = s_part + warp * 16 * kDecodeSRow;
 #pragma unroll
-        for (int nt = 0; nt < 4; nt++) {
+        for (int nt = 0; nt < kDecodeRowTiles; nt++) {
             mine[g * kDecodeSRow + nt * 8 + 2 * c] = sacc[nt][0];
             mine[g * kDecodeSRow + nt * 8 + 2 * c + 1] = sacc[nt][1];
             mine[(g + 8) * kDecodeSRow + nt * 8 + 2 * c] = sacc[nt][2];
@@ -363,10 +366,10 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
         // B. online softmax of head hh over the tile's rows.
         {
             const int mt = hh / 16, r16 = hh % 16;
-            float x[4];
+            float x[kDecodeRowTiles];   // CPT ≤ 64 / 8
             float mx = kNegInf;
 #pragma unroll
-            for (int j = 0; j < 4; j++) {
+            for (int j = 0; j < kDecodeRowTiles; j++) {
                 if (j >= CPT) break;
                 const int col = sub * CPT + j;
                 float v = 0.0f;
@@ -378,7 +381,7 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
             const float alpha = ex2(m_run - m_new);
             float sum = 0.0f;
 #pragma unroll
-            for (int j = 0; j < 4; j += 2) {
+            for (int j = 0; j < kDecodeRowTiles; j += 2) {
                 if (j >= CPT) break;
                 const float p0 = ex2(x[j] - m_new), p1 = ex2(x[j + 1] - m_new);
                 sum += p0 + p1;

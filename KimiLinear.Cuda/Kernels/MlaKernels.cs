@@ -29,8 +29,8 @@ internal static unsafe class MlaKernels
     private const int AbsorbSharedBytes = 16 * 4 * AbsorbColumns * sizeof(float); // kAbsorbGroups · kAbsorbTokens · 64 floats
     private const int OutputRowsPerBlock = AbsorbThreads / 32;
     private const int DecodeThreads = 256;
-    private const int DecodeRows = 32;
-    private const int DecodeStages = 4;
+    private const int DecodeRows = 64;
+    private const int DecodeStages = 2;
     private const int DecodeMaxQuerySteps = 9;
     private const int DecodeMaxRank = 512;
     private const int DecodeMaxHeads = 32;
