@@ -12,8 +12,8 @@ namespace KimiLinear.Cuda.Kernels;
 /// <remarks>
 /// The attention products run on the tensor cores with fp32 accumulation; the fp32 operands (q_lat, the softmax
 /// weights) enter as fp16 and the bf16 values they meet are converted to fp16, exact for magnitudes up to 65504 (the
-/// normalised latent and the expanded keys/values are far below). Results land within ~5e-4 relative of a float64
-/// reference.
+/// normalised latent, k_pe, the expanded keys/values and q_lat = W_UKᵀ·q are far below; the weights are ≤ 1). Results
+/// land within ~5e-4 relative of a float64 reference.
 /// <para>
 /// Query t of a call sits at position start + t and sees cache rows [0, start + t]; the cache rows past that are never
 /// read (they may hold anything, NaN included). Every span must start 16-byte aligned (whole buffers and arena spans
