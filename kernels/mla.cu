@@ -15,20 +15,20 @@
 // EXPANDED PREFILL (kimi_mla_prefill_*): causal flash attention per head with key = (keysValues[s,h,:N] | k_pe[s]),
 //   value = keysValues[s,h,N:], keysValues = latent[:, :R]·kvBᵀ (computed by a GEMM before).
 //
-// Precision: products on the tensor cores (mma.sync m16n8k16, bf16 in, fp32 accumulation). Operands that are fp32
-// (the decode query q_lat, and the softmax weights p of both paths) are split into bf16 hi + lo parts and multiplied
-// twice, which keeps ~16 mantissa bits: a single bf16 rounding of p alone would already cost ~2e-3 of relative error.
-// Exponentials are 2^x of scores pre-multiplied by scale·log2(e).
+// Precision: products on the tensor cores (mma.sync m16n8k16, fp32 accumulation). bf16 × bf16 where both operands
+// are bf16 (the prefill's q·k). Where one is fp32 (the decode query q_lat, the softmax weights p of both paths) it goes
+// in as fp16 (11-bit significand: ~3e-4 relative error, where bf16 would cost ~2e-3) and the bf16 operand it meets is
+// converted to fp16 in registers, exactly for magnitudes in [2^-14, 65504] (the RMS-normalised latent, k_pe and the
+// expanded keys/values are far inside; below 2^-14 the absolute error stays under 2^-25). Exponentials are 2^x of
+// scores pre-multiplied by scale·log2(e).
 //
 // Inputs are finite; rows of the cache past the visible length are never read (they may hold NaN): tiles past the end
 // are zero-filled by cp.async without touching memory. Pointers are 16-byte aligned (the C# wrappers check).
 #ifdef KDA_EMULATE
 #include "kda/tests/cuda_emu.h"
-// The common.cuh helpers (which need the CUDA headers).
-inline float bf16_to_f32(uint16_t b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
+// The common.cuh helpers used here (common.cuh needs the CUDA headers).
 inline float bf16_lo(uint32_t pair) { return __uint_as_float(pair << 16); }
 inline float bf16_hi(uint32_t pair) { return __uint_as_float(pair & 0xFFFF0000u); }
-inline uint16_t f32_to_bf16(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
 #else
 #include "common.cuh"
 #endif
@@ -94,14 +94,6 @@ __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) {
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(static_cast<unsigned>(__cvta_generic_to_shared(p))));
 #endif
 }
-__device__ __forceinline__ void ldsm_x2(uint32_t (&r)[4], const uint16_t* p) {   // fills r[0], r[1]
-#ifdef KDA_EMULATE
-    emu_ldmatrix(r, 2, p, false);
-#else
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
-                 : "=r"(r[0]), "=r"(r[1]) : "r"(static_cast<unsigned>(__cvta_generic_to_shared(p))));
-#endif
-}
 __device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const uint16_t* p) {
 #ifdef KDA_EMULATE
     emu_ldmatrix(r, 4, p, true);
@@ -119,8 +111,8 @@ __device__ __forceinline__ void ldsm_x2_t(uint32_t (&r)[4], const uint16_t* p) {
 #endif
 }
 
-// d[16×8] += a[16×16]·b[16×8], bf16 in, fp32 accumulate. Fragments: lane l = 4g + c holds a (rows g, g+8; k pairs
-// 2c and 2c+8), b (column g; k pairs 2c, 2c+8) and d (rows g, g+8; columns 2c, 2c+1).
+// d[16×8] += a[16×16]·b[16×8], bf16 (mma) or fp16 (mma_f16) in, fp32 accumulate. Fragments: lane l = 4g + c holds
+// a (rows g, g+8; k pairs 2c and 2c+8), b (column g; k pairs 2c, 2c+8) and d (rows g, g+8; columns 2c, 2c+1).
 __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
 #ifdef KDA_EMULATE
     emu_mma_bf16_16816(d, a, b0, b1);
@@ -130,14 +122,32 @@ __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint3
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 #endif
 }
+__device__ __forceinline__ void mma_f16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#ifdef KDA_EMULATE
+    emu_mma_f16_16816(d, a, b0, b1);
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
 
-__device__ __forceinline__ uint32_t pack2(uint16_t lo, uint16_t hi) { return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16); }
+// Two floats as an fp16 pair (lo in the low half), rounded to nearest even.
+__device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi) {
+#ifdef KDA_EMULATE
+    return static_cast<uint32_t>(emu_f32_to_f16(lo)) | (static_cast<uint32_t>(emu_f32_to_f16(hi)) << 16);
+#else
+    uint32_t r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#endif
+}
 
-// x = hi + lo, both bf16 pairs: hi the rounded pair, lo the rounding residual (exact in fp32) rounded again.
-__device__ __forceinline__ void split2(float x0, float x1, uint32_t& hi, uint32_t& lo) {
-    const uint16_t h0 = f32_to_bf16(x0), h1 = f32_to_bf16(x1);
-    hi = pack2(h0, h1);
-    lo = pack2(f32_to_bf16(x0 - bf16_to_f32(h0)), f32_to_bf16(x1 - bf16_to_f32(h1)));
+// A bf16 pair as an fp16 pair (exact inside fp16's normal range), so it can meet an fp16 operand.
+__device__ __forceinline__ uint32_t bf16x2_to_f16x2(uint32_t x) { return pack_f16x2(bf16_lo(x), bf16_hi(x)); }
+__device__ __forceinline__ void to_f16(uint32_t (&r)[4]) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) r[i] = bf16x2_to_f16x2(r[i]);
 }
 
 // Max / sum over the `width` lanes (a power of two ≤ 32) of an aligned lane group.
@@ -235,24 +245,27 @@ kimi_mla_absorb_output(float* __restrict__ o, const float* __restrict__ out_lat,
 
 // ---- absorbed decode: flash-decoding over the latent cache ----------------------------------------------------------
 //
-// Block (slice s, token t), 8 warps. Heads pad to MT = ceil(H/16) m16 tiles (H ≤ 32). Per tile of 32 cache rows:
-//   A. S = Q·Kᵀ [MT·16, 32] on the tensor cores: warp w takes m-tile w / KS and every KS-th k16 step from w % KS
-//      (KS = 8 / MT), holding its q_lat fragments (hi and lo) in registers for the whole slice; partial S per warp go
-//      to shared memory.
+// Block (slice s, token t), 8 warps. Heads pad to MT = ceil(H/16) m16 tiles (H ≤ 32). Per tile of 64 cache rows:
+//   A. S = Q·Kᵀ [MT·16, 64] on the tensor cores: warp w takes m-tile w / KS and every KS-th k16 step from w % KS
+//      (KS = 8 / MT), holding its q_lat fragments (fp16) in registers for the whole slice; partial S per warp go to
+//      shared memory.
 //   B. Online softmax, one thread group per head: sums the KS partials, masks rows past the slice, updates (m, l),
-//      writes p as bf16 hi/lo and the rescale factor α.
+//      writes p as fp16 and the rescale factor α.
 //   C. O = α·O + P·V [MT·16, R]: warp w owns output columns [w·R/8, (w+1)·R/8) for all heads.
-// The cache rows stream through a 4-stage cp.async ring; rows past the slice are zero-filled.
-constexpr int kDecodeThreads = 256, kDecodeWarps = 8, kDecodeRows = 32, kDecodeStages = 4;
+// The cache rows stream through a 2-stage cp.async ring (the next 64-row tile loads while this one is used; 64-row
+// tiles halve the barriers and softmax passes per row against 32-row ones); rows past the slice are
+// zero-filled.
+constexpr int kDecodeThreads = 256, kDecodeWarps = 8, kDecodeRows = 64, kDecodeStages = 2;
+constexpr int kDecodeRowTiles = kDecodeRows / 8;   // n8 tiles of scores per warp
 constexpr int kDecodeMaxQSteps = 9;     // k16 steps of q a warp holds: D ≤ 16·9·KS (576 at H ≤ 32)
 constexpr int kDecodeMaxOutTiles = 8;   // n8 output tiles per warp: R ≤ 512
 constexpr int kDecodeSRow = kDecodeRows + 4, kDecodePRow = kDecodeRows + 8;   // padded shared rows (bank spread)
 
-// Dynamic shared memory, bytes: the ring [stages][32][D + 8] bf16, S partials [8 warps][16][36] f32,
-// P hi and lo [MT·16][40] bf16 each, α [MT·16] f32.
+// Dynamic shared memory, bytes: the ring [stages][64][D + 8] bf16, S partials [8 warps][16][68] f32,
+// P [MT·16][72] fp16, α [MT·16] f32.
 __host__ __device__ constexpr size_t decode_smem_bytes(int D, int MT) {
     return static_cast<size_t>(kDecodeStages) * kDecodeRows * (D + 8) * 2 + kDecodeWarps * 16 * kDecodeSRow * 4 +
-           2 * MT * 16 * kDecodePRow * 2 + MT * 16 * 4;
+           MT * 16 * kDecodePRow * 2 + MT * 16 * 4;
 }
 
 // partial_o [T, S, H, R] f32 (unnormalised), partial_ml [T, S, H, 2] (max in log2 units, sum); empty slices write
@@ -275,10 +288,9 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
 
     const int stride = D + 8;
     uint16_t* ring = dynamic_smem();
-    float* s_part = reinterpret_cast<float*>(ring + kDecodeStages * kDecodeRows * stride);   // [8][16][36]
-    uint16_t* p_hi = reinterpret_cast<uint16_t*>(s_part + kDecodeWarps * 16 * kDecodeSRow);    // [MT·16][40]
-    uint16_t* p_lo = p_hi + MT * 16 * kDecodePRow;
-    float* alpha_sh = reinterpret_cast<float*>(p_lo + MT * 16 * kDecodePRow);                  // [MT·16]
+    float* s_part = reinterpret_cast<float*>(ring + kDecodeStages * kDecodeRows * stride);   // [8][16][rows + 4]
+    uint16_t* p_sh = reinterpret_cast<uint16_t*>(s_part + kDecodeWarps * 16 * kDecodeSRow);    // [MT·16][rows + 8] fp16
+    float* alpha_sh = reinterpret_cast<float*>(p_sh + MT * 16 * kDecodePRow);                  // [MT·16]
 
     const int chunks = D / 8, tiles = (end - begin + kDecodeRows - 1) / kDecodeRows;
     auto load_tile = [&](int i) {
@@ -296,9 +308,9 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
         cp_async_commit();
     }
 
-    // This warp's q_lat fragments (m-tile mt_w, k16 steps ks0, ks0 + KS, ...), split into bf16 hi + lo.
+    // This warp's q_lat fragments (m-tile mt_w, k16 steps ks0, ks0 + KS, ...), as fp16.
     const int mt_w = warp / KS, ks0 = warp % KS;
-    uint32_t qh[kDecodeMaxQSteps][4], ql[kDecodeMaxQSteps][4];
+    uint32_t qf[kDecodeMaxQSteps][4];
 #pragma unroll
     for (int i = 0; i < kDecodeMaxQSteps; i++) {
         const int ks = ks0 + i * KS;
@@ -307,11 +319,11 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
             const int head = mt_w * 16 + g + (r & 1) * 8, col = ks * 16 + 2 * c + (r >> 1) * 8;
             float2 x = make_float2(0.0f, 0.0f);
             if (ks < ksteps && head < H) x = *reinterpret_cast<const float2*>(q_lat + (static_cast<size_t>(t) * H + head) * D + col);
-            split2(x.x, x.y, qh[i][r], ql[i][r]);
+            qf[i][r] = pack_f16x2(x.x, x.y);
         }
     }
 
-    // Softmax ownership: head hh = tid / TPH, columns [sub·CPT, +CPT) of each 32-row tile.
+    // Softmax ownership: head hh = tid / TPH, columns [sub·CPT, +CPT) of each 64-row tile.
     const int TPH = kDecodeThreads / (MT * 16), CPT = kDecodeRows / TPH, hh = tid / TPH, sub = tid % TPH;
     float m_run = kNegInf, l_run = 0.0f;
     // Output ownership: columns [warp·R/8, +R/8), NTW n8 tiles, all MT m-tiles.
@@ -326,25 +338,24 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
         const uint16_t* tile = ring + (i % kDecodeStages) * kDecodeRows * stride;
         const int row0 = begin + i * kDecodeRows;
 
-        // A. partial scores of this warp's k steps: 16 heads × 32 rows.
-        float sacc[4][4] = {};
+        // A. partial scores of this warp's k steps: 16 heads × 64 rows.
+        float sacc[kDecodeRowTiles][4] = {};
 #pragma unroll
         for (int j = 0; j < kDecodeMaxQSteps; j++) {
             const int ks = ks0 + j * KS;
             if (ks >= ksteps) break;
 #pragma unroll
-            for (int np = 0; np < 2; np++) {
+            for (int np = 0; np < kDecodeRowTiles / 2; np++) {
                 uint32_t b[4];
                 ldsm_x4(b, tile + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * stride + ks * 16 + ((lane >> 3) & 1) * 8);
-                mma(sacc[2 * np], qh[j], b[0], b[1]);
-                mma(sacc[2 * np], ql[j], b[0], b[1]);
-                mma(sacc[2 * np + 1], qh[j], b[2], b[3]);
-                mma(sacc[2 * np + 1], ql[j], b[2], b[3]);
+                to_f16(b);
+                mma_f16(sacc[2 * np], qf[j], b[0], b[1]);
+                mma_f16(sacc[2 * np + 1], qf[j], b[2], b[3]);
             }
         }
         float* mine = s_part + warp * 16 * kDecodeSRow;
 #pragma unroll
-        for (int nt = 0; nt < 4; nt++) {
+        for (int nt = 0; nt < kDecodeRowTiles; nt++) {
             mine[g * kDecodeSRow + nt * 8 + 2 * c] = sacc[nt][0];
             mine[g * kDecodeSRow + nt * 8 + 2 * c + 1] = sacc[nt][1];
             mine[(g + 8) * kDecodeSRow + nt * 8 + 2 * c] = sacc[nt][2];
@@ -355,10 +366,10 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
         // B. online softmax of head hh over the tile's rows.
         {
             const int mt = hh / 16, r16 = hh % 16;
-            float x[4];
+            float x[kDecodeRowTiles];   // CPT ≤ 64 / 8
             float mx = kNegInf;
 #pragma unroll
-            for (int j = 0; j < 4; j++) {
+            for (int j = 0; j < kDecodeRowTiles; j++) {
                 if (j >= CPT) break;
                 const int col = sub * CPT + j;
                 float v = 0.0f;
@@ -370,14 +381,11 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
             const float alpha = ex2(m_run - m_new);
             float sum = 0.0f;
 #pragma unroll
-            for (int j = 0; j < 4; j += 2) {
+            for (int j = 0; j < kDecodeRowTiles; j += 2) {
                 if (j >= CPT) break;
                 const float p0 = ex2(x[j] - m_new), p1 = ex2(x[j + 1] - m_new);
                 sum += p0 + p1;
-                uint32_t hi, lo;
-                split2(p0, p1, hi, lo);
-                *reinterpret_cast<uint32_t*>(p_hi + hh * kDecodePRow + sub * CPT + j) = hi;
-                *reinterpret_cast<uint32_t*>(p_lo + hh * kDecodePRow + sub * CPT + j) = lo;
+                *reinterpret_cast<uint32_t*>(p_sh + hh * kDecodePRow + sub * CPT + j) = pack_f16x2(p0, p1);
             }
             l_run = l_run * alpha + group_sum(sum, TPH);
             m_run = m_new;
@@ -398,13 +406,11 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
         }
 #pragma unroll
         for (int kk = 0; kk < kDecodeRows / 16; kk++) {
-            uint32_t ph[2][4], pl[2][4];
+            uint32_t pf[2][4];
 #pragma unroll
             for (int mt = 0; mt < 2; mt++) {
                 if (mt >= MT) break;
-                const int off = (mt * 16 + (lane & 15)) * kDecodePRow + kk * 16 + (lane >> 4) * 8;
-                ldsm_x4(ph[mt], p_hi + off);
-                ldsm_x4(pl[mt], p_lo + off);
+                ldsm_x4(pf[mt], p_sh + (mt * 16 + (lane & 15)) * kDecodePRow + kk * 16 + (lane >> 4) * 8);
             }
             const uint16_t* vrow = tile + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * stride + col_w + ((lane >> 4) & 1) * 8;
 #pragma unroll
@@ -413,15 +419,12 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
                 uint32_t b[4];
                 if (nt + 1 < NTW) ldsm_x4_t(b, vrow + nt * 8);
                 else ldsm_x2_t(b, vrow + nt * 8);
+                to_f16(b);
 #pragma unroll
                 for (int mt = 0; mt < 2; mt++) {
                     if (mt >= MT) break;
-                    mma(acc[mt][nt], ph[mt], b[0], b[1]);
-                    mma(acc[mt][nt], pl[mt], b[0], b[1]);
-                    if (nt + 1 < NTW) {
-                        mma(acc[mt][nt + 1], ph[mt], b[2], b[3]);
-                        mma(acc[mt][nt + 1], pl[mt], b[2], b[3]);
-                    }
+                    mma_f16(acc[mt][nt], pf[mt], b[0], b[1]);
+                    if (nt + 1 < NTW) mma_f16(acc[mt][nt + 1], pf[mt], b[2], b[3]);
                 }
             }
         }
@@ -443,31 +446,64 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
     if (sub == 0 && hh < H) { ml[2 * hh] = m_run; ml[2 * hh + 1] = l_run; }
 }
 
-constexpr int kCombineThreads = 128;
+constexpr int kCombineThreads = 256, kCombineColumns = 128;   // 8 warps; each block 128 columns (a float4 per lane)
 
-// out [T, H, R] = Σ_s 2^(m_s − M)·O_s / Σ_s 2^(m_s − M)·l_s. Grid (H, T); 128 threads; dynamic shared memory S floats.
+// Dynamic shared memory of the combine, bytes: weights [S], per-warp sums [8][128], reduction scratch [8].
+__host__ __device__ constexpr size_t combine_smem_bytes(int splits) {
+    return (static_cast<size_t>(splits) + (kCombineThreads / 32) * kCombineColumns + kCombineThreads / 32) * 4;
+}
+
+// out [T, H, R] = Σ_s 2^(m_s − M)·O_s / Σ_s 2^(m_s − M)·l_s. Grid (ceil(R / 128), H, T); 256 threads;
+// combine_smem_bytes(S). Warp w sums the slices w, w + 8, ... for 128 columns; the 8 sums meet in shared memory.
 extern "C" __global__ void __launch_bounds__(kCombineThreads)
 kimi_mla_decode_combine(float* __restrict__ out, const float* __restrict__ partial_o, const float* __restrict__ partial_ml,
                         int H, int R, int splits) {
+    constexpr int kWarps = kCombineThreads / 32;
     float* weight = reinterpret_cast<float*>(dynamic_smem());   // [S]
-    const int h = blockIdx.x, t = blockIdx.y;
-    const float* ml = partial_ml + static_cast<size_t>(t) * splits * H * 2 + h * 2;
+    float* sums = weight + splits;                               // [8][128]
+    float* scratch = sums + kWarps * kCombineColumns;            // [8]
+    const int h = blockIdx.y, t = blockIdx.z, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const float* ml = partial_ml + static_cast<size_t>(t) * splits * H * 2 + h * 2;   // slice s at ml[s·2H]
+
     float top = kNegInf;
-    for (int s = 0; s < splits; s++) top = fmaxf(top, ml[static_cast<size_t>(s) * H * 2]);
-    for (int s = threadIdx.x; s < splits; s += kCombineThreads) {
-        const float m = ml[static_cast<size_t>(s) * H * 2];
-        weight[s] = m == kNegInf ? 0.0f : ex2(m - top);
-    }
+    for (int s = tid; s < splits; s += kCombineThreads) top = fmaxf(top, ml[static_cast<size_t>(s) * H * 2]);
+    top = group_max(top, 32);
+    if (lane == 0) scratch[warp] = top;
     __syncthreads();
+    top = scratch[0];
+    for (int w = 1; w < kWarps; w++) top = fmaxf(top, scratch[w]);   // finite: at least one slice holds rows
     float denominator = 0.0f;
-    for (int s = 0; s < splits; s++) denominator += weight[s] * ml[static_cast<size_t>(s) * H * 2 + 1];
-    const float inv = 1.0f / denominator;
-    const float* po = partial_o + static_cast<size_t>(t) * splits * H * R + static_cast<size_t>(h) * R;
-    for (int r = threadIdx.x; r < R; r += kCombineThreads) {
+    for (int s = tid; s < splits; s += kCombineThreads) {
+        const float m = ml[static_cast<size_t>(s) * H * 2];
+        const float w = m == kNegInf ? 0.0f : ex2(m - top);
+        weight[s] = w;
+        denominator += w * ml[static_cast<size_t>(s) * H * 2 + 1];
+    }
+    denominator = group_sum(denominator, 32);
+    __syncthreads();   // every thread has read scratch (the max) before it is reused
+    if (lane == 0) scratch[warp] = denominator;
+    __syncthreads();
+    denominator = 0.0f;
+    for (int w = 0; w < kWarps; w++) denominator += scratch[w];
+
+    const int col = blockIdx.x * kCombineColumns + lane * 4;
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (col < R) {
+        const float* po = partial_o + static_cast<size_t>(t) * splits * H * R + static_cast<size_t>(h) * R + col;
+#pragma unroll 4
+        for (int s = warp; s < splits; s += kWarps) {
+            const float w = weight[s];
+            if (w == 0.0f) continue;   // an empty slice wrote no O
+            const float4 o = *reinterpret_cast<const float4*>(po + static_cast<size_t>(s) * H * R);
+            acc.x += w * o.x; acc.y += w * o.y; acc.z += w * o.z; acc.w += w * o.w;
+        }
+    }
+    *reinterpret_cast<float4*>(sums + warp * kCombineColumns + lane * 4) = acc;
+    __syncthreads();
+    if (tid < kCombineColumns && blockIdx.x * kCombineColumns + tid < R) {
         float sum = 0.0f;
-        for (int s = 0; s < splits; s++)
-            if (weight[s] != 0.0f) sum += weight[s] * po[static_cast<size_t>(s) * H * R + r];   // empty slices wrote no O
-        out[(static_cast<size_t>(t) * H + h) * R + r] = sum * inv;
+        for (int w = 0; w < kWarps; w++) sum += sums[w * kCombineColumns + tid];
+        out[(static_cast<size_t>(t) * H + h) * R + blockIdx.x * kCombineColumns + tid] = sum / denominator;
     }
 }
 
@@ -475,8 +511,8 @@ kimi_mla_decode_combine(float* __restrict__ out, const float* __restrict__ parti
 //
 // Block (query tile of 64, head), 4 warps of 16 queries; heavy (late) query tiles first. Per key tile of 64: K = (the
 // head's N key columns of keysValues | the P k_pe columns of the latent) and V (the head's V value columns) through a
-// 2-stage cp.async ring; S = Q·Kᵀ with q fragments held in registers; the online softmax in registers; p (split hi/lo)
-// reused straight from the S accumulators as the A operand of O += P·V.
+// 2-stage cp.async ring; S = Q·Kᵀ with q fragments held in registers; the online softmax in registers; p (fp16)
+// reused straight from the S accumulators as the A operand of O += P·V (V converted to fp16 in registers).
 constexpr int kPrefillThreads = 128, kPrefillRows = 64, kPrefillKeys = 64;
 constexpr int kPrefillMaxQSteps = 12;    // N + P ≤ 192
 constexpr int kPrefillMaxVTiles = 16;    // V ≤ 128
@@ -597,11 +633,8 @@ __device__ __forceinline__ void prefill(float* __restrict__ o, const uint16_t* _
         // O += P·V, k16 step kk = keys [16kk, 16kk + 16): P's A fragment is S accumulator tiles 2kk and 2kk + 1.
 #pragma unroll
         for (int kk = 0; kk < kPrefillKeys / 16; kk++) {
-            uint32_t ph[4], pl[4];
-            split2(sacc[2 * kk][0], sacc[2 * kk][1], ph[0], pl[0]);
-            split2(sacc[2 * kk][2], sacc[2 * kk][3], ph[1], pl[1]);
-            split2(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1], ph[2], pl[2]);
-            split2(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3], ph[3], pl[3]);
+            const uint32_t pf[4] = {pack_f16x2(sacc[2 * kk][0], sacc[2 * kk][1]), pack_f16x2(sacc[2 * kk][2], sacc[2 * kk][3]),
+                                    pack_f16x2(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]), pack_f16x2(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3])};
             const uint16_t* vrow = vt + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * vstride + ((lane >> 4) & 1) * 8;
 #pragma unroll
             for (int nt = 0; nt < kPrefillMaxVTiles; nt += 2) {
@@ -609,12 +642,9 @@ __device__ __forceinline__ void prefill(float* __restrict__ o, const uint16_t* _
                 uint32_t b[4];
                 if (nt + 1 < vtiles) ldsm_x4_t(b, vrow + nt * 8);
                 else ldsm_x2_t(b, vrow + nt * 8);
-                mma(oacc[nt], ph, b[0], b[1]);
-                mma(oacc[nt], pl, b[0], b[1]);
-                if (nt + 1 < vtiles) {
-                    mma(oacc[nt + 1], ph, b[2], b[3]);
-                    mma(oacc[nt + 1], pl, b[2], b[3]);
-                }
+                to_f16(b);
+                mma_f16(oacc[nt], pf, b[0], b[1]);
+                if (nt + 1 < vtiles) mma_f16(oacc[nt + 1], pf, b[2], b[3]);
             }
         }
     }

@@ -62,7 +62,6 @@ template <typename T> inline T __ldcs(const T* p) { return *p; }
 inline int atomicAdd(int* p, int v) { int old = *p; *p += v; return old; }   // fibers never run at the same time
 inline float __expf(float x) { return std::exp(x); }
 inline float __fdividef(float a, float b) { return a / b; }
-inline uint16_t __bfloat16_as_ushort(__nv_bfloat16 h) { return h.bits; }
 
 namespace emu {
 enum Wait { None, Block, Warp, Cluster, Done };
@@ -253,16 +252,23 @@ inline void emu_ldmatrix(uint32_t* r, int count, const void* p, bool trans) {
     }
     emu_warp_meet();
 }
-// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, d += a·b: A row g = l / 4 sits in a0 (k < 8) / a2 (k ≥ 8)
-// and row g + 8 in a1 / a3 of lanes 4g .. 4g + 3 (k pair 2(l % 4)); B column n in b0 (k < 8) / b1 of lanes 4n ..
-// 4n + 3; lane l accumulates rows g, g + 8 at columns 2(l % 4), +1.
-inline void emu_mma_bf16_16816(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
+// fp16 as raw bits (cvt.rn.f16x2.f32 rounds to nearest even, as the compiler's _Float16 does).
+inline uint16_t emu_f32_to_f16(float f) { _Float16 h = static_cast<_Float16>(f); uint16_t b; std::memcpy(&b, &h, 2); return b; }
+inline float emu_f16_to_f32(uint16_t b) { _Float16 h; std::memcpy(&h, &b, 2); return static_cast<float>(h); }
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32, d += a·b: A row g = l / 4 sits in a0 (k < 8) / a2
+// (k ≥ 8) and row g + 8 in a1 / a3 of lanes 4g .. 4g + 3 (k pair 2(l % 4)); B column n in b0 (k < 8) / b1 of lanes
+// 4n .. 4n + 3; lane l accumulates rows g, g + 8 at columns 2(l % 4), +1.
+template <bool F16> inline void emu_mma_16816(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
     emu::Fiber& me = emu::st().fibers[emu::st().cur];
     for (int i = 0; i < 4; ++i) me.xregs[i] = a[i];
     me.xregs[4] = b0; me.xregs[5] = b1;
     emu_warp_meet();
     const int l = int(threadIdx.x % 32), g = l / 4, c = 2 * (l % 4);
-    auto half = [](uint32_t v, int k) { uint32_t u = (k & 1 ? v >> 16 : v & 0xffffu) << 16; float f; std::memcpy(&f, &u, 4); return f; };
+    auto half = [](uint32_t v, int k) {
+        const uint16_t bits = uint16_t(k & 1 ? v >> 16 : v & 0xffffu);
+        if (F16) return emu_f16_to_f32(bits);
+        uint32_t u = uint32_t(bits) << 16; float f; std::memcpy(&f, &u, 4); return f;
+    };
     auto A = [&](int row, int k) { return half(emu_lane((row % 8) * 4 + (k % 8) / 2).xregs[(row >= 8) + 2 * (k >= 8)], k); };
     auto B = [&](int k, int n) { return half(emu_lane(n * 4 + (k % 8) / 2).xregs[4 + (k >= 8)], k); };
     float out[4];
@@ -275,6 +281,8 @@ inline void emu_mma_bf16_16816(float* d, const uint32_t* a, uint32_t b0, uint32_
     emu_warp_meet();
     for (int e = 0; e < 4; ++e) d[e] = out[e];
 }
+inline void emu_mma_bf16_16816(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) { emu_mma_16816<false>(d, a, b0, b1); }
+inline void emu_mma_f16_16816(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) { emu_mma_16816<true>(d, a, b0, b1); }
 
 // Runtime API subset: device memory is host memory; streams, events and graphs are absent (no timing here).
 typedef int cudaError_t;
