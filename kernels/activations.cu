@@ -5,11 +5,11 @@
 // Two launch shapes:
 //   row kernels       grid = rows, 256 threads striding over the row's columns (embed, RMSNorm, gather, scatter-add,
 //                     latent rows); gated RMSNorm runs a warp per row instead (its rows are one 128-wide head).
-//   element kernels   grid-stride loops over a flat count (add, SwiGLU, sigmoid, conversions); any grid size works.
+//   element kernels   grid-stride loops over a flat count (add, SwiGLU, conversions); any grid size works.
 // Each has a 16-byte vector path (four floats a step) taken when the widths are multiples of four and the pointers
 // aligned for it, else one element a step. Nothing here synchronises with the host or allocates, so every kernel may
 // be captured in a CUDA graph.
-// In-place use: RMSNorm (y == x), SwiGLU (output == gate or up), sigmoid and gated RMSNorm (y == o) may alias, so those
+// In-place use: RMSNorm (y == x), SwiGLU (output == gate or up) and gated RMSNorm (y == o) may alias, so those
 // pointers carry no __restrict__; each thread writes only elements it has already read itself.
 #include "common.cuh"
 
@@ -241,24 +241,6 @@ kimi_swiglu_f32(float* output, const float* gate, const float* up, long long cou
     for (size_t i = start + grid_thread(); i < n; i += grid_stride()) output[i] = silu_times(gate[i], up[i]);
 }
 
-// x[i] = 1 / (1 + e^-x[i]), in place.
-extern "C" __global__ void __launch_bounds__(ROW_THREADS)
-kimi_sigmoid_f32(float* x, long long count)
-{
-    const size_t n = static_cast<size_t>(count);
-    size_t start = 0;
-    if (aligned16(x))
-    {
-        start = n & ~size_t(3);
-        for (size_t v = grid_thread(); v < (n >> 2); v += grid_stride())
-        {
-            const float4 a = reinterpret_cast<const float4*>(x)[v];
-            reinterpret_cast<float4*>(x)[v] = make_float4(sigmoid_f32(a.x), sigmoid_f32(a.y), sigmoid_f32(a.z), sigmoid_f32(a.w));
-        }
-    }
-    for (size_t i = start + grid_thread(); i < n; i += grid_stride()) x[i] = sigmoid_f32(x[i]);
-}
-
 // y[i] = bf16(x[i]), rounded to nearest even; NaN stays NaN.
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
 kimi_f32_to_bf16(uint16_t* __restrict__ y, const float* __restrict__ x, long long count)
@@ -277,20 +259,17 @@ kimi_f32_to_bf16(uint16_t* __restrict__ y, const float* __restrict__ x, long lon
     for (size_t i = start + grid_thread(); i < n; i += grid_stride()) y[i] = f32_to_bf16(x[i]);
 }
 
-// y[i] = x[i] widened from bf16 (exact).
+// x[i] ≈ hi[i] + lo[i] in two bf16 values: hi = bf16(x), lo = bf16(x − hi) (about 16 significant bits together). Two
+// tensor-core GEMMs over hi and lo then give an fp32-accurate product where one rounding of x matters: the MoE router,
+// whose logits pick experts discretely.
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
-kimi_bf16_to_f32(float* __restrict__ y, const uint16_t* __restrict__ x, long long count)
+kimi_split_bf16(uint16_t* __restrict__ hi, uint16_t* __restrict__ lo, const float* __restrict__ x, long long count)
 {
     const size_t n = static_cast<size_t>(count);
-    size_t start = 0;
-    if (aligned8(x) && aligned16(y))
+    for (size_t i = grid_thread(); i < n; i += grid_stride())
     {
-        start = n & ~size_t(3);
-        for (size_t v = grid_thread(); v < (n >> 2); v += grid_stride())
-        {
-            const uint2 a = reinterpret_cast<const uint2*>(x)[v];
-            reinterpret_cast<float4*>(y)[v] = make_float4(bf16_lo(a.x), bf16_hi(a.x), bf16_lo(a.y), bf16_hi(a.y));
-        }
+        const uint16_t h = f32_to_bf16(x[i]);
+        hi[i] = h;
+        lo[i] = f32_to_bf16(x[i] - bf16_to_f32(h));
     }
-    for (size_t i = start + grid_thread(); i < n; i += grid_stride()) y[i] = bf16_to_f32(x[i]);
 }

@@ -10,8 +10,7 @@ namespace KimiLinear.Layers;
 /// </summary>
 internal sealed class MoeBlock
 {
-    private readonly WeightMatrix _router;       // gate.weight [E, D]
-    private readonly MoeExperts _experts;        // E experts of width F, the correction bias and the routing rule
+    private readonly MoeExperts _experts;        // the router [E, D], E experts of width F, the correction bias, the routing rule
     private readonly DenseMlp? _sharedExpert;    // width S·F
 
     /// <summary>The routed experts with their routing rule.</summary>
@@ -20,7 +19,7 @@ internal sealed class MoeBlock
     public MoeBlock(IWeightSource weights, string prefix, KimiConfig config, bool biasedRoutingWeights)
     {
         int d = config.HiddenSize, e = config.NumExperts, f = config.MoeIntermediateSize;
-        _router = weights.Matrix(prefix + "gate.weight", e, d);
+        var router = weights.Matrix(prefix + "gate.weight", e, d);
         var bias = weights.Floats(prefix + "gate.e_score_correction_bias", e);
         var (gate, up, down) = (new WeightMatrix[e], new WeightMatrix[e], new WeightMatrix[e]);
         for (int i = 0; i < e; i++)
@@ -32,7 +31,7 @@ internal sealed class MoeBlock
         }
         var routing = new MoeRouting(config.ExpertsPerToken, config.NumExpertGroups, config.TopKGroups,
             config.MoeRenormalize, config.RoutedScalingFactor, biasedRoutingWeights);
-        _experts = new MoeExperts(gate, up, down, bias, routing);
+        _experts = new MoeExperts(router, gate, up, down, bias, routing);
         if (config.NumSharedExperts > 0)
             _sharedExpert = DenseMlp.Load(weights, prefix + "shared_experts.", d, f * config.NumSharedExperts);
     }
@@ -40,10 +39,8 @@ internal sealed class MoeBlock
     /// <summary>x: [T, D] (after post_attention_layernorm) → [T, D].</summary>
     public Tensor Forward(IKimiBackend backend, Tensor x)
     {
-        var logits = backend.Allocate(x.Rows, _router.Rows); // [T, E]
-        backend.MatMul(x, _router, logits);
         var output = _sharedExpert?.Forward(backend, x) ?? Zeros(backend, x.Rows, x.Cols); // [T, D]
-        backend.MoeExperts(x, logits, _experts, output);
+        backend.MoeExperts(x, _experts, output);
         return output;
     }
 

@@ -4,13 +4,15 @@ using KimiLinear.Loading;
 namespace KimiLinear.Layers;
 
 /// <summary>
-/// The routed experts of a MoE block (spec §4) and how tokens are routed to them: E SwiGLU experts of width F, the
-/// router's correction bias (selection only, by default) and the routing rule. A backend runs them through
+/// The routed experts of a MoE block (spec §4) and how tokens are routed to them: the router, E SwiGLU experts of width
+/// F, the router's correction bias (selection only, by default) and the routing rule. A backend runs them through
 /// <see cref="IKimiBackend.MoeExperts"/>; <see cref="ForwardGrouped"/> is the algorithm in backend primitives, for
 /// backends that route on the host.
 /// </summary>
 internal sealed class MoeExperts
 {
+    /// <summary>gate.weight [E, D]: the router's logits are x · routerᵀ.</summary>
+    public WeightMatrix Router { get; }
     /// <summary>Expert e's w1 (gate) [F, D].</summary>
     public WeightMatrix[] Gate { get; }
     /// <summary>Expert e's w3 (up) [F, D].</summary>
@@ -28,8 +30,8 @@ internal sealed class MoeExperts
     /// <summary>Slot where a GPU backend keeps its device copy (the experts stacked per weight kind).</summary>
     public object? DeviceCopy { get; set; }
 
-    public MoeExperts(WeightMatrix[] gate, WeightMatrix[] up, WeightMatrix[] down, float[] correctionBias, MoeRouting routing) =>
-        (Gate, Up, Down, CorrectionBias, Routing) = (gate, up, down, correctionBias, routing);
+    public MoeExperts(WeightMatrix router, WeightMatrix[] gate, WeightMatrix[] up, WeightMatrix[] down, float[] correctionBias, MoeRouting routing) =>
+        (Router, Gate, Up, Down, CorrectionBias, Routing) = (router, gate, up, down, correctionBias, routing);
 
     /// <summary>
     /// output[t] += Σ_a weights[t, a] · expert(chosen[t, a])(x[t]), with tokens grouped per expert so that each chosen

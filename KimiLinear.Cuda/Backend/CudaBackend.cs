@@ -374,16 +374,17 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
 
     // ---- MoE ----
 
-    public void MoeExperts(Tensor x, Tensor logits, MoeExperts experts, Tensor output)
+    public void MoeExperts(Tensor x, MoeExperts experts, Tensor output)
     {
         int tokens = x.Rows, active = experts.Routing.ExpertsPerToken;
+        var logits = RouterLogits(Device(x), experts.Router);
         var stacked = DeviceWeights.Of(experts);
         var shape = new MoeShape(stacked.Hidden, stacked.Experts, active, stacked.Intermediate);
         var rule = new MoeRoutingRule(experts.Routing.Groups, experts.Routing.TopKGroups, experts.Routing.Renormalize,
             experts.Routing.ScalingFactor, experts.Routing.BiasedWeights);
         var chosen = _arena.Rent<int>((long)tokens * active);    // [T, A]
         var weights = _arena.Rent<float>((long)tokens * active); // [T, A]
-        MoeKernels.Route(_stream, chosen, weights, Device(logits).F32, _weights.Of(experts.CorrectionBias), shape, rule, tokens);
+        MoeKernels.Route(_stream, chosen, weights, logits, _weights.Of(experts.CorrectionBias), shape, rule, tokens);
         if (tokens <= DecodeTokens)
         {
             _moeDecodeScratch ??= new MoeDecodeScratch(_context, shape, DecodeTokens);
@@ -397,6 +398,30 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
             MoeKernels.PrefillExperts(_stream, Device(output).F32, Device(x).F32, chosen, weights, stacked.GateUp, stacked.Down,
                 _moePrefillScratch, shape, tokens);
         }
+    }
+
+    /// <summary>
+    /// x · routerᵀ [T, E] as accurate as fp32 inputs: the GEMV reads fp32 x; the GEMM runs twice, over x's bf16 high
+    /// and low parts, since one bf16 rounding of x would swap near-tied experts (a different expert for that token).
+    /// </summary>
+    private DeviceSpan<float> RouterLogits(CudaTensor x, WeightMatrix router)
+    {
+        int tokens = x.Rows, experts = router.Rows;
+        var logits = _arena.Rent<float>((long)tokens * experts);
+        var weight = _weights.Of(router);
+        if (tokens == 1 || router.Cols % 8 != 0)
+        {
+            for (int t = 0; t < tokens; t++)
+                MatmulKernels.Gemv(_stream, logits.Slice((long)t * experts, experts), weight, x.F32.Slice((long)t * router.Cols, router.Cols), experts, router.Cols);
+            return logits;
+        }
+        var (high, low) = (_arena.Rent<ushort>(x.Length), _arena.Rent<ushort>(x.Length));
+        ActivationKernels.SplitBFloat16(_stream, high, low, x.F32, x.Length);
+        var fromLow = _arena.Rent<float>((long)tokens * experts);
+        Gemm(logits, high, router.Cols, weight, tokens, experts, router.Cols);
+        Gemm(fromLow, low, router.Cols, weight, tokens, experts, router.Cols);
+        ActivationKernels.Add(_stream, logits, fromLow, (long)tokens * experts);
+        return logits;
     }
 
     // ---- helpers ----

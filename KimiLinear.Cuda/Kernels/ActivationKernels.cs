@@ -72,15 +72,6 @@ internal static unsafe class ActivationKernels
         LaunchElements(stream, KernelId.SwiGluF32, count, args);
     }
 
-    /// <summary>x[i] = 1 / (1 + e^−x[i]) in place, for i &lt; <paramref name="count"/>.</summary>
-    public static void Sigmoid(CudaStream stream, DeviceSpan<float> x, long count)
-    {
-        CheckCount(count);
-        KernelChecks.Holds(x, count, nameof(x));
-        ulong pX = x.Pointer;
-        void** args = stackalloc void*[] { &pX, &count };
-        LaunchElements(stream, KernelId.SigmoidF32, count, args);
-    }
 
     /// <summary>
     /// Per row of width W: y = o · rsqrt(mean(o²) + eps) · weight · sigmoid(z), for o, z, y [rows, W] (rows = T·H
@@ -171,15 +162,19 @@ internal static unsafe class ActivationKernels
         LaunchElements(stream, KernelId.F32ToBf16, count, args);
     }
 
-    /// <summary>y[i] = x[i] widened from bf16 (exact) for i &lt; <paramref name="count"/>.</summary>
-    public static void ToSingle(CudaStream stream, DeviceSpan<float> y, DeviceSpan<ushort> x, long count)
+    /// <summary>
+    /// x[i] ≈ hi[i] + lo[i] as two bf16 values (hi = bf16(x), lo = bf16(x − hi)) for i &lt; <paramref name="count"/>: two
+    /// tensor-core GEMMs over hi and lo give a product about as accurate as fp32 inputs (the MoE router's logits).
+    /// </summary>
+    public static void SplitBFloat16(CudaStream stream, DeviceSpan<ushort> hi, DeviceSpan<ushort> lo, DeviceSpan<float> x, long count)
     {
         CheckCount(count);
-        KernelChecks.Holds(y, count, nameof(y));
+        KernelChecks.Holds(hi, count, nameof(hi));
+        KernelChecks.Holds(lo, count, nameof(lo));
         KernelChecks.Holds(x, count, nameof(x));
-        ulong pY = y.Pointer, pX = x.Pointer;
-        void** args = stackalloc void*[] { &pY, &pX, &count };
-        LaunchElements(stream, KernelId.Bf16ToF32, count, args);
+        ulong pHi = hi.Pointer, pLo = lo.Pointer, pX = x.Pointer;
+        void** args = stackalloc void*[] { &pHi, &pLo, &pX, &count };
+        LaunchElements(stream, KernelId.SplitBf16, count, args);
     }
 
     /// <summary>An element kernel's launch: a thread per four elements, at most <see cref="MaxElementBlocks"/> blocks.</summary>

@@ -325,8 +325,10 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
         });
     }
 
-    public void MoeExperts(Tensor x, Tensor logits, MoeExperts experts, Tensor output)
+    public void MoeExperts(Tensor x, MoeExperts experts, Tensor output)
     {
+        var logits = Allocate(x.Rows, experts.Count); // [T, E]
+        MatMul(x, experts.Router, logits);
         var chosen = new int[x.Rows * experts.Routing.ExpertsPerToken];    // [T, A]
         var weights = new float[chosen.Length];                            // [T, A]
         MoeRoute(logits, experts.CorrectionBias, experts.Routing, chosen, weights);

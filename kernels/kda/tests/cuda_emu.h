@@ -54,6 +54,7 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
     u += 0x7fffu + ((u >> 16) & 1u);                                            // round to nearest even
     return {uint16_t(u >> 16)};
 }
+inline uint16_t __bfloat16_as_ushort(__nv_bfloat16 h) { return h.bits; }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 // Used by kernels/common.cuh, moe.cu and mla.cu.
 inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
