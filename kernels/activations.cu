@@ -259,7 +259,8 @@ kimi_f32_to_bf16(uint16_t* __restrict__ y, const float* __restrict__ x, long lon
     for (size_t i = start + grid_thread(); i < n; i += grid_stride()) y[i] = f32_to_bf16(x[i]);
 }
 
-// x[i] ≈ hi[i] + lo[i] in two bf16 values: hi = bf16(x), lo = bf16(x − hi) (about 16 significant bits together). Two
+// x[i] ≈ hi[i] + lo[i] in two bf16 values: hi = bf16(x), lo = bf16(x − hi) (about 16 significant bits together, for x
+// within bf16's finite range). Two
 // tensor-core GEMMs over hi and lo then give an fp32-accurate product where one rounding of x matters: the MoE router,
 // whose logits pick experts discretely.
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
