@@ -32,6 +32,11 @@ internal interface IKimiBackend
     /// undefined until written: every kernel writes its whole output, and <see cref="Clear"/> zeroes an accumulator.
     /// </summary>
     Tensor Allocate(int rows, int cols);
+    /// <summary>
+    /// Starts a scope whose activation tensors are released when it is disposed (scopes nest, like a stack): a layer's
+    /// intermediates then take memory for one layer, not for the whole step. Tensors allocated before the scope stay.
+    /// </summary>
+    IDisposable BeginScratch();
     /// <summary>Sets every element of <paramref name="tensor"/> to zero.</summary>
     void Clear(Tensor tensor);
     /// <summary>A zeroed fp32 tensor that outlives forward steps (session state: KDA windows and state).</summary>

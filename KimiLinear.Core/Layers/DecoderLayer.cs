@@ -47,6 +47,7 @@ internal sealed class DecoderLayer
     /// </summary>
     public void Forward(IKimiBackend backend, Tensor hidden, KdaLayerState? kdaState, MlaLayerState? mlaState, int position, bool absorbedAttention)
     {
+        using var scratch = backend.BeginScratch(); // everything but the residual stream dies with the layer
         var normed = backend.Allocate(hidden.Rows, hidden.Cols);
         backend.RmsNorm(hidden, _inputNorm, _eps, normed);
         var mixed = Kda is not null

@@ -147,6 +147,13 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
         }
     }
 
+    public IDisposable BeginScratch() => new ScratchScope(_arena, _arena.Mark());
+
+    private sealed class ScratchScope(StepArena arena, StepArena.Position mark) : IDisposable
+    {
+        public void Dispose() => arena.Rewind(mark);
+    }
+
     public Tensor Allocate(int rows, int cols) => CudaTensor.Float(rows, cols, _arena.Rent<float>(Math.Max(1L, (long)rows * cols)));
 
     public void Clear(Tensor tensor) => Device(tensor).F32.Fill(0f, _stream);

@@ -50,6 +50,9 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
 
     public int MaxTokensPerForward => int.MaxValue;
 
+    /// <summary>Nothing to release: the garbage collector frees a layer's arrays.</summary>
+    public IDisposable BeginScratch() => NoScope.Instance;
+
     /// <summary>Runs the step: on the CPU there is no launch overhead to save.</summary>
     public Tensor RunDecodeStep(SessionState state, int token, int position, Func<Tensor> step) => step();
 
