@@ -54,7 +54,10 @@ internal static class GpuModelBenchmarks
         var random = new Random(7);
         int[] Tokens(int count) => Enumerable.Range(0, count).Select(_ => random.Next(config.VocabSize)).ToArray();
 
-        foreach (int prompt in new[] { 1024, 32_768 })
+        // KIMI_BENCH_PREFILLS="1024,32768" (the default) picks the prompt lengths timed; "" times none (profiling decode).
+        var prefills = (Environment.GetEnvironmentVariable("KIMI_BENCH_PREFILLS") ?? "1024,32768")
+            .Split(',', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse);
+        foreach (int prompt in prefills)
         {
             var times = new List<double>();
             for (int run = 0; run < 3; run++)
