@@ -17,7 +17,9 @@
 //
 // DECODE (T ≤ MOE_MAX_DECODE_TOKENS), two kernels, both graph-capturable (ids read on the device) and launched with
 // programmatic dependent launch. They wait for their predecessor before loading anything: the expert ids decide which
-// weights to read, so nothing can be prefetched.
+// weights to read, so nothing can be prefetched. The gate-up kernel lets its successor launch only once a block has
+// used its weights: launched earlier, the successor's waiting blocks would hold SM slots its later blocks need (an
+// H100 run measured the early trigger 4 % slower).
 //   kimi_moe_decode_gate_up: grid (ceil(F / 4), T·A), 4 warps; block (fx, p) is pair p = t·A + a. Each expert is read
 //     once: only the first pair naming it works, for every token that chose it. Warp w takes row f = 4 fx + w of the
 //     gate and the up matrix (2 rows of D), keeps all of a lane's share of both rows in flight (a ring as in gemv.cu),
@@ -101,6 +103,7 @@ kimi_moe_route_f32(int* __restrict__ experts, float* __restrict__ weights, const
 #pragma unroll
     for (int j = 0; j < MOE_VALUES_PER_LANE; j++)
     {
+        if (j * 32 >= E) break; // the unrolled loops stop at E (warp-uniform), so small E costs little
         const int i = j * 32 + lane;
         score[j] = selection[j] = -INFINITY;
         if (i < E)
@@ -121,6 +124,7 @@ kimi_moe_route_f32(int* __restrict__ experts, float* __restrict__ weights, const
 #pragma unroll
             for (int j = 0; j < MOE_VALUES_PER_LANE; j++)
             {
+                if (j * 32 >= E) break;
                 const int i = j * 32 + lane;
                 if (i < E && i / per == g)
                 {
@@ -149,6 +153,7 @@ kimi_moe_route_f32(int* __restrict__ experts, float* __restrict__ weights, const
 #pragma unroll
         for (int j = 0; j < MOE_VALUES_PER_LANE; j++)
         {
+            if (j * 32 >= E) break;
             const int i = j * 32 + lane;
             if (i < E && !((kept >> (i / per)) & 1u)) selection[j] = -INFINITY;
         }
@@ -165,6 +170,7 @@ kimi_moe_route_f32(int* __restrict__ experts, float* __restrict__ weights, const
 #pragma unroll
         for (int j = 0; j < MOE_VALUES_PER_LANE; j++)
         {
+            if (j * 32 >= E) break;
             const int i = j * 32 + lane;
             if (i < E && !((taken >> j) & 1u) && (index < 0 || selection[j] > best))
                 best = selection[j], index = i, payload = biased ? selection[j] : score[j];
@@ -189,18 +195,25 @@ kimi_moe_route_f32(int* __restrict__ experts, float* __restrict__ weights, const
 // DECODE
 // =====================================================================================================================
 
-// acc += w · bf16(x) over 8 values: w a vector of 8 bf16, x 8 fp32 values rounded to bf16 here.
-__device__ __forceinline__ float dot8_f32(uint4 w, const float* __restrict__ x, float acc)
+// The 8 fp32 values at x, rounded to bf16 and widened back.
+__device__ __forceinline__ void load_rounded8(float (&xs)[8], const float* __restrict__ x)
 {
     const float4 lo = *reinterpret_cast<const float4*>(x), hi = *reinterpret_cast<const float4*>(x + 4);
-    acc = fmaf(bf16_lo(w.x), round_bf16(lo.x), acc);
-    acc = fmaf(bf16_hi(w.x), round_bf16(lo.y), acc);
-    acc = fmaf(bf16_lo(w.y), round_bf16(lo.z), acc);
-    acc = fmaf(bf16_hi(w.y), round_bf16(lo.w), acc);
-    acc = fmaf(bf16_lo(w.z), round_bf16(hi.x), acc);
-    acc = fmaf(bf16_hi(w.z), round_bf16(hi.y), acc);
-    acc = fmaf(bf16_lo(w.w), round_bf16(hi.z), acc);
-    acc = fmaf(bf16_hi(w.w), round_bf16(hi.w), acc);
+    xs[0] = round_bf16(lo.x), xs[1] = round_bf16(lo.y), xs[2] = round_bf16(lo.z), xs[3] = round_bf16(lo.w);
+    xs[4] = round_bf16(hi.x), xs[5] = round_bf16(hi.y), xs[6] = round_bf16(hi.z), xs[7] = round_bf16(hi.w);
+}
+
+// acc += w · x over 8 values: w a vector of 8 bf16.
+__device__ __forceinline__ float dot8_f32(uint4 w, const float (&x)[8], float acc)
+{
+    acc = fmaf(bf16_lo(w.x), x[0], acc);
+    acc = fmaf(bf16_hi(w.x), x[1], acc);
+    acc = fmaf(bf16_lo(w.y), x[2], acc);
+    acc = fmaf(bf16_hi(w.y), x[3], acc);
+    acc = fmaf(bf16_lo(w.z), x[4], acc);
+    acc = fmaf(bf16_hi(w.z), x[5], acc);
+    acc = fmaf(bf16_lo(w.w), x[6], acc);
+    acc = fmaf(bf16_hi(w.w), x[7], acc);
     return acc;
 }
 
@@ -244,7 +257,6 @@ extern "C" __global__ void __launch_bounds__(MOE_DECODE_WARPS * 32)
 kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, const int* __restrict__ experts,
                         const uint16_t* __restrict__ gate_up, int T, int D, int E, int A, int F)
 {
-    allow_successor();
     wait_for_predecessor();
     const int lane = threadIdx.x & 31, f = blockIdx.x * MOE_DECODE_WARPS + (threadIdx.x >> 5), p = blockIdx.y;
     const int pairs = T * A, e = experts[p];
@@ -258,7 +270,7 @@ kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, c
         earlier |= match && q < p ? 1u : 0u;
     }
     tokens = warp_or(tokens);
-    if (warp_or(earlier) != 0 || f >= F) return;
+    if (warp_or(earlier) != 0 || f >= F) return; // an exited block counts as having let the successor launch
     if (!valid_expert(e, E))
     {
         if (lane == 0)
@@ -295,14 +307,16 @@ kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, c
                 {
                     const int v = (c * MOE_GU_UNROLL + u) * 32 + lane;
                     if (v >= D8) continue;
-                    const float* xv = x + static_cast<size_t>(t) * D + v * 8;
-                    gate_acc[t] = dot8_f32(gate[d][u], xv, gate_acc[t]);
-                    up_acc[t] = dot8_f32(up[d][u], xv, up_acc[t]);
+                    float xs[8];
+                    load_rounded8(xs, x + static_cast<size_t>(t) * D + v * 8);
+                    gate_acc[t] = dot8_f32(gate[d][u], xs, gate_acc[t]);
+                    up_acc[t] = dot8_f32(up[d][u], xs, up_acc[t]);
                 }
             }
             if (c + MOE_GU_DEPTH < chunks) load_gate_up_chunk(gate[d], up[d], gate8, up8, c + MOE_GU_DEPTH, lane, D8);
         }
     }
+    allow_successor();
 #pragma unroll
     for (int t = 0; t < MOE_MAX_DECODE_TOKENS; t++)
     {
@@ -316,8 +330,8 @@ extern "C" __global__ void __launch_bounds__(MOE_DECODE_WARPS * 32)
 kimi_moe_decode_down(float* __restrict__ output, const uint16_t* __restrict__ h, const int* __restrict__ experts,
                      const float* __restrict__ weights, const uint16_t* __restrict__ down, int T, int D, int E, int A, int F)
 {
-    allow_successor();
     wait_for_predecessor();
+    allow_successor(); // as gemv.cu: this kernel's blocks are few and short
     const int lane = threadIdx.x & 31, d = blockIdx.x * MOE_DECODE_WARPS + (threadIdx.x >> 5);
     if (d >= D) return;
     const int F8 = F >> 3, chunks = (F8 + 32 * MOE_DOWN_VECTORS - 1) / (32 * MOE_DOWN_VECTORS);
@@ -450,19 +464,28 @@ __device__ __forceinline__ bool find_tile(const int* __restrict__ tile_start, co
     return true;
 }
 
-// Rows of a shared-memory tile this thread copies: row (threadIdx.x >> 3) + 32 i, chunk threadIdx.x & 7.
+// Rows of a shared-memory tile this thread copies: row (threadIdx.x >> 3) + 32 i, chunk threadIdx.x & 7. A thread keeps
+// each row as a 32-bit element offset from its matrix's base (half the registers of pointers; MoeKernels.cs keeps
+// every matrix below 2^32 elements), NO_ROW for a row past the matrix.
 constexpr int MOE_ROWS_A_THREAD = MOE_TILE_M * TILE_K / 8 / MOE_GEMM_THREADS;
+constexpr uint32_t NO_ROW = 0xFFFFFFFFu;
 
-// Copies k-slice [k0, k0 + 64) of this thread's four rows (null: a row past the matrix, zero-filled) into `tile`.
-__device__ __forceinline__ void load_rows(uint16_t* tile, const uint16_t* const (&src)[MOE_ROWS_A_THREAD], int k0, int K)
+struct TileRows
+{
+    const uint16_t* base;
+    uint32_t offset[MOE_ROWS_A_THREAD];
+};
+
+// Copies k-slice [k0, k0 + 64) of this thread's rows into `tile`; rows past the matrix and columns past K are zeros.
+__device__ __forceinline__ void load_rows(uint16_t* tile, const TileRows& src, int k0, int K)
 {
     const int chunk = threadIdx.x & 7, gk = k0 + chunk * 8;
 #pragma unroll
     for (int i = 0; i < MOE_ROWS_A_THREAD; i++)
     {
         const int row = (threadIdx.x >> 3) + 32 * i;
-        const bool ok = src[i] != nullptr && gk < K;
-        cp_async16(smem_u32(tile + swizzled(row, chunk)), ok ? src[i] + gk : nullptr, ok);
+        const bool ok = src.offset[i] != NO_ROW && gk < K;
+        cp_async16(smem_u32(tile + swizzled(row, chunk)), ok ? src.base + src.offset[i] + gk : src.base, ok);
     }
 }
 
@@ -478,8 +501,7 @@ __device__ __forceinline__ uint16_t* moe_smem()
 
 // acc[mt][nt] += A_tile · B_tileᵀ over K, the mainloop of gemm.cu: warp (wm, wn) computes rows wm + [0, 64) and
 // columns wn + [0, 32) of the 128 x 128 tile. a_rows / b_rows: this thread's rows of A and B (see load_rows).
-__device__ __forceinline__ void grouped_mainloop(float (&acc)[4][4][4], const uint16_t* const (&a_rows)[MOE_ROWS_A_THREAD],
-                                                 const uint16_t* const (&b_rows)[MOE_ROWS_A_THREAD], int K)
+__device__ __forceinline__ void grouped_mainloop(float (&acc)[4][4][4], const TileRows& a_rows, const TileRows& b_rows, int K)
 {
     uint16_t* sA = moe_smem();                                  // [STAGES][128][64]
     uint16_t* sB = sA + MOE_STAGES * MOE_TILE_M * TILE_K;        // [STAGES][128][64]
@@ -555,16 +577,14 @@ kimi_moe_prefill_gate_up(uint16_t* __restrict__ h, const uint16_t* __restrict__ 
     // Shared tile row n holds weight row f = f0 + 16 (n / 32) + n % 16 of the gate (n % 32 < 16) or of the up
     // matrix: warp column block w then holds gate columns in its n8 tiles 0-1 and the same columns of up in 2-3.
     const int f0 = blockIdx.x * (MOE_TILE_N / 2);
-    const uint16_t* weights = gate_up + static_cast<size_t>(e) * 2 * F * D;
-    const uint16_t* a_rows[MOE_ROWS_A_THREAD];
-    const uint16_t* b_rows[MOE_ROWS_A_THREAD];
+    TileRows a_rows{xb, {}}, b_rows{gate_up + static_cast<size_t>(e) * 2 * F * D, {}};
 #pragma unroll
     for (int i = 0; i < MOE_ROWS_A_THREAD; i++)
     {
         const int r = (threadIdx.x >> 3) + 32 * i;
-        a_rows[i] = r < rows ? xb + static_cast<size_t>(token_of_row[row0 + r]) * D : nullptr;
+        a_rows.offset[i] = r < rows ? static_cast<uint32_t>(token_of_row[row0 + r]) * D : NO_ROW;
         const int f = f0 + 16 * (r >> 5) + (r & 15);
-        b_rows[i] = f < F ? weights + static_cast<size_t>((r & 16) ? F + f : f) * D : nullptr;
+        b_rows.offset[i] = f < F ? static_cast<uint32_t>((r & 16) ? F + f : f) * D : NO_ROW;
     }
     float acc[4][4][4];
     grouped_mainloop(acc, a_rows, b_rows, D);
@@ -599,15 +619,13 @@ kimi_moe_prefill_down(float* __restrict__ y, const uint16_t* __restrict__ h, con
     int e, row0, rows;
     if (!find_tile(tile_start, offsets, E, blockIdx.y, e, row0, rows)) return;
     const int n0 = blockIdx.x * MOE_TILE_N;
-    const uint16_t* weights = down + static_cast<size_t>(e) * D * F;
-    const uint16_t* a_rows[MOE_ROWS_A_THREAD];
-    const uint16_t* b_rows[MOE_ROWS_A_THREAD];
+    TileRows a_rows{h, {}}, b_rows{down + static_cast<size_t>(e) * D * F, {}};
 #pragma unroll
     for (int i = 0; i < MOE_ROWS_A_THREAD; i++)
     {
         const int r = (threadIdx.x >> 3) + 32 * i;
-        a_rows[i] = r < rows ? h + static_cast<size_t>(row0 + r) * F : nullptr;
-        b_rows[i] = n0 + r < D ? weights + static_cast<size_t>(n0 + r) * F : nullptr;
+        a_rows.offset[i] = r < rows ? static_cast<uint32_t>(row0 + r) * F : NO_ROW;
+        b_rows.offset[i] = n0 + r < D ? static_cast<uint32_t>(n0 + r) * F : NO_ROW;
     }
     float acc[4][4][4];
     grouped_mainloop(acc, a_rows, b_rows, F);

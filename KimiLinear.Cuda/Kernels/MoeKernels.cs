@@ -108,14 +108,29 @@ internal static unsafe class MoeKernels
             throw new ArgumentOutOfRangeException(nameof(t), t, $"DecodeExperts takes at most {MaxDecodeTokens} tokens a call; use PrefillExperts for more");
         CheckScratch(scratch.Shape, scratch.MaxTokens, shape, t, nameof(scratch));
 
+        DecodeGateUp(s, scratch.Hidden, x, experts, gateUp, shape, t);
+        DecodeDown(s, output, scratch.Hidden, experts, weights, down, shape, t);
+    }
+
+    /// <summary>The first decode kernel: hidden[t, a] = bf16(silu(w1·x̃) ⊙ (w3·x̃)) of expert experts[t, a] (arguments checked by the caller).</summary>
+    internal static void DecodeGateUp(CudaStream s, DeviceSpan<ushort> hidden, DeviceSpan<float> x, DeviceSpan<int> experts,
+        DeviceSpan<ushort> gateUp, MoeShape shape, int t)
+    {
         int d = shape.Hidden, e = shape.Experts, a = shape.ExpertsPerToken, f = shape.Intermediate;
-        ulong pOut = output.Pointer, pX = x.Pointer, pIds = experts.Pointer, pWeights = weights.Pointer;
-        ulong pGateUp = gateUp.Pointer, pDown = down.Pointer, pHidden = scratch.Hidden.Pointer;
-        void** gateUpArgs = stackalloc void*[] { &pHidden, &pX, &pIds, &pGateUp, &t, &d, &e, &a, &f };
+        ulong pHidden = hidden.Pointer, pX = x.Pointer, pIds = experts.Pointer, pGateUp = gateUp.Pointer;
+        void** args = stackalloc void*[] { &pHidden, &pX, &pIds, &pGateUp, &t, &d, &e, &a, &f };
         s.Context.Kernels.Launch(KernelId.MoeDecodeGateUp, new Dim3((uint)((f + DecodeWarps - 1) / DecodeWarps), (uint)(t * a)),
-            new Dim3(DecodeWarps * 32), 0, s, gateUpArgs);
-        void** downArgs = stackalloc void*[] { &pOut, &pHidden, &pIds, &pWeights, &pDown, &t, &d, &e, &a, &f };
-        s.Context.Kernels.Launch(KernelId.MoeDecodeDown, new Dim3((uint)((d + DecodeWarps - 1) / DecodeWarps)), new Dim3(DecodeWarps * 32), 0, s, downArgs);
+            new Dim3(DecodeWarps * 32), 0, s, args);
+    }
+
+    /// <summary>The second decode kernel: output[t] += Σ_a weights[t, a] · w2·hidden[t, a] (arguments checked by the caller).</summary>
+    internal static void DecodeDown(CudaStream s, DeviceSpan<float> output, DeviceSpan<ushort> hidden, DeviceSpan<int> experts,
+        DeviceSpan<float> weights, DeviceSpan<ushort> down, MoeShape shape, int t)
+    {
+        int d = shape.Hidden, e = shape.Experts, a = shape.ExpertsPerToken, f = shape.Intermediate;
+        ulong pOut = output.Pointer, pHidden = hidden.Pointer, pIds = experts.Pointer, pWeights = weights.Pointer, pDown = down.Pointer;
+        void** args = stackalloc void*[] { &pOut, &pHidden, &pIds, &pWeights, &pDown, &t, &d, &e, &a, &f };
+        s.Context.Kernels.Launch(KernelId.MoeDecodeDown, new Dim3((uint)((d + DecodeWarps - 1) / DecodeWarps)), new Dim3(DecodeWarps * 32), 0, s, args);
     }
 
     /// <summary>
@@ -272,6 +287,12 @@ internal sealed class MoePrefillScratch : IDisposable
         if ((long)maxTokens * shape.ExpertsPerToken / MoeKernels.GemmTileRows + shape.Experts >= MoeKernels.MaxGridY)
             throw new ArgumentOutOfRangeException(nameof(maxTokens), maxTokens,
                 $"maxTokens · A / {MoeKernels.GemmTileRows} + E must stay below {MoeKernels.MaxGridY} (the grouped GEMMs' grid height)");
+        // The grouped GEMMs address rows of xb, the hidden and one expert's weights with 32-bit element offsets.
+        long largest = Math.Max(Math.Max((long)maxTokens * shape.Hidden, (long)maxTokens * shape.ExpertsPerToken * shape.Intermediate),
+            2L * shape.Intermediate * shape.Hidden);
+        if (largest >= uint.MaxValue)
+            throw new ArgumentOutOfRangeException(nameof(maxTokens), maxTokens,
+                $"the prefill scratch's matrices must stay below 2^32 elements (T·D, T·A·F, 2F·D), but one holds {largest:N0}");
         (Shape, MaxTokens) = (shape, maxTokens);
         _indices = context.Allocate<int>(3 * (shape.Experts + 1) + 3L * Pairs);
         try
