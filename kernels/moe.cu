@@ -20,13 +20,14 @@
 // weights to read, so nothing can be prefetched. The gate-up kernel lets its successor launch only once a block has
 // used its weights: launched earlier, the successor's waiting blocks would hold SM slots its later blocks need (an
 // H100 run measured the early trigger 4 % slower).
-//   kimi_moe_decode_gate_up: grid (ceil(F / 4), T·A), 4 warps; block (fx, p) is pair p = t·A + a. Each expert is read
-//     once: only the first pair naming it works, for every token that chose it. Warp w takes row f = 4 fx + w of the
-//     gate and the up matrix (2 rows of D), keeps all of a lane's share of both rows in flight (a ring as in gemv.cu),
-//     and writes h[t, a, f] (bf16) for each of its tokens.
-//   kimi_moe_decode_down: grid ceil(D / 4), 4 warps; warp w owns output row d, and for each token sums
-//     weights[t, a] · down[e][d] · h[t, a] over a (pairs four at a time, their rows in flight together), then adds it
-//     to output[t, d].
+//   kimi_moe_decode_gate_up: grid (T·A, ceil(F / 8)), 4 warps; block (p, fy) serves pair p = t·A + a. Each expert
+//     is read once: only the first pair naming it works, for every token that chose it. Warp w takes rows
+//     f0 = 2 (4 fy + w) and f0 + 1 of the gate and the up matrix, keeps a ring of chunks of them in flight that runs
+//     from the first row into the second (as gemv.cu's ring, so the second row streams while the first is summed),
+//     and writes h[t, a, f] (bf16) for each of its tokens. The loads start as soon as the pair's expert id is read.
+//   kimi_moe_decode_down: grid ceil(D / 2), 4 warps; two warps own output row d, each half of F, and for each token
+//     sum weights[t, a] · down[e][d] · h[t, a] over a with all eight pairs' rows in flight together, then add it to
+//     output[t, d] (the halves in warp order).
 //
 // PREFILL (any T, one launch sequence, no host sync; grids sized for the worst case, surplus blocks exit):
 //   1. kimi_moe_prefill_count: rank[p] = the pair's place among its expert's pairs (an int atomic: the place is
@@ -51,11 +52,13 @@ constexpr int MOE_MAX_EXPERTS = 1024;                  // MoeKernels.MaxExperts
 constexpr int MOE_VALUES_PER_LANE = MOE_MAX_EXPERTS / 32;
 constexpr int MOE_ROUTE_WARPS = 4;                     // tokens a route block
 constexpr int MOE_MAX_DECODE_TOKENS = 16;              // MoeKernels.MaxDecodeTokens: token masks are bits of a word
-constexpr int MOE_DECODE_WARPS = 4;                    // rows a decode block (one a warp)
+constexpr int MOE_DECODE_WARPS = 4;                    // warps a decode block
+constexpr int MOE_GU_ROWS = 2;                         // gate-up: rows of w1 (and the same of w3) a warp, one after another
 constexpr int MOE_GU_UNROLL = 3;                       // gate-up: 16-byte vectors a lane a row in one chunk
 constexpr int MOE_GU_DEPTH = 3;                        // gate-up: chunks in flight (3 x 3 x 32 x 8 covers D = 2304)
-constexpr int MOE_DOWN_PAIRS = 4;                      // down: pairs whose rows are in flight together
-constexpr int MOE_DOWN_VECTORS = 4;                    // down: 16-byte vectors a lane a row in one chunk (F = 1024)
+constexpr int MOE_DOWN_SPLIT = 2;                      // down: warps sharing a row, each half of F
+constexpr int MOE_DOWN_PAIRS = 8;                      // down: pairs whose rows are in flight together (A = 8)
+constexpr int MOE_DOWN_VECTORS = 2;                    // down: 16-byte vectors a lane a row in one chunk (2 x 2 x 32 x 8 = F = 1024)
 constexpr int MOE_TILE_M = 128, MOE_TILE_N = 128, MOE_STAGES = 3, MOE_GEMM_THREADS = 256;
 constexpr int MOE_GEMM_SMEM_BYTES = MOE_STAGES * (MOE_TILE_M + MOE_TILE_N) * TILE_K * 2;
 static_assert(MOE_GEMM_SMEM_BYTES == 96 * 1024, "MoeKernels.GemmSharedBytes (C#) launches with 96 KiB");
@@ -240,16 +243,19 @@ __device__ __forceinline__ int slot_of(const int* __restrict__ experts, int t, i
     return slot;
 }
 
-// Chunk c of a lane's share of the gate and up rows: vectors (c · UNROLL + u) · 32 + lane, zeros past the row.
+// Chunk c of a warp's gate and up rows (row c / per_row of its rows, which are consecutive): lane vectors
+// (lc · UNROLL + u) · 32 + lane of that row, lc = c mod per_row; zeros past the row.
 __device__ __forceinline__ void load_gate_up_chunk(uint4 (&gate)[MOE_GU_UNROLL], uint4 (&up)[MOE_GU_UNROLL], const uint4* gate8,
-                                                   const uint4* up8, int c, int lane, int D8)
+                                                   const uint4* up8, int c, int per_row, int lane, int D8)
 {
+    const int row = c / per_row, lc = c - row * per_row;
 #pragma unroll
     for (int u = 0; u < MOE_GU_UNROLL; u++)
     {
-        const int v = (c * MOE_GU_UNROLL + u) * 32 + lane;
-        gate[u] = v < D8 ? __ldcs(gate8 + v) : make_uint4(0, 0, 0, 0);
-        up[u] = v < D8 ? __ldcs(up8 + v) : make_uint4(0, 0, 0, 0);
+        const int v = (lc * MOE_GU_UNROLL + u) * 32 + lane;
+        const size_t at = static_cast<size_t>(row) * D8 + v;
+        gate[u] = v < D8 ? __ldcs(gate8 + at) : make_uint4(0, 0, 0, 0);
+        up[u] = v < D8 ? __ldcs(up8 + at) : make_uint4(0, 0, 0, 0);
     }
 }
 
@@ -258,8 +264,26 @@ kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, c
                         const uint16_t* __restrict__ gate_up, int T, int D, int E, int A, int F)
 {
     wait_for_predecessor();
-    const int lane = threadIdx.x & 31, f = blockIdx.x * MOE_DECODE_WARPS + (threadIdx.x >> 5), p = blockIdx.y;
-    const int pairs = T * A, e = experts[p];
+    const int lane = threadIdx.x & 31, p = blockIdx.x;
+    const int f0 = (blockIdx.y * MOE_DECODE_WARPS + (threadIdx.x >> 5)) * MOE_GU_ROWS; // this warp's first row
+    if (f0 >= F) return; // an exited block counts as having let the successor launch
+    const int pairs = T * A, e = experts[p], rows = min(MOE_GU_ROWS, F - f0);
+    const int D8 = D >> 3, per_row = ((D8 + 31) / 32 + MOE_GU_UNROLL - 1) / MOE_GU_UNROLL, chunks = rows * per_row;
+    const bool valid = valid_expert(e, E);
+
+    // A ring of DEPTH chunks running over the warp's rows: requested as soon as the expert is known (before the check
+    // below that another block does this expert: such a duplicate block sits next to the one that does, so its loads
+    // meet the same lines in L2), each slot refilled with the chunk DEPTH later once used.
+    const uint4* gate8 = reinterpret_cast<const uint4*>(gate_up + (static_cast<size_t>(valid ? e : 0) * 2 * F + f0) * D);
+    const uint4* up8 = gate8 + static_cast<size_t>(F) * D8;
+    uint4 gate[MOE_GU_DEPTH][MOE_GU_UNROLL], up[MOE_GU_DEPTH][MOE_GU_UNROLL];
+    if (valid)
+    {
+#pragma unroll
+        for (int d = 0; d < MOE_GU_DEPTH; d++)
+            if (d < chunks) load_gate_up_chunk(gate[d], up[d], gate8, up8, d, per_row, lane, D8);
+    }
+
     // The tokens that chose e (bit t), and whether an earlier pair names e too (then that pair's block does the work).
     unsigned tokens = 0, earlier = 0;
     for (int q0 = 0; q0 < pairs; q0 += 32)
@@ -270,27 +294,18 @@ kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, c
         earlier |= match && q < p ? 1u : 0u;
     }
     tokens = warp_or(tokens);
-    if (warp_or(earlier) != 0 || f >= F) return; // an exited block counts as having let the successor launch
-    if (!valid_expert(e, E))
+    if (warp_or(earlier) != 0) return;
+    if (!valid)
     {
-        if (lane == 0)
+        if (lane < rows)
             for (int t = 0; t < T; t++)
-                if ((tokens >> t) & 1u) h[(static_cast<size_t>(t) * A + slot_of(experts, t, A, e)) * F + f] = BF16_NAN;
+                if ((tokens >> t) & 1u) h[(static_cast<size_t>(t) * A + slot_of(experts, t, A, e)) * F + f0 + lane] = BF16_NAN;
         return;
     }
 
-    const int D8 = D >> 3;
-    const uint4* gate8 = reinterpret_cast<const uint4*>(gate_up + (static_cast<size_t>(e) * 2 * F + f) * D);
-    const uint4* up8 = gate8 + static_cast<size_t>(F) * D8;
-    const int chunks = ((D8 + 31) / 32 + MOE_GU_UNROLL - 1) / MOE_GU_UNROLL;
     float gate_acc[MOE_MAX_DECODE_TOKENS], up_acc[MOE_MAX_DECODE_TOKENS];
 #pragma unroll
     for (int t = 0; t < MOE_MAX_DECODE_TOKENS; t++) gate_acc[t] = up_acc[t] = 0.0f;
-
-    // A ring of DEPTH chunks: all requested up front, each refilled with the chunk DEPTH later once used.
-    uint4 gate[MOE_GU_DEPTH][MOE_GU_UNROLL], up[MOE_GU_DEPTH][MOE_GU_UNROLL];
-#pragma unroll
-    for (int d = 0; d < MOE_GU_DEPTH; d++) load_gate_up_chunk(gate[d], up[d], gate8, up8, d, lane, D8);
     for (int c0 = 0; c0 < chunks; c0 += MOE_GU_DEPTH)
     {
 #pragma unroll
@@ -298,6 +313,7 @@ kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, c
         {
             const int c = c0 + d;
             if (c >= chunks) break;
+            const int row = c / per_row, lc = c - row * per_row;
 #pragma unroll
             for (int t = 0; t < MOE_MAX_DECODE_TOKENS; t++)
             {
@@ -305,7 +321,7 @@ kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, c
 #pragma unroll
                 for (int u = 0; u < MOE_GU_UNROLL; u++)
                 {
-                    const int v = (c * MOE_GU_UNROLL + u) * 32 + lane;
+                    const int v = (lc * MOE_GU_UNROLL + u) * 32 + lane;
                     if (v >= D8) continue;
                     float xs[8];
                     load_rounded8(xs, x + static_cast<size_t>(t) * D + v * 8);
@@ -313,17 +329,21 @@ kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, c
                     up_acc[t] = dot8_f32(up[d][u], xs, up_acc[t]);
                 }
             }
-            if (c + MOE_GU_DEPTH < chunks) load_gate_up_chunk(gate[d], up[d], gate8, up8, c + MOE_GU_DEPTH, lane, D8);
+            if (c + MOE_GU_DEPTH < chunks) load_gate_up_chunk(gate[d], up[d], gate8, up8, c + MOE_GU_DEPTH, per_row, lane, D8);
+            if (lc == per_row - 1) // the row is done: its sums, while the next row's chunks stream in
+            {
+#pragma unroll
+                for (int t = 0; t < MOE_MAX_DECODE_TOKENS; t++)
+                {
+                    if (!((tokens >> t) & 1u)) continue;
+                    const float g = warp_sum(gate_acc[t]), u = warp_sum(up_acc[t]);
+                    if (lane == 0) h[(static_cast<size_t>(t) * A + slot_of(experts, t, A, e)) * F + f0 + row] = f32_to_bf16(silu(g) * u);
+                    gate_acc[t] = up_acc[t] = 0.0f;
+                }
+            }
         }
     }
     allow_successor();
-#pragma unroll
-    for (int t = 0; t < MOE_MAX_DECODE_TOKENS; t++)
-    {
-        if (!((tokens >> t) & 1u)) continue;
-        const float g = warp_sum(gate_acc[t]), u = warp_sum(up_acc[t]);
-        if (lane == 0) h[(static_cast<size_t>(t) * A + slot_of(experts, t, A, e)) * F + f] = f32_to_bf16(silu(g) * u);
-    }
 }
 
 extern "C" __global__ void __launch_bounds__(MOE_DECODE_WARPS * 32)
@@ -332,57 +352,75 @@ kimi_moe_decode_down(float* __restrict__ output, const uint16_t* __restrict__ h,
 {
     wait_for_predecessor();
     allow_successor(); // as gemv.cu: this kernel's blocks are few and short
-    const int lane = threadIdx.x & 31, d = blockIdx.x * MOE_DECODE_WARPS + (threadIdx.x >> 5);
-    if (d >= D) return;
-    const int F8 = F >> 3, chunks = (F8 + 32 * MOE_DOWN_VECTORS - 1) / (32 * MOE_DOWN_VECTORS);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, s = warp % MOE_DOWN_SPLIT;
+    const int d = blockIdx.x * (MOE_DECODE_WARPS / MOE_DOWN_SPLIT) + warp / MOE_DOWN_SPLIT;
+    const int dd = min(d, D - 1); // rows past D compute row D - 1 and store nothing (every warp reaches the barriers)
+    const int F8 = F >> 3, chunks = (F8 + 32 * MOE_DOWN_SPLIT * MOE_DOWN_VECTORS - 1) / (32 * MOE_DOWN_SPLIT * MOE_DOWN_VECTORS);
+    __shared__ float partial[MOE_DECODE_WARPS];
     for (int t = 0; t < T; t++)
     {
+        // Lane a holds pair a's expert and weight (A ≤ 32), read once a token.
+        const int my_e = lane < A ? experts[t * A + lane] : -1;
+        const float my_w = lane < A ? weights[t * A + lane] : 0.0f;
         float acc = 0.0f; // this lane's share of Σ_a w_a · down[e_a][d] · h[t, a]
         for (int a0 = 0; a0 < A; a0 += MOE_DOWN_PAIRS)
         {
-            const uint4* row8[MOE_DOWN_PAIRS];
-            const uint4* h8[MOE_DOWN_PAIRS];
+            int ea[MOE_DOWN_PAIRS];
             bool live[MOE_DOWN_PAIRS]; // a real pair with a valid expert
             float part[MOE_DOWN_PAIRS];
 #pragma unroll
             for (int i = 0; i < MOE_DOWN_PAIRS; i++)
             {
-                const int a = min(a0 + i, A - 1), e = experts[t * A + a];
-                live[i] = a0 + i < A && valid_expert(e, E);
-                row8[i] = reinterpret_cast<const uint4*>(down + (static_cast<size_t>(live[i] ? e : 0) * D + d) * F);
-                h8[i] = reinterpret_cast<const uint4*>(h + (static_cast<size_t>(t) * A + a) * F);
+                ea[i] = __shfl_sync(0xFFFFFFFFu, my_e, min(a0 + i, A - 1));
+                live[i] = a0 + i < A && valid_expert(ea[i], E);
                 part[i] = 0.0f;
             }
             for (int c = 0; c < chunks; c++)
             {
+                // Vector (c · VECTORS + u) · SPLIT + s of each 32-vector stripe: the row's two warps interleave.
                 uint4 w[MOE_DOWN_PAIRS][MOE_DOWN_VECTORS];
 #pragma unroll
                 for (int i = 0; i < MOE_DOWN_PAIRS; i++)
+                {
+                    const uint4* row8 = reinterpret_cast<const uint4*>(down + (static_cast<size_t>(live[i] ? ea[i] : 0) * D + dd) * F);
 #pragma unroll
                     for (int u = 0; u < MOE_DOWN_VECTORS; u++)
                     {
-                        const int v = (c * MOE_DOWN_VECTORS + u) * 32 + lane;
-                        w[i][u] = live[i] && v < F8 ? __ldcs(row8[i] + v) : make_uint4(0, 0, 0, 0);
+                        const int v = ((c * MOE_DOWN_VECTORS + u) * MOE_DOWN_SPLIT + s) * 32 + lane;
+                        w[i][u] = live[i] && v < F8 ? __ldcs(row8 + v) : make_uint4(0, 0, 0, 0);
                     }
+                }
 #pragma unroll
                 for (int i = 0; i < MOE_DOWN_PAIRS; i++)
+                {
+                    const uint4* h8 = reinterpret_cast<const uint4*>(h + (static_cast<size_t>(t) * A + min(a0 + i, A - 1)) * F);
 #pragma unroll
                     for (int u = 0; u < MOE_DOWN_VECTORS; u++)
                     {
-                        const int v = (c * MOE_DOWN_VECTORS + u) * 32 + lane;
-                        if (live[i] && v < F8) part[i] = dot8_bf16(w[i][u], __ldg(h8[i] + v), part[i]);
+                        const int v = ((c * MOE_DOWN_VECTORS + u) * MOE_DOWN_SPLIT + s) * 32 + lane;
+                        if (live[i] && v < F8) part[i] = dot8_bf16(w[i][u], __ldg(h8 + v), part[i]);
                     }
+                }
             }
 #pragma unroll
             for (int i = 0; i < MOE_DOWN_PAIRS; i++)
             {
-                const int a = a0 + i;
-                if (a >= A) break;
-                acc = live[i] ? fmaf(weights[t * A + a], part[i], acc) : NAN;
+                const float wa = __shfl_sync(0xFFFFFFFFu, my_w, min(a0 + i, A - 1));
+                if (a0 + i < A) acc = live[i] ? fmaf(wa, part[i], acc) : NAN;
             }
         }
+        // The row's warps add their halves in warp order (deterministic).
         const float sum = warp_sum(acc);
-        if (lane == 0) output[static_cast<size_t>(t) * D + d] += sum;
+        if (lane == 0) partial[warp] = sum;
+        __syncthreads();
+        if (s == 0 && lane == 0 && d < D)
+        {
+            float total = 0.0f;
+#pragma unroll
+            for (int q = 0; q < MOE_DOWN_SPLIT; q++) total += partial[warp + q];
+            output[static_cast<size_t>(t) * D + d] += total;
+        }
+        __syncthreads();
     }
 }
 

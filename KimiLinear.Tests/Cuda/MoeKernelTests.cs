@@ -78,6 +78,7 @@ public sealed class MoeKernelTests
     [InlineData(16, 40, 8, 2, 24)]    // every token of the largest decode batch; experts shared between tokens
     [InlineData(2, 2304, 4, 2, 1024)] // the model's D and F: the gate-up ring holds whole rows, down a full chunk
     [InlineData(2, 4096, 5, 3, 1040)] // ring refills, two down chunks, a partial batch of pairs
+    [InlineData(3, 256, 12, 10, 64)]  // A past one batch of eight pairs
     public void DecodeExperts_MatchReference(int t, int d, int e, int a, int f)
     {
         CudaContext gpu = Gpu.Require();
