@@ -20,11 +20,12 @@
 // weights to read, so nothing can be prefetched. The gate-up kernel lets its successor launch only once a block has
 // used its weights: launched earlier, the successor's waiting blocks would hold SM slots its later blocks need (an
 // H100 run measured the early trigger 4 % slower).
-//   kimi_moe_decode_gate_up: grid (T·A, ceil(F / 8)), 4 warps; block (p, fy) serves pair p = t·A + a. Each expert
+//   kimi_moe_decode_gate_up: grid (ceil(F / 8), T·A), 4 warps; block (fx, p) serves pair p = t·A + a. Each expert
 //     is read once: only the first pair naming it works, for every token that chose it. Warp w takes rows
-//     f0 = 2 (4 fy + w) and f0 + 1 of the gate and the up matrix, keeps a ring of chunks of them in flight that runs
+//     f0 = 2 (4 fx + w) and f0 + 1 of the gate and the up matrix, keeps a ring of chunks of them in flight that runs
 //     from the first row into the second (as gemv.cu's ring, so the second row streams while the first is summed),
-//     and writes h[t, a, f] (bf16) for each of its tokens. The loads start as soon as the pair's expert id is read.
+//     and writes h[t, a, f] (bf16) for each of its tokens. Consecutive blocks take consecutive rows of one expert
+//     (an H100 run with the pairs varying fastest instead, eight experts' same rows at once, read 30 % slower).
 //   kimi_moe_decode_down: grid ceil(D / 2), 4 warps; two warps own output row d, each half of F, and for each token
 //     sum weights[t, a] · down[e][d] · h[t, a] over a with all eight pairs' rows in flight together, then add it to
 //     output[t, d] (the halves in warp order).
@@ -234,13 +235,16 @@ __device__ __forceinline__ float dot8_bf16(uint4 w, uint4 h, float acc)
     return acc;
 }
 
-// The slot a with experts[t, a] == e (the caller knows there is one).
-__device__ __forceinline__ int slot_of(const int* __restrict__ experts, int t, int A, int e)
+// Writes h[q, f] = value for each pair q of token t that this lane found naming the expert: bit k of `mine` is pair
+// 32 k + lane. The scan that found them already read the ids, so nothing is read again before the store.
+__device__ __forceinline__ void store_hidden(uint16_t* __restrict__ h, unsigned mine, int pairs, int lane, int A, int F, int t, int f,
+                                             uint16_t value)
 {
-    int slot = 0;
-    for (int a = 0; a < A; a++)
-        if (experts[t * A + a] == e) slot = a;
-    return slot;
+    for (int k = 0; k * 32 < pairs; k++)
+    {
+        const int q = k * 32 + lane;
+        if (((mine >> k) & 1u) && q / A == t) h[static_cast<size_t>(q) * F + f] = value;
+    }
 }
 
 // Chunk c of a warp's gate and up rows (row c / per_row of its rows, which are consecutive): lane vectors
@@ -264,44 +268,38 @@ kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, c
                         const uint16_t* __restrict__ gate_up, int T, int D, int E, int A, int F)
 {
     wait_for_predecessor();
-    const int lane = threadIdx.x & 31, p = blockIdx.x;
-    const int f0 = (blockIdx.y * MOE_DECODE_WARPS + (threadIdx.x >> 5)) * MOE_GU_ROWS; // this warp's first row
+    const int lane = threadIdx.x & 31, p = blockIdx.y;
+    const int f0 = (blockIdx.x * MOE_DECODE_WARPS + (threadIdx.x >> 5)) * MOE_GU_ROWS; // this warp's first row
     if (f0 >= F) return; // an exited block counts as having let the successor launch
     const int pairs = T * A, e = experts[p], rows = min(MOE_GU_ROWS, F - f0);
-    const int D8 = D >> 3, per_row = ((D8 + 31) / 32 + MOE_GU_UNROLL - 1) / MOE_GU_UNROLL, chunks = rows * per_row;
-    const bool valid = valid_expert(e, E);
-
-    // A ring of DEPTH chunks running over the warp's rows: requested as soon as the expert is known (before the check
-    // below that another block does this expert: such a duplicate block sits next to the one that does, so its loads
-    // meet the same lines in L2), each slot refilled with the chunk DEPTH later once used.
-    const uint4* gate8 = reinterpret_cast<const uint4*>(gate_up + (static_cast<size_t>(valid ? e : 0) * 2 * F + f0) * D);
-    const uint4* up8 = gate8 + static_cast<size_t>(F) * D8;
-    uint4 gate[MOE_GU_DEPTH][MOE_GU_UNROLL], up[MOE_GU_DEPTH][MOE_GU_UNROLL];
-    if (valid)
-    {
-#pragma unroll
-        for (int d = 0; d < MOE_GU_DEPTH; d++)
-            if (d < chunks) load_gate_up_chunk(gate[d], up[d], gate8, up8, d, per_row, lane, D8);
-    }
-
-    // The tokens that chose e (bit t), and whether an earlier pair names e too (then that pair's block does the work).
-    unsigned tokens = 0, earlier = 0;
+    // The tokens that chose e (bit t), the pairs naming e that this lane read (`mine`, see store_hidden), and whether an
+    // earlier pair names e too (then that pair's blocks do the work).
+    unsigned tokens = 0, mine = 0, earlier = 0;
     for (int q0 = 0; q0 < pairs; q0 += 32)
     {
         const int q = q0 + lane;
         const bool match = q < pairs && experts[q] == e;
         tokens |= match ? 1u << (q / A) : 0u;
+        mine |= match ? 1u << (q0 / 32) : 0u;
         earlier |= match && q < p ? 1u : 0u;
     }
     tokens = warp_or(tokens);
     if (warp_or(earlier) != 0) return;
-    if (!valid)
+    if (!valid_expert(e, E))
     {
-        if (lane < rows)
-            for (int t = 0; t < T; t++)
-                if ((tokens >> t) & 1u) h[(static_cast<size_t>(t) * A + slot_of(experts, t, A, e)) * F + f0 + lane] = BF16_NAN;
+        for (int t = 0; t < T; t++)
+            for (int r = 0; r < rows; r++) store_hidden(h, mine, pairs, lane, A, F, t, f0 + r, BF16_NAN);
         return;
     }
+
+    // A ring of DEPTH chunks running over the warp's rows, each slot refilled with the chunk DEPTH later once used.
+    const int D8 = D >> 3, per_row = ((D8 + 31) / 32 + MOE_GU_UNROLL - 1) / MOE_GU_UNROLL, chunks = rows * per_row;
+    const uint4* gate8 = reinterpret_cast<const uint4*>(gate_up + (static_cast<size_t>(e) * 2 * F + f0) * D);
+    const uint4* up8 = gate8 + static_cast<size_t>(F) * D8;
+    uint4 gate[MOE_GU_DEPTH][MOE_GU_UNROLL], up[MOE_GU_DEPTH][MOE_GU_UNROLL];
+#pragma unroll
+    for (int d = 0; d < MOE_GU_DEPTH; d++)
+        if (d < chunks) load_gate_up_chunk(gate[d], up[d], gate8, up8, d, per_row, lane, D8);
 
     float gate_acc[MOE_MAX_DECODE_TOKENS], up_acc[MOE_MAX_DECODE_TOKENS];
 #pragma unroll
@@ -337,7 +335,7 @@ kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, c
                 {
                     if (!((tokens >> t) & 1u)) continue;
                     const float g = warp_sum(gate_acc[t]), u = warp_sum(up_acc[t]);
-                    if (lane == 0) h[(static_cast<size_t>(t) * A + slot_of(experts, t, A, e)) * F + f0 + row] = f32_to_bf16(silu(g) * u);
+                    store_hidden(h, mine, pairs, lane, A, F, t, f0 + row, f32_to_bf16(silu(g) * u));
                     gate_acc[t] = up_acc[t] = 0.0f;
                 }
             }

@@ -121,7 +121,7 @@ internal static unsafe class MoeKernels
         int d = shape.Hidden, e = shape.Experts, a = shape.ExpertsPerToken, f = shape.Intermediate;
         ulong pHidden = hidden.Pointer, pX = x.Pointer, pIds = experts.Pointer, pGateUp = gateUp.Pointer;
         void** args = stackalloc void*[] { &pHidden, &pX, &pIds, &pGateUp, &t, &d, &e, &a, &f };
-        s.Context.Kernels.Launch(KernelId.MoeDecodeGateUp, new Dim3((uint)(t * a), (uint)((f + DecodeGateUpRows - 1) / DecodeGateUpRows)),
+        s.Context.Kernels.Launch(KernelId.MoeDecodeGateUp, new Dim3((uint)((f + DecodeGateUpRows - 1) / DecodeGateUpRows), (uint)(t * a)),
             new Dim3(DecodeWarps * 32), 0, s, args);
     }
 
