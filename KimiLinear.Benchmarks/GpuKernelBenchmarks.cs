@@ -14,7 +14,9 @@ namespace KimiLinear.Benchmarks;
 /// bf16 rate for GEMMs. Kernels whose working set would fit in L2 rotate over enough copies of their inputs to
 /// exceed it, so the numbers are DRAM numbers. GEMVs are timed as 64 launches captured in one CUDA graph, as decode
 /// will run them, with and without programmatic dependent launch; the table gives the time per GEMV. A third argument
-/// <c>moe</c> times only the copy and the MoE kernels (<see cref="Moe"/>).
+/// <c>moe</c> times only the copy and the MoE kernels (<see cref="Moe"/>), <c>mla</c> only the MLA kernels: the decode
+/// attention over the bf16 latent cache (one token, the model's 32 heads, cache bytes over the copy bandwidth) and the
+/// expanded causal prefill (FLOPs T²/2·H·(192 + 128)·2 over the bf16 peak).
 /// </summary>
 internal static class GpuKernelBenchmarks
 {
@@ -45,15 +47,24 @@ internal static class GpuKernelBenchmarks
             rows.AddRange(Moe(gpu, stream, random, copyGBs));
             return Report(args, header, rows);
         }
+        if (args.Length > 2 && args[2] == "mla")
+        {
+            rows.AddRange(MlaKernelRows(gpu, stream, random, copyGBs));
+            return Report(args, header, rows);
+        }
         foreach (bool programmatic in new[] { false, true })
         {
             gpu.Kernels.ProgrammaticLaunch = programmatic;
             foreach ((int n, int k) in new[] { (4096, 2304), (2304, 4096), (6144, 2304), (163_840, 2304) })
-                rows.Add(Gemv(gpu, stream, random, n, k, copyGBs, programmatic));
+                rows.Add(Gemv(gpu, stream, random, n, k, copyGBs, programmatic, f32Activations: false));
+            // The CUDA backend's GEMV: fp32 x in, fp32 y out, the same bf16 weight stream.
+            foreach ((int n, int k) in new[] { (4096, 2304), (2304, 4096), (163_840, 2304) })
+                rows.Add(Gemv(gpu, stream, random, n, k, copyGBs, programmatic, f32Activations: true));
         }
         rows.AddRange(Gemm(gpu, stream, random, 32_768, 4096, 2304));
         rows.AddRange(RowKernels(gpu, stream, random, copyGBs));
         rows.AddRange(Moe(gpu, stream, random, copyGBs));
+        rows.AddRange(MlaKernelRows(gpu, stream, random, copyGBs));
         return Report(args, header, rows);
     }
 
@@ -115,7 +126,8 @@ internal static class GpuKernelBenchmarks
         return buffer;
     }
 
-    private static Row Gemv(CudaContext gpu, CudaStream stream, Random random, int n, int k, double copyGBs, bool programmatic)
+    /// <summary>bf16 x and y, or (<paramref name="f32Activations"/>) fp32 x and y as the CUDA backend runs it.</summary>
+    private static Row Gemv(CudaContext gpu, CudaStream stream, Random random, int n, int k, double copyGBs, bool programmatic, bool f32Activations)
     {
         long bytes = 2L * n * k;
         // Enough weight copies to exceed the L2 cache (50 MB on H100) several times over.
@@ -123,16 +135,22 @@ internal static class GpuKernelBenchmarks
         var weights = Enumerable.Range(0, copies).Select(_ => RandomBf16(gpu, stream, random, (long)n * k)).ToArray();
         using DeviceBuffer<ushort> x = RandomBf16(gpu, stream, random, k);
         using DeviceBuffer<ushort> y = gpu.Allocate<ushort>(n);
+        using DeviceBuffer<float> x32 = gpu.Allocate<float>(k), y32 = gpu.Allocate<float>(n);
+        x32.CopyFrom(Enumerable.Range(0, k).Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray(), stream);
         // Many launches per graph, as in a decode step (hundreds of kernels): the graph's own launch cost is paid once.
         const int launches = 64;
         using CudaGraph graph = stream.Capture(s =>
         {
-            for (int i = 0; i < launches; i++) MatmulKernels.Gemv(s, y, weights[i % copies], x, n, k);
+            for (int i = 0; i < launches; i++)
+                if (f32Activations) MatmulKernels.Gemv(s, y32, weights[i % copies], x32, n, k);
+                else MatmulKernels.Gemv(s, y, weights[i % copies], x, n, k);
         });
         double ms = MedianMs(gpu, stream, () => graph.Launch(stream)) / launches;
         foreach (DeviceBuffer<ushort> w in weights) w.Dispose();
-        double gbs = (bytes + 2.0 * k + 2.0 * n) / (ms * 1e6);
-        return new Row(programmatic ? "bf16 GEMV, programmatic launch" : "bf16 GEMV", $"[{n}×{k}]", ms * 1000, $"{gbs:F0} GB/s", gbs / copyGBs, "D2D copy");
+        int activationBytes = f32Activations ? 4 : 2;
+        double gbs = (bytes + activationBytes * ((double)k + n)) / (ms * 1e6);
+        string kernel = (f32Activations ? "fp32-activation GEMV" : "bf16 GEMV") + (programmatic ? ", programmatic launch" : "");
+        return new Row(kernel, $"[{n}×{k}]", ms * 1000, $"{gbs:F0} GB/s", gbs / copyGBs, "D2D copy");
     }
 
     private static IEnumerable<Row> Gemm(CudaContext gpu, CudaStream stream, Random random, int m, int n, int k)
@@ -159,6 +177,53 @@ internal static class GpuKernelBenchmarks
     {
         double tflops = flops / (ms * 1e9);
         return new Row(kernel, shape, ms * 1000, $"{tflops:F0} TFLOP/s", tflops / Bf16PeakTflops, "bf16 peak");
+    }
+
+    private static IEnumerable<Row> MlaKernelRows(CudaContext gpu, CudaStream stream, Random random, double copyGBs)
+    {
+        var shape = new MlaShape(Heads: 32, NopeDim: 128, RopeDim: 64, ValueDim: 128, Rank: 512);
+        var rows = new List<Row>();
+        using (DeviceBuffer<ushort> kvB = RandomBf16(gpu, stream, random, (long)shape.KeyValueWidth * shape.Rank))
+        using (DeviceBuffer<float> q = gpu.Allocate<float>(shape.QueryWidth), queryLatent = gpu.Allocate<float>(shape.Heads * shape.LatentWidth),
+               mixed = gpu.Allocate<float>(shape.Heads * shape.Rank), o = gpu.Allocate<float>(shape.OutputWidth))
+        using (var scratch = new MlaDecodeScratch(gpu, shape, maxTokens: 1))
+        using (DeviceBuffer<int> start = gpu.Allocate<int>(1))
+        {
+            q.CopyFrom(Enumerable.Range(0, shape.QueryWidth).Select(_ => (float)(random.NextDouble() - 0.5)).ToArray(), stream);
+            MlaKernels.AbsorbQuery(stream, queryLatent, q, kvB, shape, 1);
+            double halfWeightBytes = (double)shape.KeyValueWidth * shape.Rank; // W_UK or W_UV: half of kvB's bf16 bytes
+            double ms = MedianMs(gpu, stream, () => MlaKernels.AbsorbQuery(stream, queryLatent, q, kvB, shape, 1));
+            rows.Add(new Row("MLA absorb query (W_UK)", "T=1, H=32, N=128, R=512 (4 MB, L2-resident)", ms * 1000, $"{halfWeightBytes / (ms * 1e6):F0} GB/s",
+                halfWeightBytes / (ms * 1e6) / copyGBs, "D2D copy"));
+            ms = MedianMs(gpu, stream, () => MlaKernels.AbsorbOutput(stream, o, mixed, kvB, shape, 1));
+            rows.Add(new Row("MLA absorb output (W_UV)", "T=1, H=32, V=128, R=512 (4 MB, L2-resident)", ms * 1000, $"{halfWeightBytes / (ms * 1e6):F0} GB/s",
+                halfWeightBytes / (ms * 1e6) / copyGBs, "D2D copy"));
+            foreach (int length in new[] { 1024, 32_768, 131_072 })
+            {
+                long bytes = 2L * length * shape.LatentWidth;
+                // Enough cache copies to exceed the L2 cache: each run reads another one from DRAM.
+                int copies = (int)Math.Clamp(256L * 1024 * 1024 / bytes, 1, 32);
+                var caches = Enumerable.Range(0, copies).Select(_ => RandomBf16(gpu, stream, random, length * (long)shape.LatentWidth)).ToArray();
+                start.CopyFrom([length - 1], stream);
+                int next = 0;
+                ms = MedianMs(gpu, stream, () => MlaKernels.DecodeAttention(stream, mixed, queryLatent, caches[next++ % copies], start, 1, shape, shape.Scale, scratch));
+                foreach (DeviceBuffer<ushort> cache in caches) cache.Dispose();
+                double gbs = bytes / (ms * 1e6);
+                rows.Add(new Row("MLA decode attention (split + combine)", $"L={length}, T=1, H=32, R+P=576, {scratch.Splits} slices", ms * 1000,
+                    $"{gbs:F0} GB/s", gbs / copyGBs, "D2D copy"));
+            }
+        }
+        foreach (int tokens in new[] { 4096, 32_768 })
+        {
+            using DeviceBuffer<ushort> q = RandomBf16(gpu, stream, random, (long)tokens * shape.QueryWidth);
+            using DeviceBuffer<ushort> keysValues = RandomBf16(gpu, stream, random, (long)tokens * shape.KeyValueWidth);
+            using DeviceBuffer<ushort> latent = RandomBf16(gpu, stream, random, (long)tokens * shape.LatentWidth);
+            using DeviceBuffer<float> o = gpu.Allocate<float>((long)tokens * shape.OutputWidth);
+            double ms = MedianMs(gpu, stream, () => MlaKernels.PrefillAttention(stream, o, q, keysValues, latent, 0, tokens, shape, shape.Scale));
+            double flops = (double)tokens * tokens / 2 * shape.Heads * (shape.QueryHeadDim + shape.ValueDim) * 2;
+            rows.Add(GemmRow("MLA prefill attention (causal, mma.sync)", $"T={tokens}, start=0, H=32, N+P=192, V=128", ms, flops));
+        }
+        return rows;
     }
 
     private static IEnumerable<Row> RowKernels(CudaContext gpu, CudaStream stream, Random random, double copyGBs)

@@ -5,6 +5,8 @@ using BenchmarkDotNet.Toolchains.InProcess.Emit;
 
 // `gpu [report.md]` times the CUDA kernels with CUDA events (see GpuKernelBenchmarks); anything else goes to BenchmarkDotNet.
 if (args.Length > 0 && args[0] == "gpu") return KimiLinear.Benchmarks.GpuKernelBenchmarks.Run(args);
+// `model [proxy|real] [report.md] [contexts...]` runs the whole model on the GPU (see GpuModelBenchmarks).
+if (args.Length > 0 && args[0] == "model") return KimiLinear.Benchmarks.GpuModelBenchmarks.Run(args);
 
 // Runs the benchmarks named on the command line (BenchmarkDotNet's --filter etc.). Where no .NET SDK is installed
 // (the GPU machine ships only a runtime) BenchmarkDotNet cannot build its generated project, so it runs in-process.

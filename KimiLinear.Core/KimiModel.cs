@@ -38,6 +38,9 @@ public sealed partial class KimiModel : IDisposable
 
     internal IKimiBackend Backend { get; }
 
+    /// <summary>The decoder layers (for tests that run one layer kind on two backends).</summary>
+    internal IReadOnlyList<DecoderLayer> Layers => _layers;
+
     private KimiModel(string directory, KimiConfig config, KimiModelOptions options, IKimiBackend backend, IWeightSource weights,
         IProgress<KimiLoadProgress>? progress, CancellationToken cancellationToken)
     {
@@ -58,13 +61,16 @@ public sealed partial class KimiModel : IDisposable
         }
         _finalNorm = weights.Floats("model.norm.weight", d);
         _lmHead = config.TieWordEmbeddings ? _embedding : weights.Matrix("lm_head.weight", config.VocabSize, d);
+        Report("weights bound");
+        backend.PrepareWeights(weights.Matrices, _layers.Select(l => l.Experts).OfType<MoeExperts>().ToList(),
+            new Progress<long>(bytes => progress?.Report(new KimiLoadProgress("uploading weights", bytes, weights.BytesBound))), cancellationToken);
         Report("done");
 
         var unused = weights.UnusedTensors.Take(10).ToList();
         if (unused.Count > 0)
             options.Logger?.LogWarning("Checkpoint '{Directory}' has tensors the model does not use, e.g. {Names}", directory, string.Join(", ", unused));
-        options.Logger?.LogInformation("Loaded {Layers}-layer Kimi Linear model from '{Directory}' ({Bytes:N0} bytes of weights) for the CPU",
-            config.NumLayers, directory, weights.BytesBound);
+        options.Logger?.LogInformation("Loaded {Layers}-layer Kimi Linear model from '{Directory}' ({Bytes:N0} bytes of weights) on {Device}",
+            config.NumLayers, directory, weights.BytesBound, backend.DeviceName);
     }
 
     /// <summary>Loads the checkpoint in <paramref name="modelDirectory"/> (config.json + safetensors).</summary>
@@ -88,8 +94,6 @@ public sealed partial class KimiModel : IDisposable
             throw new ArgumentOutOfRangeException(nameof(options), options.MaxSequenceLength, "KimiModelOptions.MaxSequenceLength must be at least 1.");
         if (options.CpuThreads is < 1)
             throw new ArgumentOutOfRangeException(nameof(options), options.CpuThreads, "KimiModelOptions.CpuThreads must be at least 1.");
-        if (options.Device == KimiDevice.Cuda)
-            throw new NotSupportedException("Running a whole model on CUDA is not available yet; use KimiDevice.Cpu or KimiDevice.Auto.");
 
         var config = KimiConfig.Load(directory);
         return Create(directory, config, options, new CheckpointWeights(Checkpoint.Open(directory)), progress, cancellationToken);
@@ -99,18 +103,26 @@ public sealed partial class KimiModel : IDisposable
     /// A model of <paramref name="config"/> with random weights (see <see cref="SyntheticWeights"/>), for benchmarks of
     /// configurations without a checkpoint at hand.
     /// </summary>
-    internal static KimiModel CreateSynthetic(KimiConfig config, KimiModelOptions? options = null, int seed = 0) =>
-        Create("(synthetic)", config, options ?? new KimiModelOptions(), new SyntheticWeights(seed), null, CancellationToken.None);
+    internal static KimiModel CreateSynthetic(KimiConfig config, KimiModelOptions? options = null, int seed = 0)
+    {
+        options ??= new KimiModelOptions();
+        // With KimiDevice.Cuda the matrices are generated on the GPU: a full-size model needs no host copy.
+        bool onDevice = options.Device == KimiDevice.Cuda;
+        return Create("(synthetic)", config, options, new SyntheticWeights(seed, onDevice), null, CancellationToken.None);
+    }
 
     private static KimiModel Create(string directory, KimiConfig config, KimiModelOptions options, IWeightSource weights,
         IProgress<KimiLoadProgress>? progress, CancellationToken cancellationToken)
     {
+        IKimiBackend? backend = null;
         try
         {
-            return new KimiModel(directory, config, options, new CpuBackend(options.CpuThreads), weights, progress, cancellationToken);
+            backend = BackendProvider.Create(config, options);
+            return new KimiModel(directory, config, options, backend, weights, progress, cancellationToken);
         }
         catch
         {
+            (backend as IDisposable)?.Dispose();
             weights.Dispose();
             throw;
         }
@@ -141,26 +153,82 @@ public sealed partial class KimiModel : IDisposable
     /// logits [T, vocab], or only the last position's [vocab] when <paramref name="lastOnly"/> (generation needs no more,
     /// and the lm_head is the largest matrix). <paramref name="attention"/> picks the MLA form; <paramref name="onHidden"/>
     /// sees the residual stream after the embedding (0), after each layer (1..N−1) and after the final norm (N).
+    /// A prompt longer than the backend's <see cref="IKimiBackend.MaxTokensPerForward"/> runs in pieces (chunked
+    /// prefill: the state carries between them exactly as between calls).
     /// </summary>
     internal float[] Forward(SessionState state, ReadOnlySpan<int> tokens, bool lastOnly = false, MlaForm attention = MlaForm.Auto,
         Action<int, float[]>? onHidden = null)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        int piece = Backend.MaxTokensPerForward;
+        if (tokens.Length <= piece)
+            return ForwardPiece(state, tokens, lastOnly ? Logits.Last : Logits.All, attention, onHidden);
+        if (onHidden is not null)
+            throw new NotSupportedException($"Hidden states are captured only for inputs of at most {piece} tokens.");
+
+        var all = lastOnly ? null : new float[(long)tokens.Length * Config.VocabSize];
+        float[] logits = [];
+        for (int start = 0; start < tokens.Length; start += piece)
+        {
+            var part = tokens.Slice(start, Math.Min(piece, tokens.Length - start));
+            bool final = start + part.Length == tokens.Length;
+            logits = ForwardPiece(state, part, lastOnly ? (final ? Logits.Last : Logits.None) : Logits.All, attention, null);
+            if (all is not null)
+                logits.CopyTo(all, (long)start * Config.VocabSize);
+        }
+        return all ?? logits;
+    }
+
+    /// <summary>Which positions' logits a forward step computes.</summary>
+    private enum Logits { None, Last, All }
+
+    private float[] ForwardPiece(SessionState state, ReadOnlySpan<int> tokens, Logits wanted, MlaForm attention, Action<int, float[]>? onHidden)
+    {
+        var backend = Backend;
+        int count = tokens.Length, position = state.Length;
+        bool absorbed = attention switch { MlaForm.Absorbed => true, MlaForm.Expanded => false, _ => count == 1 };
+        for (int i = 0; i < _layers.Length; i++)
+            _layers[i].Mla?.Reserve(backend, state.Mla[i]!, position, position + count);
+
+        using var step = backend.BeginForward();
+        Tensor? logits;
+        if (count == 1 && wanted != Logits.None && onHidden is null)
+        {
+            // A decode step: the same work every token, so a backend may record it once and replay it.
+            int token = tokens[0];
+            logits = backend.RunDecodeStep(state, token, position, () => Compute(state, [token], position, wanted, absorbed, null)!);
+        }
+        else
+            logits = Compute(state, tokens, position, wanted, absorbed, onHidden);
+        state.Length += count;
+        if (logits is null)
+            return [];
+        var result = new float[logits.Length];
+        backend.Download(logits, result);
+        return result;
+    }
+
+    /// <summary>
+    /// Queues the layers over <paramref name="tokens"/> at <paramref name="position"/> and returns the logits tensor
+    /// (null for <see cref="Logits.None"/>). Reads the state and writes it; <see cref="SessionState.Length"/> is the caller's.
+    /// </summary>
+    private Tensor? Compute(SessionState state, ReadOnlySpan<int> tokens, int position, Logits wanted, bool absorbed, Action<int, float[]>? onHidden)
+    {
         var backend = Backend;
         int count = tokens.Length;
         var hidden = backend.Allocate(count, Config.HiddenSize); // [T, D] residual stream, fp32
         backend.Embed(_embedding, tokens, hidden);
         Capture(onHidden, 0, hidden);
-        bool absorbed = attention switch { MlaForm.Absorbed => true, MlaForm.Expanded => false, _ => count == 1 };
         for (int i = 0; i < _layers.Length; i++)
         {
-            _layers[i].Forward(backend, hidden, state.Kda[i], state.Mla[i], absorbed);
+            _layers[i].Forward(backend, hidden, state.Kda[i], state.Mla[i], position, absorbed);
             if (i < _layers.Length - 1)
                 Capture(onHidden, i + 1, hidden);
         }
-        state.Length += count;
+        if (wanted == Logits.None)
+            return null;
 
-        if (lastOnly && count > 1)
+        if (wanted == Logits.Last && count > 1)
         {
             var last = backend.Allocate(1, Config.HiddenSize);   // [1, D]
             backend.GatherRows(hidden, [count - 1], last);
@@ -171,9 +239,7 @@ public sealed partial class KimiModel : IDisposable
         Capture(onHidden, _layers.Length, normed);
         var logits = backend.Allocate(hidden.Rows, Config.VocabSize); // [T or 1, vocab]
         backend.MatMul(normed, _lmHead, logits);
-        var result = new float[logits.Length];
-        backend.Download(logits, result);
-        return result;
+        return logits;
     }
 
     private void Capture(Action<int, float[]>? onHidden, int index, Tensor hidden)
@@ -191,6 +257,7 @@ public sealed partial class KimiModel : IDisposable
         if (_disposed)
             return;
         _disposed = true;
+        (Backend as IDisposable)?.Dispose();
         _weights.Dispose();
     }
 }

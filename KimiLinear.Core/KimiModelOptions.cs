@@ -14,8 +14,14 @@ public enum KimiDevice
 /// <summary>Options for <see cref="KimiModel.Load(string, KimiModelOptions?)"/>.</summary>
 public sealed record KimiModelOptions
 {
-    /// <summary>Where the model runs. Default <see cref="KimiDevice.Cpu"/>.</summary>
+    /// <summary>
+    /// Where the model runs. Default <see cref="KimiDevice.Cpu"/>; <see cref="KimiDevice.Auto"/> and
+    /// <see cref="KimiDevice.Cuda"/> need the KimiLinear.Cuda package referenced.
+    /// </summary>
     public KimiDevice Device { get; init; } = KimiDevice.Cpu;
+
+    /// <summary>Which GPU runs the model when <see cref="Device"/> picks CUDA (0 = the first). Default 0.</summary>
+    public int CudaDeviceIndex { get; init; }
 
     /// <summary>Largest number of tokens a session may hold; null = the checkpoint's <c>model_max_length</c>.</summary>
     public int? MaxSequenceLength { get; init; }

@@ -69,7 +69,9 @@ public sealed partial class KimiSession : IDisposable
     public void Reset()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        var old = _state;
         _state = Model.CreateState();
+        old.Dispose();
     }
 
     /// <summary>Writes the whole state (KDA conv windows and recurrent states, MLA latent caches) to a stream.</summary>
@@ -84,9 +86,16 @@ public sealed partial class KimiSession : IDisposable
     public void RestoreState(Stream stream)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        var old = _state;
         _state = SessionStateFile.Read(stream, Model);
+        old.Dispose();
     }
 
     /// <inheritdoc />
-    public void Dispose() => _disposed = true;
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        _state.Dispose(); // a GPU session's caches go back to the device now, not at the next garbage collection
+    }
 }

@@ -1,34 +1,51 @@
-// bf16 GEMV for decode: y[n] = sum_k W[n, k] * x[k], fp32 accumulation.
+// GEMV for decode against bf16 weights: y[n] = sum_k W[n, k] * x[k], fp32 accumulation.
 //   W [N, K] bf16, row-major (nn.Linear weight: out_features x in_features)
-//   x [K]    bf16
-//   y [N]    bf16 (kimi_gemv_bf16) or fp32 (kimi_gemv_bf16_f32, e.g. logits)
+//   x [K]    bf16 (kimi_gemv_bf16, kimi_gemv_bf16_f32) or fp32 (kimi_gemv_f32: the CUDA backend's fp32 activations)
+//   y [N]    bf16 (kimi_gemv_bf16) or fp32 (kimi_gemv_bf16_f32, e.g. logits; kimi_gemv_f32)
 // Memory-bound: every weight byte is read once, so the goal is the copy bandwidth. What decides the time at the decode
 // shapes (~20 MB a kernel) is how much of each kernel's weights is already requested when it starts waiting for its
 // predecessor (programmatic dependent launch, below): those bytes stream during the predecessor's tail.
-// Layout: a block of GEMV_WARPS warps owns GEMV_ROWS_PER_BLOCK consecutive rows. Each group of GEMV_SPLIT warps shares
-// GEMV_ROWS rows and splits K between its warps: K is cut into column slots of 32 16-byte vectors (one per lane), and
-// warp s of the group takes slots s, s + GEMV_SPLIT, ... Each lane keeps a ring of GEMV_DEPTH chunks of GEMV_UNROLL
-// vectors a row in registers, requests all of them before the wait, and refills each chunk as soon as it is used. At
-// the model's K (2304, 4096) the ring holds a warp's whole share of its rows, so everything is requested before the
-// wait. Lanes reduce with shuffles, the group's warps through shared memory. (kernels/tests/gemv_sweep.cu times this
-// layout against 21 others on the GPU machine; docs/performance.md has the numbers: on an H100 the previous layout, a
-// warp per 2 rows with 2 chunks of 4 vectors in flight, left half of a K = 4096 row for after the wait.)
+// Layout (GemvLayout below): a block of WARPS warps owns ROWS_PER_BLOCK consecutive rows. Each group of SPLIT warps
+// shares ROWS rows and splits K between its warps: K is cut into column slots of 32 16-byte vectors (one per lane),
+// and warp s of the group takes slots s, s + SPLIT, ... Each lane keeps a ring of DEPTH chunks of UNROLL vectors a row
+// in registers, requests all of them before the wait, and refills each chunk as soon as it is used. Lanes reduce with
+// shuffles, the group's warps through shared memory.
+//   bf16 x (GemvBf16Layout): 2 rows a group, 2 warps a group, 4 warps; at the model's K (2304, 4096) the ring holds a
+//   warp's whole share of its rows, so everything is requested before the wait. (kernels/tests/gemv_sweep.cu times
+//   this layout against 21 others on the GPU machine; docs/performance.md has the numbers.)
+//   fp32 x (GemvF32Layout): x is twice the bytes, and every row group reads all of it from L2, so 4 rows a group share
+//   each x load (8 warps, 16 rows a block, a ring of 2 chunks). With the bf16-x layout the x traffic equalled the
+//   weight traffic and the decode shapes read 78-84 % of the copy bandwidth; kernels/tests/gemv_f32_sweep.cu has the
+//   variants tried (staging x in shared memory was slower still).
 // Programmatic dependent launch (sm_90+): the kernel lets its successor launch at once
 // (griddepcontrol.launch_dependents) and issues its weight loads before waiting for its predecessor to finish
 // (griddepcontrol.wait): weights never depend on earlier kernels, x and y do. Launched without the attribute, the
 // wait returns at once. The host launches it with CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION.
-// Launch: grid ceil(N / GEMV_ROWS_PER_BLOCK) blocks of GEMV_WARPS * 32 threads.
+// Launch: grid ceil(N / ROWS_PER_BLOCK) blocks of WARPS * 32 threads (MatmulKernels.GemvBf16Geometry / GemvF32Geometry).
 // Vector path when K % 8 == 0 and W, x are 16-byte aligned (every row then starts aligned); otherwise a scalar path
 // (correct for any K, e.g. odd K in tests, but slow).
 #include "common.cuh"
 
-constexpr int GEMV_WARPS = 4;  // warps a block
-constexpr int GEMV_SPLIT = 2;  // warps splitting K in a row group
-constexpr int GEMV_ROWS = 2;   // rows a row group
-constexpr int GEMV_UNROLL = 2; // 16-byte vectors a lane a row in one chunk
-constexpr int GEMV_DEPTH = 4;  // chunks in flight a lane: DEPTH x UNROLL x 32 x SPLIT vectors cover K = 4096
-constexpr int GEMV_GROUPS = GEMV_WARPS / GEMV_SPLIT;
-constexpr int GEMV_ROWS_PER_BLOCK = GEMV_GROUPS * GEMV_ROWS; // MatmulKernels.GemvRowsPerBlock
+template <int Warps, int Split, int Rows, int Unroll, int Depth>
+struct GemvLayout
+{
+    static constexpr int WARPS = Warps;   // warps a block
+    static constexpr int SPLIT = Split;   // warps splitting K in a row group
+    static constexpr int ROWS = Rows;     // rows a row group
+    static constexpr int UNROLL = Unroll; // 16-byte vectors a lane a row in one chunk
+    static constexpr int DEPTH = Depth;   // chunks in flight a lane
+    static constexpr int GROUPS = Warps / Split;
+    static constexpr int ROWS_PER_BLOCK = GROUPS * Rows;
+};
+
+// DEPTH x UNROLL x 32 x SPLIT vectors cover K = 4096. MatmulKernels.GemvBf16Geometry: 4 rows, 128 threads a block.
+using GemvBf16Layout = GemvLayout<4, 2, 2, 2, 4>;
+// MatmulKernels.GemvF32Geometry: 16 rows, 256 threads a block.
+using GemvF32Layout = GemvLayout<8, 2, 4, 2, 2>;
+
+// The bf16 layout's figures under the names kernels/tests/gemv_sweep.cu uses.
+constexpr int GEMV_WARPS = GemvBf16Layout::WARPS;
+constexpr int GEMV_ROWS_PER_BLOCK = GemvBf16Layout::ROWS_PER_BLOCK;
 
 __device__ __forceinline__ float dot8(uint4 w, uint4 x, float acc)
 {
@@ -43,77 +60,110 @@ __device__ __forceinline__ float dot8(uint4 w, uint4 x, float acc)
     return acc;
 }
 
+// The 8 values of x under 16-byte weight vector kk (zeros when `in` is false): bf16 as one uint4, fp32 as two float4.
+struct f32x8
+{
+    float4 lo, hi;
+};
+
+__device__ __forceinline__ uint4 load_x8(const uint16_t* __restrict__ x, int kk, bool in)
+{
+    return in ? __ldg(reinterpret_cast<const uint4*>(x) + kk) : make_uint4(0, 0, 0, 0);
+}
+
+__device__ __forceinline__ f32x8 load_x8(const float* __restrict__ x, int kk, bool in)
+{
+    const float4* x4 = reinterpret_cast<const float4*>(x) + 2 * kk;
+    return in ? f32x8{__ldg(x4), __ldg(x4 + 1)} : f32x8{make_float4(0, 0, 0, 0), make_float4(0, 0, 0, 0)};
+}
+
+__device__ __forceinline__ float dot8(uint4 w, f32x8 x, float acc)
+{
+    acc = fmaf(bf16_lo(w.x), x.lo.x, acc);
+    acc = fmaf(bf16_hi(w.x), x.lo.y, acc);
+    acc = fmaf(bf16_lo(w.y), x.lo.z, acc);
+    acc = fmaf(bf16_hi(w.y), x.lo.w, acc);
+    acc = fmaf(bf16_lo(w.z), x.hi.x, acc);
+    acc = fmaf(bf16_hi(w.z), x.hi.y, acc);
+    acc = fmaf(bf16_lo(w.w), x.hi.z, acc);
+    acc = fmaf(bf16_hi(w.w), x.hi.w, acc);
+    return acc;
+}
+
+__device__ __forceinline__ float load_x1(const uint16_t* x, int k) { return bf16_to_f32(x[k]); }
+__device__ __forceinline__ float load_x1(const float* x, int k) { return x[k]; }
+
 __device__ __forceinline__ void store_out(float* y, int i, float v) { y[i] = v; }
 __device__ __forceinline__ void store_out(uint16_t* y, int i, float v) { y[i] = f32_to_bf16(v); }
 
 // The 16-byte vector of column slot j that this lane reads.
-__device__ __forceinline__ int slot_vector(int j, int s, int lane) { return (j * GEMV_SPLIT + s) * 32 + lane; }
+template <typename L>
+__device__ __forceinline__ int slot_vector(int j, int s, int lane) { return (j * L::SPLIT + s) * 32 + lane; }
 
-// Loads chunk c of warp s's share of each row (slots c * GEMV_UNROLL + u of the warp; zeros past the row's end).
-__device__ __forceinline__ void load_chunk(uint4 (&wv)[GEMV_ROWS][GEMV_UNROLL], const uint4* const (&w8)[GEMV_ROWS], int c, int s,
-                                           int lane, int K8)
+// Loads chunk c of warp s's share of each row (slots c * UNROLL + u of the warp; zeros past the row's end).
+template <typename L>
+__device__ __forceinline__ void load_chunk(uint4 (&wv)[L::ROWS][L::UNROLL], const uint4* const (&w8)[L::ROWS], int c, int s, int lane, int K8)
 {
 #pragma unroll
-    for (int u = 0; u < GEMV_UNROLL; u++)
+    for (int u = 0; u < L::UNROLL; u++)
     {
-        const int kk = slot_vector(c * GEMV_UNROLL + u, s, lane);
+        const int kk = slot_vector<L>(c * L::UNROLL + u, s, lane);
 #pragma unroll
-        for (int r = 0; r < GEMV_ROWS; r++) wv[r][u] = kk < K8 ? __ldcs(w8[r] + kk) : make_uint4(0, 0, 0, 0);
+        for (int r = 0; r < L::ROWS; r++) wv[r][u] = kk < K8 ? __ldcs(w8[r] + kk) : make_uint4(0, 0, 0, 0);
     }
 }
 
-template <typename OutT>
-__device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __restrict__ W, const uint16_t* __restrict__ x,
+template <typename L, typename OutT, typename InT>
+__device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __restrict__ W, const InT* __restrict__ x,
                                      int N, int K)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int group = warp / GEMV_SPLIT, s = warp % GEMV_SPLIT;
-    const int row0 = (blockIdx.x * GEMV_GROUPS + group) * GEMV_ROWS;
+    const int group = warp / L::SPLIT, s = warp % L::SPLIT;
+    const int row0 = (blockIdx.x * L::GROUPS + group) * L::ROWS;
     allow_successor();
 
     // Rows past N re-read the last row; their sums are never stored. Keeps the loads unconditional, and every warp
     // reaches the barrier below.
-    float acc[GEMV_ROWS];
+    float acc[L::ROWS];
 #pragma unroll
-    for (int r = 0; r < GEMV_ROWS; r++) acc[r] = 0.0f;
+    for (int r = 0; r < L::ROWS; r++) acc[r] = 0.0f;
 
     if ((K & 7) == 0 && aligned16(W) && aligned16(x))
     {
         const int K8 = K >> 3;
-        const uint4* x8 = reinterpret_cast<const uint4*>(x);
-        const uint4* w8[GEMV_ROWS];
+        const uint4* w8[L::ROWS];
 #pragma unroll
-        for (int r = 0; r < GEMV_ROWS; r++) w8[r] = reinterpret_cast<const uint4*>(W + static_cast<size_t>(min(row0 + r, N - 1)) * K);
-        // This warp's slots are s, s + GEMV_SPLIT, ... below ceil(K8 / 32); a chunk holds GEMV_UNROLL of them.
+        for (int r = 0; r < L::ROWS; r++) w8[r] = reinterpret_cast<const uint4*>(W + static_cast<size_t>(min(row0 + r, N - 1)) * K);
+        // This warp's slots are s, s + L::SPLIT, ... below ceil(K8 / 32); a chunk holds L::UNROLL of them.
         const int slots = (K8 + 31) >> 5;
-        const int mine = slots > s ? (slots - s + GEMV_SPLIT - 1) / GEMV_SPLIT : 0;
-        const int chunks = (mine + GEMV_UNROLL - 1) / GEMV_UNROLL;
+        const int mine = slots > s ? (slots - s + L::SPLIT - 1) / L::SPLIT : 0;
+        const int chunks = (mine + L::UNROLL - 1) / L::UNROLL;
 
-        uint4 wv[GEMV_DEPTH][GEMV_ROWS][GEMV_UNROLL];
+        uint4 wv[L::DEPTH][L::ROWS][L::UNROLL];
 #pragma unroll
-        for (int d = 0; d < GEMV_DEPTH; d++) load_chunk(wv[d], w8, d, s, lane, K8);
+        for (int d = 0; d < L::DEPTH; d++) load_chunk<L>(wv[d], w8, d, s, lane, K8);
         wait_for_predecessor();
-        // Ring slot d holds chunk c0 + d; once used it is refilled with chunk c0 + d + GEMV_DEPTH.
-        for (int c0 = 0; c0 < chunks; c0 += GEMV_DEPTH)
+        // Ring slot d holds chunk c0 + d; once used it is refilled with chunk c0 + d + L::DEPTH.
+        for (int c0 = 0; c0 < chunks; c0 += L::DEPTH)
         {
 #pragma unroll
-            for (int d = 0; d < GEMV_DEPTH; d++)
+            for (int d = 0; d < L::DEPTH; d++)
             {
                 const int c = c0 + d;
                 if (c < chunks)
                 {
-                    uint4 xv[GEMV_UNROLL];
+                    decltype(load_x8(x, 0, false)) xv[L::UNROLL];
 #pragma unroll
-                    for (int u = 0; u < GEMV_UNROLL; u++)
+                    for (int u = 0; u < L::UNROLL; u++)
                     {
-                        const int kk = slot_vector(c * GEMV_UNROLL + u, s, lane);
-                        xv[u] = kk < K8 ? __ldg(x8 + kk) : make_uint4(0, 0, 0, 0);
+                        const int kk = slot_vector<L>(c * L::UNROLL + u, s, lane);
+                        xv[u] = load_x8(x, kk, kk < K8);
                     }
 #pragma unroll
-                    for (int u = 0; u < GEMV_UNROLL; u++)
+                    for (int u = 0; u < L::UNROLL; u++)
 #pragma unroll
-                        for (int r = 0; r < GEMV_ROWS; r++) acc[r] = dot8(wv[d][r][u], xv[u], acc[r]);
-                    if (c + GEMV_DEPTH < chunks) load_chunk(wv[d], w8, c + GEMV_DEPTH, s, lane, K8);
+                        for (int r = 0; r < L::ROWS; r++) acc[r] = dot8(wv[d][r][u], xv[u], acc[r]);
+                    if (c + L::DEPTH < chunks) load_chunk<L>(wv[d], w8, c + L::DEPTH, s, lane, K8);
                 }
             }
         }
@@ -121,41 +171,47 @@ __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __res
     else
     {
         wait_for_predecessor();
-        for (int k = s * 32 + lane; k < K; k += GEMV_SPLIT * 32)
+        for (int k = s * 32 + lane; k < K; k += L::SPLIT * 32)
         {
-            const float xk = bf16_to_f32(x[k]);
+            const float xk = load_x1(x, k);
 #pragma unroll
-            for (int r = 0; r < GEMV_ROWS; r++)
+            for (int r = 0; r < L::ROWS; r++)
                 acc[r] = fmaf(bf16_to_f32(W[static_cast<size_t>(min(row0 + r, N - 1)) * K + k]), xk, acc[r]);
         }
     }
 
-    __shared__ float partial[GEMV_WARPS][GEMV_ROWS];
+    __shared__ float partial[L::WARPS][L::ROWS];
 #pragma unroll
-    for (int r = 0; r < GEMV_ROWS; r++)
+    for (int r = 0; r < L::ROWS; r++)
     {
         const float sum = warp_sum(acc[r]);
         if (lane == 0) partial[warp][r] = sum;
     }
     __syncthreads();
     // Lane r of the group's first warp adds the group's partial sums of row r (in warp order: deterministic).
-    if (s == 0 && lane < GEMV_ROWS && row0 + lane < N)
+    if (s == 0 && lane < L::ROWS && row0 + lane < N)
     {
         float sum = 0.0f;
 #pragma unroll
-        for (int q = 0; q < GEMV_SPLIT; q++) sum += partial[group * GEMV_SPLIT + q][lane];
+        for (int q = 0; q < L::SPLIT; q++) sum += partial[group * L::SPLIT + q][lane];
         store_out(y, row0 + lane, sum);
     }
 }
 
-extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
+extern "C" __global__ void __launch_bounds__(GemvBf16Layout::WARPS * 32)
 kimi_gemv_bf16(uint16_t* __restrict__ y, const uint16_t* __restrict__ W, const uint16_t* __restrict__ x, int N, int K)
 {
-    gemv(y, W, x, N, K);
+    gemv<GemvBf16Layout>(y, W, x, N, K);
 }
 
-extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
+extern "C" __global__ void __launch_bounds__(GemvBf16Layout::WARPS * 32)
 kimi_gemv_bf16_f32(float* __restrict__ y, const uint16_t* __restrict__ W, const uint16_t* __restrict__ x, int N, int K)
 {
-    gemv(y, W, x, N, K);
+    gemv<GemvBf16Layout>(y, W, x, N, K);
+}
+
+extern "C" __global__ void __launch_bounds__(GemvF32Layout::WARPS * 32)
+kimi_gemv_f32(float* __restrict__ y, const uint16_t* __restrict__ W, const float* __restrict__ x, int N, int K)
+{
+    gemv<GemvF32Layout>(y, W, x, N, K);
 }

@@ -1,4 +1,6 @@
+using KimiLinear.Layers;
 using KimiLinear.Loading;
+using KimiLinear.State;
 
 namespace KimiLinear.Backends;
 
@@ -18,8 +20,54 @@ internal readonly record struct MoeRouting(int ExpertsPerToken, int Groups, int 
 /// </summary>
 internal interface IKimiBackend
 {
-    /// <summary>A zeroed tensor.</summary>
+    /// <summary>What the model runs on, for messages ("CPU (8 threads)", "NVIDIA H100 80GB HBM3").</summary>
+    string DeviceName { get; }
+    /// <summary>
+    /// Called once after loading with every bound matrix and every MoE block's experts: a GPU backend checks that they
+    /// fit its memory (a clear error if not) and uploads them, reporting bytes done.
+    /// </summary>
+    void PrepareWeights(IReadOnlyList<WeightMatrix> matrices, IReadOnlyList<MoeExperts> experts, IProgress<long> uploaded, CancellationToken cancellationToken);
+    /// <summary>
+    /// A tensor for activations of the current forward step (a GPU reuses its memory afterwards). Its contents are
+    /// undefined until written: every kernel writes its whole output, and <see cref="Clear"/> zeroes an accumulator.
+    /// </summary>
     Tensor Allocate(int rows, int cols);
+    /// <summary>
+    /// Starts a scope whose activation tensors are released when it is disposed (scopes nest, like a stack): a layer's
+    /// intermediates then take memory for one layer, not for the whole step. Tensors allocated before the scope stay.
+    /// </summary>
+    IDisposable BeginScratch();
+    /// <summary>Sets every element of <paramref name="tensor"/> to zero.</summary>
+    void Clear(Tensor tensor);
+    /// <summary>A zeroed fp32 tensor that outlives forward steps (session state: KDA windows and state).</summary>
+    Tensor AllocateState(int rows, int cols);
+    /// <summary>
+    /// A zeroed tensor for attention cache rows that outlive forward steps (the MLA latent cache). A GPU backend keeps it
+    /// in bf16 (half the memory and bandwidth of a long context); values read back are what it stores.
+    /// </summary>
+    Tensor AllocateCache(int rows, int cols);
+    /// <summary>
+    /// <paramref name="tensor"/> with room for <paramref name="rows"/> rows, its first <paramref name="validRows"/> kept:
+    /// the same tensor when it can grow in place, else a new tensor of the same kind holding a copy (the old one is then
+    /// invalid).
+    /// </summary>
+    Tensor GrowRows(Tensor tensor, int validRows, int rows);
+    /// <summary>
+    /// Starts one forward step; disposing the scope ends it. Activation tensors live until then. A backend that keeps one
+    /// device's work in order serialises steps here.
+    /// </summary>
+    IDisposable BeginForward();
+    /// <summary>
+    /// Runs one decode step of <paramref name="state"/>'s session: <paramref name="step"/> queues the whole step for
+    /// <paramref name="token"/> at <paramref name="position"/> and returns the logits tensor. A backend may record the
+    /// work the first time and replay the recording on later steps without calling <paramref name="step"/> (a CUDA
+    /// graph), kept in <see cref="SessionState.DecodeRecording"/>: so the step queues the same work every token, and
+    /// the token and position reach kernels only through <see cref="Embed"/>, the cache row of
+    /// <see cref="WriteConcatenatedRows"/> and the start of <see cref="MlaAttention"/>.
+    /// </summary>
+    Tensor RunDecodeStep(SessionState state, int token, int position, Func<Tensor> step);
+    /// <summary>Most tokens one forward step takes; a longer prompt is run in pieces of this size (bounded activation memory).</summary>
+    int MaxTokensPerForward { get; }
     /// <summary>Copies host floats into <paramref name="destination"/> (row-major, whole tensor).</summary>
     void Upload(ReadOnlySpan<float> source, Tensor destination);
     /// <summary>Copies the whole tensor to host floats.</summary>
@@ -39,25 +87,18 @@ internal interface IKimiBackend
     void MatMul(Tensor x, WeightMatrix w, Tensor y);
     /// <summary>output = SiLU(gate) ⊙ up. All [T, N].</summary>
     void SwiGlu(Tensor gate, Tensor up, Tensor output);
-    /// <summary>x = sigmoid(x) in place.</summary>
-    void Sigmoid(Tensor x);
 
     /// <summary>
-    /// Causal depthwise conv + SiLU with a carried window: y[t,c] = SiLU(Σ_w taps[c,w] · p[t−W+1+w, c]) where inputs
-    /// before this call come from <paramref name="window"/>, which is then updated to the last W−1 inputs.
-    /// x, y: [T, C]; taps: [C, W] (tap W−1 multiplies the current token); window: [C, W−1], oldest first.
+    /// The KDA token mixer after its projections (spec §2): per channel the causal short conv + SiLU of q, k, v over
+    /// the carried windows (then the windows advance), the gate g = −exp(A_log)·softplus(f + dt_bias), β = σ(b), the
+    /// KDA core on the fp32 state (the chunked algorithm when T &gt; 1, else the recurrence), and the sigmoid-gated
+    /// per-head RMSNorm. One call, so that a GPU runs it as its fused kernels.
     /// </summary>
-    void ShortConvSilu(Tensor x, float[] taps, Tensor window, Tensor y);
-    /// <summary>g[t, h·K+d] = −exp(aLog[h]) · softplus(f[t, h·K+d] + dtBias[h·K+d]) (softplus linear above 20). f, g: [T, H·K].</summary>
-    void KdaGate(Tensor f, float[] aLog, float[] dtBias, Tensor g);
-    /// <summary>
-    /// The KDA core over T tokens: L2-normalise q and k per head, scale q by K^−½, gated delta rule on the fp32 state.
-    /// q, k, g: [T, H·K]; v, o: [T, H·V]; beta: [T, H]; state: [H, K·V] (row = key channel), updated in place.
-    /// <paramref name="chunked"/> selects the chunkwise-parallel prefill algorithm (else the token-by-token recurrence).
-    /// </summary>
-    void KdaCore(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor state, Tensor o, int heads, int keyDim, int valueDim, bool chunked);
-    /// <summary>y[t, h] = o[t, h] · rsqrt(mean(o[t, h]²) + eps) · weight ⊙ sigmoid(z[t, h]) per head of width weight.Length. o, z, y: [T, H·V].</summary>
-    void GatedRmsNorm(Tensor o, Tensor z, float[] weight, float eps, Tensor y);
+    /// <param name="inputs">The projections of T tokens (<see cref="KdaMixerInputs"/>).</param>
+    /// <param name="parameters">The layer's conv taps, gate and norm parameters.</param>
+    /// <param name="state">The sequence's windows and state, advanced by T tokens.</param>
+    /// <param name="y">[T, H·V] the gated, normalised output (the input of o_proj).</param>
+    void KdaMixer(KdaMixerInputs inputs, KdaMixerParameters parameters, KdaLayerState state, Tensor y);
 
     /// <summary>
     /// MLA attention of T queries at positions [start, start + T) over the latent cache rows [0, start + T) (causal,
@@ -68,12 +109,40 @@ internal interface IKimiBackend
     void MlaAttention(Tensor q, Tensor latent, int start, WeightMatrix kvB, Tensor o, int heads, int nopeDim, int ropeDim, int valueDim, bool absorbed);
 
     /// <summary>
-    /// Chooses A experts per token: scores = sigmoid(logits); selection by scores + bias (grouped top-k); weights from
-    /// the scores, renormalised and scaled. logits: [T, E]; bias: [E]; experts, weights: [T·A] row-major, host memory.
+    /// The routed experts of a MoE block: the router's logits x · routerᵀ [T, E], then A experts per token (sigmoid
+    /// scores; the correction bias only selects; grouped top-k; weights renormalised and scaled), and Σ weight ·
+    /// expert(x) added to <paramref name="output"/> [T, D]. x: [T, D]. The logits must be as accurate as fp32 inputs
+    /// make them: experts are chosen discretely, so a rounding of x can swap an expert and change a token's output.
     /// </summary>
-    void MoeRoute(Tensor logits, float[] bias, MoeRouting routing, Span<int> experts, Span<float> weights);
+    void MoeExperts(Tensor x, MoeExperts experts, Tensor output);
     /// <summary>y[i] = x[rows[i]]. x: [T, D]; y: [rows.Length, D].</summary>
     void GatherRows(Tensor x, ReadOnlySpan<int> rows, Tensor y);
     /// <summary>accumulator[rows[i]] += scales[i] · x[i]. x: [rows.Length, D]; accumulator: [T, D].</summary>
     void ScatterAddRows(Tensor x, ReadOnlySpan<int> rows, ReadOnlySpan<float> scales, Tensor accumulator);
+}
+
+/// <summary>A KDA layer's projections of T tokens, before the short convs and activations.</summary>
+/// <param name="Query">q_proj output [T, H·K].</param>
+/// <param name="Key">k_proj output [T, H·K].</param>
+/// <param name="Value">v_proj output [T, H·V].</param>
+/// <param name="Forget">f_b_proj output [T, H·K], before the gate.</param>
+/// <param name="Beta">b_proj output [T, H], before the sigmoid.</param>
+/// <param name="OutputGate">g_b_proj output [T, H·V], before the sigmoid of the output norm.</param>
+internal readonly record struct KdaMixerInputs(Tensor Query, Tensor Key, Tensor Value, Tensor Forget, Tensor Beta, Tensor OutputGate);
+
+/// <summary>A KDA layer's parameters besides its projections.</summary>
+/// <param name="Heads">H.</param>
+/// <param name="HeadDim">K = V.</param>
+/// <param name="QueryConv">q_conv1d taps [H·K, W]; tap W−1 multiplies the current token.</param>
+/// <param name="KeyConv">k_conv1d taps [H·K, W].</param>
+/// <param name="ValueConv">v_conv1d taps [H·V, W].</param>
+/// <param name="ALog">A_log [H].</param>
+/// <param name="DtBias">dt_bias [H·K].</param>
+/// <param name="OutputNorm">o_norm weight [V], shared by all heads.</param>
+/// <param name="Eps">The output norm's epsilon.</param>
+internal sealed record KdaMixerParameters(int Heads, int HeadDim, float[] QueryConv, float[] KeyConv, float[] ValueConv,
+    float[] ALog, float[] DtBias, float[] OutputNorm, float Eps)
+{
+    /// <summary>W, the short conv's width.</summary>
+    public int ConvSize => QueryConv.Length / (Heads * HeadDim);
 }

@@ -19,6 +19,8 @@ internal sealed class DecoderLayer
 
     /// <summary>The KDA token mixer, or null for an MLA layer.</summary>
     public KdaLayer? Kda { get; }
+    /// <summary>The routed experts, or null for a dense-MLP layer.</summary>
+    public MoeExperts? Experts => _moe?.Experts;
     /// <summary>The MLA token mixer, or null for a KDA layer.</summary>
     public MlaLayer? Mla { get; }
 
@@ -39,14 +41,18 @@ internal sealed class DecoderLayer
             _mlp = DenseMlp.Load(weights, prefix + "mlp.", d, config.IntermediateSize);
     }
 
-    /// <summary>Updates the residual stream <paramref name="hidden"/> [T, D] in place and this layer's state.</summary>
-    public void Forward(IKimiBackend backend, Tensor hidden, KdaLayerState? kdaState, MlaLayerState? mlaState, bool absorbedAttention)
+    /// <summary>
+    /// Updates the residual stream <paramref name="hidden"/> [T, D] in place and this layer's state; the T tokens start at
+    /// <paramref name="position"/> of the sequence (the MLA cache length before them).
+    /// </summary>
+    public void Forward(IKimiBackend backend, Tensor hidden, KdaLayerState? kdaState, MlaLayerState? mlaState, int position, bool absorbedAttention)
     {
+        using var scratch = backend.BeginScratch(); // everything but the residual stream dies with the layer
         var normed = backend.Allocate(hidden.Rows, hidden.Cols);
         backend.RmsNorm(hidden, _inputNorm, _eps, normed);
         var mixed = Kda is not null
             ? Kda.Forward(backend, normed, kdaState!)
-            : Mla!.Forward(backend, normed, mlaState!, absorbedAttention);
+            : Mla!.Forward(backend, normed, mlaState!, position, absorbedAttention);
         backend.Add(hidden, mixed);
 
         backend.RmsNorm(hidden, _postAttentionNorm, _eps, normed);

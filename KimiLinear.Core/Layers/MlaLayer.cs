@@ -39,12 +39,15 @@ internal sealed class MlaLayer
     }
 
     public MlaLayerState CreateState(IKimiBackend backend, int initialCapacity) =>
-        new(backend.Allocate(initialCapacity, _rank + _ropeDim));
+        new(backend.AllocateCache(initialCapacity, _rank + _ropeDim));
 
-    /// <summary>x: [T, D] → [T, D]; appends T latents to the cache. <paramref name="absorbed"/> picks the attention form.</summary>
-    public Tensor Forward(IKimiBackend backend, Tensor x, MlaLayerState state, bool absorbed)
+    /// <summary>
+    /// x: [T, D] → [T, D]; writes the T latents into cache rows [start, start + T) (room made by <see cref="Reserve"/>).
+    /// <paramref name="absorbed"/> picks the attention form.
+    /// </summary>
+    public Tensor Forward(IKimiBackend backend, Tensor x, MlaLayerState state, int start, bool absorbed)
     {
-        int tokens = x.Rows, start = state.Length;
+        int tokens = x.Rows;
         var q = backend.Allocate(tokens, _queryProjection.Rows);       // [T, H·(nope + rope)]
         backend.MatMul(x, _queryProjection, q);
 
@@ -54,7 +57,7 @@ internal sealed class MlaLayer
         backend.RmsNorm(compressed, _latentNorm, LatentNormEps, normalised);
         var sharedKey = backend.Allocate(tokens, _ropeDim);            // [T, rope] k_pe, never rotated
         backend.MatMul(x, _sharedKeyProjection, sharedKey);
-        Append(backend, state, normalised, sharedKey);
+        backend.WriteConcatenatedRows(normalised, sharedKey, state.Latent, start);
 
         var o = backend.Allocate(tokens, _heads * _valueDim);          // [T, H·V]
         backend.MlaAttention(q, state.Latent, start, _keyValueUp, o, _heads, _nopeDim, _ropeDim, _valueDim, absorbed);
@@ -63,17 +66,13 @@ internal sealed class MlaLayer
         return output;
     }
 
-    /// <summary>Writes rows (c_n | k_pe) at the end of the cache, doubling its capacity when full.</summary>
-    private void Append(IKimiBackend backend, MlaLayerState state, Tensor normalised, Tensor sharedKey)
+    /// <summary>
+    /// Makes room for cache rows up to <paramref name="needed"/>, keeping the <paramref name="valid"/> rows written so
+    /// far; the capacity at least doubles when it grows, so appending costs amortised O(1) copies.
+    /// </summary>
+    public void Reserve(IKimiBackend backend, MlaLayerState state, int valid, int needed)
     {
-        int tokens = normalised.Rows, needed = state.Length + tokens;
         if (needed > state.Latent.Rows)
-        {
-            var grown = backend.Allocate(Math.Max(needed, 2 * state.Latent.Rows), state.Latent.Cols);
-            backend.CopyRows(state.Latent, state.Length, grown, 0);
-            state.Latent = grown;
-        }
-        backend.WriteConcatenatedRows(normalised, sharedKey, state.Latent, state.Length);
-        state.Length = needed;
+            state.Latent = backend.GrowRows(state.Latent, valid, Math.Max(needed, 2 * state.Latent.Rows));
     }
 }

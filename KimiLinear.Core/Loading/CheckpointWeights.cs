@@ -8,6 +8,10 @@ namespace KimiLinear.Loading;
 internal sealed unsafe class CheckpointWeights(Checkpoint checkpoint) : IWeightSource
 {
     private readonly HashSet<string> _used = new(StringComparer.Ordinal);
+    private readonly List<WeightMatrix> _matrices = [];
+
+    /// <summary>Every matrix bound so far.</summary>
+    public IReadOnlyList<WeightMatrix> Matrices => _matrices;
 
     /// <summary>Bytes of the tensors bound so far.</summary>
     public long BytesBound { get; private set; }
@@ -22,9 +26,11 @@ internal sealed unsafe class CheckpointWeights(Checkpoint checkpoint) : IWeightS
     public WeightMatrix Matrix(string name, int rows, int cols)
     {
         var (file, info) = Find(name, [rows, cols]);
-        if (info.DType == SafeTensorDType.BF16)
-            return new WeightMatrix(name, (ushort*)file.DataPointer(info), rows, cols);
-        return new WeightMatrix(name, file.ReadFloat32(name), 0, rows, cols);
+        var matrix = info.DType == SafeTensorDType.BF16
+            ? new WeightMatrix(name, (ushort*)file.DataPointer(info), rows, cols)
+            : new WeightMatrix(name, file.ReadFloat32(name), 0, rows, cols);
+        _matrices.Add(matrix);
+        return matrix;
     }
 
     /// <summary>A float tensor of exactly <paramref name="shape"/>, widened into managed memory (small tensors only).</summary>

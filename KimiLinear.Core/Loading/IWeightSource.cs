@@ -10,6 +10,8 @@ internal interface IWeightSource : IDisposable
     WeightMatrix Matrix(string name, int rows, int cols);
     /// <summary>A float tensor of exactly <paramref name="shape"/>, in managed memory (small tensors only).</summary>
     float[] Floats(string name, params long[] shape);
+    /// <summary>Every matrix handed out so far, in order (row-range views are not listed; their source is).</summary>
+    IReadOnlyList<WeightMatrix> Matrices { get; }
     /// <summary>Bytes of the tensors handed out so far.</summary>
     long BytesBound { get; }
     /// <summary>Bytes of all tensors the source holds (for progress).</summary>

@@ -21,6 +21,21 @@ internal sealed unsafe class WeightMatrix
     /// <summary>Input features.</summary>
     public int Cols { get; }
 
+    /// <summary>The matrix this one is a row range of (itself when it is not a view).</summary>
+    public WeightMatrix Source { get; }
+
+    /// <summary>Row of <see cref="Source"/> where this matrix starts.</summary>
+    public int SourceRow { get; }
+
+    /// <summary>
+    /// Set for a synthetic matrix that has no host data: a GPU backend generates its values on the device (uniform in
+    /// ±<see cref="SyntheticRange"/>, from this seed), so a full-size benchmark model needs no 30 GB of host memory.
+    /// </summary>
+    public ulong? SyntheticSeed { get; }
+
+    /// <summary>Half-width of a synthetic matrix's uniform values.</summary>
+    public float SyntheticRange { get; }
+
     /// <summary>Whether the data is bf16 in the mapped file (else float in managed memory).</summary>
     public bool IsBFloat16 => _bf16 != null;
 
@@ -31,17 +46,22 @@ internal sealed unsafe class WeightMatrix
     public object? DeviceCopy { get; set; }
 
     public WeightMatrix(string name, ushort* bf16, int rows, int cols)
-    {
-        Name = name;
-        _bf16 = bf16;
-        Rows = rows;
-        Cols = cols;
-    }
+        : this(name, bf16, null, 0, rows, cols, null, 0) { }
 
     public WeightMatrix(string name, float[] f32, int offset, int rows, int cols)
+        : this(name, null, f32, offset, rows, cols, null, 0) { }
+
+    private WeightMatrix(string name, ushort* bf16, float[]? f32, int f32Offset, int rows, int cols, WeightMatrix? source, int sourceRow,
+        ulong? syntheticSeed = null, float syntheticRange = 0)
     {
-        (Name, _f32, _f32Offset, Rows, Cols) = (name, f32, offset, rows, cols);
+        _bf16 = bf16;
+        (Name, _f32, _f32Offset, Rows, Cols) = (name, f32, f32Offset, rows, cols);
+        (Source, SourceRow, SyntheticSeed, SyntheticRange) = (source ?? this, sourceRow, syntheticSeed, syntheticRange);
     }
+
+    /// <summary>A synthetic matrix without host data, generated on the device from <paramref name="seed"/>.</summary>
+    public static WeightMatrix OnDevice(string name, int rows, int cols, ulong seed, float range) =>
+        new(name, null, null, 0, rows, cols, null, 0, seed, range);
 
     /// <summary>Rows [start, start + count) as a matrix over the same data.</summary>
     public WeightMatrix RowRange(int start, int count)
@@ -49,9 +69,8 @@ internal sealed unsafe class WeightMatrix
         if (start < 0 || count < 0 || start + count > Rows)
             throw new ArgumentOutOfRangeException(nameof(start), $"rows [{start}, {start + count}) outside [0, {Rows}) of '{Name}'.");
         string name = $"{Name}[{start}:{start + count}]";
-        return _bf16 != null
-            ? new WeightMatrix(name, _bf16 + (long)start * Cols, count, Cols)
-            : new WeightMatrix(name, _f32!, _f32Offset + start * Cols, count, Cols);
+        return new WeightMatrix(name, _bf16 == null ? null : _bf16 + (long)start * Cols, _f32, _f32Offset + start * Cols, count, Cols,
+            Source, SourceRow + start, SyntheticSeed, SyntheticRange);
     }
 
     /// <summary>Mapped bf16 row <paramref name="row"/>.</summary>
@@ -63,6 +82,8 @@ internal sealed unsafe class WeightMatrix
     /// <summary>Writes row <paramref name="row"/> widened to float.</summary>
     public void RowToSingle(int row, Span<float> destination)
     {
+        if (SyntheticSeed is not null)
+            throw new InvalidOperationException($"'{Name}' is a synthetic weight that exists only on the GPU; the CPU backend cannot read it.");
         if (_bf16 != null)
             BFloat16.ToSingle(BFloat16Row(row), destination);
         else

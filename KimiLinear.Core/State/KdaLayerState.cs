@@ -9,11 +9,11 @@ namespace KimiLinear.State;
 /// </summary>
 internal sealed class KdaLayerState(Tensor queryWindow, Tensor keyWindow, Tensor valueWindow, Tensor recurrent)
 {
-    /// <summary>[H·K, W−1] last q projections per channel, oldest first.</summary>
+    /// <summary>[W−1, H·K] last q projections, oldest first (the layout the GPU kernels keep too).</summary>
     public Tensor QueryWindow { get; } = queryWindow;
-    /// <summary>[H·K, W−1] last k projections per channel.</summary>
+    /// <summary>[W−1, H·K] last k projections.</summary>
     public Tensor KeyWindow { get; } = keyWindow;
-    /// <summary>[H·V, W−1] last v projections per channel.</summary>
+    /// <summary>[W−1, H·V] last v projections.</summary>
     public Tensor ValueWindow { get; } = valueWindow;
     /// <summary>[H, K·V] fp32 state S, row = key channel, column = value channel (the same layout in prefill and decode).</summary>
     public Tensor Recurrent { get; } = recurrent;

@@ -9,9 +9,6 @@ namespace KimiLinear.State;
 /// </summary>
 internal sealed class MlaLayerState(Tensor latent)
 {
-    /// <summary>[capacity, R + rope] rows (c_n | k_pe); rows [0, Length) are valid.</summary>
+    /// <summary>[capacity, R + rope] rows (c_n | k_pe); rows [0, the session's length) are valid.</summary>
     public Tensor Latent { get; set; } = latent;
-
-    /// <summary>Tokens cached.</summary>
-    public int Length { get; set; }
 }

@@ -3,7 +3,7 @@ using KimiLinear.Backends;
 namespace KimiLinear.State;
 
 /// <summary>All per-sequence state of a model: one entry per decoder layer (KDA state or MLA cache).</summary>
-internal sealed class SessionState(KdaLayerState?[] kda, MlaLayerState?[] mla)
+internal sealed class SessionState(KdaLayerState?[] kda, MlaLayerState?[] mla) : IDisposable
 {
     /// <summary>Per layer: the KDA state, or null for MLA layers.</summary>
     public KdaLayerState?[] Kda { get; } = kda;
@@ -12,4 +12,16 @@ internal sealed class SessionState(KdaLayerState?[] kda, MlaLayerState?[] mla)
 
     /// <summary>Tokens in the sequence.</summary>
     public int Length { get; set; }
+
+    /// <summary>A backend's recording of this session's decode step (a CUDA graph), or null.</summary>
+    public IDisposable? DecodeRecording { get; set; }
+
+    /// <summary>Frees tensors that own device memory (a GPU backend's state) and the decode recording; the CPU's are garbage-collected.</summary>
+    public void Dispose()
+    {
+        DecodeRecording?.Dispose();
+        DecodeRecording = null;
+        foreach (var tensor in Kda.OfType<KdaLayerState>().SelectMany(k => k.Tensors).Concat(Mla.OfType<MlaLayerState>().Select(m => m.Latent)))
+            (tensor as IDisposable)?.Dispose();
+    }
 }

@@ -12,7 +12,7 @@ namespace KimiLinear.State;
 internal static class SessionStateFile
 {
     private static readonly byte[] Magic = "KIMISTATE"u8.ToArray();
-    private const int Version = 1;
+    private const int Version = 2; // 2: conv windows stored [W−1, C] (1 was [C, W−1])
 
     public static void Write(Stream stream, KimiModel model, SessionState state)
     {
@@ -28,7 +28,7 @@ internal static class SessionStateFile
                 foreach (var t in kda.Tensors)
                     WriteRows(writer, backend, t, t.Rows);
             if (state.Mla[i] is { } mla)
-                WriteRows(writer, backend, mla.Latent, mla.Length);
+                WriteRows(writer, backend, mla.Latent, state.Length);
         }
     }
 
@@ -49,23 +49,30 @@ internal static class SessionStateFile
             if (length < 0 || length > model.MaxSequenceLength)
                 throw new InvalidDataException($"Saved state holds {length} tokens; expected 0..{model.MaxSequenceLength}.");
             var state = model.CreateState();
-            state.Length = length;
-            var backend = model.Backend;
-            for (int i = 0; i < state.Kda.Length; i++)
+            try
             {
-                if (state.Kda[i] is { } kda)
-                    foreach (var t in kda.Tensors)
-                        ReadRows(reader, backend, t, t.Rows);
-                if (state.Mla[i] is { } mla)
+                state.Length = length;
+                var backend = model.Backend;
+                for (int i = 0; i < state.Kda.Length; i++)
                 {
-                    if (length > mla.Latent.Rows)
-                        mla.Latent = backend.Allocate(length, mla.Latent.Cols);
-                    ReadRows(reader, backend, mla.Latent, length);
-                    mla.Length = length;
+                    if (state.Kda[i] is { } kda)
+                        foreach (var t in kda.Tensors)
+                            ReadRows(reader, backend, t, t.Rows);
+                    if (state.Mla[i] is { } mla)
+                    {
+                        if (length > mla.Latent.Rows)
+                            mla.Latent = backend.GrowRows(mla.Latent, 0, length);
+                        ReadRows(reader, backend, mla.Latent, length);
+                    }
                 }
+                if (stream.CanSeek && stream.Position != stream.Length)
+                    throw new InvalidDataException($"Saved state has {stream.Length - stream.Position} unexpected bytes after its end.");
             }
-            if (stream.CanSeek && stream.Position != stream.Length)
-                throw new InvalidDataException($"Saved state has {stream.Length - stream.Position} unexpected bytes after its end.");
+            catch
+            {
+                state.Dispose(); // a GPU state's buffers go back at once
+                throw;
+            }
             return state;
         }
         catch (EndOfStreamException e)

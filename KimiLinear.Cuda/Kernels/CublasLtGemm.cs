@@ -6,13 +6,15 @@ namespace KimiLinear.Cuda.Kernels;
 
 /// <summary>
 /// The optional cuBLASLt path for the prefill GEMM. cuBLASLt ships with the CUDA toolkit (and PyTorch), not with the
-/// driver, so it is opened at run time only where present; the hand-written <see cref="MatmulKernels.Gemm"/> always
-/// works without it. Same contract: C[M, N] = A[M, K] · B[N, K]ᵀ, bf16 in and out, fp32 accumulation.
+/// driver, so it is opened at run time only where present; the hand-written <see cref="O:KimiLinear.Cuda.Kernels.MatmulKernels.Gemm"/> always
+/// works without it. Same contract: C[M, N] = A[M, K] · B[N, K]ᵀ, bf16 in, bf16 or fp32 out, fp32 accumulation; A's
+/// rows may be <c>lda</c> elements apart.
 /// </summary>
 /// <remarks>
 /// cuBLASLt is column-major. A row-major [M, N] C is a column-major [N, M] Cᵀ = B · Aᵀ, so the call is
-/// m = N, n = M, k = K with the weight B as the transposed first operand ("TN", cuBLAS's fastest layout).
-/// Plans (descriptors and the chosen algorithm) are cached per shape.
+/// m = N, n = M, k = K with the weight B as the transposed first operand ("TN", cuBLAS's fastest layout); A's row
+/// stride lda is the leading dimension of cuBLAS's second operand, and an fp32 C is the C/D layouts' type.
+/// Plans (descriptors and the chosen algorithm) are cached per shape, stride and output type.
 /// </remarks>
 internal sealed unsafe class CublasLtGemm : IDisposable
 {
@@ -43,7 +45,7 @@ internal sealed unsafe class CublasLtGemm : IDisposable
     private readonly nint _handle;
     private readonly CudaContext _context;
     private readonly DeviceBuffer<byte> _workspace;
-    private readonly Dictionary<(int M, int N, int K), Plan> _plans = [];
+    private readonly Dictionary<(int M, int N, int K, int Lda, bool F32Out), Plan> _plans = [];
     private bool _disposed;
 
     private readonly delegate* unmanaged<nint, int> _destroy;
@@ -99,22 +101,38 @@ internal sealed unsafe class CublasLtGemm : IDisposable
         return null;
     }
 
-    /// <summary>Queues C = A · Bᵀ (see the class remarks for the shapes).</summary>
-    public void Run(CudaStream stream, DeviceSpan<ushort> c, DeviceSpan<ushort> a, DeviceSpan<ushort> b, int m, int n, int k)
+    /// <summary>Queues C = A · Bᵀ, bf16 out, A contiguous (see the class remarks for the shapes).</summary>
+    public void Run(CudaStream stream, DeviceSpan<ushort> c, DeviceSpan<ushort> a, DeviceSpan<ushort> b, int m, int n, int k) =>
+        Run(stream, c, a, k, b, m, n, k);
+
+    /// <summary>Queues C = A · Bᵀ, bf16 out, A's rows <paramref name="lda"/> elements apart (lda ≥ K, a multiple of 8).</summary>
+    public void Run(CudaStream stream, DeviceSpan<ushort> c, DeviceSpan<ushort> a, int lda, DeviceSpan<ushort> b, int m, int n, int k)
+    {
+        MatmulKernels.CheckGemmShapes(c, a, lda, b, m, n, k);
+        Run(stream, c.Pointer, f32Out: false, a, lda, b, m, n, k);
+    }
+
+    /// <summary>Queues C = A · Bᵀ, fp32 out, A's rows <paramref name="lda"/> elements apart (lda ≥ K, a multiple of 8).</summary>
+    public void Run(CudaStream stream, DeviceSpan<float> c, DeviceSpan<ushort> a, int lda, DeviceSpan<ushort> b, int m, int n, int k)
+    {
+        MatmulKernels.CheckGemmShapes(c, a, lda, b, m, n, k);
+        Run(stream, c.Pointer, f32Out: true, a, lda, b, m, n, k);
+    }
+
+    private void Run(CudaStream stream, ulong c, bool f32Out, DeviceSpan<ushort> a, int lda, DeviceSpan<ushort> b, int m, int n, int k)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        MatmulKernels.CheckGemmShapes(c, a, b, m, n, k);
-        Plan plan = GetPlan(m, n, k);
+        Plan plan = GetPlan(m, n, k, lda, f32Out);
         float alpha = 1, beta = 0;
         _context.Bind();
         fixed (ulong* algo = plan.Heuristic.Algo)
-            Check(_matmul(_handle, plan.Desc, &alpha, b.Pointer, plan.LayoutA, a.Pointer, plan.LayoutB, &beta, c.Pointer, plan.LayoutC,
-                c.Pointer, plan.LayoutC, algo, _workspace.Span.Pointer, (nuint)WorkspaceBytes, stream.Raw), "cublasLtMatmul");
+            Check(_matmul(_handle, plan.Desc, &alpha, b.Pointer, plan.LayoutA, a.Pointer, plan.LayoutB, &beta, c, plan.LayoutC,
+                c, plan.LayoutC, algo, _workspace.Span.Pointer, (nuint)WorkspaceBytes, stream.Raw), "cublasLtMatmul");
     }
 
-    private Plan GetPlan(int m, int n, int k)
+    private Plan GetPlan(int m, int n, int k, int lda, bool f32Out)
     {
-        if (_plans.TryGetValue((m, n, k), out Plan? cached)) return cached;
+        if (_plans.TryGetValue((m, n, k, lda, f32Out), out Plan? cached)) return cached;
         nint desc, layoutA, layoutB, layoutC;
         Check(_descCreate(&desc, ComputeF32, CudaR32F), "cublasLtMatmulDescCreate");
         var plan = new Plan { Desc = desc };
@@ -123,9 +141,9 @@ internal sealed unsafe class CublasLtGemm : IDisposable
         Check(_descSetAttribute(desc, DescTransB, &transB, sizeof(int)), "cublasLtMatmulDescSetAttribute(TRANSB)");
         Check(_layoutCreate(&layoutA, CudaR16BF, (ulong)k, (ulong)n, k), "cublasLtMatrixLayoutCreate(weights)");
         plan.LayoutA = layoutA;
-        Check(_layoutCreate(&layoutB, CudaR16BF, (ulong)k, (ulong)m, k), "cublasLtMatrixLayoutCreate(activations)");
+        Check(_layoutCreate(&layoutB, CudaR16BF, (ulong)k, (ulong)m, lda), "cublasLtMatrixLayoutCreate(activations)");
         plan.LayoutB = layoutB;
-        Check(_layoutCreate(&layoutC, CudaR16BF, (ulong)n, (ulong)m, n), "cublasLtMatrixLayoutCreate(output)");
+        Check(_layoutCreate(&layoutC, f32Out ? CudaR32F : CudaR16BF, (ulong)n, (ulong)m, n), "cublasLtMatrixLayoutCreate(output)");
         plan.LayoutC = layoutC;
         nint preference;
         Check(_prefCreate(&preference), "cublasLtMatmulPreferenceCreate");
@@ -137,14 +155,15 @@ internal sealed unsafe class CublasLtGemm : IDisposable
             HeuristicResult result;
             Check(_heuristic(_handle, plan.Desc, plan.LayoutA, plan.LayoutB, plan.LayoutC, plan.LayoutC, preference, 1, &result, &found),
                 "cublasLtMatmulAlgoGetHeuristic");
-            if (found == 0) throw new InvalidOperationException($"cuBLASLt has no algorithm for a bf16 GEMM of M={m}, N={n}, K={k}");
+            if (found == 0)
+                throw new InvalidOperationException($"cuBLASLt has no algorithm for a bf16 GEMM of M={m}, N={n}, K={k}, lda={lda}, {(f32Out ? "fp32" : "bf16")} out");
             plan.Heuristic = result;
         }
         finally
         {
             _prefDestroy(preference);
         }
-        _plans.Add((m, n, k), plan);
+        _plans.Add((m, n, k, lda, f32Out), plan);
         return plan;
     }
 

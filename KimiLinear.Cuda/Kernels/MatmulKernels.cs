@@ -3,60 +3,98 @@ using KimiLinear.Cuda.Memory;
 namespace KimiLinear.Cuda.Kernels;
 
 /// <summary>
-/// bf16 matrix products against nn.Linear weights W [N, K] (row-major): the GEMV of decode and the GEMM of prefill
-/// (<c>kernels/gemv.cu</c>, <c>kernels/gemm.cu</c>). bf16 travels as <see cref="ushort"/> bits.
+/// Matrix products against bf16 nn.Linear weights W [N, K] (row-major): the GEMV of decode and the GEMM of prefill
+/// (<c>kernels/gemv.cu</c>, <c>kernels/gemm.cu</c>), with bf16 or fp32 activations in and out as each overload says.
+/// bf16 travels as <see cref="ushort"/> bits. All accumulate in fp32.
 /// </summary>
 internal static unsafe class MatmulKernels
 {
-    private const int GemvRowsPerBlock = 2 * 2;  // GEMV_ROWS_PER_BLOCK in gemv.cu: 2 row groups of 2 rows
-    private const int GemvThreads = 4 * 32;
+    /// <summary>A GEMV kernel's block: the rows it owns and its threads (GemvLayout in gemv.cu).</summary>
+    private readonly record struct GemvGeometry(int RowsPerBlock, int Threads);
+
+    private static readonly GemvGeometry GemvBf16Geometry = new(RowsPerBlock: 2 * 2, Threads: 4 * 32); // GemvBf16Layout: 2 groups of 2 rows
+    private static readonly GemvGeometry GemvF32Geometry = new(RowsPerBlock: 4 * 4, Threads: 8 * 32);  // GemvF32Layout: 4 groups of 4 rows
     private const int GemmTile = 128;            // BM = BN in gemm.cu
     private const int GemmThreads = 256;
     private const int GemmSharedBytes = 3 * (128 + 128) * 64 * 2; // GEMM_SMEM_BYTES in gemm.cu
 
-    /// <summary>y[N] = W[N, K] · x[K], bf16 out.</summary>
+    /// <summary>y[N] = W[N, K] · x[K], bf16 x, bf16 out.</summary>
     public static void Gemv(CudaStream stream, DeviceSpan<ushort> y, DeviceSpan<ushort> weight, DeviceSpan<ushort> x, int n, int k) =>
-        Gemv(stream, KernelId.GemvBf16, y.Pointer, y.Length, weight, x, n, k);
+        Gemv(stream, KernelId.GemvBf16, GemvBf16Geometry, y.Pointer, y.Length, weight, x.Pointer, x.Length, n, k);
 
-    /// <summary>y[N] = W[N, K] · x[K], fp32 out (logits).</summary>
+    /// <summary>y[N] = W[N, K] · x[K], bf16 x, fp32 out (logits).</summary>
     public static void Gemv(CudaStream stream, DeviceSpan<float> y, DeviceSpan<ushort> weight, DeviceSpan<ushort> x, int n, int k) =>
-        Gemv(stream, KernelId.GemvBf16F32, y.Pointer, y.Length, weight, x, n, k);
+        Gemv(stream, KernelId.GemvBf16F32, GemvBf16Geometry, y.Pointer, y.Length, weight, x.Pointer, x.Length, n, k);
 
-    private static void Gemv(CudaStream stream, KernelId id, ulong yPointer, long yLength, DeviceSpan<ushort> weight, DeviceSpan<ushort> x, int n, int k)
+    /// <summary>
+    /// y[N] = W[N, K] · x[K], fp32 x, fp32 out (the CUDA backend's activations): the bf16-x kernel's design and
+    /// programmatic dependent launch, with 4 rows a warp group sharing each (twice as large) load of x.
+    /// </summary>
+    public static void Gemv(CudaStream stream, DeviceSpan<float> y, DeviceSpan<ushort> weight, DeviceSpan<float> x, int n, int k) =>
+        Gemv(stream, KernelId.GemvF32, GemvF32Geometry, y.Pointer, y.Length, weight, x.Pointer, x.Length, n, k);
+
+    private static void Gemv(CudaStream stream, KernelId id, GemvGeometry geometry, ulong yPointer, long yLength, DeviceSpan<ushort> weight, ulong xPointer, long xLength,
+        int n, int k)
     {
         KernelChecks.Positive(n, nameof(n));
         KernelChecks.Positive(k, nameof(k));
         if (yLength < n) throw new ArgumentException($"y holds {yLength:N0} elements but the kernel needs {n:N0}", "y");
         KernelChecks.Holds(weight, (long)n * k, nameof(weight));
-        KernelChecks.Holds(x, k, nameof(x));
-        ulong pY = yPointer, pW = weight.Pointer, pX = x.Pointer;
+        if (xLength < k) throw new ArgumentException($"x holds {xLength:N0} elements but the kernel needs {k:N0}", "x");
+        ulong pY = yPointer, pW = weight.Pointer, pX = xPointer;
         void** args = stackalloc void*[] { &pY, &pW, &pX, &n, &k };
-        stream.Context.Kernels.Launch(id, new Dim3((uint)((n + GemvRowsPerBlock - 1) / GemvRowsPerBlock)), new Dim3(GemvThreads), 0, stream, args);
+        var grid = new Dim3((uint)((n + geometry.RowsPerBlock - 1) / geometry.RowsPerBlock));
+        stream.Context.Kernels.Launch(id, grid, new Dim3((uint)geometry.Threads), 0, stream, args);
     }
 
     /// <summary>
-    /// C[M, N] = A[M, K] · B[N, K]ᵀ with the hand-written tensor-core kernel (mma.sync); needs no CUDA toolkit.
-    /// K must be a multiple of 8 and the spans 16-byte aligned (whole buffers and arena spans are).
+    /// C[M, N] = A[M, K] · B[N, K]ᵀ, bf16 out, with the hand-written tensor-core kernel (mma.sync); needs no CUDA toolkit.
+    /// K must be a multiple of 8 and A, B 16-byte aligned (whole buffers and arena spans are).
     /// </summary>
-    public static void Gemm(CudaStream stream, DeviceSpan<ushort> c, DeviceSpan<ushort> a, DeviceSpan<ushort> b, int m, int n, int k)
+    public static void Gemm(CudaStream stream, DeviceSpan<ushort> c, DeviceSpan<ushort> a, DeviceSpan<ushort> b, int m, int n, int k) =>
+        Gemm(stream, c, a, k, b, m, n, k);
+
+    /// <summary>
+    /// C[M, N] = A · B[N, K]ᵀ, bf16 out, where A's M rows of K are <paramref name="lda"/> elements apart (lda ≥ K, a
+    /// multiple of 8: e.g. the first 512 columns of 576-wide latent rows). Otherwise as the contiguous overload.
+    /// </summary>
+    public static void Gemm(CudaStream stream, DeviceSpan<ushort> c, DeviceSpan<ushort> a, int lda, DeviceSpan<ushort> b, int m, int n, int k)
     {
-        CheckGemmShapes(c, a, b, m, n, k);
-        ulong pC = c.Pointer, pA = a.Pointer, pB = b.Pointer;
-        void** args = stackalloc void*[] { &pC, &pA, &pB, &m, &n, &k };
+        CheckGemmShapes(c, a, lda, b, m, n, k);
+        LaunchGemm(stream, KernelId.GemmBf16, c.Pointer, a, lda, b, m, n, k);
+    }
+
+    /// <summary>
+    /// C[M, N] = A · B[N, K]ᵀ, fp32 out (the CUDA backend's activations), where A's M rows of K are
+    /// <paramref name="lda"/> elements apart (lda ≥ K, a multiple of 8). bf16 inputs, fp32 accumulation.
+    /// </summary>
+    public static void Gemm(CudaStream stream, DeviceSpan<float> c, DeviceSpan<ushort> a, int lda, DeviceSpan<ushort> b, int m, int n, int k)
+    {
+        CheckGemmShapes(c, a, lda, b, m, n, k);
+        LaunchGemm(stream, KernelId.GemmBf16F32, c.Pointer, a, lda, b, m, n, k);
+    }
+
+    private static void LaunchGemm(CudaStream stream, KernelId id, ulong cPointer, DeviceSpan<ushort> a, int lda, DeviceSpan<ushort> b, int m, int n, int k)
+    {
+        ulong pC = cPointer, pA = a.Pointer, pB = b.Pointer;
+        void** args = stackalloc void*[] { &pC, &pA, &lda, &pB, &m, &n, &k };
         var grid = new Dim3((uint)((n + GemmTile - 1) / GemmTile), (uint)((m + GemmTile - 1) / GemmTile));
-        stream.Context.Kernels.Launch(KernelId.GemmBf16, grid, new Dim3(GemmThreads), GemmSharedBytes, stream, args);
+        stream.Context.Kernels.Launch(id, grid, new Dim3(GemmThreads), GemmSharedBytes, stream, args);
     }
 
     /// <summary>The GEMM contract shared by the hand-written kernel and cuBLASLt.</summary>
-    internal static void CheckGemmShapes(DeviceSpan<ushort> c, DeviceSpan<ushort> a, DeviceSpan<ushort> b, int m, int n, int k)
+    internal static void CheckGemmShapes<TC>(DeviceSpan<TC> c, DeviceSpan<ushort> a, int lda, DeviceSpan<ushort> b, int m, int n, int k)
+        where TC : unmanaged
     {
         KernelChecks.Positive(m, nameof(m));
         KernelChecks.Positive(n, nameof(n));
         KernelChecks.Positive(k, nameof(k));
         if (k % 8 != 0) throw new ArgumentException($"the bf16 GEMM needs K to be a multiple of 8 (16-byte rows), got K = {k}", nameof(k));
+        if (lda < k || lda % 8 != 0)
+            throw new ArgumentOutOfRangeException(nameof(lda), lda, $"A's row stride must be at least K = {k} and a multiple of 8 (16-byte rows)");
         if ((a.Pointer | b.Pointer) % 16 != 0) throw new ArgumentException("the bf16 GEMM needs A and B 16-byte aligned", nameof(a));
         KernelChecks.Holds(c, (long)m * n, nameof(c));
-        KernelChecks.Holds(a, (long)m * k, nameof(a));
+        KernelChecks.Holds(a, (long)(m - 1) * lda + k, nameof(a));
         KernelChecks.Holds(b, (long)n * k, nameof(b));
     }
 }

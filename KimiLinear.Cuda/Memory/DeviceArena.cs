@@ -39,6 +39,14 @@ public sealed class DeviceArena : IDisposable
     /// <summary>Makes the whole capacity available again. Spans rented before are then invalid.</summary>
     public void Reset() => Used = 0;
 
+    /// <summary>Frees what was rented after <see cref="Used"/> was <paramref name="used"/> (a stack discipline).</summary>
+    public void Rewind(long used)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(used);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(used, Used);
+        Used = used;
+    }
+
     /// <inheritdoc />
     public void Dispose() => _storage.Dispose();
 }

@@ -4,7 +4,7 @@
 #   3. runs the CUDA tests against that fresh PTX (KIMILINEAR_KERNEL_DIR),  4. times the kernels (Benchmarks `gpu`),
 #   5. leaves in $OUT: build.log, tests.log, bench.log, bench.md, ptx.tgz (commit its contents to KimiLinear.Cuda/Kernels/ptx).
 # Set SKIP_BENCH=1 (or stage without the benchmarks, GPU_APPS=tests) to stop after the tests, BENCH_RUNS=n to repeat the benchmarks,
-# BENCH_ONLY=moe to time only the copy and the MoE kernels. Exit status: nonzero if the build or a test failed.
+# BENCH_ONLY=moe or mla times only the copy and those kernels. Exit status: nonzero if the build or a test failed.
 set -uo pipefail
 stage=$(cd "$(dirname "$0")" && pwd)
 # The built tests and benchmarks travel xz-packed (the whole call may carry 64 MiB, the checkout included). They
@@ -12,6 +12,8 @@ stage=$(cd "$(dirname "$0")" && pwd)
 apps=$stage/apps
 mkdir -p "$apps" && tar xJf "$stage/apps.txz" -C "$apps"
 out=${OUT:-/tmp/gpu-out}
+# /tmp/ptx is emptied first: on a warm machine it still holds the images of the previous caller's build.
+rm -rf /tmp/ptx
 mkdir -p "$out" /tmp/dn /tmp/ptx
 tar xf "$stage/dotnet-runtime.txz" -C /tmp/dn
 export DOTNET_ROOT=/tmp/dn DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
@@ -36,7 +38,7 @@ echo "== tests"
 tests=0
 : > "$out/tests.log"
 # TEST_CLASSES="A B" runs only those classes of KimiLinear.Tests.Cuda (default: all of them below).
-for class in ${TEST_CLASSES:-CudaRuntimeTests ElementwiseKernelTests MatmulKernelTests SamplingKernelTests KdaKernelTests KernelFreshnessTests}; do
+for class in ${TEST_CLASSES:-CudaRuntimeTests ElementwiseKernelTests ActivationKernelTests MatmulKernelTests SamplingKernelTests KdaKernelTests KernelFreshnessTests}; do
     timeout "${TEST_TIMEOUT:-150}" /tmp/dn/dotnet "$apps/tests/KimiLinear.Tests.dll" -class "KimiLinear.Tests.Cuda.$class" -noColor >> "$out/tests.log" 2>&1
     rc=$?
     [ $rc -eq 124 ] && echo "TIMEOUT: $class" | tee -a "$out/tests.log"

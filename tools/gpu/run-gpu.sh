@@ -24,12 +24,12 @@ cp -r "$repo/KimiLinear.Tests/bin/Release/net10.0" "$stage/tests" && rm -rf "$st
 cp -r "$repo/KimiLinear.Benchmarks/bin/Release/net10.0" "$stage/bench"
 # The `gpu` mode never runs BenchmarkDotNet's disassembler, tracing or code generation: leave their 25 MB behind.
 (cd "$stage/bench" && rm -rf runtimes x86 amd64 arm64 Microsoft.CodeAnalysis*.dll Microsoft.Diagnostics.*.dll Iced.dll)
-# Nor the test fixtures (the CPU benchmarks' model), symbols and XML docs: without them GPU_APPS="tests bench" fits.
+# Nor the model fixtures the CPU benchmarks read (7 MB) or symbols: without them tests and benchmarks fit in one call.
 (cd "$stage/bench" && rm -rf Fixtures ./*.pdb ./*.xml)
 # Satellite resources, symbols and XML docs are not needed there; xz halves the rest.
 (cd "$stage/tests" && rm -rf cs de es fr it ja ko pl pt-BR ru tr zh-Hans zh-Hant ./*.pdb ./*.xml)
-# GPU_APPS=tests leaves the benchmarks behind. With the checkout at ~33 MB, tests + benchmarks + runtime come to ~62 MB
-# of the 64 MiB a call may carry (2026-11-27), so one round can still take both; a growing checkout may not.
+# GPU_APPS=tests leaves the benchmarks behind: with the checkout at ~33 MB, tests + benchmarks (~3.4 MB packed) +
+# runtime (~25 MB) come close to the 64 MiB a call may carry; drop the benchmarks when the checkout has grown.
 tar cJf "$stage/apps.txz" -C "$stage" ${GPU_APPS:-tests bench} && rm -rf "$stage/tests" "$stage/bench"
 cp -r "$repo/kernels" "$stage/kernels"
 cp "$repo/tools/gpu/remote.sh" "$stage/remote.sh"

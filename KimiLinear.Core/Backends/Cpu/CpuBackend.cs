@@ -1,5 +1,7 @@
 using System.Numerics.Tensors;
+using KimiLinear.Layers;
 using KimiLinear.Loading;
+using KimiLinear.State;
 
 namespace KimiLinear.Backends.Cpu;
 
@@ -22,7 +24,43 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
     private static CpuTensor Cpu(Tensor t) => t as CpuTensor
         ?? throw new ArgumentException($"Tensor {t} belongs to another backend; the CPU backend takes only its own tensors.");
 
+    public string DeviceName => $"CPU ({_parallel.MaxDegreeOfParallelism} threads)";
+
+    /// <summary>Nothing to do: the CPU reads bf16 weights from the mapped checkpoint.</summary>
+    public void PrepareWeights(IReadOnlyList<WeightMatrix> matrices, IReadOnlyList<MoeExperts> experts, IProgress<long> uploaded,
+        CancellationToken cancellationToken) { }
+
     public Tensor Allocate(int rows, int cols) => new CpuTensor(rows, cols);
+
+    public void Clear(Tensor tensor) => Cpu(tensor).Span.Clear();
+
+    public Tensor AllocateState(int rows, int cols) => new CpuTensor(rows, cols);
+
+    public Tensor AllocateCache(int rows, int cols) => new CpuTensor(rows, cols);
+
+    public Tensor GrowRows(Tensor tensor, int validRows, int rows)
+    {
+        var grown = new CpuTensor(rows, tensor.Cols);
+        CopyRows(tensor, validRows, grown, 0);
+        return grown;
+    }
+
+    /// <summary>Nothing to scope: activations are garbage-collected arrays, and sessions may run concurrently.</summary>
+    public IDisposable BeginForward() => NoScope.Instance;
+
+    public int MaxTokensPerForward => int.MaxValue;
+
+    /// <summary>Nothing to release: the garbage collector frees a layer's arrays.</summary>
+    public IDisposable BeginScratch() => NoScope.Instance;
+
+    /// <summary>Runs the step: on the CPU there is no launch overhead to save.</summary>
+    public Tensor RunDecodeStep(SessionState state, int token, int position, Func<Tensor> step) => step();
+
+    private sealed class NoScope : IDisposable
+    {
+        public static readonly NoScope Instance = new();
+        public void Dispose() { }
+    }
 
     public void Upload(ReadOnlySpan<float> source, Tensor destination) => source.CopyTo(Cpu(destination).Span);
 
@@ -88,12 +126,15 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
             o[i] = g[i] / (1f + MathF.Exp(-g[i])) * u[i];
     }
 
-    public void Sigmoid(Tensor x) => TensorPrimitives.Sigmoid(Cpu(x).Span, Cpu(x).Span);
-
+    /// <summary>
+    /// Causal depthwise conv + SiLU with a carried window: y[t,c] = SiLU(Σ_w taps[c,w] · p[t−W+1+w, c]) where inputs
+    /// before this call come from <paramref name="window"/>, which is then updated to the last W−1 inputs.
+    /// x, y: [T, C]; taps: [C, W] (tap W−1 multiplies the current token); window: [W−1, C], oldest first.
+    /// </summary>
     public void ShortConvSilu(Tensor x, float[] taps, Tensor window, Tensor y)
     {
         var (input, state, output) = (Cpu(x), Cpu(window), Cpu(y));
-        int tokens = input.Rows, channels = input.Cols, width = state.Cols + 1;
+        int tokens = input.Rows, channels = input.Cols, width = state.Rows + 1;
         // Decode is a few thousand multiply-adds, less than the cost of waking a pool thread.
         if ((long)tokens * channels * width < SerialWorkLimit)
             for (int c = 0; c < channels; c++)
@@ -109,10 +150,10 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
     /// </summary>
     private static void ShortConvChannel(CpuTensor input, float[] taps, CpuTensor state, CpuTensor output, int c)
     {
-        int tokens = input.Rows, channels = input.Cols, history = state.Cols, width = history + 1;
+        int tokens = input.Rows, channels = input.Cols, history = state.Rows, width = history + 1;
         float[] carried = state.Data, x = input.Data;
-        int window = c * history, channelTaps = c * width;
-        float At(int p) => p < history ? carried[window + p] : x[(p - history) * channels + c];
+        int channelTaps = c * width;
+        float At(int p) => p < history ? carried[p * channels + c] : x[(p - history) * channels + c];
         for (int t = 0; t < tokens; t++)
         {
             // a plain loop: the window is a handful of taps, shorter than a vector
@@ -123,7 +164,7 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
         }
         // The new window is positions [T, T + W−1); in place, since slot i reads position T + i > i, not yet overwritten.
         for (int i = 0; i < history; i++)
-            carried[window + i] = At(tokens + i);
+            carried[i * channels + c] = At(tokens + i);
     }
 
     /// <summary>x ← SiLU(x) = x · sigmoid(x), a stack buffer of sigmoids at a time.</summary>
@@ -139,6 +180,25 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
         }
     }
 
+    public void KdaMixer(KdaMixerInputs inputs, KdaMixerParameters parameters, KdaLayerState state, Tensor y)
+    {
+        int tokens = inputs.Query.Rows, heads = parameters.Heads, headDim = parameters.HeadDim;
+        var q = Allocate(tokens, inputs.Query.Cols);  // [T, H·K] after conv + SiLU
+        var k = Allocate(tokens, inputs.Key.Cols);    // [T, H·K]
+        var v = Allocate(tokens, inputs.Value.Cols);  // [T, H·V]
+        ShortConvSilu(inputs.Query, parameters.QueryConv, state.QueryWindow, q);
+        ShortConvSilu(inputs.Key, parameters.KeyConv, state.KeyWindow, k);
+        ShortConvSilu(inputs.Value, parameters.ValueConv, state.ValueWindow, v);
+        var g = Allocate(tokens, inputs.Forget.Cols); // [T, H·K] log decay, ≤ 0
+        KdaGate(inputs.Forget, parameters.ALog, parameters.DtBias, g);
+        var beta = Allocate(tokens, heads);           // [T, H]
+        TensorPrimitives.Sigmoid(Cpu(inputs.Beta).Span, Cpu(beta).Span);
+        var o = Allocate(tokens, heads * headDim);    // [T, H·V]
+        KdaCore(q, k, v, g, beta, state.Recurrent, o, heads, headDim, headDim, chunked: tokens > 1);
+        GatedRmsNorm(o, inputs.OutputGate, parameters.OutputNorm, parameters.Eps, y);
+    }
+
+    /// <summary>g[t, h·K+d] = −exp(aLog[h]) · softplus(f[t, h·K+d] + dtBias[h·K+d]) (softplus linear above 20). f, g: [T, H·K].</summary>
     public void KdaGate(Tensor f, float[] aLog, float[] dtBias, Tensor g)
     {
         var (input, output) = (Cpu(f), Cpu(g));
@@ -156,6 +216,11 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
         }
     }
 
+    /// <summary>
+    /// The KDA core over T tokens: L2-normalise q and k per head, scale q by K^−½, gated delta rule on the fp32 state.
+    /// q, k, g: [T, H·K]; v, o: [T, H·V]; beta: [T, H]; state: [H, K·V] (row = key channel), updated in place.
+    /// <paramref name="chunked"/> selects the chunkwise-parallel prefill algorithm (else the token-by-token recurrence).
+    /// </summary>
     public void KdaCore(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor state, Tensor o, int heads, int keyDim, int valueDim, bool chunked)
     {
         int tokens = Cpu(q).Rows;
@@ -167,6 +232,7 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
                 Cpu(state).Data, Cpu(o).Data, tokens, heads, keyDim, valueDim);
     }
 
+    /// <summary>y[t, h] = o[t, h] · rsqrt(mean(o[t, h]²) + eps) · weight ⊙ sigmoid(z[t, h]) per head of width weight.Length. o, z, y: [T, H·V].</summary>
     public void GatedRmsNorm(Tensor o, Tensor z, float[] weight, float eps, Tensor y)
     {
         var (input, gate, output) = (Cpu(o), Cpu(z), Cpu(y));
@@ -262,6 +328,20 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
         });
     }
 
+    public void MoeExperts(Tensor x, MoeExperts experts, Tensor output)
+    {
+        var logits = Allocate(x.Rows, experts.Count); // [T, E]
+        MatMul(x, experts.Router, logits);
+        var chosen = new int[x.Rows * experts.Routing.ExpertsPerToken];    // [T, A]
+        var weights = new float[chosen.Length];                            // [T, A]
+        MoeRoute(logits, experts.CorrectionBias, experts.Routing, chosen, weights);
+        experts.ForwardGrouped(this, x, chosen, weights, output);
+    }
+
+    /// <summary>
+    /// Chooses A experts per token: scores = sigmoid(logits); selection by scores + bias (grouped top-k); weights from
+    /// the scores, renormalised and scaled. logits: [T, E]; bias: [E]; experts, weights: [T·A] row-major.
+    /// </summary>
     public void MoeRoute(Tensor logits, float[] bias, MoeRouting routing, Span<int> experts, Span<float> weights)
     {
         var input = Cpu(logits);

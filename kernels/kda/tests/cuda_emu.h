@@ -40,6 +40,9 @@ struct dim3 {
 struct float4 { float x, y, z, w; };
 inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
 struct alignas(8) uint2 { unsigned x, y; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(8) float2 { float x, y; };
+inline float2 make_float2(float a, float b) { return {a, b}; }
 inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 struct alignas(2) __nv_bfloat16 { uint16_t bits; };
 inline float __bfloat162float(__nv_bfloat16 h) {
@@ -51,12 +54,9 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
     u += 0x7fffu + ((u >> 16) & 1u);                                            // round to nearest even
     return {uint16_t(u >> 16)};
 }
-inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
-// Used by kernels/common.cuh and moe.cu (added for kernels/tests/moe_harness.cu).
 inline uint16_t __bfloat16_as_ushort(__nv_bfloat16 h) { return h.bits; }
-struct alignas(16) uint4 { unsigned x, y, z, w; };
-struct float2 { float x, y; };
-inline float2 make_float2(float a, float b) { return {a, b}; }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+// Used by kernels/common.cuh, moe.cu and mla.cu.
 inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
 template <typename T> inline T __ldg(const T* p) { return *p; }
 template <typename T> inline T __ldcs(const T* p) { return *p; }
@@ -77,6 +77,8 @@ struct Fiber {
     struct Copy { void* dst; const void* src; };
     std::vector<Copy> pending;                 // cp.async issued since the last commit
     std::vector<std::vector<Copy>> groups;     // committed, not yet waited for
+    const void* xptr = nullptr;                // what a lane offers the warp in ldmatrix / mma (emu_warp_*)
+    uint32_t xregs[8] = {};
 };
 struct State {
     ucontext_t sched;
@@ -222,6 +224,66 @@ template <typename T> inline T* emu_cluster_map(T* p, unsigned rank) {
     unsigned char* mine = s.smem[s.fibers[s.cur].block].data();
     return reinterpret_cast<T*>(s.smem[rank].data() + (reinterpret_cast<unsigned char*>(p) - mine));
 }
+
+// Warp-collective tensor-core instructions (mma.sync m16n8k16 bf16 and ldmatrix), for kernels that wrap them in a
+// device function with an emulated path (kernels/mla.cu). Each lane publishes its operand, the warp meets, each lane
+// reads what the hardware would hand it, and the warp meets again before anyone publishes the next operand.
+inline void emu_warp_meet() {
+    emu::Fiber& f = emu::st().fibers[emu::st().cur];
+    f.shfl_src = int(threadIdx.x % 32);
+    emu::yield(emu::Warp);
+}
+inline emu::Fiber& emu_lane(int lane) { return emu::st().fibers[(emu::st().cur & ~31) + lane]; }
+// ldmatrix.sync.aligned.m8n8.x{count}[.trans].shared.b16: lane i supplies the address of row i % 8 of matrix i / 8;
+// lane l receives, from each matrix, row l / 4 columns 2(l % 4), +1 (transposed: column l / 4 of rows 2(l % 4), +1).
+inline void emu_ldmatrix(uint32_t* r, int count, const void* p, bool trans) {
+    emu::st().fibers[emu::st().cur].xptr = p;
+    emu_warp_meet();
+    const int l = int(threadIdx.x % 32);
+    for (int m = 0; m < count; ++m) {
+        uint16_t lo, hi;
+        if (!trans) {
+            const uint16_t* row = static_cast<const uint16_t*>(emu_lane(m * 8 + l / 4).xptr);
+            lo = row[2 * (l % 4)]; hi = row[2 * (l % 4) + 1];
+        } else {
+            lo = static_cast<const uint16_t*>(emu_lane(m * 8 + 2 * (l % 4)).xptr)[l / 4];
+            hi = static_cast<const uint16_t*>(emu_lane(m * 8 + 2 * (l % 4) + 1).xptr)[l / 4];
+        }
+        r[m] = uint32_t(lo) | (uint32_t(hi) << 16);
+    }
+    emu_warp_meet();
+}
+// fp16 as raw bits (cvt.rn.f16x2.f32 rounds to nearest even, as the compiler's _Float16 does).
+inline uint16_t emu_f32_to_f16(float f) { _Float16 h = static_cast<_Float16>(f); uint16_t b; std::memcpy(&b, &h, 2); return b; }
+inline float emu_f16_to_f32(uint16_t b) { _Float16 h; std::memcpy(&h, &b, 2); return static_cast<float>(h); }
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32, d += a·b: A row g = l / 4 sits in a0 (k < 8) / a2
+// (k ≥ 8) and row g + 8 in a1 / a3 of lanes 4g .. 4g + 3 (k pair 2(l % 4)); B column n in b0 (k < 8) / b1 of lanes
+// 4n .. 4n + 3; lane l accumulates rows g, g + 8 at columns 2(l % 4), +1.
+template <bool F16> inline void emu_mma_16816(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
+    emu::Fiber& me = emu::st().fibers[emu::st().cur];
+    for (int i = 0; i < 4; ++i) me.xregs[i] = a[i];
+    me.xregs[4] = b0; me.xregs[5] = b1;
+    emu_warp_meet();
+    const int l = int(threadIdx.x % 32), g = l / 4, c = 2 * (l % 4);
+    auto half = [](uint32_t v, int k) {
+        const uint16_t bits = uint16_t(k & 1 ? v >> 16 : v & 0xffffu);
+        if (F16) return emu_f16_to_f32(bits);
+        uint32_t u = uint32_t(bits) << 16; float f; std::memcpy(&f, &u, 4); return f;
+    };
+    auto A = [&](int row, int k) { return half(emu_lane((row % 8) * 4 + (k % 8) / 2).xregs[(row >= 8) + 2 * (k >= 8)], k); };
+    auto B = [&](int k, int n) { return half(emu_lane(n * 4 + (k % 8) / 2).xregs[4 + (k >= 8)], k); };
+    float out[4];
+    for (int e = 0; e < 4; ++e) {
+        const int row = g + 8 * (e / 2), col = c + e % 2;
+        float acc = d[e];
+        for (int k = 0; k < 16; ++k) acc += A(row, k) * B(k, col);
+        out[e] = acc;
+    }
+    emu_warp_meet();
+    for (int e = 0; e < 4; ++e) d[e] = out[e];
+}
+inline void emu_mma_bf16_16816(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) { emu_mma_16816<false>(d, a, b0, b1); }
+inline void emu_mma_f16_16816(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) { emu_mma_16816<true>(d, a, b0, b1); }
 
 // Runtime API subset: device memory is host memory; streams, events and graphs are absent (no timing here).
 typedef int cudaError_t;

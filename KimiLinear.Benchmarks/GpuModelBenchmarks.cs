@@ -1,0 +1,122 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using KimiLinear.Configuration;
+using KimiLinear.Cuda;
+
+namespace KimiLinear.Benchmarks;
+
+/// <summary>
+/// <c>dotnet KimiLinear.Benchmarks.dll model [proxy|real] [report.md] [contexts...]</c>: the whole model on the GPU with
+/// synthetic weights generated on the device, as a user runs it: wall-clock time of <c>KimiSession.ForwardLast</c>
+/// (logits copied back to the host every step), after warm-up. <c>proxy</c> is TARGETS.md's 48B-A3B-e64 (every
+/// dimension of Kimi-Linear-48B-A3B, 64 experts instead of 256: fits one 80 GB card, reads the same bytes per token);
+/// <c>real</c> is the published configuration (an H200). Prints prefill tokens/s at 1K and 32K tokens and decode
+/// tokens/s at each context (default 1K and 128K), with the fraction of the bandwidth floor: the bytes one decode step
+/// must read (every weight but the routed experts, 8 experts of each MoE layer, the lm_head, the latent cache) over
+/// 3.0 TB/s (H100) or 4.3 TB/s (H200), as TARGETS.md counts them.
+/// </summary>
+internal static class GpuModelBenchmarks
+{
+    private const int DecodeSteps = 64;
+
+    public static int Run(string[] args)
+    {
+        if (!CudaDevice.IsAvailable(out string reason))
+        {
+            Console.Error.WriteLine(reason);
+            return 1;
+        }
+        string variant = args.Length > 1 ? args[1] : "proxy";
+        string? report = args.Length > 2 ? args[2] : null;
+        int[] contexts = args.Length > 3 ? args[3..].Select(int.Parse).ToArray() : [1024, 131_072];
+
+        string json = File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "Configs", "kimi-linear-48b-a3b.json"));
+        if (variant == "proxy")
+            json = json.Replace("\"num_experts\": 256", "\"num_experts\": 64");
+        var config = KimiConfig.Parse(json);
+        var device = CudaDevice.Get(0);
+        double bandwidth = device.Name.Contains("H200", StringComparison.Ordinal) ? 4.3e12 : 3.0e12; // TARGETS.md
+        var output = new StringBuilder();
+        void Line(string text)
+        {
+            Console.WriteLine(text);
+            output.AppendLine(text);
+        }
+
+        Line($"Card: {device}, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC; model: {variant} ({config.NumExperts} experts), bf16 weights, batch 1");
+        var load = Stopwatch.StartNew();
+        using var model = KimiModel.CreateSynthetic(config, new KimiModelOptions { Device = KimiDevice.Cuda, MaxSequenceLength = 1 << 20 }, seed: 1);
+        Line($"weights generated on the device in {load.Elapsed.TotalSeconds:F1} s");
+        Line("");
+        Line("| measure | context | median | tokens/s | floor | of floor |");
+        Line("|---|---|---|---|---|---|");
+        var random = new Random(7);
+        int[] Tokens(int count) => Enumerable.Range(0, count).Select(_ => random.Next(config.VocabSize)).ToArray();
+
+        foreach (int prompt in new[] { 1024, 32_768 })
+        {
+            var times = new List<double>();
+            for (int run = 0; run < 3; run++)
+            {
+                using var session = model.CreateSession();
+                var ids = Tokens(prompt);
+                var clock = Stopwatch.StartNew();
+                session.ForwardLast(ids);
+                times.Add(clock.Elapsed.TotalSeconds);
+            }
+            double median = Median(times.Skip(1).ToList()); // the first run pays for kernel loading and memory growth
+            Line(string.Create(CultureInfo.InvariantCulture, $"| prefill | {prompt:N0} tokens | {median * 1e3:F1} ms | {prompt / median:N0} | | |"));
+        }
+
+        foreach (int context in contexts)
+        {
+            using var session = model.CreateSession();
+            var clock = Stopwatch.StartNew();
+            session.ForwardLast(Tokens(context));
+            double prefill = clock.Elapsed.TotalSeconds;
+            for (int i = 0; i < 4; i++)
+                session.ForwardLast(Tokens(1));
+            var steps = new List<double>();
+            for (int i = 0; i < DecodeSteps; i++)
+            {
+                var token = Tokens(1);
+                clock.Restart();
+                session.ForwardLast(token);
+                steps.Add(clock.Elapsed.TotalSeconds);
+            }
+            double median = Median(steps);
+            double floor = DecodeBytes(config, context) / bandwidth;
+            Line(string.Create(CultureInfo.InvariantCulture,
+                $"| decode (prefill of the context: {prefill:F1} s) | {context:N0} | {median * 1e3:F3} ms | {1 / median:N0} | {floor * 1e3:F3} ms ({1 / floor:N0} tok/s) | {floor / median:P0} |"));
+        }
+        if (report is not null)
+            File.WriteAllText(report, output.ToString());
+        return 0;
+    }
+
+    /// <summary>Bytes one decode step reads: every bf16 weight except the routed experts not chosen, plus the latent cache.</summary>
+    private static double DecodeBytes(KimiConfig c, int context)
+    {
+        double d = c.HiddenSize, kda = c.KdaHeads * c.KdaHeadDim, heads = c.MlaHeads;
+        double kdaLayer = 3 * kda * d + 2 * c.KdaHeadDim * d + 2 * kda * c.KdaHeadDim + c.KdaHeads * d + kda * d;
+        double mlaLayer = heads * c.QkHeadDim * d + (c.KvLoraRank + c.QkRopeHeadDim) * d
+            + heads * (c.QkNopeHeadDim + c.VHeadDim) * c.KvLoraRank + d * heads * c.VHeadDim;
+        double expert = 3 * c.MoeIntermediateSize * d;
+        double moeLayer = c.NumExperts * d + (c.ExpertsPerToken + c.NumSharedExperts) * expert;
+        double elements = c.VocabSize * d + 1 * d; // lm_head, the embedding row
+        for (int i = 0; i < c.NumLayers; i++)
+        {
+            elements += c.LayerKinds[i] == LayerKind.Kda ? kdaLayer : mlaLayer;
+            elements += c.IsMoeLayer(i) ? moeLayer : 3 * c.IntermediateSize * d;
+        }
+        int mlaLayers = c.LayerKinds.Count(k => k == LayerKind.Mla);
+        return 2 * elements + 2.0 * mlaLayers * context * (c.KvLoraRank + c.QkRopeHeadDim);
+    }
+
+    private static double Median(List<double> values)
+    {
+        var sorted = values.OrderBy(v => v).ToList();
+        return sorted[sorted.Count / 2];
+    }
+}

@@ -1,0 +1,477 @@
+using KimiLinear.Backends;
+using KimiLinear.Cuda.Kernels;
+using KimiLinear.Cuda.Memory;
+using KimiLinear.Layers;
+using KimiLinear.Loading;
+using KimiLinear.Numerics;
+using KimiLinear.State;
+
+namespace KimiLinear.Cuda.Backend;
+
+/// <summary>
+/// The model's kernels on one NVIDIA GPU. Activations and KDA state are fp32 (the CPU backend's semantics, so the two
+/// agree closely), weights bf16, the MLA latent cache bf16. All work goes to one stream in order; the host waits only
+/// when it reads a result (the logits). Forward steps are serialised: sessions may be used from several threads, and
+/// their steps take turns on the device.
+/// </summary>
+internal sealed class CudaBackend : IKimiBackend, IDisposable
+{
+    /// <summary>
+    /// Tokens per forward step of a long prompt: big enough that prefill GEMMs run near the tensor-core peak, small
+    /// enough that a step's activations (~0.1 MB a token for the 48B model) stay a few GB.
+    /// </summary>
+    private const int PrefillPieceTokens = 8192;
+
+    /// <summary>Tokens a call takes through the decode kernels (MLA flash-decoding, expert GEMVs) rather than the prefill ones.</summary>
+    private const int DecodeTokens = 16;
+
+    private readonly CudaContext _context;
+    private readonly CudaStream _stream;
+    private readonly StepArena _arena;
+    private readonly DeviceWeights _weights;
+    private readonly object _gate = new();
+    private readonly CublasLtGemm? _cublas;
+    private readonly Dictionary<int, KdaBatch> _kdaBatches = [];
+    private readonly Dictionary<KdaShape, KdaPrefillScratch> _kdaScratch = [];
+    private readonly Dictionary<MlaShape, MlaDecodeScratch> _mlaScratch = [];
+    private MoeDecodeScratch? _moeDecodeScratch;
+    private MoePrefillScratch? _moePrefillScratch;
+
+    // The decode step being run: its token and position live in device memory, so that a recorded step (a CUDA graph)
+    // replays with new ones: two memsets before the launch set them.
+    private readonly DeviceBuffer<int> _stepInputs; // [2]: token, position
+    private bool _inDecodeStep;
+    private int _stepPosition;
+    private bool _decodeWarm;                       // a decode step ran unrecorded: every lazy allocation is done
+
+    public CudaBackend(CudaContext context)
+    {
+        _context = context;
+        _stream = context.CreateStream();
+        _arena = new StepArena(context);
+        _weights = new DeviceWeights(context, _stream);
+        _cublas = CublasLtGemm.TryCreate(context, out _);
+        _stepInputs = context.Allocate<int>(2);
+        // Module loads synchronise, which a graph capture forbids: load every kernel now. Programmatic dependent launch
+        // lets each GEMV stream its weights while its predecessor drains (kernels/gemv.cu).
+        context.Kernels.LoadAll();
+        context.Kernels.ProgrammaticLaunch = true;
+    }
+
+    public string DeviceName => _context.Device.Name;
+
+    public int MaxTokensPerForward => PrefillPieceTokens;
+
+    public Tensor RunDecodeStep(SessionState state, int token, int position, Func<Tensor> step)
+    {
+        _stepInputs.Slice(0, 1).Fill(token, _stream);
+        _stepInputs.Slice(1, 1).Fill(position, _stream);
+        var caches = state.Mla.OfType<MlaLayerState>().Select(m => m.Latent).ToArray();
+        if (state.DecodeRecording is DecodeRecording recording && recording.Fits(_arena.Generation, caches))
+        {
+            recording.Graph.Launch(_stream);
+            return recording.Logits;
+        }
+        state.DecodeRecording?.Dispose();
+        state.DecodeRecording = null;
+        (_inDecodeStep, _stepPosition) = (true, position);
+        try
+        {
+            if (!_decodeWarm)
+            {
+                // The first decode step runs as it is: it uploads parameters and sizes scratch, which a capture forbids.
+                var logits = step();
+                _decodeWarm = true;
+                return logits;
+            }
+            Tensor? result = null;
+            var graph = _stream.Capture(_ => result = step());
+            state.DecodeRecording = new DecodeRecording(graph, result!, _arena.Generation, caches);
+            graph.Launch(_stream);
+            return result!;
+        }
+        finally
+        {
+            _inDecodeStep = false;
+        }
+    }
+
+    /// <summary>A session's recorded decode step and what its addresses depend on.</summary>
+    private sealed class DecodeRecording(CudaGraph graph, Tensor logits, int arenaGeneration, Tensor[] caches) : IDisposable
+    {
+        public CudaGraph Graph { get; } = graph;
+        /// <summary>[1, vocab] where a replay leaves the logits.</summary>
+        public Tensor Logits { get; } = logits;
+
+        /// <summary>Whether the step memory and the caches are where they were when recorded.</summary>
+        public bool Fits(int generation, Tensor[] current) =>
+            generation == arenaGeneration && current.Length == caches.Length && current.Zip(caches).All(p => ReferenceEquals(p.First, p.Second));
+
+        public void Dispose() => Graph.Dispose();
+    }
+
+    public void PrepareWeights(IReadOnlyList<WeightMatrix> matrices, IReadOnlyList<MoeExperts> experts, IProgress<long> uploaded,
+        CancellationToken cancellationToken)
+    {
+        lock (_gate)
+            _weights.Upload(matrices, experts, uploaded, cancellationToken);
+    }
+
+    // ---- memory ----
+
+    public IDisposable BeginForward()
+    {
+        Monitor.Enter(_gate);
+        try
+        {
+            _context.Bind();
+            _arena.Reset();
+            return new ForwardScope(this);
+        }
+        catch
+        {
+            Monitor.Exit(_gate);
+            throw;
+        }
+    }
+
+    private sealed class ForwardScope(CudaBackend backend) : IDisposable
+    {
+        private bool _ended;
+
+        public void Dispose()
+        {
+            if (_ended) return;
+            _ended = true;
+            Monitor.Exit(backend._gate);
+        }
+    }
+
+    public IDisposable BeginScratch() => new ScratchScope(_arena, _arena.Mark());
+
+    private sealed class ScratchScope(StepArena arena, StepArena.Position mark) : IDisposable
+    {
+        public void Dispose() => arena.Rewind(mark);
+    }
+
+    public Tensor Allocate(int rows, int cols) => CudaTensor.Float(rows, cols, _arena.Rent<float>(Math.Max(1L, (long)rows * cols)));
+
+    public void Clear(Tensor tensor) => Device(tensor).F32.Fill(0f, _stream);
+
+    public Tensor AllocateState(int rows, int cols)
+    {
+        lock (_gate)
+        {
+            var buffer = _context.Allocate<float>(Math.Max(1L, (long)rows * cols));
+            buffer.Span.Fill(0f, _stream);
+            return CudaTensor.Float(rows, cols, buffer.Span, buffer);
+        }
+    }
+
+    public Tensor AllocateCache(int rows, int cols)
+    {
+        lock (_gate)
+        {
+            var buffer = _context.Allocate<ushort>(Math.Max(1L, (long)rows * cols));
+            buffer.Span.Fill((ushort)0, _stream);
+            return CudaTensor.BFloat16(rows, cols, buffer.Span, buffer);
+        }
+    }
+
+    public Tensor GrowRows(Tensor tensor, int validRows, int rows)
+    {
+        lock (_gate)
+        {
+            var old = Device(tensor);
+            var grown = (CudaTensor)(old.IsBFloat16 ? AllocateCache(rows, old.Cols) : AllocateState(rows, old.Cols));
+            CopyRows(old, validRows, grown, 0);
+            old.Dispose(); // cuMemFree waits for the copy
+            return grown;
+        }
+    }
+
+    public void Upload(ReadOnlySpan<float> source, Tensor destination)
+    {
+        lock (_gate)
+        {
+            var target = Device(destination);
+            if (target.IsBFloat16)
+            {
+                var narrowed = new ushort[source.Length];
+                BFloat16.FromSingle(source, narrowed);
+                target.Bf16.CopyFrom(narrowed, _stream);
+            }
+            else
+                target.F32.CopyFrom(source, _stream);
+        }
+    }
+
+    public void Download(Tensor source, Span<float> destination)
+    {
+        lock (_gate)
+        {
+            var tensor = Device(source);
+            if (tensor.IsBFloat16)
+            {
+                var bits = new ushort[destination.Length];
+                tensor.Bf16.CopyTo(bits, _stream);
+                BFloat16.ToSingle(bits, destination);
+            }
+            else
+                tensor.F32.CopyTo(destination, _stream);
+        }
+    }
+
+    public void CopyRows(Tensor source, int rows, Tensor destination, int destinationRow)
+    {
+        var (s, d) = (Device(source), Device(destination));
+        if (s.Cols != d.Cols || s.IsBFloat16 != d.IsBFloat16 || rows > s.Rows || destinationRow + rows > d.Rows)
+            throw new ArgumentException($"CopyRows: {rows} rows of {s} into {d} at row {destinationRow}.");
+        if (s.IsBFloat16)
+            d.Bf16.Slice((long)destinationRow * d.Cols, (long)rows * d.Cols).CopyFrom(s.Bf16.Slice(0, (long)rows * s.Cols), _stream);
+        else
+            d.F32.Slice((long)destinationRow * d.Cols, (long)rows * d.Cols).CopyFrom(s.F32.Slice(0, (long)rows * s.Cols), _stream);
+    }
+
+    public void WriteConcatenatedRows(Tensor left, Tensor right, Tensor destination, int row)
+    {
+        var (l, r, d) = (Device(left), Device(right), Device(destination));
+        if (l.Rows != r.Rows || l.Cols + r.Cols != d.Cols || row + l.Rows > d.Rows)
+            throw new ArgumentException($"WriteConcatenatedRows: {l} | {r} into {d} at row {row}.");
+        ActivationKernels.WriteLatentRows(_stream, d.Bf16, l.F32, r.F32, l.Rows, l.Cols, r.Cols, Scalar(row));
+    }
+
+    // ---- dense layers ----
+
+    public void Embed(WeightMatrix table, ReadOnlySpan<int> ids, Tensor x) =>
+        ActivationKernels.Embed(_stream, Device(x).F32, _weights.Of(table), _inDecodeStep ? _stepInputs.Slice(0, 1) : Indices(ids),
+            ids.Length, table.Cols, table.Rows);
+
+    public void RmsNorm(Tensor x, float[] weight, float eps, Tensor y) =>
+        ActivationKernels.RmsNorm(_stream, Device(y).F32, Device(x).F32, _weights.Of(weight), x.Rows, x.Cols, eps);
+
+    public void Add(Tensor accumulator, Tensor x) => ActivationKernels.Add(_stream, Device(accumulator).F32, Device(x).F32, x.Length);
+
+    public void SwiGlu(Tensor gate, Tensor up, Tensor output) =>
+        ActivationKernels.SwiGlu(_stream, Device(output).F32, Device(gate).F32, Device(up).F32, output.Length);
+
+    /// <summary>One token: the bandwidth-bound GEMV; more: the activations in bf16 through the tensor-core GEMM.</summary>
+    public void MatMul(Tensor x, WeightMatrix w, Tensor y)
+    {
+        var (input, output) = (Device(x), Device(y));
+        if (input.Cols != w.Cols || output.Cols != w.Rows || output.Rows != input.Rows)
+            throw new ArgumentException($"MatMul '{w.Name}' [{w.Rows}, {w.Cols}]: x {input} and y {output} do not fit.");
+        var weight = _weights.Of(w);
+        if (input.Rows == 1 || w.Cols % 8 != 0)
+        {
+            for (int t = 0; t < input.Rows; t++)
+                MatmulKernels.Gemv(_stream, output.F32.Slice((long)t * w.Rows, w.Rows), weight, input.F32.Slice((long)t * w.Cols, w.Cols), w.Rows, w.Cols);
+            return;
+        }
+        var a = _arena.Rent<ushort>(input.Length);
+        ActivationKernels.ToBFloat16(_stream, a, input.F32, input.Length);
+        Gemm(output.F32, a, w.Cols, weight, input.Rows, w.Rows, w.Cols);
+    }
+
+    private void Gemm(DeviceSpan<float> c, DeviceSpan<ushort> a, int lda, DeviceSpan<ushort> b, int m, int n, int k)
+    {
+        if (_cublas is not null)
+            _cublas.Run(_stream, c, a, lda, b, m, n, k);
+        else
+            MatmulKernels.Gemm(_stream, c, a, lda, b, m, n, k);
+    }
+
+    private void Gemm(DeviceSpan<ushort> c, DeviceSpan<ushort> a, int lda, DeviceSpan<ushort> b, int m, int n, int k)
+    {
+        if (_cublas is not null)
+            _cublas.Run(_stream, c, a, lda, b, m, n, k);
+        else
+            MatmulKernels.Gemm(_stream, c, a, lda, b, m, n, k);
+    }
+
+    public void GatherRows(Tensor x, ReadOnlySpan<int> rows, Tensor y) =>
+        ActivationKernels.GatherRows(_stream, Device(y).F32, Device(x).F32, Indices(rows), rows.Length, x.Cols);
+
+    public void ScatterAddRows(Tensor x, ReadOnlySpan<int> rows, ReadOnlySpan<float> scales, Tensor accumulator)
+    {
+        var scaleSpan = _arena.Rent<float>(Math.Max(1, scales.Length));
+        scaleSpan.CopyFrom(scales, _stream);
+        ActivationKernels.ScatterAddRows(_stream, Device(accumulator).F32, Device(x).F32, Indices(rows), scaleSpan, rows.Length, x.Cols);
+    }
+
+    // ---- KDA ----
+
+    public void KdaMixer(KdaMixerInputs inputs, KdaMixerParameters parameters, KdaLayerState state, Tensor y)
+    {
+        int tokens = inputs.Query.Rows;
+        var shape = new KdaShape(parameters.Heads, parameters.HeadDim, parameters.HeadDim);
+        var layer = new KdaLayerParameters<float>(_weights.Of(parameters.QueryConv), _weights.Of(parameters.KeyConv), _weights.Of(parameters.ValueConv),
+            _weights.Of(parameters.ALog), _weights.Of(parameters.DtBias), _weights.Of(parameters.OutputNorm));
+        var cache = new KdaLayerCache<float>(Device(state.QueryWindow).F32, Device(state.KeyWindow).F32, Device(state.ValueWindow).F32,
+            Device(state.Recurrent).F32);
+        var projections = new KdaProjections<float>(Device(inputs.Query).F32, Device(inputs.Key).F32, Device(inputs.Value).F32,
+            Device(inputs.Forget).F32, Device(inputs.Beta).F32);
+        if (tokens == 1)
+        {
+            KdaKernels.DecodeStep(_stream, shape, 1, parameters.Eps, projections, Device(inputs.OutputGate).F32, layer, cache, Device(y).F32);
+            return;
+        }
+
+        var batch = Batch(tokens);
+        var core = new KdaCoreInputs<float>(
+            _arena.Rent<float>((long)tokens * shape.KeyWidth), _arena.Rent<float>((long)tokens * shape.KeyWidth),
+            _arena.Rent<float>((long)tokens * shape.ValueWidth), _arena.Rent<float>((long)tokens * shape.KeyWidth), _arena.Rent<float>((long)tokens * shape.Heads));
+        KdaKernels.Prepare(_stream, shape, batch, projections, layer, cache, core);
+        var o = _arena.Rent<float>((long)tokens * shape.ValueWidth); // [T, H·V] before the output norm
+        KdaKernels.ChunkedPrefill(_stream, shape, batch, core, PrefillScratch(shape, batch.Chunks), cache.State, o);
+        ActivationKernels.GatedRmsNorm(_stream, Device(y).F32, o, Device(inputs.OutputGate).F32, _weights.Of(parameters.OutputNorm),
+            tokens * shape.Heads, shape.ValueDim, parameters.Eps);
+    }
+
+    /// <summary>A one-sequence batch of <paramref name="tokens"/> (prefill pieces come in few lengths, so they are kept).</summary>
+    private KdaBatch Batch(int tokens)
+    {
+        if (!_kdaBatches.TryGetValue(tokens, out var batch))
+            _kdaBatches.Add(tokens, batch = new KdaBatch(_stream, [tokens]));
+        return batch;
+    }
+
+    private KdaPrefillScratch PrefillScratch(KdaShape shape, int chunks)
+    {
+        if (_kdaScratch.TryGetValue(shape, out var scratch) && scratch.Chunks >= chunks)
+            return scratch;
+        scratch?.Dispose();
+        return _kdaScratch[shape] = new KdaPrefillScratch(_context, shape, Math.Max(chunks, PrefillPieceTokens / KdaKernels.ChunkTokens));
+    }
+
+    // ---- MLA ----
+
+    public void MlaAttention(Tensor q, Tensor latent, int start, WeightMatrix kvB, Tensor o, int heads, int nopeDim, int ropeDim, int valueDim, bool absorbed)
+    {
+        var shape = new MlaShape(heads, nopeDim, ropeDim, valueDim, kvB.Cols);
+        int tokens = q.Rows;
+        float scale = 1f / MathF.Sqrt(nopeDim + ropeDim);
+        var cache = Device(latent).Bf16;
+        var weight = _weights.Of(kvB);
+        if (absorbed && tokens <= DecodeTokens)
+        {
+            var queryLatent = _arena.Rent<float>((long)tokens * heads * (shape.Rank + ropeDim)); // [T, H, R + P]
+            MlaKernels.AbsorbQuery(_stream, queryLatent, Device(q).F32, weight, shape, tokens);
+            var mixed = _arena.Rent<float>((long)tokens * heads * shape.Rank);                  // [T, H, R]
+            MlaKernels.DecodeAttention(_stream, mixed, queryLatent, cache, Scalar(start), tokens, shape, scale, DecodeScratch(shape));
+            MlaKernels.AbsorbOutput(_stream, Device(o).F32, mixed, weight, shape, tokens);
+            return;
+        }
+        // Expanded (absorbed prefill is the same math; the expanded form does a third of its FLOPs):
+        // keys and values of every cached token from the latent, then causal flash attention.
+        int length = start + tokens, perHead = nopeDim + valueDim;
+        var query = _arena.Rent<ushort>(q.Length);                                                 // [T, H·(N + P)] bf16
+        ActivationKernels.ToBFloat16(_stream, query, Device(q).F32, q.Length);
+        var keysValues = _arena.Rent<ushort>((long)length * heads * perHead);                      // [L, H·(N + V)] bf16
+        Gemm(keysValues, cache, latent.Cols, weight, length, heads * perHead, shape.Rank);
+        MlaKernels.PrefillAttention(_stream, Device(o).F32, query, keysValues, cache, start, tokens, shape, scale);
+    }
+
+    private MlaDecodeScratch DecodeScratch(MlaShape shape)
+    {
+        if (!_mlaScratch.TryGetValue(shape, out var scratch))
+            _mlaScratch.Add(shape, scratch = new MlaDecodeScratch(_context, shape, DecodeTokens));
+        return scratch;
+    }
+
+    // ---- MoE ----
+
+    public void MoeExperts(Tensor x, MoeExperts experts, Tensor output)
+    {
+        int tokens = x.Rows, active = experts.Routing.ExpertsPerToken;
+        var logits = RouterLogits(Device(x), experts.Router);
+        var stacked = DeviceWeights.Of(experts);
+        var shape = new MoeShape(stacked.Hidden, stacked.Experts, active, stacked.Intermediate);
+        var rule = new MoeRoutingRule(experts.Routing.Groups, experts.Routing.TopKGroups, experts.Routing.Renormalize,
+            experts.Routing.ScalingFactor, experts.Routing.BiasedWeights);
+        var chosen = _arena.Rent<int>((long)tokens * active);    // [T, A]
+        var weights = _arena.Rent<float>((long)tokens * active); // [T, A]
+        MoeKernels.Route(_stream, chosen, weights, logits, _weights.Of(experts.CorrectionBias), shape, rule, tokens);
+        if (tokens <= DecodeTokens)
+        {
+            _moeDecodeScratch ??= new MoeDecodeScratch(_context, shape, DecodeTokens);
+            MoeKernels.DecodeExperts(_stream, Device(output).F32, Device(x).F32, chosen, weights, stacked.GateUp, stacked.Down,
+                _moeDecodeScratch, shape, tokens);
+        }
+        else
+        {
+            if (_moePrefillScratch is null)
+                _moePrefillScratch = new MoePrefillScratch(_context, shape, PrefillPieceTokens);
+            MoeKernels.PrefillExperts(_stream, Device(output).F32, Device(x).F32, chosen, weights, stacked.GateUp, stacked.Down,
+                _moePrefillScratch, shape, tokens);
+        }
+    }
+
+    /// <summary>
+    /// x · routerᵀ [T, E] as accurate as fp32 inputs: the GEMV reads fp32 x; the GEMM runs twice, over x's bf16 high
+    /// and low parts, since one bf16 rounding of x would swap near-tied experts (a different expert for that token).
+    /// </summary>
+    private DeviceSpan<float> RouterLogits(CudaTensor x, WeightMatrix router)
+    {
+        int tokens = x.Rows, experts = router.Rows;
+        var logits = _arena.Rent<float>((long)tokens * experts);
+        var weight = _weights.Of(router);
+        if (tokens == 1 || router.Cols % 8 != 0)
+        {
+            for (int t = 0; t < tokens; t++)
+                MatmulKernels.Gemv(_stream, logits.Slice((long)t * experts, experts), weight, x.F32.Slice((long)t * router.Cols, router.Cols), experts, router.Cols);
+            return logits;
+        }
+        var (high, low) = (_arena.Rent<ushort>(x.Length), _arena.Rent<ushort>(x.Length));
+        ActivationKernels.SplitBFloat16(_stream, high, low, x.F32, x.Length);
+        var fromLow = _arena.Rent<float>((long)tokens * experts);
+        Gemm(logits, high, router.Cols, weight, tokens, experts, router.Cols);
+        Gemm(fromLow, low, router.Cols, weight, tokens, experts, router.Cols);
+        ActivationKernels.Add(_stream, logits, fromLow, (long)tokens * experts);
+        return logits;
+    }
+
+    // ---- helpers ----
+
+    private static CudaTensor Device(Tensor t) => t as CudaTensor
+        ?? throw new ArgumentException($"Tensor {t} belongs to another backend; the CUDA backend takes only its own tensors.");
+
+    /// <summary>Host indices in step memory.</summary>
+    private DeviceSpan<int> Indices(ReadOnlySpan<int> values)
+    {
+        var span = _arena.Rent<int>(Math.Max(1, values.Length));
+        span.CopyFrom(values, _stream);
+        return span;
+    }
+
+    /// <summary>
+    /// A device int holding the position <paramref name="value"/>: kernels that a replayed decode step runs with a new
+    /// position each token (cache rows, attention starts) read it from device memory.
+    /// </summary>
+    private DeviceSpan<int> Scalar(int value)
+    {
+        if (_inDecodeStep)
+            return value == _stepPosition ? _stepInputs.Slice(1, 1)
+                : throw new InvalidOperationException($"A decode step at position {_stepPosition} asked for position {value}; a recorded step can only vary its own position.");
+        var span = _arena.Rent<int>(1);
+        span.Fill(value, _stream);
+        return span;
+    }
+
+    public void Dispose()
+    {
+        lock (_gate)
+        {
+            foreach (var batch in _kdaBatches.Values) batch.Dispose();
+            foreach (var scratch in _kdaScratch.Values) scratch.Dispose();
+            foreach (var scratch in _mlaScratch.Values) scratch.Dispose();
+            _moeDecodeScratch?.Dispose();
+            _moePrefillScratch?.Dispose();
+            _cublas?.Dispose();
+            _weights.Dispose();
+            _arena.Dispose();
+            _stepInputs.Dispose();
+            _stream.Dispose();
+        }
+    }
+}

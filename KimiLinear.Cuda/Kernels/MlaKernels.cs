@@ -1,0 +1,214 @@
+using KimiLinear.Cuda.Memory;
+
+namespace KimiLinear.Cuda.Kernels;
+
+/// <summary>
+/// MLA attention on the GPU (<c>kernels/mla.cu</c>; its opening comment has the math). Decode takes the absorbed form
+/// (MQA over the bf16 latent cache): <see cref="AbsorbQuery"/>, <see cref="DecodeAttention"/>, <see cref="AbsorbOutput"/>.
+/// Prefill takes the expanded form, <see cref="PrefillAttention"/>, over keysValues = latent[:, :R]·kvBᵀ computed by a
+/// GEMM before. Activations are fp32, kvB and the cache bf16 (as <see cref="ushort"/> bits). Everything is queued on the
+/// stream without a host synchronisation, so the calls can be captured in a CUDA graph.
+/// </summary>
+/// <remarks>
+/// The attention products run on the tensor cores with fp32 accumulation; the fp32 operands (q_lat, the softmax
+/// weights) enter as fp16 and the bf16 values they meet are converted to fp16, exact for magnitudes up to 65504 (the
+/// normalised latent, k_pe, the expanded keys/values and q_lat = W_UKᵀ·q are far below; the weights are ≤ 1). Results
+/// land within ~5e-4 relative of a float64 reference.
+/// <para>
+/// Query t of a call sits at position start + t and sees cache rows [0, start + t]; the cache rows past that are never
+/// read (they may hold anything, NaN included). Every span must start 16-byte aligned (whole buffers and arena spans
+/// are); layouts are row-major.
+/// </para>
+/// </remarks>
+internal static unsafe class MlaKernels
+{
+    // Launch geometry and dynamic shared memory, as kernels/mla.cu defines them (kAbsorb*, kDecode*, kCombineThreads,
+    // kPrefill*, decode_smem_bytes, prefill_smem_bytes).
+    private const int AbsorbThreads = 128;
+    private const int AbsorbColumns = 64;
+    private const int AbsorbSharedBytes = 16 * 4 * AbsorbColumns * sizeof(float); // kAbsorbGroups · kAbsorbTokens · 64 floats
+    private const int OutputRowsPerBlock = AbsorbThreads / 32;
+    private const int DecodeThreads = 256;
+    private const int DecodeRows = 64;
+    private const int DecodeStages = 2;
+    private const int DecodeMaxQuerySteps = 9;
+    private const int DecodeMaxRank = 512;
+    private const int DecodeMaxHeads = 32;
+    private const int CombineThreads = 256;
+    private const int CombineColumns = 128;
+    private const int PrefillThreads = 128;
+    private const int PrefillRows = 64;
+    private const int PrefillMaxQueryHeadDim = 192;
+    private const int PrefillMaxValueDim = 128;
+    private const float Log2E = 1.4426950408889634f;
+
+    private static int DecodeSharedBytes(int d, int mTiles) =>
+        DecodeStages * DecodeRows * (d + 8) * 2 + 8 * 16 * (DecodeRows + 4) * 4 + mTiles * 16 * (DecodeRows + 8) * 2 + mTiles * 16 * 4;
+
+    private static int CombineSharedBytes(int splits) => (splits + CombineThreads / 32 * (CombineColumns + 1)) * sizeof(float);
+
+    private static int PrefillSharedBytes(int queryHeadDim, int valueDim) => 2 * 64 * ((queryHeadDim + 8) + (valueDim + 8)) * 2;
+
+    /// <summary>
+    /// Folds W_UK into the queries: q_lat[t, h, :R] = Σ_n q[t, h, n]·kvB[h(N+V) + n, :] and q_lat[t, h, R:] = q[t, h, N:]
+    /// (the rope part, scored against the shared k_pe as it is). Reads W_UK once per 4 tokens.
+    /// </summary>
+    /// <param name="stream">Where to queue it (one launch).</param>
+    /// <param name="queryLatent">[T, H, R + P] fp32 out.</param>
+    /// <param name="q">[T, H·(N + P)] fp32, per head the nope part then the rope part.</param>
+    /// <param name="kvB">kv_b_proj's weight [H·(N + V), R] bf16.</param>
+    /// <param name="shape">R and P multiples of 8.</param>
+    /// <param name="t">T ≥ 1.</param>
+    public static void AbsorbQuery(CudaStream stream, DeviceSpan<float> queryLatent, DeviceSpan<float> q, DeviceSpan<ushort> kvB, MlaShape shape, int t)
+    {
+        CheckShape(shape);
+        KernelChecks.Positive(t, nameof(t));
+        KernelChecks.HoldsAligned(queryLatent, (long)t * shape.Heads * shape.LatentWidth, nameof(queryLatent));
+        KernelChecks.HoldsAligned(q, (long)t * shape.QueryWidth, nameof(q));
+        KernelChecks.HoldsAligned(kvB, (long)shape.KeyValueWidth * shape.Rank, nameof(kvB));
+        int h = shape.Heads, n = shape.NopeDim, p = shape.RopeDim, v = shape.ValueDim, r = shape.Rank;
+        ulong pOut = queryLatent.Pointer, pQ = q.Pointer, pW = kvB.Pointer;
+        void** args = stackalloc void*[] { &pOut, &pQ, &pW, &t, &h, &n, &p, &v, &r };
+        stream.Context.Kernels.Launch(KernelId.MlaAbsorbQuery, new Dim3((uint)((r + AbsorbColumns - 1) / AbsorbColumns), (uint)h),
+            new Dim3(AbsorbThreads), AbsorbSharedBytes, stream, args);
+    }
+
+    /// <summary>
+    /// Absorbed attention of T queries over the latent cache (MQA over R + P wide rows), as flash-decoding: a fixed
+    /// number of slices (<see cref="MlaDecodeScratch.Splits"/>) per token, each block one slice for all heads, then a
+    /// log-sum-exp merge. out[t, h, :] = Σ_s p_s·latent[s, :R] with p = softmax over s ≤ start + t of
+    /// scale·(q_lat[t, h]·latent[s]). The grid does not depend on start, which is read on the device: a captured decode
+    /// graph stays valid while the cache grows.
+    /// </summary>
+    /// <param name="stream">Where to queue it (two launches).</param>
+    /// <param name="outLatent">[T, H, R] fp32 out: the attention-mixed latent, before W_UV.</param>
+    /// <param name="queryLatent">[T, H, R + P] fp32, what <see cref="AbsorbQuery"/> writes.</param>
+    /// <param name="latent">The cache [≥ start + T, R + P] bf16 rows (c | k_pe), rows start .. start + T − 1 already appended.</param>
+    /// <param name="start">A device int: the position of the first query (the cache length before this call).</param>
+    /// <param name="t">T, 1 ≤ T ≤ <paramref name="scratch"/>'s MaxTokens.</param>
+    /// <param name="shape">H ≤ 32; R a multiple of 64, ≤ 512; R + P a multiple of 16 (576 at most for H &gt; 16).</param>
+    /// <param name="scale">The softmax scale, usually <see cref="MlaShape.Scale"/>.</param>
+    /// <param name="scratch">The slices' partials, laid out for <paramref name="shape"/>.</param>
+    public static void DecodeAttention(CudaStream stream, DeviceSpan<float> outLatent, DeviceSpan<float> queryLatent, DeviceSpan<ushort> latent,
+        DeviceSpan<int> start, int t, MlaShape shape, float scale, MlaDecodeScratch scratch)
+    {
+        ArgumentNullException.ThrowIfNull(scratch);
+        CheckShape(shape);
+        int d = shape.LatentWidth, mTiles = (shape.Heads + 15) / 16;
+        if (shape.Heads > DecodeMaxHeads || shape.Rank % 64 != 0 || shape.Rank > DecodeMaxRank || d % 16 != 0
+            || d > 16 * DecodeMaxQuerySteps * (8 / mTiles))
+            throw new ArgumentException(
+                $"the MLA decode kernel needs H ≤ {DecodeMaxHeads}, R a multiple of 64 and ≤ {DecodeMaxRank}, R + P a multiple of 16 and ≤ " +
+                $"{16 * DecodeMaxQuerySteps * (8 / mTiles)} (at H = {shape.Heads}); got H = {shape.Heads}, R = {shape.Rank}, P = {shape.RopeDim}", nameof(shape));
+        KernelChecks.Positive(t, nameof(t));
+        if (scratch.Shape != shape)
+            throw new ArgumentException($"the scratch is laid out for {scratch.Shape}, not {shape}", nameof(scratch));
+        if (t > scratch.MaxTokens)
+            throw new ArgumentException($"the scratch has room for {scratch.MaxTokens} tokens but the call decodes {t}", nameof(scratch));
+        CheckScale(scale);
+        KernelChecks.HoldsAligned(outLatent, (long)t * shape.Heads * shape.Rank, nameof(outLatent));
+        KernelChecks.HoldsAligned(queryLatent, (long)t * shape.Heads * d, nameof(queryLatent));
+        KernelChecks.HoldsAligned(latent, (long)t * d, nameof(latent)); // at least the call's own rows; start is on the device
+        KernelChecks.Holds(start, 1, nameof(start));
+        int shared = DecodeSharedBytes(d, mTiles);
+        CheckShared(stream, shared, "MLA decode");
+
+        int h = shape.Heads, r = shape.Rank, splits = scratch.Splits;
+        float scaleLog2 = scale * Log2E;
+        ulong pPart = scratch.Outputs.Pointer, pStats = scratch.Stats.Pointer, pQ = queryLatent.Pointer, pLatent = latent.Pointer;
+        ulong pStart = start.Pointer, pOut = outLatent.Pointer;
+        void** partialArgs = stackalloc void*[] { &pPart, &pStats, &pQ, &pLatent, &pStart, &h, &r, &d, &scaleLog2 };
+        stream.Context.Kernels.Launch(KernelId.MlaDecodePartial, new Dim3((uint)splits, (uint)t), new Dim3(DecodeThreads), shared, stream, partialArgs);
+        void** combineArgs = stackalloc void*[] { &pOut, &pPart, &pStats, &h, &r, &splits };
+        stream.Context.Kernels.Launch(KernelId.MlaDecodeCombine, new Dim3((uint)((r + CombineColumns - 1) / CombineColumns), (uint)h, (uint)t),
+            new Dim3(CombineThreads), CombineSharedBytes(splits), stream, combineArgs);
+    }
+
+    /// <summary>Applies W_UV: o[t, h·V + v] = Σ_r kvB[h(N+V) + N + v, r]·outLatent[t, h, r]. Reads W_UV once per 8 tokens.</summary>
+    /// <param name="stream">Where to queue it (one launch).</param>
+    /// <param name="o">[T, H·V] fp32 out.</param>
+    /// <param name="outLatent">[T, H, R] fp32, what <see cref="DecodeAttention"/> writes.</param>
+    /// <param name="kvB">kv_b_proj's weight [H·(N + V), R] bf16.</param>
+    /// <param name="shape">R and P multiples of 8.</param>
+    /// <param name="t">T ≥ 1.</param>
+    public static void AbsorbOutput(CudaStream stream, DeviceSpan<float> o, DeviceSpan<float> outLatent, DeviceSpan<ushort> kvB, MlaShape shape, int t)
+    {
+        CheckShape(shape);
+        KernelChecks.Positive(t, nameof(t));
+        KernelChecks.HoldsAligned(o, (long)t * shape.OutputWidth, nameof(o));
+        KernelChecks.HoldsAligned(outLatent, (long)t * shape.Heads * shape.Rank, nameof(outLatent));
+        KernelChecks.HoldsAligned(kvB, (long)shape.KeyValueWidth * shape.Rank, nameof(kvB));
+        int h = shape.Heads, n = shape.NopeDim, v = shape.ValueDim, r = shape.Rank;
+        ulong pO = o.Pointer, pIn = outLatent.Pointer, pW = kvB.Pointer;
+        void** args = stackalloc void*[] { &pO, &pIn, &pW, &t, &h, &n, &v, &r };
+        stream.Context.Kernels.Launch(KernelId.MlaAbsorbOutput, new Dim3((uint)((v + OutputRowsPerBlock - 1) / OutputRowsPerBlock), (uint)h),
+            new Dim3(AbsorbThreads), 0, stream, args);
+    }
+
+    /// <summary>
+    /// Causal flash attention of T queries in the expanded form, on the tensor cores: per head, key s =
+    /// (keysValues[s, h(N+V) : +N] | latent[s, R : R+P]), value s = keysValues[s, h(N+V)+N : +V], softmax over
+    /// s ≤ start + t of scale·(q·key). N + P = 192, V = 128 (the model) runs a kernel with those dims compiled in.
+    /// </summary>
+    /// <param name="stream">Where to queue it (one launch).</param>
+    /// <param name="o">[T, H·V] fp32 out.</param>
+    /// <param name="q">[T, H·(N + P)] bf16, per head the nope part then the rope part.</param>
+    /// <param name="keysValues">[≥ L, H·(N + V)] bf16 = latent[:, :R]·kvBᵀ, L = start + T.</param>
+    /// <param name="latent">The cache [≥ L, R + P] bf16 (k_pe = columns R .. R + P).</param>
+    /// <param name="start">The position of the first query (≥ 0).</param>
+    /// <param name="t">T ≥ 1.</param>
+    /// <param name="shape">N, P, V multiples of 8; N + P a multiple of 16 and ≤ 192; V ≤ 128.</param>
+    /// <param name="scale">The softmax scale, usually <see cref="MlaShape.Scale"/>.</param>
+    public static void PrefillAttention(CudaStream stream, DeviceSpan<float> o, DeviceSpan<ushort> q, DeviceSpan<ushort> keysValues, DeviceSpan<ushort> latent,
+        int start, int t, MlaShape shape, float scale)
+    {
+        CheckShape(shape);
+        if (shape.NopeDim % 8 != 0 || shape.QueryHeadDim % 16 != 0 || shape.QueryHeadDim > PrefillMaxQueryHeadDim
+            || shape.ValueDim % 8 != 0 || shape.ValueDim > PrefillMaxValueDim)
+            throw new ArgumentException(
+                $"the MLA prefill kernel needs N a multiple of 8, N + P a multiple of 16 and ≤ {PrefillMaxQueryHeadDim}, V a multiple of 8 and ≤ {PrefillMaxValueDim}; " +
+                $"got N = {shape.NopeDim}, P = {shape.RopeDim}, V = {shape.ValueDim}", nameof(shape));
+        if (start < 0) throw new ArgumentOutOfRangeException(nameof(start), start, "start must be ≥ 0");
+        KernelChecks.Positive(t, nameof(t));
+        CheckScale(scale);
+        long length = (long)start + t;
+        KernelChecks.HoldsAligned(o, (long)t * shape.OutputWidth, nameof(o));
+        KernelChecks.HoldsAligned(q, (long)t * shape.QueryWidth, nameof(q));
+        KernelChecks.HoldsAligned(keysValues, length * shape.KeyValueWidth, nameof(keysValues));
+        KernelChecks.HoldsAligned(latent, length * shape.LatentWidth, nameof(latent));
+        int shared = PrefillSharedBytes(shape.QueryHeadDim, shape.ValueDim);
+        CheckShared(stream, shared, "MLA prefill");
+
+        KernelId id = shape.QueryHeadDim == 192 && shape.ValueDim == 128 ? KernelId.MlaPrefillD192V128 : KernelId.MlaPrefillGeneral;
+        int h = shape.Heads, n = shape.NopeDim, p = shape.RopeDim, v = shape.ValueDim, r = shape.Rank;
+        float scaleLog2 = scale * Log2E;
+        ulong pO = o.Pointer, pQ = q.Pointer, pKv = keysValues.Pointer, pLatent = latent.Pointer;
+        void** args = stackalloc void*[] { &pO, &pQ, &pKv, &pLatent, &start, &t, &h, &n, &p, &v, &r, &scaleLog2 };
+        stream.Context.Kernels.Launch(id, new Dim3((uint)((t + PrefillRows - 1) / PrefillRows), (uint)h), new Dim3(PrefillThreads), shared, stream, args);
+    }
+
+    private static void CheckShape(MlaShape shape)
+    {
+        KernelChecks.Positive(shape.Heads, "shape.Heads");
+        KernelChecks.Positive(shape.NopeDim, "shape.NopeDim");
+        KernelChecks.Positive(shape.RopeDim, "shape.RopeDim");
+        KernelChecks.Positive(shape.ValueDim, "shape.ValueDim");
+        KernelChecks.Positive(shape.Rank, "shape.Rank");
+        // The kernels move 16-byte (8 bf16) pieces of kvB and latent rows.
+        if (shape.Rank % 8 != 0 || shape.RopeDim % 8 != 0)
+            throw new ArgumentException($"the MLA kernels need R and P to be multiples of 8; got R = {shape.Rank}, P = {shape.RopeDim}", nameof(shape));
+    }
+
+    private static void CheckScale(float scale)
+    {
+        if (!(scale > 0 && float.IsFinite(scale))) throw new ArgumentOutOfRangeException(nameof(scale), scale, "scale must be a positive finite number");
+    }
+
+    private static void CheckShared(CudaStream stream, int bytes, string kernel)
+    {
+        CudaDeviceInfo device = stream.Context.Device;
+        if (bytes > device.MaxSharedMemoryPerBlock)
+            throw new NotSupportedException(
+                $"the {kernel} kernel needs {bytes:N0} bytes of shared memory per block for this shape, but {device.Name} offers {device.MaxSharedMemoryPerBlock:N0}");
+    }
+}

@@ -1,0 +1,248 @@
+using System.Numerics.Tensors;
+using System.Text.Json;
+using KimiLinear.Configuration;
+using KimiLinear.Cuda.Interop;
+using KimiLinear.Loading;
+using KimiLinear.Tests.Model;
+
+namespace KimiLinear.Tests.Cuda;
+
+/// <summary>
+/// The whole model on the GPU (KimiDevice.Cuda) against the Hugging Face reference and the CPU engine, on the tiny
+/// golden model. The GPU rounds activations to bf16 where they enter a tensor-core GEMM and keeps the MLA cache in
+/// bf16, so its bar is the reference's own bf16 spread (golden.json, per case) with the issue's 1.5× margin; where the
+/// GPU and CPU run the same fp32 math the bar is tighter.
+/// </summary>
+public sealed class CudaModelTests
+{
+    /// <summary>Largest relative difference the issue allows over the reference's own bf16-vs-fp32 spread.</summary>
+    private const double SpreadMargin = 1.5;
+
+    private static readonly Lazy<(KimiModel Gpu, KimiModel Cpu, SafeTensorFile Golden, double[] Spread)> Tiny = new(() =>
+    {
+        var gpu = KimiModel.Load(FixturePaths.TinyModel, new KimiModelOptions { Device = KimiDevice.Cuda });
+        var cpu = KimiModel.Load(FixturePaths.TinyModel);
+        var golden = SafeTensorFile.Open(Path.Combine(FixturePaths.TinyModel, "golden.safetensors"));
+        using var json = JsonDocument.Parse(File.ReadAllText(Path.Combine(FixturePaths.TinyModel, "golden.json")));
+        var spread = json.RootElement.GetProperty("cases").EnumerateArray()
+            .Select(c => c.GetProperty("bf16_reference_rel_err_vs_fp32").GetDouble()).ToArray();
+        return (gpu, cpu, golden, spread);
+    });
+
+    private static (KimiModel Gpu, KimiModel Cpu, SafeTensorFile Golden, double[] Spread) Require()
+    {
+        Gpu.Require();
+        return Tiny.Value;
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    [InlineData(4)]
+    public void LogitsMatchReferenceWithinItsBf16Spread(int golden)
+    {
+        var tiny = Require();
+        using var session = tiny.Gpu.CreateSession();
+        var ids = tiny.Golden.ReadInt32($"case{golden}.input_ids");
+        var logits = session.Forward(ids);
+        TensorAssert.Close(logits, tiny.Golden.ReadFloat32($"case{golden}.logits"), SpreadMargin * tiny.Spread[golden], $"case {golden} logits (T = {ids.Length})");
+    }
+
+    [Fact]
+    public void GreedyDecodeMatchesReferenceTokens()
+    {
+        var tiny = Require();
+        using var session = tiny.Gpu.CreateSession();
+        int vocab = tiny.Gpu.Config.VocabSize;
+        var prompt = tiny.Golden.ReadInt32("decode.prompt_ids");
+        var expectedTokens = tiny.Golden.ReadInt32("decode.generated_ids");
+        var expectedLogits = tiny.Golden.ReadFloat32("decode.step_logits");
+        var last = session.Forward(prompt).AsSpan((prompt.Length - 1) * vocab, vocab).ToArray();
+        for (int step = 0; step < expectedTokens.Length; step++)
+        {
+            TensorAssert.Close(last, expectedLogits.AsSpan(step * vocab, vocab), SpreadMargin * tiny.Spread.Max(), $"decode step {step} logits");
+            int next = TensorPrimitives.IndexOfMax<float>(last);
+            Assert.Equal(expectedTokens[step], next);
+            last = session.Forward([next]);
+        }
+    }
+
+    /// <summary>
+    /// Every layer kind (KDA + dense MLP, KDA + MoE, MLA + MoE) on the GPU against the CPU: the residual stream after each
+    /// layer, in prefill (chunked KDA, expanded MLA, grouped experts) and in a decode step after it (the fused KDA step,
+    /// absorbed MLA over the bf16 cache, the expert GEMVs).
+    /// </summary>
+    [Theory]
+    [InlineData(4, 150)]
+    [InlineData(4, 144)]
+    [InlineData(2, 64)]
+    public void EveryLayerAgreesWithTheCpuInPrefillAndDecode(int golden, int length)
+    {
+        var tiny = Require();
+        var ids = tiny.Golden.ReadInt32($"case{golden}.input_ids")[..length];
+        var gpu = Hidden(tiny.Gpu, ids);
+        var cpu = Hidden(tiny.Cpu, ids);
+        double bar = SpreadMargin * tiny.Spread[golden];
+        var report = string.Join("; ", cpu.Select(p => $"{p.Key}: {RelativeError(gpu[p.Key], p.Value):E2} (worst token {WorstRow(gpu[p.Key], p.Value, tiny.Gpu.Config.HiddenSize)})"));
+        foreach (var (key, expected) in cpu)
+            TensorAssert.Close(gpu[key], expected, bar, $"{key} [all layers: {report}]");
+    }
+
+    /// <summary>
+    /// The MLA layer (prefill: expanded attention over a fresh cache) and the routed experts of the tiny model's last
+    /// layer on both backends, on the same random input: each row within the bf16 rounding of the GPU's GEMM inputs.
+    /// </summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(17)]
+    [InlineData(64)]
+    [InlineData(65)]
+    [InlineData(150)]
+    public void MlaLayerAndExpertsAgreeWithTheCpuRowByRow(int tokens)
+    {
+        var tiny = Require();
+        var random = new Random(tokens);
+        int d = tiny.Gpu.Config.HiddenSize;
+        var x = Gpu.RandomF32(random, (long)tokens * d);
+        var (gpuMla, gpuMoe) = RunLastLayer(tiny.Gpu, x, tokens);
+        var (cpuMla, cpuMoe) = RunLastLayer(tiny.Cpu, x, tokens);
+        AssertRows(gpuMla, cpuMla, d, "MLA layer output");
+        AssertRows(gpuMoe, cpuMoe, d, "routed experts output");
+    }
+
+    private static (float[] Mla, float[] Moe) RunLastLayer(KimiModel model, float[] x, int tokens)
+    {
+        var backend = model.Backend;
+        var layer = model.Layers[^1];
+        using var scope = backend.BeginForward();
+        var input = backend.Allocate(tokens, model.Config.HiddenSize);
+        backend.Upload(x, input);
+        var state = layer.Mla!.CreateState(backend, 256);
+        var mla = Download(backend, layer.Mla.Forward(backend, input, state, 0, absorbed: false));
+        var output = backend.Allocate(tokens, model.Config.HiddenSize);
+        backend.Clear(output);
+        backend.MoeExperts(input, layer.Experts!, output);
+        (state.Latent as IDisposable)?.Dispose();
+        return (mla, Download(backend, output));
+    }
+
+    private static float[] Download(KimiLinear.Backends.IKimiBackend backend, KimiLinear.Backends.Tensor tensor)
+    {
+        var values = new float[tensor.Length];
+        backend.Download(tensor, values);
+        return values;
+    }
+
+    /// <summary>Every row within 1e-2 relative (bf16 rounding of GEMM inputs is ~4e-3): one wrong token cannot hide in a norm.</summary>
+    private static void AssertRows(float[] actual, float[] expected, int width, string what)
+    {
+        var errors = Enumerable.Range(0, expected.Length / width)
+            .Select(r => (Row: r, Error: RelativeError(actual[(r * width)..((r + 1) * width)], expected[(r * width)..((r + 1) * width)])))
+            .ToList();
+        var bad = errors.Where(p => !(p.Error <= 1e-2)).ToList();
+        Assert.True(bad.Count == 0, $"{what}: {bad.Count} of {errors.Count} rows off, e.g. " +
+            string.Join(", ", bad.Take(8).Select(p => $"row {p.Row}: {p.Error:E2}")) + $"; worst fine row {errors.Where(p => p.Error <= 1e-2).Select(p => p.Error).DefaultIfEmpty().Max():E2}");
+    }
+
+    private static double RelativeError(float[] actual, float[] expected)
+    {
+        double diff = 0, norm = 0;
+        for (int i = 0; i < expected.Length; i++)
+            (diff, norm) = (diff + Math.Pow(actual[i] - expected[i], 2), norm + Math.Pow(expected[i], 2));
+        return Math.Sqrt(diff / norm);
+    }
+
+    private static int WorstRow(float[] actual, float[] expected, int width) =>
+        Enumerable.Range(0, expected.Length / width).MaxBy(r => RelativeError(actual[(r * width)..((r + 1) * width)], expected[(r * width)..((r + 1) * width)]));
+
+    private static Dictionary<string, float[]> Hidden(KimiModel model, int[] ids)
+    {
+        var hidden = new Dictionary<string, float[]>();
+        using var session = model.CreateSession();
+        session.Forward(ids.AsSpan(0, ids.Length - 1), MlaForm.Auto, (j, values) => hidden[$"prefill hidden.{j}"] = values);
+        session.Forward(ids.AsSpan(ids.Length - 1), MlaForm.Auto, (j, values) => hidden[$"decode hidden.{j}"] = values);
+        return hidden;
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(7)]
+    [InlineData(64)]
+    public void PrefillThenDecodeStepsEqualOnePrefill(int steps)
+    {
+        var tiny = Require();
+        int vocab = tiny.Gpu.Config.VocabSize;
+        var ids = tiny.Golden.ReadInt32("case4.input_ids");
+        using var whole = tiny.Gpu.CreateSession();
+        var expected = whole.Forward(ids);
+        using var stepped = tiny.Gpu.CreateSession();
+        stepped.Forward(ids.AsSpan(0, ids.Length - steps));
+        for (int t = ids.Length - steps; t < ids.Length; t++)
+            TensorAssert.Close(stepped.Forward(ids.AsSpan(t, 1)), expected.AsSpan(t * vocab, vocab), SpreadMargin * tiny.Spread[4], $"position {t}");
+    }
+
+    /// <summary>A prompt longer than one forward step runs in pieces; the state carried between them must be exact.</summary>
+    [Fact]
+    public void PromptLongerThanOneStepRunsInPiecesLikeTheCpu()
+    {
+        var tiny = Require();
+        var random = new Random(11);
+        var ids = Enumerable.Range(0, tiny.Gpu.Backend.MaxTokensPerForward + 333).Select(_ => random.Next(tiny.Gpu.Config.VocabSize)).ToArray();
+        using var gpu = tiny.Gpu.CreateSession();
+        using var cpu = tiny.Cpu.CreateSession();
+        var expected = cpu.ForwardLast(ids);
+        TensorAssert.Close(gpu.ForwardLast(ids), expected, SpreadMargin * tiny.Spread.Max(), "last logits after a piecewise prefill");
+        TensorAssert.Close(gpu.ForwardLast([5]), cpu.ForwardLast([5]), SpreadMargin * tiny.Spread.Max(), "a decode step after it");
+    }
+
+    [Fact]
+    public void SavedStateRestoresOnTheGpuAndOnTheCpu()
+    {
+        var tiny = Require();
+        var ids = tiny.Golden.ReadInt32("case3.input_ids");
+        using var original = tiny.Gpu.CreateSession();
+        original.Forward(ids);
+        using var saved = new MemoryStream();
+        original.SaveState(saved);
+        var next = original.ForwardLast([17]);
+
+        using var gpu = tiny.Gpu.CreateSession();
+        saved.Position = 0;
+        gpu.RestoreState(saved);
+        Assert.Equal(next, gpu.ForwardLast([17]));          // the same device, the same bits
+
+        using var cpu = tiny.Cpu.CreateSession();
+        saved.Position = 0;
+        cpu.RestoreState(saved);
+        TensorAssert.Close(cpu.ForwardLast([17]), next, SpreadMargin * tiny.Spread[3], "the CPU continuing the GPU's state");
+    }
+
+    [Fact]
+    public void TooLargeAModelIsAClearOutOfMemoryErrorAndTheDeviceStaysUsable()
+    {
+        var tiny = Require();
+        // 256 experts of 8192 × 8192: ~100 GiB per layer, more than any card has.
+        var config = KimiConfig.Parse(File.ReadAllText(Path.Combine(FixturePaths.TinyModel, "config.json"))
+            .Replace("\"moe_intermediate_size\": 64", "\"moe_intermediate_size\": 8192")
+            .Replace("\"hidden_size\": 256", "\"hidden_size\": 8192")
+            .Replace("\"num_experts\": 8", "\"num_experts\": 256"));
+        var error = Assert.Throws<CudaOutOfMemoryException>(() => KimiModel.CreateSynthetic(config, new KimiModelOptions { Device = KimiDevice.Cuda }));
+        Assert.Contains("weight matrices", error.Message);
+        Assert.Contains("GiB", error.Message);
+        Assert.True(error.BytesRequested > error.BytesFree);
+
+        using var session = tiny.Gpu.CreateSession();
+        Assert.Equal(tiny.Gpu.Config.VocabSize, session.ForwardLast([1, 2, 3]).Length);
+    }
+
+    [Fact]
+    public void AConfigurationTheKernelsCannotRunIsANamedError()
+    {
+        Gpu.Require();
+        var config = KimiConfig.Parse(SyntheticModelTests.OddConfig); // short convs of width 3
+        var error = Assert.Throws<NotSupportedException>(() => KimiModel.CreateSynthetic(config, new KimiModelOptions { Device = KimiDevice.Cuda }));
+        Assert.Contains("short_conv_kernel_size", error.Message);
+    }
+}

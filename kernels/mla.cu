@@ -1,0 +1,681 @@
+// MLA (multi-head latent attention) kernels: the absorbed decode path and the expanded prefill path.
+// Notation (spec §3): H heads, N = qk_nope_head_dim, P = qk_rope_head_dim (never rotated: NoPE), V = v_head_dim,
+// R = kv_lora_rank, D = R + P the latent row. The cache holds per token one bf16 latent row (c | k_pe) [D].
+// kv_b_proj's weight kvB [H·(N+V), R] bf16 holds per head N rows of W_UK, then V rows of W_UV.
+//
+// ABSORBED DECODE (few tokens over a long cache), three steps:
+//   kimi_mla_absorb_query   q_lat[t,h,:R] = Σ_n q[t,h,n]·W_UK_h[n,:],  q_lat[t,h,R:] = q[t,h,N:]   (fp32)
+//   kimi_mla_decode_partial + kimi_mla_decode_combine: MQA over the latent, per token t and head h
+//       p_s = softmax_s(scale·q_lat[t,h]·latent[s]) over s ≤ start + t,   out[t,h,:] = Σ_s p_s·latent[s,:R]
+//     as flash-decoding: the cache is split into a fixed number of slices (one block each, for all heads of a token,
+//     so a row is read once per token); each block keeps an online softmax and writes its unnormalised partial output
+//     and (max, sum); the combine kernel merges the slices by log-sum-exp. Every block reads the length from device
+//     memory, so the grid does not depend on it and a captured decode graph replays while the cache grows.
+//   kimi_mla_absorb_output  o[t,h,v] = Σ_r W_UV_h[v,r]·out[t,h,r]
+// EXPANDED PREFILL (kimi_mla_prefill_*): causal flash attention per head with key = (keysValues[s,h,:N] | k_pe[s]),
+//   value = keysValues[s,h,N:], keysValues = latent[:, :R]·kvBᵀ (computed by a GEMM before).
+//
+// Precision: products on the tensor cores (mma.sync m16n8k16, fp32 accumulation). bf16 × bf16 where both operands
+// are bf16 (the prefill's q·k). Where one is fp32 (the decode query q_lat, the softmax weights p of both paths) it goes
+// in as fp16 (11-bit significand: ~3e-4 relative error, where bf16 would cost ~2e-3) and the bf16 operand it meets is
+// converted to fp16 in registers, exactly for magnitudes in [2^-14, 65504] (the RMS-normalised latent, k_pe and the
+// expanded keys/values are far inside; below 2^-14 the absolute error stays under 2^-25). Exponentials are 2^x of
+// scores pre-multiplied by scale·log2(e).
+//
+// Inputs are finite; rows of the cache past the visible length are never read (they may hold NaN): tiles past the end
+// are zero-filled by cp.async without touching memory. Pointers are 16-byte aligned (the C# wrappers check).
+#ifdef KDA_EMULATE
+#include "kda/tests/cuda_emu.h"
+// The common.cuh helpers used here (common.cuh needs the CUDA headers).
+inline float bf16_lo(uint32_t pair) { return __uint_as_float(pair << 16); }
+inline float bf16_hi(uint32_t pair) { return __uint_as_float(pair & 0xFFFF0000u); }
+#else
+#include "common.cuh"
+#endif
+#include <stdint.h>
+
+namespace mla {
+
+constexpr float kNegInf = -INFINITY;
+
+// ---- primitives (each with its CPU-emulator path) -------------------------------------------------------------------
+
+__device__ __forceinline__ uint16_t* dynamic_smem() {
+#ifdef KDA_EMULATE
+    return reinterpret_cast<uint16_t*>(emu_dynamic_smem);
+#else
+    extern __shared__ __align__(128) uint16_t mla_smem_[];
+    return mla_smem_;
+#endif
+}
+
+// 2^x as one MUFU.EX2 (≈ 2 ulp; 2^-inf = 0).
+__device__ __forceinline__ float ex2(float x) {
+#ifdef KDA_EMULATE
+    return std::exp2(x);
+#else
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#endif
+}
+
+// 16 bytes global → shared; pred false zero-fills without reading global memory.
+__device__ __forceinline__ void cp_async16(uint16_t* dst, const uint16_t* src, bool pred) {
+#ifdef KDA_EMULATE
+    static const uint16_t zeros[8] = {};
+    emu_cp_async16(dst, pred ? src : zeros);
+#else
+    const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(pred ? 16 : 0) : "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef KDA_EMULATE
+    emu_cp_async_commit();
+#else
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+template <int N> __device__ __forceinline__ void cp_async_wait() {   // until at most N groups are pending
+#ifdef KDA_EMULATE
+    emu_cp_async_wait(N);
+#else
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// ldmatrix: lane i addresses row i % 8 of 8×8 matrix i / 8 (16-byte rows in shared memory).
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const uint16_t* p) {
+#ifdef KDA_EMULATE
+    emu_ldmatrix(r, 4, p, false);
+#else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(static_cast<unsigned>(__cvta_generic_to_shared(p))));
+#endif
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const uint16_t* p) {
+#ifdef KDA_EMULATE
+    emu_ldmatrix(r, 4, p, true);
+#else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(static_cast<unsigned>(__cvta_generic_to_shared(p))));
+#endif
+}
+__device__ __forceinline__ void ldsm_x2_t(uint32_t (&r)[4], const uint16_t* p) {   // fills r[0], r[1]
+#ifdef KDA_EMULATE
+    emu_ldmatrix(r, 2, p, true);
+#else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1]) : "r"(static_cast<unsigned>(__cvta_generic_to_shared(p))));
+#endif
+}
+
+// d[16×8] += a[16×16]·b[16×8], bf16 (mma) or fp16 (mma_f16) in, fp32 accumulate. Fragments: lane l = 4g + c holds
+// a (rows g, g+8; k pairs 2c and 2c+8), b (column g; k pairs 2c, 2c+8) and d (rows g, g+8; columns 2c, 2c+1).
+__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#ifdef KDA_EMULATE
+    emu_mma_bf16_16816(d, a, b0, b1);
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+__device__ __forceinline__ void mma_f16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#ifdef KDA_EMULATE
+    emu_mma_f16_16816(d, a, b0, b1);
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+// Two floats as an fp16 pair (lo in the low half), rounded to nearest even.
+__device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi) {
+#ifdef KDA_EMULATE
+    return static_cast<uint32_t>(emu_f32_to_f16(lo)) | (static_cast<uint32_t>(emu_f32_to_f16(hi)) << 16);
+#else
+    uint32_t r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#endif
+}
+
+// A bf16 pair as an fp16 pair (exact inside fp16's normal range), so it can meet an fp16 operand.
+__device__ __forceinline__ uint32_t bf16x2_to_f16x2(uint32_t x) { return pack_f16x2(bf16_lo(x), bf16_hi(x)); }
+__device__ __forceinline__ void to_f16(uint32_t (&r)[4]) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) r[i] = bf16x2_to_f16x2(r[i]);
+}
+
+// Max / sum over the `width` lanes (a power of two ≤ 32) of an aligned lane group.
+__device__ __forceinline__ float group_max(float v, int width) {
+    for (int o = 1; o < width; o <<= 1) v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
+    return v;
+}
+__device__ __forceinline__ float group_sum(float v, int width) {
+    for (int o = 1; o < width; o <<= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
+    return v;
+}
+
+// ---- absorbed decode: query and output absorption -------------------------------------------------------------------
+
+constexpr int kAbsorbThreads = 128;
+constexpr int kAbsorbColumns = 64;                       // latent columns per query-absorption block (8 per thread)
+constexpr int kAbsorbGroups = kAbsorbThreads / (kAbsorbColumns / 8);   // 16 thread groups split the N rows
+constexpr int kAbsorbTokens = 4;                         // tokens per pass (the W_UK slice is reread per pass, from L1/L2)
+constexpr int kOutputRowsPerBlock = kAbsorbThreads / 32; // one W_UV row per warp
+
+// q_lat [T, H, D] fp32 from q [T, H·(N+P)] fp32. Grid (ceil(R / 64), H); 128 threads; dynamic shared memory
+// kAbsorbGroups·kAbsorbTokens·64 floats. R % 8 == 0.
+extern "C" __global__ void __launch_bounds__(kAbsorbThreads)
+kimi_mla_absorb_query(float* __restrict__ q_lat, const float* __restrict__ q, const uint16_t* __restrict__ kvb,
+                      int T, int H, int N, int P, int V, int R) {
+    float* partial = reinterpret_cast<float*>(dynamic_smem());   // [groups][tokens][64]
+    const int h = blockIdx.y, tid = threadIdx.x;
+    const int cg = tid % (kAbsorbColumns / 8), ng = tid / (kAbsorbColumns / 8);
+    const int col = blockIdx.x * kAbsorbColumns + cg * 8;
+    const int qk = N + P, D = R + P;
+    const uint16_t* w_uk = kvb + static_cast<size_t>(h) * (N + V) * R;
+    for (int t0 = 0; t0 < T; t0 += kAbsorbTokens) {
+        float acc[kAbsorbTokens][8] = {};
+        if (col < R)
+            for (int n = ng; n < N; n += kAbsorbGroups) {
+                const uint4 w = *reinterpret_cast<const uint4*>(w_uk + static_cast<size_t>(n) * R + col);
+                const float wf[8] = {bf16_lo(w.x), bf16_hi(w.x), bf16_lo(w.y), bf16_hi(w.y),
+                                     bf16_lo(w.z), bf16_hi(w.z), bf16_lo(w.w), bf16_hi(w.w)};
+#pragma unroll
+                for (int i = 0; i < kAbsorbTokens; i++) {
+                    const float x = t0 + i < T ? q[static_cast<size_t>(t0 + i) * H * qk + h * qk + n] : 0.0f;
+#pragma unroll
+                    for (int j = 0; j < 8; j++) acc[i][j] += x * wf[j];
+                }
+            }
+        for (int i = 0; i < kAbsorbTokens; i++)
+            for (int j = 0; j < 8; j++) partial[(ng * kAbsorbTokens + i) * kAbsorbColumns + cg * 8 + j] = acc[i][j];
+        __syncthreads();
+        for (int e = tid; e < kAbsorbTokens * kAbsorbColumns; e += kAbsorbThreads) {
+            const int i = e / kAbsorbColumns, c = e % kAbsorbColumns, r = blockIdx.x * kAbsorbColumns + c;
+            if (t0 + i >= T || r >= R) continue;
+            float sum = 0.0f;
+            for (int g = 0; g < kAbsorbGroups; g++) sum += partial[(g * kAbsorbTokens + i) * kAbsorbColumns + c];
+            q_lat[(static_cast<size_t>(t0 + i) * H + h) * D + r] = sum;
+        }
+        __syncthreads();   // partial is rewritten by the next pass
+    }
+    if (blockIdx.x == 0)   // the rope part passes through: k_pe is shared by all heads
+        for (int e = tid; e < T * P; e += kAbsorbThreads) {
+            const int t = e / P, i = e % P;
+            q_lat[(static_cast<size_t>(t) * H + h) * D + R + i] = q[static_cast<size_t>(t) * H * qk + h * qk + N + i];
+        }
+}
+
+// o [T, H·V] fp32 from out_lat [T, H, R] fp32. Grid (ceil(V / 4), H); 128 threads, one W_UV row per warp. R % 8 == 0.
+extern "C" __global__ void __launch_bounds__(kAbsorbThreads)
+kimi_mla_absorb_output(float* __restrict__ o, const float* __restrict__ out_lat, const uint16_t* __restrict__ kvb,
+                       int T, int H, int N, int V, int R) {
+    const int h = blockIdx.y, lane = threadIdx.x % 32;
+    const int v = blockIdx.x * kOutputRowsPerBlock + threadIdx.x / 32;
+    if (v >= V) return;   // whole warps: no barrier follows
+    const uint16_t* w_uv = kvb + (static_cast<size_t>(h) * (N + V) + N + v) * R;
+    constexpr int kTokens = 8;
+    for (int t0 = 0; t0 < T; t0 += kTokens) {
+        float acc[kTokens] = {};
+        for (int c = lane * 8; c < R; c += 32 * 8) {
+            const uint4 w = *reinterpret_cast<const uint4*>(w_uv + c);
+            const float wf[8] = {bf16_lo(w.x), bf16_hi(w.x), bf16_lo(w.y), bf16_hi(w.y),
+                                 bf16_lo(w.z), bf16_hi(w.z), bf16_lo(w.w), bf16_hi(w.w)};
+#pragma unroll
+            for (int i = 0; i < kTokens; i++) {
+                if (t0 + i >= T) break;
+                const float* x = out_lat + (static_cast<size_t>(t0 + i) * H + h) * R + c;
+                const float4 a = *reinterpret_cast<const float4*>(x), b = *reinterpret_cast<const float4*>(x + 4);
+                acc[i] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y + wf[6] * b.z + wf[7] * b.w;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < kTokens; i++) {
+            const float sum = group_sum(acc[i], 32);
+            if (lane == 0 && t0 + i < T) o[static_cast<size_t>(t0 + i) * H * V + h * V + v] = sum;
+        }
+    }
+}
+
+// ---- absorbed decode: flash-decoding over the latent cache ----------------------------------------------------------
+//
+// Block (slice s, token t), 8 warps. Heads pad to MT = ceil(H/16) m16 tiles (H ≤ 32). Per tile of 64 cache rows:
+//   A. S = Q·Kᵀ [MT·16, 64] on the tensor cores: warp w takes m-tile w / KS and every KS-th k16 step from w % KS
+//      (KS = 8 / MT), holding its q_lat fragments (fp16) in registers for the whole slice; partial S per warp go to
+//      shared memory.
+//   B. Online softmax, one thread group per head: sums the KS partials, masks rows past the slice, updates (m, l),
+//      writes p as fp16 and the rescale factor α.
+//   C. O = α·O + P·V [MT·16, R]: warp w owns output columns [w·R/8, (w+1)·R/8) for all heads.
+// The cache rows stream through a 2-stage cp.async ring (the next 64-row tile loads while this one is used; 64-row
+// tiles halve the barriers and softmax passes per row against 32-row ones); rows past the slice are
+// zero-filled.
+constexpr int kDecodeThreads = 256, kDecodeWarps = 8, kDecodeRows = 64, kDecodeStages = 2;
+constexpr int kDecodeRowTiles = kDecodeRows / 8;   // n8 tiles of scores per warp
+constexpr int kDecodeMaxQSteps = 9;     // k16 steps of q a warp holds: D ≤ 16·9·KS (576 at H ≤ 32)
+constexpr int kDecodeMaxOutTiles = 8;   // n8 output tiles per warp: R ≤ 512
+constexpr int kDecodeSRow = kDecodeRows + 4, kDecodePRow = kDecodeRows + 8;   // padded shared rows (bank spread)
+
+// Dynamic shared memory, bytes: the ring [stages][64][D + 8] bf16, S partials [8 warps][16][68] f32,
+// P [MT·16][72] fp16, α [MT·16] f32.
+__host__ __device__ constexpr size_t decode_smem_bytes(int D, int MT) {
+    return static_cast<size_t>(kDecodeStages) * kDecodeRows * (D + 8) * 2 + kDecodeWarps * 16 * kDecodeSRow * 4 +
+           MT * 16 * kDecodePRow * 2 + MT * 16 * 4;
+}
+
+// partial_o [T, S, H, R] f32 (unnormalised), partial_ml [T, S, H, 2] (max in log2 units, sum); empty slices write
+// max = -inf, sum = 0 and no partial_o. Grid (S, T); 256 threads; decode_smem_bytes(D, ceil(H/16)).
+// H ≤ 32, D % 16 == 0, D ≤ 16·9·(8 / ceil(H/16)), R % 64 == 0, R ≤ 512.
+extern "C" __global__ void __launch_bounds__(kDecodeThreads, 1)
+kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ partial_ml, const float* __restrict__ q_lat,
+                        const uint16_t* __restrict__ latent, const int* __restrict__ start_ptr, int H, int R, int D, float scale_log2) {
+    const int splits = gridDim.x, s = blockIdx.x, t = blockIdx.y;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
+    const int MT = (H + 15) / 16, KS = kDecodeWarps / MT, ksteps = D / 16;
+    const int len = *start_ptr + t + 1;
+    const int per = ((len + splits - 1) / splits + kDecodeRows - 1) / kDecodeRows * kDecodeRows;
+    const int begin = s * per, end = min(len, begin + per);
+    float* ml = partial_ml + (static_cast<size_t>(t) * splits + s) * H * 2;
+    if (begin >= end) {   // an empty slice (short cache): nothing to merge
+        if (tid < H) { ml[2 * tid] = kNegInf; ml[2 * tid + 1] = 0.0f; }
+        return;
+    }
+
+    const int stride = D + 8;
+    uint16_t* ring = dynamic_smem();
+    float* s_part = reinterpret_cast<float*>(ring + kDecodeStages * kDecodeRows * stride);   // [8][16][rows + 4]
+    uint16_t* p_sh = reinterpret_cast<uint16_t*>(s_part + kDecodeWarps * 16 * kDecodeSRow);    // [MT·16][rows + 8] fp16
+    float* alpha_sh = reinterpret_cast<float*>(p_sh + MT * 16 * kDecodePRow);                  // [MT·16]
+
+    const int chunks = D / 8, tiles = (end - begin + kDecodeRows - 1) / kDecodeRows;
+    auto load_tile = [&](int i) {
+        uint16_t* dst = ring + (i % kDecodeStages) * kDecodeRows * stride;
+        const int row0 = begin + i * kDecodeRows;
+        for (int e = tid; e < kDecodeRows * chunks; e += kDecodeThreads) {
+            const int r = e / chunks, ch = e - r * chunks;
+            const bool ok = row0 + r < end;
+            cp_async16(dst + r * stride + ch * 8, ok ? latent + static_cast<size_t>(row0 + r) * D + ch * 8 : latent, ok);
+        }
+    };
+#pragma unroll
+    for (int i = 0; i < kDecodeStages - 1; i++) {
+        if (i < tiles) load_tile(i);
+        cp_async_commit();
+    }
+
+    // This warp's q_lat fragments (m-tile mt_w, k16 steps ks0, ks0 + KS, ...), as fp16.
+    const int mt_w = warp / KS, ks0 = warp % KS;
+    uint32_t qf[kDecodeMaxQSteps][4];
+#pragma unroll
+    for (int i = 0; i < kDecodeMaxQSteps; i++) {
+        const int ks = ks0 + i * KS;
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            const int head = mt_w * 16 + g + (r & 1) * 8, col = ks * 16 + 2 * c + (r >> 1) * 8;
+            float2 x = make_float2(0.0f, 0.0f);
+            if (ks < ksteps && head < H) x = *reinterpret_cast<const float2*>(q_lat + (static_cast<size_t>(t) * H + head) * D + col);
+            qf[i][r] = pack_f16x2(x.x, x.y);
+        }
+    }
+
+    // Softmax ownership: head hh = tid / TPH, columns [sub·CPT, +CPT) of each 64-row tile.
+    const int TPH = kDecodeThreads / (MT * 16), CPT = kDecodeRows / TPH, hh = tid / TPH, sub = tid % TPH;
+    float m_run = kNegInf, l_run = 0.0f;
+    // Output ownership: columns [warp·R/8, +R/8), NTW n8 tiles, all MT m-tiles.
+    const int NTW = R / 64, col_w = warp * (R / 8);
+    float acc[2][kDecodeMaxOutTiles][4] = {};
+
+    for (int i = 0; i < tiles; i++) {
+        cp_async_wait<kDecodeStages - 2>();
+        __syncthreads();   // tile i landed for every thread; the slot refilled below was last read in iteration i - 1
+        if (i + kDecodeStages - 1 < tiles) load_tile(i + kDecodeStages - 1);
+        cp_async_commit();
+        const uint16_t* tile = ring + (i % kDecodeStages) * kDecodeRows * stride;
+        const int row0 = begin + i * kDecodeRows;
+
+        // A. partial scores of this warp's k steps: 16 heads × 64 rows.
+        float sacc[kDecodeRowTiles][4] = {};
+#pragma unroll
+        for (int j = 0; j < kDecodeMaxQSteps; j++) {
+            const int ks = ks0 + j * KS;
+            if (ks >= ksteps) break;
+#pragma unroll
+            for (int np = 0; np < kDecodeRowTiles / 2; np++) {
+                uint32_t b[4];
+                ldsm_x4(b, tile + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * stride + ks * 16 + ((lane >> 3) & 1) * 8);
+                to_f16(b);
+                mma_f16(sacc[2 * np], qf[j], b[0], b[1]);
+                mma_f16(sacc[2 * np + 1], qf[j], b[2], b[3]);
+            }
+        }
+        float* mine = s_part + warp * 16 * kDecodeSRow;
+#pragma unroll
+        for (int nt = 0; nt < kDecodeRowTiles; nt++) {
+            mine[g * kDecodeSRow + nt * 8 + 2 * c] = sacc[nt][0];
+            mine[g * kDecodeSRow + nt * 8 + 2 * c + 1] = sacc[nt][1];
+            mine[(g + 8) * kDecodeSRow + nt * 8 + 2 * c] = sacc[nt][2];
+            mine[(g + 8) * kDecodeSRow + nt * 8 + 2 * c + 1] = sacc[nt][3];
+        }
+        __syncthreads();
+
+        // B. online softmax of head hh over the tile's rows.
+        {
+            const int mt = hh / 16, r16 = hh % 16;
+            float x[kDecodeRowTiles];   // CPT ≤ 64 / 8
+            float mx = kNegInf;
+#pragma unroll
+            for (int j = 0; j < kDecodeRowTiles; j++) {
+                if (j >= CPT) break;
+                const int col = sub * CPT + j;
+                float v = 0.0f;
+                for (int k = 0; k < KS; k++) v += s_part[((mt * KS + k) * 16 + r16) * kDecodeSRow + col];
+                x[j] = row0 + col < end ? v * scale_log2 : kNegInf;
+                mx = fmaxf(mx, x[j]);
+            }
+            const float m_new = fmaxf(m_run, group_max(mx, TPH));   // finite: every tile has a visible row
+            const float alpha = ex2(m_run - m_new);
+            float sum = 0.0f;
+#pragma unroll
+            for (int j = 0; j < kDecodeRowTiles; j += 2) {
+                if (j >= CPT) break;
+                const float p0 = ex2(x[j] - m_new), p1 = ex2(x[j + 1] - m_new);
+                sum += p0 + p1;
+                *reinterpret_cast<uint32_t*>(p_sh + hh * kDecodePRow + sub * CPT + j) = pack_f16x2(p0, p1);
+            }
+            l_run = l_run * alpha + group_sum(sum, TPH);
+            m_run = m_new;
+            if (sub == 0) alpha_sh[hh] = alpha;
+        }
+        __syncthreads();
+
+        // C. O = α·O + P·V over this warp's columns.
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++) {
+            if (mt >= MT) break;
+            const float a0 = alpha_sh[mt * 16 + g], a1 = alpha_sh[mt * 16 + g + 8];
+#pragma unroll
+            for (int nt = 0; nt < kDecodeMaxOutTiles; nt++) {
+                acc[mt][nt][0] *= a0; acc[mt][nt][1] *= a0;
+                acc[mt][nt][2] *= a1; acc[mt][nt][3] *= a1;
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < kDecodeRows / 16; kk++) {
+            uint32_t pf[2][4];
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++) {
+                if (mt >= MT) break;
+                ldsm_x4(pf[mt], p_sh + (mt * 16 + (lane & 15)) * kDecodePRow + kk * 16 + (lane >> 4) * 8);
+            }
+            const uint16_t* vrow = tile + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * stride + col_w + ((lane >> 4) & 1) * 8;
+#pragma unroll
+            for (int nt = 0; nt < kDecodeMaxOutTiles; nt += 2) {
+                if (nt >= NTW) break;
+                uint32_t b[4];
+                if (nt + 1 < NTW) ldsm_x4_t(b, vrow + nt * 8);
+                else ldsm_x2_t(b, vrow + nt * 8);
+                to_f16(b);
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++) {
+                    if (mt >= MT) break;
+                    mma_f16(acc[mt][nt], pf[mt], b[0], b[1]);
+                    if (nt + 1 < NTW) mma_f16(acc[mt][nt + 1], pf[mt], b[2], b[3]);
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();
+
+    float* out = partial_o + (static_cast<size_t>(t) * splits + s) * H * R;
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++) {
+        if (mt >= MT) break;
+#pragma unroll
+        for (int nt = 0; nt < kDecodeMaxOutTiles; nt++) {
+            if (nt >= NTW) break;
+            const int col = col_w + nt * 8 + 2 * c, h0 = mt * 16 + g;
+            if (h0 < H) *reinterpret_cast<float2*>(out + static_cast<size_t>(h0) * R + col) = make_float2(acc[mt][nt][0], acc[mt][nt][1]);
+            if (h0 + 8 < H) *reinterpret_cast<float2*>(out + static_cast<size_t>(h0 + 8) * R + col) = make_float2(acc[mt][nt][2], acc[mt][nt][3]);
+        }
+    }
+    if (sub == 0 && hh < H) { ml[2 * hh] = m_run; ml[2 * hh + 1] = l_run; }
+}
+
+constexpr int kCombineThreads = 256, kCombineColumns = 128;   // 8 warps; each block 128 columns (a float4 per lane)
+
+// Dynamic shared memory of the combine, bytes: weights [S], per-warp sums [8][128], reduction scratch [8].
+__host__ __device__ constexpr size_t combine_smem_bytes(int splits) {
+    return (static_cast<size_t>(splits) + (kCombineThreads / 32) * kCombineColumns + kCombineThreads / 32) * 4;
+}
+
+// out [T, H, R] = Σ_s 2^(m_s − M)·O_s / Σ_s 2^(m_s − M)·l_s. Grid (ceil(R / 128), H, T); 256 threads;
+// combine_smem_bytes(S). Warp w sums the slices w, w + 8, ... for 128 columns; the 8 sums meet in shared memory.
+extern "C" __global__ void __launch_bounds__(kCombineThreads)
+kimi_mla_decode_combine(float* __restrict__ out, const float* __restrict__ partial_o, const float* __restrict__ partial_ml,
+                        int H, int R, int splits) {
+    constexpr int kWarps = kCombineThreads / 32;
+    float* weight = reinterpret_cast<float*>(dynamic_smem());   // [S]
+    float* sums = weight + splits;                               // [8][128]
+    float* scratch = sums + kWarps * kCombineColumns;            // [8]
+    const int h = blockIdx.y, t = blockIdx.z, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const float* ml = partial_ml + static_cast<size_t>(t) * splits * H * 2 + h * 2;   // slice s at ml[s·2H]
+
+    float top = kNegInf;
+    for (int s = tid; s < splits; s += kCombineThreads) top = fmaxf(top, ml[static_cast<size_t>(s) * H * 2]);
+    top = group_max(top, 32);
+    if (lane == 0) scratch[warp] = top;
+    __syncthreads();
+    top = scratch[0];
+    for (int w = 1; w < kWarps; w++) top = fmaxf(top, scratch[w]);   // finite: at least one slice holds rows
+    float denominator = 0.0f;
+    for (int s = tid; s < splits; s += kCombineThreads) {
+        const float m = ml[static_cast<size_t>(s) * H * 2];
+        const float w = m == kNegInf ? 0.0f : ex2(m - top);
+        weight[s] = w;
+        denominator += w * ml[static_cast<size_t>(s) * H * 2 + 1];
+    }
+    denominator = group_sum(denominator, 32);
+    __syncthreads();   // every thread has read scratch (the max) before it is reused
+    if (lane == 0) scratch[warp] = denominator;
+    __syncthreads();
+    denominator = 0.0f;
+    for (int w = 0; w < kWarps; w++) denominator += scratch[w];
+
+    const int col = blockIdx.x * kCombineColumns + lane * 4;
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (col < R) {
+        const float* po = partial_o + static_cast<size_t>(t) * splits * H * R + static_cast<size_t>(h) * R + col;
+#pragma unroll 4
+        for (int s = warp; s < splits; s += kWarps) {
+            const float w = weight[s];
+            if (w == 0.0f) continue;   // an empty slice wrote no O
+            const float4 o = *reinterpret_cast<const float4*>(po + static_cast<size_t>(s) * H * R);
+            acc.x += w * o.x; acc.y += w * o.y; acc.z += w * o.z; acc.w += w * o.w;
+        }
+    }
+    *reinterpret_cast<float4*>(sums + warp * kCombineColumns + lane * 4) = acc;
+    __syncthreads();
+    if (tid < kCombineColumns && blockIdx.x * kCombineColumns + tid < R) {
+        float sum = 0.0f;
+        for (int w = 0; w < kWarps; w++) sum += sums[w * kCombineColumns + tid];
+        out[(static_cast<size_t>(t) * H + h) * R + blockIdx.x * kCombineColumns + tid] = sum / denominator;
+    }
+}
+
+// ---- expanded prefill: causal flash attention on the tensor cores ---------------------------------------------------
+//
+// Block (query tile of 64, head), 4 warps of 16 queries; heavy (late) query tiles first. Per key tile of 64: K = (the
+// head's N key columns of keysValues | the P k_pe columns of the latent) and V (the head's V value columns) through a
+// 2-stage cp.async ring; S = Q·Kᵀ with q fragments held in registers; the online softmax in registers; p (fp16)
+// reused straight from the S accumulators as the A operand of O += P·V (V converted to fp16 in registers).
+constexpr int kPrefillThreads = 128, kPrefillRows = 64, kPrefillKeys = 64;
+constexpr int kPrefillMaxQSteps = 12;    // N + P ≤ 192
+constexpr int kPrefillMaxVTiles = 16;    // V ≤ 128
+
+// Dynamic shared memory, bytes: 2 stages of K [64][N+P+8] and V [64][V+8] bf16.
+__host__ __device__ constexpr size_t prefill_smem_bytes(int KD, int VD) {
+    return 2ull * kPrefillKeys * ((KD + 8) + (VD + 8)) * 2;
+}
+
+// o [T, H·V] f32; q [T, H·(N+P)] bf16; kv [≥L, H·(N+V)] bf16; latent [≥L, R+P] bf16; L = start + T.
+// KD = N + P, VD = V as compile-time constants (kExact) or runtime values ≤ the maxima above.
+template <bool kExact, int kKD, int kVD>
+__device__ __forceinline__ void prefill(float* __restrict__ o, const uint16_t* __restrict__ q, const uint16_t* __restrict__ kv,
+                                        const uint16_t* __restrict__ latent, int start, int T, int H, int N, int P, int V, int R,
+                                        float scale_log2) {
+    const int KD = kExact ? kKD : N + P, VD = kExact ? kVD : V;
+    const int ksteps = KD / 16, vtiles = VD / 8;
+    const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, q0 = qt * kPrefillRows;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
+    const int L = start + T, kstride = KD + 8, vstride = VD + 8;
+    const size_t kv_row = static_cast<size_t>(H) * (N + VD), q_row = static_cast<size_t>(H) * KD;
+    uint16_t* smem = dynamic_smem();
+    uint16_t* ks_base = smem;                                   // [2][64][KD + 8]
+    uint16_t* vs_base = smem + 2 * kPrefillKeys * kstride;      // [2][64][VD + 8]
+
+    const int kn = N / 8, kchunks = KD / 8, chunks = kchunks + VD / 8;
+    auto load_tile = [&](int j) {
+        uint16_t* kd = ks_base + (j & 1) * kPrefillKeys * kstride;
+        uint16_t* vd = vs_base + (j & 1) * kPrefillKeys * vstride;
+        for (int e = tid; e < kPrefillKeys * chunks; e += kPrefillThreads) {
+            const int r = e / chunks, ch = e - r * chunks, key = j * kPrefillKeys + r;
+            const bool ok = key < L;
+            const uint16_t* src;
+            uint16_t* dst;
+            if (ch < kn) { src = kv + key * kv_row + h * (N + VD) + ch * 8; dst = kd + r * kstride + ch * 8; }
+            else if (ch < kchunks) { src = latent + static_cast<size_t>(key) * (R + P) + R + (ch - kn) * 8; dst = kd + r * kstride + ch * 8; }
+            else { src = kv + key * kv_row + h * (N + VD) + N + (ch - kchunks) * 8; dst = vd + r * vstride + (ch - kchunks) * 8; }
+            cp_async16(dst, ok ? src : kv, ok);
+        }
+    };
+    const int last_query = min(q0 + kPrefillRows, T) - 1;
+    const int key_tiles = (start + last_query + 1 + kPrefillKeys - 1) / kPrefillKeys;
+    load_tile(0);
+    cp_async_commit();
+
+    // This warp's 16 queries as A fragments, straight from global memory (rows past T are zero).
+    const int row_a = q0 + warp * 16 + g;
+    uint32_t qf[kPrefillMaxQSteps][4];
+#pragma unroll
+    for (int ks = 0; ks < kPrefillMaxQSteps; ks++)
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            const int row = row_a + (r & 1) * 8, col = ks * 16 + 2 * c + (r >> 1) * 8;
+            qf[ks][r] = ks < ksteps && row < T ? *reinterpret_cast<const uint32_t*>(q + row * q_row + h * KD + col) : 0u;
+        }
+
+    float m_run[2] = {kNegInf, kNegInf}, l_run[2] = {0.0f, 0.0f};
+    float oacc[kPrefillMaxVTiles][4] = {};
+    for (int j = 0; j < key_tiles; j++) {
+        cp_async_wait<0>();
+        __syncthreads();   // tile j landed; the other slot's last reader (iteration j - 1) is done
+        if (j + 1 < key_tiles) load_tile(j + 1);
+        cp_async_commit();
+        const uint16_t* kt = ks_base + (j & 1) * kPrefillKeys * kstride;
+        const uint16_t* vt = vs_base + (j & 1) * kPrefillKeys * vstride;
+        const int k0 = j * kPrefillKeys;
+
+        float sacc[8][4] = {};
+#pragma unroll
+        for (int ks = 0; ks < kPrefillMaxQSteps; ks++) {
+            if (ks >= ksteps) break;
+#pragma unroll
+            for (int np = 0; np < 4; np++) {
+                uint32_t b[4];
+                ldsm_x4(b, kt + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * kstride + ks * 16 + ((lane >> 3) & 1) * 8);
+                mma(sacc[2 * np], qf[ks], b[0], b[1]);
+                mma(sacc[2 * np + 1], qf[ks], b[2], b[3]);
+            }
+        }
+        // Scale, mask (key past the query's position or past L), running max.
+        const bool masked = k0 + kPrefillKeys - 1 > start + q0 + warp * 16 || k0 + kPrefillKeys > L;   // warp-uniform
+        float mx[2] = {kNegInf, kNegInf};
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float v = sacc[nt][e] * scale_log2;
+                if (masked) {
+                    const int key = k0 + nt * 8 + 2 * c + (e & 1), row = row_a + (e >> 1) * 8;
+                    if (key > start + row || key >= L) v = kNegInf;
+                }
+                sacc[nt][e] = v;
+                mx[e >> 1] = fmaxf(mx[e >> 1], v);
+            }
+        float alpha[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const float m_new = fmaxf(m_run[r], group_max(mx[r], 4));   // finite: key 0 is visible to every query
+            alpha[r] = ex2(m_run[r] - m_new);
+            m_run[r] = m_new;
+        }
+        float rowsum[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                sacc[nt][e] = ex2(sacc[nt][e] - m_run[e >> 1]);
+                rowsum[e >> 1] += sacc[nt][e];
+            }
+#pragma unroll
+        for (int r = 0; r < 2; r++) l_run[r] = l_run[r] * alpha[r] + rowsum[r];   // per-lane partial, summed at the end
+#pragma unroll
+        for (int vt2 = 0; vt2 < kPrefillMaxVTiles; vt2++) {
+            oacc[vt2][0] *= alpha[0]; oacc[vt2][1] *= alpha[0];
+            oacc[vt2][2] *= alpha[1]; oacc[vt2][3] *= alpha[1];
+        }
+
+        // O += P·V, k16 step kk = keys [16kk, 16kk + 16): P's A fragment is S accumulator tiles 2kk and 2kk + 1.
+#pragma unroll
+        for (int kk = 0; kk < kPrefillKeys / 16; kk++) {
+            const uint32_t pf[4] = {pack_f16x2(sacc[2 * kk][0], sacc[2 * kk][1]), pack_f16x2(sacc[2 * kk][2], sacc[2 * kk][3]),
+                                    pack_f16x2(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]), pack_f16x2(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3])};
+            const uint16_t* vrow = vt + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * vstride + ((lane >> 4) & 1) * 8;
+#pragma unroll
+            for (int nt = 0; nt < kPrefillMaxVTiles; nt += 2) {
+                if (nt >= vtiles) break;
+                uint32_t b[4];
+                if (nt + 1 < vtiles) ldsm_x4_t(b, vrow + nt * 8);
+                else ldsm_x2_t(b, vrow + nt * 8);
+                to_f16(b);
+                mma_f16(oacc[nt], pf, b[0], b[1]);
+                if (nt + 1 < vtiles) mma_f16(oacc[nt + 1], pf, b[2], b[3]);
+            }
+        }
+    }
+    cp_async_wait<0>();
+
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int row = row_a + r * 8;
+        const float inv = 1.0f / group_sum(l_run[r], 4);
+        if (row >= T) continue;
+        float* dst = o + static_cast<size_t>(row) * H * VD + h * VD + 2 * c;
+#pragma unroll
+        for (int nt = 0; nt < kPrefillMaxVTiles; nt++) {
+            if (nt >= vtiles) break;
+            *reinterpret_cast<float2*>(dst + nt * 8) = make_float2(oacc[nt][2 * r] * inv, oacc[nt][2 * r + 1] * inv);
+        }
+    }
+}
+
+}  // namespace mla
+
+// The model's shape (N + P = 192, V = 128) with every loop bound known at compile time.
+extern "C" __global__ void __launch_bounds__(mla::kPrefillThreads, 2)
+kimi_mla_prefill_d192_v128(float* __restrict__ o, const uint16_t* __restrict__ q, const uint16_t* __restrict__ kv,
+                           const uint16_t* __restrict__ latent, int start, int T, int H, int N, int P, int V, int R, float scale_log2) {
+    mla::prefill<true, 192, 128>(o, q, kv, latent, start, T, H, N, P, V, R, scale_log2);
+}
+
+// Any N, P, V with N % 8 == 0, P % 8 == 0, (N + P) % 16 == 0, N + P ≤ 192, V % 8 == 0, V ≤ 128.
+extern "C" __global__ void __launch_bounds__(mla::kPrefillThreads, 2)
+kimi_mla_prefill_general(float* __restrict__ o, const uint16_t* __restrict__ q, const uint16_t* __restrict__ kv,
+                         const uint16_t* __restrict__ latent, int start, int T, int H, int N, int P, int V, int R, float scale_log2) {
+    mla::prefill<false, 0, 0>(o, q, kv, latent, start, T, H, N, P, V, R, scale_log2);
+}

@@ -1,0 +1,307 @@
+// mla_harness.cu — development harness for kernels/mla.cu (llm.c dev/cuda style):
+//   CPU:  g++ -O1 -std=c++17 -DKDA_EMULATE -x c++ -o /tmp/mla_emu kernels/tests/mla_harness.cu && /tmp/mla_emu
+//         (the CUDA emulator of kernels/kda/tests/cuda_emu.h: checks logic, fragment layouts and barriers, not speed)
+//   GPU:  nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/mla_harness kernels/tests/mla_harness.cu && /tmp/mla_harness [--bench]
+//         (the same checks, then with --bench each kernel alone timed with CUDA events at the model's shapes)
+// Every kernel against a float64 reference of the same math on random data of odd sizes, the cache rows past the
+// visible length poisoned with NaN. Error = ‖out − ref‖ / ‖ref‖ (limit 2e-3; the fp16 tensor-core operands keep it near 2e-4).
+// The tests that count are KimiLinear.Tests/Cuda/MlaKernelTests.cs on the GPU; this is the fast development loop.
+#include "../mla.cu"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <vector>
+
+using namespace mla;   // the extern "C" kernels live in the namespace too
+
+#define CK(x)                                                                                                         \
+    do {                                                                                                              \
+        cudaError_t e_ = (x);                                                                                         \
+        if (e_ != cudaSuccess) {                                                                                      \
+            std::fprintf(stderr, "CUDA error %s at %s:%d: %s\n", #x, __FILE__, __LINE__, cudaGetErrorString(e_));     \
+            std::exit(2);                                                                                             \
+        }                                                                                                             \
+    } while (0)
+
+// One launch on the emulator or the GPU (raising the dynamic shared-memory limit where needed).
+template <typename... P, typename... A>
+static void launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, A... args) {
+#ifdef KDA_EMULATE
+    emu_launch(k, 1, grid, block, smem, args...);
+#else
+    if (smem > 48 * 1024) CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    k<<<grid, block, smem>>>(P(args)...);
+    CK(cudaGetLastError());
+#endif
+}
+
+// A device copy of a host vector (host memory itself on the emulator's runtime subset).
+template <typename T> struct Dev {
+    T* p = nullptr;
+    size_t n;
+    explicit Dev(const std::vector<T>& h) : n(h.size()) {
+        CK(cudaMalloc(&p, n * sizeof(T)));
+        CK(cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+    }
+    Dev(const Dev&) = delete;
+    ~Dev() { cudaFree(p); }
+    std::vector<T> get() const {
+        std::vector<T> h(n);
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+        return h;
+    }
+};
+
+static uint16_t f2bf(float f) {   // round to nearest even, as the kernels' f32_to_bf16
+    uint32_t u; std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return uint16_t(u >> 16);
+}
+static float bf2f(uint16_t b) { uint32_t u = uint32_t(b) << 16; float f; std::memcpy(&f, &u, 4); return f; }
+static std::mt19937 rng(7);
+static std::vector<uint16_t> rand_bf16(size_t n, float scale) {
+    std::normal_distribution<float> d(0.f, scale);
+    std::vector<uint16_t> v(n);
+    for (auto& x : v) x = f2bf(d(rng));
+    return v;
+}
+static std::vector<float> rand_f32(size_t n, float scale) {
+    std::normal_distribution<float> d(0.f, scale);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(rng);
+    return v;
+}
+static int failures = 0;
+static void report(const char* what, const std::vector<float>& got, const std::vector<double>& ref) {
+    double num = 0, den = 0;
+    bool nan = false;
+    for (size_t i = 0; i < ref.size(); i++) {
+        if (!std::isfinite(got[i])) nan = true;
+        num += (got[i] - ref[i]) * (got[i] - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    const double err = std::sqrt(num / den);
+    const bool ok = !nan && err <= 2e-3;
+    failures += !ok;
+    std::printf("%s %-60s rel err %.3g%s\n", ok ? "PASS" : "FAIL", what, err, nan ? " (non-finite)" : "");
+}
+
+struct Shape { int H, N, P, V, R; };
+
+// Absorbed MQA reference: softmax over s ≤ start + t of scale·q_lat·row, out = Σ p·row[:R].
+static std::vector<double> decode_ref(const std::vector<float>& qlat, const std::vector<uint16_t>& lat, int start, int T, Shape sh, float scale) {
+    const int D = sh.R + sh.P;
+    std::vector<double> out(size_t(T) * sh.H * sh.R, 0.0);
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < sh.H; h++) {
+            const int len = start + t + 1;
+            std::vector<double> sc(len);
+            double mx = -1e300;
+            for (int s = 0; s < len; s++) {
+                double d = 0;
+                for (int i = 0; i < D; i++) d += double(qlat[(size_t(t) * sh.H + h) * D + i]) * bf2f(lat[size_t(s) * D + i]);
+                sc[s] = d * scale;
+                mx = std::max(mx, sc[s]);
+            }
+            double sum = 0;
+            for (int s = 0; s < len; s++) { sc[s] = std::exp(sc[s] - mx); sum += sc[s]; }
+            for (int s = 0; s < len; s++)
+                for (int r = 0; r < sh.R; r++) out[(size_t(t) * sh.H + h) * sh.R + r] += sc[s] / sum * bf2f(lat[size_t(s) * D + r]);
+        }
+    return out;
+}
+
+static void check_decode(Shape sh, int start, int T, int splits) {
+    const int D = sh.R + sh.P, L = start + T, MT = (sh.H + 15) / 16;
+    std::vector<uint16_t> lat = rand_bf16(size_t(L + 5) * D, 1.f);
+    for (size_t i = size_t(L) * D; i < lat.size(); i++) lat[i] = 0x7FC0;   // rows past L: NaN
+    std::vector<float> qlat = rand_f32(size_t(T) * sh.H * D, 0.3f);
+    const float scale = 1.f / std::sqrt(float(sh.N + sh.P));
+    Dev<float> po(std::vector<float>(size_t(T) * splits * sh.H * sh.R, NAN)), pml(std::vector<float>(size_t(T) * splits * sh.H * 2, NAN));
+    Dev<float> out(std::vector<float>(size_t(T) * sh.H * sh.R, NAN)), dq(qlat);
+    Dev<uint16_t> dlat(lat);
+    Dev<int> dstart(std::vector<int>{start});
+    launch(kimi_mla_decode_partial, dim3(splits, T), dim3(kDecodeThreads), decode_smem_bytes(D, MT), po.p, pml.p, (const float*)dq.p,
+           (const uint16_t*)dlat.p, (const int*)dstart.p, sh.H, sh.R, D, scale * 1.4426950408889634f);
+    launch(kimi_mla_decode_combine, dim3((sh.R + kCombineColumns - 1) / kCombineColumns, sh.H, T), dim3(kCombineThreads),
+           combine_smem_bytes(splits), out.p, (const float*)po.p, (const float*)pml.p, sh.H, sh.R, splits);
+    char what[128];
+    std::snprintf(what, sizeof what, "decode H=%d R=%d P=%d start=%d T=%d splits=%d", sh.H, sh.R, sh.P, start, T, splits);
+    report(what, out.get(), decode_ref(qlat, lat, start, T, sh, scale));
+}
+
+static void check_absorb(Shape sh, int T) {
+    const int D = sh.R + sh.P, qk = sh.N + sh.P;
+    std::vector<uint16_t> kvb = rand_bf16(size_t(sh.H) * (sh.N + sh.V) * sh.R, 0.1f);
+    std::vector<float> q = rand_f32(size_t(T) * sh.H * qk, 1.f);
+    Dev<uint16_t> dkvb(kvb);
+    Dev<float> dq(q), dqlat(std::vector<float>(size_t(T) * sh.H * D, NAN));
+    launch(kimi_mla_absorb_query, dim3((sh.R + kAbsorbColumns - 1) / kAbsorbColumns, sh.H), dim3(kAbsorbThreads),
+           size_t(kAbsorbGroups) * kAbsorbTokens * kAbsorbColumns * 4, dqlat.p, (const float*)dq.p, (const uint16_t*)dkvb.p, T, sh.H,
+           sh.N, sh.P, sh.V, sh.R);
+    const std::vector<float> qlat = dqlat.get();
+    std::vector<double> ref(qlat.size());
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < sh.H; h++) {
+            for (int r = 0; r < sh.R; r++) {
+                double s = 0;
+                for (int n = 0; n < sh.N; n++) s += double(q[size_t(t) * sh.H * qk + h * qk + n]) * bf2f(kvb[(size_t(h) * (sh.N + sh.V) + n) * sh.R + r]);
+                ref[(size_t(t) * sh.H + h) * D + r] = s;
+            }
+            for (int i = 0; i < sh.P; i++) ref[(size_t(t) * sh.H + h) * D + sh.R + i] = q[size_t(t) * sh.H * qk + h * qk + sh.N + i];
+        }
+    char what[128];
+    std::snprintf(what, sizeof what, "absorb query H=%d N=%d R=%d T=%d", sh.H, sh.N, sh.R, T);
+    report(what, qlat, ref);
+
+    std::vector<float> ol = rand_f32(size_t(T) * sh.H * sh.R, 1.f);
+    Dev<float> dol(ol), dout(std::vector<float>(size_t(T) * sh.H * sh.V, NAN));
+    launch(kimi_mla_absorb_output, dim3((sh.V + kOutputRowsPerBlock - 1) / kOutputRowsPerBlock, sh.H), dim3(kAbsorbThreads), 0,
+           dout.p, (const float*)dol.p, (const uint16_t*)dkvb.p, T, sh.H, sh.N, sh.V, sh.R);
+    const std::vector<float> o = dout.get();
+    std::vector<double> oref(o.size());
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < sh.H; h++)
+            for (int v = 0; v < sh.V; v++) {
+                double s = 0;
+                for (int r = 0; r < sh.R; r++)
+                    s += double(bf2f(kvb[(size_t(h) * (sh.N + sh.V) + sh.N + v) * sh.R + r])) * ol[(size_t(t) * sh.H + h) * sh.R + r];
+                oref[size_t(t) * sh.H * sh.V + h * sh.V + v] = s;
+            }
+    std::snprintf(what, sizeof what, "absorb output H=%d V=%d R=%d T=%d", sh.H, sh.V, sh.R, T);
+    report(what, o, oref);
+}
+
+static void check_prefill(Shape sh, int start, int T, bool exact) {
+    const int L = start + T, D = sh.R + sh.P, qk = sh.N + sh.P, pv = sh.N + sh.V;
+    std::vector<uint16_t> q = rand_bf16(size_t(T) * sh.H * qk, 1.f);
+    std::vector<uint16_t> kv = rand_bf16(size_t(L + 3) * sh.H * pv, 1.f), lat = rand_bf16(size_t(L + 3) * D, 1.f);
+    for (size_t i = size_t(L) * sh.H * pv; i < kv.size(); i++) kv[i] = 0x7FC0;
+    for (size_t i = size_t(L) * D; i < lat.size(); i++) lat[i] = 0x7FC0;
+    const float scale = 1.f / std::sqrt(float(qk));
+    Dev<float> dout(std::vector<float>(size_t(T) * sh.H * sh.V, NAN));
+    Dev<uint16_t> dq(q), dkv(kv), dlat(lat);
+    launch(exact ? kimi_mla_prefill_d192_v128 : kimi_mla_prefill_general, dim3((T + kPrefillRows - 1) / kPrefillRows, sh.H),
+           dim3(kPrefillThreads), prefill_smem_bytes(qk, sh.V), dout.p, (const uint16_t*)dq.p, (const uint16_t*)dkv.p,
+           (const uint16_t*)dlat.p, start, T, sh.H, sh.N, sh.P, sh.V, sh.R, scale * 1.4426950408889634f);
+    const std::vector<float> o = dout.get();
+    std::vector<double> ref(o.size(), 0.0);
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < sh.H; h++) {
+            const int len = start + t + 1;
+            std::vector<double> sc(len);
+            double mx = -1e300, sum = 0;
+            for (int s = 0; s < len; s++) {
+                double d = 0;
+                for (int n = 0; n < sh.N; n++) d += double(bf2f(q[size_t(t) * sh.H * qk + h * qk + n])) * bf2f(kv[size_t(s) * sh.H * pv + h * pv + n]);
+                for (int i = 0; i < sh.P; i++) d += double(bf2f(q[size_t(t) * sh.H * qk + h * qk + sh.N + i])) * bf2f(lat[size_t(s) * D + sh.R + i]);
+                sc[s] = d * scale;
+                mx = std::max(mx, sc[s]);
+            }
+            for (int s = 0; s < len; s++) { sc[s] = std::exp(sc[s] - mx); sum += sc[s]; }
+            for (int s = 0; s < len; s++)
+                for (int v = 0; v < sh.V; v++)
+                    ref[size_t(t) * sh.H * sh.V + h * sh.V + v] += sc[s] / sum * bf2f(kv[size_t(s) * sh.H * pv + h * pv + sh.N + v]);
+        }
+    char what[128];
+    std::snprintf(what, sizeof what, "prefill%s H=%d N=%d P=%d V=%d start=%d T=%d", exact ? " d192" : "", sh.H, sh.N, sh.P, sh.V, start, T);
+    report(what, o, ref);
+}
+
+#ifndef KDA_EMULATE
+// ---- timing (GPU only) ----------------------------------------------------------------------------------------------
+__global__ void fill_bf16(uint16_t* p, size_t n, uint32_t seed) {   // hash-random values in (-1, 1)
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+        uint32_t x = uint32_t(i) * 2654435761u ^ seed;
+        x ^= x >> 15; x *= 2246822519u; x ^= x >> 13;
+        p[i] = f32_to_bf16((x >> 8) * (2.0f / 16777216.0f) - 1.0f);
+    }
+}
+static uint16_t* random_bf16_device(size_t n, uint32_t seed) {
+    uint16_t* p;
+    CK(cudaMalloc(&p, n * 2));
+    fill_bf16<<<1024, 256>>>(p, n, seed);
+    CK(cudaGetLastError());
+    return p;
+}
+// Median of 30 event-timed runs after 3 warm-up runs, in microseconds.
+static float median_us(const std::function<void()>& work) {
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a)); CK(cudaEventCreate(&b));
+    for (int i = 0; i < 3; i++) work();
+    std::vector<float> t;
+    for (int i = 0; i < 30; i++) {
+        CK(cudaEventRecord(a)); work(); CK(cudaEventRecord(b)); CK(cudaEventSynchronize(b));
+        float ms; CK(cudaEventElapsedTime(&ms, a, b)); t.push_back(ms * 1000);
+    }
+    CK(cudaEventDestroy(a)); CK(cudaEventDestroy(b));
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+}
+static void bench() {
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    const int H = 32, R = 512, P = 64, D = R + P, MT = 2, sms = prop.multiProcessorCount;
+    const float scale_log2 = 1.4426950408889634f / std::sqrt(192.f);
+    std::printf("== bench on %s (%d SMs)\n", prop.name, sms);
+    for (int L : {1024, 32768, 131072}) {
+        uint16_t* lat = random_bf16_device(size_t(L) * D, 1);
+        std::vector<float> q = rand_f32(size_t(H) * D, 0.05f);
+        Dev<float> dq(q);
+        Dev<int> dstart(std::vector<int>{L - 1});
+        for (int splits : {sms, 2 * sms}) {
+            Dev<float> po(std::vector<float>(size_t(splits) * H * R)), pml(std::vector<float>(size_t(splits) * H * 2)), out(std::vector<float>(size_t(H) * R));
+            auto partial = [&] { launch(kimi_mla_decode_partial, dim3(splits, 1), dim3(kDecodeThreads), decode_smem_bytes(D, MT), po.p, pml.p,
+                                        (const float*)dq.p, (const uint16_t*)lat, (const int*)dstart.p, H, R, D, scale_log2); };
+            auto combine = [&] { launch(kimi_mla_decode_combine, dim3(R / kCombineColumns, H, 1), dim3(kCombineThreads), combine_smem_bytes(splits),
+                                        out.p, (const float*)po.p, (const float*)pml.p, H, R, splits); };
+            const float tp = median_us(partial), tc = median_us(combine), tb = median_us([&] { partial(); combine(); });
+            const double gb = 2.0 * L * D / 1e3;   // cache bytes / 1e3 = GB/s at µs
+            std::printf("decode L=%6d splits=%3d: partial %7.1f us (%4.0f GB/s)  combine %5.1f us  both %7.1f us (%4.0f GB/s)\n", L, splits, tp,
+                        gb / tp, tc, tb, gb / tb);
+        }
+        CK(cudaFree(lat));
+    }
+    for (int T : {4096, 32768}) {
+        uint16_t *q = random_bf16_device(size_t(T) * H * 192, 2), *kv = random_bf16_device(size_t(T) * H * 256, 3),
+                 *lat = random_bf16_device(size_t(T) * D, 4);
+        float* o;
+        CK(cudaMalloc(&o, size_t(T) * H * 128 * 4));
+        const float us = median_us([&] {
+            launch(kimi_mla_prefill_d192_v128, dim3((T + kPrefillRows - 1) / kPrefillRows, H), dim3(kPrefillThreads), prefill_smem_bytes(192, 128),
+                   o, (const uint16_t*)q, (const uint16_t*)kv, (const uint16_t*)lat, 0, T, H, 128, 64, 128, R, scale_log2);
+        });
+        const double flops = double(T) * T / 2 * H * 320 * 2;
+        std::printf("prefill T=%5d H=32: %9.1f us  %5.1f TFLOP/s (T^2/2*H*320*2)\n", T, us, flops / us / 1e6);
+        CK(cudaFree(q)); CK(cudaFree(kv)); CK(cudaFree(lat)); CK(cudaFree(o));
+    }
+}
+#endif
+
+int main(int argc, char** argv) {
+    const Shape tiny{4, 32, 16, 32, 64}, full{32, 128, 64, 128, 512};
+    check_absorb(tiny, 3);
+    check_absorb({3, 32, 16, 32, 192}, 5);
+    check_decode(tiny, 0, 1, 5);
+    check_decode(tiny, 5, 3, 5);
+    check_decode(tiny, 300, 2, 3);
+    check_decode({20, 32, 16, 32, 128}, 37, 2, 3);
+    check_prefill(tiny, 0, 37, false);
+    check_prefill(tiny, 5, 3, false);
+    check_prefill({2, 24, 8, 40, 64}, 70, 67, false);
+    check_prefill({2, 128, 64, 128, 512}, 9, 20, true);
+    check_decode(full, 40, 1, 2);
+    std::printf("%d failed\n", failures);
+#ifndef KDA_EMULATE
+    if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) bench();
+#else
+    (void)argc; (void)argv;
+#endif
+    return failures != 0;
+}
