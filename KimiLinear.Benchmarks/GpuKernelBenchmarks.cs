@@ -305,8 +305,14 @@ internal static class GpuKernelBenchmarks
             using DeviceBuffer<ushort> gateUp = RandomBf16(gpu, stream, random, 2L * E * F * D), down = RandomBf16(gpu, stream, random, (long)E * D * F);
             using DeviceBuffer<float> logits = RandomF32(E, 4), bias = RandomF32(E, 0.1f), weights = gpu.Allocate<float>(A);
             using DeviceBuffer<int> route = gpu.Allocate<int>(A);
-            double ms = MedianMs(gpu, stream, () => MoeKernels.Route(stream, route, weights, logits, bias, shape, rule, 1));
-            rows.Add(RouteRow(1, E, ms));
+            // 64 launches in one graph, as decode runs them: launched alone, the event timing is the host's launch cost.
+            const int Launches = 64;
+            using (CudaGraph routes = stream.Capture(s =>
+                   {
+                       for (int i = 0; i < Launches; i++) MoeKernels.Route(s, route, weights, logits, bias, shape, rule, 1);
+                   }))
+                rows.Add(RouteRow(1, E, MedianMs(gpu, stream, () => routes.Launch(stream)) / Launches));
+            double ms;
 
             foreach (int t in new[] { 1, 4 })
             {
@@ -319,6 +325,23 @@ internal static class GpuKernelBenchmarks
                 dIds.CopyFrom(ids, stream);
                 using DeviceBuffer<float> x = RandomF32((long)t * D, 1), w = RandomF32(Sets * t * A, 1), output = gpu.Allocate<float>((long)t * D);
                 using var scratch = new MoeDecodeScratch(gpu, shape, t);
+                double bytes = unique * 3.0 * F * D * 2;
+                Row DecodeRow(string kernel, double share, Action<CudaStream, int> call)
+                {
+                    using CudaGraph graph = stream.Capture(s =>
+                    {
+                        for (int set = 0; set < Sets; set++) call(s, set);
+                    });
+                    double ms = MedianMs(gpu, stream, () => graph.Launch(stream)) / Sets;
+                    double gbs = bytes * share / (ms * 1e6);
+                    return new Row(kernel, $"T={t}, E={E}, A={A}, D={D}, F={F} ({unique} experts, {bytes * share / 1e6:F0} MB)", ms * 1000,
+                        $"{gbs:F0} GB/s", gbs / copyGBs, "D2D copy");
+                }
+                DeviceSpan<int> Ids(int set) => dIds.Span.Slice(set * t * A, t * A);
+                gpu.Kernels.ProgrammaticLaunch = false;
+                rows.Add(DecodeRow("MoE decode gate-up alone", 2.0 / 3, (s, set) => MoeKernels.DecodeGateUp(s, scratch.Hidden, x, Ids(set), gateUp, shape, t)));
+                rows.Add(DecodeRow("MoE decode down alone", 1.0 / 3,
+                    (s, set) => MoeKernels.DecodeDown(s, output, scratch.Hidden, Ids(set), w.Span.Slice(set * t * A, t * A), down, shape, t)));
                 foreach (bool programmatic in new[] { false, true })
                 {
                     gpu.Kernels.ProgrammaticLaunch = programmatic;
@@ -328,7 +351,6 @@ internal static class GpuKernelBenchmarks
                             MoeKernels.DecodeExperts(s, output, x, dIds.Span.Slice(set * t * A, t * A), w.Span.Slice(set * t * A, t * A), gateUp, down, scratch, shape, t);
                     });
                     ms = MedianMs(gpu, stream, () => graph.Launch(stream)) / Sets;
-                    double bytes = unique * 3.0 * F * D * 2;
                     double gbs = bytes / (ms * 1e6);
                     rows.Add(new Row(programmatic ? "MoE decode experts, programmatic launch" : "MoE decode experts",
                         $"T={t}, E={E}, A={A}, D={D}, F={F} ({unique} experts, {bytes / 1e6:F0} MB)", ms * 1000, $"{gbs:F0} GB/s", gbs / copyGBs, "D2D copy"));

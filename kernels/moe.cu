@@ -17,14 +17,18 @@
 //
 // DECODE (T ≤ MOE_MAX_DECODE_TOKENS), two kernels, both graph-capturable (ids read on the device) and launched with
 // programmatic dependent launch. They wait for their predecessor before loading anything: the expert ids decide which
-// weights to read, so nothing can be prefetched.
-//   kimi_moe_decode_gate_up: grid (ceil(F / 4), T·A), 4 warps; block (fx, p) is pair p = t·A + a. Each expert is read
-//     once: only the first pair naming it works, for every token that chose it. Warp w takes row f = 4 fx + w of the
-//     gate and the up matrix (2 rows of D), keeps all of a lane's share of both rows in flight (a ring as in gemv.cu),
-//     and writes h[t, a, f] (bf16) for each of its tokens.
-//   kimi_moe_decode_down: grid ceil(D / 4), 4 warps; warp w owns output row d, and for each token sums
-//     weights[t, a] · down[e][d] · h[t, a] over a (pairs four at a time, their rows in flight together), then adds it
-//     to output[t, d].
+// weights to read, so nothing can be prefetched. The gate-up kernel lets its successor launch only once a block has
+// used its weights: launched earlier, the successor's waiting blocks would hold SM slots its later blocks need (an
+// H100 run measured the early trigger 4 % slower).
+//   kimi_moe_decode_gate_up: grid (ceil(F / 8), T·A), 4 warps; block (fx, p) serves pair p = t·A + a. Each expert
+//     is read once: only the first pair naming it works, for every token that chose it. Warp w takes rows
+//     f0 = 2 (4 fx + w) and f0 + 1 of the gate and the up matrix, keeps a ring of chunks of them in flight that runs
+//     from the first row into the second (as gemv.cu's ring, so the second row streams while the first is summed),
+//     and writes h[t, a, f] (bf16) for each of its tokens. Consecutive blocks take consecutive rows of one expert
+//     (an H100 run with the pairs varying fastest instead, eight experts' same rows at once, read 30 % slower).
+//   kimi_moe_decode_down: grid ceil(D / 2), 4 warps; two warps own output row d, each half of F, and for each token
+//     sum weights[t, a] · down[e][d] · h[t, a] over a with all eight pairs' rows in flight together, then add it to
+//     output[t, d] (the halves in warp order).
 //
 // PREFILL (any T, one launch sequence, no host sync; grids sized for the worst case, surplus blocks exit):
 //   1. kimi_moe_prefill_count: rank[p] = the pair's place among its expert's pairs (an int atomic: the place is
@@ -49,11 +53,13 @@ constexpr int MOE_MAX_EXPERTS = 1024;                  // MoeKernels.MaxExperts
 constexpr int MOE_VALUES_PER_LANE = MOE_MAX_EXPERTS / 32;
 constexpr int MOE_ROUTE_WARPS = 4;                     // tokens a route block
 constexpr int MOE_MAX_DECODE_TOKENS = 16;              // MoeKernels.MaxDecodeTokens: token masks are bits of a word
-constexpr int MOE_DECODE_WARPS = 4;                    // rows a decode block (one a warp)
+constexpr int MOE_DECODE_WARPS = 4;                    // warps a decode block
+constexpr int MOE_GU_ROWS = 2;                         // gate-up: rows of w1 (and the same of w3) a warp, one after another
 constexpr int MOE_GU_UNROLL = 3;                       // gate-up: 16-byte vectors a lane a row in one chunk
 constexpr int MOE_GU_DEPTH = 3;                        // gate-up: chunks in flight (3 x 3 x 32 x 8 covers D = 2304)
-constexpr int MOE_DOWN_PAIRS = 4;                      // down: pairs whose rows are in flight together
-constexpr int MOE_DOWN_VECTORS = 4;                    // down: 16-byte vectors a lane a row in one chunk (F = 1024)
+constexpr int MOE_DOWN_SPLIT = 2;                      // down: warps sharing a row, each half of F
+constexpr int MOE_DOWN_PAIRS = 8;                      // down: pairs whose rows are in flight together (A = 8)
+constexpr int MOE_DOWN_VECTORS = 2;                    // down: 16-byte vectors a lane a row in one chunk (2 x 2 x 32 x 8 = F = 1024)
 constexpr int MOE_TILE_M = 128, MOE_TILE_N = 128, MOE_STAGES = 3, MOE_GEMM_THREADS = 256;
 constexpr int MOE_GEMM_SMEM_BYTES = MOE_STAGES * (MOE_TILE_M + MOE_TILE_N) * TILE_K * 2;
 static_assert(MOE_GEMM_SMEM_BYTES == 96 * 1024, "MoeKernels.GemmSharedBytes (C#) launches with 96 KiB");
@@ -101,6 +107,7 @@ kimi_moe_route_f32(int* __restrict__ experts, float* __restrict__ weights, const
 #pragma unroll
     for (int j = 0; j < MOE_VALUES_PER_LANE; j++)
     {
+        if (j * 32 >= E) break; // the unrolled loops stop at E (warp-uniform), so small E costs little
         const int i = j * 32 + lane;
         score[j] = selection[j] = -INFINITY;
         if (i < E)
@@ -121,6 +128,7 @@ kimi_moe_route_f32(int* __restrict__ experts, float* __restrict__ weights, const
 #pragma unroll
             for (int j = 0; j < MOE_VALUES_PER_LANE; j++)
             {
+                if (j * 32 >= E) break;
                 const int i = j * 32 + lane;
                 if (i < E && i / per == g)
                 {
@@ -149,6 +157,7 @@ kimi_moe_route_f32(int* __restrict__ experts, float* __restrict__ weights, const
 #pragma unroll
         for (int j = 0; j < MOE_VALUES_PER_LANE; j++)
         {
+            if (j * 32 >= E) break;
             const int i = j * 32 + lane;
             if (i < E && !((kept >> (i / per)) & 1u)) selection[j] = -INFINITY;
         }
@@ -165,6 +174,7 @@ kimi_moe_route_f32(int* __restrict__ experts, float* __restrict__ weights, const
 #pragma unroll
         for (int j = 0; j < MOE_VALUES_PER_LANE; j++)
         {
+            if (j * 32 >= E) break;
             const int i = j * 32 + lane;
             if (i < E && !((taken >> j) & 1u) && (index < 0 || selection[j] > best))
                 best = selection[j], index = i, payload = biased ? selection[j] : score[j];
@@ -189,18 +199,25 @@ kimi_moe_route_f32(int* __restrict__ experts, float* __restrict__ weights, const
 // DECODE
 // =====================================================================================================================
 
-// acc += w · bf16(x) over 8 values: w a vector of 8 bf16, x 8 fp32 values rounded to bf16 here.
-__device__ __forceinline__ float dot8_f32(uint4 w, const float* __restrict__ x, float acc)
+// The 8 fp32 values at x, rounded to bf16 and widened back.
+__device__ __forceinline__ void load_rounded8(float (&xs)[8], const float* __restrict__ x)
 {
     const float4 lo = *reinterpret_cast<const float4*>(x), hi = *reinterpret_cast<const float4*>(x + 4);
-    acc = fmaf(bf16_lo(w.x), round_bf16(lo.x), acc);
-    acc = fmaf(bf16_hi(w.x), round_bf16(lo.y), acc);
-    acc = fmaf(bf16_lo(w.y), round_bf16(lo.z), acc);
-    acc = fmaf(bf16_hi(w.y), round_bf16(lo.w), acc);
-    acc = fmaf(bf16_lo(w.z), round_bf16(hi.x), acc);
-    acc = fmaf(bf16_hi(w.z), round_bf16(hi.y), acc);
-    acc = fmaf(bf16_lo(w.w), round_bf16(hi.z), acc);
-    acc = fmaf(bf16_hi(w.w), round_bf16(hi.w), acc);
+    xs[0] = round_bf16(lo.x), xs[1] = round_bf16(lo.y), xs[2] = round_bf16(lo.z), xs[3] = round_bf16(lo.w);
+    xs[4] = round_bf16(hi.x), xs[5] = round_bf16(hi.y), xs[6] = round_bf16(hi.z), xs[7] = round_bf16(hi.w);
+}
+
+// acc += w · x over 8 values: w a vector of 8 bf16.
+__device__ __forceinline__ float dot8_f32(uint4 w, const float (&x)[8], float acc)
+{
+    acc = fmaf(bf16_lo(w.x), x[0], acc);
+    acc = fmaf(bf16_hi(w.x), x[1], acc);
+    acc = fmaf(bf16_lo(w.y), x[2], acc);
+    acc = fmaf(bf16_hi(w.y), x[3], acc);
+    acc = fmaf(bf16_lo(w.z), x[4], acc);
+    acc = fmaf(bf16_hi(w.z), x[5], acc);
+    acc = fmaf(bf16_lo(w.w), x[6], acc);
+    acc = fmaf(bf16_hi(w.w), x[7], acc);
     return acc;
 }
 
@@ -218,25 +235,31 @@ __device__ __forceinline__ float dot8_bf16(uint4 w, uint4 h, float acc)
     return acc;
 }
 
-// The slot a with experts[t, a] == e (the caller knows there is one).
-__device__ __forceinline__ int slot_of(const int* __restrict__ experts, int t, int A, int e)
+// Writes h[q, f] = value for each pair q of token t that this lane found naming the expert: bit k of `mine` is pair
+// 32 k + lane. The scan that found them already read the ids, so nothing is read again before the store.
+__device__ __forceinline__ void store_hidden(uint16_t* __restrict__ h, unsigned mine, int pairs, int lane, int A, int F, int t, int f,
+                                             uint16_t value)
 {
-    int slot = 0;
-    for (int a = 0; a < A; a++)
-        if (experts[t * A + a] == e) slot = a;
-    return slot;
+    for (int k = 0; k * 32 < pairs; k++)
+    {
+        const int q = k * 32 + lane;
+        if (((mine >> k) & 1u) && q / A == t) h[static_cast<size_t>(q) * F + f] = value;
+    }
 }
 
-// Chunk c of a lane's share of the gate and up rows: vectors (c · UNROLL + u) · 32 + lane, zeros past the row.
+// Chunk c of a warp's gate and up rows (row c / per_row of its rows, which are consecutive): lane vectors
+// (lc · UNROLL + u) · 32 + lane of that row, lc = c mod per_row; zeros past the row.
 __device__ __forceinline__ void load_gate_up_chunk(uint4 (&gate)[MOE_GU_UNROLL], uint4 (&up)[MOE_GU_UNROLL], const uint4* gate8,
-                                                   const uint4* up8, int c, int lane, int D8)
+                                                   const uint4* up8, int c, int per_row, int lane, int D8)
 {
+    const int row = c / per_row, lc = c - row * per_row;
 #pragma unroll
     for (int u = 0; u < MOE_GU_UNROLL; u++)
     {
-        const int v = (c * MOE_GU_UNROLL + u) * 32 + lane;
-        gate[u] = v < D8 ? __ldcs(gate8 + v) : make_uint4(0, 0, 0, 0);
-        up[u] = v < D8 ? __ldcs(up8 + v) : make_uint4(0, 0, 0, 0);
+        const int v = (lc * MOE_GU_UNROLL + u) * 32 + lane;
+        const size_t at = static_cast<size_t>(row) * D8 + v;
+        gate[u] = v < D8 ? __ldcs(gate8 + at) : make_uint4(0, 0, 0, 0);
+        up[u] = v < D8 ? __ldcs(up8 + at) : make_uint4(0, 0, 0, 0);
     }
 }
 
@@ -244,41 +267,43 @@ extern "C" __global__ void __launch_bounds__(MOE_DECODE_WARPS * 32)
 kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, const int* __restrict__ experts,
                         const uint16_t* __restrict__ gate_up, int T, int D, int E, int A, int F)
 {
-    allow_successor();
     wait_for_predecessor();
-    const int lane = threadIdx.x & 31, f = blockIdx.x * MOE_DECODE_WARPS + (threadIdx.x >> 5), p = blockIdx.y;
-    const int pairs = T * A, e = experts[p];
-    // The tokens that chose e (bit t), and whether an earlier pair names e too (then that pair's block does the work).
-    unsigned tokens = 0, earlier = 0;
+    const int lane = threadIdx.x & 31, p = blockIdx.y;
+    const int f0 = (blockIdx.x * MOE_DECODE_WARPS + (threadIdx.x >> 5)) * MOE_GU_ROWS; // this warp's first row
+    if (f0 >= F) return; // an exited block counts as having let the successor launch
+    const int pairs = T * A, e = experts[p], rows = min(MOE_GU_ROWS, F - f0);
+    // The tokens that chose e (bit t), the pairs naming e that this lane read (`mine`, see store_hidden), and whether an
+    // earlier pair names e too (then that pair's blocks do the work).
+    unsigned tokens = 0, mine = 0, earlier = 0;
     for (int q0 = 0; q0 < pairs; q0 += 32)
     {
         const int q = q0 + lane;
         const bool match = q < pairs && experts[q] == e;
         tokens |= match ? 1u << (q / A) : 0u;
+        mine |= match ? 1u << (q0 / 32) : 0u;
         earlier |= match && q < p ? 1u : 0u;
     }
     tokens = warp_or(tokens);
-    if (warp_or(earlier) != 0 || f >= F) return;
+    if (warp_or(earlier) != 0) return;
     if (!valid_expert(e, E))
     {
-        if (lane == 0)
-            for (int t = 0; t < T; t++)
-                if ((tokens >> t) & 1u) h[(static_cast<size_t>(t) * A + slot_of(experts, t, A, e)) * F + f] = BF16_NAN;
+        for (int t = 0; t < T; t++)
+            for (int r = 0; r < rows; r++) store_hidden(h, mine, pairs, lane, A, F, t, f0 + r, BF16_NAN);
         return;
     }
 
-    const int D8 = D >> 3;
-    const uint4* gate8 = reinterpret_cast<const uint4*>(gate_up + (static_cast<size_t>(e) * 2 * F + f) * D);
+    // A ring of DEPTH chunks running over the warp's rows, each slot refilled with the chunk DEPTH later once used.
+    const int D8 = D >> 3, per_row = ((D8 + 31) / 32 + MOE_GU_UNROLL - 1) / MOE_GU_UNROLL, chunks = rows * per_row;
+    const uint4* gate8 = reinterpret_cast<const uint4*>(gate_up + (static_cast<size_t>(e) * 2 * F + f0) * D);
     const uint4* up8 = gate8 + static_cast<size_t>(F) * D8;
-    const int chunks = ((D8 + 31) / 32 + MOE_GU_UNROLL - 1) / MOE_GU_UNROLL;
+    uint4 gate[MOE_GU_DEPTH][MOE_GU_UNROLL], up[MOE_GU_DEPTH][MOE_GU_UNROLL];
+#pragma unroll
+    for (int d = 0; d < MOE_GU_DEPTH; d++)
+        if (d < chunks) load_gate_up_chunk(gate[d], up[d], gate8, up8, d, per_row, lane, D8);
+
     float gate_acc[MOE_MAX_DECODE_TOKENS], up_acc[MOE_MAX_DECODE_TOKENS];
 #pragma unroll
     for (int t = 0; t < MOE_MAX_DECODE_TOKENS; t++) gate_acc[t] = up_acc[t] = 0.0f;
-
-    // A ring of DEPTH chunks: all requested up front, each refilled with the chunk DEPTH later once used.
-    uint4 gate[MOE_GU_DEPTH][MOE_GU_UNROLL], up[MOE_GU_DEPTH][MOE_GU_UNROLL];
-#pragma unroll
-    for (int d = 0; d < MOE_GU_DEPTH; d++) load_gate_up_chunk(gate[d], up[d], gate8, up8, d, lane, D8);
     for (int c0 = 0; c0 < chunks; c0 += MOE_GU_DEPTH)
     {
 #pragma unroll
@@ -286,6 +311,7 @@ kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, c
         {
             const int c = c0 + d;
             if (c >= chunks) break;
+            const int row = c / per_row, lc = c - row * per_row;
 #pragma unroll
             for (int t = 0; t < MOE_MAX_DECODE_TOKENS; t++)
             {
@@ -293,82 +319,106 @@ kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, c
 #pragma unroll
                 for (int u = 0; u < MOE_GU_UNROLL; u++)
                 {
-                    const int v = (c * MOE_GU_UNROLL + u) * 32 + lane;
+                    const int v = (lc * MOE_GU_UNROLL + u) * 32 + lane;
                     if (v >= D8) continue;
-                    const float* xv = x + static_cast<size_t>(t) * D + v * 8;
-                    gate_acc[t] = dot8_f32(gate[d][u], xv, gate_acc[t]);
-                    up_acc[t] = dot8_f32(up[d][u], xv, up_acc[t]);
+                    float xs[8];
+                    load_rounded8(xs, x + static_cast<size_t>(t) * D + v * 8);
+                    gate_acc[t] = dot8_f32(gate[d][u], xs, gate_acc[t]);
+                    up_acc[t] = dot8_f32(up[d][u], xs, up_acc[t]);
                 }
             }
-            if (c + MOE_GU_DEPTH < chunks) load_gate_up_chunk(gate[d], up[d], gate8, up8, c + MOE_GU_DEPTH, lane, D8);
+            if (c + MOE_GU_DEPTH < chunks) load_gate_up_chunk(gate[d], up[d], gate8, up8, c + MOE_GU_DEPTH, per_row, lane, D8);
+            if (lc == per_row - 1) // the row is done: its sums, while the next row's chunks stream in
+            {
+#pragma unroll
+                for (int t = 0; t < MOE_MAX_DECODE_TOKENS; t++)
+                {
+                    if (!((tokens >> t) & 1u)) continue;
+                    const float g = warp_sum(gate_acc[t]), u = warp_sum(up_acc[t]);
+                    store_hidden(h, mine, pairs, lane, A, F, t, f0 + row, f32_to_bf16(silu(g) * u));
+                    gate_acc[t] = up_acc[t] = 0.0f;
+                }
+            }
         }
     }
-#pragma unroll
-    for (int t = 0; t < MOE_MAX_DECODE_TOKENS; t++)
-    {
-        if (!((tokens >> t) & 1u)) continue;
-        const float g = warp_sum(gate_acc[t]), u = warp_sum(up_acc[t]);
-        if (lane == 0) h[(static_cast<size_t>(t) * A + slot_of(experts, t, A, e)) * F + f] = f32_to_bf16(silu(g) * u);
-    }
+    allow_successor();
 }
 
 extern "C" __global__ void __launch_bounds__(MOE_DECODE_WARPS * 32)
 kimi_moe_decode_down(float* __restrict__ output, const uint16_t* __restrict__ h, const int* __restrict__ experts,
                      const float* __restrict__ weights, const uint16_t* __restrict__ down, int T, int D, int E, int A, int F)
 {
-    allow_successor();
     wait_for_predecessor();
-    const int lane = threadIdx.x & 31, d = blockIdx.x * MOE_DECODE_WARPS + (threadIdx.x >> 5);
-    if (d >= D) return;
-    const int F8 = F >> 3, chunks = (F8 + 32 * MOE_DOWN_VECTORS - 1) / (32 * MOE_DOWN_VECTORS);
+    allow_successor(); // as gemv.cu: this kernel's blocks are few and short
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, s = warp % MOE_DOWN_SPLIT;
+    const int d = blockIdx.x * (MOE_DECODE_WARPS / MOE_DOWN_SPLIT) + warp / MOE_DOWN_SPLIT;
+    const int dd = min(d, D - 1); // rows past D compute row D - 1 and store nothing (every warp reaches the barriers)
+    const int F8 = F >> 3, chunks = (F8 + 32 * MOE_DOWN_SPLIT * MOE_DOWN_VECTORS - 1) / (32 * MOE_DOWN_SPLIT * MOE_DOWN_VECTORS);
+    __shared__ float partial[MOE_DECODE_WARPS];
     for (int t = 0; t < T; t++)
     {
+        // Lane a holds pair a's expert and weight (A ≤ 32), read once a token.
+        const int my_e = lane < A ? experts[t * A + lane] : -1;
+        const float my_w = lane < A ? weights[t * A + lane] : 0.0f;
         float acc = 0.0f; // this lane's share of Σ_a w_a · down[e_a][d] · h[t, a]
         for (int a0 = 0; a0 < A; a0 += MOE_DOWN_PAIRS)
         {
-            const uint4* row8[MOE_DOWN_PAIRS];
-            const uint4* h8[MOE_DOWN_PAIRS];
+            int ea[MOE_DOWN_PAIRS];
             bool live[MOE_DOWN_PAIRS]; // a real pair with a valid expert
             float part[MOE_DOWN_PAIRS];
 #pragma unroll
             for (int i = 0; i < MOE_DOWN_PAIRS; i++)
             {
-                const int a = min(a0 + i, A - 1), e = experts[t * A + a];
-                live[i] = a0 + i < A && valid_expert(e, E);
-                row8[i] = reinterpret_cast<const uint4*>(down + (static_cast<size_t>(live[i] ? e : 0) * D + d) * F);
-                h8[i] = reinterpret_cast<const uint4*>(h + (static_cast<size_t>(t) * A + a) * F);
+                ea[i] = __shfl_sync(0xFFFFFFFFu, my_e, min(a0 + i, A - 1));
+                live[i] = a0 + i < A && valid_expert(ea[i], E);
                 part[i] = 0.0f;
             }
             for (int c = 0; c < chunks; c++)
             {
+                // Vector (c · VECTORS + u) · SPLIT + s of each 32-vector stripe: the row's two warps interleave.
                 uint4 w[MOE_DOWN_PAIRS][MOE_DOWN_VECTORS];
 #pragma unroll
                 for (int i = 0; i < MOE_DOWN_PAIRS; i++)
+                {
+                    const uint4* row8 = reinterpret_cast<const uint4*>(down + (static_cast<size_t>(live[i] ? ea[i] : 0) * D + dd) * F);
 #pragma unroll
                     for (int u = 0; u < MOE_DOWN_VECTORS; u++)
                     {
-                        const int v = (c * MOE_DOWN_VECTORS + u) * 32 + lane;
-                        w[i][u] = live[i] && v < F8 ? __ldcs(row8[i] + v) : make_uint4(0, 0, 0, 0);
+                        const int v = ((c * MOE_DOWN_VECTORS + u) * MOE_DOWN_SPLIT + s) * 32 + lane;
+                        w[i][u] = live[i] && v < F8 ? __ldcs(row8 + v) : make_uint4(0, 0, 0, 0);
                     }
+                }
 #pragma unroll
                 for (int i = 0; i < MOE_DOWN_PAIRS; i++)
+                {
+                    const uint4* h8 = reinterpret_cast<const uint4*>(h + (static_cast<size_t>(t) * A + min(a0 + i, A - 1)) * F);
 #pragma unroll
                     for (int u = 0; u < MOE_DOWN_VECTORS; u++)
                     {
-                        const int v = (c * MOE_DOWN_VECTORS + u) * 32 + lane;
-                        if (live[i] && v < F8) part[i] = dot8_bf16(w[i][u], __ldg(h8[i] + v), part[i]);
+                        const int v = ((c * MOE_DOWN_VECTORS + u) * MOE_DOWN_SPLIT + s) * 32 + lane;
+                        if (live[i] && v < F8) part[i] = dot8_bf16(w[i][u], __ldg(h8 + v), part[i]);
                     }
+                }
             }
 #pragma unroll
             for (int i = 0; i < MOE_DOWN_PAIRS; i++)
             {
-                const int a = a0 + i;
-                if (a >= A) break;
-                acc = live[i] ? fmaf(weights[t * A + a], part[i], acc) : NAN;
+                const float wa = __shfl_sync(0xFFFFFFFFu, my_w, min(a0 + i, A - 1));
+                if (a0 + i < A) acc = live[i] ? fmaf(wa, part[i], acc) : NAN;
             }
         }
+        // The row's warps add their halves in warp order (deterministic).
         const float sum = warp_sum(acc);
-        if (lane == 0) output[static_cast<size_t>(t) * D + d] += sum;
+        if (lane == 0) partial[warp] = sum;
+        __syncthreads();
+        if (s == 0 && lane == 0 && d < D)
+        {
+            float total = 0.0f;
+#pragma unroll
+            for (int q = 0; q < MOE_DOWN_SPLIT; q++) total += partial[warp + q];
+            output[static_cast<size_t>(t) * D + d] += total;
+        }
+        __syncthreads();
     }
 }
 
@@ -450,19 +500,28 @@ __device__ __forceinline__ bool find_tile(const int* __restrict__ tile_start, co
     return true;
 }
 
-// Rows of a shared-memory tile this thread copies: row (threadIdx.x >> 3) + 32 i, chunk threadIdx.x & 7.
+// Rows of a shared-memory tile this thread copies: row (threadIdx.x >> 3) + 32 i, chunk threadIdx.x & 7. A thread keeps
+// each row as a 32-bit element offset from its matrix's base (half the registers of pointers; MoeKernels.cs keeps
+// every matrix below 2^32 elements), NO_ROW for a row past the matrix.
 constexpr int MOE_ROWS_A_THREAD = MOE_TILE_M * TILE_K / 8 / MOE_GEMM_THREADS;
+constexpr uint32_t NO_ROW = 0xFFFFFFFFu;
 
-// Copies k-slice [k0, k0 + 64) of this thread's four rows (null: a row past the matrix, zero-filled) into `tile`.
-__device__ __forceinline__ void load_rows(uint16_t* tile, const uint16_t* const (&src)[MOE_ROWS_A_THREAD], int k0, int K)
+struct TileRows
+{
+    const uint16_t* base;
+    uint32_t offset[MOE_ROWS_A_THREAD];
+};
+
+// Copies k-slice [k0, k0 + 64) of this thread's rows into `tile`; rows past the matrix and columns past K are zeros.
+__device__ __forceinline__ void load_rows(uint16_t* tile, const TileRows& src, int k0, int K)
 {
     const int chunk = threadIdx.x & 7, gk = k0 + chunk * 8;
 #pragma unroll
     for (int i = 0; i < MOE_ROWS_A_THREAD; i++)
     {
         const int row = (threadIdx.x >> 3) + 32 * i;
-        const bool ok = src[i] != nullptr && gk < K;
-        cp_async16(smem_u32(tile + swizzled(row, chunk)), ok ? src[i] + gk : nullptr, ok);
+        const bool ok = src.offset[i] != NO_ROW && gk < K;
+        cp_async16(smem_u32(tile + swizzled(row, chunk)), ok ? src.base + src.offset[i] + gk : src.base, ok);
     }
 }
 
@@ -478,8 +537,7 @@ __device__ __forceinline__ uint16_t* moe_smem()
 
 // acc[mt][nt] += A_tile · B_tileᵀ over K, the mainloop of gemm.cu: warp (wm, wn) computes rows wm + [0, 64) and
 // columns wn + [0, 32) of the 128 x 128 tile. a_rows / b_rows: this thread's rows of A and B (see load_rows).
-__device__ __forceinline__ void grouped_mainloop(float (&acc)[4][4][4], const uint16_t* const (&a_rows)[MOE_ROWS_A_THREAD],
-                                                 const uint16_t* const (&b_rows)[MOE_ROWS_A_THREAD], int K)
+__device__ __forceinline__ void grouped_mainloop(float (&acc)[4][4][4], const TileRows& a_rows, const TileRows& b_rows, int K)
 {
     uint16_t* sA = moe_smem();                                  // [STAGES][128][64]
     uint16_t* sB = sA + MOE_STAGES * MOE_TILE_M * TILE_K;        // [STAGES][128][64]
@@ -555,16 +613,14 @@ kimi_moe_prefill_gate_up(uint16_t* __restrict__ h, const uint16_t* __restrict__ 
     // Shared tile row n holds weight row f = f0 + 16 (n / 32) + n % 16 of the gate (n % 32 < 16) or of the up
     // matrix: warp column block w then holds gate columns in its n8 tiles 0-1 and the same columns of up in 2-3.
     const int f0 = blockIdx.x * (MOE_TILE_N / 2);
-    const uint16_t* weights = gate_up + static_cast<size_t>(e) * 2 * F * D;
-    const uint16_t* a_rows[MOE_ROWS_A_THREAD];
-    const uint16_t* b_rows[MOE_ROWS_A_THREAD];
+    TileRows a_rows{xb, {}}, b_rows{gate_up + static_cast<size_t>(e) * 2 * F * D, {}};
 #pragma unroll
     for (int i = 0; i < MOE_ROWS_A_THREAD; i++)
     {
         const int r = (threadIdx.x >> 3) + 32 * i;
-        a_rows[i] = r < rows ? xb + static_cast<size_t>(token_of_row[row0 + r]) * D : nullptr;
+        a_rows.offset[i] = r < rows ? static_cast<uint32_t>(token_of_row[row0 + r]) * D : NO_ROW;
         const int f = f0 + 16 * (r >> 5) + (r & 15);
-        b_rows[i] = f < F ? weights + static_cast<size_t>((r & 16) ? F + f : f) * D : nullptr;
+        b_rows.offset[i] = f < F ? static_cast<uint32_t>((r & 16) ? F + f : f) * D : NO_ROW;
     }
     float acc[4][4][4];
     grouped_mainloop(acc, a_rows, b_rows, D);
@@ -599,15 +655,13 @@ kimi_moe_prefill_down(float* __restrict__ y, const uint16_t* __restrict__ h, con
     int e, row0, rows;
     if (!find_tile(tile_start, offsets, E, blockIdx.y, e, row0, rows)) return;
     const int n0 = blockIdx.x * MOE_TILE_N;
-    const uint16_t* weights = down + static_cast<size_t>(e) * D * F;
-    const uint16_t* a_rows[MOE_ROWS_A_THREAD];
-    const uint16_t* b_rows[MOE_ROWS_A_THREAD];
+    TileRows a_rows{h, {}}, b_rows{down + static_cast<size_t>(e) * D * F, {}};
 #pragma unroll
     for (int i = 0; i < MOE_ROWS_A_THREAD; i++)
     {
         const int r = (threadIdx.x >> 3) + 32 * i;
-        a_rows[i] = r < rows ? h + static_cast<size_t>(row0 + r) * F : nullptr;
-        b_rows[i] = n0 + r < D ? weights + static_cast<size_t>(n0 + r) * F : nullptr;
+        a_rows.offset[i] = r < rows ? static_cast<uint32_t>(row0 + r) * F : NO_ROW;
+        b_rows.offset[i] = n0 + r < D ? static_cast<uint32_t>(n0 + r) * F : NO_ROW;
     }
     float acc[4][4][4];
     grouped_mainloop(acc, a_rows, b_rows, F);

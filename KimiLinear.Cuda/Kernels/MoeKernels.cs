@@ -47,7 +47,9 @@ internal static unsafe class MoeKernels
 
     // Launch geometry, as kernels/moe.cu defines it.
     private const int RouteWarps = 4;            // MOE_ROUTE_WARPS
-    private const int DecodeWarps = 4;           // MOE_DECODE_WARPS: one row a warp
+    private const int DecodeWarps = 4;           // MOE_DECODE_WARPS
+    private const int DecodeGateUpRows = 4 * 2;  // gate-up rows a block: MOE_DECODE_WARPS x MOE_GU_ROWS
+    private const int DecodeDownRows = 4 / 2;    // down rows a block: MOE_DECODE_WARPS / MOE_DOWN_SPLIT
     internal const int GemmTileRows = 128;       // MOE_TILE_M: sorted rows a grouped-GEMM tile
     internal const int MaxGridY = 65535;         // a launch's largest grid height
     private const int GemmTileColumns = 128;     // MOE_TILE_N
@@ -108,14 +110,29 @@ internal static unsafe class MoeKernels
             throw new ArgumentOutOfRangeException(nameof(t), t, $"DecodeExperts takes at most {MaxDecodeTokens} tokens a call; use PrefillExperts for more");
         CheckScratch(scratch.Shape, scratch.MaxTokens, shape, t, nameof(scratch));
 
+        DecodeGateUp(s, scratch.Hidden, x, experts, gateUp, shape, t);
+        DecodeDown(s, output, scratch.Hidden, experts, weights, down, shape, t);
+    }
+
+    /// <summary>The first decode kernel: hidden[t, a] = bf16(silu(w1·x̃) ⊙ (w3·x̃)) of expert experts[t, a] (arguments checked by the caller).</summary>
+    internal static void DecodeGateUp(CudaStream s, DeviceSpan<ushort> hidden, DeviceSpan<float> x, DeviceSpan<int> experts,
+        DeviceSpan<ushort> gateUp, MoeShape shape, int t)
+    {
         int d = shape.Hidden, e = shape.Experts, a = shape.ExpertsPerToken, f = shape.Intermediate;
-        ulong pOut = output.Pointer, pX = x.Pointer, pIds = experts.Pointer, pWeights = weights.Pointer;
-        ulong pGateUp = gateUp.Pointer, pDown = down.Pointer, pHidden = scratch.Hidden.Pointer;
-        void** gateUpArgs = stackalloc void*[] { &pHidden, &pX, &pIds, &pGateUp, &t, &d, &e, &a, &f };
-        s.Context.Kernels.Launch(KernelId.MoeDecodeGateUp, new Dim3((uint)((f + DecodeWarps - 1) / DecodeWarps), (uint)(t * a)),
-            new Dim3(DecodeWarps * 32), 0, s, gateUpArgs);
-        void** downArgs = stackalloc void*[] { &pOut, &pHidden, &pIds, &pWeights, &pDown, &t, &d, &e, &a, &f };
-        s.Context.Kernels.Launch(KernelId.MoeDecodeDown, new Dim3((uint)((d + DecodeWarps - 1) / DecodeWarps)), new Dim3(DecodeWarps * 32), 0, s, downArgs);
+        ulong pHidden = hidden.Pointer, pX = x.Pointer, pIds = experts.Pointer, pGateUp = gateUp.Pointer;
+        void** args = stackalloc void*[] { &pHidden, &pX, &pIds, &pGateUp, &t, &d, &e, &a, &f };
+        s.Context.Kernels.Launch(KernelId.MoeDecodeGateUp, new Dim3((uint)((f + DecodeGateUpRows - 1) / DecodeGateUpRows), (uint)(t * a)),
+            new Dim3(DecodeWarps * 32), 0, s, args);
+    }
+
+    /// <summary>The second decode kernel: output[t] += Σ_a weights[t, a] · w2·hidden[t, a] (arguments checked by the caller).</summary>
+    internal static void DecodeDown(CudaStream s, DeviceSpan<float> output, DeviceSpan<ushort> hidden, DeviceSpan<int> experts,
+        DeviceSpan<float> weights, DeviceSpan<ushort> down, MoeShape shape, int t)
+    {
+        int d = shape.Hidden, e = shape.Experts, a = shape.ExpertsPerToken, f = shape.Intermediate;
+        ulong pOut = output.Pointer, pHidden = hidden.Pointer, pIds = experts.Pointer, pWeights = weights.Pointer, pDown = down.Pointer;
+        void** args = stackalloc void*[] { &pOut, &pHidden, &pIds, &pWeights, &pDown, &t, &d, &e, &a, &f };
+        s.Context.Kernels.Launch(KernelId.MoeDecodeDown, new Dim3((uint)((d + DecodeDownRows - 1) / DecodeDownRows)), new Dim3(DecodeWarps * 32), 0, s, args);
     }
 
     /// <summary>
@@ -272,6 +289,12 @@ internal sealed class MoePrefillScratch : IDisposable
         if ((long)maxTokens * shape.ExpertsPerToken / MoeKernels.GemmTileRows + shape.Experts >= MoeKernels.MaxGridY)
             throw new ArgumentOutOfRangeException(nameof(maxTokens), maxTokens,
                 $"maxTokens · A / {MoeKernels.GemmTileRows} + E must stay below {MoeKernels.MaxGridY} (the grouped GEMMs' grid height)");
+        // The grouped GEMMs address rows of xb, the hidden and one expert's weights with 32-bit element offsets.
+        long largest = Math.Max(Math.Max((long)maxTokens * shape.Hidden, (long)maxTokens * shape.ExpertsPerToken * shape.Intermediate),
+            2L * shape.Intermediate * shape.Hidden);
+        if (largest >= uint.MaxValue)
+            throw new ArgumentOutOfRangeException(nameof(maxTokens), maxTokens,
+                $"the prefill scratch's matrices must stay below 2^32 elements (T·D, T·A·F, 2F·D), but one holds {largest:N0}");
         (Shape, MaxTokens) = (shape, maxTokens);
         _indices = context.Allocate<int>(3 * (shape.Experts + 1) + 3L * Pairs);
         try

@@ -18,8 +18,11 @@ public sealed class MoeKernelTests
     // x and the hidden are rounded to bf16 by the kernels and by the reference alike; what is left is fp32 accumulation
     // and the occasional hidden value whose bf16 rounding flips between fp32 and double sums.
     private const double ExpertTolerance = 1e-3;
-    // Decode and prefill compute the same roundings, summed in different orders.
-    private const double PathTolerance = 1e-4;
+    // Decode and prefill compute the same roundings, summed in different orders. Where their fp32 sums of a hidden value
+    // straddle a bf16 rounding boundary, the value rounds one bf16 step (2⁻⁸ relative) apart, which moves its token's
+    // output by about 2⁻⁸/√F of its norm (1.2e-4 at F = 1024); the H100 showed about one such value a token at D = 2304
+    // (1.17e-4 over 16 tokens). 5e-4 allows ~17 a token; a wrong product or a lost pair is off by far more.
+    private const double PathTolerance = 5e-4;
     private const float Scale = 2.5f;
 
     public static TheoryData<int, int, int, int, int, bool, bool, bool> RouteCases => new()
@@ -75,6 +78,7 @@ public sealed class MoeKernelTests
     [InlineData(16, 40, 8, 2, 24)]    // every token of the largest decode batch; experts shared between tokens
     [InlineData(2, 2304, 4, 2, 1024)] // the model's D and F: the gate-up ring holds whole rows, down a full chunk
     [InlineData(2, 4096, 5, 3, 1040)] // ring refills, two down chunks, a partial batch of pairs
+    [InlineData(3, 256, 12, 10, 64)]  // A past one batch of eight pairs
     public void DecodeExperts_MatchReference(int t, int d, int e, int a, int f)
     {
         CudaContext gpu = Gpu.Require();

@@ -10,6 +10,7 @@
 #include "../moe.cu"
 
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <random>
 #include <vector>
@@ -205,9 +206,10 @@ static std::vector<float> run_decode(const Moe& m, const std::vector<float>& bas
     float* out = upload(base);
     uint16_t* h = upload(std::vector<uint16_t>(size_t(m.T) * m.A * m.F, 0x7FC0));
     int* ids = upload(m.ids);
-    emu_launch(kimi_moe_decode_gate_up, 1, dim3((m.F + MOE_DECODE_WARPS - 1) / MOE_DECODE_WARPS, m.T * m.A), dim3(MOE_DECODE_WARPS * 32), 0,
+    const int gu_rows = MOE_DECODE_WARPS * MOE_GU_ROWS, down_rows = MOE_DECODE_WARPS / MOE_DOWN_SPLIT;
+    emu_launch(kimi_moe_decode_gate_up, 1, dim3((m.F + gu_rows - 1) / gu_rows, m.T * m.A), dim3(MOE_DECODE_WARPS * 32), 0,
                h, upload(m.x), ids, upload(m.gate_up), m.T, m.D, m.E, m.A, m.F);
-    emu_launch(kimi_moe_decode_down, 1, dim3((m.D + MOE_DECODE_WARPS - 1) / MOE_DECODE_WARPS), dim3(MOE_DECODE_WARPS * 32), 0, out, h,
+    emu_launch(kimi_moe_decode_down, 1, dim3((m.D + down_rows - 1) / down_rows), dim3(MOE_DECODE_WARPS * 32), 0, out, h,
                ids, upload(m.w), upload(m.down), m.T, m.D, m.E, m.A, m.F);
     return std::vector<float>(out, out + base.size());
 }
@@ -269,8 +271,28 @@ static void check_experts(int T, int D, int E, int A, int F, bool decode, bool p
     }
 }
 
-int main()
+// An expert id outside [0, E) makes its token's output NaN and leaves the other tokens as they are.
+static void check_bad_id()
 {
+    Moe m = make_moe(3, 40, 8, 2, 24);
+    m.ids[3] = 8; // token 1, slot 1
+    std::vector<float> base(size_t(m.T) * m.D, 1.f);
+    for (int decode = 0; decode < 2; decode++)
+    {
+        std::vector<float> out = decode ? run_decode(m, base) : run_prefill(m, base);
+        bool ok = true;
+        for (int t = 0; t < m.T; t++)
+            for (int d = 0; d < m.D; d++) ok &= std::isnan(out[t * m.D + d]) == (t == 1);
+        report(ok, decode ? "decode: a bad expert id poisons only its token" : "prefill: a bad expert id poisons only its token", 0);
+    }
+}
+
+// --quick: the checks CI runs (KimiLinear.Tests' MoeKernelEmulatorTests), small shapes only; without it, also the
+// model's D and F, ring refills and multi-tile prefill (about a minute).
+int main(int argc, char** argv)
+{
+    const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+    check_bad_id();
     check_route(37, 64, 8, 1, 1, true, false);
     check_route(37, 64, 8, 8, 4, true, false);
     check_route(37, 64, 8, 8, 4, false, true);
@@ -279,11 +301,17 @@ int main()
     check_route(3, 1024, 32, 32, 3, true, false);
     check_experts(1, 40, 8, 2, 24, true, true);
     check_experts(3, 40, 8, 2, 24, true, true);
-    check_experts(16, 40, 8, 2, 24, true, false);
-    check_experts(2, 4096, 5, 3, 1040, true, false); // gate-up ring refills, two down chunks, a partial pair batch
+    check_experts(16, 40, 8, 3, 24, true, true); // 48 pairs: the gate-up id scan takes two rounds of 32
+    check_experts(2, 48, 4, 2, 40, true, false); // five blocks of gate-up rows, D8 = 6 of 32 lanes
     check_experts(77, 40, 8, 2, 24, false, true);
-    check_experts(150, 200, 2, 2, 136, false, true); // > 1 tile per expert, several k-tiles, partial n-tiles
-    check_experts(16, 200, 3, 2, 136, true, true);
+    if (!quick)
+    {
+        check_experts(16, 40, 8, 2, 24, true, false);
+        check_experts(2, 4096, 5, 3, 1040, true, false);   // gate-up ring refills, two down chunks, a partial pair batch
+        check_experts(3, 2304, 12, 10, 1024, true, false); // the model's D and F; A past one batch of pairs
+        check_experts(150, 200, 2, 2, 136, false, true);   // > 1 tile per expert, several k-tiles, partial n-tiles
+        check_experts(16, 200, 3, 2, 136, true, true);
+    }
     std::printf("%d failed\n", failures);
     return failures != 0;
 }
