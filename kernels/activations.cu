@@ -51,26 +51,40 @@ kimi_embed_f32(float* __restrict__ out, const uint16_t* __restrict__ table, cons
     }
 }
 
-// y[t, :] = x[t, :] · rsqrt(mean(x[t, :]²) + eps) · weight[:].  x, y [T, N] fp32 (y may be x); weight [N] fp32.
-// One block a row; the mean is a block sum in fp32.
+// With add: x[t, :] += add[t, :] first (the residual stream takes the layer's output), then
+// y[t, :] = x[t, :] · rsqrt(mean(x[t, :]²) + eps) · weight[:].  x, add, y [T, N] fp32 (y may be x; add may be null);
+// weight [N] fp32. One block a row; the mean is a block sum in fp32.
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
-kimi_rmsnorm_f32(float* y, const float* x, const float* __restrict__ weight, int T, int N, float eps)
+kimi_rmsnorm_f32(float* y, float* x, const float* add, const float* __restrict__ weight, int T, int N, float eps)
 {
     const int t = blockIdx.x;
     if (t >= T) return;
-    const float* xr = x + static_cast<size_t>(t) * N;
+    float* xr = x + static_cast<size_t>(t) * N;
+    const float* ar = add == nullptr ? nullptr : add + static_cast<size_t>(t) * N;
     float* yr = y + static_cast<size_t>(t) * N;
-    const bool vec = (N & 3) == 0 && aligned16(x) && aligned16(y) && aligned16(weight);
+    const bool vec = (N & 3) == 0 && aligned16(x) && aligned16(y) && aligned16(weight) && (add == nullptr || aligned16(add));
     float sumsq = 0.0f;
     if (vec)
         for (int i = threadIdx.x; i < (N >> 2); i += blockDim.x)
         {
-            const float4 v = reinterpret_cast<const float4*>(xr)[i];
+            float4 v = reinterpret_cast<const float4*>(xr)[i];
+            if (ar != nullptr)
+            {
+                const float4 a = reinterpret_cast<const float4*>(ar)[i];
+                v = make_float4(v.x + a.x, v.y + a.y, v.z + a.z, v.w + a.w);
+                reinterpret_cast<float4*>(xr)[i] = v;
+            }
             sumsq = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, sumsq))));
         }
     else
-        for (int i = threadIdx.x; i < N; i += blockDim.x) sumsq = fmaf(xr[i], xr[i], sumsq);
-    // block_sum's barriers also order every read of x above before any write of y below (y may be x).
+        for (int i = threadIdx.x; i < N; i += blockDim.x)
+        {
+            float v = xr[i];
+            if (ar != nullptr) xr[i] = v = v + ar[i];
+            sumsq = fmaf(v, v, sumsq);
+        }
+    // block_sum's barriers also order every read of x above before any write of y below (y may be x); each thread
+    // reads back below only the elements of x it wrote itself.
     const float inv = rsqrtf(block_sum(sumsq) / static_cast<float>(N) + eps);
     if (vec)
         for (int i = threadIdx.x; i < (N >> 2); i += blockDim.x)

@@ -81,10 +81,18 @@ internal interface IKimiBackend
     void Embed(WeightMatrix table, ReadOnlySpan<int> ids, Tensor x);
     /// <summary>y[t] = x[t] · rsqrt(mean(x[t]²) + eps) · weight, row by row. x, y: [T, N]; weight: [N].</summary>
     void RmsNorm(Tensor x, float[] weight, float eps, Tensor y);
+    /// <summary>residual += x, then y = RmsNorm(residual) row by row (one pass where a backend can). All [T, N]; weight: [N].</summary>
+    void AddRmsNorm(Tensor residual, Tensor x, float[] weight, float eps, Tensor y);
     /// <summary>accumulator += x (same shape).</summary>
     void Add(Tensor accumulator, Tensor x);
     /// <summary>y = x · wᵀ. x: [T, in]; w: [out, in]; y: [T, out].</summary>
     void MatMul(Tensor x, WeightMatrix w, Tensor y);
+    /// <summary>
+    /// outputs[i] = x · weights[i]ᵀ for projections that share their input (q, k, v, ... of one layer). A backend may run
+    /// them as one product when the weights and the outputs lie one after another in its memory: layers bind such
+    /// weights and allocate such outputs in the same order, one after another.
+    /// </summary>
+    void MatMul(Tensor x, ReadOnlySpan<WeightMatrix> weights, ReadOnlySpan<Tensor> outputs);
     /// <summary>output = SiLU(gate) ⊙ up. All [T, N].</summary>
     void SwiGlu(Tensor gate, Tensor up, Tensor output);
 

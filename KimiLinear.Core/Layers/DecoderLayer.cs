@@ -53,9 +53,7 @@ internal sealed class DecoderLayer
         var mixed = Kda is not null
             ? Kda.Forward(backend, normed, kdaState!)
             : Mla!.Forward(backend, normed, mlaState!, position, absorbedAttention);
-        backend.Add(hidden, mixed);
-
-        backend.RmsNorm(hidden, _postAttentionNorm, _eps, normed);
+        backend.AddRmsNorm(hidden, mixed, _postAttentionNorm, _eps, normed);
         backend.Add(hidden, _moe is not null ? _moe.Forward(backend, normed) : _mlp!.Forward(backend, normed));
     }
 }

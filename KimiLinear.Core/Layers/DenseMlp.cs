@@ -22,9 +22,8 @@ internal sealed class DenseMlp
     public Tensor Forward(IKimiBackend backend, Tensor x)
     {
         var gate = backend.Allocate(x.Rows, _gate.Rows); // [T, F]
-        var up = backend.Allocate(x.Rows, _up.Rows);     // [T, F]
-        backend.MatMul(x, _gate, gate);
-        backend.MatMul(x, _up, up);
+        var up = backend.Allocate(x.Rows, _up.Rows);     // [T, F], right after gate (bound right after it too)
+        backend.MatMul(x, [_gate, _up], [gate, up]);
         backend.SwiGlu(gate, up, gate);
         var output = backend.Allocate(x.Rows, _down.Rows);
         backend.MatMul(gate, _down, output);

@@ -18,9 +18,9 @@ internal sealed class KdaLayer
     private readonly WeightMatrix _keyProjection;    // [H·K, D]
     private readonly WeightMatrix _valueProjection;  // [H·V, D]
     private readonly WeightMatrix _gateDown;         // f_a_proj [K, D]: forget-gate rank = head dim
-    private readonly WeightMatrix _gateUp;           // f_b_proj [H·K, K]
-    private readonly WeightMatrix _betaProjection;   // b_proj [H, D]
     private readonly WeightMatrix _outputGateDown;   // g_a_proj [V, D]
+    private readonly WeightMatrix _betaProjection;   // b_proj [H, D]
+    private readonly WeightMatrix _gateUp;           // f_b_proj [H·K, K]
     private readonly WeightMatrix _outputGateUp;     // g_b_proj [H·V, V] (no bias in Kimi Linear)
     private readonly WeightMatrix _outputProjection; // [D, H·V]
     private readonly KdaMixerParameters _mixer;      // conv taps [H·K, W], A_log [H], dt_bias [H·K], o_norm [V] (fp32)
@@ -29,13 +29,14 @@ internal sealed class KdaLayer
     {
         (_heads, _headDim, _convSize) = (config.KdaHeads, config.KdaHeadDim, config.KdaConvSize);
         int d = config.HiddenSize, width = config.KdaProjectionSize;
+        // The six projections of x first, in the order Forward allocates their outputs: a backend may run them as one product.
         _queryProjection = weights.Matrix(prefix + "q_proj.weight", width, d);
         _keyProjection = weights.Matrix(prefix + "k_proj.weight", width, d);
         _valueProjection = weights.Matrix(prefix + "v_proj.weight", width, d);
         _gateDown = weights.Matrix(prefix + "f_a_proj.weight", _headDim, d);
-        _gateUp = weights.Matrix(prefix + "f_b_proj.weight", width, _headDim);
-        _betaProjection = weights.Matrix(prefix + "b_proj.weight", _heads, d);
         _outputGateDown = weights.Matrix(prefix + "g_a_proj.weight", _headDim, d);
+        _betaProjection = weights.Matrix(prefix + "b_proj.weight", _heads, d);
+        _gateUp = weights.Matrix(prefix + "f_b_proj.weight", width, _headDim);
         _outputGateUp = weights.Matrix(prefix + "g_b_proj.weight", width, _headDim);
         _outputProjection = weights.Matrix(prefix + "o_proj.weight", d, width);
         _mixer = new KdaMixerParameters(_heads, _headDim,
@@ -60,13 +61,16 @@ internal sealed class KdaLayer
     public Tensor Forward(IKimiBackend backend, Tensor x, KdaLayerState state)
     {
         int tokens = x.Rows, width = _heads * _headDim;
-        var inputs = new KdaMixerInputs(
-            Query: Project(backend, x, _queryProjection),                 // [T, H·K]
-            Key: Project(backend, x, _keyProjection),                     // [T, H·K]
-            Value: Project(backend, x, _valueProjection),                 // [T, H·V]
-            Forget: LowRank(backend, x, _gateDown, _gateUp),              // [T, H·K]
-            Beta: Project(backend, x, _betaProjection),                   // [T, H]
-            OutputGate: LowRank(backend, x, _outputGateDown, _outputGateUp)); // [T, H·V]
+        var q = backend.Allocate(tokens, width);                 // [T, H·K] before the short conv
+        var k = backend.Allocate(tokens, width);                 // [T, H·K]
+        var v = backend.Allocate(tokens, width);                 // [T, H·V]
+        var forgetLow = backend.Allocate(tokens, _headDim);      // [T, K] f_a output
+        var outputGateLow = backend.Allocate(tokens, _headDim);  // [T, V] g_a output
+        var beta = backend.Allocate(tokens, _heads);             // [T, H] before the sigmoid
+        backend.MatMul(x, [_queryProjection, _keyProjection, _valueProjection, _gateDown, _outputGateDown, _betaProjection],
+            [q, k, v, forgetLow, outputGateLow, beta]);
+        var inputs = new KdaMixerInputs(q, k, v, Forget: Project(backend, forgetLow, _gateUp), Beta: beta,
+            OutputGate: Project(backend, outputGateLow, _outputGateUp));
         var gated = backend.Allocate(tokens, width);                     // [T, H·V]
         backend.KdaMixer(inputs, _mixer, state, gated);
         return Project(backend, gated, _outputProjection);
@@ -79,6 +83,4 @@ internal sealed class KdaLayer
         return projected;
     }
 
-    private static Tensor LowRank(IKimiBackend backend, Tensor x, WeightMatrix down, WeightMatrix up) =>
-        Project(backend, Project(backend, x, down), up);
 }

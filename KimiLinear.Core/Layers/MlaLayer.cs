@@ -48,15 +48,13 @@ internal sealed class MlaLayer
     public Tensor Forward(IKimiBackend backend, Tensor x, MlaLayerState state, int start, bool absorbed)
     {
         int tokens = x.Rows;
+        // The three projections of x, bound and allocated in this order so a backend may run them as one product.
         var q = backend.Allocate(tokens, _queryProjection.Rows);       // [T, H·(nope + rope)]
-        backend.MatMul(x, _queryProjection, q);
-
         var compressed = backend.Allocate(tokens, _rank);              // [T, R]
-        backend.MatMul(x, _latentProjection, compressed);
+        var sharedKey = backend.Allocate(tokens, _ropeDim);            // [T, rope] k_pe, never rotated
+        backend.MatMul(x, [_queryProjection, _latentProjection, _sharedKeyProjection], [q, compressed, sharedKey]);
         var normalised = backend.Allocate(tokens, _rank);              // [T, R] c_n
         backend.RmsNorm(compressed, _latentNorm, LatentNormEps, normalised);
-        var sharedKey = backend.Allocate(tokens, _ropeDim);            // [T, rope] k_pe, never rotated
-        backend.MatMul(x, _sharedKeyProjection, sharedKey);
         backend.WriteConcatenatedRows(normalised, sharedKey, state.Latent, start);
 
         var o = backend.Allocate(tokens, _heads * _valueDim);          // [T, H·V]

@@ -250,6 +250,9 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
     public void RmsNorm(Tensor x, float[] weight, float eps, Tensor y) =>
         ActivationKernels.RmsNorm(_stream, Device(y).F32, Device(x).F32, _weights.Of(weight), x.Rows, x.Cols, eps);
 
+    public void AddRmsNorm(Tensor residual, Tensor x, float[] weight, float eps, Tensor y) =>
+        ActivationKernels.RmsNorm(_stream, Device(y).F32, Device(residual).F32, _weights.Of(weight), residual.Rows, residual.Cols, eps, Device(x).F32);
+
     public void Add(Tensor accumulator, Tensor x) => ActivationKernels.Add(_stream, Device(accumulator).F32, Device(x).F32, x.Length);
 
     public void SwiGlu(Tensor gate, Tensor up, Tensor output) =>
@@ -271,6 +274,43 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
         var a = _arena.Rent<ushort>(input.Length);
         ActivationKernels.ToBFloat16(_stream, a, input.F32, input.Length);
         Gemm(output.F32, a, w.Cols, weight, input.Rows, w.Rows, w.Cols);
+    }
+
+    /// <summary>
+    /// One token through projections whose weights and outputs lie one after another (the layers arrange it): one GEMV
+    /// over all their rows, the launch latency paid once. Anything else runs one product each.
+    /// </summary>
+    public void MatMul(Tensor x, ReadOnlySpan<WeightMatrix> weights, ReadOnlySpan<Tensor> outputs)
+    {
+        if (weights.Length != outputs.Length)
+            throw new ArgumentException($"MatMul: {weights.Length} weights for {outputs.Length} outputs.");
+        if (x.Rows == 1 && Contiguous(weights, outputs, out int rows))
+        {
+            var input = Device(x);
+            var first = _weights.Of(weights[0]);
+            MatmulKernels.Gemv(_stream, new DeviceSpan<float>(Device(outputs[0]).Pointer, rows), new DeviceSpan<ushort>(first.Pointer, (long)rows * x.Cols),
+                input.F32, rows, x.Cols);
+            return;
+        }
+        for (int i = 0; i < weights.Length; i++)
+            MatMul(x, weights[i], outputs[i]);
+    }
+
+    /// <summary>Whether each weight starts where the previous ends, and each [1, N] output likewise; <paramref name="rows"/> = Σ N.</summary>
+    private bool Contiguous(ReadOnlySpan<WeightMatrix> weights, ReadOnlySpan<Tensor> outputs, out int rows)
+    {
+        rows = 0;
+        for (int i = 0; i < weights.Length; i++)
+        {
+            var (w, y) = (weights[i], Device(outputs[i]));
+            if (w.Cols != weights[0].Cols || y.Rows != 1 || y.Cols != w.Rows || y.IsBFloat16)
+                return false;
+            if (i > 0 && (_weights.Of(w).Pointer != _weights.Of(weights[i - 1]).Pointer + (ulong)(2L * weights[i - 1].Rows * w.Cols)
+                          || y.Pointer != Device(outputs[i - 1]).Pointer + (ulong)(4L * outputs[i - 1].Cols)))
+                return false;
+            rows += w.Rows;
+        }
+        return true;
     }
 
     private void Gemm(DeviceSpan<float> c, DeviceSpan<ushort> a, int lda, DeviceSpan<ushort> b, int m, int n, int k)

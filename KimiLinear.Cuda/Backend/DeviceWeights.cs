@@ -15,6 +15,9 @@ namespace KimiLinear.Cuda.Backend;
 /// </summary>
 internal sealed class DeviceWeights(CudaContext context, CudaStream stream) : IDisposable
 {
+    /// <summary>Elements (bf16) each matrix's start is aligned to: 256 bytes, as cuMemAlloc aligns.</summary>
+    private const long Alignment = 128;
+
     /// <summary>Memory kept free beyond the weights for activations, caches and the driver.</summary>
     private const long HeadroomBytes = 2L << 30;
 
@@ -47,15 +50,24 @@ internal sealed class DeviceWeights(CudaContext context, CudaStream stream) : ID
             done += (long)set.Count * 3 * set.Gate[0].Rows * set.Gate[0].Cols * sizeof(ushort); // w1, w3 and w2 of each expert
             uploaded.Report(done);
         }
-        foreach (var matrix in matrices)
+        // Every other matrix in one allocation, in binding order: projections a layer binds one after another sit one
+        // after another, so the backend can run same-input projections as one product.
+        var plain = matrices.Where(m => !stacked.Contains(m)).ToList();
+        var offsets = new long[plain.Count];
+        long elements = 0;
+        for (int i = 0; i < plain.Count; i++)
+        {
+            offsets[i] = elements;
+            elements = (elements + (long)plain[i].Rows * plain[i].Cols + Alignment - 1) / Alignment * Alignment;
+        }
+        var all = Own(context.Allocate<ushort>(Math.Max(1, elements)));
+        for (int i = 0; i < plain.Count; i++)
         {
             cancellationToken.ThrowIfCancellationRequested();
-            if (stacked.Contains(matrix))
-                continue;
-            var buffer = Own(context.Allocate<ushort>((long)matrix.Rows * matrix.Cols));
-            Fill(buffer, matrix);
-            matrix.DeviceCopy = new Storage(buffer.Span);
-            done += buffer.ByteLength;
+            var span = all.Slice(offsets[i], (long)plain[i].Rows * plain[i].Cols);
+            Fill(span, plain[i]);
+            plain[i].DeviceCopy = new Storage(span);
+            done += span.ByteLength;
             uploaded.Report(done);
         }
         stream.Synchronize();

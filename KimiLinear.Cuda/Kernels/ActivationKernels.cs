@@ -33,10 +33,11 @@ internal static unsafe class ActivationKernels
     }
 
     /// <summary>
-    /// y[t, :] = x[t, :] · rsqrt(mean(x[t, :]²) + eps) · weight for x, y [T, N] and weight [N]; <paramref name="y"/>
-    /// may be <paramref name="x"/>.
+    /// x[t, :] += add[t, :] when <paramref name="add"/> is given, then y[t, :] = x[t, :] · rsqrt(mean(x[t, :]²) + eps) ·
+    /// weight for x, add, y [T, N] and weight [N]; <paramref name="y"/> may be <paramref name="x"/>.
     /// </summary>
-    public static void RmsNorm(CudaStream stream, DeviceSpan<float> y, DeviceSpan<float> x, DeviceSpan<float> weight, int t, int n, float eps)
+    public static void RmsNorm(CudaStream stream, DeviceSpan<float> y, DeviceSpan<float> x, DeviceSpan<float> weight, int t, int n, float eps,
+        DeviceSpan<float>? add = null)
     {
         KernelChecks.Positive(t, nameof(t));
         KernelChecks.Positive(n, nameof(n));
@@ -44,8 +45,9 @@ internal static unsafe class ActivationKernels
         KernelChecks.Holds(y, (long)t * n, nameof(y));
         KernelChecks.Holds(x, (long)t * n, nameof(x));
         KernelChecks.Holds(weight, n, nameof(weight));
-        ulong pY = y.Pointer, pX = x.Pointer, pWeight = weight.Pointer;
-        void** args = stackalloc void*[] { &pY, &pX, &pWeight, &t, &n, &eps };
+        if (add is { } a) KernelChecks.Holds(a, (long)t * n, nameof(add));
+        ulong pY = y.Pointer, pX = x.Pointer, pAdd = add?.Pointer ?? 0, pWeight = weight.Pointer;
+        void** args = stackalloc void*[] { &pY, &pX, &pAdd, &pWeight, &t, &n, &eps };
         stream.Context.Kernels.Launch(KernelId.RmsNormF32, new Dim3((uint)t), new Dim3(RowThreads), 0, stream, args);
     }
 

@@ -83,6 +83,17 @@ public sealed class ActivationKernelTests
         TensorAssert.Close(got.AsSpan(0, t * n), expected.Span, Fp32, "RMSNorm");
         AssertTailNaN(got, (long)t * n, "RMSNorm");
         if (!inPlace) Assert.Equal(x, xs.ToArray(stream)[..(t * n)]);
+
+        // The residual form: x += add, then the norm of the sum; x keeps the sum.
+        float[] add = Gpu.RandomF32(random, (long)t * n, 2f);
+        var sum = Tensor(x, t, n);
+        Cpu.Add(sum, Tensor(add, t, n));
+        Cpu.RmsNorm(sum, weight, 1e-5f, expected);
+        using DeviceBuffer<float> dAdd = gpu.Upload(stream, add);
+        xs.CopyFrom(x, stream);
+        ActivationKernels.RmsNorm(stream, ys, xs, dWeight, t, n, 1e-5f, dAdd.Span);
+        TensorAssert.Close(ys.ToArray(stream).AsSpan(0, t * n), expected.Span, Fp32, "RMSNorm after the residual add");
+        if (!inPlace) Assert.Equal(sum.Data, xs.ToArray(stream)[..(t * n)]);
     }
 
     [Theory]

@@ -69,24 +69,29 @@ static void test_embed(int T, int D, int V)
     check(name, out.data(), want, 0);
 }
 
-static void test_rmsnorm(int T, int N, int offset, bool inPlace)
+// withAdd: the residual form, x += add then the norm of the sum (x must then hold the sum afterwards).
+static void test_rmsnorm(int T, int N, int offset, bool inPlace, bool withAdd = false)
 {
-    std::vector<float> x = randv(size_t(T) * N, 3), w = randv(N);
-    std::vector<double> want(size_t(T) * N);
+    std::vector<float> x = randv(size_t(T) * N, 3), w = randv(N), add = randv(size_t(T) * N, 2);
+    std::vector<double> want(size_t(T) * N), sum(size_t(T) * N);
+    for (size_t i = 0; i < sum.size(); i++) sum[i] = withAdd ? float(x[i] + add[i]) : x[i];
     for (int t = 0; t < T; t++)
     {
         double ss = 0;
-        for (int i = 0; i < N; i++) ss += double(x[size_t(t) * N + i]) * x[size_t(t) * N + i];
+        for (int i = 0; i < N; i++) ss += sum[size_t(t) * N + i] * sum[size_t(t) * N + i];
         const double inv = 1 / std::sqrt(ss / N + 1e-5);
-        for (int i = 0; i < N; i++) want[size_t(t) * N + i] = x[size_t(t) * N + i] * inv * w[i];
+        for (int i = 0; i < N; i++) want[size_t(t) * N + i] = sum[size_t(t) * N + i] * inv * w[i];
     }
     std::vector<float> bx = poisoned(x.size(), offset), by = poisoned(x.size(), offset);
     std::copy(x.begin(), x.end(), bx.begin() + offset);
     float* y = inPlace ? bx.data() + offset : by.data() + offset;
-    emu_launch(kimi_rmsnorm_f32, 1, dim3(T), dim3(ROW_THREADS), 0, y, (const float*)bx.data() + offset, (const float*)w.data(), T, N, 1e-5f);
+    emu_launch(kimi_rmsnorm_f32, 1, dim3(T), dim3(ROW_THREADS), 0, y, bx.data() + offset, withAdd ? (const float*)add.data() : nullptr,
+               (const float*)w.data(), T, N, 1e-5f);
     char name[96];
-    std::snprintf(name, sizeof name, "rmsnorm T=%d N=%d offset=%d%s", T, N, offset, inPlace ? " in place" : "");
+    std::snprintf(name, sizeof name, "rmsnorm%s T=%d N=%d offset=%d%s", withAdd ? " + residual" : "", T, N, offset, inPlace ? " in place" : "");
     check(name, y, want, 1e-6);
+    if (withAdd && !inPlace)
+        check((std::string(name) + ": x holds the sum").c_str(), bx.data() + offset, sum, 0);
 }
 
 static void test_gated_rmsnorm(int rows, int W, int offset, bool inPlace)
@@ -252,6 +257,8 @@ int main()
     test_rmsnorm(4, 516, 0, false);
     test_rmsnorm(2, 516, 0, true);
     test_rmsnorm(3, 516, 1, true);
+    test_rmsnorm(3, 516, 1, false, true);
+    test_rmsnorm(5, 37, 0, false, true);
     test_gated_rmsnorm(11, 37, 0, false);
     test_gated_rmsnorm(13, 128, 0, true);
     test_gated_rmsnorm(9, 128, 1, false);

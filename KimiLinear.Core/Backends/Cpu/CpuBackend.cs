@@ -108,6 +108,12 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
         TensorPrimitives.Multiply(y, weight, y);
     }
 
+    public void AddRmsNorm(Tensor residual, Tensor x, float[] weight, float eps, Tensor y)
+    {
+        Add(residual, x);
+        RmsNorm(residual, weight, eps, y);
+    }
+
     public void Add(Tensor accumulator, Tensor x) => TensorPrimitives.Add(Cpu(accumulator).Span, Cpu(x).Span, Cpu(accumulator).Span);
 
     public void MatMul(Tensor x, WeightMatrix w, Tensor y)
@@ -116,6 +122,12 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
         if (input.Cols != w.Cols || output.Cols != w.Rows || output.Rows != input.Rows)
             throw new ArgumentException($"MatMul '{w.Name}' [{w.Rows}, {w.Cols}]: x {input} and y {output} do not fit.");
         CpuMatMul.Multiply(input.Data, input.Rows, w, output.Data, _parallel);
+    }
+
+    public void MatMul(Tensor x, ReadOnlySpan<WeightMatrix> weights, ReadOnlySpan<Tensor> outputs)
+    {
+        for (int i = 0; i < weights.Length; i++)
+            MatMul(x, weights[i], outputs[i]);
     }
 
     public void SwiGlu(Tensor gate, Tensor up, Tensor output)
