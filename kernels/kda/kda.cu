@@ -81,8 +81,7 @@ constexpr int kPrepareThreads = 256;
 // Dynamic shared memory, in floats: decode (state slice [128][32], q̂, k̂, decay [128] each, warp partials [4][32],
 // slice vector [32], v [32], gate·weight [32], the cluster's RMSNorm partials [4]); intra (k̂, G [64][K+1] each, q̂
 // [64][K+1] later reused for L and A [64][64] each, diagonal-tile partials [3][16][32], β [64], row norms [128]);
-// prefill (S slice [K][32],
-// two stages [64][K+4], A [64][68], U and Vn [64][32], γ [K]).
+// prefill (S slice [KP][40], two stages [64][KP+4], A [64][68], U and Vn [64][40], γ [KP], with K padded to KP).
 constexpr int kDecodeSmemFloats = 128 * 32 + 3 * 128 + 4 * 32 + 32 + 32 + 32 + 4;
 constexpr size_t kDecodeSmemBytes = kDecodeSmemFloats * sizeof(float);
 __host__ __device__ constexpr int chunk_intra_q_floats(int K) {   // q̂ [64][K+1], later L and A [64][64] each
@@ -91,8 +90,14 @@ __host__ __device__ constexpr int chunk_intra_q_floats(int K) {   // q̂ [64][K+
 __host__ __device__ constexpr size_t chunk_intra_smem_bytes(int K) {
     return sizeof(float) * (2 * kChunk * (K + 1) + chunk_intra_q_floats(K) + 3 * 16 * 32 + 3 * kChunk);
 }
+// The scan's row strides: ≡ 8 mod 32 for mma B operands (state, U, Vn), ≡ 4 mod 32 for A operands (A, the stages).
+constexpr int kScanLd = kPrefillCols + 8;
+constexpr int kScanALd = kChunk + 4;
+// The scan pads K to 64 or 128: whole k-steps of 8 and 16 state rows per warp per m-tile.
+__host__ __device__ constexpr int chunk_prefill_kpad(int K) { return K <= 64 ? 64 : 128; }
 __host__ __device__ constexpr size_t chunk_prefill_smem_bytes(int K) {
-    return sizeof(float) * (K * kPrefillCols + 2 * kChunk * (K + 4) + kChunk * 68 + 2 * kChunk * kPrefillCols + K);
+    return sizeof(float) * (chunk_prefill_kpad(K) * kScanLd + 2 * kChunk * (chunk_prefill_kpad(K) + 4) + kChunk * kScanALd +
+        2 * kChunk * kScanLd + chunk_prefill_kpad(K));
 }
 
 __device__ __forceinline__ float ld(float x) { return x; }
@@ -600,40 +605,110 @@ __device__ __forceinline__ void copy_tile_async(float* dst, int dst_ld, const fl
     }
 }
 
+// Tensor-core products of the scan: mma.sync m16n8k8 with tf32 operands and fp32 accumulation. tf32 keeps 10 of
+// fp32's 23 mantissa bits (relative rounding 2^-11). The exact variant splits each operand x into big = tf32(x) and
+// small = tf32(x − big) and sums small·big + big·small + big·big (3xTF32): what it drops (small·small, the rounding of
+// small) is ~2^-22 relative, so it keeps fp32's accuracy at 3× the tensor-core work.
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+#ifdef KDA_EMULATE
+    return (__float_as_uint(x) + 0x1000u) & 0xffffe000u;   // cvt.rna: to nearest, ties away from zero (sign-magnitude)
+#else
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+#endif
+}
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#ifdef KDA_EMULATE
+    emu_mma_m16n8k8_tf32(d, a, b);
+#else
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+// An mma operand fragment of N fp32 values as tf32: big only, or big and small when kExact.
+template <bool kExact, int N> struct Tf32Frag {
+    uint32_t big[N], small[N];
+    __device__ __forceinline__ explicit Tf32Frag(const float (&x)[N]) {
+#pragma unroll
+        for (int i = 0; i < N; ++i) {
+            big[i] = to_tf32(x[i]);
+            if (kExact) small[i] = to_tf32(x[i] - __uint_as_float(big[i]));
+        }
+    }
+};
+template <bool kExact>
+__device__ __forceinline__ void mma_acc(float (&d)[4], const Tf32Frag<kExact, 4>& a, const Tf32Frag<kExact, 2>& b) {
+#ifdef KDA_EMULATE
+    if (kExact) { emu_mma_m16n8k8_tf32(d, a.big, b.big, a.small, b.small); return; }
+#endif
+    if (kExact) {
+        mma_tf32(d, a.small, b.big);
+        mma_tf32(d, a.big, b.small);
+    }
+    mma_tf32(d, a.big, b.big);
+}
+
+// acc[n] += A·B[:, 8n..8n+7] for one warp's 16 rows: A [16][k_end] at a (row stride lda ≡ 4 mod 32), B [k_end][32] at b
+// (row stride kScanLd ≡ 8 mod 32); both strides make a fragment's 32 loads hit 32 different banks. k_end % 16 == 0.
+template <bool kExact>
+__device__ __forceinline__ void warp_rows16_mma(float (&acc)[4][4], const float* a, int lda, const float* b, int k_end, int g, int t) {
+#pragma unroll 2
+    for (int kk = 0; kk < k_end; kk += 8) {
+        const float av[4] = {a[g * lda + kk + t], a[(g + 8) * lda + kk + t], a[g * lda + kk + t + 4], a[(g + 8) * lda + kk + t + 4]};
+        const Tf32Frag<kExact, 4> fa(av);
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            const float bv[2] = {b[(kk + t) * kScanLd + 8 * nt + g], b[(kk + t + 4) * kScanLd + 8 * nt + g]};
+            mma_acc<kExact>(acc[nt], fa, Tf32Frag<kExact, 2>(bv));
+        }
+    }
+}
+
 // The sequential scan over one sequence's chunks for a 32-column slice of one head's state (see MATH).
 // Per chunk i the three products run as phases (a) Vn = U − W·S, (b) O = QG·S + A·Vn, (c) S ← Diag(γ)S + KGᵀVn,
 // and each phase's cp.async prefetch of the next operand overlaps the current one:
 //   during (a): QG_i → stage Y;   during (b): KG_i → stage X (W_i is done), γ_i;
 //   during (c): W_{i+1} → stage Y, U_{i+1}, A_{i+1}   (X and Y swap roles every chunk).
-// Thread tiles: (a), (b) rows rg + 16m (m < 4, rg = tid / 8) × columns 4·(tid % 8) + 0..3; (c) state rows
-// dg + 32m (dg = tid / 4) × columns 8·(tid % 4) + 0..7, kept in registers across chunks. (256 threads with half the
-// tile each measured 4 % slower on the H100, 2026-11-27 run 4.)
-template <typename Tin>
+// The products run on tensor cores (mma m16n8k8, tf32; 3xTF32 when kExact), lane = 4g + t: in (a) and (b) warp w owns
+// output rows 16w..16w+15 × the 32 columns (4 n-tiles of 8); in (c) it owns state rows [w·KP/4, (w+1)·KP/4) (KP/64
+// m-tiles of 16) × 32 columns, kept in registers in the accumulator layout across chunks and copied to shared memory
+// for the next chunk's (a) and (b). K is padded to KP ∈ {64, 128} with zero stage columns, state rows and γ entries, so
+// the k-steps of 8 and the row split need no tails. KG is read transposed, which costs 2-way bank conflicts there.
+template <typename Tin, bool kExact>
 __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __restrict__ cu_seqlens,
     const int* __restrict__ chunk_offsets, const float* __restrict__ w_in, const float* __restrict__ u_in,
     const float* __restrict__ a_in, const float* __restrict__ qg_in, const float* __restrict__ kg_in,
     const float* __restrict__ gamma_in, float* state, Tin* __restrict__ o) {
-    constexpr int NT = kPrefillThreads, VC = kPrefillCols;
+    constexpr int NT = kPrefillThreads, VC = kPrefillCols, LD = kScanLd, ALD = kScanALd;
+    static_assert(NT == 128 && VC == 32, "4 warps × 16 rows in (a), (b); 4 n-tiles of 8 columns");
     const int slice = blockIdx.x, h = blockIdx.y, n = blockIdx.z, tid = threadIdx.x;
+    const int warp = tid >> 5, g = (tid & 31) >> 2, t = tid & 3;
     const int j0 = slice * VC;
     const int tok0 = cu_seqlens[n], T = cu_seqlens[n + 1] - tok0;
     const int c0 = chunk_offsets[n], nchunks = chunk_offsets[n + 1] - c0;
-    const int SLD = K + 4, ALD = kChunk + 4;   // padded rows: 4 consecutive rows hit 4 different bank quads
+    const int KP = chunk_prefill_kpad(K), XLD = KP + 4;
 
-    float* ss = smem();                  // [K][32] state slice
-    float* stx = ss + K * VC;            // [64][K+4] stage X
-    float* sty = stx + kChunk * SLD;     // [64][K+4] stage Y
-    float* sa = sty + kChunk * SLD;      // [64][68] A
-    float* su = sa + kChunk * ALD;       // [64][32] U
-    float* svn = su + kChunk * VC;       // [64][32] Vn
-    float* sgam = svn + kChunk * VC;     // [K] γ
+    float* ss = smem();                  // [KP][40] state slice (rows ≥ K zero)
+    float* stx = ss + KP * LD;           // [64][KP+4] stage X (columns [K, KP) zero)
+    float* sty = stx + kChunk * XLD;     // [64][KP+4] stage Y (columns [K, KP) zero)
+    float* sa = sty + kChunk * XLD;      // [64][68] A
+    float* su = sa + kChunk * ALD;       // [64][40] U
+    float* svn = su + kChunk * LD;       // [64][40] Vn
+    float* sgam = svn + kChunk * LD;     // [KP] γ (entries ≥ K zero)
+
+    // The padding, once (cp.async only ever fills columns / rows / entries below K). Stages X and Y are adjacent.
+    for (int i = tid; i < 2 * kChunk * (KP - K); i += NT) stx[(i / (KP - K)) * XLD + K + i % (KP - K)] = 0.f;
+    for (int i = tid; i < (KP - K) * LD; i += NT) ss[K * LD + i] = 0.f;
+    for (int i = K + tid; i < KP; i += NT) sgam[i] = 0.f;
 
     float* S = state + ((size_t)n * H + h) * K * V + j0;
-    for (int i = tid; i < K * (VC / 4); i += NT) cp_async16(ss + (i / 8) * VC + (i % 8) * 4, S + (size_t)(i / 8) * V + (i % 8) * 4);
+    for (int i = tid; i < K * (VC / 4); i += NT) cp_async16(ss + (i / 8) * LD + (i % 8) * 4, S + (size_t)(i / 8) * V + (i % 8) * 4);
     auto prefetch_a = [&](int ci, float* stage) {   // W, U, A of chunk ci
         const size_t cc = (size_t)(c0 + ci) * H + h;
-        copy_tile_async(stage, SLD, w_in + cc * kChunk * K, K, kChunk, K, tid, NT);
-        copy_tile_async(su, VC, u_in + cc * kChunk * V + j0, V, kChunk, VC, tid, NT);
+        copy_tile_async(stage, XLD, w_in + cc * kChunk * K, K, kChunk, K, tid, NT);
+        copy_tile_async(su, LD, u_in + cc * kChunk * V + j0, V, kChunk, VC, tid, NT);
         copy_tile_async(sa, ALD, a_in + cc * kChunk * kChunk, kChunk, kChunk, kChunk, tid, NT);
     };
     if (nchunks > 0) prefetch_a(0, stx);
@@ -641,14 +716,17 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
     cp_async_wait<0>();
     __syncthreads();
 
-    const int dg = tid >> 2, cc8 = (tid & 3) * 8;   // (c) tile
-    float srow[4][8];
+    const int mtiles = KP / 64, d0 = warp * (KP / 4);   // (c): this warp's state rows d0 + 16m + g (+ 8)
+    float sacc[2][4][4];
 #pragma unroll
-    for (int m = 0; m < 4; ++m)
+    for (int m = 0; m < 2; ++m)
 #pragma unroll
-        for (int j = 0; j < 8; ++j) srow[m][j] = dg + 32 * m < K ? ss[(dg + 32 * m) * VC + cc8 + j] : 0.f;
-    const int rg = tid >> 3, cg4 = (tid & 7) * 4;    // (a), (b) tile
+        for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+                sacc[m][nt][e] = m < mtiles ? ss[(d0 + 16 * m + g + 8 * (e >> 1)) * LD + 8 * nt + 2 * t + (e & 1)] : 0.f;
 
+    const int r0 = 16 * warp;   // (a), (b): this warp's rows r0 + g (+ 8)
     float* bx = stx;   // holds W_i at the top of iteration i
     float* by = sty;
     for (int ci = 0; ci < nchunks; ++ci) {
@@ -656,87 +734,43 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
         const int len = min(kChunk, T - ci * kChunk);
         cp_async_wait<0>();   // W_i, U_i, A_i (and the state's previous update is in ss)
         __syncthreads();
-        copy_tile_async(by, SLD, qg_in + cc * kChunk * K, K, kChunk, K, tid, NT);
+        copy_tile_async(by, XLD, qg_in + cc * kChunk * K, K, kChunk, K, tid, NT);
         cp_async_commit();
 
-        // (a) Vn = U − W·S
+        // (a) Vn = U − W·S, accumulated as −U + W·S and negated on the way out
         float acc[4][4];
 #pragma unroll
-        for (int m = 0; m < 4; ++m)
+        for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
-            for (int c = 0; c < 4; ++c) acc[m][c] = su[(rg + 16 * m) * VC + cg4 + c];
-        for (int d = 0; d < K; d += 4) {
-            float w[4][4];
+            for (int e = 0; e < 4; ++e) acc[nt][e] = -su[(r0 + g + 8 * (e >> 1)) * LD + 8 * nt + 2 * t + (e & 1)];
+        warp_rows16_mma<kExact>(acc, bx + r0 * XLD, XLD, ss, KP, g, t);
 #pragma unroll
-            for (int m = 0; m < 4; ++m) {
-                const float4 t = *reinterpret_cast<const float4*>(bx + (rg + 16 * m) * SLD + d);
-                w[m][0] = t.x; w[m][1] = t.y; w[m][2] = t.z; w[m][3] = t.w;
-            }
+        for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float4 s4 = *reinterpret_cast<const float4*>(ss + (d + e) * VC + cg4);
-#pragma unroll
-                for (int m = 0; m < 4; ++m) {
-                    acc[m][0] -= w[m][e] * s4.x; acc[m][1] -= w[m][e] * s4.y;
-                    acc[m][2] -= w[m][e] * s4.z; acc[m][3] -= w[m][e] * s4.w;
-                }
-            }
-        }
-#pragma unroll
-        for (int m = 0; m < 4; ++m)
-            *reinterpret_cast<float4*>(svn + (rg + 16 * m) * VC + cg4) = make_float4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
+            for (int e = 0; e < 4; ++e) svn[(r0 + g + 8 * (e >> 1)) * LD + 8 * nt + 2 * t + (e & 1)] = -acc[nt][e];
         cp_async_wait<0>();   // QG_i
         __syncthreads();      // Vn complete; W_i and U_i no longer needed
-        copy_tile_async(bx, SLD, kg_in + cc * kChunk * K, K, kChunk, K, tid, NT);
+        copy_tile_async(bx, XLD, kg_in + cc * kChunk * K, K, kChunk, K, tid, NT);
         for (int i = tid; i < K / 4; i += NT) cp_async16(sgam + 4 * i, gamma_in + cc * K + 4 * i);
         cp_async_commit();
 
-        // (b) O = QG·S + A·Vn (A is 0 above the diagonal and in rows past the end)
+        // (b) O = QG·S + A·Vn (A is 0 above the diagonal and in rows past the end, so the k range stops at r0 + 16)
 #pragma unroll
-        for (int m = 0; m < 4; ++m)
+        for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
-            for (int c = 0; c < 4; ++c) acc[m][c] = 0.f;
-        for (int d = 0; d < K; d += 4) {
-            float w[4][4];
+            for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+        warp_rows16_mma<kExact>(acc, by + r0 * XLD, XLD, ss, KP, g, t);
+        warp_rows16_mma<kExact>(acc, sa + r0 * ALD, ALD, svn, r0 + 16, g, t);
 #pragma unroll
-            for (int m = 0; m < 4; ++m) {
-                const float4 t = *reinterpret_cast<const float4*>(by + (rg + 16 * m) * SLD + d);
-                w[m][0] = t.x; w[m][1] = t.y; w[m][2] = t.z; w[m][3] = t.w;
-            }
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float4 s4 = *reinterpret_cast<const float4*>(ss + (d + e) * VC + cg4);
-#pragma unroll
-                for (int m = 0; m < 4; ++m) {
-                    acc[m][0] += w[m][e] * s4.x; acc[m][1] += w[m][e] * s4.y;
-                    acc[m][2] += w[m][e] * s4.z; acc[m][3] += w[m][e] * s4.w;
-                }
-            }
-        }
-        for (int s = 0; s <= rg + 48; s += 4) {
-            float a[4][4];
-#pragma unroll
-            for (int m = 0; m < 4; ++m) {
-                const float4 t = *reinterpret_cast<const float4*>(sa + (rg + 16 * m) * ALD + s);
-                a[m][0] = t.x; a[m][1] = t.y; a[m][2] = t.z; a[m][3] = t.w;
-            }
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float4 v4 = *reinterpret_cast<const float4*>(svn + (s + e) * VC + cg4);
-#pragma unroll
-                for (int m = 0; m < 4; ++m) {
-                    acc[m][0] += a[m][e] * v4.x; acc[m][1] += a[m][e] * v4.y;
-                    acc[m][2] += a[m][e] * v4.z; acc[m][3] += a[m][e] * v4.w;
-                }
-            }
-        }
-#pragma unroll
-        for (int m = 0; m < 4; ++m) {
-            const int r = rg + 16 * m;
+        for (int e2 = 0; e2 < 2; ++e2) {
+            const int r = r0 + g + 8 * e2;
             if (r < len) {
-                Tin* orow = o + ((size_t)(tok0 + ci * kChunk + r) * H + h) * V + j0 + cg4;
+                Tin* orow = o + ((size_t)(tok0 + ci * kChunk + r) * H + h) * V + j0 + 2 * t;
 #pragma unroll
-                for (int c = 0; c < 4; ++c) st(orow + c, acc[m][c]);
+                for (int nt = 0; nt < 4; ++nt) {
+                    st(orow + 8 * nt, acc[nt][2 * e2]);
+                    st(orow + 8 * nt + 1, acc[nt][2 * e2 + 1]);
+                }
             }
         }
         cp_async_wait<0>();   // KG_i, γ_i
@@ -744,43 +778,53 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
         if (ci + 1 < nchunks) prefetch_a(ci + 1, by);
         cp_async_commit();
 
-        // (c) S ← Diag(γ)·S + KGᵀ·Vn
+        // (c) S ← Diag(γ)·S + KGᵀ·Vn, with KGᵀ read from KG's [64][KP] stage transposed
 #pragma unroll
-        for (int m = 0; m < 4; ++m) {
-            const int d = dg + 32 * m;
-            const float gm = d < K ? sgam[d] : 0.f;
+        for (int m = 0; m < 2; ++m) {
+            if (m < mtiles) {
+                const float ga = sgam[d0 + 16 * m + g], gb = sgam[d0 + 16 * m + g + 8];
 #pragma unroll
-            for (int j = 0; j < 8; ++j) srow[m][j] *= gm;
+                for (int nt = 0; nt < 4; ++nt) {
+                    sacc[m][nt][0] *= ga; sacc[m][nt][1] *= ga; sacc[m][nt][2] *= gb; sacc[m][nt][3] *= gb;
+                }
+            }
         }
-        for (int r = 0; r < kChunk; ++r) {
-            const float4 v0 = *reinterpret_cast<const float4*>(svn + r * VC + cc8);
-            const float4 v1 = *reinterpret_cast<const float4*>(svn + r * VC + cc8 + 4);
+#pragma unroll 2
+        for (int kk = 0; kk < kChunk; kk += 8) {
+            Tf32Frag<kExact, 2> fb[4] = {
+                Tf32Frag<kExact, 2>({svn[(kk + t) * LD + g], svn[(kk + t + 4) * LD + g]}),
+                Tf32Frag<kExact, 2>({svn[(kk + t) * LD + 8 + g], svn[(kk + t + 4) * LD + 8 + g]}),
+                Tf32Frag<kExact, 2>({svn[(kk + t) * LD + 16 + g], svn[(kk + t + 4) * LD + 16 + g]}),
+                Tf32Frag<kExact, 2>({svn[(kk + t) * LD + 24 + g], svn[(kk + t + 4) * LD + 24 + g]})};
 #pragma unroll
-            for (int m = 0; m < 4; ++m) {
-                const int d = dg + 32 * m;
-                const float kgv = d < K ? bx[r * SLD + d] : 0.f;
-                srow[m][0] += kgv * v0.x; srow[m][1] += kgv * v0.y; srow[m][2] += kgv * v0.z; srow[m][3] += kgv * v0.w;
-                srow[m][4] += kgv * v1.x; srow[m][5] += kgv * v1.y; srow[m][6] += kgv * v1.z; srow[m][7] += kgv * v1.w;
+            for (int m = 0; m < 2; ++m) {
+                if (m < mtiles) {
+                    const float* kg = bx + d0 + 16 * m + g;
+                    const Tf32Frag<kExact, 4> fa({kg[(kk + t) * XLD], kg[(kk + t) * XLD + 8], kg[(kk + t + 4) * XLD],
+                        kg[(kk + t + 4) * XLD + 8]});
+#pragma unroll
+                    for (int nt = 0; nt < 4; ++nt) mma_acc<kExact>(sacc[m][nt], fa, fb[nt]);
+                }
             }
         }
 #pragma unroll
-        for (int m = 0; m < 4; ++m) {
-            const int d = dg + 32 * m;
-            if (d < K) {
-                *reinterpret_cast<float4*>(ss + d * VC + cc8) = make_float4(srow[m][0], srow[m][1], srow[m][2], srow[m][3]);
-                *reinterpret_cast<float4*>(ss + d * VC + cc8 + 4) = make_float4(srow[m][4], srow[m][5], srow[m][6], srow[m][7]);
-            }
-        }
-        float* t = bx; bx = by; by = t;
+        for (int m = 0; m < 2; ++m)
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    if (m < mtiles) ss[(d0 + 16 * m + g + 8 * (e >> 1)) * LD + 8 * nt + 2 * t + (e & 1)] = sacc[m][nt][e];
+        float* sw = bx; bx = by; by = sw;
     }
 #pragma unroll
-    for (int m = 0; m < 4; ++m) {
-        const int d = dg + 32 * m;
-        if (d < K) {
-            *reinterpret_cast<float4*>(S + (size_t)d * V + cc8) = make_float4(srow[m][0], srow[m][1], srow[m][2], srow[m][3]);
-            *reinterpret_cast<float4*>(S + (size_t)d * V + cc8 + 4) = make_float4(srow[m][4], srow[m][5], srow[m][6], srow[m][7]);
-        }
-    }
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int d = d0 + 16 * m + g + 8 * (e >> 1);
+                if (m < mtiles && d < K) S[(size_t)d * V + 8 * nt + 2 * t + (e & 1)] = sacc[m][nt][e];
+            }
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -866,14 +910,19 @@ KDA_DECODE_ENTRY(kimi_kda_decode_step_f32, float)
 KDA_INTRA_ENTRY(kimi_kda_chunk_intra_bf16, __nv_bfloat16)
 KDA_INTRA_ENTRY(kimi_kda_chunk_intra_f32, float)
 
-#define KDA_PREFILL_ENTRY(NAME, T)                                                                                     \
+#ifndef KDA_BF16_SCAN_EXACT
+#define KDA_BF16_SCAN_EXACT true
+#endif
+// EXACT: 3xTF32 products (fp32 accuracy) or plain tf32.
+#define KDA_PREFILL_ENTRY(NAME, T, EXACT)                                                                              \
     extern "C" __global__ void __launch_bounds__(kda::kPrefillThreads) NAME(int H, int K, int V,                      \
         const int* cu_seqlens, const int* chunk_offsets, const float* w_in, const float* u_in, const float* a_in,     \
         const float* qg_in, const float* kg_in, const float* gamma_in, float* state, T* o) {                          \
-        kda::chunk_prefill<T>(H, K, V, cu_seqlens, chunk_offsets, w_in, u_in, a_in, qg_in, kg_in, gamma_in, state, o); \
+        kda::chunk_prefill<T, EXACT>(H, K, V, cu_seqlens, chunk_offsets, w_in, u_in, a_in, qg_in, kg_in, gamma_in,    \
+            state, o);                                                                                                 \
     }
-KDA_PREFILL_ENTRY(kimi_kda_chunk_prefill_bf16, __nv_bfloat16)
-KDA_PREFILL_ENTRY(kimi_kda_chunk_prefill_f32, float)
+KDA_PREFILL_ENTRY(kimi_kda_chunk_prefill_bf16, __nv_bfloat16, KDA_BF16_SCAN_EXACT)
+KDA_PREFILL_ENTRY(kimi_kda_chunk_prefill_f32, float, true)
 
 #define KDA_PREPARE_ENTRY(NAME, T)                                                                                     \
     extern "C" __global__ void __launch_bounds__(kda::kPrepareThreads) NAME(int H, int K, int V, int num_seqs,        \
