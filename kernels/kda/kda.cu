@@ -364,6 +364,51 @@ __device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, 
     }
 }
 
+// Tensor-core products (the intra kernel's sub-chunk pairs, the scan): mma.sync m16n8k8 with tf32 operands and fp32 accumulation. tf32 keeps 10 of
+// fp32's 23 mantissa bits (relative rounding 2^-11). The exact variant splits each operand x into big = tf32(x) and
+// small = tf32(x − big) and sums small·big + big·small + big·big (3xTF32): what it drops (small·small, the rounding of
+// small) is ~2^-22 relative, so it keeps fp32's accuracy at 3× the tensor-core work.
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+#ifdef KDA_EMULATE
+    return (__float_as_uint(x) + 0x1000u) & 0xffffe000u;   // cvt.rna: to nearest, ties away from zero (sign-magnitude)
+#else
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+#endif
+}
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#ifdef KDA_EMULATE
+    emu_mma_m16n8k8_tf32(d, a, b);
+#else
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+// An mma operand fragment of N fp32 values as tf32: big only, or big and small when kExact.
+template <bool kExact, int N> struct Tf32Frag {
+    uint32_t big[N], small[N];
+    __device__ __forceinline__ explicit Tf32Frag(const float (&x)[N]) {
+#pragma unroll
+        for (int i = 0; i < N; ++i) {
+            big[i] = to_tf32(x[i]);
+            if (kExact) small[i] = to_tf32(x[i] - __uint_as_float(big[i]));
+        }
+    }
+};
+template <bool kExact>
+__device__ __forceinline__ void mma_acc(float (&d)[4], const Tf32Frag<kExact, 4>& a, const Tf32Frag<kExact, 2>& b) {
+#ifdef KDA_EMULATE
+    if (kExact) { emu_mma_m16n8k8_tf32(d, a.big, b.big, a.small, b.small); return; }
+#endif
+    if (kExact) {
+        mma_tf32(d, a.small, b.big);
+        mma_tf32(d, a.big, b.small);
+    }
+    mma_tf32(d, a.big, b.big);
+}
+
 // ---------------------------------------------------------------------------------------------------------------------
 // Chunk-local work (see MATH). Block (c, h); the chunk's sequence is found by binary search over chunk_offsets.
 template <typename Tin>
@@ -457,97 +502,132 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     }
     if (tid < K) gamma_out[cc * K + tid] = ex2(sg[(kChunk - 1) * LD + tid]);
 
-    // L and A over the 64×64 pairs in 4×4 tiles, one 2^(G_r − G_s) per (r, s, d) shared by both. Only the lower
-    // triangle (s ≤ r) is computed: the substitution reads L below the diagonal only, and A is written from sA with
-    // the upper triangle zeroed.
-    //   Off-diagonal tile (row tile ta > column tile tb), threads 0..119, all of d: with n = 4·tb + 3 (the tile's last
-    //   column) 2^(G_r − G_s) = 2^(G_r − G_n) · 2^(G_n − G_s), both exponents ≤ 0 (G never increases along a chunk),
-    //   so 7 exponentials per d serve the tile's 16 pairs, whose products are then plain FMAs.
-    //   Diagonal tile (ta = tb): 2^(G_r − G_s) element-wise with the exponent clamped to 0 (masked pairs s > r would
-    //   overflow otherwise); 16 tiles × 8 parts of the d range on threads 128..255, parts summed by shuffle and sred.
-    static_assert(kIntraThreads == 256, "120 off-diagonal tiles on warps 0-3, 16 diagonal tiles × 8 d parts on warps 4-7");
+    // L and A over the 64×64 pairs, one 2^(G_r − G_s) per (r, s, d) shared by both. Only the lower triangle (s ≤ r) is
+    // computed: the substitution reads L below the diagonal only, and A is written from sA with the upper triangle
+    // zeroed. Every exponent taken is ≤ 0 (G never increases along a chunk), by factorizing through a reference row n
+    // with s ≤ n < r: 2^(G_r − G_s) = 2^(G_r − G_n)·2^(G_n − G_s).
+    //   Pairs of 16-row sub-chunks i > j (6 blocks of 16×16), warps 5-7 with two blocks each: tensor-core products
+    //   (3xTF32) of sub-chunk i's rows scaled by 2^(G_r − G_n) with sub-chunk j's rows scaled by 2^(G_n − G_s), n = j's
+    //   last row; the scaled operands are formed in registers as the fragments are loaded.
+    //   Inside the 4 diagonal 16×16 blocks, 4×4 tiles on warps 0-4 (8 tiles per warp, lane % 8; the d range split 4
+    //   ways by lane / 8, interleaved, the parts summed by shuffle): warps 0-2 take the 24 off-diagonal tiles, which
+    //   factorize through their last column (7 exponentials per d for 16 pairs, then plain FMAs); warps 3-4 the 16
+    //   diagonal tiles, with 2^(G_r − G_s) element-wise and the exponent clamped to 0 (masked pairs s > r would
+    //   overflow otherwise). Each warp runs one kind only, so no warp diverges between them.
+    static_assert(kIntraThreads == 256, "tiles on warps 0-4, sub-chunk pairs on warps 5-7");
     {
+        const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3, part = lane >> 3;
+        const bool pairs = warp >= 5, diag = warp == 3 || warp == 4;
+        // Σ k̂k̂ and Σ q̂k̂: a tile's 4×4 on warps 0-4; [2·block + n-tile][fragment] of two 16×16 blocks on warps 5-7.
         float kk[4][4], qk[4][4];
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll
             for (int j = 0; j < 4; ++j) { kk[i][j] = 0.f; qk[i][j] = 0.f; }
-        int ta, tb, d0, d1;
-        const bool diag = tid >= 128;
-        if (!diag) {
-            ta = 1;
-            while ((ta + 1) * ta / 2 <= tid) ++ta;
-            tb = tid - ta * (ta - 1) / 2;
-            d0 = 0; d1 = tid < 120 ? K : 0;
+        int ta, tb;   // warps 0-4: the tile's row and column tiles
+        if (!diag) {   // off-diagonal tile o of 24: block o / 6, local (a, b) like the sub-chunk pairs
+            const int o = 8 * warp + (lane & 7), lt = o % 6;
+            const int a = lt < 1 ? 1 : lt < 3 ? 2 : 3;
+            ta = 4 * (o / 6) + a; tb = 4 * (o / 6) + lt - a * (a - 1) / 2;
         } else {
-            const int part = (tid - 128) / 16;   // warp 4 + w holds parts 2w (lanes 0-15) and 2w + 1 (lanes 16-31)
-            ta = tb = tid % 16;
-            d0 = part * K / 8; d1 = (part + 1) * K / 8;
+            ta = tb = 8 * (warp - 3) + (lane & 7);
         }
-        if (!diag) {
-            for (int d = d0; d < d1; ++d) {
-                float kr[4], qr[4], gr[4], ks[4], gs[4];
+        if (pairs) {
 #pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    kr[i] = sk[(4 * ta + i) * LD + d]; qr[i] = sq[(4 * ta + i) * LD + d]; gr[i] = sg[(4 * ta + i) * LD + d];
-                    ks[i] = sk[(4 * tb + i) * LD + d]; gs[i] = sg[(4 * tb + i) * LD + d];
+            for (int pp = 0; pp < 2; ++pp) {
+                const int p = warp - 5 + 3 * pp;   // blocks (i, j): (1,0) (2,0) (2,1) (3,0) (3,1) (3,2)
+                const int i = p < 1 ? 1 : p < 3 ? 2 : 3, j = p - i * (i - 1) / 2;
+                const float* gn = sg + (16 * j + 15) * LD;
+                const int ra = (16 * i + g) * LD, rb = (16 * j + g) * LD;   // fragment rows g (+ 8) of i and of j
+                for (int k0 = 0; k0 < K; k0 += 8) {
+                    const int d0 = k0 + t, d1 = k0 + t + 4;
+                    const bool in1 = d1 < K;   // K % 4 == 0: only the upper half of a k-step can pass K
+                    const float gn0 = gn[d0], gn1 = in1 ? gn[d1] : 0.f;
+                    float ak[4], aq[4];   // a0 (g, d0), a1 (g + 8, d0), a2 (g, d1), a3 (g + 8, d1)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int x = ra + (e & 1) * 8 * LD + (e < 2 ? d0 : d1);
+                        const bool in = e < 2 || in1;
+                        const float s = in ? ex2(sg[x] - (e < 2 ? gn0 : gn1)) : 0.f;
+                        ak[e] = in ? sk[x] * s : 0.f;
+                        aq[e] = in ? sq[x] * s : 0.f;
+                    }
+                    const Tf32Frag<true, 4> fk(ak), fq(aq);
+#pragma unroll
+                    for (int nt = 0; nt < 2; ++nt) {   // b0 (k = d0, n = g), b1 (k = d1, n = g) of columns 8nt..8nt+7 of j
+                        const int x = rb + nt * 8 * LD;
+                        const float bv[2] = {sk[x + d0] * ex2(gn0 - sg[x + d0]), in1 ? sk[x + d1] * ex2(gn1 - sg[x + d1]) : 0.f};
+                        const Tf32Frag<true, 2> fb(bv);
+                        mma_acc<true>(kk[2 * pp + nt], fk, fb);
+                        mma_acc<true>(qk[2 * pp + nt], fq, fb);
+                    }
                 }
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    const float er = ex2(gr[i] - gs[3]);
-                    kr[i] *= er; qr[i] *= er;
-                }
-#pragma unroll
-                for (int j = 0; j < 3; ++j) ks[j] *= ex2(gs[3] - gs[j]);
-#pragma unroll
-                for (int i = 0; i < 4; ++i)
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) { kk[i][j] += kr[i] * ks[j]; qk[i][j] += qr[i] * ks[j]; }
             }
         } else {
-            for (int d = d0; d < d1; ++d) {
-                float kr[4], qr[4], gr[4], ks[4], gs[4];
+            if (!diag) {
+                for (int d = part; d < K; d += 4) {
+                    float kr[4], qr[4], gr[4], ks[4], gs[4];
 #pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    kr[i] = sk[(4 * ta + i) * LD + d]; qr[i] = sq[(4 * ta + i) * LD + d]; gr[i] = sg[(4 * ta + i) * LD + d];
-                    ks[i] = sk[(4 * tb + i) * LD + d]; gs[i] = sg[(4 * tb + i) * LD + d];
-                }
-#pragma unroll
-                for (int i = 0; i < 4; ++i)
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) {
-                        const float e = ks[j] * ex2(fminf(gr[i] - gs[j], 0.f));
-                        kk[i][j] += kr[i] * e;
-                        qk[i][j] += qr[i] * e;
+                    for (int i = 0; i < 4; ++i) {
+                        kr[i] = sk[(4 * ta + i) * LD + d]; qr[i] = sq[(4 * ta + i) * LD + d]; gr[i] = sg[(4 * ta + i) * LD + d];
+                        ks[i] = sk[(4 * tb + i) * LD + d]; gs[i] = sg[(4 * tb + i) * LD + d];
                     }
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        const float er = ex2(gr[i] - gs[3]);
+                        kr[i] *= er; qr[i] *= er;
+                    }
+#pragma unroll
+                    for (int j = 0; j < 3; ++j) ks[j] *= ex2(gs[3] - gs[j]);
+#pragma unroll
+                    for (int i = 0; i < 4; ++i)
+#pragma unroll
+                        for (int j = 0; j < 4; ++j) { kk[i][j] += kr[i] * ks[j]; qk[i][j] += qr[i] * ks[j]; }
+                }
+            } else {
+                for (int d = part; d < K; d += 4) {
+                    float kr[4], qr[4], gr[4], ks[4], gs[4];
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        kr[i] = sk[(4 * ta + i) * LD + d]; qr[i] = sq[(4 * ta + i) * LD + d]; gr[i] = sg[(4 * ta + i) * LD + d];
+                        ks[i] = sk[(4 * tb + i) * LD + d]; gs[i] = sg[(4 * tb + i) * LD + d];
+                    }
+#pragma unroll
+                    for (int i = 0; i < 4; ++i)
+#pragma unroll
+                        for (int j = 0; j < 4; ++j) {
+                            const float e = ks[j] * ex2(fminf(gr[i] - gs[j], 0.f));
+                            kk[i][j] += kr[i] * e;
+                            qk[i][j] += qr[i] * e;
+                        }
+                }
             }
 #pragma unroll
             for (int i = 0; i < 4; ++i)
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {   // parts 2w and 2w + 1 of a warp meet by shuffle
-                    kk[i][j] += __shfl_xor_sync(0xffffffffu, kk[i][j], 16);
-                    qk[i][j] += __shfl_xor_sync(0xffffffffu, qk[i][j], 16);
-                }
-            if (tid >= 160 && tid % 32 < 16) {   // warps 5-7 hand their sums to warp 4
-                float* red = sred + ((tid - 160) / 32 * 16 + ta) * 32;
+                for (int j = 0; j < 4; ++j)   // the 4 parts of a tile (lanes 8 apart) meet by shuffle
 #pragma unroll
-                for (int i = 0; i < 4; ++i)
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) { red[4 * i + j] = kk[i][j]; red[16 + 4 * i + j] = qk[i][j]; }
-            }
+                    for (int m = 8; m <= 16; m <<= 1) {
+                        kk[i][j] += __shfl_xor_sync(0xffffffffu, kk[i][j], m);
+                        qk[i][j] += __shfl_xor_sync(0xffffffffu, qk[i][j], m);
+                    }
         }
-        __syncthreads();
-        if (tid < 120 || (tid >= 128 && tid < 144)) {
-            if (diag) {
+        __syncthreads();   // q̂ is dead: L and A take its place
+        if (pairs) {
 #pragma unroll
-                for (int w = 0; w < 3; ++w) {
-                    const float* red = sred + (w * 16 + ta) * 32;
+            for (int pp = 0; pp < 2; ++pp) {
+                const int p = warp - 5 + 3 * pp;
+                const int i = p < 1 ? 1 : p < 3 ? 2 : 3, j = p - i * (i - 1) / 2;
 #pragma unroll
-                    for (int i = 0; i < 4; ++i)
+                for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-                        for (int j = 0; j < 4; ++j) { kk[i][j] += red[4 * i + j]; qk[i][j] += red[16 + 4 * i + j]; }
-                }
+                    for (int e = 0; e < 4; ++e) {
+                        const int r = 16 * i + g + 8 * (e >> 1), sc = 16 * j + 8 * nt + 2 * t + (e & 1);
+                        sl[r * kChunk + sc] = sb[r] * kk[2 * pp + nt][e];
+                        sa[r * kChunk + sc] = qk[2 * pp + nt][e];
+                    }
             }
+        } else if (part == 0) {
 #pragma unroll
             for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -603,51 +683,6 @@ __device__ __forceinline__ void copy_tile_async(float* dst, int dst_ld, const fl
         const int r = i / c4, c = (i % c4) * 4;
         cp_async16(dst + r * dst_ld + c, src + (size_t)r * src_ld + c);
     }
-}
-
-// Tensor-core products of the scan: mma.sync m16n8k8 with tf32 operands and fp32 accumulation. tf32 keeps 10 of
-// fp32's 23 mantissa bits (relative rounding 2^-11). The exact variant splits each operand x into big = tf32(x) and
-// small = tf32(x − big) and sums small·big + big·small + big·big (3xTF32): what it drops (small·small, the rounding of
-// small) is ~2^-22 relative, so it keeps fp32's accuracy at 3× the tensor-core work.
-__device__ __forceinline__ uint32_t to_tf32(float x) {
-#ifdef KDA_EMULATE
-    return (__float_as_uint(x) + 0x1000u) & 0xffffe000u;   // cvt.rna: to nearest, ties away from zero (sign-magnitude)
-#else
-    uint32_t r;
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-    return r;
-#endif
-}
-__device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-#ifdef KDA_EMULATE
-    emu_mma_m16n8k8_tf32(d, a, b);
-#else
-    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#endif
-}
-// An mma operand fragment of N fp32 values as tf32: big only, or big and small when kExact.
-template <bool kExact, int N> struct Tf32Frag {
-    uint32_t big[N], small[N];
-    __device__ __forceinline__ explicit Tf32Frag(const float (&x)[N]) {
-#pragma unroll
-        for (int i = 0; i < N; ++i) {
-            big[i] = to_tf32(x[i]);
-            if (kExact) small[i] = to_tf32(x[i] - __uint_as_float(big[i]));
-        }
-    }
-};
-template <bool kExact>
-__device__ __forceinline__ void mma_acc(float (&d)[4], const Tf32Frag<kExact, 4>& a, const Tf32Frag<kExact, 2>& b) {
-#ifdef KDA_EMULATE
-    if (kExact) { emu_mma_m16n8k8_tf32(d, a.big, b.big, a.small, b.small); return; }
-#endif
-    if (kExact) {
-        mma_tf32(d, a.small, b.big);
-        mma_tf32(d, a.big, b.small);
-    }
-    mma_tf32(d, a.big, b.big);
 }
 
 // acc[n] += A·B[:, 8n..8n+7] for one warp's 16 rows: A [16][k_end] at a (row stride lda ≡ 4 mod 32), B [k_end][32] at b
