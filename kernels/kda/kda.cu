@@ -660,12 +660,13 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
             if (is_w) x[r] = sb[r] * sk[r * LD + col] * ex2(sg[r * LD + col]);
             else x[r] = r < len ? sb[r] * ld(v[((size_t)(t0 + r) * H + h) * V + col]) : 0.f;
         }
+        // Row r's sum runs as 4 independent chains (s mod 4), so the serial path is ~r/4 FMAs deep, not r.
 #pragma unroll
         for (int r = 1; r < kChunk; ++r) {
-            float acc = x[r];
+            float acc[4] = {x[r], 0.f, 0.f, 0.f};
 #pragma unroll
-            for (int s = 0; s < r; ++s) acc = fmaf(-sl[r * kChunk + s], x[s], acc);
-            x[r] = acc;
+            for (int s = 0; s < r; ++s) acc[s & 3] = fmaf(-sl[r * kChunk + s], x[s], acc[s & 3]);
+            x[r] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
         }
         float* dst = is_w ? w_out + cc * kChunk * K : u_out + cc * kChunk * V;
         const int ld_dst = is_w ? K : V;
