@@ -45,7 +45,7 @@
 //                  windows and parameters before griddepcontrol.wait, and the new token's projections after it.
 //   prepare:       grid (T), block 256;  conv_window_update: grid (ceil(max(H·K, H·V) / 256), N), block 256.
 //   chunk_intra:   grid (NC, H), block 256, dynamic smem chunk_intra_smem_bytes(K) (> 48 KiB: raise the limit).
-//   chunk_prefill: grid (V/32, H, N), block 128, dynamic smem chunk_prefill_smem_bytes(K) (> 48 KiB).
+//   chunk_prefill: grid (V/32, H, N), block 256, dynamic smem chunk_prefill_smem_bytes(K) (> 48 KiB).
 //
 // PRECONDITIONS (the caller checks them; kernels do not)
 //   decode: K ≤ 128; V ∈ {16, 32, 64, 128}. prefill: K ≤ 128, K % 4 == 0, V % 32 == 0, K + V ≤ 256.
@@ -74,21 +74,22 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kDecodeThreads = 128;
 constexpr int kDecodeSlices = 4;         // blocks (= cluster size, __cluster_dims__ below) per head in the decode step
 constexpr int kIntraThreads = 256;
-constexpr int kPrefillThreads = 128;      // the scan's thread tiles below assume 128 threads and 32 columns
+constexpr int kPrefillThreads = 256;      // the scan's warp tiles below assume 8 warps and 32 columns
 constexpr int kPrefillCols = 32;         // state columns per prefill block
 constexpr int kPrepareThreads = 256;
 
 // Dynamic shared memory, in floats: decode (state slice [128][32], q̂, k̂, decay [128] each, warp partials [4][32],
 // slice vector [32], v [32], gate·weight [32], the cluster's RMSNorm partials [4]); intra (k̂, G [64][K+1] each, q̂
-// [64][K+1] later reused for L and A [64][64] each, diagonal-tile partials [3][16][32], β [64], row norms [128]);
-// prefill (S slice [KP][40], two stages [64][KP+4], A [64][68], U and Vn [64][40], γ [KP], with K padded to KP).
+// [64][K+1] later reused for L and A [64][64] each, β [64], row norms [128]); prefill, with K padded to KP (state slice
+// [KP][40] split in two planes, W and QG [64][KP+4], KG [64][KP+8], A [2][64][68], U [64][40], Vn [64][40] split in two
+// planes, γ [KP]).
 constexpr int kDecodeSmemFloats = 128 * 32 + 3 * 128 + 4 * 32 + 32 + 32 + 32 + 4;
 constexpr size_t kDecodeSmemBytes = kDecodeSmemFloats * sizeof(float);
 __host__ __device__ constexpr int chunk_intra_q_floats(int K) {   // q̂ [64][K+1], later L and A [64][64] each
     return kChunk * (K + 1) > 2 * kChunk * kChunk ? kChunk * (K + 1) : 2 * kChunk * kChunk;
 }
 __host__ __device__ constexpr size_t chunk_intra_smem_bytes(int K) {
-    return sizeof(float) * (2 * kChunk * (K + 1) + chunk_intra_q_floats(K) + 3 * 16 * 32 + 3 * kChunk);
+    return sizeof(float) * (2 * kChunk * (K + 1) + chunk_intra_q_floats(K) + 3 * kChunk);
 }
 // The scan's row strides: ≡ 8 mod 32 for mma B operands (state, U, Vn), ≡ 4 mod 32 for A operands (A, the stages).
 constexpr int kScanLd = kPrefillCols + 8;
@@ -96,8 +97,9 @@ constexpr int kScanALd = kChunk + 4;
 // The scan pads K to 64 or 128: whole k-steps of 8 and 16 state rows per warp per m-tile.
 __host__ __device__ constexpr int chunk_prefill_kpad(int K) { return K <= 64 ? 64 : 128; }
 __host__ __device__ constexpr size_t chunk_prefill_smem_bytes(int K) {
-    return sizeof(float) * (chunk_prefill_kpad(K) * kScanLd + 2 * kChunk * (chunk_prefill_kpad(K) + 4) + kChunk * kScanALd +
-        2 * kChunk * kScanLd + chunk_prefill_kpad(K));
+    const int kp = chunk_prefill_kpad(K);
+    return sizeof(float) * (2 * kp * kScanLd + 2 * kChunk * (kp + 4) + kChunk * (kp + 8) + 2 * kChunk * kScanALd +
+        3 * kChunk * kScanLd + kp);
 }
 
 __device__ __forceinline__ float ld(float x) { return x; }
@@ -364,10 +366,11 @@ __device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, 
     }
 }
 
-// Tensor-core products (the intra kernel's sub-chunk pairs, the scan): mma.sync m16n8k8 with tf32 operands and fp32 accumulation. tf32 keeps 10 of
-// fp32's 23 mantissa bits (relative rounding 2^-11). The exact variant splits each operand x into big = tf32(x) and
-// small = tf32(x − big) and sums small·big + big·small + big·big (3xTF32): what it drops (small·small, the rounding of
-// small) is ~2^-22 relative, so it keeps fp32's accuracy at 3× the tensor-core work.
+// Tensor-core products (the intra kernel's sub-chunk pairs, the scan): mma.sync m16n8k8 with tf32 operands and fp32
+// accumulation, as 3xTF32. tf32 keeps 10 of fp32's 23 mantissa bits (relative rounding 2^-11), which alone misses the
+// bf16 checks (1.1e-3 against ≤ 1e-3 on the scan's o, emulator and H100 alike), so each operand x is split into
+// big = tf32(x) and small = tf32(x − big) and a product sums small·big + big·small + big·big: what that drops
+// (small·small, the rounding of small) is ~2^-22 relative, fp32's accuracy at 3× the tensor-core work.
 __device__ __forceinline__ uint32_t to_tf32(float x) {
 #ifdef KDA_EMULATE
     return (__float_as_uint(x) + 0x1000u) & 0xffffe000u;   // cvt.rna: to nearest, ties away from zero (sign-magnitude)
@@ -386,27 +389,27 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #endif
 }
-// An mma operand fragment of N fp32 values as tf32: big only, or big and small when kExact.
-template <bool kExact, int N> struct Tf32Frag {
+// An mma operand fragment of N values, each split into tf32 big and small parts.
+template <int N> struct Tf32Frag {
     uint32_t big[N], small[N];
+    __device__ __forceinline__ Tf32Frag() {}
     __device__ __forceinline__ explicit Tf32Frag(const float (&x)[N]) {
 #pragma unroll
-        for (int i = 0; i < N; ++i) {
-            big[i] = to_tf32(x[i]);
-            if (kExact) small[i] = to_tf32(x[i] - __uint_as_float(big[i]));
-        }
+        for (int i = 0; i < N; ++i) split(i, x[i]);
+    }
+    __device__ __forceinline__ void split(int i, float x) {
+        big[i] = to_tf32(x);
+        small[i] = to_tf32(x - __uint_as_float(big[i]));
     }
 };
-template <bool kExact>
-__device__ __forceinline__ void mma_acc(float (&d)[4], const Tf32Frag<kExact, 4>& a, const Tf32Frag<kExact, 2>& b) {
+__device__ __forceinline__ void mma_acc(float (&d)[4], const Tf32Frag<4>& a, const Tf32Frag<2>& b) {
 #ifdef KDA_EMULATE
-    if (kExact) { emu_mma_m16n8k8_tf32(d, a.big, b.big, a.small, b.small); return; }
-#endif
-    if (kExact) {
-        mma_tf32(d, a.small, b.big);
-        mma_tf32(d, a.big, b.small);
-    }
+    emu_mma_m16n8k8_tf32(d, a.big, b.big, a.small, b.small);
+#else
+    mma_tf32(d, a.small, b.big);
+    mma_tf32(d, a.big, b.small);
     mma_tf32(d, a.big, b.big);
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -434,8 +437,7 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     float* sq = sg + kChunk * LD;        // [64][LD] q̂, until the pair tiles are summed
     float* sl = sq;                      // [64][64] L (below the diagonal), after the pair tiles
     float* sa = sl + kChunk * kChunk;    // [64][64] A (on and below the diagonal), after the pair tiles
-    float* sred = sq + chunk_intra_q_floats(K);   // [3][16][32] the diagonal tiles' partial sums of warps 5-7
-    float* sb = sred + 3 * 16 * 32;      // [64] β (0 past the end)
+    float* sb = sq + chunk_intra_q_floats(K);   // [64] β (0 past the end)
     float* snorm = sb + kChunk;          // [128] 1/‖q_r‖·K^-½, then 1/‖k_r‖
 
     // Loads of 4 consecutive channels each (8 bytes of bf16, 16 of fp32; K % 4 == 0 keeps them aligned), 4 quads of each
@@ -552,14 +554,14 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
                         ak[e] = in ? sk[x] * s : 0.f;
                         aq[e] = in ? sq[x] * s : 0.f;
                     }
-                    const Tf32Frag<true, 4> fk(ak), fq(aq);
+                    const Tf32Frag<4> fk(ak), fq(aq);
 #pragma unroll
                     for (int nt = 0; nt < 2; ++nt) {   // b0 (k = d0, n = g), b1 (k = d1, n = g) of columns 8nt..8nt+7 of j
                         const int x = rb + nt * 8 * LD;
                         const float bv[2] = {sk[x + d0] * ex2(gn0 - sg[x + d0]), in1 ? sk[x + d1] * ex2(gn1 - sg[x + d1]) : 0.f};
-                        const Tf32Frag<true, 2> fb(bv);
-                        mma_acc<true>(kk[2 * pp + nt], fk, fb);
-                        mma_acc<true>(qk[2 * pp + nt], fq, fb);
+                        const Tf32Frag<2> fb(bv);
+                        mma_acc(kk[2 * pp + nt], fk, fb);
+                        mma_acc(qk[2 * pp + nt], fq, fb);
                     }
                 }
             }
@@ -686,180 +688,201 @@ __device__ __forceinline__ void copy_tile_async(float* dst, int dst_ld, const fl
     }
 }
 
-// acc[n] += A·B[:, 8n..8n+7] for one warp's 16 rows: A [16][k_end] at a (row stride lda ≡ 4 mod 32), B [k_end][32] at b
-// (row stride kScanLd ≡ 8 mod 32); both strides make a fragment's 32 loads hit 32 different banks. k_end % 16 == 0.
-template <bool kExact>
-__device__ __forceinline__ void warp_rows16_mma(float (&acc)[4][4], const float* a, int lda, const float* b, int k_end, int g, int t) {
-#pragma unroll 2
-    for (int kk = 0; kk < k_end; kk += 8) {
-        const float av[4] = {a[g * lda + kk + t], a[(g + 8) * lda + kk + t], a[g * lda + kk + t + 4], a[(g + 8) * lda + kk + t + 4]};
-        const Tf32Frag<kExact, 4> fa(av);
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-            const float bv[2] = {b[(kk + t) * kScanLd + 8 * nt + g], b[(kk + t + 4) * kScanLd + 8 * nt + g]};
-            mma_acc<kExact>(acc[nt], fa, Tf32Frag<kExact, 2>(bv));
-        }
-    }
+// An A-operand fragment (rows g, g + 8 × columns k0 + t, k0 + t + 4 of a row-major fp32 tile at a, row stride lda),
+// split; lda ≡ 4 mod 32 puts the 32 lanes' loads in 32 different banks.
+__device__ __forceinline__ Tf32Frag<4> a_frag(const float* a, int lda, int k0, int g, int t) {
+    return Tf32Frag<4>({a[g * lda + k0 + t], a[(g + 8) * lda + k0 + t], a[g * lda + k0 + t + 4], a[(g + 8) * lda + k0 + t + 4]});
+}
+// The same of the transposed tile: element (m, k) at a[k·lda + m]; lda ≡ 8 mod 32 for distinct banks.
+__device__ __forceinline__ Tf32Frag<4> a_frag_t(const float* a, int lda, int k0, int g, int t) {
+    return Tf32Frag<4>({a[(k0 + t) * lda + g], a[(k0 + t) * lda + g + 8], a[(k0 + t + 4) * lda + g], a[(k0 + t + 4) * lda + g + 8]});
+}
+// A B-operand fragment (rows k0 + t, k0 + t + 4 × column c + g) of a tile kept split in shared memory as tf32 bit
+// patterns (big and small planes, row stride kScanLd ≡ 8 mod 32).
+__device__ __forceinline__ Tf32Frag<2> b_frag(const uint32_t* big, const uint32_t* small, int k0, int c, int g, int t) {
+    Tf32Frag<2> f;
+    f.big[0] = big[(k0 + t) * kScanLd + c + g]; f.big[1] = big[(k0 + t + 4) * kScanLd + c + g];
+    f.small[0] = small[(k0 + t) * kScanLd + c + g]; f.small[1] = small[(k0 + t + 4) * kScanLd + c + g];
+    return f;
 }
 
-// The sequential scan over one sequence's chunks for a 32-column slice of one head's state (see MATH).
-// Per chunk i the three products run as phases (a) Vn = U − W·S, (b) O = QG·S + A·Vn, (c) S ← Diag(γ)S + KGᵀVn,
-// and each phase's cp.async prefetch of the next operand overlaps the current one:
-//   during (a): QG_i → stage Y;   during (b): KG_i → stage X (W_i is done), γ_i;
-//   during (c): W_{i+1} → stage Y, U_{i+1}, A_{i+1}   (X and Y swap roles every chunk).
-// The products run on tensor cores (mma m16n8k8, tf32; 3xTF32 when kExact), lane = 4g + t: in (a) and (b) warp w owns
-// output rows 16w..16w+15 × the 32 columns (4 n-tiles of 8); in (c) it owns state rows [w·KP/4, (w+1)·KP/4) (KP/64
-// m-tiles of 16) × 32 columns, kept in registers in the accumulator layout across chunks and copied to shared memory
-// for the next chunk's (a) and (b). K is padded to KP ∈ {64, 128} with zero stage columns, state rows and γ entries, so
-// the k-steps of 8 and the row split need no tails. KG is read transposed, which costs 2-way bank conflicts there.
-template <typename Tin, bool kExact>
+// The sequential scan over one sequence's chunks for a 32-column slice of one head's state (see MATH), on tensor cores
+// (3xTF32 mma m16n8k8; lane = 4g + t). Per chunk i, with two barriers:
+//   phase 1: Vn = U − W·S and O = QG·S in one pass over the state (both read the same B fragments);
+//            meanwhile KG_i and γ_i arrive (issued at the top of the chunk);
+//   phase 2: O += A·Vn, written out; S ← Diag(γ)·S + KGᵀ·Vn;
+//            meanwhile W_{i+1}, QG_{i+1}, U_{i+1} arrive, and A_{i+1} in A's other buffer (issued after phase 1).
+// Warp w owns output rows 16·(w % 4) .. + 15 and columns 16·(w / 4) .. + 15 (2 n-tiles) in phases 1 and 2, and state
+// rows [(w % 4)·KP/4, (w % 4 + 1)·KP/4) (KP/64 m-tiles) × the same columns in (c), held in registers (accumulator
+// layout) across chunks. Operands that several warps read as B fragments (the state, Vn) are stored split once, as
+// tf32 big and small planes; the others are split as their fragments load. K is padded to KP ∈ {64, 128} with zero
+// stage columns, state rows and γ entries, so the k-steps of 8 and the row split need no tails.
+template <typename Tin>
 __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __restrict__ cu_seqlens,
     const int* __restrict__ chunk_offsets, const float* __restrict__ w_in, const float* __restrict__ u_in,
     const float* __restrict__ a_in, const float* __restrict__ qg_in, const float* __restrict__ kg_in,
     const float* __restrict__ gamma_in, float* state, Tin* __restrict__ o) {
     constexpr int NT = kPrefillThreads, VC = kPrefillCols, LD = kScanLd, ALD = kScanALd;
-    static_assert(NT == 128 && VC == 32, "4 warps × 16 rows in (a), (b); 4 n-tiles of 8 columns");
+    static_assert(NT == 256 && VC == 32, "8 warps: 4 row groups × 2 column halves of 16");
     const int slice = blockIdx.x, h = blockIdx.y, n = blockIdx.z, tid = threadIdx.x;
     const int warp = tid >> 5, g = (tid & 31) >> 2, t = tid & 3;
     const int j0 = slice * VC;
     const int tok0 = cu_seqlens[n], T = cu_seqlens[n + 1] - tok0;
     const int c0 = chunk_offsets[n], nchunks = chunk_offsets[n + 1] - c0;
-    const int KP = chunk_prefill_kpad(K), XLD = KP + 4;
+    const int KP = chunk_prefill_kpad(K), XLD = KP + 4, KGLD = KP + 8;
 
-    float* ss = smem();                  // [KP][40] state slice (rows ≥ K zero)
-    float* stx = ss + KP * LD;           // [64][KP+4] stage X (columns [K, KP) zero)
-    float* sty = stx + kChunk * XLD;     // [64][KP+4] stage Y (columns [K, KP) zero)
-    float* sa = sty + kChunk * XLD;      // [64][68] A
-    float* su = sa + kChunk * ALD;       // [64][40] U
-    float* svn = su + kChunk * LD;       // [64][40] Vn
-    float* sgam = svn + kChunk * LD;     // [KP] γ (entries ≥ K zero)
+    uint32_t* ssb = reinterpret_cast<uint32_t*>(smem());   // [KP][40] state slice, tf32 big parts (rows ≥ K zero)
+    uint32_t* sss = ssb + KP * LD;                          // [KP][40] state slice, tf32 small parts
+    float* sw = reinterpret_cast<float*>(sss + KP * LD);   // [64][KP+4] W (columns [K, KP) zero)
+    float* sqg = sw + kChunk * XLD;                         // [64][KP+4] QG (columns [K, KP) zero)
+    float* skg = sqg + kChunk * XLD;                        // [64][KP+8] KG (columns [K, KP) zero), read transposed
+    float* sa2 = skg + kChunk * KGLD;                       // [2][64][68] A of this chunk and of the next
+    float* su = sa2 + 2 * kChunk * ALD;                     // [64][40] U
+    uint32_t* svb = reinterpret_cast<uint32_t*>(su + kChunk * LD);   // [64][40] Vn, tf32 big parts
+    uint32_t* svs = svb + kChunk * LD;                      // [64][40] Vn, tf32 small parts
+    float* sgam = reinterpret_cast<float*>(svs + kChunk * LD);   // [KP] γ (entries ≥ K zero)
 
-    // The padding, once (cp.async only ever fills columns / rows / entries below K). Stages X and Y are adjacent.
-    for (int i = tid; i < 2 * kChunk * (KP - K); i += NT) stx[(i / (KP - K)) * XLD + K + i % (KP - K)] = 0.f;
-    for (int i = tid; i < (KP - K) * LD; i += NT) ss[K * LD + i] = 0.f;
+    // The padding, once (cp.async only ever fills columns / entries below K; state rows ≥ K are written below).
+    for (int i = tid; i < kChunk * (KP - K); i += NT) {
+        const int r = i / (KP - K), c = K + i % (KP - K);
+        sw[r * XLD + c] = 0.f; sqg[r * XLD + c] = 0.f; skg[r * KGLD + c] = 0.f;
+    }
     for (int i = K + tid; i < KP; i += NT) sgam[i] = 0.f;
 
-    float* S = state + ((size_t)n * H + h) * K * V + j0;
-    for (int i = tid; i < K * (VC / 4); i += NT) cp_async16(ss + (i / 8) * LD + (i % 8) * 4, S + (size_t)(i / 8) * V + (i % 8) * 4);
-    auto prefetch_a = [&](int ci, float* stage) {   // W, U, A of chunk ci
+    auto prefetch_wqu = [&](int ci) {   // W, QG, U of chunk ci and its A into buffer ci % 2
         const size_t cc = (size_t)(c0 + ci) * H + h;
-        copy_tile_async(stage, XLD, w_in + cc * kChunk * K, K, kChunk, K, tid, NT);
+        copy_tile_async(sw, XLD, w_in + cc * kChunk * K, K, kChunk, K, tid, NT);
+        copy_tile_async(sqg, XLD, qg_in + cc * kChunk * K, K, kChunk, K, tid, NT);
         copy_tile_async(su, LD, u_in + cc * kChunk * V + j0, V, kChunk, VC, tid, NT);
-        copy_tile_async(sa, ALD, a_in + cc * kChunk * kChunk, kChunk, kChunk, kChunk, tid, NT);
+        copy_tile_async(sa2 + (ci & 1) * kChunk * ALD, ALD, a_in + cc * kChunk * kChunk, kChunk, kChunk, kChunk, tid, NT);
     };
-    if (nchunks > 0) prefetch_a(0, stx);
+    if (nchunks > 0) prefetch_wqu(0);
     cp_async_commit();
-    cp_async_wait<0>();
-    __syncthreads();
 
-    const int mtiles = KP / 64, d0 = warp * (KP / 4);   // (c): this warp's state rows d0 + 16m + g (+ 8)
-    float sacc[2][4][4];
+    const int rq = warp & 3, ch = warp >> 2;      // row group, column half
+    const int r0 = 16 * rq, cb = 16 * ch;          // phases 1-2: rows r0 + g (+ 8), columns cb + 8·nt + 2t (+ 1)
+    const int mtiles = KP / 64, d0 = rq * (KP / 4);   // (c): state rows d0 + 16m + g (+ 8)
+    float* S = state + ((size_t)n * H + h) * K * V + j0;
+    float sacc[2][2][4];   // [m-tile][n-tile][fragment]
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt)
+        for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-            for (int e = 0; e < 4; ++e)
-                sacc[m][nt][e] = m < mtiles ? ss[(d0 + 16 * m + g + 8 * (e >> 1)) * LD + 8 * nt + 2 * t + (e & 1)] : 0.f;
+            for (int e = 0; e < 4; ++e) {
+                const int d = d0 + 16 * m + g + 8 * (e >> 1);
+                sacc[m][nt][e] = m < mtiles && d < K ? S[(size_t)d * V + cb + 8 * nt + 2 * t + (e & 1)] : 0.f;
+            }
+    auto store_state = [&]() {   // the split state, for the next chunk's phase 1
+#pragma unroll
+        for (int m = 0; m < 2; ++m)
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    if (m < mtiles) {
+                        const int x = (d0 + 16 * m + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1);
+                        const float v = sacc[m][nt][e];
+                        ssb[x] = to_tf32(v);
+                        sss[x] = to_tf32(v - __uint_as_float(ssb[x]));
+                    }
+    };
+    store_state();
 
-    const int r0 = 16 * warp;   // (a), (b): this warp's rows r0 + g (+ 8)
-    float* bx = stx;   // holds W_i at the top of iteration i
-    float* by = sty;
     for (int ci = 0; ci < nchunks; ++ci) {
         const size_t cc = (size_t)(c0 + ci) * H + h;
         const int len = min(kChunk, T - ci * kChunk);
-        cp_async_wait<0>();   // W_i, U_i, A_i (and the state's previous update is in ss)
-        __syncthreads();
-        copy_tile_async(by, XLD, qg_in + cc * kChunk * K, K, kChunk, K, tid, NT);
-        cp_async_commit();
-
-        // (a) Vn = U − W·S, accumulated as −U + W·S and negated on the way out
-        float acc[4][4];
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[nt][e] = -su[(r0 + g + 8 * (e >> 1)) * LD + 8 * nt + 2 * t + (e & 1)];
-        warp_rows16_mma<kExact>(acc, bx + r0 * XLD, XLD, ss, KP, g, t);
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) svn[(r0 + g + 8 * (e >> 1)) * LD + 8 * nt + 2 * t + (e & 1)] = -acc[nt][e];
-        cp_async_wait<0>();   // QG_i
-        __syncthreads();      // Vn complete; W_i and U_i no longer needed
-        copy_tile_async(bx, XLD, kg_in + cc * kChunk * K, K, kChunk, K, tid, NT);
+        const float* sa = sa2 + (ci & 1) * kChunk * ALD;
+        cp_async_wait<0>();   // W_i, QG_i, U_i, A_i
+        __syncthreads();      // ... for every thread; the state is stored; chunk i − 1 no longer reads KG, γ, Vn
+        copy_tile_async(skg, KGLD, kg_in + cc * kChunk * K, K, kChunk, K, tid, NT);
         for (int i = tid; i < K / 4; i += NT) cp_async16(sgam + 4 * i, gamma_in + cc * K + 4 * i);
         cp_async_commit();
 
-        // (b) O = QG·S + A·Vn (A is 0 above the diagonal and in rows past the end, so the k range stops at r0 + 16)
+        // Phase 1: Vn = U − W·S (accumulated as −U + W·S) and O = QG·S.
+        float vacc[2][4], oacc[2][4];
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt)
+        for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
-        warp_rows16_mma<kExact>(acc, by + r0 * XLD, XLD, ss, KP, g, t);
-        warp_rows16_mma<kExact>(acc, sa + r0 * ALD, ALD, svn, r0 + 16, g, t);
+            for (int e = 0; e < 4; ++e) {
+                vacc[nt][e] = -su[(r0 + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1)];
+                oacc[nt][e] = 0.f;
+            }
+#pragma unroll 2
+        for (int k0 = 0; k0 < KP; k0 += 8) {
+            const Tf32Frag<4> fw = a_frag(sw + r0 * XLD, XLD, k0, g, t), fq = a_frag(sqg + r0 * XLD, XLD, k0, g, t);
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) {
+                const Tf32Frag<2> fs = b_frag(ssb, sss, k0, cb + 8 * nt, g, t);
+                mma_acc(vacc[nt], fw, fs);
+                mma_acc(oacc[nt], fq, fs);
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int x = (r0 + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1);
+                const float v = -vacc[nt][e];
+                svb[x] = to_tf32(v);
+                svs[x] = to_tf32(v - __uint_as_float(svb[x]));
+            }
+        cp_async_wait<0>();   // KG_i, γ_i
+        __syncthreads();      // Vn complete; W_i, QG_i, U_i and the stored state no longer read
+        if (ci + 1 < nchunks) prefetch_wqu(ci + 1);
+        cp_async_commit();
+
+        // Phase 2: O += A·Vn (A is 0 above the diagonal and in rows past the end, so k stops at r0 + 16), then out.
+        for (int k0 = 0; k0 < r0 + 16; k0 += 8) {
+            const Tf32Frag<4> fa = a_frag(sa + r0 * ALD, ALD, k0, g, t);
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) mma_acc(oacc[nt], fa, b_frag(svb, svs, k0, cb + 8 * nt, g, t));
+        }
 #pragma unroll
         for (int e2 = 0; e2 < 2; ++e2) {
             const int r = r0 + g + 8 * e2;
             if (r < len) {
-                Tin* orow = o + ((size_t)(tok0 + ci * kChunk + r) * H + h) * V + j0 + 2 * t;
+                Tin* orow = o + ((size_t)(tok0 + ci * kChunk + r) * H + h) * V + j0 + cb + 2 * t;
 #pragma unroll
-                for (int nt = 0; nt < 4; ++nt) {
-                    st(orow + 8 * nt, acc[nt][2 * e2]);
-                    st(orow + 8 * nt + 1, acc[nt][2 * e2 + 1]);
+                for (int nt = 0; nt < 2; ++nt) {
+                    st(orow + 8 * nt, oacc[nt][2 * e2]);
+                    st(orow + 8 * nt + 1, oacc[nt][2 * e2 + 1]);
                 }
             }
         }
-        cp_async_wait<0>();   // KG_i, γ_i
-        __syncthreads();      // QG_i, A_i and the old state are no longer needed
-        if (ci + 1 < nchunks) prefetch_a(ci + 1, by);
-        cp_async_commit();
-
-        // (c) S ← Diag(γ)·S + KGᵀ·Vn, with KGᵀ read from KG's [64][KP] stage transposed
+        // (c) S ← Diag(γ)·S + KGᵀ·Vn
 #pragma unroll
         for (int m = 0; m < 2; ++m) {
             if (m < mtiles) {
                 const float ga = sgam[d0 + 16 * m + g], gb = sgam[d0 + 16 * m + g + 8];
 #pragma unroll
-                for (int nt = 0; nt < 4; ++nt) {
+                for (int nt = 0; nt < 2; ++nt) {
                     sacc[m][nt][0] *= ga; sacc[m][nt][1] *= ga; sacc[m][nt][2] *= gb; sacc[m][nt][3] *= gb;
                 }
             }
         }
 #pragma unroll 2
-        for (int kk = 0; kk < kChunk; kk += 8) {
-            Tf32Frag<kExact, 2> fb[4] = {
-                Tf32Frag<kExact, 2>({svn[(kk + t) * LD + g], svn[(kk + t + 4) * LD + g]}),
-                Tf32Frag<kExact, 2>({svn[(kk + t) * LD + 8 + g], svn[(kk + t + 4) * LD + 8 + g]}),
-                Tf32Frag<kExact, 2>({svn[(kk + t) * LD + 16 + g], svn[(kk + t + 4) * LD + 16 + g]}),
-                Tf32Frag<kExact, 2>({svn[(kk + t) * LD + 24 + g], svn[(kk + t + 4) * LD + 24 + g]})};
+        for (int k0 = 0; k0 < kChunk; k0 += 8) {
+            const Tf32Frag<2> fv[2] = {b_frag(svb, svs, k0, cb, g, t), b_frag(svb, svs, k0, cb + 8, g, t)};
 #pragma unroll
             for (int m = 0; m < 2; ++m) {
                 if (m < mtiles) {
-                    const float* kg = bx + d0 + 16 * m + g;
-                    const Tf32Frag<kExact, 4> fa({kg[(kk + t) * XLD], kg[(kk + t) * XLD + 8], kg[(kk + t + 4) * XLD],
-                        kg[(kk + t + 4) * XLD + 8]});
+                    const Tf32Frag<4> fk = a_frag_t(skg + d0 + 16 * m, KGLD, k0, g, t);
 #pragma unroll
-                    for (int nt = 0; nt < 4; ++nt) mma_acc<kExact>(sacc[m][nt], fa, fb[nt]);
+                    for (int nt = 0; nt < 2; ++nt) mma_acc(sacc[m][nt], fk, fv[nt]);
                 }
             }
         }
-#pragma unroll
-        for (int m = 0; m < 2; ++m)
-#pragma unroll
-            for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    if (m < mtiles) ss[(d0 + 16 * m + g + 8 * (e >> 1)) * LD + 8 * nt + 2 * t + (e & 1)] = sacc[m][nt][e];
-        float* sw = bx; bx = by; by = sw;
+        store_state();   // nobody reads the stored state between the barrier above and the next one
     }
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt)
+        for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int d = d0 + 16 * m + g + 8 * (e >> 1);
-                if (m < mtiles && d < K) S[(size_t)d * V + 8 * nt + 2 * t + (e & 1)] = sacc[m][nt][e];
+                if (m < mtiles && d < K) S[(size_t)d * V + cb + 8 * nt + 2 * t + (e & 1)] = sacc[m][nt][e];
             }
 }
 
@@ -946,19 +969,14 @@ KDA_DECODE_ENTRY(kimi_kda_decode_step_f32, float)
 KDA_INTRA_ENTRY(kimi_kda_chunk_intra_bf16, __nv_bfloat16)
 KDA_INTRA_ENTRY(kimi_kda_chunk_intra_f32, float)
 
-#ifndef KDA_BF16_SCAN_EXACT
-#define KDA_BF16_SCAN_EXACT true
-#endif
-// EXACT: 3xTF32 products (fp32 accuracy) or plain tf32.
-#define KDA_PREFILL_ENTRY(NAME, T, EXACT)                                                                              \
+#define KDA_PREFILL_ENTRY(NAME, T)                                                                              \
     extern "C" __global__ void __launch_bounds__(kda::kPrefillThreads) NAME(int H, int K, int V,                      \
         const int* cu_seqlens, const int* chunk_offsets, const float* w_in, const float* u_in, const float* a_in,     \
         const float* qg_in, const float* kg_in, const float* gamma_in, float* state, T* o) {                          \
-        kda::chunk_prefill<T, EXACT>(H, K, V, cu_seqlens, chunk_offsets, w_in, u_in, a_in, qg_in, kg_in, gamma_in,    \
-            state, o);                                                                                                 \
+        kda::chunk_prefill<T>(H, K, V, cu_seqlens, chunk_offsets, w_in, u_in, a_in, qg_in, kg_in, gamma_in, state, o); \
     }
-KDA_PREFILL_ENTRY(kimi_kda_chunk_prefill_bf16, __nv_bfloat16, KDA_BF16_SCAN_EXACT)
-KDA_PREFILL_ENTRY(kimi_kda_chunk_prefill_f32, float, true)
+KDA_PREFILL_ENTRY(kimi_kda_chunk_prefill_bf16, __nv_bfloat16)
+KDA_PREFILL_ENTRY(kimi_kda_chunk_prefill_f32, float)
 
 #define KDA_PREPARE_ENTRY(NAME, T)                                                                                     \
     extern "C" __global__ void __launch_bounds__(kda::kPrepareThreads) NAME(int H, int K, int V, int num_seqs,        \
