@@ -63,7 +63,8 @@ struct Fiber {
     Wait wait = None;
     uint32_t shfl_val = 0, shfl_res = 0;
     int shfl_src = 0;
-    uint32_t mma_in[12] = {};                  // this lane's A (4) and B (2) fragments, big then small
+    uint32_t mma_in[2][12] = {};               // this lane's A (4) and B (2) fragments, big then small, per slot
+    int mma_slot = 0;                          // the slot of its next mma
     struct Copy { void* dst; const void* src; };
     std::vector<Copy> pending;                 // cp.async issued since the last commit
     std::vector<std::vector<Copy>> groups;     // committed, not yet waited for
@@ -110,18 +111,22 @@ template <typename T> inline T __shfl_sync(unsigned, T v, int l) { return emu_sh
 // layouts (g = lane / 4, t = lane % 4): a0 (g, t), a1 (g + 8, t), a2 (g, t + 4), a3 (g + 8, t + 4) of the 16×8 A;
 // b0 (k = t, n = g), b1 (k = t + 4, n = g) of the 8×8 B; d0, d1 (g, 2t + 0/1), d2, d3 (g + 8, 2t + 0/1). Operands are
 // tf32 bit patterns (the caller rounds them); products are summed in fp32. With a_small and b_small it is the three
-// mma of a 3xTF32 product in their order (small·big, big·small, big·big), at the emulation cost of one. Two warp
-// rendezvous: every lane has posted its fragments before any lane reads them, and none posts new ones before all
-// have read these.
+// mma of a 3xTF32 product in their order (small·big, big·small, big·big), at the emulation cost of one.
+// One warp rendezvous per call: every lane has posted its fragments before any lane reads them. Posts alternate
+// between two slots, so a lane that runs ahead into its next mma cannot overwrite what a slower lane is still reading
+// (it cannot get two ahead: the next rendezvous waits for the slow lane).
 inline void emu_mma_m16n8k8_tf32(float* d, const uint32_t* a, const uint32_t* b, const uint32_t* a_small = nullptr,
     const uint32_t* b_small = nullptr) {
-    uint32_t* in = emu::st().fibers[emu::st().cur].mma_in;
+    emu::Fiber& self = emu::st().fibers[emu::st().cur];
+    const int slot = self.mma_slot;
+    self.mma_slot ^= 1;
+    uint32_t* in = self.mma_in[slot];
     std::memcpy(in, a, 16);
     std::memcpy(in + 4, b, 8);
     if (a_small) { std::memcpy(in + 6, a_small, 16); std::memcpy(in + 10, b_small, 8); }
     emu::yield(emu::Warp);
     const int lane = int(threadIdx.x % 32), base = emu::st().cur - lane, g = lane / 4, t = lane % 4;
-    auto at = [&](int l, int i) { return __uint_as_float(emu::st().fibers[base + l].mma_in[i]); };
+    auto at = [&](int l, int i) { return __uint_as_float(emu::st().fibers[base + l].mma_in[slot][i]); };
     // A(r, k) of fragment set f (0 big, 1 small) and B(k, c).
     auto A = [&](int f, int r, int k) { return at((r % 8) * 4 + k % 4, 6 * f + (r >= 8) + 2 * (k >= 4)); };
     auto B = [&](int f, int k, int c) { return at(c * 4 + k % 4, 6 * f + 4 + (k >= 4)); };
@@ -135,7 +140,6 @@ inline void emu_mma_m16n8k8_tf32(float* d, const uint32_t* a, const uint32_t* b,
         for (int k = 0; k < 8; ++k) acc += A(0, r, k) * B(0, k, c);
         d[i] = acc;
     }
-    emu::yield(emu::Warp);
 }
 
 namespace emu {
@@ -205,6 +209,7 @@ inline void emu_launch(void (*k)(P...), int cluster_x, dim3 grid, dim3 block, si
                         emu::Fiber& f = s.fibers[size_t(b) * threads + t];
                         f.stack.resize(64 * 1024);
                         f.wait = emu::None;
+                        f.mma_slot = 0;
                         f.pending.clear();
                         f.groups.clear();
                         f.tid = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
