@@ -442,14 +442,18 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
 
     // Loads of 4 consecutive channels each (8 bytes of bf16, 16 of fp32; K % 4 == 0 keeps them aligned), 4 quads of each
     // of k, q, g per thread issued before the first shared store: two latency rounds for K = 128 (eight would cost
-    // registers that the second block per SM needs; that block hides the rounds instead).
-    for (int i0 = 0; i0 < kChunk * K / 4; i0 += 4 * kIntraThreads) {
+    // registers that the second block per SM needs; that block hides the rounds instead). Thread = one quad column of
+    // rows qr0, qr0 + qstep, …: the one division by the runtime K happens here, not per element (it costs ~20
+    // instructions); threads past qstep·K/4 idle when K/4 does not divide 256.
+    const int q4 = K / 4, qc = tid % q4, qr0 = tid / q4, qstep = kIntraThreads / q4;
+    const bool qthread = tid < qstep * q4;
+    for (int rb = qr0; rb < kChunk; rb += 4 * qstep) {
         float4 kx[4], qx[4], gx[4];
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
-            const int i = i0 + u * kIntraThreads + tid, r = 4 * i / K;
-            const bool in = i < kChunk * K / 4 && r < len;
-            const size_t x = ((size_t)(t0 + r) * H + h) * K + 4 * i % K;
+            const int r = rb + u * qstep;
+            const bool in = qthread && r < len;
+            const size_t x = ((size_t)(t0 + r) * H + h) * K + 4 * qc;
             const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
             kx[u] = in ? ld4(k + x) : zero;
             qx[u] = in ? ld4(q + x) : zero;
@@ -457,8 +461,8 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
         }
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
-            const int i = i0 + u * kIntraThreads + tid, r = 4 * i / K, d = 4 * i % K;
-            if (i < kChunk * K / 4) {
+            const int r = rb + u * qstep, d = 4 * qc;
+            if (qthread && r < kChunk) {
                 float* rk = sk + r * LD + d; float* rq = sq + r * LD + d; float* rg = sg + r * LD + d;
                 rk[0] = kx[u].x; rk[1] = kx[u].y; rk[2] = kx[u].z; rk[3] = kx[u].w;
                 rq[0] = qx[u].x; rq[1] = qx[u].y; rq[2] = qx[u].z; rq[3] = qx[u].w;
@@ -476,10 +480,12 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
         snorm[tid] = 1.0f / sqrtf(ss + kL2Eps) * (tid < kChunk ? 1.0f / sqrtf((float)K) : 1.0f);
     }
     __syncthreads();
-    for (int i = tid; i < kChunk * K; i += kIntraThreads) {
-        const int r = i / K, d = i % K;
-        sq[r * LD + d] *= snorm[r];
-        sk[r * LD + d] *= snorm[kChunk + r];
+    // Element loops below: thread = channel ec of rows er0, er0 + estep, … (one division, as for the loads).
+    const int ec = tid % K, er0 = tid / K, estep = kIntraThreads / K;
+    const bool ethread = tid < estep * K;
+    for (int r = er0; ethread && r < kChunk; r += estep) {
+        sq[r * LD + ec] *= snorm[r];
+        sk[r * LD + ec] *= snorm[kChunk + r];
     }
     if (tid < K) {   // the column is read into registers first, so the running sum waits on no shared-memory load
         float col[kChunk];
@@ -496,11 +502,10 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
 
     const size_t cc = (size_t)c * H + h;
     // QG, KG, γ (rows ≥ len are 0 because q̂, k̂ are).
-    for (int i = tid; i < kChunk * K; i += kIntraThreads) {
-        const int r = i / K, d = i % K;
-        const float G = sg[r * LD + d], Gl = sg[(kChunk - 1) * LD + d];
-        qg_out[cc * kChunk * K + i] = sq[r * LD + d] * ex2(G);
-        kg_out[cc * kChunk * K + i] = sk[r * LD + d] * ex2(Gl - G);
+    for (int r = er0; ethread && r < kChunk; r += estep) {
+        const float G = sg[r * LD + ec], Gl = sg[(kChunk - 1) * LD + ec];
+        qg_out[(cc * kChunk + r) * K + ec] = sq[r * LD + ec] * ex2(G);
+        kg_out[(cc * kChunk + r) * K + ec] = sk[r * LD + ec] * ex2(Gl - G);
     }
     if (tid < K) gamma_out[cc * K + tid] = ex2(sg[(kChunk - 1) * LD + tid]);
 
@@ -677,15 +682,14 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     }
 }
 
-// Starts copying a [rows][cols] fp32 tile (cols % 4 == 0) from global (row stride src_ld) into shared (row stride
-// dst_ld) with cp.async; the caller commits and waits.
+// Starts copying a [rows][cols] fp32 tile (cols % 4 == 0, cols ≤ 4·nthreads) from global (row stride src_ld) into
+// shared (row stride dst_ld) with cp.async; the caller commits and waits.
 __device__ __forceinline__ void copy_tile_async(float* dst, int dst_ld, const float* __restrict__ src, int src_ld,
     int rows, int cols, int tid, int nthreads) {
-    const int c4 = cols / 4;
-    for (int i = tid; i < rows * c4; i += nthreads) {
-        const int r = i / c4, c = (i % c4) * 4;
-        cp_async16(dst + r * dst_ld + c, src + (size_t)r * src_ld + c);
-    }
+    // Thread = one 16-byte column of rows r0, r0 + step, …: one division by the runtime width, not one per copy.
+    const int c4 = cols / 4, c = (tid % c4) * 4, step = nthreads / c4;
+    if (tid >= step * c4) return;
+    for (int r = tid / c4; r < rows; r += step) cp_async16(dst + r * dst_ld + c, src + (size_t)r * src_ld + c);
 }
 
 // An A-operand fragment (rows g, g + 8 × columns k0 + t, k0 + t + 4 of a row-major fp32 tile at a, row stride lda),
