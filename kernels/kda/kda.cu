@@ -103,10 +103,12 @@ __host__ __device__ constexpr size_t chunk_prefill_smem_bytes(int K) {
 }
 
 __device__ __forceinline__ float ld(float x) { return x; }
-// Four consecutive values as floats (p 16-byte aligned for fp32, 8-byte for bf16).
-__device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
-__device__ __forceinline__ float4 ld4(const __nv_bfloat16* p) {
-    const uint2 u = *reinterpret_cast<const uint2*>(p);   // bf16 → fp32 is a 16-bit shift
+// Four consecutive values as loaded (p 16-byte aligned for fp32, 8-byte for bf16), widened to fp32 by widen() when
+// used: bf16 quads then hold 2 registers in flight, not 4.
+__device__ __forceinline__ float4 ld4_raw(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ uint2 ld4_raw(const __nv_bfloat16* p) { return *reinterpret_cast<const uint2*>(p); }
+__device__ __forceinline__ float4 widen(float4 x) { return x; }
+__device__ __forceinline__ float4 widen(uint2 u) {   // bf16 → fp32 is a 16-bit shift
     return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
         __uint_as_float(u.y & 0xffff0000u));
 }
@@ -411,6 +413,17 @@ __device__ __forceinline__ void mma_acc(float (&d)[4], const Tf32Frag<4>& a, con
     mma_tf32(d, a.big, b.big);
 #endif
 }
+// The same with the two correction products accumulated in c (the caller adds c to d once its k loop ends): each
+// k-step's three mma then form two dependency chains, d's one mma deep, instead of one three deep.
+__device__ __forceinline__ void mma_acc(float (&d)[4], float (&c)[4], const Tf32Frag<4>& a, const Tf32Frag<2>& b) {
+#ifdef KDA_EMULATE
+    emu_mma_m16n8k8_tf32(d, a.big, b.big, a.small, b.small, c);
+#else
+    mma_tf32(c, a.small, b.big);
+    mma_tf32(c, a.big, b.small);
+    mma_tf32(d, a.big, b.big);
+#endif
+}
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Chunk-local work (see MATH). Block (c, h); the chunk's sequence is found by binary search over chunk_offsets.
@@ -440,32 +453,34 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     float* sb = sq + chunk_intra_q_floats(K);   // [64] β (0 past the end)
     float* snorm = sb + kChunk;          // [128] 1/‖q_r‖·K^-½, then 1/‖k_r‖
 
-    // Loads of 4 consecutive channels each (8 bytes of bf16, 16 of fp32; K % 4 == 0 keeps them aligned), 4 quads of each
-    // of k, q, g per thread issued before the first shared store: two latency rounds for K = 128 (eight would cost
-    // registers that the second block per SM needs; that block hides the rounds instead). Thread = one quad column of
-    // rows qr0, qr0 + qstep, …: the one division by the runtime K happens here, not per element (it costs ~20
-    // instructions); threads past qstep·K/4 idle when K/4 does not divide 256.
+    // Loads of 4 consecutive channels each (8 bytes of bf16, 16 of fp32; K % 4 == 0 keeps them aligned), kept raw until
+    // their shared store and all issued before it: 8 quads of each of k, q, g per thread for bf16 (one latency round
+    // for K = 128, in 64 registers), 4 for fp32 (two rounds: eight would take the registers that the second block per
+    // SM needs). Thread = one quad column of rows qr0, qr0 + qstep, …: the one division by the runtime K happens here,
+    // not per element (it costs ~20 instructions); threads past qstep·K/4 idle when K/4 does not divide 256.
+    constexpr int kQuads = sizeof(Tin) == 2 ? 8 : 4;
     const int q4 = K / 4, qc = tid % q4, qr0 = tid / q4, qstep = kIntraThreads / q4;
     const bool qthread = tid < qstep * q4;
-    for (int rb = qr0; rb < kChunk; rb += 4 * qstep) {
-        float4 kx[4], qx[4], gx[4];
+    for (int rb = qr0; rb < kChunk; rb += kQuads * qstep) {
+        decltype(ld4_raw(k)) kx[kQuads], qx[kQuads];
+        float4 gx[kQuads];
 #pragma unroll
-        for (int u = 0; u < 4; ++u) {
+        for (int u = 0; u < kQuads; ++u) {
             const int r = rb + u * qstep;
             const bool in = qthread && r < len;
             const size_t x = ((size_t)(t0 + r) * H + h) * K + 4 * qc;
-            const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-            kx[u] = in ? ld4(k + x) : zero;
-            qx[u] = in ? ld4(q + x) : zero;
-            gx[u] = in ? *reinterpret_cast<const float4*>(g + x) : zero;
+            kx[u] = in ? ld4_raw(k + x) : decltype(ld4_raw(k)){};
+            qx[u] = in ? ld4_raw(q + x) : decltype(ld4_raw(q)){};
+            gx[u] = in ? *reinterpret_cast<const float4*>(g + x) : make_float4(0.f, 0.f, 0.f, 0.f);
         }
 #pragma unroll
-        for (int u = 0; u < 4; ++u) {
+        for (int u = 0; u < kQuads; ++u) {
             const int r = rb + u * qstep, d = 4 * qc;
             if (qthread && r < kChunk) {
+                const float4 kf = widen(kx[u]), qf = widen(qx[u]);
                 float* rk = sk + r * LD + d; float* rq = sq + r * LD + d; float* rg = sg + r * LD + d;
-                rk[0] = kx[u].x; rk[1] = kx[u].y; rk[2] = kx[u].z; rk[3] = kx[u].w;
-                rq[0] = qx[u].x; rq[1] = qx[u].y; rq[2] = qx[u].z; rq[3] = qx[u].w;
+                rk[0] = kf.x; rk[1] = kf.y; rk[2] = kf.z; rk[3] = kf.w;
+                rq[0] = qf.x; rq[1] = qf.y; rq[2] = qf.z; rq[3] = qf.w;
                 rg[0] = gx[u].x * kLog2e; rg[1] = gx[u].y * kLog2e; rg[2] = gx[u].z * kLog2e; rg[3] = gx[u].w * kLog2e;
             }
         }
@@ -803,14 +818,14 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
         for (int i = tid; i < K / 4; i += NT) cp_async16(sgam + 4 * i, gamma_in + cc * K + 4 * i);
         cp_async_commit();
 
-        // Phase 1: Vn = U − W·S (accumulated as −U + W·S) and O = QG·S.
-        float vacc[2][4], oacc[2][4];
+        // Phase 1: Vn = U − W·S (accumulated as −U + W·S) and O = QG·S; v/ocor hold the 3xTF32 correction terms.
+        float vacc[2][4], oacc[2][4], vcor[2][4], ocor[2][4];
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 vacc[nt][e] = -su[(r0 + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1)];
-                oacc[nt][e] = 0.f;
+                oacc[nt][e] = 0.f; vcor[nt][e] = 0.f; ocor[nt][e] = 0.f;
             }
 #pragma unroll 2
         for (int k0 = 0; k0 < KP; k0 += 8) {
@@ -818,8 +833,8 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt) {
                 const Tf32Frag<2> fs = b_frag(ssb, sss, k0, cb + 8 * nt, g, t);
-                mma_acc(vacc[nt], fw, fs);
-                mma_acc(oacc[nt], fq, fs);
+                mma_acc(vacc[nt], vcor[nt], fw, fs);
+                mma_acc(oacc[nt], ocor[nt], fq, fs);
             }
         }
 #pragma unroll
@@ -827,7 +842,7 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int x = (r0 + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1);
-                const float v = -vacc[nt][e];
+                const float v = -(vacc[nt][e] + vcor[nt][e]);
                 svb[x] = to_tf32(v);
                 svs[x] = to_tf32(v - __uint_as_float(svb[x]));
             }
@@ -840,7 +855,7 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
         for (int k0 = 0; k0 < r0 + 16; k0 += 8) {
             const Tf32Frag<4> fa = a_frag(sa + r0 * ALD, ALD, k0, g, t);
 #pragma unroll
-            for (int nt = 0; nt < 2; ++nt) mma_acc(oacc[nt], fa, b_frag(svb, svs, k0, cb + 8 * nt, g, t));
+            for (int nt = 0; nt < 2; ++nt) mma_acc(oacc[nt], ocor[nt], fa, b_frag(svb, svs, k0, cb + 8 * nt, g, t));
         }
 #pragma unroll
         for (int e2 = 0; e2 < 2; ++e2) {
@@ -849,12 +864,19 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
                 Tin* orow = o + ((size_t)(tok0 + ci * kChunk + r) * H + h) * V + j0 + cb + 2 * t;
 #pragma unroll
                 for (int nt = 0; nt < 2; ++nt) {
-                    st(orow + 8 * nt, oacc[nt][2 * e2]);
-                    st(orow + 8 * nt + 1, oacc[nt][2 * e2 + 1]);
+                    st(orow + 8 * nt, oacc[nt][2 * e2] + ocor[nt][2 * e2]);
+                    st(orow + 8 * nt + 1, oacc[nt][2 * e2 + 1] + ocor[nt][2 * e2 + 1]);
                 }
             }
         }
-        // (c) S ← Diag(γ)·S + KGᵀ·Vn
+        // (c) S ← Diag(γ)·S + KGᵀ·Vn, the correction terms in scor
+        float scor[2][2][4];
+#pragma unroll
+        for (int m = 0; m < 2; ++m)
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) scor[m][nt][e] = 0.f;
 #pragma unroll
         for (int m = 0; m < 2; ++m) {
             if (m < mtiles) {
@@ -873,10 +895,16 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
                 if (m < mtiles) {
                     const Tf32Frag<4> fk = a_frag_t(skg + d0 + 16 * m, KGLD, k0, g, t);
 #pragma unroll
-                    for (int nt = 0; nt < 2; ++nt) mma_acc(sacc[m][nt], fk, fv[nt]);
+                    for (int nt = 0; nt < 2; ++nt) mma_acc(sacc[m][nt], scor[m][nt], fk, fv[nt]);
                 }
             }
         }
+#pragma unroll
+        for (int m = 0; m < 2; ++m)
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) sacc[m][nt][e] += scor[m][nt][e];
         store_state();   // nobody reads the stored state between the barrier above and the next one
     }
 #pragma unroll

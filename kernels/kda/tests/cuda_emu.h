@@ -111,12 +111,13 @@ template <typename T> inline T __shfl_sync(unsigned, T v, int l) { return emu_sh
 // layouts (g = lane / 4, t = lane % 4): a0 (g, t), a1 (g + 8, t), a2 (g, t + 4), a3 (g + 8, t + 4) of the 16×8 A;
 // b0 (k = t, n = g), b1 (k = t + 4, n = g) of the 8×8 B; d0, d1 (g, 2t + 0/1), d2, d3 (g + 8, 2t + 0/1). Operands are
 // tf32 bit patterns (the caller rounds them); products are summed in fp32. With a_small and b_small it is the three
-// mma of a 3xTF32 product in their order (small·big, big·small, big·big), at the emulation cost of one.
+// mma of a 3xTF32 product in their order (small·big, big·small, big·big), at the emulation cost of one; with c as
+// well, the two correction products go into c and only big·big into d.
 // One warp rendezvous per call: every lane has posted its fragments before any lane reads them. Posts alternate
 // between two slots, so a lane that runs ahead into its next mma cannot overwrite what a slower lane is still reading
 // (it cannot get two ahead: the next rendezvous waits for the slow lane).
 inline void emu_mma_m16n8k8_tf32(float* d, const uint32_t* a, const uint32_t* b, const uint32_t* a_small = nullptr,
-    const uint32_t* b_small = nullptr) {
+    const uint32_t* b_small = nullptr, float* c = nullptr) {
     emu::Fiber& self = emu::st().fibers[emu::st().cur];
     const int slot = self.mma_slot;
     self.mma_slot ^= 1;
@@ -131,13 +132,14 @@ inline void emu_mma_m16n8k8_tf32(float* d, const uint32_t* a, const uint32_t* b,
     auto A = [&](int f, int r, int k) { return at((r % 8) * 4 + k % 4, 6 * f + (r >= 8) + 2 * (k >= 4)); };
     auto B = [&](int f, int k, int c) { return at(c * 4 + k % 4, 6 * f + 4 + (k >= 4)); };
     for (int i = 0; i < 4; ++i) {
-        const int r = g + (i >= 2 ? 8 : 0), c = 2 * t + (i & 1);
-        float acc = d[i];
+        const int r = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+        float acc = c ? c[i] : d[i];
         if (a_small) {
-            for (int k = 0; k < 8; ++k) acc += A(1, r, k) * B(0, k, c);
-            for (int k = 0; k < 8; ++k) acc += A(0, r, k) * B(1, k, c);
+            for (int k = 0; k < 8; ++k) acc += A(1, r, k) * B(0, k, col);
+            for (int k = 0; k < 8; ++k) acc += A(0, r, k) * B(1, k, col);
         }
-        for (int k = 0; k < 8; ++k) acc += A(0, r, k) * B(0, k, c);
+        if (c) { c[i] = acc; acc = d[i]; }
+        for (int k = 0; k < 8; ++k) acc += A(0, r, k) * B(0, k, col);
         d[i] = acc;
     }
 }
