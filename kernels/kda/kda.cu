@@ -10,14 +10,16 @@
 //
 // CHUNKED PREFILL (C = 64 tokens per chunk; G = chunk-local cumulative g, kept in log2 units; every exponent used is
 // ≤ 0, so nothing overflows with the unbounded softplus gate):
-//   kimi_kda_chunk_intra_*   one block per (chunk, head), independent chunks, all in fp32; q̂, k̂ are normalised here
-//                            from the raw (post-conv) q, k, exactly as the decode step does:
+//   kimi_kda_chunk_intra_*   one block per (chunk, head), independent chunks, in fp32 (products between 16-row
+//                            sub-chunks on tensor cores as 3xTF32, which keeps fp32's accuracy); q̂, k̂ are normalised
+//                            here from the raw (post-conv) q, k, exactly as the decode step does:
 //     L[r,s]   = β_r Σ_d k̂_r[d] k̂_s[d] 2^(G_r[d]−G_s[d])   (s < r)      A[r,s] = Σ_d q̂_r[d] k̂_s[d] 2^(G_r[d]−G_s[d])  (s ≤ r)
 //     (I + L)·W = β ⊙ (k̂ ⊙ 2^G)   and   (I + L)·U = β ⊙ v            (forward substitution: W = (I+L)⁻¹Diag(β)(k̂⊙2^G))
 //     QG = q̂ ⊙ 2^G,  KG = k̂ ⊙ 2^(G_last − G),  γ = 2^G_last
 //   kimi_kda_prepare_*       per token: conv + SiLU of q, k, v (carried window for the first 3 tokens), gate, β;
 //   kimi_kda_conv_window_update_*   then each sequence's window ← its last 3 pre-conv inputs;
-//   kimi_kda_chunk_prefill_* one block per (32-column slice of V, head, sequence), walks the sequence's chunks:
+//   kimi_kda_chunk_prefill_* one block per (32-column slice of V, head, sequence), walks the sequence's chunks
+//                            (products on tensor cores as 3xTF32, accumulated in fp32):
 //     Vn = U − W·S;   O = QG·S + A·Vn;   S ← Diag(γ)·S + KGᵀ·Vn
 //   The state's columns never mix (every product above is column-separable in V), which is why a V slice is a unit of
 //   work: B·H·V/32 blocks keep the card busy even at B = 1 without a two-pass split of the sequence.
@@ -682,12 +684,20 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
             if (is_w) x[r] = sb[r] * sk[r * LD + col] * ex2(sg[r * LD + col]);
             else x[r] = r < len ? sb[r] * ld(v[((size_t)(t0 + r) * H + h) * V + col]) : 0.f;
         }
-        // Row r's sum runs as 4 independent chains (s mod 4), so the serial path is ~r/4 FMAs deep, not r.
+        // Row r's sum runs as 4 independent chains (s mod 4), so the serial path is ~r/4 FMAs deep, not r; L's row is
+        // read 4 entries per (broadcast) load, the entries at and past the diagonal unused (the loops are unrolled, so
+        // which ones is known at compile time; the compiler does not merge the scalar loads by itself).
 #pragma unroll
         for (int r = 1; r < kChunk; ++r) {
             float acc[4] = {x[r], 0.f, 0.f, 0.f};
 #pragma unroll
-            for (int s = 0; s < r; ++s) acc[s & 3] = fmaf(-sl[r * kChunk + s], x[s], acc[s & 3]);
+            for (int s = 0; s < r; s += 4) {
+                const float4 l4 = *reinterpret_cast<const float4*>(sl + r * kChunk + s);
+                const float l[4] = {l4.x, l4.y, l4.z, l4.w};
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    if (s + e < r) acc[e] = fmaf(-l[e], x[s + e], acc[e]);
+            }
             x[r] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
         }
         float* dst = is_w ? w_out + cc * kChunk * K : u_out + cc * kChunk * V;
