@@ -445,7 +445,7 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     const int len = min(kChunk, cu_seqlens[lo + 1] - t0);
     const int LD = K + 1;   // odd row stride: the pair loop reads 8 rows at once without bank conflicts
 
-    // q̂ is dead once the pair tiles are summed, so L and A then take its place: 103.5 KiB in all for K = 128, which
+    // q̂ is dead once the pair products are summed, so L and A then take its place: 97.3 KiB in all for K = 128, which
     // lets 2 blocks share an SM (with ≤ 128 registers, __launch_bounds__ below) and hide each other's serial phases.
     float* sk = smem();                  // [64][LD] k̂
     float* sg = sk + kChunk * LD;        // [64][LD] g, then G (log2 units); rows ≥ len hold G_last
@@ -684,20 +684,12 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
             if (is_w) x[r] = sb[r] * sk[r * LD + col] * ex2(sg[r * LD + col]);
             else x[r] = r < len ? sb[r] * ld(v[((size_t)(t0 + r) * H + h) * V + col]) : 0.f;
         }
-        // Row r's sum runs as 4 independent chains (s mod 4), so the serial path is ~r/4 FMAs deep, not r; L's row is
-        // read 4 entries per (broadcast) load, the entries at and past the diagonal unused (the loops are unrolled, so
-        // which ones is known at compile time; the compiler does not merge the scalar loads by itself).
+        // Row r's sum runs as 4 independent chains (s mod 4), so the serial path is ~r/4 FMAs deep, not r.
 #pragma unroll
         for (int r = 1; r < kChunk; ++r) {
             float acc[4] = {x[r], 0.f, 0.f, 0.f};
 #pragma unroll
-            for (int s = 0; s < r; s += 4) {
-                const float4 l4 = *reinterpret_cast<const float4*>(sl + r * kChunk + s);
-                const float l[4] = {l4.x, l4.y, l4.z, l4.w};
-#pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    if (s + e < r) acc[e] = fmaf(-l[e], x[s + e], acc[e]);
-            }
+            for (int s = 0; s < r; ++s) acc[s & 3] = fmaf(-sl[r * kChunk + s], x[s], acc[s & 3]);
             x[r] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
         }
         float* dst = is_w ? w_out + cc * kChunk * K : u_out + cc * kChunk * V;
