@@ -22,21 +22,25 @@ internal static unsafe class KdaKernels
     public const int ChunkTokens = 64;
 
     // Launch geometry and dynamic shared memory, as kernels/kda/kda.cu defines them (kDecode*, kIntra*, kPrefill*,
-    // kPrepareThreads, chunk_intra_smem_bytes, chunk_prefill_smem_bytes).
+    // kPrepareThreads, chunk_intra_smem_bytes, chunk_prefill_kpad, chunk_prefill_smem_bytes).
     private const int DecodeSlices = 4;   // blocks per head = the compiled-in cluster size
     private const int DecodeThreads = 128;
     private const int DecodeSharedBytes = (128 * 32 + 3 * 128 + 4 * 32 + 32 + 32 + 32 + 4) * sizeof(float);
     private const int PrepareThreads = 256;
     private const int IntraThreads = 256;
-    private const int PrefillThreads = 128;
+    private const int PrefillThreads = 256;
     private const int PrefillColumns = 32; // state columns per scan block
     private const int MaxKeyDim = 128;
 
     private static int IntraSharedBytes(int k) =>
-        sizeof(float) * (2 * ChunkTokens * (k + 1) + Math.Max(ChunkTokens * (k + 1), 2 * ChunkTokens * ChunkTokens) + 3 * 16 * 32 + 3 * ChunkTokens);
+        sizeof(float) * (2 * ChunkTokens * (k + 1) + Math.Max(ChunkTokens * (k + 1), 2 * ChunkTokens * ChunkTokens) + 3 * ChunkTokens);
 
-    private static int PrefillSharedBytes(int k) =>
-        sizeof(float) * (k * PrefillColumns + 2 * ChunkTokens * (k + 4) + ChunkTokens * 68 + 2 * ChunkTokens * PrefillColumns + k);
+    // The scan pads K to 64 or 128 (chunk_prefill_kpad) and pads its rows for conflict-free tensor-core fragments.
+    private static int PrefillSharedBytes(int k)
+    {
+        int kp = k <= 64 ? 64 : 128, ld = PrefillColumns + 8, ald = ChunkTokens + 4;
+        return sizeof(float) * (2 * kp * ld + 2 * ChunkTokens * (kp + 4) + ChunkTokens * (kp + 8) + 2 * ChunkTokens * ald + 3 * ChunkTokens * ld + kp);
+    }
 
     /// <summary>
     /// One token of <paramref name="sequences"/> sequences through a KDA layer's core, fused: per channel the short

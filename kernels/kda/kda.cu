@@ -10,14 +10,16 @@
 //
 // CHUNKED PREFILL (C = 64 tokens per chunk; G = chunk-local cumulative g, kept in log2 units; every exponent used is
 // ≤ 0, so nothing overflows with the unbounded softplus gate):
-//   kimi_kda_chunk_intra_*   one block per (chunk, head), independent chunks, all in fp32; q̂, k̂ are normalised here
-//                            from the raw (post-conv) q, k, exactly as the decode step does:
+//   kimi_kda_chunk_intra_*   one block per (chunk, head), independent chunks, in fp32 (products between 16-row
+//                            sub-chunks on tensor cores as 3xTF32, which keeps fp32's accuracy); q̂, k̂ are normalised
+//                            here from the raw (post-conv) q, k, exactly as the decode step does:
 //     L[r,s]   = β_r Σ_d k̂_r[d] k̂_s[d] 2^(G_r[d]−G_s[d])   (s < r)      A[r,s] = Σ_d q̂_r[d] k̂_s[d] 2^(G_r[d]−G_s[d])  (s ≤ r)
 //     (I + L)·W = β ⊙ (k̂ ⊙ 2^G)   and   (I + L)·U = β ⊙ v            (forward substitution: W = (I+L)⁻¹Diag(β)(k̂⊙2^G))
 //     QG = q̂ ⊙ 2^G,  KG = k̂ ⊙ 2^(G_last − G),  γ = 2^G_last
 //   kimi_kda_prepare_*       per token: conv + SiLU of q, k, v (carried window for the first 3 tokens), gate, β;
 //   kimi_kda_conv_window_update_*   then each sequence's window ← its last 3 pre-conv inputs;
-//   kimi_kda_chunk_prefill_* one block per (32-column slice of V, head, sequence), walks the sequence's chunks:
+//   kimi_kda_chunk_prefill_* one block per (32-column slice of V, head, sequence), walks the sequence's chunks
+//                            (products on tensor cores as 3xTF32, accumulated in fp32):
 //     Vn = U − W·S;   O = QG·S + A·Vn;   S ← Diag(γ)·S + KGᵀ·Vn
 //   The state's columns never mix (every product above is column-separable in V), which is why a V slice is a unit of
 //   work: B·H·V/32 blocks keep the card busy even at B = 1 without a two-pass split of the sequence.
@@ -45,7 +47,7 @@
 //                  windows and parameters before griddepcontrol.wait, and the new token's projections after it.
 //   prepare:       grid (T), block 256;  conv_window_update: grid (ceil(max(H·K, H·V) / 256), N), block 256.
 //   chunk_intra:   grid (NC, H), block 256, dynamic smem chunk_intra_smem_bytes(K) (> 48 KiB: raise the limit).
-//   chunk_prefill: grid (V/32, H, N), block 128, dynamic smem chunk_prefill_smem_bytes(K) (> 48 KiB).
+//   chunk_prefill: grid (V/32, H, N), block 256, dynamic smem chunk_prefill_smem_bytes(K) (> 48 KiB).
 //
 // PRECONDITIONS (the caller checks them; kernels do not)
 //   decode: K ≤ 128; V ∈ {16, 32, 64, 128}. prefill: K ≤ 128, K % 4 == 0, V % 32 == 0, K + V ≤ 256.
@@ -74,32 +76,41 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kDecodeThreads = 128;
 constexpr int kDecodeSlices = 4;         // blocks (= cluster size, __cluster_dims__ below) per head in the decode step
 constexpr int kIntraThreads = 256;
-constexpr int kPrefillThreads = 128;      // the scan's thread tiles below assume 128 threads and 32 columns
+constexpr int kPrefillThreads = 256;      // the scan's warp tiles below assume 8 warps and 32 columns
 constexpr int kPrefillCols = 32;         // state columns per prefill block
 constexpr int kPrepareThreads = 256;
 
 // Dynamic shared memory, in floats: decode (state slice [128][32], q̂, k̂, decay [128] each, warp partials [4][32],
 // slice vector [32], v [32], gate·weight [32], the cluster's RMSNorm partials [4]); intra (k̂, G [64][K+1] each, q̂
-// [64][K+1] later reused for L and A [64][64] each, diagonal-tile partials [3][16][32], β [64], row norms [128]);
-// prefill (S slice [K][32],
-// two stages [64][K+4], A [64][68], U and Vn [64][32], γ [K]).
+// [64][K+1] later reused for L and A [64][64] each, β [64], row norms [128]); prefill, with K padded to KP (state slice
+// [KP][40] split in two planes, W and QG [64][KP+4], KG [64][KP+8], A [2][64][68], U [64][40], Vn [64][40] split in two
+// planes, γ [KP]).
 constexpr int kDecodeSmemFloats = 128 * 32 + 3 * 128 + 4 * 32 + 32 + 32 + 32 + 4;
 constexpr size_t kDecodeSmemBytes = kDecodeSmemFloats * sizeof(float);
 __host__ __device__ constexpr int chunk_intra_q_floats(int K) {   // q̂ [64][K+1], later L and A [64][64] each
     return kChunk * (K + 1) > 2 * kChunk * kChunk ? kChunk * (K + 1) : 2 * kChunk * kChunk;
 }
 __host__ __device__ constexpr size_t chunk_intra_smem_bytes(int K) {
-    return sizeof(float) * (2 * kChunk * (K + 1) + chunk_intra_q_floats(K) + 3 * 16 * 32 + 3 * kChunk);
+    return sizeof(float) * (2 * kChunk * (K + 1) + chunk_intra_q_floats(K) + 3 * kChunk);
 }
+// The scan's row strides: ≡ 8 mod 32 for mma B operands (state, U, Vn), ≡ 4 mod 32 for A operands (A, the stages).
+constexpr int kScanLd = kPrefillCols + 8;
+constexpr int kScanALd = kChunk + 4;
+// The scan pads K to 64 or 128: whole k-steps of 8 and 16 state rows per warp per m-tile.
+__host__ __device__ constexpr int chunk_prefill_kpad(int K) { return K <= 64 ? 64 : 128; }
 __host__ __device__ constexpr size_t chunk_prefill_smem_bytes(int K) {
-    return sizeof(float) * (K * kPrefillCols + 2 * kChunk * (K + 4) + kChunk * 68 + 2 * kChunk * kPrefillCols + K);
+    const int kp = chunk_prefill_kpad(K);
+    return sizeof(float) * (2 * kp * kScanLd + 2 * kChunk * (kp + 4) + kChunk * (kp + 8) + 2 * kChunk * kScanALd +
+        3 * kChunk * kScanLd + kp);
 }
 
 __device__ __forceinline__ float ld(float x) { return x; }
-// Four consecutive values as floats (p 16-byte aligned for fp32, 8-byte for bf16).
-__device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
-__device__ __forceinline__ float4 ld4(const __nv_bfloat16* p) {
-    const uint2 u = *reinterpret_cast<const uint2*>(p);   // bf16 → fp32 is a 16-bit shift
+// Four consecutive values as loaded (p 16-byte aligned for fp32, 8-byte for bf16), widened to fp32 by widen() when
+// used: bf16 quads then hold 2 registers in flight, not 4.
+__device__ __forceinline__ float4 ld4_raw(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ uint2 ld4_raw(const __nv_bfloat16* p) { return *reinterpret_cast<const uint2*>(p); }
+__device__ __forceinline__ float4 widen(float4 x) { return x; }
+__device__ __forceinline__ float4 widen(uint2 u) {   // bf16 → fp32 is a 16-bit shift
     return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
         __uint_as_float(u.y & 0xffff0000u));
 }
@@ -359,6 +370,63 @@ __device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, 
     }
 }
 
+// Tensor-core products (the intra kernel's sub-chunk pairs, the scan): mma.sync m16n8k8 with tf32 operands and fp32
+// accumulation, as 3xTF32. tf32 keeps 10 of fp32's 23 mantissa bits (relative rounding 2^-11), which alone misses the
+// bf16 checks (1.1e-3 against ≤ 1e-3 on the scan's o, emulator and H100 alike), so each operand x is split into
+// big = tf32(x) and small = tf32(x − big) and a product sums small·big + big·small + big·big: what that drops
+// (small·small, the rounding of small) is ~2^-22 relative, fp32's accuracy at 3× the tensor-core work.
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+#ifdef KDA_EMULATE
+    return (__float_as_uint(x) + 0x1000u) & 0xffffe000u;   // cvt.rna: to nearest, ties away from zero (sign-magnitude)
+#else
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+#endif
+}
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#ifdef KDA_EMULATE
+    emu_mma_m16n8k8_tf32(d, a, b);
+#else
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+// An mma operand fragment of N values, each split into tf32 big and small parts.
+template <int N> struct Tf32Frag {
+    uint32_t big[N], small[N];
+    __device__ __forceinline__ Tf32Frag() {}
+    __device__ __forceinline__ explicit Tf32Frag(const float (&x)[N]) {
+#pragma unroll
+        for (int i = 0; i < N; ++i) split(i, x[i]);
+    }
+    __device__ __forceinline__ void split(int i, float x) {
+        big[i] = to_tf32(x);
+        small[i] = to_tf32(x - __uint_as_float(big[i]));
+    }
+};
+__device__ __forceinline__ void mma_acc(float (&d)[4], const Tf32Frag<4>& a, const Tf32Frag<2>& b) {
+#ifdef KDA_EMULATE
+    emu_mma_m16n8k8_tf32(d, a.big, b.big, a.small, b.small);
+#else
+    mma_tf32(d, a.small, b.big);
+    mma_tf32(d, a.big, b.small);
+    mma_tf32(d, a.big, b.big);
+#endif
+}
+// The same with the two correction products accumulated in c (the caller adds c to d once its k loop ends): each
+// k-step's three mma then form two dependency chains, d's one mma deep, instead of one three deep.
+__device__ __forceinline__ void mma_acc(float (&d)[4], float (&c)[4], const Tf32Frag<4>& a, const Tf32Frag<2>& b) {
+#ifdef KDA_EMULATE
+    emu_mma_m16n8k8_tf32(d, a.big, b.big, a.small, b.small, c);
+#else
+    mma_tf32(c, a.small, b.big);
+    mma_tf32(c, a.big, b.small);
+    mma_tf32(d, a.big, b.big);
+#endif
+}
+
 // ---------------------------------------------------------------------------------------------------------------------
 // Chunk-local work (see MATH). Block (c, h); the chunk's sequence is found by binary search over chunk_offsets.
 template <typename Tin>
@@ -377,39 +445,44 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     const int len = min(kChunk, cu_seqlens[lo + 1] - t0);
     const int LD = K + 1;   // odd row stride: the pair loop reads 8 rows at once without bank conflicts
 
-    // q̂ is dead once the pair tiles are summed, so L and A then take its place: 103.5 KiB in all for K = 128, which
+    // q̂ is dead once the pair products are summed, so L and A then take its place: 97.3 KiB in all for K = 128, which
     // lets 2 blocks share an SM (with ≤ 128 registers, __launch_bounds__ below) and hide each other's serial phases.
     float* sk = smem();                  // [64][LD] k̂
     float* sg = sk + kChunk * LD;        // [64][LD] g, then G (log2 units); rows ≥ len hold G_last
     float* sq = sg + kChunk * LD;        // [64][LD] q̂, until the pair tiles are summed
     float* sl = sq;                      // [64][64] L (below the diagonal), after the pair tiles
     float* sa = sl + kChunk * kChunk;    // [64][64] A (on and below the diagonal), after the pair tiles
-    float* sred = sq + chunk_intra_q_floats(K);   // [3][16][32] the diagonal tiles' partial sums of warps 5-7
-    float* sb = sred + 3 * 16 * 32;      // [64] β (0 past the end)
+    float* sb = sq + chunk_intra_q_floats(K);   // [64] β (0 past the end)
     float* snorm = sb + kChunk;          // [128] 1/‖q_r‖·K^-½, then 1/‖k_r‖
 
-    // Loads of 4 consecutive channels each (8 bytes of bf16, 16 of fp32; K % 4 == 0 keeps them aligned), 4 quads of each
-    // of k, q, g per thread issued before the first shared store: two latency rounds for K = 128 (eight would cost
-    // registers that the second block per SM needs; that block hides the rounds instead).
-    for (int i0 = 0; i0 < kChunk * K / 4; i0 += 4 * kIntraThreads) {
-        float4 kx[4], qx[4], gx[4];
+    // Loads of 4 consecutive channels each (8 bytes of bf16, 16 of fp32; K % 4 == 0 keeps them aligned), kept raw until
+    // their shared store and all issued before it: 8 quads of each of k, q, g per thread for bf16 (one latency round
+    // for K = 128, in 64 registers), 4 for fp32 (two rounds: eight would take the registers that the second block per
+    // SM needs). Thread = one quad column of rows qr0, qr0 + qstep, …: the one division by the runtime K happens here,
+    // not per element (it costs ~20 instructions); threads past qstep·K/4 idle when K/4 does not divide 256.
+    constexpr int kQuads = sizeof(Tin) == 2 ? 8 : 4;
+    const int q4 = K / 4, qc = tid % q4, qr0 = tid / q4, qstep = kIntraThreads / q4;
+    const bool qthread = tid < qstep * q4;
+    for (int rb = qr0; rb < kChunk; rb += kQuads * qstep) {
+        decltype(ld4_raw(k)) kx[kQuads], qx[kQuads];
+        float4 gx[kQuads];
 #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-            const int i = i0 + u * kIntraThreads + tid, r = 4 * i / K;
-            const bool in = i < kChunk * K / 4 && r < len;
-            const size_t x = ((size_t)(t0 + r) * H + h) * K + 4 * i % K;
-            const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-            kx[u] = in ? ld4(k + x) : zero;
-            qx[u] = in ? ld4(q + x) : zero;
-            gx[u] = in ? *reinterpret_cast<const float4*>(g + x) : zero;
+        for (int u = 0; u < kQuads; ++u) {
+            const int r = rb + u * qstep;
+            const bool in = qthread && r < len;
+            const size_t x = ((size_t)(t0 + r) * H + h) * K + 4 * qc;
+            kx[u] = in ? ld4_raw(k + x) : decltype(ld4_raw(k)){};
+            qx[u] = in ? ld4_raw(q + x) : decltype(ld4_raw(q)){};
+            gx[u] = in ? *reinterpret_cast<const float4*>(g + x) : make_float4(0.f, 0.f, 0.f, 0.f);
         }
 #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-            const int i = i0 + u * kIntraThreads + tid, r = 4 * i / K, d = 4 * i % K;
-            if (i < kChunk * K / 4) {
+        for (int u = 0; u < kQuads; ++u) {
+            const int r = rb + u * qstep, d = 4 * qc;
+            if (qthread && r < kChunk) {
+                const float4 kf = widen(kx[u]), qf = widen(qx[u]);
                 float* rk = sk + r * LD + d; float* rq = sq + r * LD + d; float* rg = sg + r * LD + d;
-                rk[0] = kx[u].x; rk[1] = kx[u].y; rk[2] = kx[u].z; rk[3] = kx[u].w;
-                rq[0] = qx[u].x; rq[1] = qx[u].y; rq[2] = qx[u].z; rq[3] = qx[u].w;
+                rk[0] = kf.x; rk[1] = kf.y; rk[2] = kf.z; rk[3] = kf.w;
+                rq[0] = qf.x; rq[1] = qf.y; rq[2] = qf.z; rq[3] = qf.w;
                 rg[0] = gx[u].x * kLog2e; rg[1] = gx[u].y * kLog2e; rg[2] = gx[u].z * kLog2e; rg[3] = gx[u].w * kLog2e;
             }
         }
@@ -424,10 +497,12 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
         snorm[tid] = 1.0f / sqrtf(ss + kL2Eps) * (tid < kChunk ? 1.0f / sqrtf((float)K) : 1.0f);
     }
     __syncthreads();
-    for (int i = tid; i < kChunk * K; i += kIntraThreads) {
-        const int r = i / K, d = i % K;
-        sq[r * LD + d] *= snorm[r];
-        sk[r * LD + d] *= snorm[kChunk + r];
+    // Element loops below: thread = channel ec of rows er0, er0 + estep, … (one division, as for the loads).
+    const int ec = tid % K, er0 = tid / K, estep = kIntraThreads / K;
+    const bool ethread = tid < estep * K;
+    for (int r = er0; ethread && r < kChunk; r += estep) {
+        sq[r * LD + ec] *= snorm[r];
+        sk[r * LD + ec] *= snorm[kChunk + r];
     }
     if (tid < K) {   // the column is read into registers first, so the running sum waits on no shared-memory load
         float col[kChunk];
@@ -444,105 +519,139 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
 
     const size_t cc = (size_t)c * H + h;
     // QG, KG, γ (rows ≥ len are 0 because q̂, k̂ are).
-    for (int i = tid; i < kChunk * K; i += kIntraThreads) {
-        const int r = i / K, d = i % K;
-        const float G = sg[r * LD + d], Gl = sg[(kChunk - 1) * LD + d];
-        qg_out[cc * kChunk * K + i] = sq[r * LD + d] * ex2(G);
-        kg_out[cc * kChunk * K + i] = sk[r * LD + d] * ex2(Gl - G);
+    for (int r = er0; ethread && r < kChunk; r += estep) {
+        const float G = sg[r * LD + ec], Gl = sg[(kChunk - 1) * LD + ec];
+        qg_out[(cc * kChunk + r) * K + ec] = sq[r * LD + ec] * ex2(G);
+        kg_out[(cc * kChunk + r) * K + ec] = sk[r * LD + ec] * ex2(Gl - G);
     }
     if (tid < K) gamma_out[cc * K + tid] = ex2(sg[(kChunk - 1) * LD + tid]);
 
-    // L and A over the 64×64 pairs in 4×4 tiles, one 2^(G_r − G_s) per (r, s, d) shared by both. Only the lower
-    // triangle (s ≤ r) is computed: the substitution reads L below the diagonal only, and A is written from sA with
-    // the upper triangle zeroed.
-    //   Off-diagonal tile (row tile ta > column tile tb), threads 0..119, all of d: with n = 4·tb + 3 (the tile's last
-    //   column) 2^(G_r − G_s) = 2^(G_r − G_n) · 2^(G_n − G_s), both exponents ≤ 0 (G never increases along a chunk),
-    //   so 7 exponentials per d serve the tile's 16 pairs, whose products are then plain FMAs.
-    //   Diagonal tile (ta = tb): 2^(G_r − G_s) element-wise with the exponent clamped to 0 (masked pairs s > r would
-    //   overflow otherwise); 16 tiles × 8 parts of the d range on threads 128..255, parts summed by shuffle and sred.
-    static_assert(kIntraThreads == 256, "120 off-diagonal tiles on warps 0-3, 16 diagonal tiles × 8 d parts on warps 4-7");
+    // L and A over the 64×64 pairs, one 2^(G_r − G_s) per (r, s, d) shared by both. Only the lower triangle (s ≤ r) is
+    // computed: the substitution reads L below the diagonal only, and A is written from sA with the upper triangle
+    // zeroed. Every exponent taken is ≤ 0 (G never increases along a chunk), by factorizing through a reference row n
+    // with s ≤ n < r: 2^(G_r − G_s) = 2^(G_r − G_n)·2^(G_n − G_s).
+    //   Pairs of 16-row sub-chunks i > j (6 blocks of 16×16), warps 5-7 with two blocks each: tensor-core products
+    //   (3xTF32) of sub-chunk i's rows scaled by 2^(G_r − G_n) with sub-chunk j's rows scaled by 2^(G_n − G_s), n = j's
+    //   last row; the scaled operands are formed in registers as the fragments are loaded.
+    //   Inside the 4 diagonal 16×16 blocks, 4×4 tiles on warps 0-4 (8 tiles per warp, lane % 8; the d range split 4
+    //   ways by lane / 8, interleaved, the parts summed by shuffle): warps 0-2 take the 24 off-diagonal tiles, which
+    //   factorize through their last column (7 exponentials per d for 16 pairs, then plain FMAs); warps 3-4 the 16
+    //   diagonal tiles, with 2^(G_r − G_s) element-wise and the exponent clamped to 0 (masked pairs s > r would
+    //   overflow otherwise). Each warp runs one kind only, so no warp diverges between them.
+    static_assert(kIntraThreads == 256, "tiles on warps 0-4, sub-chunk pairs on warps 5-7");
     {
+        const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3, part = lane >> 3;
+        const bool pairs = warp >= 5, diag = warp == 3 || warp == 4;
+        // Σ k̂k̂ and Σ q̂k̂: a tile's 4×4 on warps 0-4; [2·block + n-tile][fragment] of two 16×16 blocks on warps 5-7.
         float kk[4][4], qk[4][4];
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll
             for (int j = 0; j < 4; ++j) { kk[i][j] = 0.f; qk[i][j] = 0.f; }
-        int ta, tb, d0, d1;
-        const bool diag = tid >= 128;
-        if (!diag) {
-            ta = 1;
-            while ((ta + 1) * ta / 2 <= tid) ++ta;
-            tb = tid - ta * (ta - 1) / 2;
-            d0 = 0; d1 = tid < 120 ? K : 0;
+        int ta, tb;   // warps 0-4: the tile's row and column tiles
+        if (!diag) {   // off-diagonal tile o of 24: block o / 6, local (a, b) like the sub-chunk pairs
+            const int o = 8 * warp + (lane & 7), lt = o % 6;
+            const int a = lt < 1 ? 1 : lt < 3 ? 2 : 3;
+            ta = 4 * (o / 6) + a; tb = 4 * (o / 6) + lt - a * (a - 1) / 2;
         } else {
-            const int part = (tid - 128) / 16;   // warp 4 + w holds parts 2w (lanes 0-15) and 2w + 1 (lanes 16-31)
-            ta = tb = tid % 16;
-            d0 = part * K / 8; d1 = (part + 1) * K / 8;
+            ta = tb = 8 * (warp - 3) + (lane & 7);
         }
-        if (!diag) {
-            for (int d = d0; d < d1; ++d) {
-                float kr[4], qr[4], gr[4], ks[4], gs[4];
+        if (pairs) {
 #pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    kr[i] = sk[(4 * ta + i) * LD + d]; qr[i] = sq[(4 * ta + i) * LD + d]; gr[i] = sg[(4 * ta + i) * LD + d];
-                    ks[i] = sk[(4 * tb + i) * LD + d]; gs[i] = sg[(4 * tb + i) * LD + d];
+            for (int pp = 0; pp < 2; ++pp) {
+                const int p = warp - 5 + 3 * pp;   // blocks (i, j): (1,0) (2,0) (2,1) (3,0) (3,1) (3,2)
+                const int i = p < 1 ? 1 : p < 3 ? 2 : 3, j = p - i * (i - 1) / 2;
+                const float* gn = sg + (16 * j + 15) * LD;
+                const int ra = (16 * i + g) * LD, rb = (16 * j + g) * LD;   // fragment rows g (+ 8) of i and of j
+                for (int k0 = 0; k0 < K; k0 += 8) {
+                    const int d0 = k0 + t, d1 = k0 + t + 4;
+                    const bool in1 = d1 < K;   // K % 4 == 0: only the upper half of a k-step can pass K
+                    const float gn0 = gn[d0], gn1 = in1 ? gn[d1] : 0.f;
+                    float ak[4], aq[4];   // a0 (g, d0), a1 (g + 8, d0), a2 (g, d1), a3 (g + 8, d1)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int x = ra + (e & 1) * 8 * LD + (e < 2 ? d0 : d1);
+                        const bool in = e < 2 || in1;
+                        const float s = in ? ex2(sg[x] - (e < 2 ? gn0 : gn1)) : 0.f;
+                        ak[e] = in ? sk[x] * s : 0.f;
+                        aq[e] = in ? sq[x] * s : 0.f;
+                    }
+                    const Tf32Frag<4> fk(ak), fq(aq);
+#pragma unroll
+                    for (int nt = 0; nt < 2; ++nt) {   // b0 (k = d0, n = g), b1 (k = d1, n = g) of columns 8nt..8nt+7 of j
+                        const int x = rb + nt * 8 * LD;
+                        const float bv[2] = {sk[x + d0] * ex2(gn0 - sg[x + d0]), in1 ? sk[x + d1] * ex2(gn1 - sg[x + d1]) : 0.f};
+                        const Tf32Frag<2> fb(bv);
+                        mma_acc(kk[2 * pp + nt], fk, fb);
+                        mma_acc(qk[2 * pp + nt], fq, fb);
+                    }
                 }
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    const float er = ex2(gr[i] - gs[3]);
-                    kr[i] *= er; qr[i] *= er;
-                }
-#pragma unroll
-                for (int j = 0; j < 3; ++j) ks[j] *= ex2(gs[3] - gs[j]);
-#pragma unroll
-                for (int i = 0; i < 4; ++i)
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) { kk[i][j] += kr[i] * ks[j]; qk[i][j] += qr[i] * ks[j]; }
             }
         } else {
-            for (int d = d0; d < d1; ++d) {
-                float kr[4], qr[4], gr[4], ks[4], gs[4];
+            if (!diag) {
+                for (int d = part; d < K; d += 4) {
+                    float kr[4], qr[4], gr[4], ks[4], gs[4];
 #pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    kr[i] = sk[(4 * ta + i) * LD + d]; qr[i] = sq[(4 * ta + i) * LD + d]; gr[i] = sg[(4 * ta + i) * LD + d];
-                    ks[i] = sk[(4 * tb + i) * LD + d]; gs[i] = sg[(4 * tb + i) * LD + d];
-                }
-#pragma unroll
-                for (int i = 0; i < 4; ++i)
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) {
-                        const float e = ks[j] * ex2(fminf(gr[i] - gs[j], 0.f));
-                        kk[i][j] += kr[i] * e;
-                        qk[i][j] += qr[i] * e;
+                    for (int i = 0; i < 4; ++i) {
+                        kr[i] = sk[(4 * ta + i) * LD + d]; qr[i] = sq[(4 * ta + i) * LD + d]; gr[i] = sg[(4 * ta + i) * LD + d];
+                        ks[i] = sk[(4 * tb + i) * LD + d]; gs[i] = sg[(4 * tb + i) * LD + d];
                     }
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        const float er = ex2(gr[i] - gs[3]);
+                        kr[i] *= er; qr[i] *= er;
+                    }
+#pragma unroll
+                    for (int j = 0; j < 3; ++j) ks[j] *= ex2(gs[3] - gs[j]);
+#pragma unroll
+                    for (int i = 0; i < 4; ++i)
+#pragma unroll
+                        for (int j = 0; j < 4; ++j) { kk[i][j] += kr[i] * ks[j]; qk[i][j] += qr[i] * ks[j]; }
+                }
+            } else {
+                for (int d = part; d < K; d += 4) {
+                    float kr[4], qr[4], gr[4], ks[4], gs[4];
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        kr[i] = sk[(4 * ta + i) * LD + d]; qr[i] = sq[(4 * ta + i) * LD + d]; gr[i] = sg[(4 * ta + i) * LD + d];
+                        ks[i] = sk[(4 * tb + i) * LD + d]; gs[i] = sg[(4 * tb + i) * LD + d];
+                    }
+#pragma unroll
+                    for (int i = 0; i < 4; ++i)
+#pragma unroll
+                        for (int j = 0; j < 4; ++j) {
+                            const float e = ks[j] * ex2(fminf(gr[i] - gs[j], 0.f));
+                            kk[i][j] += kr[i] * e;
+                            qk[i][j] += qr[i] * e;
+                        }
+                }
             }
 #pragma unroll
             for (int i = 0; i < 4; ++i)
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {   // parts 2w and 2w + 1 of a warp meet by shuffle
-                    kk[i][j] += __shfl_xor_sync(0xffffffffu, kk[i][j], 16);
-                    qk[i][j] += __shfl_xor_sync(0xffffffffu, qk[i][j], 16);
-                }
-            if (tid >= 160 && tid % 32 < 16) {   // warps 5-7 hand their sums to warp 4
-                float* red = sred + ((tid - 160) / 32 * 16 + ta) * 32;
+                for (int j = 0; j < 4; ++j)   // the 4 parts of a tile (lanes 8 apart) meet by shuffle
 #pragma unroll
-                for (int i = 0; i < 4; ++i)
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) { red[4 * i + j] = kk[i][j]; red[16 + 4 * i + j] = qk[i][j]; }
-            }
+                    for (int m = 8; m <= 16; m <<= 1) {
+                        kk[i][j] += __shfl_xor_sync(0xffffffffu, kk[i][j], m);
+                        qk[i][j] += __shfl_xor_sync(0xffffffffu, qk[i][j], m);
+                    }
         }
-        __syncthreads();
-        if (tid < 120 || (tid >= 128 && tid < 144)) {
-            if (diag) {
+        __syncthreads();   // q̂ is dead: L and A take its place
+        if (pairs) {
 #pragma unroll
-                for (int w = 0; w < 3; ++w) {
-                    const float* red = sred + (w * 16 + ta) * 32;
+            for (int pp = 0; pp < 2; ++pp) {
+                const int p = warp - 5 + 3 * pp;
+                const int i = p < 1 ? 1 : p < 3 ? 2 : 3, j = p - i * (i - 1) / 2;
 #pragma unroll
-                    for (int i = 0; i < 4; ++i)
+                for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-                        for (int j = 0; j < 4; ++j) { kk[i][j] += red[4 * i + j]; qk[i][j] += red[16 + 4 * i + j]; }
-                }
+                    for (int e = 0; e < 4; ++e) {
+                        const int r = 16 * i + g + 8 * (e >> 1), sc = 16 * j + 8 * nt + 2 * t + (e & 1);
+                        sl[r * kChunk + sc] = sb[r] * kk[2 * pp + nt][e];
+                        sa[r * kChunk + sc] = qk[2 * pp + nt][e];
+                    }
             }
+        } else if (part == 0) {
 #pragma unroll
             for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -575,12 +684,13 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
             if (is_w) x[r] = sb[r] * sk[r * LD + col] * ex2(sg[r * LD + col]);
             else x[r] = r < len ? sb[r] * ld(v[((size_t)(t0 + r) * H + h) * V + col]) : 0.f;
         }
+        // Row r's sum runs as 4 independent chains (s mod 4), so the serial path is ~r/4 FMAs deep, not r.
 #pragma unroll
         for (int r = 1; r < kChunk; ++r) {
-            float acc = x[r];
+            float acc[4] = {x[r], 0.f, 0.f, 0.f};
 #pragma unroll
-            for (int s = 0; s < r; ++s) acc = fmaf(-sl[r * kChunk + s], x[s], acc);
-            x[r] = acc;
+            for (int s = 0; s < r; ++s) acc[s & 3] = fmaf(-sl[r * kChunk + s], x[s], acc[s & 3]);
+            x[r] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
         }
         float* dst = is_w ? w_out + cc * kChunk * K : u_out + cc * kChunk * V;
         const int ld_dst = is_w ? K : V;
@@ -589,198 +699,225 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     }
 }
 
-// Starts copying a [rows][cols] fp32 tile (cols % 4 == 0) from global (row stride src_ld) into shared (row stride
-// dst_ld) with cp.async; the caller commits and waits.
+// Starts copying a [rows][cols] fp32 tile (cols % 4 == 0, cols ≤ 4·nthreads) from global (row stride src_ld) into
+// shared (row stride dst_ld) with cp.async; the caller commits and waits.
 __device__ __forceinline__ void copy_tile_async(float* dst, int dst_ld, const float* __restrict__ src, int src_ld,
     int rows, int cols, int tid, int nthreads) {
-    const int c4 = cols / 4;
-    for (int i = tid; i < rows * c4; i += nthreads) {
-        const int r = i / c4, c = (i % c4) * 4;
-        cp_async16(dst + r * dst_ld + c, src + (size_t)r * src_ld + c);
-    }
+    // Thread = one 16-byte column of rows r0, r0 + step, …: one division by the runtime width, not one per copy.
+    const int c4 = cols / 4, c = (tid % c4) * 4, step = nthreads / c4;
+    if (tid >= step * c4) return;
+    for (int r = tid / c4; r < rows; r += step) cp_async16(dst + r * dst_ld + c, src + (size_t)r * src_ld + c);
 }
 
-// The sequential scan over one sequence's chunks for a 32-column slice of one head's state (see MATH).
-// Per chunk i the three products run as phases (a) Vn = U − W·S, (b) O = QG·S + A·Vn, (c) S ← Diag(γ)S + KGᵀVn,
-// and each phase's cp.async prefetch of the next operand overlaps the current one:
-//   during (a): QG_i → stage Y;   during (b): KG_i → stage X (W_i is done), γ_i;
-//   during (c): W_{i+1} → stage Y, U_{i+1}, A_{i+1}   (X and Y swap roles every chunk).
-// Thread tiles: (a), (b) rows rg + 16m (m < 4, rg = tid / 8) × columns 4·(tid % 8) + 0..3; (c) state rows
-// dg + 32m (dg = tid / 4) × columns 8·(tid % 4) + 0..7, kept in registers across chunks. (256 threads with half the
-// tile each measured 4 % slower on the H100, 2026-11-27 run 4.)
+// An A-operand fragment (rows g, g + 8 × columns k0 + t, k0 + t + 4 of a row-major fp32 tile at a, row stride lda),
+// split; lda ≡ 4 mod 32 puts the 32 lanes' loads in 32 different banks.
+__device__ __forceinline__ Tf32Frag<4> a_frag(const float* a, int lda, int k0, int g, int t) {
+    return Tf32Frag<4>({a[g * lda + k0 + t], a[(g + 8) * lda + k0 + t], a[g * lda + k0 + t + 4], a[(g + 8) * lda + k0 + t + 4]});
+}
+// The same of the transposed tile: element (m, k) at a[k·lda + m]; lda ≡ 8 mod 32 for distinct banks.
+__device__ __forceinline__ Tf32Frag<4> a_frag_t(const float* a, int lda, int k0, int g, int t) {
+    return Tf32Frag<4>({a[(k0 + t) * lda + g], a[(k0 + t) * lda + g + 8], a[(k0 + t + 4) * lda + g], a[(k0 + t + 4) * lda + g + 8]});
+}
+// A B-operand fragment (rows k0 + t, k0 + t + 4 × column c + g) of a tile kept split in shared memory as tf32 bit
+// patterns (big and small planes, row stride kScanLd ≡ 8 mod 32).
+__device__ __forceinline__ Tf32Frag<2> b_frag(const uint32_t* big, const uint32_t* small, int k0, int c, int g, int t) {
+    Tf32Frag<2> f;
+    f.big[0] = big[(k0 + t) * kScanLd + c + g]; f.big[1] = big[(k0 + t + 4) * kScanLd + c + g];
+    f.small[0] = small[(k0 + t) * kScanLd + c + g]; f.small[1] = small[(k0 + t + 4) * kScanLd + c + g];
+    return f;
+}
+
+// The sequential scan over one sequence's chunks for a 32-column slice of one head's state (see MATH), on tensor cores
+// (3xTF32 mma m16n8k8; lane = 4g + t). Per chunk i, with two barriers:
+//   phase 1: Vn = U − W·S and O = QG·S in one pass over the state (both read the same B fragments);
+//            meanwhile KG_i and γ_i arrive (issued at the top of the chunk);
+//   phase 2: O += A·Vn, written out; S ← Diag(γ)·S + KGᵀ·Vn;
+//            meanwhile W_{i+1}, QG_{i+1}, U_{i+1} arrive, and A_{i+1} in A's other buffer (issued after phase 1).
+// Warp w owns output rows 16·(w % 4) .. + 15 and columns 16·(w / 4) .. + 15 (2 n-tiles) in phases 1 and 2, and state
+// rows [(w % 4)·KP/4, (w % 4 + 1)·KP/4) (KP/64 m-tiles) × the same columns in (c), held in registers (accumulator
+// layout) across chunks. Operands that several warps read as B fragments (the state, Vn) are stored split once, as
+// tf32 big and small planes; the others are split as their fragments load. K is padded to KP ∈ {64, 128} with zero
+// stage columns, state rows and γ entries, so the k-steps of 8 and the row split need no tails.
 template <typename Tin>
 __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __restrict__ cu_seqlens,
     const int* __restrict__ chunk_offsets, const float* __restrict__ w_in, const float* __restrict__ u_in,
     const float* __restrict__ a_in, const float* __restrict__ qg_in, const float* __restrict__ kg_in,
     const float* __restrict__ gamma_in, float* state, Tin* __restrict__ o) {
-    constexpr int NT = kPrefillThreads, VC = kPrefillCols;
+    constexpr int NT = kPrefillThreads, VC = kPrefillCols, LD = kScanLd, ALD = kScanALd;
+    static_assert(NT == 256 && VC == 32, "8 warps: 4 row groups × 2 column halves of 16");
     const int slice = blockIdx.x, h = blockIdx.y, n = blockIdx.z, tid = threadIdx.x;
+    const int warp = tid >> 5, g = (tid & 31) >> 2, t = tid & 3;
     const int j0 = slice * VC;
     const int tok0 = cu_seqlens[n], T = cu_seqlens[n + 1] - tok0;
     const int c0 = chunk_offsets[n], nchunks = chunk_offsets[n + 1] - c0;
-    const int SLD = K + 4, ALD = kChunk + 4;   // padded rows: 4 consecutive rows hit 4 different bank quads
+    const int KP = chunk_prefill_kpad(K), XLD = KP + 4, KGLD = KP + 8;
 
-    float* ss = smem();                  // [K][32] state slice
-    float* stx = ss + K * VC;            // [64][K+4] stage X
-    float* sty = stx + kChunk * SLD;     // [64][K+4] stage Y
-    float* sa = sty + kChunk * SLD;      // [64][68] A
-    float* su = sa + kChunk * ALD;       // [64][32] U
-    float* svn = su + kChunk * VC;       // [64][32] Vn
-    float* sgam = svn + kChunk * VC;     // [K] γ
+    uint32_t* ssb = reinterpret_cast<uint32_t*>(smem());   // [KP][40] state slice, tf32 big parts (rows ≥ K zero)
+    uint32_t* sss = ssb + KP * LD;                          // [KP][40] state slice, tf32 small parts
+    float* sw = reinterpret_cast<float*>(sss + KP * LD);   // [64][KP+4] W (columns [K, KP) zero)
+    float* sqg = sw + kChunk * XLD;                         // [64][KP+4] QG (columns [K, KP) zero)
+    float* skg = sqg + kChunk * XLD;                        // [64][KP+8] KG (columns [K, KP) zero), read transposed
+    float* sa2 = skg + kChunk * KGLD;                       // [2][64][68] A of this chunk and of the next
+    float* su = sa2 + 2 * kChunk * ALD;                     // [64][40] U
+    uint32_t* svb = reinterpret_cast<uint32_t*>(su + kChunk * LD);   // [64][40] Vn, tf32 big parts
+    uint32_t* svs = svb + kChunk * LD;                      // [64][40] Vn, tf32 small parts
+    float* sgam = reinterpret_cast<float*>(svs + kChunk * LD);   // [KP] γ (entries ≥ K zero)
 
-    float* S = state + ((size_t)n * H + h) * K * V + j0;
-    for (int i = tid; i < K * (VC / 4); i += NT) cp_async16(ss + (i / 8) * VC + (i % 8) * 4, S + (size_t)(i / 8) * V + (i % 8) * 4);
-    auto prefetch_a = [&](int ci, float* stage) {   // W, U, A of chunk ci
+    // The padding, once (cp.async only ever fills columns / entries below K; state rows ≥ K are written below).
+    for (int i = tid; i < kChunk * (KP - K); i += NT) {
+        const int r = i / (KP - K), c = K + i % (KP - K);
+        sw[r * XLD + c] = 0.f; sqg[r * XLD + c] = 0.f; skg[r * KGLD + c] = 0.f;
+    }
+    for (int i = K + tid; i < KP; i += NT) sgam[i] = 0.f;
+
+    auto prefetch_wqu = [&](int ci) {   // W, QG, U of chunk ci and its A into buffer ci % 2
         const size_t cc = (size_t)(c0 + ci) * H + h;
-        copy_tile_async(stage, SLD, w_in + cc * kChunk * K, K, kChunk, K, tid, NT);
-        copy_tile_async(su, VC, u_in + cc * kChunk * V + j0, V, kChunk, VC, tid, NT);
-        copy_tile_async(sa, ALD, a_in + cc * kChunk * kChunk, kChunk, kChunk, kChunk, tid, NT);
+        copy_tile_async(sw, XLD, w_in + cc * kChunk * K, K, kChunk, K, tid, NT);
+        copy_tile_async(sqg, XLD, qg_in + cc * kChunk * K, K, kChunk, K, tid, NT);
+        copy_tile_async(su, LD, u_in + cc * kChunk * V + j0, V, kChunk, VC, tid, NT);
+        copy_tile_async(sa2 + (ci & 1) * kChunk * ALD, ALD, a_in + cc * kChunk * kChunk, kChunk, kChunk, kChunk, tid, NT);
     };
-    if (nchunks > 0) prefetch_a(0, stx);
+    if (nchunks > 0) prefetch_wqu(0);
     cp_async_commit();
-    cp_async_wait<0>();
-    __syncthreads();
 
-    const int dg = tid >> 2, cc8 = (tid & 3) * 8;   // (c) tile
-    float srow[4][8];
+    const int rq = warp & 3, ch = warp >> 2;      // row group, column half
+    const int r0 = 16 * rq, cb = 16 * ch;          // phases 1-2: rows r0 + g (+ 8), columns cb + 8·nt + 2t (+ 1)
+    const int mtiles = KP / 64, d0 = rq * (KP / 4);   // (c): state rows d0 + 16m + g (+ 8)
+    float* S = state + ((size_t)n * H + h) * K * V + j0;
+    float sacc[2][2][4];   // [m-tile][n-tile][fragment]
 #pragma unroll
-    for (int m = 0; m < 4; ++m)
+    for (int m = 0; m < 2; ++m)
 #pragma unroll
-        for (int j = 0; j < 8; ++j) srow[m][j] = dg + 32 * m < K ? ss[(dg + 32 * m) * VC + cc8 + j] : 0.f;
-    const int rg = tid >> 3, cg4 = (tid & 7) * 4;    // (a), (b) tile
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int d = d0 + 16 * m + g + 8 * (e >> 1);
+                sacc[m][nt][e] = m < mtiles && d < K ? S[(size_t)d * V + cb + 8 * nt + 2 * t + (e & 1)] : 0.f;
+            }
+    auto store_state = [&]() {   // the split state, for the next chunk's phase 1
+#pragma unroll
+        for (int m = 0; m < 2; ++m)
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    if (m < mtiles) {
+                        const int x = (d0 + 16 * m + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1);
+                        const float v = sacc[m][nt][e];
+                        ssb[x] = to_tf32(v);
+                        sss[x] = to_tf32(v - __uint_as_float(ssb[x]));
+                    }
+    };
+    store_state();
 
-    float* bx = stx;   // holds W_i at the top of iteration i
-    float* by = sty;
     for (int ci = 0; ci < nchunks; ++ci) {
         const size_t cc = (size_t)(c0 + ci) * H + h;
         const int len = min(kChunk, T - ci * kChunk);
-        cp_async_wait<0>();   // W_i, U_i, A_i (and the state's previous update is in ss)
-        __syncthreads();
-        copy_tile_async(by, SLD, qg_in + cc * kChunk * K, K, kChunk, K, tid, NT);
-        cp_async_commit();
-
-        // (a) Vn = U − W·S
-        float acc[4][4];
-#pragma unroll
-        for (int m = 0; m < 4; ++m)
-#pragma unroll
-            for (int c = 0; c < 4; ++c) acc[m][c] = su[(rg + 16 * m) * VC + cg4 + c];
-        for (int d = 0; d < K; d += 4) {
-            float w[4][4];
-#pragma unroll
-            for (int m = 0; m < 4; ++m) {
-                const float4 t = *reinterpret_cast<const float4*>(bx + (rg + 16 * m) * SLD + d);
-                w[m][0] = t.x; w[m][1] = t.y; w[m][2] = t.z; w[m][3] = t.w;
-            }
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float4 s4 = *reinterpret_cast<const float4*>(ss + (d + e) * VC + cg4);
-#pragma unroll
-                for (int m = 0; m < 4; ++m) {
-                    acc[m][0] -= w[m][e] * s4.x; acc[m][1] -= w[m][e] * s4.y;
-                    acc[m][2] -= w[m][e] * s4.z; acc[m][3] -= w[m][e] * s4.w;
-                }
-            }
-        }
-#pragma unroll
-        for (int m = 0; m < 4; ++m)
-            *reinterpret_cast<float4*>(svn + (rg + 16 * m) * VC + cg4) = make_float4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]);
-        cp_async_wait<0>();   // QG_i
-        __syncthreads();      // Vn complete; W_i and U_i no longer needed
-        copy_tile_async(bx, SLD, kg_in + cc * kChunk * K, K, kChunk, K, tid, NT);
+        const float* sa = sa2 + (ci & 1) * kChunk * ALD;
+        cp_async_wait<0>();   // W_i, QG_i, U_i, A_i
+        __syncthreads();      // ... for every thread; the state is stored; chunk i − 1 no longer reads KG, γ, Vn
+        copy_tile_async(skg, KGLD, kg_in + cc * kChunk * K, K, kChunk, K, tid, NT);
         for (int i = tid; i < K / 4; i += NT) cp_async16(sgam + 4 * i, gamma_in + cc * K + 4 * i);
         cp_async_commit();
 
-        // (b) O = QG·S + A·Vn (A is 0 above the diagonal and in rows past the end)
+        // Phase 1: Vn = U − W·S (accumulated as −U + W·S) and O = QG·S; v/ocor hold the 3xTF32 correction terms.
+        float vacc[2][4], oacc[2][4], vcor[2][4], ocor[2][4];
 #pragma unroll
-        for (int m = 0; m < 4; ++m)
-#pragma unroll
-            for (int c = 0; c < 4; ++c) acc[m][c] = 0.f;
-        for (int d = 0; d < K; d += 4) {
-            float w[4][4];
-#pragma unroll
-            for (int m = 0; m < 4; ++m) {
-                const float4 t = *reinterpret_cast<const float4*>(by + (rg + 16 * m) * SLD + d);
-                w[m][0] = t.x; w[m][1] = t.y; w[m][2] = t.z; w[m][3] = t.w;
-            }
+        for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const float4 s4 = *reinterpret_cast<const float4*>(ss + (d + e) * VC + cg4);
+                vacc[nt][e] = -su[(r0 + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1)];
+                oacc[nt][e] = 0.f; vcor[nt][e] = 0.f; ocor[nt][e] = 0.f;
+            }
+#pragma unroll 2
+        for (int k0 = 0; k0 < KP; k0 += 8) {
+            const Tf32Frag<4> fw = a_frag(sw + r0 * XLD, XLD, k0, g, t), fq = a_frag(sqg + r0 * XLD, XLD, k0, g, t);
 #pragma unroll
-                for (int m = 0; m < 4; ++m) {
-                    acc[m][0] += w[m][e] * s4.x; acc[m][1] += w[m][e] * s4.y;
-                    acc[m][2] += w[m][e] * s4.z; acc[m][3] += w[m][e] * s4.w;
-                }
+            for (int nt = 0; nt < 2; ++nt) {
+                const Tf32Frag<2> fs = b_frag(ssb, sss, k0, cb + 8 * nt, g, t);
+                mma_acc(vacc[nt], vcor[nt], fw, fs);
+                mma_acc(oacc[nt], ocor[nt], fq, fs);
             }
         }
-        for (int s = 0; s <= rg + 48; s += 4) {
-            float a[4][4];
 #pragma unroll
-            for (int m = 0; m < 4; ++m) {
-                const float4 t = *reinterpret_cast<const float4*>(sa + (rg + 16 * m) * ALD + s);
-                a[m][0] = t.x; a[m][1] = t.y; a[m][2] = t.z; a[m][3] = t.w;
-            }
+        for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const float4 v4 = *reinterpret_cast<const float4*>(svn + (s + e) * VC + cg4);
-#pragma unroll
-                for (int m = 0; m < 4; ++m) {
-                    acc[m][0] += a[m][e] * v4.x; acc[m][1] += a[m][e] * v4.y;
-                    acc[m][2] += a[m][e] * v4.z; acc[m][3] += a[m][e] * v4.w;
-                }
+                const int x = (r0 + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1);
+                const float v = -(vacc[nt][e] + vcor[nt][e]);
+                svb[x] = to_tf32(v);
+                svs[x] = to_tf32(v - __uint_as_float(svb[x]));
             }
-        }
-#pragma unroll
-        for (int m = 0; m < 4; ++m) {
-            const int r = rg + 16 * m;
-            if (r < len) {
-                Tin* orow = o + ((size_t)(tok0 + ci * kChunk + r) * H + h) * V + j0 + cg4;
-#pragma unroll
-                for (int c = 0; c < 4; ++c) st(orow + c, acc[m][c]);
-            }
-        }
         cp_async_wait<0>();   // KG_i, γ_i
-        __syncthreads();      // QG_i, A_i and the old state are no longer needed
-        if (ci + 1 < nchunks) prefetch_a(ci + 1, by);
+        __syncthreads();      // Vn complete; W_i, QG_i, U_i and the stored state no longer read
+        if (ci + 1 < nchunks) prefetch_wqu(ci + 1);
         cp_async_commit();
 
-        // (c) S ← Diag(γ)·S + KGᵀ·Vn
+        // Phase 2: O += A·Vn (A is 0 above the diagonal and in rows past the end, so k stops at r0 + 16), then out.
+        for (int k0 = 0; k0 < r0 + 16; k0 += 8) {
+            const Tf32Frag<4> fa = a_frag(sa + r0 * ALD, ALD, k0, g, t);
 #pragma unroll
-        for (int m = 0; m < 4; ++m) {
-            const int d = dg + 32 * m;
-            const float gm = d < K ? sgam[d] : 0.f;
-#pragma unroll
-            for (int j = 0; j < 8; ++j) srow[m][j] *= gm;
+            for (int nt = 0; nt < 2; ++nt) mma_acc(oacc[nt], ocor[nt], fa, b_frag(svb, svs, k0, cb + 8 * nt, g, t));
         }
-        for (int r = 0; r < kChunk; ++r) {
-            const float4 v0 = *reinterpret_cast<const float4*>(svn + r * VC + cc8);
-            const float4 v1 = *reinterpret_cast<const float4*>(svn + r * VC + cc8 + 4);
 #pragma unroll
-            for (int m = 0; m < 4; ++m) {
-                const int d = dg + 32 * m;
-                const float kgv = d < K ? bx[r * SLD + d] : 0.f;
-                srow[m][0] += kgv * v0.x; srow[m][1] += kgv * v0.y; srow[m][2] += kgv * v0.z; srow[m][3] += kgv * v0.w;
-                srow[m][4] += kgv * v1.x; srow[m][5] += kgv * v1.y; srow[m][6] += kgv * v1.z; srow[m][7] += kgv * v1.w;
+        for (int e2 = 0; e2 < 2; ++e2) {
+            const int r = r0 + g + 8 * e2;
+            if (r < len) {
+                Tin* orow = o + ((size_t)(tok0 + ci * kChunk + r) * H + h) * V + j0 + cb + 2 * t;
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt) {
+                    st(orow + 8 * nt, oacc[nt][2 * e2] + ocor[nt][2 * e2]);
+                    st(orow + 8 * nt + 1, oacc[nt][2 * e2 + 1] + ocor[nt][2 * e2 + 1]);
+                }
+            }
+        }
+        // (c) S ← Diag(γ)·S + KGᵀ·Vn, the correction terms in scor
+        float scor[2][2][4];
+#pragma unroll
+        for (int m = 0; m < 2; ++m)
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) scor[m][nt][e] = 0.f;
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+            if (m < mtiles) {
+                const float ga = sgam[d0 + 16 * m + g], gb = sgam[d0 + 16 * m + g + 8];
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt) {
+                    sacc[m][nt][0] *= ga; sacc[m][nt][1] *= ga; sacc[m][nt][2] *= gb; sacc[m][nt][3] *= gb;
+                }
+            }
+        }
+#pragma unroll 2
+        for (int k0 = 0; k0 < kChunk; k0 += 8) {
+            const Tf32Frag<2> fv[2] = {b_frag(svb, svs, k0, cb, g, t), b_frag(svb, svs, k0, cb + 8, g, t)};
+#pragma unroll
+            for (int m = 0; m < 2; ++m) {
+                if (m < mtiles) {
+                    const Tf32Frag<4> fk = a_frag_t(skg + d0 + 16 * m, KGLD, k0, g, t);
+#pragma unroll
+                    for (int nt = 0; nt < 2; ++nt) mma_acc(sacc[m][nt], scor[m][nt], fk, fv[nt]);
+                }
             }
         }
 #pragma unroll
-        for (int m = 0; m < 4; ++m) {
-            const int d = dg + 32 * m;
-            if (d < K) {
-                *reinterpret_cast<float4*>(ss + d * VC + cc8) = make_float4(srow[m][0], srow[m][1], srow[m][2], srow[m][3]);
-                *reinterpret_cast<float4*>(ss + d * VC + cc8 + 4) = make_float4(srow[m][4], srow[m][5], srow[m][6], srow[m][7]);
-            }
-        }
-        float* t = bx; bx = by; by = t;
+        for (int m = 0; m < 2; ++m)
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) sacc[m][nt][e] += scor[m][nt][e];
+        store_state();   // nobody reads the stored state between the barrier above and the next one
     }
 #pragma unroll
-    for (int m = 0; m < 4; ++m) {
-        const int d = dg + 32 * m;
-        if (d < K) {
-            *reinterpret_cast<float4*>(S + (size_t)d * V + cc8) = make_float4(srow[m][0], srow[m][1], srow[m][2], srow[m][3]);
-            *reinterpret_cast<float4*>(S + (size_t)d * V + cc8 + 4) = make_float4(srow[m][4], srow[m][5], srow[m][6], srow[m][7]);
-        }
-    }
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int d = d0 + 16 * m + g + 8 * (e >> 1);
+                if (m < mtiles && d < K) S[(size_t)d * V + cb + 8 * nt + 2 * t + (e & 1)] = sacc[m][nt][e];
+            }
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -866,7 +1003,7 @@ KDA_DECODE_ENTRY(kimi_kda_decode_step_f32, float)
 KDA_INTRA_ENTRY(kimi_kda_chunk_intra_bf16, __nv_bfloat16)
 KDA_INTRA_ENTRY(kimi_kda_chunk_intra_f32, float)
 
-#define KDA_PREFILL_ENTRY(NAME, T)                                                                                     \
+#define KDA_PREFILL_ENTRY(NAME, T)                                                                              \
     extern "C" __global__ void __launch_bounds__(kda::kPrefillThreads) NAME(int H, int K, int V,                      \
         const int* cu_seqlens, const int* chunk_offsets, const float* w_in, const float* u_in, const float* a_in,     \
         const float* qg_in, const float* kg_in, const float* gamma_in, float* state, T* o) {                          \

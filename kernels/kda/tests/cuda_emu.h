@@ -44,6 +44,7 @@ struct alignas(16) uint4 { unsigned x, y, z, w; };
 struct alignas(8) float2 { float x, y; };
 inline float2 make_float2(float a, float b) { return {a, b}; }
 inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
 struct alignas(2) __nv_bfloat16 { uint16_t bits; };
 inline float __bfloat162float(__nv_bfloat16 h) {
     uint32_t u = uint32_t(h.bits) << 16; float f; std::memcpy(&f, &u, 4); return f;
@@ -74,6 +75,8 @@ struct Fiber {
     Wait wait = None;
     uint32_t shfl_val = 0, shfl_res = 0;
     int shfl_src = 0;
+    uint32_t mma_in[2][12] = {};               // this lane's A (4) and B (2) fragments, big then small, per slot
+    int mma_slot = 0;                          // the slot of its next mma
     struct Copy { void* dst; const void* src; };
     std::vector<Copy> pending;                 // cp.async issued since the last commit
     std::vector<std::vector<Copy>> groups;     // committed, not yet waited for
@@ -117,6 +120,43 @@ template <typename T> inline T emu_shfl(T v, int src) {
 }
 template <typename T> inline T __shfl_xor_sync(unsigned, T v, int m) { return emu_shfl(v, int(threadIdx.x % 32) ^ m); }
 template <typename T> inline T __shfl_sync(unsigned, T v, int l) { return emu_shfl(v, l & 31); }
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32, d += a·b over the 32 lanes of a warp, with PTX's fragment
+// layouts (g = lane / 4, t = lane % 4): a0 (g, t), a1 (g + 8, t), a2 (g, t + 4), a3 (g + 8, t + 4) of the 16×8 A;
+// b0 (k = t, n = g), b1 (k = t + 4, n = g) of the 8×8 B; d0, d1 (g, 2t + 0/1), d2, d3 (g + 8, 2t + 0/1). Operands are
+// tf32 bit patterns (the caller rounds them); products are summed in fp32. With a_small and b_small it is the three
+// mma of a 3xTF32 product in their order (small·big, big·small, big·big), at the emulation cost of one; with c as
+// well, the two correction products go into c and only big·big into d.
+// One warp rendezvous per call: every lane has posted its fragments before any lane reads them. Posts alternate
+// between two slots, so a lane that runs ahead into its next mma cannot overwrite what a slower lane is still reading
+// (it cannot get two ahead: the next rendezvous waits for the slow lane).
+inline void emu_mma_m16n8k8_tf32(float* d, const uint32_t* a, const uint32_t* b, const uint32_t* a_small = nullptr,
+    const uint32_t* b_small = nullptr, float* c = nullptr) {
+    emu::Fiber& self = emu::st().fibers[emu::st().cur];
+    const int slot = self.mma_slot;
+    self.mma_slot ^= 1;
+    uint32_t* in = self.mma_in[slot];
+    std::memcpy(in, a, 16);
+    std::memcpy(in + 4, b, 8);
+    if (a_small) { std::memcpy(in + 6, a_small, 16); std::memcpy(in + 10, b_small, 8); }
+    emu::yield(emu::Warp);
+    const int lane = int(threadIdx.x % 32), base = emu::st().cur - lane, g = lane / 4, t = lane % 4;
+    auto at = [&](int l, int i) { return __uint_as_float(emu::st().fibers[base + l].mma_in[slot][i]); };
+    // A(r, k) of fragment set f (0 big, 1 small) and B(k, c).
+    auto A = [&](int f, int r, int k) { return at((r % 8) * 4 + k % 4, 6 * f + (r >= 8) + 2 * (k >= 4)); };
+    auto B = [&](int f, int k, int c) { return at(c * 4 + k % 4, 6 * f + 4 + (k >= 4)); };
+    for (int i = 0; i < 4; ++i) {
+        const int r = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+        float acc = c ? c[i] : d[i];
+        if (a_small) {
+            for (int k = 0; k < 8; ++k) acc += A(1, r, k) * B(0, k, col);
+            for (int k = 0; k < 8; ++k) acc += A(0, r, k) * B(1, k, col);
+        }
+        if (c) { c[i] = acc; acc = d[i]; }
+        for (int k = 0; k < 8; ++k) acc += A(0, r, k) * B(0, k, col);
+        d[i] = acc;
+    }
+}
 
 namespace emu {
 // Runs the fibers of one cluster until all are done: run every runnable fiber until it blocks, then release each
@@ -185,6 +225,7 @@ inline void emu_launch(void (*k)(P...), int cluster_x, dim3 grid, dim3 block, si
                         emu::Fiber& f = s.fibers[size_t(b) * threads + t];
                         f.stack.resize(64 * 1024);
                         f.wait = emu::None;
+                        f.mma_slot = 0;
                         f.pending.clear();
                         f.groups.clear();
                         f.tid = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));

@@ -860,6 +860,7 @@ int main(int argc, char** argv) {
     test_prefill_random<bf16>(3, 128, 128, odd, true);
     test_prefill_random<float>(2, 64, 64, {5, 129, 64}, false);
     test_prefill_random<bf16>(2, 64, 32, {70, 3}, false);
+    test_prefill_random<float>(2, 36, 32, {70, 5}, false);   // K % 8 == 4: padded k-steps, idle load threads
     test_decode<float>(3, 4, 128, 128, 5);
     test_decode<bf16>(3, 4, 128, 128, 5);
     test_decode<float>(2, 3, 64, 64, 4);
