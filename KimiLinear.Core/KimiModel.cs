@@ -160,6 +160,23 @@ public sealed partial class KimiModel : IDisposable
         Action<int, float[]>? onHidden = null)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        if (tokens.Length == 1)
+            return ForwardPieces(state, tokens, lastOnly, attention, onHidden); // a failed decode step is a device fault
+        // A prompt's step can fail part-way (its activations are the largest allocation): leave the session as it was.
+        using var checkpoint = new StateCheckpoint(Backend, state);
+        try
+        {
+            return ForwardPieces(state, tokens, lastOnly, attention, onHidden);
+        }
+        catch
+        {
+            checkpoint.Restore();
+            throw;
+        }
+    }
+
+    private float[] ForwardPieces(SessionState state, ReadOnlySpan<int> tokens, bool lastOnly, MlaForm attention, Action<int, float[]>? onHidden)
+    {
         int piece = Backend.MaxTokensPerForward;
         if (tokens.Length <= piece)
             return ForwardPiece(state, tokens, lastOnly ? Logits.Last : Logits.All, attention, onHidden);

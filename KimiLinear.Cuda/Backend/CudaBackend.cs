@@ -264,21 +264,30 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
         var (input, output) = (Device(x), Device(y));
         if (input.Cols != w.Cols || output.Cols != w.Rows || output.Rows != input.Rows)
             throw new ArgumentException($"MatMul '{w.Name}' [{w.Rows}, {w.Cols}]: x {input} and y {output} do not fit.");
-        var weight = _weights.Of(w);
         if (input.Rows == 1 || w.Cols % 8 != 0)
         {
+            var weight = _weights.Of(w);
             for (int t = 0; t < input.Rows; t++)
                 MatmulKernels.Gemv(_stream, output.F32.Slice((long)t * w.Rows, w.Rows), weight, input.F32.Slice((long)t * w.Cols, w.Cols), w.Rows, w.Cols);
             return;
         }
-        var a = _arena.Rent<ushort>(input.Length);
-        ActivationKernels.ToBFloat16(_stream, a, input.F32, input.Length);
-        Gemm(output.F32, a, w.Cols, weight, input.Rows, w.Rows, w.Cols);
+        Gemm(output, Narrowed(input), w);
     }
+
+    /// <summary>x in bf16, as the tensor-core GEMM takes it (one rounding; fp32 accumulation).</summary>
+    private DeviceSpan<ushort> Narrowed(CudaTensor x)
+    {
+        var a = _arena.Rent<ushort>(x.Length);
+        ActivationKernels.ToBFloat16(_stream, a, x.F32, x.Length);
+        return a;
+    }
+
+    /// <summary>y = x · wᵀ for x given in bf16 (<see cref="Narrowed"/>).</summary>
+    private void Gemm(CudaTensor y, DeviceSpan<ushort> x, WeightMatrix w) => Gemm(y.F32, x, w.Cols, _weights.Of(w), y.Rows, w.Rows, w.Cols);
 
     /// <summary>
     /// One token through projections whose weights and outputs lie one after another (the layers arrange it): one GEMV
-    /// over all their rows, the launch latency paid once. Anything else runs one product each.
+    /// over all their rows, the launch latency paid once. Several tokens: x narrowed to bf16 once, one GEMM each.
     /// </summary>
     public void MatMul(Tensor x, ReadOnlySpan<WeightMatrix> weights, ReadOnlySpan<Tensor> outputs)
     {
@@ -290,6 +299,18 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
             var first = _weights.Of(weights[0]);
             MatmulKernels.Gemv(_stream, new DeviceSpan<float>(Device(outputs[0]).Pointer, rows), new DeviceSpan<ushort>(first.Pointer, (long)rows * x.Cols),
                 input.F32, rows, x.Cols);
+            return;
+        }
+        if (x.Rows > 1 && x.Cols % 8 == 0)
+        {
+            var narrowed = Narrowed(Device(x)); // once for all the projections
+            for (int i = 0; i < weights.Length; i++)
+            {
+                var y = Device(outputs[i]);
+                if (y.Cols != weights[i].Rows || y.Rows != x.Rows || weights[i].Cols != x.Cols)
+                    throw new ArgumentException($"MatMul '{weights[i].Name}' [{weights[i].Rows}, {weights[i].Cols}]: x {x} and y {y} do not fit.");
+                Gemm(y, narrowed, weights[i]);
+            }
             return;
         }
         for (int i = 0; i < weights.Length; i++)

@@ -197,6 +197,22 @@ public sealed class CudaModelTests
         TensorAssert.Close(gpu.ForwardLast([5]), cpu.ForwardLast([5]), SpreadMargin * tiny.Spread.Max(), "a decode step after it");
     }
 
+    /// <summary>A step failing part-way (after layer 1 advanced the device state) leaves the GPU session as it was.</summary>
+    [Fact]
+    public void StepFailingPartWayLeavesTheGpuSessionAsItWas()
+    {
+        var tiny = Require();
+        var ids = tiny.Golden.ReadInt32("case4.input_ids");
+        using var session = tiny.Gpu.CreateSession();
+        session.Forward(ids.AsSpan(0, 40));
+        Assert.Throws<InvalidOperationException>(() => session.Forward(ids.AsSpan(40, 30), MlaForm.Auto,
+            (layer, _) => { if (layer == 2) throw new InvalidOperationException("fault after layer 1"); }));
+        Assert.Equal(40, session.Length);
+        using var fresh = tiny.Gpu.CreateSession();
+        fresh.Forward(ids.AsSpan(0, 40));
+        Assert.Equal(fresh.Forward(ids.AsSpan(40, 30)), session.Forward(ids.AsSpan(40, 30))); // the same device, the same bits
+    }
+
     [Fact]
     public void SavedStateRestoresOnTheGpuAndOnTheCpu()
     {

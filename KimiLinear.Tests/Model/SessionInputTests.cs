@@ -20,6 +20,22 @@ public sealed class SessionInputTests(TinyModelFixture fixture) : IClassFixture<
         AssertContinuesLikeAFreshSession(session);
     }
 
+    /// <summary>
+    /// A step that fails part-way, after some layers have advanced their state (here: an exception from the hidden-state
+    /// hook after layer 1; on a GPU, running out of memory while the step's activations grow), leaves the session as it was.
+    /// </summary>
+    [Fact]
+    public void StepFailingPartWayLeavesTheSessionAsItWas()
+    {
+        using var session = fixture.Model.CreateSession();
+        session.Forward(Prompt.AsSpan(0, 2));
+        var error = Assert.Throws<InvalidOperationException>(() => session.Forward(Prompt.AsSpan(2, 2), MlaForm.Auto,
+            (layer, _) => { if (layer == 2) throw new InvalidOperationException("fault after layer 1"); }));
+        Assert.Equal("fault after layer 1", error.Message);
+        Assert.Equal(2, session.Length);
+        AssertContinuesLikeAFreshSession(session);
+    }
+
     [Fact]
     public void EmptyInputIsRejected()
     {
