@@ -196,6 +196,57 @@ public sealed partial class KimiModel : IDisposable
         return all ?? logits;
     }
 
+    /// <summary>
+    /// One decode step for several sessions at once: <paramref name="tokens"/>[i] is appended to
+    /// <paramref name="sessions"/>[i], and the logits of each new position come back in the same order. The projections,
+    /// experts and lm_head read their weights once for all the sessions (what bounds decode speed), the KDA and MLA
+    /// mixers run on each session's own state. Equal to one <see cref="KimiSession.ForwardLast"/> per session.
+    /// </summary>
+    /// <exception cref="ArgumentException">No sessions, a count of tokens other than one per session, a session twice or of
+    /// another model, a token id outside the vocabulary, or a session at the maximum length. No session is changed.</exception>
+    /// <exception cref="ObjectDisposedException">The model or a session is disposed.</exception>
+    public IReadOnlyList<float[]> DecodeBatch(IReadOnlyList<KimiSession> sessions, ReadOnlySpan<int> tokens)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentNullException.ThrowIfNull(sessions);
+        if (sessions.Count == 0)
+            throw new ArgumentException("DecodeBatch needs at least one session.", nameof(sessions));
+        if (tokens.Length != sessions.Count)
+            throw new ArgumentException($"DecodeBatch takes one token per session: {sessions.Count} sessions, {tokens.Length} tokens.", nameof(tokens));
+        if (sessions.Distinct().Count() != sessions.Count)
+            throw new ArgumentException("DecodeBatch was given the same session twice; a session takes one token a step.", nameof(sessions));
+        for (int i = 0; i < sessions.Count; i++)
+        {
+            if (!ReferenceEquals(sessions[i].Model, this))
+                throw new ArgumentException($"Session {i} belongs to another model.", nameof(sessions));
+            sessions[i].ValidateNext(tokens.Slice(i, 1));
+        }
+
+        var backend = Backend;
+        var batch = new SequenceRows[sessions.Count];
+        for (int i = 0; i < batch.Length; i++)
+        {
+            var state = sessions[i].State;
+            batch[i] = new SequenceRows(state, i, 1, state.Length);
+            for (int l = 0; l < _layers.Length; l++)
+                _layers[l].Mla?.Reserve(backend, state.Mla[l]!, state.Length, state.Length + 1);
+        }
+        float[] all;
+        using (backend.BeginForward())
+        {
+            var logits = Compute(batch, tokens, Logits.All, absorbed: true, onHidden: null)!; // [N, vocab]
+            all = new float[logits.Length];
+            backend.Download(logits, all);
+        }
+        var result = new float[batch.Length][];
+        for (int i = 0; i < batch.Length; i++)
+        {
+            batch[i].State.Length++;
+            result[i] = all.AsSpan(i * Config.VocabSize, Config.VocabSize).ToArray();
+        }
+        return result;
+    }
+
     /// <summary>Which positions' logits a forward step computes.</summary>
     private enum Logits { None, Last, All }
 
@@ -208,15 +259,16 @@ public sealed partial class KimiModel : IDisposable
             _layers[i].Mla?.Reserve(backend, state.Mla[i]!, position, position + count);
 
         using var step = backend.BeginForward();
+        SequenceRows[] batch = [new(state, 0, count, position)];
         Tensor? logits;
         if (count == 1 && wanted != Logits.None && onHidden is null)
         {
             // A decode step: the same work every token, so a backend may record it once and replay it.
             int token = tokens[0];
-            logits = backend.RunDecodeStep(state, token, position, () => Compute(state, [token], position, wanted, absorbed, null)!);
+            logits = backend.RunDecodeStep(state, token, position, () => Compute(batch, [token], wanted, absorbed, null)!);
         }
         else
-            logits = Compute(state, tokens, position, wanted, absorbed, onHidden);
+            logits = Compute(batch, tokens, wanted, absorbed, onHidden);
         state.Length += count;
         if (logits is null)
             return [];
@@ -226,10 +278,11 @@ public sealed partial class KimiModel : IDisposable
     }
 
     /// <summary>
-    /// Queues the layers over <paramref name="tokens"/> at <paramref name="position"/> and returns the logits tensor
-    /// (null for <see cref="Logits.None"/>). Reads the state and writes it; <see cref="SessionState.Length"/> is the caller's.
+    /// Queues the layers over <paramref name="tokens"/>, whose rows belong to the sequences of <paramref name="batch"/>,
+    /// and returns the logits tensor (null for <see cref="Logits.None"/>). Reads the states and writes them; each
+    /// <see cref="SessionState.Length"/> is the caller's.
     /// </summary>
-    private Tensor? Compute(SessionState state, ReadOnlySpan<int> tokens, int position, Logits wanted, bool absorbed, Action<int, float[]>? onHidden)
+    private Tensor? Compute(IReadOnlyList<SequenceRows> batch, ReadOnlySpan<int> tokens, Logits wanted, bool absorbed, Action<int, float[]>? onHidden)
     {
         var backend = Backend;
         int count = tokens.Length;
@@ -238,7 +291,7 @@ public sealed partial class KimiModel : IDisposable
         Capture(onHidden, 0, hidden);
         for (int i = 0; i < _layers.Length; i++)
         {
-            _layers[i].Forward(backend, hidden, state.Kda[i], state.Mla[i], position, absorbed);
+            _layers[i].Forward(backend, hidden, batch, absorbed);
             if (i < _layers.Length - 1)
                 Capture(onHidden, i + 1, hidden);
         }

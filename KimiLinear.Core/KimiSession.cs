@@ -52,6 +52,13 @@ public sealed partial class KimiSession : IDisposable
         return Model.Forward(_state, tokens, lastOnly: false, attention, onHidden);
     }
 
+    /// <summary>Checks that <paramref name="tokens"/> may be appended (for <see cref="KimiModel.DecodeBatch"/>).</summary>
+    internal void ValidateNext(ReadOnlySpan<int> tokens)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        Validate(tokens);
+    }
+
     private void Validate(ReadOnlySpan<int> tokens)
     {
         if (tokens.IsEmpty)

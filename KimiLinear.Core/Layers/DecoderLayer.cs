@@ -11,6 +11,7 @@ namespace KimiLinear.Layers;
 /// </summary>
 internal sealed class DecoderLayer
 {
+    private readonly int _index;                  // this layer's entry in each session's state
     private readonly float _eps;
     private readonly float[] _inputNorm;          // input_layernorm [D]
     private readonly float[] _postAttentionNorm;  // post_attention_layernorm [D]
@@ -26,6 +27,7 @@ internal sealed class DecoderLayer
 
     public DecoderLayer(IWeightSource weights, int index, KimiConfig config, KimiModelOptions options)
     {
+        _index = index;
         string prefix = $"model.layers.{index}.";
         int d = config.HiddenSize;
         _eps = config.RmsNormEps;
@@ -42,17 +44,17 @@ internal sealed class DecoderLayer
     }
 
     /// <summary>
-    /// Updates the residual stream <paramref name="hidden"/> [T, D] in place and this layer's state; the T tokens start at
-    /// <paramref name="position"/> of the sequence (the MLA cache length before them).
+    /// Updates the residual stream <paramref name="hidden"/> [T, D] in place and each sequence's state for this layer;
+    /// the step's rows belong to the sequences of <paramref name="batch"/>.
     /// </summary>
-    public void Forward(IKimiBackend backend, Tensor hidden, KdaLayerState? kdaState, MlaLayerState? mlaState, int position, bool absorbedAttention)
+    public void Forward(IKimiBackend backend, Tensor hidden, IReadOnlyList<SequenceRows> batch, bool absorbedAttention)
     {
         using var scratch = backend.BeginScratch(); // everything but the residual stream dies with the layer
         var normed = backend.Allocate(hidden.Rows, hidden.Cols);
         backend.RmsNorm(hidden, _inputNorm, _eps, normed);
         var mixed = Kda is not null
-            ? Kda.Forward(backend, normed, kdaState!)
-            : Mla!.Forward(backend, normed, mlaState!, position, absorbedAttention);
+            ? Kda.Forward(backend, normed, batch, _index)
+            : Mla!.Forward(backend, normed, batch, _index, absorbedAttention);
         backend.AddRmsNorm(hidden, mixed, _postAttentionNorm, _eps, normed);
         backend.Add(hidden, _moe is not null ? _moe.Forward(backend, normed) : _mlp!.Forward(backend, normed));
     }

@@ -57,8 +57,11 @@ internal sealed class KdaLayer
             backend.AllocateState(_heads, _headDim * _headDim));
     }
 
-    /// <summary>x: [T, D] (after input_layernorm) → [T, D]. Prefill (T &gt; 1) runs the chunked algorithm, decode the recurrence.</summary>
-    public Tensor Forward(IKimiBackend backend, Tensor x, KdaLayerState state)
+    /// <summary>
+    /// x: [T, D] (after input_layernorm) → [T, D], each sequence of <paramref name="batch"/> on its own state (layer
+    /// <paramref name="layer"/> of it). Prefill (T &gt; 1 rows of a sequence) runs the chunked algorithm, decode the recurrence.
+    /// </summary>
+    public Tensor Forward(IKimiBackend backend, Tensor x, IReadOnlyList<SequenceRows> batch, int layer)
     {
         int tokens = x.Rows, width = _heads * _headDim;
         var q = backend.Allocate(tokens, width);                 // [T, H·K] before the short conv
@@ -69,10 +72,11 @@ internal sealed class KdaLayer
         var beta = backend.Allocate(tokens, _heads);             // [T, H] before the sigmoid
         backend.MatMul(x, [_queryProjection, _keyProjection, _valueProjection, _gateDown, _outputGateDown, _betaProjection],
             [q, k, v, forgetLow, outputGateLow, beta]);
-        var inputs = new KdaMixerInputs(q, k, v, Forget: Project(backend, forgetLow, _gateUp), Beta: beta,
-            OutputGate: Project(backend, outputGateLow, _outputGateUp));
-        var gated = backend.Allocate(tokens, width);                     // [T, H·V]
-        backend.KdaMixer(inputs, _mixer, state, gated);
+        var forget = Project(backend, forgetLow, _gateUp);                 // [T, H·K]
+        var outputGate = Project(backend, outputGateLow, _outputGateUp);   // [T, H·V]
+        var gated = backend.Allocate(tokens, width);                       // [T, H·V]
+        StepRows.ForEachSequence(backend, batch, [q, k, v, forget, beta, outputGate], gated, (sequence, own, y) =>
+            backend.KdaMixer(new KdaMixerInputs(own[0], own[1], own[2], own[3], own[4], own[5]), _mixer, sequence.State.Kda[layer]!, y));
         return Project(backend, gated, _outputProjection);
     }
 

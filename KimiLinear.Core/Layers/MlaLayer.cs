@@ -42,10 +42,11 @@ internal sealed class MlaLayer
         new(backend.AllocateCache(initialCapacity, _rank + _ropeDim));
 
     /// <summary>
-    /// x: [T, D] → [T, D]; writes the T latents into cache rows [start, start + T) (room made by <see cref="Reserve"/>).
-    /// <paramref name="absorbed"/> picks the attention form.
+    /// x: [T, D] → [T, D]; each sequence of <paramref name="batch"/> writes its rows' latents into its cache (layer
+    /// <paramref name="layer"/> of its state) at its position (room made by <see cref="Reserve"/>) and attends to its
+    /// own cache. <paramref name="absorbed"/> picks the attention form.
     /// </summary>
-    public Tensor Forward(IKimiBackend backend, Tensor x, MlaLayerState state, int start, bool absorbed)
+    public Tensor Forward(IKimiBackend backend, Tensor x, IReadOnlyList<SequenceRows> batch, int layer, bool absorbed)
     {
         int tokens = x.Rows;
         // The three projections of x, bound and allocated in this order so a backend may run them as one product.
@@ -55,13 +56,17 @@ internal sealed class MlaLayer
         backend.MatMul(x, [_queryProjection, _latentProjection, _sharedKeyProjection], [q, compressed, sharedKey]);
         var normalised = backend.Allocate(tokens, _rank);              // [T, R] c_n
         backend.RmsNorm(compressed, _latentNorm, LatentNormEps, normalised);
-        backend.WriteConcatenatedRows(normalised, sharedKey, state.Latent, start);
 
         var o = backend.Allocate(tokens, _heads * _valueDim);          // [T, H·V]
-        backend.MlaAttention(q, state.Latent, start, _keyValueUp, o, _heads, _nopeDim, _ropeDim, _valueDim, absorbed);
-        var output = backend.Allocate(tokens, _outputProjection.Rows);
-        backend.MatMul(o, _outputProjection, output);
-        return output;
+        StepRows.ForEachSequence(backend, batch, [q, normalised, sharedKey], o, (sequence, own, output) =>
+        {
+            var cache = sequence.State.Mla[layer]!.Latent;
+            backend.WriteConcatenatedRows(own[1], own[2], cache, sequence.Position);
+            backend.MlaAttention(own[0], cache, sequence.Position, _keyValueUp, output, _heads, _nopeDim, _ropeDim, _valueDim, absorbed);
+        });
+        var result = backend.Allocate(tokens, _outputProjection.Rows);
+        backend.MatMul(o, _outputProjection, result);
+        return result;
     }
 
     /// <summary>

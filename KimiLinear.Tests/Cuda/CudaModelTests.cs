@@ -120,7 +120,10 @@ public sealed class CudaModelTests
         var input = backend.Allocate(tokens, model.Config.HiddenSize);
         backend.Upload(x, input);
         var state = layer.Mla!.CreateState(backend, 256);
-        var mla = Download(backend, layer.Mla.Forward(backend, input, state, 0, absorbed: false));
+        var layers = model.Layers.Count;
+        var session = new KimiLinear.State.SessionState(new KimiLinear.State.KdaLayerState?[layers],
+            Enumerable.Range(0, layers).Select(l => l == layers - 1 ? state : null).ToArray());
+        var mla = Download(backend, layer.Mla.Forward(backend, input, [new KimiLinear.State.SequenceRows(session, 0, tokens, 0)], layers - 1, absorbed: false));
         var output = backend.Allocate(tokens, model.Config.HiddenSize);
         backend.Clear(output);
         backend.MoeExperts(input, layer.Experts!, output);
@@ -195,6 +198,35 @@ public sealed class CudaModelTests
         var expected = cpu.ForwardLast(ids);
         TensorAssert.Close(gpu.ForwardLast(ids), expected, SpreadMargin * tiny.Spread.Max(), "last logits after a piecewise prefill");
         TensorAssert.Close(gpu.ForwardLast([5]), cpu.ForwardLast([5]), SpreadMargin * tiny.Spread.Max(), "a decode step after it");
+    }
+
+    /// <summary>Sessions at different lengths decoded in one step: each as if decoded alone.</summary>
+    [Fact]
+    public void DecodeBatchEqualsOneStepPerSession()
+    {
+        var tiny = Require();
+        var ids = tiny.Golden.ReadInt32("case4.input_ids");
+        int[] lengths = [1, 37, 70, 149];
+        var batched = lengths.Select(_ => tiny.Gpu.CreateSession()).ToList();
+        var single = lengths.Select(_ => tiny.Gpu.CreateSession()).ToList();
+        for (int i = 0; i < lengths.Length; i++)
+        {
+            batched[i].Forward(ids.AsSpan(0, lengths[i]));
+            single[i].Forward(ids.AsSpan(0, lengths[i]));
+        }
+        int[] next = [5, 77, 300, 11];
+        for (int step = 0; step < 3; step++)
+        {
+            var logits = tiny.Gpu.DecodeBatch(batched, next);
+            for (int i = 0; i < lengths.Length; i++)
+            {
+                TensorAssert.Close(logits[i], single[i].ForwardLast([next[i]]), SpreadMargin * tiny.Spread[4], $"step {step}, session {i}");
+                Assert.Equal(single[i].Length, batched[i].Length);
+            }
+            next = logits.Select(l => TensorPrimitives.IndexOfMax<float>(l)).ToArray();
+        }
+        foreach (var session in batched.Concat(single))
+            session.Dispose();
     }
 
     /// <summary>A step failing part-way (after layer 1 advanced the device state) leaves the GPU session as it was.</summary>

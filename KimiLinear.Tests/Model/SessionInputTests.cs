@@ -37,6 +37,47 @@ public sealed class SessionInputTests(TinyModelFixture fixture) : IClassFixture<
     }
 
     [Fact]
+    public void DecodeBatchEqualsOneStepPerSession()
+    {
+        int[] lengths = [1, 3, 5];
+        var batched = lengths.Select(_ => fixture.Model.CreateSession()).ToList();
+        var single = lengths.Select(_ => fixture.Model.CreateSession()).ToList();
+        for (int i = 0; i < lengths.Length; i++)
+        {
+            batched[i].Forward(Prompt.AsSpan(0, lengths[i]));
+            single[i].Forward(Prompt.AsSpan(0, lengths[i]));
+        }
+        int[] next = [7, 100, 511];
+        for (int step = 0; step < 3; step++)
+        {
+            var logits = fixture.Model.DecodeBatch(batched, next);
+            for (int i = 0; i < lengths.Length; i++)
+                TensorAssert.Close(logits[i], single[i].ForwardLast([next[i]]), 1e-5, $"step {step}, session {i}");
+            next = logits.Select(l => System.Numerics.Tensors.TensorPrimitives.IndexOfMax<float>(l)).ToArray();
+        }
+        Assert.All(batched.Zip(single), p => Assert.Equal(p.Second.Length, p.First.Length));
+        foreach (var session in batched.Concat(single))
+            session.Dispose();
+    }
+
+    [Fact]
+    public void DecodeBatchRejectsBadInputAndChangesNoSession()
+    {
+        using var a = fixture.Model.CreateSession();
+        using var b = fixture.Model.CreateSession();
+        a.Forward(Prompt.AsSpan(0, 2));
+        Assert.Contains("one token per session", Assert.Throws<ArgumentException>(() => fixture.Model.DecodeBatch([a, b], [1])).Message);
+        Assert.Contains("same session twice", Assert.Throws<ArgumentException>(() => fixture.Model.DecodeBatch([a, a], [1, 2])).Message);
+        Assert.Contains("512", Assert.Throws<ArgumentException>(() => fixture.Model.DecodeBatch([a, b], [1, 512])).Message);
+        using var other = KimiModel.Load(FixturePaths.TinyModel);
+        using var foreign = other.CreateSession();
+        Assert.Contains("another model", Assert.Throws<ArgumentException>(() => fixture.Model.DecodeBatch([a, foreign], [1, 2])).Message);
+        Assert.Equal(2, a.Length);
+        Assert.Equal(0, b.Length);
+        AssertContinuesLikeAFreshSession(a);
+    }
+
+    [Fact]
     public void EmptyInputIsRejected()
     {
         using var session = fixture.Model.CreateSession();
