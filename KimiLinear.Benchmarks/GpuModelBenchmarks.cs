@@ -14,7 +14,8 @@ namespace KimiLinear.Benchmarks;
 /// <c>real</c> is the published configuration (an H200). Prints prefill tokens/s at 1K and 32K tokens and decode
 /// tokens/s at each context (default 1K and 128K), with the fraction of the bandwidth floor: the bytes one decode step
 /// must read (every weight but the routed experts, 8 experts of each MoE layer, the lm_head, the latent cache) over
-/// 3.0 TB/s (H100) or 4.3 TB/s (H200), as TARGETS.md counts them.
+/// 3.0 TB/s (H100) or 4.3 TB/s (H200), as TARGETS.md counts them. Then batched decode (<c>KimiModel.DecodeBatch</c>)
+/// of 4 and 16 sessions at 1K context each.
 /// </summary>
 internal static class GpuModelBenchmarks
 {
@@ -92,6 +93,28 @@ internal static class GpuModelBenchmarks
             double floor = DecodeBytes(config, context) / bandwidth;
             Line(string.Create(CultureInfo.InvariantCulture,
                 $"| decode (prefill of the context: {prefill:F1} s) | {context:N0} | {median * 1e3:F3} ms | {1 / median:N0} | {floor * 1e3:F3} ms ({1 / floor:N0} tok/s) | {floor / median:P0} |"));
+        }
+        // Several sessions a step (KimiModel.DecodeBatch): the weights are read once for all of them.
+        foreach (int sessions in new[] { 4, 16 })
+        {
+            var batch = Enumerable.Range(0, sessions).Select(_ => model.CreateSession()).ToList();
+            foreach (var session in batch)
+                session.ForwardLast(Tokens(1024));
+            model.DecodeBatch(batch, Tokens(sessions));
+            var steps = new List<double>();
+            var clock = new Stopwatch();
+            for (int i = 0; i < DecodeSteps / 4; i++)
+            {
+                var tokens = Tokens(sessions);
+                clock.Restart();
+                model.DecodeBatch(batch, tokens);
+                steps.Add(clock.Elapsed.TotalSeconds);
+            }
+            double median = Median(steps);
+            Line(string.Create(CultureInfo.InvariantCulture,
+                $"| batched decode, {sessions} sessions | 1,024 each | {median * 1e3:F3} ms a step | {sessions / median:N0} in all | | |"));
+            foreach (var session in batch)
+                session.Dispose();
         }
         if (report is not null)
             File.WriteAllText(report, output.ToString());
