@@ -17,18 +17,22 @@
 //
 // DECODE (T ≤ MOE_MAX_DECODE_TOKENS), two kernels, both graph-capturable (ids read on the device) and launched with
 // programmatic dependent launch. They wait for their predecessor before loading anything: the expert ids decide which
-// weights to read, so nothing can be prefetched. The gate-up kernel lets its successor launch only once a block has
-// used its weights: launched earlier, the successor's waiting blocks would hold SM slots its later blocks need (an
-// H100 run measured the early trigger 4 % slower).
-//   kimi_moe_decode_gate_up: grid (ceil(F / 8), T·A), 4 warps; block (fx, p) serves pair p = t·A + a. Each expert
-//     is read once: only the first pair naming it works, for every token that chose it. Warp w takes rows
-//     f0 = 2 (4 fx + w) and f0 + 1 of the gate and the up matrix, keeps a ring of chunks of them in flight that runs
-//     from the first row into the second (as gemv.cu's ring, so the second row streams while the first is summed),
-//     and writes h[t, a, f] (bf16) for each of its tokens. Consecutive blocks take consecutive rows of one expert
-//     (an H100 run with the pairs varying fastest instead, eight experts' same rows at once, read 30 % slower).
-//   kimi_moe_decode_down: grid ceil(D / 2), 4 warps; two warps own output row d, each half of F, and for each token
-//     sum weights[t, a] · down[e][d] · h[t, a] over a with all eight pairs' rows in flight together, then add it to
-//     output[t, d] (the halves in warp order).
+// weights to read, so nothing can be prefetched. Both are gathered GEMVs with gemv.cu's mainloop: a group of SPLIT
+// warps owns a few weight rows, K is cut into column slots of 32 16-byte vectors (one a lane), warp s takes slots
+// s, s + SPLIT, ..., each lane keeps a ring of DEPTH chunks of UNROLL vectors a row in registers, and the rows of a
+// group share each load of the input vector. The gate-up kernel lets its successor launch only once its blocks are
+// done: launched earlier, the successor's waiting blocks would hold SM slots its later blocks need (an H100 run
+// measured an early trigger 4 % slower).
+//   kimi_moe_decode_gate_up: grid (F / 8, T·A), 8 warps; block (fx, p) serves pair p = t·A + a. Each expert is read
+//     once: only the first pair naming it works, for every token that chose it. Group g (warps 2g, 2g + 1) computes
+//     gate and up rows f and f + 1, f = 2 (4 fx + g), sharing each x load (x rounded to bf16 as loaded) among the
+//     four rows, for up to MOE_GU_TOKENS tokens a pass over the weights (one pass at T ≤ 4); its first warp adds the
+//     two warps' halves and writes h[t, a, f] = bf16(silu(gate) · up) (the SwiGLU in the epilogue).
+//   kimi_moe_decode_down: grid D / 2, 4 warps; the block owns output rows d, d + 1 and, for each token, computes
+//     Σ_a weights[t, a] · down[e_a][d] · h[t, a] as one GEMV over K = the token's A hiddens concatenated (vector
+//     a · F/8 + j of K is vector j of pair a: h[t] is that vector already, the weight row is gathered per pair), all
+//     four warps splitting K and the two rows sharing each hidden load; then output[t, d] += the warps' shares, added
+//     in warp order.
 //
 // PREFILL (any T, one launch sequence, no host sync; grids sized for the worst case, surplus blocks exit):
 //   1. kimi_moe_prefill_count: rank[p] = the pair's place among its expert's pairs (an int atomic: the place is
@@ -53,13 +57,18 @@ constexpr int MOE_MAX_EXPERTS = 1024;                  // MoeKernels.MaxExperts
 constexpr int MOE_VALUES_PER_LANE = MOE_MAX_EXPERTS / 32;
 constexpr int MOE_ROUTE_WARPS = 4;                     // tokens a route block
 constexpr int MOE_MAX_DECODE_TOKENS = 16;              // MoeKernels.MaxDecodeTokens: token masks are bits of a word
-constexpr int MOE_DECODE_WARPS = 4;                    // warps a decode block
-constexpr int MOE_GU_ROWS = 2;                         // gate-up: rows of w1 (and the same of w3) a warp, one after another
-constexpr int MOE_GU_UNROLL = 3;                       // gate-up: 16-byte vectors a lane a row in one chunk
-constexpr int MOE_GU_DEPTH = 3;                        // gate-up: chunks in flight (3 x 3 x 32 x 8 covers D = 2304)
-constexpr int MOE_DOWN_SPLIT = 2;                      // down: warps sharing a row, each half of F
-constexpr int MOE_DOWN_PAIRS = 8;                      // down: pairs whose rows are in flight together (A = 8)
-constexpr int MOE_DOWN_VECTORS = 2;                    // down: 16-byte vectors a lane a row in one chunk (2 x 2 x 32 x 8 = F = 1024)
+// Decode gate-up (a gathered GEMV as gemv.cu's GemvF32Layout): 8 warps; each group of 2 warps splits D over gate rows
+// f, f + 1 and up rows f, f + 1, which share every x load; a ring of 2 chunks of 2 vectors a row. 8 f's a block.
+constexpr int MOE_GU_WARPS = 8, MOE_GU_SPLIT = 2, MOE_GU_F = 2, MOE_GU_UNROLL = 2, MOE_GU_DEPTH = 2;
+constexpr int MOE_GU_WROWS = 2 * MOE_GU_F;             // weight rows a group
+constexpr int MOE_GU_TOKENS = 4;                       // tokens a pass over the weights
+static_assert(MOE_GU_WARPS / MOE_GU_SPLIT * MOE_GU_F == 8, "MoeKernels.DecodeGateUpRows (C#); F % 8 == 0 fills every block");
+// Decode down (a gathered GEMV over K = the token's A hiddens concatenated, as gemv.cu's bf16 layout): 4 warps split
+// K of 2 output rows, which share every hidden load; 4 chunks of 2 vectors a row in flight (at A = 8, F = 1024 a
+// warp's whole share).
+constexpr int MOE_DOWN_WARPS = 4, MOE_DOWN_SPLIT = 4, MOE_DOWN_ROWS = 2, MOE_DOWN_UNROLL = 2, MOE_DOWN_DEPTH = 4;
+static_assert(MOE_DOWN_WARPS == MOE_DOWN_SPLIT, "one row group a block: the epilogue adds all warps' shares");
+static_assert(MOE_DOWN_ROWS == 2, "MoeKernels.DecodeDownRows (C#); D % 8 == 0 fills every block");
 constexpr int MOE_TILE_M = 128, MOE_TILE_N = 128, MOE_STAGES = 3, MOE_GEMM_THREADS = 256;
 constexpr int MOE_GEMM_SMEM_BYTES = MOE_STAGES * (MOE_TILE_M + MOE_TILE_N) * TILE_K * 2;
 static_assert(MOE_GEMM_SMEM_BYTES == 96 * 1024, "MoeKernels.GemmSharedBytes (C#) launches with 96 KiB");
@@ -199,10 +208,11 @@ kimi_moe_route_f32(int* __restrict__ experts, float* __restrict__ weights, const
 // DECODE
 // =====================================================================================================================
 
-// The 8 fp32 values at x, rounded to bf16 and widened back.
-__device__ __forceinline__ void load_rounded8(float (&xs)[8], const float* __restrict__ x)
+// The 8 fp32 values at x rounded to bf16 and widened back; zeros when `in` is false (nothing is read).
+__device__ __forceinline__ void load_rounded8(float (&xs)[8], const float* __restrict__ x, bool in)
 {
-    const float4 lo = *reinterpret_cast<const float4*>(x), hi = *reinterpret_cast<const float4*>(x + 4);
+    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    const float4 lo = in ? __ldg(reinterpret_cast<const float4*>(x)) : zero, hi = in ? __ldg(reinterpret_cast<const float4*>(x) + 1) : zero;
     xs[0] = round_bf16(lo.x), xs[1] = round_bf16(lo.y), xs[2] = round_bf16(lo.z), xs[3] = round_bf16(lo.w);
     xs[4] = round_bf16(hi.x), xs[5] = round_bf16(hi.y), xs[6] = round_bf16(hi.z), xs[7] = round_bf16(hi.w);
 }
@@ -221,10 +231,10 @@ __device__ __forceinline__ float dot8_f32(uint4 w, const float (&x)[8], float ac
     return acc;
 }
 
-// acc += w · h over 8 values, both vectors of 8 bf16.
-__device__ __forceinline__ float dot8_bf16(uint4 w, uint4 h, float acc)
+// w · h over 8 values, both vectors of 8 bf16.
+__device__ __forceinline__ float dot8_bf16(uint4 w, uint4 h)
 {
-    acc = fmaf(bf16_lo(w.x), bf16_lo(h.x), acc);
+    float acc = bf16_lo(w.x) * bf16_lo(h.x);
     acc = fmaf(bf16_hi(w.x), bf16_hi(h.x), acc);
     acc = fmaf(bf16_lo(w.y), bf16_lo(h.y), acc);
     acc = fmaf(bf16_hi(w.y), bf16_hi(h.y), acc);
@@ -235,190 +245,229 @@ __device__ __forceinline__ float dot8_bf16(uint4 w, uint4 h, float acc)
     return acc;
 }
 
-// Writes h[q, f] = value for each pair q of token t that this lane found naming the expert: bit k of `mine` is pair
-// 32 k + lane. The scan that found them already read the ids, so nothing is read again before the store.
-__device__ __forceinline__ void store_hidden(uint16_t* __restrict__ h, unsigned mine, int pairs, int lane, int A, int F, int t, int f,
-                                             uint16_t value)
+// The 16-byte vector of K that column slot j of warp s of its row group gives this lane (gemv.cu's slot_vector).
+template <int Split>
+__device__ __forceinline__ int decode_slot_vector(int j, int s, int lane) { return (j * Split + s) * 32 + lane; }
+
+// The number of chunks of Unroll slots that warp s of a row group of Split warps takes of K8 vectors.
+template <int Split, int Unroll>
+__device__ __forceinline__ int decode_chunks(int K8, int s)
 {
-    for (int k = 0; k * 32 < pairs; k++)
-    {
-        const int q = k * 32 + lane;
-        if (((mine >> k) & 1u) && q / A == t) h[static_cast<size_t>(q) * F + f] = value;
-    }
+    const int slots = (K8 + 31) >> 5, mine = slots > s ? (slots - s + Split - 1) / Split : 0;
+    return (mine + Unroll - 1) / Unroll;
 }
 
-// Chunk c of a warp's gate and up rows (row c / per_row of its rows, which are consecutive): lane vectors
-// (lc · UNROLL + u) · 32 + lane of that row, lc = c mod per_row; zeros past the row.
-__device__ __forceinline__ void load_gate_up_chunk(uint4 (&gate)[MOE_GU_UNROLL], uint4 (&up)[MOE_GU_UNROLL], const uint4* gate8,
-                                                   const uint4* up8, int c, int per_row, int lane, int D8)
+// h[t, a, f] = value for every slot a of token t whose expert is e (a token names an expert at most once, but a
+// repeated id is served all the same).
+__device__ __forceinline__ void store_hidden(uint16_t* __restrict__ h, const int* __restrict__ experts, int e, int t, int A, int F, int f,
+                                             uint16_t value)
 {
-    const int row = c / per_row, lc = c - row * per_row;
+    for (int a = 0; a < A; a++)
+        if (experts[t * A + a] == e) h[(static_cast<size_t>(t) * A + a) * F + f] = value;
+}
+
+// Chunk c of warp s's share of its gate and up rows (slots c · UNROLL + u; zeros past D).
+__device__ __forceinline__ void load_gate_up_chunk(uint4 (&wv)[MOE_GU_WROWS][MOE_GU_UNROLL], const uint4* const (&w8)[MOE_GU_WROWS], int c,
+                                                   int s, int lane, int D8)
+{
 #pragma unroll
     for (int u = 0; u < MOE_GU_UNROLL; u++)
     {
-        const int v = (lc * MOE_GU_UNROLL + u) * 32 + lane;
-        const size_t at = static_cast<size_t>(row) * D8 + v;
-        gate[u] = v < D8 ? __ldcs(gate8 + at) : make_uint4(0, 0, 0, 0);
-        up[u] = v < D8 ? __ldcs(up8 + at) : make_uint4(0, 0, 0, 0);
+        const int kk = decode_slot_vector<MOE_GU_SPLIT>(c * MOE_GU_UNROLL + u, s, lane);
+#pragma unroll
+        for (int r = 0; r < MOE_GU_WROWS; r++) wv[r][u] = kk < D8 ? __ldcs(w8[r] + kk) : make_uint4(0, 0, 0, 0);
     }
 }
 
-extern "C" __global__ void __launch_bounds__(MOE_DECODE_WARPS * 32)
+extern "C" __global__ void __launch_bounds__(MOE_GU_WARPS * 32)
 kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, const int* __restrict__ experts,
                         const uint16_t* __restrict__ gate_up, int T, int D, int E, int A, int F)
 {
     wait_for_predecessor();
-    const int lane = threadIdx.x & 31, p = blockIdx.y;
-    const int f0 = (blockIdx.x * MOE_DECODE_WARPS + (threadIdx.x >> 5)) * MOE_GU_ROWS; // this warp's first row
-    if (f0 >= F) return; // an exited block counts as having let the successor launch
-    const int pairs = T * A, e = experts[p], rows = min(MOE_GU_ROWS, F - f0);
-    // The tokens that chose e (bit t), the pairs naming e that this lane read (`mine`, see store_hidden), and whether an
-    // earlier pair names e too (then that pair's blocks do the work).
-    unsigned tokens = 0, mine = 0, earlier = 0;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, group = warp / MOE_GU_SPLIT, s = warp % MOE_GU_SPLIT;
+    const int p = blockIdx.y, f0 = (blockIdx.x * (MOE_GU_WARPS / MOE_GU_SPLIT) + group) * MOE_GU_F; // F % 8 == 0: f0 + MOE_GU_F ≤ F
+    const int pairs = T * A, e = experts[p];
+    // The tokens that chose e (bit t), and whether an earlier pair names e too (then that pair's blocks do the work).
+    unsigned tokens = 0, earlier = 0;
     for (int q0 = 0; q0 < pairs; q0 += 32)
     {
         const int q = q0 + lane;
         const bool match = q < pairs && experts[q] == e;
         tokens |= match ? 1u << (q / A) : 0u;
-        mine |= match ? 1u << (q0 / 32) : 0u;
         earlier |= match && q < p ? 1u : 0u;
     }
     tokens = warp_or(tokens);
-    if (warp_or(earlier) != 0) return;
+    if (warp_or(earlier) != 0) return; // the same for the whole block: no barrier below is left waiting
     if (!valid_expert(e, E))
     {
-        for (int t = 0; t < T; t++)
-            for (int r = 0; r < rows; r++) store_hidden(h, mine, pairs, lane, A, F, t, f0 + r, BF16_NAN);
+        if (s == 0)
+            for (int i = lane; i < MOE_GU_F * T; i += 32)
+                if ((tokens >> (i / MOE_GU_F)) & 1u) store_hidden(h, experts, e, i / MOE_GU_F, A, F, f0 + i % MOE_GU_F, BF16_NAN);
         return;
     }
 
-    // A ring of DEPTH chunks running over the warp's rows, each slot refilled with the chunk DEPTH later once used.
-    const int D8 = D >> 3, per_row = ((D8 + 31) / 32 + MOE_GU_UNROLL - 1) / MOE_GU_UNROLL, chunks = rows * per_row;
-    const uint4* gate8 = reinterpret_cast<const uint4*>(gate_up + (static_cast<size_t>(e) * 2 * F + f0) * D);
-    const uint4* up8 = gate8 + static_cast<size_t>(F) * D8;
-    uint4 gate[MOE_GU_DEPTH][MOE_GU_UNROLL], up[MOE_GU_DEPTH][MOE_GU_UNROLL];
+    const int D8 = D >> 3, chunks = decode_chunks<MOE_GU_SPLIT, MOE_GU_UNROLL>(D8, s);
+    // Weight rows: gate f0 + r at r, up f0 + r at MOE_GU_F + r.
+    const uint16_t* expert = gate_up + static_cast<size_t>(e) * 2 * F * D;
+    const uint4* w8[MOE_GU_WROWS];
 #pragma unroll
-    for (int d = 0; d < MOE_GU_DEPTH; d++)
-        if (d < chunks) load_gate_up_chunk(gate[d], up[d], gate8, up8, d, per_row, lane, D8);
-
-    float gate_acc[MOE_MAX_DECODE_TOKENS], up_acc[MOE_MAX_DECODE_TOKENS];
-#pragma unroll
-    for (int t = 0; t < MOE_MAX_DECODE_TOKENS; t++) gate_acc[t] = up_acc[t] = 0.0f;
-    for (int c0 = 0; c0 < chunks; c0 += MOE_GU_DEPTH)
+    for (int r = 0; r < MOE_GU_F; r++)
     {
+        w8[r] = reinterpret_cast<const uint4*>(expert + static_cast<size_t>(f0 + r) * D);
+        w8[MOE_GU_F + r] = reinterpret_cast<const uint4*>(expert + static_cast<size_t>(F + f0 + r) * D);
+    }
+    __shared__ float partial[MOE_GU_WARPS][MOE_GU_WROWS][MOE_GU_TOKENS];
+    // One pass over the weights for each MOE_GU_TOKENS tokens that have a token choosing e (one at T ≤ 4): the
+    // accumulators of more tokens would cost the registers that keep the weights in flight.
+    for (int t0 = 0; t0 < T; t0 += MOE_GU_TOKENS)
+    {
+        const unsigned tile = (tokens >> t0) & ((1u << MOE_GU_TOKENS) - 1);
+        if (tile == 0) continue;
+        float acc[MOE_GU_WROWS][MOE_GU_TOKENS];
 #pragma unroll
-        for (int d = 0; d < MOE_GU_DEPTH; d++)
+        for (int r = 0; r < MOE_GU_WROWS; r++)
+#pragma unroll
+            for (int i = 0; i < MOE_GU_TOKENS; i++) acc[r][i] = 0.0f;
+        // Ring slot d holds chunk c0 + d; once used it is refilled with chunk c0 + d + DEPTH.
+        uint4 wv[MOE_GU_DEPTH][MOE_GU_WROWS][MOE_GU_UNROLL];
+#pragma unroll
+        for (int d = 0; d < MOE_GU_DEPTH; d++) load_gate_up_chunk(wv[d], w8, d, s, lane, D8);
+        for (int c0 = 0; c0 < chunks; c0 += MOE_GU_DEPTH)
         {
-            const int c = c0 + d;
-            if (c >= chunks) break;
-            const int row = c / per_row, lc = c - row * per_row;
 #pragma unroll
-            for (int t = 0; t < MOE_MAX_DECODE_TOKENS; t++)
+            for (int d = 0; d < MOE_GU_DEPTH; d++)
             {
-                if (!((tokens >> t) & 1u)) continue;
+                const int c = c0 + d;
+                if (c >= chunks) break;
 #pragma unroll
                 for (int u = 0; u < MOE_GU_UNROLL; u++)
                 {
-                    const int v = (lc * MOE_GU_UNROLL + u) * 32 + lane;
-                    if (v >= D8) continue;
-                    float xs[8];
-                    load_rounded8(xs, x + static_cast<size_t>(t) * D + v * 8);
-                    gate_acc[t] = dot8_f32(gate[d][u], xs, gate_acc[t]);
-                    up_acc[t] = dot8_f32(up[d][u], xs, up_acc[t]);
-                }
-            }
-            if (c + MOE_GU_DEPTH < chunks) load_gate_up_chunk(gate[d], up[d], gate8, up8, c + MOE_GU_DEPTH, per_row, lane, D8);
-            if (lc == per_row - 1) // the row is done: its sums, while the next row's chunks stream in
-            {
+                    const int kk = decode_slot_vector<MOE_GU_SPLIT>(c * MOE_GU_UNROLL + u, s, lane);
 #pragma unroll
-                for (int t = 0; t < MOE_MAX_DECODE_TOKENS; t++)
-                {
-                    if (!((tokens >> t) & 1u)) continue;
-                    const float g = warp_sum(gate_acc[t]), u = warp_sum(up_acc[t]);
-                    store_hidden(h, mine, pairs, lane, A, F, t, f0 + row, f32_to_bf16(silu(g) * u));
-                    gate_acc[t] = up_acc[t] = 0.0f;
+                    for (int i = 0; i < MOE_GU_TOKENS; i++)
+                    {
+                        if (!((tile >> i) & 1u)) continue;
+                        float xs[8]; // shared by the gate and up rows
+                        load_rounded8(xs, x + static_cast<size_t>(t0 + i) * D + kk * 8, kk < D8);
+#pragma unroll
+                        for (int r = 0; r < MOE_GU_WROWS; r++) acc[r][i] = dot8_f32(wv[d][r][u], xs, acc[r][i]);
+                    }
                 }
+                if (c + MOE_GU_DEPTH < chunks) load_gate_up_chunk(wv[d], w8, c + MOE_GU_DEPTH, s, lane, D8);
             }
         }
+#pragma unroll
+        for (int i = 0; i < MOE_GU_TOKENS; i++)
+        {
+            if (!((tile >> i) & 1u)) continue;
+#pragma unroll
+            for (int r = 0; r < MOE_GU_WROWS; r++)
+            {
+                const float sum = warp_sum(acc[r][i]);
+                if (lane == 0) partial[warp][r][i] = sum;
+            }
+        }
+        __syncthreads();
+        // Lane (r, i) of the group's first warp: the group's halves of gate and up row f0 + r for token t0 + i, added
+        // in warp order (deterministic), and the SwiGLU.
+        if (s == 0 && lane < MOE_GU_F * MOE_GU_TOKENS)
+        {
+            const int r = lane / MOE_GU_TOKENS, i = lane % MOE_GU_TOKENS;
+            if ((tile >> i) & 1u)
+            {
+                float g = 0.0f, u = 0.0f;
+#pragma unroll
+                for (int q = 0; q < MOE_GU_SPLIT; q++) g += partial[group * MOE_GU_SPLIT + q][r][i], u += partial[group * MOE_GU_SPLIT + q][MOE_GU_F + r][i];
+                store_hidden(h, experts, e, t0 + i, A, F, f0 + r, f32_to_bf16(silu(g) * u));
+            }
+        }
+        __syncthreads(); // `partial` is free for the next pass
     }
     allow_successor();
 }
 
-extern "C" __global__ void __launch_bounds__(MOE_DECODE_WARPS * 32)
+// Chunk c of warp s's share of its rows of the concatenated K (vector kk = a · F8 + j is vector j of pair a's row),
+// with each vector's pair weight. The shuffles run in every lane (the pair index is clamped), the loads only below K8.
+__device__ __forceinline__ void load_down_chunk(uint4 (&wv)[MOE_DOWN_ROWS][MOE_DOWN_UNROLL], float (&wa)[MOE_DOWN_UNROLL],
+                                                const uint16_t* __restrict__ down, int my_e, float my_w, int c, int s, int lane,
+                                                int d0, int D, int A, int F8)
+{
+#pragma unroll
+    for (int u = 0; u < MOE_DOWN_UNROLL; u++)
+    {
+        const int kk = decode_slot_vector<MOE_DOWN_SPLIT>(c * MOE_DOWN_UNROLL + u, s, lane);
+        const int a = min(kk / F8, A - 1), j = kk - a * F8;
+        const int e = __shfl_sync(0xFFFFFFFFu, my_e, a);
+        wa[u] = __shfl_sync(0xFFFFFFFFu, my_w, a);
+        const uint4* row8 = reinterpret_cast<const uint4*>(down + (static_cast<size_t>(e) * D + d0) * F8 * 8);
+#pragma unroll
+        for (int r = 0; r < MOE_DOWN_ROWS; r++)
+            wv[r][u] = kk < A * F8 ? __ldcs(row8 + static_cast<size_t>(r) * F8 + j) : make_uint4(0, 0, 0, 0);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(MOE_DOWN_WARPS * 32)
 kimi_moe_decode_down(float* __restrict__ output, const uint16_t* __restrict__ h, const int* __restrict__ experts,
                      const float* __restrict__ weights, const uint16_t* __restrict__ down, int T, int D, int E, int A, int F)
 {
     wait_for_predecessor();
     allow_successor(); // as gemv.cu: this kernel's blocks are few and short
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, s = warp % MOE_DOWN_SPLIT;
-    const int d = blockIdx.x * (MOE_DECODE_WARPS / MOE_DOWN_SPLIT) + warp / MOE_DOWN_SPLIT;
-    const int dd = min(d, D - 1); // rows past D compute row D - 1 and store nothing (every warp reaches the barriers)
-    const int F8 = F >> 3, chunks = (F8 + 32 * MOE_DOWN_SPLIT * MOE_DOWN_VECTORS - 1) / (32 * MOE_DOWN_SPLIT * MOE_DOWN_VECTORS);
-    __shared__ float partial[MOE_DECODE_WARPS];
+    const int d0 = blockIdx.x * MOE_DOWN_ROWS; // D % 8 == 0: d0 + MOE_DOWN_ROWS ≤ D
+    const int F8 = F >> 3, K8 = A * F8, chunks = decode_chunks<MOE_DOWN_SPLIT, MOE_DOWN_UNROLL>(K8, s);
+    __shared__ float partial[MOE_DOWN_WARPS][MOE_DOWN_ROWS];
     for (int t = 0; t < T; t++)
     {
-        // Lane a holds pair a's expert and weight (A ≤ 32), read once a token.
-        const int my_e = lane < A ? experts[t * A + lane] : -1;
+        // Lane a holds pair a's expert and weight (A ≤ 32). An invalid id makes the token's rows NaN; its pair reads
+        // expert 0 meanwhile, so every address stays inside the weights.
+        int my_e = lane < A ? experts[t * A + lane] : 0;
         const float my_w = lane < A ? weights[t * A + lane] : 0.0f;
-        float acc = 0.0f; // this lane's share of Σ_a w_a · down[e_a][d] · h[t, a]
-        for (int a0 = 0; a0 < A; a0 += MOE_DOWN_PAIRS)
+        const bool bad = warp_or(valid_expert(my_e, E) ? 0u : 1u) != 0;
+        my_e = valid_expert(my_e, E) ? my_e : 0;
+        const uint4* h8 = reinterpret_cast<const uint4*>(h + static_cast<size_t>(t) * A * F); // [A·F8] the token's hiddens, concatenated
+
+        // Σ over the concatenated K of weights[t, a] · (down[e_a][d] · h[t, a]) for this lane's vectors.
+        float acc[MOE_DOWN_ROWS];
+#pragma unroll
+        for (int r = 0; r < MOE_DOWN_ROWS; r++) acc[r] = 0.0f;
+        uint4 wv[MOE_DOWN_DEPTH][MOE_DOWN_ROWS][MOE_DOWN_UNROLL];
+        float wa[MOE_DOWN_DEPTH][MOE_DOWN_UNROLL];
+#pragma unroll
+        for (int d = 0; d < MOE_DOWN_DEPTH; d++) load_down_chunk(wv[d], wa[d], down, my_e, my_w, d, s, lane, d0, D, A, F8);
+        for (int c0 = 0; c0 < chunks; c0 += MOE_DOWN_DEPTH)
         {
-            int ea[MOE_DOWN_PAIRS];
-            bool live[MOE_DOWN_PAIRS]; // a real pair with a valid expert
-            float part[MOE_DOWN_PAIRS];
 #pragma unroll
-            for (int i = 0; i < MOE_DOWN_PAIRS; i++)
+            for (int d = 0; d < MOE_DOWN_DEPTH; d++)
             {
-                ea[i] = __shfl_sync(0xFFFFFFFFu, my_e, min(a0 + i, A - 1));
-                live[i] = a0 + i < A && valid_expert(ea[i], E);
-                part[i] = 0.0f;
-            }
-            for (int c = 0; c < chunks; c++)
-            {
-                // Vector (c · VECTORS + u) · SPLIT + s of each 32-vector stripe: the row's two warps interleave.
-                uint4 w[MOE_DOWN_PAIRS][MOE_DOWN_VECTORS];
+                const int c = c0 + d;
+                if (c >= chunks) break;
 #pragma unroll
-                for (int i = 0; i < MOE_DOWN_PAIRS; i++)
+                for (int u = 0; u < MOE_DOWN_UNROLL; u++)
                 {
-                    const uint4* row8 = reinterpret_cast<const uint4*>(down + (static_cast<size_t>(live[i] ? ea[i] : 0) * D + dd) * F);
+                    const int kk = decode_slot_vector<MOE_DOWN_SPLIT>(c * MOE_DOWN_UNROLL + u, s, lane);
+                    const uint4 hv = kk < K8 ? __ldg(h8 + kk) : make_uint4(0, 0, 0, 0); // shared by the rows
 #pragma unroll
-                    for (int u = 0; u < MOE_DOWN_VECTORS; u++)
-                    {
-                        const int v = ((c * MOE_DOWN_VECTORS + u) * MOE_DOWN_SPLIT + s) * 32 + lane;
-                        w[i][u] = live[i] && v < F8 ? __ldcs(row8 + v) : make_uint4(0, 0, 0, 0);
-                    }
+                    for (int r = 0; r < MOE_DOWN_ROWS; r++) acc[r] = fmaf(wa[d][u], dot8_bf16(wv[d][r][u], hv), acc[r]);
                 }
-#pragma unroll
-                for (int i = 0; i < MOE_DOWN_PAIRS; i++)
-                {
-                    const uint4* h8 = reinterpret_cast<const uint4*>(h + (static_cast<size_t>(t) * A + min(a0 + i, A - 1)) * F);
-#pragma unroll
-                    for (int u = 0; u < MOE_DOWN_VECTORS; u++)
-                    {
-                        const int v = ((c * MOE_DOWN_VECTORS + u) * MOE_DOWN_SPLIT + s) * 32 + lane;
-                        if (live[i] && v < F8) part[i] = dot8_bf16(w[i][u], __ldg(h8 + v), part[i]);
-                    }
-                }
-            }
-#pragma unroll
-            for (int i = 0; i < MOE_DOWN_PAIRS; i++)
-            {
-                const float wa = __shfl_sync(0xFFFFFFFFu, my_w, min(a0 + i, A - 1));
-                if (a0 + i < A) acc = live[i] ? fmaf(wa, part[i], acc) : NAN;
+                if (c + MOE_DOWN_DEPTH < chunks) load_down_chunk(wv[d], wa[d], down, my_e, my_w, c + MOE_DOWN_DEPTH, s, lane, d0, D, A, F8);
             }
         }
-        // The row's warps add their halves in warp order (deterministic).
-        const float sum = warp_sum(acc);
-        if (lane == 0) partial[warp] = sum;
+#pragma unroll
+        for (int r = 0; r < MOE_DOWN_ROWS; r++)
+        {
+            const float sum = warp_sum(acc[r]);
+            if (lane == 0) partial[warp][r] = sum;
+        }
         __syncthreads();
-        if (s == 0 && lane == 0 && d < D)
+        // Lane r of the first warp adds row d0 + r's shares in warp order (deterministic).
+        if (warp == 0 && lane < MOE_DOWN_ROWS)
         {
             float total = 0.0f;
 #pragma unroll
-            for (int q = 0; q < MOE_DOWN_SPLIT; q++) total += partial[warp + q];
-            output[static_cast<size_t>(t) * D + d] += total;
+            for (int q = 0; q < MOE_DOWN_SPLIT; q++) total += partial[q][lane];
+            output[static_cast<size_t>(t) * D + d0 + lane] += bad ? NAN : total;
         }
-        __syncthreads();
+        __syncthreads(); // `partial` is free for the next token
     }
 }
 

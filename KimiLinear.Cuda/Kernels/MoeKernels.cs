@@ -47,9 +47,10 @@ internal static unsafe class MoeKernels
 
     // Launch geometry, as kernels/moe.cu defines it.
     private const int RouteWarps = 4;            // MOE_ROUTE_WARPS
-    private const int DecodeWarps = 4;           // MOE_DECODE_WARPS
-    private const int DecodeGateUpRows = 4 * 2;  // gate-up rows a block: MOE_DECODE_WARPS x MOE_GU_ROWS
-    private const int DecodeDownRows = 4 / 2;    // down rows a block: MOE_DECODE_WARPS / MOE_DOWN_SPLIT
+    private const int DecodeGateUpWarps = 8;     // MOE_GU_WARPS
+    private const int DecodeGateUpRows = 8;      // gate-up f's a block: MOE_GU_WARPS / MOE_GU_SPLIT x MOE_GU_F (F % 8 == 0: whole blocks)
+    private const int DecodeDownWarps = 4;       // MOE_DOWN_WARPS
+    private const int DecodeDownRows = 2;        // down rows a block: MOE_DOWN_ROWS (D % 8 == 0: whole blocks)
     internal const int GemmTileRows = 128;       // MOE_TILE_M: sorted rows a grouped-GEMM tile
     internal const int MaxGridY = 65535;         // a launch's largest grid height
     private const int GemmTileColumns = 128;     // MOE_TILE_N
@@ -121,8 +122,8 @@ internal static unsafe class MoeKernels
         int d = shape.Hidden, e = shape.Experts, a = shape.ExpertsPerToken, f = shape.Intermediate;
         ulong pHidden = hidden.Pointer, pX = x.Pointer, pIds = experts.Pointer, pGateUp = gateUp.Pointer;
         void** args = stackalloc void*[] { &pHidden, &pX, &pIds, &pGateUp, &t, &d, &e, &a, &f };
-        s.Context.Kernels.Launch(KernelId.MoeDecodeGateUp, new Dim3((uint)((f + DecodeGateUpRows - 1) / DecodeGateUpRows), (uint)(t * a)),
-            new Dim3(DecodeWarps * 32), 0, s, args);
+        s.Context.Kernels.Launch(KernelId.MoeDecodeGateUp, new Dim3((uint)(f / DecodeGateUpRows), (uint)(t * a)),
+            new Dim3(DecodeGateUpWarps * 32), 0, s, args);
     }
 
     /// <summary>The second decode kernel: output[t] += Σ_a weights[t, a] · w2·hidden[t, a] (arguments checked by the caller).</summary>
@@ -132,7 +133,7 @@ internal static unsafe class MoeKernels
         int d = shape.Hidden, e = shape.Experts, a = shape.ExpertsPerToken, f = shape.Intermediate;
         ulong pOut = output.Pointer, pHidden = hidden.Pointer, pIds = experts.Pointer, pWeights = weights.Pointer, pDown = down.Pointer;
         void** args = stackalloc void*[] { &pOut, &pHidden, &pIds, &pWeights, &pDown, &t, &d, &e, &a, &f };
-        s.Context.Kernels.Launch(KernelId.MoeDecodeDown, new Dim3((uint)((d + DecodeDownRows - 1) / DecodeDownRows)), new Dim3(DecodeWarps * 32), 0, s, args);
+        s.Context.Kernels.Launch(KernelId.MoeDecodeDown, new Dim3((uint)(d / DecodeDownRows)), new Dim3(DecodeDownWarps * 32), 0, s, args);
     }
 
     /// <summary>

@@ -76,9 +76,10 @@ public sealed class MoeKernelTests
     [InlineData(1, 40, 8, 2, 24)]
     [InlineData(3, 40, 8, 2, 24)]
     [InlineData(16, 40, 8, 2, 24)]    // every token of the largest decode batch; experts shared between tokens
-    [InlineData(2, 2304, 4, 2, 1024)] // the model's D and F: the gate-up ring holds whole rows, down a full chunk
-    [InlineData(2, 4096, 5, 3, 1040)] // ring refills, two down chunks, a partial batch of pairs
-    [InlineData(3, 256, 12, 10, 64)]  // A past one batch of eight pairs
+    [InlineData(2, 2304, 4, 2, 1024)] // the model's D and F: a refill of the gate-up ring, down's K a partial ring
+    [InlineData(7, 2304, 9, 8, 1024)] // the model's D, F and A: two gate-up passes of tokens, down's ring holds all of K
+    [InlineData(2, 4096, 5, 3, 1040)] // gate-up ring refills; down's K crosses pairs inside a slot (F/8 = 130)
+    [InlineData(3, 256, 12, 10, 64)]  // A = 10 pairs of F/8 = 8 vectors: several pairs a slot of 32
     public void DecodeExperts_MatchReference(int t, int d, int e, int a, int f)
     {
         CudaContext gpu = Gpu.Require();

@@ -206,10 +206,10 @@ static std::vector<float> run_decode(const Moe& m, const std::vector<float>& bas
     float* out = upload(base);
     uint16_t* h = upload(std::vector<uint16_t>(size_t(m.T) * m.A * m.F, 0x7FC0));
     int* ids = upload(m.ids);
-    const int gu_rows = MOE_DECODE_WARPS * MOE_GU_ROWS, down_rows = MOE_DECODE_WARPS / MOE_DOWN_SPLIT;
-    emu_launch(kimi_moe_decode_gate_up, 1, dim3((m.F + gu_rows - 1) / gu_rows, m.T * m.A), dim3(MOE_DECODE_WARPS * 32), 0,
+    const int gu_rows = MOE_GU_WARPS / MOE_GU_SPLIT * MOE_GU_F;
+    emu_launch(kimi_moe_decode_gate_up, 1, dim3(m.F / gu_rows, m.T * m.A), dim3(MOE_GU_WARPS * 32), 0,
                h, upload(m.x), ids, upload(m.gate_up), m.T, m.D, m.E, m.A, m.F);
-    emu_launch(kimi_moe_decode_down, 1, dim3((m.D + down_rows - 1) / down_rows), dim3(MOE_DECODE_WARPS * 32), 0, out, h,
+    emu_launch(kimi_moe_decode_down, 1, dim3(m.D / MOE_DOWN_ROWS), dim3(MOE_DOWN_WARPS * 32), 0, out, h,
                ids, upload(m.w), upload(m.down), m.T, m.D, m.E, m.A, m.F);
     return std::vector<float>(out, out + base.size());
 }
@@ -301,14 +301,14 @@ int main(int argc, char** argv)
     check_route(3, 1024, 32, 32, 3, true, false);
     check_experts(1, 40, 8, 2, 24, true, true);
     check_experts(3, 40, 8, 2, 24, true, true);
-    check_experts(16, 40, 8, 3, 24, true, true); // 48 pairs: the gate-up id scan takes two rounds of 32
+    check_experts(16, 40, 8, 3, 24, true, true); // 48 pairs: the gate-up id scan takes two rounds of 32; four token passes
     check_experts(2, 48, 4, 2, 40, true, false); // five blocks of gate-up rows, D8 = 6 of 32 lanes
     check_experts(77, 40, 8, 2, 24, false, true);
     if (!quick)
     {
         check_experts(16, 40, 8, 2, 24, true, false);
-        check_experts(2, 4096, 5, 3, 1040, true, false);   // gate-up ring refills, two down chunks, a partial pair batch
-        check_experts(3, 2304, 12, 10, 1024, true, false); // the model's D and F; A past one batch of pairs
+        check_experts(2, 4096, 5, 3, 1040, true, false);   // gate-up ring refills; down's K crosses pairs inside a slot
+        check_experts(3, 2304, 12, 10, 1024, true, false); // the model's D and F; A = 10: down's ring refills
         check_experts(150, 200, 2, 2, 136, false, true);   // > 1 tile per expert, several k-tiles, partial n-tiles
         check_experts(16, 200, 3, 2, 136, true, true);
     }
