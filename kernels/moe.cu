@@ -26,7 +26,8 @@
 //   kimi_moe_decode_gate_up: grid (F / 8, T·A), 8 warps; block (fx, p) serves pair p = t·A + a. Each expert is read
 //     once: only the first pair naming it works, for every token that chose it. Group g (warps 2g, 2g + 1) computes
 //     gate and up rows f and f + 1, f = 2 (4 fx + g), sharing each x load (x rounded to bf16 as loaded) among the
-//     four rows, for up to MOE_GU_TOKENS tokens a pass over the weights (one pass at T ≤ 4); its first warp adds the
+//     four rows, for MOE_GU_TOKENS tokens a pass over the weights (one: measured faster at T = 1 and 4 than four
+//     tokens a pass, whose accumulators cost the registers that keep weights in flight); its first warp adds the
 //     two warps' halves and writes h[t, a, f] = bf16(silu(gate) · up) (the SwiGLU in the epilogue).
 //   kimi_moe_decode_down: grid D / 2, 4 warps; the block owns output rows d, d + 1 and, for each token, computes
 //     Σ_a weights[t, a] · down[e_a][d] · h[t, a] as one GEMV over K = the token's A hiddens concatenated (vector
@@ -61,7 +62,7 @@ constexpr int MOE_MAX_DECODE_TOKENS = 16;              // MoeKernels.MaxDecodeTo
 // f, f + 1 and up rows f, f + 1, which share every x load; a ring of 2 chunks of 2 vectors a row. 8 f's a block.
 constexpr int MOE_GU_WARPS = 8, MOE_GU_SPLIT = 2, MOE_GU_F = 2, MOE_GU_UNROLL = 2, MOE_GU_DEPTH = 2;
 constexpr int MOE_GU_WROWS = 2 * MOE_GU_F;             // weight rows a group
-constexpr int MOE_GU_TOKENS = 4;                       // tokens a pass over the weights
+constexpr int MOE_GU_TOKENS = 1;                       // tokens a pass over the weights (50.4 µs vs 52.6 at T = 1)
 static_assert(MOE_GU_WARPS / MOE_GU_SPLIT * MOE_GU_F == 8, "MoeKernels.DecodeGateUpRows (C#); F % 8 == 0 fills every block");
 // Decode down (a gathered GEMV over K = the token's A hiddens concatenated, as gemv.cu's bf16 layout): 4 warps split
 // K of 2 output rows, which share every hidden load; 4 chunks of 2 vectors a row in flight (at A = 8, F = 1024 a
@@ -317,8 +318,8 @@ kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, c
         w8[MOE_GU_F + r] = reinterpret_cast<const uint4*>(expert + static_cast<size_t>(F + f0 + r) * D);
     }
     __shared__ float partial[MOE_GU_WARPS][MOE_GU_WROWS][MOE_GU_TOKENS];
-    // One pass over the weights for each MOE_GU_TOKENS tokens that have a token choosing e (one at T ≤ 4): the
-    // accumulators of more tokens would cost the registers that keep the weights in flight.
+    // One pass over the weights for each MOE_GU_TOKENS tokens that have a token choosing e: the accumulators of more
+    // tokens would cost the registers that keep the weights in flight.
     for (int t0 = 0; t0 < T; t0 += MOE_GU_TOKENS)
     {
         const unsigned tile = (tokens >> t0) & ((1u << MOE_GU_TOKENS) - 1);
