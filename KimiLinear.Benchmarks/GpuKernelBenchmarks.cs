@@ -213,15 +213,18 @@ internal static class GpuKernelBenchmarks
                     $"{gbs:F0} GB/s", gbs / copyGBs, "D2D copy"));
             }
         }
-        foreach (int tokens in new[] { 4096, 32_768 })
+        // From an empty cache, and the last 8K piece of a 32K prompt as the backend runs it (keys = the whole prefix).
+        foreach ((int start, int tokens) in new[] { (0, 4096), (0, 32_768), (24_576, 8192) })
         {
+            long length = (long)start + tokens;
             using DeviceBuffer<ushort> q = RandomBf16(gpu, stream, random, (long)tokens * shape.QueryWidth);
-            using DeviceBuffer<ushort> keysValues = RandomBf16(gpu, stream, random, (long)tokens * shape.KeyValueWidth);
-            using DeviceBuffer<ushort> latent = RandomBf16(gpu, stream, random, (long)tokens * shape.LatentWidth);
+            using DeviceBuffer<ushort> keysValues = RandomBf16(gpu, stream, random, length * shape.KeyValueWidth);
+            using DeviceBuffer<ushort> latent = RandomBf16(gpu, stream, random, length * shape.LatentWidth);
             using DeviceBuffer<float> o = gpu.Allocate<float>((long)tokens * shape.OutputWidth);
-            double ms = MedianMs(gpu, stream, () => MlaKernels.PrefillAttention(stream, o, q, keysValues, latent, 0, tokens, shape, shape.Scale));
-            double flops = (double)tokens * tokens / 2 * shape.Heads * (shape.QueryHeadDim + shape.ValueDim) * 2;
-            rows.Add(GemmRow("MLA prefill attention (causal, mma.sync)", $"T={tokens}, start=0, H=32, N+P=192, V=128", ms, flops));
+            double ms = MedianMs(gpu, stream, () => MlaKernels.PrefillAttention(stream, o, q, keysValues, latent, start, tokens, shape, shape.Scale));
+            // The causal trapezoid: query t sees start + t + 1 keys.
+            double flops = ((double)length * length - (double)start * start) / 2 * shape.Heads * (shape.QueryHeadDim + shape.ValueDim) * 2;
+            rows.Add(GemmRow("MLA prefill attention (causal, mma.sync)", $"T={tokens}, start={start}, H=32, N+P=192, V=128", ms, flops));
         }
         return rows;
     }

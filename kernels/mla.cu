@@ -18,7 +18,7 @@
 // Precision: products on the tensor cores (mma.sync m16n8k16, fp32 accumulation). bf16 × bf16 where both operands
 // are bf16 (the prefill's q·k). Where one is fp32 (the decode query q_lat, the softmax weights p of both paths) it goes
 // in as fp16 (11-bit significand: ~3e-4 relative error, where bf16 would cost ~2e-3) and the bf16 operand it meets is
-// converted to fp16 in registers, exactly for magnitudes in [2^-14, 65504] (the RMS-normalised latent, k_pe and the
+// converted to fp16 (in registers for the decode, once per tile in shared memory for the prefill's V), exactly for magnitudes in [2^-14, 65504] (the RMS-normalised latent, k_pe and the
 // expanded keys/values are far inside; below 2^-14 the absolute error stays under 2^-25). Exponentials are 2^x of
 // scores pre-multiplied by scale·log2(e).
 //
@@ -509,17 +509,22 @@ kimi_mla_decode_combine(float* __restrict__ out, const float* __restrict__ parti
 
 // ---- expanded prefill: causal flash attention on the tensor cores ---------------------------------------------------
 //
-// Block (query tile of 64, head), 4 warps of 16 queries; heavy (late) query tiles first. Per key tile of 64: K = (the
-// head's N key columns of keysValues | the P k_pe columns of the latent) and V (the head's V value columns) through a
-// 2-stage cp.async ring; S = Q·Kᵀ with q fragments held in registers; the online softmax in registers; p (fp16)
-// reused straight from the S accumulators as the A operand of O += P·V (V converted to fp16 in registers).
-constexpr int kPrefillThreads = 128, kPrefillRows = 64, kPrefillKeys = 64;
+// Block (query tile of 128, head), 8 warps of 16 queries, one block per SM; heavy (late) query tiles first. Per key tile
+// of 64: K = (the head's N key columns of keysValues | the P k_pe columns of the latent) and V (the head's V value
+// columns) through a 3-stage cp.async ring, so one tile is in flight while another is consumed and one barrier per tile
+// suffices. The 128-query tile lets each K/V tile serve twice the queries of a 64-query one (half the cp.async work and
+// L2 traffic per FLOP). S = Q·Kᵀ with q fragments held in registers; the online softmax in registers on raw scores
+// (scale·log2(e) folded into the exponent's FFMA); p (fp16) reused straight from the S accumulators as the A operand of
+// O += P·V. V goes to fp16 once in shared memory, each thread converting the 16-byte pieces it copied itself (its own
+// cp.async writes are visible to it after the wait, the barrier then publishes them), instead of every warp converting
+// every V fragment it loads. A warp skips key tiles that lie wholly after its last query (the diagonal's far half).
+constexpr int kPrefillThreads = 256, kPrefillRows = 128, kPrefillKeys = 64, kPrefillStages = 3;
 constexpr int kPrefillMaxQSteps = 12;    // N + P ≤ 192
 constexpr int kPrefillMaxVTiles = 16;    // V ≤ 128
 
-// Dynamic shared memory, bytes: 2 stages of K [64][N+P+8] and V [64][V+8] bf16.
+// Dynamic shared memory, bytes: 3 stages of K [64][N+P+8] and V [64][V+8] (K bf16, V fp16).
 __host__ __device__ constexpr size_t prefill_smem_bytes(int KD, int VD) {
-    return 2ull * kPrefillKeys * ((KD + 8) + (VD + 8)) * 2;
+    return 1ull * kPrefillStages * kPrefillKeys * ((KD + 8) + (VD + 8)) * 2;
 }
 
 // o [T, H·V] f32; q [T, H·(N+P)] bf16; kv [≥L, H·(N+V)] bf16; latent [≥L, R+P] bf16; L = start + T.
@@ -535,31 +540,52 @@ __device__ __forceinline__ void prefill(float* __restrict__ o, const uint16_t* _
     const int L = start + T, kstride = KD + 8, vstride = VD + 8;
     const size_t kv_row = static_cast<size_t>(H) * (N + VD), q_row = static_cast<size_t>(H) * KD;
     uint16_t* smem = dynamic_smem();
-    uint16_t* ks_base = smem;                                   // [2][64][KD + 8]
-    uint16_t* vs_base = smem + 2 * kPrefillKeys * kstride;      // [2][64][VD + 8]
+    uint16_t* ks_base = smem;                                                // [3][64][KD + 8] bf16
+    uint16_t* vs_base = smem + kPrefillStages * kPrefillKeys * kstride;      // [3][64][VD + 8] fp16
 
-    const int kn = N / 8, kchunks = KD / 8, chunks = kchunks + VD / 8;
+    // Three copy loops (key columns from keysValues, from the latent's k_pe, values), each a whole number of 16-byte
+    // pieces per row, so a warp's lanes take the same branch.
+    const int kn = N / 8, kp = (KD - N) / 8, vn = VD / 8;
+    const uint16_t* kv_head = kv + h * (N + VD);
     auto load_tile = [&](int j) {
-        uint16_t* kd = ks_base + (j & 1) * kPrefillKeys * kstride;
-        uint16_t* vd = vs_base + (j & 1) * kPrefillKeys * vstride;
-        for (int e = tid; e < kPrefillKeys * chunks; e += kPrefillThreads) {
-            const int r = e / chunks, ch = e - r * chunks, key = j * kPrefillKeys + r;
-            const bool ok = key < L;
-            const uint16_t* src;
-            uint16_t* dst;
-            if (ch < kn) { src = kv + key * kv_row + h * (N + VD) + ch * 8; dst = kd + r * kstride + ch * 8; }
-            else if (ch < kchunks) { src = latent + static_cast<size_t>(key) * (R + P) + R + (ch - kn) * 8; dst = kd + r * kstride + ch * 8; }
-            else { src = kv + key * kv_row + h * (N + VD) + N + (ch - kchunks) * 8; dst = vd + r * vstride + (ch - kchunks) * 8; }
-            cp_async16(dst, ok ? src : kv, ok);
+        uint16_t* kd = ks_base + (j % kPrefillStages) * kPrefillKeys * kstride;
+        uint16_t* vd = vs_base + (j % kPrefillStages) * kPrefillKeys * vstride;
+        const int k0 = j * kPrefillKeys;
+        for (int e = tid; e < kPrefillKeys * kn; e += kPrefillThreads) {
+            const int r = e / kn, ch = e - r * kn, key = k0 + r;
+            cp_async16(kd + r * kstride + ch * 8, key < L ? kv_head + key * kv_row + ch * 8 : kv, key < L);
+        }
+        for (int e = tid; e < kPrefillKeys * kp; e += kPrefillThreads) {
+            const int r = e / kp, ch = e - r * kp, key = k0 + r;
+            cp_async16(kd + r * kstride + N + ch * 8, key < L ? latent + static_cast<size_t>(key) * (R + P) + R + ch * 8 : kv, key < L);
+        }
+        for (int e = tid; e < kPrefillKeys * vn; e += kPrefillThreads) {
+            const int r = e / vn, ch = e - r * vn, key = k0 + r;
+            cp_async16(vd + r * vstride + ch * 8, key < L ? kv_head + key * kv_row + N + ch * 8 : kv, key < L);
+        }
+    };
+    // The V pieces this thread copied into stage j, bf16 → fp16 in place (zero fill stays zero).
+    auto values_to_f16 = [&](int j) {
+        uint16_t* vd = vs_base + (j % kPrefillStages) * kPrefillKeys * vstride;
+        for (int e = tid; e < kPrefillKeys * vn; e += kPrefillThreads) {
+            const int r = e / vn, ch = e - r * vn;
+            uint4* piece = reinterpret_cast<uint4*>(vd + r * vstride + ch * 8);
+            uint4 x = *piece;
+            x.x = bf16x2_to_f16x2(x.x); x.y = bf16x2_to_f16x2(x.y); x.z = bf16x2_to_f16x2(x.z); x.w = bf16x2_to_f16x2(x.w);
+            *piece = x;
         }
     };
     const int last_query = min(q0 + kPrefillRows, T) - 1;
     const int key_tiles = (start + last_query + 1 + kPrefillKeys - 1) / kPrefillKeys;
     load_tile(0);
     cp_async_commit();
+    if (1 < key_tiles) load_tile(1);
+    cp_async_commit();
 
-    // This warp's 16 queries as A fragments, straight from global memory (rows past T are zero).
+    // This warp's 16 queries as A fragments, straight from global memory (rows past T are zero). A warp whose rows
+    // all lie past T has no key to visit; otherwise its last visible key is start + its last row below T.
     const int row_a = q0 + warp * 16 + g;
+    const int warp_last_key = q0 + warp * 16 < T ? start + min(q0 + warp * 16 + 15, T - 1) : -1;
     uint32_t qf[kPrefillMaxQSteps][4];
 #pragma unroll
     for (int ks = 0; ks < kPrefillMaxQSteps; ks++)
@@ -569,16 +595,18 @@ __device__ __forceinline__ void prefill(float* __restrict__ o, const uint16_t* _
             qf[ks][r] = ks < ksteps && row < T ? *reinterpret_cast<const uint32_t*>(q + row * q_row + h * KD + col) : 0u;
         }
 
-    float m_run[2] = {kNegInf, kNegInf}, l_run[2] = {0.0f, 0.0f};
+    float m_run[2] = {kNegInf, kNegInf}, l_run[2] = {0.0f, 0.0f};   // m_run: raw (unscaled) running max
     float oacc[kPrefillMaxVTiles][4] = {};
     for (int j = 0; j < key_tiles; j++) {
-        cp_async_wait<0>();
-        __syncthreads();   // tile j landed; the other slot's last reader (iteration j - 1) is done
-        if (j + 1 < key_tiles) load_tile(j + 1);
+        cp_async_wait<1>();   // tile j landed (only tile j + 1's group may be pending)
+        values_to_f16(j);
+        __syncthreads();      // tile j is complete and fp16 for all; stage (j + 2) % 3's last reader (iteration j - 1) is done
+        if (j + 2 < key_tiles) load_tile(j + 2);
         cp_async_commit();
-        const uint16_t* kt = ks_base + (j & 1) * kPrefillKeys * kstride;
-        const uint16_t* vt = vs_base + (j & 1) * kPrefillKeys * vstride;
         const int k0 = j * kPrefillKeys;
+        if (k0 > warp_last_key) continue;   // warp-uniform: every key of the tile is masked for this warp's queries
+        const uint16_t* kt = ks_base + (j % kPrefillStages) * kPrefillKeys * kstride;
+        const uint16_t* vt = vs_base + (j % kPrefillStages) * kPrefillKeys * vstride;
 
         float sacc[8][4] = {};
 #pragma unroll
@@ -592,34 +620,33 @@ __device__ __forceinline__ void prefill(float* __restrict__ o, const uint16_t* _
                 mma(sacc[2 * np + 1], qf[ks], b[2], b[3]);
             }
         }
-        // Scale, mask (key past the query's position or past L), running max.
+        // Mask (key past the query's position or past L), running max of the raw scores (scale > 0 keeps the order).
         const bool masked = k0 + kPrefillKeys - 1 > start + q0 + warp * 16 || k0 + kPrefillKeys > L;   // warp-uniform
         float mx[2] = {kNegInf, kNegInf};
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                float v = sacc[nt][e] * scale_log2;
                 if (masked) {
                     const int key = k0 + nt * 8 + 2 * c + (e & 1), row = row_a + (e >> 1) * 8;
-                    if (key > start + row || key >= L) v = kNegInf;
+                    if (key > start + row || key >= L) sacc[nt][e] = kNegInf;
                 }
-                sacc[nt][e] = v;
-                mx[e >> 1] = fmaxf(mx[e >> 1], v);
+                mx[e >> 1] = fmaxf(mx[e >> 1], sacc[nt][e]);
             }
-        float alpha[2];
+        float alpha[2], m_scaled[2];
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             const float m_new = fmaxf(m_run[r], group_max(mx[r], 4));   // finite: key 0 is visible to every query
-            alpha[r] = ex2(m_run[r] - m_new);
+            alpha[r] = ex2((m_run[r] - m_new) * scale_log2);
             m_run[r] = m_new;
+            m_scaled[r] = m_new * scale_log2;
         }
         float rowsum[2] = {0.0f, 0.0f};
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                sacc[nt][e] = ex2(sacc[nt][e] - m_run[e >> 1]);
+                sacc[nt][e] = ex2(fmaf(sacc[nt][e], scale_log2, -m_scaled[e >> 1]));
                 rowsum[e >> 1] += sacc[nt][e];
             }
 #pragma unroll
@@ -642,7 +669,6 @@ __device__ __forceinline__ void prefill(float* __restrict__ o, const uint16_t* _
                 uint32_t b[4];
                 if (nt + 1 < vtiles) ldsm_x4_t(b, vrow + nt * 8);
                 else ldsm_x2_t(b, vrow + nt * 8);
-                to_f16(b);
                 mma_f16(oacc[nt], pf, b[0], b[1]);
                 if (nt + 1 < vtiles) mma_f16(oacc[nt + 1], pf, b[2], b[3]);
             }
@@ -653,7 +679,7 @@ __device__ __forceinline__ void prefill(float* __restrict__ o, const uint16_t* _
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const int row = row_a + r * 8;
-        const float inv = 1.0f / group_sum(l_run[r], 4);
+        const float inv = 1.0f / group_sum(l_run[r], 4);   // all lanes shuffle (an idle warp's 1/0 is never stored)
         if (row >= T) continue;
         float* dst = o + static_cast<size_t>(row) * H * VD + h * VD + 2 * c;
 #pragma unroll
@@ -667,14 +693,14 @@ __device__ __forceinline__ void prefill(float* __restrict__ o, const uint16_t* _
 }  // namespace mla
 
 // The model's shape (N + P = 192, V = 128) with every loop bound known at compile time.
-extern "C" __global__ void __launch_bounds__(mla::kPrefillThreads, 2)
+extern "C" __global__ void __launch_bounds__(mla::kPrefillThreads, 1)
 kimi_mla_prefill_d192_v128(float* __restrict__ o, const uint16_t* __restrict__ q, const uint16_t* __restrict__ kv,
                            const uint16_t* __restrict__ latent, int start, int T, int H, int N, int P, int V, int R, float scale_log2) {
     mla::prefill<true, 192, 128>(o, q, kv, latent, start, T, H, N, P, V, R, scale_log2);
 }
 
 // Any N, P, V with N % 8 == 0, P % 8 == 0, (N + P) % 16 == 0, N + P ≤ 192, V % 8 == 0, V ≤ 128.
-extern "C" __global__ void __launch_bounds__(mla::kPrefillThreads, 2)
+extern "C" __global__ void __launch_bounds__(mla::kPrefillThreads, 1)
 kimi_mla_prefill_general(float* __restrict__ o, const uint16_t* __restrict__ q, const uint16_t* __restrict__ kv,
                          const uint16_t* __restrict__ latent, int start, int T, int H, int N, int P, int V, int R, float scale_log2) {
     mla::prefill<false, 0, 0>(o, q, kv, latent, start, T, H, N, P, V, R, scale_log2);

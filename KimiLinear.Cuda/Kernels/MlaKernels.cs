@@ -36,8 +36,9 @@ internal static unsafe class MlaKernels
     private const int DecodeMaxHeads = 32;
     private const int CombineThreads = 256;
     private const int CombineColumns = 128;
-    private const int PrefillThreads = 128;
-    private const int PrefillRows = 64;
+    private const int PrefillThreads = 256;
+    private const int PrefillRows = 128;
+    private const int PrefillStages = 3;
     private const int PrefillMaxQueryHeadDim = 192;
     private const int PrefillMaxValueDim = 128;
     private const float Log2E = 1.4426950408889634f;
@@ -47,7 +48,7 @@ internal static unsafe class MlaKernels
 
     private static int CombineSharedBytes(int splits) => (splits + CombineThreads / 32 * (CombineColumns + 1)) * sizeof(float);
 
-    private static int PrefillSharedBytes(int queryHeadDim, int valueDim) => 2 * 64 * ((queryHeadDim + 8) + (valueDim + 8)) * 2;
+    private static int PrefillSharedBytes(int queryHeadDim, int valueDim) => PrefillStages * 64 * ((queryHeadDim + 8) + (valueDim + 8)) * 2;
 
     /// <summary>
     /// Folds W_UK into the queries: q_lat[t, h, :R] = Σ_n q[t, h, n]·kvB[h(N+V) + n, :] and q_lat[t, h, R:] = q[t, h, N:]

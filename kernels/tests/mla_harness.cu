@@ -1,7 +1,7 @@
 // mla_harness.cu — development harness for kernels/mla.cu (llm.c dev/cuda style):
 //   CPU:  g++ -O1 -std=c++17 -DKDA_EMULATE -x c++ -o /tmp/mla_emu kernels/tests/mla_harness.cu && /tmp/mla_emu
 //         (the CUDA emulator of kernels/kda/tests/cuda_emu.h: checks logic, fragment layouts and barriers, not speed)
-//   GPU:  nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/mla_harness kernels/tests/mla_harness.cu && /tmp/mla_harness [--bench]
+//   GPU:  nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/mla_harness kernels/tests/mla_harness.cu && /tmp/mla_harness [--bench | --bench-prefill]
 //         (the same checks, then with --bench each kernel alone timed with CUDA events at the model's shapes)
 // Every kernel against a float64 reference of the same math on random data of odd sizes, the cache rows past the
 // visible length poisoned with NaN. Error = ‖out − ref‖ / ‖ref‖ (limit 2e-3; the fp16 tensor-core operands keep it near 2e-4).
@@ -244,13 +244,14 @@ static float median_us(const std::function<void()>& work) {
     std::sort(t.begin(), t.end());
     return t[t.size() / 2];
 }
-static void bench() {
+static void bench(bool prefill_only) {
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     const int H = 32, R = 512, P = 64, D = R + P, MT = 2, sms = prop.multiProcessorCount;
     const float scale_log2 = 1.4426950408889634f / std::sqrt(192.f);
     std::printf("== bench on %s (%d SMs)\n", prop.name, sms);
     for (int L : {1024, 32768, 131072}) {
+        if (prefill_only) break;
         uint16_t* lat = random_bf16_device(size_t(L) * D, 1);
         std::vector<float> q = rand_f32(size_t(H) * D, 0.05f);
         Dev<float> dq(q);
@@ -268,17 +269,19 @@ static void bench() {
         }
         CK(cudaFree(lat));
     }
-    for (int T : {4096, 32768}) {
-        uint16_t *q = random_bf16_device(size_t(T) * H * 192, 2), *kv = random_bf16_device(size_t(T) * H * 256, 3),
-                 *lat = random_bf16_device(size_t(T) * D, 4);
+    // (start, T): from an empty cache, and the backend's last 8K piece of a 32K prompt.
+    for (const std::pair<int, int> piece : {std::pair{0, 4096}, std::pair{0, 32768}, std::pair{24576, 8192}}) {
+        const int start = piece.first, T = piece.second, L = start + T;
+        uint16_t *q = random_bf16_device(size_t(T) * H * 192, 2), *kv = random_bf16_device(size_t(L) * H * 256, 3),
+                 *lat = random_bf16_device(size_t(L) * D, 4);
         float* o;
         CK(cudaMalloc(&o, size_t(T) * H * 128 * 4));
         const float us = median_us([&] {
             launch(kimi_mla_prefill_d192_v128, dim3((T + kPrefillRows - 1) / kPrefillRows, H), dim3(kPrefillThreads), prefill_smem_bytes(192, 128),
-                   o, (const uint16_t*)q, (const uint16_t*)kv, (const uint16_t*)lat, 0, T, H, 128, 64, 128, R, scale_log2);
+                   o, (const uint16_t*)q, (const uint16_t*)kv, (const uint16_t*)lat, start, T, H, 128, 64, 128, R, scale_log2);
         });
-        const double flops = double(T) * T / 2 * H * 320 * 2;
-        std::printf("prefill T=%5d H=32: %9.1f us  %5.1f TFLOP/s (T^2/2*H*320*2)\n", T, us, flops / us / 1e6);
+        const double flops = (double(L) * L - double(start) * start) / 2 * H * 320 * 2;   // the causal trapezoid
+        std::printf("prefill start=%5d T=%5d H=32: %9.1f us  %5.1f TFLOP/s ((L^2-start^2)/2*H*320*2)\n", start, T, us, flops / us / 1e6);
         CK(cudaFree(q)); CK(cudaFree(kv)); CK(cudaFree(lat)); CK(cudaFree(o));
     }
 }
@@ -296,10 +299,11 @@ int main(int argc, char** argv) {
     check_prefill(tiny, 5, 3, false);
     check_prefill({2, 24, 8, 40, 64}, 70, 67, false);
     check_prefill({2, 128, 64, 128, 512}, 9, 20, true);
+    check_prefill({1, 128, 64, 128, 512}, 100, 200, true);   // two query tiles, the 3-stage ring wrapping, warps skipping tiles
     check_decode(full, 40, 1, 2);
     std::printf("%d failed\n", failures);
 #ifndef KDA_EMULATE
-    if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) bench();
+    if (argc > 1 && std::strncmp(argv[1], "--bench", 7) == 0) bench(std::strcmp(argv[1], "--bench-prefill") == 0);
 #else
     (void)argc; (void)argv;
 #endif
