@@ -31,8 +31,8 @@ internal sealed class StepArena(CudaContext context) : IDisposable
             _current++; // a later block is empty (the stack was rewound before it)
         if (_blocks.Count == 0 || _blocks[_current].Capacity - _blocks[_current].Used < bytes)
         {
-            // Grow by what is needed, at least the size of the last block: a few blocks per shape, merged at Reset.
-            _blocks.Add(new DeviceArena(context, Math.Max(bytes, Math.Max(MinimumBlockBytes, _blocks.Count == 0 ? 0 : _blocks[^1].Capacity))));
+            // Grow by what is needed only (a long prompt's attention scratch is many GB; doubling could not fit beside it).
+            _blocks.Add(new DeviceArena(context, Math.Max(bytes, MinimumBlockBytes)));
             _current = _blocks.Count - 1;
         }
         var span = _blocks[_current].Rent<T>(length);
@@ -62,7 +62,8 @@ internal sealed class StepArena(CudaContext context) : IDisposable
             foreach (var block in _blocks)
                 block.Dispose();
             _blocks.Clear();
-            _blocks.Add(new DeviceArena(context, Math.Max(MinimumBlockBytes, _peak)));
+            // An eighth more than the peak: a long prompt's pieces need a little more each (their prefix grows).
+            _blocks.Add(new DeviceArena(context, Math.Max(MinimumBlockBytes, _peak + _peak / 8)));
             Generation++;
         }
         foreach (var block in _blocks)
