@@ -44,18 +44,31 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
     private int _stepPosition;
     private bool _decodeWarm;                       // a decode step ran unrecorded: every lazy allocation is done
 
+    /// <summary>A backend on <paramref name="context"/>, which it then owns (disposing the backend disposes it).</summary>
     public CudaBackend(CudaContext context)
     {
         _context = context;
         _stream = context.CreateStream();
         _arena = new StepArena(context);
         _weights = new DeviceWeights(context, _stream);
-        _cublas = CublasLtGemm.TryCreate(context, out _);
-        _stepInputs = context.Allocate<int>(2);
-        // Module loads synchronise, which a graph capture forbids: load every kernel now. Programmatic dependent launch
-        // lets each GEMV stream its weights while its predecessor drains (kernels/gemv.cu).
-        context.Kernels.LoadAll();
-        context.Kernels.ProgrammaticLaunch = true;
+        try
+        {
+            _cublas = CublasLtGemm.TryCreate(context, out _);
+            _stepInputs = context.Allocate<int>(2);
+            // Module loads synchronise, which a graph capture forbids: load every kernel now. Programmatic dependent
+            // launch lets each GEMV stream its weights while its predecessor drains (kernels/gemv.cu).
+            context.Kernels.LoadAll();
+            context.Kernels.ProgrammaticLaunch = true;
+        }
+        catch
+        {
+            _cublas?.Dispose();
+            _stepInputs?.Dispose();
+            _weights.Dispose();
+            _arena.Dispose();
+            _stream.Dispose();
+            throw;
+        }
     }
 
     public string DeviceName => _context.Device.Name;
@@ -533,6 +546,7 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
             _arena.Dispose();
             _stepInputs.Dispose();
             _stream.Dispose();
+            _context.Dispose();
         }
     }
 }
