@@ -200,7 +200,8 @@ public sealed partial class KimiModel : IDisposable
     /// One decode step for several sessions at once: <paramref name="tokens"/>[i] is appended to
     /// <paramref name="sessions"/>[i], and the logits of each new position come back in the same order. The projections,
     /// experts and lm_head read their weights once for all the sessions (what bounds decode speed), the KDA and MLA
-    /// mixers run on each session's own state. Equal to one <see cref="KimiSession.ForwardLast"/> per session.
+    /// mixers run on each session's own state. Computes what one <see cref="KimiSession.ForwardLast"/> per session does,
+    /// up to rounding: a GPU multiplies several rows in bf16 on its tensor cores where a single row runs in fp32.
     /// </summary>
     /// <exception cref="ArgumentException">No sessions, a count of tokens other than one per session, a session twice or of
     /// another model, a token id outside the vocabulary, or a session at the maximum length. No session is changed.</exception>
