@@ -56,6 +56,12 @@ internal static class GpuModelBenchmarks
         var random = new Random(7);
         int[] Tokens(int count) => Enumerable.Range(0, count).Select(_ => random.Next(config.VocabSize)).ToArray();
 
+        if (Environment.GetEnvironmentVariable("KIMI_BENCH_PROFILE") is { Length: > 0 } profiled)
+        {
+            Profile(model, profiled, Tokens);
+            return 0;
+        }
+
         // KIMI_BENCH_PREFILLS="1024,32768" (the default) picks the prompt lengths timed; "" times none (profiling decode).
         var prefills = (Environment.GetEnvironmentVariable("KIMI_BENCH_PREFILLS") ?? "1024,32768")
             .Split(',', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse);
@@ -120,6 +126,28 @@ internal static class GpuModelBenchmarks
         if (report is not null)
             File.WriteAllText(report, output.ToString());
         return 0;
+    }
+
+    /// <summary>
+    /// KIMI_BENCH_PROFILE="decode,prefill": under <c>ncu --profile-from-start off</c>, records one decode step at a
+    /// 1K context (recorded as a graph and replayed, as in the timed runs) and one 8,192-token prefill piece that
+    /// follows 8,192 tokens of context, and nothing else.
+    /// </summary>
+    private static void Profile(KimiModel model, string what, Func<int, int[]> tokens)
+    {
+        foreach (string part in what.Split(','))
+        {
+            using var session = model.CreateSession();
+            (int context, int step) = part == "decode" ? (1024, 1) : (8192, 8192);
+            session.ForwardLast(tokens(context));
+            for (int i = 0; i < 4 && step == 1; i++)
+                session.ForwardLast(tokens(1));
+            var ids = tokens(step);
+            CudaProfiler.Start();
+            session.ForwardLast(ids);
+            CudaProfiler.Stop();
+            Console.WriteLine($"profiled: {part} ({step} tokens after {context})");
+        }
     }
 
     /// <summary>Bytes one decode step reads: every bf16 weight except the routed experts not chosen, plus the latent cache.</summary>

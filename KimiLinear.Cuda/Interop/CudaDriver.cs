@@ -45,6 +45,10 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(Library)] internal static partial CuResult cuCtxGetCurrent(out nint context);
     [LibraryImport(Library)] internal static partial CuResult cuCtxSynchronize();
 
+    // Profiler range: what `ncu --profile-from-start off` and Nsight Systems' capture range record.
+    [LibraryImport(Library)] internal static partial CuResult cuProfilerStart();
+    [LibraryImport(Library)] internal static partial CuResult cuProfilerStop();
+
     // Memory
     [LibraryImport(Library)] internal static partial CuResult cuMemGetInfo_v2(out nuint free, out nuint total);
     [LibraryImport(Library)] internal static partial CuResult cuMemAlloc_v2(out ulong pointer, nuint bytes);
