@@ -12,7 +12,8 @@ namespace KimiLinear.Benchmarks;
 /// (logits copied back to the host every step), after warm-up. <c>proxy</c> is TARGETS.md's 48B-A3B-e64 (every
 /// dimension of Kimi-Linear-48B-A3B, 64 experts instead of 256: fits one 80 GB card, reads the same bytes per token);
 /// <c>real</c> is the published configuration (an H200). Prints prefill tokens/s at 1K and 32K tokens and decode
-/// tokens/s at each context (default 1K and 128K), with the fraction of the bandwidth floor: the bytes one decode step
+/// tokens/s at each context (default 1K and 128K), both with the logits copied to the host and as greedy generation
+/// runs a step (the next token picked on the device, <c>KimiSession.ForwardGreedy</c>), with the fraction of the bandwidth floor: the bytes one decode step
 /// must read (every weight but the routed experts, 8 experts of each MoE layer, the lm_head, the latent cache) over
 /// 3.0 TB/s (H100) or 4.3 TB/s (H200), as TARGETS.md counts them. Then batched decode (<c>KimiModel.DecodeBatch</c>)
 /// of 4 and 16 sessions at 1K context each.
@@ -99,7 +100,19 @@ internal static class GpuModelBenchmarks
             double median = Median(steps);
             double floor = DecodeBytes(config, context) / bandwidth;
             Line(string.Create(CultureInfo.InvariantCulture,
-                $"| decode (prefill of the context: {prefill:F1} s) | {context:N0} | {median * 1e3:F3} ms | {1 / median:N0} | {floor * 1e3:F3} ms ({1 / floor:N0} tok/s) | {floor / median:P0} |"));
+                $"| decode, logits to the host (prefill of the context: {prefill:F1} s) | {context:N0} | {median * 1e3:F3} ms | {1 / median:N0} | {floor * 1e3:F3} ms ({1 / floor:N0} tok/s) | {floor / median:P0} |"));
+            // Greedy generation's step (GenerateTokens at temperature 0): the device picks the token, one int comes back.
+            int next = session.ForwardGreedy(Tokens(1));
+            steps.Clear();
+            for (int i = 0; i < DecodeSteps; i++)
+            {
+                clock.Restart();
+                next = session.ForwardGreedy([next]);
+                steps.Add(clock.Elapsed.TotalSeconds);
+            }
+            median = Median(steps);
+            Line(string.Create(CultureInfo.InvariantCulture,
+                $"| decode, greedy token on the device | {context:N0} | {median * 1e3:F3} ms | {1 / median:N0} | {floor * 1e3:F3} ms ({1 / floor:N0} tok/s) | {floor / median:P0} |"));
         }
         // Several sessions a step (KimiModel.DecodeBatch): the weights are read once for all of them.
         foreach (int sessions in new[] { 4, 16 })

@@ -160,40 +160,79 @@ public sealed partial class KimiModel : IDisposable
         Action<int, float[]>? onHidden = null)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        if (lastOnly)
+            return ForwardLast(state, tokens, attention, onHidden, DownloadLogits);
+        int piece = Backend.MaxTokensPerForward;
+        if (tokens.Length <= piece)
+            return Guarded(state, tokens.ToArray(), ids => ForwardPiece(state, ids, Logits.All, attention, onHidden, DownloadLogits)!);
+        if (onHidden is not null)
+            throw new NotSupportedException($"Hidden states are captured only for inputs of at most {piece} tokens.");
+        return Guarded(state, tokens.ToArray(), ids =>
+        {
+            var all = new float[(long)ids.Length * Config.VocabSize];
+            for (int start = 0; start < ids.Length; start += piece)
+            {
+                var part = ids.AsSpan(start, Math.Min(piece, ids.Length - start));
+                ForwardPiece(state, part, Logits.All, attention, null, DownloadLogits)!.CopyTo(all, (long)start * Config.VocabSize);
+            }
+            return all;
+        });
+    }
+
+    /// <summary>
+    /// Runs <paramref name="tokens"/> like <see cref="Forward"/> with <c>lastOnly</c> and returns the next token greedy
+    /// decoding picks (the largest logit, the lowest id among ties), found by the backend where the logits are: a GPU
+    /// step then sends back one int rather than the vocabulary's 640 KB of logits.
+    /// </summary>
+    internal int ForwardGreedy(SessionState state, ReadOnlySpan<int> tokens)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        return ForwardLast(state, tokens, MlaForm.Auto, null, Backend.ArgMax);
+    }
+
+    /// <summary>
+    /// Runs <paramref name="tokens"/> and reads the last position's logits [1, vocab] with <paramref name="read"/> while
+    /// they are still on the backend. A prompt longer than the backend's <see cref="IKimiBackend.MaxTokensPerForward"/>
+    /// runs in pieces (chunked prefill: the state carries between them exactly as between calls).
+    /// </summary>
+    private T ForwardLast<T>(SessionState state, ReadOnlySpan<int> tokens, MlaForm attention, Action<int, float[]>? onHidden, Func<Tensor, T> read)
+    {
+        int piece = Backend.MaxTokensPerForward;
+        if (tokens.Length <= piece)
+            return Guarded(state, tokens.ToArray(), ids => ForwardPiece(state, ids, Logits.Last, attention, onHidden, read)!);
+        if (onHidden is not null)
+            throw new NotSupportedException($"Hidden states are captured only for inputs of at most {piece} tokens.");
+        return Guarded(state, tokens.ToArray(), ids =>
+        {
+            for (int start = 0; ; start += piece)
+            {
+                var part = ids.AsSpan(start, Math.Min(piece, ids.Length - start));
+                if (start + part.Length == ids.Length)
+                    return ForwardPiece(state, part, Logits.Last, attention, null, read)!;
+                ForwardPiece(state, part, Logits.None, attention, null, read);
+            }
+        });
+    }
+
+    /// <summary>
+    /// Runs <paramref name="forward"/> over <paramref name="tokens"/>; if a step of several tokens fails part-way (its
+    /// activations are the largest allocation), the session is left as it was. A failed single-token decode step is a
+    /// device fault, and copying the state for every token would cost more than the step.
+    /// </summary>
+    private T Guarded<T>(SessionState state, int[] tokens, Func<int[], T> forward)
+    {
         if (tokens.Length == 1)
-            return ForwardPieces(state, tokens, lastOnly, attention, onHidden); // a failed decode step is a device fault
-        // A prompt's step can fail part-way (its activations are the largest allocation): leave the session as it was.
+            return forward(tokens);
         using var checkpoint = new StateCheckpoint(Backend, state);
         try
         {
-            return ForwardPieces(state, tokens, lastOnly, attention, onHidden);
+            return forward(tokens);
         }
         catch
         {
             checkpoint.Restore();
             throw;
         }
-    }
-
-    private float[] ForwardPieces(SessionState state, ReadOnlySpan<int> tokens, bool lastOnly, MlaForm attention, Action<int, float[]>? onHidden)
-    {
-        int piece = Backend.MaxTokensPerForward;
-        if (tokens.Length <= piece)
-            return ForwardPiece(state, tokens, lastOnly ? Logits.Last : Logits.All, attention, onHidden);
-        if (onHidden is not null)
-            throw new NotSupportedException($"Hidden states are captured only for inputs of at most {piece} tokens.");
-
-        var all = lastOnly ? null : new float[(long)tokens.Length * Config.VocabSize];
-        float[] logits = [];
-        for (int start = 0; start < tokens.Length; start += piece)
-        {
-            var part = tokens.Slice(start, Math.Min(piece, tokens.Length - start));
-            bool final = start + part.Length == tokens.Length;
-            logits = ForwardPiece(state, part, lastOnly ? (final ? Logits.Last : Logits.None) : Logits.All, attention, null);
-            if (all is not null)
-                logits.CopyTo(all, (long)start * Config.VocabSize);
-        }
-        return all ?? logits;
     }
 
     /// <summary>
@@ -251,7 +290,13 @@ public sealed partial class KimiModel : IDisposable
     /// <summary>Which positions' logits a forward step computes.</summary>
     private enum Logits { None, Last, All }
 
-    private float[] ForwardPiece(SessionState state, ReadOnlySpan<int> tokens, Logits wanted, MlaForm attention, Action<int, float[]>? onHidden)
+    /// <summary>
+    /// One forward step over <paramref name="tokens"/> (at most <see cref="IKimiBackend.MaxTokensPerForward"/>): returns
+    /// what <paramref name="read"/> makes of the <paramref name="wanted"/> logits, read inside the step (the backend's
+    /// step memory is reused by the next one); default for <see cref="Logits.None"/>.
+    /// </summary>
+    private T? ForwardPiece<T>(SessionState state, ReadOnlySpan<int> tokens, Logits wanted, MlaForm attention, Action<int, float[]>? onHidden,
+        Func<Tensor, T> read)
     {
         var backend = Backend;
         int count = tokens.Length, position = state.Length;
@@ -271,10 +316,13 @@ public sealed partial class KimiModel : IDisposable
         else
             logits = Compute(batch, tokens, wanted, absorbed, onHidden);
         state.Length += count;
-        if (logits is null)
-            return [];
+        return logits is null ? default : read(logits);
+    }
+
+    private float[] DownloadLogits(Tensor logits)
+    {
         var result = new float[logits.Length];
-        backend.Download(logits, result);
+        Backend.Download(logits, result);
         return result;
     }
 

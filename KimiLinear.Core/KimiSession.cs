@@ -45,6 +45,17 @@ public sealed partial class KimiSession : IDisposable
         return Model.Forward(_state, tokens, lastOnly: true);
     }
 
+    /// <summary>
+    /// Appends <paramref name="tokens"/> like <see cref="ForwardLast"/> and returns the token greedy decoding picks next
+    /// (the largest logit; the lowest id among ties), found on the model's device.
+    /// </summary>
+    internal int ForwardGreedy(ReadOnlySpan<int> tokens)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        Validate(tokens);
+        return Model.ForwardGreedy(_state, tokens);
+    }
+
     internal float[] Forward(ReadOnlySpan<int> tokens, MlaForm attention, Action<int, float[]>? onHidden = null)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);

@@ -8,7 +8,8 @@
 //   element kernels   grid-stride loops over a flat count (add, SwiGLU, conversions); any grid size works.
 // Each has a 16-byte vector path (four floats a step) taken when the widths are multiples of four and the pointers
 // aligned for it, else one element a step. Nothing here synchronises with the host or allocates, so every kernel may
-// be captured in a CUDA graph.
+// be captured in a CUDA graph. Every kernel begins with programmatic_prologue(): launched with programmatic dependent
+// launch (a decode step's graph), the next kernel's launch latency and weight loads overlap this one.
 // In-place use: RMSNorm (y == x), SwiGLU (output == gate or up) and gated RMSNorm (y == o) may alias, so those
 // pointers carry no __restrict__; each thread writes only elements it has already read itself.
 #include "common.cuh"
@@ -25,6 +26,7 @@ __device__ __forceinline__ float sigmoid_f32(float x) { return 1.0f / (1.0f + ex
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
 kimi_embed_f32(float* __restrict__ out, const uint16_t* __restrict__ table, const int* __restrict__ ids, int T, int D, int V)
 {
+    programmatic_prologue();
     const int t = blockIdx.x;
     if (t >= T) return;
     const int id = ids[t];
@@ -57,6 +59,7 @@ kimi_embed_f32(float* __restrict__ out, const uint16_t* __restrict__ table, cons
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
 kimi_rmsnorm_f32(float* y, float* x, const float* add, const float* __restrict__ weight, int T, int N, float eps)
 {
+    programmatic_prologue();
     const int t = blockIdx.x;
     if (t >= T) return;
     float* xr = x + static_cast<size_t>(t) * N;
@@ -103,6 +106,7 @@ constexpr int GATED_ROWS = 8; // ActivationKernels.GatedRowsPerBlock
 extern "C" __global__ void __launch_bounds__(GATED_ROWS * 32)
 kimi_gated_rmsnorm_f32(float* y, const float* o, const float* __restrict__ z, const float* __restrict__ weight, int rows, int W, float eps)
 {
+    programmatic_prologue();
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * GATED_ROWS + (threadIdx.x >> 5);
     if (row >= rows) return; // whole warps leave together: the warp sum below has every lane of a live row
@@ -146,6 +150,7 @@ __device__ __forceinline__ void copy_row(float* __restrict__ dst, const float* _
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
 kimi_gather_rows_f32(float* __restrict__ y, const float* __restrict__ x, const int* __restrict__ rows, int count, int C, int xRows)
 {
+    programmatic_prologue();
     const int i = blockIdx.x;
     if (i >= count) return;
     const int r = rows[i];
@@ -165,6 +170,7 @@ extern "C" __global__ void __launch_bounds__(ROW_THREADS)
 kimi_scatter_add_rows_f32(float* __restrict__ accumulator, const float* __restrict__ x, const int* __restrict__ rows,
                           const float* __restrict__ scales, int count, int C, int accRows)
 {
+    programmatic_prologue();
     const int i = blockIdx.x;
     if (i >= count) return;
     const int r = rows[i];
@@ -195,6 +201,7 @@ extern "C" __global__ void __launch_bounds__(ROW_THREADS)
 kimi_write_latent_rows_f32(uint16_t* __restrict__ latent, const float* __restrict__ left, const float* __restrict__ right,
                            int T, int A, int B, const int* __restrict__ firstRow, int capacity)
 {
+    programmatic_prologue();
     const int i = blockIdx.x;
     const int first = *firstRow;
     if (i >= T || first < 0 || first > capacity - T) return;
@@ -215,6 +222,7 @@ __device__ __forceinline__ size_t grid_stride() { return static_cast<size_t>(gri
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
 kimi_add_f32(float* __restrict__ accumulator, const float* __restrict__ x, long long count)
 {
+    programmatic_prologue();
     const size_t n = static_cast<size_t>(count);
     size_t start = 0;
     if (aligned16(accumulator) && aligned16(x))
@@ -240,6 +248,7 @@ __device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
 kimi_swiglu_f32(float* output, const float* gate, const float* up, long long count)
 {
+    programmatic_prologue();
     const size_t n = static_cast<size_t>(count);
     size_t start = 0;
     if (aligned16(output) && aligned16(gate) && aligned16(up))
@@ -259,6 +268,7 @@ kimi_swiglu_f32(float* output, const float* gate, const float* up, long long cou
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
 kimi_f32_to_bf16(uint16_t* __restrict__ y, const float* __restrict__ x, long long count)
 {
+    programmatic_prologue();
     const size_t n = static_cast<size_t>(count);
     size_t start = 0;
     if (aligned16(x) && aligned8(y))
@@ -280,6 +290,7 @@ kimi_f32_to_bf16(uint16_t* __restrict__ y, const float* __restrict__ x, long lon
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
 kimi_split_bf16(uint16_t* __restrict__ hi, uint16_t* __restrict__ lo, const float* __restrict__ x, long long count)
 {
+    programmatic_prologue();
     const size_t n = static_cast<size_t>(count);
     for (size_t i = grid_thread(); i < n; i += grid_stride())
     {

@@ -75,3 +75,12 @@ __device__ __forceinline__ void wait_for_predecessor()
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
 }
+
+// The prologue of a short kernel under programmatic dependent launch: its successor may launch at once (and fetch
+// what does not depend on this kernel, such as weights) while this kernel waits for its own predecessor and runs.
+// Only the launch is early: the successor's wait_for_predecessor() still waits for all of this kernel's writes.
+__device__ __forceinline__ void programmatic_prologue()
+{
+    allow_successor();
+    wait_for_predecessor();
+}

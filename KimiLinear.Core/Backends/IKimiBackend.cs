@@ -72,6 +72,11 @@ internal interface IKimiBackend
     void Upload(ReadOnlySpan<float> source, Tensor destination);
     /// <summary>Copies the whole tensor to host floats.</summary>
     void Download(Tensor source, Span<float> destination);
+    /// <summary>
+    /// The index of the largest value of <paramref name="logits"/> [1, N], the lowest among ties: greedy decoding's next
+    /// token, found where the logits are (a GPU returns one int instead of the vocabulary's logits).
+    /// </summary>
+    int ArgMax(Tensor logits);
     /// <summary>Copies rows [0, rows) of <paramref name="source"/> into <paramref name="destination"/> at row <paramref name="destinationRow"/>.</summary>
     void CopyRows(Tensor source, int rows, Tensor destination, int destinationRow);
     /// <summary>destination[row + t] = (left[t] | right[t]). left: [T, A]; right: [T, B]; destination: [≥ row + T, A + B].</summary>

@@ -21,7 +21,12 @@ internal sealed class TokenGeneration : IDisposable
     // Tokens the repetition penalty applies to: this call's prompt and output (left empty when the penalty is off).
     private readonly HashSet<int> _seen = [];
     private readonly List<int> _output = [];
-    private float[]? _logits; // [vocab] logits of the next position, null until the prompt is prefilled
+    // Greedy without a repetition penalty needs only the best token, which the backend finds where the logits are (a
+    // GPU step then returns one int, not the vocabulary's logits); anything else samples from the logits on the host.
+    private readonly bool _greedyOnBackend;
+    private float[]? _logits; // [vocab] logits of the next position (when sampling on the host)
+    private int _best;        // the next position's greedy token (when _greedyOnBackend)
+    private bool _started;    // the prompt has been fed
     private int? _unfed;      // the last token returned, not yet fed to the session
     private long _startedAt;  // Stopwatch timestamp of the prefill's start
     private bool _disposed;
@@ -54,6 +59,7 @@ internal sealed class TokenGeneration : IDisposable
                 throw new ArgumentOutOfRangeException(nameof(GenerationOptions.StopTokenIds), id, $"Stop token {id} is outside the model's vocabulary [0, {vocab}).");
         _prompt = prompt;
         _sampler = new TokenSampler(_options, vocab);
+        _greedyOnBackend = _options.Temperature == 0 && _options.RepetitionPenalty == 1;
         if (_options.RepetitionPenalty != 1)
             _seen.UnionWith(prompt);
     }
@@ -65,7 +71,7 @@ internal sealed class TokenGeneration : IDisposable
     public int GeneratedTokenCount => _output.Count;
 
     /// <summary>Whether the prompt has been fed (the first <see cref="TryNext"/> got past its cancellation check).</summary>
-    public bool Started => _logits is not null;
+    public bool Started => _started;
 
     /// <summary>What the session holds beyond what it held before, once the run is disposed: the prompt, if fed, and the tokens sampled.</summary>
     public IEnumerable<int> Transcript => Started ? _prompt.Concat(_output) : [];
@@ -84,15 +90,16 @@ internal sealed class TokenGeneration : IDisposable
         if (FinishReason is not null)
             return false;
         cancellationToken.ThrowIfCancellationRequested();
-        if (_logits is null)
+        if (!_started)
         {
             _startedAt = Stopwatch.GetTimestamp();
-            _logits = _session.ForwardLast(_prompt);
+            Feed(_prompt);
+            _started = true;
         }
         else if (_unfed is { } previous)
         {
             _unfed = null;
-            _logits = _session.ForwardLast([previous]);
+            Feed([previous]);
         }
 
         if (GeneratedTokenCount == _options.MaxTokens)
@@ -100,7 +107,7 @@ internal sealed class TokenGeneration : IDisposable
         if (_session.Length >= _session.Model.MaxSequenceLength)
             return Finish(GenerationFinishReason.ContextFull);
 
-        token = _sampler.Sample(_logits, _seen);
+        token = _greedyOnBackend ? _best : _sampler.Sample(_logits!, _seen);
         _output.Add(token);
         _unfed = token;
         if (_stopTokens.Contains(token))
@@ -108,6 +115,15 @@ internal sealed class TokenGeneration : IDisposable
         if (_options.RepetitionPenalty != 1)
             _seen.Add(token);
         return true;
+    }
+
+    /// <summary>Appends <paramref name="tokens"/> to the session and keeps what choosing the next token needs.</summary>
+    private void Feed(ReadOnlySpan<int> tokens)
+    {
+        if (_greedyOnBackend)
+            _best = _session.ForwardGreedy(tokens);
+        else
+            _logits = _session.ForwardLast(tokens);
     }
 
     /// <summary>Ends the run early because the caller found a stop (a stop sequence in the text).</summary>
@@ -134,7 +150,7 @@ internal sealed class TokenGeneration : IDisposable
         if (_unfed is not { } token)
             return;
         _unfed = null;
-        _session.ForwardLast([token]);
+        Feed([token]);
     }
 
     private bool Finish(GenerationFinishReason reason)

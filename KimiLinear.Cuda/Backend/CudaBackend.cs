@@ -235,6 +235,18 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
         }
     }
 
+    public int ArgMax(Tensor logits)
+    {
+        var row = Device(logits);
+        if (row.Rows != 1 || row.IsBFloat16)
+            throw new ArgumentException($"ArgMax takes one fp32 row of logits, not {row}.", nameof(logits));
+        var best = _arena.Rent<int>(1);
+        SamplingKernels.Argmax(_stream, best, row.F32, 1, row.Cols);
+        Span<int> token = stackalloc int[1];
+        best.CopyTo(token, _stream);
+        return token[0];
+    }
+
     public void CopyRows(Tensor source, int rows, Tensor destination, int destinationRow)
     {
         var (s, d) = (Device(source), Device(destination));

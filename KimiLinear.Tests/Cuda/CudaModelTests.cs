@@ -2,6 +2,7 @@ using System.Numerics.Tensors;
 using System.Text.Json;
 using KimiLinear.Configuration;
 using KimiLinear.Cuda.Interop;
+using KimiLinear.Generation;
 using KimiLinear.Loading;
 using KimiLinear.Tests.Model;
 
@@ -67,6 +68,19 @@ public sealed class CudaModelTests
             Assert.Equal(expectedTokens[step], next);
             last = session.Forward([next]);
         }
+    }
+
+    /// <summary>Greedy generation through the public API, whose next token the GPU picks (only an int comes back).</summary>
+    [Fact]
+    public void GreedyGenerationOnTheDeviceMatchesReferenceTokens()
+    {
+        var tiny = Require();
+        using var session = tiny.Gpu.CreateSession();
+        var prompt = tiny.Golden.ReadInt32("decode.prompt_ids");
+        var expected = tiny.Golden.ReadInt32("decode.generated_ids");
+        var greedy = new GenerationOptions { Temperature = 0, MaxTokens = expected.Length, StopTokenIds = [] };
+        Assert.Equal(expected, session.GenerateTokens(prompt, greedy, TestContext.Current.CancellationToken));
+        Assert.Equal(prompt.Length + expected.Length, session.Length); // the last token is fed when the run ends
     }
 
     /// <summary>

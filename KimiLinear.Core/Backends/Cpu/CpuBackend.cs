@@ -66,6 +66,8 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
 
     public void Download(Tensor source, Span<float> destination) => Cpu(source).Span.CopyTo(destination);
 
+    public int ArgMax(Tensor logits) => TensorPrimitives.IndexOfMax<float>(Cpu(logits).Span);
+
     public void CopyRows(Tensor source, int rows, Tensor destination, int destinationRow)
     {
         var (s, d) = (Cpu(source), Cpu(destination));
