@@ -2,6 +2,9 @@
 //   W [N, K] bf16, row-major (nn.Linear weight: out_features x in_features)
 //   x [K]    bf16 (kimi_gemv_bf16, kimi_gemv_bf16_f32) or fp32 (kimi_gemv_f32: the CUDA backend's fp32 activations)
 //   y [N]    bf16 (kimi_gemv_bf16) or fp32 (kimi_gemv_bf16_f32, e.g. logits; kimi_gemv_f32)
+// kimi_gemv_f32 also runs several independent products of the same K in one launch (one launch latency instead of
+// several: KDA's two low-rank up-projections): rows [i·rows_per_x, (i+1)·rows_per_x) read x + i·K, so x is
+// [ceil(N / rows_per_x), K]; rows_per_x = N is the plain GEMV. rows_per_x is a multiple of the block's rows.
 // Memory-bound: every weight byte is read once, so the goal is the copy bandwidth. What decides the time at the decode
 // shapes (~20 MB a kernel) is how much of each kernel's weights is already requested when it starts waiting for its
 // predecessor (programmatic dependent launch, below): those bytes stream during the predecessor's tail.
@@ -115,11 +118,12 @@ __device__ __forceinline__ void load_chunk(uint4 (&wv)[L::ROWS][L::UNROLL], cons
 
 template <typename L, typename OutT, typename InT>
 __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __restrict__ W, const InT* __restrict__ x,
-                                     int N, int K)
+                                     int N, int K, int rows_per_x)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int group = warp / L::SPLIT, s = warp % L::SPLIT;
     const int row0 = (blockIdx.x * L::GROUPS + group) * L::ROWS;
+    x += static_cast<size_t>(blockIdx.x * L::ROWS_PER_BLOCK / rows_per_x) * K; // the block's rows share one x
     allow_successor();
 
     // Rows past N re-read the last row; their sums are never stored. Keeps the loads unconditional, and every warp
@@ -201,17 +205,17 @@ __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __res
 extern "C" __global__ void __launch_bounds__(GemvBf16Layout::WARPS * 32)
 kimi_gemv_bf16(uint16_t* __restrict__ y, const uint16_t* __restrict__ W, const uint16_t* __restrict__ x, int N, int K)
 {
-    gemv<GemvBf16Layout>(y, W, x, N, K);
+    gemv<GemvBf16Layout>(y, W, x, N, K, N);
 }
 
 extern "C" __global__ void __launch_bounds__(GemvBf16Layout::WARPS * 32)
 kimi_gemv_bf16_f32(float* __restrict__ y, const uint16_t* __restrict__ W, const uint16_t* __restrict__ x, int N, int K)
 {
-    gemv<GemvBf16Layout>(y, W, x, N, K);
+    gemv<GemvBf16Layout>(y, W, x, N, K, N);
 }
 
 extern "C" __global__ void __launch_bounds__(GemvF32Layout::WARPS * 32)
-kimi_gemv_f32(float* __restrict__ y, const uint16_t* __restrict__ W, const float* __restrict__ x, int N, int K)
+kimi_gemv_f32(float* __restrict__ y, const uint16_t* __restrict__ W, const float* __restrict__ x, int N, int K, int rows_per_x)
 {
-    gemv<GemvF32Layout>(y, W, x, N, K);
+    gemv<GemvF32Layout>(y, W, x, N, K, rows_per_x);
 }

@@ -98,6 +98,12 @@ internal interface IKimiBackend
     /// weights and allocate such outputs in the same order, one after another.
     /// </summary>
     void MatMul(Tensor x, ReadOnlySpan<WeightMatrix> weights, ReadOnlySpan<Tensor> outputs);
+    /// <summary>
+    /// outputs[i] = inputs[i] · weights[i]ᵀ: independent products issued together, so that a backend may run them as one
+    /// (a decode step's launch latency paid once) when inputs, weights and outputs each lie one after another in its
+    /// memory, as for <see cref="MatMul(Tensor, ReadOnlySpan{WeightMatrix}, ReadOnlySpan{Tensor})"/>.
+    /// </summary>
+    void MatMul(ReadOnlySpan<Tensor> inputs, ReadOnlySpan<WeightMatrix> weights, ReadOnlySpan<Tensor> outputs);
     /// <summary>output = SiLU(gate) ⊙ up. All [T, N].</summary>
     void SwiGlu(Tensor gate, Tensor up, Tensor output);
 

@@ -72,8 +72,9 @@ internal sealed class KdaLayer
         var beta = backend.Allocate(tokens, _heads);             // [T, H] before the sigmoid
         backend.MatMul(x, [_queryProjection, _keyProjection, _valueProjection, _gateDown, _outputGateDown, _betaProjection],
             [q, k, v, forgetLow, outputGateLow, beta]);
-        var forget = Project(backend, forgetLow, _gateUp);                 // [T, H·K]
-        var outputGate = Project(backend, outputGateLow, _outputGateUp);   // [T, H·V]
+        var forget = backend.Allocate(tokens, _gateUp.Rows);               // [T, H·K]
+        var outputGate = backend.Allocate(tokens, _outputGateUp.Rows);     // [T, H·V], right after forget (f_b, g_b bound so too)
+        backend.MatMul([forgetLow, outputGateLow], [_gateUp, _outputGateUp], [forget, outputGate]);
         var gated = backend.Allocate(tokens, width);                       // [T, H·V]
         StepRows.ForEachSequence(backend, batch, [q, k, v, forget, beta, outputGate], gated, (sequence, own, y) =>
             backend.KdaMixer(new KdaMixerInputs(own[0], own[1], own[2], own[3], own[4], own[5]), _mixer, sequence.State.Kda[layer]!, y));

@@ -342,6 +342,42 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
             MatMul(x, weights[i], outputs[i]);
     }
 
+    /// <summary>
+    /// One token through independent products whose inputs, weights and outputs each lie one after another and whose
+    /// weights have one shape (KDA's f_b and g_b): one GEMV launch, each block reading its product's input.
+    /// </summary>
+    public void MatMul(ReadOnlySpan<Tensor> inputs, ReadOnlySpan<WeightMatrix> weights, ReadOnlySpan<Tensor> outputs)
+    {
+        if (inputs.Length != weights.Length || outputs.Length != weights.Length)
+            throw new ArgumentException($"MatMul: {inputs.Length} inputs and {outputs.Length} outputs for {weights.Length} weights.");
+        if (SameShapeContiguous(inputs, weights) && Contiguous(weights, outputs, out int rows))
+        {
+            int perProduct = weights[0].Rows;
+            if (weights.Length == 1 || perProduct % MatmulKernels.GemvRowsPerBlock == 0)
+            {
+                MatmulKernels.Gemv(_stream, new DeviceSpan<float>(Device(outputs[0]).Pointer, rows), new DeviceSpan<ushort>(_weights.Of(weights[0]).Pointer, (long)rows * weights[0].Cols),
+                    new DeviceSpan<float>(Device(inputs[0]).Pointer, (long)inputs.Length * weights[0].Cols), rows, weights[0].Cols, perProduct);
+                return;
+            }
+        }
+        for (int i = 0; i < weights.Length; i++)
+            MatMul(inputs[i], weights[i], outputs[i]);
+    }
+
+    /// <summary>Whether every weight has the first one's shape and the [1, K] fp32 inputs lie one after another.</summary>
+    private static bool SameShapeContiguous(ReadOnlySpan<Tensor> inputs, ReadOnlySpan<WeightMatrix> weights)
+    {
+        for (int i = 0; i < weights.Length; i++)
+        {
+            var x = Device(inputs[i]);
+            if (weights[i].Rows != weights[0].Rows || weights[i].Cols != weights[0].Cols || x.Rows != 1 || x.Cols != weights[i].Cols || x.IsBFloat16)
+                return false;
+            if (i > 0 && x.Pointer != Device(inputs[i - 1]).Pointer + (ulong)(4L * x.Cols))
+                return false;
+        }
+        return true;
+    }
+
     /// <summary>Whether each weight starts where the previous ends, and each [1, N] output likewise; <paramref name="rows"/> = Σ N.</summary>
     private bool Contiguous(ReadOnlySpan<WeightMatrix> weights, ReadOnlySpan<Tensor> outputs, out int rows)
     {

@@ -31,18 +31,36 @@ internal static unsafe class MatmulKernels
     /// programmatic dependent launch, with 4 rows a warp group sharing each (twice as large) load of x.
     /// </summary>
     public static void Gemv(CudaStream stream, DeviceSpan<float> y, DeviceSpan<ushort> weight, DeviceSpan<float> x, int n, int k) =>
-        Gemv(stream, KernelId.GemvF32, GemvF32Geometry, y.Pointer, y.Length, weight, x.Pointer, x.Length, n, k);
+        Gemv(stream, y, weight, x, n, k, rowsPerX: n);
+
+    /// <summary>
+    /// Independent products of the same K in one launch (one launch latency, not several): y[i] = W[i] · x[i / rowsPerX]
+    /// for W [N, K], x [ceil(N / rowsPerX), K]; <paramref name="rowsPerX"/> = N is the plain GEMV. Otherwise
+    /// <paramref name="rowsPerX"/> must be a multiple of <see cref="GemvRowsPerBlock"/> (a block's rows share one x).
+    /// </summary>
+    public static void Gemv(CudaStream stream, DeviceSpan<float> y, DeviceSpan<ushort> weight, DeviceSpan<float> x, int n, int k, int rowsPerX)
+    {
+        KernelChecks.Positive(rowsPerX, nameof(rowsPerX));
+        if (rowsPerX != n && rowsPerX % GemvRowsPerBlock != 0)
+            throw new ArgumentException($"rowsPerX {rowsPerX} is neither N ({n}) nor a multiple of the {GemvRowsPerBlock} rows a block", nameof(rowsPerX));
+        Gemv(stream, KernelId.GemvF32, GemvF32Geometry, y.Pointer, y.Length, weight, x.Pointer, x.Length, n, k, Math.Min(rowsPerX, n));
+    }
+
+    /// <summary>Rows of the fp32-x GEMV's block: products run together (<c>rowsPerX</c>) are a multiple of it.</summary>
+    public static int GemvRowsPerBlock => GemvF32Geometry.RowsPerBlock;
 
     private static void Gemv(CudaStream stream, KernelId id, GemvGeometry geometry, ulong yPointer, long yLength, DeviceSpan<ushort> weight, ulong xPointer, long xLength,
-        int n, int k)
+        int n, int k, int rowsPerX = 0)
     {
         KernelChecks.Positive(n, nameof(n));
         KernelChecks.Positive(k, nameof(k));
         if (yLength < n) throw new ArgumentException($"y holds {yLength:N0} elements but the kernel needs {n:N0}", "y");
         KernelChecks.Holds(weight, (long)n * k, nameof(weight));
-        if (xLength < k) throw new ArgumentException($"x holds {xLength:N0} elements but the kernel needs {k:N0}", "x");
+        long xNeeded = rowsPerX == 0 ? k : (long)((n + rowsPerX - 1) / rowsPerX) * k;
+        if (xLength < xNeeded) throw new ArgumentException($"x holds {xLength:N0} elements but the kernel needs {xNeeded:N0}", "x");
         ulong pY = yPointer, pW = weight.Pointer, pX = xPointer;
-        void** args = stackalloc void*[] { &pY, &pW, &pX, &n, &k };
+        // kimi_gemv_f32 takes rows_per_x as a sixth argument; the bf16-x kernels have five and never read it.
+        void** args = stackalloc void*[] { &pY, &pW, &pX, &n, &k, &rowsPerX };
         var grid = new Dim3((uint)((n + geometry.RowsPerBlock - 1) / geometry.RowsPerBlock));
         stream.Context.Kernels.Launch(id, grid, new Dim3((uint)geometry.Threads), 0, stream, args);
     }

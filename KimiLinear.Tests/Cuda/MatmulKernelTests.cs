@@ -62,6 +62,46 @@ public sealed class MatmulKernelTests
         for (int i = n; i < y.Length; i++) Assert.True(float.IsNaN(y[i]), $"output tail element {i} overwritten");
     }
 
+    /// <summary>Independent products in one launch (KDA's f_b and g_b): each block of rows reads its own x.</summary>
+    [Theory]
+    [InlineData(2, 4096, 128)] // the model's f_b, g_b
+    [InlineData(3, 48, 136)]   // K past one column slot, partial
+    [InlineData(2, 16, 5)]     // odd K: scalar path
+    public void Gemv_F32SeveralProducts_EachReadsItsInput(int products, int rowsPerProduct, int k)
+    {
+        CudaContext gpu = Gpu.Require();
+        var random = new Random(products * 7 + rowsPerProduct + k);
+        int n = products * rowsPerProduct;
+        ushort[] w = Gpu.RandomBf16(random, (long)n * k);
+        float[] x = Gpu.RandomF32(random, (long)products * k);
+        var expected = new double[n];
+        var magnitude = new double[n];
+        for (int p = 0; p < products; p++)
+        {
+            double[] part = MatMulF32(x.AsSpan(p * k, k).ToArray(), 1, k, w.AsSpan(p * rowsPerProduct * k, rowsPerProduct * k).ToArray(), rowsPerProduct, out double[] m);
+            part.CopyTo(expected, p * rowsPerProduct);
+            m.CopyTo(magnitude, p * rowsPerProduct);
+        }
+        using CudaStream stream = gpu.CreateStream();
+        using DeviceBuffer<ushort> dW = gpu.Upload(stream, w);
+        using DeviceBuffer<float> dX = gpu.Upload(stream, x), dY = gpu.Poisoned(stream, n, float.NaN);
+        MatmulKernels.Gemv(stream, dY, dW, dX, n, k, rowsPerProduct);
+        float[] y = dY.ToArray(stream);
+        TensorAssert.Close(expected, y, i => AccumulationError * magnitude[i] + 1e-6, "GEMV of several products");
+        for (int i = n; i < y.Length; i++) Assert.True(float.IsNaN(y[i]), $"output tail element {i} overwritten");
+    }
+
+    [Fact]
+    public void Gemv_F32SeveralProducts_RejectsProductsThatSplitABlock()
+    {
+        CudaContext gpu = Gpu.Require();
+        using CudaStream stream = gpu.CreateStream();
+        using DeviceBuffer<ushort> dW = gpu.Allocate<ushort>(40 * 8);
+        using DeviceBuffer<float> dX = gpu.Allocate<float>(2 * 8), dY = gpu.Allocate<float>(40);
+        var e = Assert.Throws<ArgumentException>(() => MatmulKernels.Gemv(stream, dY, dW, dX, 40, 8, 20));
+        Assert.Contains("rowsPerX", e.Message);
+    }
+
     [Fact]
     public void Gemv_F32ChainedWithProgrammaticLaunch_ReadsEachPredecessorsOutput()
     {

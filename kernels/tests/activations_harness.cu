@@ -226,27 +226,26 @@ static void test_latent(int T, int A, int B, int capacity, int first)
     (ok ? g_passed : g_failed)++;
 }
 
-static void test_gemv(int N, int K)
+// Products of [rows_per_x, K] weight blocks each with its own x (rows_per_x = N: one GEMV).
+static void test_gemv(int N, int K, int rows_per_x = 0)
 {
+    if (rows_per_x == 0) rows_per_x = N;
+    const int segments = (N + rows_per_x - 1) / rows_per_x;
     std::vector<uint16_t> w(size_t(N) * K);
     for (auto& b : w) b = f2bf(randn());
-    std::vector<float> x = randv(K);
+    std::vector<float> x = randv(size_t(segments) * K);
     std::vector<double> want(N);
-    double mag = 0;
     for (int n = 0; n < N; n++)
     {
+        const float* xs = x.data() + size_t(n / rows_per_x) * K;
         double s = 0;
-        for (int k = 0; k < K; k++)
-        {
-            s += double(bf2f(w[size_t(n) * K + k])) * x[k];
-            mag += std::fabs(double(bf2f(w[size_t(n) * K + k])) * x[k]);
-        }
+        for (int k = 0; k < K; k++) s += double(bf2f(w[size_t(n) * K + k])) * xs[k];
         want[n] = s;
     }
     std::vector<float> y = poisoned(N, 0);
     emu_launch(kimi_gemv_f32, 1, dim3((N + GemvF32Layout::ROWS_PER_BLOCK - 1) / GemvF32Layout::ROWS_PER_BLOCK), dim3(GemvF32Layout::WARPS * 32), 0, y.data(),
-               (const uint16_t*)w.data(), (const float*)x.data(), N, K);
-    check(("gemv fp32 x N=" + std::to_string(N) + " K=" + std::to_string(K)).c_str(), y.data(), want, 1e-5);
+               (const uint16_t*)w.data(), (const float*)x.data(), N, K, rows_per_x);
+    check(("gemv fp32 x N=" + std::to_string(N) + " K=" + std::to_string(K) + " rows_per_x=" + std::to_string(rows_per_x)).c_str(), y.data(), want, 1e-5);
 }
 
 int main()
@@ -276,6 +275,8 @@ int main()
     test_gemv(9, 4104);  // K past one ring of chunks, partial last slot
     test_gemv(7, 37);    // odd K: scalar path
     test_gemv(33, 1032); // rows not a multiple of the 16 a block
+    test_gemv(96, 136, 32);  // three products, each with its own x (K = 136: one partial slot)
+    test_gemv(40, 64, 32);   // the second product's rows end inside a block
     std::printf("%d passed, %d failed\n", g_passed, g_failed);
     return g_failed ? 1 : 0;
 }

@@ -132,6 +132,12 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
             MatMul(x, weights[i], outputs[i]);
     }
 
+    public void MatMul(ReadOnlySpan<Tensor> inputs, ReadOnlySpan<WeightMatrix> weights, ReadOnlySpan<Tensor> outputs)
+    {
+        for (int i = 0; i < weights.Length; i++)
+            MatMul(inputs[i], weights[i], outputs[i]);
+    }
+
     public void SwiGlu(Tensor gate, Tensor up, Tensor output)
     {
         // Element-wise, so output may alias gate or up.
