@@ -115,7 +115,10 @@ internal static class GpuModelBenchmarks
                 $"| decode, greedy token on the device | {context:N0} | {median * 1e3:F3} ms | {1 / median:N0} | {floor * 1e3:F3} ms ({1 / floor:N0} tok/s) | {floor / median:P0} |"));
         }
         // Several sessions a step (KimiModel.DecodeBatch): the weights are read once for all of them.
-        foreach (int sessions in new[] { 4, 16 })
+        // KIMI_BENCH_BATCHES="4,16" (the default) picks the batched decode sizes timed; "" times none.
+        var batches = (Environment.GetEnvironmentVariable("KIMI_BENCH_BATCHES") ?? "4,16")
+            .Split(',', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse);
+        foreach (int sessions in batches)
         {
             var batch = Enumerable.Range(0, sessions).Select(_ => model.CreateSession()).ToList();
             foreach (var session in batch)
