@@ -1,6 +1,10 @@
-// Mixture of experts on the GPU (spec §4): the router's expert choice, and the routed experts for decode (GEMV speed,
+// Mixture of experts on the GPU (spec §4): the router's expert choice, and the experts for decode (GEMV speed,
 // reading only the chosen experts) and for prefill (tokens grouped by expert, grouped GEMM on the tensor cores).
-// The shared expert runs outside these kernels. Activations fp32, weights bf16 (uint16_t bits), experts stacked:
+// The S shared experts (width S·F, always on) are S more experts E..E+S-1 of width F: SwiGLU acts per hidden unit and
+// the down projection is linear, so the S·F-wide MLP is exactly the sum of its S slices of F units, each with weight
+// 1.0. The router appends those S pairs to each token's A choices, and the expert kernels below take E + S experts and
+// A + S pairs a token (as E and A: they need not know which are shared). Activations fp32, weights bf16 (uint16_t
+// bits), experts stacked:
 //   gate_up [E, 2F, D]  expert e's rows [0, F) = w1 (gate), [F, 2F) = w3 (up)
 //   down    [E, D, F]   w2
 // Each routed expert computes y = w2 · (silu(w1·x) ⊙ (w3·x)) with x rounded to bf16 and the hidden h = silu(g) ⊙ u
@@ -13,7 +17,8 @@
 // selection = scores + bias; with groups > 1 (DeepSeek-V3) a group's score is the sum of its two best selection values
 // and only the best topk_groups groups stay eligible (the others -inf); then the A best, best first, ties to the lower
 // index; weights = scores (or selection values when `biased`) of the chosen, optionally divided by their sum + 1e-20,
-// times scale. Lane i % 32 keeps value i in registers (E ≤ MOE_MAX_EXPERTS).
+// times scale. Lane i % 32 keeps value i in registers (E ≤ MOE_MAX_EXPERTS). A token's row holds A + S pairs: its A
+// choices, then (E + s, 1.0) for each shared expert s.
 //
 // DECODE (T ≤ MOE_MAX_DECODE_TOKENS), two kernels, both graph-capturable (ids read on the device) and launched with
 // programmatic dependent launch. They wait for their predecessor before loading anything: the expert ids decide which
@@ -50,8 +55,8 @@
 //   6. kimi_moe_prefill_combine: output[t] += Σ_a weights[t, a] · y[t·A + a], a in order.
 //   The GEMMs use the mainloop of gemm.cu (block 128 x 128 x 64, 8 warps of 64 x 32, three cp.async stages, swizzled
 //   tiles of mma.cuh, 96 KiB of dynamic shared memory).
-// Preconditions (MoeKernels.cs checks them): D and F multiples of 8, every pointer 16-byte aligned, E ≤ 1024,
-// A ≤ min(E, 32), groups ≤ 32 dividing E.
+// Preconditions (MoeKernels.cs checks them): D and F multiples of 8, every pointer 16-byte aligned, E ≤ 1024 routed
+// experts, A ≤ E, A + S ≤ 32, groups ≤ 32 dividing E.
 #include "mma.cuh"
 
 constexpr int MOE_MAX_EXPERTS = 1024;                  // MoeKernels.MaxExperts
@@ -105,7 +110,7 @@ __device__ __forceinline__ void warp_argmax(float& value, int& index, float& pay
 
 extern "C" __global__ void __launch_bounds__(MOE_ROUTE_WARPS * 32)
 kimi_moe_route_f32(int* __restrict__ experts, float* __restrict__ weights, const float* __restrict__ logits,
-                   const float* __restrict__ bias, int T, int E, int A, int groups, int topk_groups, int renormalize,
+                   const float* __restrict__ bias, int T, int E, int A, int S, int groups, int topk_groups, int renormalize,
                    float scale, int biased)
 {
     allow_successor();
@@ -198,10 +203,12 @@ kimi_moe_route_f32(int* __restrict__ experts, float* __restrict__ weights, const
         const float sum = warp_sum(lane < A ? my_weight : 0.0f);
         my_weight /= sum + 1e-20f;
     }
-    if (lane < A)
+    // Lanes A..A+S-1: the shared experts, weight 1.0 (neither renormalised nor scaled).
+    if (lane < A + S)
     {
-        experts[static_cast<size_t>(t) * A + lane] = my_expert;
-        weights[static_cast<size_t>(t) * A + lane] = my_weight * scale;
+        const size_t slot = static_cast<size_t>(t) * (A + S) + lane;
+        experts[slot] = lane < A ? my_expert : E + lane - A;
+        weights[slot] = lane < A ? my_weight * scale : 1.0f;
     }
 }
 

@@ -340,14 +340,18 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
         });
     }
 
-    public void MoeExperts(Tensor x, MoeExperts experts, Tensor output)
+    public void MoeExperts(Tensor x, MoeExperts experts, Tensor residual)
     {
+        var output = experts.Shared?.Forward(this, x) ?? Allocate(x.Rows, x.Cols); // [T, D] the shared expert (zeros without one)
+        if (experts.Shared is null)
+            Clear(output);
         var logits = Allocate(x.Rows, experts.Count); // [T, E]
         MatMul(x, experts.Router, logits);
         var chosen = new int[x.Rows * experts.Routing.ExpertsPerToken];    // [T, A]
         var weights = new float[chosen.Length];                            // [T, A]
         MoeRoute(logits, experts.CorrectionBias, experts.Routing, chosen, weights);
         experts.ForwardGrouped(this, x, chosen, weights, output);
+        Add(residual, output);
     }
 
     /// <summary>
