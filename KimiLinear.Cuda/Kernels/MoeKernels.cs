@@ -315,7 +315,7 @@ internal sealed class MoePrefillScratch : IDisposable
             throw new ArgumentOutOfRangeException(nameof(maxTokens), maxTokens,
                 $"the prefill scratch's matrices must stay below 2^32 elements (T·D, T·(A+S)·F, 2F·D), but one holds {largest:N0}");
         (Shape, MaxTokens) = (shape, maxTokens);
-        _indices = context.Allocate<int>(3 * (shape.Experts + 1) + 3L * Pairs);
+        _indices = context.Allocate<int>(3 * (E + 1) + 3L * Pairs);
         try
         {
             _rounded = context.Allocate<ushort>((long)maxTokens * shape.Hidden);

@@ -340,11 +340,14 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
         });
     }
 
+    /// <summary>The shared expert's output, the routed experts added into it, the sum added into the residual stream.</summary>
     public void MoeExperts(Tensor x, MoeExperts experts, Tensor residual)
     {
-        var output = experts.Shared?.Forward(this, x) ?? Allocate(x.Rows, x.Cols); // [T, D] the shared expert (zeros without one)
-        if (experts.Shared is null)
-            Clear(output);
+        Tensor output; // [T, D]
+        if (experts.Shared is { } shared)
+            output = shared.Forward(this, x);
+        else
+            Clear(output = Allocate(x.Rows, x.Cols));
         var logits = Allocate(x.Rows, experts.Count); // [T, E]
         MatMul(x, experts.Router, logits);
         var chosen = new int[x.Rows * experts.Routing.ExpertsPerToken];    // [T, A]
