@@ -308,7 +308,7 @@ int main(int argc, char** argv)
     check_route(3, 1024, 30, 2, 32, 3, true, false); // A + S = 32: every lane writes a pair
     check_experts(1, 40, 8, 2, 24, true, true);
     check_experts(3, 40, 8, 2, 24, true, true);
-    check_experts(16, 40, 8, 3, 24, true, true); // 48 pairs: the gate-up id scan takes two rounds of 32; four token passes
+    check_experts(16, 40, 8, 3, 24, true, true); // 48 pairs: the gate-up id scan takes two rounds of 32; several token passes
     check_experts(2, 48, 4, 2, 40, true, false); // five blocks of gate-up rows, D8 = 6 of 32 lanes
     check_experts(77, 40, 8, 2, 24, false, true);
     check_experts(5, 40, 8, 2, 24, true, true, 1);   // a shared expert: every token names expert E
