@@ -279,7 +279,8 @@ internal static class GpuKernelBenchmarks
     /// The MoE kernels at the model's expert shape (D = 2304, F = 1024, A = 8): the router (decode, E = 256; prefill,
     /// E = 64); the decode experts at E = 256, 16 calls with different expert sets captured in one graph (the weights
     /// they read, 8 × 3 × 4.7 MB a token, far exceed L2), against the copy bandwidth; the prefill experts at E = 64
-    /// for T = 1K and 32K with routed ids, against the bf16 peak (FLOPs = T·A·3·2·F·D).
+    /// for T = 1K and 32K with routed ids, against the bf16 peak (FLOPs = T·A·3·2·F·D). Rows marked "+ shared" run the
+    /// shared expert (S = 1) as expert E of the same kernels, as the model does: A + 1 pairs a token.
     /// </summary>
     private static IEnumerable<Row> Moe(CudaContext gpu, CudaStream stream, Random random, double copyGBs)
     {
@@ -305,7 +306,9 @@ internal static class GpuKernelBenchmarks
         {
             const int E = 256, Sets = 16;
             var shape = new MoeShape(D, E, A, F);
-            using DeviceBuffer<ushort> gateUp = RandomBf16(gpu, stream, random, 2L * E * F * D), down = RandomBf16(gpu, stream, random, (long)E * D * F);
+            var withShared = shape with { SharedExperts = 1 };
+            // E + 1 experts: the last is the shared expert of the "+ shared" rows.
+            using DeviceBuffer<ushort> gateUp = RandomBf16(gpu, stream, random, 2L * (E + 1) * F * D), down = RandomBf16(gpu, stream, random, (long)(E + 1) * D * F);
             using DeviceBuffer<float> logits = RandomF32(E, 4), bias = RandomF32(E, 0.1f), weights = gpu.Allocate<float>(A);
             using DeviceBuffer<int> route = gpu.Allocate<int>(A);
             // 64 launches in one graph, as decode runs them: launched alone, the event timing is the host's launch cost.
@@ -358,6 +361,25 @@ internal static class GpuKernelBenchmarks
                     rows.Add(new Row(programmatic ? "MoE decode experts, programmatic launch" : "MoE decode experts",
                         $"T={t}, E={E}, A={A}, D={D}, F={F} ({unique} experts, {bytes / 1e6:F0} MB)", ms * 1000, $"{gbs:F0} GB/s", gbs / copyGBs, "D2D copy"));
                 }
+                {
+                    // The same sets with the shared expert appended to every token's row (expert E, weight 1).
+                    int pairs = withShared.PairsPerToken;
+                    var sharedIds = ids.Chunk(A).SelectMany(row => row.Append(E)).ToArray();
+                    using DeviceBuffer<int> dSharedIds = gpu.Allocate<int>(sharedIds.Length);
+                    dSharedIds.CopyFrom(sharedIds, stream);
+                    using DeviceBuffer<float> sharedWeights = RandomF32(Sets * t * pairs, 1);
+                    using var sharedScratch = new MoeDecodeScratch(gpu, withShared, t);
+                    using CudaGraph graph = stream.Capture(s =>
+                    {
+                        for (int set = 0; set < Sets; set++)
+                            MoeKernels.DecodeExperts(s, output, x, dSharedIds.Span.Slice(set * t * pairs, t * pairs), sharedWeights.Span.Slice(set * t * pairs, t * pairs),
+                                gateUp, down, sharedScratch, withShared, t);
+                    });
+                    ms = MedianMs(gpu, stream, () => graph.Launch(stream)) / Sets;
+                    double sharedBytes = (unique + 1) * 3.0 * F * D * 2, gbs = sharedBytes / (ms * 1e6);
+                    rows.Add(new Row("MoE decode experts + shared, programmatic launch",
+                        $"T={t}, E={E}+1, A={A}+1, D={D}, F={F} ({unique + 1} experts, {sharedBytes / 1e6:F0} MB)", ms * 1000, $"{gbs:F0} GB/s", gbs / copyGBs, "D2D copy"));
+                }
                 gpu.Kernels.ProgrammaticLaunch = gpu.Device.ComputeCapability.Major >= 9;
             }
         }
@@ -365,20 +387,25 @@ internal static class GpuKernelBenchmarks
         // Prefill: E = 64 (the proxy), ids from the router on random logits.
         {
             const int E = 64;
-            var shape = new MoeShape(D, E, A, F);
-            using DeviceBuffer<ushort> gateUp = RandomBf16(gpu, stream, random, 2L * E * F * D), down = RandomBf16(gpu, stream, random, (long)E * D * F);
+            // E + 1 experts: the last is the shared expert of the "+ shared" rows.
+            using DeviceBuffer<ushort> gateUp = RandomBf16(gpu, stream, random, 2L * (E + 1) * F * D), down = RandomBf16(gpu, stream, random, (long)(E + 1) * D * F);
             using DeviceBuffer<float> bias = RandomF32(E, 0.1f);
             foreach (int t in new[] { 1024, 32_768 })
-            {
-                using DeviceBuffer<float> logits = RandomF32((long)t * E, 4), weights = gpu.Allocate<float>((long)t * A);
-                using DeviceBuffer<float> x = RandomF32((long)t * D, 1), output = gpu.Allocate<float>((long)t * D);
-                using DeviceBuffer<int> ids = gpu.Allocate<int>((long)t * A);
-                double ms = MedianMs(gpu, stream, () => MoeKernels.Route(stream, ids, weights, logits, bias, shape, rule, t));
-                rows.Add(RouteRow(t, E, ms));
-                using var scratch = new MoePrefillScratch(gpu, shape, t);
-                ms = MedianMs(gpu, stream, () => MoeKernels.PrefillExperts(stream, output, x, ids, weights, gateUp, down, scratch, shape, t));
-                rows.Add(GemmRow("MoE prefill experts (grouped mma.sync)", $"T={t}, E={E}, A={A}, D={D}, F={F}", ms, (double)t * A * 6 * F * D));
-            }
+                foreach (int shared in new[] { 0, 1 })
+                {
+                    var shape = new MoeShape(D, E, A, F, shared);
+                    int pairs = shape.PairsPerToken;
+                    using DeviceBuffer<float> logits = RandomF32((long)t * E, 4), weights = gpu.Allocate<float>((long)t * pairs);
+                    using DeviceBuffer<float> x = RandomF32((long)t * D, 1), output = gpu.Allocate<float>((long)t * D);
+                    using DeviceBuffer<int> ids = gpu.Allocate<int>((long)t * pairs);
+                    double ms = MedianMs(gpu, stream, () => MoeKernels.Route(stream, ids, weights, logits, bias, shape, rule, t));
+                    if (shared == 0)
+                        rows.Add(RouteRow(t, E, ms));
+                    using var scratch = new MoePrefillScratch(gpu, shape, t);
+                    ms = MedianMs(gpu, stream, () => MoeKernels.PrefillExperts(stream, output, x, ids, weights, gateUp, down, scratch, shape, t));
+                    rows.Add(GemmRow(shared == 0 ? "MoE prefill experts (grouped mma.sync)" : "MoE prefill experts + shared (grouped mma.sync)",
+                        $"T={t}, E={E}{(shared == 0 ? "" : "+1")}, A={A}{(shared == 0 ? "" : "+1")}, D={D}, F={F}", ms, (double)t * pairs * 6 * F * D));
+                }
         }
         return rows;
     }

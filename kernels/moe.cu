@@ -1,6 +1,10 @@
-// Mixture of experts on the GPU (spec §4): the router's expert choice, and the routed experts for decode (GEMV speed,
+// Mixture of experts on the GPU (spec §4): the router's expert choice, and the experts for decode (GEMV speed,
 // reading only the chosen experts) and for prefill (tokens grouped by expert, grouped GEMM on the tensor cores).
-// The shared expert runs outside these kernels. Activations fp32, weights bf16 (uint16_t bits), experts stacked:
+// The S shared experts (width S·F, always on) are S more experts E..E+S-1 of width F: SwiGLU acts per hidden unit and
+// the down projection is linear, so the S·F-wide MLP is exactly the sum of its S slices of F units, each with weight
+// 1.0. The router appends those S pairs to each token's A choices, and the expert kernels below take E + S experts and
+// A + S pairs a token (as E and A: they need not know which are shared). Activations fp32, weights bf16 (uint16_t
+// bits), experts stacked:
 //   gate_up [E, 2F, D]  expert e's rows [0, F) = w1 (gate), [F, 2F) = w3 (up)
 //   down    [E, D, F]   w2
 // Each routed expert computes y = w2 · (silu(w1·x) ⊙ (w3·x)) with x rounded to bf16 and the hidden h = silu(g) ⊙ u
@@ -13,7 +17,8 @@
 // selection = scores + bias; with groups > 1 (DeepSeek-V3) a group's score is the sum of its two best selection values
 // and only the best topk_groups groups stay eligible (the others -inf); then the A best, best first, ties to the lower
 // index; weights = scores (or selection values when `biased`) of the chosen, optionally divided by their sum + 1e-20,
-// times scale. Lane i % 32 keeps value i in registers (E ≤ MOE_MAX_EXPERTS).
+// times scale. Lane i % 32 keeps value i in registers (E ≤ MOE_MAX_EXPERTS). A token's row holds A + S pairs: its A
+// choices, then (E + s, 1.0) for each shared expert s.
 //
 // DECODE (T ≤ MOE_MAX_DECODE_TOKENS), two kernels, both graph-capturable (ids read on the device) and launched with
 // programmatic dependent launch. They wait for their predecessor before loading anything: the expert ids decide which
@@ -24,7 +29,10 @@
 // done: launched earlier, the successor's waiting blocks would hold SM slots its later blocks need (an H100 run
 // measured an early trigger 4 % slower).
 //   kimi_moe_decode_gate_up: grid (F / 8, T·A), 8 warps; block (fx, p) serves pair p = t·A + a. Each expert is read
-//     once: only the first pair naming it works, for every token that chose it. Group g (warps 2g, 2g + 1) computes
+//     once a MOE_GU_BLOCK_TOKENS tokens that chose it: the pairs naming it, in token order, have ranks 0, 1, ...; the
+//     pair of rank r works when r is a multiple of MOE_GU_BLOCK_TOKENS, for the tokens of ranks [r, r + 4). Up to 4
+//     tokens (every expert at T ≤ 4) the first pair serves all; an expert that many tokens chose (the shared expert:
+//     all of them) is read by ceil(T / 4) block columns at once rather than in T passes of one. Group g (warps 2g, 2g + 1) computes
 //     gate and up rows f and f + 1, f = 2 (4 fx + g), sharing each x load (x rounded to bf16 as loaded) among the
 //     four rows, for MOE_GU_TOKENS tokens a pass over the weights (one: measured faster at T = 1 and 4 than four
 //     tokens a pass, whose accumulators cost the registers that keep weights in flight); its first warp adds the
@@ -50,8 +58,8 @@
 //   6. kimi_moe_prefill_combine: output[t] += Σ_a weights[t, a] · y[t·A + a], a in order.
 //   The GEMMs use the mainloop of gemm.cu (block 128 x 128 x 64, 8 warps of 64 x 32, three cp.async stages, swizzled
 //   tiles of mma.cuh, 96 KiB of dynamic shared memory).
-// Preconditions (MoeKernels.cs checks them): D and F multiples of 8, every pointer 16-byte aligned, E ≤ 1024,
-// A ≤ min(E, 32), groups ≤ 32 dividing E.
+// Preconditions (MoeKernels.cs checks them): D and F multiples of 8, every pointer 16-byte aligned, E ≤ 1024 routed
+// experts, A ≤ E, A + S ≤ 32, groups ≤ 32 dividing E.
 #include "mma.cuh"
 
 constexpr int MOE_MAX_EXPERTS = 1024;                  // MoeKernels.MaxExperts
@@ -63,6 +71,7 @@ constexpr int MOE_MAX_DECODE_TOKENS = 16;              // MoeKernels.MaxDecodeTo
 constexpr int MOE_GU_WARPS = 8, MOE_GU_SPLIT = 2, MOE_GU_F = 2, MOE_GU_UNROLL = 2, MOE_GU_DEPTH = 2;
 constexpr int MOE_GU_WROWS = 2 * MOE_GU_F;             // weight rows a group
 constexpr int MOE_GU_TOKENS = 1;                       // tokens a pass over the weights (50.4 µs vs 52.6 at T = 1)
+constexpr int MOE_GU_BLOCK_TOKENS = 4;                 // tokens one block column serves (passes one after another)
 static_assert(MOE_GU_WARPS / MOE_GU_SPLIT * MOE_GU_F == 8, "MoeKernels.DecodeGateUpRows (C#); F % 8 == 0 fills every block");
 // Decode down (a gathered GEMV over K = the token's A hiddens concatenated, as gemv.cu's bf16 layout): 4 warps split
 // K of 2 output rows, which share every hidden load; 4 chunks of 2 vectors a row in flight (at A = 8, F = 1024 a
@@ -105,7 +114,7 @@ __device__ __forceinline__ void warp_argmax(float& value, int& index, float& pay
 
 extern "C" __global__ void __launch_bounds__(MOE_ROUTE_WARPS * 32)
 kimi_moe_route_f32(int* __restrict__ experts, float* __restrict__ weights, const float* __restrict__ logits,
-                   const float* __restrict__ bias, int T, int E, int A, int groups, int topk_groups, int renormalize,
+                   const float* __restrict__ bias, int T, int E, int A, int S, int groups, int topk_groups, int renormalize,
                    float scale, int biased)
 {
     allow_successor();
@@ -198,10 +207,12 @@ kimi_moe_route_f32(int* __restrict__ experts, float* __restrict__ weights, const
         const float sum = warp_sum(lane < A ? my_weight : 0.0f);
         my_weight /= sum + 1e-20f;
     }
-    if (lane < A)
+    // Lanes A..A+S-1: the shared experts, weight 1.0 (neither renormalised nor scaled).
+    if (lane < A + S)
     {
-        experts[static_cast<size_t>(t) * A + lane] = my_expert;
-        weights[static_cast<size_t>(t) * A + lane] = my_weight * scale;
+        const size_t slot = static_cast<size_t>(t) * (A + S) + lane;
+        experts[slot] = lane < A ? my_expert : E + lane - A;
+        weights[slot] = lane < A ? my_weight * scale : 1.0f;
     }
 }
 
@@ -288,17 +299,31 @@ kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, c
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, group = warp / MOE_GU_SPLIT, s = warp % MOE_GU_SPLIT;
     const int p = blockIdx.y, f0 = (blockIdx.x * (MOE_GU_WARPS / MOE_GU_SPLIT) + group) * MOE_GU_F; // F % 8 == 0: f0 + MOE_GU_F ≤ F
     const int pairs = T * A, e = experts[p];
-    // The tokens that chose e (bit t), and whether an earlier pair names e too (then that pair's blocks do the work).
+    // The tokens that chose e (bit t), and those of pairs before p that name e: their count is p's rank.
     unsigned tokens = 0, earlier = 0;
     for (int q0 = 0; q0 < pairs; q0 += 32)
     {
         const int q = q0 + lane;
         const bool match = q < pairs && experts[q] == e;
         tokens |= match ? 1u << (q / A) : 0u;
-        earlier |= match && q < p ? 1u : 0u;
+        earlier |= match && q < p ? 1u << (q / A) : 0u;
     }
     tokens = warp_or(tokens);
-    if (warp_or(earlier) != 0) return; // the same for the whole block: no barrier below is left waiting
+    earlier = warp_or(earlier);
+    // The same for the whole block: no barrier below is left waiting. (A later pair of a token that repeats e counts
+    // its own token among the earlier ones, so no two pairs share a rank.)
+    if (__popc(earlier) % MOE_GU_BLOCK_TOKENS != 0) return;
+    {
+        // This block's tokens: the first MOE_GU_BLOCK_TOKENS of those from p's token on.
+        unsigned rest = tokens & ~earlier, mine = 0;
+        for (int k = 0; k < MOE_GU_BLOCK_TOKENS && rest != 0; k++)
+        {
+            const unsigned lowest = rest & (0u - rest);
+            mine |= lowest;
+            rest ^= lowest;
+        }
+        tokens = mine;
+    }
     if (!valid_expert(e, E))
     {
         if (s == 0)

@@ -128,12 +128,13 @@ internal interface IKimiBackend
     void MlaAttention(Tensor q, Tensor latent, int start, WeightMatrix kvB, Tensor o, int heads, int nopeDim, int ropeDim, int valueDim, bool absorbed);
 
     /// <summary>
-    /// The routed experts of a MoE block: the router's logits x · routerᵀ [T, E], then A experts per token (sigmoid
-    /// scores; the correction bias only selects; grouped top-k; weights renormalised and scaled), and Σ weight ·
-    /// expert(x) added to <paramref name="output"/> [T, D]. x: [T, D]. The logits must be as accurate as fp32 inputs
-    /// make them: experts are chosen discretely, so a rounding of x can swap an expert and change a token's output.
+    /// A MoE block added into the residual stream: the router's logits x · routerᵀ [T, E], then A experts per token
+    /// (sigmoid scores; the correction bias only selects; grouped top-k; weights renormalised and scaled), and
+    /// shared(x) + Σ weight · expert(x) added to <paramref name="residual"/> [T, D]. x: [T, D]. The logits must be as
+    /// accurate as fp32 inputs make them: experts are chosen discretely, so a rounding of x can swap an expert and
+    /// change a token's output.
     /// </summary>
-    void MoeExperts(Tensor x, MoeExperts experts, Tensor output);
+    void MoeExperts(Tensor x, MoeExperts experts, Tensor residual);
     /// <summary>y[i] = x[rows[i]]. x: [T, D]; y: [rows.Length, D].</summary>
     void GatherRows(Tensor x, ReadOnlySpan<int> rows, Tensor y);
     /// <summary>accumulator[rows[i]] += scales[i] · x[i]. x: [rows.Length, D]; accumulator: [T, D].</summary>

@@ -20,7 +20,7 @@ internal sealed class DecoderLayer
 
     /// <summary>The KDA token mixer, or null for an MLA layer.</summary>
     public KdaLayer? Kda { get; }
-    /// <summary>The routed experts, or null for a dense-MLP layer.</summary>
+    /// <summary>The MoE experts (routed and shared), or null for a dense-MLP layer.</summary>
     public MoeExperts? Experts => _moe?.Experts;
     /// <summary>The MLA token mixer, or null for a KDA layer.</summary>
     public MlaLayer? Mla { get; }
@@ -56,6 +56,9 @@ internal sealed class DecoderLayer
             ? Kda.Forward(backend, normed, batch, _index)
             : Mla!.Forward(backend, normed, batch, _index, absorbedAttention);
         backend.AddRmsNorm(hidden, mixed, _postAttentionNorm, _eps, normed);
-        backend.Add(hidden, _moe is not null ? _moe.Forward(backend, normed) : _mlp!.Forward(backend, normed));
+        if (_moe is not null)
+            _moe.Forward(backend, normed, hidden); // adds into the residual stream itself
+        else
+            backend.Add(hidden, _mlp!.Forward(backend, normed));
     }
 }

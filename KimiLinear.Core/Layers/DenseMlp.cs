@@ -12,6 +12,13 @@ internal sealed class DenseMlp
 
     public DenseMlp(WeightMatrix gate, WeightMatrix up, WeightMatrix down) => (_gate, _up, _down) = (gate, up, down);
 
+    /// <summary>gate_proj [F, D].</summary>
+    public WeightMatrix Gate => _gate;
+    /// <summary>up_proj [F, D].</summary>
+    public WeightMatrix Up => _up;
+    /// <summary>down_proj [D, F].</summary>
+    public WeightMatrix Down => _down;
+
     /// <summary>The published names gate_proj / up_proj / down_proj under <paramref name="prefix"/>.</summary>
     public static DenseMlp Load(IWeightSource weights, string prefix, int hidden, int width) => new(
         weights.Matrix(prefix + "gate_proj.weight", width, hidden),

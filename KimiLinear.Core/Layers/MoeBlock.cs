@@ -6,14 +6,14 @@ namespace KimiLinear.Layers;
 
 /// <summary>
 /// Mixture of experts (spec §4): a sigmoid router whose correction bias only chooses the experts, grouped top-k,
-/// renormalised and scaled weights, SwiGLU experts, plus the always-on shared expert.
+/// renormalised and scaled weights, SwiGLU experts, plus the always-on shared expert. Its output goes straight into the
+/// residual stream (one pass on a GPU instead of an output tensor and an add).
 /// </summary>
 internal sealed class MoeBlock
 {
-    private readonly MoeExperts _experts;        // the router [E, D], E experts of width F, the correction bias, the routing rule
-    private readonly DenseMlp? _sharedExpert;    // width S·F
+    private readonly MoeExperts _experts; // the router [E, D], E experts of width F, the correction bias, the routing rule, the shared expert (width S·F)
 
-    /// <summary>The routed experts with their routing rule.</summary>
+    /// <summary>The experts with their routing rule.</summary>
     public MoeExperts Experts => _experts;
 
     public MoeBlock(IWeightSource weights, string prefix, KimiConfig config, bool biasedRoutingWeights)
@@ -31,23 +31,12 @@ internal sealed class MoeBlock
         }
         var routing = new MoeRouting(config.ExpertsPerToken, config.NumExpertGroups, config.TopKGroups,
             config.MoeRenormalize, config.RoutedScalingFactor, biasedRoutingWeights);
-        _experts = new MoeExperts(router, gate, up, down, bias, routing);
-        if (config.NumSharedExperts > 0)
-            _sharedExpert = DenseMlp.Load(weights, prefix + "shared_experts.", d, f * config.NumSharedExperts);
+        var shared = config.NumSharedExperts > 0
+            ? DenseMlp.Load(weights, prefix + "shared_experts.", d, f * config.NumSharedExperts)
+            : null;
+        _experts = new MoeExperts(router, gate, up, down, bias, routing, shared);
     }
 
-    /// <summary>x: [T, D] (after post_attention_layernorm) → [T, D].</summary>
-    public Tensor Forward(IKimiBackend backend, Tensor x)
-    {
-        var output = _sharedExpert?.Forward(backend, x) ?? Zeros(backend, x.Rows, x.Cols); // [T, D]
-        backend.MoeExperts(x, _experts, output);
-        return output;
-    }
-
-    private static Tensor Zeros(IKimiBackend backend, int rows, int cols)
-    {
-        var zeros = backend.Allocate(rows, cols);
-        backend.Clear(zeros);
-        return zeros;
-    }
+    /// <summary>residual += MoE(x). x: [T, D] (after post_attention_layernorm); residual: [T, D], the residual stream.</summary>
+    public void Forward(IKimiBackend backend, Tensor x, Tensor residual) => backend.MoeExperts(x, _experts, residual);
 }

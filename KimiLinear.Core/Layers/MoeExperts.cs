@@ -4,10 +4,10 @@ using KimiLinear.Loading;
 namespace KimiLinear.Layers;
 
 /// <summary>
-/// The routed experts of a MoE block (spec §4) and how tokens are routed to them: the router, E SwiGLU experts of width
-/// F, the router's correction bias (selection only, by default) and the routing rule. A backend runs them through
-/// <see cref="IKimiBackend.MoeExperts"/>; <see cref="ForwardGrouped"/> is the algorithm in backend primitives, for
-/// backends that route on the host.
+/// The experts of a MoE block (spec §4) and how tokens are routed to them: the router, E SwiGLU experts of width F, the
+/// router's correction bias (selection only, by default), the routing rule, and the always-on shared expert (S·F wide).
+/// A backend runs them through <see cref="IKimiBackend.MoeExperts"/>; <see cref="ForwardGrouped"/> is the routed part
+/// in backend primitives, for backends that route on the host.
 /// </summary>
 internal sealed class MoeExperts
 {
@@ -23,15 +23,34 @@ internal sealed class MoeExperts
     public float[] CorrectionBias { get; }
     /// <summary>How experts are chosen and weighted.</summary>
     public MoeRouting Routing { get; }
+    /// <summary>
+    /// The shared expert(s): one SwiGLU MLP of width S·F that every token uses with weight 1, or null (S = 0). SwiGLU
+    /// acts per hidden unit and down is linear, so it equals S experts of width F (its row blocks of gate and up, column
+    /// blocks of down), which a GPU backend runs as experts E..E+S-1 of its routed kernels.
+    /// </summary>
+    public DenseMlp? Shared { get; }
 
     /// <summary>E.</summary>
     public int Count => Gate.Length;
 
+    /// <summary>S: the shared expert's width in units of F.</summary>
+    public int SharedCount { get; }
+
     /// <summary>Slot where a GPU backend keeps its device copy (the experts stacked per weight kind).</summary>
     public object? DeviceCopy { get; set; }
 
-    public MoeExperts(WeightMatrix router, WeightMatrix[] gate, WeightMatrix[] up, WeightMatrix[] down, float[] correctionBias, MoeRouting routing) =>
-        (Router, Gate, Up, Down, CorrectionBias, Routing) = (router, gate, up, down, correctionBias, routing);
+    public MoeExperts(WeightMatrix router, WeightMatrix[] gate, WeightMatrix[] up, WeightMatrix[] down, float[] correctionBias, MoeRouting routing,
+        DenseMlp? shared = null)
+    {
+        (Router, Gate, Up, Down, CorrectionBias, Routing, Shared) = (router, gate, up, down, correctionBias, routing, shared);
+        if (shared is not null)
+        {
+            int f = gate[0].Rows;
+            if (shared.Gate.Rows % f != 0 || shared.Gate.Rows == 0)
+                throw new ArgumentException($"The shared expert '{shared.Gate.Name}' has {shared.Gate.Rows} rows; expected a positive multiple of the experts' width F = {f}.", nameof(shared));
+            SharedCount = shared.Gate.Rows / f;
+        }
+    }
 
     /// <summary>
     /// output[t] += Σ_a weights[t, a] · expert(chosen[t, a])(x[t]), with tokens grouped per expert so that each chosen

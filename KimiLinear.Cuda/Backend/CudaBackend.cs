@@ -503,28 +503,32 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
 
     // ---- MoE ----
 
-    public void MoeExperts(Tensor x, MoeExperts experts, Tensor output)
+    /// <summary>
+    /// The router, then the routed and shared experts in the same kernels (the shared expert's S slices are experts
+    /// E..E+S-1 that the route kernel appends to every token's choices), accumulating straight into the residual.
+    /// </summary>
+    public void MoeExperts(Tensor x, MoeExperts experts, Tensor residual)
     {
-        int tokens = x.Rows, active = experts.Routing.ExpertsPerToken;
+        int tokens = x.Rows;
         var logits = RouterLogits(Device(x), experts.Router);
         var stacked = DeviceWeights.Of(experts);
-        var shape = new MoeShape(stacked.Hidden, stacked.Experts, active, stacked.Intermediate);
+        var shape = new MoeShape(stacked.Hidden, stacked.Experts, experts.Routing.ExpertsPerToken, stacked.Intermediate, stacked.Shared);
         var rule = new MoeRoutingRule(experts.Routing.Groups, experts.Routing.TopKGroups, experts.Routing.Renormalize,
             experts.Routing.ScalingFactor, experts.Routing.BiasedWeights);
-        var chosen = _arena.Rent<int>((long)tokens * active);    // [T, A]
-        var weights = _arena.Rent<float>((long)tokens * active); // [T, A]
+        var chosen = _arena.Rent<int>((long)tokens * shape.PairsPerToken);    // [T, A+S]
+        var weights = _arena.Rent<float>((long)tokens * shape.PairsPerToken); // [T, A+S]
         MoeKernels.Route(_stream, chosen, weights, logits, _weights.Of(experts.CorrectionBias), shape, rule, tokens);
         if (tokens <= DecodeTokens)
         {
             _moeDecodeScratch ??= new MoeDecodeScratch(_context, shape, DecodeTokens);
-            MoeKernels.DecodeExperts(_stream, Device(output).F32, Device(x).F32, chosen, weights, stacked.GateUp, stacked.Down,
+            MoeKernels.DecodeExperts(_stream, Device(residual).F32, Device(x).F32, chosen, weights, stacked.GateUp, stacked.Down,
                 _moeDecodeScratch, shape, tokens);
         }
         else
         {
             if (_moePrefillScratch is null)
                 _moePrefillScratch = new MoePrefillScratch(_context, shape, PrefillPieceTokens);
-            MoeKernels.PrefillExperts(_stream, Device(output).F32, Device(x).F32, chosen, weights, stacked.GateUp, stacked.Down,
+            MoeKernels.PrefillExperts(_stream, Device(residual).F32, Device(x).F32, chosen, weights, stacked.GateUp, stacked.Down,
                 _moePrefillScratch, shape, tokens);
         }
     }

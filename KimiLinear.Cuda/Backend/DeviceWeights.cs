@@ -10,8 +10,8 @@ namespace KimiLinear.Cuda.Backend;
 
 /// <summary>
 /// The model's weights in device memory, uploaded once: every matrix in bf16 (fp32 checkpoints are narrowed on the way),
-/// each MoE block's experts stacked per weight kind so one kernel can pick any expert by index, and the small fp32
-/// parameters (norm weights, biases, conv taps) uploaded on first use.
+/// each MoE block's experts (routed, then the shared expert's S slices of width F) stacked per weight kind so one kernel
+/// can pick any expert by index, and the small fp32 parameters (norm weights, biases, conv taps) uploaded on first use.
 /// </summary>
 internal sealed class DeviceWeights(CudaContext context, CudaStream stream) : IDisposable
 {
@@ -47,7 +47,9 @@ internal sealed class DeviceWeights(CudaContext context, CudaStream stream) : ID
             cancellationToken.ThrowIfCancellationRequested();
             set.DeviceCopy = Stack(set);
             stacked.UnionWith(set.Gate.Concat(set.Up).Concat(set.Down));
-            done += (long)set.Count * 3 * set.Gate[0].Rows * set.Gate[0].Cols * sizeof(ushort); // w1, w3 and w2 of each expert
+            if (set.Shared is { } shared)
+                stacked.UnionWith([shared.Gate, shared.Up, shared.Down]);
+            done += (long)(set.Count + set.SharedCount) * 3 * set.Gate[0].Rows * set.Gate[0].Cols * sizeof(ushort); // w1, w3 and w2 of each expert
             uploaded.Report(done);
         }
         // Every other matrix in one allocation, in binding order: projections a layer binds one after another sit one
@@ -97,17 +99,33 @@ internal sealed class DeviceWeights(CudaContext context, CudaStream stream) : ID
 
     private StackedExperts Stack(MoeExperts set)
     {
-        int e = set.Count, f = set.Gate[0].Rows, d = set.Gate[0].Cols;
-        var gateUp = Own(context.Allocate<ushort>(2L * e * f * d)); // [E, 2F, D]: w1 rows then w3 rows per expert
-        var down = Own(context.Allocate<ushort>((long)e * d * f));  // [E, D, F]
+        int e = set.Count, s = set.SharedCount, f = set.Gate[0].Rows, d = set.Gate[0].Cols;
+        long matrix = (long)f * d;
+        var gateUp = Own(context.Allocate<ushort>(2L * (e + s) * matrix)); // [E+S, 2F, D]: w1 rows then w3 rows per expert
+        var down = Own(context.Allocate<ushort>((e + s) * matrix));        // [E+S, D, F]
         for (int i = 0; i < e; i++)
         {
-            long matrix = (long)f * d;
             Place(gateUp.Slice(2 * i * matrix, matrix), set.Gate[i]);
             Place(gateUp.Slice((2 * i + 1) * matrix, matrix), set.Up[i]);
             Place(down.Slice(i * matrix, matrix), set.Down[i]);
         }
-        return new StackedExperts(gateUp.Span, down.Span, e, f, d);
+        if (set.Shared is { } shared)
+        {
+            // Shared slice j is expert E + j: rows [jF, (j+1)F) of gate and up, columns [jF, (j+1)F) of down. The
+            // whole matrices go through one staging buffer (Fill reads every kind of source), then to their slots.
+            using var staging = context.Allocate<ushort>(s * matrix); // [S·F, D] or [D, S·F]
+            foreach (var (source, slot) in new[] { (shared.Gate, 0), (shared.Up, 1) })
+            {
+                Fill(staging.Span, source);
+                for (int j = 0; j < s; j++)
+                    gateUp.Slice((2L * (e + j) + slot) * matrix, matrix).CopyFrom(staging.Slice(j * matrix, matrix), stream);
+            }
+            Fill(staging.Span, shared.Down);
+            for (int j = 0; j < s; j++)
+                down.Slice((e + j) * matrix, matrix).CopyColumnsFrom(staging.Span.Slice((long)j * f), (long)s * f, f, d, stream);
+            stream.Synchronize(); // the staging buffer is freed next
+        }
+        return new StackedExperts(gateUp.Span, down.Span, e, s, f, d);
     }
 
     private void Place(DeviceSpan<ushort> destination, WeightMatrix matrix)
@@ -158,10 +176,11 @@ internal sealed class DeviceWeights(CudaContext context, CudaStream stream) : ID
     }
 }
 
-/// <summary>A MoE block's experts stacked in device memory.</summary>
-/// <param name="GateUp">[E, 2F, D]: expert e's w1 (gate) rows, then its w3 (up) rows.</param>
-/// <param name="Down">[E, D, F]: expert e's w2.</param>
+/// <summary>A MoE block's experts stacked in device memory: the E routed experts, then the S shared slices.</summary>
+/// <param name="GateUp">[E+S, 2F, D]: expert e's w1 (gate) rows, then its w3 (up) rows.</param>
+/// <param name="Down">[E+S, D, F]: expert e's w2.</param>
 /// <param name="Experts">E.</param>
+/// <param name="Shared">S.</param>
 /// <param name="Intermediate">F.</param>
 /// <param name="Hidden">D.</param>
-internal sealed record StackedExperts(DeviceSpan<ushort> GateUp, DeviceSpan<ushort> Down, int Experts, int Intermediate, int Hidden);
+internal sealed record StackedExperts(DeviceSpan<ushort> GateUp, DeviceSpan<ushort> Down, int Experts, int Shared, int Intermediate, int Hidden);

@@ -56,6 +56,7 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(Library)] internal static partial CuResult cuMemcpyHtoDAsync_v2(ulong destination, void* source, nuint bytes, nint stream);
     [LibraryImport(Library)] internal static partial CuResult cuMemcpyDtoHAsync_v2(void* destination, ulong source, nuint bytes, nint stream);
     [LibraryImport(Library)] internal static partial CuResult cuMemcpyDtoDAsync_v2(ulong destination, ulong source, nuint bytes, nint stream);
+    [LibraryImport(Library)] internal static partial CuResult cuMemcpy2DAsync_v2(Memcpy2D* copy, nint stream);
     [LibraryImport(Library)] internal static partial CuResult cuMemsetD8Async(ulong destination, byte value, nuint count, nint stream);
     [LibraryImport(Library)] internal static partial CuResult cuMemsetD16Async(ulong destination, ushort value, nuint count, nint stream);
     [LibraryImport(Library)] internal static partial CuResult cuMemsetD32Async(ulong destination, uint value, nuint count, nint stream);
@@ -108,6 +109,28 @@ internal struct LaunchAttribute
 
     [FieldOffset(0)] public int Id;
     [FieldOffset(8)] public int Value;
+}
+
+/// <summary><c>CUDA_MEMCPY2D</c>: a pitched copy of Height rows of WidthInBytes (here device to device).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct Memcpy2D
+{
+    /// <summary>CU_MEMORYTYPE_DEVICE.</summary>
+    public const int DeviceMemory = 2;
+
+    public nuint SourceXInBytes, SourceY;
+    public int SourceMemoryType;
+    public nint SourceHost;
+    public ulong SourceDevice;
+    public nint SourceArray;
+    public nuint SourcePitch;
+    public nuint DestinationXInBytes, DestinationY;
+    public int DestinationMemoryType;
+    public nint DestinationHost;
+    public ulong DestinationDevice;
+    public nint DestinationArray;
+    public nuint DestinationPitch;
+    public nuint WidthInBytes, Height;
 }
 
 /// <summary><c>CUdevice_attribute</c> values used here.</summary>

@@ -2,12 +2,24 @@ using KimiLinear.Cuda.Memory;
 
 namespace KimiLinear.Cuda.Kernels;
 
-/// <summary>The expert geometry of one MoE layer.</summary>
+/// <summary>
+/// The expert geometry of one MoE layer. The S shared experts (one S·F-wide MLP split into S experts of width F) are
+/// stacked after the routed ones and used by every token with weight 1.0: a token's row of pairs holds its A routed
+/// choices, then (E + s, 1.0) for each s.
+/// </summary>
 /// <param name="Hidden">D, the model width (a multiple of 8).</param>
 /// <param name="Experts">E, the routed experts (at most <see cref="MoeKernels.MaxExperts"/>).</param>
-/// <param name="ExpertsPerToken">A, the experts each token uses (at most E and <see cref="MoeKernels.MaxExpertsPerToken"/>).</param>
+/// <param name="ExpertsPerToken">A, the routed experts each token uses (at most E; A + S at most <see cref="MoeKernels.MaxExpertsPerToken"/>).</param>
 /// <param name="Intermediate">F, each expert's width (a multiple of 8).</param>
-internal readonly record struct MoeShape(int Hidden, int Experts, int ExpertsPerToken, int Intermediate);
+/// <param name="SharedExperts">S, the shared experts of width F (0 or more).</param>
+internal readonly record struct MoeShape(int Hidden, int Experts, int ExpertsPerToken, int Intermediate, int SharedExperts = 0)
+{
+    /// <summary>E + S: the experts stacked in the weights.</summary>
+    public int StackedExperts => Experts + SharedExperts;
+
+    /// <summary>A + S: the (expert, weight) pairs of a token's row.</summary>
+    public int PairsPerToken => ExpertsPerToken + SharedExperts;
+}
 
 /// <summary>How the router turns scores into choices and weights (spec §4; CpuBackend.MoeRoute has the same rule).</summary>
 /// <param name="Groups">Expert groups (1: plain top-k); at most <see cref="MoeKernels.MaxGroups"/>, dividing E.</param>
@@ -18,25 +30,26 @@ internal readonly record struct MoeShape(int Hidden, int Experts, int ExpertsPer
 internal readonly record struct MoeRoutingRule(int Groups, int TopKGroups, bool Renormalize, float ScalingFactor, bool BiasedWeights);
 
 /// <summary>
-/// The routed experts of an MoE layer on the GPU (<c>kernels/moe.cu</c>; its opening comment has the math and the
-/// launch geometry): the router's choice, the experts for decode (GEMVs over only the chosen experts' weights) and for
-/// prefill (tokens grouped per expert, grouped GEMMs on the tensor cores). The shared expert is not part of these.
+/// The experts of an MoE layer on the GPU (<c>kernels/moe.cu</c>; its opening comment has the math and the launch
+/// geometry): the router's choice, the experts for decode (GEMVs over only the chosen experts' weights) and for
+/// prefill (tokens grouped per expert, grouped GEMMs on the tensor cores). The shared experts run as experts E..E+S-1
+/// that <see cref="Route"/> appends to every token's choices (see <see cref="MoeShape"/>).
 /// </summary>
 /// <remarks>
-/// Activations are fp32, weights bf16 (<see cref="ushort"/> bits) stacked per expert: <c>gateUp</c> [E, 2F, D] (rows
-/// [0, F) of expert e are w1, the gate; [F, 2F) are w3, the up projection) and <c>down</c> [E, D, F] (w2). Both expert
-/// paths compute output[t] += Σ_a weights[t, a] · w2·(silu(w1·x̃) ⊙ (w3·x̃)) with x̃ = x rounded to bf16 and the hidden
-/// rounded to bf16 before w2, in fp32, summing over a in a fixed order: the results are deterministic, and decode and
-/// prefill agree up to fp32 rounding. A token's A expert ids must be distinct (as <see cref="Route"/> makes them); an id
-/// outside [0, E) makes that token's output NaN instead of reading out of bounds. Every span must start 16-byte aligned
-/// (whole buffers and arena spans are).
+/// Activations are fp32, weights bf16 (<see cref="ushort"/> bits) stacked per expert, routed then shared: <c>gateUp</c>
+/// [E+S, 2F, D] (rows [0, F) of expert e are w1, the gate; [F, 2F) are w3, the up projection) and <c>down</c>
+/// [E+S, D, F] (w2). Both expert paths compute output[t] += Σ_p weights[t, p] · w2·(silu(w1·x̃) ⊙ (w3·x̃)) over the
+/// token's A + S pairs p, with x̃ = x rounded to bf16 and the hidden rounded to bf16 before w2, in fp32, summing over p
+/// in a fixed order: the results are deterministic, and decode and prefill agree up to fp32 rounding. A token's expert
+/// ids must be distinct (as <see cref="Route"/> makes them); an id outside [0, E + S) makes that token's output NaN
+/// instead of reading out of bounds. Every span must start 16-byte aligned (whole buffers and arena spans are).
 /// </remarks>
 internal static unsafe class MoeKernels
 {
     /// <summary>Most experts a layer may have (the router keeps a token's E scores in one warp's registers).</summary>
     public const int MaxExperts = 1024;          // MOE_MAX_EXPERTS in moe.cu
 
-    /// <summary>Most experts a token may use (one lane of a warp each).</summary>
+    /// <summary>Most experts a token may use, routed and shared (one lane of a warp each).</summary>
     public const int MaxExpertsPerToken = 32;
 
     /// <summary>Most expert groups (one lane of a warp each).</summary>
@@ -61,14 +74,15 @@ internal static unsafe class MoeKernels
 
     /// <summary>
     /// Chooses <c>shape.ExpertsPerToken</c> experts per token from the router logits, exactly as CpuBackend.MoeRoute
-    /// does (the same ids in the same order, best first; weights equal up to fp32 rounding).
+    /// does (the same ids in the same order, best first; weights equal up to fp32 rounding), and appends the shared
+    /// experts (E + s, weight 1.0).
     /// </summary>
     /// <param name="s">Where to queue it (one launch, graph-capturable, programmatic dependent launch).</param>
-    /// <param name="experts">[T, A] the chosen expert ids, best first.</param>
-    /// <param name="weights">[T, A] their weights.</param>
+    /// <param name="experts">[T, A+S] the chosen expert ids, best first, then the shared experts E..E+S-1.</param>
+    /// <param name="weights">[T, A+S] their weights (1.0 for the shared experts).</param>
     /// <param name="logits">[T, E] router logits.</param>
     /// <param name="bias">[E] the score-correction bias (selection only unless <c>rule.BiasedWeights</c>).</param>
-    /// <param name="shape">E and A are read.</param>
+    /// <param name="shape">E, A and S are read.</param>
     /// <param name="rule">Grouping, renormalisation, scaling.</param>
     /// <param name="t">T, the tokens (≥ 1).</param>
     public static void Route(CudaStream s, DeviceSpan<int> experts, DeviceSpan<float> weights, DeviceSpan<float> logits,
@@ -76,30 +90,30 @@ internal static unsafe class MoeKernels
     {
         CheckRouting(shape, rule);
         KernelChecks.Positive(t, nameof(t));
-        int e = shape.Experts, a = shape.ExpertsPerToken;
-        KernelChecks.Holds(experts, (long)t * a, nameof(experts));
-        KernelChecks.Holds(weights, (long)t * a, nameof(weights));
+        int e = shape.Experts, a = shape.ExpertsPerToken, shared = shape.SharedExperts;
+        KernelChecks.Holds(experts, (long)t * shape.PairsPerToken, nameof(experts));
+        KernelChecks.Holds(weights, (long)t * shape.PairsPerToken, nameof(weights));
         KernelChecks.Holds(logits, (long)t * e, nameof(logits));
         KernelChecks.Holds(bias, e, nameof(bias));
         ulong pIds = experts.Pointer, pWeights = weights.Pointer, pLogits = logits.Pointer, pBias = bias.Pointer;
         int groups = rule.Groups, topk = rule.TopKGroups, renormalize = rule.Renormalize ? 1 : 0, biased = rule.BiasedWeights ? 1 : 0;
         float scale = rule.ScalingFactor;
-        void** args = stackalloc void*[] { &pIds, &pWeights, &pLogits, &pBias, &t, &e, &a, &groups, &topk, &renormalize, &scale, &biased };
+        void** args = stackalloc void*[] { &pIds, &pWeights, &pLogits, &pBias, &t, &e, &a, &shared, &groups, &topk, &renormalize, &scale, &biased };
         s.Context.Kernels.Launch(KernelId.MoeRouteF32, new Dim3((uint)((t + RouteWarps - 1) / RouteWarps)), new Dim3(RouteWarps * 32), 0, s, args);
     }
 
     /// <summary>
-    /// The routed experts for a few tokens (decode): output[t] += Σ_a weights[t, a] · expert_{experts[t, a]}(x[t]).
-    /// Reads each chosen expert's weights once (tokens sharing an expert share the read), at GEMV speed.
+    /// The experts for a few tokens (decode): output[t] += Σ_p weights[t, p] · expert_{experts[t, p]}(x[t]) over the
+    /// token's A + S pairs. Reads each chosen expert's weights once (tokens sharing an expert share the read), at GEMV speed.
     /// </summary>
     /// <param name="s">Where to queue it (two launches, graph-capturable: the ids are read on the device; programmatic dependent launch).</param>
     /// <param name="output">[T, D] accumulated into.</param>
     /// <param name="x">[T, D] the layer input (after post_attention_layernorm).</param>
-    /// <param name="experts">[T, A] expert ids, e.g. from <see cref="Route"/>.</param>
-    /// <param name="weights">[T, A] their weights.</param>
-    /// <param name="gateUp">[E, 2F, D] w1 then w3 of every expert.</param>
-    /// <param name="down">[E, D, F] w2 of every expert.</param>
-    /// <param name="scratch">Holds the [T, A, F] hidden between the two kernels; laid out for <paramref name="shape"/>.</param>
+    /// <param name="experts">[T, A+S] expert ids in [0, E+S), e.g. from <see cref="Route"/>.</param>
+    /// <param name="weights">[T, A+S] their weights.</param>
+    /// <param name="gateUp">[E+S, 2F, D] w1 then w3 of every expert.</param>
+    /// <param name="down">[E+S, D, F] w2 of every expert.</param>
+    /// <param name="scratch">Holds the [T, A+S, F] hidden between the two kernels; laid out for <paramref name="shape"/>.</param>
     /// <param name="shape">The layer's geometry.</param>
     /// <param name="t">T, 1 to <see cref="MaxDecodeTokens"/>.</param>
     public static void DecodeExperts(CudaStream s, DeviceSpan<float> output, DeviceSpan<float> x, DeviceSpan<int> experts,
@@ -115,40 +129,41 @@ internal static unsafe class MoeKernels
         DecodeDown(s, output, scratch.Hidden, experts, weights, down, shape, t);
     }
 
-    /// <summary>The first decode kernel: hidden[t, a] = bf16(silu(w1·x̃) ⊙ (w3·x̃)) of expert experts[t, a] (arguments checked by the caller).</summary>
+    /// <summary>The first decode kernel: hidden[t, p] = bf16(silu(w1·x̃) ⊙ (w3·x̃)) of expert experts[t, p] (arguments checked by the caller).</summary>
     internal static void DecodeGateUp(CudaStream s, DeviceSpan<ushort> hidden, DeviceSpan<float> x, DeviceSpan<int> experts,
         DeviceSpan<ushort> gateUp, MoeShape shape, int t)
     {
-        int d = shape.Hidden, e = shape.Experts, a = shape.ExpertsPerToken, f = shape.Intermediate;
+        // The kernels see E + S experts and A + S pairs a token: a shared expert is one more expert every token chose.
+        int d = shape.Hidden, e = shape.StackedExperts, a = shape.PairsPerToken, f = shape.Intermediate;
         ulong pHidden = hidden.Pointer, pX = x.Pointer, pIds = experts.Pointer, pGateUp = gateUp.Pointer;
         void** args = stackalloc void*[] { &pHidden, &pX, &pIds, &pGateUp, &t, &d, &e, &a, &f };
         s.Context.Kernels.Launch(KernelId.MoeDecodeGateUp, new Dim3((uint)(f / DecodeGateUpRows), (uint)(t * a)),
             new Dim3(DecodeGateUpWarps * 32), 0, s, args);
     }
 
-    /// <summary>The second decode kernel: output[t] += Σ_a weights[t, a] · w2·hidden[t, a] (arguments checked by the caller).</summary>
+    /// <summary>The second decode kernel: output[t] += Σ_p weights[t, p] · w2·hidden[t, p] (arguments checked by the caller).</summary>
     internal static void DecodeDown(CudaStream s, DeviceSpan<float> output, DeviceSpan<ushort> hidden, DeviceSpan<int> experts,
         DeviceSpan<float> weights, DeviceSpan<ushort> down, MoeShape shape, int t)
     {
-        int d = shape.Hidden, e = shape.Experts, a = shape.ExpertsPerToken, f = shape.Intermediate;
+        int d = shape.Hidden, e = shape.StackedExperts, a = shape.PairsPerToken, f = shape.Intermediate;
         ulong pOut = output.Pointer, pHidden = hidden.Pointer, pIds = experts.Pointer, pWeights = weights.Pointer, pDown = down.Pointer;
         void** args = stackalloc void*[] { &pOut, &pHidden, &pIds, &pWeights, &pDown, &t, &d, &e, &a, &f };
         s.Context.Kernels.Launch(KernelId.MoeDecodeDown, new Dim3((uint)(d / DecodeDownRows)), new Dim3(DecodeDownWarps * 32), 0, s, args);
     }
 
     /// <summary>
-    /// The routed experts for many tokens (prefill): the T·A (token, slot) pairs are grouped by expert on the device,
-    /// each expert multiplies all its rows at once on the tensor cores (gate-up with SwiGLU, then down), and the results
-    /// are combined per token: output[t] += Σ_a weights[t, a] · expert_{experts[t, a]}(x[t]). No host sync: the grids
-    /// are sized for the worst case and surplus blocks exit.
+    /// The experts for many tokens (prefill): the T·(A+S) (token, slot) pairs are grouped by expert on the device (a
+    /// shared expert's T rows are one more group), each expert multiplies all its rows at once on the tensor cores
+    /// (gate-up with SwiGLU, then down), and the results are combined per token: output[t] += Σ_p weights[t, p] ·
+    /// expert_{experts[t, p]}(x[t]). No host sync: the grids are sized for the worst case and surplus blocks exit.
     /// </summary>
     /// <param name="s">Where to queue it (a memset and six launches).</param>
     /// <param name="output">[T, D] accumulated into.</param>
     /// <param name="x">[T, D] the layer input.</param>
-    /// <param name="experts">[T, A] expert ids.</param>
-    /// <param name="weights">[T, A] their weights.</param>
-    /// <param name="gateUp">[E, 2F, D] w1 then w3 of every expert.</param>
-    /// <param name="down">[E, D, F] w2 of every expert.</param>
+    /// <param name="experts">[T, A+S] expert ids in [0, E+S).</param>
+    /// <param name="weights">[T, A+S] their weights.</param>
+    /// <param name="gateUp">[E+S, 2F, D] w1 then w3 of every expert.</param>
+    /// <param name="down">[E+S, D, F] w2 of every expert.</param>
     /// <param name="scratch">Room for at least T tokens of <paramref name="shape"/>.</param>
     /// <param name="shape">The layer's geometry.</param>
     /// <param name="t">T, 1 to <c>scratch.MaxTokens</c>.</param>
@@ -159,7 +174,7 @@ internal static unsafe class MoeKernels
         ArgumentNullException.ThrowIfNull(scratch);
         CheckScratch(scratch.Shape, scratch.MaxTokens, shape, t, nameof(scratch));
 
-        int d = shape.Hidden, e = shape.Experts, a = shape.ExpertsPerToken, f = shape.Intermediate, pairs = t * a;
+        int d = shape.Hidden, e = shape.StackedExperts, a = shape.PairsPerToken, f = shape.Intermediate, pairs = t * a;
         int tiles = (pairs + GemmTileRows - 1) / GemmTileRows + e; // Σ_e ceil(count_e / 128) never exceeds this
         ulong pOut = output.Pointer, pX = x.Pointer, pIds = experts.Pointer, pWeights = weights.Pointer;
         ulong pGateUp = gateUp.Pointer, pDown = down.Pointer;
@@ -199,6 +214,9 @@ internal static unsafe class MoeKernels
         if (shape.ExpertsPerToken <= 0 || shape.ExpertsPerToken > Math.Min(shape.Experts, MaxExpertsPerToken))
             throw new ArgumentException(
                 $"{name}.ExpertsPerToken (A) must be 1 to min(E = {shape.Experts}, {MaxExpertsPerToken}), got {shape.ExpertsPerToken}", name);
+        if (shape.SharedExperts < 0 || shape.PairsPerToken > MaxExpertsPerToken)
+            throw new ArgumentException(
+                $"{name}.SharedExperts (S) must be 0 to {MaxExpertsPerToken} - A = {MaxExpertsPerToken - shape.ExpertsPerToken}, got {shape.SharedExperts}", name);
     }
 
     private static void CheckRouting(MoeShape shape, MoeRoutingRule rule)
@@ -217,7 +235,7 @@ internal static unsafe class MoeKernels
     {
         CheckShape(shape);
         KernelChecks.Positive(t, nameof(t));
-        long d = shape.Hidden, f = shape.Intermediate, e = shape.Experts, a = shape.ExpertsPerToken;
+        long d = shape.Hidden, f = shape.Intermediate, e = shape.StackedExperts, a = shape.PairsPerToken;
         KernelChecks.HoldsAligned(output, t * d, nameof(output));
         KernelChecks.HoldsAligned(x, t * d, nameof(x));
         KernelChecks.Holds(experts, t * a, nameof(experts));
@@ -235,10 +253,10 @@ internal static unsafe class MoeKernels
     }
 }
 
-/// <summary>The [T, A, F] bf16 hidden that <see cref="MoeKernels.DecodeExperts"/> passes between its two kernels, for up to <see cref="MaxTokens"/> tokens.</summary>
+/// <summary>The [T, A+S, F] bf16 hidden that <see cref="MoeKernels.DecodeExperts"/> passes between its two kernels, for up to <see cref="MaxTokens"/> tokens.</summary>
 internal sealed class MoeDecodeScratch : IDisposable
 {
-    private readonly DeviceBuffer<ushort> _hidden; // [T, A, F] bf16 silu(w1·x) ⊙ (w3·x)
+    private readonly DeviceBuffer<ushort> _hidden; // [T, A+S, F] bf16 silu(w1·x) ⊙ (w3·x)
 
     /// <summary>The layer geometry it is laid out for.</summary>
     public MoeShape Shape { get; }
@@ -254,7 +272,7 @@ internal sealed class MoeDecodeScratch : IDisposable
         if (maxTokens is <= 0 or > MoeKernels.MaxDecodeTokens)
             throw new ArgumentOutOfRangeException(nameof(maxTokens), maxTokens, $"maxTokens must be 1 to {MoeKernels.MaxDecodeTokens}");
         (Shape, MaxTokens) = (shape, maxTokens);
-        _hidden = context.Allocate<ushort>((long)maxTokens * shape.ExpertsPerToken * shape.Intermediate);
+        _hidden = context.Allocate<ushort>((long)maxTokens * shape.PairsPerToken * shape.Intermediate);
     }
 
     internal DeviceSpan<ushort> Hidden => _hidden.Span;
@@ -265,7 +283,7 @@ internal sealed class MoeDecodeScratch : IDisposable
 
 /// <summary>
 /// What <see cref="MoeKernels.PrefillExperts"/> keeps between its kernels, for up to <see cref="MaxTokens"/> tokens
-/// (P = MaxTokens·A pairs). The fp32 expert outputs dominate: P·D·4 bytes (2.4 GB at 32K tokens, D = 2304, A = 8).
+/// (P = MaxTokens·(A+S) pairs). The fp32 expert outputs dominate: P·D·4 bytes (2.7 GB at 32K tokens, D = 2304, A = 8, S = 1).
 /// One set of allocations, reusable across calls and layers of the same shape.
 /// </summary>
 internal sealed class MoePrefillScratch : IDisposable
@@ -287,17 +305,17 @@ internal sealed class MoePrefillScratch : IDisposable
         ArgumentNullException.ThrowIfNull(context);
         MoeKernels.CheckShape(shape, nameof(shape));
         KernelChecks.Positive(maxTokens, nameof(maxTokens));
-        if ((long)maxTokens * shape.ExpertsPerToken / MoeKernels.GemmTileRows + shape.Experts >= MoeKernels.MaxGridY)
+        if ((long)maxTokens * shape.PairsPerToken / MoeKernels.GemmTileRows + shape.StackedExperts >= MoeKernels.MaxGridY)
             throw new ArgumentOutOfRangeException(nameof(maxTokens), maxTokens,
-                $"maxTokens · A / {MoeKernels.GemmTileRows} + E must stay below {MoeKernels.MaxGridY} (the grouped GEMMs' grid height)");
+                $"maxTokens · (A + S) / {MoeKernels.GemmTileRows} + E + S must stay below {MoeKernels.MaxGridY} (the grouped GEMMs' grid height)");
         // The grouped GEMMs address rows of xb, the hidden and one expert's weights with 32-bit element offsets.
-        long largest = Math.Max(Math.Max((long)maxTokens * shape.Hidden, (long)maxTokens * shape.ExpertsPerToken * shape.Intermediate),
+        long largest = Math.Max(Math.Max((long)maxTokens * shape.Hidden, (long)maxTokens * shape.PairsPerToken * shape.Intermediate),
             2L * shape.Intermediate * shape.Hidden);
         if (largest >= uint.MaxValue)
             throw new ArgumentOutOfRangeException(nameof(maxTokens), maxTokens,
-                $"the prefill scratch's matrices must stay below 2^32 elements (T·D, T·A·F, 2F·D), but one holds {largest:N0}");
+                $"the prefill scratch's matrices must stay below 2^32 elements (T·D, T·(A+S)·F, 2F·D), but one holds {largest:N0}");
         (Shape, MaxTokens) = (shape, maxTokens);
-        _indices = context.Allocate<int>(3 * (shape.Experts + 1) + 3L * Pairs);
+        _indices = context.Allocate<int>(3 * (E + 1) + 3L * Pairs);
         try
         {
             _rounded = context.Allocate<ushort>((long)maxTokens * shape.Hidden);
@@ -311,20 +329,20 @@ internal sealed class MoePrefillScratch : IDisposable
         }
     }
 
-    private long Pairs => (long)MaxTokens * Shape.ExpertsPerToken;
-    private int E => Shape.Experts;
+    private long Pairs => (long)MaxTokens * Shape.PairsPerToken;
+    private int E => Shape.StackedExperts; // the kernels' E: routed and shared
 
-    /// <summary>[E] pairs per expert.</summary>
+    /// <summary>[E+S] pairs per expert.</summary>
     internal DeviceSpan<int> Counts => _indices.Slice(0, E);
-    /// <summary>[E + 1] first sorted row of each expert; entry E = all rows.</summary>
+    /// <summary>[E+S + 1] first sorted row of each expert; the last entry = all rows.</summary>
     internal DeviceSpan<int> Offsets => _indices.Slice(E + 1, E + 1);
-    /// <summary>[E + 1] first 128-row GEMM tile of each expert; entry E = all tiles.</summary>
+    /// <summary>[E+S + 1] first 128-row GEMM tile of each expert; the last entry = all tiles.</summary>
     internal DeviceSpan<int> TileStart => _indices.Slice(2 * (E + 1), E + 1);
     /// <summary>[P] each pair's place among its expert's rows.</summary>
     internal DeviceSpan<int> Rank => _indices.Slice(3 * (E + 1), Pairs);
     /// <summary>[P] the token of each sorted row.</summary>
     internal DeviceSpan<int> TokenOfRow => _indices.Slice(3 * (E + 1) + Pairs, Pairs);
-    /// <summary>[P] the pair t·A + a of each sorted row.</summary>
+    /// <summary>[P] the pair t·(A+S) + p of each sorted row.</summary>
     internal DeviceSpan<int> PairOfRow => _indices.Slice(3 * (E + 1) + 2 * Pairs, Pairs);
     internal DeviceSpan<ushort> RoundedInput => _rounded.Span;
     internal DeviceSpan<ushort> Hidden => _hidden.Span;

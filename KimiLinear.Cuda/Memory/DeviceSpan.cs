@@ -70,6 +70,27 @@ public readonly struct DeviceSpan<T> where T : unmanaged
         CudaException.ThrowIfFailed(CudaDriver.cuMemcpyDtoDAsync_v2(Pointer, source.Pointer, (nuint)source.ByteLength, stream.Raw));
     }
 
+    /// <summary>
+    /// Queues a device-to-device copy of a block of <paramref name="width"/> columns of a row-major matrix into the start
+    /// of this span, densely: row r of the block (<paramref name="source"/> + r·<paramref name="sourcePitch"/>) lands
+    /// at r·<paramref name="width"/>. Pitch and width count elements.
+    /// </summary>
+    public unsafe void CopyColumnsFrom(DeviceSpan<T> source, long sourcePitch, long width, long rows, CudaStream stream)
+    {
+        if (width <= 0 || rows <= 0 || sourcePitch < width || source.Length < (rows - 1) * sourcePitch + width)
+            throw new ArgumentException($"CopyColumnsFrom: {rows} rows of {width} at pitch {sourcePitch} do not lie inside the source's {source.Length} elements.", nameof(source));
+        CheckFits(rows * width, nameof(source));
+        long size = Unsafe.SizeOf<T>();
+        var copy = new Memcpy2D
+        {
+            SourceMemoryType = Memcpy2D.DeviceMemory, SourceDevice = source.Pointer, SourcePitch = (nuint)(sourcePitch * size),
+            DestinationMemoryType = Memcpy2D.DeviceMemory, DestinationDevice = Pointer, DestinationPitch = (nuint)(width * size),
+            WidthInBytes = (nuint)(width * size), Height = (nuint)rows,
+        };
+        stream.Context.Bind();
+        CudaException.ThrowIfFailed(CudaDriver.cuMemcpy2DAsync_v2(&copy, stream.Raw));
+    }
+
     /// <summary>Copies the whole span to a new array (synchronous).</summary>
     public T[] ToArray(CudaStream stream)
     {

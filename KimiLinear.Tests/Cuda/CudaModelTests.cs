@@ -105,8 +105,9 @@ public sealed class CudaModelTests
     }
 
     /// <summary>
-    /// The MLA layer (prefill: expanded attention over a fresh cache) and the routed experts of the tiny model's last
-    /// layer on both backends, on the same random input: each row within the bf16 rounding of the GPU's GEMM inputs.
+    /// The MLA layer (prefill: expanded attention over a fresh cache) and the MoE block (shared and routed experts) of
+    /// the tiny model's last layer on both backends, on the same random input: each row within the bf16 rounding of the
+    /// GPU's GEMM inputs.
     /// </summary>
     [Theory]
     [InlineData(1)]
@@ -123,7 +124,54 @@ public sealed class CudaModelTests
         var (gpuMla, gpuMoe) = RunLastLayer(tiny.Gpu, x, tokens);
         var (cpuMla, cpuMoe) = RunLastLayer(tiny.Cpu, x, tokens);
         AssertRows(gpuMla, cpuMla, d, "MLA layer output");
-        AssertRows(gpuMoe, cpuMoe, d, "routed experts output");
+        AssertRows(gpuMoe, cpuMoe, d, "MoE block output");
+    }
+
+    /// <summary>
+    /// A MoE block with two shared experts (the tiny model has one) on both backends: the GPU stacks the S·F-wide
+    /// shared MLP as experts E and E + 1 (row blocks of gate and up, column blocks of down), which must add up to the
+    /// CPU's one shared MLP, in decode (T ≤ 16) and prefill, added onto a residual that is not zero.
+    /// </summary>
+    [Theory]
+    [InlineData(3)]
+    [InlineData(16)]
+    [InlineData(41)]
+    public void MoeBlockWithTwoSharedExpertsAgreesWithTheCpu(int tokens)
+    {
+        Gpu.Require();
+        // The odd configuration with two shared experts, and KDA geometry the CUDA backend takes (it checks the whole model).
+        var config = KimiConfig.Parse(KimiLinear.Tests.Model.SyntheticModelTests.OddConfig.Replace("\"num_shared_experts\":0", "\"num_shared_experts\":2")
+            .Replace("\"head_dim\":40", "\"head_dim\":32").Replace("\"short_conv_kernel_size\":3", "\"short_conv_kernel_size\":4"));
+        Assert.Equal(2, config.NumSharedExperts);
+        using var weights = new SyntheticWeights(seed: 9);
+        var block = new KimiLinear.Layers.MoeBlock(weights, "moe.", config, biasedRoutingWeights: false);
+        Assert.Equal(2, block.Experts.SharedCount);
+        var random = new Random(tokens);
+        int d = config.HiddenSize;
+        var x = Gpu.RandomF32(random, (long)tokens * d);
+        var residual = Gpu.RandomF32(random, (long)tokens * d, 0.05f);
+        float[] Run(KimiLinear.Backends.IKimiBackend backend)
+        {
+            using var scope = backend.BeginForward();
+            var (input, output) = (backend.Allocate(tokens, d), backend.Allocate(tokens, d));
+            backend.Upload(x, input);
+            backend.Upload(residual, output);
+            block.Forward(backend, input, output);
+            return Download(backend, output);
+        }
+        var gpu = KimiLinear.Backends.BackendProvider.Create(config, new KimiModelOptions { Device = KimiDevice.Cuda });
+        try
+        {
+            gpu.PrepareWeights(weights.Matrices, [block.Experts], new Progress<long>(), CancellationToken.None);
+            var (fromGpu, fromCpu) = (Run(gpu), Run(new KimiLinear.Backends.Cpu.CpuBackend(2)));
+            // Against the MoE output alone (the residual would hide an error in it).
+            var moe = (Gpu: fromGpu.Zip(residual, (o, r) => o - r).ToArray(), Cpu: fromCpu.Zip(residual, (o, r) => o - r).ToArray());
+            AssertRows(moe.Gpu, moe.Cpu, d, $"MoE block with S = 2, T = {tokens}");
+        }
+        finally
+        {
+            (gpu as IDisposable)?.Dispose();
+        }
     }
 
     private static (float[] Mla, float[] Moe) RunLastLayer(KimiModel model, float[] x, int tokens)

@@ -8,9 +8,10 @@ using KimiLinear.Numerics;
 namespace KimiLinear.Tests.Cuda;
 
 /// <summary>
-/// The MoE kernels (kernels/moe.cu): the router against CpuBackend.MoeRoute (same ids, same order), the decode and
-/// prefill experts against a double reference from the same bf16 weights on odd sizes, prefill against decode, and
-/// the determinism, graph capture and bad-id behaviour the wrappers promise.
+/// The MoE kernels (kernels/moe.cu): the router against CpuBackend.MoeRoute (same ids, same order, then the S shared
+/// experts with weight 1), the decode and prefill experts (routed and shared) against a double reference from the same
+/// bf16 weights on odd sizes, prefill against decode, and the determinism, graph capture and bad-id behaviour the
+/// wrappers promise.
 /// </summary>
 [Collection("GPU")]
 public sealed class MoeKernelTests
@@ -25,22 +26,23 @@ public sealed class MoeKernelTests
     private const double PathTolerance = 5e-4;
     private const float Scale = 2.5f;
 
-    public static TheoryData<int, int, int, int, int, bool, bool, bool> RouteCases => new()
+    public static TheoryData<int, int, int, int, int, int, bool, bool, bool> RouteCases => new()
     {
-        // T, E, A, groups, top-k groups, renormalize, biased weights, tied logits
-        { 37, 64, 8, 1, 1, true, false, false },
-        { 37, 64, 8, 1, 1, true, true, false },
-        { 37, 64, 8, 4, 2, true, false, false },
-        { 37, 64, 8, 4, 2, false, true, false },
-        { 19, 64, 8, 4, 2, true, false, true },   // many exact ties: the lower index must win, in groups and experts
-        { 1, 256, 8, 1, 1, true, false, false },  // the model's decode shape
-        { 5, 8, 2, 4, 2, true, true, false },     // groups of 2: the group score is both members
-        { 3, 64, 8, 8, 1, true, false, false },   // A larger than one group: the rest are -inf, lowest index first
+        // T, E, A, S, groups, top-k groups, renormalize, biased weights, tied logits
+        { 37, 64, 8, 0, 1, 1, true, false, false },
+        { 37, 64, 8, 1, 1, 1, true, true, false },
+        { 37, 64, 8, 2, 4, 2, true, false, false },
+        { 37, 64, 8, 0, 4, 2, false, true, false },
+        { 19, 64, 8, 1, 4, 2, true, false, true },   // many exact ties: the lower index must win, in groups and experts
+        { 1, 256, 8, 1, 1, 1, true, false, false },  // the model's decode shape
+        { 5, 8, 2, 2, 4, 2, true, true, false },     // groups of 2: the group score is both members
+        { 3, 64, 8, 0, 8, 1, true, false, false },   // A larger than one group: the rest are -inf, lowest index first
+        { 3, 64, 30, 2, 1, 1, true, false, false },  // A + S = 32: every lane of the warp writes a pair
     };
 
     [Theory]
     [MemberData(nameof(RouteCases))]
-    public void Route_MatchesCpuBackend(int t, int e, int a, int groups, int topk, bool renormalize, bool biased, bool tied)
+    public void Route_MatchesCpuBackend(int t, int e, int a, int shared, int groups, int topk, bool renormalize, bool biased, bool tied)
     {
         CudaContext gpu = Gpu.Require();
         var random = new Random(t * 31 + e + groups * 7 + (biased ? 1 : 0) + (tied ? 2 : 0));
@@ -56,59 +58,73 @@ public sealed class MoeKernelTests
         var expectedWeights = new float[t * a];
         cpu.MoeRoute(cpuLogits, bias, new MoeRouting(a, groups, topk, renormalize, Scale, biased), expectedIds, expectedWeights);
 
+        int pairs = a + shared; // a row: the A choices, then (E + s, 1.0) for each shared expert
         using CudaStream stream = gpu.CreateStream();
         using DeviceBuffer<float> dLogits = gpu.Upload(stream, logits), dBias = gpu.Upload(stream, bias);
-        using DeviceBuffer<int> ids = gpu.Poisoned(stream, (long)t * a, -7);
-        using DeviceBuffer<float> weights = gpu.Poisoned(stream, (long)t * a, float.NaN);
-        MoeKernels.Route(stream, ids, weights, dLogits, dBias, new MoeShape(8, e, a, 8), new MoeRoutingRule(groups, topk, renormalize, Scale, biased), t);
+        using DeviceBuffer<int> ids = gpu.Poisoned(stream, (long)t * pairs, -7);
+        using DeviceBuffer<float> weights = gpu.Poisoned(stream, (long)t * pairs, float.NaN);
+        MoeKernels.Route(stream, ids, weights, dLogits, dBias, new MoeShape(8, e, a, 8, shared), new MoeRoutingRule(groups, topk, renormalize, Scale, biased), t);
         int[] actualIds = ids.ToArray(stream);
         float[] actualWeights = weights.ToArray(stream);
 
-        Assert.Equal(expectedIds, actualIds[..(t * a)]);
-        for (int i = 0; i < t * a; i++)
-            Assert.True(Math.Abs(actualWeights[i] - expectedWeights[i]) <= 1e-6 * Math.Abs(expectedWeights[i]),
-                $"weight {i} (token {i / a}, slot {i % a}): {actualWeights[i]:R}, CpuBackend {expectedWeights[i]:R}");
-        Gpu.AssertTailUntouched(actualIds, (long)t * a, -7);
-        for (int i = t * a; i < actualWeights.Length; i++) Assert.True(float.IsNaN(actualWeights[i]), $"weights tail element {i} overwritten");
+        for (int token = 0; token < t; token++)
+        {
+            Assert.Equal(expectedIds[(token * a)..((token + 1) * a)], actualIds[(token * pairs)..(token * pairs + a)]);
+            Assert.Equal(Enumerable.Range(e, shared), actualIds[(token * pairs + a)..((token + 1) * pairs)]);
+            for (int slot = 0; slot < pairs; slot++)
+            {
+                float actual = actualWeights[token * pairs + slot], expected = slot < a ? expectedWeights[token * a + slot] : 1f;
+                Assert.True(Math.Abs(actual - expected) <= 1e-6 * Math.Abs(expected), $"weight of token {token}, slot {slot}: {actual:R}, expected {expected:R}");
+            }
+        }
+        Gpu.AssertTailUntouched(actualIds, (long)t * pairs, -7);
+        for (int i = t * pairs; i < actualWeights.Length; i++) Assert.True(float.IsNaN(actualWeights[i]), $"weights tail element {i} overwritten");
     }
 
     [Theory]
-    [InlineData(1, 40, 8, 2, 24)]
-    [InlineData(3, 40, 8, 2, 24)]
-    [InlineData(16, 40, 8, 2, 24)]    // every token of the largest decode batch; experts shared between tokens
-    [InlineData(2, 2304, 4, 2, 1024)] // the model's D and F: a refill of the gate-up ring, down's K a partial ring
-    [InlineData(7, 2304, 9, 8, 1024)] // the model's D, F and A: two gate-up passes of tokens, down's ring holds all of K
-    [InlineData(2, 4096, 5, 3, 1040)] // gate-up ring refills; down's K crosses pairs inside a slot (F/8 = 130)
-    [InlineData(3, 256, 12, 10, 64)]  // A = 10 pairs of F/8 = 8 vectors: several pairs a slot of 32
-    public void DecodeExperts_MatchReference(int t, int d, int e, int a, int f)
+    [InlineData(1, 40, 8, 2, 24, 0)]
+    [InlineData(3, 40, 8, 2, 24, 0)]
+    [InlineData(16, 40, 8, 2, 24, 0)]    // every token of the largest decode batch; experts shared between tokens
+    [InlineData(2, 2304, 4, 2, 1024, 0)] // the model's D and F: a refill of the gate-up ring, down's K a partial ring
+    [InlineData(7, 2304, 9, 8, 1024, 1)] // the model's D, F, A and S: two gate-up passes of tokens, down's ring holds all of K
+    [InlineData(2, 4096, 5, 3, 1040, 0)] // gate-up ring refills; down's K crosses pairs inside a slot (F/8 = 130)
+    [InlineData(3, 256, 12, 10, 64, 0)]  // A = 10 pairs of F/8 = 8 vectors: several pairs a slot of 32
+    [InlineData(1, 40, 8, 2, 24, 1)]     // the shared expert of a single decode token
+    [InlineData(5, 40, 8, 2, 24, 2)]     // two shared experts: one block column serves every token of each
+    [InlineData(16, 256, 12, 3, 64, 1)]  // the shared expert chosen by 16 tokens
+    [InlineData(15, 256, 12, 3, 64, 2)]
+    public void DecodeExperts_MatchReference(int t, int d, int e, int a, int f, int shared)
     {
         CudaContext gpu = Gpu.Require();
-        var moe = new MoeCase(new Random(t + d + e + f), t, new MoeShape(d, e, a, f));
+        var moe = new MoeCase(new Random(t + d + e + f + shared), t, new MoeShape(d, e, a, f, shared));
         using CudaStream stream = gpu.CreateStream();
         using MoeCase.Device dev = moe.Upload(gpu, stream);
         using var scratch = new MoeDecodeScratch(gpu, moe.Shape, t);
         MoeKernels.DecodeExperts(stream, dev.Output, dev.X, dev.Experts, dev.Weights, dev.GateUp, dev.Down, scratch, moe.Shape, t);
         float[] output = dev.Output.ToArray(stream);
-        TensorAssert.Close(output.AsSpan(0, t * d), moe.Reference(), ExpertTolerance, $"decode experts T={t} D={d} E={e} A={a} F={f}");
+        TensorAssert.Close(output.AsSpan(0, t * d), moe.Reference(), ExpertTolerance, $"decode experts T={t} D={d} E={e} A={a} F={f} S={shared}");
         for (int i = t * d; i < output.Length; i++) Assert.True(float.IsNaN(output[i]), $"output tail element {i} overwritten");
     }
 
     [Theory]
-    [InlineData(1, 40, 8, 2, 24)]
-    [InlineData(3, 40, 8, 2, 24)]
-    [InlineData(77, 40, 8, 2, 24)]
-    [InlineData(300, 200, 4, 2, 136)] // experts past one 128-row tile, several k tiles, partial column tiles
-    [InlineData(5, 2304, 3, 2, 1024)] // the model's D and F, one partial tile per expert
-    public void PrefillExperts_MatchReference(int t, int d, int e, int a, int f)
+    [InlineData(1, 40, 8, 2, 24, 0)]
+    [InlineData(3, 40, 8, 2, 24, 0)]
+    [InlineData(77, 40, 8, 2, 24, 0)]
+    [InlineData(300, 200, 4, 2, 136, 0)] // experts past one 128-row tile, several k tiles, partial column tiles
+    [InlineData(5, 2304, 3, 2, 1024, 1)] // the model's D, F and S, one partial tile per expert
+    [InlineData(17, 40, 8, 2, 24, 1)]    // just past decode: the shared expert's 17 rows are one group
+    [InlineData(77, 40, 8, 2, 24, 2)]
+    [InlineData(259, 200, 4, 2, 136, 2)] // each shared expert's rows span three 128-row tiles
+    public void PrefillExperts_MatchReference(int t, int d, int e, int a, int f, int shared)
     {
         CudaContext gpu = Gpu.Require();
-        var moe = new MoeCase(new Random(t * 3 + d + e + f), t, new MoeShape(d, e, a, f));
+        var moe = new MoeCase(new Random(t * 3 + d + e + f + shared), t, new MoeShape(d, e, a, f, shared));
         using CudaStream stream = gpu.CreateStream();
         using MoeCase.Device dev = moe.Upload(gpu, stream);
         using var scratch = new MoePrefillScratch(gpu, moe.Shape, t + 5); // more room than needed: the grids follow t
         MoeKernels.PrefillExperts(stream, dev.Output, dev.X, dev.Experts, dev.Weights, dev.GateUp, dev.Down, scratch, moe.Shape, t);
         float[] output = dev.Output.ToArray(stream);
-        TensorAssert.Close(output.AsSpan(0, t * d), moe.Reference(), ExpertTolerance, $"prefill experts T={t} D={d} E={e} A={a} F={f}");
+        TensorAssert.Close(output.AsSpan(0, t * d), moe.Reference(), ExpertTolerance, $"prefill experts T={t} D={d} E={e} A={a} F={f} S={shared}");
         for (int i = t * d; i < output.Length; i++) Assert.True(float.IsNaN(output[i]), $"output tail element {i} overwritten");
     }
 
@@ -118,7 +134,7 @@ public sealed class MoeKernelTests
     public void PrefillExperts_EqualsDecodeExperts_AndRepeatsBitForBit(int t)
     {
         CudaContext gpu = Gpu.Require();
-        var moe = new MoeCase(new Random(t), t, new MoeShape(2304, 8, 4, 1024));
+        var moe = new MoeCase(new Random(t), t, new MoeShape(2304, 8, 4, 1024, 1));
         using CudaStream stream = gpu.CreateStream();
         using MoeCase.Device dev = moe.Upload(gpu, stream);
         using var decodeScratch = new MoeDecodeScratch(gpu, moe.Shape, MoeKernels.MaxDecodeTokens);
@@ -141,9 +157,9 @@ public sealed class MoeKernelTests
     {
         CudaContext gpu = Gpu.Require();
         const int T = 2;
-        var shape = new MoeShape(64, 8, 2, 32);
+        var shape = new MoeShape(64, 8, 2, 32, 1);
         var first = new MoeCase(new Random(11), T, shape);
-        var second = first with { Experts = [5, 0, 7, 6] };
+        var second = first with { Experts = [5, 0, 8, 7, 6, 8] };
         using CudaStream stream = gpu.CreateStream();
         using MoeCase.Device dev = first.Upload(gpu, stream);
         using var scratch = new MoeDecodeScratch(gpu, shape, T);
@@ -163,9 +179,9 @@ public sealed class MoeKernelTests
     {
         CudaContext gpu = Gpu.Require();
         const int T = 3;
-        var shape = new MoeShape(40, 8, 2, 24);
+        var shape = new MoeShape(40, 8, 2, 24, 1);
         var moe = new MoeCase(new Random(5), T, shape);
-        moe.Experts[3] = 8; // token 1, slot 1
+        moe.Experts[4] = 9; // token 1, slot 1 (rows of A + S = 3 pairs; 9 = E + S is past the shared expert)
         using CudaStream stream = gpu.CreateStream();
         using MoeCase.Device dev = moe.Upload(gpu, stream);
         using var decodeScratch = new MoeDecodeScratch(gpu, shape, T);
@@ -194,6 +210,9 @@ public sealed class MoeKernelTests
         var error = Assert.Throws<ArgumentException>(() =>
             MoeKernels.Route(stream, ids, f32, f32, f32, shape, new MoeRoutingRule(3, 1, true, 1f, false), 4));
         Assert.Contains("divide E = 8", error.Message);
+        error = Assert.Throws<ArgumentException>(() =>
+            MoeKernels.Route(stream, ids, f32, f32, f32, shape with { SharedExperts = 31 }, new MoeRoutingRule(1, 1, true, 1f, false), 4));
+        Assert.Contains("SharedExperts (S)", error.Message);
         error = Assert.Throws<ArgumentException>(() => new MoeDecodeScratch(gpu, shape with { Hidden = 42 }, 1));
         Assert.Contains("multiple of 8", error.Message);
         using var scratch = new MoeDecodeScratch(gpu, shape, 4);
@@ -209,24 +228,28 @@ public sealed class MoeKernelTests
         Assert.Contains("gateUp", error.Message);
     }
 
-    /// <summary>Random inputs of one expert call and its double reference.</summary>
+    /// <summary>
+    /// Random inputs of one expert call and its double reference: each token's row is A distinct routed experts with
+    /// random weights, then the S shared experts E..E+S-1 with weight 1 (as the router writes it).
+    /// </summary>
     private sealed record MoeCase(MoeShape Shape, int T, float[] X, float[] Base, int[] Experts, float[] Weights, ushort[] GateUp, ushort[] Down)
     {
         public MoeCase(Random random, int t, MoeShape shape) : this(shape, t,
             Gpu.RandomF32(random, (long)t * shape.Hidden), Gpu.RandomF32(random, (long)t * shape.Hidden),
-            DistinctExperts(random, t, shape), Enumerable.Range(0, t * shape.ExpertsPerToken).Select(_ => 0.2f + random.NextSingle()).ToArray(),
-            Gpu.RandomBf16(random, 2L * shape.Experts * shape.Intermediate * shape.Hidden, 1 / MathF.Sqrt(shape.Hidden)),
-            Gpu.RandomBf16(random, (long)shape.Experts * shape.Hidden * shape.Intermediate, 1 / MathF.Sqrt(shape.Intermediate)))
+            Rows(random, t, shape), Enumerable.Range(0, t * shape.PairsPerToken).Select(i => i % shape.PairsPerToken < shape.ExpertsPerToken ? 0.2f + random.NextSingle() : 1f).ToArray(),
+            Gpu.RandomBf16(random, 2L * shape.StackedExperts * shape.Intermediate * shape.Hidden, 1 / MathF.Sqrt(shape.Hidden)),
+            Gpu.RandomBf16(random, (long)shape.StackedExperts * shape.Hidden * shape.Intermediate, 1 / MathF.Sqrt(shape.Intermediate)))
         {
         }
 
-        private static int[] DistinctExperts(Random random, int t, MoeShape shape) =>
-            Enumerable.Range(0, t).SelectMany(_ => Enumerable.Range(0, shape.Experts).OrderBy(_ => random.Next()).Take(shape.ExpertsPerToken)).ToArray();
+        private static int[] Rows(Random random, int t, MoeShape shape) =>
+            Enumerable.Range(0, t).SelectMany(_ => Enumerable.Range(0, shape.Experts).OrderBy(_ => random.Next()).Take(shape.ExpertsPerToken)
+                .Concat(Enumerable.Range(shape.Experts, shape.SharedExperts))).ToArray();
 
-        /// <summary>Base + Σ_a w·w2·bf16(silu(w1·x̃) ⊙ (w3·x̃)), x̃ = bf16(x), in double.</summary>
+        /// <summary>Base + Σ_p w·w2·bf16(silu(w1·x̃) ⊙ (w3·x̃)) over the A + S pairs, x̃ = bf16(x), in double.</summary>
         public float[] Reference()
         {
-            int d = Shape.Hidden, f = Shape.Intermediate, a = Shape.ExpertsPerToken;
+            int d = Shape.Hidden, f = Shape.Intermediate, a = Shape.PairsPerToken;
             var output = new double[T * d];
             for (int i = 0; i < output.Length; i++) output[i] = Base[i];
             Parallel.For(0, T, t =>

@@ -5,7 +5,7 @@
 // which follow the hardware's register layout. The C# tests (KimiLinear.Tests/Cuda/MoeKernelTests.cs) check the same
 // things on the GPU against CpuBackend.MoeRoute and a double reference.
 // Checks: route == a float replica of CpuBackend.MoeRoute (ids exact, weights ≤ 1e-6 relative; groups 1 and > 1,
-// biased on/off); decode and prefill ≤ 1e-3 relative (‖out − ref‖ / ‖ref‖) against a double reference from the same
+// biased on/off), followed by the S shared pairs (E + s, 1.0); decode and prefill ≤ 1e-3 relative (‖out − ref‖ / ‖ref‖) against a double reference from the same
 // bf16 weights (x and h rounded to bf16, as the kernels define); prefill == decode ≤ 1e-4.
 #include "../moe.cu"
 
@@ -40,12 +40,13 @@ static void report(bool ok, const char* what, double value)
 static std::mt19937 rng(7);
 static float normal() { return std::normal_distribution<float>(0.f, 1.f)(rng); }
 
-// CpuBackend.MoeRoute, in float as C# computes it.
-static void route_reference(const std::vector<float>& logits, const std::vector<float>& bias, int T, int E, int A, int groups,
+// CpuBackend.MoeRoute, in float as C# computes it, then the S shared pairs (E + s, 1.0): rows of A + S pairs.
+static void route_reference(const std::vector<float>& logits, const std::vector<float>& bias, int T, int E, int A, int S, int groups,
                             int topk, bool renorm, float scale, bool biased, std::vector<int>& ids, std::vector<float>& w)
 {
-    ids.assign(T * A, 0);
-    w.assign(T * A, 0.f);
+    const int P = A + S;
+    ids.assign(T * P, 0);
+    w.assign(T * P, 0.f);
     auto top = [](const std::vector<float>& v, int k) {
         std::vector<int> r;
         std::vector<bool> taken(v.size());
@@ -86,15 +87,16 @@ static void route_reference(const std::vector<float>& logits, const std::vector<
         float sum = 0;
         for (int a = 0; a < A; a++)
         {
-            ids[t * A + a] = chosen[a];
-            w[t * A + a] = biased ? sel[chosen[a]] : s[chosen[a]];
-            sum += w[t * A + a];
+            ids[t * P + a] = chosen[a];
+            w[t * P + a] = biased ? sel[chosen[a]] : s[chosen[a]];
+            sum += w[t * P + a];
         }
         for (int a = 0; a < A; a++)
         {
-            if (renorm) w[t * A + a] /= sum + 1e-20f;
-            w[t * A + a] *= scale;
+            if (renorm) w[t * P + a] /= sum + 1e-20f;
+            w[t * P + a] *= scale;
         }
+        for (int i = 0; i < S; i++) ids[t * P + A + i] = E + i, w[t * P + A + i] = 1.f;
     }
 }
 
@@ -106,32 +108,34 @@ template <typename T> static T* upload(const std::vector<T>& h)
     return d;
 }
 
-static void check_route(int T, int E, int A, int groups, int topk, bool renorm, bool biased)
+static void check_route(int T, int E, int A, int S, int groups, int topk, bool renorm, bool biased)
 {
+    const int P = A + S;
     std::vector<float> logits(T * E), bias(E);
     for (float& v : logits) v = 2 * normal();
     for (float& v : bias) v = 0.1f * normal();
     std::vector<int> ids;
     std::vector<float> w;
     const float scale = 2.5f;
-    route_reference(logits, bias, T, E, A, groups, topk, renorm, scale, biased, ids, w);
-    int* d_ids = upload(std::vector<int>(T * A, -7));
-    float* d_w = upload(std::vector<float>(T * A, NAN));
+    route_reference(logits, bias, T, E, A, S, groups, topk, renorm, scale, biased, ids, w);
+    int* d_ids = upload(std::vector<int>(T * P, -7));
+    float* d_w = upload(std::vector<float>(T * P, NAN));
     emu_launch(kimi_moe_route_f32, 1, dim3((T + MOE_ROUTE_WARPS - 1) / MOE_ROUTE_WARPS), dim3(MOE_ROUTE_WARPS * 32), 0, d_ids, d_w,
-               upload(logits), upload(bias), T, E, A, groups, topk, int(renorm), scale, int(biased));
+               upload(logits), upload(bias), T, E, A, S, groups, topk, int(renorm), scale, int(biased));
     int wrong = 0;
     double worst = 0;
-    for (int i = 0; i < T * A; i++)
+    for (int i = 0; i < T * P; i++)
     {
         wrong += d_ids[i] != ids[i];
         worst = std::max(worst, std::fabs(double(d_w[i]) - w[i]) / std::max(1e-30, std::fabs(double(w[i]))));
     }
     char what[128];
-    std::snprintf(what, sizeof what, "route T=%d E=%d A=%d groups=%d/%d renorm=%d biased=%d (ids wrong, weight err)", T, E, A, groups,
-                  topk, renorm, biased);
+    std::snprintf(what, sizeof what, "route T=%d E=%d A=%d S=%d groups=%d/%d renorm=%d biased=%d (ids wrong, weight err)", T, E, A, S,
+                  groups, topk, renorm, biased);
     report(wrong == 0 && worst <= 1e-6, what, wrong + worst);
 }
 
+// E and A count the S shared experts too (the kernels' view): each token's last S pairs are (E - S + s, 1.0).
 struct Moe
 {
     int T, D, E, A, F;
@@ -140,14 +144,15 @@ struct Moe
     std::vector<uint16_t> gate_up, down;
 };
 
-static Moe make_moe(int T, int D, int E, int A, int F)
+// E routed and S shared experts, A routed pairs a token.
+static Moe make_moe(int T, int D, int E, int A, int F, int S = 0)
 {
-    Moe m{T, D, E, A, F, {}, {}, {}, {}, {}};
+    Moe m{T, D, E + S, A + S, F, {}, {}, {}, {}, {}};
     m.x.resize(size_t(T) * D);
     for (float& v : m.x) v = normal();
-    m.gate_up.resize(size_t(E) * 2 * F * D);
+    m.gate_up.resize(size_t(m.E) * 2 * F * D);
     for (auto& v : m.gate_up) v = f2bf(normal() / std::sqrt(float(D)));
-    m.down.resize(size_t(E) * D * F);
+    m.down.resize(size_t(m.E) * D * F);
     for (auto& v : m.down) v = f2bf(normal() / std::sqrt(float(F)));
     for (int t = 0; t < T; t++)
     {
@@ -155,6 +160,7 @@ static Moe make_moe(int T, int D, int E, int A, int F)
         for (int i = 0; i < E; i++) perm[i] = i;
         std::shuffle(perm.begin(), perm.end(), rng);
         for (int a = 0; a < A; a++) m.ids.push_back(perm[a]), m.w.push_back(0.2f + std::uniform_real_distribution<float>(0, 1)(rng));
+        for (int s = 0; s < S; s++) m.ids.push_back(E + s), m.w.push_back(1.f);
     }
     return m;
 }
@@ -240,9 +246,9 @@ static std::vector<float> run_prefill(const Moe& m, const std::vector<float>& ba
     return std::vector<float>(out, out + base.size());
 }
 
-static void check_experts(int T, int D, int E, int A, int F, bool decode, bool prefill)
+static void check_experts(int T, int D, int E, int A, int F, bool decode, bool prefill, int S = 0)
 {
-    Moe m = make_moe(T, D, E, A, F);
+    Moe m = make_moe(T, D, E, A, F, S);
     std::vector<float> base(size_t(T) * D);
     for (float& v : base) v = normal();
     std::vector<double> want = moe_reference(m, base);
@@ -251,14 +257,14 @@ static void check_experts(int T, int D, int E, int A, int F, bool decode, bool p
     if (decode)
     {
         dec = run_decode(m, base);
-        std::snprintf(what, sizeof what, "decode  T=%d D=%d E=%d A=%d F=%d vs double reference", T, D, E, A, F);
+        std::snprintf(what, sizeof what, "decode  T=%d D=%d E=%d A=%d F=%d S=%d vs double reference", T, D, E, A, F, S);
         double err = rel_err(dec, want);
         report(err <= 1e-3, what, err);
     }
     if (prefill)
     {
         pre = run_prefill(m, base);
-        std::snprintf(what, sizeof what, "prefill T=%d D=%d E=%d A=%d F=%d vs double reference", T, D, E, A, F);
+        std::snprintf(what, sizeof what, "prefill T=%d D=%d E=%d A=%d F=%d S=%d vs double reference", T, D, E, A, F, S);
         double err = rel_err(pre, want);
         report(err <= 1e-3, what, err);
     }
@@ -271,11 +277,11 @@ static void check_experts(int T, int D, int E, int A, int F, bool decode, bool p
     }
 }
 
-// An expert id outside [0, E) makes its token's output NaN and leaves the other tokens as they are.
+// An expert id outside [0, E + S) makes its token's output NaN and leaves the other tokens as they are.
 static void check_bad_id()
 {
-    Moe m = make_moe(3, 40, 8, 2, 24);
-    m.ids[3] = 8; // token 1, slot 1
+    Moe m = make_moe(3, 40, 8, 2, 24, 1);
+    m.ids[4] = 9; // token 1, slot 1 (rows of 3 pairs)
     std::vector<float> base(size_t(m.T) * m.D, 1.f);
     for (int decode = 0; decode < 2; decode++)
     {
@@ -293,17 +299,21 @@ int main(int argc, char** argv)
 {
     const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
     check_bad_id();
-    check_route(37, 64, 8, 1, 1, true, false);
-    check_route(37, 64, 8, 8, 4, true, false);
-    check_route(37, 64, 8, 8, 4, false, true);
-    check_route(5, 8, 2, 4, 2, true, true);
-    check_route(9, 256, 8, 1, 1, true, false);
-    check_route(3, 1024, 32, 32, 3, true, false);
+    check_route(37, 64, 8, 0, 1, 1, true, false);
+    check_route(37, 64, 8, 1, 8, 4, true, false);
+    check_route(37, 64, 8, 2, 8, 4, false, true);
+    check_route(5, 8, 2, 1, 4, 2, true, true);
+    check_route(9, 256, 8, 1, 1, 1, true, false);
+    check_route(3, 1024, 32, 0, 32, 3, true, false);
+    check_route(3, 1024, 30, 2, 32, 3, true, false); // A + S = 32: every lane writes a pair
     check_experts(1, 40, 8, 2, 24, true, true);
     check_experts(3, 40, 8, 2, 24, true, true);
-    check_experts(16, 40, 8, 3, 24, true, true); // 48 pairs: the gate-up id scan takes two rounds of 32; four token passes
+    check_experts(16, 40, 8, 3, 24, true, true); // 48 pairs: the gate-up id scan takes two rounds of 32; several token passes
     check_experts(2, 48, 4, 2, 40, true, false); // five blocks of gate-up rows, D8 = 6 of 32 lanes
     check_experts(77, 40, 8, 2, 24, false, true);
+    check_experts(5, 40, 8, 2, 24, true, true, 1);   // a shared expert: every token names expert E
+    check_experts(16, 40, 8, 3, 24, true, true, 2);  // two shared experts, the largest decode batch
+    check_experts(45, 40, 8, 2, 24, false, true, 1); // prefill: the shared expert's T rows are one more group
     if (!quick)
     {
         check_experts(16, 40, 8, 2, 24, true, false);
@@ -311,6 +321,7 @@ int main(int argc, char** argv)
         check_experts(3, 2304, 12, 10, 1024, true, false); // the model's D and F; A = 10: down's ring refills
         check_experts(150, 200, 2, 2, 136, false, true);   // > 1 tile per expert, several k-tiles, partial n-tiles
         check_experts(16, 200, 3, 2, 136, true, true);
+        check_experts(150, 200, 2, 2, 136, false, true, 2); // each shared expert > 1 tile
     }
     std::printf("%d failed\n", failures);
     return failures != 0;

@@ -348,14 +348,21 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
         });
     }
 
-    public void MoeExperts(Tensor x, MoeExperts experts, Tensor output)
+    /// <summary>The shared expert's output, the routed experts added into it, the sum added into the residual stream.</summary>
+    public void MoeExperts(Tensor x, MoeExperts experts, Tensor residual)
     {
+        Tensor output; // [T, D]
+        if (experts.Shared is { } shared)
+            output = shared.Forward(this, x);
+        else
+            Clear(output = Allocate(x.Rows, x.Cols));
         var logits = Allocate(x.Rows, experts.Count); // [T, E]
         MatMul(x, experts.Router, logits);
         var chosen = new int[x.Rows * experts.Routing.ExpertsPerToken];    // [T, A]
         var weights = new float[chosen.Length];                            // [T, A]
         MoeRoute(logits, experts.CorrectionBias, experts.Routing, chosen, weights);
         experts.ForwardGrouped(this, x, chosen, weights, output);
+        Add(residual, output);
     }
 
     /// <summary>
