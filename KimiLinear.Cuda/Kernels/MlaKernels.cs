@@ -23,7 +23,8 @@ namespace KimiLinear.Cuda.Kernels;
 internal static unsafe class MlaKernels
 {
     // Launch geometry and dynamic shared memory, as kernels/mla.cu defines them (kAbsorb*, kDecode*, kCombineThreads,
-    // kPrefill*, decode_smem_bytes, prefill_smem_bytes).
+    // kPrefill*, decode_smem_bytes, prefill_smem_bytes). The four decode kernels are launched programmatically where the
+    // device has it (KernelCatalog): each waits for its predecessor before reading what that wrote.
     private const int AbsorbThreads = 128;
     private const int AbsorbColumns = 64;
     private const int AbsorbSharedBytes = 16 * 4 * AbsorbColumns * sizeof(float); // kAbsorbGroups · kAbsorbTokens · 64 floats
@@ -44,7 +45,8 @@ internal static unsafe class MlaKernels
     private const float Log2E = 1.4426950408889634f;
 
     private static int DecodeSharedBytes(int d, int mTiles) =>
-        DecodeStages * DecodeRows * (d + 8) * 2 + 8 * 16 * (DecodeRows + 4) * 4 + mTiles * 16 * (DecodeRows + 8) * 2 + mTiles * 16 * 4;
+        DecodeStages * DecodeRows * (d + 8) * 2 + 8 * 16 * (DecodeRows + 4) * 4 + mTiles * 16 * (DecodeRows + 8) * 2 + mTiles * 16 * 4
+        + DecodeStages * sizeof(ulong); // one mbarrier per ring stage
 
     private static int CombineSharedBytes(int splits) => (splits + CombineThreads / 32 * (CombineColumns + 1)) * sizeof(float);
 
