@@ -294,9 +294,9 @@ constexpr int kDecodeRowTiles = kDecodeRows / 8;   // n8 tiles of scores per war
 constexpr int kDecodeMaxQSteps = (36 + kDecodeWarps / 2 - 1) / (kDecodeWarps / 2);   // k16 steps of q a warp holds:
                                                                                         // D ≤ 16·steps·KS (576 at H ≤ 32)
 constexpr int kDecodeMaxGroups = 512 / 16 / kDecodeWarps;   // 16-column output groups per warp: R ≤ 512
-constexpr int kDecodeSRow = kDecodeRows + 4, kDecodePRow = kDecodeRows + 8;   // padded shared rows (bank spread)
+constexpr int kDecodeSRow = kDecodeRows + 8, kDecodePRow = kDecodeRows + 8;   // padded shared rows (bank spread)
 
-// Dynamic shared memory, bytes: the ring [stages][64][D + 8] bf16, S partials [8 warps][16][68] f32,
+// Dynamic shared memory, bytes: the ring [stages][64][D + 8] bf16, S partials [W warps][16][72] f32,
 // P [MT·16][72] fp16, α [MT·16] f32.
 __host__ __device__ constexpr size_t decode_smem_bytes(int D, int MT) {
     return static_cast<size_t>(kDecodeStages) * kDecodeRows * (D + 8) * 2 + kDecodeWarps * 16 * kDecodeSRow * 4 +
@@ -326,7 +326,7 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
 
     const int stride = D + 8;
     uint16_t* ring = dynamic_smem();
-    float* s_part = reinterpret_cast<float*>(ring + kDecodeStages * kDecodeRows * stride);   // [8][16][rows + 4]
+    float* s_part = reinterpret_cast<float*>(ring + kDecodeStages * kDecodeRows * stride);   // [W][16][rows + 8]
     uint16_t* p_sh = reinterpret_cast<uint16_t*>(s_part + kDecodeWarps * 16 * kDecodeSRow);    // [MT·16][rows + 8] fp16
     float* alpha_sh = reinterpret_cast<float*>(p_sh + MT * 16 * kDecodePRow);                  // [MT·16]
 
@@ -361,7 +361,7 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
         }
     }
 
-    // Softmax ownership: head hh = tid / TPH, columns [sub·CPT, +CPT) of each 64-row tile.
+    // Softmax ownership: head hh = tid / TPH, the CPT columns sub, sub + TPH, ... of each 64-row tile.
     const int TPH = kDecodeThreads / (MT * 16), CPT = kDecodeRows / TPH, hh = tid / TPH, sub = tid % TPH;
     float m_run = kNegInf, l_run = 0.0f;
     // Output ownership: 16-column groups warp, warp + W, ... (< R / 16), all MT m-tiles; each group two n8 tiles.
@@ -391,17 +391,18 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
                 mma_f16(sacc[2 * np + 1], qf[j], b[2], b[3]);
             }
         }
+        // As float2: with rows 72 floats apart, each half-warp's stores hit 32 distinct banks.
         float* mine = s_part + warp * 16 * kDecodeSRow;
 #pragma unroll
         for (int nt = 0; nt < kDecodeRowTiles; nt++) {
-            mine[g * kDecodeSRow + nt * 8 + 2 * c] = sacc[nt][0];
-            mine[g * kDecodeSRow + nt * 8 + 2 * c + 1] = sacc[nt][1];
-            mine[(g + 8) * kDecodeSRow + nt * 8 + 2 * c] = sacc[nt][2];
-            mine[(g + 8) * kDecodeSRow + nt * 8 + 2 * c + 1] = sacc[nt][3];
+            *reinterpret_cast<float2*>(mine + g * kDecodeSRow + nt * 8 + 2 * c) = make_float2(sacc[nt][0], sacc[nt][1]);
+            *reinterpret_cast<float2*>(mine + (g + 8) * kDecodeSRow + nt * 8 + 2 * c) = make_float2(sacc[nt][2], sacc[nt][3]);
         }
         __syncthreads();
 
-        // B. online softmax of head hh over the tile's rows.
+        // B. online softmax of head hh over the tile's rows. Thread sub takes the columns sub, sub + TPH, ...: a warp's
+        // loads of one step then cover 32 distinct banks (heads 72 floats apart, columns adjacent); contiguous columns per
+        // thread made them 8-way conflicts in this barrier-bound phase.
         {
             const int mt = hh / 16, r16 = hh % 16;
             float x[kDecodeRowTiles];   // CPT ≤ 64 / 8
@@ -409,7 +410,7 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
 #pragma unroll
             for (int j = 0; j < kDecodeRowTiles; j++) {
                 if (j >= CPT) break;
-                const int col = sub * CPT + j;
+                const int col = sub + j * TPH;
                 float v = 0.0f;
                 for (int k = 0; k < KS; k++) v += s_part[((mt * KS + k) * 16 + r16) * kDecodeSRow + col];
                 x[j] = row0 + col < end ? v * scale_log2 : kNegInf;
@@ -419,11 +420,11 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
             const float alpha = ex2(m_run - m_new);
             float sum = 0.0f;
 #pragma unroll
-            for (int j = 0; j < kDecodeRowTiles; j += 2) {
+            for (int j = 0; j < kDecodeRowTiles; j++) {
                 if (j >= CPT) break;
-                const float p0 = ex2(x[j] - m_new), p1 = ex2(x[j + 1] - m_new);
-                sum += p0 + p1;
-                *reinterpret_cast<uint32_t*>(p_sh + hh * kDecodePRow + sub * CPT + j) = pack_f16x2(p0, p1);
+                const float p = ex2(x[j] - m_new);
+                sum += p;
+                p_sh[hh * kDecodePRow + sub + j * TPH] = static_cast<uint16_t>(pack_f16x2(p, 0.0f));
             }
             l_run = l_run * alpha + group_sum(sum, TPH);
             m_run = m_new;

@@ -61,12 +61,11 @@ public sealed class MlaKernelTests
     [InlineData("full", 5, 3)]
     [InlineData("full", 300, 16)]
     [InlineData("full", 4000, 3)] // several 64-row tiles per slice
-    [InlineData("tiny", 15, 1)]    // the cache exactly one 16-row slice
-    [InlineData("tiny", 16, 1)]    // one row into the second slice
-    [InlineData("tiny", 200, 16)]  // T = 16: slices of one full tile and a partly visible 16-row group
-    [InlineData("full", 2111, 1)]  // 132 SMs: exactly 16 rows in every slice
-    [InlineData("full", 2112, 16)] // one row more: 32-row slices, the last one short; T = 16 crosses 16-row groups
-    [InlineData("full", 8440, 16)] // 64- and 80-row slices: a full tile and a tile of one 16-row group
+    [InlineData("tiny", 63, 1)]    // the cache exactly one 64-row tile
+    [InlineData("tiny", 64, 1)]    // one row into the second slice
+    [InlineData("tiny", 200, 16)]  // T = 16, each token's slices ending elsewhere in a tile
+    [InlineData("full", 8447, 1)]  // 132 SMs: exactly one 64-row tile in every slice
+    [InlineData("full", 8448, 16)] // one row more: 128-row slices, the last one short; T = 16
     public void DecodeAttention_MatchesReference(string shapeName, int start, int t)
     {
         CudaContext gpu = Gpu.Require();
@@ -92,12 +91,12 @@ public sealed class MlaKernelTests
     [InlineData("full")]
     public void DecodeAttention_CapturedGraph_FollowsTheLengthOnTheDevice(string shapeName)
     {
-        // One graph captured at length 0, replayed while the cache grows past the slice count, the 16-row slice
-        // granularity (2112 = 132 slices of 16 on an H100) and the 64-row tiles: every replay must see exactly the rows
-        // its device-side start makes visible.
+        // One graph captured at length 0, replayed while the cache grows past the slice count and the 64-row tiles,
+        // and past 132 slices of exactly one tile (8448 rows on an H100): every replay must see exactly the rows its
+        // device-side start makes visible.
         CudaContext gpu = Gpu.Require();
         MlaShape shape = ShapeNamed(shapeName);
-        int[] starts = [0, 1, 33, 700, 2049, 2111, 2112, 4300];
+        int[] starts = [0, 1, 33, 700, 2049, 8447, 8448];
         var random = new Random(11);
         ushort[] latent = PoisonedCache(random, shape, starts[^1] + 1, capacity: starts[^1] + 1);
         float[] queryLatent = Gpu.RandomF32(random, shape.Heads * shape.LatentWidth);

@@ -295,10 +295,10 @@ int main(int argc, char** argv) {
     check_decode(tiny, 5, 3, 5);
     check_decode(tiny, 300, 2, 3);
     check_decode({20, 32, 16, 32, 128}, 37, 2, 3);
-    // Slice edges (16-row slices): exactly one slice, one row past it, a partly visible 16-row group, T = 16 over
-    // slices of a full and a partial tile, and a 6-tile slice wrapping the ring's mbarrier phases several times.
-    check_decode(tiny, 15, 1, 4);
-    check_decode(tiny, 16, 1, 4);
+    // Slice edges: one exact 64-row tile, one row past it, T = 16 with slices ending inside a tile, and a 6-tile
+    // slice wrapping the 2-stage ring three times.
+    check_decode(tiny, 63, 1, 2);
+    check_decode(tiny, 64, 1, 2);
     check_decode(tiny, 127, 2, 2);
     check_decode(tiny, 200, 16, 3);
     check_decode(tiny, 700, 1, 2);
