@@ -212,6 +212,25 @@ internal static class GpuKernelBenchmarks
                 rows.Add(new Row("MLA decode attention (split + combine)", $"L={length}, T=1, H=32, R+P=576, {scratch.Splits} slices", ms * 1000,
                     $"{gbs:F0} GB/s", gbs / copyGBs, "D2D copy"));
             }
+            // A whole decode layer's four kernels as the model replays them: one captured graph, each kernel under
+            // programmatic launch where the device has it. Bytes: the cache rows plus W_UK and W_UV.
+            foreach (int length in new[] { 1024, 131_072 })
+            {
+                using DeviceBuffer<ushort> cache = RandomBf16(gpu, stream, random, length * (long)shape.LatentWidth);
+                start.CopyFrom([length - 1], stream);
+                void Layer(CudaStream s)
+                {
+                    MlaKernels.AbsorbQuery(s, queryLatent, q, kvB, shape, 1);
+                    MlaKernels.DecodeAttention(s, mixed, queryLatent, cache, start, 1, shape, shape.Scale, scratch);
+                    MlaKernels.AbsorbOutput(s, o, mixed, kvB, shape, 1);
+                }
+                Layer(stream);
+                using CudaGraph graph = stream.Capture(Layer);
+                ms = MedianMs(gpu, stream, () => graph.Launch(stream));
+                double gbs = (2L * length * shape.LatentWidth + 2 * halfWeightBytes) / (ms * 1e6);
+                rows.Add(new Row("MLA decode layer (4 kernels, one graph)", $"L={length}, T=1, H=32, R+P=576, {scratch.Splits} slices", ms * 1000,
+                    $"{gbs:F0} GB/s", gbs / copyGBs, "D2D copy"));
+            }
         }
         // From an empty cache, and the last 8K piece of a 32K prompt as the backend runs it (keys = the whole prefix).
         foreach ((int start, int tokens) in new[] { (0, 4096), (0, 32_768), (24_576, 8192) })

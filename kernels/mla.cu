@@ -29,6 +29,8 @@
 // The common.cuh helpers used here (common.cuh needs the CUDA headers).
 inline float bf16_lo(uint32_t pair) { return __uint_as_float(pair << 16); }
 inline float bf16_hi(uint32_t pair) { return __uint_as_float(pair & 0xFFFF0000u); }
+inline void allow_successor() {}   // one kernel at a time here: nothing to overlap
+inline void wait_for_predecessor() {}
 #else
 #include "common.cuh"
 #endif
@@ -169,30 +171,46 @@ constexpr int kAbsorbTokens = 4;                         // tokens per pass (the
 constexpr int kOutputRowsPerBlock = kAbsorbThreads / 32; // one W_UV row per warp
 
 // q_lat [T, H, D] fp32 from q [T, H·(N+P)] fp32. Grid (ceil(R / 64), H); 128 threads; dynamic shared memory
-// kAbsorbGroups·kAbsorbTokens·64 floats. R % 8 == 0.
+// kAbsorbGroups·kAbsorbTokens·64 floats. R % 8 == 0. Programmatic launch: the thread's first kAbsorbHeld W_UK rows
+// (all of them at N ≤ 128) are requested before waiting for the kernel that writes q.
+constexpr int kAbsorbHeld = 8;
 extern "C" __global__ void __launch_bounds__(kAbsorbThreads)
 kimi_mla_absorb_query(float* __restrict__ q_lat, const float* __restrict__ q, const uint16_t* __restrict__ kvb,
                       int T, int H, int N, int P, int V, int R) {
+    allow_successor();
     float* partial = reinterpret_cast<float*>(dynamic_smem());   // [groups][tokens][64]
     const int h = blockIdx.y, tid = threadIdx.x;
     const int cg = tid % (kAbsorbColumns / 8), ng = tid / (kAbsorbColumns / 8);
     const int col = blockIdx.x * kAbsorbColumns + cg * 8;
     const int qk = N + P, D = R + P;
     const uint16_t* w_uk = kvb + static_cast<size_t>(h) * (N + V) * R;
+    auto weights = [&](int n) { return *reinterpret_cast<const uint4*>(w_uk + static_cast<size_t>(n) * R + col); };
+    uint4 held[kAbsorbHeld];   // rows ng, ng + 16, ...
+#pragma unroll
+    for (int k = 0; k < kAbsorbHeld; k++) {
+        const int n = ng + k * kAbsorbGroups;
+        held[k] = col < R && n < N ? weights(n) : make_uint4(0, 0, 0, 0);
+    }
+    wait_for_predecessor();
+
     for (int t0 = 0; t0 < T; t0 += kAbsorbTokens) {
         float acc[kAbsorbTokens][8] = {};
-        if (col < R)
-            for (int n = ng; n < N; n += kAbsorbGroups) {
-                const uint4 w = *reinterpret_cast<const uint4*>(w_uk + static_cast<size_t>(n) * R + col);
-                const float wf[8] = {bf16_lo(w.x), bf16_hi(w.x), bf16_lo(w.y), bf16_hi(w.y),
-                                     bf16_lo(w.z), bf16_hi(w.z), bf16_lo(w.w), bf16_hi(w.w)};
+        auto accumulate = [&](uint4 w, int n) {
+            const float wf[8] = {bf16_lo(w.x), bf16_hi(w.x), bf16_lo(w.y), bf16_hi(w.y),
+                                 bf16_lo(w.z), bf16_hi(w.z), bf16_lo(w.w), bf16_hi(w.w)};
 #pragma unroll
-                for (int i = 0; i < kAbsorbTokens; i++) {
-                    const float x = t0 + i < T ? q[static_cast<size_t>(t0 + i) * H * qk + h * qk + n] : 0.0f;
+            for (int i = 0; i < kAbsorbTokens; i++) {
+                const float x = t0 + i < T ? q[static_cast<size_t>(t0 + i) * H * qk + h * qk + n] : 0.0f;
 #pragma unroll
-                    for (int j = 0; j < 8; j++) acc[i][j] += x * wf[j];
-                }
+                for (int j = 0; j < 8; j++) acc[i][j] += x * wf[j];
             }
+        };
+        if (col < R) {
+#pragma unroll
+            for (int k = 0; k < kAbsorbHeld; k++)
+                if (ng + k * kAbsorbGroups < N) accumulate(held[k], ng + k * kAbsorbGroups);
+            for (int n = ng + kAbsorbHeld * kAbsorbGroups; n < N; n += kAbsorbGroups) accumulate(weights(n), n);
+        }
         for (int i = 0; i < kAbsorbTokens; i++)
             for (int j = 0; j < 8; j++) partial[(ng * kAbsorbTokens + i) * kAbsorbColumns + cg * 8 + j] = acc[i][j];
         __syncthreads();
@@ -213,18 +231,30 @@ kimi_mla_absorb_query(float* __restrict__ q_lat, const float* __restrict__ q, co
 }
 
 // o [T, H·V] fp32 from out_lat [T, H, R] fp32. Grid (ceil(V / 4), H); 128 threads, one W_UV row per warp. R % 8 == 0.
+// Programmatic launch: the lane's first kOutputHeld 16-byte pieces of its row (all of them at R ≤ 512) are requested
+// before waiting for the kernel that writes out_lat.
+constexpr int kOutputHeld = 2;
+static_assert(kOutputHeld == 2, "kimi_mla_absorb_output's loop picks held[0] and held[1] by name");
 extern "C" __global__ void __launch_bounds__(kAbsorbThreads)
 kimi_mla_absorb_output(float* __restrict__ o, const float* __restrict__ out_lat, const uint16_t* __restrict__ kvb,
                        int T, int H, int N, int V, int R) {
+    allow_successor();
     const int h = blockIdx.y, lane = threadIdx.x % 32;
     const int v = blockIdx.x * kOutputRowsPerBlock + threadIdx.x / 32;
-    if (v >= V) return;   // whole warps: no barrier follows
     const uint16_t* w_uv = kvb + (static_cast<size_t>(h) * (N + V) + N + v) * R;
+    uint4 held[kOutputHeld];   // pieces lane, lane + 32
+#pragma unroll
+    for (int k = 0; k < kOutputHeld; k++) {
+        const int c = (lane + k * 32) * 8;
+        held[k] = v < V && c < R ? *reinterpret_cast<const uint4*>(w_uv + c) : make_uint4(0, 0, 0, 0);
+    }
+    wait_for_predecessor();
+    if (v >= V) return;   // whole warps: no barrier follows
     constexpr int kTokens = 8;
     for (int t0 = 0; t0 < T; t0 += kTokens) {
         float acc[kTokens] = {};
-        for (int c = lane * 8; c < R; c += 32 * 8) {
-            const uint4 w = *reinterpret_cast<const uint4*>(w_uv + c);
+        for (int k = 0, c = lane * 8; c < R; k++, c += 32 * 8) {
+            const uint4 w = k == 0 ? held[0] : k == 1 ? held[1] : *reinterpret_cast<const uint4*>(w_uv + c);
             const float wf[8] = {bf16_lo(w.x), bf16_hi(w.x), bf16_lo(w.y), bf16_hi(w.y),
                                  bf16_lo(w.z), bf16_hi(w.z), bf16_lo(w.w), bf16_hi(w.w)};
 #pragma unroll
@@ -245,23 +275,28 @@ kimi_mla_absorb_output(float* __restrict__ o, const float* __restrict__ out_lat,
 
 // ---- absorbed decode: flash-decoding over the latent cache ----------------------------------------------------------
 //
-// Block (slice s, token t), 8 warps. Heads pad to MT = ceil(H/16) m16 tiles (H ≤ 32). Per tile of 64 cache rows:
+// Block (slice s, token t), W = kDecodeWarps warps. Heads pad to MT = ceil(H/16) m16 tiles (H ≤ 32). Per tile of 64
+// cache rows:
 //   A. S = Q·Kᵀ [MT·16, 64] on the tensor cores: warp w takes m-tile w / KS and every KS-th k16 step from w % KS
-//      (KS = 8 / MT), holding its q_lat fragments (fp16) in registers for the whole slice; partial S per warp go to
+//      (KS = W / MT), holding its q_lat fragments (fp16) in registers for the whole slice; partial S per warp go to
 //      shared memory.
 //   B. Online softmax, one thread group per head: sums the KS partials, masks rows past the slice, updates (m, l),
 //      writes p as fp16 and the rescale factor α.
-//   C. O = α·O + P·V [MT·16, R]: warp w owns output columns [w·R/8, (w+1)·R/8) for all heads.
+//   C. O = α·O + P·V [MT·16, R]: warp w owns the 16-column groups w, w + W, ... of the output for all heads.
 // The cache rows stream through a 2-stage cp.async ring (the next 64-row tile loads while this one is used; 64-row
 // tiles halve the barriers and softmax passes per row against 32-row ones); rows past the slice are
 // zero-filled.
-constexpr int kDecodeThreads = 256, kDecodeWarps = 8, kDecodeRows = 64, kDecodeStages = 2;
+#ifndef MLA_DECODE_WARPS
+#define MLA_DECODE_WARPS 8
+#endif
+constexpr int kDecodeWarps = MLA_DECODE_WARPS, kDecodeThreads = kDecodeWarps * 32, kDecodeRows = 64, kDecodeStages = 2;
 constexpr int kDecodeRowTiles = kDecodeRows / 8;   // n8 tiles of scores per warp
-constexpr int kDecodeMaxQSteps = 9;     // k16 steps of q a warp holds: D ≤ 16·9·KS (576 at H ≤ 32)
-constexpr int kDecodeMaxOutTiles = 8;   // n8 output tiles per warp: R ≤ 512
-constexpr int kDecodeSRow = kDecodeRows + 4, kDecodePRow = kDecodeRows + 8;   // padded shared rows (bank spread)
+constexpr int kDecodeMaxQSteps = (36 + kDecodeWarps / 2 - 1) / (kDecodeWarps / 2);   // k16 steps of q a warp holds:
+                                                                                        // D ≤ 16·steps·KS (576 at H ≤ 32)
+constexpr int kDecodeMaxGroups = 512 / 16 / kDecodeWarps;   // 16-column output groups per warp: R ≤ 512
+constexpr int kDecodeSRow = kDecodeRows + 8, kDecodePRow = kDecodeRows + 8;   // padded shared rows (bank spread)
 
-// Dynamic shared memory, bytes: the ring [stages][64][D + 8] bf16, S partials [8 warps][16][68] f32,
+// Dynamic shared memory, bytes: the ring [stages][64][D + 8] bf16, S partials [W warps][16][72] f32,
 // P [MT·16][72] fp16, α [MT·16] f32.
 __host__ __device__ constexpr size_t decode_smem_bytes(int D, int MT) {
     return static_cast<size_t>(kDecodeStages) * kDecodeRows * (D + 8) * 2 + kDecodeWarps * 16 * kDecodeSRow * 4 +
@@ -269,11 +304,14 @@ __host__ __device__ constexpr size_t decode_smem_bytes(int D, int MT) {
 }
 
 // partial_o [T, S, H, R] f32 (unnormalised), partial_ml [T, S, H, 2] (max in log2 units, sum); empty slices write
-// max = -inf, sum = 0 and no partial_o. Grid (S, T); 256 threads; decode_smem_bytes(D, ceil(H/16)).
-// H ≤ 32, D % 16 == 0, D ≤ 16·9·(8 / ceil(H/16)), R % 64 == 0, R ≤ 512.
+// max = -inf, sum = 0 and no partial_o. Grid (S, T); kDecodeThreads threads; decode_smem_bytes(D, ceil(H/16)).
+// H ≤ 32, D % 16 == 0, D ≤ 16·kDecodeMaxQSteps·(W / ceil(H/16)), R % 64 == 0, R ≤ 512. Programmatic launch: it waits
+// for its predecessor before reading anything (the length, q_lat and the newest cache row are all written just before).
 extern "C" __global__ void __launch_bounds__(kDecodeThreads, 1)
 kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ partial_ml, const float* __restrict__ q_lat,
                         const uint16_t* __restrict__ latent, const int* __restrict__ start_ptr, int H, int R, int D, float scale_log2) {
+    allow_successor();
+    wait_for_predecessor();
     const int splits = gridDim.x, s = blockIdx.x, t = blockIdx.y;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
     const int MT = (H + 15) / 16, KS = kDecodeWarps / MT, ksteps = D / 16;
@@ -288,7 +326,7 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
 
     const int stride = D + 8;
     uint16_t* ring = dynamic_smem();
-    float* s_part = reinterpret_cast<float*>(ring + kDecodeStages * kDecodeRows * stride);   // [8][16][rows + 4]
+    float* s_part = reinterpret_cast<float*>(ring + kDecodeStages * kDecodeRows * stride);   // [W][16][rows + 8]
     uint16_t* p_sh = reinterpret_cast<uint16_t*>(s_part + kDecodeWarps * 16 * kDecodeSRow);    // [MT·16][rows + 8] fp16
     float* alpha_sh = reinterpret_cast<float*>(p_sh + MT * 16 * kDecodePRow);                  // [MT·16]
 
@@ -323,12 +361,12 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
         }
     }
 
-    // Softmax ownership: head hh = tid / TPH, columns [sub·CPT, +CPT) of each 64-row tile.
+    // Softmax ownership: head hh = tid / TPH, the CPT columns sub, sub + TPH, ... of each 64-row tile.
     const int TPH = kDecodeThreads / (MT * 16), CPT = kDecodeRows / TPH, hh = tid / TPH, sub = tid % TPH;
     float m_run = kNegInf, l_run = 0.0f;
-    // Output ownership: columns [warp·R/8, +R/8), NTW n8 tiles, all MT m-tiles.
-    const int NTW = R / 64, col_w = warp * (R / 8);
-    float acc[2][kDecodeMaxOutTiles][4] = {};
+    // Output ownership: 16-column groups warp, warp + W, ... (< R / 16), all MT m-tiles; each group two n8 tiles.
+    const int col_groups = R / 16;
+    float acc[2][kDecodeMaxGroups][2][4] = {};
 
     for (int i = 0; i < tiles; i++) {
         cp_async_wait<kDecodeStages - 2>();
@@ -353,17 +391,18 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
                 mma_f16(sacc[2 * np + 1], qf[j], b[2], b[3]);
             }
         }
+        // As float2: with rows 72 floats apart, each half-warp's stores hit 32 distinct banks.
         float* mine = s_part + warp * 16 * kDecodeSRow;
 #pragma unroll
         for (int nt = 0; nt < kDecodeRowTiles; nt++) {
-            mine[g * kDecodeSRow + nt * 8 + 2 * c] = sacc[nt][0];
-            mine[g * kDecodeSRow + nt * 8 + 2 * c + 1] = sacc[nt][1];
-            mine[(g + 8) * kDecodeSRow + nt * 8 + 2 * c] = sacc[nt][2];
-            mine[(g + 8) * kDecodeSRow + nt * 8 + 2 * c + 1] = sacc[nt][3];
+            *reinterpret_cast<float2*>(mine + g * kDecodeSRow + nt * 8 + 2 * c) = make_float2(sacc[nt][0], sacc[nt][1]);
+            *reinterpret_cast<float2*>(mine + (g + 8) * kDecodeSRow + nt * 8 + 2 * c) = make_float2(sacc[nt][2], sacc[nt][3]);
         }
         __syncthreads();
 
-        // B. online softmax of head hh over the tile's rows.
+        // B. online softmax of head hh over the tile's rows. Thread sub takes the columns sub, sub + TPH, ...: a warp's
+        // loads of one step then cover 32 distinct banks (heads 72 floats apart, columns adjacent); contiguous columns per
+        // thread made them 8-way conflicts in this barrier-bound phase.
         {
             const int mt = hh / 16, r16 = hh % 16;
             float x[kDecodeRowTiles];   // CPT ≤ 64 / 8
@@ -371,7 +410,7 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
 #pragma unroll
             for (int j = 0; j < kDecodeRowTiles; j++) {
                 if (j >= CPT) break;
-                const int col = sub * CPT + j;
+                const int col = sub + j * TPH;
                 float v = 0.0f;
                 for (int k = 0; k < KS; k++) v += s_part[((mt * KS + k) * 16 + r16) * kDecodeSRow + col];
                 x[j] = row0 + col < end ? v * scale_log2 : kNegInf;
@@ -381,11 +420,11 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
             const float alpha = ex2(m_run - m_new);
             float sum = 0.0f;
 #pragma unroll
-            for (int j = 0; j < kDecodeRowTiles; j += 2) {
+            for (int j = 0; j < kDecodeRowTiles; j++) {
                 if (j >= CPT) break;
-                const float p0 = ex2(x[j] - m_new), p1 = ex2(x[j + 1] - m_new);
-                sum += p0 + p1;
-                *reinterpret_cast<uint32_t*>(p_sh + hh * kDecodePRow + sub * CPT + j) = pack_f16x2(p0, p1);
+                const float p = ex2(x[j] - m_new);
+                sum += p;
+                p_sh[hh * kDecodePRow + sub + j * TPH] = static_cast<uint16_t>(pack_f16x2(p, 0.0f));
             }
             l_run = l_run * alpha + group_sum(sum, TPH);
             m_run = m_new;
@@ -399,10 +438,12 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
             if (mt >= MT) break;
             const float a0 = alpha_sh[mt * 16 + g], a1 = alpha_sh[mt * 16 + g + 8];
 #pragma unroll
-            for (int nt = 0; nt < kDecodeMaxOutTiles; nt++) {
-                acc[mt][nt][0] *= a0; acc[mt][nt][1] *= a0;
-                acc[mt][nt][2] *= a1; acc[mt][nt][3] *= a1;
-            }
+            for (int k = 0; k < kDecodeMaxGroups; k++)
+#pragma unroll
+                for (int half = 0; half < 2; half++) {
+                    acc[mt][k][half][0] *= a0; acc[mt][k][half][1] *= a0;
+                    acc[mt][k][half][2] *= a1; acc[mt][k][half][3] *= a1;
+                }
         }
 #pragma unroll
         for (int kk = 0; kk < kDecodeRows / 16; kk++) {
@@ -412,19 +453,19 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
                 if (mt >= MT) break;
                 ldsm_x4(pf[mt], p_sh + (mt * 16 + (lane & 15)) * kDecodePRow + kk * 16 + (lane >> 4) * 8);
             }
-            const uint16_t* vrow = tile + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * stride + col_w + ((lane >> 4) & 1) * 8;
+            const uint16_t* vrow = tile + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * stride + ((lane >> 4) & 1) * 8;
 #pragma unroll
-            for (int nt = 0; nt < kDecodeMaxOutTiles; nt += 2) {
-                if (nt >= NTW) break;
+            for (int k = 0; k < kDecodeMaxGroups; k++) {
+                const int cg = warp + k * kDecodeWarps;
+                if (cg >= col_groups) break;
                 uint32_t b[4];
-                if (nt + 1 < NTW) ldsm_x4_t(b, vrow + nt * 8);
-                else ldsm_x2_t(b, vrow + nt * 8);
+                ldsm_x4_t(b, vrow + cg * 16);
                 to_f16(b);
 #pragma unroll
                 for (int mt = 0; mt < 2; mt++) {
                     if (mt >= MT) break;
-                    mma_f16(acc[mt][nt], pf[mt], b[0], b[1]);
-                    if (nt + 1 < NTW) mma_f16(acc[mt][nt + 1], pf[mt], b[2], b[3]);
+                    mma_f16(acc[mt][k][0], pf[mt], b[0], b[1]);
+                    mma_f16(acc[mt][k][1], pf[mt], b[2], b[3]);
                 }
             }
         }
@@ -436,11 +477,16 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
     for (int mt = 0; mt < 2; mt++) {
         if (mt >= MT) break;
 #pragma unroll
-        for (int nt = 0; nt < kDecodeMaxOutTiles; nt++) {
-            if (nt >= NTW) break;
-            const int col = col_w + nt * 8 + 2 * c, h0 = mt * 16 + g;
-            if (h0 < H) *reinterpret_cast<float2*>(out + static_cast<size_t>(h0) * R + col) = make_float2(acc[mt][nt][0], acc[mt][nt][1]);
-            if (h0 + 8 < H) *reinterpret_cast<float2*>(out + static_cast<size_t>(h0 + 8) * R + col) = make_float2(acc[mt][nt][2], acc[mt][nt][3]);
+        for (int k = 0; k < kDecodeMaxGroups; k++) {
+            const int cg = warp + k * kDecodeWarps;
+            if (cg >= col_groups) break;
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                const int col = cg * 16 + half * 8 + 2 * c, h0 = mt * 16 + g;
+                const float* a = acc[mt][k][half];
+                if (h0 < H) *reinterpret_cast<float2*>(out + static_cast<size_t>(h0) * R + col) = make_float2(a[0], a[1]);
+                if (h0 + 8 < H) *reinterpret_cast<float2*>(out + static_cast<size_t>(h0 + 8) * R + col) = make_float2(a[2], a[3]);
+            }
         }
     }
     if (sub == 0 && hh < H) { ml[2 * hh] = m_run; ml[2 * hh + 1] = l_run; }
@@ -455,9 +501,12 @@ __host__ __device__ constexpr size_t combine_smem_bytes(int splits) {
 
 // out [T, H, R] = Σ_s 2^(m_s − M)·O_s / Σ_s 2^(m_s − M)·l_s. Grid (ceil(R / 128), H, T); 256 threads;
 // combine_smem_bytes(S). Warp w sums the slices w, w + 8, ... for 128 columns; the 8 sums meet in shared memory.
+// Programmatic launch: everything it reads comes from the partial kernel, so it waits first.
 extern "C" __global__ void __launch_bounds__(kCombineThreads)
 kimi_mla_decode_combine(float* __restrict__ out, const float* __restrict__ partial_o, const float* __restrict__ partial_ml,
                         int H, int R, int splits) {
+    allow_successor();
+    wait_for_predecessor();
     constexpr int kWarps = kCombineThreads / 32;
     float* weight = reinterpret_cast<float*>(dynamic_smem());   // [S]
     float* sums = weight + splits;                               // [8][128]

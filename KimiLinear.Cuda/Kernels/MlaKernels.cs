@@ -23,12 +23,14 @@ namespace KimiLinear.Cuda.Kernels;
 internal static unsafe class MlaKernels
 {
     // Launch geometry and dynamic shared memory, as kernels/mla.cu defines them (kAbsorb*, kDecode*, kCombineThreads,
-    // kPrefill*, decode_smem_bytes, prefill_smem_bytes).
+    // kPrefill*, decode_smem_bytes, prefill_smem_bytes). The four decode kernels are launched programmatically where the
+    // device has it (KernelCatalog): each waits for its predecessor before reading what that wrote.
     private const int AbsorbThreads = 128;
     private const int AbsorbColumns = 64;
     private const int AbsorbSharedBytes = 16 * 4 * AbsorbColumns * sizeof(float); // kAbsorbGroups · kAbsorbTokens · 64 floats
     private const int OutputRowsPerBlock = AbsorbThreads / 32;
-    private const int DecodeThreads = 256;
+    private const int DecodeWarps = 8;
+    private const int DecodeThreads = DecodeWarps * 32;
     private const int DecodeRows = 64;
     private const int DecodeStages = 2;
     private const int DecodeMaxQuerySteps = 9;
@@ -44,7 +46,7 @@ internal static unsafe class MlaKernels
     private const float Log2E = 1.4426950408889634f;
 
     private static int DecodeSharedBytes(int d, int mTiles) =>
-        DecodeStages * DecodeRows * (d + 8) * 2 + 8 * 16 * (DecodeRows + 4) * 4 + mTiles * 16 * (DecodeRows + 8) * 2 + mTiles * 16 * 4;
+        DecodeStages * DecodeRows * (d + 8) * 2 + DecodeWarps * 16 * (DecodeRows + 8) * 4 + mTiles * 16 * (DecodeRows + 8) * 2 + mTiles * 16 * 4;
 
     private static int CombineSharedBytes(int splits) => (splits + CombineThreads / 32 * (CombineColumns + 1)) * sizeof(float);
 
@@ -97,10 +99,10 @@ internal static unsafe class MlaKernels
         CheckShape(shape);
         int d = shape.LatentWidth, mTiles = (shape.Heads + 15) / 16;
         if (shape.Heads > DecodeMaxHeads || shape.Rank % 64 != 0 || shape.Rank > DecodeMaxRank || d % 16 != 0
-            || d > 16 * DecodeMaxQuerySteps * (8 / mTiles))
+            || d > 16 * DecodeMaxQuerySteps * (DecodeWarps / mTiles))
             throw new ArgumentException(
                 $"the MLA decode kernel needs H ≤ {DecodeMaxHeads}, R a multiple of 64 and ≤ {DecodeMaxRank}, R + P a multiple of 16 and ≤ " +
-                $"{16 * DecodeMaxQuerySteps * (8 / mTiles)} (at H = {shape.Heads}); got H = {shape.Heads}, R = {shape.Rank}, P = {shape.RopeDim}", nameof(shape));
+                $"{16 * DecodeMaxQuerySteps * (DecodeWarps / mTiles)} (at H = {shape.Heads}); got H = {shape.Heads}, R = {shape.Rank}, P = {shape.RopeDim}", nameof(shape));
         KernelChecks.Positive(t, nameof(t));
         if (scratch.Shape != shape)
             throw new ArgumentException($"the scratch is laid out for {scratch.Shape}, not {shape}", nameof(scratch));

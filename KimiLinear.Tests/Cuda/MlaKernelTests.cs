@@ -60,7 +60,12 @@ public sealed class MlaKernelTests
     [InlineData("full", 0, 1)]
     [InlineData("full", 5, 3)]
     [InlineData("full", 300, 16)]
-    [InlineData("full", 4000, 3)] // several 32-row tiles per slice
+    [InlineData("full", 4000, 3)] // several 64-row tiles per slice
+    [InlineData("tiny", 63, 1)]    // the cache exactly one 64-row tile
+    [InlineData("tiny", 64, 1)]    // one row into the second slice
+    [InlineData("tiny", 200, 16)]  // T = 16, each token's slices ending elsewhere in a tile
+    [InlineData("full", 8447, 1)]  // 132 SMs: exactly one 64-row tile in every slice
+    [InlineData("full", 8448, 16)] // one row more: 128-row slices, the last one short; T = 16
     public void DecodeAttention_MatchesReference(string shapeName, int start, int t)
     {
         CudaContext gpu = Gpu.Require();
@@ -86,11 +91,12 @@ public sealed class MlaKernelTests
     [InlineData("full")]
     public void DecodeAttention_CapturedGraph_FollowsTheLengthOnTheDevice(string shapeName)
     {
-        // One graph captured at length 0, replayed while the cache grows past the slice count and the 32-row tiles:
-        // every replay must see exactly the rows its device-side start makes visible.
+        // One graph captured at length 0, replayed while the cache grows past the slice count and the 64-row tiles,
+        // and past 132 slices of exactly one tile (8448 rows on an H100): every replay must see exactly the rows its
+        // device-side start makes visible.
         CudaContext gpu = Gpu.Require();
         MlaShape shape = ShapeNamed(shapeName);
-        int[] starts = [0, 1, 33, 700, 2049];
+        int[] starts = [0, 1, 33, 700, 2049, 8447, 8448];
         var random = new Random(11);
         ushort[] latent = PoisonedCache(random, shape, starts[^1] + 1, capacity: starts[^1] + 1);
         float[] queryLatent = Gpu.RandomF32(random, shape.Heads * shape.LatentWidth);
@@ -190,6 +196,60 @@ public sealed class MlaKernelTests
         float[] expected = MlaReference.Prefill(q, keysValues, latent, Start, t, shape, shape.Scale);
         AssertCloseWithUntouchedTail(prefilled.ToArray(stream), expected, $"{shapeName} prefill path, T {t}");
         AssertCloseWithUntouchedTail(decoded.ToArray(stream), expected, $"{shapeName} decode path, T {t}");
+    }
+
+    [Theory]
+    [InlineData("tiny", 40, 2)]
+    [InlineData("full", 3000, 3)]
+    public void DecodeChain_TwoLayersBackToBack_ShareBuffersSafely(string shapeName, int start, int t)
+    {
+        // Two layers queued without a synchronisation, through the same q_lat, mixed and scratch buffers, as the
+        // backend does: under programmatic launch (on by default from sm_90) a kernel that read its predecessor's
+        // output early, or overwrote a buffer its predecessor still read, would mix the layers.
+        CudaContext gpu = Gpu.Require();
+        MlaShape shape = ShapeNamed(shapeName);
+        var random = new Random(start + t);
+        using CudaStream stream = gpu.CreateStream();
+        using var scratch = new MlaDecodeScratch(gpu, shape, maxTokens: t);
+        using DeviceBuffer<int> dStart = gpu.Upload(stream, new[] { start });
+        using DeviceBuffer<float> dQueryLatent = gpu.Allocate<float>(t * shape.Heads * shape.LatentWidth), dMixed = gpu.Allocate<float>(t * shape.Heads * shape.Rank);
+        var layers = new (ushort[] KvB, ushort[] Latent, float[] Q, DeviceBuffer<ushort> DKvB, DeviceBuffer<ushort> DLatent, DeviceBuffer<float> DQ, DeviceBuffer<float> DO)[2];
+        try
+        {
+            for (int i = 0; i < layers.Length; i++)
+            {
+                ushort[] kvB = Gpu.RandomBf16(random, (long)shape.KeyValueWidth * shape.Rank, 0.1f);
+                ushort[] latent = PoisonedCache(random, shape, start + t, capacity: start + t + 4);
+                float[] q = Gpu.RandomF32(random, t * shape.QueryWidth);
+                layers[i] = (kvB, latent, q, gpu.Upload(stream, kvB), gpu.Upload(stream, latent), gpu.Upload(stream, q),
+                    gpu.Poisoned(stream, t * shape.OutputWidth, float.NaN));
+            }
+            stream.Synchronize();
+            foreach (var layer in layers)
+            {
+                MlaKernels.AbsorbQuery(stream, dQueryLatent, layer.DQ, layer.DKvB, shape, t);
+                MlaKernels.DecodeAttention(stream, dMixed, dQueryLatent, layer.DLatent, dStart, t, shape, shape.Scale, scratch);
+                MlaKernels.AbsorbOutput(stream, layer.DO, dMixed, layer.DKvB, shape, t);
+            }
+            for (int i = 0; i < layers.Length; i++)
+            {
+                var layer = layers[i];
+                float[] queryLatent = MlaReference.AbsorbQuery(layer.Q, layer.KvB, shape, t);
+                float[] mixed = MlaReference.Decode(queryLatent, layer.Latent, start, t, shape, shape.Scale);
+                AssertCloseWithUntouchedTail(layer.DO.ToArray(stream), MlaReference.AbsorbOutput(mixed, layer.KvB, shape, t),
+                    $"{shapeName} layer {i} of a back-to-back decode chain, start {start}, T {t}");
+            }
+        }
+        finally
+        {
+            foreach (var layer in layers)
+            {
+                layer.DKvB?.Dispose();
+                layer.DLatent?.Dispose();
+                layer.DQ?.Dispose();
+                layer.DO?.Dispose();
+            }
+        }
     }
 
     [Fact]

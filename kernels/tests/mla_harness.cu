@@ -295,6 +295,13 @@ int main(int argc, char** argv) {
     check_decode(tiny, 5, 3, 5);
     check_decode(tiny, 300, 2, 3);
     check_decode({20, 32, 16, 32, 128}, 37, 2, 3);
+    // Slice edges: one exact 64-row tile, one row past it, T = 16 with slices ending inside a tile, and a 6-tile
+    // slice wrapping the 2-stage ring three times.
+    check_decode(tiny, 63, 1, 2);
+    check_decode(tiny, 64, 1, 2);
+    check_decode(tiny, 127, 2, 2);
+    check_decode(tiny, 200, 16, 3);
+    check_decode(tiny, 700, 1, 2);
     check_prefill(tiny, 0, 37, false);
     check_prefill(tiny, 5, 3, false);
     check_prefill({2, 24, 8, 40, 64}, 70, 67, false);
