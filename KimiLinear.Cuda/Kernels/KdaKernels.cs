@@ -27,6 +27,7 @@ internal static unsafe class KdaKernels
     private const int DecodeThreads = 128;
     private const int DecodeSharedBytes = (128 * 32 + 3 * 128 + 4 * 32 + 32 + 32 + 32 + 4) * sizeof(float);
     private const int PrepareThreads = 256;
+    private const int PrepareTokens = 16;   // kPrepareTokens: tokens a prepare block walks
     private const int IntraThreads = 256;
     private const int PrefillThreads = 256;
     private const int PrefillColumns = 32; // state columns per scan block
@@ -123,11 +124,12 @@ internal static unsafe class KdaKernels
         {
             &h, &k, &v, &n, &cu, &pq, &pk, &pv, &pf, &pb, &wq, &wk, &wv, &aLog, &dtBias, &cq, &ck, &cv, &q, &kk, &vv, &g, &beta,
         };
-        stream.Context.Kernels.Launch(prepare, new Dim3((uint)batch.Tokens), new Dim3(PrepareThreads), 0, stream, prepareArgs);
+        int channels = Math.Max(shape.KeyWidth, shape.ValueWidth);
+        stream.Context.Kernels.Launch(prepare, new Dim3((uint)((channels + PrepareThreads - 1) / PrepareThreads), (uint)((batch.Tokens + PrepareTokens - 1) / PrepareTokens)),
+            new Dim3(PrepareThreads), 0, stream, prepareArgs);
 
         // A second launch: the window update overwrites what every token of the pre-kernel may still read.
         void** windowArgs = stackalloc void*[] { &h, &k, &v, &cu, &pq, &pk, &pv, &cq, &ck, &cv };
-        int channels = Math.Max(shape.KeyWidth, shape.ValueWidth);
         stream.Context.Kernels.Launch(window, new Dim3((uint)((channels + PrepareThreads - 1) / PrepareThreads), (uint)n),
             new Dim3(PrepareThreads), 0, stream, windowArgs);
     }

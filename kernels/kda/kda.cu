@@ -45,7 +45,7 @@
 //                  distributed shared memory. Capturable in a CUDA graph (no host sync, no atomics, no scratch).
 //                  May be launched with programmatic dependent launch: it copies its state slice and reads the conv
 //                  windows and parameters before griddepcontrol.wait, and the new token's projections after it.
-//   prepare:       grid (T), block 256;  conv_window_update: grid (ceil(max(H·K, H·V) / 256), N), block 256.
+//   prepare:       grid (ceil(max(H·K, H·V) / 256), ceil(T / 16)), block 256;  conv_window_update: grid (ceil(max(H·K, H·V) / 256), N), block 256.
 //   chunk_intra:   grid (NC, H), block 256, dynamic smem chunk_intra_smem_bytes(K) (> 48 KiB: raise the limit).
 //   chunk_prefill: grid (V/32, H, N), block 256, dynamic smem chunk_prefill_smem_bytes(K) (> 48 KiB).
 //
@@ -79,6 +79,7 @@ constexpr int kIntraThreads = 256;
 constexpr int kPrefillThreads = 256;      // the scan's warp tiles below assume 8 warps and 32 columns
 constexpr int kPrefillCols = 32;         // state columns per prefill block
 constexpr int kPrepareThreads = 256;
+constexpr int kPrepareTokens = 16;      // tokens a prepare block walks (KdaKernels.PrepareTokens)
 
 // Dynamic shared memory, in floats: decode (state slice [128][32], q̂, k̂, decay [128] each, warp partials [4][32],
 // slice vector [32], v [32], gate·weight [32], the cluster's RMSNorm partials [4]); intra (k̂, G [64][K+1] each, q̂
@@ -921,8 +922,10 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
-// Prefill pre-kernel: per token, the causal conv (+ SiLU, as stored) of q, k, v from the projection outputs, with the
-// sequence's carried window for its first 3 tokens; the gate g in fp32; β = sigmoid(b). Block t = one token.
+// Prefill pre-kernel: the causal conv (+ SiLU, as stored) of q, k, v from the projection outputs, with the sequence's
+// carried window for its first 3 tokens; the gate g in fp32; β = sigmoid(b). Thread = one channel (of q, k and v),
+// block y = kPrepareTokens consecutive tokens: the taps are loaded once and each input once, the conv sliding along
+// the tokens in registers (a block a token re-read every input 4 times and the taps every token).
 template <typename Tin>
 __device__ __forceinline__ void prepare(int H, int K, int V, int num_seqs, const int* __restrict__ cu_seqlens,
     const Tin* __restrict__ pq, const Tin* __restrict__ pk, const Tin* __restrict__ pv, const Tin* __restrict__ pf,
@@ -930,29 +933,55 @@ __device__ __forceinline__ void prepare(int H, int K, int V, int num_seqs, const
     const float* __restrict__ a_log, const float* __restrict__ dt_bias, const Tin* __restrict__ conv_q,
     const Tin* __restrict__ conv_k, const Tin* __restrict__ conv_v, Tin* __restrict__ q, Tin* __restrict__ k,
     Tin* __restrict__ v, float* __restrict__ g, float* __restrict__ beta) {
-    const int t = blockIdx.x, tid = threadIdx.x, nthreads = blockDim.x;
-    int n = 0, hi = num_seqs - 1;   // the last sequence starting at or before t (skips empty sequences)
+    const int HK = H * K, HV = H * V;
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    const int t0 = blockIdx.y * kPrepareTokens, T = cu_seqlens[num_seqs], t1 = min(T, t0 + kPrepareTokens);
+    const bool qk = c < HK, vv = c < HV, bt = blockIdx.x == 0 && threadIdx.x < H;
+    if (t0 >= T || !(qk || vv || bt)) return;
+    int n = 0, hi = num_seqs - 1;   // the last sequence starting at or before t0 (skips empty sequences)
     while (n < hi) {
         const int mid = (n + hi + 1) >> 1;
-        if (cu_seqlens[mid] <= t) n = mid; else hi = mid - 1;
+        if (cu_seqlens[mid] <= t0) n = mid; else hi = mid - 1;
     }
-    const int p = t - cu_seqlens[n];   // position inside the sequence
-    const int HK = H * K, HV = H * V;
-    // Input i steps back: from the batch, or from window slot 3 + p − i (slot 2 = the newest carried input).
-    auto back = [&](const Tin* x, const Tin* win, int C, int c, int i) {
-        return p >= i ? ld(x[(size_t)(t - i) * C + c]) : ld(win[((size_t)n * 3 + 3 + p - i) * C + c]);
+    const int cq = qk ? c : 0, cv = vv ? c : 0;   // channels past a width read channel 0 and store nothing
+    const float gate_rate = -expf(a_log[cq / K]), dtb = dt_bias[cq];
+    // Input i steps back from token t (position p in sequence n): from the batch, or from window slot 3 + p − i
+    // (slot 2 = the newest carried input).
+    auto back = [&](const Tin* x, const Tin* win, int C, int ch, int t, int p, int i) {
+        return p >= i ? ld(x[(size_t)(t - i) * C + ch]) : ld(win[((size_t)n * 3 + 3 + p - i) * C + ch]);
     };
-    for (int c = tid; c < HK; c += nthreads) {
-        const size_t x = (size_t)t * HK + c;
-        st(q + x, conv_silu(wq + 4 * c, back(pq, conv_q, HK, c, 3), back(pq, conv_q, HK, c, 2), back(pq, conv_q, HK, c, 1), ld(pq[x])));
-        st(k + x, conv_silu(wk + 4 * c, back(pk, conv_k, HK, c, 3), back(pk, conv_k, HK, c, 2), back(pk, conv_k, HK, c, 1), ld(pk[x])));
-        g[x] = -expf(a_log[c / K]) * softplusf_(ld(pf[x]) + dt_bias[c]);
+    // The three inputs before the current token, newest first: hq[0] is 1 back.
+    float hq[3], hk[3], hv[3];
+    int p = t0 - cu_seqlens[n];
+#pragma unroll
+    for (int i = 0; i < 3; ++i) {
+        hq[i] = back(pq, conv_q, HK, cq, t0, p, i + 1);
+        hk[i] = back(pk, conv_k, HK, cq, t0, p, i + 1);
+        hv[i] = back(pv, conv_v, HV, cv, t0, p, i + 1);
     }
-    for (int c = tid; c < HV; c += nthreads) {
-        const size_t x = (size_t)t * HV + c;
-        st(v + x, conv_silu(wv + 4 * c, back(pv, conv_v, HV, c, 3), back(pv, conv_v, HV, c, 2), back(pv, conv_v, HV, c, 1), ld(pv[x])));
+    for (int t = t0; t < t1; ++t) {
+        if (t > t0 && n + 1 < num_seqs && cu_seqlens[n + 1] <= t) {   // a new sequence: its carried window
+            while (n + 1 < num_seqs && cu_seqlens[n + 1] <= t) ++n;
+#pragma unroll
+            for (int i = 0; i < 3; ++i) {
+                hq[i] = ld(conv_q[((size_t)n * 3 + 2 - i) * HK + cq]);
+                hk[i] = ld(conv_k[((size_t)n * 3 + 2 - i) * HK + cq]);
+                hv[i] = ld(conv_v[((size_t)n * 3 + 2 - i) * HV + cv]);
+            }
+        }
+        const float xq = ld(pq[(size_t)t * HK + cq]), xk = ld(pk[(size_t)t * HK + cq]), xv = ld(pv[(size_t)t * HV + cv]);
+        if (qk) {
+            const size_t x = (size_t)t * HK + c;
+            st(q + x, conv_silu(wq + 4 * c, hq[2], hq[1], hq[0], xq));
+            st(k + x, conv_silu(wk + 4 * c, hk[2], hk[1], hk[0], xk));
+            g[x] = gate_rate * softplusf_(ld(pf[x]) + dtb);
+        }
+        if (vv) st(v + (size_t)t * HV + c, conv_silu(wv + 4 * c, hv[2], hv[1], hv[0], xv));
+        if (bt) beta[(size_t)t * H + threadIdx.x] = sigmoidf_(ld(pb[(size_t)t * H + threadIdx.x]));
+        hq[2] = hq[1]; hq[1] = hq[0]; hq[0] = xq;
+        hk[2] = hk[1]; hk[1] = hk[0]; hk[0] = xk;
+        hv[2] = hv[1]; hv[1] = hv[0]; hv[0] = xv;
     }
-    for (int h = tid; h < H; h += nthreads) beta[(size_t)t * H + h] = sigmoidf_(ld(pb[(size_t)t * H + h]));
 }
 
 // After prepare (a separate launch, since prepare reads the old windows): each sequence's window becomes its last 3

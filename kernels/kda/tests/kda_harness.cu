@@ -461,6 +461,10 @@ template <typename Tin> struct DecodeDev {
     }
 #endif
 };
+// The pre-kernel's grid: channel blocks x token tiles (KdaKernels.Prepare).
+static dim3 prepare_grid(int HK, int HV, int T) {
+    return dim3((std::max(HK, HV) + kda::kPrepareThreads - 1) / kda::kPrepareThreads, (T + kda::kPrepareTokens - 1) / kda::kPrepareTokens);
+}
 // The pre-kernel and the window update on device: raw projections [T, ·] of a packed batch → prefill inputs in `pre`
 // (q, k, v, g, beta), windows of `dec` advanced past the batch.
 template <typename Tin> static void gpu_prepare(DevPool& pool, PrefillDev<Tin>& pre, DecodeDev<Tin>& dec,
@@ -471,7 +475,7 @@ template <typename Tin> static void gpu_prepare(DevPool& pool, PrefillDev<Tin>& 
     auto prepare = Kern<Tin>::prepare;
     auto window = Kern<Tin>::window;
     if (pre.T > 0) {
-        LAUNCH(prepare, 1, dim3(pre.T), dim3(kda::kPrepareThreads), 0, H, K, V, pre.N, (const int*)pre.cu, (const Tin*)pq,
+        LAUNCH(prepare, 1, prepare_grid(H * K, H * V, pre.T), dim3(kda::kPrepareThreads), 0, H, K, V, pre.N, (const int*)pre.cu, (const Tin*)pq,
             (const Tin*)pk, (const Tin*)pv, (const Tin*)pf, (const Tin*)pb, (const Tin*)dec.wq, (const Tin*)dec.wk,
             (const Tin*)dec.wv, (const float*)dec.a_log, (const float*)dec.dt_bias, (const Tin*)dec.cq, (const Tin*)dec.ck,
             (const Tin*)dec.cv, pre.q, pre.k, pre.v, pre.g, pre.beta);
@@ -809,7 +813,7 @@ static void bench_prepare(int B, int T) {
     auto prepare = Kern<bf16>::prepare;
     auto window = Kern<bf16>::window;
     const float ms = time_ms([&] {
-        LAUNCH(prepare, 1, dim3(pre.T), dim3(kda::kPrepareThreads), 0, H, K, V, pre.N, (const int*)pre.cu, (const bf16*)pq,
+        LAUNCH(prepare, 1, prepare_grid(H * K, H * V, pre.T), dim3(kda::kPrepareThreads), 0, H, K, V, pre.N, (const int*)pre.cu, (const bf16*)pq,
             (const bf16*)pk, (const bf16*)pv, (const bf16*)pf, (const bf16*)pb, (const bf16*)dec.wq, (const bf16*)dec.wk,
             (const bf16*)dec.wv, (const float*)dec.a_log, (const float*)dec.dt_bias, (const bf16*)dec.cq, (const bf16*)dec.ck,
             (const bf16*)dec.cv, pre.q, pre.k, pre.v, pre.g, pre.beta);
