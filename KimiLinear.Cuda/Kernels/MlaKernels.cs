@@ -31,8 +31,8 @@ internal static unsafe class MlaKernels
     private const int OutputRowsPerBlock = AbsorbThreads / 32;
     private const int DecodeWarps = 8;
     private const int DecodeThreads = DecodeWarps * 32;
-    private const int DecodeRows = 64;
-    private const int DecodeStages = 2;
+    private const int DecodeRows = 48;
+    private const int DecodeStages = 3;
     private const int DecodeMaxQuerySteps = 9;
     private const int DecodeMaxRank = 512;
     private const int DecodeMaxHeads = 32;

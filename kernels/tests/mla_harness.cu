@@ -1,8 +1,9 @@
 // mla_harness.cu — development harness for kernels/mla.cu (llm.c dev/cuda style):
 //   CPU:  g++ -O1 -std=c++17 -DKDA_EMULATE -x c++ -o /tmp/mla_emu kernels/tests/mla_harness.cu && /tmp/mla_emu
 //         (the CUDA emulator of kernels/kda/tests/cuda_emu.h: checks logic, fragment layouts and barriers, not speed)
-//   GPU:  nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/mla_harness kernels/tests/mla_harness.cu && /tmp/mla_harness [--bench | --bench-prefill]
-//         (the same checks, then with --bench each kernel alone timed with CUDA events at the model's shapes)
+//   GPU:  nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/mla_harness kernels/tests/mla_harness.cu && /tmp/mla_harness [--bench | --bench-decode | --bench-prefill]
+//         (the same checks, then with --bench each kernel alone timed with CUDA events at the model's shapes;
+//         -DMLA_DECODE_ROWS=r -DMLA_DECODE_STAGES=n -DMLA_DECODE_F16_TILE=1 build the decode kernel's other configurations)
 // Every kernel against a float64 reference of the same math on random data of odd sizes, the cache rows past the
 // visible length poisoned with NaN. Error = ‖out − ref‖ / ‖ref‖ (limit 2e-3; the fp16 tensor-core operands keep it near 2e-4).
 // The tests that count are KimiLinear.Tests/Cuda/MlaKernelTests.cs on the GPU; this is the fast development loop.
@@ -244,14 +245,15 @@ static float median_us(const std::function<void()>& work) {
     std::sort(t.begin(), t.end());
     return t[t.size() / 2];
 }
-static void bench(bool prefill_only) {
+static void bench(bool decode, bool prefill) {
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     const int H = 32, R = 512, P = 64, D = R + P, MT = 2, sms = prop.multiProcessorCount;
     const float scale_log2 = 1.4426950408889634f / std::sqrt(192.f);
-    std::printf("== bench on %s (%d SMs)\n", prop.name, sms);
+    std::printf("== bench on %s (%d SMs); decode tiles of %d rows, %d stages%s\n", prop.name, sms, kDecodeRows, kDecodeStages,
+                kDecodeF16Tile ? ", converted to fp16 in shared memory" : "");
     for (int L : {1024, 32768, 131072}) {
-        if (prefill_only) break;
+        if (!decode) break;
         uint16_t* lat = random_bf16_device(size_t(L) * D, 1);
         std::vector<float> q = rand_f32(size_t(H) * D, 0.05f);
         Dev<float> dq(q);
@@ -271,6 +273,7 @@ static void bench(bool prefill_only) {
     }
     // (start, T): from an empty cache, and the backend's last 8K piece of a 32K prompt.
     for (const std::pair<int, int> piece : {std::pair{0, 4096}, std::pair{0, 32768}, std::pair{24576, 8192}}) {
+        if (!prefill) break;
         const int start = piece.first, T = piece.second, L = start + T;
         uint16_t *q = random_bf16_device(size_t(T) * H * 192, 2), *kv = random_bf16_device(size_t(L) * H * 256, 3),
                  *lat = random_bf16_device(size_t(L) * D, 4);
@@ -310,7 +313,8 @@ int main(int argc, char** argv) {
     check_decode(full, 40, 1, 2);
     std::printf("%d failed\n", failures);
 #ifndef KDA_EMULATE
-    if (argc > 1 && std::strncmp(argv[1], "--bench", 7) == 0) bench(std::strcmp(argv[1], "--bench-prefill") == 0);
+    if (argc > 1 && std::strncmp(argv[1], "--bench", 7) == 0)
+        bench(std::strcmp(argv[1], "--bench-prefill") != 0, std::strcmp(argv[1], "--bench-decode") != 0);
 #else
     (void)argc; (void)argv;
 #endif
