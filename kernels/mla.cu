@@ -320,11 +320,14 @@ __host__ __device__ constexpr size_t decode_smem_bytes(int D, int MT) {
 // max = -inf, sum = 0 and no partial_o. Grid (S, T); kDecodeThreads threads; decode_smem_bytes(D, ceil(H/16)).
 // H ≤ 32, D % 16 == 0, D ≤ 16·kDecodeMaxQSteps·(W / ceil(H/16)), R % 64 == 0, R ≤ 512. Programmatic launch: it waits
 // for its predecessor before reading anything (the length, q_lat and the newest cache row are all written just before).
-extern "C" __global__ void __launch_bounds__(kDecodeThreads, 1)
-kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ partial_ml, const float* __restrict__ q_lat,
-                        const uint16_t* __restrict__ latent, const int* __restrict__ start_ptr, int H, int R, int D, float scale_log2) {
-    allow_successor();
-    wait_for_predecessor();
+// H, R, D as compile-time constants (kExact) or runtime values: with constants the guards inside the unrolled loops
+// vanish, so each phase is one straight-line block that ptxas can schedule as a whole (interleaving the independent
+// ldmatrix → convert → mma chains); with runtime values every guard splits it into blocks of one k16 step.
+template <bool kExact, int kH, int kR, int kD>
+__device__ __forceinline__ void decode_partial(float* __restrict__ partial_o, float* __restrict__ partial_ml,
+                                               const float* __restrict__ q_lat, const uint16_t* __restrict__ latent,
+                                               const int* __restrict__ start_ptr, int H_, int R_, int D_, float scale_log2) {
+    const int H = kExact ? kH : H_, R = kExact ? kR : R_, D = kExact ? kD : D_;
     const int splits = gridDim.x, s = blockIdx.x, t = blockIdx.y;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
     const int MT = (H + 15) / 16, KS = kDecodeWarps / MT, ksteps = D / 16;
@@ -506,11 +509,13 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
         cp_async_wait<kDecodeStages - 2>();   // this thread's pieces of tile i + 1 landed
         if (kDecodeF16Tile && i + 1 < tiles) tile_to_f16(i + 1);
         __syncthreads();                      // P(i), α(i) and tile i + 1 complete; S partials of tile i read
-        // X(i).
-        accumulate(i);
+        // X(i), the two products in one block (ptxas interleaves them only within a block).
         if (i + 1 < tiles) {
+            accumulate(i);
             scores(i + 1);
             __syncthreads();   // S partials of tile i + 1 complete; P(i) read
+        } else {
+            accumulate(i);
         }
     }
     cp_async_wait<0>();
@@ -534,6 +539,29 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
     }
     if (sub == 0 && hh < H) { ml[2 * hh] = m_run; ml[2 * hh + 1] = l_run; }
 }
+
+}  // namespace mla
+
+// The model's shape (H = 32 heads a GPU, R = 512, D = 576) with every loop bound known at compile time.
+extern "C" __global__ void __launch_bounds__(mla::kDecodeThreads, 1)
+kimi_mla_decode_partial_h32_r512_d576(float* __restrict__ partial_o, float* __restrict__ partial_ml, const float* __restrict__ q_lat,
+                                      const uint16_t* __restrict__ latent, const int* __restrict__ start_ptr, int H, int R, int D,
+                                      float scale_log2) {
+    allow_successor();
+    wait_for_predecessor();
+    mla::decode_partial<true, 32, 512, 576>(partial_o, partial_ml, q_lat, latent, start_ptr, H, R, D, scale_log2);
+}
+
+// Any shape within the limits above.
+extern "C" __global__ void __launch_bounds__(mla::kDecodeThreads, 1)
+kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ partial_ml, const float* __restrict__ q_lat,
+                        const uint16_t* __restrict__ latent, const int* __restrict__ start_ptr, int H, int R, int D, float scale_log2) {
+    allow_successor();
+    wait_for_predecessor();
+    mla::decode_partial<false, 0, 0, 0>(partial_o, partial_ml, q_lat, latent, start_ptr, H, R, D, scale_log2);
+}
+
+namespace mla {
 
 constexpr int kCombineThreads = 256, kCombineColumns = 128;   // 8 warps; each block 128 columns (a float4 per lane)
 

@@ -121,7 +121,9 @@ internal static unsafe class MlaKernels
         ulong pPart = scratch.Outputs.Pointer, pStats = scratch.Stats.Pointer, pQ = queryLatent.Pointer, pLatent = latent.Pointer;
         ulong pStart = start.Pointer, pOut = outLatent.Pointer;
         void** partialArgs = stackalloc void*[] { &pPart, &pStats, &pQ, &pLatent, &pStart, &h, &r, &d, &scaleLog2 };
-        stream.Context.Kernels.Launch(KernelId.MlaDecodePartial, new Dim3((uint)splits, (uint)t), new Dim3(DecodeThreads), shared, stream, partialArgs);
+        // The model's shape has a build with every loop bound fixed (kernels/mla.cu says why that matters).
+        KernelId partial = h == 32 && r == 512 && d == 576 ? KernelId.MlaDecodePartialH32R512D576 : KernelId.MlaDecodePartial;
+        stream.Context.Kernels.Launch(partial, new Dim3((uint)splits, (uint)t), new Dim3(DecodeThreads), shared, stream, partialArgs);
         void** combineArgs = stackalloc void*[] { &pOut, &pPart, &pStats, &h, &r, &splits };
         stream.Context.Kernels.Launch(KernelId.MlaDecodeCombine, new Dim3((uint)((r + CombineColumns - 1) / CombineColumns), (uint)h, (uint)t),
             new Dim3(CombineThreads), CombineSharedBytes(splits), stream, combineArgs);

@@ -25,6 +25,9 @@ public sealed class MlaKernelTests
     {
         "tiny" => new MlaShape(Heads: 4, NopeDim: 32, RopeDim: 16, ValueDim: 32, Rank: 64),
         "full" => new MlaShape(Heads: 32, NopeDim: 128, RopeDim: 64, ValueDim: 128, Rank: 512),
+        // The model's heads and rank with another rope width: the general decode kernel at 32 heads (full takes the
+        // build specialised for H 32, R 512, R + P 576).
+        "rope48" => new MlaShape(Heads: 32, NopeDim: 128, RopeDim: 48, ValueDim: 128, Rank: 512),
         _ => throw new ArgumentOutOfRangeException(nameof(name), name, "no such test shape"),
     };
 
@@ -70,6 +73,8 @@ public sealed class MlaKernelTests
     [InlineData("full", 8447, 1)]
     [InlineData("full", 20000, 2)] // four tiles per slice: the 3-slot ring wraps, loads refill slots while two are read
     [InlineData("tiny", 30000, 1)] // five tiles per slice, the last slice short
+    [InlineData("rope48", 0, 1)]
+    [InlineData("rope48", 20000, 3)]
     public void DecodeAttention_MatchesReference(string shapeName, int start, int t)
     {
         CudaContext gpu = Gpu.Require();

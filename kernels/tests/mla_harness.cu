@@ -128,12 +128,14 @@ static void check_decode(Shape sh, int start, int T, int splits) {
     Dev<float> out(std::vector<float>(size_t(T) * sh.H * sh.R, NAN)), dq(qlat);
     Dev<uint16_t> dlat(lat);
     Dev<int> dstart(std::vector<int>{start});
-    launch(kimi_mla_decode_partial, dim3(splits, T), dim3(kDecodeThreads), decode_smem_bytes(D, MT), po.p, pml.p, (const float*)dq.p,
+    const bool exact = sh.H == 32 && sh.R == 512 && D == 576;   // the model's shape: the specialised kernel
+    launch(exact ? kimi_mla_decode_partial_h32_r512_d576 : kimi_mla_decode_partial, dim3(splits, T), dim3(kDecodeThreads),
+           decode_smem_bytes(D, MT), po.p, pml.p, (const float*)dq.p,
            (const uint16_t*)dlat.p, (const int*)dstart.p, sh.H, sh.R, D, scale * 1.4426950408889634f);
     launch(kimi_mla_decode_combine, dim3((sh.R + kCombineColumns - 1) / kCombineColumns, sh.H, T), dim3(kCombineThreads),
            combine_smem_bytes(splits), out.p, (const float*)po.p, (const float*)pml.p, sh.H, sh.R, splits);
     char what[128];
-    std::snprintf(what, sizeof what, "decode H=%d R=%d P=%d start=%d T=%d splits=%d", sh.H, sh.R, sh.P, start, T, splits);
+    std::snprintf(what, sizeof what, "decode%s H=%d R=%d P=%d start=%d T=%d splits=%d", exact ? " h32" : "", sh.H, sh.R, sh.P, start, T, splits);
     report(what, out.get(), decode_ref(qlat, lat, start, T, sh, scale));
 }
 
@@ -260,7 +262,7 @@ static void bench(bool decode, bool prefill) {
         Dev<int> dstart(std::vector<int>{L - 1});
         for (int splits : {sms, 2 * sms}) {
             Dev<float> po(std::vector<float>(size_t(splits) * H * R)), pml(std::vector<float>(size_t(splits) * H * 2)), out(std::vector<float>(size_t(H) * R));
-            auto partial = [&] { launch(kimi_mla_decode_partial, dim3(splits, 1), dim3(kDecodeThreads), decode_smem_bytes(D, MT), po.p, pml.p,
+            auto partial = [&] { launch(kimi_mla_decode_partial_h32_r512_d576, dim3(splits, 1), dim3(kDecodeThreads), decode_smem_bytes(D, MT), po.p, pml.p,
                                         (const float*)dq.p, (const uint16_t*)lat, (const int*)dstart.p, H, R, D, scale_log2); };
             auto combine = [&] { launch(kimi_mla_decode_combine, dim3(R / kCombineColumns, H, 1), dim3(kCombineThreads), combine_smem_bytes(splits),
                                         out.p, (const float*)po.p, (const float*)pml.p, H, R, splits); };
@@ -311,6 +313,8 @@ int main(int argc, char** argv) {
     check_prefill({2, 128, 64, 128, 512}, 9, 20, true);
     check_prefill({1, 128, 64, 128, 512}, 100, 200, true);   // two query tiles, the 3-stage ring wrapping, warps skipping tiles
     check_decode(full, 40, 1, 2);
+    check_decode(full, 500, 3, 2);   // five 48-row tiles a slice: the 3-slot ring wraps
+    check_decode({32, 128, 48, 128, 512}, 130, 2, 2);   // H = 32, R = 512 but D = 560: the general kernel
     std::printf("%d failed\n", failures);
 #ifndef KDA_EMULATE
     if (argc > 1 && std::strncmp(argv[1], "--bench", 7) == 0)
