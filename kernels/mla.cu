@@ -296,11 +296,7 @@ constexpr int kDecodeWarps = 8, kDecodeThreads = kDecodeWarps * 32;
 #ifndef MLA_DECODE_STAGES
 #define MLA_DECODE_STAGES 3
 #endif
-#ifndef MLA_DECODE_F16_TILE
-#define MLA_DECODE_F16_TILE 0
-#endif
 constexpr int kDecodeRows = MLA_DECODE_ROWS, kDecodeStages = MLA_DECODE_STAGES;
-constexpr bool kDecodeF16Tile = MLA_DECODE_F16_TILE;
 static_assert(kDecodeRows % 16 == 0 && kDecodeRows % kDecodeWarps == 0 && kDecodeRows <= 64, "rows: whole k16 steps, whole rows per warp");
 static_assert(kDecodeStages >= 3, "phase X reads two tiles while a third arrives");
 constexpr int kDecodeRowTiles = kDecodeRows / 8;   // n8 tiles of scores per warp
@@ -365,20 +361,6 @@ __device__ __forceinline__ void decode_partial(float* __restrict__ partial_o, fl
         if (i < tiles) load_tile(i);
         cp_async_commit();
     }
-    // The pieces of tile i this thread copied, bf16 → fp16 in place (after its wait, before the barrier).
-    auto tile_to_f16 = [&](int i) {
-        uint16_t* dst = slot(i);
-#pragma unroll
-        for (int k = 0; k < kDecodeRows / kDecodeWarps; k++) {
-            const int r = warp + k * kDecodeWarps;
-            for (int ch = lane; ch < chunks; ch += 32) {
-                uint4* piece = reinterpret_cast<uint4*>(dst + r * stride + ch * 8);
-                uint4 x = *piece;
-                x.x = bf16x2_to_f16x2(x.x); x.y = bf16x2_to_f16x2(x.y); x.z = bf16x2_to_f16x2(x.z); x.w = bf16x2_to_f16x2(x.w);
-                *piece = x;
-            }
-        }
-    };
 
     // This warp's q_lat fragments (m-tile mt_w, k16 steps ks0, ks0 + KS, ...), as fp16.
     const int mt_w = warp / KS, ks0 = warp % KS;
@@ -407,7 +389,7 @@ __device__ __forceinline__ void decode_partial(float* __restrict__ partial_o, fl
             for (int np = 0; np < kDecodeRowTiles / 2; np++) {
                 uint32_t b[4];
                 ldsm_x4(b, tile + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * stride + ks * 16 + ((lane >> 3) & 1) * 8);
-                if (!kDecodeF16Tile) to_f16(b);
+                to_f16(b);
                 mma_f16(sacc[2 * np], qf[j], b[0], b[1]);
                 mma_f16(sacc[2 * np + 1], qf[j], b[2], b[3]);
             }
@@ -485,7 +467,7 @@ __device__ __forceinline__ void decode_partial(float* __restrict__ partial_o, fl
                 if (cg >= col_groups) break;
                 uint32_t b[4];
                 ldsm_x4_t(b, vrow + cg * 16);
-                if (!kDecodeF16Tile) to_f16(b);
+                to_f16(b);
 #pragma unroll
                 for (int mt = 0; mt < 2; mt++) {
                     if (mt >= MT) break;
@@ -497,7 +479,6 @@ __device__ __forceinline__ void decode_partial(float* __restrict__ partial_o, fl
     };
 
     cp_async_wait<kDecodeStages - 2>();
-    if (kDecodeF16Tile) tile_to_f16(0);
     __syncthreads();   // tile 0 landed for every thread
     scores(0);
     __syncthreads();   // S partials of tile 0 complete
@@ -507,7 +488,6 @@ __device__ __forceinline__ void decode_partial(float* __restrict__ partial_o, fl
         cp_async_commit();
         softmax(i);
         cp_async_wait<kDecodeStages - 2>();   // this thread's pieces of tile i + 1 landed
-        if (kDecodeF16Tile && i + 1 < tiles) tile_to_f16(i + 1);
         __syncthreads();                      // P(i), α(i) and tile i + 1 complete; S partials of tile i read
         // X(i), the two products in one block (ptxas interleaves them only within a block).
         if (i + 1 < tiles) {

@@ -3,7 +3,7 @@
 //         (the CUDA emulator of kernels/kda/tests/cuda_emu.h: checks logic, fragment layouts and barriers, not speed)
 //   GPU:  nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/mla_harness kernels/tests/mla_harness.cu && /tmp/mla_harness [--bench | --bench-decode | --bench-prefill]
 //         (the same checks, then with --bench each kernel alone timed with CUDA events at the model's shapes;
-//         -DMLA_DECODE_ROWS=r -DMLA_DECODE_STAGES=n -DMLA_DECODE_F16_TILE=1 build the decode kernel's other configurations)
+//         -DMLA_DECODE_ROWS=r -DMLA_DECODE_STAGES=n build the decode kernel's other configurations)
 // Every kernel against a float64 reference of the same math on random data of odd sizes, the cache rows past the
 // visible length poisoned with NaN. Error = ‖out − ref‖ / ‖ref‖ (limit 2e-3; the fp16 tensor-core operands keep it near 2e-4).
 // The tests that count are KimiLinear.Tests/Cuda/MlaKernelTests.cs on the GPU; this is the fast development loop.
@@ -252,8 +252,7 @@ static void bench(bool decode, bool prefill) {
     CK(cudaGetDeviceProperties(&prop, 0));
     const int H = 32, R = 512, P = 64, D = R + P, MT = 2, sms = prop.multiProcessorCount;
     const float scale_log2 = 1.4426950408889634f / std::sqrt(192.f);
-    std::printf("== bench on %s (%d SMs); decode tiles of %d rows, %d stages%s\n", prop.name, sms, kDecodeRows, kDecodeStages,
-                kDecodeF16Tile ? ", converted to fp16 in shared memory" : "");
+    std::printf("== bench on %s (%d SMs); decode tiles of %d rows, %d stages\n", prop.name, sms, kDecodeRows, kDecodeStages);
     for (int L : {1024, 32768, 131072}) {
         if (!decode) break;
         uint16_t* lat = random_bf16_device(size_t(L) * D, 1);
