@@ -299,8 +299,10 @@ int main(int argc, char** argv) {
     check_decode(tiny, 5, 3, 5);
     check_decode(tiny, 300, 2, 3);
     check_decode({20, 32, 16, 32, 128}, 37, 2, 3);
-    // Slice edges: one exact 64-row tile, one row past it, T = 16 with slices ending inside a tile, and a 6-tile
-    // slice wrapping the 2-stage ring three times.
+    // Slice edges: one exact 48-row tile, one row past it, 64 rows, T = 16 with slices ending inside a tile, and an
+    // 8-tile slice wrapping the 3-slot ring.
+    check_decode(tiny, 47, 1, 2);
+    check_decode(tiny, 48, 1, 2);
     check_decode(tiny, 63, 1, 2);
     check_decode(tiny, 64, 1, 2);
     check_decode(tiny, 127, 2, 2);
