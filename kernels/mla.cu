@@ -275,29 +275,38 @@ kimi_mla_absorb_output(float* __restrict__ o, const float* __restrict__ out_lat,
 
 // ---- absorbed decode: flash-decoding over the latent cache ----------------------------------------------------------
 //
-// Block (slice s, token t), W = kDecodeWarps warps. Heads pad to MT = ceil(H/16) m16 tiles (H ≤ 32). Per tile of 64
-// cache rows:
-//   A. S = Q·Kᵀ [MT·16, 64] on the tensor cores: warp w takes m-tile w / KS and every KS-th k16 step from w % KS
+// Block (slice s, token t), W = kDecodeWarps warps. Heads pad to MT = ceil(H/16) m16 tiles (H ≤ 32). Per tile of
+// kDecodeRows cache rows, three steps:
+//   A. S = Q·Kᵀ [MT·16, rows] on the tensor cores: warp w takes m-tile w / KS and every KS-th k16 step from w % KS
 //      (KS = W / MT), holding its q_lat fragments (fp16) in registers for the whole slice; partial S per warp go to
 //      shared memory.
 //   B. Online softmax, one thread group per head: sums the KS partials, masks rows past the slice, updates (m, l),
 //      writes p as fp16 and the rescale factor α.
 //   C. O = α·O + P·V [MT·16, R]: warp w owns the 16-column groups w, w + W, ... of the output for all heads.
-// The cache rows stream through a 2-stage cp.async ring (the next 64-row tile loads while this one is used; 64-row
-// tiles halve the barriers and softmax passes per row against 32-row ones); rows past the slice are
-// zero-filled.
-#ifndef MLA_DECODE_WARPS
-#define MLA_DECODE_WARPS 8
+// Software-pipelined by one tile so that a tile costs two barriers, not three, and the two tensor-core steps share a
+// phase: phase Y(i) = B(i) (short, ALU/MUFU), phase X(i) = C(i) and A(i + 1), whose independent mma chains the warp
+// interleaves (each alone stalled on the ldmatrix → convert → mma dependency). X(i) reads tiles i and i + 1, so the
+// cp.async ring has kDecodeStages ≥ 3 slots: Y(i) refills the slot of tile i − 1 with tile i + stages − 1, which
+// then has a whole iteration to arrive. Each warp copies whole rows (lane l the 16-byte pieces l, l + 32, ...): no
+// division per piece; rows past the slice are zero-filled.
+constexpr int kDecodeWarps = 8, kDecodeThreads = kDecodeWarps * 32;
+#ifndef MLA_DECODE_ROWS
+#define MLA_DECODE_ROWS 48
 #endif
-constexpr int kDecodeWarps = MLA_DECODE_WARPS, kDecodeThreads = kDecodeWarps * 32, kDecodeRows = 64, kDecodeStages = 2;
+#ifndef MLA_DECODE_STAGES
+#define MLA_DECODE_STAGES 3
+#endif
+constexpr int kDecodeRows = MLA_DECODE_ROWS, kDecodeStages = MLA_DECODE_STAGES;
+static_assert(kDecodeRows % 16 == 0 && kDecodeRows % kDecodeWarps == 0 && kDecodeRows <= 64, "rows: whole k16 steps, whole rows per warp");
+static_assert(kDecodeStages >= 3, "phase X reads two tiles while a third arrives");
 constexpr int kDecodeRowTiles = kDecodeRows / 8;   // n8 tiles of scores per warp
 constexpr int kDecodeMaxQSteps = (36 + kDecodeWarps / 2 - 1) / (kDecodeWarps / 2);   // k16 steps of q a warp holds:
                                                                                         // D ≤ 16·steps·KS (576 at H ≤ 32)
 constexpr int kDecodeMaxGroups = 512 / 16 / kDecodeWarps;   // 16-column output groups per warp: R ≤ 512
 constexpr int kDecodeSRow = kDecodeRows + 8, kDecodePRow = kDecodeRows + 8;   // padded shared rows (bank spread)
 
-// Dynamic shared memory, bytes: the ring [stages][64][D + 8] bf16, S partials [W warps][16][72] f32,
-// P [MT·16][72] fp16, α [MT·16] f32.
+// Dynamic shared memory, bytes: the ring [stages][rows][D + 8] bf16, S partials [W warps][16][rows + 8] f32,
+// P [MT·16][rows + 8] fp16, α [MT·16] f32.
 __host__ __device__ constexpr size_t decode_smem_bytes(int D, int MT) {
     return static_cast<size_t>(kDecodeStages) * kDecodeRows * (D + 8) * 2 + kDecodeWarps * 16 * kDecodeSRow * 4 +
            MT * 16 * kDecodePRow * 2 + MT * 16 * 4;
@@ -307,11 +316,14 @@ __host__ __device__ constexpr size_t decode_smem_bytes(int D, int MT) {
 // max = -inf, sum = 0 and no partial_o. Grid (S, T); kDecodeThreads threads; decode_smem_bytes(D, ceil(H/16)).
 // H ≤ 32, D % 16 == 0, D ≤ 16·kDecodeMaxQSteps·(W / ceil(H/16)), R % 64 == 0, R ≤ 512. Programmatic launch: it waits
 // for its predecessor before reading anything (the length, q_lat and the newest cache row are all written just before).
-extern "C" __global__ void __launch_bounds__(kDecodeThreads, 1)
-kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ partial_ml, const float* __restrict__ q_lat,
-                        const uint16_t* __restrict__ latent, const int* __restrict__ start_ptr, int H, int R, int D, float scale_log2) {
-    allow_successor();
-    wait_for_predecessor();
+// H, R, D as compile-time constants (kExact) or runtime values: with constants the guards inside the unrolled loops
+// vanish, so each phase is one straight-line block that ptxas can schedule as a whole (interleaving the independent
+// ldmatrix → convert → mma chains); with runtime values every guard splits it into blocks of one k16 step.
+template <bool kExact, int kH, int kR, int kD>
+__device__ __forceinline__ void decode_partial(float* __restrict__ partial_o, float* __restrict__ partial_ml,
+                                               const float* __restrict__ q_lat, const uint16_t* __restrict__ latent,
+                                               const int* __restrict__ start_ptr, int H_, int R_, int D_, float scale_log2) {
+    const int H = kExact ? kH : H_, R = kExact ? kR : R_, D = kExact ? kD : D_;
     const int splits = gridDim.x, s = blockIdx.x, t = blockIdx.y;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
     const int MT = (H + 15) / 16, KS = kDecodeWarps / MT, ksteps = D / 16;
@@ -331,13 +343,17 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
     float* alpha_sh = reinterpret_cast<float*>(p_sh + MT * 16 * kDecodePRow);                  // [MT·16]
 
     const int chunks = D / 8, tiles = (end - begin + kDecodeRows - 1) / kDecodeRows;
+    auto slot = [&](int i) { return ring + (i % kDecodeStages) * kDecodeRows * stride; };
+    // Rows warp, warp + W, ... of tile i; the rows of the latent are contiguous, D elements apart.
     auto load_tile = [&](int i) {
-        uint16_t* dst = ring + (i % kDecodeStages) * kDecodeRows * stride;
+        uint16_t* dst = slot(i);
         const int row0 = begin + i * kDecodeRows;
-        for (int e = tid; e < kDecodeRows * chunks; e += kDecodeThreads) {
-            const int r = e / chunks, ch = e - r * chunks;
+#pragma unroll
+        for (int k = 0; k < kDecodeRows / kDecodeWarps; k++) {
+            const int r = warp + k * kDecodeWarps;
             const bool ok = row0 + r < end;
-            cp_async16(dst + r * stride + ch * 8, ok ? latent + static_cast<size_t>(row0 + r) * D + ch * 8 : latent, ok);
+            const uint16_t* src = ok ? latent + static_cast<size_t>(row0 + r) * D : latent;
+            for (int ch = lane; ch < chunks; ch += 32) cp_async16(dst + r * stride + ch * 8, src + (ok ? ch * 8 : 0), ok);
         }
     };
 #pragma unroll
@@ -361,22 +377,9 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
         }
     }
 
-    // Softmax ownership: head hh = tid / TPH, the CPT columns sub, sub + TPH, ... of each 64-row tile.
-    const int TPH = kDecodeThreads / (MT * 16), CPT = kDecodeRows / TPH, hh = tid / TPH, sub = tid % TPH;
-    float m_run = kNegInf, l_run = 0.0f;
-    // Output ownership: 16-column groups warp, warp + W, ... (< R / 16), all MT m-tiles; each group two n8 tiles.
-    const int col_groups = R / 16;
-    float acc[2][kDecodeMaxGroups][2][4] = {};
-
-    for (int i = 0; i < tiles; i++) {
-        cp_async_wait<kDecodeStages - 2>();
-        __syncthreads();   // tile i landed for every thread; the slot refilled below was last read in iteration i - 1
-        if (i + kDecodeStages - 1 < tiles) load_tile(i + kDecodeStages - 1);
-        cp_async_commit();
-        const uint16_t* tile = ring + (i % kDecodeStages) * kDecodeRows * stride;
-        const int row0 = begin + i * kDecodeRows;
-
-        // A. partial scores of this warp's k steps: 16 heads × 64 rows.
+    // A. partial scores of this warp's k steps over tile i: 16 heads × rows, to s_part.
+    auto scores = [&](int i) {
+        const uint16_t* tile = slot(i);
         float sacc[kDecodeRowTiles][4] = {};
 #pragma unroll
         for (int j = 0; j < kDecodeMaxQSteps; j++) {
@@ -391,48 +394,52 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
                 mma_f16(sacc[2 * np + 1], qf[j], b[2], b[3]);
             }
         }
-        // As float2: with rows 72 floats apart, each half-warp's stores hit 32 distinct banks.
+        // As float2: with rows kDecodeSRow floats apart, each half-warp's stores hit 32 distinct banks.
         float* mine = s_part + warp * 16 * kDecodeSRow;
 #pragma unroll
         for (int nt = 0; nt < kDecodeRowTiles; nt++) {
             *reinterpret_cast<float2*>(mine + g * kDecodeSRow + nt * 8 + 2 * c) = make_float2(sacc[nt][0], sacc[nt][1]);
             *reinterpret_cast<float2*>(mine + (g + 8) * kDecodeSRow + nt * 8 + 2 * c) = make_float2(sacc[nt][2], sacc[nt][3]);
         }
-        __syncthreads();
+    };
 
-        // B. online softmax of head hh over the tile's rows. Thread sub takes the columns sub, sub + TPH, ...: a warp's
-        // loads of one step then cover 32 distinct banks (heads 72 floats apart, columns adjacent); contiguous columns per
-        // thread made them 8-way conflicts in this barrier-bound phase.
-        {
-            const int mt = hh / 16, r16 = hh % 16;
-            float x[kDecodeRowTiles];   // CPT ≤ 64 / 8
-            float mx = kNegInf;
+    // B. online softmax of head hh over tile i's rows. Head hh = tid / TPH; thread sub takes the columns sub, sub + TPH,
+    // ...: a warp's loads of one step then cover 32 distinct banks (heads kDecodeSRow floats apart, columns adjacent).
+    const int TPH = kDecodeThreads / (MT * 16), CPT = kDecodeRows / TPH, hh = tid / TPH, sub = tid % TPH;
+    float m_run = kNegInf, l_run = 0.0f;
+    auto softmax = [&](int i) {
+        const int mt = hh / 16, r16 = hh % 16, row0 = begin + i * kDecodeRows;
+        float x[kDecodeRowTiles];   // CPT ≤ rows / 8
+        float mx = kNegInf;
 #pragma unroll
-            for (int j = 0; j < kDecodeRowTiles; j++) {
-                if (j >= CPT) break;
-                const int col = sub + j * TPH;
-                float v = 0.0f;
-                for (int k = 0; k < KS; k++) v += s_part[((mt * KS + k) * 16 + r16) * kDecodeSRow + col];
-                x[j] = row0 + col < end ? v * scale_log2 : kNegInf;
-                mx = fmaxf(mx, x[j]);
-            }
-            const float m_new = fmaxf(m_run, group_max(mx, TPH));   // finite: every tile has a visible row
-            const float alpha = ex2(m_run - m_new);
-            float sum = 0.0f;
-#pragma unroll
-            for (int j = 0; j < kDecodeRowTiles; j++) {
-                if (j >= CPT) break;
-                const float p = ex2(x[j] - m_new);
-                sum += p;
-                p_sh[hh * kDecodePRow + sub + j * TPH] = static_cast<uint16_t>(pack_f16x2(p, 0.0f));
-            }
-            l_run = l_run * alpha + group_sum(sum, TPH);
-            m_run = m_new;
-            if (sub == 0) alpha_sh[hh] = alpha;
+        for (int j = 0; j < kDecodeRowTiles; j++) {
+            if (j >= CPT) break;
+            const int col = sub + j * TPH;
+            float v = 0.0f;
+            for (int k = 0; k < KS; k++) v += s_part[((mt * KS + k) * 16 + r16) * kDecodeSRow + col];
+            x[j] = row0 + col < end ? v * scale_log2 : kNegInf;
+            mx = fmaxf(mx, x[j]);
         }
-        __syncthreads();
+        const float m_new = fmaxf(m_run, group_max(mx, TPH));   // finite: every tile has a visible row
+        const float alpha = ex2(m_run - m_new);
+        float sum = 0.0f;
+#pragma unroll
+        for (int j = 0; j < kDecodeRowTiles; j++) {
+            if (j >= CPT) break;
+            const float p = ex2(x[j] - m_new);
+            sum += p;
+            p_sh[hh * kDecodePRow + sub + j * TPH] = static_cast<uint16_t>(pack_f16x2(p, 0.0f));
+        }
+        l_run = l_run * alpha + group_sum(sum, TPH);
+        m_run = m_new;
+        if (sub == 0) alpha_sh[hh] = alpha;
+    };
 
-        // C. O = α·O + P·V over this warp's columns.
+    // C. O = α·O + P·V over this warp's columns: 16-column groups warp, warp + W, ... (< R / 16), all MT m-tiles.
+    const int col_groups = R / 16;
+    float acc[2][kDecodeMaxGroups][2][4] = {};
+    auto accumulate = [&](int i) {
+        const uint16_t* tile = slot(i);
 #pragma unroll
         for (int mt = 0; mt < 2; mt++) {
             if (mt >= MT) break;
@@ -469,6 +476,27 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
                 }
             }
         }
+    };
+
+    cp_async_wait<kDecodeStages - 2>();
+    __syncthreads();   // tile 0 landed for every thread
+    scores(0);
+    __syncthreads();   // S partials of tile 0 complete
+    for (int i = 0; i < tiles; i++) {
+        // Y(i). The slot refilled here held tile i − 1, last read by phase X(i − 1), which the barrier above closed.
+        if (i + kDecodeStages - 1 < tiles) load_tile(i + kDecodeStages - 1);
+        cp_async_commit();
+        softmax(i);
+        cp_async_wait<kDecodeStages - 2>();   // this thread's pieces of tile i + 1 landed
+        __syncthreads();                      // P(i), α(i) and tile i + 1 complete; S partials of tile i read
+        // X(i), the two products in one block (ptxas interleaves them only within a block).
+        if (i + 1 < tiles) {
+            accumulate(i);
+            scores(i + 1);
+            __syncthreads();   // S partials of tile i + 1 complete; P(i) read
+        } else {
+            accumulate(i);
+        }
     }
     cp_async_wait<0>();
 
@@ -491,6 +519,29 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
     }
     if (sub == 0 && hh < H) { ml[2 * hh] = m_run; ml[2 * hh + 1] = l_run; }
 }
+
+}  // namespace mla
+
+// The model's shape (H = 32 heads a GPU, R = 512, D = 576) with every loop bound known at compile time.
+extern "C" __global__ void __launch_bounds__(mla::kDecodeThreads, 1)
+kimi_mla_decode_partial_h32_r512_d576(float* __restrict__ partial_o, float* __restrict__ partial_ml, const float* __restrict__ q_lat,
+                                      const uint16_t* __restrict__ latent, const int* __restrict__ start_ptr, int H, int R, int D,
+                                      float scale_log2) {
+    allow_successor();
+    wait_for_predecessor();
+    mla::decode_partial<true, 32, 512, 576>(partial_o, partial_ml, q_lat, latent, start_ptr, H, R, D, scale_log2);
+}
+
+// Any shape within the limits above.
+extern "C" __global__ void __launch_bounds__(mla::kDecodeThreads, 1)
+kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ partial_ml, const float* __restrict__ q_lat,
+                        const uint16_t* __restrict__ latent, const int* __restrict__ start_ptr, int H, int R, int D, float scale_log2) {
+    allow_successor();
+    wait_for_predecessor();
+    mla::decode_partial<false, 0, 0, 0>(partial_o, partial_ml, q_lat, latent, start_ptr, H, R, D, scale_log2);
+}
+
+namespace mla {
 
 constexpr int kCombineThreads = 256, kCombineColumns = 128;   // 8 warps; each block 128 columns (a float4 per lane)
 

@@ -31,8 +31,8 @@ internal static unsafe class MlaKernels
     private const int OutputRowsPerBlock = AbsorbThreads / 32;
     private const int DecodeWarps = 8;
     private const int DecodeThreads = DecodeWarps * 32;
-    private const int DecodeRows = 64;
-    private const int DecodeStages = 2;
+    private const int DecodeRows = 48;
+    private const int DecodeStages = 3;
     private const int DecodeMaxQuerySteps = 9;
     private const int DecodeMaxRank = 512;
     private const int DecodeMaxHeads = 32;
@@ -121,7 +121,9 @@ internal static unsafe class MlaKernels
         ulong pPart = scratch.Outputs.Pointer, pStats = scratch.Stats.Pointer, pQ = queryLatent.Pointer, pLatent = latent.Pointer;
         ulong pStart = start.Pointer, pOut = outLatent.Pointer;
         void** partialArgs = stackalloc void*[] { &pPart, &pStats, &pQ, &pLatent, &pStart, &h, &r, &d, &scaleLog2 };
-        stream.Context.Kernels.Launch(KernelId.MlaDecodePartial, new Dim3((uint)splits, (uint)t), new Dim3(DecodeThreads), shared, stream, partialArgs);
+        // The model's shape has a build with every loop bound fixed (kernels/mla.cu says why that matters).
+        KernelId partial = h == 32 && r == 512 && d == 576 ? KernelId.MlaDecodePartialH32R512D576 : KernelId.MlaDecodePartial;
+        stream.Context.Kernels.Launch(partial, new Dim3((uint)splits, (uint)t), new Dim3(DecodeThreads), shared, stream, partialArgs);
         void** combineArgs = stackalloc void*[] { &pOut, &pPart, &pStats, &h, &r, &splits };
         stream.Context.Kernels.Launch(KernelId.MlaDecodeCombine, new Dim3((uint)((r + CombineColumns - 1) / CombineColumns), (uint)h, (uint)t),
             new Dim3(CombineThreads), CombineSharedBytes(splits), stream, combineArgs);

@@ -25,6 +25,9 @@ public sealed class MlaKernelTests
     {
         "tiny" => new MlaShape(Heads: 4, NopeDim: 32, RopeDim: 16, ValueDim: 32, Rank: 64),
         "full" => new MlaShape(Heads: 32, NopeDim: 128, RopeDim: 64, ValueDim: 128, Rank: 512),
+        // The model's heads and rank with another rope width: the general decode kernel at 32 heads (full takes the
+        // build specialised for H 32, R 512, R + P 576).
+        "rope48" => new MlaShape(Heads: 32, NopeDim: 128, RopeDim: 48, ValueDim: 128, Rank: 512),
         _ => throw new ArgumentOutOfRangeException(nameof(name), name, "no such test shape"),
     };
 
@@ -60,12 +63,18 @@ public sealed class MlaKernelTests
     [InlineData("full", 0, 1)]
     [InlineData("full", 5, 3)]
     [InlineData("full", 300, 16)]
-    [InlineData("full", 4000, 3)] // several 64-row tiles per slice
-    [InlineData("tiny", 63, 1)]    // the cache exactly one 64-row tile
-    [InlineData("tiny", 64, 1)]    // one row into the second slice
+    [InlineData("full", 4000, 3)] // several 48-row tiles per slice
+    [InlineData("tiny", 47, 1)]    // the cache exactly one 48-row tile
+    [InlineData("tiny", 48, 1)]    // one row into the second slice
+    [InlineData("tiny", 63, 1)]
     [InlineData("tiny", 200, 16)]  // T = 16, each token's slices ending elsewhere in a tile
-    [InlineData("full", 8447, 1)]  // 132 SMs: exactly one 64-row tile in every slice
-    [InlineData("full", 8448, 16)] // one row more: 128-row slices, the last one short; T = 16
+    [InlineData("full", 6335, 1)]  // 132 SMs: exactly one 48-row tile in every slice (the pipeline's prologue alone)
+    [InlineData("full", 6336, 16)] // one row more: 96-row slices, the last one short; T = 16
+    [InlineData("full", 8447, 1)]
+    [InlineData("full", 20000, 2)] // four tiles per slice: the 3-slot ring wraps, loads refill slots while two are read
+    [InlineData("tiny", 30000, 1)] // five tiles per slice, the last slice short
+    [InlineData("rope48", 0, 1)]
+    [InlineData("rope48", 20000, 3)]
     public void DecodeAttention_MatchesReference(string shapeName, int start, int t)
     {
         CudaContext gpu = Gpu.Require();
@@ -91,12 +100,12 @@ public sealed class MlaKernelTests
     [InlineData("full")]
     public void DecodeAttention_CapturedGraph_FollowsTheLengthOnTheDevice(string shapeName)
     {
-        // One graph captured at length 0, replayed while the cache grows past the slice count and the 64-row tiles,
-        // and past 132 slices of exactly one tile (8448 rows on an H100): every replay must see exactly the rows its
+        // One graph captured at length 0, replayed while the cache grows past the slice count and the 48-row tiles,
+        // and past 132 slices of exactly one tile (6336 rows on an H100): every replay must see exactly the rows its
         // device-side start makes visible.
         CudaContext gpu = Gpu.Require();
         MlaShape shape = ShapeNamed(shapeName);
-        int[] starts = [0, 1, 33, 700, 2049, 8447, 8448];
+        int[] starts = [0, 1, 33, 700, 2049, 6335, 6336, 8448];
         var random = new Random(11);
         ushort[] latent = PoisonedCache(random, shape, starts[^1] + 1, capacity: starts[^1] + 1);
         float[] queryLatent = Gpu.RandomF32(random, shape.Heads * shape.LatentWidth);

@@ -1,8 +1,9 @@
 // mla_harness.cu — development harness for kernels/mla.cu (llm.c dev/cuda style):
 //   CPU:  g++ -O1 -std=c++17 -DKDA_EMULATE -x c++ -o /tmp/mla_emu kernels/tests/mla_harness.cu && /tmp/mla_emu
 //         (the CUDA emulator of kernels/kda/tests/cuda_emu.h: checks logic, fragment layouts and barriers, not speed)
-//   GPU:  nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/mla_harness kernels/tests/mla_harness.cu && /tmp/mla_harness [--bench | --bench-prefill]
-//         (the same checks, then with --bench each kernel alone timed with CUDA events at the model's shapes)
+//   GPU:  nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/mla_harness kernels/tests/mla_harness.cu && /tmp/mla_harness [--bench | --bench-decode | --bench-prefill]
+//         (the same checks, then with --bench each kernel alone timed with CUDA events at the model's shapes;
+//         -DMLA_DECODE_ROWS=r -DMLA_DECODE_STAGES=n build the decode kernel's other configurations)
 // Every kernel against a float64 reference of the same math on random data of odd sizes, the cache rows past the
 // visible length poisoned with NaN. Error = ‖out − ref‖ / ‖ref‖ (limit 2e-3; the fp16 tensor-core operands keep it near 2e-4).
 // The tests that count are KimiLinear.Tests/Cuda/MlaKernelTests.cs on the GPU; this is the fast development loop.
@@ -127,12 +128,14 @@ static void check_decode(Shape sh, int start, int T, int splits) {
     Dev<float> out(std::vector<float>(size_t(T) * sh.H * sh.R, NAN)), dq(qlat);
     Dev<uint16_t> dlat(lat);
     Dev<int> dstart(std::vector<int>{start});
-    launch(kimi_mla_decode_partial, dim3(splits, T), dim3(kDecodeThreads), decode_smem_bytes(D, MT), po.p, pml.p, (const float*)dq.p,
+    const bool exact = sh.H == 32 && sh.R == 512 && D == 576;   // the model's shape: the specialised kernel
+    launch(exact ? kimi_mla_decode_partial_h32_r512_d576 : kimi_mla_decode_partial, dim3(splits, T), dim3(kDecodeThreads),
+           decode_smem_bytes(D, MT), po.p, pml.p, (const float*)dq.p,
            (const uint16_t*)dlat.p, (const int*)dstart.p, sh.H, sh.R, D, scale * 1.4426950408889634f);
     launch(kimi_mla_decode_combine, dim3((sh.R + kCombineColumns - 1) / kCombineColumns, sh.H, T), dim3(kCombineThreads),
            combine_smem_bytes(splits), out.p, (const float*)po.p, (const float*)pml.p, sh.H, sh.R, splits);
     char what[128];
-    std::snprintf(what, sizeof what, "decode H=%d R=%d P=%d start=%d T=%d splits=%d", sh.H, sh.R, sh.P, start, T, splits);
+    std::snprintf(what, sizeof what, "decode%s H=%d R=%d P=%d start=%d T=%d splits=%d", exact ? " h32" : "", sh.H, sh.R, sh.P, start, T, splits);
     report(what, out.get(), decode_ref(qlat, lat, start, T, sh, scale));
 }
 
@@ -244,21 +247,21 @@ static float median_us(const std::function<void()>& work) {
     std::sort(t.begin(), t.end());
     return t[t.size() / 2];
 }
-static void bench(bool prefill_only) {
+static void bench(bool decode, bool prefill) {
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     const int H = 32, R = 512, P = 64, D = R + P, MT = 2, sms = prop.multiProcessorCount;
     const float scale_log2 = 1.4426950408889634f / std::sqrt(192.f);
-    std::printf("== bench on %s (%d SMs)\n", prop.name, sms);
+    std::printf("== bench on %s (%d SMs); decode tiles of %d rows, %d stages\n", prop.name, sms, kDecodeRows, kDecodeStages);
     for (int L : {1024, 32768, 131072}) {
-        if (prefill_only) break;
+        if (!decode) break;
         uint16_t* lat = random_bf16_device(size_t(L) * D, 1);
         std::vector<float> q = rand_f32(size_t(H) * D, 0.05f);
         Dev<float> dq(q);
         Dev<int> dstart(std::vector<int>{L - 1});
         for (int splits : {sms, 2 * sms}) {
             Dev<float> po(std::vector<float>(size_t(splits) * H * R)), pml(std::vector<float>(size_t(splits) * H * 2)), out(std::vector<float>(size_t(H) * R));
-            auto partial = [&] { launch(kimi_mla_decode_partial, dim3(splits, 1), dim3(kDecodeThreads), decode_smem_bytes(D, MT), po.p, pml.p,
+            auto partial = [&] { launch(kimi_mla_decode_partial_h32_r512_d576, dim3(splits, 1), dim3(kDecodeThreads), decode_smem_bytes(D, MT), po.p, pml.p,
                                         (const float*)dq.p, (const uint16_t*)lat, (const int*)dstart.p, H, R, D, scale_log2); };
             auto combine = [&] { launch(kimi_mla_decode_combine, dim3(R / kCombineColumns, H, 1), dim3(kCombineThreads), combine_smem_bytes(splits),
                                         out.p, (const float*)po.p, (const float*)pml.p, H, R, splits); };
@@ -271,6 +274,7 @@ static void bench(bool prefill_only) {
     }
     // (start, T): from an empty cache, and the backend's last 8K piece of a 32K prompt.
     for (const std::pair<int, int> piece : {std::pair{0, 4096}, std::pair{0, 32768}, std::pair{24576, 8192}}) {
+        if (!prefill) break;
         const int start = piece.first, T = piece.second, L = start + T;
         uint16_t *q = random_bf16_device(size_t(T) * H * 192, 2), *kv = random_bf16_device(size_t(L) * H * 256, 3),
                  *lat = random_bf16_device(size_t(L) * D, 4);
@@ -295,8 +299,10 @@ int main(int argc, char** argv) {
     check_decode(tiny, 5, 3, 5);
     check_decode(tiny, 300, 2, 3);
     check_decode({20, 32, 16, 32, 128}, 37, 2, 3);
-    // Slice edges: one exact 64-row tile, one row past it, T = 16 with slices ending inside a tile, and a 6-tile
-    // slice wrapping the 2-stage ring three times.
+    // Slice edges: one exact 48-row tile, one row past it, 64 rows, T = 16 with slices ending inside a tile, and an
+    // 8-tile slice wrapping the 3-slot ring.
+    check_decode(tiny, 47, 1, 2);
+    check_decode(tiny, 48, 1, 2);
     check_decode(tiny, 63, 1, 2);
     check_decode(tiny, 64, 1, 2);
     check_decode(tiny, 127, 2, 2);
@@ -308,9 +314,12 @@ int main(int argc, char** argv) {
     check_prefill({2, 128, 64, 128, 512}, 9, 20, true);
     check_prefill({1, 128, 64, 128, 512}, 100, 200, true);   // two query tiles, the 3-stage ring wrapping, warps skipping tiles
     check_decode(full, 40, 1, 2);
+    check_decode(full, 500, 3, 2);   // five 48-row tiles a slice: the 3-slot ring wraps
+    check_decode({32, 128, 48, 128, 512}, 130, 2, 2);   // H = 32, R = 512 but D = 560: the general kernel
     std::printf("%d failed\n", failures);
 #ifndef KDA_EMULATE
-    if (argc > 1 && std::strncmp(argv[1], "--bench", 7) == 0) bench(std::strcmp(argv[1], "--bench-prefill") == 0);
+    if (argc > 1 && std::strncmp(argv[1], "--bench", 7) == 0)
+        bench(std::strcmp(argv[1], "--bench-prefill") != 0, std::strcmp(argv[1], "--bench-decode") != 0);
 #else
     (void)argc; (void)argv;
 #endif
