@@ -70,10 +70,9 @@ constexpr int MOE_ROUTE_WARPS = 4;                     // tokens a route block
 constexpr int MOE_GU_WARPS = 8, MOE_GU_F = 2, MOE_GU_DEPTH = 4, MOE_GU_BLOCKS_PER_SM = 2;
 constexpr int MOE_GU_WROWS = 2 * MOE_GU_F; // weight rows an item
 static_assert(MOE_GU_F == 2, "MoeKernels.DecodeGateUpRows (C#); F % 8 == 0: whole items");
-// Decode down: 4 warps a block, each a stream of items of 2 output rows (sharing each hidden load), a ring of 6 chunks
-// (12 weight vectors and 6 hidden vectors a lane: 6 KB of weights a warp in flight). Launch bounds of 4 blocks an SM:
-// ≤ 128 registers a thread.
-constexpr int MOE_DOWN_WARPS = 4, MOE_DOWN_ROWS = 2, MOE_DOWN_DEPTH = 6, MOE_DOWN_BLOCKS_PER_SM = 4;
+// Decode down: 4 warps a block, each a stream of items of 2 output rows (sharing each hidden load), a ring of 8 chunks
+// (16 vectors, 8 KB a warp in flight). Launch bounds of 4 blocks an SM: ≤ 128 registers a thread.
+constexpr int MOE_DOWN_WARPS = 4, MOE_DOWN_ROWS = 2, MOE_DOWN_DEPTH = 8, MOE_DOWN_BLOCKS_PER_SM = 4;
 static_assert(MOE_DOWN_ROWS == 2, "MoeKernels.DecodeDownRows (C#); D % 8 == 0: whole items");
 constexpr int MOE_TILE_M = 128, MOE_TILE_N = 128, MOE_STAGES = 3, MOE_GEMM_THREADS = 256;
 constexpr int MOE_GEMM_SMEM_BYTES = MOE_STAGES * (MOE_TILE_M + MOE_TILE_N) * TILE_K * 2;
@@ -366,26 +365,21 @@ kimi_moe_decode_down(float* __restrict__ output, const uint16_t* __restrict__ h,
     const int lane = threadIdx.x & 31, W = gridDim.x * MOE_DOWN_WARPS, w = blockIdx.x * MOE_DOWN_WARPS + (threadIdx.x >> 5);
     const int items = D / MOE_DOWN_ROWS * T, F8 = F >> 3, K8 = A * F8, C = (K8 + 31) >> 5; // C chunks an item
     const int chunks = stream_items(items, w, W) * C;
-    const uint4* h8 = reinterpret_cast<const uint4*>(h); // [T, K8]: token t's hiddens concatenated
 
     // The load cursor: chunk lc of item li, whose token's pairs are in lanes (my_e, my_w). Ring slot d holds chunk
-    // n0 + d of the sequence: this lane's weight vectors wv[d], its pair's weight wa[d], and the hidden vector they
-    // multiply, hv[d] (at hofs[d] in h8, -1 past K). The hiddens ride in the ring too: loaded only when used, each
-    // one's L2 latency (h was just written by the gate-up kernel on other SMs) held up the refill after it.
+    // n0 + d of the sequence and wa[d] the pair weight of this lane's vector of it.
     int li = w, lc = 0, my_e = 0;
     float my_w = 0.0f;
     if (chunks > 0) down_pairs(my_e, my_w, experts, weights, li % T, A, E, lane);
-    uint4 wv[MOE_DOWN_DEPTH][MOE_DOWN_ROWS], hv[MOE_DOWN_DEPTH];
+    uint4 wv[MOE_DOWN_DEPTH][MOE_DOWN_ROWS];
     float wa[MOE_DOWN_DEPTH];
-    int hofs[MOE_DOWN_DEPTH];
-    auto request = [&](uint4 (&slot)[MOE_DOWN_ROWS], float& slot_weight, int& slot_h)
+    auto request = [&](uint4 (&slot)[MOE_DOWN_ROWS], float& slot_weight)
     {
         // Vector kk of the concatenated K is vector j of pair a. The shuffles run in every lane (a is clamped), the
         // loads only below K8.
         const int kk = lc * 32 + lane, a = min(kk / F8, A - 1), j = kk - a * F8, d0 = li / T * MOE_DOWN_ROWS;
         const int e = __shfl_sync(0xFFFFFFFFu, my_e, a);
         slot_weight = __shfl_sync(0xFFFFFFFFu, my_w, a);
-        slot_h = kk < K8 ? li % T * K8 + kk : -1;
         const uint4* row8 = reinterpret_cast<const uint4*>(down + (static_cast<size_t>(e) * D + d0) * F);
 #pragma unroll
         for (int r = 0; r < MOE_DOWN_ROWS; r++) slot[r] = kk < K8 ? __ldcs(row8 + static_cast<size_t>(r) * F8 + j) : make_uint4(0, 0, 0, 0);
@@ -396,18 +390,15 @@ kimi_moe_decode_down(float* __restrict__ output, const uint16_t* __restrict__ h,
             if (li < items) down_pairs(my_e, my_w, experts, weights, li % T, A, E, lane);
         }
     };
-    auto fetch_hidden = [&](uint4& slot, int slot_h) { slot = slot_h >= 0 ? __ldg(h8 + slot_h) : make_uint4(0, 0, 0, 0); };
 #pragma unroll
     for (int d = 0; d < MOE_DOWN_DEPTH; d++)
-        if (d < chunks) request(wv[d], wa[d], hofs[d]);
+        if (d < chunks) request(wv[d], wa[d]);
     wait_for_predecessor(); // h and the output
     allow_successor();      // as gemv.cu
-#pragma unroll
-    for (int d = 0; d < MOE_DOWN_DEPTH; d++)
-        if (d < chunks) fetch_hidden(hv[d], hofs[d]);
 
-    // The compute cursor: chunk cc of item ci.
+    // The compute cursor: chunk cc of item ci, whose token's hiddens (concatenated, [A·F8] vectors) are h8.
     int ci = w, cc = 0;
+    const uint4* h8 = reinterpret_cast<const uint4*>(h + static_cast<size_t>(ci % T) * A * F);
     float acc[MOE_DOWN_ROWS] = {};
     for (int n0 = 0; n0 < chunks; n0 += MOE_DOWN_DEPTH)
     {
@@ -416,13 +407,11 @@ kimi_moe_decode_down(float* __restrict__ output, const uint16_t* __restrict__ h,
         {
             const int n = n0 + d;
             if (n >= chunks) break;
+            const int kk = cc * 32 + lane;
+            const uint4 hv = kk < K8 ? __ldg(h8 + kk) : make_uint4(0, 0, 0, 0); // shared by the rows
 #pragma unroll
-            for (int r = 0; r < MOE_DOWN_ROWS; r++) acc[r] = fmaf(wa[d], dot8_bf16(wv[d][r], hv[d]), acc[r]);
-            if (n + MOE_DOWN_DEPTH < chunks)
-            {
-                request(wv[d], wa[d], hofs[d]);
-                fetch_hidden(hv[d], hofs[d]);
-            }
+            for (int r = 0; r < MOE_DOWN_ROWS; r++) acc[r] = fmaf(wa[d], dot8_bf16(wv[d][r], hv), acc[r]);
+            if (n + MOE_DOWN_DEPTH < chunks) request(wv[d], wa[d]);
             if (++cc == C)
             {
                 // Lane r < MOE_DOWN_ROWS: output[t, d0 + r] += the row's sum, NaN if any of the token's ids is invalid.
@@ -435,6 +424,7 @@ kimi_moe_decode_down(float* __restrict__ output, const uint16_t* __restrict__ h,
                 if (lane < MOE_DOWN_ROWS) output[static_cast<size_t>(t) * D + d0 + lane] += bad ? NAN : sum;
                 cc = 0;
                 ci += W;
+                h8 = reinterpret_cast<const uint4*>(h + static_cast<size_t>(ci % T) * A * F);
             }
         }
     }
