@@ -20,28 +20,28 @@
 // times scale. Lane i % 32 keeps value i in registers (E ≤ MOE_MAX_EXPERTS). A token's row holds A + S pairs: its A
 // choices, then (E + s, 1.0) for each shared expert s.
 //
-// DECODE (T ≤ MOE_MAX_DECODE_TOKENS), two kernels, both graph-capturable (ids read on the device) and launched with
-// programmatic dependent launch. They wait for their predecessor before loading anything: the expert ids decide which
-// weights to read, so nothing can be prefetched. Both are gathered GEMVs with gemv.cu's mainloop: a group of SPLIT
-// warps owns a few weight rows, K is cut into column slots of 32 16-byte vectors (one a lane), warp s takes slots
-// s, s + SPLIT, ..., each lane keeps a ring of DEPTH chunks of UNROLL vectors a row in registers, and the rows of a
-// group share each load of the input vector. The gate-up kernel lets its successor launch only once its blocks are
-// done: launched earlier, the successor's waiting blocks would hold SM slots its later blocks need (an H100 run
-// measured an early trigger 4 % slower).
-//   kimi_moe_decode_gate_up: grid (F / 8, T·A), 8 warps; block (fx, p) serves pair p = t·A + a. Each expert is read
-//     once a MOE_GU_BLOCK_TOKENS tokens that chose it: the pairs naming it, in token order, have ranks 0, 1, ...; the
-//     pair of rank r works when r is a multiple of MOE_GU_BLOCK_TOKENS, for the tokens of ranks [r, r + 4). Up to 4
-//     tokens (every expert at T ≤ 4) the first pair serves all; an expert that many tokens chose (the shared expert:
-//     all of them) is read by ceil(T / 4) block columns at once rather than in T passes of one. Group g (warps 2g, 2g + 1) computes
-//     gate and up rows f and f + 1, f = 2 (4 fx + g), sharing each x load (x rounded to bf16 as loaded) among the
-//     four rows, for MOE_GU_TOKENS tokens a pass over the weights (one: measured faster at T = 1 and 4 than four
-//     tokens a pass, whose accumulators cost the registers that keep weights in flight); its first warp adds the
-//     two warps' halves and writes h[t, a, f] = bf16(silu(gate) · up) (the SwiGLU in the epilogue).
-//   kimi_moe_decode_down: grid D / 2, 4 warps; the block owns output rows d, d + 1 and, for each token, computes
-//     Σ_a weights[t, a] · down[e_a][d] · h[t, a] as one GEMV over K = the token's A hiddens concatenated (vector
-//     a · F/8 + j of K is vector j of pair a: h[t] is that vector already, the weight row is gathered per pair), all
-//     four warps splitting K and the two rows sharing each hidden load; then output[t, d] += the warps' shares, added
-//     in warp order.
+// DECODE (a few tokens: T ≤ MoeKernels.MaxDecodeTokens), two kernels, both graph-capturable (ids read on the device)
+// and launched with programmatic dependent launch. Both are gathered GEMVs in which every warp is an independent stream: the work is cut
+// into items (a few weight rows of one pair), warp w of the grid's W warps takes items w, w + W, ..., and walks the
+// chunks of its items as one sequence (a chunk: one column slot of 32 16-byte vectors, one a lane, of each of the
+// item's rows), keeping a ring of DEPTH chunks in registers that is refilled across item boundaries, so its loads
+// never stop until its last item; at an item's end the warp reduces with shuffles and writes (no barrier, no atomics:
+// each output has one warp, summing in a fixed order). The grid is one wave (MoeKernels sizes it from the SM count and
+// the blocks an SM holds under the launch bounds) and the items are spread evenly over its warps: a grid of tiny
+// blocks in several waves left the memory pipe idle between waves (74 % of the copy bandwidth on the H100).
+// Items are numbered so that the pairs of one weight rows' set are neighbours: tokens that chose the same expert read
+// its rows at about the same time, once from DRAM and again from L2.
+//   kimi_moe_decode_gate_up: item (f group g, pair p), number g · P + p (P = T·A): gate rows f0, f0 + 1 and up rows
+//     f0, f0 + 1 of expert experts[p] (f0 = 2g), which share every x load (x rounded to bf16 as loaded); the epilogue
+//     writes h[p, f] = bf16(silu(gate) · up). It waits for its predecessor before anything (the ids decide which
+//     weights to read), then lets its successor launch: its grid is one wave, so the successor's blocks only take SM
+//     room this kernel leaves free or frees, and can fetch their first weights meanwhile.
+//   kimi_moe_decode_down: item (row group g, token t), number g · T + t: output rows d0, d0 + 1 (d0 = 2g) of token t
+//     as one GEMV over K = the token's A hiddens concatenated (vector a · F/8 + j of K is vector j of pair a: h[t] is
+//     that vector already, the weight row is gathered per pair and each vector carries its pair's weight), the two
+//     rows sharing each hidden load; output[t, d] += the sum. It reads the ids and routing weights and requests its
+//     first DEPTH chunks of weights before waiting for its predecessor: the gate-up kernel lets it launch only after
+//     its own wait, when the route kernel that wrote them has finished; only h and the output depend on the wait.
 //
 // PREFILL (any T, one launch sequence, no host sync; grids sized for the worst case, surplus blocks exit):
 //   1. kimi_moe_prefill_count: rank[p] = the pair's place among its expert's pairs (an int atomic: the place is
@@ -65,20 +65,15 @@
 constexpr int MOE_MAX_EXPERTS = 1024;                  // MoeKernels.MaxExperts
 constexpr int MOE_VALUES_PER_LANE = MOE_MAX_EXPERTS / 32;
 constexpr int MOE_ROUTE_WARPS = 4;                     // tokens a route block
-constexpr int MOE_MAX_DECODE_TOKENS = 16;              // MoeKernels.MaxDecodeTokens: token masks are bits of a word
-// Decode gate-up (a gathered GEMV as gemv.cu's GemvF32Layout): 8 warps; each group of 2 warps splits D over gate rows
-// f, f + 1 and up rows f, f + 1, which share every x load; a ring of 2 chunks of 2 vectors a row. 8 f's a block.
-constexpr int MOE_GU_WARPS = 8, MOE_GU_SPLIT = 2, MOE_GU_F = 2, MOE_GU_UNROLL = 2, MOE_GU_DEPTH = 2;
-constexpr int MOE_GU_WROWS = 2 * MOE_GU_F;             // weight rows a group
-constexpr int MOE_GU_TOKENS = 1;                       // tokens a pass over the weights (50.4 µs vs 52.6 at T = 1)
-constexpr int MOE_GU_BLOCK_TOKENS = 4;                 // tokens one block column serves (passes one after another)
-static_assert(MOE_GU_WARPS / MOE_GU_SPLIT * MOE_GU_F == 8, "MoeKernels.DecodeGateUpRows (C#); F % 8 == 0 fills every block");
-// Decode down (a gathered GEMV over K = the token's A hiddens concatenated, as gemv.cu's bf16 layout): 4 warps split
-// K of 2 output rows, which share every hidden load; 4 chunks of 2 vectors a row in flight (at A = 8, F = 1024 a
-// warp's whole share).
-constexpr int MOE_DOWN_WARPS = 4, MOE_DOWN_SPLIT = 4, MOE_DOWN_ROWS = 2, MOE_DOWN_UNROLL = 2, MOE_DOWN_DEPTH = 4;
-static_assert(MOE_DOWN_WARPS == MOE_DOWN_SPLIT, "one row group a block: the epilogue adds all warps' shares");
-static_assert(MOE_DOWN_ROWS == 2, "MoeKernels.DecodeDownRows (C#); D % 8 == 0 fills every block");
+// Decode gate-up: 8 warps a block, each an independent stream of items of 2 f's (4 weight rows sharing each x load),
+// a ring of 4 chunks (16 vectors, 8 KB a warp in flight). Launch bounds of 2 blocks an SM: ≤ 128 registers a thread.
+constexpr int MOE_GU_WARPS = 8, MOE_GU_F = 2, MOE_GU_DEPTH = 4, MOE_GU_BLOCKS_PER_SM = 2;
+constexpr int MOE_GU_WROWS = 2 * MOE_GU_F; // weight rows an item
+static_assert(MOE_GU_F == 2, "MoeKernels.DecodeGateUpRows (C#); F % 8 == 0: whole items");
+// Decode down: 4 warps a block, each a stream of items of 2 output rows (sharing each hidden load), a ring of 8 chunks
+// (16 vectors, 8 KB a warp in flight). Launch bounds of 4 blocks an SM: ≤ 128 registers a thread.
+constexpr int MOE_DOWN_WARPS = 4, MOE_DOWN_ROWS = 2, MOE_DOWN_DEPTH = 8, MOE_DOWN_BLOCKS_PER_SM = 4;
+static_assert(MOE_DOWN_ROWS == 2, "MoeKernels.DecodeDownRows (C#); D % 8 == 0: whole items");
 constexpr int MOE_TILE_M = 128, MOE_TILE_N = 128, MOE_STAGES = 3, MOE_GEMM_THREADS = 256;
 constexpr int MOE_GEMM_SMEM_BYTES = MOE_STAGES * (MOE_TILE_M + MOE_TILE_N) * TILE_K * 2;
 static_assert(MOE_GEMM_SMEM_BYTES == 96 * 1024, "MoeKernels.GemmSharedBytes (C#) launches with 96 KiB");
@@ -257,243 +252,181 @@ __device__ __forceinline__ float dot8_bf16(uint4 w, uint4 h)
     return acc;
 }
 
-// The 16-byte vector of K that column slot j of warp s of its row group gives this lane (gemv.cu's slot_vector).
-template <int Split>
-__device__ __forceinline__ int decode_slot_vector(int j, int s, int lane) { return (j * Split + s) * 32 + lane; }
+// The items of `items` that warp w of a grid of W warps takes: w, w + W, ...
+__device__ __forceinline__ int stream_items(int items, int w, int W) { return w < items ? (items - w + W - 1) / W : 0; }
 
-// The number of chunks of Unroll slots that warp s of a row group of Split warps takes of K8 vectors.
-template <int Split, int Unroll>
-__device__ __forceinline__ int decode_chunks(int K8, int s)
+// values[lane] for lanes below N (a register array read with a constant index: a dynamic one would go to local memory).
+template <int N>
+__device__ __forceinline__ float pick(const float (&values)[N], int lane)
 {
-    const int slots = (K8 + 31) >> 5, mine = slots > s ? (slots - s + Split - 1) / Split : 0;
-    return (mine + Unroll - 1) / Unroll;
-}
-
-// h[t, a, f] = value for every slot a of token t whose expert is e (a token names an expert at most once, but a
-// repeated id is served all the same).
-__device__ __forceinline__ void store_hidden(uint16_t* __restrict__ h, const int* __restrict__ experts, int e, int t, int A, int F, int f,
-                                             uint16_t value)
-{
-    for (int a = 0; a < A; a++)
-        if (experts[t * A + a] == e) h[(static_cast<size_t>(t) * A + a) * F + f] = value;
-}
-
-// Chunk c of warp s's share of its gate and up rows (slots c · UNROLL + u; zeros past D).
-__device__ __forceinline__ void load_gate_up_chunk(uint4 (&wv)[MOE_GU_WROWS][MOE_GU_UNROLL], const uint4* const (&w8)[MOE_GU_WROWS], int c,
-                                                   int s, int lane, int D8)
-{
+    float v = values[0];
 #pragma unroll
-    for (int u = 0; u < MOE_GU_UNROLL; u++)
+    for (int i = 1; i < N; i++) v = lane == i ? values[i] : v;
+    return v;
+}
+
+// Gate-up item i's weight rows: gate f0 + r at r, up f0 + r at MOE_GU_F + r (an invalid id reads expert 0's rows:
+// the epilogue writes NaN for it).
+__device__ __forceinline__ void gate_up_rows(const uint4* (&rows)[MOE_GU_WROWS], const uint16_t* __restrict__ gate_up,
+                                             const int* __restrict__ experts, int i, int P, int D, int E, int F)
+{
+    const int e = experts[i % P], f0 = i / P * MOE_GU_F;
+    const uint16_t* expert = gate_up + static_cast<size_t>(valid_expert(e, E) ? e : 0) * 2 * F * D;
+#pragma unroll
+    for (int r = 0; r < MOE_GU_F; r++)
     {
-        const int kk = decode_slot_vector<MOE_GU_SPLIT>(c * MOE_GU_UNROLL + u, s, lane);
-#pragma unroll
-        for (int r = 0; r < MOE_GU_WROWS; r++) wv[r][u] = kk < D8 ? __ldcs(w8[r] + kk) : make_uint4(0, 0, 0, 0);
+        rows[r] = reinterpret_cast<const uint4*>(expert + static_cast<size_t>(f0 + r) * D);
+        rows[MOE_GU_F + r] = reinterpret_cast<const uint4*>(expert + static_cast<size_t>(F + f0 + r) * D);
     }
 }
 
-extern "C" __global__ void __launch_bounds__(MOE_GU_WARPS * 32)
+extern "C" __global__ void __launch_bounds__(MOE_GU_WARPS * 32, MOE_GU_BLOCKS_PER_SM)
 kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, const int* __restrict__ experts,
                         const uint16_t* __restrict__ gate_up, int T, int D, int E, int A, int F)
 {
     wait_for_predecessor();
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, group = warp / MOE_GU_SPLIT, s = warp % MOE_GU_SPLIT;
-    const int p = blockIdx.y, f0 = (blockIdx.x * (MOE_GU_WARPS / MOE_GU_SPLIT) + group) * MOE_GU_F; // F % 8 == 0: f0 + MOE_GU_F ≤ F
-    const int pairs = T * A, e = experts[p];
-    // The tokens that chose e (bit t), and those of pairs before p that name e: their count is p's rank.
-    unsigned tokens = 0, earlier = 0;
-    for (int q0 = 0; q0 < pairs; q0 += 32)
-    {
-        const int q = q0 + lane;
-        const bool match = q < pairs && experts[q] == e;
-        tokens |= match ? 1u << (q / A) : 0u;
-        earlier |= match && q < p ? 1u << (q / A) : 0u;
-    }
-    tokens = warp_or(tokens);
-    earlier = warp_or(earlier);
-    // The same for the whole block: no barrier below is left waiting. (A later pair of a token that repeats e counts
-    // its own token among the earlier ones, so no two pairs share a rank.)
-    if (__popc(earlier) % MOE_GU_BLOCK_TOKENS != 0) return;
-    {
-        // This block's tokens: the first MOE_GU_BLOCK_TOKENS of those from p's token on.
-        unsigned rest = tokens & ~earlier, mine = 0;
-        for (int k = 0; k < MOE_GU_BLOCK_TOKENS && rest != 0; k++)
-        {
-            const unsigned lowest = rest & (0u - rest);
-            mine |= lowest;
-            rest ^= lowest;
-        }
-        tokens = mine;
-    }
-    if (!valid_expert(e, E))
-    {
-        if (s == 0)
-            for (int i = lane; i < MOE_GU_F * T; i += 32)
-                if ((tokens >> (i / MOE_GU_F)) & 1u) store_hidden(h, experts, e, i / MOE_GU_F, A, F, f0 + i % MOE_GU_F, BF16_NAN);
-        return;
-    }
+    allow_successor(); // after the wait: the down kernel reads the route kernel's ids before its own wait
+    const int lane = threadIdx.x & 31, W = gridDim.x * MOE_GU_WARPS, w = blockIdx.x * MOE_GU_WARPS + (threadIdx.x >> 5);
+    const int P = T * A, items = F / MOE_GU_F * P, D8 = D >> 3, C = (D8 + 31) >> 5; // C chunks an item
+    const int chunks = stream_items(items, w, W) * C;                                 // this warp's sequence
 
-    const int D8 = D >> 3, chunks = decode_chunks<MOE_GU_SPLIT, MOE_GU_UNROLL>(D8, s);
-    // Weight rows: gate f0 + r at r, up f0 + r at MOE_GU_F + r.
-    const uint16_t* expert = gate_up + static_cast<size_t>(e) * 2 * F * D;
-    const uint4* w8[MOE_GU_WROWS];
-#pragma unroll
-    for (int r = 0; r < MOE_GU_F; r++)
+    // The load cursor: chunk lc of item li, whose rows are `rows`. Ring slot d holds chunk n0 + d of the sequence.
+    int li = w, lc = 0;
+    const uint4* rows[MOE_GU_WROWS];
+    if (chunks > 0) gate_up_rows(rows, gate_up, experts, li, P, D, E, F);
+    uint4 wv[MOE_GU_DEPTH][MOE_GU_WROWS];
+    auto request = [&](uint4 (&slot)[MOE_GU_WROWS])
     {
-        w8[r] = reinterpret_cast<const uint4*>(expert + static_cast<size_t>(f0 + r) * D);
-        w8[MOE_GU_F + r] = reinterpret_cast<const uint4*>(expert + static_cast<size_t>(F + f0 + r) * D);
-    }
-    __shared__ float partial[MOE_GU_WARPS][MOE_GU_WROWS][MOE_GU_TOKENS];
-    // One pass over the weights for each MOE_GU_TOKENS tokens that have a token choosing e: the accumulators of more
-    // tokens would cost the registers that keep the weights in flight.
-    for (int t0 = 0; t0 < T; t0 += MOE_GU_TOKENS)
+        const int kk = lc * 32 + lane;
+#pragma unroll
+        for (int r = 0; r < MOE_GU_WROWS; r++) slot[r] = kk < D8 ? __ldcs(rows[r] + kk) : make_uint4(0, 0, 0, 0);
+        if (++lc == C)
+        {
+            lc = 0;
+            li += W;
+            if (li < items) gate_up_rows(rows, gate_up, experts, li, P, D, E, F);
+        }
+    };
+#pragma unroll
+    for (int d = 0; d < MOE_GU_DEPTH; d++)
+        if (d < chunks) request(wv[d]);
+
+    // The compute cursor: chunk cc of item ci, whose token's x row is xt.
+    int ci = w, cc = 0;
+    const float* xt = x + static_cast<size_t>(ci % P / A) * D;
+    float acc[MOE_GU_WROWS] = {};
+    for (int n0 = 0; n0 < chunks; n0 += MOE_GU_DEPTH)
     {
-        const unsigned tile = (tokens >> t0) & ((1u << MOE_GU_TOKENS) - 1);
-        if (tile == 0) continue;
-        float acc[MOE_GU_WROWS][MOE_GU_TOKENS];
 #pragma unroll
-        for (int r = 0; r < MOE_GU_WROWS; r++)
-#pragma unroll
-            for (int i = 0; i < MOE_GU_TOKENS; i++) acc[r][i] = 0.0f;
-        // Ring slot d holds chunk c0 + d; once used it is refilled with chunk c0 + d + DEPTH.
-        uint4 wv[MOE_GU_DEPTH][MOE_GU_WROWS][MOE_GU_UNROLL];
-#pragma unroll
-        for (int d = 0; d < MOE_GU_DEPTH; d++) load_gate_up_chunk(wv[d], w8, d, s, lane, D8);
-        for (int c0 = 0; c0 < chunks; c0 += MOE_GU_DEPTH)
+        for (int d = 0; d < MOE_GU_DEPTH; d++)
         {
+            const int n = n0 + d;
+            if (n >= chunks) break;
+            const int kk = cc * 32 + lane;
+            float xs[8]; // shared by the item's rows
+            load_rounded8(xs, xt + static_cast<size_t>(kk) * 8, kk < D8);
 #pragma unroll
-            for (int d = 0; d < MOE_GU_DEPTH; d++)
+            for (int r = 0; r < MOE_GU_WROWS; r++) acc[r] = dot8_f32(wv[d][r], xs, acc[r]);
+            if (n + MOE_GU_DEPTH < chunks) request(wv[d]);
+            if (++cc == C)
             {
-                const int c = c0 + d;
-                if (c >= chunks) break;
+                // Lane r < MOE_GU_F: h[p, f0 + r] = bf16(silu(gate) · up), NaN for an invalid id.
+                const int p = ci % P, f0 = ci / P * MOE_GU_F;
+                float sums[MOE_GU_WROWS];
 #pragma unroll
-                for (int u = 0; u < MOE_GU_UNROLL; u++)
-                {
-                    const int kk = decode_slot_vector<MOE_GU_SPLIT>(c * MOE_GU_UNROLL + u, s, lane);
+                for (int r = 0; r < MOE_GU_WROWS; r++) sums[r] = warp_sum(acc[r]), acc[r] = 0.0f;
+                float gate[MOE_GU_F], up[MOE_GU_F];
 #pragma unroll
-                    for (int i = 0; i < MOE_GU_TOKENS; i++)
-                    {
-                        if (!((tile >> i) & 1u)) continue;
-                        float xs[8]; // shared by the gate and up rows
-                        load_rounded8(xs, x + static_cast<size_t>(t0 + i) * D + kk * 8, kk < D8);
-#pragma unroll
-                        for (int r = 0; r < MOE_GU_WROWS; r++) acc[r][i] = dot8_f32(wv[d][r][u], xs, acc[r][i]);
-                    }
-                }
-                if (c + MOE_GU_DEPTH < chunks) load_gate_up_chunk(wv[d], w8, c + MOE_GU_DEPTH, s, lane, D8);
+                for (int r = 0; r < MOE_GU_F; r++) gate[r] = sums[r], up[r] = sums[MOE_GU_F + r];
+                const float g = pick(gate, lane), u = pick(up, lane);
+                if (lane < MOE_GU_F)
+                    h[static_cast<size_t>(p) * F + f0 + lane] = valid_expert(experts[p], E) ? f32_to_bf16(silu(g) * u) : BF16_NAN;
+                cc = 0;
+                ci += W;
+                xt = x + static_cast<size_t>(ci % P / A) * D;
             }
         }
-#pragma unroll
-        for (int i = 0; i < MOE_GU_TOKENS; i++)
-        {
-            if (!((tile >> i) & 1u)) continue;
-#pragma unroll
-            for (int r = 0; r < MOE_GU_WROWS; r++)
-            {
-                const float sum = warp_sum(acc[r][i]);
-                if (lane == 0) partial[warp][r][i] = sum;
-            }
-        }
-        __syncthreads();
-        // Lane (r, i) of the group's first warp: the group's halves of gate and up row f0 + r for token t0 + i, added
-        // in warp order (deterministic), and the SwiGLU.
-        if (s == 0 && lane < MOE_GU_F * MOE_GU_TOKENS)
-        {
-            const int r = lane / MOE_GU_TOKENS, i = lane % MOE_GU_TOKENS;
-            if ((tile >> i) & 1u)
-            {
-                float g = 0.0f, u = 0.0f;
-#pragma unroll
-                for (int q = 0; q < MOE_GU_SPLIT; q++) g += partial[group * MOE_GU_SPLIT + q][r][i], u += partial[group * MOE_GU_SPLIT + q][MOE_GU_F + r][i];
-                store_hidden(h, experts, e, t0 + i, A, F, f0 + r, f32_to_bf16(silu(g) * u));
-            }
-        }
-        __syncthreads(); // `partial` is free for the next pass
     }
-    allow_successor();
 }
 
-// Chunk c of warp s's share of its rows of the concatenated K (vector kk = a · F8 + j is vector j of pair a's row),
-// with each vector's pair weight. The shuffles run in every lane (the pair index is clamped), the loads only below K8.
-__device__ __forceinline__ void load_down_chunk(uint4 (&wv)[MOE_DOWN_ROWS][MOE_DOWN_UNROLL], float (&wa)[MOE_DOWN_UNROLL],
-                                                const uint16_t* __restrict__ down, int my_e, float my_w, int c, int s, int lane,
-                                                int d0, int D, int A, int F8)
+// Lane a < A: pair a of token t's expert (an invalid id reads expert 0: the epilogue writes NaN) and weight.
+__device__ __forceinline__ void down_pairs(int& my_e, float& my_w, const int* __restrict__ experts, const float* __restrict__ weights,
+                                           int t, int A, int E, int lane)
 {
-#pragma unroll
-    for (int u = 0; u < MOE_DOWN_UNROLL; u++)
-    {
-        const int kk = decode_slot_vector<MOE_DOWN_SPLIT>(c * MOE_DOWN_UNROLL + u, s, lane);
-        const int a = min(kk / F8, A - 1), j = kk - a * F8;
-        const int e = __shfl_sync(0xFFFFFFFFu, my_e, a);
-        wa[u] = __shfl_sync(0xFFFFFFFFu, my_w, a);
-        const uint4* row8 = reinterpret_cast<const uint4*>(down + (static_cast<size_t>(e) * D + d0) * F8 * 8);
-#pragma unroll
-        for (int r = 0; r < MOE_DOWN_ROWS; r++)
-            wv[r][u] = kk < A * F8 ? __ldcs(row8 + static_cast<size_t>(r) * F8 + j) : make_uint4(0, 0, 0, 0);
-    }
+    const int e = lane < A ? experts[t * A + lane] : 0;
+    my_e = valid_expert(e, E) ? e : 0;
+    my_w = lane < A ? weights[t * A + lane] : 0.0f;
 }
 
-extern "C" __global__ void __launch_bounds__(MOE_DOWN_WARPS * 32)
+extern "C" __global__ void __launch_bounds__(MOE_DOWN_WARPS * 32, MOE_DOWN_BLOCKS_PER_SM)
 kimi_moe_decode_down(float* __restrict__ output, const uint16_t* __restrict__ h, const int* __restrict__ experts,
                      const float* __restrict__ weights, const uint16_t* __restrict__ down, int T, int D, int E, int A, int F)
 {
-    wait_for_predecessor();
-    allow_successor(); // as gemv.cu: this kernel's blocks are few and short
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, s = warp % MOE_DOWN_SPLIT;
-    const int d0 = blockIdx.x * MOE_DOWN_ROWS; // D % 8 == 0: d0 + MOE_DOWN_ROWS ≤ D
-    const int F8 = F >> 3, K8 = A * F8, chunks = decode_chunks<MOE_DOWN_SPLIT, MOE_DOWN_UNROLL>(K8, s);
-    __shared__ float partial[MOE_DOWN_WARPS][MOE_DOWN_ROWS];
-    for (int t = 0; t < T; t++)
-    {
-        // Lane a holds pair a's expert and weight (A ≤ 32). An invalid id makes the token's rows NaN; its pair reads
-        // expert 0 meanwhile, so every address stays inside the weights.
-        int my_e = lane < A ? experts[t * A + lane] : 0;
-        const float my_w = lane < A ? weights[t * A + lane] : 0.0f;
-        const bool bad = warp_or(valid_expert(my_e, E) ? 0u : 1u) != 0;
-        my_e = valid_expert(my_e, E) ? my_e : 0;
-        const uint4* h8 = reinterpret_cast<const uint4*>(h + static_cast<size_t>(t) * A * F); // [A·F8] the token's hiddens, concatenated
+    const int lane = threadIdx.x & 31, W = gridDim.x * MOE_DOWN_WARPS, w = blockIdx.x * MOE_DOWN_WARPS + (threadIdx.x >> 5);
+    const int items = D / MOE_DOWN_ROWS * T, F8 = F >> 3, K8 = A * F8, C = (K8 + 31) >> 5; // C chunks an item
+    const int chunks = stream_items(items, w, W) * C;
 
-        // Σ over the concatenated K of weights[t, a] · (down[e_a][d] · h[t, a]) for this lane's vectors.
-        float acc[MOE_DOWN_ROWS];
+    // The load cursor: chunk lc of item li, whose token's pairs are in lanes (my_e, my_w). Ring slot d holds chunk
+    // n0 + d of the sequence and wa[d] the pair weight of this lane's vector of it.
+    int li = w, lc = 0, my_e = 0;
+    float my_w = 0.0f;
+    if (chunks > 0) down_pairs(my_e, my_w, experts, weights, li % T, A, E, lane);
+    uint4 wv[MOE_DOWN_DEPTH][MOE_DOWN_ROWS];
+    float wa[MOE_DOWN_DEPTH];
+    auto request = [&](uint4 (&slot)[MOE_DOWN_ROWS], float& slot_weight)
+    {
+        // Vector kk of the concatenated K is vector j of pair a. The shuffles run in every lane (a is clamped), the
+        // loads only below K8.
+        const int kk = lc * 32 + lane, a = min(kk / F8, A - 1), j = kk - a * F8, d0 = li / T * MOE_DOWN_ROWS;
+        const int e = __shfl_sync(0xFFFFFFFFu, my_e, a);
+        slot_weight = __shfl_sync(0xFFFFFFFFu, my_w, a);
+        const uint4* row8 = reinterpret_cast<const uint4*>(down + (static_cast<size_t>(e) * D + d0) * F);
 #pragma unroll
-        for (int r = 0; r < MOE_DOWN_ROWS; r++) acc[r] = 0.0f;
-        uint4 wv[MOE_DOWN_DEPTH][MOE_DOWN_ROWS][MOE_DOWN_UNROLL];
-        float wa[MOE_DOWN_DEPTH][MOE_DOWN_UNROLL];
-#pragma unroll
-        for (int d = 0; d < MOE_DOWN_DEPTH; d++) load_down_chunk(wv[d], wa[d], down, my_e, my_w, d, s, lane, d0, D, A, F8);
-        for (int c0 = 0; c0 < chunks; c0 += MOE_DOWN_DEPTH)
+        for (int r = 0; r < MOE_DOWN_ROWS; r++) slot[r] = kk < K8 ? __ldcs(row8 + static_cast<size_t>(r) * F8 + j) : make_uint4(0, 0, 0, 0);
+        if (++lc == C)
         {
+            lc = 0;
+            li += W;
+            if (li < items) down_pairs(my_e, my_w, experts, weights, li % T, A, E, lane);
+        }
+    };
 #pragma unroll
-            for (int d = 0; d < MOE_DOWN_DEPTH; d++)
+    for (int d = 0; d < MOE_DOWN_DEPTH; d++)
+        if (d < chunks) request(wv[d], wa[d]);
+    wait_for_predecessor(); // h and the output
+    allow_successor();      // as gemv.cu
+
+    // The compute cursor: chunk cc of item ci, whose token's hiddens (concatenated, [A·F8] vectors) are h8.
+    int ci = w, cc = 0;
+    const uint4* h8 = reinterpret_cast<const uint4*>(h + static_cast<size_t>(ci % T) * A * F);
+    float acc[MOE_DOWN_ROWS] = {};
+    for (int n0 = 0; n0 < chunks; n0 += MOE_DOWN_DEPTH)
+    {
+#pragma unroll
+        for (int d = 0; d < MOE_DOWN_DEPTH; d++)
+        {
+            const int n = n0 + d;
+            if (n >= chunks) break;
+            const int kk = cc * 32 + lane;
+            const uint4 hv = kk < K8 ? __ldg(h8 + kk) : make_uint4(0, 0, 0, 0); // shared by the rows
+#pragma unroll
+            for (int r = 0; r < MOE_DOWN_ROWS; r++) acc[r] = fmaf(wa[d], dot8_bf16(wv[d][r], hv), acc[r]);
+            if (n + MOE_DOWN_DEPTH < chunks) request(wv[d], wa[d]);
+            if (++cc == C)
             {
-                const int c = c0 + d;
-                if (c >= chunks) break;
+                // Lane r < MOE_DOWN_ROWS: output[t, d0 + r] += the row's sum, NaN if any of the token's ids is invalid.
+                const int t = ci % T, d0 = ci / T * MOE_DOWN_ROWS;
+                const bool bad = warp_or(lane < A && !valid_expert(experts[t * A + lane], E) ? 1u : 0u) != 0;
+                float sums[MOE_DOWN_ROWS];
 #pragma unroll
-                for (int u = 0; u < MOE_DOWN_UNROLL; u++)
-                {
-                    const int kk = decode_slot_vector<MOE_DOWN_SPLIT>(c * MOE_DOWN_UNROLL + u, s, lane);
-                    const uint4 hv = kk < K8 ? __ldg(h8 + kk) : make_uint4(0, 0, 0, 0); // shared by the rows
-#pragma unroll
-                    for (int r = 0; r < MOE_DOWN_ROWS; r++) acc[r] = fmaf(wa[d][u], dot8_bf16(wv[d][r][u], hv), acc[r]);
-                }
-                if (c + MOE_DOWN_DEPTH < chunks) load_down_chunk(wv[d], wa[d], down, my_e, my_w, c + MOE_DOWN_DEPTH, s, lane, d0, D, A, F8);
+                for (int r = 0; r < MOE_DOWN_ROWS; r++) sums[r] = warp_sum(acc[r]), acc[r] = 0.0f;
+                const float sum = pick(sums, lane);
+                if (lane < MOE_DOWN_ROWS) output[static_cast<size_t>(t) * D + d0 + lane] += bad ? NAN : sum;
+                cc = 0;
+                ci += W;
+                h8 = reinterpret_cast<const uint4*>(h + static_cast<size_t>(ci % T) * A * F);
             }
         }
-#pragma unroll
-        for (int r = 0; r < MOE_DOWN_ROWS; r++)
-        {
-            const float sum = warp_sum(acc[r]);
-            if (lane == 0) partial[warp][r] = sum;
-        }
-        __syncthreads();
-        // Lane r of the first warp adds row d0 + r's shares in warp order (deterministic).
-        if (warp == 0 && lane < MOE_DOWN_ROWS)
-        {
-            float total = 0.0f;
-#pragma unroll
-            for (int q = 0; q < MOE_DOWN_SPLIT; q++) total += partial[q][lane];
-            output[static_cast<size_t>(t) * D + d0 + lane] += bad ? NAN : total;
-        }
-        __syncthreads(); // `partial` is free for the next token
     }
 }
 

@@ -55,15 +55,20 @@ internal static unsafe class MoeKernels
     /// <summary>Most expert groups (one lane of a warp each).</summary>
     public const int MaxGroups = 32;
 
-    /// <summary>Most tokens <see cref="DecodeExperts"/> takes in one call (a token set is one bit mask of a word).</summary>
-    public const int MaxDecodeTokens = 16;       // MOE_MAX_DECODE_TOKENS in moe.cu
+    /// <summary>
+    /// Most tokens <see cref="DecodeExperts"/> takes in one call: its GEMVs read a chosen expert's rows once a pair
+    /// (from L2 for the tokens after the first), so beyond a batched decode step <see cref="PrefillExperts"/> is faster.
+    /// </summary>
+    public const int MaxDecodeTokens = 16;
 
     // Launch geometry, as kernels/moe.cu defines it.
     private const int RouteWarps = 4;            // MOE_ROUTE_WARPS
     private const int DecodeGateUpWarps = 8;     // MOE_GU_WARPS
-    private const int DecodeGateUpRows = 8;      // gate-up f's a block: MOE_GU_WARPS / MOE_GU_SPLIT x MOE_GU_F (F % 8 == 0: whole blocks)
+    private const int DecodeGateUpRows = 2;      // gate-up f's an item: MOE_GU_F (F % 8 == 0: whole items)
+    private const int DecodeGateUpBlocksPerSm = 2; // MOE_GU_BLOCKS_PER_SM (the launch bounds)
     private const int DecodeDownWarps = 4;       // MOE_DOWN_WARPS
-    private const int DecodeDownRows = 2;        // down rows a block: MOE_DOWN_ROWS (D % 8 == 0: whole blocks)
+    private const int DecodeDownRows = 2;        // output rows an item: MOE_DOWN_ROWS (D % 8 == 0: whole items)
+    private const int DecodeDownBlocksPerSm = 4; // MOE_DOWN_BLOCKS_PER_SM
     internal const int GemmTileRows = 128;       // MOE_TILE_M: sorted rows a grouped-GEMM tile
     internal const int MaxGridY = 65535;         // a launch's largest grid height
     private const int GemmTileColumns = 128;     // MOE_TILE_N
@@ -137,18 +142,35 @@ internal static unsafe class MoeKernels
         int d = shape.Hidden, e = shape.StackedExperts, a = shape.PairsPerToken, f = shape.Intermediate;
         ulong pHidden = hidden.Pointer, pX = x.Pointer, pIds = experts.Pointer, pGateUp = gateUp.Pointer;
         void** args = stackalloc void*[] { &pHidden, &pX, &pIds, &pGateUp, &t, &d, &e, &a, &f };
-        s.Context.Kernels.Launch(KernelId.MoeDecodeGateUp, new Dim3((uint)(f / DecodeGateUpRows), (uint)(t * a)),
-            new Dim3(DecodeGateUpWarps * 32), 0, s, args);
+        int blocks = StreamBlocks((long)f / DecodeGateUpRows * t * a, DecodeGateUpWarps, DecodeGateUpBlocksPerSm, s.Context.Device.MultiprocessorCount);
+        s.Context.Kernels.Launch(KernelId.MoeDecodeGateUp, new Dim3((uint)blocks), new Dim3(DecodeGateUpWarps * 32), 0, s, args);
     }
 
-    /// <summary>The second decode kernel: output[t] += Σ_p weights[t, p] · w2·hidden[t, p] (arguments checked by the caller).</summary>
+    /// <summary>
+    /// The second decode kernel: output[t] += Σ_p weights[t, p] · w2·hidden[t, p] (arguments checked by the caller).
+    /// Under programmatic launch it reads <paramref name="experts"/> and <paramref name="weights"/> before waiting for
+    /// its predecessor, so that kernel must not be the one writing them (<see cref="DecodeGateUp"/> is not).
+    /// </summary>
     internal static void DecodeDown(CudaStream s, DeviceSpan<float> output, DeviceSpan<ushort> hidden, DeviceSpan<int> experts,
         DeviceSpan<float> weights, DeviceSpan<ushort> down, MoeShape shape, int t)
     {
         int d = shape.Hidden, e = shape.StackedExperts, a = shape.PairsPerToken, f = shape.Intermediate;
         ulong pOut = output.Pointer, pHidden = hidden.Pointer, pIds = experts.Pointer, pWeights = weights.Pointer, pDown = down.Pointer;
         void** args = stackalloc void*[] { &pOut, &pHidden, &pIds, &pWeights, &pDown, &t, &d, &e, &a, &f };
-        s.Context.Kernels.Launch(KernelId.MoeDecodeDown, new Dim3((uint)(d / DecodeDownRows)), new Dim3(DecodeDownWarps * 32), 0, s, args);
+        int blocks = StreamBlocks((long)d / DecodeDownRows * t, DecodeDownWarps, DecodeDownBlocksPerSm, s.Context.Device.MultiprocessorCount);
+        s.Context.Kernels.Launch(KernelId.MoeDecodeDown, new Dim3((uint)blocks), new Dim3(DecodeDownWarps * 32), 0, s, args);
+    }
+
+    /// <summary>
+    /// The grid of a decode kernel whose warps stream items (moe.cu): one wave (the blocks the SMs hold at once under
+    /// the kernel's launch bounds), with no more warps than the evenly spread items need: each warp takes
+    /// ceil(items / capacity) of them, or one fewer.
+    /// </summary>
+    internal static int StreamBlocks(long items, int warpsPerBlock, int blocksPerSm, int multiprocessors)
+    {
+        long capacity = (long)multiprocessors * blocksPerSm * warpsPerBlock, perWarp = (items + capacity - 1) / capacity;
+        long warps = (items + perWarp - 1) / perWarp;
+        return (int)((warps + warpsPerBlock - 1) / warpsPerBlock);
     }
 
     /// <summary>

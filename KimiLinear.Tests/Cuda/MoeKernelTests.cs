@@ -85,12 +85,12 @@ public sealed class MoeKernelTests
     [InlineData(1, 40, 8, 2, 24, 0)]
     [InlineData(3, 40, 8, 2, 24, 0)]
     [InlineData(16, 40, 8, 2, 24, 0)]    // every token of the largest decode batch; experts shared between tokens
-    [InlineData(2, 2304, 4, 2, 1024, 0)] // the model's D and F: a refill of the gate-up ring, down's K a partial ring
-    [InlineData(7, 2304, 9, 8, 1024, 1)] // the model's D, F, A and S: two gate-up passes of tokens, down's ring holds all of K
-    [InlineData(2, 4096, 5, 3, 1040, 0)] // gate-up ring refills; down's K crosses pairs inside a slot (F/8 = 130)
+    [InlineData(2, 2304, 4, 2, 1024, 0)] // the model's D and F: each warp streams several items, its ring crossing them
+    [InlineData(7, 2304, 9, 8, 1024, 1)] // the model's D, F, A and S: tokens sharing experts, ~16 gate-up items a warp
+    [InlineData(2, 4096, 5, 3, 1040, 0)] // D/8 = 512 (16 chunks an item); down's K crosses pairs inside a slot (F/8 = 130)
     [InlineData(3, 256, 12, 10, 64, 0)]  // A = 10 pairs of F/8 = 8 vectors: several pairs a slot of 32
     [InlineData(1, 40, 8, 2, 24, 1)]     // the shared expert of a single decode token
-    [InlineData(5, 40, 8, 2, 24, 2)]     // two shared experts: one block column serves every token of each
+    [InlineData(5, 40, 8, 2, 24, 2)]     // two shared experts, each chosen by every token
     [InlineData(16, 256, 12, 3, 64, 1)]  // the shared expert chosen by 16 tokens
     [InlineData(15, 256, 12, 3, 64, 2)]
     public void DecodeExperts_MatchReference(int t, int d, int e, int a, int f, int shared)
@@ -172,6 +172,63 @@ public sealed class MoeKernelTests
         dev.Experts.CopyFrom(second.Experts, stream);
         graph.Launch(stream);
         TensorAssert.Close(dev.Output.ToArray(stream).AsSpan(0, T * shape.Hidden), second.Reference(), ExpertTolerance, "graph, new ids");
+    }
+
+    [Fact]
+    public void RouteThenDecodeExperts_InAGraph_UseEachReplaysRoute()
+    {
+        // The down kernel reads the ids and weights before its programmatic wait (the gate-up kernel lets it launch
+        // only once the route kernel has finished): each replay with new logits must use the new choice.
+        CudaContext gpu = Gpu.Require();
+        const int T = 4;
+        var shape = new MoeShape(256, 16, 4, 64, 1);
+        var rule = new MoeRoutingRule(1, 1, true, Scale, false);
+        var random = new Random(23);
+        var moe = new MoeCase(random, T, shape);
+        float[] bias = Gpu.RandomF32(random, shape.Experts, 0.1f);
+        using CudaStream stream = gpu.CreateStream();
+        using MoeCase.Device dev = moe.Upload(gpu, stream);
+        using DeviceBuffer<float> logits = gpu.Allocate<float>((long)T * shape.Experts), dBias = gpu.Upload(stream, bias);
+        using var scratch = new MoeDecodeScratch(gpu, shape, T);
+        gpu.Kernels.LoadAll(); // loading a module synchronises, which a capture forbids
+        using CudaGraph graph = stream.Capture(s =>
+        {
+            MoeKernels.Route(s, dev.Experts, dev.Weights, logits, dBias, shape, rule, T);
+            MoeKernels.DecodeExperts(s, dev.Output, dev.X, dev.Experts, dev.Weights, dev.GateUp, dev.Down, scratch, shape, T);
+        });
+        var cpu = new CpuBackend(1);
+        Tensor cpuLogits = cpu.Allocate(T, shape.Experts);
+        for (int replay = 0; replay < 3; replay++)
+        {
+            float[] values = Gpu.RandomF32(random, (long)T * shape.Experts, 2f);
+            logits.CopyFrom(values, stream);
+            dev.Output.CopyFrom(moe.Base, stream);
+            graph.Launch(stream);
+
+            cpu.Upload(values, cpuLogits);
+            var ids = new int[T * shape.ExpertsPerToken];
+            var weights = new float[T * shape.ExpertsPerToken];
+            cpu.MoeRoute(cpuLogits, bias, new MoeRouting(shape.ExpertsPerToken, rule.Groups, rule.TopKGroups, rule.Renormalize, Scale, rule.BiasedWeights), ids, weights);
+            var routed = moe with
+            {
+                Experts = ids.Chunk(shape.ExpertsPerToken).SelectMany(row => row.Append(shape.Experts)).ToArray(),
+                Weights = weights.Chunk(shape.ExpertsPerToken).SelectMany(row => row.Append(1f)).ToArray(),
+            };
+            TensorAssert.Close(dev.Output.ToArray(stream).AsSpan(0, T * shape.Hidden), routed.Reference(), ExpertTolerance, $"replay {replay}");
+        }
+    }
+
+    [Fact]
+    public void StreamBlocks_FillOneWave_WithTheItemsSpreadEvenly()
+    {
+        foreach ((long items, int warps, int blocksPerSm, int sms) in new[] { (4608L, 8, 2, 132), (1152L, 4, 4, 132), (73728L, 8, 2, 132), (7L, 8, 2, 132), (1000L, 4, 4, 1), (2113L, 8, 2, 132) })
+        {
+            int blocks = MoeKernels.StreamBlocks(items, warps, blocksPerSm, sms);
+            long capacity = (long)sms * blocksPerSm * warps, perWarp = (items + capacity - 1) / capacity, gridWarps = (long)blocks * warps;
+            Assert.True(blocks <= sms * blocksPerSm, $"{items} items: {blocks} blocks exceed one wave of {sms * blocksPerSm}");
+            Assert.True(gridWarps * perWarp >= items, $"{items} items: {gridWarps} warps of {perWarp} items leave some out");
+            Assert.True((gridWarps - warps) * perWarp < items, $"{items} items: {blocks} blocks, the last one needless");
+        }
     }
 
     [Fact]
