@@ -35,6 +35,9 @@ public sealed record KimiModelOptions
     /// <summary>Threads the CPU engine may use for matrix work; null = all cores.</summary>
     public int? CpuThreads { get; init; }
 
+    /// <summary>Tokens a CPU forward step takes (longer prompts run in pieces); tests make it small to cover the pieces.</summary>
+    internal int CpuTokensPerForward { get; init; } = Backends.Cpu.CpuBackend.DefaultTokensPerForward;
+
     /// <summary>Where loading and generation report what they do; null = nowhere.</summary>
     public Microsoft.Extensions.Logging.ILogger? Logger { get; init; }
 }

@@ -1,4 +1,5 @@
 using KimiLinear.Backends;
+using KimiLinear.Sampling;
 using KimiLinear.State;
 
 namespace KimiLinear.Tests.Model;
@@ -48,6 +49,38 @@ public sealed class ConsistencyTests(TinyModelFixture fixture) : IClassFixture<T
         int vocab = fixture.Model.Config.VocabSize;
         TensorAssert.Close(tail, expected.AsSpan(37 * vocab), Tolerance, "logits of the second part");
         AssertStatesClose(whole.State, split.State, fixture.Model.Backend);
+    }
+
+    /// <summary>
+    /// A prompt longer than a forward step takes runs in pieces (chunked prefill), for every way of reading the result:
+    /// all logits, the last position's, and greedy generation's token (picked by the backend); then the sessions go on alike.
+    /// </summary>
+    [Theory]
+    [InlineData(7)]   // pieces shorter than a KDA chunk
+    [InlineData(64)]  // exactly one chunk
+    [InlineData(100)] // the last piece short
+    public void PromptInPiecesEqualsOneForwardStep(int tokensPerForward)
+    {
+        var ids = fixture.Golden.ReadInt32("case4.input_ids"); // T = 150
+        int vocab = fixture.Model.Config.VocabSize;
+        using var pieced = KimiModel.Load(FixturePaths.TinyModel, new KimiModelOptions { CpuTokensPerForward = tokensPerForward });
+        Assert.Equal(tokensPerForward, pieced.Backend.MaxTokensPerForward);
+
+        using var whole = fixture.Model.CreateSession();
+        var expected = whole.Forward(ids);
+        using var all = pieced.CreateSession();
+        TensorAssert.Close(all.Forward(ids), expected, Tolerance, "all logits, in pieces");
+        AssertStatesClose(whole.State, all.State, fixture.Model.Backend);
+
+        var last = expected.AsSpan((ids.Length - 1) * vocab, vocab).ToArray();
+        using var lastOnly = pieced.CreateSession();
+        TensorAssert.Close(lastOnly.ForwardLast(ids), last, Tolerance, "last logits, in pieces");
+        using var greedy = pieced.CreateSession();
+        Assert.Equal(TokenSampler.ArgMax(last), greedy.ForwardGreedy(ids));
+        Assert.Equal(ids.Length, greedy.Length);
+
+        var next = whole.Forward([5]);
+        TensorAssert.Close(greedy.Forward([5]), next, Tolerance, "a decode step after the pieces");
     }
 
     [Theory]

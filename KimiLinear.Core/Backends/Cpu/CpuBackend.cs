@@ -11,7 +11,7 @@ namespace KimiLinear.Backends.Cpu;
 /// (`spec/kimi-linear.md`), vectorised with TensorPrimitives and parallel over rows or heads where the work is large.
 /// Stateless apart from its options, so sessions may call it from several threads at once.
 /// </summary>
-internal sealed class CpuBackend(int? threads = null) : IKimiBackend
+internal sealed class CpuBackend(int? threads = null, int tokensPerForward = CpuBackend.DefaultTokensPerForward) : IKimiBackend
 {
     /// <summary>Multiply-adds below which an element-wise kernel runs on the calling thread rather than the pool.</summary>
     private const long SerialWorkLimit = 1 << 16;
@@ -48,7 +48,14 @@ internal sealed class CpuBackend(int? threads = null) : IKimiBackend
     /// <summary>Nothing to scope: activations are garbage-collected arrays, and sessions may run concurrently.</summary>
     public IDisposable BeginForward() => NoScope.Instance;
 
-    public int MaxTokensPerForward => int.MaxValue;
+    /// <summary>
+    /// Tokens a forward step takes by default: a longer prompt runs in pieces, so its activations (a few KB a token a
+    /// tensor) stay bounded; the state carries between pieces exactly as between calls.
+    /// </summary>
+    public const int DefaultTokensPerForward = 4096;
+
+    public int MaxTokensPerForward { get; } = tokensPerForward > 0 ? tokensPerForward
+        : throw new ArgumentOutOfRangeException(nameof(tokensPerForward), tokensPerForward, "A forward step takes at least one token.");
 
     /// <summary>Nothing to release: the garbage collector frees a layer's arrays.</summary>
     public IDisposable BeginScratch() => NoScope.Instance;
