@@ -337,6 +337,37 @@ internal static class GpuKernelBenchmarks
                        for (int i = 0; i < Launches; i++) MoeKernels.Route(s, route, weights, logits, bias, shape, rule, 1);
                    }))
                 rows.Add(RouteRow(1, E, MedianMs(gpu, stream, () => routes.Launch(stream)) / Launches));
+            // The decode router for one token: the router GEMV then the route kernel, against the fused kernel, each
+            // after an RMSNorm-sized kernel as in the model (so the fused one's early weight requests have something to
+            // overlap). Bytes: the router rows read.
+            {
+                using DeviceBuffer<ushort> router = RandomBf16(gpu, stream, random, (long)E * D);
+                using DeviceBuffer<float> x = RandomF32(D, 1), routerLogits = gpu.Allocate<float>(E), normWeight = RandomF32(D, 1), normed = gpu.Allocate<float>(D);
+                using var routerScratch = new MoeDecodeScratch(stream, shape with { SharedExperts = 1 }, 1);
+                using DeviceBuffer<int> sharedRoute = gpu.Allocate<int>(A + 1);
+                using DeviceBuffer<float> sharedWeights = gpu.Allocate<float>(A + 1);
+                var routed = shape with { SharedExperts = 1 };
+                Row RouterRow(string kernel, Action<CudaStream> call)
+                {
+                    using CudaGraph graph = stream.Capture(s =>
+                    {
+                        for (int i = 0; i < Launches; i++)
+                        {
+                            ActivationKernels.RmsNorm(s, normed, x, normWeight, 1, D, 1e-5f);
+                            call(s);
+                        }
+                    });
+                    double ms = MedianMs(gpu, stream, () => graph.Launch(stream)) / Launches, gbs = (double)E * D * 2 / (ms * 1e6);
+                    return new Row(kernel, $"T=1, E={E}, D={D}, A={A}+1 (after an RMSNorm)", ms * 1000, $"{gbs:F0} GB/s", gbs / copyGBs, "D2D copy");
+                }
+                rows.Add(RouterRow("MoE router GEMV + route (+ RMSNorm)", s =>
+                {
+                    MatmulKernels.Gemv(s, routerLogits, router, normed, E, D);
+                    MoeKernels.Route(s, sharedRoute, sharedWeights, routerLogits, bias, routed, rule, 1);
+                }));
+                rows.Add(RouterRow("MoE router + route fused (+ RMSNorm)", s =>
+                    MoeKernels.RouterRoute(s, sharedRoute, sharedWeights, normed, router, bias, routerScratch, routed, rule, 1)));
+            }
             double ms;
 
             foreach (int t in new[] { 1, 4 })
@@ -349,7 +380,7 @@ internal static class GpuKernelBenchmarks
                 using DeviceBuffer<int> dIds = gpu.Allocate<int>(ids.Length);
                 dIds.CopyFrom(ids, stream);
                 using DeviceBuffer<float> x = RandomF32((long)t * D, 1), w = RandomF32(Sets * t * A, 1), output = gpu.Allocate<float>((long)t * D);
-                using var scratch = new MoeDecodeScratch(gpu, shape, t);
+                using var scratch = new MoeDecodeScratch(stream, shape, t);
                 double bytes = unique * 3.0 * F * D * 2;
                 Row DecodeRow(string kernel, double share, Action<CudaStream, int> call)
                 {
@@ -387,7 +418,7 @@ internal static class GpuKernelBenchmarks
                     using DeviceBuffer<int> dSharedIds = gpu.Allocate<int>(sharedIds.Length);
                     dSharedIds.CopyFrom(sharedIds, stream);
                     using DeviceBuffer<float> sharedWeights = RandomF32(Sets * t * pairs, 1);
-                    using var sharedScratch = new MoeDecodeScratch(gpu, withShared, t);
+                    using var sharedScratch = new MoeDecodeScratch(stream, withShared, t);
                     using CudaGraph graph = stream.Capture(s =>
                     {
                         for (int set = 0; set < Sets; set++)

@@ -184,11 +184,33 @@ public sealed partial class KimiModel : IDisposable
     /// decoding picks (the largest logit, the lowest id among ties), found by the backend where the logits are: a GPU
     /// step then sends back one int rather than the vocabulary's 640 KB of logits.
     /// </summary>
-    internal int ForwardGreedy(SessionState state, ReadOnlySpan<int> tokens)
+    internal int ForwardGreedy(SessionState state, ReadOnlySpan<int> tokens) => ReadChoice(state, ForwardChoosing(state, tokens));
+
+    /// <summary>
+    /// Runs <paramref name="tokens"/> like <see cref="ForwardGreedy"/> but only queues the greedy choice: it becomes the
+    /// session's latest choice, which <see cref="FeedChoice"/> can append before the host has read it.
+    /// </summary>
+    internal GreedyChoice ForwardChoosing(SessionState state, ReadOnlySpan<int> tokens)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        return ForwardLast(state, tokens, MlaForm.Auto, null, Backend.ArgMax);
+        return ForwardLast(state, tokens, MlaForm.Auto, null, logits => Backend.ChooseNext(state, logits));
     }
+
+    /// <summary>
+    /// Appends the session's latest greedy choice, read where the backend put it (so a GPU runs this step while the
+    /// host still reads the choice), and queues the choice after it.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The session is full, or has no greedy choice.</exception>
+    internal GreedyChoice FeedChoice(SessionState state)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (state.Length >= MaxSequenceLength)
+            throw new InvalidOperationException($"The session holds {state.Length} tokens, the model's maximum: no room for the chosen token.");
+        return ForwardPiece(state, [IKimiBackend.ChosenToken], Logits.Last, MlaForm.Auto, null, logits => Backend.ChooseNext(state, logits));
+    }
+
+    /// <summary>Waits for <paramref name="choice"/> (one of the session's two latest) and returns its token.</summary>
+    internal int ReadChoice(SessionState state, GreedyChoice choice) => Backend.ReadChoice(state, choice);
 
     /// <summary>
     /// Runs <paramref name="tokens"/> and reads the last position's logits [1, vocab] with <paramref name="read"/> while
@@ -310,8 +332,7 @@ public sealed partial class KimiModel : IDisposable
         if (count == 1 && wanted != Logits.None && onHidden is null)
         {
             // A decode step: the same work every token, so a backend may record it once and replay it.
-            int token = tokens[0];
-            logits = backend.RunDecodeStep(state, token, position, () => Compute(batch, [token], wanted, absorbed, null)!);
+            logits = backend.RunDecodeStep(state, tokens[0], position, token => Compute(batch, [token], wanted, absorbed, null)!);
         }
         else
             logits = Compute(batch, tokens, wanted, absorbed, onHidden);

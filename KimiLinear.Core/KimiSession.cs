@@ -1,3 +1,4 @@
+using KimiLinear.Backends;
 using KimiLinear.State;
 
 namespace KimiLinear;
@@ -49,11 +50,28 @@ public sealed partial class KimiSession : IDisposable
     /// Appends <paramref name="tokens"/> like <see cref="ForwardLast"/> and returns the token greedy decoding picks next
     /// (the largest logit; the lowest id among ties), found on the model's device.
     /// </summary>
-    internal int ForwardGreedy(ReadOnlySpan<int> tokens)
+    internal int ForwardGreedy(ReadOnlySpan<int> tokens) => ReadChoice(ForwardChoosing(tokens));
+
+    /// <summary>Appends <paramref name="tokens"/> and queues greedy decoding's next token without waiting for it.</summary>
+    internal GreedyChoice ForwardChoosing(ReadOnlySpan<int> tokens)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         Validate(tokens);
-        return Model.ForwardGreedy(_state, tokens);
+        return Model.ForwardChoosing(_state, tokens);
+    }
+
+    /// <summary>Appends the latest greedy choice without waiting for it, and queues the next.</summary>
+    internal GreedyChoice FeedChoice()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        return Model.FeedChoice(_state);
+    }
+
+    /// <summary>Waits for a greedy choice (one of the two latest) and returns its token.</summary>
+    internal int ReadChoice(GreedyChoice choice)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        return Model.ReadChoice(_state, choice);
     }
 
     internal float[] Forward(ReadOnlySpan<int> tokens, MlaForm attention, Action<int, float[]>? onHidden = null)

@@ -18,30 +18,37 @@
 // and only the best topk_groups groups stay eligible (the others -inf); then the A best, best first, ties to the lower
 // index; weights = scores (or selection values when `biased`) of the chosen, optionally divided by their sum + 1e-20,
 // times scale. Lane i % 32 keeps value i in registers (E ≤ MOE_MAX_EXPERTS). A token's row holds A + S pairs: its A
-// choices, then (E + s, 1.0) for each shared expert s.
+// choices, then (E + s, 1.0) for each shared expert s. For decode, kimi_moe_router_route_f32 computes the router
+// logits as well and routes in the same launch (its comment below).
 //
 // DECODE (a few tokens: T ≤ MoeKernels.MaxDecodeTokens), two kernels, both graph-capturable (ids read on the device)
-// and launched with programmatic dependent launch. Both are gathered GEMVs in which every warp is an independent stream: the work is cut
-// into items (a few weight rows of one pair), warp w of the grid's W warps takes items w, w + W, ..., and walks the
-// chunks of its items as one sequence (a chunk: one column slot of 32 16-byte vectors, one a lane, of each of the
-// item's rows), keeping a ring of DEPTH chunks in registers that is refilled across item boundaries, so its loads
-// never stop until its last item; at an item's end the warp reduces with shuffles and writes (no barrier, no atomics:
-// each output has one warp, summing in a fixed order). The grid is one wave (MoeKernels sizes it from the SM count and
-// the blocks an SM holds under the launch bounds) and the items are spread evenly over its warps: a grid of tiny
-// blocks in several waves left the memory pipe idle between waves (74 % of the copy bandwidth on the H100).
-// Items are numbered so that the pairs of one weight rows' set are neighbours: tokens that chose the same expert read
-// its rows at about the same time, once from DRAM and again from L2.
-//   kimi_moe_decode_gate_up: item (f group g, pair p), number g · P + p (P = T·A): gate rows f0, f0 + 1 and up rows
+// and launched with programmatic dependent launch; both gathered GEMVs.
+//   kimi_moe_decode_gate_up is a grid in which every warp is an independent stream: the work is cut into items (a few
+//     weight rows of one pair), warp w of the grid's W warps takes items w, w + W, ..., and walks the chunks of its
+//     items as one sequence (a chunk: one column slot of 32 16-byte vectors, one a lane, of each of the item's rows),
+//     keeping a ring of DEPTH chunks in registers that is refilled across item boundaries, so its loads never stop
+//     until its last item; at an item's end the warp reduces with shuffles and writes (no barrier, no atomics: each
+//     output has one warp, summing in a fixed order). The grid is one wave (MoeKernels sizes it from the SM count and
+//     the blocks an SM holds under the launch bounds) and the items are spread evenly over its warps: a grid of tiny
+//     blocks in several waves left the memory pipe idle between waves (74 % of the copy bandwidth on the H100).
+//     Items are numbered so that the pairs of one weight rows' set are neighbours: tokens that chose the same expert
+//     read its rows at about the same time, once from DRAM and again from L2.
+//     Its item (f group g, pair p), number g · P + p (P = T·A): gate rows f0, f0 + 1 and up rows
 //     f0, f0 + 1 of expert experts[p] (f0 = 2g), which share every x load (x rounded to bf16 as loaded); the epilogue
 //     writes h[p, f] = bf16(silu(gate) · up). It waits for its predecessor before anything (the ids decide which
 //     weights to read), then lets its successor launch: its grid is one wave, so the successor's blocks only take SM
 //     room this kernel leaves free or frees, and can fetch their first weights meanwhile.
-//   kimi_moe_decode_down: item (row group g, token t), number g · T + t: output rows d0, d0 + 1 (d0 = 2g) of token t
-//     as one GEMV over K = the token's A hiddens concatenated (vector a · F/8 + j of K is vector j of pair a: h[t] is
-//     that vector already, the weight row is gathered per pair and each vector carries its pair's weight), the two
-//     rows sharing each hidden load; output[t, d] += the sum. It reads the ids and routing weights and requests its
-//     first DEPTH chunks of weights before waiting for its predecessor: the gate-up kernel lets it launch only after
-//     its own wait, when the route kernel that wrote them has finished; only h and the output depend on the wait.
+//   kimi_moe_decode_down: grid (T, D / 2), 4 warps; block (t, g) owns output rows d0, d0 + 1 (d0 = 2g) of token t
+//     and computes them as one GEMV over K = the token's A hiddens concatenated (vector a · F/8 + j of K is vector j
+//     of pair a: h[t] is that vector already, the weight row is gathered per pair and each vector carries its pair's
+//     weight), the four warps splitting K by column slots and the two rows sharing each hidden load; then
+//     output[t, d] += the warps' shares, added in warp order. Not a stream of items like gate-up: at T = 1 its
+//     1,152 blocks keep ~20 warps an SM each requesting its whole share of a row pair at once (the stream version,
+//     one warp an item, ran at 56 % of copy bandwidth against 74 % for this one; docs/performance.md, "MoE kernels").
+//     Blocks of one row pair are neighbours (t fastest), so tokens that chose the same expert read its rows from L2.
+//     It reads the ids and routing weights and requests its first DEPTH chunks of weights before waiting for its
+//     predecessor: the gate-up kernel lets it launch only after its own wait, when the route kernel that wrote them
+//     has finished; only h and the output depend on the wait.
 //
 // PREFILL (any T, one launch sequence, no host sync; grids sized for the worst case, surplus blocks exit):
 //   1. kimi_moe_prefill_count: rank[p] = the pair's place among its expert's pairs (an int atomic: the place is
@@ -65,15 +72,17 @@
 constexpr int MOE_MAX_EXPERTS = 1024;                  // MoeKernels.MaxExperts
 constexpr int MOE_VALUES_PER_LANE = MOE_MAX_EXPERTS / 32;
 constexpr int MOE_ROUTE_WARPS = 4;                     // tokens a route block
+constexpr int MOE_ROUTER_WARPS = 4;                    // experts a fused router + route block (MoeKernels.RouterWarps)
+constexpr int MOE_ROUTER_HELD = 12;                    // router column slots a lane requests before the wait (D ≤ 3,072)
 // Decode gate-up: 8 warps a block, each an independent stream of items of 2 f's (4 weight rows sharing each x load),
 // a ring of 4 chunks (16 vectors, 8 KB a warp in flight). Launch bounds of 2 blocks an SM: ≤ 128 registers a thread.
 constexpr int MOE_GU_WARPS = 8, MOE_GU_F = 2, MOE_GU_DEPTH = 4, MOE_GU_BLOCKS_PER_SM = 2;
 constexpr int MOE_GU_WROWS = 2 * MOE_GU_F; // weight rows an item
 static_assert(MOE_GU_F == 2, "MoeKernels.DecodeGateUpRows (C#); F % 8 == 0: whole items");
-// Decode down: 4 warps a block, each a stream of items of 2 output rows (sharing each hidden load), a ring of 8 chunks
-// (16 vectors, 8 KB a warp in flight). Launch bounds of 4 blocks an SM: ≤ 128 registers a thread.
-constexpr int MOE_DOWN_WARPS = 4, MOE_DOWN_ROWS = 2, MOE_DOWN_DEPTH = 8, MOE_DOWN_BLOCKS_PER_SM = 4;
-static_assert(MOE_DOWN_ROWS == 2, "MoeKernels.DecodeDownRows (C#); D % 8 == 0: whole items");
+// Decode down: a block of 4 warps a (token, 2 output rows), the warps splitting K (the token's A hiddens concatenated)
+// by column slots; a ring of 8 chunks a warp (at A + S = 9, F = 1,024 a warp's whole share: 9 slots).
+constexpr int MOE_DOWN_WARPS = 4, MOE_DOWN_ROWS = 2, MOE_DOWN_DEPTH = 8;
+static_assert(MOE_DOWN_ROWS == 2, "MoeKernels.DecodeDownRows (C#); D % 8 == 0 fills every block");
 constexpr int MOE_TILE_M = 128, MOE_TILE_N = 128, MOE_STAGES = 3, MOE_GEMM_THREADS = 256;
 constexpr int MOE_GEMM_SMEM_BYTES = MOE_STAGES * (MOE_TILE_M + MOE_TILE_N) * TILE_K * 2;
 static_assert(MOE_GEMM_SMEM_BYTES == 96 * 1024, "MoeKernels.GemmSharedBytes (C#) launches with 96 KiB");
@@ -82,6 +91,20 @@ constexpr int MOE_ELEMENTWISE_THREADS = 256;
 __device__ __forceinline__ float round_bf16(float v) { return bf16_to_f32(f32_to_bf16(v)); }
 __device__ __forceinline__ float silu(float v) { return v / (1.0f + expf(-v)); }
 __device__ __forceinline__ bool valid_expert(int e, int E) { return e >= 0 && e < E; }
+
+// acc += w · x over 8 values: w a vector of 8 bf16.
+__device__ __forceinline__ float dot8_f32(uint4 w, const float (&x)[8], float acc)
+{
+    acc = fmaf(bf16_lo(w.x), x[0], acc);
+    acc = fmaf(bf16_hi(w.x), x[1], acc);
+    acc = fmaf(bf16_lo(w.y), x[2], acc);
+    acc = fmaf(bf16_hi(w.y), x[3], acc);
+    acc = fmaf(bf16_lo(w.z), x[4], acc);
+    acc = fmaf(bf16_hi(w.z), x[5], acc);
+    acc = fmaf(bf16_lo(w.w), x[6], acc);
+    acc = fmaf(bf16_hi(w.w), x[7], acc);
+    return acc;
+}
 
 __device__ __forceinline__ unsigned warp_or(unsigned v)
 {
@@ -107,16 +130,11 @@ __device__ __forceinline__ void warp_argmax(float& value, int& index, float& pay
     }
 }
 
-extern "C" __global__ void __launch_bounds__(MOE_ROUTE_WARPS * 32)
-kimi_moe_route_f32(int* __restrict__ experts, float* __restrict__ weights, const float* __restrict__ logits,
-                   const float* __restrict__ bias, int T, int E, int A, int S, int groups, int topk_groups, int renormalize,
-                   float scale, int biased)
+// Routes token t from its router logits `row` [E] (read through L2: in the fused kernel other blocks wrote them).
+__device__ __forceinline__ void route_token(int* __restrict__ experts, float* __restrict__ weights, const float* row,
+                                            const float* __restrict__ bias, int t, int E, int A, int S, int groups,
+                                            int topk_groups, int renormalize, float scale, int biased, int lane)
 {
-    allow_successor();
-    wait_for_predecessor();
-    const int lane = threadIdx.x & 31, t = blockIdx.x * MOE_ROUTE_WARPS + (threadIdx.x >> 5);
-    if (t >= T) return;
-    const float* row = logits + static_cast<size_t>(t) * E;
     float score[MOE_VALUES_PER_LANE], selection[MOE_VALUES_PER_LANE];
 #pragma unroll
     for (int j = 0; j < MOE_VALUES_PER_LANE; j++)
@@ -126,7 +144,7 @@ kimi_moe_route_f32(int* __restrict__ experts, float* __restrict__ weights, const
         score[j] = selection[j] = -INFINITY;
         if (i < E)
         {
-            score[j] = 1.0f / (1.0f + expf(-row[i]));
+            score[j] = 1.0f / (1.0f + expf(-__ldcg(row + i)));
             selection[j] = score[j] + bias[i];
         }
     }
@@ -211,6 +229,80 @@ kimi_moe_route_f32(int* __restrict__ experts, float* __restrict__ weights, const
     }
 }
 
+extern "C" __global__ void __launch_bounds__(MOE_ROUTE_WARPS * 32)
+kimi_moe_route_f32(int* __restrict__ experts, float* __restrict__ weights, const float* __restrict__ logits,
+                   const float* __restrict__ bias, int T, int E, int A, int S, int groups, int topk_groups, int renormalize,
+                   float scale, int biased)
+{
+    allow_successor();
+    wait_for_predecessor();
+    const int lane = threadIdx.x & 31, t = blockIdx.x * MOE_ROUTE_WARPS + (threadIdx.x >> 5);
+    if (t < T)
+        route_token(experts, weights, logits + static_cast<size_t>(t) * E, bias, t, E, A, S, groups, topk_groups,
+                    renormalize, scale, biased, lane);
+}
+
+// ROUTER + ROUTE for decode (kimi_moe_router_route_f32): logits[t, e] = x[t] · router[e] (fp32 x, bf16 weights, fp32
+// sums), then the last block to finish routes every token as kimi_moe_route_f32 does. One launch instead of a GEMV and
+// the route kernel, and the router rows (which do not depend on the predecessor) are requested before the wait. Warp w
+// of block b owns expert b · WARPS + w; the blocks count their arrivals in `arrivals` (zero between launches: the last
+// block resets it), and the last one, after a fence, reads every block's logits through L2.
+extern "C" __global__ void __launch_bounds__(MOE_ROUTER_WARPS * 32)
+kimi_moe_router_route_f32(int* __restrict__ experts, float* __restrict__ weights, float* __restrict__ logits,
+                          unsigned* __restrict__ arrivals, const float* __restrict__ x, const uint16_t* __restrict__ router,
+                          const float* __restrict__ bias, int T, int D, int E, int A, int S, int groups, int topk_groups,
+                          int renormalize, float scale, int biased)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, e = blockIdx.x * MOE_ROUTER_WARPS + warp, D8 = D >> 3;
+    const uint4* row = reinterpret_cast<const uint4*>(router + static_cast<size_t>(min(e, E - 1)) * D);
+    uint4 held[MOE_ROUTER_HELD]; // the first HELD column slots of the row; the rest (D > 3,072) load at use
+#pragma unroll
+    for (int i = 0; i < MOE_ROUTER_HELD; i++)
+    {
+        const int kk = i * 32 + lane;
+        held[i] = kk < D8 ? __ldg(row + kk) : make_uint4(0, 0, 0, 0);
+    }
+    wait_for_predecessor(); // x
+    allow_successor();      // the expert kernels wait for this whole grid before reading the ids
+
+    for (int t = 0; t < T; t++)
+    {
+        const float* xt = x + static_cast<size_t>(t) * D;
+        float acc = 0.0f;
+#pragma unroll
+        for (int i = 0; i < MOE_ROUTER_HELD; i++)
+        {
+            const int kk = i * 32 + lane;
+            if (kk < D8)
+            {
+                const float4 lo = __ldg(reinterpret_cast<const float4*>(xt) + 2 * kk), hi = __ldg(reinterpret_cast<const float4*>(xt) + 2 * kk + 1);
+                const float xs[8] = { lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w };
+                acc = dot8_f32(held[i], xs, acc);
+            }
+        }
+        for (int kk = MOE_ROUTER_HELD * 32 + lane; kk < D8; kk += 32)
+        {
+            const float4 lo = __ldg(reinterpret_cast<const float4*>(xt) + 2 * kk), hi = __ldg(reinterpret_cast<const float4*>(xt) + 2 * kk + 1);
+            const float xs[8] = { lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w };
+            acc = dot8_f32(__ldg(row + kk), xs, acc);
+        }
+        acc = warp_sum(acc);
+        if (lane == 0 && e < E) logits[static_cast<size_t>(t) * E + e] = acc;
+    }
+
+    __shared__ bool last;
+    __threadfence(); // this block's logits before its arrival
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(arrivals, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence(); // every block's logits after their arrivals
+    for (int t = warp; t < T; t += MOE_ROUTER_WARPS)
+        route_token(experts, weights, logits + static_cast<size_t>(t) * E, bias, t, E, A, S, groups, topk_groups,
+                    renormalize, scale, biased, lane);
+    if (threadIdx.x == 0) *arrivals = 0;
+}
+
 // =====================================================================================================================
 // DECODE
 // =====================================================================================================================
@@ -222,20 +314,6 @@ __device__ __forceinline__ void load_rounded8(float (&xs)[8], const float* __res
     const float4 lo = in ? __ldg(reinterpret_cast<const float4*>(x)) : zero, hi = in ? __ldg(reinterpret_cast<const float4*>(x) + 1) : zero;
     xs[0] = round_bf16(lo.x), xs[1] = round_bf16(lo.y), xs[2] = round_bf16(lo.z), xs[3] = round_bf16(lo.w);
     xs[4] = round_bf16(hi.x), xs[5] = round_bf16(hi.y), xs[6] = round_bf16(hi.z), xs[7] = round_bf16(hi.w);
-}
-
-// acc += w · x over 8 values: w a vector of 8 bf16.
-__device__ __forceinline__ float dot8_f32(uint4 w, const float (&x)[8], float acc)
-{
-    acc = fmaf(bf16_lo(w.x), x[0], acc);
-    acc = fmaf(bf16_hi(w.x), x[1], acc);
-    acc = fmaf(bf16_lo(w.y), x[2], acc);
-    acc = fmaf(bf16_hi(w.y), x[3], acc);
-    acc = fmaf(bf16_lo(w.z), x[4], acc);
-    acc = fmaf(bf16_hi(w.z), x[5], acc);
-    acc = fmaf(bf16_lo(w.w), x[6], acc);
-    acc = fmaf(bf16_hi(w.w), x[7], acc);
-    return acc;
 }
 
 // w · h over 8 values, both vectors of 8 bf16.
@@ -349,84 +427,73 @@ kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, c
     }
 }
 
-// Lane a < A: pair a of token t's expert (an invalid id reads expert 0: the epilogue writes NaN) and weight.
-__device__ __forceinline__ void down_pairs(int& my_e, float& my_w, const int* __restrict__ experts, const float* __restrict__ weights,
-                                           int t, int A, int E, int lane)
-{
-    const int e = lane < A ? experts[t * A + lane] : 0;
-    my_e = valid_expert(e, E) ? e : 0;
-    my_w = lane < A ? weights[t * A + lane] : 0.0f;
-}
-
-extern "C" __global__ void __launch_bounds__(MOE_DOWN_WARPS * 32, MOE_DOWN_BLOCKS_PER_SM)
+extern "C" __global__ void __launch_bounds__(MOE_DOWN_WARPS * 32)
 kimi_moe_decode_down(float* __restrict__ output, const uint16_t* __restrict__ h, const int* __restrict__ experts,
                      const float* __restrict__ weights, const uint16_t* __restrict__ down, int T, int D, int E, int A, int F)
 {
-    const int lane = threadIdx.x & 31, W = gridDim.x * MOE_DOWN_WARPS, w = blockIdx.x * MOE_DOWN_WARPS + (threadIdx.x >> 5);
-    const int items = D / MOE_DOWN_ROWS * T, F8 = F >> 3, K8 = A * F8, C = (K8 + 31) >> 5; // C chunks an item
-    const int chunks = stream_items(items, w, W) * C;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, t = blockIdx.x;
+    const int d0 = blockIdx.y * MOE_DOWN_ROWS; // D % 8 == 0: d0 + MOE_DOWN_ROWS ≤ D
+    const int F8 = F >> 3, K8 = A * F8, slots = (K8 + 31) >> 5;
+    const int chunks = warp < slots ? (slots - warp + MOE_DOWN_WARPS - 1) / MOE_DOWN_WARPS : 0; // this warp's column slots
 
-    // The load cursor: chunk lc of item li, whose token's pairs are in lanes (my_e, my_w). Ring slot d holds chunk
-    // n0 + d of the sequence and wa[d] the pair weight of this lane's vector of it.
-    int li = w, lc = 0, my_e = 0;
-    float my_w = 0.0f;
-    if (chunks > 0) down_pairs(my_e, my_w, experts, weights, li % T, A, E, lane);
+    // Lane a holds pair a's expert and weight (A ≤ 32). An invalid id makes the token's rows NaN; its pair reads expert 0
+    // meanwhile, so every address stays inside the weights. The route kernel that wrote them has finished (see above).
+    int my_e = lane < A ? experts[t * A + lane] : 0;
+    const float my_w = lane < A ? weights[t * A + lane] : 0.0f;
+    const bool bad = warp_or(valid_expert(my_e, E) ? 0u : 1u) != 0;
+    my_e = valid_expert(my_e, E) ? my_e : 0;
+
+    // Chunk c of this warp is column slot c · WARPS + warp: vector kk = slot · 32 + lane of the concatenated K, which is
+    // vector j of pair a. The shuffles run in every lane (a is clamped), the loads only below K8.
     uint4 wv[MOE_DOWN_DEPTH][MOE_DOWN_ROWS];
     float wa[MOE_DOWN_DEPTH];
-    auto request = [&](uint4 (&slot)[MOE_DOWN_ROWS], float& slot_weight)
+    auto request = [&](int c, uint4 (&slot)[MOE_DOWN_ROWS], float& slot_weight)
     {
-        // Vector kk of the concatenated K is vector j of pair a. The shuffles run in every lane (a is clamped), the
-        // loads only below K8.
-        const int kk = lc * 32 + lane, a = min(kk / F8, A - 1), j = kk - a * F8, d0 = li / T * MOE_DOWN_ROWS;
+        const int kk = (c * MOE_DOWN_WARPS + warp) * 32 + lane, a = min(kk / F8, A - 1), j = kk - a * F8;
         const int e = __shfl_sync(0xFFFFFFFFu, my_e, a);
         slot_weight = __shfl_sync(0xFFFFFFFFu, my_w, a);
         const uint4* row8 = reinterpret_cast<const uint4*>(down + (static_cast<size_t>(e) * D + d0) * F);
 #pragma unroll
         for (int r = 0; r < MOE_DOWN_ROWS; r++) slot[r] = kk < K8 ? __ldcs(row8 + static_cast<size_t>(r) * F8 + j) : make_uint4(0, 0, 0, 0);
-        if (++lc == C)
-        {
-            lc = 0;
-            li += W;
-            if (li < items) down_pairs(my_e, my_w, experts, weights, li % T, A, E, lane);
-        }
     };
 #pragma unroll
     for (int d = 0; d < MOE_DOWN_DEPTH; d++)
-        if (d < chunks) request(wv[d], wa[d]);
+        if (d < chunks) request(d, wv[d], wa[d]);
     wait_for_predecessor(); // h and the output
     allow_successor();      // as gemv.cu
 
-    // The compute cursor: chunk cc of item ci, whose token's hiddens (concatenated, [A·F8] vectors) are h8.
-    int ci = w, cc = 0;
-    const uint4* h8 = reinterpret_cast<const uint4*>(h + static_cast<size_t>(ci % T) * A * F);
+    const uint4* h8 = reinterpret_cast<const uint4*>(h + static_cast<size_t>(t) * A * F); // [A·F8] the token's hiddens, concatenated
     float acc[MOE_DOWN_ROWS] = {};
-    for (int n0 = 0; n0 < chunks; n0 += MOE_DOWN_DEPTH)
+    for (int c0 = 0; c0 < chunks; c0 += MOE_DOWN_DEPTH)
     {
 #pragma unroll
         for (int d = 0; d < MOE_DOWN_DEPTH; d++)
         {
-            const int n = n0 + d;
-            if (n >= chunks) break;
-            const int kk = cc * 32 + lane;
+            const int c = c0 + d;
+            if (c >= chunks) break;
+            const int kk = (c * MOE_DOWN_WARPS + warp) * 32 + lane;
             const uint4 hv = kk < K8 ? __ldg(h8 + kk) : make_uint4(0, 0, 0, 0); // shared by the rows
 #pragma unroll
             for (int r = 0; r < MOE_DOWN_ROWS; r++) acc[r] = fmaf(wa[d], dot8_bf16(wv[d][r], hv), acc[r]);
-            if (n + MOE_DOWN_DEPTH < chunks) request(wv[d], wa[d]);
-            if (++cc == C)
-            {
-                // Lane r < MOE_DOWN_ROWS: output[t, d0 + r] += the row's sum, NaN if any of the token's ids is invalid.
-                const int t = ci % T, d0 = ci / T * MOE_DOWN_ROWS;
-                const bool bad = warp_or(lane < A && !valid_expert(experts[t * A + lane], E) ? 1u : 0u) != 0;
-                float sums[MOE_DOWN_ROWS];
-#pragma unroll
-                for (int r = 0; r < MOE_DOWN_ROWS; r++) sums[r] = warp_sum(acc[r]), acc[r] = 0.0f;
-                const float sum = pick(sums, lane);
-                if (lane < MOE_DOWN_ROWS) output[static_cast<size_t>(t) * D + d0 + lane] += bad ? NAN : sum;
-                cc = 0;
-                ci += W;
-                h8 = reinterpret_cast<const uint4*>(h + static_cast<size_t>(ci % T) * A * F);
-            }
+            if (c + MOE_DOWN_DEPTH < chunks) request(c + MOE_DOWN_DEPTH, wv[d], wa[d]);
         }
+    }
+
+    // Lane r of the first warp adds row d0 + r's shares in warp order (deterministic).
+    __shared__ float partial[MOE_DOWN_WARPS][MOE_DOWN_ROWS];
+#pragma unroll
+    for (int r = 0; r < MOE_DOWN_ROWS; r++)
+    {
+        const float sum = warp_sum(acc[r]);
+        if (lane == 0) partial[warp][r] = sum;
+    }
+    __syncthreads();
+    if (warp == 0 && lane < MOE_DOWN_ROWS)
+    {
+        float total = 0.0f;
+#pragma unroll
+        for (int q = 0; q < MOE_DOWN_WARPS; q++) total += partial[q][lane];
+        output[static_cast<size_t>(t) * D + d0 + lane] += bad ? NAN : total;
     }
 }
 

@@ -14,6 +14,23 @@ namespace KimiLinear.Backends;
 internal readonly record struct MoeRouting(int ExpertsPerToken, int Groups, int TopKGroups, bool Renormalize, float ScalingFactor, bool BiasedWeights);
 
 /// <summary>
+/// A greedy choice a backend made for a session (<see cref="IKimiBackend.ChooseNext"/>), perhaps not yet known to the
+/// host: <see cref="IKimiBackend.ReadChoice"/> waits for it. <paramref name="Sequence"/> counts the session's choices.
+/// </summary>
+internal readonly record struct GreedyChoice(long Sequence)
+{
+    /// <summary>
+    /// Where a backend keeps this choice among the session's two latest, <paramref name="latest"/> being the sequence
+    /// number of the session's latest choice; a choice older than those two (or not made yet) is an error.
+    /// </summary>
+    public int Slot(long latest) => Sequence >= 1 && Sequence <= latest && Sequence > latest - 2 ? SlotOf(Sequence)
+        : throw new InvalidOperationException($"Greedy choice {Sequence} is no longer readable: the session's latest is {latest}, and only the two latest are kept.");
+
+    /// <summary>The slot of choice <paramref name="sequence"/>: its parity.</summary>
+    public static int SlotOf(long sequence) => (int)(sequence & 1);
+}
+
+/// <summary>
 /// The kernels the model graph is made of, one method per kernel. The CPU implementation is the executable specification;
 /// every other backend must agree with it. Shapes use T tokens, D hidden, H heads, K key dim, V value dim, E experts,
 /// A active experts, L cached tokens.
@@ -58,14 +75,19 @@ internal interface IKimiBackend
     /// </summary>
     IDisposable BeginForward();
     /// <summary>
-    /// Runs one decode step of <paramref name="state"/>'s session: <paramref name="step"/> queues the whole step for
-    /// <paramref name="token"/> at <paramref name="position"/> and returns the logits tensor. A backend may record the
-    /// work the first time and replay the recording on later steps without calling <paramref name="step"/> (a CUDA
-    /// graph), kept in <see cref="SessionState.DecodeRecording"/>: so the step queues the same work every token, and
-    /// the token and position reach kernels only through <see cref="Embed"/>, the cache row of
-    /// <see cref="WriteConcatenatedRows"/> and the start of <see cref="MlaAttention"/>.
+    /// Runs one decode step of <paramref name="state"/>'s session: <paramref name="step"/> queues the whole step for a
+    /// token at <paramref name="position"/> and returns the logits tensor. <paramref name="token"/> may be
+    /// <see cref="ChosenToken"/>: the session's latest <see cref="ChooseNext"/>, which the step reads where the backend
+    /// put it, so the host need not wait for it; <paramref name="step"/> gets the token id where the host knows it, else
+    /// <see cref="ChosenToken"/>. A backend may record the work the first time and replay the recording on later steps
+    /// without calling <paramref name="step"/> (a CUDA graph), kept in <see cref="SessionState.Decoder"/>: so the step
+    /// queues the same work every token, and the token and position reach kernels only through <see cref="Embed"/>
+    /// (which then reads the step's token, not its ids), the cache row of <see cref="WriteConcatenatedRows"/> and the
+    /// start of <see cref="MlaAttention"/>.
     /// </summary>
-    Tensor RunDecodeStep(SessionState state, int token, int position, Func<Tensor> step);
+    Tensor RunDecodeStep(SessionState state, int token, int position, Func<int, Tensor> step);
+    /// <summary>The <c>token</c> of <see cref="RunDecodeStep"/> that stands for the session's latest greedy choice.</summary>
+    const int ChosenToken = -1;
     /// <summary>Most tokens one forward step takes; a longer prompt is run in pieces of this size (bounded activation memory).</summary>
     int MaxTokensPerForward { get; }
     /// <summary>Copies host floats into <paramref name="destination"/> (row-major, whole tensor).</summary>
@@ -73,10 +95,16 @@ internal interface IKimiBackend
     /// <summary>Copies the whole tensor to host floats.</summary>
     void Download(Tensor source, Span<float> destination);
     /// <summary>
-    /// The index of the largest value of <paramref name="logits"/> [1, N], the lowest among ties: greedy decoding's next
-    /// token, found where the logits are (a GPU returns one int instead of the vocabulary's logits).
+    /// Queues greedy decoding's choice for <paramref name="state"/>'s session: the index of the largest value of
+    /// <paramref name="logits"/> [1, N], the lowest among ties, found where the logits are (a GPU sends back one int
+    /// instead of the vocabulary's logits), without waiting for it. It becomes the session's <see cref="ChosenToken"/>.
     /// </summary>
-    int ArgMax(Tensor logits);
+    GreedyChoice ChooseNext(SessionState state, Tensor logits);
+    /// <summary>
+    /// Waits for <paramref name="choice"/> and returns the token. A session keeps its two latest choices readable (the
+    /// one a caller is about to return and the one the step feeding it makes); an older one is an error.
+    /// </summary>
+    int ReadChoice(SessionState state, GreedyChoice choice);
     /// <summary>Copies rows [0, rows) of <paramref name="source"/> into <paramref name="destination"/> at row <paramref name="destinationRow"/>.</summary>
     void CopyRows(Tensor source, int rows, Tensor destination, int destinationRow);
     /// <summary>destination[row + t] = (left[t] | right[t]). left: [T, A]; right: [T, B]; destination: [≥ row + T, A + B].</summary>

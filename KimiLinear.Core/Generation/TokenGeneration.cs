@@ -1,3 +1,4 @@
+using KimiLinear.Backends;
 using System.Diagnostics;
 using KimiLinear.Sampling;
 using Microsoft.Extensions.Logging;
@@ -6,10 +7,12 @@ namespace KimiLinear.Generation;
 
 /// <summary>
 /// One generation call on a session, token by token: the prompt is prefilled on the first step, then each step feeds the
-/// token returned by the step before and samples the next. A returned token is fed lazily (on the next step, or on
-/// <see cref="Dispose"/>) so it reaches the caller one decode step sooner; either way, once the run is disposed the session
-/// holds the prompt and every token the run produced, stop token included — whether it finished, was cancelled or was
-/// abandoned — so the session can always be continued.
+/// token returned by the step before and samples the next. Once the run is disposed the session holds the prompt and
+/// every token the run produced, stop token included — whether it finished, was cancelled or was abandoned — so the
+/// session can always be continued. Since every returned token is fed, greedy decoding on the backend appends it before
+/// returning it (the backend reads it where it chose it): a GPU runs that step while the caller handles the token, so it
+/// never waits for the host between tokens. A sampled token is fed lazily (on the next step, or on <see cref="Dispose"/>)
+/// so it reaches the caller one decode step sooner.
 /// </summary>
 internal sealed class TokenGeneration : IDisposable
 {
@@ -24,8 +27,8 @@ internal sealed class TokenGeneration : IDisposable
     // Greedy without a repetition penalty needs only the best token, which the backend finds where the logits are (a
     // GPU step then returns one int, not the vocabulary's logits); anything else samples from the logits on the host.
     private readonly bool _greedyOnBackend;
-    private float[]? _logits; // [vocab] logits of the next position (when sampling on the host)
-    private int _best;        // the next position's greedy token (when _greedyOnBackend)
+    private float[]? _logits;     // [vocab] logits of the next position (when sampling on the host)
+    private GreedyChoice _choice; // the next position's greedy token, perhaps still being chosen (when _greedyOnBackend)
     private bool _started;    // the prompt has been fed
     private int? _unfed;      // the last token returned, not yet fed to the session
     private long _startedAt;  // Stopwatch timestamp of the prefill's start
@@ -107,9 +110,19 @@ internal sealed class TokenGeneration : IDisposable
         if (_session.Length >= _session.Model.MaxSequenceLength)
             return Finish(GenerationFinishReason.ContextFull);
 
-        token = _greedyOnBackend ? _best : _sampler.Sample(_logits!, _seen);
+        if (_greedyOnBackend)
+        {
+            // Every returned token is fed: append this one now, from where the backend chose it, and read it while that runs.
+            var choice = _choice;
+            _choice = _session.FeedChoice();
+            token = _session.ReadChoice(choice);
+        }
+        else
+        {
+            token = _sampler.Sample(_logits!, _seen);
+            _unfed = token;
+        }
         _output.Add(token);
-        _unfed = token;
         if (_stopTokens.Contains(token))
             return Finish(GenerationFinishReason.StopToken);
         if (_options.RepetitionPenalty != 1)
@@ -121,7 +134,7 @@ internal sealed class TokenGeneration : IDisposable
     private void Feed(ReadOnlySpan<int> tokens)
     {
         if (_greedyOnBackend)
-            _best = _session.ForwardGreedy(tokens);
+            _choice = _session.ForwardChoosing(tokens);
         else
             _logits = _session.ForwardLast(tokens);
     }
@@ -129,13 +142,18 @@ internal sealed class TokenGeneration : IDisposable
     /// <summary>Ends the run early because the caller found a stop (a stop sequence in the text).</summary>
     public void Stop(GenerationFinishReason reason) => FinishReason ??= reason;
 
-    /// <summary>Feeds the last returned token so that the session holds everything this run produced.</summary>
+    /// <summary>
+    /// Feeds the last returned token so that the session holds everything this run produced; with greedy decoding on the
+    /// backend, waits for the step already queued (its choice is not needed, but its errors are the caller's).
+    /// </summary>
     public void Dispose()
     {
         if (_disposed)
             return;
         _disposed = true;
         FeedUnfed();
+        if (_greedyOnBackend && Started)
+            _session.ReadChoice(_choice);
         if (Started && _session.Model.Options.Logger is { } logger && logger.IsEnabled(LogLevel.Debug))
         {
             var elapsed = Stopwatch.GetElapsedTime(_startedAt);

@@ -13,14 +13,17 @@ internal sealed class SessionState(KdaLayerState?[] kda, MlaLayerState?[] mla) :
     /// <summary>Tokens in the sequence.</summary>
     public int Length { get; set; }
 
-    /// <summary>A backend's recording of this session's decode step (a CUDA graph), or null.</summary>
-    public IDisposable? DecodeRecording { get; set; }
+    /// <summary>
+    /// A backend's per-session decode machinery, or null until the first decode step or greedy choice: the recording of
+    /// the decode step (a CUDA graph), the step's token and position where kernels read them, the greedy choices.
+    /// </summary>
+    public IDisposable? Decoder { get; set; }
 
     /// <summary>Frees tensors that own device memory (a GPU backend's state) and the decode recording; the CPU's are garbage-collected.</summary>
     public void Dispose()
     {
-        DecodeRecording?.Dispose();
-        DecodeRecording = null;
+        Decoder?.Dispose();
+        Decoder = null;
         foreach (var tensor in Kda.OfType<KdaLayerState>().SelectMany(k => k.Tensors).Concat(Mla.OfType<MlaLayerState>().Select(m => m.Latent)))
             (tensor as IDisposable)?.Dispose();
     }

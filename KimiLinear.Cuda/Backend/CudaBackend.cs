@@ -37,9 +37,9 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
     private MoeDecodeScratch? _moeDecodeScratch;
     private MoePrefillScratch? _moePrefillScratch;
 
-    // The decode step being run: its token and position live in device memory, so that a recorded step (a CUDA graph)
-    // replays with new ones: two memsets before the launch set them.
-    private readonly DeviceBuffer<int> _stepInputs; // [2]: token, position
+    // The decode step being run: its token and position live in the session's device memory (SessionDecoder), so that a
+    // recorded step (a CUDA graph) replays with new ones.
+    private DeviceSpan<int> _stepInputs; // [2]: token, position of the step being queued
     private bool _inDecodeStep;
     private int _stepPosition;
     private bool _decodeWarm;                       // a decode step ran unrecorded: every lazy allocation is done
@@ -54,7 +54,6 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
         try
         {
             _cublas = CublasLtGemm.TryCreate(context, out _);
-            _stepInputs = context.Allocate<int>(2);
             // Module loads synchronise, which a graph capture forbids: load every kernel now. Programmatic dependent
             // launch lets each GEMV stream its weights while its predecessor drains (kernels/gemv.cu).
             context.Kernels.LoadAll();
@@ -63,7 +62,6 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
         catch
         {
             _cublas?.Dispose();
-            _stepInputs?.Dispose();
             _weights.Dispose();
             _arena.Dispose();
             _stream.Dispose();
@@ -75,37 +73,125 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
 
     public int MaxTokensPerForward => PrefillPieceTokens;
 
-    public Tensor RunDecodeStep(SessionState state, int token, int position, Func<Tensor> step)
+    public Tensor RunDecodeStep(SessionState state, int token, int position, Func<int, Tensor> step)
     {
-        _stepInputs.Slice(0, 1).Fill(token, _stream);
-        _stepInputs.Slice(1, 1).Fill(position, _stream);
+        var decoder = Decoder(state);
+        if (token != IKimiBackend.ChosenToken)
+            decoder.StepInputs.Slice(0, 1).Fill(token, _stream);
+        else if (decoder.ChoiceCount == 0)
+            throw new InvalidOperationException("A decode step of the chosen token, but no greedy choice was made for this session.");
+        decoder.StepInputs.Slice(1, 1).Fill(position, _stream);
         var caches = state.Mla.OfType<MlaLayerState>().Select(m => m.Latent).ToArray();
-        if (state.DecodeRecording is DecodeRecording recording && recording.Fits(_arena.Generation, caches))
+        if (decoder.Recording is DecodeRecording recording && recording.Fits(_arena.Generation, caches))
         {
             recording.Graph.Launch(_stream);
             return recording.Logits;
         }
-        state.DecodeRecording?.Dispose();
-        state.DecodeRecording = null;
-        (_inDecodeStep, _stepPosition) = (true, position);
+        decoder.Recording?.Dispose();
+        decoder.Recording = null;
+        (_inDecodeStep, _stepInputs, _stepPosition) = (true, decoder.StepInputs, position);
         try
         {
             if (!_decodeWarm)
             {
                 // The first decode step runs as it is: it uploads parameters and sizes scratch, which a capture forbids.
-                var logits = step();
+                var logits = step(token);
                 _decodeWarm = true;
                 return logits;
             }
             Tensor? result = null;
-            var graph = _stream.Capture(_ => result = step());
-            state.DecodeRecording = new DecodeRecording(graph, result!, _arena.Generation, caches);
+            var graph = _stream.Capture(_ => result = step(token));
+            decoder.Recording = new DecodeRecording(graph, result!, _arena.Generation, caches);
             graph.Launch(_stream);
             return result!;
         }
         finally
         {
             _inDecodeStep = false;
+        }
+    }
+
+    public GreedyChoice ChooseNext(SessionState state, Tensor logits)
+    {
+        var row = Device(logits);
+        if (row.Rows != 1 || row.IsBFloat16)
+            throw new ArgumentException($"ChooseNext takes one fp32 row of logits, not {row}.", nameof(logits));
+        var decoder = Decoder(state);
+        var choice = new GreedyChoice(decoder.ChoiceCount + 1);
+        int slot = GreedyChoice.SlotOf(choice.Sequence);
+        // Into the session's step token (the next decode step of ChosenToken reads it there), then to the host.
+        var token = decoder.StepInputs.Slice(0, 1);
+        SamplingKernels.Argmax(_stream, token, row.F32, 1, row.Cols);
+        decoder.Choices.CopyFrom(token, slot, _stream);
+        decoder.ChoiceReady[slot].Record(_stream);
+        decoder.ChoiceCount = choice.Sequence;
+        return choice;
+    }
+
+    public int ReadChoice(SessionState state, GreedyChoice choice)
+    {
+        var decoder = Decoder(state);
+        int slot = choice.Slot(decoder.ChoiceCount);
+        decoder.ChoiceReady[slot].Synchronize();
+        return decoder.Choices[slot];
+    }
+
+    private SessionDecoder Decoder(SessionState state)
+    {
+        if (state.Decoder is SessionDecoder decoder)
+            return decoder;
+        state.Decoder?.Dispose();
+        state.Decoder = null;
+        return (SessionDecoder)(state.Decoder = new SessionDecoder(_context));
+    }
+
+    /// <summary>
+    /// A session's decode machinery on this backend: the step's token and position where kernels read them (ChooseNext
+    /// writes the greedy choice into the token, so a decode step of ChosenToken needs nothing from the host), the two
+    /// latest greedy choices coming back to the host, and the recorded step.
+    /// </summary>
+    private sealed class SessionDecoder : IDisposable
+    {
+        /// <summary>[2]: the step's token, its position.</summary>
+        public DeviceBuffer<int> StepInputs { get; }
+        /// <summary>[2]: choice n lands in element <see cref="GreedyChoice.Slot"/>, once <see cref="ChoiceReady"/> of it is reached.</summary>
+        public PinnedHostBuffer<int> Choices { get; }
+        public CudaEvent[] ChoiceReady { get; } = new CudaEvent[2];
+        /// <summary>Choices made so far (the latest's sequence number).</summary>
+        public long ChoiceCount { get; set; }
+        public DecodeRecording? Recording { get; set; }
+
+        public SessionDecoder(CudaContext context)
+        {
+            StepInputs = context.Allocate<int>(2);
+            try
+            {
+                Choices = new PinnedHostBuffer<int>(context, 2);
+                for (int i = 0; i < ChoiceReady.Length; i++)
+                    ChoiceReady[i] = context.CreateEvent(timing: false);
+            }
+            catch
+            {
+                Dispose();
+                throw;
+            }
+        }
+
+        /// <summary>Waits for the session's queued work (the last choice is its last work) before freeing what it uses.</summary>
+        public void Dispose()
+        {
+            try
+            {
+                if (ChoiceCount > 0 && ChoiceReady[GreedyChoice.SlotOf(ChoiceCount)] is { } last)
+                    last.Synchronize();
+            }
+            finally
+            {
+                Recording?.Dispose();
+                foreach (var ready in ChoiceReady) ready?.Dispose();
+                Choices?.Dispose();
+                StepInputs.Dispose();
+            }
         }
     }
 
@@ -233,18 +319,6 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
             else
                 tensor.F32.CopyTo(destination, _stream);
         }
-    }
-
-    public int ArgMax(Tensor logits)
-    {
-        var row = Device(logits);
-        if (row.Rows != 1 || row.IsBFloat16)
-            throw new ArgumentException($"ArgMax takes one fp32 row of logits, not {row}.", nameof(logits));
-        var best = _arena.Rent<int>(1);
-        SamplingKernels.Argmax(_stream, best, row.F32, 1, row.Cols);
-        Span<int> token = stackalloc int[1];
-        best.CopyTo(token, _stream);
-        return token[0];
     }
 
     public void CopyRows(Tensor source, int rows, Tensor destination, int destinationRow)
@@ -510,22 +584,24 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
     public void MoeExperts(Tensor x, MoeExperts experts, Tensor residual)
     {
         int tokens = x.Rows;
-        var logits = RouterLogits(Device(x), experts.Router);
         var stacked = DeviceWeights.Of(experts);
         var shape = new MoeShape(stacked.Hidden, stacked.Experts, experts.Routing.ExpertsPerToken, stacked.Intermediate, stacked.Shared);
         var rule = new MoeRoutingRule(experts.Routing.Groups, experts.Routing.TopKGroups, experts.Routing.Renormalize,
             experts.Routing.ScalingFactor, experts.Routing.BiasedWeights);
         var chosen = _arena.Rent<int>((long)tokens * shape.PairsPerToken);    // [T, A+S]
         var weights = _arena.Rent<float>((long)tokens * shape.PairsPerToken); // [T, A+S]
-        MoeKernels.Route(_stream, chosen, weights, logits, _weights.Of(experts.CorrectionBias), shape, rule, tokens);
+        var bias = _weights.Of(experts.CorrectionBias);
         if (tokens <= DecodeTokens)
         {
-            _moeDecodeScratch ??= new MoeDecodeScratch(_context, shape, DecodeTokens);
+            // Decode: the router GEMV and the choice in one launch (the router rows stream in before its wait).
+            _moeDecodeScratch ??= new MoeDecodeScratch(_stream, shape, DecodeTokens);
+            MoeKernels.RouterRoute(_stream, chosen, weights, Device(x).F32, _weights.Of(experts.Router), bias, _moeDecodeScratch, shape, rule, tokens);
             MoeKernels.DecodeExperts(_stream, Device(residual).F32, Device(x).F32, chosen, weights, stacked.GateUp, stacked.Down,
                 _moeDecodeScratch, shape, tokens);
         }
         else
         {
+            MoeKernels.Route(_stream, chosen, weights, RouterLogits(Device(x), experts.Router), bias, shape, rule, tokens);
             if (_moePrefillScratch is null)
                 _moePrefillScratch = new MoePrefillScratch(_context, shape, PrefillPieceTokens);
             MoeKernels.PrefillExperts(_stream, Device(residual).F32, Device(x).F32, chosen, weights, stacked.GateUp, stacked.Down,
@@ -534,20 +610,15 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
     }
 
     /// <summary>
-    /// x · routerᵀ [T, E] as accurate as fp32 inputs: the GEMV reads fp32 x; the GEMM runs twice, over x's bf16 high
-    /// and low parts, since one bf16 rounding of x would swap near-tied experts (a different expert for that token).
+    /// x · routerᵀ [T, E] for prefill, as accurate as fp32 inputs: the GEMM runs twice, over x's bf16 high and low parts,
+    /// since one bf16 rounding of x would swap near-tied experts (a different expert for that token). (Decode computes
+    /// the logits inside <see cref="MoeKernels.RouterRoute"/>, from fp32 x.)
     /// </summary>
     private DeviceSpan<float> RouterLogits(CudaTensor x, WeightMatrix router)
     {
         int tokens = x.Rows, experts = router.Rows;
         var logits = _arena.Rent<float>((long)tokens * experts);
         var weight = _weights.Of(router);
-        if (tokens == 1 || router.Cols % 8 != 0)
-        {
-            for (int t = 0; t < tokens; t++)
-                MatmulKernels.Gemv(_stream, logits.Slice((long)t * experts, experts), weight, x.F32.Slice((long)t * router.Cols, router.Cols), experts, router.Cols);
-            return logits;
-        }
         var (high, low) = (_arena.Rent<ushort>(x.Length), _arena.Rent<ushort>(x.Length));
         ActivationKernels.SplitBFloat16(_stream, high, low, x.F32, x.Length);
         var fromLow = _arena.Rent<float>((long)tokens * experts);
@@ -596,7 +667,6 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
             _cublas?.Dispose();
             _weights.Dispose();
             _arena.Dispose();
-            _stepInputs.Dispose();
             _stream.Dispose();
             _context.Dispose();
         }

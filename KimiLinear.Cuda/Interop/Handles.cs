@@ -98,6 +98,14 @@ internal sealed class DeviceMemoryHandle(ContextHandle context, ulong pointer) :
     protected override CuResult Free(nint value) => CudaDriver.cuMemFree_v2((ulong)value);
 }
 
+/// <summary>A page-locked host allocation (<c>cuMemAllocHost</c>): the device copies into it without the host waiting.</summary>
+internal sealed class PinnedHostMemoryHandle(ContextHandle context, nint pointer) : ContextBoundHandle(context, pointer)
+{
+    public nint Pointer => handle;
+
+    protected override CuResult Free(nint value) => CudaDriver.cuMemFreeHost(value);
+}
+
 /// <summary>A captured graph (<c>CUgraph</c>).</summary>
 internal sealed class GraphHandle(ContextHandle context, nint graph) : ContextBoundHandle(context, graph)
 {

@@ -63,12 +63,12 @@ internal static unsafe class MoeKernels
 
     // Launch geometry, as kernels/moe.cu defines it.
     private const int RouteWarps = 4;            // MOE_ROUTE_WARPS
+    private const int RouterWarps = 4;           // MOE_ROUTER_WARPS: experts a fused router + route block
     private const int DecodeGateUpWarps = 8;     // MOE_GU_WARPS
     private const int DecodeGateUpRows = 2;      // gate-up f's an item: MOE_GU_F (F % 8 == 0: whole items)
     private const int DecodeGateUpBlocksPerSm = 2; // MOE_GU_BLOCKS_PER_SM (the launch bounds)
     private const int DecodeDownWarps = 4;       // MOE_DOWN_WARPS
-    private const int DecodeDownRows = 2;        // output rows an item: MOE_DOWN_ROWS (D % 8 == 0: whole items)
-    private const int DecodeDownBlocksPerSm = 4; // MOE_DOWN_BLOCKS_PER_SM
+    private const int DecodeDownRows = 2;        // output rows a block: MOE_DOWN_ROWS (D % 8 == 0: whole blocks)
     internal const int GemmTileRows = 128;       // MOE_TILE_M: sorted rows a grouped-GEMM tile
     internal const int MaxGridY = 65535;         // a launch's largest grid height
     private const int GemmTileColumns = 128;     // MOE_TILE_N
@@ -105,6 +105,43 @@ internal static unsafe class MoeKernels
         float scale = rule.ScalingFactor;
         void** args = stackalloc void*[] { &pIds, &pWeights, &pLogits, &pBias, &t, &e, &a, &shared, &groups, &topk, &renormalize, &scale, &biased };
         s.Context.Kernels.Launch(KernelId.MoeRouteF32, new Dim3((uint)((t + RouteWarps - 1) / RouteWarps)), new Dim3(RouteWarps * 32), 0, s, args);
+    }
+
+    /// <summary>
+    /// The router and <see cref="Route"/> in one launch, for a few tokens (decode): logits[t, e] = x[t] · router[e] (fp32
+    /// x, bf16 weights, fp32 sums, as the fp32-input GEMV), then the same choice as <see cref="Route"/> made by the last
+    /// block to finish. The router rows are requested before the programmatic wait.
+    /// </summary>
+    /// <param name="s">Where to queue it (one launch, graph-capturable, programmatic dependent launch).</param>
+    /// <param name="experts">[T, A+S] the chosen expert ids, best first, then the shared experts E..E+S-1.</param>
+    /// <param name="weights">[T, A+S] their weights (1.0 for the shared experts).</param>
+    /// <param name="x">[T, D] the layer input (after post_attention_layernorm).</param>
+    /// <param name="router">[E, D] bf16 router weights.</param>
+    /// <param name="bias">[E] the score-correction bias.</param>
+    /// <param name="scratch">Holds the logits and the blocks' arrival count; laid out for <paramref name="shape"/>.</param>
+    /// <param name="shape">D, E, A and S are read.</param>
+    /// <param name="rule">Grouping, renormalisation, scaling.</param>
+    /// <param name="t">T, 1 to <see cref="MaxDecodeTokens"/>.</param>
+    public static void RouterRoute(CudaStream s, DeviceSpan<int> experts, DeviceSpan<float> weights, DeviceSpan<float> x,
+        DeviceSpan<ushort> router, DeviceSpan<float> bias, MoeDecodeScratch scratch, MoeShape shape, MoeRoutingRule rule, int t)
+    {
+        CheckRouting(shape, rule);
+        ArgumentNullException.ThrowIfNull(scratch);
+        if (t is <= 0 or > MaxDecodeTokens)
+            throw new ArgumentOutOfRangeException(nameof(t), t, $"RouterRoute takes 1 to {MaxDecodeTokens} tokens a call; use a GEMM and Route for more");
+        CheckScratch(scratch.Shape, scratch.MaxTokens, shape, t, nameof(scratch));
+        int d = shape.Hidden, e = shape.Experts, a = shape.ExpertsPerToken, shared = shape.SharedExperts;
+        KernelChecks.Holds(experts, (long)t * shape.PairsPerToken, nameof(experts));
+        KernelChecks.Holds(weights, (long)t * shape.PairsPerToken, nameof(weights));
+        KernelChecks.HoldsAligned(x, (long)t * d, nameof(x));
+        KernelChecks.HoldsAligned(router, (long)e * d, nameof(router));
+        KernelChecks.Holds(bias, e, nameof(bias));
+        ulong pIds = experts.Pointer, pWeights = weights.Pointer, pLogits = scratch.Logits.Pointer, pArrivals = scratch.Arrivals.Pointer;
+        ulong pX = x.Pointer, pRouter = router.Pointer, pBias = bias.Pointer;
+        int groups = rule.Groups, topk = rule.TopKGroups, renormalize = rule.Renormalize ? 1 : 0, biased = rule.BiasedWeights ? 1 : 0;
+        float scale = rule.ScalingFactor;
+        void** args = stackalloc void*[] { &pIds, &pWeights, &pLogits, &pArrivals, &pX, &pRouter, &pBias, &t, &d, &e, &a, &shared, &groups, &topk, &renormalize, &scale, &biased };
+        s.Context.Kernels.Launch(KernelId.MoeRouterRouteF32, new Dim3((uint)((e + RouterWarps - 1) / RouterWarps)), new Dim3(RouterWarps * 32), 0, s, args);
     }
 
     /// <summary>
@@ -157,8 +194,7 @@ internal static unsafe class MoeKernels
         int d = shape.Hidden, e = shape.StackedExperts, a = shape.PairsPerToken, f = shape.Intermediate;
         ulong pOut = output.Pointer, pHidden = hidden.Pointer, pIds = experts.Pointer, pWeights = weights.Pointer, pDown = down.Pointer;
         void** args = stackalloc void*[] { &pOut, &pHidden, &pIds, &pWeights, &pDown, &t, &d, &e, &a, &f };
-        int blocks = StreamBlocks((long)d / DecodeDownRows * t, DecodeDownWarps, DecodeDownBlocksPerSm, s.Context.Device.MultiprocessorCount);
-        s.Context.Kernels.Launch(KernelId.MoeDecodeDown, new Dim3((uint)blocks), new Dim3(DecodeDownWarps * 32), 0, s, args);
+        s.Context.Kernels.Launch(KernelId.MoeDecodeDown, new Dim3((uint)t, (uint)(d / DecodeDownRows)), new Dim3(DecodeDownWarps * 32), 0, s, args);
     }
 
     /// <summary>
@@ -278,7 +314,9 @@ internal static unsafe class MoeKernels
 /// <summary>The [T, A+S, F] bf16 hidden that <see cref="MoeKernels.DecodeExperts"/> passes between its two kernels, for up to <see cref="MaxTokens"/> tokens.</summary>
 internal sealed class MoeDecodeScratch : IDisposable
 {
-    private readonly DeviceBuffer<ushort> _hidden; // [T, A+S, F] bf16 silu(w1·x) ⊙ (w3·x)
+    private readonly DeviceBuffer<ushort> _hidden;     // [T, A+S, F] bf16 silu(w1·x) ⊙ (w3·x)
+    private readonly DeviceBuffer<float> _logits;      // [T, E] router logits (RouterRoute)
+    private readonly DeviceBuffer<uint> _arrivals;     // [1] RouterRoute's finished blocks: zero between launches
 
     /// <summary>The layer geometry it is laid out for.</summary>
     public MoeShape Shape { get; }
@@ -286,21 +324,43 @@ internal sealed class MoeDecodeScratch : IDisposable
     /// <summary>Tokens of room (at most <see cref="MoeKernels.MaxDecodeTokens"/>).</summary>
     public int MaxTokens { get; }
 
-    /// <summary>Allocates room for <paramref name="maxTokens"/> tokens of layers of <paramref name="shape"/>.</summary>
-    public MoeDecodeScratch(CudaContext context, MoeShape shape, int maxTokens)
+    /// <summary>
+    /// Allocates room for <paramref name="maxTokens"/> tokens of layers of <paramref name="shape"/> on
+    /// <paramref name="stream"/>'s context, and queues the zeroing of the arrival count there.
+    /// </summary>
+    public MoeDecodeScratch(CudaStream stream, MoeShape shape, int maxTokens)
     {
-        ArgumentNullException.ThrowIfNull(context);
+        ArgumentNullException.ThrowIfNull(stream);
+        var context = stream.Context;
         MoeKernels.CheckShape(shape, nameof(shape));
         if (maxTokens is <= 0 or > MoeKernels.MaxDecodeTokens)
             throw new ArgumentOutOfRangeException(nameof(maxTokens), maxTokens, $"maxTokens must be 1 to {MoeKernels.MaxDecodeTokens}");
         (Shape, MaxTokens) = (shape, maxTokens);
         _hidden = context.Allocate<ushort>((long)maxTokens * shape.PairsPerToken * shape.Intermediate);
+        try
+        {
+            _logits = context.Allocate<float>((long)maxTokens * shape.Experts);
+            _arrivals = context.Allocate<uint>(1);
+            _arrivals.Span.Fill(0u, stream);
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
     }
 
     internal DeviceSpan<ushort> Hidden => _hidden.Span;
+    internal DeviceSpan<float> Logits => _logits.Span;
+    internal DeviceSpan<uint> Arrivals => _arrivals.Span;
 
     /// <inheritdoc />
-    public void Dispose() => _hidden.Dispose();
+    public void Dispose()
+    {
+        _hidden.Dispose();
+        _logits?.Dispose();
+        _arrivals?.Dispose();
+    }
 }
 
 /// <summary>

@@ -82,6 +82,72 @@ public sealed class MoeKernelTests
     }
 
     [Theory]
+    // T, D, E, A, S, groups, top-k groups
+    [InlineData(1, 2304, 64, 8, 1, 1, 1)]    // the proxy model's decode step
+    [InlineData(1, 2304, 256, 8, 1, 1, 1)]   // the real model's
+    [InlineData(3, 40, 13, 3, 2, 1, 1)]      // E not a multiple of the block's 4 experts; two shared experts
+    [InlineData(5, 96, 64, 8, 0, 8, 4)]      // grouped top-k
+    [InlineData(16, 3200, 64, 8, 1, 1, 1)]   // D beyond the 3,072 columns requested before the wait; the largest batch
+    public void RouterRoute_MatchesRouterProductThenCpuRoute(int t, int d, int e, int a, int shared, int groups, int topk)
+    {
+        CudaContext gpu = Gpu.Require();
+        var random = new Random(t * 131 + d + e + groups);
+        ushort[] router = Gpu.RandomBf16(random, (long)e * d, 0.05f);
+        float[] bias = Gpu.RandomF32(random, e, 0.1f);
+        var shape = new MoeShape(d, e, a, 8, shared);
+        var rule = new MoeRoutingRule(groups, topk, true, Scale, false);
+        int pairs = shape.PairsPerToken;
+        using CudaStream stream = gpu.CreateStream();
+        using DeviceBuffer<ushort> dRouter = gpu.Upload(stream, router);
+        using DeviceBuffer<float> dBias = gpu.Upload(stream, bias);
+        using var scratch = new MoeDecodeScratch(stream, shape, t);
+        // Two calls with different inputs: the blocks' arrival count must be back at zero after each.
+        for (int call = 0; call < 2; call++)
+        {
+            float[] x = Gpu.RandomF32(random, (long)t * d, 1f);
+            using DeviceBuffer<float> dX = gpu.Upload(stream, x);
+            using DeviceBuffer<int> ids = gpu.Poisoned(stream, (long)t * pairs + 3, -7);
+            using DeviceBuffer<float> weights = gpu.Poisoned(stream, (long)t * pairs + 3, float.NaN);
+            MoeKernels.RouterRoute(stream, ids, weights, dX, dRouter, dBias, scratch, shape, rule, t);
+            float[] logits = scratch.Logits.Slice(0, (long)t * e).ToArray(stream);
+            for (int token = 0; token < t; token++)
+                for (int expert = 0; expert < e; expert++)
+                {
+                    double expected = 0, magnitude = 0;
+                    for (int k = 0; k < d; k++)
+                    {
+                        double term = BFloat16.ToSingle(router[(long)expert * d + k]) * (double)x[(long)token * d + k];
+                        expected += term;
+                        magnitude += Math.Abs(term);
+                    }
+                    double error = Math.Abs(logits[token * e + expert] - expected) / magnitude;
+                    Assert.True(error <= 1e-5, $"call {call}: logit of token {token}, expert {expert}: {logits[token * e + expert]:R}, expected {expected:R}");
+                }
+
+            // The choice on the kernel's own logits (a near tie between fp32 sums could otherwise flip it).
+            var cpu = new CpuBackend(1);
+            Tensor cpuLogits = cpu.Allocate(t, e);
+            cpu.Upload(logits, cpuLogits);
+            var expectedIds = new int[t * a];
+            var expectedWeights = new float[t * a];
+            cpu.MoeRoute(cpuLogits, bias, new MoeRouting(a, groups, topk, true, Scale, false), expectedIds, expectedWeights);
+            int[] actualIds = ids.ToArray(stream);
+            float[] actualWeights = weights.ToArray(stream);
+            for (int token = 0; token < t; token++)
+            {
+                Assert.Equal(expectedIds[(token * a)..((token + 1) * a)], actualIds[(token * pairs)..(token * pairs + a)]);
+                Assert.Equal(Enumerable.Range(e, shared), actualIds[(token * pairs + a)..((token + 1) * pairs)]);
+                for (int slot = 0; slot < a; slot++)
+                {
+                    float actual = actualWeights[token * pairs + slot], expected = expectedWeights[token * a + slot];
+                    Assert.True(Math.Abs(actual - expected) <= 1e-6 * Math.Abs(expected), $"call {call}: weight of token {token}, slot {slot}: {actual:R}, expected {expected:R}");
+                }
+            }
+            Gpu.AssertTailUntouched(actualIds, (long)t * pairs, -7);
+        }
+    }
+
+    [Theory]
     [InlineData(1, 40, 8, 2, 24, 0)]
     [InlineData(3, 40, 8, 2, 24, 0)]
     [InlineData(16, 40, 8, 2, 24, 0)]    // every token of the largest decode batch; experts shared between tokens
@@ -99,7 +165,7 @@ public sealed class MoeKernelTests
         var moe = new MoeCase(new Random(t + d + e + f + shared), t, new MoeShape(d, e, a, f, shared));
         using CudaStream stream = gpu.CreateStream();
         using MoeCase.Device dev = moe.Upload(gpu, stream);
-        using var scratch = new MoeDecodeScratch(gpu, moe.Shape, t);
+        using var scratch = new MoeDecodeScratch(stream, moe.Shape, t);
         MoeKernels.DecodeExperts(stream, dev.Output, dev.X, dev.Experts, dev.Weights, dev.GateUp, dev.Down, scratch, moe.Shape, t);
         float[] output = dev.Output.ToArray(stream);
         TensorAssert.Close(output.AsSpan(0, t * d), moe.Reference(), ExpertTolerance, $"decode experts T={t} D={d} E={e} A={a} F={f} S={shared}");
@@ -137,7 +203,7 @@ public sealed class MoeKernelTests
         var moe = new MoeCase(new Random(t), t, new MoeShape(2304, 8, 4, 1024, 1));
         using CudaStream stream = gpu.CreateStream();
         using MoeCase.Device dev = moe.Upload(gpu, stream);
-        using var decodeScratch = new MoeDecodeScratch(gpu, moe.Shape, MoeKernels.MaxDecodeTokens);
+        using var decodeScratch = new MoeDecodeScratch(stream, moe.Shape, MoeKernels.MaxDecodeTokens);
         using var prefillScratch = new MoePrefillScratch(gpu, moe.Shape, t);
         MoeKernels.DecodeExperts(stream, dev.Output, dev.X, dev.Experts, dev.Weights, dev.GateUp, dev.Down, decodeScratch, moe.Shape, t);
         float[] decoded = dev.Output.ToArray(stream)[..(t * moe.Shape.Hidden)];
@@ -162,7 +228,7 @@ public sealed class MoeKernelTests
         var second = first with { Experts = [5, 0, 8, 7, 6, 8] };
         using CudaStream stream = gpu.CreateStream();
         using MoeCase.Device dev = first.Upload(gpu, stream);
-        using var scratch = new MoeDecodeScratch(gpu, shape, T);
+        using var scratch = new MoeDecodeScratch(stream, shape, T);
         gpu.Kernels.LoadAll(); // loading a module synchronises, which a capture forbids
         using CudaGraph graph = stream.Capture(s =>
             MoeKernels.DecodeExperts(s, dev.Output, dev.X, dev.Experts, dev.Weights, dev.GateUp, dev.Down, scratch, shape, T));
@@ -189,7 +255,7 @@ public sealed class MoeKernelTests
         using CudaStream stream = gpu.CreateStream();
         using MoeCase.Device dev = moe.Upload(gpu, stream);
         using DeviceBuffer<float> logits = gpu.Allocate<float>((long)T * shape.Experts), dBias = gpu.Upload(stream, bias);
-        using var scratch = new MoeDecodeScratch(gpu, shape, T);
+        using var scratch = new MoeDecodeScratch(stream, shape, T);
         gpu.Kernels.LoadAll(); // loading a module synchronises, which a capture forbids
         using CudaGraph graph = stream.Capture(s =>
         {
@@ -241,7 +307,7 @@ public sealed class MoeKernelTests
         moe.Experts[4] = 9; // token 1, slot 1 (rows of A + S = 3 pairs; 9 = E + S is past the shared expert)
         using CudaStream stream = gpu.CreateStream();
         using MoeCase.Device dev = moe.Upload(gpu, stream);
-        using var decodeScratch = new MoeDecodeScratch(gpu, shape, T);
+        using var decodeScratch = new MoeDecodeScratch(stream, shape, T);
         using var prefillScratch = new MoePrefillScratch(gpu, shape, T);
         foreach (bool decode in new[] { true, false })
         {
@@ -270,9 +336,9 @@ public sealed class MoeKernelTests
         error = Assert.Throws<ArgumentException>(() =>
             MoeKernels.Route(stream, ids, f32, f32, f32, shape with { SharedExperts = 31 }, new MoeRoutingRule(1, 1, true, 1f, false), 4));
         Assert.Contains("SharedExperts (S)", error.Message);
-        error = Assert.Throws<ArgumentException>(() => new MoeDecodeScratch(gpu, shape with { Hidden = 42 }, 1));
+        error = Assert.Throws<ArgumentException>(() => new MoeDecodeScratch(stream, shape with { Hidden = 42 }, 1));
         Assert.Contains("multiple of 8", error.Message);
-        using var scratch = new MoeDecodeScratch(gpu, shape, 4);
+        using var scratch = new MoeDecodeScratch(stream, shape, 4);
         Assert.Throws<ArgumentOutOfRangeException>(() =>
             MoeKernels.DecodeExperts(stream, f32, f32, ids, f32, bf16, bf16, scratch, shape, MoeKernels.MaxDecodeTokens + 1));
         error = Assert.Throws<ArgumentException>(() =>

@@ -52,6 +52,42 @@ public sealed class ConsistencyTests(TinyModelFixture fixture) : IClassFixture<T
     }
 
     /// <summary>
+    /// Greedy generation's chain (TokenGeneration): each step appends the latest choice from where the backend put it,
+    /// before the host reads that choice. Same tokens and states as feeding each token; only the two latest choices read.
+    /// </summary>
+    [Fact]
+    public void ChainedGreedyChoicesEqualFeedingEachToken()
+    {
+        var ids = fixture.Golden.ReadInt32("case4.input_ids")[..20];
+        using var explicitly = fixture.Model.CreateSession();
+        var expected = new List<int> { explicitly.ForwardGreedy(ids) };
+        for (int i = 0; i < 6; i++)
+            expected.Add(explicitly.ForwardGreedy([expected[^1]]));
+
+        using var chained = fixture.Model.CreateSession();
+        var choice = chained.ForwardChoosing(ids);
+        var oldest = choice;
+        var actual = new List<int>();
+        for (int i = 0; i < 6; i++)
+        {
+            var next = chained.FeedChoice();
+            actual.Add(chained.ReadChoice(choice));
+            choice = next;
+        }
+        actual.Add(chained.ReadChoice(choice));
+        Assert.Equal(expected, actual);
+        Assert.Equal(ids.Length + 6, chained.Length);
+        AssertStatesClose(explicitly.State, chained.State, fixture.Model.Backend);
+        var error = Assert.Throws<InvalidOperationException>(() => chained.ReadChoice(oldest));
+        Assert.Contains("no longer readable", error.Message);
+
+        using var fresh = fixture.Model.CreateSession();
+        error = Assert.Throws<InvalidOperationException>(() => fresh.FeedChoice());
+        Assert.Contains("no greedy choice", error.Message);
+        Assert.Equal(0, fresh.Length);
+    }
+
+    /// <summary>
     /// A prompt longer than a forward step takes runs in pieces (chunked prefill), for every way of reading the result:
     /// all logits, the last position's, and greedy generation's token (picked by the backend); then the sessions go on alike.
     /// </summary>

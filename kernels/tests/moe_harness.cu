@@ -135,6 +135,56 @@ static void check_route(int T, int E, int A, int S, int groups, int topk, bool r
     report(wrong == 0 && worst <= 1e-6, what, wrong + worst);
 }
 
+// The fused decode router + route: logits against a double x · routerᵀ from the same bf16 rows (≤ 1e-5 relative), ids
+// and weights against route_reference on the kernel's own logits (so a near tie cannot flip the comparison), and twice in
+// a row with new inputs (the arrival counter is back to zero after each launch).
+static void check_router_route(int T, int D, int E, int A, int S, int groups, int topk)
+{
+    const int P = A + S;
+    std::vector<uint16_t> router(size_t(E) * D);
+    for (uint16_t& v : router) v = f2bf(0.05f * normal());
+    std::vector<float> bias(E);
+    for (float& v : bias) v = 0.1f * normal();
+    unsigned* arrivals = upload(std::vector<unsigned>(1, 0));
+    const int blocks = (E + MOE_ROUTER_WARPS - 1) / MOE_ROUTER_WARPS;
+    for (int round = 0; round < 2; round++)
+    {
+        std::vector<float> x(size_t(T) * D);
+        for (float& v : x) v = normal();
+        float* d_logits = upload(std::vector<float>(size_t(T) * E, NAN));
+        int* d_ids = upload(std::vector<int>(T * P, -7));
+        float* d_w = upload(std::vector<float>(T * P, NAN));
+        emu_launch(kimi_moe_router_route_f32, 1, dim3(blocks), dim3(MOE_ROUTER_WARPS * 32), 0, d_ids, d_w, d_logits, arrivals,
+                   upload(x), upload(router), upload(bias), T, D, E, A, S, groups, topk, 1, 2.5f, 0);
+        double logit_err = 0;
+        for (int t = 0; t < T; t++)
+            for (int e = 0; e < E; e++)
+            {
+                double want = 0, scale = 0;
+                for (int k = 0; k < D; k++)
+                {
+                    const double term = double(bf2f(router[size_t(e) * D + k])) * x[size_t(t) * D + k];
+                    want += term, scale += std::fabs(term);
+                }
+                logit_err = std::max(logit_err, std::fabs(d_logits[size_t(t) * E + e] - want) / std::max(scale, 1e-30));
+            }
+        std::vector<int> ids;
+        std::vector<float> w;
+        route_reference(std::vector<float>(d_logits, d_logits + size_t(T) * E), bias, T, E, A, S, groups, topk, true, 2.5f, false, ids, w);
+        int wrong = 0;
+        double worst = 0;
+        for (int i = 0; i < T * P; i++)
+        {
+            wrong += d_ids[i] != ids[i];
+            worst = std::max(worst, std::fabs(double(d_w[i]) - w[i]) / std::max(1e-30, std::fabs(double(w[i]))));
+        }
+        char what[160];
+        std::snprintf(what, sizeof what, "router+route T=%d D=%d E=%d A=%d S=%d groups=%d/%d, call %d (logit err, ids wrong, weight err, arrivals)",
+                      T, D, E, A, S, groups, topk, round + 1);
+        report(logit_err <= 1e-5 && wrong == 0 && worst <= 1e-6 && *arrivals == 0, what, logit_err + wrong + worst + *arrivals);
+    }
+}
+
 // E and A count the S shared experts too (the kernels' view): each token's last S pairs are (E - S + s, 1.0).
 struct Moe
 {
@@ -214,16 +264,16 @@ static int stream_blocks(int items, int warps, int blocks_per_sm, int sms)
     return int(((items + per_warp - 1) / per_warp + warps - 1) / warps);
 }
 
-// sms: the SM count the grids are sized for (few SMs: each warp streams many items, its ring crossing items).
+// sms: the SM count the gate-up grid is sized for (few SMs: each warp streams many items, its ring crossing items).
 static std::vector<float> run_decode(const Moe& m, const std::vector<float>& base, int sms = 132)
 {
     float* out = upload(base);
     uint16_t* h = upload(std::vector<uint16_t>(size_t(m.T) * m.A * m.F, 0x7FC0));
     int* ids = upload(m.ids);
-    const int gu_items = m.F / MOE_GU_F * m.T * m.A, down_items = m.D / MOE_DOWN_ROWS * m.T;
+    const int gu_items = m.F / MOE_GU_F * m.T * m.A;
     emu_launch(kimi_moe_decode_gate_up, 1, dim3(stream_blocks(gu_items, MOE_GU_WARPS, MOE_GU_BLOCKS_PER_SM, sms)), dim3(MOE_GU_WARPS * 32), 0,
                h, upload(m.x), ids, upload(m.gate_up), m.T, m.D, m.E, m.A, m.F);
-    emu_launch(kimi_moe_decode_down, 1, dim3(stream_blocks(down_items, MOE_DOWN_WARPS, MOE_DOWN_BLOCKS_PER_SM, sms)), dim3(MOE_DOWN_WARPS * 32), 0,
+    emu_launch(kimi_moe_decode_down, 1, dim3(m.T, m.D / MOE_DOWN_ROWS), dim3(MOE_DOWN_WARPS * 32), 0,
                out, h, ids, upload(m.w), upload(m.down), m.T, m.D, m.E, m.A, m.F);
     return std::vector<float>(out, out + base.size());
 }
@@ -319,6 +369,9 @@ int main(int argc, char** argv)
     check_route(9, 256, 8, 1, 1, 1, true, false);
     check_route(3, 1024, 32, 0, 32, 3, true, false);
     check_route(3, 1024, 30, 2, 32, 3, true, false); // A + S = 32: every lane writes a pair
+    check_router_route(1, 40, 64, 8, 1, 8, 4);
+    check_router_route(5, 96, 13, 3, 2, 1, 1);        // E not a multiple of the block's experts
+    check_router_route(16, 3200, 64, 8, 1, 1, 1);     // D beyond the slots held before the wait; the largest decode batch
     check_experts(1, 40, 8, 2, 24, true, true);
     check_experts(3, 40, 8, 2, 24, true, true);
     check_experts(16, 40, 8, 3, 24, true, true); // 48 pairs: the gate-up id scan takes two rounds of 32; several token passes

@@ -61,7 +61,47 @@ internal sealed class CpuBackend(int? threads = null, int tokensPerForward = Cpu
     public IDisposable BeginScratch() => NoScope.Instance;
 
     /// <summary>Runs the step: on the CPU there is no launch overhead to save.</summary>
-    public Tensor RunDecodeStep(SessionState state, int token, int position, Func<Tensor> step) => step();
+    public Tensor RunDecodeStep(SessionState state, int token, int position, Func<int, Tensor> step) =>
+        step(token == IKimiBackend.ChosenToken ? Choices(state).Latest : token);
+
+    public GreedyChoice ChooseNext(SessionState state, Tensor logits)
+    {
+        var row = Cpu(logits);
+        if (row.Rows != 1)
+            throw new ArgumentException($"ChooseNext takes one row of logits, not {row}.", nameof(logits));
+        return Choices(state).Add(TensorPrimitives.IndexOfMax<float>(row.Span));
+    }
+
+    public int ReadChoice(SessionState state, GreedyChoice choice) => Choices(state).Read(choice);
+
+    private static GreedyChoices Choices(SessionState state)
+    {
+        if (state.Decoder is GreedyChoices choices)
+            return choices;
+        state.Decoder?.Dispose();
+        return (GreedyChoices)(state.Decoder = new GreedyChoices());
+    }
+
+    /// <summary>A session's two latest greedy choices, known at once on the CPU.</summary>
+    private sealed class GreedyChoices : IDisposable
+    {
+        private readonly int[] _tokens = new int[2];
+        private long _count;
+
+        public GreedyChoice Add(int token)
+        {
+            _count++;
+            _tokens[GreedyChoice.SlotOf(_count)] = token;
+            return new GreedyChoice(_count);
+        }
+
+        public int Latest => _count > 0 ? _tokens[GreedyChoice.SlotOf(_count)]
+            : throw new InvalidOperationException("A decode step of the chosen token, but no greedy choice was made for this session.");
+
+        public int Read(GreedyChoice choice) => _tokens[choice.Slot(_count)];
+
+        public void Dispose() { }
+    }
 
     private sealed class NoScope : IDisposable
     {
@@ -72,8 +112,6 @@ internal sealed class CpuBackend(int? threads = null, int tokensPerForward = Cpu
     public void Upload(ReadOnlySpan<float> source, Tensor destination) => source.CopyTo(Cpu(destination).Span);
 
     public void Download(Tensor source, Span<float> destination) => Cpu(source).Span.CopyTo(destination);
-
-    public int ArgMax(Tensor logits) => TensorPrimitives.IndexOfMax<float>(Cpu(logits).Span);
 
     public void CopyRows(Tensor source, int rows, Tensor destination, int destinationRow)
     {

@@ -61,7 +61,10 @@ inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
 template <typename T> inline T __ldg(const T* p) { return *p; }
 template <typename T> inline T __ldcs(const T* p) { return *p; }
+template <typename T> inline T __ldcg(const T* p) { return *p; }
 inline int atomicAdd(int* p, int v) { int old = *p; *p += v; return old; }   // fibers never run at the same time
+inline unsigned atomicAdd(unsigned* p, unsigned v) { unsigned old = *p; *p += v; return old; }
+inline void __threadfence() {}                                                 // one block runs at a time
 inline float __expf(float x) { return std::exp(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 
