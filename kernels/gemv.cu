@@ -116,9 +116,33 @@ __device__ __forceinline__ void load_chunk(uint4 (&wv)[L::ROWS][L::UNROLL], cons
     }
 }
 
+// x · inv · weight element-wise (the RMSNorm's output, in its operation order).
+__device__ __forceinline__ f32x8 normalize8(f32x8 v, f32x8 w, float inv)
+{
+    return f32x8{make_float4(v.lo.x * inv * w.lo.x, v.lo.y * inv * w.lo.y, v.lo.z * inv * w.lo.z, v.lo.w * inv * w.lo.w),
+                 make_float4(v.hi.x * inv * w.hi.x, v.hi.y * inv * w.hi.y, v.hi.z * inv * w.hi.z, v.hi.w * inv * w.hi.w)};
+}
+
+// rsqrt(mean(x²) + eps) of the fp32 row x [K], as kimi_rmsnorm_f32 computes it; every thread of the block calls it.
+__device__ __forceinline__ float rms_inverse(const float* __restrict__ x, int K, float eps)
+{
+    float sumsq = 0.0f;
+    if ((K & 3) == 0 && aligned16(x))
+        for (int i = threadIdx.x; i < (K >> 2); i += blockDim.x)
+        {
+            const float4 v = __ldg(reinterpret_cast<const float4*>(x) + i);
+            sumsq = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, sumsq))));
+        }
+    else
+        for (int i = threadIdx.x; i < K; i += blockDim.x) sumsq = fmaf(x[i], x[i], sumsq);
+    return rsqrtf(block_sum(sumsq) / static_cast<float>(K) + eps);
+}
+
+// norm_weight: null for the plain product; else the product is of RMSNorm(x) with that weight (fp32 x only), which
+// the block computes after its wait: the row's inverse RMS, then x scaled as it is loaded.
 template <typename L, typename OutT, typename InT>
 __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __restrict__ W, const InT* __restrict__ x,
-                                     int N, int K, int rows_per_x)
+                                     int N, int K, int rows_per_x, const float* __restrict__ norm_weight = nullptr, float eps = 0.0f)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int group = warp / L::SPLIT, s = warp % L::SPLIT;
@@ -147,6 +171,9 @@ __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __res
 #pragma unroll
         for (int d = 0; d < L::DEPTH; d++) load_chunk<L>(wv[d], w8, d, s, lane, K8);
         wait_for_predecessor();
+        float inv = 1.0f;
+        if constexpr (sizeof(InT) == 4)
+            if (norm_weight != nullptr) inv = rms_inverse(x, K, eps);
         // Ring slot d holds chunk c0 + d; once used it is refilled with chunk c0 + d + L::DEPTH.
         for (int c0 = 0; c0 < chunks; c0 += L::DEPTH)
         {
@@ -162,6 +189,8 @@ __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __res
                     {
                         const int kk = slot_vector<L>(c * L::UNROLL + u, s, lane);
                         xv[u] = load_x8(x, kk, kk < K8);
+                        if constexpr (sizeof(InT) == 4)
+                            if (norm_weight != nullptr) xv[u] = normalize8(xv[u], load_x8(norm_weight, kk, kk < K8), inv);
                     }
 #pragma unroll
                     for (int u = 0; u < L::UNROLL; u++)
@@ -175,9 +204,14 @@ __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __res
     else
     {
         wait_for_predecessor();
+        float inv = 1.0f;
+        if constexpr (sizeof(InT) == 4)
+            if (norm_weight != nullptr) inv = rms_inverse(x, K, eps);
         for (int k = s * 32 + lane; k < K; k += L::SPLIT * 32)
         {
-            const float xk = load_x1(x, k);
+            float xk = load_x1(x, k);
+            if constexpr (sizeof(InT) == 4)
+                if (norm_weight != nullptr) xk = xk * inv * norm_weight[k];
 #pragma unroll
             for (int r = 0; r < L::ROWS; r++)
                 acc[r] = fmaf(bf16_to_f32(W[static_cast<size_t>(min(row0 + r, N - 1)) * K + k]), xk, acc[r]);
@@ -218,4 +252,14 @@ extern "C" __global__ void __launch_bounds__(GemvF32Layout::WARPS * 32)
 kimi_gemv_f32(float* __restrict__ y, const uint16_t* __restrict__ W, const float* __restrict__ x, int N, int K, int rows_per_x)
 {
     gemv<GemvF32Layout>(y, W, x, N, K, rows_per_x);
+}
+
+// y = W · RMSNorm(x): a decode step's input RMSNorm (x · rsqrt(mean(x²) + eps) · norm_weight) inside the projection
+// that consumes it, one launch fewer on the step's critical path. x [K] fp32, norm_weight [K] fp32; the plain GEMV's
+// layout, each block computing the row's RMS after its wait.
+extern "C" __global__ void __launch_bounds__(GemvF32Layout::WARPS * 32)
+kimi_gemv_rmsnorm_f32(float* __restrict__ y, const uint16_t* __restrict__ W, const float* __restrict__ x,
+                      const float* __restrict__ norm_weight, float eps, int N, int K)
+{
+    gemv<GemvF32Layout>(y, W, x, N, K, N, norm_weight, eps);
 }

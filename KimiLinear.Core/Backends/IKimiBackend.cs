@@ -14,6 +14,16 @@ namespace KimiLinear.Backends;
 internal readonly record struct MoeRouting(int ExpertsPerToken, int Groups, int TopKGroups, bool Renormalize, float ScalingFactor, bool BiasedWeights);
 
 /// <summary>
+/// The rows of <paramref name="Input"/> after an RMSNorm not yet applied: x · rsqrt(mean(x²) + eps) · weight, row by
+/// row. A pre-norm layer hands its input so to the projections that consume it (<see cref="IKimiBackend.MatMul(RmsNormed,
+/// ReadOnlySpan{WeightMatrix}, ReadOnlySpan{Tensor})"/>), which may normalise as they load it.
+/// </summary>
+/// <param name="Input">[T, D] the residual stream.</param>
+/// <param name="Weight">[D] the norm's weight.</param>
+/// <param name="Eps">Added to the mean square.</param>
+internal readonly record struct RmsNormed(Tensor Input, float[] Weight, float Eps);
+
+/// <summary>
 /// A greedy choice a backend made for a session (<see cref="IKimiBackend.ChooseNext"/>), perhaps not yet known to the
 /// host: <see cref="IKimiBackend.ReadChoice"/> waits for it. <paramref name="Sequence"/> counts the session's choices.
 /// </summary>
@@ -126,6 +136,11 @@ internal interface IKimiBackend
     /// weights and allocate such outputs in the same order, one after another.
     /// </summary>
     void MatMul(Tensor x, ReadOnlySpan<WeightMatrix> weights, ReadOnlySpan<Tensor> outputs);
+    /// <summary>
+    /// outputs[i] = RMSNorm(x) · weights[i]ᵀ, as <see cref="MatMul(Tensor, ReadOnlySpan{WeightMatrix}, ReadOnlySpan{Tensor})"/>
+    /// of the normed rows: a backend may normalise as the product loads x (a decode step's norm then needs no launch).
+    /// </summary>
+    void MatMul(RmsNormed x, ReadOnlySpan<WeightMatrix> weights, ReadOnlySpan<Tensor> outputs);
     /// <summary>
     /// outputs[i] = inputs[i] · weights[i]ᵀ: independent products issued together, so that a backend may run them as one
     /// (a decode step's launch latency paid once) when inputs, weights and outputs each lie one after another in its

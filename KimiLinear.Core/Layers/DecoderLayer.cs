@@ -50,11 +50,12 @@ internal sealed class DecoderLayer
     public void Forward(IKimiBackend backend, Tensor hidden, IReadOnlyList<SequenceRows> batch, bool absorbedAttention)
     {
         using var scratch = backend.BeginScratch(); // everything but the residual stream dies with the layer
-        var normed = backend.Allocate(hidden.Rows, hidden.Cols);
-        backend.RmsNorm(hidden, _inputNorm, _eps, normed);
+        // The mixer's first projections apply the input norm (a backend may normalise as they load the row).
+        var input = new RmsNormed(hidden, _inputNorm, _eps);
         var mixed = Kda is not null
-            ? Kda.Forward(backend, normed, batch, _index)
-            : Mla!.Forward(backend, normed, batch, _index, absorbedAttention);
+            ? Kda.Forward(backend, input, batch, _index)
+            : Mla!.Forward(backend, input, batch, _index, absorbedAttention);
+        var normed = backend.Allocate(hidden.Rows, hidden.Cols);
         backend.AddRmsNorm(hidden, mixed, _postAttentionNorm, _eps, normed);
         if (_moe is not null)
             _moe.Forward(backend, normed, hidden); // adds into the residual stream itself

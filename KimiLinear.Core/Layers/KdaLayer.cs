@@ -58,12 +58,13 @@ internal sealed class KdaLayer
     }
 
     /// <summary>
-    /// x: [T, D] (after input_layernorm) → [T, D], each sequence of <paramref name="batch"/> on its own state (layer
-    /// <paramref name="layer"/> of it). Prefill (T &gt; 1 rows of a sequence) runs the chunked algorithm, decode the recurrence.
+    /// x: [T, D] (input_layernorm, applied by the first projections) → [T, D], each sequence of <paramref name="batch"/>
+    /// on its own state (layer <paramref name="layer"/> of it). Prefill (T &gt; 1 rows of a sequence) runs the chunked
+    /// algorithm, decode the recurrence.
     /// </summary>
-    public Tensor Forward(IKimiBackend backend, Tensor x, IReadOnlyList<SequenceRows> batch, int layer)
+    public Tensor Forward(IKimiBackend backend, RmsNormed x, IReadOnlyList<SequenceRows> batch, int layer)
     {
-        int tokens = x.Rows, width = _heads * _headDim;
+        int tokens = x.Input.Rows, width = _heads * _headDim;
         var q = backend.Allocate(tokens, width);                 // [T, H·K] before the short conv
         var k = backend.Allocate(tokens, width);                 // [T, H·K]
         var v = backend.Allocate(tokens, width);                 // [T, H·V]

@@ -42,13 +42,13 @@ internal sealed class MlaLayer
         new(backend.AllocateCache(initialCapacity, _rank + _ropeDim));
 
     /// <summary>
-    /// x: [T, D] → [T, D]; each sequence of <paramref name="batch"/> writes its rows' latents into its cache (layer
+    /// x: [T, D] (input_layernorm, applied by the first projections) → [T, D]; each sequence of <paramref name="batch"/> writes its rows' latents into its cache (layer
     /// <paramref name="layer"/> of its state) at its position (room made by <see cref="Reserve"/>) and attends to its
     /// own cache. <paramref name="absorbed"/> picks the attention form.
     /// </summary>
-    public Tensor Forward(IKimiBackend backend, Tensor x, IReadOnlyList<SequenceRows> batch, int layer, bool absorbed)
+    public Tensor Forward(IKimiBackend backend, RmsNormed x, IReadOnlyList<SequenceRows> batch, int layer, bool absorbed)
     {
-        int tokens = x.Rows;
+        int tokens = x.Input.Rows;
         // The three projections of x, bound and allocated in this order so a backend may run them as one product.
         var q = backend.Allocate(tokens, _queryProjection.Rows);       // [T, H·(nope + rope)]
         var compressed = backend.Allocate(tokens, _rank);              // [T, R]

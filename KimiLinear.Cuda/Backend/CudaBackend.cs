@@ -417,6 +417,26 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
     }
 
     /// <summary>
+    /// One token: the projections' GEMV normalises x as it loads it (kimi_gemv_rmsnorm_f32), so the norm costs no launch
+    /// of its own. Several tokens: the norm into step memory, then the products.
+    /// </summary>
+    public void MatMul(RmsNormed x, ReadOnlySpan<WeightMatrix> weights, ReadOnlySpan<Tensor> outputs)
+    {
+        var input = Device(x.Input);
+        if (weights.Length != outputs.Length)
+            throw new ArgumentException($"MatMul: {weights.Length} weights for {outputs.Length} outputs.");
+        if (input.Rows == 1 && !input.IsBFloat16 && weights[0].Cols == input.Cols && Contiguous(weights, outputs, out int rows))
+        {
+            MatmulKernels.GemvRmsNorm(_stream, new DeviceSpan<float>(Device(outputs[0]).Pointer, rows),
+                new DeviceSpan<ushort>(_weights.Of(weights[0]).Pointer, (long)rows * input.Cols), input.F32, _weights.Of(x.Weight), x.Eps, rows, input.Cols);
+            return;
+        }
+        var normed = Allocate(input.Rows, input.Cols);
+        RmsNorm(x.Input, x.Weight, x.Eps, normed);
+        MatMul(normed, weights, outputs);
+    }
+
+    /// <summary>
     /// One token through independent products whose inputs, weights and outputs each lie one after another and whose
     /// weights have one shape (KDA's f_b and g_b): one GEMV launch, each block reading its product's input.
     /// </summary>

@@ -46,6 +46,28 @@ internal static unsafe class MatmulKernels
         Gemv(stream, KernelId.GemvF32, GemvF32Geometry, y.Pointer, y.Length, weight, x.Pointer, x.Length, n, k, Math.Min(rowsPerX, n));
     }
 
+    /// <summary>
+    /// y[N] = W[N, K] · RMSNorm(x) with RMSNorm(x) = x · rsqrt(mean(x²) + eps) · normWeight: a decode step's input norm
+    /// inside the projection that consumes it (each block computes the row's RMS after its programmatic wait, then
+    /// scales x as it loads it). x [K] fp32, normWeight [K] fp32.
+    /// </summary>
+    public static void GemvRmsNorm(CudaStream stream, DeviceSpan<float> y, DeviceSpan<ushort> weight, DeviceSpan<float> x,
+        DeviceSpan<float> normWeight, float eps, int n, int k)
+    {
+        KernelChecks.Positive(n, nameof(n));
+        KernelChecks.Positive(k, nameof(k));
+        if (y.Length < n) throw new ArgumentException($"y holds {y.Length:N0} elements but the kernel needs {n:N0}", nameof(y));
+        KernelChecks.Holds(weight, (long)n * k, nameof(weight));
+        KernelChecks.Holds(x, k, nameof(x));
+        KernelChecks.Holds(normWeight, k, nameof(normWeight));
+        if (!(eps > 0) || float.IsInfinity(eps))
+            throw new ArgumentOutOfRangeException(nameof(eps), eps, "eps must be positive and finite.");
+        ulong pY = y.Pointer, pW = weight.Pointer, pX = x.Pointer, pNorm = normWeight.Pointer;
+        void** args = stackalloc void*[] { &pY, &pW, &pX, &pNorm, &eps, &n, &k };
+        var grid = new Dim3((uint)((n + GemvF32Geometry.RowsPerBlock - 1) / GemvF32Geometry.RowsPerBlock));
+        stream.Context.Kernels.Launch(KernelId.GemvRmsNormF32, grid, new Dim3((uint)GemvF32Geometry.Threads), 0, stream, args);
+    }
+
     /// <summary>Rows of the fp32-x GEMV's block: products run together (<c>rowsPerX</c>) are a multiple of it.</summary>
     public static int GemvRowsPerBlock => GemvF32Geometry.RowsPerBlock;
 

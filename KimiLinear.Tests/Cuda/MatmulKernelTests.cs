@@ -62,6 +62,33 @@ public sealed class MatmulKernelTests
         for (int i = n; i < y.Length; i++) Assert.True(float.IsNaN(y[i]), $"output tail element {i} overwritten");
     }
 
+    /// <summary>A decode step's input norm inside its projections: y = W · (x · rsqrt(mean(x²) + eps) · norm).</summary>
+    [Theory]
+    [InlineData(1000, 2303)] // odd K: scalar path
+    [InlineData(4096 * 3 + 2 * 128 + 32, 2304)] // the model's KDA projections (q, k, v, f_a, g_a, β) in one launch
+    [InlineData(37, 8200)]   // K past one ring of chunks
+    [InlineData(7, 5)]
+    public void GemvRmsNorm_MatchesNormThenProduct(int n, int k)
+    {
+        CudaContext gpu = Gpu.Require();
+        var random = new Random(n * 5 + k);
+        ushort[] w = Gpu.RandomBf16(random, (long)n * k);
+        float[] x = Gpu.RandomF32(random, k, 4f);
+        float[] norm = Gpu.RandomF32(random, k, 1f);
+        const float Eps = 1e-5f;
+        double inverse = 1 / Math.Sqrt(x.Sum(v => (double)v * v) / k + Eps);
+        float[] normed = x.Select((v, i) => (float)(v * inverse * norm[i])).ToArray();
+        double[] expected = MatMulF32(normed, 1, k, w, n, out double[] magnitude);
+        using CudaStream stream = gpu.CreateStream();
+        using DeviceBuffer<ushort> dW = gpu.Upload(stream, w);
+        using DeviceBuffer<float> dX = gpu.Upload(stream, x), dNorm = gpu.Upload(stream, norm), dY = gpu.Poisoned(stream, n + 5, float.NaN);
+        MatmulKernels.GemvRmsNorm(stream, dY, dW, dX, dNorm, Eps, n, k);
+        float[] y = dY.ToArray(stream);
+        TensorAssert.Close(expected, y, i => AccumulationError * magnitude[i] + 1e-6, "GEMV of the RMS-normed x");
+        for (int i = n; i < y.Length; i++) Assert.True(float.IsNaN(y[i]), $"output tail element {i} overwritten");
+        Assert.Throws<ArgumentOutOfRangeException>(() => MatmulKernels.GemvRmsNorm(stream, dY, dW, dX, dNorm, 0f, n, k));
+    }
+
     /// <summary>Independent products in one launch (KDA's f_b and g_b): each block of rows reads its own x.</summary>
     [Theory]
     [InlineData(2, 4096, 128)] // the model's f_b, g_b

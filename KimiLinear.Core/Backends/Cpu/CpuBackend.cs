@@ -140,6 +140,13 @@ internal sealed class CpuBackend(int? threads = null, int tokensPerForward = Cpu
             table.RowToSingle(ids[t], output.Row(t));
     }
 
+    public void MatMul(RmsNormed x, ReadOnlySpan<WeightMatrix> weights, ReadOnlySpan<Tensor> outputs)
+    {
+        var normed = Allocate(x.Input.Rows, x.Input.Cols);
+        RmsNorm(x.Input, x.Weight, x.Eps, normed);
+        MatMul(normed, weights, outputs);
+    }
+
     public void RmsNorm(Tensor x, float[] weight, float eps, Tensor y)
     {
         var (input, output) = (Cpu(x), Cpu(y));
