@@ -374,10 +374,16 @@ public sealed partial class KimiModel : IDisposable
             backend.GatherRows(hidden, [count - 1], last);
             hidden = last;
         }
+        var logits = backend.Allocate(hidden.Rows, Config.VocabSize); // [T or 1, vocab]
+        if (onHidden is null)
+        {
+            // The lm_head applies the final norm (a backend may normalise as it loads the row).
+            backend.MatMul(new RmsNormed(hidden, _finalNorm, Config.RmsNormEps), [_lmHead], [logits]);
+            return logits;
+        }
         var normed = backend.Allocate(hidden.Rows, Config.HiddenSize);
         backend.RmsNorm(hidden, _finalNorm, Config.RmsNormEps, normed);
         Capture(onHidden, _layers.Length, normed);
-        var logits = backend.Allocate(hidden.Rows, Config.VocabSize); // [T or 1, vocab]
         backend.MatMul(normed, _lmHead, logits);
         return logits;
     }

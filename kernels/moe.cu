@@ -33,11 +33,15 @@
 //     blocks in several waves left the memory pipe idle between waves (74 % of the copy bandwidth on the H100).
 //     Items are numbered so that the pairs of one weight rows' set are neighbours: tokens that chose the same expert
 //     read its rows at about the same time, once from DRAM and again from L2.
-//     Its item (f group g, pair p), number g · P + p (P = T·A): gate rows f0, f0 + 1 and up rows
-//     f0, f0 + 1 of expert experts[p] (f0 = 2g), which share every x load (x rounded to bf16 as loaded); the epilogue
-//     writes h[p, f] = bf16(silu(gate) · up). It waits for its predecessor before anything (the ids decide which
-//     weights to read), then lets its successor launch: its grid is one wave, so the successor's blocks only take SM
-//     room this kernel leaves free or frees, and can fetch their first weights meanwhile.
+//     An item is (f group g, pair p): gate rows f0, f0 + 1 and up rows f0, f0 + 1 of the pair's expert (f0 = 2g),
+//     which share every x load (x rounded to bf16 as loaded); the epilogue writes h[p, f] = bf16(silu(gate) · up).
+//     Each warp takes its items of the shared experts first (numbered g · T·S + q over the T·S shared pairs) and its
+//     routed ones after (g · T·(A − S) + q): the shared experts are known without the ids, so their rows stream while
+//     the route kernel still runs, before this kernel waits for it; the wait comes just before the first routed item's
+//     rows are chosen, and then the successor may launch. Its grid is one wave, so the successor's blocks only take SM
+//     room this kernel leaves free or frees, and can fetch their first weights meanwhile. Reading x before the wait
+//     needs x written before the route kernel's own wait returned (the route kernels lets its successor launch only
+//     after that wait: x comes from the kernel before it).
 //   kimi_moe_decode_down: grid (T, D / 2), 4 warps; block (t, g) owns output rows d0, d0 + 1 (d0 = 2g) of token t
 //     and computes them as one GEMV over K = the token's A hiddens concatenated (vector a · F/8 + j of K is vector j
 //     of pair a: h[t] is that vector already, the weight row is gathered per pair and each vector carries its pair's
@@ -234,8 +238,9 @@ kimi_moe_route_f32(int* __restrict__ experts, float* __restrict__ weights, const
                    const float* __restrict__ bias, int T, int E, int A, int S, int groups, int topk_groups, int renormalize,
                    float scale, int biased)
 {
-    allow_successor();
+    // The successor only after the wait: the decode gate-up kernel reads x (this kernel's predecessor's input) early.
     wait_for_predecessor();
+    allow_successor();
     const int lane = threadIdx.x & 31, t = blockIdx.x * MOE_ROUTE_WARPS + (threadIdx.x >> 5);
     if (t < T)
         route_token(experts, weights, logits + static_cast<size_t>(t) * E, bias, t, E, A, S, groups, topk_groups,
@@ -263,7 +268,7 @@ kimi_moe_router_route_f32(int* __restrict__ experts, float* __restrict__ weights
         held[i] = kk < D8 ? __ldg(row + kk) : make_uint4(0, 0, 0, 0);
     }
     wait_for_predecessor(); // x
-    allow_successor();      // the expert kernels wait for this whole grid before reading the ids
+    allow_successor();      // after the wait: the gate-up kernel reads x before its own wait (and the ids after it)
 
     for (int t = 0; t < T; t++)
     {
@@ -343,35 +348,71 @@ __device__ __forceinline__ float pick(const float (&values)[N], int lane)
     return v;
 }
 
-// Gate-up item i's weight rows: gate f0 + r at r, up f0 + r at MOE_GU_F + r (an invalid id reads expert 0's rows:
-// the epilogue writes NaN for it).
-__device__ __forceinline__ void gate_up_rows(const uint4* (&rows)[MOE_GU_WROWS], const uint16_t* __restrict__ gate_up,
-                                             const int* __restrict__ experts, int i, int P, int D, int E, int F)
+// Which pair and which rows of it a gate-up item is. A warp's items are its shared-expert items first (the last S of
+// each token's A pairs: pair t·A + A − S + s is expert E − S + s, known without the ids), then its routed ones (the first
+// A − S pairs of each token, whose experts the route kernel chose).
+struct GateUpItem
 {
-    const int e = experts[i % P], f0 = i / P * MOE_GU_F;
+    int pair, f0;   // h row p = pair; gate rows f0, f0 + 1 and the matching up rows
+    bool shared;
+};
+
+// Item k of warp w's sequence (GateUpItem above). Ps = T·S shared pairs, Pr = T·(A − S) routed ones.
+__device__ __forceinline__ GateUpItem nth_gate_up_item(int k, int w, int W, int mine_shared, int Ps, int Pr, int A, int S)
+{
+    if (k < mine_shared)
+    {
+        const int i = w + k * W, q = i % Ps;
+        return { q / S * A + A - S + q % S, i / Ps * MOE_GU_F, true };
+    }
+    const int i = w + (k - mine_shared) * W, q = i % Pr;
+    return { q / (A - S) * A + q % (A - S), i / Pr * MOE_GU_F, false };
+}
+
+// An item's weight rows: gate f0 + r at r, up f0 + r at MOE_GU_F + r (an invalid routed id reads expert 0's rows: the
+// epilogue writes NaN for it). A routed item reads the ids: only after the wait.
+__device__ __forceinline__ void gate_up_rows(const uint4* (&rows)[MOE_GU_WROWS], const uint16_t* __restrict__ gate_up,
+                                             const int* __restrict__ experts, GateUpItem item, int D, int E, int A, int F)
+{
+    const int e = item.shared ? E - A + item.pair % A : experts[item.pair];
     const uint16_t* expert = gate_up + static_cast<size_t>(valid_expert(e, E) ? e : 0) * 2 * F * D;
 #pragma unroll
     for (int r = 0; r < MOE_GU_F; r++)
     {
-        rows[r] = reinterpret_cast<const uint4*>(expert + static_cast<size_t>(f0 + r) * D);
-        rows[MOE_GU_F + r] = reinterpret_cast<const uint4*>(expert + static_cast<size_t>(F + f0 + r) * D);
+        rows[r] = reinterpret_cast<const uint4*>(expert + static_cast<size_t>(item.f0 + r) * D);
+        rows[MOE_GU_F + r] = reinterpret_cast<const uint4*>(expert + static_cast<size_t>(F + item.f0 + r) * D);
     }
 }
 
 extern "C" __global__ void __launch_bounds__(MOE_GU_WARPS * 32, MOE_GU_BLOCKS_PER_SM)
 kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, const int* __restrict__ experts,
-                        const uint16_t* __restrict__ gate_up, int T, int D, int E, int A, int F)
+                        const uint16_t* __restrict__ gate_up, int T, int D, int E, int A, int F, int S)
 {
-    wait_for_predecessor();
-    allow_successor(); // after the wait: the down kernel reads the route kernel's ids before its own wait
     const int lane = threadIdx.x & 31, W = gridDim.x * MOE_GU_WARPS, w = blockIdx.x * MOE_GU_WARPS + (threadIdx.x >> 5);
-    const int P = T * A, items = F / MOE_GU_F * P, D8 = D >> 3, C = (D8 + 31) >> 5; // C chunks an item
-    const int chunks = stream_items(items, w, W) * C;                                 // this warp's sequence
+    const int Ps = T * S, Pr = T * (A - S), fgroups = F / MOE_GU_F, D8 = D >> 3, C = (D8 + 31) >> 5; // C chunks an item
+    const int mine_shared = stream_items(fgroups * Ps, w, W), mine = mine_shared + stream_items(fgroups * Pr, w, W);
+    const int chunks = mine * C; // this warp's sequence
+    bool waited = false;
+    // Before the first routed item: the ids are the predecessor's (the route kernel's) output. Then the successor may
+    // launch: the down kernel reads the ids before its own wait.
+    auto wait_once = [&]()
+    {
+        if (waited) return;
+        waited = true;
+        wait_for_predecessor();
+        allow_successor();
+    };
 
-    // The load cursor: chunk lc of item li, whose rows are `rows`. Ring slot d holds chunk n0 + d of the sequence.
-    int li = w, lc = 0;
+    // The load cursor: chunk lc of item lk, whose rows are `rows`. Ring slot d holds chunk n0 + d of the sequence.
+    int lk = 0, lc = 0;
     const uint4* rows[MOE_GU_WROWS];
-    if (chunks > 0) gate_up_rows(rows, gate_up, experts, li, P, D, E, F);
+    auto begin_item = [&](int k)
+    {
+        const GateUpItem item = nth_gate_up_item(k, w, W, mine_shared, Ps, Pr, A, S);
+        if (!item.shared) wait_once();
+        gate_up_rows(rows, gate_up, experts, item, D, E, A, F);
+    };
+    if (chunks > 0) begin_item(0);
     uint4 wv[MOE_GU_DEPTH][MOE_GU_WROWS];
     auto request = [&](uint4 (&slot)[MOE_GU_WROWS])
     {
@@ -381,17 +422,18 @@ kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, c
         if (++lc == C)
         {
             lc = 0;
-            li += W;
-            if (li < items) gate_up_rows(rows, gate_up, experts, li, P, D, E, F);
+            if (++lk < mine) begin_item(lk);
         }
     };
 #pragma unroll
     for (int d = 0; d < MOE_GU_DEPTH; d++)
         if (d < chunks) request(wv[d]);
 
-    // The compute cursor: chunk cc of item ci, whose token's x row is xt.
-    int ci = w, cc = 0;
-    const float* xt = x + static_cast<size_t>(ci % P / A) * D;
+    // The compute cursor: chunk cc of item ck, whose token's x row is xt. x was written before the route kernel's
+    // predecessor finished (MoeKernels.DecodeExperts), so the shared items read it before the wait.
+    int ck = 0, cc = 0;
+    GateUpItem citem = chunks > 0 ? nth_gate_up_item(0, w, W, mine_shared, Ps, Pr, A, S) : GateUpItem{};
+    const float* xt = x + static_cast<size_t>(citem.pair / A) * D;
     float acc[MOE_GU_WROWS] = {};
     for (int n0 = 0; n0 < chunks; n0 += MOE_GU_DEPTH)
     {
@@ -408,8 +450,7 @@ kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, c
             if (n + MOE_GU_DEPTH < chunks) request(wv[d]);
             if (++cc == C)
             {
-                // Lane r < MOE_GU_F: h[p, f0 + r] = bf16(silu(gate) · up), NaN for an invalid id.
-                const int p = ci % P, f0 = ci / P * MOE_GU_F;
+                // Lane r < MOE_GU_F: h[p, f0 + r] = bf16(silu(gate) · up), NaN for an invalid routed id.
                 float sums[MOE_GU_WROWS];
 #pragma unroll
                 for (int r = 0; r < MOE_GU_WROWS; r++) sums[r] = warp_sum(acc[r]), acc[r] = 0.0f;
@@ -417,14 +458,19 @@ kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, c
 #pragma unroll
                 for (int r = 0; r < MOE_GU_F; r++) gate[r] = sums[r], up[r] = sums[MOE_GU_F + r];
                 const float g = pick(gate, lane), u = pick(up, lane);
+                const bool valid = citem.shared || valid_expert(experts[citem.pair], E);
                 if (lane < MOE_GU_F)
-                    h[static_cast<size_t>(p) * F + f0 + lane] = valid_expert(experts[p], E) ? f32_to_bf16(silu(g) * u) : BF16_NAN;
+                    h[static_cast<size_t>(citem.pair) * F + citem.f0 + lane] = valid ? f32_to_bf16(silu(g) * u) : BF16_NAN;
                 cc = 0;
-                ci += W;
-                xt = x + static_cast<size_t>(ci % P / A) * D;
+                if (++ck < mine)
+                {
+                    citem = nth_gate_up_item(ck, w, W, mine_shared, Ps, Pr, A, S);
+                    xt = x + static_cast<size_t>(citem.pair / A) * D;
+                }
             }
         }
     }
+    wait_once(); // a warp without routed items still waits before its block lets the successor launch
 }
 
 extern "C" __global__ void __launch_bounds__(MOE_DOWN_WARPS * 32)

@@ -147,6 +147,9 @@ internal static unsafe class MoeKernels
     /// <summary>
     /// The experts for a few tokens (decode): output[t] += Σ_p weights[t, p] · expert_{experts[t, p]}(x[t]) over the
     /// token's A + S pairs. Reads each chosen expert's weights once (tokens sharing an expert share the read), at GEMV speed.
+    /// Each token's last S pairs must be the shared experts E..E+S-1 (as <see cref="Route"/> and <see cref="RouterRoute"/>
+    /// write them): under programmatic launch the first kernel runs them before waiting for the ids, reading x early, so
+    /// x must not be written by the kernel right before this call (the router is that kernel in the model).
     /// </summary>
     /// <param name="s">Where to queue it (two launches, graph-capturable: the ids are read on the device; programmatic dependent launch).</param>
     /// <param name="output">[T, D] accumulated into.</param>
@@ -176,9 +179,9 @@ internal static unsafe class MoeKernels
         DeviceSpan<ushort> gateUp, MoeShape shape, int t)
     {
         // The kernels see E + S experts and A + S pairs a token: a shared expert is one more expert every token chose.
-        int d = shape.Hidden, e = shape.StackedExperts, a = shape.PairsPerToken, f = shape.Intermediate;
+        int d = shape.Hidden, e = shape.StackedExperts, a = shape.PairsPerToken, f = shape.Intermediate, shared = shape.SharedExperts;
         ulong pHidden = hidden.Pointer, pX = x.Pointer, pIds = experts.Pointer, pGateUp = gateUp.Pointer;
-        void** args = stackalloc void*[] { &pHidden, &pX, &pIds, &pGateUp, &t, &d, &e, &a, &f };
+        void** args = stackalloc void*[] { &pHidden, &pX, &pIds, &pGateUp, &t, &d, &e, &a, &f, &shared };
         int blocks = StreamBlocks((long)f / DecodeGateUpRows * t * a, DecodeGateUpWarps, DecodeGateUpBlocksPerSm, s.Context.Device.MultiprocessorCount);
         s.Context.Kernels.Launch(KernelId.MoeDecodeGateUp, new Dim3((uint)blocks), new Dim3(DecodeGateUpWarps * 32), 0, s, args);
     }

@@ -188,7 +188,7 @@ static void check_router_route(int T, int D, int E, int A, int S, int groups, in
 // E and A count the S shared experts too (the kernels' view): each token's last S pairs are (E - S + s, 1.0).
 struct Moe
 {
-    int T, D, E, A, F;
+    int T, D, E, A, F, S;
     std::vector<float> x, w;
     std::vector<int> ids;
     std::vector<uint16_t> gate_up, down;
@@ -197,7 +197,7 @@ struct Moe
 // E routed and S shared experts, A routed pairs a token.
 static Moe make_moe(int T, int D, int E, int A, int F, int S = 0)
 {
-    Moe m{T, D, E + S, A + S, F, {}, {}, {}, {}, {}};
+    Moe m{T, D, E + S, A + S, F, S, {}, {}, {}, {}, {}};
     m.x.resize(size_t(T) * D);
     for (float& v : m.x) v = normal();
     m.gate_up.resize(size_t(m.E) * 2 * F * D);
@@ -272,7 +272,7 @@ static std::vector<float> run_decode(const Moe& m, const std::vector<float>& bas
     int* ids = upload(m.ids);
     const int gu_items = m.F / MOE_GU_F * m.T * m.A;
     emu_launch(kimi_moe_decode_gate_up, 1, dim3(stream_blocks(gu_items, MOE_GU_WARPS, MOE_GU_BLOCKS_PER_SM, sms)), dim3(MOE_GU_WARPS * 32), 0,
-               h, upload(m.x), ids, upload(m.gate_up), m.T, m.D, m.E, m.A, m.F);
+               h, upload(m.x), ids, upload(m.gate_up), m.T, m.D, m.E, m.A, m.F, m.S);
     emu_launch(kimi_moe_decode_down, 1, dim3(m.T, m.D / MOE_DOWN_ROWS), dim3(MOE_DOWN_WARPS * 32), 0,
                out, h, ids, upload(m.w), upload(m.down), m.T, m.D, m.E, m.A, m.F);
     return std::vector<float>(out, out + base.size());
