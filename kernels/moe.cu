@@ -47,8 +47,8 @@
 //     of pair a: h[t] is that vector already, the weight row is gathered per pair and each vector carries its pair's
 //     weight), the four warps splitting K by column slots and the two rows sharing each hidden load; then
 //     output[t, d] += the warps' shares, added in warp order. Not a stream of items like gate-up: at T = 1 its
-//     1,152 blocks keep ~20 warps an SM each requesting its whole share of a row pair at once (the stream version,
-//     one warp an item, ran at 56 % of copy bandwidth against 74 % for this one; docs/performance.md, "MoE kernels").
+//     1,152 blocks (one wave) keep ~35 warps an SM requesting their shares at once (the stream version, one warp an
+//     item, ran at 56 % of copy bandwidth; this one at 84 %; docs/performance.md, "MoE kernels").
 //     Blocks of one row pair are neighbours (t fastest), so tokens that chose the same expert read its rows from L2.
 //     It reads the ids and routing weights and requests its first DEPTH chunks of weights before waiting for its
 //     predecessor: the gate-up kernel lets it launch only after its own wait, when the route kernel that wrote them
@@ -84,8 +84,11 @@ constexpr int MOE_GU_WARPS = 8, MOE_GU_F = 2, MOE_GU_DEPTH = 4, MOE_GU_BLOCKS_PE
 constexpr int MOE_GU_WROWS = 2 * MOE_GU_F; // weight rows an item
 static_assert(MOE_GU_F == 2, "MoeKernels.DecodeGateUpRows (C#); F % 8 == 0: whole items");
 // Decode down: a block of 4 warps a (token, 2 output rows), the warps splitting K (the token's A hiddens concatenated)
-// by column slots; a ring of 8 chunks a warp (at A + S = 9, F = 1,024 a warp's whole share: 9 slots).
-constexpr int MOE_DOWN_WARPS = 4, MOE_DOWN_ROWS = 2, MOE_DOWN_DEPTH = 8;
+// by column slots (at A + S = 9, F = 1,024: 9 slots a warp); a ring of 4 chunks a warp, and launch bounds of 9 blocks
+// an SM (≤ 56 registers), so that T = 1's D / 2 = 1,152 blocks are one wave on 132 SMs. kernels/tests/moe_down_sweep.cu
+// on the H100: 17.0 µs (84 % of copy) against 20.4 µs (70 %) with a ring of 8 and ~5 blocks an SM (two waves), 25 µs
+// with a ring of 9; 4 rows or 8 warps a block were slower.
+constexpr int MOE_DOWN_WARPS = 4, MOE_DOWN_ROWS = 2, MOE_DOWN_DEPTH = 4, MOE_DOWN_BLOCKS_PER_SM = 9;
 static_assert(MOE_DOWN_ROWS == 2, "MoeKernels.DecodeDownRows (C#); D % 8 == 0 fills every block");
 constexpr int MOE_TILE_M = 128, MOE_TILE_N = 128, MOE_STAGES = 3, MOE_GEMM_THREADS = 256;
 constexpr int MOE_GEMM_SMEM_BYTES = MOE_STAGES * (MOE_TILE_M + MOE_TILE_N) * TILE_K * 2;
@@ -473,7 +476,7 @@ kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, c
     wait_once(); // a warp without routed items still waits before its block lets the successor launch
 }
 
-extern "C" __global__ void __launch_bounds__(MOE_DOWN_WARPS * 32)
+extern "C" __global__ void __launch_bounds__(MOE_DOWN_WARPS * 32, MOE_DOWN_BLOCKS_PER_SM)
 kimi_moe_decode_down(float* __restrict__ output, const uint16_t* __restrict__ h, const int* __restrict__ experts,
                      const float* __restrict__ weights, const uint16_t* __restrict__ down, int T, int D, int E, int A, int F)
 {
