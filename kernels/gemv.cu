@@ -140,11 +140,9 @@ __device__ __forceinline__ float rms_inverse(const float* __restrict__ x, int K,
 
 // norm_weight: null for the plain product; else the product is of RMSNorm(x) with that weight (fp32 x only), which
 // the block computes after its wait: the row's inverse RMS, then x scaled as it is loaded.
-// accumulate: y[n] += the product (y must be fp32) instead of y[n] = it.
 template <typename L, typename OutT, typename InT>
 __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __restrict__ W, const InT* __restrict__ x,
-                                     int N, int K, int rows_per_x, const float* __restrict__ norm_weight = nullptr, float eps = 0.0f,
-                                     bool accumulate = false)
+                                     int N, int K, int rows_per_x, const float* __restrict__ norm_weight = nullptr, float eps = 0.0f)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int group = warp / L::SPLIT, s = warp % L::SPLIT;
@@ -234,8 +232,6 @@ __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __res
         float sum = 0.0f;
 #pragma unroll
         for (int q = 0; q < L::SPLIT; q++) sum += partial[group * L::SPLIT + q][lane];
-        if constexpr (sizeof(OutT) == 4)
-            if (accumulate) sum += y[row0 + lane];
         store_out(y, row0 + lane, sum);
     }
 }
@@ -266,32 +262,4 @@ kimi_gemv_rmsnorm_f32(float* __restrict__ y, const uint16_t* __restrict__ W, con
                       const float* __restrict__ norm_weight, float eps, int N, int K)
 {
     gemv<GemvF32Layout>(y, W, x, N, K, N, norm_weight, eps);
-}
-
-// residual += W · x, then normed = RMSNorm(residual) (· rsqrt(mean(residual²) + eps) · norm_weight): a decode step's
-// output projection, residual add and the next RMSNorm in one launch. Each block adds its rows into the residual; the
-// last block to finish (counted in `arrivals`, zero between launches: that block resets it) normalises the whole row,
-// reading the other blocks' sums through L2 after a fence. x [K], residual, normed, norm_weight [N] fp32.
-extern "C" __global__ void __launch_bounds__(GemvF32Layout::WARPS * 32)
-kimi_gemv_add_rmsnorm_f32(float* __restrict__ residual, const uint16_t* __restrict__ W, const float* __restrict__ x,
-                          float* __restrict__ normed, const float* __restrict__ norm_weight, float eps,
-                          unsigned* __restrict__ arrivals, int N, int K)
-{
-    gemv<GemvF32Layout>(residual, W, x, N, K, N, nullptr, 0.0f, true);
-    __shared__ bool last;
-    __threadfence(); // this block's rows before its arrival
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(arrivals, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence(); // every block's rows after their arrivals
-    float sumsq = 0.0f;
-    for (int i = threadIdx.x; i < N; i += blockDim.x)
-    {
-        const float v = __ldcg(residual + i);
-        sumsq = fmaf(v, v, sumsq);
-    }
-    const float inv = rsqrtf(block_sum(sumsq) / static_cast<float>(N) + eps);
-    for (int i = threadIdx.x; i < N; i += blockDim.x) normed[i] = __ldcg(residual + i) * inv * norm_weight[i];
-    if (threadIdx.x == 0) *arrivals = 0;
 }

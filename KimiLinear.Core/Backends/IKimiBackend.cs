@@ -24,14 +24,6 @@ internal readonly record struct MoeRouting(int ExpertsPerToken, int Groups, int 
 internal readonly record struct RmsNormed(Tensor Input, float[] Weight, float Eps);
 
 /// <summary>
-/// A projection x · Wᵀ not yet computed: a token mixer's output projection, which the layer adds into the residual
-/// stream together with the next norm (<see cref="IKimiBackend.ProjectAddRmsNorm"/>), one pass where a backend can.
-/// </summary>
-/// <param name="Input">[T, in] the mixer's activations.</param>
-/// <param name="Weight">[out, in] the output projection.</param>
-internal readonly record struct PendingProjection(Tensor Input, WeightMatrix Weight);
-
-/// <summary>
 /// A greedy choice a backend made for a session (<see cref="IKimiBackend.ChooseNext"/>), perhaps not yet known to the
 /// host: <see cref="IKimiBackend.ReadChoice"/> waits for it. <paramref name="Sequence"/> counts the session's choices.
 /// </summary>
@@ -134,11 +126,6 @@ internal interface IKimiBackend
     void RmsNorm(Tensor x, float[] weight, float eps, Tensor y);
     /// <summary>residual += x, then y = RmsNorm(residual) row by row (one pass where a backend can). All [T, N]; weight: [N].</summary>
     void AddRmsNorm(Tensor residual, Tensor x, float[] weight, float eps, Tensor y);
-    /// <summary>
-    /// residual += x · wᵀ, then normed = RMSNorm(residual) row by row: a pre-norm block's output projection, residual add
-    /// and next norm, which a backend may run as one pass for a single row. x: [T, in]; w: [D, in]; residual, normed: [T, D].
-    /// </summary>
-    void ProjectAddRmsNorm(PendingProjection projection, Tensor residual, float[] weight, float eps, Tensor normed);
     /// <summary>accumulator += x (same shape).</summary>
     void Add(Tensor accumulator, Tensor x);
     /// <summary>y = x · wᵀ. x: [T, in]; w: [out, in]; y: [T, out].</summary>

@@ -55,9 +55,8 @@ internal sealed class DecoderLayer
         var mixed = Kda is not null
             ? Kda.Forward(backend, input, batch, _index)
             : Mla!.Forward(backend, input, batch, _index, absorbedAttention);
-        // The mixer's output projection, the residual add and the next norm in one call (one pass for a decode row).
         var normed = backend.Allocate(hidden.Rows, hidden.Cols);
-        backend.ProjectAddRmsNorm(mixed, hidden, _postAttentionNorm, _eps, normed);
+        backend.AddRmsNorm(hidden, mixed, _postAttentionNorm, _eps, normed);
         if (_moe is not null)
             _moe.Forward(backend, normed, hidden); // adds into the residual stream itself
         else

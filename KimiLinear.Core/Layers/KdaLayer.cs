@@ -58,11 +58,11 @@ internal sealed class KdaLayer
     }
 
     /// <summary>
-    /// x: [T, D] (input_layernorm, applied by the first projections) → [T, D] (o_proj, left to the caller to apply),
-    /// each sequence of <paramref name="batch"/> on its own state (layer <paramref name="layer"/> of it). Prefill (T &gt; 1
-    /// rows of a sequence) runs the chunked algorithm, decode the recurrence.
+    /// x: [T, D] (input_layernorm, applied by the first projections) → [T, D], each sequence of <paramref name="batch"/>
+    /// on its own state (layer <paramref name="layer"/> of it). Prefill (T &gt; 1 rows of a sequence) runs the chunked
+    /// algorithm, decode the recurrence.
     /// </summary>
-    public PendingProjection Forward(IKimiBackend backend, RmsNormed x, IReadOnlyList<SequenceRows> batch, int layer)
+    public Tensor Forward(IKimiBackend backend, RmsNormed x, IReadOnlyList<SequenceRows> batch, int layer)
     {
         int tokens = x.Input.Rows, width = _heads * _headDim;
         var q = backend.Allocate(tokens, width);                 // [T, H·K] before the short conv
@@ -79,7 +79,14 @@ internal sealed class KdaLayer
         var gated = backend.Allocate(tokens, width);                       // [T, H·V]
         StepRows.ForEachSequence(backend, batch, [q, k, v, forget, beta, outputGate], gated, (sequence, own, y) =>
             backend.KdaMixer(new KdaMixerInputs(own[0], own[1], own[2], own[3], own[4], own[5]), _mixer, sequence.State.Kda[layer]!, y));
-        return new PendingProjection(gated, _outputProjection);
+        return Project(backend, gated, _outputProjection);
+    }
+
+    private static Tensor Project(IKimiBackend backend, Tensor x, WeightMatrix projection)
+    {
+        var projected = backend.Allocate(x.Rows, projection.Rows);
+        backend.MatMul(x, projection, projected);
+        return projected;
     }
 
 }

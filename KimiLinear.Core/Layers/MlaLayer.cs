@@ -42,11 +42,11 @@ internal sealed class MlaLayer
         new(backend.AllocateCache(initialCapacity, _rank + _ropeDim));
 
     /// <summary>
-    /// x: [T, D] (input_layernorm, applied by the first projections) → [T, D] (o_proj, left to the caller); each sequence of <paramref name="batch"/> writes its rows' latents into its cache (layer
+    /// x: [T, D] (input_layernorm, applied by the first projections) → [T, D]; each sequence of <paramref name="batch"/> writes its rows' latents into its cache (layer
     /// <paramref name="layer"/> of its state) at its position (room made by <see cref="Reserve"/>) and attends to its
     /// own cache. <paramref name="absorbed"/> picks the attention form.
     /// </summary>
-    public PendingProjection Forward(IKimiBackend backend, RmsNormed x, IReadOnlyList<SequenceRows> batch, int layer, bool absorbed)
+    public Tensor Forward(IKimiBackend backend, RmsNormed x, IReadOnlyList<SequenceRows> batch, int layer, bool absorbed)
     {
         int tokens = x.Input.Rows;
         // The three projections of x, bound and allocated in this order so a backend may run them as one product.
@@ -64,7 +64,9 @@ internal sealed class MlaLayer
             backend.WriteConcatenatedRows(own[1], own[2], cache, sequence.Position);
             backend.MlaAttention(own[0], cache, sequence.Position, _keyValueUp, output, _heads, _nopeDim, _ropeDim, _valueDim, absorbed);
         });
-        return new PendingProjection(o, _outputProjection);
+        var result = backend.Allocate(tokens, _outputProjection.Rows);
+        backend.MatMul(o, _outputProjection, result);
+        return result;
     }
 
     /// <summary>

@@ -40,7 +40,6 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
     // The decode step being run: its token and position live in the session's device memory (SessionDecoder), so that a
     // recorded step (a CUDA graph) replays with new ones.
     private DeviceSpan<int> _stepInputs; // [2]: token, position of the step being queued
-    private readonly DeviceBuffer<uint> _projectionArrivals; // [1] ProjectAddRmsNorm's finished blocks: zero between launches
     private bool _inDecodeStep;
     private int _stepPosition;
     private bool _decodeWarm;                       // a decode step ran unrecorded: every lazy allocation is done
@@ -55,8 +54,6 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
         try
         {
             _cublas = CublasLtGemm.TryCreate(context, out _);
-            _projectionArrivals = context.Allocate<uint>(1);
-            _projectionArrivals.Span.Fill(0u, _stream);
             // Module loads synchronise, which a graph capture forbids: load every kernel now. Programmatic dependent
             // launch lets each GEMV stream its weights while its predecessor drains (kernels/gemv.cu).
             context.Kernels.LoadAll();
@@ -65,7 +62,6 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
         catch
         {
             _cublas?.Dispose();
-            _projectionArrivals?.Dispose();
             _weights.Dispose();
             _arena.Dispose();
             _stream.Dispose();
@@ -355,23 +351,6 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
 
     public void AddRmsNorm(Tensor residual, Tensor x, float[] weight, float eps, Tensor y) =>
         ActivationKernels.RmsNorm(_stream, Device(y).F32, Device(residual).F32, _weights.Of(weight), residual.Rows, residual.Cols, eps, Device(x).F32);
-
-    /// <summary>One row: one GEMV that adds into the residual, its last block normalising (kimi_gemv_add_rmsnorm_f32).</summary>
-    public void ProjectAddRmsNorm(PendingProjection projection, Tensor residual, float[] weight, float eps, Tensor normed)
-    {
-        var (x, w) = (Device(projection.Input), projection.Weight);
-        var (r, y) = (Device(residual), Device(normed));
-        if (x.Cols != w.Cols || r.Cols != w.Rows || r.Rows != x.Rows || y.Rows != r.Rows || y.Cols != r.Cols)
-            throw new ArgumentException($"ProjectAddRmsNorm '{w.Name}' [{w.Rows}, {w.Cols}]: x {x}, residual {r} and normed {y} do not fit.");
-        if (x.Rows == 1 && !x.IsBFloat16 && !r.IsBFloat16 && !y.IsBFloat16)
-        {
-            MatmulKernels.GemvAddRmsNorm(_stream, r.F32, _weights.Of(w), x.F32, y.F32, _weights.Of(weight), eps, _projectionArrivals.Span, w.Rows, w.Cols);
-            return;
-        }
-        var projected = Allocate(x.Rows, w.Rows);
-        MatMul(projection.Input, w, projected);
-        AddRmsNorm(residual, projected, weight, eps, normed);
-    }
 
     public void Add(Tensor accumulator, Tensor x) => ActivationKernels.Add(_stream, Device(accumulator).F32, Device(x).F32, x.Length);
 
@@ -707,7 +686,6 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
             _moePrefillScratch?.Dispose();
             _cublas?.Dispose();
             _weights.Dispose();
-            _projectionArrivals.Dispose();
             _arena.Dispose();
             _stream.Dispose();
             _context.Dispose();

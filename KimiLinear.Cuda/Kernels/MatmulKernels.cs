@@ -68,30 +68,6 @@ internal static unsafe class MatmulKernels
         stream.Context.Kernels.Launch(KernelId.GemvRmsNormF32, grid, new Dim3((uint)GemvF32Geometry.Threads), 0, stream, args);
     }
 
-    /// <summary>
-    /// residual[N] += W[N, K] · x[K], then normed[N] = RMSNorm(residual) = residual · rsqrt(mean(residual²) + eps) ·
-    /// normWeight: a decode step's output projection, residual add and next norm in one launch (the last block to
-    /// finish normalises; <paramref name="arrivals"/> counts the blocks and must be zero before, as the kernel leaves it).
-    /// </summary>
-    public static void GemvAddRmsNorm(CudaStream stream, DeviceSpan<float> residual, DeviceSpan<ushort> weight, DeviceSpan<float> x,
-        DeviceSpan<float> normed, DeviceSpan<float> normWeight, float eps, DeviceSpan<uint> arrivals, int n, int k)
-    {
-        KernelChecks.Positive(n, nameof(n));
-        KernelChecks.Positive(k, nameof(k));
-        KernelChecks.Holds(residual, n, nameof(residual));
-        KernelChecks.Holds(weight, (long)n * k, nameof(weight));
-        KernelChecks.Holds(x, k, nameof(x));
-        KernelChecks.Holds(normed, n, nameof(normed));
-        KernelChecks.Holds(normWeight, n, nameof(normWeight));
-        KernelChecks.Holds(arrivals, 1, nameof(arrivals));
-        if (!(eps > 0) || float.IsInfinity(eps))
-            throw new ArgumentOutOfRangeException(nameof(eps), eps, "eps must be positive and finite.");
-        ulong pResidual = residual.Pointer, pW = weight.Pointer, pX = x.Pointer, pNormed = normed.Pointer, pNorm = normWeight.Pointer, pArrivals = arrivals.Pointer;
-        void** args = stackalloc void*[] { &pResidual, &pW, &pX, &pNormed, &pNorm, &eps, &pArrivals, &n, &k };
-        var grid = new Dim3((uint)((n + GemvF32Geometry.RowsPerBlock - 1) / GemvF32Geometry.RowsPerBlock));
-        stream.Context.Kernels.Launch(KernelId.GemvAddRmsNormF32, grid, new Dim3((uint)GemvF32Geometry.Threads), 0, stream, args);
-    }
-
     /// <summary>Rows of the fp32-x GEMV's block: products run together (<c>rowsPerX</c>) are a multiple of it.</summary>
     public static int GemvRowsPerBlock => GemvF32Geometry.RowsPerBlock;
 

@@ -188,10 +188,7 @@ public sealed class CudaModelTests
         // The mixer applies its input norm itself (one fused launch on the GPU for a single row): a norm weight that is not all ones.
         var norm = Enumerable.Range(0, model.Config.HiddenSize).Select(i => 0.5f + i % 7 * 0.1f).ToArray();
         var normed = new KimiLinear.Backends.RmsNormed(input, norm, model.Config.RmsNormEps);
-        var projection = layer.Mla.Forward(backend, normed, [new KimiLinear.State.SequenceRows(session, 0, tokens, 0)], layers - 1, absorbed: false);
-        var projected = backend.Allocate(tokens, model.Config.HiddenSize);
-        backend.MatMul(projection.Input, projection.Weight, projected);
-        var mla = Download(backend, projected);
+        var mla = Download(backend, layer.Mla.Forward(backend, normed, [new KimiLinear.State.SequenceRows(session, 0, tokens, 0)], layers - 1, absorbed: false));
         var output = backend.Allocate(tokens, model.Config.HiddenSize);
         backend.Clear(output);
         backend.MoeExperts(input, layer.Experts!, output);

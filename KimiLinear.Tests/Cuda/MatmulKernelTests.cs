@@ -89,43 +89,6 @@ public sealed class MatmulKernelTests
         Assert.Throws<ArgumentOutOfRangeException>(() => MatmulKernels.GemvRmsNorm(stream, dY, dW, dX, dNorm, 0f, n, k));
     }
 
-    /// <summary>
-    /// A decode step's output projection, residual add and next norm in one launch: residual += W·x, normed =
-    /// RMSNorm(residual) by the last block; twice, so the blocks' arrival count must be back at zero after the first.
-    /// </summary>
-    [Theory]
-    [InlineData(2304, 4096)] // the model's o_proj
-    [InlineData(50, 37)]     // odd K: scalar path
-    [InlineData(7, 2304)]    // one block
-    public void GemvAddRmsNorm_AddsIntoTheResidualAndNormalisesIt(int n, int k)
-    {
-        CudaContext gpu = Gpu.Require();
-        var random = new Random(n * 7 + k);
-        ushort[] w = Gpu.RandomBf16(random, (long)n * k);
-        float[] norm = Gpu.RandomF32(random, n, 1f);
-        const float Eps = 1e-6f;
-        using CudaStream stream = gpu.CreateStream();
-        using DeviceBuffer<ushort> dW = gpu.Upload(stream, w);
-        using DeviceBuffer<float> dNorm = gpu.Upload(stream, norm);
-        using DeviceBuffer<uint> arrivals = gpu.Upload(stream, new uint[1]);
-        for (int call = 0; call < 2; call++)
-        {
-            float[] x = Gpu.RandomF32(random, k), residual = Gpu.RandomF32(random, n, 2f);
-            double[] product = MatMulF32(x, 1, k, w, n, out double[] magnitude);
-            double[] expected = product.Select((p, i) => p + residual[i]).ToArray();
-            using DeviceBuffer<float> dX = gpu.Upload(stream, x), dResidual = gpu.Upload(stream, residual), dNormed = gpu.Poisoned(stream, n + 3, float.NaN);
-            MatmulKernels.GemvAddRmsNorm(stream, dResidual, dW, dX, dNormed, dNorm, Eps, arrivals, n, k);
-            float[] sum = dResidual.ToArray(stream), normed = dNormed.ToArray(stream);
-            TensorAssert.Close(expected, sum, i => AccumulationError * magnitude[i] + 1e-6 * Math.Abs(residual[i]) + 1e-6, $"call {call}: residual + W·x");
-            // The norm of what the kernel summed (its fp32 residual), in double.
-            double inverse = 1 / Math.Sqrt(sum.Sum(v => (double)v * v) / n + Eps);
-            double[] expectedNormed = sum.Select((v, i) => v * inverse * norm[i]).ToArray();
-            TensorAssert.Close(expectedNormed, normed[..n], i => 1e-5 * Math.Abs(expectedNormed[i]) + 1e-6, $"call {call}: RMSNorm of the residual");
-            for (int i = n; i < normed.Length; i++) Assert.True(float.IsNaN(normed[i]), $"normed tail element {i} overwritten");
-            Assert.Equal(0u, arrivals.ToArray(stream)[0]);
-        }
-    }
-
     /// <summary>Independent products in one launch (KDA's f_b and g_b): each block of rows reads its own x.</summary>
     [Theory]
     [InlineData(2, 4096, 128)] // the model's f_b, g_b

@@ -140,13 +140,6 @@ internal sealed class CpuBackend(int? threads = null, int tokensPerForward = Cpu
             table.RowToSingle(ids[t], output.Row(t));
     }
 
-    public void ProjectAddRmsNorm(PendingProjection projection, Tensor residual, float[] weight, float eps, Tensor normed)
-    {
-        var projected = Allocate(projection.Input.Rows, projection.Weight.Rows);
-        MatMul(projection.Input, projection.Weight, projected);
-        AddRmsNorm(residual, projected, weight, eps, normed);
-    }
-
     public void MatMul(RmsNormed x, ReadOnlySpan<WeightMatrix> weights, ReadOnlySpan<Tensor> outputs)
     {
         var normed = Allocate(x.Input.Rows, x.Input.Cols);
