@@ -19,7 +19,8 @@
 //   kimi_kda_prepare_*       per token: conv + SiLU of q, k, v (carried window for the first 3 tokens), gate, β;
 //   kimi_kda_conv_window_update_*   then each sequence's window ← its last 3 pre-conv inputs;
 //   kimi_kda_chunk_prefill_* one block per (32-column slice of V, head, sequence), walks the sequence's chunks
-//                            (products on tensor cores as 3xTF32, accumulated in fp32):
+//                            (products on tensor cores as 3xTF32, accumulated in fp32; half its warps carry the
+//                            state, the other half form the output from it):
 //     Vn = U − W·S;   O = QG·S + A·Vn;   S ← Diag(γ)·S + KGᵀ·Vn
 //   The state's columns never mix (every product above is column-separable in V), which is why a V slice is a unit of
 //   work: B·H·V/32 blocks keep the card busy even at B = 1 without a two-pass split of the sequence.
@@ -47,7 +48,7 @@
 //                  windows and parameters before griddepcontrol.wait, and the new token's projections after it.
 //   prepare:       grid (ceil(max(H·K, H·V) / 256), ceil(T / 16)), block 256;  conv_window_update: grid (ceil(max(H·K, H·V) / 256), N), block 256.
 //   chunk_intra:   grid (NC, H), block 256, dynamic smem chunk_intra_smem_bytes(K) (> 48 KiB: raise the limit).
-//   chunk_prefill: grid (V/32, H, N), block 256, dynamic smem chunk_prefill_smem_bytes(K) (> 48 KiB).
+//   chunk_prefill: grid (V/32, H, N), block 512, dynamic smem chunk_prefill_smem_bytes(K) (> 48 KiB).
 //
 // PRECONDITIONS (the caller checks them; kernels do not)
 //   decode: K ≤ 128; V ∈ {16, 32, 64, 128}. prefill: K ≤ 128, K % 4 == 0, V % 32 == 0, K + V ≤ 256.
@@ -76,7 +77,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kDecodeThreads = 128;
 constexpr int kDecodeSlices = 4;         // blocks (= cluster size, __cluster_dims__ below) per head in the decode step
 constexpr int kIntraThreads = 256;
-constexpr int kPrefillThreads = 256;      // the scan's warp tiles below assume 8 warps and 32 columns
+constexpr int kPrefillThreads = 512;     // the scan's warp roles below assume 16 warps and 32 columns
 constexpr int kPrefillCols = 32;         // state columns per prefill block
 constexpr int kPrepareThreads = 256;
 constexpr int kPrepareTokens = 16;      // tokens a prepare block walks (KdaKernels.PrepareTokens)
@@ -729,23 +730,26 @@ __device__ __forceinline__ Tf32Frag<2> b_frag(const uint32_t* big, const uint32_
 }
 
 // The sequential scan over one sequence's chunks for a 32-column slice of one head's state (see MATH), on tensor cores
-// (3xTF32 mma m16n8k8; lane = 4g + t). Per chunk i, with two barriers:
-//   phase 1: Vn = U − W·S and O = QG·S in one pass over the state (both read the same B fragments);
-//            meanwhile KG_i and γ_i arrive (issued at the top of the chunk);
-//   phase 2: O += A·Vn, written out; S ← Diag(γ)·S + KGᵀ·Vn;
-//            meanwhile W_{i+1}, QG_{i+1}, U_{i+1} arrive, and A_{i+1} in A's other buffer (issued after phase 1).
-// Warp w owns output rows 16·(w % 4) .. + 15 and columns 16·(w / 4) .. + 15 (2 n-tiles) in phases 1 and 2, and state
-// rows [(w % 4)·KP/4, (w % 4 + 1)·KP/4) (KP/64 m-tiles) × the same columns in (c), held in registers (accumulator
-// layout) across chunks. Operands that several warps read as B fragments (the state, Vn) are stored split once, as
-// tf32 big and small planes; the others are split as their fragments load. K is padded to KP ∈ {64, 128} with zero
-// stage columns, state rows and γ entries, so the k-steps of 8 and the row split need no tails.
+// (3xTF32 mma m16n8k8; lane = 4g + t). Only the state's recurrence is a chain from chunk to chunk; the output is not,
+// so the 16 warps split by role and the output's products leave the chain:
+//   state warps 0-7:   phase 1  Vn = U − W·S                  phase 2  S ← Diag(γ)·S + KGᵀ·Vn
+//   output warps 8-15: phase 1  O = QG·S (the same S)         phase 2  O += A·Vn, written out
+// with two barriers per chunk i: before phase 1 (W_i, QG_i, U_i, A_i and the state have landed; KG_i and γ_i are
+// issued then and arrive during phase 1), and between the phases (Vn is complete; W_{i+1}, QG_{i+1}, U_{i+1} and A_{i+1},
+// in A's other buffer, are issued then and arrive during phase 2). Each warp's chain per chunk is about half the
+// single-role kernel's (v5b: every warp ran all four products, 2 warps per scheduler), at 4 warps per scheduler.
+// Within a role, warp w owns output rows 16·(w % 4) .. + 15 and columns 16·(w / 4 % 2) .. + 15 (2 n-tiles); a state
+// warp also owns state rows [(w % 4)·KP/4, (w % 4 + 1)·KP/4) (KP/64 m-tiles) × the same columns, held in registers
+// (accumulator layout) across chunks. Operands that several warps read as B fragments (the state, Vn) are stored split
+// once, as tf32 big and small planes; the others are split as their fragments load. K is padded to KP ∈ {64, 128} with
+// zero stage columns, state rows and γ entries, so the k-steps of 8 and the row split need no tails.
 template <typename Tin>
 __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __restrict__ cu_seqlens,
     const int* __restrict__ chunk_offsets, const float* __restrict__ w_in, const float* __restrict__ u_in,
     const float* __restrict__ a_in, const float* __restrict__ qg_in, const float* __restrict__ kg_in,
     const float* __restrict__ gamma_in, float* state, Tin* __restrict__ o) {
     constexpr int NT = kPrefillThreads, VC = kPrefillCols, LD = kScanLd, ALD = kScanALd;
-    static_assert(NT == 256 && VC == 32, "8 warps: 4 row groups × 2 column halves of 16");
+    static_assert(NT == 512 && VC == 32, "16 warps: 2 roles × 4 row groups × 2 column halves of 16");
     const int slice = blockIdx.x, h = blockIdx.y, n = blockIdx.z, tid = threadIdx.x;
     const int warp = tid >> 5, g = (tid & 31) >> 2, t = tid & 3;
     const int j0 = slice * VC;
@@ -780,145 +784,164 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
     };
     if (nchunks > 0) prefetch_wqu(0);
     cp_async_commit();
-
-    const int rq = warp & 3, ch = warp >> 2;      // row group, column half
-    const int r0 = 16 * rq, cb = 16 * ch;          // phases 1-2: rows r0 + g (+ 8), columns cb + 8·nt + 2t (+ 1)
-    const int mtiles = KP / 64, d0 = rq * (KP / 4);   // (c): state rows d0 + 16m + g (+ 8)
-    float* S = state + ((size_t)n * H + h) * K * V + j0;
-    float sacc[2][2][4];   // [m-tile][n-tile][fragment]
-#pragma unroll
-    for (int m = 0; m < 2; ++m)
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int d = d0 + 16 * m + g + 8 * (e >> 1);
-                sacc[m][nt][e] = m < mtiles && d < K ? S[(size_t)d * V + cb + 8 * nt + 2 * t + (e & 1)] : 0.f;
-            }
-    auto store_state = [&]() {   // the split state, for the next chunk's phase 1
-#pragma unroll
-        for (int m = 0; m < 2; ++m)
-#pragma unroll
-            for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    if (m < mtiles) {
-                        const int x = (d0 + 16 * m + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1);
-                        const float v = sacc[m][nt][e];
-                        ssb[x] = to_tf32(v);
-                        sss[x] = to_tf32(v - __uint_as_float(ssb[x]));
-                    }
-    };
-    store_state();
-
-    for (int ci = 0; ci < nchunks; ++ci) {
+    // The two barriers of chunk ci, with the copies each one starts; every thread of both roles passes both.
+    auto before_phase1 = [&](int ci) {
+        cp_async_wait<0>();   // W_ci, QG_ci, U_ci, A_ci
+        __syncthreads();      // ... for every thread; the state is stored; chunk ci − 1 no longer reads KG, γ, Vn
         const size_t cc = (size_t)(c0 + ci) * H + h;
-        const int len = min(kChunk, T - ci * kChunk);
-        const float* sa = sa2 + (ci & 1) * kChunk * ALD;
-        cp_async_wait<0>();   // W_i, QG_i, U_i, A_i
-        __syncthreads();      // ... for every thread; the state is stored; chunk i − 1 no longer reads KG, γ, Vn
         copy_tile_async(skg, KGLD, kg_in + cc * kChunk * K, K, kChunk, K, tid, NT);
         for (int i = tid; i < K / 4; i += NT) cp_async16(sgam + 4 * i, gamma_in + cc * K + 4 * i);
         cp_async_commit();
-
-        // Phase 1: Vn = U − W·S (accumulated as −U + W·S) and O = QG·S; v/ocor hold the 3xTF32 correction terms.
-        float vacc[2][4], oacc[2][4], vcor[2][4], ocor[2][4];
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                vacc[nt][e] = -su[(r0 + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1)];
-                oacc[nt][e] = 0.f; vcor[nt][e] = 0.f; ocor[nt][e] = 0.f;
-            }
-#pragma unroll 2
-        for (int k0 = 0; k0 < KP; k0 += 8) {
-            const Tf32Frag<4> fw = a_frag(sw + r0 * XLD, XLD, k0, g, t), fq = a_frag(sqg + r0 * XLD, XLD, k0, g, t);
-#pragma unroll
-            for (int nt = 0; nt < 2; ++nt) {
-                const Tf32Frag<2> fs = b_frag(ssb, sss, k0, cb + 8 * nt, g, t);
-                mma_acc(vacc[nt], vcor[nt], fw, fs);
-                mma_acc(oacc[nt], ocor[nt], fq, fs);
-            }
-        }
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int x = (r0 + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1);
-                const float v = -(vacc[nt][e] + vcor[nt][e]);
-                svb[x] = to_tf32(v);
-                svs[x] = to_tf32(v - __uint_as_float(svb[x]));
-            }
-        cp_async_wait<0>();   // KG_i, γ_i
-        __syncthreads();      // Vn complete; W_i, QG_i, U_i and the stored state no longer read
+    };
+    auto before_phase2 = [&](int ci) {
+        cp_async_wait<0>();   // KG_ci, γ_ci
+        __syncthreads();      // Vn complete; W_ci, QG_ci, U_ci and the stored state no longer read
         if (ci + 1 < nchunks) prefetch_wqu(ci + 1);
         cp_async_commit();
+    };
 
-        // Phase 2: O += A·Vn (A is 0 above the diagonal and in rows past the end, so k stops at r0 + 16), then out.
-        for (int k0 = 0; k0 < r0 + 16; k0 += 8) {
-            const Tf32Frag<4> fa = a_frag(sa + r0 * ALD, ALD, k0, g, t);
-#pragma unroll
-            for (int nt = 0; nt < 2; ++nt) mma_acc(oacc[nt], ocor[nt], fa, b_frag(svb, svs, k0, cb + 8 * nt, g, t));
-        }
-#pragma unroll
-        for (int e2 = 0; e2 < 2; ++e2) {
-            const int r = r0 + g + 8 * e2;
-            if (r < len) {
-                Tin* orow = o + ((size_t)(tok0 + ci * kChunk + r) * H + h) * V + j0 + cb + 2 * t;
-#pragma unroll
-                for (int nt = 0; nt < 2; ++nt) {
-                    st(orow + 8 * nt, oacc[nt][2 * e2] + ocor[nt][2 * e2]);
-                    st(orow + 8 * nt + 1, oacc[nt][2 * e2 + 1] + ocor[nt][2 * e2 + 1]);
-                }
-            }
-        }
-        // (c) S ← Diag(γ)·S + KGᵀ·Vn, the correction terms in scor
-        float scor[2][2][4];
+    const int rq = warp & 3, ch = (warp >> 2) & 1;   // row group, column half (within the role)
+    const int r0 = 16 * rq, cb = 16 * ch;             // phases 1-2: rows r0 + g (+ 8), columns cb + 8·nt + 2t (+ 1)
+    if (warp < 8) {   // state warps
+        const int mtiles = KP / 64, d0 = rq * (KP / 4);   // state rows d0 + 16m + g (+ 8)
+        float* S = state + ((size_t)n * H + h) * K * V + j0;
+        float sacc[2][2][4];   // [m-tile][n-tile][fragment]
 #pragma unroll
         for (int m = 0; m < 2; ++m)
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) scor[m][nt][e] = 0.f;
-#pragma unroll
-        for (int m = 0; m < 2; ++m) {
-            if (m < mtiles) {
-                const float ga = sgam[d0 + 16 * m + g], gb = sgam[d0 + 16 * m + g + 8];
-#pragma unroll
-                for (int nt = 0; nt < 2; ++nt) {
-                    sacc[m][nt][0] *= ga; sacc[m][nt][1] *= ga; sacc[m][nt][2] *= gb; sacc[m][nt][3] *= gb;
+                for (int e = 0; e < 4; ++e) {
+                    const int d = d0 + 16 * m + g + 8 * (e >> 1);
+                    sacc[m][nt][e] = m < mtiles && d < K ? S[(size_t)d * V + cb + 8 * nt + 2 * t + (e & 1)] : 0.f;
                 }
+        auto store_state = [&]() {   // the split state, for the next chunk's phase 1
+#pragma unroll
+            for (int m = 0; m < 2; ++m)
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e)
+                        if (m < mtiles) {
+                            const int x = (d0 + 16 * m + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1);
+                            const float v = sacc[m][nt][e];
+                            ssb[x] = to_tf32(v);
+                            sss[x] = to_tf32(v - __uint_as_float(ssb[x]));
+                        }
+        };
+        store_state();
+        for (int ci = 0; ci < nchunks; ++ci) {
+            before_phase1(ci);
+            // Vn = U − W·S, accumulated as −U + W·S; vcor holds the 3xTF32 correction terms.
+            float vacc[2][4], vcor[2][4];
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    vacc[nt][e] = -su[(r0 + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1)];
+                    vcor[nt][e] = 0.f;
+                }
+#pragma unroll 4
+            for (int k0 = 0; k0 < KP; k0 += 8) {
+                const Tf32Frag<4> fw = a_frag(sw + r0 * XLD, XLD, k0, g, t);
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt) mma_acc(vacc[nt], vcor[nt], fw, b_frag(ssb, sss, k0, cb + 8 * nt, g, t));
             }
-        }
-#pragma unroll 2
-        for (int k0 = 0; k0 < kChunk; k0 += 8) {
-            const Tf32Frag<2> fv[2] = {b_frag(svb, svs, k0, cb, g, t), b_frag(svb, svs, k0, cb + 8, g, t)};
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int x = (r0 + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1);
+                    const float v = -(vacc[nt][e] + vcor[nt][e]);
+                    svb[x] = to_tf32(v);
+                    svs[x] = to_tf32(v - __uint_as_float(svb[x]));
+                }
+            before_phase2(ci);
+            // S ← Diag(γ)·S + KGᵀ·Vn, the correction terms in scor.
+            float scor[2][2][4];
+#pragma unroll
+            for (int m = 0; m < 2; ++m)
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) scor[m][nt][e] = 0.f;
 #pragma unroll
             for (int m = 0; m < 2; ++m) {
                 if (m < mtiles) {
-                    const Tf32Frag<4> fk = a_frag_t(skg + d0 + 16 * m, KGLD, k0, g, t);
+                    const float ga = sgam[d0 + 16 * m + g], gb = sgam[d0 + 16 * m + g + 8];
 #pragma unroll
-                    for (int nt = 0; nt < 2; ++nt) mma_acc(sacc[m][nt], scor[m][nt], fk, fv[nt]);
+                    for (int nt = 0; nt < 2; ++nt) {
+                        sacc[m][nt][0] *= ga; sacc[m][nt][1] *= ga; sacc[m][nt][2] *= gb; sacc[m][nt][3] *= gb;
+                    }
                 }
             }
+#pragma unroll 2
+            for (int k0 = 0; k0 < kChunk; k0 += 8) {
+                const Tf32Frag<2> fv[2] = {b_frag(svb, svs, k0, cb, g, t), b_frag(svb, svs, k0, cb + 8, g, t)};
+#pragma unroll
+                for (int m = 0; m < 2; ++m) {
+                    if (m < mtiles) {
+                        const Tf32Frag<4> fk = a_frag_t(skg + d0 + 16 * m, KGLD, k0, g, t);
+#pragma unroll
+                        for (int nt = 0; nt < 2; ++nt) mma_acc(sacc[m][nt], scor[m][nt], fk, fv[nt]);
+                    }
+                }
+            }
+#pragma unroll
+            for (int m = 0; m < 2; ++m)
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) sacc[m][nt][e] += scor[m][nt][e];
+            store_state();   // nobody reads the stored state between the barrier above and the next one
         }
 #pragma unroll
         for (int m = 0; m < 2; ++m)
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) sacc[m][nt][e] += scor[m][nt][e];
-        store_state();   // nobody reads the stored state between the barrier above and the next one
-    }
+                for (int e = 0; e < 4; ++e) {
+                    const int d = d0 + 16 * m + g + 8 * (e >> 1);
+                    if (m < mtiles && d < K) S[(size_t)d * V + cb + 8 * nt + 2 * t + (e & 1)] = sacc[m][nt][e];
+                }
+    } else {   // output warps
+        for (int ci = 0; ci < nchunks; ++ci) {
+            const int len = min(kChunk, T - ci * kChunk);
+            const float* sa = sa2 + (ci & 1) * kChunk * ALD;
+            before_phase1(ci);
+            // O = QG·S; ocor holds the 3xTF32 correction terms.
+            float oacc[2][4], ocor[2][4];
 #pragma unroll
-    for (int m = 0; m < 2; ++m)
+            for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
+                for (int e = 0; e < 4; ++e) { oacc[nt][e] = 0.f; ocor[nt][e] = 0.f; }
+#pragma unroll 4
+            for (int k0 = 0; k0 < KP; k0 += 8) {
+                const Tf32Frag<4> fq = a_frag(sqg + r0 * XLD, XLD, k0, g, t);
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int d = d0 + 16 * m + g + 8 * (e >> 1);
-                if (m < mtiles && d < K) S[(size_t)d * V + cb + 8 * nt + 2 * t + (e & 1)] = sacc[m][nt][e];
+                for (int nt = 0; nt < 2; ++nt) mma_acc(oacc[nt], ocor[nt], fq, b_frag(ssb, sss, k0, cb + 8 * nt, g, t));
             }
+            before_phase2(ci);
+            // O += A·Vn (A is 0 above the diagonal and in rows past the end, so k stops at r0 + 16), then out.
+            for (int k0 = 0; k0 < r0 + 16; k0 += 8) {
+                const Tf32Frag<4> fa = a_frag(sa + r0 * ALD, ALD, k0, g, t);
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt) mma_acc(oacc[nt], ocor[nt], fa, b_frag(svb, svs, k0, cb + 8 * nt, g, t));
+            }
+#pragma unroll
+            for (int e2 = 0; e2 < 2; ++e2) {
+                const int r = r0 + g + 8 * e2;
+                if (r < len) {
+                    Tin* orow = o + ((size_t)(tok0 + ci * kChunk + r) * H + h) * V + j0 + cb + 2 * t;
+#pragma unroll
+                    for (int nt = 0; nt < 2; ++nt) {
+                        st(orow + 8 * nt, oacc[nt][2 * e2] + ocor[nt][2 * e2]);
+                        st(orow + 8 * nt + 1, oacc[nt][2 * e2 + 1] + ocor[nt][2 * e2 + 1]);
+                    }
+                }
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
