@@ -429,8 +429,31 @@ __device__ __forceinline__ void mma_acc(float (&d)[4], float (&c)[4], const Tf32
 #endif
 }
 
+// The packed tokens [t0, t0 + len) of chunk c: its sequence is the last one whose first chunk is ≤ c (binary search
+// over chunk_offsets, which skips empty sequences).
+__device__ __forceinline__ void chunk_span(int c, int num_seqs, const int* __restrict__ cu_seqlens,
+    const int* __restrict__ chunk_offsets, int& t0, int& len) {
+    int lo = 0, hi = num_seqs - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (chunk_offsets[mid] <= c) lo = mid; else hi = mid - 1;
+    }
+    t0 = cu_seqlens[lo] + (c - chunk_offsets[lo]) * kChunk;
+    len = min(kChunk, cu_seqlens[lo + 1] - t0);
+}
+
+// Starts copying a [rows][cols] fp32 tile (cols % 4 == 0, cols ≤ 4·nthreads) from global (row stride src_ld) into
+// shared (row stride dst_ld) with cp.async; the caller commits and waits.
+__device__ __forceinline__ void copy_tile_async(float* dst, int dst_ld, const float* __restrict__ src, int src_ld,
+    int rows, int cols, int tid, int nthreads) {
+    // Thread = one 16-byte column of rows r0, r0 + step, …: one division by the runtime width, not one per copy.
+    const int c4 = cols / 4, c = (tid % c4) * 4, step = nthreads / c4;
+    if (tid >= step * c4) return;
+    for (int r = tid / c4; r < rows; r += step) cp_async16(dst + r * dst_ld + c, src + (size_t)r * src_ld + c);
+}
+
 // ---------------------------------------------------------------------------------------------------------------------
-// Chunk-local work (see MATH). Block (c, h); the chunk's sequence is found by binary search over chunk_offsets.
+// Chunk-local work (see MATH). Block (c, h).
 template <typename Tin>
 __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, const int* __restrict__ cu_seqlens,
     const int* __restrict__ chunk_offsets, const Tin* __restrict__ q, const Tin* __restrict__ k,
@@ -438,13 +461,8 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     float* __restrict__ u_out, float* __restrict__ a_out, float* __restrict__ qg_out, float* __restrict__ kg_out,
     float* __restrict__ gamma_out) {
     const int c = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
-    int lo = 0, hi = num_seqs - 1;   // the last sequence whose first chunk is ≤ c (skips empty sequences)
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) >> 1;
-        if (chunk_offsets[mid] <= c) lo = mid; else hi = mid - 1;
-    }
-    const int t0 = cu_seqlens[lo] + (c - chunk_offsets[lo]) * kChunk;
-    const int len = min(kChunk, cu_seqlens[lo + 1] - t0);
+    int t0, len;
+    chunk_span(c, num_seqs, cu_seqlens, chunk_offsets, t0, len);
     const int LD = K + 1;   // odd row stride: the pair loop reads 8 rows at once without bank conflicts
 
     // q̂ is dead once the pair products are summed, so L and A then take its place: 97.3 KiB in all for K = 128, which
@@ -676,16 +694,37 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     }
     __syncthreads();
 
-    // Forward substitution, one column per thread: columns [0, K) solve W, [K, K+V) solve U.
-    if (tid < K + V) {
-        const bool is_w = tid < K;
-        const int col = is_w ? tid : tid - K;
-        float x[kChunk];
+    // Forward substitution, one column per thread: columns [0, K) solve W, [K, K+V) solve U. The right-hand sides:
+    // β ⊙ (k̂ ⊙ 2^G) from shared memory; β ⊙ v with v staged through A's shared memory (free now that A is out) by
+    // cp.async, as many rows per pass as fit, so its loads go out together. (Loaded straight into registers, ptxas
+    // re-issued each read-only load at its use under the 128-register cap: 64 dependent global round trips per U
+    // column, 30 % of the kernel's stall samples in run 11.)
+    const bool is_w = tid < K, is_u = tid >= K && tid < K + V;
+    const int col = is_w ? tid : tid - K;
+    float x[kChunk];
+    if (is_w) {
 #pragma unroll
-        for (int r = 0; r < kChunk; ++r) {
-            if (is_w) x[r] = sb[r] * sk[r * LD + col] * ex2(sg[r * LD + col]);
-            else x[r] = r < len ? sb[r] * ld(v[((size_t)(t0 + r) * H + h) * V + col]) : 0.f;
+        for (int r = 0; r < kChunk; ++r) x[r] = sb[r] * sk[r * LD + col] * ex2(sg[r * LD + col]);
+    }
+    {
+        const int row_floats = V * (int)sizeof(Tin) / 4;              // a row of v in 4-byte words (V % 32 == 0)
+        const int pass_rows = min(kChunk, kChunk * kChunk / row_floats);   // rows of v that fit in sa (≥ 18: V ≤ 224)
+        const Tin* sv = reinterpret_cast<const Tin*>(sa);             // [pass_rows][V] the staged rows, as stored
+        for (int p0 = 0; p0 < kChunk; p0 += pass_rows) {
+            copy_tile_async(sa, row_floats, reinterpret_cast<const float*>(v + ((size_t)(t0 + p0) * H + h) * V),
+                H * row_floats, max(0, min(pass_rows, len - p0)), row_floats, tid, kIntraThreads);
+            cp_async_commit();
+            cp_async_wait<0>();
+            __syncthreads();   // the pass has landed
+            if (is_u) {
+#pragma unroll
+                for (int r = 0; r < kChunk; ++r)
+                    if (r >= p0 && r < p0 + pass_rows) x[r] = r < len ? sb[r] * ld(sv[(r - p0) * V + col]) : 0.f;
+            }
+            __syncthreads();   // read before the next pass overwrites it
         }
+    }
+    if (is_w || is_u) {
         // Row r's sum runs as 4 independent chains (s mod 4), so the serial path is ~r/4 FMAs deep, not r.
 #pragma unroll
         for (int r = 1; r < kChunk; ++r) {
@@ -699,16 +738,6 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
 #pragma unroll
         for (int r = 0; r < kChunk; ++r) dst[r * ld_dst + col] = x[r];
     }
-}
-
-// Starts copying a [rows][cols] fp32 tile (cols % 4 == 0, cols ≤ 4·nthreads) from global (row stride src_ld) into
-// shared (row stride dst_ld) with cp.async; the caller commits and waits.
-__device__ __forceinline__ void copy_tile_async(float* dst, int dst_ld, const float* __restrict__ src, int src_ld,
-    int rows, int cols, int tid, int nthreads) {
-    // Thread = one 16-byte column of rows r0, r0 + step, …: one division by the runtime width, not one per copy.
-    const int c4 = cols / 4, c = (tid % c4) * 4, step = nthreads / c4;
-    if (tid >= step * c4) return;
-    for (int r = tid / c4; r < rows; r += step) cp_async16(dst + r * dst_ld + c, src + (size_t)r * src_ld + c);
 }
 
 // An A-operand fragment (rows g, g + 8 × columns k0 + t, k0 + t + 4 of a row-major fp32 tile at a, row stride lda),
