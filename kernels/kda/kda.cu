@@ -552,8 +552,9 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     //   Inside the 4 diagonal 16×16 blocks, 4×4 tiles on warps 0-4 (8 tiles per warp, lane % 8; the d range split 4
     //   ways by lane / 8, interleaved, the parts summed by shuffle): warps 0-2 take the 24 off-diagonal tiles, which
     //   factorize through their last column (7 exponentials per d for 16 pairs, then plain FMAs); warps 3-4 the 16
-    //   diagonal tiles, with 2^(G_r − G_s) element-wise and the exponent clamped to 0 (masked pairs s > r would
-    //   overflow otherwise). Each warp runs one kind only, so no warp diverges between them.
+    //   diagonal tiles, with 2^(G_r − G_s) element-wise for the 10 pairs s ≤ r of each (the running sum G never
+    //   increases, so those exponents are ≤ 0; the 6 pairs above stay 0 and are never read). Each warp runs one kind
+    //   only, so no warp diverges between them.
     static_assert(kIntraThreads == 256, "tiles on warps 0-4, sub-chunk pairs on warps 5-7");
     {
         const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3, part = lane >> 3;
@@ -635,8 +636,8 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
 #pragma unroll
                     for (int i = 0; i < 4; ++i)
 #pragma unroll
-                        for (int j = 0; j < 4; ++j) {
-                            const float e = ks[j] * ex2(fminf(gr[i] - gs[j], 0.f));
+                        for (int j = 0; j <= i; ++j) {   // s ≤ r only: nothing reads the pairs above the diagonal
+                            const float e = ks[j] * ex2(gr[i] - gs[j]);
                             kk[i][j] += kr[i] * e;
                             qk[i][j] += qr[i] * e;
                         }
@@ -768,7 +769,7 @@ __device__ __forceinline__ Tf32Frag<2> b_frag(const uint32_t* big, const uint32_
 // (accumulator layout) across chunks. Operands that several warps read as B fragments (the state, Vn) are stored split
 // once, as tf32 big and small planes; the others are split as their fragments load. K is padded to KP ∈ {64, 128} with
 // zero stage columns, state rows and γ entries, so the k-steps of 8 and the row split need no tails.
-template <typename Tin>
+template <typename Tin, int KP>   // KP = chunk_prefill_kpad(K): compile-time strides fold into the shared-memory offsets
 __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __restrict__ cu_seqlens,
     const int* __restrict__ chunk_offsets, const float* __restrict__ w_in, const float* __restrict__ u_in,
     const float* __restrict__ a_in, const float* __restrict__ qg_in, const float* __restrict__ kg_in,
@@ -780,7 +781,8 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
     const int j0 = slice * VC;
     const int tok0 = cu_seqlens[n], T = cu_seqlens[n + 1] - tok0;
     const int c0 = chunk_offsets[n], nchunks = chunk_offsets[n + 1] - c0;
-    const int KP = chunk_prefill_kpad(K), XLD = KP + 4, KGLD = KP + 8;
+    static_assert(KP == 64 || KP == 128, "chunk_prefill_kpad");
+    constexpr int XLD = KP + 4, KGLD = KP + 8, mtiles = KP / 64;
 
     uint32_t* ssb = reinterpret_cast<uint32_t*>(smem());   // [KP][40] state slice, tf32 big parts (rows ≥ K zero)
     uint32_t* sss = ssb + KP * LD;                          // [KP][40] state slice, tf32 small parts
@@ -828,7 +830,7 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
     const int rq = warp & 3, ch = (warp >> 2) & 1;   // row group, column half (within the role)
     const int r0 = 16 * rq, cb = 16 * ch;             // phases 1-2: rows r0 + g (+ 8), columns cb + 8·nt + 2t (+ 1)
     if (warp < 8) {   // state warps
-        const int mtiles = KP / 64, d0 = rq * (KP / 4);   // state rows d0 + 16m + g (+ 8)
+        const int d0 = rq * (KP / 4);   // state rows d0 + 16m + g (+ 8)
         float* S = state + ((size_t)n * H + h) * K * V + j0;
         float sacc[2][2][4];   // [m-tile][n-tile][fragment]
 #pragma unroll
@@ -1084,7 +1086,10 @@ KDA_INTRA_ENTRY(kimi_kda_chunk_intra_f32, float)
     extern "C" __global__ void __launch_bounds__(kda::kPrefillThreads) NAME(int H, int K, int V,                      \
         const int* cu_seqlens, const int* chunk_offsets, const float* w_in, const float* u_in, const float* a_in,     \
         const float* qg_in, const float* kg_in, const float* gamma_in, float* state, T* o) {                          \
-        kda::chunk_prefill<T>(H, K, V, cu_seqlens, chunk_offsets, w_in, u_in, a_in, qg_in, kg_in, gamma_in, state, o); \
+        if (kda::chunk_prefill_kpad(K) == 64)                                                                          \
+            kda::chunk_prefill<T, 64>(H, K, V, cu_seqlens, chunk_offsets, w_in, u_in, a_in, qg_in, kg_in, gamma_in, state, o); \
+        else                                                                                                           \
+            kda::chunk_prefill<T, 128>(H, K, V, cu_seqlens, chunk_offsets, w_in, u_in, a_in, qg_in, kg_in, gamma_in, state, o); \
     }
 KDA_PREFILL_ENTRY(kimi_kda_chunk_prefill_bf16, __nv_bfloat16)
 KDA_PREFILL_ENTRY(kimi_kda_chunk_prefill_f32, float)
