@@ -513,7 +513,7 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
         snorm[tid] = 1.0f / sqrtf(ss + kL2Eps) * (tid < kChunk ? 1.0f / sqrtf((float)K) : 1.0f);
     }
     __syncthreads();
-    // Element loops below: thread = channel ec of rows er0, er0 + estep, … (one division, as for the loads).
+    // The scaling: thread = channel ec of rows er0, er0 + estep, … (one division, as for the loads).
     const int ec = tid % K, er0 = tid / K, estep = kIntraThreads / K;
     const bool ethread = tid < estep * K;
     for (int r = er0; ethread && r < kChunk; r += estep) {
@@ -534,13 +534,22 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     __syncthreads();
 
     const size_t cc = (size_t)c * H + h;
-    // QG, KG, γ (rows ≥ len are 0 because q̂, k̂ are).
-    for (int r = er0; ethread && r < kChunk; r += estep) {
-        const float G = sg[r * LD + ec], Gl = sg[(kChunk - 1) * LD + ec];
-        qg_out[(cc * kChunk + r) * K + ec] = sq[r * LD + ec] * ex2(G);
-        kg_out[(cc * kChunk + r) * K + ec] = sk[r * LD + ec] * ex2(Gl - G);
+    // QG, KG, γ: thread = channel, so only warps 0-3 (K ≤ 128) take it and the tensor-core warps 5-7, the slowest of
+    // the pair products below, do not (with all 8 warps sharing it, those three ran ~1.3× as many instructions as the
+    // off-diagonal tile warps and the rest waited at the barrier: 11 % of the stall samples, run 13).
+    // Rows ≥ len are 0 because q̂, k̂ are.
+    if (tid < K) {
+        const float Gl = sg[(kChunk - 1) * LD + tid];
+        const float *gp = sg + tid, *qp = sq + tid, *kp = sk + tid;
+        float *qgp = qg_out + cc * kChunk * K + tid, *kgp = kg_out + cc * kChunk * K + tid;
+#pragma unroll 4
+        for (int r = 0; r < kChunk; ++r, gp += LD, qp += LD, kp += LD, qgp += K, kgp += K) {
+            const float G = *gp;
+            *qgp = *qp * ex2(G);
+            *kgp = *kp * ex2(Gl - G);
+        }
+        gamma_out[cc * K + tid] = ex2(Gl);
     }
-    if (tid < K) gamma_out[cc * K + tid] = ex2(sg[(kChunk - 1) * LD + tid]);
 
     // L and A over the 64×64 pairs, one 2^(G_r − G_s) per (r, s, d) shared by both. Only the lower triangle (s ≤ r) is
     // computed: the substitution reads L below the diagonal only, and A is written from sA with the upper triangle
