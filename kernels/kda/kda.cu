@@ -467,7 +467,7 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     float* sg = sk + kChunk * LD;        // [64][LD] g, then G (log2 units); rows ≥ len hold G_last
     float* sq = sg + kChunk * LD;        // [64][LD] q̂, until the pair tiles are summed
     float* sl = sq;                      // [64][64] L (below the diagonal), after the pair tiles
-    float* sa = sl + kChunk * kChunk;    // [64][64] A (on and below the diagonal), after the pair tiles
+    float* sa = sl + kChunk * kChunk;    // [64][64] A (on and below the diagonal), after the pair tiles; then rows of v
     float* sb = sq + chunk_intra_q_floats(K);   // [64] β (0 past the end)
     float* snorm = sb + kChunk;          // [128] 1/‖q_r‖·K^-½, then 1/‖k_r‖
 
