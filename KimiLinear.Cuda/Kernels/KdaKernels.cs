@@ -29,7 +29,7 @@ internal static unsafe class KdaKernels
     private const int PrepareThreads = 256;
     private const int PrepareTokens = 16;   // kPrepareTokens: tokens a prepare block walks
     private const int IntraThreads = 256;
-    private const int PrefillThreads = 256;
+    private const int PrefillThreads = 512;
     private const int PrefillColumns = 32; // state columns per scan block
     private const int MaxKeyDim = 128;
 

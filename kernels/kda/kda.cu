@@ -19,7 +19,8 @@
 //   kimi_kda_prepare_*       per token: conv + SiLU of q, k, v (carried window for the first 3 tokens), gate, β;
 //   kimi_kda_conv_window_update_*   then each sequence's window ← its last 3 pre-conv inputs;
 //   kimi_kda_chunk_prefill_* one block per (32-column slice of V, head, sequence), walks the sequence's chunks
-//                            (products on tensor cores as 3xTF32, accumulated in fp32):
+//                            (products on tensor cores as 3xTF32, accumulated in fp32; half its warps carry the
+//                            state, the other half form the output from it):
 //     Vn = U − W·S;   O = QG·S + A·Vn;   S ← Diag(γ)·S + KGᵀ·Vn
 //   The state's columns never mix (every product above is column-separable in V), which is why a V slice is a unit of
 //   work: B·H·V/32 blocks keep the card busy even at B = 1 without a two-pass split of the sequence.
@@ -47,7 +48,7 @@
 //                  windows and parameters before griddepcontrol.wait, and the new token's projections after it.
 //   prepare:       grid (ceil(max(H·K, H·V) / 256), ceil(T / 16)), block 256;  conv_window_update: grid (ceil(max(H·K, H·V) / 256), N), block 256.
 //   chunk_intra:   grid (NC, H), block 256, dynamic smem chunk_intra_smem_bytes(K) (> 48 KiB: raise the limit).
-//   chunk_prefill: grid (V/32, H, N), block 256, dynamic smem chunk_prefill_smem_bytes(K) (> 48 KiB).
+//   chunk_prefill: grid (V/32, H, N), block 512, dynamic smem chunk_prefill_smem_bytes(K) (> 48 KiB).
 //
 // PRECONDITIONS (the caller checks them; kernels do not)
 //   decode: K ≤ 128; V ∈ {16, 32, 64, 128}. prefill: K ≤ 128, K % 4 == 0, V % 32 == 0, K + V ≤ 256.
@@ -76,7 +77,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kDecodeThreads = 128;
 constexpr int kDecodeSlices = 4;         // blocks (= cluster size, __cluster_dims__ below) per head in the decode step
 constexpr int kIntraThreads = 256;
-constexpr int kPrefillThreads = 256;      // the scan's warp tiles below assume 8 warps and 32 columns
+constexpr int kPrefillThreads = 512;     // the scan's warp roles below assume 16 warps and 32 columns
 constexpr int kPrefillCols = 32;         // state columns per prefill block
 constexpr int kPrepareThreads = 256;
 constexpr int kPrepareTokens = 16;      // tokens a prepare block walks (KdaKernels.PrepareTokens)
@@ -376,15 +377,11 @@ __device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, 
 // bf16 checks (1.1e-3 against ≤ 1e-3 on the scan's o, emulator and H100 alike), so each operand x is split into
 // big = tf32(x) and small = tf32(x − big) and a product sums small·big + big·small + big·big: what that drops
 // (small·small, the rounding of small) is ~2^-22 relative, fp32's accuracy at 3× the tensor-core work.
-__device__ __forceinline__ uint32_t to_tf32(float x) {
-#ifdef KDA_EMULATE
-    return (__float_as_uint(x) + 0x1000u) & 0xffffe000u;   // cvt.rna: to nearest, ties away from zero (sign-magnitude)
-#else
-    uint32_t r;
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-    return r;
-#endif
-}
+// tf32(x) as cvt.rna.tf32.f32 rounds a finite x (to nearest, ties away from zero: the magnitude bits plus half an
+// ulp, then masked), in two integer instructions: ptxas expands the cvt itself into four (an |x| < ∞ test and a select
+// around the same add and mask), and those tests and selects were 18 % of the scan's instructions (run 12's SASS
+// profile). Inputs are finite (a precondition), so the result is the cvt's, bit for bit.
+__device__ __forceinline__ uint32_t to_tf32(float x) { return (__float_as_uint(x) + 0x1000u) & 0xffffe000u; }
 __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
 #ifdef KDA_EMULATE
     emu_mma_m16n8k8_tf32(d, a, b);
@@ -428,8 +425,31 @@ __device__ __forceinline__ void mma_acc(float (&d)[4], float (&c)[4], const Tf32
 #endif
 }
 
+// The packed tokens [t0, t0 + len) of chunk c: its sequence is the last one whose first chunk is ≤ c (binary search
+// over chunk_offsets, which skips empty sequences).
+__device__ __forceinline__ void chunk_span(int c, int num_seqs, const int* __restrict__ cu_seqlens,
+    const int* __restrict__ chunk_offsets, int& t0, int& len) {
+    int lo = 0, hi = num_seqs - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (chunk_offsets[mid] <= c) lo = mid; else hi = mid - 1;
+    }
+    t0 = cu_seqlens[lo] + (c - chunk_offsets[lo]) * kChunk;
+    len = min(kChunk, cu_seqlens[lo + 1] - t0);
+}
+
+// Starts copying a [rows][cols] fp32 tile (cols % 4 == 0, cols ≤ 4·nthreads) from global (row stride src_ld) into
+// shared (row stride dst_ld) with cp.async; the caller commits and waits.
+__device__ __forceinline__ void copy_tile_async(float* dst, int dst_ld, const float* __restrict__ src, int src_ld,
+    int rows, int cols, int tid, int nthreads) {
+    // Thread = one 16-byte column of rows r0, r0 + step, …: one division by the runtime width, not one per copy.
+    const int c4 = cols / 4, c = (tid % c4) * 4, step = nthreads / c4;
+    if (tid >= step * c4) return;
+    for (int r = tid / c4; r < rows; r += step) cp_async16(dst + r * dst_ld + c, src + (size_t)r * src_ld + c);
+}
+
 // ---------------------------------------------------------------------------------------------------------------------
-// Chunk-local work (see MATH). Block (c, h); the chunk's sequence is found by binary search over chunk_offsets.
+// Chunk-local work (see MATH). Block (c, h).
 template <typename Tin>
 __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, const int* __restrict__ cu_seqlens,
     const int* __restrict__ chunk_offsets, const Tin* __restrict__ q, const Tin* __restrict__ k,
@@ -437,13 +457,8 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     float* __restrict__ u_out, float* __restrict__ a_out, float* __restrict__ qg_out, float* __restrict__ kg_out,
     float* __restrict__ gamma_out) {
     const int c = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
-    int lo = 0, hi = num_seqs - 1;   // the last sequence whose first chunk is ≤ c (skips empty sequences)
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) >> 1;
-        if (chunk_offsets[mid] <= c) lo = mid; else hi = mid - 1;
-    }
-    const int t0 = cu_seqlens[lo] + (c - chunk_offsets[lo]) * kChunk;
-    const int len = min(kChunk, cu_seqlens[lo + 1] - t0);
+    int t0, len;
+    chunk_span(c, num_seqs, cu_seqlens, chunk_offsets, t0, len);
     const int LD = K + 1;   // odd row stride: the pair loop reads 8 rows at once without bank conflicts
 
     // q̂ is dead once the pair products are summed, so L and A then take its place: 97.3 KiB in all for K = 128, which
@@ -452,7 +467,7 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     float* sg = sk + kChunk * LD;        // [64][LD] g, then G (log2 units); rows ≥ len hold G_last
     float* sq = sg + kChunk * LD;        // [64][LD] q̂, until the pair tiles are summed
     float* sl = sq;                      // [64][64] L (below the diagonal), after the pair tiles
-    float* sa = sl + kChunk * kChunk;    // [64][64] A (on and below the diagonal), after the pair tiles
+    float* sa = sl + kChunk * kChunk;    // [64][64] A (on and below the diagonal), after the pair tiles; then rows of v
     float* sb = sq + chunk_intra_q_floats(K);   // [64] β (0 past the end)
     float* snorm = sb + kChunk;          // [128] 1/‖q_r‖·K^-½, then 1/‖k_r‖
 
@@ -498,7 +513,7 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
         snorm[tid] = 1.0f / sqrtf(ss + kL2Eps) * (tid < kChunk ? 1.0f / sqrtf((float)K) : 1.0f);
     }
     __syncthreads();
-    // Element loops below: thread = channel ec of rows er0, er0 + estep, … (one division, as for the loads).
+    // The scaling: thread = channel ec of rows er0, er0 + estep, … (one division, as for the loads).
     const int ec = tid % K, er0 = tid / K, estep = kIntraThreads / K;
     const bool ethread = tid < estep * K;
     for (int r = er0; ethread && r < kChunk; r += estep) {
@@ -519,13 +534,22 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     __syncthreads();
 
     const size_t cc = (size_t)c * H + h;
-    // QG, KG, γ (rows ≥ len are 0 because q̂, k̂ are).
-    for (int r = er0; ethread && r < kChunk; r += estep) {
-        const float G = sg[r * LD + ec], Gl = sg[(kChunk - 1) * LD + ec];
-        qg_out[(cc * kChunk + r) * K + ec] = sq[r * LD + ec] * ex2(G);
-        kg_out[(cc * kChunk + r) * K + ec] = sk[r * LD + ec] * ex2(Gl - G);
+    // QG, KG, γ: thread = channel, so only warps 0-3 (K ≤ 128) take it and the tensor-core warps 5-7, the slowest of
+    // the pair products below, do not (with all 8 warps sharing it, those three ran ~1.3× as many instructions as the
+    // off-diagonal tile warps and the rest waited at the barrier: 11 % of the stall samples, run 13).
+    // Rows ≥ len are 0 because q̂, k̂ are.
+    if (tid < K) {
+        const float Gl = sg[(kChunk - 1) * LD + tid];
+        const float *gp = sg + tid, *qp = sq + tid, *kp = sk + tid;
+        float *qgp = qg_out + cc * kChunk * K + tid, *kgp = kg_out + cc * kChunk * K + tid;
+#pragma unroll 4
+        for (int r = 0; r < kChunk; ++r, gp += LD, qp += LD, kp += LD, qgp += K, kgp += K) {
+            const float G = *gp;
+            *qgp = *qp * ex2(G);
+            *kgp = *kp * ex2(Gl - G);
+        }
+        gamma_out[cc * K + tid] = ex2(Gl);
     }
-    if (tid < K) gamma_out[cc * K + tid] = ex2(sg[(kChunk - 1) * LD + tid]);
 
     // L and A over the 64×64 pairs, one 2^(G_r − G_s) per (r, s, d) shared by both. Only the lower triangle (s ≤ r) is
     // computed: the substitution reads L below the diagonal only, and A is written from sA with the upper triangle
@@ -537,8 +561,9 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     //   Inside the 4 diagonal 16×16 blocks, 4×4 tiles on warps 0-4 (8 tiles per warp, lane % 8; the d range split 4
     //   ways by lane / 8, interleaved, the parts summed by shuffle): warps 0-2 take the 24 off-diagonal tiles, which
     //   factorize through their last column (7 exponentials per d for 16 pairs, then plain FMAs); warps 3-4 the 16
-    //   diagonal tiles, with 2^(G_r − G_s) element-wise and the exponent clamped to 0 (masked pairs s > r would
-    //   overflow otherwise). Each warp runs one kind only, so no warp diverges between them.
+    //   diagonal tiles, with 2^(G_r − G_s) element-wise for the 10 pairs s ≤ r of each (the running sum G never
+    //   increases, so those exponents are ≤ 0; the 6 pairs above stay 0 and are never read). Each warp runs one kind
+    //   only, so no warp diverges between them.
     static_assert(kIntraThreads == 256, "tiles on warps 0-4, sub-chunk pairs on warps 5-7");
     {
         const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3, part = lane >> 3;
@@ -620,8 +645,8 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
 #pragma unroll
                     for (int i = 0; i < 4; ++i)
 #pragma unroll
-                        for (int j = 0; j < 4; ++j) {
-                            const float e = ks[j] * ex2(fminf(gr[i] - gs[j], 0.f));
+                        for (int j = 0; j <= i; ++j) {   // s ≤ r only: nothing reads the pairs above the diagonal
+                            const float e = ks[j] * ex2(gr[i] - gs[j]);
                             kk[i][j] += kr[i] * e;
                             qk[i][j] += qr[i] * e;
                         }
@@ -675,16 +700,37 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     }
     __syncthreads();
 
-    // Forward substitution, one column per thread: columns [0, K) solve W, [K, K+V) solve U.
-    if (tid < K + V) {
-        const bool is_w = tid < K;
-        const int col = is_w ? tid : tid - K;
-        float x[kChunk];
+    // Forward substitution, one column per thread: columns [0, K) solve W, [K, K+V) solve U. The right-hand sides:
+    // β ⊙ (k̂ ⊙ 2^G) from shared memory; β ⊙ v with v staged through A's shared memory (free now that A is out) by
+    // cp.async, as many rows per pass as fit, so its loads go out together. (Loaded straight into registers, ptxas
+    // re-issued each read-only load at its use under the 128-register cap: 64 dependent global round trips per U
+    // column, 30 % of the kernel's stall samples in run 11.)
+    const bool is_w = tid < K, is_u = tid >= K && tid < K + V;
+    const int col = is_w ? tid : tid - K;
+    float x[kChunk];
+    if (is_w) {
 #pragma unroll
-        for (int r = 0; r < kChunk; ++r) {
-            if (is_w) x[r] = sb[r] * sk[r * LD + col] * ex2(sg[r * LD + col]);
-            else x[r] = r < len ? sb[r] * ld(v[((size_t)(t0 + r) * H + h) * V + col]) : 0.f;
+        for (int r = 0; r < kChunk; ++r) x[r] = sb[r] * sk[r * LD + col] * ex2(sg[r * LD + col]);
+    }
+    {
+        const int row_floats = V * (int)sizeof(Tin) / 4;              // a row of v in 4-byte words (V % 32 == 0)
+        const int pass_rows = min(kChunk, kChunk * kChunk / row_floats);   // rows of v that fit in sa (≥ 18: V ≤ 224)
+        const Tin* sv = reinterpret_cast<const Tin*>(sa);             // [pass_rows][V] the staged rows, as stored
+        for (int p0 = 0; p0 < kChunk; p0 += pass_rows) {
+            copy_tile_async(sa, row_floats, reinterpret_cast<const float*>(v + ((size_t)(t0 + p0) * H + h) * V),
+                H * row_floats, max(0, min(pass_rows, len - p0)), row_floats, tid, kIntraThreads);
+            cp_async_commit();
+            cp_async_wait<0>();
+            __syncthreads();   // the pass has landed
+            if (is_u) {
+#pragma unroll
+                for (int r = 0; r < kChunk; ++r)
+                    if (r >= p0 && r < p0 + pass_rows) x[r] = r < len ? sb[r] * ld(sv[(r - p0) * V + col]) : 0.f;
+            }
+            __syncthreads();   // read before the next pass overwrites it
         }
+    }
+    if (is_w || is_u) {
         // Row r's sum runs as 4 independent chains (s mod 4), so the serial path is ~r/4 FMAs deep, not r.
 #pragma unroll
         for (int r = 1; r < kChunk; ++r) {
@@ -698,16 +744,6 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
 #pragma unroll
         for (int r = 0; r < kChunk; ++r) dst[r * ld_dst + col] = x[r];
     }
-}
-
-// Starts copying a [rows][cols] fp32 tile (cols % 4 == 0, cols ≤ 4·nthreads) from global (row stride src_ld) into
-// shared (row stride dst_ld) with cp.async; the caller commits and waits.
-__device__ __forceinline__ void copy_tile_async(float* dst, int dst_ld, const float* __restrict__ src, int src_ld,
-    int rows, int cols, int tid, int nthreads) {
-    // Thread = one 16-byte column of rows r0, r0 + step, …: one division by the runtime width, not one per copy.
-    const int c4 = cols / 4, c = (tid % c4) * 4, step = nthreads / c4;
-    if (tid >= step * c4) return;
-    for (int r = tid / c4; r < rows; r += step) cp_async16(dst + r * dst_ld + c, src + (size_t)r * src_ld + c);
 }
 
 // An A-operand fragment (rows g, g + 8 × columns k0 + t, k0 + t + 4 of a row-major fp32 tile at a, row stride lda),
@@ -729,29 +765,33 @@ __device__ __forceinline__ Tf32Frag<2> b_frag(const uint32_t* big, const uint32_
 }
 
 // The sequential scan over one sequence's chunks for a 32-column slice of one head's state (see MATH), on tensor cores
-// (3xTF32 mma m16n8k8; lane = 4g + t). Per chunk i, with two barriers:
-//   phase 1: Vn = U − W·S and O = QG·S in one pass over the state (both read the same B fragments);
-//            meanwhile KG_i and γ_i arrive (issued at the top of the chunk);
-//   phase 2: O += A·Vn, written out; S ← Diag(γ)·S + KGᵀ·Vn;
-//            meanwhile W_{i+1}, QG_{i+1}, U_{i+1} arrive, and A_{i+1} in A's other buffer (issued after phase 1).
-// Warp w owns output rows 16·(w % 4) .. + 15 and columns 16·(w / 4) .. + 15 (2 n-tiles) in phases 1 and 2, and state
-// rows [(w % 4)·KP/4, (w % 4 + 1)·KP/4) (KP/64 m-tiles) × the same columns in (c), held in registers (accumulator
-// layout) across chunks. Operands that several warps read as B fragments (the state, Vn) are stored split once, as
-// tf32 big and small planes; the others are split as their fragments load. K is padded to KP ∈ {64, 128} with zero
-// stage columns, state rows and γ entries, so the k-steps of 8 and the row split need no tails.
-template <typename Tin>
+// (3xTF32 mma m16n8k8; lane = 4g + t). Only the state's recurrence is a chain from chunk to chunk; the output is not,
+// so the 16 warps split by role and the output's products leave the chain:
+//   state warps 0-7:   phase 1  Vn = U − W·S                  phase 2  S ← Diag(γ)·S + KGᵀ·Vn
+//   output warps 8-15: phase 1  O = QG·S (the same S)         phase 2  O += A·Vn, written out
+// with two barriers per chunk i: before phase 1 (W_i, QG_i, U_i, A_i and the state have landed; KG_i and γ_i are
+// issued then and arrive during phase 1), and between the phases (Vn is complete; W_{i+1}, QG_{i+1}, U_{i+1} and A_{i+1},
+// in A's other buffer, are issued then and arrive during phase 2). Each warp's chain per chunk is about half the
+// single-role kernel's (v5b: every warp ran all four products, 2 warps per scheduler), at 4 warps per scheduler.
+// Within a role, warp w owns output rows 16·(w % 4) .. + 15 and columns 16·(w / 4 % 2) .. + 15 (2 n-tiles); a state
+// warp also owns state rows [(w % 4)·KP/4, (w % 4 + 1)·KP/4) (KP/64 m-tiles) × the same columns, held in registers
+// (accumulator layout) across chunks. Operands that several warps read as B fragments (the state, Vn) are stored split
+// once, as tf32 big and small planes; the others are split as their fragments load. K is padded to KP ∈ {64, 128} with
+// zero stage columns, state rows and γ entries, so the k-steps of 8 and the row split need no tails.
+template <typename Tin, int KP>   // KP = chunk_prefill_kpad(K): compile-time strides fold into the shared-memory offsets
 __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __restrict__ cu_seqlens,
     const int* __restrict__ chunk_offsets, const float* __restrict__ w_in, const float* __restrict__ u_in,
     const float* __restrict__ a_in, const float* __restrict__ qg_in, const float* __restrict__ kg_in,
     const float* __restrict__ gamma_in, float* state, Tin* __restrict__ o) {
     constexpr int NT = kPrefillThreads, VC = kPrefillCols, LD = kScanLd, ALD = kScanALd;
-    static_assert(NT == 256 && VC == 32, "8 warps: 4 row groups × 2 column halves of 16");
+    static_assert(NT == 512 && VC == 32, "16 warps: 2 roles × 4 row groups × 2 column halves of 16");
     const int slice = blockIdx.x, h = blockIdx.y, n = blockIdx.z, tid = threadIdx.x;
     const int warp = tid >> 5, g = (tid & 31) >> 2, t = tid & 3;
     const int j0 = slice * VC;
     const int tok0 = cu_seqlens[n], T = cu_seqlens[n + 1] - tok0;
     const int c0 = chunk_offsets[n], nchunks = chunk_offsets[n + 1] - c0;
-    const int KP = chunk_prefill_kpad(K), XLD = KP + 4, KGLD = KP + 8;
+    static_assert(KP == 64 || KP == 128, "chunk_prefill_kpad");
+    constexpr int XLD = KP + 4, KGLD = KP + 8, mtiles = KP / 64;
 
     uint32_t* ssb = reinterpret_cast<uint32_t*>(smem());   // [KP][40] state slice, tf32 big parts (rows ≥ K zero)
     uint32_t* sss = ssb + KP * LD;                          // [KP][40] state slice, tf32 small parts
@@ -780,145 +820,164 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
     };
     if (nchunks > 0) prefetch_wqu(0);
     cp_async_commit();
-
-    const int rq = warp & 3, ch = warp >> 2;      // row group, column half
-    const int r0 = 16 * rq, cb = 16 * ch;          // phases 1-2: rows r0 + g (+ 8), columns cb + 8·nt + 2t (+ 1)
-    const int mtiles = KP / 64, d0 = rq * (KP / 4);   // (c): state rows d0 + 16m + g (+ 8)
-    float* S = state + ((size_t)n * H + h) * K * V + j0;
-    float sacc[2][2][4];   // [m-tile][n-tile][fragment]
-#pragma unroll
-    for (int m = 0; m < 2; ++m)
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int d = d0 + 16 * m + g + 8 * (e >> 1);
-                sacc[m][nt][e] = m < mtiles && d < K ? S[(size_t)d * V + cb + 8 * nt + 2 * t + (e & 1)] : 0.f;
-            }
-    auto store_state = [&]() {   // the split state, for the next chunk's phase 1
-#pragma unroll
-        for (int m = 0; m < 2; ++m)
-#pragma unroll
-            for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    if (m < mtiles) {
-                        const int x = (d0 + 16 * m + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1);
-                        const float v = sacc[m][nt][e];
-                        ssb[x] = to_tf32(v);
-                        sss[x] = to_tf32(v - __uint_as_float(ssb[x]));
-                    }
-    };
-    store_state();
-
-    for (int ci = 0; ci < nchunks; ++ci) {
+    // The two barriers of chunk ci, with the copies each one starts; every thread of both roles passes both.
+    auto before_phase1 = [&](int ci) {
+        cp_async_wait<0>();   // W_ci, QG_ci, U_ci, A_ci
+        __syncthreads();      // ... for every thread; the state is stored; chunk ci − 1 no longer reads KG, γ, Vn
         const size_t cc = (size_t)(c0 + ci) * H + h;
-        const int len = min(kChunk, T - ci * kChunk);
-        const float* sa = sa2 + (ci & 1) * kChunk * ALD;
-        cp_async_wait<0>();   // W_i, QG_i, U_i, A_i
-        __syncthreads();      // ... for every thread; the state is stored; chunk i − 1 no longer reads KG, γ, Vn
         copy_tile_async(skg, KGLD, kg_in + cc * kChunk * K, K, kChunk, K, tid, NT);
         for (int i = tid; i < K / 4; i += NT) cp_async16(sgam + 4 * i, gamma_in + cc * K + 4 * i);
         cp_async_commit();
-
-        // Phase 1: Vn = U − W·S (accumulated as −U + W·S) and O = QG·S; v/ocor hold the 3xTF32 correction terms.
-        float vacc[2][4], oacc[2][4], vcor[2][4], ocor[2][4];
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                vacc[nt][e] = -su[(r0 + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1)];
-                oacc[nt][e] = 0.f; vcor[nt][e] = 0.f; ocor[nt][e] = 0.f;
-            }
-#pragma unroll 2
-        for (int k0 = 0; k0 < KP; k0 += 8) {
-            const Tf32Frag<4> fw = a_frag(sw + r0 * XLD, XLD, k0, g, t), fq = a_frag(sqg + r0 * XLD, XLD, k0, g, t);
-#pragma unroll
-            for (int nt = 0; nt < 2; ++nt) {
-                const Tf32Frag<2> fs = b_frag(ssb, sss, k0, cb + 8 * nt, g, t);
-                mma_acc(vacc[nt], vcor[nt], fw, fs);
-                mma_acc(oacc[nt], ocor[nt], fq, fs);
-            }
-        }
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int x = (r0 + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1);
-                const float v = -(vacc[nt][e] + vcor[nt][e]);
-                svb[x] = to_tf32(v);
-                svs[x] = to_tf32(v - __uint_as_float(svb[x]));
-            }
-        cp_async_wait<0>();   // KG_i, γ_i
-        __syncthreads();      // Vn complete; W_i, QG_i, U_i and the stored state no longer read
+    };
+    auto before_phase2 = [&](int ci) {
+        cp_async_wait<0>();   // KG_ci, γ_ci
+        __syncthreads();      // Vn complete; W_ci, QG_ci, U_ci and the stored state no longer read
         if (ci + 1 < nchunks) prefetch_wqu(ci + 1);
         cp_async_commit();
+    };
 
-        // Phase 2: O += A·Vn (A is 0 above the diagonal and in rows past the end, so k stops at r0 + 16), then out.
-        for (int k0 = 0; k0 < r0 + 16; k0 += 8) {
-            const Tf32Frag<4> fa = a_frag(sa + r0 * ALD, ALD, k0, g, t);
-#pragma unroll
-            for (int nt = 0; nt < 2; ++nt) mma_acc(oacc[nt], ocor[nt], fa, b_frag(svb, svs, k0, cb + 8 * nt, g, t));
-        }
-#pragma unroll
-        for (int e2 = 0; e2 < 2; ++e2) {
-            const int r = r0 + g + 8 * e2;
-            if (r < len) {
-                Tin* orow = o + ((size_t)(tok0 + ci * kChunk + r) * H + h) * V + j0 + cb + 2 * t;
-#pragma unroll
-                for (int nt = 0; nt < 2; ++nt) {
-                    st(orow + 8 * nt, oacc[nt][2 * e2] + ocor[nt][2 * e2]);
-                    st(orow + 8 * nt + 1, oacc[nt][2 * e2 + 1] + ocor[nt][2 * e2 + 1]);
-                }
-            }
-        }
-        // (c) S ← Diag(γ)·S + KGᵀ·Vn, the correction terms in scor
-        float scor[2][2][4];
+    const int rq = warp & 3, ch = (warp >> 2) & 1;   // row group, column half (within the role)
+    const int r0 = 16 * rq, cb = 16 * ch;             // phases 1-2: rows r0 + g (+ 8), columns cb + 8·nt + 2t (+ 1)
+    if (warp < 8) {   // state warps
+        const int d0 = rq * (KP / 4);   // state rows d0 + 16m + g (+ 8)
+        float* S = state + ((size_t)n * H + h) * K * V + j0;
+        float sacc[2][2][4];   // [m-tile][n-tile][fragment]
 #pragma unroll
         for (int m = 0; m < 2; ++m)
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) scor[m][nt][e] = 0.f;
-#pragma unroll
-        for (int m = 0; m < 2; ++m) {
-            if (m < mtiles) {
-                const float ga = sgam[d0 + 16 * m + g], gb = sgam[d0 + 16 * m + g + 8];
-#pragma unroll
-                for (int nt = 0; nt < 2; ++nt) {
-                    sacc[m][nt][0] *= ga; sacc[m][nt][1] *= ga; sacc[m][nt][2] *= gb; sacc[m][nt][3] *= gb;
+                for (int e = 0; e < 4; ++e) {
+                    const int d = d0 + 16 * m + g + 8 * (e >> 1);
+                    sacc[m][nt][e] = m < mtiles && d < K ? S[(size_t)d * V + cb + 8 * nt + 2 * t + (e & 1)] : 0.f;
                 }
+        auto store_state = [&]() {   // the split state, for the next chunk's phase 1
+#pragma unroll
+            for (int m = 0; m < 2; ++m)
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e)
+                        if (m < mtiles) {
+                            const int x = (d0 + 16 * m + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1);
+                            const float v = sacc[m][nt][e];
+                            ssb[x] = to_tf32(v);
+                            sss[x] = to_tf32(v - __uint_as_float(ssb[x]));
+                        }
+        };
+        store_state();
+        for (int ci = 0; ci < nchunks; ++ci) {
+            before_phase1(ci);
+            // Vn = U − W·S, accumulated as −U + W·S; vcor holds the 3xTF32 correction terms.
+            float vacc[2][4], vcor[2][4];
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    vacc[nt][e] = -su[(r0 + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1)];
+                    vcor[nt][e] = 0.f;
+                }
+#pragma unroll 4
+            for (int k0 = 0; k0 < KP; k0 += 8) {
+                const Tf32Frag<4> fw = a_frag(sw + r0 * XLD, XLD, k0, g, t);
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt) mma_acc(vacc[nt], vcor[nt], fw, b_frag(ssb, sss, k0, cb + 8 * nt, g, t));
             }
-        }
-#pragma unroll 2
-        for (int k0 = 0; k0 < kChunk; k0 += 8) {
-            const Tf32Frag<2> fv[2] = {b_frag(svb, svs, k0, cb, g, t), b_frag(svb, svs, k0, cb + 8, g, t)};
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int x = (r0 + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1);
+                    const float v = -(vacc[nt][e] + vcor[nt][e]);
+                    svb[x] = to_tf32(v);
+                    svs[x] = to_tf32(v - __uint_as_float(svb[x]));
+                }
+            before_phase2(ci);
+            // S ← Diag(γ)·S + KGᵀ·Vn, the correction terms in scor.
+            float scor[2][2][4];
+#pragma unroll
+            for (int m = 0; m < 2; ++m)
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) scor[m][nt][e] = 0.f;
 #pragma unroll
             for (int m = 0; m < 2; ++m) {
                 if (m < mtiles) {
-                    const Tf32Frag<4> fk = a_frag_t(skg + d0 + 16 * m, KGLD, k0, g, t);
+                    const float ga = sgam[d0 + 16 * m + g], gb = sgam[d0 + 16 * m + g + 8];
 #pragma unroll
-                    for (int nt = 0; nt < 2; ++nt) mma_acc(sacc[m][nt], scor[m][nt], fk, fv[nt]);
+                    for (int nt = 0; nt < 2; ++nt) {
+                        sacc[m][nt][0] *= ga; sacc[m][nt][1] *= ga; sacc[m][nt][2] *= gb; sacc[m][nt][3] *= gb;
+                    }
                 }
             }
+#pragma unroll 2
+            for (int k0 = 0; k0 < kChunk; k0 += 8) {
+                const Tf32Frag<2> fv[2] = {b_frag(svb, svs, k0, cb, g, t), b_frag(svb, svs, k0, cb + 8, g, t)};
+#pragma unroll
+                for (int m = 0; m < 2; ++m) {
+                    if (m < mtiles) {
+                        const Tf32Frag<4> fk = a_frag_t(skg + d0 + 16 * m, KGLD, k0, g, t);
+#pragma unroll
+                        for (int nt = 0; nt < 2; ++nt) mma_acc(sacc[m][nt], scor[m][nt], fk, fv[nt]);
+                    }
+                }
+            }
+#pragma unroll
+            for (int m = 0; m < 2; ++m)
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) sacc[m][nt][e] += scor[m][nt][e];
+            store_state();   // nobody reads the stored state between the barrier above and the next one
         }
 #pragma unroll
         for (int m = 0; m < 2; ++m)
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) sacc[m][nt][e] += scor[m][nt][e];
-        store_state();   // nobody reads the stored state between the barrier above and the next one
-    }
+                for (int e = 0; e < 4; ++e) {
+                    const int d = d0 + 16 * m + g + 8 * (e >> 1);
+                    if (m < mtiles && d < K) S[(size_t)d * V + cb + 8 * nt + 2 * t + (e & 1)] = sacc[m][nt][e];
+                }
+    } else {   // output warps
+        for (int ci = 0; ci < nchunks; ++ci) {
+            const int len = min(kChunk, T - ci * kChunk);
+            const float* sa = sa2 + (ci & 1) * kChunk * ALD;
+            before_phase1(ci);
+            // O = QG·S; ocor holds the 3xTF32 correction terms.
+            float oacc[2][4], ocor[2][4];
 #pragma unroll
-    for (int m = 0; m < 2; ++m)
+            for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
+                for (int e = 0; e < 4; ++e) { oacc[nt][e] = 0.f; ocor[nt][e] = 0.f; }
+#pragma unroll 4
+            for (int k0 = 0; k0 < KP; k0 += 8) {
+                const Tf32Frag<4> fq = a_frag(sqg + r0 * XLD, XLD, k0, g, t);
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int d = d0 + 16 * m + g + 8 * (e >> 1);
-                if (m < mtiles && d < K) S[(size_t)d * V + cb + 8 * nt + 2 * t + (e & 1)] = sacc[m][nt][e];
+                for (int nt = 0; nt < 2; ++nt) mma_acc(oacc[nt], ocor[nt], fq, b_frag(ssb, sss, k0, cb + 8 * nt, g, t));
             }
+            before_phase2(ci);
+            // O += A·Vn (A is 0 above the diagonal and in rows past the end, so k stops at r0 + 16), then out.
+            for (int k0 = 0; k0 < r0 + 16; k0 += 8) {
+                const Tf32Frag<4> fa = a_frag(sa + r0 * ALD, ALD, k0, g, t);
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt) mma_acc(oacc[nt], ocor[nt], fa, b_frag(svb, svs, k0, cb + 8 * nt, g, t));
+            }
+#pragma unroll
+            for (int e2 = 0; e2 < 2; ++e2) {
+                const int r = r0 + g + 8 * e2;
+                if (r < len) {
+                    Tin* orow = o + ((size_t)(tok0 + ci * kChunk + r) * H + h) * V + j0 + cb + 2 * t;
+#pragma unroll
+                    for (int nt = 0; nt < 2; ++nt) {
+                        st(orow + 8 * nt, oacc[nt][2 * e2] + ocor[nt][2 * e2]);
+                        st(orow + 8 * nt + 1, oacc[nt][2 * e2 + 1] + ocor[nt][2 * e2 + 1]);
+                    }
+                }
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -1036,7 +1095,10 @@ KDA_INTRA_ENTRY(kimi_kda_chunk_intra_f32, float)
     extern "C" __global__ void __launch_bounds__(kda::kPrefillThreads) NAME(int H, int K, int V,                      \
         const int* cu_seqlens, const int* chunk_offsets, const float* w_in, const float* u_in, const float* a_in,     \
         const float* qg_in, const float* kg_in, const float* gamma_in, float* state, T* o) {                          \
-        kda::chunk_prefill<T>(H, K, V, cu_seqlens, chunk_offsets, w_in, u_in, a_in, qg_in, kg_in, gamma_in, state, o); \
+        if (kda::chunk_prefill_kpad(K) == 64)                                                                          \
+            kda::chunk_prefill<T, 64>(H, K, V, cu_seqlens, chunk_offsets, w_in, u_in, a_in, qg_in, kg_in, gamma_in, state, o); \
+        else                                                                                                           \
+            kda::chunk_prefill<T, 128>(H, K, V, cu_seqlens, chunk_offsets, w_in, u_in, a_in, qg_in, kg_in, gamma_in, state, o); \
     }
 KDA_PREFILL_ENTRY(kimi_kda_chunk_prefill_bf16, __nv_bfloat16)
 KDA_PREFILL_ENTRY(kimi_kda_chunk_prefill_f32, float)
