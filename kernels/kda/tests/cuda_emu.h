@@ -62,6 +62,7 @@ inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return
 template <typename T> inline T __ldg(const T* p) { return *p; }
 template <typename T> inline T __ldcs(const T* p) { return *p; }
 inline int atomicAdd(int* p, int v) { int old = *p; *p += v; return old; }   // fibers never run at the same time
+inline void __threadfence() {}   // one fiber runs at a time: every write is visible at once
 inline float __expf(float x) { return std::exp(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 
