@@ -534,8 +534,8 @@ namespace mla {
 
 // ---- absorbed decode: merging the slices and output absorption ------------------------------------------------------
 
-// Dynamic shared memory of kimi_mla_combine_absorb_output, bytes: slice weights [S], per-warp column sums [8][128],
-// the merged latent chunk [128], reduction scratch [8].
+// Dynamic shared memory of kimi_mla_combine_absorb_output, bytes: per-warp column sums [8][128], the merged latent
+// chunk [128], reduction scratch [8], slice weights [S] (last: S need not be a multiple of 4, the float4 rows before it are aligned).
 __host__ __device__ constexpr size_t absorb_output_smem_bytes(int splits) {
     return (static_cast<size_t>(splits) + kAbsorbWarps * kAbsorbColumns + kAbsorbColumns + kAbsorbWarps) * 4;
 }
@@ -593,10 +593,10 @@ kimi_mla_combine_absorb_output(float* __restrict__ o, float* __restrict__ o_part
     for (int k = 0; k < kAbsorbHeld; k++) held[k] = weights(row0 + k * kAbsorbRowStep);
     wait_for_predecessor();
 
-    float* weight = reinterpret_cast<float*>(dynamic_smem());   // [S]
-    float* sums = weight + splits;                               // [8][128]
+    float* sums = reinterpret_cast<float*>(dynamic_smem());     // [8][128]
     float* merged = sums + kAbsorbWarps * kAbsorbColumns;        // [128]
     float* scratch = merged + kAbsorbColumns;                    // [8]
+    float* weight = scratch + kAbsorbWarps;                      // [S]
     for (int t = 0; t < T; t++) {
         const float* ml = partial_ml + static_cast<size_t>(t) * splits * H * 2 + h * 2;   // slice s at ml[s·2H]
         float top = kNegInf;

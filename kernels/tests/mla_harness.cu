@@ -292,6 +292,8 @@ static float graph_us(const std::function<void()>& work) {
     CK(cudaGraphExecDestroy(exec)); CK(cudaGraphDestroy(graph));
     return us;
 }
+// The floor under every timing of one launch: a kernel that does nothing, on the decode kernels' grid.
+__global__ void empty_kernel() {}
 static void bench(bool decode, bool prefill) {
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
@@ -310,6 +312,9 @@ static void bench(bool decode, bool prefill) {
                                   (const uint16_t*)kvb, 1, H, N, P, V, R); };
         auto output = [&] { launch(kimi_mla_combine_absorb_output, dim3(G, H), dim3(kAbsorbThreads), absorb_output_smem_bytes(splits), o.p, parts.p,
                                    arrivals.p, (const float*)po.p, (const float*)pml.p, (const uint16_t*)kvb, 1, H, N, V, R, splits); };
+        auto empty = [&] { launch(empty_kernel, dim3(G, H), dim3(kAbsorbThreads), 0); };
+        std::printf("launch floor: an empty kernel alone %5.1f us, 3 in a PDL graph %5.1f us\n", median_us(empty),
+                    graph_us([&] { empty(); empty(); empty(); }));
         std::printf("absorb query alone %5.1f us\n", median_us(query));
         for (int L : {1024, 32768, 131072}) {
             uint16_t* lat = random_bf16_device(size_t(L) * D, 1);
