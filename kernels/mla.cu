@@ -829,7 +829,7 @@ kimi_mla_prefill_general(float* __restrict__ o, const uint16_t* __restrict__ q, 
 namespace mla {
 
 #ifndef MLA_WG_OVERLAP
-#define MLA_WG_OVERLAP 1
+#define MLA_WG_OVERLAP 0
 #endif
 #ifndef MLA_WG_SETMAXNREG
 #define MLA_WG_SETMAXNREG 1
@@ -843,8 +843,9 @@ constexpr int kWgQBytes = MLA_WG_QREG ? 0 : kWgRows * kWgKD * 2;                
 constexpr int kWgKBytes = kWgKeys * kWgKD * 2;                  // K stage [3 k-blocks][64 keys][128 B], bf16
 constexpr int kWgVtBytes = kWgVD * kWgKeys * 2;                 // Vt stage [128 value columns][64 keys], fp16
 constexpr int kWgStageBytes = kWgKBytes + kWgVtBytes;
-constexpr int kWgStagingBytes = kWgKeys * kWgVD * 2;            // one tile's V as copied, bf16, per thread's pieces
-constexpr int kWgBarrierBytes = 2 * kWgStages * 8;              // full[3], empty[3]
+constexpr int kWgStagingStride = kWgVD + 8;                     // elements per staged V row (ldmatrix without bank conflicts)
+constexpr int kWgStagingBytes = kWgKeys * kWgStagingStride * 2; // one tile's V as copied [64 keys][136], bf16
+constexpr int kWgBarrierBytes = (2 * kWgStages + 4) * 8;        // full[stages], empty[stages], staged[2], drained[2]
 
 // Dynamic shared memory, bytes: the 1,024-byte alignment the swizzle atoms need, Q, the ring, 2 V staging buffers,
 // the mbarriers.
@@ -871,8 +872,19 @@ __device__ __forceinline__ uint64_t wgmma_desc(uint32_t addr) {
     return static_cast<uint64_t>((addr >> 4) & 0x3FFF) | (1ull << 16) | (64ull << 32) | (1ull << 62);
 }
 
-// Hopper-only from here on (mbarrier try_wait, wgmma): the emulator or the sm_90a build.
+// Hopper-only from here on (stmatrix, mbarrier try_wait, wgmma): the emulator or the sm_90a build.
 #if defined(KDA_EMULATE) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// stmatrix: lane i addresses row i % 8 of 8×8 matrix i / 8 (16-byte rows); lane l holds row l / 4, columns 2(l % 4), +1
+// of each (the layout ldmatrix without .trans hands out).
+__device__ __forceinline__ void stsm_x4(const uint32_t (&r)[4], void* p) {
+#ifdef KDA_EMULATE
+    emu_stmatrix(r, 4, p);
+#else
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n"
+                 ::"r"(shared_address(p)), "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3]) : "memory");
+#endif
+}
+
 // mbarrier: init (one thread), arrive (release), wait for the phase of a parity to complete (acquire).
 __device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
 #ifdef KDA_EMULATE
@@ -1009,9 +1021,11 @@ __device__ __forceinline__ void prefill_wgmma(float* __restrict__ o, const uint1
     unsigned char* smem = raw + ((1024 - shared_address(raw) % 1024) % 1024);   // the swizzle atoms need 1,024-byte alignment
     unsigned char* qs = smem;                                                    // [2][3][64][128 B]
     unsigned char* ring = qs + kWgQBytes;                                        // [3] × (K [3][64][128 B] | Vt [128][128 B])
-    unsigned char* staging = ring + kWgStages * kWgStageBytes;                   // [2][8 pieces][128 threads][16 B]
-    uint64_t* full = reinterpret_cast<uint64_t*>(staging + 2 * kWgStagingBytes); // [3]
-    uint64_t* empty = full + kWgStages;                                          // [3]
+    unsigned char* staging = ring + kWgStages * kWgStageBytes;                   // [2][64 keys][136] bf16
+    uint64_t* full = reinterpret_cast<uint64_t*>(staging + 2 * kWgStagingBytes); // [stages]
+    uint64_t* empty = full + kWgStages;                                          // [stages]
+    uint64_t* staged = empty + kWgStages;    // [2] staging buffer b holds a whole tile (every producer thread's pieces)
+    uint64_t* drained = staged + 2;          // [2] every producer thread has read staging buffer b
 
     const int last_query = min(q0 + kWgRows, T) - 1;
     const int key_tiles = (start + last_query + 1 + kWgKeys - 1) / kWgKeys;
@@ -1021,6 +1035,11 @@ __device__ __forceinline__ void prefill_wgmma(float* __restrict__ o, const uint1
         for (int s = 0; s < kWgStages; s++) {
             mbar_init(&full[s], 128);     // every producer thread, after its pieces of the stage landed
             mbar_init(&empty[s], 256);    // every consumer thread, after its last product reading the stage
+        }
+    if (tid == 0)
+        for (int b = 0; b < 2; b++) {
+            mbar_init(&staged[b], 128);
+            mbar_init(&drained[b], 128);
         }
     if (!MLA_WG_QREG && wg < 2) {   // each consumer warpgroup's 64 queries (rows past T zero), the K layout
         unsigned char* qw = qs + wg * (kWgQBytes / 2);
@@ -1040,51 +1059,46 @@ __device__ __forceinline__ void prefill_wgmma(float* __restrict__ o, const uint1
 #if MLA_WG_SETMAXNREG
         setmaxnreg_dec<56>();
 #endif
-        const int p = t128;
+        const int p = t128, pw = p / 32, lane = p % 32;
         // Tile j: K pieces e = i·128 + p (row e / 24, chunk e % 24: a warp's 32 pieces are whole 128-byte rows, which
-        // the swizzle spreads over all banks); V pieces e = i·128 + p as (row, chunk) = 16 rows × 2 chunks per warp,
-        // so each row's 32 bytes are one sector and the transposed stores below spread over the banks.
-        auto v_piece = [&](int e, int& row, int& chunk) {
-            const int lane = e % 32, group = e / 32;
-            row = (group % 4) * 16 + lane / 2;
-            chunk = (group / 4) * 2 + lane % 2;
-        };
+        // the swizzle spreads over all banks) straight into the stage; V pieces (row e / 16, chunk e % 16: whole 256-byte
+        // rows) into staging buffer j % 2. The loops stay rolled: the producer lives on few registers.
         auto load = [&](int j) {
             unsigned char* ks = ring + (j % kWgStages) * kWgStageBytes;
             const int k0 = j * kWgKeys;
-#pragma unroll
-            for (int i = 0; i < kWgKeys * kChunks / 128; i++) {
-                const int e = i * 128 + p, r = e / kChunks, ch = e % kChunks, key = k0 + r;
+#pragma unroll 1
+            for (int e = p; e < kWgKeys * kChunks; e += 128) {
+                const int r = e / kChunks, ch = e % kChunks, key = k0 + r;
                 const uint16_t* src = ch < N / 8 ? kv_head + static_cast<size_t>(key) * kv_row + ch * 8
                                                  : latent + static_cast<size_t>(key) * (R + P) + R + (ch - N / 8) * 8;
                 cp_async16(reinterpret_cast<uint16_t*>(ks + (ch / 8) * (kWgKeys * 128) + swizzled(r, ch % 8)), key < L ? src : kv, key < L);
             }
-            unsigned char* st = staging + (j % 2) * kWgStagingBytes;
-#pragma unroll
-            for (int i = 0; i < kWgKeys * vChunks / 128; i++) {
-                int r, ch;
-                v_piece(i * 128 + p, r, ch);
-                const int key = k0 + r;
-                cp_async16(reinterpret_cast<uint16_t*>(st + (i * 128 + p) * 16),
-                           key < L ? kv_head + static_cast<size_t>(key) * kv_row + N + ch * 8 : kv, key < L);
+            // Staging buffer j % 2 was last read by tile j − 2's transposition, by every producer thread.
+            if (j >= 2) mbar_wait(&drained[j % 2], ((j - 2) / 2) & 1);
+            uint16_t* st = reinterpret_cast<uint16_t*>(staging + (j % 2) * kWgStagingBytes);
+#pragma unroll 1
+            for (int e = p; e < kWgKeys * vChunks; e += 128) {
+                const int r = e / vChunks, ch = e % vChunks, key = k0 + r;
+                cp_async16(st + r * kWgStagingStride + ch * 8, key < L ? kv_head + static_cast<size_t>(key) * kv_row + N + ch * 8 : kv, key < L);
             }
         };
-        // This thread's V pieces of tile j (landed), fp16, into Vt [v][key]; then the stage is announced.
+        // Tile j's V (landed in staging) as fp16 into Vt [v][key], then the stage is announced: each warp moves 8 × 4
+        // 8×8 blocks (keys 8kg .. 8kg + 7, values 32vg .. 32vg + 31) by ldmatrix.trans, which hands each lane the
+        // transposed block's fragment, and stmatrix, which stores it as rows of Vt.
         auto publish = [&](int j) {
+            mbar_arrive(&staged[j % 2]);   // this thread's pieces landed (its cp.async group is complete)
+            mbar_wait(&staged[j % 2], (j / 2) & 1);
+            const uint16_t* st = reinterpret_cast<const uint16_t*>(staging + (j % 2) * kWgStagingBytes);
             unsigned char* vt = ring + (j % kWgStages) * kWgStageBytes + kWgKBytes;
-            const unsigned char* st = staging + (j % 2) * kWgStagingBytes;
-#pragma unroll
-            for (int i = 0; i < kWgKeys * vChunks / 128; i++) {
-                int r, ch;
-                v_piece(i * 128 + p, r, ch);
-                const uint4 x = *reinterpret_cast<const uint4*>(st + (i * 128 + p) * 16);
-                const uint32_t h2[4] = {bf16x2_to_f16x2(x.x), bf16x2_to_f16x2(x.y), bf16x2_to_f16x2(x.z), bf16x2_to_f16x2(x.w)};
-#pragma unroll
-                for (int t = 0; t < 8; t++) {   // value column v = 8ch + t, key r: row v of Vt, its chunk r / 8, slot r % 8
-                    const int v = ch * 8 + t;
-                    *reinterpret_cast<uint16_t*>(vt + swizzled(v, r / 8) + (r % 8) * 2) = static_cast<uint16_t>(t & 1 ? h2[t / 2] >> 16 : h2[t / 2]);
-                }
+#pragma unroll 2
+            for (int x = 0; x < 8; x++) {
+                const int kg = 2 * pw + x / 4, vg = x % 4, v = vg * 32 + (lane / 8) * 8 + lane % 8;
+                uint32_t r[4];
+                ldsm_x4_t(r, st + (kg * 8 + lane % 8) * kWgStagingStride + vg * 32 + (lane / 8) * 8);
+                to_f16(r);
+                stsm_x4(r, vt + swizzled(v, kg));
             }
+            mbar_arrive(&drained[j % 2]);
             fence_proxy_async();
             mbar_arrive(&full[j % kWgStages]);
         };

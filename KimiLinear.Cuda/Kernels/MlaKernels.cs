@@ -44,9 +44,9 @@ internal static unsafe class MlaKernels
     private const int PrefillMaxQueryHeadDim = 192;
     private const int PrefillMaxValueDim = 128;
     private const int PrefillWgmmaThreads = 384;
-    // prefill_wgmma_smem_bytes: 1 KB of alignment slack, Q (48 KB), 3 stages of K and fp16 Vᵀ (40 KB each), 2 V staging
-    // buffers (16 KB each), 6 mbarriers.
-    private const int PrefillWgmmaSharedBytes = 1024 + 128 * 192 * 2 + 3 * (64 * 192 * 2 + 128 * 64 * 2) + 2 * 64 * 128 * 2 + 6 * 8;
+    // prefill_wgmma_smem_bytes: 1 KB of alignment slack, 4 stages of K and fp16 Vᵀ (40 KB each), 2 V staging buffers
+    // [64][136] bf16, 12 mbarriers.
+    private const int PrefillWgmmaSharedBytes = 1024 + 4 * (64 * 192 * 2 + 128 * 64 * 2) + 2 * 64 * 136 * 2 + 12 * 8;
     private const float Log2E = 1.4426950408889634f;
 
     private static int DecodeSharedBytes(int d, int mTiles) =>

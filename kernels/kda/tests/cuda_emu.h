@@ -310,6 +310,24 @@ inline void emu_ldmatrix(uint32_t* r, int count, const void* p, bool trans) {
     }
     emu_warp_meet();
 }
+// stmatrix.sync.aligned.m8n8.x{count}.shared.b16 (the inverse of ldmatrix without .trans): lane i supplies the address
+// of row i % 8 of matrix i / 8; lane l holds, of each matrix, row l / 4 columns 2(l % 4), +1.
+inline void emu_stmatrix(const uint32_t* r, int count, void* p) {
+    emu::Fiber& me = emu::st().fibers[emu::st().cur];
+    me.xptr = p;
+    for (int m = 0; m < count; ++m) me.xregs[m] = r[m];
+    emu_warp_meet();
+    const int l = int(threadIdx.x % 32);
+    if (l < 8 * count) {
+        uint16_t row[8];
+        for (int col = 0; col < 8; ++col) {
+            const uint32_t v = emu_lane((l % 8) * 4 + col / 2).xregs[l / 8];
+            row[col] = uint16_t(col & 1 ? v >> 16 : v & 0xFFFFu);
+        }
+        std::memcpy(p, row, 16);
+    }
+    emu_warp_meet();
+}
 // fp16 as raw bits (cvt.rn.f16x2.f32 rounds to nearest even, as the compiler's _Float16 does).
 inline uint16_t emu_f32_to_f16(float f) { _Float16 h = static_cast<_Float16>(f); uint16_t b; std::memcpy(&b, &h, 2); return b; }
 inline float emu_f16_to_f32(uint16_t b) { _Float16 h; std::memcpy(&h, &b, 2); return static_cast<float>(h); }
