@@ -812,40 +812,33 @@ kimi_mla_prefill_general(float* __restrict__ o, const uint16_t* __restrict__ q, 
 // V = 128), in the FlashAttention-3 manner: the products are wgmma (a warpgroup of 4 warps multiplies m64 × n × k16 per
 // instruction, operands read straight from shared memory by the tensor cores), and the loading is done by warps of
 // its own, so the tensor cores are not fed by the same warps that run the softmax.
-// Block (query tile of 128, head), 3 warpgroups, one block per SM, heavy (late) query tiles first:
-//   warpgroups 0, 1 (consumers): 64 queries each, Q in shared memory for the whole block. Per key tile of 64:
+// Block (query tile of 192, head), 4 warpgroups, one block per SM, heavy (late) query tiles first:
+//   warpgroups 0–2 (consumers): 64 queries each, Q in shared memory for the whole block. Per key tile of 64:
 //       S [64×64] = Q·Kᵀ (12 wgmma m64n64k16 bf16), the online softmax in registers, O [64×128] += P·V (4 wgmma
 //       m64n128k16 fp16 with P as the register A operand, the S accumulators repacked in place: the accumulator and
-//       A-fragment layouts coincide). The two warpgroups share no barrier inside the loop, so one's softmax runs
-//       while the other's products keep the tensor cores busy.
-//   warpgroup 2 (producer): K and V of each key tile through a 3-stage ring guarded by mbarriers (full: the stage
-//       holds tile j; empty: both consumers are done with it). K lands by cp.async in the 128-byte-swizzled layout
-//       wgmma reads; V lands in a staging buffer, and the thread that copied a piece converts it to fp16 and stores
-//       it transposed (Vt [V][64 keys], K-major like every other operand, so one descriptor form serves all three).
+//       A-fragment layouts coincide). The warpgroups share no barrier inside the loop, so one's softmax runs while
+//       another's products keep the tensor cores busy. Three of them (not two) make each K/V tile serve 192 queries:
+//       the copies, not the products, set the pace (run H in docs/performance.md).
+//   warpgroup 3 (producer, 56 registers a thread; the consumers get 152 by setmaxnreg): K and V of each key tile
+//       through a 3-stage ring guarded by mbarriers (full: the stage holds tile j; empty: every consumer is done with
+//       it). K lands by cp.async in the 128-byte-swizzled layout wgmma reads; V lands in one of two staging buffers
+//       and goes to fp16 and transposed (Vt [V][64 keys], K-major like every other operand, so one descriptor form
+//       serves all three) by ldmatrix.trans + stmatrix, once every producer thread's pieces have landed (staged).
 // Operand precision as in the mma.sync kernel: q·k bf16 × bf16, p·v fp16 × fp16, fp32 accumulation.
 // The PTX targets (compute_90, compute_80) cannot express wgmma: there the kernel only traps, and the C# wrapper
 // launches it only where the sm_90a cubin is loaded (compute capability 9.0). KIMI_REQUIRES_SM90A: build.sh builds
 // this file's cubin too (the whole module then loads from it on Hopper).
 namespace mla {
 
-#ifndef MLA_WG_OVERLAP
-#define MLA_WG_OVERLAP 0
-#endif
-#ifndef MLA_WG_SETMAXNREG
-#define MLA_WG_SETMAXNREG 1
-#endif
-#ifndef MLA_WG_QREG
-#define MLA_WG_QREG 1
-#endif
-constexpr int kWgThreads = 384, kWgRows = 128, kWgKeys = 64, kWgStages = MLA_WG_QREG ? 4 : 3;
+constexpr int kWgConsumers = 3, kWgThreads = 128 * (kWgConsumers + 1), kWgRows = 64 * kWgConsumers, kWgKeys = 64, kWgStages = 3;
+constexpr int kWgProducerRegisters = 56, kWgConsumerRegisters = 152;   // 128·56 + 384·152 = the 64K register file
 constexpr int kWgKD = 192, kWgVD = 128;   // N + P, V
-constexpr int kWgQBytes = MLA_WG_QREG ? 0 : kWgRows * kWgKD * 2;                  // Q [2 warpgroups][3 k-blocks][64 rows][128 B]
+constexpr int kWgQBytes = kWgRows * kWgKD * 2;                  // Q [3 warpgroups][3 k-blocks][64 rows][128 B], bf16
 constexpr int kWgKBytes = kWgKeys * kWgKD * 2;                  // K stage [3 k-blocks][64 keys][128 B], bf16
 constexpr int kWgVtBytes = kWgVD * kWgKeys * 2;                 // Vt stage [128 value columns][64 keys], fp16
 constexpr int kWgStageBytes = kWgKBytes + kWgVtBytes;
-constexpr int kWgStagingStride = kWgVD + 8;                     // elements per staged V row (ldmatrix without bank conflicts)
-constexpr int kWgStagingBytes = kWgKeys * kWgStagingStride * 2; // one tile's V as copied [64 keys][136], bf16
-constexpr int kWgBarrierBytes = (2 * kWgStages + 4) * 8;        // full[stages], empty[stages], staged[2], drained[2]
+constexpr int kWgStagingBytes = kWgKeys * kWgVD * 2;            // one tile's V as copied [64 keys][256 B], bf16
+constexpr int kWgBarrierBytes = (2 * kWgStages + 4) * 8;        // full[3], empty[3], staged[2], drained[2]
 
 // Dynamic shared memory, bytes: the 1,024-byte alignment the swizzle atoms need, Q, the ring, 2 V staging buffers,
 // the mbarriers.
@@ -981,19 +974,6 @@ __device__ __forceinline__ void wgmma_m64n64_bf16(float (&d)[32], uint64_t desc_
 #endif
 }
 
-// d[64×64] (+)= A[64×16]·B[64×16]ᵀ, bf16 operands: A in registers (this warp's 16 rows), B from shared memory.
-__device__ __forceinline__ void wgmma_m64n64_bf16_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b, bool accumulate) {
-#ifdef KDA_EMULATE
-    emu_wgmma_rs(d, 64, false, accumulate, a, desc_b);
-#else
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(static_cast<int>(accumulate)));
-#endif
-}
-
 // d[64×128] += A[64×16]·B[128×16]ᵀ, fp16 operands: A in registers (this warp's 16 rows, the mma.sync A fragment), B
 // from shared memory.
 __device__ __forceinline__ void wgmma_m64n128_f16_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b) {
@@ -1019,11 +999,11 @@ __device__ __forceinline__ void prefill_wgmma(float* __restrict__ o, const uint1
 
     unsigned char* raw = reinterpret_cast<unsigned char*>(dynamic_smem());
     unsigned char* smem = raw + ((1024 - shared_address(raw) % 1024) % 1024);   // the swizzle atoms need 1,024-byte alignment
-    unsigned char* qs = smem;                                                    // [2][3][64][128 B]
+    unsigned char* qs = smem;                                                    // [3][3][64][128 B]
     unsigned char* ring = qs + kWgQBytes;                                        // [3] × (K [3][64][128 B] | Vt [128][128 B])
-    unsigned char* staging = ring + kWgStages * kWgStageBytes;                   // [2][64 keys][136] bf16
-    uint64_t* full = reinterpret_cast<uint64_t*>(staging + 2 * kWgStagingBytes); // [stages]
-    uint64_t* empty = full + kWgStages;                                          // [stages]
+    unsigned char* staging = ring + kWgStages * kWgStageBytes;                   // [2][64 keys][256 B] bf16, chunks swizzled
+    uint64_t* full = reinterpret_cast<uint64_t*>(staging + 2 * kWgStagingBytes); // [3]
+    uint64_t* empty = full + kWgStages;                                          // [3]
     uint64_t* staged = empty + kWgStages;    // [2] staging buffer b holds a whole tile (every producer thread's pieces)
     uint64_t* drained = staged + 2;          // [2] every producer thread has read staging buffer b
 
@@ -1031,21 +1011,20 @@ __device__ __forceinline__ void prefill_wgmma(float* __restrict__ o, const uint1
     const int key_tiles = (start + last_query + 1 + kWgKeys - 1) / kWgKeys;
     const int wg = tid / 128, t128 = tid % 128;
     const int qw0 = q0 + wg * 64;   // a consumer warpgroup's first query
-    if (tid == 0)
+    if (tid == 0) {
         for (int s = 0; s < kWgStages; s++) {
-            mbar_init(&full[s], 128);     // every producer thread, after its pieces of the stage landed
-            mbar_init(&empty[s], 256);    // every consumer thread, after its last product reading the stage
+            mbar_init(&full[s], 128);                  // every producer thread, after the stage is written
+            mbar_init(&empty[s], 128 * kWgConsumers);  // every consumer thread, after its last product reading the stage
         }
-    if (tid == 0)
         for (int b = 0; b < 2; b++) {
             mbar_init(&staged[b], 128);
             mbar_init(&drained[b], 128);
         }
-    if (!MLA_WG_QREG && wg < 2) {   // each consumer warpgroup's 64 queries (rows past T zero), the K layout
-        unsigned char* qw = qs + wg * (kWgQBytes / 2);
-#pragma unroll
-        for (int i = 0; i < 64 * kChunks / 128; i++) {
-            const int e = i * 128 + t128, r = e / kChunks, ch = e % kChunks, row = qw0 + r;
+    }
+    if (wg < kWgConsumers) {   // each consumer warpgroup's 64 queries (rows past T zero), the K layout
+        unsigned char* qw = qs + wg * (kWgQBytes / kWgConsumers);
+        for (int e = t128; e < 64 * kChunks; e += 128) {
+            const int r = e / kChunks, ch = e % kChunks, row = qw0 + r;
             cp_async16(reinterpret_cast<uint16_t*>(qw + (ch / 8) * (64 * 128) + swizzled(r, ch % 8)),
                        row < T ? q + row * q_row + h * kWgKD + ch * 8 : q, row < T);
         }
@@ -1053,16 +1032,17 @@ __device__ __forceinline__ void prefill_wgmma(float* __restrict__ o, const uint1
         cp_async_wait<0>();
         fence_proxy_async();
     }
-    __syncthreads();   // Q complete for the warpgroups (each thread wrote pieces others read); barriers initialised
+    __syncthreads();   // Q complete (each thread wrote pieces others read); barriers initialised
 
-    if (wg == 2) {   // ---- producer
-#if MLA_WG_SETMAXNREG
-        setmaxnreg_dec<56>();
-#endif
+    if (wg == kWgConsumers) {   // ---- producer
+        setmaxnreg_dec<kWgProducerRegisters>();
         const int p = t128, pw = p / 32, lane = p % 32;
-        // Tile j: K pieces e = i·128 + p (row e / 24, chunk e % 24: a warp's 32 pieces are whole 128-byte rows, which
-        // the swizzle spreads over all banks) straight into the stage; V pieces (row e / 16, chunk e % 16: whole 256-byte
-        // rows) into staging buffer j % 2. The loops stay rolled: the producer lives on few registers.
+        // A staged V piece (key row r, chunk ch of 16): rows 256 bytes apart, the chunk's low 3 bits XOR-ed with r % 8,
+        // so that ldmatrix's 8 rows and a warp's 8 consecutive 16-byte writes each hit distinct banks.
+        auto staged_piece = [](int r, int ch) { return r * 256 + ((ch ^ (r & 7)) << 4); };
+        // Tile j: K pieces e (row e / 24, chunk e % 24: a warp's 32 pieces are whole 128-byte rows, which the swizzle
+        // spreads over all banks) straight into the stage; V pieces (row e / 16, chunk e % 16: whole 256-byte rows)
+        // into staging buffer j % 2. The loops stay rolled: the producer lives on few registers.
         auto load = [&](int j) {
             unsigned char* ks = ring + (j % kWgStages) * kWgStageBytes;
             const int k0 = j * kWgKeys;
@@ -1075,11 +1055,12 @@ __device__ __forceinline__ void prefill_wgmma(float* __restrict__ o, const uint1
             }
             // Staging buffer j % 2 was last read by tile j − 2's transposition, by every producer thread.
             if (j >= 2) mbar_wait(&drained[j % 2], ((j - 2) / 2) & 1);
-            uint16_t* st = reinterpret_cast<uint16_t*>(staging + (j % 2) * kWgStagingBytes);
+            unsigned char* st = staging + (j % 2) * kWgStagingBytes;
 #pragma unroll 1
             for (int e = p; e < kWgKeys * vChunks; e += 128) {
                 const int r = e / vChunks, ch = e % vChunks, key = k0 + r;
-                cp_async16(st + r * kWgStagingStride + ch * 8, key < L ? kv_head + static_cast<size_t>(key) * kv_row + N + ch * 8 : kv, key < L);
+                cp_async16(reinterpret_cast<uint16_t*>(st + staged_piece(r, ch)),
+                           key < L ? kv_head + static_cast<size_t>(key) * kv_row + N + ch * 8 : kv, key < L);
             }
         };
         // Tile j's V (landed in staging) as fp16 into Vt [v][key], then the stage is announced: each warp moves 8 × 4
@@ -1088,13 +1069,13 @@ __device__ __forceinline__ void prefill_wgmma(float* __restrict__ o, const uint1
         auto publish = [&](int j) {
             mbar_arrive(&staged[j % 2]);   // this thread's pieces landed (its cp.async group is complete)
             mbar_wait(&staged[j % 2], (j / 2) & 1);
-            const uint16_t* st = reinterpret_cast<const uint16_t*>(staging + (j % 2) * kWgStagingBytes);
+            const unsigned char* st = staging + (j % 2) * kWgStagingBytes;
             unsigned char* vt = ring + (j % kWgStages) * kWgStageBytes + kWgKBytes;
 #pragma unroll 2
             for (int x = 0; x < 8; x++) {
                 const int kg = 2 * pw + x / 4, vg = x % 4, v = vg * 32 + (lane / 8) * 8 + lane % 8;
                 uint32_t r[4];
-                ldsm_x4_t(r, st + (kg * 8 + lane % 8) * kWgStagingStride + vg * 32 + (lane / 8) * 8);
+                ldsm_x4_t(r, reinterpret_cast<const uint16_t*>(st + staged_piece(kg * 8 + lane % 8, vg * 4 + lane / 8)));
                 to_f16(r);
                 stsm_x4(r, vt + swizzled(v, kg));
             }
@@ -1103,7 +1084,7 @@ __device__ __forceinline__ void prefill_wgmma(float* __restrict__ o, const uint1
             mbar_arrive(&full[j % kWgStages]);
         };
         for (int j = 0; j < key_tiles; j++) {
-            // Stage j % 3 was last used by tile j − 3: both consumers must be done with it (its empty phase j / 3 − 1).
+            // Stage j % 3 was last used by tile j − 3: every consumer must be done with it (its empty phase j / 3 − 1).
             if (j >= kWgStages) mbar_wait(&empty[j % kWgStages], (j / kWgStages + 1) & 1);
             load(j);
             cp_async_commit();
@@ -1114,186 +1095,101 @@ __device__ __forceinline__ void prefill_wgmma(float* __restrict__ o, const uint1
         }
         cp_async_wait<0>();
         publish(key_tiles - 1);
-        return;
-    }
+    } else {   // ---- consumers: warpgroup wg owns queries qw0 .. qw0 + 63; warp wq of it rows 16wq .. 16wq + 15 of those.
+        setmaxnreg_inc<kWgConsumerRegisters>();
+        const int warp = tid / 32, wq = warp % 4, lane = tid % 32, g = lane / 4, c = lane % 4;
+        // A warpgroup whose rows all lie past T visits no key; otherwise up to start + its last row below T.
+        const int wg_last_key = qw0 < T ? start + min(qw0 + 63, T - 1) : -1;
+        const int wg_tiles = (wg_last_key + kWgKeys) / kWgKeys;
+        const int row_a = qw0 + wq * 16 + g;   // this thread's rows: row_a, row_a + 8
+        const uint32_t q_addr = shared_address(qs + wg * (kWgQBytes / kWgConsumers)), ring_addr = shared_address(ring);
 
-    // ---- consumers: warpgroup wg owns queries qw0 .. qw0 + 63; warp wq of it rows 16wq .. 16wq + 15 of those.
-#if MLA_WG_SETMAXNREG
-    setmaxnreg_inc<224>();
-#endif
-    const int warp = tid / 32, wq = warp % 4, lane = tid % 32, g = lane / 4, c = lane % 4;
-    // A warpgroup whose rows all lie past T visits no key; otherwise up to start + its last row below T.
-    const int wg_last_key = qw0 < T ? start + min(qw0 + 63, T - 1) : -1;
-    const int wg_tiles = (wg_last_key + kWgKeys) / kWgKeys;
-    const int row_a = qw0 + wq * 16 + g;   // this thread's rows: row_a, row_a + 8
-    const uint32_t q_addr = shared_address(qs + wg * (kWgQBytes / 2)), ring_addr = shared_address(ring);
+        float m_run[2] = {kNegInf, kNegInf}, l_run[2] = {0.0f, 0.0f};   // m_run: raw (unscaled) running max
+        float oacc[64];   // O [64 queries × 128]: d[4i + e] = O(16wq + g + 8(e / 2), 8i + 2c + e % 2)
+#pragma unroll
+        for (int i = 0; i < 64; i++) oacc[i] = 0.0f;
+        for (int j = 0; j < key_tiles; j++) {
+            const int s = j % kWgStages;
+            mbar_wait(&full[s], (j / kWgStages) & 1);
+            if (j < wg_tiles) {   // warpgroup-uniform
+                const uint32_t k_addr = ring_addr + s * kWgStageBytes, vt_addr = k_addr + kWgKBytes;
+                // S [64 × 64 keys] = Q·K_jᵀ, the accumulator layout as oacc: k-block ks / 4 (64 columns), 32 bytes per
+                // k16 step inside it.
+                float sacc[32];
+                wgmma_fence();
+#pragma unroll
+                for (int ks = 0; ks < kWgKD / 16; ks++)
+                    wgmma_m64n64_bf16(sacc, wgmma_desc(q_addr + (ks / 4) * (64 * 128) + (ks % 4) * 32),
+                                      wgmma_desc(k_addr + (ks / 4) * (kWgKeys * 128) + (ks % 4) * 32), ks > 0);
+                wgmma_commit();
+                wgmma_wait<0>();
+                pin(sacc);
 
-    float m_run[2] = {kNegInf, kNegInf}, l_run[2] = {0.0f, 0.0f};   // m_run: raw (unscaled) running max
-    float oacc[64];   // O [64 queries × 128]: d[4i + e] = O(16wq + g + 8(e / 2), 8i + 2c + e % 2)
+                // Mask (key past the query's position or past L), running max of the raw scores (scale > 0 keeps the order).
+                const int k0 = j * kWgKeys;
+                const bool masked = k0 + kWgKeys - 1 > start + qw0 + wq * 16 || k0 + kWgKeys > L;   // warp-uniform
+                float mx[2] = {kNegInf, kNegInf};
 #pragma unroll
-    for (int i = 0; i < 64; i++) oacc[i] = 0.0f;
-
-    // S [64 × 64 keys] = Q·K_jᵀ (the accumulator layout as oacc), issued: k-block ks / 4 (64 columns), 32 bytes per k16
-    // step inside it.
-#if MLA_WG_QREG
-    // This warp's 16 queries as A fragments, straight from global memory (rows past T are zero).
-    uint32_t qf[kWgKD / 16][4];
+                for (int nt = 0; nt < 8; nt++)
 #pragma unroll
-    for (int ks = 0; ks < kWgKD / 16; ks++)
+                    for (int e = 0; e < 4; e++) {
+                        if (masked) {
+                            const int key = k0 + nt * 8 + 2 * c + (e & 1), row = row_a + (e >> 1) * 8;
+                            if (key > start + row || key >= L) sacc[4 * nt + e] = kNegInf;
+                        }
+                        mx[e >> 1] = fmaxf(mx[e >> 1], sacc[4 * nt + e]);
+                    }
+                float alpha[2], m_scaled[2];
 #pragma unroll
-        for (int r = 0; r < 4; r++) {
-            const int row = row_a + (r & 1) * 8, col = ks * 16 + 2 * c + (r >> 1) * 8;
-            qf[ks][r] = row < T ? *reinterpret_cast<const uint32_t*>(q + row * q_row + h * kWgKD + col) : 0u;
-        }
-    pin(qf);
-#endif
-    auto issue_scores = [&](float (&sacc)[32], int j) {
-        const uint32_t k_addr = ring_addr + (j % kWgStages) * kWgStageBytes;
-#pragma unroll
-        for (int ks = 0; ks < kWgKD / 16; ks++)
-#if MLA_WG_QREG
-            wgmma_m64n64_bf16_rs(sacc, qf[ks], wgmma_desc(k_addr + (ks / 4) * (kWgKeys * 128) + (ks % 4) * 32), ks > 0);
-#else
-            wgmma_m64n64_bf16(sacc, wgmma_desc(q_addr + (ks / 4) * (64 * 128) + (ks % 4) * 32),
-                              wgmma_desc(k_addr + (ks / 4) * (kWgKeys * 128) + (ks % 4) * 32), ks > 0);
-#endif
-    };
-    // O += P_j·V_j, issued: P's A fragment for keys [16kk, 16kk + 16) in pf[kk].
-    auto issue_values = [&](uint32_t (&pf)[4][4], int j) {
-        const uint32_t vt_addr = ring_addr + (j % kWgStages) * kWgStageBytes + kWgKBytes;
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) wgmma_m64n128_f16_rs(oacc, pf[kk], wgmma_desc(vt_addr + kk * 32));
-    };
-    // The online softmax of tile j's scores: masked, the running max and sum updated, P as fp16 A fragments (S
-    // accumulator tiles 2kk and 2kk + 1 are keys [16kk, 16kk + 16)), alpha the factor that rescales O.
-    auto softmax = [&](float (&sacc)[32], int j, uint32_t (&pf)[4][4], float (&alpha)[2]) {
-        const int k0 = j * kWgKeys;
-        const bool masked = k0 + kWgKeys - 1 > start + qw0 + wq * 16 || k0 + kWgKeys > L;   // warp-uniform
-        float mx[2] = {kNegInf, kNegInf};
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                if (masked) {
-                    const int key = k0 + nt * 8 + 2 * c + (e & 1), row = row_a + (e >> 1) * 8;
-                    if (key > start + row || key >= L) sacc[4 * nt + e] = kNegInf;
+                for (int r = 0; r < 2; r++) {
+                    // Finite: key 0 (tile 0) is visible to every row, rows past T (zero queries) included.
+                    const float m_new = fmaxf(m_run[r], group_max(mx[r], 4));
+                    alpha[r] = ex2((m_run[r] - m_new) * scale_log2);
+                    m_run[r] = m_new;
+                    m_scaled[r] = m_new * scale_log2;
                 }
-                mx[e >> 1] = fmaxf(mx[e >> 1], sacc[4 * nt + e]);
+                float rowsum[2] = {0.0f, 0.0f};
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        sacc[4 * nt + e] = ex2(fmaf(sacc[4 * nt + e], scale_log2, -m_scaled[e >> 1]));
+                        rowsum[e >> 1] += sacc[4 * nt + e];
+                    }
+#pragma unroll
+                for (int r = 0; r < 2; r++) l_run[r] = l_run[r] * alpha[r] + rowsum[r];   // per-lane partial, summed at the end
+#pragma unroll
+                for (int i = 0; i < 16; i++) {
+                    oacc[4 * i] *= alpha[0]; oacc[4 * i + 1] *= alpha[0];
+                    oacc[4 * i + 2] *= alpha[1]; oacc[4 * i + 3] *= alpha[1];
+                }
+                // O += P·V: P's A fragment for keys [16kk, 16kk + 16) is S accumulator tiles 2kk and 2kk + 1, as fp16.
+                uint32_t pf[4][4];
+#pragma unroll
+                for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) pf[kk][i] = pack_f16x2(sacc[8 * kk + 2 * i], sacc[8 * kk + 2 * i + 1]);
+                pin(oacc);   // rescaled and P packed before the fence
+                pin(pf);
+                wgmma_fence();
+#pragma unroll
+                for (int kk = 0; kk < 4; kk++) wgmma_m64n128_f16_rs(oacc, pf[kk], wgmma_desc(vt_addr + kk * 32));
+                wgmma_commit();
+                wgmma_wait<0>();
+                pin(oacc);
             }
-        float m_scaled[2];
+            mbar_arrive(&empty[s]);
+        }
+
 #pragma unroll
         for (int r = 0; r < 2; r++) {
-            // Finite: key 0 (tile 0) is visible to every row, rows past T (zero queries) included.
-            const float m_new = fmaxf(m_run[r], group_max(mx[r], 4));
-            alpha[r] = ex2((m_run[r] - m_new) * scale_log2);
-            m_run[r] = m_new;
-            m_scaled[r] = m_new * scale_log2;
+            const int row = row_a + r * 8;
+            const float inv = 1.0f / group_sum(l_run[r], 4);   // all lanes shuffle (an idle warpgroup's 1/0 is never stored)
+            if (row >= T) continue;
+            float* dst = o + static_cast<size_t>(row) * H * kWgVD + h * kWgVD + 2 * c;
+#pragma unroll
+            for (int i = 0; i < 16; i++) *reinterpret_cast<float2*>(dst + i * 8) = make_float2(oacc[4 * i + 2 * r] * inv, oacc[4 * i + 2 * r + 1] * inv);
         }
-        float rowsum[2] = {0.0f, 0.0f};
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                sacc[4 * nt + e] = ex2(fmaf(sacc[4 * nt + e], scale_log2, -m_scaled[e >> 1]));
-                rowsum[e >> 1] += sacc[4 * nt + e];
-            }
-#pragma unroll
-        for (int r = 0; r < 2; r++) l_run[r] = l_run[r] * alpha[r] + rowsum[r];   // per-lane partial, summed at the end
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) pf[kk][i] = pack_f16x2(sacc[8 * kk + 2 * i], sacc[8 * kk + 2 * i + 1]);
-    };
-    auto rescale = [&](const float (&alpha)[2]) {
-#pragma unroll
-        for (int i = 0; i < 16; i++) {
-            oacc[4 * i] *= alpha[0]; oacc[4 * i + 1] *= alpha[0];
-            oacc[4 * i + 2] *= alpha[1]; oacc[4 * i + 3] *= alpha[1];
-        }
-    };
-
-#if MLA_WG_OVERLAP
-    // Software-pipelined by one tile inside the warpgroup: S_{j+1} is issued before P_j·V_j, and the softmax of
-    // S_{j+1} runs while P_j·V_j is on the tensor cores; O is rescaled once that product is done.
-    if (wg_tiles > 0) {
-        float sacc[32], alpha[2];
-        uint32_t pf[4][4];
-        mbar_wait(&full[0], 0);
-        wgmma_fence();
-        issue_scores(sacc, 0);
-        wgmma_commit();
-        wgmma_wait<0>();
-        pin(sacc);
-        softmax(sacc, 0, pf, alpha);   // O is zero: nothing to rescale
-        for (int j = 0; j + 1 < wg_tiles; j++) {
-            mbar_wait(&full[(j + 1) % kWgStages], ((j + 1) / kWgStages) & 1);
-            pin(oacc);
-            pin(pf);
-            wgmma_fence();
-            issue_scores(sacc, j + 1);
-            wgmma_commit();
-            issue_values(pf, j);
-            wgmma_commit();
-            wgmma_wait<1>();   // S_{j+1} done, P_j·V_j may still run
-            pin(sacc);
-            uint32_t pn[4][4];
-            softmax(sacc, j + 1, pn, alpha);
-            wgmma_wait<0>();
-            pin(oacc);
-            mbar_arrive(&empty[j % kWgStages]);
-            rescale(alpha);
-#pragma unroll
-            for (int kk = 0; kk < 4; kk++)
-#pragma unroll
-                for (int i = 0; i < 4; i++) pf[kk][i] = pn[kk][i];
-        }
-        pin(oacc);
-        pin(pf);
-        wgmma_fence();
-        issue_values(pf, wg_tiles - 1);
-        wgmma_commit();
-        wgmma_wait<0>();
-        pin(oacc);
-        mbar_arrive(&empty[(wg_tiles - 1) % kWgStages]);
-    }
-    for (int j = wg_tiles; j < key_tiles; j++) {   // tiles past this warpgroup's queries: released unread
-        mbar_wait(&full[j % kWgStages], (j / kWgStages) & 1);
-        mbar_arrive(&empty[j % kWgStages]);
-    }
-#else
-    for (int j = 0; j < key_tiles; j++) {
-        const int s = j % kWgStages;
-        mbar_wait(&full[s], (j / kWgStages) & 1);
-        if (j < wg_tiles) {   // warpgroup-uniform
-            float sacc[32], alpha[2];
-            uint32_t pf[4][4];
-            wgmma_fence();
-            issue_scores(sacc, j);
-            wgmma_commit();
-            wgmma_wait<0>();
-            pin(sacc);
-            softmax(sacc, j, pf, alpha);
-            rescale(alpha);
-            pin(oacc);   // rescaled and P packed before the fence
-            pin(pf);
-            wgmma_fence();
-            issue_values(pf, j);
-            wgmma_commit();
-            wgmma_wait<0>();
-            pin(oacc);
-        }
-        mbar_arrive(&empty[s]);
-    }
-#endif
-
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        const int row = row_a + r * 8;
-        const float inv = 1.0f / group_sum(l_run[r], 4);   // all lanes shuffle (an idle warpgroup's 1/0 is never stored)
-        if (row >= T) continue;
-        float* dst = o + static_cast<size_t>(row) * H * kWgVD + h * kWgVD + 2 * c;
-#pragma unroll
-        for (int i = 0; i < 16; i++) *reinterpret_cast<float2*>(dst + i * 8) = make_float2(oacc[4 * i + 2 * r] * inv, oacc[4 * i + 2 * r + 1] * inv);
     }
 }
 #endif

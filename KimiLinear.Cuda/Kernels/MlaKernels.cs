@@ -43,10 +43,11 @@ internal static unsafe class MlaKernels
     private const int PrefillStages = 3;
     private const int PrefillMaxQueryHeadDim = 192;
     private const int PrefillMaxValueDim = 128;
-    private const int PrefillWgmmaThreads = 384;
-    // prefill_wgmma_smem_bytes: 1 KB of alignment slack, 4 stages of K and fp16 Vᵀ (40 KB each), 2 V staging buffers
-    // [64][136] bf16, 12 mbarriers.
-    private const int PrefillWgmmaSharedBytes = 1024 + 4 * (64 * 192 * 2 + 128 * 64 * 2) + 2 * 64 * 136 * 2 + 12 * 8;
+    private const int PrefillWgmmaThreads = 512;
+    private const int PrefillWgmmaRows = 192;
+    // prefill_wgmma_smem_bytes: 1 KB of alignment slack, Q (72 KB), 3 stages of K and fp16 Vᵀ (40 KB each), 2 V staging
+    // buffers (16 KB each), 10 mbarriers.
+    private const int PrefillWgmmaSharedBytes = 1024 + 192 * 192 * 2 + 3 * (64 * 192 * 2 + 128 * 64 * 2) + 2 * 64 * 128 * 2 + 10 * 8;
     private const float Log2E = 1.4426950408889634f;
 
     private static int DecodeSharedBytes(int d, int mTiles) =>
@@ -194,7 +195,7 @@ internal static unsafe class MlaKernels
         bool wgmma = allowWarpgroupMma && shape is { NopeDim: 128, RopeDim: 64, ValueDim: 128 } && stream.Context.Kernels.RunsSm90a("mla");
         KernelId id = wgmma ? KernelId.MlaPrefillWgmmaD192V128
             : shape.QueryHeadDim == 192 && shape.ValueDim == 128 ? KernelId.MlaPrefillD192V128 : KernelId.MlaPrefillGeneral;
-        int threads = wgmma ? PrefillWgmmaThreads : PrefillThreads;
+        int threads = wgmma ? PrefillWgmmaThreads : PrefillThreads, rows = wgmma ? PrefillWgmmaRows : PrefillRows;
         int shared = wgmma ? PrefillWgmmaSharedBytes : PrefillSharedBytes(shape.QueryHeadDim, shape.ValueDim);
         CheckShared(stream, shared, "MLA prefill");
 
@@ -202,7 +203,7 @@ internal static unsafe class MlaKernels
         float scaleLog2 = scale * Log2E;
         ulong pO = o.Pointer, pQ = q.Pointer, pKv = keysValues.Pointer, pLatent = latent.Pointer;
         void** args = stackalloc void*[] { &pO, &pQ, &pKv, &pLatent, &start, &t, &h, &n, &p, &v, &r, &scaleLog2 };
-        stream.Context.Kernels.Launch(id, new Dim3((uint)((t + PrefillRows - 1) / PrefillRows), (uint)h), new Dim3((uint)threads), shared, stream, args);
+        stream.Context.Kernels.Launch(id, new Dim3((uint)((t + rows - 1) / rows), (uint)h), new Dim3((uint)threads), shared, stream, args);
     }
 
     private static void CheckShape(MlaShape shape)

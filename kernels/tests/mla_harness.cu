@@ -184,12 +184,12 @@ static void check_absorb(Shape sh, int T) {
 enum class Prefill { General, D192, Wgmma };   // kimi_mla_prefill_general, _d192_v128, _wgmma_d192_v128
 static void launch_prefill(Prefill kind, float* o, const uint16_t* q, const uint16_t* kv, const uint16_t* lat, int start, int T, int H, int N,
                            int P, int V, int R, float scale_log2) {
-    const unsigned tiles = unsigned((T + kPrefillRows - 1) / kPrefillRows);   // 128 queries a block, both kernels
     if (kind == Prefill::Wgmma)
-        launch(kimi_mla_prefill_wgmma_d192_v128, dim3(tiles, H), dim3(kWgThreads), prefill_wgmma_smem_bytes(), o, q, kv, lat, start, T, H, N, P, V, R,
+        launch(kimi_mla_prefill_wgmma_d192_v128, dim3(unsigned((T + kWgRows - 1) / kWgRows), H), dim3(kWgThreads), prefill_wgmma_smem_bytes(), o, q, kv, lat, start, T, H, N, P, V, R,
                scale_log2);
     else
-        launch(kind == Prefill::D192 ? kimi_mla_prefill_d192_v128 : kimi_mla_prefill_general, dim3(tiles, H), dim3(kPrefillThreads),
+        launch(kind == Prefill::D192 ? kimi_mla_prefill_d192_v128 : kimi_mla_prefill_general, dim3(unsigned((T + kPrefillRows - 1) / kPrefillRows), H),
+               dim3(kPrefillThreads),
                prefill_smem_bytes(N + P, V), o, q, kv, lat, start, T, H, N, P, V, R, scale_log2);
 }
 
@@ -326,8 +326,9 @@ int main(int argc, char** argv) {
         check_prefill({2, 128, 64, 128, 512}, 9, 20, kind);
         check_prefill({1, 128, 64, 128, 512}, 100, 200, kind);   // two query tiles, the 3-stage ring wrapping, warps skipping tiles
     }
-    check_prefill({1, 128, 64, 128, 512}, 0, 70, Prefill::Wgmma);     // one tile: the second warpgroup's rows past T
-    check_prefill({1, 128, 64, 128, 512}, 250, 330, Prefill::Wgmma);  // 3 query tiles, 9 key tiles: the ring wraps thrice
+    check_prefill({1, 128, 64, 128, 512}, 0, 70, Prefill::Wgmma);     // one query tile: the last two warpgroups' rows past T
+    check_prefill({1, 128, 64, 128, 512}, 3, 150, Prefill::Wgmma);    // the third warpgroup's rows past T
+    check_prefill({1, 128, 64, 128, 512}, 250, 330, Prefill::Wgmma);  // 2 query tiles, 9 key tiles: the ring wraps thrice
     check_decode(full, 40, 1, 2);
     check_decode(full, 500, 3, 2);   // five 48-row tiles a slice: the 3-slot ring wraps
     check_decode({32, 128, 48, 128, 512}, 130, 2, 2);   // H = 32, R = 512 but D = 560: the general kernel
