@@ -1042,13 +1042,13 @@ __device__ __forceinline__ void prefill_wgmma(float* __restrict__ o, const uint1
         auto staged_piece = [](int r, int ch) { return r * 256 + ((ch ^ (r & 7)) << 4); };
         // Tile j: K pieces e (row e / 24, chunk e % 24: a warp's 32 pieces are whole 128-byte rows, which the swizzle
         // spreads over all banks) straight into the stage; V pieces (row e / 16, chunk e % 16: whole 256-byte rows)
-        // into staging buffer j % 2. The loops stay rolled: the producer lives on few registers.
+        // into staging buffer j % 2. The loops are unrolled by 4 only: the producer lives on 56 registers.
         auto load = [&](int j) {
             unsigned char* ks = ring + (j % kWgStages) * kWgStageBytes;
             const int k0 = j * kWgKeys;
-#pragma unroll 1
-            for (int e = p; e < kWgKeys * kChunks; e += 128) {
-                const int r = e / kChunks, ch = e % kChunks, key = k0 + r;
+#pragma unroll 4
+            for (int i = 0; i < kWgKeys * kChunks / 128; i++) {
+                const int e = i * 128 + p, r = e / kChunks, ch = e % kChunks, key = k0 + r;
                 const uint16_t* src = ch < N / 8 ? kv_head + static_cast<size_t>(key) * kv_row + ch * 8
                                                  : latent + static_cast<size_t>(key) * (R + P) + R + (ch - N / 8) * 8;
                 cp_async16(reinterpret_cast<uint16_t*>(ks + (ch / 8) * (kWgKeys * 128) + swizzled(r, ch % 8)), key < L ? src : kv, key < L);
@@ -1056,9 +1056,9 @@ __device__ __forceinline__ void prefill_wgmma(float* __restrict__ o, const uint1
             // Staging buffer j % 2 was last read by tile j − 2's transposition, by every producer thread.
             if (j >= 2) mbar_wait(&drained[j % 2], ((j - 2) / 2) & 1);
             unsigned char* st = staging + (j % 2) * kWgStagingBytes;
-#pragma unroll 1
-            for (int e = p; e < kWgKeys * vChunks; e += 128) {
-                const int r = e / vChunks, ch = e % vChunks, key = k0 + r;
+#pragma unroll 4
+            for (int i = 0; i < kWgKeys * vChunks / 128; i++) {
+                const int e = i * 128 + p, r = e / vChunks, ch = e % vChunks, key = k0 + r;
                 cp_async16(reinterpret_cast<uint16_t*>(st + staged_piece(r, ch)),
                            key < L ? kv_head + static_cast<size_t>(key) * kv_row + N + ch * 8 : kv, key < L);
             }
