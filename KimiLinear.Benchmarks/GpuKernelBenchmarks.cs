@@ -240,10 +240,14 @@ internal static class GpuKernelBenchmarks
             using DeviceBuffer<ushort> keysValues = RandomBf16(gpu, stream, random, length * shape.KeyValueWidth);
             using DeviceBuffer<ushort> latent = RandomBf16(gpu, stream, random, length * shape.LatentWidth);
             using DeviceBuffer<float> o = gpu.Allocate<float>((long)tokens * shape.OutputWidth);
-            double ms = MedianMs(gpu, stream, () => MlaKernels.PrefillAttention(stream, o, q, keysValues, latent, start, tokens, shape, shape.Scale));
             // The causal trapezoid: query t sees start + t + 1 keys.
             double flops = ((double)length * length - (double)start * start) / 2 * shape.Heads * (shape.QueryHeadDim + shape.ValueDim) * 2;
-            rows.Add(GemmRow("MLA prefill attention (causal, mma.sync)", $"T={tokens}, start={start}, H=32, N+P=192, V=128", ms, flops));
+            // The default kernel (wgmma on Hopper), then the mma.sync one it replaces there, on the same data.
+            foreach (bool wgmma in gpu.Kernels.RunsSm90a("mla") ? new[] { true, false } : [false])
+            {
+                double ms = MedianMs(gpu, stream, () => MlaKernels.PrefillAttention(stream, o, q, keysValues, latent, start, tokens, shape, shape.Scale, wgmma));
+                rows.Add(GemmRow($"MLA prefill attention (causal, {(wgmma ? "wgmma" : "mma.sync")})", $"T={tokens}, start={start}, H=32, N+P=192, V=128", ms, flops));
+            }
         }
         return rows;
     }

@@ -21,6 +21,7 @@ internal sealed unsafe partial class KernelLibrary : IDisposable
     private readonly Dictionary<string, CudaModuleHandle> _modules = [];
     private readonly nint[] _functions = new nint[KernelCatalog.All.Count];
     private readonly int[] _sharedLimits = new int[KernelCatalog.All.Count];
+    private readonly Dictionary<string, bool> _runsSm90a = []; // RunsSm90a's answers (each reads an embedded image)
     private readonly object _gate = new();
 
     /// <summary>The PTX target used on this device: <c>sm90</c> (Hopper and newer) or <c>sm80</c> (Ampere, Ada).</summary>
@@ -110,14 +111,31 @@ internal sealed unsafe partial class KernelLibrary : IDisposable
     {
         if (KernelCatalog.Unsupported(module, _context.Device.Name, _context.Device.ComputeCapability) is { } reason)
             throw new CudaUnavailableException(reason, CuResult.NoBinaryForGpu, "KernelLibrary");
-        // Hopper-only kernels ship as sm_90a cubin, which runs on compute capability 9.0 exactly.
-        if (_context.Device.ComputeCapability == (9, 0) && KernelImages.TryLoad(KernelImages.FileName(module, "sm90a")) is { } cubin)
+        if (Sm90aImage(module) is { } cubin)
             return LoadImage(KernelImages.FileName(module, "sm90a"), cubin);
         string file = KernelImages.FileName(module, Target);
         byte[] image = KernelImages.TryLoad(file) ?? throw new InvalidOperationException(
             $"Kernel image '{file}' is missing: it is neither embedded nor in ${KernelImages.OverrideVariable}. Rebuild the kernels with kernels/build.sh (see docs/gpu.md).");
         return LoadImage(file, image);
     }
+
+    /// <summary>
+    /// Whether <paramref name="module"/> runs from its sm_90a cubin on this device, so that its Hopper-only kernels (wgmma)
+    /// can be launched; elsewhere those kernels are stubs in the PTX and must not be.
+    /// </summary>
+    public bool RunsSm90a(string module)
+    {
+        lock (_gate)
+        {
+            if (!_runsSm90a.TryGetValue(module, out bool runs))
+                _runsSm90a.Add(module, runs = Sm90aImage(module) is not null);
+            return runs;
+        }
+    }
+
+    // Hopper-only kernels ship as sm_90a cubin, which runs on compute capability 9.0 exactly.
+    private byte[]? Sm90aImage(string module) =>
+        _context.Device.ComputeCapability == (9, 0) ? KernelImages.TryLoad(KernelImages.FileName(module, "sm90a")) : null;
 
     /// <summary>Loads a PTX or cubin image; on failure the exception carries the JIT log and, for too-new PTX, says so.</summary>
     internal CudaModuleHandle LoadImage(string name, byte[] image)

@@ -43,6 +43,11 @@ internal static unsafe class MlaKernels
     private const int PrefillStages = 3;
     private const int PrefillMaxQueryHeadDim = 192;
     private const int PrefillMaxValueDim = 128;
+    private const int PrefillWgmmaThreads = 512;
+    private const int PrefillWgmmaRows = 192;
+    // prefill_wgmma_smem_bytes: 1 KB of alignment slack, Q (72 KB), 3 stages of K and fp16 Vᵀ (40 KB each), 2 V staging
+    // buffers (16 KB each), 10 mbarriers.
+    private const int PrefillWgmmaSharedBytes = 1024 + 192 * 192 * 2 + 3 * (64 * 192 * 2 + 128 * 64 * 2) + 2 * 64 * 128 * 2 + 10 * 8;
     private const float Log2E = 1.4426950408889634f;
 
     private static int DecodeSharedBytes(int d, int mTiles) =>
@@ -153,7 +158,8 @@ internal static unsafe class MlaKernels
     /// <summary>
     /// Causal flash attention of T queries in the expanded form, on the tensor cores: per head, key s =
     /// (keysValues[s, h(N+V) : +N] | latent[s, R : R+P]), value s = keysValues[s, h(N+V)+N : +V], softmax over
-    /// s ≤ start + t of scale·(q·key). N + P = 192, V = 128 (the model) runs a kernel with those dims compiled in.
+    /// s ≤ start + t of scale·(q·key). N + P = 192, V = 128 (the model) runs a kernel with those dims compiled in; on
+    /// Hopper, N = 128, P = 64, V = 128 runs one on warpgroup MMA (wgmma) with its own loading warps.
     /// </summary>
     /// <param name="stream">Where to queue it (one launch).</param>
     /// <param name="o">[T, H·V] fp32 out.</param>
@@ -164,8 +170,12 @@ internal static unsafe class MlaKernels
     /// <param name="t">T ≥ 1.</param>
     /// <param name="shape">N, P, V multiples of 8; N + P a multiple of 16 and ≤ 192; V ≤ 128.</param>
     /// <param name="scale">The softmax scale, usually <see cref="MlaShape.Scale"/>.</param>
+    /// <param name="allowWarpgroupMma">
+    /// Whether the model's shape (N 128, P 64, V 128) may take the wgmma kernel where the device runs it (Hopper); false
+    /// forces the mma.sync kernel, so that tests and benchmarks can reach both on one device.
+    /// </param>
     public static void PrefillAttention(CudaStream stream, DeviceSpan<float> o, DeviceSpan<ushort> q, DeviceSpan<ushort> keysValues, DeviceSpan<ushort> latent,
-        int start, int t, MlaShape shape, float scale)
+        int start, int t, MlaShape shape, float scale, bool allowWarpgroupMma = true)
     {
         CheckShape(shape);
         if (shape.NopeDim % 8 != 0 || shape.QueryHeadDim % 16 != 0 || shape.QueryHeadDim > PrefillMaxQueryHeadDim
@@ -181,15 +191,19 @@ internal static unsafe class MlaKernels
         KernelChecks.HoldsAligned(q, (long)t * shape.QueryWidth, nameof(q));
         KernelChecks.HoldsAligned(keysValues, length * shape.KeyValueWidth, nameof(keysValues));
         KernelChecks.HoldsAligned(latent, length * shape.LatentWidth, nameof(latent));
-        int shared = PrefillSharedBytes(shape.QueryHeadDim, shape.ValueDim);
+        // The model's shape on Hopper: the warpgroup-MMA kernel (sm_90a cubin only); elsewhere mma.sync.
+        bool wgmma = allowWarpgroupMma && shape is { NopeDim: 128, RopeDim: 64, ValueDim: 128 } && stream.Context.Kernels.RunsSm90a("mla");
+        KernelId id = wgmma ? KernelId.MlaPrefillWgmmaD192V128
+            : shape.QueryHeadDim == 192 && shape.ValueDim == 128 ? KernelId.MlaPrefillD192V128 : KernelId.MlaPrefillGeneral;
+        int threads = wgmma ? PrefillWgmmaThreads : PrefillThreads, rows = wgmma ? PrefillWgmmaRows : PrefillRows;
+        int shared = wgmma ? PrefillWgmmaSharedBytes : PrefillSharedBytes(shape.QueryHeadDim, shape.ValueDim);
         CheckShared(stream, shared, "MLA prefill");
 
-        KernelId id = shape.QueryHeadDim == 192 && shape.ValueDim == 128 ? KernelId.MlaPrefillD192V128 : KernelId.MlaPrefillGeneral;
         int h = shape.Heads, n = shape.NopeDim, p = shape.RopeDim, v = shape.ValueDim, r = shape.Rank;
         float scaleLog2 = scale * Log2E;
         ulong pO = o.Pointer, pQ = q.Pointer, pKv = keysValues.Pointer, pLatent = latent.Pointer;
         void** args = stackalloc void*[] { &pO, &pQ, &pKv, &pLatent, &start, &t, &h, &n, &p, &v, &r, &scaleLog2 };
-        stream.Context.Kernels.Launch(id, new Dim3((uint)((t + PrefillRows - 1) / PrefillRows), (uint)h), new Dim3(PrefillThreads), shared, stream, args);
+        stream.Context.Kernels.Launch(id, new Dim3((uint)((t + rows - 1) / rows), (uint)h), new Dim3((uint)threads), shared, stream, args);
     }
 
     private static void CheckShape(MlaShape shape)

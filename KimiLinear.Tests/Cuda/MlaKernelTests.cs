@@ -132,16 +132,21 @@ public sealed class MlaKernelTests
         }
     }
 
+    // The full shape twice: on Hopper the default takes the wgmma kernel, allowWgmma false the mma.sync one.
     [Theory]
-    [InlineData("tiny", 0, 1)]
-    [InlineData("tiny", 5, 3)]
-    [InlineData("tiny", 300, 37)]
-    [InlineData("tiny", 0, 130)]  // three query tiles, the last partial
-    [InlineData("full", 0, 37)]
-    [InlineData("full", 5, 3)]
-    [InlineData("full", 300, 37)]
-    [InlineData("full", 64, 129)]
-    public void PrefillAttention_MatchesReference(string shapeName, int start, int t)
+    [InlineData("tiny", 0, 1, true)]
+    [InlineData("tiny", 5, 3, true)]
+    [InlineData("tiny", 300, 37, true)]
+    [InlineData("tiny", 0, 130, true)]  // three query tiles, the last partial
+    [InlineData("full", 0, 37, true)]
+    [InlineData("full", 5, 3, true)]
+    [InlineData("full", 300, 37, true)]
+    [InlineData("full", 64, 129, true)]
+    [InlineData("full", 700, 203, true)]  // 2 query tiles, 15 key tiles: the 3-stage ring wraps 5 times
+    [InlineData("full", 0, 37, false)]
+    [InlineData("full", 300, 37, false)]
+    [InlineData("full", 64, 129, false)]
+    public void PrefillAttention_MatchesReference(string shapeName, int start, int t, bool allowWgmma)
     {
         CudaContext gpu = Gpu.Require();
         MlaShape shape = ShapeNamed(shapeName);
@@ -155,10 +160,18 @@ public sealed class MlaKernelTests
         using DeviceBuffer<ushort> dQ = gpu.Upload(stream, q), dKv = gpu.Upload(stream, keysValues), dLatent = gpu.Upload(stream, latent);
         using DeviceBuffer<float> dO = gpu.Poisoned(stream, t * shape.OutputWidth, float.NaN);
 
-        MlaKernels.PrefillAttention(stream, dO, dQ, dKv, dLatent, start, t, shape, shape.Scale);
+        MlaKernels.PrefillAttention(stream, dO, dQ, dKv, dLatent, start, t, shape, shape.Scale, allowWgmma);
 
         AssertCloseWithUntouchedTail(dO.ToArray(stream), MlaReference.Prefill(q, keysValues, latent, start, t, shape, shape.Scale),
-            $"{shapeName} prefill, start {start}, T {t}");
+            $"{shapeName} prefill{(allowWgmma ? "" : " (mma.sync)")}, start {start}, T {t}");
+    }
+
+    [Fact]
+    public void Hopper_RunsTheMlaModuleFromItsSm90aCubin()
+    {
+        // Otherwise the prefill tests above would quietly test the mma.sync kernel twice on an H100.
+        CudaContext gpu = Gpu.Require();
+        Assert.Equal(gpu.Device.ComputeCapability == (9, 0), gpu.Kernels.RunsSm90a("mla"));
     }
 
     [Theory]

@@ -1,7 +1,7 @@
 // mla_harness.cu — development harness for kernels/mla.cu (llm.c dev/cuda style):
 //   CPU:  g++ -O1 -std=c++17 -DKDA_EMULATE -x c++ -o /tmp/mla_emu kernels/tests/mla_harness.cu && /tmp/mla_emu
 //         (the CUDA emulator of kernels/kda/tests/cuda_emu.h: checks logic, fragment layouts and barriers, not speed)
-//   GPU:  nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/mla_harness kernels/tests/mla_harness.cu && /tmp/mla_harness [--bench | --bench-decode | --bench-prefill]
+//   GPU:  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o /tmp/mla_harness kernels/tests/mla_harness.cu && /tmp/mla_harness [--bench | --bench-decode | --bench-prefill]
 //         (the same checks, then with --bench each kernel alone timed with CUDA events at the model's shapes;
 //         -DMLA_DECODE_ROWS=r -DMLA_DECODE_STAGES=n build the decode kernel's other configurations)
 // Every kernel against a float64 reference of the same math on random data of odd sizes, the cache rows past the
@@ -181,7 +181,19 @@ static void check_absorb(Shape sh, int T) {
     report(what, o, oref);
 }
 
-static void check_prefill(Shape sh, int start, int T, bool exact) {
+enum class Prefill { General, D192, Wgmma };   // kimi_mla_prefill_general, _d192_v128, _wgmma_d192_v128
+static void launch_prefill(Prefill kind, float* o, const uint16_t* q, const uint16_t* kv, const uint16_t* lat, int start, int T, int H, int N,
+                           int P, int V, int R, float scale_log2) {
+    if (kind == Prefill::Wgmma)
+        launch(kimi_mla_prefill_wgmma_d192_v128, dim3(unsigned((T + kWgRows - 1) / kWgRows), H), dim3(kWgThreads), prefill_wgmma_smem_bytes(), o, q, kv, lat, start, T, H, N, P, V, R,
+               scale_log2);
+    else
+        launch(kind == Prefill::D192 ? kimi_mla_prefill_d192_v128 : kimi_mla_prefill_general, dim3(unsigned((T + kPrefillRows - 1) / kPrefillRows), H),
+               dim3(kPrefillThreads),
+               prefill_smem_bytes(N + P, V), o, q, kv, lat, start, T, H, N, P, V, R, scale_log2);
+}
+
+static void check_prefill(Shape sh, int start, int T, Prefill kind) {
     const int L = start + T, D = sh.R + sh.P, qk = sh.N + sh.P, pv = sh.N + sh.V;
     std::vector<uint16_t> q = rand_bf16(size_t(T) * sh.H * qk, 1.f);
     std::vector<uint16_t> kv = rand_bf16(size_t(L + 3) * sh.H * pv, 1.f), lat = rand_bf16(size_t(L + 3) * D, 1.f);
@@ -190,9 +202,7 @@ static void check_prefill(Shape sh, int start, int T, bool exact) {
     const float scale = 1.f / std::sqrt(float(qk));
     Dev<float> dout(std::vector<float>(size_t(T) * sh.H * sh.V, NAN));
     Dev<uint16_t> dq(q), dkv(kv), dlat(lat);
-    launch(exact ? kimi_mla_prefill_d192_v128 : kimi_mla_prefill_general, dim3((T + kPrefillRows - 1) / kPrefillRows, sh.H),
-           dim3(kPrefillThreads), prefill_smem_bytes(qk, sh.V), dout.p, (const uint16_t*)dq.p, (const uint16_t*)dkv.p,
-           (const uint16_t*)dlat.p, start, T, sh.H, sh.N, sh.P, sh.V, sh.R, scale * 1.4426950408889634f);
+    launch_prefill(kind, dout.p, dq.p, dkv.p, dlat.p, start, T, sh.H, sh.N, sh.P, sh.V, sh.R, scale * 1.4426950408889634f);
     const std::vector<float> o = dout.get();
     std::vector<double> ref(o.size(), 0.0);
     for (int t = 0; t < T; t++)
@@ -213,7 +223,8 @@ static void check_prefill(Shape sh, int start, int T, bool exact) {
                     ref[size_t(t) * sh.H * sh.V + h * sh.V + v] += sc[s] / sum * bf2f(kv[size_t(s) * sh.H * pv + h * pv + sh.N + v]);
         }
     char what[128];
-    std::snprintf(what, sizeof what, "prefill%s H=%d N=%d P=%d V=%d start=%d T=%d", exact ? " d192" : "", sh.H, sh.N, sh.P, sh.V, start, T);
+    std::snprintf(what, sizeof what, "prefill%s H=%d N=%d P=%d V=%d start=%d T=%d",
+                  kind == Prefill::Wgmma ? " wgmma" : kind == Prefill::D192 ? " d192" : "", sh.H, sh.N, sh.P, sh.V, start, T);
     report(what, o, ref);
 }
 
@@ -280,12 +291,12 @@ static void bench(bool decode, bool prefill) {
                  *lat = random_bf16_device(size_t(L) * D, 4);
         float* o;
         CK(cudaMalloc(&o, size_t(T) * H * 128 * 4));
-        const float us = median_us([&] {
-            launch(kimi_mla_prefill_d192_v128, dim3((T + kPrefillRows - 1) / kPrefillRows, H), dim3(kPrefillThreads), prefill_smem_bytes(192, 128),
-                   o, (const uint16_t*)q, (const uint16_t*)kv, (const uint16_t*)lat, start, T, H, 128, 64, 128, R, scale_log2);
-        });
         const double flops = (double(L) * L - double(start) * start) / 2 * H * 320 * 2;   // the causal trapezoid
-        std::printf("prefill start=%5d T=%5d H=32: %9.1f us  %5.1f TFLOP/s ((L^2-start^2)/2*H*320*2)\n", start, T, us, flops / us / 1e6);
+        for (Prefill kind : {Prefill::D192, Prefill::Wgmma}) {
+            const float us = median_us([&] { launch_prefill(kind, o, q, kv, lat, start, T, H, 128, 64, 128, R, scale_log2); });
+            std::printf("prefill %-7s start=%5d T=%5d H=32: %9.1f us  %5.1f TFLOP/s ((L^2-start^2)/2*H*320*2)\n",
+                        kind == Prefill::Wgmma ? "wgmma" : "mma", start, T, us, flops / us / 1e6);
+        }
         CK(cudaFree(q)); CK(cudaFree(kv)); CK(cudaFree(lat)); CK(cudaFree(o));
     }
 }
@@ -308,11 +319,16 @@ int main(int argc, char** argv) {
     check_decode(tiny, 127, 2, 2);
     check_decode(tiny, 200, 16, 3);
     check_decode(tiny, 700, 1, 2);
-    check_prefill(tiny, 0, 37, false);
-    check_prefill(tiny, 5, 3, false);
-    check_prefill({2, 24, 8, 40, 64}, 70, 67, false);
-    check_prefill({2, 128, 64, 128, 512}, 9, 20, true);
-    check_prefill({1, 128, 64, 128, 512}, 100, 200, true);   // two query tiles, the 3-stage ring wrapping, warps skipping tiles
+    check_prefill(tiny, 0, 37, Prefill::General);
+    check_prefill(tiny, 5, 3, Prefill::General);
+    check_prefill({2, 24, 8, 40, 64}, 70, 67, Prefill::General);
+    for (Prefill kind : {Prefill::D192, Prefill::Wgmma}) {
+        check_prefill({2, 128, 64, 128, 512}, 9, 20, kind);
+        check_prefill({1, 128, 64, 128, 512}, 100, 200, kind);   // two query tiles, the 3-stage ring wrapping, warps skipping tiles
+    }
+    check_prefill({1, 128, 64, 128, 512}, 0, 70, Prefill::Wgmma);     // one query tile: the last two warpgroups' rows past T
+    check_prefill({1, 128, 64, 128, 512}, 3, 150, Prefill::Wgmma);    // the third warpgroup's rows past T
+    check_prefill({1, 128, 64, 128, 512}, 250, 330, Prefill::Wgmma);  // 2 query tiles, 9 key tiles: the ring wraps thrice
     check_decode(full, 40, 1, 2);
     check_decode(full, 500, 3, 2);   // five 48-row tiles a slice: the 3-slot ring wraps
     check_decode({32, 128, 48, 128, 512}, 130, 2, 2);   // H = 32, R = 512 but D = 560: the general kernel

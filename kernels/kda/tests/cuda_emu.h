@@ -69,7 +69,7 @@ inline float __expf(float x) { return std::exp(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 
 namespace emu {
-enum Wait { None, Block, Warp, Cluster, Done };
+enum Wait { None, Block, Warp, Cluster, Done, Spin };   // Spin: polling (an mbarrier), runnable again after progress
 struct Fiber {
     ucontext_t ctx;
     std::vector<char> stack;
@@ -85,6 +85,10 @@ struct Fiber {
     std::vector<std::vector<Copy>> groups;     // committed, not yet waited for
     const void* xptr = nullptr;                // what a lane offers the warp in ldmatrix / mma (emu_warp_*)
     uint32_t xregs[8] = {};
+    // wgmma (emu_wgmma_*): issued since the last commit, and committed groups not yet retired by a wait.
+    struct Wgmma { float* d; int n; bool f16, a_in_regs, accumulate; uint32_t a[4]; uint64_t da, db; };
+    std::vector<Wgmma> wg_pending;
+    std::vector<std::vector<Wgmma>> wg_groups;
 };
 struct State {
     ucontext_t sched;
@@ -93,6 +97,7 @@ struct State {
     int cur = -1;
     dim3 grid, block;
     std::function<void()> body;
+    unsigned long long progress = 0;   // mbarrier arrivals so far: polling fibers may go on only after one
 };
 inline State& st() { static State s; return s; }
 inline void yield(Wait w) {
@@ -202,6 +207,14 @@ inline void run_cluster(int nblocks, int threads) {
         int cw = 0;
         for (int i = 0; i < n; ++i) cw += s.fibers[i].wait == Cluster;
         if (cw == n) { for (int i = 0; i < n; ++i) s.fibers[i].wait = None; released = true; }
+        // Fibers polling an mbarrier run again if anything arrived since they last looked; if nothing did and nothing
+        // else can move, they would poll forever on a GPU.
+        static unsigned long long seen = ~0ull;
+        if (!released && s.progress != seen) {
+            seen = s.progress;
+            for (int i = 0; i < n; ++i)
+                if (s.fibers[i].wait == Spin) { s.fibers[i].wait = None; released = true; }
+        }
         if (!released) {
             std::fprintf(stderr, "emu: deadlock (block %u,%u,%u): waits", s.fibers[0].bid.x, s.fibers[0].bid.y, s.fibers[0].bid.z);
             for (int i = 0; i < n; i += 32) std::fprintf(stderr, " %d", int(s.fibers[i].wait));
@@ -232,6 +245,8 @@ inline void emu_launch(void (*k)(P...), int cluster_x, dim3 grid, dim3 block, si
                         f.mma_slot = 0;
                         f.pending.clear();
                         f.groups.clear();
+                        f.wg_pending.clear();
+                        f.wg_groups.clear();
                         f.tid = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
                         f.bid = dim3(bx0 + b, by, bz);
                         f.block = b;
@@ -298,6 +313,24 @@ inline void emu_ldmatrix(uint32_t* r, int count, const void* p, bool trans) {
     }
     emu_warp_meet();
 }
+// stmatrix.sync.aligned.m8n8.x{count}.shared.b16 (the inverse of ldmatrix without .trans): lane i supplies the address
+// of row i % 8 of matrix i / 8; lane l holds, of each matrix, row l / 4 columns 2(l % 4), +1.
+inline void emu_stmatrix(const uint32_t* r, int count, void* p) {
+    emu::Fiber& me = emu::st().fibers[emu::st().cur];
+    me.xptr = p;
+    for (int m = 0; m < count; ++m) me.xregs[m] = r[m];
+    emu_warp_meet();
+    const int l = int(threadIdx.x % 32);
+    if (l < 8 * count) {
+        uint16_t row[8];
+        for (int col = 0; col < 8; ++col) {
+            const uint32_t v = emu_lane((l % 8) * 4 + col / 2).xregs[l / 8];
+            row[col] = uint16_t(col & 1 ? v >> 16 : v & 0xFFFFu);
+        }
+        std::memcpy(p, row, 16);
+    }
+    emu_warp_meet();
+}
 // fp16 as raw bits (cvt.rn.f16x2.f32 rounds to nearest even, as the compiler's _Float16 does).
 inline uint16_t emu_f32_to_f16(float f) { _Float16 h = static_cast<_Float16>(f); uint16_t b; std::memcpy(&b, &h, 2); return b; }
 inline float emu_f16_to_f32(uint16_t b) { _Float16 h; std::memcpy(&h, &b, 2); return static_cast<float>(h); }
@@ -329,6 +362,83 @@ template <bool F16> inline void emu_mma_16816(float* d, const uint32_t* a, uint3
 }
 inline void emu_mma_bf16_16816(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) { emu_mma_16816<false>(d, a, b0, b1); }
 inline void emu_mma_f16_16816(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) { emu_mma_16816<true>(d, a, b0, b1); }
+
+// mbarrier (the subset of kernels/mla.cu): the 8-byte object in shared memory holds the pending arrival count, the
+// count a phase expects and the number of completed phases. A thread that finds the phase it waits for incomplete
+// polls (emu_spin) until another fiber arrives.
+struct EmuMbarrier { uint16_t pending, expected; uint32_t phases; };
+static_assert(sizeof(EmuMbarrier) == 8, "an mbarrier is 8 bytes");
+inline void emu_mbarrier_init(void* bar, unsigned count) { *static_cast<EmuMbarrier*>(bar) = {uint16_t(count), uint16_t(count), 0}; }
+inline void emu_mbarrier_arrive(void* bar) {
+    EmuMbarrier& b = *static_cast<EmuMbarrier*>(bar);
+    if (b.pending == 0) { std::fprintf(stderr, "emu: arrival on an mbarrier whose phase is complete\n"); std::abort(); }
+    if (--b.pending == 0) { b.phases++; b.pending = b.expected; }
+    emu::st().progress++;
+}
+// try_wait.parity: true once the phase of that parity has completed (the current phase has the other parity).
+inline bool emu_mbarrier_test(const void* bar, unsigned parity) { return (static_cast<const EmuMbarrier*>(bar)->phases & 1u) != (parity & 1u); }
+inline void emu_spin() { emu::yield(emu::Spin); }
+
+// wgmma.mma_async (warpgroup MMA, m64nNk16, fp32 accumulators) with K-major operands in shared memory described by
+// 128-byte-swizzle matrix descriptors, the A operand optionally in registers (the mma.sync m16n8k16 A layout, warp w
+// of the warpgroup holding rows 16w .. 16w + 15). As on the GPU, nothing happens at issue: a commit closes a group and
+// a wait retires groups, reading shared memory and the lanes' A registers (snapshotted at issue) then, so a kernel
+// that reads its accumulators or overwrites an operand's shared memory before waiting gets wrong results here too.
+// The accumulator layout: lane l = 4g + c of warp w holds d[4i + e] = D(16w + g + 8(e / 2), 8i + 2c + e % 2).
+namespace emu {
+// Element (row, k) of a K-major operand: 8-row groups SBO bytes apart, rows 128 bytes apart, the 16-byte chunks of
+// each 128-byte row XOR-ed with the row's index inside its 1024-byte atom (address bits 7..9 into bits 4..6).
+inline uint16_t wgmma_element(uint64_t desc, int row, int k) {
+    if ((desc >> 62) != 1) { std::fprintf(stderr, "emu: only 128-byte-swizzle wgmma descriptors are emulated\n"); std::abort(); }
+    const uint32_t start = uint32_t(desc & 0x3FFF) << 4, sbo = uint32_t((desc >> 32) & 0x3FFF) << 4;
+    uint32_t addr = start + uint32_t(row / 8) * sbo + uint32_t(row % 8) * 128 + uint32_t(k) * 2;
+    addr ^= ((addr >> 7) & 7) << 4;
+    uint16_t v; std::memcpy(&v, emu_dynamic_smem + addr, 2); return v;
+}
+inline float wgmma_value(uint16_t bits, bool f16) {
+    if (f16) return emu_f16_to_f32(bits);
+    uint32_t u = uint32_t(bits) << 16; float f; std::memcpy(&f, &u, 4); return f;
+}
+}  // namespace emu
+inline void emu_wgmma_ss(float* d, int n, bool f16, bool accumulate, uint64_t da, uint64_t db) {
+    emu::st().fibers[emu::st().cur].wg_pending.push_back({d, n, f16, false, accumulate, {}, da, db});
+}
+inline void emu_wgmma_rs(float* d, int n, bool f16, bool accumulate, const uint32_t* a, uint64_t db) {
+    emu::st().fibers[emu::st().cur].wg_pending.push_back({d, n, f16, true, accumulate, {a[0], a[1], a[2], a[3]}, 0, db});
+}
+inline void emu_wgmma_commit() {
+    emu::Fiber& f = emu::st().fibers[emu::st().cur];
+    f.wg_groups.push_back(f.wg_pending);
+    f.wg_pending.clear();
+}
+inline void emu_wgmma_wait(int keep) {
+    emu::Fiber& me = emu::st().fibers[emu::st().cur];
+    emu_warp_meet();   // every lane has issued what it retires
+    const int l = int(threadIdx.x % 32), g = l / 4, c = l % 4, w = int(threadIdx.x / 32) % 4;
+    const size_t retire = me.wg_groups.size() > size_t(keep) ? me.wg_groups.size() - size_t(keep) : 0;
+    for (size_t grp = 0; grp < retire; ++grp)
+        for (size_t i = 0; i < me.wg_groups[grp].size(); ++i) {
+            const emu::Fiber::Wgmma& op = me.wg_groups[grp][i];
+            for (int j = 0; j < op.n / 8; ++j)
+                for (int e = 0; e < 4; ++e) {
+                    const int row = g + 8 * (e / 2), col = 8 * j + 2 * c + e % 2;
+                    float acc = op.accumulate ? op.d[4 * j + e] : 0.0f;
+                    for (int k = 0; k < 16; ++k) {
+                        float a;
+                        if (op.a_in_regs) {
+                            const uint32_t r = emu_lane(row % 8 * 4 + k % 8 / 2).wg_groups[grp][i].a[(row >= 8) + 2 * (k >= 8)];
+                            a = emu::wgmma_value(uint16_t(k & 1 ? r >> 16 : r & 0xFFFFu), op.f16);
+                        } else {
+                            a = emu::wgmma_value(emu::wgmma_element(op.da, 16 * w + row, k), op.f16);
+                        }
+                        acc += a * emu::wgmma_value(emu::wgmma_element(op.db, col, k), op.f16);
+                    }
+                    op.d[4 * j + e] = acc;
+                }
+        }
+    emu_warp_meet();   // every lane has read the others' A registers
+    me.wg_groups.erase(me.wg_groups.begin(), me.wg_groups.begin() + long(retire));
+}
 
 // Runtime API subset: device memory is host memory; streams, events and graphs are absent (no timing here).
 typedef int cudaError_t;
