@@ -51,13 +51,6 @@ public sealed class MoeKernelTests
             : Gpu.RandomF32(random, (long)t * e, 2f);
         float[] bias = tied ? new float[e] : Gpu.RandomF32(random, e, 0.1f);
 
-        var cpu = new CpuBackend(1);
-        Tensor cpuLogits = cpu.Allocate(t, e);
-        cpu.Upload(logits, cpuLogits);
-        var expectedIds = new int[t * a];
-        var expectedWeights = new float[t * a];
-        cpu.MoeRoute(cpuLogits, bias, new MoeRouting(a, groups, topk, renormalize, Scale, biased), expectedIds, expectedWeights);
-
         int pairs = a + shared; // a row: the A choices, then (E + s, 1.0) for each shared expert
         using CudaStream stream = gpu.CreateStream();
         using DeviceBuffer<float> dLogits = gpu.Upload(stream, logits), dBias = gpu.Upload(stream, bias);
@@ -66,17 +59,7 @@ public sealed class MoeKernelTests
         MoeKernels.Route(stream, ids, weights, dLogits, dBias, new MoeShape(8, e, a, 8, shared), new MoeRoutingRule(groups, topk, renormalize, Scale, biased), t);
         int[] actualIds = ids.ToArray(stream);
         float[] actualWeights = weights.ToArray(stream);
-
-        for (int token = 0; token < t; token++)
-        {
-            Assert.Equal(expectedIds[(token * a)..((token + 1) * a)], actualIds[(token * pairs)..(token * pairs + a)]);
-            Assert.Equal(Enumerable.Range(e, shared), actualIds[(token * pairs + a)..((token + 1) * pairs)]);
-            for (int slot = 0; slot < pairs; slot++)
-            {
-                float actual = actualWeights[token * pairs + slot], expected = slot < a ? expectedWeights[token * a + slot] : 1f;
-                Assert.True(Math.Abs(actual - expected) <= 1e-6 * Math.Abs(expected), $"weight of token {token}, slot {slot}: {actual:R}, expected {expected:R}");
-            }
-        }
+        AssertRoutedAsCpu(logits, bias, new MoeRouting(a, groups, topk, renormalize, Scale, biased), t, e, shared, actualIds, actualWeights, "");
         Gpu.AssertTailUntouched(actualIds, (long)t * pairs, -7);
         for (int i = t * pairs; i < actualWeights.Length; i++) Assert.True(float.IsNaN(actualWeights[i]), $"weights tail element {i} overwritten");
     }
@@ -125,24 +108,8 @@ public sealed class MoeKernelTests
                 }
 
             // The choice on the kernel's own logits (a near tie between fp32 sums could otherwise flip it).
-            var cpu = new CpuBackend(1);
-            Tensor cpuLogits = cpu.Allocate(t, e);
-            cpu.Upload(logits, cpuLogits);
-            var expectedIds = new int[t * a];
-            var expectedWeights = new float[t * a];
-            cpu.MoeRoute(cpuLogits, bias, new MoeRouting(a, groups, topk, true, Scale, false), expectedIds, expectedWeights);
             int[] actualIds = ids.ToArray(stream);
-            float[] actualWeights = weights.ToArray(stream);
-            for (int token = 0; token < t; token++)
-            {
-                Assert.Equal(expectedIds[(token * a)..((token + 1) * a)], actualIds[(token * pairs)..(token * pairs + a)]);
-                Assert.Equal(Enumerable.Range(e, shared), actualIds[(token * pairs + a)..((token + 1) * pairs)]);
-                for (int slot = 0; slot < a; slot++)
-                {
-                    float actual = actualWeights[token * pairs + slot], expected = expectedWeights[token * a + slot];
-                    Assert.True(Math.Abs(actual - expected) <= 1e-6 * Math.Abs(expected), $"call {call}: weight of token {token}, slot {slot}: {actual:R}, expected {expected:R}");
-                }
-            }
+            AssertRoutedAsCpu(logits, bias, new MoeRouting(a, groups, topk, true, Scale, false), t, e, shared, actualIds, weights.ToArray(stream), $"call {call}: ");
             Gpu.AssertTailUntouched(actualIds, (long)t * pairs, -7);
         }
     }
@@ -349,6 +316,33 @@ public sealed class MoeKernelTests
         error = Assert.Throws<ArgumentException>(() =>
             MoeKernels.DecodeExperts(stream, f32, f32, ids, f32, bf16.Span.Slice(0, 100), bf16, scratch, shape, 1));
         Assert.Contains("gateUp", error.Message);
+    }
+
+    /// <summary>
+    /// Each token's row of <paramref name="actualIds"/> and <paramref name="actualWeights"/> [T, A+S] is CpuBackend.MoeRoute's
+    /// choice from <paramref name="logits"/> [T, E] (same ids in the same order, weights within fp32 rounding), followed
+    /// by the S shared experts E..E+S-1 with weight 1.
+    /// </summary>
+    private static void AssertRoutedAsCpu(float[] logits, float[] bias, MoeRouting routing, int t, int e, int shared,
+        int[] actualIds, float[] actualWeights, string what)
+    {
+        int a = routing.ExpertsPerToken, pairs = a + shared;
+        var cpu = new CpuBackend(1);
+        Tensor cpuLogits = cpu.Allocate(t, e);
+        cpu.Upload(logits.AsSpan(0, t * e), cpuLogits);
+        var expectedIds = new int[t * a];
+        var expectedWeights = new float[t * a];
+        cpu.MoeRoute(cpuLogits, bias, routing, expectedIds, expectedWeights);
+        for (int token = 0; token < t; token++)
+        {
+            Assert.Equal(expectedIds[(token * a)..((token + 1) * a)], actualIds[(token * pairs)..(token * pairs + a)]);
+            Assert.Equal(Enumerable.Range(e, shared), actualIds[(token * pairs + a)..((token + 1) * pairs)]);
+            for (int slot = 0; slot < pairs; slot++)
+            {
+                float actual = actualWeights[token * pairs + slot], expected = slot < a ? expectedWeights[token * a + slot] : 1f;
+                Assert.True(Math.Abs(actual - expected) <= 1e-6 * Math.Abs(expected), $"{what}weight of token {token}, slot {slot}: {actual:R}, expected {expected:R}");
+            }
+        }
     }
 
     /// <summary>
