@@ -1,5 +1,5 @@
-using KimiLinear.Backends;
 using System.Diagnostics;
+using KimiLinear.Backends;
 using KimiLinear.Sampling;
 using Microsoft.Extensions.Logging;
 
@@ -29,9 +29,9 @@ internal sealed class TokenGeneration : IDisposable
     private readonly bool _greedyOnBackend;
     private float[]? _logits;     // [vocab] logits of the next position (when sampling on the host)
     private GreedyChoice _choice; // the next position's greedy token, perhaps still being chosen (when _greedyOnBackend)
-    private bool _started;    // the prompt has been fed
-    private int? _unfed;      // the last token returned, not yet fed to the session
-    private long _startedAt;  // Stopwatch timestamp of the prefill's start
+    private bool _started;        // the prompt has been fed
+    private int? _unfed;          // the last sampled token returned, not yet fed to the session
+    private long _startedAt;      // Stopwatch timestamp of the prefill's start
     private bool _disposed;
 
     /// <summary>Validates the arguments; nothing touches the session before the first <see cref="TryNext"/>.</summary>
