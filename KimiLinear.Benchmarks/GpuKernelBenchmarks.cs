@@ -347,10 +347,10 @@ internal static class GpuKernelBenchmarks
             {
                 using DeviceBuffer<ushort> router = RandomBf16(gpu, stream, random, (long)E * D);
                 using DeviceBuffer<float> x = RandomF32(D, 1), routerLogits = gpu.Allocate<float>(E), normWeight = RandomF32(D, 1), normed = gpu.Allocate<float>(D);
-                using var routerScratch = new MoeDecodeScratch(stream, shape with { SharedExperts = 1 }, 1);
+                var routed = shape with { SharedExperts = 1 };
+                using var routerScratch = new MoeDecodeScratch(stream, routed, 1);
                 using DeviceBuffer<int> sharedRoute = gpu.Allocate<int>(A + 1);
                 using DeviceBuffer<float> sharedWeights = gpu.Allocate<float>(A + 1);
-                var routed = shape with { SharedExperts = 1 };
                 Row RouterRow(string kernel, Action<CudaStream> call)
                 {
                     using CudaGraph graph = stream.Capture(s =>
