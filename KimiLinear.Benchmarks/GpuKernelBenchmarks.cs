@@ -183,21 +183,52 @@ internal static class GpuKernelBenchmarks
     {
         var shape = new MlaShape(Heads: 32, NopeDim: 128, RopeDim: 64, ValueDim: 128, Rank: 512);
         var rows = new List<Row>();
+        double halfWeightBytes = (double)shape.KeyValueWidth * shape.Rank; // W_UK or W_UV: half of kvB's bf16 bytes
+        Row WeightRow(string kernel, string shape, double ms) =>
+            new(kernel, shape, ms * 1000, $"{halfWeightBytes / (ms * 1e6):F0} GB/s", halfWeightBytes / (ms * 1e6) / copyGBs, "D2D copy");
         using (DeviceBuffer<ushort> kvB = RandomBf16(gpu, stream, random, (long)shape.KeyValueWidth * shape.Rank))
         using (DeviceBuffer<float> q = gpu.Allocate<float>(shape.QueryWidth), queryLatent = gpu.Allocate<float>(shape.Heads * shape.LatentWidth),
-               mixed = gpu.Allocate<float>(shape.Heads * shape.Rank), o = gpu.Allocate<float>(shape.OutputWidth))
+               o = gpu.Allocate<float>(shape.OutputWidth))
         using (var scratch = new MlaDecodeScratch(gpu, shape, maxTokens: 1))
         using (DeviceBuffer<int> start = gpu.Allocate<int>(1))
         {
             q.CopyFrom(Enumerable.Range(0, shape.QueryWidth).Select(_ => (float)(random.NextDouble() - 0.5)).ToArray(), stream);
             MlaKernels.AbsorbQuery(stream, queryLatent, q, kvB, shape, 1);
-            double halfWeightBytes = (double)shape.KeyValueWidth * shape.Rank; // W_UK or W_UV: half of kvB's bf16 bytes
             double ms = MedianMs(gpu, stream, () => MlaKernels.AbsorbQuery(stream, queryLatent, q, kvB, shape, 1));
-            rows.Add(new Row("MLA absorb query (W_UK)", "T=1, H=32, N=128, R=512 (4 MB, L2-resident)", ms * 1000, $"{halfWeightBytes / (ms * 1e6):F0} GB/s",
-                halfWeightBytes / (ms * 1e6) / copyGBs, "D2D copy"));
-            ms = MedianMs(gpu, stream, () => MlaKernels.AbsorbOutput(stream, o, mixed, kvB, shape, 1));
-            rows.Add(new Row("MLA absorb output (W_UV)", "T=1, H=32, V=128, R=512 (4 MB, L2-resident)", ms * 1000, $"{halfWeightBytes / (ms * 1e6):F0} GB/s",
-                halfWeightBytes / (ms * 1e6) / copyGBs, "D2D copy"));
+            rows.Add(WeightRow("MLA absorb query (W_UK), alone", "T=1, H=32, N=128, R=512 (4 MB, L2-resident)", ms));
+            // The absorptions as a decode graph meets them: W from DRAM (16 copies of kvB, 134 MB, in turn), 16 launches
+            // captured in one graph under programmatic launch; the time per launch.
+            const int Copies = 16;
+            var weights = Enumerable.Range(0, Copies).Select(_ => RandomBf16(gpu, stream, random, (long)shape.KeyValueWidth * shape.Rank)).ToArray();
+            try
+            {
+                using (CudaGraph graph = stream.Capture(s =>
+                {
+                    foreach (DeviceBuffer<ushort> w in weights) MlaKernels.AbsorbQuery(s, queryLatent, q, w, shape, 1);
+                }))
+                    rows.Add(WeightRow("MLA absorb query (W_UK), 16 in a graph", "T=1, H=32, N=128, R=512 (4 MB from DRAM), per launch",
+                        MedianMs(gpu, stream, () => graph.Launch(stream)) / Copies));
+                foreach (int length in new[] { 1024, 131_072 })
+                {
+                    // The merge reads the slices one partial kernel left at this length (22 filled at 1K, all 132 at 128K).
+                    using DeviceBuffer<ushort> cache = RandomBf16(gpu, stream, random, length * (long)shape.LatentWidth);
+                    start.CopyFrom([length - 1], stream);
+                    MlaKernels.DecodeAttention(stream, queryLatent, cache, start, 1, shape, shape.Scale, scratch);
+                    MlaKernels.AbsorbOutput(stream, o, scratch, kvB, shape, 1);
+                    ms = MedianMs(gpu, stream, () => MlaKernels.AbsorbOutput(stream, o, scratch, kvB, shape, 1));
+                    rows.Add(WeightRow("MLA merge slices + absorb output (W_UV), alone", $"L={length}, T=1, H=32, V=128, R=512, {scratch.Splits} slices (L2-resident)", ms));
+                    using CudaGraph graph = stream.Capture(s =>
+                    {
+                        foreach (DeviceBuffer<ushort> w in weights) MlaKernels.AbsorbOutput(s, o, scratch, w, shape, 1);
+                    });
+                    rows.Add(WeightRow("MLA merge slices + absorb output (W_UV), 16 in a graph",
+                        $"L={length}, T=1, H=32, V=128, R=512 (4 MB from DRAM), per launch", MedianMs(gpu, stream, () => graph.Launch(stream)) / Copies));
+                }
+            }
+            finally
+            {
+                foreach (DeviceBuffer<ushort> w in weights) w.Dispose();
+            }
             foreach (int length in new[] { 1024, 32_768, 131_072 })
             {
                 long bytes = 2L * length * shape.LatentWidth;
@@ -206,13 +237,13 @@ internal static class GpuKernelBenchmarks
                 var caches = Enumerable.Range(0, copies).Select(_ => RandomBf16(gpu, stream, random, length * (long)shape.LatentWidth)).ToArray();
                 start.CopyFrom([length - 1], stream);
                 int next = 0;
-                ms = MedianMs(gpu, stream, () => MlaKernels.DecodeAttention(stream, mixed, queryLatent, caches[next++ % copies], start, 1, shape, shape.Scale, scratch));
+                ms = MedianMs(gpu, stream, () => MlaKernels.DecodeAttention(stream, queryLatent, caches[next++ % copies], start, 1, shape, shape.Scale, scratch));
                 foreach (DeviceBuffer<ushort> cache in caches) cache.Dispose();
                 double gbs = bytes / (ms * 1e6);
-                rows.Add(new Row("MLA decode attention (split + combine)", $"L={length}, T=1, H=32, R+P=576, {scratch.Splits} slices", ms * 1000,
+                rows.Add(new Row("MLA decode attention (slices, no merge)", $"L={length}, T=1, H=32, R+P=576, {scratch.Splits} slices", ms * 1000,
                     $"{gbs:F0} GB/s", gbs / copyGBs, "D2D copy"));
             }
-            // A whole decode layer's four kernels as the model replays them: one captured graph, each kernel under
+            // A whole decode layer's three kernels as the model replays them: one captured graph, each kernel under
             // programmatic launch where the device has it. Bytes: the cache rows plus W_UK and W_UV.
             foreach (int length in new[] { 1024, 131_072 })
             {
@@ -221,14 +252,14 @@ internal static class GpuKernelBenchmarks
                 void Layer(CudaStream s)
                 {
                     MlaKernels.AbsorbQuery(s, queryLatent, q, kvB, shape, 1);
-                    MlaKernels.DecodeAttention(s, mixed, queryLatent, cache, start, 1, shape, shape.Scale, scratch);
-                    MlaKernels.AbsorbOutput(s, o, mixed, kvB, shape, 1);
+                    MlaKernels.DecodeAttention(s, queryLatent, cache, start, 1, shape, shape.Scale, scratch);
+                    MlaKernels.AbsorbOutput(s, o, scratch, kvB, shape, 1);
                 }
                 Layer(stream);
                 using CudaGraph graph = stream.Capture(Layer);
                 ms = MedianMs(gpu, stream, () => graph.Launch(stream));
                 double gbs = (2L * length * shape.LatentWidth + 2 * halfWeightBytes) / (ms * 1e6);
-                rows.Add(new Row("MLA decode layer (4 kernels, one graph)", $"L={length}, T=1, H=32, R+P=576, {scratch.Splits} slices", ms * 1000,
+                rows.Add(new Row("MLA decode layer (3 kernels, one graph)", $"L={length}, T=1, H=32, R+P=576, {scratch.Splits} slices", ms * 1000,
                     $"{gbs:F0} GB/s", gbs / copyGBs, "D2D copy"));
             }
         }

@@ -5,13 +5,13 @@
 //
 // ABSORBED DECODE (few tokens over a long cache), three steps:
 //   kimi_mla_absorb_query   q_lat[t,h,:R] = Σ_n q[t,h,n]·W_UK_h[n,:],  q_lat[t,h,R:] = q[t,h,N:]   (fp32)
-//   kimi_mla_decode_partial + kimi_mla_decode_combine: MQA over the latent, per token t and head h
+//   kimi_mla_decode_partial: MQA over the latent, per token t and head h
 //       p_s = softmax_s(scale·q_lat[t,h]·latent[s]) over s ≤ start + t,   out[t,h,:] = Σ_s p_s·latent[s,:R]
 //     as flash-decoding: the cache is split into a fixed number of slices (one block each, for all heads of a token,
 //     so a row is read once per token); each block keeps an online softmax and writes its unnormalised partial output
-//     and (max, sum); the combine kernel merges the slices by log-sum-exp. Every block reads the length from device
-//     memory, so the grid does not depend on it and a captured decode graph replays while the cache grows.
-//   kimi_mla_absorb_output  o[t,h,v] = Σ_r W_UV_h[v,r]·out[t,h,r]
+//     and (max, sum). Every block reads the length from device memory, so the grid does not depend on it and a
+//     captured decode graph replays while the cache grows.
+//   kimi_mla_combine_absorb_output  merges the slices by log-sum-exp into out[t,h,:], then o[t,h,v] = Σ_r W_UV_h[v,r]·out[t,h,r]
 // EXPANDED PREFILL (kimi_mla_prefill_*): causal flash attention per head with key = (keysValues[s,h,:N] | k_pe[s]),
 //   value = keysValues[s,h,N:], keysValues = latent[:, :R]·kvBᵀ (computed by a GEMM before).
 //
@@ -162,115 +162,104 @@ __device__ __forceinline__ float group_sum(float v, int width) {
     return v;
 }
 
-// ---- absorbed decode: query and output absorption -------------------------------------------------------------------
+// ---- absorbed decode: query absorption ------------------------------------------------------------------------------
+//
+// Both absorptions stream a 4.2 MB weight (W_UK, W_UV: H·128·512 bf16) once per decode step, so they are laid out for
+// bandwidth: a block takes one head and 128 weight columns (16 pieces of 16 bytes per row; a half-warp reads one row's
+// 256 contiguous bytes), 256 threads hold 8 pieces each, so one block requests its whole 32 KB slice at once and the
+// 128 blocks of the model's shape request all 4.2 MB before waiting for the predecessor (the weights do not depend on
+// it). After the wait the weights stay in registers for every token.
+constexpr int kAbsorbThreads = 256;
+constexpr int kAbsorbColumns = 128;                          // weight columns per block
+constexpr int kAbsorbPieces = kAbsorbColumns / 8;            // 16-byte pieces per row: a half-warp
+constexpr int kAbsorbRowStep = kAbsorbThreads / kAbsorbPieces;   // 16 rows covered per held piece
+constexpr int kAbsorbHeld = 8;                               // pieces a thread holds: rows row0 + 16k, k < 8 (128 rows)
+constexpr int kAbsorbWarps = kAbsorbThreads / 32;
+constexpr int kQueryTokens = 4;                              // tokens per pass of the query absorption
 
-constexpr int kAbsorbThreads = 128;
-constexpr int kAbsorbColumns = 64;                       // latent columns per query-absorption block (8 per thread)
-constexpr int kAbsorbGroups = kAbsorbThreads / (kAbsorbColumns / 8);   // 16 thread groups split the N rows
-constexpr int kAbsorbTokens = 4;                         // tokens per pass (the W_UK slice is reread per pass, from L1/L2)
-constexpr int kOutputRowsPerBlock = kAbsorbThreads / 32; // one W_UV row per warp
+// Dynamic shared memory of the query absorption, bytes: q [4][N] and the per-warp sums [8][4][128].
+__host__ __device__ constexpr size_t absorb_query_smem_bytes(int N) {
+    return (static_cast<size_t>(kQueryTokens) * N + kAbsorbWarps * kQueryTokens * kAbsorbColumns) * 4;
+}
 
-// q_lat [T, H, D] fp32 from q [T, H·(N+P)] fp32. Grid (ceil(R / 64), H); 128 threads; dynamic shared memory
-// kAbsorbGroups·kAbsorbTokens·64 floats. R % 8 == 0. Programmatic launch: the thread's first kAbsorbHeld W_UK rows
-// (all of them at N ≤ 128) are requested before waiting for the kernel that writes q.
-constexpr int kAbsorbHeld = 8;
+// The 8 bf16 of a piece times 8 floats.
+__device__ __forceinline__ float dot8(uint4 w, float4 a, float4 b) {
+    return bf16_lo(w.x) * a.x + bf16_hi(w.x) * a.y + bf16_lo(w.y) * a.z + bf16_hi(w.y) * a.w +
+           bf16_lo(w.z) * b.x + bf16_hi(w.z) * b.y + bf16_lo(w.w) * b.z + bf16_hi(w.w) * b.w;
+}
+
+// q_lat [T, H, D] fp32 from q [T, H·(N+P)] fp32. Grid (ceil(R / 128), H); 256 threads; absorb_query_smem_bytes(N).
+// R % 8 == 0. Thread (row0 = tid / 16, piece = tid % 16) accumulates rows row0, row0 + 16, ... of its 8 columns, for 4
+// tokens a pass (q staged in shared memory); the two half-warps' sums meet by one exchange (each lane keeps 4 of the
+// 8 columns), the 8 warps' sums in shared memory.
 extern "C" __global__ void __launch_bounds__(kAbsorbThreads)
 kimi_mla_absorb_query(float* __restrict__ q_lat, const float* __restrict__ q, const uint16_t* __restrict__ kvb,
                       int T, int H, int N, int P, int V, int R) {
     allow_successor();
-    float* partial = reinterpret_cast<float*>(dynamic_smem());   // [groups][tokens][64]
-    const int h = blockIdx.y, tid = threadIdx.x;
-    const int cg = tid % (kAbsorbColumns / 8), ng = tid / (kAbsorbColumns / 8);
-    const int col = blockIdx.x * kAbsorbColumns + cg * 8;
+    const int h = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int piece = tid % kAbsorbPieces, row0 = tid / kAbsorbPieces;
+    const int c0 = blockIdx.x * kAbsorbColumns, col = c0 + piece * 8;
     const int qk = N + P, D = R + P;
-    const uint16_t* w_uk = kvb + static_cast<size_t>(h) * (N + V) * R;
-    auto weights = [&](int n) { return *reinterpret_cast<const uint4*>(w_uk + static_cast<size_t>(n) * R + col); };
-    uint4 held[kAbsorbHeld];   // rows ng, ng + 16, ...
+    const uint16_t* w_uk = kvb + static_cast<size_t>(h) * (N + V) * R + col;
+    auto weights = [&](int n) { return col < R && n < N ? *reinterpret_cast<const uint4*>(w_uk + static_cast<size_t>(n) * R) : make_uint4(0, 0, 0, 0); };
+    uint4 held[kAbsorbHeld];
 #pragma unroll
-    for (int k = 0; k < kAbsorbHeld; k++) {
-        const int n = ng + k * kAbsorbGroups;
-        held[k] = col < R && n < N ? weights(n) : make_uint4(0, 0, 0, 0);
-    }
+    for (int k = 0; k < kAbsorbHeld; k++) held[k] = weights(row0 + k * kAbsorbRowStep);
     wait_for_predecessor();
 
-    for (int t0 = 0; t0 < T; t0 += kAbsorbTokens) {
-        float acc[kAbsorbTokens][8] = {};
+    float* q_sh = reinterpret_cast<float*>(dynamic_smem());   // [4][N]
+    float* sums = q_sh + kQueryTokens * N;                     // [8 warps][4][128]
+    const float* q_head = q + h * qk;
+    for (int t0 = 0; t0 < T; t0 += kQueryTokens) {
+        for (int e = tid; e < kQueryTokens * N; e += kAbsorbThreads) {
+            const int i = e / N, n = e - i * N;
+            q_sh[e] = t0 + i < T ? q_head[static_cast<size_t>(t0 + i) * H * qk + n] : 0.0f;
+        }
+        __syncthreads();   // q staged; the previous pass's sums read
+        float acc[kQueryTokens][8] = {};
         auto accumulate = [&](uint4 w, int n) {
             const float wf[8] = {bf16_lo(w.x), bf16_hi(w.x), bf16_lo(w.y), bf16_hi(w.y),
                                  bf16_lo(w.z), bf16_hi(w.z), bf16_lo(w.w), bf16_hi(w.w)};
 #pragma unroll
-            for (int i = 0; i < kAbsorbTokens; i++) {
-                const float x = t0 + i < T ? q[static_cast<size_t>(t0 + i) * H * qk + h * qk + n] : 0.0f;
+            for (int i = 0; i < kQueryTokens; i++) {
+                const float x = q_sh[i * N + n];
 #pragma unroll
                 for (int j = 0; j < 8; j++) acc[i][j] += x * wf[j];
             }
         };
-        if (col < R) {
 #pragma unroll
-            for (int k = 0; k < kAbsorbHeld; k++)
-                if (ng + k * kAbsorbGroups < N) accumulate(held[k], ng + k * kAbsorbGroups);
-            for (int n = ng + kAbsorbHeld * kAbsorbGroups; n < N; n += kAbsorbGroups) accumulate(weights(n), n);
+        for (int k = 0; k < kAbsorbHeld; k++)
+            if (row0 + k * kAbsorbRowStep < N) accumulate(held[k], row0 + k * kAbsorbRowStep);
+        for (int n = row0 + kAbsorbHeld * kAbsorbRowStep; n < N; n += kAbsorbRowStep) accumulate(weights(n), n);   // N > 128
+
+        // Lanes l and l ^ 16 hold the same columns: the low half-warp keeps columns 0-3, the high one 4-7.
+        const bool high = lane >= 16;
+#pragma unroll
+        for (int i = 0; i < kQueryTokens; i++) {
+            float kept[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const float send = high ? acc[i][j] : acc[i][j + 4];
+                kept[j] = (high ? acc[i][j + 4] : acc[i][j]) + __shfl_xor_sync(0xFFFFFFFFu, send, 16);
+            }
+            *reinterpret_cast<float4*>(sums + (warp * kQueryTokens + i) * kAbsorbColumns + piece * 8 + (high ? 4 : 0)) =
+                make_float4(kept[0], kept[1], kept[2], kept[3]);
         }
-        for (int i = 0; i < kAbsorbTokens; i++)
-            for (int j = 0; j < 8; j++) partial[(ng * kAbsorbTokens + i) * kAbsorbColumns + cg * 8 + j] = acc[i][j];
         __syncthreads();
-        for (int e = tid; e < kAbsorbTokens * kAbsorbColumns; e += kAbsorbThreads) {
-            const int i = e / kAbsorbColumns, c = e % kAbsorbColumns, r = blockIdx.x * kAbsorbColumns + c;
-            if (t0 + i >= T || r >= R) continue;
+        for (int e = tid; e < kQueryTokens * kAbsorbColumns; e += kAbsorbThreads) {
+            const int i = e / kAbsorbColumns, c = e % kAbsorbColumns;
+            if (t0 + i >= T || c0 + c >= R) continue;
             float sum = 0.0f;
-            for (int g = 0; g < kAbsorbGroups; g++) sum += partial[(g * kAbsorbTokens + i) * kAbsorbColumns + c];
-            q_lat[(static_cast<size_t>(t0 + i) * H + h) * D + r] = sum;
+#pragma unroll
+            for (int w = 0; w < kAbsorbWarps; w++) sum += sums[(w * kQueryTokens + i) * kAbsorbColumns + c];
+            q_lat[(static_cast<size_t>(t0 + i) * H + h) * D + c0 + c] = sum;
         }
-        __syncthreads();   // partial is rewritten by the next pass
     }
     if (blockIdx.x == 0)   // the rope part passes through: k_pe is shared by all heads
         for (int e = tid; e < T * P; e += kAbsorbThreads) {
             const int t = e / P, i = e % P;
             q_lat[(static_cast<size_t>(t) * H + h) * D + R + i] = q[static_cast<size_t>(t) * H * qk + h * qk + N + i];
         }
-}
-
-// o [T, H·V] fp32 from out_lat [T, H, R] fp32. Grid (ceil(V / 4), H); 128 threads, one W_UV row per warp. R % 8 == 0.
-// Programmatic launch: the lane's first kOutputHeld 16-byte pieces of its row (all of them at R ≤ 512) are requested
-// before waiting for the kernel that writes out_lat.
-constexpr int kOutputHeld = 2;
-static_assert(kOutputHeld == 2, "kimi_mla_absorb_output's loop picks held[0] and held[1] by name");
-extern "C" __global__ void __launch_bounds__(kAbsorbThreads)
-kimi_mla_absorb_output(float* __restrict__ o, const float* __restrict__ out_lat, const uint16_t* __restrict__ kvb,
-                       int T, int H, int N, int V, int R) {
-    allow_successor();
-    const int h = blockIdx.y, lane = threadIdx.x % 32;
-    const int v = blockIdx.x * kOutputRowsPerBlock + threadIdx.x / 32;
-    const uint16_t* w_uv = kvb + (static_cast<size_t>(h) * (N + V) + N + v) * R;
-    uint4 held[kOutputHeld];   // pieces lane, lane + 32
-#pragma unroll
-    for (int k = 0; k < kOutputHeld; k++) {
-        const int c = (lane + k * 32) * 8;
-        held[k] = v < V && c < R ? *reinterpret_cast<const uint4*>(w_uv + c) : make_uint4(0, 0, 0, 0);
-    }
-    wait_for_predecessor();
-    if (v >= V) return;   // whole warps: no barrier follows
-    constexpr int kTokens = 8;
-    for (int t0 = 0; t0 < T; t0 += kTokens) {
-        float acc[kTokens] = {};
-        for (int k = 0, c = lane * 8; c < R; k++, c += 32 * 8) {
-            const uint4 w = k == 0 ? held[0] : k == 1 ? held[1] : *reinterpret_cast<const uint4*>(w_uv + c);
-            const float wf[8] = {bf16_lo(w.x), bf16_hi(w.x), bf16_lo(w.y), bf16_hi(w.y),
-                                 bf16_lo(w.z), bf16_hi(w.z), bf16_lo(w.w), bf16_hi(w.w)};
-#pragma unroll
-            for (int i = 0; i < kTokens; i++) {
-                if (t0 + i >= T) break;
-                const float* x = out_lat + (static_cast<size_t>(t0 + i) * H + h) * R + c;
-                const float4 a = *reinterpret_cast<const float4*>(x), b = *reinterpret_cast<const float4*>(x + 4);
-                acc[i] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y + wf[6] * b.z + wf[7] * b.w;
-            }
-        }
-#pragma unroll
-        for (int i = 0; i < kTokens; i++) {
-            const float sum = group_sum(acc[i], 32);
-            if (lane == 0 && t0 + i < T) o[static_cast<size_t>(t0 + i) * H * V + h * V + v] = sum;
-        }
-    }
 }
 
 // ---- absorbed decode: flash-decoding over the latent cache ----------------------------------------------------------
@@ -543,67 +532,154 @@ kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ parti
 
 namespace mla {
 
-constexpr int kCombineThreads = 256, kCombineColumns = 128;   // 8 warps; each block 128 columns (a float4 per lane)
+// ---- absorbed decode: merging the slices and output absorption ------------------------------------------------------
 
-// Dynamic shared memory of the combine, bytes: weights [S], per-warp sums [8][128], reduction scratch [8].
-__host__ __device__ constexpr size_t combine_smem_bytes(int splits) {
-    return (static_cast<size_t>(splits) + (kCombineThreads / 32) * kCombineColumns + kCombineThreads / 32) * 4;
+// Dynamic shared memory of kimi_mla_combine_absorb_output, bytes: per-warp column sums [8][128], the merged latent
+// chunk [128], reduction scratch [8], slice weights [S] (last: S need not be a multiple of 4, the float4 rows before it are aligned).
+__host__ __device__ constexpr size_t absorb_output_smem_bytes(int splits) {
+    return (static_cast<size_t>(splits) + kAbsorbWarps * kAbsorbColumns + kAbsorbColumns + kAbsorbWarps) * 4;
 }
 
-// out [T, H, R] = Σ_s 2^(m_s − M)·O_s / Σ_s 2^(m_s − M)·l_s. Grid (ceil(R / 128), H, T); 256 threads;
-// combine_smem_bytes(S). Warp w sums the slices w, w + 8, ... for 128 columns; the 8 sums meet in shared memory.
-// Programmatic launch: everything it reads comes from the partial kernel, so it waits first.
-extern "C" __global__ void __launch_bounds__(kCombineThreads)
-kimi_mla_decode_combine(float* __restrict__ out, const float* __restrict__ partial_o, const float* __restrict__ partial_ml,
-                        int H, int R, int splits) {
-    allow_successor();
-    wait_for_predecessor();
-    constexpr int kWarps = kCombineThreads / 32;
-    float* weight = reinterpret_cast<float*>(dynamic_smem());   // [S]
-    float* sums = weight + splits;                               // [8][128]
-    float* scratch = sums + kWarps * kCombineColumns;            // [8]
-    const int h = blockIdx.y, t = blockIdx.z, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    const float* ml = partial_ml + static_cast<size_t>(t) * splits * H * 2 + h * 2;   // slice s at ml[s·2H]
-
-    float top = kNegInf;
-    for (int s = tid; s < splits; s += kCombineThreads) top = fmaxf(top, ml[static_cast<size_t>(s) * H * 2]);
-    top = group_max(top, 32);
-    if (lane == 0) scratch[warp] = top;
-    __syncthreads();
-    top = scratch[0];
-    for (int w = 1; w < kWarps; w++) top = fmaxf(top, scratch[w]);   // finite: at least one slice holds rows
-    float denominator = 0.0f;
-    for (int s = tid; s < splits; s += kCombineThreads) {
-        const float m = ml[static_cast<size_t>(s) * H * 2];
-        const float w = m == kNegInf ? 0.0f : ex2(m - top);
-        weight[s] = w;
-        denominator += w * ml[static_cast<size_t>(s) * H * 2 + 1];
+// Sums v[k] over the 16 lanes of each half-warp for 8 rows k at once by halving exchanges (8 shuffles, where 8
+// separate sums would take 32); afterwards lane l holds the whole sum of row k = (l >> 1) & 7.
+__device__ __forceinline__ float half_warp_sum8(float (&v)[8], int lane) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) {   // lanes l and l ^ 8: the low one keeps rows 0-3, the high one rows 4-7
+        const bool high = lane & 8;
+        const float send = high ? v[i] : v[i + 4], keep = high ? v[i + 4] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xFFFFFFFFu, send, 8);
     }
-    denominator = group_sum(denominator, 32);
-    __syncthreads();   // every thread has read scratch (the max) before it is reused
-    if (lane == 0) scratch[warp] = denominator;
-    __syncthreads();
-    denominator = 0.0f;
-    for (int w = 0; w < kWarps; w++) denominator += scratch[w];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {   // v[i] is row i + 4·bit3 now
+        const bool high = lane & 4;
+        const float send = high ? v[i] : v[i + 2], keep = high ? v[i + 2] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xFFFFFFFFu, send, 4);
+    }
+    const bool high = lane & 2;     // v[i] is row i + 2·bit2 + 4·bit3 now
+    const float send = high ? v[0] : v[1], keep = high ? v[1] : v[0];
+    const float sum = keep + __shfl_xor_sync(0xFFFFFFFFu, send, 2);
+    return sum + __shfl_xor_sync(0xFFFFFFFFu, sum, 1);
+}
 
-    const int col = blockIdx.x * kCombineColumns + lane * 4;
-    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (col < R) {
-        const float* po = partial_o + static_cast<size_t>(t) * splits * H * R + static_cast<size_t>(h) * R + col;
+// L2 load (bypassing L1, which is not coherent with the other blocks' writes).
+__device__ __forceinline__ float load_l2(const float* p) {
+#ifdef KDA_EMULATE
+    return *p;
+#else
+    return __ldcg(p);
+#endif
+}
+
+// o [T, H·V] fp32 from the decode slices: per token t and head h the log-sum-exp merge
+//   out[r] = Σ_s 2^(m_s − M)·O_s[r] / Σ_s 2^(m_s − M)·l_s   (partial_o [T, S, H, R], partial_ml [T, S, H, 2])
+// then o[t, h·V + v] = Σ_r W_UV_h[v, r]·out[r]. Grid (G = ceil(R / 128), H); 256 threads; absorb_output_smem_bytes(S).
+// Block (j, h) merges only its 128 columns of out (so the slices, up to 2.2 times the bytes of W_UV at 132 slices,
+// are read once in all) and multiplies them by the matching 128 columns of every W_UV row it holds: its products are
+// partial sums over r. With G > 1 it leaves them in o_parts [T, H, G, V]; the block of the head that arrives last
+// (counted in arrivals [H], which it resets to 0 for the next call) adds the G parts in order j = 0 .. G − 1, so the
+// result does not depend on which block came last. R % 8 == 0. Programmatic launch: W_UV is requested before the wait.
+extern "C" __global__ void __launch_bounds__(kAbsorbThreads)
+kimi_mla_combine_absorb_output(float* __restrict__ o, float* __restrict__ o_parts, int* __restrict__ arrivals,
+                               const float* __restrict__ partial_o, const float* __restrict__ partial_ml,
+                               const uint16_t* __restrict__ kvb, int T, int H, int N, int V, int R, int splits) {
+    allow_successor();
+    const int j = blockIdx.x, G = gridDim.x, h = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int piece = tid % kAbsorbPieces, row0 = tid / kAbsorbPieces;
+    const int c0 = j * kAbsorbColumns, col = c0 + piece * 8;
+    const uint16_t* w_uv = kvb + (static_cast<size_t>(h) * (N + V) + N) * R + col;
+    auto weights = [&](int v) { return col < R && v < V ? *reinterpret_cast<const uint4*>(w_uv + static_cast<size_t>(v) * R) : make_uint4(0, 0, 0, 0); };
+    uint4 held[kAbsorbHeld];   // rows row0 + 16k
+#pragma unroll
+    for (int k = 0; k < kAbsorbHeld; k++) held[k] = weights(row0 + k * kAbsorbRowStep);
+    wait_for_predecessor();
+
+    float* sums = reinterpret_cast<float*>(dynamic_smem());     // [8][128]
+    float* merged = sums + kAbsorbWarps * kAbsorbColumns;        // [128]
+    float* scratch = merged + kAbsorbColumns;                    // [8]
+    float* weight = scratch + kAbsorbWarps;                      // [S]
+    for (int t = 0; t < T; t++) {
+        const float* ml = partial_ml + static_cast<size_t>(t) * splits * H * 2 + h * 2;   // slice s at ml[s·2H]
+        float top = kNegInf;
+        for (int s = tid; s < splits; s += kAbsorbThreads) top = fmaxf(top, ml[static_cast<size_t>(s) * H * 2]);
+        top = group_max(top, 32);
+        if (lane == 0) scratch[warp] = top;
+        __syncthreads();   // (also: the previous token's scratch, sums and weights are read)
+        top = scratch[0];
+        for (int w = 1; w < kAbsorbWarps; w++) top = fmaxf(top, scratch[w]);   // finite: at least one slice holds rows
+        float denominator = 0.0f;
+        for (int s = tid; s < splits; s += kAbsorbThreads) {
+            const float m = ml[static_cast<size_t>(s) * H * 2];
+            const float w = m == kNegInf ? 0.0f : ex2(m - top);
+            weight[s] = w;
+            denominator += w * ml[static_cast<size_t>(s) * H * 2 + 1];
+        }
+        denominator = group_sum(denominator, 32);
+        __syncthreads();   // every thread has read the max from scratch; the weights are complete
+        if (lane == 0) scratch[warp] = denominator;
+
+        // Warp w sums the slices w, w + 8, ... of the block's 128 columns, a float4 per lane.
+        const int col4 = c0 + lane * 4;
+        float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (col4 < R) {
+            const float* po = partial_o + static_cast<size_t>(t) * splits * H * R + static_cast<size_t>(h) * R + col4;
 #pragma unroll 4
-        for (int s = warp; s < splits; s += kWarps) {
-            const float w = weight[s];
-            if (w == 0.0f) continue;   // an empty slice wrote no O
-            const float4 o = *reinterpret_cast<const float4*>(po + static_cast<size_t>(s) * H * R);
-            acc.x += w * o.x; acc.y += w * o.y; acc.z += w * o.z; acc.w += w * o.w;
+            for (int s = warp; s < splits; s += kAbsorbWarps) {
+                const float w = weight[s];
+                if (w == 0.0f) continue;   // an empty slice wrote no O
+                const float4 x = *reinterpret_cast<const float4*>(po + static_cast<size_t>(s) * H * R);
+                acc.x += w * x.x; acc.y += w * x.y; acc.z += w * x.z; acc.w += w * x.w;
+            }
+        }
+        *reinterpret_cast<float4*>(sums + warp * kAbsorbColumns + lane * 4) = acc;
+        __syncthreads();
+        if (tid < kAbsorbColumns) {
+            float total = 0.0f, sum = 0.0f;
+#pragma unroll
+            for (int w = 0; w < kAbsorbWarps; w++) {
+                total += scratch[w];
+                sum += sums[w * kAbsorbColumns + tid];
+            }
+            merged[tid] = sum / total;   // columns past R hold 0: their weight pieces are 0 too
+        }
+        __syncthreads();
+
+        // This block's share of o: rows v0 + row0 + 16k against the 8 merged columns of the thread's piece.
+        const float4 xa = *reinterpret_cast<const float4*>(merged + piece * 8), xb = *reinterpret_cast<const float4*>(merged + piece * 8 + 4);
+        float* dst = G == 1 ? o + static_cast<size_t>(t) * H * V + h * V : o_parts + ((static_cast<size_t>(t) * H + h) * G + j) * V;
+        auto rows = [&](const uint4 (&w)[kAbsorbHeld], int v0) {
+            float d[kAbsorbHeld];
+#pragma unroll
+            for (int k = 0; k < kAbsorbHeld; k++) d[k] = dot8(w[k], xa, xb);
+            const float sum = half_warp_sum8(d, lane);
+            const int v = v0 + row0 + ((lane >> 1) & 7) * kAbsorbRowStep;
+            if ((lane & 1) == 0 && v < V) dst[v] = sum;
+        };
+        rows(held, 0);
+        for (int v0 = kAbsorbHeld * kAbsorbRowStep; v0 < V; v0 += kAbsorbHeld * kAbsorbRowStep) {   // V > 128
+            uint4 more[kAbsorbHeld];
+#pragma unroll
+            for (int k = 0; k < kAbsorbHeld; k++) more[k] = weights(v0 + row0 + k * kAbsorbRowStep);
+            rows(more, v0);
         }
     }
-    *reinterpret_cast<float4*>(sums + warp * kCombineColumns + lane * 4) = acc;
+    if (G == 1) return;
+
+    // The last of the head's G blocks adds the parts.
+    __threadfence();   // this block's parts are visible device-wide before it counts itself in
+    __syncthreads();   // all of them (and the last token's scratch is read)
+    if (tid == 0) {
+        const bool last = atomicAdd(arrivals + h, 1) == G - 1;
+        if (last) arrivals[h] = 0;
+        scratch[0] = last ? 1.0f : 0.0f;
+    }
     __syncthreads();
-    if (tid < kCombineColumns && blockIdx.x * kCombineColumns + tid < R) {
+    if (scratch[0] == 0.0f) return;
+    for (int e = tid; e < T * V; e += kAbsorbThreads) {
+        const int t = e / V, v = e - t * V;
+        const float* part = o_parts + static_cast<size_t>(t) * H * G * V + static_cast<size_t>(h) * G * V + v;
         float sum = 0.0f;
-        for (int w = 0; w < kWarps; w++) sum += sums[w * kCombineColumns + tid];
-        out[(static_cast<size_t>(t) * H + h) * R + blockIdx.x * kCombineColumns + tid] = sum / denominator;
+        for (int k = 0; k < G; k++) sum += load_l2(part + k * V);
+        o[static_cast<size_t>(t) * H * V + h * V + v] = sum;
     }
 }
 

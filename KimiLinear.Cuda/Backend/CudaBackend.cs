@@ -573,9 +573,9 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
         {
             var queryLatent = _arena.Rent<float>((long)tokens * heads * (shape.Rank + ropeDim)); // [T, H, R + P]
             MlaKernels.AbsorbQuery(_stream, queryLatent, Device(q).F32, weight, shape, tokens);
-            var mixed = _arena.Rent<float>((long)tokens * heads * shape.Rank);                  // [T, H, R]
-            MlaKernels.DecodeAttention(_stream, mixed, queryLatent, cache, Scalar(start), tokens, shape, scale, DecodeScratch(shape));
-            MlaKernels.AbsorbOutput(_stream, Device(o).F32, mixed, weight, shape, tokens);
+            var scratch = DecodeScratch(shape);
+            MlaKernels.DecodeAttention(_stream, queryLatent, cache, Scalar(start), tokens, shape, scale, scratch);
+            MlaKernels.AbsorbOutput(_stream, Device(o).F32, scratch, weight, shape, tokens);
             return;
         }
         // Expanded (absorbed prefill is the same math; the expanded form does a third of its FLOPs):

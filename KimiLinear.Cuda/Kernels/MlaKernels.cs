@@ -4,7 +4,8 @@ namespace KimiLinear.Cuda.Kernels;
 
 /// <summary>
 /// MLA attention on the GPU (<c>kernels/mla.cu</c>; its opening comment has the math). Decode takes the absorbed form
-/// (MQA over the bf16 latent cache): <see cref="AbsorbQuery"/>, <see cref="DecodeAttention"/>, <see cref="AbsorbOutput"/>.
+/// (MQA over the bf16 latent cache): <see cref="AbsorbQuery"/>, <see cref="DecodeAttention"/> (the slices' partials) and
+/// <see cref="AbsorbOutput"/> (their merge, then W_UV).
 /// Prefill takes the expanded form, <see cref="PrefillAttention"/>, over keysValues = latent[:, :R]·kvBᵀ computed by a
 /// GEMM before. Activations are fp32, kvB and the cache bf16 (as <see cref="ushort"/> bits). Everything is queued on the
 /// stream without a host synchronisation, so the calls can be captured in a CUDA graph.
@@ -22,13 +23,14 @@ namespace KimiLinear.Cuda.Kernels;
 /// </remarks>
 internal static unsafe class MlaKernels
 {
-    // Launch geometry and dynamic shared memory, as kernels/mla.cu defines them (kAbsorb*, kDecode*, kCombineThreads,
-    // kPrefill*, decode_smem_bytes, prefill_smem_bytes). The four decode kernels are launched programmatically where the
-    // device has it (KernelCatalog): each waits for its predecessor before reading what that wrote.
-    private const int AbsorbThreads = 128;
-    private const int AbsorbColumns = 64;
-    private const int AbsorbSharedBytes = 16 * 4 * AbsorbColumns * sizeof(float); // kAbsorbGroups · kAbsorbTokens · 64 floats
-    private const int OutputRowsPerBlock = AbsorbThreads / 32;
+    // Launch geometry and dynamic shared memory, as kernels/mla.cu defines them (kAbsorb*, kQueryTokens, kDecode*,
+    // kPrefill*, absorb_query_smem_bytes, absorb_output_smem_bytes, decode_smem_bytes, prefill_smem_bytes). The three
+    // decode kernels are launched programmatically where the device has it (KernelCatalog): each waits for its
+    // predecessor before reading what that wrote.
+    private const int AbsorbThreads = 256;
+    private const int AbsorbWarps = AbsorbThreads / 32;
+    private const int AbsorbColumns = MlaDecodeScratch.OutputColumnsPerBlock;
+    private const int QueryTokens = 4;
     private const int DecodeWarps = 8;
     private const int DecodeThreads = DecodeWarps * 32;
     private const int DecodeRows = 48;
@@ -36,8 +38,6 @@ internal static unsafe class MlaKernels
     private const int DecodeMaxQuerySteps = 9;
     private const int DecodeMaxRank = 512;
     private const int DecodeMaxHeads = 32;
-    private const int CombineThreads = 256;
-    private const int CombineColumns = 128;
     private const int PrefillThreads = 256;
     private const int PrefillRows = 128;
     private const int PrefillStages = 3;
@@ -53,13 +53,15 @@ internal static unsafe class MlaKernels
     private static int DecodeSharedBytes(int d, int mTiles) =>
         DecodeStages * DecodeRows * (d + 8) * 2 + DecodeWarps * 16 * (DecodeRows + 8) * 4 + mTiles * 16 * (DecodeRows + 8) * 2 + mTiles * 16 * 4;
 
-    private static int CombineSharedBytes(int splits) => (splits + CombineThreads / 32 * (CombineColumns + 1)) * sizeof(float);
+    private static int AbsorbQuerySharedBytes(int nopeDim) => (QueryTokens * nopeDim + AbsorbWarps * QueryTokens * AbsorbColumns) * sizeof(float);
+
+    private static int AbsorbOutputSharedBytes(int splits) => (splits + AbsorbWarps * AbsorbColumns + AbsorbColumns + AbsorbWarps) * sizeof(float);
 
     private static int PrefillSharedBytes(int queryHeadDim, int valueDim) => PrefillStages * 64 * ((queryHeadDim + 8) + (valueDim + 8)) * 2;
 
     /// <summary>
     /// Folds W_UK into the queries: q_lat[t, h, :R] = Σ_n q[t, h, n]·kvB[h(N+V) + n, :] and q_lat[t, h, R:] = q[t, h, N:]
-    /// (the rope part, scored against the shared k_pe as it is). Reads W_UK once per 4 tokens.
+    /// (the rope part, scored against the shared k_pe as it is). Reads W_UK once for all tokens.
     /// </summary>
     /// <param name="stream">Where to queue it (one launch).</param>
     /// <param name="queryLatent">[T, H, R + P] fp32 out.</param>
@@ -74,30 +76,32 @@ internal static unsafe class MlaKernels
         KernelChecks.HoldsAligned(queryLatent, (long)t * shape.Heads * shape.LatentWidth, nameof(queryLatent));
         KernelChecks.HoldsAligned(q, (long)t * shape.QueryWidth, nameof(q));
         KernelChecks.HoldsAligned(kvB, (long)shape.KeyValueWidth * shape.Rank, nameof(kvB));
+        int shared = AbsorbQuerySharedBytes(shape.NopeDim);
+        CheckShared(stream, shared, "MLA query absorption");
         int h = shape.Heads, n = shape.NopeDim, p = shape.RopeDim, v = shape.ValueDim, r = shape.Rank;
         ulong pOut = queryLatent.Pointer, pQ = q.Pointer, pW = kvB.Pointer;
         void** args = stackalloc void*[] { &pOut, &pQ, &pW, &t, &h, &n, &p, &v, &r };
         stream.Context.Kernels.Launch(KernelId.MlaAbsorbQuery, new Dim3((uint)((r + AbsorbColumns - 1) / AbsorbColumns), (uint)h),
-            new Dim3(AbsorbThreads), AbsorbSharedBytes, stream, args);
+            new Dim3(AbsorbThreads), shared, stream, args);
     }
 
     /// <summary>
     /// Absorbed attention of T queries over the latent cache (MQA over R + P wide rows), as flash-decoding: a fixed
-    /// number of slices (<see cref="MlaDecodeScratch.Splits"/>) per token, each block one slice for all heads, then a
-    /// log-sum-exp merge. out[t, h, :] = Σ_s p_s·latent[s, :R] with p = softmax over s ≤ start + t of
+    /// number of slices (<see cref="MlaDecodeScratch.Splits"/>) per token, each block one slice for all heads, leaving
+    /// each slice's unnormalised output and softmax (max, sum) in <paramref name="scratch"/>; <see cref="AbsorbOutput"/>
+    /// merges them into out[t, h, :] = Σ_s p_s·latent[s, :R] with p = softmax over s ≤ start + t of
     /// scale·(q_lat[t, h]·latent[s]). The grid does not depend on start, which is read on the device: a captured decode
     /// graph stays valid while the cache grows.
     /// </summary>
-    /// <param name="stream">Where to queue it (two launches).</param>
-    /// <param name="outLatent">[T, H, R] fp32 out: the attention-mixed latent, before W_UV.</param>
+    /// <param name="stream">Where to queue it (one launch).</param>
     /// <param name="queryLatent">[T, H, R + P] fp32, what <see cref="AbsorbQuery"/> writes.</param>
     /// <param name="latent">The cache [≥ start + T, R + P] bf16 rows (c | k_pe), rows start .. start + T − 1 already appended.</param>
     /// <param name="start">A device int: the position of the first query (the cache length before this call).</param>
     /// <param name="t">T, 1 ≤ T ≤ <paramref name="scratch"/>'s MaxTokens.</param>
     /// <param name="shape">H ≤ 32; R a multiple of 64, ≤ 512; R + P a multiple of 16 (576 at most for H &gt; 16).</param>
     /// <param name="scale">The softmax scale, usually <see cref="MlaShape.Scale"/>.</param>
-    /// <param name="scratch">The slices' partials, laid out for <paramref name="shape"/>.</param>
-    public static void DecodeAttention(CudaStream stream, DeviceSpan<float> outLatent, DeviceSpan<float> queryLatent, DeviceSpan<ushort> latent,
+    /// <param name="scratch">Receives the slices' partials; laid out for <paramref name="shape"/>.</param>
+    public static void DecodeAttention(CudaStream stream, DeviceSpan<float> queryLatent, DeviceSpan<ushort> latent,
         DeviceSpan<int> start, int t, MlaShape shape, float scale, MlaDecodeScratch scratch)
     {
         ArgumentNullException.ThrowIfNull(scratch);
@@ -109,12 +113,8 @@ internal static unsafe class MlaKernels
                 $"the MLA decode kernel needs H ≤ {DecodeMaxHeads}, R a multiple of 64 and ≤ {DecodeMaxRank}, R + P a multiple of 16 and ≤ " +
                 $"{16 * DecodeMaxQuerySteps * (DecodeWarps / mTiles)} (at H = {shape.Heads}); got H = {shape.Heads}, R = {shape.Rank}, P = {shape.RopeDim}", nameof(shape));
         KernelChecks.Positive(t, nameof(t));
-        if (scratch.Shape != shape)
-            throw new ArgumentException($"the scratch is laid out for {scratch.Shape}, not {shape}", nameof(scratch));
-        if (t > scratch.MaxTokens)
-            throw new ArgumentException($"the scratch has room for {scratch.MaxTokens} tokens but the call decodes {t}", nameof(scratch));
+        CheckScratch(scratch, shape, t);
         CheckScale(scale);
-        KernelChecks.HoldsAligned(outLatent, (long)t * shape.Heads * shape.Rank, nameof(outLatent));
         KernelChecks.HoldsAligned(queryLatent, (long)t * shape.Heads * d, nameof(queryLatent));
         KernelChecks.HoldsAligned(latent, (long)t * d, nameof(latent)); // at least the call's own rows; start is on the device
         KernelChecks.Holds(start, 1, nameof(start));
@@ -124,35 +124,41 @@ internal static unsafe class MlaKernels
         int h = shape.Heads, r = shape.Rank, splits = scratch.Splits;
         float scaleLog2 = scale * Log2E;
         ulong pPart = scratch.Outputs.Pointer, pStats = scratch.Stats.Pointer, pQ = queryLatent.Pointer, pLatent = latent.Pointer;
-        ulong pStart = start.Pointer, pOut = outLatent.Pointer;
+        ulong pStart = start.Pointer;
         void** partialArgs = stackalloc void*[] { &pPart, &pStats, &pQ, &pLatent, &pStart, &h, &r, &d, &scaleLog2 };
         // The model's shape has a build with every loop bound fixed (kernels/mla.cu says why that matters).
         KernelId partial = h == 32 && r == 512 && d == 576 ? KernelId.MlaDecodePartialH32R512D576 : KernelId.MlaDecodePartial;
         stream.Context.Kernels.Launch(partial, new Dim3((uint)splits, (uint)t), new Dim3(DecodeThreads), shared, stream, partialArgs);
-        void** combineArgs = stackalloc void*[] { &pOut, &pPart, &pStats, &h, &r, &splits };
-        stream.Context.Kernels.Launch(KernelId.MlaDecodeCombine, new Dim3((uint)((r + CombineColumns - 1) / CombineColumns), (uint)h, (uint)t),
-            new Dim3(CombineThreads), CombineSharedBytes(splits), stream, combineArgs);
     }
 
-    /// <summary>Applies W_UV: o[t, h·V + v] = Σ_r kvB[h(N+V) + N + v, r]·outLatent[t, h, r]. Reads W_UV once per 8 tokens.</summary>
+    /// <summary>
+    /// Merges the slices <see cref="DecodeAttention"/> left in <paramref name="scratch"/> by log-sum-exp into the
+    /// attention-mixed latent out[t, h, :R] and applies W_UV: o[t, h·V + v] = Σ_r kvB[h(N+V) + N + v, r]·out[t, h, r].
+    /// One launch of ⌈R / 128⌉ blocks per head, each merging 128 columns of out and multiplying them by the matching
+    /// columns of the head's W_UV (read once for all tokens); the head's last block to finish adds the blocks' parts.
+    /// </summary>
     /// <param name="stream">Where to queue it (one launch).</param>
     /// <param name="o">[T, H·V] fp32 out.</param>
-    /// <param name="outLatent">[T, H, R] fp32, what <see cref="DecodeAttention"/> writes.</param>
+    /// <param name="scratch">The slices of the preceding <see cref="DecodeAttention"/> of the same T tokens.</param>
     /// <param name="kvB">kv_b_proj's weight [H·(N + V), R] bf16.</param>
     /// <param name="shape">R and P multiples of 8.</param>
-    /// <param name="t">T ≥ 1.</param>
-    public static void AbsorbOutput(CudaStream stream, DeviceSpan<float> o, DeviceSpan<float> outLatent, DeviceSpan<ushort> kvB, MlaShape shape, int t)
+    /// <param name="t">T, 1 ≤ T ≤ <paramref name="scratch"/>'s MaxTokens.</param>
+    public static void AbsorbOutput(CudaStream stream, DeviceSpan<float> o, MlaDecodeScratch scratch, DeviceSpan<ushort> kvB, MlaShape shape, int t)
     {
+        ArgumentNullException.ThrowIfNull(scratch);
         CheckShape(shape);
         KernelChecks.Positive(t, nameof(t));
+        CheckScratch(scratch, shape, t);
         KernelChecks.HoldsAligned(o, (long)t * shape.OutputWidth, nameof(o));
-        KernelChecks.HoldsAligned(outLatent, (long)t * shape.Heads * shape.Rank, nameof(outLatent));
         KernelChecks.HoldsAligned(kvB, (long)shape.KeyValueWidth * shape.Rank, nameof(kvB));
+        int splits = scratch.Splits, shared = AbsorbOutputSharedBytes(splits);
+        CheckShared(stream, shared, "MLA output absorption");
         int h = shape.Heads, n = shape.NopeDim, v = shape.ValueDim, r = shape.Rank;
-        ulong pO = o.Pointer, pIn = outLatent.Pointer, pW = kvB.Pointer;
-        void** args = stackalloc void*[] { &pO, &pIn, &pW, &t, &h, &n, &v, &r };
-        stream.Context.Kernels.Launch(KernelId.MlaAbsorbOutput, new Dim3((uint)((v + OutputRowsPerBlock - 1) / OutputRowsPerBlock), (uint)h),
-            new Dim3(AbsorbThreads), 0, stream, args);
+        ulong pO = o.Pointer, pParts = scratch.Parts.Pointer, pArrivals = scratch.Arrivals.Pointer;
+        ulong pSlices = scratch.Outputs.Pointer, pStats = scratch.Stats.Pointer, pW = kvB.Pointer;
+        void** args = stackalloc void*[] { &pO, &pParts, &pArrivals, &pSlices, &pStats, &pW, &t, &h, &n, &v, &r, &splits };
+        stream.Context.Kernels.Launch(KernelId.MlaCombineAbsorbOutput, new Dim3((uint)scratch.OutputBlocks, (uint)h),
+            new Dim3(AbsorbThreads), shared, stream, args);
     }
 
     /// <summary>
@@ -216,6 +222,14 @@ internal static unsafe class MlaKernels
         // The kernels move 16-byte (8 bf16) pieces of kvB and latent rows.
         if (shape.Rank % 8 != 0 || shape.RopeDim % 8 != 0)
             throw new ArgumentException($"the MLA kernels need R and P to be multiples of 8; got R = {shape.Rank}, P = {shape.RopeDim}", nameof(shape));
+    }
+
+    private static void CheckScratch(MlaDecodeScratch scratch, MlaShape shape, int t)
+    {
+        if (scratch.Shape != shape)
+            throw new ArgumentException($"the scratch is laid out for {scratch.Shape}, not {shape}", nameof(scratch));
+        if (t > scratch.MaxTokens)
+            throw new ArgumentException($"the scratch has room for {scratch.MaxTokens} tokens but the call decodes {t}", nameof(scratch));
     }
 
     private static void CheckScale(float scale)

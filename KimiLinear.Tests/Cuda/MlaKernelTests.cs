@@ -7,9 +7,10 @@ namespace KimiLinear.Tests.Cuda;
 
 /// <summary>
 /// The MLA kernels (kernels/mla.cu) through <see cref="MlaKernels"/> against the double-precision
-/// <see cref="MlaReference"/> on random data: the tiny model's dims (H 4, N 32, P 16, V 32, R 64) and the real ones
-/// (H 32, N 128, P 64, V 128, R 512); T = 1, 3, 16/37; start = 0, 5, 300 and longer. Cache rows past the visible length
-/// hold NaN, outputs have NaN-poisoned tails; neither may leak.
+/// <see cref="MlaReference"/> on random data: the tiny model's dims (H 4, N 32, P 16, V 32, R 64), the real ones
+/// (H 32, N 128, P 64, V 128, R 512) and odd ones; T = 1, 3, 16/37; start = 0, 5, 300 and longer. Cache rows past the
+/// visible length and empty slices' outputs hold NaN, outputs have NaN-poisoned tails; neither may leak. The decode
+/// attention is checked through the output absorption that merges its slices (o = W_UV·out).
 /// </summary>
 /// <remarks>
 /// Error = ‖actual − expected‖ / ‖expected‖ over the whole output, ≤ 2e-3 against the reference computed from the same
@@ -28,6 +29,9 @@ public sealed class MlaKernelTests
         // The model's heads and rank with another rope width: the general decode kernel at 32 heads (full takes the
         // build specialised for H 32, R 512, R + P 576).
         "rope48" => new MlaShape(Heads: 32, NopeDim: 128, RopeDim: 48, ValueDim: 128, Rank: 512),
+        // Past the 128 W_UK rows / W_UV rows the absorption kernels hold in registers, and R not a multiple of their
+        // 128-column blocks (the second block of a head half used).
+        "odd" => new MlaShape(Heads: 3, NopeDim: 160, RopeDim: 16, ValueDim: 144, Rank: 200),
         _ => throw new ArgumentOutOfRangeException(nameof(name), name, "no such test shape"),
     };
 
@@ -36,24 +40,64 @@ public sealed class MlaKernelTests
     [InlineData("tiny", 37)]
     [InlineData("full", 1)]
     [InlineData("full", 3)]
-    public void AbsorbQueryAndOutput_MatchReference(string shapeName, int t)
+    [InlineData("full", 16)] // four passes of 4 tokens over the W_UK held in registers
+    [InlineData("odd", 5)]
+    public void AbsorbQuery_MatchesReference(string shapeName, int t)
     {
         CudaContext gpu = Gpu.Require();
         MlaShape shape = ShapeNamed(shapeName);
         var random = new Random(t * 7 + shape.Heads);
         ushort[] kvB = Gpu.RandomBf16(random, (long)shape.KeyValueWidth * shape.Rank, 0.1f);
-        float[] q = Gpu.RandomF32(random, t * shape.QueryWidth), mixed = Gpu.RandomF32(random, t * shape.Heads * shape.Rank);
+        float[] q = Gpu.RandomF32(random, t * shape.QueryWidth);
         using CudaStream stream = gpu.CreateStream();
         using DeviceBuffer<ushort> dKvB = gpu.Upload(stream, kvB);
-        using DeviceBuffer<float> dQ = gpu.Upload(stream, q), dMixed = gpu.Upload(stream, mixed);
+        using DeviceBuffer<float> dQ = gpu.Upload(stream, q);
         using DeviceBuffer<float> dQueryLatent = gpu.Poisoned(stream, t * shape.Heads * shape.LatentWidth, float.NaN);
-        using DeviceBuffer<float> dO = gpu.Poisoned(stream, t * shape.OutputWidth, float.NaN);
 
         MlaKernels.AbsorbQuery(stream, dQueryLatent, dQ, dKvB, shape, t);
-        MlaKernels.AbsorbOutput(stream, dO, dMixed, dKvB, shape, t);
 
         AssertCloseWithUntouchedTail(dQueryLatent.ToArray(stream), MlaReference.AbsorbQuery(q, kvB, shape, t), $"{shapeName} q_lat, T {t}");
-        AssertCloseWithUntouchedTail(dO.ToArray(stream), MlaReference.AbsorbOutput(mixed, kvB, shape, t), $"{shapeName} W_UV output, T {t}");
+    }
+
+    [Theory]
+    [InlineData("tiny", 1)]
+    [InlineData("tiny", 16)]
+    [InlineData("full", 1)]
+    [InlineData("full", 3)]
+    [InlineData("odd", 5)]
+    public void AbsorbOutput_MergesTheSlicesThenAppliesWUV(string shapeName, int t)
+    {
+        // Slices as the partial kernel leaves them, with random maxima (log2 units) and sums and about a quarter of
+        // them empty (max −∞, sum 0, outputs NaN: never written). Called twice: the per-head arrival counters of the
+        // first call must be back at 0 for the second to add the right parts.
+        CudaContext gpu = Gpu.Require();
+        MlaShape shape = ShapeNamed(shapeName);
+        var random = new Random(t * 13 + shape.Rank);
+        ushort[] kvB = Gpu.RandomBf16(random, (long)shape.KeyValueWidth * shape.Rank, 0.1f);
+        using CudaStream stream = gpu.CreateStream();
+        using var scratch = new MlaDecodeScratch(gpu, shape, maxTokens: t);
+        int splits = scratch.Splits, slices = t * splits * shape.Heads;
+        float[] outputs = Gpu.RandomF32(random, (long)slices * shape.Rank), stats = new float[slices * 2];
+        for (int i = 0; i < slices; i++)
+        {
+            bool empty = i % splits != 0 && random.Next(4) == 0; // slice 0 of every token holds rows
+            stats[2 * i] = empty ? float.NegativeInfinity : (float)(random.NextDouble() * 30 - 20);
+            stats[2 * i + 1] = empty ? 0f : (float)(random.NextDouble() * 40 + 1);
+            if (empty) Array.Fill(outputs, float.NaN, i * shape.Rank, shape.Rank);
+        }
+        // stats is laid out [T, S, H, 2] and outputs [T, S, H, R]: slice s of token i, head h at index (i·S + s)·H + h.
+        scratch.Outputs.CopyFrom(outputs, stream);
+        scratch.Stats.CopyFrom(stats, stream);
+        using DeviceBuffer<ushort> dKvB = gpu.Upload(stream, kvB);
+        float[] expected = MlaReference.AbsorbOutput(MlaReference.MergeSlices(outputs, stats, splits, shape, t), kvB, shape, t);
+
+        for (int call = 1; call <= 2; call++)
+        {
+            using DeviceBuffer<float> dO = gpu.Poisoned(stream, t * shape.OutputWidth + 7, float.NaN);
+            MlaKernels.AbsorbOutput(stream, dO, scratch, dKvB, shape, t);
+            AssertCloseWithUntouchedTail(dO.ToArray(stream), expected, $"{shapeName} merged W_UV output, T {t}, call {call}");
+        }
+        Assert.All(scratch.Arrivals.ToArray(stream), count => Assert.Equal(0, count));
     }
 
     [Theory]
@@ -75,23 +119,26 @@ public sealed class MlaKernelTests
     [InlineData("tiny", 30000, 1)] // five tiles per slice, the last slice short
     [InlineData("rope48", 0, 1)]
     [InlineData("rope48", 20000, 3)]
-    public void DecodeAttention_MatchesReference(string shapeName, int start, int t)
+    public void DecodeAttentionThenAbsorbOutput_MatchReference(string shapeName, int start, int t)
     {
         CudaContext gpu = Gpu.Require();
         MlaShape shape = ShapeNamed(shapeName);
         var random = new Random(start * 31 + t);
         ushort[] latent = PoisonedCache(random, shape, start + t, capacity: start + t + 9);
         float[] queryLatent = Gpu.RandomF32(random, t * shape.Heads * shape.LatentWidth);
+        ushort[] kvB = Gpu.RandomBf16(random, (long)shape.KeyValueWidth * shape.Rank, 0.1f);
         using CudaStream stream = gpu.CreateStream();
         using var scratch = new MlaDecodeScratch(gpu, shape, maxTokens: t);
-        using DeviceBuffer<ushort> dLatent = gpu.Upload(stream, latent);
+        using DeviceBuffer<ushort> dLatent = gpu.Upload(stream, latent), dKvB = gpu.Upload(stream, kvB);
         using DeviceBuffer<float> dQuery = gpu.Upload(stream, queryLatent);
         using DeviceBuffer<int> dStart = gpu.Upload(stream, new[] { start });
-        using DeviceBuffer<float> dOut = gpu.Poisoned(stream, t * shape.Heads * shape.Rank, float.NaN);
+        using DeviceBuffer<float> dO = gpu.Poisoned(stream, t * shape.OutputWidth, float.NaN);
 
-        MlaKernels.DecodeAttention(stream, dOut, dQuery, dLatent, dStart, t, shape, shape.Scale, scratch);
+        MlaKernels.DecodeAttention(stream, dQuery, dLatent, dStart, t, shape, shape.Scale, scratch);
+        MlaKernels.AbsorbOutput(stream, dO, scratch, dKvB, shape, t);
 
-        AssertCloseWithUntouchedTail(dOut.ToArray(stream), MlaReference.Decode(queryLatent, latent, start, t, shape, shape.Scale),
+        float[] mixed = MlaReference.Decode(queryLatent, latent, start, t, shape, shape.Scale);
+        AssertCloseWithUntouchedTail(dO.ToArray(stream), MlaReference.AbsorbOutput(mixed, kvB, shape, t),
             $"{shapeName} decode, start {start}, T {t}, {scratch.Splits} slices");
     }
 
@@ -109,15 +156,21 @@ public sealed class MlaKernelTests
         var random = new Random(11);
         ushort[] latent = PoisonedCache(random, shape, starts[^1] + 1, capacity: starts[^1] + 1);
         float[] queryLatent = Gpu.RandomF32(random, shape.Heads * shape.LatentWidth);
+        ushort[] kvB = Gpu.RandomBf16(random, (long)shape.KeyValueWidth * shape.Rank, 0.1f);
         using CudaStream stream = gpu.CreateStream();
         using var scratch = new MlaDecodeScratch(gpu, shape, maxTokens: 1);
-        using DeviceBuffer<ushort> dLatent = gpu.Upload(stream, latent);
+        using DeviceBuffer<ushort> dLatent = gpu.Upload(stream, latent), dKvB = gpu.Upload(stream, kvB);
         using DeviceBuffer<float> dQuery = gpu.Upload(stream, queryLatent);
         using DeviceBuffer<int> dStart = gpu.Upload(stream, new[] { 0 });
-        using DeviceBuffer<float> dOut = gpu.Poisoned(stream, shape.Heads * shape.Rank, float.NaN);
+        using DeviceBuffer<float> dO = gpu.Poisoned(stream, shape.OutputWidth, float.NaN);
+        void Decode(CudaStream s)
+        {
+            MlaKernels.DecodeAttention(s, dQuery, dLatent, dStart, 1, shape, shape.Scale, scratch);
+            MlaKernels.AbsorbOutput(s, dO, scratch, dKvB, shape, 1);
+        }
         // One call outside the capture: module loads and the shared-memory opt-in must not happen inside it.
-        MlaKernels.DecodeAttention(stream, dOut, dQuery, dLatent, dStart, 1, shape, shape.Scale, scratch);
-        using CudaGraph graph = stream.Capture(s => MlaKernels.DecodeAttention(s, dOut, dQuery, dLatent, dStart, 1, shape, shape.Scale, scratch));
+        Decode(stream);
+        using CudaGraph graph = stream.Capture(Decode);
 
         foreach (int start in starts)
         {
@@ -127,8 +180,8 @@ public sealed class MlaKernelTests
             dLatent.CopyFrom(visible, stream);
             dStart.CopyFrom(new[] { start }, stream);
             graph.Launch(stream);
-            AssertCloseWithUntouchedTail(dOut.ToArray(stream), MlaReference.Decode(queryLatent, visible, start, 1, shape, shape.Scale),
-                $"{shapeName} graph replay at start {start}");
+            float[] mixed = MlaReference.Decode(queryLatent, visible, start, 1, shape, shape.Scale);
+            AssertCloseWithUntouchedTail(dO.ToArray(stream), MlaReference.AbsorbOutput(mixed, kvB, shape, 1), $"{shapeName} graph replay at start {start}");
         }
     }
 
@@ -207,12 +260,12 @@ public sealed class MlaKernelTests
         using DeviceBuffer<ushort> dQ16 = gpu.Upload(stream, q);
         using DeviceBuffer<float> dQ = gpu.Upload(stream, Gpu.Widen(q, q.Length));
         using DeviceBuffer<int> dStart = gpu.Upload(stream, new[] { Start });
-        using DeviceBuffer<float> dQueryLatent = gpu.Allocate<float>(t * shape.Heads * shape.LatentWidth), dMixed = gpu.Allocate<float>(t * shape.Heads * shape.Rank);
+        using DeviceBuffer<float> dQueryLatent = gpu.Allocate<float>(t * shape.Heads * shape.LatentWidth);
         using DeviceBuffer<float> decoded = gpu.Poisoned(stream, t * shape.OutputWidth, float.NaN), prefilled = gpu.Poisoned(stream, t * shape.OutputWidth, float.NaN);
 
         MlaKernels.AbsorbQuery(stream, dQueryLatent, dQ, dKvB, shape, t);
-        MlaKernels.DecodeAttention(stream, dMixed, dQueryLatent, dLatent, dStart, t, shape, shape.Scale, scratch);
-        MlaKernels.AbsorbOutput(stream, decoded, dMixed, dKvB, shape, t);
+        MlaKernels.DecodeAttention(stream, dQueryLatent, dLatent, dStart, t, shape, shape.Scale, scratch);
+        MlaKernels.AbsorbOutput(stream, decoded, scratch, dKvB, shape, t);
         MlaKernels.PrefillAttention(stream, prefilled, dQ16, dKv, dLatent, Start, t, shape, shape.Scale);
 
         float[] expected = MlaReference.Prefill(q, keysValues, latent, Start, t, shape, shape.Scale);
@@ -225,7 +278,7 @@ public sealed class MlaKernelTests
     [InlineData("full", 3000, 3)]
     public void DecodeChain_TwoLayersBackToBack_ShareBuffersSafely(string shapeName, int start, int t)
     {
-        // Two layers queued without a synchronisation, through the same q_lat, mixed and scratch buffers, as the
+        // Two layers queued without a synchronisation, through the same q_lat and scratch buffers, as the
         // backend does: under programmatic launch (on by default from sm_90) a kernel that read its predecessor's
         // output early, or overwrote a buffer its predecessor still read, would mix the layers.
         CudaContext gpu = Gpu.Require();
@@ -234,7 +287,7 @@ public sealed class MlaKernelTests
         using CudaStream stream = gpu.CreateStream();
         using var scratch = new MlaDecodeScratch(gpu, shape, maxTokens: t);
         using DeviceBuffer<int> dStart = gpu.Upload(stream, new[] { start });
-        using DeviceBuffer<float> dQueryLatent = gpu.Allocate<float>(t * shape.Heads * shape.LatentWidth), dMixed = gpu.Allocate<float>(t * shape.Heads * shape.Rank);
+        using DeviceBuffer<float> dQueryLatent = gpu.Allocate<float>(t * shape.Heads * shape.LatentWidth);
         var layers = new (ushort[] KvB, ushort[] Latent, float[] Q, DeviceBuffer<ushort> DKvB, DeviceBuffer<ushort> DLatent, DeviceBuffer<float> DQ, DeviceBuffer<float> DO)[2];
         try
         {
@@ -250,8 +303,8 @@ public sealed class MlaKernelTests
             foreach (var layer in layers)
             {
                 MlaKernels.AbsorbQuery(stream, dQueryLatent, layer.DQ, layer.DKvB, shape, t);
-                MlaKernels.DecodeAttention(stream, dMixed, dQueryLatent, layer.DLatent, dStart, t, shape, shape.Scale, scratch);
-                MlaKernels.AbsorbOutput(stream, layer.DO, dMixed, layer.DKvB, shape, t);
+                MlaKernels.DecodeAttention(stream, dQueryLatent, layer.DLatent, dStart, t, shape, shape.Scale, scratch);
+                MlaKernels.AbsorbOutput(stream, layer.DO, scratch, layer.DKvB, shape, t);
             }
             for (int i = 0; i < layers.Length; i++)
             {
@@ -287,11 +340,13 @@ public sealed class MlaKernelTests
         Assert.Contains("V = 136", error.Message);
         var manyHeads = new MlaShape(33, 32, 16, 32, 64);
         using var scratch = new MlaDecodeScratch(gpu, manyHeads, 1);
-        error = Assert.Throws<ArgumentException>(() => MlaKernels.DecodeAttention(stream, f, f, u, start, 1, manyHeads, 0.1f, scratch));
+        error = Assert.Throws<ArgumentException>(() => MlaKernels.DecodeAttention(stream, f, u, start, 1, manyHeads, 0.1f, scratch));
         Assert.Contains("H = 33", error.Message);
         MlaShape tiny = ShapeNamed("tiny");
-        error = Assert.Throws<ArgumentException>(() => MlaKernels.DecodeAttention(stream, f, f, u, start, 1, tiny, 0.1f, scratch));
+        error = Assert.Throws<ArgumentException>(() => MlaKernels.DecodeAttention(stream, f, u, start, 1, tiny, 0.1f, scratch));
         Assert.Contains("laid out for", error.Message);
+        error = Assert.Throws<ArgumentException>(() => MlaKernels.AbsorbOutput(stream, f, scratch, u, manyHeads, 2));
+        Assert.Contains("room for 1 tokens", error.Message);
         error = Assert.Throws<ArgumentException>(() => MlaKernels.AbsorbQuery(stream, f, f, u.Span.Slice(0, 100), tiny, 1));
         Assert.Contains("kvB", error.Message);
     }

@@ -52,6 +52,33 @@ internal static class MlaReference
         return result;
     }
 
+    /// <summary>
+    /// outLatent [T, H, R] from the decode slices' outputs [T, S, H, R] and (max in log2 units, sum) [T, S, H, 2]:
+    /// Σ_s 2^(m_s − M)·O_s / Σ_s 2^(m_s − M)·l_s, empty slices (max −∞) left out.
+    /// </summary>
+    public static float[] MergeSlices(float[] outputs, float[] stats, int splits, MlaShape shape, int t)
+    {
+        var result = new float[t * shape.Heads * shape.Rank];
+        Parallel.For(0, t * shape.Heads, work =>
+        {
+            int i = work / shape.Heads, h = work % shape.Heads;
+            int Slice(int s) => (i * splits + s) * shape.Heads + h;
+            double top = double.NegativeInfinity;
+            for (int s = 0; s < splits; s++) top = Math.Max(top, stats[2 * Slice(s)]);
+            double denominator = 0;
+            var merged = new double[shape.Rank];
+            for (int s = 0; s < splits; s++)
+            {
+                if (float.IsNegativeInfinity(stats[2 * Slice(s)])) continue;
+                double weight = Math.Pow(2, stats[2 * Slice(s)] - top);
+                denominator += weight * stats[2 * Slice(s) + 1];
+                for (int r = 0; r < shape.Rank; r++) merged[r] += weight * outputs[(long)Slice(s) * shape.Rank + r];
+            }
+            for (int r = 0; r < shape.Rank; r++) result[work * shape.Rank + r] = (float)(merged[r] / denominator);
+        });
+        return result;
+    }
+
     /// <summary>outLatent [T, H, R]: softmax over the visible rows of scale·(q_lat·row), mixing row[:R].</summary>
     public static float[] Decode(float[] queryLatent, ushort[] latent, int start, int t, MlaShape shape, float scale)
     {

@@ -64,7 +64,7 @@ template <typename T> inline T __ldcs(const T* p) { return *p; }
 template <typename T> inline T __ldcg(const T* p) { return *p; }
 inline int atomicAdd(int* p, int v) { int old = *p; *p += v; return old; }   // fibers never run at the same time
 inline unsigned atomicAdd(unsigned* p, unsigned v) { unsigned old = *p; *p += v; return old; }
-inline void __threadfence() {}                                                 // one block runs at a time
+inline void __threadfence() {}   // one fiber runs at a time: every write is visible at once
 inline float __expf(float x) { return std::exp(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 
