@@ -21,6 +21,11 @@ public sealed class MlaKernelTests
 {
     private const double Tolerance = 2e-3;
 
+    // The wgmma decode partial feeds q_lat and the softmax weights as bf16 hi + lo pairs: it lands near fp32 (~4e-6 in
+    // the emulator), which the mma.sync kernels (fp16 operands, ~3e-4) cannot reach, so passing this bound also shows
+    // that the wgmma kernel is the one that ran.
+    private const double WgmmaDecodeTolerance = 1e-4;
+
     private static MlaShape ShapeNamed(string name) => name switch
     {
         "tiny" => new MlaShape(Heads: 4, NopeDim: 32, RopeDim: 16, ValueDim: 32, Rank: 64),
@@ -96,11 +101,48 @@ public sealed class MlaKernelTests
     }
 
     [Theory]
-    [InlineData("tiny")]
-    [InlineData("full")]
-    public void DecodeAttention_CapturedGraph_FollowsTheLengthOnTheDevice(string shapeName)
+    [InlineData(0, 1)]      // one row: 63 of the tile's rows masked
+    [InlineData(46, 1)]
+    [InlineData(999, 1)]
+    [InlineData(5, 3)]      // fewer rows than slices: most slices empty
+    [InlineData(120, 16)]   // T = 16, each token's slices ending elsewhere in a tile
+    [InlineData(6335, 1)]
+    [InlineData(20000, 2)]  // 160-row slices: 3 tiles, the last partial
+    [InlineData(65535, 1)]  // 8 tiles a slice: the 2-stage ring wraps 4 times
+    public void DecodeAttention_WgmmaBesideMmaSync_BothMatchReference(int start, int t)
     {
-        // One graph captured at length 0, replayed while the cache grows past the slice count and the 48-row tiles,
+        // The model's shape through both partial kernels on the same data: the wgmma one (Hopper's default) and the
+        // mma.sync one (allowWarpgroupMma false), each against the reference, the wgmma one to its tighter bound.
+        CudaContext gpu = Gpu.Require();
+        if (!gpu.Kernels.RunsSm90a("mla")) Assert.Skip($"the wgmma decode kernel needs the sm_90a cubin (Hopper); this is {gpu.Device.Name}");
+        MlaShape shape = ShapeNamed("full");
+        var random = new Random(start * 17 + t);
+        ushort[] latent = PoisonedCache(random, shape, start + t, capacity: start + t + 9);
+        float[] queryLatent = Gpu.RandomF32(random, t * shape.Heads * shape.LatentWidth);
+        float[] expected = MlaReference.Decode(queryLatent, latent, start, t, shape, shape.Scale);
+        using CudaStream stream = gpu.CreateStream();
+        using var scratch = new MlaDecodeScratch(gpu, shape, maxTokens: t);
+        using DeviceBuffer<ushort> dLatent = gpu.Upload(stream, latent);
+        using DeviceBuffer<float> dQuery = gpu.Upload(stream, queryLatent);
+        using DeviceBuffer<int> dStart = gpu.Upload(stream, new[] { start });
+        using DeviceBuffer<float> dWgmma = gpu.Poisoned(stream, t * shape.Heads * shape.Rank, float.NaN);
+        using DeviceBuffer<float> dMma = gpu.Poisoned(stream, t * shape.Heads * shape.Rank, float.NaN);
+
+        MlaKernels.DecodeAttention(stream, dWgmma, dQuery, dLatent, dStart, t, shape, shape.Scale, scratch);
+        MlaKernels.DecodeAttention(stream, dMma, dQuery, dLatent, dStart, t, shape, shape.Scale, scratch, allowWarpgroupMma: false);
+
+        TensorAssert.Close(dWgmma.ToArray(stream), expected, WgmmaDecodeTolerance, $"wgmma decode, start {start}, T {t}, {scratch.Splits} slices");
+        AssertCloseWithUntouchedTail(dMma.ToArray(stream), expected, $"mma.sync decode, start {start}, T {t}, {scratch.Splits} slices");
+    }
+
+    // The full shape twice: on Hopper the default takes the wgmma partial kernel, allowWgmma false the mma.sync one.
+    [Theory]
+    [InlineData("tiny", true)]
+    [InlineData("full", true)]
+    [InlineData("full", false)]
+    public void DecodeAttention_CapturedGraph_FollowsTheLengthOnTheDevice(string shapeName, bool allowWgmma)
+    {
+        // One graph captured at length 0, replayed while the cache grows past the slice count and the 48/64-row tiles,
         // and past 132 slices of exactly one tile (6336 rows on an H100): every replay must see exactly the rows its
         // device-side start makes visible.
         CudaContext gpu = Gpu.Require();
@@ -116,8 +158,8 @@ public sealed class MlaKernelTests
         using DeviceBuffer<int> dStart = gpu.Upload(stream, new[] { 0 });
         using DeviceBuffer<float> dOut = gpu.Poisoned(stream, shape.Heads * shape.Rank, float.NaN);
         // One call outside the capture: module loads and the shared-memory opt-in must not happen inside it.
-        MlaKernels.DecodeAttention(stream, dOut, dQuery, dLatent, dStart, 1, shape, shape.Scale, scratch);
-        using CudaGraph graph = stream.Capture(s => MlaKernels.DecodeAttention(s, dOut, dQuery, dLatent, dStart, 1, shape, shape.Scale, scratch));
+        MlaKernels.DecodeAttention(stream, dOut, dQuery, dLatent, dStart, 1, shape, shape.Scale, scratch, allowWgmma);
+        using CudaGraph graph = stream.Capture(s => MlaKernels.DecodeAttention(s, dOut, dQuery, dLatent, dStart, 1, shape, shape.Scale, scratch, allowWgmma));
 
         foreach (int start in starts)
         {
@@ -128,7 +170,7 @@ public sealed class MlaKernelTests
             dStart.CopyFrom(new[] { start }, stream);
             graph.Launch(stream);
             AssertCloseWithUntouchedTail(dOut.ToArray(stream), MlaReference.Decode(queryLatent, visible, start, 1, shape, shape.Scale),
-                $"{shapeName} graph replay at start {start}");
+                $"{shapeName} graph replay at start {start}{(allowWgmma ? "" : " (mma.sync)")}");
         }
     }
 

@@ -2,7 +2,8 @@
 //   CPU:  g++ -O1 -std=c++17 -DKDA_EMULATE -x c++ -o /tmp/mla_emu kernels/tests/mla_harness.cu && /tmp/mla_emu
 //         (the CUDA emulator of kernels/kda/tests/cuda_emu.h: checks logic, fragment layouts and barriers, not speed)
 //   GPU:  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o /tmp/mla_harness kernels/tests/mla_harness.cu && /tmp/mla_harness [--bench | --bench-decode | --bench-prefill]
-//         (the same checks, then with --bench each kernel alone timed with CUDA events at the model's shapes;
+//         (the same checks, then with --bench each kernel alone timed with CUDA events at the model's shapes, the decode
+//         partial both as mma.sync and as wgmma;
 //         -DMLA_DECODE_ROWS=r -DMLA_DECODE_STAGES=n build the decode kernel's other configurations)
 // Every kernel against a float64 reference of the same math on random data of odd sizes, the cache rows past the
 // visible length poisoned with NaN. Error = ‖out − ref‖ / ‖ref‖ (limit 2e-3; the fp16 tensor-core operands keep it near 2e-4).
@@ -311,10 +312,15 @@ static void bench(bool decode, bool prefill) {
                                         (const float*)dq.p, (const uint16_t*)lat, (const int*)dstart.p, H, R, D, scale_log2); };
             auto combine = [&] { launch(kimi_mla_decode_combine, dim3(R / kCombineColumns, H, 1), dim3(kCombineThreads), combine_smem_bytes(splits),
                                         out.p, (const float*)po.p, (const float*)pml.p, H, R, splits); };
+            auto partial_wgmma = [&] { launch(kimi_mla_decode_partial_wgmma_h32_r512_d576, dim3(splits, 1), dim3(kWdThreads), decode_wgmma_smem_bytes(),
+                                              po.p, pml.p, (const float*)dq.p, (const uint16_t*)lat, (const int*)dstart.p, H, R, D, scale_log2); };
             const float tp = median_us(partial), tc = median_us(combine), tb = median_us([&] { partial(); combine(); });
             const double gb = 2.0 * L * D / 1e3;   // cache bytes / 1e3 = GB/s at µs
             std::printf("decode L=%6d splits=%3d: partial %7.1f us (%4.0f GB/s)  combine %5.1f us  both %7.1f us (%4.0f GB/s)\n", L, splits, tp,
                         gb / tp, tc, tb, gb / tb);
+            const float tw = median_us(partial_wgmma), tbw = median_us([&] { partial_wgmma(); combine(); });
+            std::printf("decode L=%6d splits=%3d: wgmma partial %7.1f us (%4.0f GB/s)  both %7.1f us (%4.0f GB/s)\n", L, splits, tw, gb / tw, tbw,
+                        gb / tbw);
         }
         CK(cudaFree(lat));
     }
