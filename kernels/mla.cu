@@ -1311,9 +1311,28 @@ __device__ __forceinline__ void decode_partial_wgmma(float* __restrict__ partial
         mbar_init(scores_lo, 64);
         mbar_init(p_ready, 64);
     }
-    if (wg < 2) {   // Q: head h's q_lat as bf16 hi in row h and lo in row h + 32, 8 columns a piece
-        for (int e = tid; e < H * kChunks; e += 256) {
-            const int h = e / kChunks, ch = e % kChunks;
+    // Tile j: pieces e (row e / 72, chunk e % 72: a warp's 32 pieces are consecutive 16-byte pieces of one or two rows,
+    // contiguous in global memory). Unrolled by 4 only: the producer lives on 56 registers.
+    auto load = [&](int j) {
+        unsigned char* stage = ring + (j % kWdStages) * kWdTileBytes;
+        const int row0 = begin + j * kWdRows;
+#pragma unroll 4
+        for (int i = 0; i < kWdRows * kChunks / 128; i++) {
+            const int e = i * 128 + t128, r = e / kChunks, ch = e % kChunks;
+            const bool ok = row0 + r < end;
+            cp_async16(reinterpret_cast<uint16_t*>(stage + (ch / 8) * kWdBlockBytes + swizzled(r, ch % 8)),
+                       ok ? latent + static_cast<size_t>(row0 + r) * D + ch * 8 : latent, ok);
+        }
+    };
+    if (wg == 2) {   // the first tile in flight while the consumers build Q
+        load(0);
+        cp_async_commit();
+    }
+    if (wg < 2) {   // Q: head h's q_lat as bf16 hi in row h and lo in row h + 32, 8 columns a piece (all loads issued at once)
+        static_assert(H * kChunks % 256 == 0, "whole pieces per consumer thread");
+#pragma unroll
+        for (int k = 0; k < H * kChunks / 256; k++) {
+            const int e = k * 256 + tid, h = e / kChunks, ch = e % kChunks;
             const float* src = q_lat + (static_cast<size_t>(t) * H + h) * D + ch * 8;
             const float4 a = *reinterpret_cast<const float4*>(src), b = *reinterpret_cast<const float4*>(src + 4);
             const float x[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
@@ -1331,31 +1350,16 @@ __device__ __forceinline__ void decode_partial_wgmma(float* __restrict__ partial
     }
     __syncthreads();   // Q complete (each thread wrote pieces others read); barriers initialised
 
-    if (wg == 2) {   // ---- producer
+    if (wg == 2) {   // ---- producer (tile 0 is in flight)
         setmaxnreg_dec<kWdProducerRegisters>();
-        // Tile j: pieces e (row e / 72, chunk e % 72: a warp's 32 pieces are consecutive 16-byte pieces of one or two
-        // rows, contiguous in global memory). Unrolled by 4 only: the producer lives on 56 registers.
-        auto load = [&](int j) {
-            unsigned char* stage = ring + (j % kWdStages) * kWdTileBytes;
-            const int row0 = begin + j * kWdRows;
-#pragma unroll 4
-            for (int i = 0; i < kWdRows * kChunks / 128; i++) {
-                const int e = i * 128 + t128, r = e / kChunks, ch = e % kChunks;
-                const bool ok = row0 + r < end;
-                cp_async16(reinterpret_cast<uint16_t*>(stage + (ch / 8) * kWdBlockBytes + swizzled(r, ch % 8)),
-                           ok ? latent + static_cast<size_t>(row0 + r) * D + ch * 8 : latent, ok);
-            }
-        };
-        for (int j = 0; j < tiles; j++) {
+        for (int j = 1; j < tiles; j++) {
             // Stage j % 2 was last used by tile j − 2: every consumer must be done with it (its empty phase j / 2 − 1).
             if (j >= kWdStages) mbar_wait(&empty[j % kWdStages], (j / kWdStages + 1) & 1);
             load(j);
             cp_async_commit();
-            if (j > 0) {
-                cp_async_wait<1>();   // tile j − 1 landed (tile j may be in flight)
-                fence_proxy_async();
-                mbar_arrive(&full[(j - 1) % kWdStages]);
-            }
+            cp_async_wait<1>();   // tile j − 1 landed (tile j may be in flight)
+            fence_proxy_async();
+            mbar_arrive(&full[(j - 1) % kWdStages]);
         }
         cp_async_wait<0>();
         fence_proxy_async();
@@ -1386,24 +1390,25 @@ __device__ __forceinline__ void decode_partial_wgmma(float* __restrict__ partial
                 wgmma_commit();
                 wgmma_wait<0>();
                 pin(sacc);
-                // Lane l's 32 lo scores, in the bytes of P its partner lane (warp wq − 2) overwrites with its P rows.
+                // Lane l's 32 lo scores, in the bytes of P its partner lane (warp wq − 2) overwrites with its P rows:
+                // float4 i of the lane at 16(32i + l), so that each warp-wide store covers 512 contiguous bytes.
                 const int pair = wq % 2;
-                float4* x_first = reinterpret_cast<float4*>(ps + 2048 * pair + 64 * lane);           // scores 0–15
-                float4* x_second = reinterpret_cast<float4*>(ps + 4096 + 2048 * pair + 64 * lane);   // scores 16–31
+                float4* x_first = reinterpret_cast<float4*>(ps + 2048 * pair) + lane;           // scores 0–15
+                float4* x_second = reinterpret_cast<float4*>(ps + 4096 + 2048 * pair) + lane;   // scores 16–31
                 if (wq >= 2) {
                     // P's buffer is free once every consumer has finished tile j − 1's P·V.
                     if (j > 0) mbar_wait(&empty[(j - 1) % kWdStages], ((j - 1) / kWdStages) & 1);
 #pragma unroll
                     for (int i = 0; i < 4; i++) {
-                        x_first[i] = make_float4(sacc[4 * i], sacc[4 * i + 1], sacc[4 * i + 2], sacc[4 * i + 3]);
-                        x_second[i] = make_float4(sacc[16 + 4 * i], sacc[16 + 4 * i + 1], sacc[16 + 4 * i + 2], sacc[16 + 4 * i + 3]);
+                        x_first[32 * i] = make_float4(sacc[4 * i], sacc[4 * i + 1], sacc[4 * i + 2], sacc[4 * i + 3]);
+                        x_second[32 * i] = make_float4(sacc[16 + 4 * i], sacc[16 + 4 * i + 1], sacc[16 + 4 * i + 2], sacc[16 + 4 * i + 3]);
                     }
                     mbar_arrive(scores_lo);
                 } else {
                     mbar_wait(scores_lo, j & 1);
 #pragma unroll
                     for (int i = 0; i < 4; i++) {
-                        const float4 a = x_first[i], b = x_second[i];
+                        const float4 a = x_first[32 * i], b = x_second[32 * i];
                         sacc[4 * i] += a.x; sacc[4 * i + 1] += a.y; sacc[4 * i + 2] += a.z; sacc[4 * i + 3] += a.w;
                         sacc[16 + 4 * i] += b.x; sacc[16 + 4 * i + 1] += b.y; sacc[16 + 4 * i + 2] += b.z; sacc[16 + 4 * i + 3] += b.w;
                     }
@@ -1482,9 +1487,26 @@ __device__ __forceinline__ void decode_partial_wgmma(float* __restrict__ partial
             mbar_arrive(&empty[stage]);
         }
 
-        // O rows h (P_hi·V) and h + 32 (P_lo·V) meet in partial_o: the lo warps store, the hi warps add theirs.
-        float* out = partial_o + (static_cast<size_t>(t) * splits + s) * H * R + 256 * wg + 2 * c;
+        // O rows h (P_hi·V) and h + 32 (P_lo·V) meet in the stage that held tile tiles − 2 (or none), which both
+        // warpgroups are done with here: warpgroup 0 issued P of the last tile only after every consumer finished
+        // tile tiles − 2 (the empty wait before its lo scores), and warpgroup 1 waited for that P. Lane l of the lo
+        // warp stores float4 k of its 128 accumulators at 16(32k + l) of its 16 KB; the partner lane of the hi warp adds.
+        float4* swap = reinterpret_cast<float4*>(ring + (tiles % kWdStages) * kWdTileBytes + wg * 32768 + (wq % 2) * 16384) + lane;
         if (wq >= 2)
+#pragma unroll
+            for (int k = 0; k < 32; k++) {
+                const float* a = &oacc[k / 16][4 * (k % 16)];
+                swap[32 * k] = make_float4(a[0], a[1], a[2], a[3]);
+            }
+        named_barrier(1 + wg, 128);   // this warpgroup's lo rows stored
+        if (wq < 2) {
+#pragma unroll
+            for (int k = 0; k < 32; k++) {
+                const float4 lo = swap[32 * k];
+                float* a = &oacc[k / 16][4 * (k % 16)];
+                a[0] += lo.x; a[1] += lo.y; a[2] += lo.z; a[3] += lo.w;
+            }
+            float* out = partial_o + (static_cast<size_t>(t) * splits + s) * H * R + 256 * wg + 2 * c;
 #pragma unroll
             for (int nb = 0; nb < 2; nb++)
 #pragma unroll
@@ -1493,18 +1515,6 @@ __device__ __forceinline__ void decode_partial_wgmma(float* __restrict__ partial
                     for (int r = 0; r < 2; r++)
                         *reinterpret_cast<float2*>(out + (head + 8 * r) * R + 128 * nb + 8 * i) =
                             make_float2(oacc[nb][4 * i + 2 * r], oacc[nb][4 * i + 2 * r + 1]);
-        named_barrier(1 + wg, 128);   // this warpgroup's lo rows stored (bar.sync orders global memory too)
-        if (wq < 2) {
-#pragma unroll
-            for (int nb = 0; nb < 2; nb++)
-#pragma unroll
-                for (int i = 0; i < 16; i++)
-#pragma unroll
-                    for (int r = 0; r < 2; r++) {
-                        float2* dst = reinterpret_cast<float2*>(out + (head + 8 * r) * R + 128 * nb + 8 * i);
-                        const float2 lo = *dst;
-                        *dst = make_float2(oacc[nb][4 * i + 2 * r] + lo.x, oacc[nb][4 * i + 2 * r + 1] + lo.y);
-                    }
             if (wg == 0)
 #pragma unroll
                 for (int r = 0; r < 2; r++) {
