@@ -11,6 +11,8 @@
 //     so a row is read once per token); each block keeps an online softmax and writes its unnormalised partial output
 //     and (max, sum); the combine kernel merges the slices by log-sum-exp. Every block reads the length from device
 //     memory, so the grid does not depend on it and a captured decode graph replays while the cache grows.
+//     On Hopper the model's shape takes kimi_mla_decode_partial_wgmma_h32_r512_d576 instead (same contract): wgmma
+//     from shared memory, a producer warpgroup, q_lat and p as bf16 hi + lo pairs (see there).
 //   kimi_mla_absorb_output  o[t,h,v] = Σ_r W_UV_h[v,r]·out[t,h,r]
 // EXPANDED PREFILL (kimi_mla_prefill_*): causal flash attention per head with key = (keysValues[s,h,:N] | k_pe[s]),
 //   value = keysValues[s,h,N:], keysValues = latent[:, :R]·kvBᵀ (computed by a GEMM before).
@@ -19,8 +21,9 @@
 // are bf16 (the prefill's q·k). Where one is fp32 (the decode query q_lat, the softmax weights p of both paths) it goes
 // in as fp16 (11-bit significand: ~3e-4 relative error, where bf16 would cost ~2e-3) and the bf16 operand it meets is
 // converted to fp16 (in registers for the decode, once per tile in shared memory for the prefill's V), exactly for magnitudes in [2^-14, 65504] (the RMS-normalised latent, k_pe and the
-// expanded keys/values are far inside; below 2^-14 the absolute error stays under 2^-25). Exponentials are 2^x of
-// scores pre-multiplied by scale·log2(e).
+// expanded keys/values are far inside; below 2^-14 the absolute error stays under 2^-25). The wgmma decode kernel instead
+// splits its fp32 operands into two bf16 parts (x = hi + lo, exact to ~2^-17), which meet the bf16 cache as it is.
+// Exponentials are 2^x of scores pre-multiplied by scale·log2(e).
 //
 // Inputs are finite; rows of the cache past the visible length are never read (they may hold NaN): tiles past the end
 // are zero-filled by cp.async without touching memory. Pointers are 16-byte aligned (the C# wrappers check).
