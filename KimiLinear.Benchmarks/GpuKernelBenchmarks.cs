@@ -236,12 +236,16 @@ internal static class GpuKernelBenchmarks
                 int copies = (int)Math.Clamp(256L * 1024 * 1024 / bytes, 1, 32);
                 var caches = Enumerable.Range(0, copies).Select(_ => RandomBf16(gpu, stream, random, length * (long)shape.LatentWidth)).ToArray();
                 start.CopyFrom([length - 1], stream);
-                int next = 0;
-                ms = MedianMs(gpu, stream, () => MlaKernels.DecodeAttention(stream, queryLatent, caches[next++ % copies], start, 1, shape, shape.Scale, scratch));
+                // The default partial kernel (wgmma on Hopper), then the mma.sync one it replaces there, on the same caches.
+                foreach (bool wgmma in gpu.Kernels.RunsSm90a("mla") ? new[] { true, false } : [false])
+                {
+                    int next = 0;
+                    ms = MedianMs(gpu, stream, () => MlaKernels.DecodeAttention(stream, queryLatent, caches[next++ % copies], start, 1, shape, shape.Scale, scratch, wgmma));
+                    double gbs = bytes / (ms * 1e6);
+                    rows.Add(new Row($"MLA decode attention (slices, no merge, {(wgmma ? "wgmma" : "mma.sync")})", $"L={length}, T=1, H=32, R+P=576, {scratch.Splits} slices",
+                        ms * 1000, $"{gbs:F0} GB/s", gbs / copyGBs, "D2D copy"));
+                }
                 foreach (DeviceBuffer<ushort> cache in caches) cache.Dispose();
-                double gbs = bytes / (ms * 1e6);
-                rows.Add(new Row("MLA decode attention (slices, no merge)", $"L={length}, T=1, H=32, R+P=576, {scratch.Splits} slices", ms * 1000,
-                    $"{gbs:F0} GB/s", gbs / copyGBs, "D2D copy"));
             }
             // A whole decode layer's three kernels as the model replays them: one captured graph, each kernel under
             // programmatic launch where the device has it. Bytes: the cache rows plus W_UK and W_UV.
@@ -249,18 +253,21 @@ internal static class GpuKernelBenchmarks
             {
                 using DeviceBuffer<ushort> cache = RandomBf16(gpu, stream, random, length * (long)shape.LatentWidth);
                 start.CopyFrom([length - 1], stream);
-                void Layer(CudaStream s)
+                foreach (bool wgmma in gpu.Kernels.RunsSm90a("mla") ? new[] { true, false } : [false])
                 {
-                    MlaKernels.AbsorbQuery(s, queryLatent, q, kvB, shape, 1);
-                    MlaKernels.DecodeAttention(s, queryLatent, cache, start, 1, shape, shape.Scale, scratch);
-                    MlaKernels.AbsorbOutput(s, o, scratch, kvB, shape, 1);
+                    void Layer(CudaStream s)
+                    {
+                        MlaKernels.AbsorbQuery(s, queryLatent, q, kvB, shape, 1);
+                        MlaKernels.DecodeAttention(s, queryLatent, cache, start, 1, shape, shape.Scale, scratch, wgmma);
+                        MlaKernels.AbsorbOutput(s, o, scratch, kvB, shape, 1);
+                    }
+                    Layer(stream);
+                    using CudaGraph graph = stream.Capture(Layer);
+                    ms = MedianMs(gpu, stream, () => graph.Launch(stream));
+                    double gbs = (2L * length * shape.LatentWidth + 2 * halfWeightBytes) / (ms * 1e6);
+                    rows.Add(new Row($"MLA decode layer (3 kernels, one graph, {(wgmma ? "wgmma" : "mma.sync")})", $"L={length}, T=1, H=32, R+P=576, {scratch.Splits} slices",
+                        ms * 1000, $"{gbs:F0} GB/s", gbs / copyGBs, "D2D copy"));
                 }
-                Layer(stream);
-                using CudaGraph graph = stream.Capture(Layer);
-                ms = MedianMs(gpu, stream, () => graph.Launch(stream));
-                double gbs = (2L * length * shape.LatentWidth + 2 * halfWeightBytes) / (ms * 1e6);
-                rows.Add(new Row("MLA decode layer (3 kernels, one graph)", $"L={length}, T=1, H=32, R+P=576, {scratch.Splits} slices", ms * 1000,
-                    $"{gbs:F0} GB/s", gbs / copyGBs, "D2D copy"));
             }
         }
         // From an empty cache, and the last 8K piece of a 32K prompt as the backend runs it (keys = the whole prefix).

@@ -11,6 +11,8 @@
 //     so a row is read once per token); each block keeps an online softmax and writes its unnormalised partial output
 //     and (max, sum). Every block reads the length from device memory, so the grid does not depend on it and a
 //     captured decode graph replays while the cache grows.
+//     On Hopper the model's shape takes kimi_mla_decode_partial_wgmma_h32_r512_d576 instead (same contract): wgmma
+//     from shared memory, a producer warpgroup, q_lat and p as bf16 hi + lo pairs (see there).
 //   kimi_mla_combine_absorb_output  merges the slices by log-sum-exp into out[t,h,:], then o[t,h,v] = Σ_r W_UV_h[v,r]·out[t,h,r]
 // EXPANDED PREFILL (kimi_mla_prefill_*): causal flash attention per head with key = (keysValues[s,h,:N] | k_pe[s]),
 //   value = keysValues[s,h,N:], keysValues = latent[:, :R]·kvBᵀ (computed by a GEMM before).
@@ -19,8 +21,9 @@
 // are bf16 (the prefill's q·k). Where one is fp32 (the decode query q_lat, the softmax weights p of both paths) it goes
 // in as fp16 (11-bit significand: ~3e-4 relative error, where bf16 would cost ~2e-3) and the bf16 operand it meets is
 // converted to fp16 (in registers for the decode, once per tile in shared memory for the prefill's V), exactly for magnitudes in [2^-14, 65504] (the RMS-normalised latent, k_pe and the
-// expanded keys/values are far inside; below 2^-14 the absolute error stays under 2^-25). Exponentials are 2^x of
-// scores pre-multiplied by scale·log2(e).
+// expanded keys/values are far inside; below 2^-14 the absolute error stays under 2^-25). The wgmma decode kernel instead
+// splits its fp32 operands into two bf16 parts (x = hi + lo, exact to ~2^-17), which meet the bf16 cache as it is.
+// Exponentials are 2^x of scores pre-multiplied by scale·log2(e).
 //
 // Inputs are finite; rows of the cache past the visible length are never read (they may hold NaN): tiles past the end
 // are zero-filled by cp.async without touching memory. Pointers are 16-byte aligned (the C# wrappers check).
@@ -29,6 +32,8 @@
 // The common.cuh helpers used here (common.cuh needs the CUDA headers).
 inline float bf16_lo(uint32_t pair) { return __uint_as_float(pair << 16); }
 inline float bf16_hi(uint32_t pair) { return __uint_as_float(pair & 0xFFFF0000u); }
+inline uint16_t f32_to_bf16(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
+inline uint32_t pack_bf16x2(float lo, float hi) { return static_cast<uint32_t>(f32_to_bf16(lo)) | (static_cast<uint32_t>(f32_to_bf16(hi)) << 16); }
 inline void allow_successor() {}   // one kernel at a time here: nothing to overlap
 inline void wait_for_predecessor() {}
 #else
@@ -941,6 +946,32 @@ __device__ __forceinline__ uint64_t wgmma_desc(uint32_t addr) {
     return static_cast<uint64_t>((addr >> 4) & 0x3FFF) | (1ull << 16) | (64ull << 32) | (1ull << 62);
 }
 
+// Matrix descriptor of an MN-major 128-byte-swizzled B operand (the instruction transposes it: imm-trans-b = 1), i.e.
+// a K-major block read the other way round: 64 consecutive n in each 128-byte row, one row per k. 8-row groups along K
+// 1,024 bytes apart (SBO), 64-column blocks along N `lbo` bytes apart (LBO); CUTLASS's canonical MN-major SW128 layout
+// ((8, 8, n/64), (8, k/8)) : ((1, 8, LBO), (64, SBO)) in elements.
+__device__ __forceinline__ uint64_t wgmma_desc_mn(uint32_t addr, uint32_t lbo) {
+    return static_cast<uint64_t>((addr >> 4) & 0x3FFF) | (static_cast<uint64_t>((lbo >> 4) & 0x3FFF) << 16) | (64ull << 32) | (1ull << 62);
+}
+
+// ---- absorbed decode on Hopper (kimi_mla_decode_partial_wgmma_h32_r512_d576; the design is described there) ----------
+constexpr int kWdHeads = 32, kWdRank = 512, kWdWidth = 576;   // H, R, D = R + P: the model's shape only
+constexpr int kWdRows = 64, kWdStages = 2;                     // cache rows per tile; tiles in the ring
+constexpr int kWdThreads = 384;                                // consumer warpgroups 0 and 1, producer warpgroup 2
+constexpr int kWdSliceQuantum = 16;                            // slice lengths round up to this many rows
+constexpr int kWdProducerRegisters = 56, kWdConsumerRegisters = 224;   // 128·56 + 256·224 ≤ the 64K register file
+constexpr int kWdBlockBytes = kWdRows * 128;                   // one 64-column block of a tile [64 rows][128 B]
+constexpr int kWdQBytes = 64 * kWdWidth * 2;                   // Q [9 column blocks][64 rows: 32 heads hi, 32 lo][128 B] bf16
+constexpr int kWdTileBytes = kWdRows * kWdWidth * 2;           // a stage [9 column blocks][64 cache rows][128 B] bf16
+constexpr int kWdPBytes = 64 * kWdRows * 2;                    // P [64 rows: 32 heads hi, 32 lo][64 cache rows] bf16
+constexpr int kWdBarrierBytes = (2 * kWdStages + 2) * 8;       // full[2], empty[2], scores_lo, p_ready
+static_assert(kWdQBytes == 9 * kWdBlockBytes && kWdTileBytes == 9 * kWdBlockBytes, "576 columns = 9 swizzled blocks of 64");
+
+// Dynamic shared memory, bytes: the 1,024-byte alignment the swizzle atoms need, Q, the ring, P, α [32], the mbarriers.
+__host__ __device__ constexpr size_t decode_wgmma_smem_bytes() {
+    return 1024 + kWdQBytes + kWdStages * kWdTileBytes + kWdPBytes + kWdHeads * 4 + kWdBarrierBytes;
+}
+
 // Hopper-only from here on (stmatrix, mbarrier try_wait, wgmma): the emulator or the sm_90a build.
 #if defined(KDA_EMULATE) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // stmatrix: lane i addresses row i % 8 of 8×8 matrix i / 8 (16-byte rows); lane l holds row l / 4, columns 2(l % 4), +1
@@ -1034,6 +1065,36 @@ template <int R> __device__ __forceinline__ void setmaxnreg_inc() {
 template <int R> __device__ __forceinline__ void setmaxnreg_dec() {
 #ifndef KDA_EMULATE
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R));
+#endif
+}
+
+// bar.sync on named barrier `id` (1–15; 0 is __syncthreads) for `threads` threads (a multiple of 32), e.g. one warpgroup.
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+#ifdef KDA_EMULATE
+    emu_named_barrier(id, threads);
+#else
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+#endif
+}
+__device__ __forceinline__ void sync_warp() {
+#ifdef KDA_EMULATE
+    emu_warp_meet();
+#else
+    __syncwarp();
+#endif
+}
+
+// d[64×128] += A[64×16]·B[16×128], bf16 operands from shared memory: A K-major (wgmma_desc), B MN-major
+// (wgmma_desc_mn: the instruction's imm-trans-b = 1).
+__device__ __forceinline__ void wgmma_m64n128_bf16_tb(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
+#ifdef KDA_EMULATE
+    emu_wgmma_ss(d, 128, false, true, desc_a, desc_b, true);
+#else
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 1;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                 : "l"(desc_a), "l"(desc_b), "r"(1));
 #endif
 }
 
@@ -1268,6 +1329,280 @@ __device__ __forceinline__ void prefill_wgmma(float* __restrict__ o, const uint1
         }
     }
 }
+
+// Absorbed decode partial on Hopper: what decode_partial computes for the model's shape (H 32, R 512, D 576), same
+// arguments, grid (S, T) and outputs; only the slices' lengths round to 16 rows instead of a tile. Block (slice s,
+// token t), three warpgroups, one block per SM:
+//   warpgroup 2 (producer, 56 registers): streams the slice's cache rows in tiles of 64 through a 2-stage ring, by
+//       16-byte cp.async straight into the 128-byte-swizzled layout wgmma reads (9 blocks of 64 columns, K-major);
+//       rows past the slice are zero-filled. mbarriers hand the stages over: full (every producer thread's pieces of
+//       the tile landed) and empty (every consumer thread is done with it).
+//   warpgroup 0 (consumer, 224 registers): S [64 × 64 rows] = Q·Kᵀ, 36 wgmma m64n64k16 with both operands in shared
+//       memory. q_lat is fp32: Q's 64 rows hold it as bf16 hi (rows 0–31, head h) and lo = bf16(q − hi) (rows 32–63),
+//       so the rows the 32 heads leave free make the product exact to ~2^-17 without a second pass (bf16 q alone
+//       would cost ~2e-3 relative). Warps 2–3 hand their lo scores to warps 0–1 through shared memory, which add them,
+//       run the online softmax in registers and write P the same way (rows 0–31 bf16(p), rows 32–63 bf16(p − hi)) and
+//       the rescale factors α.
+//   warpgroups 0 and 1: O = α·O + P·V over their halves of the 512 value columns (warpgroup w columns 256w ..
+//       256w + 255: two m64n128 accumulators, 128 registers a thread), 4 k16 steps × 2 wgmma m64n128k16 with P from
+//       shared memory and V = the tile's first 512 columns read MN-major (the transposing descriptor): no copy, no
+//       conversion. Rows 32–63 accumulate P_lo·V; they are added to rows 0–31 once, at the end.
+// Per tile: warpgroup 0's S (36 wgmma) overlaps warpgroup 1's P·V of the tile before, and the producer has the next
+// tile in flight while one is consumed. Sketch of the handshakes for tile j (stage j % 2):
+//   producer:  wait empty(j − 2) → copy tile j → wait tile j − 1 landed → arrive full(j − 1)
+//   wg 0:      wait full(j) → S → [warps 2–3: wait empty(j − 1) (P of j − 1 read by all), store S_lo, arrive scores_lo]
+//              [warps 0–1: wait scores_lo → add → softmax → store P, α → arrive p_ready] → P·V
+//   wg 1:      wait full(j) → P·V
+//   P·V:       wait p_ready(j) → rescale O by α → 8 wgmma → arrive empty(j)
+// The lo scores travel through P's own buffer: warp w's partner writes exactly the bytes warp w then overwrites with its
+// P rows (16w .. 16w + 15 and 32 + 16w ..), after a __syncwarp, so 8 KB serve both (the ring and Q leave ~10 KB free).
+__device__ __forceinline__ void decode_partial_wgmma(float* __restrict__ partial_o, float* __restrict__ partial_ml,
+                                                     const float* __restrict__ q_lat, const uint16_t* __restrict__ latent,
+                                                     const int* __restrict__ start_ptr, float scale_log2) {
+    constexpr int H = kWdHeads, R = kWdRank, D = kWdWidth, kChunks = D / 8;   // 16-byte pieces per row
+    const int splits = gridDim.x, s = blockIdx.x, t = blockIdx.y, tid = threadIdx.x;
+    const int len = *start_ptr + t + 1;
+    const int per = ((len + splits - 1) / splits + kWdSliceQuantum - 1) / kWdSliceQuantum * kWdSliceQuantum;
+    const int begin = s * per, end = min(len, begin + per);
+    float* ml = partial_ml + (static_cast<size_t>(t) * splits + s) * H * 2;
+    if (begin >= end) {   // an empty slice (short cache): nothing to merge
+        if (tid < H) { ml[2 * tid] = kNegInf; ml[2 * tid + 1] = 0.0f; }
+        return;
+    }
+    const int tiles = (end - begin + kWdRows - 1) / kWdRows;   // each starts before end: a visible row in every tile
+
+    unsigned char* raw = reinterpret_cast<unsigned char*>(dynamic_smem());
+    unsigned char* smem = raw + ((1024 - shared_address(raw) % 1024) % 1024);   // the swizzle atoms need 1,024-byte alignment
+    unsigned char* qs = smem;                                                    // [9][64][128 B]
+    unsigned char* ring = qs + kWdQBytes;                                        // [2] × [9][64][128 B]
+    unsigned char* ps = ring + kWdStages * kWdTileBytes;                         // [64][128 B]
+    float* alpha_sh = reinterpret_cast<float*>(ps + kWdPBytes);                  // [32]
+    uint64_t* full = reinterpret_cast<uint64_t*>(alpha_sh + H);                  // [2]
+    uint64_t* empty = full + kWdStages;                                          // [2]
+    uint64_t* scores_lo = empty + kWdStages;   // warps 2–3 of warpgroup 0 stored their lo scores
+    uint64_t* p_ready = scores_lo + 1;         // P and α of the tile are stored
+    const int wg = tid / 128, t128 = tid % 128;
+    if (tid == 0) {
+        for (int i = 0; i < kWdStages; i++) {
+            mbar_init(&full[i], 128);
+            mbar_init(&empty[i], 256);
+        }
+        mbar_init(scores_lo, 64);
+        mbar_init(p_ready, 64);
+    }
+    // Tile j: pieces e (row e / 72, chunk e % 72: a warp's 32 pieces are consecutive 16-byte pieces of one or two rows,
+    // contiguous in global memory). Unrolled by 4 only: the producer lives on 56 registers.
+    auto load = [&](int j) {
+        unsigned char* stage = ring + (j % kWdStages) * kWdTileBytes;
+        const int row0 = begin + j * kWdRows;
+#pragma unroll 4
+        for (int i = 0; i < kWdRows * kChunks / 128; i++) {
+            const int e = i * 128 + t128, r = e / kChunks, ch = e % kChunks;
+            const bool ok = row0 + r < end;
+            cp_async16(reinterpret_cast<uint16_t*>(stage + (ch / 8) * kWdBlockBytes + swizzled(r, ch % 8)),
+                       ok ? latent + static_cast<size_t>(row0 + r) * D + ch * 8 : latent, ok);
+        }
+    };
+    if (wg == 2) {   // the first tile in flight while the consumers build Q
+        load(0);
+        cp_async_commit();
+    }
+    if (wg < 2) {   // Q: head h's q_lat as bf16 hi in row h and lo in row h + 32, 8 columns a piece (all loads issued at once)
+        static_assert(H * kChunks % 256 == 0, "whole pieces per consumer thread");
+#pragma unroll
+        for (int k = 0; k < H * kChunks / 256; k++) {
+            const int e = k * 256 + tid, h = e / kChunks, ch = e % kChunks;
+            const float* src = q_lat + (static_cast<size_t>(t) * H + h) * D + ch * 8;
+            const float4 a = *reinterpret_cast<const float4*>(src), b = *reinterpret_cast<const float4*>(src + 4);
+            const float x[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+            uint32_t hi[4], lo[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                hi[i] = pack_bf16x2(x[2 * i], x[2 * i + 1]);
+                lo[i] = pack_bf16x2(x[2 * i] - bf16_lo(hi[i]), x[2 * i + 1] - bf16_hi(hi[i]));
+            }
+            unsigned char* block = qs + (ch / 8) * kWdBlockBytes;
+            *reinterpret_cast<uint4*>(block + swizzled(h, ch % 8)) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+            *reinterpret_cast<uint4*>(block + swizzled(h + H, ch % 8)) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+        }
+        fence_proxy_async();
+    }
+    __syncthreads();   // Q complete (each thread wrote pieces others read); barriers initialised
+
+    if (wg == 2) {   // ---- producer (tile 0 is in flight)
+        setmaxnreg_dec<kWdProducerRegisters>();
+        for (int j = 1; j < tiles; j++) {
+            // Stage j % 2 was last used by tile j − 2: every consumer must be done with it (its empty phase j / 2 − 1).
+            if (j >= kWdStages) mbar_wait(&empty[j % kWdStages], (j / kWdStages + 1) & 1);
+            load(j);
+            cp_async_commit();
+            cp_async_wait<1>();   // tile j − 1 landed (tile j may be in flight)
+            fence_proxy_async();
+            mbar_arrive(&full[(j - 1) % kWdStages]);
+        }
+        cp_async_wait<0>();
+        fence_proxy_async();
+        mbar_arrive(&full[(tiles - 1) % kWdStages]);
+    } else {   // ---- consumers: warp wq of warpgroup wg holds rows 16wq .. 16wq + 15 of every 64-row product
+        setmaxnreg_inc<kWdConsumerRegisters>();
+        const int wq = t128 / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
+        const int head = (16 * wq + g) % H;   // this thread's rows are heads head and head + 8 (hi rows < 32, lo rows ≥ 32)
+        const uint32_t q_addr = shared_address(qs), ring_addr = shared_address(ring), p_addr = shared_address(ps);
+        // O [64 rows × this warpgroup's 256 columns]: oacc[nb][4i + e] = O(16wq + g + 8(e / 2), 256wg + 128nb + 8i + 2c + e % 2).
+        float oacc[2][64];
+#pragma unroll
+        for (int i = 0; i < 64; i++) oacc[0][i] = oacc[1][i] = 0.0f;
+        float m_run[2] = {kNegInf, kNegInf}, l_run[2] = {0.0f, 0.0f};   // warpgroup 0, warps 0–1: max (log2 units), per-lane sum
+        for (int j = 0; j < tiles; j++) {
+            const int stage = j % kWdStages;
+            const uint32_t k_addr = ring_addr + stage * kWdTileBytes;
+            mbar_wait(&full[stage], (j / kWdStages) & 1);
+            if (wg == 0) {
+                // S [64 × 64 cache rows] = Q·K_jᵀ, the accumulator layout as oacc[nb]: column block ks / 4, 32 bytes per k16
+                // step inside it.
+                float sacc[32];
+                wgmma_fence();
+#pragma unroll
+                for (int ks = 0; ks < D / 16; ks++)
+                    wgmma_m64n64_bf16(sacc, wgmma_desc(q_addr + (ks / 4) * kWdBlockBytes + (ks % 4) * 32),
+                                      wgmma_desc(k_addr + (ks / 4) * kWdBlockBytes + (ks % 4) * 32), ks > 0);
+                wgmma_commit();
+                wgmma_wait<0>();
+                pin(sacc);
+                // Lane l's 32 lo scores, in the bytes of P its partner lane (warp wq − 2) overwrites with its P rows:
+                // float4 i of the lane at 16(32i + l), so that each warp-wide store covers 512 contiguous bytes.
+                const int pair = wq % 2;
+                float4* x_first = reinterpret_cast<float4*>(ps + 2048 * pair) + lane;           // scores 0–15
+                float4* x_second = reinterpret_cast<float4*>(ps + 4096 + 2048 * pair) + lane;   // scores 16–31
+                if (wq >= 2) {
+                    // P's buffer is free once every consumer has finished tile j − 1's P·V.
+                    if (j > 0) mbar_wait(&empty[(j - 1) % kWdStages], ((j - 1) / kWdStages) & 1);
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        x_first[32 * i] = make_float4(sacc[4 * i], sacc[4 * i + 1], sacc[4 * i + 2], sacc[4 * i + 3]);
+                        x_second[32 * i] = make_float4(sacc[16 + 4 * i], sacc[16 + 4 * i + 1], sacc[16 + 4 * i + 2], sacc[16 + 4 * i + 3]);
+                    }
+                    mbar_arrive(scores_lo);
+                } else {
+                    mbar_wait(scores_lo, j & 1);
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        const float4 a = x_first[32 * i], b = x_second[32 * i];
+                        sacc[4 * i] += a.x; sacc[4 * i + 1] += a.y; sacc[4 * i + 2] += a.z; sacc[4 * i + 3] += a.w;
+                        sacc[16 + 4 * i] += b.x; sacc[16 + 4 * i + 1] += b.y; sacc[16 + 4 * i + 2] += b.z; sacc[16 + 4 * i + 3] += b.w;
+                    }
+                    sync_warp();   // every lane has read its lo scores before any lane overwrites them with P
+
+                    // Online softmax over the tile's rows (columns of S): rows past the slice are masked.
+                    const int row0 = begin + j * kWdRows;
+                    const bool masked = row0 + kWdRows > end;   // warp-uniform
+                    float mx[2] = {kNegInf, kNegInf};
+#pragma unroll
+                    for (int i = 0; i < 8; i++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            float x = sacc[4 * i + e] * scale_log2;
+                            if (masked && row0 + 8 * i + 2 * c + (e & 1) >= end) x = kNegInf;
+                            sacc[4 * i + e] = x;
+                            mx[e >> 1] = fmaxf(mx[e >> 1], x);
+                        }
+                    float alpha[2];
+#pragma unroll
+                    for (int r = 0; r < 2; r++) {
+                        const float m_new = fmaxf(m_run[r], group_max(mx[r], 4));   // finite: the tile has a visible row
+                        alpha[r] = ex2(m_run[r] - m_new);
+                        m_run[r] = m_new;
+                    }
+                    float rowsum[2] = {0.0f, 0.0f};
+#pragma unroll
+                    for (int i = 0; i < 8; i++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            const float p = ex2(sacc[4 * i + e] - m_run[e >> 1]);
+                            sacc[4 * i + e] = p;
+                            rowsum[e >> 1] += p;
+                        }
+#pragma unroll
+                    for (int r = 0; r < 2; r++) l_run[r] = l_run[r] * alpha[r] + rowsum[r];   // per-lane partial, summed at the end
+                    // P as bf16 hi (row 16wq + g + 8r) and lo (the same row + 32), columns 8i + 2c, +1 (16-byte chunk i).
+#pragma unroll
+                    for (int i = 0; i < 8; i++)
+#pragma unroll
+                        for (int r = 0; r < 2; r++) {
+                            const float p0 = sacc[4 * i + 2 * r], p1 = sacc[4 * i + 2 * r + 1];
+                            const uint32_t hi = pack_bf16x2(p0, p1), lo = pack_bf16x2(p0 - bf16_lo(hi), p1 - bf16_hi(hi));
+                            const int row = 16 * wq + g + 8 * r;
+                            *reinterpret_cast<uint32_t*>(ps + swizzled(row, i) + 4 * c) = hi;
+                            *reinterpret_cast<uint32_t*>(ps + swizzled(row + H, i) + 4 * c) = lo;
+                        }
+                    if (c == 0) { alpha_sh[head] = alpha[0]; alpha_sh[head + 8] = alpha[1]; }
+                    fence_proxy_async();   // P's generic stores, then the tensor cores' reads
+                    mbar_arrive(p_ready);
+                }
+            }
+            // O = α·O + P·V over this warpgroup's 256 columns (column blocks 4wg, 4wg + 1 for nb = 0, 2 blocks each).
+            mbar_wait(p_ready, j & 1);
+            const float a0 = alpha_sh[head], a1 = alpha_sh[head + 8];
+#pragma unroll
+            for (int nb = 0; nb < 2; nb++)
+#pragma unroll
+                for (int i = 0; i < 16; i++) {
+                    oacc[nb][4 * i] *= a0; oacc[nb][4 * i + 1] *= a0;
+                    oacc[nb][4 * i + 2] *= a1; oacc[nb][4 * i + 3] *= a1;
+                }
+            pin(oacc[0]);   // rescaled before the fence
+            pin(oacc[1]);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < kWdRows / 16; kk++)
+#pragma unroll
+                for (int nb = 0; nb < 2; nb++)
+                    wgmma_m64n128_bf16_tb(oacc[nb], wgmma_desc(p_addr + kk * 32),
+                                          wgmma_desc_mn(k_addr + (4 * wg + 2 * nb) * kWdBlockBytes + kk * 16 * 128, kWdBlockBytes));
+            wgmma_commit();
+            wgmma_wait<0>();
+            pin(oacc[0]);
+            pin(oacc[1]);
+            mbar_arrive(&empty[stage]);
+        }
+
+        // O rows h (P_hi·V) and h + 32 (P_lo·V) meet in the stage that held tile tiles − 2 (or none), which both
+        // warpgroups are done with here: warpgroup 0 issued P of the last tile only after every consumer finished
+        // tile tiles − 2 (the empty wait before its lo scores), and warpgroup 1 waited for that P. Lane l of the lo
+        // warp stores float4 k of its 128 accumulators at 16(32k + l) of its 16 KB; the partner lane of the hi warp adds.
+        float4* swap = reinterpret_cast<float4*>(ring + (tiles % kWdStages) * kWdTileBytes + wg * 32768 + (wq % 2) * 16384) + lane;
+        if (wq >= 2)
+#pragma unroll
+            for (int k = 0; k < 32; k++) {
+                const float* a = &oacc[k / 16][4 * (k % 16)];
+                swap[32 * k] = make_float4(a[0], a[1], a[2], a[3]);
+            }
+        named_barrier(1 + wg, 128);   // this warpgroup's lo rows stored
+        if (wq < 2) {
+#pragma unroll
+            for (int k = 0; k < 32; k++) {
+                const float4 lo = swap[32 * k];
+                float* a = &oacc[k / 16][4 * (k % 16)];
+                a[0] += lo.x; a[1] += lo.y; a[2] += lo.z; a[3] += lo.w;
+            }
+            float* out = partial_o + (static_cast<size_t>(t) * splits + s) * H * R + 256 * wg + 2 * c;
+#pragma unroll
+            for (int nb = 0; nb < 2; nb++)
+#pragma unroll
+                for (int i = 0; i < 16; i++)
+#pragma unroll
+                    for (int r = 0; r < 2; r++)
+                        *reinterpret_cast<float2*>(out + (head + 8 * r) * R + 128 * nb + 8 * i) =
+                            make_float2(oacc[nb][4 * i + 2 * r], oacc[nb][4 * i + 2 * r + 1]);
+            if (wg == 0)
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    const float l = group_sum(l_run[r], 4);
+                    if (c == 0) { ml[2 * (head + 8 * r)] = m_run[r]; ml[2 * (head + 8 * r) + 1] = l; }
+                }
+        }
+    }
+}
 #endif
 
 }  // namespace mla
@@ -1281,6 +1616,25 @@ kimi_mla_prefill_wgmma_d192_v128(float* __restrict__ o, const uint16_t* __restri
     mla::prefill_wgmma(o, q, kv, latent, start, T, H, R, scale_log2);
 #else
     (void)o; (void)q; (void)kv; (void)latent; (void)start; (void)T; (void)H; (void)N; (void)P; (void)V; (void)R; (void)scale_log2;
+    __trap();
+#endif
+}
+
+// The absorbed decode partial on Hopper for the model's shape (H 32, R 512, D 576): the arguments, grid (S, T) and
+// outputs of kimi_mla_decode_partial_h32_r512_d576, kWdThreads threads, decode_wgmma_smem_bytes() of dynamic shared
+// memory. A trap in the PTX images, which the wrapper never launches. Programmatic launch: it waits for its
+// predecessor before reading anything (the length, q_lat and the newest cache row are all written just before).
+extern "C" __global__ void __launch_bounds__(mla::kWdThreads, 1)
+kimi_mla_decode_partial_wgmma_h32_r512_d576(float* __restrict__ partial_o, float* __restrict__ partial_ml, const float* __restrict__ q_lat,
+                                            const uint16_t* __restrict__ latent, const int* __restrict__ start_ptr, int H, int R, int D,
+                                            float scale_log2) {
+    allow_successor();
+#if defined(KDA_EMULATE) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    (void)H; (void)R; (void)D;
+    wait_for_predecessor();
+    mla::decode_partial_wgmma(partial_o, partial_ml, q_lat, latent, start_ptr, scale_log2);
+#else
+    (void)partial_o; (void)partial_ml; (void)q_lat; (void)latent; (void)start_ptr; (void)H; (void)R; (void)D; (void)scale_log2;
     __trap();
 #endif
 }

@@ -38,6 +38,10 @@ internal static unsafe class MlaKernels
     private const int DecodeMaxQuerySteps = 9;
     private const int DecodeMaxRank = 512;
     private const int DecodeMaxHeads = 32;
+    private const int DecodeWgmmaThreads = 384;
+    // decode_wgmma_smem_bytes: 1 KB of alignment slack, Q (72 KB), 2 stages of 64 cache rows (72 KB each), P (8 KB),
+    // α [32], 6 mbarriers.
+    private const int DecodeWgmmaSharedBytes = 1024 + 64 * 576 * 2 + 2 * 64 * 576 * 2 + 64 * 64 * 2 + 32 * 4 + 6 * 8;
     private const int PrefillThreads = 256;
     private const int PrefillRows = 128;
     private const int PrefillStages = 3;
@@ -91,7 +95,8 @@ internal static unsafe class MlaKernels
     /// each slice's unnormalised output and softmax (max, sum) in <paramref name="scratch"/>; <see cref="AbsorbOutput"/>
     /// merges them into out[t, h, :] = Σ_s p_s·latent[s, :R] with p = softmax over s ≤ start + t of
     /// scale·(q_lat[t, h]·latent[s]). The grid does not depend on start, which is read on the device: a captured decode
-    /// graph stays valid while the cache grows.
+    /// graph stays valid while the cache grows. On Hopper the model's shape runs a partial kernel on wgmma whose q_lat and
+    /// softmax weights enter as bf16 hi + lo pairs (within ~1e-5 of a float64 reference; the mma.sync kernels ~3e-4).
     /// </summary>
     /// <param name="stream">Where to queue it (one launch).</param>
     /// <param name="queryLatent">[T, H, R + P] fp32, what <see cref="AbsorbQuery"/> writes.</param>
@@ -100,9 +105,13 @@ internal static unsafe class MlaKernels
     /// <param name="t">T, 1 ≤ T ≤ <paramref name="scratch"/>'s MaxTokens.</param>
     /// <param name="shape">H ≤ 32; R a multiple of 64, ≤ 512; R + P a multiple of 16 (576 at most for H &gt; 16).</param>
     /// <param name="scale">The softmax scale, usually <see cref="MlaShape.Scale"/>.</param>
-    /// <param name="scratch">Receives the slices' partials; laid out for <paramref name="shape"/>.</param>
+    /// <param name="scratch">The slices' partials, laid out for <paramref name="shape"/>.</param>
+    /// <param name="allowWarpgroupMma">
+    /// Whether the model's shape (H 32, R 512, R + P 576) may take the wgmma partial kernel where the device runs it
+    /// (Hopper); false forces the mma.sync kernel, so that tests and benchmarks can reach both on one device.
+    /// </param>
     public static void DecodeAttention(CudaStream stream, DeviceSpan<float> queryLatent, DeviceSpan<ushort> latent,
-        DeviceSpan<int> start, int t, MlaShape shape, float scale, MlaDecodeScratch scratch)
+        DeviceSpan<int> start, int t, MlaShape shape, float scale, MlaDecodeScratch scratch, bool allowWarpgroupMma = true)
     {
         ArgumentNullException.ThrowIfNull(scratch);
         CheckShape(shape);
@@ -118,7 +127,13 @@ internal static unsafe class MlaKernels
         KernelChecks.HoldsAligned(queryLatent, (long)t * shape.Heads * d, nameof(queryLatent));
         KernelChecks.HoldsAligned(latent, (long)t * d, nameof(latent)); // at least the call's own rows; start is on the device
         KernelChecks.Holds(start, 1, nameof(start));
-        int shared = DecodeSharedBytes(d, mTiles);
+        // The model's shape has a build with every loop bound fixed (kernels/mla.cu says why that matters); on Hopper, one
+        // on warpgroup MMA (wgmma) with its own loading warps (sm_90a cubin only).
+        bool modelShape = shape.Heads == 32 && shape.Rank == 512 && d == 576;
+        bool wgmma = allowWarpgroupMma && modelShape && stream.Context.Kernels.RunsSm90a("mla");
+        KernelId partial = wgmma ? KernelId.MlaDecodePartialWgmmaH32R512D576
+            : modelShape ? KernelId.MlaDecodePartialH32R512D576 : KernelId.MlaDecodePartial;
+        int threads = wgmma ? DecodeWgmmaThreads : DecodeThreads, shared = wgmma ? DecodeWgmmaSharedBytes : DecodeSharedBytes(d, mTiles);
         CheckShared(stream, shared, "MLA decode");
 
         int h = shape.Heads, r = shape.Rank, splits = scratch.Splits;
@@ -126,9 +141,7 @@ internal static unsafe class MlaKernels
         ulong pPart = scratch.Outputs.Pointer, pStats = scratch.Stats.Pointer, pQ = queryLatent.Pointer, pLatent = latent.Pointer;
         ulong pStart = start.Pointer;
         void** partialArgs = stackalloc void*[] { &pPart, &pStats, &pQ, &pLatent, &pStart, &h, &r, &d, &scaleLog2 };
-        // The model's shape has a build with every loop bound fixed (kernels/mla.cu says why that matters).
-        KernelId partial = h == 32 && r == 512 && d == 576 ? KernelId.MlaDecodePartialH32R512D576 : KernelId.MlaDecodePartial;
-        stream.Context.Kernels.Launch(partial, new Dim3((uint)splits, (uint)t), new Dim3(DecodeThreads), shared, stream, partialArgs);
+        stream.Context.Kernels.Launch(partial, new Dim3((uint)splits, (uint)t), new Dim3((uint)threads), shared, stream, partialArgs);
     }
 
     /// <summary>

@@ -22,6 +22,11 @@ public sealed class MlaKernelTests
 {
     private const double Tolerance = 2e-3;
 
+    // The wgmma decode partial feeds q_lat and the softmax weights as bf16 hi + lo pairs: it lands near fp32 (~4e-6 in
+    // the emulator), which the mma.sync kernels (fp16 operands, ~3e-4) cannot reach, so passing this bound also shows
+    // that the wgmma kernel is the one that ran.
+    private const double WgmmaDecodeTolerance = 1e-4;
+
     private static MlaShape ShapeNamed(string name) => name switch
     {
         "tiny" => new MlaShape(Heads: 4, NopeDim: 32, RopeDim: 16, ValueDim: 32, Rank: 64),
@@ -143,11 +148,52 @@ public sealed class MlaKernelTests
     }
 
     [Theory]
-    [InlineData("tiny")]
-    [InlineData("full")]
-    public void DecodeAttention_CapturedGraph_FollowsTheLengthOnTheDevice(string shapeName)
+    [InlineData(0, 1)]      // one row: 63 of the tile's rows masked
+    [InlineData(46, 1)]
+    [InlineData(999, 1)]
+    [InlineData(5, 3)]      // fewer rows than slices: most slices empty
+    [InlineData(120, 16)]   // T = 16, each token's slices ending elsewhere in a tile
+    [InlineData(6335, 1)]
+    [InlineData(20000, 2)]  // 160-row slices: 3 tiles, the last partial
+    [InlineData(65535, 1)]  // 8 tiles a slice: the 2-stage ring wraps 4 times
+    public void DecodeAttention_WgmmaBesideMmaSync_BothMatchReference(int start, int t)
     {
-        // One graph captured at length 0, replayed while the cache grows past the slice count and the 48-row tiles,
+        // The model's shape through both partial kernels on the same data, each merged with W_UV applied: the wgmma one
+        // (Hopper's default) and the mma.sync one (allowWarpgroupMma false), each against the reference, the wgmma one
+        // to its tighter bound.
+        CudaContext gpu = Gpu.Require();
+        if (!gpu.Kernels.RunsSm90a("mla")) Assert.Skip($"the wgmma decode kernel needs the sm_90a cubin (Hopper); this is {gpu.Device.Name}");
+        MlaShape shape = ShapeNamed("full");
+        var random = new Random(start * 17 + t);
+        ushort[] latent = PoisonedCache(random, shape, start + t, capacity: start + t + 9);
+        float[] queryLatent = Gpu.RandomF32(random, t * shape.Heads * shape.LatentWidth);
+        ushort[] kvB = Gpu.RandomBf16(random, (long)shape.KeyValueWidth * shape.Rank, 0.1f);
+        float[] expected = MlaReference.AbsorbOutput(MlaReference.Decode(queryLatent, latent, start, t, shape, shape.Scale), kvB, shape, t);
+        using CudaStream stream = gpu.CreateStream();
+        using var scratch = new MlaDecodeScratch(gpu, shape, maxTokens: t);
+        using DeviceBuffer<ushort> dLatent = gpu.Upload(stream, latent), dKvB = gpu.Upload(stream, kvB);
+        using DeviceBuffer<float> dQuery = gpu.Upload(stream, queryLatent);
+        using DeviceBuffer<int> dStart = gpu.Upload(stream, new[] { start });
+        using DeviceBuffer<float> dWgmma = gpu.Poisoned(stream, t * shape.OutputWidth, float.NaN);
+        using DeviceBuffer<float> dMma = gpu.Poisoned(stream, t * shape.OutputWidth, float.NaN);
+
+        MlaKernels.DecodeAttention(stream, dQuery, dLatent, dStart, t, shape, shape.Scale, scratch);
+        MlaKernels.AbsorbOutput(stream, dWgmma, scratch, dKvB, shape, t);
+        MlaKernels.DecodeAttention(stream, dQuery, dLatent, dStart, t, shape, shape.Scale, scratch, allowWarpgroupMma: false);
+        MlaKernels.AbsorbOutput(stream, dMma, scratch, dKvB, shape, t);
+
+        TensorAssert.Close(dWgmma.ToArray(stream), expected, WgmmaDecodeTolerance, $"wgmma decode, start {start}, T {t}, {scratch.Splits} slices");
+        AssertCloseWithUntouchedTail(dMma.ToArray(stream), expected, $"mma.sync decode, start {start}, T {t}, {scratch.Splits} slices");
+    }
+
+    // The full shape twice: on Hopper the default takes the wgmma partial kernel, allowWgmma false the mma.sync one.
+    [Theory]
+    [InlineData("tiny", true)]
+    [InlineData("full", true)]
+    [InlineData("full", false)]
+    public void DecodeAttention_CapturedGraph_FollowsTheLengthOnTheDevice(string shapeName, bool allowWgmma)
+    {
+        // One graph captured at length 0, replayed while the cache grows past the slice count and the 48/64-row tiles,
         // and past 132 slices of exactly one tile (6336 rows on an H100): every replay must see exactly the rows its
         // device-side start makes visible.
         CudaContext gpu = Gpu.Require();
@@ -165,7 +211,7 @@ public sealed class MlaKernelTests
         using DeviceBuffer<float> dO = gpu.Poisoned(stream, shape.OutputWidth, float.NaN);
         void Decode(CudaStream s)
         {
-            MlaKernels.DecodeAttention(s, dQuery, dLatent, dStart, 1, shape, shape.Scale, scratch);
+            MlaKernels.DecodeAttention(s, dQuery, dLatent, dStart, 1, shape, shape.Scale, scratch, allowWgmma);
             MlaKernels.AbsorbOutput(s, dO, scratch, dKvB, shape, 1);
         }
         // One call outside the capture: module loads and the shared-memory opt-in must not happen inside it.
@@ -181,7 +227,8 @@ public sealed class MlaKernelTests
             dStart.CopyFrom(new[] { start }, stream);
             graph.Launch(stream);
             float[] mixed = MlaReference.Decode(queryLatent, visible, start, 1, shape, shape.Scale);
-            AssertCloseWithUntouchedTail(dO.ToArray(stream), MlaReference.AbsorbOutput(mixed, kvB, shape, 1), $"{shapeName} graph replay at start {start}");
+            AssertCloseWithUntouchedTail(dO.ToArray(stream), MlaReference.AbsorbOutput(mixed, kvB, shape, 1),
+                $"{shapeName} graph replay at start {start}{(allowWgmma ? "" : " (mma.sync)")}");
         }
     }
 

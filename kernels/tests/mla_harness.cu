@@ -2,7 +2,8 @@
 //   CPU:  g++ -O1 -std=c++17 -DKDA_EMULATE -x c++ -o /tmp/mla_emu kernels/tests/mla_harness.cu && /tmp/mla_emu
 //         (the CUDA emulator of kernels/kda/tests/cuda_emu.h: checks logic, fragment layouts and barriers, not speed)
 //   GPU:  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o /tmp/mla_harness kernels/tests/mla_harness.cu && /tmp/mla_harness [--bench | --bench-decode | --bench-prefill]
-//         (the same checks, then with --bench each kernel alone timed with CUDA events at the model's shapes;
+//         (the same checks, then with --bench each kernel alone timed with CUDA events at the model's shapes, the decode
+//         partial both as mma.sync and as wgmma;
 //         -DMLA_DECODE_ROWS=r -DMLA_DECODE_STAGES=n build the decode kernel's other configurations)
 // Every kernel against a float64 reference of the same math on random data of odd sizes, the cache rows past the
 // visible length poisoned with NaN. Error = ‖out − ref‖ / ‖ref‖ (limit 2e-3; the fp16 tensor-core operands keep it near 2e-4).
@@ -96,7 +97,7 @@ static std::vector<float> rand_f32(size_t n, float scale) {
     return v;
 }
 static int failures = 0;
-static void report(const char* what, const std::vector<float>& got, const std::vector<double>& ref) {
+static void report(const char* what, const std::vector<float>& got, const std::vector<double>& ref, double limit = 2e-3) {
     double num = 0, den = 0;
     bool nan = false;
     for (size_t i = 0; i < ref.size(); i++) {
@@ -105,7 +106,7 @@ static void report(const char* what, const std::vector<float>& got, const std::v
         den += ref[i] * ref[i];
     }
     const double err = std::sqrt(num / den);
-    const bool ok = !nan && err <= 2e-3;
+    const bool ok = !nan && err <= limit;
     failures += !ok;
     std::printf("%s %-60s rel err %.3g%s\n", ok ? "PASS" : "FAIL", what, err, nan ? " (non-finite)" : "");
 }
@@ -185,6 +186,43 @@ static void check_decode(Shape sh, int start, int T, int splits) {
         failures++;
         std::printf("FAIL head counters not reset after the merge (H=%d)\n", sh.H);
     }
+}
+
+// The Hopper decode partial (kimi_mla_decode_partial_wgmma_h32_r512_d576, the model's shape only) against the reference
+// and against the mma.sync kernel on the same data, both merged by the same combine. Its q_lat and p enter as bf16 hi +
+// lo pairs, so it must land near fp32 (limit 1e-4): a lost lo half shows as ~1e-3.
+static void check_decode_wgmma(int start, int T, int splits) {
+    const Shape sh{32, 128, 64, 128, 512};
+    const int D = sh.R + sh.P, L = start + T, G = (sh.R + kAbsorbColumns - 1) / kAbsorbColumns;
+    std::vector<uint16_t> lat = rand_bf16(size_t(L + 5) * D, 1.f);
+    for (size_t i = size_t(L) * D; i < lat.size(); i++) lat[i] = 0x7FC0;   // rows past L: NaN
+    std::vector<float> qlat = rand_f32(size_t(T) * sh.H * D, 1.f);
+    std::vector<uint16_t> kvb = rand_bf16(size_t(sh.H) * (sh.N + sh.V) * sh.R, 0.1f);
+    const float scale = 1.f / std::sqrt(float(sh.N + sh.P));
+    Dev<float> dq(qlat);
+    Dev<uint16_t> dlat(lat), dkvb(kvb);
+    Dev<int> dstart(std::vector<int>{start});
+    auto run = [&](bool wgmma) {
+        Dev<float> po(std::vector<float>(size_t(T) * splits * sh.H * sh.R, NAN)), pml(std::vector<float>(size_t(T) * splits * sh.H * 2, NAN));
+        Dev<float> parts(std::vector<float>(size_t(T) * sh.H * G * sh.V, NAN)), out(std::vector<float>(size_t(T) * sh.H * sh.V, NAN));
+        Dev<int> arrivals(std::vector<int>(sh.H, 0));
+        if (wgmma)
+            launch(kimi_mla_decode_partial_wgmma_h32_r512_d576, dim3(splits, T), dim3(kWdThreads), decode_wgmma_smem_bytes(), po.p, pml.p,
+                   (const float*)dq.p, (const uint16_t*)dlat.p, (const int*)dstart.p, sh.H, sh.R, D, scale * 1.4426950408889634f);
+        else
+            launch(kimi_mla_decode_partial_h32_r512_d576, dim3(splits, T), dim3(kDecodeThreads), decode_smem_bytes(D, 2), po.p, pml.p,
+                   (const float*)dq.p, (const uint16_t*)dlat.p, (const int*)dstart.p, sh.H, sh.R, D, scale * 1.4426950408889634f);
+        launch(kimi_mla_combine_absorb_output, dim3(G, sh.H), dim3(kAbsorbThreads), absorb_output_smem_bytes(splits), out.p, parts.p,
+               arrivals.p, (const float*)po.p, (const float*)pml.p, (const uint16_t*)dkvb.p, T, sh.H, sh.N, sh.V, sh.R, splits);
+        return out.get();
+    };
+    const std::vector<float> wg = run(true), mma = run(false);
+    const std::vector<double> ref = absorb_output_ref(decode_ref(qlat, lat, start, T, sh, scale), kvb, T, sh);
+    char what[128];
+    std::snprintf(what, sizeof what, "decode wgmma h32 start=%d T=%d splits=%d", start, T, splits);
+    report(what, wg, ref, 1e-4);
+    std::snprintf(what, sizeof what, "decode wgmma h32 start=%d T=%d splits=%d vs mma.sync", start, T, splits);
+    report(what, wg, std::vector<double>(mma.begin(), mma.end()));
 }
 
 static void check_absorb(Shape sh, int T) {
@@ -332,11 +370,16 @@ static void bench(bool decode, bool prefill) {
             Dev<int> dstart(std::vector<int>{L - 1});
             auto partial = [&] { launch(kimi_mla_decode_partial_h32_r512_d576, dim3(splits, 1), dim3(kDecodeThreads), decode_smem_bytes(D, MT), po.p,
                                         pml.p, (const float*)qlat.p, (const uint16_t*)lat, (const int*)dstart.p, H, R, D, scale_log2); };
+            auto partial_wgmma = [&] { launch(kimi_mla_decode_partial_wgmma_h32_r512_d576, dim3(splits, 1), dim3(kWdThreads), decode_wgmma_smem_bytes(),
+                                              po.p, pml.p, (const float*)qlat.p, (const uint16_t*)lat, (const int*)dstart.p, H, R, D, scale_log2); };
             auto layer = [&] { query(); partial(); output(); };
+            auto layer_wgmma = [&] { query(); partial_wgmma(); output(); };
             const float tp = median_us(partial), to = median_us(output), tl = median_us(layer), tg = graph_us(layer);
             const double gb = 2.0 * L * D / 1e3;   // cache bytes / 1e3 = GB/s at µs
             std::printf("decode L=%6d: partial %7.1f us (%4.0f GB/s)  merge+output %5.1f us  layer: launches %7.1f us, PDL graph %7.1f us\n", L, tp,
                         gb / tp, to, tl, tg);
+            const float tw = median_us(partial_wgmma), tgw = graph_us(layer_wgmma);
+            std::printf("decode L=%6d: wgmma partial %7.1f us (%4.0f GB/s)  layer: PDL graph %7.1f us\n", L, tw, gb / tw, tgw);
             CK(cudaFree(lat));
         }
         CK(cudaFree(kvb));
@@ -360,7 +403,10 @@ static void bench(bool decode, bool prefill) {
 }
 #endif
 
+// --quick: what CI runs (KimiLinear.Tests' MlaKernelEmulatorTests, under a minute); without it, two longer
+// wgmma decode cases too.
 int main(int argc, char** argv) {
+    const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
     const Shape tiny{4, 32, 16, 32, 64}, full{32, 128, 64, 128, 512};
     check_absorb(tiny, 3);
     check_absorb({3, 32, 16, 32, 192}, 5);
@@ -395,12 +441,21 @@ int main(int argc, char** argv) {
     check_decode({32, 128, 48, 128, 512}, 130, 2, 2);   // H = 32, R = 512 but D = 560: the general kernel
     check_decode({2, 32, 16, 144, 192}, 70, 3, 5);     // V > 128 (rows past the held W_UV), R = 192: a half-used second block
     check_decode(full, 40, 5, 3);                       // five tokens through the merge, odd slice count
+    // The Hopper decode kernel: L = 1 (one row, 63 masked), 47, 1000 and 2 slices (8 tiles: the 2-stage ring wraps
+    // thrice, the last tile partial), more slices than rows, T = 3 and 16 (each token's slices end elsewhere).
+    check_decode_wgmma(0, 1, 2);
+    check_decode_wgmma(46, 1, 3);
+    check_decode_wgmma(999, 1, 2);
+    check_decode_wgmma(5, 3, 7);
+    check_decode_wgmma(120, 16, 2);
+    if (!quick) {
+        check_decode_wgmma(300, 3, 2);
+        check_decode_wgmma(2000, 1, 3);
+    }
     std::printf("%d failed\n", failures);
 #ifndef KDA_EMULATE
     if (argc > 1 && std::strncmp(argv[1], "--bench", 7) == 0)
         bench(std::strcmp(argv[1], "--bench-prefill") != 0, std::strcmp(argv[1], "--bench-decode") != 0);
-#else
-    (void)argc; (void)argv;
 #endif
     return failures != 0;
 }

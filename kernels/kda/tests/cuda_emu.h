@@ -69,7 +69,8 @@ inline float __expf(float x) { return std::exp(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 
 namespace emu {
-enum Wait { None, Block, Warp, Cluster, Done, Spin };   // Spin: polling (an mbarrier), runnable again after progress
+enum Wait { None, Block, Warp, Cluster, Done, Spin, Named };   // Spin: polling (an mbarrier), runnable again after progress;
+                                                               // Named: at a named barrier (bar.sync id, count)
 struct Fiber {
     ucontext_t ctx;
     std::vector<char> stack;
@@ -80,13 +81,14 @@ struct Fiber {
     int shfl_src = 0;
     uint32_t mma_in[2][12] = {};               // this lane's A (4) and B (2) fragments, big then small, per slot
     int mma_slot = 0;                          // the slot of its next mma
+    int bar_id = 0, bar_count = 0;             // the named barrier it waits at (Named), and its thread count
     struct Copy { void* dst; const void* src; };
     std::vector<Copy> pending;                 // cp.async issued since the last commit
     std::vector<std::vector<Copy>> groups;     // committed, not yet waited for
     const void* xptr = nullptr;                // what a lane offers the warp in ldmatrix / mma (emu_warp_*)
     uint32_t xregs[8] = {};
     // wgmma (emu_wgmma_*): issued since the last commit, and committed groups not yet retired by a wait.
-    struct Wgmma { float* d; int n; bool f16, a_in_regs, accumulate; uint32_t a[4]; uint64_t da, db; };
+    struct Wgmma { float* d; int n; bool f16, a_in_regs, accumulate, b_mn_major; uint32_t a[4]; uint64_t da, db; };
     std::vector<Wgmma> wg_pending;
     std::vector<std::vector<Wgmma>> wg_groups;
 };
@@ -117,6 +119,13 @@ inline dim3 threadIdx, blockIdx, blockDim, gridDim;
 inline unsigned char* emu_dynamic_smem = nullptr;
 
 inline void __syncthreads() { emu::yield(emu::Block); }
+// bar.sync id, count: the calling threads of the block meet in groups of `count` (a multiple of 32) at barrier `id`.
+inline void emu_named_barrier(int id, int count) {
+    emu::Fiber& f = emu::st().fibers[emu::st().cur];
+    f.bar_id = id;
+    f.bar_count = count;
+    emu::yield(emu::Named);
+}
 template <typename T> inline T emu_shfl(T v, int src) {
     static_assert(sizeof(T) == 4, "4-byte shuffles only");
     emu::Fiber& f = emu::st().fibers[emu::st().cur];
@@ -204,6 +213,17 @@ inline void run_cluster(int nblocks, int threads) {
                 released = true;
             }
         }
+        // A named barrier (bar.sync id, count) releases once `count` threads of the block wait at that id.
+        for (int b = 0; b < nblocks; ++b)
+            for (int id = 0; id < 16; ++id) {
+                int waiting = 0, count = 0;
+                for (int i = b * threads; i < (b + 1) * threads; ++i)
+                    if (s.fibers[i].wait == Named && s.fibers[i].bar_id == id) { waiting++; count = s.fibers[i].bar_count; }
+                if (waiting == 0 || waiting != count) continue;
+                for (int i = b * threads; i < (b + 1) * threads; ++i)
+                    if (s.fibers[i].wait == Named && s.fibers[i].bar_id == id) s.fibers[i].wait = None;
+                released = true;
+            }
         int cw = 0;
         for (int i = 0; i < n; ++i) cw += s.fibers[i].wait == Cluster;
         if (cw == n) { for (int i = 0; i < n; ++i) s.fibers[i].wait = None; released = true; }
@@ -395,16 +415,26 @@ inline uint16_t wgmma_element(uint64_t desc, int row, int k) {
     addr ^= ((addr >> 7) & 7) << 4;
     uint16_t v; std::memcpy(&v, emu_dynamic_smem + addr, 2); return v;
 }
+// Element (n, k) of an MN-major operand (wgmma's transposed B): 64 consecutive n in one 128-byte row, rows k 128 bytes
+// apart, 8-row groups SBO bytes apart along K, 64-column blocks LBO bytes apart along N; swizzled as above.
+inline uint16_t wgmma_element_mn(uint64_t desc, int n, int k) {
+    if ((desc >> 62) != 1) { std::fprintf(stderr, "emu: only 128-byte-swizzle wgmma descriptors are emulated\n"); std::abort(); }
+    const uint32_t start = uint32_t(desc & 0x3FFF) << 4, lbo = uint32_t((desc >> 16) & 0x3FFF) << 4, sbo = uint32_t((desc >> 32) & 0x3FFF) << 4;
+    uint32_t addr = start + uint32_t(n / 64) * lbo + uint32_t(k / 8) * sbo + uint32_t(k % 8) * 128 + uint32_t(n % 64) * 2;
+    addr ^= ((addr >> 7) & 7) << 4;
+    uint16_t v; std::memcpy(&v, emu_dynamic_smem + addr, 2); return v;
+}
 inline float wgmma_value(uint16_t bits, bool f16) {
     if (f16) return emu_f16_to_f32(bits);
     uint32_t u = uint32_t(bits) << 16; float f; std::memcpy(&f, &u, 4); return f;
 }
 }  // namespace emu
-inline void emu_wgmma_ss(float* d, int n, bool f16, bool accumulate, uint64_t da, uint64_t db) {
-    emu::st().fibers[emu::st().cur].wg_pending.push_back({d, n, f16, false, accumulate, {}, da, db});
+// b_mn_major: B is MN-major (the instruction's imm-trans-b = 1), its descriptor read by wgmma_element_mn.
+inline void emu_wgmma_ss(float* d, int n, bool f16, bool accumulate, uint64_t da, uint64_t db, bool b_mn_major = false) {
+    emu::st().fibers[emu::st().cur].wg_pending.push_back({d, n, f16, false, accumulate, b_mn_major, {}, da, db});
 }
 inline void emu_wgmma_rs(float* d, int n, bool f16, bool accumulate, const uint32_t* a, uint64_t db) {
-    emu::st().fibers[emu::st().cur].wg_pending.push_back({d, n, f16, true, accumulate, {a[0], a[1], a[2], a[3]}, 0, db});
+    emu::st().fibers[emu::st().cur].wg_pending.push_back({d, n, f16, true, accumulate, false, {a[0], a[1], a[2], a[3]}, 0, db});
 }
 inline void emu_wgmma_commit() {
     emu::Fiber& f = emu::st().fibers[emu::st().cur];
@@ -431,7 +461,8 @@ inline void emu_wgmma_wait(int keep) {
                         } else {
                             a = emu::wgmma_value(emu::wgmma_element(op.da, 16 * w + row, k), op.f16);
                         }
-                        acc += a * emu::wgmma_value(emu::wgmma_element(op.db, col, k), op.f16);
+                        const uint16_t b = op.b_mn_major ? emu::wgmma_element_mn(op.db, col, k) : emu::wgmma_element(op.db, col, k);
+                        acc += a * emu::wgmma_value(b, op.f16);
                     }
                     op.d[4 * j + e] = acc;
                 }
