@@ -482,22 +482,26 @@ internal static class GpuKernelBenchmarks
             // E + 1 experts: the last is the shared expert of the "+ shared" rows.
             using DeviceBuffer<ushort> gateUp = RandomBf16(gpu, stream, random, 2L * (E + 1) * F * D), down = RandomBf16(gpu, stream, random, (long)(E + 1) * D * F);
             using DeviceBuffer<float> bias = RandomF32(E, 0.1f);
-            foreach (int t in new[] { 1024, 32_768 })
-                foreach (int shared in new[] { 0, 1 })
+            // 8,192 tokens + shared: the piece the backend's prefill hands the experts at a time.
+            foreach ((int t, int shared) in new[] { (1024, 0), (1024, 1), (8192, 1), (32_768, 0), (32_768, 1) })
+            {
+                var shape = new MoeShape(D, E, A, F, shared);
+                int pairs = shape.PairsPerToken;
+                using DeviceBuffer<float> logits = RandomF32((long)t * E, 4), weights = gpu.Allocate<float>((long)t * pairs);
+                using DeviceBuffer<float> x = RandomF32((long)t * D, 1), output = gpu.Allocate<float>((long)t * D);
+                using DeviceBuffer<int> ids = gpu.Allocate<int>((long)t * pairs);
+                double ms = MedianMs(gpu, stream, () => MoeKernels.Route(stream, ids, weights, logits, bias, shape, rule, t));
+                if (shared == 0)
+                    rows.Add(RouteRow(t, E, ms));
+                using var scratch = new MoePrefillScratch(gpu, shape, t);
+                // The default grouped GEMMs (wgmma on Hopper), then the mma.sync ones they replace there, on the same data.
+                foreach (bool wgmma in gpu.Kernels.RunsSm90a("moe") ? new[] { true, false } : [false])
                 {
-                    var shape = new MoeShape(D, E, A, F, shared);
-                    int pairs = shape.PairsPerToken;
-                    using DeviceBuffer<float> logits = RandomF32((long)t * E, 4), weights = gpu.Allocate<float>((long)t * pairs);
-                    using DeviceBuffer<float> x = RandomF32((long)t * D, 1), output = gpu.Allocate<float>((long)t * D);
-                    using DeviceBuffer<int> ids = gpu.Allocate<int>((long)t * pairs);
-                    double ms = MedianMs(gpu, stream, () => MoeKernels.Route(stream, ids, weights, logits, bias, shape, rule, t));
-                    if (shared == 0)
-                        rows.Add(RouteRow(t, E, ms));
-                    using var scratch = new MoePrefillScratch(gpu, shape, t);
-                    ms = MedianMs(gpu, stream, () => MoeKernels.PrefillExperts(stream, output, x, ids, weights, gateUp, down, scratch, shape, t));
-                    rows.Add(GemmRow(shared == 0 ? "MoE prefill experts (grouped mma.sync)" : "MoE prefill experts + shared (grouped mma.sync)",
+                    ms = MedianMs(gpu, stream, () => MoeKernels.PrefillExperts(stream, output, x, ids, weights, gateUp, down, scratch, shape, t, wgmma));
+                    rows.Add(GemmRow($"MoE prefill experts{(shared == 0 ? "" : " + shared")} (grouped {(wgmma ? "wgmma" : "mma.sync")})",
                         $"T={t}, E={E}{(shared == 0 ? "" : "+1")}, A={A}{(shared == 0 ? "" : "+1")}, D={D}, F={F}", ms, (double)t * pairs * 6 * F * D));
                 }
+            }
         }
         return rows;
     }

@@ -70,7 +70,8 @@
 //      y[pair_of_row[row], :] = fp32 result (rows in pair order, so the combine reads each token's A rows together).
 //   6. kimi_moe_prefill_combine: output[t] += Σ_a weights[t, a] · y[t·A + a], a in order.
 //   The GEMMs use the mainloop of gemm.cu (block 128 x 128 x 64, 8 warps of 64 x 32, three cp.async stages, swizzled
-//   tiles of mma.cuh, 96 KiB of dynamic shared memory).
+//   tiles of mma.cuh, 96 KiB of dynamic shared memory). On Hopper, steps 4 and 5 are kimi_moe_prefill_gate_up_wgmma and
+//   kimi_moe_prefill_down_wgmma instead (same arguments and results, a persistent grid; "PREFILL ON HOPPER" below).
 // Preconditions (MoeKernels.cs checks them): D and F multiples of 8, every pointer 16-byte aligned, E ≤ 1024 routed
 // experts, A ≤ E, A + S ≤ 32, groups ≤ 32 dividing E.
 #include "mma.cuh"
@@ -894,4 +895,334 @@ kimi_moe_prefill_combine(float* __restrict__ output, const float* __restrict__ y
     float4* out = reinterpret_cast<float4*>(output + static_cast<size_t>(t) * D) + q;
     const float4 o = *out;
     *out = make_float4(o.x + sum.x, o.y + sum.y, o.z + sum.z, o.w + sum.w);
+}
+
+// =====================================================================================================================
+// PREFILL ON HOPPER: the grouped GEMMs on warpgroup MMA (wgmma, sm_90a)
+// =====================================================================================================================
+//
+// kimi_moe_prefill_gate_up_wgmma and kimi_moe_prefill_down_wgmma compute exactly what kimi_moe_prefill_gate_up and
+// kimi_moe_prefill_down do (same arguments, same 128-row tiles of tile_start, same outputs), for Hopper. The mma.sync
+// mainloop tops out near 350 TFLOP/s: every warp both copies and multiplies, ldmatrix feeds the tensor cores through
+// registers, and the 128 x 128 tile makes each byte fetched from L2 serve 64 flops. Here, in the manner of CUTLASS's
+// warp-specialised Hopper GEMM (and of kimi_mla_prefill_wgmma_d192_v128 in mla.cu):
+//   - the tile is 128 rows x 256 columns x 64 k (85 flops a byte from L2): gate-up's 256 columns are 128 gate rows
+//     f0 + [0, 128) and the same 128 up rows, so each thread's accumulators hold the gate and the up value of the same
+//     (row, f) 64 registers apart and the SwiGLU epilogue needs no exchange; down's are 256 output columns;
+//   - warpgroups 0 and 1 (consumers, 224 registers a thread by setmaxnreg) each multiply 64 of the rows with wgmma
+//     m64n256k16 straight from shared memory (128 fp32 accumulators a thread), and release a stage as soon as the
+//     wgmma that read it has retired (wait_group 1: the next k step's products are already queued);
+//   - warpgroup 2 (producer, 56 registers) copies A and B by cp.async into a 4-stage ring of 48 KiB stages guarded by
+//     mbarriers (full: the stage holds k step j, 128 producer arrivals; empty: both consumers are done with it, 256).
+//     The copies' layout is mma.cuh's swizzled tile, which on a 1,024-byte-aligned base is the 128-byte-swizzled
+//     K-major layout wgmma's descriptors name. A producer thread announces a stage once its own copies of it have
+//     landed, two k steps later (cp.async.wait_group 2), so three steps are in flight. A rows are gathered through
+//     token_of_row as in the mma.sync kernel (TMA cannot gather rows on Hopper); rows past the tile and columns past K
+//     are zero-filled, so any D and F that are multiples of 8 work, partial tiles included.
+//   - the grid is persistent (one block an SM, 197 KB of shared memory): block b takes work items b, b + grid, ...,
+//     item w = tile w / NB's column block w % NB (column blocks of one tile are neighbours, so they share its A rows in
+//     L2, and the ~9 tiles of an expert follow each other, so its weights stay in L2). The producer runs ahead into
+//     the next item while the consumers write the previous one's outputs.
+// The PTX targets (compute_90, compute_80) cannot express wgmma: there these kernels only trap, and MoeKernels launches
+// them only where the sm_90a cubin is loaded (compute capability 9.0). KIMI_REQUIRES_SM90A: build.sh builds this
+// file's cubin too (the whole module then loads from it on Hopper).
+constexpr int MOE_WG_N = 256, MOE_WG_STAGES = 4, MOE_WG_LAG = 2, MOE_WG_THREADS = 384;
+constexpr int MOE_WG_PRODUCER_REGISTERS = 56, MOE_WG_CONSUMER_REGISTERS = 224; // 128·56 + 256·224 ≤ the 64K register file
+constexpr int MOE_WG_A_BYTES = MOE_TILE_M * TILE_K * 2, MOE_WG_B_BYTES = MOE_WG_N * TILE_K * 2;
+constexpr int MOE_WG_STAGE_BYTES = MOE_WG_A_BYTES + MOE_WG_B_BYTES;
+// The 1,024-byte alignment the swizzle atoms need, the ring, the mbarriers full[4] and empty[4].
+constexpr int MOE_WG_SMEM_BYTES = 1024 + MOE_WG_STAGES * MOE_WG_STAGE_BYTES + 2 * MOE_WG_STAGES * 8;
+static_assert(MOE_WG_SMEM_BYTES == 197696, "MoeKernels.WgmmaSharedBytes (C#)");
+static_assert(MOE_WG_STAGES > MOE_WG_LAG, "a stage is announced before the producer can wait for it to be emptied");
+
+#if defined(KDA_EMULATE) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+namespace moe_wg {
+
+__device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count)
+{
+#ifdef KDA_EMULATE
+    emu_mbarrier_init(bar, count);
+#else
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar)
+{
+#ifdef KDA_EMULATE
+    emu_mbarrier_arrive(bar);
+#else
+    asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+#endif
+}
+// Waits until the phase of `parity` has completed (acquire).
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity)
+{
+#ifdef KDA_EMULATE
+    while (!emu_mbarrier_test(bar, parity)) emu_spin();
+#else
+    uint32_t done;
+    do
+    {
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done) : "r"(smem_u32(bar)), "r"(parity) : "memory");
+    } while (!done);
+#endif
+}
+// Writes by ordinary instructions and cp.async made visible to the tensor cores' reads (the async proxy).
+__device__ __forceinline__ void fence_proxy_async()
+{
+#ifndef KDA_EMULATE
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_fence()
+{
+#ifndef KDA_EMULATE
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit()
+{
+#ifdef KDA_EMULATE
+    emu_wgmma_commit();
+#else
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+template <int N> __device__ __forceinline__ void wgmma_wait()
+{
+#ifdef KDA_EMULATE
+    emu_wgmma_wait(N);
+#else
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+// The accumulators belong to the tensor cores from issue to wait: this ties them to the wait, so the compiler moves no
+// access across it.
+template <int R> __device__ __forceinline__ void pin(float (&d)[R])
+{
+#ifndef KDA_EMULATE
+#pragma unroll
+    for (int i = 0; i < R; i++) asm volatile("" : "+f"(d[i])::"memory");
+#endif
+}
+template <int R> __device__ __forceinline__ void setmaxnreg_inc()
+{
+#ifndef KDA_EMULATE
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R));
+#endif
+}
+template <int R> __device__ __forceinline__ void setmaxnreg_dec()
+{
+#ifndef KDA_EMULATE
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R));
+#endif
+}
+
+// Matrix descriptor of a K-major 128-byte-swizzled operand at shared address `addr` (1,024-byte-aligned atoms; a k16
+// step inside the atom adds 32 bytes): 8-row groups 1,024 bytes apart (SBO).
+__device__ __forceinline__ uint64_t desc(uint32_t addr)
+{
+    return static_cast<uint64_t>((addr >> 4) & 0x3FFF) | (1ull << 16) | (64ull << 32) | (1ull << 62);
+}
+
+// d[64×256] (+)= A[64×16]·B[256×16]ᵀ, bf16 operands from shared memory, both K-major; accumulate = false overwrites d.
+__device__ __forceinline__ void mma_m64n256(float (&d)[128], uint64_t desc_a, uint64_t desc_b, bool accumulate)
+{
+#ifdef KDA_EMULATE
+    emu_wgmma_ss(d, 256, false, accumulate, desc_a, desc_b);
+#else
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+                 : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)));
+#endif
+}
+
+// Copies k step kt of work item (A rows, B rows) into ring stage `stage`; producer thread p copies chunk p % 8 of rows
+// p / 8 + 16 i (a warp: four whole 128-byte rows a copy instruction). a_row[i]: A row p / 8 + 16 i's element offset
+// from `a`, NO_ROW past the tile. B row p / 8 + 16 i of the tile is weight row b_row(i) from `b` (NO_ROW: none).
+template <typename BRow>
+__device__ __forceinline__ void load_stage(unsigned char* stage, const uint16_t* a, const uint32_t (&a_row)[8], const uint16_t* b,
+                                           BRow b_row, int kt, int K)
+{
+    const int p = threadIdx.x & 127, chunk = p & 7, r0 = p >> 3, gk = kt * TILE_K + chunk * 8;
+    const bool k_in = gk < K;
+    const uint32_t sa = smem_u32(stage), sb = sa + MOE_WG_A_BYTES;
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+    {
+        const bool ok = k_in && a_row[i] != NO_ROW;
+        cp_async16(sa + 2 * swizzled(r0 + 16 * i, chunk), ok ? a + a_row[i] + gk : a, ok);
+    }
+#pragma unroll
+    for (int i = 0; i < 16; i++)
+    {
+        const uint32_t row = b_row(i);
+        const bool ok = k_in && row != NO_ROW;
+        cp_async16(sb + 2 * swizzled(r0 + 16 * i, chunk), ok ? b + static_cast<size_t>(row) * K + gk : b, ok);
+    }
+}
+
+// The grouped GEMM of both kernels: GATE_UP (A = xb rows gathered through row_map = token_of_row, B = gate and up rows
+// of expert e, K = D; h = bf16(silu(g)·u)) or down (A = h rows, B = down[e], K = F; y rows through row_map =
+// pair_of_row). The design is described above.
+template <bool GATE_UP>
+__device__ __forceinline__ void grouped(void* out, const uint16_t* __restrict__ a, const int* __restrict__ row_map,
+                                        const int* __restrict__ offsets, const int* __restrict__ tile_start,
+                                        const uint16_t* __restrict__ weights, int D, int E, int F)
+{
+    const int K = GATE_UP ? D : F;
+    const int NB = GATE_UP ? (F + MOE_WG_N / 2 - 1) / (MOE_WG_N / 2) : (D + MOE_WG_N - 1) / MOE_WG_N; // column blocks a tile
+    const int KT = (K + TILE_K - 1) / TILE_K;
+    const int items = tile_start[E] * NB;
+    unsigned char* raw = reinterpret_cast<unsigned char*>(moe_smem());
+    unsigned char* ring = raw + (1024 - smem_u32(raw) % 1024) % 1024;
+    uint64_t* full = reinterpret_cast<uint64_t*>(ring + MOE_WG_STAGES * MOE_WG_STAGE_BYTES);
+    uint64_t* empty = full + MOE_WG_STAGES;
+    if (threadIdx.x == 0)
+        for (int s = 0; s < MOE_WG_STAGES; s++)
+        {
+            mbar_init(&full[s], 128);
+            mbar_init(&empty[s], 256);
+        }
+    __syncthreads();
+    const int wg = threadIdx.x / 128;
+
+    if (wg == 2) // ---- producer
+    {
+        setmaxnreg_dec<MOE_WG_PRODUCER_REGISTERS>();
+        const int r0 = (threadIdx.x & 127) >> 3;
+        int step = 0; // k steps copied so far, over this block's items: stage step % 4, its use number step / 4
+        for (int w = blockIdx.x; w < items; w += gridDim.x)
+        {
+            int e, row0, rows;
+            find_tile(tile_start, offsets, E, w / NB, e, row0, rows);
+            const int nb = w % NB;
+            uint32_t a_row[8];
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+            {
+                const int r = r0 + 16 * i;
+                a_row[i] = r < rows ? static_cast<uint32_t>(GATE_UP ? row_map[row0 + r] : row0 + r) * K : NO_ROW;
+            }
+            const uint16_t* b = weights + static_cast<size_t>(e) * (GATE_UP ? 2 * F : D) * K;
+            // Gate-up: tile rows [0, 128) are gate rows f0 + n, [128, 256) the up rows F + f0 + n − 128 (i ≥ 8 is the
+            // up half: r0 < 16). Down: output rows 256 nb + n.
+            const int n0 = GATE_UP ? nb * (MOE_WG_N / 2) + r0 : nb * MOE_WG_N + r0;
+            auto b_row = [&](int i) -> uint32_t {
+                if (GATE_UP)
+                {
+                    const int f = n0 + 16 * (i & 7);
+                    return f < F ? static_cast<uint32_t>(i >= 8 ? F + f : f) : NO_ROW;
+                }
+                const int n = n0 + 16 * i;
+                return n < D ? static_cast<uint32_t>(n) : NO_ROW;
+            };
+            for (int kt = 0; kt < KT; kt++, step++)
+            {
+                const int s = step % MOE_WG_STAGES;
+                // The stage's previous use, step − 4, must be done (its empty phase step / 4 − 1).
+                if (step >= MOE_WG_STAGES) mbar_wait(&empty[s], (step / MOE_WG_STAGES + 1) & 1);
+                load_stage(ring + s * MOE_WG_STAGE_BYTES, a, a_row, b, b_row, kt, K);
+                cp_async_commit();
+                if (step >= MOE_WG_LAG) // step − 2's copies have landed: announce them
+                {
+                    cp_async_wait<MOE_WG_LAG>();
+                    fence_proxy_async();
+                    mbar_arrive(&full[(step - MOE_WG_LAG) % MOE_WG_STAGES]);
+                }
+            }
+        }
+        cp_async_wait<0>();
+        fence_proxy_async();
+        for (int j = max(step - MOE_WG_LAG, 0); j < step; j++) mbar_arrive(&full[j % MOE_WG_STAGES]);
+        return;
+    }
+
+    // ---- consumers: warpgroup wg multiplies tile rows 64 wg + [0, 64); warp q of it holds rows 16q + g, 16q + g + 8.
+    setmaxnreg_inc<MOE_WG_CONSUMER_REGISTERS>();
+    const int q = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    int step = 0;
+    for (int w = blockIdx.x; w < items; w += gridDim.x)
+    {
+        int e, row0, rows;
+        find_tile(tile_start, offsets, E, w / NB, e, row0, rows);
+        const int nb = w % NB;
+        float acc[128]; // d[4i + j] = tile (64 wg + 16q + g + 8 (j / 2), column 8i + 2c + j % 2)
+        for (int kt = 0; kt < KT; kt++, step++)
+        {
+            const int s = step % MOE_WG_STAGES;
+            mbar_wait(&full[s], (step / MOE_WG_STAGES) & 1);
+            const uint32_t sa = smem_u32(ring + s * MOE_WG_STAGE_BYTES) + wg * 64 * 128, sb = smem_u32(ring + s * MOE_WG_STAGE_BYTES) + MOE_WG_A_BYTES;
+            wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < TILE_K / 16; ks++) mma_m64n256(acc, desc(sa + 32 * ks), desc(sb + 32 * ks), kt > 0 || ks > 0);
+            wgmma_commit();
+            wgmma_wait<1>(); // the previous step's products have retired: its stage is free
+            if (kt > 0) mbar_arrive(&empty[(step - 1) % MOE_WG_STAGES]);
+        }
+        wgmma_wait<0>();
+        pin(acc);
+        mbar_arrive(&empty[(step - 1) % MOE_WG_STAGES]);
+
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+        {
+            const int r = 64 * wg + 16 * q + g + 8 * half;
+            if (r >= rows) continue;
+            if (GATE_UP)
+            {
+                uint16_t* h_row = static_cast<uint16_t*>(out) + static_cast<size_t>(row0 + r) * F;
+#pragma unroll
+                for (int i = 0; i < MOE_WG_N / 16; i++)
+                {
+                    const int f = nb * (MOE_WG_N / 2) + 8 * i + 2 * c; // F is even, so f + 1 < F when f < F
+                    const float* gate = &acc[4 * i + 2 * half];
+                    const float* up = &acc[4 * (i + MOE_WG_N / 16) + 2 * half];
+                    if (f < F) *reinterpret_cast<uint32_t*>(h_row + f) = pack_bf16x2(silu(gate[0]) * up[0], silu(gate[1]) * up[1]);
+                }
+            }
+            else
+            {
+                float* y_row = static_cast<float*>(out) + static_cast<size_t>(row_map[row0 + r]) * D;
+#pragma unroll
+                for (int i = 0; i < MOE_WG_N / 8; i++)
+                {
+                    const int col = nb * MOE_WG_N + 8 * i + 2 * c; // D is even, so col + 1 < D when col < D
+                    if (col < D) *reinterpret_cast<float2*>(y_row + col) = make_float2(acc[4 * i + 2 * half], acc[4 * i + 2 * half + 1]);
+                }
+            }
+        }
+    }
+}
+
+} // namespace moe_wg
+#endif
+
+extern "C" __global__ void __launch_bounds__(MOE_WG_THREADS, 1)
+kimi_moe_prefill_gate_up_wgmma(uint16_t* __restrict__ h, const uint16_t* __restrict__ xb, const int* __restrict__ token_of_row,
+                               const int* __restrict__ offsets, const int* __restrict__ tile_start, const uint16_t* __restrict__ gate_up,
+                               int D, int E, int F)
+{
+#if defined(KDA_EMULATE) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    moe_wg::grouped<true>(h, xb, token_of_row, offsets, tile_start, gate_up, D, E, F);
+#else
+    (void)h; (void)xb; (void)token_of_row; (void)offsets; (void)tile_start; (void)gate_up; (void)D; (void)E; (void)F;
+    __trap();
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(MOE_WG_THREADS, 1)
+kimi_moe_prefill_down_wgmma(float* __restrict__ y, const uint16_t* __restrict__ h, const int* __restrict__ pair_of_row,
+                            const int* __restrict__ offsets, const int* __restrict__ tile_start, const uint16_t* __restrict__ down,
+                            int D, int E, int F)
+{
+#if defined(KDA_EMULATE) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    moe_wg::grouped<false>(y, h, pair_of_row, offsets, tile_start, down, D, E, F);
+#else
+    (void)y; (void)h; (void)pair_of_row; (void)offsets; (void)tile_start; (void)down; (void)D; (void)E; (void)F;
+    __trap();
+#endif
 }

@@ -57,6 +57,8 @@ internal enum KernelId
     MoePrefillPlace,
     MoePrefillGateUp,
     MoePrefillDown,
+    MoePrefillGateUpWgmma,
+    MoePrefillDownWgmma,
     MoePrefillCombine,
 }
 
@@ -123,6 +125,8 @@ internal static class KernelCatalog
         KernelId.MoePrefillPlace => new("moe", "kimi_moe_prefill_place"),
         KernelId.MoePrefillGateUp => new("moe", "kimi_moe_prefill_gate_up"),
         KernelId.MoePrefillDown => new("moe", "kimi_moe_prefill_down"),
+        KernelId.MoePrefillGateUpWgmma => new("moe", "kimi_moe_prefill_gate_up_wgmma"),
+        KernelId.MoePrefillDownWgmma => new("moe", "kimi_moe_prefill_down_wgmma"),
         KernelId.MoePrefillCombine => new("moe", "kimi_moe_prefill_combine"),
         _ => throw new ArgumentOutOfRangeException(nameof(id), id, "no catalog entry for this kernel id"),
     };

@@ -74,6 +74,9 @@ internal static unsafe class MoeKernels
     private const int GemmTileColumns = 128;     // MOE_TILE_N
     private const int GemmThreads = 256;
     private const int GemmSharedBytes = 3 * (128 + 128) * 64 * 2; // MOE_GEMM_SMEM_BYTES
+    private const int WgmmaTileColumns = 256;    // MOE_WG_N: gate-up's are 128 gate and 128 up rows
+    private const int WgmmaThreads = 384;        // MOE_WG_THREADS: two consumer warpgroups and a producer
+    private const int WgmmaSharedBytes = 1024 + 4 * (128 + 256) * 64 * 2 + 2 * 4 * 8; // MOE_WG_SMEM_BYTES
     private const int ElementwiseThreads = 256;  // MOE_ELEMENTWISE_THREADS
     private const int CountBlocks = 1024;        // the count kernel's grid-stride loops need no more
 
@@ -241,8 +244,13 @@ internal static unsafe class MoeKernels
     /// <param name="scratch">Room for at least T tokens of <paramref name="shape"/>.</param>
     /// <param name="shape">The layer's geometry.</param>
     /// <param name="t">T, 1 to <c>scratch.MaxTokens</c>.</param>
+    /// <param name="allowWarpgroupMma">
+    /// Whether the grouped GEMMs may be the wgmma kernels where the device runs them (Hopper); false forces the mma.sync
+    /// kernels, so that tests and benchmarks can reach both on one device.
+    /// </param>
     public static void PrefillExperts(CudaStream s, DeviceSpan<float> output, DeviceSpan<float> x, DeviceSpan<int> experts,
-        DeviceSpan<float> weights, DeviceSpan<ushort> gateUp, DeviceSpan<ushort> down, MoePrefillScratch scratch, MoeShape shape, int t)
+        DeviceSpan<float> weights, DeviceSpan<ushort> gateUp, DeviceSpan<ushort> down, MoePrefillScratch scratch, MoeShape shape, int t,
+        bool allowWarpgroupMma = true)
     {
         CheckExpertCall(output, x, experts, weights, gateUp, down, shape, t);
         ArgumentNullException.ThrowIfNull(scratch);
@@ -266,11 +274,24 @@ internal static unsafe class MoeKernels
         void** placeArgs = stackalloc void*[] { &tokenOfRow, &pairOfRow, &pIds, &rank, &offsets, &pairs, &e, &a };
         kernels.Launch(KernelId.MoePrefillPlace, new Dim3((uint)((pairs + ElementwiseThreads - 1) / ElementwiseThreads)), new Dim3(ElementwiseThreads), 0, s, placeArgs);
         void** gateUpArgs = stackalloc void*[] { &hidden, &xb, &tokenOfRow, &offsets, &tileStart, &pGateUp, &d, &e, &f };
-        kernels.Launch(KernelId.MoePrefillGateUp, new Dim3((uint)((f + GemmTileColumns / 2 - 1) / (GemmTileColumns / 2)), (uint)tiles),
-            new Dim3(GemmThreads), GemmSharedBytes, s, gateUpArgs);
         void** downArgs = stackalloc void*[] { &y, &hidden, &pairOfRow, &offsets, &tileStart, &pDown, &d, &e, &f };
-        kernels.Launch(KernelId.MoePrefillDown, new Dim3((uint)((d + GemmTileColumns - 1) / GemmTileColumns), (uint)tiles),
-            new Dim3(GemmThreads), GemmSharedBytes, s, downArgs);
+        if (allowWarpgroupMma && kernels.RunsSm90a("moe") && s.Context.Device.MaxSharedMemoryPerBlock >= WgmmaSharedBytes)
+        {
+            // Persistent: one block an SM, each taking work items (tile, column block) in turn; no more blocks than items
+            // the worst case could have.
+            int sms = s.Context.Device.MultiprocessorCount;
+            long gateUpItems = (long)tiles * ((f + WgmmaTileColumns / 2 - 1) / (WgmmaTileColumns / 2));
+            long downItems = (long)tiles * ((d + WgmmaTileColumns - 1) / WgmmaTileColumns);
+            kernels.Launch(KernelId.MoePrefillGateUpWgmma, new Dim3((uint)Math.Min(sms, gateUpItems)), new Dim3(WgmmaThreads), WgmmaSharedBytes, s, gateUpArgs);
+            kernels.Launch(KernelId.MoePrefillDownWgmma, new Dim3((uint)Math.Min(sms, downItems)), new Dim3(WgmmaThreads), WgmmaSharedBytes, s, downArgs);
+        }
+        else
+        {
+            kernels.Launch(KernelId.MoePrefillGateUp, new Dim3((uint)((f + GemmTileColumns / 2 - 1) / (GemmTileColumns / 2)), (uint)tiles),
+                new Dim3(GemmThreads), GemmSharedBytes, s, gateUpArgs);
+            kernels.Launch(KernelId.MoePrefillDown, new Dim3((uint)((d + GemmTileColumns - 1) / GemmTileColumns), (uint)tiles),
+                new Dim3(GemmThreads), GemmSharedBytes, s, downArgs);
+        }
         long quads = (long)t * d / 4;
         void** combineArgs = stackalloc void*[] { &pOut, &y, &pIds, &pWeights, &t, &d, &e, &a };
         kernels.Launch(KernelId.MoePrefillCombine, new Dim3((uint)((quads + ElementwiseThreads - 1) / ElementwiseThreads)), new Dim3(ElementwiseThreads), 0, s, combineArgs);

@@ -205,6 +205,38 @@ public sealed class MoeKernelTests
     }
 
     [Theory]
+    [InlineData(3, 40, 8, 2, 24, 0)]        // most experts without rows; one k step, one partial column block
+    [InlineData(77, 40, 8, 2, 24, 1)]       // odd row counts; the shared expert's 77 rows
+    [InlineData(300, 200, 4, 2, 136, 0)]    // experts past one 128-row tile, K not a multiple of 64, partial column blocks
+    [InlineData(259, 200, 4, 2, 136, 2)]    // each shared expert's rows span three tiles
+    [InlineData(130, 2304, 3, 2, 1024, 1)]  // the model's D, F and S: 36 and 16 k steps, the shared expert's second tile 2 rows
+    public void PrefillExperts_WgmmaBesideMmaSync_BothMatchReference(int t, int d, int e, int a, int f, int shared)
+    {
+        // The same data through the wgmma grouped GEMMs (Hopper's default) and the mma.sync ones (allowWarpgroupMma
+        // false), each against the reference and against each other (they sum the products in different orders).
+        CudaContext gpu = Gpu.Require();
+        if (!gpu.Kernels.RunsSm90a("moe")) Assert.Skip($"the wgmma grouped GEMMs need the sm_90a cubin (Hopper); this is {gpu.Device.Name}");
+        var moe = new MoeCase(new Random(t * 5 + d + e + f + shared), t, new MoeShape(d, e, a, f, shared));
+        using CudaStream stream = gpu.CreateStream();
+        using MoeCase.Device dev = moe.Upload(gpu, stream);
+        using var scratch = new MoePrefillScratch(gpu, moe.Shape, t);
+        float[] Prefill(bool wgmma)
+        {
+            dev.Output.CopyFrom(moe.Base, stream);
+            MoeKernels.PrefillExperts(stream, dev.Output, dev.X, dev.Experts, dev.Weights, dev.GateUp, dev.Down, scratch, moe.Shape, t, wgmma);
+            float[] output = dev.Output.ToArray(stream);
+            for (int i = t * d; i < output.Length; i++) Assert.True(float.IsNaN(output[i]), $"output tail element {i} overwritten");
+            return output[..(t * d)];
+        }
+        float[] wgmma = Prefill(true), mma = Prefill(false);
+        float[] reference = moe.Reference();
+        string what = $"T={t} D={d} E={e} A={a} F={f} S={shared}";
+        TensorAssert.Close(wgmma, reference, ExpertTolerance, $"wgmma prefill experts {what}");
+        TensorAssert.Close(mma, reference, ExpertTolerance, $"mma.sync prefill experts {what}");
+        TensorAssert.Close(wgmma, mma, PathTolerance, $"wgmma vs mma.sync prefill experts {what}");
+    }
+
+    [Theory]
     [InlineData(3)]
     [InlineData(16)]
     public void PrefillExperts_EqualsDecodeExperts_AndRepeatsBitForBit(int t)

@@ -301,7 +301,9 @@ static std::vector<float> run_decode(const Moe& m, const std::vector<float>& bas
     return std::vector<float>(out, out + base.size());
 }
 
-static std::vector<float> run_prefill(const Moe& m, const std::vector<float>& base)
+// wgmma: the grouped GEMMs of kimi_moe_prefill_*_wgmma, on a persistent grid of `blocks` blocks (each takes several
+// work items, its ring crossing them); otherwise the mma.sync ones.
+static std::vector<float> run_prefill(const Moe& m, const std::vector<float>& base, bool wgmma = false, int blocks = 3)
 {
     const int P = m.T * m.A, tiles = (P + MOE_TILE_M - 1) / MOE_TILE_M + m.E;
     float* out = upload(base);
@@ -319,10 +321,20 @@ static std::vector<float> run_prefill(const Moe& m, const std::vector<float>& ba
     emu_launch(kimi_moe_prefill_count, 1, dim3(3), dim3(B), 0, counts, rank, xb, upload(m.x), ids, m.T, m.D, m.E, m.A);
     emu_launch(kimi_moe_prefill_schedule, 1, dim3(1), dim3(32), 0, offsets, tile_start, counts, m.E);
     emu_launch(kimi_moe_prefill_place, 1, dim3((P + B - 1) / B), dim3(B), 0, token_of_row, pair_of_row, ids, rank, offsets, P, m.E, m.A);
-    emu_launch(kimi_moe_prefill_gate_up, 1, dim3((m.F + 63) / 64, tiles), dim3(MOE_GEMM_THREADS), MOE_GEMM_SMEM_BYTES, h, xb, token_of_row,
-               offsets, tile_start, upload(m.gate_up), m.D, m.E, m.F);
-    emu_launch(kimi_moe_prefill_down, 1, dim3((m.D + 127) / 128, tiles), dim3(MOE_GEMM_THREADS), MOE_GEMM_SMEM_BYTES, y, h, pair_of_row,
-               offsets, tile_start, upload(m.down), m.D, m.E, m.F);
+    if (wgmma)
+    {
+        emu_launch(kimi_moe_prefill_gate_up_wgmma, 1, dim3(blocks), dim3(MOE_WG_THREADS), MOE_WG_SMEM_BYTES, h, xb, token_of_row,
+                   offsets, tile_start, upload(m.gate_up), m.D, m.E, m.F);
+        emu_launch(kimi_moe_prefill_down_wgmma, 1, dim3(blocks), dim3(MOE_WG_THREADS), MOE_WG_SMEM_BYTES, y, h, pair_of_row,
+                   offsets, tile_start, upload(m.down), m.D, m.E, m.F);
+    }
+    else
+    {
+        emu_launch(kimi_moe_prefill_gate_up, 1, dim3((m.F + 63) / 64, tiles), dim3(MOE_GEMM_THREADS), MOE_GEMM_SMEM_BYTES, h, xb, token_of_row,
+                   offsets, tile_start, upload(m.gate_up), m.D, m.E, m.F);
+        emu_launch(kimi_moe_prefill_down, 1, dim3((m.D + 127) / 128, tiles), dim3(MOE_GEMM_THREADS), MOE_GEMM_SMEM_BYTES, y, h, pair_of_row,
+                   offsets, tile_start, upload(m.down), m.D, m.E, m.F);
+    }
     emu_launch(kimi_moe_prefill_combine, 1, dim3((m.T * m.D / 4 + B - 1) / B), dim3(B), 0, out, y, ids, upload(m.w), m.T, m.D, m.E, m.A);
     return std::vector<float>(out, out + base.size());
 }
@@ -352,6 +364,21 @@ static void check_experts(int T, int D, int E, int A, int F, bool decode, bool p
         std::snprintf(what, sizeof what, "prefill T=%d D=%d E=%d A=%d F=%d S=%d vs double reference", T, D, E, A, F, S);
         double err = rel_err(pre, want);
         report(err <= 1e-3, what, err);
+    }
+    if (prefill)
+    {
+        // The wgmma GEMMs on 3 blocks (several items each) and on 1 (every item: the ring crosses them all).
+        for (int blocks : {3, 1})
+        {
+            std::vector<float> wg = run_prefill(m, base, true, blocks);
+            std::snprintf(what, sizeof what, "prefill wgmma, %d blocks, T=%d D=%d E=%d A=%d F=%d S=%d vs double reference", blocks, T, D, E, A, F, S);
+            double err = rel_err(wg, want);
+            report(err <= 1e-3, what, err);
+            std::vector<double> p(pre.begin(), pre.end());
+            err = rel_err(wg, p);
+            std::snprintf(what, sizeof what, "prefill wgmma == mma.sync, %d blocks, T=%d", blocks, T);
+            report(err <= 1e-4, what, err);
+        }
     }
     if (decode && prefill)
     {
@@ -396,6 +423,11 @@ static void check_bad_id()
             for (int d = 0; d < m.D; d++) ok &= std::isnan(out[t * m.D + d]) == (t == 1);
         report(ok, decode == 2 ? "decode, 1 SM: a bad expert id poisons only its token" : decode ? "decode: a bad expert id poisons only its token" : "prefill: a bad expert id poisons only its token", 0);
     }
+    std::vector<float> out = run_prefill(m, base, true);
+    bool ok = true;
+    for (int t = 0; t < m.T; t++)
+        for (int d = 0; d < m.D; d++) ok &= std::isnan(out[t * m.D + d]) == (t == 1);
+    report(ok, "prefill wgmma: a bad expert id poisons only its token", 0);
 }
 
 // --quick: the checks CI runs (KimiLinear.Tests' MoeKernelEmulatorTests), small shapes only; without it, also the
@@ -427,6 +459,7 @@ int main(int argc, char** argv)
     check_experts(5, 40, 8, 2, 24, true, true, 1);   // a shared expert: every token names expert E
     check_experts(16, 40, 8, 3, 24, true, true, 2);  // two shared experts, the largest decode batch
     check_experts(45, 40, 8, 2, 24, false, true, 1); // prefill: the shared expert's T rows are one more group
+    check_experts(45, 136, 3, 2, 72, false, true, 1); // several k steps, K not a multiple of 64, partial column blocks
     if (!quick)
     {
         check_experts(16, 40, 8, 2, 24, true, false);
