@@ -1,7 +1,7 @@
 // GEMV for decode against bf16 weights: y[n] = sum_k W[n, k] * x[k], fp32 accumulation.
 //   W [N, K] bf16, row-major (nn.Linear weight: out_features x in_features)
 //   x [K]    bf16 (kimi_gemv_bf16, kimi_gemv_bf16_f32) or fp32 (kimi_gemv_f32: the CUDA backend's fp32 activations)
-//   y [N]    bf16 (kimi_gemv_bf16) or fp32 (kimi_gemv_bf16_f32, e.g. logits; kimi_gemv_f32; kimi_gemv_f32_add adds into y)
+//   y [N]    bf16 (kimi_gemv_bf16) or fp32 (kimi_gemv_bf16_f32, e.g. logits; kimi_gemv_f32)
 // kimi_gemv_f32 also runs several independent products of the same K in one launch (one launch latency instead of
 // several: KDA's two low-rank up-projections): rows [i·rows_per_x, (i+1)·rows_per_x) read x + i·K, so x is
 // [ceil(N / rows_per_x), K]; rows_per_x = N is the plain GEMV. rows_per_x is a multiple of the block's rows.

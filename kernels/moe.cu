@@ -22,9 +22,7 @@
 // logits as well and routes in the same launch (its comment below).
 //
 // DECODE (a few tokens: T ≤ MoeKernels.MaxDecodeTokens), two kernels, both graph-capturable (ids read on the device)
-// and launched with programmatic dependent launch; both gathered GEMVs. With norm_weight, x is the residual stream
-// before the block's post-attention RMSNorm, which the router + route kernel and the gate-up kernel apply as they load
-// it (no launch of its own on the step's chain); the down kernel may then add into x itself.
+// and launched with programmatic dependent launch; both gathered GEMVs.
 //   kimi_moe_decode_gate_up is a grid in which every warp is an independent stream: the work is cut into items (a few
 //     weight rows of one pair), warp w of the grid's W warps takes items w, w + W, ..., and walks the chunks of its
 //     items as one sequence (a chunk: one column slot of 32 16-byte vectors, one a lane, of each of the item's rows),
