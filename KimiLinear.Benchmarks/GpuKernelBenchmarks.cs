@@ -437,7 +437,7 @@ internal static class GpuKernelBenchmarks
                 }
                 DeviceSpan<int> Ids(int set) => dIds.Span.Slice(set * t * A, t * A);
                 gpu.Kernels.ProgrammaticLaunch = false;
-                rows.Add(DecodeRow("MoE decode gate-up alone", 2.0 / 3, (s, set) => MoeKernels.DecodeGateUp(s, scratch.Hidden, x, Ids(set), gateUp, shape, t, norm: null)));
+                rows.Add(DecodeRow("MoE decode gate-up alone", 2.0 / 3, (s, set) => MoeKernels.DecodeGateUp(s, scratch.Hidden, x, Ids(set), gateUp, shape, t)));
                 rows.Add(DecodeRow("MoE decode down alone", 1.0 / 3,
                     (s, set) => MoeKernels.DecodeDown(s, output, scratch.Hidden, Ids(set), w.Span.Slice(set * t * A, t * A), down, shape, t)));
                 foreach (bool programmatic in new[] { false, true })

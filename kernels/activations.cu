@@ -193,32 +193,22 @@ kimi_scatter_add_rows_f32(float* __restrict__ accumulator, const float* __restri
         for (int c = threadIdx.x; c < C; c += blockDim.x) dst[c] = fmaf(s, src[c], dst[c]);
 }
 
-// latent[*firstRow + i, :] = bf16(n(left[i, :]) | right[i, :]).  latent [capacity, A + B] bf16 (the MLA cache rows of
-// c_n | k_pe); left [T, A], right [T, B] fp32; n = RMSNorm with norm_weight [A] (MLA's latent norm, applied here so
-// that it needs no launch of its own) or the identity when norm_weight is null. firstRow: one int32 in device memory,
-// so a captured decode graph writes the row the step's position says. A first row that would put any of the T rows
-// outside [0, capacity) writes nothing (all or nothing: a graph replayed past the cache's end leaves the cache as it was).
+// latent[*firstRow + i, :] = bf16(left[i, :] | right[i, :]).  latent [capacity, A + B] bf16 (the MLA cache rows of
+// c_n | k_pe); left [T, A], right [T, B] fp32; firstRow: one int32 in device memory, so a captured decode graph
+// writes the row the step's position says. A first row that would put any of the T rows outside [0, capacity) writes
+// nothing (all or nothing: a graph replayed past the cache's end leaves the cache as it was).
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
 kimi_write_latent_rows_f32(uint16_t* __restrict__ latent, const float* __restrict__ left, const float* __restrict__ right,
-                           int T, int A, int B, const int* __restrict__ firstRow, int capacity, const float* __restrict__ norm_weight,
-                           float eps)
+                           int T, int A, int B, const int* __restrict__ firstRow, int capacity)
 {
     programmatic_prologue();
     const int i = blockIdx.x;
     const int first = *firstRow;
-    if (i >= T || first < 0 || first > capacity - T) return; // the same for the whole block: block_sum below is safe
+    if (i >= T || first < 0 || first > capacity - T) return;
     uint16_t* dst = latent + static_cast<size_t>(first + i) * (A + B);
     const float* l = left + static_cast<size_t>(i) * A;
     const float* r = right + static_cast<size_t>(i) * B;
-    float inv = 1.0f;
-    if (norm_weight != nullptr)
-    {
-        float sumsq = 0.0f;
-        for (int c = threadIdx.x; c < A; c += blockDim.x) sumsq = fmaf(l[c], l[c], sumsq);
-        inv = rsqrtf(block_sum(sumsq) / static_cast<float>(A) + eps);
-    }
-    for (int c = threadIdx.x; c < A + B; c += blockDim.x)
-        dst[c] = f32_to_bf16(c >= A ? r[c - A] : norm_weight != nullptr ? l[c] * inv * norm_weight[c] : l[c]);
+    for (int c = threadIdx.x; c < A + B; c += blockDim.x) dst[c] = f32_to_bf16(c < A ? l[c] : r[c - A]);
 }
 
 // ---- elements -----------------------------------------------------------------------------------------------------------

@@ -140,11 +140,9 @@ __device__ __forceinline__ float rms_inverse(const float* __restrict__ x, int K,
 
 // norm_weight: null for the plain product; else the product is of RMSNorm(x) with that weight (fp32 x only), which
 // the block computes after its wait: the row's inverse RMS, then x scaled as it is loaded.
-// accumulate (fp32 y only): y[n] += the product instead of y[n] = it (each row has one writer: no atomics).
 template <typename L, typename OutT, typename InT>
 __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __restrict__ W, const InT* __restrict__ x,
-                                     int N, int K, int rows_per_x, const float* __restrict__ norm_weight = nullptr, float eps = 0.0f,
-                                     bool accumulate = false)
+                                     int N, int K, int rows_per_x, const float* __restrict__ norm_weight = nullptr, float eps = 0.0f)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int group = warp / L::SPLIT, s = warp % L::SPLIT;
@@ -234,8 +232,6 @@ __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __res
         float sum = 0.0f;
 #pragma unroll
         for (int q = 0; q < L::SPLIT; q++) sum += partial[group * L::SPLIT + q][lane];
-        if constexpr (sizeof(OutT) == 4)
-            if (accumulate) sum += y[row0 + lane];
         store_out(y, row0 + lane, sum);
     }
 }
@@ -256,13 +252,6 @@ extern "C" __global__ void __launch_bounds__(GemvF32Layout::WARPS * 32)
 kimi_gemv_f32(float* __restrict__ y, const uint16_t* __restrict__ W, const float* __restrict__ x, int N, int K, int rows_per_x)
 {
     gemv<GemvF32Layout>(y, W, x, N, K, rows_per_x);
-}
-
-// y += W · x: a projection added into the fp32 residual stream (o_proj, the dense MLP's down_proj) in the same launch.
-extern "C" __global__ void __launch_bounds__(GemvF32Layout::WARPS * 32)
-kimi_gemv_f32_add(float* __restrict__ y, const uint16_t* __restrict__ W, const float* __restrict__ x, int N, int K)
-{
-    gemv<GemvF32Layout>(y, W, x, N, K, N, nullptr, 0.0f, true);
 }
 
 // y = W · RMSNorm(x): a decode step's input RMSNorm (x · rsqrt(mean(x²) + eps) · norm_weight) inside the projection

@@ -79,7 +79,6 @@ constexpr int MOE_VALUES_PER_LANE = MOE_MAX_EXPERTS / 32;
 constexpr int MOE_ROUTE_WARPS = 4;                     // tokens a route block
 constexpr int MOE_ROUTER_WARPS = 4;                    // experts a fused router + route block (MoeKernels.RouterWarps)
 constexpr int MOE_ROUTER_HELD = 12;                    // router column slots a lane requests before the wait (D ≤ 3,072)
-constexpr int MOE_MAX_DECODE_TOKENS = 16;              // MoeKernels.MaxDecodeTokens
 // Decode gate-up: 8 warps a block, each an independent stream of items of 2 f's (4 weight rows sharing each x load),
 // a ring of 4 chunks (16 vectors, 8 KB a warp in flight). Launch bounds of 2 blocks an SM: ≤ 128 registers a thread.
 constexpr int MOE_GU_WARPS = 8, MOE_GU_F = 2, MOE_GU_DEPTH = 4, MOE_GU_BLOCKS_PER_SM = 2;
@@ -102,13 +101,6 @@ __device__ __forceinline__ float silu(float v) { return v / (1.0f + expf(-v)); }
 __device__ __forceinline__ bool valid_expert(int e, int E) { return e >= 0 && e < E; }
 
 // acc += w · x over 8 values: w a vector of 8 bf16.
-// The 8 fp32 values at p (16-byte aligned).
-__device__ __forceinline__ void load_f32x8(float (&v)[8], const float* __restrict__ p)
-{
-    const float4 lo = __ldg(reinterpret_cast<const float4*>(p)), hi = __ldg(reinterpret_cast<const float4*>(p) + 1);
-    v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w, v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
-}
-
 __device__ __forceinline__ float dot8_f32(uint4 w, const float (&x)[8], float acc)
 {
     acc = fmaf(bf16_lo(w.x), x[0], acc);
@@ -264,14 +256,11 @@ kimi_moe_route_f32(int* __restrict__ experts, float* __restrict__ weights, const
 // the route kernel, and the router rows (which do not depend on the predecessor) are requested before the wait. Warp w
 // of block b owns expert b · WARPS + w; the blocks count their arrivals in `arrivals` (zero between launches: the last
 // block resets it), and the last one, after a fence, reads every block's logits through L2.
-// With norm_weight (else null) the input is RMSNorm(x) = x · rsqrt(mean(x²) + eps) · norm_weight, the MoE block's
-// post-attention norm, which then needs no launch of its own: each warp sums x² beside x · norm_weight · w (the same
-// loads) and scales its dot product by the row's inverse RMS at the end (exact up to fp32 rounding).
 extern "C" __global__ void __launch_bounds__(MOE_ROUTER_WARPS * 32)
 kimi_moe_router_route_f32(int* __restrict__ experts, float* __restrict__ weights, float* __restrict__ logits,
                           unsigned* __restrict__ arrivals, const float* __restrict__ x, const uint16_t* __restrict__ router,
                           const float* __restrict__ bias, int T, int D, int E, int A, int S, int groups, int topk_groups,
-                          int renormalize, float scale, int biased, const float* __restrict__ norm_weight, float eps)
+                          int renormalize, float scale, int biased)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, e = blockIdx.x * MOE_ROUTER_WARPS + warp, D8 = D >> 3;
     const uint4* row = reinterpret_cast<const uint4*>(router + static_cast<size_t>(min(e, E - 1)) * D);
@@ -288,36 +277,25 @@ kimi_moe_router_route_f32(int* __restrict__ experts, float* __restrict__ weights
     for (int t = 0; t < T; t++)
     {
         const float* xt = x + static_cast<size_t>(t) * D;
-        float acc = 0.0f, sumsq = 0.0f;
-        // x · norm_weight at vector kk (x alone without a norm), its squares summed into sumsq.
-        auto input8 = [&](int kk, float (&xs)[8])
-        {
-            load_f32x8(xs, xt + static_cast<size_t>(kk) * 8);
-            if (norm_weight == nullptr) return;
-            float nw[8];
-            load_f32x8(nw, norm_weight + static_cast<size_t>(kk) * 8);
-#pragma unroll
-            for (int j = 0; j < 8; j++) sumsq = fmaf(xs[j], xs[j], sumsq), xs[j] *= nw[j];
-        };
+        float acc = 0.0f;
 #pragma unroll
         for (int i = 0; i < MOE_ROUTER_HELD; i++)
         {
             const int kk = i * 32 + lane;
             if (kk < D8)
             {
-                float xs[8];
-                input8(kk, xs);
+                const float4 lo = __ldg(reinterpret_cast<const float4*>(xt) + 2 * kk), hi = __ldg(reinterpret_cast<const float4*>(xt) + 2 * kk + 1);
+                const float xs[8] = { lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w };
                 acc = dot8_f32(held[i], xs, acc);
             }
         }
         for (int kk = MOE_ROUTER_HELD * 32 + lane; kk < D8; kk += 32)
         {
-            float xs[8];
-            input8(kk, xs);
+            const float4 lo = __ldg(reinterpret_cast<const float4*>(xt) + 2 * kk), hi = __ldg(reinterpret_cast<const float4*>(xt) + 2 * kk + 1);
+            const float xs[8] = { lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w };
             acc = dot8_f32(__ldg(row + kk), xs, acc);
         }
         acc = warp_sum(acc);
-        if (norm_weight != nullptr) acc *= rsqrtf(warp_sum(sumsq) / static_cast<float>(D) + eps);
         if (lane == 0 && e < E) logits[static_cast<size_t>(t) * E + e] = acc;
     }
 
@@ -338,27 +316,13 @@ kimi_moe_router_route_f32(int* __restrict__ experts, float* __restrict__ weights
 // DECODE
 // =====================================================================================================================
 
-// The 8 fp32 values at x, normalised as RMSNorm writes them (x · inv · norm_weight, in that order) when norm_weight
-// is not null, rounded to bf16 and widened back; zeros when `in` is false (nothing is read).
-__device__ __forceinline__ void load_rounded8(float (&xs)[8], const float* __restrict__ x, bool in,
-                                              const float* __restrict__ norm_weight, float inv)
+// The 8 fp32 values at x rounded to bf16 and widened back; zeros when `in` is false (nothing is read).
+__device__ __forceinline__ void load_rounded8(float (&xs)[8], const float* __restrict__ x, bool in)
 {
-    if (!in)
-    {
-#pragma unroll
-        for (int j = 0; j < 8; j++) xs[j] = 0.0f;
-        return;
-    }
-    load_f32x8(xs, x);
-    if (norm_weight != nullptr)
-    {
-        float nw[8];
-        load_f32x8(nw, norm_weight);
-#pragma unroll
-        for (int j = 0; j < 8; j++) xs[j] = xs[j] * inv * nw[j];
-    }
-#pragma unroll
-    for (int j = 0; j < 8; j++) xs[j] = round_bf16(xs[j]);
+    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    const float4 lo = in ? __ldg(reinterpret_cast<const float4*>(x)) : zero, hi = in ? __ldg(reinterpret_cast<const float4*>(x) + 1) : zero;
+    xs[0] = round_bf16(lo.x), xs[1] = round_bf16(lo.y), xs[2] = round_bf16(lo.z), xs[3] = round_bf16(lo.w);
+    xs[4] = round_bf16(hi.x), xs[5] = round_bf16(hi.y), xs[6] = round_bf16(hi.z), xs[7] = round_bf16(hi.w);
 }
 
 // w · h over 8 values, both vectors of 8 bf16.
@@ -426,8 +390,7 @@ __device__ __forceinline__ void gate_up_rows(const uint4* (&rows)[MOE_GU_WROWS],
 
 extern "C" __global__ void __launch_bounds__(MOE_GU_WARPS * 32, MOE_GU_BLOCKS_PER_SM)
 kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, const int* __restrict__ experts,
-                        const uint16_t* __restrict__ gate_up, int T, int D, int E, int A, int F, int S,
-                        const float* __restrict__ norm_weight, float eps)
+                        const uint16_t* __restrict__ gate_up, int T, int D, int E, int A, int F, int S)
 {
     const int lane = threadIdx.x & 31, W = gridDim.x * MOE_GU_WARPS, w = blockIdx.x * MOE_GU_WARPS + (threadIdx.x >> 5);
     const int Ps = T * S, Pr = T * (A - S), fgroups = F / MOE_GU_F, D8 = D >> 3, C = (D8 + 31) >> 5; // C chunks an item
@@ -470,32 +433,11 @@ kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, c
     for (int d = 0; d < MOE_GU_DEPTH; d++)
         if (d < chunks) request(wv[d]);
 
-    // With norm_weight, x is the MoE block's input before its post-attention RMSNorm: while the first chunks are in
-    // flight, warp j of the block finds the inverse RMS of tokens j, j + WARPS, ... (T ≤ MOE_MAX_DECODE_TOKENS).
-    __shared__ float inverse_rms[MOE_MAX_DECODE_TOKENS];
-    if (norm_weight != nullptr)
-    {
-        for (int t = threadIdx.x >> 5; t < T; t += MOE_GU_WARPS)
-        {
-            const float4* row = reinterpret_cast<const float4*>(x + static_cast<size_t>(t) * D);
-            float sumsq = 0.0f;
-            for (int i = lane; i < (D >> 2); i += 32)
-            {
-                const float4 v = __ldg(row + i);
-                sumsq = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, sumsq))));
-            }
-            sumsq = warp_sum(sumsq);
-            if (lane == 0) inverse_rms[t] = rsqrtf(sumsq / static_cast<float>(D) + eps);
-        }
-        __syncthreads();
-    }
-
     // The compute cursor: chunk cc of item ck, whose token's x row is xt. x was written before the route kernel's
     // predecessor finished (MoeKernels.DecodeExperts), so the shared items read it before the wait.
     int ck = 0, cc = 0;
     GateUpItem citem = chunks > 0 ? nth_gate_up_item(0, w, W, mine_shared, Ps, Pr, A, S) : GateUpItem{};
     const float* xt = x + static_cast<size_t>(citem.pair / A) * D;
-    float inv = norm_weight != nullptr && chunks > 0 ? inverse_rms[citem.pair / A] : 1.0f;
     float acc[MOE_GU_WROWS] = {};
     for (int n0 = 0; n0 < chunks; n0 += MOE_GU_DEPTH)
     {
@@ -506,7 +448,7 @@ kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, c
             if (n >= chunks) break;
             const int kk = cc * 32 + lane;
             float xs[8]; // shared by the item's rows
-            load_rounded8(xs, xt + static_cast<size_t>(kk) * 8, kk < D8, norm_weight == nullptr ? nullptr : norm_weight + static_cast<size_t>(kk) * 8, inv);
+            load_rounded8(xs, xt + static_cast<size_t>(kk) * 8, kk < D8);
 #pragma unroll
             for (int r = 0; r < MOE_GU_WROWS; r++) acc[r] = dot8_f32(wv[d][r], xs, acc[r]);
             if (n + MOE_GU_DEPTH < chunks) request(wv[d]);
@@ -528,7 +470,6 @@ kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, c
                 {
                     citem = nth_gate_up_item(ck, w, W, mine_shared, Ps, Pr, A, S);
                     xt = x + static_cast<size_t>(citem.pair / A) * D;
-                    if (norm_weight != nullptr) inv = inverse_rms[citem.pair / A];
                 }
             }
         }

@@ -117,25 +117,19 @@ internal interface IKimiBackend
     int ReadChoice(SessionState state, GreedyChoice choice);
     /// <summary>Copies rows [0, rows) of <paramref name="source"/> into <paramref name="destination"/> at row <paramref name="destinationRow"/>.</summary>
     void CopyRows(Tensor source, int rows, Tensor destination, int destinationRow);
-    /// <summary>
-    /// destination[row + t] = (RMSNorm(left[t]) | right[t]) (MLA's cache rows c_n | k_pe: a backend may normalise as it
-    /// writes). left: [T, A]; right: [T, B]; destination: [≥ row + T, A + B].
-    /// </summary>
-    void WriteConcatenatedRows(RmsNormed left, Tensor right, Tensor destination, int row);
+    /// <summary>destination[row + t] = (left[t] | right[t]). left: [T, A]; right: [T, B]; destination: [≥ row + T, A + B].</summary>
+    void WriteConcatenatedRows(Tensor left, Tensor right, Tensor destination, int row);
 
     /// <summary>x[t] = table[ids[t]]. table: [vocab, D]; x: [T, D].</summary>
     void Embed(WeightMatrix table, ReadOnlySpan<int> ids, Tensor x);
     /// <summary>y[t] = x[t] · rsqrt(mean(x[t]²) + eps) · weight, row by row. x, y: [T, N]; weight: [N].</summary>
     void RmsNorm(Tensor x, float[] weight, float eps, Tensor y);
+    /// <summary>residual += x, then y = RmsNorm(residual) row by row (one pass where a backend can). All [T, N]; weight: [N].</summary>
+    void AddRmsNorm(Tensor residual, Tensor x, float[] weight, float eps, Tensor y);
     /// <summary>accumulator += x (same shape).</summary>
     void Add(Tensor accumulator, Tensor x);
     /// <summary>y = x · wᵀ. x: [T, in]; w: [out, in]; y: [T, out].</summary>
     void MatMul(Tensor x, WeightMatrix w, Tensor y);
-    /// <summary>
-    /// accumulator += x · wᵀ: a sublayer's last projection added into the residual stream (one pass where a backend
-    /// can). x: [T, in]; w: [out, in]; accumulator: [T, out].
-    /// </summary>
-    void MatMulAdd(Tensor x, WeightMatrix w, Tensor accumulator);
     /// <summary>
     /// outputs[i] = x · weights[i]ᵀ for projections that share their input (q, k, v, ... of one layer). A backend may run
     /// them as one product when the weights and the outputs lie one after another in its memory: layers bind such
@@ -177,14 +171,13 @@ internal interface IKimiBackend
     void MlaAttention(Tensor q, Tensor latent, int start, WeightMatrix kvB, Tensor o, int heads, int nopeDim, int ropeDim, int valueDim, bool absorbed);
 
     /// <summary>
-    /// A MoE block added into the residual stream: with n = RMSNorm(x) (the block's post-attention norm, which a backend
-    /// may apply as its kernels load x), the router's logits n · routerᵀ [T, E], then A experts per token (sigmoid
-    /// scores; the correction bias only selects; grouped top-k; weights renormalised and scaled), and
-    /// shared(n) + Σ weight · expert(n) added to <paramref name="residual"/> [T, D]. x: [T, D], and may be the residual
-    /// itself (the norm is of x before the add). The logits must be as accurate as fp32 inputs make them: experts are
-    /// chosen discretely, so a rounding of n can swap an expert and change a token's output.
+    /// A MoE block added into the residual stream: the router's logits x · routerᵀ [T, E], then A experts per token
+    /// (sigmoid scores; the correction bias only selects; grouped top-k; weights renormalised and scaled), and
+    /// shared(x) + Σ weight · expert(x) added to <paramref name="residual"/> [T, D]. x: [T, D]. The logits must be as
+    /// accurate as fp32 inputs make them: experts are chosen discretely, so a rounding of x can swap an expert and
+    /// change a token's output.
     /// </summary>
-    void MoeExperts(RmsNormed x, MoeExperts experts, Tensor residual);
+    void MoeExperts(Tensor x, MoeExperts experts, Tensor residual);
     /// <summary>y[i] = x[rows[i]]. x: [T, D]; y: [rows.Length, D].</summary>
     void GatherRows(Tensor x, ReadOnlySpan<int> rows, Tensor y);
     /// <summary>accumulator[rows[i]] += scales[i] · x[i]. x: [rows.Length, D]; accumulator: [T, D].</summary>

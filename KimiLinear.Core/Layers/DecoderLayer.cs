@@ -50,17 +50,16 @@ internal sealed class DecoderLayer
     public void Forward(IKimiBackend backend, Tensor hidden, IReadOnlyList<SequenceRows> batch, bool absorbedAttention)
     {
         using var scratch = backend.BeginScratch(); // everything but the residual stream dies with the layer
-        // Each sublayer's first kernels apply its norm as they load the residual row (a backend may; the CPU normalises
-        // first), and its last projection adds into the residual stream: no norm or add of its own between them.
+        // The mixer's first projections apply the input norm (a backend may normalise as they load the row).
         var input = new RmsNormed(hidden, _inputNorm, _eps);
-        if (Kda is not null)
-            Kda.Forward(backend, input, batch, _index, hidden);
-        else
-            Mla!.Forward(backend, input, batch, _index, absorbedAttention, hidden);
-        var postAttention = new RmsNormed(hidden, _postAttentionNorm, _eps);
+        var mixed = Kda is not null
+            ? Kda.Forward(backend, input, batch, _index)
+            : Mla!.Forward(backend, input, batch, _index, absorbedAttention);
+        var normed = backend.Allocate(hidden.Rows, hidden.Cols);
+        backend.AddRmsNorm(hidden, mixed, _postAttentionNorm, _eps, normed);
         if (_moe is not null)
-            _moe.Forward(backend, postAttention, hidden);
+            _moe.Forward(backend, normed, hidden); // adds into the residual stream itself
         else
-            _mlp!.AddForward(backend, postAttention, hidden);
+            backend.Add(hidden, _mlp!.Forward(backend, normed));
     }
 }

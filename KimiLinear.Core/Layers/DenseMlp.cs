@@ -25,30 +25,15 @@ internal sealed class DenseMlp
         weights.Matrix(prefix + "up_proj.weight", width, hidden),
         weights.Matrix(prefix + "down_proj.weight", hidden, width));
 
-    /// <summary>x: [T, D] → [T, D] (the shared and routed experts of the CPU's MoE).</summary>
+    /// <summary>x: [T, D] → [T, D].</summary>
     public Tensor Forward(IKimiBackend backend, Tensor x)
     {
-        var (gate, up) = Hidden(backend, x.Rows);
+        var gate = backend.Allocate(x.Rows, _gate.Rows); // [T, F]
+        var up = backend.Allocate(x.Rows, _up.Rows);     // [T, F], right after gate (bound right after it too)
         backend.MatMul(x, [_gate, _up], [gate, up]);
         backend.SwiGlu(gate, up, gate);
         var output = backend.Allocate(x.Rows, _down.Rows);
         backend.MatMul(gate, _down, output);
         return output;
     }
-
-    /// <summary>
-    /// residual += MLP(RMSNorm(x)), x: [T, D] (the dense layers): the norm inside the gate/up product, the down
-    /// projection added into the residual stream, where the backend can.
-    /// </summary>
-    public void AddForward(IKimiBackend backend, RmsNormed x, Tensor residual)
-    {
-        var (gate, up) = Hidden(backend, x.Input.Rows);
-        backend.MatMul(x, [_gate, _up], [gate, up]);
-        backend.SwiGlu(gate, up, gate);
-        backend.MatMulAdd(gate, _down, residual);
-    }
-
-    /// <summary>gate [T, F], then up [T, F] right after it (bound right after it too: one product where a backend can).</summary>
-    private (Tensor Gate, Tensor Up) Hidden(IKimiBackend backend, int tokens) =>
-        (backend.Allocate(tokens, _gate.Rows), backend.Allocate(tokens, _up.Rows));
 }

@@ -62,7 +62,7 @@ internal sealed class KdaLayer
     /// on its own state (layer <paramref name="layer"/> of it). Prefill (T &gt; 1 rows of a sequence) runs the chunked
     /// algorithm, decode the recurrence.
     /// </summary>
-    public void Forward(IKimiBackend backend, RmsNormed x, IReadOnlyList<SequenceRows> batch, int layer, Tensor residual)
+    public Tensor Forward(IKimiBackend backend, RmsNormed x, IReadOnlyList<SequenceRows> batch, int layer)
     {
         int tokens = x.Input.Rows, width = _heads * _headDim;
         var q = backend.Allocate(tokens, width);                 // [T, H·K] before the short conv
@@ -79,7 +79,14 @@ internal sealed class KdaLayer
         var gated = backend.Allocate(tokens, width);                       // [T, H·V]
         StepRows.ForEachSequence(backend, batch, [q, k, v, forget, beta, outputGate], gated, (sequence, own, y) =>
             backend.KdaMixer(new KdaMixerInputs(own[0], own[1], own[2], own[3], own[4], own[5]), _mixer, sequence.State.Kda[layer]!, y));
-        backend.MatMulAdd(gated, _outputProjection, residual);
+        return Project(backend, gated, _outputProjection);
+    }
+
+    private static Tensor Project(IKimiBackend backend, Tensor x, WeightMatrix projection)
+    {
+        var projected = backend.Allocate(x.Rows, projection.Rows);
+        backend.MatMul(x, projection, projected);
+        return projected;
     }
 
 }

@@ -46,7 +46,7 @@ internal sealed class MlaLayer
     /// <paramref name="layer"/> of its state) at its position (room made by <see cref="Reserve"/>) and attends to its
     /// own cache. <paramref name="absorbed"/> picks the attention form.
     /// </summary>
-    public void Forward(IKimiBackend backend, RmsNormed x, IReadOnlyList<SequenceRows> batch, int layer, bool absorbed, Tensor residual)
+    public Tensor Forward(IKimiBackend backend, RmsNormed x, IReadOnlyList<SequenceRows> batch, int layer, bool absorbed)
     {
         int tokens = x.Input.Rows;
         // The three projections of x, bound and allocated in this order so a backend may run them as one product.
@@ -54,16 +54,19 @@ internal sealed class MlaLayer
         var compressed = backend.Allocate(tokens, _rank);              // [T, R]
         var sharedKey = backend.Allocate(tokens, _ropeDim);            // [T, rope] k_pe, never rotated
         backend.MatMul(x, [_queryProjection, _latentProjection, _sharedKeyProjection], [q, compressed, sharedKey]);
+        var normalised = backend.Allocate(tokens, _rank);              // [T, R] c_n
+        backend.RmsNorm(compressed, _latentNorm, LatentNormEps, normalised);
 
         var o = backend.Allocate(tokens, _heads * _valueDim);          // [T, H·V]
-        StepRows.ForEachSequence(backend, batch, [q, compressed, sharedKey], o, (sequence, own, output) =>
+        StepRows.ForEachSequence(backend, batch, [q, normalised, sharedKey], o, (sequence, own, output) =>
         {
             var cache = sequence.State.Mla[layer]!.Latent;
-            // The cache rows (c_n | k_pe), c_n = RMSNorm(c) normalised as the rows are written.
-            backend.WriteConcatenatedRows(new RmsNormed(own[1], _latentNorm, LatentNormEps), own[2], cache, sequence.Position);
+            backend.WriteConcatenatedRows(own[1], own[2], cache, sequence.Position);
             backend.MlaAttention(own[0], cache, sequence.Position, _keyValueUp, output, _heads, _nopeDim, _ropeDim, _valueDim, absorbed);
         });
-        backend.MatMulAdd(o, _outputProjection, residual);
+        var result = backend.Allocate(tokens, _outputProjection.Rows);
+        backend.MatMul(o, _outputProjection, result);
+        return result;
     }
 
     /// <summary>

@@ -38,5 +38,5 @@ internal sealed class MoeBlock
     }
 
     /// <summary>residual += MoE(x). x: [T, D] (after post_attention_layernorm); residual: [T, D], the residual stream.</summary>
-    public void Forward(IKimiBackend backend, RmsNormed x, Tensor residual) => backend.MoeExperts(x, _experts, residual);
+    public void Forward(IKimiBackend backend, Tensor x, Tensor residual) => backend.MoeExperts(x, _experts, residual);
 }

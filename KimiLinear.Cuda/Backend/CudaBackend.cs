@@ -332,13 +332,12 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
             d.F32.Slice((long)destinationRow * d.Cols, (long)rows * d.Cols).CopyFrom(s.F32.Slice(0, (long)rows * s.Cols), _stream);
     }
 
-    /// <summary>One launch: each block normalises its row as it writes it.</summary>
-    public void WriteConcatenatedRows(RmsNormed left, Tensor right, Tensor destination, int row)
+    public void WriteConcatenatedRows(Tensor left, Tensor right, Tensor destination, int row)
     {
-        var (l, r, d) = (Device(left.Input), Device(right), Device(destination));
+        var (l, r, d) = (Device(left), Device(right), Device(destination));
         if (l.Rows != r.Rows || l.Cols + r.Cols != d.Cols || row + l.Rows > d.Rows)
             throw new ArgumentException($"WriteConcatenatedRows: {l} | {r} into {d} at row {row}.");
-        ActivationKernels.WriteLatentRows(_stream, d.Bf16, l.F32, r.F32, l.Rows, l.Cols, r.Cols, Scalar(row), new InputNorm(_weights.Of(left.Weight), left.Eps));
+        ActivationKernels.WriteLatentRows(_stream, d.Bf16, l.F32, r.F32, l.Rows, l.Cols, r.Cols, Scalar(row));
     }
 
     // ---- dense layers ----
@@ -349,6 +348,9 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
 
     public void RmsNorm(Tensor x, float[] weight, float eps, Tensor y) =>
         ActivationKernels.RmsNorm(_stream, Device(y).F32, Device(x).F32, _weights.Of(weight), x.Rows, x.Cols, eps);
+
+    public void AddRmsNorm(Tensor residual, Tensor x, float[] weight, float eps, Tensor y) =>
+        ActivationKernels.RmsNorm(_stream, Device(y).F32, Device(residual).F32, _weights.Of(weight), residual.Rows, residual.Cols, eps, Device(x).F32);
 
     public void Add(Tensor accumulator, Tensor x) => ActivationKernels.Add(_stream, Device(accumulator).F32, Device(x).F32, x.Length);
 
@@ -369,20 +371,6 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
             return;
         }
         Gemm(output, Narrowed(input), w);
-    }
-
-    /// <summary>One token: the GEMV adds each row's sum into the accumulator; more: the GEMM, then an add.</summary>
-    public void MatMulAdd(Tensor x, WeightMatrix w, Tensor accumulator)
-    {
-        var (input, output) = (Device(x), Device(accumulator));
-        if (input.Rows == 1 && output.Rows == 1 && input.Cols == w.Cols && output.Cols == w.Rows && w.Cols % 8 == 0)
-        {
-            MatmulKernels.GemvAdd(_stream, output.F32, _weights.Of(w), input.F32, w.Rows, w.Cols);
-            return;
-        }
-        var product = Allocate(output.Rows, output.Cols);
-        MatMul(x, w, product);
-        Add(accumulator, product);
     }
 
     /// <summary>x in bf16, as the tensor-core GEMM takes it (one rounding; fp32 accumulation).</summary>
@@ -612,11 +600,10 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
     /// <summary>
     /// The router, then the routed and shared experts in the same kernels (the shared expert's S slices are experts
     /// E..E+S-1 that the route kernel appends to every token's choices), accumulating straight into the residual.
-    /// Decode: the router and the first expert kernel apply the input norm as they load x; prefill: the norm first.
     /// </summary>
-    public void MoeExperts(RmsNormed input, MoeExperts experts, Tensor residual)
+    public void MoeExperts(Tensor x, MoeExperts experts, Tensor residual)
     {
-        int tokens = input.Input.Rows;
+        int tokens = x.Rows;
         var stacked = DeviceWeights.Of(experts);
         var shape = new MoeShape(stacked.Hidden, stacked.Experts, experts.Routing.ExpertsPerToken, stacked.Intermediate, stacked.Shared);
         var rule = new MoeRoutingRule(experts.Routing.Groups, experts.Routing.TopKGroups, experts.Routing.Renormalize,
@@ -628,16 +615,12 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
         {
             // Decode: the router GEMV and the choice in one launch (the router rows stream in before its wait).
             _moeDecodeScratch ??= new MoeDecodeScratch(_stream, shape, DecodeTokens);
-            var x = Device(input.Input).F32;
-            var norm = new InputNorm(_weights.Of(input.Weight), input.Eps);
-            MoeKernels.RouterRoute(_stream, chosen, weights, x, _weights.Of(experts.Router), bias, _moeDecodeScratch, shape, rule, tokens, norm);
-            MoeKernels.DecodeExperts(_stream, Device(residual).F32, x, chosen, weights, stacked.GateUp, stacked.Down,
-                _moeDecodeScratch, shape, tokens, norm);
+            MoeKernels.RouterRoute(_stream, chosen, weights, Device(x).F32, _weights.Of(experts.Router), bias, _moeDecodeScratch, shape, rule, tokens);
+            MoeKernels.DecodeExperts(_stream, Device(residual).F32, Device(x).F32, chosen, weights, stacked.GateUp, stacked.Down,
+                _moeDecodeScratch, shape, tokens);
         }
         else
         {
-            var x = Allocate(tokens, input.Input.Cols);
-            RmsNorm(input.Input, input.Weight, input.Eps, x);
             MoeKernels.Route(_stream, chosen, weights, RouterLogits(Device(x), experts.Router), bias, shape, rule, tokens);
             if (_moePrefillScratch is null)
                 _moePrefillScratch = new MoePrefillScratch(_context, shape, PrefillPieceTokens);

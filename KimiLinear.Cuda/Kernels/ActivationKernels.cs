@@ -132,14 +132,13 @@ internal static unsafe class ActivationKernels
     }
 
     /// <summary>
-    /// latent[firstRow + i, :] = bf16(n(left[i, :]) | right[i, :]) for left [T, A], right [T, B] and latent
-    /// [capacity, A + B] (the MLA cache rows c_n | k_pe), n the RMSNorm <paramref name="norm"/> (MLA's latent norm) or
-    /// the identity. <paramref name="firstRow"/> is one int in device memory, so a replayed decode graph writes the row
-    /// the step's position says. A first row that would put any row outside the capacity (latent's length / (A + B))
-    /// writes nothing.
+    /// latent[firstRow + i, :] = bf16(left[i, :] | right[i, :]) for left [T, A], right [T, B] and latent
+    /// [capacity, A + B] (the MLA cache rows c_n | k_pe). <paramref name="firstRow"/> is one int in device memory, so a
+    /// replayed decode graph writes the row the step's position says. A first row that would put any row outside the
+    /// capacity (latent's length / (A + B)) writes nothing.
     /// </summary>
     public static void WriteLatentRows(CudaStream stream, DeviceSpan<ushort> latent, DeviceSpan<float> left, DeviceSpan<float> right,
-        int t, int a, int b, DeviceSpan<int> firstRow, InputNorm? norm = null)
+        int t, int a, int b, DeviceSpan<int> firstRow)
     {
         KernelChecks.Positive(t, nameof(t));
         KernelChecks.Positive(a, nameof(a));
@@ -149,10 +148,8 @@ internal static unsafe class ActivationKernels
         KernelChecks.Holds(firstRow, 1, nameof(firstRow));
         int capacity = RowsIn(latent, a + b, nameof(latent));
         if (capacity < t) throw new ArgumentException($"latent holds {capacity:N0} rows of {a + b} but {t:N0} are written", nameof(latent));
-        norm?.Check(a);
-        ulong pLatent = latent.Pointer, pLeft = left.Pointer, pRight = right.Pointer, pFirst = firstRow.Pointer, pNorm = norm?.Weight.Pointer ?? 0;
-        float eps = norm?.Eps ?? 0f;
-        void** args = stackalloc void*[] { &pLatent, &pLeft, &pRight, &t, &a, &b, &pFirst, &capacity, &pNorm, &eps };
+        ulong pLatent = latent.Pointer, pLeft = left.Pointer, pRight = right.Pointer, pFirst = firstRow.Pointer;
+        void** args = stackalloc void*[] { &pLatent, &pLeft, &pRight, &t, &a, &b, &pFirst, &capacity };
         stream.Context.Kernels.Launch(KernelId.WriteLatentRowsF32, new Dim3((uint)t), new Dim3(RowThreads), 0, stream, args);
     }
 

@@ -47,13 +47,6 @@ internal static unsafe class MatmulKernels
     }
 
     /// <summary>
-    /// y[N] += W[N, K] · x[K], fp32 x and y: a projection added into the residual stream in its own launch (the fp32-x
-    /// GEMV, each row's sum added to y by the row's one writer).
-    /// </summary>
-    public static void GemvAdd(CudaStream stream, DeviceSpan<float> y, DeviceSpan<ushort> weight, DeviceSpan<float> x, int n, int k) =>
-        Gemv(stream, KernelId.GemvF32Add, GemvF32Geometry, y.Pointer, y.Length, weight, x.Pointer, x.Length, n, k);
-
-    /// <summary>
     /// y[N] = W[N, K] · RMSNorm(x) with RMSNorm(x) = x · rsqrt(mean(x²) + eps) · normWeight: a decode step's input norm
     /// inside the projection that consumes it (each block computes the row's RMS after its programmatic wait, then
     /// scales x as it loads it). x [K] fp32, normWeight [K] fp32.
@@ -88,7 +81,7 @@ internal static unsafe class MatmulKernels
         long xNeeded = rowsPerX == 0 ? k : (long)((n + rowsPerX - 1) / rowsPerX) * k;
         if (xLength < xNeeded) throw new ArgumentException($"x holds {xLength:N0} elements but the kernel needs {xNeeded:N0}", "x");
         ulong pY = yPointer, pW = weight.Pointer, pX = xPointer;
-        // kimi_gemv_f32 takes rows_per_x as a sixth argument; the other GEMV kernels have five and never read it.
+        // kimi_gemv_f32 takes rows_per_x as a sixth argument; the bf16-x kernels have five and never read it.
         void** args = stackalloc void*[] { &pY, &pW, &pX, &n, &k, &rowsPerX };
         var grid = new Dim3((uint)((n + geometry.RowsPerBlock - 1) / geometry.RowsPerBlock));
         stream.Context.Kernels.Launch(id, grid, new Dim3((uint)geometry.Threads), 0, stream, args);

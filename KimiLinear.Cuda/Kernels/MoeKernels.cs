@@ -118,17 +118,15 @@ internal static unsafe class MoeKernels
     /// <param name="s">Where to queue it (one launch, graph-capturable, programmatic dependent launch).</param>
     /// <param name="experts">[T, A+S] the chosen expert ids, best first, then the shared experts E..E+S-1.</param>
     /// <param name="weights">[T, A+S] their weights (1.0 for the shared experts).</param>
-    /// <param name="x">[T, D] the layer input: after post_attention_layernorm, or before it when <paramref name="norm"/> is given.</param>
+    /// <param name="x">[T, D] the layer input (after post_attention_layernorm).</param>
     /// <param name="router">[E, D] bf16 router weights.</param>
     /// <param name="bias">[E] the score-correction bias.</param>
     /// <param name="scratch">Holds the logits and the blocks' arrival count; laid out for <paramref name="shape"/>.</param>
     /// <param name="shape">D, E, A and S are read.</param>
     /// <param name="rule">Grouping, renormalisation, scaling.</param>
     /// <param name="t">T, 1 to <see cref="MaxDecodeTokens"/>.</param>
-    /// <param name="norm">The RMSNorm to apply to x inside the kernel (the block's post-attention norm), or null.</param>
     public static void RouterRoute(CudaStream s, DeviceSpan<int> experts, DeviceSpan<float> weights, DeviceSpan<float> x,
-        DeviceSpan<ushort> router, DeviceSpan<float> bias, MoeDecodeScratch scratch, MoeShape shape, MoeRoutingRule rule, int t,
-        InputNorm? norm = null)
+        DeviceSpan<ushort> router, DeviceSpan<float> bias, MoeDecodeScratch scratch, MoeShape shape, MoeRoutingRule rule, int t)
     {
         CheckRouting(shape, rule);
         ArgumentNullException.ThrowIfNull(scratch);
@@ -145,10 +143,7 @@ internal static unsafe class MoeKernels
         ulong pX = x.Pointer, pRouter = router.Pointer, pBias = bias.Pointer;
         int groups = rule.Groups, topk = rule.TopKGroups, renormalize = rule.Renormalize ? 1 : 0, biased = rule.BiasedWeights ? 1 : 0;
         float scale = rule.ScalingFactor;
-        norm?.Check(d);
-        ulong pNorm = norm?.Weight.Pointer ?? 0;
-        float eps = norm?.Eps ?? 0f;
-        void** args = stackalloc void*[] { &pIds, &pWeights, &pLogits, &pArrivals, &pX, &pRouter, &pBias, &t, &d, &e, &a, &shared, &groups, &topk, &renormalize, &scale, &biased, &pNorm, &eps };
+        void** args = stackalloc void*[] { &pIds, &pWeights, &pLogits, &pArrivals, &pX, &pRouter, &pBias, &t, &d, &e, &a, &shared, &groups, &topk, &renormalize, &scale, &biased };
         s.Context.Kernels.Launch(KernelId.MoeRouterRouteF32, new Dim3((uint)((e + RouterWarps - 1) / RouterWarps)), new Dim3(RouterWarps * 32), 0, s, args);
     }
 
@@ -161,8 +156,7 @@ internal static unsafe class MoeKernels
     /// </summary>
     /// <param name="s">Where to queue it (two launches, graph-capturable: the ids are read on the device; programmatic dependent launch).</param>
     /// <param name="output">[T, D] accumulated into.</param>
-    /// <param name="x">[T, D] the layer input: after post_attention_layernorm, or before it when <paramref name="norm"/> is
-    /// given (then x may be <paramref name="output"/> itself: the first kernel reads it, the second adds into it).</param>
+    /// <param name="x">[T, D] the layer input (after post_attention_layernorm).</param>
     /// <param name="experts">[T, A+S] expert ids in [0, E+S), e.g. from <see cref="Route"/>.</param>
     /// <param name="weights">[T, A+S] their weights.</param>
     /// <param name="gateUp">[E+S, 2F, D] w1 then w3 of every expert.</param>
@@ -170,10 +164,8 @@ internal static unsafe class MoeKernels
     /// <param name="scratch">Holds the [T, A+S, F] hidden between the two kernels; laid out for <paramref name="shape"/>.</param>
     /// <param name="shape">The layer's geometry.</param>
     /// <param name="t">T, 1 to <see cref="MaxDecodeTokens"/>.</param>
-    /// <param name="norm">The RMSNorm to apply to x inside the first kernel (the block's post-attention norm), or null.</param>
     public static void DecodeExperts(CudaStream s, DeviceSpan<float> output, DeviceSpan<float> x, DeviceSpan<int> experts,
-        DeviceSpan<float> weights, DeviceSpan<ushort> gateUp, DeviceSpan<ushort> down, MoeDecodeScratch scratch, MoeShape shape, int t,
-        InputNorm? norm = null)
+        DeviceSpan<float> weights, DeviceSpan<ushort> gateUp, DeviceSpan<ushort> down, MoeDecodeScratch scratch, MoeShape shape, int t)
     {
         CheckExpertCall(output, x, experts, weights, gateUp, down, shape, t);
         ArgumentNullException.ThrowIfNull(scratch);
@@ -181,23 +173,18 @@ internal static unsafe class MoeKernels
             throw new ArgumentOutOfRangeException(nameof(t), t, $"DecodeExperts takes at most {MaxDecodeTokens} tokens a call; use PrefillExperts for more");
         CheckScratch(scratch.Shape, scratch.MaxTokens, shape, t, nameof(scratch));
 
-        norm?.Check(shape.Hidden);
-        DecodeGateUp(s, scratch.Hidden, x, experts, gateUp, shape, t, norm);
+        DecodeGateUp(s, scratch.Hidden, x, experts, gateUp, shape, t);
         DecodeDown(s, output, scratch.Hidden, experts, weights, down, shape, t);
     }
 
-    /// <summary>
-    /// The first decode kernel: hidden[t, p] = bf16(silu(w1·x̃) ⊙ (w3·x̃)) of expert experts[t, p], x̃ = bf16(x) or
-    /// bf16(RMSNorm(x)) with <paramref name="norm"/> (arguments checked by the caller).
-    /// </summary>
+    /// <summary>The first decode kernel: hidden[t, p] = bf16(silu(w1·x̃) ⊙ (w3·x̃)) of expert experts[t, p] (arguments checked by the caller).</summary>
     internal static void DecodeGateUp(CudaStream s, DeviceSpan<ushort> hidden, DeviceSpan<float> x, DeviceSpan<int> experts,
-        DeviceSpan<ushort> gateUp, MoeShape shape, int t, InputNorm? norm)
+        DeviceSpan<ushort> gateUp, MoeShape shape, int t)
     {
         // The kernels see E + S experts and A + S pairs a token: a shared expert is one more expert every token chose.
         int d = shape.Hidden, e = shape.StackedExperts, a = shape.PairsPerToken, f = shape.Intermediate, shared = shape.SharedExperts;
-        ulong pHidden = hidden.Pointer, pX = x.Pointer, pIds = experts.Pointer, pGateUp = gateUp.Pointer, pNorm = norm?.Weight.Pointer ?? 0;
-        float eps = norm?.Eps ?? 0f;
-        void** args = stackalloc void*[] { &pHidden, &pX, &pIds, &pGateUp, &t, &d, &e, &a, &f, &shared, &pNorm, &eps };
+        ulong pHidden = hidden.Pointer, pX = x.Pointer, pIds = experts.Pointer, pGateUp = gateUp.Pointer;
+        void** args = stackalloc void*[] { &pHidden, &pX, &pIds, &pGateUp, &t, &d, &e, &a, &f, &shared };
         int blocks = StreamBlocks((long)f / DecodeGateUpRows * t * a, DecodeGateUpWarps, DecodeGateUpBlocksPerSm, s.Context.Device.MultiprocessorCount);
         s.Context.Kernels.Launch(KernelId.MoeDecodeGateUp, new Dim3((uint)blocks), new Dim3(DecodeGateUpWarps * 32), 0, s, args);
     }
@@ -476,4 +463,3 @@ internal sealed class MoePrefillScratch : IDisposable
         _indices.Dispose();
     }
 }
-

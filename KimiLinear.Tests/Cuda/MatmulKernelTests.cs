@@ -62,29 +62,6 @@ public sealed class MatmulKernelTests
         for (int i = n; i < y.Length; i++) Assert.True(float.IsNaN(y[i]), $"output tail element {i} overwritten");
     }
 
-    /// <summary>A projection added into the residual stream: y += W · x, each row's sum added once.</summary>
-    [Theory]
-    [InlineData(1000, 2303)] // odd K: scalar path
-    [InlineData(2304, 4096)] // the model's o_proj
-    [InlineData(7, 5)]
-    public void GemvAdd_AddsTheProductIntoY(int n, int k)
-    {
-        CudaContext gpu = Gpu.Require();
-        var random = new Random(n * 11 + k);
-        ushort[] w = Gpu.RandomBf16(random, (long)n * k);
-        float[] x = Gpu.RandomF32(random, k), start = Gpu.RandomF32(random, n, 3f);
-        double[] product = MatMulF32(x, 1, k, w, n, out double[] magnitude);
-        double[] expected = product.Select((v, i) => v + start[i]).ToArray();
-        using CudaStream stream = gpu.CreateStream();
-        using DeviceBuffer<ushort> dW = gpu.Upload(stream, w);
-        using DeviceBuffer<float> dX = gpu.Upload(stream, x), dY = gpu.Poisoned(stream, n, float.NaN);
-        dY.Span.Slice(0, n).CopyFrom(start, stream);
-        MatmulKernels.GemvAdd(stream, dY, dW, dX, n, k);
-        float[] y = dY.ToArray(stream);
-        TensorAssert.Close(expected, y, i => AccumulationError * magnitude[i] + 1e-6 * Math.Abs(expected[i]) + 1e-6, "GEMV added into y");
-        for (int i = n; i < y.Length; i++) Assert.True(float.IsNaN(y[i]), $"output tail element {i} overwritten");
-    }
-
     /// <summary>A decode step's input norm inside its projections: y = W · (x · rsqrt(mean(x²) + eps) · norm).</summary>
     [Theory]
     [InlineData(1000, 2303)] // odd K: scalar path

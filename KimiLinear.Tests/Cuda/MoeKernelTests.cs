@@ -18,7 +18,6 @@ public sealed class MoeKernelTests
 {
     // x and the hidden are rounded to bf16 by the kernels and by the reference alike; what is left is fp32 accumulation
     // and the occasional hidden value whose bf16 rounding flips between fp32 and double sums.
-    private const float NormEps = 1e-5f;
     private const double ExpertTolerance = 1e-3;
     // Decode and prefill compute the same roundings, summed in different orders. Where their fp32 sums of a hidden value
     // straddle a bf16 rounding boundary, the value rounds one bf16 step (2⁻⁸ relative) apart, which moves its token's
@@ -72,10 +71,7 @@ public sealed class MoeKernelTests
     [InlineData(3, 40, 13, 3, 2, 1, 1)]      // E not a multiple of the block's 4 experts; two shared experts
     [InlineData(5, 96, 64, 8, 0, 8, 4)]      // grouped top-k
     [InlineData(16, 3200, 64, 8, 1, 1, 1)]   // D beyond the 3,072 columns requested before the wait; the largest batch
-    [InlineData(1, 2304, 64, 8, 1, 1, 1, true)] // the model's decode step: the post-attention norm inside the kernel
-    [InlineData(3, 40, 13, 3, 2, 1, 1, true)]
-    [InlineData(16, 3200, 64, 8, 1, 1, 1, true)]
-    public void RouterRoute_MatchesRouterProductThenCpuRoute(int t, int d, int e, int a, int shared, int groups, int topk, bool normed = false)
+    public void RouterRoute_MatchesRouterProductThenCpuRoute(int t, int d, int e, int a, int shared, int groups, int topk)
     {
         CudaContext gpu = Gpu.Require();
         var random = new Random(t * 131 + d + e + groups);
@@ -88,18 +84,14 @@ public sealed class MoeKernelTests
         using DeviceBuffer<ushort> dRouter = gpu.Upload(stream, router);
         using DeviceBuffer<float> dBias = gpu.Upload(stream, bias);
         using var scratch = new MoeDecodeScratch(stream, shape, t);
-        float[] normWeight = Gpu.RandomF32(random, d, 0.5f).Select(w => 1 + w).ToArray();
-        using DeviceBuffer<float> dNorm = gpu.Upload(stream, normWeight);
-        InputNorm? norm = normed ? new InputNorm(dNorm, NormEps) : null;
         // Two calls with different inputs: the blocks' arrival count must be back at zero after each.
         for (int call = 0; call < 2; call++)
         {
-            float[] raw = Gpu.RandomF32(random, (long)t * d, 3f);
-            using DeviceBuffer<float> dX = gpu.Upload(stream, raw);
+            float[] x = Gpu.RandomF32(random, (long)t * d, 1f);
+            using DeviceBuffer<float> dX = gpu.Upload(stream, x);
             using DeviceBuffer<int> ids = gpu.Poisoned(stream, (long)t * pairs + 3, -7);
             using DeviceBuffer<float> weights = gpu.Poisoned(stream, (long)t * pairs + 3, float.NaN);
-            MoeKernels.RouterRoute(stream, ids, weights, dX, dRouter, dBias, scratch, shape, rule, t, norm);
-            double[] x = normed ? NormedRows(raw, normWeight, t, d) : raw.Select(v => (double)v).ToArray();
+            MoeKernels.RouterRoute(stream, ids, weights, dX, dRouter, dBias, scratch, shape, rule, t);
             float[] logits = scratch.Logits.Slice(0, (long)t * e).ToArray(stream);
             for (int token = 0; token < t; token++)
                 for (int expert = 0; expert < e; expert++)
@@ -107,7 +99,7 @@ public sealed class MoeKernelTests
                     double expected = 0, magnitude = 0;
                     for (int k = 0; k < d; k++)
                     {
-                        double term = BFloat16.ToSingle(router[(long)expert * d + k]) * x[(long)token * d + k];
+                        double term = BFloat16.ToSingle(router[(long)expert * d + k]) * (double)x[(long)token * d + k];
                         expected += term;
                         magnitude += Math.Abs(term);
                     }
@@ -145,41 +137,6 @@ public sealed class MoeKernelTests
         float[] output = dev.Output.ToArray(stream);
         TensorAssert.Close(output.AsSpan(0, t * d), moe.Reference(), ExpertTolerance, $"decode experts T={t} D={d} E={e} A={a} F={f} S={shared}");
         for (int i = t * d; i < output.Length; i++) Assert.True(float.IsNaN(output[i]), $"output tail element {i} overwritten");
-    }
-
-    [Theory]
-    [InlineData(1, 2304, 9, 8, 1024, 1)] // the model's decode step: the post-attention norm inside the gate-up kernel
-    [InlineData(9, 2304, 9, 8, 1024, 1)] // 9 tokens on 8 warps a block: a warp normalises two
-    [InlineData(16, 40, 8, 2, 24, 2)]
-    public void DecodeExperts_WithInputNorm_MatchReference(int t, int d, int e, int a, int f, int shared)
-    {
-        CudaContext gpu = Gpu.Require();
-        var random = new Random(t * 3 + d + f);
-        var moe = new MoeCase(random, t, new MoeShape(d, e, a, f, shared));
-        float[] normWeight = Gpu.RandomF32(random, d, 0.5f).Select(w => 1 + w).ToArray();
-        using CudaStream stream = gpu.CreateStream();
-        using MoeCase.Device dev = moe.Upload(gpu, stream);
-        using DeviceBuffer<float> dNorm = gpu.Upload(stream, normWeight);
-        using var scratch = new MoeDecodeScratch(stream, moe.Shape, t);
-        MoeKernels.DecodeExperts(stream, dev.Output, dev.X, dev.Experts, dev.Weights, dev.GateUp, dev.Down, scratch, moe.Shape, t,
-            new InputNorm(dNorm, NormEps));
-        float[] output = dev.Output.ToArray(stream);
-        TensorAssert.Close(output.AsSpan(0, t * d), moe.Reference(normWeight), ExpertTolerance, $"decode experts with the input norm, T={t} D={d} S={shared}");
-        for (int i = t * d; i < output.Length; i++) Assert.True(float.IsNaN(output[i]), $"output tail element {i} overwritten");
-    }
-
-    /// <summary>x[t] · rsqrt(mean(x[t]²) + eps) · weight, row by row, in double.</summary>
-    private static double[] NormedRows(float[] x, float[] weight, int t, int d)
-    {
-        var y = new double[(long)t * d];
-        for (int row = 0; row < t; row++)
-        {
-            double sumsq = 0;
-            for (int k = 0; k < d; k++) sumsq += (double)x[row * d + k] * x[row * d + k];
-            double inverse = 1 / Math.Sqrt(sumsq / d + NormEps);
-            for (int k = 0; k < d; k++) y[row * d + k] = x[row * d + k] * inverse * weight[k];
-        }
-        return y;
     }
 
     [Theory]
@@ -438,20 +395,16 @@ public sealed class MoeKernelTests
             Enumerable.Range(0, t).SelectMany(_ => Enumerable.Range(0, shape.Experts).OrderBy(_ => random.Next()).Take(shape.ExpertsPerToken)
                 .Concat(Enumerable.Range(shape.Experts, shape.SharedExperts))).ToArray();
 
-        /// <summary>
-        /// Base + Σ_p w·w2·bf16(silu(w1·x̃) ⊙ (w3·x̃)) over the A + S pairs, x̃ = bf16(x), or bf16(RMSNorm(x)) with
-        /// <paramref name="normWeight"/>, in double.
-        /// </summary>
-        public float[] Reference(float[]? normWeight = null)
+        /// <summary>Base + Σ_p w·w2·bf16(silu(w1·x̃) ⊙ (w3·x̃)) over the A + S pairs, x̃ = bf16(x), in double.</summary>
+        public float[] Reference()
         {
             int d = Shape.Hidden, f = Shape.Intermediate, a = Shape.PairsPerToken;
             var output = new double[T * d];
             for (int i = 0; i < output.Length; i++) output[i] = Base[i];
-            double[] input = normWeight is null ? X.Select(v => (double)v).ToArray() : NormedRows(X, normWeight, T, d);
             Parallel.For(0, T, t =>
             {
                 var x = new double[d];
-                for (int k = 0; k < d; k++) x[k] = BFloat16.ToSingle(BFloat16.FromSingle((float)input[t * d + k]));
+                for (int k = 0; k < d; k++) x[k] = BFloat16.ToSingle(BFloat16.FromSingle(X[t * d + k]));
                 var h = new double[f];
                 for (int slot = 0; slot < a; slot++)
                 {

@@ -204,42 +204,25 @@ static void test_gather_scatter(int T, int C, int count)
     check(("scatter-add rows T=" + std::to_string(T) + " C=" + std::to_string(C) + " count=" + std::to_string(n)).c_str(), acc.data(), wacc, 1e-6);
 }
 
-// normed: the left part through an RMSNorm (weight ≠ 1) as the kernel writes it; those values may differ from the
-// double reference by one bf16 rounding step (the fp32 norm lands either side of a rounding boundary).
-static void test_latent(int T, int A, int B, int capacity, int first, bool normed = false)
+static void test_latent(int T, int A, int B, int capacity, int first)
 {
-    std::vector<float> l = randv(size_t(T) * A), r = randv(size_t(T) * B), weight = randv(A);
-    std::vector<double> inv(T, 1.0);
-    if (normed)
-        for (int i = 0; i < T; i++)
-        {
-            double sumsq = 0;
-            for (int c = 0; c < A; c++) sumsq += double(l[size_t(i) * A + c]) * l[size_t(i) * A + c];
-            inv[i] = 1 / std::sqrt(sumsq / A + 1e-6);
-        }
+    std::vector<float> l = randv(size_t(T) * A), r = randv(size_t(T) * B);
     std::vector<uint16_t> latent(size_t(capacity) * (A + B) + TAIL, 0xFFFF);
     int firstRow = first;
     emu_launch(kimi_write_latent_rows_f32, 1, dim3(T), dim3(ROW_THREADS), 0, latent.data(), (const float*)l.data(), (const float*)r.data(),
-               T, A, B, (const int*)&firstRow, capacity, normed ? (const float*)weight.data() : nullptr, 1e-6f);
+               T, A, B, (const int*)&firstRow, capacity);
     const bool fits = first >= 0 && first + T <= capacity;
     bool ok = true;
     for (int row = 0; row < capacity; row++)
         for (int c = 0; c < A + B; c++)
         {
             const int i = row - first;
-            const uint16_t got = latent[size_t(row) * (A + B) + c];
-            if (!(fits && i >= 0 && i < T)) ok &= got == 0xFFFF;
-            else if (c >= A) ok &= got == f2bf(r[size_t(i) * B + c - A]);
-            else if (!normed) ok &= got == f2bf(l[size_t(i) * A + c]);
-            else
-            {
-                const double want = l[size_t(i) * A + c] * inv[i] * weight[c];
-                ok &= std::fabs(bf2f(got) - want) <= std::fabs(want) / 128;
-            }
+            const uint16_t want = fits && i >= 0 && i < T ? f2bf(c < A ? l[size_t(i) * A + c] : r[size_t(i) * B + c - A]) : 0xFFFF;
+            ok &= latent[size_t(row) * (A + B) + c] == want;
         }
     for (int i = 0; i < TAIL; i++) ok &= latent[size_t(capacity) * (A + B) + i] == 0xFFFF;
-    std::printf("%s latent rows%s T=%d A=%d B=%d capacity=%d first=%d%s\n", ok ? "PASS" : "FAIL", normed ? " (normed)" : "", T, A, B,
-                capacity, first, fits ? "" : " (past the capacity: nothing written)");
+    std::printf("%s latent rows T=%d A=%d B=%d capacity=%d first=%d%s\n", ok ? "PASS" : "FAIL", T, A, B, capacity, first,
+                fits ? "" : " (past the capacity: nothing written)");
     (ok ? g_passed : g_failed)++;
 }
 
@@ -288,8 +271,6 @@ int main()
     test_latent(3, 37, 11, 20, 5);
     test_latent(1, 512, 64, 8, 7);
     test_latent(3, 37, 11, 20, 18);
-    test_latent(3, 37, 11, 20, 5, true);
-    test_latent(2, 512, 64, 8, 3, true);   // MLA's c_n | k_pe with the latent norm
     test_gemv(37, 2304);
     test_gemv(9, 4104);  // K past one ring of chunks, partial last slot
     test_gemv(7, 37);    // odd K: scalar path

@@ -135,27 +135,10 @@ static void check_route(int T, int E, int A, int S, int groups, int topk, bool r
     report(wrong == 0 && worst <= 1e-6, what, wrong + worst);
 }
 
-constexpr float kNormEps = 1e-5f;
-
-// RMSNorm of each of the T rows of x [T, D] with weight [D], in double.
-static std::vector<double> rms_normed(const std::vector<float>& x, const std::vector<float>& weight, int T, int D)
-{
-    std::vector<double> y(x.size());
-    for (int t = 0; t < T; t++)
-    {
-        double sumsq = 0;
-        for (int k = 0; k < D; k++) sumsq += double(x[size_t(t) * D + k]) * x[size_t(t) * D + k];
-        const double inv = 1 / std::sqrt(sumsq / D + kNormEps);
-        for (int k = 0; k < D; k++) y[size_t(t) * D + k] = x[size_t(t) * D + k] * inv * weight[k];
-    }
-    return y;
-}
-
 // The fused decode router + route: logits against a double x · routerᵀ from the same bf16 rows (≤ 1e-5 relative), ids
 // and weights against route_reference on the kernel's own logits (so a near tie cannot flip the comparison), and twice in
 // a row with new inputs (the arrival counter is back to zero after each launch).
-// normed: the kernel applies an RMSNorm (weight ≠ 1) to x as it loads it; the reference normalises in double first.
-static void check_router_route(int T, int D, int E, int A, int S, int groups, int topk, bool normed = false)
+static void check_router_route(int T, int D, int E, int A, int S, int groups, int topk)
 {
     const int P = A + S;
     std::vector<uint16_t> router(size_t(E) * D);
@@ -166,16 +149,13 @@ static void check_router_route(int T, int D, int E, int A, int S, int groups, in
     const int blocks = (E + MOE_ROUTER_WARPS - 1) / MOE_ROUTER_WARPS;
     for (int round = 0; round < 2; round++)
     {
-        std::vector<float> raw(size_t(T) * D), nw(D);
-        for (float& v : raw) v = 3 * normal();
-        for (float& v : nw) v = 1 + 0.5f * normal();
-        const std::vector<double> x = normed ? rms_normed(raw, nw, T, D) : std::vector<double>(raw.begin(), raw.end());
+        std::vector<float> x(size_t(T) * D);
+        for (float& v : x) v = normal();
         float* d_logits = upload(std::vector<float>(size_t(T) * E, NAN));
         int* d_ids = upload(std::vector<int>(T * P, -7));
         float* d_w = upload(std::vector<float>(T * P, NAN));
         emu_launch(kimi_moe_router_route_f32, 1, dim3(blocks), dim3(MOE_ROUTER_WARPS * 32), 0, d_ids, d_w, d_logits, arrivals,
-                   upload(raw), upload(router), upload(bias), T, D, E, A, S, groups, topk, 1, 2.5f, 0,
-                   normed ? (const float*)upload(nw) : nullptr, kNormEps);
+                   upload(x), upload(router), upload(bias), T, D, E, A, S, groups, topk, 1, 2.5f, 0);
         double logit_err = 0;
         for (int t = 0; t < T; t++)
             for (int e = 0; e < E; e++)
@@ -199,8 +179,8 @@ static void check_router_route(int T, int D, int E, int A, int S, int groups, in
             worst = std::max(worst, std::fabs(double(d_w[i]) - w[i]) / std::max(1e-30, std::fabs(double(w[i]))));
         }
         char what[160];
-        std::snprintf(what, sizeof what, "router+route%s T=%d D=%d E=%d A=%d S=%d groups=%d/%d, call %d (logit err, ids wrong, weight err, arrivals)",
-                      normed ? " (input norm)" : "", T, D, E, A, S, groups, topk, round + 1);
+        std::snprintf(what, sizeof what, "router+route T=%d D=%d E=%d A=%d S=%d groups=%d/%d, call %d (logit err, ids wrong, weight err, arrivals)",
+                      T, D, E, A, S, groups, topk, round + 1);
         report(logit_err <= 1e-5 && wrong == 0 && worst <= 1e-6 && *arrivals == 0, what, logit_err + wrong + worst + *arrivals);
     }
 }
@@ -212,13 +192,12 @@ struct Moe
     std::vector<float> x, w;
     std::vector<int> ids;
     std::vector<uint16_t> gate_up, down;
-    std::vector<float> norm; // empty, or the RMSNorm weight [D] the decode gate-up kernel applies to x
 };
 
 // E routed and S shared experts, A routed pairs a token.
 static Moe make_moe(int T, int D, int E, int A, int F, int S = 0)
 {
-    Moe m{T, D, E + S, A + S, F, S, {}, {}, {}, {}, {}, {}};
+    Moe m{T, D, E + S, A + S, F, S, {}, {}, {}, {}, {}};
     m.x.resize(size_t(T) * D);
     for (float& v : m.x) v = normal();
     m.gate_up.resize(size_t(m.E) * 2 * F * D);
@@ -241,7 +220,6 @@ static std::vector<double> moe_reference(const Moe& m, const std::vector<float>&
 {
     std::vector<double> out(base.begin(), base.end());
     std::vector<double> h(m.F);
-    const std::vector<double> x = m.norm.empty() ? std::vector<double>(m.x.begin(), m.x.end()) : rms_normed(m.x, m.norm, m.T, m.D);
     for (int t = 0; t < m.T; t++)
         for (int a = 0; a < m.A; a++)
         {
@@ -251,7 +229,7 @@ static std::vector<double> moe_reference(const Moe& m, const std::vector<float>&
                 double g = 0, u = 0;
                 for (int k = 0; k < m.D; k++)
                 {
-                    double xv = bf2f(f2bf(float(x[size_t(t) * m.D + k])));
+                    double xv = bf2f(f2bf(m.x[size_t(t) * m.D + k]));
                     g += bf2f(m.gate_up[(size_t(e) * 2 * m.F + f) * m.D + k]) * xv;
                     u += bf2f(m.gate_up[(size_t(e) * 2 * m.F + m.F + f) * m.D + k]) * xv;
                 }
@@ -294,8 +272,7 @@ static std::vector<float> run_decode(const Moe& m, const std::vector<float>& bas
     int* ids = upload(m.ids);
     const int gu_items = m.F / MOE_GU_F * m.T * m.A;
     emu_launch(kimi_moe_decode_gate_up, 1, dim3(stream_blocks(gu_items, MOE_GU_WARPS, MOE_GU_BLOCKS_PER_SM, sms)), dim3(MOE_GU_WARPS * 32), 0,
-               h, upload(m.x), ids, upload(m.gate_up), m.T, m.D, m.E, m.A, m.F, m.S,
-               m.norm.empty() ? nullptr : (const float*)upload(m.norm), kNormEps);
+               h, upload(m.x), ids, upload(m.gate_up), m.T, m.D, m.E, m.A, m.F, m.S);
     emu_launch(kimi_moe_decode_down, 1, dim3(m.T, m.D / MOE_DOWN_ROWS), dim3(MOE_DOWN_WARPS * 32), 0,
                out, h, ids, upload(m.w), upload(m.down), m.T, m.D, m.E, m.A, m.F);
     return std::vector<float>(out, out + base.size());
@@ -389,25 +366,6 @@ static void check_experts(int T, int D, int E, int A, int F, bool decode, bool p
     }
 }
 
-// The decode kernels with the block's post-attention RMSNorm applied by the gate-up kernel as it loads x.
-static void check_experts_normed(int T, int D, int E, int A, int F, int S)
-{
-    Moe m = make_moe(T, D, E, A, F, S);
-    for (float& v : m.x) v *= 3;
-    m.norm.resize(D);
-    for (float& v : m.norm) v = 1 + 0.5f * normal();
-    std::vector<float> base(size_t(T) * D);
-    for (float& v : base) v = normal();
-    const std::vector<double> want = moe_reference(m, base);
-    char what[128];
-    for (int sms : {132, 1})
-    {
-        const double err = rel_err(run_decode(m, base, sms), want);
-        std::snprintf(what, sizeof what, "decode with the input norm T=%d D=%d E=%d A=%d F=%d S=%d, %d SMs", T, D, E, A, F, S, sms);
-        report(err <= 1e-3, what, err);
-    }
-}
-
 // An expert id outside [0, E + S) makes its token's output NaN and leaves the other tokens as they are.
 static void check_bad_id()
 {
@@ -446,11 +404,6 @@ int main(int argc, char** argv)
     check_router_route(1, 40, 64, 8, 1, 8, 4);
     check_router_route(5, 96, 13, 3, 2, 1, 1);        // E not a multiple of the block's experts
     check_router_route(16, 3200, 64, 8, 1, 1, 1);     // D beyond the slots held before the wait; the largest decode batch
-    check_router_route(1, 40, 64, 8, 1, 8, 4, true);  // the post-attention norm inside the kernel
-    check_router_route(16, 3200, 64, 8, 1, 1, 1, true);
-    check_experts_normed(1, 40, 8, 2, 24, 1);
-    check_experts_normed(9, 40, 8, 3, 24, 1);          // more tokens than the block's 8 warps: a warp normalises two
-    check_experts_normed(16, 48, 4, 2, 40, 2);
     check_experts(1, 40, 8, 2, 24, true, true);
     check_experts(3, 40, 8, 2, 24, true, true);
     check_experts(16, 40, 8, 3, 24, true, true); // 48 pairs: the gate-up id scan takes two rounds of 32; several token passes

@@ -121,14 +121,14 @@ internal sealed class CpuBackend(int? threads = null, int tokensPerForward = Cpu
         s.Span[..(rows * s.Cols)].CopyTo(d.Span[(destinationRow * d.Cols)..]);
     }
 
-    public void WriteConcatenatedRows(RmsNormed left, Tensor right, Tensor destination, int row)
+    public void WriteConcatenatedRows(Tensor left, Tensor right, Tensor destination, int row)
     {
-        var (l, r, d) = (Cpu(left.Input), Cpu(right), Cpu(destination));
+        var (l, r, d) = (Cpu(left), Cpu(right), Cpu(destination));
         if (l.Rows != r.Rows || l.Cols + r.Cols != d.Cols || row + l.Rows > d.Rows)
             throw new ArgumentException($"WriteConcatenatedRows: {l} | {r} into {d} at row {row}.");
         for (int t = 0; t < l.Rows; t++)
         {
-            RmsNormRow(l.Row(t), left.Weight, left.Eps, d.Row(row + t)[..l.Cols]);
+            l.Row(t).CopyTo(d.Row(row + t));
             r.Row(t).CopyTo(d.Row(row + t)[l.Cols..]);
         }
     }
@@ -162,14 +162,13 @@ internal sealed class CpuBackend(int? threads = null, int tokensPerForward = Cpu
         TensorPrimitives.Multiply(y, weight, y);
     }
 
-    public void Add(Tensor accumulator, Tensor x) => TensorPrimitives.Add(Cpu(accumulator).Span, Cpu(x).Span, Cpu(accumulator).Span);
-
-    public void MatMulAdd(Tensor x, WeightMatrix w, Tensor accumulator)
+    public void AddRmsNorm(Tensor residual, Tensor x, float[] weight, float eps, Tensor y)
     {
-        var product = Allocate(accumulator.Rows, accumulator.Cols);
-        MatMul(x, w, product);
-        Add(accumulator, product);
+        Add(residual, x);
+        RmsNorm(residual, weight, eps, y);
     }
+
+    public void Add(Tensor accumulator, Tensor x) => TensorPrimitives.Add(Cpu(accumulator).Span, Cpu(x).Span, Cpu(accumulator).Span);
 
     public void MatMul(Tensor x, WeightMatrix w, Tensor y)
     {
@@ -402,10 +401,8 @@ internal sealed class CpuBackend(int? threads = null, int tokensPerForward = Cpu
     }
 
     /// <summary>The shared expert's output, the routed experts added into it, the sum added into the residual stream.</summary>
-    public void MoeExperts(RmsNormed input, MoeExperts experts, Tensor residual)
+    public void MoeExperts(Tensor x, MoeExperts experts, Tensor residual)
     {
-        var x = Allocate(input.Input.Rows, input.Input.Cols); // [T, D] the normed input
-        RmsNorm(input.Input, input.Weight, input.Eps, x);
         Tensor output; // [T, D]
         if (experts.Shared is { } shared)
             output = shared.Forward(this, x);
