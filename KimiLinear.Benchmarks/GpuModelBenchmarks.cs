@@ -46,10 +46,14 @@ internal static class GpuModelBenchmarks
             output.AppendLine(text);
         }
 
-        Line($"Card: {device}, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC; model: {variant} ({config.NumExperts} experts), bf16 weights, batch 1");
+        // KIMI_BENCH_PIECE=n runs prompts in pieces of n tokens (KimiModelOptions.PrefillPieceTokens; default the backend's).
+        int? piece = Environment.GetEnvironmentVariable("KIMI_BENCH_PIECE") is { Length: > 0 } p ? int.Parse(p) : null;
+        Line($"Card: {device}, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC; model: {variant} ({config.NumExperts} experts), bf16 weights, batch 1" +
+            (piece is { } n ? $", prompts in pieces of {n:N0} tokens" : ""));
         var load = Stopwatch.StartNew();
         // Room past the 1M-token context for the decode steps timed after a 1,048,576-token prompt.
-        using var model = KimiModel.CreateSynthetic(config, new KimiModelOptions { Device = KimiDevice.Cuda, MaxSequenceLength = (1 << 20) + 4096 }, seed: 1);
+        var options = new KimiModelOptions { Device = KimiDevice.Cuda, MaxSequenceLength = (1 << 20) + 4096, PrefillPieceTokens = piece };
+        using var model = KimiModel.CreateSynthetic(config, options, seed: 1);
         Line($"weights generated on the device in {load.Elapsed.TotalSeconds:F1} s");
         Line("");
         Line("| measure | context | median | tokens/s | floor | of floor |");

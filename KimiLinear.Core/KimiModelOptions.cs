@@ -35,8 +35,12 @@ public sealed record KimiModelOptions
     /// <summary>Threads the CPU engine may use for matrix work; null = all cores.</summary>
     public int? CpuThreads { get; init; }
 
-    /// <summary>Tokens a CPU forward step takes (longer prompts run in pieces); tests make it small to cover the pieces.</summary>
-    internal int CpuTokensPerForward { get; init; } = Backends.Cpu.CpuBackend.DefaultTokensPerForward;
+    /// <summary>
+    /// Most tokens one forward step takes: a longer prompt runs in pieces of this size, so the activation memory of a
+    /// prefill is bounded by it. null = the backend's default (CPU 4,096 tokens, CUDA 8,192). On a GPU larger pieces give
+    /// the prefill's matrix products more rows at once, for more activation memory (docs/performance.md measures both).
+    /// </summary>
+    public int? PrefillPieceTokens { get; init; }
 
     /// <summary>Where loading and generation report what they do; null = nowhere.</summary>
     public Microsoft.Extensions.Logging.ILogger? Logger { get; init; }

@@ -16,18 +16,18 @@ internal static class BackendProvider
     public static IKimiBackend Create(KimiConfig config, KimiModelOptions options)
     {
         if (options.Device == KimiDevice.Cpu)
-            return new CpuBackend(options.CpuThreads, options.CpuTokensPerForward);
+            return new CpuBackend(options.CpuThreads, options.PrefillPieceTokens ?? CpuBackend.DefaultTokensPerForward);
         bool required = options.Device == KimiDevice.Cuda;
         var provider = Type.GetType(CudaProviderType, throwOnError: false);
         if (provider is null)
             return required
                 ? throw new NotSupportedException("KimiDevice.Cuda needs the KimiLinear.Cuda package: add a reference to it (the assembly KimiLinear.Cuda was not found).")
-                : new CpuBackend(options.CpuThreads, options.CpuTokensPerForward);
+                : new CpuBackend(options.CpuThreads, options.PrefillPieceTokens ?? CpuBackend.DefaultTokensPerForward);
         var create = provider.GetMethod("TryCreate", System.Reflection.BindingFlags.Static | System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic)
             ?? throw new MissingMethodException(CudaProviderType, "TryCreate");
         try
         {
-            return (IKimiBackend?)create.Invoke(null, [config, options, required]) ?? new CpuBackend(options.CpuThreads, options.CpuTokensPerForward);
+            return (IKimiBackend?)create.Invoke(null, [config, options, required]) ?? new CpuBackend(options.CpuThreads, options.PrefillPieceTokens ?? CpuBackend.DefaultTokensPerForward);
         }
         catch (System.Reflection.TargetInvocationException e) when (e.InnerException is not null)
         {

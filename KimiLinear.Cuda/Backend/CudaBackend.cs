@@ -20,7 +20,8 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
     /// Tokens per forward step of a long prompt: big enough that prefill GEMMs run near the tensor-core peak, small
     /// enough that a step's activations (~0.1 MB a token for the 48B model) stay a few GB.
     /// </summary>
-    private const int PrefillPieceTokens = 8192;
+    /// <summary>Tokens a forward step takes unless <see cref="KimiModelOptions.PrefillPieceTokens"/> says otherwise.</summary>
+    public const int DefaultPrefillPieceTokens = 8192;
 
     /// <summary>Tokens a call takes through the decode kernels (MLA flash-decoding, expert GEMVs) rather than the prefill ones.</summary>
     private const int DecodeTokens = 16;
@@ -44,9 +45,16 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
     private int _stepPosition;
     private bool _decodeWarm;                       // a decode step ran unrecorded: every lazy allocation is done
 
-    /// <summary>A backend on <paramref name="context"/>, which it then owns (disposing the backend disposes it).</summary>
-    public CudaBackend(CudaContext context)
+    /// <summary>
+    /// A backend on <paramref name="context"/>, which it then owns (disposing the backend disposes it), running prompts
+    /// in pieces of at most <paramref name="prefillPieceTokens"/> tokens.
+    /// </summary>
+    public CudaBackend(CudaContext context, int prefillPieceTokens = DefaultPrefillPieceTokens)
     {
+        if (prefillPieceTokens < 1)
+            throw new ArgumentOutOfRangeException(nameof(prefillPieceTokens), prefillPieceTokens,
+                "KimiModelOptions.PrefillPieceTokens must be at least 1 (a forward step takes at least one token).");
+        PrefillPieceTokens = prefillPieceTokens;
         _context = context;
         _stream = context.CreateStream();
         _arena = new StepArena(context);
@@ -72,6 +80,9 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
     public string DeviceName => _context.Device.Name;
 
     public int MaxTokensPerForward => PrefillPieceTokens;
+
+    /// <summary>Most tokens a forward step takes (the piece size of a long prompt).</summary>
+    private int PrefillPieceTokens { get; }
 
     public Tensor RunDecodeStep(SessionState state, int token, int position, Func<int, Tensor> step)
     {

@@ -25,7 +25,7 @@ internal static class CudaBackendProvider
         var context = CudaContext.Create(options.CudaDeviceIndex);
         try
         {
-            return new CudaBackend(context);
+            return new CudaBackend(context, options.PrefillPieceTokens ?? CudaBackend.DefaultPrefillPieceTokens);
         }
         catch
         {

@@ -99,7 +99,7 @@ public sealed class ConsistencyTests(TinyModelFixture fixture) : IClassFixture<T
     {
         var ids = fixture.Golden.ReadInt32("case4.input_ids"); // T = 150
         int vocab = fixture.Model.Config.VocabSize;
-        using var pieced = KimiModel.Load(FixturePaths.TinyModel, new KimiModelOptions { CpuTokensPerForward = tokensPerForward });
+        using var pieced = KimiModel.Load(FixturePaths.TinyModel, new KimiModelOptions { PrefillPieceTokens = tokensPerForward });
         Assert.Equal(tokensPerForward, pieced.Backend.MaxTokensPerForward);
 
         using var whole = fixture.Model.CreateSession();
@@ -117,6 +117,16 @@ public sealed class ConsistencyTests(TinyModelFixture fixture) : IClassFixture<T
 
         var next = whole.Forward([5]);
         TensorAssert.Close(greedy.Forward([5]), next, Tolerance, "a decode step after the pieces");
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(-5)]
+    public void PrefillPieceTokensBelowOne_IsAClearError(int pieceTokens)
+    {
+        var error = Assert.Throws<ArgumentOutOfRangeException>(() =>
+            KimiModel.Load(FixturePaths.TinyModel, new KimiModelOptions { PrefillPieceTokens = pieceTokens }));
+        Assert.Contains("PrefillPieceTokens", error.Message);
     }
 
     [Theory]

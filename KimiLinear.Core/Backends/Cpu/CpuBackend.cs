@@ -55,7 +55,8 @@ internal sealed class CpuBackend(int? threads = null, int tokensPerForward = Cpu
     public const int DefaultTokensPerForward = 4096;
 
     public int MaxTokensPerForward { get; } = tokensPerForward > 0 ? tokensPerForward
-        : throw new ArgumentOutOfRangeException(nameof(tokensPerForward), tokensPerForward, "A forward step takes at least one token.");
+        : throw new ArgumentOutOfRangeException(nameof(tokensPerForward), tokensPerForward,
+            "KimiModelOptions.PrefillPieceTokens must be at least 1 (a forward step takes at least one token).");
 
     /// <summary>Nothing to release: the garbage collector frees a layer's arrays.</summary>
     public IDisposable BeginScratch() => NoScope.Instance;
