@@ -13,11 +13,13 @@ pack=${PACK_DOTNET:-$repo/../shared/device/pack-dotnet-runtime.sh}
 if [ ! -f "$stage/dotnet-runtime.txz" ]; then
     [ -x "$pack" ] || pack=/work/shared/device/pack-dotnet-runtime.sh
     "$pack" "$stage"
-    # Without what the GPU runs never load (the debugger and dump libraries, the standalone GCs, VisualBasic) and
-    # xz-packed, the runtime is ~23.7 MB of the 64 MiB a call may carry (the checkout is ~37 MB).
+    # Without what the GPU runs never load (the debugger and dump libraries, the standalone GCs, VisualBasic, data
+    # contracts, ADO.NET, HTTP, async LINQ; tests and benchmarks ran without them on 2026-11-27) and xz-packed, the
+    # runtime is ~21 MB of the 64 MiB a call may carry (the checkout is ~39 MB).
     slim=$(mktemp -d)
     tar xzf "$stage/dotnet-runtime.tgz" -C "$slim"
     rm -f "$slim"/shared/Microsoft.NETCore.App/*/{createdump,libmscordbi.so,libmscordaccore.so,libclrgc.so,libclrgcexp.so,Microsoft.VisualBasic.Core.dll}
+    rm -f "$slim"/shared/Microsoft.NETCore.App/*/{System.Private.DataContractSerialization.dll,System.Data.Common.dll,System.Net.Http.dll,System.Linq.AsyncEnumerable.dll}
     tar cf - -C "$slim" . | xz -9 -T2 > "$stage/dotnet-runtime.txz" && rm -rf "$slim" "$stage/dotnet-runtime.tgz"
 fi
 dotnet build "$repo/KimiLinear.Tests" -c Release -v q -nologo
@@ -36,6 +38,6 @@ cp -r "$repo/KimiLinear.Benchmarks/bin/Release/net10.0" "$stage/bench"
 # runtime (~25 MB) come close to the 64 MiB a call may carry; drop the benchmarks when the checkout has grown.
 tar cJf "$stage/apps.txz" -C "$stage" ${GPU_APPS:-tests bench} && rm -rf "$stage/tests" "$stage/bench"
 cp -r "$repo/kernels" "$stage/kernels"
-cp "$repo/tools/gpu/remote.sh" "$stage/remote.sh"
+cp "$repo/tools/gpu/remote.sh" "$repo/tools/gpu/model-ab.sh" "$stage/"
 du -sh "$stage"
 echo "Next: device run with command 'bash <STAGE>/remote.sh' and carry ['<STAGE>'] (STAGE relative to the repo root that travels)."
