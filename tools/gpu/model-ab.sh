@@ -6,7 +6,8 @@
 #      commit's KimiLinear DLLs with their embedded, committed kernels), ROUNDS times,
 #   3. leaves in $OUT: model-{cur,base}-N.md, ptx.tgz and logs.tgz (the device tool returns at most 8 files).
 # Environment: TEST_CLASSES (default none), ROUNDS (2), CONTEXTS ("1024 131072"), PREFILLS (the first round's prompt
-# lengths, default "1024,32768"; later rounds time decode only), AB_BUDGET (seconds for the benchmark rounds, 300).
+# lengths, default "1024,32768"; later rounds time decode only), BATCHES (the first round's batched decode sizes,
+# default none, e.g. "4,16"), AB_BUDGET (seconds for the benchmark rounds, 300).
 # Cards differ by several per cent and calls land on different cards: only rows of one call compare.
 set -uo pipefail
 stage=$(cd "$(dirname "$0")" && pwd)
@@ -37,12 +38,12 @@ for round in $(seq "${ROUNDS:-2}"); do
     for which in cur base; do
         [ $(( $(date +%s) - start )) -gt "${AB_BUDGET:-300}" ] && break 2
         if [ "$which" = cur ]; then bench=$stage/apps/bench; kernels=/tmp/ptx; else bench=/tmp/base-bench; kernels=; fi
-        prefills=""; [ "$round" = 1 ] && prefills=${PREFILLS-1024,32768}
-        KIMILINEAR_KERNEL_DIR=$kernels KIMI_BENCH_PREFILLS=$prefills KIMI_BENCH_BATCHES="" timeout 200 \
+        prefills=""; batches=""; [ "$round" = 1 ] && prefills=${PREFILLS-1024,32768} && batches=${BATCHES-}
+        KIMILINEAR_KERNEL_DIR=$kernels KIMI_BENCH_PREFILLS=$prefills KIMI_BENCH_BATCHES=$batches timeout 200 \
             /tmp/dn/dotnet "$bench/KimiLinear.Benchmarks.dll" model proxy "$out/model-$which-$round.md" ${CONTEXTS:-1024 131072} \
             > "$out/model-$which-$round.log" 2>&1
         echo "== $which, round $round: rc=$?"
-        grep -E "^\| (prefill|decode, greedy generation)" "$out/model-$which-$round.md" | cut -c1-120
+        grep -E "^\| (prefill|decode, greedy generation|batched)" "$out/model-$which-$round.md" | cut -c1-120
     done
 done
 (cd "$out" && tar czf logs.tgz ./*.log && rm -f ./*.log)
