@@ -880,8 +880,8 @@ kimi_moe_prefill_combine(float* __restrict__ output, const float* __restrict__ y
 //   consumer, mainloop: 128 accumulators + 2 shared addresses (the stage's A and B; the k16 descriptors are those plus
 //   an immediate) + ~10 of loop state (item, k step, stage, parity, KT, NB, items) + ~6 (expert, first row, rows, lane
 //   ids) ≈ 146; epilogue: the accumulators not yet written (128 at the start) + 4 packed values + ~10 of addresses and
-//   indices ≈ 145. 208 leaves ~60 free, so neither side should spill; check it in ptxas's report (-v) of the sm_90a
-//   cubin, and for C7508 (setmaxnreg ignored).
+//   indices ≈ 145. 208 leaves ~60 free, so neither side should spill; check it in the sm_90a report build.sh prints
+//   (its sm_90 one shows these kernels as trap stubs), and that no C7508 (setmaxnreg ignored) appears there.
 // 2 · 208 + 88 = 504 = 3 · 168, the whole pool (setmaxnreg.inc waits forever for registers the pool does not have).
 // The alternatives were worse: four consumer warpgroups of m64n128 (64 accumulators each) make 640 threads, an entry
 // count of 65,536 / 640 → 96 registers and a pool of 640 · 96, i.e. 4C + P ≤ 480 (C = 104, P = 64 at best: 64 + ~40
