@@ -12,7 +12,8 @@
 # Needs nvcc (the GPU machine has CUDA 13.0). The PTX then declares ISA 9.0 and needs a CUDA 13 driver (>= 580);
 # building with NVCC=/path/to/a/12.x/nvcc gives PTX that CUDA 12 drivers load (the kernels use nothing newer).
 # Usage: kernels/build.sh [output-folder]   (default: KimiLinear.Cuda/Kernels/ptx)
-# Also prints ptxas's resource report (registers, shared memory, spills) for sm_90; exit status 1 if any build failed.
+# Also prints ptxas's resource report (registers, shared memory, spills) for sm_90, and for sm_90a where a source needs it;
+# exit status 1 if any build failed.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-$here/../KimiLinear.Cuda/Kernels/ptx}
@@ -38,6 +39,12 @@ build_one() {
     fi
     echo "== $name: ptxas resource report (sm_90)"
     "$nvcc" "${flags[@]}" -cubin -arch=sm_90 -Xptxas -v -o /dev/null "$cu" 2>&1 | grep -E "Compiling|registers|spill|error" | sed 's/^/   /'
+    # The sm_90 report shows the wgmma kernels as the trap stubs they are there; their real code is the sm_90a cubin's
+    # (C75xx: ptxas's performance warnings, e.g. C7508 setmaxnreg ignored, C7513 wgmma serialised).
+    if grep -q KIMI_REQUIRES_SM90A "$cu"; then
+        echo "== $name: ptxas resource report (sm_90a)"
+        "$nvcc" "${flags[@]}" -cubin -gencode=arch=compute_90a,code=sm_90a -Xptxas -v -o /dev/null "$cu" 2>&1 | grep -E "Compiling|registers|spill|error|C75" | sed 's/^/   /'
+    fi
     return $status
 }
 

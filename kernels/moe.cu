@@ -848,31 +848,60 @@ kimi_moe_prefill_combine(float* __restrict__ output, const float* __restrict__ y
 //   - the tile is 128 rows x 256 columns x 64 k (85 flops a byte from L2): gate-up's 256 columns are 128 gate rows
 //     f0 + [0, 128) and the same 128 up rows, so each thread's accumulators hold the gate and the up value of the same
 //     (row, f) 64 registers apart and the SwiGLU epilogue needs no exchange; down's are 256 output columns;
-//   - warpgroups 0 and 1 (consumers, 224 registers a thread by setmaxnreg) each multiply 64 of the rows with wgmma
-//     m64n256k16 straight from shared memory (128 fp32 accumulators a thread), and release a stage as soon as the
-//     wgmma that read it has retired (wait_group 1: the next k step's products are already queued);
-//   - warpgroup 2 (producer, 56 registers) copies A and B by cp.async into a 4-stage ring of 48 KiB stages guarded by
-//     mbarriers (full: the stage holds k step j, 128 producer arrivals; empty: both consumers are done with it, 256).
+//   - warpgroups 0 and 1 (consumers) each multiply 64 of the rows with wgmma m64n256k16 straight from shared memory
+//     (128 fp32 accumulators a thread), and release a stage as soon as the wgmma that read it has retired (wait_group
+//     1: the next k step's products are already queued);
+//   - warpgroup 2 (producer) copies A and B by cp.async into a 4-stage ring of 48 KiB stages guarded by mbarriers
+//     (full: the stage holds k step j, one arrival per producer thread; empty: both consumers are done with it, 256).
 //     The copies' layout is mma.cuh's swizzled tile, which on a 1,024-byte-aligned base is the 128-byte-swizzled
-//     K-major layout wgmma's descriptors name. A producer thread announces a stage once its own copies of it have
-//     landed, two k steps later (cp.async.wait_group 2), so three steps are in flight. A rows are gathered through
-//     token_of_row as in the mma.sync kernel (TMA cannot gather rows on Hopper); rows past the tile and columns past K
-//     are zero-filled, so any D and F that are multiples of 8 work, partial tiles included.
-//   - the grid is persistent (one block an SM, 197 KB of shared memory): block b takes work items b, b + grid, ...,
+//     K-major layout wgmma's descriptors name. Each producer thread announces a stage by cp.async.mbarrier.arrive.noinc
+//     right after issuing its copies: the arrival happens when they land, so the producer never waits for its own
+//     copies, only for a free stage, and all four stages can be in flight. (cp.async writes through the generic proxy,
+//     wgmma reads through the async one: each consumer thread fences the proxies after its wait on `full`.) A rows
+//     are gathered through token_of_row as in the mma.sync kernel (TMA cannot gather rows on Hopper); rows past the
+//     tile and columns past K are zero-filled, so any D and F that are multiples of 8 work, partial tiles included.
+//   - the epilogue goes through shared memory (a 64 x 256-byte buffer a consumer warpgroup, beside the ring): the
+//     warpgroup writes its accumulators there (gate-up: h as bf16 by stmatrix; down: y as fp32 by 8-byte stores, in 4
+//     passes of 64 columns), meets at a named barrier, and copies the rows out in 16-byte pieces, so a warp's store
+//     covers two whole 256-byte row segments (the fragment-order stores wrote 16 bytes (h) or 32 bytes (y) of each of
+//     8 rows). The buffer's 16-byte chunks are XOR-swizzled by the row so that neither side has bank conflicts.
+//   - the grid is persistent (one block an SM, 225 KiB of shared memory): block b takes work items b, b + grid, ...,
 //     item w = tile w / NB's column block w % NB (column blocks of one tile are neighbours, so they share its A rows in
 //     L2, and the ~9 tiles of an expert follow each other, so its weights stay in L2). The producer runs ahead into
 //     the next item while the consumers write the previous one's outputs.
+// Registers. __launch_bounds__(384, 1) fixes the count at entry to 65,536 / 384 = 168 a thread, and so the pool the
+// warpgroups share after setmaxnreg: 384 · 168 = 64,512 = 128 · P + 256 · C. ptxas compiles the code after each
+// setmaxnreg to that count (it can, because the entry count is known: without the minimum of 1 block it ignores
+// setmaxnreg, warning C7508). The first version (P = 56, C = 224) spilled 92 / 148 bytes at a reported 168. The
+// consumers cannot have been short (128 accumulators + ~40 for the rest fit 224 with room), so the spills were most
+// likely the producer's: after LLVM hoists the loop-invariant addresses out of its k loop, 24 copies a stage hold 8 A
+// and 16 B row pointers (48 registers as 64-bit pointers), the stage's shared address, the loop state (item, k step,
+// counts, ~10) and the tile's bounds (~6), about 65 at worst, over 56. Now P = 88 (65 + 23 of margin), C = 208:
+//   consumer, mainloop: 128 accumulators + 2 shared addresses (the stage's A and B; the k16 descriptors are those plus
+//   an immediate) + ~10 of loop state (item, k step, stage, parity, KT, NB, items) + ~6 (expert, first row, rows, lane
+//   ids) ≈ 146; epilogue: the accumulators not yet written (128 at the start) + 4 packed values + ~10 of addresses and
+//   indices ≈ 145. 208 leaves ~60 free, so neither side should spill; check it in the sm_90a report build.sh prints
+//   (its sm_90 one shows these kernels as trap stubs), and that no C7508 (setmaxnreg ignored) appears there.
+// 2 · 208 + 88 = 504 = 3 · 168, the whole pool (setmaxnreg.inc waits forever for registers the pool does not have).
+// The alternatives were worse: four consumer warpgroups of m64n128 (64 accumulators each) make 640 threads, an entry
+// count of 65,536 / 640 → 96 registers and a pool of 640 · 96, i.e. 4C + P ≤ 480 (C = 104, P = 64 at best: 64 + ~40
+// for a consumer, and the producer tighter than now), and each k16 step then reads the A tile twice as often per flop;
+// a 64 x 256 tile a block halves the flops each B byte serves. So the tile and the warpgroups stay as they were.
 // The PTX targets (compute_90, compute_80) cannot express wgmma: there these kernels only trap, and MoeKernels launches
 // them only where the sm_90a cubin is loaded (compute capability 9.0). KIMI_REQUIRES_SM90A: build.sh builds this
 // file's cubin too (the whole module then loads from it on Hopper).
-constexpr int MOE_WG_N = 256, MOE_WG_STAGES = 4, MOE_WG_LAG = 2, MOE_WG_THREADS = 384;
-constexpr int MOE_WG_PRODUCER_REGISTERS = 56, MOE_WG_CONSUMER_REGISTERS = 224; // 128·56 + 256·224 ≤ the 64K register file
+constexpr int MOE_WG_N = 256, MOE_WG_STAGES = 4, MOE_WG_THREADS = 384;
+constexpr int MOE_WG_PRODUCER_REGISTERS = 88, MOE_WG_CONSUMER_REGISTERS = 208;
+static_assert(128 * MOE_WG_PRODUCER_REGISTERS + 256 * MOE_WG_CONSUMER_REGISTERS <= MOE_WG_THREADS * (65536 / MOE_WG_THREADS / 8 * 8),
+              "the warpgroups' registers after setmaxnreg must fit the pool the launch bound gives the block");
 constexpr int MOE_WG_A_BYTES = MOE_TILE_M * TILE_K * 2, MOE_WG_B_BYTES = MOE_WG_N * TILE_K * 2;
 constexpr int MOE_WG_STAGE_BYTES = MOE_WG_A_BYTES + MOE_WG_B_BYTES;
-// The 1,024-byte alignment the swizzle atoms need, the ring, the mbarriers full[4] and empty[4].
-constexpr int MOE_WG_SMEM_BYTES = 1024 + MOE_WG_STAGES * MOE_WG_STAGE_BYTES + 2 * MOE_WG_STAGES * 8;
-static_assert(MOE_WG_SMEM_BYTES == 197696, "MoeKernels.WgmmaSharedBytes (C#)");
-static_assert(MOE_WG_STAGES > MOE_WG_LAG, "a stage is announced before the producer can wait for it to be emptied");
+// The epilogue's buffer: 64 rows of 256 bytes a consumer warpgroup (gate-up: 128 bf16 h; down: 64 fp32 y of a pass).
+constexpr int MOE_WG_OUT_ROW_BYTES = 256, MOE_WG_OUT_BYTES = 64 * MOE_WG_OUT_ROW_BYTES;
+// The 1,024-byte alignment the swizzle atoms need, the ring, the two epilogue buffers, the mbarriers full[4] and empty[4].
+constexpr int MOE_WG_SMEM_BYTES = 1024 + MOE_WG_STAGES * MOE_WG_STAGE_BYTES + 2 * MOE_WG_OUT_BYTES + 2 * MOE_WG_STAGES * 8;
+static_assert(MOE_WG_SMEM_BYTES == 230464, "MoeKernels.WgmmaSharedBytes (C#)");
+static_assert(MOE_WG_SMEM_BYTES <= 232448, "sm_90's largest opt-in shared memory a block (227 KiB)");
 
 #if defined(KDA_EMULATE) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
 namespace moe_wg {
@@ -905,6 +934,37 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity)
         asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
                      : "=r"(done) : "r"(smem_u32(bar)), "r"(parity) : "memory");
     } while (!done);
+#endif
+}
+// Arrives on `bar` once every cp.async this thread has issued so far has landed (.noinc: the arrival is one of the
+// count the barrier was initialised with).
+__device__ __forceinline__ void cp_async_mbar_arrive(uint64_t* bar)
+{
+#ifdef KDA_EMULATE
+    emu_cp_async_mbarrier_arrive(bar);
+#else
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+#endif
+}
+// bar.sync on named barrier `id` (1–15; 0 is __syncthreads) for `threads` threads (a multiple of 32), e.g. one warpgroup.
+__device__ __forceinline__ void named_barrier(int id, int threads)
+{
+#ifdef KDA_EMULATE
+    emu_named_barrier(id, threads);
+#else
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+#endif
+}
+// stmatrix .x4: lane i addresses row i % 8 of 8×8 bf16 matrix i / 8 (16-byte rows); lane l holds row l / 4, columns
+// 2(l % 4), +1 of matrix j in r[j].
+__device__ __forceinline__ void stmatrix_x4(const uint32_t (&r)[4], void* row)
+{
+#ifdef KDA_EMULATE
+    emu_stmatrix(r, 4, row);
+#else
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_u32(row)), "r"(r[0]), "r"(r[1]),
+                 "r"(r[2]), "r"(r[3])
+                 : "memory");
 #endif
 }
 // Writes by ordinary instructions and cp.async made visible to the tensor cores' reads (the async proxy).
@@ -1018,7 +1078,8 @@ __device__ __forceinline__ void grouped(void* out, const uint16_t* __restrict__ 
     const int items = tile_start[E] * NB;
     unsigned char* raw = reinterpret_cast<unsigned char*>(moe_smem());
     unsigned char* ring = raw + (1024 - smem_u32(raw) % 1024) % 1024;
-    uint64_t* full = reinterpret_cast<uint64_t*>(ring + MOE_WG_STAGES * MOE_WG_STAGE_BYTES);
+    unsigned char* out_buffers = ring + MOE_WG_STAGES * MOE_WG_STAGE_BYTES;
+    uint64_t* full = reinterpret_cast<uint64_t*>(out_buffers + 2 * MOE_WG_OUT_BYTES);
     uint64_t* empty = full + MOE_WG_STAGES;
     if (threadIdx.x == 0)
         for (int s = 0; s < MOE_WG_STAGES; s++)
@@ -1065,24 +1126,19 @@ __device__ __forceinline__ void grouped(void* out, const uint16_t* __restrict__ 
                 // The stage's previous use, step − 4, must be done (its empty phase step / 4 − 1).
                 if (step >= MOE_WG_STAGES) mbar_wait(&empty[s], (step / MOE_WG_STAGES + 1) & 1);
                 load_stage(ring + s * MOE_WG_STAGE_BYTES, a, a_row, b, b_row, kt, K);
-                cp_async_commit();
-                if (step >= MOE_WG_LAG) // step − 2's copies have landed: announce them
-                {
-                    cp_async_wait<MOE_WG_LAG>();
-                    fence_proxy_async();
-                    mbar_arrive(&full[(step - MOE_WG_LAG) % MOE_WG_STAGES]);
-                }
+                cp_async_mbar_arrive(&full[s]);
             }
         }
+        // Nothing is left to do; the copies in flight end before the thread does.
+        cp_async_commit();
         cp_async_wait<0>();
-        fence_proxy_async();
-        for (int j = max(step - MOE_WG_LAG, 0); j < step; j++) mbar_arrive(&full[j % MOE_WG_STAGES]);
         return;
     }
 
     // ---- consumers: warpgroup wg multiplies tile rows 64 wg + [0, 64); warp q of it holds rows 16q + g, 16q + g + 8.
     setmaxnreg_inc<MOE_WG_CONSUMER_REGISTERS>();
-    const int q = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+    const int t = threadIdx.x & 127, q = t >> 5, lane = t & 31, g = lane >> 2, c = lane & 3;
+    unsigned char* out_rows = out_buffers + wg * MOE_WG_OUT_BYTES; // this warpgroup's 64 rows of 256 bytes
     int step = 0;
     for (int w = blockIdx.x; w < items; w += gridDim.x)
     {
@@ -1094,6 +1150,7 @@ __device__ __forceinline__ void grouped(void* out, const uint16_t* __restrict__ 
         {
             const int s = step % MOE_WG_STAGES;
             mbar_wait(&full[s], (step / MOE_WG_STAGES) & 1);
+            fence_proxy_async(); // the producer's cp.async writes, acquired above, come before the wgmma's reads
             const uint32_t sa = smem_u32(ring + s * MOE_WG_STAGE_BYTES) + wg * 64 * 128, sb = smem_u32(ring + s * MOE_WG_STAGE_BYTES) + MOE_WG_A_BYTES;
             wgmma_fence();
 #pragma unroll
@@ -1105,33 +1162,61 @@ __device__ __forceinline__ void grouped(void* out, const uint16_t* __restrict__ 
         wgmma_wait<0>();
         pin(acc);
         mbar_arrive(&empty[(step - 1) % MOE_WG_STAGES]);
+        if (64 * wg >= rows) continue; // every row of this warpgroup is past the tile (the same for its 128 threads)
 
+        // The epilogue, in passes of 64 rows × 256 bytes through out_rows (gate-up: the 128 h columns of this column
+        // block in one pass; down: 64 of its 256 y columns a pass). A pass's 16-byte chunk k of row r sits at chunk
+        // k ^ swz(r): swz = r % 8 (bf16, written by stmatrix: a matrix's 8 rows hit 8 different chunks) or 2 (r % 8)
+        // (fp32, written by 8-byte stores: the 4 rows of a half warp hit 8 different chunks); either way the copy-out's
+        // 8 lanes reading 8 chunks of one row hit 8 different chunk positions modulo 8, i.e. all 32 banks.
+        constexpr int PASSES = GATE_UP ? 1 : MOE_WG_N / 64, CHUNK_ELEMS = GATE_UP ? 8 : 4;
+        const int cols = GATE_UP ? F : D;
 #pragma unroll
-        for (int half = 0; half < 2; half++)
+        for (int p = 0; p < PASSES; p++)
         {
-            const int r = 64 * wg + 16 * q + g + 8 * half;
-            if (r >= rows) continue;
+            const int col0 = GATE_UP ? nb * (MOE_WG_N / 2) : nb * MOE_WG_N + 64 * p; // the pass's first output column
+            if (col0 >= cols) break;                                               // the rest lies past the matrix
+            named_barrier(1 + wg, 128); // the warpgroup's copy-out of the previous pass (or item) has read out_rows
             if (GATE_UP)
             {
-                uint16_t* h_row = static_cast<uint16_t*>(out) + static_cast<size_t>(row0 + r) * F;
+                // Matrices of an stmatrix: rows 16q + [0, 8) and + [8, 16) of column blocks i and i + 1 (8 h each).
+                const int m = lane >> 3, row = 16 * q + 8 * (m & 1) + (lane & 7);
 #pragma unroll
-                for (int i = 0; i < MOE_WG_N / 16; i++)
+                for (int i = 0; i < MOE_WG_N / 16; i += 2)
                 {
-                    const int f = nb * (MOE_WG_N / 2) + 8 * i + 2 * c; // F is even, so f + 1 < F when f < F
-                    const float* gate = &acc[4 * i + 2 * half];
-                    const float* up = &acc[4 * (i + MOE_WG_N / 16) + 2 * half];
-                    if (f < F) *reinterpret_cast<uint32_t*>(h_row + f) = pack_bf16x2(silu(gate[0]) * up[0], silu(gate[1]) * up[1]);
+                    uint32_t r[4];
+#pragma unroll
+                    for (int j = 0; j < 4; j++)
+                    {
+                        const int d = 4 * (i + (j >> 1)) + 2 * (j & 1); // gate; its up is 64 registers on
+                        r[j] = pack_bf16x2(silu(acc[d]) * acc[d + 64], silu(acc[d + 1]) * acc[d + 65]);
+                    }
+                    stmatrix_x4(r, out_rows + row * MOE_WG_OUT_ROW_BYTES + (((i + (m >> 1)) ^ (row & 7)) << 4));
                 }
             }
             else
             {
-                float* y_row = static_cast<float*>(out) + static_cast<size_t>(row_map[row0 + r]) * D;
 #pragma unroll
-                for (int i = 0; i < MOE_WG_N / 8; i++)
-                {
-                    const int col = nb * MOE_WG_N + 8 * i + 2 * c; // D is even, so col + 1 < D when col < D
-                    if (col < D) *reinterpret_cast<float2*>(y_row + col) = make_float2(acc[4 * i + 2 * half], acc[4 * i + 2 * half + 1]);
-                }
+                for (int i = 0; i < 8; i++)
+#pragma unroll
+                    for (int half = 0; half < 2; half++)
+                    {
+                        const int row = 16 * q + g + 8 * half, chunk = 2 * i + (c >> 1), d = 4 * (8 * p + i) + 2 * half;
+                        *reinterpret_cast<float2*>(out_rows + row * MOE_WG_OUT_ROW_BYTES + ((chunk ^ ((row & 7) << 1)) << 4) + 8 * (c & 1)) =
+                            make_float2(acc[d], acc[d + 1]);
+                    }
+            }
+            named_barrier(1 + wg, 128); // the pass is in out_rows
+            // Thread t copies chunk t % 16 of rows t / 16 + 8 j: a warp stores two whole rows (512 bytes) at a time.
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+            {
+                const int row = (t >> 4) + 8 * j, chunk = t & 15, r = 64 * wg + row, col = col0 + CHUNK_ELEMS * chunk;
+                if (r >= rows || col >= cols) continue; // cols is a multiple of 8: a chunk lies wholly inside or past it
+                const int swz = GATE_UP ? row & 7 : (row & 7) << 1;
+                const uint4 v = *reinterpret_cast<const uint4*>(out_rows + row * MOE_WG_OUT_ROW_BYTES + ((chunk ^ swz) << 4));
+                if (GATE_UP) *reinterpret_cast<uint4*>(static_cast<uint16_t*>(out) + static_cast<size_t>(row0 + r) * F + col) = v;
+                else *reinterpret_cast<uint4*>(static_cast<float*>(out) + static_cast<size_t>(row_map[row0 + r]) * D + col) = v;
             }
         }
     }

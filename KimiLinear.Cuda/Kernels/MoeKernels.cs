@@ -76,7 +76,7 @@ internal static unsafe class MoeKernels
     private const int GemmSharedBytes = 3 * (128 + 128) * 64 * 2; // MOE_GEMM_SMEM_BYTES
     private const int WgmmaTileColumns = 256;    // MOE_WG_N: gate-up's are 128 gate and 128 up rows
     private const int WgmmaThreads = 384;        // MOE_WG_THREADS: two consumer warpgroups and a producer
-    private const int WgmmaSharedBytes = 1024 + 4 * (128 + 256) * 64 * 2 + 2 * 4 * 8; // MOE_WG_SMEM_BYTES
+    private const int WgmmaSharedBytes = 1024 + 4 * (128 + 256) * 64 * 2 + 2 * 64 * 256 + 2 * 4 * 8; // MOE_WG_SMEM_BYTES: ring, epilogue buffers, mbarriers
     private const int ElementwiseThreads = 256;  // MOE_ELEMENTWISE_THREADS
     private const int CountBlocks = 1024;        // the count kernel's grid-stride loops need no more
 

@@ -413,6 +413,9 @@ int main(int argc, char** argv)
     check_experts(16, 40, 8, 3, 24, true, true, 2);  // two shared experts, the largest decode batch
     check_experts(45, 40, 8, 2, 24, false, true, 1); // prefill: the shared expert's T rows are one more group
     check_experts(45, 136, 3, 2, 72, false, true, 1); // several k steps, K not a multiple of 64, partial column blocks
+    // The wgmma epilogue: tiles of 64 < rows < 128 (both consumer warpgroups write, the second partly), two column
+    // blocks a GEMM with the last one partial (gate-up: 8 of 128 f; down: 8 of 256 columns, one pass of four).
+    check_experts(100, 264, 2, 2, 136, false, true, 1);
     if (!quick)
     {
         check_experts(16, 40, 8, 2, 24, true, false);

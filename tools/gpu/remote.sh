@@ -22,7 +22,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 echo "== building kernels"
 bash "$stage/kernels/build.sh" /tmp/ptx > "$out/build.log" 2>&1
 build=$?
-grep -E "FAILED|error|registers|spill" "$out/build.log" | head -40
+grep -E "FAILED|error|registers|spill|C75" "$out/build.log" | head -60
 tar czf "$out/ptx.tgz" -C /tmp/ptx .
 export KIMILINEAR_KERNEL_DIR=/tmp/ptx
 

@@ -398,6 +398,17 @@ inline void emu_mbarrier_arrive(void* bar) {
 // try_wait.parity: true once the phase of that parity has completed (the current phase has the other parity).
 inline bool emu_mbarrier_test(const void* bar, unsigned parity) { return (static_cast<const EmuMbarrier*>(bar)->phases & 1u) != (parity & 1u); }
 inline void emu_spin() { emu::yield(emu::Spin); }
+// cp.async.mbarrier.arrive.noinc: an arrival on `bar` once every cp.async this thread issued before it has landed. Here
+// they land at once (committed or not), then the thread arrives; the count the barrier expects includes this arrival.
+inline void emu_cp_async_mbarrier_arrive(void* bar) {
+    emu::Fiber& f = emu::st().fibers[emu::st().cur];
+    for (auto& group : f.groups)
+        for (auto& c : group) std::memcpy(c.dst, c.src, 16);
+    for (auto& c : f.pending) std::memcpy(c.dst, c.src, 16);
+    f.groups.clear();
+    f.pending.clear();
+    emu_mbarrier_arrive(bar);
+}
 
 // wgmma.mma_async (warpgroup MMA, m64nNk16, fp32 accumulators) with K-major operands in shared memory described by
 // 128-byte-swizzle matrix descriptors, the A operand optionally in registers (the mma.sync m16n8k16 A layout, warp w
