@@ -163,6 +163,18 @@ internal interface IKimiBackend
     void KdaMixer(KdaMixerInputs inputs, KdaMixerParameters parameters, KdaLayerState state, Tensor y);
 
     /// <summary>
+    /// One decode token of each of N sequences through the KDA token mixer: row n of <paramref name="inputs"/> and of
+    /// <paramref name="y"/> belongs to <paramref name="states"/>[n], and the result is what N one-token
+    /// <see cref="KdaMixer(KdaMixerInputs, KdaMixerParameters, KdaLayerState, Tensor)"/> calls give. One call, so that a
+    /// GPU runs every sequence in one launch though each keeps its state in its own memory (a batched decode step).
+    /// </summary>
+    /// <param name="inputs">The projections of N tokens, one a sequence.</param>
+    /// <param name="parameters">The layer's conv taps, gate and norm parameters.</param>
+    /// <param name="states">N distinct sequences' windows and states, each advanced by one token.</param>
+    /// <param name="y">[N, H·V] the gated, normalised outputs.</param>
+    void KdaMixer(KdaMixerInputs inputs, KdaMixerParameters parameters, IReadOnlyList<KdaLayerState> states, Tensor y);
+
+    /// <summary>
     /// MLA attention of T queries at positions [start, start + T) over the latent cache rows [0, start + T) (causal,
     /// no positional encoding). q: [T, H·(nope + rope)]; latent: [≥ start+T, R + rope] rows of (c_n | k_pe);
     /// kvB: [H·(nope + V), R]; o: [T, H·V]. <paramref name="absorbed"/> folds kvB into the query and output

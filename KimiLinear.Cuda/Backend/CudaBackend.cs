@@ -532,12 +532,10 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
     {
         int tokens = inputs.Query.Rows;
         var shape = new KdaShape(parameters.Heads, parameters.HeadDim, parameters.HeadDim);
-        var layer = new KdaLayerParameters<float>(_weights.Of(parameters.QueryConv), _weights.Of(parameters.KeyConv), _weights.Of(parameters.ValueConv),
-            _weights.Of(parameters.ALog), _weights.Of(parameters.DtBias), _weights.Of(parameters.OutputNorm));
+        var layer = LayerParameters(parameters);
         var cache = new KdaLayerCache<float>(Device(state.QueryWindow).F32, Device(state.KeyWindow).F32, Device(state.ValueWindow).F32,
             Device(state.Recurrent).F32);
-        var projections = new KdaProjections<float>(Device(inputs.Query).F32, Device(inputs.Key).F32, Device(inputs.Value).F32,
-            Device(inputs.Forget).F32, Device(inputs.Beta).F32);
+        var projections = Projections(inputs);
         if (tokens == 1)
         {
             KdaKernels.DecodeStep(_stream, shape, 1, parameters.Eps, projections, Device(inputs.OutputGate).F32, layer, cache, Device(y).F32);
@@ -554,6 +552,26 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
         ActivationKernels.GatedRmsNorm(_stream, Device(y).F32, o, Device(inputs.OutputGate).F32, _weights.Of(parameters.OutputNorm),
             tokens * shape.Heads, shape.ValueDim, parameters.Eps);
     }
+
+    /// <summary>Every sequence's token in one launch of the table decode step: each session's state stays where it is.</summary>
+    public void KdaMixer(KdaMixerInputs inputs, KdaMixerParameters parameters, IReadOnlyList<KdaLayerState> states, Tensor y)
+    {
+        if (inputs.Query.Rows != states.Count || y.Rows != states.Count)
+            throw new ArgumentException($"KdaMixer: {states.Count} states for {inputs.Query.Rows} input rows and {y.Rows} output rows.");
+        var caches = new KdaLayerCache<float>[states.Count];
+        for (int n = 0; n < caches.Length; n++)
+            caches[n] = new KdaLayerCache<float>(Device(states[n].QueryWindow).F32, Device(states[n].KeyWindow).F32,
+                Device(states[n].ValueWindow).F32, Device(states[n].Recurrent).F32);
+        KdaKernels.DecodeStep(_stream, new KdaShape(parameters.Heads, parameters.HeadDim, parameters.HeadDim), parameters.Eps,
+            Projections(inputs), Device(inputs.OutputGate).F32, LayerParameters(parameters), caches, Device(y).F32);
+    }
+
+    private KdaLayerParameters<float> LayerParameters(KdaMixerParameters parameters) =>
+        new(_weights.Of(parameters.QueryConv), _weights.Of(parameters.KeyConv), _weights.Of(parameters.ValueConv),
+            _weights.Of(parameters.ALog), _weights.Of(parameters.DtBias), _weights.Of(parameters.OutputNorm));
+
+    private static KdaProjections<float> Projections(KdaMixerInputs inputs) =>
+        new(Device(inputs.Query).F32, Device(inputs.Key).F32, Device(inputs.Value).F32, Device(inputs.Forget).F32, Device(inputs.Beta).F32);
 
     /// <summary>A one-sequence batch of <paramref name="tokens"/> (prefill pieces come in few lengths, so they are kept).</summary>
     private KdaBatch Batch(int tokens)

@@ -271,6 +271,29 @@ internal sealed class CpuBackend(int? threads = null, int tokensPerForward = Cpu
         GatedRmsNorm(o, inputs.OutputGate, parameters.OutputNorm, parameters.Eps, y);
     }
 
+    /// <summary>The specification of the batched form: one single-token <see cref="KdaMixer(KdaMixerInputs, KdaMixerParameters, KdaLayerState, Tensor)"/> a sequence.</summary>
+    public void KdaMixer(KdaMixerInputs inputs, KdaMixerParameters parameters, IReadOnlyList<KdaLayerState> states, Tensor y)
+    {
+        if (inputs.Query.Rows != states.Count || y.Rows != states.Count)
+            throw new ArgumentException($"KdaMixer: {states.Count} states for {inputs.Query.Rows} input rows and {y.Rows} output rows.");
+        var output = Allocate(1, y.Cols);
+        for (int n = 0; n < states.Count; n++)
+        {
+            var row = new KdaMixerInputs(RowOf(inputs.Query, n), RowOf(inputs.Key, n), RowOf(inputs.Value, n), RowOf(inputs.Forget, n),
+                RowOf(inputs.Beta, n), RowOf(inputs.OutputGate, n));
+            KdaMixer(row, parameters, states[n], output);
+            Cpu(output).Span.CopyTo(Cpu(y).Row(n));
+        }
+    }
+
+    /// <summary>A copy of row <paramref name="row"/> of <paramref name="x"/> as a [1, cols] tensor.</summary>
+    private CpuTensor RowOf(Tensor x, int row)
+    {
+        var copy = new CpuTensor(1, x.Cols);
+        Cpu(x).Row(row).CopyTo(copy.Span);
+        return copy;
+    }
+
     /// <summary>g[t, h·K+d] = −exp(aLog[h]) · softplus(f[t, h·K+d] + dtBias[h·K+d]) (softplus linear above 20). f, g: [T, H·K].</summary>
     public void KdaGate(Tensor f, float[] aLog, float[] dtBias, Tensor g)
     {
