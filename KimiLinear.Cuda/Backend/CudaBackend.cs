@@ -351,6 +351,23 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
         ActivationKernels.WriteLatentRows(_stream, d.Bf16, l.F32, r.F32, l.Rows, l.Cols, r.Cols, Scalar(row));
     }
 
+    /// <summary>One launch a cache (the rows are on the device in one copy), nothing gathered.</summary>
+    public void WriteConcatenatedRows(Tensor left, Tensor right, IReadOnlyList<Tensor> destinations, ReadOnlySpan<int> rows)
+    {
+        var (l, r) = (Device(left), Device(right));
+        if (l.Rows != destinations.Count || r.Rows != destinations.Count || rows.Length != destinations.Count)
+            throw new ArgumentException($"WriteConcatenatedRows: {destinations.Count} caches for {l} | {r} at {rows.Length} positions.");
+        var positions = Indices(rows);
+        for (int n = 0; n < destinations.Count; n++)
+        {
+            var d = Device(destinations[n]);
+            if (l.Cols + r.Cols != d.Cols || rows[n] >= d.Rows)
+                throw new ArgumentException($"WriteConcatenatedRows: row {n} of {l} | {r} into {d} at row {rows[n]}.");
+            ActivationKernels.WriteLatentRows(_stream, d.Bf16, l.F32.Slice((long)n * l.Cols, l.Cols), r.F32.Slice((long)n * r.Cols, r.Cols),
+                1, l.Cols, r.Cols, positions.Slice(n, 1));
+        }
+    }
+
     // ---- dense layers ----
 
     public void Embed(WeightMatrix table, ReadOnlySpan<int> ids, Tensor x) =>
@@ -615,6 +632,34 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
         var keysValues = _arena.Rent<ushort>((long)length * heads * perHead);                      // [L, H·(N + V)] bf16
         Gemm(keysValues, cache, latent.Cols, weight, length, heads * perHead, shape.Rank);
         MlaKernels.PrefillAttention(_stream, Device(o).F32, query, keysValues, cache, start, tokens, shape, scale);
+    }
+
+    /// <summary>
+    /// kvB folded into all N queries in one launch and out of all N outputs in one launch per scratch-full of tokens
+    /// (kv_b_proj read twice a step, not twice a session); the flash-decoding runs per cache, each sequence's slices
+    /// going to its own scratch token.
+    /// </summary>
+    public void MlaAttention(Tensor q, IReadOnlyList<Tensor> latents, ReadOnlySpan<int> starts, WeightMatrix kvB, Tensor o, int heads, int nopeDim, int ropeDim, int valueDim)
+    {
+        int sequences = latents.Count;
+        if (q.Rows != sequences || o.Rows != sequences || starts.Length != sequences)
+            throw new ArgumentException($"MlaAttention: {sequences} caches for {q.Rows} query rows, {o.Rows} output rows and {starts.Length} starts.");
+        var shape = new MlaShape(heads, nopeDim, ropeDim, valueDim, kvB.Cols);
+        float scale = 1f / MathF.Sqrt(nopeDim + ropeDim);
+        var weight = _weights.Of(kvB);
+        long queryWidth = (long)heads * shape.LatentWidth;
+        var queryLatent = _arena.Rent<float>(sequences * queryWidth); // [N, H, R + P]
+        MlaKernels.AbsorbQuery(_stream, queryLatent, Device(q).F32, weight, shape, sequences);
+        var positions = Indices(starts);
+        var scratch = DecodeScratch(shape);
+        for (int first = 0; first < sequences; first += scratch.MaxTokens)
+        {
+            int count = Math.Min(scratch.MaxTokens, sequences - first);
+            for (int i = 0; i < count; i++)
+                MlaKernels.DecodeAttention(_stream, queryLatent.Slice((first + i) * queryWidth, queryWidth), Device(latents[first + i]).Bf16,
+                    positions.Slice(first + i, 1), 1, shape, scale, scratch, scratchToken: i);
+            MlaKernels.AbsorbOutput(_stream, Device(o).F32.Slice((long)first * o.Cols, (long)count * o.Cols), scratch, weight, shape, count);
+        }
     }
 
     private MlaDecodeScratch DecodeScratch(MlaShape shape)

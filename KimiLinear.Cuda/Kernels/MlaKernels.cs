@@ -110,8 +110,12 @@ internal static unsafe class MlaKernels
     /// Whether the model's shape (H 32, R 512, R + P 576) may take the wgmma partial kernel where the device runs it
     /// (Hopper); false forces the mma.sync kernel, so that tests and benchmarks can reach both on one device.
     /// </param>
+    /// <param name="scratchToken">
+    /// The scratch token the first query's slices go to (the scratch is token-major): calls for several sequences'
+    /// queries fill tokens 0, 1, … for one <see cref="AbsorbOutput"/> over them all.
+    /// </param>
     public static void DecodeAttention(CudaStream stream, DeviceSpan<float> queryLatent, DeviceSpan<ushort> latent,
-        DeviceSpan<int> start, int t, MlaShape shape, float scale, MlaDecodeScratch scratch, bool allowWarpgroupMma = true)
+        DeviceSpan<int> start, int t, MlaShape shape, float scale, MlaDecodeScratch scratch, bool allowWarpgroupMma = true, int scratchToken = 0)
     {
         ArgumentNullException.ThrowIfNull(scratch);
         CheckShape(shape);
@@ -122,7 +126,8 @@ internal static unsafe class MlaKernels
                 $"the MLA decode kernel needs H ≤ {DecodeMaxHeads}, R a multiple of 64 and ≤ {DecodeMaxRank}, R + P a multiple of 16 and ≤ " +
                 $"{16 * DecodeMaxQuerySteps * (DecodeWarps / mTiles)} (at H = {shape.Heads}); got H = {shape.Heads}, R = {shape.Rank}, P = {shape.RopeDim}", nameof(shape));
         KernelChecks.Positive(t, nameof(t));
-        CheckScratch(scratch, shape, t);
+        if (scratchToken < 0) throw new ArgumentOutOfRangeException(nameof(scratchToken), scratchToken, "scratchToken must not be negative");
+        CheckScratch(scratch, shape, scratchToken + t);
         CheckScale(scale);
         KernelChecks.HoldsAligned(queryLatent, (long)t * shape.Heads * d, nameof(queryLatent));
         KernelChecks.HoldsAligned(latent, (long)t * d, nameof(latent)); // at least the call's own rows; start is on the device
@@ -138,7 +143,9 @@ internal static unsafe class MlaKernels
 
         int h = shape.Heads, r = shape.Rank, splits = scratch.Splits;
         float scaleLog2 = scale * Log2E;
-        ulong pPart = scratch.Outputs.Pointer, pStats = scratch.Stats.Pointer, pQ = queryLatent.Pointer, pLatent = latent.Pointer;
+        long slices = (long)scratchToken * splits * h; // [T, S, H, ·] rows before the first query's
+        ulong pPart = scratch.Outputs.Slice(slices * r).Pointer, pStats = scratch.Stats.Slice(slices * 2).Pointer;
+        ulong pQ = queryLatent.Pointer, pLatent = latent.Pointer;
         ulong pStart = start.Pointer;
         void** partialArgs = stackalloc void*[] { &pPart, &pStats, &pQ, &pLatent, &pStart, &h, &r, &d, &scaleLog2 };
         stream.Context.Kernels.Launch(partial, new Dim3((uint)splits, (uint)t), new Dim3((uint)threads), shared, stream, partialArgs);

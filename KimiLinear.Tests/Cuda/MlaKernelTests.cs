@@ -320,6 +320,50 @@ public sealed class MlaKernelTests
         AssertCloseWithUntouchedTail(decoded.ToArray(stream), expected, $"{shapeName} decode path, T {t}");
     }
 
+    /// <summary>
+    /// A batched decode step's MLA: one DecodeAttention per sequence over its own cache (each its own length), each into
+    /// its own scratch token, then one AbsorbOutput over all of them: each row as the reference of its cache.
+    /// </summary>
+    [Theory]
+    [InlineData("tiny", new[] { 0, 47, 5, 300 })]
+    [InlineData("full", new[] { 6336, 0, 300, 20000, 47 })]
+    [InlineData("rope48", new[] { 3, 100 })]
+    public void DecodeAttention_SeveralCachesIntoScratchTokens_ThenOneAbsorbOutput_MatchReference(string shapeName, int[] starts)
+    {
+        CudaContext gpu = Gpu.Require();
+        MlaShape shape = ShapeNamed(shapeName);
+        int t = starts.Length, width = shape.Heads * shape.LatentWidth;
+        var random = new Random(starts.Sum());
+        ushort[][] latents = starts.Select(start => PoisonedCache(random, shape, start + 1, capacity: start + 5)).ToArray();
+        float[] queryLatent = Gpu.RandomF32(random, t * width);
+        ushort[] kvB = Gpu.RandomBf16(random, (long)shape.KeyValueWidth * shape.Rank, 0.1f);
+        using CudaStream stream = gpu.CreateStream();
+        using var scratch = new MlaDecodeScratch(gpu, shape, maxTokens: t + 2); // room to spare: AbsorbOutput takes t
+        var caches = latents.Select(latent => gpu.Upload(stream, latent)).ToArray();
+        var positions = starts.Select(start => gpu.Upload(stream, new[] { start })).ToArray();
+        try
+        {
+            using DeviceBuffer<ushort> dKvB = gpu.Upload(stream, kvB);
+            using DeviceBuffer<float> dQuery = gpu.Upload(stream, queryLatent);
+            using DeviceBuffer<float> dO = gpu.Poisoned(stream, t * shape.OutputWidth, float.NaN);
+            for (int n = 0; n < t; n++)
+                MlaKernels.DecodeAttention(stream, dQuery.Span.Slice((long)n * width, width), caches[n], positions[n], 1, shape, shape.Scale, scratch,
+                    scratchToken: n);
+            MlaKernels.AbsorbOutput(stream, dO, scratch, dKvB, shape, t);
+
+            var mixed = new List<float>();
+            for (int n = 0; n < t; n++)
+                mixed.AddRange(MlaReference.Decode(queryLatent[(n * width)..((n + 1) * width)], latents[n], starts[n], 1, shape, shape.Scale));
+            AssertCloseWithUntouchedTail(dO.ToArray(stream), MlaReference.AbsorbOutput([.. mixed], kvB, shape, t),
+                $"{shapeName} decode of {t} caches of lengths {string.Join(", ", starts.Select(s => s + 1))}");
+        }
+        finally
+        {
+            foreach (var buffer in caches) buffer.Dispose();
+            foreach (var buffer in positions) buffer.Dispose();
+        }
+    }
+
     [Theory]
     [InlineData("tiny", 40, 2)]
     [InlineData("full", 3000, 3)]
@@ -392,6 +436,11 @@ public sealed class MlaKernelTests
         MlaShape tiny = ShapeNamed("tiny");
         error = Assert.Throws<ArgumentException>(() => MlaKernels.DecodeAttention(stream, f, u, start, 1, tiny, 0.1f, scratch));
         Assert.Contains("laid out for", error.Message);
+        MlaShape small = new(4, 32, 16, 32, 64);
+        using var smallScratch = new MlaDecodeScratch(gpu, small, 2);
+        error = Assert.Throws<ArgumentException>(() => MlaKernels.DecodeAttention(stream, f, u, start, 1, small, 0.1f, smallScratch, scratchToken: 2));
+        Assert.Contains("room for 2 tokens but the call decodes 3", error.Message);
+        Assert.Throws<ArgumentOutOfRangeException>(() => MlaKernels.DecodeAttention(stream, f, u, start, 1, small, 0.1f, smallScratch, scratchToken: -1));
         error = Assert.Throws<ArgumentException>(() => MlaKernels.AbsorbOutput(stream, f, scratch, u, manyHeads, 2));
         Assert.Contains("room for 1 tokens", error.Message);
         error = Assert.Throws<ArgumentException>(() => MlaKernels.AbsorbQuery(stream, f, f, u.Span.Slice(0, 100), tiny, 1));

@@ -134,6 +134,15 @@ internal sealed class CpuBackend(int? threads = null, int tokensPerForward = Cpu
         }
     }
 
+    /// <summary>The specification of the batched form: one single-row write a cache.</summary>
+    public void WriteConcatenatedRows(Tensor left, Tensor right, IReadOnlyList<Tensor> destinations, ReadOnlySpan<int> rows)
+    {
+        if (left.Rows != destinations.Count || right.Rows != destinations.Count || rows.Length != destinations.Count)
+            throw new ArgumentException($"WriteConcatenatedRows: {destinations.Count} caches for {left.Rows} | {right.Rows} rows at {rows.Length} positions.");
+        for (int n = 0; n < destinations.Count; n++)
+            WriteConcatenatedRows(RowOf(left, n), RowOf(right, n), destinations[n], rows[n]);
+    }
+
     public void Embed(WeightMatrix table, ReadOnlySpan<int> ids, Tensor x)
     {
         var output = Cpu(x);
@@ -352,6 +361,19 @@ internal sealed class CpuBackend(int? threads = null, int tokensPerForward = Cpu
             MlaAbsorbed(queries, cache, start, kvB, output, heads, nopeDim, ropeDim, valueDim, kvB.Cols, scale);
         else
             MlaExpanded(queries, cache, start, kvB, output, heads, nopeDim, ropeDim, valueDim, kvB.Cols, scale);
+    }
+
+    /// <summary>The specification of the batched form: one single-row absorbed attention a cache.</summary>
+    public void MlaAttention(Tensor q, IReadOnlyList<Tensor> latents, ReadOnlySpan<int> starts, WeightMatrix kvB, Tensor o, int heads, int nopeDim, int ropeDim, int valueDim)
+    {
+        if (q.Rows != latents.Count || o.Rows != latents.Count || starts.Length != latents.Count)
+            throw new ArgumentException($"MlaAttention: {latents.Count} caches for {q.Rows} query rows, {o.Rows} output rows and {starts.Length} starts.");
+        var output = Allocate(1, o.Cols);
+        for (int n = 0; n < latents.Count; n++)
+        {
+            MlaAttention(RowOf(q, n), latents[n], starts[n], kvB, output, heads, nopeDim, ropeDim, valueDim, absorbed: true);
+            Cpu(output).Span.CopyTo(Cpu(o).Row(n));
+        }
     }
 
     /// <summary>Expand every cached latent into per-head keys and values (the MHA form), then causal softmax attention.</summary>
