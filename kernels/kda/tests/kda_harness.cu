@@ -837,6 +837,53 @@ static void bench_decode(int B, int L) {
         B, perP * 1e6, L, bytes / perP / 1e9, 100.0 * bytes / perP / kPeakBytesPerSec);
 }
 
+// The table form at the same shapes: B sequences a layer, each its own allocation (as sessions keep them), L layers in
+// a graph; the bytes are bench_decode's, so the two lines compare the addressing alone.
+static void bench_decode_table(int B, int L) {
+    const int H = 32, K = 128, V = 128, HK = H * K, HV = H * V;
+    DevPool pool;
+    const LayerParams P = random_params<bf16>(H, K, V);
+    std::vector<std::unique_ptr<DecodeDev<bf16>>> owners;   // one sequence each: windows and state
+    std::vector<kda::DecodeTable<bf16>> tables(L);
+    std::vector<std::unique_ptr<DecodeDev<bf16>>> layers;   // the layers' parameters, projections [B, ·] and y
+    for (int l = 0; l < L; ++l) {
+        const std::vector<float> none;
+        auto d = std::make_unique<DecodeDev<bf16>>(pool, P, B, none, none, none, none);
+        fill(d->pq, size_t(B) * HK, -1, 1); fill(d->pk, size_t(B) * HK, -1, 1); fill(d->pv, size_t(B) * HV, -1, 1);
+        fill(d->pf, size_t(B) * HK, -2, 2); fill(d->pb, size_t(B) * H, -2, 2); fill(d->pz, size_t(B) * HV, -2, 2);
+        tables[l] = {};
+        for (int n = 0; n < B; ++n) {
+            auto o = std::make_unique<DecodeDev<bf16>>(pool, P, 1, std::vector<float>(3 * HK), std::vector<float>(3 * HK),
+                std::vector<float>(3 * HV), std::vector<float>(size_t(HV) * K));
+            fill(o->state, size_t(HV) * K, -0.3f, 0.3f);
+            fill(o->cq, 3 * HK, -1, 1); fill(o->ck, 3 * HK, -1, 1); fill(o->cv, 3 * HV, -1, 1);
+            tables[l].conv_q[n] = o->cq; tables[l].conv_k[n] = o->ck; tables[l].conv_v[n] = o->cv; tables[l].state[n] = o->state;
+            owners.push_back(std::move(o));
+        }
+        layers.push_back(std::move(d));
+    }
+    CK(cudaDeviceSynchronize());
+    cudaGraph_t g; cudaGraphExec_t e;
+    CK(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeGlobal));
+#ifndef KDA_EMULATE
+    for (int l = 0; l < L; ++l) {
+        const DecodeDev<bf16>& d = *layers[l];
+        kimi_kda_decode_step_table_bf16<<<dim3(kda::kDecodeSlices, H, B), kda::kDecodeThreads, kda::kDecodeSmemBytes, g_stream>>>(
+            H, K, V, d.rms_eps, d.pq, d.pk, d.pv, d.pf, d.pb, d.pz, d.wq, d.wk, d.wv, d.a_log, d.dt_bias, d.wnorm, tables[l], d.y);
+    }
+#endif
+    CK(cudaStreamEndCapture(g_stream, &g));
+    CK(cudaGraphInstantiate(&e, g, 0));
+    CK(cudaGraphDestroy(g));
+    const float ms = time_ms([&] { CK(cudaGraphLaunch(e, g_stream)); }, 10, 60);
+    CK(cudaGraphExecDestroy(e));
+    const double bytes = double(B) * (2.0 * HV * K * 4 + 2.0 * 3 * (2 * HK + HV) * 2 + (3 * HK + 2 * HV + H) * 2 + HV * 2) +
+                         (2 * HK + HV) * 4 * 2 + HK * 4 + H * 4 + V * 2;
+    const double per = ms / L * 1e-3;
+    std::printf("BENCH decode_step_table bf16 B=%-3d H=32 K=V=128: %8.2f us/layer (graph of %d layers, separate states), %7.1f GB/s, %5.1f%% of 3.0 TB/s\n",
+        B, per * 1e6, L, bytes / per / 1e9, 100.0 * bytes / per / kPeakBytesPerSec);
+}
+
 // Chunked prefill (intra + scan), H = 32, K = V = 128, bf16 q/k/v/o, fp32 g/β/state. Bytes: the minimum the op must
 // move (inputs once, output once, state in and out); the fp32 scratch between the two kernels is extra traffic.
 static void bench_prefill(int B, int T) {
@@ -950,8 +997,10 @@ int main(int argc, char** argv) {
     std::printf("%d passed, %d failed\n", g_pass, g_fail);
 
     if (bench) {
-        if (!prefill_only)
+        if (!prefill_only) {
             for (int B : {1, 16, 64}) bench_decode(B, 16);
+            for (int B : {4, 16, 32}) bench_decode_table(B, 16);
+        }
         bench_prefill(1, 4096);
         bench_prefill(1, 16384);
         bench_prefill(1, 65536);
