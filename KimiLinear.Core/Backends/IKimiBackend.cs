@@ -193,7 +193,8 @@ internal interface IKimiBackend
     /// <paramref name="q"/> and <paramref name="o"/> belongs to <paramref name="latents"/>[n] and attends to its rows
     /// [0, <paramref name="starts"/>[n]] (its own row written). What N one-row absorbed
     /// <see cref="MlaAttention(Tensor, Tensor, int, WeightMatrix, Tensor, int, int, int, int, bool)"/> calls give; a GPU
-    /// folds kvB into the N queries and outputs once (reading it once) and only the attention runs per cache.
+    /// folds kvB into the N queries and out of the N outputs once each (reading it twice a step, not twice a sequence)
+    /// and attends over all N caches in one launch.
     /// </summary>
     void MlaAttention(Tensor q, IReadOnlyList<Tensor> latents, ReadOnlySpan<int> starts, WeightMatrix kvB, Tensor o, int heads, int nopeDim, int ropeDim, int valueDim);
 

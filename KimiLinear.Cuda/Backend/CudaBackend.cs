@@ -635,9 +635,10 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
     }
 
     /// <summary>
-    /// kvB folded into all N queries in one launch and out of all N outputs in one launch per scratch-full of tokens
-    /// (kv_b_proj read twice a step, not twice a session); the flash-decoding runs per cache, each sequence's slices
-    /// going to its own scratch token.
+    /// Three launches per scratch-full of sequences (16), whatever their caches' lengths: kvB folded into all N queries
+    /// at once, the flash-decoding over every sequence's own cache (their addresses in the launch's table, their
+    /// positions on the device) into one scratch token each, and the merge with kvB's W_UV out of them (kv_b_proj read
+    /// twice a step, not twice a session).
     /// </summary>
     public void MlaAttention(Tensor q, IReadOnlyList<Tensor> latents, ReadOnlySpan<int> starts, WeightMatrix kvB, Tensor o, int heads, int nopeDim, int ropeDim, int valueDim)
     {
@@ -652,12 +653,14 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
         MlaKernels.AbsorbQuery(_stream, queryLatent, Device(q).F32, weight, shape, sequences);
         var positions = Indices(starts);
         var scratch = DecodeScratch(shape);
-        for (int first = 0; first < sequences; first += scratch.MaxTokens)
+        int perLaunch = Math.Min(scratch.MaxTokens, MlaKernels.DecodeTableSequences);
+        Span<DeviceSpan<ushort>> caches = stackalloc DeviceSpan<ushort>[perLaunch];
+        for (int first = 0; first < sequences; first += perLaunch)
         {
-            int count = Math.Min(scratch.MaxTokens, sequences - first);
-            for (int i = 0; i < count; i++)
-                MlaKernels.DecodeAttention(_stream, queryLatent.Slice((first + i) * queryWidth, queryWidth), Device(latents[first + i]).Bf16,
-                    positions.Slice(first + i, 1), 1, shape, scale, scratch, scratchToken: i);
+            int count = Math.Min(perLaunch, sequences - first);
+            for (int i = 0; i < count; i++) caches[i] = Device(latents[first + i]).Bf16;
+            MlaKernels.DecodeAttention(_stream, queryLatent.Slice(first * queryWidth, count * queryWidth), caches[..count],
+                positions.Slice(first, count), shape, scale, scratch);
             MlaKernels.AbsorbOutput(_stream, Device(o).F32.Slice((long)first * o.Cols, (long)count * o.Cols), scratch, weight, shape, count);
         }
     }
