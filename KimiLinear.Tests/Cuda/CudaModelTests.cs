@@ -296,8 +296,9 @@ public sealed class CudaModelTests
     }
 
     /// <summary>
-    /// Batches of changing composition and order, one larger than a KDA table launch takes (33 sessions: two launches a
-    /// layer): each session decodes as if alone, and its state carries to the next batch whichever row it takes.
+    /// Batches of changing composition and order, one larger than a KDA table launch takes (33 sessions: two KDA launches
+    /// a layer, three MLA table launches of at most 16 caches): each session decodes as if alone, and its state carries
+    /// to the next batch whichever row it takes.
     /// </summary>
     [Fact]
     public void DecodeBatchesOfChangingCompositionEqualOneStepPerSession()
