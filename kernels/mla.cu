@@ -11,6 +11,9 @@
 //     so a row is read once per token); each block keeps an online softmax and writes its unnormalised partial output
 //     and (max, sum). Every block reads the length from device memory, so the grid does not depend on it and a
 //     captured decode graph replays while the cache grows.
+//     kimi_mla_decode_partial_table*: the same for one token of each of N sequences with caches of their own (a batched
+//     decode step): grid (S, N), block (s, n) reads sequence n's cache from a table passed as a kernel parameter and
+//     its length from starts[n]; its partials go where token n's go, so one merge serves all N.
 //     On Hopper the model's shape takes kimi_mla_decode_partial_wgmma_h32_r512_d576 instead (same contract): wgmma
 //     from shared memory, a producer warpgroup, q_lat and p as bf16 hi + lo pairs (see there).
 //   kimi_mla_combine_absorb_output  merges the slices by log-sum-exp into out[t,h,:], then o[t,h,v] = Σ_r W_UV_h[v,r]·out[t,h,r]
@@ -298,6 +301,16 @@ constexpr int kDecodeMaxQSteps = (36 + kDecodeWarps / 2 - 1) / (kDecodeWarps / 2
                                                                                         // D ≤ 16·steps·KS (576 at H ≤ 32)
 constexpr int kDecodeMaxGroups = 512 / 16 / kDecodeWarps;   // 16-column output groups per warp: R ≤ 512
 constexpr int kDecodeSRow = kDecodeRows + 8, kDecodePRow = kDecodeRows + 8;   // padded shared rows (bank spread)
+constexpr int kDecodeTableSequences = 16;   // sequences one table launch takes (MlaKernels.DecodeTableSequences): the
+                                            // decode scratch's tokens, which one merge launch covers
+
+// The table entry points' per-sequence caches, passed by value as a kernel parameter (128 B of the 4 KiB parameter
+// space, so nothing on the device has to be kept in step with the sessions): entry n is sequence n = blockIdx.y's
+// cache [≥ starts[n] + 1, D]; entries past the grid are not read. The lengths stay in device memory (starts), so a
+// captured batched step can replay while the caches grow in place.
+struct DecodeTable {
+    const uint16_t* latent[kDecodeTableSequences];
+};
 
 // Dynamic shared memory, bytes: the ring [stages][rows][D + 8] bf16, S partials [W warps][16][rows + 8] f32,
 // P [MT·16][rows + 8] fp16, α [MT·16] f32.
@@ -310,18 +323,19 @@ __host__ __device__ constexpr size_t decode_smem_bytes(int D, int MT) {
 // max = -inf, sum = 0 and no partial_o. Grid (S, T); kDecodeThreads threads; decode_smem_bytes(D, ceil(H/16)).
 // H ≤ 32, D % 16 == 0, D ≤ 16·kDecodeMaxQSteps·(W / ceil(H/16)), R % 64 == 0, R ≤ 512. Programmatic launch: it waits
 // for its predecessor before reading anything (the length, q_lat and the newest cache row are all written just before).
+// Block (s, t) attends q_lat[t] over rows [0, len) of `latent`: the entry point found both (token t of one cache, or
+// sequence t of a table) after that wait, so the two forms run the same code on the same rows.
 // H, R, D as compile-time constants (kExact) or runtime values: with constants the guards inside the unrolled loops
 // vanish, so each phase is one straight-line block that ptxas can schedule as a whole (interleaving the independent
 // ldmatrix → convert → mma chains); with runtime values every guard splits it into blocks of one k16 step.
 template <bool kExact, int kH, int kR, int kD>
 __device__ __forceinline__ void decode_partial(float* __restrict__ partial_o, float* __restrict__ partial_ml,
                                                const float* __restrict__ q_lat, const uint16_t* __restrict__ latent,
-                                               const int* __restrict__ start_ptr, int H_, int R_, int D_, float scale_log2) {
+                                               int len, int H_, int R_, int D_, float scale_log2) {
     const int H = kExact ? kH : H_, R = kExact ? kR : R_, D = kExact ? kD : D_;
     const int splits = gridDim.x, s = blockIdx.x, t = blockIdx.y;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
     const int MT = (H + 15) / 16, KS = kDecodeWarps / MT, ksteps = D / 16;
-    const int len = *start_ptr + t + 1;
     const int per = ((len + splits - 1) / splits + kDecodeRows - 1) / kDecodeRows * kDecodeRows;
     const int begin = s * per, end = min(len, begin + per);
     float* ml = partial_ml + (static_cast<size_t>(t) * splits + s) * H * 2;
@@ -516,24 +530,36 @@ __device__ __forceinline__ void decode_partial(float* __restrict__ partial_o, fl
 
 }  // namespace mla
 
+// Each decode partial has two entry points sharing its body: T tokens of one cache (token t at position *start_ptr + t,
+// the form a session's decode graph captures) and the table form, one token of each of N sequences (sequence n at
+// position starts[n] of table.latent[n]: a batched decode step, the sessions' caches used where they lie). The table
+// is __grid_constant__, so it stays in the parameter bank, indexed by blockIdx.y, instead of a per-thread local copy.
+#define MLA_DECODE_ENTRIES(NAME, TABLE_NAME, THREADS, BODY)                                                            \
+    extern "C" __global__ void __launch_bounds__(THREADS, 1)                                                           \
+    NAME(float* __restrict__ partial_o, float* __restrict__ partial_ml, const float* __restrict__ q_lat,                \
+         const uint16_t* __restrict__ latent, const int* __restrict__ start_ptr, int H, int R, int D, float scale_log2) { \
+        allow_successor();                                                                                             \
+        wait_for_predecessor();                                                                                        \
+        BODY(latent, *start_ptr + static_cast<int>(blockIdx.y) + 1);                                                   \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(THREADS, 1)                                                           \
+    TABLE_NAME(float* __restrict__ partial_o, float* __restrict__ partial_ml, const float* __restrict__ q_lat,         \
+               const __grid_constant__ mla::DecodeTable table, const int* __restrict__ starts, int H, int R, int D,    \
+               float scale_log2) {                                                                                     \
+        allow_successor();                                                                                             \
+        wait_for_predecessor();                                                                                        \
+        BODY(table.latent[blockIdx.y], starts[blockIdx.y] + 1);                                                        \
+    }
+
 // The model's shape (H = 32 heads a GPU, R = 512, D = 576) with every loop bound known at compile time.
-extern "C" __global__ void __launch_bounds__(mla::kDecodeThreads, 1)
-kimi_mla_decode_partial_h32_r512_d576(float* __restrict__ partial_o, float* __restrict__ partial_ml, const float* __restrict__ q_lat,
-                                      const uint16_t* __restrict__ latent, const int* __restrict__ start_ptr, int H, int R, int D,
-                                      float scale_log2) {
-    allow_successor();
-    wait_for_predecessor();
-    mla::decode_partial<true, 32, 512, 576>(partial_o, partial_ml, q_lat, latent, start_ptr, H, R, D, scale_log2);
-}
+#define MLA_DECODE_H32(LATENT, LEN) \
+    mla::decode_partial<true, 32, 512, 576>(partial_o, partial_ml, q_lat, LATENT, LEN, H, R, D, scale_log2)
+MLA_DECODE_ENTRIES(kimi_mla_decode_partial_h32_r512_d576, kimi_mla_decode_partial_table_h32_r512_d576, mla::kDecodeThreads, MLA_DECODE_H32)
 
 // Any shape within the limits above.
-extern "C" __global__ void __launch_bounds__(mla::kDecodeThreads, 1)
-kimi_mla_decode_partial(float* __restrict__ partial_o, float* __restrict__ partial_ml, const float* __restrict__ q_lat,
-                        const uint16_t* __restrict__ latent, const int* __restrict__ start_ptr, int H, int R, int D, float scale_log2) {
-    allow_successor();
-    wait_for_predecessor();
-    mla::decode_partial<false, 0, 0, 0>(partial_o, partial_ml, q_lat, latent, start_ptr, H, R, D, scale_log2);
-}
+#define MLA_DECODE_ANY(LATENT, LEN) \
+    mla::decode_partial<false, 0, 0, 0>(partial_o, partial_ml, q_lat, LATENT, LEN, H, R, D, scale_log2)
+MLA_DECODE_ENTRIES(kimi_mla_decode_partial, kimi_mla_decode_partial_table, mla::kDecodeThreads, MLA_DECODE_ANY)
 
 namespace mla {
 
@@ -1358,10 +1384,9 @@ __device__ __forceinline__ void prefill_wgmma(float* __restrict__ o, const uint1
 // P rows (16w .. 16w + 15 and 32 + 16w ..), after a __syncwarp, so 8 KB serve both (the ring and Q leave ~10 KB free).
 __device__ __forceinline__ void decode_partial_wgmma(float* __restrict__ partial_o, float* __restrict__ partial_ml,
                                                      const float* __restrict__ q_lat, const uint16_t* __restrict__ latent,
-                                                     const int* __restrict__ start_ptr, float scale_log2) {
+                                                     int len, float scale_log2) {
     constexpr int H = kWdHeads, R = kWdRank, D = kWdWidth, kChunks = D / 8;   // 16-byte pieces per row
     const int splits = gridDim.x, s = blockIdx.x, t = blockIdx.y, tid = threadIdx.x;
-    const int len = *start_ptr + t + 1;
     const int per = ((len + splits - 1) / splits + kWdSliceQuantum - 1) / kWdSliceQuantum * kWdSliceQuantum;
     const int begin = s * per, end = min(len, begin + per);
     float* ml = partial_ml + (static_cast<size_t>(t) * splits + s) * H * 2;
@@ -1621,20 +1646,16 @@ kimi_mla_prefill_wgmma_d192_v128(float* __restrict__ o, const uint16_t* __restri
 }
 
 // The absorbed decode partial on Hopper for the model's shape (H 32, R 512, D 576): the arguments, grid (S, T) and
-// outputs of kimi_mla_decode_partial_h32_r512_d576, kWdThreads threads, decode_wgmma_smem_bytes() of dynamic shared
-// memory. A trap in the PTX images, which the wrapper never launches. Programmatic launch: it waits for its
-// predecessor before reading anything (the length, q_lat and the newest cache row are all written just before).
-extern "C" __global__ void __launch_bounds__(mla::kWdThreads, 1)
-kimi_mla_decode_partial_wgmma_h32_r512_d576(float* __restrict__ partial_o, float* __restrict__ partial_ml, const float* __restrict__ q_lat,
-                                            const uint16_t* __restrict__ latent, const int* __restrict__ start_ptr, int H, int R, int D,
-                                            float scale_log2) {
-    allow_successor();
+// outputs of kimi_mla_decode_partial_h32_r512_d576 (and its table form those of the table form there), kWdThreads
+// threads, decode_wgmma_smem_bytes() of dynamic shared memory. A trap in the PTX images, which the wrapper never
+// launches. Programmatic launch: it waits for its predecessor before reading anything (the length, q_lat and the newest
+// cache row are all written just before).
 #if defined(KDA_EMULATE) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    (void)H; (void)R; (void)D;
-    wait_for_predecessor();
-    mla::decode_partial_wgmma(partial_o, partial_ml, q_lat, latent, start_ptr, scale_log2);
+#define MLA_DECODE_WGMMA(LATENT, LEN) \
+    ((void)H, (void)R, (void)D, mla::decode_partial_wgmma(partial_o, partial_ml, q_lat, LATENT, LEN, scale_log2))
 #else
-    (void)partial_o; (void)partial_ml; (void)q_lat; (void)latent; (void)start_ptr; (void)H; (void)R; (void)D; (void)scale_log2;
-    __trap();
+#define MLA_DECODE_WGMMA(LATENT, LEN) \
+    ((void)partial_o, (void)partial_ml, (void)q_lat, (void)H, (void)R, (void)D, (void)scale_log2, __trap())
 #endif
-}
+MLA_DECODE_ENTRIES(kimi_mla_decode_partial_wgmma_h32_r512_d576, kimi_mla_decode_partial_table_wgmma_h32_r512_d576, mla::kWdThreads,
+                   MLA_DECODE_WGMMA)

@@ -92,8 +92,9 @@ internal interface IKimiBackend
     /// <see cref="ChosenToken"/>. A backend may record the work the first time and replay the recording on later steps
     /// without calling <paramref name="step"/> (a CUDA graph), kept in <see cref="SessionState.Decoder"/>: so the step
     /// queues the same work every token, and the token and position reach kernels only through <see cref="Embed"/>
-    /// (which then reads the step's token, not its ids), the cache row of <see cref="WriteConcatenatedRows"/> and the
-    /// start of <see cref="MlaAttention"/>.
+    /// (which then reads the step's token, not its ids), the cache row of
+    /// <see cref="WriteConcatenatedRows(Tensor, Tensor, Tensor, int)"/> and the start of
+    /// <see cref="MlaAttention(Tensor, Tensor, int, WeightMatrix, Tensor, int, int, int, int, bool)"/>.
     /// </summary>
     Tensor RunDecodeStep(SessionState state, int token, int position, Func<int, Tensor> step);
     /// <summary>The <c>token</c> of <see cref="RunDecodeStep"/> that stands for the session's latest greedy choice.</summary>
@@ -119,6 +120,11 @@ internal interface IKimiBackend
     void CopyRows(Tensor source, int rows, Tensor destination, int destinationRow);
     /// <summary>destination[row + t] = (left[t] | right[t]). left: [T, A]; right: [T, B]; destination: [≥ row + T, A + B].</summary>
     void WriteConcatenatedRows(Tensor left, Tensor right, Tensor destination, int row);
+    /// <summary>
+    /// One row into each of N caches (a batched decode step): destinations[n][rows[n]] = (left[n] | right[n]).
+    /// left: [N, A]; right: [N, B]; destinations[n]: [&gt; rows[n], A + B], no two the same.
+    /// </summary>
+    void WriteConcatenatedRows(Tensor left, Tensor right, IReadOnlyList<Tensor> destinations, ReadOnlySpan<int> rows);
 
     /// <summary>x[t] = table[ids[t]]. table: [vocab, D]; x: [T, D].</summary>
     void Embed(WeightMatrix table, ReadOnlySpan<int> ids, Tensor x);
@@ -163,12 +169,34 @@ internal interface IKimiBackend
     void KdaMixer(KdaMixerInputs inputs, KdaMixerParameters parameters, KdaLayerState state, Tensor y);
 
     /// <summary>
+    /// One decode token of each of N sequences through the KDA token mixer: row n of <paramref name="inputs"/> and of
+    /// <paramref name="y"/> belongs to <paramref name="states"/>[n], and the result is what N one-token
+    /// <see cref="KdaMixer(KdaMixerInputs, KdaMixerParameters, KdaLayerState, Tensor)"/> calls give. One call, so that a
+    /// GPU runs every sequence in one launch though each keeps its state in its own memory (a batched decode step).
+    /// </summary>
+    /// <param name="inputs">The projections of N tokens, one a sequence.</param>
+    /// <param name="parameters">The layer's conv taps, gate and norm parameters.</param>
+    /// <param name="states">N distinct sequences' windows and states, each advanced by one token.</param>
+    /// <param name="y">[N, H·V] the gated, normalised outputs.</param>
+    void KdaMixer(KdaMixerInputs inputs, KdaMixerParameters parameters, IReadOnlyList<KdaLayerState> states, Tensor y);
+
+    /// <summary>
     /// MLA attention of T queries at positions [start, start + T) over the latent cache rows [0, start + T) (causal,
     /// no positional encoding). q: [T, H·(nope + rope)]; latent: [≥ start+T, R + rope] rows of (c_n | k_pe);
     /// kvB: [H·(nope + V), R]; o: [T, H·V]. <paramref name="absorbed"/> folds kvB into the query and output
     /// (MQA over the 576-wide latent) instead of expanding keys and values per head.
     /// </summary>
     void MlaAttention(Tensor q, Tensor latent, int start, WeightMatrix kvB, Tensor o, int heads, int nopeDim, int ropeDim, int valueDim, bool absorbed);
+
+    /// <summary>
+    /// Absorbed MLA attention of one query of each of N sequences over its own cache (a batched decode step): row n of
+    /// <paramref name="q"/> and <paramref name="o"/> belongs to <paramref name="latents"/>[n] and attends to its rows
+    /// [0, <paramref name="starts"/>[n]] (its own row written). What N one-row absorbed
+    /// <see cref="MlaAttention(Tensor, Tensor, int, WeightMatrix, Tensor, int, int, int, int, bool)"/> calls give; a GPU
+    /// folds kvB into the N queries and out of the N outputs once each (reading it twice a step, not twice a sequence)
+    /// and attends over all N caches in one launch.
+    /// </summary>
+    void MlaAttention(Tensor q, IReadOnlyList<Tensor> latents, ReadOnlySpan<int> starts, WeightMatrix kvB, Tensor o, int heads, int nopeDim, int ropeDim, int valueDim);
 
     /// <summary>
     /// A MoE block added into the residual stream: the router's logits x · routerᵀ [T, E], then A experts per token

@@ -77,8 +77,11 @@ internal sealed class KdaLayer
         var outputGate = backend.Allocate(tokens, _outputGateUp.Rows);     // [T, H·V], right after forget (f_b, g_b bound so too)
         backend.MatMul([forgetLow, outputGateLow], [_gateUp, _outputGateUp], [forget, outputGate]);
         var gated = backend.Allocate(tokens, width);                       // [T, H·V]
-        StepRows.ForEachSequence(backend, batch, [q, k, v, forget, beta, outputGate], gated, (sequence, own, y) =>
-            backend.KdaMixer(new KdaMixerInputs(own[0], own[1], own[2], own[3], own[4], own[5]), _mixer, sequence.State.Kda[layer]!, y));
+        if (StepRows.IsDecodeBatch(batch))
+            backend.KdaMixer(new KdaMixerInputs(q, k, v, forget, beta, outputGate), _mixer, batch.Select(s => s.State.Kda[layer]!).ToArray(), gated);
+        else
+            StepRows.ForEachSequence(backend, batch, [q, k, v, forget, beta, outputGate], gated, (sequence, own, y) =>
+                backend.KdaMixer(new KdaMixerInputs(own[0], own[1], own[2], own[3], own[4], own[5]), _mixer, sequence.State.Kda[layer]!, y));
         return Project(backend, gated, _outputProjection);
     }
 

@@ -58,12 +58,20 @@ internal sealed class MlaLayer
         backend.RmsNorm(compressed, _latentNorm, LatentNormEps, normalised);
 
         var o = backend.Allocate(tokens, _heads * _valueDim);          // [T, H·V]
-        StepRows.ForEachSequence(backend, batch, [q, normalised, sharedKey], o, (sequence, own, output) =>
+        if (absorbed && StepRows.IsDecodeBatch(batch))
         {
-            var cache = sequence.State.Mla[layer]!.Latent;
-            backend.WriteConcatenatedRows(own[1], own[2], cache, sequence.Position);
-            backend.MlaAttention(own[0], cache, sequence.Position, _keyValueUp, output, _heads, _nopeDim, _ropeDim, _valueDim, absorbed);
-        });
+            var caches = batch.Select(sequence => sequence.State.Mla[layer]!.Latent).ToArray();
+            int[] positions = batch.Select(sequence => sequence.Position).ToArray();
+            backend.WriteConcatenatedRows(normalised, sharedKey, caches, positions);
+            backend.MlaAttention(q, caches, positions, _keyValueUp, o, _heads, _nopeDim, _ropeDim, _valueDim);
+        }
+        else
+            StepRows.ForEachSequence(backend, batch, [q, normalised, sharedKey], o, (sequence, own, output) =>
+            {
+                var cache = sequence.State.Mla[layer]!.Latent;
+                backend.WriteConcatenatedRows(own[1], own[2], cache, sequence.Position);
+                backend.MlaAttention(own[0], cache, sequence.Position, _keyValueUp, output, _heads, _nopeDim, _ropeDim, _valueDim, absorbed);
+            });
         var result = backend.Allocate(tokens, _outputProjection.Rows);
         backend.MatMul(o, _outputProjection, result);
         return result;

@@ -7,6 +7,19 @@ namespace KimiLinear.Layers;
 internal static class StepRows
 {
     /// <summary>
+    /// Whether <paramref name="batch"/> is a batched decode step: several sequences of one row each, sequence n at row n,
+    /// which a mixer may run in one backend call over all the sequences' states.
+    /// </summary>
+    public static bool IsDecodeBatch(IReadOnlyList<SequenceRows> batch)
+    {
+        if (batch.Count < 2) return false; // one sequence runs as it is (a decode step of one session may be recorded)
+        for (int n = 0; n < batch.Count; n++)
+            if (batch[n].Rows != 1 || batch[n].FirstRow != n)
+                return false;
+        return true;
+    }
+
+    /// <summary>
     /// Runs <paramref name="mix"/> for each sequence of <paramref name="batch"/> on its rows of <paramref name="inputs"/>,
     /// writing its rows of <paramref name="output"/>. A step of one sequence passes the tensors as they are; otherwise
     /// each sequence's rows are gathered, mixed and copied back.

@@ -351,6 +351,23 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
         ActivationKernels.WriteLatentRows(_stream, d.Bf16, l.F32, r.F32, l.Rows, l.Cols, r.Cols, Scalar(row));
     }
 
+    /// <summary>One launch a cache (the rows are on the device in one copy), nothing gathered.</summary>
+    public void WriteConcatenatedRows(Tensor left, Tensor right, IReadOnlyList<Tensor> destinations, ReadOnlySpan<int> rows)
+    {
+        var (l, r) = (Device(left), Device(right));
+        if (l.Rows != destinations.Count || r.Rows != destinations.Count || rows.Length != destinations.Count)
+            throw new ArgumentException($"WriteConcatenatedRows: {destinations.Count} caches for {l} | {r} at {rows.Length} positions.");
+        var positions = Indices(rows);
+        for (int n = 0; n < destinations.Count; n++)
+        {
+            var d = Device(destinations[n]);
+            if (l.Cols + r.Cols != d.Cols || rows[n] >= d.Rows)
+                throw new ArgumentException($"WriteConcatenatedRows: row {n} of {l} | {r} into {d} at row {rows[n]}.");
+            ActivationKernels.WriteLatentRows(_stream, d.Bf16, l.F32.Slice((long)n * l.Cols, l.Cols), r.F32.Slice((long)n * r.Cols, r.Cols),
+                1, l.Cols, r.Cols, positions.Slice(n, 1));
+        }
+    }
+
     // ---- dense layers ----
 
     public void Embed(WeightMatrix table, ReadOnlySpan<int> ids, Tensor x) =>
@@ -532,12 +549,10 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
     {
         int tokens = inputs.Query.Rows;
         var shape = new KdaShape(parameters.Heads, parameters.HeadDim, parameters.HeadDim);
-        var layer = new KdaLayerParameters<float>(_weights.Of(parameters.QueryConv), _weights.Of(parameters.KeyConv), _weights.Of(parameters.ValueConv),
-            _weights.Of(parameters.ALog), _weights.Of(parameters.DtBias), _weights.Of(parameters.OutputNorm));
+        var layer = LayerParameters(parameters);
         var cache = new KdaLayerCache<float>(Device(state.QueryWindow).F32, Device(state.KeyWindow).F32, Device(state.ValueWindow).F32,
             Device(state.Recurrent).F32);
-        var projections = new KdaProjections<float>(Device(inputs.Query).F32, Device(inputs.Key).F32, Device(inputs.Value).F32,
-            Device(inputs.Forget).F32, Device(inputs.Beta).F32);
+        var projections = Projections(inputs);
         if (tokens == 1)
         {
             KdaKernels.DecodeStep(_stream, shape, 1, parameters.Eps, projections, Device(inputs.OutputGate).F32, layer, cache, Device(y).F32);
@@ -554,6 +569,26 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
         ActivationKernels.GatedRmsNorm(_stream, Device(y).F32, o, Device(inputs.OutputGate).F32, _weights.Of(parameters.OutputNorm),
             tokens * shape.Heads, shape.ValueDim, parameters.Eps);
     }
+
+    /// <summary>Every sequence's token in one launch of the table decode step: each session's state stays where it is.</summary>
+    public void KdaMixer(KdaMixerInputs inputs, KdaMixerParameters parameters, IReadOnlyList<KdaLayerState> states, Tensor y)
+    {
+        if (inputs.Query.Rows != states.Count || y.Rows != states.Count)
+            throw new ArgumentException($"KdaMixer: {states.Count} states for {inputs.Query.Rows} input rows and {y.Rows} output rows.");
+        var caches = new KdaLayerCache<float>[states.Count];
+        for (int n = 0; n < caches.Length; n++)
+            caches[n] = new KdaLayerCache<float>(Device(states[n].QueryWindow).F32, Device(states[n].KeyWindow).F32,
+                Device(states[n].ValueWindow).F32, Device(states[n].Recurrent).F32);
+        KdaKernels.DecodeStep(_stream, new KdaShape(parameters.Heads, parameters.HeadDim, parameters.HeadDim), parameters.Eps,
+            Projections(inputs), Device(inputs.OutputGate).F32, LayerParameters(parameters), caches, Device(y).F32);
+    }
+
+    private KdaLayerParameters<float> LayerParameters(KdaMixerParameters parameters) =>
+        new(_weights.Of(parameters.QueryConv), _weights.Of(parameters.KeyConv), _weights.Of(parameters.ValueConv),
+            _weights.Of(parameters.ALog), _weights.Of(parameters.DtBias), _weights.Of(parameters.OutputNorm));
+
+    private static KdaProjections<float> Projections(KdaMixerInputs inputs) =>
+        new(Device(inputs.Query).F32, Device(inputs.Key).F32, Device(inputs.Value).F32, Device(inputs.Forget).F32, Device(inputs.Beta).F32);
 
     /// <summary>A one-sequence batch of <paramref name="tokens"/> (prefill pieces come in few lengths, so they are kept).</summary>
     private KdaBatch Batch(int tokens)
@@ -597,6 +632,37 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
         var keysValues = _arena.Rent<ushort>((long)length * heads * perHead);                      // [L, H·(N + V)] bf16
         Gemm(keysValues, cache, latent.Cols, weight, length, heads * perHead, shape.Rank);
         MlaKernels.PrefillAttention(_stream, Device(o).F32, query, keysValues, cache, start, tokens, shape, scale);
+    }
+
+    /// <summary>
+    /// Three launches per scratch-full of sequences (16), whatever their caches' lengths: kvB folded into all N queries
+    /// at once, the flash-decoding over every sequence's own cache (their addresses in the launch's table, their
+    /// positions on the device) into one scratch token each, and the merge with kvB's W_UV out of them (kv_b_proj read
+    /// twice a step, not twice a session).
+    /// </summary>
+    public void MlaAttention(Tensor q, IReadOnlyList<Tensor> latents, ReadOnlySpan<int> starts, WeightMatrix kvB, Tensor o, int heads, int nopeDim, int ropeDim, int valueDim)
+    {
+        int sequences = latents.Count;
+        if (q.Rows != sequences || o.Rows != sequences || starts.Length != sequences)
+            throw new ArgumentException($"MlaAttention: {sequences} caches for {q.Rows} query rows, {o.Rows} output rows and {starts.Length} starts.");
+        var shape = new MlaShape(heads, nopeDim, ropeDim, valueDim, kvB.Cols);
+        float scale = 1f / MathF.Sqrt(nopeDim + ropeDim);
+        var weight = _weights.Of(kvB);
+        long queryWidth = (long)heads * shape.LatentWidth;
+        var queryLatent = _arena.Rent<float>(sequences * queryWidth); // [N, H, R + P]
+        MlaKernels.AbsorbQuery(_stream, queryLatent, Device(q).F32, weight, shape, sequences);
+        var positions = Indices(starts);
+        var scratch = DecodeScratch(shape);
+        int perLaunch = Math.Min(scratch.MaxTokens, MlaKernels.DecodeTableSequences);
+        Span<DeviceSpan<ushort>> caches = stackalloc DeviceSpan<ushort>[perLaunch];
+        for (int first = 0; first < sequences; first += perLaunch)
+        {
+            int count = Math.Min(perLaunch, sequences - first);
+            for (int i = 0; i < count; i++) caches[i] = Device(latents[first + i]).Bf16;
+            MlaKernels.DecodeAttention(_stream, queryLatent.Slice(first * queryWidth, count * queryWidth), caches[..count],
+                positions.Slice(first, count), shape, scale, scratch);
+            MlaKernels.AbsorbOutput(_stream, Device(o).F32.Slice((long)first * o.Cols, (long)count * o.Cols), scratch, weight, shape, count);
+        }
     }
 
     private MlaDecodeScratch DecodeScratch(MlaShape shape)

@@ -12,8 +12,9 @@ namespace KimiLinear.Cuda.Kernels;
 /// </summary>
 /// <remarks>
 /// A layer's prefill is <see cref="Prepare{T}"/> then <see cref="ChunkedPrefill{T}"/>; each decoded token is one
-/// <see cref="DecodeStep{T}"/>. Both paths keep the same <see cref="KdaLayerCache{T}"/>, so a sequence may be prefilled
-/// in pieces and decoded in between. Tokens past a batch's last one are never read, and outputs are written only up to
+/// <c>DecodeStep</c>, over sequences in one cache or, with a table of addresses, over sequences in caches of their own.
+/// Both paths keep the same <see cref="KdaLayerCache{T}"/>, so a sequence may be prefilled in pieces and decoded in
+/// between. Tokens past a batch's last one are never read, and outputs are written only up to
 /// their shapes.
 /// </remarks>
 internal static unsafe class KdaKernels
@@ -61,19 +62,9 @@ internal static unsafe class KdaKernels
         DeviceSpan<T> outputGate, KdaLayerParameters<T> layer, KdaLayerCache<T> cache, DeviceSpan<T> y) where T : unmanaged
     {
         KernelId id = Pick<T>(KernelId.KdaDecodeStepF32, KernelId.KdaDecodeStepBf16);
-        CheckShape(shape);
-        if (shape.KeyDim > MaxKeyDim) throw new ArgumentException($"the KDA decode step needs K ≤ {MaxKeyDim}, got K = {shape.KeyDim}", nameof(shape));
-        if (shape.ValueDim is not (16 or 32 or 64 or 128))
-            throw new ArgumentException($"the KDA decode step needs V to be 16, 32, 64 or 128, got V = {shape.ValueDim}", nameof(shape));
-        KernelChecks.Positive(sequences, nameof(sequences));
-        if (!(rmsEps >= 0)) throw new ArgumentOutOfRangeException(nameof(rmsEps), rmsEps, "rmsEps must be a non-negative number");
-        CheckProjections(token, shape, sequences, nameof(token));
-        KernelChecks.HoldsAligned(outputGate, (long)sequences * shape.ValueWidth, nameof(outputGate));
-        CheckLayer(layer, shape, nameof(layer));
-        KernelChecks.HoldsAligned(layer.NormWeight, shape.ValueDim, "layer.NormWeight");
+        CheckDecode(shape, sequences, rmsEps, token, outputGate, layer, y);
         CheckWindows(cache, shape, sequences, nameof(cache));
         KernelChecks.HoldsAligned(cache.State, (long)sequences * shape.Heads * shape.StateSize, "cache.State");
-        KernelChecks.HoldsAligned(y, (long)sequences * shape.ValueWidth, nameof(y));
 
         int h = shape.Heads, k = shape.KeyDim, v = shape.ValueDim;
         ulong pq = token.Query.Pointer, pk = token.Key.Pointer, pv = token.Value.Pointer, pf = token.Forget.Pointer, pb = token.Beta.Pointer;
@@ -86,6 +77,68 @@ internal static unsafe class KdaKernels
             &h, &k, &v, &rmsEps, &pq, &pk, &pv, &pf, &pb, &pz, &wq, &wk, &wv, &aLog, &dtBias, &wNorm, &cq, &ck, &cv, &state, &py,
         };
         stream.Context.Kernels.Launch(id, new Dim3(DecodeSlices, (uint)h, (uint)sequences), new Dim3(DecodeThreads), DecodeSharedBytes, stream, args);
+    }
+
+    /// <summary>Sequences one launch of the table decode step takes (kDecodeTableSequences: its table is a kernel parameter).</summary>
+    public const int DecodeTableSequences = 32;
+
+    /// <summary>
+    /// <see cref="DecodeStep{T}(CudaStream, KdaShape, int, float, KdaProjections{T}, DeviceSpan{T}, KdaLayerParameters{T}, KdaLayerCache{T}, DeviceSpan{T})"/>
+    /// for sequences whose windows and states lie apart (each session's own allocations): <paramref name="caches"/>[n]
+    /// holds sequence n alone. Their addresses travel in the launch's parameters (one launch per
+    /// <see cref="DecodeTableSequences"/> sequences), so nothing is copied in or out and nothing on the device must be
+    /// kept in step with the sessions. Row n of every other operand is sequence n's, as in the contiguous form, whose
+    /// results it equals bit for bit.
+    /// </summary>
+    /// <param name="stream">Where to queue it (capturable in a CUDA graph, like the contiguous form).</param>
+    /// <param name="shape">K ≤ 128; V one of 16, 32, 64, 128.</param>
+    /// <param name="rmsEps">The output RMSNorm's epsilon (≥ 0).</param>
+    /// <param name="token">The new token's projections, one row per sequence (N = <paramref name="caches"/>.Length).</param>
+    /// <param name="outputGate">z [N, H·V], before the sigmoid.</param>
+    /// <param name="layer">Conv taps, A_log, dt_bias, o_norm weight.</param>
+    /// <param name="caches">One sequence's windows [3, H·K], [3, H·K], [3, H·V] and state [H, K, V] each, no two sharing a state.</param>
+    /// <param name="y">[N, H·V] the gated, normalised output.</param>
+    public static void DecodeStep<T>(CudaStream stream, KdaShape shape, float rmsEps, KdaProjections<T> token, DeviceSpan<T> outputGate,
+        KdaLayerParameters<T> layer, ReadOnlySpan<KdaLayerCache<T>> caches, DeviceSpan<T> y) where T : unmanaged
+    {
+        KernelId id = Pick<T>(KernelId.KdaDecodeStepTableF32, KernelId.KdaDecodeStepTableBf16);
+        CheckDecode(shape, caches.Length, rmsEps, token, outputGate, layer, y);
+        var states = new HashSet<ulong>();
+        for (int n = 0; n < caches.Length; n++)
+        {
+            CheckWindows(caches[n], shape, 1, $"caches[{n}]");
+            KernelChecks.HoldsAligned(caches[n].State, shape.Heads * shape.StateSize, $"caches[{n}].State");
+            if (!states.Add(caches[n].State.Pointer))
+                throw new ArgumentException($"caches[{n}] has the state of an earlier sequence: each sequence needs its own", nameof(caches));
+        }
+
+        int h = shape.Heads, k = shape.KeyDim, v = shape.ValueDim, hk = shape.KeyWidth, hv = shape.ValueWidth;
+        ulong wq = layer.QueryConv.Pointer, wk = layer.KeyConv.Pointer, wv = layer.ValueConv.Pointer;
+        ulong aLog = layer.ALog.Pointer, dtBias = layer.DtBias.Pointer, wNorm = layer.NormWeight.Pointer;
+        // kda::DecodeTable<T>: conv_q, conv_k, conv_v, state, DecodeTableSequences addresses each; unused entries stay 0.
+        ulong* table = stackalloc ulong[4 * DecodeTableSequences];
+        ulong pq, pk, pv, pf, pb, pz, py;
+        void** args = stackalloc void*[]
+        {
+            &h, &k, &v, &rmsEps, &pq, &pk, &pv, &pf, &pb, &pz, &wq, &wk, &wv, &aLog, &dtBias, &wNorm, table, &py,
+        };
+        for (int first = 0; first < caches.Length; first += DecodeTableSequences)
+        {
+            int count = Math.Min(DecodeTableSequences, caches.Length - first);
+            new Span<ulong>(table, 4 * DecodeTableSequences).Clear();
+            for (int n = 0; n < count; n++)
+            {
+                var cache = caches[first + n];
+                table[n] = cache.QueryWindow.Pointer;
+                table[DecodeTableSequences + n] = cache.KeyWindow.Pointer;
+                table[2 * DecodeTableSequences + n] = cache.ValueWindow.Pointer;
+                table[3 * DecodeTableSequences + n] = cache.State.Pointer;
+            }
+            (pq, pk, pv) = (token.Query.Slice((long)first * hk).Pointer, token.Key.Slice((long)first * hk).Pointer, token.Value.Slice((long)first * hv).Pointer);
+            (pf, pb, pz) = (token.Forget.Slice((long)first * hk).Pointer, token.Beta.Slice((long)first * h).Pointer, outputGate.Slice((long)first * hv).Pointer);
+            py = y.Slice((long)first * hv).Pointer;
+            stream.Context.Kernels.Launch(id, new Dim3(DecodeSlices, (uint)h, (uint)count), new Dim3(DecodeThreads), DecodeSharedBytes, stream, args);
+        }
     }
 
     /// <summary>
@@ -183,6 +236,23 @@ internal static unsafe class KdaKernels
         typeof(T) == typeof(float) ? f32
         : typeof(T) == typeof(ushort) ? bf16
         : throw new NotSupportedException($"the KDA kernels take float or bf16 (as ushort) activations, not {typeof(T).Name}");
+
+    /// <summary>What both forms of the decode step need besides the windows and states.</summary>
+    private static void CheckDecode<T>(KdaShape shape, int sequences, float rmsEps, KdaProjections<T> token, DeviceSpan<T> outputGate,
+        KdaLayerParameters<T> layer, DeviceSpan<T> y) where T : unmanaged
+    {
+        CheckShape(shape);
+        if (shape.KeyDim > MaxKeyDim) throw new ArgumentException($"the KDA decode step needs K ≤ {MaxKeyDim}, got K = {shape.KeyDim}", nameof(shape));
+        if (shape.ValueDim is not (16 or 32 or 64 or 128))
+            throw new ArgumentException($"the KDA decode step needs V to be 16, 32, 64 or 128, got V = {shape.ValueDim}", nameof(shape));
+        KernelChecks.Positive(sequences, nameof(sequences));
+        if (!(rmsEps >= 0)) throw new ArgumentOutOfRangeException(nameof(rmsEps), rmsEps, "rmsEps must be a non-negative number");
+        CheckProjections(token, shape, sequences, nameof(token));
+        KernelChecks.HoldsAligned(outputGate, (long)sequences * shape.ValueWidth, nameof(outputGate));
+        CheckLayer(layer, shape, nameof(layer));
+        KernelChecks.HoldsAligned(layer.NormWeight, shape.ValueDim, "layer.NormWeight");
+        KernelChecks.HoldsAligned(y, (long)sequences * shape.ValueWidth, nameof(y));
+    }
 
     private static void CheckShape(KdaShape shape)
     {

@@ -3,7 +3,7 @@ using KimiLinear.Cuda.Memory;
 namespace KimiLinear.Cuda.Kernels;
 
 /// <summary>
-/// The per-slice partial results of the MLA flash-decoding (<see cref="MlaKernels.DecodeAttention"/>): each of
+/// The per-slice partial results of the MLA flash-decoding (<c>MlaKernels.DecodeAttention</c>): each of
 /// <see cref="Splits"/> blocks per token leaves its unnormalised output and its softmax (max, sum) here for
 /// <see cref="MlaKernels.AbsorbOutput"/>, which merges them and leaves its per-block partial products and per-head
 /// arrival counts here too. Sized once for up to <see cref="MaxTokens"/> tokens of one layer shape; reusable across

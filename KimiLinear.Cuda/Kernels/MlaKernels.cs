@@ -4,8 +4,8 @@ namespace KimiLinear.Cuda.Kernels;
 
 /// <summary>
 /// MLA attention on the GPU (<c>kernels/mla.cu</c>; its opening comment has the math). Decode takes the absorbed form
-/// (MQA over the bf16 latent cache): <see cref="AbsorbQuery"/>, <see cref="DecodeAttention"/> (the slices' partials) and
-/// <see cref="AbsorbOutput"/> (their merge, then W_UV).
+/// (MQA over the bf16 latent cache): <see cref="AbsorbQuery"/>, <c>DecodeAttention</c> (the slices' partials, over one
+/// cache or over a table of several sequences' caches) and <see cref="AbsorbOutput"/> (their merge, then W_UV).
 /// Prefill takes the expanded form, <see cref="PrefillAttention"/>, over keysValues = latent[:, :R]·kvBᵀ computed by a
 /// GEMM before. Activations are fp32, kvB and the cache bf16 (as <see cref="ushort"/> bits). Everything is queued on the
 /// stream without a host synchronisation, so the calls can be captured in a CUDA graph.
@@ -113,46 +113,67 @@ internal static unsafe class MlaKernels
     public static void DecodeAttention(CudaStream stream, DeviceSpan<float> queryLatent, DeviceSpan<ushort> latent,
         DeviceSpan<int> start, int t, MlaShape shape, float scale, MlaDecodeScratch scratch, bool allowWarpgroupMma = true)
     {
-        ArgumentNullException.ThrowIfNull(scratch);
-        CheckShape(shape);
-        int d = shape.LatentWidth, mTiles = (shape.Heads + 15) / 16;
-        if (shape.Heads > DecodeMaxHeads || shape.Rank % 64 != 0 || shape.Rank > DecodeMaxRank || d % 16 != 0
-            || d > 16 * DecodeMaxQuerySteps * (DecodeWarps / mTiles))
-            throw new ArgumentException(
-                $"the MLA decode kernel needs H ≤ {DecodeMaxHeads}, R a multiple of 64 and ≤ {DecodeMaxRank}, R + P a multiple of 16 and ≤ " +
-                $"{16 * DecodeMaxQuerySteps * (DecodeWarps / mTiles)} (at H = {shape.Heads}); got H = {shape.Heads}, R = {shape.Rank}, P = {shape.RopeDim}", nameof(shape));
-        KernelChecks.Positive(t, nameof(t));
-        CheckScratch(scratch, shape, t);
-        CheckScale(scale);
-        KernelChecks.HoldsAligned(queryLatent, (long)t * shape.Heads * d, nameof(queryLatent));
-        KernelChecks.HoldsAligned(latent, (long)t * d, nameof(latent)); // at least the call's own rows; start is on the device
+        DecodePartial partial = CheckDecode(stream, queryLatent, t, shape, scale, scratch, allowWarpgroupMma);
+        KernelChecks.HoldsAligned(latent, (long)t * shape.LatentWidth, nameof(latent)); // at least the call's own rows; start is on the device
         KernelChecks.Holds(start, 1, nameof(start));
-        // The model's shape has a build with every loop bound fixed (kernels/mla.cu says why that matters); on Hopper, one
-        // on warpgroup MMA (wgmma) with its own loading warps (sm_90a cubin only).
-        bool modelShape = shape.Heads == 32 && shape.Rank == 512 && d == 576;
-        bool wgmma = allowWarpgroupMma && modelShape && stream.Context.Kernels.RunsSm90a("mla");
-        KernelId partial = wgmma ? KernelId.MlaDecodePartialWgmmaH32R512D576
-            : modelShape ? KernelId.MlaDecodePartialH32R512D576 : KernelId.MlaDecodePartial;
-        int threads = wgmma ? DecodeWgmmaThreads : DecodeThreads, shared = wgmma ? DecodeWgmmaSharedBytes : DecodeSharedBytes(d, mTiles);
-        CheckShared(stream, shared, "MLA decode");
-
-        int h = shape.Heads, r = shape.Rank, splits = scratch.Splits;
-        float scaleLog2 = scale * Log2E;
-        ulong pPart = scratch.Outputs.Pointer, pStats = scratch.Stats.Pointer, pQ = queryLatent.Pointer, pLatent = latent.Pointer;
-        ulong pStart = start.Pointer;
-        void** partialArgs = stackalloc void*[] { &pPart, &pStats, &pQ, &pLatent, &pStart, &h, &r, &d, &scaleLog2 };
-        stream.Context.Kernels.Launch(partial, new Dim3((uint)splits, (uint)t), new Dim3((uint)threads), shared, stream, partialArgs);
+        ulong pLatent = latent.Pointer;
+        LaunchDecode(stream, partial.Single, partial, queryLatent, &pLatent, start, t, shape, scale, scratch);
     }
 
     /// <summary>
-    /// Merges the slices <see cref="DecodeAttention"/> left in <paramref name="scratch"/> by log-sum-exp into the
+    /// Caches one table <c>DecodeAttention</c> takes (kDecodeTableSequences in kernels/mla.cu: its table is a kernel
+    /// parameter), as many as the backend's decode scratch has tokens, so one AbsorbOutput follows each launch.
+    /// </summary>
+    public const int DecodeTableSequences = 16;
+
+    /// <summary>
+    /// <see cref="DecodeAttention(CudaStream, DeviceSpan{float}, DeviceSpan{ushort}, DeviceSpan{int}, int, MlaShape, float, MlaDecodeScratch, bool)"/>
+    /// for one query of each of N sequences with caches of their own (a batched decode step), in one launch: query n
+    /// attends to rows [0, starts[n]] of <paramref name="latents"/>[n] and its slices go to scratch token n, so one
+    /// <see cref="AbsorbOutput"/> of N tokens merges them all. The caches' addresses travel in the launch's parameters
+    /// (nothing is gathered, nothing on the device must be kept in step with the sessions) and the lengths stay on the
+    /// device, as in the one-cache form, whose partials it equals bit for bit (the same kernel body per slice).
+    /// </summary>
+    /// <param name="stream">Where to queue it (one launch).</param>
+    /// <param name="queryLatent">[N, H, R + P] fp32, what <see cref="AbsorbQuery"/> writes for the N queries.</param>
+    /// <param name="latents">
+    /// N caches (1 ≤ N ≤ <see cref="DecodeTableSequences"/> and ≤ <paramref name="scratch"/>'s MaxTokens), each
+    /// [≥ starts[n] + 1, R + P] bf16 with its query's own row already appended.
+    /// </param>
+    /// <param name="starts">[N] device ints: query n's position in its cache (that cache's length before this step).</param>
+    /// <param name="shape">As for the one-cache form.</param>
+    /// <param name="scale">The softmax scale, usually <see cref="MlaShape.Scale"/>.</param>
+    /// <param name="scratch">The slices' partials, laid out for <paramref name="shape"/>.</param>
+    /// <param name="allowWarpgroupMma">As for the one-cache form.</param>
+    public static void DecodeAttention(CudaStream stream, DeviceSpan<float> queryLatent, ReadOnlySpan<DeviceSpan<ushort>> latents,
+        DeviceSpan<int> starts, MlaShape shape, float scale, MlaDecodeScratch scratch, bool allowWarpgroupMma = true)
+    {
+        int sequences = latents.Length;
+        KernelChecks.Positive(sequences, "latents.Length");
+        if (sequences > DecodeTableSequences)
+            throw new ArgumentException($"one MLA decode launch takes at most {DecodeTableSequences} caches, got {sequences}", nameof(latents));
+        DecodePartial partial = CheckDecode(stream, queryLatent, sequences, shape, scale, scratch, allowWarpgroupMma);
+        KernelChecks.Holds(starts, sequences, nameof(starts));
+        // mla::DecodeTable: DecodeTableSequences cache addresses; entries past N stay 0 (the grid never reads them).
+        ulong* table = stackalloc ulong[DecodeTableSequences];
+        new Span<ulong>(table, DecodeTableSequences).Clear();
+        for (int n = 0; n < sequences; n++)
+        {
+            KernelChecks.HoldsAligned(latents[n], shape.LatentWidth, $"latents[{n}]"); // at least its query's own row; the start is on the device
+            table[n] = latents[n].Pointer;
+        }
+        LaunchDecode(stream, partial.Table, partial, queryLatent, table, starts, sequences, shape, scale, scratch);
+    }
+
+    /// <summary>
+    /// Merges the slices <c>DecodeAttention</c> left in <paramref name="scratch"/> by log-sum-exp into the
     /// attention-mixed latent out[t, h, :R] and applies W_UV: o[t, h·V + v] = Σ_r kvB[h(N+V) + N + v, r]·out[t, h, r].
     /// One launch of ⌈R / 128⌉ blocks per head, each merging 128 columns of out and multiplying them by the matching
     /// columns of the head's W_UV (read once for all tokens); the head's last block to finish adds the blocks' parts.
     /// </summary>
     /// <param name="stream">Where to queue it (one launch).</param>
     /// <param name="o">[T, H·V] fp32 out.</param>
-    /// <param name="scratch">The slices of the preceding <see cref="DecodeAttention"/> of the same T tokens.</param>
+    /// <param name="scratch">The slices of the preceding <c>DecodeAttention</c> of the same T tokens (or sequences).</param>
     /// <param name="kvB">kv_b_proj's weight [H·(N + V), R] bf16.</param>
     /// <param name="shape">R and P multiples of 8.</param>
     /// <param name="t">T, 1 ≤ T ≤ <paramref name="scratch"/>'s MaxTokens.</param>
@@ -223,6 +244,53 @@ internal static unsafe class MlaKernels
         ulong pO = o.Pointer, pQ = q.Pointer, pKv = keysValues.Pointer, pLatent = latent.Pointer;
         void** args = stackalloc void*[] { &pO, &pQ, &pKv, &pLatent, &start, &t, &h, &n, &p, &v, &r, &scaleLog2 };
         stream.Context.Kernels.Launch(id, new Dim3((uint)((t + rows - 1) / rows), (uint)h), new Dim3((uint)threads), shared, stream, args);
+    }
+
+    /// <summary>A decode partial kernel in its two forms (one cache, a table of caches) and its launch geometry.</summary>
+    private readonly record struct DecodePartial(KernelId Single, KernelId Table, int Threads, int SharedBytes);
+
+    /// <summary>What both forms of <c>DecodeAttention</c> check besides the caches and starts, and the kernel they run.</summary>
+    private static DecodePartial CheckDecode(CudaStream stream, DeviceSpan<float> queryLatent, int t, MlaShape shape, float scale,
+        MlaDecodeScratch scratch, bool allowWarpgroupMma)
+    {
+        ArgumentNullException.ThrowIfNull(scratch);
+        CheckShape(shape);
+        int d = shape.LatentWidth, mTiles = (shape.Heads + 15) / 16;
+        if (shape.Heads > DecodeMaxHeads || shape.Rank % 64 != 0 || shape.Rank > DecodeMaxRank || d % 16 != 0
+            || d > 16 * DecodeMaxQuerySteps * (DecodeWarps / mTiles))
+            throw new ArgumentException(
+                $"the MLA decode kernel needs H ≤ {DecodeMaxHeads}, R a multiple of 64 and ≤ {DecodeMaxRank}, R + P a multiple of 16 and ≤ " +
+                $"{16 * DecodeMaxQuerySteps * (DecodeWarps / mTiles)} (at H = {shape.Heads}); got H = {shape.Heads}, R = {shape.Rank}, P = {shape.RopeDim}", nameof(shape));
+        KernelChecks.Positive(t, nameof(t));
+        CheckScratch(scratch, shape, t);
+        CheckScale(scale);
+        KernelChecks.HoldsAligned(queryLatent, (long)t * shape.Heads * d, nameof(queryLatent));
+        // The model's shape has a build with every loop bound fixed (kernels/mla.cu says why that matters); on Hopper, one
+        // on warpgroup MMA (wgmma) with its own loading warps (sm_90a cubin only).
+        bool modelShape = shape.Heads == 32 && shape.Rank == 512 && d == 576;
+        bool wgmma = allowWarpgroupMma && modelShape && stream.Context.Kernels.RunsSm90a("mla");
+        DecodePartial partial = wgmma
+            ? new(KernelId.MlaDecodePartialWgmmaH32R512D576, KernelId.MlaDecodePartialTableWgmmaH32R512D576, DecodeWgmmaThreads, DecodeWgmmaSharedBytes)
+            : modelShape
+                ? new(KernelId.MlaDecodePartialH32R512D576, KernelId.MlaDecodePartialTableH32R512D576, DecodeThreads, DecodeSharedBytes(d, mTiles))
+                : new(KernelId.MlaDecodePartial, KernelId.MlaDecodePartialTable, DecodeThreads, DecodeSharedBytes(d, mTiles));
+        CheckShared(stream, partial.SharedBytes, "MLA decode");
+        return partial;
+    }
+
+    /// <summary>
+    /// One launch of a decode partial over grid (S, <paramref name="rows"/>): the forms differ only in their fourth and
+    /// fifth arguments, the cache (<paramref name="latentArgument"/> points at its address, or at the table) and the
+    /// device start(s).
+    /// </summary>
+    private static void LaunchDecode(CudaStream stream, KernelId id, DecodePartial partial, DeviceSpan<float> queryLatent, void* latentArgument,
+        DeviceSpan<int> starts, int rows, MlaShape shape, float scale, MlaDecodeScratch scratch)
+    {
+        int h = shape.Heads, r = shape.Rank, d = shape.LatentWidth, splits = scratch.Splits;
+        float scaleLog2 = scale * Log2E;
+        ulong pPart = scratch.Outputs.Pointer, pStats = scratch.Stats.Pointer, pQ = queryLatent.Pointer, pStarts = starts.Pointer;
+        void** args = stackalloc void*[] { &pPart, &pStats, &pQ, latentArgument, &pStarts, &h, &r, &d, &scaleLog2 };
+        stream.Context.Kernels.Launch(id, new Dim3((uint)splits, (uint)rows), new Dim3((uint)partial.Threads), partial.SharedBytes, stream, args);
     }
 
     private static void CheckShape(MlaShape shape)

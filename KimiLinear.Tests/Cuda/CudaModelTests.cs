@@ -2,6 +2,7 @@ using System.Numerics.Tensors;
 using System.Text.Json;
 using KimiLinear.Configuration;
 using KimiLinear.Cuda.Interop;
+using KimiLinear.Cuda.Kernels;
 using KimiLinear.Generation;
 using KimiLinear.Loading;
 using KimiLinear.Tests.Model;
@@ -289,6 +290,39 @@ public sealed class CudaModelTests
                 Assert.Equal(single[i].Length, batched[i].Length);
             }
             next = logits.Select(l => TensorPrimitives.IndexOfMax<float>(l)).ToArray();
+        }
+        foreach (var session in batched.Concat(single))
+            session.Dispose();
+    }
+
+    /// <summary>
+    /// Batches of changing composition and order, one larger than a KDA table launch takes (33 sessions: two KDA launches
+    /// a layer, three MLA table launches of at most 16 caches): each session decodes as if alone, and its state carries
+    /// to the next batch whichever row it takes.
+    /// </summary>
+    [Fact]
+    public void DecodeBatchesOfChangingCompositionEqualOneStepPerSession()
+    {
+        var tiny = Require();
+        var ids = tiny.Golden.ReadInt32("case4.input_ids");
+        int count = KdaKernels.DecodeTableSequences + 1;
+        int[] lengths = Enumerable.Range(0, count).Select(i => 1 + i * 7 % 40).ToArray();
+        var batched = lengths.Select(_ => tiny.Gpu.CreateSession()).ToList();
+        var single = lengths.Select(_ => tiny.Gpu.CreateSession()).ToList();
+        for (int i = 0; i < count; i++)
+        {
+            batched[i].Forward(ids.AsSpan(0, lengths[i]));
+            single[i].Forward(ids.AsSpan(0, lengths[i]));
+        }
+        int[][] steps = [Enumerable.Range(0, count).ToArray(), [5, 2, 30], Enumerable.Range(0, count).Reverse().ToArray()];
+        for (int step = 0; step < steps.Length; step++)
+        {
+            int[] members = steps[step];
+            int[] tokens = members.Select(i => (step * 37 + i * 101) % tiny.Gpu.Config.VocabSize).ToArray();
+            var logits = tiny.Gpu.DecodeBatch(members.Select(i => batched[i]).ToList(), tokens);
+            for (int j = 0; j < members.Length; j++)
+                TensorAssert.Close(logits[j], single[members[j]].ForwardLast([tokens[j]]), SpreadMargin * tiny.Spread[4],
+                    $"step {step}, session {members[j]} in row {j}");
         }
         foreach (var session in batched.Concat(single))
             session.Dispose();

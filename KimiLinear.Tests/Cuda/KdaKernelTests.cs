@@ -73,6 +73,19 @@ public sealed class KdaKernelTests
         else DecodeSteps<float>(dim);
     }
 
+    /// <summary>
+    /// The table form over sequences with caches of their own (as sessions keep them), more than one launch takes (35 =
+    /// 32 + 3) and an odd head count, equals one single-sequence call per sequence bit for bit, over several steps.
+    /// </summary>
+    [Theory]
+    [InlineData(false, 64)]
+    [InlineData(true, 128)]
+    public void DecodeStep_TableOfSeparateCaches_EqualsOneCallPerSequence(bool bf16, int dim)
+    {
+        if (bf16) DecodeTable<ushort>(dim);
+        else DecodeTable<float>(dim);
+    }
+
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
@@ -112,6 +125,19 @@ public sealed class KdaKernelTests
             Assert.Throws<ArgumentException>(() => Decode(new KdaShape(2, 64, 128), new DeviceSpan<float>(0x10000, 100))).Message);
         Assert.Contains("16-byte aligned", Assert.Throws<ArgumentException>(() => Decode(new KdaShape(2, 64, 128), new DeviceSpan<float>(0x10004, 1 << 20))).Message);
         Assert.Throws<ArgumentOutOfRangeException>(() => KdaKernels.DecodeStep(null!, new KdaShape(2, 64, 64), 0, RmsEps, token, big, layer, cache, big));
+
+        // The table form: one sequence a cache, none sharing a state, at least one sequence.
+        var shape64 = new KdaShape(2, 64, 64);
+        var other = new KdaLayerCache<float>(big, big, big, new DeviceSpan<float>(0x20000000, 1 << 20));
+        void Table(params KdaLayerCache<float>[] caches) => KdaKernels.DecodeStep(null!, shape64, RmsEps, token, big, layer, caches, big);
+        Assert.Contains("state of an earlier sequence", Assert.Throws<ArgumentException>(() => Table(cache, other, cache)).Message);
+        Assert.Contains("caches[1].State holds 100 elements", Assert.Throws<ArgumentException>(
+            () => Table(cache, new KdaLayerCache<float>(big, big, big, new DeviceSpan<float>(0x20000000, 100)))).Message);
+        Assert.Contains("caches[0].ValueWindow", Assert.Throws<ArgumentException>(
+            () => Table(new KdaLayerCache<float>(big, big, new DeviceSpan<float>(0x20000000, 10), big))).Message);
+        Assert.Throws<ArgumentOutOfRangeException>(() => Table());
+        Assert.Contains("V to be 16, 32, 64 or 128", Assert.Throws<ArgumentException>(
+            () => KdaKernels.DecodeStep(null!, new KdaShape(2, 64, 48), RmsEps, token, big, layer, [cache], big)).Message);
 
         var inputs = new KdaCoreInputs<float>(big, big, big, big, big);
         Assert.Contains("K + V ≤ 256; got K = 128, V = 160", Assert.Throws<ArgumentException>(
@@ -187,6 +213,49 @@ public sealed class KdaKernelTests
         TensorAssert.Close(state.AsSpan(0, reference.State.Length), reference.State, Tolerance(bf16), $"{what}: state after {steps} steps");
         AssertNaN(state.AsSpan(reference.State.Length), $"{what}: state past its end");
         AssertWindows(device, windowBuffers, reference, what + $": conv windows after {steps} steps");
+    }
+
+    private static void DecodeTable<T>(int dim) where T : unmanaged
+    {
+        CudaContext gpu = Gpu.Require();
+        bool bf16 = Device<T>.Bf16;
+        const int sequences = KdaKernels.DecodeTableSequences + 3, heads = 3, steps = 3;
+        var shape = new KdaShape(heads, dim, dim);
+        var random = new Random(300 + dim * 2 + (bf16 ? 1 : 0));
+        var layer = LayerHost.Random(random, shape, bf16);
+        var starts = Enumerable.Range(0, sequences).Select(_ => CacheHost.Random(random, shape, 1, bf16)).ToArray();
+
+        using var device = new Device<T>(gpu);
+        KdaLayerParameters<T> parameters = device.Upload(layer);
+        var alone = starts.Select(c => device.Upload(c)).ToArray();
+        var table = starts.Select(c => device.Upload(c)).ToArray();
+        KdaLayerCache<T>[] caches = table.Select(c => c.Cache).ToArray();
+        DeviceBuffer<T> y = device.Upload([], (long)sequences * shape.ValueWidth + Gpu.Tail);
+        DeviceBuffer<T> yAlone = device.Upload([], shape.ValueWidth);
+        string what = $"table decode {typeof(T).Name} N = {sequences}, H = {heads}, K = V = {dim}";
+        for (int step = 0; step < steps; step++)
+        {
+            var token = TokenHost.Random(random, shape, sequences, bf16);
+            KdaKernels.DecodeStep(device.Stream, shape, RmsEps, device.Upload(token), device.Upload(token.Z), parameters, caches, y);
+            float[] actual = device.Read(y);
+            for (int n = 0; n < sequences; n++)
+            {
+                var row = token.Rows([n], shape);
+                KdaKernels.DecodeStep(device.Stream, shape, 1, RmsEps, device.Upload(row), device.Upload(row.Z), parameters, alone[n].Cache, yAlone);
+                Assert.True(device.Read(yAlone).AsSpan().SequenceEqual(actual.AsSpan(n * shape.ValueWidth, shape.ValueWidth)),
+                    $"{what}, step {step}: sequence {n}'s y differs from its single-sequence step");
+            }
+            AssertNaN(actual.AsSpan(sequences * shape.ValueWidth), $"{what}: y past its end");
+        }
+        for (int n = 0; n < sequences; n++)
+        {
+            float[] state = device.Read(table[n].State);
+            Assert.True(device.Read(alone[n].State).AsSpan().SequenceEqual(state), $"{what}: sequence {n}'s state after {steps} steps");
+            AssertNaN(state.AsSpan(starts[n].State.Length), $"{what}: sequence {n}'s state past its end");
+            foreach (var (a, b, name) in new[] { (alone[n].Windows.Q, table[n].Windows.Q, "q"), (alone[n].Windows.K, table[n].Windows.K, "k"),
+                         (alone[n].Windows.V, table[n].Windows.V, "v") })
+                Assert.True(device.Read(a).AsSpan().SequenceEqual(device.Read(b)), $"{what}: sequence {n}'s {name} window after {steps} steps");
+        }
     }
 
     private static void PrefillThenDecode<T>() where T : unmanaged

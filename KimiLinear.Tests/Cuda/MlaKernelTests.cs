@@ -320,6 +320,62 @@ public sealed class MlaKernelTests
         AssertCloseWithUntouchedTail(decoded.ToArray(stream), expected, $"{shapeName} decode path, T {t}");
     }
 
+    /// <summary>
+    /// A batched decode step's MLA: one table DecodeAttention over N caches allocated apart, each of its own length (NaN
+    /// past its rows; some shorter than the slice count, so most of their slices are empty), then one AbsorbOutput over
+    /// the N scratch tokens: each row as the reference of its cache, and bit for bit what one DecodeAttention and one
+    /// AbsorbOutput per cache give (the table form runs the same kernel body on the same rows).
+    /// </summary>
+    [Theory]
+    [InlineData("tiny", true, new[] { 0, 47, 5, 300 })]
+    [InlineData("full", true, new[] { 6336, 0, 300, 20000, 47 })] // on Hopper the wgmma partial kernel
+    [InlineData("full", false, new[] { 6336, 0, 300, 20000, 47 })] // the mma.sync one built for the model's shape
+    [InlineData("rope48", true, new[] { 3, 100 })]                 // the general kernel
+    [InlineData("tiny", true, new[] { 9, 0, 1, 90, 48, 7, 63, 64, 2, 11, 200, 4, 5, 130, 3000, 1 })] // a full table (16)
+    public void DecodeAttention_TableOfSeparateCaches_EqualsOneCallPerCache_AndMatchesReference(string shapeName, bool allowWgmma, int[] starts)
+    {
+        CudaContext gpu = Gpu.Require();
+        MlaShape shape = ShapeNamed(shapeName);
+        int t = starts.Length, width = shape.Heads * shape.LatentWidth;
+        var random = new Random(starts.Sum());
+        ushort[][] latents = starts.Select(start => PoisonedCache(random, shape, start + 1, capacity: start + 5)).ToArray();
+        float[] queryLatent = Gpu.RandomF32(random, t * width);
+        ushort[] kvB = Gpu.RandomBf16(random, (long)shape.KeyValueWidth * shape.Rank, 0.1f);
+        using CudaStream stream = gpu.CreateStream();
+        using var scratch = new MlaDecodeScratch(gpu, shape, maxTokens: t + 2); // room to spare: AbsorbOutput takes t
+        var caches = latents.Select(latent => gpu.Upload(stream, latent)).ToArray();
+        try
+        {
+            using DeviceBuffer<ushort> dKvB = gpu.Upload(stream, kvB);
+            using DeviceBuffer<float> dQuery = gpu.Upload(stream, queryLatent);
+            using DeviceBuffer<int> dStarts = gpu.Upload(stream, starts);
+            using DeviceBuffer<float> dTable = gpu.Poisoned(stream, t * shape.OutputWidth, float.NaN);
+            using DeviceBuffer<float> dOneByOne = gpu.Poisoned(stream, t * shape.OutputWidth, float.NaN);
+
+            MlaKernels.DecodeAttention(stream, dQuery, caches.Select(cache => cache.Span).ToArray(), dStarts, shape, shape.Scale, scratch, allowWgmma);
+            MlaKernels.AbsorbOutput(stream, dTable, scratch, dKvB, shape, t);
+            for (int n = 0; n < t; n++)
+            {
+                MlaKernels.DecodeAttention(stream, dQuery.Span.Slice((long)n * width, width), caches[n], dStarts.Span.Slice(n, 1), 1, shape, shape.Scale,
+                    scratch, allowWgmma);
+                MlaKernels.AbsorbOutput(stream, dOneByOne.Span.Slice((long)n * shape.OutputWidth, shape.OutputWidth), scratch, dKvB, shape, 1);
+            }
+
+            var mixed = new List<float>();
+            for (int n = 0; n < t; n++)
+                mixed.AddRange(MlaReference.Decode(queryLatent[(n * width)..((n + 1) * width)], latents[n], starts[n], 1, shape, shape.Scale));
+            string what = $"{shapeName} decode of {t} caches of lengths {string.Join(", ", starts.Select(s => s + 1))} in one launch";
+            float[] table = dTable.ToArray(stream);
+            AssertCloseWithUntouchedTail(table, MlaReference.AbsorbOutput([.. mixed], kvB, shape, t), what);
+            Assert.True(table.Select(BitConverter.SingleToInt32Bits).SequenceEqual(dOneByOne.ToArray(stream).Select(BitConverter.SingleToInt32Bits)),
+                $"{what}: not bit for bit what one launch per cache gives");
+        }
+        finally
+        {
+            foreach (var buffer in caches) buffer.Dispose();
+        }
+    }
+
     [Theory]
     [InlineData("tiny", 40, 2)]
     [InlineData("full", 3000, 3)]
@@ -392,6 +448,17 @@ public sealed class MlaKernelTests
         MlaShape tiny = ShapeNamed("tiny");
         error = Assert.Throws<ArgumentException>(() => MlaKernels.DecodeAttention(stream, f, u, start, 1, tiny, 0.1f, scratch));
         Assert.Contains("laid out for", error.Message);
+        // The table form: no more caches than the scratch has tokens, nor than one launch's table holds; none missing.
+        using var smallScratch = new MlaDecodeScratch(gpu, tiny, 2);
+        using var bigScratch = new MlaDecodeScratch(gpu, tiny, MlaKernels.DecodeTableSequences + 1);
+        DeviceSpan<ushort>[] Caches(int n) => Enumerable.Repeat(u.Span, n).ToArray();
+        error = Assert.Throws<ArgumentException>(() => MlaKernels.DecodeAttention(stream, f, Caches(3), start, tiny, 0.1f, smallScratch));
+        Assert.Contains("room for 2 tokens but the call decodes 3", error.Message);
+        error = Assert.Throws<ArgumentException>(() => MlaKernels.DecodeAttention(stream, f, Caches(MlaKernels.DecodeTableSequences + 1), start, tiny, 0.1f, bigScratch));
+        Assert.Contains($"at most {MlaKernels.DecodeTableSequences} caches", error.Message);
+        error = Assert.Throws<ArgumentException>(() => MlaKernels.DecodeAttention(stream, f, Caches(2), start, tiny, 0.1f, smallScratch));
+        Assert.Contains("starts", error.Message); // one device start for two caches
+        Assert.Throws<ArgumentOutOfRangeException>(() => MlaKernels.DecodeAttention(stream, f, Caches(0), start, tiny, 0.1f, smallScratch));
         error = Assert.Throws<ArgumentException>(() => MlaKernels.AbsorbOutput(stream, f, scratch, u, manyHeads, 2));
         Assert.Contains("room for 1 tokens", error.Message);
         error = Assert.Throws<ArgumentException>(() => MlaKernels.AbsorbQuery(stream, f, f, u.Span.Slice(0, 100), tiny, 1));

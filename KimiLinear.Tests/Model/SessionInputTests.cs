@@ -60,6 +60,35 @@ public sealed class SessionInputTests(TinyModelFixture fixture) : IClassFixture<
             session.Dispose();
     }
 
+    /// <summary>
+    /// Batches of changing composition and order (a session in one step, out of the next, listed in another place): each
+    /// session's state is carried as if it were decoded alone, whichever row it takes.
+    /// </summary>
+    [Fact]
+    public void DecodeBatchesOfChangingCompositionEqualOneStepPerSession()
+    {
+        int[] lengths = [2, 5, 1, 4];
+        var batched = lengths.Select(_ => fixture.Model.CreateSession()).ToList();
+        var single = lengths.Select(_ => fixture.Model.CreateSession()).ToList();
+        for (int i = 0; i < lengths.Length; i++)
+        {
+            batched[i].Forward(Prompt.AsSpan(0, lengths[i]));
+            single[i].Forward(Prompt.AsSpan(0, lengths[i]));
+        }
+        int[][] steps = [[0, 1, 2, 3], [3, 1], [2, 0, 3], [1, 2, 0, 3], [0, 2]];
+        for (int step = 0; step < steps.Length; step++)
+        {
+            int[] members = steps[step];
+            int[] tokens = members.Select(i => (step * 37 + i * 101) % 512).ToArray();
+            var logits = fixture.Model.DecodeBatch(members.Select(i => batched[i]).ToList(), tokens);
+            for (int j = 0; j < members.Length; j++)
+                TensorAssert.Close(logits[j], single[members[j]].ForwardLast([tokens[j]]), 1e-5, $"step {step}, session {members[j]} in row {j}");
+        }
+        Assert.All(batched.Zip(single), p => Assert.Equal(p.Second.Length, p.First.Length));
+        foreach (var session in batched.Concat(single))
+            session.Dispose();
+    }
+
     [Fact]
     public void DecodeBatchRejectsBadInputAndChangesNoSession()
     {

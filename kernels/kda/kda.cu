@@ -31,6 +31,8 @@
 //            a_log [H] fp32, dt_bias [H·K] fp32, w_norm [V]     gate parameters, o_norm weight
 //            conv_q, conv_k [N, 3, H·K], conv_v [N, 3, H·V]     last 3 pre-conv inputs, oldest first (read and updated)
 //            state [N, H, K, V] fp32 (read and updated),  y [N, H·V]
+//   decode_table: as decode, but the windows and state of sequence n are wherever table.conv_q[n], conv_k[n] [3, H·K],
+//            conv_v[n] [3, H·V] and state[n] [H, K, V] point (one allocation per session; N ≤ 32 a launch)
 //   prepare: pq, pk, pf [T, H·K], pv [T, H·V], pb [T, H] projection outputs (pre-conv), conv taps / a_log / dt_bias
 //            as for decode, conv_q, conv_k [N, 3, H·K], conv_v [N, 3, H·V] windows (read by prepare, rewritten by
 //            conv_window_update) → q, k [T, H, K], v [T, H, V] (as stored), g [T, H, K] fp32, beta [T, H] fp32.
@@ -46,6 +48,8 @@
 //                  distributed shared memory. Capturable in a CUDA graph (no host sync, no atomics, no scratch).
 //                  May be launched with programmatic dependent launch: it copies its state slice and reads the conv
 //                  windows and parameters before griddepcontrol.wait, and the new token's projections after it.
+//   decode_step_table: the same grid (N ≤ kDecodeTableSequences), block and shared memory; also capturable and
+//                  launchable with programmatic dependent launch (its table is a kernel parameter, read at any time).
 //   prepare:       grid (ceil(max(H·K, H·V) / 256), ceil(T / 16)), block 256;  conv_window_update: grid (ceil(max(H·K, H·V) / 256), N), block 256.
 //   chunk_intra:   grid (NC, H), block 256, dynamic smem chunk_intra_smem_bytes(K) (> 48 KiB: raise the limit).
 //   chunk_prefill: grid (V/32, H, N), block 512, dynamic smem chunk_prefill_smem_bytes(K) (> 48 KiB).
@@ -56,7 +60,7 @@
 //   previous step) has finished once the kernel launched just before this one has passed its griddepcontrol.wait
 //   (so at least one kernel that waits before triggering its dependents runs in between, as in a layer stack).
 //   All pointers 16-byte aligned; state rows start 16-byte aligned (V % 4 == 0). Inputs are finite. Buffers do not
-//   alias except where marked "read and updated". Tokens past cu_seqlens[N] are never read (they may hold NaN).
+//   alias except where marked "read and updated" (a table names no window or state twice). Tokens past cu_seqlens[N] are never read (they may hold NaN).
 //
 // BUILD (kernels/build.sh): compute_90 PTX only, since the decode step uses thread-block clusters (Ampere and Ada have
 // none); the C# side refuses older cards with a message saying so (KernelCatalog.TargetsOf).
@@ -81,6 +85,16 @@ constexpr int kPrefillThreads = 512;     // the scan's warp roles below assume 1
 constexpr int kPrefillCols = 32;         // state columns per prefill block
 constexpr int kPrepareThreads = 256;
 constexpr int kPrepareTokens = 16;      // tokens a prepare block walks (KdaKernels.PrepareTokens)
+constexpr int kDecodeTableSequences = 32; // sequences one table launch takes (KdaKernels.DecodeTableSequences)
+
+// The table decode step's per-sequence addresses, passed by value as a kernel parameter (1 KiB of the 4 KiB parameter
+// space): entry n belongs to sequence n = blockIdx.z; entries past the grid are not read.
+template <typename Tin> struct DecodeTable {
+    Tin* conv_q[kDecodeTableSequences];   // [3, H·K] each
+    Tin* conv_k[kDecodeTableSequences];   // [3, H·K]
+    Tin* conv_v[kDecodeTableSequences];   // [3, H·V]
+    float* state[kDecodeTableSequences];  // [H, K, V] fp32
+};
 
 // Dynamic shared memory, in floats: decode (state slice [128][32], q̂, k̂, decay [128] each, warp partials [4][32],
 // slice vector [32], v [32], gate·weight [32], the cluster's RMSNorm partials [4]); intra (k̂, G [64][K+1] each, q̂
@@ -203,7 +217,8 @@ __device__ __forceinline__ float conv_silu(const Tin* w, float x0, float x1, flo
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
-// Fused decode step. Block (slice, h, n) owns state columns [slice·V/4, (slice+1)·V/4) of head h of sequence n.
+// Fused decode step. Block (slice, h, n) owns state columns [slice·V/4, (slice+1)·V/4) of head h of sequence n, whose
+// windows cq, ck [3, H·K], cv [3, H·V] and state [H, K, V] the entry point found (in contiguous arrays or a table).
 // Its K × V/4 slice is copied to shared memory with cp.async first (so its latency hides the prologue, and registers
 // stay few enough for ~12 blocks per SM: at large B the step is a pure stream of the state). Thread layout over the
 // slice: ncg = V/16 column groups of 4 (one float4), 128/ncg row groups; thread (rg, cg) works on rows rg, rg + nrg, …
@@ -211,8 +226,8 @@ template <typename Tin>
 __device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, const Tin* __restrict__ pq,
     const Tin* __restrict__ pk, const Tin* __restrict__ pv, const Tin* __restrict__ pf, const Tin* __restrict__ pb,
     const Tin* __restrict__ pz, const Tin* __restrict__ wq, const Tin* __restrict__ wk, const Tin* __restrict__ wv,
-    const float* __restrict__ a_log, const float* __restrict__ dt_bias, const Tin* __restrict__ w_norm, Tin* conv_q,
-    Tin* conv_k, Tin* conv_v, float* state, Tin* __restrict__ y) {
+    const float* __restrict__ a_log, const float* __restrict__ dt_bias, const Tin* __restrict__ w_norm, Tin* cq, Tin* ck,
+    Tin* cv, float* state, Tin* __restrict__ y) {
     const int slice = blockIdx.x, h = blockIdx.y, n = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int VS = V / kDecodeSlices, ncg = VS / 4, nrg = kDecodeThreads / ncg;
@@ -231,7 +246,7 @@ __device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, 
     float* ssq = sz + 32;           // [4] Σ o² over each slice of the head, pushed here by the cluster's blocks
 
     cluster_arrive_relaxed();   // this block has started: the others may write its shared memory after cluster_wait
-    float* S = state + ((size_t)n * H + h) * K * V + j0;
+    float* S = state + (size_t)h * K * V + j0;
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
         const int d = rg + i * nrg;
@@ -241,9 +256,6 @@ __device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, 
 
     // Prologue: conv + SiLU of q and k (all K channels of the head: the L2 norm needs them), gate, v and z of the slice.
     // Windows and parameters are loaded before grid_dependency_wait, the new token's projections after it.
-    Tin* cq = conv_q + (size_t)n * 3 * HK;
-    Tin* ck = conv_k + (size_t)n * 3 * HK;
-    Tin* cv = conv_v + (size_t)n * 3 * HV;
     float q0 = 0.f, q1 = 0.f, q2 = 0.f, k0 = 0.f, k1 = 0.f, k2 = 0.f, dtb = 0.f, v0 = 0.f, v1 = 0.f, v2 = 0.f, wn = 0.f;
     if (tid < K) {
         const int c = h * K + tid;
@@ -1075,11 +1087,27 @@ __device__ __forceinline__ void conv_window_update(int H, int K, int V, const in
         NAME(int H, int K, int V, float rms_eps, const T* pq, const T* pk, const T* pv, const T* pf, const T* pb,      \
             const T* pz, const T* wq, const T* wk, const T* wv, const float* a_log, const float* dt_bias,              \
             const T* w_norm, T* conv_q, T* conv_k, T* conv_v, float* state, T* y) {                                   \
-        kda::decode_step<T>(H, K, V, rms_eps, pq, pk, pv, pf, pb, pz, wq, wk, wv, a_log, dt_bias, w_norm, conv_q,     \
-            conv_k, conv_v, state, y);                                                                                 \
+        const size_t n = blockIdx.z;                                                                                   \
+        kda::decode_step<T>(H, K, V, rms_eps, pq, pk, pv, pf, pb, pz, wq, wk, wv, a_log, dt_bias, w_norm,             \
+            conv_q + n * 3 * H * K, conv_k + n * 3 * H * K, conv_v + n * 3 * H * V, state + n * H * K * V, y);         \
     }
 KDA_DECODE_ENTRY(kimi_kda_decode_step_bf16, __nv_bfloat16)
 KDA_DECODE_ENTRY(kimi_kda_decode_step_f32, float)
+
+// The same step for sequences whose windows and states are separate allocations (one per session): their addresses
+// come in the launch's parameters, so nothing is gathered or scattered and no device table has to be kept up to date.
+// __grid_constant__ keeps the table in the parameter bank, indexed by blockIdx.z, instead of a per-thread local copy.
+#define KDA_DECODE_TABLE_ENTRY(NAME, T)                                                                                \
+    extern "C" __global__ void __cluster_dims__(4, 1, 1) __launch_bounds__(kda::kDecodeThreads)     \
+        NAME(int H, int K, int V, float rms_eps, const T* pq, const T* pk, const T* pv, const T* pf, const T* pb,      \
+            const T* pz, const T* wq, const T* wk, const T* wv, const float* a_log, const float* dt_bias,              \
+            const T* w_norm, const __grid_constant__ kda::DecodeTable<T> table, T* y) {                                \
+        const int n = blockIdx.z;                                                                                      \
+        kda::decode_step<T>(H, K, V, rms_eps, pq, pk, pv, pf, pb, pz, wq, wk, wv, a_log, dt_bias, w_norm,             \
+            table.conv_q[n], table.conv_k[n], table.conv_v[n], table.state[n], y);                                     \
+    }
+KDA_DECODE_TABLE_ENTRY(kimi_kda_decode_step_table_bf16, __nv_bfloat16)
+KDA_DECODE_TABLE_ENTRY(kimi_kda_decode_step_table_f32, float)
 
 #define KDA_INTRA_ENTRY(NAME, T)                                                                                       \
     extern "C" __global__ void __launch_bounds__(kda::kIntraThreads, 2) NAME(int H, int K, int V, int num_seqs,       \

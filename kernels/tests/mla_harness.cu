@@ -3,7 +3,7 @@
 //         (the CUDA emulator of kernels/kda/tests/cuda_emu.h: checks logic, fragment layouts and barriers, not speed)
 //   GPU:  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o /tmp/mla_harness kernels/tests/mla_harness.cu && /tmp/mla_harness [--bench | --bench-decode | --bench-prefill]
 //         (the same checks, then with --bench each kernel alone timed with CUDA events at the model's shapes, the decode
-//         partial both as mma.sync and as wgmma;
+//         partial both as mma.sync and as wgmma, and B caches as B one-cache launches against one table launch;
 //         -DMLA_DECODE_ROWS=r -DMLA_DECODE_STAGES=n build the decode kernel's other configurations)
 // Every kernel against a float64 reference of the same math on random data of odd sizes, the cache rows past the
 // visible length poisoned with NaN. Error = ‖out − ref‖ / ‖ref‖ (limit 2e-3; the fp16 tensor-core operands keep it near 2e-4).
@@ -16,6 +16,7 @@
 #include <cstring>
 #include <functional>
 #include <random>
+#include <string>
 #include <vector>
 
 using namespace mla;   // the extern "C" kernels live in the namespace too
@@ -225,6 +226,71 @@ static void check_decode_wgmma(int start, int T, int splits) {
     report(what, wg, std::vector<double>(mma.begin(), mma.end()));
 }
 
+// The table form of a decode partial (one token of each of N sequences, caches allocated apart, each of its own length
+// with NaN rows past it) against N single-cache launches of the same partial into the same scratch tokens: the slices
+// are the same work on the same rows, so partials and stats must agree bit for bit (NaN-poisoned alike, so slices that
+// write nothing agree too). Then the table form's partials, merged in one launch, against the float64 reference of each
+// sequence.
+enum class Partial { General, H32, Wgmma };   // kimi_mla_decode_partial[_table], _h32_r512_d576, _wgmma_h32_r512_d576
+static void check_decode_table(Shape sh, const std::vector<int>& starts, int splits, Partial kind) {
+    const int D = sh.R + sh.P, N = int(starts.size()), MT = (sh.H + 15) / 16, G = output_blocks(sh);
+    const float scale = 1.f / std::sqrt(float(sh.N + sh.P)), scale_log2 = scale * 1.4426950408889634f;
+    std::vector<std::vector<uint16_t>> lats;
+    std::vector<Dev<uint16_t>*> caches;
+    std::vector<Dev<int>*> single_starts;
+    DecodeTable table = {};
+    for (int n = 0; n < N; n++) {
+        lats.push_back(rand_bf16(size_t(starts[n] + 4) * D, 1.f));
+        for (size_t i = size_t(starts[n] + 1) * D; i < lats[n].size(); i++) lats[n][i] = 0x7FC0;   // rows past the length: NaN
+        caches.push_back(new Dev<uint16_t>(lats[n]));
+        single_starts.push_back(new Dev<int>(std::vector<int>{starts[n]}));
+        table.latent[n] = caches[n]->p;
+    }
+    std::vector<float> qlat = rand_f32(size_t(N) * sh.H * D, kind == Partial::Wgmma ? 1.f : 0.3f);
+    std::vector<uint16_t> kvb = rand_bf16(size_t(sh.H) * (sh.N + sh.V) * sh.R, 0.1f);
+    Dev<float> dq(qlat);
+    Dev<uint16_t> dkvb(kvb);
+    Dev<int> dstarts(starts);
+    const size_t slice_rows = size_t(splits) * sh.H;   // one token's [S, H] partials
+    Dev<float> po_one(std::vector<float>(N * slice_rows * sh.R, NAN)), pml_one(std::vector<float>(N * slice_rows * 2, NAN));
+    Dev<float> po_table(std::vector<float>(N * slice_rows * sh.R, NAN)), pml_table(std::vector<float>(N * slice_rows * 2, NAN));
+    const dim3 block(kind == Partial::Wgmma ? kWdThreads : kDecodeThreads);
+    const size_t smem = kind == Partial::Wgmma ? decode_wgmma_smem_bytes() : decode_smem_bytes(D, MT);
+    auto one = kind == Partial::Wgmma ? kimi_mla_decode_partial_wgmma_h32_r512_d576
+             : kind == Partial::H32 ? kimi_mla_decode_partial_h32_r512_d576 : kimi_mla_decode_partial;
+    auto many = kind == Partial::Wgmma ? kimi_mla_decode_partial_table_wgmma_h32_r512_d576
+              : kind == Partial::H32 ? kimi_mla_decode_partial_table_h32_r512_d576 : kimi_mla_decode_partial_table;
+    for (int n = 0; n < N; n++)
+        launch(one, dim3(splits, 1), block, smem, po_one.p + n * slice_rows * sh.R, pml_one.p + n * slice_rows * 2,
+               (const float*)dq.p + size_t(n) * sh.H * D, (const uint16_t*)caches[n]->p, (const int*)single_starts[n]->p, sh.H, sh.R, D, scale_log2);
+    launch(many, dim3(splits, N), block, smem, po_table.p, pml_table.p, (const float*)dq.p, table, (const int*)dstarts.p, sh.H, sh.R, D, scale_log2);
+
+    const char* name = kind == Partial::Wgmma ? " wgmma h32" : kind == Partial::H32 ? " h32" : "";
+    std::string lengths;
+    for (int n = 0; n < N; n++) lengths += (n ? "," : "") + std::to_string(starts[n] + 1);
+    const std::vector<float> a = po_one.get(), b = po_table.get(), am = pml_one.get(), bm = pml_table.get();
+    const bool same = std::memcmp(a.data(), b.data(), a.size() * 4) == 0 && std::memcmp(am.data(), bm.data(), am.size() * 4) == 0;
+    failures += !same;
+    std::printf("%s decode table%s H=%d R=%d P=%d splits=%d lengths %s == one launch a cache (bit for bit)\n", same ? "PASS" : "FAIL", name,
+                sh.H, sh.R, sh.P, splits, lengths.c_str());
+
+    Dev<float> parts(std::vector<float>(size_t(N) * sh.H * G * sh.V, NAN)), out(std::vector<float>(size_t(N) * sh.H * sh.V, NAN));
+    Dev<int> arrivals(std::vector<int>(sh.H, 0));
+    launch(kimi_mla_combine_absorb_output, dim3(G, sh.H), dim3(kAbsorbThreads), absorb_output_smem_bytes(splits), out.p, parts.p,
+           arrivals.p, (const float*)po_table.p, (const float*)pml_table.p, (const uint16_t*)dkvb.p, N, sh.H, sh.N, sh.V, sh.R, splits);
+    std::vector<double> mixed;
+    for (int n = 0; n < N; n++) {
+        const std::vector<float> q(qlat.begin() + size_t(n) * sh.H * D, qlat.begin() + size_t(n + 1) * sh.H * D);
+        const std::vector<double> m = decode_ref(q, lats[n], starts[n], 1, sh, scale);
+        mixed.insert(mixed.end(), m.begin(), m.end());
+    }
+    char what[160];
+    std::snprintf(what, sizeof what, "decode table%s H=%d R=%d splits=%d lengths %s, merged", name, sh.H, sh.R, splits, lengths.c_str());
+    report(what, out.get(), absorb_output_ref(mixed, kvb, N, sh), kind == Partial::Wgmma ? 1e-4 : 2e-3);
+    for (auto* c : caches) delete c;
+    for (auto* d : single_starts) delete d;
+}
+
 static void check_absorb(Shape sh, int T) {
     const int D = sh.R + sh.P, qk = sh.N + sh.P;
     std::vector<uint16_t> kvb = rand_bf16(size_t(sh.H) * (sh.N + sh.V) * sh.R, 0.1f);
@@ -382,6 +448,36 @@ static void bench(bool decode, bool prefill) {
             std::printf("decode L=%6d: wgmma partial %7.1f us (%4.0f GB/s)  layer: PDL graph %7.1f us\n", L, tw, gb / tw, tgw);
             CK(cudaFree(lat));
         }
+        // A batched decode step's attention: B sessions' caches of L rows each, allocated apart, as B one-cache launches
+        // (what the backend did before the table form) and as one table launch; the wgmma kernel, one token each.
+        for (int L : {1024, 32768})
+            for (int B : {4, 16}) {
+                std::vector<uint16_t*> lats;
+                DecodeTable table = {};
+                for (int n = 0; n < B; n++) {
+                    lats.push_back(random_bf16_device(size_t(L) * D, 10 + n));
+                    table.latent[n] = lats[n];
+                }
+                Dev<int> dstarts(std::vector<int>(B, L - 1));
+                Dev<float> bq(rand_f32(size_t(B) * H * D, 1.f));
+                Dev<float> bpo(std::vector<float>(size_t(B) * splits * H * R)), bpml(std::vector<float>(size_t(B) * splits * H * 2));
+                auto each = [&] {
+                    for (int n = 0; n < B; n++)
+                        launch(kimi_mla_decode_partial_wgmma_h32_r512_d576, dim3(splits, 1), dim3(kWdThreads), decode_wgmma_smem_bytes(),
+                               bpo.p + size_t(n) * splits * H * R, bpml.p + size_t(n) * splits * H * 2, (const float*)bq.p + size_t(n) * H * D,
+                               (const uint16_t*)lats[n], (const int*)dstarts.p + n, H, R, D, scale_log2);
+                };
+                auto table_launch = [&] {
+                    launch(kimi_mla_decode_partial_table_wgmma_h32_r512_d576, dim3(splits, B), dim3(kWdThreads), decode_wgmma_smem_bytes(), bpo.p,
+                           bpml.p, (const float*)bq.p, table, (const int*)dstarts.p, H, R, D, scale_log2);
+                };
+                table_launch();   // once outside a capture: the shared-memory opt-in (launch) cannot happen inside one
+                CK(cudaDeviceSynchronize());
+                const float te = graph_us(each), tt = graph_us(table_launch);
+                std::printf("BENCH decode_table wgmma B=%2d L=%6d: %2d launches %7.1f us, one table launch %7.1f us (PDL graphs; %4.0f GB/s)\n", B, L,
+                            B, te, tt, 2.0 * B * L * D / 1e3 / tt);
+                for (uint16_t* p : lats) CK(cudaFree(p));
+            }
         CK(cudaFree(kvb));
     }
     // (start, T): from an empty cache, and the backend's last 8K piece of a 32K prompt.
@@ -448,6 +544,13 @@ int main(int argc, char** argv) {
     check_decode_wgmma(999, 1, 2);
     check_decode_wgmma(5, 3, 7);
     check_decode_wgmma(120, 16, 2);
+    // The table forms: caches of different lengths, some shorter than the slice count (empty slices), one sequence
+    // alone, and a full table of 16 (the scratch's tokens) for the general kernel.
+    check_decode_table(tiny, {0, 47, 5, 300, 2}, 5, Partial::General);
+    check_decode_table({20, 32, 16, 32, 128}, {37}, 3, Partial::General);
+    check_decode_table(tiny, {3, 0, 1, 90, 48, 7, 63, 64, 2, 11, 200, 4, 5, 130, 9, 1}, 3, Partial::General);
+    check_decode_table(full, {40, 0, 130, 3}, 3, Partial::H32);
+    check_decode_table(full, {0, 70, 2, 150}, 5, Partial::Wgmma);
     if (!quick) {
         check_decode_wgmma(300, 3, 2);
         check_decode_wgmma(2000, 1, 3);

@@ -134,6 +134,15 @@ internal sealed class CpuBackend(int? threads = null, int tokensPerForward = Cpu
         }
     }
 
+    /// <summary>The specification of the batched form: one single-row write a cache.</summary>
+    public void WriteConcatenatedRows(Tensor left, Tensor right, IReadOnlyList<Tensor> destinations, ReadOnlySpan<int> rows)
+    {
+        if (left.Rows != destinations.Count || right.Rows != destinations.Count || rows.Length != destinations.Count)
+            throw new ArgumentException($"WriteConcatenatedRows: {destinations.Count} caches for {left.Rows} | {right.Rows} rows at {rows.Length} positions.");
+        for (int n = 0; n < destinations.Count; n++)
+            WriteConcatenatedRows(RowOf(left, n), RowOf(right, n), destinations[n], rows[n]);
+    }
+
     public void Embed(WeightMatrix table, ReadOnlySpan<int> ids, Tensor x)
     {
         var output = Cpu(x);
@@ -271,6 +280,29 @@ internal sealed class CpuBackend(int? threads = null, int tokensPerForward = Cpu
         GatedRmsNorm(o, inputs.OutputGate, parameters.OutputNorm, parameters.Eps, y);
     }
 
+    /// <summary>The specification of the batched form: one single-token <see cref="KdaMixer(KdaMixerInputs, KdaMixerParameters, KdaLayerState, Tensor)"/> a sequence.</summary>
+    public void KdaMixer(KdaMixerInputs inputs, KdaMixerParameters parameters, IReadOnlyList<KdaLayerState> states, Tensor y)
+    {
+        if (inputs.Query.Rows != states.Count || y.Rows != states.Count)
+            throw new ArgumentException($"KdaMixer: {states.Count} states for {inputs.Query.Rows} input rows and {y.Rows} output rows.");
+        var output = Allocate(1, y.Cols);
+        for (int n = 0; n < states.Count; n++)
+        {
+            var row = new KdaMixerInputs(RowOf(inputs.Query, n), RowOf(inputs.Key, n), RowOf(inputs.Value, n), RowOf(inputs.Forget, n),
+                RowOf(inputs.Beta, n), RowOf(inputs.OutputGate, n));
+            KdaMixer(row, parameters, states[n], output);
+            Cpu(output).Span.CopyTo(Cpu(y).Row(n));
+        }
+    }
+
+    /// <summary>A copy of row <paramref name="row"/> of <paramref name="x"/> as a [1, cols] tensor.</summary>
+    private CpuTensor RowOf(Tensor x, int row)
+    {
+        var copy = new CpuTensor(1, x.Cols);
+        Cpu(x).Row(row).CopyTo(copy.Span);
+        return copy;
+    }
+
     /// <summary>g[t, h·K+d] = −exp(aLog[h]) · softplus(f[t, h·K+d] + dtBias[h·K+d]) (softplus linear above 20). f, g: [T, H·K].</summary>
     public void KdaGate(Tensor f, float[] aLog, float[] dtBias, Tensor g)
     {
@@ -329,6 +361,19 @@ internal sealed class CpuBackend(int? threads = null, int tokensPerForward = Cpu
             MlaAbsorbed(queries, cache, start, kvB, output, heads, nopeDim, ropeDim, valueDim, kvB.Cols, scale);
         else
             MlaExpanded(queries, cache, start, kvB, output, heads, nopeDim, ropeDim, valueDim, kvB.Cols, scale);
+    }
+
+    /// <summary>The specification of the batched form: one single-row absorbed attention a cache.</summary>
+    public void MlaAttention(Tensor q, IReadOnlyList<Tensor> latents, ReadOnlySpan<int> starts, WeightMatrix kvB, Tensor o, int heads, int nopeDim, int ropeDim, int valueDim)
+    {
+        if (q.Rows != latents.Count || o.Rows != latents.Count || starts.Length != latents.Count)
+            throw new ArgumentException($"MlaAttention: {latents.Count} caches for {q.Rows} query rows, {o.Rows} output rows and {starts.Length} starts.");
+        var output = Allocate(1, o.Cols);
+        for (int n = 0; n < latents.Count; n++)
+        {
+            MlaAttention(RowOf(q, n), latents[n], starts[n], kvB, output, heads, nopeDim, ropeDim, valueDim, absorbed: true);
+            Cpu(output).Span.CopyTo(Cpu(o).Row(n));
+        }
     }
 
     /// <summary>Expand every cached latent into per-head keys and values (the MHA form), then causal softmax attention.</summary>

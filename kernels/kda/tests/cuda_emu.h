@@ -29,6 +29,7 @@ using std::max;
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
 #define __cluster_dims__(...)
+#define __grid_constant__
 // Static __shared__ arrays (common.cuh's block reductions): one copy, which is right while one block runs at a time
 // (clusters of 1 block); dynamic shared memory is per block.
 #define __shared__ static

@@ -8,8 +8,9 @@
 //
 // Checks: the golden kda_ops cases (fp32, ≤ 1e-5 relative), random packed variable-length batches with odd lengths
 // (fp32 ≤ 1e-5, bf16 ≤ 1e-3 against the reference rounded to bf16), a packed batch equal to separate calls, NaN-poisoned
-// input tails / scratch / output tails, the fused decode step over several tokens, and prefill followed by decode steps
-// equal to the reference and to one long prefill. Error = ‖out − ref‖ / ‖ref‖; any NaN fails.
+// input tails / scratch / output tails, the fused decode step over several tokens, the table decode step over separate
+// per-sequence buffers equal to single-sequence steps, and prefill followed by decode steps equal to the reference and
+// to one long prefill. Error = ‖out − ref‖ / ‖ref‖; any NaN fails.
 #include "../kda.cu"
 
 #include <algorithm>
@@ -250,6 +251,7 @@ static std::vector<float> random_beta(size_t n) {
 template <typename Tin> struct Kern;
 template <> struct Kern<bf16> {
     static constexpr auto decode = kimi_kda_decode_step_bf16;
+    static constexpr auto decode_table = kimi_kda_decode_step_table_bf16;
     static constexpr auto intra = kimi_kda_chunk_intra_bf16;
     static constexpr auto prefill = kimi_kda_chunk_prefill_bf16;
     static constexpr auto prepare = kimi_kda_prepare_bf16;
@@ -257,6 +259,7 @@ template <> struct Kern<bf16> {
 };
 template <> struct Kern<float> {
     static constexpr auto decode = kimi_kda_decode_step_f32;
+    static constexpr auto decode_table = kimi_kda_decode_step_table_f32;
     static constexpr auto intra = kimi_kda_chunk_intra_f32;
     static constexpr auto prefill = kimi_kda_chunk_prefill_f32;
     static constexpr auto prepare = kimi_kda_prepare_f32;
@@ -547,6 +550,61 @@ template <typename Tin> static void test_decode(int N, int H, int K, int V, int 
     check_bool(name, gq == cq && gk == ck && gv == cv);
 }
 
+// The table decode step (each sequence's windows and state a separate allocation, as sessions keep them) over N
+// sequences == N single-sequence steps of the contiguous entry, bit for bit: y, the state and the windows, carried over
+// several steps. The sequences are allocated in reverse order, and y has a NaN tail that must stay NaN.
+template <typename Tin> static void test_decode_table(int N, int H, int K, int V, int steps) {
+    const LayerParams P = random_params<Tin>(H, K, V);
+    const size_t HK = size_t(H) * K, HV = size_t(H) * V, S = HV * K;
+    DevPool pool;
+    std::vector<std::vector<float>> cq(N), ck(N), cv(N), s0(N);
+    for (int n = 0; n < N; ++n) {
+        cq[n] = randn(3 * HK); ck[n] = randn(3 * HK); cv[n] = randn(3 * HV); s0[n] = randn(S, 0.3);
+        quant_all<Tin>(cq[n]); quant_all<Tin>(ck[n]); quant_all<Tin>(cv[n]);
+    }
+    // One sequence each: run alone, and the table's storage (allocated last sequence first).
+    std::vector<std::unique_ptr<DecodeDev<Tin>>> alone(N), owned(N);
+    for (int n = 0; n < N; ++n) alone[n] = std::make_unique<DecodeDev<Tin>>(pool, P, 1, cq[n], ck[n], cv[n], s0[n]);
+    for (int n = N - 1; n >= 0; --n) owned[n] = std::make_unique<DecodeDev<Tin>>(pool, P, 1, cq[n], ck[n], cv[n], s0[n]);
+    kda::DecodeTable<Tin> table = {};
+    for (int n = 0; n < N; ++n) {
+        table.conv_q[n] = owned[n]->cq; table.conv_k[n] = owned[n]->ck; table.conv_v[n] = owned[n]->cv; table.state[n] = owned[n]->state;
+    }
+    Tin *pq = pool.alloc<Tin>(N * HK), *pk = pool.alloc<Tin>(N * HK), *pf = pool.alloc<Tin>(N * HK);
+    Tin *pv = pool.alloc<Tin>(N * HV), *pz = pool.alloc<Tin>(N * HV), *pb = pool.alloc<Tin>(size_t(N) * H);
+    Tin* y = pool.upload<Tin>(std::vector<float>(), N * HV + HV);   // NaN, the tail must stay so
+    const DecodeDev<Tin>& p0 = *owned[0];
+    bool same = true;
+    for (int step = 0; step < steps && same; ++step) {
+        const TokenInputs x = random_token<Tin>(N, H, K, V);
+        copy_in(pq, x.q); copy_in(pk, x.k); copy_in(pv, x.v); copy_in(pf, x.f); copy_in(pb, x.b); copy_in(pz, x.z);
+        auto decode = Kern<Tin>::decode_table;
+        LAUNCH(decode, kda::kDecodeSlices, dim3(kda::kDecodeSlices, H, N), dim3(kda::kDecodeThreads), kda::kDecodeSmemBytes,
+            H, K, V, P.rms_eps, (const Tin*)pq, (const Tin*)pk, (const Tin*)pv, (const Tin*)pf, (const Tin*)pb, (const Tin*)pz,
+            (const Tin*)p0.wq, (const Tin*)p0.wk, (const Tin*)p0.wv, (const float*)p0.a_log, (const float*)p0.dt_bias,
+            (const Tin*)p0.wnorm, table, y);
+        CHECK_LAUNCH();
+        auto row = [](const std::vector<float>& a, int n, size_t w) { return std::vector<float>(a.begin() + n * w, a.begin() + (n + 1) * w); };
+        for (int n = 0; n < N; ++n) {
+            alone[n]->set_token(row(x.q, n, HK), row(x.k, n, HK), row(x.v, n, HV), row(x.f, n, HK), row(x.b, n, H), row(x.z, n, HV));
+            alone[n]->run();
+        }
+        CK(cudaDeviceSynchronize());
+        const std::vector<float> yt = download(y, N * HV + HV);
+        for (int n = 0; n < N; ++n) same = same && download(alone[n]->y, HV) == row(yt, n, HV);
+        for (size_t i = N * HV; i < yt.size(); ++i) same = same && std::isnan(yt[i]);
+    }
+    for (int n = 0; n < N; ++n) {
+        const DecodeDev<Tin>& a = *alone[n];
+        const DecodeDev<Tin>& b = *owned[n];
+        same = same && download(a.state, S) == download(b.state, S) && download(a.cq, 3 * HK) == download(b.cq, 3 * HK) &&
+            download(a.ck, 3 * HK) == download(b.ck, 3 * HK) && download(a.cv, 3 * HV) == download(b.cv, 3 * HV);
+    }
+    char name[128];
+    std::snprintf(name, sizeof name, "decode table %s N%d H%d K%d V%d, %d steps: y, state, windows == N single steps", tname<Tin>(), N, H, K, V, steps);
+    check_bool(name, same);
+}
+
 // Continuing sequences (random carried windows and state): prefill of T0 tokens from raw projections (pre-kernel,
 // window update, chunked prefill) then `steps` fused decode steps == the reference, and the state == one prefill of all
 // T0 + steps tokens (host-prepared inputs). The pre-kernel's outputs are checked against the reference too.
@@ -779,6 +837,53 @@ static void bench_decode(int B, int L) {
         B, perP * 1e6, L, bytes / perP / 1e9, 100.0 * bytes / perP / kPeakBytesPerSec);
 }
 
+// The table form at the same shapes: B sequences a layer, each its own allocation (as sessions keep them), L layers in
+// a graph; the bytes are bench_decode's, so the two lines compare the addressing alone.
+static void bench_decode_table(int B, int L) {
+    const int H = 32, K = 128, V = 128, HK = H * K, HV = H * V;
+    DevPool pool;
+    const LayerParams P = random_params<bf16>(H, K, V);
+    std::vector<std::unique_ptr<DecodeDev<bf16>>> owners;   // one sequence each: windows and state
+    std::vector<kda::DecodeTable<bf16>> tables(L);
+    std::vector<std::unique_ptr<DecodeDev<bf16>>> layers;   // the layers' parameters, projections [B, ·] and y
+    for (int l = 0; l < L; ++l) {
+        const std::vector<float> none;
+        auto d = std::make_unique<DecodeDev<bf16>>(pool, P, B, none, none, none, none);
+        fill(d->pq, size_t(B) * HK, -1, 1); fill(d->pk, size_t(B) * HK, -1, 1); fill(d->pv, size_t(B) * HV, -1, 1);
+        fill(d->pf, size_t(B) * HK, -2, 2); fill(d->pb, size_t(B) * H, -2, 2); fill(d->pz, size_t(B) * HV, -2, 2);
+        tables[l] = {};
+        for (int n = 0; n < B; ++n) {
+            auto o = std::make_unique<DecodeDev<bf16>>(pool, P, 1, std::vector<float>(3 * HK), std::vector<float>(3 * HK),
+                std::vector<float>(3 * HV), std::vector<float>(size_t(HV) * K));
+            fill(o->state, size_t(HV) * K, -0.3f, 0.3f);
+            fill(o->cq, 3 * HK, -1, 1); fill(o->ck, 3 * HK, -1, 1); fill(o->cv, 3 * HV, -1, 1);
+            tables[l].conv_q[n] = o->cq; tables[l].conv_k[n] = o->ck; tables[l].conv_v[n] = o->cv; tables[l].state[n] = o->state;
+            owners.push_back(std::move(o));
+        }
+        layers.push_back(std::move(d));
+    }
+    CK(cudaDeviceSynchronize());
+    cudaGraph_t g; cudaGraphExec_t e;
+    CK(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeGlobal));
+#ifndef KDA_EMULATE
+    for (int l = 0; l < L; ++l) {
+        const DecodeDev<bf16>& d = *layers[l];
+        kimi_kda_decode_step_table_bf16<<<dim3(kda::kDecodeSlices, H, B), kda::kDecodeThreads, kda::kDecodeSmemBytes, g_stream>>>(
+            H, K, V, d.rms_eps, d.pq, d.pk, d.pv, d.pf, d.pb, d.pz, d.wq, d.wk, d.wv, d.a_log, d.dt_bias, d.wnorm, tables[l], d.y);
+    }
+#endif
+    CK(cudaStreamEndCapture(g_stream, &g));
+    CK(cudaGraphInstantiate(&e, g, 0));
+    CK(cudaGraphDestroy(g));
+    const float ms = time_ms([&] { CK(cudaGraphLaunch(e, g_stream)); }, 10, 60);
+    CK(cudaGraphExecDestroy(e));
+    const double bytes = double(B) * (2.0 * HV * K * 4 + 2.0 * 3 * (2 * HK + HV) * 2 + (3 * HK + 2 * HV + H) * 2 + HV * 2) +
+                         (2 * HK + HV) * 4 * 2 + HK * 4 + H * 4 + V * 2;
+    const double per = ms / L * 1e-3;
+    std::printf("BENCH decode_step_table bf16 B=%-3d H=32 K=V=128: %8.2f us/layer (graph of %d layers, separate states), %7.1f GB/s, %5.1f%% of 3.0 TB/s\n",
+        B, per * 1e6, L, bytes / per / 1e9, 100.0 * bytes / per / kPeakBytesPerSec);
+}
+
 // Chunked prefill (intra + scan), H = 32, K = V = 128, bf16 q/k/v/o, fp32 g/β/state. Bytes: the minimum the op must
 // move (inputs once, output once, state in and out); the fp32 scratch between the two kernels is extra traffic.
 static void bench_prefill(int B, int T) {
@@ -882,6 +987,8 @@ int main(int argc, char** argv) {
     test_decode<bf16>(3, 4, 128, 128, 5);
     test_decode<float>(2, 3, 64, 64, 4);
     test_decode<bf16>(2, 3, 64, 64, 4);
+    test_decode_table<float>(3, 2, 128, 128, 3);
+    test_decode_table<bf16>(5, 3, 64, 32, 3);   // odd N, V = 32: 8 columns a block
     test_prefill_then_decode<float>(2, 2, 128, 128, 70, 3);
     test_prefill_then_decode<bf16>(2, 2, 128, 128, 70, 3);
     test_prefill_then_decode<float>(1, 2, 64, 64, 37, 2);
@@ -890,8 +997,10 @@ int main(int argc, char** argv) {
     std::printf("%d passed, %d failed\n", g_pass, g_fail);
 
     if (bench) {
-        if (!prefill_only)
+        if (!prefill_only) {
             for (int B : {1, 16, 64}) bench_decode(B, 16);
+            for (int B : {4, 16, 32}) bench_decode_table(B, 16);
+        }
         bench_prefill(1, 4096);
         bench_prefill(1, 16384);
         bench_prefill(1, 65536);
