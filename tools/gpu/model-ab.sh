@@ -19,7 +19,8 @@ lt=$(ls /usr/local/cuda/lib64/libcublasLt.so.* 2>/dev/null | head -n 1)
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 
 rm -rf /tmp/ptx && mkdir -p /tmp/ptx
-bash "$stage/kernels/build.sh" /tmp/ptx > "$out/build.log" 2>&1
+sources=$stage/kernels; [ -d "$sources" ] || sources=$stage/../kernels   # a stage's own copy, else the checkout's
+bash "$sources/build.sh" /tmp/ptx > "$out/build.log" 2>&1
 echo "build rc=$?"
 tar czf "$out/ptx.tgz" -C /tmp/ptx .
 [ -e "$stage/apps/tests/Fixtures" ] || ln -s "$(cd "$stage/.." && pwd)/KimiLinear.Tests/Fixtures" "$stage/apps/tests/Fixtures"

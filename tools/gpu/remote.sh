@@ -20,7 +20,8 @@ export DOTNET_ROOT=/tmp/dn DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 
 echo "== building kernels"
-bash "$stage/kernels/build.sh" /tmp/ptx > "$out/build.log" 2>&1
+sources=$stage/kernels; [ -d "$sources" ] || sources=$stage/../kernels   # a stage's own copy, else the checkout's
+bash "$sources/build.sh" /tmp/ptx > "$out/build.log" 2>&1
 build=$?
 grep -E "FAILED|error|registers|spill|C75" "$out/build.log" | head -60
 tar czf "$out/ptx.tgz" -C /tmp/ptx .

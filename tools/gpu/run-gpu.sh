@@ -37,7 +37,9 @@ cp -r "$repo/KimiLinear.Benchmarks/bin/Release/net10.0" "$stage/bench"
 # GPU_APPS=tests leaves the benchmarks behind: with the checkout at ~33 MB, tests + benchmarks (~3.4 MB packed) +
 # runtime (~25 MB) come close to the 64 MiB a call may carry; drop the benchmarks when the checkout has grown.
 tar cJf "$stage/apps.txz" -C "$stage" ${GPU_APPS:-tests bench} && rm -rf "$stage/tests" "$stage/bench"
-cp -r "$repo/kernels" "$stage/kernels"
+# The kernel sources travel with the checkout when the stage lies inside this repository (remote.sh and model-ab.sh
+# then build ../kernels): a copy would only spend the 64 MiB. A stage elsewhere (another worktree's) takes a copy.
+[ "$(cd "$stage/.." && pwd)" = "$repo" ] || cp -r "$repo/kernels" "$stage/kernels"
 cp "$repo/tools/gpu/remote.sh" "$repo/tools/gpu/model-ab.sh" "$stage/"
 du -sh "$stage"
 echo "Next: device run with command 'bash <STAGE>/remote.sh' and carry ['<STAGE>'] (STAGE relative to the repo root that travels)."
