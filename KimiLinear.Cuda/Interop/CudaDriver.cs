@@ -90,6 +90,12 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(Library)] internal static partial CuResult cuGraphLaunch(nint graphExec, nint stream);
     [LibraryImport(Library)] internal static partial CuResult cuGraphExecDestroy(nint graphExec);
     [LibraryImport(Library)] internal static partial CuResult cuGraphDestroy(nint graph);
+
+    // Tensor maps (the copy engine's descriptors of global arrays, sm_90+)
+    [LibraryImport(Library)]
+    internal static partial CuResult cuTensorMapEncodeTiled(TensorMap* tensorMap, TensorMapDataType dataType, uint rank, ulong globalAddress,
+        ulong* globalDim, ulong* globalStrides, uint* boxDim, uint* elementStrides, TensorMapInterleave interleave, TensorMapSwizzle swizzle,
+        TensorMapL2Promotion l2Promotion, TensorMapOobFill oobFill);
 }
 
 /// <summary><c>CUlaunchConfig</c>: launch geometry plus attributes, for <c>cuLaunchKernelEx</c>.</summary>
@@ -166,4 +172,44 @@ internal enum StreamCaptureMode
     Global = 0,
     ThreadLocal = 1,
     Relaxed = 2,
+}
+
+/// <summary>
+/// <c>CUtensorMap</c>: 128 opaque bytes (64-byte aligned where the driver writes it) describing a global array to the copy
+/// engine (TMA); a kernel takes it by value as a <c>__grid_constant__</c> parameter.
+/// </summary>
+[StructLayout(LayoutKind.Sequential, Size = 128)]
+internal unsafe struct TensorMap
+{
+    private fixed ulong _opaque[16];
+}
+
+/// <summary><c>CUtensorMapDataType</c> values used here.</summary>
+internal enum TensorMapDataType
+{
+    BFloat16 = 9,
+}
+
+/// <summary><c>CUtensorMapInterleave</c>.</summary>
+internal enum TensorMapInterleave
+{
+    None = 0,
+}
+
+/// <summary><c>CUtensorMapSwizzle</c> values used here.</summary>
+internal enum TensorMapSwizzle
+{
+    Bytes128 = 3,
+}
+
+/// <summary><c>CUtensorMapL2promotion</c> values used here.</summary>
+internal enum TensorMapL2Promotion
+{
+    Bytes256 = 3,
+}
+
+/// <summary><c>CUtensorMapFloatOOBfill</c>: elements outside the array land as zeros.</summary>
+internal enum TensorMapOobFill
+{
+    Zeros = 0,
 }

@@ -1,3 +1,4 @@
+using KimiLinear.Cuda.Interop;
 using KimiLinear.Cuda.Memory;
 
 namespace KimiLinear.Cuda.Kernels;
@@ -49,9 +50,9 @@ internal static unsafe class MlaKernels
     private const int PrefillMaxValueDim = 128;
     private const int PrefillWgmmaThreads = 512;
     private const int PrefillWgmmaRows = 192;
-    // prefill_wgmma_smem_bytes: 1 KB of alignment slack, Q (72 KB), 3 stages of K and fp16 Vᵀ (40 KB each), 2 V staging
-    // buffers (16 KB each), 10 mbarriers.
-    private const int PrefillWgmmaSharedBytes = 1024 + 192 * 192 * 2 + 3 * (64 * 192 * 2 + 128 * 64 * 2) + 2 * 64 * 128 * 2 + 10 * 8;
+    // prefill_wgmma_smem_bytes: 1 KB of alignment slack, Q (72 KB), 3 stages of K and V (40 KB each), 6 mbarriers.
+    private const int PrefillWgmmaSharedBytes = 1024 + 192 * 192 * 2 + 3 * (64 * 192 * 2 + 64 * 128 * 2) + 6 * 8;
+    private const int PrefillWgmmaBox = 64;   // the copy engine's boxes: 64 rows × 64 bf16 columns (128-byte swizzle)
     private const float Log2E = 1.4426950408889634f;
 
     private static int DecodeSharedBytes(int d, int mTiles) =>
@@ -242,8 +243,34 @@ internal static unsafe class MlaKernels
         int h = shape.Heads, n = shape.NopeDim, p = shape.RopeDim, v = shape.ValueDim, r = shape.Rank;
         float scaleLog2 = scale * Log2E;
         ulong pO = o.Pointer, pQ = q.Pointer, pKv = keysValues.Pointer, pLatent = latent.Pointer;
-        void** args = stackalloc void*[] { &pO, &pQ, &pKv, &pLatent, &start, &t, &h, &n, &p, &v, &r, &scaleLog2 };
+        // The wgmma kernel reads keysValues and the latent cache through the copy engine: maps of their first L rows
+        // (rows past them land as zeros), encoded for this call's addresses and length, passed by value.
+        TensorMap* maps = stackalloc TensorMap[3];
+        maps = (TensorMap*)(((nuint)maps + 63) & ~(nuint)63);   // the driver writes a map 64-byte aligned
+        void* kvArgument = &pKv, latentArgument = &pLatent;
+        if (wgmma)
+        {
+            EncodeRows(&maps[0], keysValues.Pointer, shape.KeyValueWidth, length);
+            EncodeRows(&maps[1], latent.Pointer, shape.LatentWidth, length);
+            kvArgument = &maps[0];
+            latentArgument = &maps[1];
+        }
+        void** args = stackalloc void*[] { &pO, &pQ, kvArgument, latentArgument, &start, &t, &h, &n, &p, &v, &r, &scaleLog2 };
         stream.Context.Kernels.Launch(id, new Dim3((uint)((t + rows - 1) / rows), (uint)h), new Dim3((uint)threads), shared, stream, args);
+    }
+
+    /// <summary>
+    /// A tensor map of <paramref name="rows"/> rows of <paramref name="columns"/> bf16 values (rows packed, 16-byte
+    /// aligned as the callers check) in boxes of 64 × 64 with the 128-byte swizzle the wgmma operands use.
+    /// </summary>
+    private static void EncodeRows(TensorMap* map, ulong address, long columns, long rows)
+    {
+        ulong* extent = stackalloc ulong[] { (ulong)columns, (ulong)rows };
+        ulong* pitch = stackalloc ulong[] { (ulong)columns * sizeof(ushort) };
+        uint* box = stackalloc uint[] { PrefillWgmmaBox, PrefillWgmmaBox };
+        uint* step = stackalloc uint[] { 1, 1 };
+        CudaException.ThrowIfFailed(CudaDriver.cuTensorMapEncodeTiled(map, TensorMapDataType.BFloat16, 2, address, extent, pitch, box, step,
+            TensorMapInterleave.None, TensorMapSwizzle.Bytes128, TensorMapL2Promotion.Bytes256, TensorMapOobFill.Zeros));
     }
 
     /// <summary>A decode partial kernel in its two forms (one cache, a table of caches) and its launch geometry.</summary>

@@ -7,5 +7,5 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=$(mktemp)
 trap 'rm -f "$bin"' EXIT
-g++ -O1 -std=c++17 -DKDA_EMULATE -Wno-unknown-pragmas -x c++ -o "$bin" "$here/mla_harness.cu"
+g++ -O1 -std=c++17 -DKDA_EMULATE -Wno-unknown-pragmas -Wno-psabi -x c++ -o "$bin" "$here/mla_harness.cu"
 "$bin" "$@"

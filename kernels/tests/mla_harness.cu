@@ -1,14 +1,18 @@
 // mla_harness.cu — development harness for kernels/mla.cu (llm.c dev/cuda style):
 //   CPU:  g++ -O1 -std=c++17 -DKDA_EMULATE -x c++ -o /tmp/mla_emu kernels/tests/mla_harness.cu && /tmp/mla_emu
 //         (the CUDA emulator of kernels/kda/tests/cuda_emu.h: checks logic, fragment layouts and barriers, not speed)
-//   GPU:  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o /tmp/mla_harness kernels/tests/mla_harness.cu && /tmp/mla_harness [--bench | --bench-decode | --bench-prefill]
+//   GPU:  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o /tmp/mla_harness kernels/tests/mla_harness.cu -lcuda && /tmp/mla_harness [--bench | --bench-decode | --bench-prefill]
 //         (the same checks, then with --bench each kernel alone timed with CUDA events at the model's shapes, the decode
 //         partial both as mma.sync and as wgmma, and B caches as B one-cache launches against one table launch;
 //         -DMLA_DECODE_ROWS=r -DMLA_DECODE_STAGES=n build the decode kernel's other configurations)
 // Every kernel against a float64 reference of the same math on random data of odd sizes, the cache rows past the
-// visible length poisoned with NaN. Error = ‖out − ref‖ / ‖ref‖ (limit 2e-3; the fp16 tensor-core operands keep it near 2e-4).
+// visible length poisoned with NaN. Error = ‖out − ref‖ / ‖ref‖ (limit 2e-3; the fp16 tensor-core operands keep it near 2e-4,
+// the wgmma prefill's bf16 softmax weights near 1.3e-3).
 // The tests that count are KimiLinear.Tests/Cuda/MlaKernelTests.cs on the GPU; this is the fast development loop.
 #include "../mla.cu"
+#ifndef KDA_EMULATE
+#include <cuda.h>   // cuTensorMapEncodeTiled (the driver API: link with -lcuda)
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -315,13 +319,33 @@ static void check_absorb(Shape sh, int T) {
     report(what, qlat, ref);
 }
 
+// The copy engine's map of `rows` rows of `columns` bf16 values, `row_bytes` apart, in boxes of 64 × 64 with the 128-byte
+// swizzle (what MlaKernels.PrefillAttention encodes for the wgmma prefill).
+static TensorMap bf16_rows_map(const uint16_t* base, uint64_t columns, uint64_t rows, uint64_t row_bytes) {
+    TensorMap map;
+#ifdef KDA_EMULATE
+    emu_encode_tensor_map_2d(&map, base, 2, columns, rows, row_bytes, 64, 64);
+#else
+    const cuuint64_t extent[2] = {columns, rows}, pitch[1] = {row_bytes};
+    const cuuint32_t box[2] = {64, 64}, step[2] = {1, 1};
+    const CUresult r = cuTensorMapEncodeTiled(reinterpret_cast<CUtensorMap*>(&map), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<uint16_t*>(base),
+                                              extent, pitch, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) { std::fprintf(stderr, "cuTensorMapEncodeTiled failed: %d\n", int(r)); std::exit(2); }
+#endif
+    return map;
+}
+
 enum class Prefill { General, D192, Wgmma };   // kimi_mla_prefill_general, _d192_v128, _wgmma_d192_v128
 static void launch_prefill(Prefill kind, float* o, const uint16_t* q, const uint16_t* kv, const uint16_t* lat, int start, int T, int H, int N,
                            int P, int V, int R, float scale_log2) {
-    if (kind == Prefill::Wgmma)
-        launch(kimi_mla_prefill_wgmma_d192_v128, dim3(unsigned((T + kWgRows - 1) / kWgRows), H), dim3(kWgThreads), prefill_wgmma_smem_bytes(), o, q, kv, lat, start, T, H, N, P, V, R,
-               scale_log2);
-    else
+    if (kind == Prefill::Wgmma) {
+        const int L = start + T;
+        const TensorMap kv_map = bf16_rows_map(kv, uint64_t(H) * (N + V), uint64_t(L), uint64_t(H) * (N + V) * 2);
+        const TensorMap latent_map = bf16_rows_map(lat, uint64_t(R + P), uint64_t(L), uint64_t(R + P) * 2);
+        launch(kimi_mla_prefill_wgmma_d192_v128, dim3(unsigned((T + kWgRows - 1) / kWgRows), H), dim3(kWgThreads), prefill_wgmma_smem_bytes(), o, q,
+               kv_map, latent_map, start, T, H, N, P, V, R, scale_log2);
+    } else
         launch(kind == Prefill::D192 ? kimi_mla_prefill_d192_v128 : kimi_mla_prefill_general, dim3(unsigned((T + kPrefillRows - 1) / kPrefillRows), H),
                dim3(kPrefillThreads),
                prefill_smem_bytes(N + P, V), o, q, kv, lat, start, T, H, N, P, V, R, scale_log2);

@@ -411,6 +411,32 @@ inline void emu_cp_async_mbarrier_arrive(void* bar) {
     emu_mbarrier_arrive(bar);
 }
 
+// cp.async.bulk.tensor.2d (TMA) with a 128-byte swizzle, from a tensor map that emu_encode_tensor_map_2d wrote into the
+// 128 bytes a CUtensorMap takes: the box lands at once (an arrive.expect_tx is then a plain arrival), row r of it at
+// dst + 128 r with its 16-byte chunks XOR-ed by the shared-memory address's bits 7..9 as the hardware does;
+// elements past the map's extent land as zeros.
+struct EmuTensorMap { const unsigned char* base; uint64_t columns, rows, row_bytes; uint32_t box_columns, box_rows, element_bytes; };
+static_assert(sizeof(EmuTensorMap) <= 128, "a tensor map is 128 bytes");
+inline void emu_encode_tensor_map_2d(void* map, const void* base, uint32_t element_bytes, uint64_t columns, uint64_t rows,
+                                     uint64_t row_bytes, uint32_t box_columns, uint32_t box_rows) {
+    if (box_columns * element_bytes != 128) { std::fprintf(stderr, "emu: only 128-byte box rows (the 128-byte swizzle) are emulated\n"); std::abort(); }
+    EmuTensorMap m = {static_cast<const unsigned char*>(base), columns, rows, row_bytes, box_columns, box_rows, element_bytes};
+    std::memset(map, 0, 128);
+    std::memcpy(map, &m, sizeof m);
+}
+inline void emu_tma_load_2d(void* dst, const void* map, int column, int row) {
+    EmuTensorMap m; std::memcpy(&m, map, sizeof m);
+    const uint32_t offset = uint32_t(static_cast<unsigned char*>(dst) - emu_dynamic_smem);
+    for (uint32_t r = 0; r < m.box_rows; r++)
+        for (uint32_t e = 0; e < m.box_columns; e++) {
+            uint32_t addr = offset + r * 128 + e * m.element_bytes;
+            addr ^= ((addr >> 7) & 7) << 4;
+            const uint64_t gr = uint64_t(row) + r, gc = uint64_t(column) + e;
+            if (gr < m.rows && gc < m.columns) std::memcpy(emu_dynamic_smem + addr, m.base + gr * m.row_bytes + gc * m.element_bytes, m.element_bytes);
+            else std::memset(emu_dynamic_smem + addr, 0, m.element_bytes);
+        }
+}
+
 // wgmma.mma_async (warpgroup MMA, m64nNk16, fp32 accumulators) with K-major operands in shared memory described by
 // 128-byte-swizzle matrix descriptors, the A operand optionally in registers (the mma.sync m16n8k16 A layout, warp w
 // of the warpgroup holding rows 16w .. 16w + 15). As on the GPU, nothing happens at issue: a commit closes a group and
@@ -445,8 +471,8 @@ inline float wgmma_value(uint16_t bits, bool f16) {
 inline void emu_wgmma_ss(float* d, int n, bool f16, bool accumulate, uint64_t da, uint64_t db, bool b_mn_major = false) {
     emu::st().fibers[emu::st().cur].wg_pending.push_back({d, n, f16, false, accumulate, b_mn_major, {}, da, db});
 }
-inline void emu_wgmma_rs(float* d, int n, bool f16, bool accumulate, const uint32_t* a, uint64_t db) {
-    emu::st().fibers[emu::st().cur].wg_pending.push_back({d, n, f16, true, accumulate, false, {a[0], a[1], a[2], a[3]}, 0, db});
+inline void emu_wgmma_rs(float* d, int n, bool f16, bool accumulate, const uint32_t* a, uint64_t db, bool b_mn_major = false) {
+    emu::st().fibers[emu::st().cur].wg_pending.push_back({d, n, f16, true, accumulate, b_mn_major, {a[0], a[1], a[2], a[3]}, 0, db});
 }
 inline void emu_wgmma_commit() {
     emu::Fiber& f = emu::st().fibers[emu::st().cur];
