@@ -1041,6 +1041,13 @@ __device__ __forceinline__ void fence_proxy_async() {
 #endif
 }
 
+// Barrier initialisations (by this thread) made visible to the copy engine before it first counts bytes on them.
+__device__ __forceinline__ void fence_mbarrier_init() {
+#ifndef KDA_EMULATE
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+
 // The copy engine (TMA): this thread's arrival on `bar`, which from now on also waits for `bytes` more bytes to land
 // (the copies below count them down as they complete) ...
 __device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
@@ -1328,10 +1335,12 @@ __device__ __forceinline__ void prefill_wgmma(float* __restrict__ o, const uint1
 // Absorbed decode partial on Hopper: what decode_partial computes for the model's shape (H 32, R 512, D 576), same
 // arguments, grid (S, T) and outputs; only the slices' lengths round to 16 rows instead of a tile. Block (slice s,
 // token t), three warpgroups, one block per SM:
-//   warpgroup 2 (producer, 56 registers): streams the slice's cache rows in tiles of 64 through a 2-stage ring, by
-//       16-byte cp.async straight into the 128-byte-swizzled layout wgmma reads (9 blocks of 64 columns, K-major);
-//       rows past the slice are zero-filled. mbarriers hand the stages over: full (every producer thread's pieces of
-//       the tile landed) and empty (every consumer thread is done with it).
+//   warpgroup 2 (producer, 56 registers): one thread streams the slice's cache rows in tiles of 64 through a 2-stage
+//       ring by the copy engine (TMA: 9 boxes of 64 rows × 64 columns a tile, each landing in the 128-byte-swizzled
+//       K-major layout wgmma reads); a slice's last, partial tile is the 64 rows ending at the slice's end, the rows
+//       before it masked. mbarriers hand the stages over: full (the tile's 72 KB have landed, counted in bytes) and
+//       empty (every consumer thread is done with it). (By 16-byte cp.async from 128 threads, 36 a thread a tile, the
+//       copies' issue set the pace at long caches.)
 //   warpgroup 0 (consumer, 224 registers): S [64 × 64 rows] = Q·Kᵀ, 36 wgmma m64n64k16 with both operands in shared
 //       memory. q_lat is fp32: Q's 64 rows hold it as bf16 hi (rows 0–31, head h) and lo = bf16(q − hi) (rows 32–63),
 //       so the rows the 32 heads leave free make the product exact to ~2^-17 without a second pass (bf16 q alone
@@ -1352,7 +1361,7 @@ __device__ __forceinline__ void prefill_wgmma(float* __restrict__ o, const uint1
 // The lo scores travel through P's own buffer: warp w's partner writes exactly the bytes warp w then overwrites with its
 // P rows (16w .. 16w + 15 and 32 + 16w ..), after a __syncwarp, so 8 KB serve both (the ring and Q leave ~10 KB free).
 __device__ __forceinline__ void decode_partial_wgmma(float* __restrict__ partial_o, float* __restrict__ partial_ml,
-                                                     const float* __restrict__ q_lat, const uint16_t* __restrict__ latent,
+                                                     const float* __restrict__ q_lat, const TensorMap* latent_map,
                                                      int len, float scale_log2) {
     constexpr int H = kWdHeads, R = kWdRank, D = kWdWidth, kChunks = D / 8;   // 16-byte pieces per row
     const int splits = gridDim.x, s = blockIdx.x, t = blockIdx.y, tid = threadIdx.x;
@@ -1376,30 +1385,26 @@ __device__ __forceinline__ void decode_partial_wgmma(float* __restrict__ partial
     uint64_t* scores_lo = empty + kWdStages;   // warps 2–3 of warpgroup 0 stored their lo scores
     uint64_t* p_ready = scores_lo + 1;         // P and α of the tile are stored
     const int wg = tid / 128, t128 = tid % 128;
-    if (tid == 0) {
+    // Tile j covers rows [begin + 64j, end) of the slice. The copy engine takes 64 whole rows a tile, so a slice's last,
+    // partial tile is taken as the 64 rows ending at `end` (rows before begin + 64j, already seen or another slice's,
+    // and rows before 0, which land as zeros, are masked out of the softmax): no tile reaches a row at or past the
+    // cache's length, which may hold anything (NaN included).
+    auto issue = [&](int j) {   // the producer's one thread: tile j as 9 boxes of 64 rows × 64 columns
+        const int stage = j % kWdStages, row0 = min(begin + j * kWdRows, end - kWdRows);
+        unsigned char* dst = ring + stage * kWdTileBytes;
+        mbar_arrive_expect_tx(&full[stage], kWdTileBytes);
+#pragma unroll 1
+        for (int b = 0; b < D / 64; b++) tma_load_2d(dst + b * kWdBlockBytes, latent_map, 64 * b, row0, &full[stage]);
+    };
+    if (wg == 2 && t128 == 0) {   // the producer's thread: the barriers, then both stages' tiles in flight while the consumers build Q
         for (int i = 0; i < kWdStages; i++) {
-            mbar_init(&full[i], 128);
+            mbar_init(&full[i], 1);     // the producer's arrival, with the tile's bytes to come
             mbar_init(&empty[i], 256);
         }
         mbar_init(scores_lo, 64);
         mbar_init(p_ready, 64);
-    }
-    // Tile j: pieces e (row e / 72, chunk e % 72: a warp's 32 pieces are consecutive 16-byte pieces of one or two rows,
-    // contiguous in global memory). Unrolled by 4 only: the producer lives on 56 registers.
-    auto load = [&](int j) {
-        unsigned char* stage = ring + (j % kWdStages) * kWdTileBytes;
-        const int row0 = begin + j * kWdRows;
-#pragma unroll 4
-        for (int i = 0; i < kWdRows * kChunks / 128; i++) {
-            const int e = i * 128 + t128, r = e / kChunks, ch = e % kChunks;
-            const bool ok = row0 + r < end;
-            cp_async16(reinterpret_cast<uint16_t*>(stage + (ch / 8) * kWdBlockBytes + swizzled(r, ch % 8)),
-                       ok ? latent + static_cast<size_t>(row0 + r) * D + ch * 8 : latent, ok);
-        }
-    };
-    if (wg == 2) {   // the first tile in flight while the consumers build Q
-        load(0);
-        cp_async_commit();
+        fence_mbarrier_init();   // the initialised barriers visible to the copy engine, which counts bytes on them
+        for (int j = 0; j < min(tiles, kWdStages); j++) issue(j);
     }
     if (wg < 2) {   // Q: head h's q_lat as bf16 hi in row h and lo in row h + 32, 8 columns a piece (all loads issued at once)
         static_assert(H * kChunks % 256 == 0, "whole pieces per consumer thread");
@@ -1423,20 +1428,14 @@ __device__ __forceinline__ void decode_partial_wgmma(float* __restrict__ partial
     }
     __syncthreads();   // Q complete (each thread wrote pieces others read); barriers initialised
 
-    if (wg == 2) {   // ---- producer (tile 0 is in flight)
+    if (wg == 2) {   // ---- producer: one thread issues the tiles past the first two; the others only give up registers
         setmaxnreg_dec<kWdProducerRegisters>();
-        for (int j = 1; j < tiles; j++) {
+        if (t128 != 0) return;
+        for (int j = kWdStages; j < tiles; j++) {
             // Stage j % 2 was last used by tile j − 2: every consumer must be done with it (its empty phase j / 2 − 1).
-            if (j >= kWdStages) mbar_wait(&empty[j % kWdStages], (j / kWdStages + 1) & 1);
-            load(j);
-            cp_async_commit();
-            cp_async_wait<1>();   // tile j − 1 landed (tile j may be in flight)
-            fence_proxy_async();
-            mbar_arrive(&full[(j - 1) % kWdStages]);
+            mbar_wait(&empty[j % kWdStages], (j / kWdStages + 1) & 1);
+            issue(j);
         }
-        cp_async_wait<0>();
-        fence_proxy_async();
-        mbar_arrive(&full[(tiles - 1) % kWdStages]);
     } else {   // ---- consumers: warp wq of warpgroup wg holds rows 16wq .. 16wq + 15 of every 64-row product
         setmaxnreg_inc<kWdConsumerRegisters>();
         const int wq = t128 / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
@@ -1487,16 +1486,17 @@ __device__ __forceinline__ void decode_partial_wgmma(float* __restrict__ partial
                     }
                     sync_warp();   // every lane has read its lo scores before any lane overwrites them with P
 
-                    // Online softmax over the tile's rows (columns of S): rows past the slice are masked.
-                    const int row0 = begin + j * kWdRows;
-                    const bool masked = row0 + kWdRows > end;   // warp-uniform
+                    // Online softmax over the tile's rows (columns of S): in a last, partial tile (taken as the 64 rows
+                    // ending at `end`) the rows before begin + 64j are masked.
+                    const int first = begin + j * kWdRows, row0 = min(first, end - kWdRows);
+                    const bool masked = first + kWdRows > end;   // warp-uniform
                     float mx[2] = {kNegInf, kNegInf};
 #pragma unroll
                     for (int i = 0; i < 8; i++)
 #pragma unroll
                         for (int e = 0; e < 4; e++) {
                             float x = sacc[4 * i + e] * scale_log2;
-                            if (masked && row0 + 8 * i + 2 * c + (e & 1) >= end) x = kNegInf;
+                            if (masked && row0 + 8 * i + 2 * c + (e & 1) < first) x = kNegInf;
                             sacc[4 * i + e] = x;
                             mx[e >> 1] = fmaxf(mx[e >> 1], x);
                         }
@@ -1620,12 +1620,33 @@ kimi_mla_prefill_wgmma_d192_v128(float* __restrict__ o, const uint16_t* __restri
 // threads, decode_wgmma_smem_bytes() of dynamic shared memory. A trap in the PTX images, which the wrapper never
 // launches. Programmatic launch: it waits for its predecessor before reading anything (the length, q_lat and the newest
 // cache row are all written just before).
+// Its cache comes as a tensor map (rows of R + P bf16 values, extent at least the length, boxes of 64 × 64 with the
+// 128-byte swizzle; MlaKernels.DecodeAttention encodes it), its table form's as a table of them.
+namespace mla {
+struct DecodeMaps {
+    TensorMap latent[kDecodeTableSequences];
+};
+}  // namespace mla
 #if defined(KDA_EMULATE) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define MLA_DECODE_WGMMA(LATENT, LEN) \
-    ((void)H, (void)R, (void)D, mla::decode_partial_wgmma(partial_o, partial_ml, q_lat, LATENT, LEN, scale_log2))
+#define MLA_DECODE_WGMMA(MAP, LEN) \
+    ((void)H, (void)R, (void)D, mla::decode_partial_wgmma(partial_o, partial_ml, q_lat, MAP, LEN, scale_log2))
 #else
-#define MLA_DECODE_WGMMA(LATENT, LEN) \
-    ((void)partial_o, (void)partial_ml, (void)q_lat, (void)H, (void)R, (void)D, (void)scale_log2, __trap())
+#define MLA_DECODE_WGMMA(MAP, LEN) \
+    ((void)MAP, (void)partial_o, (void)partial_ml, (void)q_lat, (void)H, (void)R, (void)D, (void)scale_log2, __trap())
 #endif
-MLA_DECODE_ENTRIES(kimi_mla_decode_partial_wgmma_h32_r512_d576, kimi_mla_decode_partial_table_wgmma_h32_r512_d576, mla::kWdThreads,
-                   MLA_DECODE_WGMMA)
+extern "C" __global__ void __launch_bounds__(mla::kWdThreads, 1)
+kimi_mla_decode_partial_wgmma_h32_r512_d576(float* __restrict__ partial_o, float* __restrict__ partial_ml, const float* __restrict__ q_lat,
+                                            const __grid_constant__ mla::TensorMap latent_map, const int* __restrict__ start_ptr, int H, int R,
+                                            int D, float scale_log2) {
+    allow_successor();
+    wait_for_predecessor();
+    MLA_DECODE_WGMMA(&latent_map, *start_ptr + static_cast<int>(blockIdx.y) + 1);
+}
+extern "C" __global__ void __launch_bounds__(mla::kWdThreads, 1)
+kimi_mla_decode_partial_table_wgmma_h32_r512_d576(float* __restrict__ partial_o, float* __restrict__ partial_ml, const float* __restrict__ q_lat,
+                                                  const __grid_constant__ mla::DecodeMaps maps, const int* __restrict__ starts, int H, int R,
+                                                  int D, float scale_log2) {
+    allow_successor();
+    wait_for_predecessor();
+    MLA_DECODE_WGMMA(&maps.latent[blockIdx.y], starts[blockIdx.y] + 1);
+}

@@ -118,7 +118,11 @@ internal static unsafe class MlaKernels
         KernelChecks.HoldsAligned(latent, (long)t * shape.LatentWidth, nameof(latent)); // at least the call's own rows; start is on the device
         KernelChecks.Holds(start, 1, nameof(start));
         ulong pLatent = latent.Pointer;
-        LaunchDecode(stream, partial.Single, partial, queryLatent, &pLatent, start, t, shape, scale, scratch);
+        TensorMap* map = stackalloc TensorMap[2];
+        map = Aligned(map);
+        if (partial.TakesTensorMaps)
+            EncodeRows(map, latent.Pointer, shape.LatentWidth, latent.Length / shape.LatentWidth);
+        LaunchDecode(stream, partial.Single, partial, queryLatent, partial.TakesTensorMaps ? map : &pLatent, start, t, shape, scale, scratch);
     }
 
     /// <summary>
@@ -155,15 +159,21 @@ internal static unsafe class MlaKernels
             throw new ArgumentException($"one MLA decode launch takes at most {DecodeTableSequences} caches, got {sequences}", nameof(latents));
         DecodePartial partial = CheckDecode(stream, queryLatent, sequences, shape, scale, scratch, allowWarpgroupMma);
         KernelChecks.Holds(starts, sequences, nameof(starts));
-        // mla::DecodeTable: DecodeTableSequences cache addresses; entries past N stay 0 (the grid never reads them).
+        // mla::DecodeTable: DecodeTableSequences cache addresses, or for the wgmma kernel mla::DecodeMaps: as many tensor
+        // maps; entries past N stay 0 (the grid never reads them).
         ulong* table = stackalloc ulong[DecodeTableSequences];
         new Span<ulong>(table, DecodeTableSequences).Clear();
+        TensorMap* maps = stackalloc TensorMap[DecodeTableSequences + 1];
+        maps = Aligned(maps);
+        new Span<TensorMap>(maps, DecodeTableSequences).Clear();
         for (int n = 0; n < sequences; n++)
         {
             KernelChecks.HoldsAligned(latents[n], shape.LatentWidth, $"latents[{n}]"); // at least its query's own row; the start is on the device
             table[n] = latents[n].Pointer;
+            if (partial.TakesTensorMaps)
+                EncodeRows(&maps[n], latents[n].Pointer, shape.LatentWidth, latents[n].Length / shape.LatentWidth);
         }
-        LaunchDecode(stream, partial.Table, partial, queryLatent, table, starts, sequences, shape, scale, scratch);
+        LaunchDecode(stream, partial.Table, partial, queryLatent, partial.TakesTensorMaps ? maps : table, starts, sequences, shape, scale, scratch);
     }
 
     /// <summary>
@@ -246,7 +256,7 @@ internal static unsafe class MlaKernels
         // The wgmma kernel reads keysValues and the latent cache through the copy engine: maps of their first L rows
         // (rows past them land as zeros), encoded for this call's addresses and length, passed by value.
         TensorMap* maps = stackalloc TensorMap[3];
-        maps = (TensorMap*)(((nuint)maps + 63) & ~(nuint)63);   // the driver writes a map 64-byte aligned
+        maps = Aligned(maps);
         void* kvArgument = &pKv, latentArgument = &pLatent;
         if (wgmma)
         {
@@ -258,6 +268,9 @@ internal static unsafe class MlaKernels
         void** args = stackalloc void*[] { &pO, &pQ, kvArgument, latentArgument, &start, &t, &h, &n, &p, &v, &r, &scaleLog2 };
         stream.Context.Kernels.Launch(id, new Dim3((uint)((t + rows - 1) / rows), (uint)h), new Dim3((uint)threads), shared, stream, args);
     }
+
+    /// <summary>The first 64-byte-aligned map in a buffer of one more than needed (the driver writes maps 64-byte aligned).</summary>
+    private static TensorMap* Aligned(TensorMap* buffer) => (TensorMap*)(((nuint)buffer + 63) & ~(nuint)63);
 
     /// <summary>
     /// A tensor map of <paramref name="rows"/> rows of <paramref name="columns"/> bf16 values (rows packed, 16-byte
@@ -273,8 +286,12 @@ internal static unsafe class MlaKernels
             TensorMapInterleave.None, TensorMapSwizzle.Bytes128, TensorMapL2Promotion.Bytes256, TensorMapOobFill.Zeros));
     }
 
-    /// <summary>A decode partial kernel in its two forms (one cache, a table of caches) and its launch geometry.</summary>
-    private readonly record struct DecodePartial(KernelId Single, KernelId Table, int Threads, int SharedBytes);
+    /// <summary>
+    /// A decode partial kernel in its two forms (one cache, a table of caches) and its launch geometry;
+    /// <paramref name="TakesTensorMaps"/>: the caches go as tensor maps (the wgmma kernel reads them by the copy engine),
+    /// not as addresses.
+    /// </summary>
+    private readonly record struct DecodePartial(KernelId Single, KernelId Table, int Threads, int SharedBytes, bool TakesTensorMaps = false);
 
     /// <summary>What both forms of <c>DecodeAttention</c> check besides the caches and starts, and the kernel they run.</summary>
     private static DecodePartial CheckDecode(CudaStream stream, DeviceSpan<float> queryLatent, int t, MlaShape shape, float scale,
@@ -297,7 +314,8 @@ internal static unsafe class MlaKernels
         bool modelShape = shape.Heads == 32 && shape.Rank == 512 && d == 576;
         bool wgmma = allowWarpgroupMma && modelShape && stream.Context.Kernels.RunsSm90a("mla");
         DecodePartial partial = wgmma
-            ? new(KernelId.MlaDecodePartialWgmmaH32R512D576, KernelId.MlaDecodePartialTableWgmmaH32R512D576, DecodeWgmmaThreads, DecodeWgmmaSharedBytes)
+            ? new(KernelId.MlaDecodePartialWgmmaH32R512D576, KernelId.MlaDecodePartialTableWgmmaH32R512D576, DecodeWgmmaThreads, DecodeWgmmaSharedBytes,
+                TakesTensorMaps: true)
             : modelShape
                 ? new(KernelId.MlaDecodePartialH32R512D576, KernelId.MlaDecodePartialTableH32R512D576, DecodeThreads, DecodeSharedBytes(d, mTiles))
                 : new(KernelId.MlaDecodePartial, KernelId.MlaDecodePartialTable, DecodeThreads, DecodeSharedBytes(d, mTiles));

@@ -193,6 +193,26 @@ static void check_decode(Shape sh, int start, int T, int splits) {
     }
 }
 
+// The copy engine's map of `rows` rows of `columns` bf16 values, `row_bytes` apart, in boxes of 64 × 64 with the 128-byte
+// swizzle (what MlaKernels.PrefillAttention encodes for the wgmma prefill).
+static TensorMap bf16_rows_map(const uint16_t* base, uint64_t columns, uint64_t rows, uint64_t row_bytes) {
+    TensorMap map;
+#ifdef KDA_EMULATE
+    emu_encode_tensor_map_2d(&map, base, 2, columns, rows, row_bytes, 64, 64);
+#else
+    const cuuint64_t extent[2] = {columns, rows}, pitch[1] = {row_bytes};
+    const cuuint32_t box[2] = {64, 64}, step[2] = {1, 1};
+    const CUresult r = cuTensorMapEncodeTiled(reinterpret_cast<CUtensorMap*>(&map), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<uint16_t*>(base),
+                                              extent, pitch, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) { std::fprintf(stderr, "cuTensorMapEncodeTiled failed: %d\n", int(r)); std::exit(2); }
+#endif
+    return map;
+}
+
+// The wgmma decode partial's view of a latent cache of `rows` rows (R + P = 576 columns).
+static TensorMap latent_map(const uint16_t* lat, int rows) { return bf16_rows_map(lat, 576, uint64_t(rows), 576 * 2); }
+
 // The Hopper decode partial (kimi_mla_decode_partial_wgmma_h32_r512_d576, the model's shape only) against the reference
 // and against the mma.sync kernel on the same data, both merged by the same combine. Its q_lat and p enter as bf16 hi +
 // lo pairs, so it must land near fp32 (limit 1e-4): a lost lo half shows as ~1e-3.
@@ -213,7 +233,7 @@ static void check_decode_wgmma(int start, int T, int splits) {
         Dev<int> arrivals(std::vector<int>(sh.H, 0));
         if (wgmma)
             launch(kimi_mla_decode_partial_wgmma_h32_r512_d576, dim3(splits, T), dim3(kWdThreads), decode_wgmma_smem_bytes(), po.p, pml.p,
-                   (const float*)dq.p, (const uint16_t*)dlat.p, (const int*)dstart.p, sh.H, sh.R, D, scale * 1.4426950408889634f);
+                   (const float*)dq.p, latent_map(dlat.p, L + 5), (const int*)dstart.p, sh.H, sh.R, D, scale * 1.4426950408889634f);
         else
             launch(kimi_mla_decode_partial_h32_r512_d576, dim3(splits, T), dim3(kDecodeThreads), decode_smem_bytes(D, 2), po.p, pml.p,
                    (const float*)dq.p, (const uint16_t*)dlat.p, (const int*)dstart.p, sh.H, sh.R, D, scale * 1.4426950408889634f);
@@ -260,14 +280,25 @@ static void check_decode_table(Shape sh, const std::vector<int>& starts, int spl
     Dev<float> po_table(std::vector<float>(N * slice_rows * sh.R, NAN)), pml_table(std::vector<float>(N * slice_rows * 2, NAN));
     const dim3 block(kind == Partial::Wgmma ? kWdThreads : kDecodeThreads);
     const size_t smem = kind == Partial::Wgmma ? decode_wgmma_smem_bytes() : decode_smem_bytes(D, MT);
-    auto one = kind == Partial::Wgmma ? kimi_mla_decode_partial_wgmma_h32_r512_d576
-             : kind == Partial::H32 ? kimi_mla_decode_partial_h32_r512_d576 : kimi_mla_decode_partial;
-    auto many = kind == Partial::Wgmma ? kimi_mla_decode_partial_table_wgmma_h32_r512_d576
-              : kind == Partial::H32 ? kimi_mla_decode_partial_table_h32_r512_d576 : kimi_mla_decode_partial_table;
-    for (int n = 0; n < N; n++)
-        launch(one, dim3(splits, 1), block, smem, po_one.p + n * slice_rows * sh.R, pml_one.p + n * slice_rows * 2,
-               (const float*)dq.p + size_t(n) * sh.H * D, (const uint16_t*)caches[n]->p, (const int*)single_starts[n]->p, sh.H, sh.R, D, scale_log2);
-    launch(many, dim3(splits, N), block, smem, po_table.p, pml_table.p, (const float*)dq.p, table, (const int*)dstarts.p, sh.H, sh.R, D, scale_log2);
+    if (kind == Partial::Wgmma) {   // the caches as tensor maps
+        DecodeMaps maps = {};
+        for (int n = 0; n < N; n++) maps.latent[n] = latent_map(caches[n]->p, starts[n] + 4);
+        for (int n = 0; n < N; n++)
+            launch(kimi_mla_decode_partial_wgmma_h32_r512_d576, dim3(splits, 1), block, smem, po_one.p + n * slice_rows * sh.R,
+                   pml_one.p + n * slice_rows * 2, (const float*)dq.p + size_t(n) * sh.H * D, maps.latent[n], (const int*)single_starts[n]->p,
+                   sh.H, sh.R, D, scale_log2);
+        launch(kimi_mla_decode_partial_table_wgmma_h32_r512_d576, dim3(splits, N), block, smem, po_table.p, pml_table.p, (const float*)dq.p,
+               maps, (const int*)dstarts.p, sh.H, sh.R, D, scale_log2);
+    } else {
+        auto one = kind == Partial::H32 ? kimi_mla_decode_partial_h32_r512_d576 : kimi_mla_decode_partial;
+        auto many = kind == Partial::H32 ? kimi_mla_decode_partial_table_h32_r512_d576 : kimi_mla_decode_partial_table;
+        for (int n = 0; n < N; n++)
+            launch(one, dim3(splits, 1), block, smem, po_one.p + n * slice_rows * sh.R, pml_one.p + n * slice_rows * 2,
+                   (const float*)dq.p + size_t(n) * sh.H * D, (const uint16_t*)caches[n]->p, (const int*)single_starts[n]->p, sh.H, sh.R, D,
+                   scale_log2);
+        launch(many, dim3(splits, N), block, smem, po_table.p, pml_table.p, (const float*)dq.p, table, (const int*)dstarts.p, sh.H, sh.R, D,
+               scale_log2);
+    }
 
     const char* name = kind == Partial::Wgmma ? " wgmma h32" : kind == Partial::H32 ? " h32" : "";
     std::string lengths;
@@ -317,23 +348,6 @@ static void check_absorb(Shape sh, int T) {
     char what[128];
     std::snprintf(what, sizeof what, "absorb query H=%d N=%d R=%d T=%d", sh.H, sh.N, sh.R, T);
     report(what, qlat, ref);
-}
-
-// The copy engine's map of `rows` rows of `columns` bf16 values, `row_bytes` apart, in boxes of 64 × 64 with the 128-byte
-// swizzle (what MlaKernels.PrefillAttention encodes for the wgmma prefill).
-static TensorMap bf16_rows_map(const uint16_t* base, uint64_t columns, uint64_t rows, uint64_t row_bytes) {
-    TensorMap map;
-#ifdef KDA_EMULATE
-    emu_encode_tensor_map_2d(&map, base, 2, columns, rows, row_bytes, 64, 64);
-#else
-    const cuuint64_t extent[2] = {columns, rows}, pitch[1] = {row_bytes};
-    const cuuint32_t box[2] = {64, 64}, step[2] = {1, 1};
-    const CUresult r = cuTensorMapEncodeTiled(reinterpret_cast<CUtensorMap*>(&map), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<uint16_t*>(base),
-                                              extent, pitch, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    if (r != CUDA_SUCCESS) { std::fprintf(stderr, "cuTensorMapEncodeTiled failed: %d\n", int(r)); std::exit(2); }
-#endif
-    return map;
 }
 
 enum class Prefill { General, D192, Wgmma };   // kimi_mla_prefill_general, _d192_v128, _wgmma_d192_v128
@@ -461,7 +475,7 @@ static void bench(bool decode, bool prefill) {
             auto partial = [&] { launch(kimi_mla_decode_partial_h32_r512_d576, dim3(splits, 1), dim3(kDecodeThreads), decode_smem_bytes(D, MT), po.p,
                                         pml.p, (const float*)qlat.p, (const uint16_t*)lat, (const int*)dstart.p, H, R, D, scale_log2); };
             auto partial_wgmma = [&] { launch(kimi_mla_decode_partial_wgmma_h32_r512_d576, dim3(splits, 1), dim3(kWdThreads), decode_wgmma_smem_bytes(),
-                                              po.p, pml.p, (const float*)qlat.p, (const uint16_t*)lat, (const int*)dstart.p, H, R, D, scale_log2); };
+                                              po.p, pml.p, (const float*)qlat.p, latent_map(lat, L), (const int*)dstart.p, H, R, D, scale_log2); };
             auto layer = [&] { query(); partial(); output(); };
             auto layer_wgmma = [&] { query(); partial_wgmma(); output(); };
             const float tp = median_us(partial), to = median_us(output), tl = median_us(layer), tg = graph_us(layer);
@@ -477,10 +491,10 @@ static void bench(bool decode, bool prefill) {
         for (int L : {1024, 32768})
             for (int B : {4, 16}) {
                 std::vector<uint16_t*> lats;
-                DecodeTable table = {};
+                DecodeMaps maps = {};
                 for (int n = 0; n < B; n++) {
                     lats.push_back(random_bf16_device(size_t(L) * D, 10 + n));
-                    table.latent[n] = lats[n];
+                    maps.latent[n] = latent_map(lats[n], L);
                 }
                 Dev<int> dstarts(std::vector<int>(B, L - 1));
                 Dev<float> bq(rand_f32(size_t(B) * H * D, 1.f));
@@ -489,11 +503,11 @@ static void bench(bool decode, bool prefill) {
                     for (int n = 0; n < B; n++)
                         launch(kimi_mla_decode_partial_wgmma_h32_r512_d576, dim3(splits, 1), dim3(kWdThreads), decode_wgmma_smem_bytes(),
                                bpo.p + size_t(n) * splits * H * R, bpml.p + size_t(n) * splits * H * 2, (const float*)bq.p + size_t(n) * H * D,
-                               (const uint16_t*)lats[n], (const int*)dstarts.p + n, H, R, D, scale_log2);
+                               maps.latent[n], (const int*)dstarts.p + n, H, R, D, scale_log2);
                 };
                 auto table_launch = [&] {
                     launch(kimi_mla_decode_partial_table_wgmma_h32_r512_d576, dim3(splits, B), dim3(kWdThreads), decode_wgmma_smem_bytes(), bpo.p,
-                           bpml.p, (const float*)bq.p, table, (const int*)dstarts.p, H, R, D, scale_log2);
+                           bpml.p, (const float*)bq.p, maps, (const int*)dstarts.p, H, R, D, scale_log2);
                 };
                 table_launch();   // once outside a capture: the shared-memory opt-in (launch) cannot happen inside one
                 CK(cudaDeviceSynchronize());
