@@ -539,7 +539,34 @@ static void bench(bool decode, bool prefill) {
 
 // --quick: what CI runs (KimiLinear.Tests' MlaKernelEmulatorTests, under a minute); without it, two longer
 // wgmma decode cases too.
+#ifndef KDA_EMULATE
+// --profile-decode L: the wgmma decode partial at a cache of L rows, one slice an SM, launched twice (the second is the
+// one to profile: ncu --launch-skip 1 --launch-count 1 -k regex:decode_partial_wgmma).
+static void profile_decode(int L) {
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    const int H = 32, R = 512, D = 576, splits = prop.multiProcessorCount;
+    const float scale_log2 = 1.4426950408889634f / std::sqrt(192.f);
+    uint16_t* lat = random_bf16_device(size_t(L) * D, 1);
+    Dev<float> qlat(rand_f32(size_t(H) * D, 1.f));
+    Dev<float> po(std::vector<float>(size_t(splits) * H * R)), pml(std::vector<float>(size_t(splits) * H * 2));
+    Dev<int> dstart(std::vector<int>{L - 1});
+    for (int i = 0; i < 2; i++)
+        launch(kimi_mla_decode_partial_wgmma_h32_r512_d576, dim3(splits, 1), dim3(kWdThreads), decode_wgmma_smem_bytes(), po.p, pml.p,
+               (const float*)qlat.p, latent_map(lat, L), (const int*)dstart.p, H, R, D, scale_log2);
+    CK(cudaDeviceSynchronize());
+    CK(cudaFree(lat));
+    std::printf("profiled: wgmma decode partial, L = %d, %d slices\n", L, splits);
+}
+#endif
+
 int main(int argc, char** argv) {
+#ifndef KDA_EMULATE
+    if (argc > 2 && std::strcmp(argv[1], "--profile-decode") == 0) {
+        profile_decode(std::atoi(argv[2]));
+        return 0;
+    }
+#endif
     const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
     const Shape tiny{4, 32, 16, 32, 64}, full{32, 128, 64, 128, 512};
     check_absorb(tiny, 3);
