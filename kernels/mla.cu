@@ -43,6 +43,7 @@ inline void wait_for_predecessor() {}
 #include "common.cuh"
 #endif
 #include <stdint.h>
+#include "hopper.cuh"
 
 namespace mla {
 
@@ -734,6 +735,46 @@ __host__ __device__ constexpr size_t prefill_smem_bytes(int KD, int VD) {
     return 1ull * kPrefillStages * kPrefillKeys * ((KD + 8) + (VD + 8)) * 2;
 }
 
+// The online softmax of one 64-key tile for this lane's two query rows, row_a and row_a + 8 (the m16 accumulator layout
+// both prefill kernels share): when `masked` (the tile reaches past a query's position or past L) such keys are set to
+// −∞, the running max m_run (raw scores; scale > 0 keeps the order) is raised, the scores become p = 2^(s·scale_log2 −
+// m) in place, and the per-lane running sums l_run are rescaled and added to. score(nt, e) is the accumulator of key
+// k0 + 8nt + 2c + (e & 1) for row row_a + 8(e >> 1). alpha: the factors that rescale each row's O.
+template <typename Score>
+__device__ __forceinline__ void online_softmax_tile(Score&& score, float (&m_run)[2], float (&l_run)[2], float (&alpha)[2], bool masked,
+                                                   int k0, int c, int row_a, int start, int L, float scale_log2) {
+    float mx[2] = {kNegInf, kNegInf};
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            if (masked) {
+                const int key = k0 + nt * 8 + 2 * c + (e & 1), row = row_a + (e >> 1) * 8;
+                if (key > start + row || key >= L) score(nt, e) = kNegInf;
+            }
+            mx[e >> 1] = fmaxf(mx[e >> 1], score(nt, e));
+        }
+    float m_scaled[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        // Finite: key 0 (tile 0) is visible to every row, rows past T (zero queries) included.
+        const float m_new = fmaxf(m_run[r], group_max(mx[r], 4));
+        alpha[r] = ex2((m_run[r] - m_new) * scale_log2);
+        m_run[r] = m_new;
+        m_scaled[r] = m_new * scale_log2;
+    }
+    float rowsum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            score(nt, e) = ex2(fmaf(score(nt, e), scale_log2, -m_scaled[e >> 1]));
+            rowsum[e >> 1] += score(nt, e);
+        }
+#pragma unroll
+    for (int r = 0; r < 2; r++) l_run[r] = l_run[r] * alpha[r] + rowsum[r];   // per-lane partial, summed at the end
+}
+
 // o [T, H·V] f32; q [T, H·(N+P)] bf16; kv [≥L, H·(N+V)] bf16; latent [≥L, R+P] bf16; L = start + T.
 // KD = N + P, VD = V as compile-time constants (kExact) or runtime values ≤ the maxima above.
 template <bool kExact, int kKD, int kVD>
@@ -827,37 +868,9 @@ __device__ __forceinline__ void prefill(float* __restrict__ o, const uint16_t* _
                 mma(sacc[2 * np + 1], qf[ks], b[2], b[3]);
             }
         }
-        // Mask (key past the query's position or past L), running max of the raw scores (scale > 0 keeps the order).
         const bool masked = k0 + kPrefillKeys - 1 > start + q0 + warp * 16 || k0 + kPrefillKeys > L;   // warp-uniform
-        float mx[2] = {kNegInf, kNegInf};
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                if (masked) {
-                    const int key = k0 + nt * 8 + 2 * c + (e & 1), row = row_a + (e >> 1) * 8;
-                    if (key > start + row || key >= L) sacc[nt][e] = kNegInf;
-                }
-                mx[e >> 1] = fmaxf(mx[e >> 1], sacc[nt][e]);
-            }
-        float alpha[2], m_scaled[2];
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            const float m_new = fmaxf(m_run[r], group_max(mx[r], 4));   // finite: key 0 is visible to every query
-            alpha[r] = ex2((m_run[r] - m_new) * scale_log2);
-            m_run[r] = m_new;
-            m_scaled[r] = m_new * scale_log2;
-        }
-        float rowsum[2] = {0.0f, 0.0f};
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                sacc[nt][e] = ex2(fmaf(sacc[nt][e], scale_log2, -m_scaled[e >> 1]));
-                rowsum[e >> 1] += sacc[nt][e];
-            }
-#pragma unroll
-        for (int r = 0; r < 2; r++) l_run[r] = l_run[r] * alpha[r] + rowsum[r];   // per-lane partial, summed at the end
+        float alpha[2];
+        online_softmax_tile([&](int nt, int e) -> float& { return sacc[nt][e]; }, m_run, l_run, alpha, masked, k0, c, row_a, start, L, scale_log2);
 #pragma unroll
         for (int vt2 = 0; vt2 < kPrefillMaxVTiles; vt2++) {
             oacc[vt2][0] *= alpha[0]; oacc[vt2][1] *= alpha[0];
@@ -956,36 +969,9 @@ __host__ __device__ constexpr size_t prefill_wgmma_smem_bytes() {
     return 1024 + kWgQBytes + kWgStages * kWgStageBytes + kWgBarrierBytes;
 }
 
-// A CUtensorMap (the copy engine's description of a 2-D global array: address, extents, row pitch, box, swizzle),
-// opaque here; the host encodes it (cuTensorMapEncodeTiled) and passes it by value as a __grid_constant__ parameter.
-struct alignas(64) TensorMap { uint64_t opaque[16]; };
-
-// A shared-memory address as PTX takes it (under emulation: the offset into the dynamic shared memory).
-__device__ __forceinline__ uint32_t shared_address(const void* p) {
-#ifdef KDA_EMULATE
-    return static_cast<uint32_t>(static_cast<const unsigned char*>(p) - emu_dynamic_smem);
-#else
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-#endif
-}
-
 // The byte offset of 16-byte chunk `chunk` (of 8) of row `row` in a 128-byte-swizzled K-major block: rows 128 bytes
 // apart, chunks XOR-ed with the row's index in its 8-row (1,024-byte) atom, as the tensor cores read it.
 __device__ __forceinline__ uint32_t swizzled(int row, int chunk) { return row * 128 + ((chunk ^ (row & 7)) << 4); }
-
-// Matrix descriptor of a K-major 128-byte-swizzled operand starting at shared address `addr` (1,024-byte-aligned atoms;
-// a k16 step inside the atom adds 32 bytes): 8-row groups 1,024 bytes apart (SBO), LBO unused for this layout.
-__device__ __forceinline__ uint64_t wgmma_desc(uint32_t addr) {
-    return static_cast<uint64_t>((addr >> 4) & 0x3FFF) | (1ull << 16) | (64ull << 32) | (1ull << 62);
-}
-
-// Matrix descriptor of an MN-major 128-byte-swizzled B operand (the instruction transposes it: imm-trans-b = 1), i.e.
-// a K-major block read the other way round: 64 consecutive n in each 128-byte row, one row per k. 8-row groups along K
-// 1,024 bytes apart (SBO), 64-column blocks along N `lbo` bytes apart (LBO); CUTLASS's canonical MN-major SW128 layout
-// ((8, 8, n/64), (8, k/8)) : ((1, 8, LBO), (64, SBO)) in elements.
-__device__ __forceinline__ uint64_t wgmma_desc_mn(uint32_t addr, uint32_t lbo) {
-    return static_cast<uint64_t>((addr >> 4) & 0x3FFF) | (static_cast<uint64_t>((lbo >> 4) & 0x3FFF) << 16) | (64ull << 32) | (1ull << 62);
-}
 
 // ---- absorbed decode on Hopper (kimi_mla_decode_partial_wgmma_h32_r512_d576; the design is described there) ----------
 constexpr int kWdHeads = 32, kWdRank = 512, kWdWidth = 576;   // H, R, D = R + P: the model's shape only
@@ -1005,129 +991,8 @@ __host__ __device__ constexpr size_t decode_wgmma_smem_bytes() {
     return 1024 + kWdQBytes + kWdStages * kWdTileBytes + kWdPBytes + kWdHeads * 4 + kWdBarrierBytes;
 }
 
-// Hopper-only from here on (stmatrix, mbarrier try_wait, wgmma): the emulator or the sm_90a build.
+// Hopper-only from here on (the wgmma instructions): the emulator or the sm_90a build.
 #if defined(KDA_EMULATE) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// mbarrier: init (one thread), arrive (release), wait for the phase of a parity to complete (acquire).
-__device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
-#ifdef KDA_EMULATE
-    emu_mbarrier_init(bar, count);
-#else
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(shared_address(bar)), "r"(count) : "memory");
-#endif
-}
-__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
-#ifdef KDA_EMULATE
-    emu_mbarrier_arrive(bar);
-#else
-    asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 _, [%0];\n" ::"r"(shared_address(bar)) : "memory");
-#endif
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
-#ifdef KDA_EMULATE
-    while (!emu_mbarrier_test(bar, parity)) emu_spin();
-#else
-    uint32_t done;
-    do {
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done) : "r"(shared_address(bar)), "r"(parity) : "memory");
-    } while (!done);
-#endif
-}
-
-// Ordinary (and cp.async) writes to shared memory made visible to the tensor cores' reads (the async proxy).
-__device__ __forceinline__ void fence_proxy_async() {
-#ifndef KDA_EMULATE
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
-}
-
-// Barrier initialisations (by this thread) made visible to the copy engine before it first counts bytes on them.
-__device__ __forceinline__ void fence_mbarrier_init() {
-#ifndef KDA_EMULATE
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-#endif
-}
-
-// The copy engine (TMA): this thread's arrival on `bar`, which from now on also waits for `bytes` more bytes to land
-// (the copies below count them down as they complete) ...
-__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
-#ifdef KDA_EMULATE
-    (void)bytes;
-    emu_mbarrier_arrive(bar);   // the emulated copies land as they are issued, before any other thread runs
-#else
-    asm volatile("mbarrier.arrive.expect_tx.release.cta.shared::cta.b64 _, [%0], %1;\n" ::"r"(shared_address(bar)), "r"(bytes) : "memory");
-#endif
-}
-// ... and the box of `map` whose first element is (column, row), copied to `dst` (1,024-byte aligned for the 128-byte
-// swizzle the map names), its bytes counted on `bar`. Elements past the map's extent land as zeros.
-__device__ __forceinline__ void tma_load_2d(void* dst, const TensorMap* map, int column, int row, uint64_t* bar) {
-#ifdef KDA_EMULATE
-    emu_tma_load_2d(dst, map, column, row);
-    (void)bar;
-#else
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
-                 ::"r"(shared_address(dst)), "l"(reinterpret_cast<uint64_t>(map)), "r"(column), "r"(row), "r"(shared_address(bar))
-                 : "memory");
-#endif
-}
-
-// wgmma: fence before the first of a batch (orders earlier register writes of the operands), issue, commit the batch
-// as a group, wait until at most N groups are pending. The accumulators belong to the tensor cores from issue to
-// wait: `pin` ties them to the wait so the compiler moves no access across it.
-__device__ __forceinline__ void wgmma_fence() {
-#ifndef KDA_EMULATE
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void wgmma_commit() {
-#ifdef KDA_EMULATE
-    emu_wgmma_commit();
-#else
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-#endif
-}
-template <int N> __device__ __forceinline__ void wgmma_wait() {
-#ifdef KDA_EMULATE
-    emu_wgmma_wait(N);
-#else
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-#endif
-}
-template <int R> __device__ __forceinline__ void pin(float (&d)[R]) {
-#ifndef KDA_EMULATE
-#pragma unroll
-    for (int i = 0; i < R; i++) asm volatile("" : "+f"(d[i])::"memory");
-#endif
-}
-template <int R> __device__ __forceinline__ void pin(uint32_t (&a)[R][4]) {
-#ifndef KDA_EMULATE
-#pragma unroll
-    for (int i = 0; i < R; i++)
-#pragma unroll
-        for (int k = 0; k < 4; k++) asm volatile("" : "+r"(a[i][k])::"memory");
-#endif
-}
-
-// Registers per thread of this warpgroup from here on (multiples of 8; the block's total must fit the register file).
-template <int R> __device__ __forceinline__ void setmaxnreg_inc() {
-#ifndef KDA_EMULATE
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R));
-#endif
-}
-template <int R> __device__ __forceinline__ void setmaxnreg_dec() {
-#ifndef KDA_EMULATE
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R));
-#endif
-}
-
-// bar.sync on named barrier `id` (1–15; 0 is __syncthreads) for `threads` threads (a multiple of 32), e.g. one warpgroup.
-__device__ __forceinline__ void named_barrier(int id, int threads) {
-#ifdef KDA_EMULATE
-    emu_named_barrier(id, threads);
-#else
-    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-#endif
-}
 __device__ __forceinline__ void sync_warp() {
 #ifdef KDA_EMULATE
     emu_warp_meet();
@@ -1262,39 +1127,11 @@ __device__ __forceinline__ void prefill_wgmma(float* __restrict__ o, const uint1
                 wgmma_wait<0>();
                 pin(sacc);
 
-                // Mask (key past the query's position or past L), running max of the raw scores (scale > 0 keeps the order).
                 const int k0 = j * kWgKeys;
                 const bool masked = k0 + kWgKeys - 1 > start + qw0 + wq * 16 || k0 + kWgKeys > L;   // warp-uniform
-                float mx[2] = {kNegInf, kNegInf};
-#pragma unroll
-                for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        if (masked) {
-                            const int key = k0 + nt * 8 + 2 * c + (e & 1), row = row_a + (e >> 1) * 8;
-                            if (key > start + row || key >= L) sacc[4 * nt + e] = kNegInf;
-                        }
-                        mx[e >> 1] = fmaxf(mx[e >> 1], sacc[4 * nt + e]);
-                    }
-                float alpha[2], m_scaled[2];
-#pragma unroll
-                for (int r = 0; r < 2; r++) {
-                    // Finite: key 0 (tile 0) is visible to every row, rows past T (zero queries) included.
-                    const float m_new = fmaxf(m_run[r], group_max(mx[r], 4));
-                    alpha[r] = ex2((m_run[r] - m_new) * scale_log2);
-                    m_run[r] = m_new;
-                    m_scaled[r] = m_new * scale_log2;
-                }
-                float rowsum[2] = {0.0f, 0.0f};
-#pragma unroll
-                for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        sacc[4 * nt + e] = ex2(fmaf(sacc[4 * nt + e], scale_log2, -m_scaled[e >> 1]));
-                        rowsum[e >> 1] += sacc[4 * nt + e];
-                    }
-#pragma unroll
-                for (int r = 0; r < 2; r++) l_run[r] = l_run[r] * alpha[r] + rowsum[r];   // per-lane partial, summed at the end
+                float alpha[2];
+                online_softmax_tile([&](int nt, int e) -> float& { return sacc[4 * nt + e]; }, m_run, l_run, alpha, masked, k0, c, row_a, start, L,
+                                    scale_log2);
 #pragma unroll
                 for (int i = 0; i < 16; i++) {
                     oacc[4 * i] *= alpha[0]; oacc[4 * i + 1] *= alpha[0];
@@ -1603,8 +1440,8 @@ __device__ __forceinline__ void decode_partial_wgmma(float* __restrict__ partial
 
 // The model's shape on Hopper (sm_90a cubin); a trap in the PTX images, which the wrapper never launches.
 extern "C" __global__ void __launch_bounds__(mla::kWgThreads, 1)
-kimi_mla_prefill_wgmma_d192_v128(float* __restrict__ o, const uint16_t* __restrict__ q, const __grid_constant__ mla::TensorMap kv_map,
-                                 const __grid_constant__ mla::TensorMap latent_map, int start, int T, int H, int N, int P, int V, int R,
+kimi_mla_prefill_wgmma_d192_v128(float* __restrict__ o, const uint16_t* __restrict__ q, const __grid_constant__ TensorMap kv_map,
+                                 const __grid_constant__ TensorMap latent_map, int start, int T, int H, int N, int P, int V, int R,
                                  float scale_log2) {
 #if defined(KDA_EMULATE) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
     (void)N; (void)P; (void)V;
@@ -1636,7 +1473,7 @@ struct DecodeMaps {
 #endif
 extern "C" __global__ void __launch_bounds__(mla::kWdThreads, 1)
 kimi_mla_decode_partial_wgmma_h32_r512_d576(float* __restrict__ partial_o, float* __restrict__ partial_ml, const float* __restrict__ q_lat,
-                                            const __grid_constant__ mla::TensorMap latent_map, const int* __restrict__ start_ptr, int H, int R,
+                                            const __grid_constant__ TensorMap latent_map, const int* __restrict__ start_ptr, int H, int R,
                                             int D, float scale_log2) {
     allow_successor();
     wait_for_predecessor();

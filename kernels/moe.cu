@@ -73,6 +73,7 @@
 // Preconditions (MoeKernels.cs checks them): D and F multiples of 8, every pointer 16-byte aligned, E ≤ 1024 routed
 // experts, A ≤ E, A + S ≤ 32, groups ≤ 32 dividing E.
 #include "mma.cuh"
+#include "hopper.cuh"
 
 constexpr int MOE_MAX_EXPERTS = 1024;                  // MoeKernels.MaxExperts
 constexpr int MOE_VALUES_PER_LANE = MOE_MAX_EXPERTS / 32;
@@ -906,36 +907,6 @@ static_assert(MOE_WG_SMEM_BYTES <= 232448, "sm_90's largest opt-in shared memory
 #if defined(KDA_EMULATE) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
 namespace moe_wg {
 
-__device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count)
-{
-#ifdef KDA_EMULATE
-    emu_mbarrier_init(bar, count);
-#else
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
-#endif
-}
-__device__ __forceinline__ void mbar_arrive(uint64_t* bar)
-{
-#ifdef KDA_EMULATE
-    emu_mbarrier_arrive(bar);
-#else
-    asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
-#endif
-}
-// Waits until the phase of `parity` has completed (acquire).
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity)
-{
-#ifdef KDA_EMULATE
-    while (!emu_mbarrier_test(bar, parity)) emu_spin();
-#else
-    uint32_t done;
-    do
-    {
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done) : "r"(smem_u32(bar)), "r"(parity) : "memory");
-    } while (!done);
-#endif
-}
 // Arrives on `bar` once every cp.async this thread has issued so far has landed (.noinc: the arrival is one of the
 // count the barrier was initialised with).
 __device__ __forceinline__ void cp_async_mbar_arrive(uint64_t* bar)
@@ -944,15 +915,6 @@ __device__ __forceinline__ void cp_async_mbar_arrive(uint64_t* bar)
     emu_cp_async_mbarrier_arrive(bar);
 #else
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_u32(bar)) : "memory");
-#endif
-}
-// bar.sync on named barrier `id` (1–15; 0 is __syncthreads) for `threads` threads (a multiple of 32), e.g. one warpgroup.
-__device__ __forceinline__ void named_barrier(int id, int threads)
-{
-#ifdef KDA_EMULATE
-    emu_named_barrier(id, threads);
-#else
-    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 #endif
 }
 // stmatrix .x4: lane i addresses row i % 8 of 8×8 bf16 matrix i / 8 (16-byte rows); lane l holds row l / 4, columns
@@ -966,63 +928,6 @@ __device__ __forceinline__ void stmatrix_x4(const uint32_t (&r)[4], void* row)
                  "r"(r[2]), "r"(r[3])
                  : "memory");
 #endif
-}
-// Writes by ordinary instructions and cp.async made visible to the tensor cores' reads (the async proxy).
-__device__ __forceinline__ void fence_proxy_async()
-{
-#ifndef KDA_EMULATE
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void wgmma_fence()
-{
-#ifndef KDA_EMULATE
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void wgmma_commit()
-{
-#ifdef KDA_EMULATE
-    emu_wgmma_commit();
-#else
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-#endif
-}
-template <int N> __device__ __forceinline__ void wgmma_wait()
-{
-#ifdef KDA_EMULATE
-    emu_wgmma_wait(N);
-#else
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-#endif
-}
-// The accumulators belong to the tensor cores from issue to wait: this ties them to the wait, so the compiler moves no
-// access across it.
-template <int R> __device__ __forceinline__ void pin(float (&d)[R])
-{
-#ifndef KDA_EMULATE
-#pragma unroll
-    for (int i = 0; i < R; i++) asm volatile("" : "+f"(d[i])::"memory");
-#endif
-}
-template <int R> __device__ __forceinline__ void setmaxnreg_inc()
-{
-#ifndef KDA_EMULATE
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R));
-#endif
-}
-template <int R> __device__ __forceinline__ void setmaxnreg_dec()
-{
-#ifndef KDA_EMULATE
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R));
-#endif
-}
-
-// Matrix descriptor of a K-major 128-byte-swizzled operand at shared address `addr` (1,024-byte-aligned atoms; a k16
-// step inside the atom adds 32 bytes): 8-row groups 1,024 bytes apart (SBO).
-__device__ __forceinline__ uint64_t desc(uint32_t addr)
-{
-    return static_cast<uint64_t>((addr >> 4) & 0x3FFF) | (1ull << 16) | (64ull << 32) | (1ull << 62);
 }
 
 // d[64×256] (+)= A[64×16]·B[256×16]ᵀ, bf16 operands from shared memory, both K-major; accumulate = false overwrites d.
@@ -1154,7 +1059,7 @@ __device__ __forceinline__ void grouped(void* out, const uint16_t* __restrict__ 
             const uint32_t sa = smem_u32(ring + s * MOE_WG_STAGE_BYTES) + wg * 64 * 128, sb = smem_u32(ring + s * MOE_WG_STAGE_BYTES) + MOE_WG_A_BYTES;
             wgmma_fence();
 #pragma unroll
-            for (int ks = 0; ks < TILE_K / 16; ks++) mma_m64n256(acc, desc(sa + 32 * ks), desc(sb + 32 * ks), kt > 0 || ks > 0);
+            for (int ks = 0; ks < TILE_K / 16; ks++) mma_m64n256(acc, wgmma_desc(sa + 32 * ks), wgmma_desc(sb + 32 * ks), kt > 0 || ks > 0);
             wgmma_commit();
             wgmma_wait<1>(); // the previous step's products have retired: its stage is free
             if (kt > 0) mbar_arrive(&empty[(step - 1) % MOE_WG_STAGES]);

@@ -1,0 +1,160 @@
+// Hopper building blocks shared by the kernels that use warpgroup MMA (mla.cu, moe.cu): mbarriers, the copy engine
+// (TMA) with its tensor maps, wgmma's fences, groups and shared-memory descriptors, register reallocation
+// (setmaxnreg) and named barriers. Under KDA_EMULATE (the CPU emulator, kernels/kda/tests/cuda_emu.h, included before
+// this) each has an emulated path; the instructions themselves exist only in the sm_90a build, so everything below the
+// first block is defined only there (and in the emulator): the PTX images of compute_80/compute_90 hold trap stubs
+// for the kernels that use them.
+#pragma once
+#include <stdint.h>
+
+// A CUtensorMap (the copy engine's description of a 2-D global array: address, extents, row pitch, box, swizzle),
+// opaque here; the host encodes it (cuTensorMapEncodeTiled) and passes it by value as a __grid_constant__ parameter.
+struct alignas(64) TensorMap { uint64_t opaque[16]; };
+
+// A shared-memory address as PTX takes it (under emulation: the offset into the dynamic shared memory).
+__device__ __forceinline__ uint32_t shared_address(const void* p) {
+#ifdef KDA_EMULATE
+    return static_cast<uint32_t>(static_cast<const unsigned char*>(p) - emu_dynamic_smem);
+#else
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+#endif
+}
+
+// Matrix descriptor of a K-major 128-byte-swizzled operand starting at shared address `addr` (1,024-byte-aligned atoms;
+// a k16 step inside the atom adds 32 bytes): 8-row groups 1,024 bytes apart (SBO), LBO unused for this layout.
+__device__ __forceinline__ uint64_t wgmma_desc(uint32_t addr) {
+    return static_cast<uint64_t>((addr >> 4) & 0x3FFF) | (1ull << 16) | (64ull << 32) | (1ull << 62);
+}
+
+// Matrix descriptor of an MN-major 128-byte-swizzled B operand (the instruction transposes it: imm-trans-b = 1), i.e.
+// a K-major block read the other way round: 64 consecutive n in each 128-byte row, one row per k. 8-row groups along K
+// 1,024 bytes apart (SBO), 64-column blocks along N `lbo` bytes apart (LBO); CUTLASS's canonical MN-major SW128 layout
+// ((8, 8, n/64), (8, k/8)) : ((1, 8, LBO), (64, SBO)) in elements.
+__device__ __forceinline__ uint64_t wgmma_desc_mn(uint32_t addr, uint32_t lbo) {
+    return static_cast<uint64_t>((addr >> 4) & 0x3FFF) | (static_cast<uint64_t>((lbo >> 4) & 0x3FFF) << 16) | (64ull << 32) | (1ull << 62);
+}
+
+#if defined(KDA_EMULATE) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// mbarrier: init (one thread), arrive (release), wait for the phase of a parity to complete (acquire).
+__device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
+#ifdef KDA_EMULATE
+    emu_mbarrier_init(bar, count);
+#else
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(shared_address(bar)), "r"(count) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+#ifdef KDA_EMULATE
+    emu_mbarrier_arrive(bar);
+#else
+    asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 _, [%0];\n" ::"r"(shared_address(bar)) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
+#ifdef KDA_EMULATE
+    while (!emu_mbarrier_test(bar, parity)) emu_spin();
+#else
+    uint32_t done;
+    do {
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done) : "r"(shared_address(bar)), "r"(parity) : "memory");
+    } while (!done);
+#endif
+}
+
+// Ordinary (and cp.async) writes to shared memory made visible to the tensor cores' reads (the async proxy).
+__device__ __forceinline__ void fence_proxy_async() {
+#ifndef KDA_EMULATE
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+// Barrier initialisations (by this thread) made visible to the copy engine before it first counts bytes on them.
+__device__ __forceinline__ void fence_mbarrier_init() {
+#ifndef KDA_EMULATE
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+
+// The copy engine (TMA): this thread's arrival on `bar`, which from now on also waits for `bytes` more bytes to land
+// (the copies below count them down as they complete) ...
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+#ifdef KDA_EMULATE
+    (void)bytes;
+    emu_mbarrier_arrive(bar);   // the emulated copies land as they are issued, before any other thread runs
+#else
+    asm volatile("mbarrier.arrive.expect_tx.release.cta.shared::cta.b64 _, [%0], %1;\n" ::"r"(shared_address(bar)), "r"(bytes) : "memory");
+#endif
+}
+// ... and the box of `map` whose first element is (column, row), copied to `dst` (1,024-byte aligned for the 128-byte
+// swizzle the map names), its bytes counted on `bar`. Elements past the map's extent land as zeros.
+__device__ __forceinline__ void tma_load_2d(void* dst, const TensorMap* map, int column, int row, uint64_t* bar) {
+#ifdef KDA_EMULATE
+    emu_tma_load_2d(dst, map, column, row);
+    (void)bar;
+#else
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
+                 ::"r"(shared_address(dst)), "l"(reinterpret_cast<uint64_t>(map)), "r"(column), "r"(row), "r"(shared_address(bar))
+                 : "memory");
+#endif
+}
+
+// wgmma: fence before the first of a batch (orders earlier register writes of the operands), issue, commit the batch
+// as a group, wait until at most N groups are pending. The accumulators belong to the tensor cores from issue to
+// wait: `pin` ties them to the wait so the compiler moves no access across it.
+__device__ __forceinline__ void wgmma_fence() {
+#ifndef KDA_EMULATE
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit() {
+#ifdef KDA_EMULATE
+    emu_wgmma_commit();
+#else
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+template <int N> __device__ __forceinline__ void wgmma_wait() {
+#ifdef KDA_EMULATE
+    emu_wgmma_wait(N);
+#else
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+template <int R> __device__ __forceinline__ void pin(float (&d)[R]) {
+#ifndef KDA_EMULATE
+#pragma unroll
+    for (int i = 0; i < R; i++) asm volatile("" : "+f"(d[i])::"memory");
+#endif
+}
+template <int R> __device__ __forceinline__ void pin(uint32_t (&a)[R][4]) {
+#ifndef KDA_EMULATE
+#pragma unroll
+    for (int i = 0; i < R; i++)
+#pragma unroll
+        for (int k = 0; k < 4; k++) asm volatile("" : "+r"(a[i][k])::"memory");
+#endif
+}
+
+// Registers per thread of this warpgroup from here on (multiples of 8; the block's total must fit the register file).
+template <int R> __device__ __forceinline__ void setmaxnreg_inc() {
+#ifndef KDA_EMULATE
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R));
+#endif
+}
+template <int R> __device__ __forceinline__ void setmaxnreg_dec() {
+#ifndef KDA_EMULATE
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R));
+#endif
+}
+
+// bar.sync on named barrier `id` (1–15; 0 is __syncthreads) for `threads` threads (a multiple of 32), e.g. one warpgroup.
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+#ifdef KDA_EMULATE
+    emu_named_barrier(id, threads);
+#else
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+#endif
+}
+
+#endif  // KDA_EMULATE || __CUDA_ARCH_FEAT_SM90_ALL
