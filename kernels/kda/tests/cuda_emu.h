@@ -427,6 +427,9 @@ inline void emu_encode_tensor_map_2d(void* map, const void* base, uint32_t eleme
 inline void emu_tma_load_2d(void* dst, const void* map, int column, int row) {
     EmuTensorMap m; std::memcpy(&m, map, sizeof m);
     const uint32_t offset = uint32_t(static_cast<unsigned char*>(dst) - emu_dynamic_smem);
+    // The hardware's 128-byte swizzle repeats every 1,024 bytes of shared-memory address: a box landing elsewhere would
+    // be swizzled differently from what the wgmma descriptors assume.
+    if (offset % 1024 != 0) { std::fprintf(stderr, "emu: a 128-byte-swizzled TMA box must land 1,024-byte aligned (offset %u)\n", offset); std::abort(); }
     for (uint32_t r = 0; r < m.box_rows; r++)
         for (uint32_t e = 0; e < m.box_columns; e++) {
             uint32_t addr = offset + r * 128 + e * m.element_bytes;
