@@ -42,7 +42,8 @@ internal static unsafe class MlaKernels
     private const int DecodeWgmmaThreads = 384;
     // decode_wgmma_smem_bytes: 1 KB of alignment slack, Q (72 KB), 2 stages of 64 cache rows (72 KB each), P (8 KB),
     // α [32], 6 mbarriers.
-    private const int DecodeWgmmaSharedBytes = 1024 + 64 * 576 * 2 + 2 * 64 * 576 * 2 + 64 * 64 * 2 + 32 * 4 + 6 * 8;
+    private const int DecodeWgmmaSharedBytes = 1024 + 64 * 576 * 2 + 2 * DecodeWgmmaRows * 576 * 2 + 64 * 64 * 2 + 32 * 4 + 6 * 8;
+    private const int DecodeWgmmaRows = 64;   // kWdRows: the cache rows of a tile, the rows of its copy-engine boxes
     private const int PrefillThreads = 256;
     private const int PrefillRows = 128;
     private const int PrefillStages = 3;
@@ -52,7 +53,7 @@ internal static unsafe class MlaKernels
     private const int PrefillWgmmaRows = 192;
     // prefill_wgmma_smem_bytes: 1 KB of alignment slack, Q (72 KB), 3 stages of K and V (40 KB each), 6 mbarriers.
     private const int PrefillWgmmaSharedBytes = 1024 + 192 * 192 * 2 + 3 * (64 * 192 * 2 + 64 * 128 * 2) + 6 * 8;
-    private const int PrefillWgmmaBox = 64;   // the copy engine's boxes: 64 rows × 64 bf16 columns (128-byte swizzle)
+    private const int PrefillWgmmaKeys = 64;   // kWgKeys: the keys of a tile, the rows of its copy-engine boxes
     private const float Log2E = 1.4426950408889634f;
 
     private static int DecodeSharedBytes(int d, int mTiles) =>
@@ -121,7 +122,7 @@ internal static unsafe class MlaKernels
         TensorMap* map = stackalloc TensorMap[2];
         map = Aligned(map);
         if (partial.TakesTensorMaps)
-            EncodeRows(map, latent.Pointer, shape.LatentWidth, latent.Length / shape.LatentWidth);
+            EncodeRows(map, latent.Pointer, shape.LatentWidth, latent.Length / shape.LatentWidth, DecodeWgmmaRows);
         LaunchDecode(stream, partial.Single, partial, queryLatent, partial.TakesTensorMaps ? map : &pLatent, start, t, shape, scale, scratch);
     }
 
@@ -171,7 +172,7 @@ internal static unsafe class MlaKernels
             KernelChecks.HoldsAligned(latents[n], shape.LatentWidth, $"latents[{n}]"); // at least its query's own row; the start is on the device
             table[n] = latents[n].Pointer;
             if (partial.TakesTensorMaps)
-                EncodeRows(&maps[n], latents[n].Pointer, shape.LatentWidth, latents[n].Length / shape.LatentWidth);
+                EncodeRows(&maps[n], latents[n].Pointer, shape.LatentWidth, latents[n].Length / shape.LatentWidth, DecodeWgmmaRows);
         }
         LaunchDecode(stream, partial.Table, partial, queryLatent, partial.TakesTensorMaps ? maps : table, starts, sequences, shape, scale, scratch);
     }
@@ -260,8 +261,8 @@ internal static unsafe class MlaKernels
         void* kvArgument = &pKv, latentArgument = &pLatent;
         if (wgmma)
         {
-            EncodeRows(&maps[0], keysValues.Pointer, shape.KeyValueWidth, length);
-            EncodeRows(&maps[1], latent.Pointer, shape.LatentWidth, length);
+            EncodeRows(&maps[0], keysValues.Pointer, shape.KeyValueWidth, length, PrefillWgmmaKeys);
+            EncodeRows(&maps[1], latent.Pointer, shape.LatentWidth, length, PrefillWgmmaKeys);
             kvArgument = &maps[0];
             latentArgument = &maps[1];
         }
@@ -274,13 +275,14 @@ internal static unsafe class MlaKernels
 
     /// <summary>
     /// A tensor map of <paramref name="rows"/> rows of <paramref name="columns"/> bf16 values (rows packed, 16-byte
-    /// aligned as the callers check) in boxes of 64 × 64 with the 128-byte swizzle the wgmma operands use.
+    /// aligned as the callers check) in boxes of <paramref name="boxRows"/> rows × 64 columns (128 bytes: the 128-byte
+    /// swizzle the wgmma operands use). Each kernel's box rows are its tile's, so the two kernels' constants stay apart.
     /// </summary>
-    private static void EncodeRows(TensorMap* map, ulong address, long columns, long rows)
+    private static void EncodeRows(TensorMap* map, ulong address, long columns, long rows, uint boxRows)
     {
         ulong* extent = stackalloc ulong[] { (ulong)columns, (ulong)rows };
         ulong* pitch = stackalloc ulong[] { (ulong)columns * sizeof(ushort) };
-        uint* box = stackalloc uint[] { PrefillWgmmaBox, PrefillWgmmaBox };
+        uint* box = stackalloc uint[] { 64, boxRows };
         uint* step = stackalloc uint[] { 1, 1 };
         CudaException.ThrowIfFailed(CudaDriver.cuTensorMapEncodeTiled(map, TensorMapDataType.BFloat16, 2, address, extent, pitch, box, step,
             TensorMapInterleave.None, TensorMapSwizzle.Bytes128, TensorMapL2Promotion.Bytes256, TensorMapOobFill.Zeros));
