@@ -116,13 +116,6 @@ __device__ __forceinline__ void load_chunk(uint4 (&wv)[L::ROWS][L::UNROLL], cons
     }
 }
 
-// x · inv · weight element-wise (the RMSNorm's output, in its operation order).
-__device__ __forceinline__ f32x8 normalize8(f32x8 v, f32x8 w, float inv)
-{
-    return f32x8{make_float4(v.lo.x * inv * w.lo.x, v.lo.y * inv * w.lo.y, v.lo.z * inv * w.lo.z, v.lo.w * inv * w.lo.w),
-                 make_float4(v.hi.x * inv * w.hi.x, v.hi.y * inv * w.hi.y, v.hi.z * inv * w.hi.z, v.hi.w * inv * w.hi.w)};
-}
-
 // rsqrt(mean(x²) + eps) of the fp32 row x [K], as kimi_rmsnorm_f32 computes it; every thread of the block calls it.
 __device__ __forceinline__ float rms_inverse(const float* __restrict__ x, int K, float eps)
 {
@@ -138,11 +131,9 @@ __device__ __forceinline__ float rms_inverse(const float* __restrict__ x, int K,
     return rsqrtf(block_sum(sumsq) / static_cast<float>(K) + eps);
 }
 
-// norm_weight: null for the plain product; else the product is of RMSNorm(x) with that weight (fp32 x only), which
-// the block computes after its wait: the row's inverse RMS, then x scaled as it is loaded.
 template <typename L, typename OutT, typename InT>
 __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __restrict__ W, const InT* __restrict__ x,
-                                     int N, int K, int rows_per_x, const float* __restrict__ norm_weight = nullptr, float eps = 0.0f)
+                                     int N, int K, int rows_per_x)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int group = warp / L::SPLIT, s = warp % L::SPLIT;
@@ -171,9 +162,6 @@ __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __res
 #pragma unroll
         for (int d = 0; d < L::DEPTH; d++) load_chunk<L>(wv[d], w8, d, s, lane, K8);
         wait_for_predecessor();
-        float inv = 1.0f;
-        if constexpr (sizeof(InT) == 4)
-            if (norm_weight != nullptr) inv = rms_inverse(x, K, eps);
         // Ring slot d holds chunk c0 + d; once used it is refilled with chunk c0 + d + L::DEPTH.
         for (int c0 = 0; c0 < chunks; c0 += L::DEPTH)
         {
@@ -189,8 +177,6 @@ __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __res
                     {
                         const int kk = slot_vector<L>(c * L::UNROLL + u, s, lane);
                         xv[u] = load_x8(x, kk, kk < K8);
-                        if constexpr (sizeof(InT) == 4)
-                            if (norm_weight != nullptr) xv[u] = normalize8(xv[u], load_x8(norm_weight, kk, kk < K8), inv);
                     }
 #pragma unroll
                     for (int u = 0; u < L::UNROLL; u++)
@@ -204,14 +190,9 @@ __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __res
     else
     {
         wait_for_predecessor();
-        float inv = 1.0f;
-        if constexpr (sizeof(InT) == 4)
-            if (norm_weight != nullptr) inv = rms_inverse(x, K, eps);
         for (int k = s * 32 + lane; k < K; k += L::SPLIT * 32)
         {
-            float xk = load_x1(x, k);
-            if constexpr (sizeof(InT) == 4)
-                if (norm_weight != nullptr) xk = xk * inv * norm_weight[k];
+            const float xk = load_x1(x, k);
 #pragma unroll
             for (int r = 0; r < L::ROWS; r++)
                 acc[r] = fmaf(bf16_to_f32(W[static_cast<size_t>(min(row0 + r, N - 1)) * K + k]), xk, acc[r]);
@@ -254,12 +235,170 @@ kimi_gemv_f32(float* __restrict__ y, const uint16_t* __restrict__ W, const float
     gemv<GemvF32Layout>(y, W, x, N, K, rows_per_x);
 }
 
-// y = W · RMSNorm(x): a decode step's input RMSNorm (x · rsqrt(mean(x²) + eps) · norm_weight) inside the projection
-// that consumes it, one launch fewer on the step's critical path. x [K] fp32, norm_weight [K] fp32; the plain GEMV's
-// layout, each block computing the row's RMS after its wait.
-extern "C" __global__ void __launch_bounds__(GemvF32Layout::WARPS * 32)
+// STREAMING GEMV (kimi_gemv_rmsnorm_f32, kimi_gemv_stream_f32): for products the blocked layout above would run in
+// several waves, which leave the memory pipe idle between them: inside the decode graph the projections that apply the
+// input norm (KDA's six: 12,576 rows, 58 MB; MLA's 6,720 rows; the lm_head's 163,840) read at ~75 % of the copy
+// bandwidth while the MoE experts, streamed, read at ~95 % (each left out of the graph in turn, 2026-11-28), and KDA's
+// f_b and g_b (8,192 rows of K = 128: 512 blocks, 2 waves) cost 4.6 µs on the step's critical path for 2 MB.
+// So these stream as moe.cu's gate-up does: a grid of one wave (MatmulKernels sizes it from the SM count), every warp an
+// independent stream of items (ROWS consecutive rows; warp w of W takes items w, w + W, ...) walked chunk by chunk (a
+// chunk: one column slot of 32 16-byte vectors, one a lane, of each of the item's rows) through a ring of DEPTH chunks
+// in registers that is refilled across item boundaries, so its loads never stop until its last item. The first DEPTH
+// chunks are requested before the programmatic wait. A warp reduces an item's rows with shuffles and writes them (no
+// barrier, no atomics).
+//   kimi_gemv_rmsnorm_f32: y = W · RMSNorm(x), a decode step's input norm (x · rsqrt(mean(x²) + eps) · norm_weight,
+//     x [K] fp32, norm_weight [K] fp32) inside the projection that consumes it, one launch fewer on the critical path.
+//     After the wait each block computes the inverse RMS (as kimi_rmsnorm_f32 does) and keeps the normalised row in
+//     shared memory (dynamic, K floats) for all its warps.
+//   kimi_gemv_stream_f32: y = W · x with kimi_gemv_f32's rows_per_x (a multiple of ROWS, or N): x read through L1.
+// Vector path when K % 8 == 0 and the pointers are 16-byte aligned; otherwise each warp reads its rows' elements one at
+// a time (correct for any K, slow). Launch: grid MatmulKernels.StreamGemvBlocks, GEMV_STREAM_WARPS * 32 threads;
+// kimi_gemv_rmsnorm_f32 with K * 4 bytes of dynamic shared memory.
+constexpr int GEMV_STREAM_WARPS = 8, GEMV_STREAM_ROWS = 4, GEMV_STREAM_DEPTH = 4, GEMV_STREAM_BLOCKS_PER_SM = 2; // MatmulKernels.GemvStream*
+
+// Norm's normalised row: the dynamic shared memory (the emulator's, when compiled for the CPU).
+__device__ __forceinline__ float4* gemv_normed_row()
+{
+#ifdef KDA_EMULATE
+    return reinterpret_cast<float4*>(emu_dynamic_smem);
+#else
+    extern __shared__ float4 gemv_smem_[];
+    return gemv_smem_;
+#endif
+}
+
+template <bool Norm>
+__device__ __forceinline__ void gemv_stream(float* __restrict__ y, const uint16_t* __restrict__ W, const float* __restrict__ x,
+                                            const float* __restrict__ norm_weight, float eps, int N, int K, int rows_per_x)
+{
+    float4* normed4 = gemv_normed_row(); // Norm: [K / 4] x · inv · norm_weight
+    float* normed = reinterpret_cast<float*>(normed4);
+    constexpr int R = GEMV_STREAM_ROWS, DEPTH = GEMV_STREAM_DEPTH;
+    const int lane = threadIdx.x & 31, Wn = gridDim.x * GEMV_STREAM_WARPS, w = blockIdx.x * GEMV_STREAM_WARPS + (threadIdx.x >> 5);
+    const int items = (N + R - 1) / R, mine = w < items ? (items - w + Wn - 1) / Wn : 0; // this warp's items
+    allow_successor();
+
+    // After the wait (x is the predecessor's output); with Norm, the normalised row into shared memory.
+    auto after_wait = [&]()
+    {
+        wait_for_predecessor();
+        if constexpr (Norm)
+        {
+            const float inv = rms_inverse(x, K, eps);
+            if ((K & 3) == 0 && aligned16(x) && aligned16(norm_weight))
+                for (int i = threadIdx.x; i < (K >> 2); i += blockDim.x)
+                {
+                    const float4 v = reinterpret_cast<const float4*>(x)[i], nw = reinterpret_cast<const float4*>(norm_weight)[i];
+                    normed4[i] = make_float4(v.x * inv * nw.x, v.y * inv * nw.y, v.z * inv * nw.z, v.w * inv * nw.w);
+                }
+            else
+                for (int i = threadIdx.x; i < K; i += blockDim.x) normed[i] = x[i] * inv * norm_weight[i];
+            __syncthreads();
+        }
+    };
+    auto x_of = [&](int row0) { return x + static_cast<size_t>(row0 / rows_per_x) * K; }; // the item's x (without Norm)
+    // Lane r < R writes row row0 + r of the item (rows past N are never written).
+    auto store = [&](float (&acc)[R], int row0)
+    {
+        float mine_sum = 0.0f;
+#pragma unroll
+        for (int r = 0; r < R; r++)
+        {
+            const float sum = warp_sum(acc[r]);
+            if (lane == r) mine_sum = sum;
+            acc[r] = 0.0f;
+        }
+        if (lane < R && row0 + lane < N) y[row0 + lane] = mine_sum;
+    };
+
+    if ((K & 7) != 0 || !aligned16(W) || !aligned16(x) || (Norm && !aligned16(norm_weight)))
+    {
+        after_wait();
+        for (int k = 0; k < mine; k++)
+        {
+            const int row0 = (w + k * Wn) * R;
+            const float* xt = x_of(row0);
+            float acc[R] = {};
+            for (int c = lane; c < K; c += 32)
+            {
+                const float xc = Norm ? normed[c] : xt[c];
+#pragma unroll
+                for (int r = 0; r < R; r++) acc[r] = fmaf(bf16_to_f32(W[static_cast<size_t>(min(row0 + r, N - 1)) * K + c]), xc, acc[r]);
+            }
+            store(acc, row0);
+        }
+        return;
+    }
+
+    const int K8 = K >> 3, C = (K8 + 31) >> 5, chunks = mine * C; // C chunks an item; this warp's sequence
+    // The load cursor: chunk lc of item lk, whose rows are `rows` (rows past N re-read row N - 1: loads stay
+    // unconditional, and those sums are never stored).
+    int lk = 0, lc = 0;
+    const uint4* rows[R];
+    auto begin_item = [&](int k)
+    {
+        const int row0 = (w + k * Wn) * R;
+#pragma unroll
+        for (int r = 0; r < R; r++) rows[r] = reinterpret_cast<const uint4*>(W + static_cast<size_t>(min(row0 + r, N - 1)) * K);
+    };
+    if (chunks > 0) begin_item(0);
+    uint4 wv[DEPTH][R];
+    auto request = [&](uint4 (&slot)[R])
+    {
+        const int kk = lc * 32 + lane;
+#pragma unroll
+        for (int r = 0; r < R; r++) slot[r] = kk < K8 ? __ldcs(rows[r] + kk) : make_uint4(0, 0, 0, 0);
+        if (++lc == C)
+        {
+            lc = 0;
+            if (++lk < mine) begin_item(lk);
+        }
+    };
+#pragma unroll
+    for (int d = 0; d < DEPTH; d++)
+        if (d < chunks) request(wv[d]);
+    after_wait();
+
+    // The compute cursor: chunk cc of item ck, whose x is xt. Ring slot d holds chunk n0 + d, refilled with chunk
+    // n0 + d + DEPTH once used.
+    int ck = 0, cc = 0;
+    const float* xt = x_of(w * R);
+    float acc[R] = {};
+    for (int n0 = 0; n0 < chunks; n0 += DEPTH)
+    {
+#pragma unroll
+        for (int d = 0; d < DEPTH; d++)
+        {
+            const int n = n0 + d;
+            if (n >= chunks) break;
+            const int kk = cc * 32 + lane;
+            f32x8 xv;
+            if constexpr (Norm)
+                xv = kk < K8 ? f32x8{normed4[2 * kk], normed4[2 * kk + 1]} : f32x8{make_float4(0, 0, 0, 0), make_float4(0, 0, 0, 0)};
+            else
+                xv = load_x8(xt, kk, kk < K8);
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[r] = dot8(wv[d][r], xv, acc[r]);
+            if (n + DEPTH < chunks) request(wv[d]);
+            if (++cc == C)
+            {
+                store(acc, (w + ck * Wn) * R);
+                cc = 0;
+                if (++ck < mine) xt = x_of((w + ck * Wn) * R);
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_STREAM_WARPS * 32, GEMV_STREAM_BLOCKS_PER_SM)
 kimi_gemv_rmsnorm_f32(float* __restrict__ y, const uint16_t* __restrict__ W, const float* __restrict__ x,
                       const float* __restrict__ norm_weight, float eps, int N, int K)
 {
-    gemv<GemvF32Layout>(y, W, x, N, K, N, norm_weight, eps);
+    gemv_stream<true>(y, W, x, norm_weight, eps, N, K, N);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_STREAM_WARPS * 32, GEMV_STREAM_BLOCKS_PER_SM)
+kimi_gemv_stream_f32(float* __restrict__ y, const uint16_t* __restrict__ W, const float* __restrict__ x, int N, int K, int rows_per_x)
+{
+    gemv_stream<false>(y, W, x, nullptr, 0.0f, N, K, rows_per_x);
 }

@@ -14,6 +14,9 @@ internal static unsafe class MatmulKernels
 
     private static readonly GemvGeometry GemvBf16Geometry = new(RowsPerBlock: 2 * 2, Threads: 4 * 32); // GemvBf16Layout: 2 groups of 2 rows
     private static readonly GemvGeometry GemvF32Geometry = new(RowsPerBlock: 4 * 4, Threads: 8 * 32);  // GemvF32Layout: 4 groups of 4 rows
+    // The streaming GEMV (gemv_stream in gemv.cu): GEMV_STREAM_WARPS, GEMV_STREAM_ROWS rows an item, the blocks an SM
+    // holds under its launch bounds (GEMV_STREAM_BLOCKS_PER_SM).
+    private const int GemvStreamWarps = 8, GemvStreamRows = 4, GemvStreamBlocksPerSm = 2;
     private const int GemmTile = 128;            // BM = BN in gemm.cu
     private const int GemmThreads = 256;
     private const int GemmSharedBytes = 3 * (128 + 128) * 64 * 2; // GEMM_SMEM_BYTES in gemm.cu
@@ -37,35 +40,62 @@ internal static unsafe class MatmulKernels
     /// Independent products of the same K in one launch (one launch latency, not several): y[i] = W[i] · x[i / rowsPerX]
     /// for W [N, K], x [ceil(N / rowsPerX), K]; <paramref name="rowsPerX"/> = N is the plain GEMV. Otherwise
     /// <paramref name="rowsPerX"/> must be a multiple of <see cref="GemvRowsPerBlock"/> (a block's rows share one x).
+    /// A product whose blocks fit in one wave runs as blocks of rows (kimi_gemv_f32); a larger one as streams of rows
+    /// (kimi_gemv_stream_f32), which keeps the memory pipe busy where the blocked layout would run in waves.
     /// </summary>
     public static void Gemv(CudaStream stream, DeviceSpan<float> y, DeviceSpan<ushort> weight, DeviceSpan<float> x, int n, int k, int rowsPerX)
     {
         KernelChecks.Positive(rowsPerX, nameof(rowsPerX));
         if (rowsPerX != n && rowsPerX % GemvRowsPerBlock != 0)
             throw new ArgumentException($"rowsPerX {rowsPerX} is neither N ({n}) nor a multiple of the {GemvRowsPerBlock} rows a block", nameof(rowsPerX));
-        Gemv(stream, KernelId.GemvF32, GemvF32Geometry, y.Pointer, y.Length, weight, x.Pointer, x.Length, n, k, Math.Min(rowsPerX, n));
+        rowsPerX = Math.Min(rowsPerX, n);
+        int sms = stream.Context.Device.MultiprocessorCount;
+        if ((n + GemvF32Geometry.RowsPerBlock - 1) / GemvF32Geometry.RowsPerBlock <= GemvStreamBlocksPerSm * sms)
+        {
+            Gemv(stream, KernelId.GemvF32, GemvF32Geometry, y.Pointer, y.Length, weight, x.Pointer, x.Length, n, k, rowsPerX);
+            return;
+        }
+        CheckGemv(y.Length, weight, x.Length, n, k, rowsPerX);
+        ulong pY = y.Pointer, pW = weight.Pointer, pX = x.Pointer;
+        void** args = stackalloc void*[] { &pY, &pW, &pX, &n, &k, &rowsPerX };
+        stream.Context.Kernels.Launch(KernelId.GemvStreamF32, new Dim3((uint)StreamGemvBlocks(n, sms)), new Dim3(GemvStreamWarps * 32), 0, stream, args);
     }
 
     /// <summary>
     /// y[N] = W[N, K] · RMSNorm(x) with RMSNorm(x) = x · rsqrt(mean(x²) + eps) · normWeight: a decode step's input norm
-    /// inside the projection that consumes it (each block computes the row's RMS after its programmatic wait, then
-    /// scales x as it loads it). x [K] fp32, normWeight [K] fp32.
+    /// inside the projection that consumes it (the streaming GEMV: each block computes the row's RMS after its
+    /// programmatic wait and keeps the normalised row in shared memory, 4·K bytes). x [K] fp32, normWeight [K] fp32.
     /// </summary>
     public static void GemvRmsNorm(CudaStream stream, DeviceSpan<float> y, DeviceSpan<ushort> weight, DeviceSpan<float> x,
         DeviceSpan<float> normWeight, float eps, int n, int k)
     {
-        KernelChecks.Positive(n, nameof(n));
-        KernelChecks.Positive(k, nameof(k));
-        if (y.Length < n) throw new ArgumentException($"y holds {y.Length:N0} elements but the kernel needs {n:N0}", nameof(y));
-        KernelChecks.Holds(weight, (long)n * k, nameof(weight));
-        KernelChecks.Holds(x, k, nameof(x));
+        CheckGemv(y.Length, weight, x.Length, n, k, n);
         KernelChecks.Holds(normWeight, k, nameof(normWeight));
         if (!(eps > 0) || float.IsInfinity(eps))
             throw new ArgumentOutOfRangeException(nameof(eps), eps, "eps must be positive and finite.");
+        long sharedBytes = 4L * k; // the normalised row
+        if (sharedBytes > stream.Context.Device.MaxSharedMemoryPerBlock)
+            throw new ArgumentOutOfRangeException(nameof(k), k,
+                $"K = {k:N0} needs {sharedBytes:N0} bytes of shared memory for the normalised row; the device has {stream.Context.Device.MaxSharedMemoryPerBlock:N0} a block.");
         ulong pY = y.Pointer, pW = weight.Pointer, pX = x.Pointer, pNorm = normWeight.Pointer;
         void** args = stackalloc void*[] { &pY, &pW, &pX, &pNorm, &eps, &n, &k };
-        var grid = new Dim3((uint)((n + GemvF32Geometry.RowsPerBlock - 1) / GemvF32Geometry.RowsPerBlock));
-        stream.Context.Kernels.Launch(KernelId.GemvRmsNormF32, grid, new Dim3((uint)GemvF32Geometry.Threads), 0, stream, args);
+        var grid = new Dim3((uint)StreamGemvBlocks(n, stream.Context.Device.MultiprocessorCount));
+        stream.Context.Kernels.Launch(KernelId.GemvRmsNormF32, grid, new Dim3(GemvStreamWarps * 32), (int)sharedBytes, stream, args);
+    }
+
+    /// <summary>The streaming GEMV's grid for N rows: one wave, items of <see cref="GemvStreamRows"/> rows spread evenly.</summary>
+    private static int StreamGemvBlocks(int n, int multiprocessors) =>
+        MoeKernels.StreamBlocks((n + GemvStreamRows - 1) / GemvStreamRows, GemvStreamWarps, GemvStreamBlocksPerSm, multiprocessors);
+
+    /// <summary>The shapes every fp32-x GEMV checks: y holds N, W holds N·K, x holds one K row per product of rowsPerX rows.</summary>
+    private static void CheckGemv(long yLength, DeviceSpan<ushort> weight, long xLength, int n, int k, int rowsPerX)
+    {
+        KernelChecks.Positive(n, nameof(n));
+        KernelChecks.Positive(k, nameof(k));
+        if (yLength < n) throw new ArgumentException($"y holds {yLength:N0} elements but the kernel needs {n:N0}", "y");
+        KernelChecks.Holds(weight, (long)n * k, nameof(weight));
+        long xNeeded = (long)((n + rowsPerX - 1) / rowsPerX) * k;
+        if (xLength < xNeeded) throw new ArgumentException($"x holds {xLength:N0} elements but the kernel needs {xNeeded:N0}", "x");
     }
 
     /// <summary>Rows of the fp32-x GEMV's block: products run together (<c>rowsPerX</c>) are a multiple of it.</summary>
@@ -74,12 +104,7 @@ internal static unsafe class MatmulKernels
     private static void Gemv(CudaStream stream, KernelId id, GemvGeometry geometry, ulong yPointer, long yLength, DeviceSpan<ushort> weight, ulong xPointer, long xLength,
         int n, int k, int rowsPerX = 0)
     {
-        KernelChecks.Positive(n, nameof(n));
-        KernelChecks.Positive(k, nameof(k));
-        if (yLength < n) throw new ArgumentException($"y holds {yLength:N0} elements but the kernel needs {n:N0}", "y");
-        KernelChecks.Holds(weight, (long)n * k, nameof(weight));
-        long xNeeded = rowsPerX == 0 ? k : (long)((n + rowsPerX - 1) / rowsPerX) * k;
-        if (xLength < xNeeded) throw new ArgumentException($"x holds {xLength:N0} elements but the kernel needs {xNeeded:N0}", "x");
+        CheckGemv(yLength, weight, xLength, n, k, rowsPerX == 0 ? n : rowsPerX);
         ulong pY = yPointer, pW = weight.Pointer, pX = xPointer;
         // kimi_gemv_f32 takes rows_per_x as a sixth argument; the bf16-x kernels have five and never read it.
         void** args = stackalloc void*[] { &pY, &pW, &pX, &n, &k, &rowsPerX };

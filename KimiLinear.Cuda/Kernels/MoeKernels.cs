@@ -204,7 +204,7 @@ internal static unsafe class MoeKernels
     }
 
     /// <summary>
-    /// The grid of a decode kernel whose warps stream items (moe.cu): one wave (the blocks the SMs hold at once under
+    /// The grid of a decode kernel whose warps stream items (moe.cu's gate-up, gemv.cu's streaming GEMV): one wave (the blocks the SMs hold at once under
     /// the kernel's launch bounds), with no more warps than the evenly spread items need: each warp takes
     /// ceil(items / capacity) of them, or one fewer.
     /// </summary>

@@ -46,6 +46,8 @@ public sealed class MatmulKernelTests
     [InlineData(2304, 4096)]
     [InlineData(37, 8200)]   // K past one ring of chunks
     [InlineData(7, 5)]
+    [InlineData(9217, 2304)] // more blocks than one wave: the streaming kernel, a partial last item
+    [InlineData(8193, 37)]   // the streaming kernel's element-wise path
     public void Gemv_F32Activations_MatchReference(int n, int k)
     {
         CudaContext gpu = Gpu.Require();
@@ -94,6 +96,8 @@ public sealed class MatmulKernelTests
     [InlineData(2, 4096, 128)] // the model's f_b, g_b
     [InlineData(3, 48, 136)]   // K past one column slot, partial
     [InlineData(2, 16, 5)]     // odd K: scalar path
+    [InlineData(5, 1600, 136)] // streaming (more blocks than one wave), K past one column slot
+    [InlineData(3, 2048, 5)]   // streaming, odd K
     public void Gemv_F32SeveralProducts_EachReadsItsInput(int products, int rowsPerProduct, int k)
     {
         CudaContext gpu = Gpu.Require();

@@ -248,6 +248,43 @@ static void test_gemv(int N, int K, int rows_per_x = 0)
     check(("gemv fp32 x N=" + std::to_string(N) + " K=" + std::to_string(K) + " rows_per_x=" + std::to_string(rows_per_x)).c_str(), y.data(), want, 1e-5);
 }
 
+// The streaming GEMV (grid: one wave of `blocks`, as MatmulKernels sizes it; fewer warps than items exercises the
+// ring across items): y = W · x per product of rows_per_x rows, or with `norm` y = W · RMSNorm(x) of one x row.
+static void test_gemv_stream(int N, int K, int blocks, bool norm, int rows_per_x = 0, int offset = 0)
+{
+    if (rows_per_x == 0) rows_per_x = N;
+    const int segments = (N + rows_per_x - 1) / rows_per_x;
+    std::vector<uint16_t> w(size_t(N) * K);
+    for (auto& b : w) b = f2bf(randn());
+    std::vector<float> bx = randv(size_t(segments) * K + offset, 2.0f), nw = randv(K + offset);
+    const float* x = bx.data() + offset; // offset 1: not 16-byte aligned, the element-wise path
+    const float eps = 1e-5f;
+    std::vector<double> xs(size_t(segments) * K);
+    double ss = 0;
+    for (int k = 0; k < K; k++) ss += double(x[k]) * x[k];
+    const double inv = 1 / std::sqrt(ss / K + eps);
+    for (size_t i = 0; i < xs.size(); i++) xs[i] = norm ? x[i] * inv * nw[offset + i] : x[i];
+    std::vector<double> want(N);
+    for (int n = 0; n < N; n++)
+    {
+        const double* xr = xs.data() + size_t(n / rows_per_x) * K;
+        double s = 0;
+        for (int k = 0; k < K; k++) s += double(bf2f(w[size_t(n) * K + k])) * xr[k];
+        want[n] = s;
+    }
+    std::vector<float> y = poisoned(N, 0);
+    const dim3 grid(blocks), block(GEMV_STREAM_WARPS * 32);
+    if (norm)
+        emu_launch(kimi_gemv_rmsnorm_f32, 1, grid, block, size_t(K) * 4, y.data(), (const uint16_t*)w.data(), x,
+                   (const float*)nw.data() + offset, eps, N, K);
+    else
+        emu_launch(kimi_gemv_stream_f32, 1, grid, block, 0, y.data(), (const uint16_t*)w.data(), x, N, K, rows_per_x);
+    char name[128];
+    std::snprintf(name, sizeof name, "gemv stream%s N=%d K=%d blocks=%d rows_per_x=%d offset=%d", norm ? " rmsnorm" : "", N, K, blocks,
+                  rows_per_x, offset);
+    check(name, y.data(), want, 1e-5);
+}
+
 int main()
 {
     test_embed(3, 37, 101);
@@ -271,6 +308,12 @@ int main()
     test_latent(3, 37, 11, 20, 5);
     test_latent(1, 512, 64, 8, 7);
     test_latent(3, 37, 11, 20, 18);
+    test_gemv_stream(37, 2304, 1, true);       // 10 items on 8 warps: two items on some, a partial last item
+    test_gemv_stream(203, 264, 3, true);       // 51 items on 24 warps; K8 = 33: a partial second chunk
+    test_gemv_stream(16, 4104, 1, true);       // K past the ring
+    test_gemv_stream(21, 37, 2, true, 0, 1);   // odd K, unaligned: element-wise
+    test_gemv_stream(96, 128, 2, false, 32);   // three products (KDA's f_b, g_b at K = 128)
+    test_gemv_stream(40, 136, 1, false, 16, 1);
     test_gemv(37, 2304);
     test_gemv(9, 4104);  // K past one ring of chunks, partial last slot
     test_gemv(7, 37);    // odd K: scalar path
