@@ -328,7 +328,8 @@ internal static class GpuKernelBenchmarks
             string shape = $"T={Batch}, V={Vocab}";
             double ms = MedianMs(gpu, stream, () => SamplingKernels.Softmax(stream, probs, logits, Batch, Vocab));
             rows.Add(MemoryRow("softmax", shape, ms, 8.0 * Batch * Vocab));
-            ms = MedianMs(gpu, stream, () => SamplingKernels.Argmax(stream, tokens, logits, Batch, Vocab));
+            using var argmaxScratch = new ArgmaxScratch(stream, Batch);
+            ms = MedianMs(gpu, stream, () => SamplingKernels.Argmax(stream, tokens, logits, Batch, Vocab, argmaxScratch));
             rows.Add(MemoryRow("argmax", shape, ms, 4.0 * Batch * Vocab));
             ms = MedianMs(gpu, stream, () => SamplingKernels.SampleTopKTopP(stream, tokens, logits, u, Batch, Vocab, 50, 0.8f, 0.95f));
             rows.Add(MemoryRow("top-k/top-p sample (k=50)", shape, ms, 4.0 * Batch * Vocab));

@@ -36,6 +36,7 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
     private readonly Dictionary<KdaShape, KdaPrefillScratch> _kdaScratch = [];
     private readonly Dictionary<MlaShape, MlaDecodeScratch> _mlaScratch = [];
     private MoeDecodeScratch? _moeDecodeScratch;
+    private ArgmaxScratch? _argmaxScratch;       // ChooseNext's argmax (one row)
     private MoePrefillScratch? _moePrefillScratch;
 
     // The decode step being run: its token and position live in the session's device memory (SessionDecoder), so that a
@@ -132,7 +133,8 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
         int slot = GreedyChoice.SlotOf(choice.Sequence);
         // Into the session's step token (the next decode step of ChosenToken reads it there), then to the host.
         var token = decoder.StepInputs.Slice(0, 1);
-        SamplingKernels.Argmax(_stream, token, row.F32, 1, row.Cols);
+        _argmaxScratch ??= new ArgmaxScratch(_stream, 1);
+        SamplingKernels.Argmax(_stream, token, row.F32, 1, row.Cols, _argmaxScratch);
         decoder.Choices.CopyFrom(token, slot, _stream);
         decoder.ChoiceReady[slot].Record(_stream);
         decoder.ChoiceCount = choice.Sequence;
@@ -760,6 +762,7 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
             foreach (var scratch in _kdaScratch.Values) scratch.Dispose();
             foreach (var scratch in _mlaScratch.Values) scratch.Dispose();
             _moeDecodeScratch?.Dispose();
+            _argmaxScratch?.Dispose();
             _moePrefillScratch?.Dispose();
             _cublas?.Dispose();
             _weights.Dispose();

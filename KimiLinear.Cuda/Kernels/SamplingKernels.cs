@@ -9,6 +9,7 @@ internal static unsafe class SamplingKernels
     public const int MaxTopK = 1024;
 
     private const int RowThreads = 1024;
+    private const int ArgmaxThreads = 256, ArgmaxValues = 16; // ARGMAX_THREADS, ARGMAX_VALUES in sampling.cu: a block's values
 
     /// <summary>probabilities[T, V] = softmax(logits[T, V]) per row.</summary>
     public static void Softmax(CudaStream stream, DeviceSpan<float> probabilities, DeviceSpan<float> logits, int t, int v)
@@ -20,14 +21,21 @@ internal static unsafe class SamplingKernels
         stream.Context.Kernels.Launch(KernelId.SoftmaxF32, new Dim3((uint)t), new Dim3(RowThreads), 0, stream, args);
     }
 
-    /// <summary>tokens[t] = argmax of row t (first occurrence of the maximum; NaN skipped; -1 for a row of NaN).</summary>
-    public static void Argmax(CudaStream stream, DeviceSpan<int> tokens, DeviceSpan<float> logits, int t, int v)
+    /// <summary>
+    /// tokens[t] = argmax of row t (first occurrence of the maximum; NaN skipped; -1 for a row of NaN), read by many
+    /// blocks a row that meet in <paramref name="scratch"/> (which the kernel leaves as it found it).
+    /// </summary>
+    public static void Argmax(CudaStream stream, DeviceSpan<int> tokens, DeviceSpan<float> logits, int t, int v, ArgmaxScratch scratch)
     {
         CheckRows(logits, t, v);
         KernelChecks.Holds(tokens, t, nameof(tokens));
-        ulong pOut = tokens.Pointer, pIn = logits.Pointer;
-        void** args = stackalloc void*[] { &pOut, &pIn, &t, &v };
-        stream.Context.Kernels.Launch(KernelId.ArgmaxF32, new Dim3((uint)t), new Dim3(RowThreads), 0, stream, args);
+        ArgumentNullException.ThrowIfNull(scratch);
+        if (t > scratch.MaxRows)
+            throw new ArgumentException($"The argmax scratch has room for {scratch.MaxRows} rows, but the call has T = {t}", nameof(scratch));
+        ulong pOut = tokens.Pointer, pKeys = scratch.Keys.Pointer, pArrivals = scratch.Arrivals.Pointer, pIn = logits.Pointer;
+        void** args = stackalloc void*[] { &pOut, &pKeys, &pArrivals, &pIn, &t, &v };
+        int blocks = (v + ArgmaxThreads * ArgmaxValues - 1) / (ArgmaxThreads * ArgmaxValues);
+        stream.Context.Kernels.Launch(KernelId.ArgmaxF32, new Dim3((uint)blocks, (uint)t), new Dim3(ArgmaxThreads), 0, stream, args);
     }
 
     /// <summary>
@@ -56,5 +64,48 @@ internal static unsafe class SamplingKernels
         KernelChecks.Positive(t, nameof(t));
         KernelChecks.Positive(v, nameof(v));
         KernelChecks.Holds(logits, (long)t * v, nameof(logits));
+    }
+}
+
+/// <summary>
+/// Where the blocks of <see cref="SamplingKernels.Argmax"/> meet: a 64-bit best key and an arrival count per row, zero
+/// between launches (the last block of a row resets them). For one stream at a time.
+/// </summary>
+internal sealed class ArgmaxScratch : IDisposable
+{
+    private readonly DeviceBuffer<uint> _keys;       // [rows] the row's best (value, index) key so far: 64 bits, two uints
+    private readonly DeviceBuffer<uint> _arrivals;   // [rows] the row's blocks done so far
+
+    /// <summary>Rows a call may take.</summary>
+    public int MaxRows { get; }
+
+    /// <summary>Allocates room for <paramref name="maxRows"/> rows and queues its zeroing on <paramref name="stream"/>.</summary>
+    public ArgmaxScratch(CudaStream stream, int maxRows)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        KernelChecks.Positive(maxRows, nameof(maxRows));
+        MaxRows = maxRows;
+        _keys = stream.Context.Allocate<uint>(2L * maxRows);
+        try
+        {
+            _arrivals = stream.Context.Allocate<uint>(maxRows);
+            _keys.Span.Fill(0u, stream);
+            _arrivals.Span.Fill(0u, stream);
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    internal DeviceSpan<uint> Keys => _keys.Span;
+    internal DeviceSpan<uint> Arrivals => _arrivals.Span;
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        _keys.Dispose();
+        _arrivals?.Dispose();
     }
 }

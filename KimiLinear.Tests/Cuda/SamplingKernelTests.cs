@@ -27,27 +27,42 @@ public sealed class SamplingKernelTests
     }
 
     [Theory]
-    [InlineData(4, Vocabulary)]
-    [InlineData(3, 1001)]
+    [InlineData(6, Vocabulary)]
+    [InlineData(6, 1001)]  // odd V: the element-wise path, row starts not 16-byte aligned
+    [InlineData(6, 4100)]  // V % 4 == 0 but past one block's 4,096 values: a second, nearly empty block
     public void Argmax_TakesTheFirstMaximumAndSkipsNaN(int t, int v)
     {
         CudaContext gpu = Gpu.Require();
         var random = new Random(v - t);
         float[] logits = Gpu.RandomF32(random, (long)t * v);
-        // Row 0: a tie for the maximum (the lower index must win); row 1: NaN before the maximum; row 2: all -inf.
+        // Row 0: a tie for the maximum in different blocks (the lower index must win); row 1: NaN before the maximum;
+        // row 2: all -inf; row 3: all NaN; row 4: the maximum 0 with -0 first (they compare equal: the first wins);
+        // row 5: the maximum in the last element.
         logits[17] = logits[v - 3] = 50f;
         logits[v + 2] = float.NaN;
         logits[v + 900] = 60f;
-        for (int i = 0; i < v; i++) logits[2L * v + i] = float.NegativeInfinity;
+        for (int i = 0; i < v; i++)
+        {
+            logits[2L * v + i] = float.NegativeInfinity;
+            logits[3L * v + i] = float.NaN;
+            logits[4L * v + i] = -1f - logits[4L * v + i] * logits[4L * v + i];
+        }
+        logits[4L * v + 5] = -0f;
+        logits[4L * v + v - 2] = 0f;
+        logits[6L * v - 1] = 70f;
         using CudaStream stream = gpu.CreateStream();
+        using var scratch = new ArgmaxScratch(stream, t);
         using DeviceBuffer<float> dLogits = gpu.Upload(stream, logits);
-        using DeviceBuffer<int> dOut = gpu.Poisoned(stream, t, -7);
-        SamplingKernels.Argmax(stream, dOut, dLogits, t, v);
-        int[] got = dOut.ToArray(stream);
-        for (int r = 0; r < t; r++) Assert.Equal(CpuReference.Argmax(logits.AsSpan(r * v, v)), got[r]);
-        Assert.Equal(17, got[0]);
-        Assert.Equal(0, got[2]);
-        Gpu.AssertTailUntouched(got, t, -7);
+        // Twice: the second call must find the scratch as the first left it.
+        for (int call = 0; call < 2; call++)
+        {
+            using DeviceBuffer<int> dOut = gpu.Poisoned(stream, t, -7);
+            SamplingKernels.Argmax(stream, dOut, dLogits, t, v, scratch);
+            int[] got = dOut.ToArray(stream);
+            for (int r = 0; r < t; r++) Assert.Equal(CpuReference.Argmax(logits.AsSpan(r * v, v)), got[r]);
+            Assert.Equal([17, 900, 0, -1, 5, v - 1], got[..t]);
+            Gpu.AssertTailUntouched(got, t, -7);
+        }
     }
 
     [Theory]
