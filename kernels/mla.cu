@@ -1176,8 +1176,8 @@ __device__ __forceinline__ void prefill_wgmma(float* __restrict__ o, const uint1
 //       ring by the copy engine (TMA: 9 boxes of 64 rows × 64 columns a tile, each landing in the 128-byte-swizzled
 //       K-major layout wgmma reads); a slice's last, partial tile is the 64 rows ending at the slice's end, the rows
 //       before it masked. mbarriers hand the stages over: full (the tile's 72 KB have landed, counted in bytes) and
-//       empty (every consumer thread is done with it). (By 16-byte cp.async from 128 threads, 36 a thread a tile, the
-//       copies' issue set the pace at long caches.)
+//       empty (every consumer thread is done with it). (It replaced 16-byte cp.async from 128 threads, 36 a thread a
+//       tile; the whole model decoded at the same speed with either, so the copies' issue does not bound this kernel.)
 //   warpgroup 0 (consumer, 224 registers): S [64 × 64 rows] = Q·Kᵀ, 36 wgmma m64n64k16 with both operands in shared
 //       memory. q_lat is fp32: Q's 64 rows hold it as bf16 hi (rows 0–31, head h) and lo = bf16(q − hi) (rows 32–63),
 //       so the rows the 32 heads leave free make the product exact to ~2^-17 without a second pass (bf16 q alone
