@@ -76,6 +76,31 @@ __device__ __forceinline__ void wait_for_predecessor()
 #endif
 }
 
+// The load side of a warp that streams items (a few weight rows each) chunk by chunk through a ring of registers
+// (gemv.cu's streaming GEMV, moe.cu's decode gate-up): a chunk is one column slot of 32 16-byte vectors, one a lane,
+// of each of the item's ROWS rows. request() fills a ring slot with the lane's vector of each row of the next chunk
+// (zeros past the row's K8 vectors) and moves on, calling begin_item(k) to point `rows` at item k's rows when the
+// stream crosses into it, so the loads never stop between items.
+template <int ROWS>
+struct RowStream
+{
+    const uint4* rows[ROWS]; // the current item's rows
+    int item = 0, chunk = 0; // the next chunk to request: chunk `chunk` (of C) of item `item` (of `items`)
+
+    template <typename BeginItem>
+    __device__ __forceinline__ void request(uint4 (&slot)[ROWS], int lane, int K8, int C, int items, BeginItem&& begin_item)
+    {
+        const int kk = chunk * 32 + lane;
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) slot[r] = kk < K8 ? __ldcs(rows[r] + kk) : make_uint4(0, 0, 0, 0);
+        if (++chunk == C)
+        {
+            chunk = 0;
+            if (++item < items) begin_item(item);
+        }
+    }
+};
+
 // The prologue of a short kernel under programmatic dependent launch: its successor may launch at once (and fetch
 // what does not depend on this kernel, such as weights) while this kernel waits for its own predecessor and runs.
 // Only the launch is early: the successor's wait_for_predecessor() still waits for all of this kernel's writes.

@@ -331,29 +331,17 @@ __device__ __forceinline__ void gemv_stream(float* __restrict__ y, const uint16_
     }
 
     const int K8 = K >> 3, C = (K8 + 31) >> 5, chunks = mine * C; // C chunks an item; this warp's sequence
-    // The load cursor: chunk lc of item lk, whose rows are `rows` (rows past N re-read row N - 1: loads stay
-    // unconditional, and those sums are never stored).
-    int lk = 0, lc = 0;
-    const uint4* rows[R];
+    // The loads (rows past N re-read row N - 1: loads stay unconditional, and those sums are never stored).
+    RowStream<R> loads;
     auto begin_item = [&](int k)
     {
         const int row0 = (w + k * Wn) * R;
 #pragma unroll
-        for (int r = 0; r < R; r++) rows[r] = reinterpret_cast<const uint4*>(W + static_cast<size_t>(min(row0 + r, N - 1)) * K);
+        for (int r = 0; r < R; r++) loads.rows[r] = reinterpret_cast<const uint4*>(W + static_cast<size_t>(min(row0 + r, N - 1)) * K);
     };
     if (chunks > 0) begin_item(0);
     uint4 wv[DEPTH][R];
-    auto request = [&](uint4 (&slot)[R])
-    {
-        const int kk = lc * 32 + lane;
-#pragma unroll
-        for (int r = 0; r < R; r++) slot[r] = kk < K8 ? __ldcs(rows[r] + kk) : make_uint4(0, 0, 0, 0);
-        if (++lc == C)
-        {
-            lc = 0;
-            if (++lk < mine) begin_item(lk);
-        }
-    };
+    auto request = [&](uint4 (&slot)[R]) { loads.request(slot, lane, K8, C, mine, begin_item); };
 #pragma unroll
     for (int d = 0; d < DEPTH; d++)
         if (d < chunks) request(wv[d]);

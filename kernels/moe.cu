@@ -408,28 +408,17 @@ kimi_moe_decode_gate_up(uint16_t* __restrict__ h, const float* __restrict__ x, c
         allow_successor();
     };
 
-    // The load cursor: chunk lc of item lk, whose rows are `rows`. Ring slot d holds chunk n0 + d of the sequence.
-    int lk = 0, lc = 0;
-    const uint4* rows[MOE_GU_WROWS];
+    // The loads (common.cuh's RowStream). Ring slot d holds chunk n0 + d of the sequence.
+    RowStream<MOE_GU_WROWS> loads;
     auto begin_item = [&](int k)
     {
         const GateUpItem item = nth_gate_up_item(k, w, W, mine_shared, Ps, Pr, A, S);
         if (!item.shared) wait_once();
-        gate_up_rows(rows, gate_up, experts, item, D, E, A, F);
+        gate_up_rows(loads.rows, gate_up, experts, item, D, E, A, F);
     };
     if (chunks > 0) begin_item(0);
     uint4 wv[MOE_GU_DEPTH][MOE_GU_WROWS];
-    auto request = [&](uint4 (&slot)[MOE_GU_WROWS])
-    {
-        const int kk = lc * 32 + lane;
-#pragma unroll
-        for (int r = 0; r < MOE_GU_WROWS; r++) slot[r] = kk < D8 ? __ldcs(rows[r] + kk) : make_uint4(0, 0, 0, 0);
-        if (++lc == C)
-        {
-            lc = 0;
-            if (++lk < mine) begin_item(lk);
-        }
-    };
+    auto request = [&](uint4 (&slot)[MOE_GU_WROWS]) { loads.request(slot, lane, D8, C, mine, begin_item); };
 #pragma unroll
     for (int d = 0; d < MOE_GU_DEPTH; d++)
         if (d < chunks) request(wv[d]);
