@@ -32,7 +32,8 @@ __device__ __forceinline__ void f32_load_chunk(uint4 (&dst)[R][U], const uint4* 
 }
 
 template <int R, int U, int D, int S, int W, int XS>
-__global__ void __launch_bounds__(W * 32) gemv_f32_var(float* __restrict__ y, const uint16_t* __restrict__ Wt, const float* __restrict__ x, int N, int K)
+__global__ void __launch_bounds__(W * 32) gemv_f32_var(float* __restrict__ y, const uint16_t* __restrict__ Wt, const float* __restrict__ x, int N, int K,
+                                                       int /* rows_per_x, as kimi_gemv_f32 takes it: the sweep times one product */)
 {
     static_assert(W % S == 0, "warps per block must be a multiple of the K split");
     constexpr int G = W / S;
@@ -117,7 +118,7 @@ __global__ void __launch_bounds__(W * 32) gemv_f32_var(float* __restrict__ y, co
 struct Variant
 {
     const char* name;
-    void (*fn)(float*, const uint16_t*, const float*, int, int);
+    void (*fn)(float*, const uint16_t*, const float*, int, int, int); // kimi_gemv_f32's arguments (rows_per_x = N)
     int rowsPerBlock, threads;
     bool stagesX;
 };
@@ -162,7 +163,7 @@ static void launch(const Variant& v, cudaStream_t st, float* y, const uint16_t* 
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
-    CK(cudaLaunchKernelEx(&cfg, v.fn, y, w, x, n, k));
+    CK(cudaLaunchKernelEx(&cfg, v.fn, y, w, x, n, k, n));
 }
 
 static float bf(uint16_t b) { uint32_t u = (uint32_t)b << 16; float f; memcpy(&f, &u, 4); return f; }
