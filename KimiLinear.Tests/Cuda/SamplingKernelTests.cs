@@ -35,7 +35,7 @@ public sealed class SamplingKernelTests
         CudaContext gpu = Gpu.Require();
         var random = new Random(v - t);
         float[] logits = Gpu.RandomF32(random, (long)t * v);
-        // Row 0: a tie for the maximum in different blocks (the lower index must win); row 1: NaN before the maximum;
+        // Row 0: a tie for the maximum (in different blocks where V > 4,096; the lower index must win); row 1: NaN before the maximum;
         // row 2: all -inf; row 3: all NaN; row 4: the maximum 0 with -0 first (they compare equal: the first wins);
         // row 5: the maximum in the last element.
         logits[17] = logits[v - 3] = 50f;
@@ -52,15 +52,20 @@ public sealed class SamplingKernelTests
         logits[6L * v - 1] = 70f;
         using CudaStream stream = gpu.CreateStream();
         using var scratch = new ArgmaxScratch(stream, t);
-        using DeviceBuffer<float> dLogits = gpu.Upload(stream, logits);
-        // Twice: the second call must find the scratch as the first left it.
+        // A second call on the same scratch, with each row reversed and 100 lower: its maxima sit elsewhere and below the
+        // first call's, so a key or arrival count the first call left behind would give a wrong index or none.
+        float[] second = new float[logits.Length];
+        for (int r = 0; r < t; r++)
+            for (int i = 0; i < v; i++) second[(long)r * v + i] = logits[(long)r * v + v - 1 - i] - 100f;
         for (int call = 0; call < 2; call++)
         {
+            float[] rows = call == 0 ? logits : second;
+            using DeviceBuffer<float> dLogits = gpu.Upload(stream, rows);
             using DeviceBuffer<int> dOut = gpu.Poisoned(stream, t, -7);
             SamplingKernels.Argmax(stream, dOut, dLogits, t, v, scratch);
             int[] got = dOut.ToArray(stream);
-            for (int r = 0; r < t; r++) Assert.Equal(CpuReference.Argmax(logits.AsSpan(r * v, v)), got[r]);
-            Assert.Equal([17, 900, 0, -1, 5, v - 1], got[..t]);
+            for (int r = 0; r < t; r++) Assert.Equal(CpuReference.Argmax(rows.AsSpan(r * v, v)), got[r]);
+            if (call == 0) Assert.Equal([17, 900, 0, -1, 5, v - 1], got[..t]);
             Gpu.AssertTailUntouched(got, t, -7);
         }
     }
