@@ -978,6 +978,13 @@ constexpr int kWdHeads = 32, kWdRank = 512, kWdWidth = 576;   // H, R, D = R + P
 constexpr int kWdRows = 64, kWdStages = 2;                     // cache rows per tile; tiles in the ring
 constexpr int kWdThreads = 384;                                // consumer warpgroups 0 and 1, producer warpgroup 2
 constexpr int kWdSliceQuantum = 16;                            // slice lengths round up to this many rows
+// ... and are at least this many: a slice shorter than a tile still costs its block a whole tile's copy, Q's
+// construction and a 64 KB partial for the merge, so a short cache (1K: 16 slices, not 64 of 16 rows) takes fewer blocks.
+#ifndef MLA_WD_MIN_SLICE_ROWS
+#define MLA_WD_MIN_SLICE_ROWS 64
+#endif
+constexpr int kWdMinSliceRows = MLA_WD_MIN_SLICE_ROWS;
+static_assert(kWdMinSliceRows % kWdSliceQuantum == 0, "whole quanta");
 constexpr int kWdProducerRegisters = 56, kWdConsumerRegisters = 224;   // 128·56 + 256·224 ≤ the 64K register file
 constexpr int kWdBlockBytes = kWdRows * 128;                   // one 64-column block of a tile [64 rows][128 B]
 constexpr int kWdQBytes = 64 * kWdWidth * 2;                   // Q [9 column blocks][64 rows: 32 heads hi, 32 lo][128 B] bf16
@@ -1170,7 +1177,7 @@ __device__ __forceinline__ void prefill_wgmma(float* __restrict__ o, const uint1
 }
 
 // Absorbed decode partial on Hopper: what decode_partial computes for the model's shape (H 32, R 512, D 576), same
-// arguments, grid (S, T) and outputs; only the slices' lengths round to 16 rows instead of a tile. Block (slice s,
+// arguments, grid (S, T) and outputs; only the slices' lengths round to 16 rows (at least 64) instead of a tile. Block (slice s,
 // token t), three warpgroups, one block per SM:
 //   warpgroup 2 (producer, 56 registers): one thread streams the slice's cache rows in tiles of 64 through a 2-stage
 //       ring by the copy engine (TMA: 9 boxes of 64 rows × 64 columns a tile, each landing in the 128-byte-swizzled
@@ -1202,7 +1209,7 @@ __device__ __forceinline__ void decode_partial_wgmma(float* __restrict__ partial
                                                      int len, float scale_log2) {
     constexpr int H = kWdHeads, R = kWdRank, D = kWdWidth, kChunks = D / 8;   // 16-byte pieces per row
     const int splits = gridDim.x, s = blockIdx.x, t = blockIdx.y, tid = threadIdx.x;
-    const int per = ((len + splits - 1) / splits + kWdSliceQuantum - 1) / kWdSliceQuantum * kWdSliceQuantum;
+    const int per = max(kWdMinSliceRows, ((len + splits - 1) / splits + kWdSliceQuantum - 1) / kWdSliceQuantum * kWdSliceQuantum);
     const int begin = s * per, end = min(len, begin + per);
     float* ml = partial_ml + (static_cast<size_t>(t) * splits + s) * H * 2;
     if (begin >= end) {   // an empty slice (short cache): nothing to merge

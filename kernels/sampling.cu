@@ -46,8 +46,10 @@ __device__ __forceinline__ uint32_t order_key(float f)
 // into a 64-bit key, order_key(value) above ~index, so that the larger value wins and equal values go to the lower
 // index (-0 counts as +0, as the comparison does; NaN's key is 0, below every other); the block's largest key goes to
 // keys[t] by atomicMax, and the last block of the row (counted in arrivals[t]) turns it into the index and leaves
-// keys[t] and arrivals[t] at 0 for the next launch. Launch: grid (ceil(V / (ARGMAX_THREADS · ARGMAX_VALUES)), T),
-// ARGMAX_THREADS threads (SamplingKernels.Argmax); keys and arrivals start at 0 (ArgmaxScratch).
+// keys[t] and arrivals[t] at 0 for the next launch; where `copy` is not null, it writes the index to copy[t] too
+// (mapped host memory: a greedy step's choice reaches the host without a copy operation, ~10 µs a token).
+// Launch: grid (ceil(V / (ARGMAX_THREADS · ARGMAX_VALUES)), T), ARGMAX_THREADS threads (SamplingKernels.Argmax); keys
+// and arrivals start at 0 (ArgmaxScratch).
 constexpr int ARGMAX_THREADS = 256, ARGMAX_VALUES = 16;
 
 __device__ __forceinline__ unsigned long long argmax_key(float v, int i)
@@ -57,11 +59,10 @@ __device__ __forceinline__ unsigned long long argmax_key(float v, int i)
 }
 
 extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS)
-kimi_argmax_f32(int* __restrict__ out, unsigned long long* __restrict__ keys, unsigned* __restrict__ arrivals,
+kimi_argmax_f32(int* __restrict__ out, int* __restrict__ copy, unsigned long long* __restrict__ keys, unsigned* __restrict__ arrivals,
                 const float* __restrict__ x, int T, int V)
 {
     __shared__ unsigned long long warp_keys[ARGMAX_THREADS / 32];
-    __shared__ bool last;
     const int t = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const float* row = x + static_cast<size_t>(t) * V;
     const int first = blockIdx.x * ARGMAX_THREADS * ARGMAX_VALUES; // this block's values: [first, first + THREADS · VALUES)
@@ -101,13 +102,14 @@ kimi_argmax_f32(int* __restrict__ out, unsigned long long* __restrict__ keys, un
         for (int w = 1; w < ARGMAX_THREADS / 32; w++) key = max(key, warp_keys[w]);
         atomicMax(keys + t, key);
         __threadfence(); // the key before the arrival
-        last = atomicAdd(arrivals + t, 1u) == gridDim.x - 1;
-        if (last)
+        if (atomicAdd(arrivals + t, 1u) == gridDim.x - 1)
         {
             __threadfence(); // every block's key after their arrivals
             const unsigned long long best = atomicExch(keys + t, 0ull);
             arrivals[t] = 0;
-            out[t] = best == 0 ? -1 : static_cast<int>(0xFFFFFFFFu - static_cast<uint32_t>(best));
+            const int index = best == 0 ? -1 : static_cast<int>(0xFFFFFFFFu - static_cast<uint32_t>(best));
+            out[t] = index;
+            if (copy != nullptr) copy[t] = index;
         }
     }
 }

@@ -131,11 +131,10 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
         var decoder = Decoder(state);
         var choice = new GreedyChoice(decoder.ChoiceCount + 1);
         int slot = GreedyChoice.SlotOf(choice.Sequence);
-        // Into the session's step token (the next decode step of ChosenToken reads it there), then to the host.
+        // Into the session's step token (the next decode step of ChosenToken reads it there) and the host's slot.
         var token = decoder.StepInputs.Slice(0, 1);
         _argmaxScratch ??= new ArgmaxScratch(_stream, 1);
-        SamplingKernels.Argmax(_stream, token, row.F32, 1, row.Cols, _argmaxScratch);
-        decoder.Choices.CopyFrom(token, slot, _stream);
+        SamplingKernels.Argmax(_stream, token, row.F32, 1, row.Cols, _argmaxScratch, decoder.Choices.Mapped.Slice(slot, 1));
         decoder.ChoiceReady[slot].Record(_stream);
         decoder.ChoiceCount = choice.Sequence;
         return choice;
@@ -168,7 +167,7 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
         /// <summary>[2]: the step's token, its position.</summary>
         public DeviceBuffer<int> StepInputs { get; }
         /// <summary>[2]: choice n lands in element <see cref="GreedyChoice.Slot"/>, once <see cref="ChoiceReady"/> of it is reached.</summary>
-        public PinnedHostBuffer<int> Choices { get; }
+        public MappedHostBuffer<int> Choices { get; }
         public CudaEvent[] ChoiceReady { get; } = new CudaEvent[2];
         /// <summary>Choices made so far (the latest's sequence number).</summary>
         public long ChoiceCount { get; set; }
@@ -179,7 +178,7 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
             StepInputs = context.Allocate<int>(2);
             try
             {
-                Choices = new PinnedHostBuffer<int>(context, 2);
+                Choices = new MappedHostBuffer<int>(context, 2);
                 for (int i = 0; i < ChoiceReady.Length; i++)
                     ChoiceReady[i] = context.CreateEvent(timing: false);
             }

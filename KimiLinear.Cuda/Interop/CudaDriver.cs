@@ -53,7 +53,8 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(Library)] internal static partial CuResult cuMemGetInfo_v2(out nuint free, out nuint total);
     [LibraryImport(Library)] internal static partial CuResult cuMemAlloc_v2(out ulong pointer, nuint bytes);
     [LibraryImport(Library)] internal static partial CuResult cuMemFree_v2(ulong pointer);
-    [LibraryImport(Library)] internal static partial CuResult cuMemAllocHost_v2(out nint pointer, nuint bytes);
+    [LibraryImport(Library)] internal static partial CuResult cuMemHostAlloc(out nint pointer, nuint bytes, uint flags);
+    [LibraryImport(Library)] internal static partial CuResult cuMemHostGetDevicePointer_v2(out ulong device, nint host, uint flags);
     [LibraryImport(Library)] internal static partial CuResult cuMemFreeHost(nint pointer);
     [LibraryImport(Library)] internal static partial CuResult cuMemcpyHtoDAsync_v2(ulong destination, void* source, nuint bytes, nint stream);
     [LibraryImport(Library)] internal static partial CuResult cuMemcpyDtoHAsync_v2(void* destination, ulong source, nuint bytes, nint stream);

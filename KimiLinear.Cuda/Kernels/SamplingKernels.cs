@@ -23,17 +23,22 @@ internal static unsafe class SamplingKernels
 
     /// <summary>
     /// tokens[t] = argmax of row t (first occurrence of the maximum; NaN skipped; -1 for a row of NaN), read by many
-    /// blocks a row that meet in <paramref name="scratch"/> (which the kernel leaves as it found it).
+    /// blocks a row that meet in <paramref name="scratch"/> (which the kernel leaves as it found it); the same into
+    /// <paramref name="copy"/>[t] where given (a <see cref="MappedHostBuffer{T}"/>'s elements: the host reads them
+    /// after an event, without a copy operation).
     /// </summary>
-    public static void Argmax(CudaStream stream, DeviceSpan<int> tokens, DeviceSpan<float> logits, int t, int v, ArgmaxScratch scratch)
+    public static void Argmax(CudaStream stream, DeviceSpan<int> tokens, DeviceSpan<float> logits, int t, int v, ArgmaxScratch scratch,
+        DeviceSpan<int>? copy = null)
     {
         CheckRows(logits, t, v);
         KernelChecks.Holds(tokens, t, nameof(tokens));
+        if (copy is { } second)
+            KernelChecks.Holds(second, t, nameof(copy));
         ArgumentNullException.ThrowIfNull(scratch);
         if (t > scratch.MaxRows)
             throw new ArgumentException($"The argmax scratch has room for {scratch.MaxRows} rows, but the call has T = {t}", nameof(scratch));
-        ulong pOut = tokens.Pointer, pKeys = scratch.Keys.Pointer, pArrivals = scratch.Arrivals.Pointer, pIn = logits.Pointer;
-        void** args = stackalloc void*[] { &pOut, &pKeys, &pArrivals, &pIn, &t, &v };
+        ulong pOut = tokens.Pointer, pCopy = copy?.Pointer ?? 0, pKeys = scratch.Keys.Pointer, pArrivals = scratch.Arrivals.Pointer, pIn = logits.Pointer;
+        void** args = stackalloc void*[] { &pOut, &pCopy, &pKeys, &pArrivals, &pIn, &t, &v };
         int blocks = (v + ArgmaxThreads * ArgmaxValues - 1) / (ArgmaxThreads * ArgmaxValues);
         stream.Context.Kernels.Launch(KernelId.ArgmaxF32, new Dim3((uint)blocks, (uint)t), new Dim3(ArgmaxThreads), 0, stream, args);
     }

@@ -53,21 +53,32 @@ public sealed class SamplingKernelTests
         using CudaStream stream = gpu.CreateStream();
         using var scratch = new ArgmaxScratch(stream, t);
         // A second call on the same scratch, with each row reversed and 100 lower: its maxima sit elsewhere and below the
-        // first call's, so a key or arrival count the first call left behind would give a wrong index or none.
+        // first call's, so a key or arrival count the first call left behind would give a wrong index or none. It also
+        // writes a copy into mapped host memory (how a greedy step's choice reaches the host).
         float[] second = new float[logits.Length];
         for (int r = 0; r < t; r++)
             for (int i = 0; i < v; i++) second[(long)r * v + i] = logits[(long)r * v + v - 1 - i] - 100f;
+        using var hostCopy = new MappedHostBuffer<int>(gpu, t + 1);
         for (int call = 0; call < 2; call++)
         {
             float[] rows = call == 0 ? logits : second;
             using DeviceBuffer<float> dLogits = gpu.Upload(stream, rows);
             using DeviceBuffer<int> dOut = gpu.Poisoned(stream, t, -7);
-            SamplingKernels.Argmax(stream, dOut, dLogits, t, v, scratch);
+            if (call == 0)
+                SamplingKernels.Argmax(stream, dOut, dLogits, t, v, scratch);
+            else
+            {
+                hostCopy.Mapped.Fill(-7, stream);
+                SamplingKernels.Argmax(stream, dOut, dLogits, t, v, scratch, hostCopy.Mapped.Slice(1, t));
+            }
             int[] got = dOut.ToArray(stream);
             for (int r = 0; r < t; r++) Assert.Equal(CpuReference.Argmax(rows.AsSpan(r * v, v)), got[r]);
             if (call == 0) Assert.Equal([17, 900, 0, -1, 5, v - 1], got[..t]);
             Gpu.AssertTailUntouched(got, t, -7);
         }
+        stream.Synchronize();
+        int[] copied = Enumerable.Range(0, t + 1).Select(i => hostCopy[i]).ToArray();
+        Assert.Equal([-7, .. Enumerable.Range(0, t).Select(r => CpuReference.Argmax(second.AsSpan(r * v, v)))], copied);
     }
 
     [Theory]

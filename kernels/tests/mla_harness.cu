@@ -4,7 +4,8 @@
 //   GPU:  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o /tmp/mla_harness kernels/tests/mla_harness.cu -lcuda && /tmp/mla_harness [--bench | --bench-decode | --bench-prefill]
 //         (the same checks, then with --bench each kernel alone timed with CUDA events at the model's shapes, the decode
 //         partial both as mma.sync and as wgmma, and B caches as B one-cache launches against one table launch;
-//         -DMLA_DECODE_ROWS=r -DMLA_DECODE_STAGES=n build the decode kernel's other configurations)
+//         -DMLA_DECODE_ROWS=r -DMLA_DECODE_STAGES=n build the decode kernel's other configurations,
+//         -DMLA_WD_MIN_SLICE_ROWS=m the wgmma decode partial with slices of at least m rows)
 // Every kernel against a float64 reference of the same math on random data of odd sizes, the cache rows past the
 // visible length poisoned with NaN. Error = ‖out − ref‖ / ‖ref‖ (limit 2e-3; the fp16 tensor-core operands keep it near 2e-4,
 // the wgmma prefill's bf16 softmax weights near 1.3e-3).
@@ -469,7 +470,7 @@ static void bench(bool decode, bool prefill) {
         std::printf("launch floor: an empty kernel alone %5.1f us, 3 in a PDL graph %5.1f us\n", median_us(empty),
                     graph_us([&] { empty(); empty(); empty(); }));
         std::printf("absorb query alone %5.1f us\n", median_us(query));
-        for (int L : {1024, 32768, 131072}) {
+        for (int L : {1024, 4096, 32768, 131072}) {
             uint16_t* lat = random_bf16_device(size_t(L) * D, 1);
             Dev<int> dstart(std::vector<int>{L - 1});
             auto partial = [&] { launch(kimi_mla_decode_partial_h32_r512_d576, dim3(splits, 1), dim3(kDecodeThreads), decode_smem_bytes(D, MT), po.p,
