@@ -1206,13 +1206,14 @@ __device__ __forceinline__ void prefill_wgmma(float* __restrict__ o, const uint1
 // P rows (16w .. 16w + 15 and 32 + 16w ..), after a __syncwarp, so 8 KB serve both (the ring and Q leave ~10 KB free).
 __device__ __forceinline__ void decode_partial_wgmma(float* __restrict__ partial_o, float* __restrict__ partial_ml,
                                                      const float* __restrict__ q_lat, const TensorMap* latent_map,
-                                                     int len, float scale_log2) {
+                                                     int len, int stable, float scale_log2) {
     constexpr int H = kWdHeads, R = kWdRank, D = kWdWidth, kChunks = D / 8;   // 16-byte pieces per row
     const int splits = gridDim.x, s = blockIdx.x, t = blockIdx.y, tid = threadIdx.x;
     const int per = max(kWdMinSliceRows, ((len + splits - 1) / splits + kWdSliceQuantum - 1) / kWdSliceQuantum * kWdSliceQuantum);
     const int begin = s * per, end = min(len, begin + per);
     float* ml = partial_ml + (static_cast<size_t>(t) * splits + s) * H * 2;
     if (begin >= end) {   // an empty slice (short cache): nothing to merge
+        wait_for_predecessor();   // the previous layer's merge may still read ml
         if (tid < H) { ml[2 * tid] = kNegInf; ml[2 * tid + 1] = 0.0f; }
         return;
     }
@@ -1233,8 +1234,9 @@ __device__ __forceinline__ void decode_partial_wgmma(float* __restrict__ partial
     // partial tile is taken as the 64 rows ending at `end` (rows before begin + 64j, already seen or another slice's,
     // and rows before 0, which land as zeros, are masked out of the softmax): no tile reaches a row at or past the
     // cache's length, which may hold anything (NaN included).
+    auto first_row = [&](int j) { return min(begin + j * kWdRows, end - kWdRows); };
     auto issue = [&](int j) {   // the producer's one thread: tile j as 9 boxes of 64 rows × 64 columns
-        const int stage = j % kWdStages, row0 = min(begin + j * kWdRows, end - kWdRows);
+        const int stage = j % kWdStages, row0 = first_row(j);
         unsigned char* dst = ring + stage * kWdTileBytes;
         mbar_arrive_expect_tx(&full[stage], kWdTileBytes);
 #pragma unroll 1
@@ -1248,8 +1250,15 @@ __device__ __forceinline__ void decode_partial_wgmma(float* __restrict__ partial
         mbar_init(scores_lo, 64);
         mbar_init(p_ready, 64);
         fence_mbarrier_init();   // the initialised barriers visible to the copy engine, which counts bytes on them
-        for (int j = 0; j < min(tiles, kWdStages); j++) issue(j);
+        // Tiles of rows before `stable` (written by earlier steps) are requested while the predecessor still runs; a tile
+        // reaching the rows this step appends waits for it.
+        const int first = min(tiles, kWdStages);
+        int j = 0;
+        for (; j < first && first_row(j) + kWdRows <= stable; j++) issue(j);
+        wait_for_predecessor();
+        for (; j < first; j++) issue(j);
     }
+    if (wg < 2) wait_for_predecessor();   // q_lat
     if (wg < 2) {   // Q: head h's q_lat as bf16 hi in row h and lo in row h + 32, 8 columns a piece (all loads issued at once)
         static_assert(H * kChunks % 256 == 0, "whole pieces per consumer thread");
 #pragma unroll
@@ -1462,8 +1471,10 @@ kimi_mla_prefill_wgmma_d192_v128(float* __restrict__ o, const uint16_t* __restri
 // The absorbed decode partial on Hopper for the model's shape (H 32, R 512, D 576): the arguments, grid (S, T) and
 // outputs of kimi_mla_decode_partial_h32_r512_d576 (and its table form those of the table form there), kWdThreads
 // threads, decode_wgmma_smem_bytes() of dynamic shared memory. A trap in the PTX images, which the wrapper never
-// launches. Programmatic launch: it waits for its predecessor before reading anything (the length, q_lat and the newest
-// cache row are all written just before).
+// launches. Programmatic launch: the start (a copy or fill queued before the step, never a kernel's output: a
+// precondition) and the cache rows before it (earlier steps') are read while the predecessor still runs, so the first
+// tiles of a slice that ends before the start are in flight before the wait; q_lat and the rows this call appends (written
+// just before) only after it.
 // Its cache comes as a tensor map (rows of R + P bf16 values, extent at least the length, boxes of 64 × 64 with the
 // 128-byte swizzle; MlaKernels.DecodeAttention encodes it), its table form's as a table of them.
 namespace mla {
@@ -1472,25 +1483,25 @@ struct DecodeMaps {
 };
 }  // namespace mla
 #if defined(KDA_EMULATE) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define MLA_DECODE_WGMMA(MAP, LEN) \
-    ((void)H, (void)R, (void)D, mla::decode_partial_wgmma(partial_o, partial_ml, q_lat, MAP, LEN, scale_log2))
+#define MLA_DECODE_WGMMA(MAP, LEN, STABLE) \
+    ((void)H, (void)R, (void)D, mla::decode_partial_wgmma(partial_o, partial_ml, q_lat, MAP, LEN, STABLE, scale_log2))
 #else
-#define MLA_DECODE_WGMMA(MAP, LEN) \
-    ((void)MAP, (void)partial_o, (void)partial_ml, (void)q_lat, (void)H, (void)R, (void)D, (void)scale_log2, __trap())
+#define MLA_DECODE_WGMMA(MAP, LEN, STABLE) \
+    ((void)MAP, (void)(LEN), (void)(STABLE), (void)partial_o, (void)partial_ml, (void)q_lat, (void)H, (void)R, (void)D, (void)scale_log2, __trap())
 #endif
 extern "C" __global__ void __launch_bounds__(mla::kWdThreads, 1)
 kimi_mla_decode_partial_wgmma_h32_r512_d576(float* __restrict__ partial_o, float* __restrict__ partial_ml, const float* __restrict__ q_lat,
                                             const __grid_constant__ TensorMap latent_map, const int* __restrict__ start_ptr, int H, int R,
                                             int D, float scale_log2) {
     allow_successor();
-    wait_for_predecessor();
-    MLA_DECODE_WGMMA(&latent_map, *start_ptr + static_cast<int>(blockIdx.y) + 1);
+    const int start = *start_ptr;
+    MLA_DECODE_WGMMA(&latent_map, start + static_cast<int>(blockIdx.y) + 1, start);   // waits inside
 }
 extern "C" __global__ void __launch_bounds__(mla::kWdThreads, 1)
 kimi_mla_decode_partial_table_wgmma_h32_r512_d576(float* __restrict__ partial_o, float* __restrict__ partial_ml, const float* __restrict__ q_lat,
                                                   const __grid_constant__ mla::DecodeMaps maps, const int* __restrict__ starts, int H, int R,
                                                   int D, float scale_log2) {
     allow_successor();
-    wait_for_predecessor();
-    MLA_DECODE_WGMMA(&maps.latent[blockIdx.y], starts[blockIdx.y] + 1);
+    const int start = starts[blockIdx.y];
+    MLA_DECODE_WGMMA(&maps.latent[blockIdx.y], start + 1, start);   // waits inside
 }

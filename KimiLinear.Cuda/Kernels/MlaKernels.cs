@@ -103,7 +103,11 @@ internal static unsafe class MlaKernels
     /// <param name="stream">Where to queue it (one launch).</param>
     /// <param name="queryLatent">[T, H, R + P] fp32, what <see cref="AbsorbQuery"/> writes.</param>
     /// <param name="latent">The cache [≥ start + T, R + P] bf16 rows (c | k_pe), rows start .. start + T − 1 already appended.</param>
-    /// <param name="start">A device int: the position of the first query (the cache length before this call).</param>
+    /// <param name="start">
+    /// A device int: the position of the first query (the cache length before this call), written by a copy or fill
+    /// queued before the kernels of the step, not by a kernel: under programmatic launch the partial kernel reads it, and
+    /// the cache rows before it, while its predecessor still runs.
+    /// </param>
     /// <param name="t">T, 1 ≤ T ≤ <paramref name="scratch"/>'s MaxTokens.</param>
     /// <param name="shape">H ≤ 32; R a multiple of 64, ≤ 512; R + P a multiple of 16 (576 at most for H &gt; 16).</param>
     /// <param name="scale">The softmax scale, usually <see cref="MlaShape.Scale"/>.</param>
@@ -146,7 +150,8 @@ internal static unsafe class MlaKernels
     /// N caches (1 ≤ N ≤ <see cref="DecodeTableSequences"/> and ≤ <paramref name="scratch"/>'s MaxTokens), each
     /// [≥ starts[n] + 1, R + P] bf16 with its query's own row already appended.
     /// </param>
-    /// <param name="starts">[N] device ints: query n's position in its cache (that cache's length before this step).</param>
+    /// <param name="starts">[N] device ints: query n's position in its cache (that cache's length before this step), written as
+    /// <c>start</c> of the one-cache form is.</param>
     /// <param name="shape">As for the one-cache form.</param>
     /// <param name="scale">The softmax scale, usually <see cref="MlaShape.Scale"/>.</param>
     /// <param name="scratch">The slices' partials, laid out for <paramref name="shape"/>.</param>
