@@ -20,10 +20,11 @@
 //   each x load (8 warps, 16 rows a block, a ring of 2 chunks). With the bf16-x layout the x traffic equalled the
 //   weight traffic and the decode shapes read 78-84 % of the copy bandwidth; kernels/tests/gemv_f32_sweep.cu has the
 //   variants tried (staging x in shared memory was slower still).
-// Programmatic dependent launch (sm_90+): the kernel lets its successor launch at once
-// (griddepcontrol.launch_dependents) and issues its weight loads before waiting for its predecessor to finish
-// (griddepcontrol.wait): weights never depend on earlier kernels, x and y do. Launched without the attribute, the
-// wait returns at once. The host launches it with CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION.
+// Programmatic dependent launch (sm_90+): the kernel issues its weight loads before waiting for its predecessor to
+// finish (griddepcontrol.wait): weights never depend on earlier kernels, x and y do. It lets its successor launch
+// (griddepcontrol.launch_dependents) right after that wait, so everything before this kernel has finished when the
+// successor starts (the KDA decode step reads the projections before its own wait). Launched without the attribute,
+// the wait returns at once. The host launches it with CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION.
 // Launch: grid ceil(N / ROWS_PER_BLOCK) blocks of WARPS * 32 threads (MatmulKernels.GemvBf16Geometry / GemvF32Geometry).
 // Vector path when K % 8 == 0 and W, x are 16-byte aligned (every row then starts aligned); otherwise a scalar path
 // (correct for any K, e.g. odd K in tests, but slow).
@@ -139,7 +140,6 @@ __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __res
     const int group = warp / L::SPLIT, s = warp % L::SPLIT;
     const int row0 = (blockIdx.x * L::GROUPS + group) * L::ROWS;
     x += static_cast<size_t>(blockIdx.x * L::ROWS_PER_BLOCK / rows_per_x) * K; // the block's rows share one x
-    allow_successor();
 
     // Rows past N re-read the last row; their sums are never stored. Keeps the loads unconditional, and every warp
     // reaches the barrier below.
@@ -162,6 +162,7 @@ __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __res
 #pragma unroll
         for (int d = 0; d < L::DEPTH; d++) load_chunk<L>(wv[d], w8, d, s, lane, K8);
         wait_for_predecessor();
+        allow_successor();
         // Ring slot d holds chunk c0 + d; once used it is refilled with chunk c0 + d + L::DEPTH.
         for (int c0 = 0; c0 < chunks; c0 += L::DEPTH)
         {
@@ -190,6 +191,7 @@ __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __res
     else
     {
         wait_for_predecessor();
+        allow_successor();
         for (int k = s * 32 + lane; k < K; k += L::SPLIT * 32)
         {
             const float xk = load_x1(x, k);
@@ -276,12 +278,12 @@ __device__ __forceinline__ void gemv_stream(float* __restrict__ y, const uint16_
     constexpr int R = GEMV_STREAM_ROWS, DEPTH = GEMV_STREAM_DEPTH;
     const int lane = threadIdx.x & 31, Wn = gridDim.x * GEMV_STREAM_WARPS, w = blockIdx.x * GEMV_STREAM_WARPS + (threadIdx.x >> 5);
     const int items = (N + R - 1) / R, mine = w < items ? (items - w + Wn - 1) / Wn : 0; // this warp's items
-    allow_successor();
 
     // After the wait (x is the predecessor's output); with Norm, the normalised row into shared memory.
     auto after_wait = [&]()
     {
         wait_for_predecessor();
+        allow_successor();
         if constexpr (Norm)
         {
             const float inv = rms_inverse(x, K, eps);

@@ -47,7 +47,8 @@
 //                  (compiled in, __cluster_dims__) each owns V/4 state columns and shares the RMSNorm sum through
 //                  distributed shared memory. Capturable in a CUDA graph (no host sync, no atomics, no scratch).
 //                  May be launched with programmatic dependent launch: it copies its state slice and reads the conv
-//                  windows and parameters before griddepcontrol.wait, and the new token's projections after it.
+//                  windows, parameters and the new token's q, k, v, beta projections before griddepcontrol.wait (and
+//                  runs the convs and L2 norms), the gate inputs f and z after it.
 //   decode_step_table: the same grid (N ≤ kDecodeTableSequences), block and shared memory; also capturable and
 //                  launchable with programmatic dependent launch (its table is a kernel parameter, read at any time).
 //   prepare:       grid (ceil(max(H·K, H·V) / 256), ceil(T / 16)), block 256;  conv_window_update: grid (ceil(max(H·K, H·V) / 256), N), block 256.
@@ -56,9 +57,11 @@
 //
 // PRECONDITIONS (the caller checks them; kernels do not)
 //   decode: K ≤ 128; V ∈ {16, 32, 64, 128}. prefill: K ≤ 128, K % 4 == 0, V % 32 == 0, K + V ≤ 256.
-//   decode with programmatic dependent launch: the kernel that last wrote this layer's state and windows (its
-//   previous step) has finished once the kernel launched just before this one has passed its griddepcontrol.wait
-//   (so at least one kernel that waits before triggering its dependents runs in between, as in a layer stack).
+//   decode with programmatic dependent launch: the kernel launched just before this one (the predecessor, which may
+//   write f and z) lets it launch only after its own griddepcontrol.wait, so every kernel before the predecessor has
+//   finished when this one starts: the one that wrote pq, pk, pv, pb (the projections) and the previous step of this
+//   layer, which last wrote its state and windows. In the model the predecessor is the f_b/g_b GEMV (gemv.cu triggers
+//   after its wait) or a launch without the programmatic attribute.
 //   All pointers 16-byte aligned; state rows start 16-byte aligned (V % 4 == 0). Inputs are finite. Buffers do not
 //   alias except where marked "read and updated" (a table names no window or state twice). Tokens past cu_seqlens[N] are never read (they may hold NaN).
 //
@@ -254,8 +257,10 @@ __device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, 
     }
     cp_async_commit();
 
-    // Prologue: conv + SiLU of q and k (all K channels of the head: the L2 norm needs them), gate, v and z of the slice.
-    // Windows and parameters are loaded before grid_dependency_wait, the new token's projections after it.
+    // Prologue: conv + SiLU of q and k (all K channels of the head: the L2 norm needs them) and v of the slice, beta,
+    // then the gate and z. Windows, parameters and the new token's q, k, v and beta projections are read before
+    // grid_dependency_wait (the kernel two launches back wrote the projections: see PRECONDITIONS), the predecessor's
+    // gate inputs f and z after it.
     float q0 = 0.f, q1 = 0.f, q2 = 0.f, k0 = 0.f, k1 = 0.f, k2 = 0.f, dtb = 0.f, v0 = 0.f, v1 = 0.f, v2 = 0.f, wn = 0.f;
     if (tid < K) {
         const int c = h * K + tid;
@@ -269,8 +274,6 @@ __device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, 
         wn = ld(w_norm[j0 + tid]);
     }
     const float decay_rate = expf(a_log[h]);
-    grid_dependency_wait();
-    grid_launch_dependents();
     float qv = 0.f, kv = 0.f, q3 = 0.f, k3 = 0.f;
     if (tid < K) {
         const int c = h * K + tid;
@@ -278,15 +281,12 @@ __device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, 
         k3 = ld(pk[(size_t)n * HK + c]);
         qv = conv_silu(wq + 4 * c, q0, q1, q2, q3);
         kv = conv_silu(wk + 4 * c, k0, k1, k2, k3);
-        const float gate = -decay_rate * softplusf_(ld(pf[(size_t)n * HK + c]) + dtb);
-        sa[tid] = expf(gate);
     }
     float v3 = 0.f;
     if (tid < VS) {
         const int c = h * V + j0 + tid;
         v3 = ld(pv[(size_t)n * HV + c]);
         sv[tid] = conv_silu(wv + 4 * c, v0, v1, v2, v3);
-        sz[tid] = sigmoidf_(ld(pz[(size_t)n * HV + c])) * wn;
     }
     const float beta = sigmoidf_(ld(pb[(size_t)n * H + h]));
     float qq = qv * qv, kk = kv * kv;
@@ -302,6 +302,14 @@ __device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, 
         sq[tid] = qv / sqrtf(qn + kL2Eps) * (1.0f / sqrtf((float)K));
         sk[tid] = kv / sqrtf(kn + kL2Eps);
     }
+    grid_dependency_wait();
+    grid_launch_dependents();
+    if (tid < K) {
+        const int c = h * K + tid;
+        const float gate = -decay_rate * softplusf_(ld(pf[(size_t)n * HK + c]) + dtb);
+        sa[tid] = expf(gate);
+    }
+    if (tid < VS) sz[tid] = sigmoidf_(ld(pz[(size_t)n * HV + h * V + j0 + tid])) * wn;
     cp_async_wait<0>();   // this thread's state rows (it reads only what it copied)
     __syncthreads();
 

@@ -2,7 +2,7 @@
 // float64 CPU reference of the same math, then time it with CUDA events.
 //
 //   GPU:  nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xcompiler -fopenmp -o kda_harness
-//              kernels/kda/tests/kda_harness.cu && ./kda_harness [--bench | --bench-prefill] [fixture dir]
+//              kernels/kda/tests/kda_harness.cu && ./kda_harness [--bench | --bench-prefill | --bench-decode] [fixture dir]
 //   CPU:  g++ -O2 -std=c++17 -fopenmp -DKDA_EMULATE -x c++ -o kda_emu kernels/kda/tests/kda_harness.cu && ./kda_emu
 //         (runs the kernels on the CUDA emulator of cuda_emu.h: checks logic, barriers and indexing, not speed)
 //
@@ -960,12 +960,13 @@ static void profile_once() {
 }
 
 int main(int argc, char** argv) {
-    bool bench = false, quick = false, profile = false, prefill_only = false;
+    bool bench = false, quick = false, profile = false, prefill_only = false, decode_only = false;
     std::string fixtures = "KimiLinear.Tests/Fixtures/kda_ops";
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--bench") bench = true;
         else if (a == "--bench-prefill") bench = prefill_only = true;   // the prefill benchmarks only
+        else if (a == "--bench-decode") bench = decode_only = true;     // the decode benchmarks only
         else if (a == "--quick") quick = true;
         else if (a == "--profile") profile = true;
         else fixtures = a;
@@ -1001,6 +1002,7 @@ int main(int argc, char** argv) {
             for (int B : {1, 16, 64}) bench_decode(B, 16);
             for (int B : {4, 16, 32}) bench_decode_table(B, 16);
         }
+        if (decode_only) return g_fail != 0;
         bench_prefill(1, 4096);
         bench_prefill(1, 16384);
         bench_prefill(1, 65536);
