@@ -8,8 +8,9 @@
 //   element kernels   grid-stride loops over a flat count (add, SwiGLU, conversions); any grid size works.
 // Each has a 16-byte vector path (four floats a step) taken when the widths are multiples of four and the pointers
 // aligned for it, else one element a step. Nothing here synchronises with the host or allocates, so every kernel may
-// be captured in a CUDA graph. Every kernel begins with programmatic_prologue(): launched with programmatic dependent
-// launch (a decode step's graph), the next kernel's launch latency and weight loads overlap this one.
+// be captured in a CUDA graph. Every kernel but the latent-row writer begins with programmatic_prologue(): launched with
+// programmatic dependent launch (a decode step's graph), the next kernel's launch latency and weight loads overlap this
+// one. The latent-row writer lets its successor launch only after its own wait (see there).
 // In-place use: RMSNorm (y == x), SwiGLU (output == gate or up) and gated RMSNorm (y == o) may alias, so those
 // pointers carry no __restrict__; each thread writes only elements it has already read itself.
 #include "common.cuh"
@@ -201,7 +202,10 @@ extern "C" __global__ void __launch_bounds__(ROW_THREADS)
 kimi_write_latent_rows_f32(uint16_t* __restrict__ latent, const float* __restrict__ left, const float* __restrict__ right,
                            int T, int A, int B, const int* __restrict__ firstRow, int capacity)
 {
-    programmatic_prologue();
+    // Its successor, the MLA query absorption, reads q (the projections' output, written before this kernel) before
+    // its own wait: so it launches only once this kernel has waited, when everything before this kernel has finished.
+    wait_for_predecessor();
+    allow_successor();
     const int i = blockIdx.x;
     const int first = *firstRow;
     if (i >= T || first < 0 || first > capacity - T) return;

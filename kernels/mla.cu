@@ -201,6 +201,10 @@ __device__ __forceinline__ float dot8(uint4 w, float4 a, float4 b) {
 // R % 8 == 0. Thread (row0 = tid / 16, piece = tid % 16) accumulates rows row0, row0 + 16, ... of its 8 columns, for 4
 // tokens a pass (q staged in shared memory); the two half-warps' sums meet by one exchange (each lane keeps 4 of the
 // 8 columns), the 8 warps' sums in shared memory.
+// Programmatic launch: q is not its predecessor's output but the projections' before it, and its predecessor (the
+// latent-row writer, kimi_write_latent_rows_f32) lets it launch only after its own wait (a precondition): so it reads
+// q and writes q_lat without waiting, while the latent norm and the row writer still run, and waits only at the end,
+// so that its successor's wait still covers the row the writer appends.
 extern "C" __global__ void __launch_bounds__(kAbsorbThreads)
 kimi_mla_absorb_query(float* __restrict__ q_lat, const float* __restrict__ q, const uint16_t* __restrict__ kvb,
                       int T, int H, int N, int P, int V, int R) {
@@ -214,7 +218,6 @@ kimi_mla_absorb_query(float* __restrict__ q_lat, const float* __restrict__ q, co
     uint4 held[kAbsorbHeld];
 #pragma unroll
     for (int k = 0; k < kAbsorbHeld; k++) held[k] = weights(row0 + k * kAbsorbRowStep);
-    wait_for_predecessor();
 
     float* q_sh = reinterpret_cast<float*>(dynamic_smem());   // [4][N]
     float* sums = q_sh + kQueryTokens * N;                     // [8 warps][4][128]
@@ -269,6 +272,7 @@ kimi_mla_absorb_query(float* __restrict__ q_lat, const float* __restrict__ q, co
             const int t = e / P, i = e % P;
             q_lat[(static_cast<size_t>(t) * H + h) * D + R + i] = q[static_cast<size_t>(t) * H * qk + h * qk + N + i];
         }
+    wait_for_predecessor();
 }
 
 // ---- absorbed decode: flash-decoding over the latent cache ----------------------------------------------------------

@@ -135,7 +135,8 @@ internal static unsafe class ActivationKernels
     /// latent[firstRow + i, :] = bf16(left[i, :] | right[i, :]) for left [T, A], right [T, B] and latent
     /// [capacity, A + B] (the MLA cache rows c_n | k_pe). <paramref name="firstRow"/> is one int in device memory, so a
     /// replayed decode graph writes the row the step's position says. A first row that would put any row outside the
-    /// capacity (latent's length / (A + B)) writes nothing.
+    /// capacity (latent's length / (A + B)) writes nothing. Under programmatic launch its successor starts only after
+    /// this kernel's wait, when everything queued before it has finished (<see cref="MlaKernels.AbsorbQuery"/> relies on it).
     /// </summary>
     public static void WriteLatentRows(CudaStream stream, DeviceSpan<ushort> latent, DeviceSpan<float> left, DeviceSpan<float> right,
         int t, int a, int b, DeviceSpan<int> firstRow)

@@ -71,7 +71,11 @@ internal static unsafe class MlaKernels
     /// </summary>
     /// <param name="stream">Where to queue it (one launch).</param>
     /// <param name="queryLatent">[T, H, R + P] fp32 out.</param>
-    /// <param name="q">[T, H·(N + P)] fp32, per head the nope part then the rope part.</param>
+    /// <param name="q">
+    /// [T, H·(N + P)] fp32, per head the nope part then the rope part; under programmatic launch read before the kernel's
+    /// wait, so it must not be the output of the kernel launched just before, and that kernel must let this one launch
+    /// only after its own wait (the latent-row writer, <see cref="ActivationKernels.WriteLatentRows"/>, does).
+    /// </param>
     /// <param name="kvB">kv_b_proj's weight [H·(N + V), R] bf16.</param>
     /// <param name="shape">R and P multiples of 8.</param>
     /// <param name="t">T ≥ 1.</param>

@@ -48,7 +48,7 @@
 //                  distributed shared memory. Capturable in a CUDA graph (no host sync, no atomics, no scratch).
 //                  May be launched with programmatic dependent launch: it copies its state slice and reads the conv
 //                  windows, parameters and the new token's q, k, v, beta projections before griddepcontrol.wait (and
-//                  runs the convs and L2 norms), the gate inputs f and z after it.
+//                  runs the convs), the gate inputs f and z after it.
 //   decode_step_table: the same grid (N ≤ kDecodeTableSequences), block and shared memory; also capturable and
 //                  launchable with programmatic dependent launch (its table is a kernel parameter, read at any time).
 //   prepare:       grid (ceil(max(H·K, H·V) / 256), ceil(T / 16)), block 256;  conv_window_update: grid (ceil(max(H·K, H·V) / 256), N), block 256.
@@ -289,6 +289,11 @@ __device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, 
         sv[tid] = conv_silu(wv + 4 * c, v0, v1, v2, v3);
     }
     const float beta = sigmoidf_(ld(pb[(size_t)n * H + h]));
+    grid_dependency_wait();
+    grid_launch_dependents();
+    // The gate inputs are requested first, the L2 norms' sums run while they arrive.
+    const float f = tid < K ? ld(pf[(size_t)n * HK + h * K + tid]) : 0.f;
+    const float z = tid < VS ? ld(pz[(size_t)n * HV + h * V + j0 + tid]) : 0.f;
     float qq = qv * qv, kk = kv * kv;
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) {
@@ -301,15 +306,9 @@ __device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, 
         const float qn = sred[0] + sred[1] + sred[2] + sred[3], kn = sred[4] + sred[5] + sred[6] + sred[7];
         sq[tid] = qv / sqrtf(qn + kL2Eps) * (1.0f / sqrtf((float)K));
         sk[tid] = kv / sqrtf(kn + kL2Eps);
+        sa[tid] = expf(-decay_rate * softplusf_(f + dtb));
     }
-    grid_dependency_wait();
-    grid_launch_dependents();
-    if (tid < K) {
-        const int c = h * K + tid;
-        const float gate = -decay_rate * softplusf_(ld(pf[(size_t)n * HK + c]) + dtb);
-        sa[tid] = expf(gate);
-    }
-    if (tid < VS) sz[tid] = sigmoidf_(ld(pz[(size_t)n * HV + h * V + j0 + tid])) * wn;
+    if (tid < VS) sz[tid] = sigmoidf_(z) * wn;
     cp_async_wait<0>();   // this thread's state rows (it reads only what it copied)
     __syncthreads();
 
