@@ -7,7 +7,8 @@
 #   3. leaves in $OUT: model-{cur,base}-N.md, ptx.tgz and logs.tgz (the device tool returns at most 8 files).
 # Environment: TEST_CLASSES (default none), ROUNDS (2), CONTEXTS ("1024 131072"), PREFILLS (the first round's prompt
 # lengths, default "1024,32768"; later rounds time decode only), BATCHES (the first round's batched decode sizes,
-# default none, e.g. "4,16"), AB_BUDGET (seconds for the benchmark rounds, 300).
+# default none, e.g. "4,16"), AB_BUDGET (seconds for the benchmark rounds, 300), REUSE_PTX (1: keep /tmp/ptx from an
+# earlier A/B of the same call), BASE (the baseline archive, default STAGE/base.txz).
 # Cards differ by several per cent and calls land on different cards: only rows of one call compare.
 set -uo pipefail
 stage=$(cd "$(dirname "$0")" && pwd)
@@ -18,10 +19,12 @@ lt=$(ls /usr/local/cuda/lib64/libcublasLt.so.* 2>/dev/null | head -n 1)
 [ -n "$lt" ] && export KIMILINEAR_CUBLASLT=$lt
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 
-rm -rf /tmp/ptx && mkdir -p /tmp/ptx
-sources=$stage/kernels; [ -d "$sources" ] || sources=$stage/../kernels   # a stage's own copy, else the checkout's
-bash "$sources/build.sh" /tmp/ptx > "$out/build.log" 2>&1
-echo "build rc=$?"
+if [ -z "${REUSE_PTX:-}" ] || [ ! -d /tmp/ptx ]; then   # REUSE_PTX=1: a second A/B in the same call keeps the first's build
+    rm -rf /tmp/ptx && mkdir -p /tmp/ptx
+    sources=$stage/kernels; [ -d "$sources" ] || sources=$stage/../kernels   # a stage's own copy, else the checkout's
+    bash "$sources/build.sh" /tmp/ptx > "$out/build.log" 2>&1
+    echo "build rc=$?"
+fi
 tar czf "$out/ptx.tgz" -C /tmp/ptx .
 [ -e "$stage/apps/tests/Fixtures" ] || ln -s "$(cd "$stage/.." && pwd)/KimiLinear.Tests/Fixtures" "$stage/apps/tests/Fixtures"
 : > "$out/tests.log"
@@ -33,7 +36,7 @@ grep -E "\[FAIL\]|Total:" "$out/tests.log"
 
 # The baseline: this build's benchmark folder with the other commit's KimiLinear DLLs over it.
 rm -rf /tmp/base-bench /tmp/base-dlls && cp -r "$stage/apps/bench" /tmp/base-bench && mkdir /tmp/base-dlls
-tar xJf "$stage/base.txz" -C /tmp/base-dlls && cp /tmp/base-dlls/*/*.dll /tmp/base-bench/
+tar xJf "${BASE:-$stage/base.txz}" -C /tmp/base-dlls && cp /tmp/base-dlls/*/*.dll /tmp/base-bench/
 start=$(date +%s)
 for round in $(seq "${ROUNDS:-2}"); do
     for which in cur base; do
