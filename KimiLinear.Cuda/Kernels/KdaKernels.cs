@@ -7,7 +7,7 @@ namespace KimiLinear.Cuda.Kernels;
 /// the prefill's pre-kernel (short convs, gate, β) with the conv-window update, and the chunked prefill over packed
 /// variable-length sequences. T is the activation dtype: <see cref="float"/> (everything fp32, the accuracy reference)
 /// or bf16 as <see cref="ushort"/> bits (bf16 activations and weights; gate parameters, g, β and the state stay fp32).
-/// The kernels need compute capability 9.0 (thread-block clusters): on older cards the first launch throws
+/// The kernels need compute capability 9.0 (programmatic dependent launch): on older cards the first launch throws
 /// <see cref="Interop.CudaUnavailableException"/> saying so.
 /// </summary>
 /// <remarks>
@@ -24,9 +24,9 @@ internal static unsafe class KdaKernels
 
     // Launch geometry and dynamic shared memory, as kernels/kda/kda.cu defines them (kDecode*, kIntra*, kPrefill*,
     // kPrepareThreads, chunk_intra_smem_bytes, chunk_prefill_kpad, chunk_prefill_smem_bytes).
-    private const int DecodeSlices = 4;   // blocks per head = the compiled-in cluster size
-    private const int DecodeThreads = 128;
-    private const int DecodeSharedBytes = (128 * 32 + 3 * 128 + 4 * 32 + 32 + 32 + 32 + 4) * sizeof(float);
+    private const int DecodeThreads = 512;
+    private const int DecodeStages = 2;   // state buffers: items copied ahead + 1
+    private const int DecodeSharedBytes = (DecodeStages * 128 * 128 + 6 * 128 + 16 * 32 + 8 + 4) * sizeof(float);
     private const int PrepareThreads = 256;
     private const int PrepareTokens = 16;   // kPrepareTokens: tokens a prepare block walks
     private const int IntraThreads = 256;
@@ -58,8 +58,10 @@ internal static unsafe class KdaKernels
     /// <param name="layer">Conv taps, A_log, dt_bias, o_norm weight.</param>
     /// <param name="cache">Windows and state of the N sequences, advanced by one token.</param>
     /// <param name="y">[N, H·V] the gated, normalised output (the input of o_proj).</param>
+    /// <param name="maxBlocks">At most this many blocks step the H·N heads (0: one a multiprocessor); tests pass a few so
+    /// that each block steps several.</param>
     public static void DecodeStep<T>(CudaStream stream, KdaShape shape, int sequences, float rmsEps, KdaProjections<T> token,
-        DeviceSpan<T> outputGate, KdaLayerParameters<T> layer, KdaLayerCache<T> cache, DeviceSpan<T> y) where T : unmanaged
+        DeviceSpan<T> outputGate, KdaLayerParameters<T> layer, KdaLayerCache<T> cache, DeviceSpan<T> y, int maxBlocks = 0) where T : unmanaged
     {
         KernelId id = Pick<T>(KernelId.KdaDecodeStepF32, KernelId.KdaDecodeStepBf16);
         CheckDecode(shape, sequences, rmsEps, token, outputGate, layer, y);
@@ -74,16 +76,28 @@ internal static unsafe class KdaKernels
         ulong py = y.Pointer;
         void** args = stackalloc void*[]
         {
-            &h, &k, &v, &rmsEps, &pq, &pk, &pv, &pf, &pb, &pz, &wq, &wk, &wv, &aLog, &dtBias, &wNorm, &cq, &ck, &cv, &state, &py,
+            &h, &k, &v, &sequences, &rmsEps, &pq, &pk, &pv, &pf, &pb, &pz, &wq, &wk, &wv, &aLog, &dtBias, &wNorm, &cq, &ck, &cv, &state, &py,
         };
-        stream.Context.Kernels.Launch(id, new Dim3(DecodeSlices, (uint)h, (uint)sequences), new Dim3(DecodeThreads), DecodeSharedBytes, stream, args);
+        stream.Context.Kernels.Launch(id, new Dim3((uint)DecodeBlocks(stream, h * sequences, maxBlocks)), new Dim3(DecodeThreads),
+            DecodeSharedBytes, stream, args);
+    }
+
+    /// <summary>
+    /// G, the decode step's blocks: each steps the heads b, b + G, ... of the H·N (kernels/kda/kda.cu) with the next
+    /// head's state in flight, and a block's 134 KB of shared memory fit once an SM, so one block an SM streams any
+    /// batch without a partial last wave.
+    /// </summary>
+    private static int DecodeBlocks(CudaStream stream, int heads, int maxBlocks)
+    {
+        int wave = stream.Context.Device.MultiprocessorCount;
+        return Math.Min(heads, maxBlocks > 0 ? Math.Min(maxBlocks, wave) : wave);
     }
 
     /// <summary>Sequences one launch of the table decode step takes (kDecodeTableSequences: its table is a kernel parameter).</summary>
     public const int DecodeTableSequences = 32;
 
     /// <summary>
-    /// <see cref="DecodeStep{T}(CudaStream, KdaShape, int, float, KdaProjections{T}, DeviceSpan{T}, KdaLayerParameters{T}, KdaLayerCache{T}, DeviceSpan{T})"/>
+    /// <see cref="DecodeStep{T}(CudaStream, KdaShape, int, float, KdaProjections{T}, DeviceSpan{T}, KdaLayerParameters{T}, KdaLayerCache{T}, DeviceSpan{T}, int)"/>
     /// for sequences whose windows and states lie apart (each session's own allocations): <paramref name="caches"/>[n]
     /// holds sequence n alone. Their addresses travel in the launch's parameters (one launch per
     /// <see cref="DecodeTableSequences"/> sequences), so nothing is copied in or out and nothing on the device must be
@@ -98,8 +112,9 @@ internal static unsafe class KdaKernels
     /// <param name="layer">Conv taps, A_log, dt_bias, o_norm weight.</param>
     /// <param name="caches">One sequence's windows [3, H·K], [3, H·K], [3, H·V] and state [H, K, V] each, no two sharing a state.</param>
     /// <param name="y">[N, H·V] the gated, normalised output.</param>
+    /// <param name="maxBlocks">As for the contiguous form.</param>
     public static void DecodeStep<T>(CudaStream stream, KdaShape shape, float rmsEps, KdaProjections<T> token, DeviceSpan<T> outputGate,
-        KdaLayerParameters<T> layer, ReadOnlySpan<KdaLayerCache<T>> caches, DeviceSpan<T> y) where T : unmanaged
+        KdaLayerParameters<T> layer, ReadOnlySpan<KdaLayerCache<T>> caches, DeviceSpan<T> y, int maxBlocks = 0) where T : unmanaged
     {
         KernelId id = Pick<T>(KernelId.KdaDecodeStepTableF32, KernelId.KdaDecodeStepTableBf16);
         CheckDecode(shape, caches.Length, rmsEps, token, outputGate, layer, y);
@@ -118,13 +133,14 @@ internal static unsafe class KdaKernels
         // kda::DecodeTable<T>: conv_q, conv_k, conv_v, state, DecodeTableSequences addresses each; unused entries stay 0.
         ulong* table = stackalloc ulong[4 * DecodeTableSequences];
         ulong pq, pk, pv, pf, pb, pz, py;
+        int count;
         void** args = stackalloc void*[]
         {
-            &h, &k, &v, &rmsEps, &pq, &pk, &pv, &pf, &pb, &pz, &wq, &wk, &wv, &aLog, &dtBias, &wNorm, table, &py,
+            &h, &k, &v, &count, &rmsEps, &pq, &pk, &pv, &pf, &pb, &pz, &wq, &wk, &wv, &aLog, &dtBias, &wNorm, table, &py,
         };
         for (int first = 0; first < caches.Length; first += DecodeTableSequences)
         {
-            int count = Math.Min(DecodeTableSequences, caches.Length - first);
+            count = Math.Min(DecodeTableSequences, caches.Length - first);
             new Span<ulong>(table, 4 * DecodeTableSequences).Clear();
             for (int n = 0; n < count; n++)
             {
@@ -137,7 +153,8 @@ internal static unsafe class KdaKernels
             (pq, pk, pv) = (token.Query.Slice((long)first * hk).Pointer, token.Key.Slice((long)first * hk).Pointer, token.Value.Slice((long)first * hv).Pointer);
             (pf, pb, pz) = (token.Forget.Slice((long)first * hk).Pointer, token.Beta.Slice((long)first * h).Pointer, outputGate.Slice((long)first * hv).Pointer);
             py = y.Slice((long)first * hv).Pointer;
-            stream.Context.Kernels.Launch(id, new Dim3(DecodeSlices, (uint)h, (uint)count), new Dim3(DecodeThreads), DecodeSharedBytes, stream, args);
+            stream.Context.Kernels.Launch(id, new Dim3((uint)DecodeBlocks(stream, h * count, maxBlocks)), new Dim3(DecodeThreads),
+                DecodeSharedBytes, stream, args);
         }
     }
 

@@ -154,7 +154,7 @@ internal static class KernelCatalog
 
     private static readonly Dictionary<string, Restricted> RestrictedModules = new()
     {
-        ["kda"] = new(["sm90"], "The KDA kernels (kernels/kda/kda.cu)", "thread-block clusters"),
+        ["kda"] = new(["sm90"], "The KDA kernels (kernels/kda/kda.cu)", "programmatic dependent launch"),
     };
 
     /// <summary>

@@ -62,15 +62,21 @@ public sealed class KdaKernelTests
         else PackedPrefill<float>(dim);
     }
 
+    /// <summary>
+    /// Several decode steps of 3 sequences against the reference; with <paramref name="maxBlocks"/> &gt; 0 fewer blocks than
+    /// the 6 heads, so that each steps several (unevenly: 6 heads over 4 blocks) with the next head's state in flight.
+    /// </summary>
     [Theory]
-    [InlineData(false, 64)]
-    [InlineData(false, 128)]
-    [InlineData(true, 64)]
-    [InlineData(true, 128)]
-    public void DecodeStep_SeveralTokens_MatchesReference(bool bf16, int dim)
+    [InlineData(false, 64, 0)]
+    [InlineData(false, 128, 0)]
+    [InlineData(true, 64, 0)]
+    [InlineData(true, 128, 0)]
+    [InlineData(false, 128, 4)]
+    [InlineData(true, 64, 1)]
+    public void DecodeStep_SeveralTokens_MatchesReference(bool bf16, int dim, int maxBlocks)
     {
-        if (bf16) DecodeSteps<ushort>(dim);
-        else DecodeSteps<float>(dim);
+        if (bf16) DecodeSteps<ushort>(dim, maxBlocks);
+        else DecodeSteps<float>(dim, maxBlocks);
     }
 
     /// <summary>
@@ -78,12 +84,13 @@ public sealed class KdaKernelTests
     /// 32 + 3) and an odd head count, equals one single-sequence call per sequence bit for bit, over several steps.
     /// </summary>
     [Theory]
-    [InlineData(false, 64)]
-    [InlineData(true, 128)]
-    public void DecodeStep_TableOfSeparateCaches_EqualsOneCallPerSequence(bool bf16, int dim)
+    [InlineData(false, 64, 0)]
+    [InlineData(true, 128, 0)]
+    [InlineData(true, 128, 7)] // the table's 96 and 9 heads stepped by 7 blocks
+    public void DecodeStep_TableOfSeparateCaches_EqualsOneCallPerSequence(bool bf16, int dim, int maxBlocks)
     {
-        if (bf16) DecodeTable<ushort>(dim);
-        else DecodeTable<float>(dim);
+        if (bf16) DecodeTable<ushort>(dim, maxBlocks);
+        else DecodeTable<float>(dim, maxBlocks);
     }
 
     [Theory]
@@ -185,7 +192,7 @@ public sealed class KdaKernelTests
         }
     }
 
-    private static void DecodeSteps<T>(int dim) where T : unmanaged
+    private static void DecodeSteps<T>(int dim, int maxBlocks) where T : unmanaged
     {
         CudaContext gpu = Gpu.Require();
         bool bf16 = Device<T>.Bf16;
@@ -199,11 +206,11 @@ public sealed class KdaKernelTests
         KdaLayerParameters<T> parameters = device.Upload(layer);
         var (cache, windowBuffers, stateBuffer) = device.Upload(reference);
         DeviceBuffer<T> y = device.Upload([], (long)sequences * shape.ValueWidth + Gpu.Tail);
-        string what = $"decode {typeof(T).Name} N = {sequences}, H = {heads}, K = V = {dim}";
+        string what = $"decode {typeof(T).Name} N = {sequences}, H = {heads}, K = V = {dim}, at most {maxBlocks} blocks (0: one an SM)";
         for (int step = 0; step < steps; step++)
         {
             var token = TokenHost.Random(random, shape, sequences, bf16);
-            KdaKernels.DecodeStep(device.Stream, shape, sequences, RmsEps, device.Upload(token), device.Upload(token.Z), parameters, cache, y);
+            KdaKernels.DecodeStep(device.Stream, shape, sequences, RmsEps, device.Upload(token), device.Upload(token.Z), parameters, cache, y, maxBlocks);
             float[] expected = DecodeReference(layer, shape, token, reference, bf16);
             float[] actual = device.Read(y);
             TensorAssert.Close(actual.AsSpan(0, expected.Length), KdaReference.Stored(expected, bf16), Tolerance(bf16), $"{what}, step {step}: y");
@@ -215,7 +222,7 @@ public sealed class KdaKernelTests
         AssertWindows(device, windowBuffers, reference, what + $": conv windows after {steps} steps");
     }
 
-    private static void DecodeTable<T>(int dim) where T : unmanaged
+    private static void DecodeTable<T>(int dim, int maxBlocks) where T : unmanaged
     {
         CudaContext gpu = Gpu.Require();
         bool bf16 = Device<T>.Bf16;
@@ -232,11 +239,11 @@ public sealed class KdaKernelTests
         KdaLayerCache<T>[] caches = table.Select(c => c.Cache).ToArray();
         DeviceBuffer<T> y = device.Upload([], (long)sequences * shape.ValueWidth + Gpu.Tail);
         DeviceBuffer<T> yAlone = device.Upload([], shape.ValueWidth);
-        string what = $"table decode {typeof(T).Name} N = {sequences}, H = {heads}, K = V = {dim}";
+        string what = $"table decode {typeof(T).Name} N = {sequences}, H = {heads}, K = V = {dim}, at most {maxBlocks} blocks (0: one an SM)";
         for (int step = 0; step < steps; step++)
         {
             var token = TokenHost.Random(random, shape, sequences, bf16);
-            KdaKernels.DecodeStep(device.Stream, shape, RmsEps, device.Upload(token), device.Upload(token.Z), parameters, caches, y);
+            KdaKernels.DecodeStep(device.Stream, shape, RmsEps, device.Upload(token), device.Upload(token.Z), parameters, caches, y, maxBlocks);
             float[] actual = device.Read(y);
             for (int n = 0; n < sequences; n++)
             {

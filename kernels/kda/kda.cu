@@ -43,12 +43,13 @@
 //            A [NC, H, 64, 64], gamma [NC, H, K];  state [N, H, K, V] fp32 (initial in, final out), o [T, H, V].
 //
 // LAUNCH GEOMETRY
-//   decode_step:   grid (4, H, N), block 128, dynamic smem kDecodeSmemBytes; a cluster of the 4 blocks of one head
-//                  (compiled in, __cluster_dims__) each owns V/4 state columns and shares the RMSNorm sum through
-//                  distributed shared memory. Capturable in a CUDA graph (no host sync, no atomics, no scratch).
-//                  May be launched with programmatic dependent launch: it copies its state slice and reads the conv
-//                  windows, parameters and the new token's q, k, v, beta projections before griddepcontrol.wait (and
-//                  runs the convs), the gate inputs f and z after it.
+//   decode_step:   grid G, 1 ≤ G ≤ H·N (one block an SM: KdaKernels.DecodeBlocks), block 512, dynamic smem
+//                  kDecodeSmemBytes (> 48 KiB: raise the limit); block b steps the H·N items b, b + G, ... (head h of
+//                  sequence n is item n·H + h), the next item's state and inputs loaded while one is computed.
+//                  Capturable in a CUDA graph (no host sync, no atomics, no scratch).
+//                  May be launched with programmatic dependent launch: it copies its first state and reads the conv
+//                  windows, parameters and the new token's q, k, v, beta projections of its first item before
+//                  griddepcontrol.wait, the gate inputs f and z after it.
 //   decode_step_table: the same grid (N ≤ kDecodeTableSequences), block and shared memory; also capturable and
 //                  launchable with programmatic dependent launch (its table is a kernel parameter, read at any time).
 //   prepare:       grid (ceil(max(H·K, H·V) / 256), ceil(T / 16)), block 256;  conv_window_update: grid (ceil(max(H·K, H·V) / 256), N), block 256.
@@ -65,13 +66,12 @@
 //   All pointers 16-byte aligned; state rows start 16-byte aligned (V % 4 == 0). Inputs are finite. Buffers do not
 //   alias except where marked "read and updated" (a table names no window or state twice). Tokens past cu_seqlens[N] are never read (they may hold NaN).
 //
-// BUILD (kernels/build.sh): compute_90 PTX only, since the decode step uses thread-block clusters (Ampere and Ada have
-// none); the C# side refuses older cards with a message saying so (KernelCatalog.TargetsOf).
+// BUILD (kernels/build.sh): compute_90 PTX only, since the decode step uses programmatic dependent launch
+// (griddepcontrol, sm_90); the C# side refuses older cards with a message saying so (KernelCatalog.TargetsOf).
 // KIMI_PTX_TARGETS: sm90
 #ifdef KDA_EMULATE
 #include "tests/cuda_emu.h"
 #else
-#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #endif
 #include <stdint.h>
@@ -81,8 +81,11 @@ namespace kda {
 constexpr int kChunk = 64;               // tokens per chunk (FLA's C)
 constexpr float kL2Eps = 1e-6f;          // inside the sqrt of the q/k L2 norm
 constexpr float kLog2e = 1.4426950408889634f;
-constexpr int kDecodeThreads = 128;
-constexpr int kDecodeSlices = 4;         // blocks (= cluster size, __cluster_dims__ below) per head in the decode step
+constexpr int kDecodeThreads = 512;     // the decode step's roles below assume 16 warps: 4 channel roles of 128
+constexpr int kDecodeGroups = 4;         // groups of 4 warps in the decode step, each owning V/4 state columns
+// State buffers of the decode step (items copied ahead + 1). 3 (197 KB of shared memory) measured the same as 2 at
+// B = 16 and 64 on the H100: the step is not waiting for its copies.
+constexpr int kDecodeStages = 2;
 constexpr int kIntraThreads = 256;
 constexpr int kPrefillThreads = 512;     // the scan's warp roles below assume 16 warps and 32 columns
 constexpr int kPrefillCols = 32;         // state columns per prefill block
@@ -99,12 +102,12 @@ template <typename Tin> struct DecodeTable {
     float* state[kDecodeTableSequences];  // [H, K, V] fp32
 };
 
-// Dynamic shared memory, in floats: decode (state slice [128][32], q̂, k̂, decay [128] each, warp partials [4][32],
-// slice vector [32], v [32], gate·weight [32], the cluster's RMSNorm partials [4]); intra (k̂, G [64][K+1] each, q̂
+// Dynamic shared memory, in floats: decode (state [2][128][128] as 4 column groups [128][32] a buffer; q, k, α, v,
+// k_scale·β·r, o [128] each; warp partials [16][32]; Σq², Σk² partials [8]; the groups' Σo² [4]); intra (k̂, G [64][K+1] each, q̂
 // [64][K+1] later reused for L and A [64][64] each, β [64], row norms [128]); prefill, with K padded to KP (state slice
 // [KP][40] split in two planes, W and QG [64][KP+4], KG [64][KP+8], A [2][64][68], U [64][40], Vn [64][40] split in two
 // planes, γ [KP]).
-constexpr int kDecodeSmemFloats = 128 * 32 + 3 * 128 + 4 * 32 + 32 + 32 + 32 + 4;
+constexpr int kDecodeSmemFloats = kDecodeStages * 128 * 128 + 6 * 128 + 16 * 32 + 8 + 4;
 constexpr size_t kDecodeSmemBytes = kDecodeSmemFloats * sizeof(float);
 __host__ __device__ constexpr int chunk_intra_q_floats(int K) {   // q̂ [64][K+1], later L and A [64][64] each
     return kChunk * (K + 1) > 2 * kChunk * kChunk ? kChunk * (K + 1) : 2 * kChunk * kChunk;
@@ -167,24 +170,13 @@ __device__ __forceinline__ float* smem() {
 }
 
 #ifdef KDA_EMULATE
-__device__ __forceinline__ void cluster_sync() { emu_cluster_sync(); }
-__device__ __forceinline__ void cluster_arrive_relaxed() {}   // the emulator's wait is a full rendezvous
-__device__ __forceinline__ void cluster_wait() { emu_cluster_sync(); }
 __device__ __forceinline__ void grid_dependency_wait() {}
 __device__ __forceinline__ void grid_launch_dependents() {}
-__device__ __forceinline__ float* cluster_map(float* p, unsigned rank) { return emu_cluster_map(p, rank); }
 #else
-__device__ __forceinline__ void cluster_sync() { cooperative_groups::this_cluster().sync(); }
-// Split cluster barrier: arrive early (relaxed: it orders no memory), wait later, so the wait costs nothing.
-__device__ __forceinline__ void cluster_arrive_relaxed() { asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory"); }
 // Programmatic dependent launch: wait until the preceding kernel has finished and its writes are visible (a no-op when
 // launched without the attribute), then let the next kernel start its own prologue.
 __device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
 __device__ __forceinline__ void grid_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
-__device__ __forceinline__ float* cluster_map(float* p, unsigned rank) {
-    return cooperative_groups::this_cluster().map_shared_rank(p, rank);
-}
 #endif
 
 // cp.async (16 bytes, global → shared, bypassing registers and L1): many copies in flight per thread, completion
@@ -220,174 +212,207 @@ __device__ __forceinline__ float conv_silu(const Tin* w, float x0, float x1, flo
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
-// Fused decode step. Block (slice, h, n) owns state columns [slice·V/4, (slice+1)·V/4) of head h of sequence n, whose
-// windows cq, ck [3, H·K], cv [3, H·V] and state [H, K, V] the entry point found (in contiguous arrays or a table).
-// Its K × V/4 slice is copied to shared memory with cp.async first (so its latency hides the prologue, and registers
-// stay few enough for ~12 blocks per SM: at large B the step is a pure stream of the state). Thread layout over the
-// slice: ncg = V/16 column groups of 4 (one float4), 128/ncg row groups; thread (rg, cg) works on rows rg, rg + nrg, …
-template <typename Tin>
-__device__ __forceinline__ void decode_step(int H, int K, int V, float rms_eps, const Tin* __restrict__ pq,
+// Where one sequence's decode state lives: its conv windows cq, ck [3, H·K], cv [3, H·V] and state [H, K, V].
+template <typename Tin> struct DecodeSequence {
+    Tin* cq;
+    Tin* ck;
+    Tin* cv;
+    float* state;
+};
+
+// A warp's four column sums over its rows (lanes with the same column group cg = lane % ncg hold the same columns),
+// reduced across its row groups and written as dst[0 .. 4·ncg).
+__device__ __forceinline__ void store_column_partials(float4 acc, int ncg, int lane, float* dst) {
+    for (int off = ncg; off < 32; off <<= 1) {
+        acc.x += __shfl_xor_sync(0xffffffffu, acc.x, off);
+        acc.y += __shfl_xor_sync(0xffffffffu, acc.y, off);
+        acc.z += __shfl_xor_sync(0xffffffffu, acc.z, off);
+        acc.w += __shfl_xor_sync(0xffffffffu, acc.w, off);
+    }
+    if (lane < ncg) { dst[4 * lane + 0] = acc.x; dst[4 * lane + 1] = acc.y; dst[4 * lane + 2] = acc.z; dst[4 * lane + 3] = acc.w; }
+}
+
+// Fused decode steps of N sequences: H·N items (head h of sequence n is item n·H + h). Block b steps items b, b + G,
+// b + 2G, ... (G = gridDim.x ≤ H·N), so a grid of one block an SM streams any batch without a partial last wave. The
+// block's 512 threads have two sets of jobs:
+// - per channel, one role a thread (warps 0-3 q, 4-7 k, 8-11 the gate, 12-15 v): the conv + SiLU of its channel, the
+//   gate, the output gate; the role's raw inputs for the next item are loaded into registers while this one is
+//   computed, so only the first item waits on them;
+// - per state column: group g (warps 4g..4g+3) owns columns [g·V/4, (g+1)·V/4) of the head, copied to shared memory
+//   with cp.async one item ahead (two buffers), so at large N the step is a stream of the state.
+// The RMSNorm over all V columns sums the 4 groups' Σo² in shared memory: one block a head, no cluster.
+// q and k are normalised as scalars: r = v − k_scale·Σ_d α_d S_dj k_d, S' = Diag(α)S + k ⊗ (k_scale·β·r),
+// o = q_scale·Σ_d S'_dj q_d, with k_scale = 1/‖k‖ and q_scale = 1/(‖q‖·√K).
+template <typename Tin> struct DecodeRoleInputs {   // one thread's raw inputs for an item (see decode_steps)
+    float x0 = 0.f, x1 = 0.f, x2 = 0.f, x3 = 0.f;     // conv window (oldest first) and the new token (q, k, v roles)
+    float w0 = 0.f, w1 = 0.f, w2 = 0.f, w3 = 0.f;     // conv taps (q, k, v roles)
+    float e0 = 0.f, e1 = 0.f;                         // gate role: f, dt_bias; v role: z, o_norm weight
+    float decay = 0.f, beta = 0.f;                    // exp(A_log[h]) (gate role); β's pre-sigmoid input (all)
+};
+
+template <typename Tin, typename Sequences>
+__device__ __forceinline__ void decode_steps(int H, int K, int V, int N, float rms_eps, const Tin* __restrict__ pq,
     const Tin* __restrict__ pk, const Tin* __restrict__ pv, const Tin* __restrict__ pf, const Tin* __restrict__ pb,
     const Tin* __restrict__ pz, const Tin* __restrict__ wq, const Tin* __restrict__ wk, const Tin* __restrict__ wv,
-    const float* __restrict__ a_log, const float* __restrict__ dt_bias, const Tin* __restrict__ w_norm, Tin* cq, Tin* ck,
-    Tin* cv, float* state, Tin* __restrict__ y) {
-    const int slice = blockIdx.x, h = blockIdx.y, n = blockIdx.z;
+    const float* __restrict__ a_log, const float* __restrict__ dt_bias, const Tin* __restrict__ w_norm,
+    Sequences sequence, Tin* __restrict__ y) {
+    const int G = gridDim.x, items = H * N;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int VS = V / kDecodeSlices, ncg = VS / 4, nrg = kDecodeThreads / ncg;
-    const int cg = tid % ncg, rg = tid / ncg, j0 = slice * VS;
+    const int role = tid >> 7, c = tid & 127;         // role 0 q, 1 k, 2 gate, 3 v; c its channel or column
+    const int group = role, gw = warp & 3;            // state-column group, and the warp's index in it
+    const int VS = V / kDecodeGroups, ncg = VS / 4, nrg = 128 / ncg;
+    const int cg = c % ncg, rg = c / ncg, j0 = group * VS;
     const int HK = H * K, HV = H * V;
+    const bool active = role == 3 ? c < V : c < K;   // the thread has a channel of its role
 
     float* sm = smem();
-    float* sst = sm;                // [K][VS] the state slice
-    float* sq = sm + 128 * 32;      // [128] q̂
-    float* sk = sq + 128;           // [128] k̂
-    float* sa = sk + 128;           // [128] exp(g)
-    float* sred = sa + 128;         // [4 warps][32] partial sums
-    float* sx = sred + 128;         // [32] β·r for the slice's columns
-    float* sv = sx + 32;            // [32] v after conv
-    float* sz = sv + 32;            // [32] sigmoid(z)·w_norm: the output gate and norm weight
-    float* ssq = sz + 32;           // [4] Σ o² over each slice of the head, pushed here by the cluster's blocks
+    float* sst = sm;                  // [stages][groups][K][VS] this item's state slices and the next ones'
+    float* sq = sm + kDecodeStages * 128 * 128;   // [128] conv(q) (raw: q_scale applied to o)
+    float* sk = sq + 128;             // [128] conv(k) (raw)
+    float* sa = sk + 128;             // [128] α = exp(g)
+    float* sv = sa + 128;             // [128] conv(v)
+    float* sx = sv + 128;             // [128] k_scale·β·r
+    float* so = sx + 128;             // [128] o before the norm
+    float* sred = so + 128;           // [16 warps][32] column partial sums
+    float* snorm = sred + 512;        // [8] Σq² (warps 0-3) and Σk² (warps 4-7) partials
+    float* sgsq = snorm + 8;          // [4] Σo² over each group's columns
 
-    cluster_arrive_relaxed();   // this block has started: the others may write its shared memory after cluster_wait
-    float* S = state + (size_t)h * K * V + j0;
+    auto copy_state = [&](int item, float* buf) {   // this thread's rows of the item's state, by cp.async
+        const float* S = sequence(item / H).state + (size_t)(item % H) * K * V + j0;
+        float* dst = buf + group * 128 * 32;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        const int d = rg + i * nrg;
-        if (d < K) cp_async16(sst + d * VS + 4 * cg, S + (size_t)d * V + 4 * cg);
-    }
-    cp_async_commit();
+        for (int i = 0; i < 8; ++i) {
+            const int d = rg + i * nrg;
+            if (d < K) cp_async16(dst + d * VS + 4 * cg, S + (size_t)d * V + 4 * cg);
+        }
+    };
+    // The role's raw inputs of an item: the conv window and taps before the programmatic wait is allowed (earlier
+    // launches wrote them), the new token's f and z (the predecessor's outputs) only with `gates`.
+    auto load_inputs = [&](int item, DecodeRoleInputs<Tin>& in, bool windows, bool gates) {
+        const int h = item % H, n = item / H;
+        const DecodeSequence<Tin> seq = sequence(n);
+        if (windows) {
+            in.beta = ld(pb[(size_t)n * H + h]);
+            if (active && role != 2) {
+                const int C = role == 3 ? HV : HK, ch = (role == 3 ? V : K) * h + c;
+                const Tin* win = role == 0 ? seq.cq : role == 1 ? seq.ck : seq.cv;
+                const Tin* tok = role == 0 ? pq : role == 1 ? pk : pv;
+                const Tin* w = (role == 0 ? wq : role == 1 ? wk : wv) + 4 * ch;
+                in.x0 = ld(win[ch]); in.x1 = ld(win[C + ch]); in.x2 = ld(win[2 * C + ch]);
+                in.x3 = ld(tok[(size_t)n * C + ch]);
+                in.w0 = ld(w[0]); in.w1 = ld(w[1]); in.w2 = ld(w[2]); in.w3 = ld(w[3]);
+            }
+            if (active && role == 2) { in.e1 = dt_bias[h * K + c]; in.decay = expf(a_log[h]); }
+            if (active && role == 3) in.e1 = ld(w_norm[c]);
+        }
+        if (gates && active) {
+            if (role == 2) in.e0 = ld(pf[(size_t)n * HK + h * K + c]);
+            if (role == 3) in.e0 = ld(pz[(size_t)n * HV + h * V + c]);
+        }
+    };
 
-    // Prologue: conv + SiLU of q and k (all K channels of the head: the L2 norm needs them) and v of the slice, beta,
-    // then the gate and z. Windows, parameters and the new token's q, k, v and beta projections are read before
-    // grid_dependency_wait (the kernel two launches back wrote the projections: see PRECONDITIONS), the predecessor's
-    // gate inputs f and z after it.
-    float q0 = 0.f, q1 = 0.f, q2 = 0.f, k0 = 0.f, k1 = 0.f, k2 = 0.f, dtb = 0.f, v0 = 0.f, v1 = 0.f, v2 = 0.f, wn = 0.f;
-    if (tid < K) {
-        const int c = h * K + tid;
-        q0 = ld(cq[c]); q1 = ld(cq[HK + c]); q2 = ld(cq[2 * HK + c]);
-        k0 = ld(ck[c]); k1 = ld(ck[HK + c]); k2 = ld(ck[2 * HK + c]);
-        dtb = dt_bias[c];
+    int item = blockIdx.x;
+    DecodeRoleInputs<Tin> cur;
+    if (item < items) load_inputs(item, cur, true, false);
+    for (int s = 0; s < kDecodeStages - 1; ++s) {   // the first items' states
+        if (item + s * G < items) copy_state(item + s * G, sst + s * 128 * 128);
+        cp_async_commit();
     }
-    if (tid < VS) {
-        const int c = h * V + j0 + tid;
-        v0 = ld(cv[c]); v1 = ld(cv[HV + c]); v2 = ld(cv[2 * HV + c]);
-        wn = ld(w_norm[j0 + tid]);
-    }
-    const float decay_rate = expf(a_log[h]);
-    float qv = 0.f, kv = 0.f, q3 = 0.f, k3 = 0.f;
-    if (tid < K) {
-        const int c = h * K + tid;
-        q3 = ld(pq[(size_t)n * HK + c]);
-        k3 = ld(pk[(size_t)n * HK + c]);
-        qv = conv_silu(wq + 4 * c, q0, q1, q2, q3);
-        kv = conv_silu(wk + 4 * c, k0, k1, k2, k3);
-    }
-    float v3 = 0.f;
-    if (tid < VS) {
-        const int c = h * V + j0 + tid;
-        v3 = ld(pv[(size_t)n * HV + c]);
-        sv[tid] = conv_silu(wv + 4 * c, v0, v1, v2, v3);
-    }
-    const float beta = sigmoidf_(ld(pb[(size_t)n * H + h]));
     grid_dependency_wait();
     grid_launch_dependents();
-    // The gate inputs are requested first, the L2 norms' sums run while they arrive.
-    const float f = tid < K ? ld(pf[(size_t)n * HK + h * K + tid]) : 0.f;
-    const float z = tid < VS ? ld(pz[(size_t)n * HV + h * V + j0 + tid]) : 0.f;
-    float qq = qv * qv, kk = kv * kv;
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-        qq += __shfl_xor_sync(0xffffffffu, qq, off);
-        kk += __shfl_xor_sync(0xffffffffu, kk, off);
-    }
-    if (lane == 0) { sred[warp] = qq; sred[4 + warp] = kk; }
-    __syncthreads();
-    if (tid < K) {
-        const float qn = sred[0] + sred[1] + sred[2] + sred[3], kn = sred[4] + sred[5] + sred[6] + sred[7];
-        sq[tid] = qv / sqrtf(qn + kL2Eps) * (1.0f / sqrtf((float)K));
-        sk[tid] = kv / sqrtf(kn + kL2Eps);
-        sa[tid] = expf(-decay_rate * softplusf_(f + dtb));
-    }
-    if (tid < VS) sz[tid] = sigmoidf_(z) * wn;
-    cp_async_wait<0>();   // this thread's state rows (it reads only what it copied)
-    __syncthreads();
+    if (item < items) load_inputs(item, cur, false, true);
 
-    // r = v − (Diag(α)S)ᵀ k̂ over the slice's columns.
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        const int d = rg + i * nrg;
-        if (d < K) {
-            const float4 s4 = *reinterpret_cast<const float4*>(sst + d * VS + 4 * cg);
-            const float a = sa[d], kd = sk[d];
-            acc.x += (s4.x * a) * kd; acc.y += (s4.y * a) * kd; acc.z += (s4.z * a) * kd; acc.w += (s4.w * a) * kd;
+    for (int step = 0; item < items; item += G, ++step) {
+        const int h = item % H, n = item / H, b = step % kDecodeStages;
+        // Requested first: the state kDecodeStages − 1 items on, into the buffer the item before this one read (before
+        // that item's last barrier), and the next item's inputs.
+        const int ahead = item + (kDecodeStages - 1) * G;
+        if (ahead < items) copy_state(ahead, sst + (step + kDecodeStages - 1) % kDecodeStages * 128 * 128);
+        cp_async_commit();
+        DecodeRoleInputs<Tin> next;
+        if (item + G < items) load_inputs(item + G, next, true, true);
+
+        // Per channel: conv + SiLU (as stored), the gate, and the q, k sums of squares.
+        float u = 0.f;
+        if (active) {
+            if (role == 2) u = expf(-cur.decay * softplusf_(cur.e0 + cur.e1));
+            else u = stored(siluf_(cur.w0 * cur.x0 + cur.w1 * cur.x1 + cur.w2 * cur.x2 + cur.w3 * cur.x3), pq);
         }
-    }
-    for (int off = ncg; off < 32; off <<= 1) {
-        acc.x += __shfl_xor_sync(0xffffffffu, acc.x, off);
-        acc.y += __shfl_xor_sync(0xffffffffu, acc.y, off);
-        acc.z += __shfl_xor_sync(0xffffffffu, acc.z, off);
-        acc.w += __shfl_xor_sync(0xffffffffu, acc.w, off);
-    }
-    if (lane < ncg) {
-        sred[warp * 32 + 4 * lane + 0] = acc.x; sred[warp * 32 + 4 * lane + 1] = acc.y;
-        sred[warp * 32 + 4 * lane + 2] = acc.z; sred[warp * 32 + 4 * lane + 3] = acc.w;
-    }
-    __syncthreads();
-    if (tid < VS) sx[tid] = beta * (sv[tid] - (sred[tid] + sred[32 + tid] + sred[64 + tid] + sred[96 + tid]));
-    __syncthreads();
-
-    // S = Diag(α)S + k̂ ⊗ βr, written straight back to global; o = Sᵀq̂.
-    const float4 br = reinterpret_cast<const float4*>(sx)[cg];
-    acc = make_float4(0.f, 0.f, 0.f, 0.f);
+        (role == 0 ? sq : role == 1 ? sk : role == 2 ? sa : sv)[c] = u;
+        if (role < 2) {
+            float uu = u * u;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        const int d = rg + i * nrg;
-        if (d < K) {
-            float4 s4 = *reinterpret_cast<const float4*>(sst + d * VS + 4 * cg);
-            const float a = sa[d], kd = sk[d], qd = sq[d];
-            s4.x = s4.x * a + kd * br.x; s4.y = s4.y * a + kd * br.y; s4.z = s4.z * a + kd * br.z; s4.w = s4.w * a + kd * br.w;
-            *reinterpret_cast<float4*>(S + (size_t)d * V + 4 * cg) = s4;
-            acc.x += s4.x * qd; acc.y += s4.y * qd; acc.z += s4.z * qd; acc.w += s4.w * qd;
+            for (int off = 16; off > 0; off >>= 1) uu += __shfl_xor_sync(0xffffffffu, uu, off);
+            if (lane == 0) snorm[warp] = uu;
         }
-    }
-    for (int off = ncg; off < 32; off <<= 1) {
-        acc.x += __shfl_xor_sync(0xffffffffu, acc.x, off);
-        acc.y += __shfl_xor_sync(0xffffffffu, acc.y, off);
-        acc.z += __shfl_xor_sync(0xffffffffu, acc.z, off);
-        acc.w += __shfl_xor_sync(0xffffffffu, acc.w, off);
-    }
-    if (lane < ncg) {
-        sred[warp * 32 + 4 * lane + 0] = acc.x; sred[warp * 32 + 4 * lane + 1] = acc.y;
-        sred[warp * 32 + 4 * lane + 2] = acc.z; sred[warp * 32 + 4 * lane + 3] = acc.w;
-    }
-    __syncthreads();
+        cp_async_wait<kDecodeStages - 1>();   // this thread's rows of this item's state (later items' may be in flight)
+        __syncthreads();
+        const float q_scale = (1.0f / sqrtf(snorm[0] + snorm[1] + snorm[2] + snorm[3] + kL2Eps)) * (1.0f / sqrtf((float)K));
+        const float k_scale = 1.0f / sqrtf(snorm[4] + snorm[5] + snorm[6] + snorm[7] + kL2Eps);
+        const float* st_g = sst + b * 128 * 128 + group * 128 * 32;
 
-    // Gated RMSNorm over all V columns: each block pushes its slice's Σo² into every block of the cluster through
-    // distributed shared memory, so one full cluster barrier suffices (after it nobody touches another block's memory).
-    float o = 0.f, oo = 0.f;
-    if (warp == 0) {
-        if (tid < VS) o = sred[tid] + sred[32 + tid] + sred[64 + tid] + sred[96 + tid];
-        oo = o * o;
+        // r = v − k_scale·(Diag(α)S)ᵀ k over the group's columns.
+        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-        for (int off = 16; off > 0; off >>= 1) oo += __shfl_xor_sync(0xffffffffu, oo, off);
-    }
-    cluster_wait();   // pairs with the arrive at the start: every block of the cluster is running
-    if (warp == 0 && lane < kDecodeSlices) *cluster_map(ssq + slice, lane) = oo;
-    cluster_sync();   // every block's Σo² has arrived, and every block has read its conv windows
-    if (tid < VS) {
-        float total = 0.f;
+        for (int i = 0; i < 8; ++i) {
+            const int d = rg + i * nrg;
+            if (d < K) {
+                const float4 s4 = *reinterpret_cast<const float4*>(st_g + d * VS + 4 * cg);
+                const float a = sa[d], kd = sk[d];
+                acc.x += (s4.x * a) * kd; acc.y += (s4.y * a) * kd; acc.z += (s4.z * a) * kd; acc.w += (s4.w * a) * kd;
+            }
+        }
+        store_column_partials(acc, ncg, lane, sred + warp * 32);
+        __syncthreads();
+        if (c < VS) {
+            const float* p = sred + group * 4 * 32;
+            const float r = sv[j0 + c] - k_scale * (p[c] + p[32 + c] + p[64 + c] + p[96 + c]);
+            sx[j0 + c] = k_scale * (sigmoidf_(cur.beta) * r);
+        }
+        __syncthreads();
+
+        // S = Diag(α)S + k ⊗ sx, written straight back to global; o = q_scale·Sᵀq.
+        float* S = sequence(n).state + (size_t)h * K * V + j0;
+        const float4 br = reinterpret_cast<const float4*>(sx + j0)[cg];
+        acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-        for (int r = 0; r < kDecodeSlices; ++r) total += ssq[r];
-        const int j = j0 + tid;
-        st(y + (size_t)n * HV + h * V + j, o * (1.0f / sqrtf(total / (float)V + rms_eps)) * sz[tid]);
-        const int c = h * V + j;   // shift this block's v conv windows
-        st(cv + c, v1); st(cv + HV + c, v2); st(cv + 2 * HV + c, v3);
-    }
-    if (tid < K && tid % kDecodeSlices == slice) {   // q/k windows: each channel written by exactly one block
-        const int c = h * K + tid;
-        st(cq + c, q1); st(cq + HK + c, q2); st(cq + 2 * HK + c, q3);
-        st(ck + c, k1); st(ck + HK + c, k2); st(ck + 2 * HK + c, k3);
+        for (int i = 0; i < 8; ++i) {
+            const int d = rg + i * nrg;
+            if (d < K) {
+                float4 s4 = *reinterpret_cast<const float4*>(st_g + d * VS + 4 * cg);
+                const float a = sa[d], kd = sk[d], qd = sq[d];
+                s4.x = s4.x * a + kd * br.x; s4.y = s4.y * a + kd * br.y; s4.z = s4.z * a + kd * br.z; s4.w = s4.w * a + kd * br.w;
+                *reinterpret_cast<float4*>(S + (size_t)d * V + 4 * cg) = s4;
+                acc.x += s4.x * qd; acc.y += s4.y * qd; acc.z += s4.z * qd; acc.w += s4.w * qd;
+            }
+        }
+        store_column_partials(acc, ncg, lane, sred + warp * 32);
+        __syncthreads();
+
+        // Gated RMSNorm over all V columns: each group's first warp sums its columns' o², the v role applies it.
+        if (gw == 0) {
+            const float* p = sred + group * 4 * 32;
+            const float o = c < VS ? q_scale * (p[c] + p[32 + c] + p[64 + c] + p[96 + c]) : 0.f;
+            if (c < VS) so[j0 + c] = o;
+            float oo = o * o;
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1) oo += __shfl_xor_sync(0xffffffffu, oo, off);
+            if (lane == 0) sgsq[group] = oo;
+        }
+        __syncthreads();
+        if (active) {   // window shifts by the channel's role; the v role writes y
+            const DecodeSequence<Tin> seq = sequence(n);
+            if (role == 3) {
+                const float total = sgsq[0] + sgsq[1] + sgsq[2] + sgsq[3];
+                st(y + (size_t)n * HV + h * V + c, so[c] * (1.0f / sqrtf(total / (float)V + rms_eps)) * (sigmoidf_(cur.e0) * cur.e1));
+            }
+            if (role != 2) {
+                const int C = role == 3 ? HV : HK, ch = (role == 3 ? V : K) * h + c;
+                Tin* win = role == 0 ? seq.cq : role == 1 ? seq.ck : seq.cv;
+                st(win + ch, cur.x1); st(win + C + ch, cur.x2); st(win + 2 * C + ch, cur.x3);
+            }
+        }
+        cur = next;
     }
 }
 
@@ -1090,28 +1115,30 @@ __device__ __forceinline__ void conv_window_update(int H, int K, int V, const in
 // Entry points: kimi_kda_<op>_<dtype>. bf16 = bf16 activations and weights with fp32 gate parameters, gates and state;
 // f32 = everything fp32 (the accuracy reference path).
 #define KDA_DECODE_ENTRY(NAME, T)                                                                                      \
-    extern "C" __global__ void __cluster_dims__(4, 1, 1) __launch_bounds__(kda::kDecodeThreads)     \
-        NAME(int H, int K, int V, float rms_eps, const T* pq, const T* pk, const T* pv, const T* pf, const T* pb,      \
-            const T* pz, const T* wq, const T* wk, const T* wv, const float* a_log, const float* dt_bias,              \
+    extern "C" __global__ void __launch_bounds__(kda::kDecodeThreads, 1)                          \
+        NAME(int H, int K, int V, int N, float rms_eps, const T* pq, const T* pk, const T* pv, const T* pf,            \
+            const T* pb, const T* pz, const T* wq, const T* wk, const T* wv, const float* a_log, const float* dt_bias, \
             const T* w_norm, T* conv_q, T* conv_k, T* conv_v, float* state, T* y) {                                   \
-        const size_t n = blockIdx.z;                                                                                   \
-        kda::decode_step<T>(H, K, V, rms_eps, pq, pk, pv, pf, pb, pz, wq, wk, wv, a_log, dt_bias, w_norm,             \
-            conv_q + n * 3 * H * K, conv_k + n * 3 * H * K, conv_v + n * 3 * H * V, state + n * H * K * V, y);         \
+        kda::decode_steps<T>(H, K, V, N, rms_eps, pq, pk, pv, pf, pb, pz, wq, wk, wv, a_log, dt_bias, w_norm,         \
+            [=](int n) {                                                                                               \
+                return kda::DecodeSequence<T>{conv_q + (size_t)n * 3 * H * K, conv_k + (size_t)n * 3 * H * K,         \
+                                              conv_v + (size_t)n * 3 * H * V, state + (size_t)n * H * K * V};          \
+            }, y);                                                                                                     \
     }
 KDA_DECODE_ENTRY(kimi_kda_decode_step_bf16, __nv_bfloat16)
 KDA_DECODE_ENTRY(kimi_kda_decode_step_f32, float)
 
 // The same step for sequences whose windows and states are separate allocations (one per session): their addresses
 // come in the launch's parameters, so nothing is gathered or scattered and no device table has to be kept up to date.
-// __grid_constant__ keeps the table in the parameter bank, indexed by blockIdx.z, instead of a per-thread local copy.
+// __grid_constant__ keeps the table in the parameter bank, indexed by the sequence, instead of a per-thread local copy.
 #define KDA_DECODE_TABLE_ENTRY(NAME, T)                                                                                \
-    extern "C" __global__ void __cluster_dims__(4, 1, 1) __launch_bounds__(kda::kDecodeThreads)     \
-        NAME(int H, int K, int V, float rms_eps, const T* pq, const T* pk, const T* pv, const T* pf, const T* pb,      \
-            const T* pz, const T* wq, const T* wk, const T* wv, const float* a_log, const float* dt_bias,              \
+    extern "C" __global__ void __launch_bounds__(kda::kDecodeThreads, 1)                          \
+        NAME(int H, int K, int V, int N, float rms_eps, const T* pq, const T* pk, const T* pv, const T* pf,            \
+            const T* pb, const T* pz, const T* wq, const T* wk, const T* wv, const float* a_log, const float* dt_bias, \
             const T* w_norm, const __grid_constant__ kda::DecodeTable<T> table, T* y) {                                \
-        const int n = blockIdx.z;                                                                                      \
-        kda::decode_step<T>(H, K, V, rms_eps, pq, pk, pv, pf, pb, pz, wq, wk, wv, a_log, dt_bias, w_norm,             \
-            table.conv_q[n], table.conv_k[n], table.conv_v[n], table.state[n], y);                                     \
+        kda::decode_steps<T>(H, K, V, N, rms_eps, pq, pk, pv, pf, pb, pz, wq, wk, wv, a_log, dt_bias, w_norm,         \
+            [&](int n) { return kda::DecodeSequence<T>{table.conv_q[n], table.conv_k[n], table.conv_v[n], table.state[n]}; }, \
+            y);                                                                                                        \
     }
 KDA_DECODE_TABLE_ENTRY(kimi_kda_decode_step_table_bf16, __nv_bfloat16)
 KDA_DECODE_TABLE_ENTRY(kimi_kda_decode_step_table_f32, float)

@@ -42,6 +42,11 @@ static cudaStream_t g_stream;
 #endif
 #define CHECK_LAUNCH() CK(cudaGetLastError())
 
+// The decode step's blocks G (kda.cu: each steps the items b, b + G, ...): 5 in the checks, so that blocks step
+// several items, unevenly; one a multiprocessor (KdaKernels.DecodeBlocks) in the benchmarks.
+static int g_decode_blocks = 5;
+static dim3 decode_grid(int H, int N) { return dim3(std::min(H * N, g_decode_blocks)); }
+
 using bf16 = __nv_bfloat16;
 
 // ---- host bf16 ------------------------------------------------------------------------------------------------------
@@ -439,8 +444,8 @@ template <typename Tin> struct DecodeDev {
     }
     void run() {
         auto decode = Kern<Tin>::decode;
-        LAUNCH(decode, kda::kDecodeSlices, dim3(kda::kDecodeSlices, H, N), dim3(kda::kDecodeThreads), kda::kDecodeSmemBytes,
-            H, K, V, rms_eps, (const Tin*)pq, (const Tin*)pk, (const Tin*)pv, (const Tin*)pf, (const Tin*)pb, (const Tin*)pz,
+        LAUNCH(decode, 1, decode_grid(H, N), dim3(kda::kDecodeThreads), kda::kDecodeSmemBytes,
+            H, K, V, N, rms_eps, (const Tin*)pq, (const Tin*)pk, (const Tin*)pv, (const Tin*)pf, (const Tin*)pb, (const Tin*)pz,
             (const Tin*)wq, (const Tin*)wk, (const Tin*)wv, (const float*)a_log, (const float*)dt_bias, (const Tin*)wnorm, cq, ck, cv, state, y);
         CHECK_LAUNCH();
     }
@@ -449,7 +454,7 @@ template <typename Tin> struct DecodeDev {
     // previous kernel in the stream, and it waits for that kernel only before reading the new token's projections.
     void run_pdl() {
         cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3(kda::kDecodeSlices, H, N);
+        cfg.gridDim = decode_grid(H, N);
         cfg.blockDim = dim3(kda::kDecodeThreads);
         cfg.dynamicSmemBytes = kda::kDecodeSmemBytes;
         cfg.stream = g_stream;
@@ -458,7 +463,7 @@ template <typename Tin> struct DecodeDev {
         attr[0].val.programmaticStreamSerializationAllowed = 1;
         cfg.attrs = attr;
         cfg.numAttrs = 1;
-        CK(cudaLaunchKernelEx(&cfg, Kern<Tin>::decode, H, K, V, rms_eps, (const Tin*)pq, (const Tin*)pk, (const Tin*)pv,
+        CK(cudaLaunchKernelEx(&cfg, Kern<Tin>::decode, H, K, V, N, rms_eps, (const Tin*)pq, (const Tin*)pk, (const Tin*)pv,
             (const Tin*)pf, (const Tin*)pb, (const Tin*)pz, (const Tin*)wq, (const Tin*)wk, (const Tin*)wv,
             (const float*)a_log, (const float*)dt_bias, (const Tin*)wnorm, cq, ck, cv, state, y));
     }
@@ -579,8 +584,8 @@ template <typename Tin> static void test_decode_table(int N, int H, int K, int V
         const TokenInputs x = random_token<Tin>(N, H, K, V);
         copy_in(pq, x.q); copy_in(pk, x.k); copy_in(pv, x.v); copy_in(pf, x.f); copy_in(pb, x.b); copy_in(pz, x.z);
         auto decode = Kern<Tin>::decode_table;
-        LAUNCH(decode, kda::kDecodeSlices, dim3(kda::kDecodeSlices, H, N), dim3(kda::kDecodeThreads), kda::kDecodeSmemBytes,
-            H, K, V, P.rms_eps, (const Tin*)pq, (const Tin*)pk, (const Tin*)pv, (const Tin*)pf, (const Tin*)pb, (const Tin*)pz,
+        LAUNCH(decode, 1, decode_grid(H, N), dim3(kda::kDecodeThreads), kda::kDecodeSmemBytes,
+            H, K, V, N, P.rms_eps, (const Tin*)pq, (const Tin*)pk, (const Tin*)pv, (const Tin*)pf, (const Tin*)pb, (const Tin*)pz,
             (const Tin*)p0.wq, (const Tin*)p0.wk, (const Tin*)p0.wv, (const float*)p0.a_log, (const float*)p0.dt_bias,
             (const Tin*)p0.wnorm, table, y);
         CHECK_LAUNCH();
@@ -868,8 +873,8 @@ static void bench_decode_table(int B, int L) {
 #ifndef KDA_EMULATE
     for (int l = 0; l < L; ++l) {
         const DecodeDev<bf16>& d = *layers[l];
-        kimi_kda_decode_step_table_bf16<<<dim3(kda::kDecodeSlices, H, B), kda::kDecodeThreads, kda::kDecodeSmemBytes, g_stream>>>(
-            H, K, V, d.rms_eps, d.pq, d.pk, d.pv, d.pf, d.pb, d.pz, d.wq, d.wk, d.wv, d.a_log, d.dt_bias, d.wnorm, tables[l], d.y);
+        kimi_kda_decode_step_table_bf16<<<decode_grid(H, B), kda::kDecodeThreads, kda::kDecodeSmemBytes, g_stream>>>(
+            H, K, V, B, d.rms_eps, d.pq, d.pk, d.pv, d.pf, d.pb, d.pz, d.wq, d.wk, d.wv, d.a_log, d.dt_bias, d.wnorm, tables[l], d.y);
     }
 #endif
     CK(cudaStreamEndCapture(g_stream, &g));
@@ -972,6 +977,15 @@ int main(int argc, char** argv) {
         else fixtures = a;
     }
     CK(cudaStreamCreate(&g_stream));
+#ifndef KDA_EMULATE
+    {   // the decode step's shared memory is over the default 48 KiB
+        const int bytes = int(kda::kDecodeSmemBytes);
+        CK(cudaFuncSetAttribute(Kern<bf16>::decode, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+        CK(cudaFuncSetAttribute(Kern<bf16>::decode_table, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+        CK(cudaFuncSetAttribute(Kern<float>::decode, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+        CK(cudaFuncSetAttribute(Kern<float>::decode_table, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    }
+#endif
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     std::printf("device: %s, %d SMs, L2 %d MiB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
@@ -998,6 +1012,13 @@ int main(int argc, char** argv) {
     std::printf("%d passed, %d failed\n", g_pass, g_fail);
 
     if (bench) {
+        g_decode_blocks = prop.multiProcessorCount;   // one a multiprocessor (KdaKernels.DecodeBlocks)
+#ifndef KDA_EMULATE
+        int per_sm = 0;
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kimi_kda_decode_step_bf16, kda::kDecodeThreads, kda::kDecodeSmemBytes));
+        std::printf("decode step: %d blocks of %d threads an SM (%zu B of shared memory a block); launching at most %d\n", per_sm,
+                    kda::kDecodeThreads, kda::kDecodeSmemBytes, g_decode_blocks);
+#endif
         if (!prefill_only) {
             for (int B : {1, 16, 64}) bench_decode(B, 16);
             for (int B : {4, 16, 32}) bench_decode_table(B, 16);
