@@ -154,7 +154,7 @@ internal static class KernelCatalog
 
     private static readonly Dictionary<string, Restricted> RestrictedModules = new()
     {
-        ["kda"] = new(["sm90"], "The KDA kernels (kernels/kda/kda.cu)", "programmatic dependent launch"),
+        ["kda"] = new(["sm90"], "The KDA kernels (kernels/kda/kda.cu)", "up to 205 KiB of shared memory a block"),
     };
 
     /// <summary>
