@@ -401,9 +401,12 @@ int main(int argc, char** argv)
     check_route(9, 256, 8, 1, 1, 1, true, false);
     check_route(3, 1024, 32, 0, 32, 3, true, false);
     check_route(3, 1024, 30, 2, 32, 3, true, false); // A + S = 32: every lane writes a pair
+    check_route(7, 100, 8, 1, 4, 2, true, true);      // E in (64, 256], not a multiple of 32: the 8-values-a-lane code
+    check_route(4, 300, 8, 0, 1, 1, true, false);     // E over 256: the 32-values-a-lane code
     check_router_route(1, 40, 64, 8, 1, 8, 4);
     check_router_route(5, 96, 13, 3, 2, 1, 1);        // E not a multiple of the block's experts
     check_router_route(16, 3200, 64, 8, 1, 1, 1);     // D beyond the slots held before the wait; the largest decode batch
+    check_router_route(1, 2304, 256, 8, 1, 1, 1);     // the real configuration's decode step
     check_experts(1, 40, 8, 2, 24, true, true);
     check_experts(3, 40, 8, 2, 24, true, true);
     check_experts(16, 40, 8, 3, 24, true, true); // 48 pairs: the gate-up id scan takes two rounds of 32; several token passes
