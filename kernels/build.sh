@@ -7,7 +7,7 @@
 #   <family>.sm80.ptx     compute_80 PTX: Ampere and Ada
 #   <family>.sm90a.cubin  only for sources marked KIMI_REQUIRES_SM90A (Hopper-only instructions such as wgmma)
 # Every source is built for sm90 and sm80 unless a line of it says otherwise, e.g. `// KIMI_PTX_TARGETS: sm90` for a
-# source that needs Hopper features (thread-block clusters in kda.cu). KernelCatalog.TargetsOf in C# must agree; the
+# source that needs Hopper (kda.cu: its scan takes up to 205 KiB of shared memory a block). KernelCatalog.TargetsOf in C# must agree; the
 # freshness tests check that it does.
 # Needs nvcc (the GPU machine has CUDA 13.0). The PTX then declares ISA 9.0 and needs a CUDA 13 driver (>= 580);
 # building with NVCC=/path/to/a/12.x/nvcc gives PTX that CUDA 12 drivers load (the kernels use nothing newer).
