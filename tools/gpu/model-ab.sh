@@ -8,7 +8,7 @@
 # Environment: TEST_CLASSES (default none), ROUNDS (2), CONTEXTS ("1024 131072"), PREFILLS (the first round's prompt
 # lengths, default "1024,32768"; later rounds time decode only), BATCHES (the first round's batched decode sizes,
 # default none, e.g. "4,16"), AB_BUDGET (seconds for the benchmark rounds, 300), REUSE_PTX (1: keep /tmp/ptx from an
-# earlier A/B of the same call), BASE (the baseline archive, default STAGE/base.txz).
+# earlier A/B of the same call), BASE (the baseline archive, default STAGE/base.txz), MODEL (proxy, or real on an H200).
 # Cards differ by several per cent and calls land on different cards: only rows of one call compare.
 set -uo pipefail
 stage=$(cd "$(dirname "$0")" && pwd)
@@ -46,7 +46,7 @@ for round in $(seq "${ROUNDS:-2}"); do
         if [ "$which" = cur ]; then bench=$stage/apps/bench; kernels=/tmp/ptx; else bench=/tmp/base-bench; kernels=; fi
         prefills=""; batches=""; [ "$round" = 1 ] && prefills=${PREFILLS-1024,32768} && batches=${BATCHES-}
         KIMILINEAR_KERNEL_DIR=$kernels KIMI_BENCH_PREFILLS=$prefills KIMI_BENCH_BATCHES=$batches timeout 200 \
-            /tmp/dn/dotnet "$bench/KimiLinear.Benchmarks.dll" model proxy "$out/model-$which-$round.md" ${CONTEXTS:-1024 131072} \
+            /tmp/dn/dotnet "$bench/KimiLinear.Benchmarks.dll" model "${MODEL:-proxy}" "$out/model-$which-$round.md" ${CONTEXTS:-1024 131072} \
             > "$out/model-$which-$round.log" 2>&1
         echo "== $which, round $round: rc=$?"
         grep -E "^\| (prefill|decode, greedy generation|batched)" "$out/model-$which-$round.md" | cut -c1-120
