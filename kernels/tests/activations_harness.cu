@@ -63,7 +63,7 @@ static void test_embed(int T, int D, int V)
     std::vector<double> want(size_t(T) * D);
     for (int t = 0; t < T; t++)
         for (int d = 0; d < D; d++) want[size_t(t) * D + d] = ids[t] < V ? bf2f(table[size_t(ids[t]) * D + d]) : NAN;
-    emu_launch(kimi_embed_f32, 1, dim3(T), dim3(ROW_THREADS), 0, out.data(), table.data(), ids.data(), T, D, V);
+    emu_launch(kimi_embed_f32, dim3(T), dim3(ROW_THREADS), 0, out.data(), table.data(), ids.data(), T, D, V);
     char name[96];
     std::snprintf(name, sizeof name, "embed T=%d D=%d V=%d", T, D, V);
     check(name, out.data(), want, 0);
@@ -85,7 +85,7 @@ static void test_rmsnorm(int T, int N, int offset, bool inPlace, bool withAdd = 
     std::vector<float> bx = poisoned(x.size(), offset), by = poisoned(x.size(), offset);
     std::copy(x.begin(), x.end(), bx.begin() + offset);
     float* y = inPlace ? bx.data() + offset : by.data() + offset;
-    emu_launch(kimi_rmsnorm_f32, 1, dim3(T), dim3(ROW_THREADS), 0, y, bx.data() + offset, withAdd ? (const float*)add.data() : nullptr,
+    emu_launch(kimi_rmsnorm_f32, dim3(T), dim3(ROW_THREADS), 0, y, bx.data() + offset, withAdd ? (const float*)add.data() : nullptr,
                (const float*)w.data(), T, N, 1e-5f);
     char name[96];
     std::snprintf(name, sizeof name, "rmsnorm%s T=%d N=%d offset=%d%s", withAdd ? " + residual" : "", T, N, offset, inPlace ? " in place" : "");
@@ -110,7 +110,7 @@ static void test_gated_rmsnorm(int rows, int W, int offset, bool inPlace)
     std::copy(o.begin(), o.end(), bo.begin() + offset);
     std::copy(z.begin(), z.end(), bz.begin() + offset);
     float* y = inPlace ? bo.data() + offset : by.data() + offset;
-    emu_launch(kimi_gated_rmsnorm_f32, 1, dim3((rows + GATED_ROWS - 1) / GATED_ROWS), dim3(GATED_ROWS * 32), 0, y,
+    emu_launch(kimi_gated_rmsnorm_f32, dim3((rows + GATED_ROWS - 1) / GATED_ROWS), dim3(GATED_ROWS * 32), 0, y,
                (const float*)bo.data() + offset, (const float*)bz.data() + offset, (const float*)w.data(), rows, W, 1e-5f);
     char name[96];
     std::snprintf(name, sizeof name, "gated rmsnorm rows=%d W=%d offset=%d%s", rows, W, offset, inPlace ? " in place" : "");
@@ -132,11 +132,11 @@ static void test_elements(long long n, int offset, int blocks)
     std::copy(a.begin(), a.end(), ba.begin() + offset);
     std::copy(b.begin(), b.end(), bb.begin() + offset);
     float *pa = ba.data() + offset, *pb = bb.data() + offset;
-    emu_launch(kimi_swiglu_f32, 1, dim3(blocks), dim3(ROW_THREADS), 0, pa, (const float*)pa, (const float*)pb, n);
+    emu_launch(kimi_swiglu_f32, dim3(blocks), dim3(ROW_THREADS), 0, pa, (const float*)pa, (const float*)pb, n);
     std::snprintf(name, sizeof name, "swiglu in place n=%lld offset=%d blocks=%d", n, offset, blocks);
     check(name, pa, swiglu, 1e-6);
     std::copy(a.begin(), a.end(), ba.begin() + offset);
-    emu_launch(kimi_add_f32, 1, dim3(blocks), dim3(ROW_THREADS), 0, pa, (const float*)pb, n);
+    emu_launch(kimi_add_f32, dim3(blocks), dim3(ROW_THREADS), 0, pa, (const float*)pb, n);
     std::snprintf(name, sizeof name, "add n=%lld offset=%d blocks=%d", n, offset, blocks);
     check(name, pa, sum, 1e-7);
 }
@@ -149,7 +149,7 @@ static void test_conversions(long long n, int offset)
     std::vector<float> bx = poisoned(n, offset);
     std::copy(x.begin(), x.end(), bx.begin() + offset);
     std::vector<uint16_t> by(offset + n + TAIL, 0xFFFF);
-    emu_launch(kimi_f32_to_bf16, 1, dim3(3), dim3(ROW_THREADS), 0, by.data() + offset, (const float*)bx.data() + offset, n);
+    emu_launch(kimi_f32_to_bf16, dim3(3), dim3(ROW_THREADS), 0, by.data() + offset, (const float*)bx.data() + offset, n);
     bool ok = true;
     for (long long i = 0; i < n; i++)
     {
@@ -166,7 +166,7 @@ static void test_conversions(long long n, int offset)
 
     // hi + lo carries about 16 significant bits of x.
     std::vector<uint16_t> hi(n), lo(n);
-    emu_launch(kimi_split_bf16, 1, dim3(3), dim3(ROW_THREADS), 0, hi.data(), lo.data(), (const float*)bx.data() + offset, n);
+    emu_launch(kimi_split_bf16, dim3(3), dim3(ROW_THREADS), 0, hi.data(), lo.data(), (const float*)bx.data() + offset, n);
     bool split = true;
     for (long long i = 0; i < n; i++)
         if (std::isfinite(x[i]) && std::fabs(double(bf2f(hi[i])) + bf2f(lo[i]) - x[i]) > std::fabs(x[i]) * std::ldexp(1.0, -16) + 1e-38) split = false;
@@ -184,7 +184,7 @@ static void test_gather_scatter(int T, int C, int count)
     for (int i = 0; i < count; i++)
         for (int c = 0; c < C; c++) want[size_t(i) * C + c] = rows[i] < T ? x[size_t(rows[i]) * C + c] : NAN;
     std::vector<float> y = poisoned(want.size(), 0);
-    emu_launch(kimi_gather_rows_f32, 1, dim3(count), dim3(ROW_THREADS), 0, y.data(), (const float*)x.data(), (const int*)rows.data(), count, C, T);
+    emu_launch(kimi_gather_rows_f32, dim3(count), dim3(ROW_THREADS), 0, y.data(), (const float*)x.data(), (const int*)rows.data(), count, C, T);
     check(("gather rows T=" + std::to_string(T) + " C=" + std::to_string(C) + " count=" + std::to_string(count)).c_str(), y.data(), want, 0);
 
     // Scatter-add: distinct rows (a shuffled prefix of 0..T-1) and one out of range, which must be skipped.
@@ -199,7 +199,7 @@ static void test_gather_scatter(int T, int C, int count)
     for (int i = 0; i < n; i++)
         for (int c = 0; c < C; c++) wacc[size_t(srows[i]) * C + c] += double(scales[i]) * xs[size_t(i) * C + c];
     acc.resize(acc.size() + TAIL, NAN);
-    emu_launch(kimi_scatter_add_rows_f32, 1, dim3(n + 1), dim3(ROW_THREADS), 0, acc.data(), (const float*)xs.data(),
+    emu_launch(kimi_scatter_add_rows_f32, dim3(n + 1), dim3(ROW_THREADS), 0, acc.data(), (const float*)xs.data(),
                (const int*)srows.data(), (const float*)scales.data(), n + 1, C, T);
     check(("scatter-add rows T=" + std::to_string(T) + " C=" + std::to_string(C) + " count=" + std::to_string(n)).c_str(), acc.data(), wacc, 1e-6);
 }
@@ -209,7 +209,7 @@ static void test_latent(int T, int A, int B, int capacity, int first)
     std::vector<float> l = randv(size_t(T) * A), r = randv(size_t(T) * B);
     std::vector<uint16_t> latent(size_t(capacity) * (A + B) + TAIL, 0xFFFF);
     int firstRow = first;
-    emu_launch(kimi_write_latent_rows_f32, 1, dim3(T), dim3(ROW_THREADS), 0, latent.data(), (const float*)l.data(), (const float*)r.data(),
+    emu_launch(kimi_write_latent_rows_f32, dim3(T), dim3(ROW_THREADS), 0, latent.data(), (const float*)l.data(), (const float*)r.data(),
                T, A, B, (const int*)&firstRow, capacity);
     const bool fits = first >= 0 && first + T <= capacity;
     bool ok = true;
@@ -243,7 +243,7 @@ static void test_gemv(int N, int K, int rows_per_x = 0)
         want[n] = s;
     }
     std::vector<float> y = poisoned(N, 0);
-    emu_launch(kimi_gemv_f32, 1, dim3((N + GemvF32Layout::ROWS_PER_BLOCK - 1) / GemvF32Layout::ROWS_PER_BLOCK), dim3(GemvF32Layout::WARPS * 32), 0, y.data(),
+    emu_launch(kimi_gemv_f32, dim3((N + GemvF32Layout::ROWS_PER_BLOCK - 1) / GemvF32Layout::ROWS_PER_BLOCK), dim3(GemvF32Layout::WARPS * 32), 0, y.data(),
                (const uint16_t*)w.data(), (const float*)x.data(), N, K, rows_per_x);
     check(("gemv fp32 x N=" + std::to_string(N) + " K=" + std::to_string(K) + " rows_per_x=" + std::to_string(rows_per_x)).c_str(), y.data(), want, 1e-5);
 }
@@ -275,10 +275,10 @@ static void test_gemv_stream(int N, int K, int blocks, bool norm, int rows_per_x
     std::vector<float> y = poisoned(N, 0);
     const dim3 grid(blocks), block(GEMV_STREAM_WARPS * 32);
     if (norm)
-        emu_launch(kimi_gemv_rmsnorm_f32, 1, grid, block, size_t(K) * 4, y.data(), (const uint16_t*)w.data(), x,
+        emu_launch(kimi_gemv_rmsnorm_f32, grid, block, size_t(K) * 4, y.data(), (const uint16_t*)w.data(), x,
                    (const float*)nw.data() + offset, eps, N, K);
     else
-        emu_launch(kimi_gemv_stream_f32, 1, grid, block, 0, y.data(), (const uint16_t*)w.data(), x, N, K, rows_per_x);
+        emu_launch(kimi_gemv_stream_f32, grid, block, 0, y.data(), (const uint16_t*)w.data(), x, N, K, rows_per_x);
     char name[128];
     std::snprintf(name, sizeof name, "gemv stream%s N=%d K=%d blocks=%d rows_per_x=%d offset=%d", norm ? " rmsnorm" : "", N, K, blocks,
                   rows_per_x, offset);

@@ -44,7 +44,7 @@ static bool g_programmatic = false;     // launch with programmatic dependent la
 template <typename... P, typename... A>
 static void launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, A... args) {
 #ifdef KDA_EMULATE
-    emu_launch(k, 1, grid, block, smem, args...);
+    emu_launch(k, grid, block, smem, args...);
 #else
     cudaStreamCaptureStatus capturing;
     CK(cudaStreamIsCapturing(g_stream, &capturing));   // the opt-in happened before the capture (timings run each work once first)

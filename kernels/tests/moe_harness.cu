@@ -120,7 +120,7 @@ static void check_route(int T, int E, int A, int S, int groups, int topk, bool r
     route_reference(logits, bias, T, E, A, S, groups, topk, renorm, scale, biased, ids, w);
     int* d_ids = upload(std::vector<int>(T * P, -7));
     float* d_w = upload(std::vector<float>(T * P, NAN));
-    emu_launch(kimi_moe_route_f32, 1, dim3((T + MOE_ROUTE_WARPS - 1) / MOE_ROUTE_WARPS), dim3(MOE_ROUTE_WARPS * 32), 0, d_ids, d_w,
+    emu_launch(kimi_moe_route_f32, dim3((T + MOE_ROUTE_WARPS - 1) / MOE_ROUTE_WARPS), dim3(MOE_ROUTE_WARPS * 32), 0, d_ids, d_w,
                upload(logits), upload(bias), T, E, A, S, groups, topk, int(renorm), scale, int(biased));
     int wrong = 0;
     double worst = 0;
@@ -154,7 +154,7 @@ static void check_router_route(int T, int D, int E, int A, int S, int groups, in
         float* d_logits = upload(std::vector<float>(size_t(T) * E, NAN));
         int* d_ids = upload(std::vector<int>(T * P, -7));
         float* d_w = upload(std::vector<float>(T * P, NAN));
-        emu_launch(kimi_moe_router_route_f32, 1, dim3(blocks), dim3(MOE_ROUTER_WARPS * 32), 0, d_ids, d_w, d_logits, arrivals,
+        emu_launch(kimi_moe_router_route_f32, dim3(blocks), dim3(MOE_ROUTER_WARPS * 32), 0, d_ids, d_w, d_logits, arrivals,
                    upload(x), upload(router), upload(bias), T, D, E, A, S, groups, topk, 1, 2.5f, 0);
         double logit_err = 0;
         for (int t = 0; t < T; t++)
@@ -271,9 +271,9 @@ static std::vector<float> run_decode(const Moe& m, const std::vector<float>& bas
     uint16_t* h = upload(std::vector<uint16_t>(size_t(m.T) * m.A * m.F, 0x7FC0));
     int* ids = upload(m.ids);
     const int gu_items = m.F / MOE_GU_F * m.T * m.A;
-    emu_launch(kimi_moe_decode_gate_up, 1, dim3(stream_blocks(gu_items, MOE_GU_WARPS, MOE_GU_BLOCKS_PER_SM, sms)), dim3(MOE_GU_WARPS * 32), 0,
+    emu_launch(kimi_moe_decode_gate_up, dim3(stream_blocks(gu_items, MOE_GU_WARPS, MOE_GU_BLOCKS_PER_SM, sms)), dim3(MOE_GU_WARPS * 32), 0,
                h, upload(m.x), ids, upload(m.gate_up), m.T, m.D, m.E, m.A, m.F, m.S);
-    emu_launch(kimi_moe_decode_down, 1, dim3(m.T, m.D / MOE_DOWN_ROWS), dim3(MOE_DOWN_WARPS * 32), 0,
+    emu_launch(kimi_moe_decode_down, dim3(m.T, m.D / MOE_DOWN_ROWS), dim3(MOE_DOWN_WARPS * 32), 0,
                out, h, ids, upload(m.w), upload(m.down), m.T, m.D, m.E, m.A, m.F);
     return std::vector<float>(out, out + base.size());
 }
@@ -295,24 +295,24 @@ static std::vector<float> run_prefill(const Moe& m, const std::vector<float>& ba
     uint16_t* h = upload(std::vector<uint16_t>(size_t(P) * m.F, 0x7FC0));
     float* y = upload(std::vector<float>(size_t(P) * m.D, NAN));
     const int B = MOE_ELEMENTWISE_THREADS;
-    emu_launch(kimi_moe_prefill_count, 1, dim3(3), dim3(B), 0, counts, rank, xb, upload(m.x), ids, m.T, m.D, m.E, m.A);
-    emu_launch(kimi_moe_prefill_schedule, 1, dim3(1), dim3(32), 0, offsets, tile_start, counts, m.E);
-    emu_launch(kimi_moe_prefill_place, 1, dim3((P + B - 1) / B), dim3(B), 0, token_of_row, pair_of_row, ids, rank, offsets, P, m.E, m.A);
+    emu_launch(kimi_moe_prefill_count, dim3(3), dim3(B), 0, counts, rank, xb, upload(m.x), ids, m.T, m.D, m.E, m.A);
+    emu_launch(kimi_moe_prefill_schedule, dim3(1), dim3(32), 0, offsets, tile_start, counts, m.E);
+    emu_launch(kimi_moe_prefill_place, dim3((P + B - 1) / B), dim3(B), 0, token_of_row, pair_of_row, ids, rank, offsets, P, m.E, m.A);
     if (wgmma)
     {
-        emu_launch(kimi_moe_prefill_gate_up_wgmma, 1, dim3(blocks), dim3(MOE_WG_THREADS), MOE_WG_SMEM_BYTES, h, xb, token_of_row,
+        emu_launch(kimi_moe_prefill_gate_up_wgmma, dim3(blocks), dim3(MOE_WG_THREADS), MOE_WG_SMEM_BYTES, h, xb, token_of_row,
                    offsets, tile_start, upload(m.gate_up), m.D, m.E, m.F);
-        emu_launch(kimi_moe_prefill_down_wgmma, 1, dim3(blocks), dim3(MOE_WG_THREADS), MOE_WG_SMEM_BYTES, y, h, pair_of_row,
+        emu_launch(kimi_moe_prefill_down_wgmma, dim3(blocks), dim3(MOE_WG_THREADS), MOE_WG_SMEM_BYTES, y, h, pair_of_row,
                    offsets, tile_start, upload(m.down), m.D, m.E, m.F);
     }
     else
     {
-        emu_launch(kimi_moe_prefill_gate_up, 1, dim3((m.F + 63) / 64, tiles), dim3(MOE_GEMM_THREADS), MOE_GEMM_SMEM_BYTES, h, xb, token_of_row,
+        emu_launch(kimi_moe_prefill_gate_up, dim3((m.F + 63) / 64, tiles), dim3(MOE_GEMM_THREADS), MOE_GEMM_SMEM_BYTES, h, xb, token_of_row,
                    offsets, tile_start, upload(m.gate_up), m.D, m.E, m.F);
-        emu_launch(kimi_moe_prefill_down, 1, dim3((m.D + 127) / 128, tiles), dim3(MOE_GEMM_THREADS), MOE_GEMM_SMEM_BYTES, y, h, pair_of_row,
+        emu_launch(kimi_moe_prefill_down, dim3((m.D + 127) / 128, tiles), dim3(MOE_GEMM_THREADS), MOE_GEMM_SMEM_BYTES, y, h, pair_of_row,
                    offsets, tile_start, upload(m.down), m.D, m.E, m.F);
     }
-    emu_launch(kimi_moe_prefill_combine, 1, dim3((m.T * m.D / 4 + B - 1) / B), dim3(B), 0, out, y, ids, upload(m.w), m.T, m.D, m.E, m.A);
+    emu_launch(kimi_moe_prefill_combine, dim3((m.T * m.D / 4 + B - 1) / B), dim3(B), 0, out, y, ids, upload(m.w), m.T, m.D, m.E, m.A);
     return std::vector<float>(out, out + base.size());
 }
 

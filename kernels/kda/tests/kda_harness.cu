@@ -36,9 +36,9 @@
 
 static cudaStream_t g_stream;
 #ifdef KDA_EMULATE
-#define LAUNCH(kern, cluster, grid, block, smem, ...) emu_launch(kern, cluster, grid, block, smem, __VA_ARGS__)
+#define LAUNCH(kern, grid, block, smem, ...) emu_launch(kern, grid, block, smem, __VA_ARGS__)
 #else
-#define LAUNCH(kern, cluster, grid, block, smem, ...) kern<<<grid, block, smem, g_stream>>>(__VA_ARGS__)
+#define LAUNCH(kern, grid, block, smem, ...) kern<<<grid, block, smem, g_stream>>>(__VA_ARGS__)
 #endif
 #define CHECK_LAUNCH() CK(cudaGetLastError())
 
@@ -306,14 +306,14 @@ template <typename Tin> struct PrefillDev {
     void run_intra() {
         if (NC > 0) {
             auto intra = Kern<Tin>::intra;
-            LAUNCH(intra, 1, dim3(NC, H), dim3(kda::kIntraThreads), kda::chunk_intra_smem_bytes(K), H, K, V, N,
+            LAUNCH(intra, dim3(NC, H), dim3(kda::kIntraThreads), kda::chunk_intra_smem_bytes(K), H, K, V, N,
                 (const int*)cu, (const int*)co, (const Tin*)q, (const Tin*)k, (const Tin*)v, (const float*)g, (const float*)beta, w, u, a, qg, kg, gam);
             CHECK_LAUNCH();
         }
     }
     void run_scan() {
         auto prefill = Kern<Tin>::prefill;
-        LAUNCH(prefill, 1, dim3(V / kda::kPrefillCols, H, N), dim3(kda::kPrefillThreads), kda::chunk_prefill_smem_bytes(K),
+        LAUNCH(prefill, dim3(V / kda::kPrefillCols, H, N), dim3(kda::kPrefillThreads), kda::chunk_prefill_smem_bytes(K),
             H, K, V, (const int*)cu, (const int*)co, (const float*)w, (const float*)u, (const float*)a, (const float*)qg,
             (const float*)kg, (const float*)gam, state, o);
         CHECK_LAUNCH();
@@ -444,7 +444,7 @@ template <typename Tin> struct DecodeDev {
     }
     void run() {
         auto decode = Kern<Tin>::decode;
-        LAUNCH(decode, 1, decode_grid(H, N), dim3(kda::kDecodeThreads), kda::kDecodeSmemBytes,
+        LAUNCH(decode, decode_grid(H, N), dim3(kda::kDecodeThreads), kda::kDecodeSmemBytes,
             H, K, V, N, rms_eps, (const Tin*)pq, (const Tin*)pk, (const Tin*)pv, (const Tin*)pf, (const Tin*)pb, (const Tin*)pz,
             (const Tin*)wq, (const Tin*)wk, (const Tin*)wv, (const float*)a_log, (const float*)dt_bias, (const Tin*)wnorm, cq, ck, cv, state, y);
         CHECK_LAUNCH();
@@ -483,14 +483,14 @@ template <typename Tin> static void gpu_prepare(DevPool& pool, PrefillDev<Tin>& 
     auto prepare = Kern<Tin>::prepare;
     auto window = Kern<Tin>::window;
     if (pre.T > 0) {
-        LAUNCH(prepare, 1, prepare_grid(H * K, H * V, pre.T), dim3(kda::kPrepareThreads), 0, H, K, V, pre.N, (const int*)pre.cu, (const Tin*)pq,
+        LAUNCH(prepare, prepare_grid(H * K, H * V, pre.T), dim3(kda::kPrepareThreads), 0, H, K, V, pre.N, (const int*)pre.cu, (const Tin*)pq,
             (const Tin*)pk, (const Tin*)pv, (const Tin*)pf, (const Tin*)pb, (const Tin*)dec.wq, (const Tin*)dec.wk,
             (const Tin*)dec.wv, (const float*)dec.a_log, (const float*)dec.dt_bias, (const Tin*)dec.cq, (const Tin*)dec.ck,
             (const Tin*)dec.cv, pre.q, pre.k, pre.v, pre.g, pre.beta);
         CHECK_LAUNCH();
     }
     const int C = std::max(H * K, H * V);
-    LAUNCH(window, 1, dim3((C + kda::kPrepareThreads - 1) / kda::kPrepareThreads, pre.N), dim3(kda::kPrepareThreads), 0,
+    LAUNCH(window, dim3((C + kda::kPrepareThreads - 1) / kda::kPrepareThreads, pre.N), dim3(kda::kPrepareThreads), 0,
         H, K, V, (const int*)pre.cu, (const Tin*)pq, (const Tin*)pk, (const Tin*)pv, dec.cq, dec.ck, dec.cv);
     CHECK_LAUNCH();
 }
@@ -584,7 +584,7 @@ template <typename Tin> static void test_decode_table(int N, int H, int K, int V
         const TokenInputs x = random_token<Tin>(N, H, K, V);
         copy_in(pq, x.q); copy_in(pk, x.k); copy_in(pv, x.v); copy_in(pf, x.f); copy_in(pb, x.b); copy_in(pz, x.z);
         auto decode = Kern<Tin>::decode_table;
-        LAUNCH(decode, 1, decode_grid(H, N), dim3(kda::kDecodeThreads), kda::kDecodeSmemBytes,
+        LAUNCH(decode, decode_grid(H, N), dim3(kda::kDecodeThreads), kda::kDecodeSmemBytes,
             H, K, V, N, P.rms_eps, (const Tin*)pq, (const Tin*)pk, (const Tin*)pv, (const Tin*)pf, (const Tin*)pb, (const Tin*)pz,
             (const Tin*)p0.wq, (const Tin*)p0.wk, (const Tin*)p0.wv, (const float*)p0.a_log, (const float*)p0.dt_bias,
             (const Tin*)p0.wnorm, table, y);
@@ -744,8 +744,8 @@ __global__ void fill_uniform_bf16(bf16* p, size_t n, uint32_t seed, float lo, fl
     }
 }
 static uint32_t g_seed = 1;
-static void fill(float* p, size_t n, float lo, float hi) { LAUNCH(fill_uniform_f32, 1, dim3(1024), dim3(256), 0, p, n, g_seed++ * 0x9e3779b9u, lo, hi); CHECK_LAUNCH(); }
-static void fill(bf16* p, size_t n, float lo, float hi) { LAUNCH(fill_uniform_bf16, 1, dim3(1024), dim3(256), 0, p, n, g_seed++ * 0x9e3779b9u, lo, hi); CHECK_LAUNCH(); }
+static void fill(float* p, size_t n, float lo, float hi) { LAUNCH(fill_uniform_f32, dim3(1024), dim3(256), 0, p, n, g_seed++ * 0x9e3779b9u, lo, hi); CHECK_LAUNCH(); }
+static void fill(bf16* p, size_t n, float lo, float hi) { LAUNCH(fill_uniform_bf16, dim3(1024), dim3(256), 0, p, n, g_seed++ * 0x9e3779b9u, lo, hi); CHECK_LAUNCH(); }
 static float median(std::vector<float> v) { std::sort(v.begin(), v.end()); return v[v.size() / 2]; }
 
 // Times `body` (enqueued on g_stream) with events: warm-up, then the median of `reps` runs, in ms.
@@ -935,11 +935,11 @@ static void bench_prepare(int B, int T) {
     auto prepare = Kern<bf16>::prepare;
     auto window = Kern<bf16>::window;
     const float ms = time_ms([&] {
-        LAUNCH(prepare, 1, prepare_grid(H * K, H * V, pre.T), dim3(kda::kPrepareThreads), 0, H, K, V, pre.N, (const int*)pre.cu, (const bf16*)pq,
+        LAUNCH(prepare, prepare_grid(H * K, H * V, pre.T), dim3(kda::kPrepareThreads), 0, H, K, V, pre.N, (const int*)pre.cu, (const bf16*)pq,
             (const bf16*)pk, (const bf16*)pv, (const bf16*)pf, (const bf16*)pb, (const bf16*)dec.wq, (const bf16*)dec.wk,
             (const bf16*)dec.wv, (const float*)dec.a_log, (const float*)dec.dt_bias, (const bf16*)dec.cq, (const bf16*)dec.ck,
             (const bf16*)dec.cv, pre.q, pre.k, pre.v, pre.g, pre.beta);
-        LAUNCH(window, 1, dim3(HK / kda::kPrepareThreads, B), dim3(kda::kPrepareThreads), 0, H, K, V, (const int*)pre.cu,
+        LAUNCH(window, dim3(HK / kda::kPrepareThreads, B), dim3(kda::kPrepareThreads), 0, H, K, V, (const int*)pre.cu,
             (const bf16*)pq, (const bf16*)pk, (const bf16*)pv, dec.cq, dec.ck, dec.cv);
     }, 3, 50);
     CHECK_LAUNCH();
