@@ -7,8 +7,8 @@ namespace KimiLinear.Cuda.Kernels;
 /// the prefill's pre-kernel (short convs, gate, β) with the conv-window update, and the chunked prefill over packed
 /// variable-length sequences. T is the activation dtype: <see cref="float"/> (everything fp32, the accuracy reference)
 /// or bf16 as <see cref="ushort"/> bits (bf16 activations and weights; gate parameters, g, β and the state stay fp32).
-/// The kernels need compute capability 9.0 (the prefill scan takes up to 205 KiB of shared memory a block): on older cards the first launch throws
-/// <see cref="Interop.CudaUnavailableException"/> saying so.
+/// The kernels need compute capability 9.0 (the prefill scan takes up to 205 KiB of shared memory a block): on older
+/// cards the first launch throws <see cref="Interop.CudaUnavailableException"/> saying so.
 /// </summary>
 /// <remarks>
 /// A layer's prefill is <see cref="Prepare{T}"/> then <see cref="ChunkedPrefill{T}"/>; each decoded token is one
@@ -84,7 +84,7 @@ internal static unsafe class KdaKernels
 
     /// <summary>
     /// G, the decode step's blocks: each steps the heads b, b + G, ... of the H·N (kernels/kda/kda.cu) with the next
-    /// head's state in flight, and a block's 134 KB of shared memory fit once an SM, so one block an SM streams any
+    /// head's state in flight, and a block's 133 KiB of shared memory fit once an SM, so one block an SM streams any
     /// batch without a partial last wave.
     /// </summary>
     private static int DecodeBlocks(CudaStream stream, int heads, int maxBlocks)
