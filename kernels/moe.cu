@@ -140,13 +140,16 @@ __device__ __forceinline__ void warp_argmax(float& value, int& index, float& pay
 }
 
 // Routes token t from its router logits `row` [E] (read through L2: in the fused kernel other blocks wrote them).
-__device__ __forceinline__ void route_token(int* __restrict__ experts, float* __restrict__ weights, const float* row,
+// VALUES ≥ E / 32 values a lane: route_token below instantiates it for 64, 256 and 1,024 experts, so that the code a
+// model runs is unrolled for its E rather than for the most (a kernel of ~6K PTX lines when unrolled for 1,024).
+template <int VALUES>
+__device__ __forceinline__ void route_token_for(int* __restrict__ experts, float* __restrict__ weights, const float* row,
                                             const float* __restrict__ bias, int t, int E, int A, int S, int groups,
                                             int topk_groups, int renormalize, float scale, int biased, int lane)
 {
-    float score[MOE_VALUES_PER_LANE], selection[MOE_VALUES_PER_LANE];
+    float score[VALUES], selection[VALUES];
 #pragma unroll
-    for (int j = 0; j < MOE_VALUES_PER_LANE; j++)
+    for (int j = 0; j < VALUES; j++)
     {
         if (j * 32 >= E) break; // the unrolled loops stop at E (warp-uniform), so small E costs little
         const int i = j * 32 + lane;
@@ -167,7 +170,7 @@ __device__ __forceinline__ void route_token(int* __restrict__ experts, float* __
         {
             float best = -INFINITY, second = -INFINITY;
 #pragma unroll
-            for (int j = 0; j < MOE_VALUES_PER_LANE; j++)
+            for (int j = 0; j < VALUES; j++)
             {
                 if (j * 32 >= E) break;
                 const int i = j * 32 + lane;
@@ -196,7 +199,7 @@ __device__ __forceinline__ void route_token(int* __restrict__ experts, float* __
             kept |= 1u << index;
         }
 #pragma unroll
-        for (int j = 0; j < MOE_VALUES_PER_LANE; j++)
+        for (int j = 0; j < VALUES; j++)
         {
             if (j * 32 >= E) break;
             const int i = j * 32 + lane;
@@ -213,7 +216,7 @@ __device__ __forceinline__ void route_token(int* __restrict__ experts, float* __
         float best = 0.0f, payload = 0.0f;
         int index = -1;
 #pragma unroll
-        for (int j = 0; j < MOE_VALUES_PER_LANE; j++)
+        for (int j = 0; j < VALUES; j++)
         {
             if (j * 32 >= E) break;
             const int i = j * 32 + lane;
@@ -236,6 +239,19 @@ __device__ __forceinline__ void route_token(int* __restrict__ experts, float* __
         experts[slot] = lane < A ? my_expert : E + lane - A;
         weights[slot] = lane < A ? my_weight * scale : 1.0f;
     }
+}
+
+__device__ __forceinline__ void route_token(int* __restrict__ experts, float* __restrict__ weights, const float* row,
+                                            const float* __restrict__ bias, int t, int E, int A, int S, int groups,
+                                            int topk_groups, int renormalize, float scale, int biased, int lane)
+{
+    if (E <= 64)
+        route_token_for<2>(experts, weights, row, bias, t, E, A, S, groups, topk_groups, renormalize, scale, biased, lane);
+    else if (E <= 256)
+        route_token_for<8>(experts, weights, row, bias, t, E, A, S, groups, topk_groups, renormalize, scale, biased, lane);
+    else
+        route_token_for<MOE_VALUES_PER_LANE>(experts, weights, row, bias, t, E, A, S, groups, topk_groups, renormalize, scale,
+                                             biased, lane);
 }
 
 extern "C" __global__ void __launch_bounds__(MOE_ROUTE_WARPS * 32)
