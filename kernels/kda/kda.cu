@@ -66,8 +66,9 @@
 //   All pointers 16-byte aligned; state rows start 16-byte aligned (V % 4 == 0). Inputs are finite. Buffers do not
 //   alias except where marked "read and updated" (a table names no window or state twice). Tokens past cu_seqlens[N] are never read (they may hold NaN).
 //
-// BUILD (kernels/build.sh): compute_90 PTX only, since the decode step uses programmatic dependent launch
-// (griddepcontrol, sm_90); the C# side refuses older cards with a message saying so (KernelCatalog.TargetsOf).
+// BUILD (kernels/build.sh): compute_90 PTX only: the scan takes up to 205 KiB of shared memory a block (K = 128) and the
+// decode step 133 KiB, more than Ampere (163 KiB) or Ada (99 KiB) allow; the C# side refuses older cards with a
+// message saying so (KernelCatalog.TargetsOf).
 // KIMI_PTX_TARGETS: sm90
 #ifdef KDA_EMULATE
 #include "tests/cuda_emu.h"
