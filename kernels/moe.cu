@@ -139,6 +139,14 @@ __device__ __forceinline__ void warp_argmax(float& value, int& index, float& pay
     }
 }
 
+// The order of floats as unsigned integers: order_key(a) > order_key(b) exactly when a > b, and the keys are equal
+// when a == b (−0 and +0 too: v + 0.0f is +0 for both), so a warp-wide integer max finds the largest value.
+__device__ __forceinline__ unsigned order_key(float v)
+{
+    const unsigned u = __float_as_uint(v + 0.0f);
+    return (u & 0x80000000u) ? ~u : u | 0x80000000u;
+}
+
 // Routes token t from its router logits `row` [E] (read through L2: in the fused kernel other blocks wrote them).
 // VALUES ≥ E / 32 values a lane: route_token below instantiates it for 64, 256 and 1,024 experts, so that the code a
 // model runs is unrolled for its E rather than for the most (a kernel of ~6K PTX lines when unrolled for 1,024).
@@ -148,17 +156,22 @@ __device__ __forceinline__ void route_token_for(int* __restrict__ experts, float
                                             int topk_groups, int renormalize, float scale, int biased, int lane)
 {
     float score[VALUES], selection[VALUES];
+    // Every load first, none behind a branch: the lane's logits and biases travel together (with a load in each
+    // iteration of the loop below, after its `break`, they went one L2 round trip after another: ~4 µs of the route).
+#pragma unroll
+    for (int j = 0; j < VALUES; j++)
+    {
+        const int i = j * 32 + lane;
+        score[j] = i < E ? __ldcg(row + i) : 0.0f;
+        selection[j] = i < E ? __ldg(bias + i) : 0.0f;
+    }
 #pragma unroll
     for (int j = 0; j < VALUES; j++)
     {
         if (j * 32 >= E) break; // the unrolled loops stop at E (warp-uniform), so small E costs little
-        const int i = j * 32 + lane;
-        score[j] = selection[j] = -INFINITY;
-        if (i < E)
-        {
-            score[j] = 1.0f / (1.0f + expf(-__ldcg(row + i)));
-            selection[j] = score[j] + bias[i];
-        }
+        const bool in = j * 32 + lane < E;
+        score[j] = in ? 1.0f / (1.0f + expf(-score[j])) : -INFINITY;
+        selection[j] = in ? score[j] + selection[j] : -INFINITY;
     }
 
     if (groups > 1)
@@ -207,23 +220,36 @@ __device__ __forceinline__ void route_token_for(int* __restrict__ experts, float
         }
     }
 
-    // A rounds of arg-max over the values not yet taken (bit j of `taken`: this lane's value j).
+    // A rounds of arg-max over the values not yet taken (bit j of `taken`: this lane's value j). Each round is two
+    // warp-wide integer reductions (redux.sync) over order_key(value): the best value, then the lowest index holding
+    // it, instead of five shuffle rounds of (value, index, payload); the routing warp runs alone at the end of the
+    // fused kernel, so its rounds are latency on the decode chain.
+    unsigned key[VALUES];
+#pragma unroll
+    for (int j = 0; j < VALUES; j++)
+    {
+        if (j * 32 >= E) break;
+        key[j] = order_key(selection[j]);
+    }
     unsigned taken = 0;
     int my_expert = 0;     // lane a: the a-th choice
     float my_weight = 0.0f;
     for (int a = 0; a < A; a++)
     {
-        float best = 0.0f, payload = 0.0f;
-        int index = -1;
+        unsigned best = 0u; // this lane's best key not yet taken, at its lowest j (key 0: none, or a negative NaN)
+        int best_j = -1;
+        float payload = 0.0f;
 #pragma unroll
         for (int j = 0; j < VALUES; j++)
         {
             if (j * 32 >= E) break;
-            const int i = j * 32 + lane;
-            if (i < E && !((taken >> j) & 1u) && (index < 0 || selection[j] > best))
-                best = selection[j], index = i, payload = biased ? selection[j] : score[j];
+            if (j * 32 + lane < E && !((taken >> j) & 1u) && (best_j < 0 || key[j] > best))
+                best = key[j], best_j = j, payload = biased ? selection[j] : score[j];
         }
-        warp_argmax(best, index, payload);
+        const unsigned top = __reduce_max_sync(0xFFFFFFFFu, best);
+        // A ≤ E: some lane holds a candidate, and every lane with top's key holds one.
+        const int index = __reduce_min_sync(0xFFFFFFFFu, best_j >= 0 && best == top ? best_j * 32 + lane : 0x7FFFFFFF);
+        payload = __shfl_sync(0xFFFFFFFFu, payload, index & 31);
         if ((index & 31) == lane) taken |= 1u << (index >> 5);
         if (lane == a) my_expert = index, my_weight = payload;
     }

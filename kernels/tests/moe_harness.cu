@@ -108,12 +108,13 @@ template <typename T> static T* upload(const std::vector<T>& h)
     return d;
 }
 
-static void check_route(int T, int E, int A, int S, int groups, int topk, bool renorm, bool biased)
+// ties: logits and bias from a few values, so that many selection values are exactly equal (chosen lowest index first).
+static void check_route(int T, int E, int A, int S, int groups, int topk, bool renorm, bool biased, bool ties = false)
 {
     const int P = A + S;
     std::vector<float> logits(T * E), bias(E);
-    for (float& v : logits) v = 2 * normal();
-    for (float& v : bias) v = 0.1f * normal();
+    for (float& v : logits) v = ties ? std::round(normal()) : 2 * normal();
+    for (float& v : bias) v = ties ? 0.25f * float(rng() % 2) : 0.1f * normal();
     std::vector<int> ids;
     std::vector<float> w;
     const float scale = 2.5f;
@@ -130,8 +131,8 @@ static void check_route(int T, int E, int A, int S, int groups, int topk, bool r
         worst = std::max(worst, std::fabs(double(d_w[i]) - w[i]) / std::max(1e-30, std::fabs(double(w[i]))));
     }
     char what[128];
-    std::snprintf(what, sizeof what, "route T=%d E=%d A=%d S=%d groups=%d/%d renorm=%d biased=%d (ids wrong, weight err)", T, E, A, S,
-                  groups, topk, renorm, biased);
+    std::snprintf(what, sizeof what, "route T=%d E=%d A=%d S=%d groups=%d/%d renorm=%d biased=%d%s (ids wrong, weight err)", T, E, A,
+                  S, groups, topk, renorm, biased, ties ? " ties" : "");
     report(wrong == 0 && worst <= 1e-6, what, wrong + worst);
 }
 
@@ -403,6 +404,8 @@ int main(int argc, char** argv)
     check_route(3, 1024, 30, 2, 32, 3, true, false); // A + S = 32: every lane writes a pair
     check_route(7, 100, 8, 1, 4, 2, true, true);      // E in (64, 256], not a multiple of 32: the 8-values-a-lane code
     check_route(4, 300, 8, 0, 1, 1, true, false);     // E over 256: the 32-values-a-lane code
+    check_route(9, 256, 8, 1, 1, 1, true, false, true);
+    check_route(9, 64, 8, 1, 8, 4, true, true, true);
     check_router_route(1, 40, 64, 8, 1, 8, 4);
     check_router_route(5, 96, 13, 3, 2, 1, 1);        // E not a multiple of the block's experts
     check_router_route(16, 3200, 64, 8, 1, 1, 1);     // D beyond the slots held before the wait; the largest decode batch

@@ -137,6 +137,9 @@ template <typename T> inline T emu_shfl(T v, int src) {
 template <typename T> inline T __shfl_xor_sync(unsigned, T v, int m) { return emu_shfl(v, int(threadIdx.x % 32) ^ m); }
 template <typename T> inline T __shfl_sync(unsigned, T v, int l) { return emu_shfl(v, l & 31); }
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
+// redux.sync (sm_80+): the warp's max / min, as a butterfly of shuffles (every lane takes part, as on the hardware).
+inline unsigned __reduce_max_sync(unsigned, unsigned v) { for (int o = 16; o > 0; o >>= 1) v = std::max(v, __shfl_xor_sync(0u, v, o)); return v; }
+inline int __reduce_min_sync(unsigned, int v) { for (int o = 16; o > 0; o >>= 1) v = std::min(v, __shfl_xor_sync(0u, v, o)); return v; }
 
 // mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32, d += a·b over the 32 lanes of a warp, with PTX's fragment
 // layouts (g = lane / 4, t = lane % 4): a0 (g, t), a1 (g + 8, t), a2 (g, t + 4), a3 (g + 8, t + 4) of the 16×8 A;
