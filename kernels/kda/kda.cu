@@ -283,8 +283,18 @@ __device__ __forceinline__ void decode_steps(int H, int K, int V, int N, float r
     float* snorm = sred + 512;        // [8] Σq² (warps 0-3) and Σk² (warps 4-7) partials
     float* sgsq = snorm + 8;          // [4] Σo² over each group's columns
 
-    auto copy_state = [&](int item, float* buf) {   // this thread's rows of the item's state, by cp.async
-        const float* S = sequence(item / H).state + (size_t)(item % H) * K * V + j0;
+    // An item's place, sequence n and head h. A block's items are G apart and G = gn·H + gh, so the place moves on
+    // without an integer division (~20 instructions each with a runtime divisor, three an item and thread before).
+    struct ItemAt { int item, n, h; };
+    const int gn = G / H, gh = G % H;
+    auto after = [&](ItemAt p) {
+        p.item += G, p.n += gn, p.h += gh;
+        if (p.h >= H) p.h -= H, ++p.n;
+        return p;
+    };
+
+    auto copy_state = [&](ItemAt p, float* buf) {   // this thread's rows of the item's state, by cp.async
+        const float* S = sequence(p.n).state + (size_t)p.h * K * V + j0;
         float* dst = buf + group * 128 * 32;
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
@@ -294,8 +304,8 @@ __device__ __forceinline__ void decode_steps(int H, int K, int V, int N, float r
     };
     // The role's raw inputs of an item: the conv window and taps before the programmatic wait is allowed (earlier
     // launches wrote them), the new token's f and z (the predecessor's outputs) only with `gates`.
-    auto load_inputs = [&](int item, DecodeRoleInputs<Tin>& in, bool windows, bool gates) {
-        const int h = item % H, n = item / H;
+    auto load_inputs = [&](ItemAt p, DecodeRoleInputs<Tin>& in, bool windows, bool gates) {
+        const int h = p.h, n = p.n;
         const DecodeSequence<Tin> seq = sequence(n);
         if (windows) {
             in.beta = pb[(size_t)n * H + h];
@@ -317,26 +327,27 @@ __device__ __forceinline__ void decode_steps(int H, int K, int V, int N, float r
         }
     };
 
-    int item = blockIdx.x;
+    ItemAt at{(int)blockIdx.x, (int)blockIdx.x / H, (int)blockIdx.x % H}, ahead = at;
     DecodeRoleInputs<Tin> cur;
-    if (item < items) load_inputs(item, cur, true, false);
-    for (int s = 0; s < kDecodeStages - 1; ++s) {   // the first items' states
-        if (item + s * G < items) copy_state(item + s * G, sst + s * 128 * 128);
+    if (at.item < items) load_inputs(at, cur, true, false);
+    for (int s = 0; s < kDecodeStages - 1; ++s, ahead = after(ahead)) {   // the first items' states
+        if (ahead.item < items) copy_state(ahead, sst + s * 128 * 128);
         cp_async_commit();
     }
     grid_dependency_wait();
     grid_launch_dependents();
-    if (item < items) load_inputs(item, cur, false, true);
+    if (at.item < items) load_inputs(at, cur, false, true);
 
-    for (int step = 0; item < items; item += G, ++step) {
-        const int h = item % H, n = item / H, b = step % kDecodeStages;
+    for (int step = 0; at.item < items; at = after(at), ++step) {
+        const int h = at.h, n = at.n, b = step % kDecodeStages;
         // Requested first: the state kDecodeStages − 1 items on, into the buffer the item before this one read (before
         // that item's last barrier), and the next item's inputs.
-        const int ahead = item + (kDecodeStages - 1) * G;
-        if (ahead < items) copy_state(ahead, sst + (step + kDecodeStages - 1) % kDecodeStages * 128 * 128);
+        if (ahead.item < items) copy_state(ahead, sst + (step + kDecodeStages - 1) % kDecodeStages * 128 * 128);
         cp_async_commit();
+        ahead = after(ahead);
         DecodeRoleInputs<Tin> next;
-        if (item + G < items) load_inputs(item + G, next, true, true);
+        const ItemAt following = after(at);
+        if (following.item < items) load_inputs(following, next, true, true);
 
         // Per channel: conv + SiLU (as stored), the gate, and the q, k sums of squares.
         float u = 0.f;
