@@ -35,6 +35,9 @@ public sealed class MoeKernelTests
         { 37, 64, 8, 0, 4, 2, false, true, false },
         { 19, 64, 8, 1, 4, 2, true, false, true },   // many exact ties: the lower index must win, in groups and experts
         { 1, 256, 8, 1, 1, 1, true, false, false },  // the model's decode shape
+        { 9, 256, 8, 1, 1, 1, true, false, true },   // the model's E with exact ties: 8 values a lane, lowest index first
+        { 7, 100, 8, 1, 4, 2, true, true, false },   // E in (64, 256], not a multiple of 32: the lanes past E hold nothing
+        { 4, 300, 8, 0, 1, 1, true, false, false },  // E over 256: 32 values a lane
         { 5, 8, 2, 2, 4, 2, true, true, false },     // groups of 2: the group score is both members
         { 3, 64, 8, 0, 8, 1, true, false, false },   // A larger than one group: the rest are -inf, lowest index first
         { 3, 64, 30, 2, 1, 1, true, false, false },  // A + S = 32: every lane of the warp writes a pair
