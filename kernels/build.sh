@@ -12,6 +12,8 @@
 # Needs nvcc (the GPU machine has CUDA 13.0). The PTX then declares ISA 9.0 and needs a CUDA 13 driver (>= 580);
 # building with NVCC=/path/to/a/12.x/nvcc gives PTX that CUDA 12 drivers load (the kernels use nothing newer).
 # Usage: kernels/build.sh [output-folder]   (default: KimiLinear.Cuda/Kernels/ptx)
+# KIMI_BUILD_ONLY="moe gemv" builds those families alone and writes no manifest (tools/gpu/variants.sh builds a candidate
+# change's families so, over a copy of the committed PTX).
 # Also prints ptxas's resource report (registers, shared memory, spills) for sm_90, and for sm_90a where a source needs it;
 # exit status 1 if any build failed.
 set -uo pipefail
@@ -24,6 +26,9 @@ status=0
 
 # The sources, relative to kernels/ (the manifest's keys), in file-name order.
 sources=$(cd "$here" && for f in *.cu */*.cu; do [ "$(basename "$f" .cu)" = "$(dirname "$f")" ] || [ "$(dirname "$f")" = . ] && echo "$f"; done | LC_ALL=C sort)
+if [ -n "${KIMI_BUILD_ONLY:-}" ]; then
+    sources=$(for f in $sources; do for only in $KIMI_BUILD_ONLY; do [ "$(basename "$f" .cu)" = "$only" ] && echo "$f"; done; done)
+fi
 
 # One source: its images, then ptxas's report; output to stdout, nonzero exit if an image failed.
 build_one() {
@@ -62,6 +67,7 @@ for src in $sources; do
 done
 rm -rf "$logs"
 
+[ -n "${KIMI_BUILD_ONLY:-}" ] && exit $status
 # The manifest: one sha256 per source (the .cu files above and the headers beside them), in path order.
 {
     echo "{"
