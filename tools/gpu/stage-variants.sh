@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Several candidate changes timed in one GPU call (docs/gpu.md, "Many candidates in one call"), local half: for each
-# NAME=REV builds the benchmark at REV in a temporary worktree and packs into STAGE/variants/NAME.txz its KimiLinear
-# DLLs and the kernel sources in which REV differs from this checkout, with the families tools/gpu/variants.sh must
-# rebuild for it (none when REV changes C# only; all when a shared header changed).
+# NAME=REV packs into STAGE/variants/NAME.txz the kernel sources in which REV differs from this checkout, with the
+# families tools/gpu/variants.sh must rebuild for it (none when REV changes C# only; all when a shared header changed),
+# and, where REV's C# differs, its KimiLinear DLLs (the benchmark built at REV in a temporary worktree).
 #   tools/gpu/stage-variants.sh [--stage STAGE] NAME=REV [NAME=REV ...]    (STAGE default .gpu; stage the rest with
 #   GPU_APPS=bench tools/gpu/run-gpu.sh first: the benchmark of this checkout is the baseline, "head")
-# A variant is ~0.6 MB (xz), so eight fit beside the runtime and the checkout in the 64 MiB a call carries.
+# A variant is a few KB, or ~0.6 MB (xz) where its C# differs: several fit beside the runtime and the checkout in the
+# 64 MiB a call carries.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 stage=$repo/.gpu
@@ -20,9 +21,14 @@ for spec in "$@"; do
     [[ "$name" =~ ^[A-Za-z0-9_-]+$ && "$name" != head && "$spec" == *=* ]] || { echo "bad variant '$spec' (NAME=REV, NAME not 'head')" >&2; exit 2; }
     tree=$(mktemp -d)
     git -C "$repo" worktree add -q --detach "$tree/src" "$rev"
-    dotnet build "$tree/src/KimiLinear.Benchmarks" -c Release -v q -nologo > "$tree/build.log" 2>&1 || { tail -20 "$tree/build.log"; exit 1; }
     mkdir -p "$tree/pack/dlls" "$tree/pack/kernels"
-    cp "$tree"/src/KimiLinear.Benchmarks/bin/Release/net10.0/KimiLinear.*.dll "$tree/pack/dlls/"
+    # The DLLs only where the library or benchmark differs, its PTX aside (~0.6 MB packed, the Cuda one embedding its
+    # PTX): a kernel-only candidate runs in head's benchmark with its kernels rebuilt there.
+    if ! git -C "$repo" diff --quiet HEAD "$rev" -- KimiLinear.Core KimiLinear.Cuda KimiLinear.Benchmarks Directory.Build.props \
+            ':(exclude)KimiLinear.Cuda/Kernels/ptx'; then
+        dotnet build "$tree/src/KimiLinear.Benchmarks" -c Release -v q -nologo > "$tree/build.log" 2>&1 || { tail -20 "$tree/build.log"; exit 1; }
+        cp "$tree"/src/KimiLinear.Benchmarks/bin/Release/net10.0/KimiLinear.*.dll "$tree/pack/dlls/"
+    fi
     # The kernel sources that differ from this checkout's, and the families to rebuild from them.
     changed=$(git -C "$repo" diff --name-only HEAD "$rev" -- kernels | grep -E '\.(cu|cuh)$' | grep -v '/tests/' || true)
     families=""

@@ -2,10 +2,10 @@
 # Several candidate changes timed in one GPU call (docs/gpu.md, "Many candidates in one call"), GPU-machine half: run
 # from the repository root as `bash STAGE/variants.sh` after GPU_APPS=bench tools/gpu/run-gpu.sh and
 # tools/gpu/stage-variants.sh. The baseline "head" is this checkout's benchmark with its committed kernels; each
-# variant is its commit's KimiLinear DLLs over a copy of that benchmark, with the kernel families it changed rebuilt
-# from its sources (over a copy of head's committed PTX; all variants build in parallel). Then the model benchmark's
-# greedy decode is timed for head and every variant in turn, ROUNDS times, so each round compares them on one card at
-# about the same temperature. Variants are for choosing: a winner still goes through model-ab.sh with its tests.
+# variant is its commit's KimiLinear DLLs over a copy of that benchmark (head's own where its C# is head's), with the
+# kernel families it changed rebuilt from its sources (over a copy of head's committed PTX; all variants build in
+# parallel). Then the model benchmark's greedy decode is timed for head and every variant in turn, ROUNDS times, so
+# each round compares them on one card at about the same temperature. Variants are for choosing: a winner still goes through model-ab.sh with its tests.
 # Environment: MODEL (proxy | real, default real), ROUNDS (2), CONTEXTS ("1024"), BATCHES (batched decode sizes of
 # the first round, default none), BUDGET (seconds for the timing rounds, 400).
 # $OUT: variants.tgz (every report, log and build log); the table is printed.
@@ -24,7 +24,8 @@ for archive in "$stage"/variants/*.txz; do
     [ -e "$archive" ] || continue
     name=$(basename "$archive" .txz); dir=$work/$name
     mkdir -p "$dir/pack" && tar xJf "$archive" -C "$dir/pack"
-    cp -r "$stage/apps/bench" "$dir/bench" && cp "$dir"/pack/dlls/*.dll "$dir/bench/"
+    if compgen -G "$dir/pack/dlls/*.dll" > /dev/null; then cp -r "$stage/apps/bench" "$dir/bench" && cp "$dir"/pack/dlls/*.dll "$dir/bench/"
+    else ln -s "$stage/apps/bench" "$dir/bench"; fi   # a kernel-only candidate: head's benchmark
     families=$(cat "$dir/pack/families")
     if [ -n "$families" ]; then
         cp -r "$root/kernels" "$dir/kernels" && cp -r "$dir/pack/kernels/." "$dir/kernels/"
