@@ -312,6 +312,7 @@ int main()
     test_gemv_stream(203, 264, 3, true);       // 51 items on 24 warps; K8 = 33: a partial second chunk
     test_gemv_stream(16, 4104, 1, true);       // K past the ring
     test_gemv_stream(21, 37, 2, true, 0, 1);   // odd K, unaligned: element-wise
+    test_gemv_stream(21, 132, 2, true);        // K % 8 = 4: element-wise products, the norm weight staged in shared memory
     test_gemv_stream(96, 128, 2, false, 32);   // three products (KDA's f_b, g_b at K = 128)
     test_gemv_stream(40, 136, 1, false, 16, 1);
     test_gemv(37, 2304);
