@@ -295,6 +295,10 @@ int main()
     test_rmsnorm(3, 516, 1, true);
     test_rmsnorm(3, 516, 1, false, true);
     test_rmsnorm(5, 37, 0, false, true);
+    test_rmsnorm(3, 2304, 0, false, true); // the model's width: the row held in registers
+    test_rmsnorm(2, 2304, 0, true, true);
+    test_rmsnorm(2, 512, 0, true);
+    test_rmsnorm(2, 4100, 0, false, true); // one vector past what a block holds: the loop
     test_gated_rmsnorm(11, 37, 0, false);
     test_gated_rmsnorm(13, 128, 0, true);
     test_gated_rmsnorm(9, 128, 1, false);
