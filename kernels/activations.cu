@@ -8,9 +8,10 @@
 //   element kernels   grid-stride loops over a flat count (add, SwiGLU, conversions); any grid size works.
 // Each has a 16-byte vector path (four floats a step) taken when the widths are multiples of four and the pointers
 // aligned for it, else one element a step. Nothing here synchronises with the host or allocates, so every kernel may
-// be captured in a CUDA graph. Every kernel but the latent-row writer begins with programmatic_prologue(): launched with
-// programmatic dependent launch (a decode step's graph), the next kernel's launch latency and weight loads overlap this
-// one. The latent-row writer lets its successor launch only after its own wait (see there).
+// be captured in a CUDA graph. Every kernel but the latent-row writer lets its successor launch at once
+// (programmatic_prologue(); the RMSNorm also requests its weight before it waits): launched with programmatic
+// dependent launch (a decode step's graph), the next kernel's launch latency and weight loads overlap this one. The
+// latent-row writer lets its successor launch only after its own wait (see there).
 // In-place use: RMSNorm (y == x), SwiGLU (output == gate or up) and gated RMSNorm (y == o) may alias, so those
 // pointers carry no __restrict__; each thread writes only elements it has already read itself.
 #include "common.cuh"
@@ -57,19 +58,70 @@ kimi_embed_f32(float* __restrict__ out, const uint16_t* __restrict__ table, cons
 // With add: x[t, :] += add[t, :] first (the residual stream takes the layer's output), then
 // y[t, :] = x[t, :] · rsqrt(mean(x[t, :]²) + eps) · weight[:].  x, add, y [T, N] fp32 (y may be x; add may be null);
 // weight [N] fp32. One block a row; the mean is a block sum in fp32.
+// Rows of up to RMSNORM_HELD_VECTORS · 4 · ROW_THREADS values (the model's 2,304 and 512) with 16-byte-aligned
+// pointers are held in registers: the weight's vectors are requested before the programmatic wait (they do not depend
+// on the predecessor), then all of the row's x and add vectors at once, so the kernel waits for one L2 round trip
+// instead of one a loop iteration, and y is formed from the registers. It is a decode step's post-attention norm, on
+// the critical path 27 times a token. Longer or unaligned rows loop.
+constexpr int RMSNORM_HELD_VECTORS = 4;
+
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
 kimi_rmsnorm_f32(float* y, float* x, const float* add, const float* __restrict__ weight, int T, int N, float eps)
 {
-    programmatic_prologue();
+    allow_successor();
     const int t = blockIdx.x;
-    if (t >= T) return;
     float* xr = x + static_cast<size_t>(t) * N;
     const float* ar = add == nullptr ? nullptr : add + static_cast<size_t>(t) * N;
     float* yr = y + static_cast<size_t>(t) * N;
     const bool vec = (N & 3) == 0 && aligned16(x) && aligned16(y) && aligned16(weight) && (add == nullptr || aligned16(add));
+    const int N4 = N >> 2;
+    if (vec && N4 <= RMSNORM_HELD_VECTORS * static_cast<int>(blockDim.x))
+    {
+        const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        float4 w[RMSNORM_HELD_VECTORS], v[RMSNORM_HELD_VECTORS], a[RMSNORM_HELD_VECTORS];
+#pragma unroll
+        for (int s = 0; s < RMSNORM_HELD_VECTORS; s++)
+        {
+            const int i = threadIdx.x + s * blockDim.x;
+            w[s] = i < N4 ? __ldg(reinterpret_cast<const float4*>(weight) + i) : zero;
+        }
+        wait_for_predecessor();
+        if (t >= T) return;
+#pragma unroll
+        for (int s = 0; s < RMSNORM_HELD_VECTORS; s++)
+        {
+            const int i = threadIdx.x + s * blockDim.x;
+            v[s] = i < N4 ? reinterpret_cast<const float4*>(xr)[i] : zero;
+            a[s] = i < N4 && ar != nullptr ? reinterpret_cast<const float4*>(ar)[i] : zero;
+        }
+        float sumsq = 0.0f;
+#pragma unroll
+        for (int s = 0; s < RMSNORM_HELD_VECTORS; s++)
+        {
+            const int i = threadIdx.x + s * blockDim.x;
+            if (ar != nullptr)
+            {
+                v[s] = make_float4(v[s].x + a[s].x, v[s].y + a[s].y, v[s].z + a[s].z, v[s].w + a[s].w);
+                if (i < N4) reinterpret_cast<float4*>(xr)[i] = v[s];
+            }
+            sumsq = fmaf(v[s].x, v[s].x, fmaf(v[s].y, v[s].y, fmaf(v[s].z, v[s].z, fmaf(v[s].w, v[s].w, sumsq))));
+        }
+        // block_sum's barriers order every read of x above before any write of y below (y may be x).
+        const float inv = rsqrtf(block_sum(sumsq) / static_cast<float>(N) + eps);
+#pragma unroll
+        for (int s = 0; s < RMSNORM_HELD_VECTORS; s++)
+        {
+            const int i = threadIdx.x + s * blockDim.x;
+            if (i < N4)
+                reinterpret_cast<float4*>(yr)[i] = make_float4(v[s].x * inv * w[s].x, v[s].y * inv * w[s].y, v[s].z * inv * w[s].z, v[s].w * inv * w[s].w);
+        }
+        return;
+    }
+    wait_for_predecessor();
+    if (t >= T) return;
     float sumsq = 0.0f;
     if (vec)
-        for (int i = threadIdx.x; i < (N >> 2); i += blockDim.x)
+        for (int i = threadIdx.x; i < N4; i += blockDim.x)
         {
             float4 v = reinterpret_cast<const float4*>(xr)[i];
             if (ar != nullptr)
@@ -91,7 +143,7 @@ kimi_rmsnorm_f32(float* y, float* x, const float* add, const float* __restrict__
     // reads back below only the elements of x it wrote itself.
     const float inv = rsqrtf(block_sum(sumsq) / static_cast<float>(N) + eps);
     if (vec)
-        for (int i = threadIdx.x; i < (N >> 2); i += blockDim.x)
+        for (int i = threadIdx.x; i < N4; i += blockDim.x)
         {
             const float4 v = reinterpret_cast<const float4*>(xr)[i], w = reinterpret_cast<const float4*>(weight)[i];
             reinterpret_cast<float4*>(yr)[i] = make_float4(v.x * inv * w.x, v.y * inv * w.y, v.z * inv * w.z, v.w * inv * w.w);

@@ -18,6 +18,17 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi)
 
 constexpr uint16_t BF16_NAN = 0x7FC0;
 
+// Order-preserving map of a float to uint32: order_key(a) > order_key(b) exactly when a > b, one key for equal values
+// (−0 and +0 alike, as the comparison has them), and NaN's key 0, below every number's: an integer maximum over keys
+// (a warp's redux.sync, a 64-bit atomicMax, a radix select) picks what a float comparison would, and never a NaN
+// while a number is left.
+__device__ __forceinline__ uint32_t order_key(float f)
+{
+    if (isnan(f)) return 0u;
+    const uint32_t u = __float_as_uint(f + 0.0f); // −0 + 0 = +0
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
 __device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 __device__ __forceinline__ float warp_sum(float v)

@@ -28,7 +28,7 @@
 // Launch: grid ceil(N / ROWS_PER_BLOCK) blocks of WARPS * 32 threads (MatmulKernels.GemvBf16Geometry / GemvF32Geometry).
 // Vector path when K % 8 == 0 and W, x are 16-byte aligned (every row then starts aligned); otherwise a scalar path
 // (correct for any K, e.g. odd K in tests, but slow).
-#include "common.cuh"
+#include "mma.cuh" // cp.async (and common.cuh)
 
 template <int Warps, int Split, int Rows, int Unroll, int Depth>
 struct GemvLayout
@@ -256,6 +256,7 @@ kimi_gemv_f32(float* __restrict__ y, const uint16_t* __restrict__ W, const float
 // Vector path when K % 8 == 0 and the pointers are 16-byte aligned; otherwise each warp reads its rows' elements one at
 // a time (correct for any K, slow). Launch: grid MatmulKernels.StreamGemvBlocks, GEMV_STREAM_WARPS * 32 threads;
 // kimi_gemv_rmsnorm_f32 with K * 4 bytes of dynamic shared memory.
+constexpr int GEMV_NORM_HELD = 3; // x vectors a thread holds for the norm: rows of K ≤ 3 · 4 · 256 = 3,072 in one round trip
 constexpr int GEMV_STREAM_WARPS = 8, GEMV_STREAM_ROWS = 4, GEMV_STREAM_DEPTH = 4, GEMV_STREAM_BLOCKS_PER_SM = 2; // MatmulKernels.GemvStream*
 
 // Norm's normalised row: the dynamic shared memory (the emulator's, when compiled for the CPU).
@@ -279,6 +280,17 @@ __device__ __forceinline__ void gemv_stream(float* __restrict__ y, const uint16_
     const int lane = threadIdx.x & 31, Wn = gridDim.x * GEMV_STREAM_WARPS, w = blockIdx.x * GEMV_STREAM_WARPS + (threadIdx.x >> 5);
     const int items = (N + R - 1) / R, mine = w < items ? (items - w + Wn - 1) / Wn : 0; // this warp's items
 
+    // With Norm on the vector path, the norm weight is copied (cp.async) into the normalised row's place before the
+    // wait (it is no kernel's output): after the wait only x is read, each thread's vectors of it at once where the row
+    // fits GEMV_NORM_HELD of them a thread (the model's K), then scaled in place. Each thread copies, and later scales,
+    // the same vectors i = threadIdx.x + s · blockDim.x.
+    const bool staged = Norm && (K & 3) == 0 && aligned16(x) && aligned16(norm_weight);
+    auto stage_norm_weight = [&]()
+    {
+        if (!staged) return;
+        for (int i = threadIdx.x; i < (K >> 2); i += blockDim.x) cp_async16(smem_u32(normed4 + i), norm_weight + 4 * i, true);
+        cp_async_commit();
+    };
     // After the wait (x is the predecessor's output); with Norm, the normalised row into shared memory.
     auto after_wait = [&]()
     {
@@ -286,15 +298,48 @@ __device__ __forceinline__ void gemv_stream(float* __restrict__ y, const uint16_
         allow_successor();
         if constexpr (Norm)
         {
-            const float inv = rms_inverse(x, K, eps);
-            if ((K & 3) == 0 && aligned16(x) && aligned16(norm_weight))
-                for (int i = threadIdx.x; i < (K >> 2); i += blockDim.x)
+            const int K4 = K >> 2;
+            if (staged && K4 <= GEMV_NORM_HELD * static_cast<int>(blockDim.x))
+            {
+                float4 v[GEMV_NORM_HELD];
+                float sumsq = 0.0f;
+#pragma unroll
+                for (int s = 0; s < GEMV_NORM_HELD; s++)
                 {
-                    const float4 v = reinterpret_cast<const float4*>(x)[i], nw = reinterpret_cast<const float4*>(norm_weight)[i];
+                    const int i = threadIdx.x + s * blockDim.x;
+                    v[s] = i < K4 ? __ldg(reinterpret_cast<const float4*>(x) + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                }
+#pragma unroll
+                for (int s = 0; s < GEMV_NORM_HELD; s++)
+                    sumsq = fmaf(v[s].x, v[s].x, fmaf(v[s].y, v[s].y, fmaf(v[s].z, v[s].z, fmaf(v[s].w, v[s].w, sumsq))));
+                cp_async_wait<0>();
+                const float inv = rsqrtf(block_sum(sumsq) / static_cast<float>(K) + eps); // as kimi_rmsnorm_f32
+#pragma unroll
+                for (int s = 0; s < GEMV_NORM_HELD; s++)
+                {
+                    const int i = threadIdx.x + s * blockDim.x;
+                    if (i < K4)
+                    {
+                        const float4 nw = normed4[i];
+                        normed4[i] = make_float4(v[s].x * inv * nw.x, v[s].y * inv * nw.y, v[s].z * inv * nw.z, v[s].w * inv * nw.w);
+                    }
+                }
+            }
+            else if (staged)
+            {
+                cp_async_wait<0>();
+                const float inv = rms_inverse(x, K, eps);
+                for (int i = threadIdx.x; i < K4; i += blockDim.x)
+                {
+                    const float4 v = reinterpret_cast<const float4*>(x)[i], nw = normed4[i];
                     normed4[i] = make_float4(v.x * inv * nw.x, v.y * inv * nw.y, v.z * inv * nw.z, v.w * inv * nw.w);
                 }
+            }
             else
+            {
+                const float inv = rms_inverse(x, K, eps);
                 for (int i = threadIdx.x; i < K; i += blockDim.x) normed[i] = x[i] * inv * norm_weight[i];
+            }
             __syncthreads();
         }
     };
@@ -315,6 +360,7 @@ __device__ __forceinline__ void gemv_stream(float* __restrict__ y, const uint16_
 
     if ((K & 7) != 0 || !aligned16(W) || !aligned16(x) || (Norm && !aligned16(norm_weight)))
     {
+        stage_norm_weight();
         after_wait();
         for (int k = 0; k < mine; k++)
         {
@@ -347,6 +393,7 @@ __device__ __forceinline__ void gemv_stream(float* __restrict__ y, const uint16_
 #pragma unroll
     for (int d = 0; d < DEPTH; d++)
         if (d < chunks) request(wv[d]);
+    stage_norm_weight();
     after_wait();
 
     // The compute cursor: chunk cc of item ck, whose x is xt. Ring slot d holds chunk n0 + d, refilled with chunk

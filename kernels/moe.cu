@@ -139,14 +139,6 @@ __device__ __forceinline__ void warp_argmax(float& value, int& index, float& pay
     }
 }
 
-// The order of floats as unsigned integers: order_key(a) > order_key(b) exactly when a > b, and the keys are equal
-// when a == b (−0 and +0 too: v + 0.0f is +0 for both), so a warp-wide integer max finds the largest value.
-__device__ __forceinline__ unsigned order_key(float v)
-{
-    const unsigned u = __float_as_uint(v + 0.0f);
-    return (u & 0x80000000u) ? ~u : u | 0x80000000u;
-}
-
 // Routes token t from its router logits `row` [E] (read through L2: in the fused kernel other blocks wrote them).
 // VALUES ≥ E / 32 values a lane: route_token below instantiates it for 64, 256 and 1,024 experts, so that the code a
 // model runs is unrolled for its E rather than for the most (a kernel of ~6K PTX lines when unrolled for 1,024).
@@ -236,7 +228,7 @@ __device__ __forceinline__ void route_token_for(int* __restrict__ experts, float
     float my_weight = 0.0f;
     for (int a = 0; a < A; a++)
     {
-        unsigned best = 0u; // this lane's best key not yet taken, at its lowest j (key 0: none, or a negative NaN)
+        unsigned best = 0u; // this lane's best key not yet taken, at its lowest j (key 0: none, or a NaN)
         int best_j = -1;
         float payload = 0.0f;
 #pragma unroll

@@ -32,13 +32,6 @@ kimi_softmax_f32(float* __restrict__ out, const float* __restrict__ x, int T, in
     for (int i = threadIdx.x; i < V; i += blockDim.x) o[i] = expf(row[i] - m) * inv;
 }
 
-// Order-preserving map of a float to uint32 (larger float, larger key); NaN maps to 0 so it is never selected.
-__device__ __forceinline__ uint32_t order_key(float f)
-{
-    if (isnan(f)) return 0u;
-    const uint32_t u = __float_as_uint(f);
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
 
 // ARGMAX (kimi_argmax_f32): many blocks a row, so that a decode step's 163,840 logits are read by the whole GPU (one
 // 1,024-thread block a row read them at ~18 GB/s: ~37 µs a greedy token). Block (b, t) takes ARGMAX_VALUES values a
@@ -55,7 +48,7 @@ constexpr int ARGMAX_THREADS = 256, ARGMAX_VALUES = 16;
 __device__ __forceinline__ unsigned long long argmax_key(float v, int i)
 {
     if (isnan(v)) return 0ull;
-    return (static_cast<unsigned long long>(order_key(v == 0.0f ? 0.0f : v)) << 32) | (0xFFFFFFFFu - static_cast<uint32_t>(i));
+    return (static_cast<unsigned long long>(order_key(v)) << 32) | (0xFFFFFFFFu - static_cast<uint32_t>(i));
 }
 
 extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS)

@@ -109,6 +109,13 @@ public sealed class SamplingKernelTests
                     float kth = row.ToArray().OrderDescending().ElementAt(k - 1);
                     for (int j = 0; j < 3; j++) row[random.Next(v)] = kth;
                 }
+                else if (r == 1)
+                {
+                    // The same with −0 and +0 at the k-th place: they compare equal, so the lowest indices win there too.
+                    float kth = row.ToArray().OrderDescending().ElementAt(k - 1);
+                    for (int i = 0; i < v; i++) row[i] -= kth;
+                    for (int j = 0; j < 3; j++) row[random.Next(v)] = -0f;
+                }
                 uniforms[r] = random.NextSingle();
                 expected[r] = CpuReference.SampleTopKTopP(row, k, temperature, topP, uniforms[r], out bool cutAmbiguous, out bool drawAmbiguous);
                 if (cutAmbiguous) continue;

@@ -295,6 +295,10 @@ int main()
     test_rmsnorm(3, 516, 1, true);
     test_rmsnorm(3, 516, 1, false, true);
     test_rmsnorm(5, 37, 0, false, true);
+    test_rmsnorm(3, 2304, 0, false, true); // the model's width: the row held in registers
+    test_rmsnorm(2, 2304, 0, true, true);
+    test_rmsnorm(2, 512, 0, true);
+    test_rmsnorm(2, 4100, 0, false, true); // one vector past what a block holds: the loop
     test_gated_rmsnorm(11, 37, 0, false);
     test_gated_rmsnorm(13, 128, 0, true);
     test_gated_rmsnorm(9, 128, 1, false);
@@ -312,6 +316,7 @@ int main()
     test_gemv_stream(203, 264, 3, true);       // 51 items on 24 warps; K8 = 33: a partial second chunk
     test_gemv_stream(16, 4104, 1, true);       // K past the ring
     test_gemv_stream(21, 37, 2, true, 0, 1);   // odd K, unaligned: element-wise
+    test_gemv_stream(21, 132, 2, true);        // K % 8 = 4: element-wise products, the norm weight staged in shared memory
     test_gemv_stream(96, 128, 2, false, 32);   // three products (KDA's f_b, g_b at K = 128)
     test_gemv_stream(40, 136, 1, false, 16, 1);
     test_gemv(37, 2304);
