@@ -13,13 +13,14 @@ pack=${PACK_DOTNET:-$repo/../shared/device/pack-dotnet-runtime.sh}
 if [ ! -f "$stage/dotnet-runtime.txz" ]; then
     [ -x "$pack" ] || pack=/work/shared/device/pack-dotnet-runtime.sh
     "$pack" "$stage"
-    # Without what the GPU runs never load (the debugger and dump libraries, the standalone GCs, VisualBasic, data
-    # contracts, ADO.NET, HTTP, async LINQ; tests and benchmarks ran without them on 2026-11-27) and xz-packed, the
+    # Without what the GPU runs never load (the debugger, dump and LTTng tracing libraries, the standalone GCs, VisualBasic, data
+    # contracts, ADO.NET, HTTP, mail, TLS, dataflow, PLINQ, async LINQ; tests and benchmarks ran without them on 2026-11-27) and xz-packed, the
     # runtime is ~21 MB of the 64 MiB a call may carry (the checkout is ~39 MB).
     slim=$(mktemp -d)
     tar xzf "$stage/dotnet-runtime.tgz" -C "$slim"
-    rm -f "$slim"/shared/Microsoft.NETCore.App/*/{createdump,libmscordbi.so,libmscordaccore.so,libclrgc.so,libclrgcexp.so,Microsoft.VisualBasic.Core.dll}
+    rm -f "$slim"/shared/Microsoft.NETCore.App/*/{createdump,libmscordbi.so,libmscordaccore.so,libcoreclrtraceptprovider.so,libclrgc.so,libclrgcexp.so,Microsoft.VisualBasic.Core.dll}
     rm -f "$slim"/shared/Microsoft.NETCore.App/*/{System.Private.DataContractSerialization.dll,System.Data.Common.dll,System.Net.Http.dll,System.Linq.AsyncEnumerable.dll}
+    rm -f "$slim"/shared/Microsoft.NETCore.App/*/{System.Net.Mail.dll,System.Net.Security.dll,libSystem.Net.Security.Native.so,System.Threading.Tasks.Dataflow.dll,System.Linq.Parallel.dll}
     tar cf - -C "$slim" . | xz -9 -T2 > "$stage/dotnet-runtime.txz" && rm -rf "$slim" "$stage/dotnet-runtime.tgz"
 fi
 dotnet build "$repo/KimiLinear.Tests" -c Release -v q -nologo
