@@ -79,6 +79,7 @@ constexpr int MOE_MAX_EXPERTS = 1024;                  // MoeKernels.MaxExperts
 constexpr int MOE_VALUES_PER_LANE = MOE_MAX_EXPERTS / 32;
 constexpr int MOE_ROUTE_WARPS = 4;                     // tokens a route block
 constexpr int MOE_ROUTER_WARPS = 4;                    // experts a fused router + route block (MoeKernels.RouterWarps)
+constexpr int MOE_ROUTE_SURVIVORS = 8;                 // candidates each warp keeps in route_token_block (A ≤ 8 there)
 constexpr int MOE_ROUTER_HELD = 12;                    // router column slots a lane requests before the wait (D ≤ 3,072)
 // Decode gate-up: 8 warps a block, each an independent stream of items of 2 f's (4 weight rows sharing each x load),
 // a ring of 4 chunks (16 vectors, 8 KB a warp in flight). Launch bounds of 2 blocks an SM: ≤ 128 registers a thread.
@@ -139,6 +140,28 @@ __device__ __forceinline__ void warp_argmax(float& value, int& index, float& pay
     }
 }
 
+// Lane a < A holds token t's a-th choice and its weight: every lane of the warp calls this, which writes the token's
+// row of (expert, weight) pairs, the routed weights renormalised and scaled, then lanes A..A+S-1's shared experts
+// E..E+S-1 with weight 1.0 (neither renormalised nor scaled).
+__device__ __forceinline__ void write_choices(int* __restrict__ experts, float* __restrict__ weights, int t, int E, int A, int S,
+                                              int my_expert, float my_weight, int renormalize, float scale, int lane)
+{
+    if (renormalize)
+    {
+        const float sum = warp_sum(lane < A ? my_weight : 0.0f);
+        my_weight /= sum + 1e-20f;
+    }
+    if (lane < A + S)
+    {
+        const size_t slot = static_cast<size_t>(t) * (A + S) + lane;
+        experts[slot] = lane < A ? my_expert : E + lane - A;
+        weights[slot] = lane < A ? my_weight * scale : 1.0f;
+    }
+}
+
+// The router's score of a logit (sigmoid), to which the correction bias is added for the choice.
+__device__ __forceinline__ float router_score(float logit) { return 1.0f / (1.0f + expf(-logit)); }
+
 // Routes token t from its router logits `row` [E] (read through L2: in the fused kernel other blocks wrote them).
 // VALUES ≥ E / 32 values a lane: route_token below instantiates it for 64, 256 and 1,024 experts, so that the code a
 // model runs is unrolled for its E rather than for the most (a kernel of ~6K PTX lines when unrolled for 1,024).
@@ -162,7 +185,7 @@ __device__ __forceinline__ void route_token_for(int* __restrict__ experts, float
     {
         if (j * 32 >= E) break; // the unrolled loops stop at E (warp-uniform), so small E costs little
         const bool in = j * 32 + lane < E;
-        score[j] = in ? 1.0f / (1.0f + expf(-score[j])) : -INFINITY;
+        score[j] = in ? router_score(score[j]) : -INFINITY;
         selection[j] = in ? score[j] + selection[j] : -INFINITY;
     }
 
@@ -245,18 +268,7 @@ __device__ __forceinline__ void route_token_for(int* __restrict__ experts, float
         if ((index & 31) == lane) taken |= 1u << (index >> 5);
         if (lane == a) my_expert = index, my_weight = payload;
     }
-    if (renormalize)
-    {
-        const float sum = warp_sum(lane < A ? my_weight : 0.0f);
-        my_weight /= sum + 1e-20f;
-    }
-    // Lanes A..A+S-1: the shared experts, weight 1.0 (neither renormalised nor scaled).
-    if (lane < A + S)
-    {
-        const size_t slot = static_cast<size_t>(t) * (A + S) + lane;
-        experts[slot] = lane < A ? my_expert : E + lane - A;
-        weights[slot] = lane < A ? my_weight * scale : 1.0f;
-    }
+    write_choices(experts, weights, t, E, A, S, my_expert, my_weight, renormalize, scale, lane);
 }
 
 __device__ __forceinline__ void route_token(int* __restrict__ experts, float* __restrict__ weights, const float* row,
@@ -270,6 +282,71 @@ __device__ __forceinline__ void route_token(int* __restrict__ experts, float* __
     else
         route_token_for<MOE_VALUES_PER_LANE>(experts, weights, row, bias, t, E, A, S, groups, topk_groups, renormalize, scale,
                                              biased, lane);
+}
+
+// Whether route_token_block can route this shape (else a warp routes each token, route_token).
+__device__ __forceinline__ bool block_routes(int E, int A, int groups)
+{
+    return E <= 2 * MOE_ROUTER_WARPS * 32 && A <= MOE_ROUTE_SURVIVORS && groups == 1;
+}
+
+// Routes token t as route_token does (one group), with the fused router's whole block of MOE_ROUTER_WARPS warps and no
+// chain of warp-wide reductions: a lone warp's A arg-max rounds took ~2.5 µs of the decode chain a MoE layer (H200).
+// Candidate e is the 64-bit word order_key(selection) above ~e (distinct words; larger is better, and a tie goes to
+// the lower index, as the rounds break it; an expert past E is the word ~e, below every real one). Each thread holds
+// two candidates; each warp ranks its 64 against one another and keeps its best MOE_ROUTE_SURVIVORS (the best A of
+// all are among the warps' best A), then the first warp ranks the survivors, and survivor r is choice r. Every
+// thread of the block calls it (it synchronises the block).
+__device__ __forceinline__ void route_token_block(int* __restrict__ experts, float* __restrict__ weights, const float* row,
+                                                  const float* __restrict__ bias, int t, int E, int A, int S,
+                                                  int renormalize, float scale, int biased)
+{
+    constexpr int WARPS = MOE_ROUTER_WARPS, KEEP = MOE_ROUTE_SURVIVORS;
+    static_assert(WARPS * KEEP == 32, "the first warp ranks the survivors, one a lane");
+    __shared__ uint64_t words[WARPS][64];
+    __shared__ uint64_t survivors[WARPS * KEEP];
+    __shared__ float survivor_payloads[WARPS * KEEP];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    uint64_t mine[2];
+    float payload[2];
+#pragma unroll
+    for (int c = 0; c < 2; c++)
+    {
+        const int e = warp * 64 + c * 32 + lane;
+        const float logit = e < E ? __ldcg(row + e) : 0.0f, b = e < E ? __ldg(bias + e) : 0.0f;
+        const float score = router_score(logit), selection = score + b;
+        mine[c] = (e < E ? static_cast<uint64_t>(order_key(selection)) << 32 : 0ull) | static_cast<uint32_t>(~e);
+        payload[c] = biased ? selection : score;
+        words[warp][c * 32 + lane] = mine[c];
+    }
+    __syncwarp();
+    int rank[2] = { 0, 0 }; // candidates of this warp better than each of mine
+#pragma unroll 8
+    for (int j = 0; j < 64; j++)
+    {
+        const uint64_t other = words[warp][j];
+        rank[0] += other > mine[0];
+        rank[1] += other > mine[1];
+    }
+#pragma unroll
+    for (int c = 0; c < 2; c++)
+        if (rank[c] < KEEP) survivors[warp * KEEP + rank[c]] = mine[c], survivor_payloads[warp * KEEP + rank[c]] = payload[c];
+    __syncthreads();
+    if (warp == 0)
+    {
+        const uint64_t word = survivors[lane];
+        int place = 0;
+#pragma unroll
+        for (int j = 0; j < 32; j++) place += survivors[j] > word;
+        // Lane a < A: the a-th choice (places are distinct: the words are).
+        __shared__ int choice[KEEP];
+        __shared__ float choice_payload[KEEP];
+        if (place < A) choice[place] = static_cast<int>(~static_cast<uint32_t>(word)), choice_payload[place] = survivor_payloads[lane];
+        __syncwarp();
+        write_choices(experts, weights, t, E, A, S, lane < A ? choice[lane] : 0, lane < A ? choice_payload[lane] : 0.0f,
+                      renormalize, scale, lane);
+    }
+    __syncthreads(); // the shared arrays are free for the next token
 }
 
 extern "C" __global__ void __launch_bounds__(MOE_ROUTE_WARPS * 32)
@@ -341,9 +418,13 @@ kimi_moe_router_route_f32(int* __restrict__ experts, float* __restrict__ weights
     __syncthreads();
     if (!last) return;
     __threadfence(); // every block's logits after their arrivals
-    for (int t = warp; t < T; t += MOE_ROUTER_WARPS)
-        route_token(experts, weights, logits + static_cast<size_t>(t) * E, bias, t, E, A, S, groups, topk_groups,
-                    renormalize, scale, biased, lane);
+    if (block_routes(E, A, groups))
+        for (int t = 0; t < T; t++)
+            route_token_block(experts, weights, logits + static_cast<size_t>(t) * E, bias, t, E, A, S, renormalize, scale, biased);
+    else
+        for (int t = warp; t < T; t += MOE_ROUTER_WARPS)
+            route_token(experts, weights, logits + static_cast<size_t>(t) * E, bias, t, E, A, S, groups, topk_groups,
+                        renormalize, scale, biased, lane);
     if (threadIdx.x == 0) *arrivals = 0;
 }
 

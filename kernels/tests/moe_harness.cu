@@ -138,14 +138,21 @@ static void check_route(int T, int E, int A, int S, int groups, int topk, bool r
 
 // The fused decode router + route: logits against a double x · routerᵀ from the same bf16 rows (≤ 1e-5 relative), ids
 // and weights against route_reference on the kernel's own logits (so a near tie cannot flip the comparison), and twice in
-// a row with new inputs (the arrival counter is back to zero after each launch).
-static void check_router_route(int T, int D, int E, int A, int S, int groups, int topk)
+// a row with new inputs (the arrival counter is back to zero after each launch). With `ties`, experts 2k and 2k + 1 have
+// the same row and bias, so every logit and selection is tied with its neighbour's and the lower index must win.
+static void check_router_route(int T, int D, int E, int A, int S, int groups, int topk, bool ties = false)
 {
     const int P = A + S;
     std::vector<uint16_t> router(size_t(E) * D);
     for (uint16_t& v : router) v = f2bf(0.05f * normal());
     std::vector<float> bias(E);
     for (float& v : bias) v = 0.1f * normal();
+    if (ties)
+        for (int e = 1; e < E; e += 2)
+        {
+            std::copy_n(router.begin() + size_t(e - 1) * D, D, router.begin() + size_t(e) * D);
+            bias[e] = bias[e - 1];
+        }
     unsigned* arrivals = upload(std::vector<unsigned>(1, 0));
     const int blocks = (E + MOE_ROUTER_WARPS - 1) / MOE_ROUTER_WARPS;
     for (int round = 0; round < 2; round++)
@@ -180,8 +187,8 @@ static void check_router_route(int T, int D, int E, int A, int S, int groups, in
             worst = std::max(worst, std::fabs(double(d_w[i]) - w[i]) / std::max(1e-30, std::fabs(double(w[i]))));
         }
         char what[160];
-        std::snprintf(what, sizeof what, "router+route T=%d D=%d E=%d A=%d S=%d groups=%d/%d, call %d (logit err, ids wrong, weight err, arrivals)",
-                      T, D, E, A, S, groups, topk, round + 1);
+        std::snprintf(what, sizeof what, "router+route T=%d D=%d E=%d A=%d S=%d groups=%d/%d%s, call %d (logit err, ids wrong, weight err, arrivals)",
+                      T, D, E, A, S, groups, topk, ties ? " ties" : "", round + 1);
         report(logit_err <= 1e-5 && wrong == 0 && worst <= 1e-6 && *arrivals == 0, what, logit_err + wrong + worst + *arrivals);
     }
 }
@@ -410,6 +417,10 @@ int main(int argc, char** argv)
     check_router_route(5, 96, 13, 3, 2, 1, 1);        // E not a multiple of the block's experts
     check_router_route(16, 3200, 64, 8, 1, 1, 1);     // D beyond the slots held before the wait; the largest decode batch
     check_router_route(1, 2304, 256, 8, 1, 1, 1);     // the real configuration's decode step
+    check_router_route(1, 2304, 256, 8, 1, 1, 1, true);
+    check_router_route(3, 64, 200, 8, 1, 1, 1, true); // the block route with a part-filled warp of candidates
+    check_router_route(2, 64, 100, 1, 0, 1, 1);       // one choice
+    check_router_route(2, 64, 300, 8, 1, 1, 1);       // E over 256: a warp routes each token
     check_experts(1, 40, 8, 2, 24, true, true);
     check_experts(3, 40, 8, 2, 24, true, true);
     check_experts(16, 40, 8, 3, 24, true, true); // 48 pairs: the gate-up id scan takes two rounds of 32; several token passes

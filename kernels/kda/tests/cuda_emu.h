@@ -135,6 +135,8 @@ template <typename T> inline T emu_shfl(T v, int src) {
     T r; std::memcpy(&r, &g.shfl_res, 4); return r;
 }
 template <typename T> inline T __shfl_xor_sync(unsigned, T v, int m) { return emu_shfl(v, int(threadIdx.x % 32) ^ m); }
+// bar.warp.sync: every lane of the warp reaches it before any goes on (a shuffle meets the warp the same way).
+inline void __syncwarp(unsigned = 0xFFFFFFFFu) { (void)emu_shfl(0, int(threadIdx.x % 32)); }
 template <typename T> inline T __shfl_sync(unsigned, T v, int l) { return emu_shfl(v, l & 31); }
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
 // redux.sync (sm_80+): the warp's max / min, as a butterfly of shuffles (every lane takes part, as on the hardware).
