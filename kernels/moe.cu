@@ -83,7 +83,7 @@ constexpr int MOE_ROUTE_SURVIVORS = 8;                 // candidates each warp k
 constexpr int MOE_ROUTER_HELD = 12;                    // router column slots a lane requests before the wait (D ≤ 3,072)
 // Decode gate-up: 8 warps a block, each an independent stream of items of 2 f's (4 weight rows sharing each x load),
 // a ring of 4 chunks (16 vectors, 8 KB a warp in flight). Launch bounds of 2 blocks an SM: ≤ 128 registers a thread.
-constexpr int MOE_GU_WARPS = 8, MOE_GU_F = 2, MOE_GU_DEPTH = 4, MOE_GU_BLOCKS_PER_SM = 2;
+constexpr int MOE_GU_WARPS = 4, MOE_GU_F = 2, MOE_GU_DEPTH = 4, MOE_GU_BLOCKS_PER_SM = 4;
 constexpr int MOE_GU_WROWS = 2 * MOE_GU_F; // weight rows an item
 static_assert(MOE_GU_F == 2, "MoeKernels.DecodeGateUpRows (C#); F % 8 == 0: whole items");
 // Decode down: a block of 4 warps a (token, 2 output rows), the warps splitting K (the token's A hiddens concatenated)

@@ -64,9 +64,9 @@ internal static unsafe class MoeKernels
     // Launch geometry, as kernels/moe.cu defines it.
     private const int RouteWarps = 4;            // MOE_ROUTE_WARPS
     private const int RouterWarps = 4;           // MOE_ROUTER_WARPS: experts a fused router + route block
-    private const int DecodeGateUpWarps = 8;     // MOE_GU_WARPS
+    private const int DecodeGateUpWarps = 4;     // MOE_GU_WARPS
     private const int DecodeGateUpRows = 2;      // gate-up f's an item: MOE_GU_F (F % 8 == 0: whole items)
-    private const int DecodeGateUpBlocksPerSm = 2; // MOE_GU_BLOCKS_PER_SM (the launch bounds)
+    private const int DecodeGateUpBlocksPerSm = 4; // MOE_GU_BLOCKS_PER_SM (the launch bounds)
     private const int DecodeDownWarps = 4;       // MOE_DOWN_WARPS
     private const int DecodeDownRows = 2;        // output rows a block: MOE_DOWN_ROWS (D % 8 == 0: whole blocks)
     internal const int GemmTileRows = 128;       // MOE_TILE_M: sorted rows a grouped-GEMM tile
