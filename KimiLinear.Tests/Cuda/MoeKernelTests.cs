@@ -74,12 +74,23 @@ public sealed class MoeKernelTests
     [InlineData(3, 40, 13, 3, 2, 1, 1)]      // E not a multiple of the block's 4 experts; two shared experts
     [InlineData(5, 96, 64, 8, 0, 8, 4)]      // grouped top-k
     [InlineData(16, 3200, 64, 8, 1, 1, 1)]   // D beyond the 3,072 columns requested before the wait; the largest batch
-    public void RouterRoute_MatchesRouterProductThenCpuRoute(int t, int d, int e, int a, int shared, int groups, int topk)
+    // Above 64 experts the last block ranks the candidates with all its warps (moe.cu, route_token_block):
+    [InlineData(16, 2304, 256, 8, 1, 1, 1)]  // the real model's largest batch, token after token
+    [InlineData(3, 96, 200, 8, 1, 1, 1)]     // a warp's candidates partly past E
+    [InlineData(1, 2304, 256, 8, 1, 1, 1, true)] // every logit tied with its neighbour's: the lower index must win
+    [InlineData(2, 64, 300, 8, 1, 1, 1)]     // over 256 experts: a warp routes each token
+    public void RouterRoute_MatchesRouterProductThenCpuRoute(int t, int d, int e, int a, int shared, int groups, int topk, bool ties = false)
     {
         CudaContext gpu = Gpu.Require();
         var random = new Random(t * 131 + d + e + groups);
         ushort[] router = Gpu.RandomBf16(random, (long)e * d, 0.05f);
         float[] bias = Gpu.RandomF32(random, e, 0.1f);
+        if (ties) // experts 2k and 2k + 1 get the same row and bias, so the same logit and selection
+            for (int expert = 1; expert < e; expert += 2)
+            {
+                Array.Copy(router, (long)(expert - 1) * d, router, (long)expert * d, d);
+                bias[expert] = bias[expert - 1];
+            }
         var shape = new MoeShape(d, e, a, 8, shared);
         var rule = new MoeRoutingRule(groups, topk, true, Scale, false);
         int pairs = shape.PairsPerToken;
