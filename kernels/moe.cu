@@ -83,8 +83,8 @@ constexpr int MOE_ROUTE_SURVIVORS = 8;                 // candidates each warp k
 constexpr int MOE_ROUTER_HELD = 12;                    // router column slots a lane requests before the wait (D ≤ 3,072)
 // Decode gate-up: 4 warps a block, each an independent stream of items of 2 f's (4 weight rows sharing each x load),
 // a ring of 4 chunks (16 vectors, 8 KB a warp in flight). Launch bounds of 4 blocks an SM: ≤ 128 registers a thread.
-// (Blocks of 4 warps rather than 8 spread the one wave's warps over the SMs more evenly: 2.148 → 2.143 ms a decode
-// step on the H200, real configuration, eleventh session; ring depths of 5, or items of one f with rings of 6 or 8, slower.)
+// (Measured against 8 warps and 2 blocks an SM, eleventh session: 2.148 → 2.143 ms a decode step on the H200, real
+// configuration, but 2.652 → 2.668 on the H100 proxy; ring depths of 5, or items of one f with rings of 6 or 8, slower.)
 constexpr int MOE_GU_WARPS = 4, MOE_GU_F = 2, MOE_GU_DEPTH = 4, MOE_GU_BLOCKS_PER_SM = 4;
 constexpr int MOE_GU_WROWS = 2 * MOE_GU_F; // weight rows an item
 static_assert(MOE_GU_F == 2, "MoeKernels.DecodeGateUpRows (C#); F % 8 == 0: whole items");

@@ -15,7 +15,7 @@ if [ ! -f "$stage/dotnet-runtime.txz" ]; then
     "$pack" "$stage"
     # Without what the GPU runs never load (the debugger, dump and LTTng tracing libraries, the standalone GCs, VisualBasic, data
     # contracts, ADO.NET, HTTP, mail, TLS, dataflow, PLINQ, async LINQ; tests and benchmarks ran without them on 2026-11-27) and xz-packed, the
-    # runtime is ~21 MB of the 64 MiB a call may carry (the checkout is ~39 MB).
+    # runtime is ~21 MB of the 64 MiB a call may carry (the checkout is ~41 MB).
     slim=$(mktemp -d)
     tar xzf "$stage/dotnet-runtime.tgz" -C "$slim"
     rm -f "$slim"/shared/Microsoft.NETCore.App/*/{createdump,libmscordbi.so,libmscordaccore.so,libcoreclrtraceptprovider.so,libclrgc.so,libclrgcexp.so,Microsoft.VisualBasic.Core.dll}
