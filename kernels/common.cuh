@@ -87,6 +87,15 @@ __device__ __forceinline__ void wait_for_predecessor()
 #endif
 }
 
+// A hint to L2 to fetch the 128-byte line holding p from DRAM (nothing returns to the thread): a later load of it hits
+// L2. For weights a kernel will read after its programmatic wait, requested while the predecessor leaves DRAM idle.
+__device__ __forceinline__ void prefetch_l2(const void* p)
+{
+#if __CUDA_ARCH__ >= 900
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+#endif
+}
+
 // The load side of a warp that streams items (a few weight rows each) chunk by chunk through a ring of registers
 // (gemv.cu's streaming GEMV, moe.cu's decode gate-up): a chunk is one column slot of 32 16-byte vectors, one a lane,
 // of each of the item's ROWS rows. request() fills a ring slot with the lane's vector of each row of the next chunk

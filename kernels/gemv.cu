@@ -161,6 +161,17 @@ __device__ __forceinline__ void gemv(OutT* __restrict__ y, const uint16_t* __res
         uint4 wv[L::DEPTH][L::ROWS][L::UNROLL];
 #pragma unroll
         for (int d = 0; d < L::DEPTH; d++) load_chunk<L>(wv[d], w8, d, s, lane, K8);
+        // The rest of the warp's share of its rows into L2 (one lane a 128-byte line), so that after the wait the ring
+        // refills from L2: o_proj's predecessors, the KDA step and MLA's output merge, leave DRAM mostly idle.
+        for (int c = L::DEPTH; c < chunks; c++)
+#pragma unroll
+            for (int u = 0; u < L::UNROLL; u++)
+            {
+                const int kk = slot_vector<L>(c * L::UNROLL + u, s, lane);
+                if (kk < K8 && (lane & 7) == 0)
+#pragma unroll
+                    for (int r = 0; r < L::ROWS; r++) prefetch_l2(w8[r] + kk);
+            }
         wait_for_predecessor();
         allow_successor();
         // Ring slot d holds chunk c0 + d; once used it is refilled with chunk c0 + d + L::DEPTH.
