@@ -246,13 +246,16 @@ kimi_scatter_add_rows_f32(float* __restrict__ accumulator, const float* __restri
         for (int c = threadIdx.x; c < C; c += blockDim.x) dst[c] = fmaf(s, src[c], dst[c]);
 }
 
-// latent[*firstRow + i, :] = bf16(left[i, :] | right[i, :]).  latent [capacity, A + B] bf16 (the MLA cache rows of
-// c_n | k_pe); left [T, A], right [T, B] fp32; firstRow: one int32 in device memory, so a captured decode graph
+// latent[*firstRow + i, :] = bf16(RmsNorm(left[i, :]) · weight | right[i, :]).  latent [capacity, A + B] bf16 (the MLA
+// cache rows of c_n | k_pe); left [T, A] (the compressed latent c, normalised here: kv_a_layernorm, one kernel fewer on
+// the decode chain), right [T, B] fp32; weight [A]; firstRow: one int32 in device memory, so a captured decode graph
 // writes the row the step's position says. A first row that would put any of the T rows outside [0, capacity) writes
-// nothing (all or nothing: a graph replayed past the cache's end leaves the cache as it was).
+// nothing (all or nothing: a graph replayed past the cache's end leaves the cache as it was). The norm: as
+// kimi_rmsnorm_f32's, x · rsqrt(mean(x²) + eps) · weight with the mean a block sum in fp32.
 extern "C" __global__ void __launch_bounds__(ROW_THREADS)
-kimi_write_latent_rows_f32(uint16_t* __restrict__ latent, const float* __restrict__ left, const float* __restrict__ right,
-                           int T, int A, int B, const int* __restrict__ firstRow, int capacity)
+kimi_write_latent_rows_f32(uint16_t* __restrict__ latent, const float* __restrict__ left, const float* __restrict__ weight,
+                           float eps, const float* __restrict__ right, int T, int A, int B, const int* __restrict__ firstRow,
+                           int capacity)
 {
     // Its successor, the MLA query absorption, reads q (the projections' output, written before this kernel) before
     // its own wait: so it launches only once this kernel has waited, when everything before this kernel has finished.
@@ -260,11 +263,14 @@ kimi_write_latent_rows_f32(uint16_t* __restrict__ latent, const float* __restric
     allow_successor();
     const int i = blockIdx.x;
     const int first = *firstRow;
-    if (i >= T || first < 0 || first > capacity - T) return;
+    if (i >= T || first < 0 || first > capacity - T) return; // the whole block
     uint16_t* dst = latent + static_cast<size_t>(first + i) * (A + B);
     const float* l = left + static_cast<size_t>(i) * A;
     const float* r = right + static_cast<size_t>(i) * B;
-    for (int c = threadIdx.x; c < A + B; c += blockDim.x) dst[c] = f32_to_bf16(c < A ? l[c] : r[c - A]);
+    float sumsq = 0.0f;
+    for (int c = threadIdx.x; c < A; c += blockDim.x) sumsq = fmaf(l[c], l[c], sumsq);
+    const float inv = rsqrtf(block_sum(sumsq) / static_cast<float>(A) + eps);
+    for (int c = threadIdx.x; c < A + B; c += blockDim.x) dst[c] = f32_to_bf16(c < A ? l[c] * inv * weight[c] : r[c - A]);
 }
 
 // ---- elements -----------------------------------------------------------------------------------------------------------

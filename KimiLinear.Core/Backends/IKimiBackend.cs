@@ -93,7 +93,7 @@ internal interface IKimiBackend
     /// without calling <paramref name="step"/> (a CUDA graph), kept in <see cref="SessionState.Decoder"/>: so the step
     /// queues the same work every token, and the token and position reach kernels only through <see cref="Embed"/>
     /// (which then reads the step's token, not its ids), the cache row of
-    /// <see cref="WriteConcatenatedRows(Tensor, Tensor, Tensor, int)"/> and the start of
+    /// <see cref="WriteLatentRows(RmsNormed, Tensor, Tensor, int)"/> and the start of
     /// <see cref="MlaAttention(Tensor, Tensor, int, WeightMatrix, Tensor, int, int, int, int, bool)"/>.
     /// </summary>
     Tensor RunDecodeStep(SessionState state, int token, int position, Func<int, Tensor> step);
@@ -118,13 +118,16 @@ internal interface IKimiBackend
     int ReadChoice(SessionState state, GreedyChoice choice);
     /// <summary>Copies rows [0, rows) of <paramref name="source"/> into <paramref name="destination"/> at row <paramref name="destinationRow"/>.</summary>
     void CopyRows(Tensor source, int rows, Tensor destination, int destinationRow);
-    /// <summary>destination[row + t] = (left[t] | right[t]). left: [T, A]; right: [T, B]; destination: [≥ row + T, A + B].</summary>
-    void WriteConcatenatedRows(Tensor left, Tensor right, Tensor destination, int row);
     /// <summary>
-    /// One row into each of N caches (a batched decode step): destinations[n][rows[n]] = (left[n] | right[n]).
-    /// left: [N, A]; right: [N, B]; destinations[n]: [&gt; rows[n], A + B], no two the same.
+    /// MLA cache rows: destination[row + t] = (RmsNorm(latent[t]) | sharedKey[t]), the compressed latent normalised as it
+    /// is written. latent: [T, R] with its norm; sharedKey: [T, P]; destination: [≥ row + T, R + P].
     /// </summary>
-    void WriteConcatenatedRows(Tensor left, Tensor right, IReadOnlyList<Tensor> destinations, ReadOnlySpan<int> rows);
+    void WriteLatentRows(RmsNormed latent, Tensor sharedKey, Tensor destination, int row);
+    /// <summary>
+    /// One row into each of N caches (a batched decode step): destinations[n][rows[n]] = (RmsNorm(latent[n]) | sharedKey[n]).
+    /// latent: [N, R]; sharedKey: [N, P]; destinations[n]: [&gt; rows[n], R + P], no two the same.
+    /// </summary>
+    void WriteLatentRows(RmsNormed latent, Tensor sharedKey, IReadOnlyList<Tensor> destinations, ReadOnlySpan<int> rows);
 
     /// <summary>x[t] = table[ids[t]]. table: [vocab, D]; x: [T, D].</summary>
     void Embed(WeightMatrix table, ReadOnlySpan<int> ids, Tensor x);

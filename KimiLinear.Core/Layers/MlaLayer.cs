@@ -54,22 +54,22 @@ internal sealed class MlaLayer
         var compressed = backend.Allocate(tokens, _rank);              // [T, R]
         var sharedKey = backend.Allocate(tokens, _ropeDim);            // [T, rope] k_pe, never rotated
         backend.MatMul(x, [_queryProjection, _latentProjection, _sharedKeyProjection], [q, compressed, sharedKey]);
-        var normalised = backend.Allocate(tokens, _rank);              // [T, R] c_n
-        backend.RmsNorm(compressed, _latentNorm, LatentNormEps, normalised);
+        // c_n = RmsNorm(c) is only ever cached: the cache write normalises it.
+        var normalised = new RmsNormed(compressed, _latentNorm, LatentNormEps);
 
         var o = backend.Allocate(tokens, _heads * _valueDim);          // [T, H·V]
         if (absorbed && StepRows.IsDecodeBatch(batch))
         {
             var caches = batch.Select(sequence => sequence.State.Mla[layer]!.Latent).ToArray();
             int[] positions = batch.Select(sequence => sequence.Position).ToArray();
-            backend.WriteConcatenatedRows(normalised, sharedKey, caches, positions);
+            backend.WriteLatentRows(normalised, sharedKey, caches, positions);
             backend.MlaAttention(q, caches, positions, _keyValueUp, o, _heads, _nopeDim, _ropeDim, _valueDim);
         }
         else
-            StepRows.ForEachSequence(backend, batch, [q, normalised, sharedKey], o, (sequence, own, output) =>
+            StepRows.ForEachSequence(backend, batch, [q, compressed, sharedKey], o, (sequence, own, output) =>
             {
                 var cache = sequence.State.Mla[layer]!.Latent;
-                backend.WriteConcatenatedRows(own[1], own[2], cache, sequence.Position);
+                backend.WriteLatentRows(normalised with { Input = own[1] }, own[2], cache, sequence.Position);
                 backend.MlaAttention(own[0], cache, sequence.Position, _keyValueUp, output, _heads, _nopeDim, _ropeDim, _valueDim, absorbed);
             });
         var result = backend.Allocate(tokens, _outputProjection.Rows);

@@ -344,28 +344,29 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
             d.F32.Slice((long)destinationRow * d.Cols, (long)rows * d.Cols).CopyFrom(s.F32.Slice(0, (long)rows * s.Cols), _stream);
     }
 
-    public void WriteConcatenatedRows(Tensor left, Tensor right, Tensor destination, int row)
+    public void WriteLatentRows(RmsNormed latent, Tensor sharedKey, Tensor destination, int row)
     {
-        var (l, r, d) = (Device(left), Device(right), Device(destination));
-        if (l.Rows != r.Rows || l.Cols + r.Cols != d.Cols || row + l.Rows > d.Rows)
-            throw new ArgumentException($"WriteConcatenatedRows: {l} | {r} into {d} at row {row}.");
-        ActivationKernels.WriteLatentRows(_stream, d.Bf16, l.F32, r.F32, l.Rows, l.Cols, r.Cols, Scalar(row));
+        var (l, r, d) = (Device(latent.Input), Device(sharedKey), Device(destination));
+        if (l.Rows != r.Rows || l.Cols + r.Cols != d.Cols || row + l.Rows > d.Rows || latent.Weight.Length != l.Cols)
+            throw new ArgumentException($"WriteLatentRows: {l} (norm weight [{latent.Weight.Length}]) | {r} into {d} at row {row}.");
+        ActivationKernels.WriteLatentRows(_stream, d.Bf16, l.F32, _weights.Of(latent.Weight), latent.Eps, r.F32, l.Rows, l.Cols, r.Cols, Scalar(row));
     }
 
     /// <summary>One launch a cache (the rows are on the device in one copy), nothing gathered.</summary>
-    public void WriteConcatenatedRows(Tensor left, Tensor right, IReadOnlyList<Tensor> destinations, ReadOnlySpan<int> rows)
+    public void WriteLatentRows(RmsNormed latent, Tensor sharedKey, IReadOnlyList<Tensor> destinations, ReadOnlySpan<int> rows)
     {
-        var (l, r) = (Device(left), Device(right));
-        if (l.Rows != destinations.Count || r.Rows != destinations.Count || rows.Length != destinations.Count)
-            throw new ArgumentException($"WriteConcatenatedRows: {destinations.Count} caches for {l} | {r} at {rows.Length} positions.");
+        var (l, r) = (Device(latent.Input), Device(sharedKey));
+        if (l.Rows != destinations.Count || r.Rows != destinations.Count || rows.Length != destinations.Count || latent.Weight.Length != l.Cols)
+            throw new ArgumentException($"WriteLatentRows: {destinations.Count} caches for {l} (norm weight [{latent.Weight.Length}]) | {r} at {rows.Length} positions.");
         var positions = Indices(rows);
+        var weight = _weights.Of(latent.Weight);
         for (int n = 0; n < destinations.Count; n++)
         {
             var d = Device(destinations[n]);
             if (l.Cols + r.Cols != d.Cols || rows[n] >= d.Rows)
-                throw new ArgumentException($"WriteConcatenatedRows: row {n} of {l} | {r} into {d} at row {rows[n]}.");
-            ActivationKernels.WriteLatentRows(_stream, d.Bf16, l.F32.Slice((long)n * l.Cols, l.Cols), r.F32.Slice((long)n * r.Cols, r.Cols),
-                1, l.Cols, r.Cols, positions.Slice(n, 1));
+                throw new ArgumentException($"WriteLatentRows: row {n} of {l} | {r} into {d} at row {rows[n]}.");
+            ActivationKernels.WriteLatentRows(_stream, d.Bf16, l.F32.Slice((long)n * l.Cols, l.Cols), weight, latent.Eps,
+                r.F32.Slice((long)n * r.Cols, r.Cols), 1, l.Cols, r.Cols, positions.Slice(n, 1));
         }
     }
 

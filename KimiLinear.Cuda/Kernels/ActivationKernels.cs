@@ -132,25 +132,28 @@ internal static unsafe class ActivationKernels
     }
 
     /// <summary>
-    /// latent[firstRow + i, :] = bf16(left[i, :] | right[i, :]) for left [T, A], right [T, B] and latent
-    /// [capacity, A + B] (the MLA cache rows c_n | k_pe). <paramref name="firstRow"/> is one int in device memory, so a
-    /// replayed decode graph writes the row the step's position says. A first row that would put any row outside the
-    /// capacity (latent's length / (A + B)) writes nothing. Under programmatic launch its successor starts only after
-    /// this kernel's wait, when everything queued before it has finished (<see cref="MlaKernels.AbsorbQuery"/> relies on it).
+    /// latent[firstRow + i, :] = bf16(RmsNorm(left[i, :])·weight | right[i, :]) for left [T, A], right [T, B] and latent
+    /// [capacity, A + B] (the MLA cache rows c_n | k_pe: the compressed latent normalised by kv_a_layernorm here).
+    /// <paramref name="firstRow"/> is one int in device memory, so a replayed decode graph writes the row the step's
+    /// position says. A first row that would put any row outside the capacity (latent's length / (A + B)) writes
+    /// nothing. Under programmatic launch its successor starts only after this kernel's wait, when everything queued
+    /// before it has finished (<see cref="MlaKernels.AbsorbQuery"/> relies on it).
     /// </summary>
-    public static void WriteLatentRows(CudaStream stream, DeviceSpan<ushort> latent, DeviceSpan<float> left, DeviceSpan<float> right,
-        int t, int a, int b, DeviceSpan<int> firstRow)
+    public static void WriteLatentRows(CudaStream stream, DeviceSpan<ushort> latent, DeviceSpan<float> left, DeviceSpan<float> weight, float eps,
+        DeviceSpan<float> right, int t, int a, int b, DeviceSpan<int> firstRow)
     {
         KernelChecks.Positive(t, nameof(t));
         KernelChecks.Positive(a, nameof(a));
         KernelChecks.Positive(b, nameof(b));
         KernelChecks.Holds(left, (long)t * a, nameof(left));
+        KernelChecks.Holds(weight, a, nameof(weight));
         KernelChecks.Holds(right, (long)t * b, nameof(right));
         KernelChecks.Holds(firstRow, 1, nameof(firstRow));
+        if (!(eps >= 0f) || float.IsInfinity(eps)) throw new ArgumentOutOfRangeException(nameof(eps), eps, "must be finite and ≥ 0");
         int capacity = RowsIn(latent, a + b, nameof(latent));
         if (capacity < t) throw new ArgumentException($"latent holds {capacity:N0} rows of {a + b} but {t:N0} are written", nameof(latent));
-        ulong pLatent = latent.Pointer, pLeft = left.Pointer, pRight = right.Pointer, pFirst = firstRow.Pointer;
-        void** args = stackalloc void*[] { &pLatent, &pLeft, &pRight, &t, &a, &b, &pFirst, &capacity };
+        ulong pLatent = latent.Pointer, pLeft = left.Pointer, pWeight = weight.Pointer, pRight = right.Pointer, pFirst = firstRow.Pointer;
+        void** args = stackalloc void*[] { &pLatent, &pLeft, &pWeight, &eps, &pRight, &t, &a, &b, &pFirst, &capacity };
         stream.Context.Kernels.Launch(KernelId.WriteLatentRowsF32, new Dim3((uint)t), new Dim3(RowThreads), 0, stream, args);
     }
 

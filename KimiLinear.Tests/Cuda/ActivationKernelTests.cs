@@ -209,15 +209,28 @@ public sealed class ActivationKernelTests
         TensorAssert.Close(dAcc.ToArray(stream), expected.Span, Fp32, "scatter-add of a bad row");
     }
 
+    /// <summary>
+    /// The MLA cache rows: RmsNorm(left)·weight | right in bf16, at the row a device scalar names. The normalised columns
+    /// within a bf16 rounding of a double reference (the kernel's fp32 mean may round them the other way), the copied
+    /// ones exact.
+    /// </summary>
     [Fact]
     public void WriteLatentRows_WritesTheRowsTheDeviceScalarNames_AlsoWhenReplayedFromAGraph()
     {
         CudaContext gpu = Gpu.Require();
         const int T = 3, A = 37, B = 11, Capacity = 20, W = A + B;
+        const float Eps = 1e-6f;
         var random = new Random(5);
-        float[] left = Gpu.RandomF32(random, T * A), right = Gpu.RandomF32(random, T * B);
+        float[] left = Gpu.RandomF32(random, T * A, 3f), right = Gpu.RandomF32(random, T * B);
+        float[] weight = Enumerable.Range(0, A).Select(i => 0.5f + i % 5 * 0.25f).ToArray();
+        var normalised = new double[T * A];
+        for (int t = 0; t < T; t++)
+        {
+            double mean = Enumerable.Range(0, A).Sum(c => (double)left[t * A + c] * left[t * A + c]) / A;
+            for (int c = 0; c < A; c++) normalised[t * A + c] = left[t * A + c] / Math.Sqrt(mean + Eps) * weight[c];
+        }
         using CudaStream stream = gpu.CreateStream();
-        using DeviceBuffer<float> dLeft = gpu.Upload(stream, left), dRight = gpu.Upload(stream, right);
+        using DeviceBuffer<float> dLeft = gpu.Upload(stream, left), dRight = gpu.Upload(stream, right), dWeight = gpu.Upload(stream, weight);
         using DeviceBuffer<ushort> latent = gpu.Allocate<ushort>(Capacity * W);
         using DeviceBuffer<int> first = gpu.Upload(stream, new[] { 5 });
         latent.Span.Fill(Gpu.Bf16NaN, stream);
@@ -229,18 +242,24 @@ public sealed class ActivationKernelTests
                 int i = Array.FindIndex(firstRows, f => row >= f && row < f + T);
                 for (int c = 0; c < W; c++)
                 {
-                    ushort expected = i < 0 ? Gpu.Bf16NaN
-                        : BFloat16.FromSingle(c < A ? left[(row - firstRows[i]) * A + c] : right[(row - firstRows[i]) * B + c - A]);
-                    Assert.True(expected == got[row * W + c], $"latent row {row}, column {c}: got {got[row * W + c]:X4}, expected {expected:X4}");
+                    ushort value = got[row * W + c];
+                    if (i >= 0 && c < A)
+                    {
+                        double expected = normalised[(row - firstRows[i]) * A + c], actual = BFloat16.ToSingle(value);
+                        Assert.True(Math.Abs(actual - expected) <= Math.Abs(expected) / 256, $"latent row {row}, column {c}: got {actual:R}, expected {expected:R}");
+                        continue;
+                    }
+                    ushort exact = i < 0 ? Gpu.Bf16NaN : BFloat16.FromSingle(right[(row - firstRows[i]) * B + c - A]);
+                    Assert.True(exact == value, $"latent row {row}, column {c}: got {value:X4}, expected {exact:X4}");
                 }
             }
         }
 
-        ActivationKernels.WriteLatentRows(stream, latent, dLeft, dRight, T, A, B, first);
+        ActivationKernels.WriteLatentRows(stream, latent, dLeft, dWeight, Eps, dRight, T, A, B, first);
         AssertRows(latent.ToArray(stream), 5);
 
         // A captured graph reads the row from device memory at replay: the same graph writes where `first` now says.
-        using CudaGraph graph = stream.Capture(s => ActivationKernels.WriteLatentRows(s, latent, dLeft, dRight, T, A, B, first));
+        using CudaGraph graph = stream.Capture(s => ActivationKernels.WriteLatentRows(s, latent, dLeft, dWeight, Eps, dRight, T, A, B, first));
         first.CopyFrom(new[] { 12 }, stream);
         graph.Launch(stream);
         AssertRows(latent.ToArray(stream), 5, 12);
@@ -309,6 +328,8 @@ public sealed class ActivationKernelTests
         Assert.Throws<ArgumentOutOfRangeException>(() => ActivationKernels.Add(stream, small, small, 0));
         Assert.Equal("up", Assert.Throws<ArgumentException>(() => ActivationKernels.SwiGlu(stream, small, small, small.Span.Slice(1), 10)).ParamName);
         Assert.Contains("latent holds 2 rows", Assert.Throws<ArgumentException>(
-            () => ActivationKernels.WriteLatentRows(stream, table.Span.Slice(0, 8), small, small, 3, 2, 2, ids)).Message);
+            () => ActivationKernels.WriteLatentRows(stream, table.Span.Slice(0, 8), small, small, 1e-6f, small, 3, 2, 2, ids)).Message);
+        Assert.Equal("weight", Assert.Throws<ArgumentException>(
+            () => ActivationKernels.WriteLatentRows(stream, table, small, small.Span.Slice(0, 1), 1e-6f, small, 1, 2, 2, ids)).ParamName);
     }
 }

@@ -122,25 +122,25 @@ internal sealed class CpuBackend(int? threads = null, int tokensPerForward = Cpu
         s.Span[..(rows * s.Cols)].CopyTo(d.Span[(destinationRow * d.Cols)..]);
     }
 
-    public void WriteConcatenatedRows(Tensor left, Tensor right, Tensor destination, int row)
+    public void WriteLatentRows(RmsNormed latent, Tensor sharedKey, Tensor destination, int row)
     {
-        var (l, r, d) = (Cpu(left), Cpu(right), Cpu(destination));
-        if (l.Rows != r.Rows || l.Cols + r.Cols != d.Cols || row + l.Rows > d.Rows)
-            throw new ArgumentException($"WriteConcatenatedRows: {l} | {r} into {d} at row {row}.");
+        var (l, r, d) = (Cpu(latent.Input), Cpu(sharedKey), Cpu(destination));
+        if (l.Rows != r.Rows || l.Cols + r.Cols != d.Cols || row + l.Rows > d.Rows || latent.Weight.Length != l.Cols)
+            throw new ArgumentException($"WriteLatentRows: {l} (norm weight [{latent.Weight.Length}]) | {r} into {d} at row {row}.");
         for (int t = 0; t < l.Rows; t++)
         {
-            l.Row(t).CopyTo(d.Row(row + t));
+            RmsNormRow(l.Row(t), latent.Weight, latent.Eps, d.Row(row + t)[..l.Cols]);
             r.Row(t).CopyTo(d.Row(row + t)[l.Cols..]);
         }
     }
 
     /// <summary>The specification of the batched form: one single-row write a cache.</summary>
-    public void WriteConcatenatedRows(Tensor left, Tensor right, IReadOnlyList<Tensor> destinations, ReadOnlySpan<int> rows)
+    public void WriteLatentRows(RmsNormed latent, Tensor sharedKey, IReadOnlyList<Tensor> destinations, ReadOnlySpan<int> rows)
     {
-        if (left.Rows != destinations.Count || right.Rows != destinations.Count || rows.Length != destinations.Count)
-            throw new ArgumentException($"WriteConcatenatedRows: {destinations.Count} caches for {left.Rows} | {right.Rows} rows at {rows.Length} positions.");
+        if (latent.Input.Rows != destinations.Count || sharedKey.Rows != destinations.Count || rows.Length != destinations.Count)
+            throw new ArgumentException($"WriteLatentRows: {destinations.Count} caches for {latent.Input.Rows} | {sharedKey.Rows} rows at {rows.Length} positions.");
         for (int n = 0; n < destinations.Count; n++)
-            WriteConcatenatedRows(RowOf(left, n), RowOf(right, n), destinations[n], rows[n]);
+            WriteLatentRows(latent with { Input = RowOf(latent.Input, n) }, RowOf(sharedKey, n), destinations[n], rows[n]);
     }
 
     public void Embed(WeightMatrix table, ReadOnlySpan<int> ids, Tensor x)
