@@ -203,8 +203,8 @@ __device__ __forceinline__ float dot8(uint4 w, float4 a, float4 b) {
 // 8 columns), the 8 warps' sums in shared memory.
 // Programmatic launch: q is not its predecessor's output but the projections' before it, and its predecessor (the
 // latent-row writer, kimi_write_latent_rows_f32) lets it launch only after its own wait (a precondition): so it reads
-// q and writes q_lat without waiting, while the latent norm and the row writer still run, and waits only at the end,
-// so that its successor's wait still covers the row the writer appends.
+// q and writes q_lat without waiting, while the row writer (which normalises the latent too) still runs, and waits
+// only at the end, so that its successor's wait still covers the row the writer appends.
 extern "C" __global__ void __launch_bounds__(kAbsorbThreads)
 kimi_mla_absorb_query(float* __restrict__ q_lat, const float* __restrict__ q, const uint16_t* __restrict__ kvb,
                       int T, int H, int N, int P, int V, int R) {
