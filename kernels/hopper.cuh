@@ -1,6 +1,6 @@
-// Hopper building blocks shared by the kernels that use warpgroup MMA (mla.cu, moe.cu): mbarriers, the copy engine
-// (TMA) with its tensor maps, wgmma's fences, groups and shared-memory descriptors, register reallocation
-// (setmaxnreg) and named barriers. Under KDA_EMULATE (the CPU emulator, kernels/kda/tests/cuda_emu.h, included before
+// Hopper building blocks shared by the kernels that use warpgroup MMA or clusters (mla.cu, moe.cu): mbarriers, the
+// copy engine (TMA) with its tensor maps, wgmma's fences, groups and shared-memory descriptors, register reallocation
+// (setmaxnreg), named barriers, and thread-block clusters (rank, barrier, distributed shared memory). Under KDA_EMULATE (the CPU emulator, kernels/kda/tests/cuda_emu.h, included before
 // this) each has an emulated path; the instructions themselves exist only in the sm_90a build, so everything below the
 // first block is defined only there (and in the emulator): the PTX images of compute_80/compute_90 hold trap stubs
 // for the kernels that use them.
@@ -154,6 +154,47 @@ __device__ __forceinline__ void named_barrier(int id, int threads) {
     emu_named_barrier(id, threads);
 #else
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+#endif
+}
+
+// Thread-block clusters: the calling block's rank in its cluster; the cluster barrier in its two halves (arrive with
+// release semantics: this thread's earlier shared-memory writes become visible to the cluster; wait with acquire
+// semantics, until every thread of every block of the cluster has arrived; every thread takes part, warps converged);
+// and another block's copy of a shared-memory address (distributed shared memory, read with ordinary loads).
+// A block's shared memory must outlive the other blocks' reads of it: a block reads its peers' shared memory between a
+// cluster_sync that follows the writes and a cluster_arrive, and waits (cluster_wait) before it exits.
+__device__ __forceinline__ unsigned cluster_rank() {
+#ifdef KDA_EMULATE
+    return emu_cluster_rank();
+#else
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+#endif
+}
+__device__ __forceinline__ void cluster_arrive() {
+#ifndef KDA_EMULATE   // the emulator's barrier is the wait alone: every thread meets there
+    asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cluster_wait() {
+#ifdef KDA_EMULATE
+    emu_cluster_sync();
+#else
+    asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cluster_sync() {
+    cluster_arrive();
+    cluster_wait();
+}
+template <typename T> __device__ __forceinline__ T* cluster_map(T* p, unsigned rank) {
+#ifdef KDA_EMULATE
+    return emu_cluster_map(p, rank);
+#else
+    uint64_t remote;
+    asm volatile("mapa.u64 %0, %1, %2;\n" : "=l"(remote) : "l"(reinterpret_cast<uint64_t>(p)), "r"(rank));
+    return reinterpret_cast<T*>(remote);
 #endif
 }
 

@@ -17,6 +17,9 @@
 //     On Hopper the model's shape takes kimi_mla_decode_partial_wgmma_h32_r512_d576 instead (same contract): wgmma
 //     from shared memory, a producer warpgroup, q_lat and p as bf16 hi + lo pairs (see there).
 //   kimi_mla_combine_absorb_output  merges the slices by log-sum-exp into out[t,h,:], then o[t,h,v] = Σ_r W_UV_h[v,r]·out[t,h,r]
+// ONE-LAUNCH DECODE (one token over a cache of at most 1,408 rows, Hopper): kimi_mla_decode_fused_r512_d576 does all
+//   three steps in one launch, by thread-block clusters exchanging q_lat and the slices' partials through distributed
+//   shared memory (see there); the backend takes it while the cache fits and records the decode step again after.
 // EXPANDED PREFILL (kimi_mla_prefill_*): causal flash attention per head with key = (keysValues[s,h,:N] | k_pe[s]),
 //   value = keysValues[s,h,N:], keysValues = latent[:, :R]·kvBᵀ (computed by a GEMM before).
 //
@@ -35,6 +38,7 @@
 // The common.cuh helpers used here (common.cuh needs the CUDA headers).
 inline float bf16_lo(uint32_t pair) { return __uint_as_float(pair << 16); }
 inline float bf16_hi(uint32_t pair) { return __uint_as_float(pair & 0xFFFF0000u); }
+inline float bf16_to_f32(uint16_t b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
 inline uint16_t f32_to_bf16(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
 inline uint32_t pack_bf16x2(float lo, float hi) { return static_cast<uint32_t>(f32_to_bf16(lo)) | (static_cast<uint32_t>(f32_to_bf16(hi)) << 16); }
 inline void allow_successor() {}   // one kernel at a time here: nothing to overlap
@@ -1002,6 +1006,54 @@ __host__ __device__ constexpr size_t decode_wgmma_smem_bytes() {
     return 1024 + kWdQBytes + kWdStages * kWdTileBytes + kWdPBytes + kWdHeads * 4 + kWdBarrierBytes;
 }
 
+// ---- absorbed decode of one token over a short cache, in one launch (kimi_mla_decode_fused_r512_d576) --------------
+//
+// Up to kFusedMaxRows·8 cached tokens the three-kernel path (query absorption, flash-decoding over the slices, merge
+// with W_UV) is bound by its chain — three launches, q_lat, the slices' partials and the merge's reads through L2 —
+// not by the cache's bytes (a 1K cache is 1.2 MB a layer). This kernel computes the same o for one token in one
+// launch, by thread-block clusters of 8 blocks: cluster c takes heads 4c .. 4c + 3, its block b (its rank) the cache
+// slice [b·per, b·per + per), per = ⌈len / 8⌉, and head j = b / 2 of the four for the absorptions. 512 threads a
+// block, one block an SM, H / 4 clusters. (Two heads a cluster took 16 clusters, but an H200 holds only 15 clusters
+// of 8 such blocks at once: the 16th ran as a second wave.)
+//   Before the wait (nothing here is the predecessor's output): block b requests its 64 KB of W_UK (head j's q_lat
+//     columns 256·(b % 2) .. + 255) and of W_UV (head j's value rows 64·(b % 2) .. + 63, all R columns) into
+//     registers, copies the slice's cache rows that earlier steps wrote into shared memory (cp.async), forms its 256
+//     columns of q_lat from q (complete: the precondition absorb_query has), and the cluster exchanges those through
+//     distributed shared memory, so that each block holds the four heads' q_lat [4][576] as bf16 hi + lo pairs.
+//   After it (the row this step appends): the slice's scores for the four heads on the tensor cores (mma.sync
+//     m16n8k16: A rows 0–3 = the heads' hi parts, 4–7 their lo parts, 8–15 zero; so the fp32 q_lat meets the bf16
+//     rows exact to ~2^-17, as the wgmma partial's hi/lo rows do), the softmax within the slice (max, sum), and
+//     O [4][512] = P·rows with P as bf16 hi + lo the same way. The cluster then merges the 8 slices by log-sum-exp,
+//     each block reading its head's O and (max, sum) from the 8 blocks, and multiplies the merged latent mix by its
+//     64 rows of W_UV into o.
+// Shared memory: the slice's rows (1,168 bytes apart: 1,152 + 16 keeps ldmatrix's 8 rows on distinct banks), rows past
+// the slice up to a multiple of 16 zero-filled (P·rows reads them with p = 0). The grid does not depend on the length
+// (read from the device), but the slice must fit: len ≤ 8·kFusedMaxRows, which the caller keeps (the backend records
+// the decode step again with the three-kernel path before the cache outgrows it); a longer one traps.
+constexpr int kFusedBlocks = 8;                  // the cluster: blocks per four heads, cache slices per token
+constexpr int kFusedHeads = 4;                   // heads a cluster
+constexpr int kFusedThreads = 512;
+constexpr int kFusedMaxRows = 176;               // cache rows a block holds (a multiple of 16)
+constexpr int kFusedN = 128, kFusedV = 128, kFusedR = 512, kFusedD = 576;   // the model's N, V, R, R + P
+constexpr int kFusedRowBytes = kFusedD * 2 + 16;   // 1,168
+constexpr int kFusedPStride = kFusedMaxRows + 8;   // P's rows, bf16 elements apart (368 bytes: conflict-free fragment loads)
+constexpr int kFusedScratch = 8 * 256;             // floats: the q_lat sums [8][256], later the scores [4][176] and the merged mix [512]
+static_assert(kFusedMaxRows % 16 == 0, "P·rows takes k16 steps of rows");
+static_assert(kFusedHeads * kFusedMaxRows + kFusedR <= kFusedScratch, "scores and the merged mix share the q_lat sums' room");
+static_assert(kFusedHeads * kFusedR * 4 <= 2 * kFusedHeads * kFusedRowBytes, "O [4][512] fp32 takes q_lat's hi/lo rows' room");
+
+// Dynamic shared memory, bytes.
+__host__ __device__ constexpr size_t decode_fused_smem_bytes() {
+    return static_cast<size_t>(kFusedMaxRows) * kFusedRowBytes   // rows
+           + 2 * kFusedHeads * kFusedRowBytes                    // q_lat hi/lo [8][576] bf16 (same pitch), later O [4][512] fp32
+           + 2 * kFusedHeads * kFusedPStride * 2                 // P hi/lo [8][184] bf16
+           + (kFusedScratch                                      // q_lat sums, then scores and the merged mix
+              + 256                                              // this block's q_lat columns [256]
+              + kFusedN                                          // q (head j, nope part) [128]
+              + 2 * kFusedHeads                                  // (max, sum) [4][2]
+              + 16 * 8) * 4;                                     // per-warp W_UV sums [16][8]
+}
+
 // Hopper-only from here on (the wgmma instructions): the emulator or the sm_90a build.
 #if defined(KDA_EMULATE) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ __forceinline__ void sync_warp() {
@@ -1454,6 +1506,242 @@ __device__ __forceinline__ void decode_partial_wgmma(float* __restrict__ partial
         }
     }
 }
+// Sums v[k] over the whole warp for 8 rows k at once (halving exchanges); afterwards lane l holds row (l >> 2) & 7.
+__device__ __forceinline__ float warp_sum8(float (&v)[8], int lane) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const bool high = lane & 16;
+        const float send = high ? v[i] : v[i + 4], keep = high ? v[i + 4] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xFFFFFFFFu, send, 16);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const bool high = lane & 8;
+        const float send = high ? v[i] : v[i + 2], keep = high ? v[i + 2] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xFFFFFFFFu, send, 8);
+    }
+    const bool high = lane & 4;
+    const float send = high ? v[0] : v[1], keep = high ? v[1] : v[0];
+    float sum = keep + __shfl_xor_sync(0xFFFFFFFFu, send, 4);
+    sum += __shfl_xor_sync(0xFFFFFFFFu, sum, 2);
+    return sum + __shfl_xor_sync(0xFFFFFFFFu, sum, 1);
+}
+
+__device__ __forceinline__ void decode_fused(float* __restrict__ o, const float* __restrict__ q, const uint16_t* __restrict__ latent,
+                                             const uint16_t* __restrict__ kvb, const int* __restrict__ start_ptr, float scale_log2) {
+    constexpr int N = kFusedN, V = kFusedV, R = kFusedR, D = kFusedD, QK = kFusedN + (kFusedD - kFusedR), HC = kFusedHeads;
+    const int b = static_cast<int>(cluster_rank()), tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int first_head = HC * blockIdx.y, j = b / 2, head = first_head + j, half = b % 2;   // this block's head, its half
+
+    // Weights: W_UK rows n = row0 + 16k of 8 columns (q_lat columns 256·half + 8·piece ..), W_UV rows v = vr + 8k of 8 columns.
+    const int piece = tid % 32, row0 = tid / 32, vp = tid % 64, vr = tid / 64;
+    const uint16_t* w_uk = kvb + static_cast<size_t>(head) * (N + V) * R + 256 * half + 8 * piece;
+    const uint16_t* w_uv = kvb + (static_cast<size_t>(head) * (N + V) + N + 64 * half + vr) * R + 8 * vp;
+    uint4 wk[8], wv[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++) wk[k] = *reinterpret_cast<const uint4*>(w_uk + static_cast<size_t>(row0 + 16 * k) * R);
+#pragma unroll
+    for (int k = 0; k < 8; k++) wv[k] = *reinterpret_cast<const uint4*>(w_uv + static_cast<size_t>(8 * k) * R);
+
+    unsigned char* smem = reinterpret_cast<unsigned char*>(dynamic_smem());
+    unsigned char* rows = smem;                                                  // [176][1,168 B]
+    unsigned char* qhl = rows + kFusedMaxRows * kFusedRowBytes;                  // [8][1,168 B]: heads' hi, then lo
+    float* opart = reinterpret_cast<float*>(qhl);                                // [4][512], once the scores are formed
+    uint16_t* pbuf = reinterpret_cast<uint16_t*>(qhl + 2 * HC * kFusedRowBytes);  // [8][184]: the same rows of P
+    float* sums = reinterpret_cast<float*>(pbuf + 2 * HC * kFusedPStride);      // [8][256] q_lat sums, then:
+    float* scores = sums;                                                        //   [4][176]
+    float* merged = sums + HC * kFusedMaxRows;                                   //   [512]
+    float* qpiece = sums + kFusedScratch;                                        // [256] this block's q_lat columns
+    float* qn = qpiece + 256;                                                    // [128]
+    float* stats = qn + N;                                                       // [4][2]
+    float* vsums = stats + 2 * HC;                                               // [16][8]
+
+    // The slice; the rows before the start (earlier steps') are copied now, the start's own after the wait.
+    const int start = *start_ptr, len = start + 1;
+    const int per = (len + kFusedBlocks - 1) / kFusedBlocks;
+    if (per > kFusedMaxRows) __trap();   // the caller's precondition: never a silent overrun
+    const int begin = b * per, end = min(len, begin + per), count = max(0, end - begin), padded = (count + 15) & ~15;
+    constexpr int kPieces = D / 8;   // 16-byte pieces a row
+    const int stable = max(0, min(end, start) - begin);
+    for (int e = tid; e < stable * kPieces; e += kFusedThreads) {
+        const int r = e / kPieces, c = e - r * kPieces;
+        cp_async16(reinterpret_cast<uint16_t*>(rows + r * kFusedRowBytes + 16 * c), latent + static_cast<size_t>(begin + r) * D + 8 * c, true);
+    }
+    cp_async_commit();
+    for (int e = tid; e < (padded - count) * kPieces; e += kFusedThreads) {
+        const int r = count + e / kPieces, c = e % kPieces;
+        *reinterpret_cast<uint4*>(rows + r * kFusedRowBytes + 16 * c) = make_uint4(0, 0, 0, 0);
+    }
+
+    // This block's 256 columns of head j's q_lat = q_nope·W_UK: warp w holds row group w of all 256 columns; warps 8-15
+    // leave theirs in shared memory, warps 0-7 add theirs, then 256 threads add the 8.
+    if (tid < N) qn[tid] = q[head * QK + tid];
+    __syncthreads();
+    float acc[8] = {};
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        const float x = qn[row0 + 16 * k];
+        const uint4 w = wk[k];
+        acc[0] += x * bf16_lo(w.x); acc[1] += x * bf16_hi(w.x); acc[2] += x * bf16_lo(w.y); acc[3] += x * bf16_hi(w.y);
+        acc[4] += x * bf16_lo(w.z); acc[5] += x * bf16_hi(w.z); acc[6] += x * bf16_lo(w.w); acc[7] += x * bf16_hi(w.w);
+    }
+    float* mine = sums + (warp % 8) * 256 + 8 * piece;
+    if (warp >= 8) {
+        *reinterpret_cast<float4*>(mine) = make_float4(acc[0], acc[1], acc[2], acc[3]);
+        *reinterpret_cast<float4*>(mine + 4) = make_float4(acc[4], acc[5], acc[6], acc[7]);
+    }
+    __syncthreads();
+    if (warp < 8)
+#pragma unroll
+        for (int i = 0; i < 8; i++) mine[i] += acc[i];
+    __syncthreads();
+    if (tid < 256) {
+        float sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < 8; w++) sum += sums[w * 256 + tid];
+        qpiece[tid] = sum;
+    }
+    cluster_sync();   // every block's q_lat columns are written
+
+    // The four heads' q_lat as bf16 hi and lo: columns < R from the blocks that formed them (all loads first, so that
+    // the remote reads overlap), the rope part from q.
+    {
+        constexpr int kEach = (HC * D + kFusedThreads - 1) / kFusedThreads;
+        float x[kEach];
+#pragma unroll
+        for (int k = 0; k < kEach; k++) {
+            const int e = tid + k * kFusedThreads, h = e / D, col = e - h * D;
+            x[k] = e >= HC * D ? 0.0f
+                 : col < R ? *cluster_map(qpiece + col % 256, static_cast<unsigned>(2 * h + col / 256))
+                           : q[(first_head + h) * QK + N + (col - R)];
+        }
+#pragma unroll
+        for (int k = 0; k < kEach; k++) {
+            const int e = tid + k * kFusedThreads, h = e / D, col = e - h * D;
+            if (e >= HC * D) break;
+            const uint16_t hi = f32_to_bf16(x[k]);
+            reinterpret_cast<uint16_t*>(qhl + h * kFusedRowBytes)[col] = hi;
+            reinterpret_cast<uint16_t*>(qhl + (HC + h) * kFusedRowBytes)[col] = f32_to_bf16(x[k] - bf16_to_f32(hi));
+        }
+    }
+
+    wait_for_predecessor();   // the row this step appends
+    if (start >= begin && start < end)
+        for (int c = tid; c < kPieces; c += kFusedThreads)
+            cp_async16(reinterpret_cast<uint16_t*>(rows + (start - begin) * kFusedRowBytes + 16 * c), latent + static_cast<size_t>(start) * D + 8 * c, true);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();   // rows, q_lat hi/lo complete
+
+    const int g = lane / 4, c4 = lane % 4;   // fragment row g: head g's hi part (g < 4) or head g − 4's lo part
+    if (count > 0) {
+        // Scores: warp w takes the 8-row tiles w, w + 16, ...; 36 k16 steps over the 576 columns, two a ldmatrix.
+        for (int nt = warp; nt < padded / 8; nt += 16) {
+            float s[4] = {};
+            const unsigned char* brow = rows + (8 * nt + lane % 8) * kFusedRowBytes + 16 * (lane / 8);
+            const uint32_t* arow = reinterpret_cast<const uint32_t*>(qhl + g * kFusedRowBytes);
+#pragma unroll 2
+            for (int ks = 0; ks < D / 16; ks += 2) {
+                uint32_t bfrag[4];
+                ldsm_x4(bfrag, reinterpret_cast<const uint16_t*>(brow + 32 * ks));
+#pragma unroll
+                for (int u = 0; u < 2; u++) {
+                    const uint32_t a[4] = {arow[8 * (ks + u) + c4], 0u, arow[8 * (ks + u) + 4 + c4], 0u};
+                    mma(s, a, bfrag[2 * u], bfrag[2 * u + 1]);
+                }
+            }
+            // A head's hi and lo rows meet: lanes g and g + 4 are lanes l and l + 16.
+            const float s0 = s[0] + __shfl_xor_sync(0xFFFFFFFFu, s[0], 16), s1 = s[1] + __shfl_xor_sync(0xFFFFFFFFu, s[1], 16);
+            if (g < HC) {
+                const int r = 8 * nt + 2 * c4;
+                scores[g * kFusedMaxRows + r] = r < count ? s0 * scale_log2 : kNegInf;
+                scores[g * kFusedMaxRows + r + 1] = r + 1 < count ? s1 * scale_log2 : kNegInf;
+            }
+        }
+        __syncthreads();   // the scores are complete; q_lat is read (its room takes O below)
+        // Softmax within the slice: warp h < 4 takes head h.
+        if (warp < HC) {
+            float m = kNegInf;
+            for (int r = lane; r < count; r += 32) m = fmaxf(m, scores[warp * kFusedMaxRows + r]);
+            m = group_max(m, 32);
+            float l = 0.0f;
+            for (int r = lane; r < padded; r += 32) {
+                const float p = ex2(scores[warp * kFusedMaxRows + r] - m);   // 2^-inf = 0 past the slice
+                l += p;
+                const uint16_t hi = f32_to_bf16(p);
+                pbuf[warp * kFusedPStride + r] = hi;
+                pbuf[(HC + warp) * kFusedPStride + r] = f32_to_bf16(p - bf16_to_f32(hi));
+            }
+            l = group_sum(l, 32);
+            if (lane == 0) { stats[2 * warp] = m; stats[2 * warp + 1] = l; }
+        }
+        __syncthreads();
+        // O = P·rows: warp w takes columns 32w .. 32w + 31 (4 n8 tiles), padded / 16 k16 steps of rows.
+        float acc_o[4][4] = {};
+        const uint32_t* prow = reinterpret_cast<const uint32_t*>(pbuf + g * kFusedPStride);
+        for (int ks = 0; ks < padded / 16; ks++) {
+            const uint32_t a[4] = {prow[8 * ks + c4], 0u, prow[8 * ks + 4 + c4], 0u};
+            const unsigned char* vrow = rows + (16 * ks + lane % 8 + 8 * ((lane / 8) & 1)) * kFusedRowBytes + 2 * (32 * warp + 8 * (lane / 16));
+#pragma unroll
+            for (int np = 0; np < 2; np++) {   // two n8 tiles a ldmatrix
+                uint32_t bfrag[4];
+                ldsm_x4_t(bfrag, reinterpret_cast<const uint16_t*>(vrow + 32 * np));
+                mma(acc_o[2 * np], a, bfrag[0], bfrag[1]);
+                mma(acc_o[2 * np + 1], a, bfrag[2], bfrag[3]);
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) {
+            const float x0 = acc_o[nt][0] + __shfl_xor_sync(0xFFFFFFFFu, acc_o[nt][0], 16);
+            const float x1 = acc_o[nt][1] + __shfl_xor_sync(0xFFFFFFFFu, acc_o[nt][1], 16);
+            if (g < HC) *reinterpret_cast<float2*>(opart + g * R + 32 * warp + 8 * nt + 2 * c4) = make_float2(x0, x1);
+        }
+    } else {   // an empty slice (a short cache): weight 0 in the merge, its O zero (the merge reads it regardless)
+        for (int e = tid; e < HC * R; e += kFusedThreads) opart[e] = 0.0f;
+        if (tid < HC) { stats[2 * tid] = kNegInf; stats[2 * tid + 1] = 0.0f; }
+    }
+    cluster_sync();   // every block's O and (max, sum) are written
+
+    // Head j's merged latent mix, column tid: out = Σ_s 2^(m_s − M)·O_s / Σ_s 2^(m_s − M)·l_s over the 8 slices.
+    {
+        float m_s[kFusedBlocks], l_s[kFusedBlocks], o_s[kFusedBlocks], top = kNegInf;
+#pragma unroll
+        for (int s = 0; s < kFusedBlocks; s++) {
+            m_s[s] = *cluster_map(stats + 2 * j, static_cast<unsigned>(s));
+            l_s[s] = *cluster_map(stats + 2 * j + 1, static_cast<unsigned>(s));
+            o_s[s] = *cluster_map(opart + j * R + tid, static_cast<unsigned>(s));
+        }
+#pragma unroll
+        for (int s = 0; s < kFusedBlocks; s++) top = fmaxf(top, m_s[s]);   // finite: slice 0 holds rows
+        float denominator = 0.0f, sum = 0.0f;
+#pragma unroll
+        for (int s = 0; s < kFusedBlocks; s++) {
+            const float w = ex2(m_s[s] - top);   // 0 for an empty slice
+            denominator += w * l_s[s];
+            sum += w * o_s[s];
+        }
+        merged[tid] = sum / denominator;
+    }
+    cluster_arrive();   // done with the other blocks' shared memory
+    __syncthreads();
+
+    // o[head, 64·half + vr + 8k] = W_UV rows · merged: each thread 8 rows × its 8 columns, summed over the 64 threads of
+    // a row group (warps 2vr and 2vr + 1).
+    {
+        const float4 xa = *reinterpret_cast<const float4*>(merged + 8 * vp), xb = *reinterpret_cast<const float4*>(merged + 8 * vp + 4);
+        float d[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) d[k] = dot8(wv[k], xa, xb);
+        const float sum = warp_sum8(d, lane);
+        if (lane % 4 == 0) vsums[warp * 8 + lane / 4] = sum;
+    }
+    __syncthreads();
+    if (tid < 64) {
+        const int group = tid / 8, k = tid % 8;
+        o[head * V + 64 * half + group + 8 * k] = vsums[2 * group * 8 + k] + vsums[(2 * group + 1) * 8 + k];
+    }
+    cluster_wait();   // no block leaves while another still reads its shared memory
+}
 #endif
 
 }  // namespace mla
@@ -1508,4 +1796,24 @@ kimi_mla_decode_partial_table_wgmma_h32_r512_d576(float* __restrict__ partial_o,
     allow_successor();
     const int start = starts[blockIdx.y];
     MLA_DECODE_WGMMA(&maps.latent[blockIdx.y], start + 1, start);   // waits inside
+}
+
+// The absorbed decode of one token for the model's shape (N 128, V 128, R 512, P 64; H a multiple of 4) over a cache of
+// at most 8·kFusedMaxRows rows, in one launch: grid (8, H / 4), launched as clusters of 8 blocks along x (the launch's cluster
+// attribute), kFusedThreads threads, decode_fused_smem_bytes() of dynamic shared memory. o [1, H·V] fp32, q [1, H·(N + P)]
+// fp32, the cache [≥ start + 1, R + P] bf16 with row start (this step's) appended by the predecessor, kv_b_proj's
+// weight [H·(N + V), R] bf16, start on the device (a copy or fill queued before the step, as for the decode partial).
+// A trap in the PTX images (the sm_90a cubin has it), which the wrapper never launches.
+// Programmatic launch: the weights, q (the projections' output, complete before the predecessor lets this launch: the
+// absorb_query precondition) and the cache rows before the start are read before the wait; the start's row after it.
+extern "C" __global__ void __launch_bounds__(mla::kFusedThreads, 1)
+kimi_mla_decode_fused_r512_d576(float* __restrict__ o, const float* __restrict__ q, const uint16_t* __restrict__ latent,
+                                const uint16_t* __restrict__ kvb, const int* __restrict__ start_ptr, float scale_log2) {
+    allow_successor();
+#if defined(KDA_EMULATE) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    mla::decode_fused(o, q, latent, kvb, start_ptr, scale_log2);
+#else
+    (void)o; (void)q; (void)latent; (void)kvb; (void)start_ptr; (void)scale_log2;
+    __trap();
+#endif
 }

@@ -94,7 +94,7 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
             throw new InvalidOperationException("A decode step of the chosen token, but no greedy choice was made for this session.");
         decoder.StepInputs.Slice(1, 1).Fill(position, _stream);
         var caches = state.Mla.OfType<MlaLayerState>().Select(m => m.Latent).ToArray();
-        if (decoder.Recording is DecodeRecording recording && recording.Fits(_arena.Generation, caches))
+        if (decoder.Recording is DecodeRecording recording && recording.Fits(_arena.Generation, caches, FusedMlaDecode(position)))
         {
             recording.Graph.Launch(_stream);
             return recording.Logits;
@@ -113,7 +113,7 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
             }
             Tensor? result = null;
             var graph = _stream.Capture(_ => result = step(token));
-            decoder.Recording = new DecodeRecording(graph, result!, _arena.Generation, caches);
+            decoder.Recording = new DecodeRecording(graph, result!, _arena.Generation, caches, FusedMlaDecode(position));
             graph.Launch(_stream);
             return result!;
         }
@@ -208,15 +208,19 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
     }
 
     /// <summary>A session's recorded decode step and what its addresses depend on.</summary>
-    private sealed class DecodeRecording(CudaGraph graph, Tensor logits, int arenaGeneration, Tensor[] caches) : IDisposable
+    private sealed class DecodeRecording(CudaGraph graph, Tensor logits, int arenaGeneration, Tensor[] caches, bool fusedMla) : IDisposable
     {
         public CudaGraph Graph { get; } = graph;
         /// <summary>[1, vocab] where a replay leaves the logits.</summary>
         public Tensor Logits { get; } = logits;
 
-        /// <summary>Whether the step memory and the caches are where they were when recorded.</summary>
-        public bool Fits(int generation, Tensor[] current) =>
-            generation == arenaGeneration && current.Length == caches.Length && current.Zip(caches).All(p => ReferenceEquals(p.First, p.Second));
+        /// <summary>
+        /// Whether the step memory and the caches are where they were when recorded, and the MLA layers would take the
+        /// same decode path (<see cref="FusedMlaDecode"/>) at the step's position.
+        /// </summary>
+        public bool Fits(int generation, Tensor[] current, bool fusedMlaNow) =>
+            generation == arenaGeneration && fusedMlaNow == fusedMla && current.Length == caches.Length
+            && current.Zip(caches).All(p => ReferenceEquals(p.First, p.Second));
 
         public void Dispose() => Graph.Dispose();
     }
@@ -617,6 +621,15 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
         float scale = 1f / MathF.Sqrt(nopeDim + ropeDim);
         var cache = Device(latent).Bf16;
         var weight = _weights.Of(kvB);
+        if (absorbed && tokens == 1 && FusedMlaDecode(start) && MlaKernels.RunsFusedDecode(_context, shape))
+        {
+            // A short cache: the whole absorbed decode in one launch (the decode step's recording knows this choice).
+            // The flash-decoding's scratch is sized now all the same: the step that first outgrows this path is
+            // recorded, and a capture cannot allocate.
+            DecodeScratch(shape);
+            MlaKernels.DecodeFused(_stream, Device(o).F32, Device(q).F32, cache, Scalar(start), weight, shape, scale);
+            return;
+        }
         if (absorbed && tokens <= DecodeTokens)
         {
             var queryLatent = _arena.Rent<float>((long)tokens * heads * (shape.Rank + ropeDim)); // [T, H, R + P]
@@ -666,6 +679,26 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
             MlaKernels.AbsorbOutput(_stream, Device(o).F32.Slice((long)first * o.Cols, (long)count * o.Cols), scratch, weight, shape, count);
         }
     }
+
+    /// <summary>
+    /// The longest cache (rows, the new token's included) a one-token decode runs MLA's one-launch decode over, where the
+    /// layer's shape has it; longer ones take the three-kernel flash-decoding. At most (and by default)
+    /// <see cref="MlaKernels.FusedDecodeMaxLength"/>; 0 turns it off (tests compare the two paths on one model).
+    /// </summary>
+    internal int FusedMlaMaxLength
+    {
+        get => _fusedMlaMaxLength;
+        set => _fusedMlaMaxLength = value is >= 0 and <= MlaKernels.FusedDecodeMaxLength ? value
+            : throw new ArgumentOutOfRangeException(nameof(value), value, $"0 to {MlaKernels.FusedDecodeMaxLength}");
+    }
+    private int _fusedMlaMaxLength = MlaKernels.FusedDecodeMaxLength;
+
+    /// <summary>
+    /// Whether a one-token decode at position <paramref name="start"/> takes the one-launch MLA decode (where the layer's
+    /// shape has it): while the cache, this token's row included, fits its slices. A recorded decode step replays
+    /// the choice made when it was recorded, so it is recorded again when this answer changes (<see cref="DecodeRecording"/>).
+    /// </summary>
+    private bool FusedMlaDecode(int start) => start + 1 <= _fusedMlaMaxLength;
 
     private MlaDecodeScratch DecodeScratch(MlaShape shape)
     {

@@ -109,15 +109,24 @@ internal unsafe struct LaunchConfig
     public uint AttributeCount;
 }
 
-/// <summary><c>CUlaunchAttribute</c>: an id, padding to 8 bytes, and a 64-byte value union (its first int is enough here).</summary>
+/// <summary>
+/// <c>CUlaunchAttribute</c>: an id, padding to 8 bytes, and a 64-byte value union: one int (<see cref="Value"/>) for
+/// most attributes, three for the cluster dimension.
+/// </summary>
 [StructLayout(LayoutKind.Explicit, Size = 72)]
 internal struct LaunchAttribute
 {
+    /// <summary>CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION (value: x, y, z blocks per cluster).</summary>
+    public const int ClusterDimension = 4;
+
     /// <summary>CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION.</summary>
     public const int ProgrammaticStreamSerialization = 6;
 
     [FieldOffset(0)] public int Id;
     [FieldOffset(8)] public int Value;
+    [FieldOffset(8)] public uint ClusterX;
+    [FieldOffset(12)] public uint ClusterY;
+    [FieldOffset(16)] public uint ClusterZ;
 }
 
 /// <summary><c>CUDA_MEMCPY2D</c>: a pitched copy of Height rows of WidthInBytes (here device to device).</summary>

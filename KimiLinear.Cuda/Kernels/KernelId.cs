@@ -50,6 +50,7 @@ internal enum KernelId
     MlaDecodePartialTable,
     MlaDecodePartialTableH32R512D576,
     MlaDecodePartialTableWgmmaH32R512D576,
+    MlaDecodeFusedR512D576,
     MlaPrefillD192V128,
     MlaPrefillGeneral,
     MlaPrefillWgmmaD192V128,
@@ -74,8 +75,10 @@ internal static class KernelCatalog
     /// A kernel's module and entry point. <paramref name="Programmatic"/>: the kernel calls
     /// <c>griddepcontrol.wait</c> before it touches memory an earlier kernel writes or reads, so it may be launched
     /// with programmatic dependent launch (it starts while its predecessor drains; see <c>kernels/gemv.cu</c>).
+    /// <paramref name="ClusterX"/>: launched as thread-block clusters of that many blocks along x (the grid's x a
+    /// multiple of it; compute capability 9.0), 1 for plain blocks.
     /// </summary>
-    public readonly record struct Entry(string Module, string Name, bool Programmatic = false);
+    public readonly record struct Entry(string Module, string Name, bool Programmatic = false, int ClusterX = 1);
 
     public static Entry Of(KernelId id) => id switch
     {
@@ -123,6 +126,7 @@ internal static class KernelCatalog
         KernelId.MlaDecodePartialTable => new("mla", "kimi_mla_decode_partial_table", Programmatic: true),
         KernelId.MlaDecodePartialTableH32R512D576 => new("mla", "kimi_mla_decode_partial_table_h32_r512_d576", Programmatic: true),
         KernelId.MlaDecodePartialTableWgmmaH32R512D576 => new("mla", "kimi_mla_decode_partial_table_wgmma_h32_r512_d576", Programmatic: true),
+        KernelId.MlaDecodeFusedR512D576 => new("mla", "kimi_mla_decode_fused_r512_d576", Programmatic: true, ClusterX: 8),
         KernelId.MlaPrefillD192V128 => new("mla", "kimi_mla_prefill_d192_v128"),
         KernelId.MlaPrefillGeneral => new("mla", "kimi_mla_prefill_general"),
         KernelId.MlaPrefillWgmmaD192V128 => new("mla", "kimi_mla_prefill_wgmma_d192_v128"),

@@ -57,13 +57,22 @@ internal sealed unsafe partial class KernelLibrary : IDisposable
         }
         _context.Bind();
         KernelCatalog.Entry entry = KernelCatalog.Of(id);
-        if (ProgrammaticLaunch && entry.Programmatic)
+        LaunchAttribute* attributes = stackalloc LaunchAttribute[2];
+        uint count = 0;
+        if (entry.ClusterX > 1)
         {
-            var attribute = new LaunchAttribute { Id = LaunchAttribute.ProgrammaticStreamSerialization, Value = 1 };
+            if (grid.X % (uint)entry.ClusterX != 0)
+                throw new ArgumentException($"{entry.Name} runs as clusters of {entry.ClusterX} blocks along x; the grid's x is {grid.X}", nameof(grid));
+            attributes[count++] = new LaunchAttribute { Id = LaunchAttribute.ClusterDimension, ClusterX = (uint)entry.ClusterX, ClusterY = 1, ClusterZ = 1 };
+        }
+        if (ProgrammaticLaunch && entry.Programmatic)
+            attributes[count++] = new LaunchAttribute { Id = LaunchAttribute.ProgrammaticStreamSerialization, Value = 1 };
+        if (count > 0)
+        {
             var config = new LaunchConfig
             {
                 GridX = grid.X, GridY = grid.Y, GridZ = grid.Z, BlockX = block.X, BlockY = block.Y, BlockZ = block.Z,
-                SharedBytes = (uint)sharedBytes, Stream = stream.Raw, Attributes = &attribute, AttributeCount = 1,
+                SharedBytes = (uint)sharedBytes, Stream = stream.Raw, Attributes = attributes, AttributeCount = count,
             };
             CudaException.ThrowIfFailed(CudaDriver.cuLaunchKernelEx(&config, function, args, null), entry.Name);
             return;

@@ -55,6 +55,20 @@ internal static unsafe class MlaKernels
     private const int PrefillWgmmaSharedBytes = 1024 + 192 * 192 * 2 + 3 * (64 * 192 * 2 + 64 * 128 * 2) + 6 * 8;
     private const int PrefillWgmmaKeys = 64;   // kWgKeys: the keys of a tile, the rows of its copy-engine boxes
     private const float Log2E = 1.4426950408889634f;
+    // The one-launch decode (kimi_mla_decode_fused_r512_d576): clusters of kFusedBlocks blocks for kFusedHeads heads,
+    // each holding up to kFusedMaxRows cache rows 1,168 bytes apart (decode_fused_smem_bytes: the rows, q_lat and P as
+    // bf16 hi/lo [8][576] and [8][184], then fp32 scratch [8][256], q_lat columns [256], q [128], (max, sum) [4][2],
+    // W_UV sums [16][8]).
+    private const int FusedBlocks = 8;
+    private const int FusedHeads = 4;
+    private const int FusedThreads = 512;
+    private const int FusedMaxRows = 176;
+    private const int FusedRowBytes = 576 * 2 + 16;
+    private const int FusedSharedBytes = FusedMaxRows * FusedRowBytes + 2 * FusedHeads * FusedRowBytes + 2 * FusedHeads * (FusedMaxRows + 8) * 2
+        + (8 * 256 + 256 + 128 + 2 * FusedHeads + 16 * 8) * sizeof(float);
+
+    /// <summary>The longest cache (rows, this step's included) <see cref="DecodeFused"/> takes: 8 slices of 176 rows.</summary>
+    public const int FusedDecodeMaxLength = FusedBlocks * FusedMaxRows;
 
     private static int DecodeSharedBytes(int d, int mTiles) =>
         DecodeStages * DecodeRows * (d + 8) * 2 + DecodeWarps * 16 * (DecodeRows + 8) * 4 + mTiles * 16 * (DecodeRows + 8) * 2 + mTiles * 16 * 4;
@@ -214,6 +228,61 @@ internal static unsafe class MlaKernels
         void** args = stackalloc void*[] { &pO, &pParts, &pArrivals, &pSlices, &pStats, &pW, &t, &h, &n, &v, &r, &splits };
         stream.Context.Kernels.Launch(KernelId.MlaCombineAbsorbOutput, new Dim3((uint)scratch.OutputBlocks, (uint)h),
             new Dim3(AbsorbThreads), shared, stream, args);
+    }
+
+    /// <summary>
+    /// Whether <see cref="DecodeFused"/> runs for <paramref name="shape"/> on <paramref name="context"/>'s device: the
+    /// model's head dims (N 128, P 64, V 128, R 512), a multiple of 4 heads, and the mla module's sm_90a cubin loaded
+    /// (thread-block clusters, Hopper).
+    /// </summary>
+    public static bool RunsFusedDecode(CudaContext context, MlaShape shape) =>
+        shape is { NopeDim: 128, RopeDim: 64, ValueDim: 128, Rank: 512 } && shape.Heads > 0 && shape.Heads % FusedHeads == 0
+        && context.Kernels.RunsSm90a("mla");
+
+    /// <summary>
+    /// The whole absorbed decode of one token over a short cache in one launch: what <see cref="AbsorbQuery"/>,
+    /// <see cref="DecodeAttention(CudaStream, DeviceSpan{float}, DeviceSpan{ushort}, DeviceSpan{int}, int, MlaShape, float, MlaDecodeScratch, bool)"/>
+    /// and <see cref="AbsorbOutput"/> compute for T = 1, o[h·V + v] = Σ_r W_UV_h[v, r]·out[h, r] with out the softmax
+    /// mix of the cache rows 0 .. start under q_lat = q·W_UK. Clusters of 8 blocks, one for every 4 heads, each block a
+    /// slice of the cache held in shared memory (kernels/mla.cu). Its q_lat and softmax weights enter the tensor cores
+    /// as bf16 hi + lo pairs (within ~1e-5 of a float64 reference).
+    /// </summary>
+    /// <param name="stream">Where to queue it (one launch).</param>
+    /// <param name="o">[1, H·V] fp32 out.</param>
+    /// <param name="q">
+    /// [1, H·(N + P)] fp32; under programmatic launch read before the kernel's wait, as <see cref="AbsorbQuery"/> reads it
+    /// (the same precondition on the kernel launched just before).
+    /// </param>
+    /// <param name="latent">The cache [≥ start + 1, R + P] bf16, row start (this step's) appended by the kernel launched just before.</param>
+    /// <param name="start">
+    /// A device int, the cache's length before this step, at most <see cref="FusedDecodeMaxLength"/> − 1 (the kernel traps
+    /// past it: a graph that replays this launch must be recorded again before the cache grows past it), written as
+    /// <c>DecodeAttention</c>'s start is.
+    /// </param>
+    /// <param name="kvB">kv_b_proj's weight [H·(N + V), R] bf16.</param>
+    /// <param name="shape">One that <see cref="RunsFusedDecode"/> accepts.</param>
+    /// <param name="scale">The softmax scale, usually <see cref="MlaShape.Scale"/>.</param>
+    public static void DecodeFused(CudaStream stream, DeviceSpan<float> o, DeviceSpan<float> q, DeviceSpan<ushort> latent, DeviceSpan<int> start,
+        DeviceSpan<ushort> kvB, MlaShape shape, float scale)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        if (!RunsFusedDecode(stream.Context, shape))
+            throw new ArgumentException(
+                $"the one-launch MLA decode needs N 128, P 64, V 128, R 512, a multiple of {FusedHeads} heads and the sm_90a kernels (Hopper); " +
+                $"got H = {shape.Heads}, N = {shape.NopeDim}, P = {shape.RopeDim}, V = {shape.ValueDim}, R = {shape.Rank} on {stream.Context.Device.Name}",
+                nameof(shape));
+        CheckScale(scale);
+        KernelChecks.HoldsAligned(o, shape.OutputWidth, nameof(o));
+        KernelChecks.HoldsAligned(q, shape.QueryWidth, nameof(q));
+        KernelChecks.HoldsAligned(latent, shape.LatentWidth, nameof(latent)); // at least this step's row; the start is on the device
+        KernelChecks.HoldsAligned(kvB, (long)shape.KeyValueWidth * shape.Rank, nameof(kvB));
+        KernelChecks.Holds(start, 1, nameof(start));
+        CheckShared(stream, FusedSharedBytes, "MLA one-launch decode");
+        ulong pO = o.Pointer, pQ = q.Pointer, pLatent = latent.Pointer, pKvB = kvB.Pointer, pStart = start.Pointer;
+        float scaleLog2 = scale * Log2E;
+        void** args = stackalloc void*[] { &pO, &pQ, &pLatent, &pKvB, &pStart, &scaleLog2 };
+        stream.Context.Kernels.Launch(KernelId.MlaDecodeFusedR512D576, new Dim3(FusedBlocks, (uint)(shape.Heads / FusedHeads)), new Dim3(FusedThreads),
+            FusedSharedBytes, stream, args);
     }
 
     /// <summary>

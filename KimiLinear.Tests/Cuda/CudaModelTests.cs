@@ -1,6 +1,8 @@
 using System.Numerics.Tensors;
 using System.Text.Json;
 using KimiLinear.Configuration;
+using KimiLinear.Cuda;
+using KimiLinear.Cuda.Backend;
 using KimiLinear.Cuda.Interop;
 using KimiLinear.Cuda.Kernels;
 using KimiLinear.Generation;
@@ -386,6 +388,37 @@ public sealed class CudaModelTests
 
         using var session = tiny.Gpu.CreateSession();
         Assert.Equal(tiny.Gpu.Config.VocabSize, session.ForwardLast([1, 2, 3]).Length);
+    }
+
+    /// <summary>
+    /// A model with the real model's MLA head dims (N 128, P 64, V 128, R 512; 4 heads), whose one-token decode steps take
+    /// MLA's one-launch kernel on Hopper while the cache fits it, steps across that limit (the recorded step is recorded
+    /// again with the three-kernel flash-decoding) and agrees at every step with the same model and weights never taking
+    /// it: the two paths differ only in the attention's rounding (~1e-5).
+    /// </summary>
+    [Fact]
+    public void OneLaunchMlaDecodeAgreesWithFlashDecodingAcrossItsLimit()
+    {
+        CudaContext gpu = Gpu.Require();
+        var config = KimiConfig.Parse(File.ReadAllText(Path.Combine(FixturePaths.TinyModel, "config.json"))
+            .Replace("\"kv_lora_rank\": 64", "\"kv_lora_rank\": 512")
+            .Replace("\"qk_nope_head_dim\": 32", "\"qk_nope_head_dim\": 128")
+            .Replace("\"qk_rope_head_dim\": 16", "\"qk_rope_head_dim\": 64")
+            .Replace("\"v_head_dim\": 32", "\"v_head_dim\": 128"));
+        var shape = new MlaShape(config.MlaHeads, config.QkNopeHeadDim, config.QkRopeHeadDim, config.VHeadDim, config.KvLoraRank);
+        if (!MlaKernels.RunsFusedDecode(gpu, shape)) Assert.Skip($"the one-launch MLA decode needs the sm_90a cubin (Hopper); this is {gpu.Device.Name}");
+        var options = new KimiModelOptions { Device = KimiDevice.Cuda };
+        using var oneLaunch = KimiModel.CreateSynthetic(config, options, seed: 5);
+        using var flash = KimiModel.CreateSynthetic(config, options, seed: 5);
+        ((CudaBackend)flash.Backend).FusedMlaMaxLength = 0;
+        int limit = MlaKernels.FusedDecodeMaxLength, prompt = limit - 10;
+        var random = new Random(5);
+        var ids = Enumerable.Range(0, limit + 6).Select(_ => random.Next(config.VocabSize)).ToArray();
+        using var a = oneLaunch.CreateSession();
+        using var b = flash.CreateSession();
+        TensorAssert.Close(a.ForwardLast(ids.AsSpan(0, prompt)), b.ForwardLast(ids.AsSpan(0, prompt)), 1e-6, "the prompt (the same prefill)");
+        for (int t = prompt; t < ids.Length; t++)
+            TensorAssert.Close(a.ForwardLast(ids.AsSpan(t, 1)), b.ForwardLast(ids.AsSpan(t, 1)), 1e-3, $"decode step at position {t} (cache {t + 1} rows)");
     }
 
     [Fact]

@@ -35,6 +35,8 @@ public sealed class MlaKernelTests
         // The model's heads and rank with another rope width: the general decode kernel at 32 heads (full takes the
         // build specialised for H 32, R 512, R + P 576).
         "rope48" => new MlaShape(Heads: 32, NopeDim: 128, RopeDim: 48, ValueDim: 128, Rank: 512),
+        // The model's head dims with 4 heads: one cluster of the one-launch decode.
+        "quad" => new MlaShape(Heads: 4, NopeDim: 128, RopeDim: 64, ValueDim: 128, Rank: 512),
         // Past the 128 W_UK rows / W_UV rows the absorption kernels hold in registers, and R not a multiple of their
         // 128-column blocks (the second block of a head half used).
         "odd" => new MlaShape(Heads: 3, NopeDim: 160, RopeDim: 16, ValueDim: 144, Rank: 200),
@@ -231,6 +233,91 @@ public sealed class MlaKernelTests
             AssertCloseWithUntouchedTail(dO.ToArray(stream), MlaReference.AbsorbOutput(mixed, kvB, shape, 1),
                 $"{shapeName} graph replay at start {start}{(allowWgmma ? "" : " (mma.sync)")}");
         }
+    }
+
+    // The one-launch decode (clusters of 8 blocks, each a slice of the cache; Hopper): a cache of one row (7 slices
+    // empty), slices shorter than a k16 step, this step's row the last (start 20) or the first (21) of its slice, odd
+    // slice lengths (zero-filled up to 16 rows), and the longest cache it takes (1,408 rows: 8 slices of 176).
+    [Theory]
+    [InlineData("quad", 0)]
+    [InlineData("quad", 20)]
+    [InlineData("quad", 21)]
+    [InlineData("full", 135)]
+    [InlineData("full", 1000)]
+    [InlineData("full", 1407)]
+    public void DecodeFused_MatchesReference(string shapeName, int start)
+    {
+        CudaContext gpu = Gpu.Require();
+        MlaShape shape = ShapeNamed(shapeName);
+        if (!MlaKernels.RunsFusedDecode(gpu, shape)) Assert.Skip($"the one-launch MLA decode needs the sm_90a cubin (Hopper); this is {gpu.Device.Name}");
+        var random = new Random(start * 17 + shape.Heads);
+        ushort[] latent = PoisonedCache(random, shape, start + 1, capacity: start + 9);
+        float[] q = Gpu.RandomF32(random, shape.QueryWidth);
+        ushort[] kvB = Gpu.RandomBf16(random, (long)shape.KeyValueWidth * shape.Rank, 0.1f);
+        using CudaStream stream = gpu.CreateStream();
+        using DeviceBuffer<ushort> dLatent = gpu.Upload(stream, latent), dKvB = gpu.Upload(stream, kvB);
+        using DeviceBuffer<float> dQ = gpu.Upload(stream, q);
+        using DeviceBuffer<int> dStart = gpu.Upload(stream, new[] { start });
+        using DeviceBuffer<float> dO = gpu.Poisoned(stream, shape.OutputWidth + 5, float.NaN);
+
+        MlaKernels.DecodeFused(stream, dO, dQ, dLatent, dStart, dKvB, shape, shape.Scale);
+
+        float[] mixed = MlaReference.Decode(MlaReference.AbsorbQuery(q, kvB, shape, 1), latent, start, 1, shape, shape.Scale);
+        AssertCloseWithUntouchedTail(dO.ToArray(stream), MlaReference.AbsorbOutput(mixed, kvB, shape, 1),
+            $"{shapeName} one-launch decode, start {start}", WgmmaDecodeTolerance);
+    }
+
+    [Fact]
+    public void DecodeFused_CapturedGraph_FollowsTheLengthOnTheDevice()
+    {
+        // One graph captured at length 1, replayed while the cache grows past the slice count, a k16 step, a slice's
+        // 176 rows' worth of tokens per slice and up to the longest cache the kernel takes.
+        CudaContext gpu = Gpu.Require();
+        MlaShape shape = ShapeNamed("full");
+        if (!MlaKernels.RunsFusedDecode(gpu, shape)) Assert.Skip($"the one-launch MLA decode needs the sm_90a cubin (Hopper); this is {gpu.Device.Name}");
+        int[] starts = [0, 1, 7, 8, 9, 130, 1023, 1406, MlaKernels.FusedDecodeMaxLength - 1];
+        var random = new Random(12);
+        ushort[] latent = PoisonedCache(random, shape, starts[^1] + 1, capacity: starts[^1] + 1);
+        float[] q = Gpu.RandomF32(random, shape.QueryWidth);
+        ushort[] kvB = Gpu.RandomBf16(random, (long)shape.KeyValueWidth * shape.Rank, 0.1f);
+        float[] queryLatent = MlaReference.AbsorbQuery(q, kvB, shape, 1);
+        using CudaStream stream = gpu.CreateStream();
+        using DeviceBuffer<ushort> dLatent = gpu.Upload(stream, latent), dKvB = gpu.Upload(stream, kvB);
+        using DeviceBuffer<float> dQ = gpu.Upload(stream, q);
+        using DeviceBuffer<int> dStart = gpu.Upload(stream, new[] { 0 });
+        using DeviceBuffer<float> dO = gpu.Poisoned(stream, shape.OutputWidth, float.NaN);
+        void Decode(CudaStream s) => MlaKernels.DecodeFused(s, dO, dQ, dLatent, dStart, dKvB, shape, shape.Scale);
+        // One call outside the capture: module loads and the shared-memory opt-in must not happen inside it.
+        Decode(stream);
+        using CudaGraph graph = stream.Capture(Decode);
+
+        foreach (int start in starts)
+        {
+            ushort[] visible = latent.ToArray();
+            Array.Fill(visible, Gpu.Bf16NaN, (start + 1) * shape.LatentWidth, visible.Length - (start + 1) * shape.LatentWidth);
+            dLatent.CopyFrom(visible, stream);
+            dStart.CopyFrom(new[] { start }, stream);
+            graph.Launch(stream);
+            float[] mixed = MlaReference.Decode(queryLatent, visible, start, 1, shape, shape.Scale);
+            AssertCloseWithUntouchedTail(dO.ToArray(stream), MlaReference.AbsorbOutput(mixed, kvB, shape, 1),
+                $"one-launch decode graph replay at start {start}", WgmmaDecodeTolerance);
+        }
+    }
+
+    [Fact]
+    public void DecodeFused_OtherShapesAreANamedError()
+    {
+        CudaContext gpu = Gpu.Require();
+        MlaShape tiny = ShapeNamed("tiny"), oddHeads = ShapeNamed("full") with { Heads = 6 };
+        Assert.False(MlaKernels.RunsFusedDecode(gpu, tiny));
+        Assert.False(MlaKernels.RunsFusedDecode(gpu, oddHeads));
+        Assert.False(MlaKernels.RunsFusedDecode(gpu, ShapeNamed("rope48")));
+        using CudaStream stream = gpu.CreateStream();
+        using DeviceBuffer<float> dO = gpu.Poisoned(stream, 4096, 0f), dQ = gpu.Poisoned(stream, 4096, 0f);
+        using DeviceBuffer<ushort> dLatent = gpu.Poisoned(stream, 4096, (ushort)0), dKvB = gpu.Poisoned(stream, 1 << 20, (ushort)0);
+        using DeviceBuffer<int> dStart = gpu.Upload(stream, new[] { 0 });
+        var error = Assert.Throws<ArgumentException>(() => MlaKernels.DecodeFused(stream, dO, dQ, dLatent, dStart, dKvB, oddHeads, oddHeads.Scale));
+        Assert.Contains("H = 6", error.Message);
     }
 
     // The full shape twice: on Hopper the default takes the wgmma kernel, allowWgmma false the mma.sync one.

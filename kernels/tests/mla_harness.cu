@@ -64,6 +64,35 @@ static void launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, A... arg
 #endif
 }
 
+// One launch of thread-block clusters of `cluster_x` blocks along x (the launch's cluster attribute, as the C# library
+// passes it), with programmatic dependent launch as g_programmatic says.
+template <typename... P, typename... A>
+static void launch_cluster(void (*k)(P...), int cluster_x, dim3 grid, dim3 block, size_t smem, A... args) {
+#ifdef KDA_EMULATE
+    emu_launch_cluster(k, cluster_x, grid, block, smem, args...);
+#else
+    cudaStreamCaptureStatus capturing;
+    CK(cudaStreamIsCapturing(g_stream, &capturing));
+    if (smem > 48 * 1024 && capturing == cudaStreamCaptureStatusNone)
+        CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem;
+    config.stream = g_stream;
+    cudaLaunchAttribute attributes[2] = {};
+    attributes[0].id = cudaLaunchAttributeClusterDimension;
+    attributes[0].val.clusterDim.x = unsigned(cluster_x);
+    attributes[0].val.clusterDim.y = 1;
+    attributes[0].val.clusterDim.z = 1;
+    attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[1].val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = attributes;
+    config.numAttrs = g_programmatic ? 2 : 1;
+    CK(cudaLaunchKernelEx(&config, k, P(args)...));
+#endif
+}
+
 // A device copy of a host vector (host memory itself on the emulator's runtime subset).
 template <typename T> struct Dev {
     T* p = nullptr;
@@ -249,6 +278,45 @@ static void check_decode_wgmma(int start, int T, int splits) {
     report(what, wg, ref, 1e-4);
     std::snprintf(what, sizeof what, "decode wgmma h32 start=%d T=%d splits=%d vs mma.sync", start, T, splits);
     report(what, wg, std::vector<double>(mma.begin(), mma.end()));
+}
+
+// The one-launch decode of one token over a short cache (kimi_mla_decode_fused_r512_d576, the model's N, V, R, P; H a multiple of 4)
+// against the float64 reference of the whole absorbed path (q_lat from q and W_UK, the attention, W_UV), the cache's
+// rows past the length NaN. Its q_lat and p enter as bf16 hi + lo pairs, so it must land near fp32 (limit 1e-4).
+// Called again on the same buffers (outputs re-poisoned) one row longer, as a decode graph replays while the cache grows.
+static void check_decode_fused(int H, int start) {
+    const Shape sh{H, 128, 64, 128, 512};
+    const int D = sh.R + sh.P, qk = sh.N + sh.P;
+    std::vector<uint16_t> lat = rand_bf16(size_t(start + 8) * D, 1.f);
+    std::vector<float> q = rand_f32(size_t(sh.H) * qk, 1.f);
+    std::vector<uint16_t> kvb = rand_bf16(size_t(sh.H) * (sh.N + sh.V) * sh.R, 0.1f);
+    const float scale = 1.f / std::sqrt(float(sh.N + sh.P));
+    std::vector<float> qlat(size_t(sh.H) * D);   // the float64 query absorption, as floats for decode_ref
+    for (int h = 0; h < sh.H; h++) {
+        for (int r = 0; r < sh.R; r++) {
+            double s = 0;
+            for (int n = 0; n < sh.N; n++) s += double(q[h * qk + n]) * bf2f(kvb[(size_t(h) * (sh.N + sh.V) + n) * sh.R + r]);
+            qlat[size_t(h) * D + r] = float(s);
+        }
+        for (int i = 0; i < sh.P; i++) qlat[size_t(h) * D + sh.R + i] = q[h * qk + sh.N + i];
+    }
+    Dev<float> dq(q);
+    Dev<uint16_t> dkvb(kvb);
+    for (int call = 0; call < 2; call++) {
+        const int at = start + call, L = at + 1;
+        std::vector<uint16_t> poisoned = lat;
+        for (size_t i = size_t(L) * D; i < poisoned.size(); i++) poisoned[i] = 0x7FC0;   // rows past L: NaN
+        Dev<uint16_t> dlat(poisoned);
+        Dev<int> dstart(std::vector<int>{at});
+        Dev<float> out(std::vector<float>(size_t(sh.H) * sh.V, NAN));
+        launch_cluster(kimi_mla_decode_fused_r512_d576, kFusedBlocks, dim3(kFusedBlocks, sh.H / kFusedHeads), dim3(kFusedThreads),
+                       decode_fused_smem_bytes(), out.p, (const float*)dq.p, (const uint16_t*)dlat.p, (const uint16_t*)dkvb.p,
+                       (const int*)dstart.p, scale * 1.4426950408889634f);
+        const std::vector<double> ref = absorb_output_ref(decode_ref(qlat, poisoned, at, 1, sh, scale), kvb, 1, sh);
+        char what[128];
+        std::snprintf(what, sizeof what, "decode fused H=%d start=%d", sh.H, at);
+        report(what, out.get(), ref, 1e-4);
+    }
 }
 
 // The table form of a decode partial (one token of each of N sequences, caches allocated apart, each of its own length
@@ -538,6 +606,60 @@ static void bench(bool decode, bool prefill) {
 }
 #endif
 
+#ifndef KDA_EMULATE
+// --bench-fused: the one-launch decode against the three-kernel decode (query absorption, wgmma partial, merge + W_UV)
+// at short caches, each alone and in PDL graphs, and how many of its clusters the device holds at once.
+static void bench_fused() {
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    CK(cudaStreamCreate(&g_stream));
+    const int H = 32, N = 128, V = 128, R = 512, P = 64, D = R + P, splits = prop.multiProcessorCount, G = R / kAbsorbColumns;
+    const float scale_log2 = 1.4426950408889634f / std::sqrt(192.f);
+    const size_t smem = decode_fused_smem_bytes();
+    CK(cudaFuncSetAttribute(kimi_mla_decode_fused_r512_d576, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(kFusedBlocks, H / kFusedHeads);
+    config.blockDim = dim3(kFusedThreads);
+    config.dynamicSmemBytes = smem;
+    cudaLaunchAttribute cluster = {};
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = kFusedBlocks; cluster.val.clusterDim.y = 1; cluster.val.clusterDim.z = 1;
+    config.attrs = &cluster;
+    config.numAttrs = 1;
+    int fit = 0;
+    CK(cudaOccupancyMaxActiveClusters(&fit, (void*)kimi_mla_decode_fused_r512_d576, &config));
+    std::printf("== fused decode on %s (%d SMs): %zu bytes of shared memory a block, %d clusters of %d at once (%d for H = 32)\n", prop.name,
+                splits, smem, fit, kFusedBlocks, H / kFusedHeads);
+    uint16_t* kvb = random_bf16_device(size_t(H) * (N + V) * R, 5);
+    Dev<float> q(rand_f32(size_t(H) * (N + P), 1.f)), qlat(std::vector<float>(size_t(H) * D));
+    Dev<float> po(std::vector<float>(size_t(splits) * H * R)), pml(std::vector<float>(size_t(splits) * H * 2));
+    Dev<float> parts(std::vector<float>(size_t(H) * G * V)), o(std::vector<float>(size_t(H) * V));
+    Dev<int> arrivals(std::vector<int>(H, 0));
+    for (int L : {64, 1024, 1408}) {
+        uint16_t* lat = random_bf16_device(size_t(L) * D, 1);
+        Dev<int> dstart(std::vector<int>{L - 1});
+        auto query = [&] { launch(kimi_mla_absorb_query, dim3(G, H), dim3(kAbsorbThreads), absorb_query_smem_bytes(N), qlat.p, (const float*)q.p,
+                                  (const uint16_t*)kvb, 1, H, N, P, V, R); };
+        auto partial = [&] { launch(kimi_mla_decode_partial_wgmma_h32_r512_d576, dim3(splits, 1), dim3(kWdThreads), decode_wgmma_smem_bytes(),
+                                    po.p, pml.p, (const float*)qlat.p, latent_map(lat, L), (const int*)dstart.p, H, R, D, scale_log2); };
+        auto output = [&] { launch(kimi_mla_combine_absorb_output, dim3(G, H), dim3(kAbsorbThreads), absorb_output_smem_bytes(splits), o.p, parts.p,
+                                   arrivals.p, (const float*)po.p, (const float*)pml.p, (const uint16_t*)kvb, 1, H, N, V, R, splits); };
+        auto fused = [&] {
+            launch_cluster(kimi_mla_decode_fused_r512_d576, kFusedBlocks, dim3(kFusedBlocks, H / kFusedHeads), dim3(kFusedThreads), smem, o.p,
+                           (const float*)q.p, (const uint16_t*)lat, (const uint16_t*)kvb, (const int*)dstart.p, scale_log2);
+        };
+        // Alone first: the shared-memory opt-ins happen there, outside the captures.
+        const float three_alone = median_us([&] { query(); partial(); output(); }), fused_alone = median_us(fused);
+        const float three = graph_us([&] { for (int i = 0; i < 4; i++) { query(); partial(); output(); } }) / 4;
+        const float one = graph_us([&] { for (int i = 0; i < 4; i++) fused(); }) / 4;
+        std::printf("BENCH L=%5d: three kernels alone %6.1f us, in a PDL graph %6.1f us a layer | fused alone %6.1f us, in a PDL graph %6.1f us\n",
+                    L, three_alone, three, fused_alone, one);
+        CK(cudaFree(lat));
+    }
+    CK(cudaFree(kvb));
+}
+#endif
+
 // --quick: what CI runs (KimiLinear.Tests' MlaKernelEmulatorTests, under a minute); without it, two longer
 // wgmma decode cases too.
 #ifndef KDA_EMULATE
@@ -563,6 +685,10 @@ static void profile_decode(int L) {
 
 int main(int argc, char** argv) {
 #ifndef KDA_EMULATE
+    if (argc > 1 && std::strcmp(argv[1], "--bench-fused") == 0) {
+        bench_fused();
+        return 0;
+    }
     if (argc > 2 && std::strcmp(argv[1], "--profile-decode") == 0) {
         profile_decode(std::atoi(argv[2]));
         return 0;
@@ -617,7 +743,15 @@ int main(int argc, char** argv) {
     check_decode_table(tiny, {3, 0, 1, 90, 48, 7, 63, 64, 2, 11, 200, 4, 5, 130, 9, 1}, 3, Partial::General);
     check_decode_table(full, {40, 0, 130, 3}, 3, Partial::H32);
     check_decode_table(full, {0, 70, 2, 150}, 5, Partial::Wgmma);
+    // The one-launch short-cache decode: a cache of 1 row (7 empty slices) and 2, slices shorter than a k16 step,
+    // odd slice lengths (the zero-filled rows up to 16), the appended row at a slice's first and last row, and the
+    // longest cache it takes (8 slices of 176 rows: the two calls end at 1,407 and 1,408 rows).
+    check_decode_fused(4, 0);
+    check_decode_fused(4, 20);
+    check_decode_fused(4, 135);
+    check_decode_fused(4, 1406);
     if (!quick) {
+        check_decode_fused(32, 1000);
         check_decode_wgmma(300, 3, 2);
         check_decode_wgmma(2000, 1, 3);
     }

@@ -5,7 +5,8 @@
 // kernels use: each CUDA thread is a ucontext fiber; __syncthreads, named barriers and warp shuffles are rendezvous
 // points (a fiber blocks until every thread of its block / warp has arrived, so a missing barrier or a divergent
 // shuffle shows up as a deadlock report or a wrong result); blocks run one at a time, each with its own dynamic shared
-// memory (garbage-filled).
+// memory (garbage-filled), except a thread-block cluster's (emu_launch_cluster), whose blocks run together so that
+// each can read the others' shared memory (emu_cluster_map) and meet them at the cluster barrier.
 // Not emulated: timing, memory-model races between blocks, anything kda.cu does not use.
 #pragma once
 #ifdef KDA_EMULATE
@@ -28,9 +29,10 @@ using std::max;
 #define __forceinline__ inline
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
+#define __cluster_dims__(...)
 #define __grid_constant__
-// Static __shared__ arrays (common.cuh's block reductions): one copy, which is right since one block runs at a time;
-// dynamic shared memory is per block.
+// Static __shared__ arrays (common.cuh's block reductions): one copy, which is right since one block runs at a time
+// (no cluster kernel uses them); dynamic shared memory is per block.
 #define __shared__ static
 
 struct dim3 {
@@ -67,14 +69,16 @@ inline unsigned atomicAdd(unsigned* p, unsigned v) { unsigned old = *p; *p += v;
 inline void __threadfence() {}   // one fiber runs at a time: every write is visible at once
 inline float __expf(float x) { return std::exp(x); }
 inline float __fdividef(float a, float b) { return a / b; }
+inline void __trap() { std::abort(); }
 
 namespace emu {
-enum Wait { None, Block, Warp, Done, Spin, Named };         // Spin: polling (an mbarrier), runnable again after progress;
-                                                               // Named: at a named barrier (bar.sync id, count)
+enum Wait { None, Block, Warp, Done, Spin, Named, Cluster };   // Spin: polling (an mbarrier), runnable again after progress;
+                                                                  // Named: at a named barrier (bar.sync id, count)
 struct Fiber {
     ucontext_t ctx;
     std::vector<char> stack;
     dim3 tid, bid;
+    int block = 0;        // index of its block inside the running cluster
     Wait wait = None;
     uint32_t shfl_val = 0, shfl_res = 0;
     int shfl_src = 0;
@@ -94,7 +98,7 @@ struct Fiber {
 struct State {
     ucontext_t sched;
     std::vector<Fiber> fibers;
-    std::vector<unsigned char> smem;   // the running block's dynamic shared memory
+    std::vector<std::vector<unsigned char>> smem;   // the running blocks' dynamic shared memory, one per block of the cluster
     int cur = -1;
     dim3 grid, block;
     std::function<void()> body;
@@ -181,19 +185,20 @@ inline void emu_mma_m16n8k8_tf32(float* d, const uint32_t* a, const uint32_t* b,
 }
 
 namespace emu {
-// Runs the fibers of one block until all are done: run every runnable fiber until it blocks, then release each
-// barrier whose participants all wait at it (a warp for shuffles, the block for __syncthreads, a named barrier's
-// count); if nothing can be released, the kernel would hang on a GPU too.
-inline void run_block(int threads) {
+// Runs the fibers of one cluster of `nblocks` blocks (1 outside cluster launches) until all are done: run every
+// runnable fiber until it blocks, then release each barrier whose participants all wait at it (a warp for shuffles, a
+// block for __syncthreads, a named barrier's count, the whole cluster for the cluster barrier); if nothing can be
+// released, the kernel would hang on a GPU too.
+inline void run_cluster(int nblocks, int threads) {
     State& s = st();
-    const int n = threads;
+    const int n = nblocks * threads;
     for (;;) {
         for (int i = 0; i < n; ++i) {
             Fiber& f = s.fibers[i];
             if (f.wait != None) continue;
             s.cur = i;
             threadIdx = f.tid; blockIdx = f.bid; blockDim = s.block; gridDim = s.grid;
-            emu_dynamic_smem = s.smem.data();
+            emu_dynamic_smem = s.smem[f.block].data();
             swapcontext(&s.sched, &f.ctx);
         }
         int done = 0;
@@ -209,20 +214,29 @@ inline void run_block(int threads) {
                 released = true;
             }
         }
-        int at_block_barrier = 0;
-        for (int i = 0; i < n; ++i) at_block_barrier += s.fibers[i].wait == Block;
-        if (at_block_barrier == n) {
-            for (int i = 0; i < n; ++i) s.fibers[i].wait = None;
-            released = true;
+        for (int b = 0; b < nblocks; ++b) {
+            const int first = b * threads, last = first + threads;
+            int at_block_barrier = 0;
+            for (int i = first; i < last; ++i) at_block_barrier += s.fibers[i].wait == Block;
+            if (at_block_barrier == threads) {
+                for (int i = first; i < last; ++i) s.fibers[i].wait = None;
+                released = true;
+            }
+            // A named barrier (bar.sync id, count) releases once `count` threads of the block wait at that id.
+            for (int id = 0; id < 16; ++id) {
+                int waiting = 0, count = 0;
+                for (int i = first; i < last; ++i)
+                    if (s.fibers[i].wait == Named && s.fibers[i].bar_id == id) { waiting++; count = s.fibers[i].bar_count; }
+                if (waiting == 0 || waiting != count) continue;
+                for (int i = first; i < last; ++i)
+                    if (s.fibers[i].wait == Named && s.fibers[i].bar_id == id) s.fibers[i].wait = None;
+                released = true;
+            }
         }
-        // A named barrier (bar.sync id, count) releases once `count` threads of the block wait at that id.
-        for (int id = 0; id < 16; ++id) {
-            int waiting = 0, count = 0;
-            for (int i = 0; i < n; ++i)
-                if (s.fibers[i].wait == Named && s.fibers[i].bar_id == id) { waiting++; count = s.fibers[i].bar_count; }
-            if (waiting == 0 || waiting != count) continue;
-            for (int i = 0; i < n; ++i)
-                if (s.fibers[i].wait == Named && s.fibers[i].bar_id == id) s.fibers[i].wait = None;
+        int at_cluster_barrier = 0;
+        for (int i = 0; i < n; ++i) at_cluster_barrier += s.fibers[i].wait == Cluster;
+        if (at_cluster_barrier == n) {
+            for (int i = 0; i < n; ++i) s.fibers[i].wait = None;
             released = true;
         }
         // Fibers polling an mbarrier run again if anything arrived since they last looked; if nothing did and nothing
@@ -243,37 +257,55 @@ inline void run_block(int threads) {
 }
 }  // namespace emu
 
-// Launch: the blocks run one after another, each as a group of fibers.
+// Launch: the blocks run one cluster of `cluster_x` consecutive blocks along x (grid.x a multiple of it) after another,
+// each cluster as one group of fibers.
 template <typename... P, typename... A>
-inline void emu_launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, A... args) {
+inline void emu_launch_cluster(void (*k)(P...), int cluster_x, dim3 grid, dim3 block, size_t smem, A... args) {
     emu::State& s = emu::st();
-    int threads = int(block.x * block.y * block.z);
+    const int threads = int(block.x * block.y * block.z);
     s.grid = grid; s.block = block;
     s.body = [&]() { k(P(args)...); };
     for (unsigned bz = 0; bz < grid.z; ++bz)
         for (unsigned by = 0; by < grid.y; ++by)
-            for (unsigned bx = 0; bx < grid.x; ++bx) {
-                s.fibers.resize(threads);
-                s.smem.assign(smem + 16, 0xA5);   // garbage, not zeros
-                for (int t = 0; t < threads; ++t) {
-                    emu::Fiber& f = s.fibers[t];
-                    f.stack.resize(64 * 1024);
-                    f.wait = emu::None;
-                    f.mma_slot = 0;
-                    f.pending.clear();
-                    f.groups.clear();
-                    f.wg_pending.clear();
-                    f.wg_groups.clear();
-                    f.tid = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
-                    f.bid = dim3(bx, by, bz);
-                    getcontext(&f.ctx);
-                    f.ctx.uc_stack.ss_sp = f.stack.data();
-                    f.ctx.uc_stack.ss_size = f.stack.size();
-                    f.ctx.uc_link = nullptr;
-                    makecontext(&f.ctx, emu::trampoline, 0);
-                }
-                emu::run_block(threads);
+            for (unsigned bx0 = 0; bx0 < grid.x; bx0 += cluster_x) {
+                s.fibers.resize(size_t(cluster_x) * threads);
+                s.smem.assign(cluster_x, std::vector<unsigned char>(smem + 16, 0xA5));   // garbage, not zeros
+                for (int b = 0; b < cluster_x; ++b)
+                    for (int t = 0; t < threads; ++t) {
+                        emu::Fiber& f = s.fibers[size_t(b) * threads + t];
+                        f.stack.resize(64 * 1024);
+                        f.wait = emu::None;
+                        f.mma_slot = 0;
+                        f.pending.clear();
+                        f.groups.clear();
+                        f.wg_pending.clear();
+                        f.wg_groups.clear();
+                        f.tid = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+                        f.bid = dim3(bx0 + b, by, bz);
+                        f.block = b;
+                        getcontext(&f.ctx);
+                        f.ctx.uc_stack.ss_sp = f.stack.data();
+                        f.ctx.uc_stack.ss_size = f.stack.size();
+                        f.ctx.uc_link = nullptr;
+                        makecontext(&f.ctx, emu::trampoline, 0);
+                    }
+                emu::run_cluster(cluster_x, threads);
             }
+}
+// Launch: the blocks run one after another, each as a group of fibers.
+template <typename... P, typename... A>
+inline void emu_launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, A... args) {
+    emu_launch_cluster(k, 1, grid, block, smem, args...);
+}
+
+// The cluster API subset: the calling block's rank, the cluster barrier (every thread of every block of the cluster
+// arrives and waits: barrier.cluster.arrive + wait), and another block's copy of a shared-memory address (mapa).
+inline unsigned emu_cluster_rank() { return unsigned(emu::st().fibers[emu::st().cur].block); }
+inline void emu_cluster_sync() { emu::yield(emu::Cluster); }
+template <typename T> inline T* emu_cluster_map(T* p, unsigned rank) {
+    emu::State& s = emu::st();
+    unsigned char* mine = s.smem[s.fibers[s.cur].block].data();
+    return reinterpret_cast<T*>(s.smem[rank].data() + (reinterpret_cast<unsigned char*>(p) - mine));
 }
 
 // cp.async: copies are deferred until a cp.async.wait_group retires their group, so a kernel that reads shared memory
