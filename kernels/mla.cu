@@ -1635,23 +1635,29 @@ __device__ __forceinline__ void decode_fused(float* __restrict__ o, const float*
 
     const int g = lane / 4, c4 = lane % 4;   // fragment row g: head g's hi part (g < 4) or head g − 4's lo part
     if (count > 0) {
-        // Scores: warp w takes the 8-row tiles w, w + 16, ...; 36 k16 steps over the 576 columns, two a ldmatrix.
+        // Scores: warp w takes the 8-row tiles w, w + 16, ...; 36 k16 steps over the 576 columns, two a ldmatrix, into
+        // four accumulators (k step mod 4): four chains of 9 dependent mma instead of one of 36.
         for (int nt = warp; nt < padded / 8; nt += 16) {
-            float s[4] = {};
+            float s[4][4] = {};
             const unsigned char* brow = rows + (8 * nt + lane % 8) * kFusedRowBytes + 16 * (lane / 8);
             const uint32_t* arow = reinterpret_cast<const uint32_t*>(qhl + g * kFusedRowBytes);
-#pragma unroll 2
-            for (int ks = 0; ks < D / 16; ks += 2) {
-                uint32_t bfrag[4];
-                ldsm_x4(bfrag, reinterpret_cast<const uint16_t*>(brow + 32 * ks));
+            static_assert(D / 16 % 4 == 0, "whole groups of four k16 steps");
+            for (int ks = 0; ks < D / 16; ks += 4) {
 #pragma unroll
-                for (int u = 0; u < 2; u++) {
-                    const uint32_t a[4] = {arow[8 * (ks + u) + c4], 0u, arow[8 * (ks + u) + 4 + c4], 0u};
-                    mma(s, a, bfrag[2 * u], bfrag[2 * u + 1]);
+                for (int h = 0; h < 2; h++) {
+                    uint32_t bfrag[4];
+                    ldsm_x4(bfrag, reinterpret_cast<const uint16_t*>(brow + 32 * (ks + 2 * h)));
+#pragma unroll
+                    for (int u = 0; u < 2; u++) {
+                        const int k = ks + 2 * h + u;
+                        const uint32_t a[4] = {arow[8 * k + c4], 0u, arow[8 * k + 4 + c4], 0u};
+                        mma(s[2 * h + u], a, bfrag[2 * u], bfrag[2 * u + 1]);
+                    }
                 }
             }
+            const float t0 = (s[0][0] + s[1][0]) + (s[2][0] + s[3][0]), t1 = (s[0][1] + s[1][1]) + (s[2][1] + s[3][1]);
             // A head's hi and lo rows meet: lanes g and g + 4 are lanes l and l + 16.
-            const float s0 = s[0] + __shfl_xor_sync(0xFFFFFFFFu, s[0], 16), s1 = s[1] + __shfl_xor_sync(0xFFFFFFFFu, s[1], 16);
+            const float s0 = t0 + __shfl_xor_sync(0xFFFFFFFFu, t0, 16), s1 = t1 + __shfl_xor_sync(0xFFFFFFFFu, t1, 16);
             if (g < HC) {
                 const int r = 8 * nt + 2 * c4;
                 scores[g * kFusedMaxRows + r] = r < count ? s0 * scale_log2 : kNegInf;
