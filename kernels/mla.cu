@@ -1540,8 +1540,6 @@ __device__ __forceinline__ void decode_fused(float* __restrict__ o, const float*
     uint4 wk[8], wv[8];
 #pragma unroll
     for (int k = 0; k < 8; k++) wk[k] = *reinterpret_cast<const uint4*>(w_uk + static_cast<size_t>(row0 + 16 * k) * R);
-#pragma unroll
-    for (int k = 0; k < 8; k++) wv[k] = *reinterpret_cast<const uint4*>(w_uv + static_cast<size_t>(8 * k) * R);
 
     unsigned char* smem = reinterpret_cast<unsigned char*>(dynamic_smem());
     unsigned char* rows = smem;                                                  // [176][1,168 B]
@@ -1568,6 +1566,9 @@ __device__ __forceinline__ void decode_fused(float* __restrict__ o, const float*
         cp_async16(reinterpret_cast<uint16_t*>(rows + r * kFusedRowBytes + 16 * c), latent + static_cast<size_t>(begin + r) * D + 8 * c, true);
     }
     cp_async_commit();
+    // W_UV last: it is needed last (the rows right after the wait, W_UK at once).
+#pragma unroll
+    for (int k = 0; k < 8; k++) wv[k] = *reinterpret_cast<const uint4*>(w_uv + static_cast<size_t>(8 * k) * R);
     for (int e = tid; e < (padded - count) * kPieces; e += kFusedThreads) {
         const int r = count + e / kPieces, c = e % kPieces;
         *reinterpret_cast<uint4*>(rows + r * kFusedRowBytes + 16 * c) = make_uint4(0, 0, 0, 0);
