@@ -299,11 +299,13 @@ __device__ __forceinline__ bool block_routes(int E, int A, int groups)
 // Candidate e is the 64-bit word order_key(selection) above ~e (distinct words; larger is better, and a tie goes to
 // the lower index, as the rounds break it; an expert past E is the word ~e, below every real one). Each thread holds
 // two candidates; each warp ranks its 64 against one another and keeps its best MOE_ROUTE_SURVIVORS (the best A of
-// all are among the warps' best A), then the first warp ranks the survivors, and survivor r is choice r. Every
-// thread of the block calls it (it synchronises the block).
-__device__ __forceinline__ void route_token_block(int* __restrict__ experts, float* __restrict__ weights, const float* row,
+// all are among the warps' best A), then the first warp ranks the survivors, and survivor r is choice r. The first
+// MOE_ROUTER_WARPS warps of the block call it, each thread with logit(e) giving the token's logit of expert e and
+// sync() a barrier of exactly those warps.
+template <typename Logit, typename Sync>
+__device__ __forceinline__ void route_token_block(int* __restrict__ experts, float* __restrict__ weights, Logit logit,
                                                   const float* __restrict__ bias, int t, int E, int A, int S,
-                                                  int renormalize, float scale, int biased)
+                                                  int renormalize, float scale, int biased, Sync sync)
 {
     constexpr int WARPS = MOE_ROUTER_WARPS, KEEP = MOE_ROUTE_SURVIVORS;
     static_assert(WARPS * KEEP == 32, "the first warp ranks the survivors, one a lane");
@@ -317,8 +319,8 @@ __device__ __forceinline__ void route_token_block(int* __restrict__ experts, flo
     for (int c = 0; c < 2; c++)
     {
         const int e = warp * 64 + c * 32 + lane;
-        const float logit = e < E ? __ldcg(row + e) : 0.0f, b = e < E ? __ldg(bias + e) : 0.0f;
-        const float score = router_score(logit), selection = score + b;
+        const float value = e < E ? logit(e) : 0.0f, b = e < E ? __ldg(bias + e) : 0.0f;
+        const float score = router_score(value), selection = score + b;
         mine[c] = (e < E ? static_cast<uint64_t>(order_key(selection)) << 32 : 0ull) | static_cast<uint32_t>(~e);
         payload[c] = biased ? selection : score;
         words[warp][c * 32 + lane] = mine[c];
@@ -335,7 +337,7 @@ __device__ __forceinline__ void route_token_block(int* __restrict__ experts, flo
 #pragma unroll
     for (int c = 0; c < 2; c++)
         if (rank[c] < KEEP) survivors[warp * KEEP + rank[c]] = mine[c], survivor_payloads[warp * KEEP + rank[c]] = payload[c];
-    __syncthreads();
+    sync();
     if (warp == 0)
     {
         const uint64_t word = survivors[lane];
@@ -350,7 +352,7 @@ __device__ __forceinline__ void route_token_block(int* __restrict__ experts, flo
         write_choices(experts, weights, t, E, A, S, lane < A ? choice[lane] : 0, lane < A ? choice_payload[lane] : 0.0f,
                       renormalize, scale, lane);
     }
-    __syncthreads(); // the shared arrays are free for the next token
+    sync(); // the shared arrays are free for the next token
 }
 
 extern "C" __global__ void __launch_bounds__(MOE_ROUTE_WARPS * 32)
@@ -424,7 +426,11 @@ kimi_moe_router_route_f32(int* __restrict__ experts, float* __restrict__ weights
     __threadfence(); // every block's logits after their arrivals
     if (block_routes(E, A, groups))
         for (int t = 0; t < T; t++)
-            route_token_block(experts, weights, logits + static_cast<size_t>(t) * E, bias, t, E, A, S, renormalize, scale, biased);
+        {
+            const float* row = logits + static_cast<size_t>(t) * E;
+            route_token_block(experts, weights, [&](int e) { return __ldcg(row + e); }, bias, t, E, A, S, renormalize, scale, biased,
+                              [] { __syncthreads(); });
+        }
     else
         for (int t = warp; t < T; t += MOE_ROUTER_WARPS)
             route_token(experts, weights, logits + static_cast<size_t>(t) * E, bias, t, E, A, S, groups, topk_groups,
@@ -1260,6 +1266,106 @@ kimi_moe_prefill_down_wgmma(float* __restrict__ y, const uint16_t* __restrict__ 
     moe_wg::grouped<false>(y, h, pair_of_row, offsets, tile_start, down, D, E, F);
 #else
     (void)y; (void)h; (void)pair_of_row; (void)offsets; (void)tile_start; (void)down; (void)D; (void)E; (void)F;
+    __trap();
+#endif
+}
+
+// ROUTER + ROUTE for decode on Hopper as one thread-block cluster (kimi_moe_router_route_cluster_f32): what
+// kimi_moe_router_route_f32 computes for E = 256 experts (the block route's shapes: block_routes), with the logits
+// exchanged through distributed shared memory instead of global memory, a fence, an arrival count and a read back
+// through L2 (that hand-off is latency on every MoE layer's chain). Grid 8 = one cluster of 8 blocks of 16 warps (the
+// launch's cluster attribute), router_cluster_smem_bytes(D, T) of dynamic shared memory. Block r holds experts
+// 32r .. 32r + 31: before the wait it copies their router rows (32·D bf16) into shared memory; after it, warp w forms
+// the logits of experts 32r + 2w and + 1 for every token, exactly as the other kernel's warp does for its expert (the
+// same lanes, order and sums, so the logits are equal to the bit), keeps them in shared memory and writes them to
+// `logits` (read only by tests). After a cluster barrier block 0 gathers the 256 logits of each token from the 8
+// blocks and routes them with its first four warps (route_token_block); the others wait at a second barrier until it
+// has read their shared memory. D % 8 == 0, T ≤ MoeKernels.MaxDecodeTokens.
+constexpr int MOE_RC_BLOCKS = 8, MOE_RC_WARPS = 16, MOE_RC_EXPERTS = 32;   // experts a block: two a warp
+static_assert(MOE_RC_BLOCKS * MOE_RC_EXPERTS == 2 * MOE_ROUTER_WARPS * 32, "the cluster holds the block route's 256 experts");
+__host__ __device__ constexpr size_t router_cluster_smem_bytes(int D, int T)
+{
+    return static_cast<size_t>(MOE_RC_EXPERTS) * D * 2 + static_cast<size_t>(T) * (MOE_RC_EXPERTS + MOE_RC_BLOCKS * MOE_RC_EXPERTS) * 4;
+}
+
+#if defined(KDA_EMULATE) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void router_route_cluster(int* __restrict__ experts, float* __restrict__ weights, float* __restrict__ logits,
+                                                     const float* __restrict__ x, const uint16_t* __restrict__ router,
+                                                     const float* __restrict__ bias, int T, int D, int A, int S, int renormalize,
+                                                     float scale, int biased)
+{
+    constexpr int E = MOE_RC_BLOCKS * MOE_RC_EXPERTS;
+    const int rank = static_cast<int>(cluster_rank()), lane = threadIdx.x & 31, warp = threadIdx.x >> 5, D8 = D >> 3;
+    uint16_t* rows = moe_smem();                                                   // [32][D] this block's router rows
+    float* mine = reinterpret_cast<float*>(rows + static_cast<size_t>(MOE_RC_EXPERTS) * D);   // [T][32] their logits
+    float* all = mine + T * MOE_RC_EXPERTS;                                        // [T][256] block 0: every logit
+
+    const uint16_t* src = router + static_cast<size_t>(rank) * MOE_RC_EXPERTS * D;   // the block's 32 rows, contiguous
+    for (int i = threadIdx.x; i < MOE_RC_EXPERTS * D8; i += MOE_RC_WARPS * 32) cp_async16(smem_u32(rows + 8 * i), src + 8 * i, true);
+    cp_async_commit();
+    wait_for_predecessor(); // x
+    allow_successor();      // after the wait: the gate-up kernel reads x before its own wait (and the ids after it)
+    cp_async_wait<0>();
+    __syncthreads();
+
+    const uint4* w0 = reinterpret_cast<const uint4*>(rows + static_cast<size_t>(2 * warp) * D);
+    const uint4* w1 = reinterpret_cast<const uint4*>(rows + static_cast<size_t>(2 * warp + 1) * D);
+    for (int t = 0; t < T; t++)
+    {
+        const float* xt = x + static_cast<size_t>(t) * D;
+        float acc0 = 0.0f, acc1 = 0.0f;
+        for (int kk = lane; kk < D8; kk += 32)
+        {
+            const float4 lo = __ldg(reinterpret_cast<const float4*>(xt) + 2 * kk), hi = __ldg(reinterpret_cast<const float4*>(xt) + 2 * kk + 1);
+            const float xs[8] = { lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w };
+            acc0 = dot8_f32(w0[kk], xs, acc0);
+            acc1 = dot8_f32(w1[kk], xs, acc1);
+        }
+        acc0 = warp_sum(acc0);
+        acc1 = warp_sum(acc1);
+        if (lane == 0)
+        {
+            const int e = rank * MOE_RC_EXPERTS + 2 * warp;
+            mine[t * MOE_RC_EXPERTS + 2 * warp] = acc0;
+            mine[t * MOE_RC_EXPERTS + 2 * warp + 1] = acc1;
+            logits[static_cast<size_t>(t) * E + e] = acc0;
+            logits[static_cast<size_t>(t) * E + e + 1] = acc1;
+        }
+    }
+    cluster_sync(); // every block's logits are in its shared memory
+
+    if (rank == 0)
+        for (int i = threadIdx.x; i < T * E; i += MOE_RC_WARPS * 32)
+        {
+            const int t = i / E, e = i - t * E;
+            all[i] = *cluster_map(mine + t * MOE_RC_EXPERTS + e % MOE_RC_EXPERTS, static_cast<unsigned>(e / MOE_RC_EXPERTS));
+        }
+    cluster_arrive(); // block 0 is done with the others' shared memory (the others: nothing more to share)
+    if (rank == 0)
+    {
+        __syncthreads(); // `all` complete
+        if (warp < MOE_ROUTER_WARPS)
+            for (int t = 0; t < T; t++)
+            {
+                const float* row = all + t * E;
+                route_token_block(experts, weights, [&](int e) { return row[e]; }, bias, t, E, A, S, renormalize, scale, biased,
+                                  [] { named_barrier(1, MOE_ROUTER_WARPS * 32); });
+            }
+    }
+    cluster_wait(); // no block leaves while block 0 may still read its shared memory
+}
+#endif
+
+extern "C" __global__ void __launch_bounds__(MOE_RC_WARPS * 32, 1)
+kimi_moe_router_route_cluster_f32(int* __restrict__ experts, float* __restrict__ weights, float* __restrict__ logits,
+                                  const float* __restrict__ x, const uint16_t* __restrict__ router, const float* __restrict__ bias,
+                                  int T, int D, int A, int S, int renormalize, float scale, int biased)
+{
+#if defined(KDA_EMULATE) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    router_route_cluster(experts, weights, logits, x, router, bias, T, D, A, S, renormalize, scale, biased);
+#else
+    (void)experts; (void)weights; (void)logits; (void)x; (void)router; (void)bias; (void)T; (void)D; (void)A; (void)S;
+    (void)renormalize; (void)scale; (void)biased;
     __trap();
 #endif
 }

@@ -64,6 +64,10 @@ internal static unsafe class MoeKernels
     // Launch geometry, as kernels/moe.cu defines it.
     private const int RouteWarps = 4;            // MOE_ROUTE_WARPS
     private const int RouterWarps = 4;           // MOE_ROUTER_WARPS: experts a fused router + route block
+    private const int ClusterRouterBlocks = 8;   // MOE_RC_BLOCKS: the cluster router's blocks (one cluster)
+    private const int ClusterRouterWarps = 16;   // MOE_RC_WARPS: two experts a warp
+    private const int ClusterRouterExperts = 32; // MOE_RC_EXPERTS: experts a block
+    private const int RouteSurvivors = 8;        // MOE_ROUTE_SURVIVORS: the block route's most choices
     private const int DecodeGateUpWarps = 4;     // MOE_GU_WARPS
     private const int DecodeGateUpRows = 2;      // gate-up f's an item: MOE_GU_F (F % 8 == 0: whole items)
     private const int DecodeGateUpBlocksPerSm = 4; // MOE_GU_BLOCKS_PER_SM (the launch bounds)
@@ -113,7 +117,9 @@ internal static unsafe class MoeKernels
     /// <summary>
     /// The router and <see cref="Route"/> in one launch, for a few tokens (decode): logits[t, e] = x[t] · router[e] (fp32
     /// x, bf16 weights, fp32 sums, as the fp32-input GEMV), then the same choice as <see cref="Route"/> made by the last
-    /// block to finish. The router rows are requested before the programmatic wait.
+    /// block to finish. The router rows are requested before the programmatic wait. With 256 experts (up to 8 chosen, one
+    /// group) on Hopper one thread-block cluster does it, its blocks handing the logits to the routing block through
+    /// distributed shared memory (the same logits and choice, to the bit).
     /// </summary>
     /// <param name="s">Where to queue it (one launch, graph-capturable, programmatic dependent launch).</param>
     /// <param name="experts">[T, A+S] the chosen expert ids, best first, then the shared experts E..E+S-1.</param>
@@ -143,6 +149,16 @@ internal static unsafe class MoeKernels
         ulong pX = x.Pointer, pRouter = router.Pointer, pBias = bias.Pointer;
         int groups = rule.Groups, topk = rule.TopKGroups, renormalize = rule.Renormalize ? 1 : 0, biased = rule.BiasedWeights ? 1 : 0;
         float scale = rule.ScalingFactor;
+        int clusterShared = ClusterRouterExperts * d * sizeof(ushort) + t * (ClusterRouterExperts + ClusterRouterBlocks * ClusterRouterExperts) * sizeof(float);
+        if (e == ClusterRouterBlocks * ClusterRouterExperts && a <= RouteSurvivors && groups == 1 && s.Context.Kernels.RunsSm90a("moe")
+            && clusterShared <= s.Context.Device.MaxSharedMemoryPerBlock)
+        {
+            // 256 experts on Hopper (the model's): one cluster whose blocks hand the logits over in distributed shared
+            // memory, not through global memory and a last-block count (moe.cu, kimi_moe_router_route_cluster_f32).
+            void** clusterArgs = stackalloc void*[] { &pIds, &pWeights, &pLogits, &pX, &pRouter, &pBias, &t, &d, &a, &shared, &renormalize, &scale, &biased };
+            s.Context.Kernels.Launch(KernelId.MoeRouterRouteClusterF32, new Dim3(ClusterRouterBlocks), new Dim3(ClusterRouterWarps * 32), clusterShared, s, clusterArgs);
+            return;
+        }
         void** args = stackalloc void*[] { &pIds, &pWeights, &pLogits, &pArrivals, &pX, &pRouter, &pBias, &t, &d, &e, &a, &shared, &groups, &topk, &renormalize, &scale, &biased };
         s.Context.Kernels.Launch(KernelId.MoeRouterRouteF32, new Dim3((uint)((e + RouterWarps - 1) / RouterWarps)), new Dim3(RouterWarps * 32), 0, s, args);
     }

@@ -193,6 +193,47 @@ static void check_router_route(int T, int D, int E, int A, int S, int groups, in
     }
 }
 
+// The cluster router (kimi_moe_router_route_cluster_f32, E = 256) against the one-kernel router on the same inputs:
+// logits, ids and weights equal to the bit (the same sums in the same order, the same route), twice in a row.
+static void check_router_cluster(int T, int D, int A, int S, bool ties = false)
+{
+    const int E = 256, P = A + S;
+    std::vector<uint16_t> router(size_t(E) * D);
+    for (uint16_t& v : router) v = f2bf(0.05f * normal());
+    std::vector<float> bias(E);
+    for (float& v : bias) v = 0.1f * normal();
+    if (ties)
+        for (int e = 1; e < E; e += 2)
+        {
+            std::copy_n(router.begin() + size_t(e - 1) * D, D, router.begin() + size_t(e) * D);
+            bias[e] = bias[e - 1];
+        }
+    unsigned* arrivals = upload(std::vector<unsigned>(1, 0));
+    for (int round = 0; round < 2; round++)
+    {
+        std::vector<float> x(size_t(T) * D);
+        for (float& v : x) v = normal();
+        float* want_logits = upload(std::vector<float>(size_t(T) * E, NAN));
+        int* want_ids = upload(std::vector<int>(T * P, -7));
+        float* want_w = upload(std::vector<float>(T * P, NAN));
+        emu_launch(kimi_moe_router_route_f32, dim3(E / MOE_ROUTER_WARPS), dim3(MOE_ROUTER_WARPS * 32), 0, want_ids, want_w, want_logits,
+                   arrivals, upload(x), upload(router), upload(bias), T, D, E, A, S, 1, 1, 1, 2.5f, 0);
+        float* logits = upload(std::vector<float>(size_t(T) * E, NAN));
+        int* ids = upload(std::vector<int>(T * P + 3, -7));
+        float* w = upload(std::vector<float>(T * P + 3, NAN));
+        emu_launch_cluster(kimi_moe_router_route_cluster_f32, MOE_RC_BLOCKS, dim3(MOE_RC_BLOCKS), dim3(MOE_RC_WARPS * 32),
+                           router_cluster_smem_bytes(D, T), ids, w, logits, upload(x), upload(router), upload(bias), T, D, A, S, 1, 2.5f, 0);
+        int differ = 0;
+        for (int i = 0; i < T * E; i++) differ += std::memcmp(&logits[i], &want_logits[i], 4) != 0;
+        for (int i = 0; i < T * P; i++) differ += ids[i] != want_ids[i] || std::memcmp(&w[i], &want_w[i], 4) != 0;
+        for (int i = T * P; i < T * P + 3; i++) differ += ids[i] != -7 || !std::isnan(w[i]);
+        char what[160];
+        std::snprintf(what, sizeof what, "cluster router T=%d D=%d A=%d S=%d%s, call %d == one-kernel router (values differing)", T, D, A, S,
+                      ties ? " ties" : "", round + 1);
+        report(differ == 0, what, differ);
+    }
+}
+
 // E and A count the S shared experts too (the kernels' view): each token's last S pairs are (E - S + s, 1.0).
 struct Moe
 {
@@ -420,6 +461,10 @@ int main(int argc, char** argv)
     check_router_route(1, 2304, 256, 8, 1, 1, 1, true);
     check_router_route(3, 64, 200, 8, 1, 1, 1, true); // the block route with a part-filled warp of candidates
     check_router_route(2, 64, 100, 1, 0, 1, 1);       // one choice
+    check_router_cluster(1, 2304, 8, 1);              // the real configuration's decode step
+    check_router_cluster(1, 2304, 8, 1, true);        // ties: the lower index wins, as in the one-kernel route
+    check_router_cluster(3, 96, 8, 2);                // two shared experts, three tokens
+    check_router_cluster(16, 200, 1, 0);              // the largest batch, one choice
     check_router_route(2, 64, 300, 8, 1, 1, 1);       // E over 256: a warp routes each token
     check_experts(1, 40, 8, 2, 24, true, true);
     check_experts(3, 40, 8, 2, 24, true, true);
