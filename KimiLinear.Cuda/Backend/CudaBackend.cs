@@ -45,6 +45,7 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
     private bool _inDecodeStep;
     private int _stepPosition;
     private bool _decodeWarm;                       // a decode step ran unrecorded: every lazy allocation is done
+    private int _fusedMlaMaxLength = MlaKernels.FusedDecodeMaxLength;   // FusedMlaMaxLength
 
     /// <summary>
     /// A backend on <paramref name="context"/>, which it then owns (disposing the backend disposes it), running prompts
@@ -691,7 +692,6 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
         set => _fusedMlaMaxLength = value is >= 0 and <= MlaKernels.FusedDecodeMaxLength ? value
             : throw new ArgumentOutOfRangeException(nameof(value), value, $"0 to {MlaKernels.FusedDecodeMaxLength}");
     }
-    private int _fusedMlaMaxLength = MlaKernels.FusedDecodeMaxLength;
 
     /// <summary>
     /// Whether a one-token decode at position <paramref name="start"/> takes the one-launch MLA decode (where the layer's
