@@ -217,22 +217,8 @@ public sealed class MlaKernelTests
             MlaKernels.DecodeAttention(s, dQuery, dLatent, dStart, 1, shape, shape.Scale, scratch, allowWgmma);
             MlaKernels.AbsorbOutput(s, dO, scratch, dKvB, shape, 1);
         }
-        // One call outside the capture: module loads and the shared-memory opt-in must not happen inside it.
-        Decode(stream);
-        using CudaGraph graph = stream.Capture(Decode);
-
-        foreach (int start in starts)
-        {
-            // Rows past start + 1 are NaN for this step: the cache has not grown that far yet.
-            ushort[] visible = latent.ToArray();
-            Array.Fill(visible, Gpu.Bf16NaN, (start + 1) * shape.LatentWidth, visible.Length - (start + 1) * shape.LatentWidth);
-            dLatent.CopyFrom(visible, stream);
-            dStart.CopyFrom(new[] { start }, stream);
-            graph.Launch(stream);
-            float[] mixed = MlaReference.Decode(queryLatent, visible, start, 1, shape, shape.Scale);
-            AssertCloseWithUntouchedTail(dO.ToArray(stream), MlaReference.AbsorbOutput(mixed, kvB, shape, 1),
-                $"{shapeName} graph replay at start {start}{(allowWgmma ? "" : " (mma.sync)")}");
-        }
+        ReplayWhileTheCacheGrows(stream, Decode, starts, latent, dLatent, dStart, dO, queryLatent, kvB, shape,
+            $"{shapeName} graph replay{(allowWgmma ? "" : " (mma.sync)")}", Tolerance);
     }
 
     // The one-launch decode (clusters of 8 blocks, each a slice of the cache; Hopper): a cache of one row (7 slices
@@ -249,7 +235,7 @@ public sealed class MlaKernelTests
     {
         CudaContext gpu = Gpu.Require();
         MlaShape shape = ShapeNamed(shapeName);
-        if (!MlaKernels.RunsFusedDecode(gpu, shape)) Assert.Skip($"the one-launch MLA decode needs the sm_90a cubin (Hopper); this is {gpu.Device.Name}");
+        SkipUnlessFusedDecodeRuns(gpu, shape);
         var random = new Random(start * 17 + shape.Heads);
         ushort[] latent = PoisonedCache(random, shape, start + 1, capacity: start + 9);
         float[] q = Gpu.RandomF32(random, shape.QueryWidth);
@@ -274,7 +260,7 @@ public sealed class MlaKernelTests
         // 176 rows' worth of tokens per slice and up to the longest cache the kernel takes.
         CudaContext gpu = Gpu.Require();
         MlaShape shape = ShapeNamed("full");
-        if (!MlaKernels.RunsFusedDecode(gpu, shape)) Assert.Skip($"the one-launch MLA decode needs the sm_90a cubin (Hopper); this is {gpu.Device.Name}");
+        SkipUnlessFusedDecodeRuns(gpu, shape);
         int[] starts = [0, 1, 7, 8, 9, 130, 1023, 1406, MlaKernels.FusedDecodeMaxLength - 1];
         var random = new Random(12);
         ushort[] latent = PoisonedCache(random, shape, starts[^1] + 1, capacity: starts[^1] + 1);
@@ -286,22 +272,8 @@ public sealed class MlaKernelTests
         using DeviceBuffer<float> dQ = gpu.Upload(stream, q);
         using DeviceBuffer<int> dStart = gpu.Upload(stream, new[] { 0 });
         using DeviceBuffer<float> dO = gpu.Poisoned(stream, shape.OutputWidth, float.NaN);
-        void Decode(CudaStream s) => MlaKernels.DecodeFused(s, dO, dQ, dLatent, dStart, dKvB, shape, shape.Scale);
-        // One call outside the capture: module loads and the shared-memory opt-in must not happen inside it.
-        Decode(stream);
-        using CudaGraph graph = stream.Capture(Decode);
-
-        foreach (int start in starts)
-        {
-            ushort[] visible = latent.ToArray();
-            Array.Fill(visible, Gpu.Bf16NaN, (start + 1) * shape.LatentWidth, visible.Length - (start + 1) * shape.LatentWidth);
-            dLatent.CopyFrom(visible, stream);
-            dStart.CopyFrom(new[] { start }, stream);
-            graph.Launch(stream);
-            float[] mixed = MlaReference.Decode(queryLatent, visible, start, 1, shape, shape.Scale);
-            AssertCloseWithUntouchedTail(dO.ToArray(stream), MlaReference.AbsorbOutput(mixed, kvB, shape, 1),
-                $"one-launch decode graph replay at start {start}", WgmmaDecodeTolerance);
-        }
+        ReplayWhileTheCacheGrows(stream, s => MlaKernels.DecodeFused(s, dO, dQ, dLatent, dStart, dKvB, shape, shape.Scale), starts, latent,
+            dLatent, dStart, dO, queryLatent, kvB, shape, "one-launch decode graph replay", WgmmaDecodeTolerance);
     }
 
     [Fact]
@@ -554,6 +526,34 @@ public sealed class MlaKernelTests
     }
 
     /// <summary>Random bf16 latent rows [capacity, R + P], NaN from row <paramref name="length"/> on.</summary>
+    /// <summary>
+    /// Captures a one-token decode (after one call outside the capture: module loads and the shared-memory opt-in must not
+    /// happen inside it) and replays it at each start, the cache's rows past start + 1 NaN for that step (it has not grown
+    /// that far yet): every replay must see exactly the rows its device-side start makes visible, o = W_UV·attention.
+    /// </summary>
+    private static void ReplayWhileTheCacheGrows(CudaStream stream, Action<CudaStream> decode, int[] starts, ushort[] latent,
+        DeviceBuffer<ushort> dLatent, DeviceBuffer<int> dStart, DeviceBuffer<float> dO, float[] queryLatent, ushort[] kvB, MlaShape shape,
+        string what, double tolerance)
+    {
+        decode(stream);
+        using CudaGraph graph = stream.Capture(decode);
+        foreach (int start in starts)
+        {
+            ushort[] visible = latent.ToArray();
+            Array.Fill(visible, Gpu.Bf16NaN, (start + 1) * shape.LatentWidth, visible.Length - (start + 1) * shape.LatentWidth);
+            dLatent.CopyFrom(visible, stream);
+            dStart.CopyFrom(new[] { start }, stream);
+            graph.Launch(stream);
+            float[] mixed = MlaReference.Decode(queryLatent, visible, start, 1, shape, shape.Scale);
+            AssertCloseWithUntouchedTail(dO.ToArray(stream), MlaReference.AbsorbOutput(mixed, kvB, shape, 1), $"{what} at start {start}", tolerance);
+        }
+    }
+
+    private static void SkipUnlessFusedDecodeRuns(CudaContext gpu, MlaShape shape)
+    {
+        if (!MlaKernels.RunsFusedDecode(gpu, shape)) Assert.Skip($"the one-launch MLA decode needs the sm_90a cubin (Hopper); this is {gpu.Device.Name}");
+    }
+
     private static ushort[] PoisonedCache(Random random, MlaShape shape, int length, int capacity)
     {
         ushort[] latent = Gpu.RandomBf16(random, (long)capacity * shape.LatentWidth);

@@ -40,11 +40,13 @@ static cudaStream_t g_stream = 0;       // the timings' own stream (graphs are c
 static bool g_programmatic = false;     // launch with programmatic dependent launch, as the C# library does on sm_90
 #endif
 
-// One launch on the emulator or the GPU (raising the dynamic shared-memory limit where needed).
+// One launch on the emulator or the GPU (raising the dynamic shared-memory limit where needed), as thread-block
+// clusters of `cluster_x` blocks along x where it is above 1 (the launch's cluster attribute, as the C# library passes
+// it), with programmatic dependent launch as g_programmatic says.
 template <typename... P, typename... A>
-static void launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, A... args) {
+static void launch_cluster(void (*k)(P...), int cluster_x, dim3 grid, dim3 block, size_t smem, A... args) {
 #ifdef KDA_EMULATE
-    emu_launch(k, grid, block, smem, args...);
+    emu_launch_cluster(k, cluster_x, grid, block, smem, args...);
 #else
     cudaStreamCaptureStatus capturing;
     CK(cudaStreamIsCapturing(g_stream, &capturing));   // the opt-in happened before the capture (timings run each work once first)
@@ -55,42 +57,26 @@ static void launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, A... arg
     config.blockDim = block;
     config.dynamicSmemBytes = smem;
     config.stream = g_stream;
-    cudaLaunchAttribute programmatic = {};
-    programmatic.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    programmatic.val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = &programmatic;
-    config.numAttrs = g_programmatic ? 1 : 0;
+    cudaLaunchAttribute attributes[2] = {};
+    unsigned count = 0;
+    if (cluster_x > 1) {
+        attributes[count].id = cudaLaunchAttributeClusterDimension;
+        attributes[count].val.clusterDim.x = unsigned(cluster_x);
+        attributes[count].val.clusterDim.y = 1;
+        attributes[count++].val.clusterDim.z = 1;
+    }
+    if (g_programmatic) {
+        attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attributes[count++].val.programmaticStreamSerializationAllowed = 1;
+    }
+    config.attrs = attributes;
+    config.numAttrs = count;
     CK(cudaLaunchKernelEx(&config, k, P(args)...));
 #endif
 }
-
-// One launch of thread-block clusters of `cluster_x` blocks along x (the launch's cluster attribute, as the C# library
-// passes it), with programmatic dependent launch as g_programmatic says.
 template <typename... P, typename... A>
-static void launch_cluster(void (*k)(P...), int cluster_x, dim3 grid, dim3 block, size_t smem, A... args) {
-#ifdef KDA_EMULATE
-    emu_launch_cluster(k, cluster_x, grid, block, smem, args...);
-#else
-    cudaStreamCaptureStatus capturing;
-    CK(cudaStreamIsCapturing(g_stream, &capturing));
-    if (smem > 48 * 1024 && capturing == cudaStreamCaptureStatusNone)
-        CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
-    config.blockDim = block;
-    config.dynamicSmemBytes = smem;
-    config.stream = g_stream;
-    cudaLaunchAttribute attributes[2] = {};
-    attributes[0].id = cudaLaunchAttributeClusterDimension;
-    attributes[0].val.clusterDim.x = unsigned(cluster_x);
-    attributes[0].val.clusterDim.y = 1;
-    attributes[0].val.clusterDim.z = 1;
-    attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attributes[1].val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = attributes;
-    config.numAttrs = g_programmatic ? 2 : 1;
-    CK(cudaLaunchKernelEx(&config, k, P(args)...));
-#endif
+static void launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, A... args) {
+    launch_cluster(k, 1, grid, block, smem, args...);
 }
 
 // A device copy of a host vector (host memory itself on the emulator's runtime subset).

@@ -136,16 +136,13 @@ static void check_route(int T, int E, int A, int S, int groups, int topk, bool r
     report(wrong == 0 && worst <= 1e-6, what, wrong + worst);
 }
 
-// The fused decode router + route: logits against a double x · routerᵀ from the same bf16 rows (≤ 1e-5 relative), ids
-// and weights against route_reference on the kernel's own logits (so a near tie cannot flip the comparison), and twice in
-// a row with new inputs (the arrival counter is back to zero after each launch). With `ties`, experts 2k and 2k + 1 have
-// the same row and bias, so every logit and selection is tied with its neighbour's and the lower index must win.
-static void check_router_route(int T, int D, int E, int A, int S, int groups, int topk, bool ties = false)
+// A random router [E, D] and correction bias [E]; with `ties`, experts 2k and 2k + 1 get the same row and bias, so
+// every logit and selection is tied with its neighbour's.
+static void random_router(int E, int D, bool ties, std::vector<uint16_t>& router, std::vector<float>& bias)
 {
-    const int P = A + S;
-    std::vector<uint16_t> router(size_t(E) * D);
+    router.resize(size_t(E) * D);
     for (uint16_t& v : router) v = f2bf(0.05f * normal());
-    std::vector<float> bias(E);
+    bias.resize(E);
     for (float& v : bias) v = 0.1f * normal();
     if (ties)
         for (int e = 1; e < E; e += 2)
@@ -153,6 +150,18 @@ static void check_router_route(int T, int D, int E, int A, int S, int groups, in
             std::copy_n(router.begin() + size_t(e - 1) * D, D, router.begin() + size_t(e) * D);
             bias[e] = bias[e - 1];
         }
+}
+
+// The fused decode router + route: logits against a double x · routerᵀ from the same bf16 rows (≤ 1e-5 relative), ids
+// and weights against route_reference on the kernel's own logits (so a near tie cannot flip the comparison), and twice in
+// a row with new inputs (the arrival counter is back to zero after each launch). With `ties`, experts 2k and 2k + 1 have
+// the same row and bias, so every logit and selection is tied with its neighbour's and the lower index must win.
+static void check_router_route(int T, int D, int E, int A, int S, int groups, int topk, bool ties = false)
+{
+    const int P = A + S;
+    std::vector<uint16_t> router;
+    std::vector<float> bias;
+    random_router(E, D, ties, router, bias);
     unsigned* arrivals = upload(std::vector<unsigned>(1, 0));
     const int blocks = (E + MOE_ROUTER_WARPS - 1) / MOE_ROUTER_WARPS;
     for (int round = 0; round < 2; round++)
@@ -198,16 +207,9 @@ static void check_router_route(int T, int D, int E, int A, int S, int groups, in
 static void check_router_cluster(int T, int D, int A, int S, bool ties = false)
 {
     const int E = 256, P = A + S;
-    std::vector<uint16_t> router(size_t(E) * D);
-    for (uint16_t& v : router) v = f2bf(0.05f * normal());
-    std::vector<float> bias(E);
-    for (float& v : bias) v = 0.1f * normal();
-    if (ties)
-        for (int e = 1; e < E; e += 2)
-        {
-            std::copy_n(router.begin() + size_t(e - 1) * D, D, router.begin() + size_t(e) * D);
-            bias[e] = bias[e - 1];
-        }
+    std::vector<uint16_t> router;
+    std::vector<float> bias;
+    random_router(E, D, ties, router, bias);
     unsigned* arrivals = upload(std::vector<unsigned>(1, 0));
     for (int round = 0; round < 2; round++)
     {
