@@ -302,7 +302,36 @@ template <typename Tin> struct PrefillDev {
         const std::vector<float>& hg, const std::vector<float>& hb, const std::vector<float>& hstate) {
         copy_in(q, hq); copy_in(k, hk); copy_in(v, hv); copy_in(g, hg); copy_in(beta, hb); copy_in(state, hstate);
     }
-    void run() { run_intra(); run_scan(); }
+    void run() { run_intra(); round_scratch(); run_scan(); }
+    // An error study for a narrower scratch (kernels/kda/NOTES.md, "Where the bars stand"): KDA_SCRATCH_BF16 and
+    // KDA_SCRATCH_FP16 name intra's outputs (w, u, a, qg, kg, gamma, comma-separated) to round to bf16 or fp16 (as a
+    // 16-bit store would) before the scan reads them. Unset: nothing changes.
+    void round_scratch() {
+        if (NC == 0) return;
+        const size_t ch = size_t(NC) * H;
+        const std::pair<const char*, std::pair<float*, size_t>> buffers[] = {
+            {"w", {w, ch * 64 * K}}, {"u", {u, ch * 64 * V}}, {"a", {a, ch * 64 * 64}},
+            {"qg", {qg, ch * 64 * K}}, {"kg", {kg, ch * 64 * K}}, {"gamma", {gam, ch * K}}};
+        for (const bool half : {false, true}) {
+            const char* names = std::getenv(half ? "KDA_SCRATCH_FP16" : "KDA_SCRATCH_BF16");
+            if (names == nullptr) continue;
+            const std::string list = std::string(",") + names + ",";
+            for (const auto& [name, buffer] : buffers)
+                if (list.find(std::string(",") + name + ",") != std::string::npos) {
+                    std::vector<float> x = download(buffer.first, buffer.second);
+                    for (float& f : x) f = !std::isfinite(f) ? f : half ? round_fp16(f) : bf2f(f2bf(f));
+                    copy_in(buffer.first, x);
+                }
+        }
+    }
+    // x rounded to the nearest fp16 value (ties to even; subnormals below 2^-14, infinity past 65504).
+    static float round_fp16(float x) {
+        const float m = std::fabs(x);
+        if (m >= 65520.0f) return std::copysign(INFINITY, x);
+        const int e = m < 0x1p-14f ? -14 : std::ilogb(m);
+        const float quantum = std::ldexp(1.0f, e - 10);
+        return std::nearbyint(x / quantum) * quantum;
+    }
     void run_intra() {
         if (NC > 0) {
             auto intra = Kern<Tin>::intra;
