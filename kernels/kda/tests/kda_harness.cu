@@ -328,7 +328,7 @@ template <typename Tin> struct PrefillDev {
     static float round_fp16(float x) {
         const float m = std::fabs(x);
         if (m >= 65520.0f) return std::copysign(INFINITY, x);
-        const int e = m < 0x1p-14f ? -14 : std::ilogb(m);
+        const int e = m < std::ldexp(1.0f, -14) ? -14 : std::ilogb(m);
         const float quantum = std::ldexp(1.0f, e - 10);
         return std::nearbyint(x / quantum) * quantum;
     }
