@@ -37,11 +37,14 @@ internal static unsafe class KdaKernels
     private static int IntraSharedBytes(int k) =>
         sizeof(float) * (2 * ChunkTokens * (k + 1) + Math.Max(ChunkTokens * (k + 1), 2 * ChunkTokens * ChunkTokens) + 3 * ChunkTokens);
 
-    // The scan pads K to 64 or 128 (chunk_prefill_kpad) and pads its rows for conflict-free tensor-core fragments.
-    private static int PrefillSharedBytes(int k)
+    // The scan pads K to 64 or 128 (chunk_prefill_kpad) and pads its rows for conflict-free tensor-core fragments
+    // (ScanOperands: fp32 stages for fp32 inputs, bf16 hi/lo planes for bf16).
+    private static int PrefillSharedBytes<T>(int k) where T : unmanaged
     {
-        int kp = k <= 64 ? 64 : 128, ld = PrefillColumns + 8, ald = ChunkTokens + 4;
-        return sizeof(float) * (2 * kp * ld + 2 * ChunkTokens * (kp + 4) + ChunkTokens * (kp + 8) + 2 * ChunkTokens * ald + 3 * ChunkTokens * ld + kp);
+        int kp = k <= 64 ? 64 : 128, ld = PrefillColumns + 8;
+        return typeof(T) == typeof(float)
+            ? sizeof(float) * (2 * kp * ld + 2 * ChunkTokens * (kp + 4) + ChunkTokens * (kp + 8) + 2 * ChunkTokens * (ChunkTokens + 4) + 3 * ChunkTokens * ld + kp)
+            : sizeof(ushort) * (2 * kp * ld + 6 * ChunkTokens * (kp + 8) + 4 * ChunkTokens * (ChunkTokens + 8) + 2 * ChunkTokens * ld) + sizeof(float) * (ChunkTokens * ld + kp);
     }
 
     /// <summary>
@@ -245,7 +248,7 @@ internal static unsafe class KdaKernels
         stream.Context.Kernels.Launch(intra, new Dim3((uint)batch.Chunks, (uint)h), new Dim3(IntraThreads), IntraSharedBytes(k), stream, intraArgs);
         void** scanArgs = stackalloc void*[] { &h, &k, &v, &cu, &co, &w, &u, &a, &qg, &kg, &gamma, &s, &po };
         stream.Context.Kernels.Launch(scan, new Dim3((uint)(v / PrefillColumns), (uint)h, (uint)n), new Dim3(PrefillThreads),
-            PrefillSharedBytes(k), stream, scanArgs);
+            PrefillSharedBytes<T>(k), stream, scanArgs);
     }
 
     /// <summary>The f32 or bf16 entry point for activation dtype <typeparamref name="T"/>.</summary>

@@ -3,9 +3,14 @@ using KimiLinear.Cuda.Memory;
 namespace KimiLinear.Cuda.Kernels;
 
 /// <summary>
-/// The fp32 intermediates the chunked prefill passes from its intra-chunk kernel to its scan (kernels/kda/kda.cu,
+/// The intermediates the chunked prefill passes from its intra-chunk kernel to its scan (kernels/kda/kda.cu,
 /// CHUNKED PREFILL), for up to <see cref="Chunks"/> chunks of one layer shape. One allocation, reusable across calls.
 /// </summary>
+/// <remarks>
+/// Each tensor takes the bytes of its fp32 shape. For bf16 activations the scan's matrix operands W, QG, KG and A are
+/// held as two bf16 planes in those bytes instead (each (chunk, head) block: x ≈ hi + lo, hi then lo; kda.cu's
+/// OperandStore), the tensor-core operands of the scan; U and γ are fp32 either way.
+/// </remarks>
 internal sealed class KdaPrefillScratch : IDisposable
 {
     private const int C = KdaKernels.ChunkTokens;

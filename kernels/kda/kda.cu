@@ -54,7 +54,7 @@
 //                  launchable with programmatic dependent launch (its table is a kernel parameter, read at any time).
 //   prepare:       grid (ceil(max(H·K, H·V) / 256), ceil(T / 16)), block 256;  conv_window_update: grid (ceil(max(H·K, H·V) / 256), N), block 256.
 //   chunk_intra:   grid (NC, H), block 256, dynamic smem chunk_intra_smem_bytes(K) (> 48 KiB: raise the limit).
-//   chunk_prefill: grid (V/32, H, N), block 512, dynamic smem chunk_prefill_smem_bytes(K) (> 48 KiB).
+//   chunk_prefill: grid (V/32, H, N), block 512, dynamic smem chunk_prefill_smem_bytes<Tin>(K) (> 48 KiB).
 //
 // PRECONDITIONS (the caller checks them; kernels do not)
 //   decode: K ≤ 128; V ∈ {16, 32, 64, 128}. prefill: K ≤ 128, K % 4 == 0, V % 32 == 0, K + V ≤ 256.
@@ -76,6 +76,7 @@
 #include <cuda_bf16.h>
 #endif
 #include <stdint.h>
+#include "../fragments.cuh"
 
 namespace kda {
 
@@ -105,9 +106,8 @@ template <typename Tin> struct DecodeTable {
 
 // Dynamic shared memory, in floats: decode (state [2][128][128] as 4 column groups [128][32] a buffer; q, k, α, v,
 // k_scale·β·r, o [128] each; warp partials [16][32]; Σq², Σk² partials [8]; the groups' Σo² [4]); intra (k̂, G [64][K+1] each, q̂
-// [64][K+1] later reused for L and A [64][64] each, β [64], row norms [128]); prefill, with K padded to KP (state slice
-// [KP][40] split in two planes, W and QG [64][KP+4], KG [64][KP+8], A [2][64][68], U [64][40], Vn [64][40] split in two
-// planes, γ [KP]).
+// [64][K+1] later reused for L and A [64][64] each, β [64], row norms [128]); the scan's: ScanOperands, by input dtype
+// (chunk_prefill_smem_bytes).
 constexpr int kDecodeSmemFloats = kDecodeStages * 128 * 128 + 6 * 128 + 16 * 32 + 8 + 4;
 constexpr size_t kDecodeSmemBytes = kDecodeSmemFloats * sizeof(float);
 __host__ __device__ constexpr int chunk_intra_q_floats(int K) {   // q̂ [64][K+1], later L and A [64][64] each
@@ -116,16 +116,10 @@ __host__ __device__ constexpr int chunk_intra_q_floats(int K) {   // q̂ [64][K+
 __host__ __device__ constexpr size_t chunk_intra_smem_bytes(int K) {
     return sizeof(float) * (2 * kChunk * (K + 1) + chunk_intra_q_floats(K) + 3 * kChunk);
 }
-// The scan's row strides: ≡ 8 mod 32 for mma B operands (state, U, Vn), ≡ 4 mod 32 for A operands (A, the stages).
+// The scan's row stride for its [rows][32] tiles (state slice, U, Vn): ≡ 8 mod 32 in fp32 words.
 constexpr int kScanLd = kPrefillCols + 8;
-constexpr int kScanALd = kChunk + 4;
-// The scan pads K to 64 or 128: whole k-steps of 8 and 16 state rows per warp per m-tile.
+// The scan pads K to 64 or 128: whole k-steps and 16 state rows per warp per m-tile.
 __host__ __device__ constexpr int chunk_prefill_kpad(int K) { return K <= 64 ? 64 : 128; }
-__host__ __device__ constexpr size_t chunk_prefill_smem_bytes(int K) {
-    const int kp = chunk_prefill_kpad(K);
-    return sizeof(float) * (2 * kp * kScanLd + 2 * kChunk * (kp + 4) + kChunk * (kp + 8) + 2 * kChunk * kScanALd +
-        3 * kChunk * kScanLd + kp);
-}
 
 __device__ __forceinline__ float ld(float x) { return x; }
 // Four consecutive values as loaded (p 16-byte aligned for fp32, 8-byte for bf16), widened to fp32 by widen() when
@@ -180,16 +174,19 @@ __device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepco
 __device__ __forceinline__ void grid_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
 #endif
 
-// cp.async (16 bytes, global → shared, bypassing registers and L1): many copies in flight per thread, completion
-// awaited per commit group.
-__device__ __forceinline__ void cp_async16(float* dst_shared, const float* src) {
+// cp.async (16 or 8 bytes, global → shared, bypassing registers; 16 also bypasses L1): many copies in flight per
+// thread, completion awaited per commit group.
+template <int Bytes> __device__ __forceinline__ void cp_async(void* dst_shared, const void* src) {
+    static_assert(Bytes == 16 || Bytes == 8, "cp.async.cg takes 16 bytes, cp.async.ca 4, 8 or 16");
 #ifdef KDA_EMULATE
-    emu_cp_async16(dst_shared, src);
+    emu_cp_async(dst_shared, src, Bytes);
 #else
     const unsigned d = (unsigned)__cvta_generic_to_shared(dst_shared);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+    if (Bytes == 16) asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+    else asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(d), "l"(src) : "memory");
 #endif
 }
+__device__ __forceinline__ void cp_async16(float* dst_shared, const float* src) { cp_async<16>(dst_shared, src); }
 __device__ __forceinline__ void cp_async_commit() {
 #ifdef KDA_EMULATE
     emu_cp_async_commit();
@@ -499,15 +496,59 @@ __device__ __forceinline__ void chunk_span(int c, int num_seqs, const int* __res
     len = min(kChunk, cu_seqlens[lo + 1] - t0);
 }
 
-// Starts copying a [rows][cols] fp32 tile (cols % 4 == 0, cols ≤ 4·nthreads) from global (row stride src_ld) into
-// shared (row stride dst_ld) with cp.async; the caller commits and waits.
+// Starts copying `rows` rows of `row_bytes` bytes (a multiple of Bytes) from global (row stride src_ld bytes) into
+// shared (row stride dst_ld bytes) with cp.async; the caller commits and waits.
+template <int Bytes>
+__device__ __forceinline__ void copy_rows_async(void* dst, int dst_ld, const void* __restrict__ src, int src_ld,
+    int rows, int row_bytes, int tid, int nthreads) {
+    // Thread = one piece column of rows r0, r0 + step, …: one division by the runtime width, not one per copy.
+    const int pieces = row_bytes / Bytes, c = (tid % pieces) * Bytes, step = nthreads / pieces;
+    if (tid >= step * pieces) return;
+    char* d = static_cast<char*>(dst) + c;
+    const char* s = static_cast<const char*>(src) + c;
+    for (int r = tid / pieces; r < rows; r += step) cp_async<Bytes>(d + r * dst_ld, s + (size_t)r * src_ld);
+}
+// The same for a [rows][cols] fp32 tile (cols % 4 == 0), strides in floats.
 __device__ __forceinline__ void copy_tile_async(float* dst, int dst_ld, const float* __restrict__ src, int src_ld,
     int rows, int cols, int tid, int nthreads) {
-    // Thread = one 16-byte column of rows r0, r0 + step, …: one division by the runtime width, not one per copy.
-    const int c4 = cols / 4, c = (tid % c4) * 4, step = nthreads / c4;
-    if (tid >= step * c4) return;
-    for (int r = tid / c4; r < rows; r += step) cp_async16(dst + r * dst_ld + c, src + (size_t)r * src_ld + c);
+    copy_rows_async<16>(dst, 4 * dst_ld, src, 4 * src_ld, rows, 4 * cols, tid, nthreads);
 }
+
+// How the intra kernel hands the scan its matrix operands W, QG, KG and A: a block of n values per (chunk, head), in
+// the bytes of n floats. For fp32 inputs, fp32 (the scan splits them into tf32 parts as its fragments load). For bf16
+// inputs, two bf16 planes, hi [n] then lo [n], with x ≈ hi + lo (hi = bf16(x); x − hi is exact in fp32, and
+// lo = bf16(x − hi) leaves ~2^-17 of x): the scan's bf16 tensor-core fragments, ready for ldmatrix, split once here
+// instead of once per V-slice block and chunk there.
+// Two floats as bf16 pairs (a in the low half): hi = bf16(a), bf16(b) and lo = bf16(a − hi_a), bf16(b − hi_b).
+__device__ __forceinline__ void split_bf16x2(float a, float b, uint32_t& hi, uint32_t& lo) {
+    const __nv_bfloat16 ha = __float2bfloat16_rn(a), hb = __float2bfloat16_rn(b);
+    hi = (uint32_t)__bfloat16_as_ushort(ha) | ((uint32_t)__bfloat16_as_ushort(hb) << 16);
+    lo = (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(a - __bfloat162float(ha))) |
+         ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(b - __bfloat162float(hb))) << 16);
+}
+template <typename Tin> struct OperandStore;
+template <> struct OperandStore<float> {
+    using T = float;
+    static constexpr int kPlanes = 1;   // a block of n values takes kPlanes·n elements of T
+    __device__ static void put(T* p, int, float x) { *p = x; }
+    __device__ static void put4(T* p, int, float4 x) { *reinterpret_cast<float4*>(p) = x; }
+};
+template <> struct OperandStore<__nv_bfloat16> {
+    using T = __nv_bfloat16;
+    static constexpr int kPlanes = 2;
+    __device__ static void put(T* p, int n, float x) {
+        const T hi = __float2bfloat16_rn(x);
+        p[0] = hi;
+        p[n] = __float2bfloat16_rn(x - __bfloat162float(hi));
+    }
+    __device__ static void put4(T* p, int n, float4 x) {   // p 8-byte aligned
+        uint2 hi, lo;
+        split_bf16x2(x.x, x.y, hi.x, lo.x);
+        split_bf16x2(x.z, x.w, hi.y, lo.y);
+        *reinterpret_cast<uint2*>(p) = hi;
+        *reinterpret_cast<uint2*>(p + n) = lo;
+    }
+};
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Chunk-local work (see MATH). Block (c, h).
@@ -599,15 +640,19 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     // the pair products below, do not (with all 8 warps sharing it, those three ran ~1.3× as many instructions as the
     // off-diagonal tile warps and the rest waited at the barrier: 11 % of the stall samples, run 13).
     // Rows ≥ len are 0 because q̂, k̂ are.
+    using Store = OperandStore<Tin>;
+    using Op = typename Store::T;
+    const int plane_k = kChunk * K;   // a [64][K] operand's values per (chunk, head)
     if (tid < K) {
         const float Gl = sg[(kChunk - 1) * LD + tid];
         const float *gp = sg + tid, *qp = sq + tid, *kp = sk + tid;
-        float *qgp = qg_out + cc * kChunk * K + tid, *kgp = kg_out + cc * kChunk * K + tid;
+        Op* qgp = reinterpret_cast<Op*>(qg_out) + cc * Store::kPlanes * plane_k + tid;
+        Op* kgp = reinterpret_cast<Op*>(kg_out) + cc * Store::kPlanes * plane_k + tid;
 #pragma unroll 4
         for (int r = 0; r < kChunk; ++r, gp += LD, qp += LD, kp += LD, qgp += K, kgp += K) {
             const float G = *gp;
-            *qgp = *qp * ex2(G);
-            *kgp = *kp * ex2(Gl - G);
+            Store::put(qgp, plane_k, *qp * ex2(G));
+            Store::put(kgp, plane_k, *kp * ex2(Gl - G));
         }
         gamma_out[cc * K + tid] = ex2(Gl);
     }
@@ -751,12 +796,12 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     }
     __syncthreads();
     {   // A, coalesced, with the upper triangle (s > r) zero
-        float4* a_blk = reinterpret_cast<float4*>(a_out + cc * kChunk * kChunk);
+        Op* a_blk = reinterpret_cast<Op*>(a_out) + cc * Store::kPlanes * kChunk * kChunk;
         for (int i = tid; i < kChunk * kChunk / 4; i += kIntraThreads) {
             const int r = i / (kChunk / 4), s = 4 * (i % (kChunk / 4));
             const float* src = sa + r * kChunk + s;
-            a_blk[i] = make_float4(s <= r ? src[0] : 0.f, s + 1 <= r ? src[1] : 0.f, s + 2 <= r ? src[2] : 0.f,
-                s + 3 <= r ? src[3] : 0.f);
+            Store::put4(a_blk + 4 * i, kChunk * kChunk, make_float4(s <= r ? src[0] : 0.f, s + 1 <= r ? src[1] : 0.f,
+                s + 2 <= r ? src[2] : 0.f, s + 3 <= r ? src[3] : 0.f));
         }
     }
     __syncthreads();
@@ -800,34 +845,235 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
             for (int s = 0; s < r; ++s) acc[s & 3] = fmaf(-sl[r * kChunk + s], x[s], acc[s & 3]);
             x[r] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
         }
-        float* dst = is_w ? w_out + cc * kChunk * K : u_out + cc * kChunk * V;
-        const int ld_dst = is_w ? K : V;
+        if (is_w) {
+            Op* dst = reinterpret_cast<Op*>(w_out) + cc * Store::kPlanes * plane_k + col;
 #pragma unroll
-        for (int r = 0; r < kChunk; ++r) dst[r * ld_dst + col] = x[r];
+            for (int r = 0; r < kChunk; ++r) Store::put(dst + r * K, plane_k, x[r]);
+        } else {
+            float* dst = u_out + cc * kChunk * V + col;
+#pragma unroll
+            for (int r = 0; r < kChunk; ++r) dst[r * V] = x[r];
+        }
     }
 }
 
-// An A-operand fragment (rows g, g + 8 × columns k0 + t, k0 + t + 4 of a row-major fp32 tile at a, row stride lda),
-// split; lda ≡ 4 mod 32 puts the 32 lanes' loads in 32 different banks.
-__device__ __forceinline__ Tf32Frag<4> a_frag(const float* a, int lda, int k0, int g, int t) {
-    return Tf32Frag<4>({a[g * lda + k0 + t], a[(g + 8) * lda + k0 + t], a[g * lda + k0 + t + 4], a[(g + 8) * lda + k0 + t + 4]});
-}
-// The same of the transposed tile: element (m, k) at a[k·lda + m]; lda ≡ 8 mod 32 for distinct banks.
-__device__ __forceinline__ Tf32Frag<4> a_frag_t(const float* a, int lda, int k0, int g, int t) {
-    return Tf32Frag<4>({a[(k0 + t) * lda + g], a[(k0 + t) * lda + g + 8], a[(k0 + t + 4) * lda + g], a[(k0 + t + 4) * lda + g + 8]});
-}
-// A B-operand fragment (rows k0 + t, k0 + t + 4 × column c + g) of a tile kept split in shared memory as tf32 bit
-// patterns (big and small planes, row stride kScanLd ≡ 8 mod 32).
-__device__ __forceinline__ Tf32Frag<2> b_frag(const uint32_t* big, const uint32_t* small, int k0, int c, int g, int t) {
-    Tf32Frag<2> f;
-    f.big[0] = big[(k0 + t) * kScanLd + c + g]; f.big[1] = big[(k0 + t + 4) * kScanLd + c + g];
-    f.small[0] = small[(k0 + t) * kScanLd + c + g]; f.small[1] = small[(k0 + t + 4) * kScanLd + c + g];
-    return f;
+// The scan's operands in shared memory, by input dtype (see OperandStore). Each keeps, per block: the state slice
+// [KP][32] and Vn [64][32] as split B operands (written once a chunk by the warps that form them), W, QG [64][KP] and
+// KG [64][KP] (read transposed) as this chunk's A operands, A [64][64] double-buffered, U [64][32] and γ [KP] in fp32;
+// and forms the scan's four products from them, each as three tensor-core products of split parts (d += big·big,
+// c += big·small + small·big; the caller adds c to d once its k loop ends, so each k-step's mma form two short
+// dependency chains). Rows of K padded to KP: columns [K, KP) of W, QG, KG are zero, so are γ's entries there.
+template <typename Tin, int KP> struct ScanOperands;
+
+// fp32 inputs: the stages in fp32, split into tf32 big and small parts as the fragments load (mma m16n8k8; lane
+// = 4g + t); the state and Vn stored split, as tf32 bit patterns. Row strides ≡ 4 mod 32 for A operands, ≡ 8 mod 32
+// for B operands and transposed reads: the 32 lanes' loads fall in 32 different banks.
+template <int KP> struct ScanOperands<float, KP> {
+    static constexpr int LD = kScanLd, ALD = kChunk + 4, XLD = KP + 4, KGLD = KP + 8;
+    static constexpr size_t kBytes = sizeof(float) * (2 * KP * LD + 2 * kChunk * XLD + kChunk * KGLD + 2 * kChunk * ALD +
+        3 * kChunk * LD + KP);
+    uint32_t* ssb;   // [KP][LD] state slice, tf32 big parts (rows ≥ K zero)
+    uint32_t* sss;   // [KP][LD] state slice, tf32 small parts
+    float* sw;       // [64][XLD] W
+    float* sqg;      // [64][XLD] QG
+    float* skg;      // [64][KGLD] KG, read transposed
+    float* sa2;      // [2][64][ALD] A of this chunk and of the next
+    float* su;       // [64][LD] U
+    uint32_t* svb;   // [64][LD] Vn, tf32 big parts
+    uint32_t* svs;   // [64][LD] Vn, tf32 small parts
+    float* sgam;     // [KP] γ
+
+    __device__ ScanOperands(int K, int tid) {
+        ssb = reinterpret_cast<uint32_t*>(smem()); sss = ssb + KP * LD;
+        sw = reinterpret_cast<float*>(sss + KP * LD); sqg = sw + kChunk * XLD; skg = sqg + kChunk * XLD;
+        sa2 = skg + kChunk * KGLD; su = sa2 + 2 * kChunk * ALD;
+        svb = reinterpret_cast<uint32_t*>(su + kChunk * LD); svs = svb + kChunk * LD;
+        sgam = reinterpret_cast<float*>(svs + kChunk * LD);
+        for (int i = tid; i < kChunk * (KP - K); i += kPrefillThreads) {   // cp.async fills columns < K only
+            const int r = i / (KP - K), c = K + i % (KP - K);
+            sw[r * XLD + c] = 0.f; sqg[r * XLD + c] = 0.f; skg[r * KGLD + c] = 0.f;
+        }
+    }
+    // Chunk cc's (= chunk·H + head) W, QG and A (into buffer `buf`); then its KG.
+    __device__ void prefetch_rows(const float* w_in, const float* qg_in, const float* a_in, size_t cc, int K, int buf, int tid) {
+        copy_tile_async(sw, XLD, w_in + cc * kChunk * K, K, kChunk, K, tid, kPrefillThreads);
+        copy_tile_async(sqg, XLD, qg_in + cc * kChunk * K, K, kChunk, K, tid, kPrefillThreads);
+        copy_tile_async(sa2 + buf * kChunk * ALD, ALD, a_in + cc * kChunk * kChunk, kChunk, kChunk, kChunk, tid, kPrefillThreads);
+    }
+    __device__ void prefetch_kg(const float* kg_in, size_t cc, int K, int tid) {
+        copy_tile_async(skg, KGLD, kg_in + cc * kChunk * K, K, kChunk, K, tid, kPrefillThreads);
+    }
+    __device__ static void put_split(uint32_t* big, uint32_t* small, int x, float v) {
+        big[x] = to_tf32(v);
+        small[x] = to_tf32(v - __uint_as_float(big[x]));
+    }
+    // State (row d, columns j, j + 1) and Vn (row r, the same columns), j even.
+    __device__ void store_state(int d, int j, float v0, float v1) { put_split(ssb, sss, d * LD + j, v0); put_split(ssb, sss, d * LD + j + 1, v1); }
+    __device__ void store_vn(int r, int j, float v0, float v1) { put_split(svb, svs, r * LD + j, v0); put_split(svb, svs, r * LD + j + 1, v1); }
+
+    // Fragments (lane = 4g + t): A rows g, g + 8 × columns k0 + t, k0 + t + 4 of a row-major tile (or of its transpose:
+    // element (m, k) at a[k·lda + m]); B rows k0 + t, k0 + t + 4 × column c + g of a split plane pair.
+    __device__ static Tf32Frag<4> a_frag(const float* a, int lda, int k0, int g, int t) {
+        return Tf32Frag<4>({a[g * lda + k0 + t], a[(g + 8) * lda + k0 + t], a[g * lda + k0 + t + 4], a[(g + 8) * lda + k0 + t + 4]});
+    }
+    __device__ static Tf32Frag<4> a_frag_t(const float* a, int lda, int k0, int g, int t) {
+        return Tf32Frag<4>({a[(k0 + t) * lda + g], a[(k0 + t) * lda + g + 8], a[(k0 + t + 4) * lda + g], a[(k0 + t + 4) * lda + g + 8]});
+    }
+    __device__ static Tf32Frag<2> b_frag(const uint32_t* big, const uint32_t* small, int k0, int c, int g, int t) {
+        Tf32Frag<2> f;
+        f.big[0] = big[(k0 + t) * LD + c + g]; f.big[1] = big[(k0 + t + 4) * LD + c + g];
+        f.small[0] = small[(k0 + t) * LD + c + g]; f.small[1] = small[(k0 + t + 4) * LD + c + g];
+        return f;
+    }
+    // acc[nt] += X[r0 .. +16)·S[.., cb + 8nt .. +8) for X = W (qg false) or QG.
+    __device__ void rows_times_state(float (&acc)[2][4], float (&cor)[2][4], bool qg, int r0, int cb, int lane) const {
+        const int g = lane >> 2, t = lane & 3;
+        const float* x = (qg ? sqg : sw) + r0 * XLD;
+#pragma unroll 4
+        for (int k0 = 0; k0 < KP; k0 += 8) {
+            const Tf32Frag<4> fa = a_frag(x, XLD, k0, g, t);
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) mma_acc(acc[nt], cor[nt], fa, b_frag(ssb, sss, k0, cb + 8 * nt, g, t));
+        }
+    }
+    // acc[nt] += A[r0 .. +16)·Vn[.., cb + 8nt .. +8) (A is 0 above the diagonal, so k stops at r0 + 16).
+    __device__ void a_times_vn(float (&acc)[2][4], float (&cor)[2][4], int buf, int r0, int cb, int lane) const {
+        const int g = lane >> 2, t = lane & 3;
+        const float* a = sa2 + buf * kChunk * ALD + r0 * ALD;
+        for (int k0 = 0; k0 < r0 + 16; k0 += 8) {
+            const Tf32Frag<4> fa = a_frag(a, ALD, k0, g, t);
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) mma_acc(acc[nt], cor[nt], fa, b_frag(svb, svs, k0, cb + 8 * nt, g, t));
+        }
+    }
+    // acc[m][nt] += KGᵀ[d0 + 16m .. +16)·Vn[.., cb + 8nt .. +8) for the KP/64 m-tiles.
+    __device__ void kgt_times_vn(float (&acc)[2][2][4], float (&cor)[2][2][4], int d0, int cb, int lane) const {
+        const int g = lane >> 2, t = lane & 3;
+#pragma unroll 2
+        for (int k0 = 0; k0 < kChunk; k0 += 8) {
+            const Tf32Frag<2> fv[2] = {b_frag(svb, svs, k0, cb, g, t), b_frag(svb, svs, k0, cb + 8, g, t)};
+#pragma unroll
+            for (int m = 0; m < KP / 64; ++m) {
+                const Tf32Frag<4> fk = a_frag_t(skg + d0 + 16 * m, KGLD, k0, g, t);
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt) mma_acc(acc[m][nt], cor[m][nt], fk, fv[nt]);
+            }
+        }
+    }
+};
+
+// bf16 inputs: every matrix operand as bf16 hi and lo planes (intra stored W, QG, KG and A so; the state and Vn are
+// split as they are stored), loaded by ldmatrix (lanes 8i .. 8i + 7 address the rows of 8×8 matrix i) for mma
+// m16n8k16. Row strides are odd multiples of 16 bytes, so the 8 rows of each matrix fall in 8 different bank groups.
+template <int KP> struct ScanOperands<__nv_bfloat16, KP> {
+    static constexpr int LD = kScanLd, ALD = kChunk + 8, XLD = KP + 8;   // in bf16 (U: fp32)
+    static constexpr int kPlaneS = KP * LD, kPlaneX = kChunk * XLD, kPlaneA = kChunk * ALD, kPlaneV = kChunk * LD;
+    static constexpr size_t kBytes = 2 * (2 * kPlaneS + 6 * kPlaneX + 4 * kPlaneA + 2 * kPlaneV) +
+        sizeof(float) * (kChunk * LD + KP);
+    uint16_t* ss;    // [2][KP][LD] state slice hi, lo (rows ≥ K zero)
+    uint16_t* sw;    // [2][64][XLD] W hi, lo
+    uint16_t* sqg;   // [2][64][XLD] QG hi, lo
+    uint16_t* skg;   // [2][64][XLD] KG hi, lo, read transposed
+    uint16_t* sa2;   // [2][2][64][ALD] A hi, lo of this chunk and of the next
+    uint16_t* sv;    // [2][64][LD] Vn hi, lo
+    float* su;       // [64][LD] U
+    float* sgam;     // [KP] γ
+
+    __device__ ScanOperands(int K, int tid) {
+        ss = reinterpret_cast<uint16_t*>(smem()); sw = ss + 2 * kPlaneS; sqg = sw + 2 * kPlaneX; skg = sqg + 2 * kPlaneX;
+        sa2 = skg + 2 * kPlaneX; sv = sa2 + 4 * kPlaneA;
+        su = reinterpret_cast<float*>(sv + 2 * kPlaneV); sgam = su + kChunk * LD;
+        for (int i = tid; i < 2 * kChunk * (KP - K); i += kPrefillThreads) {   // both planes' rows (lo follows hi)
+            const int r = i / (KP - K), c = K + i % (KP - K);
+            sw[r * XLD + c] = 0; sqg[r * XLD + c] = 0; skg[r * XLD + c] = 0;
+        }
+    }
+    // A block of 2·rows rows of `cols` bf16 (the hi plane's rows, then the lo plane's), in 16-byte copies where rows allow.
+    __device__ static void copy_planes(uint16_t* dst, int dst_ld, const float* src_block, int rows, int cols, int tid) {
+        if (cols % 8 == 0) copy_rows_async<16>(dst, 2 * dst_ld, src_block, 2 * cols, 2 * rows, 2 * cols, tid, kPrefillThreads);
+        else copy_rows_async<8>(dst, 2 * dst_ld, src_block, 2 * cols, 2 * rows, 2 * cols, tid, kPrefillThreads);
+    }
+    __device__ void prefetch_rows(const float* w_in, const float* qg_in, const float* a_in, size_t cc, int K, int buf, int tid) {
+        copy_planes(sw, XLD, w_in + cc * kChunk * K, kChunk, K, tid);
+        copy_planes(sqg, XLD, qg_in + cc * kChunk * K, kChunk, K, tid);
+        copy_planes(sa2 + buf * 2 * kPlaneA, ALD, a_in + cc * kChunk * kChunk, kChunk, kChunk, tid);
+    }
+    __device__ void prefetch_kg(const float* kg_in, size_t cc, int K, int tid) {
+        copy_planes(skg, XLD, kg_in + cc * kChunk * K, kChunk, K, tid);
+    }
+    __device__ static void put_split(uint16_t* plane, int plane_size, int x, float v0, float v1) {
+        uint32_t hi, lo;
+        split_bf16x2(v0, v1, hi, lo);
+        *reinterpret_cast<uint32_t*>(plane + x) = hi;
+        *reinterpret_cast<uint32_t*>(plane + plane_size + x) = lo;
+    }
+    __device__ void store_state(int d, int j, float v0, float v1) { put_split(ss, kPlaneS, d * LD + j, v0, v1); }
+    __device__ void store_vn(int r, int j, float v0, float v1) { put_split(sv, kPlaneV, r * LD + j, v0, v1); }
+
+    // d += ah·bh, c += ah·bl + al·bh for one m16n8k16 tile (b: the two registers of one n-tile).
+    __device__ static void mma_split(float (&d)[4], float (&c)[4], const uint32_t (&ah)[4], const uint32_t (&al)[4],
+        uint32_t bh0, uint32_t bh1, uint32_t bl0, uint32_t bl1) {
+        mma(c, ah, bl0, bl1);
+        mma(c, al, bh0, bh1);
+        mma(d, ah, bh0, bh1);
+    }
+    // Row addresses of lane l for a 16×16 fragment at (row, col) of a row-major plane: matrices (rows +0, +8) ×
+    // (cols +0, +8); A (plain): matrix i = rows + 8(i & 1), cols + 8(i >> 1); B (transposed, two n-tiles):
+    // rows (= k) + 8(i & 1), cols (= n) + 8(i >> 1) — the same addresses. A transposed (KGᵀ, the plane holds [k][m]):
+    // rows (= k) + 8(i >> 1), cols (= m) + 8(i & 1).
+    __device__ static int frag_offset(int ld, int lane) { return ((lane & 7) + (lane & 8)) * ld + (lane >> 4) * 8; }
+    __device__ static int frag_offset_t(int ld, int lane) { return ((lane & 7) + (lane >> 4) * 8) * ld + (lane & 8); }
+
+    __device__ void rows_times_state(float (&acc)[2][4], float (&cor)[2][4], bool qg, int r0, int cb, int lane) const {
+        const uint16_t* pa = (qg ? sqg : sw) + r0 * XLD + frag_offset(XLD, lane);
+        const uint16_t* pb = ss + cb + frag_offset(LD, lane);
+#pragma unroll 4
+        for (int k0 = 0; k0 < KP; k0 += 16) {
+            uint32_t ah[4], al[4], bh[4], bl[4];
+            ldsm_x4(ah, pa + k0); ldsm_x4(al, pa + kPlaneX + k0);
+            ldsm_x4_t(bh, pb + k0 * LD); ldsm_x4_t(bl, pb + kPlaneS + k0 * LD);
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) mma_split(acc[nt], cor[nt], ah, al, bh[2 * nt], bh[2 * nt + 1], bl[2 * nt], bl[2 * nt + 1]);
+        }
+    }
+    __device__ void a_times_vn(float (&acc)[2][4], float (&cor)[2][4], int buf, int r0, int cb, int lane) const {
+        const uint16_t* pa = sa2 + buf * 2 * kPlaneA + r0 * ALD + frag_offset(ALD, lane);
+        const uint16_t* pb = sv + cb + frag_offset(LD, lane);
+        for (int k0 = 0; k0 <= r0; k0 += 16) {
+            uint32_t ah[4], al[4], bh[4], bl[4];
+            ldsm_x4(ah, pa + k0); ldsm_x4(al, pa + kPlaneA + k0);
+            ldsm_x4_t(bh, pb + k0 * LD); ldsm_x4_t(bl, pb + kPlaneV + k0 * LD);
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) mma_split(acc[nt], cor[nt], ah, al, bh[2 * nt], bh[2 * nt + 1], bl[2 * nt], bl[2 * nt + 1]);
+        }
+    }
+    __device__ void kgt_times_vn(float (&acc)[2][2][4], float (&cor)[2][2][4], int d0, int cb, int lane) const {
+        const uint16_t* pa = skg + d0 + frag_offset_t(XLD, lane);
+        const uint16_t* pb = sv + cb + frag_offset(LD, lane);
+#pragma unroll
+        for (int k0 = 0; k0 < kChunk; k0 += 16) {
+            uint32_t bh[4], bl[4];
+            ldsm_x4_t(bh, pb + k0 * LD); ldsm_x4_t(bl, pb + kPlaneV + k0 * LD);
+#pragma unroll
+            for (int m = 0; m < KP / 64; ++m) {
+                uint32_t ah[4], al[4];
+                ldsm_x4_t(ah, pa + k0 * XLD + 16 * m); ldsm_x4_t(al, pa + kPlaneX + k0 * XLD + 16 * m);
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt) mma_split(acc[m][nt], cor[m][nt], ah, al, bh[2 * nt], bh[2 * nt + 1], bl[2 * nt], bl[2 * nt + 1]);
+            }
+        }
+    }
+};
+
+// The scan's dynamic shared memory (> 48 KiB: raise the limit): 205 KiB for fp32 inputs at K = 128, 179 KiB for bf16.
+template <typename Tin> __host__ __device__ constexpr size_t chunk_prefill_smem_bytes(int K) {
+    return chunk_prefill_kpad(K) == 64 ? ScanOperands<Tin, 64>::kBytes : ScanOperands<Tin, 128>::kBytes;
 }
 
 // The sequential scan over one sequence's chunks for a 32-column slice of one head's state (see MATH), on tensor cores
-// (3xTF32 mma m16n8k8; lane = 4g + t). Only the state's recurrence is a chain from chunk to chunk; the output is not,
-// so the 16 warps split by role and the output's products leave the chain:
+// (ScanOperands: 3xTF32 or split bf16, both accumulated in fp32; lane = 4g + t). Only the state's recurrence is a
+// chain from chunk to chunk; the output is not, so the 16 warps split by role and the output's products leave the
+// chain:
 //   state warps 0-7:   phase 1  Vn = U − W·S                  phase 2  S ← Diag(γ)·S + KGᵀ·Vn
 //   output warps 8-15: phase 1  O = QG·S (the same S)         phase 2  O += A·Vn, written out
 // with two barriers per chunk i: before phase 1 (W_i, QG_i, U_i, A_i and the state have landed; KG_i and γ_i are
@@ -836,48 +1082,28 @@ __device__ __forceinline__ Tf32Frag<2> b_frag(const uint32_t* big, const uint32_
 // single-role kernel's (v5b: every warp ran all four products, 2 warps per scheduler), at 4 warps per scheduler.
 // Within a role, warp w owns output rows 16·(w % 4) .. + 15 and columns 16·(w / 4 % 2) .. + 15 (2 n-tiles); a state
 // warp also owns state rows [(w % 4)·KP/4, (w % 4 + 1)·KP/4) (KP/64 m-tiles) × the same columns, held in registers
-// (accumulator layout) across chunks. Operands that several warps read as B fragments (the state, Vn) are stored split
-// once, as tf32 big and small planes; the others are split as their fragments load. K is padded to KP ∈ {64, 128} with
-// zero stage columns, state rows and γ entries, so the k-steps of 8 and the row split need no tails.
+// (accumulator layout) across chunks. K is padded to KP ∈ {64, 128} with zero stage columns, state rows and γ entries,
+// so the k-steps and the row split need no tails.
 template <typename Tin, int KP>   // KP = chunk_prefill_kpad(K): compile-time strides fold into the shared-memory offsets
 __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __restrict__ cu_seqlens,
     const int* __restrict__ chunk_offsets, const float* __restrict__ w_in, const float* __restrict__ u_in,
     const float* __restrict__ a_in, const float* __restrict__ qg_in, const float* __restrict__ kg_in,
     const float* __restrict__ gamma_in, float* state, Tin* __restrict__ o) {
-    constexpr int NT = kPrefillThreads, VC = kPrefillCols, LD = kScanLd, ALD = kScanALd;
+    constexpr int NT = kPrefillThreads, VC = kPrefillCols, LD = kScanLd;
     static_assert(NT == 512 && VC == 32, "16 warps: 2 roles × 4 row groups × 2 column halves of 16");
+    static_assert(KP == 64 || KP == 128, "chunk_prefill_kpad");
     const int slice = blockIdx.x, h = blockIdx.y, n = blockIdx.z, tid = threadIdx.x;
-    const int warp = tid >> 5, g = (tid & 31) >> 2, t = tid & 3;
+    const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int j0 = slice * VC;
     const int tok0 = cu_seqlens[n], T = cu_seqlens[n + 1] - tok0;
     const int c0 = chunk_offsets[n], nchunks = chunk_offsets[n + 1] - c0;
-    static_assert(KP == 64 || KP == 128, "chunk_prefill_kpad");
-    constexpr int XLD = KP + 4, KGLD = KP + 8, mtiles = KP / 64;
-
-    uint32_t* ssb = reinterpret_cast<uint32_t*>(smem());   // [KP][40] state slice, tf32 big parts (rows ≥ K zero)
-    uint32_t* sss = ssb + KP * LD;                          // [KP][40] state slice, tf32 small parts
-    float* sw = reinterpret_cast<float*>(sss + KP * LD);   // [64][KP+4] W (columns [K, KP) zero)
-    float* sqg = sw + kChunk * XLD;                         // [64][KP+4] QG (columns [K, KP) zero)
-    float* skg = sqg + kChunk * XLD;                        // [64][KP+8] KG (columns [K, KP) zero), read transposed
-    float* sa2 = skg + kChunk * KGLD;                       // [2][64][68] A of this chunk and of the next
-    float* su = sa2 + 2 * kChunk * ALD;                     // [64][40] U
-    uint32_t* svb = reinterpret_cast<uint32_t*>(su + kChunk * LD);   // [64][40] Vn, tf32 big parts
-    uint32_t* svs = svb + kChunk * LD;                      // [64][40] Vn, tf32 small parts
-    float* sgam = reinterpret_cast<float*>(svs + kChunk * LD);   // [KP] γ (entries ≥ K zero)
-
-    // The padding, once (cp.async only ever fills columns / entries below K; state rows ≥ K are written below).
-    for (int i = tid; i < kChunk * (KP - K); i += NT) {
-        const int r = i / (KP - K), c = K + i % (KP - K);
-        sw[r * XLD + c] = 0.f; sqg[r * XLD + c] = 0.f; skg[r * KGLD + c] = 0.f;
-    }
-    for (int i = K + tid; i < KP; i += NT) sgam[i] = 0.f;
+    ScanOperands<Tin, KP> ops(K, tid);   // carves the shared memory, zeroes the stage padding
+    for (int i = K + tid; i < KP; i += NT) ops.sgam[i] = 0.f;
 
     auto prefetch_wqu = [&](int ci) {   // W, QG, U of chunk ci and its A into buffer ci % 2
         const size_t cc = (size_t)(c0 + ci) * H + h;
-        copy_tile_async(sw, XLD, w_in + cc * kChunk * K, K, kChunk, K, tid, NT);
-        copy_tile_async(sqg, XLD, qg_in + cc * kChunk * K, K, kChunk, K, tid, NT);
-        copy_tile_async(su, LD, u_in + cc * kChunk * V + j0, V, kChunk, VC, tid, NT);
-        copy_tile_async(sa2 + (ci & 1) * kChunk * ALD, ALD, a_in + cc * kChunk * kChunk, kChunk, kChunk, kChunk, tid, NT);
+        ops.prefetch_rows(w_in, qg_in, a_in, cc, K, ci & 1, tid);
+        copy_tile_async(ops.su, LD, u_in + cc * kChunk * V + j0, V, kChunk, VC, tid, NT);
     };
     if (nchunks > 0) prefetch_wqu(0);
     cp_async_commit();
@@ -886,8 +1112,8 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
         cp_async_wait<0>();   // W_ci, QG_ci, U_ci, A_ci
         __syncthreads();      // ... for every thread; the state is stored; chunk ci − 1 no longer reads KG, γ, Vn
         const size_t cc = (size_t)(c0 + ci) * H + h;
-        copy_tile_async(skg, KGLD, kg_in + cc * kChunk * K, K, kChunk, K, tid, NT);
-        for (int i = tid; i < K / 4; i += NT) cp_async16(sgam + 4 * i, gamma_in + cc * K + 4 * i);
+        ops.prefetch_kg(kg_in, cc, K, tid);
+        for (int i = tid; i < K / 4; i += NT) cp_async16(ops.sgam + 4 * i, gamma_in + cc * K + 4 * i);
         cp_async_commit();
     };
     auto before_phase2 = [&](int ci) {
@@ -900,6 +1126,7 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
     const int rq = warp & 3, ch = (warp >> 2) & 1;   // row group, column half (within the role)
     const int r0 = 16 * rq, cb = 16 * ch;             // phases 1-2: rows r0 + g (+ 8), columns cb + 8·nt + 2t (+ 1)
     if (warp < 8) {   // state warps
+        constexpr int mtiles = KP / 64;
         const int d0 = rq * (KP / 4);   // state rows d0 + 16m + g (+ 8)
         float* S = state + ((size_t)n * H + h) * K * V + j0;
         float sacc[2][2][4];   // [m-tile][n-tile][fragment]
@@ -914,47 +1141,34 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
                 }
         auto store_state = [&]() {   // the split state, for the next chunk's phase 1
 #pragma unroll
-            for (int m = 0; m < 2; ++m)
+            for (int m = 0; m < mtiles; ++m)
 #pragma unroll
                 for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-                    for (int e = 0; e < 4; ++e)
-                        if (m < mtiles) {
-                            const int x = (d0 + 16 * m + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1);
-                            const float v = sacc[m][nt][e];
-                            ssb[x] = to_tf32(v);
-                            sss[x] = to_tf32(v - __uint_as_float(ssb[x]));
-                        }
+                    for (int e2 = 0; e2 < 2; ++e2)
+                        ops.store_state(d0 + 16 * m + g + 8 * e2, cb + 8 * nt + 2 * t, sacc[m][nt][2 * e2], sacc[m][nt][2 * e2 + 1]);
         };
         store_state();
         for (int ci = 0; ci < nchunks; ++ci) {
             before_phase1(ci);
-            // Vn = U − W·S, accumulated as −U + W·S; vcor holds the 3xTF32 correction terms.
+            // Vn = U − W·S, accumulated as −U + W·S; vcor holds the correction products.
             float vacc[2][4], vcor[2][4];
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    vacc[nt][e] = -su[(r0 + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1)];
+                    vacc[nt][e] = -ops.su[(r0 + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1)];
                     vcor[nt][e] = 0.f;
                 }
-#pragma unroll 4
-            for (int k0 = 0; k0 < KP; k0 += 8) {
-                const Tf32Frag<4> fw = a_frag(sw + r0 * XLD, XLD, k0, g, t);
-#pragma unroll
-                for (int nt = 0; nt < 2; ++nt) mma_acc(vacc[nt], vcor[nt], fw, b_frag(ssb, sss, k0, cb + 8 * nt, g, t));
-            }
+            ops.rows_times_state(vacc, vcor, false, r0, cb, lane);
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int x = (r0 + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1);
-                    const float v = -(vacc[nt][e] + vcor[nt][e]);
-                    svb[x] = to_tf32(v);
-                    svs[x] = to_tf32(v - __uint_as_float(svb[x]));
-                }
+                for (int e2 = 0; e2 < 2; ++e2)
+                    ops.store_vn(r0 + g + 8 * e2, cb + 8 * nt + 2 * t, -(vacc[nt][2 * e2] + vcor[nt][2 * e2]),
+                        -(vacc[nt][2 * e2 + 1] + vcor[nt][2 * e2 + 1]));
             before_phase2(ci);
-            // S ← Diag(γ)·S + KGᵀ·Vn, the correction terms in scor.
+            // S ← Diag(γ)·S + KGᵀ·Vn, the correction products in scor.
             float scor[2][2][4];
 #pragma unroll
             for (int m = 0; m < 2; ++m)
@@ -963,27 +1177,14 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
 #pragma unroll
                     for (int e = 0; e < 4; ++e) scor[m][nt][e] = 0.f;
 #pragma unroll
-            for (int m = 0; m < 2; ++m) {
-                if (m < mtiles) {
-                    const float ga = sgam[d0 + 16 * m + g], gb = sgam[d0 + 16 * m + g + 8];
+            for (int m = 0; m < mtiles; ++m) {
+                const float ga = ops.sgam[d0 + 16 * m + g], gb = ops.sgam[d0 + 16 * m + g + 8];
 #pragma unroll
-                    for (int nt = 0; nt < 2; ++nt) {
-                        sacc[m][nt][0] *= ga; sacc[m][nt][1] *= ga; sacc[m][nt][2] *= gb; sacc[m][nt][3] *= gb;
-                    }
+                for (int nt = 0; nt < 2; ++nt) {
+                    sacc[m][nt][0] *= ga; sacc[m][nt][1] *= ga; sacc[m][nt][2] *= gb; sacc[m][nt][3] *= gb;
                 }
             }
-#pragma unroll 2
-            for (int k0 = 0; k0 < kChunk; k0 += 8) {
-                const Tf32Frag<2> fv[2] = {b_frag(svb, svs, k0, cb, g, t), b_frag(svb, svs, k0, cb + 8, g, t)};
-#pragma unroll
-                for (int m = 0; m < 2; ++m) {
-                    if (m < mtiles) {
-                        const Tf32Frag<4> fk = a_frag_t(skg + d0 + 16 * m, KGLD, k0, g, t);
-#pragma unroll
-                        for (int nt = 0; nt < 2; ++nt) mma_acc(sacc[m][nt], scor[m][nt], fk, fv[nt]);
-                    }
-                }
-            }
+            ops.kgt_times_vn(sacc, scor, d0, cb, lane);
 #pragma unroll
             for (int m = 0; m < 2; ++m)
 #pragma unroll
@@ -993,38 +1194,27 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
             store_state();   // nobody reads the stored state between the barrier above and the next one
         }
 #pragma unroll
-        for (int m = 0; m < 2; ++m)
+        for (int m = 0; m < mtiles; ++m)
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const int d = d0 + 16 * m + g + 8 * (e >> 1);
-                    if (m < mtiles && d < K) S[(size_t)d * V + cb + 8 * nt + 2 * t + (e & 1)] = sacc[m][nt][e];
+                    if (d < K) S[(size_t)d * V + cb + 8 * nt + 2 * t + (e & 1)] = sacc[m][nt][e];
                 }
     } else {   // output warps
         for (int ci = 0; ci < nchunks; ++ci) {
             const int len = min(kChunk, T - ci * kChunk);
-            const float* sa = sa2 + (ci & 1) * kChunk * ALD;
             before_phase1(ci);
-            // O = QG·S; ocor holds the 3xTF32 correction terms.
+            // O = QG·S; ocor holds the correction products.
             float oacc[2][4], ocor[2][4];
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) { oacc[nt][e] = 0.f; ocor[nt][e] = 0.f; }
-#pragma unroll 4
-            for (int k0 = 0; k0 < KP; k0 += 8) {
-                const Tf32Frag<4> fq = a_frag(sqg + r0 * XLD, XLD, k0, g, t);
-#pragma unroll
-                for (int nt = 0; nt < 2; ++nt) mma_acc(oacc[nt], ocor[nt], fq, b_frag(ssb, sss, k0, cb + 8 * nt, g, t));
-            }
+            ops.rows_times_state(oacc, ocor, true, r0, cb, lane);
             before_phase2(ci);
-            // O += A·Vn (A is 0 above the diagonal and in rows past the end, so k stops at r0 + 16), then out.
-            for (int k0 = 0; k0 < r0 + 16; k0 += 8) {
-                const Tf32Frag<4> fa = a_frag(sa + r0 * ALD, ALD, k0, g, t);
-#pragma unroll
-                for (int nt = 0; nt < 2; ++nt) mma_acc(oacc[nt], ocor[nt], fa, b_frag(svb, svs, k0, cb + 8 * nt, g, t));
-            }
+            ops.a_times_vn(oacc, ocor, ci & 1, r0, cb, lane);   // O += A·Vn, then out
 #pragma unroll
             for (int e2 = 0; e2 < 2; ++e2) {
                 const int r = r0 + g + 8 * e2;

@@ -295,43 +295,14 @@ template <typename Tin> struct PrefillDev {
         CK(cudaMemset(w, 0xff, ch * 64 * K * 4)); CK(cudaMemset(u, 0xff, ch * 64 * V * 4)); CK(cudaMemset(a, 0xff, ch * 64 * 64 * 4));
         CK(cudaMemset(qg, 0xff, ch * 64 * K * 4)); CK(cudaMemset(kg, 0xff, ch * 64 * K * 4)); CK(cudaMemset(gam, 0xff, ch * K * 4));
         CK(cudaFuncSetAttribute(Kern<Tin>::intra, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kda::chunk_intra_smem_bytes(K))));
-        CK(cudaFuncSetAttribute(Kern<Tin>::prefill, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kda::chunk_prefill_smem_bytes(K))));
+        CK(cudaFuncSetAttribute(Kern<Tin>::prefill, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kda::chunk_prefill_smem_bytes<Tin>(K))));
     }
     // Host inputs for the first T tokens (the NaN tail stays) and the initial state.
     void load(const std::vector<float>& hq, const std::vector<float>& hk, const std::vector<float>& hv,
         const std::vector<float>& hg, const std::vector<float>& hb, const std::vector<float>& hstate) {
         copy_in(q, hq); copy_in(k, hk); copy_in(v, hv); copy_in(g, hg); copy_in(beta, hb); copy_in(state, hstate);
     }
-    void run() { run_intra(); round_scratch(); run_scan(); }
-    // An error study for a narrower scratch (kernels/kda/NOTES.md, "Where the bars stand"): KDA_SCRATCH_BF16 and
-    // KDA_SCRATCH_FP16 name intra's outputs (w, u, a, qg, kg, gamma, comma-separated) to round to bf16 or fp16 (as a
-    // 16-bit store would) before the scan reads them. Unset: nothing changes.
-    void round_scratch() {
-        if (NC == 0) return;
-        const size_t ch = size_t(NC) * H;
-        const std::pair<const char*, std::pair<float*, size_t>> buffers[] = {
-            {"w", {w, ch * 64 * K}}, {"u", {u, ch * 64 * V}}, {"a", {a, ch * 64 * 64}},
-            {"qg", {qg, ch * 64 * K}}, {"kg", {kg, ch * 64 * K}}, {"gamma", {gam, ch * K}}};
-        for (const bool half : {false, true}) {
-            const char* names = std::getenv(half ? "KDA_SCRATCH_FP16" : "KDA_SCRATCH_BF16");
-            if (names == nullptr) continue;
-            const std::string list = std::string(",") + names + ",";
-            for (const auto& [name, buffer] : buffers)
-                if (list.find(std::string(",") + name + ",") != std::string::npos) {
-                    std::vector<float> x = download(buffer.first, buffer.second);
-                    for (float& f : x) f = !std::isfinite(f) ? f : half ? round_fp16(f) : bf2f(f2bf(f));
-                    copy_in(buffer.first, x);
-                }
-        }
-    }
-    // x rounded to the nearest fp16 value (ties to even; subnormals below 2^-14, infinity past 65504).
-    static float round_fp16(float x) {
-        const float m = std::fabs(x);
-        if (m >= 65520.0f) return std::copysign(INFINITY, x);
-        const int e = m < std::ldexp(1.0f, -14) ? -14 : std::ilogb(m);
-        const float quantum = std::ldexp(1.0f, e - 10);
-        return std::nearbyint(x / quantum) * quantum;
-    }
+    void run() { run_intra(); run_scan(); }
     void run_intra() {
         if (NC > 0) {
             auto intra = Kern<Tin>::intra;
@@ -342,7 +313,7 @@ template <typename Tin> struct PrefillDev {
     }
     void run_scan() {
         auto prefill = Kern<Tin>::prefill;
-        LAUNCH(prefill, dim3(V / kda::kPrefillCols, H, N), dim3(kda::kPrefillThreads), kda::chunk_prefill_smem_bytes(K),
+        LAUNCH(prefill, dim3(V / kda::kPrefillCols, H, N), dim3(kda::kPrefillThreads), kda::chunk_prefill_smem_bytes<Tin>(K),
             H, K, V, (const int*)cu, (const int*)co, (const float*)w, (const float*)u, (const float*)a, (const float*)qg,
             (const float*)kg, (const float*)gam, state, o);
         CHECK_LAUNCH();
