@@ -508,6 +508,18 @@ __device__ __forceinline__ void copy_rows_async(void* dst, int dst_ld, const voi
     const char* s = static_cast<const char*>(src) + c;
     for (int r = tid / pieces; r < rows; r += step) cp_async<Bytes>(d + r * dst_ld, s + (size_t)r * src_ld);
 }
+// The same with every size known at compile time (the scan's K = KP tiles): each thread's copies unrolled, with
+// constant offsets.
+template <int Bytes, int Rows, int RowBytes, int DstLd, int SrcLd, int NThreads>
+__device__ __forceinline__ void copy_rows_async(void* dst, const void* __restrict__ src, int tid) {
+    constexpr int pieces = RowBytes / Bytes, step = NThreads / pieces;
+    static_assert(RowBytes % Bytes == 0 && NThreads % pieces == 0 && Rows % step == 0, "whole rounds of copies");
+    const int c = (tid % pieces) * Bytes, r0 = tid / pieces;
+    char* d = static_cast<char*>(dst) + r0 * DstLd + c;
+    const char* s = static_cast<const char*>(src) + r0 * SrcLd + c;
+#pragma unroll
+    for (int i = 0; i < Rows / step; ++i) cp_async<Bytes>(d + i * step * DstLd, s + i * step * SrcLd);
+}
 // The same for a [rows][cols] fp32 tile (cols % 4 == 0), strides in floats.
 __device__ __forceinline__ void copy_tile_async(float* dst, int dst_ld, const float* __restrict__ src, int src_ld,
     int rows, int cols, int tid, int nthreads) {
@@ -988,19 +1000,20 @@ template <int KP> struct ScanOperands<__nv_bfloat16, KP> {
             sw[r * XLD + c] = 0; sqg[r * XLD + c] = 0; skg[r * XLD + c] = 0;
         }
     }
-    // A block of 2·rows rows of `cols` bf16 (the hi plane's rows, then the lo plane's), in 16-byte copies where rows allow.
-    __device__ static void copy_planes(uint16_t* dst, int dst_ld, const float* src_block, int rows, int cols, int tid) {
-        if (cols % 8 == 0) copy_rows_async<16>(dst, 2 * dst_ld, src_block, 2 * cols, 2 * rows, 2 * cols, tid, kPrefillThreads);
-        else copy_rows_async<8>(dst, 2 * dst_ld, src_block, 2 * cols, 2 * rows, 2 * cols, tid, kPrefillThreads);
+    // A [64][K] operand block (the hi plane's 64 rows, then the lo plane's): unrolled when K = KP, else in 16-byte
+    // copies where the rows allow, 8-byte ones otherwise.
+    __device__ static void copy_stage(uint16_t* dst, const float* src_block, int K, int tid) {
+        if (K == KP) copy_rows_async<16, 2 * kChunk, 2 * KP, 2 * XLD, 2 * KP, kPrefillThreads>(dst, src_block, tid);
+        else if (K % 8 == 0) copy_rows_async<16>(dst, 2 * XLD, src_block, 2 * K, 2 * kChunk, 2 * K, tid, kPrefillThreads);
+        else copy_rows_async<8>(dst, 2 * XLD, src_block, 2 * K, 2 * kChunk, 2 * K, tid, kPrefillThreads);
     }
     __device__ void prefetch_rows(const float* w_in, const float* qg_in, const float* a_in, size_t cc, int K, int buf, int tid) {
-        copy_planes(sw, XLD, w_in + cc * kChunk * K, kChunk, K, tid);
-        copy_planes(sqg, XLD, qg_in + cc * kChunk * K, kChunk, K, tid);
-        copy_planes(sa2 + buf * 2 * kPlaneA, ALD, a_in + cc * kChunk * kChunk, kChunk, kChunk, tid);
+        copy_stage(sw, w_in + cc * kChunk * K, K, tid);
+        copy_stage(sqg, qg_in + cc * kChunk * K, K, tid);
+        copy_rows_async<16, 2 * kChunk, 2 * kChunk, 2 * ALD, 2 * kChunk, kPrefillThreads>(sa2 + buf * 2 * kPlaneA,
+            a_in + cc * kChunk * kChunk, tid);
     }
-    __device__ void prefetch_kg(const float* kg_in, size_t cc, int K, int tid) {
-        copy_planes(skg, XLD, kg_in + cc * kChunk * K, kChunk, K, tid);
-    }
+    __device__ void prefetch_kg(const float* kg_in, size_t cc, int K, int tid) { copy_stage(skg, kg_in + cc * kChunk * K, K, tid); }
     __device__ static void put_split(uint16_t* plane, int plane_size, int x, float v0, float v1) {
         uint32_t hi, lo;
         split_bf16x2(v0, v1, hi, lo);
@@ -1027,7 +1040,7 @@ template <int KP> struct ScanOperands<__nv_bfloat16, KP> {
     __device__ void rows_times_state(float (&acc)[2][4], float (&cor)[2][4], bool qg, int r0, int cb, int lane) const {
         const uint16_t* pa = (qg ? sqg : sw) + r0 * XLD + frag_offset(XLD, lane);
         const uint16_t* pb = ss + cb + frag_offset(LD, lane);
-#pragma unroll 4
+#pragma unroll
         for (int k0 = 0; k0 < KP; k0 += 16) {
             uint32_t ah[4], al[4], bh[4], bl[4];
             ldsm_x4(ah, pa + k0); ldsm_x4(al, pa + kPlaneX + k0);
@@ -1039,7 +1052,9 @@ template <int KP> struct ScanOperands<__nv_bfloat16, KP> {
     __device__ void a_times_vn(float (&acc)[2][4], float (&cor)[2][4], int buf, int r0, int cb, int lane) const {
         const uint16_t* pa = sa2 + buf * 2 * kPlaneA + r0 * ALD + frag_offset(ALD, lane);
         const uint16_t* pb = sv + cb + frag_offset(LD, lane);
-        for (int k0 = 0; k0 <= r0; k0 += 16) {
+#pragma unroll
+        for (int k0 = 0; k0 < kChunk; k0 += 16) {
+            if (k0 > r0) break;
             uint32_t ah[4], al[4], bh[4], bl[4];
             ldsm_x4(ah, pa + k0); ldsm_x4(al, pa + kPlaneA + k0);
             ldsm_x4_t(bh, pb + k0 * LD); ldsm_x4_t(bl, pb + kPlaneV + k0 * LD);
