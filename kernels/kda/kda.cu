@@ -1037,24 +1037,17 @@ template <int KP> struct ScanOperands<__nv_bfloat16, KP> {
     __device__ static int frag_offset(int ld, int lane) { return ((lane & 7) + (lane & 8)) * ld + (lane >> 4) * 8; }
     __device__ static int frag_offset_t(int ld, int lane) { return ((lane & 7) + (lane >> 4) * 8) * ld + (lane & 8); }
 
-    // (The KP/16 k-steps alternate between two correction accumulators: chains half as deep on the longest loop.)
     __device__ void rows_times_state(float (&acc)[2][4], float (&cor)[2][4], bool qg, int r0, int cb, int lane) const {
         const uint16_t* pa = (qg ? sqg : sw) + r0 * XLD + frag_offset(XLD, lane);
         const uint16_t* pb = ss + cb + frag_offset(LD, lane);
-        float cor2[2][4] = {};
 #pragma unroll
         for (int k0 = 0; k0 < KP; k0 += 16) {
             uint32_t ah[4], al[4], bh[4], bl[4];
             ldsm_x4(ah, pa + k0); ldsm_x4(al, pa + kPlaneX + k0);
             ldsm_x4_t(bh, pb + k0 * LD); ldsm_x4_t(bl, pb + kPlaneS + k0 * LD);
 #pragma unroll
-            for (int nt = 0; nt < 2; ++nt)
-                mma_split(acc[nt], (k0 & 16) ? cor2[nt] : cor[nt], ah, al, bh[2 * nt], bh[2 * nt + 1], bl[2 * nt], bl[2 * nt + 1]);
+            for (int nt = 0; nt < 2; ++nt) mma_split(acc[nt], cor[nt], ah, al, bh[2 * nt], bh[2 * nt + 1], bl[2 * nt], bl[2 * nt + 1]);
         }
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) cor[nt][e] += cor2[nt][e];
     }
     __device__ void a_times_vn(float (&acc)[2][4], float (&cor)[2][4], int buf, int r0, int cb, int lane) const {
         const uint16_t* pa = sa2 + buf * 2 * kPlaneA + r0 * ALD + frag_offset(ALD, lane);
