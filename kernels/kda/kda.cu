@@ -620,11 +620,15 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     if (tid < kChunk) sb[tid] = tid < len ? beta[(size_t)(t0 + tid) * H + h] : 0.f;
     __syncthreads();
     // L2-normalise the rows (q also scaled by K^-½) in fp32, like the decode step, so prefill and decode agree.
+    // Each row's sum runs as 4 chains (d mod 4, K % 4 == 0), a quarter as deep as one: the other warps wait for it.
     if (tid < 2 * kChunk) {
-        float* row = (tid < kChunk ? sq : sk) + (tid % kChunk) * LD;
-        float ss = 0.f;
-        for (int d = 0; d < K; ++d) ss += row[d] * row[d];
-        snorm[tid] = 1.0f / sqrtf(ss + kL2Eps) * (tid < kChunk ? 1.0f / sqrtf((float)K) : 1.0f);
+        const float* row = (tid < kChunk ? sq : sk) + (tid % kChunk) * LD;
+        float ss[4] = {0.f, 0.f, 0.f, 0.f};
+        for (int d = 0; d < K; d += 4) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) ss[i] = fmaf(row[d + i], row[d + i], ss[i]);
+        }
+        snorm[tid] = 1.0f / sqrtf((ss[0] + ss[1]) + (ss[2] + ss[3]) + kL2Eps) * (tid < kChunk ? 1.0f / sqrtf((float)K) : 1.0f);
     }
     __syncthreads();
     // The scaling: thread = channel ec of rows er0, er0 + estep, … (one division, as for the loads).
@@ -840,7 +844,10 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
             cp_async_commit();
             cp_async_wait<0>();
             __syncthreads();   // the pass has landed
-            if (is_u) {
+            if (is_u && pass_rows == kChunk) {   // one pass (bf16, or fp32 with V ≤ 64): no row-range tests
+#pragma unroll
+                for (int r = 0; r < kChunk; ++r) x[r] = r < len ? sb[r] * ld(sv[r * V + col]) : 0.f;
+            } else if (is_u) {
 #pragma unroll
                 for (int r = 0; r < kChunk; ++r)
                     if (r >= p0 && r < p0 + pass_rows) x[r] = r < len ? sb[r] * ld(sv[(r - p0) * V + col]) : 0.f;
