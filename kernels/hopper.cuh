@@ -1,9 +1,10 @@
 // Hopper building blocks shared by the kernels that use warpgroup MMA or clusters (mla.cu, moe.cu): mbarriers, the
 // copy engine (TMA) with its tensor maps, wgmma's fences, groups and shared-memory descriptors, register reallocation
 // (setmaxnreg), named barriers, and thread-block clusters (rank, barrier, distributed shared memory). Under KDA_EMULATE (the CPU emulator, kernels/kda/tests/cuda_emu.h, included before
-// this) each has an emulated path; the instructions themselves exist only in the sm_90a build, so everything below the
-// first block is defined only there (and in the emulator): the PTX images of compute_80/compute_90 hold trap stubs
-// for the kernels that use them.
+// this) each has an emulated path. mbarriers and the copy engine are sm_90 instructions, defined for every build from
+// compute_90 on (kda/kda.cu's scan, compute_90 PTX, uses them); the rest exists only in the sm_90a build, so it is
+// defined only there (and in the emulator): the PTX images of compute_80/compute_90 hold trap stubs for the kernels
+// that use it.
 #pragma once
 #include <stdint.h>
 
@@ -34,7 +35,7 @@ __device__ __forceinline__ uint64_t wgmma_desc_mn(uint32_t addr, uint32_t lbo) {
     return static_cast<uint64_t>((addr >> 4) & 0x3FFF) | (static_cast<uint64_t>((lbo >> 4) & 0x3FFF) << 16) | (64ull << 32) | (1ull << 62);
 }
 
-#if defined(KDA_EMULATE) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#if defined(KDA_EMULATE) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 // mbarrier: init (one thread), arrive (release), wait for the phase of a parity to complete (acquire).
 __device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
 #ifdef KDA_EMULATE
@@ -99,6 +100,19 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const TensorMap* map, int
 #endif
 }
 
+// ... or `bytes` (a multiple of 16) contiguous bytes from global `src` to `dst` (both 16-byte aligned), counted on `bar`.
+__device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+#ifdef KDA_EMULATE
+    std::memcpy(dst, src, bytes);
+    (void)bar;
+#else
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+                 ::"r"(shared_address(dst)), "l"(src), "r"(bytes), "r"(shared_address(bar)) : "memory");
+#endif
+}
+#endif  // KDA_EMULATE || compute_90 and newer
+
+#if defined(KDA_EMULATE) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // wgmma: fence before the first of a batch (orders earlier register writes of the operands), issue, commit the batch
 // as a group, wait until at most N groups are pending. The accumulators belong to the tensor cores from issue to
 // wait: `pin` ties them to the wait so the compiler moves no access across it.

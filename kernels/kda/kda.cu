@@ -39,8 +39,10 @@
 //   prefill: q, k [T, H, K] raw (after conv + SiLU; normalised in the kernel), v [T, H, V], g [T, H, K] fp32 log-decay,
 //            beta [T, H] fp32 (after the sigmoid), cu_seqlens [N+1] token offsets, chunk_offsets [N+1] where
 //            chunk_offsets[n] = Σ_{m<n} ceil(len_m / 64) (the host derives it from the lengths),
-//            scratch (fp32, written by intra, read by prefill): W, QG, KG [NC, H, 64, K], U [NC, H, 64, V],
-//            A [NC, H, 64, 64], gamma [NC, H, K];  state [N, H, K, V] fp32 (initial in, final out), o [T, H, V].
+//            scratch (written by intra, read by prefill): W, QG, KG [NC, H, 64, K] fp32 (bf16 inputs: [NC, H, 2, 64, KP]
+//            bf16 hi/lo planes, swizzled: OperandStore; room for 64·KP floats a block either way), U [NC, H, V/32, 64, 32]
+//            fp32 (by scan block), A [NC, H, 64, 64] fp32 (bf16: [NC, H, 2, 64, 64]), gamma [NC, H, K] fp32;
+//            state [N, H, K, V] fp32 (initial in, final out), o [T, H, V].
 //
 // LAUNCH GEOMETRY
 //   decode_step:   grid G, 1 ≤ G ≤ H·N (one block an SM: KdaKernels.DecodeBlocks), block 512, dynamic smem
@@ -77,6 +79,7 @@
 #endif
 #include <stdint.h>
 #include "../fragments.cuh"
+#include "../hopper.cuh"
 
 namespace kda {
 
@@ -174,19 +177,16 @@ __device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepco
 __device__ __forceinline__ void grid_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
 #endif
 
-// cp.async (16 or 8 bytes, global → shared, bypassing registers; 16 also bypasses L1): many copies in flight per
-// thread, completion awaited per commit group.
-template <int Bytes> __device__ __forceinline__ void cp_async(void* dst_shared, const void* src) {
-    static_assert(Bytes == 16 || Bytes == 8, "cp.async.cg takes 16 bytes, cp.async.ca 4, 8 or 16");
+// cp.async (16 bytes, global → shared, bypassing registers and L1): many copies in flight per thread, completion
+// awaited per commit group.
+__device__ __forceinline__ void cp_async16(float* dst_shared, const float* src) {
 #ifdef KDA_EMULATE
-    emu_cp_async(dst_shared, src, Bytes);
+    emu_cp_async16(dst_shared, src);
 #else
     const unsigned d = (unsigned)__cvta_generic_to_shared(dst_shared);
-    if (Bytes == 16) asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
-    else asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(d), "l"(src) : "memory");
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
 #endif
 }
-__device__ __forceinline__ void cp_async16(float* dst_shared, const float* src) { cp_async<16>(dst_shared, src); }
 __device__ __forceinline__ void cp_async_commit() {
 #ifdef KDA_EMULATE
     emu_cp_async_commit();
@@ -496,41 +496,23 @@ __device__ __forceinline__ void chunk_span(int c, int num_seqs, const int* __res
     len = min(kChunk, cu_seqlens[lo + 1] - t0);
 }
 
-// Starts copying `rows` rows of `row_bytes` bytes (a multiple of Bytes) from global (row stride src_ld bytes) into
-// shared (row stride dst_ld bytes) with cp.async; the caller commits and waits.
-template <int Bytes>
-__device__ __forceinline__ void copy_rows_async(void* dst, int dst_ld, const void* __restrict__ src, int src_ld,
-    int rows, int row_bytes, int tid, int nthreads) {
-    // Thread = one piece column of rows r0, r0 + step, …: one division by the runtime width, not one per copy.
-    const int pieces = row_bytes / Bytes, c = (tid % pieces) * Bytes, step = nthreads / pieces;
-    if (tid >= step * pieces) return;
-    char* d = static_cast<char*>(dst) + c;
-    const char* s = static_cast<const char*>(src) + c;
-    for (int r = tid / pieces; r < rows; r += step) cp_async<Bytes>(d + r * dst_ld, s + (size_t)r * src_ld);
-}
-// The same with every size known at compile time (the scan's K = KP tiles): each thread's copies unrolled, with
-// constant offsets.
-template <int Bytes, int Rows, int RowBytes, int DstLd, int SrcLd, int NThreads>
-__device__ __forceinline__ void copy_rows_async(void* dst, const void* __restrict__ src, int tid) {
-    constexpr int pieces = RowBytes / Bytes, step = NThreads / pieces;
-    static_assert(RowBytes % Bytes == 0 && NThreads % pieces == 0 && Rows % step == 0, "whole rounds of copies");
-    const int c = (tid % pieces) * Bytes, r0 = tid / pieces;
-    char* d = static_cast<char*>(dst) + r0 * DstLd + c;
-    const char* s = static_cast<const char*>(src) + r0 * SrcLd + c;
-#pragma unroll
-    for (int i = 0; i < Rows / step; ++i) cp_async<Bytes>(d + i * step * DstLd, s + i * step * SrcLd);
-}
-// The same for a [rows][cols] fp32 tile (cols % 4 == 0), strides in floats.
+// Starts copying a [rows][cols] fp32 tile (cols % 4 == 0, cols ≤ 4·nthreads) from global (row stride src_ld) into
+// shared (row stride dst_ld) with cp.async; the caller commits and waits.
 __device__ __forceinline__ void copy_tile_async(float* dst, int dst_ld, const float* __restrict__ src, int src_ld,
     int rows, int cols, int tid, int nthreads) {
-    copy_rows_async<16>(dst, 4 * dst_ld, src, 4 * src_ld, rows, 4 * cols, tid, nthreads);
+    // Thread = one 16-byte column of rows r0, r0 + step, …: one division by the runtime width, not one per copy.
+    const int c4 = cols / 4, c = (tid % c4) * 4, step = nthreads / c4;
+    if (tid >= step * c4) return;
+    for (int r = tid / c4; r < rows; r += step) cp_async16(dst + r * dst_ld + c, src + (size_t)r * src_ld + c);
 }
 
-// How the intra kernel hands the scan its matrix operands W, QG, KG and A: a block of n values per (chunk, head), in
-// the bytes of n floats. For fp32 inputs, fp32 (the scan splits them into tf32 parts as its fragments load). For bf16
-// inputs, two bf16 planes, hi [n] then lo [n], with x ≈ hi + lo (hi = bf16(x); x − hi is exact in fp32, and
-// lo = bf16(x − hi) leaves ~2^-17 of x): the scan's bf16 tensor-core fragments, ready for ldmatrix, split once here
-// instead of once per V-slice block and chunk there.
+// How the intra kernel hands the scan its matrix operands W, QG, KG [64][K] and A [64][64]: one block per (chunk,
+// head) each. For fp32 inputs, fp32 rows of K (64·K floats a block; the scan splits them into tf32 parts as its
+// fragments load). For bf16 inputs, rows padded to KP (zero columns past K) as two bf16 planes, hi then lo, with
+// x ≈ hi + lo (hi = bf16(x); x − hi is exact in fp32, and lo = bf16(x − hi) leaves ~2^-17 of x): the scan's bf16
+// tensor-core fragments, split once here instead of once per V-slice block and chunk there, in the block's 64·KP
+// floats. Their 16-byte pieces are swizzled (piece p of row r stored at p ^ (r mod 8)), so that a whole block lands in
+// the scan's shared memory by one bulk copy already in the layout its ldmatrix reads without bank conflicts.
 // Two floats as bf16 pairs (a in the low half): hi = bf16(a), bf16(b) and lo = bf16(a − hi_a), bf16(b − hi_b).
 __device__ __forceinline__ void split_bf16x2(float a, float b, uint32_t& hi, uint32_t& lo) {
     const __nv_bfloat16 ha = __float2bfloat16_rn(a), hb = __float2bfloat16_rn(b);
@@ -541,13 +523,17 @@ __device__ __forceinline__ void split_bf16x2(float a, float b, uint32_t& hi, uin
 template <typename Tin> struct OperandStore;
 template <> struct OperandStore<float> {
     using T = float;
-    static constexpr int kPlanes = 1;   // a block of n values takes kPlanes·n elements of T
+    static constexpr int kPlanes = 1;   // a block of rows of n values takes kPlanes·64·n elements of T
+    __device__ static int row_length(int K) { return K; }
+    __device__ static int at(int r, int c, int n) { return r * n + c; }   // element (r, c) of rows of n
     __device__ static void put(T* p, int, float x) { *p = x; }
     __device__ static void put4(T* p, int, float4 x) { *reinterpret_cast<float4*>(p) = x; }
 };
 template <> struct OperandStore<__nv_bfloat16> {
     using T = __nv_bfloat16;
     static constexpr int kPlanes = 2;
+    __device__ static int row_length(int K) { return chunk_prefill_kpad(K); }
+    __device__ static int at(int r, int c, int n) { return r * n + (((c >> 3) ^ (r & 7)) << 3) + (c & 7); }
     __device__ static void put(T* p, int n, float x) {
         const T hi = __float2bfloat16_rn(x);
         p[0] = hi;
@@ -658,17 +644,23 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     // Rows ≥ len are 0 because q̂, k̂ are.
     using Store = OperandStore<Tin>;
     using Op = typename Store::T;
-    const int plane_k = kChunk * K;   // a [64][K] operand's values per (chunk, head)
+    const int kn = Store::row_length(K), plane_k = kChunk * kn;   // a [64][K] operand's rows and plane, as stored
+    Op* qg_blk = reinterpret_cast<Op*>(qg_out) + cc * Store::kPlanes * plane_k;
+    Op* kg_blk = reinterpret_cast<Op*>(kg_out) + cc * Store::kPlanes * plane_k;
+    Op* w_blk = reinterpret_cast<Op*>(w_out) + cc * Store::kPlanes * plane_k;
+    for (int i = tid; i < kChunk * (kn - K); i += kIntraThreads) {   // bf16 rows padded to KP: zero columns
+        const int r = i / (kn - K), x = Store::at(r, K + i % (kn - K), kn);
+        Store::put(qg_blk + x, plane_k, 0.f); Store::put(kg_blk + x, plane_k, 0.f); Store::put(w_blk + x, plane_k, 0.f);
+    }
     if (tid < K) {
         const float Gl = sg[(kChunk - 1) * LD + tid];
         const float *gp = sg + tid, *qp = sq + tid, *kp = sk + tid;
-        Op* qgp = reinterpret_cast<Op*>(qg_out) + cc * Store::kPlanes * plane_k + tid;
-        Op* kgp = reinterpret_cast<Op*>(kg_out) + cc * Store::kPlanes * plane_k + tid;
 #pragma unroll 4
-        for (int r = 0; r < kChunk; ++r, gp += LD, qp += LD, kp += LD, qgp += K, kgp += K) {
+        for (int r = 0; r < kChunk; ++r, gp += LD, qp += LD, kp += LD) {
             const float G = *gp;
-            Store::put(qgp, plane_k, *qp * ex2(G));
-            Store::put(kgp, plane_k, *kp * ex2(Gl - G));
+            const int x = Store::at(r, tid, kn);
+            Store::put(qg_blk + x, plane_k, *qp * ex2(G));
+            Store::put(kg_blk + x, plane_k, *kp * ex2(Gl - G));
         }
         gamma_out[cc * K + tid] = ex2(Gl);
     }
@@ -816,7 +808,7 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
         for (int i = tid; i < kChunk * kChunk / 4; i += kIntraThreads) {
             const int r = i / (kChunk / 4), s = 4 * (i % (kChunk / 4));
             const float* src = sa + r * kChunk + s;
-            Store::put4(a_blk + 4 * i, kChunk * kChunk, make_float4(s <= r ? src[0] : 0.f, s + 1 <= r ? src[1] : 0.f,
+            Store::put4(a_blk + Store::at(r, s, kChunk), kChunk * kChunk, make_float4(s <= r ? src[0] : 0.f, s + 1 <= r ? src[1] : 0.f,
                 s + 2 <= r ? src[2] : 0.f, s + 3 <= r ? src[3] : 0.f));
         }
     }
@@ -865,13 +857,12 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
             x[r] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
         }
         if (is_w) {
-            Op* dst = reinterpret_cast<Op*>(w_out) + cc * Store::kPlanes * plane_k + col;
 #pragma unroll
-            for (int r = 0; r < kChunk; ++r) Store::put(dst + r * K, plane_k, x[r]);
-        } else {
-            float* dst = u_out + cc * kChunk * V + col;
+            for (int r = 0; r < kChunk; ++r) Store::put(w_blk + Store::at(r, col, kn), plane_k, x[r]);
+        } else {   // U slice-major: each scan block's [64][32] contiguous
+            float* dst = u_out + cc * kChunk * V + (col / kPrefillCols) * kChunk * kPrefillCols + col % kPrefillCols;
 #pragma unroll
-            for (int r = 0; r < kChunk; ++r) dst[r * V] = x[r];
+            for (int r = 0; r < kChunk; ++r) dst[r * kPrefillCols] = x[r];
         }
     }
 }
@@ -883,6 +874,8 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
 // c += big·small + small·big; the caller adds c to d once its k loop ends, so each k-step's mma form two short
 // dependency chains). Rows of K padded to KP: columns [K, KP) of W, QG, KG are zero, so are γ's entries there.
 template <typename Tin, int KP> struct ScanOperands;
+// The intra kernel's outputs, as the scan reads them (LAYOUTS).
+struct ScanInputs { const float *w, *u, *a, *qg, *kg, *gamma; };
 
 // fp32 inputs: the stages in fp32, split into tf32 big and small parts as the fragments load (mma m16n8k8; lane
 // = 4g + t); the state and Vn stored split, as tf32 bit patterns. Row strides ≡ 4 mod 32 for A operands, ≡ 8 mod 32
@@ -913,15 +906,23 @@ template <int KP> struct ScanOperands<float, KP> {
             sw[r * XLD + c] = 0.f; sqg[r * XLD + c] = 0.f; skg[r * KGLD + c] = 0.f;
         }
     }
-    // Chunk cc's (= chunk·H + head) W, QG and A (into buffer `buf`); then its KG.
-    __device__ void prefetch_rows(const float* w_in, const float* qg_in, const float* a_in, size_t cc, int K, int buf, int tid) {
-        copy_tile_async(sw, XLD, w_in + cc * kChunk * K, K, kChunk, K, tid, kPrefillThreads);
-        copy_tile_async(sqg, XLD, qg_in + cc * kChunk * K, K, kChunk, K, tid, kPrefillThreads);
-        copy_tile_async(sa2 + buf * kChunk * ALD, ALD, a_in + cc * kChunk * kChunk, kChunk, kChunk, kChunk, tid, kPrefillThreads);
+    // Chunk ci's W, QG, U (this block's slice) and A (into buffer ci % 2), cc = its chunk·H + head; then its KG and γ.
+    // Each thread waits for its own copies, the caller's barrier for everyone's.
+    __device__ void prefetch_rows(const ScanInputs& in, size_t cc, int K, int V, int slice, int ci, int tid) {
+        copy_tile_async(sw, XLD, in.w + cc * kChunk * K, K, kChunk, K, tid, kPrefillThreads);
+        copy_tile_async(sqg, XLD, in.qg + cc * kChunk * K, K, kChunk, K, tid, kPrefillThreads);
+        copy_tile_async(su, LD, in.u + cc * kChunk * V + slice * kChunk * kPrefillCols, kPrefillCols, kChunk, kPrefillCols, tid, kPrefillThreads);
+        copy_tile_async(sa2 + (ci & 1) * kChunk * ALD, ALD, in.a + cc * kChunk * kChunk, kChunk, kChunk, kChunk, tid, kPrefillThreads);
+        cp_async_commit();
     }
-    __device__ void prefetch_kg(const float* kg_in, size_t cc, int K, int tid) {
-        copy_tile_async(skg, KGLD, kg_in + cc * kChunk * K, K, kChunk, K, tid, kPrefillThreads);
+    __device__ void prefetch_kg(const ScanInputs& in, size_t cc, int K, int, int tid) {
+        copy_tile_async(skg, KGLD, in.kg + cc * kChunk * K, K, kChunk, K, tid, kPrefillThreads);
+        for (int i = tid; i < K / 4; i += kPrefillThreads) cp_async16(sgam + 4 * i, in.gamma + cc * K + 4 * i);
+        cp_async_commit();
     }
+    __device__ void wait_rows(int) const { cp_async_wait<0>(); }
+    __device__ void wait_kg(int) const { cp_async_wait<0>(); }
+    __device__ float u(int r, int j) const { return su[r * LD + j]; }
     __device__ static void put_split(uint32_t* big, uint32_t* small, int x, float v) {
         big[x] = to_tf32(v);
         small[x] = to_tf32(v - __uint_as_float(big[x]));
@@ -981,46 +982,57 @@ template <int KP> struct ScanOperands<float, KP> {
     }
 };
 
-// bf16 inputs: every matrix operand as bf16 hi and lo planes (intra stored W, QG, KG and A so; the state and Vn are
-// split as they are stored), loaded by ldmatrix (lanes 8i .. 8i + 7 address the rows of 8×8 matrix i) for mma
-// m16n8k16. Row strides are odd multiples of 16 bytes, so the 8 rows of each matrix fall in 8 different bank groups.
+// bf16 inputs: every matrix operand as bf16 hi and lo planes, loaded by ldmatrix (lanes 8i .. 8i + 7 address the
+// rows of 8×8 matrix i) for mma m16n8k16. W, QG, KG [64][KP] and A [64][64] arrive as intra stored them (OperandStore:
+// swizzled 16-byte pieces), each block by one bulk copy of the copy engine, which thread 0 issues and an mbarrier
+// counts (a phase per chunk; its parity is the chunk's); U [64][32] and γ [K] the same way. The state and Vn are split
+// as they are stored, in rows padded to an odd multiple of 16 bytes. Either way the 8 rows of each ldmatrix matrix fall
+// in 8 different bank groups.
 template <int KP> struct ScanOperands<__nv_bfloat16, KP> {
-    static constexpr int LD = kScanLd, ALD = kChunk + 8, XLD = KP + 8;   // in bf16 (U: fp32)
-    static constexpr int kPlaneS = KP * LD, kPlaneX = kChunk * XLD, kPlaneA = kChunk * ALD, kPlaneV = kChunk * LD;
+    static constexpr int LD = kScanLd;   // state and Vn rows, in bf16
+    static constexpr int kPlaneS = KP * LD, kPlaneX = kChunk * KP, kPlaneA = kChunk * kChunk, kPlaneV = kChunk * LD;
     static constexpr size_t kBytes = 2 * (2 * kPlaneS + 6 * kPlaneX + 4 * kPlaneA + 2 * kPlaneV) +
-        sizeof(float) * (kChunk * LD + KP);
-    uint16_t* ss;    // [2][KP][LD] state slice hi, lo (rows ≥ K zero)
-    uint16_t* sw;    // [2][64][XLD] W hi, lo
-    uint16_t* sqg;   // [2][64][XLD] QG hi, lo
-    uint16_t* skg;   // [2][64][XLD] KG hi, lo, read transposed
-    uint16_t* sa2;   // [2][2][64][ALD] A hi, lo of this chunk and of the next
-    uint16_t* sv;    // [2][64][LD] Vn hi, lo
-    float* su;       // [64][LD] U
-    float* sgam;     // [KP] γ
+        sizeof(float) * (kChunk * kPrefillCols + KP) + 2 * sizeof(uint64_t);
+    uint16_t* ss;     // [2][KP][LD] state slice hi, lo (rows ≥ K zero)
+    uint16_t* sw;     // [2][64][KP] W hi, lo (swizzled)
+    uint16_t* sqg;    // [2][64][KP] QG hi, lo (swizzled)
+    uint16_t* skg;    // [2][64][KP] KG hi, lo (swizzled), read transposed
+    uint16_t* sa2;    // [2][2][64][64] A hi, lo (swizzled) of this chunk and of the next
+    uint16_t* sv;     // [2][64][LD] Vn hi, lo
+    float* su;        // [64][32] U
+    float* sgam;      // [KP] γ
+    uint64_t* bars;   // [2] the mbarriers of W, QG, U, A and of KG, γ
 
-    __device__ ScanOperands(int K, int tid) {
+    __device__ ScanOperands(int, int tid) {
         ss = reinterpret_cast<uint16_t*>(smem()); sw = ss + 2 * kPlaneS; sqg = sw + 2 * kPlaneX; skg = sqg + 2 * kPlaneX;
         sa2 = skg + 2 * kPlaneX; sv = sa2 + 4 * kPlaneA;
-        su = reinterpret_cast<float*>(sv + 2 * kPlaneV); sgam = su + kChunk * LD;
-        for (int i = tid; i < 2 * kChunk * (KP - K); i += kPrefillThreads) {   // both planes' rows (lo follows hi)
-            const int r = i / (KP - K), c = K + i % (KP - K);
-            sw[r * XLD + c] = 0; sqg[r * XLD + c] = 0; skg[r * XLD + c] = 0;
+        su = reinterpret_cast<float*>(sv + 2 * kPlaneV); sgam = su + kChunk * kPrefillCols;
+        bars = reinterpret_cast<uint64_t*>(sgam + KP);
+        if (tid == 0) {   // initialised and then first used by thread 0 alone; the others wait on them after a barrier
+            mbar_init(bars, 1);
+            mbar_init(bars + 1, 1);
+            fence_mbarrier_init();
         }
     }
-    // A [64][K] operand block (the hi plane's 64 rows, then the lo plane's): unrolled when K = KP, else in 16-byte
-    // copies where the rows allow, 8-byte ones otherwise.
-    __device__ static void copy_stage(uint16_t* dst, const float* src_block, int K, int tid) {
-        if (K == KP) copy_rows_async<16, 2 * kChunk, 2 * KP, 2 * XLD, 2 * KP, kPrefillThreads>(dst, src_block, tid);
-        else if (K % 8 == 0) copy_rows_async<16>(dst, 2 * XLD, src_block, 2 * K, 2 * kChunk, 2 * K, tid, kPrefillThreads);
-        else copy_rows_async<8>(dst, 2 * XLD, src_block, 2 * K, 2 * kChunk, 2 * K, tid, kPrefillThreads);
+    static constexpr uint32_t kStageBytes = 2 * kPlaneX * 2;   // a [64][KP] operand's two planes
+    __device__ void prefetch_rows(const ScanInputs& in, size_t cc, int, int V, int slice, int ci, int tid) {
+        if (tid != 0) return;
+        mbar_arrive_expect_tx(bars, 2 * kStageBytes + 4 * kPlaneA + 4 * kChunk * kPrefillCols);
+        bulk_load(sw, in.w + cc * kChunk * KP, kStageBytes, bars);
+        bulk_load(sqg, in.qg + cc * kChunk * KP, kStageBytes, bars);
+        bulk_load(su, in.u + cc * kChunk * V + slice * kChunk * kPrefillCols, 4 * kChunk * kPrefillCols, bars);
+        bulk_load(sa2 + (ci & 1) * 2 * kPlaneA, in.a + cc * kChunk * kChunk, 4 * kPlaneA, bars);
     }
-    __device__ void prefetch_rows(const float* w_in, const float* qg_in, const float* a_in, size_t cc, int K, int buf, int tid) {
-        copy_stage(sw, w_in + cc * kChunk * K, K, tid);
-        copy_stage(sqg, qg_in + cc * kChunk * K, K, tid);
-        copy_rows_async<16, 2 * kChunk, 2 * kChunk, 2 * ALD, 2 * kChunk, kPrefillThreads>(sa2 + buf * 2 * kPlaneA,
-            a_in + cc * kChunk * kChunk, tid);
+    __device__ void prefetch_kg(const ScanInputs& in, size_t cc, int K, int, int tid) {
+        if (tid != 0) return;
+        mbar_arrive_expect_tx(bars + 1, kStageBytes + 4 * K);
+        bulk_load(skg, in.kg + cc * kChunk * KP, kStageBytes, bars + 1);
+        bulk_load(sgam, in.gamma + cc * K, 4 * K, bars + 1);
     }
-    __device__ void prefetch_kg(const float* kg_in, size_t cc, int K, int tid) { copy_stage(skg, kg_in + cc * kChunk * K, K, tid); }
+    __device__ void wait_rows(int ci) { mbar_wait(bars, ci & 1); }
+    __device__ void wait_kg(int ci) { mbar_wait(bars + 1, ci & 1); }
+    __device__ float u(int r, int j) const { return su[r * kPrefillCols + j]; }
+
     __device__ static void put_split(uint16_t* plane, int plane_size, int x, float v0, float v1) {
         uint32_t hi, lo;
         split_bf16x2(v0, v1, hi, lo);
@@ -1037,49 +1049,58 @@ template <int KP> struct ScanOperands<__nv_bfloat16, KP> {
         mma(c, al, bh0, bh1);
         mma(d, ah, bh0, bh1);
     }
-    // Row addresses of lane l for a 16×16 fragment at (row, col) of a row-major plane: matrices (rows +0, +8) ×
-    // (cols +0, +8); A (plain): matrix i = rows + 8(i & 1), cols + 8(i >> 1); B (transposed, two n-tiles):
-    // rows (= k) + 8(i & 1), cols (= n) + 8(i >> 1) — the same addresses. A transposed (KGᵀ, the plane holds [k][m]):
-    // rows (= k) + 8(i >> 1), cols (= m) + 8(i & 1).
+    // Lane l's ldmatrix row for a 16×16 fragment at (row0, col0), matrices (rows +0, +8) × (cols +0, +8): A (plain):
+    // matrix i = rows + 8(i & 1), cols + 8(i >> 1); B (transposed, two n-tiles): rows (= k) + 8(i & 1), cols (= n)
+    // + 8(i >> 1), the same address; A transposed (KGᵀ, the plane holds [k][m]): rows + 8(i >> 1), cols + 8(i & 1).
+    // In a padded plane (row stride ld) the offset; in a swizzled one (rows of n) the element (row, 8·piece).
     __device__ static int frag_offset(int ld, int lane) { return ((lane & 7) + (lane & 8)) * ld + (lane >> 4) * 8; }
-    __device__ static int frag_offset_t(int ld, int lane) { return ((lane & 7) + (lane >> 4) * 8) * ld + (lane & 8); }
+    __device__ static int swizzled(int row, int piece, int n) { return row * n + ((piece ^ (row & 7)) << 3); }
 
+    // acc[nt] += X[r0 .. +16)·S[.., cb + 8nt .. +8) for X = W (qg false) or QG.
     __device__ void rows_times_state(float (&acc)[2][4], float (&cor)[2][4], bool qg, int r0, int cb, int lane) const {
-        const uint16_t* pa = (qg ? sqg : sw) + r0 * XLD + frag_offset(XLD, lane);
+        const uint16_t* x = qg ? sqg : sw;
+        const int row = r0 + (lane & 7) + (lane & 8), piece = lane >> 4;
         const uint16_t* pb = ss + cb + frag_offset(LD, lane);
 #pragma unroll
         for (int k0 = 0; k0 < KP; k0 += 16) {
             uint32_t ah[4], al[4], bh[4], bl[4];
-            ldsm_x4(ah, pa + k0); ldsm_x4(al, pa + kPlaneX + k0);
+            const int ia = swizzled(row, k0 / 8 + piece, KP);
+            ldsm_x4(ah, x + ia); ldsm_x4(al, x + kPlaneX + ia);
             ldsm_x4_t(bh, pb + k0 * LD); ldsm_x4_t(bl, pb + kPlaneS + k0 * LD);
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt) mma_split(acc[nt], cor[nt], ah, al, bh[2 * nt], bh[2 * nt + 1], bl[2 * nt], bl[2 * nt + 1]);
         }
     }
+    // acc[nt] += A[r0 .. +16)·Vn[.., cb + 8nt .. +8) (A is 0 above the diagonal, so k stops at r0 + 16).
     __device__ void a_times_vn(float (&acc)[2][4], float (&cor)[2][4], int buf, int r0, int cb, int lane) const {
-        const uint16_t* pa = sa2 + buf * 2 * kPlaneA + r0 * ALD + frag_offset(ALD, lane);
+        const uint16_t* a = sa2 + buf * 2 * kPlaneA;
+        const int row = r0 + (lane & 7) + (lane & 8), piece = lane >> 4;
         const uint16_t* pb = sv + cb + frag_offset(LD, lane);
 #pragma unroll
         for (int k0 = 0; k0 < kChunk; k0 += 16) {
             if (k0 > r0) break;
             uint32_t ah[4], al[4], bh[4], bl[4];
-            ldsm_x4(ah, pa + k0); ldsm_x4(al, pa + kPlaneA + k0);
+            const int ia = swizzled(row, k0 / 8 + piece, kChunk);
+            ldsm_x4(ah, a + ia); ldsm_x4(al, a + kPlaneA + ia);
             ldsm_x4_t(bh, pb + k0 * LD); ldsm_x4_t(bl, pb + kPlaneV + k0 * LD);
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt) mma_split(acc[nt], cor[nt], ah, al, bh[2 * nt], bh[2 * nt + 1], bl[2 * nt], bl[2 * nt + 1]);
         }
     }
+    // acc[m][nt] += KGᵀ[d0 + 16m .. +16)·Vn[.., cb + 8nt .. +8) for the KP/64 m-tiles.
     __device__ void kgt_times_vn(float (&acc)[2][2][4], float (&cor)[2][2][4], int d0, int cb, int lane) const {
-        const uint16_t* pa = skg + d0 + frag_offset_t(XLD, lane);
+        const int piece = (lane >> 3) & 1;
         const uint16_t* pb = sv + cb + frag_offset(LD, lane);
 #pragma unroll
         for (int k0 = 0; k0 < kChunk; k0 += 16) {
+            const int row = k0 + (lane & 7) + (lane >> 4) * 8;
             uint32_t bh[4], bl[4];
             ldsm_x4_t(bh, pb + k0 * LD); ldsm_x4_t(bl, pb + kPlaneV + k0 * LD);
 #pragma unroll
             for (int m = 0; m < KP / 64; ++m) {
                 uint32_t ah[4], al[4];
-                ldsm_x4_t(ah, pa + k0 * XLD + 16 * m); ldsm_x4_t(al, pa + kPlaneX + k0 * XLD + 16 * m);
+                const int ia = swizzled(row, (d0 + 16 * m) / 8 + piece, KP);
+                ldsm_x4_t(ah, skg + ia); ldsm_x4_t(al, skg + kPlaneX + ia);
 #pragma unroll
                 for (int nt = 0; nt < 2; ++nt) mma_split(acc[m][nt], cor[m][nt], ah, al, bh[2 * nt], bh[2 * nt + 1], bl[2 * nt], bl[2 * nt + 1]);
             }
@@ -1119,30 +1140,23 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
     const int j0 = slice * VC;
     const int tok0 = cu_seqlens[n], T = cu_seqlens[n + 1] - tok0;
     const int c0 = chunk_offsets[n], nchunks = chunk_offsets[n + 1] - c0;
+    const ScanInputs in{w_in, u_in, a_in, qg_in, kg_in, gamma_in};
     ScanOperands<Tin, KP> ops(K, tid);   // carves the shared memory, zeroes the stage padding
     for (int i = K + tid; i < KP; i += NT) ops.sgam[i] = 0.f;
 
-    auto prefetch_wqu = [&](int ci) {   // W, QG, U of chunk ci and its A into buffer ci % 2
-        const size_t cc = (size_t)(c0 + ci) * H + h;
-        ops.prefetch_rows(w_in, qg_in, a_in, cc, K, ci & 1, tid);
-        copy_tile_async(ops.su, LD, u_in + cc * kChunk * V + j0, V, kChunk, VC, tid, NT);
-    };
-    if (nchunks > 0) prefetch_wqu(0);
-    cp_async_commit();
+    // W, QG, U of chunk ci and its A into buffer ci % 2; then its KG and γ.
+    auto chunk_index = [&](int ci) { return (size_t)(c0 + ci) * H + h; };
+    if (nchunks > 0) ops.prefetch_rows(in, chunk_index(0), K, V, slice, 0, tid);
     // The two barriers of chunk ci, with the copies each one starts; every thread of both roles passes both.
     auto before_phase1 = [&](int ci) {
-        cp_async_wait<0>();   // W_ci, QG_ci, U_ci, A_ci
-        __syncthreads();      // ... for every thread; the state is stored; chunk ci − 1 no longer reads KG, γ, Vn
-        const size_t cc = (size_t)(c0 + ci) * H + h;
-        ops.prefetch_kg(kg_in, cc, K, tid);
-        for (int i = tid; i < K / 4; i += NT) cp_async16(ops.sgam + 4 * i, gamma_in + cc * K + 4 * i);
-        cp_async_commit();
+        ops.wait_rows(ci);   // W_ci, QG_ci, U_ci, A_ci
+        __syncthreads();     // ... for every thread; the state is stored; chunk ci − 1 no longer reads KG, γ, Vn
+        ops.prefetch_kg(in, chunk_index(ci), K, ci, tid);
     };
     auto before_phase2 = [&](int ci) {
-        cp_async_wait<0>();   // KG_ci, γ_ci
-        __syncthreads();      // Vn complete; W_ci, QG_ci, U_ci and the stored state no longer read
-        if (ci + 1 < nchunks) prefetch_wqu(ci + 1);
-        cp_async_commit();
+        ops.wait_kg(ci);     // KG_ci, γ_ci
+        __syncthreads();     // Vn complete; W_ci, QG_ci, U_ci and the stored state no longer read
+        if (ci + 1 < nchunks) ops.prefetch_rows(in, chunk_index(ci + 1), K, V, slice, ci + 1, tid);
     };
 
     const int rq = warp & 3, ch = (warp >> 2) & 1;   // row group, column half (within the role)
@@ -1179,7 +1193,7 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
             for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    vacc[nt][e] = -ops.su[(r0 + g + 8 * (e >> 1)) * LD + cb + 8 * nt + 2 * t + (e & 1)];
+                    vacc[nt][e] = -ops.u(r0 + g + 8 * (e >> 1), cb + 8 * nt + 2 * t + (e & 1));
                     vcor[nt][e] = 0.f;
                 }
             ops.rows_times_state(vacc, vcor, false, r0, cb, lane);

@@ -85,7 +85,7 @@ struct Fiber {
     uint32_t mma_in[2][12] = {};               // this lane's A (4) and B (2) fragments, big then small, per slot
     int mma_slot = 0;                          // the slot of its next mma
     int bar_id = 0, bar_count = 0;             // the named barrier it waits at (Named), and its thread count
-    struct Copy { void* dst; const void* src; int bytes; };
+    struct Copy { void* dst; const void* src; };
     std::vector<Copy> pending;                 // cp.async issued since the last commit
     std::vector<std::vector<Copy>> groups;     // committed, not yet waited for
     const void* xptr = nullptr;                // what a lane offers the warp in ldmatrix / mma (emu_warp_*)
@@ -310,8 +310,7 @@ template <typename T> inline T* emu_cluster_map(T* p, unsigned rank) {
 
 // cp.async: copies are deferred until a cp.async.wait_group retires their group, so a kernel that reads shared memory
 // before waiting sees stale bytes here too.
-inline void emu_cp_async(void* dst, const void* src, int bytes) { emu::st().fibers[emu::st().cur].pending.push_back({dst, src, bytes}); }
-inline void emu_cp_async16(void* dst, const void* src) { emu_cp_async(dst, src, 16); }
+inline void emu_cp_async16(void* dst, const void* src) { emu::st().fibers[emu::st().cur].pending.push_back({dst, src}); }
 inline void emu_cp_async_commit() {
     emu::Fiber& f = emu::st().fibers[emu::st().cur];
     f.groups.push_back(f.pending);
@@ -320,7 +319,7 @@ inline void emu_cp_async_commit() {
 inline void emu_cp_async_wait(int n) {
     emu::Fiber& f = emu::st().fibers[emu::st().cur];
     while (int(f.groups.size()) > n) {
-        for (auto& c : f.groups.front()) std::memcpy(c.dst, c.src, c.bytes);
+        for (auto& c : f.groups.front()) std::memcpy(c.dst, c.src, 16);
         f.groups.erase(f.groups.begin());
     }
 }
@@ -423,8 +422,8 @@ inline void emu_spin() { emu::yield(emu::Spin); }
 inline void emu_cp_async_mbarrier_arrive(void* bar) {
     emu::Fiber& f = emu::st().fibers[emu::st().cur];
     for (auto& group : f.groups)
-        for (auto& c : group) std::memcpy(c.dst, c.src, c.bytes);
-    for (auto& c : f.pending) std::memcpy(c.dst, c.src, c.bytes);
+        for (auto& c : group) std::memcpy(c.dst, c.src, 16);
+    for (auto& c : f.pending) std::memcpy(c.dst, c.src, 16);
     f.groups.clear();
     f.pending.clear();
     emu_mbarrier_arrive(bar);

@@ -288,12 +288,13 @@ template <typename Tin> struct PrefillDev {
         g = pool.alloc<float>(pad * K); beta = pool.alloc<float>(pad); state = pool.alloc<float>(size_t(N) * H * K * V);
         o = pool.upload<Tin>(std::vector<float>(), pad * V);   // all NaN until written
         const size_t ch = size_t(std::max(NC, 1)) * H;
-        w = pool.alloc<float>(ch * 64 * K); u = pool.alloc<float>(ch * 64 * V); a = pool.alloc<float>(ch * 64 * 64);
-        qg = pool.alloc<float>(ch * 64 * K); kg = pool.alloc<float>(ch * 64 * K); gam = pool.alloc<float>(ch * K);
+        const size_t kp = kda::chunk_prefill_kpad(K);   // bf16 inputs: W, QG, KG rows padded to KP
+        w = pool.alloc<float>(ch * 64 * kp); u = pool.alloc<float>(ch * 64 * V); a = pool.alloc<float>(ch * 64 * 64);
+        qg = pool.alloc<float>(ch * 64 * kp); kg = pool.alloc<float>(ch * 64 * kp); gam = pool.alloc<float>(ch * K);
         for (float* p : {g, beta}) CK(cudaMemset(p, 0xff, (p == beta ? pad : pad * K) * 4));   // 0xffffffff is a NaN
         CK(cudaMemset(q, 0xff, pad * K * sizeof(Tin))); CK(cudaMemset(k, 0xff, pad * K * sizeof(Tin))); CK(cudaMemset(v, 0xff, pad * V * sizeof(Tin)));
-        CK(cudaMemset(w, 0xff, ch * 64 * K * 4)); CK(cudaMemset(u, 0xff, ch * 64 * V * 4)); CK(cudaMemset(a, 0xff, ch * 64 * 64 * 4));
-        CK(cudaMemset(qg, 0xff, ch * 64 * K * 4)); CK(cudaMemset(kg, 0xff, ch * 64 * K * 4)); CK(cudaMemset(gam, 0xff, ch * K * 4));
+        CK(cudaMemset(w, 0xff, ch * 64 * kp * 4)); CK(cudaMemset(u, 0xff, ch * 64 * V * 4)); CK(cudaMemset(a, 0xff, ch * 64 * 64 * 4));
+        CK(cudaMemset(qg, 0xff, ch * 64 * kp * 4)); CK(cudaMemset(kg, 0xff, ch * 64 * kp * 4)); CK(cudaMemset(gam, 0xff, ch * K * 4));
         CK(cudaFuncSetAttribute(Kern<Tin>::intra, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kda::chunk_intra_smem_bytes(K))));
         CK(cudaFuncSetAttribute(Kern<Tin>::prefill, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kda::chunk_prefill_smem_bytes<Tin>(K))));
     }
@@ -1012,8 +1013,8 @@ int main(int argc, char** argv) {
     test_prefill_random<float>(2, 64, 64, {5, 129, 64}, false);
     test_prefill_random<bf16>(2, 64, 32, {70, 3}, false);
     test_prefill_random<float>(2, 36, 32, {70, 5}, false);   // K % 8 == 4: padded k-steps, idle load threads
-    test_prefill_random<bf16>(2, 36, 32, {70, 5}, false);    // ... and the scan's bf16 planes copied 8 bytes at a time
-    test_prefill_random<bf16>(1, 100, 32, {67}, false);      // K < KP = 128 on the bf16 planes
+    test_prefill_random<bf16>(2, 36, 32, {70, 5}, false);    // ... and the bf16 planes' rows padded to KP = 64
+    test_prefill_random<bf16>(1, 100, 32, {67}, false);      // ... and to KP = 128
     test_decode<float>(3, 4, 128, 128, 5);
     test_decode<bf16>(3, 4, 128, 128, 5);
     test_decode<float>(2, 3, 64, 64, 4);
