@@ -1132,7 +1132,7 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
     const int* __restrict__ chunk_offsets, const float* __restrict__ w_in, const float* __restrict__ u_in,
     const float* __restrict__ a_in, const float* __restrict__ qg_in, const float* __restrict__ kg_in,
     const float* __restrict__ gamma_in, float* state, Tin* __restrict__ o) {
-    constexpr int NT = kPrefillThreads, VC = kPrefillCols, LD = kScanLd;
+    constexpr int NT = kPrefillThreads, VC = kPrefillCols;
     static_assert(NT == 512 && VC == 32, "16 warps: 2 roles × 4 row groups × 2 column halves of 16");
     static_assert(KP == 64 || KP == 128, "chunk_prefill_kpad");
     const int slice = blockIdx.x, h = blockIdx.y, n = blockIdx.z, tid = threadIdx.x;
