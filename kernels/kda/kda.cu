@@ -513,12 +513,20 @@ __device__ __forceinline__ void copy_tile_async(float* dst, int dst_ld, const fl
 // tensor-core fragments, split once here instead of once per V-slice block and chunk there, in the block's 64·KP
 // floats. Their 16-byte pieces are swizzled (piece p of row r stored at p ^ (r mod 8)), so that a whole block lands in
 // the scan's shared memory by one bulk copy already in the layout its ldmatrix reads without bank conflicts.
-// Two floats as bf16 pairs (a in the low half): hi = bf16(a), bf16(b) and lo = bf16(a − hi_a), bf16(b − hi_b).
+// Two floats as a bf16 pair (a in the low half), rounded to nearest even: one cvt for both.
+__device__ __forceinline__ uint32_t pack_bf16x2(float a, float b) {
+#ifdef KDA_EMULATE
+    return (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(a)) | ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(b)) << 16);
+#else
+    uint32_t r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));
+    return r;
+#endif
+}
+// Two floats as bf16 pairs: hi = bf16(a), bf16(b) and lo = bf16(a − hi_a), bf16(b − hi_b) (x − hi is exact in fp32).
 __device__ __forceinline__ void split_bf16x2(float a, float b, uint32_t& hi, uint32_t& lo) {
-    const __nv_bfloat16 ha = __float2bfloat16_rn(a), hb = __float2bfloat16_rn(b);
-    hi = (uint32_t)__bfloat16_as_ushort(ha) | ((uint32_t)__bfloat16_as_ushort(hb) << 16);
-    lo = (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(a - __bfloat162float(ha))) |
-         ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(b - __bfloat162float(hb))) << 16);
+    hi = pack_bf16x2(a, b);
+    lo = pack_bf16x2(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
 }
 template <typename Tin> struct OperandStore;
 template <> struct OperandStore<float> {
@@ -1056,36 +1064,31 @@ template <int KP> struct ScanOperands<__nv_bfloat16, KP> {
     __device__ static int frag_offset(int ld, int lane) { return ((lane & 7) + (lane & 8)) * ld + (lane >> 4) * 8; }
     __device__ static int swizzled(int row, int piece, int n) { return row * n + ((piece ^ (row & 7)) << 3); }
 
-    // acc[nt] += X[r0 .. +16)·S[.., cb + 8nt .. +8) for X = W (qg false) or QG.
-    __device__ void rows_times_state(float (&acc)[2][4], float (&cor)[2][4], bool qg, int r0, int cb, int lane) const {
-        const uint16_t* x = qg ? sqg : sw;
+    // acc[nt] += X[r0 .. +16)[0 .. k_end)·B[0 .. k_end)[cb + 8nt .. +8): X a swizzled plane pair of rows of N
+    // (N / 16 k-steps at most), B a padded one (planes b_plane apart).
+    template <int N>
+    __device__ static void rows_times(float (&acc)[2][4], float (&cor)[2][4], const uint16_t* x, int r0, const uint16_t* b,
+        int b_plane, int cb, int k_end, int lane) {
         const int row = r0 + (lane & 7) + (lane & 8), piece = lane >> 4;
-        const uint16_t* pb = ss + cb + frag_offset(LD, lane);
+        const uint16_t* pb = b + cb + frag_offset(LD, lane);
 #pragma unroll
-        for (int k0 = 0; k0 < KP; k0 += 16) {
+        for (int k0 = 0; k0 < N; k0 += 16) {
+            if (k0 >= k_end) break;
             uint32_t ah[4], al[4], bh[4], bl[4];
-            const int ia = swizzled(row, k0 / 8 + piece, KP);
-            ldsm_x4(ah, x + ia); ldsm_x4(al, x + kPlaneX + ia);
-            ldsm_x4_t(bh, pb + k0 * LD); ldsm_x4_t(bl, pb + kPlaneS + k0 * LD);
+            const int ia = swizzled(row, k0 / 8 + piece, N);
+            ldsm_x4(ah, x + ia); ldsm_x4(al, x + kChunk * N + ia);
+            ldsm_x4_t(bh, pb + k0 * LD); ldsm_x4_t(bl, pb + b_plane + k0 * LD);
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt) mma_split(acc[nt], cor[nt], ah, al, bh[2 * nt], bh[2 * nt + 1], bl[2 * nt], bl[2 * nt + 1]);
         }
     }
+    // acc[nt] += X[r0 .. +16)·S[.., cb + 8nt .. +8) for X = W (qg false) or QG.
+    __device__ void rows_times_state(float (&acc)[2][4], float (&cor)[2][4], bool qg, int r0, int cb, int lane) const {
+        rows_times<KP>(acc, cor, qg ? sqg : sw, r0, ss, kPlaneS, cb, KP, lane);
+    }
     // acc[nt] += A[r0 .. +16)·Vn[.., cb + 8nt .. +8) (A is 0 above the diagonal, so k stops at r0 + 16).
     __device__ void a_times_vn(float (&acc)[2][4], float (&cor)[2][4], int buf, int r0, int cb, int lane) const {
-        const uint16_t* a = sa2 + buf * 2 * kPlaneA;
-        const int row = r0 + (lane & 7) + (lane & 8), piece = lane >> 4;
-        const uint16_t* pb = sv + cb + frag_offset(LD, lane);
-#pragma unroll
-        for (int k0 = 0; k0 < kChunk; k0 += 16) {
-            if (k0 > r0) break;
-            uint32_t ah[4], al[4], bh[4], bl[4];
-            const int ia = swizzled(row, k0 / 8 + piece, kChunk);
-            ldsm_x4(ah, a + ia); ldsm_x4(al, a + kPlaneA + ia);
-            ldsm_x4_t(bh, pb + k0 * LD); ldsm_x4_t(bl, pb + kPlaneV + k0 * LD);
-#pragma unroll
-            for (int nt = 0; nt < 2; ++nt) mma_split(acc[nt], cor[nt], ah, al, bh[2 * nt], bh[2 * nt + 1], bl[2 * nt], bl[2 * nt + 1]);
-        }
+        rows_times<kChunk>(acc, cor, sa2 + buf * 2 * kPlaneA, r0, sv, kPlaneV, cb, r0 + 16, lane);
     }
     // acc[m][nt] += KGᵀ[d0 + 16m .. +16)·Vn[.., cb + 8nt .. +8) for the KP/64 m-tiles.
     __device__ void kgt_times_vn(float (&acc)[2][2][4], float (&cor)[2][2][4], int d0, int cb, int lane) const {
