@@ -37,11 +37,14 @@ internal static unsafe class KdaKernels
     private static int IntraSharedBytes(int k) =>
         sizeof(float) * (2 * ChunkTokens * (k + 1) + Math.Max(ChunkTokens * (k + 1), 2 * ChunkTokens * ChunkTokens) + 3 * ChunkTokens);
 
-    // The scan pads K to 64 or 128 (chunk_prefill_kpad) and lays its rows out for conflict-free tensor-core fragments
-    // (ScanOperands: fp32 stages for fp32 inputs; bf16 hi/lo planes and two mbarriers for bf16).
+    /// <summary>K padded to the scan's 64 or 128 (kda.cu's chunk_prefill_kpad; K above 128 is refused before use).</summary>
+    internal static int PaddedKeyDim(int k) => k <= 64 ? 64 : Math.Max(128, k);
+
+    // The scan lays its rows out for conflict-free tensor-core fragments (ScanOperands: fp32 stages for fp32 inputs;
+    // bf16 hi/lo planes and two mbarriers for bf16).
     private static int PrefillSharedBytes<T>(int k) where T : unmanaged
     {
-        int kp = k <= 64 ? 64 : 128, ld = PrefillColumns + 8;
+        int kp = PaddedKeyDim(k), ld = PrefillColumns + 8;
         return typeof(T) == typeof(float)
             ? sizeof(float) * (2 * kp * ld + 2 * ChunkTokens * (kp + 4) + ChunkTokens * (kp + 8) + 2 * ChunkTokens * (ChunkTokens + 4) + 3 * ChunkTokens * ld + kp)
             : sizeof(ushort) * (2 * kp * ld + 6 * ChunkTokens * kp + 4 * ChunkTokens * ChunkTokens + 2 * ChunkTokens * ld)

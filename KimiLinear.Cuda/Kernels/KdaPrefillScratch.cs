@@ -42,8 +42,7 @@ internal sealed class KdaPrefillScratch : IDisposable
     /// <summary>[NC, H, K] γ = 2^G_last, the decay across the whole chunk.</summary>
     public DeviceSpan<float> Gamma => Part(3 * KeyRows + ValueRows + PairRows, (long)Chunks * Shape.KeyWidth);
 
-    private long KeyRows => (long)Chunks * Shape.Heads * C * PaddedKeyDim;
-    private int PaddedKeyDim => Shape.KeyDim <= 64 ? 64 : Math.Max(128, Shape.KeyDim); // kda.cu's chunk_prefill_kpad
+    private long KeyRows => (long)Chunks * Shape.Heads * C * KdaKernels.PaddedKeyDim(Shape.KeyDim);
     private long ValueRows => (long)Chunks * Shape.Heads * C * Shape.ValueDim;
     private long PairRows => (long)Chunks * Shape.Heads * C * C;
 
