@@ -507,13 +507,6 @@ __device__ __forceinline__ void copy_tile_async(float* dst, int dst_ld, const fl
     for (int r = tid / c4; r < rows; r += step) cp_async16(dst + r * dst_ld + c, src + (size_t)r * src_ld + c);
 }
 
-// How the intra kernel hands the scan its matrix operands W, QG, KG [64][K] and A [64][64]: one block per (chunk,
-// head) each. For fp32 inputs, fp32 rows of K (64·K floats a block; the scan splits them into tf32 parts as its
-// fragments load). For bf16 inputs, rows padded to KP (zero columns past K) as two bf16 planes, hi then lo, with
-// x ≈ hi + lo (hi = bf16(x); x − hi is exact in fp32, and lo = bf16(x − hi) leaves ~2^-17 of x): the scan's bf16
-// tensor-core fragments, split once here instead of once per V-slice block and chunk there, in the block's 64·KP
-// floats. Their 16-byte pieces are swizzled (piece p of row r stored at p ^ (r mod 8)), so that a whole block lands in
-// the scan's shared memory by one bulk copy already in the layout its ldmatrix reads without bank conflicts.
 // Two floats as a bf16 pair (a in the low half), rounded to nearest even: one cvt for both.
 __device__ __forceinline__ uint32_t pack_bf16x2(float a, float b) {
 #ifdef KDA_EMULATE
@@ -529,6 +522,13 @@ __device__ __forceinline__ void split_bf16x2(float a, float b, uint32_t& hi, uin
     hi = pack_bf16x2(a, b);
     lo = pack_bf16x2(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
 }
+// How the intra kernel hands the scan its matrix operands W, QG, KG [64][K] and A [64][64]: one block per (chunk,
+// head) each. For fp32 inputs, fp32 rows of K (64·K floats a block; the scan splits them into tf32 parts as its
+// fragments load). For bf16 inputs, rows padded to KP (zero columns past K) as two bf16 planes, hi then lo, with
+// x ≈ hi + lo (hi = bf16(x); x − hi is exact in fp32, and lo = bf16(x − hi) leaves ~2^-17 of x): the scan's bf16
+// tensor-core fragments, split once here instead of once per V-slice block and chunk there, in the block's 64·KP
+// floats. Their 16-byte pieces are swizzled (piece p of row r stored at p ^ (r mod 8)), so that a whole block lands in
+// the scan's shared memory by one bulk copy already in the layout its ldmatrix reads without bank conflicts.
 template <typename Tin> struct OperandStore;
 template <> struct OperandStore<float> {
     using T = float;
