@@ -583,48 +583,58 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     // Loads of 4 consecutive channels each (8 bytes of bf16, 16 of fp32; K % 4 == 0 keeps them aligned), kept raw until
     // their shared store and all issued before it: 8 quads of each of k, q, g per thread for bf16 (one latency round
     // for K = 128, in 64 registers), 4 for fp32 (two rounds: eight would take the registers that the second block per
-    // SM needs). Thread = one quad column of rows qr0, qr0 + qstep, …: the one division by the runtime K happens here,
-    // not per element (it costs ~20 instructions); threads past qstep·K/4 idle when K/4 does not divide 256.
+    // SM needs). A warp takes units of 4 rows × 8 quads (lane = 8·row + quad; unit u: rows 4(u mod 16) .., quads
+    // 8⌊u/16⌋ ..; warp w the units w, w + 8, …), so each row's 8 lanes read 64 or 128 contiguous bytes and the warp's
+    // shared stores (row stride K + 1) hit 32 different banks. (A warp along one row hit 8: 4-way conflicts, 8 % of the
+    // kernel's shared-memory wavefronts in the fourteenth session's profile.)
     constexpr int kQuads = sizeof(Tin) == 2 ? 8 : 4;
-    const int q4 = K / 4, qc = tid % q4, qr0 = tid / q4, qstep = kIntraThreads / q4;
-    const bool qthread = tid < qstep * q4;
-    for (int rb = qr0; rb < kChunk; rb += kQuads * qstep) {
+    const int load_units = 16 * ((K / 4 + 7) / 8), lane_quad = tid & 7, lane_row = (tid >> 3) & 3;
+    // The rows' L2 norms are summed on the way: a row's channels all lie in one warp, so this thread sums Σq², Σk² of its
+    // channels of rows 4w + lane_row (slot 0) and 4(w + 8) + lane_row (slot 1) (unit w + 8i lies in slot i mod 2), and
+    // the row's 8 lanes meet by shuffles below. (A separate pass, one thread a row reading it back from shared memory,
+    // was ~10 % of the stall samples.)
+    float qss[2] = {0.f, 0.f}, kss[2] = {0.f, 0.f};
+    for (int u0 = tid >> 5; u0 < load_units; u0 += 8 * kQuads) {
         decltype(ld4_raw(k)) kx[kQuads], qx[kQuads];
         float4 gx[kQuads];
 #pragma unroll
-        for (int u = 0; u < kQuads; ++u) {
-            const int r = rb + u * qstep;
-            const bool in = qthread && r < len;
-            const size_t x = ((size_t)(t0 + r) * H + h) * K + 4 * qc;
-            kx[u] = in ? ld4_raw(k + x) : decltype(ld4_raw(k)){};
-            qx[u] = in ? ld4_raw(q + x) : decltype(ld4_raw(q)){};
-            gx[u] = in ? *reinterpret_cast<const float4*>(g + x) : make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int i = 0; i < kQuads; ++i) {
+            const int u = u0 + 8 * i, r = 4 * (u & 15) + lane_row, d = 4 * (8 * (u >> 4) + lane_quad);
+            const bool in = u < load_units && d < K && r < len;
+            const size_t x = ((size_t)(t0 + r) * H + h) * K + d;
+            kx[i] = in ? ld4_raw(k + x) : decltype(ld4_raw(k)){};
+            qx[i] = in ? ld4_raw(q + x) : decltype(ld4_raw(q)){};
+            gx[i] = in ? *reinterpret_cast<const float4*>(g + x) : make_float4(0.f, 0.f, 0.f, 0.f);
         }
 #pragma unroll
-        for (int u = 0; u < kQuads; ++u) {
-            const int r = rb + u * qstep, d = 4 * qc;
-            if (qthread && r < kChunk) {
-                const float4 kf = widen(kx[u]), qf = widen(qx[u]);
+        for (int i = 0; i < kQuads; ++i) {
+            const int u = u0 + 8 * i, r = 4 * (u & 15) + lane_row, d = 4 * (8 * (u >> 4) + lane_quad);
+            if (u < load_units && d < K) {
+                const float4 kf = widen(kx[i]), qf = widen(qx[i]);
                 float* rk = sk + r * LD + d; float* rq = sq + r * LD + d; float* rg = sg + r * LD + d;
                 rk[0] = kf.x; rk[1] = kf.y; rk[2] = kf.z; rk[3] = kf.w;
                 rq[0] = qf.x; rq[1] = qf.y; rq[2] = qf.z; rq[3] = qf.w;
-                rg[0] = gx[u].x * kLog2e; rg[1] = gx[u].y * kLog2e; rg[2] = gx[u].z * kLog2e; rg[3] = gx[u].w * kLog2e;
+                rg[0] = gx[i].x * kLog2e; rg[1] = gx[i].y * kLog2e; rg[2] = gx[i].z * kLog2e; rg[3] = gx[i].w * kLog2e;
+                qss[i & 1] += (qf.x * qf.x + qf.y * qf.y) + (qf.z * qf.z + qf.w * qf.w);
+                kss[i & 1] += (kf.x * kf.x + kf.y * kf.y) + (kf.z * kf.z + kf.w * kf.w);
             }
         }
     }
-    if (tid < kChunk) sb[tid] = tid < len ? beta[(size_t)(t0 + tid) * H + h] : 0.f;
-    __syncthreads();
     // L2-normalise the rows (q also scaled by K^-½) in fp32, like the decode step, so prefill and decode agree.
-    // Each row's sum runs as 4 chains (d mod 4, K % 4 == 0), a quarter as deep as one: the other warps wait for it.
-    if (tid < 2 * kChunk) {
-        const float* row = (tid < kChunk ? sq : sk) + (tid % kChunk) * LD;
-        float ss[4] = {0.f, 0.f, 0.f, 0.f};
-        for (int d = 0; d < K; d += 4) {
 #pragma unroll
-            for (int i = 0; i < 4; ++i) ss[i] = fmaf(row[d + i], row[d + i], ss[i]);
+    for (int slot = 0; slot < 2; ++slot) {
+#pragma unroll
+        for (int m = 1; m < 8; m <<= 1) {
+            qss[slot] += __shfl_xor_sync(0xffffffffu, qss[slot], m);
+            kss[slot] += __shfl_xor_sync(0xffffffffu, kss[slot], m);
         }
-        snorm[tid] = 1.0f / sqrtf((ss[0] + ss[1]) + (ss[2] + ss[3]) + kL2Eps) * (tid < kChunk ? 1.0f / sqrtf((float)K) : 1.0f);
+        const int r = 4 * ((tid >> 5) + 8 * slot) + lane_row;
+        if (lane_quad == 0) {
+            snorm[r] = 1.0f / sqrtf(qss[slot] + kL2Eps) * (1.0f / sqrtf((float)K));
+            snorm[kChunk + r] = 1.0f / sqrtf(kss[slot] + kL2Eps);
+        }
     }
+    if (tid < kChunk) sb[tid] = tid < len ? beta[(size_t)(t0 + tid) * H + h] : 0.f;
     __syncthreads();
     // The scaling: thread = channel ec of rows er0, er0 + estep, … (one division, as for the loads).
     const int ec = tid % K, er0 = tid / K, estep = kIntraThreads / K;
@@ -647,9 +657,10 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     __syncthreads();
 
     const size_t cc = (size_t)c * H + h;
-    // QG, KG, γ: thread = channel, so only warps 0-3 (K ≤ 128) take it and the tensor-core warps 5-7, the slowest of
-    // the pair products below, do not (with all 8 warps sharing it, those three ran ~1.3× as many instructions as the
-    // off-diagonal tile warps and the rest waited at the barrier: 11 % of the stall samples, run 13).
+    // QG, KG, γ: warps 0-4 only, so the tensor-core warps 5-7, the slowest of the pair products below, do not take it
+    // (with all 8 warps sharing it, those three ran ~1.3× as many instructions as the off-diagonal tile warps and the
+    // rest waited at the barrier: 11 % of the stall samples, run 13). In the loads' units of 4 rows × 8 quads (warp w
+    // the units w, w + 5, …), so each row goes out in 8- or 16-byte pieces and the shared reads hit 32 banks.
     // Rows ≥ len are 0 because q̂, k̂ are.
     using Store = OperandStore<Tin>;
     using Op = typename Store::T;
@@ -661,17 +672,22 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
         const int r = i / (kn - K), x = Store::at(r, K + i % (kn - K), kn);
         Store::put(qg_blk + x, plane_k, 0.f); Store::put(kg_blk + x, plane_k, 0.f); Store::put(w_blk + x, plane_k, 0.f);
     }
-    if (tid < K) {
-        const float Gl = sg[(kChunk - 1) * LD + tid];
-        const float *gp = sg + tid, *qp = sq + tid, *kp = sk + tid;
-#pragma unroll 4
-        for (int r = 0; r < kChunk; ++r, gp += LD, qp += LD, kp += LD) {
-            const float G = *gp;
-            const int x = Store::at(r, tid, kn);
-            Store::put(qg_blk + x, plane_k, *qp * ex2(G));
-            Store::put(kg_blk + x, plane_k, *kp * ex2(Gl - G));
+    if (tid < 5 * 32) {
+        for (int u = tid >> 5; u < load_units; u += 5) {
+            const int r = 4 * (u & 15) + lane_row, d = 4 * (8 * (u >> 4) + lane_quad);
+            if (d >= K) continue;
+            float qv[4], kv[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const float G = sg[r * LD + d + i];
+                qv[i] = sq[r * LD + d + i] * ex2(G);
+                kv[i] = sk[r * LD + d + i] * ex2(sg[(kChunk - 1) * LD + d + i] - G);
+            }
+            const int x = Store::at(r, d, kn);
+            Store::put4(qg_blk + x, plane_k, make_float4(qv[0], qv[1], qv[2], qv[3]));
+            Store::put4(kg_blk + x, plane_k, make_float4(kv[0], kv[1], kv[2], kv[3]));
         }
-        gamma_out[cc * K + tid] = ex2(Gl);
+        if (tid < K) gamma_out[cc * K + tid] = ex2(sg[(kChunk - 1) * LD + tid]);
     }
 
     // L and A over the 64×64 pairs, one 2^(G_r − G_s) per (r, s, d) shared by both. Only the lower triangle (s ≤ r) is
@@ -712,15 +728,20 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
                 const int i = p < 1 ? 1 : p < 3 ? 2 : 3, j = p - i * (i - 1) / 2;
                 const float* gn = sg + (16 * j + 15) * LD;
                 const int ra = (16 * i + g) * LD, rb = (16 * j + g) * LD;   // fragment rows g (+ 8) of i and of j
-                for (int k0 = 0; k0 < K; k0 += 8) {
-                    const int d0 = k0 + t, d1 = k0 + t + 4;
-                    const bool in1 = d1 < K;   // K % 4 == 0: only the upper half of a k-step can pass K
-                    const float gn0 = gn[d0], gn1 = in1 ? gn[d1] : 0.f;
+                // k-step ks takes the channels c + 8t (k = t) and c + 32 + 8t (k = t + 4), c = 64⌊ks/8⌋ + ks mod 8, not 8
+                // consecutive ones: lane (g, t) then reads row g's channel c + 8t, in bank g + c + 8t of the odd-strided
+                // rows, 32 banks for 32 lanes (consecutive channels put g + t in 11 banks: 4-way conflicts, 23 % of the
+                // kernel's shared-memory wavefronts in the fourteenth session's profile). A product may sum its k in
+                // any order, so A and B only need the same channels.
+                for (int ks = 0; ks < 8 * ((K + 63) / 64); ++ks) {
+                    const int d0 = 64 * (ks >> 3) + (ks & 7) + 8 * t, d1 = d0 + 32;
+                    const bool in0 = d0 < K, in1 = d1 < K;
+                    const float gn0 = in0 ? gn[d0] : 0.f, gn1 = in1 ? gn[d1] : 0.f;
                     float ak[4], aq[4];   // a0 (g, d0), a1 (g + 8, d0), a2 (g, d1), a3 (g + 8, d1)
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                         const int x = ra + (e & 1) * 8 * LD + (e < 2 ? d0 : d1);
-                        const bool in = e < 2 || in1;
+                        const bool in = e < 2 ? in0 : in1;
                         const float s = in ? ex2(sg[x] - (e < 2 ? gn0 : gn1)) : 0.f;
                         ak[e] = in ? sk[x] * s : 0.f;
                         aq[e] = in ? sq[x] * s : 0.f;
@@ -729,7 +750,8 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
 #pragma unroll
                     for (int nt = 0; nt < 2; ++nt) {   // b0 (k = d0, n = g), b1 (k = d1, n = g) of columns 8nt..8nt+7 of j
                         const int x = rb + nt * 8 * LD;
-                        const float bv[2] = {sk[x + d0] * ex2(gn0 - sg[x + d0]), in1 ? sk[x + d1] * ex2(gn1 - sg[x + d1]) : 0.f};
+                        const float bv[2] = {in0 ? sk[x + d0] * ex2(gn0 - sg[x + d0]) : 0.f,
+                                             in1 ? sk[x + d1] * ex2(gn1 - sg[x + d1]) : 0.f};
                         const Tf32Frag<2> fb(bv);
                         mma_acc(kk[2 * pp + nt], fk, fb);
                         mma_acc(qk[2 * pp + nt], fq, fb);
@@ -816,9 +838,9 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
         Op* a_blk = reinterpret_cast<Op*>(a_out) + cc * Store::kPlanes * kChunk * kChunk;
         for (int i = tid; i < kChunk * kChunk / 4; i += kIntraThreads) {
             const int r = i / (kChunk / 4), s = 4 * (i % (kChunk / 4));
-            const float* src = sa + r * kChunk + s;
-            Store::put4(a_blk + Store::at(r, s, kChunk), kChunk * kChunk, make_float4(s <= r ? src[0] : 0.f, s + 1 <= r ? src[1] : 0.f,
-                s + 2 <= r ? src[2] : 0.f, s + 3 <= r ? src[3] : 0.f));
+            const float4 x = *reinterpret_cast<const float4*>(sa + r * kChunk + s);   // one 16-byte read: no bank conflicts
+            Store::put4(a_blk + Store::at(r, s, kChunk), kChunk * kChunk, make_float4(s <= r ? x.x : 0.f, s + 1 <= r ? x.y : 0.f,
+                s + 2 <= r ? x.z : 0.f, s + 3 <= r ? x.w : 0.f));
         }
     }
     __syncthreads();
