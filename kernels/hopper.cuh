@@ -1,8 +1,9 @@
 // Hopper building blocks shared by the kernels that use warpgroup MMA or clusters (mla.cu, moe.cu): mbarriers, the
 // copy engine (TMA) with its tensor maps, wgmma's fences, groups and shared-memory descriptors, register reallocation
 // (setmaxnreg), named barriers, and thread-block clusters (rank, barrier, distributed shared memory). Under KDA_EMULATE (the CPU emulator, kernels/kda/tests/cuda_emu.h, included before
-// this) each has an emulated path. mbarriers and the copy engine are sm_90 instructions, defined for every build from
-// compute_90 on (kda/kda.cu's scan, compute_90 PTX, uses them); the rest exists only in the sm_90a build, so it is
+// this) each has an emulated path. Named barriers are defined for every build (kda/kda.cu's intra uses one); mbarriers
+// and the copy engine are sm_90 instructions, defined for every build from compute_90 on (kda/kda.cu's scan, compute_90
+// PTX, uses them); the rest exists only in the sm_90a build, so it is
 // defined only there (and in the emulator): the PTX images of compute_80/compute_90 hold trap stubs for the kernels
 // that use it.
 #pragma once
@@ -33,6 +34,15 @@ __device__ __forceinline__ uint64_t wgmma_desc(uint32_t addr) {
 // ((8, 8, n/64), (8, k/8)) : ((1, 8, LBO), (64, SBO)) in elements.
 __device__ __forceinline__ uint64_t wgmma_desc_mn(uint32_t addr, uint32_t lbo) {
     return static_cast<uint64_t>((addr >> 4) & 0x3FFF) | (static_cast<uint64_t>((lbo >> 4) & 0x3FFF) << 16) | (64ull << 32) | (1ull << 62);
+}
+
+// bar.sync on named barrier `id` (1–15; 0 is __syncthreads) for `threads` threads (a multiple of 32), e.g. one warpgroup.
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+#ifdef KDA_EMULATE
+    emu_named_barrier(id, threads);
+#else
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+#endif
 }
 
 #if defined(KDA_EMULATE) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
@@ -159,15 +169,6 @@ template <int R> __device__ __forceinline__ void setmaxnreg_inc() {
 template <int R> __device__ __forceinline__ void setmaxnreg_dec() {
 #ifndef KDA_EMULATE
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R));
-#endif
-}
-
-// bar.sync on named barrier `id` (1–15; 0 is __syncthreads) for `threads` threads (a multiple of 32), e.g. one warpgroup.
-__device__ __forceinline__ void named_barrier(int id, int threads) {
-#ifdef KDA_EMULATE
-    emu_named_barrier(id, threads);
-#else
-    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 #endif
 }
 

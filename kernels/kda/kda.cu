@@ -849,7 +849,8 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     // β ⊙ (k̂ ⊙ 2^G) from shared memory; β ⊙ v with v staged through A's shared memory (free now that A is out) by
     // cp.async, as many rows per pass as fit, so its loads go out together. (Loaded straight into registers, ptxas
     // re-issued each read-only load at its use under the 128-register cap: 64 dependent global round trips per U
-    // column, 30 % of the kernel's stall samples in run 11.)
+    // column, 30 % of the kernel's stall samples in run 11.) Only the warps holding U columns copy and wait for v,
+    // meeting at a named barrier, so the W columns' substitution starts while v is in flight.
     const bool is_w = tid < K, is_u = tid >= K && tid < K + V;
     const int col = is_w ? tid : tid - K;
     float x[kChunk];
@@ -857,16 +858,17 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
 #pragma unroll
         for (int r = 0; r < kChunk; ++r) x[r] = sb[r] * sk[r * LD + col] * ex2(sg[r * LD + col]);
     }
-    {
+    const int u_warp0 = K / 32, u_threads = 32 * ((K + V + 31) / 32 - u_warp0);   // the warps with U columns
+    if (tid >= 32 * u_warp0 && tid < 32 * u_warp0 + u_threads) {
         const int row_floats = V * (int)sizeof(Tin) / 4;              // a row of v in 4-byte words (V % 32 == 0)
         const int pass_rows = min(kChunk, kChunk * kChunk / row_floats);   // rows of v that fit in sa (≥ 18: V ≤ 224)
         const Tin* sv = reinterpret_cast<const Tin*>(sa);             // [pass_rows][V] the staged rows, as stored
         for (int p0 = 0; p0 < kChunk; p0 += pass_rows) {
             copy_tile_async(sa, row_floats, reinterpret_cast<const float*>(v + ((size_t)(t0 + p0) * H + h) * V),
-                H * row_floats, max(0, min(pass_rows, len - p0)), row_floats, tid, kIntraThreads);
+                H * row_floats, max(0, min(pass_rows, len - p0)), row_floats, tid - 32 * u_warp0, u_threads);
             cp_async_commit();
             cp_async_wait<0>();
-            __syncthreads();   // the pass has landed
+            named_barrier(1, u_threads);   // the pass has landed
             if (is_u && pass_rows == kChunk) {   // one pass (bf16, or fp32 with V ≤ 64): no row-range tests
 #pragma unroll
                 for (int r = 0; r < kChunk; ++r) x[r] = r < len ? sb[r] * ld(sv[r * V + col]) : 0.f;
@@ -875,7 +877,7 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
                 for (int r = 0; r < kChunk; ++r)
                     if (r >= p0 && r < p0 + pass_rows) x[r] = r < len ? sb[r] * ld(sv[(r - p0) * V + col]) : 0.f;
             }
-            __syncthreads();   // read before the next pass overwrites it
+            if (p0 + pass_rows < kChunk) named_barrier(1, u_threads);   // read before the next pass overwrites it
         }
     }
     if (is_w || is_u) {
