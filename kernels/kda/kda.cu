@@ -586,7 +586,7 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     // SM needs). A warp takes units of 4 rows × 8 quads (lane = 8·row + quad; unit u: rows 4(u mod 16) .., quads
     // 8⌊u/16⌋ ..; warp w the units w, w + 8, …), so each row's 8 lanes read 64 or 128 contiguous bytes and the warp's
     // shared stores (row stride K + 1) hit 32 different banks. (A warp along one row hit 8: 4-way conflicts, 8 % of the
-    // kernel's shared-memory wavefronts in the fourteenth session's profile.)
+    // kernel's shared-memory wavefronts in the fifteenth session's profile of v12b.)
     constexpr int kQuads = sizeof(Tin) == 2 ? 8 : 4;
     const int load_units = 16 * ((K / 4 + 7) / 8), lane_quad = tid & 7, lane_row = (tid >> 3) & 3;
     // The rows' L2 norms are summed on the way: a row's channels all lie in one warp, so this thread sums Σq², Σk² of its
@@ -742,9 +742,9 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
                 const int ra = (16 * i + g) * LD, rb = (16 * j + g) * LD;   // fragment rows g (+ 8) of i and of j
                 // k-step ks takes the channels c + 8t (k = t) and c + 32 + 8t (k = t + 4), c = 64⌊ks/8⌋ + ks mod 8, not 8
                 // consecutive ones: lane (g, t) then reads row g's channel c + 8t, in bank g + c + 8t of the odd-strided
-                // rows, 32 banks for 32 lanes (consecutive channels put g + t in 11 banks: 4-way conflicts, 23 % of the
-                // kernel's shared-memory wavefronts in the fourteenth session's profile). A product may sum its k in
-                // any order, so A and B only need the same channels.
+                // rows, 32 banks for 32 lanes (consecutive channels put g + t in 11 banks: 4-way conflicts, 23 % of
+                // the kernel's shared-memory wavefronts in the fifteenth session's profile of v12b). A product may sum
+                // its k in any order, so A and B only need the same channels.
                 for (int ks = 0; ks < 8 * ((K + 63) / 64); ++ks) {
                     const int d0 = 64 * (ks >> 3) + (ks & 7) + 8 * t, d1 = d0 + 32;
                     const bool in0 = d0 < K, in1 = d1 < K;
