@@ -589,6 +589,8 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     // kernel's shared-memory wavefronts in the fifteenth session's profile of v12b.)
     constexpr int kQuads = sizeof(Tin) == 2 ? 8 : 4;
     const int load_units = 16 * ((K / 4 + 7) / 8), lane_quad = tid & 7, lane_row = (tid >> 3) & 3;
+    auto unit_row = [&](int u) { return 4 * (u & 15) + lane_row; };                // this lane's row of unit u
+    auto unit_channel = [&](int u) { return 4 * (8 * (u >> 4) + lane_quad); };    // and its first channel
     // The rows' L2 norms are summed on the way: a row's channels all lie in one warp, so this thread sums Σq², Σk² of its
     // channels of rows 4w + lane_row (slot 0) and 4(w + 8) + lane_row (slot 1) (unit w + 8i lies in slot i mod 2), and
     // the row's 8 lanes meet by shuffles below. (A separate pass, one thread a row reading it back from shared memory,
@@ -599,7 +601,7 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
         float4 gx[kQuads];
 #pragma unroll
         for (int i = 0; i < kQuads; ++i) {
-            const int u = u0 + 8 * i, r = 4 * (u & 15) + lane_row, d = 4 * (8 * (u >> 4) + lane_quad);
+            const int u = u0 + 8 * i, r = unit_row(u), d = unit_channel(u);
             const bool in = u < load_units && d < K && r < len;
             const size_t x = ((size_t)(t0 + r) * H + h) * K + d;
             kx[i] = in ? ld4_raw(k + x) : decltype(ld4_raw(k)){};
@@ -608,7 +610,7 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
         }
 #pragma unroll
         for (int i = 0; i < kQuads; ++i) {
-            const int u = u0 + 8 * i, r = 4 * (u & 15) + lane_row, d = 4 * (8 * (u >> 4) + lane_quad);
+            const int u = u0 + 8 * i, r = unit_row(u), d = unit_channel(u);
             if (u < load_units && d < K) {
                 const float4 kf = widen(kx[i]), qf = widen(qx[i]);
                 float* rk = sk + r * LD + d; float* rq = sq + r * LD + d; float* rg = sg + r * LD + d;
@@ -686,7 +688,7 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     }
     if (tid < 5 * 32) {
         for (int u = tid >> 5; u < load_units; u += 5) {
-            const int r = 4 * (u & 15) + lane_row, d = 4 * (8 * (u >> 4) + lane_quad);
+            const int r = unit_row(u), d = unit_channel(u);
             if (d >= K) continue;
             float qv[4], kv[4];
 #pragma unroll
