@@ -91,8 +91,8 @@ __device__ __forceinline__ void fence_mbarrier_init() {
 // (the copies below count them down as they complete) ...
 __device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
 #ifdef KDA_EMULATE
-    (void)bytes;
-    emu_mbarrier_arrive(bar);   // the emulated copies land as they are issued, before any other thread runs
+    emu_mbarrier_expect_tx(bar, bytes);
+    emu_mbarrier_arrive(bar);
 #else
     asm volatile("mbarrier.arrive.expect_tx.release.cta.shared::cta.b64 _, [%0], %1;\n" ::"r"(shared_address(bar)), "r"(bytes) : "memory");
 #endif
@@ -101,8 +101,7 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t by
 // swizzle the map names), its bytes counted on `bar`. Elements past the map's extent land as zeros.
 __device__ __forceinline__ void tma_load_2d(void* dst, const TensorMap* map, int column, int row, uint64_t* bar) {
 #ifdef KDA_EMULATE
-    emu_tma_load_2d(dst, map, column, row);
-    (void)bar;
+    emu_tma_load_2d(dst, map, column, row, bar);
 #else
     asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
                  ::"r"(shared_address(dst)), "l"(reinterpret_cast<uint64_t>(map)), "r"(column), "r"(row), "r"(shared_address(bar))
@@ -114,7 +113,7 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const TensorMap* map, int
 __device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
 #ifdef KDA_EMULATE
     std::memcpy(dst, src, bytes);
-    (void)bar;
+    emu_mbarrier_complete_tx(bar, bytes);
 #else
     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
                  ::"r"(shared_address(dst)), "l"(src), "r"(bytes), "r"(shared_address(bar)) : "memory");

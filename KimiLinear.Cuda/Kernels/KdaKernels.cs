@@ -40,15 +40,17 @@ internal static unsafe class KdaKernels
     /// <summary>K padded to the scan's 64 or 128 (kda.cu's chunk_prefill_kpad; K above 128 is refused before use).</summary>
     internal static int PaddedKeyDim(int k) => k <= 64 ? 64 : Math.Max(128, k);
 
-    // The scan lays its rows out for conflict-free tensor-core fragments (ScanOperands: fp32 stages for fp32 inputs;
-    // bf16 hi/lo planes and two mbarriers for bf16).
+    // The scan lays its rows out for conflict-free tensor-core fragments (chunk_prefill_smem_bytes). fp32 inputs:
+    // ScanOperands' fp32 stages. bf16: the wgmma scan's WgmmaOperands (1 KiB of alignment slack, three slots of
+    // [64][KP] hi/lo planes for each of two operand rings, the split state and Vn, γ twice, three mbarriers), which
+    // also holds the mma.sync scan of the compute_90 image.
     private static int PrefillSharedBytes<T>(int k) where T : unmanaged
     {
         int kp = PaddedKeyDim(k), ld = PrefillColumns + 8;
         return typeof(T) == typeof(float)
             ? sizeof(float) * (2 * kp * ld + 2 * ChunkTokens * (kp + 4) + ChunkTokens * (kp + 8) + 2 * ChunkTokens * (ChunkTokens + 4) + 3 * ChunkTokens * ld + kp)
-            : sizeof(ushort) * (2 * kp * ld + 6 * ChunkTokens * kp + 4 * ChunkTokens * ChunkTokens + 2 * ChunkTokens * ld)
-              + sizeof(float) * (ChunkTokens * PrefillColumns + kp) + 2 * sizeof(ulong);
+            : 1024 + sizeof(ushort) * (12 * ChunkTokens * kp + 2 * PrefillColumns * kp + 2 * PrefillColumns * ChunkTokens)
+              + sizeof(float) * 2 * kp + 3 * sizeof(ulong);
     }
 
     /// <summary>

@@ -73,14 +73,24 @@
 // decode step 133 KiB, more than Ampere (163 KiB) or Ada (99 KiB) allow, and the bf16 scan uses the copy engine and
 // mbarriers (sm_90); the C# side refuses older cards with a message saying so (KernelCatalog.TargetsOf).
 // KIMI_PTX_TARGETS: sm90
+// KIMI_REQUIRES_SM90A: build.sh builds this file's sm_90a cubin too, whose bf16 scan runs on wgmma
+// (chunk_prefill_wgmma); the compute_90 PTX keeps the mma.sync scan, which takes the same operands and launch. The
+// whole module loads from the cubin on Hopper.
 #ifdef KDA_EMULATE
 #include "tests/cuda_emu.h"
 #else
 #include <cuda_bf16.h>
 #endif
 #include <stdint.h>
+#include <type_traits>
 #include "../fragments.cuh"
 #include "../hopper.cuh"
+
+// The bf16 scan runs on wgmma where the build has it: the sm_90a image, and the emulator unless it is told to check
+// the mma.sync scan of the compute_90 image (KDA_SCAN_MMA_SYNC).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) || (defined(KDA_EMULATE) && !defined(KDA_SCAN_MMA_SYNC))
+#define KDA_SCAN_WGMMA 1
+#endif
 
 namespace kda {
 
@@ -124,6 +134,12 @@ __host__ __device__ constexpr size_t chunk_intra_smem_bytes(int K) {
 constexpr int kScanLd = kPrefillCols + 8;
 // The scan pads K to 64 or 128: whole k-steps and 16 state rows per warp per m-tile.
 __host__ __device__ constexpr int chunk_prefill_kpad(int K) { return K <= 64 ? 64 : 128; }
+// Element (r, c) of a bf16 [rows][n] operand plane (n a multiple of 64) in 128-byte-swizzled atoms: columns in atoms of
+// 64 ([n/64][rows][64], 128 bytes a row), the 16-byte piece p of row r stored at p ^ (r mod 8). This is wgmma's K-major
+// SW128 layout (atoms 1,024-byte aligned), and the 8 rows of an ldmatrix matrix fall in 8 different bank groups.
+__host__ __device__ constexpr int atom_swizzled(int r, int c, int rows) {
+    return (c >> 6) * rows * 64 + r * 64 + ((((c >> 3) & 7) ^ (r & 7)) << 3) + (c & 7);
+}
 
 __device__ __forceinline__ float ld(float x) { return x; }
 // Four consecutive values as loaded (p 16-byte aligned for fp32, 8-byte for bf16), widened to fp32 by widen() when
@@ -527,8 +543,8 @@ __device__ __forceinline__ void split_bf16x2(float a, float b, uint32_t& hi, uin
 // fragments load). For bf16 inputs, rows padded to KP (zero columns past K) as two bf16 planes, hi then lo, with
 // x ≈ hi + lo (hi = bf16(x); x − hi is exact in fp32, and lo = bf16(x − hi) leaves ~2^-17 of x): the scan's bf16
 // tensor-core fragments, split once here instead of once per V-slice block and chunk there, in the block's 64·KP
-// floats. Their 16-byte pieces are swizzled (piece p of row r stored at p ^ (r mod 8)), so that a whole block lands in
-// the scan's shared memory by one bulk copy already in the layout its ldmatrix reads without bank conflicts.
+// floats. Each plane is stored in 128-byte-swizzled atoms (atom_swizzled), so that a whole block lands in the scan's
+// shared memory by one bulk copy already in the layout its wgmma descriptors (or ldmatrix) read.
 template <typename Tin> struct OperandStore;
 template <> struct OperandStore<float> {
     using T = float;
@@ -542,7 +558,7 @@ template <> struct OperandStore<__nv_bfloat16> {
     using T = __nv_bfloat16;
     static constexpr int kPlanes = 2;
     __device__ static int row_length(int K) { return chunk_prefill_kpad(K); }
-    __device__ static int at(int r, int c, int n) { return r * n + (((c >> 3) ^ (r & 7)) << 3) + (c & 7); }
+    __device__ static int at(int r, int c, int) { return atom_swizzled(r, c, kChunk); }   // any n: 64-column atoms
     __device__ static void put(T* p, int n, float x) {
         const T hi = __float2bfloat16_rn(x);
         p[0] = hi;
@@ -1029,12 +1045,12 @@ template <int KP> struct ScanOperands<float, KP> {
     }
 };
 
-// bf16 inputs: every matrix operand as bf16 hi and lo planes, loaded by ldmatrix (lanes 8i .. 8i + 7 address the
-// rows of 8×8 matrix i) for mma m16n8k16. W, QG, KG [64][KP] and A [64][64] arrive as intra stored them (OperandStore:
-// swizzled 16-byte pieces), each block by one bulk copy of the copy engine, which thread 0 issues and an mbarrier
-// counts (a phase per chunk; its parity is the chunk's); U [64][32] and γ [K] the same way. The state and Vn are split
-// as they are stored, in rows padded to an odd multiple of 16 bytes. Either way the 8 rows of each ldmatrix matrix fall
-// in 8 different bank groups.
+// bf16 inputs, the compute_90 image's scan (the sm_90a image's: WgmmaOperands): every matrix operand as bf16 hi and
+// lo planes, loaded by ldmatrix (lanes 8i .. 8i + 7 address the rows of 8×8 matrix i) for mma m16n8k16. W, QG, KG
+// [64][KP] and A [64][64] arrive as intra stored them (OperandStore: 128-byte-swizzled atoms), each block by one bulk
+// copy of the copy engine, which thread 0 issues and an mbarrier counts (a phase per chunk; its parity is the
+// chunk's); U [64][32] and γ [K] the same way. The state and Vn are split as they are stored, in rows padded to an odd
+// multiple of 16 bytes. Either way the 8 rows of each ldmatrix matrix fall in 8 different bank groups.
 template <int KP> struct ScanOperands<__nv_bfloat16, KP> {
     static constexpr int LD = kScanLd;   // state and Vn rows, in bf16
     static constexpr int kPlaneS = KP * LD, kPlaneX = kChunk * KP, kPlaneA = kChunk * kChunk, kPlaneV = kChunk * LD;
@@ -1055,11 +1071,12 @@ template <int KP> struct ScanOperands<__nv_bfloat16, KP> {
         sa2 = skg + 2 * kPlaneX; sv = sa2 + 4 * kPlaneA;
         su = reinterpret_cast<float*>(sv + 2 * kPlaneV); sgam = su + kChunk * kPrefillCols;
         bars = reinterpret_cast<uint64_t*>(sgam + KP);
-        if (tid == 0) {   // initialised and then first used by thread 0 alone; the others wait on them after a barrier
+        if (tid == 0) {
             mbar_init(bars, 1);
             mbar_init(bars + 1, 1);
             fence_mbarrier_init();
         }
+        __syncthreads();   // no thread polls an mbarrier before it is initialised (see WgmmaOperands)
     }
     static constexpr uint32_t kStageBytes = 2 * kPlaneX * 2;   // a [64][KP] operand's two planes
     __device__ void prefetch_rows(const ScanInputs& in, size_t cc, int, int V, int slice, int ci, int tid) {
@@ -1099,9 +1116,9 @@ template <int KP> struct ScanOperands<__nv_bfloat16, KP> {
     // Lane l's ldmatrix row for a 16×16 fragment at (row0, col0), matrices (rows +0, +8) × (cols +0, +8): A (plain):
     // matrix i = rows + 8(i & 1), cols + 8(i >> 1); B (transposed, two n-tiles): rows (= k) + 8(i & 1), cols (= n)
     // + 8(i >> 1), the same address; A transposed (KGᵀ, the plane holds [k][m]): rows + 8(i >> 1), cols + 8(i & 1).
-    // In a padded plane (row stride ld) the offset; in a swizzled one (rows of n) the element (row, 8·piece).
+    // In a padded plane (row stride ld) the offset; in an operand plane (atom_swizzled) the element (row, 8·piece).
     __device__ static int frag_offset(int ld, int lane) { return ((lane & 7) + (lane & 8)) * ld + (lane >> 4) * 8; }
-    __device__ static int swizzled(int row, int piece, int n) { return row * n + ((piece ^ (row & 7)) << 3); }
+    __device__ static int swizzled(int row, int piece) { return atom_swizzled(row, 8 * piece, kChunk); }
 
     // acc[nt] += X[r0 .. +16)[0 .. k_end)·B[0 .. k_end)[cb + 8nt .. +8): X a swizzled plane pair of rows of N
     // (N / 16 k-steps at most), B a padded one (planes b_plane apart).
@@ -1114,7 +1131,7 @@ template <int KP> struct ScanOperands<__nv_bfloat16, KP> {
         for (int k0 = 0; k0 < N; k0 += 16) {
             if (k0 >= k_end) break;
             uint32_t ah[4], al[4], bh[4], bl[4];
-            const int ia = swizzled(row, k0 / 8 + piece, N);
+            const int ia = swizzled(row, k0 / 8 + piece);
             ldsm_x4(ah, x + ia); ldsm_x4(al, x + kChunk * N + ia);
             ldsm_x4_t(bh, pb + k0 * LD); ldsm_x4_t(bl, pb + b_plane + k0 * LD);
 #pragma unroll
@@ -1141,7 +1158,7 @@ template <int KP> struct ScanOperands<__nv_bfloat16, KP> {
 #pragma unroll
             for (int m = 0; m < KP / 64; ++m) {
                 uint32_t ah[4], al[4];
-                const int ia = swizzled(row, (d0 + 16 * m) / 8 + piece, KP);
+                const int ia = swizzled(row, (d0 + 16 * m) / 8 + piece);
                 ldsm_x4_t(ah, skg + ia); ldsm_x4_t(al, skg + kPlaneX + ia);
 #pragma unroll
                 for (int nt = 0; nt < 2; ++nt) mma_split(acc[m][nt], cor[m][nt], ah, al, bh[2 * nt], bh[2 * nt + 1], bl[2 * nt], bl[2 * nt + 1]);
@@ -1150,10 +1167,132 @@ template <int KP> struct ScanOperands<__nv_bfloat16, KP> {
     }
 };
 
-// The scan's dynamic shared memory (> 48 KiB: raise the limit): 205 KiB for fp32 inputs at K = 128, 167 KiB for bf16.
-template <typename Tin> __host__ __device__ constexpr size_t chunk_prefill_smem_bytes(int K) {
-    return chunk_prefill_kpad(K) == 64 ? ScanOperands<Tin, 64>::kBytes : ScanOperands<Tin, 128>::kBytes;
+// The shared memory a bf16 scan launch provides (chunk_prefill_smem_bytes): the wgmma scan's WgmmaOperands, which is
+// more than the mma.sync scan's ScanOperands takes.
+__host__ __device__ constexpr size_t wgmma_scan_smem_bytes(int KP) {
+    return 1024 + 2 * (6 * 2 * kChunk * KP + 2 * kPrefillCols * KP + 2 * kPrefillCols * kChunk) + sizeof(float) * 2 * KP +
+        3 * sizeof(uint64_t);
 }
+
+#ifdef KDA_SCAN_WGMMA
+// d[64×32] += A[64×16]·B[16×32] on the warpgroup's tensor cores, bf16 operands from shared memory (128-byte-swizzled
+// descriptors): B K-major (wgmma_desc); A K-major, or MN-major when TransA (wgmma_desc_mn; imm-trans-a = 1).
+template <int TransA>
+__device__ __forceinline__ void wgmma_m64n32_bf16(float (&d)[16], uint64_t desc_a, uint64_t desc_b) {
+#ifdef KDA_EMULATE
+    emu_wgmma_ss(d, 32, false, true, desc_a, desc_b, false, TransA != 0);
+#else
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, %19, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                 : "l"(desc_a), "l"(desc_b), "r"(1), "n"(TransA));
+#endif
+}
+
+// The bf16 scan on warpgroup MMA (the sm_90a image's): each product of a chunk is one warpgroup's chain of m64n32k16
+// wgmma reading both operands straight from shared memory. The state slice and Vn are B operands, stored transposed
+// (K-major: Sᵀ [32][KP], Vnᵀ [32][64], atom_swizzled) by the warpgroups whose accumulators hold them; KG serves as KGᵀ
+// through an MN-major descriptor (its rows of d are KGᵀ's columns).
+// The copies come a whole chunk ahead (an ncu profile of the scan with one buffer each showed a third of its warps'
+// time waiting for copies issued only a phase ahead): phase 1 reads W and QG, phase 2 KG and A, so each pair takes
+// the next slot of two rings of 3 (operand i = 2·chunk for W, QG and 2·chunk + 1 for KG, A lives in slot i mod 3; its
+// copies complete phase ⌊i / 3⌋ of mbarrier i mod 3). The slot a copy takes held the pair read in the phase before the
+// last barrier, so it can be issued there. U the Vn warpgroup loads into registers a phase ahead; γ has two buffers.
+template <int KP> struct WgmmaOperands {
+    static constexpr int kSlot = 2 * kChunk * KP;   // a [64][KP] operand's hi and lo planes (A takes half at KP = 128)
+    static constexpr int kPlaneX = kChunk * KP, kPlaneA = kChunk * kChunk, kPlaneS = kPrefillCols * KP, kPlaneV = kPrefillCols * kChunk;
+    uint16_t* ring_wk;   // [3][kSlot] W, KG
+    uint16_t* ring_qa;   // [3][kSlot] QG, A (in the slot of W, KG of the same i)
+    uint16_t* sst;       // [2][32][KP] Sᵀ hi, lo (atom_swizzled; columns ≥ K zero)
+    uint16_t* svn;       // [2][32][64] Vnᵀ hi, lo (atom_swizzled)
+    float* sgam;         // [2][KP] γ of even and odd chunks (entries ≥ K zero)
+    uint64_t* bars;      // [3] one a slot
+
+    __device__ WgmmaOperands(int K, int tid) {
+        // 1,024-byte aligned: the swizzle repeats every 1,024 bytes of address (wgmma_scan_smem_bytes has the slack)
+        ring_wk = reinterpret_cast<uint16_t*>(reinterpret_cast<unsigned char*>(smem()) + ((1024 - (shared_address(smem()) & 1023)) & 1023));
+        ring_qa = ring_wk + 3 * kSlot; sst = ring_qa + 3 * kSlot; svn = sst + 2 * kPlaneS;
+        sgam = reinterpret_cast<float*>(svn + 2 * kPlaneV); bars = reinterpret_cast<uint64_t*>(sgam + 2 * KP);
+        for (int i = tid; i < 2 * (KP - K); i += kPrefillThreads) sgam[i / (KP - K) * KP + K + i % (KP - K)] = 0.f;
+        if (tid == 0) {
+            for (int s = 0; s < 3; ++s) mbar_init(bars + s, 1);
+            fence_mbarrier_init();
+        }
+        // No thread polls an mbarrier before it is initialised: the warps that go straight to the first wait used to
+        // reach it first, and polling the uninitialised bytes faulted (an "Unknown Error" at the wait in
+        // compute-sanitizer; "unspecified launch failure" in 5 of 8 runs of the harness's checks).
+        __syncthreads();
+    }
+    __device__ static int slot(int i) { return i % 3; }
+    // Chunk ci's W, QG (operand 2ci) and KG, A, γ (2ci + 1); cc = its chunk·H + head. Thread 0 issues them.
+    __device__ void copy_rows(const ScanInputs& in, size_t cc, int ci) {
+        const int s = slot(2 * ci);
+        mbar_arrive_expect_tx(bars + s, 2 * 2 * kSlot);
+        bulk_load(ring_wk + s * kSlot, in.w + cc * kChunk * KP, 2 * kSlot, bars + s);
+        bulk_load(ring_qa + s * kSlot, in.qg + cc * kChunk * KP, 2 * kSlot, bars + s);
+    }
+    __device__ void copy_kg(const ScanInputs& in, size_t cc, int ci, int K) {
+        const int s = slot(2 * ci + 1);
+        mbar_arrive_expect_tx(bars + s, 2 * kSlot + 4 * kPlaneA + 4 * K);
+        bulk_load(ring_wk + s * kSlot, in.kg + cc * kChunk * KP, 2 * kSlot, bars + s);
+        bulk_load(ring_qa + s * kSlot, in.a + cc * kChunk * kChunk, 4 * kPlaneA, bars + s);
+        bulk_load(sgam + (ci & 1) * KP, in.gamma + cc * K, 4 * K, bars + s);
+    }
+    __device__ void wait(int i) { mbar_wait(bars + slot(i), (i / 3) & 1); }
+    __device__ float gamma(int ci, int d) const { return sgam[(ci & 1) * KP + d]; }
+
+    __device__ static void put_split(uint16_t* plane, int plane_size, int x, float v) {
+        const __nv_bfloat16 hi = __float2bfloat16_rn(v);
+        plane[x] = __bfloat16_as_ushort(hi);
+        plane[plane_size + x] = __bfloat16_as_ushort(__float2bfloat16_rn(v - __bfloat162float(hi)));
+    }
+    // State element (d, j) and Vn element (r, j), transposed as stored.
+    __device__ void store_state(int d, int j, float v) { put_split(sst, kPlaneS, atom_swizzled(j, d, kPrefillCols), v); }
+    __device__ void store_vn(int r, int j, float v) { put_split(svn, kPlaneV, atom_swizzled(j, r, kPrefillCols), v); }
+
+    // Descriptors of k-step kk (16 values of K) of chunk ci's operands, plane 0 = hi, 1 = lo: inside an atom a k-step
+    // is 32 bytes along the row, across atoms a whole atom; KGᵀ's k-steps are 16 rows of KG (2,048 bytes), its 64-row
+    // block d0 / 64 one atom of columns.
+    __device__ static uint64_t k_major(const uint16_t* p) { return wgmma_desc(shared_address(p)); }
+    __device__ uint64_t x_desc(int ci, bool qg, int plane, int kk) const {
+        return k_major((qg ? ring_qa : ring_wk) + slot(2 * ci) * kSlot + plane * kPlaneX + atom_swizzled(0, 16 * kk, kChunk));
+    }
+    __device__ uint64_t kgt_desc(int ci, int plane, int d0, int kk) const {
+        const uint16_t* p = ring_wk + slot(2 * ci + 1) * kSlot + plane * kPlaneX + atom_swizzled(16 * kk, d0, kChunk);
+        return wgmma_desc_mn(shared_address(p), kChunk * 128);   // LBO: the next 64 columns of d (unused by m64)
+    }
+    __device__ uint64_t a_desc(int ci, int plane, int kk) const { return k_major(ring_qa + slot(2 * ci + 1) * kSlot + plane * kPlaneA + 16 * kk); }
+    __device__ uint64_t s_desc(int plane, int kk) const { return k_major(sst + plane * kPlaneS + atom_swizzled(0, 16 * kk, kPrefillCols)); }
+    __device__ uint64_t vn_desc(int plane, int kk) const { return k_major(svn + plane * kPlaneV + 16 * kk); }
+
+    // acc += X·B over `ksteps` k-steps as three products of split parts: acc += Xhi·Bhi, cor += Xhi·Blo + Xlo·Bhi.
+    template <int TransA, typename XDesc, typename BDesc>
+    __device__ static void split_product(float (&acc)[16], float (&cor)[16], int ksteps, XDesc x, BDesc b) {
+        pin(acc); pin(cor);   // their writes before the fence
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < ksteps; ++kk) {
+            wgmma_m64n32_bf16<TransA>(acc, x(0, kk), b(0, kk));
+            wgmma_m64n32_bf16<TransA>(cor, x(0, kk), b(1, kk));
+            wgmma_m64n32_bf16<TransA>(cor, x(1, kk), b(0, kk));
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        pin(acc); pin(cor);   // read only after the wait
+    }
+};
+#endif  // KDA_SCAN_WGMMA
+
+// The scan's dynamic shared memory (> 48 KiB: raise the limit): 205 KiB for fp32 inputs at K = 128, 218 KiB for bf16
+// (the wgmma scan's; the mma.sync scan takes 167 of it).
+template <typename Tin> __host__ __device__ constexpr size_t chunk_prefill_smem_bytes(int K) {
+    return std::is_same<Tin, float>::value ? (chunk_prefill_kpad(K) == 64 ? ScanOperands<float, 64>::kBytes : ScanOperands<float, 128>::kBytes)
+                                           : wgmma_scan_smem_bytes(chunk_prefill_kpad(K));
+}
+static_assert(ScanOperands<__nv_bfloat16, 64>::kBytes <= wgmma_scan_smem_bytes(64) &&
+              ScanOperands<__nv_bfloat16, 128>::kBytes <= wgmma_scan_smem_bytes(128), "a bf16 launch holds either scan");
 
 // The sequential scan over one sequence's chunks for a 32-column slice of one head's state (see MATH), on tensor cores
 // (ScanOperands: 3xTF32 or split bf16, both accumulated in fp32; lane = 4g + t). Only the state's recurrence is a
@@ -1309,6 +1448,143 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
     }
 }
 
+#ifdef KDA_SCAN_WGMMA
+// The bf16 scan on warpgroup MMA (WgmmaOperands): the same walk and two barriers a chunk as chunk_prefill, its 16
+// warps as 4 warpgroups by role. Accumulator element e of a thread (warp w of its warpgroup, lane 4g + t) is row
+// 16w + g + 8⌊(e mod 4) / 2⌋ of the warpgroup's 64 and column 8⌊e / 4⌋ + 2t + e mod 2 of the slice's 32.
+//   warpgroup 0:      phase 1  Vn = U − W·S
+//   warpgroup 1:      phase 1  O = QG·S                  phase 2  O += A·Vn, written out
+//   warpgroups 2, 3:                                      phase 2  S ← Diag(γ)·S + KGᵀ·Vn, state rows 64(wg − 2) .. + 63
+//                                                                  held in registers across chunks (none at KP = 64 for 3)
+template <int KP>
+__device__ __forceinline__ void chunk_prefill_wgmma(int H, int K, int V, const int* __restrict__ cu_seqlens,
+    const int* __restrict__ chunk_offsets, const ScanInputs& in, float* state, __nv_bfloat16* __restrict__ o) {
+    using Ops = WgmmaOperands<KP>;
+    const int slice = blockIdx.x, h = blockIdx.y, n = blockIdx.z, tid = threadIdx.x;
+    const int wg = tid >> 7, lane = tid & 31, t = lane & 3, row0 = 16 * ((tid >> 5) & 3) + (lane >> 2);
+    const int j0 = slice * kPrefillCols;
+    const int tok0 = cu_seqlens[n], T = cu_seqlens[n + 1] - tok0;
+    const int c0 = chunk_offsets[n], nchunks = chunk_offsets[n + 1] - c0;
+    Ops ops(K, tid);
+    auto chunk_index = [&](int ci) { return (size_t)(c0 + ci) * H + h; };
+    if (tid == 0 && nchunks > 0) {
+        ops.copy_rows(in, chunk_index(0), 0);
+        ops.copy_kg(in, chunk_index(0), 0, K);
+    }
+    // The two barriers of chunk ci, each issuing the copies of chunk ci + 1 into the slots the phase before it freed.
+    auto before_phase1 = [&](int ci) {
+        ops.wait(2 * ci);    // W_ci, QG_ci
+        __syncthreads();     // ... for every thread; the state is stored; chunk ci − 1 no longer reads KG, A, γ, Vn
+        if (tid == 0 && ci + 1 < nchunks) ops.copy_rows(in, chunk_index(ci + 1), ci + 1);
+    };
+    auto before_phase2 = [&](int ci) {
+        ops.wait(2 * ci + 1);   // KG_ci, A_ci, γ_ci
+        __syncthreads();        // Vn complete; W_ci, QG_ci and the stored state no longer read
+        if (tid == 0 && ci + 1 < nchunks) ops.copy_kg(in, chunk_index(ci + 1), ci + 1, K);
+    };
+    auto row = [&](int e) { return row0 + 8 * ((e & 3) >> 1); };
+    auto col = [&](int e) { return 8 * (e >> 2) + 2 * t + (e & 1); };
+    auto vn_desc = [&](int plane, int kk) { return ops.vn_desc(plane, kk); };
+    auto s_desc = [&](int plane, int kk) { return ops.s_desc(plane, kk); };
+
+    if (wg >= 2) {   // state warpgroups
+        const int d0 = 64 * (wg - 2);
+        const bool holds = d0 < KP;
+        float* S = state + ((size_t)n * H + h) * K * V + j0;
+        float sacc[16], scor[16];
+#pragma unroll
+        for (int e = 0; e < 16; ++e) {
+            const int d = d0 + row(e);
+            sacc[e] = holds && d < K ? S[(size_t)d * V + col(e)] : 0.f;
+        }
+        auto store_state = [&]() {   // the split state, for the next chunk's phase 1
+#pragma unroll
+            for (int e = 0; e < 16; ++e) ops.store_state(d0 + row(e), col(e), sacc[e]);
+            fence_proxy_async();   // ... visible to the tensor cores' reads
+        };
+        if (holds) store_state();
+        for (int ci = 0; ci < nchunks; ++ci) {
+            before_phase1(ci);
+            before_phase2(ci);
+            if (!holds) continue;
+#pragma unroll
+            for (int e = 0; e < 16; ++e) {
+                sacc[e] *= ops.gamma(ci, d0 + row(e));
+                scor[e] = 0.f;
+            }
+            Ops::template split_product<1>(sacc, scor, kChunk / 16, [&](int plane, int kk) { return ops.kgt_desc(ci, plane, d0, kk); }, vn_desc);
+#pragma unroll
+            for (int e = 0; e < 16; ++e) sacc[e] += scor[e];
+            store_state();   // nobody reads the stored state between the barrier above and the next one
+        }
+        if (holds)
+#pragma unroll
+            for (int e = 0; e < 16; ++e) {
+                const int d = d0 + row(e);
+                if (d < K) S[(size_t)d * V + col(e)] = sacc[e];
+            }
+    } else if (wg == 0) {   // Vn warpgroup
+        // U of chunk ci (this slice's [64][32]), loaded into registers while the chunk before runs its phase 2.
+        float u[16];
+        auto load_u = [&](int ci) {
+            const float* uc = in.u + chunk_index(ci) * kChunk * V + slice * kChunk * kPrefillCols;
+#pragma unroll
+            for (int e = 0; e < 16; ++e) u[e] = uc[row(e) * kPrefillCols + col(e)];
+        };
+        if (nchunks > 0) load_u(0);
+        for (int ci = 0; ci < nchunks; ++ci) {
+            before_phase1(ci);
+            // Vn = U − W·S, accumulated as −U + W·S; vcor holds the correction products.
+            float vacc[16], vcor[16];
+#pragma unroll
+            for (int e = 0; e < 16; ++e) {
+                vacc[e] = -u[e];
+                vcor[e] = 0.f;
+            }
+            Ops::template split_product<0>(vacc, vcor, KP / 16, [&](int plane, int kk) { return ops.x_desc(ci, false, plane, kk); }, s_desc);
+#pragma unroll
+            for (int e = 0; e < 16; ++e) ops.store_vn(row(e), col(e), -(vacc[e] + vcor[e]));
+            fence_proxy_async();
+            if (ci + 1 < nchunks) load_u(ci + 1);
+            before_phase2(ci);
+        }
+    } else {   // output warpgroup
+        for (int ci = 0; ci < nchunks; ++ci) {
+            const int len = min(kChunk, T - ci * kChunk);
+            before_phase1(ci);
+            float oacc[16], ocor[16];   // O = QG·S; ocor holds the correction products
+#pragma unroll
+            for (int e = 0; e < 16; ++e) { oacc[e] = 0.f; ocor[e] = 0.f; }
+            Ops::template split_product<0>(oacc, ocor, KP / 16, [&](int plane, int kk) { return ops.x_desc(ci, true, plane, kk); }, s_desc);
+            before_phase2(ci);
+            // O += A·Vn, then out (A is 0 above the diagonal; a wgmma takes all 64 rows, so k runs to 64)
+            Ops::template split_product<0>(oacc, ocor, kChunk / 16, [&](int plane, int kk) { return ops.a_desc(ci, plane, kk); }, vn_desc);
+#pragma unroll
+            for (int e = 0; e < 16; e += 2) {   // columns col(e), col(e) + 1: one 4-byte store
+                const int r = row(e);
+                if (r < len)
+                    *reinterpret_cast<uint32_t*>(o + ((size_t)(tok0 + ci * kChunk + r) * H + h) * V + j0 + col(e)) =
+                        pack_bf16x2(oacc[e] + ocor[e], oacc[e + 1] + ocor[e + 1]);
+            }
+        }
+    }
+}
+#endif  // KDA_SCAN_WGMMA
+
+// The scan this image runs: for bf16 inputs on wgmma where the build has it (KDA_SCAN_WGMMA), else on mma.sync.
+template <typename Tin, int KP>
+__device__ __forceinline__ void chunk_scan(int H, int K, int V, const int* __restrict__ cu_seqlens,
+    const int* __restrict__ chunk_offsets, const float* __restrict__ w_in, const float* __restrict__ u_in,
+    const float* __restrict__ a_in, const float* __restrict__ qg_in, const float* __restrict__ kg_in,
+    const float* __restrict__ gamma_in, float* state, Tin* __restrict__ o) {
+#ifdef KDA_SCAN_WGMMA
+    if constexpr (std::is_same<Tin, __nv_bfloat16>::value)
+        chunk_prefill_wgmma<KP>(H, K, V, cu_seqlens, chunk_offsets, ScanInputs{w_in, u_in, a_in, qg_in, kg_in, gamma_in}, state, o);
+    else
+#endif
+        chunk_prefill<Tin, KP>(H, K, V, cu_seqlens, chunk_offsets, w_in, u_in, a_in, qg_in, kg_in, gamma_in, state, o);
+}
+
 // ---------------------------------------------------------------------------------------------------------------------
 // Prefill pre-kernel: the causal conv (+ SiLU, as stored) of q, k, v from the projection outputs, with the sequence's
 // carried window for its first 3 tokens; the gate g in fp32; β = sigmoid(b). Thread = one channel (of q, k and v),
@@ -1443,9 +1719,9 @@ KDA_INTRA_ENTRY(kimi_kda_chunk_intra_f32, float)
         const int* cu_seqlens, const int* chunk_offsets, const float* w_in, const float* u_in, const float* a_in,     \
         const float* qg_in, const float* kg_in, const float* gamma_in, float* state, T* o) {                          \
         if (kda::chunk_prefill_kpad(K) == 64)                                                                          \
-            kda::chunk_prefill<T, 64>(H, K, V, cu_seqlens, chunk_offsets, w_in, u_in, a_in, qg_in, kg_in, gamma_in, state, o); \
+            kda::chunk_scan<T, 64>(H, K, V, cu_seqlens, chunk_offsets, w_in, u_in, a_in, qg_in, kg_in, gamma_in, state, o); \
         else                                                                                                           \
-            kda::chunk_prefill<T, 128>(H, K, V, cu_seqlens, chunk_offsets, w_in, u_in, a_in, qg_in, kg_in, gamma_in, state, o); \
+            kda::chunk_scan<T, 128>(H, K, V, cu_seqlens, chunk_offsets, w_in, u_in, a_in, qg_in, kg_in, gamma_in, state, o); \
     }
 KDA_PREFILL_ENTRY(kimi_kda_chunk_prefill_bf16, __nv_bfloat16)
 KDA_PREFILL_ENTRY(kimi_kda_chunk_prefill_f32, float)

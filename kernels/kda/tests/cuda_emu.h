@@ -91,7 +91,7 @@ struct Fiber {
     const void* xptr = nullptr;                // what a lane offers the warp in ldmatrix / mma (emu_warp_*)
     uint32_t xregs[8] = {};
     // wgmma (emu_wgmma_*): issued since the last commit, and committed groups not yet retired by a wait.
-    struct Wgmma { float* d; int n; bool f16, a_in_regs, accumulate, b_mn_major; uint32_t a[4]; uint64_t da, db; };
+    struct Wgmma { float* d; int n; bool f16, a_in_regs, accumulate, b_mn_major, a_mn_major; uint32_t a[4]; uint64_t da, db; };
     std::vector<Wgmma> wg_pending;
     std::vector<std::vector<Wgmma>> wg_groups;
 };
@@ -402,17 +402,32 @@ template <bool F16> inline void emu_mma_16816(float* d, const uint32_t* a, uint3
 inline void emu_mma_bf16_16816(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) { emu_mma_16816<false>(d, a, b0, b1); }
 inline void emu_mma_f16_16816(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) { emu_mma_16816<true>(d, a, b0, b1); }
 
-// mbarrier (the subset of kernels/mla.cu): the 8-byte object in shared memory holds the pending arrival count, the
-// count a phase expects and the number of completed phases. A thread that finds the phase it waits for incomplete
-// polls (emu_spin) until another fiber arrives.
-struct EmuMbarrier { uint16_t pending, expected; uint32_t phases; };
+// mbarrier (the subset of kernels/mla.cu and kernels/kda/kda.cu): the 8-byte object in shared memory holds the
+// pending arrival count, the count a phase expects, the number of completed phases and the transaction count (bytes
+// expected but not yet landed, in 16-byte units; it may go below zero when a copy lands before its expect_tx, as on
+// the GPU). A phase completes once it has no pending arrivals and no pending bytes. A thread that finds the phase it
+// waits for incomplete polls (emu_spin) until another fiber arrives or a copy lands.
+struct EmuMbarrier { uint16_t pending, expected, phases; int16_t tx; };
 static_assert(sizeof(EmuMbarrier) == 8, "an mbarrier is 8 bytes");
-inline void emu_mbarrier_init(void* bar, unsigned count) { *static_cast<EmuMbarrier*>(bar) = {uint16_t(count), uint16_t(count), 0}; }
+inline void emu_mbarrier_init(void* bar, unsigned count) { *static_cast<EmuMbarrier*>(bar) = {uint16_t(count), uint16_t(count), 0, 0}; }
+inline void emu_mbarrier_try_complete(EmuMbarrier& b) {
+    if (b.pending == 0 && b.tx == 0) { b.phases++; b.pending = b.expected; }
+    emu::st().progress++;
+}
 inline void emu_mbarrier_arrive(void* bar) {
     EmuMbarrier& b = *static_cast<EmuMbarrier*>(bar);
     if (b.pending == 0) { std::fprintf(stderr, "emu: arrival on an mbarrier whose phase is complete\n"); std::abort(); }
-    if (--b.pending == 0) { b.phases++; b.pending = b.expected; }
-    emu::st().progress++;
+    --b.pending;
+    emu_mbarrier_try_complete(b);
+}
+inline void emu_mbarrier_expect_tx(void* bar, uint32_t bytes) {   // before the arrival it goes with
+    if (bytes % 16 != 0 || bytes / 16 > 0x7FFF) { std::fprintf(stderr, "emu: expect_tx of %u bytes\n", bytes); std::abort(); }
+    static_cast<EmuMbarrier*>(bar)->tx = int16_t(static_cast<EmuMbarrier*>(bar)->tx + int(bytes / 16));
+}
+inline void emu_mbarrier_complete_tx(void* bar, uint32_t bytes) {
+    EmuMbarrier& b = *static_cast<EmuMbarrier*>(bar);
+    b.tx = int16_t(b.tx - int((bytes + 15) / 16));
+    emu_mbarrier_try_complete(b);
 }
 // try_wait.parity: true once the phase of that parity has completed (the current phase has the other parity).
 inline bool emu_mbarrier_test(const void* bar, unsigned parity) { return (static_cast<const EmuMbarrier*>(bar)->phases & 1u) != (parity & 1u); }
@@ -442,7 +457,7 @@ inline void emu_encode_tensor_map_2d(void* map, const void* base, uint32_t eleme
     std::memset(map, 0, 128);
     std::memcpy(map, &m, sizeof m);
 }
-inline void emu_tma_load_2d(void* dst, const void* map, int column, int row) {
+inline void emu_tma_load_2d(void* dst, const void* map, int column, int row, void* bar) {
     EmuTensorMap m; std::memcpy(&m, map, sizeof m);
     const uint32_t offset = uint32_t(static_cast<unsigned char*>(dst) - emu_dynamic_smem);
     // The hardware's 128-byte swizzle repeats every 1,024 bytes of shared-memory address: a box landing elsewhere would
@@ -456,6 +471,7 @@ inline void emu_tma_load_2d(void* dst, const void* map, int column, int row) {
             if (gr < m.rows && gc < m.columns) std::memcpy(emu_dynamic_smem + addr, m.base + gr * m.row_bytes + gc * m.element_bytes, m.element_bytes);
             else std::memset(emu_dynamic_smem + addr, 0, m.element_bytes);
         }
+    emu_mbarrier_complete_tx(bar, m.box_rows * m.box_columns * m.element_bytes);
 }
 
 // wgmma.mma_async (warpgroup MMA, m64nNk16, fp32 accumulators) with K-major operands in shared memory described by
@@ -488,12 +504,14 @@ inline float wgmma_value(uint16_t bits, bool f16) {
     uint32_t u = uint32_t(bits) << 16; float f; std::memcpy(&f, &u, 4); return f;
 }
 }  // namespace emu
-// b_mn_major: B is MN-major (the instruction's imm-trans-b = 1), its descriptor read by wgmma_element_mn.
-inline void emu_wgmma_ss(float* d, int n, bool f16, bool accumulate, uint64_t da, uint64_t db, bool b_mn_major = false) {
-    emu::st().fibers[emu::st().cur].wg_pending.push_back({d, n, f16, false, accumulate, b_mn_major, {}, da, db});
+// b_mn_major, a_mn_major: B, A are MN-major (the instruction's imm-trans-b, imm-trans-a = 1), their descriptors read by
+// wgmma_element_mn (for A, m in place of n).
+inline void emu_wgmma_ss(float* d, int n, bool f16, bool accumulate, uint64_t da, uint64_t db, bool b_mn_major = false,
+                         bool a_mn_major = false) {
+    emu::st().fibers[emu::st().cur].wg_pending.push_back({d, n, f16, false, accumulate, b_mn_major, a_mn_major, {}, da, db});
 }
 inline void emu_wgmma_rs(float* d, int n, bool f16, bool accumulate, const uint32_t* a, uint64_t db, bool b_mn_major = false) {
-    emu::st().fibers[emu::st().cur].wg_pending.push_back({d, n, f16, true, accumulate, b_mn_major, {a[0], a[1], a[2], a[3]}, 0, db});
+    emu::st().fibers[emu::st().cur].wg_pending.push_back({d, n, f16, true, accumulate, b_mn_major, false, {a[0], a[1], a[2], a[3]}, 0, db});
 }
 inline void emu_wgmma_commit() {
     emu::Fiber& f = emu::st().fibers[emu::st().cur];
@@ -518,7 +536,8 @@ inline void emu_wgmma_wait(int keep) {
                             const uint32_t r = emu_lane(row % 8 * 4 + k % 8 / 2).wg_groups[grp][i].a[(row >= 8) + 2 * (k >= 8)];
                             a = emu::wgmma_value(uint16_t(k & 1 ? r >> 16 : r & 0xFFFFu), op.f16);
                         } else {
-                            a = emu::wgmma_value(emu::wgmma_element(op.da, 16 * w + row, k), op.f16);
+                            const int m = 16 * w + row;
+                            a = emu::wgmma_value(op.a_mn_major ? emu::wgmma_element_mn(op.da, m, k) : emu::wgmma_element(op.da, m, k), op.f16);
                         }
                         const uint16_t b = op.b_mn_major ? emu::wgmma_element_mn(op.db, col, k) : emu::wgmma_element(op.db, col, k);
                         acc += a * emu::wgmma_value(b, op.f16);

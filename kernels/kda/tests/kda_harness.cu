@@ -1014,7 +1014,7 @@ int main(int argc, char** argv) {
     test_prefill_random<bf16>(2, 64, 32, {70, 3}, false);
     test_prefill_random<float>(2, 36, 32, {70, 5}, false);   // K % 8 == 4: padded k-steps, idle load threads
     test_prefill_random<bf16>(2, 36, 32, {70, 5}, false);    // ... and the bf16 planes' rows padded to KP = 64
-    test_prefill_random<bf16>(1, 100, 32, {67}, false);      // ... and to KP = 128
+    test_prefill_random<bf16>(1, 100, 96, {67}, false);      // ... and to KP = 128, 3 V slices
     test_decode<float>(3, 4, 128, 128, 5);
     test_decode<bf16>(3, 4, 128, 128, 5);
     test_decode<float>(2, 3, 64, 64, 4);
