@@ -38,7 +38,7 @@ internal static class CudaBackendProvider
     private static string? Unsupported(KimiConfig config, CudaDeviceInfo device)
     {
         if (device.ComputeCapability.Major < 9)
-            return $"the KDA kernels need compute capability 9.0 or newer (up to 205 KiB of shared memory a block); the device has {device.ComputeCapability.Major}.{device.ComputeCapability.Minor}.";
+            return $"the KDA kernels need compute capability 9.0 or newer (up to 218 KiB of shared memory a block); the device has {device.ComputeCapability.Major}.{device.ComputeCapability.Minor}.";
         if (config.LayerKinds.Contains(LayerKind.Kda))
         {
             if (config.KdaConvSize != 4)

@@ -7,7 +7,7 @@ namespace KimiLinear.Cuda.Kernels;
 /// the prefill's pre-kernel (short convs, gate, β) with the conv-window update, and the chunked prefill over packed
 /// variable-length sequences. T is the activation dtype: <see cref="float"/> (everything fp32, the accuracy reference)
 /// or bf16 as <see cref="ushort"/> bits (bf16 activations and weights; gate parameters, g, β and the state stay fp32).
-/// The kernels need compute capability 9.0 (the prefill scan takes up to 205 KiB of shared memory a block): on older
+/// The kernels need compute capability 9.0 (the prefill scan takes up to 218 KiB of shared memory a block): on older
 /// cards the first launch throws <see cref="Interop.CudaUnavailableException"/> saying so.
 /// </summary>
 /// <remarks>

@@ -160,7 +160,7 @@ internal static class KernelCatalog
 
     private static readonly Dictionary<string, Restricted> RestrictedModules = new()
     {
-        ["kda"] = new(["sm90"], "The KDA kernels (kernels/kda/kda.cu)", "up to 205 KiB of shared memory a block"),
+        ["kda"] = new(["sm90"], "The KDA kernels (kernels/kda/kda.cu)", "up to 218 KiB of shared memory a block"),
     };
 
     /// <summary>

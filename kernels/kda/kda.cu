@@ -19,9 +19,10 @@
 //   kimi_kda_prepare_*       per token: conv + SiLU of q, k, v (carried window for the first 3 tokens), gate, β;
 //   kimi_kda_conv_window_update_*   then each sequence's window ← its last 3 pre-conv inputs;
 //   kimi_kda_chunk_prefill_* one block per (32-column slice of V, head, sequence), walks the sequence's chunks
-//                            (products on tensor cores accumulated in fp32: 3xTF32 for fp32 inputs, three bf16 mma of
-//                            hi/lo parts for bf16 inputs, whose operand blocks intra splits and the copy engine
-//                            brings; half its warps carry the state, the other half form the output from it):
+//                            (products on tensor cores accumulated in fp32: 3xTF32 for fp32 inputs, three bf16
+//                            products of hi/lo parts for bf16 inputs, whose operand blocks intra splits and the copy
+//                            engine brings, as wgmma in the sm_90a image and mma.sync in the compute_90 one; some
+//                            warps carry the state, the others form the output from it):
 //     Vn = U − W·S;   O = QG·S + A·Vn;   S ← Diag(γ)·S + KGᵀ·Vn
 //   The state's columns never mix (every product above is column-separable in V), which is why a V slice is a unit of
 //   work: B·H·V/32 blocks keep the card busy even at B = 1 without a two-pass split of the sequence.
@@ -69,9 +70,10 @@
 //   All pointers 16-byte aligned; state rows start 16-byte aligned (V % 4 == 0). Inputs are finite. Buffers do not
 //   alias except where marked "read and updated" (a table names no window or state twice). Tokens past cu_seqlens[N] are never read (they may hold NaN).
 //
-// BUILD (kernels/build.sh): compute_90 PTX only: the scan takes up to 205 KiB of shared memory a block (K = 128) and the
-// decode step 133 KiB, more than Ampere (163 KiB) or Ada (99 KiB) allow, and the bf16 scan uses the copy engine and
-// mbarriers (sm_90); the C# side refuses older cards with a message saying so (KernelCatalog.TargetsOf).
+// BUILD (kernels/build.sh): Hopper and newer only (compute_90 PTX, the sm_90a cubin below): the scan takes up to
+// 218 KiB of shared memory a block (K = 128) and the decode step 133 KiB, more than Ampere (163 KiB) or Ada (99 KiB)
+// allow, and the bf16 scan uses the copy engine and mbarriers (sm_90); the C# side refuses older cards with a message
+// saying so (KernelCatalog.TargetsOf).
 // KIMI_PTX_TARGETS: sm90
 // KIMI_REQUIRES_SM90A: build.sh builds this file's sm_90a cubin too, whose bf16 scan runs on wgmma
 // (chunk_prefill_wgmma); the compute_90 PTX keeps the mma.sync scan, which takes the same operands and launch. The
