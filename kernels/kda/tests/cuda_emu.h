@@ -6,7 +6,8 @@
 // points (a fiber blocks until every thread of its block / warp has arrived, so a missing barrier or a divergent
 // shuffle shows up as a deadlock report or a wrong result); blocks run one at a time, each with its own dynamic shared
 // memory (garbage-filled), except a thread-block cluster's (emu_launch_cluster), whose blocks run together so that
-// each can read the others' shared memory (emu_cluster_map) and meet them at the cluster barrier.
+// each can read the others' shared memory (emu_cluster_map) and meet them at the cluster barrier. The fibers of a
+// block run first to last and last to first in turn, and an mbarrier touched before its initialisation aborts.
 // Not emulated: timing, memory-model races between blocks, anything kda.cu does not use.
 #pragma once
 #ifdef KDA_EMULATE
@@ -19,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <set>
 #include <vector>
 
 using std::min;
@@ -103,6 +105,8 @@ struct State {
     dim3 grid, block;
     std::function<void()> body;
     unsigned long long progress = 0;   // mbarrier arrivals so far: polling fibers may go on only after one
+    std::set<const void*> mbarriers;   // the running cluster's initialised mbarriers
+    unsigned long long rounds = 0;     // scheduling rounds: odd ones run the fibers in reverse order
 };
 inline State& st() { static State s; return s; }
 inline void yield(Wait w) {
@@ -193,7 +197,11 @@ inline void run_cluster(int nblocks, int threads) {
     State& s = st();
     const int n = nblocks * threads;
     for (;;) {
-        for (int i = 0; i < n; ++i) {
+        // Every other round runs the fibers last to first, so that no kernel passes only because its thread 0 ran
+        // first (e.g. an mbarrier initialised by thread 0 that other threads poll before any barrier).
+        const bool reverse = s.rounds++ & 1;
+        for (int k = 0; k < n; ++k) {
+            const int i = reverse ? n - 1 - k : k;
             Fiber& f = s.fibers[i];
             if (f.wait != None) continue;
             s.cur = i;
@@ -270,6 +278,7 @@ inline void emu_launch_cluster(void (*k)(P...), int cluster_x, dim3 grid, dim3 b
             for (unsigned bx0 = 0; bx0 < grid.x; bx0 += cluster_x) {
                 s.fibers.resize(size_t(cluster_x) * threads);
                 s.smem.assign(cluster_x, std::vector<unsigned char>(smem + 16, 0xA5));   // garbage, not zeros
+                s.mbarriers.clear();
                 for (int b = 0; b < cluster_x; ++b)
                     for (int t = 0; t < threads; ++t) {
                         emu::Fiber& f = s.fibers[size_t(b) * threads + t];
@@ -409,28 +418,42 @@ inline void emu_mma_f16_16816(float* d, const uint32_t* a, uint32_t b0, uint32_t
 // waits for incomplete polls (emu_spin) until another fiber arrives or a copy lands.
 struct EmuMbarrier { uint16_t pending, expected, phases; int16_t tx; };
 static_assert(sizeof(EmuMbarrier) == 8, "an mbarrier is 8 bytes");
-inline void emu_mbarrier_init(void* bar, unsigned count) { *static_cast<EmuMbarrier*>(bar) = {uint16_t(count), uint16_t(count), 0, 0}; }
+inline void emu_mbarrier_init(void* bar, unsigned count) {
+    *static_cast<EmuMbarrier*>(bar) = {uint16_t(count), uint16_t(count), 0, 0};
+    emu::st().mbarriers.insert(bar);
+}
+// The mbarrier at `bar`, which must have been initialised: on the GPU, polling or arriving on the bytes before
+// mbarrier.init may fault ("unspecified launch failure"), and here they are garbage.
+inline EmuMbarrier& emu_mbarrier(const void* bar) {
+    if (!emu::st().mbarriers.count(bar)) {
+        std::fprintf(stderr, "emu: an mbarrier used before its initialisation (thread %u of block %u,%u,%u)\n", threadIdx.x,
+                     blockIdx.x, blockIdx.y, blockIdx.z);
+        std::abort();
+    }
+    return *static_cast<EmuMbarrier*>(const_cast<void*>(bar));
+}
 inline void emu_mbarrier_try_complete(EmuMbarrier& b) {
     if (b.pending == 0 && b.tx == 0) { b.phases++; b.pending = b.expected; }
     emu::st().progress++;
 }
 inline void emu_mbarrier_arrive(void* bar) {
-    EmuMbarrier& b = *static_cast<EmuMbarrier*>(bar);
+    EmuMbarrier& b = emu_mbarrier(bar);
     if (b.pending == 0) { std::fprintf(stderr, "emu: arrival on an mbarrier whose phase is complete\n"); std::abort(); }
     --b.pending;
     emu_mbarrier_try_complete(b);
 }
 inline void emu_mbarrier_expect_tx(void* bar, uint32_t bytes) {   // before the arrival it goes with
     if (bytes % 16 != 0 || bytes / 16 > 0x7FFF) { std::fprintf(stderr, "emu: expect_tx of %u bytes\n", bytes); std::abort(); }
-    static_cast<EmuMbarrier*>(bar)->tx = int16_t(static_cast<EmuMbarrier*>(bar)->tx + int(bytes / 16));
+    EmuMbarrier& b = emu_mbarrier(bar);
+    b.tx = int16_t(b.tx + int(bytes / 16));
 }
 inline void emu_mbarrier_complete_tx(void* bar, uint32_t bytes) {
-    EmuMbarrier& b = *static_cast<EmuMbarrier*>(bar);
+    EmuMbarrier& b = emu_mbarrier(bar);
     b.tx = int16_t(b.tx - int((bytes + 15) / 16));
     emu_mbarrier_try_complete(b);
 }
 // try_wait.parity: true once the phase of that parity has completed (the current phase has the other parity).
-inline bool emu_mbarrier_test(const void* bar, unsigned parity) { return (static_cast<const EmuMbarrier*>(bar)->phases & 1u) != (parity & 1u); }
+inline bool emu_mbarrier_test(const void* bar, unsigned parity) { return (emu_mbarrier(bar).phases & 1u) != (parity & 1u); }
 inline void emu_spin() { emu::yield(emu::Spin); }
 // cp.async.mbarrier.arrive.noinc: an arrival on `bar` once every cp.async this thread issued before it has landed. Here
 // they land at once (committed or not), then the thread arrives; the count the barrier expects includes this arrival.
