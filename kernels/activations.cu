@@ -152,41 +152,66 @@ kimi_rmsnorm_f32(float* y, float* x, const float* add, const float* __restrict__
         for (int i = threadIdx.x; i < N; i += blockDim.x) yr[i] = xr[i] * inv * weight[i];
 }
 
-// Per row of width W: y = o · rsqrt(mean(o²) + eps) · weight · sigmoid(z).  o, z, y [rows, W] fp32 (y may be o);
-// weight [W] fp32. A warp a row (rows = T·H heads of W = 128), GATED_ROWS rows a block; the reduction is a warp sum.
+// Per row of width W: y = o · rsqrt(mean(o²) + eps) · weight · sigmoid(z).  o, z, y [rows, W] (y may be o); z, y,
+// weight [W] fp32; o fp32, or bf16 bits (_bf16o: the KDA core's output when the model's prefill runs it on bf16,
+// kda.cu). A warp a row (rows = T·H heads of W = 128), GATED_ROWS rows a block; the reduction is a warp sum.
 constexpr int GATED_ROWS = 8; // ActivationKernels.GatedRowsPerBlock
 
-extern "C" __global__ void __launch_bounds__(GATED_ROWS * 32)
-kimi_gated_rmsnorm_f32(float* y, const float* o, const float* __restrict__ z, const float* __restrict__ weight, int rows, int W, float eps)
+__device__ __forceinline__ float load_o(const float* o, int i) { return o[i]; }
+__device__ __forceinline__ float load_o(const uint16_t* o, int i) { return bf16_to_f32(o[i]); }
+__device__ __forceinline__ float4 load_o4(const float* o, int i) { return reinterpret_cast<const float4*>(o)[i]; }
+__device__ __forceinline__ float4 load_o4(const uint16_t* o, int i)
+{
+    const uint2 p = reinterpret_cast<const uint2*>(o)[i];
+    return make_float4(bf16_lo(p.x), bf16_hi(p.x), bf16_lo(p.y), bf16_hi(p.y));
+}
+__device__ __forceinline__ bool aligned_o4(const float* o) { return aligned16(o); }
+__device__ __forceinline__ bool aligned_o4(const uint16_t* o) { return aligned8(o); }
+
+template <typename O>
+__device__ __forceinline__ void gated_rmsnorm(float* y, const O* o, const float* __restrict__ z, const float* __restrict__ weight, int rows, int W, float eps)
 {
     programmatic_prologue();
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * GATED_ROWS + (threadIdx.x >> 5);
     if (row >= rows) return; // whole warps leave together: the warp sum below has every lane of a live row
-    const float* orow = o + static_cast<size_t>(row) * W;
+    const O* orow = o + static_cast<size_t>(row) * W;
     const float* zrow = z + static_cast<size_t>(row) * W;
     float* yrow = y + static_cast<size_t>(row) * W;
-    const bool vec = (W & 3) == 0 && aligned16(o) && aligned16(z) && aligned16(y) && aligned16(weight);
+    const bool vec = (W & 3) == 0 && aligned_o4(o) && aligned16(z) && aligned16(y) && aligned16(weight);
     float sumsq = 0.0f;
     if (vec)
         for (int i = lane; i < (W >> 2); i += 32)
         {
-            const float4 v = reinterpret_cast<const float4*>(orow)[i];
+            const float4 v = load_o4(orow, i);
             sumsq = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, sumsq))));
         }
     else
-        for (int i = lane; i < W; i += 32) sumsq = fmaf(orow[i], orow[i], sumsq);
+        for (int i = lane; i < W; i += 32) sumsq = fmaf(load_o(orow, i), load_o(orow, i), sumsq);
     const float inv = rsqrtf(warp_sum(sumsq) / static_cast<float>(W) + eps);
     if (vec)
         for (int i = lane; i < (W >> 2); i += 32)
         {
-            const float4 v = reinterpret_cast<const float4*>(orow)[i], g = reinterpret_cast<const float4*>(zrow)[i];
+            const float4 v = load_o4(orow, i), g = reinterpret_cast<const float4*>(zrow)[i];
             const float4 w = reinterpret_cast<const float4*>(weight)[i];
             reinterpret_cast<float4*>(yrow)[i] = make_float4(v.x * inv * w.x * sigmoid_f32(g.x), v.y * inv * w.y * sigmoid_f32(g.y),
                                                             v.z * inv * w.z * sigmoid_f32(g.z), v.w * inv * w.w * sigmoid_f32(g.w));
         }
     else
-        for (int i = lane; i < W; i += 32) yrow[i] = orow[i] * inv * weight[i] * sigmoid_f32(zrow[i]);
+        for (int i = lane; i < W; i += 32) yrow[i] = load_o(orow, i) * inv * weight[i] * sigmoid_f32(zrow[i]);
+}
+
+extern "C" __global__ void __launch_bounds__(GATED_ROWS * 32)
+kimi_gated_rmsnorm_f32(float* y, const float* o, const float* __restrict__ z, const float* __restrict__ weight, int rows, int W, float eps)
+{
+    gated_rmsnorm(y, o, z, weight, rows, W, eps);
+}
+
+extern "C" __global__ void __launch_bounds__(GATED_ROWS * 32)
+kimi_gated_rmsnorm_bf16o(float* __restrict__ y, const uint16_t* __restrict__ o, const float* __restrict__ z, const float* __restrict__ weight,
+                         int rows, int W, float eps)
+{
+    gated_rmsnorm(y, o, z, weight, rows, W, eps);
 }
 
 // Copies `cols` floats from src to dst, four at a time when both are 16-byte aligned and cols % 4 == 0.

@@ -566,12 +566,16 @@ internal sealed class CudaBackend : IKimiBackend, IDisposable
             return;
         }
 
+        // The core runs on bf16 q, k, v (bf16 bits as ushort), as FLA runs it for serving engines: the pre-kernel
+        // rounds its fp32 conv outputs once, the bf16 kernels keep the gate, β, state and every accumulation in fp32,
+        // and the o they write is widened again by the output norm. (On the fp32 kernels, the accuracy reference path
+        // of KdaKernels, the same prefill took the 3xTF32 scan and twice the bytes.)
         var batch = Batch(tokens);
-        var core = new KdaCoreInputs<float>(
-            _arena.Rent<float>((long)tokens * shape.KeyWidth), _arena.Rent<float>((long)tokens * shape.KeyWidth),
-            _arena.Rent<float>((long)tokens * shape.ValueWidth), _arena.Rent<float>((long)tokens * shape.KeyWidth), _arena.Rent<float>((long)tokens * shape.Heads));
+        var core = new KdaCoreInputs<ushort>(
+            _arena.Rent<ushort>((long)tokens * shape.KeyWidth), _arena.Rent<ushort>((long)tokens * shape.KeyWidth),
+            _arena.Rent<ushort>((long)tokens * shape.ValueWidth), _arena.Rent<float>((long)tokens * shape.KeyWidth), _arena.Rent<float>((long)tokens * shape.Heads));
         KdaKernels.Prepare(_stream, shape, batch, projections, layer, cache, core);
-        var o = _arena.Rent<float>((long)tokens * shape.ValueWidth); // [T, H·V] before the output norm
+        var o = _arena.Rent<ushort>((long)tokens * shape.ValueWidth); // [T, H·V] bf16, before the output norm
         KdaKernels.ChunkedPrefill(_stream, shape, batch, core, PrefillScratch(shape, batch.Chunks), cache.State, o);
         ActivationKernels.GatedRmsNorm(_stream, Device(y).F32, o, Device(inputs.OutputGate).F32, _weights.Of(parameters.OutputNorm),
             tokens * shape.Heads, shape.ValueDim, parameters.Eps);

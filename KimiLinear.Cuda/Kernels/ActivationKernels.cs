@@ -78,10 +78,14 @@ internal static unsafe class ActivationKernels
     /// <summary>
     /// Per row of width W: y = o · rsqrt(mean(o²) + eps) · weight · sigmoid(z), for o, z, y [rows, W] (rows = T·H
     /// heads) and weight [W]; <paramref name="y"/> may be <paramref name="o"/>. Matches <c>CpuBackend.GatedRmsNorm</c>.
+    /// <paramref name="o"/> is fp32, or bf16 bits (ushort): the KDA core's output on the model's bf16 prefill path.
     /// </summary>
-    public static void GatedRmsNorm(CudaStream stream, DeviceSpan<float> y, DeviceSpan<float> o, DeviceSpan<float> z, DeviceSpan<float> weight,
-        int rows, int width, float eps)
+    public static void GatedRmsNorm<TO>(CudaStream stream, DeviceSpan<float> y, DeviceSpan<TO> o, DeviceSpan<float> z, DeviceSpan<float> weight,
+        int rows, int width, float eps) where TO : unmanaged
     {
+        KernelId kernel = typeof(TO) == typeof(float) ? KernelId.GatedRmsNormF32
+            : typeof(TO) == typeof(ushort) ? KernelId.GatedRmsNormBf16Output
+            : throw new NotSupportedException($"the gated RMSNorm reads o as float or bf16 (as ushort), not {typeof(TO).Name}");
         KernelChecks.Positive(rows, nameof(rows));
         KernelChecks.Positive(width, nameof(width));
         CheckEps(eps);
@@ -93,7 +97,7 @@ internal static unsafe class ActivationKernels
         ulong pY = y.Pointer, pO = o.Pointer, pZ = z.Pointer, pWeight = weight.Pointer;
         void** args = stackalloc void*[] { &pY, &pO, &pZ, &pWeight, &rows, &width, &eps };
         var grid = new Dim3((uint)((rows + GatedRowsPerBlock - 1) / GatedRowsPerBlock));
-        stream.Context.Kernels.Launch(KernelId.GatedRmsNormF32, grid, new Dim3(GatedRowsPerBlock * 32), 0, stream, args);
+        stream.Context.Kernels.Launch(kernel, grid, new Dim3(GatedRowsPerBlock * 32), 0, stream, args);
     }
 
     /// <summary>

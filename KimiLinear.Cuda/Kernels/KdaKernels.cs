@@ -11,7 +11,7 @@ namespace KimiLinear.Cuda.Kernels;
 /// cards the first launch throws <see cref="Interop.CudaUnavailableException"/> saying so.
 /// </summary>
 /// <remarks>
-/// A layer's prefill is <see cref="Prepare{T}"/> then <see cref="ChunkedPrefill{T}"/>; each decoded token is one
+/// A layer's prefill is <see cref="Prepare{T, TOut}"/> then <see cref="ChunkedPrefill{T}"/>; each decoded token is one
 /// <c>DecodeStep</c>, over sequences in one cache or, with a table of addresses, over sequences in caches of their own.
 /// Both paths keep the same <see cref="KdaLayerCache{T}"/>, so a sequence may be prefilled in pieces and decoded in
 /// between. Tokens past a batch's last one are never read, and outputs are written only up to
@@ -178,11 +178,14 @@ internal static unsafe class KdaKernels
     /// <param name="projections">The batch's projections: [T, H·K], [T, H·K], [T, H·V], [T, H·K], [T, H].</param>
     /// <param name="layer">Conv taps, A_log, dt_bias (the norm weight is not read).</param>
     /// <param name="cache">The N sequences' windows: read, then advanced past the batch.</param>
-    /// <param name="output">The core's inputs for the T tokens.</param>
-    public static void Prepare<T>(CudaStream stream, KdaShape shape, KdaBatch batch, KdaProjections<T> projections,
-        KdaLayerParameters<T> layer, KdaLayerCache<T> cache, KdaCoreInputs<T> output) where T : unmanaged
+    /// <param name="output">The core's inputs for the T tokens: q, k, v as <typeparamref name="TOut"/>, which is
+    /// <typeparamref name="T"/> or, from fp32 projections, bf16 (the model's prefill runs its core on bf16 q, k, v).</param>
+    public static void Prepare<T, TOut>(CudaStream stream, KdaShape shape, KdaBatch batch, KdaProjections<T> projections,
+        KdaLayerParameters<T> layer, KdaLayerCache<T> cache, KdaCoreInputs<TOut> output) where T : unmanaged where TOut : unmanaged
     {
-        KernelId prepare = Pick<T>(KernelId.KdaPrepareF32, KernelId.KdaPrepareBf16);
+        KernelId prepare = typeof(T) == typeof(TOut) ? Pick<T>(KernelId.KdaPrepareF32, KernelId.KdaPrepareBf16)
+            : typeof(T) == typeof(float) && typeof(TOut) == typeof(ushort) ? KernelId.KdaPrepareF32Bf16
+            : throw new NotSupportedException($"the KDA pre-kernel writes its inputs' dtype, or bf16 from float; not {typeof(TOut).Name} from {typeof(T).Name}");
         KernelId window = Pick<T>(KernelId.KdaConvWindowUpdateF32, KernelId.KdaConvWindowUpdateBf16);
         CheckShape(shape);
         CheckProjections(projections, shape, batch.Tokens, nameof(projections));
@@ -222,7 +225,7 @@ internal static unsafe class KdaKernels
     /// <param name="stream">Where to queue it (two launches).</param>
     /// <param name="shape">K ≤ 128 and a multiple of 4; V a multiple of 32; K + V ≤ 256.</param>
     /// <param name="batch">The sequences' lengths and offsets (T tokens, NC chunks).</param>
-    /// <param name="input">q, k raw (normalised here), v, g, β for the T tokens (what <see cref="Prepare{T}"/> writes).</param>
+    /// <param name="input">q, k raw (normalised here), v, g, β for the T tokens (what <see cref="Prepare{T, TOut}"/> writes).</param>
     /// <param name="scratch">Room for at least <see cref="KdaBatch.Chunks"/> chunks of this shape.</param>
     /// <param name="state">[N, H, K, V] fp32: initial in, final out.</param>
     /// <param name="o">[T, H, V] the core's output (before the output norm).</param>

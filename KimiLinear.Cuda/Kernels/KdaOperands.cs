@@ -48,7 +48,7 @@ internal readonly record struct KdaLayerCache<T>(DeviceSpan<T> QueryWindow, Devi
 internal readonly record struct KdaProjections<T>(DeviceSpan<T> Query, DeviceSpan<T> Key, DeviceSpan<T> Value, DeviceSpan<T> Forget,
     DeviceSpan<T> Beta) where T : unmanaged;
 
-/// <summary>The KDA core's inputs for T packed tokens: what <see cref="KdaKernels.Prepare{T}"/> writes.</summary>
+/// <summary>The KDA core's inputs for T packed tokens: what <see cref="KdaKernels.Prepare{T, TOut}"/> writes.</summary>
 /// <param name="Query">[T, H, K] after conv + SiLU, not yet normalised (the core L2-normalises q and k).</param>
 /// <param name="Key">[T, H, K] likewise.</param>
 /// <param name="Value">[T, H, V] after conv + SiLU.</param>

@@ -122,6 +122,32 @@ public sealed class ActivationKernelTests
         AssertTailNaN(got, (long)t * cols, "gated RMSNorm");
     }
 
+    /// <summary>o as bf16 bits (the KDA core's output on the model's prefill): the CPU norm of the widened values.</summary>
+    [Theory]
+    [InlineData(17, 4, 128, 0)] // model head width
+    [InlineData(3, 5, 37, 0)]   // odd width: element-wise path
+    [InlineData(3, 3, 128, 1)]  // o one element in: not 8-byte aligned, element-wise path
+    public void GatedRmsNorm_Bf16Output_MatchesCpuBackendOnTheWidenedValues(int t, int heads, int width, int offset)
+    {
+        CudaContext gpu = Gpu.Require();
+        var random = new Random(t * 13 + heads * 5 + width + offset);
+        int cols = heads * width, rows = t * heads;
+        ushort[] o = Gpu.RandomBf16(random, (long)t * cols, 2f);
+        float[] z = Gpu.RandomF32(random, (long)t * cols, 3f), weight = Gpu.RandomF32(random, width);
+        var expected = new CpuTensor(t, cols);
+        Cpu.GatedRmsNorm(Tensor(Gpu.Widen(o, o.Length), t, cols), Tensor(z, t, cols), weight, 1e-5f, expected);
+
+        using CudaStream stream = gpu.CreateStream();
+        using DeviceBuffer<ushort> dO = gpu.Poisoned(stream, offset + (long)t * cols, Gpu.Bf16NaN);
+        using DeviceBuffer<float> dZ = gpu.Upload(stream, z), dY = PoisonedF32(gpu, stream, (long)t * cols, 0), dWeight = gpu.Upload(stream, weight);
+        DeviceSpan<ushort> os = dO.Span.Slice(offset);
+        os.CopyFrom(o, stream);
+        ActivationKernels.GatedRmsNorm(stream, dY.Span, os, dZ.Span, dWeight, rows, width, 1e-5f);
+        float[] got = dY.ToArray(stream);
+        TensorAssert.Close(got.AsSpan(0, t * cols), expected.Span, Fp32, "gated RMSNorm of bf16 o");
+        AssertTailNaN(got, (long)t * cols, "gated RMSNorm of bf16 o");
+    }
+
     [Theory]
     [InlineData(1001, 0)]  // count % 4 != 0: vector body and element-wise tail
     [InlineData(4096, 1)]  // misaligned: element-wise only

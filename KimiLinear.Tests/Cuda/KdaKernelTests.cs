@@ -102,6 +102,54 @@ public sealed class KdaKernelTests
         else PrefillThenDecode<float>();
     }
 
+    /// <summary>
+    /// The model's prefill runs its core on bf16 q, k, v from fp32 projections: that pre-kernel's q, k, v are the fp32
+    /// pre-kernel's rounded to bf16, bit for bit, and its g, β and advanced windows the same (only the stores differ).
+    /// </summary>
+    [Fact]
+    public void Prepare_Fp32ProjectionsToBf16_IsTheFp32PreKernelRounded()
+    {
+        CudaContext gpu = Gpu.Require();
+        int[] lengths = [70, 2, 33]; // the second is shorter than the conv window
+        var shape = new KdaShape(2, 128, 128);
+        int hk = shape.KeyWidth, hv = shape.ValueWidth;
+        var random = new Random(17);
+        var layer = LayerHost.Random(random, shape, bf16: false);
+        var start = CacheHost.Random(random, shape, lengths.Length, bf16: false);
+        var raw = TokenHost.Random(random, shape, lengths.Sum(), bf16: false);
+        using var device = new Device<float>(gpu);
+        CudaStream stream = device.Stream;
+        using var batch = new KdaBatch(stream, lengths);
+        long tokens = batch.Tokens;
+        KdaLayerParameters<float> parameters = device.Upload(layer);
+        KdaProjections<float> projections = device.Upload(raw);
+        var (cacheWide, windowsWide, _) = device.Upload(start);
+        var (cacheNarrow, windowsNarrow, _) = device.Upload(start);
+        using DeviceBuffer<float> qWide = gpu.Poisoned(stream, tokens * hk, float.NaN), kWide = gpu.Poisoned(stream, tokens * hk, float.NaN);
+        using DeviceBuffer<float> vWide = gpu.Poisoned(stream, tokens * hv, float.NaN);
+        using DeviceBuffer<ushort> qNarrow = gpu.Poisoned(stream, tokens * hk, Gpu.Bf16NaN), kNarrow = gpu.Poisoned(stream, tokens * hk, Gpu.Bf16NaN);
+        using DeviceBuffer<ushort> vNarrow = gpu.Poisoned(stream, tokens * hv, Gpu.Bf16NaN);
+        using DeviceBuffer<float> gWide = gpu.Poisoned(stream, tokens * hk, float.NaN), gNarrow = gpu.Poisoned(stream, tokens * hk, float.NaN);
+        using DeviceBuffer<float> betaWide = gpu.Poisoned(stream, tokens * shape.Heads, float.NaN);
+        using DeviceBuffer<float> betaNarrow = gpu.Poisoned(stream, tokens * shape.Heads, float.NaN);
+
+        KdaKernels.Prepare(stream, shape, batch, projections, parameters, cacheWide, new KdaCoreInputs<float>(qWide, kWide, vWide, gWide, betaWide));
+        KdaKernels.Prepare(stream, shape, batch, projections, parameters, cacheNarrow,
+            new KdaCoreInputs<ushort>(qNarrow, kNarrow, vNarrow, gNarrow, betaNarrow));
+
+        foreach (var (name, wide, narrow, length) in new[] { ("q", qWide, qNarrow, tokens * hk), ("k", kWide, kNarrow, tokens * hk), ("v", vWide, vNarrow, tokens * hv) })
+        {
+            ushort[] bits = narrow.ToArray(stream);
+            Gpu.AssertTailUntouched(bits, length, Gpu.Bf16NaN);
+            float[] expected = KdaReference.Stored(wide.ToArray(stream)[..(int)length], bf16: true);
+            Assert.True(Gpu.Widen(bits, length).AsSpan().SequenceEqual(expected), $"bf16 {name} differs from the fp32 pre-kernel's rounded");
+        }
+        Assert.True(gNarrow.ToArray(stream).AsSpan().SequenceEqual(gWide.ToArray(stream)), "g differs (NaN tail included)");
+        Assert.True(betaNarrow.ToArray(stream).AsSpan().SequenceEqual(betaWide.ToArray(stream)), "β differs (NaN tail included)");
+        foreach (var (wide, narrow) in new[] { (windowsWide.Q, windowsNarrow.Q), (windowsWide.K, windowsNarrow.K), (windowsWide.V, windowsNarrow.V) })
+            Assert.True(device.Read(narrow).AsSpan().SequenceEqual(device.Read(wide)), "the conv windows after the two pre-kernels differ");
+    }
+
     [Fact]
     public void KdaKernels_SayPlainlyTheyNeedComputeCapability9()
     {
@@ -542,7 +590,7 @@ public sealed class KdaKernelTests
         }
 
         /// <summary>
-        /// <see cref="KdaKernels.Prepare{T}"/> of the packed projections <paramref name="x"/> into NaN-tailed core inputs
+        /// <see cref="KdaKernels.Prepare{T, TOut}"/> of the packed projections <paramref name="x"/> into NaN-tailed core inputs
         /// (tails checked untouched), then <see cref="KdaKernels.ChunkedPrefill{T}"/> into the cache's state. Returns the
         /// host copy of the core inputs (F = g, B = β).
         /// </summary>

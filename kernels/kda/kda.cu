@@ -17,6 +17,7 @@
 //     (I + L)·W = β ⊙ (k̂ ⊙ 2^G)   and   (I + L)·U = β ⊙ v            (forward substitution: W = (I+L)⁻¹Diag(β)(k̂⊙2^G))
 //     QG = q̂ ⊙ 2^G,  KG = k̂ ⊙ 2^(G_last − G),  γ = 2^G_last
 //   kimi_kda_prepare_*       per token: conv + SiLU of q, k, v (carried window for the first 3 tokens), gate, β;
+//                            _f32_bf16: from fp32 projections, q, k, v stored as bf16 (the model's prefill);
 //   kimi_kda_conv_window_update_*   then each sequence's window ← its last 3 pre-conv inputs;
 //   kimi_kda_chunk_prefill_* one block per (32-column slice of V, head, sequence), walks the sequence's chunks
 //                            (products on tensor cores accumulated in fp32: 3xTF32 for fp32 inputs, three bf16
@@ -1592,13 +1593,15 @@ __device__ __forceinline__ void chunk_scan(int H, int K, int V, const int* __res
 // carried window for its first 3 tokens; the gate g in fp32; β = sigmoid(b). Thread = one channel (of q, k and v),
 // block y = kPrepareTokens consecutive tokens: the taps are loaded once and each input once, the conv sliding along
 // the tokens in registers (a block a token re-read every input 4 times and the taps every token).
-template <typename Tin>
+// q, k, v go out as Tout: Tin, or bf16 from fp32 projections (the model's prefill, whose activations are fp32, runs the
+// core on bf16 q, k, v as FLA does; the conv and everything else stay fp32 and only the stores round).
+template <typename Tin, typename Tout>
 __device__ __forceinline__ void prepare(int H, int K, int V, int num_seqs, const int* __restrict__ cu_seqlens,
     const Tin* __restrict__ pq, const Tin* __restrict__ pk, const Tin* __restrict__ pv, const Tin* __restrict__ pf,
     const Tin* __restrict__ pb, const Tin* __restrict__ wq, const Tin* __restrict__ wk, const Tin* __restrict__ wv,
     const float* __restrict__ a_log, const float* __restrict__ dt_bias, const Tin* __restrict__ conv_q,
-    const Tin* __restrict__ conv_k, const Tin* __restrict__ conv_v, Tin* __restrict__ q, Tin* __restrict__ k,
-    Tin* __restrict__ v, float* __restrict__ g, float* __restrict__ beta) {
+    const Tin* __restrict__ conv_k, const Tin* __restrict__ conv_v, Tout* __restrict__ q, Tout* __restrict__ k,
+    Tout* __restrict__ v, float* __restrict__ g, float* __restrict__ beta) {
     const int HK = H * K, HV = H * V;
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     const int t0 = blockIdx.y * kPrepareTokens, T = cu_seqlens[num_seqs], t1 = min(T, t0 + kPrepareTokens);
@@ -1676,7 +1679,7 @@ __device__ __forceinline__ void conv_window_update(int H, int K, int V, const in
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Entry points: kimi_kda_<op>_<dtype>. bf16 = bf16 activations and weights with fp32 gate parameters, gates and state;
-// f32 = everything fp32 (the accuracy reference path).
+// f32 = everything fp32 (the accuracy reference path); f32_bf16 (prepare only) = fp32 in, bf16 q, k, v out.
 #define KDA_DECODE_ENTRY(NAME, T)                                                                                      \
     extern "C" __global__ void __launch_bounds__(kda::kDecodeThreads, 1)                          \
         NAME(int H, int K, int V, int N, float rms_eps, const T* pq, const T* pk, const T* pv, const T* pf,            \
@@ -1728,16 +1731,18 @@ KDA_INTRA_ENTRY(kimi_kda_chunk_intra_f32, float)
 KDA_PREFILL_ENTRY(kimi_kda_chunk_prefill_bf16, __nv_bfloat16)
 KDA_PREFILL_ENTRY(kimi_kda_chunk_prefill_f32, float)
 
-#define KDA_PREPARE_ENTRY(NAME, T)                                                                                     \
+#define KDA_PREPARE_ENTRY(NAME, T, TOUT)                                                                               \
     extern "C" __global__ void __launch_bounds__(kda::kPrepareThreads) NAME(int H, int K, int V, int num_seqs,        \
         const int* cu_seqlens, const T* pq, const T* pk, const T* pv, const T* pf, const T* pb, const T* wq,          \
         const T* wk, const T* wv, const float* a_log, const float* dt_bias, const T* conv_q, const T* conv_k,         \
-        const T* conv_v, T* q, T* k, T* v, float* g, float* beta) {                                                   \
-        kda::prepare<T>(H, K, V, num_seqs, cu_seqlens, pq, pk, pv, pf, pb, wq, wk, wv, a_log, dt_bias, conv_q, conv_k, \
-            conv_v, q, k, v, g, beta);                                                                                 \
+        const T* conv_v, TOUT* q, TOUT* k, TOUT* v, float* g, float* beta) {                                          \
+        kda::prepare<T, TOUT>(H, K, V, num_seqs, cu_seqlens, pq, pk, pv, pf, pb, wq, wk, wv, a_log, dt_bias, conv_q,   \
+            conv_k, conv_v, q, k, v, g, beta);                                                                         \
     }
-KDA_PREPARE_ENTRY(kimi_kda_prepare_bf16, __nv_bfloat16)
-KDA_PREPARE_ENTRY(kimi_kda_prepare_f32, float)
+KDA_PREPARE_ENTRY(kimi_kda_prepare_bf16, __nv_bfloat16, __nv_bfloat16)
+KDA_PREPARE_ENTRY(kimi_kda_prepare_f32, float, float)
+// fp32 projections in, bf16 q, k, v out: the model's prefill (CudaBackend.KdaMixer).
+KDA_PREPARE_ENTRY(kimi_kda_prepare_f32_bf16, float, __nv_bfloat16)
 
 #define KDA_WINDOW_ENTRY(NAME, T)                                                                                      \
     extern "C" __global__ void __launch_bounds__(kda::kPrepareThreads) NAME(int H, int K, int V,                      \

@@ -117,6 +117,29 @@ static void test_gated_rmsnorm(int rows, int W, int offset, bool inPlace)
     check(name, y, want, 1e-6);
 }
 
+// o as bf16 bits (the KDA core's output on the model's bf16 prefill path): the same norm of the widened values.
+static void test_gated_rmsnorm_bf16o(int rows, int W, int offset)
+{
+    std::vector<uint16_t> o(offset + size_t(rows) * W);
+    for (auto& b : o) b = f2bf(randn(2));
+    std::vector<float> z = randv(size_t(rows) * W, 3), w = randv(W);
+    std::vector<double> want(size_t(rows) * W);
+    for (int r = 0; r < rows; r++)
+    {
+        double ss = 0;
+        for (int i = 0; i < W; i++) ss += double(bf2f(o[offset + size_t(r) * W + i])) * bf2f(o[offset + size_t(r) * W + i]);
+        const double inv = 1 / std::sqrt(ss / W + 1e-5);
+        for (int i = 0; i < W; i++)
+            want[size_t(r) * W + i] = bf2f(o[offset + size_t(r) * W + i]) * inv * w[i] / (1 + std::exp(-double(z[size_t(r) * W + i])));
+    }
+    std::vector<float> by = poisoned(want.size(), 0);
+    emu_launch(kimi_gated_rmsnorm_bf16o, dim3((rows + GATED_ROWS - 1) / GATED_ROWS), dim3(GATED_ROWS * 32), 0, by.data(),
+               (const uint16_t*)o.data() + offset, (const float*)z.data(), (const float*)w.data(), rows, W, 1e-5f);
+    char name[96];
+    std::snprintf(name, sizeof name, "gated rmsnorm, bf16 o, rows=%d W=%d o offset=%d", rows, W, offset);
+    check(name, by.data(), want, 1e-6);
+}
+
 // add, SwiGLU (output = gate: in place); `blocks` small so that the grid-stride loop takes several passes.
 static void test_elements(long long n, int offset, int blocks)
 {
@@ -320,6 +343,9 @@ int main()
     test_gated_rmsnorm(11, 37, 0, false);
     test_gated_rmsnorm(13, 128, 0, true);
     test_gated_rmsnorm(9, 128, 1, false);
+    test_gated_rmsnorm_bf16o(13, 128, 0);
+    test_gated_rmsnorm_bf16o(9, 128, 1);
+    test_gated_rmsnorm_bf16o(5, 37, 0);
     test_elements(1, 0, 1);
     test_elements(4099, 0, 2);
     test_elements(4099, 1, 3);

@@ -20,6 +20,7 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <numeric>
 #include <random>
 #include <string>
 #include <type_traits>
@@ -611,6 +612,40 @@ template <typename Tin> static void test_decode_table(int N, int H, int K, int V
     check_bool(name, same);
 }
 
+// The model's prefill entry (fp32 projections, windows and taps in; bf16 q, k, v out) against the fp32 pre-kernel on the
+// same inputs: q, k, v are the fp32 results rounded to bf16 and g, β the same, bit for bit (only the stores differ).
+static void test_prepare_f32_bf16(const std::vector<int>& lens, int H, int K, int V) {
+    const int N = int(lens.size()), T = std::accumulate(lens.begin(), lens.end(), 0);
+    const size_t HK = size_t(H) * K, HV = size_t(H) * V;
+    const LayerParams P = random_params<float>(H, K, V);
+    std::vector<int> cu(N + 1, 0);
+    for (int n = 0; n < N; ++n) cu[n + 1] = cu[n] + lens[n];
+    DevPool pool;
+    const int* dcu = pool.upload_int(cu);
+    const float *pq = pool.upload<float>(randn(T * HK)), *pk = pool.upload<float>(randn(T * HK)), *pv = pool.upload<float>(randn(T * HV));
+    const float *pf = pool.upload<float>(randn(T * HK)), *pb = pool.upload<float>(randn(size_t(T) * H));
+    const float *wq = pool.upload<float>(P.wq), *wk = pool.upload<float>(P.wk), *wv = pool.upload<float>(P.wv);
+    const float *a_log = pool.upload<float>(P.a_log), *dt_bias = pool.upload<float>(P.dt_bias);
+    const float *cq = pool.upload<float>(randn(N * 3 * HK)), *ck = pool.upload<float>(randn(N * 3 * HK)), *cv = pool.upload<float>(randn(N * 3 * HV));
+    float *q32 = pool.alloc<float>(T * HK), *k32 = pool.alloc<float>(T * HK), *v32 = pool.alloc<float>(T * HV);
+    bf16 *q16 = pool.alloc<bf16>(T * HK), *k16 = pool.alloc<bf16>(T * HK), *v16 = pool.alloc<bf16>(T * HV);
+    float *g32 = pool.alloc<float>(T * HK), *g16 = pool.alloc<float>(T * HK), *b32 = pool.alloc<float>(size_t(T) * H), *b16 = pool.alloc<float>(size_t(T) * H);
+    LAUNCH(kimi_kda_prepare_f32, prepare_grid(int(HK), int(HV), T), dim3(kda::kPrepareThreads), 0, H, K, V, N, dcu, pq, pk, pv, pf, pb,
+        wq, wk, wv, a_log, dt_bias, cq, ck, cv, q32, k32, v32, g32, b32);
+    CHECK_LAUNCH();
+    LAUNCH(kimi_kda_prepare_f32_bf16, prepare_grid(int(HK), int(HV), T), dim3(kda::kPrepareThreads), 0, H, K, V, N, dcu, pq, pk, pv, pf, pb,
+        wq, wk, wv, a_log, dt_bias, cq, ck, cv, q16, k16, v16, g16, b16);
+    CHECK_LAUNCH();
+    CK(cudaDeviceSynchronize());
+    auto rounded = [](std::vector<float> x) { quant_all<bf16>(x); return x; };
+    char name[128];
+    std::snprintf(name, sizeof name, "prepare f32 → bf16 N%d T%d H%d K%d V%d: q, k, v == the fp32 pre-kernel's, rounded", N, T, H, K, V);
+    check_bool(name, download(q16, T * HK) == rounded(download(q32, T * HK)) && download(k16, T * HK) == rounded(download(k32, T * HK)) &&
+                     download(v16, T * HV) == rounded(download(v32, T * HV)));
+    check_bool("prepare f32 → bf16: g and β == the fp32 pre-kernel's", download(g16, T * HK) == download(g32, T * HK) &&
+                                                                       download(b16, size_t(T) * H) == download(b32, size_t(T) * H));
+}
+
 // Continuing sequences (random carried windows and state): prefill of T0 tokens from raw projections (pre-kernel,
 // window update, chunked prefill) then `steps` fused decode steps == the reference, and the state == one prefill of all
 // T0 + steps tokens (host-prepared inputs). The pre-kernel's outputs are checked against the reference too.
@@ -1025,6 +1060,8 @@ int main(int argc, char** argv) {
     test_prefill_then_decode<bf16>(2, 2, 128, 128, 70, 3);
     test_prefill_then_decode<float>(1, 2, 64, 64, 37, 2);
     test_prefill_then_decode<bf16>(3, 2, 64, 64, 2, 2);   // sequences shorter than the conv window
+    test_prepare_f32_bf16({70, 2, 33}, 2, 128, 128);
+    test_prepare_f32_bf16({37}, 3, 36, 32);
     if (!quick) test_prefill_random<bf16>(32, 128, 128, {4096}, false);   // the benchmark's B=1 shape, validated
     std::printf("%d passed, %d failed\n", g_pass, g_fail);
 
