@@ -2,7 +2,7 @@
 // float64 CPU reference of the same math, then time it with CUDA events.
 //
 //   GPU:  nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xcompiler -fopenmp -o kda_harness
-//              kernels/kda/tests/kda_harness.cu && ./kda_harness [--bench | --bench-prefill | --bench-decode] [fixture dir]
+//              kernels/kda/tests/kda_harness.cu && ./kda_harness [--bench | --bench-prefill | --bench-decode | --bench-prepare] [fixture dir]
 //   CPU:  g++ -O2 -std=c++17 -fopenmp -DKDA_EMULATE -x c++ -o kda_emu kernels/kda/tests/kda_harness.cu && ./kda_emu
 //         (runs the kernels on the CUDA emulator of cuda_emu.h: checks logic, barriers and indexing, not speed)
 //
@@ -957,31 +957,41 @@ static void bench_prefill(int B, int T) {
 }
 
 // Pre-kernel + window update, H = 32, K = V = 128, bf16: bytes = raw projections in, q/k/v (bf16), g, β (fp32) out.
-static void bench_prepare(int B, int T) {
+// The pre-kernel and the window update over B sequences of T tokens, bf16 q, k, v out: from bf16 projections (the bf16
+// entry) or from fp32 ones (the model's prefill: kimi_kda_prepare_f32_bf16).
+template <typename Tin> static void bench_prepare(int B, int T) {
     const int H = 32, K = 128, V = 128, HK = H * K, HV = H * V;
     const size_t Tt = size_t(B) * T;
     DevPool pool;
     PrefillDev<bf16> pre(pool, std::vector<int>(B, T), H, K, V);
-    const LayerParams P = random_params<bf16>(H, K, V);
-    DecodeDev<bf16> dec(pool, P, B, std::vector<float>(size_t(B) * 3 * HK), std::vector<float>(size_t(B) * 3 * HK),
+    const LayerParams P = random_params<Tin>(H, K, V);
+    DecodeDev<Tin> dec(pool, P, B, std::vector<float>(size_t(B) * 3 * HK), std::vector<float>(size_t(B) * 3 * HK),
         std::vector<float>(size_t(B) * 3 * HV), std::vector<float>(size_t(B) * HV * K));
-    bf16 *pq = pool.alloc<bf16>(Tt * HK), *pk = pool.alloc<bf16>(Tt * HK), *pv = pool.alloc<bf16>(Tt * HV), *pf = pool.alloc<bf16>(Tt * HK), *pb = pool.alloc<bf16>(Tt * H);
+    Tin *pq = pool.alloc<Tin>(Tt * HK), *pk = pool.alloc<Tin>(Tt * HK), *pv = pool.alloc<Tin>(Tt * HV), *pf = pool.alloc<Tin>(Tt * HK), *pb = pool.alloc<Tin>(Tt * H);
     fill(pq, Tt * HK, -1, 1); fill(pk, Tt * HK, -1, 1); fill(pv, Tt * HV, -1, 1); fill(pf, Tt * HK, -2, 2); fill(pb, Tt * H, -2, 2);
     CK(cudaDeviceSynchronize());
-    auto prepare = Kern<bf16>::prepare;
-    auto window = Kern<bf16>::window;
+    constexpr bool from_f32 = std::is_same<Tin, float>::value;
+    auto window = Kern<Tin>::window;
     const float ms = time_ms([&] {
-        LAUNCH(prepare, prepare_grid(H * K, H * V, pre.T), dim3(kda::kPrepareThreads), 0, H, K, V, pre.N, (const int*)pre.cu, (const bf16*)pq,
-            (const bf16*)pk, (const bf16*)pv, (const bf16*)pf, (const bf16*)pb, (const bf16*)dec.wq, (const bf16*)dec.wk,
-            (const bf16*)dec.wv, (const float*)dec.a_log, (const float*)dec.dt_bias, (const bf16*)dec.cq, (const bf16*)dec.ck,
-            (const bf16*)dec.cv, pre.q, pre.k, pre.v, pre.g, pre.beta);
+        if constexpr (from_f32) {
+            LAUNCH(kimi_kda_prepare_f32_bf16, prepare_grid(H * K, H * V, pre.T), dim3(kda::kPrepareThreads), 0, H, K, V, pre.N, (const int*)pre.cu,
+                (const Tin*)pq, (const Tin*)pk, (const Tin*)pv, (const Tin*)pf, (const Tin*)pb, (const Tin*)dec.wq, (const Tin*)dec.wk,
+                (const Tin*)dec.wv, (const float*)dec.a_log, (const float*)dec.dt_bias, (const Tin*)dec.cq, (const Tin*)dec.ck,
+                (const Tin*)dec.cv, pre.q, pre.k, pre.v, pre.g, pre.beta);
+        } else {
+            LAUNCH(Kern<bf16>::prepare, prepare_grid(H * K, H * V, pre.T), dim3(kda::kPrepareThreads), 0, H, K, V, pre.N, (const int*)pre.cu,
+                (const Tin*)pq, (const Tin*)pk, (const Tin*)pv, (const Tin*)pf, (const Tin*)pb, (const Tin*)dec.wq, (const Tin*)dec.wk,
+                (const Tin*)dec.wv, (const float*)dec.a_log, (const float*)dec.dt_bias, (const Tin*)dec.cq, (const Tin*)dec.ck,
+                (const Tin*)dec.cv, pre.q, pre.k, pre.v, pre.g, pre.beta);
+        }
         LAUNCH(window, dim3(HK / kda::kPrepareThreads, B), dim3(kda::kPrepareThreads), 0, H, K, V, (const int*)pre.cu,
-            (const bf16*)pq, (const bf16*)pk, (const bf16*)pv, dec.cq, dec.ck, dec.cv);
+            (const Tin*)pq, (const Tin*)pk, (const Tin*)pv, dec.cq, dec.ck, dec.cv);
     }, 3, 50);
     CHECK_LAUNCH();
-    const double bytes = double(Tt) * ((3.0 * HK + HV + H) * 2 + (2.0 * HK + HV) * 2 + HK * 4 + H * 4);
-    std::printf("BENCH prepare+window bf16 B=%d T=%-6d H=32 K=V=128: %9.3f ms, %7.1f GB/s, %5.1f%% of 3.0 TB/s\n",
-        B, T, ms, bytes / (ms * 1e-3) / 1e9, 100.0 * bytes / (ms * 1e-3) / kPeakBytesPerSec);
+    // Read: q, k, f, v, b projections as Tin. Written: q, k, v bf16, g and β fp32.
+    const double bytes = double(Tt) * ((3.0 * HK + HV + H) * sizeof(Tin) + (2.0 * HK + HV) * 2 + HK * 4 + H * 4);
+    std::printf("BENCH prepare+window %s→bf16 B=%d T=%-6d H=32 K=V=128: %9.3f ms, %7.1f GB/s, %5.1f%% of 3.0 TB/s\n",
+        from_f32 ? "f32" : "bf16", B, T, ms, bytes / (ms * 1e-3) / 1e9, 100.0 * bytes / (ms * 1e-3) / kPeakBytesPerSec);
 }
 
 // One plain launch of each kernel at the benchmark shapes (prefill B=1 T=4,096, decode B=1 then B=64), for ncu -k ... -c 1.
@@ -1015,13 +1025,14 @@ static void profile_once() {
 }
 
 int main(int argc, char** argv) {
-    bool bench = false, quick = false, profile = false, prefill_only = false, decode_only = false;
+    bool bench = false, quick = false, profile = false, prefill_only = false, decode_only = false, prepare_only = false;
     std::string fixtures = "KimiLinear.Tests/Fixtures/kda_ops";
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--bench") bench = true;
         else if (a == "--bench-prefill") bench = prefill_only = true;   // the prefill benchmarks only
         else if (a == "--bench-decode") bench = decode_only = true;     // the decode benchmarks only
+        else if (a == "--bench-prepare") bench = prepare_only = true;   // the pre-kernel's benchmarks only
         else if (a == "--quick") quick = true;
         else if (a == "--profile") profile = true;
         else fixtures = a;
@@ -1073,18 +1084,22 @@ int main(int argc, char** argv) {
         std::printf("decode step: %d blocks of %d threads an SM (%zu B of shared memory a block); launching at most %d\n", per_sm,
                     kda::kDecodeThreads, kda::kDecodeSmemBytes, g_decode_blocks);
 #endif
-        if (!prefill_only) {
+        if (!prefill_only && !prepare_only) {
             for (int B : {1, 16, 64}) bench_decode(B, 16);
             for (int B : {4, 16, 32}) bench_decode_table(B, 16);
         }
         if (decode_only) return g_fail != 0;
-        bench_prefill(1, 4096);
-        bench_prefill(1, 16384);
-        bench_prefill(1, 65536);
-        bench_prefill(8, 8192);
+        if (!prepare_only) {
+            bench_prefill(1, 4096);
+            bench_prefill(1, 16384);
+            bench_prefill(1, 65536);
+            bench_prefill(8, 8192);
+        }
         if (!prefill_only) {
-            bench_prepare(1, 4096);
-            bench_prepare(1, 65536);
+            for (int T : {4096, 65536}) {
+                bench_prepare<bf16>(1, T);
+                bench_prepare<float>(1, T);
+            }
         }
     }
     CK(cudaStreamDestroy(g_stream));
