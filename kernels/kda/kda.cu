@@ -1331,25 +1331,40 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
     // W, QG, U of chunk ci and its A into buffer ci % 2; then its KG and γ.
     auto chunk_index = [&](int ci) { return (size_t)(c0 + ci) * H + h; };
     if (nchunks > 0) ops.prefetch_rows(in, chunk_index(0), K, V, slice, 0, tid);
-    // The two barriers of chunk ci, with the copies each one starts; every thread of both roles passes both.
+    // The two barriers of chunk ci, with the copies each one starts; every thread of both roles passes both, from the
+    // one walk below. Each warp meets its own lanes first: an output warp comes from its `r < len` stores with its
+    // lanes apart.
     auto before_phase1 = [&](int ci) {
         ops.wait_rows(ci);   // W_ci, QG_ci, U_ci, A_ci
+        __syncwarp();
         __syncthreads();     // ... for every thread; the state is stored; chunk ci − 1 no longer reads KG, γ, Vn
         ops.prefetch_kg(in, chunk_index(ci), K, ci, tid);
     };
     auto before_phase2 = [&](int ci) {
         ops.wait_kg(ci);     // KG_ci, γ_ci
+        __syncwarp();
         __syncthreads();     // Vn complete; W_ci, QG_ci, U_ci and the stored state no longer read
         if (ci + 1 < nchunks) ops.prefetch_rows(in, chunk_index(ci + 1), K, V, slice, ci + 1, tid);
     };
 
     const int rq = warp & 3, ch = (warp >> 2) & 1;   // row group, column half (within the role)
     const int r0 = 16 * rq, cb = 16 * ch;             // phases 1-2: rows r0 + g (+ 8), columns cb + 8·nt + 2t (+ 1)
-    if (warp < 8) {   // state warps
-        constexpr int mtiles = KP / 64;
-        const int d0 = rq * (KP / 4);   // state rows d0 + 16m + g (+ 8)
-        float* S = state + ((size_t)n * H + h) * K * V + j0;
-        float sacc[2][2][4];   // [m-tile][n-tile][fragment]
+    const bool state_warp = warp < 8;
+    // State warps: state rows d0 + 16m + g (+ 8) of the slice, in registers across chunks.
+    constexpr int mtiles = KP / 64;
+    const int d0 = rq * (KP / 4);
+    float* S = state + ((size_t)n * H + h) * K * V + j0;
+    float sacc[2][2][4];   // [m-tile][n-tile][fragment]
+    auto store_state = [&]() {   // the split state, for the next chunk's phase 1
+#pragma unroll
+        for (int m = 0; m < mtiles; ++m)
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                for (int e2 = 0; e2 < 2; ++e2)
+                    ops.store_state(d0 + 16 * m + g + 8 * e2, cb + 8 * nt + 2 * t, sacc[m][nt][2 * e2], sacc[m][nt][2 * e2 + 1]);
+    };
+    if (state_warp) {
 #pragma unroll
         for (int m = 0; m < 2; ++m)
 #pragma unroll
@@ -1359,19 +1374,15 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
                     const int d = d0 + 16 * m + g + 8 * (e >> 1);
                     sacc[m][nt][e] = m < mtiles && d < K ? S[(size_t)d * V + cb + 8 * nt + 2 * t + (e & 1)] : 0.f;
                 }
-        auto store_state = [&]() {   // the split state, for the next chunk's phase 1
-#pragma unroll
-            for (int m = 0; m < mtiles; ++m)
-#pragma unroll
-                for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-                    for (int e2 = 0; e2 < 2; ++e2)
-                        ops.store_state(d0 + 16 * m + g + 8 * e2, cb + 8 * nt + 2 * t, sacc[m][nt][2 * e2], sacc[m][nt][2 * e2 + 1]);
-        };
         store_state();
-        for (int ci = 0; ci < nchunks; ++ci) {
-            before_phase1(ci);
-            // Vn = U − W·S, accumulated as −U + W·S; vcor holds the correction products.
+    }
+    // One walk for both roles, so that every thread reaches each of the chunk's two block barriers at the same place
+    // (a __syncthreads called from the roles' own branches is undefined in CUDA C++, and compute-sanitizer's synccheck
+    // reported "divergent threads in block" at it); each role's work is a warp-uniform branch between them.
+    for (int ci = 0; ci < nchunks; ++ci) {
+        float oacc[2][4], ocor[2][4];   // output warps: O, its correction products, from phase 1 to phase 2
+        before_phase1(ci);
+        if (state_warp) {   // Vn = U − W·S, accumulated as −U + W·S; vcor holds the correction products
             float vacc[2][4], vcor[2][4];
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt)
@@ -1387,8 +1398,15 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
                 for (int e2 = 0; e2 < 2; ++e2)
                     ops.store_vn(r0 + g + 8 * e2, cb + 8 * nt + 2 * t, -(vacc[nt][2 * e2] + vcor[nt][2 * e2]),
                         -(vacc[nt][2 * e2 + 1] + vcor[nt][2 * e2 + 1]));
-            before_phase2(ci);
-            // S ← Diag(γ)·S + KGᵀ·Vn, the correction products in scor.
+        } else {   // O = QG·S
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) { oacc[nt][e] = 0.f; ocor[nt][e] = 0.f; }
+            ops.rows_times_state(oacc, ocor, true, r0, cb, lane);
+        }
+        before_phase2(ci);
+        if (state_warp) {   // S ← Diag(γ)·S + KGᵀ·Vn, the correction products in scor
             float scor[2][2][4];
 #pragma unroll
             for (int m = 0; m < 2; ++m)
@@ -1412,29 +1430,9 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
 #pragma unroll
                     for (int e = 0; e < 4; ++e) sacc[m][nt][e] += scor[m][nt][e];
             store_state();   // nobody reads the stored state between the barrier above and the next one
-        }
-#pragma unroll
-        for (int m = 0; m < mtiles; ++m)
-#pragma unroll
-            for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int d = d0 + 16 * m + g + 8 * (e >> 1);
-                    if (d < K) S[(size_t)d * V + cb + 8 * nt + 2 * t + (e & 1)] = sacc[m][nt][e];
-                }
-    } else {   // output warps
-        for (int ci = 0; ci < nchunks; ++ci) {
+        } else {   // O += A·Vn, then out
+            ops.a_times_vn(oacc, ocor, ci & 1, r0, cb, lane);
             const int len = min(kChunk, T - ci * kChunk);
-            before_phase1(ci);
-            // O = QG·S; ocor holds the correction products.
-            float oacc[2][4], ocor[2][4];
-#pragma unroll
-            for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) { oacc[nt][e] = 0.f; ocor[nt][e] = 0.f; }
-            ops.rows_times_state(oacc, ocor, true, r0, cb, lane);
-            before_phase2(ci);
-            ops.a_times_vn(oacc, ocor, ci & 1, r0, cb, lane);   // O += A·Vn, then out
 #pragma unroll
             for (int e2 = 0; e2 < 2; ++e2) {
                 const int r = r0 + g + 8 * e2;
@@ -1448,6 +1446,17 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
                 }
             }
         }
+    }
+    if (state_warp) {
+#pragma unroll
+        for (int m = 0; m < mtiles; ++m)
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int d = d0 + 16 * m + g + 8 * (e >> 1);
+                    if (d < K) S[(size_t)d * V + cb + 8 * nt + 2 * t + (e & 1)] = sacc[m][nt][e];
+                }
     }
 }
 
@@ -1475,13 +1484,20 @@ __device__ __forceinline__ void chunk_prefill_wgmma(int H, int K, int V, const i
         ops.copy_kg(in, chunk_index(0), 0, K);
     }
     // The two barriers of chunk ci, each issuing the copies of chunk ci + 1 into the slots the phase before it freed.
+    // Each warp meets its own lanes first (the output warpgroup comes from its `r < len` stores, warp 0 from thread 0's
+    // copies, with lanes apart). Unlike chunk_prefill's, these barriers are reached from each role's own loop, which
+    // PTX defines on sm_70 and newer but CUDA C++ does not, and compute-sanitizer's synccheck reports ("divergent
+    // threads in block"). One walk for all roles, as there, kept every role's accumulators live across both barriers:
+    // 300 bytes spilled and the scan 60 % slower (seventeenth session, kernels/kda/NOTES.md), so it stays this way.
     auto before_phase1 = [&](int ci) {
         ops.wait(2 * ci);    // W_ci, QG_ci
+        __syncwarp();
         __syncthreads();     // ... for every thread; the state is stored; chunk ci − 1 no longer reads KG, A, γ, Vn
         if (tid == 0 && ci + 1 < nchunks) ops.copy_rows(in, chunk_index(ci + 1), ci + 1);
     };
     auto before_phase2 = [&](int ci) {
         ops.wait(2 * ci + 1);   // KG_ci, A_ci, γ_ci
+        __syncwarp();
         __syncthreads();        // Vn complete; W_ci, QG_ci and the stored state no longer read
         if (tid == 0 && ci + 1 < nchunks) ops.copy_kg(in, chunk_index(ci + 1), ci + 1, K);
     };

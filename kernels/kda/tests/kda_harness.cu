@@ -925,14 +925,14 @@ static void bench_decode_table(int B, int L) {
         B, per * 1e6, L, bytes / per / 1e9, 100.0 * bytes / per / kPeakBytesPerSec);
 }
 
-// Chunked prefill (intra + scan), H = 32, K = V = 128, bf16 q/k/v/o, fp32 g/β/state. Bytes: the minimum the op must
+// Chunked prefill (intra + scan), H = 32, K = V = 128, q/k/v/o as Tin, fp32 g/β/state. Bytes: the minimum the op must
 // move (inputs once, output once, state in and out); the fp32 scratch between the two kernels is extra traffic.
-static void bench_prefill(int B, int T) {
+template <typename Tin> static void bench_prefill(int B, int T) {
     const int H = 32, K = 128, V = 128;
     const std::vector<int> lens(B, T);
     const size_t Tt = size_t(B) * T;
     DevPool pool;
-    PrefillDev<bf16> dev(pool, lens, H, K, V);
+    PrefillDev<Tin> dev(pool, lens, H, K, V);
     const float sc = 1.0f / std::sqrt(float(K));   // rows of roughly unit norm, like L2-normalised q̂/k̂
     fill(dev.q, Tt * H * K, -sc * 1.7f, sc * 1.7f); fill(dev.k, Tt * H * K, -sc * 1.7f, sc * 1.7f); fill(dev.v, Tt * H * V, -1, 1);
     fill(dev.g, Tt * H * K, -0.5f, -0.001f); fill(dev.beta, Tt * H, 0.05f, 0.95f); fill(dev.state, size_t(B) * H * K * V, -0.3f, 0.3f);
@@ -951,12 +951,11 @@ static void bench_prefill(int B, int T) {
     };
     const float ms = graph_ms([&] { dev.run(); });
     const float ms_intra = graph_ms([&] { dev.run_intra(); }), ms_scan = graph_ms([&] { dev.run_scan(); });
-    const double bytes = double(Tt) * H * (K * 2 * 2 + V * 2 * 2 + K * 4 + 4) + 2.0 * B * H * K * V * 4;
-    std::printf("BENCH chunk_prefill bf16 B=%d T=%-6d H=32 K=V=128: %9.3f ms (intra %.3f + scan %.3f; graphs, median of 50), %7.1f GB/s, %5.1f%% of 3.0 TB/s (min bytes)\n",
-        B, T, ms, ms_intra, ms_scan, bytes / (ms * 1e-3) / 1e9, 100.0 * bytes / (ms * 1e-3) / kPeakBytesPerSec);
+    const double bytes = double(Tt) * H * ((K * 2 + V * 2) * sizeof(Tin) + K * 4 + 4) + 2.0 * B * H * K * V * 4;
+    std::printf("BENCH chunk_prefill %s B=%d T=%-6d H=32 K=V=128: %9.3f ms (intra %.3f + scan %.3f; graphs, median of 50), %7.1f GB/s, %5.1f%% of 3.0 TB/s (min bytes)\n",
+        tname<Tin>(), B, T, ms, ms_intra, ms_scan, bytes / (ms * 1e-3) / 1e9, 100.0 * bytes / (ms * 1e-3) / kPeakBytesPerSec);
 }
 
-// Pre-kernel + window update, H = 32, K = V = 128, bf16: bytes = raw projections in, q/k/v (bf16), g, β (fp32) out.
 // The pre-kernel and the window update over B sequences of T tokens, bf16 q, k, v out: from bf16 projections (the bf16
 // entry) or from fp32 ones (the model's prefill: kimi_kda_prepare_f32_bf16).
 template <typename Tin> static void bench_prepare(int B, int T) {
@@ -1090,10 +1089,12 @@ int main(int argc, char** argv) {
         }
         if (decode_only) return g_fail != 0;
         if (!prepare_only) {
-            bench_prefill(1, 4096);
-            bench_prefill(1, 16384);
-            bench_prefill(1, 65536);
-            bench_prefill(8, 8192);
+            bench_prefill<bf16>(1, 4096);
+            bench_prefill<bf16>(1, 16384);
+            bench_prefill<bf16>(1, 65536);
+            bench_prefill<bf16>(8, 8192);
+            bench_prefill<float>(1, 4096);   // the fp32 path (the accuracy reference; 3xTF32 scan)
+            bench_prefill<float>(1, 65536);
         }
         if (!prefill_only) {
             for (int T : {4096, 65536}) {
