@@ -34,8 +34,9 @@ internal static unsafe class KdaKernels
     private const int PrefillColumns = 32; // state columns per scan block
     private const int MaxKeyDim = 128;
 
-    private static int IntraSharedBytes(int k) =>
-        sizeof(float) * (2 * ChunkTokens * (k + 1) + Math.Max(ChunkTokens * (k + 1), 2 * ChunkTokens * ChunkTokens) + 3 * ChunkTokens);
+    private static int IntraSharedBytes(int k, int v) =>
+        sizeof(float) * (2 * ChunkTokens * (k + 1) + Math.Max(Math.Max(ChunkTokens * (k + 1), 2 * ChunkTokens * ChunkTokens),
+            ChunkTokens * ChunkTokens + ChunkTokens * (v + 8) / 2) + 3 * ChunkTokens);
 
     /// <summary>K padded to the scan's 64 or 128 (kda.cu's chunk_prefill_kpad; K above 128 is refused before use).</summary>
     internal static int PaddedKeyDim(int k) => k <= 64 ? 64 : Math.Max(128, k);
@@ -254,7 +255,7 @@ internal static unsafe class KdaKernels
         ulong w = scratch.W.Pointer, u = scratch.U.Pointer, a = scratch.A.Pointer, qg = scratch.QueryDecayed.Pointer;
         ulong kg = scratch.KeyDecayed.Pointer, gamma = scratch.Gamma.Pointer, s = state.Pointer, po = o.Pointer;
         void** intraArgs = stackalloc void*[] { &h, &k, &v, &n, &cu, &co, &q, &kk, &vv, &g, &beta, &w, &u, &a, &qg, &kg, &gamma };
-        stream.Context.Kernels.Launch(intra, new Dim3((uint)batch.Chunks, (uint)h), new Dim3(IntraThreads), IntraSharedBytes(k), stream, intraArgs);
+        stream.Context.Kernels.Launch(intra, new Dim3((uint)batch.Chunks, (uint)h), new Dim3(IntraThreads), IntraSharedBytes(k, v), stream, intraArgs);
         void** scanArgs = stackalloc void*[] { &h, &k, &v, &cu, &co, &w, &u, &a, &qg, &kg, &gamma, &s, &po };
         stream.Context.Kernels.Launch(scan, new Dim3((uint)(v / PrefillColumns), (uint)h, (uint)n), new Dim3(PrefillThreads),
             PrefillSharedBytes<T>(k), stream, scanArgs);

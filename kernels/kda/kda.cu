@@ -58,7 +58,7 @@
 //   decode_step_table: the same grid (N ≤ kDecodeTableSequences), block and shared memory; also capturable and
 //                  launchable with programmatic dependent launch (its table is a kernel parameter, read at any time).
 //   prepare:       grid (ceil(max(H·K, H·V) / 256), ceil(T / 16)), block 256;  conv_window_update: grid (ceil(max(H·K, H·V) / 256), N), block 256.
-//   chunk_intra:   grid (NC, H), block 256, dynamic smem chunk_intra_smem_bytes(K) (> 48 KiB: raise the limit).
+//   chunk_intra:   grid (NC, H), block 256, dynamic smem chunk_intra_smem_bytes(K, V) (> 48 KiB: raise the limit).
 //   chunk_prefill: grid (V/32, H, N), block 512, dynamic smem chunk_prefill_smem_bytes<Tin>(K) (> 48 KiB).
 //
 // PRECONDITIONS (the caller checks them; kernels do not)
@@ -123,15 +123,17 @@ template <typename Tin> struct DecodeTable {
 
 // Dynamic shared memory, in floats: decode (state [2][128][128] as 4 column groups [128][32] a buffer; q, k, α, v,
 // k_scale·β·r, o [128] each; warp partials [16][32]; Σq², Σk² partials [8]; the groups' Σo² [4]); intra (k̂, G [64][K+1] each, q̂
-// [64][K+1] later reused for L and A [64][64] each, β [64], row norms [128]); the scan's: ScanOperands, by input dtype
+// [64][K+1] later reused for L and A [64][64] each, then bf16 T' and v: chunk_intra_q_floats; β [64], row norms [128]); the scan's: ScanOperands, by input dtype
 // (chunk_prefill_smem_bytes).
 constexpr int kDecodeSmemFloats = kDecodeStages * 128 * 128 + 6 * 128 + 16 * 32 + 8 + 4;
 constexpr size_t kDecodeSmemBytes = kDecodeSmemFloats * sizeof(float);
-__host__ __device__ constexpr int chunk_intra_q_floats(int K) {   // q̂ [64][K+1], later L and A [64][64] each
-    return kChunk * (K + 1) > 2 * kChunk * kChunk ? kChunk * (K + 1) : 2 * kChunk * kChunk;
+__host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
+// q̂ [64][K+1], later L and A [64][64] each; with bf16 inputs then T' (over L) and v's rows [64][V+8] bf16 (from A's place).
+__host__ __device__ constexpr int chunk_intra_q_floats(int K, int V) {
+    return cmax(cmax(kChunk * (K + 1), 2 * kChunk * kChunk), kChunk * kChunk + kChunk * (V + 8) / 2);
 }
-__host__ __device__ constexpr size_t chunk_intra_smem_bytes(int K) {
-    return sizeof(float) * (2 * kChunk * (K + 1) + chunk_intra_q_floats(K) + 3 * kChunk);
+__host__ __device__ constexpr size_t chunk_intra_smem_bytes(int K, int V) {
+    return sizeof(float) * (2 * kChunk * (K + 1) + chunk_intra_q_floats(K, V) + 3 * kChunk);
 }
 // The scan's row stride for its [rows][32] tiles (state slice, U, Vn): ≡ 8 mod 32 in fp32 words.
 constexpr int kScanLd = kPrefillCols + 8;
@@ -205,6 +207,16 @@ __device__ __forceinline__ void cp_async16(float* dst_shared, const float* src) 
 #else
     const unsigned d = (unsigned)__cvta_generic_to_shared(dst_shared);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+#endif
+}
+// The same where the 16 bytes may lie past the data: !in zero-fills them and reads nothing (src-size 0).
+__device__ __forceinline__ void cp_async16(void* dst_shared, const void* src, bool in) {
+#ifdef KDA_EMULATE
+    static const unsigned char zeros[16] = {};
+    emu_cp_async16(dst_shared, in ? src : zeros);
+#else
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst_shared);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(in ? 16 : 0) : "memory");
 #endif
 }
 __device__ __forceinline__ void cp_async_commit() {
@@ -576,6 +588,172 @@ template <> struct OperandStore<__nv_bfloat16> {
     }
 };
 
+// (I + L)·x = b solved in place for one column x (L strictly lower, sl [64][64]). Row r's sum runs as 4 independent
+// chains (s mod 4), so the serial path is ~r/4 FMAs deep, not r.
+__device__ __forceinline__ void forward_substitute(float (&x)[kChunk], const float* sl) {
+#pragma unroll
+    for (int r = 1; r < kChunk; ++r) {
+        float acc[4] = {x[r], 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int s = 0; s < r; ++s) acc[s & 3] = fmaf(-sl[r * kChunk + s], x[s], acc[s & 3]);
+        x[r] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    }
+}
+
+// fp32 inputs: W and U by forward substitution, one column per thread: columns [0, K) solve W, [K, K+V) solve U. The
+// right-hand sides: β ⊙ (k̂ ⊙ 2^G) from shared memory; β ⊙ v with v staged through A's shared memory sa (free once A
+// is out) by cp.async, as many rows per pass as fit, so its loads go out together. (Loaded straight into registers,
+// ptxas re-issued each read-only load at its use under the 128-register cap: 64 dependent global round trips per U
+// column, 30 % of the kernel's stall samples in run 11.) Only the warps holding U columns copy and wait for v,
+// meeting at a named barrier, so the W columns' substitution starts while v is in flight. (The bf16 path solves
+// for T' and forms W and U on tensor cores instead: solve_t_columns, wu_columns. Its 16-bit split parts keep
+// ~2^-17 of each value, too little for the fp32 checks' 1e-5.)
+__device__ __forceinline__ void substitute_wu(int K, int V, int H, int h, int t0, int len, int tid,
+    const float* __restrict__ v, const float* sk, const float* sg, const float* sb, const float* sl, float* sa, int LD,
+    float* w_blk, float* u_blk) {
+    const bool is_w = tid < K, is_u = tid >= K && tid < K + V;
+    const int col = is_w ? tid : tid - K;
+    float x[kChunk];
+    if (is_w) {
+#pragma unroll
+        for (int r = 0; r < kChunk; ++r) x[r] = sb[r] * sk[r * LD + col] * ex2(sg[r * LD + col]);
+    }
+    const int u_warp0 = K / 32, u_threads = 32 * ((K + V + 31) / 32 - u_warp0);   // the warps with U columns
+    if (tid >= 32 * u_warp0 && tid < 32 * u_warp0 + u_threads) {
+        const int pass_rows = min(kChunk, kChunk * kChunk / V);   // rows of v that fit in sa (≥ 18: V ≤ 224)
+        for (int p0 = 0; p0 < kChunk; p0 += pass_rows) {
+            copy_tile_async(sa, V, v + ((size_t)(t0 + p0) * H + h) * V, H * V, max(0, min(pass_rows, len - p0)), V,
+                tid - 32 * u_warp0, u_threads);
+            cp_async_commit();
+            cp_async_wait<0>();
+            named_barrier(1, u_threads);   // the pass has landed
+            if (is_u && pass_rows == kChunk) {   // one pass (V ≤ 64): no row-range tests
+#pragma unroll
+                for (int r = 0; r < kChunk; ++r) x[r] = r < len ? sb[r] * sa[r * V + col] : 0.f;
+            } else if (is_u) {
+#pragma unroll
+                for (int r = 0; r < kChunk; ++r)
+                    if (r >= p0 && r < p0 + pass_rows) x[r] = r < len ? sb[r] * sa[(r - p0) * V + col] : 0.f;
+            }
+            if (p0 + pass_rows < kChunk) named_barrier(1, u_threads);   // read before the next pass overwrites it
+        }
+    }
+    if (is_w || is_u) {
+        forward_substitute(x, sl);
+        if (is_w) {
+#pragma unroll
+            for (int r = 0; r < kChunk; ++r) w_blk[r * K + col] = x[r];
+        } else {   // U slice-major
+            float* dst = u_blk + (col / kPrefillCols) * kChunk * kPrefillCols + col % kPrefillCols;
+#pragma unroll
+            for (int r = 0; r < kChunk; ++r) dst[r * kPrefillCols] = x[r];
+        }
+    }
+}
+
+// bf16 inputs: column `col` (< 64, warps 0-1) of T' = (I + L)⁻¹·Diag(β), by forward substitution of e_col, stored over
+// L once both warps have read it, as bf16 hi and lo planes [2][64][64] (atom_swizzled; hi = bf16(x), lo = bf16(x − hi)):
+// wu_columns' A operand. (Rows above col are 0 and still summed: one unrolled solve for every column.)
+__device__ __forceinline__ void solve_t_columns(int col, float* sl, const float* sb) {
+    float x[kChunk];
+#pragma unroll
+    for (int r = 0; r < kChunk; ++r) x[r] = r == col ? 1.f : 0.f;
+    forward_substitute(x, sl);
+    const float b = sb[col];
+    named_barrier(3, 64);   // both warps have read L
+    __nv_bfloat16* st = reinterpret_cast<__nv_bfloat16*>(sl);
+#pragma unroll
+    for (int r = 0; r < kChunk; ++r) OperandStore<__nv_bfloat16>::put(st + atom_swizzled(r, col, kChunk), kChunk * kChunk, x[r] * b);
+}
+
+// bf16 inputs: cp.async of the chunk's rows of v into sv [64][V + 8] (16 bytes past each row, so the 8 rows an
+// ldmatrix reads fall in 8 bank groups), rows ≥ len zero-filled (T' is 0 there, but 0·NaN is not 0), by `threads`
+// threads from `thread` 0 (thread = one 16-byte column of rows r0, r0 + step, …: one division by the width).
+__device__ __forceinline__ void stage_v_rows(int V, int H, int h, int t0, int len, int thread, int threads,
+    const __nv_bfloat16* __restrict__ v, uint16_t* sv) {
+    const int pieces = V / 8, p = thread % pieces, step = threads / pieces;
+    if (thread < step * pieces) {
+        for (int r = thread / pieces; r < kChunk; r += step)
+            cp_async16(sv + r * (V + 8) + 8 * p, v + ((size_t)(t0 + (r < len ? r : 0)) * H + h) * V + 8 * p, r < len);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+}
+
+// bf16 inputs: 16 columns from cb of W = T'·K̃ (kW; K̃ = k̂ ⊙ 2^G, formed from sk and sg as its fragments load: 0 past
+// K and past len, so W's padding columns [K, KP) come out 0) or of U = T'·v (v's rows sv [64][V + 8], read by
+// ldmatrix), on mma.sync m16n8k16 with fp32 accumulation. T' is lower triangular, so row tile i sums the k-steps
+// j ≤ i only. T' enters as its hi and lo planes (st [2][64][64], atom_swizzled); K̃ is split too, so W = hi·hi +
+// hi·lo + lo·hi (lo·lo, ~2^-18, dropped); v is bf16 already, so U = T'hi·v + T'lo·v: ~2^-17 relative, within the bf16
+// checks' 1e-3 many times over. (The blocked substitution on 3xTF32, intra T2, and T·B on 3xTF32, intra T, each cost
+// what the CUDA-core solve did: fragments split as they load and four tf32 mma for each bf16 one here.) W goes out as
+// hi and lo planes (OperandStore), U slice-major in fp32.
+template <bool kW>
+__device__ __forceinline__ void wu_columns(int K, int V, int cb, int lane, const float* sk, const float* sg, int LD,
+    const uint16_t* st, const uint16_t* sv, __nv_bfloat16* w_blk, int plane_k, float* u_blk) {
+    const int g = lane >> 2, t = lane & 3;
+    const int frag_row = (lane & 7) + (lane & 8), frag_piece = lane >> 4;   // this lane's ldmatrix row and 8-column piece
+    float acc[4][2][4];   // [row tile i][n-tile][fragment]
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][nt][e] = 0.f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        uint32_t bh[4], bl[4];   // B of rows 16j .. +16: n-tile nt in registers 2nt (k rows 2t, 2t + 1), 2nt + 1 (+8)
+        if (kW) {
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int r = 16 * j + 2 * t + 8 * e, c = cb + 8 * nt + g;
+                    float x0 = 0.f, x1 = 0.f;
+                    if (c < K) {
+                        x0 = sk[r * LD + c] * ex2(sg[r * LD + c]);
+                        x1 = sk[(r + 1) * LD + c] * ex2(sg[(r + 1) * LD + c]);
+                    }
+                    split_bf16x2(x0, x1, bh[2 * nt + e], bl[2 * nt + e]);
+                }
+        } else {
+            ldsm_x4_t(bh, sv + (16 * j + frag_row) * (V + 8) + cb + 8 * frag_piece);
+        }
+#pragma unroll
+        for (int i = j; i < 4; ++i) {
+            uint32_t ah[4], al[4];
+            const int xa = atom_swizzled(16 * i + frag_row, 16 * j + 8 * frag_piece, kChunk);
+            ldsm_x4(ah, st + xa);
+            ldsm_x4(al, st + kChunk * kChunk + xa);
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) {
+                if (kW) mma(acc[i][nt], ah, bl[2 * nt], bl[2 * nt + 1]);
+                mma(acc[i][nt], al, bh[2 * nt], bh[2 * nt + 1]);
+                mma(acc[i][nt], ah, bh[2 * nt], bh[2 * nt + 1]);
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {   // rows g and g + 8 of the tile, columns 2t, 2t + 1
+                const int r = 16 * i + g + 8 * half, c = cb + 8 * nt + 2 * t;
+                const float y0 = acc[i][nt][2 * half], y1 = acc[i][nt][2 * half + 1];
+                if (kW) {
+                    uint32_t hi, lo;
+                    split_bf16x2(y0, y1, hi, lo);
+                    const int x = atom_swizzled(r, c, kChunk);
+                    *reinterpret_cast<uint32_t*>(w_blk + x) = hi;
+                    *reinterpret_cast<uint32_t*>(w_blk + plane_k + x) = lo;
+                } else {   // U slice-major
+                    *reinterpret_cast<float2*>(u_blk + (c / kPrefillCols) * kChunk * kPrefillCols + r * kPrefillCols +
+                        c % kPrefillCols) = make_float2(y0, y1);
+                }
+            }
+}
+
 // ---------------------------------------------------------------------------------------------------------------------
 // Chunk-local work (see MATH). Block (c, h).
 template <typename Tin>
@@ -596,7 +774,7 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     float* sq = sg + kChunk * LD;        // [64][LD] q̂, until the pair tiles are summed
     float* sl = sq;                      // [64][64] L (below the diagonal), after the pair tiles
     float* sa = sl + kChunk * kChunk;    // [64][64] A (on and below the diagonal), after the pair tiles; then rows of v
-    float* sb = sq + chunk_intra_q_floats(K);   // [64] β (0 past the end)
+    float* sb = sq + chunk_intra_q_floats(K, V);   // [64] β (0 past the end)
     float* snorm = sb + kChunk;          // [128] 1/‖q_r‖·K^-½, then 1/‖k_r‖
 
     // Loads of 4 consecutive channels each (8 bytes of bf16, 16 of fp32; K % 4 == 0 keeps them aligned), kept raw until
@@ -703,7 +881,7 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     Op* w_blk = reinterpret_cast<Op*>(w_out) + cc * Store::kPlanes * plane_k;
     for (int i = tid; i < kChunk * (kn - K); i += kIntraThreads) {   // bf16 rows padded to KP: zero columns
         const int r = i / (kn - K), x = Store::at(r, K + i % (kn - K), kn);
-        Store::put(qg_blk + x, plane_k, 0.f); Store::put(kg_blk + x, plane_k, 0.f); Store::put(w_blk + x, plane_k, 0.f);
+        Store::put(qg_blk + x, plane_k, 0.f); Store::put(kg_blk + x, plane_k, 0.f);   // W's: wu_columns
     }
     if (tid < 5 * 32) {
         for (int u = tid >> 5; u < load_units; u += 5) {
@@ -867,68 +1045,40 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
         }
     }
     __syncthreads();
-    {   // A, coalesced, with the upper triangle (s > r) zero
-        Op* a_blk = reinterpret_cast<Op*>(a_out) + cc * Store::kPlanes * kChunk * kChunk;
-        for (int i = tid; i < kChunk * kChunk / 4; i += kIntraThreads) {
+    Op* a_blk = reinterpret_cast<Op*>(a_out) + cc * Store::kPlanes * kChunk * kChunk;
+    auto write_a = [&](int thread, int threads) {   // A, coalesced, with the upper triangle (s > r) zero
+        for (int i = thread; i < kChunk * kChunk / 4; i += threads) {
             const int r = i / (kChunk / 4), s = 4 * (i % (kChunk / 4));
             const float4 x = *reinterpret_cast<const float4*>(sa + r * kChunk + s);   // one 16-byte read: no bank conflicts
             Store::put4(a_blk + Store::at(r, s, kChunk), kChunk * kChunk, make_float4(s <= r ? x.x : 0.f, s + 1 <= r ? x.y : 0.f,
                 s + 2 <= r ? x.z : 0.f, s + 3 <= r ? x.w : 0.f));
         }
-    }
-    __syncthreads();
-
-    // Forward substitution, one column per thread: columns [0, K) solve W, [K, K+V) solve U. The right-hand sides:
-    // β ⊙ (k̂ ⊙ 2^G) from shared memory; β ⊙ v with v staged through A's shared memory (free now that A is out) by
-    // cp.async, as many rows per pass as fit, so its loads go out together. (Loaded straight into registers, ptxas
-    // re-issued each read-only load at its use under the 128-register cap: 64 dependent global round trips per U
-    // column, 30 % of the kernel's stall samples in run 11.) Only the warps holding U columns copy and wait for v,
-    // meeting at a named barrier, so the W columns' substitution starts while v is in flight.
-    const bool is_w = tid < K, is_u = tid >= K && tid < K + V;
-    const int col = is_w ? tid : tid - K;
-    float x[kChunk];
-    if (is_w) {
-#pragma unroll
-        for (int r = 0; r < kChunk; ++r) x[r] = sb[r] * sk[r * LD + col] * ex2(sg[r * LD + col]);
-    }
-    const int u_warp0 = K / 32, u_threads = 32 * ((K + V + 31) / 32 - u_warp0);   // the warps with U columns
-    if (tid >= 32 * u_warp0 && tid < 32 * u_warp0 + u_threads) {
-        const int row_floats = V * (int)sizeof(Tin) / 4;              // a row of v in 4-byte words (V % 32 == 0)
-        const int pass_rows = min(kChunk, kChunk * kChunk / row_floats);   // rows of v that fit in sa (≥ 18: V ≤ 224)
-        const Tin* sv = reinterpret_cast<const Tin*>(sa);             // [pass_rows][V] the staged rows, as stored
-        for (int p0 = 0; p0 < kChunk; p0 += pass_rows) {
-            copy_tile_async(sa, row_floats, reinterpret_cast<const float*>(v + ((size_t)(t0 + p0) * H + h) * V),
-                H * row_floats, max(0, min(pass_rows, len - p0)), row_floats, tid - 32 * u_warp0, u_threads);
-            cp_async_commit();
-            cp_async_wait<0>();
-            named_barrier(1, u_threads);   // the pass has landed
-            if (is_u && pass_rows == kChunk) {   // one pass (bf16, or fp32 with V ≤ 64): no row-range tests
-#pragma unroll
-                for (int r = 0; r < kChunk; ++r) x[r] = r < len ? sb[r] * ld(sv[r * V + col]) : 0.f;
-            } else if (is_u) {
-#pragma unroll
-                for (int r = 0; r < kChunk; ++r)
-                    if (r >= p0 && r < p0 + pass_rows) x[r] = r < len ? sb[r] * ld(sv[(r - p0) * V + col]) : 0.f;
-            }
-            if (p0 + pass_rows < kChunk) named_barrier(1, u_threads);   // read before the next pass overwrites it
+    };
+    float* u_blk = u_out + cc * kChunk * V;   // U slice-major: each scan block's [64][32] contiguous
+    if constexpr (std::is_same_v<Tin, float>) {
+        write_a(tid, kIntraThreads);
+        __syncthreads();
+        substitute_wu(K, V, H, h, t0, len, tid, v, sk, sg, sb, sl, sa, LD, w_blk, u_blk);
+    } else {
+        // bf16 inputs: W = T'·K̃ and U = T'·v as bf16 tensor-core products, T' = (I + L)⁻¹·Diag(β), K̃ = k̂ ⊙ 2^G. Warps 0-1
+        // solve for T' while warps 2-7 write A out and stage v's rows in its place (and little else: what they add there
+        // slows the solve, which holds up the block; NOTES, intra B); then all 8 warps form W and U in units of 16
+        // columns (W's KP/16, then U's V/16; warp w the units w, w + 8, …).
+        const int warp = tid >> 5;
+        if (warp < 2) {
+            solve_t_columns(tid, sl, sb);
+        } else {
+            write_a(tid - 64, kIntraThreads - 64);
+            named_barrier(2, kIntraThreads - 64);   // A is read: v's rows may take its place
+            stage_v_rows(V, H, h, t0, len, tid - 64, kIntraThreads - 64, v, reinterpret_cast<uint16_t*>(sa));
         }
-    }
-    if (is_w || is_u) {
-        // Row r's sum runs as 4 independent chains (s mod 4), so the serial path is ~r/4 FMAs deep, not r.
-#pragma unroll
-        for (int r = 1; r < kChunk; ++r) {
-            float acc[4] = {x[r], 0.f, 0.f, 0.f};
-#pragma unroll
-            for (int s = 0; s < r; ++s) acc[s & 3] = fmaf(-sl[r * kChunk + s], x[s], acc[s & 3]);
-            x[r] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-        }
-        if (is_w) {
-#pragma unroll
-            for (int r = 0; r < kChunk; ++r) Store::put(w_blk + Store::at(r, col, kn), plane_k, x[r]);
-        } else {   // U slice-major: each scan block's [64][32] contiguous
-            float* dst = u_out + cc * kChunk * V + (col / kPrefillCols) * kChunk * kPrefillCols + col % kPrefillCols;
-#pragma unroll
-            for (int r = 0; r < kChunk; ++r) dst[r * kPrefillCols] = x[r];
+        __syncthreads();
+        const uint16_t* st = reinterpret_cast<const uint16_t*>(sl);
+        const uint16_t* sv = reinterpret_cast<const uint16_t*>(sa);
+        const int w_units = kn / 16, units = w_units + V / 16;
+        for (int u = warp; u < units; u += kIntraThreads / 32) {
+            if (u < w_units) wu_columns<true>(K, V, 16 * u, tid & 31, sk, sg, LD, st, sv, w_blk, plane_k, u_blk);
+            else wu_columns<false>(K, V, 16 * (u - w_units), tid & 31, sk, sg, LD, st, sv, w_blk, plane_k, u_blk);
         }
     }
 }

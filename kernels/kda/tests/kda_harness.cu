@@ -296,7 +296,7 @@ template <typename Tin> struct PrefillDev {
         CK(cudaMemset(q, 0xff, pad * K * sizeof(Tin))); CK(cudaMemset(k, 0xff, pad * K * sizeof(Tin))); CK(cudaMemset(v, 0xff, pad * V * sizeof(Tin)));
         CK(cudaMemset(w, 0xff, ch * 64 * kp * 4)); CK(cudaMemset(u, 0xff, ch * 64 * V * 4)); CK(cudaMemset(a, 0xff, ch * 64 * 64 * 4));
         CK(cudaMemset(qg, 0xff, ch * 64 * kp * 4)); CK(cudaMemset(kg, 0xff, ch * 64 * kp * 4)); CK(cudaMemset(gam, 0xff, ch * K * 4));
-        CK(cudaFuncSetAttribute(Kern<Tin>::intra, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kda::chunk_intra_smem_bytes(K))));
+        CK(cudaFuncSetAttribute(Kern<Tin>::intra, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kda::chunk_intra_smem_bytes(K, V))));
         CK(cudaFuncSetAttribute(Kern<Tin>::prefill, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kda::chunk_prefill_smem_bytes<Tin>(K))));
     }
     // Host inputs for the first T tokens (the NaN tail stays) and the initial state.
@@ -308,7 +308,7 @@ template <typename Tin> struct PrefillDev {
     void run_intra() {
         if (NC > 0) {
             auto intra = Kern<Tin>::intra;
-            LAUNCH(intra, dim3(NC, H), dim3(kda::kIntraThreads), kda::chunk_intra_smem_bytes(K), H, K, V, N,
+            LAUNCH(intra, dim3(NC, H), dim3(kda::kIntraThreads), kda::chunk_intra_smem_bytes(K, V), H, K, V, N,
                 (const int*)cu, (const int*)co, (const Tin*)q, (const Tin*)k, (const Tin*)v, (const float*)g, (const float*)beta, w, u, a, qg, kg, gam);
             CHECK_LAUNCH();
         }
@@ -1060,6 +1060,8 @@ int main(int argc, char** argv) {
     test_prefill_random<float>(2, 36, 32, {70, 5}, false);   // K % 8 == 4: padded k-steps, idle load threads
     test_prefill_random<bf16>(2, 36, 32, {70, 5}, false);    // ... and the bf16 planes' rows padded to KP = 64
     test_prefill_random<bf16>(1, 100, 96, {67}, false);      // ... and to KP = 128, 3 V slices
+    test_prefill_random<float>(1, 32, 224, {70}, false);     // V > 128: v in 4 passes (fp32), and bf16 v's rows past
+    test_prefill_random<bf16>(1, 32, 224, {70}, false);      // A's place (intra's q region sized by V), 7 V slices
     test_decode<float>(3, 4, 128, 128, 5);
     test_decode<bf16>(3, 4, 128, 128, 5);
     test_decode<float>(2, 3, 64, 64, 4);
