@@ -10,11 +10,15 @@
 //
 // CHUNKED PREFILL (C = 64 tokens per chunk; G = chunk-local cumulative g, kept in log2 units; every exponent used is
 // ≤ 0, so nothing overflows with the unbounded softplus gate):
-//   kimi_kda_chunk_intra_*   one block per (chunk, head), independent chunks, in fp32 (products between 16-row
-//                            sub-chunks on tensor cores as 3xTF32, which keeps fp32's accuracy); q̂, k̂ are normalised
+//   kimi_kda_chunk_intra_*   one block per (chunk, head), independent chunks, accumulating in fp32 (products between
+//                            16-row sub-chunks on tensor cores: 3xTF32 for fp32 inputs, which keeps fp32's accuracy;
+//                            three bf16 products of hi/lo parts for bf16 inputs, ~2^-16 relative); q̂, k̂ are normalised
 //                            here from the raw (post-conv) q, k, exactly as the decode step does:
 //     L[r,s]   = β_r Σ_d k̂_r[d] k̂_s[d] 2^(G_r[d]−G_s[d])   (s < r)      A[r,s] = Σ_d q̂_r[d] k̂_s[d] 2^(G_r[d]−G_s[d])  (s ≤ r)
-//     (I + L)·W = β ⊙ (k̂ ⊙ 2^G)   and   (I + L)·U = β ⊙ v            (forward substitution: W = (I+L)⁻¹Diag(β)(k̂⊙2^G))
+//     (I + L)·W = β ⊙ (k̂ ⊙ 2^G)   and   (I + L)·U = β ⊙ v            (fp32 inputs: forward substitution, a column a
+//                                                                    thread; bf16: T' = (I + L)⁻¹·Diag(β) by substitution
+//                                                                    of the identity's 64 columns, then W = T'·(k̂ ⊙ 2^G)
+//                                                                    and U = T'·v on tensor cores, in bf16 hi/lo parts)
 //     QG = q̂ ⊙ 2^G,  KG = k̂ ⊙ 2^(G_last − G),  γ = 2^G_last
 //   kimi_kda_prepare_*       per token: conv + SiLU of q, k, v (carried window for the first 3 tokens), gate, β;
 //                            _f32_bf16: from fp32 projections, q, k, v stored as bf16 (the model's prefill);
@@ -123,8 +127,8 @@ template <typename Tin> struct DecodeTable {
 
 // Dynamic shared memory, in floats: decode (state [2][128][128] as 4 column groups [128][32] a buffer; q, k, α, v,
 // k_scale·β·r, o [128] each; warp partials [16][32]; Σq², Σk² partials [8]; the groups' Σo² [4]); intra (k̂, G [64][K+1] each, q̂
-// [64][K+1] later reused for L and A [64][64] each, then bf16 T' and v: chunk_intra_q_floats; β [64], row norms [128]); the scan's: ScanOperands, by input dtype
-// (chunk_prefill_smem_bytes).
+// [64][K+1] later reused for L and A [64][64] each, then for bf16 inputs T' and v's rows: chunk_intra_q_floats; β [64], row
+// norms [128]); the scan's: ScanOperands, by input dtype (chunk_prefill_smem_bytes).
 constexpr int kDecodeSmemFloats = kDecodeStages * 128 * 128 + 6 * 128 + 16 * 32 + 8 + 4;
 constexpr size_t kDecodeSmemBytes = kDecodeSmemFloats * sizeof(float);
 __host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
@@ -902,11 +906,12 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
     }
 
     // L and A over the 64×64 pairs, one 2^(G_r − G_s) per (r, s, d) shared by both. Only the lower triangle (s ≤ r) is
-    // computed: the substitution reads L below the diagonal only, and A is written from sA with the upper triangle
+    // computed: the solve reads L below the diagonal only, and A is written from sA with the upper triangle
     // zeroed. Every exponent taken is ≤ 0 (G never increases along a chunk), by factorizing through a reference row n
     // with s ≤ n < r: 2^(G_r − G_s) = 2^(G_r − G_n)·2^(G_n − G_s).
     //   Pairs of 16-row sub-chunks i > j (6 blocks of 16×16), warps 5-7 with two blocks each: tensor-core products
-    //   (3xTF32) of sub-chunk i's rows scaled by 2^(G_r − G_n) with sub-chunk j's rows scaled by 2^(G_n − G_s), n = j's
+    //   (3xTF32, or three bf16 products for bf16 inputs) of sub-chunk i's rows scaled by 2^(G_r − G_n) with sub-chunk
+    //   j's rows scaled by 2^(G_n − G_s), n = j's
     //   last row; the scaled operands are formed in registers as the fragments are loaded.
     //   Inside the 4 diagonal 16×16 blocks, 4×4 tiles on warps 0-4 (8 tiles per warp, lane % 8; the d range split 4
     //   ways by lane / 8, interleaved, the parts summed by shuffle): warps 0-2 take the 24 off-diagonal tiles, which
@@ -939,33 +944,81 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
                 const int i = p < 1 ? 1 : p < 3 ? 2 : 3, j = p - i * (i - 1) / 2;
                 const float* gn = sg + (16 * j + 15) * LD;
                 const int ra = (16 * i + g) * LD, rb = (16 * j + g) * LD;   // fragment rows g (+ 8) of i and of j
-                // k-step ks takes the channels c + 8t (k = t) and c + 32 + 8t (k = t + 4), c = 64⌊ks/8⌋ + ks mod 8, not 8
-                // consecutive ones: lane (g, t) then reads row g's channel c + 8t, in bank g + c + 8t of the odd-strided
-                // rows, 32 banks for 32 lanes (consecutive channels put g + t in 11 banks: 4-way conflicts, 23 % of
-                // the kernel's shared-memory wavefronts in the fifteenth session's profile of v12b). A product may sum
-                // its k in any order, so A and B only need the same channels.
-                for (int ks = 0; ks < 8 * ((K + 63) / 64); ++ks) {
-                    const int d0 = 64 * (ks >> 3) + (ks & 7) + 8 * t, d1 = d0 + 32;
-                    const bool in0 = d0 < K, in1 = d1 < K;
-                    const float gn0 = in0 ? gn[d0] : 0.f, gn1 = in1 ? gn[d1] : 0.f;
-                    float ak[4], aq[4];   // a0 (g, d0), a1 (g + 8, d0), a2 (g, d1), a3 (g + 8, d1)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int x = ra + (e & 1) * 8 * LD + (e < 2 ? d0 : d1);
-                        const bool in = e < 2 ? in0 : in1;
-                        const float s = in ? ex2(sg[x] - (e < 2 ? gn0 : gn1)) : 0.f;
-                        ak[e] = in ? sk[x] * s : 0.f;
-                        aq[e] = in ? sq[x] * s : 0.f;
+                if constexpr (std::is_same_v<Tin, float>) {   // 3xTF32 (m16n8k8): fp32's accuracy for the 1e-5 checks
+                    // k-step ks takes the channels c + 8t (k = t) and c + 32 + 8t (k = t + 4), c = 64⌊ks/8⌋ + ks mod 8, not 8
+                    // consecutive ones: lane (g, t) then reads row g's channel c + 8t, in bank g + c + 8t of the odd-strided
+                    // rows, 32 banks for 32 lanes (consecutive channels put g + t in 11 banks: 4-way conflicts, 23 % of
+                    // the kernel's shared-memory wavefronts in the fifteenth session's profile of v12b). A product may sum
+                    // its k in any order, so A and B only need the same channels.
+                    for (int ks = 0; ks < 8 * ((K + 63) / 64); ++ks) {
+                        const int d0 = 64 * (ks >> 3) + (ks & 7) + 8 * t, d1 = d0 + 32;
+                        const bool in0 = d0 < K, in1 = d1 < K;
+                        const float gn0 = in0 ? gn[d0] : 0.f, gn1 = in1 ? gn[d1] : 0.f;
+                        float ak[4], aq[4];   // a0 (g, d0), a1 (g + 8, d0), a2 (g, d1), a3 (g + 8, d1)
+    #pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            const int x = ra + (e & 1) * 8 * LD + (e < 2 ? d0 : d1);
+                            const bool in = e < 2 ? in0 : in1;
+                            const float s = in ? ex2(sg[x] - (e < 2 ? gn0 : gn1)) : 0.f;
+                            ak[e] = in ? sk[x] * s : 0.f;
+                            aq[e] = in ? sq[x] * s : 0.f;
+                        }
+                        const Tf32Frag<4> fk(ak), fq(aq);
+    #pragma unroll
+                        for (int nt = 0; nt < 2; ++nt) {   // b0 (k = d0, n = g), b1 (k = d1, n = g) of columns 8nt..8nt+7 of j
+                            const int x = rb + nt * 8 * LD;
+                            const float bv[2] = {in0 ? sk[x + d0] * ex2(gn0 - sg[x + d0]) : 0.f,
+                                                 in1 ? sk[x + d1] * ex2(gn1 - sg[x + d1]) : 0.f};
+                            const Tf32Frag<2> fb(bv);
+                            mma_acc(kk[2 * pp + nt], fk, fb);
+                            mma_acc(qk[2 * pp + nt], fq, fb);
+                        }
                     }
-                    const Tf32Frag<4> fk(ak), fq(aq);
+                } else {   // bf16 inputs: m16n8k16 on bf16 hi/lo parts, half the mma and k-steps (~2^-16 relative)
+                    // k-step ks takes the channels c, c + 1 (k = 2t, 2t + 1) and c + 32, c + 33 (k = 2t + 8, 2t + 9),
+                    // c = 64⌊ks/4⌋ + 2(ks mod 4) + 8t: lane (g, t) reads row g's channel c in bank g + c, 32 banks again.
+                    for (int ks = 0; ks < 4 * ((K + 63) / 64); ++ks) {
+                        const int c = 64 * (ks >> 2) + 2 * (ks & 3) + 8 * t;
+                        const int ch[4] = {c, c + 1, c + 32, c + 33};
+                        bool in[4];
+                        float gnv[4];
 #pragma unroll
-                    for (int nt = 0; nt < 2; ++nt) {   // b0 (k = d0, n = g), b1 (k = d1, n = g) of columns 8nt..8nt+7 of j
-                        const int x = rb + nt * 8 * LD;
-                        const float bv[2] = {in0 ? sk[x + d0] * ex2(gn0 - sg[x + d0]) : 0.f,
-                                             in1 ? sk[x + d1] * ex2(gn1 - sg[x + d1]) : 0.f};
-                        const Tf32Frag<2> fb(bv);
-                        mma_acc(kk[2 * pp + nt], fk, fb);
-                        mma_acc(qk[2 * pp + nt], fq, fb);
+                        for (int q = 0; q < 4; ++q) { in[q] = ch[q] < K; gnv[q] = in[q] ? gn[ch[q]] : 0.f; }
+                        uint32_t akh[4], akl[4], aqh[4], aql[4];   // a_e: row g + 8(e & 1), channels ch[2(e >> 1)], +1
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            float kv[2], qv[2];
+#pragma unroll
+                            for (int q2 = 0; q2 < 2; ++q2) {
+                                const int q = 2 * (e >> 1) + q2, x = ra + (e & 1) * 8 * LD + ch[q];
+                                const float sc = in[q] ? ex2(sg[x] - gnv[q]) : 0.f;
+                                kv[q2] = in[q] ? sk[x] * sc : 0.f;
+                                qv[q2] = in[q] ? sq[x] * sc : 0.f;
+                            }
+                            split_bf16x2(kv[0], kv[1], akh[e], akl[e]);
+                            split_bf16x2(qv[0], qv[1], aqh[e], aql[e]);
+                        }
+#pragma unroll
+                        for (int nt = 0; nt < 2; ++nt) {   // b_f: column g of 8nt..8nt+7 of j, channels ch[2f], +1
+                            const int x = rb + nt * 8 * LD;
+                            uint32_t bh[2], bl[2];
+#pragma unroll
+                            for (int f = 0; f < 2; ++f) {
+                                float bv[2];
+#pragma unroll
+                                for (int q2 = 0; q2 < 2; ++q2) {
+                                    const int q = 2 * f + q2;
+                                    bv[q2] = in[q] ? sk[x + ch[q]] * ex2(gnv[q] - sg[x + ch[q]]) : 0.f;
+                                }
+                                split_bf16x2(bv[0], bv[1], bh[f], bl[f]);
+                            }
+                            mma(kk[2 * pp + nt], akh, bl[0], bl[1]);
+                            mma(kk[2 * pp + nt], akl, bh[0], bh[1]);
+                            mma(kk[2 * pp + nt], akh, bh[0], bh[1]);
+                            mma(qk[2 * pp + nt], aqh, bl[0], bl[1]);
+                            mma(qk[2 * pp + nt], aql, bh[0], bh[1]);
+                            mma(qk[2 * pp + nt], aqh, bh[0], bh[1]);
+                        }
                     }
                 }
             }
