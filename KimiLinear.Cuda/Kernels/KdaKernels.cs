@@ -35,8 +35,9 @@ internal static unsafe class KdaKernels
     private const int MaxKeyDim = 128;
 
     private static int IntraSharedBytes(int k, int v) =>
-        sizeof(float) * (2 * ChunkTokens * (k + 1) + Math.Max(Math.Max(ChunkTokens * (k + 1), 2 * ChunkTokens * ChunkTokens),
-            ChunkTokens * ChunkTokens + ChunkTokens * (v + 8) / 2) + 3 * ChunkTokens);
+        sizeof(float) * (2 * ChunkTokens * (k + 1)
+            + Math.Max(ChunkTokens * (k + 1), ChunkTokens * ChunkTokens + Math.Max(ChunkTokens * ChunkTokens, ChunkTokens * (v + 8) / 2) + 32 * 33)
+            + 3 * ChunkTokens);
 
     /// <summary>K padded to the scan's 64 or 128 (kda.cu's chunk_prefill_kpad; K above 128 is refused before use).</summary>
     internal static int PaddedKeyDim(int k) => k <= 64 ? 64 : Math.Max(128, k);

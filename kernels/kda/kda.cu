@@ -132,9 +132,11 @@ template <typename Tin> struct DecodeTable {
 constexpr int kDecodeSmemFloats = kDecodeStages * 128 * 128 + 6 * 128 + 16 * 32 + 8 + 4;
 constexpr size_t kDecodeSmemBytes = kDecodeSmemFloats * sizeof(float);
 __host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
-// q̂ [64][K+1], later L and A [64][64] each; with bf16 inputs then T' (over L) and v's rows [64][V+8] bf16 (from A's place).
+// q̂ [64][K+1], later L and A [64][64] each; with bf16 inputs then T' (over L) and v's rows [64][V+8] bf16 (from A's
+// place), and after both solve_t's scratch [32][33] (from chunk_intra_t_scratch floats on).
+__host__ __device__ constexpr int chunk_intra_t_scratch(int V) { return kChunk * kChunk + cmax(kChunk * kChunk, kChunk * (V + 8) / 2); }
 __host__ __device__ constexpr int chunk_intra_q_floats(int K, int V) {
-    return cmax(cmax(kChunk * (K + 1), 2 * kChunk * kChunk), kChunk * kChunk + kChunk * (V + 8) / 2);
+    return cmax(kChunk * (K + 1), chunk_intra_t_scratch(V) + 32 * 33);
 }
 __host__ __device__ constexpr size_t chunk_intra_smem_bytes(int K, int V) {
     return sizeof(float) * (2 * kChunk * (K + 1) + chunk_intra_q_floats(K, V) + 3 * kChunk);
@@ -592,14 +594,15 @@ template <> struct OperandStore<__nv_bfloat16> {
     }
 };
 
-// (I + L)·x = b solved in place for one column x (L strictly lower, sl [64][64]). Row r's sum runs as 4 independent
-// chains (s mod 4), so the serial path is ~r/4 FMAs deep, not r.
-__device__ __forceinline__ void forward_substitute(float (&x)[kChunk], const float* sl) {
+// (I + L)·x = b solved in place for one column x of N rows (L strictly lower, row r at l + r·kChunk). Row r's sum runs
+// as 4 independent chains (s mod 4), so the serial path is ~r/4 FMAs deep, not r.
+template <int N>
+__device__ __forceinline__ void forward_substitute(float (&x)[N], const float* l) {
 #pragma unroll
-    for (int r = 1; r < kChunk; ++r) {
+    for (int r = 1; r < N; ++r) {
         float acc[4] = {x[r], 0.f, 0.f, 0.f};
 #pragma unroll
-        for (int s = 0; s < r; ++s) acc[s & 3] = fmaf(-sl[r * kChunk + s], x[s], acc[s & 3]);
+        for (int s = 0; s < r; ++s) acc[s & 3] = fmaf(-l[r * kChunk + s], x[s], acc[s & 3]);
         x[r] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
     }
 }
@@ -610,7 +613,7 @@ __device__ __forceinline__ void forward_substitute(float (&x)[kChunk], const flo
 // ptxas re-issued each read-only load at its use under the 128-register cap: 64 dependent global round trips per U
 // column, 30 % of the kernel's stall samples in run 11.) Only the warps holding U columns copy and wait for v,
 // meeting at a named barrier, so the W columns' substitution starts while v is in flight. (The bf16 path solves
-// for T' and forms W and U on tensor cores instead: solve_t_columns, wu_columns. Its 16-bit split parts keep
+// for T' and forms W and U on tensor cores instead: solve_t, wu_columns. Its 16-bit split parts keep
 // ~2^-17 of each value, too little for the fp32 checks' 1e-5.)
 __device__ __forceinline__ void substitute_wu(int K, int V, int H, int h, int t0, int len, int tid,
     const float* __restrict__ v, const float* sk, const float* sg, const float* sb, const float* sl, float* sa, int LD,
@@ -643,7 +646,7 @@ __device__ __forceinline__ void substitute_wu(int K, int V, int H, int h, int t0
         }
     }
     if (is_w || is_u) {
-        forward_substitute(x, sl);
+        forward_substitute<kChunk>(x, sl);
         if (is_w) {
 #pragma unroll
             for (int r = 0; r < kChunk; ++r) w_blk[r * K + col] = x[r];
@@ -655,19 +658,59 @@ __device__ __forceinline__ void substitute_wu(int K, int V, int H, int h, int t0
     }
 }
 
-// bf16 inputs: column `col` (< 64, warps 0-1) of T' = (I + L)⁻¹·Diag(β), by forward substitution of e_col, stored over
-// L once both warps have read it, as bf16 hi and lo planes [2][64][64] (atom_swizzled; hi = bf16(x), lo = bf16(x − hi)):
-// wu_columns' A operand. (Rows above col are 0 and still summed: one unrolled solve for every column.)
-__device__ __forceinline__ void solve_t_columns(int col, float* sl, const float* sb) {
-    float x[kChunk];
+// bf16 inputs: T' = (I + L)⁻¹·Diag(β) on warps 0-3 by halves, L = [[L00, 0], [L10, L11]] (32×32 blocks), stored over
+// L once all of it is read, as bf16 hi and lo planes [2][64][64] (atom_swizzled; hi = bf16(x), lo = bf16(x − hi)):
+// wu_columns' A operand. Warp 0 solves (I + L00)·x_top = e_j for the columns j < 32 and warp 1 (I + L11)·x = e_j for
+// the columns 32 + j (whose top halves are 0); warps 0-3 form y = L10·x_top (8 rows of each column a warp, through
+// sx [32][33]), and warp 0 solves (I + L11)·x_bottom = −y. Warp 0's chain is two 32-row solves (~500 FMAs each); one
+// 64-row solve a column (~2,000) held up the whole block (NOTES, intra B6).
+__device__ __forceinline__ void solve_t(int tid, float* sl, const float* sb, float* sx) {
+    constexpr int kH = kChunk / 2, kX = kH + 1;   // sx's row stride: column reads and writes hit 32 banks
+    const int warp = tid >> 5, lane = tid & 31;
+    const float* l11 = sl + kH * kChunk + kH;
+    float x[kH];   // warp 0: column lane's top half; warp 1: column 32 + lane's bottom half
+    if (warp < 2) {
 #pragma unroll
-    for (int r = 0; r < kChunk; ++r) x[r] = r == col ? 1.f : 0.f;
-    forward_substitute(x, sl);
-    const float b = sb[col];
-    named_barrier(3, 64);   // both warps have read L
+        for (int r = 0; r < kH; ++r) x[r] = r == lane ? 1.f : 0.f;
+        forward_substitute<kH>(x, warp == 0 ? sl : l11);
+        if (warp == 0) {
+#pragma unroll
+            for (int r = 0; r < kH; ++r) sx[r * kX + lane] = x[r];
+        }
+    }
+    named_barrier(3, 4 * 32);   // x_top is in sx
+    {
+        float xt[kH];   // column lane of x_top
+#pragma unroll
+        for (int r = 0; r < kH; ++r) xt[r] = sx[r * kX + lane];
+        named_barrier(3, 4 * 32);   // every column is read: y takes x_top's place
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const int r = 8 * warp + i;
+            float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+            for (int k = 0; k < kH; ++k) acc[k & 3] = fmaf(sl[(kH + r) * kChunk + k], xt[k], acc[k & 3]);
+            sx[r * kX + lane] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+        }
+    }
+    named_barrier(3, 4 * 32);   // y is in sx
+    if (warp >= 2) return;
+    float xb[kH];   // warp 0: column lane's bottom half
+    if (warp == 0) {
+#pragma unroll
+        for (int r = 0; r < kH; ++r) xb[r] = -sx[r * kX + lane];
+        forward_substitute<kH>(xb, l11);
+    }
+    named_barrier(4, 2 * 32);   // warp 0 has read L11: T' may overwrite L
     __nv_bfloat16* st = reinterpret_cast<__nv_bfloat16*>(sl);
+    using Store = OperandStore<__nv_bfloat16>;
+    const int col = warp * kH + lane;
+    const float b = sb[col];
 #pragma unroll
-    for (int r = 0; r < kChunk; ++r) OperandStore<__nv_bfloat16>::put(st + atom_swizzled(r, col, kChunk), kChunk * kChunk, x[r] * b);
+    for (int r = 0; r < kH; ++r) {
+        Store::put(st + atom_swizzled(r, col, kChunk), kChunk * kChunk, warp == 0 ? x[r] * b : 0.f);
+        Store::put(st + atom_swizzled(kH + r, col, kChunk), kChunk * kChunk, (warp == 0 ? xb[r] : x[r]) * b);
+    }
 }
 
 // bf16 inputs: cp.async of the chunk's rows of v into sv [64][V + 8] (16 bytes past each row, so the 8 rows an
@@ -1113,17 +1156,17 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
         __syncthreads();
         substitute_wu(K, V, H, h, t0, len, tid, v, sk, sg, sb, sl, sa, LD, w_blk, u_blk);
     } else {
-        // bf16 inputs: W = T'·K̃ and U = T'·v as bf16 tensor-core products, T' = (I + L)⁻¹·Diag(β), K̃ = k̂ ⊙ 2^G. Warps 0-1
-        // solve for T' while warps 2-7 write A out and stage v's rows in its place (and little else: what they add there
-        // slows the solve, which holds up the block; NOTES, intra B); then all 8 warps form W and U in units of 16
+        // bf16 inputs: W = T'·K̃ and U = T'·v as bf16 tensor-core products, T' = (I + L)⁻¹·Diag(β), K̃ = k̂ ⊙ 2^G. Warps 0-3
+        // solve for T' while warps 4-7 write A out and stage v's rows in its place (and little else: what they add there
+        // slows the solve, which holds up the block; NOTES, intra B3); then all 8 warps form W and U in units of 16
         // columns (W's KP/16, then U's V/16; warp w the units w, w + 8, …).
         const int warp = tid >> 5;
-        if (warp < 2) {
-            solve_t_columns(tid, sl, sb);
+        if (warp < 4) {
+            solve_t(tid, sl, sb, sq + chunk_intra_t_scratch(V));
         } else {
-            write_a(tid - 64, kIntraThreads - 64);
-            named_barrier(2, kIntraThreads - 64);   // A is read: v's rows may take its place
-            stage_v_rows(V, H, h, t0, len, tid - 64, kIntraThreads - 64, v, reinterpret_cast<uint16_t*>(sa));
+            write_a(tid - 128, kIntraThreads - 128);
+            named_barrier(2, kIntraThreads - 128);   // A is read: v's rows may take its place
+            stage_v_rows(V, H, h, t0, len, tid - 128, kIntraThreads - 128, v, reinterpret_cast<uint16_t*>(sa));
         }
         __syncthreads();
         const uint16_t* st = reinterpret_cast<const uint16_t*>(sl);
