@@ -1439,6 +1439,23 @@ __device__ __forceinline__ void wgmma_m64n32_bf16(float (&d)[16], uint64_t desc_
                  : "l"(desc_a), "l"(desc_b), "r"(1), "n"(TransA));
 #endif
 }
+// d[64×64] += A[64×16]·B[16×64], as above.
+template <int TransA>
+__device__ __forceinline__ void wgmma_m64n64_bf16(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
+#ifdef KDA_EMULATE
+    emu_wgmma_ss(d, 64, false, true, desc_a, desc_b, false, TransA != 0);
+#else
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, %35, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(desc_a), "l"(desc_b), "r"(1), "n"(TransA));
+#endif
+}
 
 // The bf16 scan on warpgroup MMA (the sm_90a image's): each product of a chunk is one warpgroup's chain of m64n32k16
 // wgmma reading both operands straight from shared memory. The state slice and Vn are B operands, stored transposed
@@ -1454,7 +1471,7 @@ template <int KP> struct WgmmaOperands {
     static constexpr int kPlaneX = kChunk * KP, kPlaneA = kChunk * kChunk, kPlaneS = kPrefillCols * KP, kPlaneV = kPrefillCols * kChunk;
     uint16_t* ring_wk;   // [3][kSlot] W, KG
     uint16_t* ring_qa;   // [3][kSlot] QG, A (in the slot of W, KG of the same i)
-    uint16_t* sst;       // [2][32][KP] Sᵀ hi, lo (atom_swizzled; columns ≥ K zero)
+    uint16_t* sst;       // [KP/64][2][32][64] Sᵀ by 64-column atoms, each hi then lo (atom_swizzled; columns ≥ K zero)
     uint16_t* svn;       // [2][32][64] Vnᵀ hi, lo (atom_swizzled)
     float* sgam;         // [2][KP] γ of even and odd chunks (entries ≥ K zero)
     uint64_t* bars;      // [3] one a slot
@@ -1497,8 +1514,10 @@ template <int KP> struct WgmmaOperands {
         plane[x] = __bfloat16_as_ushort(hi);
         plane[plane_size + x] = __bfloat16_as_ushort(__float2bfloat16_rn(v - __bfloat162float(hi)));
     }
-    // State element (d, j) and Vn element (r, j), transposed as stored.
-    __device__ void store_state(int d, int j, float v) { put_split(sst, kPlaneS, atom_swizzled(j, d, kPrefillCols), v); }
+    // State element (d, j) and Vn element (r, j), transposed as stored: in both, an atom's 32 hi rows are followed by
+    // its 32 lo rows, so one descriptor reads Bhi as a 32-row B operand and [Bhi | Blo] as a 64-row one.
+    static constexpr int kAtomS = kPrefillCols * 64;   // one plane of a 64-column atom
+    __device__ void store_state(int d, int j, float v) { put_split(sst, kAtomS, (d >> 6) * 2 * kAtomS + atom_swizzled(j, d & 63, kPrefillCols), v); }
     __device__ void store_vn(int r, int j, float v) { put_split(svn, kPlaneV, atom_swizzled(j, r, kPrefillCols), v); }
 
     // Descriptors of k-step kk (16 values of K) of chunk ci's operands, plane 0 = hi, 1 = lo: inside an atom a k-step
@@ -1513,24 +1532,27 @@ template <int KP> struct WgmmaOperands {
         return wgmma_desc_mn(shared_address(p), kChunk * 128);   // LBO: the next 64 columns of d (unused by m64)
     }
     __device__ uint64_t a_desc(int ci, int plane, int kk) const { return k_major(ring_qa + slot(2 * ci + 1) * kSlot + plane * kPlaneA + 16 * kk); }
-    __device__ uint64_t s_desc(int plane, int kk) const { return k_major(sst + plane * kPlaneS + atom_swizzled(0, 16 * kk, kPrefillCols)); }
-    __device__ uint64_t vn_desc(int plane, int kk) const { return k_major(svn + plane * kPlaneV + 16 * kk); }
+    __device__ uint64_t s_desc(int kk) const { return k_major(sst + (kk >> 2) * 2 * kAtomS + 16 * (kk & 3)); }
+    __device__ uint64_t vn_desc(int kk) const { return k_major(svn + 16 * kk); }
 
-    // acc += X·B over `ksteps` k-steps as three products of split parts: acc += Xhi·Bhi, cor += Xhi·Blo + Xlo·Bhi.
+    // X·B over `ksteps` k-steps as three products of split parts, Xhi·Bhi + Xhi·Blo + Xlo·Bhi, in two wgmma a k-step:
+    // Xhi·[Bhi | Blo] (n64: acc's first 16 values take Xhi·Bhi, its last 16 Xhi·Blo) and Xlo·Bhi (n32, into cor). b(kk)
+    // describes [Bhi | Blo], whose first 32 rows are Bhi. Against three n32 products, Xhi is read from shared memory once
+    // a k-step instead of twice. The caller seeds acc's first half, zeroes the rest and sums the three (sum_split).
     template <int TransA, typename XDesc, typename BDesc>
-    __device__ static void split_product(float (&acc)[16], float (&cor)[16], int ksteps, XDesc x, BDesc b) {
+    __device__ static void split_product(float (&acc)[32], float (&cor)[16], int ksteps, XDesc x, BDesc b) {
         pin(acc); pin(cor);   // their writes before the fence
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < ksteps; ++kk) {
-            wgmma_m64n32_bf16<TransA>(acc, x(0, kk), b(0, kk));
-            wgmma_m64n32_bf16<TransA>(cor, x(0, kk), b(1, kk));
-            wgmma_m64n32_bf16<TransA>(cor, x(1, kk), b(0, kk));
+            wgmma_m64n64_bf16<TransA>(acc, x(0, kk), b(kk));
+            wgmma_m64n32_bf16<TransA>(cor, x(1, kk), b(kk));
         }
         wgmma_commit();
         wgmma_wait<0>();
         pin(acc); pin(cor);   // read only after the wait
     }
+    __device__ static float sum_split(const float (&acc)[32], const float (&cor)[16], int e) { return acc[e] + (acc[16 + e] + cor[e]); }
 };
 #endif  // KDA_SCAN_WGMMA
 
@@ -1749,14 +1771,14 @@ __device__ __forceinline__ void chunk_prefill_wgmma(int H, int K, int V, const i
     };
     auto row = [&](int e) { return row0 + 8 * ((e & 3) >> 1); };
     auto col = [&](int e) { return 8 * (e >> 2) + 2 * t + (e & 1); };
-    auto vn_desc = [&](int plane, int kk) { return ops.vn_desc(plane, kk); };
-    auto s_desc = [&](int plane, int kk) { return ops.s_desc(plane, kk); };
+    auto vn_desc = [&](int kk) { return ops.vn_desc(kk); };
+    auto s_desc = [&](int kk) { return ops.s_desc(kk); };
 
     if (wg >= 2) {   // state warpgroups
         const int d0 = 64 * (wg - 2);
         const bool holds = d0 < KP;
         float* S = state + ((size_t)n * H + h) * K * V + j0;
-        float sacc[16], scor[16];
+        float sacc[16];
 #pragma unroll
         for (int e = 0; e < 16; ++e) {
             const int d = d0 + row(e);
@@ -1772,14 +1794,16 @@ __device__ __forceinline__ void chunk_prefill_wgmma(int H, int K, int V, const i
             before_phase1(ci);
             before_phase2(ci);
             if (!holds) continue;
+            float snew[32], scor[16];
 #pragma unroll
             for (int e = 0; e < 16; ++e) {
-                sacc[e] *= ops.gamma(ci, d0 + row(e));
+                snew[e] = sacc[e] * ops.gamma(ci, d0 + row(e));
+                snew[16 + e] = 0.f;
                 scor[e] = 0.f;
             }
-            Ops::template split_product<1>(sacc, scor, kChunk / 16, [&](int plane, int kk) { return ops.kgt_desc(ci, plane, d0, kk); }, vn_desc);
+            Ops::template split_product<1>(snew, scor, kChunk / 16, [&](int plane, int kk) { return ops.kgt_desc(ci, plane, d0, kk); }, vn_desc);
 #pragma unroll
-            for (int e = 0; e < 16; ++e) sacc[e] += scor[e];
+            for (int e = 0; e < 16; ++e) sacc[e] = Ops::sum_split(snew, scor, e);
             store_state();   // nobody reads the stored state between the barrier above and the next one
         }
         if (holds)
@@ -1800,15 +1824,16 @@ __device__ __forceinline__ void chunk_prefill_wgmma(int H, int K, int V, const i
         for (int ci = 0; ci < nchunks; ++ci) {
             before_phase1(ci);
             // Vn = U − W·S, accumulated as −U + W·S; vcor holds the correction products.
-            float vacc[16], vcor[16];
+            float vacc[32], vcor[16];
 #pragma unroll
             for (int e = 0; e < 16; ++e) {
                 vacc[e] = -u[e];
+                vacc[16 + e] = 0.f;
                 vcor[e] = 0.f;
             }
             Ops::template split_product<0>(vacc, vcor, KP / 16, [&](int plane, int kk) { return ops.x_desc(ci, false, plane, kk); }, s_desc);
 #pragma unroll
-            for (int e = 0; e < 16; ++e) ops.store_vn(row(e), col(e), -(vacc[e] + vcor[e]));
+            for (int e = 0; e < 16; ++e) ops.store_vn(row(e), col(e), -Ops::sum_split(vacc, vcor, e));
             fence_proxy_async();
             if (ci + 1 < nchunks) load_u(ci + 1);
             before_phase2(ci);
@@ -1817,9 +1842,11 @@ __device__ __forceinline__ void chunk_prefill_wgmma(int H, int K, int V, const i
         for (int ci = 0; ci < nchunks; ++ci) {
             const int len = min(kChunk, T - ci * kChunk);
             before_phase1(ci);
-            float oacc[16], ocor[16];   // O = QG·S; ocor holds the correction products
+            float oacc[32], ocor[16];   // O = QG·S (see split_product)
 #pragma unroll
-            for (int e = 0; e < 16; ++e) { oacc[e] = 0.f; ocor[e] = 0.f; }
+            for (int e = 0; e < 32; ++e) oacc[e] = 0.f;
+#pragma unroll
+            for (int e = 0; e < 16; ++e) ocor[e] = 0.f;
             Ops::template split_product<0>(oacc, ocor, KP / 16, [&](int plane, int kk) { return ops.x_desc(ci, true, plane, kk); }, s_desc);
             before_phase2(ci);
             // O += A·Vn, then out (A is 0 above the diagonal; a wgmma takes all 64 rows, so k runs to 64)
@@ -1829,7 +1856,7 @@ __device__ __forceinline__ void chunk_prefill_wgmma(int H, int K, int V, const i
                 const int r = row(e);
                 if (r < len)
                     *reinterpret_cast<uint32_t*>(o + ((size_t)(tok0 + ci * kChunk + r) * H + h) * V + j0 + col(e)) =
-                        pack_bf16x2(oacc[e] + ocor[e], oacc[e + 1] + ocor[e + 1]);
+                        pack_bf16x2(Ops::sum_split(oacc, ocor, e), Ops::sum_split(oacc, ocor, e + 1));
             }
         }
     }
