@@ -29,6 +29,20 @@ __device__ __forceinline__ void ldsm_x2_t(uint32_t (&r)[4], const uint16_t* p) {
                  : "=r"(r[0]), "=r"(r[1]) : "r"(static_cast<unsigned>(__cvta_generic_to_shared(p))));
 #endif
 }
+#if defined(KDA_EMULATE) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+// stmatrix .x4 .trans (the inverse of ldsm_x4_t; sm_90): lane i addresses stored row i % 8 of matrix i / 8, which receives
+// the matrix's column i % 8; lane l holds row l / 4, columns 2(l % 4), +1 of matrix j in r[j] (an mma accumulator's
+// layout, packed to bf16 pairs).
+__device__ __forceinline__ void stsm_x4_t(const uint32_t (&r)[4], uint16_t* p) {
+#ifdef KDA_EMULATE
+    emu_stmatrix(r, 4, p, true);
+#else
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1,%2,%3,%4};\n"
+                 :: "r"(static_cast<unsigned>(__cvta_generic_to_shared(p))), "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+                 : "memory");
+#endif
+}
+#endif
 
 // d[16×8] += a[16×16]·b[16×8], bf16 (mma) or fp16 (mma_f16) in, fp32 accumulate. Fragments: lane l = 4g + c holds
 // a (rows g, g+8; k pairs 2c and 2c+8), b (column g; k pairs 2c, 2c+8) and d (rows g, g+8; columns 2c, 2c+1).

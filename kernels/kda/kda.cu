@@ -17,8 +17,9 @@
 //     L[r,s]   = β_r Σ_d k̂_r[d] k̂_s[d] 2^(G_r[d]−G_s[d])   (s < r)      A[r,s] = Σ_d q̂_r[d] k̂_s[d] 2^(G_r[d]−G_s[d])  (s ≤ r)
 //     (I + L)·W = β ⊙ (k̂ ⊙ 2^G)   and   (I + L)·U = β ⊙ v            (fp32 inputs: forward substitution, a column a
 //                                                                    thread; bf16: T' = (I + L)⁻¹·Diag(β) by substitution
-//                                                                    of the identity's 64 columns, then W = T'·(k̂ ⊙ 2^G)
-//                                                                    and U = T'·v on tensor cores, in bf16 hi/lo parts)
+//                                                                    of the identity's 64 columns in 32-row halves, then
+//                                                                    W = T'·(k̂ ⊙ 2^G) and U = T'·v on tensor cores, in
+//                                                                    bf16 hi/lo parts)
 //     QG = q̂ ⊙ 2^G,  KG = k̂ ⊙ 2^(G_last − G),  γ = 2^G_last
 //   kimi_kda_prepare_*       per token: conv + SiLU of q, k, v (carried window for the first 3 tokens), gate, β;
 //                            _f32_bf16: from fp32 projections, q, k, v stored as bf16 (the model's prefill);
@@ -1457,10 +1458,11 @@ __device__ __forceinline__ void wgmma_m64n64_bf16(float (&d)[32], uint64_t desc_
 #endif
 }
 
-// The bf16 scan on warpgroup MMA (the sm_90a image's): each product of a chunk is one warpgroup's chain of m64n32k16
-// wgmma reading both operands straight from shared memory. The state slice and Vn are B operands, stored transposed
-// (K-major: Sᵀ [32][KP], Vnᵀ [32][64], atom_swizzled) by the warpgroups whose accumulators hold them; KG serves as KGᵀ
-// through an MN-major descriptor (its rows of d are KGᵀ's columns).
+// The bf16 scan on warpgroup MMA (the sm_90a image's): each product of a chunk is one warpgroup's chain of m64n64k16
+// and m64n32k16 wgmma (split_product) reading both operands straight from shared memory. The state slice and Vn are B
+// operands, stored transposed and split by stmatrix (K-major: Sᵀ [KP/64][hi, lo][32][64], Vnᵀ [hi, lo][32][64],
+// atom_swizzled) by the warpgroups whose accumulators hold them; KG serves as KGᵀ through an MN-major descriptor (its
+// rows of d are KGᵀ's columns). Shared memory bounds it: a chunk's copies (~112 KiB) and the products' reads (~196 KiB).
 // The copies come a whole chunk ahead (an ncu profile of the scan with one buffer each showed a third of its warps'
 // time waiting for copies issued only a phase ahead): phase 1 reads W and QG, phase 2 KG and A, so each pair takes
 // the next slot of two rings of 3 (operand i = 2·chunk for W, QG and 2·chunk + 1 for KG, A lives in slot i mod 3; its
@@ -1509,16 +1511,35 @@ template <int KP> struct WgmmaOperands {
     __device__ void wait(int i) { mbar_wait(bars + slot(i), (i / 3) & 1); }
     __device__ float gamma(int ci, int d) const { return sgam[(ci & 1) * KP + d]; }
 
-    __device__ static void put_split(uint16_t* plane, int plane_size, int x, float v) {
-        const __nv_bfloat16 hi = __float2bfloat16_rn(v);
-        plane[x] = __bfloat16_as_ushort(hi);
-        plane[plane_size + x] = __bfloat16_as_ushort(__float2bfloat16_rn(v - __bfloat162float(hi)));
+    // A warpgroup's [64][32] accumulator tile (thread tid: value e at row 16·(tid / 32 mod 4) + g + 8·((e & 3) >> 1),
+    // column 8·(e >> 2) + 2t + (e & 1)) stored transposed and split into hi and lo planes, `lo` elements apart: each of
+    // a warp's eight 8×8 matrices (n-tile, row half) goes out by stmatrix.trans as 8 rows j of 8 consecutive rows m,
+    // 16 bytes at at(j, m) (m a multiple of 8). (Two-byte stores, 32 a thread, held up the phases' ends.)
+    template <typename At>
+    __device__ static void store_split_t(const float (&acc)[16], int tid, int lo, At at) {
+        const int lane = tid & 31, m0 = 16 * ((tid >> 5) & 3), q = lane >> 3;   // q: the matrix this lane addresses
+#pragma unroll
+        for (int x = 0; x < 2; ++x) {   // n-tiles 2x, 2x + 1
+            uint32_t hi[4], lw[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {   // matrix i: n-tile 2x + i / 2, rows + 8·(i % 2)
+                const int e = 4 * (2 * x + i / 2) + 2 * (i % 2);
+                split_bf16x2(acc[e], acc[e + 1], hi[i], lw[i]);
+            }
+            uint16_t* p = at(8 * (2 * x + q / 2) + (lane & 7), m0 + 8 * (q % 2));
+            stsm_x4_t(hi, p);
+            stsm_x4_t(lw, p + lo);
+        }
     }
-    // State element (d, j) and Vn element (r, j), transposed as stored: in both, an atom's 32 hi rows are followed by
-    // its 32 lo rows, so one descriptor reads Bhi as a 32-row B operand and [Bhi | Blo] as a 64-row one.
+    // The state's rows d0 .. d0 + 63 and Vn as B operands, transposed: in both, an atom's 32 hi rows are followed by its
+    // 32 lo rows, so one descriptor reads Bhi as a 32-row B operand and [Bhi | Blo] as a 64-row one.
     static constexpr int kAtomS = kPrefillCols * 64;   // one plane of a 64-column atom
-    __device__ void store_state(int d, int j, float v) { put_split(sst, kAtomS, (d >> 6) * 2 * kAtomS + atom_swizzled(j, d & 63, kPrefillCols), v); }
-    __device__ void store_vn(int r, int j, float v) { put_split(svn, kPlaneV, atom_swizzled(j, r, kPrefillCols), v); }
+    __device__ void store_state(int d0, const float (&s)[16], int tid) {
+        store_split_t(s, tid, kAtomS, [&](int j, int m) { return sst + ((d0 + m) >> 6) * 2 * kAtomS + atom_swizzled(j, (d0 + m) & 63, kPrefillCols); });
+    }
+    __device__ void store_vn(const float (&vn)[16], int tid) {
+        store_split_t(vn, tid, kPlaneV, [&](int j, int r) { return svn + atom_swizzled(j, r, kPrefillCols); });
+    }
 
     // Descriptors of k-step kk (16 values of K) of chunk ci's operands, plane 0 = hi, 1 = lo: inside an atom a k-step
     // is 32 bytes along the row, across atoms a whole atom; KGᵀ's k-steps are 16 rows of KG (2,048 bytes), its 64-row
@@ -1785,8 +1806,7 @@ __device__ __forceinline__ void chunk_prefill_wgmma(int H, int K, int V, const i
             sacc[e] = holds && d < K ? S[(size_t)d * V + col(e)] : 0.f;
         }
         auto store_state = [&]() {   // the split state, for the next chunk's phase 1
-#pragma unroll
-            for (int e = 0; e < 16; ++e) ops.store_state(d0 + row(e), col(e), sacc[e]);
+            ops.store_state(d0, sacc, tid);
             fence_proxy_async();   // ... visible to the tensor cores' reads
         };
         if (holds) store_state();
@@ -1832,8 +1852,10 @@ __device__ __forceinline__ void chunk_prefill_wgmma(int H, int K, int V, const i
                 vcor[e] = 0.f;
             }
             Ops::template split_product<0>(vacc, vcor, KP / 16, [&](int plane, int kk) { return ops.x_desc(ci, false, plane, kk); }, s_desc);
+            float vn[16];
 #pragma unroll
-            for (int e = 0; e < 16; ++e) ops.store_vn(row(e), col(e), -Ops::sum_split(vacc, vcor, e));
+            for (int e = 0; e < 16; ++e) vn[e] = -Ops::sum_split(vacc, vcor, e);
+            ops.store_vn(vn, tid);
             fence_proxy_async();
             if (ci + 1 < nchunks) load_u(ci + 1);
             before_phase2(ci);

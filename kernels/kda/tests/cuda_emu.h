@@ -361,9 +361,10 @@ inline void emu_ldmatrix(uint32_t* r, int count, const void* p, bool trans) {
     }
     emu_warp_meet();
 }
-// stmatrix.sync.aligned.m8n8.x{count}.shared.b16 (the inverse of ldmatrix without .trans): lane i supplies the address
-// of row i % 8 of matrix i / 8; lane l holds, of each matrix, row l / 4 columns 2(l % 4), +1.
-inline void emu_stmatrix(const uint32_t* r, int count, void* p) {
+// stmatrix.sync.aligned.m8n8.x{count}[.trans].shared.b16 (the inverse of ldmatrix): lane i supplies the address of
+// row i % 8 of matrix i / 8; lane l holds, of each matrix, row l / 4 columns 2(l % 4), +1. With trans, stored row i is
+// the matrix's column i.
+inline void emu_stmatrix(const uint32_t* r, int count, void* p, bool trans = false) {
     emu::Fiber& me = emu::st().fibers[emu::st().cur];
     me.xptr = p;
     for (int m = 0; m < count; ++m) me.xregs[m] = r[m];
@@ -372,8 +373,10 @@ inline void emu_stmatrix(const uint32_t* r, int count, void* p) {
     if (l < 8 * count) {
         uint16_t row[8];
         for (int col = 0; col < 8; ++col) {
-            const uint32_t v = emu_lane((l % 8) * 4 + col / 2).xregs[l / 8];
-            row[col] = uint16_t(col & 1 ? v >> 16 : v & 0xFFFFu);
+            const int i = l % 8;   // the stored row: matrix row i, or with trans matrix column i
+            const uint32_t v = trans ? emu_lane(col * 4 + i / 2).xregs[l / 8] : emu_lane(i * 4 + col / 2).xregs[l / 8];
+            const bool upper = trans ? (i & 1) : (col & 1);
+            row[col] = uint16_t(upper ? v >> 16 : v & 0xFFFFu);
         }
         std::memcpy(p, row, 16);
     }
