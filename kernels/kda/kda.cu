@@ -802,14 +802,232 @@ __device__ __forceinline__ void wu_columns(int K, int V, int cb, int lane, const
             }
 }
 
+// for (i = begin; i < end; i += step) body(i), unrolled `Unroll` times (1 or 4), or as the compiler likes (0).
+template <int Unroll, typename Body>
+__device__ __forceinline__ void strided_for(int begin, int end, int step, Body body) {
+    if constexpr (Unroll == 4) {
+#pragma unroll 4
+        for (int i = begin; i < end; i += step) body(i);
+    } else if constexpr (Unroll == 1) {
+#pragma unroll 1
+        for (int i = begin; i < end; i += step) body(i);
+    } else {
+        for (int i = begin; i < end; i += step) body(i);
+    }
+}
+
+// The pair products of chunk_intra: L (times β) and A over the chunk's 64×64 pairs into shared memory (sl, sa, in q̂'s
+// place once every warp has read q̂), one 2^(G_r − G_s) per (r, s, d) shared by both. Only the lower triangle (s ≤ r)
+// is computed: the solve reads L below the diagonal only, and A is written from sa with the upper triangle zeroed.
+// Every exponent taken is ≤ 0 (G never increases along a chunk), by factorizing through a reference row n with
+// s ≤ n < r: 2^(G_r − G_s) = 2^(G_r − G_n)·2^(G_n − G_s).
+//   Pairs of 16-row sub-chunks i > j (6 blocks of 16×16), warps 5-7 with two blocks each: tensor-core products
+//   (3xTF32, or three bf16 products for bf16 inputs) of sub-chunk i's rows scaled by 2^(G_r − G_n) with sub-chunk
+//   j's rows scaled by 2^(G_n − G_s), n = j's last row; the scaled operands are formed in registers as the fragments
+//   are loaded.
+//   Inside the 4 diagonal 16×16 blocks, 4×4 tiles on warps 0-4 (8 tiles per warp, lane % 8; the d range split 4
+//   ways by lane / 8, interleaved, the parts summed by shuffle): warps 0-2 take the 24 off-diagonal tiles, which
+//   factorize through their last column (7 exponentials per d for 16 pairs, then plain FMAs); warps 3-4 the 16
+//   diagonal tiles, with 2^(G_r − G_s) element-wise for the 10 pairs s ≤ r of each (the running sum G never
+//   increases, so those exponents are ≤ 0; the 6 pairs above stay 0 and are never read). Each warp runs one kind
+//   only, so no warp diverges between them.
+// KC (as chunk_intra's): K as a compile-time constant, so that every row offset is an immediate (with a run-time
+// stride a fifth of the tile warps' instructions computed addresses: ncu, run 62), or 0 for any K. With KC, two unroll
+// counts are fixed (the tiles' d loops 4, the bf16 k-steps 1): without them the K = 128 instance gained a third as much
+// (run 63). Without KC they are the compiler's.
+template <typename Tin, int KC>
+__device__ __forceinline__ void pair_products(int k_any, int tid, const float* sk, const float* sg, const float* sq,
+    const float* sb, float* sl, float* sa) {
+    const int K = KC ? KC : k_any, LD = K + 1;
+    static_assert(kIntraThreads == 256, "tiles on warps 0-4, sub-chunk pairs on warps 5-7");
+    const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3, part = lane >> 3;
+    const bool pairs = warp >= 5, diag = warp == 3 || warp == 4;
+    // Σ k̂k̂ and Σ q̂k̂: a tile's 4×4 on warps 0-4; [2·block + n-tile][fragment] of two 16×16 blocks on warps 5-7.
+    float kk[4][4], qk[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) { kk[i][j] = 0.f; qk[i][j] = 0.f; }
+    int ta, tb;   // warps 0-4: the tile's row and column tiles
+    if (!diag) {   // off-diagonal tile o of 24: block o / 6, local (a, b) like the sub-chunk pairs
+        const int o = 8 * warp + (lane & 7), lt = o % 6;
+        const int a = lt < 1 ? 1 : lt < 3 ? 2 : 3;
+        ta = 4 * (o / 6) + a; tb = 4 * (o / 6) + lt - a * (a - 1) / 2;
+    } else {
+        ta = tb = 8 * (warp - 3) + (lane & 7);
+    }
+    if (pairs) {
+#pragma unroll
+        for (int pp = 0; pp < 2; ++pp) {
+            const int p = warp - 5 + 3 * pp;   // blocks (i, j): (1,0) (2,0) (2,1) (3,0) (3,1) (3,2)
+            const int i = p < 1 ? 1 : p < 3 ? 2 : 3, j = p - i * (i - 1) / 2;
+            const float* gn = sg + (16 * j + 15) * LD;
+            const int ra = (16 * i + g) * LD, rb = (16 * j + g) * LD;   // fragment rows g (+ 8) of i and of j
+            if constexpr (std::is_same_v<Tin, float>) {   // 3xTF32 (m16n8k8): fp32's accuracy for the 1e-5 checks
+                // k-step ks takes the channels c + 8t (k = t) and c + 32 + 8t (k = t + 4), c = 64⌊ks/8⌋ + ks mod 8, not 8
+                // consecutive ones: lane (g, t) then reads row g's channel c + 8t, in bank g + c + 8t of the odd-strided
+                // rows, 32 banks for 32 lanes (consecutive channels put g + t in 11 banks: 4-way conflicts, 23 % of
+                // the kernel's shared-memory wavefronts in the fifteenth session's profile of v12b). A product may sum
+                // its k in any order, so A and B only need the same channels.
+                for (int ks = 0; ks < 8 * ((K + 63) / 64); ++ks) {
+                    const int d0 = 64 * (ks >> 3) + (ks & 7) + 8 * t, d1 = d0 + 32;
+                    const bool in0 = d0 < K, in1 = d1 < K;
+                    const float gn0 = in0 ? gn[d0] : 0.f, gn1 = in1 ? gn[d1] : 0.f;
+                    float ak[4], aq[4];   // a0 (g, d0), a1 (g + 8, d0), a2 (g, d1), a3 (g + 8, d1)
+    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int x = ra + (e & 1) * 8 * LD + (e < 2 ? d0 : d1);
+                        const bool in = e < 2 ? in0 : in1;
+                        const float s = in ? ex2(sg[x] - (e < 2 ? gn0 : gn1)) : 0.f;
+                        ak[e] = in ? sk[x] * s : 0.f;
+                        aq[e] = in ? sq[x] * s : 0.f;
+                    }
+                    const Tf32Frag<4> fk(ak), fq(aq);
+    #pragma unroll
+                    for (int nt = 0; nt < 2; ++nt) {   // b0 (k = d0, n = g), b1 (k = d1, n = g) of columns 8nt..8nt+7 of j
+                        const int x = rb + nt * 8 * LD;
+                        const float bv[2] = {in0 ? sk[x + d0] * ex2(gn0 - sg[x + d0]) : 0.f,
+                                             in1 ? sk[x + d1] * ex2(gn1 - sg[x + d1]) : 0.f};
+                        const Tf32Frag<2> fb(bv);
+                        mma_acc(kk[2 * pp + nt], fk, fb);
+                        mma_acc(qk[2 * pp + nt], fq, fb);
+                    }
+                }
+            } else {   // bf16 inputs: m16n8k16 on bf16 hi/lo parts, half the mma and k-steps (~2^-16 relative)
+                // k-step ks takes the channels c, c + 1 (k = 2t, 2t + 1) and c + 32, c + 33 (k = 2t + 8, 2t + 9),
+                // c = 64⌊ks/4⌋ + 2(ks mod 4) + 8t: lane (g, t) reads row g's channel c in bank g + c, 32 banks again.
+                strided_for<KC ? 1 : 0>(0, 4 * ((K + 63) / 64), 1, [&](int ks) {
+                    const int c = 64 * (ks >> 2) + 2 * (ks & 3) + 8 * t;
+                    const int ch[4] = {c, c + 1, c + 32, c + 33};
+                    bool in[4];
+                    float gnv[4];
+#pragma unroll
+                    for (int q = 0; q < 4; ++q) { in[q] = ch[q] < K; gnv[q] = in[q] ? gn[ch[q]] : 0.f; }
+                    uint32_t akh[4], akl[4], aqh[4], aql[4];   // a_e: row g + 8(e & 1), channels ch[2(e >> 1)], +1
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        float kv[2], qv[2];
+#pragma unroll
+                        for (int q2 = 0; q2 < 2; ++q2) {
+                            const int q = 2 * (e >> 1) + q2, x = ra + (e & 1) * 8 * LD + ch[q];
+                            const float sc = in[q] ? ex2(sg[x] - gnv[q]) : 0.f;
+                            kv[q2] = in[q] ? sk[x] * sc : 0.f;
+                            qv[q2] = in[q] ? sq[x] * sc : 0.f;
+                        }
+                        split_bf16x2(kv[0], kv[1], akh[e], akl[e]);
+                        split_bf16x2(qv[0], qv[1], aqh[e], aql[e]);
+                    }
+#pragma unroll
+                    for (int nt = 0; nt < 2; ++nt) {   // b_f: column g of 8nt..8nt+7 of j, channels ch[2f], +1
+                        const int x = rb + nt * 8 * LD;
+                        uint32_t bh[2], bl[2];
+#pragma unroll
+                        for (int f = 0; f < 2; ++f) {
+                            float bv[2];
+#pragma unroll
+                            for (int q2 = 0; q2 < 2; ++q2) {
+                                const int q = 2 * f + q2;
+                                bv[q2] = in[q] ? sk[x + ch[q]] * ex2(gnv[q] - sg[x + ch[q]]) : 0.f;
+                            }
+                            split_bf16x2(bv[0], bv[1], bh[f], bl[f]);
+                        }
+                        mma(kk[2 * pp + nt], akh, bl[0], bl[1]);
+                        mma(kk[2 * pp + nt], akl, bh[0], bh[1]);
+                        mma(kk[2 * pp + nt], akh, bh[0], bh[1]);
+                        mma(qk[2 * pp + nt], aqh, bl[0], bl[1]);
+                        mma(qk[2 * pp + nt], aql, bh[0], bh[1]);
+                        mma(qk[2 * pp + nt], aqh, bh[0], bh[1]);
+                    }
+                });
+            }
+        }
+    } else {
+        if (!diag) {
+            strided_for<KC ? 4 : 0>(part, K, 4, [&](int d) {
+                float kr[4], qr[4], gr[4], ks[4], gs[4];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    kr[i] = sk[(4 * ta + i) * LD + d]; qr[i] = sq[(4 * ta + i) * LD + d]; gr[i] = sg[(4 * ta + i) * LD + d];
+                    ks[i] = sk[(4 * tb + i) * LD + d]; gs[i] = sg[(4 * tb + i) * LD + d];
+                }
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const float er = ex2(gr[i] - gs[3]);
+                    kr[i] *= er; qr[i] *= er;
+                }
+#pragma unroll
+                for (int j = 0; j < 3; ++j) ks[j] *= ex2(gs[3] - gs[j]);
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) { kk[i][j] += kr[i] * ks[j]; qk[i][j] += qr[i] * ks[j]; }
+            });
+        } else {
+            strided_for<KC ? 4 : 0>(part, K, 4, [&](int d) {
+                float kr[4], qr[4], gr[4], ks[4], gs[4];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    kr[i] = sk[(4 * ta + i) * LD + d]; qr[i] = sq[(4 * ta + i) * LD + d]; gr[i] = sg[(4 * ta + i) * LD + d];
+                    ks[i] = sk[(4 * tb + i) * LD + d]; gs[i] = sg[(4 * tb + i) * LD + d];
+                }
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+#pragma unroll
+                    for (int j = 0; j <= i; ++j) {   // s ≤ r only: nothing reads the pairs above the diagonal
+                        const float e = ks[j] * ex2(gr[i] - gs[j]);
+                        kk[i][j] += kr[i] * e;
+                        qk[i][j] += qr[i] * e;
+                    }
+            });
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j)   // the 4 parts of a tile (lanes 8 apart) meet by shuffle
+#pragma unroll
+                for (int m = 8; m <= 16; m <<= 1) {
+                    kk[i][j] += __shfl_xor_sync(0xffffffffu, kk[i][j], m);
+                    qk[i][j] += __shfl_xor_sync(0xffffffffu, qk[i][j], m);
+                }
+    }
+    __syncthreads();   // q̂ is dead: L and A take its place
+    if (pairs) {
+#pragma unroll
+        for (int pp = 0; pp < 2; ++pp) {
+            const int p = warp - 5 + 3 * pp;
+            const int i = p < 1 ? 1 : p < 3 ? 2 : 3, j = p - i * (i - 1) / 2;
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int r = 16 * i + g + 8 * (e >> 1), sc = 16 * j + 8 * nt + 2 * t + (e & 1);
+                    sl[r * kChunk + sc] = sb[r] * kk[2 * pp + nt][e];
+                    sa[r * kChunk + sc] = qk[2 * pp + nt][e];
+                }
+        }
+    } else if (part == 0) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int r = 4 * ta + i, sc = 4 * tb + j;
+                sl[r * kChunk + sc] = sb[r] * kk[i][j];
+                sa[r * kChunk + sc] = qk[i][j];
+            }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------------
-// Chunk-local work (see MATH). Block (c, h).
-template <typename Tin>
-__device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, const int* __restrict__ cu_seqlens,
+// Chunk-local work (see MATH). Block (c, h). KC: K as a compile-time constant (128, the model's, for bf16 inputs:
+// immediate shared-memory offsets, intra −2 to −7 %, runs 63–66), or 0 for any K (fp32 inputs always: with K constant
+// ptxas spilled more there still, 224 bytes against 156; kernels/kda/NOTES.md, intra C1).
+template <typename Tin, int KC>
+__device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seqs, const int* __restrict__ cu_seqlens,
     const int* __restrict__ chunk_offsets, const Tin* __restrict__ q, const Tin* __restrict__ k,
     const Tin* __restrict__ v, const float* __restrict__ g, const float* __restrict__ beta, float* __restrict__ w_out,
     float* __restrict__ u_out, float* __restrict__ a_out, float* __restrict__ qg_out, float* __restrict__ kg_out,
     float* __restrict__ gamma_out) {
+    const int K = KC ? KC : k_any;
     const int c = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
     int t0, len;
     chunk_span(c, num_seqs, cu_seqlens, chunk_offsets, t0, len);
@@ -949,198 +1167,7 @@ __device__ __forceinline__ void chunk_intra(int H, int K, int V, int num_seqs, c
         if (tid < K) gamma_out[cc * K + tid] = ex2(sg[(kChunk - 1) * LD + tid]);
     }
 
-    // L and A over the 64×64 pairs, one 2^(G_r − G_s) per (r, s, d) shared by both. Only the lower triangle (s ≤ r) is
-    // computed: the solve reads L below the diagonal only, and A is written from sA with the upper triangle
-    // zeroed. Every exponent taken is ≤ 0 (G never increases along a chunk), by factorizing through a reference row n
-    // with s ≤ n < r: 2^(G_r − G_s) = 2^(G_r − G_n)·2^(G_n − G_s).
-    //   Pairs of 16-row sub-chunks i > j (6 blocks of 16×16), warps 5-7 with two blocks each: tensor-core products
-    //   (3xTF32, or three bf16 products for bf16 inputs) of sub-chunk i's rows scaled by 2^(G_r − G_n) with sub-chunk
-    //   j's rows scaled by 2^(G_n − G_s), n = j's
-    //   last row; the scaled operands are formed in registers as the fragments are loaded.
-    //   Inside the 4 diagonal 16×16 blocks, 4×4 tiles on warps 0-4 (8 tiles per warp, lane % 8; the d range split 4
-    //   ways by lane / 8, interleaved, the parts summed by shuffle): warps 0-2 take the 24 off-diagonal tiles, which
-    //   factorize through their last column (7 exponentials per d for 16 pairs, then plain FMAs); warps 3-4 the 16
-    //   diagonal tiles, with 2^(G_r − G_s) element-wise for the 10 pairs s ≤ r of each (the running sum G never
-    //   increases, so those exponents are ≤ 0; the 6 pairs above stay 0 and are never read). Each warp runs one kind
-    //   only, so no warp diverges between them.
-    static_assert(kIntraThreads == 256, "tiles on warps 0-4, sub-chunk pairs on warps 5-7");
-    {
-        const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3, part = lane >> 3;
-        const bool pairs = warp >= 5, diag = warp == 3 || warp == 4;
-        // Σ k̂k̂ and Σ q̂k̂: a tile's 4×4 on warps 0-4; [2·block + n-tile][fragment] of two 16×16 blocks on warps 5-7.
-        float kk[4][4], qk[4][4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) { kk[i][j] = 0.f; qk[i][j] = 0.f; }
-        int ta, tb;   // warps 0-4: the tile's row and column tiles
-        if (!diag) {   // off-diagonal tile o of 24: block o / 6, local (a, b) like the sub-chunk pairs
-            const int o = 8 * warp + (lane & 7), lt = o % 6;
-            const int a = lt < 1 ? 1 : lt < 3 ? 2 : 3;
-            ta = 4 * (o / 6) + a; tb = 4 * (o / 6) + lt - a * (a - 1) / 2;
-        } else {
-            ta = tb = 8 * (warp - 3) + (lane & 7);
-        }
-        if (pairs) {
-#pragma unroll
-            for (int pp = 0; pp < 2; ++pp) {
-                const int p = warp - 5 + 3 * pp;   // blocks (i, j): (1,0) (2,0) (2,1) (3,0) (3,1) (3,2)
-                const int i = p < 1 ? 1 : p < 3 ? 2 : 3, j = p - i * (i - 1) / 2;
-                const float* gn = sg + (16 * j + 15) * LD;
-                const int ra = (16 * i + g) * LD, rb = (16 * j + g) * LD;   // fragment rows g (+ 8) of i and of j
-                if constexpr (std::is_same_v<Tin, float>) {   // 3xTF32 (m16n8k8): fp32's accuracy for the 1e-5 checks
-                    // k-step ks takes the channels c + 8t (k = t) and c + 32 + 8t (k = t + 4), c = 64⌊ks/8⌋ + ks mod 8, not 8
-                    // consecutive ones: lane (g, t) then reads row g's channel c + 8t, in bank g + c + 8t of the odd-strided
-                    // rows, 32 banks for 32 lanes (consecutive channels put g + t in 11 banks: 4-way conflicts, 23 % of
-                    // the kernel's shared-memory wavefronts in the fifteenth session's profile of v12b). A product may sum
-                    // its k in any order, so A and B only need the same channels.
-                    for (int ks = 0; ks < 8 * ((K + 63) / 64); ++ks) {
-                        const int d0 = 64 * (ks >> 3) + (ks & 7) + 8 * t, d1 = d0 + 32;
-                        const bool in0 = d0 < K, in1 = d1 < K;
-                        const float gn0 = in0 ? gn[d0] : 0.f, gn1 = in1 ? gn[d1] : 0.f;
-                        float ak[4], aq[4];   // a0 (g, d0), a1 (g + 8, d0), a2 (g, d1), a3 (g + 8, d1)
-    #pragma unroll
-                        for (int e = 0; e < 4; ++e) {
-                            const int x = ra + (e & 1) * 8 * LD + (e < 2 ? d0 : d1);
-                            const bool in = e < 2 ? in0 : in1;
-                            const float s = in ? ex2(sg[x] - (e < 2 ? gn0 : gn1)) : 0.f;
-                            ak[e] = in ? sk[x] * s : 0.f;
-                            aq[e] = in ? sq[x] * s : 0.f;
-                        }
-                        const Tf32Frag<4> fk(ak), fq(aq);
-    #pragma unroll
-                        for (int nt = 0; nt < 2; ++nt) {   // b0 (k = d0, n = g), b1 (k = d1, n = g) of columns 8nt..8nt+7 of j
-                            const int x = rb + nt * 8 * LD;
-                            const float bv[2] = {in0 ? sk[x + d0] * ex2(gn0 - sg[x + d0]) : 0.f,
-                                                 in1 ? sk[x + d1] * ex2(gn1 - sg[x + d1]) : 0.f};
-                            const Tf32Frag<2> fb(bv);
-                            mma_acc(kk[2 * pp + nt], fk, fb);
-                            mma_acc(qk[2 * pp + nt], fq, fb);
-                        }
-                    }
-                } else {   // bf16 inputs: m16n8k16 on bf16 hi/lo parts, half the mma and k-steps (~2^-16 relative)
-                    // k-step ks takes the channels c, c + 1 (k = 2t, 2t + 1) and c + 32, c + 33 (k = 2t + 8, 2t + 9),
-                    // c = 64⌊ks/4⌋ + 2(ks mod 4) + 8t: lane (g, t) reads row g's channel c in bank g + c, 32 banks again.
-                    for (int ks = 0; ks < 4 * ((K + 63) / 64); ++ks) {
-                        const int c = 64 * (ks >> 2) + 2 * (ks & 3) + 8 * t;
-                        const int ch[4] = {c, c + 1, c + 32, c + 33};
-                        bool in[4];
-                        float gnv[4];
-#pragma unroll
-                        for (int q = 0; q < 4; ++q) { in[q] = ch[q] < K; gnv[q] = in[q] ? gn[ch[q]] : 0.f; }
-                        uint32_t akh[4], akl[4], aqh[4], aql[4];   // a_e: row g + 8(e & 1), channels ch[2(e >> 1)], +1
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) {
-                            float kv[2], qv[2];
-#pragma unroll
-                            for (int q2 = 0; q2 < 2; ++q2) {
-                                const int q = 2 * (e >> 1) + q2, x = ra + (e & 1) * 8 * LD + ch[q];
-                                const float sc = in[q] ? ex2(sg[x] - gnv[q]) : 0.f;
-                                kv[q2] = in[q] ? sk[x] * sc : 0.f;
-                                qv[q2] = in[q] ? sq[x] * sc : 0.f;
-                            }
-                            split_bf16x2(kv[0], kv[1], akh[e], akl[e]);
-                            split_bf16x2(qv[0], qv[1], aqh[e], aql[e]);
-                        }
-#pragma unroll
-                        for (int nt = 0; nt < 2; ++nt) {   // b_f: column g of 8nt..8nt+7 of j, channels ch[2f], +1
-                            const int x = rb + nt * 8 * LD;
-                            uint32_t bh[2], bl[2];
-#pragma unroll
-                            for (int f = 0; f < 2; ++f) {
-                                float bv[2];
-#pragma unroll
-                                for (int q2 = 0; q2 < 2; ++q2) {
-                                    const int q = 2 * f + q2;
-                                    bv[q2] = in[q] ? sk[x + ch[q]] * ex2(gnv[q] - sg[x + ch[q]]) : 0.f;
-                                }
-                                split_bf16x2(bv[0], bv[1], bh[f], bl[f]);
-                            }
-                            mma(kk[2 * pp + nt], akh, bl[0], bl[1]);
-                            mma(kk[2 * pp + nt], akl, bh[0], bh[1]);
-                            mma(kk[2 * pp + nt], akh, bh[0], bh[1]);
-                            mma(qk[2 * pp + nt], aqh, bl[0], bl[1]);
-                            mma(qk[2 * pp + nt], aql, bh[0], bh[1]);
-                            mma(qk[2 * pp + nt], aqh, bh[0], bh[1]);
-                        }
-                    }
-                }
-            }
-        } else {
-            if (!diag) {
-                for (int d = part; d < K; d += 4) {
-                    float kr[4], qr[4], gr[4], ks[4], gs[4];
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) {
-                        kr[i] = sk[(4 * ta + i) * LD + d]; qr[i] = sq[(4 * ta + i) * LD + d]; gr[i] = sg[(4 * ta + i) * LD + d];
-                        ks[i] = sk[(4 * tb + i) * LD + d]; gs[i] = sg[(4 * tb + i) * LD + d];
-                    }
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) {
-                        const float er = ex2(gr[i] - gs[3]);
-                        kr[i] *= er; qr[i] *= er;
-                    }
-#pragma unroll
-                    for (int j = 0; j < 3; ++j) ks[j] *= ex2(gs[3] - gs[j]);
-#pragma unroll
-                    for (int i = 0; i < 4; ++i)
-#pragma unroll
-                        for (int j = 0; j < 4; ++j) { kk[i][j] += kr[i] * ks[j]; qk[i][j] += qr[i] * ks[j]; }
-                }
-            } else {
-                for (int d = part; d < K; d += 4) {
-                    float kr[4], qr[4], gr[4], ks[4], gs[4];
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) {
-                        kr[i] = sk[(4 * ta + i) * LD + d]; qr[i] = sq[(4 * ta + i) * LD + d]; gr[i] = sg[(4 * ta + i) * LD + d];
-                        ks[i] = sk[(4 * tb + i) * LD + d]; gs[i] = sg[(4 * tb + i) * LD + d];
-                    }
-#pragma unroll
-                    for (int i = 0; i < 4; ++i)
-#pragma unroll
-                        for (int j = 0; j <= i; ++j) {   // s ≤ r only: nothing reads the pairs above the diagonal
-                            const float e = ks[j] * ex2(gr[i] - gs[j]);
-                            kk[i][j] += kr[i] * e;
-                            qk[i][j] += qr[i] * e;
-                        }
-                }
-            }
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j)   // the 4 parts of a tile (lanes 8 apart) meet by shuffle
-#pragma unroll
-                    for (int m = 8; m <= 16; m <<= 1) {
-                        kk[i][j] += __shfl_xor_sync(0xffffffffu, kk[i][j], m);
-                        qk[i][j] += __shfl_xor_sync(0xffffffffu, qk[i][j], m);
-                    }
-        }
-        __syncthreads();   // q̂ is dead: L and A take its place
-        if (pairs) {
-#pragma unroll
-            for (int pp = 0; pp < 2; ++pp) {
-                const int p = warp - 5 + 3 * pp;
-                const int i = p < 1 ? 1 : p < 3 ? 2 : 3, j = p - i * (i - 1) / 2;
-#pragma unroll
-                for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int r = 16 * i + g + 8 * (e >> 1), sc = 16 * j + 8 * nt + 2 * t + (e & 1);
-                        sl[r * kChunk + sc] = sb[r] * kk[2 * pp + nt][e];
-                        sa[r * kChunk + sc] = qk[2 * pp + nt][e];
-                    }
-            }
-        } else if (part == 0) {
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const int r = 4 * ta + i, sc = 4 * tb + j;
-                    sl[r * kChunk + sc] = sb[r] * kk[i][j];
-                    sa[r * kChunk + sc] = qk[i][j];
-                }
-        }
-    }
+    pair_products<Tin, KC>(K, tid, sk, sg, sq, sb, sl, sa);
     __syncthreads();
     Op* a_blk = reinterpret_cast<Op*>(a_out) + cc * Store::kPlanes * kChunk * kChunk;
     auto write_a = [&](int thread, int threads) {   // A, coalesced, with the upper triangle (s > r) zero
@@ -2024,8 +2051,12 @@ KDA_DECODE_TABLE_ENTRY(kimi_kda_decode_step_table_f32, float)
     extern "C" __global__ void __launch_bounds__(kda::kIntraThreads, 2) NAME(int H, int K, int V, int num_seqs,       \
         const int* cu_seqlens, const int* chunk_offsets, const T* q, const T* k, const T* v, const float* g,          \
         const float* beta, float* w_out, float* u_out, float* a_out, float* qg_out, float* kg_out, float* gamma_out) { \
-        kda::chunk_intra<T>(H, K, V, num_seqs, cu_seqlens, chunk_offsets, q, k, v, g, beta, w_out, u_out, a_out,      \
-            qg_out, kg_out, gamma_out);                                                                                \
+        if (K == 128 && sizeof(T) == 2) /* chunk_intra's KC */                                                         \
+            kda::chunk_intra<T, 128>(H, K, V, num_seqs, cu_seqlens, chunk_offsets, q, k, v, g, beta, w_out, u_out,     \
+                a_out, qg_out, kg_out, gamma_out);                                                                     \
+        else                                                                                                           \
+            kda::chunk_intra<T, 0>(H, K, V, num_seqs, cu_seqlens, chunk_offsets, q, k, v, g, beta, w_out, u_out,       \
+                a_out, qg_out, kg_out, gamma_out);                                                                     \
     }
 KDA_INTRA_ENTRY(kimi_kda_chunk_intra_bf16, __nv_bfloat16)
 KDA_INTRA_ENTRY(kimi_kda_chunk_intra_f32, float)
