@@ -34,9 +34,10 @@ internal static unsafe class KdaKernels
     private const int PrefillColumns = 32; // state columns per scan block
     private const int MaxKeyDim = 128;
 
+    private const int IntraLdL = ChunkTokens + 8;   // kLdL: L's and A's row stride in shared memory
     private static int IntraSharedBytes(int k, int v) =>
         sizeof(float) * (2 * ChunkTokens * (k + 1)
-            + Math.Max(ChunkTokens * (k + 1), ChunkTokens * ChunkTokens + Math.Max(ChunkTokens * ChunkTokens, ChunkTokens * (v + 8) / 2) + 32 * 33)
+            + Math.Max(ChunkTokens * (k + 1), ChunkTokens * IntraLdL + Math.Max(ChunkTokens * IntraLdL, ChunkTokens * (v + 8) / 2) + 32 * 33)
             + 3 * ChunkTokens);
 
     /// <summary>K padded to the scan's 64 or 128 (kda.cu's chunk_prefill_kpad; K above 128 is refused before use).</summary>
@@ -256,7 +257,7 @@ internal static unsafe class KdaKernels
         ulong w = scratch.W.Pointer, u = scratch.U.Pointer, a = scratch.A.Pointer, qg = scratch.QueryDecayed.Pointer;
         ulong kg = scratch.KeyDecayed.Pointer, gamma = scratch.Gamma.Pointer, s = state.Pointer, po = o.Pointer;
         void** intraArgs = stackalloc void*[] { &h, &k, &v, &n, &cu, &co, &q, &kk, &vv, &g, &beta, &w, &u, &a, &qg, &kg, &gamma };
-        stream.Context.Kernels.Launch(intra, new Dim3((uint)batch.Chunks, (uint)h), new Dim3(IntraThreads), IntraSharedBytes(k, v), stream, intraArgs);
+        stream.Context.Kernels.Launch(intra, new Dim3((uint)batch.Chunks * (uint)h), new Dim3(IntraThreads), IntraSharedBytes(k, v), stream, intraArgs);
         void** scanArgs = stackalloc void*[] { &h, &k, &v, &cu, &co, &w, &u, &a, &qg, &kg, &gamma, &s, &po };
         stream.Context.Kernels.Launch(scan, new Dim3((uint)(v / PrefillColumns), (uint)h, (uint)n), new Dim3(PrefillThreads),
             PrefillSharedBytes<T>(k), stream, scanArgs);

@@ -63,7 +63,7 @@
 //   decode_step_table: the same grid (N ≤ kDecodeTableSequences), block and shared memory; also capturable and
 //                  launchable with programmatic dependent launch (its table is a kernel parameter, read at any time).
 //   prepare:       grid (ceil(max(H·K, H·V) / 256), ceil(T / 16)), block 256;  conv_window_update: grid (ceil(max(H·K, H·V) / 256), N), block 256.
-//   chunk_intra:   grid (NC, H), block 256, dynamic smem chunk_intra_smem_bytes(K, V) (> 48 KiB: raise the limit).
+//   chunk_intra:   grid NC·H (block c·H + h: chunk c, head h), block 256, dynamic smem chunk_intra_smem_bytes(K, V) (> 48 KiB: raise the limit).
 //   chunk_prefill: grid (V/32, H, N), block 512, dynamic smem chunk_prefill_smem_bytes<Tin>(K) (> 48 KiB).
 //
 // PRECONDITIONS (the caller checks them; kernels do not)
@@ -135,7 +135,10 @@ constexpr size_t kDecodeSmemBytes = kDecodeSmemFloats * sizeof(float);
 __host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
 // q̂ [64][K+1], later L and A [64][64] each; with bf16 inputs then T' (over L) and v's rows [64][V+8] bf16 (from A's
 // place), and after both solve_t's scratch [32][33] (from chunk_intra_t_scratch floats on).
-__host__ __device__ constexpr int chunk_intra_t_scratch(int V) { return kChunk * kChunk + cmax(kChunk * kChunk, kChunk * (V + 8) / 2); }
+// L's and A's row stride in shared memory: ≡ 8 mod 32 words, so that the pair products' 8-byte stores (rows g, g + 8 of
+// a fragment, columns 2t, 2t + 1) hit 32 banks; at 64 each fragment's 8 rows met in one (8-way conflicts).
+constexpr int kLdL = kChunk + 8;
+__host__ __device__ constexpr int chunk_intra_t_scratch(int V) { return kChunk * kLdL + cmax(kChunk * kLdL, kChunk * (V + 8) / 2); }
 __host__ __device__ constexpr int chunk_intra_q_floats(int K, int V) {
     return cmax(kChunk * (K + 1), chunk_intra_t_scratch(V) + 32 * 33);
 }
@@ -603,7 +606,7 @@ __device__ __forceinline__ void forward_substitute(float (&x)[N], const float* l
     for (int r = 1; r < N; ++r) {
         float acc[4] = {x[r], 0.f, 0.f, 0.f};
 #pragma unroll
-        for (int s = 0; s < r; ++s) acc[s & 3] = fmaf(-l[r * kChunk + s], x[s], acc[s & 3]);
+        for (int s = 0; s < r; ++s) acc[s & 3] = fmaf(-l[r * kLdL + s], x[s], acc[s & 3]);
         x[r] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
     }
 }
@@ -668,7 +671,7 @@ __device__ __forceinline__ void substitute_wu(int K, int V, int H, int h, int t0
 __device__ __forceinline__ void solve_t(int tid, float* sl, const float* sb, float* sx) {
     constexpr int kH = kChunk / 2, kX = kH + 1;   // sx's row stride: column reads and writes hit 32 banks
     const int warp = tid >> 5, lane = tid & 31;
-    const float* l11 = sl + kH * kChunk + kH;
+    const float* l11 = sl + kH * kLdL + kH;
     float x[kH];   // warp 0: column lane's top half; warp 1: column 32 + lane's bottom half
     if (warp < 2) {
 #pragma unroll
@@ -690,7 +693,7 @@ __device__ __forceinline__ void solve_t(int tid, float* sl, const float* sb, flo
             const int r = 8 * warp + i;
             float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-            for (int k = 0; k < kH; ++k) acc[k & 3] = fmaf(sl[(kH + r) * kChunk + k], xt[k], acc[k & 3]);
+            for (int k = 0; k < kH; ++k) acc[k & 3] = fmaf(sl[(kH + r) * kLdL + k], xt[k], acc[k & 3]);
             sx[r * kX + lane] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
         }
     }
@@ -942,14 +945,19 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
             }
         }
     } else {
+        struct TileRows { float kr[4], qr[4], gr[4], ks[4], gs[4]; };   // channel d of the tile's rows (k̂, q̂, G) and columns (k̂, G)
+        auto tile_rows = [&](int d) {
+            TileRows x;
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                x.kr[i] = sk[(4 * ta + i) * LD + d]; x.qr[i] = sq[(4 * ta + i) * LD + d]; x.gr[i] = sg[(4 * ta + i) * LD + d];
+                x.ks[i] = sk[(4 * tb + i) * LD + d]; x.gs[i] = sg[(4 * tb + i) * LD + d];
+            }
+            return x;
+        };
         if (!diag) {
             strided_for<KC ? 4 : 0>(part, K, 4, [&](int d) {
-                float kr[4], qr[4], gr[4], ks[4], gs[4];
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    kr[i] = sk[(4 * ta + i) * LD + d]; qr[i] = sq[(4 * ta + i) * LD + d]; gr[i] = sg[(4 * ta + i) * LD + d];
-                    ks[i] = sk[(4 * tb + i) * LD + d]; gs[i] = sg[(4 * tb + i) * LD + d];
-                }
+                auto [kr, qr, gr, ks, gs] = tile_rows(d);
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
                     const float er = ex2(gr[i] - gs[3]);
@@ -964,12 +972,7 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
             });
         } else {
             strided_for<KC ? 4 : 0>(part, K, 4, [&](int d) {
-                float kr[4], qr[4], gr[4], ks[4], gs[4];
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    kr[i] = sk[(4 * ta + i) * LD + d]; qr[i] = sq[(4 * ta + i) * LD + d]; gr[i] = sg[(4 * ta + i) * LD + d];
-                    ks[i] = sk[(4 * tb + i) * LD + d]; gs[i] = sg[(4 * tb + i) * LD + d];
-                }
+                auto [kr, qr, gr, ks, gs] = tile_rows(d);
 #pragma unroll
                 for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -999,21 +1002,21 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int r = 16 * i + g + 8 * (e >> 1), sc = 16 * j + 8 * nt + 2 * t + (e & 1);
-                    sl[r * kChunk + sc] = sb[r] * kk[2 * pp + nt][e];
-                    sa[r * kChunk + sc] = qk[2 * pp + nt][e];
+                for (int half = 0; half < 2; ++half) {   // rows g, g + 8 of the fragment, columns 2t, 2t + 1
+                    const int r = 16 * i + g + 8 * half, x = r * kLdL + 16 * j + 8 * nt + 2 * t;
+                    const float b = sb[r], (&d)[4] = kk[2 * pp + nt], (&e)[4] = qk[2 * pp + nt];
+                    *reinterpret_cast<float2*>(sl + x) = make_float2(b * d[2 * half], b * d[2 * half + 1]);
+                    *reinterpret_cast<float2*>(sa + x) = make_float2(e[2 * half], e[2 * half + 1]);
                 }
         }
     } else if (part == 0) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int r = 4 * ta + i, sc = 4 * tb + j;
-                sl[r * kChunk + sc] = sb[r] * kk[i][j];
-                sa[r * kChunk + sc] = qk[i][j];
-            }
+        for (int i = 0; i < 4; ++i) {   // a tile row in one 16-byte store (diagonal tiles: the zeros above it too, never read)
+            const int x = (4 * ta + i) * kLdL + 4 * tb;
+            const float b = sb[4 * ta + i];
+            *reinterpret_cast<float4*>(sl + x) = make_float4(b * kk[i][0], b * kk[i][1], b * kk[i][2], b * kk[i][3]);
+            *reinterpret_cast<float4*>(sa + x) = make_float4(qk[i][0], qk[i][1], qk[i][2], qk[i][3]);
+        }
     }
 }
 
@@ -1028,18 +1031,21 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
     float* __restrict__ u_out, float* __restrict__ a_out, float* __restrict__ qg_out, float* __restrict__ kg_out,
     float* __restrict__ gamma_out) {
     const int K = KC ? KC : k_any;
-    const int c = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
+    // Consecutive blocks take the heads of one chunk: together they read whole token rows of q, k, v, g and write one
+    // contiguous run of scratch, where blocks (c, h), (c + 1, h) were rows H·K apart.
+    const int c = blockIdx.x / H, h = blockIdx.x - c * H, tid = threadIdx.x;
     int t0, len;
     chunk_span(c, num_seqs, cu_seqlens, chunk_offsets, t0, len);
     const int LD = K + 1;   // odd row stride: the pair loop reads 8 rows at once without bank conflicts
+    const float beta_t = tid < len ? beta[(size_t)(t0 + tid) * H + h] : 0.f;   // in flight with the loads below
 
-    // q̂ is dead once the pair products are summed, so L and A then take its place: 97.3 KiB in all for K = 128, which
+    // q̂ is dead once the pair products are summed, so L and A then take its place: 105.4 KiB in all for K = V = 128, which
     // lets 2 blocks share an SM (with ≤ 128 registers, __launch_bounds__ below) and hide each other's serial phases.
     float* sk = smem();                  // [64][LD] k̂
     float* sg = sk + kChunk * LD;        // [64][LD] g, then G (log2 units); rows ≥ len hold G_last
     float* sq = sg + kChunk * LD;        // [64][LD] q̂, until the pair tiles are summed
-    float* sl = sq;                      // [64][64] L (below the diagonal), after the pair tiles
-    float* sa = sl + kChunk * kChunk;    // [64][64] A (on and below the diagonal), after the pair tiles; then rows of v
+    float* sl = sq;                      // [64][kLdL] L (below the diagonal), after the pair tiles
+    float* sa = sl + kChunk * kLdL;      // [64][kLdL] A (on and below the diagonal), after the pair tiles; then rows of v
     float* sb = sq + chunk_intra_q_floats(K, V);   // [64] β (0 past the end)
     float* snorm = sb + kChunk;          // [128] 1/‖q_r‖·K^-½, then 1/‖k_r‖
 
@@ -1099,7 +1105,7 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
             snorm[kChunk + r] = 1.0f / sqrtf(kss[slot] + kL2Eps);
         }
     }
-    if (tid < kChunk) sb[tid] = tid < len ? beta[(size_t)(t0 + tid) * H + h] : 0.f;
+    if (tid < kChunk) sb[tid] = beta_t;
     __syncthreads();
     // The scaling: thread = channel ec of rows er0, er0 + estep, … (one division, as for the loads), 8 rows' values
     // read before any is written back: the compiler cannot tell sq from sk, so a loop of read-modify-writes waited
@@ -1173,7 +1179,7 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
     auto write_a = [&](int thread, int threads) {   // A, coalesced, with the upper triangle (s > r) zero
         for (int i = thread; i < kChunk * kChunk / 4; i += threads) {
             const int r = i / (kChunk / 4), s = 4 * (i % (kChunk / 4));
-            const float4 x = *reinterpret_cast<const float4*>(sa + r * kChunk + s);   // one 16-byte read: no bank conflicts
+            const float4 x = *reinterpret_cast<const float4*>(sa + r * kLdL + s);   // one 16-byte read: no bank conflicts
             Store::put4(a_blk + Store::at(r, s, kChunk), kChunk * kChunk, make_float4(s <= r ? x.x : 0.f, s + 1 <= r ? x.y : 0.f,
                 s + 2 <= r ? x.z : 0.f, s + 3 <= r ? x.w : 0.f));
         }

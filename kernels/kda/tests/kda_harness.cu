@@ -308,7 +308,7 @@ template <typename Tin> struct PrefillDev {
     void run_intra() {
         if (NC > 0) {
             auto intra = Kern<Tin>::intra;
-            LAUNCH(intra, dim3(NC, H), dim3(kda::kIntraThreads), kda::chunk_intra_smem_bytes(K, V), H, K, V, N,
+            LAUNCH(intra, dim3(NC * H), dim3(kda::kIntraThreads), kda::chunk_intra_smem_bytes(K, V), H, K, V, N,
                 (const int*)cu, (const int*)co, (const Tin*)q, (const Tin*)k, (const Tin*)v, (const float*)g, (const float*)beta, w, u, a, qg, kg, gam);
             CHECK_LAUNCH();
         }
