@@ -612,7 +612,7 @@ __device__ __forceinline__ void forward_substitute(float (&x)[N], const float* l
 }
 
 // fp32 inputs: W and U by forward substitution, one column per thread: columns [0, K) solve W, [K, K+V) solve U. The
-// right-hand sides: β ⊙ (k̂ ⊙ 2^G) from shared memory; β ⊙ v with v staged through A's shared memory sa (free once A
+// right-hand sides: β ⊙ n_k ⊙ (k ⊙ 2^G) from shared memory (k̂ = n_k·k); β ⊙ v with v staged through A's shared memory sa (free once A
 // is out) by cp.async, as many rows per pass as fit, so its loads go out together. (Loaded straight into registers,
 // ptxas re-issued each read-only load at its use under the 128-register cap: 64 dependent global round trips per U
 // column, 30 % of the kernel's stall samples in run 11.) Only the warps holding U columns copy and wait for v,
@@ -620,14 +620,14 @@ __device__ __forceinline__ void forward_substitute(float (&x)[N], const float* l
 // for T' and forms W and U on tensor cores instead: solve_t, wu_columns. Its 16-bit split parts keep
 // ~2^-17 of each value, too little for the fp32 checks' 1e-5.)
 __device__ __forceinline__ void substitute_wu(int K, int V, int H, int h, int t0, int len, int tid,
-    const float* __restrict__ v, const float* sk, const float* sg, const float* sb, const float* sl, float* sa, int LD,
-    float* w_blk, float* u_blk) {
+    const float* __restrict__ v, const float* sk, const float* sg, const float* sb, const float* nk, const float* sl, float* sa,
+    int LD, float* w_blk, float* u_blk) {
     const bool is_w = tid < K, is_u = tid >= K && tid < K + V;
     const int col = is_w ? tid : tid - K;
     float x[kChunk];
     if (is_w) {
 #pragma unroll
-        for (int r = 0; r < kChunk; ++r) x[r] = sb[r] * sk[r * LD + col] * ex2(sg[r * LD + col]);
+        for (int r = 0; r < kChunk; ++r) x[r] = sb[r] * nk[r] * sk[r * LD + col] * ex2(sg[r * LD + col]);
     }
     const int u_warp0 = K / 32, u_threads = 32 * ((K + V + 31) / 32 - u_warp0);   // the warps with U columns
     if (tid >= 32 * u_warp0 && tid < 32 * u_warp0 + u_threads) {
@@ -731,7 +731,7 @@ __device__ __forceinline__ void stage_v_rows(int V, int H, int h, int t0, int le
     cp_async_wait<0>();
 }
 
-// bf16 inputs: 16 columns from cb of W = T'·K̃ (kW; K̃ = k̂ ⊙ 2^G, formed from sk and sg as its fragments load: 0 past
+// bf16 inputs: 16 columns from cb of W = T'·K̃ (kW; K̃ = k̂ ⊙ 2^G, formed from sk, nk and sg as its fragments load: 0 past
 // K and past len, so W's padding columns [K, KP) come out 0) or of U = T'·v (v's rows sv [64][V + 8], read by
 // ldmatrix), on mma.sync m16n8k16 with fp32 accumulation. T' is lower triangular, so row tile i sums the k-steps
 // j ≤ i only. T' enters as its hi and lo planes (st [2][64][64], atom_swizzled); K̃ is split too, so W = hi·hi +
@@ -740,8 +740,8 @@ __device__ __forceinline__ void stage_v_rows(int V, int H, int h, int t0, int le
 // what the CUDA-core solve did: fragments split as they load and four tf32 mma for each bf16 one here.) W goes out as
 // hi and lo planes (OperandStore), U slice-major in fp32.
 template <bool kW>
-__device__ __forceinline__ void wu_columns(int K, int V, int cb, int lane, const float* sk, const float* sg, int LD,
-    const uint16_t* st, const uint16_t* sv, __nv_bfloat16* w_blk, int plane_k, float* u_blk) {
+__device__ __forceinline__ void wu_columns(int K, int V, int cb, int lane, const float* sk, const float* sg, const float* nk,
+    int LD, const uint16_t* st, const uint16_t* sv, __nv_bfloat16* w_blk, int plane_k, float* u_blk) {
     const int g = lane >> 2, t = lane & 3;
     const int frag_row = (lane & 7) + (lane & 8), frag_piece = lane >> 4;   // this lane's ldmatrix row and 8-column piece
     float acc[4][2][4];   // [row tile i][n-tile][fragment]
@@ -762,8 +762,9 @@ __device__ __forceinline__ void wu_columns(int K, int V, int cb, int lane, const
                     const int r = 16 * j + 2 * t + 8 * e, c = cb + 8 * nt + g;
                     float x0 = 0.f, x1 = 0.f;
                     if (c < K) {
-                        x0 = sk[r * LD + c] * ex2(sg[r * LD + c]);
-                        x1 = sk[(r + 1) * LD + c] * ex2(sg[(r + 1) * LD + c]);
+                        const float2 n = *reinterpret_cast<const float2*>(nk + r);   // rows r, r + 1 (r even)
+                        x0 = sk[r * LD + c] * n.x * ex2(sg[r * LD + c]);
+                        x1 = sk[(r + 1) * LD + c] * n.y * ex2(sg[(r + 1) * LD + c]);
                     }
                     split_bf16x2(x0, x1, bh[2 * nt + e], bl[2 * nt + e]);
                 }
@@ -819,8 +820,9 @@ __device__ __forceinline__ void strided_for(int begin, int end, int step, Body b
     }
 }
 
-// The pair products of chunk_intra: L (times β) and A over the chunk's 64×64 pairs into shared memory (sl, sa, in q̂'s
-// place once every warp has read q̂), one 2^(G_r − G_s) per (r, s, d) shared by both. Only the lower triangle (s ≤ r)
+// The pair products of chunk_intra: L (times β) and A over the chunk's 64×64 pairs into shared memory (sl, sa, in q's
+// place once every warp has read q), one 2^(G_r − G_s) per (r, s, d) shared by both. They sum over the rows of q and k
+// as loaded; each result is scaled by its rows' norms (snorm: n_q, n_k) as it is stored. Only the lower triangle (s ≤ r)
 // is computed: the solve reads L below the diagonal only, and A is written from sa with the upper triangle zeroed.
 // Every exponent taken is ≤ 0 (G never increases along a chunk), by factorizing through a reference row n with
 // s ≤ n < r: 2^(G_r − G_s) = 2^(G_r − G_n)·2^(G_n − G_s).
@@ -840,7 +842,7 @@ __device__ __forceinline__ void strided_for(int begin, int end, int step, Body b
 // (run 63). Without KC they are the compiler's.
 template <typename Tin, int KC>
 __device__ __forceinline__ void pair_products(int k_any, int tid, const float* sk, const float* sg, const float* sq,
-    const float* sb, float* sl, float* sa) {
+    const float* sb, const float* snorm, float* sl, float* sa) {
     const int K = KC ? KC : k_any, LD = K + 1;
     static_assert(kIntraThreads == 256, "tiles on warps 0-4, sub-chunk pairs on warps 5-7");
     const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3, part = lane >> 3;
@@ -905,7 +907,10 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
                     bool in[4];
                     float gnv[4];
 #pragma unroll
-                    for (int q = 0; q < 4; ++q) { in[q] = ch[q] < K; gnv[q] = in[q] ? gn[ch[q]] : 0.f; }
+                    for (int q = 0; q < 4; ++q) {   // with K a constant multiple of 64 every channel is in range
+                        in[q] = (KC != 0 && KC % 64 == 0) || ch[q] < K;
+                        gnv[q] = in[q] ? gn[ch[q]] : 0.f;
+                    }
                     uint32_t akh[4], akl[4], aqh[4], aql[4];   // a_e: row g + 8(e & 1), channels ch[2(e >> 1)], +1
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
@@ -1003,19 +1008,23 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
             for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
                 for (int half = 0; half < 2; ++half) {   // rows g, g + 8 of the fragment, columns 2t, 2t + 1
-                    const int r = 16 * i + g + 8 * half, x = r * kLdL + 16 * j + 8 * nt + 2 * t;
-                    const float b = sb[r], (&d)[4] = kk[2 * pp + nt], (&e)[4] = qk[2 * pp + nt];
-                    *reinterpret_cast<float2*>(sl + x) = make_float2(b * d[2 * half], b * d[2 * half + 1]);
-                    *reinterpret_cast<float2*>(sa + x) = make_float2(e[2 * half], e[2 * half + 1]);
+                    const int r = 16 * i + g + 8 * half, sc = 16 * j + 8 * nt + 2 * t, x = r * kLdL + sc;
+                    const float lr = sb[r] * snorm[kChunk + r], ar = snorm[r], (&d)[4] = kk[2 * pp + nt], (&e)[4] = qk[2 * pp + nt];
+                    const float2 ns = *reinterpret_cast<const float2*>(snorm + kChunk + sc);   // n_k of columns sc, sc + 1
+                    *reinterpret_cast<float2*>(sl + x) = make_float2(lr * ns.x * d[2 * half], lr * ns.y * d[2 * half + 1]);
+                    *reinterpret_cast<float2*>(sa + x) = make_float2(ar * ns.x * e[2 * half], ar * ns.y * e[2 * half + 1]);
                 }
         }
     } else if (part == 0) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {   // a tile row in one 16-byte store (diagonal tiles: the zeros above it too, never read)
-            const int x = (4 * ta + i) * kLdL + 4 * tb;
-            const float b = sb[4 * ta + i];
-            *reinterpret_cast<float4*>(sl + x) = make_float4(b * kk[i][0], b * kk[i][1], b * kk[i][2], b * kk[i][3]);
-            *reinterpret_cast<float4*>(sa + x) = make_float4(qk[i][0], qk[i][1], qk[i][2], qk[i][3]);
+            const int r = 4 * ta + i, x = r * kLdL + 4 * tb;
+            const float lr = sb[r] * snorm[kChunk + r], ar = snorm[r];
+            const float4 ns = *reinterpret_cast<const float4*>(snorm + kChunk + 4 * tb);   // n_k of the tile's columns
+            *reinterpret_cast<float4*>(sl + x) = make_float4(lr * ns.x * kk[i][0], lr * ns.y * kk[i][1], lr * ns.z * kk[i][2],
+                lr * ns.w * kk[i][3]);
+            *reinterpret_cast<float4*>(sa + x) = make_float4(ar * ns.x * qk[i][0], ar * ns.y * qk[i][1], ar * ns.z * qk[i][2],
+                ar * ns.w * qk[i][3]);
         }
     }
 }
@@ -1041,13 +1050,15 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
 
     // q̂ is dead once the pair products are summed, so L and A then take its place: 105.4 KiB in all for K = V = 128, which
     // lets 2 blocks share an SM (with ≤ 128 registers, __launch_bounds__ below) and hide each other's serial phases.
-    float* sk = smem();                  // [64][LD] k̂
+    // q and k stay as loaded: the rows' norms (snorm) scale every product's result and QG, KG, W as they are formed, so
+    // no pass rewrites them (the products are bilinear in q̂ = n_q·q, k̂ = n_k·k; the pass was 6 % of the instructions).
+    float* sk = smem();                  // [64][LD] k
     float* sg = sk + kChunk * LD;        // [64][LD] g, then G (log2 units); rows ≥ len hold G_last
-    float* sq = sg + kChunk * LD;        // [64][LD] q̂, until the pair tiles are summed
+    float* sq = sg + kChunk * LD;        // [64][LD] q, until the pair tiles are summed
     float* sl = sq;                      // [64][kLdL] L (below the diagonal), after the pair tiles
     float* sa = sl + kChunk * kLdL;      // [64][kLdL] A (on and below the diagonal), after the pair tiles; then rows of v
     float* sb = sq + chunk_intra_q_floats(K, V);   // [64] β (0 past the end)
-    float* snorm = sb + kChunk;          // [128] 1/‖q_r‖·K^-½, then 1/‖k_r‖
+    float* snorm = sb + kChunk;          // [128] n_q = 1/‖q_r‖·K^-½, then n_k = 1/‖k_r‖
 
     // Loads of 4 consecutive channels each (8 bytes of bf16, 16 of fp32; K % 4 == 0 keeps them aligned), kept raw until
     // their shared store and all issued before it: 8 quads of each of k, q, g per thread for bf16 (one latency round
@@ -1107,25 +1118,6 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
     }
     if (tid < kChunk) sb[tid] = beta_t;
     __syncthreads();
-    // The scaling: thread = channel ec of rows er0, er0 + estep, … (one division, as for the loads), 8 rows' values
-    // read before any is written back: the compiler cannot tell sq from sk, so a loop of read-modify-writes waited
-    // on each read in turn (~3 % of the stall samples, the fifteenth session's profile of i2).
-    const int ec = tid % K, er0 = tid / K, estep = kIntraThreads / K;
-    if (tid < estep * K) {
-        for (int r0 = er0; r0 < kChunk; r0 += 8 * estep) {
-            float qv[8], kv[8];
-#pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                const int r = r0 + i * estep;
-                if (r < kChunk) { qv[i] = sq[r * LD + ec] * snorm[r]; kv[i] = sk[r * LD + ec] * snorm[kChunk + r]; }
-            }
-#pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                const int r = r0 + i * estep;
-                if (r < kChunk) { sq[r * LD + ec] = qv[i]; sk[r * LD + ec] = kv[i]; }
-            }
-        }
-    }
     if (tid < K) {   // the column is read into registers first, so the running sum waits on no shared-memory load
         float col[kChunk];
 #pragma unroll
@@ -1144,7 +1136,7 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
     // (with all 8 warps sharing it, those three ran ~1.3× as many instructions as the off-diagonal tile warps and the
     // rest waited at the barrier: 11 % of the stall samples, run 13). In the loads' units of 4 rows × 8 quads (warp w
     // the units w, w + 5, …), so each row goes out in 8- or 16-byte pieces and the shared reads hit 32 banks.
-    // Rows ≥ len are 0 because q̂, k̂ are.
+    // Rows ≥ len are 0 because q, k are.
     using Store = OperandStore<Tin>;
     using Op = typename Store::T;
     const int kn = Store::row_length(K), plane_k = kChunk * kn;   // a [64][K] operand's rows and plane, as stored
@@ -1160,11 +1152,12 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
             const int r = unit_row(u), d = unit_channel(u);
             if (d >= K) continue;
             float qv[4], kv[4];
+            const float nq = snorm[r], nk = snorm[kChunk + r];
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 const float G = sg[r * LD + d + i];
-                qv[i] = sq[r * LD + d + i] * ex2(G);
-                kv[i] = sk[r * LD + d + i] * ex2(sg[(kChunk - 1) * LD + d + i] - G);
+                qv[i] = sq[r * LD + d + i] * nq * ex2(G);
+                kv[i] = sk[r * LD + d + i] * nk * ex2(sg[(kChunk - 1) * LD + d + i] - G);
             }
             const int x = Store::at(r, d, kn);
             Store::put4(qg_blk + x, plane_k, make_float4(qv[0], qv[1], qv[2], qv[3]));
@@ -1173,7 +1166,7 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
         if (tid < K) gamma_out[cc * K + tid] = ex2(sg[(kChunk - 1) * LD + tid]);
     }
 
-    pair_products<Tin, KC>(K, tid, sk, sg, sq, sb, sl, sa);
+    pair_products<Tin, KC>(K, tid, sk, sg, sq, sb, snorm, sl, sa);
     __syncthreads();
     Op* a_blk = reinterpret_cast<Op*>(a_out) + cc * Store::kPlanes * kChunk * kChunk;
     auto write_a = [&](int thread, int threads) {   // A, coalesced, with the upper triangle (s > r) zero
@@ -1188,7 +1181,7 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
     if constexpr (std::is_same_v<Tin, float>) {
         write_a(tid, kIntraThreads);
         __syncthreads();
-        substitute_wu(K, V, H, h, t0, len, tid, v, sk, sg, sb, sl, sa, LD, w_blk, u_blk);
+        substitute_wu(K, V, H, h, t0, len, tid, v, sk, sg, sb, snorm + kChunk, sl, sa, LD, w_blk, u_blk);
     } else {
         // bf16 inputs: W = T'·K̃ and U = T'·v as bf16 tensor-core products, T' = (I + L)⁻¹·Diag(β), K̃ = k̂ ⊙ 2^G. Warps 0-3
         // solve for T' while warps 4-7 write A out and stage v's rows in its place (and little else: what they add there
@@ -1207,8 +1200,8 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
         const uint16_t* sv = reinterpret_cast<const uint16_t*>(sa);
         const int w_units = kn / 16, units = w_units + V / 16;
         for (int u = warp; u < units; u += kIntraThreads / 32) {
-            if (u < w_units) wu_columns<true>(K, V, 16 * u, tid & 31, sk, sg, LD, st, sv, w_blk, plane_k, u_blk);
-            else wu_columns<false>(K, V, 16 * (u - w_units), tid & 31, sk, sg, LD, st, sv, w_blk, plane_k, u_blk);
+            if (u < w_units) wu_columns<true>(K, V, 16 * u, tid & 31, sk, sg, snorm + kChunk, LD, st, sv, w_blk, plane_k, u_blk);
+            else wu_columns<false>(K, V, 16 * (u - w_units), tid & 31, sk, sg, snorm + kChunk, LD, st, sv, w_blk, plane_k, u_blk);
         }
     }
 }
