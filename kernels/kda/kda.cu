@@ -111,6 +111,7 @@ constexpr int kDecodeGroups = 4;         // groups of 4 warps in the decode step
 // B = 16 and 64 on the H100: the step is not waiting for its copies.
 constexpr int kDecodeStages = 2;
 constexpr int kIntraThreads = 256;
+constexpr int kIntraMmaQgUnits = 4;     // QG and KG units (4 rows × 32 channels) each of intra's tensor-core warps writes
 constexpr int kPrefillThreads = 512;     // the scan's warp roles below assume 16 warps and 32 columns
 constexpr int kPrefillCols = 32;         // state columns per prefill block
 constexpr int kPrepareThreads = 256;
@@ -739,9 +740,11 @@ __device__ __forceinline__ void stage_v_rows(int V, int H, int h, int t0, int le
 // checks' 1e-3 many times over. (The blocked substitution on 3xTF32, intra T2, and T·B on 3xTF32, intra T, each cost
 // what the CUDA-core solve did: fragments split as they load and four tf32 mma for each bf16 one here.) W goes out as
 // hi and lo planes (OperandStore), U slice-major in fp32.
-template <bool kW>
-__device__ __forceinline__ void wu_columns(int K, int V, int cb, int lane, const float* sk, const float* sg, const float* nk,
-    int LD, const uint16_t* st, const uint16_t* sv, __nv_bfloat16* w_blk, int plane_k, float* u_blk) {
+// KC as chunk_intra's: K a compile-time constant (immediate row offsets into sk, sg) or 0.
+template <bool kW, int KC>
+__device__ __forceinline__ void wu_columns(int k_any, int V, int cb, int lane, const float* sk, const float* sg, const float* nk,
+    const uint16_t* st, const uint16_t* sv, __nv_bfloat16* w_blk, int plane_k, float* u_blk) {
+    const int K = KC ? KC : k_any, LD = K + 1;
     const int g = lane >> 2, t = lane & 3;
     const int frag_row = (lane & 7) + (lane & 8), frag_piece = lane >> 4;   // this lane's ldmatrix row and 8-column piece
     float acc[4][2][4];   // [row tile i][n-tile][fragment]
@@ -761,7 +764,7 @@ __device__ __forceinline__ void wu_columns(int K, int V, int cb, int lane, const
                 for (int e = 0; e < 2; ++e) {
                     const int r = 16 * j + 2 * t + 8 * e, c = cb + 8 * nt + g;
                     float x0 = 0.f, x1 = 0.f;
-                    if (c < K) {
+                    if ((KC != 0 && KC % 64 == 0) || c < K) {   // c < KP: K a multiple of 64 covers every column
                         const float2 n = *reinterpret_cast<const float2*>(nk + r);   // rows r, r + 1 (r even)
                         x0 = sk[r * LD + c] * n.x * ex2(sg[r * LD + c]);
                         x1 = sk[(r + 1) * LD + c] * n.y * ex2(sg[(r + 1) * LD + c]);
@@ -861,14 +864,18 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
     } else {
         ta = tb = 8 * (warp - 3) + (lane & 7);
     }
+    // The sub-chunk pairs (i, j) of warp 5 + w, pp = 0, 1, and their common reference row n: warp 5 (1,0) (2,0) and warp 6
+    // (2,1) (3,1), n = j's last row, so both pairs have the same B (j's rows scaled by 2^(G_n − G_s)); warp 7 (3,0) (3,2)
+    // with n = 47 (it lies between sub-chunk 0's rows and 3's as well as 2's), so both have the same A (3's rows scaled
+    // by 2^(G_r − G_n)). The bf16 path forms the shared operand once a k-step.
+    const int w = warp - 5;
+    const int pi[2] = {w == 0 ? 1 : w == 1 ? 2 : 3, w == 0 ? 2 : 3}, pj[2] = {w == 1 ? 1 : 0, w == 2 ? 2 : w};
     if (pairs) {
+        const float* gn = sg + (w == 2 ? 47 : 16 * w + 15) * LD;
+        if constexpr (std::is_same_v<Tin, float>) {   // 3xTF32 (m16n8k8): fp32's accuracy for the 1e-5 checks
 #pragma unroll
-        for (int pp = 0; pp < 2; ++pp) {
-            const int p = warp - 5 + 3 * pp;   // blocks (i, j): (1,0) (2,0) (2,1) (3,0) (3,1) (3,2)
-            const int i = p < 1 ? 1 : p < 3 ? 2 : 3, j = p - i * (i - 1) / 2;
-            const float* gn = sg + (16 * j + 15) * LD;
-            const int ra = (16 * i + g) * LD, rb = (16 * j + g) * LD;   // fragment rows g (+ 8) of i and of j
-            if constexpr (std::is_same_v<Tin, float>) {   // 3xTF32 (m16n8k8): fp32's accuracy for the 1e-5 checks
+            for (int pp = 0; pp < 2; ++pp) {
+                const int ra = (16 * pi[pp] + g) * LD, rb = (16 * pj[pp] + g) * LD;   // fragment rows g (+ 8) of i and of j
                 // k-step ks takes the channels c + 8t (k = t) and c + 32 + 8t (k = t + 4), c = 64⌊ks/8⌋ + ks mod 8, not 8
                 // consecutive ones: lane (g, t) then reads row g's channel c + 8t, in bank g + c + 8t of the odd-strided
                 // rows, 32 banks for 32 lanes (consecutive channels put g + t in 11 banks: 4-way conflicts, 23 % of
@@ -898,9 +905,13 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
                         mma_acc(qk[2 * pp + nt], fq, fb);
                     }
                 }
-            } else {   // bf16 inputs: m16n8k16 on bf16 hi/lo parts, half the mma and k-steps (~2^-16 relative)
-                // k-step ks takes the channels c, c + 1 (k = 2t, 2t + 1) and c + 32, c + 33 (k = 2t + 8, 2t + 9),
-                // c = 64⌊ks/4⌋ + 2(ks mod 4) + 8t: lane (g, t) reads row g's channel c in bank g + c, 32 banks again.
+            }
+        } else {   // bf16 inputs: m16n8k16 on bf16 hi/lo parts, half the mma and k-steps (~2^-16 relative)
+            // k-step ks takes the channels c, c + 1 (k = 2t, 2t + 1) and c + 32, c + 33 (k = 2t + 8, 2t + 9),
+            // c = 64⌊ks/4⌋ + 2(ks mod 4) + 8t: lane (g, t) reads row g's channel c in bank g + c, 32 banks again.
+            auto bf16_pairs = [&](auto share_a) {   // share_a: warp 7's pairs share A, the others' share B
+                constexpr bool kShareA = decltype(share_a)::value;
+                const int ra[2] = {(16 * pi[0] + g) * LD, (16 * pi[1] + g) * LD}, rb[2] = {(16 * pj[0] + g) * LD, (16 * pj[1] + g) * LD};
                 strided_for<KC ? 1 : 0>(0, 4 * ((K + 63) / 64), 1, [&](int ks) {
                     const int c = 64 * (ks >> 2) + 2 * (ks & 3) + 8 * t;
                     const int ch[4] = {c, c + 1, c + 32, c + 33};
@@ -911,43 +922,53 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
                         in[q] = (KC != 0 && KC % 64 == 0) || ch[q] < K;
                         gnv[q] = in[q] ? gn[ch[q]] : 0.f;
                     }
-                    uint32_t akh[4], akl[4], aqh[4], aql[4];   // a_e: row g + 8(e & 1), channels ch[2(e >> 1)], +1
+                    uint32_t akh[2][4], akl[2][4], aqh[2][4], aql[2][4];   // [pair][e]: row g + 8(e & 1), channels ch[2(e >> 1)], +1
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        float kv[2], qv[2];
+                    for (int pp = 0; pp < (kShareA ? 1 : 2); ++pp)
 #pragma unroll
-                        for (int q2 = 0; q2 < 2; ++q2) {
-                            const int q = 2 * (e >> 1) + q2, x = ra + (e & 1) * 8 * LD + ch[q];
-                            const float sc = in[q] ? ex2(sg[x] - gnv[q]) : 0.f;
-                            kv[q2] = in[q] ? sk[x] * sc : 0.f;
-                            qv[q2] = in[q] ? sq[x] * sc : 0.f;
-                        }
-                        split_bf16x2(kv[0], kv[1], akh[e], akl[e]);
-                        split_bf16x2(qv[0], qv[1], aqh[e], aql[e]);
-                    }
-#pragma unroll
-                    for (int nt = 0; nt < 2; ++nt) {   // b_f: column g of 8nt..8nt+7 of j, channels ch[2f], +1
-                        const int x = rb + nt * 8 * LD;
-                        uint32_t bh[2], bl[2];
-#pragma unroll
-                        for (int f = 0; f < 2; ++f) {
-                            float bv[2];
+                        for (int e = 0; e < 4; ++e) {
+                            float kv[2], qv[2];
 #pragma unroll
                             for (int q2 = 0; q2 < 2; ++q2) {
-                                const int q = 2 * f + q2;
-                                bv[q2] = in[q] ? sk[x + ch[q]] * ex2(gnv[q] - sg[x + ch[q]]) : 0.f;
+                                const int q = 2 * (e >> 1) + q2, x = ra[pp] + (e & 1) * 8 * LD + ch[q];
+                                const float sc = in[q] ? ex2(sg[x] - gnv[q]) : 0.f;
+                                kv[q2] = in[q] ? sk[x] * sc : 0.f;
+                                qv[q2] = in[q] ? sq[x] * sc : 0.f;
                             }
-                            split_bf16x2(bv[0], bv[1], bh[f], bl[f]);
+                            split_bf16x2(kv[0], kv[1], akh[pp][e], akl[pp][e]);
+                            split_bf16x2(qv[0], qv[1], aqh[pp][e], aql[pp][e]);
                         }
-                        mma(kk[2 * pp + nt], akh, bl[0], bl[1]);
-                        mma(kk[2 * pp + nt], akl, bh[0], bh[1]);
-                        mma(kk[2 * pp + nt], akh, bh[0], bh[1]);
-                        mma(qk[2 * pp + nt], aqh, bl[0], bl[1]);
-                        mma(qk[2 * pp + nt], aql, bh[0], bh[1]);
-                        mma(qk[2 * pp + nt], aqh, bh[0], bh[1]);
+#pragma unroll
+                    for (int nt = 0; nt < 2; ++nt) {   // b_f: column g of 8nt..8nt+7 of j, channels ch[2f], +1
+                        uint32_t bh[2][2], bl[2][2];   // [pair][f]
+#pragma unroll
+                        for (int pp = 0; pp < (kShareA ? 2 : 1); ++pp)
+#pragma unroll
+                            for (int f = 0; f < 2; ++f) {
+                                const int x = rb[pp] + nt * 8 * LD;
+                                float bv[2];
+#pragma unroll
+                                for (int q2 = 0; q2 < 2; ++q2) {
+                                    const int q = 2 * f + q2;
+                                    bv[q2] = in[q] ? sk[x + ch[q]] * ex2(gnv[q] - sg[x + ch[q]]) : 0.f;
+                                }
+                                split_bf16x2(bv[0], bv[1], bh[pp][f], bl[pp][f]);
+                            }
+#pragma unroll
+                        for (int pp = 0; pp < 2; ++pp) {
+                            const int a = kShareA ? 0 : pp, b = kShareA ? pp : 0;
+                            mma(kk[2 * pp + nt], akh[a], bl[b][0], bl[b][1]);
+                            mma(kk[2 * pp + nt], akl[a], bh[b][0], bh[b][1]);
+                            mma(kk[2 * pp + nt], akh[a], bh[b][0], bh[b][1]);
+                            mma(qk[2 * pp + nt], aqh[a], bl[b][0], bl[b][1]);
+                            mma(qk[2 * pp + nt], aql[a], bh[b][0], bh[b][1]);
+                            mma(qk[2 * pp + nt], aqh[a], bh[b][0], bh[b][1]);
+                        }
                     }
                 });
-            }
+            };
+            if (w == 2) bf16_pairs(std::true_type{});
+            else bf16_pairs(std::false_type{});
         }
     } else {
         struct TileRows { float kr[4], qr[4], gr[4], ks[4], gs[4]; };   // channel d of the tile's rows (k̂, q̂, G) and columns (k̂, G)
@@ -1002,8 +1023,7 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
     if (pairs) {
 #pragma unroll
         for (int pp = 0; pp < 2; ++pp) {
-            const int p = warp - 5 + 3 * pp;
-            const int i = p < 1 ? 1 : p < 3 ? 2 : 3, j = p - i * (i - 1) / 2;
+            const int i = pi[pp], j = pj[pp];
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
@@ -1147,8 +1167,10 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
         const int r = i / (kn - K), x = Store::at(r, K + i % (kn - K), kn);
         Store::put(qg_blk + x, plane_k, 0.f); Store::put(kg_blk + x, plane_k, 0.f);   // W's: wu_columns
     }
-    if (tid < 5 * 32) {
-        for (int u = tid >> 5; u < load_units; u += 5) {
+    {
+        const int warp = tid >> 5, tile_units = load_units - 3 * kIntraMmaQgUnits;   // the mma warps' units are the last
+        const int u0 = warp < 5 ? warp : tile_units + warp - 5, step = warp < 5 ? 5 : 3, end = warp < 5 ? tile_units : load_units;
+        for (int u = u0; u < end; u += step) {
             const int r = unit_row(u), d = unit_channel(u);
             if (d >= K) continue;
             float qv[4], kv[4];
@@ -1200,8 +1222,8 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
         const uint16_t* sv = reinterpret_cast<const uint16_t*>(sa);
         const int w_units = kn / 16, units = w_units + V / 16;
         for (int u = warp; u < units; u += kIntraThreads / 32) {
-            if (u < w_units) wu_columns<true>(K, V, 16 * u, tid & 31, sk, sg, snorm + kChunk, LD, st, sv, w_blk, plane_k, u_blk);
-            else wu_columns<false>(K, V, 16 * (u - w_units), tid & 31, sk, sg, snorm + kChunk, LD, st, sv, w_blk, plane_k, u_blk);
+            if (u < w_units) wu_columns<true, KC>(K, V, 16 * u, tid & 31, sk, sg, snorm + kChunk, st, sv, w_blk, plane_k, u_blk);
+            else wu_columns<false, KC>(K, V, 16 * (u - w_units), tid & 31, sk, sg, snorm + kChunk, st, sv, w_blk, plane_k, u_blk);
         }
     }
 }
