@@ -831,14 +831,14 @@ __device__ __forceinline__ void strided_for(int begin, int end, int step, Body b
 // s ≤ n < r: 2^(G_r − G_s) = 2^(G_r − G_n)·2^(G_n − G_s).
 //   Pairs of 16-row sub-chunks i > j (6 blocks of 16×16), warps 5-7 with two blocks each: tensor-core products
 //   (3xTF32, or three bf16 products for bf16 inputs) of sub-chunk i's rows scaled by 2^(G_r − G_n) with sub-chunk
-//   j's rows scaled by 2^(G_n − G_s), n = j's last row; the scaled operands are formed in registers as the fragments
-//   are loaded.
+//   j's rows scaled by 2^(G_n − G_s), n = j's last row (47 for (3,0): below); the scaled operands are formed in
+//   registers as the fragments are loaded.
 //   Inside the 4 diagonal 16×16 blocks, 4×4 tiles on warps 0-4 (8 tiles per warp, lane % 8; the d range split 4
 //   ways by lane / 8, interleaved, the parts summed by shuffle): warps 0-2 take the 24 off-diagonal tiles, which
 //   factorize through their last column (7 exponentials per d for 16 pairs, then plain FMAs); warps 3-4 the 16
-//   diagonal tiles, with 2^(G_r − G_s) element-wise for the 10 pairs s ≤ r of each (the running sum G never
-//   increases, so those exponents are ≤ 0; the 6 pairs above stay 0 and are never read). Each warp runs one kind
-//   only, so no warp diverges between them.
+//   diagonal tiles, with 2^(G_r − G_s) element-wise for the 6 pairs s < r of each (the running sum G never
+//   increases, so those exponents are ≤ 0; the 4 on the diagonal take none, the 6 above stay 0 and are never read).
+//   Each warp runs one kind only, so no warp diverges between them.
 // KC (as chunk_intra's): K as a compile-time constant, so that every row offset is an immediate (with a run-time
 // stride a fifth of the tile warps' instructions computed addresses: ncu, run 62), or 0 for any K. With KC, two unroll
 // counts are fixed (the tiles' d loops 4, the bf16 k-steps 1): without them the K = 128 instance gained a third as much
@@ -971,8 +971,8 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
             else bf16_pairs(std::false_type{});
         }
     } else {
-        struct TileRows { float kr[4], qr[4], gr[4], ks[4], gs[4]; };   // channel d of the tile's rows (k̂, q̂, G) and columns (k̂, G)
-        auto tile_rows = [&](int d) {
+        struct TileRows { float kr[4], qr[4], gr[4], ks[4], gs[4]; };   // channel d of the tile's rows (k, q, G) and columns (k, G)
+        auto tile_rows = [&](int d) {   // (a diagonal tile's columns are its rows: ks, gs unused there, so never loaded)
             TileRows x;
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
@@ -998,15 +998,18 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
             });
         } else {
             strided_for<KC ? 4 : 0>(part, K, 4, [&](int d) {
-                auto [kr, qr, gr, ks, gs] = tile_rows(d);
+                const TileRows x = tile_rows(d);
 #pragma unroll
-                for (int i = 0; i < 4; ++i)
+                for (int i = 0; i < 4; ++i) {
 #pragma unroll
-                    for (int j = 0; j <= i; ++j) {   // s ≤ r only: nothing reads the pairs above the diagonal
-                        const float e = ks[j] * ex2(gr[i] - gs[j]);
-                        kk[i][j] += kr[i] * e;
-                        qk[i][j] += qr[i] * e;
+                    for (int j = 0; j < i; ++j) {   // s < r: 2^(G_r − G_s); nothing reads the pairs above the diagonal
+                        const float e = x.kr[j] * ex2(x.gr[i] - x.gr[j]);
+                        kk[i][j] += x.kr[i] * e;
+                        qk[i][j] += x.qr[i] * e;
                     }
+                    kk[i][i] += x.kr[i] * x.kr[i];   // s = r: 2^0, no exponential
+                    qk[i][i] += x.qr[i] * x.kr[i];
+                }
             });
         }
 #pragma unroll
@@ -1152,10 +1155,11 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
     __syncthreads();
 
     const size_t cc = (size_t)c * H + h;
-    // QG, KG, γ: warps 0-4 only, so the tensor-core warps 5-7, the slowest of the pair products below, do not take it
-    // (with all 8 warps sharing it, those three ran ~1.3× as many instructions as the off-diagonal tile warps and the
-    // rest waited at the barrier: 11 % of the stall samples, run 13). In the loads' units of 4 rows × 8 quads (warp w
-    // the units w, w + 5, …), so each row goes out in 8- or 16-byte pieces and the shared reads hit 32 banks.
+    // QG, KG, γ: the tensor-core warps 5-7 take kIntraMmaQgUnits units each (the last ones), the tile warps 0-4 the rest
+    // (warp w the units w, w + 5, …), so that both kinds of warp end the pair products below together (all 8 sharing
+    // them evenly held the tile warps at the barrier, run 13; none on warps 5-7 left those idle since their products
+    // share operands, run 76). In the loads' units of 4 rows × 8 quads, so each row goes out in 8- or 16-byte pieces
+    // and the shared reads hit 32 banks.
     // Rows ≥ len are 0 because q, k are.
     using Store = OperandStore<Tin>;
     using Op = typename Store::T;
