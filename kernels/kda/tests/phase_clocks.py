@@ -1,7 +1,8 @@
 # Clock probes for a staged copy of intra (runs 71, 74, 76): patches STAGE/kernels/kda/kda.cu so that lane 0 of every
 # warp stores its clock() at 10 phase boundaries of chunk_intra (bf16 inputs, the first 2,048 blocks), and
-# STAGE/kernels/kda/tests/kda_harness.cu with a mode `--phase-clocks` that runs intra at B=1 T=4,096 H=32 K=V=128 and
-# prints, per warp, the mean over blocks of each point's clock minus warp 0's at the block's start. Never on a
+# STAGE/kernels/kda/tests/kda_harness.cu with a mode `--phase-clocks`: --profile's launches (intra once at B=1 T=4,096
+# H=32 K=V=128), then, per warp, the mean over blocks of each point's clock minus warp 0's at the block's start. (Runs
+# 71, 74 and 76 took the third of three launches; this takes --profile's one.) Never on a
 # checkout's own files (the probes are not what ships): stage a copy first, e.g.
 #   mkdir -p .gpu-kda/clk && cp -r --parents kernels/kda/kda.cu kernels/kda/tests/{kda_harness.cu,cuda_emu.h} kernels/*.cuh .gpu-kda/clk/
 #   python3 kernels/kda/tests/phase_clocks.py .gpu-kda/clk
@@ -58,15 +59,7 @@ patch(kda, [('    __syncthreads();   // q̂ is dead: L and A take its place\n', 
 harness = stage + '/kernels/kda/tests/kda_harness.cu'
 patch(harness, [
     ('\nint main(int argc, char** argv) {', r'''
-static void phase_clocks() {
-    const int H = 32, K = 128, V = 128, HK = H * K, HV = H * V, T = 4096;
-    DevPool pool;
-    PrefillDev<bf16> dev(pool, {T}, H, K, V);
-    const float sc = 1.0f / std::sqrt(float(K));
-    fill(dev.q, size_t(T) * HK, -sc * 1.7f, sc * 1.7f); fill(dev.k, size_t(T) * HK, -sc * 1.7f, sc * 1.7f); fill(dev.v, size_t(T) * HV, -1, 1);
-    fill(dev.g, size_t(T) * HK, -0.5f, -0.001f); fill(dev.beta, size_t(T) * H, 0.05f, 0.95f); fill(dev.state, size_t(H) * K * V, -0.3f, 0.3f);
-    for (int i = 0; i < 3; ++i) dev.run_intra();
-    CK(cudaDeviceSynchronize());
+static void print_phase_clocks() {   // after profile_once's launch of intra (B=1 T=4,096)
     std::vector<unsigned> c(kda::kPhaseBlocks * 8 * kda::kPhases);
     CK(cudaMemcpyFromSymbol(c.data(), kda::kda_phase_clocks, c.size() * 4));
     std::printf("PHASES mean cycles after the block's start (warp 0's), %d blocks\n", kda::kPhaseBlocks);
@@ -84,6 +77,7 @@ static void phase_clocks() {
 int main(int argc, char** argv) {'''),
     ('        else if (a == "--profile") profile = true;', '        else if (a == "--profile") profile = true;\n        else if (a == "--phase-clocks") phase = true;'),
     ('    bool bench = false, quick = false, profile = false,', '    bool phase = false;\n    bool bench = false, quick = false, profile = false,'),
-    ('    if (profile) { g_decode_blocks', '    if (phase) { phase_clocks(); return 0; }\n    if (profile) { g_decode_blocks'),
+    ('    if (profile) { g_decode_blocks', '    profile = profile || phase;\n    if (profile) { g_decode_blocks'),
+    ('profile_once(); return 0; }', 'profile_once(); if (phase) print_phase_clocks(); return 0; }'),
 ])
 print("patched", kda, "and", harness)
