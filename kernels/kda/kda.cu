@@ -112,6 +112,10 @@ constexpr int kDecodeGroups = 4;         // groups of 4 warps in the decode step
 constexpr int kDecodeStages = 2;
 constexpr int kIntraThreads = 256;
 constexpr int kIntraMmaQgUnits = 4;     // QG and KG units (4 rows × 32 channels) each of intra's tensor-core warps writes
+// Intra block b requests block b + kIntraPrefetchAhead's inputs into L2 (prefetch_intra_rows). Swept on the H200 (runs
+// 80, 81; K = V = 128, two blocks an SM): 48-80 best for bf16 (intra −4 to −5 % at T = 65,536), 48-64 for fp32; 16 and 32
+// slower than no prefetch for bf16, 128 and 160 gain little or lose.
+constexpr int kIntraPrefetchAhead = 64;
 constexpr int kPrefillThreads = 512;     // the scan's warp roles below assume 16 warps and 32 columns
 constexpr int kPrefillCols = 32;         // state columns per prefill block
 constexpr int kPrepareThreads = 256;
@@ -128,13 +132,13 @@ template <typename Tin> struct DecodeTable {
 };
 
 // Dynamic shared memory, in floats: decode (state [2][128][128] as 4 column groups [128][32] a buffer; q, k, α, v,
-// k_scale·β·r, o [128] each; warp partials [16][32]; Σq², Σk² partials [8]; the groups' Σo² [4]); intra (k̂, G [64][K+1] each, q̂
+// k_scale·β·r, o [128] each; warp partials [16][32]; Σq², Σk² partials [8]; the groups' Σo² [4]); intra (k, G [64][K+1] each, q
 // [64][K+1] later reused for L and A [64][64] each, then for bf16 inputs T' and v's rows: chunk_intra_q_floats; β [64], row
 // norms [128]); the scan's: ScanOperands, by input dtype (chunk_prefill_smem_bytes).
 constexpr int kDecodeSmemFloats = kDecodeStages * 128 * 128 + 6 * 128 + 16 * 32 + 8 + 4;
 constexpr size_t kDecodeSmemBytes = kDecodeSmemFloats * sizeof(float);
 __host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
-// q̂ [64][K+1], later L and A [64][64] each; with bf16 inputs then T' (over L) and v's rows [64][V+8] bf16 (from A's
+// q [64][K+1], later L and A [64][64] each; with bf16 inputs then T' (over L) and v's rows [64][V+8] bf16 (from A's
 // place), and after both solve_t's scratch [32][33] (from chunk_intra_t_scratch floats on).
 // L's and A's row stride in shared memory: ≡ 8 mod 32 words, so that the pair products' 8-byte stores (rows g, g + 8 of
 // a fragment, columns 2t, 2t + 1) hit 32 banks; at 64 each fragment's 8 rows met in one (8-way conflicts).
@@ -850,7 +854,7 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
     static_assert(kIntraThreads == 256, "tiles on warps 0-4, sub-chunk pairs on warps 5-7");
     const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3, part = lane >> 3;
     const bool pairs = warp >= 5, diag = warp == 3 || warp == 4;
-    // Σ k̂k̂ and Σ q̂k̂: a tile's 4×4 on warps 0-4; [2·block + n-tile][fragment] of two 16×16 blocks on warps 5-7.
+    // Σ kk and Σ qk (times 2^(G_r − G_s)): a tile's 4×4 on warps 0-4; [2·block + n-tile][fragment] of two 16×16 blocks on warps 5-7.
     float kk[4][4], qk[4][4];
 #pragma unroll
     for (int i = 0; i < 4; ++i)
@@ -1022,7 +1026,7 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
                     qk[i][j] += __shfl_xor_sync(0xffffffffu, qk[i][j], m);
                 }
     }
-    __syncthreads();   // q̂ is dead: L and A take its place
+    __syncthreads();   // q is dead: L and A take its place
     if (pairs) {
 #pragma unroll
         for (int pp = 0; pp < 2; ++pp) {
@@ -1052,6 +1056,37 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
     }
 }
 
+// A hint to L2 to fetch the 128-byte line holding p (common.cuh's prefetch_l2; kda.cu does not include common.cuh,
+// whose bf16 helpers it defines its own way). A no-op in the emulator.
+__device__ __forceinline__ void prefetch_line_l2(const void* p) {
+#ifndef KDA_EMULATE
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+#endif
+}
+
+// Intra block `block`'s rows of q, k, g and v requested into L2 (prefetch hints: nothing returns, no register waits).
+// Blocks start in index order as others end, so block b + kIntraPrefetchAhead starts some microseconds after block b
+// asks (~8 at K = V = 128 on 132 SMs: 264 blocks resident, each living ~32 µs): its loads then hit L2 where they were
+// DRAM round trips (a third of the load phase's stall samples, run 79). Issued once this block's own loads are in.
+// Thread = row tid / 4 and one of the four tensors (kIntraThreads = 4·kChunk), every 128-byte line of that row.
+template <typename Tin>
+__device__ __forceinline__ void prefetch_intra_rows(int block, int H, int K, int V, int num_seqs,
+    const int* __restrict__ cu_seqlens, const int* __restrict__ chunk_offsets, const Tin* q, const Tin* k, const Tin* v,
+    const float* g, int tid) {
+    static_assert(kIntraThreads == 4 * kChunk, "a thread per row and tensor");
+    if (block >= (int)gridDim.x) return;
+    const int c = block / H, h = block - c * H, r = tid >> 2, tensor = tid & 3;
+    int t0, len;
+    chunk_span(c, num_seqs, cu_seqlens, chunk_offsets, t0, len);
+    if (r >= len) return;
+    const size_t row = (size_t)(t0 + r) * H + h;
+    const char* p = tensor == 0 ? reinterpret_cast<const char*>(q + row * K)
+                  : tensor == 1 ? reinterpret_cast<const char*>(k + row * K)
+                  : tensor == 2 ? reinterpret_cast<const char*>(g + row * K) : reinterpret_cast<const char*>(v + row * V);
+    const int bytes = tensor == 2 ? K * (int)sizeof(float) : (tensor == 3 ? V : K) * (int)sizeof(Tin);
+    for (int b = 0; b < bytes; b += 128) prefetch_line_l2(p + b);
+}
+
 // ---------------------------------------------------------------------------------------------------------------------
 // Chunk-local work (see MATH). Block (c, h). KC: K as a compile-time constant (128, the model's, for bf16 inputs:
 // immediate shared-memory offsets, intra −2 to −7 %, runs 63–66), or 0 for any K (fp32 inputs always: with K constant
@@ -1071,7 +1106,7 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
     const int LD = K + 1;   // odd row stride: the pair loop reads 8 rows at once without bank conflicts
     const float beta_t = tid < len ? beta[(size_t)(t0 + tid) * H + h] : 0.f;   // in flight with the loads below
 
-    // q̂ is dead once the pair products are summed, so L and A then take its place: 105.4 KiB in all for K = V = 128, which
+    // q is dead once the pair products are summed, so L and A then take its place: 105.4 KiB in all for K = V = 128, which
     // lets 2 blocks share an SM (with ≤ 128 registers, __launch_bounds__ below) and hide each other's serial phases.
     // q and k stay as loaded: the rows' norms (snorm) scale every product's result and QG, KG, W as they are formed, so
     // no pass rewrites them (the products are bilinear in q̂ = n_q·q, k̂ = n_k·k; the pass was 6 % of the instructions).
@@ -1125,6 +1160,7 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
             }
         }
     }
+    prefetch_intra_rows(blockIdx.x + kIntraPrefetchAhead, H, K, V, num_seqs, cu_seqlens, chunk_offsets, q, k, v, g, tid);
     // L2-normalise the rows (q also scaled by K^-½) in fp32, like the decode step, so prefill and decode agree.
 #pragma unroll
     for (int slot = 0; slot < 2; ++slot) {
