@@ -1067,24 +1067,28 @@ __device__ __forceinline__ void prefetch_line_l2(const void* p) {
 // Intra block `block`'s rows of q, k, g and v requested into L2 (prefetch hints: nothing returns, no register waits).
 // Blocks start in index order as others end, so block b + kIntraPrefetchAhead starts some microseconds after block b
 // asks (~8 at K = V = 128 on 132 SMs: 264 blocks resident, each living ~32 µs): its loads then hit L2 where they were
-// DRAM round trips (a third of the load phase's stall samples, run 79). Issued once this block's own loads are in.
-// Thread = row tid / 4 and one of the four tensors (kIntraThreads = 4·kChunk), every 128-byte line of that row.
+// DRAM round trips (a third of the load phase's stall samples, run 79). Issued once this block's own loads are in, by
+// its last two warps, a lane a row, every 128-byte line of it: the span lookup and addresses once a row (a thread per
+// row and tensor on all 8 warps cost 2 % of the block's instructions, run 86).
 template <typename Tin>
 __device__ __forceinline__ void prefetch_intra_rows(int block, int H, int K, int V, int num_seqs,
     const int* __restrict__ cu_seqlens, const int* __restrict__ chunk_offsets, const Tin* q, const Tin* k, const Tin* v,
     const float* g, int tid) {
-    static_assert(kIntraThreads == 4 * kChunk, "a thread per row and tensor");
-    if (block >= (int)gridDim.x) return;
-    const int c = block / H, h = block - c * H, r = tid >> 2, tensor = tid & 3;
+    static_assert(kIntraThreads >= 2 * kChunk, "a lane a row on the last two warps");
+    const int r = tid - (kIntraThreads - kChunk);
+    if (r < 0 || block >= (int)gridDim.x) return;
+    const int c = block / H, h = block - c * H;
     int t0, len;
     chunk_span(c, num_seqs, cu_seqlens, chunk_offsets, t0, len);
     if (r >= len) return;
     const size_t row = (size_t)(t0 + r) * H + h;
-    const char* p = tensor == 0 ? reinterpret_cast<const char*>(q + row * K)
-                  : tensor == 1 ? reinterpret_cast<const char*>(k + row * K)
-                  : tensor == 2 ? reinterpret_cast<const char*>(g + row * K) : reinterpret_cast<const char*>(v + row * V);
-    const int bytes = tensor == 2 ? K * (int)sizeof(float) : (tensor == 3 ? V : K) * (int)sizeof(Tin);
-    for (int b = 0; b < bytes; b += 128) prefetch_line_l2(p + b);
+    const char* pq = reinterpret_cast<const char*>(q + row * K);
+    const char* pk = reinterpret_cast<const char*>(k + row * K);
+    const char* pg = reinterpret_cast<const char*>(g + row * K);
+    const char* pv = reinterpret_cast<const char*>(v + row * V);
+    for (int b = 0; b < K * (int)sizeof(Tin); b += 128) { prefetch_line_l2(pq + b); prefetch_line_l2(pk + b); }
+    for (int b = 0; b < K * (int)sizeof(float); b += 128) prefetch_line_l2(pg + b);
+    for (int b = 0; b < V * (int)sizeof(Tin); b += 128) prefetch_line_l2(pv + b);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
