@@ -32,6 +32,8 @@ internal static unsafe class KdaKernels
     private const int IntraThreads = 256;
     private const int PrefillThreads = 512;
     private const int PrefillColumns = 32; // state columns per scan block
+    private const int WideScanThreads = 256;   // kWideScanThreads: the wide scan's two warpgroups
+    private const int WideScanColumns = 128;   // kWideScanCols: state columns per wide-scan block
     private const int MaxKeyDim = 128;
 
     private const int IntraLdL = ChunkTokens + 8;   // kLdL: L's and A's row stride in shared memory
@@ -55,6 +57,25 @@ internal static unsafe class KdaKernels
             : 1024 + sizeof(ushort) * (12 * ChunkTokens * kp + 2 * PrefillColumns * kp + 2 * PrefillColumns * ChunkTokens)
               + sizeof(float) * 2 * kp + 3 * sizeof(ulong);
     }
+
+    // wide_scan_smem_bytes: 1 KiB of alignment slack, two chunk buffers of W, QG, KG ([2][64][KP] bf16 each), A
+    // ([2][64][64] bf16) and γ, four mbarriers.
+    private static int WideScanSharedBytes(int k)
+    {
+        int kp = PaddedKeyDim(k);
+        return 1024 + 2 * (sizeof(ushort) * (3 * 2 * ChunkTokens * kp + 2 * ChunkTokens * ChunkTokens) + sizeof(float) * kp) + 4 * sizeof(ulong);
+    }
+
+    /// <summary>
+    /// Whether the bf16 scan runs as the wide scan (kda.cu's wide_scan: 128 columns a block, state in registers) rather
+    /// than the 32-column one: where the card runs the sm_90a kernels and the 32-column scan's blocks (one a
+    /// multiprocessor) would take more than two waves. On the H200 a chunk of the wide scan takes ~5.7 µs for 128
+    /// columns and one of the 32-column scan ~2.1 µs for 32, so the wide one wins from three waves of the other on
+    /// (H = 32, K = V = 128, run 95 of kernels/kda/NOTES.md: B = 8, T = 8,192 1.71–1.76 ms against 2.42–2.48; B = 1,
+    /// T = 4,096 0.37 against 0.13).
+    /// </summary>
+    internal static bool TakesWideScan(CudaContext context, KdaShape shape, int sequences) =>
+        context.Kernels.RunsSm90a("kda") && (long)sequences * shape.Heads * (shape.ValueDim / PrefillColumns) > 2L * context.Device.MultiprocessorCount;
 
     /// <summary>
     /// One token of <paramref name="sequences"/> sequences through a KDA layer's core, fused: per channel the short
@@ -232,8 +253,10 @@ internal static unsafe class KdaKernels
     /// <param name="scratch">Room for at least <see cref="KdaBatch.Chunks"/> chunks of this shape.</param>
     /// <param name="state">[N, H, K, V] fp32: initial in, final out.</param>
     /// <param name="o">[T, H, V] the core's output (before the output norm).</param>
+    /// <param name="wideScan">bf16 only: whether the scan runs as the wide scan (null: as <see cref="TakesWideScan"/>
+    /// chooses; true needs the sm_90a kernels); tests pass both.</param>
     public static void ChunkedPrefill<T>(CudaStream stream, KdaShape shape, KdaBatch batch, KdaCoreInputs<T> input, KdaPrefillScratch scratch,
-        DeviceSpan<float> state, DeviceSpan<T> o) where T : unmanaged
+        DeviceSpan<float> state, DeviceSpan<T> o, bool? wideScan = null) where T : unmanaged
     {
         KernelId intra = Pick<T>(KernelId.KdaChunkIntraF32, KernelId.KdaChunkIntraBf16);
         KernelId scan = Pick<T>(KernelId.KdaChunkPrefillF32, KernelId.KdaChunkPrefillBf16);
@@ -259,8 +282,18 @@ internal static unsafe class KdaKernels
         void** intraArgs = stackalloc void*[] { &h, &k, &v, &n, &cu, &co, &q, &kk, &vv, &g, &beta, &w, &u, &a, &qg, &kg, &gamma };
         stream.Context.Kernels.Launch(intra, new Dim3((uint)batch.Chunks * (uint)h), new Dim3(IntraThreads), IntraSharedBytes(k, v), stream, intraArgs);
         void** scanArgs = stackalloc void*[] { &h, &k, &v, &cu, &co, &w, &u, &a, &qg, &kg, &gamma, &s, &po };
-        stream.Context.Kernels.Launch(scan, new Dim3((uint)(v / PrefillColumns), (uint)h, (uint)n), new Dim3(PrefillThreads),
-            PrefillSharedBytes<T>(k), stream, scanArgs);
+        if (typeof(T) == typeof(ushort) && (wideScan ?? TakesWideScan(stream.Context, shape, n)))
+        {
+            if (!stream.Context.Kernels.RunsSm90a("kda"))
+                throw new ArgumentException("the wide KDA scan needs the sm_90a kernels (Hopper)", nameof(wideScan));
+            stream.Context.Kernels.Launch(KernelId.KdaChunkPrefillWideBf16, new Dim3((uint)((v + WideScanColumns - 1) / WideScanColumns), (uint)h, (uint)n),
+                new Dim3(WideScanThreads), WideScanSharedBytes(k), stream, scanArgs);
+        }
+        else
+        {
+            stream.Context.Kernels.Launch(scan, new Dim3((uint)(v / PrefillColumns), (uint)h, (uint)n), new Dim3(PrefillThreads),
+                PrefillSharedBytes<T>(k), stream, scanArgs);
+        }
     }
 
     /// <summary>The f32 or bf16 entry point for activation dtype <typeparamref name="T"/>.</summary>

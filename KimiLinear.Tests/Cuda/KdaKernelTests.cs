@@ -51,15 +51,19 @@ public sealed class KdaKernelTests
         TensorAssert.Close(state, Read("final_state"), F32Tolerance, $"{name} final state vs float64");
     }
 
+    /// <summary>Packed sequences of odd lengths against the reference and against separate calls; bf16 with either scan
+    /// (<paramref name="wideScan"/>: the wide one, which the shapes here would not choose by themselves).</summary>
     [Theory]
-    [InlineData(false, 64)]
-    [InlineData(false, 128)]
-    [InlineData(true, 64)]
-    [InlineData(true, 128)]
-    public void ChunkedPrefill_PackedOddLengths_MatchesKdaCoreAndSeparateCalls(bool bf16, int dim)
+    [InlineData(false, 64, false)]
+    [InlineData(false, 128, false)]
+    [InlineData(true, 64, false)]
+    [InlineData(true, 128, false)]
+    [InlineData(true, 64, true)]
+    [InlineData(true, 128, true)]
+    public void ChunkedPrefill_PackedOddLengths_MatchesKdaCoreAndSeparateCalls(bool bf16, int dim, bool wideScan)
     {
-        if (bf16) PackedPrefill<ushort>(dim);
-        else PackedPrefill<float>(dim);
+        if (bf16) PackedPrefill<ushort>(dim, wideScan);
+        else PackedPrefill<float>(dim, null);
     }
 
     /// <summary>
@@ -205,7 +209,7 @@ public sealed class KdaKernelTests
             new KdaLayerCache<int>(ints, ints, ints, big), ints));
     }
 
-    private static void PackedPrefill<T>(int dim) where T : unmanaged
+    private static void PackedPrefill<T>(int dim, bool? wideScan) where T : unmanaged
     {
         CudaContext gpu = Gpu.Require();
         bool bf16 = Device<T>.Bf16;
@@ -222,8 +226,8 @@ public sealed class KdaKernelTests
         float[] expectedO = KdaReference.Core(lengths, heads, dim, dim, q, k, v, g, beta, expectedState);
 
         using var device = new Device<T>(gpu);
-        var (o, state) = device.Prefill(shape, lengths, q, k, v, g, beta, s0);
-        string what = $"prefill {typeof(T).Name} K = V = {dim}, lengths {string.Join(", ", lengths)}";
+        var (o, state) = device.Prefill(shape, lengths, q, k, v, g, beta, s0, wideScan);
+        string what = $"prefill {typeof(T).Name}{(wideScan == true ? " (wide scan)" : "")} K = V = {dim}, lengths {string.Join(", ", lengths)}";
         TensorAssert.Close(o, KdaReference.Stored(expectedO, bf16), Tolerance(bf16), what + ": o vs KdaCore");
         TensorAssert.Close(state, expectedState, Tolerance(bf16), what + ": final state vs KdaCore");
 
@@ -233,7 +237,7 @@ public sealed class KdaKernelTests
             int len = lengths[n];
             var (oAlone, stateAlone) = device.Prefill(shape, [len], q[(t0 * hk)..((t0 + len) * hk)], k[(t0 * hk)..((t0 + len) * hk)],
                 v[(t0 * hv)..((t0 + len) * hv)], g[(t0 * hk)..((t0 + len) * hk)], beta[(t0 * heads)..((t0 + len) * heads)],
-                s0[(n * stateSize)..((n + 1) * stateSize)]);
+                s0[(n * stateSize)..((n + 1) * stateSize)], wideScan);
             Assert.True(oAlone.AsSpan().SequenceEqual(o.AsSpan(t0 * hv, len * hv)), $"{what}: sequence {n} alone gives another o than packed");
             Assert.True(stateAlone.AsSpan().SequenceEqual(state.AsSpan(n * stateSize, stateSize)), $"{what}: sequence {n} alone gives another state than packed");
             t0 += len;
@@ -573,7 +577,8 @@ public sealed class KdaKernelTests
         /// token rows after every input, NaN scratch and a NaN-poisoned tail after o and the state (checked untouched).
         /// Returns o [T, H, V] and the final state [N, H, K, V].
         /// </summary>
-        public (float[] O, float[] State) Prefill(KdaShape shape, int[] lengths, float[] q, float[] k, float[] v, float[] g, float[] beta, float[] state)
+        public (float[] O, float[] State) Prefill(KdaShape shape, int[] lengths, float[] q, float[] k, float[] v, float[] g, float[] beta, float[] state,
+            bool? wideScan = null)
         {
             using var batch = new KdaBatch(Stream, lengths);
             long rows = (long)KdaKernels.ChunkTokens * shape.Heads;
@@ -582,7 +587,7 @@ public sealed class KdaKernelTests
             DeviceBuffer<float> s = UploadF32(state, Gpu.Tail);
             long outputs = (long)batch.Tokens * shape.ValueWidth;
             DeviceBuffer<T> o = Upload([], outputs + Gpu.Tail);
-            Prefill(shape, batch, input, s, o);
+            Prefill(shape, batch, input, s, o, wideScan);
             float[] oAll = Read(o), sAll = Read(s);
             AssertNaN(oAll.AsSpan((int)outputs), "prefill: o past its end");
             AssertNaN(sAll.AsSpan(state.Length), "prefill: state past its end");
@@ -617,12 +622,12 @@ public sealed class KdaKernelTests
                 Trimmed(Read(beta), tokens * shape.Heads, "β"), []);
         }
 
-        private void Prefill(KdaShape shape, KdaBatch batch, KdaCoreInputs<T> input, DeviceSpan<float> state, DeviceSpan<T> o)
+        private void Prefill(KdaShape shape, KdaBatch batch, KdaCoreInputs<T> input, DeviceSpan<float> state, DeviceSpan<T> o, bool? wideScan = null)
         {
             using var scratch = new KdaPrefillScratch(_gpu, shape, Math.Max(batch.Chunks, 1));
             foreach (DeviceSpan<float> part in new[] { scratch.W, scratch.QueryDecayed, scratch.KeyDecayed, scratch.U, scratch.A, scratch.Gamma })
                 part.Fill(float.NaN, Stream);
-            KdaKernels.ChunkedPrefill(Stream, shape, batch, input, scratch, state, o);
+            KdaKernels.ChunkedPrefill(Stream, shape, batch, input, scratch, state, o, wideScan);
             Stream.Synchronize(); // the scratch is freed on return
         }
 

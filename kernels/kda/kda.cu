@@ -32,6 +32,9 @@
 //     Vn = U − W·S;   O = QG·S + A·Vn;   S ← Diag(γ)·S + KGᵀ·Vn
 //   The state's columns never mix (every product above is column-separable in V), which is why a V slice is a unit of
 //   work: B·H·V/32 blocks keep the card busy even at B = 1 without a two-pass split of the sequence.
+//   kimi_kda_chunk_prefill_wide_bf16 (sm_90a only) the same scan for bf16 inputs with 128 columns a block, computed
+//                            transposed so that the state and Vn stay in registers (wide_scan): slower a chunk, but
+//                            a quarter of the blocks, for batches whose 32-column blocks take several waves.
 //
 // LAYOUTS (row-major; T = total packed tokens, N = sequences, H heads, K key dim, V value dim, NC = total chunks)
 //   decode:  pq, pk, pf [N, H·K], pv, pz [N, H·V], pb [N, H]   projection outputs of the new token (pre-conv)
@@ -65,6 +68,7 @@
 //   prepare:       grid (ceil(max(H·K, H·V) / 256), ceil(T / 16)), block 256;  conv_window_update: grid (ceil(max(H·K, H·V) / 256), N), block 256.
 //   chunk_intra:   grid NC·H (block c·H + h: chunk c, head h), block 256, dynamic smem chunk_intra_smem_bytes(K, V) (> 48 KiB: raise the limit).
 //   chunk_prefill: grid (V/32, H, N), block 512, dynamic smem chunk_prefill_smem_bytes<Tin>(K) (> 48 KiB).
+//   chunk_prefill_wide: grid (ceil(V/128), H, N), block 256, dynamic smem wide_scan_smem_bytes(chunk_prefill_kpad(K)).
 //
 // PRECONDITIONS (the caller checks them; kernels do not)
 //   decode: K ≤ 128; V ∈ {16, 32, 64, 128}. prefill: K ≤ 128, K % 4 == 0, V % 32 == 0, K + V ≤ 256.
@@ -1669,6 +1673,129 @@ template <int KP> struct WgmmaOperands {
 };
 #endif  // KDA_SCAN_WGMMA
 
+// The wide scan's launch (sm_90a image, wide_scan): a block per (128 columns of V, head, sequence), one warpgroup for
+// each 64 of them.
+constexpr int kWideScanThreads = 256;
+constexpr int kWideScanCols = 128;
+
+// Its dynamic shared memory: 1 KiB of alignment slack, two chunk buffers of W, QG, KG as [2][64][KP] hi/lo planes,
+// A as [2][64][64] and γ [KP], and two mbarriers a buffer. 226 KiB at KP = 128.
+__host__ __device__ constexpr size_t wide_scan_smem_bytes(int KP) {
+    return 1024 + 2 * (2 * (3 * 2 * kChunk * KP + 2 * kChunk * kChunk) + sizeof(float) * KP) + 4 * sizeof(uint64_t);
+}
+
+#ifdef KDA_SCAN_WGMMA
+// d[64×N] (+)= A[64×16]·B[16×N] on the warpgroup's tensor cores: A in registers (this warp's 16 rows as the mma.sync
+// m16n8k16 A fragment), B bf16 from shared memory through a 128-byte-swizzle descriptor, K-major (wgmma_desc) or,
+// with TransB, MN-major (wgmma_desc_mn). accumulate = false overwrites d.
+template <int TransB>
+__device__ __forceinline__ void wgmma_m64n64_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b, bool accumulate) {
+#ifdef KDA_EMULATE
+    emu_wgmma_rs(d, 64, false, accumulate, a, desc_b, TransB != 0);
+#else
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(static_cast<int>(accumulate)), "n"(TransB));
+#endif
+}
+// d[64×128] += A[64×16]·B[16×128], as above with B MN-major.
+__device__ __forceinline__ void wgmma_m64n128_rs_mn(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b) {
+#ifdef KDA_EMULATE
+    emu_wgmma_rs(d, 128, false, true, a, desc_b, true);
+#else
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+#endif
+}
+
+// The wide scan's operands in shared memory, read by both warpgroups: chunk ci's W, QG, KG, A (as intra stored them:
+// hi/lo planes of 128-byte-swizzled atoms) and γ in buffer ci mod 2, brought by the copy engine in two groups, each
+// with its mbarrier: W and QG (read by the chunk's first products), then KG, A and γ. Chunk ci + 2's copies go out as
+// soon as chunk ci's products are done, a chunk and a half ahead of their first use.
+template <int KP> struct WideScanBuffers {
+    static constexpr int kPlaneX = kChunk * KP, kPlaneA = kChunk * kChunk;   // elements of a [64][KP] or [64][64] plane
+    static constexpr int kOperand = 2 * kPlaneX;                             // W, QG or KG: hi, then lo
+    static constexpr int kBuffer = 3 * kOperand + 2 * kPlaneA;               // W, QG, KG, A
+    uint16_t* buf;    // [2][kBuffer] (each operand 1,024-byte aligned)
+    float* sgam;      // [2][KP] γ (entries ≥ K zero)
+    uint64_t* bars;   // [2 buffers][2 groups]
+
+    __device__ WideScanBuffers(int K, int tid) {
+        buf = reinterpret_cast<uint16_t*>(reinterpret_cast<unsigned char*>(smem()) + ((1024 - (shared_address(smem()) & 1023)) & 1023));
+        sgam = reinterpret_cast<float*>(buf + 2 * kBuffer);
+        bars = reinterpret_cast<uint64_t*>(sgam + 2 * KP);
+        for (int i = tid; i < 2 * (KP - K); i += kWideScanThreads) sgam[i / (KP - K) * KP + K + i % (KP - K)] = 0.f;
+        if (tid == 0) {
+            for (int b = 0; b < 4; ++b) mbar_init(bars + b, 1);
+            fence_mbarrier_init();
+        }
+        __syncthreads();   // no thread polls an mbarrier before it is initialised
+    }
+    __device__ uint16_t* w(int ci) const { return buf + (ci & 1) * kBuffer; }
+    __device__ uint16_t* qg(int ci) const { return w(ci) + kOperand; }
+    __device__ uint16_t* kg(int ci) const { return w(ci) + 2 * kOperand; }
+    __device__ uint16_t* a(int ci) const { return w(ci) + 3 * kOperand; }
+    __device__ float gamma(int ci, int d) const { return sgam[(ci & 1) * KP + d]; }
+    // Thread 0 issues chunk ci's groups (cc = its chunk·H + head); every thread waits for them (use ⌊ci / 2⌋ of the buffer).
+    __device__ void copy_rows(const ScanInputs& in, size_t cc, int ci) {
+        uint64_t* bar = bars + 2 * (ci & 1);
+        mbar_arrive_expect_tx(bar, 2 * 2 * kOperand);
+        bulk_load(w(ci), in.w + cc * kChunk * KP, 2 * kOperand, bar);
+        bulk_load(qg(ci), in.qg + cc * kChunk * KP, 2 * kOperand, bar);
+    }
+    __device__ void copy_kg(const ScanInputs& in, size_t cc, int ci, int K) {
+        uint64_t* bar = bars + 2 * (ci & 1) + 1;
+        mbar_arrive_expect_tx(bar, 2 * kOperand + 4 * kPlaneA + 4 * K);
+        bulk_load(kg(ci), in.kg + cc * kChunk * KP, 2 * kOperand, bar);
+        bulk_load(a(ci), in.a + cc * kChunk * kChunk, 4 * kPlaneA, bar);
+        bulk_load(sgam + (ci & 1) * KP, in.gamma + cc * K, 4 * K, bar);
+    }
+    __device__ void wait_rows(int ci) { mbar_wait(bars + 2 * (ci & 1), (ci >> 1) & 1); }
+    __device__ void wait_kg(int ci) { mbar_wait(bars + 2 * (ci & 1) + 1, (ci >> 1) & 1); }
+
+    // Descriptors of k-step kk of chunk ci's operands as B, plane 0 = hi, 1 = lo. W, QG, A are K-major (N = the chunk's
+    // rows, K = d or s: inside an atom a k-step is 32 bytes along the row, across atoms a whole atom); KG is read
+    // MN-major (K = the chunk's rows, 16 a k-step of 128-byte rows; N = d, its 64-column atoms 64 rows apart).
+    __device__ static uint64_t k_major(const uint16_t* p) { return wgmma_desc(shared_address(p)); }
+    __device__ uint64_t w_desc(int ci, int plane, int kk) const { return k_major(w(ci) + plane * kPlaneX + atom_swizzled(0, 16 * kk, kChunk)); }
+    __device__ uint64_t qg_desc(int ci, int plane, int kk) const { return k_major(qg(ci) + plane * kPlaneX + atom_swizzled(0, 16 * kk, kChunk)); }
+    __device__ uint64_t a_desc(int ci, int plane, int kk) const { return k_major(a(ci) + plane * kPlaneA + 16 * kk); }
+    __device__ uint64_t kg_desc(int ci, int plane, int kk) const {
+        return wgmma_desc_mn(shared_address(kg(ci) + plane * kPlaneX + atom_swizzled(16 * kk, 0, kChunk)), kChunk * 128);
+    }
+};
+
+// The A fragments of k-step kk (K = accumulator columns 16kk .. 16kk + 15) from a warpgroup's accumulator, split into
+// bf16 hi and lo parts: the accumulator's layout over those 16 columns is the register A operand's, so no value moves
+// between lanes (FlashAttention-3 feeds P to P·V the same way).
+template <int R>
+__device__ __forceinline__ void split_fragments(const float* acc, uint32_t (&hi)[R][4], uint32_t (&lo)[R][4]) {
+#pragma unroll
+    for (int kk = 0; kk < R; ++kk)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) split_bf16x2(acc[8 * kk + 2 * i], acc[8 * kk + 2 * i + 1], hi[kk][i], lo[kk][i]);
+}
+#endif  // KDA_SCAN_WGMMA
+
 // The scan's dynamic shared memory (> 48 KiB: raise the limit): 205 KiB for fp32 inputs at K = 128, 218 KiB for bf16
 // (the wgmma scan's; the mma.sync scan takes 167 of it).
 template <typename Tin> __host__ __device__ constexpr size_t chunk_prefill_smem_bytes(int K) {
@@ -1977,6 +2104,130 @@ __device__ __forceinline__ void chunk_prefill_wgmma(int H, int K, int V, const i
 }
 #endif  // KDA_SCAN_WGMMA
 
+#ifdef KDA_SCAN_WGMMA
+// The wide bf16 scan (warpgroup MMA): each warpgroup walks a 64-column slice of one head's state (columns j0 ..
+// j0 + 63) with the state and Vn never leaving its registers: everything is computed transposed, with the slice's
+// columns as the 64 rows M of each product, so Sᵀ and Vnᵀ are accumulators and feed the next product as its register
+// A operand (as FlashAttention-3 feeds P to P·V).
+//   a  Vnᵀ = Uᵀ − Sᵀ·Wᵀ            (N = the chunk's 64 rows, K = d;  B = W, K-major)
+//   b  Oᵀ  = Sᵀ·QGᵀ                (the same A fragments;            B = QG, K-major)
+//   c  Sᵀ  ← Sᵀ·Diag(γ) + Vnᵀ·KG   (N = KP values of d, K = rows;   B = KG, MN-major)
+//   d  Oᵀ += Vnᵀ·Aᵀ                (N = K = the chunk's rows;        B = A, K-major), written out
+// Each product is three wgmma a k-step on bf16 hi/lo parts, Xhi·Bhi + Xhi·Blo + Xlo·Bhi, into one fp32 accumulator.
+// A wgmma that accumulates into the registers of the one before waits for it (~130 cycles at m64n64k16 against 32 of
+// arithmetic, kernels/kda/NOTES.md, scan W1), so a and b, then c and d, are issued interleaved, each waiting on the
+// other's predecessor; the two warpgroups' chains interleave on the tensor cores the same way. Accumulator element e
+// of a thread (warp w of its warpgroup, lane 4g + t) in n-tile j is row (column of V) 16w + g + 8⌊(e mod 4)/2⌋ and
+// column 8j + 2t + e mod 2 (d for Sᵀ, the chunk's row for Vnᵀ and Oᵀ). Against chunk_prefill_wgmma (32 columns a
+// block, state and Vn through shared memory between warpgroups, two block barriers a chunk) each operand is copied
+// once per 128 columns and nothing is stored to shared memory, but a chunk's chain is 36 dependent wgmma long, not
+// ~24: it takes ~2.9 µs a chunk where chunk_prefill_wgmma takes ~2.1, and wins only where that one needs more than
+// one wave of blocks (KdaKernels.ChunkedPrefill chooses).
+template <int KP>
+__device__ __forceinline__ void wide_scan(int H, int K, int V, const int* __restrict__ cu_seqlens,
+    const int* __restrict__ chunk_offsets, const ScanInputs& in, float* state, __nv_bfloat16* __restrict__ o) {
+    static_assert(KP == 64 || KP == 128, "chunk_prefill_kpad");
+    constexpr int KS = KP / 16;   // k-steps over d
+    using Bufs = WideScanBuffers<KP>;
+    const int h = blockIdx.y, n = blockIdx.z, tid = threadIdx.x;
+    const int lane = tid & 31, g = lane >> 2, t = lane & 3, j0 = blockIdx.x * kWideScanCols + 64 * (tid >> 7);
+    const int tok0 = cu_seqlens[n], T = cu_seqlens[n + 1] - tok0;
+    const int c0 = chunk_offsets[n], nchunks = chunk_offsets[n + 1] - c0;
+    Bufs bufs(K, tid);
+    auto chunk_index = [&](int ci) { return (size_t)(c0 + ci) * H + h; };
+    if (tid == 0)
+        for (int ci = 0; ci < 2 && ci < nchunks; ++ci) {
+            bufs.copy_rows(in, chunk_index(ci), ci);
+            bufs.copy_kg(in, chunk_index(ci), ci, K);
+        }
+    auto column = [&](int e) { return j0 + 16 * ((tid >> 5) & 3) + g + 8 * ((e & 3) >> 1); };   // of V, for element e
+    auto inner = [&](int e) { return 8 * (e >> 2) + 2 * t + (e & 1); };                  // its column inside the tile
+
+    float* S = state + ((size_t)n * H + h) * K * V;
+    float sacc[KP / 2];   // Sᵀ [64 columns][KP]: element e at (column(e), d = inner(e)); rows ≥ V and d ≥ K stay 0
+#pragma unroll
+    for (int e = 0; e < KP / 2; ++e) sacc[e] = column(e) < V && inner(e) < K ? S[(size_t)inner(e) * V + column(e)] : 0.f;
+    float u[32];          // Uᵀ of the next chunk [64 columns][64 rows] (U is [V/32][64][32] a chunk and head)
+    auto load_u = [&](int ci) {
+        const float* uc = in.u + chunk_index(ci) * kChunk * V;
+#pragma unroll
+        for (int e = 0; e < 32; ++e) {
+            const int j = column(e);
+            u[e] = j < V ? uc[(j >> 5) * kChunk * 32 + inner(e) * 32 + (j & 31)] : 0.f;
+        }
+    };
+    if (nchunks > 0) load_u(0);
+    uint32_t shi[KS][4], slo[KS][4];   // Sᵀ's A fragments, for a and b
+    uint32_t vhi[4][4], vlo[4][4];     // Vnᵀ's, for c and d
+    float vacc[32], oacc[32];          // Vnᵀ, Oᵀ [64 columns][64 rows]
+    split_fragments(sacc, shi, slo);
+    auto store_o = [&](int ci) {
+        const int len = min(kChunk, T - ci * kChunk);
+#pragma unroll
+        for (int e = 0; e < 32; ++e) {
+            const int j = column(e), r = inner(e);
+            if (j < V && r < len) o[((size_t)(tok0 + ci * kChunk + r) * H + h) * V + j] = __float2bfloat16_rn(oacc[e]);
+        }
+    };
+
+    for (int ci = 0; ci < nchunks; ++ci) {
+        bufs.wait_rows(ci);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) {   // a and b, interleaved: neither waits on the other's accumulator
+            wgmma_m64n64_rs<0>(vacc, shi[kk], bufs.w_desc(ci, 0, kk), kk > 0);
+            wgmma_m64n64_rs<0>(oacc, shi[kk], bufs.qg_desc(ci, 0, kk), kk > 0);
+            wgmma_m64n64_rs<0>(vacc, shi[kk], bufs.w_desc(ci, 1, kk), true);
+            wgmma_m64n64_rs<0>(oacc, shi[kk], bufs.qg_desc(ci, 1, kk), true);
+            wgmma_m64n64_rs<0>(vacc, slo[kk], bufs.w_desc(ci, 0, kk), true);
+            wgmma_m64n64_rs<0>(oacc, slo[kk], bufs.qg_desc(ci, 0, kk), true);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();   // a, b
+        pin(vacc); pin(oacc); pin(shi); pin(slo);
+#pragma unroll
+        for (int e = 0; e < 32; ++e) vacc[e] = u[e] - vacc[e];   // Vnᵀ
+        split_fragments(vacc, vhi, vlo);
+        if (ci + 1 < nchunks) load_u(ci + 1);
+        bufs.wait_kg(ci);
+#pragma unroll
+        for (int e = 0; e < KP / 2; ++e) sacc[e] *= bufs.gamma(ci, inner(e));
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {   // c and d, interleaved
+            if constexpr (KP == 128) {
+                wgmma_m64n128_rs_mn(sacc, vhi[kk], bufs.kg_desc(ci, 0, kk));
+                wgmma_m64n64_rs<0>(oacc, vhi[kk], bufs.a_desc(ci, 0, kk), true);
+                wgmma_m64n128_rs_mn(sacc, vhi[kk], bufs.kg_desc(ci, 1, kk));
+                wgmma_m64n64_rs<0>(oacc, vhi[kk], bufs.a_desc(ci, 1, kk), true);
+                wgmma_m64n128_rs_mn(sacc, vlo[kk], bufs.kg_desc(ci, 0, kk));
+                wgmma_m64n64_rs<0>(oacc, vlo[kk], bufs.a_desc(ci, 0, kk), true);
+            } else {
+                wgmma_m64n64_rs<1>(sacc, vhi[kk], bufs.kg_desc(ci, 0, kk), true);
+                wgmma_m64n64_rs<0>(oacc, vhi[kk], bufs.a_desc(ci, 0, kk), true);
+                wgmma_m64n64_rs<1>(sacc, vhi[kk], bufs.kg_desc(ci, 1, kk), true);
+                wgmma_m64n64_rs<0>(oacc, vhi[kk], bufs.a_desc(ci, 1, kk), true);
+                wgmma_m64n64_rs<1>(sacc, vlo[kk], bufs.kg_desc(ci, 0, kk), true);
+                wgmma_m64n64_rs<0>(oacc, vlo[kk], bufs.a_desc(ci, 0, kk), true);
+            }
+        }
+        wgmma_commit();
+        wgmma_wait<0>();   // c and d: this buffer is free for chunk ci + 2; Sᵀ and Oᵀ are complete
+        pin(sacc); pin(oacc); pin(vhi); pin(vlo);
+        named_barrier(1, kWideScanThreads);
+        if (tid == 0 && ci + 2 < nchunks) {
+            bufs.copy_rows(in, chunk_index(ci + 2), ci + 2);
+            bufs.copy_kg(in, chunk_index(ci + 2), ci + 2, K);
+        }
+        store_o(ci);
+        split_fragments(sacc, shi, slo);
+    }
+#pragma unroll
+    for (int e = 0; e < KP / 2; ++e)
+        if (column(e) < V && inner(e) < K) S[(size_t)inner(e) * V + column(e)] = sacc[e];
+}
+#endif  // KDA_SCAN_WGMMA
+
 // The scan this image runs: for bf16 inputs on wgmma where the build has it (KDA_SCAN_WGMMA), else on mma.sync.
 template <typename Tin, int KP>
 __device__ __forceinline__ void chunk_scan(int H, int K, int V, const int* __restrict__ cu_seqlens,
@@ -2137,6 +2388,22 @@ KDA_INTRA_ENTRY(kimi_kda_chunk_intra_f32, float)
     }
 KDA_PREFILL_ENTRY(kimi_kda_chunk_prefill_bf16, __nv_bfloat16)
 KDA_PREFILL_ENTRY(kimi_kda_chunk_prefill_f32, float)
+
+// The wide bf16 scan (sm_90a image only; a trap elsewhere): the same parameters and scratch as
+// kimi_kda_chunk_prefill_bf16, its own launch (LAUNCH GEOMETRY).
+extern "C" __global__ void __launch_bounds__(kda::kWideScanThreads, 1) kimi_kda_chunk_prefill_wide_bf16(int H, int K,
+    int V, const int* cu_seqlens, const int* chunk_offsets, const float* w_in, const float* u_in, const float* a_in,
+    const float* qg_in, const float* kg_in, const float* gamma_in, float* state, __nv_bfloat16* o) {
+#ifdef KDA_SCAN_WGMMA
+    const kda::ScanInputs in{w_in, u_in, a_in, qg_in, kg_in, gamma_in};
+    if (kda::chunk_prefill_kpad(K) == 64) kda::wide_scan<64>(H, K, V, cu_seqlens, chunk_offsets, in, state, o);
+    else kda::wide_scan<128>(H, K, V, cu_seqlens, chunk_offsets, in, state, o);
+#else
+    (void)H, (void)K, (void)V, (void)cu_seqlens, (void)chunk_offsets, (void)w_in, (void)u_in, (void)a_in, (void)qg_in,
+        (void)kg_in, (void)gamma_in, (void)state, (void)o;
+    __trap();
+#endif
+}
 
 #define KDA_PREPARE_ENTRY(NAME, T, TOUT)                                                                               \
     extern "C" __global__ void __launch_bounds__(kda::kPrepareThreads) NAME(int H, int K, int V, int num_seqs,        \

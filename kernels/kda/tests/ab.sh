@@ -17,7 +17,7 @@ build head . &
 for dir in "$stage"/*/; do name=$(basename "$dir"); names+=("$name"); build "$name" "$dir" & done
 wait
 for name in "${names[@]}"; do
-    echo "$name: $(grep -A2 -E 'kimi_kda_(decode_step|chunk_prefill|chunk_intra)_bf16' "/tmp/kda-ab/$name.build.log" | grep -oE '[0-9]+ registers|[1-9][0-9]* bytes spill stores' | tr '\n' ' ')"
+    echo "$name: $(grep -A2 -E 'kimi_kda_(decode_step|chunk_prefill|chunk_prefill_wide|chunk_intra)_bf16' "/tmp/kda-ab/$name.build.log" | grep -oE '[0-9]+ registers|[1-9][0-9]* bytes spill stores' | tr '\n' ' ')"
 done
 for round in $(seq "${ROUNDS:-2}"); do
     for name in "${names[@]}"; do

@@ -46,6 +46,7 @@ static cudaStream_t g_stream;
 // The decode step's blocks G (kda.cu: each steps the items b, b + G, ...): 5 in the checks, so that blocks step
 // several items, unevenly; one a multiprocessor (KdaKernels.DecodeBlocks) in the benchmarks.
 static int g_decode_blocks = 5;
+static int g_sms = 132;   // the card's multiprocessors (main sets it; the emulator has none)
 static dim3 decode_grid(int H, int N) { return dim3(std::min(H * N, g_decode_blocks)); }
 
 using bf16 = __nv_bfloat16;
@@ -126,14 +127,18 @@ template <typename Tin> static std::vector<double> as_stored(const std::vector<d
     for (double& x : r) x = quant<Tin>(float(x));
     return r;
 }
+// The bf16 scan the prefill runs: the 32-column one (chunk_prefill) or, where the image has it, the wide one
+// (wide_scan); the checks run with both, the wide one's tagged.
+static bool g_wide_scan = false;
+static std::string tagged(const std::string& name) { return g_wide_scan ? "[wide scan] " + name : name; }
 static void check(const std::string& name, double err, double tol) {
     const bool ok = err <= tol;   // NaN fails
     (ok ? g_pass : g_fail)++;
-    std::printf("%s %-58s rel %.3e (tol %.0e)\n", ok ? "PASS" : "FAIL", name.c_str(), err, tol);
+    std::printf("%s %-58s rel %.3e (tol %.0e)\n", ok ? "PASS" : "FAIL", tagged(name).c_str(), err, tol);
 }
 static void check_bool(const std::string& name, bool ok) {
     (ok ? g_pass : g_fail)++;
-    std::printf("%s %s\n", ok ? "PASS" : "FAIL", name.c_str());
+    std::printf("%s %s\n", ok ? "PASS" : "FAIL", tagged(name).c_str());
 }
 template <typename Tin> static const char* tname() { return std::is_same<Tin, bf16>::value ? "bf16" : "f32"; }
 template <typename Tin> static double tol() { return std::is_same<Tin, bf16>::value ? 1e-3 : 1e-5; }
@@ -260,6 +265,7 @@ template <> struct Kern<bf16> {
     static constexpr auto decode_table = kimi_kda_decode_step_table_bf16;
     static constexpr auto intra = kimi_kda_chunk_intra_bf16;
     static constexpr auto prefill = kimi_kda_chunk_prefill_bf16;
+    static constexpr auto prefill_wide = kimi_kda_chunk_prefill_wide_bf16;
     static constexpr auto prepare = kimi_kda_prepare_bf16;
     static constexpr auto window = kimi_kda_conv_window_update_bf16;
 };
@@ -268,6 +274,7 @@ template <> struct Kern<float> {
     static constexpr auto decode_table = kimi_kda_decode_step_table_f32;
     static constexpr auto intra = kimi_kda_chunk_intra_f32;
     static constexpr auto prefill = kimi_kda_chunk_prefill_f32;
+    static constexpr auto prefill_wide = nullptr;
     static constexpr auto prepare = kimi_kda_prepare_f32;
     static constexpr auto window = kimi_kda_conv_window_update_f32;
 };
@@ -298,7 +305,11 @@ template <typename Tin> struct PrefillDev {
         CK(cudaMemset(qg, 0xff, ch * 64 * kp * 4)); CK(cudaMemset(kg, 0xff, ch * 64 * kp * 4)); CK(cudaMemset(gam, 0xff, ch * K * 4));
         CK(cudaFuncSetAttribute(Kern<Tin>::intra, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kda::chunk_intra_smem_bytes(K, V))));
         CK(cudaFuncSetAttribute(Kern<Tin>::prefill, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kda::chunk_prefill_smem_bytes<Tin>(K))));
+        if constexpr (kHasWide)
+            CK(cudaFuncSetAttribute(Kern<Tin>::prefill_wide, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                int(kda::wide_scan_smem_bytes(kda::chunk_prefill_kpad(K)))));
     }
+    static constexpr bool kHasWide = std::is_same<Tin, bf16>::value;
     // Host inputs for the first T tokens (the NaN tail stays) and the initial state.
     void load(const std::vector<float>& hq, const std::vector<float>& hk, const std::vector<float>& hv,
         const std::vector<float>& hg, const std::vector<float>& hb, const std::vector<float>& hstate) {
@@ -313,7 +324,18 @@ template <typename Tin> struct PrefillDev {
             CHECK_LAUNCH();
         }
     }
-    void run_scan() {
+    void run_scan() { run_scan(g_wide_scan); }
+    void run_scan(bool wide) {   // the launches of kda.cu's LAUNCH GEOMETRY
+        if constexpr (kHasWide) {
+            if (wide) {
+                auto prefill = Kern<Tin>::prefill_wide;
+                LAUNCH(prefill, dim3((V + kda::kWideScanCols - 1) / kda::kWideScanCols, H, N), dim3(kda::kWideScanThreads),
+                    kda::wide_scan_smem_bytes(kda::chunk_prefill_kpad(K)), H, K, V, (const int*)cu, (const int*)co, (const float*)w,
+                    (const float*)u, (const float*)a, (const float*)qg, (const float*)kg, (const float*)gam, state, o);
+                CHECK_LAUNCH();
+                return;
+            }
+        }
         auto prefill = Kern<Tin>::prefill;
         LAUNCH(prefill, dim3(V / kda::kPrefillCols, H, N), dim3(kda::kPrefillThreads), kda::chunk_prefill_smem_bytes<Tin>(K),
             H, K, V, (const int*)cu, (const int*)co, (const float*)w, (const float*)u, (const float*)a, (const float*)qg,
@@ -949,11 +971,20 @@ template <typename Tin> static void bench_prefill(int B, int T) {
         CK(cudaGraphExecDestroy(ex));
         return t;
     };
+    // bf16: the scan KdaKernels.TakesWideScan chooses (the wide one where the 32-column scan's blocks, one an SM, take
+    // more than two waves), the other one's time beside it.
+    const bool wide = PrefillDev<Tin>::kHasWide && int64_t(B) * H * (V / kda::kPrefillCols) > 2 * g_sms;
+    g_wide_scan = wide;
     const float ms = graph_ms([&] { dev.run(); });
     const float ms_intra = graph_ms([&] { dev.run_intra(); }), ms_scan = graph_ms([&] { dev.run_scan(); });
+    char other[64] = "";
+    if (PrefillDev<Tin>::kHasWide)
+        std::snprintf(other, sizeof other, "; %s scan, the %s %.3f", wide ? "wide" : "32-column", wide ? "32-column" : "wide",
+            graph_ms([&] { dev.run_scan(!wide); }));
+    g_wide_scan = false;
     const double bytes = double(Tt) * H * ((K * 2 + V * 2) * sizeof(Tin) + K * 4 + 4) + 2.0 * B * H * K * V * 4;
-    std::printf("BENCH chunk_prefill %s B=%d T=%-6d H=32 K=V=128: %9.3f ms (intra %.3f + scan %.3f; graphs, median of 50), %7.1f GB/s, %5.1f%% of 3.0 TB/s (min bytes)\n",
-        tname<Tin>(), B, T, ms, ms_intra, ms_scan, bytes / (ms * 1e-3) / 1e9, 100.0 * bytes / (ms * 1e-3) / kPeakBytesPerSec);
+    std::printf("BENCH chunk_prefill %s B=%d T=%-6d H=32 K=V=128: %9.3f ms (intra %.3f + scan %.3f%s; graphs, median of 50), %7.1f GB/s, %5.1f%% of 3.0 TB/s (min bytes)\n",
+        tname<Tin>(), B, T, ms, ms_intra, ms_scan, other, bytes / (ms * 1e-3) / 1e9, 100.0 * bytes / (ms * 1e-3) / kPeakBytesPerSec);
 }
 
 // The pre-kernel and the window update over B sequences of T tokens, bf16 q, k, v out: from bf16 projections (the bf16
@@ -1049,6 +1080,7 @@ int main(int argc, char** argv) {
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     std::printf("device: %s, %d SMs, L2 %d MiB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
+    g_sms = prop.multiProcessorCount;
     if (profile) { g_decode_blocks = prop.multiProcessorCount; profile_once(); return 0; }
 
     test_golden(fixtures);
@@ -1075,6 +1107,18 @@ int main(int argc, char** argv) {
     test_prepare_f32_bf16({70, 2, 33}, 2, 128, 128);
     test_prepare_f32_bf16({37}, 3, 36, 32);
     if (!quick) test_prefill_random<bf16>(32, 128, 128, {4096}, false);   // the benchmark's B=1 shape, validated
+#if !(defined(KDA_EMULATE) && defined(KDA_SCAN_MMA_SYNC))   // the image has the wide scan (sm_90a; the emulator's default)
+    g_wide_scan = true;   // the bf16 prefill checks again, on the wide scan
+    test_prefill_random<bf16>(3, 128, 128, odd, true);
+    test_prefill_random<bf16>(2, 64, 32, {70, 3}, false);     // V = 32: three quarters of the block's columns idle
+    test_prefill_random<bf16>(2, 36, 32, {70, 5}, false);     // KP = 64
+    test_prefill_random<bf16>(1, 100, 96, {67}, false);       // KP = 128 past K, V = 96
+    test_prefill_random<bf16>(1, 32, 224, {70}, false);       // two blocks, the second's last 32 columns idle
+    test_prefill_then_decode<bf16>(2, 2, 128, 128, 70, 3);
+    test_prefill_then_decode<bf16>(3, 2, 64, 64, 2, 2);
+    if (!quick) test_prefill_random<bf16>(32, 128, 128, {4096}, false);
+    g_wide_scan = false;
+#endif
     std::printf("%d passed, %d failed\n", g_pass, g_fail);
 
     if (bench) {
