@@ -1033,6 +1033,9 @@ static void profile_once() {
     fill(dev.q, size_t(T) * HK, -sc * 1.7f, sc * 1.7f); fill(dev.k, size_t(T) * HK, -sc * 1.7f, sc * 1.7f); fill(dev.v, size_t(T) * HV, -1, 1);
     fill(dev.g, size_t(T) * HK, -0.5f, -0.001f); fill(dev.beta, size_t(T) * H, 0.05f, 0.95f); fill(dev.state, size_t(H) * K * V, -0.3f, 0.3f);
     dev.run();
+#if !(defined(KDA_EMULATE) && defined(KDA_SCAN_MMA_SYNC))
+    dev.run_scan(true);   // the wide scan at the same shape (ncu -k regex:kimi_kda_chunk_prefill_wide_bf16)
+#endif
     const LayerParams P = random_params<bf16>(H, K, V);
     DecodeDev<bf16> d(pool, P, 1, std::vector<float>(3 * HK), std::vector<float>(3 * HK), std::vector<float>(3 * HV), std::vector<float>(size_t(HV) * K));
     fill(d.pq, HK, -1, 1); fill(d.pk, HK, -1, 1); fill(d.pv, HV, -1, 1); fill(d.pf, HK, -2, 2); fill(d.pb, H, -2, 2); fill(d.pz, HV, -2, 2);
