@@ -58,21 +58,21 @@ internal static unsafe class KdaKernels
               + sizeof(float) * 2 * kp + 3 * sizeof(ulong);
     }
 
-    // wide_scan_smem_bytes: 1 KiB of alignment slack, two chunk buffers of W, QG, KG ([2][64][KP] bf16 each), A
-    // ([2][64][64] bf16) and γ, four mbarriers.
+    // wide_scan_smem_bytes: 1 KiB of alignment slack, three operand slots of two [2][64][KP] bf16 planes each, γ twice,
+    // one chunk's U for the block's columns, four mbarriers.
     private static int WideScanSharedBytes(int k)
     {
         int kp = PaddedKeyDim(k);
-        return 1024 + 2 * (sizeof(ushort) * (3 * 2 * ChunkTokens * kp + 2 * ChunkTokens * ChunkTokens) + sizeof(float) * kp) + 4 * sizeof(ulong);
+        return 1024 + 3 * sizeof(ushort) * 4 * ChunkTokens * kp + sizeof(float) * (2 * kp + ChunkTokens * WideScanColumns) + 4 * sizeof(ulong);
     }
 
     /// <summary>
     /// Whether the bf16 scan runs as the wide scan (kda.cu's wide_scan: 128 columns a block, state in registers) rather
     /// than the 32-column one: where the card runs the sm_90a kernels and the 32-column scan's blocks (one a
-    /// multiprocessor) would take more than two waves. On the H200 a chunk of the wide scan takes ~5.7 µs for 128
+    /// multiprocessor) would take more than two waves. On the H200 a chunk of the wide scan takes ~5.2 µs for 128
     /// columns and one of the 32-column scan ~2.1 µs for 32, so the wide one wins from three waves of the other on
-    /// (H = 32, K = V = 128, run 95 of kernels/kda/NOTES.md: B = 8, T = 8,192 1.71–1.76 ms against 2.42–2.48; B = 1,
-    /// T = 4,096 0.37 against 0.13).
+    /// (H = 32, K = V = 128, run 98 of kernels/kda/NOTES.md: B = 8, T = 8,192 1.44–1.68 ms against 2.50–2.57; B = 1,
+    /// T = 4,096 0.33 against 0.13).
     /// </summary>
     internal static bool TakesWideScan(CudaContext context, KdaShape shape, int sequences) =>
         context.Kernels.RunsSm90a("kda") && (long)sequences * shape.Heads * (shape.ValueDim / PrefillColumns) > 2L * context.Device.MultiprocessorCount;

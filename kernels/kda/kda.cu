@@ -1678,10 +1678,10 @@ template <int KP> struct WgmmaOperands {
 constexpr int kWideScanThreads = 256;
 constexpr int kWideScanCols = 128;
 
-// Its dynamic shared memory: 1 KiB of alignment slack, two chunk buffers of W, QG, KG as [2][64][KP] hi/lo planes,
-// A as [2][64][64] and γ [KP], and two mbarriers a buffer. 226 KiB at KP = 128.
+// Its dynamic shared memory (WideScanBuffers): 1 KiB of alignment slack, three operand slots of two [2][64][KP] hi/lo
+// planes each, γ twice, one chunk's U for the block's columns, four mbarriers. 226 KiB at KP = 128.
 __host__ __device__ constexpr size_t wide_scan_smem_bytes(int KP) {
-    return 1024 + 2 * (2 * (3 * 2 * kChunk * KP + 2 * kChunk * kChunk) + sizeof(float) * KP) + 4 * sizeof(uint64_t);
+    return 1024 + 3 * 2 * (4 * kChunk * KP) + sizeof(float) * (2 * KP + kChunk * kWideScanCols) + 4 * sizeof(uint64_t);
 }
 
 #ifdef KDA_SCAN_WGMMA
@@ -1727,22 +1727,25 @@ __device__ __forceinline__ void wgmma_m64n128_rs_mn(float (&d)[64], const uint32
 #endif
 }
 
-// The wide scan's operands in shared memory, read by both warpgroups: chunk ci's W, QG, KG, A (as intra stored them:
-// hi/lo planes of 128-byte-swizzled atoms) and γ in buffer ci mod 2, brought by the copy engine in two groups, each
-// with its mbarrier: W and QG (read by the chunk's first products), then KG, A and γ. Chunk ci + 2's copies go out as
-// soon as chunk ci's products are done, a chunk and a half ahead of their first use.
+// The wide scan's operands in shared memory, read by both warpgroups and brought by the copy engine: chunk ci's W, QG
+// and its KG, A (as intra stored them: hi/lo planes of 128-byte-swizzled atoms) as operands 2ci and 2ci + 1 of a ring
+// of three slots, γ twice, and U once (through shared memory rather than 32 registers a thread, which the wide scan
+// does not have: 40 bytes spilled in run 95, none since run 98). When chunk ci is done, its slots and U's buffer take
+// chunk ci + 1's KG, A, γ and U and chunk ci + 2's W, QG.
 template <int KP> struct WideScanBuffers {
     static constexpr int kPlaneX = kChunk * KP, kPlaneA = kChunk * kChunk;   // elements of a [64][KP] or [64][64] plane
     static constexpr int kOperand = 2 * kPlaneX;                             // W, QG or KG: hi, then lo
-    static constexpr int kBuffer = 3 * kOperand + 2 * kPlaneA;               // W, QG, KG, A
-    uint16_t* buf;    // [2][kBuffer] (each operand 1,024-byte aligned)
+    static constexpr int kSlot = 2 * kOperand;                               // (W, QG) or (KG, A)
+    uint16_t* ring;   // [3][kSlot] (each operand 1,024-byte aligned)
     float* sgam;      // [2][KP] γ (entries ≥ K zero)
-    uint64_t* bars;   // [2 buffers][2 groups]
+    float* su;        // [kWideScanCols / 32][64][32] the block's U of one chunk (U's layout: LAYOUTS)
+    uint64_t* bars;   // [4] one a slot, then U's
 
     __device__ WideScanBuffers(int K, int tid) {
-        buf = reinterpret_cast<uint16_t*>(reinterpret_cast<unsigned char*>(smem()) + ((1024 - (shared_address(smem()) & 1023)) & 1023));
-        sgam = reinterpret_cast<float*>(buf + 2 * kBuffer);
-        bars = reinterpret_cast<uint64_t*>(sgam + 2 * KP);
+        ring = reinterpret_cast<uint16_t*>(reinterpret_cast<unsigned char*>(smem()) + ((1024 - (shared_address(smem()) & 1023)) & 1023));
+        sgam = reinterpret_cast<float*>(ring + 3 * kSlot);
+        su = sgam + 2 * KP;
+        bars = reinterpret_cast<uint64_t*>(su + kChunk * kWideScanCols);
         for (int i = tid; i < 2 * (KP - K); i += kWideScanThreads) sgam[i / (KP - K) * KP + K + i % (KP - K)] = 0.f;
         if (tid == 0) {
             for (int b = 0; b < 4; ++b) mbar_init(bars + b, 1);
@@ -1750,27 +1753,30 @@ template <int KP> struct WideScanBuffers {
         }
         __syncthreads();   // no thread polls an mbarrier before it is initialised
     }
-    __device__ uint16_t* w(int ci) const { return buf + (ci & 1) * kBuffer; }
+    // Operand i: 2ci = chunk ci's W and QG, 2ci + 1 its KG, A and γ; it lives in slot i mod 3, whose copies complete
+    // phase ⌊i / 3⌋ of mbarrier i mod 3.
+    __device__ static int slot(int i) { return i % 3; }
+    __device__ uint16_t* w(int ci) const { return ring + slot(2 * ci) * kSlot; }
     __device__ uint16_t* qg(int ci) const { return w(ci) + kOperand; }
-    __device__ uint16_t* kg(int ci) const { return w(ci) + 2 * kOperand; }
-    __device__ uint16_t* a(int ci) const { return w(ci) + 3 * kOperand; }
+    __device__ uint16_t* kg(int ci) const { return ring + slot(2 * ci + 1) * kSlot; }
+    __device__ uint16_t* a(int ci) const { return kg(ci) + kOperand; }
     __device__ float gamma(int ci, int d) const { return sgam[(ci & 1) * KP + d]; }
-    // Thread 0 issues chunk ci's groups (cc = its chunk·H + head); every thread waits for them (use ⌊ci / 2⌋ of the buffer).
+    // Thread 0 issues an operand's copies (cc = its chunk·H + head); every thread waits for them.
     __device__ void copy_rows(const ScanInputs& in, size_t cc, int ci) {
-        uint64_t* bar = bars + 2 * (ci & 1);
+        uint64_t* bar = bars + slot(2 * ci);
         mbar_arrive_expect_tx(bar, 2 * 2 * kOperand);
         bulk_load(w(ci), in.w + cc * kChunk * KP, 2 * kOperand, bar);
         bulk_load(qg(ci), in.qg + cc * kChunk * KP, 2 * kOperand, bar);
     }
     __device__ void copy_kg(const ScanInputs& in, size_t cc, int ci, int K) {
-        uint64_t* bar = bars + 2 * (ci & 1) + 1;
+        uint64_t* bar = bars + slot(2 * ci + 1);
         mbar_arrive_expect_tx(bar, 2 * kOperand + 4 * kPlaneA + 4 * K);
         bulk_load(kg(ci), in.kg + cc * kChunk * KP, 2 * kOperand, bar);
         bulk_load(a(ci), in.a + cc * kChunk * kChunk, 4 * kPlaneA, bar);
         bulk_load(sgam + (ci & 1) * KP, in.gamma + cc * K, 4 * K, bar);
     }
-    __device__ void wait_rows(int ci) { mbar_wait(bars + 2 * (ci & 1), (ci >> 1) & 1); }
-    __device__ void wait_kg(int ci) { mbar_wait(bars + 2 * (ci & 1) + 1, (ci >> 1) & 1); }
+    __device__ void wait_rows(int ci) { mbar_wait(bars + slot(2 * ci), ((2 * ci) / 3) & 1); }
+    __device__ void wait_kg(int ci) { mbar_wait(bars + slot(2 * ci + 1), ((2 * ci + 1) / 3) & 1); }
 
     // Descriptors of k-step kk of chunk ci's operands as B, plane 0 = hi, 1 = lo. W, QG, A are K-major (N = the chunk's
     // rows, K = d or s: inside an atom a k-step is 32 bytes along the row, across atoms a whole atom); KG is read
@@ -1782,6 +1788,14 @@ template <int KP> struct WideScanBuffers {
     __device__ uint64_t kg_desc(int ci, int plane, int kk) const {
         return wgmma_desc_mn(shared_address(kg(ci) + plane * kPlaneX + atom_swizzled(16 * kk, 0, kChunk)), kChunk * 128);
     }
+    // Chunk ci's U for the block's columns j0 .. j0 + kWideScanCols − 1 (those < V: whole 32-column slices, contiguous).
+    __device__ void copy_u(const ScanInputs& in, size_t cc, int j0, int V) {
+        const uint32_t bytes = 4u * kChunk * static_cast<uint32_t>(min(V - j0, kWideScanCols));
+        mbar_arrive_expect_tx(bars + 3, bytes);
+        bulk_load(su, in.u + cc * kChunk * V + (size_t)j0 * kChunk, bytes, bars + 3);
+    }
+    __device__ void wait_u(int ci) { mbar_wait(bars + 3, ci & 1); }
+    __device__ float u(int r, int j) const { return su[(j >> 5) * kChunk * 32 + r * 32 + (j & 31)]; }   // j from the block's j0
 };
 
 // The A fragments of k-step kk (K = accumulator columns 16kk .. 16kk + 15) from a warpgroup's accumulator, split into
@@ -2120,9 +2134,9 @@ __device__ __forceinline__ void chunk_prefill_wgmma(int H, int K, int V, const i
 // of a thread (warp w of its warpgroup, lane 4g + t) in n-tile j is row (column of V) 16w + g + 8⌊(e mod 4)/2⌋ and
 // column 8j + 2t + e mod 2 (d for Sᵀ, the chunk's row for Vnᵀ and Oᵀ). Against chunk_prefill_wgmma (32 columns a
 // block, state and Vn through shared memory between warpgroups, two block barriers a chunk) each operand is copied
-// once per 128 columns and nothing is stored to shared memory, but a chunk's chain is 36 dependent wgmma long, not
-// ~24: it takes ~2.9 µs a chunk where chunk_prefill_wgmma takes ~2.1, and wins only where that one needs more than
-// one wave of blocks (KdaKernels.ChunkedPrefill chooses).
+// once per 128 columns and no thread stores to shared memory, but each warpgroup's chunk is 36 dependent wgmma long:
+// ~5.2 µs a chunk for the block's 128 columns (H200) where chunk_prefill_wgmma takes ~2.1 for its 32, so it wins only
+// where that one's blocks take more than two waves of the card (KdaKernels.TakesWideScan).
 template <int KP>
 __device__ __forceinline__ void wide_scan(int H, int K, int V, const int* __restrict__ cu_seqlens,
     const int* __restrict__ chunk_offsets, const ScanInputs& in, float* state, __nv_bfloat16* __restrict__ o) {
@@ -2135,11 +2149,13 @@ __device__ __forceinline__ void wide_scan(int H, int K, int V, const int* __rest
     const int c0 = chunk_offsets[n], nchunks = chunk_offsets[n + 1] - c0;
     Bufs bufs(K, tid);
     auto chunk_index = [&](int ci) { return (size_t)(c0 + ci) * H + h; };
-    if (tid == 0)
-        for (int ci = 0; ci < 2 && ci < nchunks; ++ci) {
-            bufs.copy_rows(in, chunk_index(ci), ci);
-            bufs.copy_kg(in, chunk_index(ci), ci, K);
-        }
+    const int jb = blockIdx.x * kWideScanCols;   // the block's first column
+    if (tid == 0 && nchunks > 0) {   // operands 0, 1, 2 of the ring (WideScanBuffers) and chunk 0's U
+        bufs.copy_rows(in, chunk_index(0), 0);
+        bufs.copy_kg(in, chunk_index(0), 0, K);
+        if (nchunks > 1) bufs.copy_rows(in, chunk_index(1), 1);
+        bufs.copy_u(in, chunk_index(0), jb, V);
+    }
     auto column = [&](int e) { return j0 + 16 * ((tid >> 5) & 3) + g + 8 * ((e & 3) >> 1); };   // of V, for element e
     auto inner = [&](int e) { return 8 * (e >> 2) + 2 * t + (e & 1); };                  // its column inside the tile
 
@@ -2147,16 +2163,6 @@ __device__ __forceinline__ void wide_scan(int H, int K, int V, const int* __rest
     float sacc[KP / 2];   // Sᵀ [64 columns][KP]: element e at (column(e), d = inner(e)); rows ≥ V and d ≥ K stay 0
 #pragma unroll
     for (int e = 0; e < KP / 2; ++e) sacc[e] = column(e) < V && inner(e) < K ? S[(size_t)inner(e) * V + column(e)] : 0.f;
-    float u[32];          // Uᵀ of the next chunk [64 columns][64 rows] (U is [V/32][64][32] a chunk and head)
-    auto load_u = [&](int ci) {
-        const float* uc = in.u + chunk_index(ci) * kChunk * V;
-#pragma unroll
-        for (int e = 0; e < 32; ++e) {
-            const int j = column(e);
-            u[e] = j < V ? uc[(j >> 5) * kChunk * 32 + inner(e) * 32 + (j & 31)] : 0.f;
-        }
-    };
-    if (nchunks > 0) load_u(0);
     uint32_t shi[KS][4], slo[KS][4];   // Sᵀ's A fragments, for a and b
     uint32_t vhi[4][4], vlo[4][4];     // Vnᵀ's, for c and d
     float vacc[32], oacc[32];          // Vnᵀ, Oᵀ [64 columns][64 rows]
@@ -2185,10 +2191,10 @@ __device__ __forceinline__ void wide_scan(int H, int K, int V, const int* __rest
         wgmma_commit();
         wgmma_wait<0>();   // a, b
         pin(vacc); pin(oacc); pin(shi); pin(slo);
+        bufs.wait_u(ci);
 #pragma unroll
-        for (int e = 0; e < 32; ++e) vacc[e] = u[e] - vacc[e];   // Vnᵀ
+        for (int e = 0; e < 32; ++e) vacc[e] = (column(e) < V ? bufs.u(inner(e), column(e) - jb) : 0.f) - vacc[e];   // Vnᵀ
         split_fragments(vacc, vhi, vlo);
-        if (ci + 1 < nchunks) load_u(ci + 1);
         bufs.wait_kg(ci);
 #pragma unroll
         for (int e = 0; e < KP / 2; ++e) sacc[e] *= bufs.gamma(ci, inner(e));
@@ -2212,12 +2218,13 @@ __device__ __forceinline__ void wide_scan(int H, int K, int V, const int* __rest
             }
         }
         wgmma_commit();
-        wgmma_wait<0>();   // c and d: this buffer is free for chunk ci + 2; Sᵀ and Oᵀ are complete
+        wgmma_wait<0>();   // c and d: Sᵀ and Oᵀ are complete
         pin(sacc); pin(oacc); pin(vhi); pin(vlo);
-        named_barrier(1, kWideScanThreads);
-        if (tid == 0 && ci + 2 < nchunks) {
-            bufs.copy_rows(in, chunk_index(ci + 2), ci + 2);
-            bufs.copy_kg(in, chunk_index(ci + 2), ci + 2, K);
+        named_barrier(1, kWideScanThreads);   // chunk ci's operands and U are read: their slots take the next ones
+        if (tid == 0 && ci + 1 < nchunks) {
+            bufs.copy_kg(in, chunk_index(ci + 1), ci + 1, K);                           // operand 2ci + 3
+            if (ci + 2 < nchunks) bufs.copy_rows(in, chunk_index(ci + 2), ci + 2);      // operand 2ci + 4
+            bufs.copy_u(in, chunk_index(ci + 1), jb, V);
         }
         store_o(ci);
         split_fragments(sacc, shi, slo);
