@@ -1704,28 +1704,6 @@ __device__ __forceinline__ void wgmma_m64n64_rs(float (&d)[32], const uint32_t (
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(static_cast<int>(accumulate)), "n"(TransB));
 #endif
 }
-// d[64×128] += A[64×16]·B[16×128], as above with B MN-major.
-__device__ __forceinline__ void wgmma_m64n128_rs_mn(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b) {
-#ifdef KDA_EMULATE
-    emu_wgmma_rs(d, 128, false, true, a, desc_b, true);
-#else
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
-#endif
-}
 
 // The wide scan's operands in shared memory, read by both warpgroups and brought by the copy engine: chunk ci's W, QG
 // and its KG, A (as intra stored them: hi/lo planes of 128-byte-swizzled atoms) as operands 2ci and 2ci + 1 of a ring
@@ -2202,11 +2180,11 @@ __device__ __forceinline__ void wide_scan(int H, int K, int V, const int* __rest
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {   // c and d, interleaved
             if constexpr (KP == 128) {
-                wgmma_m64n128_rs_mn(sacc, vhi[kk], bufs.kg_desc(ci, 0, kk));
+                wgmma_m64n128_bf16_rs_tb(sacc, vhi[kk], bufs.kg_desc(ci, 0, kk));
                 wgmma_m64n64_rs<0>(oacc, vhi[kk], bufs.a_desc(ci, 0, kk), true);
-                wgmma_m64n128_rs_mn(sacc, vhi[kk], bufs.kg_desc(ci, 1, kk));
+                wgmma_m64n128_bf16_rs_tb(sacc, vhi[kk], bufs.kg_desc(ci, 1, kk));
                 wgmma_m64n64_rs<0>(oacc, vhi[kk], bufs.a_desc(ci, 1, kk), true);
-                wgmma_m64n128_rs_mn(sacc, vlo[kk], bufs.kg_desc(ci, 0, kk));
+                wgmma_m64n128_bf16_rs_tb(sacc, vlo[kk], bufs.kg_desc(ci, 0, kk));
                 wgmma_m64n64_rs<0>(oacc, vlo[kk], bufs.a_desc(ci, 0, kk), true);
             } else {
                 wgmma_m64n64_rs<1>(sacc, vhi[kk], bufs.kg_desc(ci, 0, kk), true);
