@@ -253,8 +253,8 @@ internal static unsafe class KdaKernels
     /// <param name="scratch">Room for at least <see cref="KdaBatch.Chunks"/> chunks of this shape.</param>
     /// <param name="state">[N, H, K, V] fp32: initial in, final out.</param>
     /// <param name="o">[T, H, V] the core's output (before the output norm).</param>
-    /// <param name="wideScan">bf16 only: whether the scan runs as the wide scan (null: as <see cref="TakesWideScan"/>
-    /// chooses; true needs the sm_90a kernels); tests pass both.</param>
+    /// <param name="wideScan">Whether the scan runs as the wide scan (null: as <see cref="TakesWideScan"/> chooses for
+    /// bf16; true is refused for fp32 activations or without the sm_90a kernels); tests pass both.</param>
     public static void ChunkedPrefill<T>(CudaStream stream, KdaShape shape, KdaBatch batch, KdaCoreInputs<T> input, KdaPrefillScratch scratch,
         DeviceSpan<float> state, DeviceSpan<T> o, bool? wideScan = null) where T : unmanaged
     {
@@ -272,7 +272,10 @@ internal static unsafe class KdaKernels
             throw new ArgumentException($"the scratch has room for {scratch.Chunks} chunks but the batch has {batch.Chunks}", nameof(scratch));
         KernelChecks.HoldsAligned(state, (long)batch.Sequences * shape.Heads * shape.StateSize, nameof(state));
         KernelChecks.HoldsAligned(o, (long)batch.Tokens * shape.ValueWidth, nameof(o));
+        if (wideScan == true && (typeof(T) != typeof(ushort) || !stream.Context.Kernels.RunsSm90a("kda")))
+            throw new ArgumentException("the wide KDA scan takes bf16 activations and needs the sm_90a kernels (Hopper)", nameof(wideScan));
         if (batch.Tokens == 0) return; // every state stays as it is
+        bool wide = typeof(T) == typeof(ushort) && (wideScan ?? TakesWideScan(stream.Context, shape, batch.Sequences));
 
         int h = shape.Heads, k = shape.KeyDim, v = shape.ValueDim, n = batch.Sequences;
         ulong cu = batch.TokenOffsets.Pointer, co = batch.ChunkOffsets.Pointer;
@@ -282,10 +285,8 @@ internal static unsafe class KdaKernels
         void** intraArgs = stackalloc void*[] { &h, &k, &v, &n, &cu, &co, &q, &kk, &vv, &g, &beta, &w, &u, &a, &qg, &kg, &gamma };
         stream.Context.Kernels.Launch(intra, new Dim3((uint)batch.Chunks * (uint)h), new Dim3(IntraThreads), IntraSharedBytes(k, v), stream, intraArgs);
         void** scanArgs = stackalloc void*[] { &h, &k, &v, &cu, &co, &w, &u, &a, &qg, &kg, &gamma, &s, &po };
-        if (typeof(T) == typeof(ushort) && (wideScan ?? TakesWideScan(stream.Context, shape, n)))
+        if (wide)
         {
-            if (!stream.Context.Kernels.RunsSm90a("kda"))
-                throw new ArgumentException("the wide KDA scan needs the sm_90a kernels (Hopper)", nameof(wideScan));
             stream.Context.Kernels.Launch(KernelId.KdaChunkPrefillWideBf16, new Dim3((uint)((v + WideScanColumns - 1) / WideScanColumns), (uint)h, (uint)n),
                 new Dim3(WideScanThreads), WideScanSharedBytes(k), stream, scanArgs);
         }
