@@ -898,6 +898,15 @@ static void bench_decode(int B, int L) {
         B, per * 1e6, L, bytes / per / 1e9, 100.0 * bytes / per / kPeakBytesPerSec, ms1 * 1e3);
     std::printf("BENCH decode_step bf16 B=%-3d H=32 K=V=128: %8.2f us/layer (graph of %d layers, programmatic dependent launch), %7.1f GB/s, %5.1f%% of 3.0 TB/s\n",
         B, perP * 1e6, L, bytes / perP / 1e9, 100.0 * bytes / perP / kPeakBytesPerSec);
+#ifndef KDA_EMULATE
+    if (B == 64) {   // the yardstick of the B = 64 bar: a device copy of the state's bytes, timed the same way
+        const size_t n = size_t(B) * HV * K;
+        float* dst = pool.alloc<float>(n);
+        const float ms = time_ms([&] { CK(cudaMemcpyAsync(dst, layers[0]->state, n * 4, cudaMemcpyDeviceToDevice, g_stream)); }, 10, 60);
+        std::printf("BENCH decode_step bf16 B=%-3d: a copy of the state's %zu MB: %.2f us (%.0f GB/s read + written); the step %.3f× that (PDL)\n",
+            B, n * 4 >> 20, ms * 1e3, 2.0 * n * 4 / (ms * 1e-3) / 1e9, perP / (ms * 1e-3));
+    }
+#endif
 }
 
 // The table form at the same shapes: B sequences a layer, each its own allocation (as sessions keep them), L layers in
