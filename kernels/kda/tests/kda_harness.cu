@@ -826,6 +826,14 @@ template <typename F> static float time_ms(F body, int warm, int reps) {
 }
 static const double kPeakBytesPerSec = 3.0e12;
 
+#ifndef KDA_EMULATE
+// A device-to-device copy of n floats of state into a fresh buffer, timed: the yardstick of the B = 64 decode bar.
+static float state_copy_ms(DevPool& pool, const float* state, size_t n, int warm, int reps) {
+    float* dst = pool.alloc<float>(n);
+    return time_ms([&] { CK(cudaMemcpyAsync(dst, state, n * 4, cudaMemcpyDeviceToDevice, g_stream)); }, warm, reps);
+}
+#endif
+
 // Decode step, H = 32, K = V = 128, bf16: L layers (own state and windows each, so B = 1 is not an L2-resident toy)
 // captured in one CUDA graph; per-layer time = median graph time / L. Bytes: state read + write, windows read + write,
 // projections, output, parameters.
@@ -901,8 +909,7 @@ static void bench_decode(int B, int L) {
 #ifndef KDA_EMULATE
     if (B == 64) {   // the yardstick of the B = 64 bar: a device copy of the state's bytes, timed the same way
         const size_t n = size_t(B) * HV * K;
-        float* dst = pool.alloc<float>(n);
-        const float ms = time_ms([&] { CK(cudaMemcpyAsync(dst, layers[0]->state, n * 4, cudaMemcpyDeviceToDevice, g_stream)); }, 10, 60);
+        const float ms = state_copy_ms(pool, layers[0]->state, n, 10, 60);
         std::printf("BENCH decode_step bf16 B=%-3d: a copy of the state's %zu MB: %.2f us (%.0f GB/s read + written); the step %.3f× that (PDL)\n",
             B, n * 4 >> 20, ms * 1e3, 2.0 * n * 4 / (ms * 1e-3) / 1e9, perP / (ms * 1e-3));
     }
@@ -1058,8 +1065,7 @@ static void profile_once() {
         e.run();
 #ifndef KDA_EMULATE
         const size_t n = size_t(B) * HV * K;
-        float* dst = pool.alloc<float>(n);
-        const float ms = time_ms([&] { CK(cudaMemcpyAsync(dst, e.state, n * 4, cudaMemcpyDeviceToDevice, g_stream)); }, 3, 50);
+        const float ms = state_copy_ms(pool, e.state, n, 3, 50);
         std::printf("copy of the B=64 state (%zu MB read and written): %.2f us, %.0f GB/s\n", n * 4 >> 20, ms * 1e3, 2.0 * n * 4 / (ms * 1e-3) / 1e9);
 #endif
     }
