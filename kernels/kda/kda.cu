@@ -58,10 +58,10 @@
 // LAUNCH GEOMETRY
 //   decode_step:   grid G, 1 ≤ G ≤ H·N (one block an SM: KdaKernels.DecodeBlocks), block 512, dynamic smem
 //                  kDecodeSmemBytes (> 48 KiB: raise the limit); block b steps the H·N items b, b + G, ... (head h of
-//                  sequence n is item n·H + h), the next item's state and inputs loaded while one is computed.
+//                  sequence n is item n·H + h), the next items' states and the next item's inputs loaded while one is computed.
 //                  Capturable in a CUDA graph (no host sync, no atomics, no scratch).
-//                  May be launched with programmatic dependent launch: it copies its first state and reads the conv
-//                  windows, parameters and the new token's q, k, v, beta projections of its first item before
+//                  May be launched with programmatic dependent launch: it copies its first two items' states and reads
+//                  the conv windows, parameters and the new token's q, k, v, beta projections of its first item before
 //                  griddepcontrol.wait, the gate inputs f and z after it.
 //   decode_step_table: the same grid (N ≤ kDecodeTableSequences), block and shared memory; also capturable and
 //                  launchable with programmatic dependent launch (its table is a kernel parameter, read at any time).
@@ -111,9 +111,11 @@ constexpr float kL2Eps = 1e-6f;          // inside the sqrt of the q/k L2 norm
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kDecodeThreads = 512;     // the decode step's roles below assume 16 warps: 4 channel roles of 128
 constexpr int kDecodeGroups = 4;         // groups of 4 warps in the decode step, each owning V/4 state columns
-// State buffers of the decode step (items copied ahead + 1). 3 (197 KB of shared memory) measured the same as 2 at
-// B = 16 and 64 on the H100: the step is not waiting for its copies.
-constexpr int kDecodeStages = 2;
+// State buffers of the decode step (items copied ahead + 1), each item's copy requested once the item two before it
+// has passed its first barrier (decode_steps). Against 2 buffers with the next item's copy requested at the top of
+// an item (H200, run 109): B = 64 −5.7 %, B = 16 −6.2 %, B = 1 the same; 3 buffers requested at the top gained
+// −2.3 % at B = 64 and lost 3 % at B = 16. 197 KB of shared memory a block.
+constexpr int kDecodeStages = 3;
 constexpr int kIntraThreads = 256;
 constexpr int kIntraMmaQgUnits = 4;     // QG and KG units (4 rows × 32 channels) each of intra's tensor-core warps writes
 // Intra block b requests block b + kIntraPrefetchAhead's inputs into L2 (prefetch_intra_rows). Swept on the H200 (runs
@@ -135,7 +137,7 @@ template <typename Tin> struct DecodeTable {
     float* state[kDecodeTableSequences];  // [H, K, V] fp32
 };
 
-// Dynamic shared memory, in floats: decode (state [2][128][128] as 4 column groups [128][32] a buffer; q, k, α, v,
+// Dynamic shared memory, in floats: decode (state [kDecodeStages][128][128] as 4 column groups [128][32] a buffer; q, k, α, v,
 // k_scale·β·r, o [128] each; warp partials [16][32]; Σq², Σk² partials [8]; the groups' Σo² [4]); intra (k, G [64][K+1] each, q
 // [64][K+1] later reused for L and A [64][64] each, then for bf16 inputs T' and v's rows: chunk_intra_q_floats; β [64], row
 // norms [128]); the scan's: ScanOperands, by input dtype (chunk_prefill_smem_bytes).
@@ -288,7 +290,7 @@ __device__ __forceinline__ void store_column_partials(float4 acc, int ncg, int l
 //   gate, the output gate; the role's raw inputs for the next item are loaded into registers while this one is
 //   computed, so only the first item waits on them;
 // - per state column: group g (warps 4g..4g+3) owns columns [g·V/4, (g+1)·V/4) of the head, copied to shared memory
-//   with cp.async one item ahead (two buffers), so at large N the step is a stream of the state.
+//   with cp.async two items ahead (kDecodeStages buffers), so at large N the step is a stream of the state.
 // The RMSNorm over all V columns sums the 4 groups' Σo² in shared memory: one block a head, no cluster.
 // q and k are normalised as scalars: r = v − k_scale·Σ_d α_d S_dj k_d, S' = Diag(α)S + k ⊗ (k_scale·β·r),
 // o = q_scale·Σ_d S'_dj q_d, with k_scale = 1/‖k‖ and q_scale = 1/(‖q‖·√K).
@@ -391,11 +393,7 @@ __device__ __forceinline__ void decode_steps(int H, int K, int V, int N, float r
 
     for (int step = 0; at.item < items; at = after(at), ++step) {
         const int h = at.h, n = at.n, b = step % kDecodeStages;
-        // Requested first: the state kDecodeStages − 1 items on, into the buffer the item before this one read (before
-        // that item's last barrier), and the next item's inputs.
-        if (ahead.item < items) copy_state(ahead, sst + (step + kDecodeStages - 1) % kDecodeStages * 128 * 128);
-        cp_async_commit();
-        ahead = after(ahead);
+        // Requested first: the next item's inputs.
         DecodeRoleInputs<Tin> next;
         const ItemAt following = after(at);
         if (following.item < items) load_inputs(following, next, true, true);
@@ -413,8 +411,14 @@ __device__ __forceinline__ void decode_steps(int H, int K, int V, int N, float r
             for (int off = 16; off > 0; off >>= 1) uu += __shfl_xor_sync(0xffffffffu, uu, off);
             if (lane == 0) snorm[warp] = uu;
         }
-        cp_async_wait<kDecodeStages - 1>();   // this thread's rows of this item's state (later items' may be in flight)
+        cp_async_wait<kDecodeStages - 2>();   // this thread's rows of this item's state (the next item's may be in flight)
         __syncthreads();
+        // Requested after the barrier: the state kDecodeStages − 1 items on, into the buffer the item before this one
+        // read. Requested at the top of the item instead, before its inputs and the barrier, the same copies made
+        // B = 16 3 % slower than 2 buffers and B = 64 only 2.3 % faster (runs 107, 109).
+        if (ahead.item < items) copy_state(ahead, sst + (step + kDecodeStages - 1) % kDecodeStages * 128 * 128);
+        cp_async_commit();
+        ahead = after(ahead);
         const float q_scale = (1.0f / sqrtf(snorm[0] + snorm[1] + snorm[2] + snorm[3] + kL2Eps)) * (1.0f / sqrtf((float)K));
         const float k_scale = 1.0f / sqrtf(snorm[4] + snorm[5] + snorm[6] + snorm[7] + kL2Eps);
         const float* st_rows = sst + b * 128 * 128 + group * 128 * 32 + rg * VS + 4 * cg;   // this thread's row rg

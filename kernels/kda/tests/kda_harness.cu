@@ -1148,7 +1148,7 @@ int main(int argc, char** argv) {
                     kda::kDecodeThreads, kda::kDecodeSmemBytes, g_decode_blocks);
 #endif
         if (!prefill_only && !prepare_only) {
-            for (int B : {1, 16, 64}) bench_decode(B, 16);
+            for (int B : {1, 16, 32, 48, 64}) bench_decode(B, 16);
             for (int B : {4, 16, 32}) bench_decode_table(B, 16);
         }
         if (decode_only) return g_fail != 0;
