@@ -3,7 +3,8 @@
 # kernels/kda/tests/stage-ab.sh): builds the harness of this checkout ("head") and of each staged candidate in parallel,
 # then runs them in turn ROUNDS times with MODE (default --bench-decode; --bench-prefill, --bench), so each round
 # compares them on one card. Every run checks the kernels first (the harness's checks; a failure prints FAIL).
-#   bash kernels/kda/tests/ab.sh STAGE        ROUNDS (2), MODE (--bench-decode), GREP (the lines printed)
+#   bash kernels/kda/tests/ab.sh STAGE        ROUNDS (2), MODE (--bench-decode), GREP (the lines printed),
+#                                             AB_STEP (build: only build; run: only run what an earlier build left)
 set -uo pipefail
 stage=$(cd "${1:?usage: ab.sh STAGE}" && pwd)
 out=${OUT:-/tmp/gpu-out}; mkdir -p "$out" /tmp/kda-ab
@@ -13,9 +14,13 @@ build() {   # name, checkout root
         -o "/tmp/kda-ab/$1" "$2/kernels/kda/tests/kda_harness.cu" > "/tmp/kda-ab/$1.build.log" 2>&1 || echo "BUILD FAILED: $1"
 }
 names=(head)
-build head . &
-for dir in "$stage"/*/; do name=$(basename "$dir"); names+=("$name"); build "$name" "$dir" & done
-wait
+for dir in "$stage"/*/; do [ -d "$dir" ] && names+=("$(basename "$dir")"); done
+if [ "${AB_STEP:-}" != run ]; then
+    build head . &
+    for name in "${names[@]:1}"; do build "$name" "$stage/$name" & done
+    wait
+fi
+[ "${AB_STEP:-}" = build ] && exit 0
 for name in "${names[@]}"; do
     echo "$name: $(grep -A2 -E 'kimi_kda_(decode_step|chunk_prefill|chunk_prefill_wide|chunk_intra)_bf16' "/tmp/kda-ab/$name.build.log" | grep -oE '[0-9]+ registers|[1-9][0-9]* bytes spill stores' | tr '\n' ' ')"
 done
