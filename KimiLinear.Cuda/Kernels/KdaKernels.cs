@@ -26,7 +26,7 @@ internal static unsafe class KdaKernels
     // kPrepareThreads, chunk_intra_smem_bytes, chunk_prefill_kpad, chunk_prefill_smem_bytes).
     private const int DecodeThreads = 512;
     private const int DecodeStages = 3;   // state buffers: items copied ahead + 1
-    private const int DecodeSharedBytes = (DecodeStages * 128 * 128 + 6 * 128 + 16 * 32 + 8 + 4) * sizeof(float);
+    private const int DecodeSharedBytes = (DecodeStages * 128 * 128 + 6 * 128 + 16 * 32 + 8 + 4 + 2 * DecodeStages) * sizeof(float);
     private const int PrepareThreads = 256;
     private const int PrepareTokens = 16;   // kPrepareTokens: tokens a prepare block walks
     private const int IntraThreads = 256;

@@ -137,11 +137,12 @@ template <typename Tin> struct DecodeTable {
     float* state[kDecodeTableSequences];  // [H, K, V] fp32
 };
 
-// Dynamic shared memory, in floats: decode (state [kDecodeStages][128][128] as 4 column groups [128][32] a buffer; q, k, α, v,
-// k_scale·β·r, o [128] each; warp partials [16][32]; Σq², Σk² partials [8]; the groups' Σo² [4]); intra (k, G [64][K+1] each, q
+// Dynamic shared memory, in floats: decode (state buffers [kDecodeStages] of [K][V], 128·128 floats apart; q, k, α, v,
+// k_scale·β·r, o [128] each; warp partials [16][32]; Σq², Σk² partials [8]; the groups' Σo² [4]; the buffers'
+// mbarriers [kDecodeStages], 8 bytes each); intra (k, G [64][K+1] each, q
 // [64][K+1] later reused for L and A [64][64] each, then for bf16 inputs T' and v's rows: chunk_intra_q_floats; β [64], row
 // norms [128]); the scan's: ScanOperands, by input dtype (chunk_prefill_smem_bytes).
-constexpr int kDecodeSmemFloats = kDecodeStages * 128 * 128 + 6 * 128 + 16 * 32 + 8 + 4;
+constexpr int kDecodeSmemFloats = kDecodeStages * 128 * 128 + 6 * 128 + 16 * 32 + 8 + 4 + 2 * kDecodeStages;
 constexpr size_t kDecodeSmemBytes = kDecodeSmemFloats * sizeof(float);
 __host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
 // q [64][K+1], later L and A [64][64] each; with bf16 inputs then T' (over L) and v's rows [64][V+8] bf16 (from A's
@@ -289,8 +290,9 @@ __device__ __forceinline__ void store_column_partials(float4 acc, int ncg, int l
 // - per channel, one role a thread (warps 0-3 q, 4-7 k, 8-11 the gate, 12-15 v): the conv + SiLU of its channel, the
 //   gate, the output gate; the role's raw inputs for the next item are loaded into registers while this one is
 //   computed, so only the first item waits on them;
-// - per state column: group g (warps 4g..4g+3) owns columns [g·V/4, (g+1)·V/4) of the head, copied to shared memory
-//   with cp.async two items ahead (kDecodeStages buffers), so at large N the step is a stream of the state.
+// - per state column: group g (warps 4g..4g+3) owns columns [g·V/4, (g+1)·V/4) of the head. The head's state is
+//   copied to shared memory two items ahead (kDecodeStages buffers) by the copy engine, so at large N the step is a
+//   stream of the state.
 // The RMSNorm over all V columns sums the 4 groups' Σo² in shared memory: one block a head, no cluster.
 // q and k are normalised as scalars: r = v − k_scale·Σ_d α_d S_dj k_d, S' = Diag(α)S + k ⊗ (k_scale·β·r),
 // o = q_scale·Σ_d S'_dj q_d, with k_scale = 1/‖k‖ and q_scale = 1/(‖q‖·√K).
@@ -322,7 +324,7 @@ __device__ __forceinline__ void decode_steps(int H, int K, int V, int N, float r
     const bool active = role == 3 ? c < V : c < K;   // the thread has a channel of its role
 
     float* sm = smem();
-    float* sst = sm;                  // [stages][groups][K][VS] this item's state slices and the next ones'
+    float* sst = sm;                  // [stages][K][V] (buffers 128·128 apart) this item's state and the next ones'
     float* sq = sm + kDecodeStages * 128 * 128;   // [128] conv(q) (raw: q_scale applied to o)
     float* sk = sq + 128;             // [128] conv(k) (raw)
     float* sa = sk + 128;             // [128] α = exp(g)
@@ -332,6 +334,7 @@ __device__ __forceinline__ void decode_steps(int H, int K, int V, int N, float r
     float* sred = so + 128;           // [16 warps][32] column partial sums
     float* snorm = sred + 512;        // [8] Σq² (warps 0-3) and Σk² (warps 4-7) partials
     float* sgsq = snorm + 8;          // [4] Σo² over each group's columns
+    uint64_t* sbar = reinterpret_cast<uint64_t*>(sgsq + 4);   // [stages] a buffer's copy has landed (offset 8-byte aligned)
 
     // An item's place, sequence n and head h. A block's items are G apart and G = gn·H + gh, so the place moves on
     // without an integer division (~20 instructions each with a runtime divisor, three an item and thread before).
@@ -343,17 +346,20 @@ __device__ __forceinline__ void decode_steps(int H, int K, int V, int N, float r
         return p;
     };
 
-    // A thread's state rows are d = rg + i·nrg, i < 8, at columns j0 + 4·cg ..: in global memory row_step floats apart,
-    // in a state buffer nrg·VS. Each walk below steps one pointer by that much a row: with the address computed from d
-    // at each row (a 64-bit product and its carries, ~10 instructions), addresses were a fifth of the step's
-    // instructions (ncu of B = 64, run 104: IMAD alone 3.2K of 16.9K warp instructions a head).
+    // A thread's state rows are d = rg + i·nrg, i < 8, at columns j0 + 4·cg ..: nrg·V floats apart in global memory
+    // and in a state buffer (the same [K][V] layout). Each walk below steps one pointer by that much a row: with the
+    // address computed from d at each row (a 64-bit product and its carries), addresses were a fifth of the step's
+    // instructions (ncu of B = 64, run 104).
     const size_t row_step = (size_t)nrg * V;
-    auto copy_state = [&](ItemAt p, float* buf) {   // this thread's rows of the item's state, by cp.async
-        const float* src = sequence(p.n).state + ((size_t)p.h * K + rg) * V + j0 + 4 * cg;
-        float* dst = buf + group * 128 * 32 + rg * VS + 4 * cg;
-#pragma unroll
-        for (int i = 0; i < 8; ++i, src += row_step, dst += nrg * VS)
-            if (rg + i * nrg < K) cp_async16(dst, src);
+    const int buffer_row_step = nrg * V;
+    // The item's K·V state (contiguous in [N, H, K, V]) as one bulk copy that thread 0 issues, its bytes counted on
+    // sbar[buf]. As each thread's 16-byte cp.async of its rows (4,096 a block and item) the step was 2.5 % slower at
+    // B = 64 (run 114) and took 115 registers against 91: the copies and their addresses went through every thread.
+    auto copy_state = [&](ItemAt p, int buf) {
+        if (tid == 0) {
+            mbar_arrive_expect_tx(sbar + buf, K * V * 4);
+            bulk_load(sst + buf * 128 * 128, sequence(p.n).state + (size_t)p.h * K * V, K * V * 4, sbar + buf);
+        }
     };
     // The role's raw inputs of an item: the conv window and taps before the programmatic wait is allowed (earlier
     // launches wrote them), the new token's f and z (the predecessor's outputs) only with `gates`.
@@ -383,10 +389,13 @@ __device__ __forceinline__ void decode_steps(int H, int K, int V, int N, float r
     ItemAt at{(int)blockIdx.x, (int)blockIdx.x / H, (int)blockIdx.x % H}, ahead = at;
     DecodeRoleInputs<Tin> cur;
     if (at.item < items) load_inputs(at, cur, true, false);
-    for (int s = 0; s < kDecodeStages - 1; ++s, ahead = after(ahead)) {   // the first items' states
-        if (ahead.item < items) copy_state(ahead, sst + s * 128 * 128);
-        cp_async_commit();
+    if (tid == 0) {
+        for (int s = 0; s < kDecodeStages; ++s) mbar_init(sbar + s, 1);
+        fence_mbarrier_init();
     }
+    for (int s = 0; s < kDecodeStages - 1; ++s, ahead = after(ahead))   // the first items' states
+        if (ahead.item < items) copy_state(ahead, s);
+    __syncthreads();   // no thread polls an mbarrier before it is initialised
     grid_dependency_wait();
     grid_launch_dependents();
     if (at.item < items) load_inputs(at, cur, false, true);
@@ -411,17 +420,17 @@ __device__ __forceinline__ void decode_steps(int H, int K, int V, int N, float r
             for (int off = 16; off > 0; off >>= 1) uu += __shfl_xor_sync(0xffffffffu, uu, off);
             if (lane == 0) snorm[warp] = uu;
         }
-        cp_async_wait<kDecodeStages - 2>();   // this thread's rows of this item's state (the next item's may be in flight)
+        mbar_wait(sbar + b, (step / kDecodeStages) & 1);   // this item's state: buffer b's (step / stages)-th copy
         __syncthreads();
         // Requested after the barrier: the state kDecodeStages − 1 items on, into the buffer the item before this one
-        // read. Requested at the top of the item instead, before its inputs and the barrier, the same copies made
-        // B = 16 3 % slower than 2 buffers and B = 64 only 2.3 % faster (runs 107, 109).
-        if (ahead.item < items) copy_state(ahead, sst + (step + kDecodeStages - 1) % kDecodeStages * 128 * 128);
-        cp_async_commit();
+        // read (all threads have passed that item's reads). Requested at the top of the item instead, before its
+        // inputs and the barrier, the same copies (then cp.async) made B = 16 3 % slower than 2 buffers and B = 64
+        // only 2.3 % faster (runs 107, 109).
+        if (ahead.item < items) copy_state(ahead, (step + kDecodeStages - 1) % kDecodeStages);
         ahead = after(ahead);
         const float q_scale = (1.0f / sqrtf(snorm[0] + snorm[1] + snorm[2] + snorm[3] + kL2Eps)) * (1.0f / sqrtf((float)K));
         const float k_scale = 1.0f / sqrtf(snorm[4] + snorm[5] + snorm[6] + snorm[7] + kL2Eps);
-        const float* st_rows = sst + b * 128 * 128 + group * 128 * 32 + rg * VS + 4 * cg;   // this thread's row rg
+        const float* st_rows = sst + b * 128 * 128 + rg * V + j0 + 4 * cg;   // this thread's row rg
 
         // r = v − k_scale·(Diag(α)S)ᵀ k over the group's columns.
         float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -429,7 +438,7 @@ __device__ __forceinline__ void decode_steps(int H, int K, int V, int N, float r
         for (int i = 0; i < 8; ++i) {
             const int d = rg + i * nrg;
             if (d < K) {
-                const float4 s4 = *reinterpret_cast<const float4*>(st_rows + i * nrg * VS);
+                const float4 s4 = *reinterpret_cast<const float4*>(st_rows + i * buffer_row_step);
                 const float a = sa[d], kd = sk[d];
                 acc.x += (s4.x * a) * kd; acc.y += (s4.y * a) * kd; acc.z += (s4.z * a) * kd; acc.w += (s4.w * a) * kd;
             }
@@ -451,7 +460,7 @@ __device__ __forceinline__ void decode_steps(int H, int K, int V, int N, float r
         for (int i = 0; i < 8; ++i, S += row_step) {
             const int d = rg + i * nrg;
             if (d < K) {
-                float4 s4 = *reinterpret_cast<const float4*>(st_rows + i * nrg * VS);
+                float4 s4 = *reinterpret_cast<const float4*>(st_rows + i * buffer_row_step);
                 const float a = sa[d], kd = sk[d], qd = sq[d];
                 s4.x = s4.x * a + kd * br.x; s4.y = s4.y * a + kd * br.y; s4.z = s4.z * a + kd * br.z; s4.w = s4.w * a + kd * br.w;
                 *reinterpret_cast<float4*>(S) = s4;
