@@ -37,8 +37,11 @@ done
 grep -E "\[FAIL\]|Total:" "$out/tests.log"
 
 # The baseline: this build's benchmark folder with the other commit's KimiLinear DLLs over it.
-rm -rf /tmp/base-bench /tmp/base-dlls && cp -r "$stage/apps/bench" /tmp/base-bench && mkdir /tmp/base-dlls
-tar xJf "${BASE:-$stage/base.txz}" -C /tmp/base-dlls && cp /tmp/base-dlls/*/*.dll /tmp/base-bench/
+# None with ROUNDS=0 (commit-ab.sh's tests-only use).
+if [ "${ROUNDS:-2}" -gt 0 ]; then
+    rm -rf /tmp/base-bench /tmp/base-dlls && cp -r "$stage/apps/bench" /tmp/base-bench && mkdir /tmp/base-dlls
+    tar xJf "${BASE:-$stage/base.txz}" -C /tmp/base-dlls && cp /tmp/base-dlls/*/*.dll /tmp/base-bench/
+fi
 start=$(date +%s)
 for round in $(seq "${ROUNDS:-2}"); do
     for which in cur base; do
