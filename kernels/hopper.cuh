@@ -120,6 +120,28 @@ __device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t b
                  ::"r"(shared_address(dst)), "l"(src), "r"(bytes), "r"(shared_address(bar)) : "memory");
 #endif
 }
+
+// The other way: `bytes` (a multiple of 16) contiguous bytes of shared `src` to global `dst` (both 16-byte aligned),
+// in this thread's bulk group. Whoever wrote src must first make those writes visible to the copy engine
+// (fence_proxy_async, then a barrier); src may be written again once bulk_wait_read says the copy has read it.
+__device__ __forceinline__ void bulk_store(void* dst, const void* src, uint32_t bytes) {
+#ifdef KDA_EMULATE
+    std::memcpy(dst, src, bytes);
+#else
+    asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst), "r"(shared_address(src)), "r"(bytes)
+                 : "memory");
+#endif
+}
+__device__ __forceinline__ void bulk_commit() {   // this thread's bulk stores since the last commit, as one group
+#ifndef KDA_EMULATE
+    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#endif
+}
+template <int N> __device__ __forceinline__ void bulk_wait_read() {   // until at most N groups still read their source
+#ifndef KDA_EMULATE
+    asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+#endif
+}
 #endif  // KDA_EMULATE || compute_90 and newer
 
 #if defined(KDA_EMULATE) || defined(__CUDA_ARCH_FEAT_SM90_ALL)

@@ -346,17 +346,15 @@ __device__ __forceinline__ void decode_steps(int H, int K, int V, int N, float r
         return p;
     };
 
-    // A thread's state rows are d = rg + i·nrg, i < 8, at columns j0 + 4·cg ..: nrg·V floats apart in global memory
-    // and in a state buffer (the same [K][V] layout). Each walk below steps one pointer by that much a row: with the
-    // address computed from d at each row (a 64-bit product and its carries), addresses were a fifth of the step's
-    // instructions (ncu of B = 64, run 104).
-    const size_t row_step = (size_t)nrg * V;
-    const int buffer_row_step = nrg * V;
+    // A thread's state rows in a buffer are d = rg + i·nrg, i < 8, at columns j0 + 4·cg .., row_step floats apart.
+    const int row_step = nrg * V;
     // The item's K·V state (contiguous in [N, H, K, V]) as one bulk copy that thread 0 issues, its bytes counted on
-    // sbar[buf]. As each thread's 16-byte cp.async of its rows (4,096 a block and item) the step was 2.5 % slower at
-    // B = 64 (run 114) and took 115 registers against 91: the copies and their addresses went through every thread.
+    // sbar[buf], once the buffer's last store (the item kDecodeStages before) has read it. As each thread's 16-byte
+    // cp.async of its rows (4,096 a block and item) the step was 2.5 % slower at B = 64 (run 114) and took 115
+    // registers against 91: the copies and their addresses went through every thread.
     auto copy_state = [&](ItemAt p, int buf) {
         if (tid == 0) {
+            bulk_wait_read<0>();
             mbar_arrive_expect_tx(sbar + buf, K * V * 4);
             bulk_load(sst + buf * 128 * 128, sequence(p.n).state + (size_t)p.h * K * V, K * V * 4, sbar + buf);
         }
@@ -430,7 +428,7 @@ __device__ __forceinline__ void decode_steps(int H, int K, int V, int N, float r
         ahead = after(ahead);
         const float q_scale = (1.0f / sqrtf(snorm[0] + snorm[1] + snorm[2] + snorm[3] + kL2Eps)) * (1.0f / sqrtf((float)K));
         const float k_scale = 1.0f / sqrtf(snorm[4] + snorm[5] + snorm[6] + snorm[7] + kL2Eps);
-        const float* st_rows = sst + b * 128 * 128 + rg * V + j0 + 4 * cg;   // this thread's row rg
+        float* st_rows = sst + b * 128 * 128 + rg * V + j0 + 4 * cg;   // this thread's row rg
 
         // r = v − k_scale·(Diag(α)S)ᵀ k over the group's columns.
         float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -438,7 +436,7 @@ __device__ __forceinline__ void decode_steps(int H, int K, int V, int N, float r
         for (int i = 0; i < 8; ++i) {
             const int d = rg + i * nrg;
             if (d < K) {
-                const float4 s4 = *reinterpret_cast<const float4*>(st_rows + i * buffer_row_step);
+                const float4 s4 = *reinterpret_cast<const float4*>(st_rows + i * row_step);
                 const float a = sa[d], kd = sk[d];
                 acc.x += (s4.x * a) * kd; acc.y += (s4.y * a) * kd; acc.z += (s4.z * a) * kd; acc.w += (s4.w * a) * kd;
             }
@@ -452,23 +450,27 @@ __device__ __forceinline__ void decode_steps(int H, int K, int V, int N, float r
         }
         __syncthreads();
 
-        // S = Diag(α)S + k ⊗ sx, written straight back to global; o = q_scale·Sᵀq.
-        float* S = sequence(n).state + ((size_t)h * K + rg) * V + j0 + 4 * cg;   // this thread's row rg
+        // S = Diag(α)S + k ⊗ sx, written back into the buffer (one bulk store takes it to global); o = q_scale·Sᵀq.
         const float4 br = reinterpret_cast<const float4*>(sx + j0)[cg];
         acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-        for (int i = 0; i < 8; ++i, S += row_step) {
+        for (int i = 0; i < 8; ++i) {
             const int d = rg + i * nrg;
             if (d < K) {
-                float4 s4 = *reinterpret_cast<const float4*>(st_rows + i * buffer_row_step);
+                float4 s4 = *reinterpret_cast<const float4*>(st_rows + i * row_step);
                 const float a = sa[d], kd = sk[d], qd = sq[d];
                 s4.x = s4.x * a + kd * br.x; s4.y = s4.y * a + kd * br.y; s4.z = s4.z * a + kd * br.z; s4.w = s4.w * a + kd * br.w;
-                *reinterpret_cast<float4*>(S) = s4;
+                *reinterpret_cast<float4*>(st_rows + i * row_step) = s4;
                 acc.x += s4.x * qd; acc.y += s4.y * qd; acc.z += s4.z * qd; acc.w += s4.w * qd;
             }
         }
+        fence_proxy_async();   // this thread's new rows visible to the bulk store's reads (after the barrier)
         store_column_partials(acc, ncg, lane, sred + warp * 32);
         __syncthreads();
+        if (tid == 0) {   // the new state to global: one bulk store, read before the buffer is refilled (copy_state)
+            bulk_store(sequence(n).state + (size_t)h * K * V, sst + b * 128 * 128, K * V * 4);
+            bulk_commit();
+        }
 
         // Gated RMSNorm over all V columns: each group's first warp sums its columns' o², the v role applies it.
         if (gw == 0) {
@@ -495,6 +497,7 @@ __device__ __forceinline__ void decode_steps(int H, int K, int V, int N, float r
         }
         cur = next;
     }
+    if (tid == 0) bulk_wait_read<0>();   // the last stores have read their buffers before the block's shared memory goes
 }
 
 // Tensor-core products (the intra kernel's sub-chunk pairs, the scan): mma.sync m16n8k8 with tf32 operands and fp32
