@@ -25,7 +25,7 @@ internal static unsafe class KdaKernels
     // Launch geometry and dynamic shared memory, as kernels/kda/kda.cu defines them (kDecode*, kIntra*, kPrefill*,
     // kPrepareThreads, chunk_intra_smem_bytes, chunk_prefill_kpad, chunk_prefill_smem_bytes).
     private const int DecodeThreads = 512;
-    private const int DecodeStages = 3;   // state buffers: items copied ahead + 1
+    private const int DecodeStages = 3;   // state buffers: items copied ahead + 1 (two in use up to kDecodeOneAheadItems items a block)
     private const int DecodeSharedBytes = (DecodeStages * 128 * 128 + 6 * 128 + 16 * 32 + 8 + 4 + 2 * DecodeStages) * sizeof(float);
     private const int PrepareThreads = 256;
     private const int PrepareTokens = 16;   // kPrepareTokens: tokens a prepare block walks

@@ -68,7 +68,8 @@ public sealed class KdaKernelTests
 
     /// <summary>
     /// Several decode steps of 3 sequences against the reference; with <paramref name="maxBlocks"/> &gt; 0 fewer blocks than
-    /// the 6 heads, so that each steps several (unevenly: 6 heads over 4 blocks) with the next head's state in flight.
+    /// the 6 heads, so that each steps several with the next heads' states in flight: unevenly, 6 heads over 4 blocks,
+    /// one head ahead; all 6 on one block, two ahead (more than kda.cu's kDecodeOneAheadItems a block).
     /// </summary>
     [Theory]
     [InlineData(false, 64, 0)]
@@ -76,6 +77,7 @@ public sealed class KdaKernelTests
     [InlineData(true, 64, 0)]
     [InlineData(true, 128, 0)]
     [InlineData(false, 128, 4)]
+    [InlineData(false, 128, 1)]
     [InlineData(true, 64, 1)]
     public void DecodeStep_SeveralTokens_MatchesReference(bool bf16, int dim, int maxBlocks)
     {

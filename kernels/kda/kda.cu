@@ -60,7 +60,7 @@
 //                  kDecodeSmemBytes (> 48 KiB: raise the limit); block b steps the H·N items b, b + G, ... (head h of
 //                  sequence n is item n·H + h), the next items' states and the next item's inputs loaded while one is computed.
 //                  Capturable in a CUDA graph (no host sync, no atomics, no scratch).
-//                  May be launched with programmatic dependent launch: it copies its first two items' states and reads
+//                  May be launched with programmatic dependent launch: it copies its first one or two items' states and reads
 //                  the conv windows, parameters and the new token's q, k, v, beta projections of its first item before
 //                  griddepcontrol.wait, the gate inputs f and z after it.
 //   decode_step_table: the same grid (N ≤ kDecodeTableSequences), block and shared memory; also capturable and
@@ -116,6 +116,10 @@ constexpr int kDecodeGroups = 4;         // groups of 4 warps in the decode step
 // an item (H200, run 109): B = 64 −5.7 %, B = 16 −6.2 %, B = 1 the same; 3 buffers requested at the top gained
 // −2.3 % at B = 64 and lost 3 % at B = 16. 197 KB of shared memory a block.
 constexpr int kDecodeStages = 3;
+// Up to this many items a block, the copies run one item ahead in two of the buffers instead: with ~4 items a block
+// (B = 16 at H = 32 on 132 SMs) two buffers were 4 % faster, with ~8 (B = 32) 1.6 % slower and with 12-16 3.7 %
+// (H200, run 116).
+constexpr int kDecodeOneAheadItems = 4;
 constexpr int kIntraThreads = 256;
 constexpr int kIntraMmaQgUnits = 4;     // QG and KG units (4 rows × 32 channels) each of intra's tensor-core warps writes
 // Intra block b requests block b + kIntraPrefetchAhead's inputs into L2 (prefetch_intra_rows). Swept on the H200 (runs
@@ -291,7 +295,7 @@ __device__ __forceinline__ void store_column_partials(float4 acc, int ncg, int l
 //   gate, the output gate; the role's raw inputs for the next item are loaded into registers while this one is
 //   computed, so only the first item waits on them;
 // - per state column: group g (warps 4g..4g+3) owns columns [g·V/4, (g+1)·V/4) of the head. The head's state is
-//   copied to shared memory two items ahead (kDecodeStages buffers) by the copy engine, so at large N the step is a
+//   copied to shared memory one or two items ahead (kDecodeOneAheadItems) by the copy engine, so at large N the step is a
 //   stream of the state.
 // The RMSNorm over all V columns sums the 4 groups' Σo² in shared memory: one block a head, no cluster.
 // q and k are normalised as scalars: r = v − k_scale·Σ_d α_d S_dj k_d, S' = Diag(α)S + k ⊗ (k_scale·β·r),
@@ -349,7 +353,7 @@ __device__ __forceinline__ void decode_steps(int H, int K, int V, int N, float r
     // A thread's state rows in a buffer are d = rg + i·nrg, i < 8, at columns j0 + 4·cg .., row_step floats apart.
     const int row_step = nrg * V;
     // The item's K·V state (contiguous in [N, H, K, V]) as one bulk copy that thread 0 issues, its bytes counted on
-    // sbar[buf], once the buffer's last store (the item kDecodeStages before) has read it. As each thread's 16-byte
+    // sbar[buf], once the buffer's last store (the item `stages` before) has read it. As each thread's 16-byte
     // cp.async of its rows (4,096 a block and item) the step was 2.5 % slower at B = 64 (run 114) and took 115
     // registers against 91: the copies and their addresses went through every thread.
     auto copy_state = [&](ItemAt p, int buf) {
@@ -387,19 +391,21 @@ __device__ __forceinline__ void decode_steps(int H, int K, int V, int N, float r
     ItemAt at{(int)blockIdx.x, (int)blockIdx.x / H, (int)blockIdx.x % H}, ahead = at;
     DecodeRoleInputs<Tin> cur;
     if (at.item < items) load_inputs(at, cur, true, false);
+    const int stages = items > kDecodeOneAheadItems * G ? kDecodeStages : 2;   // buffers in use: items copied ahead + 1
     if (tid == 0) {
-        for (int s = 0; s < kDecodeStages; ++s) mbar_init(sbar + s, 1);
+        for (int s = 0; s < stages; ++s) mbar_init(sbar + s, 1);
         fence_mbarrier_init();
     }
-    for (int s = 0; s < kDecodeStages - 1; ++s, ahead = after(ahead))   // the first items' states
+    for (int s = 0; s < stages - 1; ++s, ahead = after(ahead))   // the first items' states
         if (ahead.item < items) copy_state(ahead, s);
     __syncthreads();   // no thread polls an mbarrier before it is initialised
     grid_dependency_wait();
     grid_launch_dependents();
     if (at.item < items) load_inputs(at, cur, false, true);
 
-    for (int step = 0; at.item < items; at = after(at), ++step) {
-        const int h = at.h, n = at.n, b = step % kDecodeStages;
+    // b: this item's buffer; parity: the phase its copy there completes (0 for a buffer's first copy, then 1, 0, ...).
+    for (int b = 0, parity = 0; at.item < items; at = after(at)) {
+        const int h = at.h, n = at.n;
         // Requested first: the next item's inputs.
         DecodeRoleInputs<Tin> next;
         const ItemAt following = after(at);
@@ -418,13 +424,13 @@ __device__ __forceinline__ void decode_steps(int H, int K, int V, int N, float r
             for (int off = 16; off > 0; off >>= 1) uu += __shfl_xor_sync(0xffffffffu, uu, off);
             if (lane == 0) snorm[warp] = uu;
         }
-        mbar_wait(sbar + b, (step / kDecodeStages) & 1);   // this item's state: buffer b's (step / stages)-th copy
+        mbar_wait(sbar + b, parity);   // this item's state
         __syncthreads();
-        // Requested after the barrier: the state kDecodeStages − 1 items on, into the buffer the item before this one
+        // Requested after the barrier: the state stages − 1 items on, into the buffer the item before this one
         // read (all threads have passed that item's reads). Requested at the top of the item instead, before its
         // inputs and the barrier, the same copies (then cp.async) made B = 16 3 % slower than 2 buffers and B = 64
         // only 2.3 % faster (runs 107, 109).
-        if (ahead.item < items) copy_state(ahead, (step + kDecodeStages - 1) % kDecodeStages);
+        if (ahead.item < items) copy_state(ahead, b == 0 ? stages - 1 : b - 1);
         ahead = after(ahead);
         const float q_scale = (1.0f / sqrtf(snorm[0] + snorm[1] + snorm[2] + snorm[3] + kL2Eps)) * (1.0f / sqrtf((float)K));
         const float k_scale = 1.0f / sqrtf(snorm[4] + snorm[5] + snorm[6] + snorm[7] + kL2Eps);
@@ -501,6 +507,7 @@ __device__ __forceinline__ void decode_steps(int H, int K, int V, int N, float r
             }
         }
         cur = next;
+        if (++b == stages) b = 0, parity ^= 1;
     }
     if (tid == 0) bulk_wait_read<0>();   // the last stores have read their buffers before the block's shared memory goes
 }
