@@ -68,8 +68,8 @@ public sealed class KdaKernelTests
 
     /// <summary>
     /// Several decode steps of 3 sequences against the reference; with <paramref name="maxBlocks"/> &gt; 0 fewer blocks than
-    /// the 6 heads, so that each steps several with the next heads' states in flight: unevenly, 6 heads over 4 blocks,
-    /// one head ahead; all 6 on one block, two ahead (more than kda.cu's kDecodeOneAheadItems a block).
+    /// the 9 heads, so that each steps several with the next heads' states in flight: unevenly, 9 heads over 4 blocks,
+    /// one head ahead; all 9 on one block, two ahead (more than kda.cu's kDecodeOneAheadItems a block).
     /// </summary>
     [Theory]
     [InlineData(false, 64, 0)]
@@ -250,7 +250,7 @@ public sealed class KdaKernelTests
     {
         CudaContext gpu = Gpu.Require();
         bool bf16 = Device<T>.Bf16;
-        const int sequences = 3, heads = 2, steps = 5;
+        const int sequences = 3, heads = 3, steps = 5;
         var shape = new KdaShape(heads, dim, dim);
         var random = new Random(100 + dim * 2 + (bf16 ? 1 : 0));
         var layer = LayerHost.Random(random, shape, bf16);

@@ -117,9 +117,9 @@ constexpr int kDecodeGroups = 4;         // groups of 4 warps in the decode step
 // −2.3 % at B = 64 and lost 3 % at B = 16. 197 KB of shared memory a block.
 constexpr int kDecodeStages = 3;
 // Up to this many items a block, the copies run one item ahead in two of the buffers instead: with ~4 items a block
-// (B = 16 at H = 32 on 132 SMs) two buffers were 4 % faster, with ~8 (B = 32) 1.6 % slower and with 12-16 3.7 %
-// (H200, run 116).
-constexpr int kDecodeOneAheadItems = 4;
+// (B = 16 at H = 32 on 132 SMs) two buffers were 4-5 % faster, with 5.8 (B = 24) 0.7 %, with ~8 (B = 32) 1.6-2.2 %
+// slower and with 12-16 3.7 % (H200, runs 116, 117).
+constexpr int kDecodeOneAheadItems = 6;
 constexpr int kIntraThreads = 256;
 constexpr int kIntraMmaQgUnits = 4;     // QG and KG units (4 rows × 32 channels) each of intra's tensor-core warps writes
 // Intra block b requests block b + kIntraPrefetchAhead's inputs into L2 (prefetch_intra_rows). Swept on the H200 (runs
@@ -461,21 +461,29 @@ __device__ __forceinline__ void decode_steps(int H, int K, int V, int N, float r
         // that the store could overlap, and the block would wait at its end for the store's read (B = 1 was 6 %
         // slower with every item stored in bulk, run 115).
         const bool store_in_bulk = following.item < items;
-        float* new_rows = store_in_bulk ? st_rows : sequence(n).state + ((size_t)h * K + rg) * V + j0 + 4 * cg;
         const float4 br = reinterpret_cast<const float4*>(sx + j0)[cg];
         acc = make_float4(0.f, 0.f, 0.f, 0.f);
+        // Called once for each destination, so each call's stores keep their state space (st.shared, st.global): as
+        // one pass through a pointer chosen between them, its stores were generic and B = 1 2 % slower (run 116).
+        auto update_rows = [&](float* new_rows) {   // this thread's row rg of the buffer or of the global state
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            const int d = rg + i * nrg;
-            if (d < K) {
-                float4 s4 = *reinterpret_cast<const float4*>(st_rows + i * row_step);
-                const float a = sa[d], kd = sk[d], qd = sq[d];
-                s4.x = s4.x * a + kd * br.x; s4.y = s4.y * a + kd * br.y; s4.z = s4.z * a + kd * br.z; s4.w = s4.w * a + kd * br.w;
-                *reinterpret_cast<float4*>(new_rows + i * row_step) = s4;
-                acc.x += s4.x * qd; acc.y += s4.y * qd; acc.z += s4.z * qd; acc.w += s4.w * qd;
+            for (int i = 0; i < 8; ++i) {
+                const int d = rg + i * nrg;
+                if (d < K) {
+                    float4 s4 = *reinterpret_cast<const float4*>(st_rows + i * row_step);
+                    const float a = sa[d], kd = sk[d], qd = sq[d];
+                    s4.x = s4.x * a + kd * br.x; s4.y = s4.y * a + kd * br.y; s4.z = s4.z * a + kd * br.z; s4.w = s4.w * a + kd * br.w;
+                    *reinterpret_cast<float4*>(new_rows + i * row_step) = s4;
+                    acc.x += s4.x * qd; acc.y += s4.y * qd; acc.z += s4.z * qd; acc.w += s4.w * qd;
+                }
             }
+        };
+        if (store_in_bulk) {
+            update_rows(st_rows);
+            fence_proxy_async();   // this thread's new rows visible to the bulk store's reads
+        } else {
+            update_rows(sequence(n).state + ((size_t)h * K + rg) * V + j0 + 4 * cg);
         }
-        if (store_in_bulk) fence_proxy_async();   // this thread's new rows visible to the bulk store's reads
         store_column_partials(acc, ncg, lane, sred + warp * 32);
         __syncthreads();
         if (tid == 0 && store_in_bulk) {   // one bulk store, read before the buffer is refilled (copy_state)

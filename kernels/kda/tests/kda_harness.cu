@@ -1118,8 +1118,8 @@ int main(int argc, char** argv) {
     test_decode<bf16>(2, 3, 64, 64, 4);
     // More than kDecodeOneAheadItems items a block (5 blocks): the copies two items ahead in three buffers; the shapes
     // above take one or two items a block, one ahead.
-    test_decode<float>(7, 3, 64, 64, 3);
-    test_decode<bf16>(7, 4, 128, 128, 3);
+    test_decode<float>(11, 3, 64, 64, 3);
+    test_decode<bf16>(8, 4, 128, 128, 3);
     test_decode_table<float>(3, 2, 128, 128, 3);
     test_decode_table<bf16>(5, 3, 64, 32, 3);   // odd N, V = 32: 8 columns a block
     test_prefill_then_decode<float>(2, 2, 128, 128, 70, 3);
