@@ -463,8 +463,8 @@ __device__ __forceinline__ void decode_steps(int H, int K, int V, int N, float r
         const bool store_in_bulk = following.item < items;
         const float4 br = reinterpret_cast<const float4*>(sx + j0)[cg];
         acc = make_float4(0.f, 0.f, 0.f, 0.f);
-        // Called once for each destination, so each call's stores keep their state space (st.shared, st.global): as
-        // one pass through a pointer chosen between them, its stores were generic and B = 1 2 % slower (run 116).
+        // Called once for each destination, so each call's stores keep their state space (st.shared, st.global);
+        // through one pointer chosen between them they were generic stores (table B = 4 1.2 % slower, run 118).
         auto update_rows = [&](float* new_rows) {   // this thread's row rg of the buffer or of the global state
 #pragma unroll
             for (int i = 0; i < 8; ++i) {
