@@ -779,6 +779,12 @@ __device__ __forceinline__ void stage_v_rows(int V, int H, int h, int t0, int le
     cp_async_wait<0>();
 }
 
+// The column of W's 16 that wu_columns puts at column n of n-tile nt of its products: 4⌊n/2⌋ + 2nt + n mod 2, so that
+// a lane's accumulators (columns 2t, 2t + 1 of both n-tiles) are the 4 consecutive columns 4t .. 4t + 3 of its rows and
+// go out as one 8-byte store a plane, a warp's 8 lanes of a row filling one 32-byte sector. (Columns 8nt + n, the
+// plain order, made 4-byte stores, each warp's covering half a sector of each of 8 rows.)
+__device__ __forceinline__ int w_column(int nt, int n) { return 4 * (n >> 1) + 2 * nt + (n & 1); }
+
 // bf16 inputs: 16 columns from cb of W = T'·K̃ (kW; K̃ = k̂ ⊙ 2^G, formed from sk, nk and sg as its fragments load: 0 past
 // K and past len, so W's padding columns [K, KP) come out 0) or of U = T'·v (v's rows sv [64][V + 8], read by
 // ldmatrix), on mma.sync m16n8k16 with fp32 accumulation. T' is lower triangular, so row tile i sums the k-steps
@@ -809,7 +815,7 @@ __device__ __forceinline__ void wu_columns(int k_any, int V, int cb, int lane, c
             for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
-                    const int r = 16 * j + 2 * t + 8 * e, c = cb + 8 * nt + g;
+                    const int r = 16 * j + 2 * t + 8 * e, c = cb + w_column(nt, g);
                     float x0 = 0.f, x1 = 0.f;
                     if ((KC != 0 && KC % 64 == 0) || c < K) {   // c < KP: K a multiple of 64 covers every column
                         const float2 n = *reinterpret_cast<const float2*>(nk + r);   // rows r, r + 1 (r even)
@@ -835,25 +841,30 @@ __device__ __forceinline__ void wu_columns(int k_any, int V, int cb, int lane, c
             }
         }
     }
+    if constexpr (kW) {   // rows g and g + 8 of row tile i, columns 4t .. 4t + 3 (n-tiles 0, 1): 8 bytes a plane
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
+        for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {   // rows g and g + 8 of the tile, columns 2t, 2t + 1
-                const int r = 16 * i + g + 8 * half, c = cb + 8 * nt + 2 * t;
-                const float y0 = acc[i][nt][2 * half], y1 = acc[i][nt][2 * half + 1];
-                if (kW) {
-                    uint32_t hi, lo;
-                    split_bf16x2(y0, y1, hi, lo);
-                    const int x = atom_swizzled(r, c, kChunk);
-                    *reinterpret_cast<uint32_t*>(w_blk + x) = hi;
-                    *reinterpret_cast<uint32_t*>(w_blk + plane_k + x) = lo;
-                } else {   // U slice-major
-                    *reinterpret_cast<float2*>(u_blk + (c / kPrefillCols) * kChunk * kPrefillCols + r * kPrefillCols +
-                        c % kPrefillCols) = make_float2(y0, y1);
-                }
+            for (int half = 0; half < 2; ++half) {
+                uint2 hi, lo;
+                split_bf16x2(acc[i][0][2 * half], acc[i][0][2 * half + 1], hi.x, lo.x);
+                split_bf16x2(acc[i][1][2 * half], acc[i][1][2 * half + 1], hi.y, lo.y);
+                const int x = atom_swizzled(16 * i + g + 8 * half, cb + 4 * t, kChunk);
+                *reinterpret_cast<uint2*>(w_blk + x) = hi;
+                *reinterpret_cast<uint2*>(w_blk + plane_k + x) = lo;
             }
+    } else {   // U slice-major: rows g and g + 8 of row tile i, columns 8nt + 2t, + 1
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    const int r = 16 * i + g + 8 * half, c = cb + 8 * nt + 2 * t;
+                    *reinterpret_cast<float2*>(u_blk + (c / kPrefillCols) * kChunk * kPrefillCols + r * kPrefillCols +
+                        c % kPrefillCols) = make_float2(acc[i][nt][2 * half], acc[i][nt][2 * half + 1]);
+                }
+    }
 }
 
 // for (i = begin; i < end; i += step) body(i), unrolled `Unroll` times (1 or 4), or as the compiler likes (0).
