@@ -2065,7 +2065,18 @@ __device__ __forceinline__ void chunk_prefill_wgmma(int H, int K, int V, const i
         if (tid == 0 && ci + 1 < nchunks) ops.copy_kg(in, chunk_index(ci + 1), ci + 1, K);
     };
     auto row = [&](int e) { return row0 + 8 * ((e & 3) >> 1); };
-    auto col = [&](int e) { return 8 * (e >> 2) + 2 * t + (e & 1); };
+    // The slice's columns in the order the products hold them: accumulator column 8⌊e/4⌋ + 2t + e mod 2 of every
+    // product (and row of the stored Sᵀ, Vnᵀ) is the slice's column 8t + 2⌊e/4⌋ + e mod 2 (the columns never mix, so
+    // any order serves), so that a thread's 8 values of a row are 8 consecutive columns: the state, U and O move
+    // between registers and global memory in 16- and 32-byte pieces (O's stores fill whole sectors).
+    auto col = [&](int e) { return 8 * t + 2 * (e >> 2) + (e & 1); };
+    auto elem = [](int half, int c) { return 4 * (c >> 1) + 2 * half + (c & 1); };   // of column 8t + c in row half
+    // A row half's 8 values (row(2·half), columns 8t .. 8t + 7) from or to 8 consecutive floats, 16-byte aligned.
+    auto load8 = [&](float (&x)[16], int half, const float* p) {
+        const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+        x[elem(half, 0)] = a.x; x[elem(half, 1)] = a.y; x[elem(half, 2)] = a.z; x[elem(half, 3)] = a.w;
+        x[elem(half, 4)] = b.x; x[elem(half, 5)] = b.y; x[elem(half, 6)] = b.z; x[elem(half, 7)] = b.w;
+    };
     auto vn_desc = [&](int kk) { return ops.vn_desc(kk); };
     auto s_desc = [&](int kk) { return ops.s_desc(kk); };
 
@@ -2075,9 +2086,14 @@ __device__ __forceinline__ void chunk_prefill_wgmma(int H, int K, int V, const i
         float* S = state + ((size_t)n * H + h) * K * V + j0;
         float sacc[16];
 #pragma unroll
-        for (int e = 0; e < 16; ++e) {
-            const int d = d0 + row(e);
-            sacc[e] = holds && d < K ? S[(size_t)d * V + col(e)] : 0.f;
+        for (int half = 0; half < 2; ++half) {
+            const int d = d0 + row(2 * half);
+            if (holds && d < K) {
+                load8(sacc, half, S + (size_t)d * V + col(0));
+            } else {
+#pragma unroll
+                for (int c = 0; c < 8; ++c) sacc[elem(half, c)] = 0.f;
+            }
         }
         auto store_state = [&]() {   // the split state, for the next chunk's phase 1
             ops.store_state(d0, sacc, tid);
@@ -2102,9 +2118,13 @@ __device__ __forceinline__ void chunk_prefill_wgmma(int H, int K, int V, const i
         }
         if (holds)
 #pragma unroll
-            for (int e = 0; e < 16; ++e) {
-                const int d = d0 + row(e);
-                if (d < K) S[(size_t)d * V + col(e)] = sacc[e];
+            for (int half = 0; half < 2; ++half) {
+                const int d = d0 + row(2 * half);
+                float4* p = reinterpret_cast<float4*>(S + (size_t)d * V + col(0));
+                if (d < K) {
+                    p[0] = make_float4(sacc[elem(half, 0)], sacc[elem(half, 1)], sacc[elem(half, 2)], sacc[elem(half, 3)]);
+                    p[1] = make_float4(sacc[elem(half, 4)], sacc[elem(half, 5)], sacc[elem(half, 6)], sacc[elem(half, 7)]);
+                }
             }
     } else if (wg == 0) {   // Vn warpgroup
         // U of chunk ci (this slice's [64][32]), loaded into registers while the chunk before runs its phase 2.
@@ -2112,7 +2132,7 @@ __device__ __forceinline__ void chunk_prefill_wgmma(int H, int K, int V, const i
         auto load_u = [&](int ci) {
             const float* uc = in.u + chunk_index(ci) * kChunk * V + slice * kChunk * kPrefillCols;
 #pragma unroll
-            for (int e = 0; e < 16; ++e) u[e] = uc[row(e) * kPrefillCols + col(e)];
+            for (int half = 0; half < 2; ++half) load8(u, half, uc + row(2 * half) * kPrefillCols + col(0));
         };
         if (nchunks > 0) load_u(0);
         for (int ci = 0; ci < nchunks; ++ci) {
@@ -2148,11 +2168,12 @@ __device__ __forceinline__ void chunk_prefill_wgmma(int H, int K, int V, const i
             // O += A·Vn, then out (A is 0 above the diagonal; a wgmma takes all 64 rows, so k runs to 64)
             Ops::template split_product<0>(oacc, ocor, kChunk / 16, [&](int plane, int kk) { return ops.a_desc(ci, plane, kk); }, vn_desc);
 #pragma unroll
-            for (int e = 0; e < 16; e += 2) {   // columns col(e), col(e) + 1: one 4-byte store
-                const int r = row(e);
+            for (int half = 0; half < 2; ++half) {   // columns 8t .. 8t + 7 of row(2·half): one 16-byte store
+                const int r = row(2 * half);
+                auto pair = [&](int c) { return pack_bf16x2(Ops::sum_split(oacc, ocor, elem(half, c)), Ops::sum_split(oacc, ocor, elem(half, c + 1))); };
                 if (r < len)
-                    *reinterpret_cast<uint32_t*>(o + ((size_t)(tok0 + ci * kChunk + r) * H + h) * V + j0 + col(e)) =
-                        pack_bf16x2(Ops::sum_split(oacc, ocor, e), Ops::sum_split(oacc, ocor, e + 1));
+                    *reinterpret_cast<uint4*>(o + ((size_t)(tok0 + ci * kChunk + r) * H + h) * V + j0 + col(0)) =
+                        make_uint4(pair(0), pair(2), pair(4), pair(6));
             }
         }
     }
