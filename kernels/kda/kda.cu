@@ -2218,7 +2218,10 @@ __device__ __forceinline__ void wide_scan(int H, int K, int V, const int* __rest
         if (nchunks > 1) bufs.copy_rows(in, chunk_index(1), 1);
         bufs.copy_u(in, chunk_index(0), jb, V);
     }
-    auto column = [&](int e) { return j0 + 16 * ((tid >> 5) & 3) + g + 8 * ((e & 3) >> 1); };   // of V, for element e
+    // Column of V of element e: row 16w + g + 8⌊(e mod 4)/2⌋ of the products holds column 16w + 2g + ⌊(e mod 4)/2⌋ (the
+    // columns never mix, so any order serves), so a thread's two columns of a token are neighbours and O goes out in
+    // 4-byte pieces, a warp's 8 lanes of a token filling one 32-byte sector.
+    auto column = [&](int e) { return j0 + 16 * ((tid >> 5) & 3) + 2 * g + ((e & 3) >> 1); };
     auto inner = [&](int e) { return 8 * (e >> 2) + 2 * t + (e & 1); };                  // its column inside the tile
 
     float* S = state + ((size_t)n * H + h) * K * V;
@@ -2233,8 +2236,10 @@ __device__ __forceinline__ void wide_scan(int H, int K, int V, const int* __rest
         const int len = min(kChunk, T - ci * kChunk);
 #pragma unroll
         for (int e = 0; e < 32; ++e) {
+            if (e & 2) continue;   // elements e and e + 2: columns j, j + 1 of token r
             const int j = column(e), r = inner(e);
-            if (j < V && r < len) o[((size_t)(tok0 + ci * kChunk + r) * H + h) * V + j] = __float2bfloat16_rn(oacc[e]);
+            if (j < V && r < len)
+                *reinterpret_cast<uint32_t*>(o + ((size_t)(tok0 + ci * kChunk + r) * H + h) * V + j) = pack_bf16x2(oacc[e], oacc[e + 2]);
         }
     };
 
