@@ -2026,7 +2026,8 @@ __device__ __forceinline__ void chunk_prefill(int H, int K, int V, const int* __
 #ifdef KDA_SCAN_WGMMA
 // The bf16 scan on warpgroup MMA (WgmmaOperands): the same walk and two barriers a chunk as chunk_prefill, its 16
 // warps as 4 warpgroups by role. Accumulator element e of a thread (warp w of its warpgroup, lane 4g + t) is row
-// 16w + g + 8⌊(e mod 4) / 2⌋ of the warpgroup's 64 and column 8⌊e / 4⌋ + 2t + e mod 2 of the slice's 32.
+// 16w + g + 8⌊(e mod 4) / 2⌋ of the warpgroup's 64 and column 8⌊e / 4⌋ + 2t + e mod 2 of the product, which is the
+// slice's column 8t + 2⌊e / 4⌋ + e mod 2 (col below).
 //   warpgroup 0:      phase 1  Vn = U − W·S
 //   warpgroup 1:      phase 1  O = QG·S                  phase 2  O += A·Vn, written out
 //   warpgroups 2, 3:                                      phase 2  S ← Diag(γ)·S + KGᵀ·Vn, state rows 64(wg − 2) .. + 63
@@ -2193,8 +2194,8 @@ __device__ __forceinline__ void chunk_prefill_wgmma(int H, int K, int V, const i
 // A wgmma that accumulates into the registers of the one before waits for it (~130 cycles at m64n64k16 against 32 of
 // arithmetic, kernels/kda/NOTES.md, scan W1), so a and b, then c and d, are issued interleaved, each waiting on the
 // other's predecessor; the two warpgroups' chains interleave on the tensor cores the same way. Accumulator element e
-// of a thread (warp w of its warpgroup, lane 4g + t) in n-tile j is row (column of V) 16w + g + 8⌊(e mod 4)/2⌋ and
-// column 8j + 2t + e mod 2 (d for Sᵀ, the chunk's row for Vnᵀ and Oᵀ). Against chunk_prefill_wgmma (32 columns a
+// of a thread (warp w of its warpgroup, lane 4g + t) in n-tile j is row 16w + g + 8⌊(e mod 4)/2⌋ (column 16w + 2g +
+// ⌊(e mod 4)/2⌋ of V: column below) and column 8j + 2t + e mod 2 (d for Sᵀ, the chunk's row for Vnᵀ and Oᵀ). Against chunk_prefill_wgmma (32 columns a
 // block, state and Vn through shared memory between warpgroups, two block barriers a chunk) each operand is copied
 // once per 128 columns and no thread stores to shared memory, but each warpgroup's chunk is 36 dependent wgmma long:
 // ~5.2 µs a chunk for the block's 128 columns (H200) where chunk_prefill_wgmma takes ~2.1 for its 32, so it wins only
