@@ -710,17 +710,19 @@ __device__ __forceinline__ void substitute_wu(int K, int V, int H, int h, int t0
     }
 }
 
-// bf16 inputs: T' = (I + L)⁻¹·Diag(β) on warps 0-3 by halves, L = [[L00, 0], [L10, L11]] (32×32 blocks), stored over
-// L once all of it is read, as bf16 hi and lo planes [2][64][64] (atom_swizzled; hi = bf16(x), lo = bf16(x − hi)):
-// wu_columns' A operand. Warp 0 solves (I + L00)·x_top = e_j for the columns j < 32 and warp 1 (I + L11)·x = e_j for
-// the columns 32 + j (whose top halves are 0); warps 0-3 form y = L10·x_top (8 rows of each column a warp, through
-// sx [32][33]), and warp 0 solves (I + L11)·x_bottom = −y. Warp 0's chain is two 32-row solves (~500 FMAs each); one
-// 64-row solve a column (~2,000) held up the whole block (NOTES, intra B6).
+// bf16 inputs: T' = (I + L)⁻¹·Diag(β) on warps 0-3 by halves, L = [[L00, 0], [L10, L11]] (32×32 blocks), so that
+// (I + L)⁻¹ = [[T00, 0], [−T11·L10·T00, T11]] with T00 = (I + L00)⁻¹, T11 = (I + L11)⁻¹; stored over L once all of it is
+// read, as bf16 hi and lo planes [2][64][64] (atom_swizzled; hi = bf16(x), lo = bf16(x − hi)): wu_columns' A operand.
+// Warp 0 solves (I + L00)·x = e_j for T00's column j = lane and warp 1 (I + L11)·x = e_j for T11's, side by side (~500
+// FMAs each); then warps 0-3 form Y = L10·T00 and −T11·Y, 8 rows each, as products (through sx [32][33] and, for T11,
+// L00's place). (A 64-row solve a column, ~2,000 FMAs, held up the whole block: NOTES, intra B6; its second 32-row
+// solve, warp 0's (I + L11)·x = −y, was a chain as long as the first, where the product is 8 independent rows a warp.)
 __device__ __forceinline__ void solve_t(int tid, float* sl, const float* sb, float* sx) {
     constexpr int kH = kChunk / 2, kX = kH + 1;   // sx's row stride: column reads and writes hit 32 banks
     const int warp = tid >> 5, lane = tid & 31;
     const float* l11 = sl + kH * kLdL + kH;
-    float x[kH];   // warp 0: column lane's top half; warp 1: column 32 + lane's bottom half
+    float* t11 = sl;   // [32][kLdL]: T11 in L00's place, free once warp 0's solve is done
+    float x[kH];       // warp 0: T00's column lane; warp 1: T11's
     if (warp < 2) {
 #pragma unroll
         for (int r = 0; r < kH; ++r) x[r] = r == lane ? 1.f : 0.f;
@@ -730,38 +732,52 @@ __device__ __forceinline__ void solve_t(int tid, float* sl, const float* sb, flo
             for (int r = 0; r < kH; ++r) sx[r * kX + lane] = x[r];
         }
     }
-    named_barrier(3, 4 * 32);   // x_top is in sx
-    {
-        float xt[kH];   // column lane of x_top
+    named_barrier(3, 4 * 32);   // T00 is in sx; L00 and L11 are read
+    float t00[kH], t00_rows[8];   // T00's column lane, on every warp, and its rows 8·warp .. + 8 (for the stores)
 #pragma unroll
-        for (int r = 0; r < kH; ++r) xt[r] = sx[r * kX + lane];
-        named_barrier(3, 4 * 32);   // every column is read: y takes x_top's place
+    for (int r = 0; r < kH; ++r) t00[r] = sx[r * kX + lane];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) t00_rows[i] = sx[(8 * warp + i) * kX + lane];
+    if (warp == 1) {
+#pragma unroll
+        for (int r = 0; r < kH; ++r) t11[r * kLdL + lane] = x[r];
+    }
+    named_barrier(3, 4 * 32);   // T00 is read: Y takes its place; T11 is in L00's
+    // Rows 8·warp .. + 8 of a 32×32 product P·X into column lane of out: P's rows from p (stride kLdL, read as
+    // broadcasts), X's column lane in xc.
+    auto rows_times = [&](const float* p, const float (&xc)[kH], float (&out)[8]) {
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
-            const int r = 8 * warp + i;
+            const float* pr = p + (8 * warp + i) * kLdL;
             float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-            for (int k = 0; k < kH; ++k) acc[k & 3] = fmaf(sl[(kH + r) * kLdL + k], xt[k], acc[k & 3]);
-            sx[r * kX + lane] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+            for (int k = 0; k < kH; ++k) acc[k & 3] = fmaf(pr[k], xc[k], acc[k & 3]);
+            out[i] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
         }
-    }
-    named_barrier(3, 4 * 32);   // y is in sx
-    if (warp >= 2) return;
-    float xb[kH];   // warp 0: column lane's bottom half
-    if (warp == 0) {
+    };
+    float part[8];
+    rows_times(sl + kH * kLdL, t00, part);   // Y = L10·T00
 #pragma unroll
-        for (int r = 0; r < kH; ++r) xb[r] = -sx[r * kX + lane];
-        forward_substitute<kH>(xb, l11);
-    }
-    named_barrier(4, 2 * 32);   // warp 0 has read L11: T' may overwrite L
+    for (int i = 0; i < 8; ++i) sx[(8 * warp + i) * kX + lane] = part[i];
+    named_barrier(3, 4 * 32);   // Y is in sx
+    float y[kH];
+#pragma unroll
+    for (int r = 0; r < kH; ++r) y[r] = sx[r * kX + lane];
+    rows_times(t11, y, part);   // T11·Y
+    float t11_rows[8];   // T11's rows 8·warp .. + 8 of column lane, for the stores below
+#pragma unroll
+    for (int i = 0; i < 8; ++i) t11_rows[i] = t11[(8 * warp + i) * kLdL + lane];
+    named_barrier(3, 4 * 32);   // L and T11 are read: T' may overwrite them
     __nv_bfloat16* st = reinterpret_cast<__nv_bfloat16*>(sl);
     using Store = OperandStore<__nv_bfloat16>;
-    const int col = warp * kH + lane;
-    const float b = sb[col];
+    const float b_top = sb[lane], b_bottom = sb[kH + lane];   // β of the columns lane and 32 + lane
 #pragma unroll
-    for (int r = 0; r < kH; ++r) {
-        Store::put(st + atom_swizzled(r, col, kChunk), kChunk * kChunk, warp == 0 ? x[r] * b : 0.f);
-        Store::put(st + atom_swizzled(kH + r, col, kChunk), kChunk * kChunk, (warp == 0 ? xb[r] : x[r]) * b);
+    for (int i = 0; i < 8; ++i) {
+        const int r = 8 * warp + i;
+        Store::put(st + atom_swizzled(r, lane, kChunk), kChunk * kChunk, t00_rows[i] * b_top);
+        Store::put(st + atom_swizzled(r, kH + lane, kChunk), kChunk * kChunk, 0.f);
+        Store::put(st + atom_swizzled(kH + r, lane, kChunk), kChunk * kChunk, -part[i] * b_top);
+        Store::put(st + atom_swizzled(kH + r, kH + lane, kChunk), kChunk * kChunk, t11_rows[i] * b_bottom);
     }
 }
 
