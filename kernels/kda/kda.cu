@@ -710,39 +710,63 @@ __device__ __forceinline__ void substitute_wu(int K, int V, int H, int h, int t0
     }
 }
 
-// bf16 inputs: T' = (I + L)⁻¹·Diag(β) on warps 0-3 by halves, L = [[L00, 0], [L10, L11]] (32×32 blocks), so that
-// (I + L)⁻¹ = [[T00, 0], [−T11·L10·T00, T11]] with T00 = (I + L00)⁻¹, T11 = (I + L11)⁻¹; stored over L once all of it is
-// read, as bf16 hi and lo planes [2][64][64] (atom_swizzled; hi = bf16(x), lo = bf16(x − hi)): wu_columns' A operand.
-// Warp 0 solves (I + L00)·x = e_j for T00's column j = lane and warp 1 (I + L11)·x = e_j for T11's, side by side (~500
-// FMAs each); then warps 0-3 form Y = L10·T00 and −T11·Y, 8 rows each, as products (through sx [32][33] and, for T11,
-// L00's place). (A 64-row solve a column, ~2,000 FMAs, held up the whole block: NOTES, intra B6; its second 32-row
-// solve, warp 0's (I + L11)·x = −y, was a chain as long as the first, where the product is 8 independent rows a warp.)
+// bf16 inputs: T' = (I + L)⁻¹·Diag(β) on warps 0-3 by blocks, stored over L once all of it is read, as bf16 hi and lo
+// planes [2][64][64] (atom_swizzled; hi = bf16(x), lo = bf16(x − hi)): wu_columns' A operand. A lower block triangular
+// [[P, 0], [C, Q]] has the inverse [[P⁻¹, 0], [−Q⁻¹·C·P⁻¹, Q⁻¹]], so: warp w solves (I + L_ww)·x = e_j for the 16-row
+// diagonal block w (lanes j < 16; ~120 FMAs a column, the only chain), each inverse in its block's place; the 32-row
+// inverses T00, T11 then take two 16×16×16 products each, and T' their 32×32×32 ones (Y = L10·T00, then −T11·Y),
+// every product on all 4 warps, a column a lane, the left factor's rows read as broadcasts, intermediates through sx
+// [32][33]. (One 64-row solve a column, ~2,000 FMAs, held up the whole block (NOTES, intra B6); two 32-row solves in
+// turn, then one beside the other, still made warp 0's chain most of this phase: intra T1, T2.)
 __device__ __forceinline__ void solve_t(int tid, float* sl, const float* sb, float* sx) {
-    constexpr int kH = kChunk / 2, kX = kH + 1;   // sx's row stride: column reads and writes hit 32 banks
+    constexpr int kH = kChunk / 2, kQ = kChunk / 4, kX = kH + 1;   // sx's row stride: column reads and writes hit 32 banks
     const int warp = tid >> 5, lane = tid & 31;
-    const float* l11 = sl + kH * kLdL + kH;
-    float* t11 = sl;   // [32][kLdL]: T11 in L00's place, free once warp 0's solve is done
-    float x[kH];       // warp 0: T00's column lane; warp 1: T11's
-    if (warp < 2) {
+    {   // the diagonal block's inverse over it (each warp reads and writes its own block only)
+        float* lw = sl + kQ * warp * (kLdL + 1);
+        float x[kQ];
+        if (lane < kQ) {
 #pragma unroll
-        for (int r = 0; r < kH; ++r) x[r] = r == lane ? 1.f : 0.f;
-        forward_substitute<kH>(x, warp == 0 ? sl : l11);
-        if (warp == 0) {
+            for (int r = 0; r < kQ; ++r) x[r] = r == lane ? 1.f : 0.f;
+            forward_substitute<kQ>(x, lw);
+        } else {   // zeros above the diagonal blocks inside T00 and T11 (rows 0-15 and 32-47, 16 columns from 16 and 48)
+            const int i = kQ * (warp & 1) + lane - kQ, r = kH * (warp >> 1) + (i >> 2), c = kH * (warp >> 1) + kQ + 4 * (i & 3);
+            *reinterpret_cast<float4*>(sl + r * kLdL + c) = make_float4(0.f, 0.f, 0.f, 0.f);
+            *reinterpret_cast<float4*>(sl + (r + 8) * kLdL + c) = make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+        __syncwarp();   // every lane's reads of L_ww are done
+        if (lane < kQ) {
 #pragma unroll
-            for (int r = 0; r < kH; ++r) sx[r * kX + lane] = x[r];
+            for (int r = 0; r < kQ; ++r) lw[r * kLdL + lane] = x[r];
         }
     }
-    named_barrier(3, 4 * 32);   // T00 is in sx; L00 and L11 are read
-    float t00[kH], t00_rows[8];   // T00's column lane, on every warp, and its rows 8·warp .. + 8 (for the stores)
+    named_barrier(3, 4 * 32);   // the diagonal blocks' inverses P_w are in place
+    // The 16×16 products of T00's (warps 0-1) and T11's (warps 2-3) lower-left blocks: lane's column j = lane mod 16 of
+    // rows 4·(2·(warp mod 2) + ⌊lane/16⌋) .. + 4 of the block. o: the block's origin in sl (row and column 32 or 0).
+    const int o = kH * (warp >> 1) * (kLdL + 1), j = lane & (kQ - 1), r4 = 4 * (2 * (warp & 1) + (lane >> 4));
+    auto quarter_rows_times = [&](const float* p, const float (&xc)[kQ], float (&out)[4]) {
 #pragma unroll
-    for (int r = 0; r < kH; ++r) t00[r] = sx[r * kX + lane];
+        for (int i = 0; i < 4; ++i) {
+            const float* pr = p + (r4 + i) * kLdL;
+            float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-    for (int i = 0; i < 8; ++i) t00_rows[i] = sx[(8 * warp + i) * kX + lane];
-    if (warp == 1) {
+            for (int k = 0; k < kQ; ++k) acc[k & 3] = fmaf(pr[k], xc[k], acc[k & 3]);
+            out[i] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+        }
+    };
+    float xq[kQ], pq[4];
 #pragma unroll
-        for (int r = 0; r < kH; ++r) t11[r * kLdL + lane] = x[r];
-    }
-    named_barrier(3, 4 * 32);   // T00 is read: Y takes its place; T11 is in L00's
+    for (int k = 0; k < kQ; ++k) xq[k] = sl[o + k * kLdL + j];   // P_upper's column j
+    quarter_rows_times(sl + o + kQ * kLdL, xq, pq);             // Y = C·P_upper, C the lower-left block of L
+    float* sy = sx + kQ * (warp >> 1) * kX;                      // [16][kX]: this block's Y
+#pragma unroll
+    for (int i = 0; i < 4; ++i) sy[(r4 + i) * kX + j] = pq[i];
+    named_barrier(3, 4 * 32);   // Y is in sx; C is read
+#pragma unroll
+    for (int k = 0; k < kQ; ++k) xq[k] = sy[k * kX + j];
+    quarter_rows_times(sl + o + kQ * (kLdL + 1), xq, pq);       // P_lower·Y
+#pragma unroll
+    for (int i = 0; i < 4; ++i) sl[o + (kQ + r4 + i) * kLdL + j] = -pq[i];   // in C's place
+    named_barrier(3, 4 * 32);   // T00 and T11 are in L00's and L11's places; sx is read
     // Rows 8·warp .. + 8 of a 32×32 product P·X into column lane of out: P's rows from p (stride kLdL, read as
     // broadcasts), X's column lane in xc.
     auto rows_times = [&](const float* p, const float (&xc)[kH], float (&out)[8]) {
@@ -755,19 +779,24 @@ __device__ __forceinline__ void solve_t(int tid, float* sl, const float* sb, flo
             out[i] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
         }
     };
-    float part[8];
-    rows_times(sl + kH * kLdL, t00, part);   // Y = L10·T00
+    const float* t11 = sl + kH * (kLdL + 1);
+    float xc[kH], part[8];
+#pragma unroll
+    for (int r = 0; r < kH; ++r) xc[r] = sl[r * kLdL + lane];   // T00's column lane
+    rows_times(sl + kH * kLdL, xc, part);   // Y = L10·T00
 #pragma unroll
     for (int i = 0; i < 8; ++i) sx[(8 * warp + i) * kX + lane] = part[i];
     named_barrier(3, 4 * 32);   // Y is in sx
-    float y[kH];
 #pragma unroll
-    for (int r = 0; r < kH; ++r) y[r] = sx[r * kX + lane];
-    rows_times(t11, y, part);   // T11·Y
-    float t11_rows[8];   // T11's rows 8·warp .. + 8 of column lane, for the stores below
+    for (int r = 0; r < kH; ++r) xc[r] = sx[r * kX + lane];
+    rows_times(t11, xc, part);   // T11·Y
+    float t00_rows[8], t11_rows[8];   // rows 8·warp .. + 8 of T00's and T11's column lane, for the stores below
 #pragma unroll
-    for (int i = 0; i < 8; ++i) t11_rows[i] = t11[(8 * warp + i) * kLdL + lane];
-    named_barrier(3, 4 * 32);   // L and T11 are read: T' may overwrite them
+    for (int i = 0; i < 8; ++i) {
+        t00_rows[i] = sl[(8 * warp + i) * kLdL + lane];
+        t11_rows[i] = t11[(8 * warp + i) * kLdL + lane];
+    }
+    named_barrier(3, 4 * 32);   // L, T00 and T11 are read: T' may overwrite them
     __nv_bfloat16* st = reinterpret_cast<__nv_bfloat16*>(sl);
     using Store = OperandStore<__nv_bfloat16>;
     const float b_top = sb[lane], b_bottom = sb[kH + lane];   // β of the columns lane and 32 + lane
