@@ -16,8 +16,9 @@
 //                            here from the raw (post-conv) q, k, exactly as the decode step does:
 //     L[r,s]   = β_r Σ_d k̂_r[d] k̂_s[d] 2^(G_r[d]−G_s[d])   (s < r)      A[r,s] = Σ_d q̂_r[d] k̂_s[d] 2^(G_r[d]−G_s[d])  (s ≤ r)
 //     (I + L)·W = β ⊙ (k̂ ⊙ 2^G)   and   (I + L)·U = β ⊙ v            (fp32 inputs: forward substitution, a column a
-//                                                                    thread; bf16: T' = (I + L)⁻¹·Diag(β) by substitution
-//                                                                    of the identity's 64 columns in 32-row halves, then
+//                                                                    thread; bf16: T' = (I + L)⁻¹·Diag(β), its 16-row
+//                                                                    diagonal blocks by substitution, the rest by block
+//                                                                    products (solve_t), then
 //                                                                    W = T'·(k̂ ⊙ 2^G) and U = T'·v on tensor cores, in
 //                                                                    bf16 hi/lo parts)
 //     QG = q̂ ⊙ 2^G,  KG = k̂ ⊙ 2^(G_last − G),  γ = 2^G_last
@@ -716,8 +717,8 @@ __device__ __forceinline__ void substitute_wu(int K, int V, int H, int h, int t0
 // diagonal block w (lanes j < 16; ~120 FMAs a column, the only chain), each inverse in its block's place; the 32-row
 // inverses T00, T11 then take two 16×16×16 products each, and T' their 32×32×32 ones (Y = L10·T00, then −T11·Y),
 // every product on all 4 warps, a column a lane, the left factor's rows read as broadcasts, intermediates through sx
-// [32][33]. (One 64-row solve a column, ~2,000 FMAs, held up the whole block (NOTES, intra B6); two 32-row solves in
-// turn, then one beside the other, still made warp 0's chain most of this phase: intra T1, T2.)
+// [32][33]. (One 64-row solve a column, ~2,000 FMAs, held up the whole block (NOTES, intra B1); warp 0's two 32-row
+// solves in turn (B6) still did, and one beside the other (B8): intra −9 % at T = 4,096 from B6 to these 16-row ones, B9.)
 __device__ __forceinline__ void solve_t(int tid, float* sl, const float* sb, float* sx) {
     constexpr int kH = kChunk / 2, kQ = kChunk / 4, kX = kH + 1;   // sx's row stride: column reads and writes hit 32 banks
     const int warp = tid >> 5, lane = tid & 31;
@@ -1363,8 +1364,8 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
     } else {
         // bf16 inputs: W = T'·K̃ and U = T'·v as bf16 tensor-core products, T' = (I + L)⁻¹·Diag(β), K̃ = k̂ ⊙ 2^G. Warps 0-3
         // solve for T' while warps 4-7 write A out and stage v's rows in its place (and little else: what they add there
-        // slows the solve, which holds up the block; NOTES, intra B3); then all 8 warps form W and U in units of 16
-        // columns (W's KP/16, then U's V/16; warp w the units w, w + 8, …).
+        // slows the solve, which holds up the block; NOTES, intra B3 and B10); then all 8 warps form W and U in units of
+        // 16 columns (W's KP/16, then U's V/16; warp w the units w, w + 8, …).
         const int warp = tid >> 5;
         if (warp < 4) {
             solve_t(tid, sl, sb, sq + chunk_intra_t_scratch(V));
