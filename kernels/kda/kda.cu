@@ -741,56 +741,48 @@ __device__ __forceinline__ void solve_t(int tid, float* sl, const float* sb, flo
         }
     }
     named_barrier(3, 4 * 32);   // the diagonal blocks' inverses P_w are in place
-    // The 16×16 products of T00's (warps 0-1) and T11's (warps 2-3) lower-left blocks: lane's column j = lane mod 16 of
-    // rows 4·(2·(warp mod 2) + ⌊lane/16⌋) .. + 4 of the block. o: the block's origin in sl (row and column 32 or 0).
-    const int o = kH * (warp >> 1) * (kLdL + 1), j = lane & (kQ - 1), r4 = 4 * (2 * (warp & 1) + (lane >> 4));
-    auto quarter_rows_times = [&](const float* p, const float (&xc)[kQ], float (&out)[4]) {
+    // out[i] = row r0 + i of P·X in the column of X held in xc: P's rows from p (stride kLdL, read as broadcasts), as
+    // many terms as xc has.
+    auto rows_times = [](const float* p, int r0, const auto& xc, auto& out) {
+        constexpr int n = std::extent_v<std::remove_reference_t<decltype(xc)>>;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const float* pr = p + (r4 + i) * kLdL;
+        for (int i = 0; i < std::extent_v<std::remove_reference_t<decltype(out)>>; ++i) {
+            const float* pr = p + (r0 + i) * kLdL;
             float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-            for (int k = 0; k < kQ; ++k) acc[k & 3] = fmaf(pr[k], xc[k], acc[k & 3]);
+            for (int k = 0; k < n; ++k) acc[k & 3] = fmaf(pr[k], xc[k], acc[k & 3]);
             out[i] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
         }
     };
+    // The 16×16 products of T00's (warps 0-1) and T11's (warps 2-3) lower-left blocks: lane's column j = lane mod 16 of
+    // rows r4 .. r4 + 4 of the block. o: the block's origin in sl (row and column 32 or 0).
+    const int o = kH * (warp >> 1) * (kLdL + 1), j = lane & (kQ - 1), r4 = 4 * (2 * (warp & 1) + (lane >> 4));
     float xq[kQ], pq[4];
 #pragma unroll
     for (int k = 0; k < kQ; ++k) xq[k] = sl[o + k * kLdL + j];   // P_upper's column j
-    quarter_rows_times(sl + o + kQ * kLdL, xq, pq);             // Y = C·P_upper, C the lower-left block of L
+    rows_times(sl + o + kQ * kLdL, r4, xq, pq);                 // Y = C·P_upper, C the lower-left block of L
     float* sy = sx + kQ * (warp >> 1) * kX;                      // [16][kX]: this block's Y
 #pragma unroll
     for (int i = 0; i < 4; ++i) sy[(r4 + i) * kX + j] = pq[i];
     named_barrier(3, 4 * 32);   // Y is in sx; C is read
 #pragma unroll
     for (int k = 0; k < kQ; ++k) xq[k] = sy[k * kX + j];
-    quarter_rows_times(sl + o + kQ * (kLdL + 1), xq, pq);       // P_lower·Y
+    rows_times(sl + o + kQ * (kLdL + 1), r4, xq, pq);           // P_lower·Y
 #pragma unroll
     for (int i = 0; i < 4; ++i) sl[o + (kQ + r4 + i) * kLdL + j] = -pq[i];   // in C's place
     named_barrier(3, 4 * 32);   // T00 and T11 are in L00's and L11's places; sx is read
-    // Rows 8·warp .. + 8 of a 32×32 product P·X into column lane of out: P's rows from p (stride kLdL, read as
-    // broadcasts), X's column lane in xc.
-    auto rows_times = [&](const float* p, const float (&xc)[kH], float (&out)[8]) {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            const float* pr = p + (8 * warp + i) * kLdL;
-            float acc[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-            for (int k = 0; k < kH; ++k) acc[k & 3] = fmaf(pr[k], xc[k], acc[k & 3]);
-            out[i] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-        }
-    };
+    // The 32×32 products: column lane of rows 8·warp .. + 8.
     const float* t11 = sl + kH * (kLdL + 1);
     float xc[kH], part[8];
 #pragma unroll
     for (int r = 0; r < kH; ++r) xc[r] = sl[r * kLdL + lane];   // T00's column lane
-    rows_times(sl + kH * kLdL, xc, part);   // Y = L10·T00
+    rows_times(sl + kH * kLdL, 8 * warp, xc, part);   // Y = L10·T00
 #pragma unroll
     for (int i = 0; i < 8; ++i) sx[(8 * warp + i) * kX + lane] = part[i];
     named_barrier(3, 4 * 32);   // Y is in sx
 #pragma unroll
     for (int r = 0; r < kH; ++r) xc[r] = sx[r * kX + lane];
-    rows_times(t11, xc, part);   // T11·Y
+    rows_times(t11, 8 * warp, xc, part);   // T11·Y
     float t00_rows[8], t11_rows[8];   // rows 8·warp .. + 8 of T00's and T11's column lane, for the stores below
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
