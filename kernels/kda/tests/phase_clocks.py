@@ -37,13 +37,13 @@ __device__ unsigned kda_phase_clocks[kPhaseBlocks * 8 * kPhases];
     if ((threadIdx.x & 31) == 0 && pb_ < kPhaseBlocks && sizeof(Tin) == 2) \\
         kda_phase_clocks[(pb_ * 8 + (threadIdx.x >> 5)) * kPhases + (i)] = (unsigned)clock(); } while (0)
 '''),
-    ('    int t0, len;\n    chunk_span(c, num_seqs, cu_seqlens, chunk_offsets, t0, len);',
-     '    PHASE(0);\n    int t0, len;\n    chunk_span(c, num_seqs, cu_seqlens, chunk_offsets, t0, len);'),
+    ('tid = threadIdx.x;\n    int t0, len;\n    chunk_span(c, num_seqs, cu_seqlens, chunk_offsets, t0, len);',
+     'tid = threadIdx.x;\n    PHASE(0);\n    int t0, len;\n    chunk_span(c, num_seqs, cu_seqlens, chunk_offsets, t0, len);'),
     ('    if (tid < kChunk) sb[tid] = beta_t;\n    __syncthreads();', '    if (tid < kChunk) sb[tid] = beta_t;\n    PHASE(1);\n    __syncthreads();'),
     ('            sg[r * LD + tid] = run;\n        }\n    }\n    __syncthreads();',
      '            sg[r * LD + tid] = run;\n        }\n    }\n    __syncthreads();\n    PHASE(2);'),
     (pair_call + '\n    __syncthreads();', '    PHASE(3);\n' + pair_call + '\n    PHASE(6);\n    __syncthreads();\n    PHASE(7);'),
-    ('    __syncthreads();   // q̂ is dead', '    PHASE(4);\n    __syncthreads();   // q̂ is dead'),
+    ('    __syncthreads();   // q is dead', '    PHASE(4);\n    __syncthreads();   // q is dead'),
     ('''            stage_v_rows(V, H, h, t0, len, tid - 128, kIntraThreads - 128, v, reinterpret_cast<uint16_t*>(sa));
         }
         __syncthreads();''', '''            stage_v_rows(V, H, h, t0, len, tid - 128, kIntraThreads - 128, v, reinterpret_cast<uint16_t*>(sa));
@@ -54,7 +54,7 @@ __device__ unsigned kda_phase_clocks[kPhaseBlocks * 8 * kPhases];
     (wu_last + '\n        }', wu_last + '\n        }\n        PHASE(10);'),
 ])
 # point 5: the line after the barrier "q̂ is dead"
-patch(kda, [('    __syncthreads();   // q̂ is dead: L and A take its place\n', '    __syncthreads();   // q̂ is dead: L and A take its place\n    PHASE(5);\n')])
+patch(kda, [('    __syncthreads();   // q is dead: L and A take its place\n', '    __syncthreads();   // q is dead: L and A take its place\n    PHASE(5);\n')])
 
 harness = stage + '/kernels/kda/tests/kda_harness.cu'
 patch(harness, [
