@@ -793,11 +793,12 @@ __device__ __forceinline__ void solve_t(int tid, float* sl, const float* sb, flo
     __nv_bfloat16* st = reinterpret_cast<__nv_bfloat16*>(sl);
     using Store = OperandStore<__nv_bfloat16>;
     const float b_top = sb[lane], b_bottom = sb[kH + lane];   // β of the columns lane and 32 + lane
+    // T's top-right 32×32 block is zero and never read (wu_columns' row tile i takes the k-steps j ≤ i only), so
+    // it is not written.
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
         const int r = 8 * warp + i;
         Store::put(st + atom_swizzled(r, lane, kChunk), kChunk * kChunk, t00_rows[i] * b_top);
-        Store::put(st + atom_swizzled(r, kH + lane, kChunk), kChunk * kChunk, 0.f);
         Store::put(st + atom_swizzled(kH + r, lane, kChunk), kChunk * kChunk, -part[i] * b_top);
         Store::put(st + atom_swizzled(kH + r, kH + lane, kChunk), kChunk * kChunk, t11_rows[i] * b_bottom);
     }
