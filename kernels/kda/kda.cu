@@ -715,10 +715,12 @@ __device__ __forceinline__ void substitute_wu(int K, int V, int H, int h, int t0
 // planes [2][64][64] (atom_swizzled; hi = bf16(x), lo = bf16(x − hi)): wu_columns' A operand. A lower block triangular
 // [[P, 0], [C, Q]] has the inverse [[P⁻¹, 0], [−Q⁻¹·C·P⁻¹, Q⁻¹]], so: warp w solves (I + L_ww)·x = e_j for the 16-row
 // diagonal block w (lanes j < 16; ~120 FMAs a column, the only chain), each inverse in its block's place; the 32-row
-// inverses T00, T11 then take two 16×16×16 products each, and T' their 32×32×32 ones (Y = L10·T00, then −T11·Y),
-// every product on all 4 warps, a column a lane, the left factor's rows read as broadcasts, intermediates through sx
-// [32][33]. (One 64-row solve a column, ~2,000 FMAs, held up the whole block (NOTES, intra B1); warp 0's two 32-row
-// solves in turn (B6) still did, and one beside the other (B8): intra −9 % at T = 4,096 from B6 to these 16-row ones, B9.)
+// inverses T00, T11 then take two 16×16×16 products each (on all 4 warps, a column a lane, the left factor's rows read
+// as broadcasts), and T' their 32×32×32 ones (Y = L10·T00, then −T11·Y) on mma.sync, split as wu_columns' products
+// (hi·hi + hi·lo + lo·hi: ~2^-16 relative, as fine as T' is stored), intermediates through sx [32][33]. (One 64-row
+// solve a column, ~2,000 FMAs, held up the whole block (NOTES, intra B1); warp 0's two 32-row solves in turn (B6)
+// still did, and one beside the other (B8): intra −9 % at T = 4,096 from B6 to these 16-row ones, B9. The 32×32
+// products as FMAs, a column a lane, took ~550 instructions a warp each: B13.)
 __device__ __forceinline__ void solve_t(int tid, float* sl, const float* sb, float* sx) {
     constexpr int kH = kChunk / 2, kQ = kChunk / 4, kX = kH + 1;   // sx's row stride: column reads and writes hit 32 banks
     const int warp = tid >> 5, lane = tid & 31;
@@ -771,18 +773,48 @@ __device__ __forceinline__ void solve_t(int tid, float* sl, const float* sb, flo
 #pragma unroll
     for (int i = 0; i < 4; ++i) sl[o + (kQ + r4 + i) * kLdL + j] = -pq[i];   // in C's place
     named_barrier(3, 4 * 32);   // T00 and T11 are in L00's and L11's places; sx is read
-    // The 32×32 products: column lane of rows 8·warp .. + 8.
+    // The 32×32 products: warp w the rows m0 .. m0 + 15 and columns n0 .. n0 + 15 (two n-tiles) of each; lane (g, t)
+    // holds rows m0 + g, + 8 and columns n0 + 8nt + 2t, + 1 of n-tile nt (the m16n8k16 accumulator).
+    const int g = lane >> 2, t = lane & 3, m0 = kQ * (warp >> 1), n0 = kQ * (warp & 1);
+    // acc[nt] = P[m0 .. +16)[0 .. 32)·X[0 .. 32)[n0 + 8nt .. +8): P's rows at p (stride kLdL; pairs along k are 8-byte
+    // aligned), X's at x (stride ldx).
+    auto tile_times = [&](const float* p, const float* x, int ldx, float (&acc)[2][4]) {
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+#pragma unroll
+        for (int k0 = 0; k0 < kH; k0 += 16) {
+            uint32_t ah[4], al[4];   // A[g][2t..], A[g + 8][2t..], A[g][2t + 8..], A[g + 8][2t + 8..]
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const float2 a = *reinterpret_cast<const float2*>(p + (m0 + g + 8 * (i & 1)) * kLdL + k0 + 2 * t + 8 * (i >> 1));
+                split_bf16x2(a.x, a.y, ah[i], al[i]);
+            }
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) {
+                uint32_t bh[2], bl[2];   // B[2t..][g], B[2t + 8..][g]
+                const float* xc = x + n0 + 8 * nt + g;
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int k = k0 + 2 * t + 8 * e;
+                    split_bf16x2(xc[k * ldx], xc[(k + 1) * ldx], bh[e], bl[e]);
+                }
+                mma(acc[nt], ah, bl[0], bl[1]);
+                mma(acc[nt], al, bh[0], bh[1]);
+                mma(acc[nt], ah, bh[0], bh[1]);
+            }
+        }
+    };
     const float* t11 = sl + kH * (kLdL + 1);
-    float xc[kH], part[8];
+    float part[2][4];
+    tile_times(sl + kH * kLdL, sl, kLdL, part);   // Y = L10·T00
 #pragma unroll
-    for (int r = 0; r < kH; ++r) xc[r] = sl[r * kLdL + lane];   // T00's column lane
-    rows_times(sl + kH * kLdL, 8 * warp, xc, part);   // Y = L10·T00
+    for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-    for (int i = 0; i < 8; ++i) sx[(8 * warp + i) * kX + lane] = part[i];
+        for (int e = 0; e < 4; ++e) sx[(m0 + g + 8 * (e >> 1)) * kX + n0 + 8 * nt + 2 * t + (e & 1)] = part[nt][e];
     named_barrier(3, 4 * 32);   // Y is in sx
-#pragma unroll
-    for (int r = 0; r < kH; ++r) xc[r] = sx[r * kX + lane];
-    rows_times(t11, 8 * warp, xc, part);   // T11·Y
+    tile_times(t11, sx, kX, part);   // T11·Y
     float t00_rows[8], t11_rows[8];   // rows 8·warp .. + 8 of T00's and T11's column lane, for the stores below
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
@@ -799,9 +831,18 @@ __device__ __forceinline__ void solve_t(int tid, float* sl, const float* sb, flo
     for (int i = 0; i < 8; ++i) {
         const int r = 8 * warp + i;
         Store::put(st + atom_swizzled(r, lane, kChunk), kChunk * kChunk, t00_rows[i] * b_top);
-        Store::put(st + atom_swizzled(kH + r, lane, kChunk), kChunk * kChunk, -part[i] * b_top);
         Store::put(st + atom_swizzled(kH + r, kH + lane, kChunk), kChunk * kChunk, t11_rows[i] * b_bottom);
     }
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {   // −T11·Y's columns c, c + 1 of row m0 + g + 8·half: a bf16 pair a plane
+            const int c = n0 + 8 * nt + 2 * t, x = atom_swizzled(kH + m0 + g + 8 * half, c, kChunk);
+            uint32_t hi, lo;
+            split_bf16x2(-part[nt][2 * half] * sb[c], -part[nt][2 * half + 1] * sb[c + 1], hi, lo);
+            *reinterpret_cast<uint32_t*>(st + x) = hi;
+            *reinterpret_cast<uint32_t*>(st + kChunk * kChunk + x) = lo;
+        }
 }
 
 // bf16 inputs: cp.async of the chunk's rows of v into sv [64][V + 8] (16 bytes past each row, so the 8 rows an
