@@ -715,12 +715,12 @@ __device__ __forceinline__ void substitute_wu(int K, int V, int H, int h, int t0
 // planes [2][64][64] (atom_swizzled; hi = bf16(x), lo = bf16(x − hi)): wu_columns' A operand. A lower block triangular
 // [[P, 0], [C, Q]] has the inverse [[P⁻¹, 0], [−Q⁻¹·C·P⁻¹, Q⁻¹]], so: warp w solves (I + L_ww)·x = e_j for the 16-row
 // diagonal block w (lanes j < 16; ~120 FMAs a column, the only chain), each inverse in its block's place; the 32-row
-// inverses T00, T11 then take two 16×16×16 products each (on all 4 warps, a column a lane, the left factor's rows read
-// as broadcasts), and T' their 32×32×32 ones (Y = L10·T00, then −T11·Y) on mma.sync, split as wu_columns' products
-// (hi·hi + hi·lo + lo·hi: ~2^-16 relative, as fine as T' is stored), intermediates through sx [32][33]. (One 64-row
-// solve a column, ~2,000 FMAs, held up the whole block (NOTES, intra B1); warp 0's two 32-row solves in turn (B6)
-// still did, and one beside the other (B8): intra −9 % at T = 4,096 from B6 to these 16-row ones, B9. The 32×32
-// products as FMAs, a column a lane, took ~550 instructions a warp each: B13.)
+// inverses T00, T11 then take two 16×16×16 products each (Y = C·P_upper, then −P_lower·Y), and T' their 32×32×32
+// ones (Y = L10·T00, then −T11·Y), all on mma.sync split as wu_columns' products (hi·hi + hi·lo + lo·hi: ~2^-16
+// relative, as fine as T' is stored), intermediates through sx [32][33]. (One 64-row solve a column, ~2,000 FMAs,
+// held up the whole block (NOTES, intra B1); warp 0's two 32-row solves in turn (B6) still did, and one beside the
+// other (B8): intra −9 % at T = 4,096 from B6 to these 16-row ones, B9. The products as FMAs, a column a lane, took
+// ~550 instructions a warp each for the 32×32 ones: B13, B14.)
 __device__ __forceinline__ void solve_t(int tid, float* sl, const float* sb, float* sx) {
     constexpr int kH = kChunk / 2, kQ = kChunk / 4, kX = kH + 1;   // sx's row stride: column reads and writes hit 32 banks
     const int warp = tid >> 5, lane = tid & 31;
@@ -743,58 +743,29 @@ __device__ __forceinline__ void solve_t(int tid, float* sl, const float* sb, flo
         }
     }
     named_barrier(3, 4 * 32);   // the diagonal blocks' inverses P_w are in place
-    // out[i] = row r0 + i of P·X in the column of X held in xc: P's rows from p (stride kLdL, read as broadcasts), as
-    // many terms as xc has.
-    auto rows_times = [](const float* p, int r0, const auto& xc, auto& out) {
-        constexpr int n = std::extent_v<std::remove_reference_t<decltype(xc)>>;
+    // The products on mma.sync m16n8k16: lane (g, t) holds rows g, g + 8 and columns 8nt + 2t, + 1 of n-tile nt (the
+    // accumulator's layout).
+    const int g = lane >> 2, t = lane & 3;
+    // acc[nt] = P[g, g + 8 ..][0 .. 16·ksteps)·X[0 .. 16·ksteps)[8nt + g]: P's rows at p (stride kLdL; pairs along k
+    // are 8-byte aligned), X's at x (stride ldx).
+    auto tile_times = [&](auto ksteps, const float* p, const float* x, int ldx, auto& acc) {
+        constexpr int kNTiles = std::extent_v<std::remove_reference_t<decltype(acc)>>;
 #pragma unroll
-        for (int i = 0; i < std::extent_v<std::remove_reference_t<decltype(out)>>; ++i) {
-            const float* pr = p + (r0 + i) * kLdL;
-            float acc[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-            for (int k = 0; k < n; ++k) acc[k & 3] = fmaf(pr[k], xc[k], acc[k & 3]);
-            out[i] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-        }
-    };
-    // The 16×16 products of T00's (warps 0-1) and T11's (warps 2-3) lower-left blocks: lane's column j = lane mod 16 of
-    // rows r4 .. r4 + 4 of the block. o: the block's origin in sl (row and column 32 or 0).
-    const int o = kH * (warp >> 1) * (kLdL + 1), j = lane & (kQ - 1), r4 = 4 * (2 * (warp & 1) + (lane >> 4));
-    float xq[kQ], pq[4];
-#pragma unroll
-    for (int k = 0; k < kQ; ++k) xq[k] = sl[o + k * kLdL + j];   // P_upper's column j
-    rows_times(sl + o + kQ * kLdL, r4, xq, pq);                 // Y = C·P_upper, C the lower-left block of L
-    float* sy = sx + kQ * (warp >> 1) * kX;                      // [16][kX]: this block's Y
-#pragma unroll
-    for (int i = 0; i < 4; ++i) sy[(r4 + i) * kX + j] = pq[i];
-    named_barrier(3, 4 * 32);   // Y is in sx; C is read
-#pragma unroll
-    for (int k = 0; k < kQ; ++k) xq[k] = sy[k * kX + j];
-    rows_times(sl + o + kQ * (kLdL + 1), r4, xq, pq);           // P_lower·Y
-#pragma unroll
-    for (int i = 0; i < 4; ++i) sl[o + (kQ + r4 + i) * kLdL + j] = -pq[i];   // in C's place
-    named_barrier(3, 4 * 32);   // T00 and T11 are in L00's and L11's places; sx is read
-    // The 32×32 products: warp w the rows m0 .. m0 + 15 and columns n0 .. n0 + 15 (two n-tiles) of each; lane (g, t)
-    // holds rows m0 + g, + 8 and columns n0 + 8nt + 2t, + 1 of n-tile nt (the m16n8k16 accumulator).
-    const int g = lane >> 2, t = lane & 3, m0 = kQ * (warp >> 1), n0 = kQ * (warp & 1);
-    // acc[nt] = P[m0 .. +16)[0 .. 32)·X[0 .. 32)[n0 + 8nt .. +8): P's rows at p (stride kLdL; pairs along k are 8-byte
-    // aligned), X's at x (stride ldx).
-    auto tile_times = [&](const float* p, const float* x, int ldx, float (&acc)[2][4]) {
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
+        for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
 #pragma unroll
-        for (int k0 = 0; k0 < kH; k0 += 16) {
+        for (int k0 = 0; k0 < 16 * decltype(ksteps)::value; k0 += 16) {
             uint32_t ah[4], al[4];   // A[g][2t..], A[g + 8][2t..], A[g][2t + 8..], A[g + 8][2t + 8..]
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-                const float2 a = *reinterpret_cast<const float2*>(p + (m0 + g + 8 * (i & 1)) * kLdL + k0 + 2 * t + 8 * (i >> 1));
+                const float2 a = *reinterpret_cast<const float2*>(p + (g + 8 * (i & 1)) * kLdL + k0 + 2 * t + 8 * (i >> 1));
                 split_bf16x2(a.x, a.y, ah[i], al[i]);
             }
 #pragma unroll
-            for (int nt = 0; nt < 2; ++nt) {
+            for (int nt = 0; nt < kNTiles; ++nt) {
                 uint32_t bh[2], bl[2];   // B[2t..][g], B[2t + 8..][g]
-                const float* xc = x + n0 + 8 * nt + g;
+                const float* xc = x + 8 * nt + g;
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
                     const int k = k0 + 2 * t + 8 * e;
@@ -806,15 +777,32 @@ __device__ __forceinline__ void solve_t(int tid, float* sl, const float* sb, flo
             }
         }
     };
+    {   // The 16×16 products of T00's (warps 0-1) and T11's (warps 2-3) lower-left blocks: warp w the block's columns
+        // n0 .. n0 + 7. o: the block's origin in sl (row and column 32 or 0).
+        const int o = kH * (warp >> 1) * (kLdL + 1), n0 = 8 * (warp & 1);
+        float* sy = sx + kQ * (warp >> 1) * kX;   // [16][kX]: this block's Y
+        float q[1][4];
+        tile_times(std::integral_constant<int, 1>{}, sl + o + kQ * kLdL, sl + o + n0, kLdL, q);   // Y = C·P_upper, C L's
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sy[(g + 8 * (e >> 1)) * kX + n0 + 2 * t + (e & 1)] = q[0][e];
+        named_barrier(3, 4 * 32);   // Y is in sx; C is read
+        tile_times(std::integral_constant<int, 1>{}, sl + o + kQ * (kLdL + 1), sy + n0, kX, q);   // P_lower·Y
+#pragma unroll
+        for (int half = 0; half < 2; ++half)   // in C's place
+            *reinterpret_cast<float2*>(sl + o + (kQ + g + 8 * half) * kLdL + n0 + 2 * t) = make_float2(-q[0][2 * half], -q[0][2 * half + 1]);
+        named_barrier(3, 4 * 32);   // T00 and T11 are in L00's and L11's places; sx is read
+    }
+    // The 32×32 products: warp w the rows m0 .. m0 + 15 and columns n0 .. n0 + 15 (two n-tiles) of each.
+    const int m0 = kQ * (warp >> 1), n0 = kQ * (warp & 1);
     const float* t11 = sl + kH * (kLdL + 1);
     float part[2][4];
-    tile_times(sl + kH * kLdL, sl, kLdL, part);   // Y = L10·T00
+    tile_times(std::integral_constant<int, 2>{}, sl + (kH + m0) * kLdL, sl + n0, kLdL, part);   // Y = L10·T00
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) sx[(m0 + g + 8 * (e >> 1)) * kX + n0 + 8 * nt + 2 * t + (e & 1)] = part[nt][e];
     named_barrier(3, 4 * 32);   // Y is in sx
-    tile_times(t11, sx, kX, part);   // T11·Y
+    tile_times(std::integral_constant<int, 2>{}, t11 + m0 * kLdL, sx + n0, kX, part);   // T11·Y
     float t00_rows[8], t11_rows[8];   // rows 8·warp .. + 8 of T00's and T11's column lane, for the stores below
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
