@@ -803,34 +803,36 @@ __device__ __forceinline__ void solve_t(int tid, float* sl, const float* sb, flo
         for (int e = 0; e < 4; ++e) sx[(m0 + g + 8 * (e >> 1)) * kX + n0 + 8 * nt + 2 * t + (e & 1)] = part[nt][e];
     named_barrier(3, 4 * 32);   // Y is in sx
     tile_times(std::integral_constant<int, 2>{}, t11 + m0 * kLdL, sx + n0, kX, part);   // T11·Y
-    float t00_rows[8], t11_rows[8];   // rows 8·warp .. + 8 of T00's and T11's column lane, for the stores below
+    // Rows rp .. rp + 3 of T00's and T11's columns cp, cp + 1, for the stores below.
+    const int cp = 2 * (lane & (kQ - 1)), rp = 8 * warp + 4 * (lane >> 4);
+    float2 t00_pairs[4], t11_pairs[4];
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        t00_rows[i] = sl[(8 * warp + i) * kLdL + lane];
-        t11_rows[i] = t11[(8 * warp + i) * kLdL + lane];
+    for (int i = 0; i < 4; ++i) {
+        t00_pairs[i] = *reinterpret_cast<const float2*>(sl + (rp + i) * kLdL + cp);
+        t11_pairs[i] = *reinterpret_cast<const float2*>(t11 + (rp + i) * kLdL + cp);
     }
     named_barrier(3, 4 * 32);   // L, T00 and T11 are read: T' may overwrite them
+    // T'(r, c), T'(r, c + 1) = x0·β_c, x1·β_{c+1} as a bf16 pair in each plane (c even).
     __nv_bfloat16* st = reinterpret_cast<__nv_bfloat16*>(sl);
-    using Store = OperandStore<__nv_bfloat16>;
-    const float b_top = sb[lane], b_bottom = sb[kH + lane];   // β of the columns lane and 32 + lane
+    auto put_pair = [&](int r, int c, float x0, float x1) {
+        const int x = atom_swizzled(r, c, kChunk);
+        uint32_t hi, lo;
+        split_bf16x2(x0 * sb[c], x1 * sb[c + 1], hi, lo);
+        *reinterpret_cast<uint32_t*>(st + x) = hi;
+        *reinterpret_cast<uint32_t*>(st + kChunk * kChunk + x) = lo;
+    };
     // T's top-right 32×32 block is zero and never read (wu_columns' row tile i takes the k-steps j ≤ i only), so
     // it is not written.
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        const int r = 8 * warp + i;
-        Store::put(st + atom_swizzled(r, lane, kChunk), kChunk * kChunk, t00_rows[i] * b_top);
-        Store::put(st + atom_swizzled(kH + r, kH + lane, kChunk), kChunk * kChunk, t11_rows[i] * b_bottom);
+    for (int i = 0; i < 4; ++i) {
+        put_pair(rp + i, cp, t00_pairs[i].x, t00_pairs[i].y);
+        put_pair(kH + rp + i, kH + cp, t11_pairs[i].x, t11_pairs[i].y);
     }
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {   // −T11·Y's columns c, c + 1 of row m0 + g + 8·half: a bf16 pair a plane
-            const int c = n0 + 8 * nt + 2 * t, x = atom_swizzled(kH + m0 + g + 8 * half, c, kChunk);
-            uint32_t hi, lo;
-            split_bf16x2(-part[nt][2 * half] * sb[c], -part[nt][2 * half + 1] * sb[c + 1], hi, lo);
-            *reinterpret_cast<uint32_t*>(st + x) = hi;
-            *reinterpret_cast<uint32_t*>(st + kChunk * kChunk + x) = lo;
-        }
+        for (int half = 0; half < 2; ++half)   // −T11·Y's columns c, c + 1 of row m0 + g + 8·half
+            put_pair(kH + m0 + g + 8 * half, n0 + 8 * nt + 2 * t, -part[nt][2 * half], -part[nt][2 * half + 1]);
 }
 
 // bf16 inputs: cp.async of the chunk's rows of v into sv [64][V + 8] (16 bytes past each row, so the 8 rows an
