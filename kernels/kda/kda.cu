@@ -782,7 +782,8 @@ __device__ __forceinline__ void solve_t(int tid, float* sl, const float* sb, flo
         const int o = kH * (warp >> 1) * (kLdL + 1), n0 = 8 * (warp & 1);
         float* sy = sx + kQ * (warp >> 1) * kX;   // [16][kX]: this block's Y
         float q[1][4];
-        tile_times(std::integral_constant<int, 1>{}, sl + o + kQ * kLdL, sl + o + n0, kLdL, q);   // Y = C·P_upper, C L's
+        // Y = C·P_upper, C the block's lower-left 16×16 of L
+        tile_times(std::integral_constant<int, 1>{}, sl + o + kQ * kLdL, sl + o + n0, kLdL, q);
 #pragma unroll
         for (int e = 0; e < 4; ++e) sy[(g + 8 * (e >> 1)) * kX + n0 + 2 * t + (e & 1)] = q[0][e];
         named_barrier(3, 4 * 32);   // Y is in sx; C is read
