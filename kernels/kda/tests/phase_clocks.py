@@ -12,14 +12,9 @@
 # 9 after the barrier; 10 W and U written. The patch anchors on source lines; a failed assertion names the one moved.
 import sys
 
-stage = sys.argv[1]
+from probe_patch import add_harness_mode, patch
 
-def patch(path, edits):
-    s = open(path).read()
-    for old, new in edits:
-        assert s.count(old) == 1, (path, old)
-        s = s.replace(old, new)
-    open(path, 'w').write(s)
+stage = sys.argv[1]
 
 def line_with(path, start):   # the whole source line that begins with `start` (after indentation)
     s = open(path).read()
@@ -57,8 +52,7 @@ __device__ unsigned kda_phase_clocks[kPhaseBlocks * 8 * kPhases];
 patch(kda, [('    __syncthreads();   // q is dead: L and A take its place\n', '    __syncthreads();   // q is dead: L and A take its place\n    PHASE(5);\n')])
 
 harness = stage + '/kernels/kda/tests/kda_harness.cu'
-patch(harness, [
-    ('\nint main(int argc, char** argv) {', r'''
+add_harness_mode(harness, '--phase-clocks', 'phase', 'print_phase_clocks', r'''
 static void print_phase_clocks() {   // after profile_once's launch of intra (B=1 T=4,096)
     std::vector<unsigned> c(kda::kPhaseBlocks * 8 * kda::kPhases);
     CK(cudaMemcpyFromSymbol(c.data(), kda::kda_phase_clocks, c.size() * 4));
@@ -74,10 +68,5 @@ static void print_phase_clocks() {   // after profile_once's launch of intra (B=
     }
 }
 
-int main(int argc, char** argv) {'''),
-    ('        else if (a == "--profile") profile = true;', '        else if (a == "--profile") profile = true;\n        else if (a == "--phase-clocks") phase = true;'),
-    ('    bool bench = false, quick = false, profile = false,', '    bool phase = false;\n    bool bench = false, quick = false, profile = false,'),
-    ('    if (profile) { g_decode_blocks', '    profile = profile || phase;\n    if (profile) { g_decode_blocks'),
-    ('profile_once(); return 0; }', 'profile_once(); if (phase) print_phase_clocks(); return 0; }'),
-])
+''')
 print("patched", kda, "and", harness)

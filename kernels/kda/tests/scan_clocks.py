@@ -14,14 +14,9 @@
 # read across its neighbours; the points after barriers are the least exact.
 import sys
 
-stage = sys.argv[1]
+from probe_patch import add_harness_mode, patch
 
-def patch(path, edits):
-    s = open(path).read()
-    for old, new in edits:
-        assert s.count(old) == 1, (path, old)
-        s = s.replace(old, new)
-    open(path, 'w').write(s)
+stage = sys.argv[1]
 
 kda = stage + '/kernels/kda/kda.cu'
 patch(kda, [
@@ -110,8 +105,7 @@ __device__ unsigned kda_scan_clocks[kScanClockBlocks * 16 * kScanPoints];
 ])
 
 harness = stage + '/kernels/kda/tests/kda_harness.cu'
-patch(harness, [
-    ('\nint main(int argc, char** argv) {', r'''
+add_harness_mode(harness, '--scan-clocks', 'scan_clocks', 'print_scan_clocks', r'''
 static void print_scan_clocks() {   // after profile_once's launch of the 32-column scan (B=1 T=4,096)
     std::vector<unsigned> c(kda::kScanClockBlocks * 16 * kda::kScanPoints);
     CK(cudaMemcpyFromSymbol(c.data(), kda::kda_scan_clocks, c.size() * 4));
@@ -127,10 +121,5 @@ static void print_scan_clocks() {   // after profile_once's launch of the 32-col
     }
 }
 
-int main(int argc, char** argv) {'''),
-    ('        else if (a == "--profile") profile = true;', '        else if (a == "--profile") profile = true;\n        else if (a == "--scan-clocks") scan_clocks = true;'),
-    ('    bool bench = false, quick = false, profile = false,', '    bool scan_clocks = false;\n    bool bench = false, quick = false, profile = false,'),
-    ('    if (profile) { g_decode_blocks', '    profile = profile || scan_clocks;\n    if (profile) { g_decode_blocks'),
-    ('profile_once(); return 0; }', 'profile_once(); if (scan_clocks) print_scan_clocks(); return 0; }'),
-])
+''')
 print("patched", kda, "and", harness)
