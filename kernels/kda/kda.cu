@@ -938,11 +938,11 @@ __device__ __forceinline__ void wu_columns(int k_any, int V, int cb, int lane, c
     }
 }
 
-// for (i = begin; i < end; i += step) body(i), unrolled `Unroll` times (1 or 4), or as the compiler likes (0).
+// for (i = begin; i < end; i += step) body(i), unrolled `Unroll` times (1 or 2), or as the compiler likes (0).
 template <int Unroll, typename Body>
 __device__ __forceinline__ void strided_for(int begin, int end, int step, Body body) {
-    if constexpr (Unroll == 4) {
-#pragma unroll 4
+    if constexpr (Unroll == 2) {
+#pragma unroll 2
         for (int i = begin; i < end; i += step) body(i);
     } else if constexpr (Unroll == 1) {
 #pragma unroll 1
@@ -970,8 +970,9 @@ __device__ __forceinline__ void strided_for(int begin, int end, int step, Body b
 //   Each warp runs one kind only, so no warp diverges between them.
 // KC (as chunk_intra's): K as a compile-time constant, so that every row offset is an immediate (with a run-time
 // stride a fifth of the tile warps' instructions computed addresses: ncu, run 62), or 0 for any K. With KC, two unroll
-// counts are fixed (the tiles' d loops 4, the bf16 k-steps 1): without them the K = 128 instance gained a third as much
-// (run 63). Without KC they are the compiler's.
+// counts are fixed (the tiles' d loops 2, the bf16 k-steps 1): without them the K = 128 instance gained a third as much
+// (run 63); the tiles' loops unrolled 4 (before run 148), 8 or 1 took intra 1 to 4 % longer at T = 4,096, the k-steps
+// unrolled 2 7 % (runs 148, 149). Without KC they are the compiler's.
 template <typename Tin, int KC>
 __device__ __forceinline__ void pair_products(int k_any, int tid, const float* sk, const float* sg, const float* sq,
     const float* sb, const float* snorm, float* sl, float* sa) {
@@ -1111,7 +1112,7 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
             return x;
         };
         if (!diag) {
-            strided_for<KC ? 4 : 0>(part, K, 4, [&](int d) {
+            strided_for<KC ? 2 : 0>(part, K, 4, [&](int d) {
                 auto [kr, qr, gr, ks, gs] = tile_rows(d);
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
@@ -1126,7 +1127,7 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
                     for (int j = 0; j < 4; ++j) { kk[i][j] += kr[i] * ks[j]; qk[i][j] += qr[i] * ks[j]; }
             });
         } else {
-            strided_for<KC ? 4 : 0>(part, K, 4, [&](int d) {
+            strided_for<KC ? 2 : 0>(part, K, 4, [&](int d) {
                 const TileRows x = tile_rows(d);
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
