@@ -37,9 +37,10 @@ internal static unsafe class KdaKernels
     private const int MaxKeyDim = 128;
 
     private const int IntraLdL = ChunkTokens + 8;   // kLdL: L's and A's row stride in shared memory
+    private const int IntraLdT = ChunkTokens + 4;   // kLdT: the row stride of q, k and G, stored a channel a row
     private static int IntraSharedBytes(int k, int v) =>
-        sizeof(float) * (2 * ChunkTokens * (k + 1)
-            + Math.Max(ChunkTokens * (k + 1), ChunkTokens * IntraLdL + Math.Max(ChunkTokens * IntraLdL, ChunkTokens * (v + 8) / 2) + 32 * 33)
+        sizeof(float) * (2 * k * IntraLdT
+            + Math.Max(k * IntraLdT, ChunkTokens * IntraLdL + Math.Max(ChunkTokens * IntraLdL, ChunkTokens * (v + 8) / 2) + 32 * 33)
             + 3 * ChunkTokens);
 
     /// <summary>K padded to the scan's 64 or 128 (kda.cu's chunk_prefill_kpad; K above 128 is refused before use).</summary>

@@ -144,23 +144,33 @@ template <typename Tin> struct DecodeTable {
 
 // Dynamic shared memory, in floats: decode (state buffers [kDecodeStages] of [K][V], 128·128 floats apart; q, k, α, v,
 // k_scale·β·r, o [128] each; warp partials [16][32]; Σq², Σk² partials [8]; the groups' Σo² [4]; the buffers'
-// mbarriers [kDecodeStages], 8 bytes each); intra (k, G [64][K+1] each, q
-// [64][K+1] later reused for L and A [64][64] each, then for bf16 inputs T' and v's rows: chunk_intra_q_floats; β [64], row
+// mbarriers [kDecodeStages], 8 bytes each); intra (k, G [K][kLdT] each, q
+// [K][kLdT] later reused for L and A [64][64] each, then for bf16 inputs T' and v's rows: chunk_intra_q_floats; β [64], row
 // norms [128]); the scan's: ScanOperands, by input dtype (chunk_prefill_smem_bytes).
 constexpr int kDecodeSmemFloats = kDecodeStages * 128 * 128 + 6 * 128 + 16 * 32 + 8 + 4 + 2 * kDecodeStages;
 constexpr size_t kDecodeSmemBytes = kDecodeSmemFloats * sizeof(float);
 __host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
-// q [64][K+1], later L and A [64][64] each; with bf16 inputs then T' (over L) and v's rows [64][V+8] bf16 (from A's
+// Intra keeps q, k and G a channel a row ([K][kLdT], row r of channel c at transposed_at(c, r)), so that what its loops
+// read together lies together: a pair tile's 4 rows of a channel in one 16-byte load, a tensor-core fragment's two rows
+// (2g, 2g + 1) of a channel in one 8-byte load, a channel's running sum in 16-byte pieces, and the load phase stores two
+// rows of a channel at once. The stride ≡ 4 mod 32 words and the rows XORed by 4·(⌊c/8⌋ mod 4) (whole 4-row groups
+// move, so the 16- and 8-byte pieces stay aligned) keep all of these free of bank conflicts (see each) with the loads
+// and the QG, KG stores taking 4 rows × 64 bytes of a bf16 tensor an instruction (8 rows × 32 bytes, the unswizzled
+// layout's pattern, queued on L1: +3 % for intra, run 147).
+constexpr int kLdT = kChunk + 4;
+__device__ __forceinline__ int transposed_swizzle(int c) { return 4 * ((c >> 3) & 3); }
+__device__ __forceinline__ int transposed_at(int c, int r) { return c * kLdT + (r ^ transposed_swizzle(c)); }
+// q [K][kLdT], later L and A [64][64] each; with bf16 inputs then T' (over L) and v's rows [64][V+8] bf16 (from A's
 // place), and after both solve_t's scratch [32][33] (from chunk_intra_t_scratch floats on).
 // L's and A's row stride in shared memory: ≡ 8 mod 32 words, so that the pair products' 8-byte stores (rows g, g + 8 of
 // a fragment, columns 2t, 2t + 1) hit 32 banks; at 64 each fragment's 8 rows met in one (8-way conflicts).
 constexpr int kLdL = kChunk + 8;
 __host__ __device__ constexpr int chunk_intra_t_scratch(int V) { return kChunk * kLdL + cmax(kChunk * kLdL, kChunk * (V + 8) / 2); }
 __host__ __device__ constexpr int chunk_intra_q_floats(int K, int V) {
-    return cmax(kChunk * (K + 1), chunk_intra_t_scratch(V) + 32 * 33);
+    return cmax(K * kLdT, chunk_intra_t_scratch(V) + 32 * 33);
 }
 __host__ __device__ constexpr size_t chunk_intra_smem_bytes(int K, int V) {
-    return sizeof(float) * (2 * kChunk * (K + 1) + chunk_intra_q_floats(K, V) + 3 * kChunk);
+    return sizeof(float) * (2 * K * kLdT + chunk_intra_q_floats(K, V) + 3 * kChunk);
 }
 // The scan's row stride for its [rows][32] tiles (state slice, U, Vn): ≡ 8 mod 32 in fp32 words.
 constexpr int kScanLd = kPrefillCols + 8;
@@ -670,13 +680,20 @@ __device__ __forceinline__ void forward_substitute(float (&x)[N], const float* l
 // ~2^-17 of each value, too little for the fp32 checks' 1e-5.)
 __device__ __forceinline__ void substitute_wu(int K, int V, int H, int h, int t0, int len, int tid,
     const float* __restrict__ v, const float* sk, const float* sg, const float* sb, const float* nk, const float* sl, float* sa,
-    int LD, float* w_blk, float* u_blk) {
+    float* w_blk, float* u_blk) {
     const bool is_w = tid < K, is_u = tid >= K && tid < K + V;
     const int col = is_w ? tid : tid - K;
     float x[kChunk];
-    if (is_w) {
+    if (is_w) {   // the column's rows of k and G in 16-byte pieces (channel rows kLdT apart: a quarter-warp hits 32 banks)
 #pragma unroll
-        for (int r = 0; r < kChunk; ++r) x[r] = sb[r] * nk[r] * sk[r * LD + col] * ex2(sg[r * LD + col]);
+        for (int r = 0; r < kChunk; r += 4) {
+            const int at = transposed_at(col, r);
+            const float4 kx = *reinterpret_cast<const float4*>(sk + at), gx = *reinterpret_cast<const float4*>(sg + at);
+            x[r] = sb[r] * nk[r] * kx.x * ex2(gx.x);
+            x[r + 1] = sb[r + 1] * nk[r + 1] * kx.y * ex2(gx.y);
+            x[r + 2] = sb[r + 2] * nk[r + 2] * kx.z * ex2(gx.z);
+            x[r + 3] = sb[r + 3] * nk[r + 3] * kx.w * ex2(gx.w);
+        }
     }
     const int u_warp0 = K / 32, u_threads = 32 * ((K + V + 31) / 32 - u_warp0);   // the warps with U columns
     if (tid >= 32 * u_warp0 && tid < 32 * u_warp0 + u_threads) {
@@ -850,11 +867,14 @@ __device__ __forceinline__ void stage_v_rows(int V, int H, int h, int t0, int le
     cp_async_wait<0>();
 }
 
-// The column of W's 16 that wu_columns puts at column n of n-tile nt of its products: 4⌊n/2⌋ + 2nt + n mod 2, so that
-// a lane's accumulators (columns 2t, 2t + 1 of both n-tiles) are the 4 consecutive columns 4t .. 4t + 3 of its rows and
-// go out as one 8-byte store a plane, a warp's 8 lanes of a row filling one 32-byte sector. (Columns 8nt + n, the
-// plain order, made 4-byte stores, each warp's covering half a sector of each of 8 rows.)
-__device__ __forceinline__ int w_column(int nt, int n) { return 4 * (n >> 1) + 2 * nt + (n & 1); }
+// The column of W's 16 that wu_columns puts at column n of n-tile nt of its products: 4⌊n/2⌋ + 2(n mod 2) + nt, so that
+// a lane's accumulators (columns 2t, 2t + 1 of both n-tiles) are the 4 consecutive columns 4t .. 4t + 3 of its rows
+// (n-tile 0's at 4t, 4t + 2, n-tile 1's at 4t + 1, 4t + 3) and go out as one 8-byte store a plane, a warp's 8 lanes of a
+// row filling one 32-byte sector (columns 8nt + n, the plain order, made 4-byte stores, each warp's covering half a
+// sector of each of 8 rows); and so that the B columns a k-step's lanes load, 2g + nt, put a half-warp's 8-byte K̃
+// reads (rows 2t, 2t + 1 of a channel; the channels 2g + nt of a half-warp share their swizzle) in 16 different bank
+// pairs (34·2g + (t ^ const) ≡ 4g + (t ^ const) mod 16).
+__device__ __forceinline__ int w_column(int nt, int n) { return 4 * (n >> 1) + 2 * (n & 1) + nt; }
 
 // bf16 inputs: 16 columns from cb of W = T'·K̃ (kW; K̃ = k̂ ⊙ 2^G, formed from sk, nk and sg as its fragments load: 0 past
 // K and past len, so W's padding columns [K, KP) come out 0) or of U = T'·v (v's rows sv [64][V + 8], read by
@@ -868,7 +888,7 @@ __device__ __forceinline__ int w_column(int nt, int n) { return 4 * (n >> 1) + 2
 template <bool kW, int KC>
 __device__ __forceinline__ void wu_columns(int k_any, int V, int cb, int lane, const float* sk, const float* sg, const float* nk,
     const uint16_t* st, const uint16_t* sv, __nv_bfloat16* w_blk, int plane_k, float* u_blk) {
-    const int K = KC ? KC : k_any, LD = K + 1;
+    const int K = KC ? KC : k_any;
     const int g = lane >> 2, t = lane & 3;
     const int frag_row = (lane & 7) + (lane & 8), frag_piece = lane >> 4;   // this lane's ldmatrix row and 8-column piece
     float acc[4][2][4];   // [row tile i][n-tile][fragment]
@@ -890,8 +910,10 @@ __device__ __forceinline__ void wu_columns(int k_any, int V, int cb, int lane, c
                     float x0 = 0.f, x1 = 0.f;
                     if ((KC != 0 && KC % 64 == 0) || c < K) {   // c < KP: K a multiple of 64 covers every column
                         const float2 n = *reinterpret_cast<const float2*>(nk + r);   // rows r, r + 1 (r even)
-                        x0 = sk[r * LD + c] * n.x * ex2(sg[r * LD + c]);
-                        x1 = sk[(r + 1) * LD + c] * n.y * ex2(sg[(r + 1) * LD + c]);
+                        const int x = transposed_at(c, r);
+                        const float2 kx = *reinterpret_cast<const float2*>(sk + x), gx = *reinterpret_cast<const float2*>(sg + x);
+                        x0 = kx.x * n.x * ex2(gx.x);
+                        x1 = kx.y * n.y * ex2(gx.y);
                     }
                     split_bf16x2(x0, x1, bh[2 * nt + e], bl[2 * nt + e]);
                 }
@@ -912,14 +934,14 @@ __device__ __forceinline__ void wu_columns(int k_any, int V, int cb, int lane, c
             }
         }
     }
-    if constexpr (kW) {   // rows g and g + 8 of row tile i, columns 4t .. 4t + 3 (n-tiles 0, 1): 8 bytes a plane
+    if constexpr (kW) {   // rows g and g + 8 of row tile i, columns 4t .. 4t + 3 (w_column): 8 bytes a plane
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
                 uint2 hi, lo;
-                split_bf16x2(acc[i][0][2 * half], acc[i][0][2 * half + 1], hi.x, lo.x);
-                split_bf16x2(acc[i][1][2 * half], acc[i][1][2 * half + 1], hi.y, lo.y);
+                split_bf16x2(acc[i][0][2 * half], acc[i][1][2 * half], hi.x, lo.x);
+                split_bf16x2(acc[i][0][2 * half + 1], acc[i][1][2 * half + 1], hi.y, lo.y);
                 const int x = atom_swizzled(16 * i + g + 8 * half, cb + 4 * t, kChunk);
                 *reinterpret_cast<uint2*>(w_blk + x) = hi;
                 *reinterpret_cast<uint2*>(w_blk + plane_k + x) = lo;
@@ -954,32 +976,34 @@ __device__ __forceinline__ void strided_for(int begin, int end, int step, Body b
 
 // The pair products of chunk_intra: L (times β) and A over the chunk's 64×64 pairs into shared memory (sl, sa, in q's
 // place once every warp has read q), one 2^(G_r − G_s) per (r, s, d) shared by both. They sum over the rows of q and k
-// as loaded; each result is scaled by its rows' norms (snorm: n_q, n_k) as it is stored. Only the lower triangle (s ≤ r)
-// is computed: the solve reads L below the diagonal only, and A is written from sa with the upper triangle zeroed.
-// Every exponent taken is ≤ 0 (G never increases along a chunk), by factorizing through a reference row n with
-// s ≤ n < r: 2^(G_r − G_s) = 2^(G_r − G_n)·2^(G_n − G_s).
+// as loaded (sk, sq, sg: a channel a row, kLdT); each result is scaled by its rows' norms (snorm: n_q, n_k) as it is
+// stored. Only the lower triangle (s ≤ r) is computed: the solve reads L below the diagonal only, and A is written from
+// sa with the upper triangle zeroed. Every exponent taken is ≤ 0 (G never increases along a chunk), by factorizing
+// through a reference row n with s ≤ n < r: 2^(G_r − G_s) = 2^(G_r − G_n)·2^(G_n − G_s).
 //   Pairs of 16-row sub-chunks i > j (6 blocks of 16×16), warps 5-7 with two blocks each: tensor-core products
 //   (3xTF32, or three bf16 products for bf16 inputs) of sub-chunk i's rows scaled by 2^(G_r − G_n) with sub-chunk
 //   j's rows scaled by 2^(G_n − G_s), n = j's last row (47 for (3,0): below); the scaled operands are formed in
-//   registers as the fragments are loaded.
+//   registers as the fragments are loaded. A fragment's rows g and g + 8 are the sub-chunk's rows 2g and 2g + 1, and
+//   n-tiles 0 and 1 of B take column g from j's rows 2g and 2g + 1, so one 8-byte load brings both rows of a channel.
 //   Inside the 4 diagonal 16×16 blocks, 4×4 tiles on warps 0-4 (8 tiles per warp, lane % 8; the d range split 4
-//   ways by lane / 8, interleaved, the parts summed by shuffle): warps 0-2 take the 24 off-diagonal tiles, which
-//   factorize through their last column (7 exponentials per d for 16 pairs, then plain FMAs); warps 3-4 the 16
-//   diagonal tiles, with 2^(G_r − G_s) element-wise for the 6 pairs s < r of each (the running sum G never
-//   increases, so those exponents are ≤ 0; the 4 on the diagonal take none, the 6 above stay 0 and are never read).
-//   Each warp runs one kind only, so no warp diverges between them.
-// KC (as chunk_intra's): K as a compile-time constant, so that every row offset is an immediate (with a run-time
-// stride a fifth of the tile warps' instructions computed addresses: ncu, run 62), or 0 for any K. With KC, two unroll
-// counts are fixed (the tiles' d loops 2, the bf16 k-steps 1): without them the K = 128 instance gained a third as much
-// (run 63); the tiles' loops unrolled 4 (before run 148), 8 or 1 took intra 1 to 4 % longer at T = 4,096, the k-steps
-// unrolled 2 7 % (runs 148, 149). Without KC they are the compiler's.
+//   ways by lane / 8, interleaved, the parts summed by shuffle), each channel's 4 rows of a tile in one 16-byte load
+//   (a quarter-warp's 8 lanes share d and hold different row tiles, so their loads hit different banks): warps 0-2
+//   take the 24 off-diagonal tiles, which factorize through their last column (7 exponentials per d for 16 pairs,
+//   then plain FMAs); warps 3-4 the 16 diagonal tiles, with 2^(G_r − G_s) element-wise for the 6 pairs s < r of each
+//   (the running sum G never increases, so those exponents are ≤ 0; the 4 on the diagonal take none, the 6 above stay
+//   0 and are never read). Each warp runs one kind only, so no warp diverges between them.
+// KC (as chunk_intra's): K as a compile-time constant, so that no channel is tested against K and two unroll counts
+// are fixed (the tiles' d loops 2, the bf16 k-steps 1: without them the K = 128 instance gained a third as much, run
+// 63; the tiles' loops unrolled 4 (before run 148), 8 or 1 took intra 1 to 4 % longer at T = 4,096, the k-steps
+// unrolled 2 7 %, runs 148, 149), or 0 for any K (the compiler's counts).
 template <typename Tin, int KC>
 __device__ __forceinline__ void pair_products(int k_any, int tid, const float* sk, const float* sg, const float* sq,
     const float* sb, const float* snorm, float* sl, float* sa) {
-    const int K = KC ? KC : k_any, LD = K + 1;
+    const int K = KC ? KC : k_any;
     static_assert(kIntraThreads == 256, "tiles on warps 0-4, sub-chunk pairs on warps 5-7");
     const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3, part = lane >> 3;
     const bool pairs = warp >= 5, diag = warp == 3 || warp == 4;
+    auto ld2 = [](const float* p, bool in) { return in ? *reinterpret_cast<const float2*>(p) : make_float2(0.f, 0.f); };
     // Σ kk and Σ qk (times 2^(G_r − G_s)): a tile's 4×4 on warps 0-4; [2·block + n-tile][fragment] of two 16×16 blocks on warps 5-7.
     float kk[4][4], qk[4][4];
 #pragma unroll
@@ -1001,100 +1025,102 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
     const int w = warp - 5;
     const int pi[2] = {w == 0 ? 1 : w == 1 ? 2 : 3, w == 0 ? 2 : 3}, pj[2] = {w == 1 ? 1 : 0, w == 2 ? 2 : w};
     if (pairs) {
-        const float* gn = sg + (w == 2 ? 47 : 16 * w + 15) * LD;
+        const int n = w == 2 ? 47 : 16 * w + 15;   // the reference row
+        // A k-step's lane (g, t) reads channels c + 2t, c + 2t + 1 (and for bf16 c + 8 + 2t, c + 9 + 2t) of rows 2g, 2g + 1:
+        // the 4 channels an instruction reads (t = 0..3) share their swizzle sw, so a half-warp's 8-byte loads (g < 4 or
+        // ≥ 4) hit 16 different bank pairs (34·(c + 2t) + (g ^ sw/2) ≡ 4t + (g ^ sw/2) + const mod 16). A product may sum
+        // its k in any order, so A and B only need the same channels.
         if constexpr (std::is_same_v<Tin, float>) {   // 3xTF32 (m16n8k8): fp32's accuracy for the 1e-5 checks
 #pragma unroll
             for (int pp = 0; pp < 2; ++pp) {
-                const int ra = (16 * pi[pp] + g) * LD, rb = (16 * pj[pp] + g) * LD;   // fragment rows g (+ 8) of i and of j
-                // k-step ks takes the channels c + 8t (k = t) and c + 32 + 8t (k = t + 4), c = 64⌊ks/8⌋ + ks mod 8, not 8
-                // consecutive ones: lane (g, t) then reads row g's channel c + 8t, in bank g + c + 8t of the odd-strided
-                // rows, 32 banks for 32 lanes (consecutive channels put g + t in 11 banks: 4-way conflicts, 23 % of
-                // the kernel's shared-memory wavefronts in the fifteenth session's profile of v12b). A product may sum
-                // its k in any order, so A and B only need the same channels.
-                for (int ks = 0; ks < 8 * ((K + 63) / 64); ++ks) {
-                    const int d0 = 64 * (ks >> 3) + (ks & 7) + 8 * t, d1 = d0 + 32;
-                    const bool in0 = d0 < K, in1 = d1 < K;
-                    const float gn0 = in0 ? gn[d0] : 0.f, gn1 = in1 ? gn[d1] : 0.f;
-                    float ak[4], aq[4];   // a0 (g, d0), a1 (g + 8, d0), a2 (g, d1), a3 (g + 8, d1)
-    #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int x = ra + (e & 1) * 8 * LD + (e < 2 ? d0 : d1);
-                        const bool in = e < 2 ? in0 : in1;
-                        const float s = in ? ex2(sg[x] - (e < 2 ? gn0 : gn1)) : 0.f;
-                        ak[e] = in ? sk[x] * s : 0.f;
-                        aq[e] = in ? sq[x] * s : 0.f;
+                const int ra = 16 * pi[pp] + 2 * g, rb = 16 * pj[pp] + 2 * g;   // rows 2g, 2g + 1 of i and of j
+                for (int ks = 0; ks < (K + 7) / 8; ++ks) {   // k = t: channel 8ks + 2t; k = t + 4: the next
+                    float ak[4], aq[4];   // a0 (row 2g, k = t), a1 (2g + 1, t), a2 (2g, t + 4), a3 (2g + 1, t + 4)
+                    float bv[2][2];       // [n-tile nt: row 2g + nt of j][k = t, t + 4]
+                    const int sw = transposed_swizzle(8 * ks);
+#pragma unroll
+                    for (int f = 0; f < 2; ++f) {
+                        const int d = 8 * ks + 2 * t + f, xa = d * kLdT + (ra ^ sw), xb = d * kLdT + (rb ^ sw);
+                        const bool in = d < K;
+                        const float gnd = in ? sg[d * kLdT + (n ^ sw)] : 0.f;
+                        const float2 kx = ld2(sk + xa, in), qx = ld2(sq + xa, in), gx = ld2(sg + xa, in);
+                        const float s0 = in ? ex2(gx.x - gnd) : 0.f, s1 = in ? ex2(gx.y - gnd) : 0.f;
+                        ak[2 * f] = kx.x * s0; ak[2 * f + 1] = kx.y * s1;
+                        aq[2 * f] = qx.x * s0; aq[2 * f + 1] = qx.y * s1;
+                        const float2 kb = ld2(sk + xb, in), gb = ld2(sg + xb, in);
+                        bv[0][f] = in ? kb.x * ex2(gnd - gb.x) : 0.f;
+                        bv[1][f] = in ? kb.y * ex2(gnd - gb.y) : 0.f;
                     }
                     const Tf32Frag<4> fk(ak), fq(aq);
-    #pragma unroll
-                    for (int nt = 0; nt < 2; ++nt) {   // b0 (k = d0, n = g), b1 (k = d1, n = g) of columns 8nt..8nt+7 of j
-                        const int x = rb + nt * 8 * LD;
-                        const float bv[2] = {in0 ? sk[x + d0] * ex2(gn0 - sg[x + d0]) : 0.f,
-                                             in1 ? sk[x + d1] * ex2(gn1 - sg[x + d1]) : 0.f};
-                        const Tf32Frag<2> fb(bv);
+#pragma unroll
+                    for (int nt = 0; nt < 2; ++nt) {
+                        const Tf32Frag<2> fb(bv[nt]);
                         mma_acc(kk[2 * pp + nt], fk, fb);
                         mma_acc(qk[2 * pp + nt], fq, fb);
                     }
                 }
             }
         } else {   // bf16 inputs: m16n8k16 on bf16 hi/lo parts, half the mma and k-steps (~2^-16 relative)
-            // k-step ks takes the channels c, c + 1 (k = 2t, 2t + 1) and c + 32, c + 33 (k = 2t + 8, 2t + 9),
-            // c = 64⌊ks/4⌋ + 2(ks mod 4) + 8t: lane (g, t) reads row g's channel c in bank g + c, 32 banks again.
             auto bf16_pairs = [&](auto share_a) {   // share_a: warp 7's pairs share A, the others' share B
                 constexpr bool kShareA = decltype(share_a)::value;
-                const int ra[2] = {(16 * pi[0] + g) * LD, (16 * pi[1] + g) * LD}, rb[2] = {(16 * pj[0] + g) * LD, (16 * pj[1] + g) * LD};
-                strided_for<KC ? 1 : 0>(0, 4 * ((K + 63) / 64), 1, [&](int ks) {
-                    const int c = 64 * (ks >> 2) + 2 * (ks & 3) + 8 * t;
-                    const int ch[4] = {c, c + 1, c + 32, c + 33};
+                const int ra[2] = {16 * pi[0] + 2 * g, 16 * pi[1] + 2 * g}, rb[2] = {16 * pj[0] + 2 * g, 16 * pj[1] + 2 * g};
+                strided_for<KC ? 1 : 0>(0, (K + 15) / 16, 1, [&](int ks) {
+                    // channel q: k = 2t, 2t + 1, 2t + 8, 2t + 9 for q = 0..3
+                    const int ch[4] = {16 * ks + 2 * t, 16 * ks + 2 * t + 1, 16 * ks + 8 + 2 * t, 16 * ks + 9 + 2 * t};
+                    const int sw[2] = {transposed_swizzle(16 * ks), transposed_swizzle(16 * ks + 8)};   // of ch[0, 1], ch[2, 3]
                     bool in[4];
                     float gnv[4];
 #pragma unroll
-                    for (int q = 0; q < 4; ++q) {   // with K a constant multiple of 64 every channel is in range
-                        in[q] = (KC != 0 && KC % 64 == 0) || ch[q] < K;
-                        gnv[q] = in[q] ? gn[ch[q]] : 0.f;
+                    for (int q = 0; q < 4; ++q) {   // with K a constant multiple of 16 every channel is in range
+                        in[q] = (KC != 0 && KC % 16 == 0) || ch[q] < K;
+                        gnv[q] = in[q] ? sg[ch[q] * kLdT + (n ^ sw[q >> 1])] : 0.f;
                     }
-                    uint32_t akh[2][4], akl[2][4], aqh[2][4], aql[2][4];   // [pair][e]: row g + 8(e & 1), channels ch[2(e >> 1)], +1
+                    uint32_t akh[2][4], akl[2][4], aqh[2][4], aql[2][4];   // [pair][e]: row g + 8(e & 1), k pair e >> 1
 #pragma unroll
-                    for (int pp = 0; pp < (kShareA ? 1 : 2); ++pp)
+                    for (int pp = 0; pp < (kShareA ? 1 : 2); ++pp) {
+                        float kv[2][4], qv[2][4];   // [row 2g + half][channel q]
 #pragma unroll
-                        for (int e = 0; e < 4; ++e) {
-                            float kv[2], qv[2];
-#pragma unroll
-                            for (int q2 = 0; q2 < 2; ++q2) {
-                                const int q = 2 * (e >> 1) + q2, x = ra[pp] + (e & 1) * 8 * LD + ch[q];
-                                const float sc = in[q] ? ex2(sg[x] - gnv[q]) : 0.f;
-                                kv[q2] = in[q] ? sk[x] * sc : 0.f;
-                                qv[q2] = in[q] ? sq[x] * sc : 0.f;
-                            }
-                            split_bf16x2(kv[0], kv[1], akh[pp][e], akl[pp][e]);
-                            split_bf16x2(qv[0], qv[1], aqh[pp][e], aql[pp][e]);
+                        for (int q = 0; q < 4; ++q) {
+                            const int x = ch[q] * kLdT + (ra[pp] ^ sw[q >> 1]);
+                            const float2 kx = ld2(sk + x, in[q]), qx = ld2(sq + x, in[q]), gx = ld2(sg + x, in[q]);
+                            const float s0 = in[q] ? ex2(gx.x - gnv[q]) : 0.f, s1 = in[q] ? ex2(gx.y - gnv[q]) : 0.f;
+                            kv[0][q] = kx.x * s0; kv[1][q] = kx.y * s1;
+                            qv[0][q] = qx.x * s0; qv[1][q] = qx.y * s1;
                         }
 #pragma unroll
-                    for (int nt = 0; nt < 2; ++nt) {   // b_f: column g of 8nt..8nt+7 of j, channels ch[2f], +1
-                        uint32_t bh[2][2], bl[2][2];   // [pair][f]
+                        for (int e = 0; e < 4; ++e) {
+                            split_bf16x2(kv[e & 1][2 * (e >> 1)], kv[e & 1][2 * (e >> 1) + 1], akh[pp][e], akl[pp][e]);
+                            split_bf16x2(qv[e & 1][2 * (e >> 1)], qv[e & 1][2 * (e >> 1) + 1], aqh[pp][e], aql[pp][e]);
+                        }
+                    }
+                    uint32_t bh[2][2][2], bl[2][2][2];   // [pair][n-tile nt: row 2g + nt of j][k pair f]
 #pragma unroll
-                        for (int pp = 0; pp < (kShareA ? 2 : 1); ++pp)
+                    for (int pp = 0; pp < (kShareA ? 2 : 1); ++pp) {
+                        float bv[2][4];   // [n-tile][channel q]
 #pragma unroll
-                            for (int f = 0; f < 2; ++f) {
-                                const int x = rb[pp] + nt * 8 * LD;
-                                float bv[2];
+                        for (int q = 0; q < 4; ++q) {
+                            const int x = ch[q] * kLdT + (rb[pp] ^ sw[q >> 1]);
+                            const float2 kx = ld2(sk + x, in[q]), gx = ld2(sg + x, in[q]);
+                            bv[0][q] = in[q] ? kx.x * ex2(gnv[q] - gx.x) : 0.f;
+                            bv[1][q] = in[q] ? kx.y * ex2(gnv[q] - gx.y) : 0.f;
+                        }
 #pragma unroll
-                                for (int q2 = 0; q2 < 2; ++q2) {
-                                    const int q = 2 * f + q2;
-                                    bv[q2] = in[q] ? sk[x + ch[q]] * ex2(gnv[q] - sg[x + ch[q]]) : 0.f;
-                                }
-                                split_bf16x2(bv[0], bv[1], bh[pp][f], bl[pp][f]);
-                            }
+                        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                            for (int f = 0; f < 2; ++f) split_bf16x2(bv[nt][2 * f], bv[nt][2 * f + 1], bh[pp][nt][f], bl[pp][nt][f]);
+                    }
+#pragma unroll
+                    for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
                         for (int pp = 0; pp < 2; ++pp) {
                             const int a = kShareA ? 0 : pp, b = kShareA ? pp : 0;
-                            mma(kk[2 * pp + nt], akh[a], bl[b][0], bl[b][1]);
-                            mma(kk[2 * pp + nt], akl[a], bh[b][0], bh[b][1]);
-                            mma(kk[2 * pp + nt], akh[a], bh[b][0], bh[b][1]);
-                            mma(qk[2 * pp + nt], aqh[a], bl[b][0], bl[b][1]);
-                            mma(qk[2 * pp + nt], aql[a], bh[b][0], bh[b][1]);
-                            mma(qk[2 * pp + nt], aqh[a], bh[b][0], bh[b][1]);
+                            mma(kk[2 * pp + nt], akh[a], bl[b][nt][0], bl[b][nt][1]);
+                            mma(kk[2 * pp + nt], akl[a], bh[b][nt][0], bh[b][nt][1]);
+                            mma(kk[2 * pp + nt], akh[a], bh[b][nt][0], bh[b][nt][1]);
+                            mma(qk[2 * pp + nt], aqh[a], bl[b][nt][0], bl[b][nt][1]);
+                            mma(qk[2 * pp + nt], aql[a], bh[b][nt][0], bh[b][nt][1]);
+                            mma(qk[2 * pp + nt], aqh[a], bh[b][nt][0], bh[b][nt][1]);
                         }
-                    }
                 });
             };
             if (w == 2) bf16_pairs(std::true_type{});
@@ -1102,13 +1128,15 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
         }
     } else {
         struct TileRows { float kr[4], qr[4], gr[4], ks[4], gs[4]; };   // channel d of the tile's rows (k, q, G) and columns (k, G)
+        auto rows4 = [](const float* p, float (&x)[4]) {
+            const float4 v = *reinterpret_cast<const float4*>(p);
+            x[0] = v.x; x[1] = v.y; x[2] = v.z; x[3] = v.w;
+        };
         auto tile_rows = [&](int d) {   // (a diagonal tile's columns are its rows: ks, gs unused there, so never loaded)
             TileRows x;
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                x.kr[i] = sk[(4 * ta + i) * LD + d]; x.qr[i] = sq[(4 * ta + i) * LD + d]; x.gr[i] = sg[(4 * ta + i) * LD + d];
-                x.ks[i] = sk[(4 * tb + i) * LD + d]; x.gs[i] = sg[(4 * tb + i) * LD + d];
-            }
+            const int sw = transposed_swizzle(d), a = d * kLdT + ((4 * ta) ^ sw), b = d * kLdT + ((4 * tb) ^ sw);
+            rows4(sk + a, x.kr); rows4(sq + a, x.qr); rows4(sg + a, x.gr);
+            rows4(sk + b, x.ks); rows4(sg + b, x.gs);
             return x;
         };
         if (!diag) {
@@ -1156,17 +1184,18 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
     if (pairs) {
 #pragma unroll
         for (int pp = 0; pp < 2; ++pp) {
-            const int i = pi[pp], j = pj[pp];
+            // Row 2g + half of i, columns 4t .. 4t + 3 of j: n-tile 0's columns 2t, 2t + 1 are j's rows 4t, 4t + 2, n-tile
+            // 1's 4t + 1, 4t + 3; one 16-byte store a plane (a quarter-warp's 8 in 32 banks: 18·(2g + half) + t ≡ 4g + 2half + t mod 8).
+            const int i = pi[pp], j = pj[pp], sc = 16 * j + 4 * t;
+            const float4 ns = *reinterpret_cast<const float4*>(snorm + kChunk + sc);   // n_k of columns sc .. sc + 3
+            const float (&d0)[4] = kk[2 * pp], (&d1)[4] = kk[2 * pp + 1], (&e0)[4] = qk[2 * pp], (&e1)[4] = qk[2 * pp + 1];
 #pragma unroll
-            for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-                for (int half = 0; half < 2; ++half) {   // rows g, g + 8 of the fragment, columns 2t, 2t + 1
-                    const int r = 16 * i + g + 8 * half, sc = 16 * j + 8 * nt + 2 * t, x = r * kLdL + sc;
-                    const float lr = sb[r] * snorm[kChunk + r], ar = snorm[r], (&d)[4] = kk[2 * pp + nt], (&e)[4] = qk[2 * pp + nt];
-                    const float2 ns = *reinterpret_cast<const float2*>(snorm + kChunk + sc);   // n_k of columns sc, sc + 1
-                    *reinterpret_cast<float2*>(sl + x) = make_float2(lr * ns.x * d[2 * half], lr * ns.y * d[2 * half + 1]);
-                    *reinterpret_cast<float2*>(sa + x) = make_float2(ar * ns.x * e[2 * half], ar * ns.y * e[2 * half + 1]);
-                }
+            for (int half = 0; half < 2; ++half) {
+                const int r = 16 * i + 2 * g + half, x = r * kLdL + sc, e = 2 * half;
+                const float lr = sb[r] * snorm[kChunk + r], ar = snorm[r];
+                *reinterpret_cast<float4*>(sl + x) = make_float4(lr * ns.x * d0[e], lr * ns.y * d1[e], lr * ns.z * d0[e + 1], lr * ns.w * d1[e + 1]);
+                *reinterpret_cast<float4*>(sa + x) = make_float4(ar * ns.x * e0[e], ar * ns.y * e1[e], ar * ns.z * e0[e + 1], ar * ns.w * e1[e + 1]);
+            }
         }
     } else if (part == 0) {
 #pragma unroll
@@ -1233,68 +1262,76 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
     const int c = blockIdx.x / H, h = blockIdx.x - c * H, tid = threadIdx.x;
     int t0, len;
     chunk_span(c, num_seqs, cu_seqlens, chunk_offsets, t0, len);
-    const int LD = K + 1;   // odd row stride: the pair loop reads 8 rows at once without bank conflicts
     const float beta_t = tid < len ? beta[(size_t)(t0 + tid) * H + h] : 0.f;   // in flight with the loads below
+    const size_t cc = (size_t)c * H + h;
 
-    // q is dead once the pair products are summed, so L and A then take its place: 105.4 KiB in all for K = V = 128, which
+    // q is dead once the pair products are summed, so L and A then take its place: 108.9 KiB in all for K = V = 128, which
     // lets 2 blocks share an SM (with ≤ 128 registers, __launch_bounds__ below) and hide each other's serial phases.
     // q and k stay as loaded: the rows' norms (snorm) scale every product's result and QG, KG, W as they are formed, so
     // no pass rewrites them (the products are bilinear in q̂ = n_q·q, k̂ = n_k·k; the pass was 6 % of the instructions).
-    float* sk = smem();                  // [64][LD] k
-    float* sg = sk + kChunk * LD;        // [64][LD] g, then G (log2 units); rows ≥ len hold G_last
-    float* sq = sg + kChunk * LD;        // [64][LD] q, until the pair tiles are summed
+    float* sk = smem();                  // [K][kLdT] k, a channel a row (transposed_at)
+    float* sg = sk + K * kLdT;           // [K][kLdT] g, then G (log2 units); rows ≥ len hold G_last
+    float* sq = sg + K * kLdT;           // [K][kLdT] q, until the pair tiles are summed
     float* sl = sq;                      // [64][kLdL] L (below the diagonal), after the pair tiles
     float* sa = sl + kChunk * kLdL;      // [64][kLdL] A (on and below the diagonal), after the pair tiles; then rows of v
     float* sb = sq + chunk_intra_q_floats(K, V);   // [64] β (0 past the end)
     float* snorm = sb + kChunk;          // [128] n_q = 1/‖q_r‖·K^-½, then n_k = 1/‖k_r‖
 
-    // Loads of 4 consecutive channels each (8 bytes of bf16, 16 of fp32; K % 4 == 0 keeps them aligned), kept raw until
-    // their shared store and all issued before it: 8 quads of each of k, q, g per thread for bf16 (one latency round
-    // for K = 128, in 64 registers), 4 for fp32 (two rounds: eight would take the registers that the second block per
-    // SM needs). A warp takes units of 4 rows × 8 quads (lane = 8·row + quad; unit u: rows 4(u mod 16) .., quads
-    // 8⌊u/16⌋ ..; warp w the units w, w + 8, …), so each row's 8 lanes read 64 or 128 contiguous bytes and the warp's
-    // shared stores (row stride K + 1) hit 32 different banks. (A warp along one row hit 8: 4-way conflicts, 8 % of the
-    // kernel's shared-memory wavefronts in the fifteenth session's profile of v12b.)
-    constexpr int kQuads = sizeof(Tin) == 2 ? 8 : 4;
-    const int load_units = 16 * ((K / 4 + 7) / 8), lane_quad = tid & 7, lane_row = (tid >> 3) & 3;
-    auto unit_row = [&](int u) { return 4 * (u & 15) + lane_row; };                // this lane's row of unit u
-    auto unit_channel = [&](int u) { return 4 * (8 * (u >> 4) + lane_quad); };    // and its first channel
+    // Loads in units of 8 rows × 32 channels a warp (unit u: rows 8(u mod 8) .., channels 32⌊u/8⌋ ..; warp w the units
+    // w, w + 8, …, all of rows 8w .. 8w + 7): lane (j, p) = (lane mod 8, lane / 8) takes the unit's rows 2p, 2p + 1 and
+    // its channels 4j .. 4j + 3 (8 bytes of bf16, 16 of fp32 a row; K % 4 == 0 keeps them aligned), so a load instruction
+    // takes 4 rows × 64 or 128 contiguous bytes, and each channel's two rows go to shared memory in one 8-byte store: a
+    // half-warp's 16 (j = 0..7, p = 0, 1) hit 16 different bank pairs (34·(4j + i) + (4w ^ 2σ_j) + p ≡ 8(j mod 2) + (4w ^
+    // 2⌊j/2⌋) + p + 2i mod 16, σ the swizzle). The loads are kept raw until their stores and all issued before them: 4
+    // units a thread for bf16 (one latency round for K = 128, in 64 registers), 2 for fp32 (two rounds: four would take
+    // the registers that the second block per SM needs).
+    constexpr int kUnits = sizeof(Tin) == 2 ? 4 : 2;
+    const int units = 8 * ((K + 31) / 32), lane_quad = tid & 7, lane_pair = (tid >> 3) & 3;
+    auto unit_row = [&](int u) { return 8 * (u & 7) + 2 * lane_pair; };         // this lane's first row of unit u
+    auto unit_channel = [&](int u) { return 32 * (u >> 3) + 4 * lane_quad; };   // and its first channel
     // The rows' L2 norms are summed on the way: a row's channels all lie in one warp, so this thread sums Σq², Σk² of its
-    // channels of rows 4w + lane_row (slot 0) and 4(w + 8) + lane_row (slot 1) (unit w + 8i lies in slot i mod 2), and
-    // the row's 8 lanes meet by shuffles below. (A separate pass, one thread a row reading it back from shared memory,
-    // was ~10 % of the stall samples.)
+    // channels of its two rows and the row's 8 lanes meet by shuffles below. (A separate pass, one thread a row reading
+    // it back from shared memory, was ~10 % of the stall samples.)
     float qss[2] = {0.f, 0.f}, kss[2] = {0.f, 0.f};
     // kFull: a whole chunk (len = 64) at K = KC = 128 for bf16, where every unit, channel and row of this thread's one
     // round is in range, so none is tested (ISETP alone was 595 of the phase's 7.7K warp instructions a block in run
     // 86's profile; without the tests intra −1.3 to −1.5 % at T = 65,536 and B = 8, run 102).
     auto load_rows = [&](auto full) {
         constexpr bool kFull = decltype(full)::value;
-        for (int u0 = tid >> 5; kFull || u0 < load_units; u0 += 8 * kQuads) {
-            decltype(ld4_raw(k)) kx[kQuads], qx[kQuads];
-            float4 gx[kQuads];
+        for (int u0 = tid >> 5; kFull || u0 < units; u0 += 8 * kUnits) {
+            decltype(ld4_raw(k)) kx[kUnits][2], qx[kUnits][2];   // [unit][row]
+            float4 gx[kUnits][2];
 #pragma unroll
-            for (int i = 0; i < kQuads; ++i) {
-                const int u = u0 + 8 * i, r = unit_row(u), d = unit_channel(u);
-                const bool in = kFull || (u < load_units && d < K && r < len);
-                const size_t x = ((size_t)(t0 + r) * H + h) * K + d;
-                kx[i] = in ? ld4_raw(k + x) : decltype(ld4_raw(k)){};
-                qx[i] = in ? ld4_raw(q + x) : decltype(ld4_raw(q)){};
-                gx[i] = in ? *reinterpret_cast<const float4*>(g + x) : make_float4(0.f, 0.f, 0.f, 0.f);
-            }
+            for (int i = 0; i < kUnits; ++i)
 #pragma unroll
-            for (int i = 0; i < kQuads; ++i) {
+                for (int e = 0; e < 2; ++e) {
+                    const int u = u0 + 8 * i, r = unit_row(u) + e, d = unit_channel(u);
+                    const bool in = kFull || (u < units && d < K && r < len);
+                    const size_t x = ((size_t)(t0 + r) * H + h) * K + d;
+                    kx[i][e] = in ? ld4_raw(k + x) : decltype(ld4_raw(k)){};
+                    qx[i][e] = in ? ld4_raw(q + x) : decltype(ld4_raw(q)){};
+                    gx[i][e] = in ? *reinterpret_cast<const float4*>(g + x) : make_float4(0.f, 0.f, 0.f, 0.f);
+                }
+#pragma unroll
+            for (int i = 0; i < kUnits; ++i) {
                 const int u = u0 + 8 * i, r = unit_row(u), d = unit_channel(u);
-                if (kFull || (u < load_units && d < K)) {
-                    const float4 kf = widen(kx[i]), qf = widen(qx[i]);
-                    float* rk = sk + r * LD + d; float* rq = sq + r * LD + d; float* rg = sg + r * LD + d;
-                    rk[0] = kf.x; rk[1] = kf.y; rk[2] = kf.z; rk[3] = kf.w;
-                    rq[0] = qf.x; rq[1] = qf.y; rq[2] = qf.z; rq[3] = qf.w;
-                    rg[0] = gx[i].x * kLog2e; rg[1] = gx[i].y * kLog2e; rg[2] = gx[i].z * kLog2e; rg[3] = gx[i].w * kLog2e;
-                    qss[i & 1] += (qf.x * qf.x + qf.y * qf.y) + (qf.z * qf.z + qf.w * qf.w);
-                    kss[i & 1] += (kf.x * kf.x + kf.y * kf.y) + (kf.z * kf.z + kf.w * kf.w);
+                if (kFull || (u < units && d < K)) {
+                    const float4 k0 = widen(kx[i][0]), k1 = widen(kx[i][1]), q0 = widen(qx[i][0]), q1 = widen(qx[i][1]);
+                    const float4 g0 = gx[i][0], g1 = gx[i][1];
+                    auto put = [&](float* a, int ch, float x0, float x1) {   // channel d + ch of rows r, r + 1
+                        *reinterpret_cast<float2*>(a + transposed_at(d + ch, r)) = make_float2(x0, x1);
+                    };
+                    put(sk, 0, k0.x, k1.x); put(sk, 1, k0.y, k1.y); put(sk, 2, k0.z, k1.z); put(sk, 3, k0.w, k1.w);
+                    put(sq, 0, q0.x, q1.x); put(sq, 1, q0.y, q1.y); put(sq, 2, q0.z, q1.z); put(sq, 3, q0.w, q1.w);
+                    put(sg, 0, g0.x * kLog2e, g1.x * kLog2e); put(sg, 1, g0.y * kLog2e, g1.y * kLog2e);
+                    put(sg, 2, g0.z * kLog2e, g1.z * kLog2e); put(sg, 3, g0.w * kLog2e, g1.w * kLog2e);
+                    qss[0] += (q0.x * q0.x + q0.y * q0.y) + (q0.z * q0.z + q0.w * q0.w);
+                    qss[1] += (q1.x * q1.x + q1.y * q1.y) + (q1.z * q1.z + q1.w * q1.w);
+                    kss[0] += (k0.x * k0.x + k0.y * k0.y) + (k0.z * k0.z + k0.w * k0.w);
+                    kss[1] += (k1.x * k1.x + k1.y * k1.y) + (k1.z * k1.z + k1.w * k1.w);
                 }
             }
-            if constexpr (kFull) break;   // one round: 8 units of 32 threads × 8 quads cover 64 rows × 128 channels
+            if constexpr (kFull) break;   // one round: 8 warps × 4 units cover 64 rows × 128 channels
         }
     };
     if constexpr (KC == 128 && sizeof(Tin) == 2) {
@@ -1306,39 +1343,51 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
     prefetch_intra_rows(blockIdx.x + kIntraPrefetchAhead, H, K, V, num_seqs, cu_seqlens, chunk_offsets, q, k, v, g, tid);
     // L2-normalise the rows (q also scaled by K^-½) in fp32, like the decode step, so prefill and decode agree.
 #pragma unroll
-    for (int slot = 0; slot < 2; ++slot) {
+    for (int e = 0; e < 2; ++e) {
 #pragma unroll
         for (int m = 1; m < 8; m <<= 1) {
-            qss[slot] += __shfl_xor_sync(0xffffffffu, qss[slot], m);
-            kss[slot] += __shfl_xor_sync(0xffffffffu, kss[slot], m);
+            qss[e] += __shfl_xor_sync(0xffffffffu, qss[e], m);
+            kss[e] += __shfl_xor_sync(0xffffffffu, kss[e], m);
         }
-        const int r = 4 * ((tid >> 5) + 8 * slot) + lane_row;
+        const int r = 8 * (tid >> 5) + 2 * lane_pair + e;
         if (lane_quad == 0) {
-            snorm[r] = 1.0f / sqrtf(qss[slot] + kL2Eps) * (1.0f / sqrtf((float)K));
-            snorm[kChunk + r] = 1.0f / sqrtf(kss[slot] + kL2Eps);
+            snorm[r] = 1.0f / sqrtf(qss[e] + kL2Eps) * (1.0f / sqrtf((float)K));
+            snorm[kChunk + r] = 1.0f / sqrtf(kss[e] + kL2Eps);
         }
     }
     if (tid < kChunk) sb[tid] = beta_t;
     __syncthreads();
-    if (tid < K) {   // the column is read into registers first, so the running sum waits on no shared-memory load
+    if (tid < K) {   // G: the channel's running sum, its row read in 16-byte pieces first (channel d's row starts in bank
+                     // 4d and its 4-row groups move by one swizzle, so a quarter-warp's 8 channels hit 32 banks), so the
+                     // sum waits on no shared-memory load
+        float* row = sg + tid * kLdT;
+        const int sw = transposed_swizzle(tid);
         float col[kChunk];
 #pragma unroll
-        for (int r = 0; r < kChunk; ++r) col[r] = sg[r * LD + tid];
+        for (int r = 0; r < kChunk; r += 4) {
+            const float4 x = *reinterpret_cast<const float4*>(row + (r ^ sw));
+            col[r] = x.x; col[r + 1] = x.y; col[r + 2] = x.z; col[r + 3] = x.w;
+        }
         float run = 0.f;
 #pragma unroll
         for (int r = 0; r < kChunk; ++r) {
             run += col[r];   // rows ≥ len add 0
-            sg[r * LD + tid] = run;
+            col[r] = run;
         }
+#pragma unroll
+        for (int r = 0; r < kChunk; r += 4)
+            *reinterpret_cast<float4*>(row + (r ^ sw)) = make_float4(col[r], col[r + 1], col[r + 2], col[r + 3]);
+        gamma_out[cc * K + tid] = ex2(run);
     }
     __syncthreads();
 
-    const size_t cc = (size_t)c * H + h;
-    // QG, KG, γ: the tensor-core warps 5-7 take kIntraMmaQgUnits units each (the last ones), the tile warps 0-4 the rest
+    // QG, KG: the tensor-core warps 5-7 take kIntraMmaQgUnits units each (the last ones), the tile warps 0-4 the rest
     // (warp w the units w, w + 5, …), so that both kinds of warp end the pair products below together (all 8 sharing
     // them evenly held the tile warps at the barrier, run 13; none on warps 5-7 left those idle since their products
-    // share operands, run 76). In the loads' units of 4 rows × 8 quads, so each row goes out in 8- or 16-byte pieces
-    // and the shared reads hit 32 banks.
+    // share operands, run 76). In units of 4 rows × 32 channels (unit u: rows 4(u mod 16) + p, channels 32⌊u/16⌋ + 4j ..
+    // for lane (j, p) as the loads'), so each row goes out in 8- or 16-byte pieces, a row's 8 lanes writing 64 or 128
+    // contiguous bytes, and the shared reads hit 32 banks (4(4j + i) + (4m + p ^ 4⌊j/2⌋) ≡ 16(j mod 2) + 4(m ^ ⌊j/2⌋) + p
+    // + 4i mod 32, rows 4m + p).
     // Rows ≥ len are 0 because q, k are.
     using Store = OperandStore<Tin>;
     using Op = typename Store::T;
@@ -1351,24 +1400,24 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
         Store::put(qg_blk + x, plane_k, 0.f); Store::put(kg_blk + x, plane_k, 0.f);   // W's: wu_columns
     }
     {
-        const int warp = tid >> 5, tile_units = load_units - 3 * kIntraMmaQgUnits;   // the mma warps' units are the last
-        const int u0 = warp < 5 ? warp : tile_units + warp - 5, step = warp < 5 ? 5 : 3, end = warp < 5 ? tile_units : load_units;
+        const int warp = tid >> 5, qg_units = 16 * ((K + 31) / 32), tile_units = qg_units - 3 * kIntraMmaQgUnits;
+        const int u0 = warp < 5 ? warp : tile_units + warp - 5, step = warp < 5 ? 5 : 3, end = warp < 5 ? tile_units : qg_units;
         for (int u = u0; u < end; u += step) {
-            const int r = unit_row(u), d = unit_channel(u);
+            const int r = 4 * (u & 15) + lane_pair, d = 32 * (u >> 4) + 4 * lane_quad;
             if (d >= K) continue;
             float qv[4], kv[4];
             const float nq = snorm[r], nk = snorm[kChunk + r];
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-                const float G = sg[r * LD + d + i];
-                qv[i] = sq[r * LD + d + i] * nq * ex2(G);
-                kv[i] = sk[r * LD + d + i] * nk * ex2(sg[(kChunk - 1) * LD + d + i] - G);
+                const int x = transposed_at(d + i, r);
+                const float G = sg[x];
+                qv[i] = sq[x] * nq * ex2(G);
+                kv[i] = sk[x] * nk * ex2(sg[transposed_at(d + i, kChunk - 1)] - G);
             }
             const int x = Store::at(r, d, kn);
             Store::put4(qg_blk + x, plane_k, make_float4(qv[0], qv[1], qv[2], qv[3]));
             Store::put4(kg_blk + x, plane_k, make_float4(kv[0], kv[1], kv[2], kv[3]));
         }
-        if (tid < K) gamma_out[cc * K + tid] = ex2(sg[(kChunk - 1) * LD + tid]);
     }
 
     pair_products<Tin, KC>(K, tid, sk, sg, sq, sb, snorm, sl, sa);
@@ -1386,7 +1435,7 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
     if constexpr (std::is_same_v<Tin, float>) {
         write_a(tid, kIntraThreads);
         __syncthreads();
-        substitute_wu(K, V, H, h, t0, len, tid, v, sk, sg, sb, snorm + kChunk, sl, sa, LD, w_blk, u_blk);
+        substitute_wu(K, V, H, h, t0, len, tid, v, sk, sg, sb, snorm + kChunk, sl, sa, w_blk, u_blk);
     } else {
         // bf16 inputs: W = T'·K̃ and U = T'·v as bf16 tensor-core products, T' = (I + L)⁻¹·Diag(β), K̃ = k̂ ⊙ 2^G. Warps 0-3
         // solve for T' while warps 4-7 write A out and stage v's rows in its place (and little else: what they add there

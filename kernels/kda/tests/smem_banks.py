@@ -1,18 +1,20 @@
 #!/usr/bin/env python3
 """Shared-memory bank model of chunk_intra's reads and writes of its k, q, G rows (kda.cu, bf16 inputs, K = 128).
 
-Each pattern lists, per warp instruction, the 32 lanes' word addresses (4-byte words; a 16-byte access covers 4). An
-instruction takes as many wavefronts as the most words any one bank is asked for (lanes reading the same word share
-it); the ideal is its distinct bytes over 128. Printed per pattern: the modelled instructions (one tensor's; the pair
-operands for one warp's pair), their wavefronts and the ideal. The index math copies kda.cu's: change both together.
+Each pattern lists, per warp instruction, the 32 lanes' word addresses and widths (4-byte words; an 8- or 16-byte access
+covers 2 or 4). An instruction takes as many wavefronts as the most words any one bank is asked for (lanes reading the
+same word share it); the ideal is its distinct bytes over 128. (For 16-byte accesses the hardware serves a quarter-warp
+at a time, so the tiles' loads take 4 wavefronts whenever each quarter-warp's 8 are conflict-free, as here.) Printed per
+pattern: the modelled instructions (one tensor's; the pair operands for one warp's pair), their wavefronts and the
+ideal. The index math copies kda.cu's (transposed_at, the loops' lane mappings): change both together.
     python3 kernels/kda/tests/smem_banks.py
 """
 K, CHUNK = 128, 64
-LD = K + 1   # chunk_intra's row stride in words (odd: the pair loops read 8 rows at once)
+LDT = CHUNK + 4   # kLdT: a channel's row of 64 in shared memory, ≡ 4 mod 32 words
 
 
-def at(r, c):
-    return r * LD + c
+def at(r, c):   # transposed_at: row r of channel c, rows XORed by 4·(⌊c/8⌋ mod 4)
+    return c * LDT + (r ^ (4 * ((c >> 3) & 3)))
 
 
 def wavefronts(lanes):   # lanes: (word, width) per lane
@@ -23,71 +25,66 @@ def wavefronts(lanes):   # lanes: (word, width) per lane
     return max(len(v) for v in per_bank.values()), max(1, (4 * len(words) + 127) // 128)
 
 
-def load_stores():   # the load phase: unit u = w + 8i, lane row 4(u & 15) + (l >> 3 & 3), channels 4(8(u >> 4) + (l & 7)) + x
+def load_stores():   # unit u = w + 8i: lane (j, p) = (l & 7, l >> 3 & 3) stores rows 8(u & 7) + 2p, + 1 of channel 32(u >> 3) + 4j + x
     for w in range(8):
-        for i in range(8):
+        for i in range(4):
             u = w + 8 * i
             for x in range(4):
-                yield [(at(4 * (u & 15) + (l >> 3 & 3), 4 * (8 * (u >> 4) + (l & 7)) + x), 1) for l in range(32)]
+                yield [(at(8 * (u & 7) + 2 * (l >> 3 & 3), 32 * (u >> 3) + 4 * (l & 7) + x), 2) for l in range(32)]
 
 
-def running_sum():   # thread tid < K: column tid of each row
+def running_sum():   # thread tid < K: its channel's rows, 4 at a time
     for w in range(K // 32):
-        for r in range(CHUNK):
-            yield [(at(r, 32 * w + l), 1) for l in range(32)]
+        for r in range(0, CHUNK, 4):
+            yield [(at(r, 32 * w + l), 4) for l in range(32)]
 
 
-def tiles():   # off-diagonal 4×4 tiles (warps 0-2): tile o = 8w + (l & 7), part l >> 3 takes channels part + 4j
+def qg_units():   # unit u: lane (j, p) reads row 4(u & 15) + p of channels 32(u >> 4) + 4j + x, and row 63 of them
+    for u in range(4 * K // 8):
+        for x in range(4):
+            yield [(at(4 * (u & 15) + (l >> 3 & 3), 32 * (u >> 4) + 4 * (l & 7) + x), 1) for l in range(32)]
+            yield [(at(CHUNK - 1, 32 * (u >> 4) + 4 * (l & 7) + x), 1) for l in range(32)]
+
+
+def off_diagonal_tiles():   # warps 0-2: tile o = 8w + (l & 7), part l >> 3 takes channels part + 4j; 4 rows a load
     for w in range(3):
-        for i in range(4):
-            for j in range(K // 4):
-                for column in (False, True):
-                    lanes = []
-                    for l in range(32):
-                        o = 8 * w + (l & 7)
-                        lt = o % 6
-                        a = 1 if lt < 1 else 2 if lt < 3 else 3
-                        ta, tb = 4 * (o // 6) + a, 4 * (o // 6) + lt - a * (a - 1) // 2
-                        lanes.append((at(4 * (tb if column else ta) + i, (l >> 3) + 4 * j), 1))
-                    yield lanes
+        for j in range(K // 4):
+            for column in (False, True):
+                lanes = []
+                for l in range(32):
+                    o = 8 * w + (l & 7)
+                    lt = o % 6
+                    a = 1 if lt < 1 else 2 if lt < 3 else 3
+                    ta, tb = 4 * (o // 6) + a, 4 * (o // 6) + lt - a * (a - 1) // 2
+                    lanes.append((at(4 * (tb if column else ta), (l >> 3) + 4 * j), 4))
+                yield lanes
 
 
-def pair_operands():   # warps 5-7's bf16 fragments: lane (g, t), rows 16i + g (+ 8), channels c, c + 1 and c + 32, c + 33
+def diagonal_tiles():   # warps 3-4: tile 8(w - 3) + (l & 7)
+    for w in (3, 4):
+        for j in range(K // 4):
+            yield [(at(4 * (8 * (w - 3) + (l & 7)), (l >> 3) + 4 * j), 4) for l in range(32)]
+
+
+def pair_operands():   # warps 5-7's bf16 fragments: lane (g, t), rows 16i + 2g, + 1 of channels 16ks + 2t + {0, 1, 8, 9}
     for i in range(4):
-        for ks in range(4 * K // 64):
-            for half in range(2):
-                for second in range(2):
-                    for x in range(2):
-                        lanes = []
-                        for l in range(32):
-                            g, t = l >> 2, l & 3
-                            c = 64 * (ks >> 2) + 2 * (ks & 3) + 8 * t + 32 * second + x
-                            lanes.append((at(16 * i + g + 8 * half, c), 1))
-                        yield lanes
+        for ks in range(K // 16):
+            for off in (0, 1, 8, 9):
+                yield [(at(16 * i + 2 * (l >> 2), 16 * ks + 2 * (l & 3) + off), 2) for l in range(32)]
 
 
-def w_fragments(channel):   # wu_columns' K̃: lane (g, t), rows 16j + 2t + 8e (+ 1), channel(unit, nt, g)
+def w_fragments():   # wu_columns' K̃: lane (g, t), rows 16j + 2t + 8e, + 1 of channel 16u + w_column(nt, g) = 16u + 2g + nt
     for u in range(K // 16):
         for j in range(4):
             for nt in range(2):
                 for e in range(2):
-                    for dr in range(2):
-                        yield [(at(16 * j + 2 * (l & 3) + 8 * e + dr, channel(u, nt, l >> 2)), 1) for l in range(32)]
-
-
-def consecutive(u, nt, g):   # columns 16u + 8nt + g
-    return 16 * u + 8 * nt + g
-
-
-def spread(u, nt, g):   # 32⌊u/2⌋ + 4(u mod 2) + 8⌊g/2⌋ + g mod 2 + 2nt
-    return 32 * (u >> 1) + 4 * (u & 1) + 8 * (g >> 1) + (g & 1) + 2 * nt
+                    yield [(at(16 * j + 2 * (l & 3) + 8 * e, 16 * u + 2 * (l >> 2) + nt), 2) for l in range(32)]
 
 
 if __name__ == "__main__":
-    assert sorted(spread(u, nt, g) for u in range(K // 16) for nt in range(2) for g in range(8)) == list(range(K))
-    patterns = [("load phase stores", load_stores()), ("running sum", running_sum()), ("off-diagonal tiles", tiles()),
-                ("pair products' operands", pair_operands()), ("W's K̃, 16 consecutive columns a unit", w_fragments(consecutive)),
-                ("W's K̃, columns spread over 32", w_fragments(spread))]
+    patterns = [("load phase stores", load_stores()), ("running sum", running_sum()), ("QG, KG units", qg_units()),
+                ("off-diagonal tiles", off_diagonal_tiles()), ("diagonal tiles", diagonal_tiles()),
+                ("pair products' operands", pair_operands()), ("W's K̃", w_fragments())]
     print(f"{'pattern':44s} {'instructions':>12s} {'wavefronts':>10s} {'ideal':>6s}")
     for name, instructions in patterns:
         n = got = ideal = 0
