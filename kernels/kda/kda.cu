@@ -122,7 +122,7 @@ constexpr int kDecodeStages = 3;
 // slower and with 12-16 3.7 % (H200, runs 116, 117).
 constexpr int kDecodeOneAheadItems = 6;
 constexpr int kIntraThreads = 256;
-constexpr int kIntraMmaQgUnits = 4;     // QG and KG units (4 rows × 32 channels) each of intra's tensor-core warps writes
+constexpr int kIntraMmaQgUnits = 3;     // QG and KG units (8 rows × 32 channels) each of intra's tensor-core warps writes
 // Intra block b requests block b + kIntraPrefetchAhead's inputs into L2 (prefetch_intra_rows). Swept on the H200 (runs
 // 80, 81; K = V = 128, two blocks an SM): 48-80 best for bf16 (intra −4 to −5 % at T = 65,536), 48-64 for fp32; 16 and 32
 // slower than no prefetch for bf16, 128 and 160 gain little or lose.
@@ -1381,13 +1381,12 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
     }
     __syncthreads();
 
-    // QG, KG: the tensor-core warps 5-7 take kIntraMmaQgUnits units each (the last ones), the tile warps 0-4 the rest
-    // (warp w the units w, w + 5, …), so that both kinds of warp end the pair products below together (all 8 sharing
-    // them evenly held the tile warps at the barrier, run 13; none on warps 5-7 left those idle since their products
-    // share operands, run 76). In units of 4 rows × 32 channels (unit u: rows 4(u mod 16) + p, channels 32⌊u/16⌋ + 4j ..
-    // for lane (j, p) as the loads'), so each row goes out in 8- or 16-byte pieces, a row's 8 lanes writing 64 or 128
-    // contiguous bytes, and the shared reads hit 32 banks (4(4j + i) + (4m + p ^ 4⌊j/2⌋) ≡ 16(j mod 2) + 4(m ^ ⌊j/2⌋) + p
-    // + 4i mod 32, rows 4m + p).
+    // QG, KG: the tensor-core warps 5-7 take kIntraMmaQgUnits units each (the last ones; fewer where K is small), the
+    // tile warps 0-4 the rest (warp w the units w, w + 5, …), so that both kinds of warp end the pair products below
+    // together (all 8 sharing them evenly held the tile warps at the barrier, run 13; none on warps 5-7 left those idle
+    // since their products share operands, run 76). In the loads' units, each lane's two rows of a channel in one 8-byte
+    // read (bank pairs as the stores'), each row out in 8- or 16-byte pieces, a row's 8 lanes writing 64 or 128
+    // contiguous bytes.
     // Rows ≥ len are 0 because q, k are.
     using Store = OperandStore<Tin>;
     using Op = typename Store::T;
@@ -1400,23 +1399,28 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
         Store::put(qg_blk + x, plane_k, 0.f); Store::put(kg_blk + x, plane_k, 0.f);   // W's: wu_columns
     }
     {
-        const int warp = tid >> 5, qg_units = 16 * ((K + 31) / 32), tile_units = qg_units - 3 * kIntraMmaQgUnits;
-        const int u0 = warp < 5 ? warp : tile_units + warp - 5, step = warp < 5 ? 5 : 3, end = warp < 5 ? tile_units : qg_units;
+        const int warp = tid >> 5, tile_units = units - 3 * min(kIntraMmaQgUnits, units / 8);
+        const int u0 = warp < 5 ? warp : tile_units + warp - 5, step = warp < 5 ? 5 : 3, end = warp < 5 ? tile_units : units;
         for (int u = u0; u < end; u += step) {
-            const int r = 4 * (u & 15) + lane_pair, d = 32 * (u >> 4) + 4 * lane_quad;
+            const int r = unit_row(u), d = unit_channel(u);
             if (d >= K) continue;
-            float qv[4], kv[4];
-            const float nq = snorm[r], nk = snorm[kChunk + r];
+            const float2 nq = *reinterpret_cast<const float2*>(snorm + r), nk = *reinterpret_cast<const float2*>(snorm + kChunk + r);
+            float qv[2][4], kv[2][4];   // [row r + e][channel d + i]
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 const int x = transposed_at(d + i, r);
-                const float G = sg[x];
-                qv[i] = sq[x] * nq * ex2(G);
-                kv[i] = sk[x] * nk * ex2(sg[transposed_at(d + i, kChunk - 1)] - G);
+                const float2 G = *reinterpret_cast<const float2*>(sg + x), qx = *reinterpret_cast<const float2*>(sq + x),
+                    kx = *reinterpret_cast<const float2*>(sk + x);
+                const float G_last = sg[transposed_at(d + i, kChunk - 1)];
+                qv[0][i] = qx.x * nq.x * ex2(G.x); qv[1][i] = qx.y * nq.y * ex2(G.y);
+                kv[0][i] = kx.x * nk.x * ex2(G_last - G.x); kv[1][i] = kx.y * nk.y * ex2(G_last - G.y);
             }
-            const int x = Store::at(r, d, kn);
-            Store::put4(qg_blk + x, plane_k, make_float4(qv[0], qv[1], qv[2], qv[3]));
-            Store::put4(kg_blk + x, plane_k, make_float4(kv[0], kv[1], kv[2], kv[3]));
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int x = Store::at(r + e, d, kn);
+                Store::put4(qg_blk + x, plane_k, make_float4(qv[e][0], qv[e][1], qv[e][2], qv[e][3]));
+                Store::put4(kg_blk + x, plane_k, make_float4(kv[e][0], kv[e][1], kv[e][2], kv[e][3]));
+            }
         }
     }
 
