@@ -898,6 +898,9 @@ __device__ __forceinline__ void wu_columns(int k_any, int V, int cb, int lane, c
         for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[i][nt][e] = 0.f;
+    // K̃'s rows r = 16j + 2t + 8e of columns c = cb + w_column(nt, g): columns w_column(0, g), + 1 share a swizzle, which
+    // moves rows within their 16 only, so every (j, nt) is an offset from xk[e] (ptxas recomputed each swizzle).
+    const int xk[2] = {transposed_at(cb + w_column(0, g), 2 * t), transposed_at(cb + w_column(0, g), 2 * t + 8)};
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
         uint32_t bh[4], bl[4];   // B of rows 16j .. +16: n-tile nt in registers 2nt (k rows 2t, 2t + 1), 2nt + 1 (+8)
@@ -910,7 +913,7 @@ __device__ __forceinline__ void wu_columns(int k_any, int V, int cb, int lane, c
                     float x0 = 0.f, x1 = 0.f;
                     if ((KC != 0 && KC % 64 == 0) || c < K) {   // c < KP: K a multiple of 64 covers every column
                         const float2 n = *reinterpret_cast<const float2*>(nk + r);   // rows r, r + 1 (r even)
-                        const int x = transposed_at(c, r);
+                        const int x = xk[e] + 16 * j + nt * kLdT;
                         const float2 kx = *reinterpret_cast<const float2*>(sk + x), gx = *reinterpret_cast<const float2*>(sg + x);
                         x0 = kx.x * n.x * ex2(gx.x);
                         x1 = kx.y * n.y * ex2(gx.y);
@@ -1299,27 +1302,29 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
     auto load_rows = [&](auto full) {
         constexpr bool kFull = decltype(full)::value;
         for (int u0 = tid >> 5; kFull || u0 < units; u0 += 8 * kUnits) {
+            // Unit u0 + 8i has u0's rows and the channels 32i further on, so a row's loads share one address, and a
+            // channel's rows one swizzle (xs): ptxas computed each load's 64-bit address and each store's swizzle anew.
+            const int r0 = unit_row(u0), d0 = unit_channel(u0), xs = transposed_at(d0, r0);
+            const size_t xr[2] = {((size_t)(t0 + r0) * H + h) * K + d0, ((size_t)(t0 + r0 + 1) * H + h) * K + d0};
             decltype(ld4_raw(k)) kx[kUnits][2], qx[kUnits][2];   // [unit][row]
             float4 gx[kUnits][2];
 #pragma unroll
             for (int i = 0; i < kUnits; ++i)
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
-                    const int u = u0 + 8 * i, r = unit_row(u) + e, d = unit_channel(u);
-                    const bool in = kFull || (u < units && d < K && r < len);
-                    const size_t x = ((size_t)(t0 + r) * H + h) * K + d;
+                    const bool in = kFull || (u0 + 8 * i < units && d0 + 32 * i < K && r0 + e < len);
+                    const size_t x = xr[e] + 32 * i;
                     kx[i][e] = in ? ld4_raw(k + x) : decltype(ld4_raw(k)){};
                     qx[i][e] = in ? ld4_raw(q + x) : decltype(ld4_raw(q)){};
                     gx[i][e] = in ? *reinterpret_cast<const float4*>(g + x) : make_float4(0.f, 0.f, 0.f, 0.f);
                 }
 #pragma unroll
             for (int i = 0; i < kUnits; ++i) {
-                const int u = u0 + 8 * i, r = unit_row(u), d = unit_channel(u);
-                if (kFull || (u < units && d < K)) {
+                if (kFull || (u0 + 8 * i < units && d0 + 32 * i < K)) {
                     const float4 k0 = widen(kx[i][0]), k1 = widen(kx[i][1]), q0 = widen(qx[i][0]), q1 = widen(qx[i][1]);
                     const float4 g0 = gx[i][0], g1 = gx[i][1];
-                    auto put = [&](float* a, int ch, float x0, float x1) {   // channel d + ch of rows r, r + 1
-                        *reinterpret_cast<float2*>(a + transposed_at(d + ch, r)) = make_float2(x0, x1);
+                    auto put = [&](float* a, int ch, float x0, float x1) {   // channel d0 + 32i + ch of rows r0, r0 + 1
+                        *reinterpret_cast<float2*>(a + xs + (32 * i + ch) * kLdT) = make_float2(x0, x1);
                     };
                     put(sk, 0, k0.x, k1.x); put(sk, 1, k0.y, k1.y); put(sk, 2, k0.z, k1.z); put(sk, 3, k0.w, k1.w);
                     put(sq, 0, q0.x, q1.x); put(sq, 1, q0.y, q1.y); put(sq, 2, q0.z, q1.z); put(sq, 3, q0.w, q1.w);
@@ -1406,12 +1411,15 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
             if (d >= K) continue;
             const float2 nq = *reinterpret_cast<const float2*>(snorm + r), nk = *reinterpret_cast<const float2*>(snorm + kChunk + r);
             float qv[2][4], kv[2][4];   // [row r + e][channel d + i]
+            // Channels d .. d + 3 (d % 4 == 0) share their swizzle, so their rows lie kLdT apart: one address for all four
+            // (ptxas did not see it, and recomputed each channel's swizzle: ~20 instructions a unit).
+            const int x0 = transposed_at(d, r), last0 = transposed_at(d, kChunk - 1);
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-                const int x = transposed_at(d + i, r);
+                const int x = x0 + i * kLdT;
                 const float2 G = *reinterpret_cast<const float2*>(sg + x), qx = *reinterpret_cast<const float2*>(sq + x),
                     kx = *reinterpret_cast<const float2*>(sk + x);
-                const float G_last = sg[transposed_at(d + i, kChunk - 1)];
+                const float G_last = sg[last0 + i * kLdT];
                 qv[0][i] = qx.x * nq.x * ex2(G.x); qv[1][i] = qx.y * nq.y * ex2(G.y);
                 kv[0][i] = kx.x * nk.x * ex2(G_last - G.x); kv[1][i] = kx.y * nk.y * ex2(G_last - G.y);
             }
