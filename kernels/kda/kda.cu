@@ -938,6 +938,7 @@ __device__ __forceinline__ void wu_columns(int k_any, int V, int cb, int lane, c
         }
     }
     if constexpr (kW) {   // rows g and g + 8 of row tile i, columns 4t .. 4t + 3 (w_column): 8 bytes a plane
+        const int x0 = atom_swizzled(g, cb + 4 * t, kChunk);   // row g + 8m lies 8m rows on: its swizzle (row mod 8) is g's
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -945,21 +946,20 @@ __device__ __forceinline__ void wu_columns(int k_any, int V, int cb, int lane, c
                 uint2 hi, lo;
                 split_bf16x2(acc[i][0][2 * half], acc[i][1][2 * half], hi.x, lo.x);
                 split_bf16x2(acc[i][0][2 * half + 1], acc[i][1][2 * half + 1], hi.y, lo.y);
-                const int x = atom_swizzled(16 * i + g + 8 * half, cb + 4 * t, kChunk);
+                const int x = x0 + 64 * (16 * i + 8 * half);
                 *reinterpret_cast<uint2*>(w_blk + x) = hi;
                 *reinterpret_cast<uint2*>(w_blk + plane_k + x) = lo;
             }
-    } else {   // U slice-major: rows g and g + 8 of row tile i, columns 8nt + 2t, + 1
+    } else {   // U slice-major: rows g and g + 8 of row tile i, columns cb + 8nt + 2t, + 1, all in slice cb / 32 (cb % 16 == 0)
+        float* u0 = u_blk + (cb / kPrefillCols) * kChunk * kPrefillCols + g * kPrefillCols + cb % kPrefillCols + 2 * t;
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-                for (int half = 0; half < 2; ++half) {
-                    const int r = 16 * i + g + 8 * half, c = cb + 8 * nt + 2 * t;
-                    *reinterpret_cast<float2*>(u_blk + (c / kPrefillCols) * kChunk * kPrefillCols + r * kPrefillCols +
-                        c % kPrefillCols) = make_float2(acc[i][nt][2 * half], acc[i][nt][2 * half + 1]);
-                }
+                for (int half = 0; half < 2; ++half)
+                    *reinterpret_cast<float2*>(u0 + (16 * i + 8 * half) * kPrefillCols + 8 * nt) =
+                        make_float2(acc[i][nt][2 * half], acc[i][nt][2 * half + 1]);
     }
 }
 
@@ -1367,10 +1367,13 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
                      // sum waits on no shared-memory load
         float* row = sg + tid * kLdT;
         const int sw = transposed_swizzle(tid);
+        // Row r = 16m + 4j lies at 16m + (4j ^ sw): the swizzle (< 16) moves 4-row groups within their 16 only.
+        const int low[4] = {0 ^ sw, 4 ^ sw, 8 ^ sw, 12 ^ sw};
+        auto at = [&](int r) { return (r & ~15) + low[(r & 15) >> 2]; };
         float col[kChunk];
 #pragma unroll
         for (int r = 0; r < kChunk; r += 4) {
-            const float4 x = *reinterpret_cast<const float4*>(row + (r ^ sw));
+            const float4 x = *reinterpret_cast<const float4*>(row + at(r));
             col[r] = x.x; col[r + 1] = x.y; col[r + 2] = x.z; col[r + 3] = x.w;
         }
         float run = 0.f;
@@ -1381,7 +1384,7 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
         }
 #pragma unroll
         for (int r = 0; r < kChunk; r += 4)
-            *reinterpret_cast<float4*>(row + (r ^ sw)) = make_float4(col[r], col[r + 1], col[r + 2], col[r + 3]);
+            *reinterpret_cast<float4*>(row + at(r)) = make_float4(col[r], col[r + 1], col[r + 2], col[r + 3]);
         gamma_out[cc * K + tid] = ex2(run);
     }
     __syncthreads();
