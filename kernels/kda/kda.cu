@@ -1078,7 +1078,7 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
                         in[q] = (KC != 0 && KC % 16 == 0) || ch[q] < K;
                         gnv[q] = in[q] ? sg[ch[q] * kLdT + (n ^ sw[q >> 1])] : 0.f;
                     }
-                    uint32_t akh[2][4], akl[2][4], aqh[2][4], aql[2][4];   // [pair][e]: row g + 8(e & 1), k pair e >> 1
+                    uint32_t akh[2][4], akl[2][4], aqh[2][4], aql[2][4];   // [pair][e]: fragment row g + 8(e & 1), the sub-chunk's row 2g + (e & 1); k pair e >> 1
 #pragma unroll
                     for (int pp = 0; pp < (kShareA ? 1 : 2); ++pp) {
                         float kv[2][4], qv[2][4];   // [row 2g + half][channel q]
