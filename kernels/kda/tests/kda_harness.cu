@@ -1001,6 +1001,12 @@ template <typename Tin> static void bench_prefill(int B, int T) {
     const double bytes = double(Tt) * H * ((K * 2 + V * 2) * sizeof(Tin) + K * 4 + 4) + 2.0 * B * H * K * V * 4;
     std::printf("BENCH chunk_prefill %s B=%d T=%-6d H=32 K=V=128: %9.3f ms (intra %.3f + scan %.3f%s; graphs, median of 50), %7.1f GB/s, %5.1f%% of 3.0 TB/s (min bytes)\n",
         tname<Tin>(), B, T, ms, ms_intra, ms_scan, other, bytes / (ms * 1e-3) / 1e9, 100.0 * bytes / (ms * 1e-3) / kPeakBytesPerSec);
+    // This design's own floor: the scratch between the kernels (PrefillDev's w, qg, kg, u, a, gam: 144.5 KiB a chunk and
+    // head at K = V = 128, bf16 planes in fp32's room) is written once and read at least once, on top of the least bytes.
+    const double scratch = double(dev.NC) * H * (3.0 * 64 * kda::chunk_prefill_kpad(K) + 64.0 * V + 64.0 * 64 + K) * 4;
+    const double moved = bytes + 2 * scratch;
+    std::printf("FLOOR chunk_prefill %s B=%d T=%-6d: %.2f GB moved with the scratch (%.2f GB written, read at least once): %.1f%% of 3.0 TB/s; at 3.0 TB/s that alone takes %.3f ms\n",
+        tname<Tin>(), B, T, moved / 1e9, scratch / 1e9, 100.0 * moved / (ms * 1e-3) / kPeakBytesPerSec, moved / kPeakBytesPerSec * 1e3);
 }
 
 // The pre-kernel and the window update over B sequences of T tokens, bf16 q, k, v out: from bf16 projections (the bf16
