@@ -310,6 +310,9 @@ template <typename Tin> struct PrefillDev {
                 int(kda::wide_scan_smem_bytes(kda::chunk_prefill_kpad(K)))));
     }
     static constexpr bool kHasWide = std::is_same<Tin, bf16>::value;
+    // Bytes of the scratch between the kernels as allocated above (w, qg, kg: 64 × KP, u: 64 × V, a: 64 × 64, gam: K
+    // floats a chunk and head; bf16 inputs keep hi/lo planes in fp32's room): 144.5 KiB a chunk and head at K = V = 128.
+    double scratch_bytes() const { return double(NC) * H * (3.0 * 64 * kda::chunk_prefill_kpad(K) + 64.0 * V + 64.0 * 64 + K) * 4; }
     // Host inputs for the first T tokens (the NaN tail stays) and the initial state.
     void load(const std::vector<float>& hq, const std::vector<float>& hk, const std::vector<float>& hv,
         const std::vector<float>& hg, const std::vector<float>& hb, const std::vector<float>& hstate) {
@@ -1001,10 +1004,8 @@ template <typename Tin> static void bench_prefill(int B, int T) {
     const double bytes = double(Tt) * H * ((K * 2 + V * 2) * sizeof(Tin) + K * 4 + 4) + 2.0 * B * H * K * V * 4;
     std::printf("BENCH chunk_prefill %s B=%d T=%-6d H=32 K=V=128: %9.3f ms (intra %.3f + scan %.3f%s; graphs, median of 50), %7.1f GB/s, %5.1f%% of 3.0 TB/s (min bytes)\n",
         tname<Tin>(), B, T, ms, ms_intra, ms_scan, other, bytes / (ms * 1e-3) / 1e9, 100.0 * bytes / (ms * 1e-3) / kPeakBytesPerSec);
-    // This design's own floor: the scratch between the kernels (PrefillDev's w, qg, kg, u, a, gam: 144.5 KiB a chunk and
-    // head at K = V = 128, bf16 planes in fp32's room) is written once and read at least once, on top of the least bytes.
-    const double scratch = double(dev.NC) * H * (3.0 * 64 * kda::chunk_prefill_kpad(K) + 64.0 * V + 64.0 * 64 + K) * 4;
-    const double moved = bytes + 2 * scratch;
+    // This design's own floor: its scratch is written once and read at least once, on top of the least bytes.
+    const double scratch = dev.scratch_bytes(), moved = bytes + 2 * scratch;
     std::printf("FLOOR chunk_prefill %s B=%d T=%-6d: %.2f GB moved with the scratch (%.2f GB written, read at least once): %.1f%% of 3.0 TB/s; at 3.0 TB/s that alone takes %.3f ms\n",
         tname<Tin>(), B, T, moved / 1e9, scratch / 1e9, 100.0 * moved / (ms * 1e-3) / kPeakBytesPerSec, moved / kPeakBytesPerSec * 1e3);
 }
