@@ -1010,6 +1010,98 @@ template <typename Tin> static void bench_prefill(int B, int T) {
         tname<Tin>(), B, T, moved / 1e9, scratch / 1e9, 100.0 * moved / (ms * 1e-3) / kPeakBytesPerSec, moved / kPeakBytesPerSec * 1e3);
 }
 
+// NOTES "Next" 0's first question: what a chunk's intra work costs one SM when a head's 4 blocks split it by channel
+// quarters. A quarter is intra at K = V = 32 (its pair sums over 32 channels, its quarter of QG, KG, W, its 32 columns
+// of U, and the whole T'), so each (chunk, head) of K = V = 128 becomes 4 heads of K = V = 32. What the split adds
+// (the 4 partial L, A summed through distributed shared memory) is not in it. ring > 0 writes block b's scratch to
+// slot b mod ring (timing only: the scratch then stays in L2, as the split design keeps it on chip).
+template <int KC> __global__ void __launch_bounds__(kda::kIntraThreads, 2) intra_ring_bf16(int ring, int H, int K, int V,
+    int num_seqs, const int* cu_seqlens, const int* chunk_offsets, const bf16* q, const bf16* k, const bf16* v,
+    const float* g, const float* beta, float* w_out, float* u_out, float* a_out, float* qg_out, float* kg_out,
+    float* gamma_out) {
+    if (ring > 0) {   // chunk_intra writes block b's scratch at b times each stride: shift every base back
+        const size_t base = blockIdx.x / ring * size_t(ring), kp = kda::chunk_prefill_kpad(K);
+        w_out -= base * 64 * kp; qg_out -= base * 64 * kp; kg_out -= base * 64 * kp;
+        u_out -= base * 64 * V; a_out -= base * 64 * 64; gamma_out -= base * K;
+    }
+    kda::chunk_intra<bf16, KC>(H, K, V, num_seqs, cu_seqlens, chunk_offsets, q, k, v, g, beta, w_out, u_out, a_out,
+        qg_out, kg_out, gamma_out);
+}
+
+static void bench_split_intra(int T) {
+    DevPool pool;
+    struct Case { const char* name; int H, K; void (*kern)(int, int, int, int, int, const int*, const int*, const bf16*,
+        const bf16*, const bf16*, const float*, const float*, float*, float*, float*, float*, float*, float*); };
+    const Case cases[] = {{"K=V=128 H=32 (today)", 32, 128, intra_ring_bf16<128>},
+                          {"K=V=32 H=128 (quarters, KC=32)", 128, 32, intra_ring_bf16<32>},
+                          {"K=V=32 H=128 (quarters, generic)", 128, 32, intra_ring_bf16<0>}};
+    int clock_khz = 0;
+#ifndef KDA_EMULATE
+    CK(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, 0));
+    const int warm = 3, reps = 50;
+#else
+    const int warm = 0, reps = 1;   // the emulator checks the wrapper and the comparison, not speed
+#endif
+    std::vector<float> first;   // KC = 32's scratch, compared with the generic path's below
+    for (const Case& cs : cases) {
+        const int H = cs.H, K = cs.K, V = cs.K;
+        PrefillDev<bf16> dev(pool, {T}, H, K, V);
+        const float sc = 1.0f / std::sqrt(float(K));
+        const size_t n = size_t(T) * H * K;
+        g_seed = 1;   // the same inputs in each case at the same shape
+        fill(dev.q, n, -sc * 1.7f, sc * 1.7f); fill(dev.k, n, -sc * 1.7f, sc * 1.7f); fill(dev.v, n, -1, 1);
+        fill(dev.g, n, -0.5f, -0.001f); fill(dev.beta, size_t(T) * H, 0.05f, 0.95f);
+        const int smem = int(kda::chunk_intra_smem_bytes(K, V)), one_per_sm = std::max(smem, 120 << 10);
+        CK(cudaFuncSetAttribute(cs.kern, cudaFuncAttributeMaxDynamicSharedMemorySize, one_per_sm));
+        int regs = 0;
+#ifndef KDA_EMULATE
+        cudaFuncAttributes fa;
+        CK(cudaFuncGetAttributes(&fa, cs.kern));
+        regs = fa.numRegs;
+#endif
+        const int blocks = dev.NC * H;
+        for (int ring : {64, 0})   // ring 0 last: its scratch is compared below
+            for (int bytes : {one_per_sm, smem}) {
+                int per_sm = 0;
+#ifndef KDA_EMULATE
+                CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, cs.kern, kda::kIntraThreads, bytes));
+#endif
+                const float ms = time_ms([&] {
+                    LAUNCH(cs.kern, dim3(blocks), dim3(kda::kIntraThreads), bytes, ring, H, K, V, dev.N, (const int*)dev.cu,
+                        (const int*)dev.co, (const bf16*)dev.q, (const bf16*)dev.k, (const bf16*)dev.v, (const float*)dev.g,
+                        (const float*)dev.beta, dev.w, dev.u, dev.a, dev.qg, dev.kg, dev.gam);
+                }, warm, reps);
+                CHECK_LAUNCH();
+                // An SM's time a block: the kernel's time over the blocks each SM ran (≈ blocks / SMs).
+                const double sm_us = ms * 1e3 * g_sms / blocks, sm_cycles = sm_us * clock_khz * 1e-3;
+                std::printf("SPLIT intra %-34s T=%d ring=%-2d: %8.3f ms, %d blocks an SM (%d regs), %6.2f SM-us a block = %5.0f cycles at %.2f GHz; block wall ~%5.0f cycles\n",
+                    cs.name, T, ring, ms, per_sm, regs, sm_us, sm_cycles, clock_khz * 1e-6, sm_cycles * per_sm);
+            }
+        if (K == 32) {   // KC = 32 must give the generic path's scratch
+            const size_t m = size_t(dev.NC) * H * 64 * (3 * kda::chunk_prefill_kpad(K) + V + 64);
+            std::vector<float> out(m);
+            CK(cudaDeviceSynchronize());
+            size_t at = 0;
+            for (auto [p, len] : {std::pair{dev.w, size_t(dev.NC) * H * 64 * kda::chunk_prefill_kpad(K)},
+                                  std::pair{dev.qg, size_t(dev.NC) * H * 64 * kda::chunk_prefill_kpad(K)},
+                                  std::pair{dev.kg, size_t(dev.NC) * H * 64 * kda::chunk_prefill_kpad(K)},
+                                  std::pair{dev.u, size_t(dev.NC) * H * 64 * V}, std::pair{dev.a, size_t(dev.NC) * H * 64 * 64}}) {
+                CK(cudaMemcpy(out.data() + at, p, len * 4, cudaMemcpyDeviceToHost));
+                at += len;
+            }
+            if (first.empty()) first = out;
+            else {
+                double num = 0, den = 0;
+                for (size_t i = 0; i < m; ++i) {
+                    if (std::isnan(first[i]) != std::isnan(out[i])) { num = INFINITY; break; }
+                    if (!std::isnan(out[i])) { num += double(first[i] - out[i]) * (first[i] - out[i]); den += double(out[i]) * out[i]; }
+                }
+                std::printf("SPLIT intra KC=32 against generic, T=%d: rel %.3g\n", T, std::sqrt(num / std::max(den, 1e-300)));
+            }
+        }
+    }
+}
+
 // The pre-kernel and the window update over B sequences of T tokens, bf16 q, k, v out: from bf16 projections (the bf16
 // entry) or from fp32 ones (the model's prefill: kimi_kda_prepare_f32_bf16).
 template <typename Tin> static void bench_prepare(int B, int T) {
@@ -1080,7 +1172,7 @@ static void profile_once() {
 }
 
 int main(int argc, char** argv) {
-    bool bench = false, quick = false, profile = false, prefill_only = false, decode_only = false, prepare_only = false;
+    bool bench = false, quick = false, profile = false, split = false, prefill_only = false, decode_only = false, prepare_only = false;
     std::string fixtures = "KimiLinear.Tests/Fixtures/kda_ops";
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
@@ -1090,6 +1182,7 @@ int main(int argc, char** argv) {
         else if (a == "--bench-prepare") bench = prepare_only = true;   // the pre-kernel's benchmarks only
         else if (a == "--quick") quick = true;
         else if (a == "--profile") profile = true;
+        else if (a == "--bench-split") split = true;   // NOTES "Next" 0: intra by channel quarters (bench_split_intra)
         else fixtures = a;
     }
     CK(cudaStreamCreate(&g_stream));
@@ -1107,6 +1200,11 @@ int main(int argc, char** argv) {
     std::printf("device: %s, %d SMs, L2 %d MiB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
     g_sms = prop.multiProcessorCount;
     if (profile) { g_decode_blocks = prop.multiProcessorCount; profile_once(); return 0; }
+#ifndef KDA_EMULATE
+    if (split) { for (int T : {4096, 65536}) bench_split_intra(T); return 0; }
+#else
+    if (split) { bench_split_intra(130); return 0; }   // the wrapper and the comparison on two chunks and a tail
+#endif
 
     test_golden(fixtures);
     const std::vector<int> odd = {1, 63, 64, 65, 130, 17, 300};
