@@ -14,6 +14,7 @@
 #include <ucontext.h>
 #include <math.h>
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -87,6 +88,7 @@ struct Fiber {
     uint32_t mma_in[2][12] = {};               // this lane's A (4) and B (2) fragments, big then small, per slot
     int mma_slot = 0;                          // the slot of its next mma
     int bar_id = 0, bar_count = 0;             // the named barrier it waits at (Named), and its thread count
+    int sync_or_calls = 0;                     // __syncthreads_or calls so far (which of the block's three sums it uses)
     struct Copy { void* dst; const void* src; };
     std::vector<Copy> pending;                 // cp.async issued since the last commit
     std::vector<std::vector<Copy>> groups;     // committed, not yet waited for
@@ -107,6 +109,7 @@ struct State {
     unsigned long long progress = 0;   // mbarrier arrivals so far: polling fibers may go on only after one
     std::set<const void*> mbarriers;   // the running cluster's initialised mbarriers
     unsigned long long rounds = 0;     // scheduling rounds: odd ones run the fibers in reverse order
+    std::vector<std::array<int, 3>> sync_or;   // the running blocks' __syncthreads_or sums, three in turn (below)
 };
 inline State& st() { static State s; return s; }
 inline void yield(Wait w) {
@@ -126,6 +129,18 @@ inline dim3 threadIdx, blockIdx, blockDim, gridDim;
 inline unsigned char* emu_dynamic_smem = nullptr;
 
 inline void __syncthreads() { emu::yield(emu::Block); }
+// The barrier with every thread's predicate ORed and returned to all. Call c of a block ORs into sum c mod 3 and reads
+// it after the barrier; it clears sum c + 1 mod 3 before the barrier, which every thread read at call c − 2 (before
+// barrier c − 1) and none adds to before call c + 1 (after barrier c).
+inline int __syncthreads_or(int p) {
+    emu::State& s = emu::st();
+    emu::Fiber& f = s.fibers[s.cur];
+    const int block = f.block, c = f.sync_or_calls++ % 3;
+    s.sync_or[block][(c + 1) % 3] = 0;
+    s.sync_or[block][c] |= p != 0;
+    __syncthreads();
+    return s.sync_or[block][c];
+}
 // bar.sync id, count: the calling threads of the block meet in groups of `count` (a multiple of 32) at barrier `id`.
 inline void emu_named_barrier(int id, int count) {
     emu::Fiber& f = emu::st().fibers[emu::st().cur];
@@ -279,12 +294,14 @@ inline void emu_launch_cluster(void (*k)(P...), int cluster_x, dim3 grid, dim3 b
                 s.fibers.resize(size_t(cluster_x) * threads);
                 s.smem.assign(cluster_x, std::vector<unsigned char>(smem + 16, 0xA5));   // garbage, not zeros
                 s.mbarriers.clear();
+                s.sync_or.assign(cluster_x, {0, 0, 0});
                 for (int b = 0; b < cluster_x; ++b)
                     for (int t = 0; t < threads; ++t) {
                         emu::Fiber& f = s.fibers[size_t(b) * threads + t];
                         f.stack.resize(64 * 1024);
                         f.wait = emu::None;
                         f.mma_slot = 0;
+                        f.sync_or_calls = 0;
                         f.pending.clear();
                         f.groups.clear();
                         f.wg_pending.clear();
