@@ -1174,11 +1174,15 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
                     for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
                         for (int f = 0; f < 2; ++f) split_bf16x2(bv[nt][2 * f], bv[nt][2 * f + 1], bh[nt][f], bl[nt][f]);
+                    // All four products of the parts, lo·lo too: a diagonal block holds each row's largest pairs (those
+                    // nearest the row decay least), so it keeps fp32's ~2^-24 where the other blocks take ~2^-16.
 #pragma unroll
                     for (int nt = 0; nt < 2; ++nt) {
+                        mma(kk[nt], akl, bl[nt][0], bl[nt][1]);
                         mma(kk[nt], akh, bl[nt][0], bl[nt][1]);
                         mma(kk[nt], akl, bh[nt][0], bh[nt][1]);
                         mma(kk[nt], akh, bh[nt][0], bh[nt][1]);
+                        mma(qk[nt], aql, bl[nt][0], bl[nt][1]);
                         mma(qk[nt], aqh, bl[nt][0], bl[nt][1]);
                         mma(qk[nt], aql, bh[nt][0], bh[nt][1]);
                         mma(qk[nt], aqh, bh[nt][0], bh[nt][1]);
