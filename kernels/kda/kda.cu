@@ -9,9 +9,11 @@
 //   y = o·rsqrt(mean_j o² + eps)·w_norm·sigmoid(z).
 //
 // CHUNKED PREFILL (C = 64 tokens per chunk; G = chunk-local cumulative g, kept in log2 units; every exponent used is
-// ≤ 0, so nothing overflows with the unbounded softplus gate):
+// ≤ 0, or within kMildRange where intra has tested the chunk for it, so nothing overflows with the unbounded softplus
+// gate):
 //   kimi_kda_chunk_intra_*   one block per (chunk, head), independent chunks, accumulating in fp32 (products between
-//                            16-row sub-chunks on tensor cores: 3xTF32 for fp32 inputs, which keeps fp32's accuracy;
+//                            16-row sub-chunks on tensor cores, inside them too for bf16 inputs in mild chunks
+//                            (pair_products): 3xTF32 for fp32 inputs, which keeps fp32's accuracy;
 //                            three bf16 products of hi/lo parts for bf16 inputs, ~2^-16 relative); q̂, k̂ are normalised
 //                            here from the raw (post-conv) q, k, exactly as the decode step does:
 //     L[r,s]   = β_r Σ_d k̂_r[d] k̂_s[d] 2^(G_r[d]−G_s[d])   (s < r)      A[r,s] = Σ_d q̂_r[d] k̂_s[d] 2^(G_r[d]−G_s[d])  (s ≤ r)
@@ -215,7 +217,8 @@ __device__ __forceinline__ float siluf_(float x) { return x / (1.0f + expf(-x));
 __device__ __forceinline__ float softplusf_(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
 // 2^x as the one MUFU.EX2 instruction (ex2.approx.ftz: about 2 ulp, subnormal results flushed to 0). Every exponent
-// the prefill takes is ≤ 0, so the flush only drops values below 2^-126 of a term of magnitude ≤ 1.
+// the prefill takes is ≤ 0 (mild chunks' within ±kMildRange), so the flush only drops values below 2^-126 of a term
+// of magnitude ≤ 1.
 __device__ __forceinline__ float ex2(float x) {
 #ifdef KDA_EMULATE
     const float y = std::exp2(x);
@@ -992,7 +995,8 @@ __device__ __forceinline__ void strided_for(int begin, int end, int step, Body b
 // as loaded (sk, sq, sg: a channel a row, kLdT); each result is scaled by its rows' norms (snorm: n_q, n_k) as it is
 // stored. Only the lower triangle (s ≤ r) is computed: the solve reads L below the diagonal only, and A is written from
 // sa with the upper triangle zeroed. Every exponent taken is ≤ 0 (G never increases along a chunk), by factorizing
-// through a reference row n with s ≤ n < r: 2^(G_r − G_s) = 2^(G_r − G_n)·2^(G_n − G_s).
+// through a reference row n with s ≤ n < r: 2^(G_r − G_s) = 2^(G_r − G_n)·2^(G_n − G_s), except in the diagonal
+// blocks of mild chunks (below).
 //   Pairs of 16-row sub-chunks i > j (6 blocks of 16×16), warps 5-7 with two blocks each: tensor-core products
 //   (3xTF32, or three bf16 products for bf16 inputs) of sub-chunk i's rows scaled by 2^(G_r − G_n) with sub-chunk
 //   j's rows scaled by 2^(G_n − G_s), n = j's last row (47 for (3,0): below); the scaled operands are formed in
@@ -1008,8 +1012,8 @@ __device__ __forceinline__ void strided_for(int begin, int end, int step, Body b
 //   Mild chunks (kMildRange, bf16 inputs): the diagonal blocks on tensor cores as well, warp w < 4 block (w, w)
 //   through its first row n = 16w, whose factors 2^(G_r − G_n) ≤ 1 and 2^(G_n − G_s) ≤ 2^kMildRange (the only
 //   positive exponents, bounded where the chunk was tested); its pairs above the diagonal are finite and never read.
-//   The tiles' element-wise exponentials and FMAs were ~11K of the block's ~44K warp instructions (run 86); the gate
-//   that forces them (FlashKDA's and cuDNN's lower bound) is the chunk's own, tested, not assumed.
+//   The tiles' element-wise exponentials and FMAs were ~11K of the block's ~44K warp instructions (run 86); what
+//   FlashKDA and cuDNN take from a lower-bounded gate, this takes from a test of the chunk's own decay.
 // KC (as chunk_intra's): K as a compile-time constant, so that no channel is tested against K and two unroll counts
 // are fixed (the tiles' d loops 2, the bf16 k-steps 1: without them the K = 128 instance gained a third as much, run
 // 63; the tiles' loops unrolled 4 (before run 148), 8 or 1 took intra 1 to 4 % longer at T = 4,096, the k-steps
