@@ -1018,8 +1018,8 @@ template <typename Tin> static void bench_prefill(int B, int T, bool steep = fal
         tname<Tin>(), B, T, moved / 1e9, scratch / 1e9, 100.0 * moved / (ms * 1e-3) / kPeakBytesPerSec, moved / kPeakBytesPerSec * 1e3);
 }
 
-// NOTES "Next" 0's first question: what a chunk's intra work costs one SM when a head's 4 blocks split it by channel
-// quarters. A quarter is intra at K = V = 32 (its pair sums over 32 channels, its quarter of QG, KG, W, its 32 columns
+// The thirtieth session's plan (a head's 4 scan blocks as a cluster doing its intra work by channel quarters) asked
+// first what a chunk's intra work costs one SM when split so; run 168 answered it (half a chunk a quarter: dropped). A quarter is intra at K = V = 32 (its pair sums over 32 channels, its quarter of QG, KG, W, its 32 columns
 // of U, and the whole T'), so each (chunk, head) of K = V = 128 becomes 4 heads of K = V = 32. What the split adds
 // (the 4 partial L, A summed through distributed shared memory) is not in it. ring > 0 writes block b's scratch to
 // slot b mod ring (timing only: the scratch then stays in L2, as the split design keeps it on chip).
@@ -1190,7 +1190,7 @@ int main(int argc, char** argv) {
         else if (a == "--bench-prepare") bench = prepare_only = true;   // the pre-kernel's benchmarks only
         else if (a == "--quick") quick = true;
         else if (a == "--profile") profile = true;
-        else if (a == "--bench-split") split = true;   // NOTES "Next" 0: intra by channel quarters (bench_split_intra)
+        else if (a == "--bench-split") split = true;   // intra by channel quarters (bench_split_intra, run 168)
         else fixtures = a;
     }
     CK(cudaStreamCreate(&g_stream));
