@@ -1019,10 +1019,11 @@ template <typename Tin> static void bench_prefill(int B, int T, bool steep = fal
 }
 
 // The thirtieth session's plan (a head's 4 scan blocks as a cluster doing its intra work by channel quarters) asked
-// first what a chunk's intra work costs one SM when split so; run 168 answered it (half a chunk a quarter: dropped). A quarter is intra at K = V = 32 (its pair sums over 32 channels, its quarter of QG, KG, W, its 32 columns
-// of U, and the whole T'), so each (chunk, head) of K = V = 128 becomes 4 heads of K = V = 32. What the split adds
-// (the 4 partial L, A summed through distributed shared memory) is not in it. ring > 0 writes block b's scratch to
-// slot b mod ring (timing only: the scratch then stays in L2, as the split design keeps it on chip).
+// first what a chunk's intra work costs one SM when split so; run 168 answered it (half a chunk a quarter: dropped).
+// A quarter is intra at K = V = 32 (its pair sums over 32 channels, its quarter of QG, KG, W, its 32 columns of U,
+// and the whole T'), so each (chunk, head) of K = V = 128 becomes 4 heads of K = V = 32. What the split adds (the 4
+// partial L, A summed through distributed shared memory) is not in it. ring > 0 writes block b's scratch to slot
+// b mod ring (timing only: the scratch then stays in L2, as the split design keeps it on chip).
 template <int KC> __global__ void __launch_bounds__(kda::kIntraThreads, 2) intra_ring_bf16(int ring, int H, int K, int V,
     int num_seqs, const int* cu_seqlens, const int* chunk_offsets, const bf16* q, const bf16* k, const bf16* v,
     const float* g, const float* beta, float* w_out, float* u_out, float* a_out, float* qg_out, float* kg_out,
