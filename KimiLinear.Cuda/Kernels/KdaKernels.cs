@@ -38,9 +38,9 @@ internal static unsafe class KdaKernels
 
     private const int IntraLdL = ChunkTokens + 8;   // kLdL: L's and A's row stride in shared memory
     private const int IntraLdT = ChunkTokens + 4;   // kLdT: the row stride of q, k and G, stored a channel a row
-    private static int IntraSharedBytes(int k, int v) =>
+    private static int IntraSharedBytes(int k, int v) =>   // k, G; q and G_last, later L, A, T', v; β, norms
         sizeof(float) * (2 * k * IntraLdT
-            + Math.Max(k * IntraLdT, ChunkTokens * IntraLdL + Math.Max(ChunkTokens * IntraLdL, ChunkTokens * (v + 8) / 2) + 32 * 33)
+            + Math.Max(k * IntraLdT + k, ChunkTokens * IntraLdL + Math.Max(ChunkTokens * IntraLdL, ChunkTokens * (v + 8) / 2) + 32 * 33)
             + 3 * ChunkTokens);
 
     /// <summary>K padded to the scan's 64 or 128 (kda.cu's chunk_prefill_kpad; K above 128 is refused before use).</summary>

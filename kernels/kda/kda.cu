@@ -135,6 +135,13 @@ constexpr int kIntraMmaQgUnits = 3;     // QG and KG units (8 rows × 32 channel
 constexpr float kMildRange = 80.f;
 constexpr float kMildNormSqMin = 5.9604645e-8f;     // 2^-24
 constexpr float kMildNormSqMax = 1099511627776.f;   // 2^40
+// Whole-mild chunks (bf16 inputs), a subset of the mild ones: in every channel the whole chunk decays by at most
+// 2^kWholeMildRange (−G_last ≤ 96). Then every pair factorizes through the chunk's start, 2^(G_r − G_s) = 2^G_r ·
+// 2^−G_s, with 2^G_r ≥ 2^-96 and 2^−G_s ≤ 2^96: q̂ ⊙ 2^G (QG itself), k̂ ⊙ 2^G (W's K̃) and k̂ ⊙ 2^−G are formed once an
+// element and every product of the chunk reads them as they are. Entries of q̂, k̂ that matter (≥ 2^-20 of their
+// unit-norm row) stay normal numbers, their bf16 lo parts too (≥ 2^-124); the pairs above the diagonal, never read,
+// are ≤ 2^80 (mild). With the benchmark's gates every chunk is whole-mild (NOTES, intra W1).
+constexpr float kWholeMildRange = 96.f;
 // Intra block b requests block b + kIntraPrefetchAhead's inputs into L2 (prefetch_intra_rows). Swept on the H200 (runs
 // 80, 81; K = V = 128, two blocks an SM): 48-80 best for bf16 (intra −4 to −5 % at T = 65,536), 48-64 for fp32; 16 and 32
 // slower than no prefetch for bf16, 128 and 160 gain little or lose.
@@ -157,8 +164,8 @@ template <typename Tin> struct DecodeTable {
 // Dynamic shared memory, in floats: decode (state buffers [kDecodeStages] of [K][V], 128·128 floats apart; q, k, α, v,
 // k_scale·β·r, o [128] each; warp partials [16][32]; Σq², Σk² partials [8]; the groups' Σo² [4]; the buffers'
 // mbarriers [kDecodeStages], 8 bytes each); intra (k, G [K][kLdT] each, q
-// [K][kLdT] later reused for L and A [64][64] each, then for bf16 inputs T' and v's rows: chunk_intra_q_floats; β [64], row
-// norms [128]); the scan's: ScanOperands, by input dtype (chunk_prefill_smem_bytes).
+// [K][kLdT] and G_last [K] later reused for L and A [64][64] each, then for bf16 inputs T' and v's rows:
+// chunk_intra_q_floats; β [64], row norms [128]); the scan's: ScanOperands, by input dtype (chunk_prefill_smem_bytes).
 constexpr int kDecodeSmemFloats = kDecodeStages * 128 * 128 + 6 * 128 + 16 * 32 + 8 + 4 + 2 * kDecodeStages;
 constexpr size_t kDecodeSmemBytes = kDecodeSmemFloats * sizeof(float);
 __host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
@@ -172,14 +179,14 @@ __host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
 constexpr int kLdT = kChunk + 4;
 __device__ __forceinline__ int transposed_swizzle(int c) { return 4 * ((c >> 3) & 3); }
 __device__ __forceinline__ int transposed_at(int c, int r) { return c * kLdT + (r ^ transposed_swizzle(c)); }
-// q [K][kLdT], later L and A [64][64] each; with bf16 inputs then T' (over L) and v's rows [64][V+8] bf16 (from A's
-// place), and after both solve_t's scratch [32][33] (from chunk_intra_t_scratch floats on).
+// q [K][kLdT] and G_last [K], later L and A [64][64] each; with bf16 inputs then T' (over L) and v's rows [64][V+8] bf16
+// (from A's place), and after both solve_t's scratch [32][33] (from chunk_intra_t_scratch floats on).
 // L's and A's row stride in shared memory: ≡ 8 mod 32 words, so that the pair products' 8-byte stores (rows g, g + 8 of
 // a fragment, columns 2t, 2t + 1) hit 32 banks; at 64 each fragment's 8 rows met in one (8-way conflicts).
 constexpr int kLdL = kChunk + 8;
 __host__ __device__ constexpr int chunk_intra_t_scratch(int V) { return kChunk * kLdL + cmax(kChunk * kLdL, kChunk * (V + 8) / 2); }
 __host__ __device__ constexpr int chunk_intra_q_floats(int K, int V) {
-    return cmax(K * kLdT, chunk_intra_t_scratch(V) + 32 * 33);
+    return cmax(K * kLdT + K, chunk_intra_t_scratch(V) + 32 * 33);   // + K: G_last (sglast) past q
 }
 __host__ __device__ constexpr size_t chunk_intra_smem_bytes(int K, int V) {
     return sizeof(float) * (2 * K * kLdT + chunk_intra_q_floats(K, V) + 3 * kChunk);
@@ -635,6 +642,10 @@ __device__ __forceinline__ void split_bf16x2(float a, float b, uint32_t& hi, uin
     hi = pack_bf16x2(a, b);
     lo = pack_bf16x2(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
 }
+// The low 16 bits of w0 and of w1 (w0's in the low half), or their high 16 bits: a bf16x2 fragment register of the
+// channels' split words (chunk_intra's whole-mild operands) in pairs of rows (wu_columns' K̃). One PRMT each.
+__device__ __forceinline__ uint32_t low_halves(uint32_t w0, uint32_t w1) { return __byte_perm(w0, w1, 0x5410); }
+__device__ __forceinline__ uint32_t high_halves(uint32_t w0, uint32_t w1) { return __byte_perm(w0, w1, 0x7632); }
 // How the intra kernel hands the scan its matrix operands W, QG, KG [64][K] and A [64][64]: one block per (chunk,
 // head) each. For fp32 inputs, fp32 rows of K (64·K floats a block; the scan splits them into tf32 parts as its
 // fragments load). For bf16 inputs, rows padded to KP (zero columns past K) as two bf16 planes, hi then lo, with
@@ -889,7 +900,8 @@ __device__ __forceinline__ void stage_v_rows(int V, int H, int h, int t0, int le
 // pairs (34·2g + (t ^ const) ≡ 4g + (t ^ const) mod 16).
 __device__ __forceinline__ int w_column(int nt, int n) { return 4 * (n >> 1) + 2 * (n & 1) + nt; }
 
-// bf16 inputs: 16 columns from cb of W = T'·K̃ (kW; K̃ = k̂ ⊙ 2^G, formed from sk, nk and sg as its fragments load: 0 past
+// bf16 inputs: 16 columns from cb of W = T'·K̃ (kW; K̃ = k̂ ⊙ 2^G, formed from sk, nk and sg as its fragments load, or in
+// whole-mild chunks read from sk as the split words of channel pairs chunk_intra's units left there: 0 past
 // K and past len, so W's padding columns [K, KP) come out 0) or of U = T'·v (v's rows sv [64][V + 8], read by
 // ldmatrix), on mma.sync m16n8k16 with fp32 accumulation. T' is lower triangular, so row tile i sums the k-steps
 // j ≤ i only. T' enters as its hi and lo planes (st [2][64][64], atom_swizzled); K̃ is split too, so W = hi·hi +
@@ -900,7 +912,7 @@ __device__ __forceinline__ int w_column(int nt, int n) { return 4 * (n >> 1) + 2
 // KC as chunk_intra's: K a compile-time constant (immediate row offsets into sk, sg) or 0.
 template <bool kW, int KC>
 __device__ __forceinline__ void wu_columns(int k_any, int V, int cb, int lane, const float* sk, const float* sg, const float* nk,
-    const uint16_t* st, const uint16_t* sv, __nv_bfloat16* w_blk, int plane_k, float* u_blk) {
+    bool whole, const uint16_t* st, const uint16_t* sv, __nv_bfloat16* w_blk, int plane_k, float* u_blk) {
     const int K = KC ? KC : k_any;
     const int g = lane >> 2, t = lane & 3;
     const int frag_row = (lane & 7) + (lane & 8), frag_piece = lane >> 4;   // this lane's ldmatrix row and 8-column piece
@@ -917,7 +929,18 @@ __device__ __forceinline__ void wu_columns(int k_any, int V, int cb, int lane, c
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
         uint32_t bh[4], bl[4];   // B of rows 16j .. +16: n-tile nt in registers 2nt (k rows 2t, 2t + 1), 2nt + 1 (+8)
-        if (kW) {
+        if (kW && whole) {   // whole-mild chunks: K̃'s split words of channels c, c + 1 in k's place (chunk_intra's units)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                uint2 hi = make_uint2(0u, 0u), lo = hi;   // rows r, r + 1; channel c's part in the low halves, c + 1's high
+                if ((KC != 0 && KC % 64 == 0) || cb + w_column(0, g) < K) {   // (K % 4 == 0: c + 1 < K too)
+                    hi = *reinterpret_cast<const uint2*>(sk + xk[e] + 16 * j);
+                    lo = *reinterpret_cast<const uint2*>(sk + xk[e] + 16 * j + kLdT);
+                }
+                bh[e] = low_halves(hi.x, hi.y); bh[2 + e] = high_halves(hi.x, hi.y);
+                bl[e] = low_halves(lo.x, lo.y); bl[2 + e] = high_halves(lo.x, lo.y);
+            }
+        } else if (kW) {
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
@@ -1020,7 +1043,7 @@ __device__ __forceinline__ void strided_for(int begin, int end, int step, Body b
 // unrolled 2 7 %, runs 148, 149), or 0 for any K (the compiler's counts).
 template <typename Tin, int KC>
 __device__ __forceinline__ void pair_products(int k_any, int tid, const float* sk, const float* sg, const float* sq,
-    const float* sb, const float* snorm, float* sl, float* sa, bool mild) {
+    const float* sb, const float* snorm, float* sl, float* sa, bool mild, bool whole) {
     const int K = KC ? KC : k_any;
     static_assert(kIntraThreads == 256, "tiles on warps 0-4, sub-chunk pairs on warps 5-7");
     const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3, part = lane >> 3;
@@ -1046,7 +1069,72 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
     // by 2^(G_r − G_n)). The bf16 path forms the shared operand once a k-step.
     const int w = warp - 5;
     const int pi[2] = {w == 0 ? 1 : w == 1 ? 2 : 3, w == 0 ? 2 : 3}, pj[2] = {w == 1 ? 1 : 0, w == 2 ? 2 : w};
-    if (pairs) {
+    // Whole-mild chunks: warps 0-3 block (w, w), 4 (1, 0) and (2, 0), 5 (2, 1) and (3, 1), 6 (3, 0), 7 (3, 2).
+    const int whole_blocks = warp == 4 || warp == 5 ? 2 : 1, whole_j = warp < 4 ? warp : warp == 5 ? 1 : warp == 7 ? 2 : 0;
+    const int whole_i[2] = {warp < 4 ? warp : warp == 4 ? 1 : warp == 5 ? 2 : 3, warp == 4 ? 2 : 3};
+    if (whole) {   // bf16 inputs only (chunk_intra)
+        if constexpr (!std::is_same_v<Tin, float>) {
+            // The operands as the units left them: rows of i from QG (sq) and k̂ ⊙ 2^G (sk), rows of j from k̂ ⊙ 2^−G (sg),
+            // each channel pair's hi and lo words, the fragment registers themselves (a k-step's channels and rows as
+            // bf16_pairs': channel 2t's place holds the hi words of channels 2t, 2t + 1, 2t + 1's their lo). Channel
+            // 16ks + 8h + 2t (+ 1) has the swizzle 4h + 8(ks mod 2), so a lane's rows 2g, 2g + 1 lie at one of two offsets
+            // from its k-step's base, chosen once a k-step (ptxas recomputed each load's swizzle: 40 of a k-step's ~110
+            // instructions).
+            int lane_at[2][2];   // [ks mod 2][h]
+#pragma unroll
+            for (int p = 0; p < 2; ++p)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) lane_at[p][h] = (2 * t + 8 * h) * kLdT + ((2 * g) ^ (4 * h + 8 * p));
+            strided_for<KC ? 1 : 0>(0, (K + 15) / 16, 1, [&](int ks) {
+                const int at[2] = {16 * ks * kLdT + (ks & 1 ? lane_at[1][0] : lane_at[0][0]),
+                                   16 * ks * kLdT + (ks & 1 ? lane_at[1][1] : lane_at[0][1])};
+                auto words = [&](const float* plane, int block, int q) {   // rows 2g, 2g + 1 of block's, channel 16ks + (2t, 2t + 1, 2t + 8, 2t + 9)[q]
+                    const bool in = (KC != 0 && KC % 16 == 0) || 16 * ks + 8 * (q >> 1) + 2 * t + (q & 1) < K;
+                    return in ? *reinterpret_cast<const uint2*>(plane + 16 * block + at[q >> 1] + (q & 1) * kLdT) : make_uint2(0u, 0u);
+                };
+                uint2 wb[4];
+#pragma unroll
+                for (int q = 0; q < 4; ++q) wb[q] = words(sg, whole_j, q);
+                uint32_t bh[2][2], bl[2][2];   // [n-tile nt: row 2g + nt of j][k pair f]
+#pragma unroll
+                for (int f = 0; f < 2; ++f) {
+                    bh[0][f] = wb[2 * f].x; bl[0][f] = wb[2 * f + 1].x;
+                    bh[1][f] = wb[2 * f].y; bl[1][f] = wb[2 * f + 1].y;
+                }
+#pragma unroll
+                for (int pp = 0; pp < 2; ++pp) {
+                    if (pp == whole_blocks) break;
+                    uint2 wq[4], wk[4];
+#pragma unroll
+                    for (int q = 0; q < 4; ++q) {
+                        wq[q] = words(sq, whole_i[pp], q);
+                        wk[q] = words(sk, whole_i[pp], q);
+                    }
+                    uint32_t akh[4], akl[4], aqh[4], aql[4];   // fragment e: row 2g + (e & 1), k pair e >> 1
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int q = 2 * (e >> 1);
+                        aqh[e] = e & 1 ? wq[q].y : wq[q].x; aql[e] = e & 1 ? wq[q + 1].y : wq[q + 1].x;
+                        akh[e] = e & 1 ? wk[q].y : wk[q].x; akl[e] = e & 1 ? wk[q + 1].y : wk[q + 1].x;
+                    }
+#pragma unroll
+                    for (int nt = 0; nt < 2; ++nt) {
+                        float (&dk)[4] = kk[2 * pp + nt], (&dq)[4] = qk[2 * pp + nt];
+                        if (warp < 4) {   // lo·lo too on the diagonal, as mild chunks' (below)
+                            mma(dk, akl, bl[nt][0], bl[nt][1]);
+                            mma(dq, aql, bl[nt][0], bl[nt][1]);
+                        }
+                        mma(dk, akh, bl[nt][0], bl[nt][1]);
+                        mma(dk, akl, bh[nt][0], bh[nt][1]);
+                        mma(dk, akh, bh[nt][0], bh[nt][1]);
+                        mma(dq, aqh, bl[nt][0], bl[nt][1]);
+                        mma(dq, aql, bh[nt][0], bh[nt][1]);
+                        mma(dq, aqh, bh[nt][0], bh[nt][1]);
+                    }
+                }
+            });
+        }
+    } else if (pairs) {
         const int n = w == 2 ? 47 : 16 * w + 15;   // the reference row
         // A k-step's lane (g, t) reads channels c + 2t, c + 2t + 1 (and for bf16 c + 8 + 2t, c + 9 + 2t) of rows 2g, 2g + 1:
         // the 4 channels an instruction reads (t = 0..3) share their swizzle sw, so a half-warp's 8-byte loads (g < 4 or
@@ -1252,19 +1340,22 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
     // Block (i, j) from a tensor-core warp's accumulators at pair pp: row 2g + half of i, columns 4t .. 4t + 3 of j (n-tile
     // 0's columns 2t, 2t + 1 are j's rows 4t, 4t + 2, n-tile 1's 4t + 1, 4t + 3); one 16-byte store a plane (a
     // quarter-warp's 8 in 32 banks: 18·(2g + half) + t ≡ 4g + 2half + t mod 8).
-    auto store_block = [&](int i, int j, int pp) {
+    auto store_block = [&](int i, int j, int pp) {   // (whole-mild chunks' operands hold the rows' norms already)
         const int sc = 16 * j + 4 * t;
-        const float4 ns = *reinterpret_cast<const float4*>(snorm + kChunk + sc);   // n_k of columns sc .. sc + 3
+        const float4 ns = whole ? make_float4(1.f, 1.f, 1.f, 1.f) : *reinterpret_cast<const float4*>(snorm + kChunk + sc);
         const float (&d0)[4] = kk[2 * pp], (&d1)[4] = kk[2 * pp + 1], (&e0)[4] = qk[2 * pp], (&e1)[4] = qk[2 * pp + 1];
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             const int r = 16 * i + 2 * g + half, x = r * kLdL + sc, e = 2 * half;
-            const float lr = sb[r] * snorm[kChunk + r], ar = snorm[r];
+            const float lr = whole ? sb[r] : sb[r] * snorm[kChunk + r], ar = whole ? 1.f : snorm[r];
             *reinterpret_cast<float4*>(sl + x) = make_float4(lr * ns.x * d0[e], lr * ns.y * d1[e], lr * ns.z * d0[e + 1], lr * ns.w * d1[e + 1]);
             *reinterpret_cast<float4*>(sa + x) = make_float4(ar * ns.x * e0[e], ar * ns.y * e1[e], ar * ns.z * e0[e + 1], ar * ns.w * e1[e + 1]);
         }
     };
-    if (pairs) {
+    if (whole) {
+        store_block(whole_i[0], whole_j, 0);
+        if (whole_blocks == 2) store_block(whole_i[1], whole_j, 1);
+    } else if (pairs) {
 #pragma unroll
         for (int pp = 0; pp < 2; ++pp) store_block(pi[pp], pj[pp], pp);
     } else if (mild) {
@@ -1348,6 +1439,7 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
     float* sa = sl + kChunk * kLdL;      // [64][kLdL] A (on and below the diagonal), after the pair tiles; then rows of v
     float* sb = sq + chunk_intra_q_floats(K, V);   // [64] β (0 past the end)
     float* snorm = sb + kChunk;          // [128] n_q = 1/‖q_r‖·K^-½, then n_k = 1/‖k_r‖
+    float* sglast = sq + K * kLdT;       // [K] G_last, a channel's decay over the chunk (past q: until L and A)
 
     // Loads in units of 8 rows × 32 channels a warp (unit u: rows 8(u mod 8) .., channels 32⌊u/8⌋ ..; warp w the units
     // w, w + 8, …, all of rows 8w .. 8w + 7): lane (j, p) = (lane mod 8, lane / 8) takes the unit's rows 2p, 2p + 1 and
@@ -1416,7 +1508,7 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
     }
     prefetch_intra_rows(blockIdx.x + kIntraPrefetchAhead, H, K, V, num_seqs, cu_seqlens, chunk_offsets, q, k, v, g, tid);
     // L2-normalise the rows (q also scaled by K^-½) in fp32, like the decode step, so prefill and decode agree.
-    bool steep = false;   // the chunk is not mild (kMildRange): its rows' norms below, its gate's decay in the running sum
+    bool odd_rows = false;   // a row's norm out of kMildNorm*'s range (neither mild nor whole-mild)
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
 #pragma unroll
@@ -1430,10 +1522,11 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
             snorm[kChunk + r] = 1.0f / sqrtf(kss[e] + kL2Eps);
         }
         auto mild_norm = [](float ss) { return ss == 0.f || (ss >= kMildNormSqMin && ss <= kMildNormSqMax); };   // NaN: no
-        steep |= !(mild_norm(qss[e]) && mild_norm(kss[e]));
+        odd_rows |= !(mild_norm(qss[e]) && mild_norm(kss[e]));
     }
     if (tid < kChunk) sb[tid] = beta_t;
     __syncthreads();
+    bool steep = false, wide = false;   // a 16-row block decays by more than kMildRange; the chunk by more than kWholeMildRange
     if (tid < K) {   // G: the channel's running sum, its row read in 16-byte pieces first (channel d's row starts in bank
                      // 4d and its 4-row groups move by one swizzle, so a quarter-warp's 8 channels hit 32 banks), so the
                      // sum waits on no shared-memory load
@@ -1458,12 +1551,21 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
         for (int r = 0; r < kChunk; r += 4)
             *reinterpret_cast<float4*>(row + at(r)) = make_float4(col[r], col[r + 1], col[r + 2], col[r + 3]);
         gamma_out[cc * K + tid] = ex2(run);
+        sglast[tid] = run;
+        wide = !(-run <= kWholeMildRange);
 #pragma unroll
         for (int b = 0; b < kChunk; b += 16) steep |= !(col[b] - col[b + 15] <= kMildRange);
     }
-    bool mild = false;   // pair_products' diagonal blocks on tensor cores (bf16 inputs)
+    // Mild (kMildRange): pair_products' diagonal blocks on tensor cores; of those, whole-mild (kWholeMildRange): the
+    // units below form every operand once and all products read them. Else the exact element-wise tiles. (bf16 inputs;
+    // steep chunks pass one barrier here, as before whole-mild ones existed.)
+    bool whole = false, mild = false;
     if constexpr (std::is_same_v<Tin, float>) __syncthreads();
-    else mild = !__syncthreads_or(steep);
+    else {
+        mild = !__syncthreads_or(odd_rows || steep);
+        whole = mild && !__syncthreads_or(wide);   // (mild is the block's: all or none call it)
+        mild = mild && !whole;
+    }
 
     // QG, KG: the tensor-core warps 5-7 take kIntraMmaQgUnits units each (the last ones; fewer where K is small), the
     // tile warps 0-4 the rest (warp w the units w, w + 5, …), so that both kinds of warp end the pair products below
@@ -1483,36 +1585,78 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
         Store::put(qg_blk + x, plane_k, 0.f); Store::put(kg_blk + x, plane_k, 0.f);   // W's: wu_columns
     }
     {
-        // (In mild chunks the tensor-core warps have more products than the others and take no units.)
-        const int warp = tid >> 5, tile_units = units - (mild ? 0 : 3 * min(kIntraMmaQgUnits, units / 8));
-        const int u0 = warp < 5 ? warp : tile_units + warp - 5, step = warp < 5 ? 5 : 3, end = warp < 5 ? tile_units : units;
-        for (int u = u0; u < end; u += step) {
-            const int r = unit_row(u), d = unit_channel(u);
-            if (d >= K) continue;
-            const float2 nq = *reinterpret_cast<const float2*>(snorm + r), nk = *reinterpret_cast<const float2*>(snorm + kChunk + r);
-            float qv[2][4], kv[2][4];   // [row r + e][channel d + i]
-            // Channels d .. d + 3 (d % 4 == 0) share their swizzle, so their rows lie kLdT apart: one address for all four
-            // (ptxas did not see it, and recomputed each channel's swizzle: ~20 instructions a unit).
-            const int x0 = transposed_at(d, r), last0 = transposed_at(d, kChunk - 1);
+        // (In mild chunks the tensor-core warps have more products than the others and take no units. In whole-mild
+        // ones all 8 warps take them, 8 apart, and a barrier follows: each unit also puts its elements' operands for
+        // every product, QG, k̂ ⊙ 2^G and k̂ ⊙ 2^−G, split, in the places of q, k and G that it alone reads.)
+        // One instance for whole-mild chunks, one for the others (whose code then is what it was before them: as one
+        // loop with the whole-mild work behind run-time branches, steep chunks' intra ran 1.5-2.5 % slower, run 179).
+        auto qg_kg_units = [&](auto whole_tag) {
+            constexpr bool kWhole = decltype(whole_tag)::value;
+            const int warp = tid >> 5, tile_units = units - (mild ? 0 : 3 * min(kIntraMmaQgUnits, units / 8));
+            const int u0 = kWhole ? warp : warp < 5 ? warp : tile_units + warp - 5, step = kWhole ? 8 : warp < 5 ? 5 : 3;
+            const int end = kWhole || warp >= 5 ? units : tile_units;
+            for (int u = u0; u < end; u += step) {
+                const int r = unit_row(u), d = unit_channel(u);
+                if (d >= K) continue;
+                const float2 nq = *reinterpret_cast<const float2*>(snorm + r), nk = *reinterpret_cast<const float2*>(snorm + kChunk + r);
+                float qv[2][4], kv[2][4], ka[2][4], kb[2][4];   // [row r + e][channel d + i]; ka, kb: k̂ ⊙ 2^±G (whole-mild)
+                // Channels d .. d + 3 (d % 4 == 0) share their swizzle, so their rows lie kLdT apart: one address for all four
+                // (ptxas did not see it, and recomputed each channel's swizzle: ~20 instructions a unit).
+                const int x0 = transposed_at(d, r);
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int x = x0 + i * kLdT;
-                const float2 G = *reinterpret_cast<const float2*>(sg + x), qx = *reinterpret_cast<const float2*>(sq + x),
-                    kx = *reinterpret_cast<const float2*>(sk + x);
-                const float G_last = sg[last0 + i * kLdT];
-                qv[0][i] = qx.x * nq.x * ex2(G.x); qv[1][i] = qx.y * nq.y * ex2(G.y);
-                kv[0][i] = kx.x * nk.x * ex2(G_last - G.x); kv[1][i] = kx.y * nk.y * ex2(G_last - G.y);
-            }
+                for (int i = 0; i < 4; ++i) {
+                    const int x = x0 + i * kLdT;
+                    const float2 G = *reinterpret_cast<const float2*>(sg + x), qx = *reinterpret_cast<const float2*>(sq + x),
+                        kx = *reinterpret_cast<const float2*>(sk + x);
+                    const float G_last = sglast[d + i], s0 = ex2(G.x), s1 = ex2(G.y);
+                    qv[0][i] = qx.x * nq.x * s0; qv[1][i] = qx.y * nq.y * s1;
+                    kv[0][i] = kx.x * nk.x * ex2(G_last - G.x); kv[1][i] = kx.y * nk.y * ex2(G_last - G.y);
+                    if constexpr (kWhole) {
+                        const float k0 = kx.x * nk.x, k1 = kx.y * nk.y;
+                        ka[0][i] = k0 * s0; ka[1][i] = k1 * s1;
+                        kb[0][i] = k0 * ex2(-G.x); kb[1][i] = k1 * ex2(-G.y);
+                    }
+                }
+                if constexpr (kWhole) {   // each pair of channels split once, for QG's planes and the products alike
+                    // Channels d + 2p, d + 2p + 1 of rows r + e as split_bf16x2's hi and lo words: the products' fragment
+                    // registers as they are (pair_products, wu_columns), hi in channel d + 2p's place, lo in the next's.
+                    auto put_pairs = [&](float* plane, const float (&x)[2][4], uint32_t (&hi)[2][2], uint32_t (&lo)[2][2]) {
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int x = Store::at(r + e, d, kn);
-                Store::put4(qg_blk + x, plane_k, make_float4(qv[e][0], qv[e][1], qv[e][2], qv[e][3]));
-                Store::put4(kg_blk + x, plane_k, make_float4(kv[e][0], kv[e][1], kv[e][2], kv[e][3]));
+                        for (int p = 0; p < 2; ++p) {
+#pragma unroll
+                            for (int e = 0; e < 2; ++e) split_bf16x2(x[e][2 * p], x[e][2 * p + 1], hi[e][p], lo[e][p]);
+                            *reinterpret_cast<uint2*>(plane + x0 + 2 * p * kLdT) = make_uint2(hi[0][p], hi[1][p]);
+                            *reinterpret_cast<uint2*>(plane + x0 + (2 * p + 1) * kLdT) = make_uint2(lo[0][p], lo[1][p]);
+                        }
+                    };
+                    uint32_t qh[2][2], ql[2][2], h[2][2], l[2][2];
+                    put_pairs(sq, qv, qh, ql);
+                    put_pairs(sk, ka, h, l);
+                    put_pairs(sg, kb, h, l);
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {   // QG's planes are the same words (OperandStore::put4's split)
+                        const int x = Store::at(r + e, d, kn);
+                        *reinterpret_cast<uint2*>(qg_blk + x) = make_uint2(qh[e][0], qh[e][1]);
+                        *reinterpret_cast<uint2*>(qg_blk + plane_k + x) = make_uint2(ql[e][0], ql[e][1]);
+                        Store::put4(kg_blk + x, plane_k, make_float4(kv[e][0], kv[e][1], kv[e][2], kv[e][3]));
+                    }
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int x = Store::at(r + e, d, kn);
+                        Store::put4(qg_blk + x, plane_k, make_float4(qv[e][0], qv[e][1], qv[e][2], qv[e][3]));
+                        Store::put4(kg_blk + x, plane_k, make_float4(kv[e][0], kv[e][1], kv[e][2], kv[e][3]));
+                    }
+                }
             }
-        }
+        };
+        if constexpr (std::is_same_v<Tin, float>) qg_kg_units(std::false_type{});
+        else if (whole) qg_kg_units(std::true_type{});
+        else qg_kg_units(std::false_type{});
     }
 
-    pair_products<Tin, KC>(K, tid, sk, sg, sq, sb, snorm, sl, sa, mild);
+    if (whole) __syncthreads();   // every operand formed
+    pair_products<Tin, KC>(K, tid, sk, sg, sq, sb, snorm, sl, sa, mild, whole);
     __syncthreads();
     Op* a_blk = reinterpret_cast<Op*>(a_out) + cc * Store::kPlanes * kChunk * kChunk;
     auto write_a = [&](int thread, int threads) {   // A, coalesced, with the upper triangle (s > r) zero
@@ -1546,8 +1690,8 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
         const uint16_t* sv = reinterpret_cast<const uint16_t*>(sa);
         const int w_units = kn / 16, units = w_units + V / 16;
         for (int u = warp; u < units; u += kIntraThreads / 32) {
-            if (u < w_units) wu_columns<true, KC>(K, V, 16 * u, tid & 31, sk, sg, snorm + kChunk, st, sv, w_blk, plane_k, u_blk);
-            else wu_columns<false, KC>(K, V, 16 * (u - w_units), tid & 31, sk, sg, snorm + kChunk, st, sv, w_blk, plane_k, u_blk);
+            if (u < w_units) wu_columns<true, KC>(K, V, 16 * u, tid & 31, sk, sg, snorm + kChunk, whole, st, sv, w_blk, plane_k, u_blk);
+            else wu_columns<false, KC>(K, V, 16 * (u - w_units), tid & 31, sk, sg, snorm + kChunk, whole, st, sv, w_blk, plane_k, u_blk);
         }
     }
 }

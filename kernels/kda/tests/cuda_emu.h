@@ -63,7 +63,15 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
 inline uint16_t __bfloat16_as_ushort(__nv_bfloat16 h) { return h.bits; }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 // Used by kernels/common.cuh, moe.cu and mla.cu.
+inline uint2 make_uint2(unsigned a, unsigned b) { return {a, b}; }
 inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
+// Byte n of the result: byte (s >> 4n) & 7 of y:x (x the low four).
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+    const uint64_t v = (uint64_t(y) << 32) | x;
+    unsigned r = 0;
+    for (int n = 0; n < 4; ++n) r |= unsigned((v >> (8 * ((s >> (4 * n)) & 7))) & 0xffu) << (8 * n);
+    return r;
+}
 template <typename T> inline T __ldg(const T* p) { return *p; }
 template <typename T> inline T __ldcs(const T* p) { return *p; }
 template <typename T> inline T __ldcg(const T* p) { return *p; }

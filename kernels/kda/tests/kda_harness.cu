@@ -130,11 +130,17 @@ template <typename Tin> static std::vector<double> as_stored(const std::vector<d
 // The bf16 scan the prefill runs: the 32-column one (chunk_prefill) or, where the image has it, the wide one
 // (wide_scan); the checks run with both, the wide one's tagged.
 static bool g_wide_scan = false;
-// random_gates' gates times this: the checks at 1 mix kda.cu's mild chunks (kMildRange) with steep ones; at 0.02 every
-// chunk is mild, so the diagonal blocks take the tensor-core path throughout (tagged).
-static float g_gate_scale = 1.f;
+// random_gates' gates times this, or (g_gate_min < 0) uniform in (g_min, −0.001) instead: these set how the bf16
+// prefill's intra blocks take their chunks (kda.cu: steep, mild (kMildRange) or whole-mild (kWholeMildRange)). Scale 1
+// makes most chunks steep, some mild or whole-mild (H3 T640: 74, 1 and 9 of its two calls' 84 blocks, emulator);
+// scale 0.02 all whole-mild; uniform in (−2.5, −0.001) every 64-token chunk mild and none whole-mild (shorter ones
+// may be; bench_prefill's "mild"). Tagged when not scale 1.
+static float g_gate_scale = 1.f, g_gate_min = 0.f;
 static std::string tagged(const std::string& name) {
-    return (g_wide_scan ? "[wide scan] " : "") + std::string(g_gate_scale != 1.f ? "[mild gates] " : "") + name;
+    char gates[48] = "";
+    if (g_gate_min < 0.f) snprintf(gates, sizeof gates, "[gates U(%g, 0)] ", g_gate_min);
+    else if (g_gate_scale != 1.f) snprintf(gates, sizeof gates, "[gates x%g] ", g_gate_scale);
+    return (g_wide_scan ? "[wide scan] " : "") + std::string(gates) + name;
 }
 static void check(const std::string& name, double err, double tol) {
     const bool ok = err <= tol;   // NaN fails
@@ -248,6 +254,7 @@ static std::vector<float> randu(size_t n, double lo, double hi) {
 // range from barely-forgetting to strong; every 29th token of head 0 forgets almost everything (g = −60). All times
 // g_gate_scale.
 static std::vector<float> random_gates(int T, int H, int K) {
+    if (g_gate_min < 0.f) return randu(size_t(T) * H * K, g_gate_min, -0.001);
     std::vector<float> a_log = randu(H, 0.0, std::log(16.0)), dtb = randu(size_t(H) * K, -6.0, 1.0), f = randn(size_t(T) * H * K);
     std::vector<float> g(f.size());
     for (int t = 0; t < T; ++t)
@@ -974,9 +981,12 @@ static void bench_decode_table(int B, int L) {
 
 // Chunked prefill (intra + scan), H = 32, K = V = 128, q/k/v/o as Tin, fp32 g/β/state. Bytes: the minimum the op must
 // move (inputs once, output once, state in and out); the fp32 scratch between the two kernels is extra traffic. Gates
-// g uniform in (−0.5, −0.001) a token, mild chunks all (kda.cu's kMildRange), or with `steep` in (−6, −0.001), where
-// a 16-token block's decay exceeds 2^80 in some channel of nearly every chunk: the element-wise path's time.
-template <typename Tin> static void bench_prefill(int B, int T, bool steep = false) {
+// g uniform in (g_min, −0.001) a token: at −0.5 every chunk whole-mild (kda.cu's kWholeMildRange: a chunk decays by
+// ≤ 2^46); at −2.5 ("mild") every chunk mild but none whole-mild (a chunk decays by ~2^115 in most channels, a 16-token
+// block by ≤ ~2^45 in all); at −6 ("steep") a 16-token block's decay exceeds 2^80 in some channel of nearly every chunk:
+// the element-wise path's time.
+template <typename Tin> static void bench_prefill(int B, int T, float g_min = -0.5f) {
+    const char* gates = g_min < -3.f ? " steep" : g_min < -1.f ? " mild" : "";
     const int H = 32, K = 128, V = 128;
     const std::vector<int> lens(B, T);
     const size_t Tt = size_t(B) * T;
@@ -984,7 +994,7 @@ template <typename Tin> static void bench_prefill(int B, int T, bool steep = fal
     PrefillDev<Tin> dev(pool, lens, H, K, V);
     const float sc = 1.0f / std::sqrt(float(K));   // rows of roughly unit norm, like L2-normalised q̂/k̂
     fill(dev.q, Tt * H * K, -sc * 1.7f, sc * 1.7f); fill(dev.k, Tt * H * K, -sc * 1.7f, sc * 1.7f); fill(dev.v, Tt * H * V, -1, 1);
-    fill(dev.g, Tt * H * K, steep ? -6.f : -0.5f, -0.001f); fill(dev.beta, Tt * H, 0.05f, 0.95f); fill(dev.state, size_t(B) * H * K * V, -0.3f, 0.3f);
+    fill(dev.g, Tt * H * K, g_min, -0.001f); fill(dev.beta, Tt * H, 0.05f, 0.95f); fill(dev.state, size_t(B) * H * K * V, -0.3f, 0.3f);
     CK(cudaDeviceSynchronize());
     // Each timed unit is one CUDA graph (as the model runs it), replayed: median of 50 after 3 warm-up replays.
     auto graph_ms = [&](auto enqueue) {
@@ -1011,7 +1021,7 @@ template <typename Tin> static void bench_prefill(int B, int T, bool steep = fal
     g_wide_scan = false;
     const double bytes = double(Tt) * H * ((K * 2 + V * 2) * sizeof(Tin) + K * 4 + 4) + 2.0 * B * H * K * V * 4;
     std::printf("BENCH chunk_prefill %s%s B=%d T=%-6d H=32 K=V=128: %9.3f ms (intra %.3f + scan %.3f%s; graphs, median of 50), %7.1f GB/s, %5.1f%% of 3.0 TB/s (min bytes)\n",
-        tname<Tin>(), steep ? " steep" : "", B, T, ms, ms_intra, ms_scan, other, bytes / (ms * 1e-3) / 1e9, 100.0 * bytes / (ms * 1e-3) / kPeakBytesPerSec);
+        tname<Tin>(), gates, B, T, ms, ms_intra, ms_scan, other, bytes / (ms * 1e-3) / 1e9, 100.0 * bytes / (ms * 1e-3) / kPeakBytesPerSec);
     // This design's own floor: its scratch is written once and read at least once, on top of the least bytes.
     const double scratch = dev.scratch_bytes(), moved = bytes + 2 * scratch;
     std::printf("FLOOR chunk_prefill %s B=%d T=%-6d: %.2f GB moved with the scratch (%.2f GB written, read at least once): %.1f%% of 3.0 TB/s; at 3.0 TB/s that alone takes %.3f ms\n",
@@ -1240,10 +1250,13 @@ int main(int argc, char** argv) {
     test_prefill_then_decode<bf16>(2, 2, 128, 128, 70, 3);
     test_prefill_then_decode<float>(1, 2, 64, 64, 37, 2);
     test_prefill_then_decode<bf16>(3, 2, 64, 64, 2, 2);   // sequences shorter than the conv window
-    g_gate_scale = 0.02f;   // every chunk mild: the bf16 prefill's diagonal blocks on tensor cores (with 1, about a third)
-    test_prefill_random<bf16>(3, 128, 128, odd, true);
-    test_prefill_random<bf16>(2, 36, 32, {70, 5}, false);
-    g_gate_scale = 1.f;
+    // (g_gate_scale, g_gate_min): every whole chunk mild and none whole-mild; then every chunk whole-mild.
+    for (auto [scale, g_min] : {std::pair{1.f, -2.5f}, std::pair{0.02f, 0.f}}) {
+        g_gate_scale = scale, g_gate_min = g_min;
+        test_prefill_random<bf16>(3, 128, 128, odd, true);
+        test_prefill_random<bf16>(2, 36, 32, {70, 5}, false);
+    }
+    g_gate_scale = 1.f, g_gate_min = 0.f;
     test_prepare_f32_bf16({70, 2, 33}, 2, 128, 128);
     test_prepare_f32_bf16({37}, 3, 36, 32);
     if (!quick) test_prefill_random<bf16>(32, 128, 128, {4096}, false);   // the benchmark's B=1 shape, validated
@@ -1279,8 +1292,9 @@ int main(int argc, char** argv) {
             bench_prefill<bf16>(1, 16384);
             bench_prefill<bf16>(1, 65536);
             bench_prefill<bf16>(8, 8192);
-            bench_prefill<bf16>(1, 4096, true);   // steep gates: the element-wise diagonal blocks
-            bench_prefill<bf16>(1, 65536, true);
+            bench_prefill<bf16>(1, 65536, -2.5f);   // mild gates: the diagonal blocks through their first rows
+            bench_prefill<bf16>(1, 4096, -6.f);     // steep gates: the element-wise diagonal blocks
+            bench_prefill<bf16>(1, 65536, -6.f);
             bench_prefill<float>(1, 4096);   // the fp32 path (the accuracy reference; 3xTF32 scan)
             bench_prefill<float>(1, 65536);
         }
