@@ -35,7 +35,7 @@ __device__ unsigned kda_phase_clocks[kPhaseBlocks * 8 * kPhases];
     ('tid = threadIdx.x;\n    int t0, len;\n    chunk_span(c, num_seqs, cu_seqlens, chunk_offsets, t0, len);',
      'tid = threadIdx.x;\n    PHASE(0);\n    int t0, len;\n    chunk_span(c, num_seqs, cu_seqlens, chunk_offsets, t0, len);'),
     ('    if (tid < kChunk) sb[tid] = beta_t;\n    __syncthreads();', '    if (tid < kChunk) sb[tid] = beta_t;\n    PHASE(1);\n    __syncthreads();'),
-    ('    else mild = !__syncthreads_or(steep);\n', '    else mild = !__syncthreads_or(steep);\n    PHASE(2);\n'),
+    ('        mild = mild && !whole;\n    }\n', '        mild = mild && !whole;\n    }\n    PHASE(2);\n'),
     (pair_call + '\n    __syncthreads();', '    PHASE(3);\n' + pair_call + '\n    PHASE(6);\n    __syncthreads();\n    PHASE(7);'),
     ('    __syncthreads();   // q is dead', '    PHASE(4);\n    __syncthreads();   // q is dead'),
     ('''            stage_v_rows(V, H, h, t0, len, tid - 128, kIntraThreads - 128, v, reinterpret_cast<uint16_t*>(sa));
