@@ -62,7 +62,7 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
 }
 inline uint16_t __bfloat16_as_ushort(__nv_bfloat16 h) { return h.bits; }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
-// Used by kernels/common.cuh, moe.cu and mla.cu.
+// Used by kda.cu, kernels/common.cuh, moe.cu and mla.cu.
 inline uint2 make_uint2(unsigned a, unsigned b) { return {a, b}; }
 inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
 // Byte n of the result: byte (s >> 4n) & 7 of y:x (x the low four).

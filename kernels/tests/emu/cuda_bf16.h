@@ -6,5 +6,3 @@
 #define KDA_EMULATE 1
 #endif
 #include "../../kda/tests/cuda_emu.h"
-
-inline uint2 make_uint2(unsigned a, unsigned b) { return {a, b}; }
