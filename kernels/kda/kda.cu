@@ -1037,6 +1037,10 @@ __device__ __forceinline__ void strided_for(int begin, int end, int step, Body b
 //   positive exponents, bounded where the chunk was tested); its pairs above the diagonal are finite and never read.
 //   The tiles' element-wise exponentials and FMAs were ~11K of the block's ~44K warp instructions (run 86); what
 //   FlashKDA and cuDNN take from a lower-bounded gate, this takes from a test of the chunk's own decay.
+//   Whole-mild chunks (kWholeMildRange, bf16 inputs): all 10 blocks through the chunk's start, from the operands
+//   chunk_intra's units formed once (QG, k̂ ⊙ 2^G, k̂ ⊙ 2^−G as split words): warps 0-3 the diagonal blocks (all four
+//   products of the parts, as above), warps 4 and 5 two off-diagonal blocks each that share their B, warps 6 and 7
+//   one; no exponentials and no splits here (runs 176-181: intra −3.5 to −6.5 % against M1).
 // KC (as chunk_intra's): K as a compile-time constant, so that no channel is tested against K and two unroll counts
 // are fixed (the tiles' d loops 2, the bf16 k-steps 1: without them the K = 128 instance gained a third as much, run
 // 63; the tiles' loops unrolled 4 (before run 148), 8 or 1 took intra 1 to 4 % longer at T = 4,096, the k-steps
@@ -1088,7 +1092,8 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
             strided_for<KC ? 1 : 0>(0, (K + 15) / 16, 1, [&](int ks) {
                 const int at[2] = {16 * ks * kLdT + (ks & 1 ? lane_at[1][0] : lane_at[0][0]),
                                    16 * ks * kLdT + (ks & 1 ? lane_at[1][1] : lane_at[0][1])};
-                auto words = [&](const float* plane, int block, int q) {   // rows 2g, 2g + 1 of block's, channel 16ks + (2t, 2t + 1, 2t + 8, 2t + 9)[q]
+                // Rows 2g, 2g + 1 of `block`'s 16 in channel 16ks + (2t, 2t + 1, 2t + 8, 2t + 9)[q]
+                auto words = [&](const float* plane, int block, int q) {
                     const bool in = (KC != 0 && KC % 16 == 0) || 16 * ks + 8 * (q >> 1) + 2 * t + (q & 1) < K;
                     return in ? *reinterpret_cast<const uint2*>(plane + 16 * block + at[q >> 1] + (q & 1) * kLdT) : make_uint2(0u, 0u);
                 };
@@ -1629,10 +1634,10 @@ __device__ __forceinline__ void chunk_intra(int H, int k_any, int V, int num_seq
                             *reinterpret_cast<uint2*>(plane + x0 + (2 * p + 1) * kLdT) = make_uint2(lo[0][p], lo[1][p]);
                         }
                     };
-                    uint32_t qh[2][2], ql[2][2], h[2][2], l[2][2];
+                    uint32_t qh[2][2], ql[2][2], kh[2][2], kl[2][2];   // (k's only stored)
                     put_pairs(sq, qv, qh, ql);
-                    put_pairs(sk, ka, h, l);
-                    put_pairs(sg, kb, h, l);
+                    put_pairs(sk, ka, kh, kl);
+                    put_pairs(sg, kb, kh, kl);
 #pragma unroll
                     for (int e = 0; e < 2; ++e) {   // QG's planes are the same words (OperandStore::put4's split)
                         const int x = Store::at(r + e, d, kn);
