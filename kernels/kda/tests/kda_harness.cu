@@ -252,7 +252,7 @@ static std::vector<float> randu(size_t n, double lo, double hi) {
 }
 // Realistic gates: g = −exp(A_log)·softplus(f + dt_bias) with A = exp(A_log) ∈ [1, 16] and dt_bias spread so decays
 // range from barely-forgetting to strong; every 29th token of head 0 forgets almost everything (g = −60). All times
-// g_gate_scale.
+// g_gate_scale; or, while g_gate_min < 0, uniform in (g_gate_min, −0.001) instead.
 static std::vector<float> random_gates(int T, int H, int K) {
     if (g_gate_min < 0.f) return randu(size_t(T) * H * K, g_gate_min, -0.001);
     std::vector<float> a_log = randu(H, 0.0, std::log(16.0)), dtb = randu(size_t(H) * K, -6.0, 1.0), f = randn(size_t(T) * H * K);
@@ -983,7 +983,7 @@ static void bench_decode_table(int B, int L) {
 // move (inputs once, output once, state in and out); the fp32 scratch between the two kernels is extra traffic. Gates
 // g uniform in (g_min, −0.001) a token: at −0.5 every chunk whole-mild (kda.cu's kWholeMildRange: a chunk decays by
 // ≤ 2^46); at −2.5 ("mild") every chunk mild but none whole-mild (a chunk decays by ~2^115 in most channels, a 16-token
-// block by ≤ ~2^45 in all); at −6 ("steep") a 16-token block's decay exceeds 2^80 in some channel of nearly every chunk:
+// block by ≤ 2^58 in all); at −6 ("steep") a 16-token block's decay exceeds 2^80 in some channel of nearly every chunk:
 // the element-wise path's time.
 template <typename Tin> static void bench_prefill(int B, int T, float g_min = -0.5f) {
     const char* gates = g_min < -3.f ? " steep" : g_min < -1.f ? " mild" : "";
@@ -1250,7 +1250,7 @@ int main(int argc, char** argv) {
     test_prefill_then_decode<bf16>(2, 2, 128, 128, 70, 3);
     test_prefill_then_decode<float>(1, 2, 64, 64, 37, 2);
     test_prefill_then_decode<bf16>(3, 2, 64, 64, 2, 2);   // sequences shorter than the conv window
-    // (g_gate_scale, g_gate_min): every whole chunk mild and none whole-mild; then every chunk whole-mild.
+    // (g_gate_scale, g_gate_min): every 64-token chunk mild and none whole-mild; then every chunk whole-mild.
     for (auto [scale, g_min] : {std::pair{1.f, -2.5f}, std::pair{0.02f, 0.f}}) {
         g_gate_scale = scale, g_gate_min = g_min;
         test_prefill_random<bf16>(3, 128, 128, odd, true);
