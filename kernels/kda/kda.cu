@@ -1122,10 +1122,11 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
                         aqh[e] = e & 1 ? wq[q].y : wq[q].x; aql[e] = e & 1 ? wq[q + 1].y : wq[q + 1].x;
                         akh[e] = e & 1 ? wk[q].y : wk[q].x; akl[e] = e & 1 ? wk[q + 1].y : wk[q + 1].x;
                     }
-                    // A block's products in four rounds (lo·lo on the diagonal, hi·lo, lo·hi, hi·hi), each round once on
-                    // all four of its accumulators: an accumulator's products depend on each other, and written an
-                    // accumulator at a time they ran two chains at a time (ptxas kept the n-tiles' order; run 183's
-                    // stalls: 36 % "wait").
+                    // A block's products in four rounds (lo·lo on the diagonal, hi·lo, lo·hi, hi·hi), each once on all
+                    // four of its accumulators: an accumulator's products depend on each other, and written an n-tile at
+                    // a time only two chains were in flight (ptxas kept the n-tiles' order; the pair phase's stalls were
+                    // 36 % "wait", run 183). Rounds over both blocks of warps 4 and 5 spilled; the rounds: prefill −0.8
+                    // to −1.5 % (runs 189, 190).
                     auto round = [&](const uint32_t (&ak)[4], const uint32_t (&aq)[4], const uint32_t (&b)[2][2]) {
 #pragma unroll
                         for (int nt = 0; nt < 2; ++nt) {
