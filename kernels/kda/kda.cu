@@ -1226,18 +1226,20 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
 #pragma unroll
                             for (int f = 0; f < 2; ++f) split_bf16x2(bv[nt][2 * f], bv[nt][2 * f + 1], bh[pp][nt][f], bl[pp][nt][f]);
                     }
+                    // In rounds (hi·lo, lo·hi, hi·hi), each once on all eight accumulators (as whole-mild chunks').
+                    auto round = [&](const uint32_t (&ak)[2][4], const uint32_t (&aq)[2][4], const uint32_t (&bb)[2][2][2]) {
 #pragma unroll
-                    for (int nt = 0; nt < 2; ++nt)
+                        for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-                        for (int pp = 0; pp < 2; ++pp) {
-                            const int a = kShareA ? 0 : pp, b = kShareA ? pp : 0;
-                            mma(kk[2 * pp + nt], akh[a], bl[b][nt][0], bl[b][nt][1]);
-                            mma(kk[2 * pp + nt], akl[a], bh[b][nt][0], bh[b][nt][1]);
-                            mma(kk[2 * pp + nt], akh[a], bh[b][nt][0], bh[b][nt][1]);
-                            mma(qk[2 * pp + nt], aqh[a], bl[b][nt][0], bl[b][nt][1]);
-                            mma(qk[2 * pp + nt], aql[a], bh[b][nt][0], bh[b][nt][1]);
-                            mma(qk[2 * pp + nt], aqh[a], bh[b][nt][0], bh[b][nt][1]);
-                        }
+                            for (int pp = 0; pp < 2; ++pp) {
+                                const int a = kShareA ? 0 : pp, b = kShareA ? pp : 0;
+                                mma(kk[2 * pp + nt], ak[a], bb[b][nt][0], bb[b][nt][1]);
+                                mma(qk[2 * pp + nt], aq[a], bb[b][nt][0], bb[b][nt][1]);
+                            }
+                    };
+                    round(akh, aqh, bl);
+                    round(akl, aql, bh);
+                    round(akh, aqh, bh);
                 });
             };
             if (w == 2) bf16_pairs(std::true_type{});
@@ -1275,17 +1277,18 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
                         for (int f = 0; f < 2; ++f) split_bf16x2(bv[nt][2 * f], bv[nt][2 * f + 1], bh[nt][f], bl[nt][f]);
                     // All four products of the parts, lo·lo too: a diagonal block holds each row's largest pairs (those
                     // nearest the row decay least), so it keeps fp32's ~2^-24 where the other blocks take ~2^-16.
+                    // In rounds, each once on all four accumulators (as whole-mild chunks').
+                    auto round = [&](const uint32_t (&ak)[4], const uint32_t (&aq)[4], const uint32_t (&b)[2][2]) {
 #pragma unroll
-                    for (int nt = 0; nt < 2; ++nt) {
-                        mma(kk[nt], akl, bl[nt][0], bl[nt][1]);
-                        mma(kk[nt], akh, bl[nt][0], bl[nt][1]);
-                        mma(kk[nt], akl, bh[nt][0], bh[nt][1]);
-                        mma(kk[nt], akh, bh[nt][0], bh[nt][1]);
-                        mma(qk[nt], aql, bl[nt][0], bl[nt][1]);
-                        mma(qk[nt], aqh, bl[nt][0], bl[nt][1]);
-                        mma(qk[nt], aql, bh[nt][0], bh[nt][1]);
-                        mma(qk[nt], aqh, bh[nt][0], bh[nt][1]);
-                    }
+                        for (int nt = 0; nt < 2; ++nt) {
+                            mma(kk[nt], ak, b[nt][0], b[nt][1]);
+                            mma(qk[nt], aq, b[nt][0], b[nt][1]);
+                        }
+                    };
+                    round(akl, aql, bl);
+                    round(akh, aqh, bl);
+                    round(akl, aql, bh);
+                    round(akh, aqh, bh);
                 });
             }
         }
