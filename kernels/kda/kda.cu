@@ -1013,6 +1013,21 @@ __device__ __forceinline__ void strided_for(int begin, int end, int step, Body b
     }
 }
 
+// One round of a 16×16 block's bf16 products in pair_products: kk[slot + nt] += ak·b[nt] and qk[slot + nt] += aq·b[nt]
+// for both n-tiles, four independent mma. A block's products go in rounds (lo·lo on a diagonal block, hi·lo, lo·hi,
+// hi·hi), each round on all its accumulators: an accumulator's products depend on each other, and issued an n-tile at a
+// time only two chains were in flight (ptxas kept that order; the pair phase's stalls were 36 % "wait", run 183). In
+// whole-mild chunks −0.8 to −1.5 % of the prefill (runs 190, 191), in mild ones' intra −0.5 to −1.5 % (run 192); over
+// both blocks of a warp at once it spilled (run 189).
+__device__ __forceinline__ void mma_round(float (&kk)[4][4], float (&qk)[4][4], int slot, const uint32_t (&ak)[4],
+                                          const uint32_t (&aq)[4], const uint32_t (&b)[2][2]) {
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+        mma(kk[slot + nt], ak, b[nt][0], b[nt][1]);
+        mma(qk[slot + nt], aq, b[nt][0], b[nt][1]);
+    }
+}
+
 // The pair products of chunk_intra: L (times β) and A over the chunk's 64×64 pairs into shared memory (sl, sa, in q's
 // place once every warp has read q), one 2^(G_r − G_s) per (r, s, d) shared by both. They sum over the rows of q and k
 // as loaded (sk, sq, sg: a channel a row, kLdT); each result is scaled by its rows' norms (snorm: n_q, n_k) as it is
@@ -1122,22 +1137,10 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
                         aqh[e] = e & 1 ? wq[q].y : wq[q].x; aql[e] = e & 1 ? wq[q + 1].y : wq[q + 1].x;
                         akh[e] = e & 1 ? wk[q].y : wk[q].x; akl[e] = e & 1 ? wk[q + 1].y : wk[q + 1].x;
                     }
-                    // A block's products in four rounds (lo·lo on the diagonal, hi·lo, lo·hi, hi·hi), each once on all
-                    // four of its accumulators: an accumulator's products depend on each other, and written an n-tile at
-                    // a time only two chains were in flight (ptxas kept the n-tiles' order; the pair phase's stalls were
-                    // 36 % "wait", run 183). Rounds over both blocks of warps 4 and 5 spilled; the rounds: prefill −0.8
-                    // to −1.5 % (runs 189, 190).
-                    auto round = [&](const uint32_t (&ak)[4], const uint32_t (&aq)[4], const uint32_t (&b)[2][2]) {
-#pragma unroll
-                        for (int nt = 0; nt < 2; ++nt) {
-                            mma(kk[2 * pp + nt], ak, b[nt][0], b[nt][1]);
-                            mma(qk[2 * pp + nt], aq, b[nt][0], b[nt][1]);
-                        }
-                    };
-                    if (warp < 4) round(akl, aql, bl);   // lo·lo too on the diagonal, as mild chunks' (below)
-                    round(akh, aqh, bl);
-                    round(akl, aql, bh);
-                    round(akh, aqh, bh);
+                    if (warp < 4) mma_round(kk, qk, 2 * pp, akl, aql, bl);   // lo·lo too on the diagonal, as mild chunks' (below)
+                    mma_round(kk, qk, 2 * pp, akh, aqh, bl);
+                    mma_round(kk, qk, 2 * pp, akl, aql, bh);
+                    mma_round(kk, qk, 2 * pp, akh, aqh, bh);
                 }
             });
         }
@@ -1226,16 +1229,10 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
 #pragma unroll
                             for (int f = 0; f < 2; ++f) split_bf16x2(bv[nt][2 * f], bv[nt][2 * f + 1], bh[pp][nt][f], bl[pp][nt][f]);
                     }
-                    // In rounds (hi·lo, lo·hi, hi·hi), each once on all eight accumulators (as whole-mild chunks').
                     auto round = [&](const uint32_t (&ak)[2][4], const uint32_t (&aq)[2][4], const uint32_t (&bb)[2][2][2]) {
 #pragma unroll
-                        for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-                            for (int pp = 0; pp < 2; ++pp) {
-                                const int a = kShareA ? 0 : pp, b = kShareA ? pp : 0;
-                                mma(kk[2 * pp + nt], ak[a], bb[b][nt][0], bb[b][nt][1]);
-                                mma(qk[2 * pp + nt], aq[a], bb[b][nt][0], bb[b][nt][1]);
-                            }
+                        for (int pp = 0; pp < 2; ++pp)   // both pairs' accumulators (A or B shared: kShareA)
+                            mma_round(kk, qk, 2 * pp, ak[kShareA ? 0 : pp], aq[kShareA ? 0 : pp], bb[kShareA ? pp : 0]);
                     };
                     round(akh, aqh, bl);
                     round(akl, aql, bh);
@@ -1277,18 +1274,10 @@ __device__ __forceinline__ void pair_products(int k_any, int tid, const float* s
                         for (int f = 0; f < 2; ++f) split_bf16x2(bv[nt][2 * f], bv[nt][2 * f + 1], bh[nt][f], bl[nt][f]);
                     // All four products of the parts, lo·lo too: a diagonal block holds each row's largest pairs (those
                     // nearest the row decay least), so it keeps fp32's ~2^-24 where the other blocks take ~2^-16.
-                    // In rounds, each once on all four accumulators (as whole-mild chunks').
-                    auto round = [&](const uint32_t (&ak)[4], const uint32_t (&aq)[4], const uint32_t (&b)[2][2]) {
-#pragma unroll
-                        for (int nt = 0; nt < 2; ++nt) {
-                            mma(kk[nt], ak, b[nt][0], b[nt][1]);
-                            mma(qk[nt], aq, b[nt][0], b[nt][1]);
-                        }
-                    };
-                    round(akl, aql, bl);
-                    round(akh, aqh, bl);
-                    round(akl, aql, bh);
-                    round(akh, aqh, bh);
+                    mma_round(kk, qk, 0, akl, aql, bl);
+                    mma_round(kk, qk, 0, akh, aqh, bl);
+                    mma_round(kk, qk, 0, akl, aql, bh);
+                    mma_round(kk, qk, 0, akh, aqh, bh);
                 });
             }
         }
