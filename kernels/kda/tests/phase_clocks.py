@@ -10,7 +10,8 @@
 # Points: 1 inputs loaded, norms and β stored; 2 after the running sum; 3 QG/KG written; 4 pair products summed;
 # 5 after their barrier; 6 L and A stored; 7 after the barrier; 8 solve done (warps 0-3) / A out and v staged (4-7);
 # 9 after the barrier; 10 W and U written. (Point 5 has read earlier than other warps' point 4, run 187: its clock read
-# seems scheduled above the barrier; take point 6 as the first after it.) The patch anchors on source lines; a failed assertion names the one moved.
+# seems scheduled above the barrier; take point 6 as the first after it.)
+# The patch anchors on source lines; a failed assertion names the one moved.
 import sys
 
 from probe_patch import add_harness_mode, patch
