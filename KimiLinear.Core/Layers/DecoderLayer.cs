@@ -50,6 +50,15 @@ internal sealed class DecoderLayer
     public void Forward(IKimiBackend backend, Tensor hidden, IReadOnlyList<SequenceRows> batch, bool absorbedAttention)
     {
         using var scratch = backend.BeginScratch(); // everything but the residual stream dies with the layer
+        MixChannels(backend, MixTokens(backend, hidden, batch, absorbedAttention), hidden);
+    }
+
+    /// <summary>
+    /// The block's first half, h += mixer(RMSNorm(h)), with this layer's state; returns RMSNorm(h) [T, D], the channel
+    /// mixer's input. Tensors it allocates belong to the caller's scratch scope.
+    /// </summary>
+    public Tensor MixTokens(IKimiBackend backend, Tensor hidden, IReadOnlyList<SequenceRows> batch, bool absorbedAttention)
+    {
         // The mixer's first projections apply the input norm (a backend may normalise as they load the row).
         var input = new RmsNormed(hidden, _inputNorm, _eps);
         var mixed = Kda is not null
@@ -57,6 +66,12 @@ internal sealed class DecoderLayer
             : Mla!.Forward(backend, input, batch, _index, absorbedAttention);
         var normed = backend.Allocate(hidden.Rows, hidden.Cols);
         backend.AddRmsNorm(hidden, mixed, _postAttentionNorm, _eps, normed);
+        return normed;
+    }
+
+    /// <summary>The block's second half, h += ffn(<paramref name="normed"/>) (the MoE or dense MLP).</summary>
+    public void MixChannels(IKimiBackend backend, Tensor normed, Tensor hidden)
+    {
         if (_moe is not null)
             _moe.Forward(backend, normed, hidden); // adds into the residual stream itself
         else
