@@ -15,10 +15,10 @@ internal static class RoutingMargins
     /// <summary>Margins [T] by layer index, for each MoE layer of <paramref name="model"/> (ungrouped routing).</summary>
     public static Dictionary<int, float[]> Of(KimiModel model, int[] ids)
     {
-        // The embedding, from an ordinary forward (index 0 of its hidden states).
-        float[]? embedded = null;
+        // The embedding and each layer's output, from an ordinary forward (hidden state j: after layer j − 1).
+        var reference = new Dictionary<int, float[]>();
         using (var session = model.CreateSession())
-            session.Forward(ids, MlaForm.Expanded, (j, values) => embedded ??= values);
+            session.Forward(ids, MlaForm.Expanded, (j, values) => reference[j] = values);
 
         // The layers one by one, as KimiModel.Compute runs them, stopping between each block's halves.
         var backend = model.Backend;
@@ -28,7 +28,7 @@ internal static class RoutingMargins
             model.Layers[i].Mla?.Reserve(backend, state.Mla[i]!, 0, ids.Length);
         using var step = backend.BeginForward();
         var hidden = backend.Allocate(ids.Length, model.Config.HiddenSize);   // [T, D]
-        backend.Upload(embedded, hidden);
+        backend.Upload(reference[0], hidden);
         SequenceRows[] batch = [new(state, 0, ids.Length, 0)];
         for (int i = 0; i < model.Layers.Count; i++)
         {
@@ -38,6 +38,12 @@ internal static class RoutingMargins
             if (layer.Experts is { } experts)
                 margins[i] = Margins(backend, normed, experts);
             layer.MixChannels(backend, normed, hidden);
+            if (i + 1 < model.Layers.Count)   // the walk is the model's forward (its last hidden state is normed)
+            {
+                var walked = new float[hidden.Length];
+                backend.Download(hidden, walked);
+                TensorAssert.Close(walked, reference[i + 1], 1e-6, $"RoutingMargins' walk after layer {i}");
+            }
         }
         return margins;
     }

@@ -39,6 +39,20 @@ public sealed class TinyGoldenTests : IClassFixture<TinyModelFixture>
             TensorAssert.Close(hidden[j], _fixture.Golden.ReadFloat32($"case4.hidden.{j}"), Tolerance, $"hidden.{j}");
     }
 
+    /// <summary>
+    /// <see cref="RoutingMargins"/> (which the GPU model tests trust to name routing near-ties) walks the layers as the
+    /// model's forward does: it checks each layer's output against the model's own, and measures every MoE layer.
+    /// </summary>
+    [Fact]
+    public void RoutingMarginsWalkTheModelsForward()
+    {
+        var ids = _fixture.Golden.ReadInt32("case4.input_ids");
+        var config = _fixture.Model.Config;
+        var margins = RoutingMargins.Of(_fixture.Model, ids);
+        Assert.Equal(Enumerable.Range(0, config.NumLayers).Where(config.IsMoeLayer), margins.Keys.Order());
+        Assert.All(margins.Values, layer => Assert.Equal(ids.Length, layer.Length));
+    }
+
     [Fact]
     public void GreedyDecodeMatchesReferenceTokensAndLogits()
     {
