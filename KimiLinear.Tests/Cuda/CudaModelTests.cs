@@ -274,7 +274,7 @@ public sealed class CudaModelTests
             if (!ties.Any(tie => tie.Position == t))
                 TensorAssert.Close(logits, expected.AsSpan(t * vocab, vocab), bar, $"position {t}");
         }
-        Assert.True(ties.Count < steps, $"every one of the {steps} steps routes near a tie: nothing compared");
+        Assert.True(ties.Select(tie => tie.Position).Distinct().Count() < steps, $"every one of the {steps} steps routes near a tie: no logits compared");
 
         // The carried state of each layer no near-tie can have reached: KDA windows and recurrent state, MLA latent rows.
         Assert.Equal(whole.Length, session.Length);
