@@ -288,7 +288,7 @@ internal static unsafe class KdaKernels
         void** intraArgs = stackalloc void*[] { &h, &k, &v, &n, &cu, &co, &q, &kk, &vv, &g, &beta, &w, &u, &a, &qg, &kg, &gamma };
         stream.Context.Kernels.Launch(intra, new Dim3((uint)batch.Chunks * (uint)h), new Dim3(IntraThreads), IntraSharedBytes(k, v), stream, intraArgs);
         // The scan is a plain launch, after intra has finished: its four slice blocks of a head, consecutive in launch
-        // order, then land on SMs of one GPC, and it runs 7-14 % faster than with a grid that puts them apart. With
+        // order, then land on SMs of one GPC, and it runs 6-14 % faster than with a grid that puts them apart. With
         // programmatic dependent launch, which lets each block take whichever SM intra's last blocks leave first, the
         // prefill was 3-4 % slower, most likely for that reason (kernels/kda/NOTES.md, runs 195, 198, 199).
         void** scanArgs = stackalloc void*[] { &h, &k, &v, &cu, &co, &w, &u, &a, &qg, &kg, &gamma, &s, &po };
